@@ -1,0 +1,145 @@
+//! Who is asking and who is voting: identities and delegation chains.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Whether an identity is a person (may vote) or a workload (may only request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityKind {
+    /// A person; may approve or deny, except their own requests.
+    Human,
+    /// A CI pipeline, bot or AI agent; never votes.
+    Workload,
+}
+
+/// An authenticated principal, as established by the gateway's identity module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Token issuer (OIDC `iss`) or `static` for configured bearer tokens.
+    pub issuer: String,
+    /// Subject within the issuer (OIDC `sub`, or the static identity's name).
+    pub subject: String,
+    /// Verified e-mail address, when the issuer provides one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Human or workload.
+    pub kind: IdentityKind,
+    /// IdP groups the identity belongs to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+impl Identity {
+    /// The key under which this identity counts once, across every channel.
+    ///
+    /// Humans are keyed by lower-cased e-mail when known, so the same person arriving through Slack,
+    /// e-mail and the API is one voter; otherwise by issuer and subject.
+    pub fn canonical(&self) -> CanonicalId {
+        match &self.email {
+            Some(e) if !e.trim().is_empty() => CanonicalId(format!("email:{}", e.trim().to_lowercase())),
+            _ => CanonicalId(format!("sub:{}|{}", self.issuer, self.subject)),
+        }
+    }
+
+    /// A short label for messages and logs.
+    pub fn display_name(&self) -> String {
+        match &self.email {
+            Some(e) => e.clone(),
+            None => self.subject.clone(),
+        }
+    }
+
+    /// True for people.
+    pub fn is_human(&self) -> bool {
+        self.kind == IdentityKind::Human
+    }
+}
+
+/// The stable key of one human or workload, used for separation of duties and quorum counting.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CanonicalId(pub String);
+
+impl fmt::Display for CanonicalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who is requesting: the direct caller first, then whoever it acts for (RFC 8693 `act`), outermost last.
+///
+/// For a subagent acting for an agent acting for a human: `[subagent, agent, human]`.
+/// Everyone in the chain is "the requester" for separation of duties.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequesterChain(pub Vec<Identity>);
+
+impl RequesterChain {
+    /// A chain of one.
+    pub fn single(identity: Identity) -> Self {
+        Self(vec![identity])
+    }
+
+    /// The direct caller.
+    pub fn caller(&self) -> Option<&Identity> {
+        self.0.first()
+    }
+
+    /// True when `who` is anyone in the chain (same canonical id, or same e-mail / subject).
+    pub fn contains(&self, who: &Identity) -> bool {
+        let key = who.canonical();
+        self.0.iter().any(|m| {
+            m.canonical() == key
+                || (m.issuer == who.issuer && m.subject == who.subject)
+                || matches!((&m.email, &who.email), (Some(a), Some(b)) if a.trim().eq_ignore_ascii_case(b.trim()))
+        })
+    }
+
+    /// A stable key for "the same requester" (used to let a re-sent approved statement run once).
+    pub fn key(&self) -> String {
+        self.0.iter().map(|i| i.canonical().0).collect::<Vec<_>>().join(" <- ")
+    }
+
+    /// Human-readable chain, e.g. `subagent-7 → deploy-agent → alice@example.com`.
+    pub fn display(&self) -> String {
+        self.0.iter().map(|i| i.display_name()).collect::<Vec<_>>().join(" → ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn human(email: &str) -> Identity {
+        Identity {
+            issuer: "https://idp".into(),
+            subject: format!("sub-{email}"),
+            email: Some(email.into()),
+            kind: IdentityKind::Human,
+            groups: vec![],
+        }
+    }
+
+    #[test]
+    fn canonical_id_ignores_case_and_issuer_for_email() {
+        let mut a = human("Alice@Example.com");
+        let b = human("alice@example.com");
+        a.issuer = "static".into();
+        assert_eq!(a.canonical(), b.canonical());
+    }
+
+    #[test]
+    fn chain_contains_the_human_behind_the_agent() {
+        let agent = Identity {
+            issuer: "https://idp".into(),
+            subject: "agent".into(),
+            email: None,
+            kind: IdentityKind::Workload,
+            groups: vec![],
+        };
+        let chain = RequesterChain(vec![agent, human("alice@example.com")]);
+        assert!(chain.contains(&human("ALICE@example.com")));
+        assert!(!chain.contains(&human("bob@example.com")));
+    }
+}

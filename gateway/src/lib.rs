@@ -1,0 +1,5 @@
+//! Countersign gateway: the data path (Postgres wire proxy, agent HTTP API), identity, policy,
+//! masking and session recording, plus the composition root used by the `countersign` binary.
+#![forbid(unsafe_code)]
+
+pub mod policy;

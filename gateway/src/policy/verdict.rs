@@ -1,0 +1,82 @@
+//! The decision object computed once per statement; later stages act on it and never re-read SQL.
+
+use serde::{Deserialize, Serialize};
+
+/// What happens to a statement. Defaults to `Review`: anything unclassified fails closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Forward to the upstream.
+    Allow,
+    /// Hold until a quorum of humans approves.
+    #[default]
+    Review,
+    /// Refuse outright.
+    Block,
+}
+
+impl Action {
+    /// The stricter of two actions (block > review > allow).
+    pub fn strictest(self, other: Action) -> Action {
+        self.max(other)
+    }
+
+    /// Lower-case name as used in JSON and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Review => "review",
+            Action::Block => "block",
+        }
+    }
+}
+
+/// Facts the classifier found about one statement of a (possibly multi-statement) string.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementFacts {
+    /// Upper-case statement kind, e.g. `SELECT`, `DELETE`, `CREATE TABLE`, `DO` (token fallback).
+    pub kind: String,
+    /// Tables read or written, lower-cased, as written (schema-qualified when the SQL qualifies them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    /// Functions called, lower-cased.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<String>,
+    /// UPDATE or DELETE without a WHERE clause.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing_where: bool,
+    /// True when sqlparser could not parse the statement (classified from tokens, fail closed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unparsed: bool,
+    /// The built-in classification of this statement alone.
+    pub action: Action,
+    /// Why this statement got its action.
+    pub reasons: Vec<String>,
+}
+
+/// Approval requirements of a `review` verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRequirement {
+    /// Approver groups whose members may vote.
+    pub approver_groups: Vec<String>,
+    /// Distinct humans needed.
+    pub quorum: u32,
+    /// Seconds before the request expires.
+    pub ttl_secs: u64,
+}
+
+/// The outcome of classifying a SQL string against the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The strictest action over all statements, after rules.
+    pub action: Action,
+    /// Human-readable reasons, most important first.
+    pub reasons: Vec<String>,
+    /// One entry per statement in the string.
+    pub statements: Vec<StatementFacts>,
+    /// Name of the config rule that decided, or `default` for the built-in policy.
+    pub rule: String,
+    /// Present when `action` is `review`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewRequirement>,
+}
