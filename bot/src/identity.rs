@@ -37,7 +37,9 @@ impl Identity {
     /// e-mail and the API is one voter; otherwise by issuer and subject.
     pub fn canonical(&self) -> CanonicalId {
         match &self.email {
-            Some(e) if !e.trim().is_empty() => CanonicalId(format!("email:{}", e.trim().to_lowercase())),
+            Some(e) if !e.trim().is_empty() => {
+                CanonicalId(format!("email:{}", e.trim().to_lowercase()))
+            }
             _ => CanonicalId(format!("sub:{}|{}", self.issuer, self.subject)),
         }
     }
@@ -98,12 +100,20 @@ impl RequesterChain {
 
     /// A stable key for "the same requester" (used to let a re-sent approved statement run once).
     pub fn key(&self) -> String {
-        self.0.iter().map(|i| i.canonical().0).collect::<Vec<_>>().join(" <- ")
+        self.0
+            .iter()
+            .map(|i| i.canonical().0)
+            .collect::<Vec<_>>()
+            .join(" <- ")
     }
 
     /// Human-readable chain, e.g. `subagent-7 → deploy-agent → alice@example.com`.
     pub fn display(&self) -> String {
-        self.0.iter().map(|i| i.display_name()).collect::<Vec<_>>().join(" → ")
+        self.0
+            .iter()
+            .map(|i| i.display_name())
+            .collect::<Vec<_>>()
+            .join(" → ")
     }
 }
 

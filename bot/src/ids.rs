@@ -118,7 +118,10 @@ mod tests {
 
     #[test]
     fn statement_hash_differs_on_any_change() {
-        assert_ne!(StatementHash::of_text("DELETE FROM t"), StatementHash::of_text("DELETE FROM t "));
+        assert_ne!(
+            StatementHash::of_text("DELETE FROM t"),
+            StatementHash::of_text("DELETE FROM t ")
+        );
         assert_eq!(StatementHash::of_text("x"), StatementHash::of_text("x"));
         assert_ne!(
             StatementHash::of_parts("ab", &[]),

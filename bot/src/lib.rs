@@ -8,3 +8,20 @@ pub mod ids;
 
 pub use identity::{CanonicalId, Identity, IdentityKind, RequesterChain};
 pub use ids::{RequestId, SessionId, StatementHash};
+pub mod audit;
+pub mod directory;
+pub mod events;
+pub mod request;
+pub mod sessions;
+pub mod store;
+pub mod testing;
+pub mod workflow;
+#[cfg(test)]
+mod workflow_tests;
+
+pub use directory::{ApproverDirectory, ApproverGroup};
+pub use request::{
+    ApprovalRequest, Decision, ExecutionSummary, NewRequest, RequestStatus, RequestView, Vote,
+};
+pub use store::Store;
+pub use workflow::{Refusal, Submitted, VoteResult, Workflow, WorkflowError};

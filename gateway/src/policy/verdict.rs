@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// What happens to a statement. Defaults to `Review`: anything unclassified fails closed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Forward to the upstream.

@@ -1,0 +1,91 @@
+//! Approver groups: who may vote on what.
+
+use crate::identity::Identity;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A named set of people allowed to vote, by e-mail and/or IdP group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApproverGroup {
+    /// Group name referenced by policy rules.
+    pub name: String,
+    /// Members' e-mail addresses (compared case-insensitively).
+    pub members: Vec<String>,
+    /// IdP groups whose members belong to this group.
+    pub idp_groups: Vec<String>,
+}
+
+impl ApproverGroup {
+    /// True when `who` is a member (by e-mail or IdP group).
+    pub fn contains(&self, who: &Identity) -> bool {
+        let by_email = who
+            .email
+            .as_deref()
+            .map(|e| {
+                self.members
+                    .iter()
+                    .any(|m| m.trim().eq_ignore_ascii_case(e.trim()))
+            })
+            .unwrap_or(false);
+        by_email
+            || who
+                .groups
+                .iter()
+                .any(|g| self.idp_groups.iter().any(|ig| ig == g))
+    }
+}
+
+/// All approver groups, by name.
+#[derive(Debug, Clone, Default)]
+pub struct ApproverDirectory {
+    groups: HashMap<String, ApproverGroup>,
+}
+
+impl ApproverDirectory {
+    /// Build from configured groups.
+    pub fn new(groups: impl IntoIterator<Item = ApproverGroup>) -> Self {
+        Self {
+            groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
+        }
+    }
+
+    /// A group by name.
+    pub fn group(&self, name: &str) -> Option<&ApproverGroup> {
+        self.groups.get(name)
+    }
+
+    /// True when `who` belongs to any of `groups`.
+    pub fn is_member_of_any(&self, groups: &[String], who: &Identity) -> bool {
+        groups
+            .iter()
+            .filter_map(|g| self.groups.get(g))
+            .any(|g| g.contains(who))
+    }
+
+    /// Human-readable approvers for messages: explicit members, then `group:<idp group>` entries.
+    pub fn describe(&self, groups: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for g in groups.iter().filter_map(|g| self.groups.get(g)) {
+            for m in &g.members {
+                if !out.iter().any(|o| o.eq_ignore_ascii_case(m)) {
+                    out.push(m.clone());
+                }
+            }
+            for ig in &g.idp_groups {
+                let label = format!("group:{ig}");
+                if !out.contains(&label) {
+                    out.push(label);
+                }
+            }
+        }
+        out
+    }
+
+    /// E-mail addresses of explicit members of `groups` (for channels that message people directly).
+    pub fn member_emails(&self, groups: &[String]) -> Vec<String> {
+        self.describe(groups)
+            .into_iter()
+            .filter(|m| !m.starts_with("group:"))
+            .collect()
+    }
+}

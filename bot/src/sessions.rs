@@ -1,0 +1,116 @@
+//! Session recording: each client session and each statement it sent.
+
+use crate::identity::RequesterChain;
+use crate::ids::{RequestId, SessionId, StatementHash};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A client session (wire connection or HTTP caller).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Session id.
+    pub id: SessionId,
+    /// Connection name.
+    pub connection: String,
+    /// Who.
+    pub requester: RequesterChain,
+    /// Client socket address.
+    pub client_addr: Option<String>,
+    /// Client application name.
+    pub application: Option<String>,
+    /// `wire` or `http`.
+    pub protocol: String,
+    /// Started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Ended, when it has.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub ended_at: Option<OffsetDateTime>,
+}
+
+/// One statement of a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatementRecord {
+    /// Session.
+    pub session_id: SessionId,
+    /// Statement text (masked values never appear here: statements are what the client sent).
+    pub sql: String,
+    /// Hash.
+    pub statement_hash: StatementHash,
+    /// `allow`, `block`, `review`.
+    pub decision: String,
+    /// Request, when held.
+    pub request_id: Option<RequestId>,
+    /// Final outcome: `ok`, `error`, `blocked`, `held`, `denied`, `timed_out`, `cancelled`.
+    pub outcome: String,
+    /// Command tag.
+    pub command_tag: Option<String>,
+    /// Rows affected/returned.
+    pub rows: Option<u64>,
+    /// Error message.
+    pub error: Option<String>,
+    /// Fields masked in results.
+    pub masked_fields: u64,
+    /// Duration in microseconds.
+    pub duration_us: u64,
+    /// When it arrived.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// Counts for a threaded session summary.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SessionSummary {
+    /// Session id.
+    pub session_id: Option<SessionId>,
+    /// Connection.
+    pub connection: String,
+    /// Requester chain, displayed.
+    pub requester: String,
+    /// Duration in seconds.
+    pub duration_secs: u64,
+    /// Statements that ran.
+    pub run: u64,
+    /// Blocked.
+    pub blocked: u64,
+    /// Held for approval.
+    pub held: u64,
+    /// Held and then approved.
+    pub approved: u64,
+    /// Rows affected by statements that ran.
+    pub rows_affected: u64,
+    /// Fields masked.
+    pub masked_fields: u64,
+}
+
+impl SessionSummary {
+    /// Summarise a session from its statements.
+    pub fn from_records(session: &SessionRecord, statements: &[StatementRecord]) -> Self {
+        let end = session.ended_at.unwrap_or_else(OffsetDateTime::now_utc);
+        let mut s = SessionSummary {
+            session_id: Some(session.id),
+            connection: session.connection.clone(),
+            requester: session.requester.display(),
+            duration_secs: (end - session.started_at).whole_seconds().max(0) as u64,
+            ..Default::default()
+        };
+        for st in statements {
+            match st.decision.as_str() {
+                "block" => s.blocked += 1,
+                "review" => {
+                    s.held += 1;
+                    if st.outcome == "ok" || st.outcome == "error" {
+                        s.approved += 1;
+                    }
+                }
+                _ => {}
+            }
+            if st.outcome == "ok" {
+                s.run += 1;
+                s.rows_affected += st.rows.unwrap_or(0);
+            }
+            s.masked_fields += st.masked_fields;
+        }
+        s
+    }
+}

@@ -1,0 +1,200 @@
+//! Persistence: one trait, a SQLite implementation (default, zero set-up) and a PostgreSQL one (production,
+//! several replicas). Both run the same test suite.
+
+pub(crate) mod backend;
+pub mod error;
+pub mod outbox;
+pub mod postgres;
+pub mod sqlite;
+
+pub use error::StoreError;
+pub use outbox::{OutboxItem, OutboxStatus};
+
+use crate::audit::{AuditEntry, AuditRecord};
+use crate::events::WorkflowEvent;
+use crate::ids::{RequestId, SessionId, StatementHash};
+use crate::request::{ApprovalRequest, ExecutionSummary, RequestStatus, RequestView, Vote};
+use crate::sessions::{SessionRecord, StatementRecord};
+use std::sync::Arc;
+
+/// Result of trying to record a vote inside the store's transaction.
+#[derive(Debug, Clone)]
+pub enum VoteOutcome {
+    /// Counted. `resolved` is true when this vote approved (quorum) or denied the request.
+    Recorded {
+        /// The request after the vote.
+        view: RequestView,
+        /// This vote changed the status.
+        resolved: bool,
+    },
+    /// Not counted; the caller audits the refusal.
+    Refused {
+        /// Stable code: `resolved`, `expired`, `already_voted`.
+        code: &'static str,
+        /// Human-readable reason.
+        reason: String,
+        /// The request as it stands.
+        view: RequestView,
+    },
+}
+
+/// A status change to apply atomically with its audit record and notifications.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// Allowed current statuses (compare-and-set).
+    pub from: &'static [RequestStatus],
+    /// New status.
+    pub to: RequestStatus,
+    /// Audit record written in the same transaction.
+    pub audit: AuditEntry,
+    /// Execution summary to store (for executed / failed).
+    pub execution: Option<ExecutionSummary>,
+    /// Event kind to enqueue for notifiers, if any.
+    pub notify: Option<NotifyKind>,
+}
+
+/// Which event a transition emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyKind {
+    /// [`WorkflowEvent::Resolved`].
+    Resolved,
+    /// [`WorkflowEvent::Executed`].
+    Executed,
+}
+
+/// The state store. Every state change is one transaction that also appends the audit record and the
+/// outbox rows for each sink.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Insert a new pending request (audited, notified).
+    async fn create_request(
+        &self,
+        req: &ApprovalRequest,
+        sinks: &[String],
+    ) -> Result<RequestView, StoreError>;
+    /// A request and its votes.
+    async fn get_request(&self, id: RequestId) -> Result<Option<RequestView>, StoreError>;
+    /// Requests, newest first, optionally by status.
+    async fn list_requests(
+        &self,
+        status: Option<RequestStatus>,
+        limit: u32,
+    ) -> Result<Vec<ApprovalRequest>, StoreError>;
+    /// The newest pending or approved request for exactly this requester, connection and statement.
+    async fn find_reusable(
+        &self,
+        requester_key: &str,
+        connection: &str,
+        hash: &StatementHash,
+    ) -> Result<Option<ApprovalRequest>, StoreError>;
+    /// Record a vote: lock the request, check it is pending and unexpired and that this voter has not voted,
+    /// insert, and resolve on deny or quorum.
+    async fn cast_vote(
+        &self,
+        vote: &Vote,
+        now_ms: i64,
+        sinks: &[String],
+    ) -> Result<VoteOutcome, StoreError>;
+    /// Compare-and-set a status. Returns the new view, or `None` when the current status was not in `from`.
+    async fn transition(
+        &self,
+        id: RequestId,
+        t: Transition,
+        sinks: &[String],
+    ) -> Result<Option<RequestView>, StoreError>;
+    /// Pending requests whose expiry has passed.
+    async fn due_for_expiry(&self, now_ms: i64, limit: u32) -> Result<Vec<RequestId>, StoreError>;
+
+    /// Append a standalone audit record (refusals, authentication failures, forged signatures).
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError>;
+    /// Audit records with `seq > after`, in order.
+    async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Enqueue an event for each sink, outside a state change (e.g. refusals, session summaries, reminders).
+    async fn enqueue(
+        &self,
+        event: &WorkflowEvent,
+        key: &str,
+        sinks: &[String],
+    ) -> Result<(), StoreError>;
+    /// Lease due outbox items (oldest first, in order per sink and request) for `lease_ms`.
+    async fn lease_outbox(
+        &self,
+        sinks: &[String],
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Mark delivered.
+    async fn outbox_delivered(&self, id: i64, now_ms: i64) -> Result<(), StoreError>;
+    /// Record a failure; `next_attempt_ms = None` dead-letters it.
+    async fn outbox_failed(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_ms: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// Outbox items, newest first, optionally by status.
+    async fn outbox_list(
+        &self,
+        status: Option<OutboxStatus>,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Put a dead-lettered item back in the queue. Returns false when there is no such dead item.
+    async fn outbox_retry(&self, id: i64, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Remember a channel's handle for a request (Slack channel + ts, mail Message-ID, Jira issue key).
+    async fn put_ref(
+        &self,
+        request: RequestId,
+        sink: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StoreError>;
+    /// Look a handle up.
+    async fn get_ref(
+        &self,
+        request: RequestId,
+        sink: &str,
+        key: &str,
+    ) -> Result<Option<String>, StoreError>;
+    /// Find the request a handle belongs to.
+    async fn find_ref(
+        &self,
+        sink: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<RequestId>, StoreError>;
+    /// Mark a single-use nonce used. Returns false when it was already used.
+    async fn consume_nonce(&self, nonce: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Record a session start.
+    async fn session_started(&self, s: &SessionRecord) -> Result<(), StoreError>;
+    /// Record a session end.
+    async fn session_ended(&self, id: SessionId, ended_ms: i64) -> Result<(), StoreError>;
+    /// Record one statement of a session.
+    async fn statement_recorded(&self, st: &StatementRecord) -> Result<(), StoreError>;
+    /// Sessions, newest first.
+    async fn list_sessions(&self, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
+    /// One session with its statements.
+    async fn get_session(
+        &self,
+        id: SessionId,
+    ) -> Result<Option<(SessionRecord, Vec<StatementRecord>)>, StoreError>;
+}
+
+/// Open the store a URL names: `sqlite://path` (created if missing) or `postgres://…`. Runs migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
+    } else {
+        Err(StoreError::Config(format!(
+            "store URL {url:?} has an unknown scheme: use sqlite://PATH or postgres://USER@HOST/DB"
+        )))
+    }
+}

@@ -1,0 +1,62 @@
+//! SQLite backend: a single file in the data directory, WAL mode. Writers serialise with `BEGIN IMMEDIATE`.
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, SqliteConnection, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    const BACKEND: &'static str = "sqlite";
+    // BEGIN IMMEDIATE already holds the database write lock: a plain select is enough.
+    const LOCK_REQUEST: &'static str = "SELECT status FROM requests WHERE id = $1";
+    const LEASE_SELECT: &'static str = "SELECT id, sink, request_id, event_kind, payload, idempotency_key, status, attempts, next_attempt_ms, last_error, created_ms FROM outbox o WHERE status = 'pending' AND next_attempt_ms <= $1 AND lease_until_ms <= $1 AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.request_id = o.request_id AND p.status = 'pending' AND p.id < o.id) ORDER BY id LIMIT $2";
+
+    /// Open (creating the file and its directory if needed) and migrate.
+    pub async fn open(url: &str) -> Result<Self, super::StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(parent) = opts.get_filename().parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    super::StoreError::Config(format!(
+                        "cannot create the data directory {}: {e} (set [store] url to a writable path)",
+                        parent.display()
+                    ))
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    async fn lock_audit(_conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    /// The pool, for tests and maintenance commands.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+super::backend::sql_store!(SqliteStore, Sqlite, SqliteConnection);

@@ -1,0 +1,437 @@
+//! The approval workflow: create or reuse requests, enforce separation of duties on every vote, resolve on
+//! quorum or veto, hand out the single execution of an approved statement, expire, and wake waiters.
+
+use crate::audit::AuditEntry;
+use crate::directory::ApproverDirectory;
+use crate::events::WorkflowEvent;
+use crate::identity::{Identity, RequesterChain};
+use crate::ids::RequestId;
+use crate::request::{
+    ApprovalRequest, Decision, ExecutionSummary, NewRequest, RequestStatus, RequestView, Vote,
+};
+use crate::store::{NotifyKind, Store, StoreError, Transition, VoteOutcome};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+/// Workflow failures that are not domain refusals.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such request.
+    #[error("no request {0}: check the id, or list requests with GET /v1/requests")]
+    NotFound(RequestId),
+}
+
+/// What submitting a statement for review produced.
+#[derive(Debug, Clone)]
+pub enum Submitted {
+    /// A new pending request.
+    Created(RequestView),
+    /// The same requester already has this exact statement pending.
+    AlreadyPending(RequestView),
+    /// The same requester's identical statement was approved and is now claimed: run it once.
+    ApprovedAndClaimed(RequestView),
+}
+
+/// Outcome of a vote attempt.
+#[derive(Debug, Clone)]
+pub enum VoteResult {
+    /// Counted; `resolved` when it approved (quorum) or denied the request.
+    Recorded {
+        /// The request after the vote.
+        view: RequestView,
+        /// The vote changed the status.
+        resolved: bool,
+    },
+    /// Refused (audited).
+    Refused(Refusal),
+}
+
+/// Why a vote was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Stable code: `workload_cannot_vote`, `requester_cannot_approve`, `not_an_approver`, `resolved`,
+    /// `expired`, `already_voted`.
+    pub code: &'static str,
+    /// What happened and what to do.
+    pub reason: String,
+}
+
+/// Wakes tasks waiting on a request when its status changes in this process.
+#[derive(Default)]
+struct ResolutionHub {
+    waiters: Mutex<HashMap<RequestId, Arc<Notify>>>,
+}
+
+impl ResolutionHub {
+    fn handle(&self, id: RequestId) -> Arc<Notify> {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(id).or_default().clone()
+    }
+
+    fn wake(&self, id: RequestId) {
+        let n = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+
+    fn release(&self, id: RequestId, handle: Arc<Notify>) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        // Two references: the map's and ours. Nobody else waits, so drop the entry.
+        if Arc::strong_count(&handle) <= 2 {
+            w.remove(&id);
+        }
+    }
+}
+
+/// The approval workflow over a store.
+pub struct Workflow {
+    store: Arc<dyn Store>,
+    directory: ApproverDirectory,
+    sinks: Vec<String>,
+    hub: ResolutionHub,
+    poll: Duration,
+}
+
+impl Workflow {
+    /// A workflow that notifies `sinks` (opaque channel names) through the store's outbox.
+    pub fn new(store: Arc<dyn Store>, directory: ApproverDirectory, sinks: Vec<String>) -> Self {
+        Self {
+            store,
+            directory,
+            sinks,
+            hub: ResolutionHub::default(),
+            poll: Duration::from_millis(250),
+        }
+    }
+
+    /// How often waiters re-check the store (covers changes made by other replicas).
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The approver directory.
+    pub fn directory(&self) -> &ApproverDirectory {
+        &self.directory
+    }
+
+    /// The sinks events are queued for.
+    pub fn sinks(&self) -> &[String] {
+        &self.sinks
+    }
+
+    /// Submit a statement that needs review: reuse the requester's pending or approved request for exactly
+    /// this statement, or create a new one.
+    pub async fn submit(&self, new: NewRequest) -> Result<Submitted, WorkflowError> {
+        let key = new.requester.key();
+        if let Some(existing) = self
+            .store
+            .find_reusable(&key, &new.connection, &new.statement_hash)
+            .await?
+        {
+            match existing.status {
+                RequestStatus::Approved => {
+                    if let Some(view) = self.claim(existing.id).await? {
+                        return Ok(Submitted::ApprovedAndClaimed(view));
+                    }
+                }
+                RequestStatus::Pending => {
+                    let view = self.get(existing.id).await?;
+                    return Ok(Submitted::AlreadyPending(view));
+                }
+                _ => {}
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        let ttl = Duration::from_secs(new.ttl_secs.max(1));
+        let req = ApprovalRequest {
+            id: RequestId::new(),
+            connection: new.connection,
+            statement: new.statement,
+            statement_hash: new.statement_hash,
+            requester: new.requester,
+            rule: new.rule,
+            reasons: new.reasons,
+            approver_groups: new.approver_groups,
+            quorum: new.quorum.max(1),
+            status: RequestStatus::Pending,
+            origin: new.origin,
+            session_id: new.session_id,
+            created_at: now,
+            expires_at: now + ttl,
+            updated_at: now,
+            execution: None,
+        };
+        let view = self.store.create_request(&req, &self.sinks).await?;
+        tracing::info!(request_id = %req.id, connection = %req.connection, "statement held for approval");
+        Ok(Submitted::Created(view))
+    }
+
+    /// A request with its votes.
+    pub async fn get(&self, id: RequestId) -> Result<RequestView, WorkflowError> {
+        self.store
+            .get_request(id)
+            .await?
+            .ok_or(WorkflowError::NotFound(id))
+    }
+
+    /// Cast a vote as `voter` through `channel`, enforcing separation of duties. Refusals are audited and
+    /// announced to notifiers.
+    pub async fn vote(
+        &self,
+        id: RequestId,
+        voter: &Identity,
+        decision: Decision,
+        reason: Option<String>,
+        channel: &str,
+    ) -> Result<VoteResult, WorkflowError> {
+        let view = self.get(id).await?;
+        if let Some(refusal) = self.check_voter(&view, voter, decision) {
+            self.record_refusal(&view, voter, channel, &refusal).await?;
+            return Ok(VoteResult::Refused(refusal));
+        }
+        let vote = Vote {
+            request_id: id,
+            voter: voter.canonical(),
+            voter_name: voter.display_name(),
+            decision,
+            reason: reason.map(|r| r.chars().take(2000).collect()),
+            channel: channel.to_string(),
+            at: OffsetDateTime::now_utc(),
+        };
+        let now_ms = (vote.at.unix_timestamp_nanos() / 1_000_000) as i64;
+        match self.store.cast_vote(&vote, now_ms, &self.sinks).await {
+            Ok(VoteOutcome::Recorded { view, resolved }) => {
+                tracing::info!(request_id = %id, voter = %vote.voter, decision = decision.as_str(), channel, resolved, "vote recorded");
+                if resolved {
+                    self.hub.wake(id);
+                }
+                Ok(VoteResult::Recorded { view, resolved })
+            }
+            Ok(VoteOutcome::Refused { code, reason, view }) => {
+                let refusal = Refusal { code, reason };
+                self.record_refusal(&view, voter, channel, &refusal).await?;
+                Ok(VoteResult::Refused(refusal))
+            }
+            Err(StoreError::NotFound(_)) => Err(WorkflowError::NotFound(id)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Separation-of-duties checks that need no lock: workloads, the requester chain, group membership.
+    fn check_voter(
+        &self,
+        view: &RequestView,
+        voter: &Identity,
+        _decision: Decision,
+    ) -> Option<Refusal> {
+        if !voter.is_human() {
+            return Some(Refusal {
+                code: "workload_cannot_vote",
+                reason: format!(
+                    "{} is a workload identity: only humans may approve or deny",
+                    voter.display_name()
+                ),
+            });
+        }
+        if view.request.requester.contains(voter) {
+            return Some(Refusal {
+                code: "requester_cannot_approve",
+                reason: "you are in this request's requester chain: separation of duties forbids voting on your own request; ask another approver".into(),
+            });
+        }
+        if !self
+            .directory
+            .is_member_of_any(&view.request.approver_groups, voter)
+        {
+            return Some(Refusal {
+                code: "not_an_approver",
+                reason: format!(
+                    "you are not a member of the approver group(s) {}: ask an administrator to add you, or ask a member to review",
+                    view.request.approver_groups.join(", ")
+                ),
+            });
+        }
+        None
+    }
+
+    async fn record_refusal(
+        &self,
+        view: &RequestView,
+        voter: &Identity,
+        channel: &str,
+        refusal: &Refusal,
+    ) -> Result<(), WorkflowError> {
+        tracing::warn!(request_id = %view.request.id, voter = %voter.canonical(), code = refusal.code, channel, "vote refused");
+        self.store
+            .append_audit(
+                AuditEntry::new(voter.canonical().0, "vote.refused", channel)
+                    .request(view.request.id)
+                    .decision("refused")
+                    .statement(&view.request.statement_hash)
+                    .detail(serde_json::json!({ "code": refusal.code, "reason": refusal.reason })),
+            )
+            .await?;
+        let event = WorkflowEvent::VoteRefused {
+            request: view.clone(),
+            voter_name: voter.display_name(),
+            channel: channel.to_string(),
+            code: refusal.code.to_string(),
+            reason: refusal.reason.clone(),
+        };
+        let key = format!("{}:refused:{}", view.request.id, uuid::Uuid::now_v7());
+        self.store.enqueue(&event, &key, &self.sinks).await?;
+        Ok(())
+    }
+
+    /// Claim an approved request for its single execution (approved → executing). `None` when it is not
+    /// approved (already claimed, or never approved).
+    pub async fn claim(&self, id: RequestId) -> Result<Option<RequestView>, WorkflowError> {
+        let t = Transition {
+            from: &[RequestStatus::Approved],
+            to: RequestStatus::Executing,
+            audit: AuditEntry::new("system", "request.execution_started", "system").request(id),
+            execution: None,
+            notify: None,
+        };
+        Ok(self.store.transition(id, t, &self.sinks).await?)
+    }
+
+    /// Record the result of the single execution (executing → executed | failed).
+    pub async fn finish(
+        &self,
+        id: RequestId,
+        summary: ExecutionSummary,
+    ) -> Result<Option<RequestView>, WorkflowError> {
+        let to = if summary.error.is_some() {
+            RequestStatus::Failed
+        } else {
+            RequestStatus::Executed
+        };
+        let t = Transition {
+            from: &[RequestStatus::Executing],
+            to,
+            audit: AuditEntry::new("system", "request.executed", "system")
+                .request(id)
+                .decision(to.as_str())
+                .detail(serde_json::to_value(&summary).unwrap_or_default()),
+            execution: Some(summary),
+            notify: Some(NotifyKind::Executed),
+        };
+        let v = self.store.transition(id, t, &self.sinks).await?;
+        self.hub.wake(id);
+        Ok(v)
+    }
+
+    /// Cancel a pending request on behalf of its requester (pending → cancelled).
+    pub async fn cancel(
+        &self,
+        id: RequestId,
+        by: &RequesterChain,
+        channel: &str,
+    ) -> Result<Option<RequestView>, WorkflowError> {
+        let t = Transition {
+            from: &[RequestStatus::Pending],
+            to: RequestStatus::Cancelled,
+            audit: AuditEntry::new(by.key(), "request.cancelled", channel)
+                .request(id)
+                .decision("cancelled"),
+            execution: None,
+            notify: Some(NotifyKind::Resolved),
+        };
+        let v = self.store.transition(id, t, &self.sinks).await?;
+        self.hub.wake(id);
+        Ok(v)
+    }
+
+    /// Expire every pending request whose TTL has passed. Returns how many expired.
+    pub async fn expire_due(&self) -> Result<usize, WorkflowError> {
+        let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let due = self.store.due_for_expiry(now_ms, 500).await?;
+        let mut n = 0;
+        for id in due {
+            let t = Transition {
+                from: &[RequestStatus::Pending],
+                to: RequestStatus::Expired,
+                audit: AuditEntry::new("system", "request.expired", "system")
+                    .request(id)
+                    .decision("expired"),
+                execution: None,
+                notify: Some(NotifyKind::Resolved),
+            };
+            if self.store.transition(id, t, &self.sinks).await?.is_some() {
+                tracing::info!(request_id = %id, "request expired");
+                self.hub.wake(id);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Run [`Workflow::expire_due`] every `every` until the task is dropped.
+    pub fn spawn_expiry(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let wf = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = wf.expire_due().await {
+                    tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
+                }
+            }
+        })
+    }
+
+    /// Tell local waiters that `id` may have changed (e.g. after a change seen via another replica).
+    pub fn wake(&self, id: RequestId) {
+        self.hub.wake(id);
+    }
+
+    /// Wait until the request leaves `pending` or `timeout` passes; returns the latest view either way.
+    pub async fn wait_resolved(
+        &self,
+        id: RequestId,
+        timeout: Duration,
+    ) -> Result<RequestView, WorkflowError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let handle = self.hub.handle(id);
+        let result = loop {
+            let notified = handle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let view = match self.get(id).await {
+                Ok(v) => v,
+                Err(e) => break Err(e),
+            };
+            let now = tokio::time::Instant::now();
+            if view.request.status != RequestStatus::Pending || now >= deadline {
+                break Ok(view);
+            }
+            let nap = self.poll.min(deadline - now);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+        };
+        self.hub.release(id, handle);
+        result
+    }
+}

@@ -1,0 +1,535 @@
+//! The workflow's behaviour, run against both store backends.
+
+use crate::audit::{verify_chain, ChainCheck};
+use crate::directory::{ApproverDirectory, ApproverGroup};
+use crate::identity::RequesterChain;
+use crate::ids::StatementHash;
+use crate::request::{Decision, ExecutionSummary, NewRequest, RequestStatus};
+use crate::store::{OutboxStatus, Store};
+use crate::testing::{fresh_pg, fresh_sqlite, human, workload, TempDir};
+use crate::workflow::{Submitted, VoteResult, Workflow};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn directory() -> ApproverDirectory {
+    ApproverDirectory::new([ApproverGroup {
+        name: "dba".into(),
+        members: (1..=30)
+            .map(|i| format!("reviewer{i}@example.com"))
+            .chain(["alice@example.com".into()])
+            .collect(),
+        idp_groups: vec!["db-admins".into()],
+    }])
+}
+
+fn agent_for_alice() -> RequesterChain {
+    RequesterChain(vec![workload("deploy-agent"), human("alice@example.com")])
+}
+
+fn new_request(sql: &str, quorum: u32, ttl_secs: u64) -> NewRequest {
+    NewRequest {
+        connection: "prod".into(),
+        statement: sql.into(),
+        statement_hash: StatementHash::of_text(sql),
+        requester: agent_for_alice(),
+        rule: "default".into(),
+        reasons: vec!["DELETE without WHERE".into()],
+        approver_groups: vec!["dba".into()],
+        quorum,
+        ttl_secs,
+        origin: "api".into(),
+        session_id: None,
+    }
+}
+
+async fn stores() -> Vec<(Arc<dyn Store>, Option<TempDir>)> {
+    let (s, d) = fresh_sqlite().await;
+    vec![(s, Some(d)), (fresh_pg().await, None)]
+}
+
+fn workflow(store: Arc<dyn Store>) -> Workflow {
+    Workflow::new(store, directory(), vec!["log".into(), "slack".into()])
+}
+
+async fn created(wf: &Workflow, sql: &str, quorum: u32) -> crate::ids::RequestId {
+    match wf.submit(new_request(sql, quorum, 3600)).await.unwrap() {
+        Submitted::Created(v) => v.request.id,
+        other => panic!("expected a new request, got {other:?}"),
+    }
+}
+
+fn refused_code(r: &VoteResult) -> Option<&'static str> {
+    match r {
+        VoteResult::Refused(f) => Some(f.code),
+        VoteResult::Recorded { .. } => None,
+    }
+}
+
+#[tokio::test]
+async fn two_distinct_humans_approve_and_it_runs_exactly_once() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = created(&wf, "DELETE FROM orders", 2).await;
+        let r1 = wf
+            .vote(
+                id,
+                &human("reviewer1@example.com"),
+                Decision::Approve,
+                None,
+                "api",
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                r1,
+                VoteResult::Recorded {
+                    resolved: false,
+                    ..
+                }
+            ),
+            "{}",
+            store.backend()
+        );
+        let r2 = wf
+            .vote(
+                id,
+                &human("reviewer2@example.com"),
+                Decision::Approve,
+                None,
+                "slack",
+            )
+            .await
+            .unwrap();
+        assert!(matches!(r2, VoteResult::Recorded { resolved: true, .. }));
+        assert_eq!(
+            wf.get(id).await.unwrap().request.status,
+            RequestStatus::Approved
+        );
+        // Exactly one claim succeeds, even when raced.
+        let (a, b) = tokio::join!(wf.claim(id), wf.claim(id));
+        assert_eq!(
+            [a.unwrap().is_some(), b.unwrap().is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count(),
+            1
+        );
+        assert!(wf.claim(id).await.unwrap().is_none());
+        let summary = ExecutionSummary {
+            command_tag: Some("DELETE 3".into()),
+            rows: Some(3),
+            error: None,
+            duration_ms: 2,
+        };
+        let done = wf.finish(id, summary).await.unwrap().unwrap();
+        assert_eq!(done.request.status, RequestStatus::Executed);
+        assert_eq!(
+            done.request.execution.unwrap().command_tag.as_deref(),
+            Some("DELETE 3")
+        );
+    }
+}
+
+#[tokio::test]
+async fn requester_chain_and_workloads_cannot_vote() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = created(&wf, "DELETE FROM orders", 1).await;
+        // Alice is the human the agent acts for; she is also a dba member.
+        let r = wf
+            .vote(
+                id,
+                &human("ALICE@example.com"),
+                Decision::Approve,
+                None,
+                "slack",
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused_code(&r), Some("requester_cannot_approve"));
+        let r = wf
+            .vote(
+                id,
+                &workload("deploy-agent"),
+                Decision::Approve,
+                None,
+                "api",
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused_code(&r), Some("workload_cannot_vote"));
+        let r = wf
+            .vote(
+                id,
+                &human("mallory@example.com"),
+                Decision::Approve,
+                None,
+                "api",
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused_code(&r), Some("not_an_approver"));
+        assert_eq!(
+            wf.get(id).await.unwrap().request.status,
+            RequestStatus::Pending
+        );
+        assert!(wf.get(id).await.unwrap().votes.is_empty());
+        // Each refusal is audited.
+        let audit = store.audit_records(0, 100).await.unwrap();
+        assert_eq!(
+            audit
+                .iter()
+                .filter(|a| a.entry.action == "vote.refused")
+                .count(),
+            3
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_human_counts_once_across_channels() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = created(&wf, "UPDATE t SET x = 1", 2).await;
+        let bob = human("reviewer3@example.com");
+        let mut bob_via_idp = human("Reviewer3@Example.com");
+        bob_via_idp.issuer = "https://idp.example.com".into();
+        assert!(matches!(
+            wf.vote(id, &bob, Decision::Approve, None, "slack")
+                .await
+                .unwrap(),
+            VoteResult::Recorded { .. }
+        ));
+        let r = wf
+            .vote(id, &bob_via_idp, Decision::Approve, None, "email")
+            .await
+            .unwrap();
+        assert_eq!(refused_code(&r), Some("already_voted"));
+        let v = wf.get(id).await.unwrap();
+        assert_eq!(v.request.status, RequestStatus::Pending);
+        assert_eq!(v.approvals(), 1);
+    }
+}
+
+#[tokio::test]
+async fn deny_vetoes_and_closes_voting() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = created(&wf, "DROP TABLE t", 2).await;
+        wf.vote(
+            id,
+            &human("reviewer1@example.com"),
+            Decision::Approve,
+            None,
+            "api",
+        )
+        .await
+        .unwrap();
+        let r = wf
+            .vote(
+                id,
+                &human("reviewer2@example.com"),
+                Decision::Deny,
+                Some("not today".into()),
+                "api",
+            )
+            .await
+            .unwrap();
+        assert!(matches!(r, VoteResult::Recorded { resolved: true, .. }));
+        assert_eq!(
+            wf.get(id).await.unwrap().request.status,
+            RequestStatus::Denied
+        );
+        let r = wf
+            .vote(
+                id,
+                &human("reviewer3@example.com"),
+                Decision::Approve,
+                None,
+                "api",
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused_code(&r), Some("resolved"));
+        assert!(wf.claim(id).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn pending_requests_expire_and_refuse_votes() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = match wf.submit(new_request("DELETE FROM a", 1, 1)).await.unwrap() {
+            Submitted::Created(v) => v.request.id,
+            other => panic!("{other:?}"),
+        };
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = wf
+            .vote(
+                id,
+                &human("reviewer1@example.com"),
+                Decision::Approve,
+                None,
+                "api",
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused_code(&r), Some("expired"));
+        assert_eq!(wf.expire_due().await.unwrap(), 1);
+        assert_eq!(
+            wf.get(id).await.unwrap().request.status,
+            RequestStatus::Expired
+        );
+        assert_eq!(wf.expire_due().await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
+async fn identical_resubmission_reuses_and_altered_text_is_a_new_request() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = created(&wf, "DELETE FROM orders WHERE id = 1", 1).await;
+        match wf
+            .submit(new_request("DELETE FROM orders WHERE id = 1", 1, 3600))
+            .await
+            .unwrap()
+        {
+            Submitted::AlreadyPending(v) => assert_eq!(v.request.id, id),
+            other => panic!("{other:?}"),
+        }
+        wf.vote(
+            id,
+            &human("reviewer1@example.com"),
+            Decision::Approve,
+            None,
+            "api",
+        )
+        .await
+        .unwrap();
+        // Altered text: a different statement, a new request, nothing runs.
+        match wf
+            .submit(new_request(
+                "DELETE FROM orders WHERE id = 1 OR true",
+                1,
+                3600,
+            ))
+            .await
+            .unwrap()
+        {
+            Submitted::Created(v) => assert_ne!(v.request.id, id),
+            other => panic!("{other:?}"),
+        }
+        // The identical text, re-sent: claimed once.
+        match wf
+            .submit(new_request("DELETE FROM orders WHERE id = 1", 1, 3600))
+            .await
+            .unwrap()
+        {
+            Submitted::ApprovedAndClaimed(v) => assert_eq!(v.request.id, id),
+            other => panic!("{other:?}"),
+        }
+        // A third send needs a new approval.
+        match wf
+            .submit(new_request("DELETE FROM orders WHERE id = 1", 1, 3600))
+            .await
+            .unwrap()
+        {
+            Submitted::Created(v) => assert_ne!(v.request.id, id),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_votes_reach_a_consistent_final_state() {
+    for (store, _g) in stores().await {
+        let wf = Arc::new(workflow(store.clone()));
+        let id = created(&wf, "DELETE FROM big", 3).await;
+        let mut tasks = Vec::new();
+        for i in 1..=20 {
+            let wf = wf.clone();
+            tasks.push(tokio::spawn(async move {
+                wf.vote(
+                    id,
+                    &human(&format!("reviewer{i}@example.com")),
+                    Decision::Approve,
+                    None,
+                    "api",
+                )
+                .await
+                .unwrap()
+            }));
+        }
+        let mut recorded = 0;
+        let mut resolved = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                VoteResult::Recorded { resolved: r, .. } => {
+                    recorded += 1;
+                    resolved += usize::from(r);
+                }
+                VoteResult::Refused(f) => assert_eq!(f.code, "resolved", "{}", store.backend()),
+            }
+        }
+        let v = wf.get(id).await.unwrap();
+        assert_eq!(
+            v.request.status,
+            RequestStatus::Approved,
+            "{}",
+            store.backend()
+        );
+        assert_eq!(
+            recorded,
+            3,
+            "exactly the quorum is recorded on {}",
+            store.backend()
+        );
+        assert_eq!(resolved, 1);
+        assert_eq!(v.votes.len(), 3);
+    }
+}
+
+#[tokio::test]
+async fn audit_chain_verifies_and_names_an_edited_row() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = created(&wf, "DELETE FROM orders", 2).await;
+        wf.vote(
+            id,
+            &human("reviewer1@example.com"),
+            Decision::Approve,
+            None,
+            "api",
+        )
+        .await
+        .unwrap();
+        wf.vote(
+            id,
+            &human("alice@example.com"),
+            Decision::Approve,
+            None,
+            "api",
+        )
+        .await
+        .unwrap();
+        wf.vote(
+            id,
+            &human("reviewer2@example.com"),
+            Decision::Approve,
+            None,
+            "api",
+        )
+        .await
+        .unwrap();
+        let records = store.audit_records(0, 1000).await.unwrap();
+        assert!(records.len() >= 5);
+        assert_eq!(
+            verify_chain(&records),
+            ChainCheck::Intact {
+                records: records.len() as u64
+            }
+        );
+        let mut tampered = records.clone();
+        tampered[2].entry.actor = "someone-else".into();
+        assert!(matches!(
+            verify_chain(&tampered),
+            ChainCheck::Broken { seq: 3, .. }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn events_are_queued_for_every_sink_in_order() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = created(&wf, "DELETE FROM orders", 1).await;
+        wf.vote(
+            id,
+            &human("reviewer1@example.com"),
+            Decision::Approve,
+            None,
+            "api",
+        )
+        .await
+        .unwrap();
+        let items = store
+            .outbox_list(Some(OutboxStatus::Pending), 100)
+            .await
+            .unwrap();
+        // created, vote_recorded, resolved for each of two sinks.
+        assert_eq!(items.len(), 6, "{}", store.backend());
+        let now = crate::store::backend::now_ms();
+        // Per sink and request, only the oldest pending item is leasable.
+        let leased = store
+            .lease_outbox(&["slack".into()], now, 30_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+        assert_eq!(leased[0].event_kind, "created");
+        assert!(store
+            .lease_outbox(&["slack".into()], now, 30_000, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        store.outbox_delivered(leased[0].id, now).await.unwrap();
+        let next = store
+            .lease_outbox(&["slack".into()], now, 30_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(next[0].event_kind, "vote_recorded");
+        store.outbox_failed(next[0].id, "boom", None).await.unwrap();
+        assert_eq!(
+            store
+                .outbox_list(Some(OutboxStatus::Dead), 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(store.outbox_retry(next[0].id, now).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn nonces_are_single_use() {
+    for (store, _g) in stores().await {
+        assert!(store.consume_nonce("n-1", 1).await.unwrap());
+        assert!(!store.consume_nonce("n-1", 2).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn waiters_wake_on_resolution() {
+    for (store, _g) in stores().await {
+        let wf = Arc::new(workflow(store.clone()));
+        let id = created(&wf, "DELETE FROM w", 1).await;
+        let waiter = {
+            let wf = wf.clone();
+            tokio::spawn(
+                async move { wf.wait_resolved(id, Duration::from_secs(10)).await.unwrap() },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        wf.vote(
+            id,
+            &human("reviewer1@example.com"),
+            Decision::Approve,
+            None,
+            "api",
+        )
+        .await
+        .unwrap();
+        let v = waiter.await.unwrap();
+        assert_eq!(v.request.status, RequestStatus::Approved);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A wait on a still-pending request returns at its deadline.
+        let other = created(&wf, "DELETE FROM w2", 1).await;
+        let v = wf
+            .wait_resolved(other, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(v.request.status, RequestStatus::Pending);
+    }
+}
