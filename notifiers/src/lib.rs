@@ -1,2 +1,9 @@
 //! Notification channels: each adapter turns workflow events into messages and inbound clicks into votes.
+//! Deliveries go through the store's outbox, so an outage or a restart loses nothing.
 #![forbid(unsafe_code)]
+
+pub mod log;
+pub mod outbox_worker;
+
+pub use log::LogNotifier;
+pub use outbox_worker::{OutboxWorker, RetryPolicy};

@@ -1,0 +1,182 @@
+//! Delivers outbox rows to their notifiers with retries: exponential backoff with jitter, `Retry-After`
+//! honoured, per-sink pacing, dead-lettering after the configured attempts. Items of one request reach one
+//! sink in order (the store leases only the oldest pending item per sink and request).
+
+use countersign_bot::events::{DeliveryError, Notifier, WorkflowEvent};
+use countersign_bot::store::{OutboxItem, Store};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Retry settings.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts before an item is dead-lettered.
+    pub max_attempts: u32,
+    /// First backoff.
+    pub base: Duration,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+    /// How long a leased item is reserved for one delivery attempt (a crashed replica's lease lapses).
+    pub lease: Duration,
+    /// Minimum spacing between two deliveries to the same sink (rate limit), if any.
+    pub min_interval: HashMap<String, Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 12,
+            base: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(300),
+            lease: Duration::from_secs(30),
+            min_interval: HashMap::new(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `attempts + 1`, with ±20 % jitter so replicas don't retry in lock-step.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+        let capped = exp.min(self.max_backoff);
+        let jitter = rand::thread_rng().gen_range(0.8..1.2);
+        capped.mul_f64(jitter)
+    }
+}
+
+/// The worker.
+pub struct OutboxWorker {
+    store: Arc<dyn Store>,
+    notifiers: HashMap<String, Arc<dyn Notifier>>,
+    policy: RetryPolicy,
+    last_sent: Mutex<HashMap<String, Instant>>,
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl OutboxWorker {
+    /// A worker delivering to `notifiers` (by sink name).
+    pub fn new(
+        store: Arc<dyn Store>,
+        notifiers: Vec<Arc<dyn Notifier>>,
+        policy: RetryPolicy,
+    ) -> Self {
+        Self {
+            store,
+            notifiers: notifiers
+                .into_iter()
+                .map(|n| (n.sink().to_string(), n))
+                .collect(),
+            policy,
+            last_sent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sink names this worker serves.
+    pub fn sinks(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.notifiers.keys().cloned().collect();
+        s.sort();
+        s
+    }
+
+    /// Lease and deliver one batch. Returns how many items were attempted.
+    pub async fn run_once(&self) -> Result<usize, countersign_bot::store::StoreError> {
+        let sinks = self.sinks();
+        let lease_ms = self.policy.lease.as_millis() as i64;
+        let items = self
+            .store
+            .lease_outbox(&sinks, now_ms(), lease_ms, 32)
+            .await?;
+        let n = items.len();
+        let mut by_sink: HashMap<String, Vec<OutboxItem>> = HashMap::new();
+        for item in items {
+            by_sink.entry(item.sink.clone()).or_default().push(item);
+        }
+        // Sinks in parallel; items of one sink one after another, paced by its rate limit.
+        let tasks = by_sink.into_values().map(|items| async move {
+            for item in items {
+                self.pace(&item.sink).await;
+                self.deliver(item).await;
+            }
+        });
+        futures::future::join_all(tasks).await;
+        Ok(n)
+    }
+
+    async fn pace(&self, sink: &str) {
+        let Some(min) = self.policy.min_interval.get(sink).copied() else {
+            return;
+        };
+        let wait = {
+            let mut last = self.last_sent.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let next = last.get(sink).map(|t| *t + min).unwrap_or(now).max(now);
+            last.insert(sink.to_string(), next);
+            next - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn deliver(&self, item: OutboxItem) {
+        let Some(notifier) = self.notifiers.get(&item.sink) else {
+            return;
+        };
+        let event: WorkflowEvent = match serde_json::from_str(&item.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                let msg = format!("payload cannot be decoded by this version: {e}");
+                let _ = self.store.outbox_failed(item.id, &msg, None).await;
+                return;
+            }
+        };
+        let result = notifier.deliver(&item.idempotency_key, &event).await;
+        let outcome = match result {
+            Ok(()) => self.store.outbox_delivered(item.id, now_ms()).await,
+            Err(DeliveryError::Permanent(msg)) => {
+                tracing::error!(outbox_id = item.id, sink = %item.sink, request_id = ?item.request_id, error = %msg, "delivery failed permanently; dead-lettered (see `countersign outbox list`)");
+                self.store.outbox_failed(item.id, &msg, None).await
+            }
+            Err(DeliveryError::Retryable {
+                message,
+                retry_after,
+            }) => {
+                let attempts = item.attempts.max(1) as u32;
+                if attempts >= self.policy.max_attempts {
+                    tracing::error!(outbox_id = item.id, sink = %item.sink, request_id = ?item.request_id, attempts, error = %message, "giving up; dead-lettered (retry with `countersign outbox retry ID`)");
+                    self.store.outbox_failed(item.id, &message, None).await
+                } else {
+                    let delay = retry_after.unwrap_or_else(|| self.policy.backoff(attempts));
+                    tracing::warn!(outbox_id = item.id, sink = %item.sink, request_id = ?item.request_id, attempts, retry_in_ms = delay.as_millis() as u64, error = %message, "delivery failed; will retry");
+                    self.store
+                        .outbox_failed(item.id, &message, Some(now_ms() + delay.as_millis() as i64))
+                        .await
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(outbox_id = item.id, error = %e, "could not record the delivery outcome; the lease will lapse and it will be retried");
+        }
+    }
+
+    /// Poll every `every` until the returned task is aborted.
+    pub fn spawn(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                match self.run_once().await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "outbox poll failed; retrying"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+}
