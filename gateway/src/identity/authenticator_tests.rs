@@ -99,14 +99,19 @@ fn authenticator(toml_text: &str) -> Authenticator {
         identity: IdentityConfig,
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let file: File = toml::from_str(&format!("[identity]\nclock_skew = \"30s\"\n{toml_text}")).unwrap();
+    let file: File =
+        toml::from_str(&format!("[identity]\nclock_skew = \"30s\"\n{toml_text}")).unwrap();
     Authenticator::new(&file.identity, reqwest::Client::new()).unwrap()
 }
 
 /// An IdP with RSA key `rsa-a` and an authenticator trusting it for RS256 (+ ES256 when asked).
 async fn rsa_setup(extra: &str) -> (String, Idp, Authenticator) {
-    let (issuer, idp) = start_idp(json!({"keys": [public_jwk(&rsa_key(RSA_A), Algorithm::RS256, "rsa-a")]})).await;
-    let auth = authenticator(&issuer_cfg(&issuer, &format!("algorithms = [\"RS256\"]\n{extra}")));
+    let (issuer, idp) =
+        start_idp(json!({"keys": [public_jwk(&rsa_key(RSA_A), Algorithm::RS256, "rsa-a")]})).await;
+    let auth = authenticator(&issuer_cfg(
+        &issuer,
+        &format!("algorithms = [\"RS256\"]\n{extra}"),
+    ));
     (issuer, idp, auth)
 }
 
@@ -119,10 +124,16 @@ async fn valid_rs256_token_yields_the_subject_as_a_workload() {
     let (issuer, _idp, auth) = rsa_setup("").await;
     let mut c = claims(&issuer);
     c["groups"] = json!(["deployers"]);
-    let chain = auth.authenticate(&sign(&c, Algorithm::RS256, "rsa-a", &rsa_key(RSA_A))).await.unwrap();
+    let chain = auth
+        .authenticate(&sign(&c, Algorithm::RS256, "rsa-a", &rsa_key(RSA_A)))
+        .await
+        .unwrap();
     assert_eq!(chain.0.len(), 1);
     let id = &chain.0[0];
-    assert_eq!((id.issuer.as_str(), id.subject.as_str()), (issuer.as_str(), "deploy-agent"));
+    assert_eq!(
+        (id.issuer.as_str(), id.subject.as_str()),
+        (issuer.as_str(), "deploy-agent")
+    );
     assert_eq!(id.kind, IdentityKind::Workload);
     assert_eq!(id.groups, vec!["deployers".to_owned()]);
 }
@@ -134,20 +145,30 @@ async fn valid_es256_token_is_accepted_when_pinned() {
         public_jwk(&ec_key(), Algorithm::ES256, "ec-a"),
     ]}))
     .await;
-    let auth = authenticator(&issuer_cfg(&issuer, "algorithms = [\"RS256\", \"ES256\"]\ndefault_kind = \"human\""));
+    let auth = authenticator(&issuer_cfg(
+        &issuer,
+        "algorithms = [\"RS256\", \"ES256\"]\ndefault_kind = \"human\"",
+    ));
     let mut c = claims(&issuer);
     c["email"] = json!("alice@example.com");
-    let chain = auth.authenticate(&sign(&c, Algorithm::ES256, "ec-a", &ec_key())).await.unwrap();
+    let chain = auth
+        .authenticate(&sign(&c, Algorithm::ES256, "ec-a", &ec_key()))
+        .await
+        .unwrap();
     assert_eq!(chain.0[0].email.as_deref(), Some("alice@example.com"));
     assert_eq!(chain.0[0].kind, IdentityKind::Human);
 }
 
 #[tokio::test]
 async fn es256_token_is_refused_when_only_rs256_is_pinned() {
-    let (issuer, _idp) = start_idp(json!({"keys": [public_jwk(&ec_key(), Algorithm::ES256, "ec-a")]})).await;
+    let (issuer, _idp) =
+        start_idp(json!({"keys": [public_jwk(&ec_key(), Algorithm::ES256, "ec-a")]})).await;
     let auth = authenticator(&issuer_cfg(&issuer, "algorithms = [\"RS256\"]"));
     let token = sign(&claims(&issuer), Algorithm::ES256, "ec-a", &ec_key());
-    assert_eq!(code(auth.authenticate(&token).await), "algorithm_not_allowed");
+    assert_eq!(
+        code(auth.authenticate(&token).await),
+        "algorithm_not_allowed"
+    );
 }
 
 #[tokio::test]
@@ -201,16 +222,31 @@ async fn alg_none_token_is_refused() {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let payload = URL_SAFE_NO_PAD.encode(claims(&issuer).to_string());
     let token = format!("{header}.{payload}.");
-    assert_eq!(code(auth.authenticate(&token).await), "algorithm_not_allowed");
+    assert_eq!(
+        code(auth.authenticate(&token).await),
+        "algorithm_not_allowed"
+    );
 }
 
 #[tokio::test]
 async fn hs256_signed_with_the_rsa_public_key_is_refused() {
     let (issuer, idp, auth) = rsa_setup("").await;
     // The classic key-confusion attack: the public PEM used as an HMAC secret.
-    let forged = sign(&claims(&issuer), Algorithm::HS256, "rsa-a", &EncodingKey::from_secret(RSA_A_PUBLIC));
-    assert_eq!(code(auth.authenticate(&forged).await), "algorithm_not_allowed");
-    assert_eq!(idp.jwks_fetches.load(Ordering::SeqCst), 0, "refused before any key lookup");
+    let forged = sign(
+        &claims(&issuer),
+        Algorithm::HS256,
+        "rsa-a",
+        &EncodingKey::from_secret(RSA_A_PUBLIC),
+    );
+    assert_eq!(
+        code(auth.authenticate(&forged).await),
+        "algorithm_not_allowed"
+    );
+    assert_eq!(
+        idp.jwks_fetches.load(Ordering::SeqCst),
+        0,
+        "refused before any key lookup"
+    );
 }
 
 #[tokio::test]
@@ -220,7 +256,12 @@ async fn token_with_a_tampered_payload_fails_the_signature() {
     let parts: Vec<&str> = token.split('.').collect();
     let mut c = claims(&issuer);
     c["sub"] = json!("admin");
-    let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(c.to_string()), parts[2]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(c.to_string()),
+        parts[2]
+    );
     assert_eq!(code(auth.authenticate(&tampered).await), "bad_signature");
 }
 
@@ -238,7 +279,12 @@ async fn token_without_exp_is_refused() {
     c.as_object_mut().unwrap().remove("exp");
     let token = sign(&c, Algorithm::RS256, "rsa-a", &rsa_key(RSA_A));
     let err = auth.authenticate(&token).await.unwrap_err();
-    assert_eq!(err, AuthError::MissingClaim { claim: "exp".into() });
+    assert_eq!(
+        err,
+        AuthError::MissingClaim {
+            claim: "exp".into()
+        }
+    );
 }
 
 #[tokio::test]
@@ -257,7 +303,8 @@ async fn rotated_key_is_picked_up_by_a_rate_limited_refetch() {
     assert!(auth.authenticate(&old).await.is_ok());
     assert_eq!(idp.jwks_fetches.load(Ordering::SeqCst), 1);
 
-    *idp.jwks.lock().unwrap() = json!({"keys": [public_jwk(&rsa_key(RSA_B), Algorithm::RS256, "rsa-b")]});
+    *idp.jwks.lock().unwrap() =
+        json!({"keys": [public_jwk(&rsa_key(RSA_B), Algorithm::RS256, "rsa-b")]});
     let new = sign(&claims(&issuer), Algorithm::RS256, "rsa-b", &rsa_key(RSA_B));
     // Within the interval the unknown kid does not reach the IdP.
     assert_eq!(code(auth.authenticate(&new).await), "unknown_key");
@@ -291,7 +338,8 @@ async fn concurrent_requests_with_a_new_kid_share_one_fetch() {
 
 #[tokio::test]
 async fn jwks_key_whose_alg_is_not_pinned_is_not_used() {
-    let (issuer, _idp) = start_idp(json!({"keys": [public_jwk(&rsa_key(RSA_A), Algorithm::RS384, "rsa-a")]})).await;
+    let (issuer, _idp) =
+        start_idp(json!({"keys": [public_jwk(&rsa_key(RSA_A), Algorithm::RS384, "rsa-a")]})).await;
     let auth = authenticator(&issuer_cfg(&issuer, "algorithms = [\"RS256\"]"));
     let token = sign(&claims(&issuer), Algorithm::RS256, "rsa-a", &rsa_key(RSA_A));
     assert_eq!(code(auth.authenticate(&token).await), "unknown_key");
@@ -300,7 +348,11 @@ async fn jwks_key_whose_alg_is_not_pinned_is_not_used() {
 #[tokio::test]
 async fn unreachable_jwks_is_reported_as_unavailable() {
     // Bind then drop to get a local port with nothing listening.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let issuer = format!("http://127.0.0.1:{port}");
     let auth = authenticator(&issuer_cfg(&issuer, "algorithms = [\"RS256\"]"));
     let token = sign(&claims(&issuer), Algorithm::RS256, "rsa-a", &rsa_key(RSA_A));
@@ -311,7 +363,8 @@ async fn unreachable_jwks_is_reported_as_unavailable() {
 
 #[tokio::test]
 async fn discovery_finds_the_jwks_uri() {
-    let (issuer, idp) = start_idp(json!({"keys": [public_jwk(&rsa_key(RSA_A), Algorithm::RS256, "rsa-a")]})).await;
+    let (issuer, idp) =
+        start_idp(json!({"keys": [public_jwk(&rsa_key(RSA_A), Algorithm::RS256, "rsa-a")]})).await;
     let auth = authenticator(&format!(
         "[[identity.oidc]]\nissuer = \"{issuer}\"\naudience = \"{AUDIENCE}\"\ndiscovery = true\nalgorithms = [\"RS256\"]\n"
     ));
@@ -322,7 +375,8 @@ async fn discovery_finds_the_jwks_uri() {
 
 #[tokio::test]
 async fn discovery_naming_another_issuer_is_refused() {
-    let (issuer, idp) = start_idp(json!({"keys": [public_jwk(&rsa_key(RSA_A), Algorithm::RS256, "rsa-a")]})).await;
+    let (issuer, idp) =
+        start_idp(json!({"keys": [public_jwk(&rsa_key(RSA_A), Algorithm::RS256, "rsa-a")]})).await;
     *idp.issuer.lock().unwrap() = "http://127.0.0.1:1".into();
     let auth = authenticator(&format!(
         "[[identity.oidc]]\nissuer = \"{issuer}\"\naudience = \"{AUDIENCE}\"\ndiscovery = true\nalgorithms = [\"RS256\"]\n"
@@ -340,8 +394,15 @@ async fn nested_act_token_yields_actors_first_and_the_human_last() {
     c["email"] = json!("alice@example.com");
     c["groups"] = json!(["staff"]);
     c["act"] = json!({"sub": "subagent-7", "act": {"sub": "deploy-agent"}});
-    let chain = auth.authenticate(&sign(&c, Algorithm::RS256, "rsa-a", &rsa_key(RSA_A))).await.unwrap();
-    let got: Vec<_> = chain.0.iter().map(|i| (i.subject.as_str(), i.kind)).collect();
+    let chain = auth
+        .authenticate(&sign(&c, Algorithm::RS256, "rsa-a", &rsa_key(RSA_A)))
+        .await
+        .unwrap();
+    let got: Vec<_> = chain
+        .0
+        .iter()
+        .map(|i| (i.subject.as_str(), i.kind))
+        .collect();
     assert_eq!(
         got,
         [
@@ -374,7 +435,10 @@ async fn static_tokens_go_through_the_same_authenticate() {
     let chain = auth.authenticate("cs_static_ci_token").await.unwrap();
     assert_eq!(chain.display(), "ci-agent → alice@example.com");
     assert_eq!(chain.0[1].kind, IdentityKind::Human);
-    assert_eq!(code(auth.authenticate("cs_static_ci_tokem").await), "unknown_token");
+    assert_eq!(
+        code(auth.authenticate("cs_static_ci_tokem").await),
+        "unknown_token"
+    );
     assert_eq!(code(auth.authenticate("   ").await), "malformed");
 }
 

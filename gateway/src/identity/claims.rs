@@ -44,28 +44,54 @@ impl ClaimMapping {
     ) -> Result<Identity, AuthError> {
         let subject = match claims.get(&self.subject_claim) {
             Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            Some(_) => return Err(AuthError::malformed(format!("claim {:?} is not a string", self.subject_claim))),
-            None => return Err(AuthError::MissingClaim { claim: self.subject_claim.clone() }),
+            Some(_) => {
+                return Err(AuthError::malformed(format!(
+                    "claim {:?} is not a string",
+                    self.subject_claim
+                )))
+            }
+            None => {
+                return Err(AuthError::MissingClaim {
+                    claim: self.subject_claim.clone(),
+                })
+            }
         };
         // An address the IdP says it has not verified must not become a voter's canonical id.
         let email_verified = !matches!(claims.get("email_verified"), Some(Value::Bool(false)));
         let email = match claims.get(&self.email_claim) {
-            Some(Value::String(s)) if email_verified && !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Some(Value::String(s)) if email_verified && !s.trim().is_empty() => {
+                Some(s.trim().to_owned())
+            }
             _ => None,
         };
         let groups = match claims.get(&self.groups_claim) {
-            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
             Some(Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         };
-        let kind = self.kind_of(&subject, &groups, fallback_kind.unwrap_or(self.default_kind));
-        Ok(Identity { issuer: issuer.to_owned(), subject, email, kind, groups })
+        let kind = self.kind_of(
+            &subject,
+            &groups,
+            fallback_kind.unwrap_or(self.default_kind),
+        );
+        Ok(Identity {
+            issuer: issuer.to_owned(),
+            subject,
+            email,
+            kind,
+            groups,
+        })
     }
 
     fn kind_of(&self, subject: &str, groups: &[String], fallback: IdentityKind) -> IdentityKind {
         if self.workload_subjects.is_match(subject) {
             IdentityKind::Workload
-        } else if self.human_subjects.is_match(subject) || groups.iter().any(|g| self.human_groups.is_match(g)) {
+        } else if self.human_subjects.is_match(subject)
+            || groups.iter().any(|g| self.human_groups.is_match(g))
+        {
             IdentityKind::Human
         } else {
             fallback
@@ -93,11 +119,19 @@ pub(crate) mod tests {
     #[test]
     fn default_kind_applies_when_no_glob_matches() {
         let m = ClaimMapping::new(0, &issuer_config("default_kind = \"human\"")).unwrap();
-        let id = m.identity(&obj(json!({"sub": "u1", "email": "a@x"})), "https://idp", None).unwrap();
+        let id = m
+            .identity(
+                &obj(json!({"sub": "u1", "email": "a@x"})),
+                "https://idp",
+                None,
+            )
+            .unwrap();
         assert_eq!(id.kind, IdentityKind::Human);
         assert_eq!(id.email.as_deref(), Some("a@x"));
         let m = ClaimMapping::new(0, &issuer_config("")).unwrap();
-        let id = m.identity(&obj(json!({"sub": "u1"})), "https://idp", None).unwrap();
+        let id = m
+            .identity(&obj(json!({"sub": "u1"})), "https://idp", None)
+            .unwrap();
         assert_eq!(id.kind, IdentityKind::Workload);
     }
 
@@ -108,10 +142,22 @@ pub(crate) mod tests {
             &issuer_config("human_groups = [\"staff-*\"]\nworkload_subjects = [\"svc-*\"]"),
         )
         .unwrap();
-        let alice = m.identity(&obj(json!({"sub": "alice", "groups": ["staff-eng"]})), "i", None).unwrap();
+        let alice = m
+            .identity(
+                &obj(json!({"sub": "alice", "groups": ["staff-eng"]})),
+                "i",
+                None,
+            )
+            .unwrap();
         assert_eq!(alice.kind, IdentityKind::Human);
         assert_eq!(alice.groups, vec!["staff-eng".to_owned()]);
-        let svc = m.identity(&obj(json!({"sub": "svc-ci", "groups": ["staff-eng"]})), "i", None).unwrap();
+        let svc = m
+            .identity(
+                &obj(json!({"sub": "svc-ci", "groups": ["staff-eng"]})),
+                "i",
+                None,
+            )
+            .unwrap();
         assert_eq!(svc.kind, IdentityKind::Workload);
     }
 
@@ -119,7 +165,11 @@ pub(crate) mod tests {
     fn unverified_email_is_dropped() {
         let m = ClaimMapping::new(0, &issuer_config("")).unwrap();
         let id = m
-            .identity(&obj(json!({"sub": "u", "email": "ceo@x", "email_verified": false})), "i", None)
+            .identity(
+                &obj(json!({"sub": "u", "email": "ceo@x", "email_verified": false})),
+                "i",
+                None,
+            )
             .unwrap();
         assert_eq!(id.email, None);
     }
@@ -128,9 +178,16 @@ pub(crate) mod tests {
     fn missing_or_non_string_subject_is_refused() {
         let m = ClaimMapping::new(0, &issuer_config("")).unwrap();
         assert_eq!(
-            m.identity(&obj(json!({"email": "a@x"})), "i", None).unwrap_err().code(),
+            m.identity(&obj(json!({"email": "a@x"})), "i", None)
+                .unwrap_err()
+                .code(),
             "missing_claim"
         );
-        assert_eq!(m.identity(&obj(json!({"sub": 7})), "i", None).unwrap_err().code(), "malformed");
+        assert_eq!(
+            m.identity(&obj(json!({"sub": 7})), "i", None)
+                .unwrap_err()
+                .code(),
+            "malformed"
+        );
     }
 }

@@ -116,7 +116,9 @@ pub struct StaticTokenConfig {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A duration that does not parse.
-    #[error("identity: `{key}` = {value:?} is not a duration; write e.g. \"30s\", \"2m\" or \"500ms\"")]
+    #[error(
+        "identity: `{key}` = {value:?} is not a duration; write e.g. \"30s\", \"2m\" or \"500ms\""
+    )]
     BadDuration { key: String, value: String },
     /// `clock_skew` above [`MAX_CLOCK_SKEW`].
     #[error("identity: `clock_skew` = {value:?} exceeds 5m; lower it (\"30s\" is typical) and fix the clocks instead")]
@@ -125,10 +127,14 @@ pub enum ConfigError {
     #[error("identity: `{key}` is empty; set it")]
     Empty { key: String },
     /// Two issuers with the same `issuer`.
-    #[error("identity: issuer {issuer:?} is configured twice in [[identity.oidc]]; merge the entries")]
+    #[error(
+        "identity: issuer {issuer:?} is configured twice in [[identity.oidc]]; merge the entries"
+    )]
     DuplicateIssuer { issuer: String },
     /// Neither or both of `jwks_url` / `discovery`.
-    #[error("identity: `{key}` needs exactly one of `jwks_url = \"https://…\"` or `discovery = true`")]
+    #[error(
+        "identity: `{key}` needs exactly one of `jwks_url = \"https://…\"` or `discovery = true`"
+    )]
     JwksSource { key: String },
     /// A URL that is not absolute https (http is accepted for loopback only).
     #[error("identity: `{key}` = {value:?} must be an absolute https:// URL (http only for 127.0.0.1/localhost)")]
@@ -141,7 +147,11 @@ pub enum ConfigError {
     ForbiddenAlgorithm { key: String, alg: String },
     /// An invalid glob.
     #[error("identity: `{key}` has an invalid glob {glob:?} ({reason}); fix the pattern")]
-    BadGlob { key: String, glob: String, reason: String },
+    BadGlob {
+        key: String,
+        glob: String,
+        reason: String,
+    },
     /// `sha256` not 64 hex digits.
     #[error("identity: `{key}` must be 64 hex digits (the SHA-256 of the token, e.g. `printf %s \"$TOKEN\" | sha256sum`)")]
     BadHash { key: String },
@@ -158,7 +168,9 @@ impl IdentityConfig {
     pub fn clock_skew(&self) -> Result<Duration, ConfigError> {
         let skew = parse_duration("identity.clock_skew", &self.clock_skew)?;
         if skew > MAX_CLOCK_SKEW {
-            return Err(ConfigError::SkewTooLarge { value: self.clock_skew.clone() });
+            return Err(ConfigError::SkewTooLarge {
+                value: self.clock_skew.clone(),
+            });
         }
         Ok(skew)
     }
@@ -170,7 +182,9 @@ impl IdentityConfig {
         for (i, oidc) in self.oidc.iter().enumerate() {
             oidc.validate(i)?;
             if !issuers.insert(oidc.issuer.as_str()) {
-                return Err(ConfigError::DuplicateIssuer { issuer: oidc.issuer.clone() });
+                return Err(ConfigError::DuplicateIssuer {
+                    issuer: oidc.issuer.clone(),
+                });
             }
         }
         let mut names = HashSet::new();
@@ -178,10 +192,14 @@ impl IdentityConfig {
         for (i, token) in self.static_tokens.iter().enumerate() {
             let key = format!("identity.static_tokens[{i}]");
             if token.name.trim().is_empty() {
-                return Err(ConfigError::Empty { key: format!("{key}.name") });
+                return Err(ConfigError::Empty {
+                    key: format!("{key}.name"),
+                });
             }
             if !names.insert(token.name.as_str()) {
-                return Err(ConfigError::DuplicateName { name: token.name.clone() });
+                return Err(ConfigError::DuplicateName {
+                    name: token.name.clone(),
+                });
             }
             let hash = parse_sha256(&format!("{key}.sha256"), &token.sha256)?;
             if let Some((_, first)) = hashes.iter().find(|(h, _)| *h == hash) {
@@ -192,7 +210,9 @@ impl IdentityConfig {
             }
             hashes.push((hash, &token.name));
             if matches!(&token.acts_for, Some(e) if e.trim().is_empty()) {
-                return Err(ConfigError::Empty { key: format!("{key}.acts_for") });
+                return Err(ConfigError::Empty {
+                    key: format!("{key}.acts_for"),
+                });
             }
         }
         Ok(())
@@ -203,10 +223,14 @@ impl OidcIssuerConfig {
     fn validate(&self, index: usize) -> Result<(), ConfigError> {
         let key = format!("identity.oidc[{index}]");
         if self.issuer.trim().is_empty() {
-            return Err(ConfigError::Empty { key: format!("{key}.issuer") });
+            return Err(ConfigError::Empty {
+                key: format!("{key}.issuer"),
+            });
         }
         if self.audience.trim().is_empty() {
-            return Err(ConfigError::Empty { key: format!("{key}.audience") });
+            return Err(ConfigError::Empty {
+                key: format!("{key}.audience"),
+            });
         }
         match (&self.jwks_url, self.discovery) {
             (Some(url), false) => {
@@ -231,7 +255,9 @@ impl OidcIssuerConfig {
             ("groups_claim", &self.groups_claim),
         ] {
             if claim.trim().is_empty() {
-                return Err(ConfigError::Empty { key: format!("{key}.{field}") });
+                return Err(ConfigError::Empty {
+                    key: format!("{key}.{field}"),
+                });
             }
         }
         parse_duration(&format!("{key}.jwks_min_refetch"), &self.jwks_min_refetch)?;
@@ -247,12 +273,20 @@ impl OidcIssuerConfig {
         let mut out = Vec::new();
         for name in &self.algorithms {
             if name.eq_ignore_ascii_case("none") {
-                return Err(ConfigError::ForbiddenAlgorithm { key, alg: name.clone() });
+                return Err(ConfigError::ForbiddenAlgorithm {
+                    key,
+                    alg: name.clone(),
+                });
             }
-            let alg = Algorithm::from_str(name)
-                .map_err(|_| ConfigError::UnknownAlgorithm { key: key.clone(), alg: name.clone() })?;
+            let alg = Algorithm::from_str(name).map_err(|_| ConfigError::UnknownAlgorithm {
+                key: key.clone(),
+                alg: name.clone(),
+            })?;
             if alg.family() == AlgorithmFamily::Hmac {
-                return Err(ConfigError::ForbiddenAlgorithm { key, alg: name.clone() });
+                return Err(ConfigError::ForbiddenAlgorithm {
+                    key,
+                    alg: name.clone(),
+                });
             }
             out.push(alg);
         }
@@ -262,7 +296,10 @@ impl OidcIssuerConfig {
 
 /// Parses `"30s"`, `"5m"`, `"500ms"`, `"1h"`.
 pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    let bad = || ConfigError::BadDuration { key: key.to_owned(), value: value.to_owned() };
+    let bad = || ConfigError::BadDuration {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    };
     let v = value.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (digits, unit) = v.split_at(split);
@@ -274,20 +311,26 @@ pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigE
         "h" => 3600,
         _ => return Err(bad()),
     };
-    n.checked_mul(secs_per_unit).map(Duration::from_secs).ok_or_else(bad)
+    n.checked_mul(secs_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
 }
 
 /// Decodes a hex SHA-256 (either case).
 pub(crate) fn parse_sha256(key: &str, hex_digest: &str) -> Result<[u8; 32], ConfigError> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_digest.trim(), &mut out)
-        .map_err(|_| ConfigError::BadHash { key: key.to_owned() })?;
+    hex::decode_to_slice(hex_digest.trim(), &mut out).map_err(|_| ConfigError::BadHash {
+        key: key.to_owned(),
+    })?;
     Ok(out)
 }
 
 /// Accepts https anywhere and http on loopback only (tests, sidecar IdPs).
 pub(crate) fn checked_url(key: &str, value: &str) -> Result<reqwest::Url, ConfigError> {
-    let bad = || ConfigError::BadUrl { key: key.to_owned(), value: value.to_owned() };
+    let bad = || ConfigError::BadUrl {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    };
     let url = reqwest::Url::parse(value).map_err(|_| bad())?;
     let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
     match url.scheme() {
@@ -307,9 +350,11 @@ pub(crate) fn build_globs(key: &str, globs: &[String]) -> Result<globset::GlobSe
         })?;
         builder.add(compiled);
     }
-    builder
-        .build()
-        .map_err(|e| ConfigError::BadGlob { key: key.to_owned(), glob: String::new(), reason: e.to_string() })
+    builder.build().map_err(|e| ConfigError::BadGlob {
+        key: key.to_owned(),
+        glob: String::new(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -323,7 +368,9 @@ mod tests {
         struct File {
             identity: IdentityConfig,
         }
-        toml::from_str::<File>(text).expect("test config parses").identity
+        toml::from_str::<File>(text)
+            .expect("test config parses")
+            .identity
     }
 
     fn oidc(extra: &str) -> String {
@@ -370,13 +417,20 @@ acts_for = "alice@example.com"
 
     #[test]
     fn alg_none_is_refused() {
-        let cfg = parse(&oidc("jwks_url = \"https://idp.example.com/jwks\"\nalgorithms = [\"none\"]"));
-        assert!(matches!(cfg.validate(), Err(ConfigError::ForbiddenAlgorithm { .. })));
+        let cfg = parse(&oidc(
+            "jwks_url = \"https://idp.example.com/jwks\"\nalgorithms = [\"none\"]",
+        ));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::ForbiddenAlgorithm { .. })
+        ));
     }
 
     #[test]
     fn hs256_is_refused_for_oidc_issuers() {
-        let cfg = parse(&oidc("jwks_url = \"https://idp.example.com/jwks\"\nalgorithms = [\"RS256\", \"HS256\"]"));
+        let cfg = parse(&oidc(
+            "jwks_url = \"https://idp.example.com/jwks\"\nalgorithms = [\"RS256\", \"HS256\"]",
+        ));
         let err = cfg.validate().unwrap_err();
         assert!(matches!(err, ConfigError::ForbiddenAlgorithm { ref alg, .. } if alg == "HS256"));
         assert!(err.to_string().contains("identity.oidc[0].algorithms"));
@@ -385,36 +439,57 @@ acts_for = "alice@example.com"
     #[test]
     fn issuer_needs_exactly_one_jwks_source() {
         let neither = parse(&oidc("algorithms = [\"RS256\"]"));
-        assert!(matches!(neither.validate(), Err(ConfigError::JwksSource { .. })));
+        assert!(matches!(
+            neither.validate(),
+            Err(ConfigError::JwksSource { .. })
+        ));
         let both = parse(&oidc("jwks_url = \"https://idp.example.com/jwks\"\ndiscovery = true\nalgorithms = [\"RS256\"]"));
-        assert!(matches!(both.validate(), Err(ConfigError::JwksSource { .. })));
+        assert!(matches!(
+            both.validate(),
+            Err(ConfigError::JwksSource { .. })
+        ));
         let discovery = parse(&oidc("discovery = true\nalgorithms = [\"RS256\"]"));
         assert_eq!(discovery.validate(), Ok(()));
     }
 
     #[test]
     fn plain_http_jwks_url_is_refused_off_loopback() {
-        let cfg = parse(&oidc("jwks_url = \"http://idp.example.com/jwks\"\nalgorithms = [\"RS256\"]"));
+        let cfg = parse(&oidc(
+            "jwks_url = \"http://idp.example.com/jwks\"\nalgorithms = [\"RS256\"]",
+        ));
         assert!(matches!(cfg.validate(), Err(ConfigError::BadUrl { .. })));
-        let local = parse(&oidc("jwks_url = \"http://127.0.0.1:8080/jwks\"\nalgorithms = [\"RS256\"]"));
+        let local = parse(&oidc(
+            "jwks_url = \"http://127.0.0.1:8080/jwks\"\nalgorithms = [\"RS256\"]",
+        ));
         assert_eq!(local.validate(), Ok(()));
     }
 
     #[test]
     fn clock_skew_above_five_minutes_is_refused() {
         let cfg = parse("[identity]\nclock_skew = \"6m\"\n");
-        assert!(matches!(cfg.validate(), Err(ConfigError::SkewTooLarge { .. })));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::SkewTooLarge { .. })
+        ));
         let cfg = parse("[identity]\nclock_skew = \"5m\"\n");
         assert_eq!(cfg.validate(), Ok(()));
         let cfg = parse("[identity]\nclock_skew = \"soon\"\n");
-        assert!(matches!(cfg.validate(), Err(ConfigError::BadDuration { .. })));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::BadDuration { .. })
+        ));
     }
 
     #[test]
     fn bad_hex_in_static_token_is_refused_with_the_key() {
         let cfg = parse("[identity]\n[[identity.static_tokens]]\nname = \"a\"\nsha256 = \"zz\"\nkind = \"human\"\n");
         let err = cfg.validate().unwrap_err();
-        assert_eq!(err, ConfigError::BadHash { key: "identity.static_tokens[0].sha256".into() });
+        assert_eq!(
+            err,
+            ConfigError::BadHash {
+                key: "identity.static_tokens[0].sha256".into()
+            }
+        );
     }
 
     #[test]
@@ -424,19 +499,28 @@ acts_for = "alice@example.com"
             "[identity]\n[[identity.static_tokens]]\nname = \"a\"\nsha256 = \"{HASH}\"\nkind = \"human\"\n\
              [[identity.static_tokens]]\nname = \"a\"\nsha256 = \"{other}\"\nkind = \"human\"\n"
         ));
-        assert!(matches!(names.validate(), Err(ConfigError::DuplicateName { .. })));
+        assert!(matches!(
+            names.validate(),
+            Err(ConfigError::DuplicateName { .. })
+        ));
         let hashes = parse(&format!(
             "[identity]\n[[identity.static_tokens]]\nname = \"a\"\nsha256 = \"{HASH}\"\nkind = \"human\"\n\
              [[identity.static_tokens]]\nname = \"b\"\nsha256 = \"{}\"\nkind = \"human\"\n",
             HASH.to_uppercase()
         ));
-        assert!(matches!(hashes.validate(), Err(ConfigError::DuplicateHash { .. })));
+        assert!(matches!(
+            hashes.validate(),
+            Err(ConfigError::DuplicateHash { .. })
+        ));
     }
 
     #[test]
     fn duplicate_issuers_are_refused() {
         let one = "[[identity.oidc]]\nissuer = \"https://idp\"\naudience = \"a\"\njwks_url = \"https://idp/j\"\nalgorithms = [\"RS256\"]\n";
         let cfg = parse(&format!("[identity]\n{one}{one}"));
-        assert!(matches!(cfg.validate(), Err(ConfigError::DuplicateIssuer { .. })));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::DuplicateIssuer { .. })
+        ));
     }
 }

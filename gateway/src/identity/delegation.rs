@@ -22,7 +22,9 @@ pub fn requester_chain(
     let mut actors = Vec::new();
     let mut next = claims.get("act");
     while let Some(act) = next {
-        let act = act.as_object().ok_or_else(|| AuthError::malformed("the act claim is not an object"))?;
+        let act = act
+            .as_object()
+            .ok_or_else(|| AuthError::malformed("the act claim is not an object"))?;
         if actors.len() == MAX_ACTORS {
             return Err(AuthError::DelegationTooDeep { max: MAX_ACTORS });
         }
@@ -54,11 +56,19 @@ mod tests {
             "sub": "user:alice", "email": "alice@example.com",
             "act": {"sub": "subagent-7", "act": {"sub": "deploy-agent", "iss": "https://agents"}}
         });
-        let chain = requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap();
+        let chain =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap();
         let subjects: Vec<_> = chain.0.iter().map(|i| i.subject.as_str()).collect();
         assert_eq!(subjects, ["subagent-7", "deploy-agent", "user:alice"]);
         let kinds: Vec<_> = chain.0.iter().map(|i| i.kind).collect();
-        assert_eq!(kinds, [IdentityKind::Workload, IdentityKind::Workload, IdentityKind::Human]);
+        assert_eq!(
+            kinds,
+            [
+                IdentityKind::Workload,
+                IdentityKind::Workload,
+                IdentityKind::Human
+            ]
+        );
         assert_eq!(chain.0[1].issuer, "https://agents");
         assert_eq!(chain.0[0].issuer, "https://idp");
     }
@@ -66,7 +76,8 @@ mod tests {
     #[test]
     fn actor_matching_the_human_rule_is_a_person() {
         let claims = json!({"sub": "svc-report", "act": {"sub": "user:bob"}});
-        let chain = requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap();
+        let chain =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap();
         assert_eq!(chain.0[0].kind, IdentityKind::Human);
         assert_eq!(chain.0[1].kind, IdentityKind::Workload);
     }
@@ -78,7 +89,8 @@ mod tests {
             act = json!({"sub": format!("actor-{i}"), "act": act});
         }
         let claims = json!({"sub": "user:alice", "act": act});
-        let err = requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap_err();
+        let err =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap_err();
         assert_eq!(err, AuthError::DelegationTooDeep { max: MAX_ACTORS });
     }
 
@@ -89,14 +101,16 @@ mod tests {
             act = json!({"sub": format!("actor-{i}"), "act": act});
         }
         let claims = json!({"sub": "user:alice", "act": act});
-        let chain = requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap();
+        let chain =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap();
         assert_eq!(chain.0.len(), MAX_ACTORS + 1);
     }
 
     #[test]
     fn act_that_is_not_an_object_is_malformed() {
         let claims = json!({"sub": "user:alice", "act": "agent"});
-        let err = requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap_err();
+        let err =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap_err();
         assert_eq!(err.code(), "malformed");
     }
 }

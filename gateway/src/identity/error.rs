@@ -4,13 +4,17 @@
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum AuthError {
     /// Not a token we can parse at all.
-    #[error("malformed token ({reason}); send the raw JWT or static token as the bearer credential")]
+    #[error(
+        "malformed token ({reason}); send the raw JWT or static token as the bearer credential"
+    )]
     Malformed { reason: String },
     /// Not a JWT and no configured static token matches.
     #[error("unknown token; ask an operator for a token configured in [[identity.static_tokens]]")]
     UnknownToken,
     /// `iss` missing, not configured, or not the expected value.
-    #[error("token issuer {issuer:?} is not trusted; use a token from an issuer in [[identity.oidc]]")]
+    #[error(
+        "token issuer {issuer:?} is not trusted; use a token from an issuer in [[identity.oidc]]"
+    )]
     BadIssuer { issuer: String },
     /// Header `alg` is not pinned for the issuer (includes `none` and HMAC).
     #[error("token algorithm {alg:?} is not allowed for this issuer; have the IdP sign with a configured algorithm")]
@@ -31,7 +35,9 @@ pub enum AuthError {
     #[error("token is not valid yet (nbf in the future); check the client and IdP clocks")]
     NotYetValid,
     /// `aud` does not list our audience.
-    #[error("token audience does not include this gateway; request a token for the configured audience")]
+    #[error(
+        "token audience does not include this gateway; request a token for the configured audience"
+    )]
     BadAudience,
     /// A required claim (`exp`, `iss`, `aud`, subject) is absent.
     #[error("token lacks the required claim {claim:?}; configure the IdP to include it")]
@@ -61,7 +67,9 @@ impl AuthError {
     }
 
     pub(crate) fn malformed(reason: impl Into<String>) -> Self {
-        Self::Malformed { reason: reason.into() }
+        Self::Malformed {
+            reason: reason.into(),
+        }
     }
 }
 

@@ -72,7 +72,11 @@ impl JwksCache {
             pinned,
             min_refetch,
             keys: RwLock::new(Arc::new(HashMap::new())),
-            fetch: Mutex::new(FetchState { last_fetch: None, jwks_url: None, last_error: None }),
+            fetch: Mutex::new(FetchState {
+                last_fetch: None,
+                jwks_url: None,
+                last_error: None,
+            }),
         }
     }
 
@@ -90,7 +94,9 @@ impl JwksCache {
                 return Ok(found);
             }
         }
-        let rate_limited = state.last_fetch.is_some_and(|t| t.elapsed() < self.min_refetch);
+        let rate_limited = state
+            .last_fetch
+            .is_some_and(|t| t.elapsed() < self.min_refetch);
         if rate_limited {
             return Err(state.last_error.clone().unwrap_or_else(|| unknown(kid)));
         }
@@ -102,7 +108,10 @@ impl JwksCache {
         lookup(&fresh, kid).ok_or_else(|| unknown(kid))
     }
 
-    async fn fetch_keys(&self, state: &mut FetchState) -> Result<HashMap<String, SigningKey>, AuthError> {
+    async fn fetch_keys(
+        &self,
+        state: &mut FetchState,
+    ) -> Result<HashMap<String, SigningKey>, AuthError> {
         let url = match (&state.jwks_url, &self.source) {
             (Some(url), _) => url.clone(),
             (None, JwksSource::Url(url)) => url.clone(),
@@ -113,12 +122,15 @@ impl JwksCache {
             }
         };
         let body = self.get(&url).await?;
-        let set: RawJwkSet = serde_json::from_slice(&body).map_err(|e| self.unavailable(format!("bad JWKS JSON: {e}")))?;
+        let set: RawJwkSet = serde_json::from_slice(&body)
+            .map_err(|e| self.unavailable(format!("bad JWKS JSON: {e}")))?;
         let mut keys = HashMap::new();
         for raw in set.keys {
             // Keys we cannot use (other kty, encryption keys, foreign algorithms) are skipped, not fatal:
             // IdPs publish such keys next to signing keys.
-            let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else { continue };
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else {
+                continue;
+            };
             if let Some((kid, key)) = self.usable(&jwk) {
                 keys.insert(kid, key);
             }
@@ -143,7 +155,9 @@ impl JwksCache {
         };
         let key = DecodingKey::from_jwk(jwk).ok()?;
         // A symmetric key in a public JWKS would let anyone who can read it mint tokens.
-        if key.family() == AlgorithmFamily::Hmac || !self.pinned.iter().any(|a| a.family() == key.family()) {
+        if key.family() == AlgorithmFamily::Hmac
+            || !self.pinned.iter().any(|a| a.family() == key.family())
+        {
             return None;
         }
         let kid = jwk.common.key_id.clone().unwrap_or_default();
@@ -151,11 +165,15 @@ impl JwksCache {
     }
 
     async fn discover(&self, issuer: &str) -> Result<reqwest::Url, AuthError> {
-        let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
-        let url = reqwest::Url::parse(&url).map_err(|_| self.unavailable("issuer is not a URL".into()))?;
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let url = reqwest::Url::parse(&url)
+            .map_err(|_| self.unavailable("issuer is not a URL".into()))?;
         let body = self.get(&url).await?;
-        let doc: DiscoveryDocument =
-            serde_json::from_slice(&body).map_err(|e| self.unavailable(format!("bad discovery JSON: {e}")))?;
+        let doc: DiscoveryDocument = serde_json::from_slice(&body)
+            .map_err(|e| self.unavailable(format!("bad discovery JSON: {e}")))?;
         // OIDC Discovery §4.3: the document must name the issuer it was fetched for.
         if doc.issuer != issuer {
             return Err(self.unavailable("discovery document names a different issuer".into()));
@@ -190,7 +208,10 @@ impl JwksCache {
     }
 
     fn unavailable(&self, reason: String) -> AuthError {
-        AuthError::JwksUnavailable { issuer: self.issuer.clone(), reason }
+        AuthError::JwksUnavailable {
+            issuer: self.issuer.clone(),
+            reason,
+        }
     }
 }
 
@@ -203,7 +224,9 @@ fn lookup(keys: &HashMap<String, SigningKey>, kid: Option<&str>) -> Option<Signi
 }
 
 fn unknown(kid: Option<&str>) -> AuthError {
-    AuthError::UnknownKey { kid: clip(kid.unwrap_or("(none)")) }
+    AuthError::UnknownKey {
+        kid: clip(kid.unwrap_or("(none)")),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -38,7 +38,8 @@ struct RawIssuer {
 /// Reads `alg`, `kid` and `iss` without trusting them: they only select what is then verified.
 pub fn peek(token: &str) -> Result<Unverified, AuthError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthError::malformed("a JWT has three dot-separated parts"));
     };
@@ -47,16 +48,25 @@ pub fn peek(token: &str) -> Result<Unverified, AuthError> {
     let iss = match body.iss {
         Some(Value::String(s)) => s,
         Some(_) => return Err(AuthError::malformed("iss is not a string")),
-        None => return Err(AuthError::MissingClaim { claim: "iss".into() }),
+        None => {
+            return Err(AuthError::MissingClaim {
+                claim: "iss".into(),
+            })
+        }
     };
-    Ok(Unverified { alg: header.alg, kid: header.kid, iss })
+    Ok(Unverified {
+        alg: header.alg,
+        kid: header.kid,
+        iss,
+    })
 }
 
 fn decode_part<T: for<'de> Deserialize<'de>>(part: &str, what: &str) -> Result<T, AuthError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| AuthError::malformed(format!("JWT {what} is not base64url")))?;
-    serde_json::from_slice(&bytes).map_err(|_| AuthError::malformed(format!("JWT {what} is not the expected JSON")))
+    serde_json::from_slice(&bytes)
+        .map_err(|_| AuthError::malformed(format!("JWT {what} is not the expected JSON")))
 }
 
 /// Verifies tokens of one configured issuer.
@@ -70,8 +80,20 @@ pub struct IssuerVerifier {
 
 impl IssuerVerifier {
     /// `pinned` must hold asymmetric algorithms only (config validation ensures it).
-    pub fn new(issuer: String, audience: String, pinned: Vec<Algorithm>, leeway_secs: u64, jwks: JwksCache) -> Self {
-        Self { issuer, audience, pinned, leeway_secs, jwks }
+    pub fn new(
+        issuer: String,
+        audience: String,
+        pinned: Vec<Algorithm>,
+        leeway_secs: u64,
+        jwks: JwksCache,
+    ) -> Self {
+        Self {
+            issuer,
+            audience,
+            pinned,
+            leeway_secs,
+            jwks,
+        }
     }
 
     /// The configured issuer.
@@ -80,8 +102,14 @@ impl IssuerVerifier {
     }
 
     /// Verifies signature and standard claims; returns the verified claims.
-    pub async fn verify(&self, token: &str, unverified: &Unverified) -> Result<Map<String, Value>, AuthError> {
-        let not_allowed = || AuthError::AlgorithmNotAllowed { alg: clip(&unverified.alg) };
+    pub async fn verify(
+        &self,
+        token: &str,
+        unverified: &Unverified,
+    ) -> Result<Map<String, Value>, AuthError> {
+        let not_allowed = || AuthError::AlgorithmNotAllowed {
+            alg: clip(&unverified.alg),
+        };
         let alg = Algorithm::from_str(&unverified.alg).map_err(|_| not_allowed())?;
         if !self.pinned.contains(&alg) {
             return Err(not_allowed());
@@ -109,12 +137,18 @@ fn auth_error(kind: &ErrorKind, alg: &str) -> AuthError {
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::InvalidAudience => AuthError::BadAudience,
-        ErrorKind::InvalidIssuer => AuthError::BadIssuer { issuer: "(not the configured issuer)".into() },
-        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm | ErrorKind::UnsupportedAlgorithm => {
-            AuthError::AlgorithmNotAllowed { alg: clip(alg) }
+        ErrorKind::InvalidIssuer => AuthError::BadIssuer {
+            issuer: "(not the configured issuer)".into(),
+        },
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::UnsupportedAlgorithm => AuthError::AlgorithmNotAllowed { alg: clip(alg) },
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim {
+            claim: claim.clone(),
+        },
+        ErrorKind::InvalidClaimFormat(claim) => {
+            AuthError::malformed(format!("claim {claim:?} has the wrong type"))
         }
-        ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim { claim: claim.clone() },
-        ErrorKind::InvalidClaimFormat(claim) => AuthError::malformed(format!("claim {claim:?} has the wrong type")),
         ErrorKind::InvalidSignature
         | ErrorKind::InvalidRsaKey(_)
         | ErrorKind::InvalidEcdsaKey

@@ -48,18 +48,40 @@ impl Authenticator {
         let mut issuers = HashMap::new();
         for (i, oidc) in cfg.oidc.iter().enumerate() {
             let source = match &oidc.jwks_url {
-                Some(url) => JwksSource::Url(checked_url(&format!("identity.oidc[{i}].jwks_url"), url)?),
-                None => JwksSource::Discovery { issuer: oidc.issuer.clone() },
+                Some(url) => {
+                    JwksSource::Url(checked_url(&format!("identity.oidc[{i}].jwks_url"), url)?)
+                }
+                None => JwksSource::Discovery {
+                    issuer: oidc.issuer.clone(),
+                },
             };
             let pinned = oidc.pinned_algorithms(i)?;
-            let min_refetch = parse_duration(&format!("identity.oidc[{i}].jwks_min_refetch"), &oidc.jwks_min_refetch)?;
-            let jwks = JwksCache::new(oidc.issuer.clone(), source, http.clone(), pinned.clone(), min_refetch);
-            let verifier = IssuerVerifier::new(oidc.issuer.clone(), oidc.audience.clone(), pinned, leeway_secs, jwks);
+            let min_refetch = parse_duration(
+                &format!("identity.oidc[{i}].jwks_min_refetch"),
+                &oidc.jwks_min_refetch,
+            )?;
+            let jwks = JwksCache::new(
+                oidc.issuer.clone(),
+                source,
+                http.clone(),
+                pinned.clone(),
+                min_refetch,
+            );
+            let verifier = IssuerVerifier::new(
+                oidc.issuer.clone(),
+                oidc.audience.clone(),
+                pinned,
+                leeway_secs,
+                jwks,
+            );
             let mapping = ClaimMapping::new(i, oidc)?;
             issuers.insert(oidc.issuer.clone(), TrustedIssuer { verifier, mapping });
         }
         let static_tokens = StaticTokens::new(&cfg.static_tokens)?;
-        Ok(Self { issuers, static_tokens })
+        Ok(Self {
+            issuers,
+            static_tokens,
+        })
     }
 
     /// The requester chain proven by `bearer` (the raw token, without the `Bearer ` prefix).
@@ -75,7 +97,9 @@ impl Authenticator {
         let trusted = self
             .issuers
             .get(&unverified.iss)
-            .ok_or_else(|| AuthError::BadIssuer { issuer: clip(&unverified.iss) })?;
+            .ok_or_else(|| AuthError::BadIssuer {
+                issuer: clip(&unverified.iss),
+            })?;
         let claims = trusted.verifier.verify(token, &unverified).await?;
         delegation::requester_chain(&claims, trusted.verifier.issuer(), &trusted.mapping)
     }

@@ -4,7 +4,7 @@ use super::config::{parse_sha256, ConfigError, StaticTokenConfig};
 use super::error::AuthError;
 use countersign_bot::{Identity, IdentityKind, RequesterChain};
 use sha2::{Digest, Sha256};
-use subtle::{ConstantTimeEq, ConditionallySelectable};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// Issuer recorded for identities authenticated by a static token.
 pub const STATIC_ISSUER: &str = "static";
@@ -36,7 +36,10 @@ impl StaticTokens {
             if let Some(email) = &cfg.acts_for {
                 chain.push(principal_for(email, configs));
             }
-            entries.push(Entry { hash, chain: RequesterChain(chain) });
+            entries.push(Entry {
+                hash,
+                chain: RequesterChain(chain),
+            });
         }
         Ok(Self { entries })
     }
@@ -53,7 +56,10 @@ impl StaticTokens {
             found |= hit;
         }
         if bool::from(found) {
-            let entry = self.entries.get(index as usize).ok_or(AuthError::UnknownToken)?;
+            let entry = self
+                .entries
+                .get(index as usize)
+                .ok_or(AuthError::UnknownToken)?;
             Ok(entry.chain.clone())
         } else {
             Err(AuthError::UnknownToken)
@@ -66,7 +72,9 @@ impl StaticTokens {
 fn principal_for(email: &str, configs: &[StaticTokenConfig]) -> Identity {
     let configured = configs.iter().find(|c| {
         c.kind == IdentityKind::Human
-            && c.email.as_deref().is_some_and(|e| e.trim().eq_ignore_ascii_case(email.trim()))
+            && c.email
+                .as_deref()
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case(email.trim()))
     });
     match configured {
         Some(c) => Identity {
@@ -121,8 +129,12 @@ mod tests {
 
     #[test]
     fn wrong_token_is_unknown() {
-        let table = StaticTokens::new(&[token("ci-agent", "s3cret-ci", IdentityKind::Workload)]).unwrap();
-        assert_eq!(table.authenticate("s3cret-cj"), Err(AuthError::UnknownToken));
+        let table =
+            StaticTokens::new(&[token("ci-agent", "s3cret-ci", IdentityKind::Workload)]).unwrap();
+        assert_eq!(
+            table.authenticate("s3cret-cj"),
+            Err(AuthError::UnknownToken)
+        );
         assert_eq!(table.authenticate(""), Err(AuthError::UnknownToken));
     }
 
@@ -131,7 +143,10 @@ mod tests {
         let mut cfg = token("ci-agent", "s3cret-ci", IdentityKind::Workload);
         cfg.sha256 = cfg.sha256.to_uppercase();
         let table = StaticTokens::new(&[cfg]).unwrap();
-        assert_eq!(table.authenticate("s3cret-ci").unwrap().0[0].subject, "ci-agent");
+        assert_eq!(
+            table.authenticate("s3cret-ci").unwrap().0[0].subject,
+            "ci-agent"
+        );
     }
 
     #[test]
