@@ -1,5 +1,190 @@
 //! SQL policy: classify statements and apply configured rules. Pure: no I/O.
+//!
+//! The built-in classification ([`classify`]) is computed once per SQL text and cached; configured
+//! rules ([`PolicyRule`]) are applied per statement on every evaluation because they depend on the
+//! connection and the requester.
 
+pub mod cache;
+pub mod classify;
+pub mod fallback;
+pub mod functions;
+pub mod rules;
 pub mod verdict;
 
+use countersign_bot::RequesterChain;
+
+pub use cache::ClassificationCache;
+pub use classify::classify;
+pub use rules::{PolicyConfigError, PolicyDefaults, PolicyRule};
 pub use verdict::{Action, ReviewRequirement, StatementFacts, Verdict};
+
+use rules::{compile_rules, resolve_defaults, CompiledRule};
+
+/// Distinct SQL texts whose classification is kept by default.
+const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
+/// Who runs the SQL, and where; the input rules match on besides the statement itself.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyContext<'a> {
+    /// Name of the configured upstream connection (matched by rule `connections` globs).
+    pub connection: &'a str,
+    /// The requester chain (matched by rule `requesters` / `requester_groups`).
+    pub requester: &'a RequesterChain,
+}
+
+/// The configured policy: built-in classification, rules, defaults and the classification cache.
+#[derive(Debug)]
+pub struct Policy {
+    rules: Vec<CompiledRule>,
+    defaults: ReviewRequirement,
+    cache: ClassificationCache,
+}
+
+/// How one statement was decided after rules.
+struct Decision<'p> {
+    action: Action,
+    rule: &'p str,
+    review: &'p ReviewRequirement,
+    reasons: Vec<String>,
+}
+
+impl Policy {
+    /// Validate `rules` and `defaults` into a policy.
+    pub fn new(rules: Vec<PolicyRule>, defaults: PolicyDefaults) -> Result<Policy, PolicyConfigError> {
+        let defaults = resolve_defaults(&defaults)?;
+        let rules = compile_rules(&rules, &defaults)?;
+        Ok(Policy {
+            rules,
+            defaults,
+            cache: ClassificationCache::new(DEFAULT_CACHE_CAPACITY),
+        })
+    }
+
+    /// The built-in policy alone: no rules, quorum 2, one-hour requests, no approver-group restriction.
+    pub fn builtin() -> Policy {
+        Policy {
+            rules: Vec::new(),
+            defaults: ReviewRequirement {
+                approver_groups: Vec::new(),
+                quorum: 2,
+                ttl_secs: 3600,
+            },
+            cache: ClassificationCache::new(DEFAULT_CACHE_CAPACITY),
+        }
+    }
+
+    /// Replace the classification cache with one holding `capacity` SQL texts.
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Policy {
+        self.cache = ClassificationCache::new(capacity);
+        self
+    }
+
+    /// Decide what happens to `sql` (one or more statements) for this context.
+    pub fn evaluate(&self, ctx: &PolicyContext<'_>, sql: &str) -> Verdict {
+        let statements = self.cache.get_or_insert_with(sql, classify);
+        let decisions: Vec<Decision<'_>> = statements.iter().map(|facts| self.decide(ctx, facts)).collect();
+        let action = decisions.iter().map(|d| d.action).max().unwrap_or(Action::Review);
+        let rule = decisions
+            .iter()
+            .find(|d| d.action == action)
+            .map_or("default", |d| d.rule)
+            .to_string();
+        let mut reasons: Vec<String> = Vec::new();
+        // Reasons of the deciding (strictest) statements first, then the rest.
+        for strictest_first in [true, false] {
+            for d in decisions.iter().filter(|d| (d.action == action) == strictest_first) {
+                for r in &d.reasons {
+                    if !reasons.contains(r) {
+                        reasons.push(r.clone());
+                    }
+                }
+            }
+        }
+        let review = (action == Action::Review).then(|| merge_reviews(decisions.iter().filter(|d| d.action == Action::Review).map(|d| d.review)));
+        Verdict {
+            action,
+            reasons,
+            statements: statements.to_vec(),
+            rule,
+            review,
+        }
+    }
+
+    /// `(hits, misses)` of the classification cache.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        self.cache.stats()
+    }
+
+    /// Apply the first matching rule to one statement, within the safety floor: a rule never
+    /// relaxes a built-in block and never allows an unparsed statement.
+    fn decide<'p>(&'p self, ctx: &PolicyContext<'_>, facts: &StatementFacts) -> Decision<'p> {
+        let builtin = facts.action;
+        let Some(rule) = self.rules.iter().find(|r| r.matches(ctx.connection, ctx.requester, facts)) else {
+            return Decision {
+                action: builtin,
+                rule: "default",
+                review: &self.defaults,
+                reasons: facts.reasons.clone(),
+            };
+        };
+        let wanted = rule.action;
+        let floor = |why: &str| -> Decision<'p> {
+            let mut reasons = facts.reasons.clone();
+            reasons.push(format!(
+                "rule {} asks to {} this {}, but {why}",
+                rule.name,
+                wanted.as_str(),
+                facts.kind
+            ));
+            Decision {
+                action: builtin,
+                rule: "default",
+                review: &self.defaults,
+                reasons,
+            }
+        };
+        if wanted < builtin && builtin == Action::Block {
+            return floor("a built-in block cannot be relaxed by a rule");
+        }
+        if wanted < builtin && facts.unparsed {
+            return floor("a statement that could not be parsed is never allowed");
+        }
+        let mut reasons = vec![format!("rule {}: {} {}", rule.name, wanted.as_str(), facts.kind)];
+        if wanted >= builtin {
+            reasons.extend(facts.reasons.iter().cloned());
+        }
+        Decision {
+            action: wanted,
+            rule: &rule.name,
+            review: &rule.review,
+            reasons,
+        }
+    }
+}
+
+/// Union of approver groups, the largest quorum and the shortest lifetime.
+fn merge_reviews<'a>(reviews: impl Iterator<Item = &'a ReviewRequirement>) -> ReviewRequirement {
+    let mut merged: Option<ReviewRequirement> = None;
+    for r in reviews {
+        match &mut merged {
+            None => merged = Some(r.clone()),
+            Some(m) => {
+                for g in &r.approver_groups {
+                    if !m.approver_groups.contains(g) {
+                        m.approver_groups.push(g.clone());
+                    }
+                }
+                m.quorum = m.quorum.max(r.quorum);
+                m.ttl_secs = m.ttl_secs.min(r.ttl_secs);
+            }
+        }
+    }
+    merged.unwrap_or(ReviewRequirement {
+        approver_groups: Vec::new(),
+        quorum: 2,
+        ttl_secs: 3600,
+    })
+}
+
+#[cfg(test)]
+mod tests;

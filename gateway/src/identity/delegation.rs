@@ -1,0 +1,116 @@
+//! RFC 8693 `act` claims → requester chain.
+//!
+//! In a token, `sub` is the principal on whose behalf the call is made, the top-level `act` is the
+//! current actor and deeper `act`s are prior actors. Our chain is direct caller first:
+//! `[act.sub, act.act.sub, …, sub]`.
+
+use super::claims::ClaimMapping;
+use super::error::AuthError;
+use countersign_bot::{IdentityKind, RequesterChain};
+use serde_json::{Map, Value};
+
+/// Most actors accepted in one chain; deeper nesting is refused rather than truncated.
+pub const MAX_ACTORS: usize = 8;
+
+/// Builds the chain from verified claims of a token issued by `issuer`.
+pub fn requester_chain(
+    claims: &Map<String, Value>,
+    issuer: &str,
+    mapping: &ClaimMapping,
+) -> Result<RequesterChain, AuthError> {
+    let principal = mapping.identity(claims, issuer, None)?;
+    let mut actors = Vec::new();
+    let mut next = claims.get("act");
+    while let Some(act) = next {
+        let act = act
+            .as_object()
+            .ok_or_else(|| AuthError::malformed("the act claim is not an object"))?;
+        if actors.len() == MAX_ACTORS {
+            return Err(AuthError::DelegationTooDeep { max: MAX_ACTORS });
+        }
+        // An actor from another issuer keeps its own `iss`; the signing issuer vouches for it either way.
+        let actor_issuer = match act.get("iss") {
+            Some(Value::String(s)) => s.as_str(),
+            _ => issuer,
+        };
+        actors.push(mapping.identity(act, actor_issuer, Some(IdentityKind::Workload))?);
+        next = act.get("act");
+    }
+    actors.push(principal);
+    Ok(RequesterChain(actors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::claims::tests::issuer_config;
+    use serde_json::json;
+
+    fn mapping() -> ClaimMapping {
+        ClaimMapping::new(0, &issuer_config("human_subjects = [\"user:*\"]")).unwrap()
+    }
+
+    #[test]
+    fn nested_act_orders_current_actor_first_and_principal_last() {
+        let claims = json!({
+            "sub": "user:alice", "email": "alice@example.com",
+            "act": {"sub": "subagent-7", "act": {"sub": "deploy-agent", "iss": "https://agents"}}
+        });
+        let chain =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap();
+        let subjects: Vec<_> = chain.0.iter().map(|i| i.subject.as_str()).collect();
+        assert_eq!(subjects, ["subagent-7", "deploy-agent", "user:alice"]);
+        let kinds: Vec<_> = chain.0.iter().map(|i| i.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                IdentityKind::Workload,
+                IdentityKind::Workload,
+                IdentityKind::Human
+            ]
+        );
+        assert_eq!(chain.0[1].issuer, "https://agents");
+        assert_eq!(chain.0[0].issuer, "https://idp");
+    }
+
+    #[test]
+    fn actor_matching_the_human_rule_is_a_person() {
+        let claims = json!({"sub": "svc-report", "act": {"sub": "user:bob"}});
+        let chain =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap();
+        assert_eq!(chain.0[0].kind, IdentityKind::Human);
+        assert_eq!(chain.0[1].kind, IdentityKind::Workload);
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused() {
+        let mut act = json!({"sub": "actor-last"});
+        for i in 0..MAX_ACTORS {
+            act = json!({"sub": format!("actor-{i}"), "act": act});
+        }
+        let claims = json!({"sub": "user:alice", "act": act});
+        let err =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap_err();
+        assert_eq!(err, AuthError::DelegationTooDeep { max: MAX_ACTORS });
+    }
+
+    #[test]
+    fn nesting_at_the_limit_is_accepted() {
+        let mut act = json!({"sub": "actor-last"});
+        for i in 0..MAX_ACTORS - 1 {
+            act = json!({"sub": format!("actor-{i}"), "act": act});
+        }
+        let claims = json!({"sub": "user:alice", "act": act});
+        let chain =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap();
+        assert_eq!(chain.0.len(), MAX_ACTORS + 1);
+    }
+
+    #[test]
+    fn act_that_is_not_an_object_is_malformed() {
+        let claims = json!({"sub": "user:alice", "act": "agent"});
+        let err =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap_err();
+        assert_eq!(err.code(), "malformed");
+    }
+}

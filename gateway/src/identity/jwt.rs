@@ -1,0 +1,161 @@
+//! OIDC JWT verification for one issuer: pinned algorithms, `iss`/`aud`/`exp` required, `nbf` checked,
+//! bounded leeway.
+
+use super::error::{clip, AuthError};
+use super::jwks::JwksCache;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::str::FromStr;
+
+/// The parts of an unverified token used only to choose the issuer configuration and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unverified {
+    /// Header `alg`, as written.
+    pub alg: String,
+    /// Header `kid`.
+    pub kid: Option<String>,
+    /// Payload `iss`.
+    pub iss: String,
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawIssuer {
+    #[serde(default)]
+    iss: Option<Value>,
+}
+
+/// Reads `alg`, `kid` and `iss` without trusting them: they only select what is then verified.
+pub fn peek(token: &str) -> Result<Unverified, AuthError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::malformed("a JWT has three dot-separated parts"));
+    };
+    let header: RawHeader = decode_part(header, "header")?;
+    let body: RawIssuer = decode_part(payload, "payload")?;
+    let iss = match body.iss {
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(AuthError::malformed("iss is not a string")),
+        None => {
+            return Err(AuthError::MissingClaim {
+                claim: "iss".into(),
+            })
+        }
+    };
+    Ok(Unverified {
+        alg: header.alg,
+        kid: header.kid,
+        iss,
+    })
+}
+
+fn decode_part<T: for<'de> Deserialize<'de>>(part: &str, what: &str) -> Result<T, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::malformed(format!("JWT {what} is not base64url")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| AuthError::malformed(format!("JWT {what} is not the expected JSON")))
+}
+
+/// Verifies tokens of one configured issuer.
+pub struct IssuerVerifier {
+    issuer: String,
+    audience: String,
+    pinned: Vec<Algorithm>,
+    leeway_secs: u64,
+    jwks: JwksCache,
+}
+
+impl IssuerVerifier {
+    /// `pinned` must hold asymmetric algorithms only (config validation ensures it).
+    pub fn new(
+        issuer: String,
+        audience: String,
+        pinned: Vec<Algorithm>,
+        leeway_secs: u64,
+        jwks: JwksCache,
+    ) -> Self {
+        Self {
+            issuer,
+            audience,
+            pinned,
+            leeway_secs,
+            jwks,
+        }
+    }
+
+    /// The configured issuer.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Verifies signature and standard claims; returns the verified claims.
+    pub async fn verify(
+        &self,
+        token: &str,
+        unverified: &Unverified,
+    ) -> Result<Map<String, Value>, AuthError> {
+        let not_allowed = || AuthError::AlgorithmNotAllowed {
+            alg: clip(&unverified.alg),
+        };
+        let alg = Algorithm::from_str(&unverified.alg).map_err(|_| not_allowed())?;
+        if !self.pinned.contains(&alg) {
+            return Err(not_allowed());
+        }
+        let key = self.jwks.key(unverified.kid.as_deref()).await?;
+        if key.alg.is_some_and(|a| a != alg) || key.key.family() != alg.family() {
+            return Err(not_allowed());
+        }
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        validation.leeway = self.leeway_secs;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            .map_err(|e| auth_error(e.kind(), &unverified.alg))?;
+        Ok(data.claims)
+    }
+}
+
+fn auth_error(kind: &ErrorKind, alg: &str) -> AuthError {
+    match kind {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidAudience => AuthError::BadAudience,
+        ErrorKind::InvalidIssuer => AuthError::BadIssuer {
+            issuer: "(not the configured issuer)".into(),
+        },
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::UnsupportedAlgorithm => AuthError::AlgorithmNotAllowed { alg: clip(alg) },
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim {
+            claim: claim.clone(),
+        },
+        ErrorKind::InvalidClaimFormat(claim) => {
+            AuthError::malformed(format!("claim {claim:?} has the wrong type"))
+        }
+        ErrorKind::InvalidSignature
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::Signing(_)
+        | ErrorKind::Provider(_) => AuthError::BadSignature,
+        _ => AuthError::malformed("the token does not decode"),
+    }
+}

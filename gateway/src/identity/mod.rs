@@ -1,0 +1,106 @@
+//! Who is calling: bearer tokens (OIDC JWTs or configured static tokens) → [`RequesterChain`].
+//!
+//! **Invariant:** every identity in a chain comes from a verified signature or a configured token hash;
+//! unverified token contents only select which issuer configuration and key to verify with.
+
+pub mod claims;
+pub mod config;
+pub mod delegation;
+pub mod error;
+pub mod jwks;
+pub mod jwt;
+pub mod static_tokens;
+
+#[cfg(test)]
+mod authenticator_tests;
+
+pub use config::{ConfigError, IdentityConfig, OidcIssuerConfig, StaticTokenConfig};
+pub use error::AuthError;
+
+use claims::ClaimMapping;
+use config::{checked_url, parse_duration};
+use countersign_bot::RequesterChain;
+use error::clip;
+use jwks::{JwksCache, JwksSource};
+use jwt::IssuerVerifier;
+use static_tokens::StaticTokens;
+use std::collections::HashMap;
+
+struct TrustedIssuer {
+    verifier: IssuerVerifier,
+    mapping: ClaimMapping,
+}
+
+/// Authenticates bearer tokens against the configured issuers and static tokens.
+///
+/// A bearer with exactly two dots is treated as a JWT; anything else as a static token (so static
+/// tokens must not be shaped like `a.b.c`).
+pub struct Authenticator {
+    issuers: HashMap<String, TrustedIssuer>,
+    static_tokens: StaticTokens,
+}
+
+impl Authenticator {
+    /// Validates `cfg` and prepares the verifiers; JWKS are fetched lazily with `http`.
+    pub fn new(cfg: &IdentityConfig, http: reqwest::Client) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let leeway_secs = cfg.clock_skew()?.as_secs();
+        let mut issuers = HashMap::new();
+        for (i, oidc) in cfg.oidc.iter().enumerate() {
+            let source = match &oidc.jwks_url {
+                Some(url) => {
+                    JwksSource::Url(checked_url(&format!("identity.oidc[{i}].jwks_url"), url)?)
+                }
+                None => JwksSource::Discovery {
+                    issuer: oidc.issuer.clone(),
+                },
+            };
+            let pinned = oidc.pinned_algorithms(i)?;
+            let min_refetch = parse_duration(
+                &format!("identity.oidc[{i}].jwks_min_refetch"),
+                &oidc.jwks_min_refetch,
+            )?;
+            let jwks = JwksCache::new(
+                oidc.issuer.clone(),
+                source,
+                http.clone(),
+                pinned.clone(),
+                min_refetch,
+            );
+            let verifier = IssuerVerifier::new(
+                oidc.issuer.clone(),
+                oidc.audience.clone(),
+                pinned,
+                leeway_secs,
+                jwks,
+            );
+            let mapping = ClaimMapping::new(i, oidc)?;
+            issuers.insert(oidc.issuer.clone(), TrustedIssuer { verifier, mapping });
+        }
+        let static_tokens = StaticTokens::new(&cfg.static_tokens)?;
+        Ok(Self {
+            issuers,
+            static_tokens,
+        })
+    }
+
+    /// The requester chain proven by `bearer` (the raw token, without the `Bearer ` prefix).
+    pub async fn authenticate(&self, bearer: &str) -> Result<RequesterChain, AuthError> {
+        let token = bearer.trim();
+        if token.is_empty() {
+            return Err(AuthError::malformed("empty bearer token"));
+        }
+        if token.matches('.').count() != 2 {
+            return self.static_tokens.authenticate(token);
+        }
+        let unverified = jwt::peek(token)?;
+        let trusted = self
+            .issuers
+            .get(&unverified.iss)
+            .ok_or_else(|| AuthError::BadIssuer {
+                issuer: clip(&unverified.iss),
+            })?;
+        let claims = trusted.verifier.verify(token, &unverified).await?;
+        delegation::requester_chain(&claims, trusted.verifier.issuer(), &trusted.mapping)
+    }
+}

