@@ -229,6 +229,23 @@ async fn alg_none_token_is_refused() {
 }
 
 #[tokio::test]
+async fn token_with_a_crit_header_is_refused() {
+    let (issuer, _idp, auth) = rsa_setup("").await;
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-a".into());
+    header.crit = Some(vec!["exp-ext".into()]);
+    let token = jsonwebtoken::encode(&header, &claims(&issuer), &rsa_key(RSA_A)).unwrap();
+    assert_eq!(code(auth.authenticate(&token).await), "malformed");
+}
+
+#[tokio::test]
+async fn oversized_bearer_is_refused_before_decoding() {
+    let (_issuer, _idp, auth) = rsa_setup("").await;
+    let huge = format!("{}.{}.sig", "a".repeat(10), "b".repeat(MAX_TOKEN_BYTES));
+    assert_eq!(code(auth.authenticate(&huge).await), "malformed");
+}
+
+#[tokio::test]
 async fn hs256_signed_with_the_rsa_public_key_is_refused() {
     let (issuer, idp, auth) = rsa_setup("").await;
     // The classic key-confusion attack: the public PEM used as an HMAC secret.
@@ -298,19 +315,20 @@ async fn token_without_aud_is_refused() {
 
 #[tokio::test]
 async fn rotated_key_is_picked_up_by_a_rate_limited_refetch() {
-    let (issuer, idp, auth) = rsa_setup("jwks_min_refetch = \"400ms\"").await;
+    let (issuer, idp, auth) = rsa_setup("jwks_min_refetch = \"1s\"").await;
+    // Signed up front: debug-build RSA signing is slow and must not eat into the interval.
     let old = sign(&claims(&issuer), Algorithm::RS256, "rsa-a", &rsa_key(RSA_A));
+    let new = sign(&claims(&issuer), Algorithm::RS256, "rsa-b", &rsa_key(RSA_B));
+    let rotated = json!({"keys": [public_jwk(&rsa_key(RSA_B), Algorithm::RS256, "rsa-b")]});
     assert!(auth.authenticate(&old).await.is_ok());
     assert_eq!(idp.jwks_fetches.load(Ordering::SeqCst), 1);
 
-    *idp.jwks.lock().unwrap() =
-        json!({"keys": [public_jwk(&rsa_key(RSA_B), Algorithm::RS256, "rsa-b")]});
-    let new = sign(&claims(&issuer), Algorithm::RS256, "rsa-b", &rsa_key(RSA_B));
+    *idp.jwks.lock().unwrap() = rotated;
     // Within the interval the unknown kid does not reach the IdP.
     assert_eq!(code(auth.authenticate(&new).await), "unknown_key");
     assert_eq!(idp.jwks_fetches.load(Ordering::SeqCst), 1);
 
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let chain = auth.authenticate(&new).await.unwrap();
     assert_eq!(chain.0[0].subject, "deploy-agent");
     assert_eq!(idp.jwks_fetches.load(Ordering::SeqCst), 2);

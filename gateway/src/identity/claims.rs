@@ -57,7 +57,13 @@ impl ClaimMapping {
             }
         };
         // An address the IdP says it has not verified must not become a voter's canonical id.
-        let email_verified = !matches!(claims.get("email_verified"), Some(Value::Bool(false)));
+        // Absent means the IdP does not say (many omit it); some (Cognito) send the flag as a string.
+        let email_verified = match claims.get("email_verified") {
+            None => true,
+            Some(Value::Bool(verified)) => *verified,
+            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            Some(_) => false,
+        };
         let email = match claims.get(&self.email_claim) {
             Some(Value::String(s)) if email_verified && !s.trim().is_empty() => {
                 Some(s.trim().to_owned())
@@ -172,6 +178,22 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!(id.email, None);
+        let id = m
+            .identity(
+                &obj(json!({"sub": "u", "email": "ceo@x", "email_verified": "false"})),
+                "i",
+                None,
+            )
+            .unwrap();
+        assert_eq!(id.email, None);
+        let id = m
+            .identity(
+                &obj(json!({"sub": "u", "email": "ceo@x", "email_verified": "true"})),
+                "i",
+                None,
+            )
+            .unwrap();
+        assert_eq!(id.email.as_deref(), Some("ceo@x"));
     }
 
     #[test]

@@ -27,6 +27,8 @@ struct RawHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +46,12 @@ pub fn peek(token: &str) -> Result<Unverified, AuthError> {
         return Err(AuthError::malformed("a JWT has three dot-separated parts"));
     };
     let header: RawHeader = decode_part(header, "header")?;
+    // RFC 7515 §4.1.11: critical extensions we do not implement must make the token invalid.
+    if header.crit.is_some() {
+        return Err(AuthError::malformed(
+            "the crit header names extensions this gateway does not support",
+        ));
+    }
     let body: RawIssuer = decode_part(payload, "payload")?;
     let iss = match body.iss {
         Some(Value::String(s)) => s,

@@ -2,6 +2,28 @@
 //!
 //! **Invariant:** every identity in a chain comes from a verified signature or a configured token hash;
 //! unverified token contents only select which issuer configuration and key to verify with.
+//!
+//! Configuration (`[identity]`, see [`IdentityConfig`]):
+//!
+//! ```toml
+//! [identity]
+//! clock_skew = "30s"                  # leeway for exp/nbf, at most 5m
+//! [[identity.oidc]]
+//! issuer = "https://idp.example.com"
+//! audience = "countersign"
+//! jwks_url = "https://idp.example.com/.well-known/jwks.json"   # or: discovery = true
+//! algorithms = ["RS256"]              # pinned; `none` and HS* are refused
+//! default_kind = "workload"           # kind of a subject no glob matches
+//! human_groups = ["staff", "oncall-*"]
+//! human_subjects = []                 # subject globs that are people
+//! workload_subjects = ["svc-*"]       # wins over the human globs
+//! # subject_claim = "sub", email_claim = "email", groups_claim = "groups", jwks_min_refetch = "10s"
+//! [[identity.static_tokens]]
+//! name = "ci-agent"                   # subject; issuer is "static"
+//! sha256 = "<hex SHA-256 of the token>"
+//! kind = "workload"
+//! acts_for = "alice@example.com"      # chain = [ci-agent, alice]
+//! ```
 
 pub mod claims;
 pub mod config;
@@ -25,6 +47,9 @@ use jwks::{JwksCache, JwksSource};
 use jwt::IssuerVerifier;
 use static_tokens::StaticTokens;
 use std::collections::HashMap;
+
+/// Longest bearer accepted; bounds the decoding work an unauthenticated caller can cause.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 struct TrustedIssuer {
     verifier: IssuerVerifier,
@@ -90,6 +115,9 @@ impl Authenticator {
         if token.is_empty() {
             return Err(AuthError::malformed("empty bearer token"));
         }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::malformed("bearer token longer than 16 KiB"));
+        }
         if token.matches('.').count() != 2 {
             return self.static_tokens.authenticate(token);
         }
@@ -104,3 +132,9 @@ impl Authenticator {
         delegation::requester_chain(&claims, trusted.verifier.issuer(), &trusted.mapping)
     }
 }
+
+// The authenticator is shared across connection tasks.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Authenticator>();
+};
