@@ -1,0 +1,284 @@
+//! The one place configuration is read: a TOML file (`--config` or `COUNTERSIGN_CONFIG`) with unknown keys
+//! rejected, secrets referenced through env vars or files, and every problem reported with file, key and fix.
+
+mod secrets;
+mod validate;
+
+pub use secrets::{resolve_secret, SecretError};
+pub use validate::{ConfigProblem, ConfigReport};
+
+use crate::identity::IdentityConfig;
+use crate::policy::{PolicyDefaults, PolicyRule};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: the HTTP listener.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[store]`: where state lives.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[identity]`: OIDC issuers and static tokens.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// `[[connections]]`: upstream databases.
+    #[serde(default)]
+    pub connections: Vec<ConnectionConfig>,
+    /// `[[approver_groups]]`: who may vote.
+    #[serde(default)]
+    pub approver_groups: Vec<ApproverGroupConfig>,
+    /// `[policy]`: rules and defaults.
+    #[serde(default)]
+    pub policy: PolicySection,
+    /// `[outbox]`: notification delivery.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// `[logging]`.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTP listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Base URL people reach the gateway at, used in links (`/requests/{id}`).
+    #[serde(default)]
+    pub public_base_url: Option<String>,
+    /// Largest accepted request body in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Longest `?wait=` a caller may ask for, e.g. `"5m"`.
+    #[serde(default = "default_max_wait")]
+    pub max_wait: String,
+    /// How often pending requests are checked for expiry, e.g. `"5s"`.
+    #[serde(default = "default_expiry_sweep")]
+    pub expiry_sweep: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_max_wait() -> String {
+    "5m".into()
+}
+fn default_expiry_sweep() -> String {
+    "5s".into()
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            public_base_url: None,
+            max_body_bytes: default_max_body(),
+            max_wait: default_max_wait(),
+            expiry_sweep: default_expiry_sweep(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The public base URL, defaulting to `http://{listen}`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        self.public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://…`. Default: `sqlite://{data_dir}/countersign.db`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Env var holding the URL (for PostgreSQL URLs with passwords).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Directory for the default SQLite file (created on first run). Default `./data`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl StoreConfig {
+    /// The store URL to open.
+    pub fn resolved_url(&self) -> Result<String, SecretError> {
+        if let Some(env) = &self.url_env {
+            return resolve_secret("store.url_env", Some(env), None);
+        }
+        if let Some(url) = &self.url {
+            return Ok(url.clone());
+        }
+        let dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from("./data"));
+        Ok(format!("sqlite://{}", dir.join("countersign.db").display()))
+    }
+}
+
+/// `[[connections]]`: one upstream database the gateway holds credentials for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Name agents use (HTTP path segment; database name on the wire).
+    pub name: String,
+    /// Only `postgres` for now.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Upstream URL without a password (e.g. trust or a password from `password_env`).
+    #[serde(default)]
+    pub upstream_url: Option<String>,
+    /// Env var holding the full upstream URL (preferred when it contains a password).
+    #[serde(default)]
+    pub upstream_url_env: Option<String>,
+    /// File holding the full upstream URL (e.g. a mounted Kubernetes Secret).
+    #[serde(default)]
+    pub upstream_url_file: Option<PathBuf>,
+    /// Env var holding the upstream password, combined with `upstream_url`.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Maximum idle upstream connections kept for the HTTP API.
+    #[serde(default = "default_pool")]
+    pub pool_size: usize,
+}
+
+fn default_kind() -> String {
+    "postgres".into()
+}
+fn default_pool() -> usize {
+    8
+}
+
+/// `[[approver_groups]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverGroupConfig {
+    /// Name referenced by policy rules.
+    pub name: String,
+    /// Member e-mail addresses.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// IdP groups whose members belong.
+    #[serde(default)]
+    pub idp_groups: Vec<String>,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Review settings for the built-in policy and rules that omit them.
+    #[serde(default)]
+    pub defaults: PolicyDefaults,
+    /// Rules, first match wins.
+    #[serde(default)]
+    pub rules: Vec<PolicyRule>,
+}
+
+/// `[outbox]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Attempts before dead-lettering.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// How often the worker polls, e.g. `"500ms"`.
+    #[serde(default = "default_poll")]
+    pub poll: String,
+}
+
+fn default_attempts() -> u32 {
+    12
+}
+fn default_poll() -> String {
+    "500ms".into()
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self { max_attempts: default_attempts(), poll: default_poll() }
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `text` (default) or `json` (one JSON object per line).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Filter, e.g. `info,countersign=debug` (overridden by `RUST_LOG`).
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("{file}: cannot read the config file: {source} (check the path given to --config / COUNTERSIGN_CONFIG)")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or type errors, unknown keys.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// toml's message with line, column and key.
+        message: String,
+    },
+    /// Semantic problems, all of them.
+    #[error("{0}")]
+    Invalid(ConfigReport),
+}
+
+impl Config {
+    /// Parse TOML text; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        toml::from_str::<Config>(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: describe_toml_error(&e),
+        })
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let cfg = Config::from_toml(&text, &file)?;
+        let report = cfg.validate(&file);
+        if !report.problems.is_empty() {
+            return Err(ConfigError::Invalid(report));
+        }
+        Ok(cfg)
+    }
+}
+
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    let msg = e.message();
+    let fix = if msg.contains("unknown field") {
+        "fix: remove or rename the key; manifests/examples/countersign.toml lists every valid key"
+    } else if msg.contains("missing field") {
+        "fix: add the key; see manifests/examples/countersign.toml"
+    } else {
+        "fix: correct the TOML syntax or value type at the position shown"
+    };
+    format!("{}\n{fix}", e.to_string().trim_end())
+}
