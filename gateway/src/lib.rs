@@ -2,4 +2,5 @@
 //! masking and session recording, plus the composition root used by the `countersign` binary.
 #![forbid(unsafe_code)]
 
+pub mod pg;
 pub mod policy;
