@@ -413,3 +413,38 @@ async fn pgbench_runs_in_simple_extended_and_prepared_modes() {
     .unwrap();
     admin.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.unwrap();
 }
+
+#[tokio::test]
+async fn tls_connection_with_self_signed_certificate_accepts_the_password() {
+    let dir = std::env::temp_dir().join(format!("wire_tls_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
+    let tls = countersign_gateway::pg::TlsFiles { cert, key };
+    // Cleartext without TLS is off, so a successful login proves the session ran over TLS.
+    let (_gate, addr) = start_with(
+        move |c| {
+            c.allow_cleartext_without_tls = false;
+            c.tls = Some(tls);
+        },
+        "test",
+    )
+    .await;
+    let run = move |sslmode: &'static str| {
+        std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "-d", "app", "-U", "agent", "-XAtc", "SELECT 7"])
+            .env("PGPASSWORD", TOKEN)
+            .env("PGSSLMODE", sslmode)
+            .output()
+            .expect("psql must be installed")
+    };
+    let out = tokio::task::spawn_blocking(move || run("require")).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+    let out = tokio::task::spawn_blocking(move || run("disable")).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only over TLS"), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
