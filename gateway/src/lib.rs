@@ -2,5 +2,8 @@
 //! masking and session recording, plus the composition root used by the `countersign` binary.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod identity;
+pub mod pg;
 pub mod policy;
+pub mod upstream;

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Compares pgbench -S through the Countersign wire gateway with direct PostgreSQL and pgbouncer.
+# Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres) and pgbench/psql on PATH; installs
+# pgbouncer with apt-get when absent. Starts only the gateway (release build) and a temporary pgbouncer.
+# Env: SCALE (10), CLIENTS (10), DURATION (10 s), GW_PORT (6543), PGB_PORT (6432).
+set -euo pipefail
+
+SCALE=${SCALE:-10}
+CLIENTS=${CLIENTS:-10}
+DURATION=${DURATION:-10}
+GW_PORT=${GW_PORT:-6543}
+PGB_PORT=${PGB_PORT:-6432}
+DB=countersign_bench
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TMP=$(mktemp -d)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+echo "== building the gateway bench binary (release)"
+(cd "$ROOT" && cargo build --release -q -p countersign-gateway --example wire_bench)
+BIN="$ROOT/target/release/examples/wire_bench"
+
+echo "== initialising $DB (scale $SCALE)"
+psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $DB"
+pgbench -h 127.0.0.1 -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
+
+echo "== starting the gateway on 127.0.0.1:$GW_PORT"
+"$BIN" "127.0.0.1:$GW_PORT" "$DB" &
+PIDS+=($!)
+
+if ! command -v pgbouncer >/dev/null; then
+    apt-get install -y pgbouncer >/dev/null
+fi
+cat >"$TMP/pgbouncer.ini" <<INI
+[databases]
+$DB = host=127.0.0.1 port=5432 dbname=$DB user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $TMP/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = $TMP/pgbouncer.log
+pidfile = $TMP/pgbouncer.pid
+INI
+echo '"postgres" ""' >"$TMP/userlist.txt"
+chmod 644 "$TMP"/*
+PGB_USER_ARGS=()
+if [ "$(id -u)" = 0 ]; then PGB_USER_ARGS=(-u postgres); fi
+echo "== starting pgbouncer on 127.0.0.1:$PGB_PORT (session mode)"
+pgbouncer "${PGB_USER_ARGS[@]}" "$TMP/pgbouncer.ini" &
+PIDS+=($!)
+
+for port in "$GW_PORT" "$PGB_PORT"; do
+    for _ in $(seq 50); do
+        (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
+        sleep 0.2
+    done
+done
+
+# target name → "port user password database"
+declare -A TARGET=(
+    [direct]="5432 postgres x $DB"
+    [gateway]="$GW_PORT agent bench-token bench"
+    [pgbouncer]="$PGB_PORT postgres x $DB"
+)
+
+run() { # target mode clients duration → prints "tps latency_ms"
+    read -r port user password database <<<"${TARGET[$1]}"
+    local out
+    out=$(PGPASSWORD=$password PGSSLMODE=disable pgbench -h 127.0.0.1 -p "$port" -U "$user" -S -M "$2" \
+        -c "$3" -j "$(( $3 < 2 ? 1 : 2 ))" -T "$4" "$database" 2>&1) || { echo "pgbench failed: $out" >&2; exit 1; }
+    local tps lat
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -1)
+    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -1)
+    echo "$tps $lat"
+}
+
+declare -A TPS LAT
+for mode in simple prepared; do
+    for t in direct gateway pgbouncer; do
+        read -r tps _ < <(run "$t" "$mode" "$CLIENTS" "$DURATION")
+        TPS[$t/$mode]=$tps
+    done
+done
+for t in direct gateway pgbouncer; do
+    read -r _ lat < <(run "$t" simple 1 5)
+    LAT[$t]=$lat
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+printf '\n%-10s %14s %14s %16s\n' target "simple TPS" "prepared TPS" "1-client lat ms"
+for t in direct gateway pgbouncer; do
+    printf '%-10s %14s %14s %16s\n' "$t" "${TPS[$t/simple]}" "${TPS[$t/prepared]}" "${LAT[$t]}"
+done
+echo
+echo "gateway/direct:    simple $(ratio "${TPS[gateway/simple]}" "${TPS[direct/simple]}")  prepared $(ratio "${TPS[gateway/prepared]}" "${TPS[direct/prepared]}")"
+echo "gateway/pgbouncer: simple $(ratio "${TPS[gateway/simple]}" "${TPS[pgbouncer/simple]}")  prepared $(ratio "${TPS[gateway/prepared]}" "${TPS[pgbouncer/prepared]}")"
+awk -v g="${LAT[gateway]}" -v d="${LAT[direct]}" 'BEGIN { printf "1-client latency overhead: %+.1f us\n", (g - d) * 1000 }'

@@ -1,0 +1,241 @@
+//! Scans upstream bytes in place on their way to the client: tracks the transaction status, the
+//! command tag and error of each statement in flight, and hides the gateway's own rejection round trips.
+//! Everything else passes through untouched, including partial frames.
+
+use super::codec::{error_fields, frame_header, read_cstr};
+use super::recorder::FinishedStatement;
+use crate::policy::Action;
+use bytes::{BufMut, Bytes, BytesMut};
+use countersign_bot::RequestId;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One simple query or Sync-terminated batch the upstream has yet to answer with ReadyForQuery.
+#[derive(Debug)]
+pub struct InFlight {
+    /// Statement text for the record.
+    pub sql: Arc<str>,
+    /// Bind bodies for the record's hash.
+    pub binds: Vec<Bytes>,
+    /// Policy decision.
+    pub decision: Action,
+    /// The approval request, for held statements.
+    pub request_id: Option<RequestId>,
+    /// Set for an approved statement whose result must be reported.
+    pub executed: Option<RequestId>,
+    /// True when this is a gateway rejection: only its ErrorResponse and ReadyForQuery reach the client.
+    pub rejection: bool,
+    /// When the client's message arrived.
+    pub received: Instant,
+    /// When it was forwarded.
+    pub forwarded: Instant,
+}
+
+/// Upstream-side state of a session.
+pub struct BackendTracker {
+    /// Bytes of a pass-through frame still to come.
+    skip: usize,
+    /// Last ReadyForQuery status (`I`, `T`, `E`).
+    pub status: u8,
+    /// Statements in flight, oldest first.
+    pub in_flight: VecDeque<InFlight>,
+    tag: Option<String>,
+    error: Option<String>,
+    /// Bytes needed to complete the frame at the head of the buffer (for the reader's reservation).
+    pub need: usize,
+}
+
+/// The upstream sent something that is not a valid frame.
+#[derive(Debug)]
+pub struct BadFrame;
+
+impl BackendTracker {
+    /// State after the upstream's first ReadyForQuery.
+    pub fn new(status: u8) -> Self {
+        Self { skip: 0, status, in_flight: VecDeque::new(), tag: None, error: None, need: 0 }
+    }
+
+    /// True between frames: the gateway may inject its own message to the client.
+    pub fn at_boundary(&self) -> bool {
+        self.skip == 0
+    }
+
+    /// Scans `buf`; returns how many bytes to consume and whether the client gets `rewritten`
+    /// instead of `buf[..n]`. Finished statements are appended to `finished`.
+    pub fn scan(
+        &mut self,
+        buf: &[u8],
+        rewritten: &mut BytesMut,
+        finished: &mut Vec<FinishedStatement>,
+    ) -> Result<(usize, bool), BadFrame> {
+        let mut pos = self.skip.min(buf.len());
+        self.skip -= pos;
+        let mut copied = 0;
+        let mut rewrote = false;
+        self.need = 0;
+        while self.skip == 0 {
+            let Some((tag, total)) = frame_header(&buf[pos..]) else { break };
+            if total == usize::MAX {
+                return Err(BadFrame);
+            }
+            let avail = buf.len() - pos;
+            let rejecting = self.in_flight.front().is_some_and(|f| f.rejection);
+            let hidden = rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S');
+            if !matches!(tag, b'Z' | b'C' | b'E') && !hidden {
+                if avail >= total {
+                    pos += total;
+                    continue;
+                }
+                self.skip = total - avail;
+                pos = buf.len();
+                break;
+            }
+            if avail < total {
+                self.need = total;
+                break;
+            }
+            let frame = &buf[pos..pos + total];
+            let body = &frame[5..];
+            match tag {
+                b'Z' => {
+                    self.status = body.first().copied().unwrap_or(b'I');
+                    self.finish(finished);
+                }
+                b'C' => {
+                    let mut p = 0;
+                    let text = read_cstr(body, &mut p).unwrap_or(body);
+                    self.tag = Some(String::from_utf8_lossy(text).into_owned());
+                }
+                b'E' => {
+                    let message = error_fields(body).find(|(f, _)| *f == b'M').map(|(_, m)| m).unwrap_or_default();
+                    self.error = Some(String::from_utf8_lossy(message).into_owned());
+                }
+                _ => {}
+            }
+            if hidden || (rejecting && tag == b'E') {
+                rewritten.extend_from_slice(&buf[copied..pos]);
+                if tag == b'E' {
+                    put_without_context(rewritten, body);
+                }
+                copied = pos + total;
+                rewrote = true;
+            }
+            pos += total;
+        }
+        if rewrote {
+            rewritten.extend_from_slice(&buf[copied..pos]);
+        }
+        Ok((pos, rewrote))
+    }
+
+    fn finish(&mut self, finished: &mut Vec<FinishedStatement>) {
+        let tag = self.tag.take();
+        let error = self.error.take();
+        let Some(f) = self.in_flight.pop_front() else { return };
+        finished.push(FinishedStatement {
+            sql: f.sql,
+            binds: f.binds,
+            decision: f.decision,
+            request_id: f.request_id,
+            executed: f.executed,
+            duration: f.received.elapsed(),
+            run_time: f.forwarded.elapsed(),
+            command_tag: tag,
+            error,
+        });
+    }
+}
+
+/// Re-encodes an ErrorResponse without the PL/pgSQL context, file and line of the rejection's DO block.
+fn put_without_context(out: &mut BytesMut, body: &[u8]) {
+    let start = out.len();
+    out.put_u8(b'E');
+    out.put_i32(0);
+    for (field, value) in error_fields(body) {
+        if matches!(field, b'W' | b'F' | b'L' | b'R' | b'q' | b'P' | b'p') {
+            continue;
+        }
+        out.put_u8(field);
+        out.put_slice(value);
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    super::codec::patch_len(out, start);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::codec::{put_error, put_ready, Severity};
+
+    fn in_flight(rejection: bool) -> InFlight {
+        InFlight {
+            sql: Arc::from("x"),
+            binds: vec![],
+            decision: Action::Allow,
+            request_id: None,
+            executed: None,
+            rejection,
+            received: Instant::now(),
+            forwarded: Instant::now(),
+        }
+    }
+
+    fn complete(tag: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(b'C');
+        b.put_i32(4 + tag.len() as i32 + 1);
+        b.put_slice(tag.as_bytes());
+        b.put_u8(0);
+        b
+    }
+
+    #[test]
+    fn pass_through_frames_split_across_reads_are_forwarded_untouched() {
+        let mut t = BackendTracker::new(b'I');
+        t.in_flight.push_back(in_flight(false));
+        let mut data = BytesMut::new();
+        data.put_u8(b'D');
+        data.put_i32(4 + 100);
+        data.put_slice(&[7u8; 100]);
+        data.extend_from_slice(&complete("SELECT 1"));
+        put_ready(&mut data, b'T');
+        let (mut rw, mut fin) = (BytesMut::new(), Vec::new());
+        let (first, rewrote) = t.scan(&data[..50], &mut rw, &mut fin).unwrap();
+        assert_eq!(first, 50);
+        assert!(!rewrote);
+        assert!(!t.at_boundary());
+        let (rest, _) = t.scan(&data[50..], &mut rw, &mut fin).unwrap();
+        assert_eq!(first + rest, data.len());
+        assert!(rw.is_empty());
+        assert_eq!(t.status, b'T');
+        assert_eq!(fin.len(), 1);
+        assert_eq!(fin[0].command_tag.as_deref(), Some("SELECT 1"));
+    }
+
+    #[test]
+    fn rejection_round_trip_shows_only_error_and_ready() {
+        let mut t = BackendTracker::new(b'T');
+        t.in_flight.push_back(in_flight(true));
+        let mut data = BytesMut::new();
+        data.extend_from_slice(&[b'1', 0, 0, 0, 4, b'2', 0, 0, 0, 4]);
+        put_error(&mut data, Severity::Fatal, "42501", "blocked", None);
+        put_ready(&mut data, b'E');
+        let (mut rw, mut fin) = (BytesMut::new(), Vec::new());
+        let (n, rewrote) = t.scan(&data, &mut rw, &mut fin).unwrap();
+        assert_eq!(n, data.len());
+        assert!(rewrote);
+        assert_eq!(rw[0], b'E');
+        let (_, total) = frame_header(&rw).unwrap();
+        assert_eq!(&rw[total..], &[b'Z', 0, 0, 0, 5, b'E']);
+        assert_eq!(fin[0].error.as_deref(), Some("blocked"));
+    }
+
+    #[test]
+    fn negative_length_from_upstream_is_an_error() {
+        let mut t = BackendTracker::new(b'I');
+        let (mut rw, mut fin) = (BytesMut::new(), Vec::new());
+        assert!(t.scan(&[b'D', 0xff, 0xff, 0xff, 0xff], &mut rw, &mut fin).is_err());
+    }
+}

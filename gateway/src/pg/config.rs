@@ -1,0 +1,99 @@
+//! `[wire]` configuration: where the Postgres listener binds and how it treats clients.
+
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Configuration of the Postgres wire listener (`[wire]`). Durations are seconds (may be fractional).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireConfig {
+    /// Address to listen on, e.g. `127.0.0.1:6543`.
+    pub listen: SocketAddr,
+    /// Certificate and key for TLS (SSLRequest); without it clients get 'N'.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Accept cleartext passwords without TLS; only honoured when `listen` is a loopback address.
+    #[serde(default)]
+    pub allow_cleartext_without_tls: bool,
+    /// How long a held statement keeps the client waiting before it gets "still pending".
+    #[serde(default = "default_hold_wait", deserialize_with = "seconds")]
+    pub hold_wait: Duration,
+    /// Time allowed from TCP accept to ReadyForQuery (TLS, auth, upstream connect).
+    #[serde(default = "default_startup_timeout", deserialize_with = "seconds")]
+    pub startup_timeout: Duration,
+    /// Largest client message accepted after startup, in bytes.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+}
+
+/// PEM files for the listener's TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM, PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl WireConfig {
+    /// Defaults for everything except the listen address.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tls: None,
+            allow_cleartext_without_tls: false,
+            hold_wait: default_hold_wait(),
+            startup_timeout: default_startup_timeout(),
+            max_message_size: default_max_message_size(),
+        }
+    }
+
+    /// True when cleartext passwords may be accepted on a non-TLS connection.
+    pub fn cleartext_allowed_without_tls(&self) -> bool {
+        self.allow_cleartext_without_tls && self.listen.ip().is_loopback()
+    }
+}
+
+fn default_hold_wait() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_max_message_size() -> usize {
+    64 * 1024 * 1024
+}
+
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let secs = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| serde::de::Error::custom("expected a non-negative number of seconds, e.g. 30 or 0.5"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_config_parses_seconds_and_rejects_unknown_keys() {
+        let cfg: WireConfig = toml::from_str("listen = \"127.0.0.1:6543\"\nhold_wait = 1.5\n").unwrap();
+        assert_eq!(cfg.hold_wait, Duration::from_millis(1500));
+        assert_eq!(cfg.max_message_size, 64 * 1024 * 1024);
+        assert!(toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nbogus = 1\n").is_err());
+        assert!(toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nhold_wait = -1\n").is_err());
+    }
+
+    #[test]
+    fn cleartext_without_tls_is_only_honoured_on_loopback() {
+        let mut cfg = WireConfig::new("0.0.0.0:6543".parse().unwrap());
+        cfg.allow_cleartext_without_tls = true;
+        assert!(!cfg.cleartext_allowed_without_tls());
+        cfg.listen = "127.0.0.1:6543".parse().unwrap();
+        assert!(cfg.cleartext_allowed_without_tls());
+    }
+}

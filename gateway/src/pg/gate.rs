@@ -1,0 +1,175 @@
+//! The boundary between the wire proxy and the engine (policy, approvals, store).
+//!
+//! The proxy depends on the rest of the gateway only through [`WireGate`] and the plain data types here.
+
+use crate::policy::{Action, Verdict};
+use countersign_bot::{RequestId, RequesterChain, SessionId, StatementHash};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Everything the proxy asks of the engine.
+#[async_trait::async_trait]
+pub trait WireGate: Send + Sync + 'static {
+    /// Authenticate a client: database name = connection name, user = as sent, password = JWT or static token.
+    async fn authenticate(
+        &self,
+        connection: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<RequesterChain, WireAuthError>;
+    /// Where and how to connect upstream for this connection name (None = unknown connection → 3D000).
+    fn upstream(&self, connection: &str) -> Option<UpstreamTarget>;
+    /// Classify (cached by text): pure and fast.
+    fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Arc<Verdict>;
+    /// A statement classified `review`: create (or reuse) the approval request bound to `hash`.
+    async fn hold(
+        &self,
+        session: &SessionInfo,
+        sql: &str,
+        hash: &StatementHash,
+        verdict: &Verdict,
+    ) -> Result<HoldTicket, GateError>;
+    /// Wait until the request resolves or `timeout` passes. `Approved` means claimed: run it exactly once now.
+    async fn wait(&self, id: RequestId, timeout: Duration) -> HoldOutcome;
+    /// The client cancelled (CancelRequest) during the hold: cancel the request (audited).
+    async fn cancel_hold(&self, id: RequestId, session: &SessionInfo);
+    /// Report the result of running an approved statement; marks it executed or failed.
+    async fn executed(&self, id: RequestId, outcome: ExecutionOutcome);
+    /// A client session was established (after authentication and upstream connect).
+    async fn session_started(&self, session: &SessionInfo);
+    /// One statement (simple query, or extended-protocol batch up to Sync) finished.
+    async fn statement_finished(&self, session: &SessionInfo, record: StatementRecord);
+    /// The client session ended.
+    async fn session_ended(&self, session: &SessionInfo);
+}
+
+/// How to reach and log in to the real database behind a connection name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Upstream user; the client never sees it.
+    pub user: String,
+    /// Upstream password (None for trust auth).
+    pub password: Option<String>,
+    /// Upstream database name.
+    pub database: String,
+}
+
+/// One client session as recorded.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Session id, also used in audit records.
+    pub id: SessionId,
+    /// Connection name (the database name the client asked for).
+    pub connection: String,
+    /// Who is connected.
+    pub requester: RequesterChain,
+    /// The client's socket address.
+    pub client_addr: SocketAddr,
+    /// `application_name` from the startup packet, if any.
+    pub application_name: Option<String>,
+    /// When the session was established.
+    pub started_at: OffsetDateTime,
+}
+
+/// Result of [`WireGate::hold`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldTicket {
+    /// Approved earlier and now claimed for this one execution.
+    Approved {
+        /// The approval request.
+        id: RequestId,
+    },
+    /// Waiting for humans.
+    Pending {
+        /// The approval request.
+        id: RequestId,
+        /// Who may approve (display names or groups).
+        approvers: Vec<String>,
+        /// When the request expires.
+        expires_at: OffsetDateTime,
+        /// Distinct approvals needed.
+        quorum: u32,
+    },
+}
+
+/// Result of [`WireGate::wait`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// Approved and claimed: run the statement once now.
+    Approved,
+    /// Denied by these people.
+    Denied {
+        /// Who denied.
+        by: Vec<String>,
+        /// Their reason, if given.
+        reason: Option<String>,
+    },
+    /// The request expired without a decision.
+    Expired,
+    /// The request was cancelled (by the requester or an admin).
+    Cancelled,
+    /// The wait timed out; the request stays pending.
+    TimedOut,
+}
+
+/// What happened when an approved statement ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionOutcome {
+    /// Last CommandComplete tag, e.g. `DELETE 3`.
+    pub command_tag: Option<String>,
+    /// Rows affected or returned, from the tag.
+    pub rows: Option<u64>,
+    /// The upstream error message, if it failed.
+    pub error: Option<String>,
+    /// Wall time from forwarding to ReadyForQuery.
+    pub duration: Duration,
+}
+
+/// One recorded statement of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementRecord {
+    /// Statement text (statements of one extended batch joined by `;\n`).
+    pub sql: String,
+    /// Hash of the text and Bind parameters.
+    pub hash: StatementHash,
+    /// What the policy decided.
+    pub decision: Action,
+    /// The approval request, for held statements.
+    pub request_id: Option<RequestId>,
+    /// Wall time from receipt to ReadyForQuery (including any hold).
+    pub duration: Duration,
+    /// Last CommandComplete tag.
+    pub command_tag: Option<String>,
+    /// Rows from the tag.
+    pub rows: Option<u64>,
+    /// Error sent to the client (upstream error, block, denial...).
+    pub error: Option<String>,
+}
+
+/// Why a client could not log in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireAuthError {
+    /// Wrong token or password (SQLSTATE 28P01).
+    #[error("password authentication failed for user \"{user}\": check the token you pass as password")]
+    BadPassword {
+        /// The user as sent.
+        user: String,
+    },
+    /// Authenticated, but not allowed on this connection (SQLSTATE 28000).
+    #[error("{0}")]
+    NotAllowed(String),
+}
+
+/// The engine could not handle a hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GateError {
+    /// The store or workflow failed; the statement was not run.
+    #[error("could not create the approval request: {0}; retry the statement later")]
+    Unavailable(String),
+}

@@ -1,0 +1,29 @@
+//! The PostgreSQL wire-protocol gateway: clients (psql, pgbench, drivers) connect here instead of to
+//! the database; every statement is classified and forwarded, refused, or held for approval on the
+//! live connection.
+//!
+//! **Architecture invariant:** no client statement reaches the upstream without a verdict from
+//! [`WireGate::classify`]; upstream bytes are passed through untouched except the gateway's own refusals.
+
+mod backend;
+mod cancel;
+mod codec;
+pub mod config;
+pub mod error;
+mod extended;
+pub mod gate;
+mod recorder;
+mod relay;
+mod server;
+mod session;
+#[doc(hidden)]
+pub mod testing;
+mod upstream;
+
+pub use config::{TlsFiles, WireConfig};
+pub use error::WireError;
+pub use gate::{
+    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord, UpstreamTarget, WireAuthError,
+    WireGate,
+};
+pub use server::{serve, WireServer};

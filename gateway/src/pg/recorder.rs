@@ -1,0 +1,140 @@
+//! Session recording off the hot path: sessions push events into a bounded channel that one task
+//! drains on a short tick, so the relay never awaits the store and never wakes another task per statement.
+
+use super::extended::statement_hash;
+use super::gate::{ExecutionOutcome, SessionInfo, StatementRecord, WireGate};
+use crate::policy::Action;
+use bytes::Bytes;
+use countersign_bot::RequestId;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const CAPACITY: usize = 16 * 1024;
+const TICK: Duration = Duration::from_millis(20);
+
+/// A finished statement as the relay saw it; hashing happens in the recorder task.
+#[derive(Debug)]
+pub struct FinishedStatement {
+    /// Statement text.
+    pub sql: Arc<str>,
+    /// Raw Bind message bodies of the batch (parameters are hashed from them).
+    pub binds: Vec<Bytes>,
+    /// Policy decision.
+    pub decision: Action,
+    /// Approval request, when held.
+    pub request_id: Option<RequestId>,
+    /// Set when this run was an approved execution to report to the engine.
+    pub executed: Option<RequestId>,
+    /// Receipt to ReadyForQuery.
+    pub duration: Duration,
+    /// Since forwarding (for approved executions).
+    pub run_time: Duration,
+    /// Last CommandComplete tag.
+    pub command_tag: Option<String>,
+    /// Error sent to the client.
+    pub error: Option<String>,
+}
+
+enum Event {
+    Started(Arc<SessionInfo>),
+    Statement(Arc<SessionInfo>, FinishedStatement),
+    Ended(Arc<SessionInfo>),
+}
+
+/// Handle used by sessions to record; cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Event>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    /// Starts the draining task on the current runtime.
+    pub fn spawn(gate: Arc<dyn WireGate>) -> Self {
+        let (tx, rx) = mpsc::channel(CAPACITY);
+        tokio::spawn(drain(gate, rx));
+        Self { tx, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Records the start of a session.
+    pub async fn started(&self, session: &Arc<SessionInfo>) {
+        self.must_send(Event::Started(session.clone())).await;
+    }
+
+    /// Records a finished statement without waiting; approved executions are never dropped.
+    pub fn statement(&self, session: &Arc<SessionInfo>, stmt: FinishedStatement) {
+        let must_keep = stmt.executed.is_some() || stmt.request_id.is_some();
+        match self.tx.try_send(Event::Statement(session.clone(), stmt)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) if must_keep => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(event).await;
+                });
+            }
+            Err(_) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(dropped = n, "session recorder is behind; statement records were dropped");
+                }
+            }
+        }
+    }
+
+    /// Records the end of a session.
+    pub async fn ended(&self, session: &Arc<SessionInfo>) {
+        self.must_send(Event::Ended(session.clone())).await;
+    }
+
+    async fn must_send(&self, event: Event) {
+        if self.tx.send(event).await.is_err() {
+            tracing::error!("session recorder stopped; records are lost");
+        }
+    }
+}
+
+async fn drain(gate: Arc<dyn WireGate>, mut rx: mpsc::Receiver<Event>) {
+    loop {
+        // Polling on a tick (instead of `recv().await`) keeps senders from waking this task per event.
+        tokio::time::sleep(TICK).await;
+        loop {
+            match rx.try_recv() {
+                Ok(event) => handle(&*gate, event).await,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+async fn handle(gate: &dyn WireGate, event: Event) {
+    match event {
+        Event::Started(s) => gate.session_started(&s).await,
+        Event::Ended(s) => gate.session_ended(&s).await,
+        Event::Statement(s, f) => {
+            let rows = f.command_tag.as_deref().and_then(super::codec::rows_of_tag);
+            if let Some(id) = f.executed {
+                let outcome = ExecutionOutcome {
+                    command_tag: f.command_tag.clone(),
+                    rows,
+                    error: f.error.clone(),
+                    duration: f.run_time,
+                };
+                gate.executed(id, outcome).await;
+            }
+            let record = StatementRecord {
+                hash: statement_hash(&f.sql, &f.binds),
+                sql: f.sql.to_string(),
+                decision: f.decision,
+                request_id: f.request_id,
+                duration: f.duration,
+                command_tag: f.command_tag,
+                rows,
+                error: f.error,
+            };
+            gate.statement_finished(&s, record).await;
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! The per-connection relay: one task selects on both sockets, decodes only what policy needs from the
+//! client, passes upstream bytes through (see `backend`), and holds risky statements on the live connection.
+
+use super::backend::{BackendTracker, InFlight};
+use super::cancel::CancelSignal;
+use super::codec::{frame_header, put_error, read_cstr, sqlstate, Severity};
+use super::error::WireError;
+use super::extended::{statement_hash, Batch, Catalog};
+use super::gate::{HoldOutcome, HoldTicket, SessionInfo, WireGate};
+use super::recorder::{FinishedStatement, Recorder};
+use crate::policy::{Action, Verdict};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use countersign_bot::RequestId;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+const READ_CHUNK: usize = 32 * 1024;
+
+/// What the relay needs from the rest of the session.
+pub struct SessionCtx {
+    /// The engine.
+    pub gate: Arc<dyn WireGate>,
+    /// The recorded session.
+    pub session: Arc<SessionInfo>,
+    /// Where statement records go.
+    pub recorder: Recorder,
+    /// Cancel requests for this session.
+    pub signal: Arc<CancelSignal>,
+    /// How long to keep a client waiting on a hold.
+    pub hold_wait: Duration,
+    /// Largest client message accepted.
+    pub max_message_size: usize,
+}
+
+/// A statement or batch waiting for a human decision.
+struct Held {
+    bytes: BytesMut,
+    sql: Arc<str>,
+    binds: Vec<Bytes>,
+    verdict: Arc<Verdict>,
+    received: Instant,
+}
+
+enum Step {
+    NeedMore,
+    Hold(Held),
+    Terminate,
+}
+
+/// A gateway-made refusal, delivered through the upstream so transaction state stays true.
+struct Refusal<'a> {
+    sql: Arc<str>,
+    binds: Vec<Bytes>,
+    decision: Action,
+    request_id: Option<RequestId>,
+    code: &'a str,
+    message: String,
+    received: Instant,
+}
+
+/// One client session's relay.
+pub struct Relay<CR, CW> {
+    client_r: CR,
+    client_w: CW,
+    server_r: OwnedReadHalf,
+    server_w: OwnedWriteHalf,
+    cbuf: BytesMut,
+    sbuf: BytesMut,
+    out: BytesMut,
+    rewritten: BytesMut,
+    inject: BytesMut,
+    finished: Vec<FinishedStatement>,
+    client_need: usize,
+    backend: BackendTracker,
+    catalog: Catalog,
+    batch: Batch,
+    ctx: SessionCtx,
+}
+
+impl<CR, CW> Relay<CR, CW>
+where
+    CR: AsyncRead + Unpin + Send,
+    CW: AsyncWrite + Unpin + Send,
+{
+    /// A relay over established client and upstream sockets; `sbuf` holds any upstream bytes read early.
+    pub fn new(
+        (client_r, client_w): (CR, CW),
+        (server_r, server_w): (OwnedReadHalf, OwnedWriteHalf),
+        sbuf: BytesMut,
+        ready_status: u8,
+        ctx: SessionCtx,
+    ) -> Self {
+        Self {
+            client_r,
+            client_w,
+            server_r,
+            server_w,
+            cbuf: BytesMut::with_capacity(READ_CHUNK),
+            sbuf,
+            out: BytesMut::with_capacity(READ_CHUNK),
+            rewritten: BytesMut::new(),
+            inject: BytesMut::new(),
+            finished: Vec::new(),
+            client_need: 0,
+            backend: BackendTracker::new(ready_status),
+            catalog: Catalog::default(),
+            batch: Batch::default(),
+            ctx,
+        }
+    }
+
+    /// Relays until either side closes; a client protocol violation gets a FATAL 08P01 first.
+    pub async fn run(mut self) -> Result<(), WireError> {
+        let result = self.relay().await;
+        if let Err(WireError::Protocol(msg)) = &result {
+            let mut buf = BytesMut::new();
+            put_error(&mut buf, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, msg, None);
+            let _ = self.client_w.write_all(&buf).await;
+        }
+        let _ = self.client_w.shutdown().await;
+        result
+    }
+
+    async fn relay(&mut self) -> Result<(), WireError> {
+        if !self.sbuf.is_empty() {
+            self.on_server_data().await?;
+        }
+        loop {
+            reserve(&mut self.cbuf, self.client_need);
+            reserve(&mut self.sbuf, self.backend.need);
+            tokio::select! {
+                r = self.client_r.read_buf(&mut self.cbuf) => {
+                    if r? == 0 {
+                        return Ok(());
+                    }
+                    if self.on_client_data().await? {
+                        return Ok(());
+                    }
+                }
+                r = self.server_r.read_buf(&mut self.sbuf) => {
+                    if r? == 0 {
+                        return Err(WireError::Upstream("the upstream closed the connection".into()));
+                    }
+                    self.on_server_data().await?;
+                }
+            }
+        }
+    }
+
+    /// Handles all complete client frames; true when the client terminated.
+    async fn on_client_data(&mut self) -> Result<bool, WireError> {
+        loop {
+            match self.next_client_step()? {
+                Step::NeedMore => break,
+                Step::Hold(held) => {
+                    self.flush_out().await?;
+                    self.hold(held).await?;
+                }
+                Step::Terminate => {
+                    self.flush_out().await?;
+                    return Ok(true);
+                }
+            }
+        }
+        self.flush_out().await?;
+        Ok(false)
+    }
+
+    async fn flush_out(&mut self) -> Result<(), WireError> {
+        if !self.out.is_empty() {
+            self.server_w.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn on_server_data(&mut self) -> Result<(), WireError> {
+        let (n, rewrote) = self
+            .backend
+            .scan(&self.sbuf, &mut self.rewritten, &mut self.finished)
+            .map_err(|_| WireError::Upstream("malformed message from the upstream".into()))?;
+        if rewrote {
+            self.client_w.write_all(&self.rewritten).await?;
+            self.rewritten.clear();
+        } else if n > 0 {
+            self.client_w.write_all(&self.sbuf[..n]).await?;
+        }
+        self.sbuf.advance(n);
+        self.flush_inject().await?;
+        for f in self.finished.drain(..) {
+            self.ctx.recorder.statement(&self.ctx.session, f);
+        }
+        Ok(())
+    }
+
+    /// Writes gateway notices, but only between upstream frames so they never split one.
+    async fn flush_inject(&mut self) -> Result<(), WireError> {
+        if !self.inject.is_empty() && self.backend.at_boundary() {
+            self.client_w.write_all(&self.inject).await?;
+            self.inject.clear();
+        }
+        Ok(())
+    }
+
+    fn next_client_step(&mut self) -> Result<Step, WireError> {
+        loop {
+            let Some((tag, total)) = frame_header(&self.cbuf) else { return Ok(Step::NeedMore) };
+            if total == usize::MAX || total > self.ctx.max_message_size {
+                return Err(WireError::Protocol(format!(
+                    "invalid message length (limit {} bytes); the client sent a corrupt or oversized message",
+                    self.ctx.max_message_size
+                )));
+            }
+            if self.cbuf.len() < total {
+                self.client_need = total;
+                return Ok(Step::NeedMore);
+            }
+            self.client_need = 0;
+            let frame = self.cbuf.split_to(total);
+            match tag {
+                b'Q' => {
+                    if let Some(held) = self.on_query(frame) {
+                        return Ok(Step::Hold(held));
+                    }
+                }
+                b'P' => self.on_parse(&frame)?,
+                b'B' => self.on_bind(&frame)?,
+                b'E' => self.on_execute(&frame)?,
+                b'C' | b'D' => {
+                    if tag == b'C' {
+                        let (kind, name) = kind_and_name(&frame)?;
+                        self.catalog.close(kind, name);
+                    }
+                    self.add_to_batch(&frame);
+                }
+                b'H' => {
+                    self.add_to_batch(&frame);
+                    // Flush asks for results so far: forward only if nothing in the batch needs a decision.
+                    if self.batch.action() == Action::Allow {
+                        self.out.extend_from_slice(&self.batch.bytes);
+                        self.batch.bytes.clear();
+                    }
+                }
+                b'S' => {
+                    self.add_to_batch(&frame);
+                    if let Some(held) = self.on_sync() {
+                        return Ok(Step::Hold(held));
+                    }
+                }
+                // COPY FROM STDIN data: the COPY statement itself was classified.
+                b'd' | b'c' | b'f' => self.out.extend_from_slice(&frame),
+                b'X' => {
+                    self.out.extend_from_slice(&frame);
+                    return Ok(Step::Terminate);
+                }
+                b'F' => {
+                    let refusal = Refusal {
+                        sql: Arc::from("<fast-path function call>"),
+                        binds: vec![],
+                        decision: Action::Block,
+                        request_id: None,
+                        code: sqlstate::FEATURE_NOT_SUPPORTED,
+                        message: "fast-path function calls are not allowed through the gateway; call the function in SQL".into(),
+                        received: Instant::now(),
+                    };
+                    self.refuse(refusal);
+                }
+                other => {
+                    return Err(WireError::Protocol(format!(
+                        "unexpected message type 0x{other:02x}; use protocol 3.0 messages"
+                    )))
+                }
+            }
+        }
+    }
+
+    fn add_to_batch(&mut self, frame: &[u8]) {
+        if self.batch.started.is_none() {
+            self.batch.started = Some(Instant::now());
+        }
+        self.batch.bytes.extend_from_slice(frame);
+    }
+
+    fn classify(&self, sql: &str) -> Arc<Verdict> {
+        self.ctx.gate.classify(&self.ctx.session.connection, &self.ctx.session.requester, sql)
+    }
+
+    fn on_query(&mut self, frame: BytesMut) -> Option<Held> {
+        let received = Instant::now();
+        let mut pos = 5;
+        let text = read_cstr(&frame, &mut pos).unwrap_or(&frame[5..]);
+        let Ok(sql) = std::str::from_utf8(text) else {
+            self.refuse(Refusal {
+                sql: Arc::from(String::from_utf8_lossy(text).as_ref()),
+                binds: vec![],
+                decision: Action::Block,
+                request_id: None,
+                code: "22021",
+                message: "the query is not valid UTF-8; send UTF-8 text".into(),
+                received,
+            });
+            return None;
+        };
+        let verdict = self.classify(sql);
+        match verdict.action {
+            Action::Allow => {
+                self.out.extend_from_slice(&frame);
+                self.backend.in_flight.push_back(InFlight {
+                    sql: Arc::from(sql),
+                    binds: vec![],
+                    decision: Action::Allow,
+                    request_id: None,
+                    executed: None,
+                    rejection: false,
+                    received,
+                    forwarded: received,
+                });
+                None
+            }
+            Action::Block => {
+                let message = blocked_message(&verdict);
+                self.refuse(Refusal {
+                    sql: Arc::from(sql),
+                    binds: vec![],
+                    decision: Action::Block,
+                    request_id: None,
+                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                    message,
+                    received,
+                });
+                None
+            }
+            Action::Review => Some(Held { sql: Arc::from(sql), bytes: frame, binds: vec![], verdict, received }),
+        }
+    }
+
+    fn on_parse(&mut self, frame: &[u8]) -> Result<(), WireError> {
+        let mut pos = 5;
+        let name = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Parse"))?;
+        let text = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Parse"))?;
+        let sql = std::str::from_utf8(text).map_err(|_| malformed("Parse (query is not UTF-8)"))?;
+        let gate = &self.ctx.gate;
+        let session = &self.ctx.session;
+        self.catalog.parse(name, sql, |sql| gate.classify(&session.connection, &session.requester, sql));
+        self.batch.parsed.push(name.into());
+        self.add_to_batch(frame);
+        Ok(())
+    }
+
+    fn on_bind(&mut self, frame: &[u8]) -> Result<(), WireError> {
+        let mut pos = 5;
+        let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
+        let statement = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
+        self.catalog.bind(portal, statement, &frame[5..]);
+        self.add_to_batch(frame);
+        Ok(())
+    }
+
+    fn on_execute(&mut self, frame: &[u8]) -> Result<(), WireError> {
+        let mut pos = 5;
+        let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Execute"))?;
+        match self.catalog.portal(portal) {
+            Some(p) => self.batch.execute(p),
+            // Executing an unbound portal fails upstream; fail closed here too.
+            None => {
+                let mut cat = Catalog::default();
+                cat.bind(b"", portal, &[0, 0, 0, 0, 0, 0, 0, 0]);
+                if let Some(p) = cat.portal(b"") {
+                    self.batch.execute(p);
+                }
+            }
+        }
+        self.add_to_batch(frame);
+        Ok(())
+    }
+
+    fn on_sync(&mut self) -> Option<Held> {
+        let batch = self.batch.take();
+        let received = batch.started.unwrap_or_else(Instant::now);
+        match batch.action() {
+            Action::Allow => {
+                self.out.extend_from_slice(&batch.bytes);
+                self.backend.in_flight.push_back(InFlight {
+                    sql: batch.sql(),
+                    binds: batch.binds(),
+                    decision: Action::Allow,
+                    request_id: None,
+                    executed: None,
+                    rejection: false,
+                    received,
+                    forwarded: Instant::now(),
+                });
+                None
+            }
+            Action::Block => {
+                self.catalog.forget_statements(&batch.parsed);
+                let message = batch.verdict.as_deref().map(blocked_message).unwrap_or_default();
+                self.refuse(Refusal {
+                    sql: batch.sql(),
+                    binds: batch.binds(),
+                    decision: Action::Block,
+                    request_id: None,
+                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                    message,
+                    received,
+                });
+                None
+            }
+            Action::Review => {
+                let verdict = batch.verdict.clone()?;
+                Some(Held { sql: batch.sql(), binds: batch.binds(), bytes: batch.bytes, verdict, received })
+            }
+        }
+    }
+
+    /// Sends the refusal as a failing statement through the upstream, so the client sees ErrorResponse
+    /// then ReadyForQuery in order and an open transaction really becomes failed (`E`).
+    fn refuse(&mut self, r: Refusal<'_>) {
+        put_refusal(&mut self.out, r.code, &r.message);
+        self.backend.in_flight.push_back(InFlight {
+            sql: r.sql,
+            binds: r.binds,
+            decision: r.decision,
+            request_id: r.request_id,
+            executed: None,
+            rejection: true,
+            received: r.received,
+            forwarded: Instant::now(),
+        });
+    }
+
+    async fn hold(&mut self, held: Held) -> Result<(), WireError> {
+        let hash = statement_hash(&held.sql, &held.binds);
+        let gate = self.ctx.gate.clone();
+        let id = match gate.hold(&self.ctx.session, &held.sql, &hash, &held.verdict).await {
+            Ok(HoldTicket::Approved { id }) => {
+                self.forward_approved(held, id);
+                return Ok(());
+            }
+            Ok(HoldTicket::Pending { id, approvers, expires_at, quorum }) => {
+                let expires = expires_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|_| expires_at.to_string());
+                let message = format!(
+                    "statement held for approval, request {id}; approvers: {}; quorum {quorum}; expires {expires}",
+                    if approvers.is_empty() { "(none configured)".to_string() } else { approvers.join(", ") }
+                );
+                put_error(&mut self.inject, Severity::Notice, "00000", &message, None);
+                id
+            }
+            Err(e) => {
+                self.refuse(refusal_of(&held, None, sqlstate::SYSTEM_ERROR, e.to_string()));
+                return Ok(());
+            }
+        };
+        self.flush_inject().await?;
+        let signal = self.ctx.signal.clone();
+        signal.set_holding(true);
+        let since = signal.generation();
+        let outcome = self.wait_for_decision(&*gate, id, &signal, since).await;
+        signal.set_holding(false);
+        let outcome = match outcome? {
+            Some(o) => o,
+            None => {
+                gate.cancel_hold(id, &self.ctx.session).await;
+                let message = "canceling statement due to user request".to_string();
+                self.refuse(refusal_of(&held, Some(id), sqlstate::QUERY_CANCELED, message));
+                return Ok(());
+            }
+        };
+        let message = match outcome {
+            HoldOutcome::Approved => {
+                self.forward_approved(held, id);
+                return Ok(());
+            }
+            HoldOutcome::Denied { by, reason } => format!(
+                "statement denied by {} (request {id}): {}",
+                if by.is_empty() { "an approver".to_string() } else { by.join(", ") },
+                reason.as_deref().unwrap_or("no reason given")
+            ),
+            HoldOutcome::Expired => {
+                format!("approval request {id} expired without a decision; run the statement again to request approval anew")
+            }
+            HoldOutcome::Cancelled => format!("approval request {id} was cancelled; run the statement again to request approval anew"),
+            HoldOutcome::TimedOut => format!(
+                "approval request {id} is still pending after {}s and stays pending; once it is approved, re-running the identical statement runs it once",
+                self.ctx.hold_wait.as_secs()
+            ),
+        };
+        self.refuse(refusal_of(&held, Some(id), sqlstate::INSUFFICIENT_PRIVILEGE, message));
+        Ok(())
+    }
+
+    /// Waits for the engine while still relaying upstream traffic (e.g. earlier results, notifications).
+    async fn wait_for_decision(
+        &mut self,
+        gate: &dyn WireGate,
+        id: RequestId,
+        signal: &CancelSignal,
+        since: u64,
+    ) -> Result<Option<HoldOutcome>, WireError> {
+        let wait = gate.wait(id, self.ctx.hold_wait);
+        tokio::pin!(wait);
+        let cancelled = signal.cancelled_after(since);
+        tokio::pin!(cancelled);
+        loop {
+            reserve(&mut self.sbuf, self.backend.need);
+            tokio::select! {
+                outcome = &mut wait => return Ok(Some(outcome)),
+                _ = &mut cancelled => return Ok(None),
+                r = self.server_r.read_buf(&mut self.sbuf) => {
+                    if r? == 0 {
+                        return Err(WireError::Upstream("the upstream closed the connection during a hold".into()));
+                    }
+                    self.on_server_data().await?;
+                }
+            }
+        }
+    }
+
+    fn forward_approved(&mut self, held: Held, id: RequestId) {
+        self.out.extend_from_slice(&held.bytes);
+        self.backend.in_flight.push_back(InFlight {
+            sql: held.sql,
+            binds: held.binds,
+            decision: Action::Review,
+            request_id: Some(id),
+            executed: Some(id),
+            rejection: false,
+            received: held.received,
+            forwarded: Instant::now(),
+        });
+    }
+}
+
+fn refusal_of<'a>(held: &Held, request_id: Option<RequestId>, code: &'a str, message: String) -> Refusal<'a> {
+    Refusal {
+        sql: held.sql.clone(),
+        binds: held.binds.clone(),
+        decision: Action::Review,
+        request_id,
+        code,
+        message,
+        received: held.received,
+    }
+}
+
+fn reserve(buf: &mut BytesMut, need: usize) {
+    let want = need.saturating_sub(buf.len()).max(READ_CHUNK / 4);
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want.max(READ_CHUNK));
+    }
+}
+
+fn malformed(what: &str) -> WireError {
+    WireError::Protocol(format!("malformed {what} message"))
+}
+
+fn kind_and_name(frame: &[u8]) -> Result<(u8, &[u8]), WireError> {
+    let kind = *frame.get(5).ok_or_else(|| malformed("Close"))?;
+    let mut pos = 6;
+    let name = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Close"))?;
+    Ok((kind, name))
+}
+
+/// The message a blocked statement gets: the deciding rule and its reasons.
+pub fn blocked_message(verdict: &Verdict) -> String {
+    let reasons = if verdict.reasons.is_empty() { "no reason recorded".to_string() } else { verdict.reasons.join("; ") };
+    format!("statement blocked by policy rule \"{}\": {reasons}", verdict.rule)
+}
+
+/// Encodes Parse/Bind/Execute/Sync of a DO block that raises `code` with `message`.
+fn put_refusal(out: &mut BytesMut, code: &str, message: &str) {
+    const TAG: &str = "$countersign$";
+    let literal = message.replace('\0', "").replace(TAG, "$ countersign$").replace('\\', "\\\\").replace('\'', "''");
+    let code: String = code.chars().filter(char::is_ascii_alphanumeric).take(5).collect();
+    let sql = format!("DO {TAG}BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = E'{literal}'; END{TAG}");
+    let start = out.len();
+    out.put_u8(b'P');
+    out.put_i32(0);
+    out.put_u8(0);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+    out.put_i16(0);
+    super::codec::patch_len(out, start);
+    // Bind: unnamed portal and statement, no formats, no parameters, no result formats.
+    out.put_slice(&[b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]);
+    out.put_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    out.put_slice(&[b'S', 0, 0, 0, 4]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_escapes_quotes_and_backslashes_and_dollar_tag() {
+        let mut out = BytesMut::new();
+        put_refusal(&mut out, "42501", "it's \\ $countersign$ bad");
+        let (tag, total) = frame_header(&out).unwrap();
+        assert_eq!(tag, b'P');
+        let text = String::from_utf8_lossy(&out[6..total]).to_string();
+        assert!(text.contains("E'it''s \\\\ $ countersign$ bad'"), "{text}");
+        assert_eq!(&out[out.len() - 5..], &[b'S', 0, 0, 0, 4]);
+    }
+}

@@ -1,0 +1,90 @@
+//! The listener: binds, accepts, and spawns one task per client connection.
+
+use super::cancel::CancelRegistry;
+use super::config::WireConfig;
+use super::error::WireError;
+use super::gate::WireGate;
+use super::recorder::Recorder;
+use super::session::{handle_connection, Shared};
+use std::future::Future;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// A bound Postgres wire listener; [`WireServer::local_addr`] tells the port when binding to port 0.
+pub struct WireServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl WireServer {
+    /// Loads TLS material and binds the configured address (spawns the recorder on the current runtime).
+    pub async fn bind(cfg: WireConfig, gate: Arc<dyn WireGate>) -> Result<Self, WireError> {
+        let tls = cfg.tls.as_ref().map(|t| load_tls(&t.cert, &t.key)).transpose()?;
+        let listener =
+            TcpListener::bind(cfg.listen).await.map_err(|source| WireError::Listen { addr: cfg.listen, source })?;
+        let recorder = Recorder::spawn(gate.clone());
+        let shared = Arc::new(Shared { cfg, gate, tls, cancels: CancelRegistry::default(), recorder });
+        Ok(Self { listener, shared })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, WireError> {
+        let addr = self.shared.cfg.listen;
+        self.listener.local_addr().map_err(|source| WireError::Listen { addr, source })
+    }
+
+    /// Accepts clients until `shutdown` resolves; sessions already running continue on their own tasks.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WireError> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        tokio::spawn(handle_connection(tcp, peer, self.shared.clone()));
+                    }
+                    // Out of file descriptors and similar: keep serving the sessions we have.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Binds and serves until `shutdown` resolves.
+pub async fn serve(
+    cfg: WireConfig,
+    gate: Arc<dyn WireGate>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WireError> {
+    WireServer::bind(cfg, gate).await?.run(shutdown).await
+}
+
+fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, WireError> {
+    let err = |path: &std::path::Path, reason: String| WireError::Tls { path: path.to_path_buf(), reason };
+    let open = |path: &std::path::Path| {
+        std::fs::File::open(path).map(BufReader::new).map_err(|e| err(path, e.to_string()))
+    };
+    let certs = rustls_pemfile::certs(&mut open(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err(cert, "no certificate found".into()));
+    }
+    let key_der = rustls_pemfile::private_key(&mut open(key)?)
+        .map_err(|e| err(key, e.to_string()))?
+        .ok_or_else(|| err(key, "no private key found".into()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| err(cert, e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,315 @@
+//! One client connection from TCP accept to relay: SSLRequest/GSSENCRequest negotiation, CancelRequest,
+//! the startup packet, cleartext-password authentication against the gate, and the upstream login.
+
+use super::cancel::{CancelRegistry, CancelSignal, FrontendKey};
+use super::codec::{put_auth, put_backend_key, put_cstr, put_error, put_ready, read_frame, sqlstate, Severity};
+use super::config::WireConfig;
+use super::error::WireError;
+use super::gate::{SessionInfo, WireAuthError, WireGate};
+use super::recorder::Recorder;
+use super::relay::{Relay, SessionCtx};
+use super::upstream::{self, Upstream};
+use bytes::{BufMut, BytesMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+const SSL_REQUEST: i32 = 80877103;
+const GSSENC_REQUEST: i32 = 80877104;
+const CANCEL_REQUEST: i32 = 80877102;
+const MAX_STARTUP_PACKET: usize = 10 * 1024;
+const MAX_PASSWORD_MESSAGE: usize = 64 * 1024;
+
+/// State shared by all connections of one listener.
+pub struct Shared {
+    /// Listener configuration.
+    pub cfg: WireConfig,
+    /// The engine.
+    pub gate: Arc<dyn WireGate>,
+    /// TLS, when configured.
+    pub tls: Option<TlsAcceptor>,
+    /// Cancel keys of live sessions.
+    pub cancels: CancelRegistry,
+    /// Session recording.
+    pub recorder: Recorder,
+}
+
+enum Packet {
+    Ssl,
+    Gss,
+    Cancel(FrontendKey),
+    Startup { minor: u16, params: Vec<(String, String)> },
+}
+
+enum PacketError {
+    Io(std::io::Error),
+    Bad(&'static str, String),
+}
+
+/// Streams the relay can split into independently usable halves.
+trait Halves: AsyncRead + AsyncWrite + Unpin + Send {
+    type R: AsyncRead + Unpin + Send;
+    type W: AsyncWrite + Unpin + Send;
+    fn halves(self) -> (Self::R, Self::W);
+}
+
+impl Halves for TcpStream {
+    type R = tokio::net::tcp::OwnedReadHalf;
+    type W = tokio::net::tcp::OwnedWriteHalf;
+    fn halves(self) -> (Self::R, Self::W) {
+        self.into_split()
+    }
+}
+
+impl Halves for TlsStream<TcpStream> {
+    type R = tokio::io::ReadHalf<Self>;
+    type W = tokio::io::WriteHalf<Self>;
+    fn halves(self) -> (Self::R, Self::W) {
+        tokio::io::split(self)
+    }
+}
+
+/// Serves one accepted client until it disconnects; errors are logged, never propagated as panics.
+pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = Instant::now() + shared.cfg.startup_timeout;
+    if let Err(e) = negotiate(tcp, peer, &shared, deadline).await {
+        tracing::debug!(%peer, error = %e, "wire session ended with an error");
+    }
+}
+
+async fn negotiate(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared, deadline: Instant) -> Result<(), WireError> {
+    loop {
+        match next_packet(&mut tcp, deadline).await? {
+            Packet::Ssl => match &shared.tls {
+                Some(acceptor) => {
+                    tcp.write_all(b"S").await?;
+                    let tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
+                        Ok(r) => r?,
+                        Err(_) => return Err(WireError::Protocol("TLS handshake timed out".into())),
+                    };
+                    return after_tls(tls, peer, shared, deadline).await;
+                }
+                None => tcp.write_all(b"N").await?,
+            },
+            Packet::Gss => tcp.write_all(b"N").await?,
+            Packet::Cancel(key) => {
+                shared.cancels.cancel(key).await;
+                return Ok(());
+            }
+            Packet::Startup { minor, params } => return serve(tcp, false, minor, params, peer, shared, deadline).await,
+        }
+    }
+}
+
+async fn after_tls(
+    mut tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    shared: &Shared,
+    deadline: Instant,
+) -> Result<(), WireError> {
+    match next_packet(&mut tls, deadline).await? {
+        Packet::Startup { minor, params } => serve(tls, true, minor, params, peer, shared, deadline).await,
+        Packet::Cancel(key) => {
+            shared.cancels.cancel(key).await;
+            Ok(())
+        }
+        Packet::Ssl | Packet::Gss => {
+            Err(fatal(&mut tls, sqlstate::PROTOCOL_VIOLATION, "encryption requested twice; send a startup packet").await)
+        }
+    }
+}
+
+/// Reads the next startup-phase packet; timeouts and bad packets are answered with FATAL.
+async fn next_packet<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, deadline: Instant) -> Result<Packet, WireError> {
+    match timeout_at(deadline, read_packet(stream)).await {
+        Err(_) => Err(fatal(stream, sqlstate::PROTOCOL_VIOLATION, "startup timed out; the client must finish connecting promptly").await),
+        Ok(Err(PacketError::Io(e))) => Err(e.into()),
+        Ok(Err(PacketError::Bad(code, msg))) => Err(fatal(stream, code, &msg).await),
+        Ok(Ok(p)) => Ok(p),
+    }
+}
+
+async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Packet, PacketError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.map_err(PacketError::Io)?;
+    let len = i32::from_be_bytes(len);
+    if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
+        return Err(PacketError::Bad(sqlstate::PROTOCOL_VIOLATION, format!("invalid startup packet length {len}")));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    stream.read_exact(&mut body).await.map_err(PacketError::Io)?;
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    match code {
+        SSL_REQUEST => Ok(Packet::Ssl),
+        GSSENC_REQUEST => Ok(Packet::Gss),
+        CANCEL_REQUEST if body.len() >= 12 => Ok(Packet::Cancel(FrontendKey {
+            pid: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+            secret: i32::from_be_bytes([body[8], body[9], body[10], body[11]]),
+        })),
+        v if v >> 16 == 3 => {
+            let mut params = Vec::new();
+            let mut parts = body[4..].split(|&b| b == 0);
+            while let Some(key) = parts.next().filter(|k| !k.is_empty()) {
+                let value = parts.next().unwrap_or_default();
+                let bad = || PacketError::Bad(sqlstate::PROTOCOL_VIOLATION, "startup parameters must be UTF-8".into());
+                let key = std::str::from_utf8(key).map_err(|_| bad())?.to_string();
+                let value = std::str::from_utf8(value).map_err(|_| bad())?.to_string();
+                params.push((key, value));
+            }
+            Ok(Packet::Startup { minor: (v & 0xffff) as u16, params })
+        }
+        v => Err(PacketError::Bad(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("unsupported frontend protocol {}.{}: the gateway speaks 3.0", v >> 16, v & 0xffff),
+        )),
+    }
+}
+
+async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str) -> WireError {
+    let mut buf = BytesMut::new();
+    put_error(&mut buf, Severity::Fatal, code, message, None);
+    let _ = stream.write_all(&buf).await;
+    let _ = stream.shutdown().await;
+    WireError::Protocol(format!("{code}: {message}"))
+}
+
+fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+async fn serve<S: Halves>(
+    mut stream: S,
+    tls: bool,
+    minor: u16,
+    params: Vec<(String, String)>,
+    peer: SocketAddr,
+    shared: &Shared,
+    deadline: Instant,
+) -> Result<(), WireError> {
+    let Some(user) = param(&params, "user").map(str::to_string) else {
+        return Err(fatal(&mut stream, sqlstate::INVALID_AUTHORIZATION, "no user name in the startup packet; pass -U/user").await);
+    };
+    let connection = param(&params, "database").unwrap_or(&user).to_string();
+    if param(&params, "replication").is_some_and(|v| !matches!(v, "false" | "off" | "0" | "no")) {
+        let msg = "replication connections are not supported through the gateway; connect to the database directly";
+        return Err(fatal(&mut stream, sqlstate::FEATURE_NOT_SUPPORTED, msg).await);
+    }
+    let mut out = BytesMut::new();
+    let unknown: Vec<&str> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.as_str()).collect();
+    if minor > 0 || !unknown.is_empty() {
+        // NegotiateProtocolVersion: we speak 3.0 and no protocol extensions.
+        let start = out.len();
+        out.put_u8(b'v');
+        out.put_i32(0);
+        out.put_i32(0);
+        out.put_i32(unknown.len() as i32);
+        for name in unknown {
+            put_cstr(&mut out, name.as_bytes());
+        }
+        super::codec::patch_len(&mut out, start);
+    }
+    if !tls && !shared.cfg.cleartext_allowed_without_tls() {
+        let msg = "the gateway accepts passwords only over TLS; connect with sslmode=require";
+        return Err(fatal(&mut stream, sqlstate::INVALID_AUTHORIZATION, msg).await);
+    }
+    put_auth(&mut out, 3);
+    stream.write_all(&out).await?;
+
+    let mut buf = BytesMut::new();
+    let (tag, body) = match timeout_at(deadline, read_frame(&mut stream, &mut buf, MAX_PASSWORD_MESSAGE)).await {
+        Err(_) => return Err(fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "startup timed out waiting for the password").await),
+        // Clients such as psql hang up here to prompt for a password, then reconnect.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        Ok(Err(e)) => return Err(fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await),
+        Ok(Ok(frame)) => frame,
+    };
+    let password = body.strip_suffix(&[0]).map(std::str::from_utf8);
+    let password = match (tag, password) {
+        (b'p', Some(Ok(p))) => p,
+        _ => return Err(fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "expected a password message").await),
+    };
+    let requester = match shared.gate.authenticate(&connection, &user, password).await {
+        Ok(r) => r,
+        Err(e) => {
+            let code = match e {
+                WireAuthError::BadPassword { .. } => sqlstate::INVALID_PASSWORD,
+                WireAuthError::NotAllowed(_) => sqlstate::INVALID_AUTHORIZATION,
+            };
+            return Err(fatal(&mut stream, code, &e.to_string()).await);
+        }
+    };
+    let Some(target) = shared.gate.upstream(&connection) else {
+        let msg = format!("connection \"{connection}\" does not exist; use a connection name the gateway is configured with");
+        return Err(fatal(&mut stream, sqlstate::INVALID_CATALOG_NAME, &msg).await);
+    };
+    let passthrough: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_."))
+        .cloned()
+        .collect();
+    let upstream = match timeout_at(deadline, upstream::connect(&target, &passthrough)).await {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            tracing::warn!(connection = %connection, error = ?e, "upstream login failed");
+            return Err(fatal(&mut stream, sqlstate::CONNECTION_FAILURE, &e.to_string()).await);
+        }
+        Err(_) => {
+            let msg = "timed out connecting to the upstream database; check that it is reachable";
+            return Err(fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await);
+        }
+    };
+    let Upstream { stream: upstream_stream, parameter_status, key: backend_key, ready_status, leftover } = upstream;
+    let (key, signal) = shared.cancels.register((target.host.clone(), target.port), backend_key);
+
+    let mut hello = BytesMut::with_capacity(parameter_status.len() + 64);
+    put_auth(&mut hello, 0);
+    hello.extend_from_slice(&parameter_status);
+    put_backend_key(&mut hello, key.pid, key.secret);
+    put_ready(&mut hello, ready_status);
+    if let Err(e) = stream.write_all(&hello).await {
+        shared.cancels.unregister(key);
+        return Err(e.into());
+    }
+
+    let session = Arc::new(SessionInfo {
+        id: countersign_bot::SessionId::new(),
+        connection,
+        requester,
+        client_addr: peer,
+        application_name: param(&params, "application_name").map(str::to_string),
+        started_at: OffsetDateTime::now_utc(),
+    });
+    shared.recorder.started(&session).await;
+    let result = relay(stream, upstream_stream, leftover, ready_status, &session, signal, shared).await;
+    shared.cancels.unregister(key);
+    shared.recorder.ended(&session).await;
+    result
+}
+
+async fn relay<S: Halves>(
+    stream: S,
+    upstream: TcpStream,
+    leftover: BytesMut,
+    ready_status: u8,
+    session: &Arc<SessionInfo>,
+    signal: Arc<CancelSignal>,
+    shared: &Shared,
+) -> Result<(), WireError> {
+    let mut sbuf = BytesMut::with_capacity(32 * 1024);
+    sbuf.extend_from_slice(&leftover);
+    let ctx = SessionCtx {
+        gate: shared.gate.clone(),
+        session: session.clone(),
+        recorder: shared.recorder.clone(),
+        signal,
+        hold_wait: shared.cfg.hold_wait,
+        max_message_size: shared.cfg.max_message_size,
+    };
+    Relay::new(stream.halves(), upstream.into_split(), sbuf, ready_status, ctx).run().await
+}

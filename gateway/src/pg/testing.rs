@@ -1,0 +1,189 @@
+//! A self-contained [`WireGate`] for tests, examples and benchmarks: static tokens, one prefix classifier
+//! (DELETE → review, DROP DATABASE → block, everything else allowed) and programmable hold outcomes.
+//! Not for production: it has no policy and no store.
+
+use super::gate::{
+    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord, UpstreamTarget, WireAuthError,
+    WireGate,
+};
+use crate::policy::{Action, ReviewRequirement, Verdict};
+use countersign_bot::{Identity, IdentityKind, RequestId, RequesterChain, SessionId, StatementHash};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Something the gate was told, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GateEvent {
+    /// `session_started`.
+    SessionStarted(SessionId),
+    /// `hold` for this text and hash.
+    Hold {
+        /// Statement text.
+        sql: String,
+        /// Hash bound to the request.
+        hash: StatementHash,
+        /// The request issued.
+        id: RequestId,
+    },
+    /// `cancel_hold`.
+    Cancelled(RequestId),
+    /// `executed`.
+    Executed(RequestId, ExecutionOutcome),
+    /// `statement_finished`.
+    Statement(StatementRecord),
+    /// `session_ended`.
+    SessionEnded(SessionId),
+}
+
+/// A static gate: see the module docs.
+pub struct StaticGate {
+    connections: HashMap<String, UpstreamTarget>,
+    tokens: HashMap<String, RequesterChain>,
+    outcomes: Mutex<VecDeque<(Duration, HoldOutcome)>>,
+    approved: Mutex<HashSet<StatementHash>>,
+    events: Mutex<Vec<GateEvent>>,
+    allow: Arc<Verdict>,
+    review: Arc<Verdict>,
+    block: Arc<Verdict>,
+}
+
+impl StaticGate {
+    /// A gate with one connection name routed to `upstream` and one token for a workload `agent`.
+    pub fn new(connection: &str, upstream: UpstreamTarget, token: &str) -> Self {
+        let agent = Identity {
+            issuer: "static".into(),
+            subject: "agent".into(),
+            email: None,
+            kind: IdentityKind::Workload,
+            groups: vec![],
+        };
+        let verdict = |action: Action, reason: &str| {
+            Arc::new(Verdict {
+                action,
+                reasons: vec![reason.to_string()],
+                statements: vec![],
+                rule: "static-test".into(),
+                review: (action == Action::Review).then(|| ReviewRequirement {
+                    approver_groups: vec!["dba".into()],
+                    quorum: 1,
+                    ttl_secs: 3600,
+                }),
+            })
+        };
+        Self {
+            connections: HashMap::from([(connection.to_string(), upstream)]),
+            tokens: HashMap::from([(token.to_string(), RequesterChain::single(agent))]),
+            outcomes: Mutex::default(),
+            approved: Mutex::default(),
+            events: Mutex::default(),
+            allow: verdict(Action::Allow, "read-only"),
+            review: verdict(Action::Review, "DELETE needs approval"),
+            block: verdict(Action::Block, "DROP DATABASE is never allowed"),
+        }
+    }
+
+    /// Queues the outcome of the next `wait`, delivered after `delay`; with none queued `wait` times out.
+    pub fn push_outcome(&self, delay: Duration, outcome: HoldOutcome) {
+        lock(&self.outcomes).push_back((delay, outcome));
+    }
+
+    /// Marks a statement hash as already approved: its next `hold` returns `Approved`.
+    pub fn approve_in_advance(&self, hash: StatementHash) {
+        lock(&self.approved).insert(hash);
+    }
+
+    /// Everything the gate was told so far.
+    pub fn events(&self) -> Vec<GateEvent> {
+        lock(&self.events).clone()
+    }
+
+    fn record(&self, event: GateEvent) {
+        lock(&self.events).push(event);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn starts_with_keyword(sql: &str, keyword: &str) -> bool {
+    let s = sql.trim_start().as_bytes();
+    s.len() >= keyword.len() && s[..keyword.len()].eq_ignore_ascii_case(keyword.as_bytes())
+}
+
+#[async_trait::async_trait]
+impl WireGate for StaticGate {
+    async fn authenticate(&self, _connection: &str, user: &str, password: &str) -> Result<RequesterChain, WireAuthError> {
+        self.tokens.get(password).cloned().ok_or_else(|| WireAuthError::BadPassword { user: user.to_string() })
+    }
+
+    fn upstream(&self, connection: &str) -> Option<UpstreamTarget> {
+        self.connections.get(connection).cloned()
+    }
+
+    fn classify(&self, _connection: &str, _requester: &RequesterChain, sql: &str) -> Arc<Verdict> {
+        if starts_with_keyword(sql, "DELETE") {
+            self.review.clone()
+        } else if starts_with_keyword(sql, "DROP DATABASE") {
+            self.block.clone()
+        } else {
+            self.allow.clone()
+        }
+    }
+
+    async fn hold(
+        &self,
+        _session: &SessionInfo,
+        sql: &str,
+        hash: &StatementHash,
+        _verdict: &Verdict,
+    ) -> Result<HoldTicket, GateError> {
+        let id = RequestId::new();
+        self.record(GateEvent::Hold { sql: sql.to_string(), hash: hash.clone(), id });
+        if lock(&self.approved).remove(hash) {
+            return Ok(HoldTicket::Approved { id });
+        }
+        Ok(HoldTicket::Pending {
+            id,
+            approvers: vec!["dba".into()],
+            expires_at: OffsetDateTime::now_utc() + time::Duration::hours(1),
+            quorum: 1,
+        })
+    }
+
+    async fn wait(&self, _id: RequestId, timeout: Duration) -> HoldOutcome {
+        let next = lock(&self.outcomes).pop_front();
+        match next {
+            Some((delay, outcome)) if delay <= timeout => {
+                tokio::time::sleep(delay).await;
+                outcome
+            }
+            _ => {
+                tokio::time::sleep(timeout).await;
+                HoldOutcome::TimedOut
+            }
+        }
+    }
+
+    async fn cancel_hold(&self, id: RequestId, _session: &SessionInfo) {
+        self.record(GateEvent::Cancelled(id));
+    }
+
+    async fn executed(&self, id: RequestId, outcome: ExecutionOutcome) {
+        self.record(GateEvent::Executed(id, outcome));
+    }
+
+    async fn session_started(&self, session: &SessionInfo) {
+        self.record(GateEvent::SessionStarted(session.id));
+    }
+
+    async fn statement_finished(&self, _session: &SessionInfo, record: StatementRecord) {
+        self.record(GateEvent::Statement(record));
+    }
+
+    async fn session_ended(&self, session: &SessionInfo) {
+        self.record(GateEvent::SessionEnded(session.id));
+    }
+}

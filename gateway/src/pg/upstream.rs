@@ -1,0 +1,155 @@
+//! Connecting and logging in to the real database with the gateway's credential (trust, cleartext,
+//! MD5 or SCRAM-SHA-256). The client never sees that credential.
+
+use super::cancel::BackendKey;
+use super::codec::{error_fields, read_frame};
+use super::gate::UpstreamTarget;
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::frontend;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const MAX_STARTUP_FRAME: usize = 1024 * 1024;
+
+/// An upstream session ready for queries.
+pub struct Upstream {
+    /// The socket, positioned after the first ReadyForQuery.
+    pub stream: TcpStream,
+    /// Raw ParameterStatus frames to relay to the client.
+    pub parameter_status: BytesMut,
+    /// The upstream's cancel key.
+    pub key: BackendKey,
+    /// Transaction status of the first ReadyForQuery.
+    pub ready_status: u8,
+    /// Bytes read past the first ReadyForQuery (normally none).
+    pub leftover: BytesMut,
+}
+
+/// Why the upstream session could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP or I/O failure.
+    #[error("could not reach the upstream database: {0}; check that it is running and reachable")]
+    Io(#[from] std::io::Error),
+    /// The upstream answered with an error.
+    #[error("the upstream database refused the session (SQLSTATE {code}); check the connection's upstream credential and database")]
+    Refused {
+        /// Upstream SQLSTATE.
+        code: String,
+        /// Upstream message; logged, not shown to clients (it can name the upstream user).
+        message: String,
+    },
+    /// The upstream asked for something the gateway can't do.
+    #[error("the upstream database requires {0}; configure a password or trust/md5/SCRAM-SHA-256 auth for the gateway's user")]
+    Unsupported(String),
+}
+
+/// Connects and logs in; `params` are the client's startup parameters to pass through.
+pub async fn connect(target: &UpstreamTarget, params: &[(String, String)]) -> Result<Upstream, UpstreamError> {
+    let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    stream.set_nodelay(true)?;
+    let mut out = BytesMut::new();
+    let all = [("user", target.user.as_str()), ("database", target.database.as_str())]
+        .into_iter()
+        .chain(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    frontend::startup_message(all, &mut out)?;
+    stream.write_all(&out).await?;
+
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut parameter_status = BytesMut::new();
+    let mut key = BackendKey { pid: 0, secret: 0 };
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let (tag, body) = read_frame(&mut stream, &mut buf, MAX_STARTUP_FRAME).await?;
+        match tag {
+            b'R' => {
+                out.clear();
+                authenticate_step(target, &body, &mut scram, &mut out)?;
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                }
+            }
+            b'S' => put_frame(&mut parameter_status, tag, &body),
+            b'K' if body.len() >= 8 => {
+                key = BackendKey {
+                    pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                    secret: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                };
+            }
+            b'E' => {
+                let mut code = String::new();
+                let mut message = String::new();
+                for (field, value) in error_fields(&body) {
+                    match field {
+                        b'C' => code = String::from_utf8_lossy(value).into_owned(),
+                        b'M' => message = String::from_utf8_lossy(value).into_owned(),
+                        _ => {}
+                    }
+                }
+                return Err(UpstreamError::Refused { code, message });
+            }
+            b'Z' => {
+                let ready_status = body.first().copied().unwrap_or(b'I');
+                return Ok(Upstream { stream, parameter_status, key, ready_status, leftover: buf });
+            }
+            // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+            _ => {}
+        }
+    }
+}
+
+fn authenticate_step(
+    target: &UpstreamTarget,
+    body: &Bytes,
+    scram: &mut Option<ScramSha256>,
+    out: &mut BytesMut,
+) -> Result<(), UpstreamError> {
+    let code = body.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(-1);
+    let data = body.get(4..).unwrap_or_default();
+    let password = || {
+        target
+            .password
+            .as_deref()
+            .ok_or_else(|| UpstreamError::Unsupported("a password, but none is configured".into()))
+    };
+    match code {
+        0 => {}
+        3 => frontend::password_message(password()?.as_bytes(), out)?,
+        5 => {
+            let salt: [u8; 4] = data
+                .get(..4)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| UpstreamError::Unsupported("a malformed MD5 challenge".into()))?;
+            let hashed = md5_hash(target.user.as_bytes(), password()?.as_bytes(), salt);
+            frontend::password_message(hashed.as_bytes(), out)?;
+        }
+        10 => {
+            let offers_scram = data.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+            if !offers_scram {
+                return Err(UpstreamError::Unsupported("a SASL mechanism other than SCRAM-SHA-256".into()));
+            }
+            let client = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+            frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), out)?;
+            *scram = Some(client);
+        }
+        11 => {
+            let client = scram.as_mut().ok_or_else(|| UpstreamError::Unsupported("SASL out of order".into()))?;
+            client.update(data)?;
+            frontend::sasl_response(client.message(), out)?;
+        }
+        12 => {
+            let client = scram.as_mut().ok_or_else(|| UpstreamError::Unsupported("SASL out of order".into()))?;
+            client.finish(data)?;
+        }
+        other => return Err(UpstreamError::Unsupported(format!("authentication method {other}"))),
+    }
+    Ok(())
+}
+
+fn put_frame(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+    buf.extend_from_slice(&[tag]);
+    buf.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    buf.extend_from_slice(body);
+}

@@ -1,0 +1,450 @@
+//! End-to-end tests of the Postgres wire gateway against the real PostgreSQL at 127.0.0.1:5432,
+//! with the static test gate (DELETE → review, DROP DATABASE → block, else allow).
+
+use countersign_bot::StatementHash;
+use countersign_gateway::pg::testing::{GateEvent, StaticGate};
+use countersign_gateway::pg::{HoldOutcome, UpstreamTarget, WireConfig, WireServer};
+use countersign_gateway::policy::Action;
+use futures::SinkExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+const TOKEN: &str = "secret-token";
+
+fn upstream(database: &str) -> UpstreamTarget {
+    UpstreamTarget {
+        host: "127.0.0.1".into(),
+        port: 5432,
+        user: "postgres".into(),
+        password: None,
+        database: database.into(),
+    }
+}
+
+async fn start_with(cfg: impl FnOnce(&mut WireConfig), database: &str) -> (Arc<StaticGate>, SocketAddr) {
+    let gate = Arc::new(StaticGate::new("app", upstream(database), TOKEN));
+    let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
+    config.allow_cleartext_without_tls = true;
+    config.hold_wait = Duration::from_secs(5);
+    cfg(&mut config);
+    let server = WireServer::bind(config, gate.clone()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    (gate, addr)
+}
+
+async fn start() -> (Arc<StaticGate>, SocketAddr) {
+    start_with(|_| {}, "test").await
+}
+
+fn conn_str(addr: SocketAddr, password: &str) -> String {
+    format!("host=127.0.0.1 port={} dbname=app user=agent password={password} sslmode=disable", addr.port())
+}
+
+async fn connect(addr: SocketAddr) -> Client {
+    let (client, connection) = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn table() -> String {
+    format!("wire_{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn eventually(gate: &StaticGate, what: &str, pred: impl Fn(&GateEvent) -> bool) -> GateEvent {
+    for _ in 0..100 {
+        if let Some(e) = gate.events().into_iter().find(|e| pred(e)) {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gate never saw {what}; events: {:#?}", gate.events());
+}
+
+fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e.as_db_error().unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+#[tokio::test]
+async fn simple_extended_and_prepared_queries_pass_through_unchanged() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table();
+    client.batch_execute(&format!("CREATE TABLE {t} (id int primary key, name text, data bytea)")).await.unwrap();
+    let insert = client.prepare(&format!("INSERT INTO {t} VALUES ($1, $2, $3)")).await.unwrap();
+    for i in 0..3i32 {
+        let n = client.execute(&insert, &[&i, &format!("n{i}"), &vec![i as u8, 0, 255]]).await.unwrap();
+        assert_eq!(n, 1);
+    }
+    let rows = client.query(&format!("SELECT id, name, data FROM {t} WHERE id >= $1 ORDER BY id"), &[&1i32]).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].get::<_, String>(1), "n2");
+    assert_eq!(rows[1].get::<_, Vec<u8>>(2), vec![2, 0, 255]);
+    let simple = client.simple_query(&format!("SELECT count(*) FROM {t}; SELECT 'x'")).await.unwrap();
+    let first = simple.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+        _ => None,
+    });
+    assert_eq!(first.as_deref(), Some("3"));
+    let event = eventually(&gate, "the insert record", |e| {
+        matches!(e, GateEvent::Statement(r) if r.sql.starts_with("INSERT") && r.command_tag.as_deref() == Some("INSERT 0 1"))
+    })
+    .await;
+    let GateEvent::Statement(record) = event else { unreachable!() };
+    assert_eq!(record.decision, Action::Allow);
+    assert_eq!(record.rows, Some(1));
+    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+}
+
+#[tokio::test]
+async fn blocked_statement_inside_a_transaction_fails_the_transaction_and_keeps_the_connection() {
+    let (_gate, addr) = start().await;
+    let client = connect(addr).await;
+    client.batch_execute("BEGIN").await.unwrap();
+    let err = client.batch_execute("DROP DATABASE postgres").await.unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501");
+    assert!(message.contains("static-test") && message.contains("never allowed"), "{message}");
+    // The transaction is now failed (status E), exactly as if Postgres had raised the error.
+    let err = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let rows = client.query("SELECT 41 + $1::int", &[&1i32]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), 42);
+    // Outside a transaction the block is reported and the session is still idle and usable.
+    let err = client.query("DROP DATABASE postgres", &[]).await.unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+    assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn held_statement_runs_once_after_approval_and_reports_its_result() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table();
+    client.batch_execute(&format!("CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1), (2), (2)")).await.unwrap();
+    gate.push_outcome(Duration::from_millis(200), HoldOutcome::Approved);
+    let sql = format!("DELETE FROM {t} WHERE id = $1");
+    let deleted = client.execute(&sql, &[&2i32]).await.unwrap();
+    assert_eq!(deleted, 2);
+    let hold = eventually(&gate, "a hold", |e| matches!(e, GateEvent::Hold { .. })).await;
+    let GateEvent::Hold { sql: held_sql, hash, id } = hold else { unreachable!() };
+    assert_eq!(held_sql, sql);
+    // The approval is bound to the text and the binary Bind parameter.
+    assert_eq!(hash, StatementHash::of_parts(&sql, &[Some(&2i32.to_be_bytes()[..])]));
+    let executed = eventually(&gate, "executed", |e| matches!(e, GateEvent::Executed(..))).await;
+    let GateEvent::Executed(executed_id, outcome) = executed else { unreachable!() };
+    assert_eq!(executed_id, id);
+    assert_eq!(outcome.command_tag.as_deref(), Some("DELETE 2"));
+    assert_eq!(outcome.rows, Some(2));
+    let left: i64 = client.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+    assert_eq!(left, 1);
+    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+}
+
+#[tokio::test]
+async fn statement_approved_in_advance_runs_without_waiting() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table();
+    client.batch_execute(&format!("CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1)")).await.unwrap();
+    let sql = format!("DELETE FROM {t}");
+    gate.approve_in_advance(StatementHash::of_text(&sql));
+    let messages = client.simple_query(&sql).await.unwrap();
+    assert!(matches!(messages[0], tokio_postgres::SimpleQueryMessage::CommandComplete(1)));
+    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+}
+
+#[tokio::test]
+async fn denied_statement_gets_42501_naming_who_denied_and_why() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table();
+    client.batch_execute(&format!("CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1)")).await.unwrap();
+    let denial = HoldOutcome::Denied { by: vec!["alice@example.com".into()], reason: Some("not in prod".into()) };
+    gate.push_outcome(Duration::from_millis(100), denial);
+    let err = client.batch_execute(&format!("DELETE FROM {t}")).await.unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501");
+    assert!(message.contains("alice@example.com") && message.contains("not in prod"), "{message}");
+    let left: i64 = client.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+    assert_eq!(left, 1, "a denied DELETE must not run");
+    let record = eventually(&gate, "denied record", |e| {
+        matches!(e, GateEvent::Statement(r) if r.decision == Action::Review && r.error.is_some())
+    })
+    .await;
+    let GateEvent::Statement(record) = record else { unreachable!() };
+    assert!(record.request_id.is_some());
+    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+}
+
+#[tokio::test]
+async fn hold_that_times_out_says_the_request_stays_pending() {
+    let (_gate, addr) = start_with(|c| c.hold_wait = Duration::from_millis(300), "test").await;
+    let client = connect(addr).await;
+    let err = client.batch_execute("DELETE FROM pg_catalog.pg_class WHERE false").await.unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501");
+    assert!(message.contains("stays pending") && message.contains("re-running the identical statement"), "{message}");
+    assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn cancel_request_during_a_hold_cancels_the_approval_request() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let cancel = client.cancel_token();
+    let running = tokio::spawn(async move {
+        let r = client.batch_execute("DELETE FROM pg_catalog.pg_class WHERE false").await;
+        (client, r)
+    });
+    eventually(&gate, "a hold", |e| matches!(e, GateEvent::Hold { .. })).await;
+    cancel.cancel_query(NoTls).await.unwrap();
+    let (client, result) = tokio::time::timeout(Duration::from_secs(3), running).await.unwrap().unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(db_error(&err), ("57014".into(), "canceling statement due to user request".into()));
+    eventually(&gate, "cancel_hold", |e| matches!(e, GateEvent::Cancelled(_))).await;
+    assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn cancel_request_reaches_a_running_upstream_query() {
+    let (_gate, addr) = start().await;
+    let client = connect(addr).await;
+    let cancel = client.cancel_token();
+    let started = std::time::Instant::now();
+    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(10)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel_query(NoTls).await.unwrap();
+    let err = running.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn copy_in_and_copy_out_are_relayed() {
+    let (_gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table();
+    client.batch_execute(&format!("CREATE TABLE {t} (id int, name text)")).await.unwrap();
+    let sink = client.copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN")).await.unwrap();
+    futures::pin_mut!(sink);
+    let data: String = (0..1000).map(|i| format!("{i}\tname {i}\n")).collect();
+    sink.send(bytes::Bytes::from(data)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1000);
+    let stream = client.copy_out(&format!("COPY (SELECT * FROM {t} ORDER BY id) TO STDOUT")).await.unwrap();
+    futures::pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), 1000);
+    assert!(text.ends_with("999\tname 999\n"));
+    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+}
+
+#[tokio::test]
+async fn listen_notify_notifications_reach_the_listener() {
+    let (_gate, addr) = start().await;
+    let (listener, mut connection) = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(msg) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(tokio_postgres::AsyncMessage::Notification(n)) = msg {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    let channel = table();
+    listener.batch_execute(&format!("LISTEN {channel}")).await.unwrap();
+    let sender = connect(addr).await;
+    sender.batch_execute(&format!("NOTIFY {channel}, 'hello'")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, (channel, "hello".to_string()));
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_with_28p01() {
+    let (_gate, addr) = start().await;
+    let err = tokio_postgres::connect(&conn_str(addr, "wrong"), NoTls).await.err().unwrap();
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
+}
+
+#[tokio::test]
+async fn unknown_connection_name_is_refused_with_3d000() {
+    let (_gate, addr) = start().await;
+    let url = format!("host=127.0.0.1 port={} dbname=nope user=agent password={TOKEN} sslmode=disable", addr.port());
+    let err = tokio_postgres::connect(&url, NoTls).await.err().unwrap();
+    assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME));
+}
+
+#[tokio::test]
+async fn cleartext_password_without_tls_is_refused_unless_allowed() {
+    let (_gate, addr) = start_with(|c| c.allow_cleartext_without_tls = false, "test").await;
+    let err = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls).await.err().unwrap();
+    assert_eq!(err.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION));
+}
+
+/// Reads until EOF and returns everything the gateway sent.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await.unwrap().ok();
+    got
+}
+
+fn startup_packet(database: &str) -> Vec<u8> {
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for (k, v) in [("user", "agent"), ("database", database)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn malformed_startup_length_gets_08p01_and_close() {
+    let (_gate, addr) = start().await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 5, 0]).await.unwrap();
+    let got = read_to_close(&mut s).await;
+    assert_eq!(got.first(), Some(&b'E'));
+    assert!(contains(&got, b"08P01"));
+}
+
+#[tokio::test]
+async fn never_finished_startup_times_out_with_08p01() {
+    let (_gate, addr) = start_with(|c| c.startup_timeout = Duration::from_millis(300), "test").await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 40]).await.unwrap();
+    let got = read_to_close(&mut s).await;
+    assert!(contains(&got, b"08P01") && contains(&got, b"timed out"), "{got:?}");
+}
+
+#[tokio::test]
+async fn oversized_or_unknown_message_after_login_gets_08p01_and_close() {
+    let (_gate, addr) = start_with(|c| c.max_message_size = 1024, "test").await;
+    for bad in [vec![b'Q', 0x7f, 0xff, 0xff, 0xff], vec![b'Q', 0, 0, 8, 0], vec![b'?', 0, 0, 0, 4], vec![b'Q', 0xff, 0xff, 0xff, 0xff]] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&startup_packet("app")).await.unwrap();
+        let mut auth = [0u8; 9];
+        s.read_exact(&mut auth).await.unwrap();
+        assert_eq!(auth, [b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+        let mut pw = vec![b'p'];
+        pw.extend_from_slice(&((TOKEN.len() + 5) as i32).to_be_bytes());
+        pw.extend_from_slice(TOKEN.as_bytes());
+        pw.push(0);
+        s.write_all(&pw).await.unwrap();
+        s.write_all(&bad).await.unwrap();
+        let got = read_to_close(&mut s).await;
+        assert!(contains(&got, b"08P01"), "{bad:?} → {got:?}");
+    }
+}
+
+fn psql(addr: SocketAddr, password: &str, sql: &str) -> std::process::Output {
+    std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "-d", "app", "-U", "agent", "-XAtc", sql])
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("psql must be installed")
+}
+
+#[tokio::test]
+async fn psql_runs_queries_and_reports_blocks_and_bad_passwords() {
+    let (_gate, addr) = start().await;
+    let out = tokio::task::spawn_blocking(move || psql(addr, TOKEN, "SELECT 40 + 2")).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    let out = tokio::task::spawn_blocking(move || psql(addr, TOKEN, "DROP DATABASE postgres")).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("blocked by policy rule"), "{out:?}");
+    let out = tokio::task::spawn_blocking(move || psql(addr, "nope", "SELECT 1")).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"), "{out:?}");
+}
+
+#[tokio::test]
+async fn pgbench_runs_in_simple_extended_and_prepared_modes() {
+    let admin = {
+        let (c, conn) = tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let db = format!("wire_bench_{}", uuid::Uuid::new_v4().simple());
+    admin.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let (_gate, addr) = start_with(|_| {}, &db).await;
+    let port = addr.port().to_string();
+    let run = move |args: &[&str]| {
+        let out = std::process::Command::new("pgbench")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "agent"])
+            .args(args)
+            .arg("app")
+            .env("PGPASSWORD", TOKEN)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .expect("pgbench must be installed");
+        assert!(out.status.success(), "pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    tokio::task::spawn_blocking(move || {
+        run(&["-i", "-s", "1", "-q"]);
+        for mode in ["simple", "extended", "prepared"] {
+            let out = run(&["-M", mode, "-c", "2", "-j", "2", "-T", "2"]);
+            assert!(out.contains("number of failed transactions: 0"), "{mode}: {out}");
+        }
+    })
+    .await
+    .unwrap();
+    admin.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_connection_with_self_signed_certificate_accepts_the_password() {
+    let dir = std::env::temp_dir().join(format!("wire_tls_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
+    let tls = countersign_gateway::pg::TlsFiles { cert, key };
+    // Cleartext without TLS is off, so a successful login proves the session ran over TLS.
+    let (_gate, addr) = start_with(
+        move |c| {
+            c.allow_cleartext_without_tls = false;
+            c.tls = Some(tls);
+        },
+        "test",
+    )
+    .await;
+    let run = move |sslmode: &'static str| {
+        std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "-d", "app", "-U", "agent", "-XAtc", "SELECT 7"])
+            .env("PGPASSWORD", TOKEN)
+            .env("PGSSLMODE", sslmode)
+            .output()
+            .expect("psql must be installed")
+    };
+    let out = tokio::task::spawn_blocking(move || run("require")).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+    let out = tokio::task::spawn_blocking(move || run("disable")).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only over TLS"), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
