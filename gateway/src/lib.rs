@@ -2,7 +2,10 @@
 //! masking and session recording, plus the composition root used by the `countersign` binary.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
+pub mod engine;
+pub mod http;
 pub mod identity;
 pub mod pg;
 pub mod policy;

@@ -825,22 +825,26 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn statement_recorded(&self, st: &StatementRecord) -> Result<(), StoreError> {
-                sqlx::query("INSERT INTO statements (session_id, sql, statement_hash, decision, request_id, outcome, command_tag, rows, error, masked_fields, duration_us, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
-                    .bind(st.session_id.to_string())
-                    .bind(&st.sql)
-                    .bind(st.statement_hash.as_str())
-                    .bind(&st.decision)
-                    .bind(st.request_id.map(|r| r.to_string()))
-                    .bind(&st.outcome)
-                    .bind(&st.command_tag)
-                    .bind(st.rows.map(|r| r.min(i64::MAX as u64) as i64))
-                    .bind(&st.error)
-                    .bind(st.masked_fields.min(i64::MAX as u64) as i64)
-                    .bind(st.duration_us.min(i64::MAX as u64) as i64)
-                    .bind(time_to_ms(st.at))
-                    .execute(&self.pool)
-                    .await?;
+            async fn statements_recorded(&self, batch: &[StatementRecord]) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                for st in batch {
+                    sqlx::query("INSERT INTO statements (session_id, sql, statement_hash, decision, request_id, outcome, command_tag, rows, error, masked_fields, duration_us, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+                        .bind(st.session_id.to_string())
+                        .bind(&st.sql)
+                        .bind(st.statement_hash.as_str())
+                        .bind(&st.decision)
+                        .bind(st.request_id.map(|r| r.to_string()))
+                        .bind(&st.outcome)
+                        .bind(&st.command_tag)
+                        .bind(st.rows.map(|r| r.min(i64::MAX as u64) as i64))
+                        .bind(&st.error)
+                        .bind(st.masked_fields.min(i64::MAX as u64) as i64)
+                        .bind(st.duration_us.min(i64::MAX as u64) as i64)
+                        .bind(time_to_ms(st.at))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
                 Ok(())
             }
 

@@ -175,8 +175,8 @@ pub trait Store: Send + Sync + 'static {
     async fn session_started(&self, s: &SessionRecord) -> Result<(), StoreError>;
     /// Record a session end.
     async fn session_ended(&self, id: SessionId, ended_ms: i64) -> Result<(), StoreError>;
-    /// Record one statement of a session.
-    async fn statement_recorded(&self, st: &StatementRecord) -> Result<(), StoreError>;
+    /// Record statements of sessions, in one transaction.
+    async fn statements_recorded(&self, batch: &[StatementRecord]) -> Result<(), StoreError>;
     /// Sessions, newest first.
     async fn list_sessions(&self, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
     /// One session with its statements.

@@ -5,7 +5,7 @@ mod secrets;
 mod validate;
 
 pub use secrets::{resolve_secret, SecretError};
-pub use validate::{ConfigProblem, ConfigReport};
+pub use validate::{parse_duration, ConfigProblem, ConfigReport};
 
 use crate::identity::IdentityConfig;
 use crate::policy::{PolicyDefaults, PolicyRule};
@@ -35,6 +35,9 @@ pub struct Config {
     /// `[policy]`: rules and defaults.
     #[serde(default)]
     pub policy: PolicySection,
+    /// `[wire]`: the Postgres wire listener (absent = HTTP API only).
+    #[serde(default)]
+    pub wire: Option<crate::pg::config::WireConfig>,
     /// `[outbox]`: notification delivery.
     #[serde(default)]
     pub outbox: OutboxConfig,
@@ -124,7 +127,10 @@ impl StoreConfig {
         if let Some(url) = &self.url {
             return Ok(url.clone());
         }
-        let dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from("./data"));
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./data"));
         Ok(format!("sqlite://{}", dir.join("countersign.db").display()))
     }
 }
@@ -209,7 +215,10 @@ fn default_poll() -> String {
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        Self { max_attempts: default_attempts(), poll: default_poll() }
+        Self {
+            max_attempts: default_attempts(),
+            poll: default_poll(),
+        }
     }
 }
 
@@ -261,7 +270,10 @@ impl Config {
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         let cfg = Config::from_toml(&text, &file)?;
         let report = cfg.validate(&file);
         if !report.problems.is_empty() {

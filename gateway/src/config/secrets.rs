@@ -30,17 +30,30 @@ pub enum SecretError {
 }
 
 /// Read a secret from an env var (preferred) or a file; trailing newlines of files are dropped.
-pub fn resolve_secret(key: &str, env: Option<&str>, file: Option<&std::path::Path>) -> Result<String, SecretError> {
+pub fn resolve_secret(
+    key: &str,
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<String, SecretError> {
     if let Some(var) = env {
         return match std::env::var(var) {
             Ok(v) if !v.is_empty() => Ok(v),
-            _ => Err(SecretError::MissingEnv { key: key.to_string(), var: var.to_string() }),
+            _ => Err(SecretError::MissingEnv {
+                key: key.to_string(),
+                var: var.to_string(),
+            }),
         };
     }
     if let Some(path) = file {
         return std::fs::read_to_string(path)
             .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| SecretError::File { key: key.to_string(), path: path.display().to_string(), reason: e.to_string() });
+            .map_err(|e| SecretError::File {
+                key: key.to_string(),
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            });
     }
-    Err(SecretError::Missing { key: key.to_string() })
+    Err(SecretError::Missing {
+        key: key.to_string(),
+    })
 }

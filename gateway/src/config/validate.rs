@@ -35,7 +35,10 @@ impl fmt::Display for ConfigReport {
 
 impl ConfigReport {
     fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(ConfigProblem { key: key.into(), message: message.into() });
+        self.problems.push(ConfigProblem {
+            key: key.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -43,15 +46,24 @@ impl ConfigReport {
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let t = text.trim();
     if let Some(ms) = t.strip_suffix("ms") {
-        return ms.trim().parse::<u64>().ok().map(std::time::Duration::from_millis);
+        return ms
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(std::time::Duration::from_millis);
     }
-    crate::policy::rules::parse_ttl(t).ok().map(std::time::Duration::from_secs)
+    crate::policy::rules::parse_ttl(t)
+        .ok()
+        .map(std::time::Duration::from_secs)
 }
 
 impl Config {
     /// Check everything that can be checked without the network.
     pub fn validate(&self, file: &str) -> ConfigReport {
-        let mut r = ConfigReport { file: file.to_string(), problems: vec![] };
+        let mut r = ConfigReport {
+            file: file.to_string(),
+            problems: vec![],
+        };
         for (key, value) in [
             ("server.max_wait", &self.server.max_wait),
             ("server.expiry_sweep", &self.server.expiry_sweep),
@@ -63,11 +75,17 @@ impl Config {
         }
         if let Some(url) = &self.server.public_base_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                r.push("server.public_base_url", format!("{url:?} must start with http:// or https://"));
+                r.push(
+                    "server.public_base_url",
+                    format!("{url:?} must start with http:// or https://"),
+                );
             }
         }
         if let Some(url) = &self.store.url {
-            if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
                 r.push("store.url", format!("{url:?} has an unknown scheme; use sqlite://PATH or postgres://USER@HOST/DB"));
             }
             if self.store.url_env.is_some() {
@@ -80,16 +98,31 @@ impl Config {
         let mut names = HashSet::new();
         for (i, c) in self.connections.iter().enumerate() {
             let key = format!("connections[{i}]");
-            if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
                 r.push(format!("{key}.name"), format!("{:?} must be non-empty letters, digits, '-' or '_' (it is used in URLs and as the wire database name)", c.name));
             }
             if !names.insert(c.name.as_str()) {
-                r.push(format!("{key}.name"), format!("connection {:?} is defined twice; rename one", c.name));
+                r.push(
+                    format!("{key}.name"),
+                    format!("connection {:?} is defined twice; rename one", c.name),
+                );
             }
             if c.kind != "postgres" {
-                r.push(format!("{key}.kind"), format!("{:?} is not supported; use \"postgres\"", c.kind));
+                r.push(
+                    format!("{key}.kind"),
+                    format!("{:?} is not supported; use \"postgres\"", c.kind),
+                );
             }
-            let sources = [c.upstream_url.is_some(), c.upstream_url_env.is_some(), c.upstream_url_file.is_some()];
+            let sources = [
+                c.upstream_url.is_some(),
+                c.upstream_url_env.is_some(),
+                c.upstream_url_file.is_some(),
+            ];
             match sources.iter().filter(|s| **s).count() {
                 0 => r.push(format!("{key}.upstream_url_env"), "no upstream given; set `upstream_url_env` to an env var holding postgres://user:password@host:port/db (or `upstream_url` for a password-less URL)"),
                 1 => {}
@@ -109,14 +142,26 @@ impl Config {
         let mut groups = HashSet::new();
         for (i, g) in self.approver_groups.iter().enumerate() {
             if !groups.insert(g.name.as_str()) {
-                r.push(format!("approver_groups[{i}].name"), format!("group {:?} is defined twice; merge the entries", g.name));
+                r.push(
+                    format!("approver_groups[{i}].name"),
+                    format!("group {:?} is defined twice; merge the entries", g.name),
+                );
             }
             if g.members.is_empty() && g.idp_groups.is_empty() {
-                r.push(format!("approver_groups[{i}]"), format!("group {:?} has no `members` and no `idp_groups`: nobody could approve", g.name));
+                r.push(
+                    format!("approver_groups[{i}]"),
+                    format!(
+                        "group {:?} has no `members` and no `idp_groups`: nobody could approve",
+                        g.name
+                    ),
+                );
             }
             for (j, m) in g.members.iter().enumerate() {
                 if !m.contains('@') {
-                    r.push(format!("approver_groups[{i}].members[{j}]"), format!("{m:?} is not an e-mail address"));
+                    r.push(
+                        format!("approver_groups[{i}].members[{j}]"),
+                        format!("{m:?} is not an e-mail address"),
+                    );
                 }
             }
         }
@@ -129,8 +174,19 @@ impl Config {
             .rules
             .iter()
             .enumerate()
-            .flat_map(|(i, rule)| rule.approver_groups.iter().flatten().map(move |g| (format!("policy.rules[{i}].approver_groups"), g.clone())))
-            .chain(self.policy.defaults.approver_groups.iter().map(|g| ("policy.defaults.approver_groups".to_string(), g.clone())));
+            .flat_map(|(i, rule)| {
+                rule.approver_groups
+                    .iter()
+                    .flatten()
+                    .map(move |g| (format!("policy.rules[{i}].approver_groups"), g.clone()))
+            })
+            .chain(
+                self.policy
+                    .defaults
+                    .approver_groups
+                    .iter()
+                    .map(|g| ("policy.defaults.approver_groups".to_string(), g.clone())),
+            );
         for (key, g) in referenced {
             if !groups.contains(g.as_str()) {
                 r.push(key, format!("approver group {g:?} is not defined; add an [[approver_groups]] entry named {g:?}"));
@@ -144,7 +200,10 @@ impl Config {
         }
         if let Some(f) = &self.logging.format {
             if f != "text" && f != "json" {
-                r.push("logging.format", format!("{f:?} is not a format; use \"text\" or \"json\""));
+                r.push(
+                    "logging.format",
+                    format!("{f:?} is not a format; use \"text\" or \"json\""),
+                );
             }
         }
         r

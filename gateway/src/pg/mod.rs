@@ -7,23 +7,23 @@
 
 mod backend;
 mod cancel;
-mod codec;
+pub(crate) mod codec;
 pub mod config;
 pub mod error;
 mod extended;
 pub mod gate;
 mod recorder;
 mod relay;
-mod server;
+pub mod server;
 mod session;
 #[doc(hidden)]
 pub mod testing;
-mod upstream;
+pub(crate) mod upstream;
 
 pub use config::{TlsFiles, WireConfig};
 pub use error::WireError;
 pub use gate::{
-    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord, UpstreamTarget, WireAuthError,
-    WireGate,
+    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord,
+    UpstreamTarget, WireAuthError, WireGate,
 };
 pub use server::{serve, WireServer};

@@ -1,0 +1,403 @@
+//! Read-only and maintenance commands: policy explain, audit, requests, sessions, outbox.
+
+use super::{load_config, AuditCommand, OutboxCommand, RequestsCommand, SessionsCommand};
+use crate::config::Config;
+use crate::policy::{Policy, PolicyContext};
+use anyhow::{anyhow, Context};
+use countersign_bot::audit::{verify_chain, AuditRecord, ChainCheck};
+use countersign_bot::store::OutboxStatus;
+use countersign_bot::{RequestStatus, RequesterChain, Store};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = cfg.store.resolved_url()?;
+    countersign_bot::store::open(&url)
+        .await
+        .with_context(|| "opening the state store from [store]".to_string())
+}
+
+fn when(t: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    t.format(&f).unwrap_or_default()
+}
+
+fn clip(s: &str, n: usize) -> String {
+    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    crate::engine::truncate(&one_line, n)
+}
+
+/// Print rows as an aligned table.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    println!("{}", line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    for r in rows {
+        println!("{}", line(r));
+    }
+}
+
+/// `policy explain`: built-in policy without a config; the config's rules with one.
+pub fn policy_explain(
+    config: Option<&PathBuf>,
+    connection: &str,
+    sql: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let policy = match config {
+        Some(p) => {
+            let (cfg, _) = load_config(Some(p)).map_err(|e| anyhow!("{e}"))?;
+            Policy::new(cfg.policy.rules, cfg.policy.defaults).map_err(|e| anyhow!("{e}"))?
+        }
+        None => Policy::builtin(),
+    };
+    let sql = match sql {
+        Some(s) => s,
+        None => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("reading SQL from stdin")?;
+            s
+        }
+    };
+    let requester = RequesterChain(vec![]);
+    let verdict = policy.evaluate(
+        &PolicyContext {
+            connection,
+            requester: &requester,
+        },
+        &sql,
+    );
+    println!("{}", serde_json::to_string_pretty(&verdict)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn all_audit(
+    store: &Arc<dyn Store>,
+    mut each: impl FnMut(&[AuditRecord]) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut after = 0;
+    let mut n = 0u64;
+    loop {
+        let page = store.audit_records(after, 5000).await?;
+        if page.is_empty() {
+            return Ok(n);
+        }
+        after = page.last().map(|r| r.seq).unwrap_or(after);
+        n += page.len() as u64;
+        each(&page)?;
+    }
+}
+
+/// `audit verify | export`.
+pub async fn audit(cfg: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(cfg).await?;
+    match command {
+        AuditCommand::Verify => {
+            let mut records = Vec::new();
+            let n = all_audit(&store, |page| {
+                records.extend_from_slice(page);
+                if records.len() % 50_000 < page.len() && records.len() >= 50_000 {
+                    eprintln!("read {} records…", records.len());
+                }
+                Ok(())
+            })
+            .await?;
+            match verify_chain(&records) {
+                ChainCheck::Intact { records } => {
+                    println!("audit chain intact: {records} record(s) verified");
+                    Ok(ExitCode::SUCCESS)
+                }
+                ChainCheck::Broken { seq, problem } => {
+                    println!("audit chain BROKEN at record #{seq} (of {n}): {problem}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        AuditCommand::Export { output } => {
+            let mut out: Box<dyn Write> = match &output {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+            };
+            let n = all_audit(&store, |page| {
+                for r in page {
+                    serde_json::to_writer(&mut out, r)?;
+                    out.write_all(b"\n")?;
+                }
+                Ok(())
+            })
+            .await?;
+            out.flush()?;
+            if output.is_some() {
+                eprintln!("exported {n} audit record(s)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `requests list | show`.
+pub async fn requests(cfg: &Config, command: RequestsCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(cfg).await?;
+    match command {
+        RequestsCommand::List {
+            status,
+            limit,
+            json,
+        } => {
+            let status = status.map(|s| s.parse::<RequestStatus>()).transpose()?;
+            let list = store.list_requests(status, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            table(
+                &[
+                    "ID",
+                    "STATUS",
+                    "CONNECTION",
+                    "REQUESTER",
+                    "CREATED",
+                    "STATEMENT",
+                ],
+                list.iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.status.to_string(),
+                            r.connection.clone(),
+                            r.requester.display(),
+                            when(r.created_at),
+                            clip(&r.statement, 60),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        RequestsCommand::Show { id, json } => {
+            let id = id
+                .parse()
+                .map_err(|_| anyhow!("{id:?} is not a request id (a UUID)"))?;
+            let Some(v) = store.get_request(id).await? else {
+                return Err(anyhow!(
+                    "no request {id}; list them with `countersign requests list`"
+                ));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let r = &v.request;
+            println!("request     {}", r.id);
+            println!("status      {}", r.status);
+            println!("connection  {}", r.connection);
+            println!("requester   {}", r.requester.display());
+            println!("rule        {}", r.rule);
+            println!("reasons     {}", r.reasons.join("; "));
+            println!(
+                "quorum      {} of groups {}",
+                r.quorum,
+                r.approver_groups.join(", ")
+            );
+            println!(
+                "created     {}   expires {}",
+                when(r.created_at),
+                when(r.expires_at)
+            );
+            println!("hash        {}", r.statement_hash);
+            println!("statement\n    {}", r.statement.replace('\n', "\n    "));
+            println!("votes");
+            for vote in &v.votes {
+                println!(
+                    "    {}  {:<7}  {}  via {}{}",
+                    when(vote.at),
+                    vote.decision.as_str(),
+                    vote.voter_name,
+                    vote.channel,
+                    vote.reason
+                        .as_deref()
+                        .map(|x| format!(": {x}"))
+                        .unwrap_or_default()
+                );
+            }
+            if let Some(e) = &r.execution {
+                println!(
+                    "execution   {} rows={} {}ms {}",
+                    e.command_tag.as_deref().unwrap_or("-"),
+                    e.rows.map(|n| n.to_string()).unwrap_or("-".into()),
+                    e.duration_ms,
+                    e.error.as_deref().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `sessions list | show`.
+pub async fn sessions(cfg: &Config, command: SessionsCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(cfg).await?;
+    match command {
+        SessionsCommand::List { limit, json } => {
+            let list = store.list_sessions(limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            table(
+                &[
+                    "ID",
+                    "CONNECTION",
+                    "REQUESTER",
+                    "CLIENT",
+                    "APPLICATION",
+                    "STARTED",
+                    "ENDED",
+                ],
+                list.iter()
+                    .map(|s| {
+                        vec![
+                            s.id.to_string(),
+                            s.connection.clone(),
+                            s.requester.display(),
+                            s.client_addr.clone().unwrap_or_default(),
+                            s.application.clone().unwrap_or_default(),
+                            when(s.started_at),
+                            s.ended_at.map(when).unwrap_or_else(|| "(open)".into()),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionsCommand::Show { id, json } => {
+            let id = id
+                .parse()
+                .map_err(|_| anyhow!("{id:?} is not a session id (a UUID)"))?;
+            let Some((s, statements)) = store.get_session(id).await? else {
+                return Err(anyhow!(
+                    "no session {id}; list them with `countersign sessions list`"
+                ));
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "session": s, "statements": statements })
+                    )?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let summary = countersign_bot::sessions::SessionSummary::from_records(&s, &statements);
+            println!(
+                "session {}  {} on {}  from {}  ({}s; run {}, blocked {}, held {}, approved {})",
+                s.id,
+                s.requester.display(),
+                s.connection,
+                s.client_addr.clone().unwrap_or_default(),
+                summary.duration_secs,
+                summary.run,
+                summary.blocked,
+                summary.held,
+                summary.approved
+            );
+            table(
+                &[
+                    "AT",
+                    "DECISION",
+                    "OUTCOME",
+                    "TAG",
+                    "µs",
+                    "REQUEST",
+                    "STATEMENT",
+                ],
+                statements
+                    .iter()
+                    .map(|st| {
+                        vec![
+                            when(st.at),
+                            st.decision.clone(),
+                            st.outcome.clone(),
+                            st.command_tag.clone().unwrap_or_default(),
+                            st.duration_us.to_string(),
+                            st.request_id.map(|r| r.to_string()).unwrap_or_default(),
+                            clip(&st.sql, 60),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `outbox list | retry`.
+pub async fn outbox(cfg: &Config, command: OutboxCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(cfg).await?;
+    match command {
+        OutboxCommand::List { status, limit } => {
+            let status = match status {
+                Some(s) => Some(
+                    OutboxStatus::parse(&s)
+                        .ok_or_else(|| anyhow!("status {s:?}: use pending, delivered or dead"))?,
+                ),
+                None => None,
+            };
+            let list = store.outbox_list(status, limit).await?;
+            table(
+                &[
+                    "ID",
+                    "SINK",
+                    "EVENT",
+                    "STATUS",
+                    "ATTEMPTS",
+                    "REQUEST",
+                    "LAST ERROR",
+                ],
+                list.iter()
+                    .map(|o| {
+                        vec![
+                            o.id.to_string(),
+                            o.sink.clone(),
+                            o.event_kind.clone(),
+                            o.status.as_str().to_string(),
+                            o.attempts.to_string(),
+                            o.request_id.clone().unwrap_or_default(),
+                            clip(o.last_error.as_deref().unwrap_or(""), 50),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        OutboxCommand::Retry { id } => {
+            let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+            if store.outbox_retry(id, now).await? {
+                println!("outbox item {id} re-queued");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(anyhow!("no dead-lettered outbox item {id}; see `countersign outbox list --status dead`"))
+            }
+        }
+    }
+}

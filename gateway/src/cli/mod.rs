@@ -1,0 +1,240 @@
+//! Command-line interface. `anyhow` lives here, at the binary's edge.
+
+mod inspect;
+mod serve;
+
+use crate::config::{Config, ConfigError};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The quickstart configuration, embedded so `countersign serve` runs with no files at all.
+pub const QUICKSTART_TOML: &str = include_str!("../../../manifests/examples/quickstart.toml");
+
+/// Countersign: an approval gateway between automation and production databases.
+#[derive(Debug, Parser)]
+#[command(name = "countersign", version, about)]
+pub struct Cli {
+    /// Config file (TOML). Default: $COUNTERSIGN_CONFIG, else the embedded quickstart.
+    #[arg(long, global = true, env = "COUNTERSIGN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (HTTP API, wire proxy, notifiers, expiry).
+    Serve,
+    /// Check the config file and report every problem with file, key and fix.
+    CheckConfig,
+    /// Policy tools.
+    Policy {
+        /// Policy subcommand.
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The tamper-evident audit trail.
+    Audit {
+        /// Audit subcommand.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Approval requests.
+    Requests {
+        /// Requests subcommand.
+        #[command(subcommand)]
+        command: RequestsCommand,
+    },
+    /// Recorded sessions.
+    Sessions {
+        /// Sessions subcommand.
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Notification deliveries.
+    Outbox {
+        /// Outbox subcommand.
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Print the SHA-256 of a token for `[[identity.static_tokens]] sha256 = …` (reads stdin when omitted).
+    HashToken {
+        /// The token.
+        token: Option<String>,
+    },
+}
+
+/// `policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Classify SQL and print the verdict as JSON (SQL from --sql or stdin).
+    Explain {
+        /// Connection name the rules match on.
+        #[arg(long, default_value = "default")]
+        connection: String,
+        /// The SQL; read from stdin when omitted.
+        #[arg(long)]
+        sql: Option<String>,
+    },
+}
+
+/// `audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; names the first broken record.
+    Verify,
+    /// Write every record as JSON Lines.
+    Export {
+        /// Output file (default stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `requests …`
+#[derive(Debug, Subcommand)]
+pub enum RequestsCommand {
+    /// Newest requests as a table.
+    List {
+        /// Only this status (pending, approved, denied, expired, cancelled, executing, executed, failed).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One request with its votes.
+    Show {
+        /// Request id.
+        id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `sessions …`
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Newest sessions as a table.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One session with its statements.
+    Show {
+        /// Session id.
+        id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `outbox …`
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Deliveries as a table.
+    List {
+        /// Only this status (pending, delivered, dead).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Re-queue a dead-lettered delivery.
+    Retry {
+        /// Outbox id.
+        id: i64,
+    },
+}
+
+/// Load the config named on the command line, or the embedded quickstart.
+pub fn load_config(path: Option<&PathBuf>) -> Result<(Config, String), ConfigError> {
+    match path {
+        Some(p) => Ok((Config::load(p)?, p.display().to_string())),
+        None => {
+            let file = "<embedded quickstart.toml>".to_string();
+            let cfg = Config::from_toml(QUICKSTART_TOML, &file)?;
+            Ok((cfg, file))
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(cfg.logging.level.as_deref().unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.logging.format.as_deref() == Some("json") {
+        let _ = builder.json().flatten_event(true).try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::CheckConfig => {
+            let path = cli.config.as_ref();
+            match load_config(path) {
+                Ok((_, file)) => {
+                    println!("{file}: OK");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Policy {
+            command: PolicyCommand::Explain { connection, sql },
+        } => inspect::policy_explain(cli.config.as_ref(), &connection, sql),
+        Command::HashToken { token } => {
+            let token = match token {
+                Some(t) => t,
+                None => {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                        .context("reading the token from stdin")?;
+                    s.trim_end_matches(['\n', '\r']).to_string()
+                }
+            };
+            use sha2::Digest;
+            println!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            let (cfg, _file) =
+                load_config(cli.config.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            init_logging(&cfg);
+            match command {
+                Command::Serve => serve::serve(cfg).await.map(|_| ExitCode::SUCCESS),
+                Command::Audit { command } => inspect::audit(&cfg, command).await,
+                Command::Requests { command } => inspect::requests(&cfg, command).await,
+                Command::Sessions { command } => inspect::sessions(&cfg, command).await,
+                Command::Outbox { command } => inspect::outbox(&cfg, command).await,
+                Command::CheckConfig | Command::Policy { .. } | Command::HashToken { .. } => {
+                    unreachable!("handled above")
+                }
+            }
+        }
+    }
+}

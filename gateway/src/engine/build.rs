@@ -1,0 +1,100 @@
+//! Building the engine from a validated config.
+
+use super::{recording, Engine};
+use crate::config::{parse_duration, resolve_secret, Config, SecretError};
+use crate::identity::Authenticator;
+use crate::policy::Policy;
+use crate::upstream::{UpstreamPool, UpstreamTarget};
+use countersign_bot::store::StoreError;
+use countersign_bot::{ApproverDirectory, ApproverGroup, Workflow};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A referenced secret is missing.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something else in the config is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Engine {
+    /// Open the store, resolve secrets, compile the policy. `sinks` are the notifier names events are queued
+    /// for (decided by the composition root).
+    pub async fn build(config: Config, sinks: Vec<String>) -> Result<Engine, EngineError> {
+        let store_url = config.store.resolved_url()?;
+        let store = countersign_bot::store::open(&store_url).await?;
+        Self::build_with_store(config, store, sinks).await
+    }
+
+    /// As [`Engine::build`], with an already open store.
+    pub async fn build_with_store(
+        config: Config,
+        store: Arc<dyn countersign_bot::Store>,
+        sinks: Vec<String>,
+    ) -> Result<Engine, EngineError> {
+        let policy = Policy::new(config.policy.rules.clone(), config.policy.defaults.clone())
+            .map_err(|e| EngineError::Config(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| EngineError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let auth = Authenticator::new(&config.identity, http)
+            .map_err(|e| EngineError::Config(e.to_string()))?;
+        let directory =
+            ApproverDirectory::new(config.approver_groups.iter().map(|g| ApproverGroup {
+                name: g.name.clone(),
+                members: g.members.clone(),
+                idp_groups: g.idp_groups.clone(),
+            }));
+        let mut upstreams = HashMap::new();
+        for (i, c) in config.connections.iter().enumerate() {
+            let key = format!("connections[{i}]");
+            let url = match (&c.upstream_url, &c.upstream_url_env, &c.upstream_url_file) {
+                (Some(u), _, _) => u.clone(),
+                (None, env, file) => resolve_secret(
+                    &format!("{key}.upstream_url_env"),
+                    env.as_deref(),
+                    file.as_deref(),
+                )?,
+            };
+            let mut target = UpstreamTarget::parse(&url)
+                .map_err(|e| EngineError::Config(format!("{key}: {e}")))?;
+            if let Some(env) = &c.password_env {
+                target.password = Some(resolve_secret(
+                    &format!("{key}.password_env"),
+                    Some(env),
+                    None,
+                )?);
+            }
+            upstreams.insert(c.name.clone(), target);
+        }
+        let pool_size = config
+            .connections
+            .iter()
+            .map(|c| c.pool_size)
+            .max()
+            .unwrap_or(8);
+        let workflow = Arc::new(Workflow::new(store.clone(), directory, sinks));
+        let max_wait = parse_duration(&config.server.max_wait).unwrap_or(Duration::from_secs(300));
+        let base_url = config.server.base_url();
+        Ok(Engine {
+            config: Arc::new(config),
+            policy,
+            workflow,
+            auth,
+            upstreams,
+            pool: UpstreamPool::new(pool_size),
+            recorder: recording::StatementWriter::spawn(store),
+            max_wait,
+            base_url,
+        })
+    }
+}

@@ -1,0 +1,236 @@
+//! The composition of policy, identity, workflow and upstreams that both front doors (HTTP API and wire
+//! proxy) use. **Invariant:** no statement reaches an upstream without a verdict from [`Engine::classify`];
+//! a `review` verdict runs only after [`countersign_bot::Workflow`] hands out its single execution.
+
+mod build;
+mod recording;
+mod wire_gate;
+
+pub use build::EngineError;
+
+use crate::config::Config;
+use crate::identity::{AuthError, Authenticator};
+use crate::policy::{Policy, PolicyContext, Verdict};
+use crate::upstream::{ExecError, QueryOutcome, UpstreamPool, UpstreamTarget};
+use countersign_bot::audit::AuditEntry;
+use countersign_bot::{
+    ExecutionSummary, NewRequest, RequestId, RequesterChain, SessionId, StatementHash, Store,
+    Submitted, Workflow, WorkflowError,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything the front doors need, built once from the config.
+pub struct Engine {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Statement classification and rules.
+    pub policy: Policy,
+    /// The approval workflow.
+    pub workflow: Arc<Workflow>,
+    /// Bearer-token authentication.
+    pub auth: Authenticator,
+    upstreams: HashMap<String, UpstreamTarget>,
+    pool: UpstreamPool,
+    recorder: recording::StatementWriter,
+    /// Longest `?wait=` honoured.
+    pub max_wait: Duration,
+    /// Public base URL for links.
+    pub base_url: String,
+}
+
+/// What to do with a statement submitted through a front door.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// Run it now (allowed by policy).
+    Run,
+    /// Refuse it.
+    Blocked,
+    /// Approved earlier for this requester and claimed now: run it once, then report with [`Engine::finish`].
+    RunApproved(RequestId),
+    /// Held: a request is pending.
+    Held(countersign_bot::RequestView),
+}
+
+impl Engine {
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        self.workflow.store()
+    }
+
+    /// The upstream for a connection name.
+    pub fn upstream_target(&self, connection: &str) -> Option<&UpstreamTarget> {
+        self.upstreams.get(connection)
+    }
+
+    /// Configured connection names.
+    pub fn connection_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.upstreams.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Authenticate a bearer token; refusals are audited with the channel they came through.
+    pub async fn authenticate(
+        &self,
+        bearer: &str,
+        channel: &str,
+    ) -> Result<RequesterChain, AuthError> {
+        match self.auth.authenticate(bearer).await {
+            Ok(chain) => Ok(chain),
+            Err(e) => {
+                let entry = AuditEntry::new("unknown", "auth.refused", channel)
+                    .decision("refused")
+                    .detail(serde_json::json!({ "code": e.code(), "message": e.to_string() }));
+                if let Err(se) = self.store().append_audit(entry).await {
+                    tracing::warn!(error = %se, "could not audit a refused token");
+                }
+                tracing::warn!(code = e.code(), channel, "authentication refused");
+                Err(e)
+            }
+        }
+    }
+
+    /// Classify `sql` for this requester on this connection (cached by text).
+    pub fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Verdict {
+        self.policy.evaluate(
+            &PolicyContext {
+                connection,
+                requester,
+            },
+            sql,
+        )
+    }
+
+    /// Decide a statement: run, block (audited) or hold (request created or reused).
+    pub async fn admit(
+        &self,
+        connection: &str,
+        requester: &RequesterChain,
+        sql: &str,
+        hash: &StatementHash,
+        verdict: &Verdict,
+        origin: &str,
+        session: Option<SessionId>,
+    ) -> Result<Admission, WorkflowError> {
+        use crate::policy::Action;
+        match verdict.action {
+            Action::Allow => Ok(Admission::Run),
+            Action::Block => {
+                let entry = AuditEntry::new(requester.key(), "statement.blocked", origin)
+                    .decision("block")
+                    .statement(hash)
+                    .detail(serde_json::json!({
+                        "connection": connection,
+                        "rule": verdict.rule,
+                        "reasons": verdict.reasons,
+                        "sql": truncate(sql, 4000),
+                    }));
+                self.store().append_audit(entry).await?;
+                tracing::info!(connection, rule = %verdict.rule, "statement blocked");
+                Ok(Admission::Blocked)
+            }
+            Action::Review => {
+                let review = verdict
+                    .review
+                    .clone()
+                    .unwrap_or(crate::policy::ReviewRequirement {
+                        approver_groups: self.config.policy.defaults.approver_groups.clone(),
+                        quorum: 2,
+                        ttl_secs: 3600,
+                    });
+                let new = NewRequest {
+                    connection: connection.to_string(),
+                    statement: sql.to_string(),
+                    statement_hash: hash.clone(),
+                    requester: requester.clone(),
+                    rule: verdict.rule.clone(),
+                    reasons: verdict.reasons.clone(),
+                    approver_groups: review.approver_groups,
+                    quorum: review.quorum,
+                    ttl_secs: review.ttl_secs,
+                    origin: origin.to_string(),
+                    session_id: session,
+                };
+                Ok(match self.workflow.submit(new).await? {
+                    Submitted::Created(v) | Submitted::AlreadyPending(v) => Admission::Held(v),
+                    Submitted::ApprovedAndClaimed(v) => Admission::RunApproved(v.request.id),
+                })
+            }
+        }
+    }
+
+    /// Run SQL on a connection with the gateway's credential.
+    pub async fn execute(
+        &self,
+        connection: &str,
+        sql: &str,
+        verdict: &Verdict,
+    ) -> Result<QueryOutcome, ExecError> {
+        let target = self
+            .upstreams
+            .get(connection)
+            .ok_or_else(|| ExecError::Protocol(format!("unknown connection {connection:?}")))?;
+        let stateless = verdict.statements.iter().all(|s| {
+            matches!(
+                s.kind.as_str(),
+                "SELECT" | "VALUES" | "TABLE" | "SHOW" | "EXPLAIN"
+            )
+        });
+        self.pool
+            .simple_query(connection, target, sql, stateless)
+            .await
+    }
+
+    /// Report the single execution of an approved request.
+    pub async fn finish(&self, id: RequestId, summary: ExecutionSummary) {
+        if let Err(e) = self.workflow.finish(id, summary).await {
+            tracing::error!(request_id = %id, error = %e, "could not record the execution result");
+        }
+    }
+
+    /// Approver display names for a request's groups.
+    pub fn approvers(&self, groups: &[String]) -> Vec<String> {
+        self.workflow.directory().describe(groups)
+    }
+}
+
+/// At most `max` characters of `s`.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Execution summary from an outcome.
+pub fn summarize(
+    outcome: &Result<QueryOutcome, ExecError>,
+    duration: Duration,
+) -> ExecutionSummary {
+    match outcome {
+        Ok(o) => {
+            let last = o.results.last();
+            let tag = last.and_then(|r| r.command_tag.clone());
+            ExecutionSummary {
+                rows: tag.as_deref().and_then(crate::pg::codec::rows_of_tag),
+                command_tag: tag,
+                error: o
+                    .error
+                    .as_ref()
+                    .map(|e| format!("{} ({})", e.message, e.sqlstate)),
+                duration_ms: duration.as_millis() as u64,
+            }
+        }
+        Err(e) => ExecutionSummary {
+            command_tag: None,
+            rows: None,
+            error: Some(e.to_string()),
+            duration_ms: duration.as_millis() as u64,
+        },
+    }
+}

@@ -1,0 +1,216 @@
+//! The wire proxy's view of the engine.
+
+use super::recording::RecordOp;
+use super::{Admission, Engine};
+use crate::pg::gate::{
+    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord,
+    UpstreamTarget, WireAuthError, WireGate,
+};
+use crate::policy::{Action, Verdict};
+use countersign_bot::{ExecutionSummary, RequestId, RequestStatus, RequesterChain, StatementHash};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+#[async_trait::async_trait]
+impl WireGate for Engine {
+    async fn authenticate(
+        &self,
+        connection: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<RequesterChain, WireAuthError> {
+        if !self.upstreams.contains_key(connection) {
+            return Err(WireAuthError::NotAllowed(format!(
+                "no connection named \"{connection}\" is configured; use one of: {}",
+                self.connection_names().join(", ")
+            )));
+        }
+        self.authenticate(password, "wire")
+            .await
+            .map_err(|_| WireAuthError::BadPassword {
+                user: user.to_string(),
+            })
+    }
+
+    fn upstream(&self, connection: &str) -> Option<UpstreamTarget> {
+        self.upstreams.get(connection).cloned()
+    }
+
+    fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Arc<Verdict> {
+        Arc::new(Engine::classify(self, connection, requester, sql))
+    }
+
+    async fn hold(
+        &self,
+        session: &SessionInfo,
+        sql: &str,
+        hash: &StatementHash,
+        verdict: &Verdict,
+    ) -> Result<HoldTicket, GateError> {
+        let admission = self
+            .admit(
+                &session.connection,
+                &session.requester,
+                sql,
+                hash,
+                verdict,
+                "wire",
+                Some(session.id),
+            )
+            .await
+            .map_err(|e| GateError::Unavailable(e.to_string()))?;
+        match admission {
+            Admission::RunApproved(id) => Ok(HoldTicket::Approved { id }),
+            Admission::Held(v) => Ok(HoldTicket::Pending {
+                id: v.request.id,
+                approvers: self.approvers(&v.request.approver_groups),
+                expires_at: v.request.expires_at,
+                quorum: v.request.quorum,
+            }),
+            // The proxy only calls hold for review verdicts; anything else is a bug we fail closed on.
+            Admission::Run | Admission::Blocked => Err(GateError::Unavailable(
+                "statement is not held for review; it was not run".into(),
+            )),
+        }
+    }
+
+    async fn wait(&self, id: RequestId, timeout: Duration) -> HoldOutcome {
+        let view = match self.workflow.wait_resolved(id, timeout).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(request_id = %id, error = %e, "waiting on a held statement failed");
+                return HoldOutcome::TimedOut;
+            }
+        };
+        match view.request.status {
+            RequestStatus::Pending => HoldOutcome::TimedOut,
+            RequestStatus::Approved => match self.workflow.claim(id).await {
+                Ok(Some(_)) => HoldOutcome::Approved,
+                // Someone else (a re-send on another connection) claimed the single execution.
+                Ok(None) => HoldOutcome::Cancelled,
+                Err(e) => {
+                    tracing::warn!(request_id = %id, error = %e, "claiming an approved statement failed");
+                    HoldOutcome::TimedOut
+                }
+            },
+            RequestStatus::Denied => {
+                let deny = view
+                    .votes
+                    .iter()
+                    .find(|v| v.decision == countersign_bot::Decision::Deny);
+                HoldOutcome::Denied {
+                    by: deny.map(|v| vec![v.voter_name.clone()]).unwrap_or_default(),
+                    reason: deny.and_then(|v| v.reason.clone()),
+                }
+            }
+            RequestStatus::Expired => HoldOutcome::Expired,
+            _ => HoldOutcome::Cancelled,
+        }
+    }
+
+    async fn cancel_hold(&self, id: RequestId, session: &SessionInfo) {
+        if let Err(e) = self.workflow.cancel(id, &session.requester, "wire").await {
+            tracing::warn!(request_id = %id, error = %e, "could not cancel a held request");
+        }
+    }
+
+    async fn executed(&self, id: RequestId, outcome: ExecutionOutcome) {
+        let summary = ExecutionSummary {
+            command_tag: outcome.command_tag,
+            rows: outcome.rows,
+            error: outcome.error,
+            duration_ms: outcome.duration.as_millis() as u64,
+        };
+        self.finish(id, summary).await;
+    }
+
+    async fn session_started(&self, session: &SessionInfo) {
+        let rec = countersign_bot::sessions::SessionRecord {
+            id: session.id,
+            connection: session.connection.clone(),
+            requester: session.requester.clone(),
+            client_addr: Some(session.client_addr.to_string()),
+            application: session.application_name.clone(),
+            protocol: "wire".into(),
+            started_at: session.started_at,
+            ended_at: None,
+        };
+        self.recorder.send(RecordOp::Started(rec)).await;
+    }
+
+    async fn statement_finished(&self, session: &SessionInfo, record: StatementRecord) {
+        let outcome = match (record.decision, &record.error) {
+            (Action::Block, _) => "blocked",
+            (_, Some(_)) if record.command_tag.is_none() && record.request_id.is_some() => {
+                "not_run"
+            }
+            (_, Some(_)) => "error",
+            _ => "ok",
+        };
+        let st = countersign_bot::sessions::StatementRecord {
+            session_id: session.id,
+            sql: record.sql,
+            statement_hash: record.hash,
+            decision: record.decision.as_str().to_string(),
+            request_id: record.request_id,
+            outcome: outcome.to_string(),
+            command_tag: record.command_tag,
+            rows: record.rows,
+            error: record.error,
+            masked_fields: 0,
+            duration_us: record.duration.as_micros() as u64,
+            at: OffsetDateTime::now_utc() - record.duration,
+        };
+        self.recorder.send(RecordOp::Statement(st)).await;
+    }
+
+    async fn session_ended(&self, session: &SessionInfo) {
+        let now = OffsetDateTime::now_utc();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        self.recorder
+            .send(RecordOp::Ended(
+                session.id,
+                (now.unix_timestamp_nanos() / 1_000_000) as i64,
+                done_tx,
+            ))
+            .await;
+        let _ = done_rx.await;
+        self.session_summary(session.id).await;
+    }
+}
+
+impl Engine {
+    /// Queue a threaded session summary when the session had held statements.
+    pub async fn session_summary(&self, id: countersign_bot::SessionId) {
+        let Ok(Some((session, statements))) = self.store().get_session(id).await else {
+            return;
+        };
+        let requests: Vec<RequestId> = statements
+            .iter()
+            .filter_map(|s| s.request_id)
+            .collect::<Vec<_>>();
+        if requests.is_empty() {
+            return;
+        }
+        let mut requests_dedup = requests.clone();
+        requests_dedup.dedup();
+        let summary =
+            countersign_bot::sessions::SessionSummary::from_records(&session, &statements);
+        let event = countersign_bot::events::WorkflowEvent::SessionSummary {
+            requests: requests_dedup,
+            summary,
+        };
+        if let Err(e) = self
+            .store()
+            .enqueue(
+                &event,
+                &format!("session:{id}:summary"),
+                self.workflow.sinks(),
+            )
+            .await
+        {
+            tracing::warn!(session_id = %id, error = %e, "could not queue the session summary");
+        }
+    }
+}

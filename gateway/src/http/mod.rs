@@ -1,0 +1,48 @@
+//! The agent and reviewer HTTP API (axum): queries, requests, votes, health.
+
+mod auth;
+pub mod error;
+mod health;
+mod query;
+mod requests;
+
+pub use auth::Caller;
+pub use error::ApiError;
+
+use crate::engine::Engine;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine.
+    pub engine: Arc<Engine>,
+}
+
+/// The API router. Channel routers (Slack, e-mail, Jira) are merged by the composition root.
+pub fn router(state: AppState) -> Router {
+    let limit = state.engine.config.server.max_body_bytes;
+    Router::new()
+        .route("/v1/connections/{name}/query", post(query::query))
+        .route("/v1/requests", get(requests::list))
+        .route("/v1/requests/{id}", get(requests::show))
+        .route("/v1/requests/{id}/votes", post(requests::vote))
+        .route("/v1/requests/{id}/cancel", post(requests::cancel))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see the README for the API") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Parse `?wait=` values: `30s`, `500ms`, `2m`, or plain seconds.
+pub(crate) fn parse_wait(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    crate::config::parse_duration(t)
+}

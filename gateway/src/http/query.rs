@@ -1,0 +1,251 @@
+//! `POST /v1/connections/{name}/query`: classify, then run, refuse or hold.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::{parse_wait, AppState};
+use crate::engine::{summarize, Admission};
+use crate::policy::Verdict;
+use crate::upstream::{ExecError, QueryOutcome};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use countersign_bot::audit::AuditEntry;
+use countersign_bot::{RequestId, RequestStatus, RequestView, StatementHash};
+use serde::Deserialize;
+use serde_json::json;
+use std::time::Instant;
+
+/// Request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryBody {
+    sql: String,
+}
+
+/// Query string.
+#[derive(Debug, Deserialize)]
+pub struct QueryParams {
+    wait: Option<String>,
+}
+
+pub async fn query(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<QueryParams>,
+    Caller(requester): Caller,
+    body: Result<Json<QueryBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::bad_request(format!("{}; send JSON {{\"sql\": \"…\"}}", e.body_text()))
+    })?;
+    let engine = &st.engine;
+    if engine.upstream_target(&name).is_none() {
+        return Err(ApiError::not_found(format!(
+            "no connection named {name:?}; configured: {}",
+            engine.connection_names().join(", ")
+        )));
+    }
+    if body.sql.trim().is_empty() {
+        return Err(ApiError::bad_request("`sql` is empty"));
+    }
+    let wait = match &params.wait {
+        Some(w) => Some(
+            parse_wait(w)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "wait={w:?} is not a duration; use e.g. wait=30s"
+                    ))
+                })?
+                .min(engine.max_wait),
+        ),
+        None => None,
+    };
+    let verdict = engine.classify(&name, &requester, &body.sql);
+    let hash = StatementHash::of_text(&body.sql);
+    let admission = engine
+        .admit(&name, &requester, &body.sql, &hash, &verdict, "api", None)
+        .await?;
+    match admission {
+        Admission::Run => {
+            let entry = AuditEntry::new(requester.key(), "statement.allowed", "api")
+                .decision("allow")
+                .statement(&hash)
+                .detail(json!({ "connection": name, "rule": verdict.rule }));
+            engine.store().append_audit(entry).await?;
+            let started = Instant::now();
+            let out = engine.execute(&name, &body.sql, &verdict).await;
+            respond_with_result(out, &verdict, None, started)
+        }
+        Admission::Blocked => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "blocked",
+            format!(
+                "blocked by policy rule {:?}: {}",
+                verdict.rule,
+                verdict.reasons.join("; ")
+            ),
+        )
+        .with(json!({ "reasons": verdict.reasons, "rule": verdict.rule }))),
+        Admission::RunApproved(id) => run_approved(&st, &name, &body.sql, &verdict, id).await,
+        Admission::Held(view) => {
+            let id = view.request.id;
+            let Some(wait) = wait.filter(|w| !w.is_zero()) else {
+                return Ok(pending_response(&st, &view));
+            };
+            let view = engine.workflow.wait_resolved(id, wait).await?;
+            match view.request.status {
+                RequestStatus::Approved => match engine.workflow.claim(id).await? {
+                    Some(_) => run_approved(&st, &name, &body.sql, &verdict, id).await,
+                    None => Err(already_claimed(id)),
+                },
+                RequestStatus::Pending => Ok(pending_response(&st, &view)),
+                _ => Err(resolved_error(&view)),
+            }
+        }
+    }
+}
+
+async fn run_approved(
+    st: &AppState,
+    name: &str,
+    sql: &str,
+    verdict: &Verdict,
+    id: RequestId,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let out = st.engine.execute(name, sql, verdict).await;
+    st.engine
+        .finish(id, summarize(&out, started.elapsed()))
+        .await;
+    respond_with_result(out, verdict, Some(id), started)
+}
+
+fn respond_with_result(
+    out: Result<QueryOutcome, ExecError>,
+    verdict: &Verdict,
+    request: Option<RequestId>,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let decision = if request.is_some() {
+        "approved"
+    } else {
+        verdict.action.as_str()
+    };
+    let out = match out {
+        Ok(o) => o,
+        Err(ExecError::Connect(e)) => {
+            tracing::error!(error = %e, "upstream connect failed");
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                e.to_string(),
+            )
+            .with(json!({ "request_id": request })));
+        }
+        Err(e) => {
+            return Err(
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", e.to_string())
+                    .with(json!({ "request_id": request })),
+            )
+        }
+    };
+    if let Some(err) = &out.error {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "upstream_error",
+            err.message.clone(),
+        )
+        .with(json!({
+            "sqlstate": err.sqlstate,
+            "detail": err.detail,
+            "request_id": request,
+            "results": out.results,
+        })));
+    }
+    let last = out.results.last().cloned().unwrap_or_default();
+    let mut body = json!({
+        "decision": decision,
+        "columns": last.columns,
+        "rows": last.rows,
+        "command_tag": last.command_tag,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    if let Some(id) = request {
+        body["request_id"] = json!(id);
+    }
+    if out.results.len() > 1 {
+        body["results"] = json!(out.results);
+    }
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+fn pending_response(st: &AppState, view: &RequestView) -> Response {
+    let r = &view.request;
+    let base = &st.engine.base_url;
+    let body = json!({
+        "request_id": r.id,
+        "status": "pending",
+        "status_url": format!("{base}/v1/requests/{}", r.id),
+        "request_url": format!("{base}/requests/{}", r.id),
+        "reasons": r.reasons,
+        "rule": r.rule,
+        "approvers": st.engine.approvers(&r.approver_groups),
+        "quorum": r.quorum,
+        "approvals": view.approvals(),
+        "expires_at": r.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "message": "held for approval; re-send the identical statement after approval to run it once, or pass ?wait=30s to wait",
+    });
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+fn already_claimed(id: RequestId) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "already_executed",
+        format!("request {id} was approved and its single execution has already been claimed; submit again for a new approval"),
+    )
+    .with(json!({ "request_id": id }))
+}
+
+fn resolved_error(view: &RequestView) -> ApiError {
+    let r = &view.request;
+    match r.status {
+        RequestStatus::Denied => {
+            let deny = view
+                .votes
+                .iter()
+                .find(|v| v.decision == countersign_bot::Decision::Deny);
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "denied",
+                format!(
+                    "denied by {}{}",
+                    deny.map(|v| v.voter_name.as_str()).unwrap_or("an approver"),
+                    deny.and_then(|v| v.reason.as_deref())
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ),
+            )
+            .with(json!({
+                "request_id": r.id,
+                "denied_by": deny.map(|v| v.voter_name.clone()),
+                "reason": deny.and_then(|v| v.reason.clone()),
+            }))
+        }
+        RequestStatus::Expired => ApiError::new(
+            StatusCode::GONE,
+            "expired",
+            "the request expired before reaching its quorum; submit again",
+        )
+        .with(json!({ "request_id": r.id })),
+        RequestStatus::Cancelled => ApiError::new(
+            StatusCode::CONFLICT,
+            "cancelled",
+            "the request was cancelled; submit again",
+        )
+        .with(json!({ "request_id": r.id })),
+        _ => already_claimed(r.id),
+    }
+}

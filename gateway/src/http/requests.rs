@@ -1,0 +1,145 @@
+//! Requests and the channel-independent decision path: list, show, vote, cancel.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::AppState;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use countersign_bot::{Decision, RequestId, RequestStatus, VoteResult};
+use serde::Deserialize;
+use serde_json::json;
+
+fn parse_id(id: &str) -> Result<RequestId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("{id:?} is not a request id (a UUID)")))
+}
+
+/// `GET /v1/requests` parameters.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    Caller(_): Caller,
+    Query(p): Query<ListParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = match &p.status {
+        Some(s) => Some(
+            s.parse::<RequestStatus>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let requests = st
+        .engine
+        .store()
+        .list_requests(status, p.limit.unwrap_or(100).min(1000))
+        .await?;
+    Ok(Json(json!({ "requests": requests })))
+}
+
+pub async fn show(
+    State(st): State<AppState>,
+    Caller(_): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let view = st.engine.workflow.get(id).await?;
+    let mut body = serde_json::to_value(&view).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    body["approvals"] = json!(view.approvals());
+    body["approvers"] = json!(st.engine.approvers(&view.request.approver_groups));
+    body["request_url"] = json!(format!("{}/requests/{}", st.engine.base_url, id));
+    Ok(Json(body))
+}
+
+/// `POST /v1/requests/{id}/votes` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteBody {
+    decision: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn vote(
+    State(st): State<AppState>,
+    Caller(chain): Caller,
+    Path(id): Path<String>,
+    body: Result<Json<VoteBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let id = parse_id(&id)?;
+    let Json(body) = body.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; send {{\"decision\": \"approve\"|\"deny\", \"reason\": \"…\"}}",
+            e.body_text()
+        ))
+    })?;
+    let decision = body.decision.parse::<Decision>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "decision {:?} must be \"approve\" or \"deny\"",
+            body.decision
+        ))
+    })?;
+    // The voter is the direct caller: an agent acting for a human votes as the agent (and is refused).
+    let voter = chain
+        .caller()
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request("empty identity"))?;
+    match st
+        .engine
+        .workflow
+        .vote(id, &voter, decision, body.reason, "api")
+        .await?
+    {
+        VoteResult::Recorded { view, resolved } => Ok((
+            StatusCode::OK,
+            Json(json!({
+                "request_id": id,
+                "recorded": true,
+                "status": view.request.status,
+                "resolved": resolved,
+                "approvals": view.approvals(),
+                "quorum": view.request.quorum,
+            })),
+        )),
+        VoteResult::Refused(r) => {
+            let status = match r.code {
+                "resolved" | "already_voted" | "expired" => StatusCode::CONFLICT,
+                _ => StatusCode::FORBIDDEN,
+            };
+            Err(ApiError::new(status, r.code, r.reason)
+                .with(json!({ "request_id": id, "recorded": false })))
+        }
+    }
+}
+
+pub async fn cancel(
+    State(st): State<AppState>,
+    Caller(chain): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let view = st.engine.workflow.get(id).await?;
+    if view.request.requester.key() != chain.key() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_requester",
+            "only the requester can cancel a request",
+        ));
+    }
+    match st.engine.workflow.cancel(id, &chain, "api").await? {
+        Some(v) => Ok(Json(
+            json!({ "request_id": id, "status": v.request.status }),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "resolved",
+            format!("request is already {}", view.request.status),
+        )),
+    }
+}

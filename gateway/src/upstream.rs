@@ -1,0 +1,370 @@
+//! Upstream connections for the HTTP API: URL parsing, a simple-query client over the same login code the
+//! wire proxy uses (so results carry the exact command tags), and a small idle-connection pool.
+
+use crate::pg::codec::{error_fields, read_cstr, read_frame, read_i16, read_i32};
+pub use crate::pg::gate::UpstreamTarget;
+use crate::pg::upstream::{connect, Upstream, UpstreamError};
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+
+/// Largest backend message the API client accepts (a single row).
+const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// A URL that doesn't describe a Postgres upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream URL is invalid: {0}; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")]
+pub struct UrlError(String);
+
+fn percent_decode(s: &str) -> Result<String, UrlError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .ok_or_else(|| UrlError("truncated %-escape".into()))?;
+            out.push(
+                u8::from_str_radix(hex, 16)
+                    .map_err(|_| UrlError(format!("bad %-escape %{hex}")))?,
+            );
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| UrlError("escape is not UTF-8".into()))
+}
+
+impl UpstreamTarget {
+    /// Parse `postgres://user:password@host:port/database` (query parameters are ignored).
+    pub fn parse(url: &str) -> Result<UpstreamTarget, UrlError> {
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or_else(|| UrlError("it must start with postgres://".into()))?;
+        let rest = rest.split(['?', '#']).next().unwrap_or("");
+        let (auth, hostpart) = match rest.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        let (hostport, database) = hostpart.split_once('/').unwrap_or((hostpart, ""));
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            let (h, p) = h
+                .split_once(']')
+                .ok_or_else(|| UrlError("unclosed [ in host".into()))?;
+            (h.to_string(), p.strip_prefix(':').unwrap_or(""))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p),
+                None => (hostport.to_string(), ""),
+            }
+        };
+        if host.is_empty() {
+            return Err(UrlError("no host".into()));
+        }
+        let port = if port.is_empty() {
+            5432
+        } else {
+            port.parse()
+                .map_err(|_| UrlError(format!("bad port {port:?}")))?
+        };
+        let (user, password) = match auth {
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => (percent_decode(u)?, Some(percent_decode(p)?)),
+                None => (percent_decode(a)?, None),
+            },
+            None => ("postgres".to_string(), None),
+        };
+        let database = if database.is_empty() {
+            user.clone()
+        } else {
+            percent_decode(database)?
+        };
+        Ok(UpstreamTarget {
+            host,
+            port,
+            user,
+            password,
+            database,
+        })
+    }
+}
+
+/// One column of a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Postgres type OID.
+    pub type_oid: u32,
+}
+
+/// One result set (one statement of the query string).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ResultSet {
+    /// Columns, empty for statements that return no rows.
+    pub columns: Vec<Column>,
+    /// Rows in text format; `None` is SQL NULL.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// The upstream's command tag, e.g. `DELETE 3`.
+    pub command_tag: Option<String>,
+}
+
+/// An error the upstream returned for the statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamSqlError {
+    /// SQLSTATE.
+    pub sqlstate: String,
+    /// Message.
+    pub message: String,
+    /// Detail, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// What running a query string produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueryOutcome {
+    /// Result sets in order (statements before an error).
+    pub results: Vec<ResultSet>,
+    /// The error, if one statement failed (later ones did not run).
+    pub error: Option<UpstreamSqlError>,
+    /// Wall time in microseconds.
+    pub duration_us: u64,
+}
+
+/// Why a query could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// Connecting failed.
+    #[error(transparent)]
+    Connect(#[from] UpstreamError),
+    /// The connection broke mid-query.
+    #[error("the upstream connection failed during the query: {0}; the statement may or may not have run")]
+    Io(#[from] std::io::Error),
+    /// The upstream sent something unexpected.
+    #[error("the upstream sent an unexpected message: {0}")]
+    Protocol(String),
+}
+
+/// Idle upstream sessions per connection name, reused by the HTTP API.
+pub struct UpstreamPool {
+    idle: Mutex<HashMap<String, Vec<Upstream>>>,
+    max_idle: usize,
+}
+
+impl UpstreamPool {
+    /// A pool keeping at most `max_idle` sessions per connection.
+    pub fn new(max_idle: usize) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::new()),
+            max_idle,
+        }
+    }
+
+    fn take(&self, name: &str) -> Option<Upstream> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(name)
+            .and_then(|v| v.pop())
+    }
+
+    fn give_back(&self, name: &str, up: Upstream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let v = idle.entry(name.to_string()).or_default();
+        if v.len() < self.max_idle {
+            v.push(up);
+        }
+    }
+
+    /// Run `sql` with the simple query protocol on connection `name`. The session returns to the pool only
+    /// when `stateless` (the caller knows the SQL changes no session state) and it ended idle, so one caller's
+    /// `SET` or open transaction can never leak to another.
+    pub async fn simple_query(
+        &self,
+        name: &str,
+        target: &UpstreamTarget,
+        sql: &str,
+        stateless: bool,
+    ) -> Result<QueryOutcome, ExecError> {
+        let mut up = match self.take(name) {
+            Some(u) => u,
+            None => connect(target, &[("application_name".into(), "countersign".into())]).await?,
+        };
+        let (outcome, reusable) = run_simple(&mut up, sql).await?;
+        if reusable && stateless {
+            self.give_back(name, up);
+        }
+        Ok(outcome)
+    }
+}
+
+/// Run one simple query on an established session. Returns the outcome and whether the session is idle
+/// (outside a transaction) and safe to reuse.
+async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool), ExecError> {
+    let started = Instant::now();
+    let mut out = BytesMut::new();
+    frontend::query(sql, &mut out).map_err(|e| ExecError::Protocol(e.to_string()))?;
+    up.stream.write_all(&out).await?;
+    let mut buf = std::mem::take(&mut up.leftover);
+    let mut results: Vec<ResultSet> = Vec::new();
+    let mut current = ResultSet::default();
+    let mut error = None;
+    loop {
+        let (tag, body) = read_frame(&mut up.stream, &mut buf, MAX_FRAME).await?;
+        match tag {
+            b'T' => {
+                current = ResultSet::default();
+                let mut pos = 0;
+                let n = read_i16(&body, &mut pos)
+                    .ok_or_else(|| ExecError::Protocol("short RowDescription".into()))?;
+                for _ in 0..n.max(0) {
+                    let name = read_cstr(&body, &mut pos)
+                        .ok_or_else(|| ExecError::Protocol("bad column name".into()))?;
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    pos += 6; // table oid + attnum
+                    let type_oid = read_i32(&body, &mut pos).unwrap_or(0) as u32;
+                    pos += 8; // typlen, typmod, format
+                    current.columns.push(Column { name, type_oid });
+                }
+            }
+            b'D' => {
+                let mut pos = 0;
+                let n = read_i16(&body, &mut pos)
+                    .ok_or_else(|| ExecError::Protocol("short DataRow".into()))?;
+                let mut row = Vec::with_capacity(n.max(0) as usize);
+                for _ in 0..n.max(0) {
+                    let len = read_i32(&body, &mut pos)
+                        .ok_or_else(|| ExecError::Protocol("short DataRow".into()))?;
+                    if len < 0 {
+                        row.push(None);
+                    } else {
+                        let end = pos + len as usize;
+                        let v = body
+                            .get(pos..end)
+                            .ok_or_else(|| ExecError::Protocol("DataRow overruns".into()))?;
+                        row.push(Some(String::from_utf8_lossy(v).into_owned()));
+                        pos = end;
+                    }
+                }
+                current.rows.push(row);
+            }
+            b'C' => {
+                let mut pos = 0;
+                current.command_tag =
+                    read_cstr(&body, &mut pos).map(|t| String::from_utf8_lossy(t).into_owned());
+                results.push(std::mem::take(&mut current));
+            }
+            b'I' => results.push(std::mem::take(&mut current)),
+            b'E' => {
+                let mut e = UpstreamSqlError {
+                    sqlstate: String::new(),
+                    message: String::new(),
+                    detail: None,
+                };
+                for (f, v) in error_fields(&body) {
+                    let v = String::from_utf8_lossy(v).into_owned();
+                    match f {
+                        b'C' => e.sqlstate = v,
+                        b'M' => e.message = v,
+                        b'D' => e.detail = Some(v),
+                        _ => {}
+                    }
+                }
+                error = Some(e);
+            }
+            b'G' => {
+                // COPY FROM STDIN needs a data stream the JSON API doesn't carry: refuse it cleanly.
+                let mut fail = BytesMut::new();
+                frontend::copy_fail(
+                    "COPY FROM STDIN is not supported over the HTTP API; use the wire protocol",
+                    &mut fail,
+                )
+                .map_err(|e| ExecError::Protocol(e.to_string()))?;
+                up.stream.write_all(&fail).await?;
+            }
+            b'H' => {} // COPY TO STDOUT: rows arrive as CopyData below.
+            b'd' => {
+                let line = String::from_utf8_lossy(&body)
+                    .trim_end_matches('\n')
+                    .to_string();
+                current.rows.push(vec![Some(line)]);
+            }
+            b'Z' => {
+                let status = body.first().copied().unwrap_or(b'I');
+                up.leftover = buf;
+                let outcome = QueryOutcome {
+                    results,
+                    error,
+                    duration_us: started.elapsed().as_micros() as u64,
+                };
+                return Ok((outcome, status == b'I'));
+            }
+            _ => {} // NoticeResponse, ParameterStatus, NotificationResponse, CopyDone...
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls_with_and_without_credentials() {
+        let t = UpstreamTarget::parse("postgres://postgres@127.0.0.1:5432/postgres").unwrap();
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.user.as_str(),
+                t.database.as_str()
+            ),
+            ("127.0.0.1", 5432, "postgres", "postgres")
+        );
+        assert!(t.password.is_none());
+        let t = UpstreamTarget::parse("postgresql://app:p%40ss@db.internal/prod?sslmode=require")
+            .unwrap();
+        assert_eq!(t.password.as_deref(), Some("p@ss"));
+        assert_eq!((t.port, t.database.as_str()), (5432, "prod"));
+        assert!(UpstreamTarget::parse("mysql://x").is_err());
+        assert!(UpstreamTarget::parse("postgres://u@h:notaport/db").is_err());
+    }
+
+    #[tokio::test]
+    async fn runs_statements_with_exact_tags_and_errors() {
+        let target = UpstreamTarget::parse("postgres://postgres@127.0.0.1:5432/postgres").unwrap();
+        let pool = UpstreamPool::new(2);
+        let out = pool
+            .simple_query(
+                "t",
+                &target,
+                "SELECT 1 AS one, NULL::text AS n; SELECT 'x' WHERE false",
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.results.len(), 2);
+        assert_eq!(out.results[0].columns[0].name, "one");
+        assert_eq!(out.results[0].rows, vec![vec![Some("1".to_string()), None]]);
+        assert_eq!(out.results[1].command_tag.as_deref(), Some("SELECT 0"));
+        let out = pool
+            .simple_query("t", &target, "SELECT 1/0", true)
+            .await
+            .unwrap();
+        assert_eq!(out.error.unwrap().sqlstate, "22012");
+        // The pooled session is reused after an error outside a transaction.
+        let out = pool
+            .simple_query("t", &target, "SELECT 2", true)
+            .await
+            .unwrap();
+        assert_eq!(out.results[0].rows[0][0].as_deref(), Some("2"));
+    }
+}
