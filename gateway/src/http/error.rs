@@ -40,6 +40,21 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// A JSON body the extractor refused: keeps axum's status (400, 413, 415, 422) with our shape.
+    pub fn from_json_rejection(e: axum::extract::rejection::JsonRejection, expected: &str) -> Self {
+        let status = e.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "bad_request",
+        };
+        Self::new(
+            status,
+            code,
+            format!("{}; send JSON {expected}", e.body_text()),
+        )
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)

@@ -37,9 +37,7 @@ pub async fn query(
     Caller(requester): Caller,
     body: Result<Json<QueryBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|e| {
-        ApiError::bad_request(format!("{}; send JSON {{\"sql\": \"…\"}}", e.body_text()))
-    })?;
+    let Json(body) = body.map_err(|e| ApiError::from_json_rejection(e, "{\"sql\": \"…\"}"))?;
     let engine = &st.engine;
     if engine.upstream_target(&name).is_none() {
         return Err(ApiError::not_found(format!(

@@ -74,10 +74,7 @@ pub async fn vote(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let id = parse_id(&id)?;
     let Json(body) = body.map_err(|e| {
-        ApiError::bad_request(format!(
-            "{}; send {{\"decision\": \"approve\"|\"deny\", \"reason\": \"…\"}}",
-            e.body_text()
-        ))
+        ApiError::from_json_rejection(e, "{\"decision\": \"approve\"|\"deny\", \"reason\": \"…\"}")
     })?;
     let decision = body.decision.parse::<Decision>().map_err(|_| {
         ApiError::bad_request(format!(

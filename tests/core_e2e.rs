@@ -1,0 +1,526 @@
+//! Issue "Core": policy → hold → vote → execute exactly once, with enforced separation of duties, on both
+//! stores, against the real PostgreSQL.
+
+use countersign_bot::audit::{verify_chain, ChainCheck};
+use countersign_tests::idp::{self, Idp};
+use countersign_tests::tokens::*;
+use countersign_tests::*;
+use serde_json::json;
+use std::time::Duration;
+
+async fn count(table: &str) -> i64 {
+    direct()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn make_table(prefix: &str) -> String {
+    let t = table_name(prefix);
+    direct()
+        .await
+        .batch_execute(&format!("CREATE TABLE {t} (id int primary key, v text)"))
+        .await
+        .unwrap();
+    t
+}
+
+fn id_of(r: &Reply) -> String {
+    r.body["request_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no request_id in {:?}", r.body))
+        .to_string()
+}
+
+#[tokio::test]
+async fn held_statement_approved_by_two_distinct_humans_runs_exactly_once() {
+    for backend in BACKENDS {
+        let gw = spawn_gateway(&base_config(""), backend).await;
+        let t = make_table("cs_once").await;
+        let sql = format!("INSERT INTO {t} VALUES (1, 'x')");
+
+        let held = gw.query(AGENT, &sql).await;
+        assert_eq!(held.status, 202, "{backend:?}: {:?}", held.body);
+        assert_eq!(held.body["status"], "pending");
+        let id = id_of(&held);
+
+        // The human the agent acts for can't approve; nor can the agent; nor a non-member.
+        let r = gw.vote(ALICE, &id, "approve").await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (403, Some("requester_cannot_approve"))
+        );
+        let r = gw.vote(AGENT, &id, "approve").await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (403, Some("workload_cannot_vote"))
+        );
+        let r = gw.vote(MALLORY, &id, "approve").await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (403, Some("not_an_approver"))
+        );
+
+        // One human voting twice counts once.
+        assert_eq!(gw.vote(BOB, &id, "approve").await.status, 200);
+        let r = gw.vote(BOB, &id, "approve").await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (409, Some("already_voted"))
+        );
+        assert_eq!(gw.request(BOB, &id).await.body["status"], "pending");
+        assert_eq!(count(&t).await, 0, "nothing runs before quorum");
+
+        let r = gw.vote(CAROL, &id, "approve").await;
+        assert_eq!(r.body["status"], "approved", "{:?}", r.body);
+        assert_eq!(
+            count(&t).await,
+            0,
+            "approval alone runs nothing; the requester re-sends"
+        );
+
+        // The identical statement from the same requester runs once…
+        let ran = gw.query(AGENT, &sql).await;
+        assert_eq!(ran.status, 200, "{:?}", ran.body);
+        assert_eq!(ran.body["command_tag"], "INSERT 0 1");
+        assert_eq!(ran.body["request_id"], id.as_str());
+        assert_eq!(count(&t).await, 1);
+        let shown = gw.request(BOB, &id).await.body;
+        assert_eq!(shown["status"], "executed");
+        assert_eq!(shown["execution"]["command_tag"], "INSERT 0 1");
+
+        // …and a third send needs a new approval.
+        let again = gw.query(AGENT, &sql).await;
+        assert_eq!(again.status, 202);
+        assert_ne!(id_of(&again), id);
+        assert_eq!(count(&t).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn approved_then_altered_text_does_not_run() {
+    for backend in BACKENDS {
+        let gw = spawn_gateway(&base_config(""), backend).await;
+        let t = make_table("cs_alter").await;
+        direct()
+            .await
+            .batch_execute(&format!("INSERT INTO {t} VALUES (1,'a'),(2,'b')"))
+            .await
+            .unwrap();
+        let approved_sql = format!("DELETE FROM {t} WHERE id = 1");
+        let id = id_of(&gw.query(AGENT, &approved_sql).await);
+        gw.vote(BOB, &id, "approve").await;
+        gw.vote(CAROL, &id, "approve").await;
+        for altered in [
+            format!("DELETE FROM {t} WHERE id = 1 OR true"),
+            format!("DELETE FROM {t} WHERE id = 1 "),
+            format!("delete from {t} where id = 1"),
+        ] {
+            let r = gw.query(AGENT, &altered).await;
+            assert_eq!(
+                r.status, 202,
+                "altered text must be a new request: {altered}"
+            );
+            assert_ne!(id_of(&r), id);
+        }
+        assert_eq!(count(&t).await, 2, "nothing ran");
+        // Another requester re-sending the approved text doesn't get the approval either.
+        let r = gw.query(BOB, &approved_sql).await;
+        assert_eq!(r.status, 202);
+        assert_eq!(count(&t).await, 2);
+    }
+}
+
+#[tokio::test]
+async fn deny_vetoes_a_waiting_statement() {
+    for backend in BACKENDS {
+        let gw = spawn_gateway(&base_config(""), backend).await;
+        let t = make_table("cs_deny").await;
+        let sql = format!("INSERT INTO {t} VALUES (7, 'no')");
+        let id = id_of(&gw.query(AGENT, &sql).await);
+        gw.vote(BOB, &id, "approve").await;
+        let waiting = {
+            let base = gw.base.clone();
+            let sql = sql.clone();
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(format!("{base}/v1/connections/local/query?wait=20s"))
+                    .bearer_auth(AGENT)
+                    .json(&json!({ "sql": sql }))
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    r.status().as_u16(),
+                    r.json::<serde_json::Value>().await.unwrap(),
+                )
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = gw
+            .post(
+                CAROL,
+                &format!("/v1/requests/{id}/votes"),
+                json!({ "decision": "deny", "reason": "not during the freeze" }),
+            )
+            .await;
+        assert_eq!(r.body["status"], "denied");
+        let (status, body) = waiting.await.unwrap();
+        assert_eq!(status, 403, "{body:?}");
+        assert_eq!(body["error"], "denied");
+        assert_eq!(body["reason"], "not during the freeze");
+        assert_eq!(body["denied_by"], "carol@example.com");
+        assert_eq!(gw.vote(CAROL, &id, "approve").await.status, 409);
+        assert_eq!(count(&t).await, 0);
+    }
+}
+
+#[tokio::test]
+async fn waiting_caller_gets_the_result_when_approved_in_time() {
+    let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
+    let t = make_table("cs_wait").await;
+    let sql = format!("INSERT INTO {t} VALUES (1, 'w')");
+    let id = id_of(&gw.query(AGENT, &sql).await);
+    let base = gw.base.clone();
+    let sql2 = sql.clone();
+    let waiting = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/connections/local/query?wait=20s"))
+            .bearer_auth(AGENT)
+            .json(&json!({ "sql": sql2 }))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.vote(BOB, &id, "approve").await;
+    gw.vote(CAROL, &id, "approve").await;
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(body["request_id"], id.as_str());
+    assert_eq!(count(&t).await, 1);
+}
+
+#[tokio::test]
+async fn pending_requests_expire() {
+    for backend in BACKENDS {
+        let rule = "[[policy.rules]]\nname = \"short\"\nkinds = [\"INSERT\"]\naction = \"review\"\napprover_groups = [\"reviewers\"]\nquorum = 1\nttl = \"1s\"\n";
+        let gw = spawn_gateway(&base_config(rule), backend).await;
+        let t = make_table("cs_exp").await;
+        let id = id_of(
+            &gw.query(AGENT, &format!("INSERT INTO {t} VALUES (1,'e')"))
+                .await,
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(gw.engine.workflow.expire_due().await.unwrap(), 1);
+        assert_eq!(gw.request(BOB, &id).await.body["status"], "expired");
+        let r = gw.vote(BOB, &id, "approve").await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (409, Some("resolved"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn many_concurrent_votes_reach_a_consistent_state() {
+    for backend in BACKENDS {
+        let rule = "[[policy.rules]]\nname = \"three\"\nkinds = [\"UPDATE\"]\naction = \"review\"\napprover_groups = [\"reviewers\"]\nquorum = 3\n";
+        let gw = std::sync::Arc::new(spawn_gateway(&base_config(rule), backend).await);
+        let t = make_table("cs_conc").await;
+        let id = id_of(&gw.query(AGENT, &format!("UPDATE {t} SET v = 'z'")).await);
+        let mut tasks = vec![];
+        for i in 1..=10 {
+            let gw = gw.clone();
+            let id = id.clone();
+            tasks.push(tokio::spawn(async move {
+                gw.vote(&format!("test-reviewer{i}-token"), &id, "approve")
+                    .await
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            let r = task.await.unwrap();
+            match r.status {
+                200 => ok += 1,
+                409 => assert_eq!(r.body["error"], "resolved"),
+                other => panic!("unexpected {other}: {:?}", r.body),
+            }
+        }
+        let shown = gw.request(BOB, &id).await.body;
+        assert_eq!(shown["status"], "approved", "{backend:?}");
+        assert_eq!(ok, 3, "{backend:?}: exactly the quorum is recorded");
+        assert_eq!(shown["votes"].as_array().unwrap().len(), 3);
+    }
+}
+
+#[tokio::test]
+async fn blocked_and_allowed_statements() {
+    let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
+    let r = gw.query(AGENT, "SELECT 40 + 2 AS answer").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["rows"], json!([["42"]]));
+    assert_eq!(r.body["columns"][0]["name"], "answer");
+    let r = gw.query(AGENT, "COPY (SELECT 1) TO PROGRAM 'id'").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["error"], "blocked");
+    let r = gw.query(AGENT, "SELECT 1; DROP DATABASE postgres").await;
+    assert_eq!(
+        r.status, 403,
+        "a string takes the strictest verdict of its parts"
+    );
+    // Unparsable SQL is held, never run.
+    let r = gw.query(AGENT, "DO $$ BEGIN PERFORM 1; END $$").await;
+    assert_eq!(r.status, 202);
+    let r = gw.query(AGENT, "SELEC garbage (((").await;
+    assert_eq!(r.status, 202);
+    // Bad input never 500s.
+    let resp = gw
+        .http
+        .post(format!("{}/v1/connections/local/query", gw.base))
+        .bearer_auth(AGENT)
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let r = gw
+        .post(
+            AGENT,
+            "/v1/connections/nope/query",
+            json!({ "sql": "select 1" }),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = gw
+        .post(
+            BOB,
+            "/v1/requests/not-a-uuid/votes",
+            json!({ "decision": "approve" }),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let big = "x".repeat(2 * 1024 * 1024);
+    let resp = gw
+        .http
+        .post(format!("{}/v1/connections/local/query", gw.base))
+        .bearer_auth(AGENT)
+        .json(&json!({ "sql": big }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+}
+
+#[tokio::test]
+async fn forged_and_invalid_jwts_are_refused_and_audited() {
+    let idp = Idp::start().await;
+    let gw = spawn_gateway(
+        &format!("{}\n{}", idp.config(), base_config("").replace("", "")),
+        Backend::Sqlite,
+    )
+    .await;
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    let good = idp.sign(&idp.claims("ci-bot"), "rsa-a", &idp::key_a());
+    assert_eq!(gw.query(&good, "SELECT 1").await.status, 200);
+
+    let mut expired = idp.claims("ci-bot");
+    expired["exp"] = json!(now - 3600);
+    let mut future_nbf = idp.claims("ci-bot");
+    future_nbf["nbf"] = json!(now + 3600);
+    let mut wrong_aud = idp.claims("ci-bot");
+    wrong_aud["aud"] = json!("someone-else");
+    let mut wrong_iss = idp.claims("ci-bot");
+    wrong_iss["iss"] = json!("https://evil.example");
+    let alg_none = {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            e.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            e.encode(idp.claims("ci-bot").to_string())
+        )
+    };
+    let hs_confusion = {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some("rsa-a".into());
+        jsonwebtoken::encode(
+            &h,
+            &idp.claims("ci-bot"),
+            &jsonwebtoken::EncodingKey::from_secret(idp::RSA_A_PUBLIC),
+        )
+        .unwrap()
+    };
+    let tampered = {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let parts: Vec<&str> = good.split('.').collect();
+        let mut claims = idp.claims("ci-bot");
+        claims["sub"] = json!("human-admin");
+        format!("{}.{}.{}", parts[0], e.encode(claims.to_string()), parts[2])
+    };
+    let cases = [
+        ("expired", idp.sign(&expired, "rsa-a", &idp::key_a())),
+        (
+            "nbf in the future",
+            idp.sign(&future_nbf, "rsa-a", &idp::key_a()),
+        ),
+        ("wrong aud", idp.sign(&wrong_aud, "rsa-a", &idp::key_a())),
+        ("wrong iss", idp.sign(&wrong_iss, "rsa-a", &idp::key_a())),
+        ("alg none", alg_none),
+        ("HS256 with the RSA public key", hs_confusion),
+        ("tampered payload", tampered),
+        (
+            "unknown kid, unknown key",
+            idp.sign(&idp.claims("ci-bot"), "rsa-b", &idp::key_b()),
+        ),
+    ];
+    for (what, token) in &cases {
+        let r = gw.query(token, "SELECT 1").await;
+        assert_eq!(r.status, 401, "{what}: {:?}", r.body);
+        assert_eq!(r.body["error"], "unauthenticated", "{what}");
+    }
+    let audit = gw.store.audit_records(0, 1000).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a.entry.action == "auth.refused")
+            .count(),
+        cases.len()
+    );
+
+    // Key rotation: the new kid is fetched on demand (after the refetch interval).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    idp.rotate_in_b();
+    let rotated = idp.sign(&idp.claims("ci-bot"), "rsa-b", &idp::key_b());
+    assert_eq!(gw.query(&rotated, "SELECT 1").await.status, 200);
+}
+
+#[tokio::test]
+async fn delegated_jwt_chain_cannot_vote_for_its_own_human() {
+    let idp = Idp::start().await;
+    let cfg = format!(
+        "{}\n{}",
+        idp.config(),
+        base_config("").replace(
+            "members = [\"alice@example.com\"",
+            "members = [\"human-dana@example.com\", \"alice@example.com\""
+        )
+    );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let mut claims = idp.claims("human-dana");
+    claims["email"] = json!("human-dana@example.com");
+    claims["act"] = json!({ "sub": "subagent-7", "act": { "sub": "planner-agent" } });
+    let agent_token = idp.sign(&claims, "rsa-a", &idp::key_a());
+    let t = make_table("cs_act").await;
+    let held = gw
+        .query(&agent_token, &format!("INSERT INTO {t} VALUES (1,'a')"))
+        .await;
+    assert_eq!(held.status, 202);
+    let id = id_of(&held);
+    let chain = &gw.request(BOB, &id).await.body["requester"];
+    let subjects: Vec<&str> = chain
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["subagent-7", "planner-agent", "human-dana"]);
+    // Dana herself, with her own token, is in the chain: refused.
+    let mut own = idp.claims("human-dana");
+    own["email"] = json!("human-dana@example.com");
+    let dana = idp.sign(&own, "rsa-a", &idp::key_a());
+    let r = gw.vote(&dana, &id, "approve").await;
+    assert_eq!(r.body["error"], "requester_cannot_approve", "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn audit_chain_verifies_and_a_database_edit_is_named() {
+    for backend in BACKENDS {
+        let gw = spawn_gateway(&base_config(""), backend).await;
+        let t = make_table("cs_audit").await;
+        let id = id_of(
+            &gw.query(AGENT, &format!("INSERT INTO {t} VALUES (1,'a')"))
+                .await,
+        );
+        gw.vote(ALICE, &id, "approve").await;
+        gw.vote(BOB, &id, "approve").await;
+        gw.vote(CAROL, &id, "deny").await;
+        let records = gw.store.audit_records(0, 1000).await.unwrap();
+        assert!(matches!(verify_chain(&records), ChainCheck::Intact { .. }));
+
+        // The CLI agrees.
+        let cfg_path =
+            std::env::temp_dir().join(format!("cs-audit-{}.toml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(
+            &cfg_path,
+            format!("{}\n[store]\nurl = \"{}\"\n", base_config(""), gw.store_url),
+        )
+        .unwrap();
+        let verify = |path: std::path::PathBuf| async move {
+            use clap::Parser;
+            let cli = countersign_gateway::cli::Cli::parse_from([
+                "countersign",
+                "--config",
+                path.to_str().unwrap(),
+                "audit",
+                "verify",
+            ]);
+            countersign_gateway::cli::run(cli).await.unwrap()
+        };
+        assert_eq!(
+            verify(cfg_path.clone()).await,
+            std::process::ExitCode::SUCCESS
+        );
+
+        // Someone with database access edits record #3 (after disabling the append-only trigger).
+        let target_seq = 3i64;
+        match backend {
+            Backend::Sqlite => {
+                use sqlx::Connection;
+                let mut c = sqlx::SqliteConnection::connect(&gw.store_url)
+                    .await
+                    .unwrap();
+                sqlx::query("DROP TRIGGER audit_no_update")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::query("UPDATE audit SET actor = 'someone-else' WHERE seq = $1")
+                    .bind(target_seq)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+            Backend::Postgres => {
+                use sqlx::Connection;
+                let mut c = sqlx::PgConnection::connect(&gw.store_url).await.unwrap();
+                sqlx::query("ALTER TABLE audit DISABLE TRIGGER audit_no_update")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::query("UPDATE audit SET actor = 'someone-else' WHERE seq = $1")
+                    .bind(target_seq)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+        let records = gw.store.audit_records(0, 1000).await.unwrap();
+        match verify_chain(&records) {
+            ChainCheck::Broken { seq, .. } => assert_eq!(seq, target_seq, "{backend:?}"),
+            other => panic!("{backend:?}: tampering not detected: {other:?}"),
+        }
+        assert_eq!(
+            verify(cfg_path.clone()).await,
+            std::process::ExitCode::from(1)
+        );
+        let _ = std::fs::remove_file(cfg_path);
+    }
+}
