@@ -183,6 +183,7 @@ async fn start_fake(fake: FakeSlack) -> String {
 
 struct Harness {
     fake: FakeSlack,
+    base: String,
     store: Arc<dyn Store>,
     workflow: Arc<Workflow>,
     worker: OutboxWorker,
@@ -258,6 +259,7 @@ async fn harness(
     );
     Harness {
         fake,
+        base: base.clone(),
         store,
         workflow,
         worker,
@@ -272,6 +274,10 @@ async fn sqlite_harness(dm_approvers: bool) -> Harness {
 }
 
 impl Harness {
+    fn fake_base(&self) -> String {
+        self.base.clone()
+    }
+
     async fn submit(&self, sql: &str, quorum: u32) -> RequestId {
         let new = NewRequest {
             connection: "prod".into(),
@@ -911,4 +917,94 @@ async fn slash_commands_list_and_show_only_what_the_user_may_review() {
         )
         .await;
     assert!(!body.to_string().contains("DELETE"), "{body}");
+}
+
+#[tokio::test]
+async fn session_summary_is_threaded_under_each_held_request_once() {
+    use countersign_bot::events::WorkflowEvent;
+    use countersign_bot::sessions::SessionSummary;
+    let h = sqlite_harness(false).await;
+    let a = h.submit("DELETE FROM orders", 1).await;
+    let b = h.submit("DELETE FROM invoices", 1).await;
+    h.drain().await;
+    let session = countersign_bot::SessionId::new();
+    let event = WorkflowEvent::SessionSummary {
+        requests: vec![a, b],
+        summary: SessionSummary {
+            session_id: Some(session),
+            connection: "prod".into(),
+            requester: "deploy-agent → alice@example.com".into(),
+            duration_secs: 42,
+            run: 7,
+            blocked: 1,
+            held: 2,
+            approved: 1,
+            rows_affected: 12,
+            masked_fields: 0,
+        },
+    };
+    h.store
+        .enqueue(&event, &format!("session:{session}"), &["slack".into()])
+        .await
+        .unwrap();
+    h.drain().await;
+    for id in [a, b] {
+        let (_, ts) = h.message_of(id).await;
+        let replies: Vec<String> = h
+            .fake
+            .calls("chat.postMessage")
+            .into_iter()
+            .filter(|c| c["thread_ts"] == ts.as_str())
+            .map(|c| texts(&c))
+            .collect();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert!(
+            replies[0].contains(
+                "after 42 s: 7 statements run, 1 blocked, 2 held, 1 approved, 12 rows affected"
+            ),
+            "{}",
+            replies[0]
+        );
+        assert!(replies[0].contains(&format!("https://cs.example.test/sessions/{session}")));
+    }
+}
+
+#[tokio::test]
+async fn redelivering_an_event_with_the_same_key_posts_nothing_twice() {
+    use countersign_bot::events::{Notifier, WorkflowEvent};
+    let h = sqlite_harness(false).await;
+    let id = h.submit("DELETE FROM orders", 1).await;
+    h.drain().await;
+    let view = h.workflow.get(id).await.unwrap();
+    // A crash after posting but before the outbox row was marked delivered means a second delivery.
+    let config: SlackConfig = serde_json::from_value(json!({
+        "bot_token_env": "X", "signing_secret_env": "Y",
+        "api_base_url": h.fake_base(), "routes": { "groups": { "dba": [CHANNEL] } } }))
+    .unwrap();
+    let api = SlackApi::new(config.api_base(), TOKEN).unwrap();
+    let notifier = SlackNotifier::new(
+        config,
+        api,
+        h.store.clone(),
+        directory(),
+        "https://cs.example.test",
+    );
+    let created = WorkflowEvent::Created {
+        request: view.clone(),
+    };
+    notifier.deliver("created-again", &created).await.unwrap();
+    let reminder = WorkflowEvent::Reminder { request: view };
+    notifier.deliver("reminder-1", &reminder).await.unwrap();
+    notifier.deliver("reminder-1", &reminder).await.unwrap();
+    let posted = h.fake.calls("chat.postMessage");
+    assert_eq!(
+        posted.iter().filter(|c| c["thread_ts"].is_null()).count(),
+        1,
+        "{posted:?}"
+    );
+    assert_eq!(
+        posted.iter().filter(|c| !c["thread_ts"].is_null()).count(),
+        1,
+        "{posted:?}"
+    );
 }
