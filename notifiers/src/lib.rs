@@ -4,6 +4,7 @@
 
 pub mod log;
 pub mod outbox_worker;
+pub mod slack;
 
 pub use log::LogNotifier;
 pub use outbox_worker::{OutboxWorker, RetryPolicy};

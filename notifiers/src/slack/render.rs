@@ -1,0 +1,451 @@
+//! Block Kit content for every Slack message Countersign sends.
+//!
+//! Request content is only ever placed in `plain_text` objects and rich-text runs, escaped by
+//! [`escape`](super::escape); buttons carry `approve:<id>` / `deny:<id>` values.
+
+use super::escape::{escape_short, escape_text, truncate_chars};
+use countersign_bot::request::{Decision, RequestStatus, RequestView, Vote};
+use countersign_bot::sessions::SessionSummary;
+use countersign_bot::RequestId;
+use serde_json::{json, Value};
+use slack_morphism::prelude::{SlackBlock, SlackMessageContent, SlackView};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// `action_id` of the Approve button.
+pub const APPROVE_ACTION: &str = "countersign_approve";
+/// `action_id` of the Deny button.
+pub const DENY_ACTION: &str = "countersign_deny";
+/// `action_id` of the link button to the request page (Slack reports its clicks too; they are ignored).
+pub const OPEN_ACTION: &str = "countersign_open";
+/// `callback_id` of the deny-reason modal.
+pub const DENY_MODAL_CALLBACK: &str = "countersign_deny_reason";
+/// Block and action id of the modal's reason input.
+pub const REASON_INPUT: &str = "reason";
+
+/// Built content did not match Slack's Block Kit model (a bug in this module, never input-dependent).
+#[derive(Debug, thiserror::Error)]
+#[error("internal error building Slack blocks: {0}; please report this as a Countersign bug")]
+pub struct RenderError(#[from] serde_json::Error);
+
+/// Where the deny modal came from, carried in its `private_metadata`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DenyOrigin {
+    /// Request being denied.
+    pub request: RequestId,
+    /// Channel of the clicked message.
+    pub channel: String,
+    /// Timestamp of the clicked message.
+    pub ts: String,
+}
+
+/// Renders messages for one deployment (its public URL and statement length limit).
+#[derive(Debug, Clone)]
+pub struct MessageRenderer {
+    public_base_url: String,
+    max_statement_chars: usize,
+}
+
+fn plain(s: &str, max: usize) -> Value {
+    json!({ "type": "plain_text", "text": escape_short(s, max), "emoji": false })
+}
+
+fn fixed(s: &str) -> Value {
+    json!({ "type": "plain_text", "text": s, "emoji": true })
+}
+
+fn when(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+fn content(fallback: String, blocks: Vec<Value>) -> Result<SlackMessageContent, RenderError> {
+    let blocks: Vec<SlackBlock> = serde_json::from_value(Value::Array(blocks))?;
+    Ok(SlackMessageContent::new()
+        .with_text(fallback)
+        .with_blocks(blocks))
+}
+
+fn status_icon(s: RequestStatus) -> &'static str {
+    match s {
+        RequestStatus::Pending => "⏳",
+        RequestStatus::Approved | RequestStatus::Executing => "✅",
+        RequestStatus::Executed => "✅",
+        RequestStatus::Denied | RequestStatus::Failed => "⛔",
+        RequestStatus::Expired | RequestStatus::Cancelled => "⌛",
+    }
+}
+
+fn vote_line(v: &Vote) -> String {
+    let verb = match v.decision {
+        Decision::Approve => "✅ approved",
+        Decision::Deny => "⛔ denied",
+    };
+    let mut line = format!("{verb} by {} at {}", v.voter_name, when(v.at));
+    if let Some(r) = v.reason.as_deref().filter(|r| !r.trim().is_empty()) {
+        line.push_str(&format!(": {}", truncate_chars(r, 300).0));
+    }
+    line
+}
+
+impl MessageRenderer {
+    /// A renderer linking to `public_base_url` (e.g. `https://countersign.example.com`).
+    pub fn new(public_base_url: &str, max_statement_chars: usize) -> Self {
+        Self {
+            public_base_url: public_base_url.trim_end_matches('/').to_string(),
+            max_statement_chars: max_statement_chars.max(100),
+        }
+    }
+
+    /// The full request page.
+    pub fn request_url(&self, id: RequestId) -> String {
+        format!("{}/requests/{id}", self.public_base_url)
+    }
+
+    fn open_button(&self, id: RequestId) -> Value {
+        json!({ "type": "button", "action_id": OPEN_ACTION, "text": fixed("Open request"),
+                "url": self.request_url(id) })
+    }
+
+    /// The request message: connection and risk, requester chain, statement, quorum progress, expiry,
+    /// votes; Approve (with a confirm dialog) and Deny while pending and `interactive`.
+    pub fn request_message(
+        &self,
+        view: &RequestView,
+        interactive: bool,
+    ) -> Result<SlackMessageContent, RenderError> {
+        let r = &view.request;
+        let header = format!(
+            "{} Approval {} on {}",
+            status_icon(r.status),
+            if r.status == RequestStatus::Pending {
+                "needed"
+            } else {
+                "request"
+            },
+            r.connection
+        );
+        let mut fields = vec![
+            plain(&format!("Connection: {}", r.connection), 2000),
+            plain(&format!("Requester: {}", r.requester.display()), 2000),
+            plain(&format!("Rule: {}", r.rule), 2000),
+            plain(&format!("Status: {}", r.status), 2000),
+            plain(
+                &format!("Approvals: {} of {}", view.approvals(), r.quorum),
+                2000,
+            ),
+        ];
+        if r.status == RequestStatus::Pending {
+            fields.push(plain(&format!("Expires: {}", when(r.expires_at)), 2000));
+        }
+        let mut blocks = vec![
+            json!({ "type": "header", "text": plain(&header, 150) }),
+            json!({ "type": "section", "fields": fields }),
+        ];
+        if !r.reasons.is_empty() {
+            blocks.push(json!({ "type": "section",
+                "text": plain(&format!("Why review: {}", r.reasons.join("; ")), 3000) }));
+        }
+        let (shown, truncated) = truncate_chars(&r.statement, self.max_statement_chars);
+        blocks.push(json!({ "type": "rich_text", "elements": [
+            { "type": "rich_text_preformatted", "elements": [ { "type": "text", "text": escape_text(shown) } ] }
+        ]}));
+        if truncated {
+            let total = r.statement.chars().count();
+            blocks.push(json!({ "type": "context", "elements": [ fixed(&format!(
+                "Statement truncated: {} of {total} characters shown. Open the request for the full text.",
+                self.max_statement_chars)) ] }));
+        }
+        if !view.votes.is_empty() {
+            let lines: Vec<String> = view.votes.iter().map(vote_line).collect();
+            blocks.push(json!({ "type": "section", "text": plain(&lines.join("\n"), 3000) }));
+        }
+        if let Some(ex) = &r.execution {
+            blocks.push(json!({ "type": "section", "text": plain(&execution_line(ex), 3000) }));
+        }
+        blocks.push(
+            json!({ "type": "context", "elements": [ fixed(&format!("Request {}", r.id)) ] }),
+        );
+        let mut actions = Vec::new();
+        if r.status == RequestStatus::Pending && interactive {
+            actions.push(json!({ "type": "button", "action_id": APPROVE_ACTION, "style": "primary",
+                "text": fixed("Approve"), "value": format!("approve:{}", r.id),
+                "confirm": { "title": fixed("Approve this statement?"),
+                    "text": fixed("Your approval lets this exact statement run once on the connection shown."),
+                    "confirm": fixed("Approve"), "deny": fixed("Cancel") } }));
+            actions.push(
+                json!({ "type": "button", "action_id": DENY_ACTION, "style": "danger",
+                "text": fixed("Deny"), "value": format!("deny:{}", r.id) }),
+            );
+        }
+        actions.push(self.open_button(r.id));
+        blocks.push(
+            json!({ "type": "actions", "block_id": "countersign_actions", "elements": actions }),
+        );
+        let fallback = format!(
+            "{} Countersign request {} on {}: {}",
+            status_icon(r.status),
+            r.id,
+            escape_short(&r.connection, 200),
+            r.status
+        );
+        content(fallback, blocks)
+    }
+
+    fn reply(&self, text: &str) -> Result<SlackMessageContent, RenderError> {
+        content(
+            escape_short(text, 3000),
+            vec![json!({ "type": "section", "text": plain(text, 3000) })],
+        )
+    }
+
+    /// Thread reply for a counted vote.
+    pub fn vote_reply(
+        &self,
+        view: &RequestView,
+        vote: &Vote,
+    ) -> Result<SlackMessageContent, RenderError> {
+        self.reply(&format!(
+            "{} ({} of {} approvals)",
+            vote_line(vote),
+            view.approvals(),
+            view.request.quorum
+        ))
+    }
+
+    /// Thread reply for a refused vote: the reason, never who tried (their identity is private).
+    pub fn refusal_reply(
+        &self,
+        code: &str,
+        reason: &str,
+    ) -> Result<SlackMessageContent, RenderError> {
+        let why = match code {
+            "requester_cannot_approve" => {
+                "the voter is in the requester chain (separation of duties)"
+            }
+            "workload_cannot_vote" => "workload identities cannot vote",
+            "not_an_approver" => "the voter is not in an approver group for this request",
+            "already_voted" => "the voter had already voted",
+            "resolved" | "expired" => "the request was no longer pending",
+            _ => reason,
+        };
+        self.reply(&format!("🚫 A vote was refused: {why}."))
+    }
+
+    /// Thread reply when the request is resolved.
+    pub fn resolution_reply(&self, view: &RequestView) -> Result<SlackMessageContent, RenderError> {
+        let r = &view.request;
+        self.reply(&format!(
+            "{} Request {}: {} ({} of {} approvals).",
+            status_icon(r.status),
+            r.id,
+            r.status,
+            view.approvals(),
+            r.quorum
+        ))
+    }
+
+    /// Thread reply with the execution result (rows, duration, error; never data).
+    pub fn execution_reply(&self, view: &RequestView) -> Result<SlackMessageContent, RenderError> {
+        match &view.request.execution {
+            Some(ex) => self.reply(&execution_line(ex)),
+            None => self.reply(&format!("Statement {}.", view.request.status)),
+        }
+    }
+
+    /// Thread reply nudging approvers.
+    pub fn reminder_reply(&self, view: &RequestView) -> Result<SlackMessageContent, RenderError> {
+        self.reply(&format!(
+            "⏰ Still waiting: {} of {} approvals; expires {}.",
+            view.approvals(),
+            view.request.quorum,
+            when(view.request.expires_at)
+        ))
+    }
+
+    /// Thread reply summarising the session that held the request.
+    pub fn session_summary_reply(
+        &self,
+        s: &SessionSummary,
+    ) -> Result<SlackMessageContent, RenderError> {
+        let mut text = format!(
+            "📋 Session ended on {} after {} s: {} statements run, {} blocked, {} held, {} approved, {} rows affected.",
+            s.connection, s.duration_secs, s.run, s.blocked, s.held, s.approved, s.rows_affected);
+        if let Some(id) = s.session_id {
+            text.push_str(&format!(
+                " Full record: {}/sessions/{id}",
+                self.public_base_url
+            ));
+        }
+        self.reply(&text)
+    }
+
+    /// Direct message to the requester's human when the request is resolved.
+    pub fn requester_dm(&self, view: &RequestView) -> Result<SlackMessageContent, RenderError> {
+        let r = &view.request;
+        self.reply(&format!(
+            "{} Your request {} on {} was {}. Details: {}",
+            status_icon(r.status),
+            r.id,
+            r.connection,
+            r.status,
+            self.request_url(r.id)
+        ))
+    }
+
+    /// A short ephemeral answer to one person.
+    pub fn ephemeral(&self, text: &str) -> Result<SlackMessageContent, RenderError> {
+        self.reply(text)
+    }
+
+    /// The modal that asks a denier for a reason.
+    pub fn deny_modal(&self, origin: &DenyOrigin) -> Result<SlackView, RenderError> {
+        let metadata = serde_json::to_string(origin)?;
+        Ok(serde_json::from_value(json!({
+            "type": "modal",
+            "callback_id": DENY_MODAL_CALLBACK,
+            "title": fixed("Deny request"),
+            "submit": fixed("Deny"),
+            "close": fixed("Cancel"),
+            "private_metadata": metadata,
+            "blocks": [
+                { "type": "section", "text": plain(&format!("Deny request {}? Give the requester a reason.", origin.request), 3000) },
+                { "type": "input", "block_id": REASON_INPUT, "label": fixed("Reason"),
+                  "element": { "type": "plain_text_input", "action_id": REASON_INPUT, "multiline": true, "max_length": 2000 } }
+            ]
+        }))?)
+    }
+}
+
+fn execution_line(ex: &countersign_bot::ExecutionSummary) -> String {
+    match &ex.error {
+        Some(err) => format!(
+            "⛔ Execution failed after {} ms: {}",
+            ex.duration_ms,
+            truncate_chars(err, 500).0
+        ),
+        None => format!(
+            "▶️ Executed in {} ms: {}{}",
+            ex.duration_ms,
+            ex.command_tag.as_deref().unwrap_or("done"),
+            ex.rows.map(|n| format!(", {n} rows")).unwrap_or_default()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use countersign_bot::testing::{human, workload};
+    use countersign_bot::{ApprovalRequest, RequesterChain, StatementHash};
+
+    pub(crate) fn sample_view(sql: &str) -> RequestView {
+        let now = OffsetDateTime::now_utc();
+        RequestView {
+            request: ApprovalRequest {
+                id: RequestId::new(),
+                connection: "prod".into(),
+                statement: sql.into(),
+                statement_hash: StatementHash::of_text(sql),
+                requester: RequesterChain(vec![workload("agent"), human("alice@example.com")]),
+                rule: "writes".into(),
+                reasons: vec!["DELETE without WHERE <!here>".into()],
+                approver_groups: vec!["dba".into()],
+                quorum: 2,
+                status: RequestStatus::Pending,
+                origin: "api".into(),
+                session_id: None,
+                created_at: now,
+                expires_at: now,
+                updated_at: now,
+                execution: None,
+            },
+            votes: vec![],
+        }
+    }
+
+    fn json_of(c: &SlackMessageContent) -> String {
+        serde_json::to_string(c).unwrap()
+    }
+
+    #[test]
+    fn pending_request_has_confirmed_approve_and_deny_buttons() {
+        let r = MessageRenderer::new("https://cs.example.com/", 2000);
+        let v = sample_view("DELETE FROM orders");
+        let j = json_of(&r.request_message(&v, true).unwrap());
+        assert!(
+            j.contains(&format!("\"value\":\"approve:{}\"", v.request.id)),
+            "{j}"
+        );
+        assert!(j.contains(&format!("\"value\":\"deny:{}\"", v.request.id)));
+        assert!(j.contains("\"confirm\":{"));
+        assert!(j.contains(&format!("https://cs.example.com/requests/{}", v.request.id)));
+    }
+
+    #[test]
+    fn resolved_request_has_no_vote_buttons() {
+        let r = MessageRenderer::new("https://cs.example.com", 2000);
+        let mut v = sample_view("DELETE FROM orders");
+        v.request.status = RequestStatus::Denied;
+        let j = json_of(&r.request_message(&v, true).unwrap());
+        assert!(
+            !j.contains(APPROVE_ACTION) && !j.contains(DENY_ACTION),
+            "{j}"
+        );
+        assert!(j.contains(OPEN_ACTION));
+    }
+
+    #[test]
+    fn sql_with_mrkdwn_and_broadcasts_is_inert() {
+        let r = MessageRenderer::new("https://cs.example.com", 2000);
+        let v = sample_view(
+            "UPDATE t SET note = '<!channel> *urgent* <https://evil.example|login> `x`'",
+        );
+        let j = json_of(&r.request_message(&v, true).unwrap());
+        assert!(
+            !j.contains("<!channel>") && !j.contains("<!here>") && !j.contains("<https://evil"),
+            "{j}"
+        );
+        assert!(j.contains("&lt;!channel&gt;"));
+        // Request content only sits in plain_text objects or rich-text runs: there is no mrkdwn object at all.
+        assert!(!j.contains("\"mrkdwn\""), "{j}");
+    }
+
+    #[test]
+    fn long_statements_are_truncated_with_a_pointer_to_the_full_text() {
+        let r = MessageRenderer::new("https://cs.example.com", 100);
+        let v = sample_view(&format!("SELECT {}", "x, ".repeat(500)));
+        let j = json_of(&r.request_message(&v, true).unwrap());
+        assert!(
+            j.contains("Statement truncated: 100 of 1507 characters shown"),
+            "{j}"
+        );
+        assert!(j.len() < 4000);
+    }
+
+    #[test]
+    fn refusal_reply_does_not_name_the_voter() {
+        let r = MessageRenderer::new("https://cs.example.com", 2000);
+        let j = json_of(
+            &r.refusal_reply("requester_cannot_approve", "you are alice@example.com")
+                .unwrap(),
+        );
+        assert!(!j.contains("alice"), "{j}");
+        assert!(j.contains("separation of duties"));
+    }
+
+    #[test]
+    fn deny_modal_carries_its_origin() {
+        let r = MessageRenderer::new("https://cs.example.com", 2000);
+        let origin = DenyOrigin {
+            request: RequestId::new(),
+            channel: "C1".into(),
+            ts: "1.2".into(),
+        };
+        let j = serde_json::to_value(r.deny_modal(&origin).unwrap()).unwrap();
+        let meta: DenyOrigin =
+            serde_json::from_str(j["private_metadata"].as_str().unwrap()).unwrap();
+        assert_eq!(meta, origin);
+        assert_eq!(j["callback_id"], DENY_MODAL_CALLBACK);
+    }
+}
