@@ -46,10 +46,13 @@ pub enum WorkflowEvent {
         /// The request after execution, with its execution summary.
         request: RequestView,
     },
-    /// Still pending: nudge the approvers.
+    /// Still pending: nudge the approvers. With `escalated_to` set, this is an escalation to further groups.
     Reminder {
         /// The request.
         request: RequestView,
+        /// Groups or channels to escalate to; empty for a plain reminder.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        escalated_to: Vec<String>,
     },
     /// A session that had held statements ended.
     SessionSummary {
@@ -82,7 +85,7 @@ impl WorkflowEvent {
             | Self::VoteRefused { request, .. }
             | Self::Resolved { request }
             | Self::Executed { request }
-            | Self::Reminder { request } => Some(request.request.id),
+            | Self::Reminder { request, .. } => Some(request.request.id),
             Self::SessionSummary { requests, .. } => requests.first().copied(),
         }
     }

@@ -2,8 +2,12 @@
 //! Deliveries go through the store's outbox, so an outage or a restart loses nothing.
 #![forbid(unsafe_code)]
 
+pub mod http_retry;
+pub mod jira;
 pub mod log;
 pub mod outbox_worker;
+pub mod reminders;
+pub mod webhooks;
 pub mod slack;
 
 pub use log::LogNotifier;

@@ -54,6 +54,8 @@ pub struct OutboxWorker {
     notifiers: HashMap<String, Arc<dyn Notifier>>,
     policy: RetryPolicy,
     last_sent: Mutex<HashMap<String, Instant>>,
+    /// Sinks that answered 429 with Retry-After: the whole channel is throttled, not just one item.
+    paused_until: Mutex<HashMap<String, Instant>>,
 }
 
 fn now_ms() -> i64 {
@@ -75,6 +77,7 @@ impl OutboxWorker {
                 .collect(),
             policy,
             last_sent: Mutex::new(HashMap::new()),
+            paused_until: Mutex::new(HashMap::new()),
         }
     }
 
@@ -87,7 +90,10 @@ impl OutboxWorker {
 
     /// Lease and deliver one batch. Returns how many items were attempted.
     pub async fn run_once(&self) -> Result<usize, countersign_bot::store::StoreError> {
-        let sinks = self.sinks();
+        let sinks = self.unpaused_sinks();
+        if sinks.is_empty() {
+            return Ok(0);
+        }
         let lease_ms = self.policy.lease.as_millis() as i64;
         let items = self
             .store
@@ -101,12 +107,37 @@ impl OutboxWorker {
         // Sinks in parallel; items of one sink one after another, paced by its rate limit.
         let tasks = by_sink.into_values().map(|items| async move {
             for item in items {
+                if !self.unpaused_sinks().contains(&item.sink) {
+                    // Paused by a 429 earlier in this batch: give the lease back untouched but for the attempt.
+                    let _ = self
+                        .store
+                        .outbox_failed(item.id, "sink paused by Retry-After", Some(now_ms()))
+                        .await;
+                    continue;
+                }
                 self.pace(&item.sink).await;
                 self.deliver(item).await;
             }
         });
         futures::future::join_all(tasks).await;
         Ok(n)
+    }
+
+    fn unpaused_sinks(&self) -> Vec<String> {
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        paused.retain(|_, until| *until > now);
+        self.sinks()
+            .into_iter()
+            .filter(|s| !paused.contains_key(s))
+            .collect()
+    }
+
+    fn pause(&self, sink: &str, for_: Duration) {
+        let until = Instant::now() + for_;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = paused.entry(sink.to_string()).or_insert(until);
+        *entry = (*entry).max(until);
     }
 
     async fn pace(&self, sink: &str) {
@@ -153,6 +184,9 @@ impl OutboxWorker {
                     tracing::error!(outbox_id = item.id, sink = %item.sink, request_id = ?item.request_id, attempts, error = %message, "giving up; dead-lettered (retry with `countersign outbox retry ID`)");
                     self.store.outbox_failed(item.id, &message, None).await
                 } else {
+                    if let Some(wait) = retry_after {
+                        self.pause(&item.sink, wait);
+                    }
                     let delay = retry_after.unwrap_or_else(|| self.policy.backoff(attempts));
                     tracing::warn!(outbox_id = item.id, sink = %item.sink, request_id = ?item.request_id, attempts, retry_in_ms = delay.as_millis() as u64, error = %message, "delivery failed; will retry");
                     self.store

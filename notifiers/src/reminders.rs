@@ -1,0 +1,316 @@
+//! Reminders and escalation: a task that scans pending requests and, through the outbox, nudges approvers
+//! after `remind_after` and escalates to further groups after a further `escalate_after`. Expiry notices are
+//! the workflow's own `resolved` events with status `expired`.
+
+use countersign_bot::events::WorkflowEvent;
+use countersign_bot::store::StoreError;
+use countersign_bot::{RequestStatus, Workflow};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// The `[reminders]` section. Durations are written like `90s`, `15m`, `2h`, `1d`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemindersConfig {
+    /// Delay after creation before the first reminder; also the spacing between reminders.
+    pub remind_after: String,
+    /// Reminders per request before only escalation remains.
+    #[serde(default = "default_max_reminders")]
+    pub max_reminders: u32,
+    /// Further delay after the first reminder before escalating; none when unset.
+    #[serde(default)]
+    pub escalate_after: Option<String>,
+    /// Approver groups or channels to escalate to.
+    #[serde(default)]
+    pub escalate_to: Vec<String>,
+    /// How often pending requests are scanned.
+    #[serde(default = "default_scan_every")]
+    pub scan_every: String,
+}
+
+fn default_max_reminders() -> u32 {
+    1
+}
+fn default_scan_every() -> String {
+    "30s".into()
+}
+
+/// A configuration mistake, naming the key and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("reminders.{key}: {problem}")]
+pub struct RemindersConfigError {
+    /// Offending key.
+    pub key: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+/// Parse `90s`, `15m`, `2h`, `1d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult).map(Duration::from_secs)
+}
+
+/// Validated reminder timings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReminderPlan {
+    /// First reminder after creation, and spacing between reminders.
+    pub remind_after: Duration,
+    /// Reminders per request.
+    pub max_reminders: u32,
+    /// Escalation delay after the first reminder, with its targets.
+    pub escalation: Option<(Duration, Vec<String>)>,
+    /// Scan interval.
+    pub scan_every: Duration,
+}
+
+impl RemindersConfig {
+    /// Check the section and turn it into timings.
+    pub fn validate(&self) -> Result<ReminderPlan, Vec<RemindersConfigError>> {
+        let mut errors = Vec::new();
+        let mut dur = |key: &'static str, v: &str| match parse_duration(v) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                errors.push(RemindersConfigError {
+                    key,
+                    problem: format!(
+                        "{v:?} is not a positive duration: write e.g. \"15m\", \"2h\" or \"90s\""
+                    ),
+                });
+                None
+            }
+        };
+        let remind_after = dur("remind_after", &self.remind_after);
+        let scan_every = dur("scan_every", &self.scan_every);
+        let escalate_after = self
+            .escalate_after
+            .as_deref()
+            .map(|v| dur("escalate_after", v));
+        match (&escalate_after, self.escalate_to.is_empty()) {
+            (Some(_), true) => errors.push(RemindersConfigError {
+                key: "escalate_to",
+                problem: "escalate_after is set but escalate_to is empty: list the groups or channels to escalate to".into(),
+            }),
+            (None, false) => errors.push(RemindersConfigError {
+                key: "escalate_after",
+                problem: "escalate_to is set but escalate_after is not: add e.g. escalate_after = \"1h\"".into(),
+            }),
+            _ => {}
+        }
+        match (remind_after, scan_every, escalate_after) {
+            (Some(remind_after), Some(scan_every), esc) if errors.is_empty() => Ok(ReminderPlan {
+                remind_after,
+                max_reminders: self.max_reminders,
+                escalation: esc.flatten().map(|d| (d, self.escalate_to.clone())),
+                scan_every,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// Enqueues reminders (`{id}:reminder:{n}`) and escalations (`{id}:escalation`) for pending requests; the
+/// keys make every notice at most once per sink, whichever replica scans.
+pub struct ReminderScheduler {
+    workflow: Arc<Workflow>,
+    plan: ReminderPlan,
+}
+
+impl ReminderScheduler {
+    /// A scheduler over the workflow's store and sinks.
+    pub fn new(workflow: Arc<Workflow>, plan: ReminderPlan) -> Self {
+        Self { workflow, plan }
+    }
+
+    /// Scan once at `now`; returns how many notices were enqueued (re-enqueueing a sent key is a no-op
+    /// in the store and is counted too).
+    pub async fn scan(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
+        let store = self.workflow.store();
+        let sinks = self.workflow.sinks();
+        let pending = store
+            .list_requests(Some(RequestStatus::Pending), 1000)
+            .await?;
+        let mut sent = 0;
+        for req in pending {
+            if req.expires_at <= now {
+                continue; // expiry sends its own notice
+            }
+            let age = (now - req.created_at).max(time::Duration::ZERO);
+            let age = Duration::from_secs_f64(age.as_seconds_f64());
+            let mut due: Vec<(String, Vec<String>)> = Vec::new();
+            let reminders = (age.as_secs() / self.plan.remind_after.as_secs().max(1))
+                .min(self.plan.max_reminders as u64);
+            if reminders > 0 {
+                due.push((format!("{}:reminder:{reminders}", req.id), vec![]));
+            }
+            if let Some((after, groups)) = &self.plan.escalation {
+                if age >= self.plan.remind_after + *after {
+                    due.push((format!("{}:escalation", req.id), groups.clone()));
+                }
+            }
+            if due.is_empty() {
+                continue;
+            }
+            let Some(view) = store.get_request(req.id).await? else {
+                continue;
+            };
+            for (key, escalated_to) in due {
+                let event = WorkflowEvent::Reminder {
+                    request: view.clone(),
+                    escalated_to,
+                };
+                store.enqueue(&event, &key, sinks).await?;
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Scan every `scan_every` until the returned task is aborted.
+    pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.plan.scan_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.scan(OffsetDateTime::now_utc()).await {
+                    tracing::warn!(error = %e, "reminder scan failed; retrying next tick");
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use countersign_bot::store::OutboxStatus;
+    use countersign_bot::testing::{fresh_sqlite, human, workload};
+    use countersign_bot::{
+        ApproverDirectory, NewRequest, RequesterChain, StatementHash, Submitted,
+    };
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5w"), None);
+    }
+
+    #[test]
+    fn escalation_needs_both_delay_and_targets() {
+        let cfg: RemindersConfig =
+            toml::from_str("remind_after = \"15m\"\nescalate_after = \"1h\"\n").expect("parse");
+        let errs = cfg.validate().unwrap_err();
+        assert_eq!(errs[0].key, "escalate_to");
+    }
+
+    async fn pending_request(wf: &Workflow) -> countersign_bot::RequestView {
+        let sql = "DELETE FROM orders WHERE id = 1";
+        let new = NewRequest {
+            connection: "prod".into(),
+            statement: sql.into(),
+            statement_hash: StatementHash::of_text(sql),
+            requester: RequesterChain(vec![workload("agent"), human("alice@example.com")]),
+            rule: "deletes".into(),
+            reasons: vec!["DELETE".into()],
+            approver_groups: vec!["dba".into()],
+            quorum: 2,
+            ttl_secs: 86_400,
+            origin: "http".into(),
+            session_id: None,
+        };
+        match wf.submit(new).await.expect("submit") {
+            Submitted::Created(v) => v,
+            other => panic!("expected a new request, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn reminder_then_escalation_are_enqueued_once_each() {
+        let (store, _dir) = fresh_sqlite().await;
+        let wf = Arc::new(Workflow::new(
+            Arc::clone(&store),
+            ApproverDirectory::default(),
+            vec!["log".into()],
+        ));
+        let view = pending_request(&wf).await;
+        let plan = RemindersConfig {
+            remind_after: "10m".into(),
+            max_reminders: 1,
+            escalate_after: Some("1h".into()),
+            escalate_to: vec!["dba-leads".into()],
+            scan_every: "30s".into(),
+        }
+        .validate()
+        .expect("valid");
+        let sched = ReminderScheduler::new(Arc::clone(&wf), plan);
+        let t0 = view.request.created_at;
+        let kinds = |items: Vec<countersign_bot::store::OutboxItem>| {
+            let mut k: Vec<String> = items
+                .into_iter()
+                .filter(|i| i.event_kind == "reminder")
+                .map(|i| i.idempotency_key)
+                .collect();
+            k.sort();
+            k
+        };
+
+        assert_eq!(
+            sched
+                .scan(t0 + time::Duration::minutes(5))
+                .await
+                .expect("scan"),
+            0
+        );
+        sched
+            .scan(t0 + time::Duration::minutes(11))
+            .await
+            .expect("scan");
+        sched
+            .scan(t0 + time::Duration::minutes(12))
+            .await
+            .expect("scan");
+        let items = store
+            .outbox_list(Some(OutboxStatus::Pending), 100)
+            .await
+            .expect("list");
+        assert_eq!(
+            kinds(items),
+            [format!("log:{}:reminder:1", view.request.id)]
+        );
+
+        sched
+            .scan(t0 + time::Duration::minutes(71))
+            .await
+            .expect("scan");
+        let items = store
+            .outbox_list(Some(OutboxStatus::Pending), 100)
+            .await
+            .expect("list");
+        let escalation = items
+            .iter()
+            .find(|i| i.idempotency_key.ends_with(":escalation"))
+            .expect("escalation enqueued");
+        let event: WorkflowEvent = serde_json::from_str(&escalation.payload).expect("event");
+        assert!(
+            matches!(event, WorkflowEvent::Reminder { escalated_to, .. } if escalated_to == ["dba-leads"])
+        );
+        assert_eq!(kinds(items).len(), 2);
+    }
+}
