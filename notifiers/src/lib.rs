@@ -2,8 +2,10 @@
 //! Deliveries go through the store's outbox, so an outage or a restart loses nothing.
 #![forbid(unsafe_code)]
 
+pub mod email;
 pub mod log;
 pub mod outbox_worker;
+pub mod web;
 
 pub use log::LogNotifier;
 pub use outbox_worker::{OutboxWorker, RetryPolicy};
