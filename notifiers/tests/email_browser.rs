@@ -12,7 +12,7 @@ use std::time::Duration;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const DRIVERS: [&str; 2] = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"];
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4a2bb4b4b1b9";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 struct WebDriver {
     http: reqwest::Client,
@@ -74,16 +74,11 @@ impl WebDriver {
 
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
-        let v: Value = self
-            .http
-            .request(method, url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let mut req = self.http.request(method, url);
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
         v["value"].clone()
     }
 
@@ -121,9 +116,14 @@ async fn clicking_the_approve_button_in_headless_chromium_approves_the_request()
     let (approve, _) = vote_links(&h.base, mail_to(&mails, BOB));
 
     let wd = WebDriver::start(driver).await;
-    wd.cmd(reqwest::Method::POST, "/url", json!({ "url": approve }))
+    let nav = wd
+        .cmd(reqwest::Method::POST, "/url", json!({ "url": approve }))
         .await;
-    assert!(wd.source().await.contains("You are voting as"));
+    let page = wd.source().await;
+    assert!(
+        page.contains("You are voting as"),
+        "navigation: {nav}\npage: {page}"
+    );
     assert_eq!(
         h.status(id).await,
         "pending",
@@ -138,7 +138,7 @@ async fn clicking_the_approve_button_in_headless_chromium_approves_the_request()
         .await;
     let el = el[ELEMENT_KEY]
         .as_str()
-        .expect("confirm button")
+        .unwrap_or_else(|| panic!("confirm button: {el}"))
         .to_string();
     wd.cmd(
         reqwest::Method::POST,

@@ -8,7 +8,7 @@ use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use countersign_bot::{
-    Identity, IdentityKind, RequestStatus, RequestView, VoteResult, WorkflowError,
+    Decision, Identity, IdentityKind, RequestStatus, RequestView, VoteResult, WorkflowError,
 };
 use serde::Deserialize;
 
@@ -57,7 +57,10 @@ fn store_failure(e: impl std::fmt::Display) -> Response {
 }
 
 /// Verify the token and check it is a voting link; refusals are audited and rendered.
-async fn voting_claims(state: &EmailInbound, token: Option<&str>) -> Result<LinkClaims, Response> {
+async fn voting_claims(
+    state: &EmailInbound,
+    token: Option<&str>,
+) -> Result<(LinkClaims, Decision), Response> {
     let Some(token) = token.filter(|t| !t.trim().is_empty()) else {
         state.audit_bad_token(&LinkError::Malformed).await;
         return Err(link_error_page(&LinkError::Malformed));
@@ -69,7 +72,7 @@ async fn voting_claims(state: &EmailInbound, token: Option<&str>) -> Result<Link
             return Err(link_error_page(&e));
         }
     };
-    if claims.act.decision().is_none() {
+    let Some(decision) = claims.act.decision() else {
         state
             .audit_refusal(
                 Some(&claims),
@@ -82,8 +85,8 @@ async fn voting_claims(state: &EmailInbound, token: Option<&str>) -> Result<Link
             "This link cannot vote",
             "This link only opens the request page. Use the Approve or Deny link from the approval e-mail.",
         ));
-    }
-    Ok(claims)
+    };
+    Ok((claims, decision))
 }
 
 async fn load(state: &EmailInbound, claims: &LinkClaims) -> Result<RequestView, Response> {
@@ -108,10 +111,10 @@ fn voter(claims: &LinkClaims) -> Identity {
     }
 }
 
-fn verb(claims: &LinkClaims) -> &'static str {
-    match claims.act.decision() {
-        Some(countersign_bot::Decision::Approve) => "Approve",
-        _ => "Deny",
+fn verb(decision: Decision) -> &'static str {
+    match decision {
+        Decision::Approve => "Approve",
+        Decision::Deny => "Deny",
     }
 }
 
@@ -126,7 +129,7 @@ fn request_link(state: &EmailInbound, claims: &LinkClaims, token: &str) -> Strin
 
 /// GET: render the confirmation page. Changes nothing, so scanners and prefetchers are harmless.
 pub async fn show(State(state): State<EmailInbound>, Query(q): Query<ActQuery>) -> Response {
-    let claims = match voting_claims(&state, q.t.as_deref()).await {
+    let (claims, decision) = match voting_claims(&state, q.t.as_deref()).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -149,7 +152,7 @@ pub async fn show(State(state): State<EmailInbound>, Query(q): Query<ActQuery>) 
         Ok(v) => v,
         Err(r) => return r,
     };
-    let verb = verb(&claims);
+    let verb = verb(decision);
     let who = format!(
         "<p class=\"who\">You are voting as <strong>{}</strong>. This link was sent to that address: if it was forwarded to you, the vote still counts as theirs, not yours.</p>",
         escape(&claims.sub)
@@ -183,7 +186,7 @@ pub async fn show(State(state): State<EmailInbound>, Query(q): Query<ActQuery>) 
 
 /// POST: check the CSRF token, use the link up, and cast one vote as the link's recipient.
 pub async fn submit(State(state): State<EmailInbound>, Form(f): Form<ActForm>) -> Response {
-    let claims = match voting_claims(&state, f.t.as_deref()).await {
+    let (claims, decision) = match voting_claims(&state, f.t.as_deref()).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -224,13 +227,6 @@ pub async fn submit(State(state): State<EmailInbound>, Form(f): Form<ActForm>) -
         // The nonce is consumed, which is what enforces single use; the marker only improves the GET page.
         tracing::warn!(error = %e, request_id = %claims.rid, "could not mark an e-mail link as used");
     }
-    let Some(decision) = claims.act.decision() else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "This link cannot vote",
-            "Use the Approve or Deny link.",
-        );
-    };
     let reason = f
         .reason
         .map(|r| r.trim().to_string())
