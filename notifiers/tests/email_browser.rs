@@ -116,46 +116,50 @@ async fn clicking_the_approve_button_in_headless_chromium_approves_the_request()
     let (approve, _) = vote_links(&h.base, mail_to(&mails, BOB));
 
     let wd = WebDriver::start(driver).await;
-    let nav = wd
-        .cmd(reqwest::Method::POST, "/url", json!({ "url": approve }))
-        .await;
-    let page = wd.source().await;
-    assert!(
-        page.contains("You are voting as"),
-        "navigation: {nav}\npage: {page}"
-    );
-    assert_eq!(
-        h.status(id).await,
-        "pending",
-        "opening the page decides nothing"
-    );
-    let el = wd
-        .cmd(
+    // Every browser step runs before any assertion, so a failure still ends the browser session.
+    let (nav, opened, status_after_get, button) = {
+        let nav = wd
+            .cmd(reqwest::Method::POST, "/url", json!({ "url": approve }))
+            .await;
+        let opened = wd.source().await;
+        let status_after_get = h.status(id).await;
+        let button = wd
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                json!({ "using": "css selector", "value": "#confirm" }),
+            )
+            .await;
+        (nav, opened, status_after_get, button)
+    };
+    let mut result = String::new();
+    if let Some(el) = button[ELEMENT_KEY].as_str() {
+        wd.cmd(
             reqwest::Method::POST,
-            "/element",
-            json!({ "using": "css selector", "value": "#confirm" }),
+            &format!("/element/{el}/click"),
+            json!({}),
         )
         .await;
-    let el = el[ELEMENT_KEY]
-        .as_str()
-        .unwrap_or_else(|| panic!("confirm button: {el}"))
-        .to_string();
-    wd.cmd(
-        reqwest::Method::POST,
-        &format!("/element/{el}/click"),
-        json!({}),
-    )
-    .await;
-    let mut page = String::new();
-    for _ in 0..50 {
-        page = wd.source().await;
-        if page.contains("Vote recorded") {
-            break;
+        for _ in 0..50 {
+            result = wd.source().await;
+            if result.contains("Vote recorded") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wd.quit().await;
-    assert!(page.contains("Vote recorded"), "{page}");
+
+    assert!(
+        opened.contains("You are voting as <strong>bob@example.com</strong>"),
+        "navigation: {nav}\npage: {opened}"
+    );
+    assert_eq!(
+        status_after_get, "pending",
+        "opening the page decides nothing"
+    );
+    assert!(button[ELEMENT_KEY].is_string(), "confirm button: {button}");
+    assert!(result.contains("Vote recorded"), "{result}");
     assert_eq!(h.status(id).await, "approved");
     assert_eq!(h.workflow.get(id).await.unwrap().votes[0].voter_name, BOB);
 }
