@@ -2,13 +2,15 @@
 //! Deliveries go through the store's outbox, so an outage or a restart loses nothing.
 #![forbid(unsafe_code)]
 
+pub mod email;
 pub mod http_retry;
 pub mod jira;
 pub mod log;
 pub mod outbox_worker;
 pub mod reminders;
-pub mod webhooks;
 pub mod slack;
+pub mod web;
+pub mod webhooks;
 
 pub use log::LogNotifier;
 pub use outbox_worker::{OutboxWorker, RetryPolicy};

@@ -271,7 +271,7 @@ impl Notifier for SlackNotifier {
                 let reply = r.execution_reply(request).map_err(render_err)?;
                 self.thread_reply(request.request.id, key, reply).await
             }
-            WorkflowEvent::Reminder { request } => {
+            WorkflowEvent::Reminder { request, .. } => {
                 let reply = r.reminder_reply(request).map_err(render_err)?;
                 self.thread_reply(request.request.id, key, reply).await
             }
