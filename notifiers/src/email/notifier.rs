@@ -275,7 +275,7 @@ impl Notifier for EmailNotifier {
             | WorkflowEvent::VoteRecorded { request, .. }
             | WorkflowEvent::Resolved { request }
             | WorkflowEvent::Executed { request }
-            | WorkflowEvent::Reminder { request } => request.clone(),
+            | WorkflowEvent::Reminder { request, .. } => request.clone(),
         };
         let mut recipients: Vec<String> = self
             .directory
