@@ -2,6 +2,7 @@
 //! masking and session recording, plus the composition root used by the `countersign` binary.
 #![forbid(unsafe_code)]
 
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod engine;

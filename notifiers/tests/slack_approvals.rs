@@ -993,7 +993,10 @@ async fn redelivering_an_event_with_the_same_key_posts_nothing_twice() {
         request: view.clone(),
     };
     notifier.deliver("created-again", &created).await.unwrap();
-    let reminder = WorkflowEvent::Reminder { request: view, escalated_to: vec![] };
+    let reminder = WorkflowEvent::Reminder {
+        request: view,
+        escalated_to: vec![],
+    };
     notifier.deliver("reminder-1", &reminder).await.unwrap();
     notifier.deliver("reminder-1", &reminder).await.unwrap();
     let posted = h.fake.calls("chat.postMessage");

@@ -42,22 +42,19 @@ fn sha(t: &str) -> String {
 /// `reviewers` and `extra` appended.
 pub fn base_config(extra: &str) -> String {
     let mut s = String::new();
-    let mut tok = |name: &str,
-                   token: &str,
-                   kind: &str,
-                   email: Option<&str>,
-                   acts_for: Option<&str>| {
-        s.push_str(&format!(
+    let mut tok =
+        |name: &str, token: &str, kind: &str, email: Option<&str>, acts_for: Option<&str>| {
+            s.push_str(&format!(
             "[[identity.static_tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nkind = \"{kind}\"\n",
             sha(token)
         ));
-        if let Some(e) = email {
-            s.push_str(&format!("email = \"{e}\"\n"));
-        }
-        if let Some(a) = acts_for {
-            s.push_str(&format!("acts_for = \"{a}\"\n"));
-        }
-    };
+            if let Some(e) = email {
+                s.push_str(&format!("email = \"{e}\"\n"));
+            }
+            if let Some(a) = acts_for {
+                s.push_str(&format!("acts_for = \"{a}\"\n"));
+            }
+        };
     tok(
         "agent",
         tokens::AGENT,

@@ -5,16 +5,9 @@ use crate::config::{parse_duration, Config};
 use crate::engine::Engine;
 use crate::http::{router, AppState};
 use anyhow::Context;
-use countersign_bot::events::Notifier;
-use countersign_notifiers::{LogNotifier, OutboxWorker, RetryPolicy};
+use countersign_notifiers::{OutboxWorker, RetryPolicy};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Notifiers configured in `cfg`, and the inbound routers they need.
-fn notifiers(_cfg: &Config) -> (Vec<Arc<dyn Notifier>>, Vec<axum::Router>) {
-    let notifiers: Vec<Arc<dyn Notifier>> = vec![Arc::new(LogNotifier)];
-    (notifiers, Vec::new())
-}
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -40,8 +33,7 @@ async fn shutdown_signal() {
 
 /// `countersign serve`.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let (notifiers, inbound) = notifiers(&cfg);
-    let sinks: Vec<String> = notifiers.iter().map(|n| n.sink().to_string()).collect();
+    let sinks = crate::channels::sinks(&cfg);
     let poll = parse_duration(&cfg.outbox.poll).unwrap_or(Duration::from_millis(500));
     let sweep = parse_duration(&cfg.server.expiry_sweep).unwrap_or(Duration::from_secs(5));
     let max_attempts = cfg.outbox.max_attempts;
@@ -52,6 +44,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             .await
             .context("starting the engine")?,
     );
+    let channels = crate::channels::build(&engine)?;
+    let notifiers = channels.notifiers;
+    let inbound = channels.routers;
+    let reminder_task = channels.reminders.map(|r| r.spawn());
 
     let worker = Arc::new(OutboxWorker::new(
         engine.store().clone(),
@@ -117,6 +113,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), worker.run_once()).await;
     worker_task.abort();
     expiry_task.abort();
+    if let Some(t) = reminder_task {
+        t.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

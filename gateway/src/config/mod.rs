@@ -41,6 +41,21 @@ pub struct Config {
     /// `[outbox]`: notification delivery.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// `[slack]`: Slack approvals (absent = off).
+    #[serde(default)]
+    pub slack: Option<countersign_notifiers::slack::SlackConfig>,
+    /// `[email]`: e-mail approvals (absent = off).
+    #[serde(default)]
+    pub email: Option<countersign_notifiers::email::EmailConfig>,
+    /// `[jira]`: Jira tickets both ways (absent = off).
+    #[serde(default)]
+    pub jira: Option<countersign_notifiers::jira::JiraConfig>,
+    /// `[webhooks]`: signed outbound webhooks.
+    #[serde(default)]
+    pub webhooks: Option<countersign_notifiers::webhooks::WebhooksConfig>,
+    /// `[reminders]`: reminders and escalation for pending requests (absent = off).
+    #[serde(default)]
+    pub reminders: Option<countersign_notifiers::reminders::RemindersConfig>,
     /// `[logging]`.
     #[serde(default)]
     pub logging: LoggingConfig,

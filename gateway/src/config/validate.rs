@@ -198,6 +198,37 @@ impl Config {
                 "empty: statements held by the built-in policy could not be approved by anyone; list at least one approver group",
             );
         }
+        if let Some(slack) = &self.slack {
+            if let Err(e) = slack.validate() {
+                r.push("slack", e.to_string());
+            }
+        }
+        if let Some(email) = &self.email {
+            if let Err(e) = email.validate() {
+                r.push("email", e.to_string());
+            }
+        }
+        if let Some(jira) = &self.jira {
+            if let Err(errors) = jira.validate() {
+                for e in errors {
+                    r.push("jira", e.to_string());
+                }
+            }
+        }
+        if let Some(webhooks) = &self.webhooks {
+            if let Err(errors) = webhooks.validate() {
+                for e in errors {
+                    r.push("webhooks", e.to_string());
+                }
+            }
+        }
+        if let Some(reminders) = &self.reminders {
+            if let Err(errors) = reminders.validate() {
+                for e in errors {
+                    r.push("reminders", e.to_string());
+                }
+            }
+        }
         if let Some(f) = &self.logging.format {
             if f != "text" && f != "json" {
                 r.push(
