@@ -28,7 +28,11 @@ impl ClassificationCache {
     }
 
     /// The cached classification of `sql`, computing and storing it with `classify` on a miss.
-    pub fn get_or_insert_with(&self, sql: &str, classify: impl FnOnce(&str) -> Vec<StatementFacts>) -> Arc<[StatementFacts]> {
+    pub fn get_or_insert_with(
+        &self,
+        sql: &str,
+        classify: impl FnOnce(&str) -> Vec<StatementFacts>,
+    ) -> Arc<[StatementFacts]> {
         if let Some(found) = self.lock().get(sql).cloned() {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return found;
@@ -41,13 +45,18 @@ impl ClassificationCache {
 
     /// `(hits, misses)` since creation.
     pub fn stats(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     /// A poisoned lock only means another thread panicked mid-update of an LRU of pure values;
     /// the data is still usable, so recover it rather than propagate the panic.
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Arc<[StatementFacts]>>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -60,7 +69,9 @@ mod tests {
     fn second_lookup_of_same_text_is_a_hit_and_skips_classification() {
         let cache = ClassificationCache::new(8);
         let first = cache.get_or_insert_with("SELECT 1", classify);
-        let second = cache.get_or_insert_with("SELECT 1", |_| panic!("must not classify a cached statement"));
+        let second = cache.get_or_insert_with("SELECT 1", |_| {
+            panic!("must not classify a cached statement")
+        });
         assert!(Arc::ptr_eq(&first, &second));
         assert_eq!(cache.stats(), (1, 1));
     }

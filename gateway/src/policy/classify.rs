@@ -6,14 +6,17 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterRoleOperation, CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
-    ObjectName, Query, Reset, RoleOption, Select, Set, Statement, TableFactor, Value, Visit, Visitor,
+    AlterRoleOperation, CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr,
+    FunctionArguments, ObjectName, Query, Reset, RoleOption, Select, Set, Statement, TableFactor,
+    Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
-use super::fallback::{classify_unparsed, classify_untokenizable, split_statements, StatementTokens};
+use super::fallback::{
+    classify_unparsed, classify_untokenizable, split_statements, StatementTokens,
+};
 use super::functions::{check_function, is_harmless_setting, is_identity_setting};
 use super::verdict::{Action, StatementFacts};
 
@@ -56,7 +59,10 @@ fn parse_one(tokens: Vec<Token>) -> Result<Statement, String> {
     });
     match parsed {
         Ok(Ok(mut statements)) if statements.len() == 1 => Ok(statements.remove(0)),
-        Ok(Ok(statements)) => Err(format!("expected one statement, found {}", statements.len())),
+        Ok(Ok(statements)) => Err(format!(
+            "expected one statement, found {}",
+            statements.len()
+        )),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the SQL parser failed on this input".to_string()),
     }
@@ -65,7 +71,8 @@ fn parse_one(tokens: Vec<Token>) -> Result<Statement, String> {
 /// `TABLE name …` is by definition `SELECT * FROM name …`; sqlparser lacks the shorthand.
 fn classify_table_shorthand(tokens: &StatementTokens) -> Option<StatementFacts> {
     match tokens.0.first() {
-        Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("TABLE") => {}
+        Some(Token::Word(w))
+            if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("TABLE") => {}
         _ => return None,
     }
     let mut rewritten = split_statements("SELECT * FROM").ok()?.pop()?.0;
@@ -78,14 +85,22 @@ fn classify_table_shorthand(tokens: &StatementTokens) -> Option<StatementFacts> 
 
 /// Classify one parsed statement.
 pub fn classify_statement(statement: &Statement) -> StatementFacts {
-    if let Statement::Explain { analyze, statement: inner, options, .. } = statement {
+    if let Statement::Explain {
+        analyze,
+        statement: inner,
+        options,
+        ..
+    } = statement
+    {
         let runs = *analyze
             || options.iter().flatten().any(|o| {
                 o.name.value.eq_ignore_ascii_case("analyze") && !is_false_option(o.arg.as_ref())
             });
         return if runs {
             let mut facts = classify_statement(inner);
-            facts.reasons.insert(0, format!("EXPLAIN ANALYZE executes the {}", facts.kind));
+            facts
+                .reasons
+                .insert(0, format!("EXPLAIN ANALYZE executes the {}", facts.kind));
             facts
         } else {
             classify_plain_explain(inner)
@@ -108,16 +123,30 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
         ));
     }
     if seen.locking {
-        verdicts.push((Action::Review, "locking read (FOR UPDATE/SHARE) takes row locks".to_string()));
+        verdicts.push((
+            Action::Review,
+            "locking read (FOR UPDATE/SHARE) takes row locks".to_string(),
+        ));
     }
     if seen.select_into {
         verdicts.push((Action::Review, "SELECT INTO creates a table".to_string()));
     }
-    verdicts.extend(seen.functions.iter().map(|(name, first_arg)| function_verdict(name, first_arg.as_deref())));
+    verdicts.extend(
+        seen.functions
+            .iter()
+            .map(|(name, first_arg)| function_verdict(name, first_arg.as_deref())),
+    );
     facts.missing_where = missing_where(statement);
     if facts.missing_where {
-        let table = facts.tables.first().map(String::as_str).unwrap_or("its table");
-        verdicts.push((Action::Review, format!("{} without WHERE on {table}", facts.kind)));
+        let table = facts
+            .tables
+            .first()
+            .map(String::as_str)
+            .unwrap_or("its table");
+        verdicts.push((
+            Action::Review,
+            format!("{} without WHERE on {table}", facts.kind),
+        ));
     }
     finish(facts, verdicts)
 }
@@ -133,14 +162,28 @@ fn classify_plain_explain(inner: &Statement) -> StatementFacts {
         functions: function_names(&seen.functions),
         ..StatementFacts::default()
     };
-    let mut verdicts = vec![(Action::Allow, format!("EXPLAIN without ANALYZE does not run the {}", statement_kind(inner)))];
-    verdicts.extend(seen.functions.iter().map(|(name, first_arg)| function_verdict(name, first_arg.as_deref())));
+    let mut verdicts = vec![(
+        Action::Allow,
+        format!(
+            "EXPLAIN without ANALYZE does not run the {}",
+            statement_kind(inner)
+        ),
+    )];
+    verdicts.extend(
+        seen.functions
+            .iter()
+            .map(|(name, first_arg)| function_verdict(name, first_arg.as_deref())),
+    );
     finish(facts, verdicts)
 }
 
 /// Strictest action wins; reasons of that action come first, allow-reasons only when nothing is stricter.
 fn finish(mut facts: StatementFacts, verdicts: Vec<(Action, String)>) -> StatementFacts {
-    let action = verdicts.iter().map(|(a, _)| *a).max().unwrap_or(Action::Review);
+    let action = verdicts
+        .iter()
+        .map(|(a, _)| *a)
+        .max()
+        .unwrap_or(Action::Review);
     let mut reasons: Vec<String> = Vec::new();
     for wanted in [Action::Block, Action::Review, Action::Allow] {
         if wanted == Action::Allow && action != Action::Allow {
@@ -166,7 +209,10 @@ fn function_verdict(name: &str, first_arg: Option<&str>) -> (Action, String) {
                 format!("set_config('{setting}', …) changes the session identity"),
             ),
             Some(setting) if is_harmless_setting(setting) => (Action::Allow, String::new()),
-            _ => (Action::Review, "set_config changes a server setting at run time".to_string()),
+            _ => (
+                Action::Review,
+                "set_config changes a server setting at run time".to_string(),
+            ),
         };
     }
     let check = check_function(name);
@@ -178,10 +224,14 @@ fn is_false_option(arg: Option<&Expr>) -> bool {
         Some(Expr::Value(v)) => match &v.value {
             Value::Boolean(b) => !b,
             Value::Number(n, _) => n == "0",
-            Value::SingleQuotedString(s) => matches!(s.to_ascii_lowercase().as_str(), "false" | "off" | "0"),
+            Value::SingleQuotedString(s) => {
+                matches!(s.to_ascii_lowercase().as_str(), "false" | "off" | "0")
+            }
             _ => false,
         },
-        Some(Expr::Identifier(i)) => matches!(i.value.to_ascii_lowercase().as_str(), "false" | "off"),
+        Some(Expr::Identifier(i)) => {
+            matches!(i.value.to_ascii_lowercase().as_str(), "false" | "off")
+        }
         _ => false,
     }
 }
@@ -220,7 +270,9 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
     let block = |why: String| (Action::Block, why);
     match statement {
         Statement::Query(_) => allow("read-only query"),
-        Statement::StartTransaction { statements, .. } if statements.is_empty() => allow("transaction control"),
+        Statement::StartTransaction { statements, .. } if statements.is_empty() => {
+            allow("transaction control")
+        }
         Statement::Commit { .. }
         | Statement::Rollback { .. }
         | Statement::Savepoint { .. }
@@ -235,18 +287,26 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
         | Statement::ShowViews { .. }
         | Statement::ExplainTable { .. } => allow("SHOW reads settings or metadata"),
         Statement::Discard { .. } => allow("DISCARD only drops this session's state"),
-        Statement::LISTEN { .. } | Statement::UNLISTEN { .. } => allow("LISTEN/UNLISTEN only subscribe this session"),
-        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } | Statement::Deallocate { .. } => {
-            allow("cursor or prepared-statement bookkeeping")
+        Statement::LISTEN { .. } | Statement::UNLISTEN { .. } => {
+            allow("LISTEN/UNLISTEN only subscribe this session")
         }
+        Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::Deallocate { .. } => allow("cursor or prepared-statement bookkeeping"),
         Statement::Set(set) => classify_set(set),
         Statement::Reset(reset) => match &reset.reset {
             Reset::ALL => allow("RESET ALL restores session defaults"),
-            Reset::SessionAuthorization => review("RESET SESSION AUTHORIZATION changes the session identity".into()),
+            Reset::SessionAuthorization => {
+                review("RESET SESSION AUTHORIZATION changes the session identity".into())
+            }
             Reset::ConfigurationParameter(name) => {
                 let name = object_name(name);
                 if is_identity_setting(&name) {
-                    review(format!("RESET {} changes the session identity", name.to_uppercase()))
+                    review(format!(
+                        "RESET {} changes the session identity",
+                        name.to_uppercase()
+                    ))
                 } else if is_harmless_setting(&name) {
                     allow("RESET of a harmless session setting")
                 } else {
@@ -255,8 +315,12 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
             }
         },
         Statement::Copy { to, target, .. } => match (target, to) {
-            (CopyTarget::Program { .. }, _) => block("COPY … PROGRAM runs a shell command on the server".into()),
-            (CopyTarget::File { filename }, _) => block(format!("COPY reads or writes the server file '{filename}'")),
+            (CopyTarget::Program { .. }, _) => {
+                block("COPY … PROGRAM runs a shell command on the server".into())
+            }
+            (CopyTarget::File { filename }, _) => {
+                block(format!("COPY reads or writes the server file '{filename}'"))
+            }
             (CopyTarget::Stdout, true) => allow("COPY TO STDOUT reads data"),
             _ => review(on("COPY FROM writes data")),
         },
@@ -266,22 +330,37 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
         Statement::Merge(_) => review(on("MERGE changes data")),
         Statement::Truncate(_) => review(on("TRUNCATE removes all rows")),
         Statement::Lock(_) | Statement::LockTables { .. } => review(on("LOCK takes table locks")),
-        Statement::Drop { object_type, .. } if object_type.to_string().eq_ignore_ascii_case("DATABASE") => {
+        Statement::Drop { object_type, .. }
+            if object_type.to_string().eq_ignore_ascii_case("DATABASE") =>
+        {
             block("DROP DATABASE destroys a whole database".into())
         }
-        Statement::CreateRole(role) if role.superuser == Some(true) => block(format!("{kind} grants SUPERUSER")),
-        Statement::AlterRole { operation: AlterRoleOperation::WithOptions { options }, .. }
-            if options.iter().any(|o| matches!(o, RoleOption::SuperUser(true))) =>
+        Statement::CreateRole(role) if role.superuser == Some(true) => {
+            block(format!("{kind} grants SUPERUSER"))
+        }
+        Statement::AlterRole {
+            operation: AlterRoleOperation::WithOptions { options },
+            ..
+        } if options
+            .iter()
+            .any(|o| matches!(o, RoleOption::SuperUser(true))) =>
         {
             block(format!("{kind} grants SUPERUSER"))
         }
-        Statement::CreateUser(_) | Statement::AlterUser(_) if display_has_word(statement, "SUPERUSER") => {
+        Statement::CreateUser(_) | Statement::AlterUser(_)
+            if display_has_word(statement, "SUPERUSER") =>
+        {
             block(format!("{kind} grants SUPERUSER"))
         }
         Statement::CreateFunction(f)
-            if f.language.as_ref().is_some_and(|l| matches!(l.value.to_ascii_lowercase().as_str(), "c" | "internal")) =>
+            if f.language.as_ref().is_some_and(|l| {
+                matches!(l.value.to_ascii_lowercase().as_str(), "c" | "internal")
+            }) =>
         {
-            block(format!("{kind} with LANGUAGE {} loads code from the server filesystem", f.language.as_ref().map(|l| l.value.as_str()).unwrap_or("C")))
+            block(format!(
+                "{kind} with LANGUAGE {} loads code from the server filesystem",
+                f.language.as_ref().map(|l| l.value.as_str()).unwrap_or("C")
+            ))
         }
         Statement::Load { .. } | Statement::LoadData { .. } | Statement::Install { .. } => {
             block(format!("{kind} loads files from the server filesystem"))
@@ -289,16 +368,21 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
         Statement::NOTIFY { .. } => review("NOTIFY sends a notification to listeners".into()),
         Statement::Call(f) => review(format!("CALL runs procedure {}", object_name(&f.name))),
         Statement::Prepare { .. } => review("PREPARE stores a statement to run later".into()),
-        Statement::Execute { .. } => review("EXECUTE runs a prepared statement whose text is not visible here".into()),
+        Statement::Execute { .. } => {
+            review("EXECUTE runs a prepared statement whose text is not visible here".into())
+        }
         Statement::Grant(_)
         | Statement::Revoke(_)
         | Statement::GrantRole(_)
         | Statement::RevokeRole(_)
         | Statement::AlterDefaultPrivileges(_) => review(format!("{kind} changes privileges")),
-        Statement::CreateRole(_) | Statement::AlterRole { .. } | Statement::CreateUser(_) | Statement::AlterUser(_) => {
-            review(format!("{kind} changes roles"))
-        }
-        _ => review(format!("{kind} is not on the read-only list (DDL or server change)")),
+        Statement::CreateRole(_)
+        | Statement::AlterRole { .. }
+        | Statement::CreateUser(_)
+        | Statement::AlterUser(_) => review(format!("{kind} changes roles")),
+        _ => review(format!(
+            "{kind} is not on the read-only list (DDL or server change)"
+        )),
     }
 }
 
@@ -307,18 +391,42 @@ fn classify_set(set: &Set) -> (Action, String) {
         Set::SingleAssignment { variable, .. } => {
             let name = object_name(variable);
             if is_identity_setting(&name) {
-                (Action::Review, format!("SET {name} changes the session identity"))
+                (
+                    Action::Review,
+                    format!("SET {name} changes the session identity"),
+                )
             } else if is_harmless_setting(&name) {
-                (Action::Allow, format!("SET {name} is a harmless session setting"))
+                (
+                    Action::Allow,
+                    format!("SET {name} is a harmless session setting"),
+                )
             } else {
-                (Action::Review, format!("SET {name}: setting not on the harmless list"))
+                (
+                    Action::Review,
+                    format!("SET {name}: setting not on the harmless list"),
+                )
             }
         }
-        Set::SetTimeZone { .. } => (Action::Allow, "SET TIME ZONE is a harmless session setting".into()),
-        Set::SetTransaction { .. } => (Action::Allow, "SET TRANSACTION only sets transaction modes".into()),
-        Set::SetRole { .. } => (Action::Review, "SET ROLE changes the session identity".into()),
-        Set::SetSessionAuthorization(_) => (Action::Review, "SET SESSION AUTHORIZATION changes the session identity".into()),
-        other => (Action::Review, format!("{other}: setting not on the harmless list")),
+        Set::SetTimeZone { .. } => (
+            Action::Allow,
+            "SET TIME ZONE is a harmless session setting".into(),
+        ),
+        Set::SetTransaction { .. } => (
+            Action::Allow,
+            "SET TRANSACTION only sets transaction modes".into(),
+        ),
+        Set::SetRole { .. } => (
+            Action::Review,
+            "SET ROLE changes the session identity".into(),
+        ),
+        Set::SetSessionAuthorization(_) => (
+            Action::Review,
+            "SET SESSION AUTHORIZATION changes the session identity".into(),
+        ),
+        other => (
+            Action::Review,
+            format!("{other}: setting not on the harmless list"),
+        ),
     }
 }
 
@@ -395,7 +503,11 @@ struct Collector {
 
 impl Collector {
     fn add_function(&mut self, name: String, first_arg: Option<String>) {
-        if !self.functions.iter().any(|(n, a)| *n == name && *a == first_arg) {
+        if !self
+            .functions
+            .iter()
+            .any(|(n, a)| *n == name && *a == first_arg)
+        {
             self.functions.push((name, first_arg));
         }
     }
@@ -422,7 +534,11 @@ impl Visitor for Collector {
         if let Statement::Call(f) = statement {
             self.add_function(object_name(&f.name), None);
         }
-        if let Statement::Copy { source: CopySource::Table { table_name, .. }, .. } = statement {
+        if let Statement::Copy {
+            source: CopySource::Table { table_name, .. },
+            ..
+        } = statement
+        {
             self.tables.insert(object_name(table_name));
         }
         self.depth += 1;
@@ -450,7 +566,11 @@ impl Visitor for Collector {
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         match factor {
-            TableFactor::Table { name, args: Some(_), .. } => {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } => {
                 self.add_function(object_name(name), None);
                 self.next_relation_is_function = true;
             }
@@ -472,10 +592,12 @@ impl Visitor for Collector {
         if let Expr::Function(f) = expr {
             let first_arg = match &f.args {
                 FunctionArguments::List(list) => match list.args.first() {
-                    Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => match &v.value {
-                        Value::SingleQuotedString(s) => Some(s.to_lowercase()),
-                        _ => None,
-                    },
+                    Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => {
+                        match &v.value {
+                            Value::SingleQuotedString(s) => Some(s.to_lowercase()),
+                            _ => None,
+                        }
+                    }
                     _ => None,
                 },
                 _ => None,

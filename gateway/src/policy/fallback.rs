@@ -29,7 +29,15 @@ const DDL_MODIFIERS: &[&str] = &[
 ];
 
 /// Object types spelled with two words (`MATERIALIZED VIEW`, `FOREIGN TABLE`, …).
-const TWO_WORD_OBJECTS: &[&str] = &["MATERIALIZED", "FOREIGN", "EVENT", "TEXT", "ACCESS", "OPERATOR", "USER"];
+const TWO_WORD_OBJECTS: &[&str] = &[
+    "MATERIALIZED",
+    "FOREIGN",
+    "EVENT",
+    "TEXT",
+    "ACCESS",
+    "OPERATOR",
+    "USER",
+];
 
 /// Verbs whose kind includes the object type (`CREATE TABLE`, `DROP DATABASE`).
 const OBJECT_VERBS: &[&str] = &["CREATE", "ALTER", "DROP", "COMMENT", "SECURITY", "IMPORT"];
@@ -64,7 +72,9 @@ impl StatementTokens {
         if !OBJECT_VERBS.contains(&verb.as_str()) {
             return verb;
         }
-        let mut object = words.by_ref().find(|w| !DDL_MODIFIERS.contains(&w.as_str()));
+        let mut object = words
+            .by_ref()
+            .find(|w| !DDL_MODIFIERS.contains(&w.as_str()));
         if verb == "COMMENT" || verb == "SECURITY" {
             // `COMMENT ON …`, `SECURITY LABEL …`: the verb alone is the useful kind.
             object = None;
@@ -72,7 +82,9 @@ impl StatementTokens {
         match object {
             None => verb,
             Some(o) if TWO_WORD_OBJECTS.contains(&o.as_str()) => match words.next() {
-                Some(second) if o != "USER" || second == "MAPPING" => format!("{verb} {o} {second}"),
+                Some(second) if o != "USER" || second == "MAPPING" => {
+                    format!("{verb} {o} {second}")
+                }
                 _ => format!("{verb} {o}"),
             },
             Some(o) => format!("{verb} {o}"),
@@ -132,13 +144,21 @@ pub fn classify_unparsed(tokens: &StatementTokens, parse_error: &str) -> Stateme
     }
     let role_statement = matches!(
         kind.as_str(),
-        "CREATE ROLE" | "CREATE USER" | "CREATE GROUP" | "ALTER ROLE" | "ALTER USER" | "ALTER GROUP"
+        "CREATE ROLE"
+            | "CREATE USER"
+            | "CREATE GROUP"
+            | "ALTER ROLE"
+            | "ALTER USER"
+            | "ALTER GROUP"
     );
     if role_statement && tokens.has_word("SUPERUSER") {
         block(format!("{kind} grants SUPERUSER"));
     }
-    if matches!(kind.as_str(), "CREATE FUNCTION" | "CREATE PROCEDURE") && loads_native_code(tokens) {
-        block(format!("{kind} with LANGUAGE C loads code from the server filesystem"));
+    if matches!(kind.as_str(), "CREATE FUNCTION" | "CREATE PROCEDURE") && loads_native_code(tokens)
+    {
+        block(format!(
+            "{kind} with LANGUAGE C loads code from the server filesystem"
+        ));
     }
     // Only block-class calls are reported: without a parse, `t (` in `CREATE TABLE t (` looks
     // like a call too.
@@ -172,10 +192,21 @@ pub fn classify_untokenizable(sql: &str, error: &str) -> StatementFacts {
         action: Action::Review,
         ..StatementFacts::default()
     };
-    let block_markers = ["DROP DATABASE", "ALTER SYSTEM", "PROGRAM", "SUPERUSER", "PG_READ", "PG_LS_", "LO_IMPORT", "LO_EXPORT"];
+    let block_markers = [
+        "DROP DATABASE",
+        "ALTER SYSTEM",
+        "PROGRAM",
+        "SUPERUSER",
+        "PG_READ",
+        "PG_LS_",
+        "LO_IMPORT",
+        "LO_EXPORT",
+    ];
     if let Some(marker) = block_markers.iter().find(|m| upper.contains(*m)) {
         facts.action = Action::Block;
-        facts.reasons.push(format!("text cannot be tokenized ({error}) and mentions {marker}"));
+        facts.reasons.push(format!(
+            "text cannot be tokenized ({error}) and mentions {marker}"
+        ));
     } else {
         facts.reasons.push(format!(
             "text cannot be tokenized ({error}); held for review because unparsed SQL is never allowed"
@@ -226,7 +257,10 @@ fn loads_native_code(tokens: &StatementTokens) -> bool {
 #[cfg(test)]
 fn is_trivia(token: &Token) -> bool {
     use sqlparser::tokenizer::Whitespace;
-    matches!(token, Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)))
+    matches!(
+        token,
+        Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_))
+    )
 }
 
 #[cfg(test)]
@@ -239,13 +273,22 @@ mod tests {
 
     #[test]
     fn kinds_name_verb_and_object_type() {
-        assert_eq!(kind_of("create or replace function f() ..."), "CREATE FUNCTION");
+        assert_eq!(
+            kind_of("create or replace function f() ..."),
+            "CREATE FUNCTION"
+        );
         assert_eq!(kind_of("CREATE UNIQUE INDEX i ON t (a)"), "CREATE INDEX");
-        assert_eq!(kind_of("create materialized view v as select 1"), "CREATE MATERIALIZED VIEW");
+        assert_eq!(
+            kind_of("create materialized view v as select 1"),
+            "CREATE MATERIALIZED VIEW"
+        );
         assert_eq!(kind_of("ALTER SYSTEM SET work_mem = '1GB'"), "ALTER SYSTEM");
         assert_eq!(kind_of("drop database x with (force)"), "DROP DATABASE");
         assert_eq!(kind_of("CREATE USER bob"), "CREATE USER");
-        assert_eq!(kind_of("CREATE USER MAPPING FOR bob SERVER s"), "CREATE USER MAPPING");
+        assert_eq!(
+            kind_of("CREATE USER MAPPING FOR bob SERVER s"),
+            "CREATE USER MAPPING"
+        );
         assert_eq!(kind_of("vacuum analyze t"), "VACUUM");
         assert_eq!(kind_of("DO $$ BEGIN END $$"), "DO");
     }
@@ -277,7 +320,13 @@ mod tests {
 
     #[test]
     fn untokenizable_text_is_never_allowed() {
-        assert_eq!(classify_untokenizable("SELECT 'oops", "unterminated").action, Action::Review);
-        assert_eq!(classify_untokenizable("DROP DATABASE x; SELECT 'oops", "e").action, Action::Block);
+        assert_eq!(
+            classify_untokenizable("SELECT 'oops", "unterminated").action,
+            Action::Review
+        );
+        assert_eq!(
+            classify_untokenizable("DROP DATABASE x; SELECT 'oops", "e").action,
+            Action::Block
+        );
     }
 }

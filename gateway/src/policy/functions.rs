@@ -57,10 +57,19 @@ const SIDE_EFFECTS: &[(&str, &str)] = &[
     ("pg_advisory_xact_lock", "takes an advisory lock"),
     ("pg_try_advisory_lock", "takes an advisory lock"),
     ("pg_drop_replication_slot", "drops a replication slot"),
-    ("pg_create_logical_replication_slot", "creates a replication slot"),
-    ("pg_create_physical_replication_slot", "creates a replication slot"),
+    (
+        "pg_create_logical_replication_slot",
+        "creates a replication slot",
+    ),
+    (
+        "pg_create_physical_replication_slot",
+        "creates a replication slot",
+    ),
     ("query_to_xml", "runs the SQL text it is given"),
-    ("query_to_xml_and_xmlschema", "runs the SQL text it is given"),
+    (
+        "query_to_xml_and_xmlschema",
+        "runs the SQL text it is given",
+    ),
     ("cursor_to_xml", "reads from a cursor"),
 ];
 
@@ -376,14 +385,24 @@ mod tests {
 
     #[test]
     fn sorted_lists_are_sorted_so_binary_search_finds_every_entry() {
-        assert!(READ_ONLY.windows(2).all(|w| w[0] < w[1]), "READ_ONLY must be sorted and unique");
+        assert!(
+            READ_ONLY.windows(2).all(|w| w[0] < w[1]),
+            "READ_ONLY must be sorted and unique"
+        );
         assert!(HARMLESS_SETTINGS.windows(2).all(|w| w[0] < w[1]));
-        assert!(READ_ONLY.len() >= 100, "allowlist has {} names", READ_ONLY.len());
+        assert!(
+            READ_ONLY.len() >= 100,
+            "allowlist has {} names",
+            READ_ONLY.len()
+        );
     }
 
     #[test]
     fn file_access_blocks_even_when_schema_qualified() {
-        assert_eq!(check_function("pg_catalog.pg_read_file").action, Action::Block);
+        assert_eq!(
+            check_function("pg_catalog.pg_read_file").action,
+            Action::Block
+        );
         assert_eq!(check_function("evil.pg_ls_dir").action, Action::Block);
     }
 

@@ -50,7 +50,10 @@ struct Decision<'p> {
 
 impl Policy {
     /// Validate `rules` and `defaults` into a policy.
-    pub fn new(rules: Vec<PolicyRule>, defaults: PolicyDefaults) -> Result<Policy, PolicyConfigError> {
+    pub fn new(
+        rules: Vec<PolicyRule>,
+        defaults: PolicyDefaults,
+    ) -> Result<Policy, PolicyConfigError> {
         let defaults = resolve_defaults(&defaults)?;
         let rules = compile_rules(&rules, &defaults)?;
         Ok(Policy {
@@ -82,8 +85,15 @@ impl Policy {
     /// Decide what happens to `sql` (one or more statements) for this context.
     pub fn evaluate(&self, ctx: &PolicyContext<'_>, sql: &str) -> Verdict {
         let statements = self.cache.get_or_insert_with(sql, classify);
-        let decisions: Vec<Decision<'_>> = statements.iter().map(|facts| self.decide(ctx, facts)).collect();
-        let action = decisions.iter().map(|d| d.action).max().unwrap_or(Action::Review);
+        let decisions: Vec<Decision<'_>> = statements
+            .iter()
+            .map(|facts| self.decide(ctx, facts))
+            .collect();
+        let action = decisions
+            .iter()
+            .map(|d| d.action)
+            .max()
+            .unwrap_or(Action::Review);
         let rule = decisions
             .iter()
             .find(|d| d.action == action)
@@ -92,7 +102,10 @@ impl Policy {
         let mut reasons: Vec<String> = Vec::new();
         // Reasons of the deciding (strictest) statements first, then the rest.
         for strictest_first in [true, false] {
-            for d in decisions.iter().filter(|d| (d.action == action) == strictest_first) {
+            for d in decisions
+                .iter()
+                .filter(|d| (d.action == action) == strictest_first)
+            {
                 for r in &d.reasons {
                     if !reasons.contains(r) {
                         reasons.push(r.clone());
@@ -100,7 +113,14 @@ impl Policy {
                 }
             }
         }
-        let review = (action == Action::Review).then(|| merge_reviews(decisions.iter().filter(|d| d.action == Action::Review).map(|d| d.review)));
+        let review = (action == Action::Review).then(|| {
+            merge_reviews(
+                decisions
+                    .iter()
+                    .filter(|d| d.action == Action::Review)
+                    .map(|d| d.review),
+            )
+        });
         Verdict {
             action,
             reasons,
@@ -119,7 +139,11 @@ impl Policy {
     /// relaxes a built-in block and never allows an unparsed statement.
     fn decide<'p>(&'p self, ctx: &PolicyContext<'_>, facts: &StatementFacts) -> Decision<'p> {
         let builtin = facts.action;
-        let Some(rule) = self.rules.iter().find(|r| r.matches(ctx.connection, ctx.requester, facts)) else {
+        let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| r.matches(ctx.connection, ctx.requester, facts))
+        else {
             return Decision {
                 action: builtin,
                 rule: "default",
@@ -149,7 +173,12 @@ impl Policy {
         if wanted < builtin && facts.unparsed {
             return floor("a statement that could not be parsed is never allowed");
         }
-        let mut reasons = vec![format!("rule {}: {} {}", rule.name, wanted.as_str(), facts.kind)];
+        let mut reasons = vec![format!(
+            "rule {}: {} {}",
+            rule.name,
+            wanted.as_str(),
+            facts.kind
+        )];
         if wanted >= builtin {
             reasons.extend(facts.reasons.iter().cloned());
         }

@@ -136,7 +136,9 @@ pub fn parse_ttl(text: &str) -> Result<u64, String> {
             'd' => 86_400,
             _ => return Err(format!("unknown unit {c:?} in {text:?}")),
         };
-        let n: u64 = digits.parse().map_err(|_| format!("missing number before {c:?} in {text:?}"))?;
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("missing number before {c:?} in {text:?}"))?;
         digits.clear();
         total = n
             .checked_mul(unit)
@@ -205,7 +207,11 @@ pub fn compile_rules(
             fix: fix.to_string(),
         };
         if rule.name.trim().is_empty() {
-            return Err(err("name", "name is empty".into(), "give every rule a unique, non-empty name"));
+            return Err(err(
+                "name",
+                "name is empty".into(),
+                "give every rule a unique, non-empty name",
+            ));
         }
         if compiled.iter().any(|c| c.name == rule.name) {
             return Err(err(
@@ -226,26 +232,48 @@ pub fn compile_rules(
                 ))
             }
         };
-        let approver_groups = rule.approver_groups.clone().unwrap_or_else(|| defaults.approver_groups.clone());
+        let approver_groups = rule
+            .approver_groups
+            .clone()
+            .unwrap_or_else(|| defaults.approver_groups.clone());
         if action == Action::Review && approver_groups.is_empty() {
             return Err(err(
                 "approver_groups",
-                "action is \"review\" but no approver groups are set here or in policy.defaults".into(),
+                "action is \"review\" but no approver groups are set here or in policy.defaults"
+                    .into(),
                 "add approver_groups = [\"dba\"] to the rule or to [policy.defaults]",
             ));
         }
         let quorum = rule.quorum.unwrap_or(defaults.quorum);
         if quorum == 0 {
-            return Err(err("quorum", "quorum is 0".into(), "set quorum to 1 or more distinct approvers"));
+            return Err(err(
+                "quorum",
+                "quorum is 0".into(),
+                "set quorum to 1 or more distinct approvers",
+            ));
         }
         let ttl_secs = match &rule.ttl {
-            Some(ttl) => parse_ttl(ttl).map_err(|p| err("ttl", p, "write a duration like \"90s\", \"30m\", \"1h\" or \"2d\""))?,
+            Some(ttl) => parse_ttl(ttl).map_err(|p| {
+                err(
+                    "ttl",
+                    p,
+                    "write a duration like \"90s\", \"30m\", \"1h\" or \"2d\"",
+                )
+            })?,
             None => defaults.ttl_secs,
         };
-        let globs = |key: &'static str, patterns: &Option<Vec<String>>| -> Result<Option<GlobSet>, PolicyConfigError> {
-            let Some(patterns) = patterns else { return Ok(None) };
+        let globs = |key: &'static str,
+                     patterns: &Option<Vec<String>>|
+         -> Result<Option<GlobSet>, PolicyConfigError> {
+            let Some(patterns) = patterns else {
+                return Ok(None);
+            };
             if patterns.is_empty() {
-                return Err(err(key, "the list is empty, so the rule could never match".into(), "remove the key to match anything, or list at least one glob"));
+                return Err(err(
+                    key,
+                    "the list is empty, so the rule could never match".into(),
+                    "remove the key to match anything, or list at least one glob",
+                ));
             }
             build_globs(patterns)
                 .map(Some)
@@ -254,10 +282,18 @@ pub fn compile_rules(
         let connections = globs("connections", &rule.connections)?;
         let tables = globs("tables", &rule.tables)?;
         let requesters = globs("requesters", &rule.requesters)?;
-        let lower_list = |key: &'static str, list: &Option<Vec<String>>| -> Result<Option<Vec<String>>, PolicyConfigError> {
+        let lower_list = |key: &'static str,
+                          list: &Option<Vec<String>>|
+         -> Result<Option<Vec<String>>, PolicyConfigError> {
             match list {
-                Some(l) if l.is_empty() => Err(err(key, "the list is empty, so the rule could never match".into(), "remove the key to match anything, or list at least one value")),
-                Some(l) => Ok(Some(l.iter().map(|k| k.trim().to_ascii_lowercase()).collect())),
+                Some(l) if l.is_empty() => Err(err(
+                    key,
+                    "the list is empty, so the rule could never match".into(),
+                    "remove the key to match anything, or list at least one value",
+                )),
+                Some(l) => Ok(Some(
+                    l.iter().map(|k| k.trim().to_ascii_lowercase()).collect(),
+                )),
                 None => Ok(None),
             }
         };
@@ -298,7 +334,12 @@ impl CompiledRule {
     /// Unqualified table names also match as `public.<name>` for rules that make statements
     /// stricter, so `tables = ["public.users"]` catches `DELETE FROM users`; an `allow` rule
     /// matches only the name as written, so a changed search_path cannot widen it.
-    pub fn matches(&self, connection: &str, requester: &RequesterChain, facts: &StatementFacts) -> bool {
+    pub fn matches(
+        &self,
+        connection: &str,
+        requester: &RequesterChain,
+        facts: &StatementFacts,
+    ) -> bool {
         if let Some(c) = &self.connections {
             if !c.is_match(connection) {
                 return false;
@@ -317,7 +358,8 @@ impl CompiledRule {
         if let Some(tables) = &self.tables {
             let widen = self.action != Action::Allow;
             let hit = facts.tables.iter().any(|t| {
-                tables.is_match(t) || (widen && !t.contains('.') && tables.is_match(format!("public.{t}")))
+                tables.is_match(t)
+                    || (widen && !t.contains('.') && tables.is_match(format!("public.{t}")))
             });
             if !hit {
                 return false;
@@ -325,17 +367,19 @@ impl CompiledRule {
         }
         if let Some(globs) = &self.requesters {
             let hit = requester.0.iter().any(|who| {
-                globs.is_match(&who.subject) || who.email.as_deref().is_some_and(|e| globs.is_match(e))
+                globs.is_match(&who.subject)
+                    || who.email.as_deref().is_some_and(|e| globs.is_match(e))
             });
             if !hit {
                 return false;
             }
         }
         if let Some(groups) = &self.requester_groups {
-            let hit = requester
-                .0
-                .iter()
-                .any(|who| who.groups.iter().any(|g| groups.iter().any(|w| w.eq_ignore_ascii_case(g))));
+            let hit = requester.0.iter().any(|who| {
+                who.groups
+                    .iter()
+                    .any(|g| groups.iter().any(|w| w.eq_ignore_ascii_case(g)))
+            });
             if !hit {
                 return false;
             }
@@ -384,7 +428,9 @@ mod tests {
 
     #[test]
     fn toml_rule_with_unknown_key_is_rejected() {
-        let err = toml::from_str::<PolicyRule>("name = \"x\"\naction = \"allow\"\ntabels = [\"t\"]\n").unwrap_err();
+        let err =
+            toml::from_str::<PolicyRule>("name = \"x\"\naction = \"allow\"\ntabels = [\"t\"]\n")
+                .unwrap_err();
         assert!(err.to_string().contains("tabels"), "{err}");
     }
 
@@ -415,11 +461,41 @@ mod tests {
     fn validation_names_rule_key_and_fix() {
         let cases: Vec<(PolicyRule, &str)> = vec![
             (rule("a", "permit"), "action"),
-            (PolicyRule { ttl: Some("soon".into()), ..rule("b", "review") }, "ttl"),
-            (PolicyRule { approver_groups: None, ..rule("c", "review") }, "approver_groups"),
-            (PolicyRule { tables: Some(vec!["[bad".into()]), ..rule("d", "block") }, "tables"),
-            (PolicyRule { quorum: Some(0), ..rule("e", "review") }, "quorum"),
-            (PolicyRule { connections: Some(vec![]), ..rule("f", "block") }, "connections"),
+            (
+                PolicyRule {
+                    ttl: Some("soon".into()),
+                    ..rule("b", "review")
+                },
+                "ttl",
+            ),
+            (
+                PolicyRule {
+                    approver_groups: None,
+                    ..rule("c", "review")
+                },
+                "approver_groups",
+            ),
+            (
+                PolicyRule {
+                    tables: Some(vec!["[bad".into()]),
+                    ..rule("d", "block")
+                },
+                "tables",
+            ),
+            (
+                PolicyRule {
+                    quorum: Some(0),
+                    ..rule("e", "review")
+                },
+                "quorum",
+            ),
+            (
+                PolicyRule {
+                    connections: Some(vec![]),
+                    ..rule("f", "block")
+                },
+                "connections",
+            ),
             (rule("", "block"), "name"),
         ];
         for (r, key) in cases {
@@ -427,13 +503,17 @@ mod tests {
             let err = compile_rules(&[rule("ok", "allow"), r], &defaults()).unwrap_err();
             assert_eq!(err.key(), key, "{err}");
             let text = err.to_string();
-            assert!(text.contains("policy.rules[1]") && text.contains(&format!("{name:?}")), "{text}");
+            assert!(
+                text.contains("policy.rules[1]") && text.contains(&format!("{name:?}")),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn duplicate_rule_names_are_rejected() {
-        let err = compile_rules(&[rule("x", "allow"), rule("x", "block")], &defaults()).unwrap_err();
+        let err =
+            compile_rules(&[rule("x", "allow"), rule("x", "block")], &defaults()).unwrap_err();
         assert_eq!(err.key(), "name");
     }
 
@@ -445,13 +525,31 @@ mod tests {
             ttl: "2h".into(),
         })
         .unwrap();
-        let compiled = compile_rules(&[PolicyRule { approver_groups: None, ..rule("r", "review") }], &defaults).unwrap();
-        assert_eq!(compiled[0].review, ReviewRequirement { approver_groups: vec!["dba".into()], quorum: 3, ttl_secs: 7200 });
+        let compiled = compile_rules(
+            &[PolicyRule {
+                approver_groups: None,
+                ..rule("r", "review")
+            }],
+            &defaults,
+        )
+        .unwrap();
+        assert_eq!(
+            compiled[0].review,
+            ReviewRequirement {
+                approver_groups: vec!["dba".into()],
+                quorum: 3,
+                ttl_secs: 7200
+            }
+        );
     }
 
     #[test]
     fn bad_defaults_name_the_key() {
-        let err = resolve_defaults(&PolicyDefaults { ttl: "forever".into(), ..PolicyDefaults::default() }).unwrap_err();
+        let err = resolve_defaults(&PolicyDefaults {
+            ttl: "forever".into(),
+            ..PolicyDefaults::default()
+        })
+        .unwrap_err();
         assert_eq!(err.key(), "ttl");
         assert!(err.to_string().contains("policy.defaults"));
     }

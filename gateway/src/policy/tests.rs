@@ -223,7 +223,13 @@ const CASES: &[(&str, Action, &str)] = &[
 
 fn verdict_of(sql: &str) -> Verdict {
     let chain = agent();
-    Policy::builtin().evaluate(&PolicyContext { connection: "prod-main", requester: &chain }, sql)
+    Policy::builtin().evaluate(
+        &PolicyContext {
+            connection: "prod-main",
+            requester: &chain,
+        },
+        sql,
+    )
 }
 
 #[test]
@@ -238,19 +244,30 @@ fn builtin_policy_classifies_the_statement_table() {
             failures.push(format!(
                 "{sql:?}: expected {action:?} with {expect:?}, got {:?} kinds {:?} reasons {:?}",
                 v.action,
-                v.statements.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
+                v.statements
+                    .iter()
+                    .map(|s| s.kind.as_str())
+                    .collect::<Vec<_>>(),
                 v.reasons
             ));
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn unparsable_statements_are_never_allowed() {
     for (sql, _, _) in CASES {
         for s in verdict_of(sql).statements {
-            assert!(!(s.unparsed && s.action == Allow), "{sql:?} allowed while unparsed");
+            assert!(
+                !(s.unparsed && s.action == Allow),
+                "{sql:?} allowed while unparsed"
+            );
         }
     }
 }
@@ -264,7 +281,10 @@ fn facts_list_tables_functions_and_missing_where() {
     assert_eq!(v.statements[0].tables, vec!["t", "u"]);
     assert_eq!(v.statements[0].functions, vec!["lower", "nextval"]);
     let v = verdict_of("SELECT * FROM pg_read_file('x')");
-    assert!(v.statements[0].tables.is_empty(), "a table function is not a table");
+    assert!(
+        v.statements[0].tables.is_empty(),
+        "a table function is not a table"
+    );
     assert_eq!(v.statements[0].functions, vec!["pg_read_file"]);
 }
 
@@ -298,7 +318,10 @@ fn verdict_serializes_with_the_documented_fields() {
 fn repeated_sql_is_served_from_the_cache() {
     let policy = Policy::builtin();
     let chain = agent();
-    let ctx = PolicyContext { connection: "c", requester: &chain };
+    let ctx = PolicyContext {
+        connection: "c",
+        requester: &chain,
+    };
     let a = policy.evaluate(&ctx, "SELECT 1");
     let b = policy.evaluate(&ctx, "SELECT 1");
     policy.evaluate(&ctx, "SELECT 2");
@@ -326,14 +349,26 @@ fn rule(name: &str, action: &str) -> PolicyRule {
 
 fn eval(rules: Vec<PolicyRule>, connection: &str, chain: &RequesterChain, sql: &str) -> Verdict {
     let policy = Policy::new(rules, PolicyDefaults::default()).unwrap();
-    policy.evaluate(&PolicyContext { connection, requester: chain }, sql)
+    policy.evaluate(
+        &PolicyContext {
+            connection,
+            requester: chain,
+        },
+        sql,
+    )
 }
 
 #[test]
 fn first_matching_rule_wins() {
     let rules = vec![
-        PolicyRule { kinds: Some(vec!["delete".into()]), ..rule("block-deletes", "block") },
-        PolicyRule { kinds: Some(vec!["DELETE".into()]), ..rule("allow-deletes", "allow") },
+        PolicyRule {
+            kinds: Some(vec!["delete".into()]),
+            ..rule("block-deletes", "block")
+        },
+        PolicyRule {
+            kinds: Some(vec!["DELETE".into()]),
+            ..rule("allow-deletes", "allow")
+        },
     ];
     let v = eval(rules, "prod", &agent(), "DELETE FROM t WHERE id = 1");
     assert_eq!(v.action, Block);
@@ -348,35 +383,104 @@ fn connection_and_table_globs_select_the_rule() {
         ..rule("prod-tables", "block")
     }];
     let chain = agent();
-    assert_eq!(eval(rules.clone(), "prod-eu", &chain, "UPDATE orders_2024 SET a = 1 WHERE id = 1").action, Block);
-    assert_eq!(eval(rules.clone(), "prod-eu", &chain, "DELETE FROM users WHERE id = 1").action, Block);
-    assert_eq!(eval(rules.clone(), "staging", &chain, "DELETE FROM users WHERE id = 1").action, Review);
-    assert_eq!(eval(rules, "prod-eu", &chain, "DELETE FROM invoices WHERE id = 1").action, Review);
+    assert_eq!(
+        eval(
+            rules.clone(),
+            "prod-eu",
+            &chain,
+            "UPDATE orders_2024 SET a = 1 WHERE id = 1"
+        )
+        .action,
+        Block
+    );
+    assert_eq!(
+        eval(
+            rules.clone(),
+            "prod-eu",
+            &chain,
+            "DELETE FROM users WHERE id = 1"
+        )
+        .action,
+        Block
+    );
+    assert_eq!(
+        eval(
+            rules.clone(),
+            "staging",
+            &chain,
+            "DELETE FROM users WHERE id = 1"
+        )
+        .action,
+        Review
+    );
+    assert_eq!(
+        eval(
+            rules,
+            "prod-eu",
+            &chain,
+            "DELETE FROM invoices WHERE id = 1"
+        )
+        .action,
+        Review
+    );
 }
 
 #[test]
 fn allow_rule_table_glob_matches_only_the_name_as_written() {
-    let rules = vec![PolicyRule { tables: Some(vec!["public.reports".into()]), ..rule("reports", "allow") }];
+    let rules = vec![PolicyRule {
+        tables: Some(vec!["public.reports".into()]),
+        ..rule("reports", "allow")
+    }];
     let chain = agent();
-    assert_eq!(eval(rules.clone(), "c", &chain, "INSERT INTO public.reports VALUES (1)").action, Allow);
-    assert_eq!(eval(rules, "c", &chain, "INSERT INTO reports VALUES (1)").action, Review);
+    assert_eq!(
+        eval(
+            rules.clone(),
+            "c",
+            &chain,
+            "INSERT INTO public.reports VALUES (1)"
+        )
+        .action,
+        Allow
+    );
+    assert_eq!(
+        eval(rules, "c", &chain, "INSERT INTO reports VALUES (1)").action,
+        Review
+    );
 }
 
 #[test]
 fn missing_where_rule_matches_only_unbounded_writes() {
-    let rules = vec![PolicyRule { missing_where: Some(true), ..rule("no-unbounded", "block") }];
+    let rules = vec![PolicyRule {
+        missing_where: Some(true),
+        ..rule("no-unbounded", "block")
+    }];
     let chain = agent();
     let v = eval(rules.clone(), "c", &chain, "DELETE FROM orders");
     assert_eq!((v.action, v.rule.as_str()), (Block, "no-unbounded"));
-    assert_eq!(eval(rules, "c", &chain, "DELETE FROM orders WHERE id = 1").action, Review);
+    assert_eq!(
+        eval(rules, "c", &chain, "DELETE FROM orders WHERE id = 1").action,
+        Review
+    );
 }
 
 #[test]
 fn requester_globs_and_groups_match_anyone_in_the_chain() {
-    let by_email = vec![PolicyRule { requesters: Some(vec!["*@example.com".into()]), ..rule("people", "block") }];
-    let by_subject = vec![PolicyRule { requesters: Some(vec!["deploy-*".into()]), ..rule("bots", "block") }];
-    let by_group = vec![PolicyRule { requester_groups: Some(vec!["Contractors".into()]), ..rule("contractors", "block") }];
-    let nobody = vec![PolicyRule { requesters: Some(vec!["*@other.org".into()]), ..rule("other", "block") }];
+    let by_email = vec![PolicyRule {
+        requesters: Some(vec!["*@example.com".into()]),
+        ..rule("people", "block")
+    }];
+    let by_subject = vec![PolicyRule {
+        requesters: Some(vec!["deploy-*".into()]),
+        ..rule("bots", "block")
+    }];
+    let by_group = vec![PolicyRule {
+        requester_groups: Some(vec!["Contractors".into()]),
+        ..rule("contractors", "block")
+    }];
+    let nobody = vec![PolicyRule {
+        requesters: Some(vec!["*@other.org".into()]),
+        ..rule("other", "block")
+    }];
     let chain = agent();
     let sql = "UPDATE t SET a = 1 WHERE id = 1";
     assert_eq!(eval(by_email, "c", &chain, sql).rule, "people");
@@ -388,7 +492,10 @@ fn requester_globs_and_groups_match_anyone_in_the_chain() {
 
 #[test]
 fn rule_may_relax_review_to_allow_for_parsed_statements() {
-    let rules = vec![PolicyRule { kinds: Some(vec!["INSERT".into()]), ..rule("inserts-ok", "allow") }];
+    let rules = vec![PolicyRule {
+        kinds: Some(vec!["INSERT".into()]),
+        ..rule("inserts-ok", "allow")
+    }];
     let v = eval(rules, "c", &agent(), "INSERT INTO t VALUES (1)");
     assert_eq!((v.action, v.rule.as_str()), (Allow, "inserts-ok"));
     assert!(v.review.is_none());
@@ -399,25 +506,47 @@ fn rule_cannot_allow_an_unparsed_statement() {
     let rules = vec![rule("allow-everything", "allow")];
     let v = eval(rules, "c", &agent(), "DO $$ BEGIN PERFORM 1; END $$");
     assert_eq!((v.action, v.rule.as_str()), (Review, "default"));
-    assert!(v.reasons.iter().any(|r| r.contains("allow-everything") && r.contains("never allowed")), "{:?}", v.reasons);
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.contains("allow-everything") && r.contains("never allowed")),
+        "{:?}",
+        v.reasons
+    );
 }
 
 #[test]
 fn rule_cannot_relax_a_builtin_block() {
     let rules = vec![rule("allow-everything", "allow")];
     let chain = agent();
-    for sql in ["COPY t TO PROGRAM 'x'", "ALTER SYSTEM SET a = 1", "SELECT pg_read_file('x')"] {
+    for sql in [
+        "COPY t TO PROGRAM 'x'",
+        "ALTER SYSTEM SET a = 1",
+        "SELECT pg_read_file('x')",
+    ] {
         let v = eval(rules.clone(), "c", &chain, sql);
         assert_eq!(v.action, Block, "{sql}");
-        assert!(v.reasons.iter().any(|r| r.contains("cannot be relaxed")), "{sql}: {:?}", v.reasons);
+        assert!(
+            v.reasons.iter().any(|r| r.contains("cannot be relaxed")),
+            "{sql}: {:?}",
+            v.reasons
+        );
     }
-    let v = eval(vec![rule("review-everything", "review")], "c", &chain, "DROP DATABASE x");
+    let v = eval(
+        vec![rule("review-everything", "review")],
+        "c",
+        &chain,
+        "DROP DATABASE x",
+    );
     assert_eq!(v.action, Block);
 }
 
 #[test]
 fn rule_may_make_an_allowed_statement_stricter() {
-    let rules = vec![PolicyRule { tables: Some(vec!["secrets".into()]), ..rule("secrets", "review") }];
+    let rules = vec![PolicyRule {
+        tables: Some(vec!["secrets".into()]),
+        ..rule("secrets", "review")
+    }];
     let v = eval(rules, "c", &agent(), "SELECT * FROM secrets");
     assert_eq!((v.action, v.rule.as_str()), (Review, "secrets"));
     assert_eq!(v.review.unwrap().approver_groups, vec!["dba"]);
@@ -441,12 +570,21 @@ fn review_requirements_merge_across_statements() {
             ..rule("updates", "review")
         },
     ];
-    let v = eval(rules, "c", &agent(), "DELETE FROM t WHERE id = 1; UPDATE t SET a = 1 WHERE id = 2; SELECT 1");
+    let v = eval(
+        rules,
+        "c",
+        &agent(),
+        "DELETE FROM t WHERE id = 1; UPDATE t SET a = 1 WHERE id = 2; SELECT 1",
+    );
     assert_eq!(v.action, Review);
     assert_eq!(v.rule, "deletes");
     assert_eq!(
         v.review,
-        Some(ReviewRequirement { approver_groups: vec!["dba".into(), "leads".into()], quorum: 3, ttl_secs: 600 })
+        Some(ReviewRequirement {
+            approver_groups: vec!["dba".into(), "leads".into()],
+            quorum: 3,
+            ttl_secs: 600
+        })
     );
 }
 
@@ -455,4 +593,18 @@ fn invalid_rules_are_reported_by_policy_new() {
     let err = Policy::new(vec![rule("x", "deny")], PolicyDefaults::default()).unwrap_err();
     assert_eq!(err.key(), "action");
     assert!(err.to_string().contains("policy.rules[0]"));
+}
+
+#[test]
+fn deeply_nested_input_fails_closed_without_crashing() {
+    let deep = format!("SELECT {}1{}", "(".repeat(5_000), ")".repeat(5_000));
+    let v = verdict_of(&deep);
+    assert_eq!(v.action, Review);
+    assert!(v.statements[0].unparsed);
+    let deep_queries = format!(
+        "SELECT * FROM {}t{}",
+        "(SELECT * FROM ".repeat(2_000),
+        ") s".repeat(2_000)
+    );
+    assert_ne!(verdict_of(&deep_queries).action, Allow);
 }
