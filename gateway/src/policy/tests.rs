@@ -594,3 +594,17 @@ fn invalid_rules_are_reported_by_policy_new() {
     assert_eq!(err.key(), "action");
     assert!(err.to_string().contains("policy.rules[0]"));
 }
+
+#[test]
+fn deeply_nested_input_fails_closed_without_crashing() {
+    let deep = format!("SELECT {}1{}", "(".repeat(5_000), ")".repeat(5_000));
+    let v = verdict_of(&deep);
+    assert_eq!(v.action, Review);
+    assert!(v.statements[0].unparsed);
+    let deep_queries = format!(
+        "SELECT * FROM {}t{}",
+        "(SELECT * FROM ".repeat(2_000),
+        ") s".repeat(2_000)
+    );
+    assert_ne!(verdict_of(&deep_queries).action, Allow);
+}
