@@ -323,7 +323,7 @@ async fn blocked_and_allowed_statements() {
 async fn forged_and_invalid_jwts_are_refused_and_audited() {
     let idp = Idp::start().await;
     let gw = spawn_gateway(
-        &format!("{}\n{}", idp.config(), base_config("").replace("", "")),
+        &format!("{}\n{}", idp.config(), base_config("")),
         Backend::Sqlite,
     )
     .await;

@@ -140,9 +140,8 @@ pub enum ChainCheck {
 /// Verify records given in sequence order; names the first broken record.
 pub fn verify_chain<'a>(records: impl IntoIterator<Item = &'a AuditRecord>) -> ChainCheck {
     let mut prev = GENESIS_HASH.to_string();
-    let mut expected_seq = 1i64;
     let mut n = 0u64;
-    for r in records {
+    for (expected_seq, r) in (1i64..).zip(records) {
         if r.seq != expected_seq {
             return ChainCheck::Broken {
                 seq: r.seq,
@@ -165,7 +164,6 @@ pub fn verify_chain<'a>(records: impl IntoIterator<Item = &'a AuditRecord>) -> C
             };
         }
         prev = r.hash.clone();
-        expected_seq += 1;
         n += 1;
     }
     ChainCheck::Intact { records: n }

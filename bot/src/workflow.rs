@@ -40,6 +40,7 @@ pub enum Submitted {
 
 /// Outcome of a vote attempt.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // Returned once per vote; boxing would only add noise at every call site.
 pub enum VoteResult {
     /// Counted; `resolved` when it approved (quorum) or denied the request.
     Recorded {

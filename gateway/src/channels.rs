@@ -62,8 +62,8 @@ pub fn build(engine: &Engine) -> Result<Channels, ChannelError> {
     let mut routers = Vec::new();
     if let Some(sc) = &cfg.slack {
         let secrets = sc.secrets_from_env().map_err(|e| err("slack", e))?;
-        let api = slack::SlackApi::new(&sc.api_base(), &secrets.bot_token)
-            .map_err(|e| err("slack", e))?;
+        let api =
+            slack::SlackApi::new(sc.api_base(), &secrets.bot_token).map_err(|e| err("slack", e))?;
         notifiers.push(Arc::new(slack::SlackNotifier::new(
             sc.clone(),
             api.clone(),

@@ -50,7 +50,24 @@ pub enum Admission {
     /// Approved earlier for this requester and claimed now: run it once, then report with [`Engine::finish`].
     RunApproved(RequestId),
     /// Held: a request is pending.
-    Held(countersign_bot::RequestView),
+    Held(Box<countersign_bot::RequestView>),
+}
+
+/// A statement as it arrives at a front door.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// Connection name.
+    pub connection: &'a str,
+    /// Who sent it.
+    pub requester: &'a RequesterChain,
+    /// Exact text.
+    pub sql: &'a str,
+    /// Hash the approval binds to (text, plus parameters on the wire).
+    pub hash: &'a StatementHash,
+    /// Front door: `api` or `wire`.
+    pub origin: &'a str,
+    /// Recorded session, if any.
+    pub session: Option<SessionId>,
 }
 
 impl Engine {
@@ -106,15 +123,18 @@ impl Engine {
     /// Decide a statement: run, block (audited) or hold (request created or reused).
     pub async fn admit(
         &self,
-        connection: &str,
-        requester: &RequesterChain,
-        sql: &str,
-        hash: &StatementHash,
+        incoming: &Incoming<'_>,
         verdict: &Verdict,
-        origin: &str,
-        session: Option<SessionId>,
     ) -> Result<Admission, WorkflowError> {
         use crate::policy::Action;
+        let Incoming {
+            connection,
+            requester,
+            sql,
+            hash,
+            origin,
+            session,
+        } = *incoming;
         match verdict.action {
             Action::Allow => Ok(Admission::Run),
             Action::Block => {
@@ -154,7 +174,9 @@ impl Engine {
                     session_id: session,
                 };
                 Ok(match self.workflow.submit(new).await? {
-                    Submitted::Created(v) | Submitted::AlreadyPending(v) => Admission::Held(v),
+                    Submitted::Created(v) | Submitted::AlreadyPending(v) => {
+                        Admission::Held(Box::new(v))
+                    }
                     Submitted::ApprovedAndClaimed(v) => Admission::RunApproved(v.request.id),
                 })
             }

@@ -50,13 +50,15 @@ impl WireGate for Engine {
     ) -> Result<HoldTicket, GateError> {
         let admission = self
             .admit(
-                &session.connection,
-                &session.requester,
-                sql,
-                hash,
+                &super::Incoming {
+                    connection: &session.connection,
+                    requester: &session.requester,
+                    sql,
+                    hash,
+                    origin: "wire",
+                    session: Some(session.id),
+                },
                 verdict,
-                "wire",
-                Some(session.id),
             )
             .await
             .map_err(|e| GateError::Unavailable(e.to_string()))?;

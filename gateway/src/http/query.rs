@@ -3,7 +3,7 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{parse_wait, AppState};
-use crate::engine::{summarize, Admission};
+use crate::engine::{summarize, Admission, Incoming};
 use crate::policy::Verdict;
 use crate::upstream::{ExecError, QueryOutcome};
 use axum::extract::rejection::JsonRejection;
@@ -63,7 +63,17 @@ pub async fn query(
     let verdict = engine.classify(&name, &requester, &body.sql);
     let hash = StatementHash::of_text(&body.sql);
     let admission = engine
-        .admit(&name, &requester, &body.sql, &hash, &verdict, "api", None)
+        .admit(
+            &Incoming {
+                connection: &name,
+                requester: &requester,
+                sql: &body.sql,
+                hash: &hash,
+                origin: "api",
+                session: None,
+            },
+            &verdict,
+        )
         .await?;
     match admission {
         Admission::Run => {
