@@ -9,7 +9,10 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let listen = args.next().unwrap_or_else(|| "127.0.0.1:6543".into()).parse()?;
+    let listen = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:6543".into())
+        .parse()?;
     let database = args.next().unwrap_or_else(|| "countersign_bench".into());
     let upstream = UpstreamTarget {
         host: "127.0.0.1".into(),

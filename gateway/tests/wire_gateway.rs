@@ -26,7 +26,10 @@ fn upstream(database: &str) -> UpstreamTarget {
     }
 }
 
-async fn start_with(cfg: impl FnOnce(&mut WireConfig), database: &str) -> (Arc<StaticGate>, SocketAddr) {
+async fn start_with(
+    cfg: impl FnOnce(&mut WireConfig),
+    database: &str,
+) -> (Arc<StaticGate>, SocketAddr) {
     let gate = Arc::new(StaticGate::new("app", upstream(database), TOKEN));
     let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
     config.allow_cleartext_without_tls = true;
@@ -43,11 +46,16 @@ async fn start() -> (Arc<StaticGate>, SocketAddr) {
 }
 
 fn conn_str(addr: SocketAddr, password: &str) -> String {
-    format!("host=127.0.0.1 port={} dbname=app user=agent password={password} sslmode=disable", addr.port())
+    format!(
+        "host=127.0.0.1 port={} dbname=app user=agent password={password} sslmode=disable",
+        addr.port()
+    )
 }
 
 async fn connect(addr: SocketAddr) -> Client {
-    let (client, connection) = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
     client
 }
@@ -67,7 +75,9 @@ async fn eventually(gate: &StaticGate, what: &str, pred: impl Fn(&GateEvent) -> 
 }
 
 fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e.as_db_error().unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
     (db.code().code().to_string(), db.message().to_string())
 }
 
@@ -76,17 +86,37 @@ async fn simple_extended_and_prepared_queries_pass_through_unchanged() {
     let (gate, addr) = start().await;
     let client = connect(addr).await;
     let t = table();
-    client.batch_execute(&format!("CREATE TABLE {t} (id int primary key, name text, data bytea)")).await.unwrap();
-    let insert = client.prepare(&format!("INSERT INTO {t} VALUES ($1, $2, $3)")).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int primary key, name text, data bytea)"
+        ))
+        .await
+        .unwrap();
+    let insert = client
+        .prepare(&format!("INSERT INTO {t} VALUES ($1, $2, $3)"))
+        .await
+        .unwrap();
     for i in 0..3i32 {
-        let n = client.execute(&insert, &[&i, &format!("n{i}"), &vec![i as u8, 0, 255]]).await.unwrap();
+        let n = client
+            .execute(&insert, &[&i, &format!("n{i}"), &vec![i as u8, 0, 255]])
+            .await
+            .unwrap();
         assert_eq!(n, 1);
     }
-    let rows = client.query(&format!("SELECT id, name, data FROM {t} WHERE id >= $1 ORDER BY id"), &[&1i32]).await.unwrap();
+    let rows = client
+        .query(
+            &format!("SELECT id, name, data FROM {t} WHERE id >= $1 ORDER BY id"),
+            &[&1i32],
+        )
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1].get::<_, String>(1), "n2");
     assert_eq!(rows[1].get::<_, Vec<u8>>(2), vec![2, 0, 255]);
-    let simple = client.simple_query(&format!("SELECT count(*) FROM {t}; SELECT 'x'")).await.unwrap();
+    let simple = client
+        .simple_query(&format!("SELECT count(*) FROM {t}; SELECT 'x'"))
+        .await
+        .unwrap();
     let first = simple.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
         _ => None,
@@ -96,10 +126,15 @@ async fn simple_extended_and_prepared_queries_pass_through_unchanged() {
         matches!(e, GateEvent::Statement(r) if r.sql.starts_with("INSERT") && r.command_tag.as_deref() == Some("INSERT 0 1"))
     })
     .await;
-    let GateEvent::Statement(record) = event else { unreachable!() };
+    let GateEvent::Statement(record) = event else {
+        unreachable!()
+    };
     assert_eq!(record.decision, Action::Allow);
     assert_eq!(record.rows, Some(1));
-    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -107,10 +142,16 @@ async fn blocked_statement_inside_a_transaction_fails_the_transaction_and_keeps_
     let (_gate, addr) = start().await;
     let client = connect(addr).await;
     client.batch_execute("BEGIN").await.unwrap();
-    let err = client.batch_execute("DROP DATABASE postgres").await.unwrap_err();
+    let err = client
+        .batch_execute("DROP DATABASE postgres")
+        .await
+        .unwrap_err();
     let (code, message) = db_error(&err);
     assert_eq!(code, "42501");
-    assert!(message.contains("static-test") && message.contains("never allowed"), "{message}");
+    assert!(
+        message.contains("static-test") && message.contains("never allowed"),
+        "{message}"
+    );
     // The transaction is now failed (status E), exactly as if Postgres had raised the error.
     let err = client.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
@@ -118,7 +159,10 @@ async fn blocked_statement_inside_a_transaction_fails_the_transaction_and_keeps_
     let rows = client.query("SELECT 41 + $1::int", &[&1i32]).await.unwrap();
     assert_eq!(rows[0].get::<_, i32>(0), 42);
     // Outside a transaction the block is reported and the session is still idle and usable.
-    let err = client.query("DROP DATABASE postgres", &[]).await.unwrap_err();
+    let err = client
+        .query("DROP DATABASE postgres", &[])
+        .await
+        .unwrap_err();
     assert_eq!(db_error(&err).0, "42501");
     assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 3);
 }
@@ -128,24 +172,48 @@ async fn held_statement_runs_once_after_approval_and_reports_its_result() {
     let (gate, addr) = start().await;
     let client = connect(addr).await;
     let t = table();
-    client.batch_execute(&format!("CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1), (2), (2)")).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1), (2), (2)"
+        ))
+        .await
+        .unwrap();
     gate.push_outcome(Duration::from_millis(200), HoldOutcome::Approved);
     let sql = format!("DELETE FROM {t} WHERE id = $1");
     let deleted = client.execute(&sql, &[&2i32]).await.unwrap();
     assert_eq!(deleted, 2);
     let hold = eventually(&gate, "a hold", |e| matches!(e, GateEvent::Hold { .. })).await;
-    let GateEvent::Hold { sql: held_sql, hash, id } = hold else { unreachable!() };
+    let GateEvent::Hold {
+        sql: held_sql,
+        hash,
+        id,
+    } = hold
+    else {
+        unreachable!()
+    };
     assert_eq!(held_sql, sql);
     // The approval is bound to the text and the binary Bind parameter.
-    assert_eq!(hash, StatementHash::of_parts(&sql, &[Some(&2i32.to_be_bytes()[..])]));
+    assert_eq!(
+        hash,
+        StatementHash::of_parts(&sql, &[Some(&2i32.to_be_bytes()[..])])
+    );
     let executed = eventually(&gate, "executed", |e| matches!(e, GateEvent::Executed(..))).await;
-    let GateEvent::Executed(executed_id, outcome) = executed else { unreachable!() };
+    let GateEvent::Executed(executed_id, outcome) = executed else {
+        unreachable!()
+    };
     assert_eq!(executed_id, id);
     assert_eq!(outcome.command_tag.as_deref(), Some("DELETE 2"));
     assert_eq!(outcome.rows, Some(2));
-    let left: i64 = client.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+    let left: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(left, 1);
-    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -153,12 +221,23 @@ async fn statement_approved_in_advance_runs_without_waiting() {
     let (gate, addr) = start().await;
     let client = connect(addr).await;
     let t = table();
-    client.batch_execute(&format!("CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1)")).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1)"
+        ))
+        .await
+        .unwrap();
     let sql = format!("DELETE FROM {t}");
     gate.approve_in_advance(StatementHash::of_text(&sql));
     let messages = client.simple_query(&sql).await.unwrap();
-    assert!(matches!(messages[0], tokio_postgres::SimpleQueryMessage::CommandComplete(1)));
-    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    assert!(matches!(
+        messages[0],
+        tokio_postgres::SimpleQueryMessage::CommandComplete(1)
+    ));
+    client
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -166,32 +245,61 @@ async fn denied_statement_gets_42501_naming_who_denied_and_why() {
     let (gate, addr) = start().await;
     let client = connect(addr).await;
     let t = table();
-    client.batch_execute(&format!("CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1)")).await.unwrap();
-    let denial = HoldOutcome::Denied { by: vec!["alice@example.com".into()], reason: Some("not in prod".into()) };
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1)"
+        ))
+        .await
+        .unwrap();
+    let denial = HoldOutcome::Denied {
+        by: vec!["alice@example.com".into()],
+        reason: Some("not in prod".into()),
+    };
     gate.push_outcome(Duration::from_millis(100), denial);
-    let err = client.batch_execute(&format!("DELETE FROM {t}")).await.unwrap_err();
+    let err = client
+        .batch_execute(&format!("DELETE FROM {t}"))
+        .await
+        .unwrap_err();
     let (code, message) = db_error(&err);
     assert_eq!(code, "42501");
-    assert!(message.contains("alice@example.com") && message.contains("not in prod"), "{message}");
-    let left: i64 = client.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+    assert!(
+        message.contains("alice@example.com") && message.contains("not in prod"),
+        "{message}"
+    );
+    let left: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(left, 1, "a denied DELETE must not run");
     let record = eventually(&gate, "denied record", |e| {
         matches!(e, GateEvent::Statement(r) if r.decision == Action::Review && r.error.is_some())
     })
     .await;
-    let GateEvent::Statement(record) = record else { unreachable!() };
+    let GateEvent::Statement(record) = record else {
+        unreachable!()
+    };
     assert!(record.request_id.is_some());
-    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn hold_that_times_out_says_the_request_stays_pending() {
     let (_gate, addr) = start_with(|c| c.hold_wait = Duration::from_millis(300), "test").await;
     let client = connect(addr).await;
-    let err = client.batch_execute("DELETE FROM pg_catalog.pg_class WHERE false").await.unwrap_err();
+    let err = client
+        .batch_execute("DELETE FROM pg_catalog.pg_class WHERE false")
+        .await
+        .unwrap_err();
     let (code, message) = db_error(&err);
     assert_eq!(code, "42501");
-    assert!(message.contains("stays pending") && message.contains("re-running the identical statement"), "{message}");
+    assert!(
+        message.contains("stays pending") && message.contains("re-running the identical statement"),
+        "{message}"
+    );
     assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 3);
 }
 
@@ -201,15 +309,29 @@ async fn cancel_request_during_a_hold_cancels_the_approval_request() {
     let client = connect(addr).await;
     let cancel = client.cancel_token();
     let running = tokio::spawn(async move {
-        let r = client.batch_execute("DELETE FROM pg_catalog.pg_class WHERE false").await;
+        let r = client
+            .batch_execute("DELETE FROM pg_catalog.pg_class WHERE false")
+            .await;
         (client, r)
     });
     eventually(&gate, "a hold", |e| matches!(e, GateEvent::Hold { .. })).await;
     cancel.cancel_query(NoTls).await.unwrap();
-    let (client, result) = tokio::time::timeout(Duration::from_secs(3), running).await.unwrap().unwrap();
+    let (client, result) = tokio::time::timeout(Duration::from_secs(3), running)
+        .await
+        .unwrap()
+        .unwrap();
     let err = result.unwrap_err();
-    assert_eq!(db_error(&err), ("57014".into(), "canceling statement due to user request".into()));
-    eventually(&gate, "cancel_hold", |e| matches!(e, GateEvent::Cancelled(_))).await;
+    assert_eq!(
+        db_error(&err),
+        (
+            "57014".into(),
+            "canceling statement due to user request".into()
+        )
+    );
+    eventually(&gate, "cancel_hold", |e| {
+        matches!(e, GateEvent::Cancelled(_))
+    })
+    .await;
     assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 3);
 }
 
@@ -232,13 +354,22 @@ async fn copy_in_and_copy_out_are_relayed() {
     let (_gate, addr) = start().await;
     let client = connect(addr).await;
     let t = table();
-    client.batch_execute(&format!("CREATE TABLE {t} (id int, name text)")).await.unwrap();
-    let sink = client.copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN")).await.unwrap();
+    client
+        .batch_execute(&format!("CREATE TABLE {t} (id int, name text)"))
+        .await
+        .unwrap();
+    let sink = client
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN"))
+        .await
+        .unwrap();
     futures::pin_mut!(sink);
     let data: String = (0..1000).map(|i| format!("{i}\tname {i}\n")).collect();
     sink.send(bytes::Bytes::from(data)).await.unwrap();
     assert_eq!(sink.finish().await.unwrap(), 1000);
-    let stream = client.copy_out(&format!("COPY (SELECT * FROM {t} ORDER BY id) TO STDOUT")).await.unwrap();
+    let stream = client
+        .copy_out(&format!("COPY (SELECT * FROM {t} ORDER BY id) TO STDOUT"))
+        .await
+        .unwrap();
     futures::pin_mut!(stream);
     let mut out = Vec::new();
     while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
@@ -247,13 +378,18 @@ async fn copy_in_and_copy_out_are_relayed() {
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.lines().count(), 1000);
     assert!(text.ends_with("999\tname 999\n"));
-    client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn listen_notify_notifications_reach_the_listener() {
     let (_gate, addr) = start().await;
-    let (listener, mut connection) = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls).await.unwrap();
+    let (listener, mut connection) = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls)
+        .await
+        .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(msg) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
@@ -263,24 +399,39 @@ async fn listen_notify_notifications_reach_the_listener() {
         }
     });
     let channel = table();
-    listener.batch_execute(&format!("LISTEN {channel}")).await.unwrap();
+    listener
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap();
     let sender = connect(addr).await;
-    sender.batch_execute(&format!("NOTIFY {channel}, 'hello'")).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+    sender
+        .batch_execute(&format!("NOTIFY {channel}, 'hello'"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, (channel, "hello".to_string()));
 }
 
 #[tokio::test]
 async fn wrong_password_is_refused_with_28p01() {
     let (_gate, addr) = start().await;
-    let err = tokio_postgres::connect(&conn_str(addr, "wrong"), NoTls).await.err().unwrap();
+    let err = tokio_postgres::connect(&conn_str(addr, "wrong"), NoTls)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
 }
 
 #[tokio::test]
 async fn unknown_connection_name_is_refused_with_3d000() {
     let (_gate, addr) = start().await;
-    let url = format!("host=127.0.0.1 port={} dbname=nope user=agent password={TOKEN} sslmode=disable", addr.port());
+    let url = format!(
+        "host=127.0.0.1 port={} dbname=nope user=agent password={TOKEN} sslmode=disable",
+        addr.port()
+    );
     let err = tokio_postgres::connect(&url, NoTls).await.err().unwrap();
     assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME));
 }
@@ -288,14 +439,23 @@ async fn unknown_connection_name_is_refused_with_3d000() {
 #[tokio::test]
 async fn cleartext_password_without_tls_is_refused_unless_allowed() {
     let (_gate, addr) = start_with(|c| c.allow_cleartext_without_tls = false, "test").await;
-    let err = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls).await.err().unwrap();
-    assert_eq!(err.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION));
+    let err = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    );
 }
 
 /// Reads until EOF and returns everything the gateway sent.
 async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await.unwrap().ok();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .ok();
     got
 }
 
@@ -329,17 +489,26 @@ async fn malformed_startup_length_gets_08p01_and_close() {
 
 #[tokio::test]
 async fn never_finished_startup_times_out_with_08p01() {
-    let (_gate, addr) = start_with(|c| c.startup_timeout = Duration::from_millis(300), "test").await;
+    let (_gate, addr) =
+        start_with(|c| c.startup_timeout = Duration::from_millis(300), "test").await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(&[0, 0, 0, 40]).await.unwrap();
     let got = read_to_close(&mut s).await;
-    assert!(contains(&got, b"08P01") && contains(&got, b"timed out"), "{got:?}");
+    assert!(
+        contains(&got, b"08P01") && contains(&got, b"timed out"),
+        "{got:?}"
+    );
 }
 
 #[tokio::test]
 async fn oversized_or_unknown_message_after_login_gets_08p01_and_close() {
     let (_gate, addr) = start_with(|c| c.max_message_size = 1024, "test").await;
-    for bad in [vec![b'Q', 0x7f, 0xff, 0xff, 0xff], vec![b'Q', 0, 0, 8, 0], vec![b'?', 0, 0, 0, 4], vec![b'Q', 0xff, 0xff, 0xff, 0xff]] {
+    for bad in [
+        vec![b'Q', 0x7f, 0xff, 0xff, 0xff],
+        vec![b'Q', 0, 0, 8, 0],
+        vec![b'?', 0, 0, 0, 4],
+        vec![b'Q', 0xff, 0xff, 0xff, 0xff],
+    ] {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(&startup_packet("app")).await.unwrap();
         let mut auth = [0u8; 9];
@@ -358,7 +527,18 @@ async fn oversized_or_unknown_message_after_login_gets_08p01_and_close() {
 
 fn psql(addr: SocketAddr, password: &str, sql: &str) -> std::process::Output {
     std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "-d", "app", "-U", "agent", "-XAtc", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-d",
+            "app",
+            "-U",
+            "agent",
+            "-XAtc",
+            sql,
+        ])
         .env("PGPASSWORD", password)
         .env("PGSSLMODE", "disable")
         .output()
@@ -368,26 +548,46 @@ fn psql(addr: SocketAddr, password: &str, sql: &str) -> std::process::Output {
 #[tokio::test]
 async fn psql_runs_queries_and_reports_blocks_and_bad_passwords() {
     let (_gate, addr) = start().await;
-    let out = tokio::task::spawn_blocking(move || psql(addr, TOKEN, "SELECT 40 + 2")).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || psql(addr, TOKEN, "SELECT 40 + 2"))
+        .await
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
-    let out = tokio::task::spawn_blocking(move || psql(addr, TOKEN, "DROP DATABASE postgres")).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || psql(addr, TOKEN, "DROP DATABASE postgres"))
+        .await
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("blocked by policy rule"), "{out:?}");
-    let out = tokio::task::spawn_blocking(move || psql(addr, "nope", "SELECT 1")).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("blocked by policy rule"),
+        "{out:?}"
+    );
+    let out = tokio::task::spawn_blocking(move || psql(addr, "nope", "SELECT 1"))
+        .await
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password authentication failed"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
 async fn pgbench_runs_in_simple_extended_and_prepared_modes() {
     let admin = {
-        let (c, conn) = tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", NoTls).await.unwrap();
+        let (c, conn) = tokio_postgres::connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+            NoTls,
+        )
+        .await
+        .unwrap();
         tokio::spawn(conn);
         c
     };
     let db = format!("wire_bench_{}", uuid::Uuid::new_v4().simple());
-    admin.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
     let (_gate, addr) = start_with(|_| {}, &db).await;
     let port = addr.port().to_string();
     let run = move |args: &[&str]| {
@@ -399,26 +599,37 @@ async fn pgbench_runs_in_simple_extended_and_prepared_modes() {
             .env("PGSSLMODE", "disable")
             .output()
             .expect("pgbench must be installed");
-        assert!(out.status.success(), "pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pgbench {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     tokio::task::spawn_blocking(move || {
         run(&["-i", "-s", "1", "-q"]);
         for mode in ["simple", "extended", "prepared"] {
             let out = run(&["-M", mode, "-c", "2", "-j", "2", "-T", "2"]);
-            assert!(out.contains("number of failed transactions: 0"), "{mode}: {out}");
+            assert!(
+                out.contains("number of failed transactions: 0"),
+                "{mode}: {out}"
+            );
         }
     })
     .await
     .unwrap();
-    admin.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn tls_connection_with_self_signed_certificate_accepts_the_password() {
     let dir = std::env::temp_dir().join(format!("wire_tls_{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, generated.cert.pem()).unwrap();
     std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
@@ -434,17 +645,35 @@ async fn tls_connection_with_self_signed_certificate_accepts_the_password() {
     .await;
     let run = move |sslmode: &'static str| {
         std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "-d", "app", "-U", "agent", "-XAtc", "SELECT 7"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "-d",
+                "app",
+                "-U",
+                "agent",
+                "-XAtc",
+                "SELECT 7",
+            ])
             .env("PGPASSWORD", TOKEN)
             .env("PGSSLMODE", sslmode)
             .output()
             .expect("psql must be installed")
     };
-    let out = tokio::task::spawn_blocking(move || run("require")).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || run("require"))
+        .await
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
-    let out = tokio::task::spawn_blocking(move || run("disable")).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || run("disable"))
+        .await
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only over TLS"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only over TLS"),
+        "{out:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

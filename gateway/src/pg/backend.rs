@@ -53,7 +53,14 @@ pub struct BadFrame;
 impl BackendTracker {
     /// State after the upstream's first ReadyForQuery.
     pub fn new(status: u8) -> Self {
-        Self { skip: 0, status, in_flight: VecDeque::new(), tag: None, error: None, need: 0 }
+        Self {
+            skip: 0,
+            status,
+            in_flight: VecDeque::new(),
+            tag: None,
+            error: None,
+            need: 0,
+        }
     }
 
     /// True between frames: the gateway may inject its own message to the client.
@@ -75,7 +82,9 @@ impl BackendTracker {
         let mut rewrote = false;
         self.need = 0;
         while self.skip == 0 {
-            let Some((tag, total)) = frame_header(&buf[pos..]) else { break };
+            let Some((tag, total)) = frame_header(&buf[pos..]) else {
+                break;
+            };
             if total == usize::MAX {
                 return Err(BadFrame);
             }
@@ -108,7 +117,10 @@ impl BackendTracker {
                     self.tag = Some(String::from_utf8_lossy(text).into_owned());
                 }
                 b'E' => {
-                    let message = error_fields(body).find(|(f, _)| *f == b'M').map(|(_, m)| m).unwrap_or_default();
+                    let message = error_fields(body)
+                        .find(|(f, _)| *f == b'M')
+                        .map(|(_, m)| m)
+                        .unwrap_or_default();
                     self.error = Some(String::from_utf8_lossy(message).into_owned());
                 }
                 _ => {}
@@ -132,7 +144,9 @@ impl BackendTracker {
     fn finish(&mut self, finished: &mut Vec<FinishedStatement>) {
         let tag = self.tag.take();
         let error = self.error.take();
-        let Some(f) = self.in_flight.pop_front() else { return };
+        let Some(f) = self.in_flight.pop_front() else {
+            return;
+        };
         finished.push(FinishedStatement {
             sql: f.sql,
             binds: f.binds,
@@ -236,6 +250,8 @@ mod tests {
     fn negative_length_from_upstream_is_an_error() {
         let mut t = BackendTracker::new(b'I');
         let (mut rw, mut fin) = (BytesMut::new(), Vec::new());
-        assert!(t.scan(&[b'D', 0xff, 0xff, 0xff, 0xff], &mut rw, &mut fin).is_err());
+        assert!(t
+            .scan(&[b'D', 0xff, 0xff, 0xff, 0xff], &mut rw, &mut fin)
+            .is_err());
     }
 }

@@ -81,15 +81,27 @@ pub struct CancelRegistry {
 
 impl CancelRegistry {
     /// Registers a session under a fresh random key; returns the key and its cancel signal.
-    pub fn register(&self, upstream: (String, u16), backend: BackendKey) -> (FrontendKey, Arc<CancelSignal>) {
+    pub fn register(
+        &self,
+        upstream: (String, u16),
+        backend: BackendKey,
+    ) -> (FrontendKey, Arc<CancelSignal>) {
         let signal = Arc::new(CancelSignal::default());
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let key = FrontendKey { pid: rand::random::<i32>() & 0x7fff_ffff, secret: rand::random() };
+            let key = FrontendKey {
+                pid: rand::random::<i32>() & 0x7fff_ffff,
+                secret: rand::random(),
+            };
             if key.pid == 0 || sessions.contains_key(&key.pid) {
                 continue;
             }
-            let entry = Entry { secret: key.secret, upstream: upstream.clone(), backend, signal: signal.clone() };
+            let entry = Entry {
+                secret: key.secret,
+                upstream: upstream.clone(),
+                backend,
+                signal: signal.clone(),
+            };
             sessions.insert(key.pid, entry);
             return (key, signal);
         }
@@ -97,7 +109,10 @@ impl CancelRegistry {
 
     /// Forgets a session.
     pub fn unregister(&self, key: FrontendKey) {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&key.pid);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key.pid);
     }
 
     /// Handles a client's CancelRequest: cancels a hold, or forwards the cancel to the upstream.
@@ -141,7 +156,12 @@ mod tests {
         signal.set_holding(true);
         let since = signal.generation();
         reg.cancel(key).await;
-        tokio::time::timeout(std::time::Duration::from_secs(1), signal.cancelled_after(since)).await.unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            signal.cancelled_after(since),
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
@@ -150,7 +170,11 @@ mod tests {
         let (key, signal) = reg.register(("127.0.0.1".into(), 9), BackendKey { pid: 1, secret: 2 });
         signal.set_holding(true);
         let since = signal.generation();
-        reg.cancel(FrontendKey { pid: key.pid, secret: key.secret.wrapping_add(1) }).await;
+        reg.cancel(FrontendKey {
+            pid: key.pid,
+            secret: key.secret.wrapping_add(1),
+        })
+        .await;
         assert_eq!(signal.generation(), since);
     }
 }

@@ -31,7 +31,11 @@ pub fn frame_header(buf: &[u8]) -> Option<(u8, usize)> {
     }
     let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
     // A negative or too-small length is reported as an impossible size; callers reject it.
-    let total = if len < 4 { usize::MAX } else { len as usize + 1 };
+    let total = if len < 4 {
+        usize::MAX
+    } else {
+        len as usize + 1
+    };
     Some((buf[0], total))
 }
 
@@ -76,14 +80,29 @@ impl Severity {
 }
 
 /// Appends an ErrorResponse ('E') or, for `Severity::Notice`, a NoticeResponse ('N').
-pub fn put_error(buf: &mut BytesMut, severity: Severity, code: &str, message: &str, hint: Option<&str>) {
-    let tag = if matches!(severity, Severity::Notice) { b'N' } else { b'E' };
+pub fn put_error(
+    buf: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    hint: Option<&str>,
+) {
+    let tag = if matches!(severity, Severity::Notice) {
+        b'N'
+    } else {
+        b'E'
+    };
     let start = buf.len();
     buf.put_u8(tag);
     buf.put_i32(0);
-    for (field, value) in [(b'S', severity.as_str()), (b'V', severity.as_str()), (b'C', code), (b'M', message)]
-        .into_iter()
-        .chain(hint.map(|h| (b'H', h)))
+    for (field, value) in [
+        (b'S', severity.as_str()),
+        (b'V', severity.as_str()),
+        (b'C', code),
+        (b'M', message),
+    ]
+    .into_iter()
+    .chain(hint.map(|h| (b'H', h)))
     {
         buf.put_u8(field);
         put_cstr(buf, value.as_bytes());
@@ -142,7 +161,10 @@ pub fn error_fields(body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
 
 /// The rows count at the end of a CommandComplete tag (`INSERT 0 5` → 5, `SELECT 3` → 3).
 pub fn rows_of_tag(tag: &str) -> Option<u64> {
-    tag.rsplit(' ').next().and_then(|n| n.parse().ok()).filter(|_| tag.contains(' '))
+    tag.rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .filter(|_| tag.contains(' '))
 }
 
 /// Reads one complete frame into `buf` (which may hold leftovers) and returns its tag and body.
@@ -192,7 +214,10 @@ mod tests {
 
     #[test]
     fn negative_frame_length_is_reported_as_impossible() {
-        assert_eq!(frame_header(&[b'Q', 0xff, 0xff, 0xff, 0xff]), Some((b'Q', usize::MAX)));
+        assert_eq!(
+            frame_header(&[b'Q', 0xff, 0xff, 0xff, 0xff]),
+            Some((b'Q', usize::MAX))
+        );
         assert_eq!(frame_header(&[b'Q', 0, 0]), None);
     }
 

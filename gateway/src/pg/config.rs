@@ -71,8 +71,9 @@ fn default_max_message_size() -> usize {
 
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let secs = f64::deserialize(d)?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| serde::de::Error::custom("expected a non-negative number of seconds, e.g. 30 or 0.5"))
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        serde::de::Error::custom("expected a non-negative number of seconds, e.g. 30 or 0.5")
+    })
 }
 
 #[cfg(test)]
@@ -81,11 +82,14 @@ mod tests {
 
     #[test]
     fn wire_config_parses_seconds_and_rejects_unknown_keys() {
-        let cfg: WireConfig = toml::from_str("listen = \"127.0.0.1:6543\"\nhold_wait = 1.5\n").unwrap();
+        let cfg: WireConfig =
+            toml::from_str("listen = \"127.0.0.1:6543\"\nhold_wait = 1.5\n").unwrap();
         assert_eq!(cfg.hold_wait, Duration::from_millis(1500));
         assert_eq!(cfg.max_message_size, 64 * 1024 * 1024);
         assert!(toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nbogus = 1\n").is_err());
-        assert!(toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nhold_wait = -1\n").is_err());
+        assert!(
+            toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nhold_wait = -1\n").is_err()
+        );
     }
 
     #[test]

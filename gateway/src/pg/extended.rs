@@ -42,7 +42,10 @@ impl Catalog {
                 return;
             }
         }
-        let prepared = Arc::new(Prepared { sql: Arc::from(sql), verdict: classify(sql) });
+        let prepared = Arc::new(Prepared {
+            sql: Arc::from(sql),
+            verdict: classify(sql),
+        });
         self.statements.insert(name.into(), prepared);
     }
 
@@ -52,7 +55,10 @@ impl Catalog {
             Some(p) => p.clone(),
             None => Arc::new(unknown_statement(statement)),
         };
-        let entry = Portal { statement: prepared, bind: Bytes::copy_from_slice(body) };
+        let entry = Portal {
+            statement: prepared,
+            bind: Bytes::copy_from_slice(body),
+        };
         match self.portals.get_mut(portal) {
             Some(slot) => *slot = entry,
             None => {
@@ -137,7 +143,12 @@ impl Batch {
         match self.executed.as_slice() {
             [] => Arc::from(""),
             [one] => one.statement.sql.clone(),
-            many => Arc::from(many.iter().map(|p| &*p.statement.sql).collect::<Vec<_>>().join(";\n")),
+            many => Arc::from(
+                many.iter()
+                    .map(|p| &*p.statement.sql)
+                    .collect::<Vec<_>>()
+                    .join(";\n"),
+            ),
         }
     }
 
@@ -265,6 +276,9 @@ mod tests {
     fn bind_to_unknown_statement_blocks() {
         let mut cat = Catalog::default();
         cat.bind(b"", b"nope", &bind_body(&[]));
-        assert_eq!(cat.portal(b"").unwrap().statement.verdict.action, Action::Block);
+        assert_eq!(
+            cat.portal(b"").unwrap().statement.verdict.action,
+            Action::Block
+        );
     }
 }

@@ -156,7 +156,9 @@ pub struct StatementRecord {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireAuthError {
     /// Wrong token or password (SQLSTATE 28P01).
-    #[error("password authentication failed for user \"{user}\": check the token you pass as password")]
+    #[error(
+        "password authentication failed for user \"{user}\": check the token you pass as password"
+    )]
     BadPassword {
         /// The user as sent.
         user: String,

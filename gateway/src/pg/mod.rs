@@ -23,7 +23,7 @@ mod upstream;
 pub use config::{TlsFiles, WireConfig};
 pub use error::WireError;
 pub use gate::{
-    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord, UpstreamTarget, WireAuthError,
-    WireGate,
+    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord,
+    UpstreamTarget, WireAuthError, WireGate,
 };
 pub use server::{serve, WireServer};

@@ -55,7 +55,10 @@ impl Recorder {
     pub fn spawn(gate: Arc<dyn WireGate>) -> Self {
         let (tx, rx) = mpsc::channel(CAPACITY);
         tokio::spawn(drain(gate, rx));
-        Self { tx, dropped: Arc::new(AtomicU64::new(0)) }
+        Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Records the start of a session.
@@ -77,7 +80,10 @@ impl Recorder {
             Err(_) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
-                    tracing::warn!(dropped = n, "session recorder is behind; statement records were dropped");
+                    tracing::warn!(
+                        dropped = n,
+                        "session recorder is behind; statement records were dropped"
+                    );
                 }
             }
         }

@@ -116,7 +116,13 @@ where
         let result = self.relay().await;
         if let Err(WireError::Protocol(msg)) = &result {
             let mut buf = BytesMut::new();
-            put_error(&mut buf, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, msg, None);
+            put_error(
+                &mut buf,
+                Severity::Fatal,
+                sqlstate::PROTOCOL_VIOLATION,
+                msg,
+                None,
+            );
             let _ = self.client_w.write_all(&buf).await;
         }
         let _ = self.client_w.shutdown().await;
@@ -206,7 +212,9 @@ where
 
     fn next_client_step(&mut self) -> Result<Step, WireError> {
         loop {
-            let Some((tag, total)) = frame_header(&self.cbuf) else { return Ok(Step::NeedMore) };
+            let Some((tag, total)) = frame_header(&self.cbuf) else {
+                return Ok(Step::NeedMore);
+            };
             if total == usize::MAX || total > self.ctx.max_message_size {
                 return Err(WireError::Protocol(format!(
                     "invalid message length (limit {} bytes); the client sent a corrupt or oversized message",
@@ -284,7 +292,11 @@ where
     }
 
     fn classify(&self, sql: &str) -> Arc<Verdict> {
-        self.ctx.gate.classify(&self.ctx.session.connection, &self.ctx.session.requester, sql)
+        self.ctx.gate.classify(
+            &self.ctx.session.connection,
+            &self.ctx.session.requester,
+            sql,
+        )
     }
 
     fn on_query(&mut self, frame: BytesMut) -> Option<Held> {
@@ -332,7 +344,13 @@ where
                 });
                 None
             }
-            Action::Review => Some(Held { sql: Arc::from(sql), bytes: frame, binds: vec![], verdict, received }),
+            Action::Review => Some(Held {
+                sql: Arc::from(sql),
+                bytes: frame,
+                binds: vec![],
+                verdict,
+                received,
+            }),
         }
     }
 
@@ -343,7 +361,9 @@ where
         let sql = std::str::from_utf8(text).map_err(|_| malformed("Parse (query is not UTF-8)"))?;
         let gate = &self.ctx.gate;
         let session = &self.ctx.session;
-        self.catalog.parse(name, sql, |sql| gate.classify(&session.connection, &session.requester, sql));
+        self.catalog.parse(name, sql, |sql| {
+            gate.classify(&session.connection, &session.requester, sql)
+        });
         self.batch.parsed.push(name.into());
         self.add_to_batch(frame);
         Ok(())
@@ -396,7 +416,11 @@ where
             }
             Action::Block => {
                 self.catalog.forget_statements(&batch.parsed);
-                let message = batch.verdict.as_deref().map(blocked_message).unwrap_or_default();
+                let message = batch
+                    .verdict
+                    .as_deref()
+                    .map(blocked_message)
+                    .unwrap_or_default();
                 self.refuse(Refusal {
                     sql: batch.sql(),
                     binds: batch.binds(),
@@ -410,7 +434,13 @@ where
             }
             Action::Review => {
                 let verdict = batch.verdict.clone()?;
-                Some(Held { sql: batch.sql(), binds: batch.binds(), bytes: batch.bytes, verdict, received })
+                Some(Held {
+                    sql: batch.sql(),
+                    binds: batch.binds(),
+                    bytes: batch.bytes,
+                    verdict,
+                    received,
+                })
             }
         }
     }
@@ -434,12 +464,20 @@ where
     async fn hold(&mut self, held: Held) -> Result<(), WireError> {
         let hash = statement_hash(&held.sql, &held.binds);
         let gate = self.ctx.gate.clone();
-        let id = match gate.hold(&self.ctx.session, &held.sql, &hash, &held.verdict).await {
+        let id = match gate
+            .hold(&self.ctx.session, &held.sql, &hash, &held.verdict)
+            .await
+        {
             Ok(HoldTicket::Approved { id }) => {
                 self.forward_approved(held, id);
                 return Ok(());
             }
-            Ok(HoldTicket::Pending { id, approvers, expires_at, quorum }) => {
+            Ok(HoldTicket::Pending {
+                id,
+                approvers,
+                expires_at,
+                quorum,
+            }) => {
                 let expires = expires_at
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_else(|_| expires_at.to_string());
@@ -451,7 +489,12 @@ where
                 id
             }
             Err(e) => {
-                self.refuse(refusal_of(&held, None, sqlstate::SYSTEM_ERROR, e.to_string()));
+                self.refuse(refusal_of(
+                    &held,
+                    None,
+                    sqlstate::SYSTEM_ERROR,
+                    e.to_string(),
+                ));
                 return Ok(());
             }
         };
@@ -466,7 +509,12 @@ where
             None => {
                 gate.cancel_hold(id, &self.ctx.session).await;
                 let message = "canceling statement due to user request".to_string();
-                self.refuse(refusal_of(&held, Some(id), sqlstate::QUERY_CANCELED, message));
+                self.refuse(refusal_of(
+                    &held,
+                    Some(id),
+                    sqlstate::QUERY_CANCELED,
+                    message,
+                ));
                 return Ok(());
             }
         };
@@ -489,7 +537,12 @@ where
                 self.ctx.hold_wait.as_secs()
             ),
         };
-        self.refuse(refusal_of(&held, Some(id), sqlstate::INSUFFICIENT_PRIVILEGE, message));
+        self.refuse(refusal_of(
+            &held,
+            Some(id),
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            message,
+        ));
         Ok(())
     }
 
@@ -535,7 +588,12 @@ where
     }
 }
 
-fn refusal_of<'a>(held: &Held, request_id: Option<RequestId>, code: &'a str, message: String) -> Refusal<'a> {
+fn refusal_of<'a>(
+    held: &Held,
+    request_id: Option<RequestId>,
+    code: &'a str,
+    message: String,
+) -> Refusal<'a> {
     Refusal {
         sql: held.sql.clone(),
         binds: held.binds.clone(),
@@ -567,16 +625,33 @@ fn kind_and_name(frame: &[u8]) -> Result<(u8, &[u8]), WireError> {
 
 /// The message a blocked statement gets: the deciding rule and its reasons.
 pub fn blocked_message(verdict: &Verdict) -> String {
-    let reasons = if verdict.reasons.is_empty() { "no reason recorded".to_string() } else { verdict.reasons.join("; ") };
-    format!("statement blocked by policy rule \"{}\": {reasons}", verdict.rule)
+    let reasons = if verdict.reasons.is_empty() {
+        "no reason recorded".to_string()
+    } else {
+        verdict.reasons.join("; ")
+    };
+    format!(
+        "statement blocked by policy rule \"{}\": {reasons}",
+        verdict.rule
+    )
 }
 
 /// Encodes Parse/Bind/Execute/Sync of a DO block that raises `code` with `message`.
 fn put_refusal(out: &mut BytesMut, code: &str, message: &str) {
     const TAG: &str = "$countersign$";
-    let literal = message.replace('\0', "").replace(TAG, "$ countersign$").replace('\\', "\\\\").replace('\'', "''");
-    let code: String = code.chars().filter(char::is_ascii_alphanumeric).take(5).collect();
-    let sql = format!("DO {TAG}BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = E'{literal}'; END{TAG}");
+    let literal = message
+        .replace('\0', "")
+        .replace(TAG, "$ countersign$")
+        .replace('\\', "\\\\")
+        .replace('\'', "''");
+    let code: String = code
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(5)
+        .collect();
+    let sql = format!(
+        "DO {TAG}BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = E'{literal}'; END{TAG}"
+    );
     let start = out.len();
     out.put_u8(b'P');
     out.put_i32(0);

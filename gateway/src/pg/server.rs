@@ -22,18 +22,34 @@ pub struct WireServer {
 impl WireServer {
     /// Loads TLS material and binds the configured address (spawns the recorder on the current runtime).
     pub async fn bind(cfg: WireConfig, gate: Arc<dyn WireGate>) -> Result<Self, WireError> {
-        let tls = cfg.tls.as_ref().map(|t| load_tls(&t.cert, &t.key)).transpose()?;
-        let listener =
-            TcpListener::bind(cfg.listen).await.map_err(|source| WireError::Listen { addr: cfg.listen, source })?;
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|t| load_tls(&t.cert, &t.key))
+            .transpose()?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| WireError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
         let recorder = Recorder::spawn(gate.clone());
-        let shared = Arc::new(Shared { cfg, gate, tls, cancels: CancelRegistry::default(), recorder });
+        let shared = Arc::new(Shared {
+            cfg,
+            gate,
+            tls,
+            cancels: CancelRegistry::default(),
+            recorder,
+        });
         Ok(Self { listener, shared })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> Result<SocketAddr, WireError> {
         let addr = self.shared.cfg.listen;
-        self.listener.local_addr().map_err(|source| WireError::Listen { addr, source })
+        self.listener
+            .local_addr()
+            .map_err(|source| WireError::Listen { addr, source })
     }
 
     /// Accepts clients until `shutdown` resolves; sessions already running continue on their own tasks.
@@ -67,9 +83,14 @@ pub async fn serve(
 }
 
 fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, WireError> {
-    let err = |path: &std::path::Path, reason: String| WireError::Tls { path: path.to_path_buf(), reason };
+    let err = |path: &std::path::Path, reason: String| WireError::Tls {
+        path: path.to_path_buf(),
+        reason,
+    };
     let open = |path: &std::path::Path| {
-        std::fs::File::open(path).map(BufReader::new).map_err(|e| err(path, e.to_string()))
+        std::fs::File::open(path)
+            .map(BufReader::new)
+            .map_err(|e| err(path, e.to_string()))
     };
     let certs = rustls_pemfile::certs(&mut open(cert)?)
         .collect::<Result<Vec<_>, _>>()
@@ -80,11 +101,13 @@ fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor
     let key_der = rustls_pemfile::private_key(&mut open(key)?)
         .map_err(|e| err(key, e.to_string()))?
         .ok_or_else(|| err(key, "no private key found".into()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(cert, e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| err(cert, e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| err(cert, e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)
+    .map_err(|e| err(cert, e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -2,7 +2,9 @@
 //! the startup packet, cleartext-password authentication against the gate, and the upstream login.
 
 use super::cancel::{CancelRegistry, CancelSignal, FrontendKey};
-use super::codec::{put_auth, put_backend_key, put_cstr, put_error, put_ready, read_frame, sqlstate, Severity};
+use super::codec::{
+    put_auth, put_backend_key, put_cstr, put_error, put_ready, read_frame, sqlstate, Severity,
+};
 use super::config::WireConfig;
 use super::error::WireError;
 use super::gate::{SessionInfo, WireAuthError, WireGate};
@@ -43,7 +45,10 @@ enum Packet {
     Ssl,
     Gss,
     Cancel(FrontendKey),
-    Startup { minor: u16, params: Vec<(String, String)> },
+    Startup {
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
 }
 
 enum PacketError {
@@ -83,7 +88,12 @@ pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Sha
     }
 }
 
-async fn negotiate(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared, deadline: Instant) -> Result<(), WireError> {
+async fn negotiate(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    deadline: Instant,
+) -> Result<(), WireError> {
     loop {
         match next_packet(&mut tcp, deadline).await? {
             Packet::Ssl => match &shared.tls {
@@ -91,7 +101,9 @@ async fn negotiate(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared, deadli
                     tcp.write_all(b"S").await?;
                     let tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
                         Ok(r) => r?,
-                        Err(_) => return Err(WireError::Protocol("TLS handshake timed out".into())),
+                        Err(_) => {
+                            return Err(WireError::Protocol("TLS handshake timed out".into()))
+                        }
                     };
                     return after_tls(tls, peer, shared, deadline).await;
                 }
@@ -102,7 +114,9 @@ async fn negotiate(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared, deadli
                 shared.cancels.cancel(key).await;
                 return Ok(());
             }
-            Packet::Startup { minor, params } => return serve(tcp, false, minor, params, peer, shared, deadline).await,
+            Packet::Startup { minor, params } => {
+                return serve(tcp, false, minor, params, peer, shared, deadline).await
+            }
         }
     }
 }
@@ -114,21 +128,34 @@ async fn after_tls(
     deadline: Instant,
 ) -> Result<(), WireError> {
     match next_packet(&mut tls, deadline).await? {
-        Packet::Startup { minor, params } => serve(tls, true, minor, params, peer, shared, deadline).await,
+        Packet::Startup { minor, params } => {
+            serve(tls, true, minor, params, peer, shared, deadline).await
+        }
         Packet::Cancel(key) => {
             shared.cancels.cancel(key).await;
             Ok(())
         }
-        Packet::Ssl | Packet::Gss => {
-            Err(fatal(&mut tls, sqlstate::PROTOCOL_VIOLATION, "encryption requested twice; send a startup packet").await)
-        }
+        Packet::Ssl | Packet::Gss => Err(fatal(
+            &mut tls,
+            sqlstate::PROTOCOL_VIOLATION,
+            "encryption requested twice; send a startup packet",
+        )
+        .await),
     }
 }
 
 /// Reads the next startup-phase packet; timeouts and bad packets are answered with FATAL.
-async fn next_packet<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, deadline: Instant) -> Result<Packet, WireError> {
+async fn next_packet<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    deadline: Instant,
+) -> Result<Packet, WireError> {
     match timeout_at(deadline, read_packet(stream)).await {
-        Err(_) => Err(fatal(stream, sqlstate::PROTOCOL_VIOLATION, "startup timed out; the client must finish connecting promptly").await),
+        Err(_) => Err(fatal(
+            stream,
+            sqlstate::PROTOCOL_VIOLATION,
+            "startup timed out; the client must finish connecting promptly",
+        )
+        .await),
         Ok(Err(PacketError::Io(e))) => Err(e.into()),
         Ok(Err(PacketError::Bad(code, msg))) => Err(fatal(stream, code, &msg).await),
         Ok(Ok(p)) => Ok(p),
@@ -140,10 +167,16 @@ async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Packet, Pac
     stream.read_exact(&mut len).await.map_err(PacketError::Io)?;
     let len = i32::from_be_bytes(len);
     if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
-        return Err(PacketError::Bad(sqlstate::PROTOCOL_VIOLATION, format!("invalid startup packet length {len}")));
+        return Err(PacketError::Bad(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("invalid startup packet length {len}"),
+        ));
     }
     let mut body = vec![0u8; len as usize - 4];
-    stream.read_exact(&mut body).await.map_err(PacketError::Io)?;
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(PacketError::Io)?;
     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
     match code {
         SSL_REQUEST => Ok(Packet::Ssl),
@@ -157,16 +190,28 @@ async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Packet, Pac
             let mut parts = body[4..].split(|&b| b == 0);
             while let Some(key) = parts.next().filter(|k| !k.is_empty()) {
                 let value = parts.next().unwrap_or_default();
-                let bad = || PacketError::Bad(sqlstate::PROTOCOL_VIOLATION, "startup parameters must be UTF-8".into());
+                let bad = || {
+                    PacketError::Bad(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "startup parameters must be UTF-8".into(),
+                    )
+                };
                 let key = std::str::from_utf8(key).map_err(|_| bad())?.to_string();
                 let value = std::str::from_utf8(value).map_err(|_| bad())?.to_string();
                 params.push((key, value));
             }
-            Ok(Packet::Startup { minor: (v & 0xffff) as u16, params })
+            Ok(Packet::Startup {
+                minor: (v & 0xffff) as u16,
+                params,
+            })
         }
         v => Err(PacketError::Bad(
             sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("unsupported frontend protocol {}.{}: the gateway speaks 3.0", v >> 16, v & 0xffff),
+            format!(
+                "unsupported frontend protocol {}.{}: the gateway speaks 3.0",
+                v >> 16,
+                v & 0xffff
+            ),
         )),
     }
 }
@@ -180,7 +225,10 @@ async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str)
 }
 
 fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 async fn serve<S: Halves>(
@@ -193,7 +241,12 @@ async fn serve<S: Halves>(
     deadline: Instant,
 ) -> Result<(), WireError> {
     let Some(user) = param(&params, "user").map(str::to_string) else {
-        return Err(fatal(&mut stream, sqlstate::INVALID_AUTHORIZATION, "no user name in the startup packet; pass -U/user").await);
+        return Err(fatal(
+            &mut stream,
+            sqlstate::INVALID_AUTHORIZATION,
+            "no user name in the startup packet; pass -U/user",
+        )
+        .await);
     };
     let connection = param(&params, "database").unwrap_or(&user).to_string();
     if param(&params, "replication").is_some_and(|v| !matches!(v, "false" | "off" | "0" | "no")) {
@@ -201,7 +254,11 @@ async fn serve<S: Halves>(
         return Err(fatal(&mut stream, sqlstate::FEATURE_NOT_SUPPORTED, msg).await);
     }
     let mut out = BytesMut::new();
-    let unknown: Vec<&str> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.as_str()).collect();
+    let unknown: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
     if minor > 0 || !unknown.is_empty() {
         // NegotiateProtocolVersion: we speak 3.0 and no protocol extensions.
         let start = out.len();
@@ -222,17 +279,38 @@ async fn serve<S: Halves>(
     stream.write_all(&out).await?;
 
     let mut buf = BytesMut::new();
-    let (tag, body) = match timeout_at(deadline, read_frame(&mut stream, &mut buf, MAX_PASSWORD_MESSAGE)).await {
-        Err(_) => return Err(fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "startup timed out waiting for the password").await),
+    let (tag, body) = match timeout_at(
+        deadline,
+        read_frame(&mut stream, &mut buf, MAX_PASSWORD_MESSAGE),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(fatal(
+                &mut stream,
+                sqlstate::PROTOCOL_VIOLATION,
+                "startup timed out waiting for the password",
+            )
+            .await)
+        }
         // Clients such as psql hang up here to prompt for a password, then reconnect.
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-        Ok(Err(e)) => return Err(fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await),
+        Ok(Err(e)) => {
+            return Err(fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await)
+        }
         Ok(Ok(frame)) => frame,
     };
     let password = body.strip_suffix(&[0]).map(std::str::from_utf8);
     let password = match (tag, password) {
         (b'p', Some(Ok(p))) => p,
-        _ => return Err(fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "expected a password message").await),
+        _ => {
+            return Err(fatal(
+                &mut stream,
+                sqlstate::PROTOCOL_VIOLATION,
+                "expected a password message",
+            )
+            .await)
+        }
     };
     let requester = match shared.gate.authenticate(&connection, &user, password).await {
         Ok(r) => r,
@@ -250,7 +328,9 @@ async fn serve<S: Halves>(
     };
     let passthrough: Vec<(String, String)> = params
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_."))
+        .filter(|(k, _)| {
+            !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_.")
+        })
         .cloned()
         .collect();
     let upstream = match timeout_at(deadline, upstream::connect(&target, &passthrough)).await {
@@ -264,8 +344,16 @@ async fn serve<S: Halves>(
             return Err(fatal(&mut stream, sqlstate::CONNECTION_FAILURE, msg).await);
         }
     };
-    let Upstream { stream: upstream_stream, parameter_status, key: backend_key, ready_status, leftover } = upstream;
-    let (key, signal) = shared.cancels.register((target.host.clone(), target.port), backend_key);
+    let Upstream {
+        stream: upstream_stream,
+        parameter_status,
+        key: backend_key,
+        ready_status,
+        leftover,
+    } = upstream;
+    let (key, signal) = shared
+        .cancels
+        .register((target.host.clone(), target.port), backend_key);
 
     let mut hello = BytesMut::with_capacity(parameter_status.len() + 64);
     put_auth(&mut hello, 0);
@@ -286,7 +374,16 @@ async fn serve<S: Halves>(
         started_at: OffsetDateTime::now_utc(),
     });
     shared.recorder.started(&session).await;
-    let result = relay(stream, upstream_stream, leftover, ready_status, &session, signal, shared).await;
+    let result = relay(
+        stream,
+        upstream_stream,
+        leftover,
+        ready_status,
+        &session,
+        signal,
+        shared,
+    )
+    .await;
     shared.cancels.unregister(key);
     shared.recorder.ended(&session).await;
     result
@@ -311,5 +408,13 @@ async fn relay<S: Halves>(
         hold_wait: shared.cfg.hold_wait,
         max_message_size: shared.cfg.max_message_size,
     };
-    Relay::new(stream.halves(), upstream.into_split(), sbuf, ready_status, ctx).run().await
+    Relay::new(
+        stream.halves(),
+        upstream.into_split(),
+        sbuf,
+        ready_status,
+        ctx,
+    )
+    .run()
+    .await
 }

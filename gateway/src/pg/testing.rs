@@ -3,11 +3,13 @@
 //! Not for production: it has no policy and no store.
 
 use super::gate::{
-    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord, UpstreamTarget, WireAuthError,
-    WireGate,
+    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord,
+    UpstreamTarget, WireAuthError, WireGate,
 };
 use crate::policy::{Action, ReviewRequirement, Verdict};
-use countersign_bot::{Identity, IdentityKind, RequestId, RequesterChain, SessionId, StatementHash};
+use countersign_bot::{
+    Identity, IdentityKind, RequestId, RequesterChain, SessionId, StatementHash,
+};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,8 +117,18 @@ fn starts_with_keyword(sql: &str, keyword: &str) -> bool {
 
 #[async_trait::async_trait]
 impl WireGate for StaticGate {
-    async fn authenticate(&self, _connection: &str, user: &str, password: &str) -> Result<RequesterChain, WireAuthError> {
-        self.tokens.get(password).cloned().ok_or_else(|| WireAuthError::BadPassword { user: user.to_string() })
+    async fn authenticate(
+        &self,
+        _connection: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<RequesterChain, WireAuthError> {
+        self.tokens
+            .get(password)
+            .cloned()
+            .ok_or_else(|| WireAuthError::BadPassword {
+                user: user.to_string(),
+            })
     }
 
     fn upstream(&self, connection: &str) -> Option<UpstreamTarget> {
@@ -141,7 +153,11 @@ impl WireGate for StaticGate {
         _verdict: &Verdict,
     ) -> Result<HoldTicket, GateError> {
         let id = RequestId::new();
-        self.record(GateEvent::Hold { sql: sql.to_string(), hash: hash.clone(), id });
+        self.record(GateEvent::Hold {
+            sql: sql.to_string(),
+            hash: hash.clone(),
+            id,
+        });
         if lock(&self.approved).remove(hash) {
             return Ok(HoldTicket::Approved { id });
         }

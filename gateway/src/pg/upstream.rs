@@ -47,13 +47,19 @@ pub enum UpstreamError {
 }
 
 /// Connects and logs in; `params` are the client's startup parameters to pass through.
-pub async fn connect(target: &UpstreamTarget, params: &[(String, String)]) -> Result<Upstream, UpstreamError> {
+pub async fn connect(
+    target: &UpstreamTarget,
+    params: &[(String, String)],
+) -> Result<Upstream, UpstreamError> {
     let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
     stream.set_nodelay(true)?;
     let mut out = BytesMut::new();
-    let all = [("user", target.user.as_str()), ("database", target.database.as_str())]
-        .into_iter()
-        .chain(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let all = [
+        ("user", target.user.as_str()),
+        ("database", target.database.as_str()),
+    ]
+    .into_iter()
+    .chain(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(all, &mut out)?;
     stream.write_all(&out).await?;
 
@@ -92,7 +98,13 @@ pub async fn connect(target: &UpstreamTarget, params: &[(String, String)]) -> Re
             }
             b'Z' => {
                 let ready_status = body.first().copied().unwrap_or(b'I');
-                return Ok(Upstream { stream, parameter_status, key, ready_status, leftover: buf });
+                return Ok(Upstream {
+                    stream,
+                    parameter_status,
+                    key,
+                    ready_status,
+                    leftover: buf,
+                });
             }
             // NoticeResponse, NegotiateProtocolVersion: nothing to do.
             _ => {}
@@ -106,7 +118,10 @@ fn authenticate_step(
     scram: &mut Option<ScramSha256>,
     out: &mut BytesMut,
 ) -> Result<(), UpstreamError> {
-    let code = body.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(-1);
+    let code = body
+        .get(..4)
+        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(-1);
     let data = body.get(4..).unwrap_or_default();
     let password = || {
         target
@@ -126,24 +141,36 @@ fn authenticate_step(
             frontend::password_message(hashed.as_bytes(), out)?;
         }
         10 => {
-            let offers_scram = data.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+            let offers_scram = data
+                .split(|&b| b == 0)
+                .any(|m| m == SCRAM_SHA_256.as_bytes());
             if !offers_scram {
-                return Err(UpstreamError::Unsupported("a SASL mechanism other than SCRAM-SHA-256".into()));
+                return Err(UpstreamError::Unsupported(
+                    "a SASL mechanism other than SCRAM-SHA-256".into(),
+                ));
             }
             let client = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
             frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), out)?;
             *scram = Some(client);
         }
         11 => {
-            let client = scram.as_mut().ok_or_else(|| UpstreamError::Unsupported("SASL out of order".into()))?;
+            let client = scram
+                .as_mut()
+                .ok_or_else(|| UpstreamError::Unsupported("SASL out of order".into()))?;
             client.update(data)?;
             frontend::sasl_response(client.message(), out)?;
         }
         12 => {
-            let client = scram.as_mut().ok_or_else(|| UpstreamError::Unsupported("SASL out of order".into()))?;
+            let client = scram
+                .as_mut()
+                .ok_or_else(|| UpstreamError::Unsupported("SASL out of order".into()))?;
             client.finish(data)?;
         }
-        other => return Err(UpstreamError::Unsupported(format!("authentication method {other}"))),
+        other => {
+            return Err(UpstreamError::Unsupported(format!(
+                "authentication method {other}"
+            )))
+        }
     }
     Ok(())
 }
