@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
         password: None,
         database,
     };
-    let gate = Arc::new(StaticGate::new("bench", upstream, "bench-token"));
+    let gate = Arc::new(StaticGate::new("bench", upstream, "bench-token").without_event_log());
     let mut cfg = WireConfig::new(listen);
     cfg.allow_cleartext_without_tls = true;
     serve(cfg, gate, async {
