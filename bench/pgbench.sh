@@ -55,7 +55,7 @@ INI
 echo '"postgres" ""' >"$TMP/userlist.txt"
 chmod 644 "$TMP"/*
 PGB_USER_ARGS=()
-if [ "$(id -u)" = 0 ]; then PGB_USER_ARGS=(-u postgres); fi
+if [ "$(id -u)" = 0 ]; then PGB_USER_ARGS=(-u postgres); chown -R postgres "$TMP"; fi
 echo "== starting pgbouncer on 127.0.0.1:$PGB_PORT (session mode)"
 pgbouncer "${PGB_USER_ARGS[@]}" "$TMP/pgbouncer.ini" &
 PIDS+=($!)

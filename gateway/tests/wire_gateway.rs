@@ -677,3 +677,19 @@ async fn tls_connection_with_self_signed_certificate_accepts_the_password() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn session_start_and_end_are_recorded() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    let started = eventually(&gate, "session start", |e| {
+        matches!(e, GateEvent::SessionStarted(_))
+    })
+    .await;
+    drop(client);
+    let GateEvent::SessionStarted(id) = started else {
+        unreachable!()
+    };
+    eventually(&gate, "session end", |e| *e == GateEvent::SessionEnded(id)).await;
+}

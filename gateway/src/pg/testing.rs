@@ -46,6 +46,7 @@ pub struct StaticGate {
     outcomes: Mutex<VecDeque<(Duration, HoldOutcome)>>,
     approved: Mutex<HashSet<StatementHash>>,
     events: Mutex<Vec<GateEvent>>,
+    keep_events: bool,
     allow: Arc<Verdict>,
     review: Arc<Verdict>,
     block: Arc<Verdict>,
@@ -80,6 +81,7 @@ impl StaticGate {
             outcomes: Mutex::default(),
             approved: Mutex::default(),
             events: Mutex::default(),
+            keep_events: true,
             allow: verdict(Action::Allow, "read-only"),
             review: verdict(Action::Review, "DELETE needs approval"),
             block: verdict(Action::Block, "DROP DATABASE is never allowed"),
@@ -96,13 +98,21 @@ impl StaticGate {
         lock(&self.approved).insert(hash);
     }
 
+    /// Stops keeping the event log (for long benchmarks, where it would grow without bound).
+    pub fn without_event_log(mut self) -> Self {
+        self.keep_events = false;
+        self
+    }
+
     /// Everything the gate was told so far.
     pub fn events(&self) -> Vec<GateEvent> {
         lock(&self.events).clone()
     }
 
     fn record(&self, event: GateEvent) {
-        lock(&self.events).push(event);
+        if self.keep_events {
+            lock(&self.events).push(event);
+        }
     }
 }
 
