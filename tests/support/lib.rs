@@ -2,6 +2,7 @@
 //! listener) against the real local PostgreSQL, on either store backend, plus a fake OIDC provider.
 #![allow(clippy::missing_panics_doc)]
 
+pub mod fake_slack;
 pub mod idp;
 
 use countersign_bot::Store;
@@ -194,15 +195,31 @@ pub async fn spawn_gateway(toml: &str, backend: Backend) -> Gateway {
     }
     let wire_cfg = cfg.wire.clone();
     let (store, store_url, dir) = fresh_store(backend).await;
+    let sinks = countersign_gateway::channels::sinks(&cfg);
     let engine = Arc::new(
-        Engine::build_with_store(cfg, store.clone(), vec!["log".into()])
+        Engine::build_with_store(cfg, store.clone(), sinks)
             .await
             .expect("engine"),
     );
+    let channels = countersign_gateway::channels::build(&engine).unwrap_or_else(|e| panic!("{e}"));
     let mut tasks = vec![];
-    let app = router(AppState {
+    let policy = countersign_notifiers::RetryPolicy {
+        base: std::time::Duration::from_millis(50),
+        max_backoff: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let worker = Arc::new(countersign_notifiers::OutboxWorker::new(
+        store.clone(),
+        channels.notifiers,
+        policy,
+    ));
+    tasks.push(worker.spawn(std::time::Duration::from_millis(50)));
+    let mut app = router(AppState {
         engine: engine.clone(),
     });
+    for r in channels.routers {
+        app = app.merge(r);
+    }
     tasks.push(tokio::spawn(async move {
         let _ = axum::serve(
             http_listener,

@@ -1,0 +1,285 @@
+//! Issue "Slack approvals", end to end through the real gateway: a statement held on a live wire connection is
+//! posted to (fake) Slack, approved by two signed clicks, and released to run exactly once.
+
+use countersign_tests::fake_slack::{click_body, sign, FakeSlack};
+use countersign_tests::tokens::*;
+use countersign_tests::*;
+use std::time::Duration;
+
+const TOKEN: &str = "xoxb-test-token";
+const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+const CHANNEL: &str = "C0APPROVALS";
+
+async fn gateway(backend: Backend) -> (Gateway, FakeSlack) {
+    // SAFETY of set_var: every test sets the same values, so concurrent tests can't observe a different one.
+    std::env::set_var("CS_E2E_SLACK_TOKEN", TOKEN);
+    std::env::set_var("CS_E2E_SLACK_SECRET", SECRET);
+    let (fake, base) = FakeSlack::start(
+        TOKEN,
+        &[
+            ("UCAROL", "carol@example.com"),
+            ("UALICE", "alice@example.com"),
+        ],
+    )
+    .await;
+    let slack = format!(
+        "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 30\n\n[slack]\nbot_token_env = \"CS_E2E_SLACK_TOKEN\"\nsigning_secret_env = \"CS_E2E_SLACK_SECRET\"\napi_base_url = \"{base}\"\nroutes = {{ default_channel = \"{CHANNEL}\" }}\nuser_map = {{ UBOB = \"bob@example.com\" }}\n"
+    );
+    (spawn_gateway(&base_config(&slack), backend).await, fake)
+}
+
+async fn post_click(gw: &Gateway, body: &str, ts: i64, signature: &str) -> u16 {
+    gw.http
+        .post(format!("{}/slack/interactions", gw.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header("x-slack-signature", signature)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn click(gw: &Gateway, user: &str, ts_msg: &str, action: &str, value: &str) -> u16 {
+    let body = click_body(user, CHANNEL, ts_msg, action, value);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    post_click(gw, &body, now, &sign(SECRET, now, &body)).await
+}
+
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn held_wire_statement_is_released_by_two_signed_slack_clicks_and_runs_once() {
+    for backend in BACKENDS {
+        let (gw, fake) = gateway(backend).await;
+        let t = table_name("cs_slack");
+        direct()
+            .await
+            .batch_execute(&format!(
+                "CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1), (2)"
+            ))
+            .await
+            .unwrap();
+
+        let wire = gw.wire.unwrap();
+        let conn_str = format!(
+            "host=127.0.0.1 port={} user=agent password={AGENT} dbname=local",
+            wire.port()
+        );
+        let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let sql = format!("DELETE FROM {t} WHERE id = 1");
+        let held = tokio::spawn(async move { client.simple_query(&sql).await.map(|m| m.len()) });
+
+        // The request message is posted with buttons; its ts identifies it.
+        let post = eventually("the request message", || {
+            fake.calls_of("chat.postMessage")
+                .into_iter()
+                .find(|c| c.args["channel"] == CHANNEL)
+        })
+        .await;
+        let blocks = post.args["blocks"].to_string();
+        assert!(
+            blocks.contains("countersign_approve") && blocks.contains("countersign_deny"),
+            "{blocks}"
+        );
+        let request_id = gw.store.list_requests(None, 10).await.unwrap()[0].id;
+        let msg_ts = gw
+            .store
+            .get_ref(request_id, "slack", "ts")
+            .await
+            .unwrap()
+            .expect("stored ts");
+
+        // The requester's human clicks: refused ephemerally, audited, not counted.
+        assert_eq!(
+            click(
+                &gw,
+                "UALICE",
+                &msg_ts,
+                "countersign_approve",
+                &format!("approve:{request_id}")
+            )
+            .await,
+            200
+        );
+        eventually("the ephemeral refusal", || {
+            fake.calls_of("chat.postEphemeral").into_iter().next()
+        })
+        .await;
+
+        // A forged signature and a stale timestamp are refused with 401.
+        let body = click_body(
+            "UBOB",
+            CHANNEL,
+            &msg_ts,
+            "countersign_approve",
+            &format!("approve:{request_id}"),
+        );
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert_eq!(
+            post_click(&gw, &body, now, &sign("wrong-secret", now, &body)).await,
+            401
+        );
+        assert_eq!(
+            post_click(&gw, &body, now - 600, &sign(SECRET, now - 600, &body)).await,
+            401
+        );
+        assert_eq!(
+            gw.engine
+                .workflow
+                .get(request_id)
+                .await
+                .unwrap()
+                .votes
+                .len(),
+            0
+        );
+
+        // Two mapped humans approve.
+        assert_eq!(
+            click(
+                &gw,
+                "UBOB",
+                &msg_ts,
+                "countersign_approve",
+                &format!("approve:{request_id}")
+            )
+            .await,
+            200
+        );
+        assert_eq!(
+            click(
+                &gw,
+                "UCAROL",
+                &msg_ts,
+                "countersign_approve",
+                &format!("approve:{request_id}")
+            )
+            .await,
+            200
+        );
+
+        // The held statement runs once on the live connection.
+        let released = tokio::time::timeout(Duration::from_secs(20), held)
+            .await
+            .expect("released")
+            .unwrap();
+        assert!(released.is_ok(), "{released:?}");
+        let remaining: i64 = direct()
+            .await
+            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(remaining, 1);
+        // The execution result is reported off the hot path; it lands within moments.
+        let mut view = gw.engine.workflow.get(request_id).await.unwrap();
+        for _ in 0..100 {
+            if view.request.status.as_str() == "executed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            view = gw.engine.workflow.get(request_id).await.unwrap();
+        }
+        assert_eq!(view.request.status.as_str(), "executed");
+        assert_eq!(
+            view.request
+                .execution
+                .as_ref()
+                .and_then(|e| e.command_tag.as_deref()),
+            Some("DELETE 1")
+        );
+        assert_eq!(view.votes.len(), 2);
+
+        // The message is updated in place and the thread gets the timeline.
+        let updated = eventually("the final message update", || {
+            fake.calls_of("chat.update").into_iter().rev().find(|c| {
+                c.args["ts"] == msg_ts.as_str()
+                    && c.args.to_string().to_lowercase().contains("executed")
+            })
+        })
+        .await;
+        assert!(
+            !updated.args.to_string().contains("countersign_approve"),
+            "buttons are removed once resolved"
+        );
+        let replies = fake
+            .calls_of("chat.postMessage")
+            .into_iter()
+            .filter(|c| c.args["thread_ts"] == msg_ts.as_str())
+            .count();
+        assert!(
+            replies >= 3,
+            "votes, resolution and result are threaded: {replies}"
+        );
+
+        // Replaying a valid click after resolution changes nothing.
+        assert_eq!(
+            click(
+                &gw,
+                "UBOB",
+                &msg_ts,
+                "countersign_approve",
+                &format!("approve:{request_id}")
+            )
+            .await,
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            gw.engine
+                .workflow
+                .get(request_id)
+                .await
+                .unwrap()
+                .votes
+                .len(),
+            2
+        );
+        let audit = gw.store.audit_records(0, 1000).await.unwrap();
+        assert!(audit
+            .iter()
+            .any(|a| a.entry.action == "slack.signature_refused"));
+        assert!(audit
+            .iter()
+            .any(|a| a.entry.action == "vote.refused" && a.entry.channel == "slack"));
+    }
+}
+
+#[tokio::test]
+async fn sql_with_mrkdwn_and_broadcasts_is_posted_inert() {
+    let (gw, fake) = gateway(Backend::Sqlite).await;
+    let r = gw
+        .query(
+            AGENT,
+            "DELETE FROM x WHERE note = '<!channel> *bold* <https://evil.example|click>'",
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let post = eventually("the request message", || {
+        fake.calls_of("chat.postMessage").into_iter().next()
+    })
+    .await;
+    let raw = post.args.to_string();
+    assert!(
+        !raw.contains("<!channel>"),
+        "broadcast must be escaped: {raw}"
+    );
+    assert!(
+        !raw.contains("<https://evil.example|click>"),
+        "links must be escaped: {raw}"
+    );
+}

@@ -1,0 +1,157 @@
+//! A local fake of the Slack Web API (the methods Countersign calls), recording every call, plus helpers
+//! to build interaction payloads signed like Slack's.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// One recorded Web API call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Method, e.g. `chat.postMessage`.
+    pub method: String,
+    /// Arguments (JSON body or query string).
+    pub args: Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    calls: Vec<Call>,
+    users: HashMap<String, String>,
+    next_ts: u64,
+}
+
+/// The fake; cheap to clone.
+#[derive(Clone, Default)]
+pub struct FakeSlack {
+    inner: Arc<Mutex<Inner>>,
+    token: Arc<String>,
+}
+
+impl FakeSlack {
+    /// Start on loopback; returns the fake and its API base URL (`http://127.0.0.1:PORT/api`).
+    pub async fn start(token: &str, users: &[(&str, &str)]) -> (FakeSlack, String) {
+        let fake = FakeSlack {
+            inner: Arc::default(),
+            token: Arc::new(token.to_string()),
+        };
+        {
+            let mut i = fake.inner.lock().unwrap();
+            for (id, email) in users {
+                i.users.insert(id.to_string(), email.to_string());
+            }
+        }
+        let app = Router::new()
+            .route("/api/{method}", any(api))
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/api", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (fake, base)
+    }
+
+    /// Calls so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.inner.lock().unwrap().calls.clone()
+    }
+
+    /// Calls of one method.
+    pub fn calls_of(&self, method: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == method)
+            .collect()
+    }
+}
+
+fn ok(mut v: Value) -> Response {
+    v["ok"] = true.into();
+    Json(v).into_response()
+}
+
+async fn api(
+    State(fake): State<FakeSlack>,
+    Path(method): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorised = headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {}", fake.token));
+    if !authorised {
+        return Json(json!({ "ok": false, "error": "invalid_auth" })).into_response();
+    }
+    let args: Value = if body.is_empty() {
+        let m: HashMap<String, String> =
+            serde_urlencoded::from_str(q.as_deref().unwrap_or_default()).unwrap_or_default();
+        serde_json::to_value(m).unwrap()
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
+    let mut s = fake.inner.lock().unwrap();
+    s.calls.push(Call {
+        method: method.clone(),
+        args: args.clone(),
+    });
+    s.next_ts += 1;
+    let ts = format!("1700000000.{:06}", s.next_ts);
+    match method.as_str() {
+        "chat.postMessage" => ok(
+            json!({ "channel": args["channel"], "ts": ts, "message": { "ts": ts, "text": args["text"] } }),
+        ),
+        "chat.update" => ok(
+            json!({ "channel": args["channel"], "ts": args["ts"], "text": args["text"], "message": { "text": args["text"], "ts": args["ts"] } }),
+        ),
+        "chat.postEphemeral" => ok(json!({ "message_ts": ts })),
+        "views.open" => ok(json!({ "view": { "id": "V1", "team_id": "T1", "type": "modal" } })),
+        "users.info" => match s.users.get(args["user"].as_str().unwrap_or_default()) {
+            Some(email) => ok(
+                json!({ "user": { "id": args["user"], "team_id": "T1", "name": "x", "profile": { "email": email } } }),
+            ),
+            None => Json(json!({ "ok": false, "error": "user_not_found" })).into_response(),
+        },
+        "users.lookupByEmail" => {
+            let wanted = args["email"].as_str().unwrap_or_default().to_lowercase();
+            match s.users.iter().find(|(_, e)| e.to_lowercase() == wanted) {
+                Some((id, _)) => ok(
+                    json!({ "user": { "id": id, "team_id": "T1", "profile": { "email": wanted } } }),
+                ),
+                None => Json(json!({ "ok": false, "error": "users_not_found" })).into_response(),
+            }
+        }
+        _ => Json(json!({ "ok": false, "error": "unknown_method" })).into_response(),
+    }
+}
+
+/// A `block_actions` payload for a button click, form-encoded as Slack sends it.
+pub fn click_body(user: &str, channel: &str, ts: &str, action_id: &str, value: &str) -> String {
+    let payload = json!({
+        "type": "block_actions",
+        "user": { "id": user, "username": user.to_lowercase(), "team_id": "T1" },
+        "api_app_id": "A1",
+        "token": "unused",
+        "container": { "type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": false },
+        "trigger_id": "1.2.3",
+        "team": { "id": "T1", "domain": "example" },
+        "channel": { "id": channel, "name": "approvals" },
+        "message": { "type": "message", "ts": ts, "text": "Countersign request" },
+        "actions": [ { "action_id": action_id, "block_id": "countersign_actions", "value": value, "type": "button", "action_ts": "1700000001.000001" } ]
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+}
+
+/// Slack's request signature over `v0:{ts}:{body}`.
+pub fn sign(secret: &str, ts: i64, body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("v0:{ts}:{body}").as_bytes());
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}
