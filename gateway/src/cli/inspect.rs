@@ -47,10 +47,10 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .trim_end()
             .to_string()
     };
-    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
-    println!("{}", line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    out!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    out!("{}", line(widths.iter().map(|w| "-".repeat(*w)).collect()));
     for r in rows {
-        println!("{}", line(r));
+        out!("{}", line(r));
     }
 }
 
@@ -84,7 +84,7 @@ pub fn policy_explain(
         },
         &sql,
     );
-    println!("{}", serde_json::to_string_pretty(&verdict)?);
+    out!("{}", serde_json::to_string_pretty(&verdict)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -121,11 +121,11 @@ pub async fn audit(cfg: &Config, command: AuditCommand) -> anyhow::Result<ExitCo
             .await?;
             match verify_chain(&records) {
                 ChainCheck::Intact { records } => {
-                    println!("audit chain intact: {records} record(s) verified");
+                    out!("audit chain intact: {records} record(s) verified");
                     Ok(ExitCode::SUCCESS)
                 }
                 ChainCheck::Broken { seq, problem } => {
-                    println!("audit chain BROKEN at record #{seq} (of {n}): {problem}");
+                    out!("audit chain BROKEN at record #{seq} (of {n}): {problem}");
                     Ok(ExitCode::from(1))
                 }
             }
@@ -167,7 +167,7 @@ pub async fn requests(cfg: &Config, command: RequestsCommand) -> anyhow::Result<
             let status = status.map(|s| s.parse::<RequestStatus>()).transpose()?;
             let list = store.list_requests(status, limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                out!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(ExitCode::SUCCESS);
             }
             table(
@@ -204,31 +204,31 @@ pub async fn requests(cfg: &Config, command: RequestsCommand) -> anyhow::Result<
                 ));
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                out!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let r = &v.request;
-            println!("request     {}", r.id);
-            println!("status      {}", r.status);
-            println!("connection  {}", r.connection);
-            println!("requester   {}", r.requester.display());
-            println!("rule        {}", r.rule);
-            println!("reasons     {}", r.reasons.join("; "));
-            println!(
+            out!("request     {}", r.id);
+            out!("status      {}", r.status);
+            out!("connection  {}", r.connection);
+            out!("requester   {}", r.requester.display());
+            out!("rule        {}", r.rule);
+            out!("reasons     {}", r.reasons.join("; "));
+            out!(
                 "quorum      {} of groups {}",
                 r.quorum,
                 r.approver_groups.join(", ")
             );
-            println!(
+            out!(
                 "created     {}   expires {}",
                 when(r.created_at),
                 when(r.expires_at)
             );
-            println!("hash        {}", r.statement_hash);
-            println!("statement\n    {}", r.statement.replace('\n', "\n    "));
-            println!("votes");
+            out!("hash        {}", r.statement_hash);
+            out!("statement\n    {}", r.statement.replace('\n', "\n    "));
+            out!("votes");
             for vote in &v.votes {
-                println!(
+                out!(
                     "    {}  {:<7}  {}  via {}{}",
                     when(vote.at),
                     vote.decision.as_str(),
@@ -241,7 +241,7 @@ pub async fn requests(cfg: &Config, command: RequestsCommand) -> anyhow::Result<
                 );
             }
             if let Some(e) = &r.execution {
-                println!(
+                out!(
                     "execution   {} rows={} {}ms {}",
                     e.command_tag.as_deref().unwrap_or("-"),
                     e.rows.map(|n| n.to_string()).unwrap_or("-".into()),
@@ -261,7 +261,7 @@ pub async fn sessions(cfg: &Config, command: SessionsCommand) -> anyhow::Result<
         SessionsCommand::List { limit, json } => {
             let list = store.list_sessions(limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                out!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(ExitCode::SUCCESS);
             }
             table(
@@ -300,7 +300,7 @@ pub async fn sessions(cfg: &Config, command: SessionsCommand) -> anyhow::Result<
                 ));
             };
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(
                         &serde_json::json!({ "session": s, "statements": statements })
@@ -309,7 +309,7 @@ pub async fn sessions(cfg: &Config, command: SessionsCommand) -> anyhow::Result<
                 return Ok(ExitCode::SUCCESS);
             }
             let summary = countersign_bot::sessions::SessionSummary::from_records(&s, &statements);
-            println!(
+            out!(
                 "session {}  {} on {}  from {}  ({}s; run {}, blocked {}, held {}, approved {})",
                 s.id,
                 s.requester.display(),
@@ -393,7 +393,7 @@ pub async fn outbox(cfg: &Config, command: OutboxCommand) -> anyhow::Result<Exit
         OutboxCommand::Retry { id } => {
             let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
             if store.outbox_retry(id, now).await? {
-                println!("outbox item {id} re-queued");
+                out!("outbox item {id} re-queued");
                 Ok(ExitCode::SUCCESS)
             } else {
                 Err(anyhow!("no dead-lettered outbox item {id}; see `countersign outbox list --status dead`"))

@@ -1,5 +1,18 @@
 //! Command-line interface. `anyhow` lives here, at the binary's edge.
 
+/// `println!` that exits quietly when stdout is closed early (e.g. piped into `head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+pub(crate) use out;
+
 mod inspect;
 mod serve;
 
@@ -195,7 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = cli.config.as_ref();
             match load_config(path) {
                 Ok((_, file)) => {
-                    println!("{file}: OK");
+                    out!("{file}: OK");
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
@@ -218,7 +231,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             use sha2::Digest;
-            println!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
+            out!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
             Ok(ExitCode::SUCCESS)
         }
         command => {

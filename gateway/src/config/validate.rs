@@ -93,7 +93,11 @@ impl Config {
             }
         }
         if let Err(e) = self.identity.validate() {
-            r.push("identity", e.to_string());
+            let msg = e.to_string();
+            r.push(
+                "identity",
+                msg.strip_prefix("identity: ").unwrap_or(&msg).to_string(),
+            );
         }
         let mut names = HashSet::new();
         for (i, c) in self.connections.iter().enumerate() {
@@ -167,7 +171,7 @@ impl Config {
         }
         match Policy::new(self.policy.rules.clone(), self.policy.defaults.clone()) {
             Ok(_) => {}
-            Err(e) => r.push(format!("policy ({})", e.key()), e.to_string()),
+            Err(e) => r.push("policy", e.to_string()),
         }
         let referenced = self
             .policy

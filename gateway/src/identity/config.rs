@@ -11,7 +11,7 @@ use std::time::Duration;
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// `[identity]`: how callers prove who they are.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     /// Leeway for `exp` / `nbf`, e.g. `"30s"`; at most five minutes.
@@ -23,6 +23,16 @@ pub struct IdentityConfig {
     /// Configured bearer tokens, stored as SHA-256 hashes (`[[identity.static_tokens]]`).
     #[serde(default)]
     pub static_tokens: Vec<StaticTokenConfig>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            clock_skew: default_clock_skew(),
+            oidc: Vec::new(),
+            static_tokens: Vec::new(),
+        }
+    }
 }
 
 fn default_clock_skew() -> String {
