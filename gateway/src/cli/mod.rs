@@ -11,7 +11,6 @@ macro_rules! out {
         }
     }};
 }
-pub(crate) use out;
 
 mod inspect;
 mod serve;
