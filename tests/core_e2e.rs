@@ -524,3 +524,44 @@ async fn audit_chain_verifies_and_a_database_edit_is_named() {
         let _ = std::fs::remove_file(cfg_path);
     }
 }
+
+#[tokio::test]
+async fn http_statements_are_recorded_as_sessions_with_a_summary() {
+    for backend in BACKENDS {
+        let gw = spawn_gateway(&base_config(""), backend).await;
+        let t = make_table("cs_hsess").await;
+        assert_eq!(gw.query(AGENT, "SELECT 1").await.status, 200);
+        assert_eq!(
+            gw.query(AGENT, "COPY (SELECT 1) TO PROGRAM 'true'")
+                .await
+                .status,
+            403
+        );
+        let id = id_of(
+            &gw.query(AGENT, &format!("INSERT INTO {t} VALUES (1,'s')"))
+                .await,
+        );
+        gw.vote(BOB, &id, "approve").await;
+        gw.vote(CAROL, &id, "approve").await;
+        assert_eq!(
+            gw.query(AGENT, &format!("INSERT INTO {t} VALUES (1,'s')"))
+                .await
+                .status,
+            200
+        );
+        assert_eq!(gw.engine.end_idle_http_sessions(Duration::ZERO).await, 1);
+        let sessions = gw.store.list_sessions(10).await.unwrap();
+        assert_eq!(sessions.len(), 1, "{backend:?}");
+        assert_eq!(sessions[0].protocol, "http");
+        assert!(sessions[0].ended_at.is_some());
+        let (_, statements) = gw.store.get_session(sessions[0].id).await.unwrap().unwrap();
+        let outcomes: Vec<&str> = statements.iter().map(|s| s.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["ok", "blocked", "held", "ok"]);
+        assert_eq!(statements[3].command_tag.as_deref(), Some("INSERT 0 1"));
+        let summaries = gw.store.outbox_list(None, 100).await.unwrap();
+        assert!(
+            summaries.iter().any(|o| o.event_kind == "session_summary"),
+            "a session with held statements is summarised"
+        );
+    }
+}

@@ -59,6 +59,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     ));
     let worker_task = worker.clone().spawn(poll);
     let expiry_task = engine.workflow.spawn_expiry(sweep);
+    let sessions_task = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                engine
+                    .end_idle_http_sessions(crate::engine::HTTP_SESSION_IDLE)
+                    .await;
+            }
+        })
+    };
 
     let mut app = router(AppState {
         engine: engine.clone(),
@@ -109,6 +121,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), http_task).await;
+    sessions_task.abort();
+    engine.end_idle_http_sessions(Duration::ZERO).await;
     // Give the outbox one last pass so queued notifications go out before exit; the rest survive in the store.
     let _ = tokio::time::timeout(Duration::from_secs(5), worker.run_once()).await;
     worker_task.abort();

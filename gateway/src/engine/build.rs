@@ -93,6 +93,7 @@ impl Engine {
             upstreams,
             pool: UpstreamPool::new(pool_size),
             recorder: recording::StatementWriter::spawn(store),
+            http_sessions: Default::default(),
             max_wait,
             base_url,
         })

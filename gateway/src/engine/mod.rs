@@ -3,10 +3,12 @@
 //! a `review` verdict runs only after [`countersign_bot::Workflow`] hands out its single execution.
 
 mod build;
+mod http_sessions;
 mod recording;
 mod wire_gate;
 
 pub use build::EngineError;
+pub use http_sessions::{HttpStatement, HTTP_SESSION_IDLE};
 
 use crate::config::Config;
 use crate::identity::{AuthError, Authenticator};
@@ -34,6 +36,7 @@ pub struct Engine {
     upstreams: HashMap<String, UpstreamTarget>,
     pool: UpstreamPool,
     recorder: recording::StatementWriter,
+    http_sessions: http_sessions::HttpSessions,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
     /// Public base URL for links.

@@ -3,7 +3,7 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{parse_wait, AppState};
-use crate::engine::{summarize, Admission, Incoming};
+use crate::engine::{summarize, Admission, HttpStatement, Incoming};
 use crate::policy::Verdict;
 use crate::upstream::{ExecError, QueryOutcome};
 use axum::extract::rejection::JsonRejection;
@@ -75,7 +75,17 @@ pub async fn query(
             &verdict,
         )
         .await?;
-    match admission {
+    let received = Instant::now();
+    let note =
+        |decision: &'static str, request_id: Option<RequestId>, outcome: &'static str| Note {
+            decision,
+            request_id,
+            outcome,
+            command_tag: None,
+            rows: None,
+            error: None,
+        };
+    let (response, note) = match admission {
         Admission::Run => {
             let entry = AuditEntry::new(requester.key(), "statement.allowed", "api")
                 .decision("allow")
@@ -84,33 +94,108 @@ pub async fn query(
             engine.store().append_audit(entry).await?;
             let started = Instant::now();
             let out = engine.execute(&name, &body.sql, &verdict).await;
-            respond_with_result(out, &verdict, None, started)
+            let note = Note::of(&out, "allow", None);
+            (respond_with_result(out, &verdict, None, started), note)
         }
-        Admission::Blocked => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "blocked",
-            format!(
-                "blocked by policy rule {:?}: {}",
-                verdict.rule,
-                verdict.reasons.join("; ")
-            ),
-        )
-        .with(json!({ "reasons": verdict.reasons, "rule": verdict.rule }))),
+        Admission::Blocked => (
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "blocked",
+                format!(
+                    "blocked by policy rule {:?}: {}",
+                    verdict.rule,
+                    verdict.reasons.join("; ")
+                ),
+            )
+            .with(json!({ "reasons": verdict.reasons, "rule": verdict.rule }))),
+            note("block", None, "blocked"),
+        ),
         Admission::RunApproved(id) => run_approved(&st, &name, &body.sql, &verdict, id).await,
         Admission::Held(view) => {
             let id = view.request.id;
-            let Some(wait) = wait.filter(|w| !w.is_zero()) else {
-                return Ok(pending_response(&st, &view));
-            };
-            let view = engine.workflow.wait_resolved(id, wait).await?;
-            match view.request.status {
-                RequestStatus::Approved => match engine.workflow.claim(id).await? {
-                    Some(_) => run_approved(&st, &name, &body.sql, &verdict, id).await,
-                    None => Err(already_claimed(id)),
-                },
-                RequestStatus::Pending => Ok(pending_response(&st, &view)),
-                _ => Err(resolved_error(&view)),
+            match wait.filter(|w| !w.is_zero()) {
+                None => (
+                    Ok(pending_response(&st, &view)),
+                    note("review", Some(id), "held"),
+                ),
+                Some(wait) => {
+                    let view = engine.workflow.wait_resolved(id, wait).await?;
+                    match view.request.status {
+                        RequestStatus::Approved => match engine.workflow.claim(id).await? {
+                            Some(_) => run_approved(&st, &name, &body.sql, &verdict, id).await,
+                            None => (
+                                Err(already_claimed(id)),
+                                note("review", Some(id), "not_run"),
+                            ),
+                        },
+                        RequestStatus::Pending => (
+                            Ok(pending_response(&st, &view)),
+                            note("review", Some(id), "held"),
+                        ),
+                        RequestStatus::Denied => (
+                            Err(resolved_error(&view)),
+                            note("review", Some(id), "denied"),
+                        ),
+                        RequestStatus::Expired => (
+                            Err(resolved_error(&view)),
+                            note("review", Some(id), "expired"),
+                        ),
+                        _ => (
+                            Err(resolved_error(&view)),
+                            note("review", Some(id), "cancelled"),
+                        ),
+                    }
+                }
             }
+        }
+    };
+    engine
+        .record_http(HttpStatement {
+            connection: &name,
+            requester: &requester,
+            sql: &body.sql,
+            hash: &hash,
+            decision: note.decision,
+            request_id: note.request_id,
+            outcome: note.outcome,
+            command_tag: note.command_tag,
+            rows: note.rows,
+            error: note.error,
+            masked_fields: 0,
+            duration: received.elapsed(),
+        })
+        .await;
+    response
+}
+
+/// What to record about one HTTP statement.
+struct Note {
+    decision: &'static str,
+    request_id: Option<RequestId>,
+    outcome: &'static str,
+    command_tag: Option<String>,
+    rows: Option<u64>,
+    error: Option<String>,
+}
+
+impl Note {
+    fn of(
+        out: &Result<QueryOutcome, ExecError>,
+        decision: &'static str,
+        request_id: Option<RequestId>,
+    ) -> Note {
+        let summary = summarize(out, std::time::Duration::ZERO);
+        Note {
+            decision,
+            request_id,
+            outcome: if summary.error.is_some() {
+                "error"
+            } else {
+                "ok"
+            },
+            command_tag: summary.command_tag,
+            rows: summary.rows,
+            error: summary.error,
         }
     }
 }
@@ -121,13 +206,14 @@ async fn run_approved(
     sql: &str,
     verdict: &Verdict,
     id: RequestId,
-) -> Result<Response, ApiError> {
+) -> (Result<Response, ApiError>, Note) {
     let started = Instant::now();
     let out = st.engine.execute(name, sql, verdict).await;
     st.engine
         .finish(id, summarize(&out, started.elapsed()))
         .await;
-    respond_with_result(out, verdict, Some(id), started)
+    let note = Note::of(&out, "review", Some(id));
+    (respond_with_result(out, verdict, Some(id), started), note)
 }
 
 fn respond_with_result(
