@@ -565,3 +565,113 @@ async fn http_statements_are_recorded_as_sessions_with_a_summary() {
         );
     }
 }
+
+#[test]
+fn shipped_example_configs_parse_and_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    for name in ["countersign.toml", "quickstart.toml"] {
+        let path = root.join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cfg = countersign_gateway::config::Config::from_toml(&text, name)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = cfg.validate(name);
+        assert!(report.problems.is_empty(), "{report}");
+    }
+}
+
+#[tokio::test]
+async fn every_channel_is_composed_and_its_inbound_endpoints_refuse_unsigned_calls() {
+    for (k, v) in [
+        ("CS_ALL_SLACK_TOKEN", "xoxb-1"),
+        ("CS_ALL_SLACK_SECRET", "s3cret"),
+        ("CS_ALL_LINK_KEY", "0123456789abcdef0123456789abcdef0123"),
+        ("CS_ALL_JIRA_EMAIL", "bot@example.com"),
+        ("CS_ALL_JIRA_TOKEN", "t"),
+        ("CS_ALL_JIRA_SECRET", "j"),
+        (
+            "CS_ALL_HOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+    ] {
+        std::env::set_var(k, v);
+    }
+    let channels = r#"
+[slack]
+bot_token_env = "CS_ALL_SLACK_TOKEN"
+signing_secret_env = "CS_ALL_SLACK_SECRET"
+api_base_url = "http://127.0.0.1:9/api"
+routes = { default_channel = "C1" }
+
+[email]
+smtp_host = "127.0.0.1"
+smtp_port = 9
+tls = "none"
+from = "countersign@example.com"
+link_signing_key_env = "CS_ALL_LINK_KEY"
+link_ttl = "1h"
+public_base_url = "http://127.0.0.1:8080"
+
+[jira]
+base_url = "http://127.0.0.1:9"
+email_env = "CS_ALL_JIRA_EMAIL"
+api_token_env = "CS_ALL_JIRA_TOKEN"
+webhook_secret_env = "CS_ALL_JIRA_SECRET"
+project_key = "OPS"
+public_base_url = "http://127.0.0.1:8080"
+approve_status = "Approved"
+deny_status = "Rejected"
+revert_transition = "Back"
+
+[[webhooks.endpoints]]
+name = "siem"
+url = "http://127.0.0.1:9/hook"
+secret_env = "CS_ALL_HOOK_SECRET"
+
+[reminders]
+remind_after = "15m"
+"#;
+    let gw = spawn_gateway(&base_config(channels), Backend::Sqlite).await;
+    let id = id_of(&gw.query(AGENT, "DELETE FROM nowhere").await);
+    let sinks: std::collections::BTreeSet<String> = gw
+        .store
+        .outbox_list(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.request_id.as_deref() == Some(id.as_str()))
+        .map(|o| o.sink)
+        .collect();
+    assert_eq!(
+        sinks,
+        ["email", "jira", "log", "slack", "webhook:siem"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+    let post = |path: &'static str| {
+        let http = gw.http.clone();
+        let url = format!("{}{path}", gw.base);
+        async move {
+            http.post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("payload=%7B%7D")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post("/slack/interactions").await, 401);
+    assert_eq!(post("/slack/commands").await, 401);
+    assert_eq!(post("/jira/webhook").await, 401);
+    let r = gw
+        .http
+        .get(format!("{}/email/act?t=forged", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert!((400..500).contains(&r), "forged e-mail link: {r}");
+}
