@@ -9,8 +9,9 @@ use crate::ids::RequestId;
 use crate::request::{
     ApprovalRequest, Decision, ExecutionSummary, NewRequest, RequestStatus, RequestView, Vote,
 };
-use crate::store::{NotifyKind, Store, StoreError, Transition, VoteOutcome};
+use crate::store::{Change, NotifyKind, Store, StoreError, Transition, VoteOutcome};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -86,6 +87,23 @@ impl ResolutionHub {
         }
     }
 
+    fn wake_all(&self) {
+        let all: Vec<Arc<Notify>> = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for n in all {
+            n.notify_waiters();
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn release(&self, id: RequestId, handle: Arc<Notify>) {
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         // Two references: the map's and ours. Nobody else waits, so drop the entry.
@@ -102,6 +120,7 @@ pub struct Workflow {
     sinks: Vec<String>,
     hub: ResolutionHub,
     poll: Duration,
+    shutting_down: AtomicBool,
 }
 
 impl Workflow {
@@ -113,6 +132,7 @@ impl Workflow {
             sinks,
             hub: ResolutionHub::default(),
             poll: Duration::from_millis(250),
+            shutting_down: AtomicBool::new(false),
         }
     }
 
@@ -405,6 +425,37 @@ impl Workflow {
         self.hub.wake(id);
     }
 
+    /// Follow status changes made by other replicas (PostgreSQL LISTEN/NOTIFY) and wake local waiters;
+    /// `None` when the store has no change feed (a single SQLite process needs none).
+    pub fn spawn_change_listener(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let feed = self.store.change_feed()?;
+        let wf = Arc::downgrade(self);
+        Some(feed.spawn(move |change| {
+            let Some(wf) = wf.upgrade() else { return };
+            match change {
+                Change::Request(id) => wf.hub.wake(id),
+                Change::Gap => wf.hub.wake_all(),
+            }
+        }))
+    }
+
+    /// Stop holding: every current and future [`Workflow::wait_resolved`] returns the request as it stands
+    /// (still pending), so clients can be told it survives the shutdown.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.hub.wake_all();
+    }
+
+    /// True once [`Workflow::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// How many requests have local waiters right now.
+    pub fn waiting(&self) -> usize {
+        self.hub.waiting()
+    }
+
     /// Wait until the request leaves `pending` or `timeout` passes; returns the latest view either way.
     pub async fn wait_resolved(
         &self,
@@ -422,7 +473,10 @@ impl Workflow {
                 Err(e) => break Err(e),
             };
             let now = tokio::time::Instant::now();
-            if view.request.status != RequestStatus::Pending || now >= deadline {
+            if view.request.status != RequestStatus::Pending
+                || now >= deadline
+                || self.is_shutting_down()
+            {
                 break Ok(view);
             }
             let nap = self.poll.min(deadline - now);

@@ -3,11 +3,13 @@
 
 pub(crate) mod backend;
 pub mod error;
+pub mod notify;
 pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
 
 pub use error::StoreError;
+pub use notify::{Change, ChangeFeed};
 pub use outbox::{OutboxItem, OutboxStatus};
 
 use crate::audit::{AuditEntry, AuditRecord};
@@ -68,6 +70,8 @@ pub enum NotifyKind {
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+    /// Status changes made by any replica, when the backend can announce them (PostgreSQL LISTEN/NOTIFY).
+    fn change_feed(&self) -> Option<ChangeFeed>;
 
     /// Insert a new pending request (audited, notified).
     async fn create_request(
