@@ -113,6 +113,14 @@ impl ResolutionHub {
     }
 }
 
+/// Told about workflow outcomes in this process (metrics); must not block.
+pub trait WorkflowObserver: Send + Sync + 'static {
+    /// A vote in this process resolved the request (approved or denied).
+    fn resolved(&self, view: &RequestView);
+    /// A vote was refused with this stable code, arriving through `channel`.
+    fn vote_refused(&self, code: &str, channel: &str);
+}
+
 /// The approval workflow over a store.
 pub struct Workflow {
     store: Arc<dyn Store>,
@@ -121,6 +129,7 @@ pub struct Workflow {
     hub: ResolutionHub,
     poll: Duration,
     shutting_down: AtomicBool,
+    observer: Option<Arc<dyn WorkflowObserver>>,
 }
 
 impl Workflow {
@@ -133,12 +142,19 @@ impl Workflow {
             hub: ResolutionHub::default(),
             poll: Duration::from_millis(250),
             shutting_down: AtomicBool::new(false),
+            observer: None,
         }
     }
 
     /// How often waiters re-check the store (covers changes made by other replicas).
     pub fn with_poll_interval(mut self, poll: Duration) -> Self {
         self.poll = poll;
+        self
+    }
+
+    /// Report resolutions and refusals to `observer` (e.g. metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn WorkflowObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -242,6 +258,9 @@ impl Workflow {
                 tracing::info!(request_id = %id, voter = %vote.voter, decision = decision.as_str(), channel, resolved, "vote recorded");
                 if resolved {
                     self.hub.wake(id);
+                    if let Some(o) = &self.observer {
+                        o.resolved(&view);
+                    }
                 }
                 Ok(VoteResult::Recorded { view, resolved })
             }
@@ -300,6 +319,9 @@ impl Workflow {
         refusal: &Refusal,
     ) -> Result<(), WorkflowError> {
         tracing::warn!(request_id = %view.request.id, voter = %voter.canonical(), code = refusal.code, channel, "vote refused");
+        if let Some(o) = &self.observer {
+            o.vote_refused(refusal.code, channel);
+        }
         self.store
             .append_audit(
                 AuditEntry::new(voter.canonical().0, "vote.refused", channel)

@@ -751,6 +751,22 @@ macro_rules! sql_store {
                 rows.iter().map(outbox_row).collect()
             }
 
+            async fn outbox_backlog(&self) -> Result<Vec<$crate::store::SinkBacklog>, StoreError> {
+                let rows = sqlx::query("SELECT sink, SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending, SUM(CASE WHEN status = 'pending' AND last_error IS NOT NULL THEN 1 ELSE 0 END) AS failing, SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) AS dead FROM outbox WHERE status IN ('pending', 'dead') GROUP BY sink ORDER BY sink")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::store::SinkBacklog {
+                            sink: r.try_get("sink")?,
+                            pending: r.try_get::<Option<i64>, _>("pending")?.unwrap_or(0),
+                            failing: r.try_get::<Option<i64>, _>("failing")?.unwrap_or(0),
+                            dead: r.try_get::<Option<i64>, _>("dead")?.unwrap_or(0),
+                        })
+                    })
+                    .collect()
+            }
+
             async fn outbox_retry(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
                 let r = sqlx::query("UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_ms = $1, lease_until_ms = 0 WHERE id = $2 AND status = 'dead'")
                     .bind(now_ms)

@@ -10,7 +10,7 @@ pub mod sqlite;
 
 pub use error::StoreError;
 pub use notify::{Change, ChangeFeed};
-pub use outbox::{OutboxItem, OutboxStatus};
+pub use outbox::{OutboxItem, OutboxStatus, SinkBacklog};
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::events::WorkflowEvent;
@@ -147,6 +147,8 @@ pub trait Store: Send + Sync + 'static {
         status: Option<OutboxStatus>,
         limit: u32,
     ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Undelivered rows per sink (pending, failing, dead).
+    async fn outbox_backlog(&self) -> Result<Vec<SinkBacklog>, StoreError>;
     /// Put a dead-lettered item back in the queue. Returns false when there is no such dead item.
     async fn outbox_retry(&self, id: i64, now_ms: i64) -> Result<bool, StoreError>;
 

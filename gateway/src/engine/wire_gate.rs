@@ -76,6 +76,7 @@ impl WireGate for Engine {
     }
 
     async fn wait(&self, id: RequestId, timeout: Duration) -> HoldOutcome {
+        let _held = self.metrics.hold();
         let view = match self.workflow.wait_resolved(id, timeout).await {
             Ok(v) => v,
             Err(e) => {
@@ -84,6 +85,7 @@ impl WireGate for Engine {
             }
         };
         match view.request.status {
+            RequestStatus::Pending if self.workflow.is_shutting_down() => HoldOutcome::ShuttingDown,
             RequestStatus::Pending => HoldOutcome::TimedOut,
             RequestStatus::Approved => match self.workflow.claim(id).await {
                 Ok(Some(_)) => HoldOutcome::Approved,
@@ -140,6 +142,9 @@ impl WireGate for Engine {
     }
 
     async fn statement_finished(&self, session: &SessionInfo, record: StatementRecord) {
+        use crate::metrics::{FrontDoor, UpstreamFailure};
+        self.metrics
+            .statement(FrontDoor::Wire, record.decision.into());
         let outcome = match (record.decision, &record.error) {
             (Action::Block, _) => "blocked",
             (_, Some(_)) if record.command_tag.is_none() && record.request_id.is_some() => {
@@ -148,6 +153,10 @@ impl WireGate for Engine {
             (_, Some(_)) => "error",
             _ => "ok",
         };
+        if outcome == "error" && record.command_tag.is_none() {
+            self.metrics
+                .upstream_error(FrontDoor::Wire, UpstreamFailure::Statement);
+        }
         let st = countersign_bot::sessions::StatementRecord {
             session_id: session.id,
             sql: record.sql,

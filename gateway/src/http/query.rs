@@ -4,6 +4,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::{parse_wait, AppState};
 use crate::engine::{summarize, Admission};
+use crate::metrics::{FrontDoor, Metrics, UpstreamFailure};
 use crate::policy::Verdict;
 use crate::upstream::{ExecError, QueryOutcome};
 use axum::extract::rejection::JsonRejection;
@@ -61,6 +62,9 @@ pub async fn query(
         None => None,
     };
     let verdict = engine.classify(&name, &requester, &body.sql);
+    engine
+        .metrics
+        .statement(FrontDoor::Api, verdict.action.into());
     let hash = StatementHash::of_text(&body.sql);
     let admission = engine
         .admit(&name, &requester, &body.sql, &hash, &verdict, "api", None)
@@ -74,7 +78,7 @@ pub async fn query(
             engine.store().append_audit(entry).await?;
             let started = Instant::now();
             let out = engine.execute(&name, &body.sql, &verdict).await;
-            respond_with_result(out, &verdict, None, started)
+            respond_with_result(&engine.metrics, out, &verdict, None, started)
         }
         Admission::Blocked => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -92,7 +96,10 @@ pub async fn query(
             let Some(wait) = wait.filter(|w| !w.is_zero()) else {
                 return Ok(pending_response(&st, &view));
             };
-            let view = engine.workflow.wait_resolved(id, wait).await?;
+            let view = {
+                let _held = engine.metrics.hold();
+                engine.workflow.wait_resolved(id, wait).await?
+            };
             match view.request.status {
                 RequestStatus::Approved => match engine.workflow.claim(id).await? {
                     Some(_) => run_approved(&st, &name, &body.sql, &verdict, id).await,
@@ -117,10 +124,11 @@ async fn run_approved(
     st.engine
         .finish(id, summarize(&out, started.elapsed()))
         .await;
-    respond_with_result(out, verdict, Some(id), started)
+    respond_with_result(&st.engine.metrics, out, verdict, Some(id), started)
 }
 
 fn respond_with_result(
+    metrics: &Metrics,
     out: Result<QueryOutcome, ExecError>,
     verdict: &Verdict,
     request: Option<RequestId>,
@@ -134,7 +142,8 @@ fn respond_with_result(
     let out = match out {
         Ok(o) => o,
         Err(ExecError::Connect(e)) => {
-            tracing::error!(error = %e, "upstream connect failed");
+            metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Connection);
+            tracing::error!(request_id = ?request, error = %e, "upstream connect failed");
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
@@ -143,13 +152,15 @@ fn respond_with_result(
             .with(json!({ "request_id": request })));
         }
         Err(e) => {
+            metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Connection);
             return Err(
                 ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", e.to_string())
                     .with(json!({ "request_id": request })),
-            )
+            );
         }
     };
     if let Some(err) = &out.error {
+        metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Statement);
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "upstream_error",
