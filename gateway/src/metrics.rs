@@ -142,6 +142,9 @@ const APPROVAL_BOUNDS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0, 86400.0,
 ];
 
+/// Name, help text and value of one per-sink outbox gauge.
+type BacklogGauge = (&'static str, &'static str, fn(&SinkBacklog) -> i64);
+
 /// Every metric this process exports.
 pub struct Metrics {
     statements: [[AtomicU64; 3]; 2],
@@ -284,7 +287,7 @@ impl Metrics {
             }
         }
         let _ = writeln!(out, "# HELP countersign_store_up Whether the state store answered this scrape.\n# TYPE countersign_store_up gauge\ncountersign_store_up {}", u8::from(backlog.is_some()));
-        let gauges: [(&str, &str, fn(&SinkBacklog) -> i64); 3] = [
+        let gauges: [BacklogGauge; 3] = [
             (
                 "countersign_outbox_depth",
                 "Undelivered notifications per channel, fleet-wide.",
