@@ -63,6 +63,9 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// While a change feed is live, waiters re-check the store this many times less often (250 ms → 5 s).
+const LIVE_FEED_POLL_FACTOR: u32 = 20;
+
 /// Wakes tasks waiting on a request when its status changes in this process.
 #[derive(Default)]
 struct ResolutionHub {
@@ -129,6 +132,8 @@ pub struct Workflow {
     hub: ResolutionHub,
     poll: Duration,
     shutting_down: AtomicBool,
+    /// A change feed is connected: waiters are woken by it and re-check the store only rarely.
+    feed_live: AtomicBool,
     observer: Option<Arc<dyn WorkflowObserver>>,
 }
 
@@ -142,6 +147,7 @@ impl Workflow {
             hub: ResolutionHub::default(),
             poll: Duration::from_millis(250),
             shutting_down: AtomicBool::new(false),
+            feed_live: AtomicBool::new(false),
             observer: None,
         }
     }
@@ -456,7 +462,11 @@ impl Workflow {
             let Some(wf) = wf.upgrade() else { return };
             match change {
                 Change::Request(id) => wf.hub.wake(id),
-                Change::Gap => wf.hub.wake_all(),
+                Change::Gap | Change::Lost => {
+                    wf.feed_live.store(change == Change::Gap, Ordering::SeqCst);
+                    // Everyone re-checks now, and switches to the matching re-check interval.
+                    wf.hub.wake_all();
+                }
             }
         }))
     }
@@ -501,7 +511,13 @@ impl Workflow {
             {
                 break Ok(view);
             }
-            let nap = self.poll.min(deadline - now);
+            // With a live change feed, thousands of waiters polling every 250 ms would only load the store.
+            let every = if self.feed_live.load(Ordering::SeqCst) {
+                self.poll * LIVE_FEED_POLL_FACTOR
+            } else {
+                self.poll
+            };
+            let nap = every.min(deadline - now);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(nap) => {}

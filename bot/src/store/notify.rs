@@ -17,6 +17,8 @@ pub enum Change {
     Request(RequestId),
     /// The feed was (re)connected: changes may have been missed, re-check everything.
     Gap,
+    /// The feed lost its connection: until the next [`Change::Gap`], changes go unannounced.
+    Lost,
 }
 
 /// A source of [`Change`]s, obtained from [`crate::Store::change_feed`].
@@ -45,6 +47,7 @@ impl ChangeFeed {
                 match self.listen(&on_change).await {
                     Ok(()) => backoff = Duration::from_millis(100),
                     Err(e) => {
+                        on_change(Change::Lost);
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "change feed lost its PostgreSQL connection; waiters fall back to polling until it reconnects");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -73,7 +76,7 @@ impl ChangeFeed {
                     }
                 },
                 None => {
-                    on_change(Change::Gap);
+                    on_change(Change::Lost);
                     return Ok(());
                 }
             }
