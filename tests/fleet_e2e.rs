@@ -309,13 +309,17 @@ async fn hundred_concurrent_held_statements_across_both_replicas_all_resolve_cor
                 let r = home.query_wait(&sql).await;
                 match r.status {
                     200 => "ran".to_string(),
-                    _ => format!("{} {}", r.status, r.body["error"]),
+                    _ => format!("{} {} {}", r.status, r.body["error"], r.body["message"]),
                 }
             }
         }));
     }
     let mut votes = vec![];
+    // HTTP executions of writes each open an upstream connection (no cap in the upstream pool): releasing
+    // all 66 at once would exceed the shared PostgreSQL's 100 connections, so decisions trickle in.
+    let deciding = Arc::new(tokio::sync::Semaphore::new(8));
     for i in 0..100i32 {
+        let deciding = deciding.clone();
         let (home, other) = if i % 2 == 0 {
             (a.clone(), b.clone())
         } else {
@@ -324,6 +328,7 @@ async fn hundred_concurrent_held_statements_across_both_replicas_all_resolve_cor
         let sql = format!("INSERT INTO {t} VALUES ({i}, 'x')");
         votes.push(tokio::spawn(async move {
             let id = home.pending_id(&sql).await;
+            let _turn = deciding.acquire().await.unwrap();
             if denied(i) {
                 let r = other.vote(BOB, &id, "deny").await;
                 assert_eq!(r.body["status"], "denied", "{i}: {:?}", r.body);
