@@ -24,4 +24,4 @@ pub use request::{
     ApprovalRequest, Decision, ExecutionSummary, NewRequest, RequestStatus, RequestView, Vote,
 };
 pub use store::Store;
-pub use workflow::{Refusal, Submitted, VoteResult, Workflow, WorkflowError};
+pub use workflow::{Refusal, Submitted, VoteResult, Workflow, WorkflowError, WorkflowObserver};

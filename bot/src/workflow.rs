@@ -9,8 +9,9 @@ use crate::ids::RequestId;
 use crate::request::{
     ApprovalRequest, Decision, ExecutionSummary, NewRequest, RequestStatus, RequestView, Vote,
 };
-use crate::store::{NotifyKind, Store, StoreError, Transition, VoteOutcome};
+use crate::store::{Change, NotifyKind, Store, StoreError, Transition, VoteOutcome};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -63,6 +64,9 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// While a change feed is live, waiters re-check the store this many times less often (250 ms → 5 s).
+const LIVE_FEED_POLL_FACTOR: u32 = 20;
+
 /// Wakes tasks waiting on a request when its status changes in this process.
 #[derive(Default)]
 struct ResolutionHub {
@@ -87,6 +91,23 @@ impl ResolutionHub {
         }
     }
 
+    fn wake_all(&self) {
+        let all: Vec<Arc<Notify>> = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for n in all {
+            n.notify_waiters();
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn release(&self, id: RequestId, handle: Arc<Notify>) {
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         // Two references: the map's and ours. Nobody else waits, so drop the entry.
@@ -96,6 +117,14 @@ impl ResolutionHub {
     }
 }
 
+/// Told about workflow outcomes in this process (metrics); must not block.
+pub trait WorkflowObserver: Send + Sync + 'static {
+    /// A vote in this process resolved the request (approved or denied).
+    fn resolved(&self, view: &RequestView);
+    /// A vote was refused with this stable code, arriving through `channel`.
+    fn vote_refused(&self, code: &str, channel: &str);
+}
+
 /// The approval workflow over a store.
 pub struct Workflow {
     store: Arc<dyn Store>,
@@ -103,6 +132,10 @@ pub struct Workflow {
     sinks: Vec<String>,
     hub: ResolutionHub,
     poll: Duration,
+    shutting_down: AtomicBool,
+    /// A change feed is connected: waiters are woken by it and re-check the store only rarely.
+    feed_live: AtomicBool,
+    observer: Option<Arc<dyn WorkflowObserver>>,
 }
 
 impl Workflow {
@@ -114,12 +147,21 @@ impl Workflow {
             sinks,
             hub: ResolutionHub::default(),
             poll: Duration::from_millis(250),
+            shutting_down: AtomicBool::new(false),
+            feed_live: AtomicBool::new(false),
+            observer: None,
         }
     }
 
     /// How often waiters re-check the store (covers changes made by other replicas).
     pub fn with_poll_interval(mut self, poll: Duration) -> Self {
         self.poll = poll;
+        self
+    }
+
+    /// Report resolutions and refusals to `observer` (e.g. metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn WorkflowObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -223,6 +265,9 @@ impl Workflow {
                 tracing::info!(request_id = %id, voter = %vote.voter, decision = decision.as_str(), channel, resolved, "vote recorded");
                 if resolved {
                     self.hub.wake(id);
+                    if let Some(o) = &self.observer {
+                        o.resolved(&view);
+                    }
                 }
                 Ok(VoteResult::Recorded { view, resolved })
             }
@@ -281,6 +326,9 @@ impl Workflow {
         refusal: &Refusal,
     ) -> Result<(), WorkflowError> {
         tracing::warn!(request_id = %view.request.id, voter = %voter.canonical(), code = refusal.code, channel, "vote refused");
+        if let Some(o) = &self.observer {
+            o.vote_refused(refusal.code, channel);
+        }
         self.store
             .append_audit(
                 AuditEntry::new(voter.canonical().0, "vote.refused", channel)
@@ -406,6 +454,41 @@ impl Workflow {
         self.hub.wake(id);
     }
 
+    /// Follow status changes made by other replicas (PostgreSQL LISTEN/NOTIFY) and wake local waiters;
+    /// `None` when the store has no change feed (a single SQLite process needs none).
+    pub fn spawn_change_listener(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let feed = self.store.change_feed()?;
+        let wf = Arc::downgrade(self);
+        Some(feed.spawn(move |change| {
+            let Some(wf) = wf.upgrade() else { return };
+            match change {
+                Change::Request(id) => wf.hub.wake(id),
+                Change::Gap | Change::Lost => {
+                    wf.feed_live.store(change == Change::Gap, Ordering::SeqCst);
+                    // Everyone re-checks now, and switches to the matching re-check interval.
+                    wf.hub.wake_all();
+                }
+            }
+        }))
+    }
+
+    /// Stop holding: every current and future [`Workflow::wait_resolved`] returns the request as it stands
+    /// (still pending), so clients can be told it survives the shutdown.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.hub.wake_all();
+    }
+
+    /// True once [`Workflow::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// How many requests have local waiters right now.
+    pub fn waiting(&self) -> usize {
+        self.hub.waiting()
+    }
+
     /// Wait until the request leaves `pending` or `timeout` passes; returns the latest view either way.
     pub async fn wait_resolved(
         &self,
@@ -423,10 +506,19 @@ impl Workflow {
                 Err(e) => break Err(e),
             };
             let now = tokio::time::Instant::now();
-            if view.request.status != RequestStatus::Pending || now >= deadline {
+            if view.request.status != RequestStatus::Pending
+                || now >= deadline
+                || self.is_shutting_down()
+            {
                 break Ok(view);
             }
-            let nap = self.poll.min(deadline - now);
+            // With a live change feed, thousands of waiters polling every 250 ms would only load the store.
+            let every = if self.feed_live.load(Ordering::SeqCst) {
+                self.poll * LIVE_FEED_POLL_FACTOR
+            } else {
+                self.poll
+            };
+            let nap = every.min(deadline - now);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(nap) => {}

@@ -241,8 +241,9 @@ impl StatementRow {
 }
 
 /// Generates `impl Store` for a backend type with a `pool` field, given its sqlx database and connection
-/// types. The backend type provides `begin_write()`, `LOCK_REQUEST` (select one request by id, locking it) and
-/// `lock_audit(conn)` (serialise appends to the chain) and `LEASE_SELECT`.
+/// types. The backend type provides `begin_write()`, `LOCK_REQUEST` (select one request by id, locking it),
+/// `lock_audit(conn)` (serialise appends to the chain), `LEASE_SELECT`, `announce(conn, id)` (tell other
+/// replicas a request's status changed, on commit) and `feed()` (the matching [`crate::store::ChangeFeed`]).
 macro_rules! sql_store {
     ($ty:ty, $db:ty, $conn:ty) => {
         use $crate::store::backend::{
@@ -408,6 +409,10 @@ macro_rules! sql_store {
                 Self::BACKEND
             }
 
+            fn change_feed(&self) -> Option<$crate::store::ChangeFeed> {
+                self.feed()
+            }
+
             async fn create_request(&self, req: &ApprovalRequest, sinks: &[String]) -> Result<RequestView, StoreError> {
                 let mut tx = self.begin_write().await?;
                 let id = req.id.to_string();
@@ -565,6 +570,7 @@ macro_rules! sql_store {
                             .detail(serde_json::json!({ "approvals": approvals, "quorum": view.request.quorum })),
                     )
                     .await?;
+                    Self::announce(&mut *tx, &id).await?;
                 }
                 let view = Self::load_view(&mut *tx, &id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
                 let voter_key = &vote.voter.0;
@@ -605,6 +611,7 @@ macro_rules! sql_store {
                 .bind(&current)
                 .execute(&mut *tx)
                 .await?;
+                Self::announce(&mut *tx, &id).await?;
                 Self::append_audit_in(&mut *tx, &t.audit).await?;
                 let view = Self::load_view(&mut *tx, &id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
                 match t.notify {
@@ -742,6 +749,22 @@ macro_rules! sql_store {
                         .await?,
                 };
                 rows.iter().map(outbox_row).collect()
+            }
+
+            async fn outbox_backlog(&self) -> Result<Vec<$crate::store::SinkBacklog>, StoreError> {
+                let rows = sqlx::query("SELECT sink, SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending, SUM(CASE WHEN status = 'pending' AND last_error IS NOT NULL THEN 1 ELSE 0 END) AS failing, SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) AS dead FROM outbox WHERE status IN ('pending', 'dead') GROUP BY sink ORDER BY sink")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::store::SinkBacklog {
+                            sink: r.try_get("sink")?,
+                            pending: r.try_get::<Option<i64>, _>("pending")?.unwrap_or(0),
+                            failing: r.try_get::<Option<i64>, _>("failing")?.unwrap_or(0),
+                            dead: r.try_get::<Option<i64>, _>("dead")?.unwrap_or(0),
+                        })
+                    })
+                    .collect()
             }
 
             async fn outbox_retry(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {

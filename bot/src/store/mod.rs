@@ -3,12 +3,14 @@
 
 pub(crate) mod backend;
 pub mod error;
+pub mod notify;
 pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
 
 pub use error::StoreError;
-pub use outbox::{OutboxItem, OutboxStatus};
+pub use notify::{Change, ChangeFeed};
+pub use outbox::{OutboxItem, OutboxStatus, SinkBacklog};
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::events::WorkflowEvent;
@@ -68,6 +70,8 @@ pub enum NotifyKind {
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+    /// Status changes made by any replica, when the backend can announce them (PostgreSQL LISTEN/NOTIFY).
+    fn change_feed(&self) -> Option<ChangeFeed>;
 
     /// Insert a new pending request (audited, notified).
     async fn create_request(
@@ -143,6 +147,8 @@ pub trait Store: Send + Sync + 'static {
         status: Option<OutboxStatus>,
         limit: u32,
     ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Undelivered rows per sink (pending, failing, dead).
+    async fn outbox_backlog(&self) -> Result<Vec<SinkBacklog>, StoreError>;
     /// Put a dead-lettered item back in the queue. Returns false when there is no such dead item.
     async fn outbox_retry(&self, id: i64, now_ms: i64) -> Result<bool, StoreError>;
 

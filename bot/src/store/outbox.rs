@@ -61,3 +61,16 @@ pub struct OutboxItem {
     /// Created (Unix ms).
     pub created_ms: i64,
 }
+
+/// Undelivered outbox rows of one sink, across every replica (for `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkBacklog {
+    /// Sink name.
+    pub sink: String,
+    /// Waiting or retrying.
+    pub pending: i64,
+    /// Pending whose last attempt failed.
+    pub failing: i64,
+    /// Dead-lettered.
+    pub dead: i64,
+}

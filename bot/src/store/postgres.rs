@@ -1,5 +1,6 @@
 //! PostgreSQL backend for production and several replicas. Requests are locked with `FOR UPDATE`; appends to
-//! the audit chain serialise on a transaction-scoped advisory lock; outbox leases use `SKIP LOCKED`.
+//! the audit chain serialise on a transaction-scoped advisory lock; outbox leases use `SKIP LOCKED`; status
+//! changes are announced with `NOTIFY` (see [`super::notify`]).
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -11,6 +12,7 @@ const AUDIT_LOCK_KEY: i64 = 0x6373_2d61_7564_6974;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    url: String,
 }
 
 impl PgStore {
@@ -25,7 +27,10 @@ impl PgStore {
             .connect(url)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            url: url.to_string(),
+        })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
@@ -38,6 +43,20 @@ impl PgStore {
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    // Delivered to every listener when the surrounding transaction commits, never if it rolls back.
+    async fn announce(conn: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::notify::REQUESTS_CHANNEL)
+            .bind(id)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    fn feed(&self) -> Option<super::ChangeFeed> {
+        Some(super::ChangeFeed::postgres(&self.url))
     }
 
     /// The pool, for tests, LISTEN/NOTIFY and maintenance commands.

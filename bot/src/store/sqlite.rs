@@ -53,6 +53,15 @@ impl SqliteStore {
         Ok(())
     }
 
+    // One process owns an SQLite file: local waiters are woken directly, there is nobody else to tell.
+    async fn announce(_conn: &mut SqliteConnection, _id: &str) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    fn feed(&self) -> Option<super::ChangeFeed> {
+        None
+    }
+
     /// The pool, for tests and maintenance commands.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool

@@ -31,12 +31,30 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: finishing in-flight work");
 }
 
+/// Wait until no statement is held on a client connection (each has been told it stays pending), then give
+/// statements already forwarded upstream a moment to complete before the runtime drops their sessions.
+async fn drain_holds(engine: &Engine, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while engine.metrics.held_now() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = engine.metrics.held_now();
+    if held > 0 {
+        tracing::warn!(
+            held,
+            "shutting down with statements still held; their requests stay pending"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+}
+
 /// `countersign serve`.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let sinks = crate::channels::sinks(&cfg);
     let poll = parse_duration(&cfg.outbox.poll).unwrap_or(Duration::from_millis(500));
     let sweep = parse_duration(&cfg.server.expiry_sweep).unwrap_or(Duration::from_secs(5));
     let max_attempts = cfg.outbox.max_attempts;
+    let lease = parse_duration(&cfg.outbox.lease).unwrap_or(Duration::from_secs(30));
     let http_listen = cfg.server.listen;
     let wire_cfg = cfg.wire.clone();
     let engine = Arc::new(
@@ -54,6 +72,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         notifiers,
         RetryPolicy {
             max_attempts,
+            lease,
             ..RetryPolicy::default()
         },
     ));
@@ -71,6 +90,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         })
     };
+    // Votes cast on other replicas release statements held here within milliseconds instead of a poll.
+    let change_task = engine.workflow.spawn_change_listener();
 
     let mut app = router(AppState {
         engine: engine.clone(),
@@ -116,10 +137,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let http_task = tokio::spawn(async move { http.await });
 
     shutdown_signal().await;
+    // Stop accepting on both front doors, then release every held statement: wire clients get an error
+    // saying the request stays pending, `?wait=` callers get 202 with the request id. Requests survive in the
+    // store and run once when re-sent after approval, on any replica.
     let _ = stop_tx.send(true);
+    engine.workflow.begin_shutdown();
     if let Some(w) = wire_task {
         let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
     }
+    drain_holds(&engine, Duration::from_secs(10)).await;
+    // In-flight HTTP requests finish (axum's graceful shutdown waits for them).
     let _ = tokio::time::timeout(Duration::from_secs(30), http_task).await;
     sessions_task.abort();
     engine.end_idle_http_sessions(Duration::ZERO).await;
@@ -127,6 +154,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), worker.run_once()).await;
     worker_task.abort();
     expiry_task.abort();
+    if let Some(t) = change_task {
+        t.abort();
+    }
     if let Some(t) = reminder_task {
         t.abort();
     }

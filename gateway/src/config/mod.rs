@@ -219,6 +219,13 @@ pub struct OutboxConfig {
     /// How often the worker polls, e.g. `"500ms"`.
     #[serde(default = "default_poll")]
     pub poll: String,
+    /// How long one replica reserves an item it is delivering; a replica that dies loses it after this.
+    #[serde(default = "default_lease")]
+    pub lease: String,
+}
+
+fn default_lease() -> String {
+    "30s".into()
 }
 
 fn default_attempts() -> u32 {
@@ -233,6 +240,7 @@ impl Default for OutboxConfig {
         Self {
             max_attempts: default_attempts(),
             poll: default_poll(),
+            lease: default_lease(),
         }
     }
 }

@@ -82,7 +82,9 @@ impl Engine {
             .map(|c| c.pool_size)
             .max()
             .unwrap_or(8);
-        let workflow = Arc::new(Workflow::new(store.clone(), directory, sinks));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let workflow =
+            Arc::new(Workflow::new(store.clone(), directory, sinks).with_observer(metrics.clone()));
         let max_wait = parse_duration(&config.server.max_wait).unwrap_or(Duration::from_secs(300));
         let base_url = config.server.base_url();
         Ok(Engine {
@@ -96,6 +98,7 @@ impl Engine {
             http_sessions: Default::default(),
             max_wait,
             base_url,
+            metrics,
         })
     }
 }

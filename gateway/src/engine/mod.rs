@@ -41,6 +41,8 @@ pub struct Engine {
     pub max_wait: Duration,
     /// Public base URL for links.
     pub base_url: String,
+    /// Counters and histograms served at `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What to do with a statement submitted through a front door.
@@ -114,13 +116,16 @@ impl Engine {
 
     /// Classify `sql` for this requester on this connection (cached by text).
     pub fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Verdict {
-        self.policy.evaluate(
+        let started = std::time::Instant::now();
+        let verdict = self.policy.evaluate(
             &PolicyContext {
                 connection,
                 requester,
             },
             sql,
-        )
+        );
+        self.metrics.classify.observe(started.elapsed());
+        verdict
     }
 
     /// Decide a statement: run, block (audited) or hold (request created or reused).

@@ -78,6 +78,7 @@ impl WireGate for Engine {
     }
 
     async fn wait(&self, id: RequestId, timeout: Duration) -> HoldOutcome {
+        let _held = self.metrics.hold();
         let view = match self.workflow.wait_resolved(id, timeout).await {
             Ok(v) => v,
             Err(e) => {
@@ -86,6 +87,7 @@ impl WireGate for Engine {
             }
         };
         match view.request.status {
+            RequestStatus::Pending if self.workflow.is_shutting_down() => HoldOutcome::ShuttingDown,
             RequestStatus::Pending => HoldOutcome::TimedOut,
             RequestStatus::Approved => match self.workflow.claim(id).await {
                 Ok(Some(_)) => HoldOutcome::Approved,
@@ -142,6 +144,9 @@ impl WireGate for Engine {
     }
 
     async fn statement_finished(&self, session: &SessionInfo, record: StatementRecord) {
+        use crate::metrics::{FrontDoor, UpstreamFailure};
+        self.metrics
+            .statement(FrontDoor::Wire, record.decision.into());
         let outcome = match (record.decision, &record.error) {
             (Action::Block, _) => "blocked",
             (_, Some(_)) if record.command_tag.is_none() && record.request_id.is_some() => {
@@ -150,6 +155,10 @@ impl WireGate for Engine {
             (_, Some(_)) => "error",
             _ => "ok",
         };
+        if outcome == "error" && record.command_tag.is_none() {
+            self.metrics
+                .upstream_error(FrontDoor::Wire, UpstreamFailure::Statement);
+        }
         let st = countersign_bot::sessions::StatementRecord {
             session_id: session.id,
             sql: record.sql,

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/{id}/cancel", post(requests::cancel))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::scrape))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README for the API") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

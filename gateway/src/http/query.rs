@@ -4,6 +4,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::{parse_wait, AppState};
 use crate::engine::{summarize, Admission, HttpStatement, Incoming};
+use crate::metrics::{FrontDoor, Metrics, UpstreamFailure};
 use crate::policy::Verdict;
 use crate::upstream::{ExecError, QueryOutcome};
 use axum::extract::rejection::JsonRejection;
@@ -61,6 +62,9 @@ pub async fn query(
         None => None,
     };
     let verdict = engine.classify(&name, &requester, &body.sql);
+    engine
+        .metrics
+        .statement(FrontDoor::Api, verdict.action.into());
     let hash = StatementHash::of_text(&body.sql);
     let admission = engine
         .admit(
@@ -95,7 +99,10 @@ pub async fn query(
             let started = Instant::now();
             let out = engine.execute(&name, &body.sql, &verdict).await;
             let note = Note::of(&out, "allow", None);
-            (respond_with_result(out, &verdict, None, started), note)
+            (
+                respond_with_result(&engine.metrics, out, &verdict, None, started),
+                note,
+            )
         }
         Admission::Blocked => (
             Err(ApiError::new(
@@ -119,7 +126,10 @@ pub async fn query(
                     note("review", Some(id), "held"),
                 ),
                 Some(wait) => {
-                    let view = engine.workflow.wait_resolved(id, wait).await?;
+                    let view = {
+                        let _held = engine.metrics.hold();
+                        engine.workflow.wait_resolved(id, wait).await?
+                    };
                     match view.request.status {
                         RequestStatus::Approved => match engine.workflow.claim(id).await? {
                             Some(_) => run_approved(&st, &name, &body.sql, &verdict, id).await,
@@ -213,10 +223,14 @@ async fn run_approved(
         .finish(id, summarize(&out, started.elapsed()))
         .await;
     let note = Note::of(&out, "review", Some(id));
-    (respond_with_result(out, verdict, Some(id), started), note)
+    (
+        respond_with_result(&st.engine.metrics, out, verdict, Some(id), started),
+        note,
+    )
 }
 
 fn respond_with_result(
+    metrics: &Metrics,
     out: Result<QueryOutcome, ExecError>,
     verdict: &Verdict,
     request: Option<RequestId>,
@@ -230,7 +244,8 @@ fn respond_with_result(
     let out = match out {
         Ok(o) => o,
         Err(ExecError::Connect(e)) => {
-            tracing::error!(error = %e, "upstream connect failed");
+            metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Connection);
+            tracing::error!(request_id = ?request, error = %e, "upstream connect failed");
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
@@ -239,13 +254,15 @@ fn respond_with_result(
             .with(json!({ "request_id": request })));
         }
         Err(e) => {
+            metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Connection);
             return Err(
                 ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", e.to_string())
                     .with(json!({ "request_id": request })),
-            )
+            );
         }
     };
     if let Some(err) = &out.error {
+        metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Statement);
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "upstream_error",

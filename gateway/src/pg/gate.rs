@@ -116,6 +116,8 @@ pub enum HoldOutcome {
     Cancelled,
     /// The wait timed out; the request stays pending.
     TimedOut,
+    /// The gateway is shutting down; the request stays pending and can be re-run once approved.
+    ShuttingDown,
 }
 
 /// What happened when an approved statement ran.

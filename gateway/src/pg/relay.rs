@@ -532,6 +532,7 @@ where
                 format!("approval request {id} expired without a decision; run the statement again to request approval anew")
             }
             HoldOutcome::Cancelled => format!("approval request {id} was cancelled; run the statement again to request approval anew"),
+            HoldOutcome::ShuttingDown => format!("the gateway is shutting down; approval request {id} stays pending and survives the restart: once it is approved, re-run the identical statement (on any replica) to run it once"),
             HoldOutcome::TimedOut => format!(
                 "approval request {id} is still pending after {}s and stays pending; once it is approved, re-running the identical statement runs it once",
                 self.ctx.hold_wait.as_secs()

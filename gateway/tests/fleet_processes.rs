@@ -1,0 +1,329 @@
+//! Issue "Run as a fleet", with real `countersign serve` processes on one PostgreSQL store: a replica killed
+//! with SIGKILL mid-delivery hands its outbox items to another, which delivers each exactly once; SIGTERM
+//! tells a wire client with a held statement that its request stays pending, and exits.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const AGENT_TOKEN: &str = "fleet-agent-token";
+const SECRET_ENV: &str = "CS_FLEET_TEST_WHSEC";
+// "whsec_" + base64 of 24 bytes.
+const SECRET: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3";
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn sha(t: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(t.as_bytes()))
+}
+
+fn config(store_url: &str, http: u16, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{http}"
+expiry_sweep = "1s"
+
+[store]
+url = "{store_url}"
+
+[outbox]
+poll = "100ms"
+lease = "2s"
+
+[[identity.static_tokens]]
+name = "agent"
+sha256 = "{agent}"
+kind = "workload"
+acts_for = "alice@example.com"
+
+[[connections]]
+name = "local"
+upstream_url = "postgres://postgres@127.0.0.1:5432/postgres"
+
+[[approver_groups]]
+name = "reviewers"
+members = ["bob@example.com", "carol@example.com"]
+
+[policy.defaults]
+approver_groups = ["reviewers"]
+quorum = 2
+ttl = "1h"
+
+{extra}
+"#,
+        agent = sha(AGENT_TOKEN)
+    )
+}
+
+/// A `countersign serve` child process, killed with SIGKILL on drop if still running.
+struct Replica {
+    child: Child,
+    base: String,
+    _dir: countersign_bot::testing::TempDir,
+}
+
+impl Replica {
+    async fn start(toml: &str, http: u16) -> Replica {
+        let dir = countersign_bot::testing::TempDir::new();
+        let path = dir.path().join("countersign.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .arg("--config")
+            .arg(&path)
+            .arg("serve")
+            .env(SECRET_ENV, SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start countersign serve");
+        let r = Replica {
+            child,
+            base: format!("http://127.0.0.1:{http}"),
+            _dir: dir,
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = http.get(format!("{}/readyz", r.base)).send().await {
+                if resp.status().is_success() {
+                    return r;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica on {http:?} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL the replica");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A webhook receiver that either hangs (never answers, never counts) or acknowledges and counts by
+/// `webhook-id`.
+#[derive(Default)]
+struct Receiver {
+    ack: AtomicBool,
+    hung: AtomicUsize,
+    acked: Mutex<HashMap<String, usize>>,
+}
+
+async fn spawn_receiver(rx: Arc<Receiver>) -> SocketAddr {
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap| {
+            let rx = rx.clone();
+            async move {
+                if !rx.ack.load(Ordering::SeqCst) {
+                    rx.hung.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                *rx.acked.lock().unwrap().entry(id).or_default() += 1;
+                StatusCode::OK
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    addr
+}
+
+async fn hold(http: &reqwest::Client, base: &str, sql: &str) -> String {
+    let r = http
+        .post(format!("{base}/v1/connections/local/query"))
+        .bearer_auth(AGENT_TOKEN)
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "statement should be held");
+    let body: serde_json::Value = r.json().await.unwrap();
+    body["request_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_mid_delivery_hands_items_over_and_each_is_delivered_exactly_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store_url = countersign_bot::testing::fresh_pg_database()
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    let receiver = Arc::new(Receiver::default());
+    let hook = spawn_receiver(receiver.clone()).await;
+    let webhooks = format!(
+        "[[webhooks.endpoints]]\nname = \"audit\"\nurl = \"http://{hook}/hook\"\nsecret_env = \"{SECRET_ENV}\"\ntimeout_secs = 60\nevents = [\"created\"]\n"
+    );
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = Replica::start(&config(&store_url, port_a, &webhooks), port_a).await;
+    let http = reqwest::Client::new();
+    for i in 0..10 {
+        hold(&http, &a.base, &format!("DELETE FROM fleet_kill_{i}")).await;
+    }
+
+    // A leases the items and hangs delivering the first: it is mid-delivery with the rest reserved.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.hung.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "replica A never attempted a delivery"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pool = sqlx::PgPool::connect(&store_url).await.unwrap();
+    let leased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE sink = 'webhook:audit' AND status = 'pending' AND lease_until_ms > (extract(epoch from now()) * 1000)::bigint",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(leased >= 1, "A holds leases when it dies");
+    a.kill_9();
+
+    receiver.ack.store(true, Ordering::SeqCst);
+    let b = Replica::start(&config(&store_url, port_b, &webhooks), port_b).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE sink = 'webhook:audit' AND status <> 'delivered'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} deliveries never completed after A died"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Leave time for any duplicate to show up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT idempotency_key FROM outbox WHERE sink = 'webhook:audit'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(keys.len(), 10);
+    let acked = receiver.acked.lock().unwrap().clone();
+    assert_eq!(
+        acked.len(),
+        10,
+        "exactly the ten items were acknowledged: {acked:?}"
+    );
+    for (id, n) in &acked {
+        assert_eq!(*n, 1, "{id} delivered {n} times");
+        assert!(
+            keys.iter()
+                .any(|k| id.contains(k.as_str()) || k.contains(id.as_str())),
+            "{id} is one of the outbox items"
+        );
+    }
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store_url = countersign_bot::testing::fresh_pg_database()
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    let (http_port, wire_port) = (free_port(), free_port());
+    let wire = format!(
+        "[wire]\nlisten = \"127.0.0.1:{wire_port}\"\nallow_cleartext_without_tls = true\nhold_wait = 120\n"
+    );
+    let mut r = Replica::start(&config(&store_url, http_port, &wire), http_port).await;
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={wire_port} user=agent password={AGENT_TOKEN} dbname=local"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the wire listener");
+    tokio::spawn(conn);
+    let held = tokio::spawn(async move {
+        client
+            .simple_query("DELETE FROM fleet_sigterm_target")
+            .await
+    });
+    let pool = sqlx::PgPool::connect(&store_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM requests WHERE status = 'pending'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the statement was never held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the session settle into its wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &r.child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+
+    let err = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held client is answered promptly")
+        .unwrap()
+        .expect_err("the statement did not run");
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_else(|| err.to_string());
+    assert!(
+        msg.contains("shutting down") && msg.contains("stays pending"),
+        "message: {msg}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = r.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "clean exit, got {exit:?}");
+    let status: String = sqlx::query_scalar("SELECT status FROM requests")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "pending", "the request survives the shutdown");
+}
