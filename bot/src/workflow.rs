@@ -141,6 +141,9 @@ pub struct Workflow {
 impl Workflow {
     /// A workflow that notifies `sinks` (opaque channel names) through the store's outbox.
     pub fn new(store: Arc<dyn Store>, directory: ApproverDirectory, sinks: Vec<String>) -> Self {
+        // An SQLite store belongs to one process: every change happens here and wakes waiters directly, so
+        // waiters only need the slow safety re-check, as with a live PostgreSQL change feed.
+        let single_process = store.backend() == "sqlite";
         Self {
             store,
             directory,
@@ -148,7 +151,7 @@ impl Workflow {
             hub: ResolutionHub::default(),
             poll: Duration::from_millis(250),
             shutting_down: AtomicBool::new(false),
-            feed_live: AtomicBool::new(false),
+            feed_live: AtomicBool::new(single_process),
             observer: None,
         }
     }

@@ -154,19 +154,36 @@ pub enum ExecError {
     Protocol(String),
 }
 
-/// Idle upstream sessions per connection name, reused by the HTTP API.
+/// Idle upstream sessions per connection name, reused by the HTTP API, and a cap on how many sessions the
+/// API opens per connection at once (so a burst of approvals can't exhaust the upstream's connections).
 pub struct UpstreamPool {
     idle: Mutex<HashMap<String, Vec<Upstream>>>,
+    open: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
     max_idle: usize,
+    max_open: usize,
 }
 
 impl UpstreamPool {
     /// A pool keeping at most `max_idle` sessions per connection.
     pub fn new(max_idle: usize) -> Self {
+        Self::with_limits(max_idle, (max_idle * 2).max(4))
+    }
+
+    /// A pool keeping at most `max_idle` idle sessions and opening at most `max_open` per connection.
+    pub fn with_limits(max_idle: usize, max_open: usize) -> Self {
         Self {
             idle: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
             max_idle,
+            max_open: max_open.max(1),
         }
+    }
+
+    fn permits(&self, name: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.entry(name.to_string())
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.max_open)))
+            .clone()
     }
 
     fn take(&self, name: &str) -> Option<Upstream> {
@@ -195,6 +212,12 @@ impl UpstreamPool {
         sql: &str,
         stateless: bool,
     ) -> Result<QueryOutcome, ExecError> {
+        // Waiting for a permit queues the query instead of failing it when the connection is busy.
+        let permits = self.permits(name);
+        let _permit = permits
+            .acquire_owned()
+            .await
+            .map_err(|_| ExecError::Protocol("upstream pool closed".into()))?;
         let mut up = match self.take(name) {
             Some(u) => u,
             None => connect(target, &[("application_name".into(), "countersign".into())]).await?,
