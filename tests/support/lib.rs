@@ -3,6 +3,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 pub mod idp;
+pub mod transcript;
 
 use countersign_bot::Store;
 use countersign_gateway::config::Config;
