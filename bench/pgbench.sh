@@ -105,7 +105,7 @@ chmod 644 "$TMP"/*
 PGB_USER_ARGS=()
 if [ "$(id -u)" = 0 ]; then PGB_USER_ARGS=(-u postgres); chown -R postgres "$TMP"; fi
 echo "== starting pgbouncer on 127.0.0.1:$PGB_PORT (session mode)"
-pgbouncer "${PGB_USER_ARGS[@]}" "$TMP/pgbouncer.ini" &
+pgbouncer "${PGB_USER_ARGS[@]}" "$TMP/pgbouncer.ini" >/dev/null 2>&1 &
 PIDS+=($!)
 
 for port in "$GW_PORT" "$PGB_PORT"; do
