@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Compares pgbench -S through the Countersign wire gateway with direct PostgreSQL and pgbouncer.
+# Compares pgbench -S through the real Countersign gateway (`countersign serve`, release build: policy,
+# classification of every statement, session recording) with direct PostgreSQL and pgbouncer.
 # Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres) and pgbench/psql on PATH; installs
-# pgbouncer with apt-get when absent. Starts only the gateway (release build) and a temporary pgbouncer.
-# Env: SCALE (10), CLIENTS (10), DURATION (10 s), GW_PORT (6543), PGB_PORT (6432).
+# pgbouncer with apt-get when absent. Starts only the gateway and a temporary pgbouncer, both stopped on exit.
+# Env: SCALE (10), CLIENTS (10), DURATION (10 s), GW_PORT (6543), GW_HTTP_PORT (6580), PGB_PORT (6432).
 set -euo pipefail
 
 SCALE=${SCALE:-10}
 CLIENTS=${CLIENTS:-10}
 DURATION=${DURATION:-10}
 GW_PORT=${GW_PORT:-6543}
+GW_HTTP_PORT=${GW_HTTP_PORT:-6580}
 PGB_PORT=${PGB_PORT:-6432}
 DB=countersign_bench
+TOKEN=bench-token
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TMP=$(mktemp -d)
 chmod 755 "$TMP"
@@ -21,17 +24,62 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building the gateway bench binary (release)"
-(cd "$ROOT" && cargo build --release -q -p countersign-gateway --example wire_bench)
-BIN="$ROOT/target/release/examples/wire_bench"
+echo "== building countersign (release)"
+(cd "$ROOT" && cargo build --release -q -p countersign-gateway --bin countersign)
+BIN="$ROOT/target/release/countersign"
 
 echo "== initialising $DB (scale $SCALE)"
 psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $DB"
 pgbench -h 127.0.0.1 -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
 
-echo "== starting the gateway on 127.0.0.1:$GW_PORT"
-"$BIN" "127.0.0.1:$GW_PORT" "$DB" &
+# The bench connection allows pgbench's statements by rule; every statement is still classified and recorded.
+cat >"$TMP/countersign.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GW_HTTP_PORT"
+
+[store]
+data_dir = "$TMP/data"
+
+[wire]
+listen = "127.0.0.1:$GW_PORT"
+allow_cleartext_without_tls = true
+
+[logging]
+level = "warn"
+
+[[identity.static_tokens]]
+name = "bench-agent"
+sha256 = "$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)"
+kind = "workload"
+acts_for = "alice@example.com"
+
+[[identity.static_tokens]]
+name = "alice"
+sha256 = "$(printf %s "bench-alice-token" | sha256sum | cut -d' ' -f1)"
+kind = "human"
+email = "alice@example.com"
+
+[[connections]]
+name = "bench"
+upstream_url = "postgres://postgres@127.0.0.1:5432/$DB"
+
+[[approver_groups]]
+name = "reviewers"
+members = ["alice@example.com"]
+
+[policy.defaults]
+approver_groups = ["reviewers"]
+quorum = 1
+
+[[policy.rules]]
+name = "pgbench-on-bench"
+connections = ["bench"]
+action = "allow"
+TOML
+"$BIN" check-config --config "$TMP/countersign.toml" >/dev/null
+echo "== starting countersign serve (wire 127.0.0.1:$GW_PORT, HTTP 127.0.0.1:$GW_HTTP_PORT)"
+"$BIN" serve --config "$TMP/countersign.toml" >"$TMP/countersign.log" 2>&1 &
 PIDS+=($!)
 
 if ! command -v pgbouncer >/dev/null; then
@@ -57,7 +105,7 @@ chmod 644 "$TMP"/*
 PGB_USER_ARGS=()
 if [ "$(id -u)" = 0 ]; then PGB_USER_ARGS=(-u postgres); chown -R postgres "$TMP"; fi
 echo "== starting pgbouncer on 127.0.0.1:$PGB_PORT (session mode)"
-pgbouncer "${PGB_USER_ARGS[@]}" "$TMP/pgbouncer.ini" &
+pgbouncer "${PGB_USER_ARGS[@]}" "$TMP/pgbouncer.ini" >/dev/null 2>&1 &
 PIDS+=($!)
 
 for port in "$GW_PORT" "$PGB_PORT"; do
@@ -66,11 +114,16 @@ for port in "$GW_PORT" "$PGB_PORT"; do
         sleep 0.2
     done
 done
+if ! PGPASSWORD=$TOKEN PGSSLMODE=disable psql -h 127.0.0.1 -p "$GW_PORT" -U agent -d bench -XAtqc "SELECT 1" >/dev/null; then
+    echo "the gateway is not answering on 127.0.0.1:$GW_PORT; its log:" >&2
+    cat "$TMP/countersign.log" >&2
+    exit 1
+fi
 
 # target name → "port user password database"
 declare -A TARGET=(
     [direct]="5432 postgres x $DB"
-    [gateway]="$GW_PORT agent bench-token bench"
+    [gateway]="$GW_PORT agent $TOKEN bench"
     [pgbouncer]="$PGB_PORT postgres x $DB"
 )
 
@@ -106,3 +159,4 @@ echo
 echo "gateway/direct:    simple $(ratio "${TPS[gateway/simple]}" "${TPS[direct/simple]}")  prepared $(ratio "${TPS[gateway/prepared]}" "${TPS[direct/prepared]}")"
 echo "gateway/pgbouncer: simple $(ratio "${TPS[gateway/simple]}" "${TPS[pgbouncer/simple]}")  prepared $(ratio "${TPS[gateway/prepared]}" "${TPS[pgbouncer/prepared]}")"
 awk -v g="${LAT[gateway]}" -v d="${LAT[direct]}" 'BEGIN { printf "1-client latency overhead: %+.1f us\n", (g - d) * 1000 }'
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) (other work on a shared machine skews these figures)"

@@ -693,3 +693,45 @@ async fn session_start_and_end_are_recorded() {
     };
     eventually(&gate, "session end", |e| *e == GateEvent::SessionEnded(id)).await;
 }
+
+#[tokio::test]
+async fn client_disconnect_during_a_hold_cancels_the_approval_request() {
+    let (gate, addr) = start().await;
+    let (client, connection) = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let running = tokio::spawn(async move {
+        client
+            .batch_execute("DELETE FROM pg_catalog.pg_class WHERE false")
+            .await
+    });
+    let held = eventually(&gate, "a hold", |e| matches!(e, GateEvent::Hold { .. })).await;
+    let GateEvent::Hold { id, .. } = held else {
+        unreachable!()
+    };
+    // Dropping the connection task closes the socket, as a killed client would.
+    connection.abort();
+    running.abort();
+    let started = std::time::Instant::now();
+    let cancelled = eventually(&gate, "cancel_hold", |e| {
+        matches!(e, GateEvent::Cancelled(_))
+    })
+    .await;
+    assert_eq!(cancelled, GateEvent::Cancelled(id));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the request was cancelled only after the hold wait ran out"
+    );
+    eventually(&gate, "session end", |e| {
+        matches!(e, GateEvent::SessionEnded(_))
+    })
+    .await;
+    assert!(
+        !gate
+            .events()
+            .iter()
+            .any(|e| matches!(e, GateEvent::Executed(..))),
+        "nothing may run for a client that left"
+    );
+}

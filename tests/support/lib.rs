@@ -4,6 +4,7 @@
 
 pub mod fake_slack;
 pub mod idp;
+pub mod transcript;
 
 use countersign_bot::Store;
 use countersign_gateway::config::Config;

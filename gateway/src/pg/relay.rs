@@ -564,6 +564,17 @@ where
             tokio::select! {
                 outcome = &mut wait => return Ok(Some(outcome)),
                 _ = &mut cancelled => return Ok(None),
+                // A client that goes away during a hold must not leave its request pending for humans.
+                // Anything else it sends is kept for after the hold (bounded like any message).
+                r = self.client_r.read_buf(&mut self.cbuf), if self.cbuf.len() <= self.ctx.max_message_size => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        gate.cancel_hold(id, &self.ctx.session).await;
+                        return Err(WireError::Io(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "the client disconnected during a hold; its approval request was cancelled",
+                        )));
+                    }
+                }
                 r = self.server_r.read_buf(&mut self.sbuf) => {
                     if r? == 0 {
                         return Err(WireError::Upstream("the upstream closed the connection during a hold".into()));

@@ -1,0 +1,556 @@
+//! Issue "wire gateway": the clients agents and CI already use — psql, pgbench, tokio-postgres, sqlx and
+//! psycopg — through the real gateway (engine, policy, workflow, store) against the real PostgreSQL, with held
+//! statements approved, denied, timed out and cancelled, a blocked statement inside a transaction, and TLS.
+
+use countersign_tests::tokens::*;
+use countersign_tests::*;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+/// Tables matching this prefix are free to write through the `local` connection (a policy rule).
+const FREE: &str = "cs_free";
+
+fn config(hold_wait: f64, extra: &str) -> String {
+    base_config(&format!(
+        "[[policy.rules]]\nname = \"clients-e2e-scratch-tables\"\nconnections = [\"local\"]\ntables = [\"{FREE}_*\"]\naction = \"allow\"\n\n\
+         {extra}\n\n[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = {hold_wait}\n"
+    ))
+}
+
+async fn gateway(hold_wait: f64) -> Gateway {
+    spawn_gateway(&config(hold_wait, ""), Backend::Sqlite).await
+}
+
+fn wire(gw: &Gateway) -> SocketAddr {
+    gw.wire.expect("wire listener configured")
+}
+
+async fn connect(addr: SocketAddr) -> Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
+            addr.port()
+        ),
+        NoTls,
+    )
+    .await
+    .expect("log in through the gateway");
+    tokio::spawn(conn);
+    client
+}
+
+async fn table_with_rows(prefix: &str, rows: i32) -> String {
+    let t = table_name(prefix);
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int primary key, v text); INSERT INTO {t} SELECT g, 'v' || g FROM generate_series(1, {rows}) g"
+        ))
+        .await
+        .unwrap();
+    t
+}
+
+async fn count(table: &str) -> i64 {
+    direct()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+/// Polls the request list until a pending request mentions `needle`; returns its id.
+async fn pending_request(base: &str, needle: &str) -> String {
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        let body: Value = http
+            .get(format!("{base}/v1/requests?status=pending"))
+            .bearer_auth(BOB)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(r) = body["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r.to_string().contains(needle))
+        {
+            return r["id"].as_str().expect("request id").to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no pending request for {needle:?} appeared");
+}
+
+async fn vote(base: &str, token: &str, id: &str, decision: &str, reason: Option<&str>) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/requests/{id}/votes"))
+        .bearer_auth(token)
+        .json(&json!({ "decision": decision, "reason": reason }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{decision} vote on {id}");
+}
+
+/// A separate task that waits for the hold of `needle` and decides it through the HTTP decision API.
+fn decide_from_another_task(
+    gw: &Gateway,
+    needle: String,
+    decision: &'static str,
+) -> tokio::task::JoinHandle<String> {
+    let base = gw.base.clone();
+    tokio::spawn(async move {
+        let id = pending_request(&base, &needle).await;
+        if decision == "approve" {
+            vote(&base, BOB, &id, "approve", None).await;
+            vote(&base, CAROL, &id, "approve", None).await;
+        } else {
+            vote(&base, BOB, &id, "deny", Some("not during the freeze")).await;
+        }
+        id
+    })
+}
+
+async fn status_of(gw: &Gateway, id: &str) -> String {
+    gw.request(BOB, id).await.body["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The request's status once it reaches `want` (the execution report is recorded after the client has its
+/// result), or the last status seen after five seconds.
+async fn settled_status(gw: &Gateway, id: &str, want: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = status_of(gw, id).await;
+        if last == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
+#[tokio::test]
+async fn tokio_postgres_held_delete_runs_once_after_approval_from_another_task() {
+    let gw = gateway(30.0).await;
+    let t = table_with_rows("cs_tp_held", 2).await;
+    let client = connect(wire(&gw)).await;
+    let sql = format!("DELETE FROM {t} WHERE id = 1");
+    let approver = decide_from_another_task(&gw, sql.clone(), "approve");
+    let deleted = client.execute(sql.as_str(), &[]).await.unwrap();
+    assert_eq!(deleted, 1);
+    let id = approver.await.unwrap();
+    assert_eq!(count(&t).await, 1);
+    assert_eq!(settled_status(&gw, &id, "executed").await, "executed");
+    // Reads pass straight through on the same connection, simple and extended.
+    let rows = client
+        .query(&format!("SELECT v FROM {t} WHERE id = $1"), &[&2i32])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "v2");
+}
+
+#[tokio::test]
+async fn tokio_postgres_denied_statement_gets_42501_naming_the_denier_and_reason() {
+    let gw = gateway(30.0).await;
+    let t = table_with_rows("cs_tp_deny", 2).await;
+    let client = connect(wire(&gw)).await;
+    let sql = format!("DELETE FROM {t} WHERE id = 2");
+    let denier = decide_from_another_task(&gw, sql.clone(), "deny");
+    let err = client.batch_execute(&sql).await.unwrap_err();
+    let id = denier.await.unwrap();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501");
+    assert!(
+        message.contains("denied by") && message.contains("not during the freeze"),
+        "{message}"
+    );
+    assert_eq!(count(&t).await, 2);
+    assert_eq!(status_of(&gw, &id).await, "denied");
+    assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn held_statement_that_timed_out_runs_exactly_once_when_re_run_after_approval() {
+    let gw = gateway(0.5).await;
+    let t = table_with_rows("cs_tp_timeout", 0).await;
+    let client = connect(wire(&gw)).await;
+    let sql = format!("INSERT INTO {t} VALUES (1, 'x')");
+    let err = client.batch_execute(&sql).await.unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501");
+    assert!(message.contains("stays pending"), "{message}");
+    let id = pending_request(&gw.base, &sql).await;
+    vote(&gw.base, BOB, &id, "approve", None).await;
+    vote(&gw.base, CAROL, &id, "approve", None).await;
+    assert_eq!(count(&t).await, 0, "approval alone runs nothing");
+
+    client.batch_execute(&sql).await.unwrap();
+    assert_eq!(count(&t).await, 1);
+    assert_eq!(settled_status(&gw, &id, "executed").await, "executed");
+
+    // A third send is a new request: held again, not run.
+    let err = client.batch_execute(&sql).await.unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+    assert_eq!(count(&t).await, 1);
+}
+
+#[tokio::test]
+async fn cancel_during_a_hold_cancels_the_request_and_keeps_the_connection() {
+    let gw = gateway(30.0).await;
+    let t = table_with_rows("cs_tp_cancel", 1).await;
+    let client = connect(wire(&gw)).await;
+    let cancel = client.cancel_token();
+    let sql = format!("DELETE FROM {t}");
+    let running = {
+        let sql = sql.clone();
+        tokio::spawn(async move {
+            let r = client.batch_execute(&sql).await;
+            (client, r)
+        })
+    };
+    let id = pending_request(&gw.base, &sql).await;
+    cancel.cancel_query(NoTls).await.unwrap();
+    let (client, result) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the cancel ends the hold")
+        .unwrap();
+    assert_eq!(db_error(&result.unwrap_err()).0, "57014");
+    assert_eq!(settled_status(&gw, &id, "cancelled").await, "cancelled");
+    assert_eq!(count(&t).await, 1);
+    assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn client_disconnect_during_a_hold_cancels_the_request() {
+    let gw = gateway(30.0).await;
+    let t = table_with_rows("cs_tp_gone", 1).await;
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
+            wire(&gw).port()
+        ),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let sql = format!("DELETE FROM {t}");
+    let running = {
+        let sql = sql.clone();
+        tokio::spawn(async move { client.batch_execute(&sql).await })
+    };
+    let id = pending_request(&gw.base, &sql).await;
+    conn.abort();
+    running.abort();
+    assert_eq!(settled_status(&gw, &id, "cancelled").await, "cancelled");
+    assert_eq!(count(&t).await, 1);
+}
+
+fn psql(addr: SocketAddr, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(["-d", "local", "-U", "agent", "-X"])
+        .args(args)
+        .env("PGPASSWORD", AGENT)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("psql must be installed (postgresql-client)")
+}
+
+fn script(body: &str) -> (countersign_bot::testing::TempDir, String) {
+    let dir = countersign_bot::testing::TempDir::new();
+    let path = dir.path().join("script.sql");
+    std::fs::write(&path, body).unwrap();
+    let path = path.display().to_string();
+    (dir, path)
+}
+
+#[tokio::test]
+async fn psql_script_with_variables_runs_and_its_held_delete_runs_after_approval() {
+    let gw = gateway(30.0).await;
+    let t = table_with_rows("cs_psql", 3).await;
+    let (_dir, path) = script(&format!(
+        "\\set id 2\nSELECT 1 AS one;\nSELECT :id + 1 AS three;\nDELETE FROM {t} WHERE id = :id;\nSELECT count(*) FROM {t};\n"
+    ));
+    let approver =
+        decide_from_another_task(&gw, format!("DELETE FROM {t} WHERE id = 2"), "approve");
+    let addr = wire(&gw);
+    let out = tokio::task::spawn_blocking(move || {
+        psql(addr, &["-v", "ON_ERROR_STOP=1", "-At", "-f", &path])
+    })
+    .await
+    .unwrap();
+    let id = approver.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout.lines().filter(|l| !l.is_empty()).collect::<Vec<_>>(),
+        ["1", "3", "DELETE 1", "2"],
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("held for approval, request {id}")),
+        "psql shows the hold notice: {out:?}"
+    );
+    assert_eq!(count(&t).await, 2);
+}
+
+#[tokio::test]
+async fn psql_blocked_statement_inside_a_transaction_aborts_it_and_the_session_continues() {
+    let gw = gateway(30.0).await;
+    let t = table_with_rows(FREE, 0).await;
+    let (_dir, path) = script(&format!(
+        "\\set VERBOSITY verbose\nBEGIN;\nINSERT INTO {t} VALUES (1, 'in tx');\n\
+         COPY (SELECT 1) TO '/tmp/countersign_never_written';\nSELECT 2;\nCOMMIT;\nSELECT 3;\n"
+    ));
+    let addr = wire(&gw);
+    let out = tokio::task::spawn_blocking(move || psql(addr, &["-At", "-f", &path]))
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stderr.contains("42501") && stderr.contains("blocked"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("current transaction is aborted"),
+        "{stderr}"
+    );
+    // COMMIT of an aborted transaction reports ROLLBACK; the session goes on.
+    assert_eq!(
+        stdout.lines().filter(|l| !l.is_empty()).collect::<Vec<_>>(),
+        ["BEGIN", "INSERT 0 1", "ROLLBACK", "3"],
+        "{stdout}"
+    );
+    assert_eq!(count(&t).await, 0, "the transaction was rolled back");
+    assert!(!std::path::Path::new("/tmp/countersign_never_written").exists());
+}
+
+fn pgbench(addr: SocketAddr, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-U",
+            "agent",
+        ])
+        .args(args)
+        .env("PGPASSWORD", AGENT)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("pgbench must be installed (postgresql-contrib or postgresql-client)")
+}
+
+#[tokio::test]
+async fn pgbench_initialises_through_a_rule_then_runs_simple_extended_and_prepared() {
+    let db = countersign_bot::testing::fresh_pg_database()
+        .await
+        .expect("create the pgbench database");
+    let cfg = config(
+        30.0,
+        &format!(
+            "[[connections]]\nname = \"bench\"\nupstream_url = \"{db}\"\n\n\
+             [[policy.rules]]\nname = \"pgbench-on-bench\"\nconnections = [\"bench\"]\naction = \"allow\"\n"
+        ),
+    );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let addr = wire(&gw);
+    // Server-side generation (G) keeps every statement parseable; vacuum (v) is never allowed unparsed.
+    let init = tokio::task::spawn_blocking(move || {
+        pgbench(addr, &["-i", "-I", "dtGp", "-s", "1", "bench"])
+    })
+    .await
+    .unwrap();
+    assert!(init.status.success(), "pgbench -i: {init:?}");
+    for mode in ["simple", "extended", "prepared"] {
+        let out = tokio::task::spawn_blocking(move || {
+            pgbench(addr, &["-S", "-M", mode, "-c", "2", "-T", "2", "bench"])
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "pgbench -M {mode}: {out:?}");
+        let processed: u64 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|v| v.split('/').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no transaction count in {stdout}"));
+        assert!(processed > 100, "-M {mode} processed only {processed}");
+        let failed = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("number of failed transactions: "))
+            .map(|v| v.split_whitespace().next().unwrap_or_default().to_string());
+        assert!(
+            matches!(failed.as_deref(), None | Some("0")),
+            "-M {mode} had failed transactions: {stdout}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlx_pool_through_the_gateway_runs_query_as_and_a_transaction() {
+    use sqlx::postgres::PgPoolOptions;
+    use sqlx::AssertSqlSafe;
+    let gw = gateway(30.0).await;
+    let t = table_with_rows(FREE, 3).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(3)
+        .connect(&format!(
+            "postgres://agent:{AGENT}@127.0.0.1:{}/local?sslmode=disable",
+            wire(&gw).port()
+        ))
+        .await
+        .expect("sqlx connects through the gateway");
+    let rows: Vec<(i32, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT id, v FROM {t} WHERE id >= $1 ORDER BY id"
+    )))
+    .bind(2i32)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(2, "v2".to_string()), (3, "v3".to_string())]);
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("INSERT INTO {t} VALUES ($1, $2)")))
+        .bind(10i32)
+        .bind("ten")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let (n,): (i64,) = sqlx::query_as(AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(n, 4, "the transaction sees its own insert");
+    tx.commit().await.unwrap();
+    assert_eq!(count(&t).await, 4);
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("DELETE FROM {t}")))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(count(&t).await, 4, "rolled back");
+
+    // A statement outside the rule is held on the pool connection; denied from another task → 42501.
+    let other = table_with_rows("cs_sqlx_held", 1).await;
+    let held = tokio::time::timeout(
+        Duration::from_secs(60),
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {other}"))).execute(&pool),
+    );
+    let approver = decide_from_another_task(&gw, format!("DELETE FROM {other}"), "deny");
+    let err = held.await.unwrap().unwrap_err();
+    approver.await.unwrap();
+    let db = err.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("42501"));
+    assert_eq!(count(&other).await, 1);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn psycopg_through_the_gateway_reads_with_parameters_and_commits_a_transaction() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import psycopg"])
+        .output()
+        .expect("python3 must be installed");
+    assert!(
+        probe.status.success(),
+        "psycopg is not installed for python3: run `python3 -m pip install \"psycopg[binary]\"` (.ci/test does); {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let gw = gateway(30.0).await;
+    let t = table_with_rows(FREE, 2).await;
+    let program = format!(
+        r#"
+import json, psycopg
+with psycopg.connect(host="127.0.0.1", port={port}, dbname="local", user="agent", password="{AGENT}", sslmode="disable") as conn:
+    rows = conn.execute("SELECT id, v FROM {t} WHERE id = %s", (2,)).fetchall()
+    with conn.transaction():
+        conn.execute("INSERT INTO {t} VALUES (%s, %s)", (7, "seven"))
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM {t}", prepare=True)
+        n = cur.fetchone()[0]
+    print(json.dumps({{"rows": rows, "count": n}}))
+"#,
+        port = wire(&gw).port()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", &program])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let result: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    assert_eq!(result, json!({ "rows": [[2, "v2"]], "count": 3 }));
+    assert_eq!(count(&t).await, 3);
+}
+
+#[tokio::test]
+async fn tls_with_a_generated_certificate_verifies_and_cleartext_is_refused() {
+    let dir = countersign_bot::testing::TempDir::new();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
+    let cfg = base_config(&format!(
+        "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = false\n\n[wire.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let addr = wire(&gw);
+    let root = cert.display().to_string();
+    let run = move |sslmode: &'static str| {
+        std::process::Command::new("psql")
+            .args(["-h", "localhost", "-p", &addr.port().to_string()])
+            .args(["-d", "local", "-U", "agent", "-XAtc", "SELECT 'over tls'"])
+            .env("PGPASSWORD", AGENT)
+            .env("PGSSLMODE", sslmode)
+            .env("PGSSLROOTCERT", &root)
+            .env("PGHOSTADDR", "127.0.0.1")
+            .output()
+            .expect("psql must be installed")
+    };
+    let run2 = run.clone();
+    let out = tokio::task::spawn_blocking(move || run("verify-full"))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+    let out = tokio::task::spawn_blocking(move || run2("disable"))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only over TLS"),
+        "{out:?}"
+    );
+}

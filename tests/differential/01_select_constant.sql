@@ -1,0 +1,3 @@
+-- A constant select: one row, one int4 column.
+--- query
+SELECT 1 AS one

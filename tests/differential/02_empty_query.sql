@@ -1,0 +1,5 @@
+-- An empty query string gives EmptyQueryResponse.
+--- query
+
+--- query
+;
