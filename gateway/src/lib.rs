@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod identity;
+pub mod masking;
 pub mod pg;
 pub mod policy;
 pub mod upstream;
