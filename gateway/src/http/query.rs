@@ -84,7 +84,7 @@ pub async fn query(
             engine.store().append_audit(entry).await?;
             let started = Instant::now();
             let out = engine.execute(&name, &body.sql, &verdict).await;
-            respond_with_result(out, &verdict, None, started)
+            respond_with_result(out, &verdict, None, started, engine.masker(&name))
         }
         Admission::Blocked => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -127,7 +127,7 @@ async fn run_approved(
     st.engine
         .finish(id, summarize(&out, started.elapsed()))
         .await;
-    respond_with_result(out, verdict, Some(id), started)
+    respond_with_result(out, verdict, Some(id), started, st.engine.masker(name))
 }
 
 fn respond_with_result(
@@ -135,13 +135,14 @@ fn respond_with_result(
     verdict: &Verdict,
     request: Option<RequestId>,
     started: Instant,
+    masker: Option<&std::sync::Arc<crate::masking::Masker>>,
 ) -> Result<Response, ApiError> {
     let decision = if request.is_some() {
         "approved"
     } else {
         verdict.action.as_str()
     };
-    let out = match out {
+    let mut out = match out {
         Ok(o) => o,
         Err(ExecError::Connect(e)) => {
             tracing::error!(error = %e, "upstream connect failed");
@@ -159,6 +160,12 @@ fn respond_with_result(
             )
         }
     };
+    // Results are masked before anything is built from them, the error path included.
+    if let Some(m) = masker {
+        for set in &mut out.results {
+            m.mask_result_set(set);
+        }
+    }
     if let Some(err) = &out.error {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
