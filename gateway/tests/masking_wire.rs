@@ -84,7 +84,9 @@ fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     messages
         .iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
             _ => None,
         })
         .collect()
@@ -133,14 +135,20 @@ async fn simple_query_results_are_masked_and_counted_per_statement() {
     // Row 2: NULLs stay NULL, multi-byte text and a Luhn-failing number stay clear.
     assert_eq!(masked[1], clear[1]);
     // Row 3: the same e-mail hashes the same way on every read; the JWT keeps its last 4 characters.
-    assert!(masked[2][3].as_deref().unwrap().ends_with("dXJl") && !masked[2][3].as_deref().unwrap().contains("eyJ"));
+    assert!(
+        masked[2][3].as_deref().unwrap().ends_with("dXJl")
+            && !masked[2][3].as_deref().unwrap().contains("eyJ")
+    );
     let again = simple_rows(&client.simple_query(&sql).await.unwrap());
     assert_eq!(again, masked);
     assert_ne!(masked[0][1], masked[2][1]);
 
     let records = statement_records(&gate, 2).await;
     assert_eq!(records[0].masked_fields, 9, "{records:#?}");
-    assert!(records[0].sql.contains("SELECT id, email"), "the statement is recorded unmasked");
+    assert!(
+        records[0].sql.contains("SELECT id, email"),
+        "the statement is recorded unmasked"
+    );
 }
 
 #[tokio::test]
@@ -151,7 +159,9 @@ async fn prepared_statements_with_binary_results_are_masked() {
     let client = through(addr).await;
     // tokio-postgres prepares once (Describe), then Binds binary result formats and Executes without Describe.
     let stmt = client
-        .prepare(&format!("SELECT id, email, note, card_no FROM {t} WHERE id = ANY($1) ORDER BY id"))
+        .prepare(&format!(
+            "SELECT id, email, note, card_no FROM {t} WHERE id = ANY($1) ORDER BY id"
+        ))
         .await
         .unwrap();
     for _ in 0..2 {
@@ -159,7 +169,10 @@ async fn prepared_statements_with_binary_results_are_masked() {
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0].get::<_, i64>(0), 1);
         assert!(rows[0].get::<_, String>(1).starts_with("hash:"));
-        assert_eq!(rows[0].get::<_, String>(2), "card ***************1111, call +* *** *** 0100");
+        assert_eq!(
+            rows[0].get::<_, String>(2),
+            "card ***************1111, call +* *** *** 0100"
+        );
         assert_eq!(rows[0].get::<_, Option<i64>>(3), None);
         assert_eq!(rows[1].get::<_, Option<String>>(1), None);
         assert_eq!(rows[1].get::<_, Option<i64>>(3), Some(4111111111111111 + 1));
@@ -185,15 +198,25 @@ async fn copy_to_stdout_is_masked_in_text_and_csv() {
             Ok::<String, tokio_postgres::Error>(String::from_utf8(out).unwrap())
         }
     };
-    let text = read(format!("COPY {t} (id, email, note) TO STDOUT")).await.unwrap();
+    let text = read(format!("COPY {t} (id, email, note) TO STDOUT"))
+        .await
+        .unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3);
     assert!(lines[0].starts_with("1\thash:"), "{text}");
-    assert!(lines[0].ends_with("\tcard ***************1111, call +* *** *** 0100"), "{text}");
-    assert_eq!(lines[1], "2\t\\N\tGrüße — order 4111111111111112 ✓ from 10.0.0.1");
-    let csv = read(format!("COPY (SELECT id, ssn, note FROM {t} ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)"))
-        .await
-        .unwrap();
+    assert!(
+        lines[0].ends_with("\tcard ***************1111, call +* *** *** 0100"),
+        "{text}"
+    );
+    assert_eq!(
+        lines[1],
+        "2\t\\N\tGrüße — order 4111111111111112 ✓ from 10.0.0.1"
+    );
+    let csv = read(format!(
+        "COPY (SELECT id, ssn, note FROM {t} ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)"
+    ))
+    .await
+    .unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "id,ssn,note");
     assert!(lines[1].starts_with("1,\"hash:"), "{csv}");
@@ -211,13 +234,21 @@ async fn results_that_cannot_be_masked_are_refused_and_the_session_stays_usable(
         format!("COPY {t} (id, email) TO STDOUT WITH (FORMAT binary)"),
     ] {
         let err = match client.copy_out(&sql).await {
-            Ok(stream) => stream.collect::<Vec<_>>().await.into_iter().find_map(Result::err),
+            Ok(stream) => stream
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .find_map(Result::err),
             Err(e) => Some(e),
         }
         .unwrap_or_else(|| panic!("{sql} must be refused"));
         let db_err = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
         assert_eq!(db_err.code().code(), "0A000");
-        assert!(db_err.message().contains("withheld"), "{}", db_err.message());
+        assert!(
+            db_err.message().contains("withheld"),
+            "{}",
+            db_err.message()
+        );
     }
     let n: i32 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 42);

@@ -4,7 +4,10 @@
 //! names while column rules exist) is refused.
 
 use super::{Finding, Masked, Masker, TypeClass};
-use sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, Expr, SelectItem, SetExpr, Statement};
+use sqlparser::ast::{
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, Expr, SelectItem, SetExpr,
+    Statement,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -60,8 +63,16 @@ struct Field {
 /// Reads the COPY statement at the end of `sql` (a batch's texts are joined by `;\n`).
 pub fn plan_copy(sql: &str) -> Result<CopyPlan, CopyError> {
     let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|_| CopyError::Unparsed)?;
-    let Some(Statement::Copy { source, to: true, options, legacy_options, .. }) =
-        stmts.into_iter().rev().find(|s| matches!(s, Statement::Copy { to: true, .. }))
+    let Some(Statement::Copy {
+        source,
+        to: true,
+        options,
+        legacy_options,
+        ..
+    }) = stmts
+        .into_iter()
+        .rev()
+        .find(|s| matches!(s, Statement::Copy { to: true, .. }))
     else {
         return Err(CopyError::Unparsed);
     };
@@ -69,11 +80,16 @@ pub fn plan_copy(sql: &str) -> Result<CopyPlan, CopyError> {
     let mut header = false;
     for o in &options {
         match o {
-            CopyOption::Format(f) if f.value.eq_ignore_ascii_case("csv") => format = CopyFormat::Csv,
-            CopyOption::Format(f) if f.value.eq_ignore_ascii_case("text") => format = CopyFormat::Text,
+            CopyOption::Format(f) if f.value.eq_ignore_ascii_case("csv") => {
+                format = CopyFormat::Csv
+            }
+            CopyOption::Format(f) if f.value.eq_ignore_ascii_case("text") => {
+                format = CopyFormat::Text
+            }
             CopyOption::Format(_) => return Err(CopyError::Binary),
             CopyOption::Header(h) => header = *h,
-            CopyOption::Encoding(e) if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+            CopyOption::Encoding(e)
+                if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
             other => return Err(CopyError::Option(other.to_string())),
         }
     }
@@ -103,7 +119,9 @@ pub fn plan_copy(sql: &str) -> Result<CopyPlan, CopyError> {
                 .iter()
                 .map(|item| match item {
                     SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some(i.value.clone()),
-                    SelectItem::UnnamedExpr(Expr::CompoundIdentifier(p)) => p.last().map(|i| i.value.clone()),
+                    SelectItem::UnnamedExpr(Expr::CompoundIdentifier(p)) => {
+                        p.last().map(|i| i.value.clone())
+                    }
                     SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
                     _ => None,
                 })
@@ -128,7 +146,10 @@ impl CopyPlan {
         if overall != 0 {
             return Err(CopyError::Binary);
         }
-        let n = rest.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])).ok_or(CopyError::BadRow)?;
+        let n = rest
+            .get(..2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or(CopyError::BadRow)?;
         if let Some(names) = &self.names {
             if names.len() != n.max(0) as usize {
                 self.names = None;
@@ -146,7 +167,11 @@ impl CopyPlan {
         }
         let plan = (0..n)
             .map(|i| {
-                let name = self.names.as_ref().and_then(|v| v.get(i)).map_or("", String::as_str);
+                let name = self
+                    .names
+                    .as_ref()
+                    .and_then(|v| v.get(i))
+                    .map_or("", String::as_str);
                 let mut col = masker.column(name, 25, false);
                 col.class = TypeClass::Text;
                 col
@@ -157,7 +182,11 @@ impl CopyPlan {
     }
 
     /// Masks one CopyData payload (one row); returns the fields masked and, when any, the new payload.
-    pub fn mask_row(&mut self, masker: &Masker, row: &[u8]) -> Result<(u64, Option<Vec<u8>>), CopyError> {
+    pub fn mask_row(
+        &mut self,
+        masker: &Masker,
+        row: &[u8],
+    ) -> Result<(u64, Option<Vec<u8>>), CopyError> {
         let text = std::str::from_utf8(row).map_err(|_| super::UnreadableValue)?;
         let line = text.strip_suffix('\n').ok_or(CopyError::BadRow)?;
         self.fields.clear();
@@ -168,7 +197,12 @@ impl CopyPlan {
         if self.header_pending {
             self.header_pending = false;
             if self.names.is_none() {
-                self.names = Some(self.fields.iter().map(|f| f.value.clone().unwrap_or_default()).collect());
+                self.names = Some(
+                    self.fields
+                        .iter()
+                        .map(|f| f.value.clone().unwrap_or_default())
+                        .collect(),
+                );
             }
             self.fix_plan(masker, self.fields.len())?;
             return Ok((0, None));
@@ -201,11 +235,14 @@ impl CopyPlan {
             }
             copied = field.range.end;
         }
-        Ok((masked, out.map(|mut o| {
-            o.push_str(&line[copied..]);
-            o.push('\n');
-            o.into_bytes()
-        })))
+        Ok((
+            masked,
+            out.map(|mut o| {
+                o.push_str(&line[copied..]);
+                o.push('\n');
+                o.into_bytes()
+            }),
+        ))
     }
 }
 
@@ -214,7 +251,11 @@ fn split_text(line: &str, out: &mut Vec<Field>) -> Result<(), CopyError> {
     for part in line.split('\t') {
         let range = start..start + part.len();
         start = range.end + 1;
-        let value = if part == "\\N" { None } else { Some(unescape_text(part)?) };
+        let value = if part == "\\N" {
+            None
+        } else {
+            Some(unescape_text(part)?)
+        };
         out.push(Field { range, value });
     }
     Ok(())
@@ -253,7 +294,11 @@ fn unescape_text(s: &str) -> Result<String, CopyError> {
                 bytes.push(v as u8);
             }
             b'x' => {
-                let hex: String = s[i..].chars().take(2).take_while(char::is_ascii_hexdigit).collect();
+                let hex: String = s[i..]
+                    .chars()
+                    .take(2)
+                    .take_while(char::is_ascii_hexdigit)
+                    .collect();
                 i += hex.len();
                 bytes.push(u8::from_str_radix(&hex, 16).map_err(|_| CopyError::BadRow)?);
             }
@@ -303,7 +348,10 @@ fn split_csv(line: &str, out: &mut Vec<Field>) -> Result<(), CopyError> {
             i = end;
             (!v.is_empty()).then(|| v.to_string())
         };
-        out.push(Field { range: start..i, value });
+        out.push(Field {
+            range: start..i,
+            value,
+        });
         match b.get(i) {
             None => return Ok(()),
             Some(b',') => i += 1,
@@ -334,7 +382,14 @@ mod tests {
     fn run(sql: &str, rows: &[&str]) -> Result<Vec<String>, CopyError> {
         let m = masker();
         let mut p = plan_copy(sql)?;
-        let ncols = rows.last().map_or(0, |r| r.split(if p.format == CopyFormat::Csv { ',' } else { '\t' }).count());
+        let ncols = rows.last().map_or(0, |r| {
+            r.split(if p.format == CopyFormat::Csv {
+                ','
+            } else {
+                '\t'
+            })
+            .count()
+        });
         let mut body = vec![0u8];
         body.extend_from_slice(&(ncols as i16).to_be_bytes());
         p.start(&m, &body)?;
@@ -350,30 +405,61 @@ mod tests {
     fn text_copy_masks_named_columns_and_detected_values_with_escapes_intact() {
         let got = run(
             "COPY t (id, ssn, note) TO STDOUT",
-            &["1\t123-45-6789\tmail jane@example.com\\tnow\n", "2\t\\N\tno\\\\pe\n"],
+            &[
+                "1\t123-45-6789\tmail jane@example.com\\tnow\n",
+                "2\t\\N\tno\\\\pe\n",
+            ],
         )
         .unwrap();
-        assert_eq!(got, ["1\t[redacted]\tmail j***@example.com\\tnow\n", "2\t\\N\tno\\\\pe\n"]);
+        assert_eq!(
+            got,
+            [
+                "1\t[redacted]\tmail j***@example.com\\tnow\n",
+                "2\t\\N\tno\\\\pe\n"
+            ]
+        );
     }
 
     #[test]
     fn csv_copy_with_header_learns_names_and_requotes() {
         let got = run(
             "COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv, HEADER true)",
-            &["id,ssn,note\n", "1,\"123-45-6789\",\"say \"\"hi\"\" to ana@example.com\"\n", "2,,\"\"\n"],
+            &[
+                "id,ssn,note\n",
+                "1,\"123-45-6789\",\"say \"\"hi\"\" to ana@example.com\"\n",
+                "2,,\"\"\n",
+            ],
         )
         .unwrap();
         assert_eq!(got[0], "id,ssn,note\n");
-        assert_eq!(got[1], "1,\"[redacted]\",\"say \"\"hi\"\" to a**@example.com\"\n");
+        assert_eq!(
+            got[1],
+            "1,\"[redacted]\",\"say \"\"hi\"\" to a**@example.com\"\n"
+        );
         assert_eq!(got[2], "2,,\"\"\n");
     }
 
     #[test]
     fn copy_that_cannot_be_masked_safely_is_refused() {
-        assert_eq!(run("COPY t TO STDOUT", &["1\t2\n"]).unwrap_err(), CopyError::UnknownColumns);
-        assert_eq!(run("COPY t (a) TO STDOUT WITH (FORMAT binary)", &[]).unwrap_err(), CopyError::Binary);
-        assert!(matches!(run("COPY t (a) TO STDOUT WITH (DELIMITER '|')", &[]), Err(CopyError::Option(_))));
-        assert_eq!(run("COPY t (a, b) TO STDOUT", &["1\t2"]).unwrap_err(), CopyError::BadRow);
-        assert_eq!(run("COPY t (a, b) TO STDOUT", &["1\n", "1\t2\n"]).unwrap_err(), CopyError::BadRow);
+        assert_eq!(
+            run("COPY t TO STDOUT", &["1\t2\n"]).unwrap_err(),
+            CopyError::UnknownColumns
+        );
+        assert_eq!(
+            run("COPY t (a) TO STDOUT WITH (FORMAT binary)", &[]).unwrap_err(),
+            CopyError::Binary
+        );
+        assert!(matches!(
+            run("COPY t (a) TO STDOUT WITH (DELIMITER '|')", &[]),
+            Err(CopyError::Option(_))
+        ));
+        assert_eq!(
+            run("COPY t (a, b) TO STDOUT", &["1\t2"]).unwrap_err(),
+            CopyError::BadRow
+        );
+        assert_eq!(
+            run("COPY t (a, b) TO STDOUT", &["1\n", "1\t2\n"]).unwrap_err(),
+            CopyError::BadRow
+        );
     }
 }

@@ -232,7 +232,13 @@ pub(crate) mod tests {
     #[test]
     fn masked_text_and_binary_values_get_correct_lengths_and_nulls_stay_null() {
         let m = masker();
-        let p = plan(&[("id", 23, 1), ("ssn", 25, 0), ("email", 1043, 1), ("note", 25, 0), ("n", 20, 0)]);
+        let p = plan(&[
+            ("id", 23, 1),
+            ("ssn", 25, 0),
+            ("email", 1043, 1),
+            ("note", 25, 0),
+            ("n", 20, 0),
+        ]);
         let row = data_row(&[
             Some(&7i32.to_be_bytes()),
             Some(b"123-45-6789"),
@@ -260,7 +266,10 @@ pub(crate) mod tests {
         let p = plan(&[("id", 23, 0), ("note", 25, 0)]);
         let row = data_row(&[Some(b"1"), Some(b"plain words")]);
         let mut out = BytesMut::new();
-        assert_eq!(mask_data_row(&m, &p, &row, &mut out, &mut RowScratch::default()), Ok(0));
+        assert_eq!(
+            mask_data_row(&m, &p, &row, &mut out, &mut RowScratch::default()),
+            Ok(0)
+        );
         assert!(out.is_empty());
     }
 
@@ -268,7 +277,8 @@ pub(crate) mod tests {
     fn very_wide_rows_are_rewritten_intact() {
         let m = masker();
         let cols: Vec<(String, u32, i16)> = (0..1500).map(|i| (format!("c{i}"), 25, 0)).collect();
-        let cols_ref: Vec<(&str, u32, i16)> = cols.iter().map(|(n, o, f)| (n.as_str(), *o, *f)).collect();
+        let cols_ref: Vec<(&str, u32, i16)> =
+            cols.iter().map(|(n, o, f)| (n.as_str(), *o, *f)).collect();
         let p = plan(&cols_ref);
         let big = "x".repeat(100_000);
         let values: Vec<Option<&[u8]>> = (0..1500)
@@ -296,13 +306,22 @@ pub(crate) mod tests {
         let mut out = BytesMut::new();
         let s = &mut RowScratch::default();
         let one = data_row(&[Some(b"x")]);
-        assert!(matches!(mask_data_row(&m, &p, &one, &mut out, s), Err(RowError::ColumnCount { got: 1, want: 2 })));
+        assert!(matches!(
+            mask_data_row(&m, &p, &one, &mut out, s),
+            Err(RowError::ColumnCount { got: 1, want: 2 })
+        ));
         let mut lying = data_row(&[Some(b"x"), Some(b"y")]);
         lying[10] = 200; // first value's length now runs past the end
-        assert_eq!(mask_data_row(&m, &p, &lying, &mut out, s), Err(RowError::Malformed("DataRow")));
+        assert_eq!(
+            mask_data_row(&m, &p, &lying, &mut out, s),
+            Err(RowError::Malformed("DataRow"))
+        );
         let mut trailing = data_row(&[Some(b"x"), None]);
         trailing.put_u8(0);
-        assert_eq!(mask_data_row(&m, &p, &trailing, &mut out, s), Err(RowError::Malformed("DataRow")));
+        assert_eq!(
+            mask_data_row(&m, &p, &trailing, &mut out, s),
+            Err(RowError::Malformed("DataRow"))
+        );
         assert!(plan_row_description(&m, b"\x00\x01abc").is_err());
     }
 }

@@ -150,7 +150,10 @@ fn find_private_keys(text: &str, out: &mut Vec<Finding>) {
         let end = match text[header_end..].find("-----END ") {
             Some(j) => {
                 let e = header_end + j + 9;
-                text[e..].find("-----").map(|k| e + k + 5).unwrap_or(text.len())
+                text[e..]
+                    .find("-----")
+                    .map(|k| e + k + 5)
+                    .unwrap_or(text.len())
             }
             None => text.len(),
         };
@@ -166,14 +169,29 @@ fn is_token_separator(c: char) -> bool {
     c.is_whitespace()
         || matches!(
             c,
-            ',' | ';' | '(' | ')' | '[' | ']' | '{' | '}' | '<' | '>' | '"' | '\'' | '`' | '=' | '|'
+            ',' | ';'
+                | '('
+                | ')'
+                | '['
+                | ']'
+                | '{'
+                | '}'
+                | '<'
+                | '>'
+                | '"'
+                | '\''
+                | '`'
+                | '='
+                | '|'
         )
 }
 
 fn find_in_tokens(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     let mut after_bearer = false;
     let mut start = None;
-    let mut iter = text.char_indices().chain(std::iter::once((text.len(), ' ')));
+    let mut iter = text
+        .char_indices()
+        .chain(std::iter::once((text.len(), ' ')));
     for (i, c) in &mut iter {
         if !is_token_separator(c) {
             start.get_or_insert(i);
@@ -214,10 +232,17 @@ fn classify_token(t: &str, on: DetectorSet, after_bearer: bool) -> Option<Detect
     if on.contains(Detector::Iban) && b.len() >= 15 && is_iban(t) {
         return Some(Detector::Iban);
     }
-    if on.contains(Detector::Ipv4) && b.first().is_some_and(u8::is_ascii_digit) && t.parse::<Ipv4Addr>().is_ok() {
+    if on.contains(Detector::Ipv4)
+        && b.first().is_some_and(u8::is_ascii_digit)
+        && t.parse::<Ipv4Addr>().is_ok()
+    {
         return Some(Detector::Ipv4);
     }
-    if on.contains(Detector::Ipv6) && b.contains(&b':') && t.len() >= 2 && t.parse::<Ipv6Addr>().is_ok() {
+    if on.contains(Detector::Ipv6)
+        && b.contains(&b':')
+        && t.len() >= 2
+        && t.parse::<Ipv6Addr>().is_ok()
+    {
         return Some(Detector::Ipv6);
     }
     None
@@ -265,9 +290,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
 
 /// A card number: 13–19 digits, an issuer prefix (2–6) and a valid Luhn checksum.
 pub fn is_card_digits(digits: &[u8]) -> bool {
-    (13..=19).contains(&digits.len())
-        && matches!(digits[0], b'2'..=b'6')
-        && luhn_valid(digits)
+    (13..=19).contains(&digits.len()) && matches!(digits[0], b'2'..=b'6') && luhn_valid(digits)
 }
 
 /// An IBAN (spaces allowed): country letters, check digits, 11–30 alphanumerics, mod 97 = 1.
@@ -310,8 +333,7 @@ pub fn is_ssn(t: &str) -> bool {
 
 fn is_base64url(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'=')
 }
 
@@ -321,7 +343,8 @@ pub fn is_jwt(t: &str) -> bool {
         return false;
     }
     let mut parts = t.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return false;
     };
@@ -386,7 +409,9 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     let mut i = 0;
     let mut digits = Vec::with_capacity(20);
     while i < b.len() {
-        if !(b[i].is_ascii_digit() || b[i] == b'+' || b[i] == b'(') || (i > 0 && b[i - 1].is_ascii_alphanumeric()) {
+        if !(b[i].is_ascii_digit() || b[i] == b'+' || b[i] == b'(')
+            || (i > 0 && b[i - 1].is_ascii_alphanumeric())
+        {
             i += 1;
             continue;
         }
@@ -412,13 +437,24 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
         }
         digits.clear();
         digits.extend(run.bytes().filter(u8::is_ascii_digit));
-        let card_layout = run.bytes().all(|c| c.is_ascii_digit() || c == b' ' || c == b'-');
+        let card_layout = run
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c == b' ' || c == b'-');
         if on.contains(Detector::Card) && card_layout && is_card_digits(&digits) {
-            out.push(Finding { range, detector: Detector::Card });
+            out.push(Finding {
+                range,
+                detector: Detector::Card,
+            });
         } else if on.contains(Detector::Ssn) && is_ssn(run) {
-            out.push(Finding { range, detector: Detector::Ssn });
+            out.push(Finding {
+                range,
+                detector: Detector::Ssn,
+            });
         } else if on.contains(Detector::Phone) && is_phone(run, digits.len()) {
-            out.push(Finding { range, detector: Detector::Phone });
+            out.push(Finding {
+                range,
+                detector: Detector::Phone,
+            });
         }
     }
 }
@@ -427,7 +463,10 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
 pub fn is_phone(run: &str, digit_count: usize) -> bool {
     if let Some(rest) = run.strip_prefix('+') {
         return (7..=15).contains(&digit_count)
-            && rest.bytes().next().is_some_and(|c| c.is_ascii_digit() || c == b'(');
+            && rest
+                .bytes()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == b'(');
     }
     if digit_count != 10 {
         return false;
@@ -451,25 +490,63 @@ mod tests {
     fn found(text: &str) -> Vec<(Detector, &str)> {
         let mut out = Vec::new();
         find(text, all(), &mut out);
-        out.iter().map(|f| (f.detector, &text[f.range.clone()])).collect()
+        out.iter()
+            .map(|f| (f.detector, &text[f.range.clone()]))
+            .collect()
     }
 
     #[test]
     fn each_detector_finds_its_kind_in_free_text() {
         let cases: &[(&str, Detector, &str)] = &[
-            ("mail jane.doe+x@example.co.uk now", Detector::Email, "jane.doe+x@example.co.uk"),
+            (
+                "mail jane.doe+x@example.co.uk now",
+                Detector::Email,
+                "jane.doe+x@example.co.uk",
+            ),
             ("call +1 415 555 0100.", Detector::Phone, "+1 415 555 0100"),
             ("call (415) 555-0100", Detector::Phone, "(415) 555-0100"),
-            ("card 4111 1111 1111 1111 exp", Detector::Card, "4111 1111 1111 1111"),
-            ("card 5500-0000-0000-0004", Detector::Card, "5500-0000-0000-0004"),
-            ("pay DE89370400440532013000 ok", Detector::Iban, "DE89370400440532013000"),
+            (
+                "card 4111 1111 1111 1111 exp",
+                Detector::Card,
+                "4111 1111 1111 1111",
+            ),
+            (
+                "card 5500-0000-0000-0004",
+                Detector::Card,
+                "5500-0000-0000-0004",
+            ),
+            (
+                "pay DE89370400440532013000 ok",
+                Detector::Iban,
+                "DE89370400440532013000",
+            ),
             ("ssn 123-45-6789", Detector::Ssn, "123-45-6789"),
-            ("t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl", Detector::Jwt, "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"),
-            ("key sk_live_4eC39HqLyjWDarjtT1zdp7dc", Detector::ApiKey, "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
-            ("aws AKIAIOSFODNN7EXAMPLE", Detector::ApiKey, "AKIAIOSFODNN7EXAMPLE"),
-            ("Authorization: Bearer abc123def456ghi789", Detector::ApiKey, "abc123def456ghi789"),
+            (
+                "t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+                Detector::Jwt,
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+            ),
+            (
+                "key sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+                Detector::ApiKey,
+                "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            ),
+            (
+                "aws AKIAIOSFODNN7EXAMPLE",
+                Detector::ApiKey,
+                "AKIAIOSFODNN7EXAMPLE",
+            ),
+            (
+                "Authorization: Bearer abc123def456ghi789",
+                Detector::ApiKey,
+                "abc123def456ghi789",
+            ),
             ("from 192.168.10.4:", Detector::Ipv4, "192.168.10.4"),
-            ("from fe80::1ff:fe23:4567:890a", Detector::Ipv6, "fe80::1ff:fe23:4567:890a"),
+            (
+                "from fe80::1ff:fe23:4567:890a",
+                Detector::Ipv6,
+                "fe80::1ff:fe23:4567:890a",
+            ),
         ];
         for (text, detector, expected) in cases {
             assert_eq!(found(text), vec![(*detector, *expected)], "in {text:?}");
@@ -496,7 +573,7 @@ mod tests {
             "DE89370400440532013001",      // IBAN check digits wrong
             "000-12-3456",                 // never-issued SSN area
             "123-00-4567",
-            "1700000000",                  // epoch seconds: ten digits without a phone layout
+            "1700000000", // epoch seconds: ten digits without a phone layout
             "2024-01-15 10:30:00",
             "v1.2.3",
             "999.1.1.1",

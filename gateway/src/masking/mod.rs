@@ -173,7 +173,8 @@ impl Masker {
         let decoded;
         let text: &str = match (col.binary, col.class) {
             (false, _) | (true, TypeClass::Text) | (true, TypeClass::Json) => {
-                let bytes = if col.binary && raw.first() == Some(&1) && col.class == TypeClass::Json {
+                let bytes = if col.binary && raw.first() == Some(&1) && col.class == TypeClass::Json
+                {
                     // jsonb binary: a version byte, then the text.
                     &raw[1..]
                 } else {
@@ -226,7 +227,9 @@ impl Masker {
         let mut masked = 0;
         for row in &mut set.rows {
             for (value, col) in row.iter_mut().zip(&plan) {
-                let Some(text) = value.as_deref() else { continue };
+                let Some(text) = value.as_deref() else {
+                    continue;
+                };
                 // API values are Rust strings, so always readable.
                 match self.mask_value(col, text.as_bytes(), &mut findings) {
                     Ok(Masked::Unchanged) => continue,
@@ -257,7 +260,10 @@ fn decode_int(raw: &[u8]) -> Option<String> {
 /// The decimal text of a binary `numeric` (base-10000 digits with a weight); NaN and infinities as words.
 fn decode_numeric(raw: &[u8]) -> Option<String> {
     let word = |i: usize| -> Option<i32> {
-        Some(i32::from(i16::from_be_bytes([*raw.get(i)?, *raw.get(i + 1)?])))
+        Some(i32::from(i16::from_be_bytes([
+            *raw.get(i)?,
+            *raw.get(i + 1)?,
+        ])))
     };
     let ndigits = word(0)?.max(0) as usize;
     let weight = word(2)?;
@@ -336,7 +342,10 @@ mod tests {
             panic!("text column must get styled text")
         };
         assert!(t.starts_with("hash:"));
-        assert_eq!(mask(&m, "email", 25, true, b"a@example.com"), Masked::Text(t));
+        assert_eq!(
+            mask(&m, "email", 25, true, b"a@example.com"),
+            Masked::Text(t)
+        );
         assert_eq!(mask(&m, "email_count", 23, false, b"7"), Masked::Null);
     }
 
@@ -344,10 +353,19 @@ mod tests {
     fn detectors_replace_only_what_they_find_in_text_columns() {
         let m = masker(RULES);
         assert_eq!(
-            mask(&m, "note", 25, false, "paid 4111 1111 1111 1111 ✓".as_bytes()),
+            mask(
+                &m,
+                "note",
+                25,
+                false,
+                "paid 4111 1111 1111 1111 ✓".as_bytes()
+            ),
             Masked::Text("paid ***************1111 ✓".into())
         );
-        assert_eq!(mask(&m, "note", 25, false, b"order 12345"), Masked::Unchanged);
+        assert_eq!(
+            mask(&m, "note", 25, false, b"order 12345"),
+            Masked::Unchanged
+        );
     }
 
     #[test]
@@ -358,12 +376,18 @@ mod tests {
             mask(&m, "n", 20, true, &4111111111111111i64.to_be_bytes()),
             Masked::Null
         );
-        assert_eq!(mask(&m, "n", 20, true, &42i64.to_be_bytes()), Masked::Unchanged);
+        assert_eq!(
+            mask(&m, "n", 20, true, &42i64.to_be_bytes()),
+            Masked::Unchanged
+        );
         let mut jsonb = vec![1u8];
         jsonb.extend_from_slice(br#"{"ssn": "123-45-6789"}"#);
         assert_eq!(mask(&m, "j", 3802, true, &jsonb), Masked::Null);
         assert_eq!(mask(&m, "a", 1009, true, b"\0\0\0\x01"), Masked::Null);
-        assert_eq!(mask(&m, "f", 701, true, &1.5f64.to_be_bytes()), Masked::Unchanged);
+        assert_eq!(
+            mask(&m, "f", 701, true, &1.5f64.to_be_bytes()),
+            Masked::Unchanged
+        );
     }
 
     #[test]
@@ -388,14 +412,20 @@ mod tests {
     fn non_utf8_text_in_a_masked_column_is_unreadable() {
         let m = masker(RULES);
         let col = m.column("email", 25, false);
-        assert_eq!(m.mask_value(&col, &[0xff, 0xfe], &mut Vec::new()), Err(UnreadableValue));
+        assert_eq!(
+            m.mask_value(&col, &[0xff, 0xfe], &mut Vec::new()),
+            Err(UnreadableValue)
+        );
     }
 
     #[test]
     fn inet_columns_are_nulled_when_ip_detectors_are_on() {
         let m = masker("[[rules]]\ndetect=[\"ipv4\"]\nstyle=\"redact\"");
         assert_eq!(mask(&m, "addr", 869, false, b"10.0.0.1/32"), Masked::Null);
-        assert_eq!(mask(&m, "host", 25, false, b"10.0.0.1"), Masked::Text("[redacted]".into()));
+        assert_eq!(
+            mask(&m, "host", 25, false, b"10.0.0.1"),
+            Masked::Text("[redacted]".into())
+        );
     }
 
     #[test]
@@ -403,12 +433,25 @@ mod tests {
         let m = masker(RULES);
         let mut set = ResultSet {
             columns: vec![
-                Column { name: "id".into(), type_oid: 23 },
-                Column { name: "email".into(), type_oid: 25 },
-                Column { name: "note".into(), type_oid: 25 },
+                Column {
+                    name: "id".into(),
+                    type_oid: 23,
+                },
+                Column {
+                    name: "email".into(),
+                    type_oid: 25,
+                },
+                Column {
+                    name: "note".into(),
+                    type_oid: 25,
+                },
             ],
             rows: vec![
-                vec![Some("1".into()), Some("a@example.com".into()), Some("ssn 123-45-6789".into())],
+                vec![
+                    Some("1".into()),
+                    Some("a@example.com".into()),
+                    Some("ssn 123-45-6789".into()),
+                ],
                 vec![Some("2".into()), None, Some("nothing here".into())],
             ],
             command_tag: Some("SELECT 2".into()),

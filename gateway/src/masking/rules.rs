@@ -75,8 +75,14 @@ impl MaskingConfig {
         for (i, r) in self.rules.iter().enumerate() {
             let key = format!("{prefix}.rules[{i}]");
             match (r.columns.is_empty(), r.detect.is_empty()) {
-                (true, true) => out.push((key.clone(), "set `columns` (column-name globs) or `detect` (value detectors)".into())),
-                (false, false) => out.push((key.clone(), "set either `columns` or `detect`, not both; split it into two rules".into())),
+                (true, true) => out.push((
+                    key.clone(),
+                    "set `columns` (column-name globs) or `detect` (value detectors)".into(),
+                )),
+                (false, false) => out.push((
+                    key.clone(),
+                    "set either `columns` or `detect`, not both; split it into two rules".into(),
+                )),
                 _ => {}
             }
             for (j, c) in r.columns.iter().enumerate() {
@@ -116,7 +122,9 @@ impl MaskingConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum MaskingError {
     /// A column glob is invalid.
-    #[error("masking rule column glob {glob:?}: {reason}; fix the pattern in [connections.masking]")]
+    #[error(
+        "masking rule column glob {glob:?}: {reason}; fix the pattern in [connections.masking]"
+    )]
     Glob {
         /// The pattern.
         glob: String,
@@ -239,15 +247,29 @@ mod tests {
         );
         let rules = CompiledRules::compile(&cfg, None).unwrap();
         assert!(matches!(rules.column_style("ssn"), Some(Style::Redact)));
-        assert!(matches!(rules.column_style("Work_Email"), Some(Style::Redact)));
-        assert!(matches!(rules.column_style("name"), Some(Style::KeepLast(2))));
+        assert!(matches!(
+            rules.column_style("Work_Email"),
+            Some(Style::Redact)
+        ));
+        assert!(matches!(
+            rules.column_style("name"),
+            Some(Style::KeepLast(2))
+        ));
     }
 
     #[test]
     fn unknown_keys_and_detectors_are_rejected_by_the_parser() {
-        assert!(toml::from_str::<MaskingConfig>("[[rules]]\ncolumns=[\"a\"]\nstyle=\"redact\"\nextra=1").is_err());
-        assert!(toml::from_str::<MaskingConfig>("[[rules]]\ndetect=[\"dna\"]\nstyle=\"redact\"").is_err());
-        assert!(toml::from_str::<MaskingConfig>("[[rules]]\ncolumns=[\"a\"]\nstyle=\"blur\"").is_err());
+        assert!(toml::from_str::<MaskingConfig>(
+            "[[rules]]\ncolumns=[\"a\"]\nstyle=\"redact\"\nextra=1"
+        )
+        .is_err());
+        assert!(
+            toml::from_str::<MaskingConfig>("[[rules]]\ndetect=[\"dna\"]\nstyle=\"redact\"")
+                .is_err()
+        );
+        assert!(
+            toml::from_str::<MaskingConfig>("[[rules]]\ncolumns=[\"a\"]\nstyle=\"blur\"").is_err()
+        );
     }
 
     #[test]

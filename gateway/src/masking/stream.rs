@@ -17,7 +17,10 @@ pub const WITHHELD: &str = "0A000";
 
 /// Backend tags the masker must see; every other frame passes without it.
 pub fn wants(tag: u8) -> bool {
-    matches!(tag, b'T' | b'n' | b'D' | b'H' | b'd' | b'c' | b'C' | b's' | b'E' | b'Z')
+    matches!(
+        tag,
+        b'T' | b'n' | b'D' | b'H' | b'd' | b'c' | b'C' | b's' | b'E' | b'Z'
+    )
 }
 
 /// What happens to a backend frame.
@@ -80,7 +83,9 @@ impl WireMasker {
     pub fn forward_client(&mut self, bytes: &[u8], out: &mut BytesMut) {
         let mut at = 0;
         while let Some((tag, total)) = crate::pg::codec::frame_header(&bytes[at..]) {
-            let Some(frame) = bytes.get(at..at.saturating_add(total)) else { break };
+            let Some(frame) = bytes.get(at..at.saturating_add(total)) else {
+                break;
+            };
             match tag {
                 b'D' => self.expect.push_back(if frame.get(5) == Some(&b'P') {
                     Expect::ClientPortal
@@ -115,7 +120,8 @@ impl WireMasker {
 
     fn refuse(&mut self, also_ready: Option<&[u8]>) -> FrameAction {
         let why = self.withhold.take().unwrap_or_default();
-        let message = format!("the gateway withheld this result because it could not mask it: {why}");
+        let message =
+            format!("the gateway withheld this result because it could not mask it: {why}");
         self.out.clear();
         put_error(&mut self.out, &message);
         if let Some(z) = also_ready {
@@ -131,7 +137,9 @@ impl WireMasker {
         match tag {
             b'T' | b'n' => {
                 let source = match self.expect.front() {
-                    Some(e @ (Expect::Injected | Expect::ClientPortal | Expect::ClientStatement)) => {
+                    Some(
+                        e @ (Expect::Injected | Expect::ClientPortal | Expect::ClientStatement),
+                    ) => {
                         let e = *e;
                         self.expect.pop_front();
                         Some(e)
@@ -256,7 +264,12 @@ fn put_error(out: &mut BytesMut, message: &str) {
     let start = out.len();
     out.put_u8(b'E');
     out.put_i32(0);
-    for (field, value) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', WITHHELD), (b'M', message)] {
+    for (field, value) in [
+        (b'S', "ERROR"),
+        (b'V', "ERROR"),
+        (b'C', WITHHELD),
+        (b'M', message),
+    ] {
         out.put_u8(field);
         out.put_slice(value.replace('\0', "").as_bytes());
         out.put_u8(0);
@@ -294,8 +307,14 @@ mod tests {
         let row = data_row(&[Some(b"123-45-6789")]);
         assert_eq!(w.on_backend(b'D', &row, None), FrameAction::Replace);
         assert_eq!(values_of(&w.out)[0].as_deref(), Some(&b"[redacted]"[..]));
-        assert_eq!(w.on_backend(b'C', &frame(b'C', b"SELECT 1\0"), None), FrameAction::Pass);
-        assert_eq!(w.on_backend(b'Z', &frame(b'Z', b"I"), None), FrameAction::Pass);
+        assert_eq!(
+            w.on_backend(b'C', &frame(b'C', b"SELECT 1\0"), None),
+            FrameAction::Pass
+        );
+        assert_eq!(
+            w.on_backend(b'Z', &frame(b'Z', b"I"), None),
+            FrameAction::Pass
+        );
         assert_eq!(w.take_masked(), 1);
         assert!(w.expect.is_empty());
     }
@@ -311,11 +330,20 @@ mod tests {
         w.forward_client(&client, &mut out);
         let t = row_description(&[("ssn", 25, 0)]);
         assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Pass);
-        assert_eq!(w.on_backend(b'E', &frame(b'E', b"\0"), None), FrameAction::Pass);
-        assert_eq!(w.on_backend(b'Z', &frame(b'Z', b"I"), None), FrameAction::Pass);
+        assert_eq!(
+            w.on_backend(b'E', &frame(b'E', b"\0"), None),
+            FrameAction::Pass
+        );
+        assert_eq!(
+            w.on_backend(b'Z', &frame(b'Z', b"I"), None),
+            FrameAction::Pass
+        );
         // The simple query's RowDescription is not mistaken for the voided injected Describe.
         assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Pass);
-        assert_eq!(w.on_backend(b'D', &data_row(&[Some(b"x")]), None), FrameAction::Replace);
+        assert_eq!(
+            w.on_backend(b'D', &data_row(&[Some(b"x")]), None),
+            FrameAction::Replace
+        );
     }
 
     #[test]
@@ -324,22 +352,40 @@ mod tests {
         w.forward_client(&frame(b'Q', b"SELECT\0"), &mut BytesMut::new());
         let t = row_description(&[("a", 25, 0), ("b", 25, 0)]);
         assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Pass);
-        assert_eq!(w.on_backend(b'D', &data_row(&[Some(b"only one")]), None), FrameAction::Drop);
-        assert_eq!(w.on_backend(b'D', &data_row(&[Some(b"x"), Some(b"y")]), None), FrameAction::Drop);
+        assert_eq!(
+            w.on_backend(b'D', &data_row(&[Some(b"only one")]), None),
+            FrameAction::Drop
+        );
+        assert_eq!(
+            w.on_backend(b'D', &data_row(&[Some(b"x"), Some(b"y")]), None),
+            FrameAction::Drop
+        );
         let FrameAction::Refuse(msg) = w.on_backend(b'C', &frame(b'C', b"SELECT 2\0"), None) else {
             panic!("completion of a withheld result must be refused")
         };
-        assert!(msg.contains("1 columns but its RowDescription has 2"), "{msg}");
+        assert!(
+            msg.contains("1 columns but its RowDescription has 2"),
+            "{msg}"
+        );
         assert_eq!(w.out[0], b'E');
-        assert_eq!(w.on_backend(b'Z', &frame(b'Z', b"I"), None), FrameAction::Pass);
+        assert_eq!(
+            w.on_backend(b'Z', &frame(b'Z', b"I"), None),
+            FrameAction::Pass
+        );
     }
 
     #[test]
     fn datarow_without_description_is_withheld() {
         let mut w = WireMasker::new(Arc::new(masker()));
-        assert_eq!(w.on_backend(b'D', &data_row(&[Some(b"x")]), None), FrameAction::Drop);
+        assert_eq!(
+            w.on_backend(b'D', &data_row(&[Some(b"x")]), None),
+            FrameAction::Drop
+        );
         let z = frame(b'Z', b"I");
-        assert!(matches!(w.on_backend(b'Z', &z, None), FrameAction::Refuse(_)));
+        assert!(matches!(
+            w.on_backend(b'Z', &z, None),
+            FrameAction::Refuse(_)
+        ));
         assert!(w.out.ends_with(&z));
     }
 }

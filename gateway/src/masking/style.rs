@@ -128,9 +128,17 @@ mod tests {
             (Style::KeepLast(2), "äöüß", "**üß"),
             (Style::Partial, "4111-1111-1111-1111", "****-****-****-1111"),
             (Style::Partial, "+1 (415) 555-0100", "+* (***) ***-0100"),
-            (Style::Partial, "jane.doe@example.com", "j*******@example.com"),
+            (
+                Style::Partial,
+                "jane.doe@example.com",
+                "j*******@example.com",
+            ),
             (Style::Partial, "123-45-67", "***-**-**"),
-            (Style::Partial, "Jürgen Müller-Lüdenscheidt", "****** ******-********eidt"),
+            (
+                Style::Partial,
+                "Jürgen Müller-Lüdenscheidt",
+                "****** ******-********eidt",
+            ),
         ];
         for (style, input, expected) in cases {
             assert_eq!(&styled(style, input), expected, "{style:?} on {input:?}");
