@@ -13,16 +13,14 @@ use tokio_postgres::{Client, NoTls};
 const ROUNDS: usize = 300;
 const TOKEN: &str = "bench-token";
 
-const RULES: &str = r#"
-    [[rules]]
-    columns = ["*email*", "ssn"]
-    style = "hash"
-    [[rules]]
-    detect = ["email", "phone", "card", "iban", "ssn", "jwt", "api_key", "private_key", "ipv4", "ipv6"]
-    style = "partial"
-"#;
+/// Rule sets compared: column rules only, every detector, and column rules with the keyed hash.
+const RULE_SETS: &[(&str, &str)] = &[
+    ("columns (keep_last)", "[[rules]]\ncolumns = [\"*email*\", \"ssn\"]\nstyle = \"keep_last\""),
+    ("all detectors", "[[rules]]\ndetect = [\"email\", \"phone\", \"card\", \"iban\", \"ssn\", \"jwt\", \"api_key\", \"private_key\", \"ipv4\", \"ipv6\"]\nstyle = \"partial\""),
+    ("columns (hash)", "[[rules]]\ncolumns = [\"*email*\", \"ssn\"]\nstyle = \"hash\""),
+];
 
-async fn gateway(masking: bool) -> SocketAddr {
+async fn gateway(rules: Option<&str>) -> SocketAddr {
     let upstream = UpstreamTarget {
         host: "127.0.0.1".into(),
         port: 5432,
@@ -31,8 +29,8 @@ async fn gateway(masking: bool) -> SocketAddr {
         database: "test".into(),
     };
     let mut gate = StaticGate::new("app", upstream, TOKEN).without_event_log();
-    if masking {
-        let cfg: MaskingConfig = toml::from_str(RULES).expect("bench rules parse");
+    if let Some(rules) = rules {
+        let cfg: MaskingConfig = toml::from_str(rules).expect("bench rules parse");
         gate =
             gate.with_masking(Masker::new(&cfg, Some(b"bench-key")).expect("bench rules compile"));
     }
@@ -99,25 +97,27 @@ fn main() {
             .await
             .expect("create bench table");
         let sql = format!("SELECT * FROM {t}");
-        let plain = gateway(false).await;
-        let masked = gateway(true).await;
         let url = |a: SocketAddr| {
-            format!("host=127.0.0.1 port={} dbname=app user=agent password={TOKEN}", a.port())
+            format!(
+                "host=127.0.0.1 port={} dbname=app user=agent password={TOKEN}",
+                a.port()
+            )
         };
-        let plain = connect(&url(plain)).await;
-        let masked = connect(&url(masked)).await;
+        let plain = connect(&url(gateway(None).await)).await;
         println!("1,000 rows x 10 columns, median of {ROUNDS} runs");
         for (label, prepared) in [("simple (text)", false), ("prepared (binary)", true)] {
             let d = time_query(&direct, &sql, prepared).await;
             let p = time_query(&plain, &sql, prepared).await;
-            let m = time_query(&masked, &sql, prepared).await;
-            println!(
-                "{label:18} direct {:>8.2?}  gateway {:>8.2?}  gateway+masking {:>8.2?}  masked/unmasked {:.2}x",
-                d,
-                p,
-                m,
-                m.as_secs_f64() / p.as_secs_f64()
-            );
+            println!("{label:18} direct {d:>8.2?}  gateway, no rules {p:>8.2?}");
+            for (rules_label, rules) in RULE_SETS {
+                let masked = connect(&url(gateway(Some(rules)).await)).await;
+                let m = time_query(&masked, &sql, prepared).await;
+                println!(
+                    "{:18}   + masking, {rules_label:20} {m:>8.2?}  masked/unmasked {:.2}x",
+                    "",
+                    m.as_secs_f64() / p.as_secs_f64()
+                );
+            }
         }
         direct
             .batch_execute(&format!("DROP TABLE {t}"))

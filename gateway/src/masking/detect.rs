@@ -109,11 +109,44 @@ pub fn find(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     if on.is_empty() || text.is_empty() {
         return;
     }
-    if on.contains(Detector::PrivateKey) {
+    // One cheap pass decides which scanners can possibly match; most values need none of them.
+    let (mut digits, mut upper, mut at, mut colon, mut dot, mut dash, mut underscore) =
+        (0usize, 0usize, false, false, false, false, false);
+    for &c in text.as_bytes() {
+        match c {
+            b'0'..=b'9' => digits += 1,
+            b'A'..=b'Z' => upper += 1,
+            b'@' => at = true,
+            b':' => colon = true,
+            b'.' => dot = true,
+            b'-' => dash = true,
+            b'_' => underscore = true,
+            _ => {}
+        }
+    }
+    if on.contains(Detector::PrivateKey) && dash {
         find_private_keys(text, out);
     }
-    find_in_tokens(text, on, out);
-    if on.contains(Detector::Card) || on.contains(Detector::Phone) || on.contains(Detector::Ssn) {
+    let tokens = (at && on.contains(Detector::Email))
+        || (on.contains(Detector::Jwt) && dot && text.contains("eyJ"))
+        || (on.contains(Detector::ApiKey)
+            && (dash
+                || underscore
+                || dot
+                || upper >= 4
+                || text.contains("earer")
+                || text.contains("oken")))
+        || (on.contains(Detector::Iban) && upper >= 2 && digits >= 10)
+        || (on.contains(Detector::Ipv4) && dot && digits >= 4)
+        || (on.contains(Detector::Ipv6) && colon);
+    if tokens {
+        find_in_tokens(text, on, out);
+    }
+    if digits >= 7
+        && (on.contains(Detector::Card)
+            || on.contains(Detector::Phone)
+            || on.contains(Detector::Ssn))
+    {
         find_in_numeric_runs(text, on, out);
     }
     if out.len() > 1 {
