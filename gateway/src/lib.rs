@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod identity;
+pub mod masking;
 pub mod metrics;
 pub mod pg;
 pub mod policy;

@@ -174,6 +174,9 @@ pub struct ConnectionConfig {
     /// Maximum idle upstream connections kept for the HTTP API.
     #[serde(default = "default_pool")]
     pub pool_size: usize,
+    /// `[connections.masking]`: result masking (absent = results pass untouched).
+    #[serde(default)]
+    pub masking: Option<crate::masking::MaskingConfig>,
 }
 
 fn default_kind() -> String {

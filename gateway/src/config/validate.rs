@@ -132,6 +132,11 @@ impl Config {
                 1 => {}
                 _ => r.push(format!("{key}.upstream_url"), "set exactly one of `upstream_url`, `upstream_url_env`, `upstream_url_file`"),
             }
+            if let Some(m) = &c.masking {
+                for (k, message) in m.problems(&format!("{key}.masking")) {
+                    r.push(k, message);
+                }
+            }
             if let Some(url) = &c.upstream_url {
                 match crate::upstream::UpstreamTarget::parse(url) {
                     Ok(t) if t.password.is_some() => r.push(

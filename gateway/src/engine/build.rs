@@ -55,6 +55,7 @@ impl Engine {
                 idp_groups: g.idp_groups.clone(),
             }));
         let mut upstreams = HashMap::new();
+        let mut maskers = HashMap::new();
         for (i, c) in config.connections.iter().enumerate() {
             let key = format!("connections[{i}]");
             let url = match (&c.upstream_url, &c.upstream_url_env, &c.upstream_url_file) {
@@ -75,6 +76,20 @@ impl Engine {
                 )?);
             }
             upstreams.insert(c.name.clone(), target);
+            if let Some(m) = &c.masking {
+                let hash_key = if m.needs_key() {
+                    Some(resolve_secret(
+                        &format!("{key}.masking.hash_key_env"),
+                        m.hash_key_env.as_deref(),
+                        m.hash_key_file.as_deref(),
+                    )?)
+                } else {
+                    None
+                };
+                let masker = crate::masking::Masker::new(m, hash_key.as_deref().map(str::as_bytes))
+                    .map_err(|e| EngineError::Config(format!("{key}: {e}")))?;
+                maskers.insert(c.name.clone(), Arc::new(masker));
+            }
         }
         let pool_size = config
             .connections
@@ -93,6 +108,7 @@ impl Engine {
             workflow,
             auth,
             upstreams,
+            maskers,
             pool: UpstreamPool::new(pool_size),
             recorder: recording::StatementWriter::spawn(store),
             http_sessions: Default::default(),

@@ -34,6 +34,7 @@ pub struct Engine {
     /// Bearer-token authentication.
     pub auth: Authenticator,
     upstreams: HashMap<String, UpstreamTarget>,
+    maskers: HashMap<String, Arc<crate::masking::Masker>>,
     pool: UpstreamPool,
     recorder: recording::StatementWriter,
     http_sessions: http_sessions::HttpSessions,
@@ -84,6 +85,11 @@ impl Engine {
     /// The upstream for a connection name.
     pub fn upstream_target(&self, connection: &str) -> Option<&UpstreamTarget> {
         self.upstreams.get(connection)
+    }
+
+    /// The masking rules of a connection, if it has any.
+    pub fn masker(&self, connection: &str) -> Option<&Arc<crate::masking::Masker>> {
+        self.maskers.get(connection)
     }
 
     /// Configured connection names.

@@ -37,6 +37,10 @@ impl WireGate for Engine {
         self.upstreams.get(connection).cloned()
     }
 
+    fn masking(&self, connection: &str) -> Option<Arc<crate::masking::Masker>> {
+        self.maskers.get(connection).cloned()
+    }
+
     fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Arc<Verdict> {
         Arc::new(Engine::classify(self, connection, requester, sql))
     }
@@ -169,7 +173,7 @@ impl WireGate for Engine {
             command_tag: record.command_tag,
             rows: record.rows,
             error: record.error,
-            masked_fields: 0,
+            masked_fields: record.masked_fields,
             duration_us: record.duration.as_micros() as u64,
             at: OffsetDateTime::now_utc() - record.duration,
         };

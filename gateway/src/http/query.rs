@@ -100,7 +100,14 @@ pub async fn query(
             let out = engine.execute(&name, &body.sql, &verdict).await;
             let note = Note::of(&out, "allow", None);
             (
-                respond_with_result(&engine.metrics, out, &verdict, None, started),
+                respond_with_result(
+                    &engine.metrics,
+                    out,
+                    &verdict,
+                    None,
+                    started,
+                    engine.masker(&name),
+                ),
                 note,
             )
         }
@@ -224,7 +231,14 @@ async fn run_approved(
         .await;
     let note = Note::of(&out, "review", Some(id));
     (
-        respond_with_result(&st.engine.metrics, out, verdict, Some(id), started),
+        respond_with_result(
+            &st.engine.metrics,
+            out,
+            verdict,
+            Some(id),
+            started,
+            st.engine.masker(name),
+        ),
         note,
     )
 }
@@ -235,13 +249,14 @@ fn respond_with_result(
     verdict: &Verdict,
     request: Option<RequestId>,
     started: Instant,
+    masker: Option<&std::sync::Arc<crate::masking::Masker>>,
 ) -> Result<Response, ApiError> {
     let decision = if request.is_some() {
         "approved"
     } else {
         verdict.action.as_str()
     };
-    let out = match out {
+    let mut out = match out {
         Ok(o) => o,
         Err(ExecError::Connect(e)) => {
             metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Connection);
@@ -261,6 +276,12 @@ fn respond_with_result(
             );
         }
     };
+    // Results are masked before anything is built from them, the error path included.
+    if let Some(m) = masker {
+        for set in &mut out.results {
+            m.mask_result_set(set);
+        }
+    }
     if let Some(err) = &out.error {
         metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Statement);
         return Err(ApiError::new(

@@ -4,6 +4,7 @@
 
 use super::codec::{error_fields, frame_header, read_cstr};
 use super::recorder::FinishedStatement;
+use crate::masking::stream::{self, FrameAction, WireMasker};
 use crate::policy::Action;
 use bytes::{BufMut, Bytes, BytesMut};
 use countersign_bot::RequestId;
@@ -44,6 +45,8 @@ pub struct BackendTracker {
     error: Option<String>,
     /// Bytes needed to complete the frame at the head of the buffer (for the reader's reservation).
     pub need: usize,
+    /// Result masking, only on connections with masking rules.
+    pub masker: Option<Box<WireMasker>>,
 }
 
 /// The upstream sent something that is not a valid frame.
@@ -60,7 +63,14 @@ impl BackendTracker {
             tag: None,
             error: None,
             need: 0,
+            masker: None,
         }
+    }
+
+    /// Routes result frames through `masker` (a connection with masking rules).
+    pub fn with_masker(mut self, masker: Option<WireMasker>) -> Self {
+        self.masker = masker.map(Box::new);
+        self
     }
 
     /// True between frames: the gateway may inject its own message to the client.
@@ -91,7 +101,8 @@ impl BackendTracker {
             let avail = buf.len() - pos;
             let rejecting = self.in_flight.front().is_some_and(|f| f.rejection);
             let hidden = rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S');
-            if !matches!(tag, b'Z' | b'C' | b'E') && !hidden {
+            let masking = self.masker.is_some() && stream::wants(tag);
+            if !matches!(tag, b'Z' | b'C' | b'E') && !hidden && !masking {
                 if avail >= total {
                     pos += total;
                     continue;
@@ -106,12 +117,19 @@ impl BackendTracker {
             }
             let frame = &buf[pos..pos + total];
             let body = &frame[5..];
+            let mut action = FrameAction::Pass;
+            if let (true, Some(m)) = (masking, self.masker.as_mut()) {
+                action = m.on_backend(tag, frame, self.in_flight.front().map(|f| &*f.sql));
+                if let FrameAction::Refuse(message) = &action {
+                    self.error = Some(message.clone());
+                }
+            }
             match tag {
                 b'Z' => {
                     self.status = body.first().copied().unwrap_or(b'I');
                     self.finish(finished);
                 }
-                b'C' => {
+                b'C' if !matches!(action, FrameAction::Refuse(_)) => {
                     let mut p = 0;
                     let text = read_cstr(body, &mut p).unwrap_or(body);
                     self.tag = Some(String::from_utf8_lossy(text).into_owned());
@@ -129,6 +147,16 @@ impl BackendTracker {
                 rewritten.extend_from_slice(&buf[copied..pos]);
                 if tag == b'E' {
                     put_without_context(rewritten, body);
+                }
+                copied = pos + total;
+                rewrote = true;
+            } else if action != FrameAction::Pass {
+                rewritten.extend_from_slice(&buf[copied..pos]);
+                if let (FrameAction::Replace | FrameAction::Refuse(_), Some(m)) =
+                    (&action, self.masker.as_mut())
+                {
+                    rewritten.extend_from_slice(&m.out);
+                    m.out.clear();
                 }
                 copied = pos + total;
                 rewrote = true;
@@ -157,6 +185,7 @@ impl BackendTracker {
             run_time: f.forwarded.elapsed(),
             command_tag: tag,
             error,
+            masked_fields: self.masker.as_mut().map_or(0, |m| m.take_masked()),
         });
     }
 }

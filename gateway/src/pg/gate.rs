@@ -21,6 +21,10 @@ pub trait WireGate: Send + Sync + 'static {
     ) -> Result<RequesterChain, WireAuthError>;
     /// Where and how to connect upstream for this connection name (None = unknown connection → 3D000).
     fn upstream(&self, connection: &str) -> Option<UpstreamTarget>;
+    /// The connection's masking rules; None (the default) relays results untouched at no cost.
+    fn masking(&self, _connection: &str) -> Option<Arc<crate::masking::Masker>> {
+        None
+    }
     /// Classify (cached by text): pure and fast.
     fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Arc<Verdict>;
     /// A statement classified `review`: create (or reuse) the approval request bound to `hash`.
@@ -152,6 +156,8 @@ pub struct StatementRecord {
     pub rows: Option<u64>,
     /// Error sent to the client (upstream error, block, denial...).
     pub error: Option<String>,
+    /// Result fields the masker replaced.
+    pub masked_fields: u64,
 }
 
 /// Why a client could not log in.

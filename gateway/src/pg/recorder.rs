@@ -35,6 +35,8 @@ pub struct FinishedStatement {
     pub command_tag: Option<String>,
     /// Error sent to the client.
     pub error: Option<String>,
+    /// Result fields the masker replaced.
+    pub masked_fields: u64,
 }
 
 enum Event {
@@ -139,6 +141,7 @@ async fn handle(gate: &dyn WireGate, event: Event) {
                 command_tag: f.command_tag,
                 rows,
                 error: f.error,
+                masked_fields: f.masked_fields,
             };
             gate.statement_finished(&s, record).await;
         }

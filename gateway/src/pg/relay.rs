@@ -8,6 +8,7 @@ use super::error::WireError;
 use super::extended::{statement_hash, Batch, Catalog};
 use super::gate::{HoldOutcome, HoldTicket, SessionInfo, WireGate};
 use super::recorder::{FinishedStatement, Recorder};
+use crate::masking::{Masker, WireMasker};
 use crate::policy::{Action, Verdict};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use countersign_bot::RequestId;
@@ -32,6 +33,8 @@ pub struct SessionCtx {
     pub hold_wait: Duration,
     /// Largest client message accepted.
     pub max_message_size: usize,
+    /// The connection's masking rules (None: results pass untouched).
+    pub masking: Option<Arc<Masker>>,
 }
 
 /// A statement or batch waiting for a human decision.
@@ -104,7 +107,8 @@ where
             inject: BytesMut::new(),
             finished: Vec::new(),
             client_need: 0,
-            backend: BackendTracker::new(ready_status),
+            backend: BackendTracker::new(ready_status)
+                .with_masker(ctx.masking.clone().map(WireMasker::new)),
             catalog: Catalog::default(),
             batch: Batch::default(),
             ctx,
@@ -247,7 +251,7 @@ where
                     self.add_to_batch(&frame);
                     // Flush asks for results so far: forward only if nothing in the batch needs a decision.
                     if self.batch.action() == Action::Allow {
-                        self.out.extend_from_slice(&self.batch.bytes);
+                        forward(&mut self.backend.masker, &mut self.out, &self.batch.bytes);
                         self.batch.bytes.clear();
                     }
                 }
@@ -318,7 +322,7 @@ where
         let verdict = self.classify(sql);
         match verdict.action {
             Action::Allow => {
-                self.out.extend_from_slice(&frame);
+                forward(&mut self.backend.masker, &mut self.out, &frame);
                 self.backend.in_flight.push_back(InFlight {
                     sql: Arc::from(sql),
                     binds: vec![],
@@ -401,7 +405,7 @@ where
         let received = batch.started.unwrap_or_else(Instant::now);
         match batch.action() {
             Action::Allow => {
-                self.out.extend_from_slice(&batch.bytes);
+                forward(&mut self.backend.masker, &mut self.out, &batch.bytes);
                 self.backend.in_flight.push_back(InFlight {
                     sql: batch.sql(),
                     binds: batch.binds(),
@@ -448,7 +452,13 @@ where
     /// Sends the refusal as a failing statement through the upstream, so the client sees ErrorResponse
     /// then ReadyForQuery in order and an open transaction really becomes failed (`E`).
     fn refuse(&mut self, r: Refusal<'_>) {
-        put_refusal(&mut self.out, r.code, &r.message);
+        if self.backend.masker.is_some() {
+            let mut bytes = BytesMut::new();
+            put_refusal(&mut bytes, r.code, &r.message);
+            forward(&mut self.backend.masker, &mut self.out, &bytes);
+        } else {
+            put_refusal(&mut self.out, r.code, &r.message);
+        }
         self.backend.in_flight.push_back(InFlight {
             sql: r.sql,
             binds: r.binds,
@@ -586,7 +596,7 @@ where
     }
 
     fn forward_approved(&mut self, held: Held, id: RequestId) {
-        self.out.extend_from_slice(&held.bytes);
+        forward(&mut self.backend.masker, &mut self.out, &held.bytes);
         self.backend.in_flight.push_back(InFlight {
             sql: held.sql,
             binds: held.binds,
@@ -597,6 +607,14 @@ where
             received: held.received,
             forwarded: Instant::now(),
         });
+    }
+}
+
+/// Queues client frames for the upstream; on a masked connection the masker sees (and annotates) them.
+fn forward(masker: &mut Option<Box<WireMasker>>, out: &mut BytesMut, frames: &[u8]) {
+    match masker {
+        Some(m) => m.forward_client(frames, out),
+        None => out.extend_from_slice(frames),
     }
 }
 

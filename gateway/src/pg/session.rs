@@ -407,6 +407,7 @@ async fn relay<S: Halves>(
         signal,
         hold_wait: shared.cfg.hold_wait,
         max_message_size: shared.cfg.max_message_size,
+        masking: shared.gate.masking(&session.connection),
     };
     Relay::new(
         stream.halves(),

@@ -50,6 +50,7 @@ pub struct StaticGate {
     allow: Arc<Verdict>,
     review: Arc<Verdict>,
     block: Arc<Verdict>,
+    masking: Option<Arc<crate::masking::Masker>>,
 }
 
 impl StaticGate {
@@ -85,6 +86,7 @@ impl StaticGate {
             allow: verdict(Action::Allow, "read-only"),
             review: verdict(Action::Review, "DELETE needs approval"),
             block: verdict(Action::Block, "DROP DATABASE is never allowed"),
+            masking: None,
         }
     }
 
@@ -96,6 +98,12 @@ impl StaticGate {
     /// Marks a statement hash as already approved: its next `hold` returns `Approved`.
     pub fn approve_in_advance(&self, hash: StatementHash) {
         lock(&self.approved).insert(hash);
+    }
+
+    /// Masks results of every session with these rules.
+    pub fn with_masking(mut self, masker: crate::masking::Masker) -> Self {
+        self.masking = Some(Arc::new(masker));
+        self
     }
 
     /// Stops keeping the event log (for long benchmarks, where it would grow without bound).
@@ -143,6 +151,10 @@ impl WireGate for StaticGate {
 
     fn upstream(&self, connection: &str) -> Option<UpstreamTarget> {
         self.connections.get(connection).cloned()
+    }
+
+    fn masking(&self, _connection: &str) -> Option<Arc<crate::masking::Masker>> {
+        self.masking.clone()
     }
 
     fn classify(&self, _connection: &str, _requester: &RequesterChain, sql: &str) -> Arc<Verdict> {

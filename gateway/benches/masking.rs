@@ -1,0 +1,127 @@
+//! Relay time of a 1,000-row × 10-column result through the wire gateway, without and with masking rules,
+//! against the PostgreSQL at 127.0.0.1:5432 (median of many runs, plain `Instant` timing).
+//! Run: `cargo bench -p countersign-gateway --bench masking`.
+
+use countersign_gateway::masking::{Masker, MaskingConfig};
+use countersign_gateway::pg::testing::StaticGate;
+use countersign_gateway::pg::{UpstreamTarget, WireConfig, WireServer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, NoTls};
+
+const ROUNDS: usize = 300;
+const TOKEN: &str = "bench-token";
+
+/// Rule sets compared: column rules only, every detector, and column rules with the keyed hash.
+const RULE_SETS: &[(&str, &str)] = &[
+    ("columns (keep_last)", "[[rules]]\ncolumns = [\"*email*\", \"ssn\"]\nstyle = \"keep_last\""),
+    ("all detectors", "[[rules]]\ndetect = [\"email\", \"phone\", \"card\", \"iban\", \"ssn\", \"jwt\", \"api_key\", \"private_key\", \"ipv4\", \"ipv6\"]\nstyle = \"partial\""),
+    ("columns (hash)", "[[rules]]\ncolumns = [\"*email*\", \"ssn\"]\nstyle = \"hash\""),
+];
+
+async fn gateway(rules: Option<&str>) -> SocketAddr {
+    let upstream = UpstreamTarget {
+        host: "127.0.0.1".into(),
+        port: 5432,
+        user: "postgres".into(),
+        password: None,
+        database: "test".into(),
+    };
+    let mut gate = StaticGate::new("app", upstream, TOKEN).without_event_log();
+    if let Some(rules) = rules {
+        let cfg: MaskingConfig = toml::from_str(rules).expect("bench rules parse");
+        gate =
+            gate.with_masking(Masker::new(&cfg, Some(b"bench-key")).expect("bench rules compile"));
+    }
+    let mut config = WireConfig::new("127.0.0.1:0".parse().expect("loopback address"));
+    config.allow_cleartext_without_tls = true;
+    let server = WireServer::bind(config, Arc::new(gate))
+        .await
+        .expect("bind");
+    let addr = server.local_addr().expect("local addr");
+    tokio::spawn(server.run(std::future::pending()));
+    addr
+}
+
+async fn connect(conn: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(conn, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn time_query(client: &Client, sql: &str, prepared: bool) -> Duration {
+    let stmt = client.prepare(sql).await.expect("prepare");
+    let mut samples = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        let rows = if prepared {
+            client.query(&stmt, &[]).await.expect("query").len()
+        } else {
+            client.simple_query(sql).await.expect("simple query").len() - 2
+        };
+        samples.push(start.elapsed());
+        assert_eq!(rows, 1000);
+    }
+    median(samples)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let direct = connect("host=127.0.0.1 port=5432 dbname=test user=postgres").await;
+        let t = format!("mask_bench_{}", std::process::id());
+        direct
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {t};
+                 CREATE TABLE {t} AS SELECT g AS id,
+                   'user' || g || '@example.com' AS email,
+                   lpad(g::text, 3, '0') || '-45-6789' AS ssn,
+                   'note number ' || g || ' about order ' || (g * 7) AS note,
+                   md5(g::text) AS token,
+                   'Grüße aus Köln, Straße ' || g AS address,
+                   (g * 1000)::text AS amount,
+                   now()::text AS created,
+                   CASE WHEN g % 10 = 0 THEN '4111 1111 1111 1111' ELSE 'none' END AS card,
+                   repeat('x', 40) AS filler
+                 FROM generate_series(1, 1000) g"
+            ))
+            .await
+            .expect("create bench table");
+        let sql = format!("SELECT * FROM {t}");
+        let url = |a: SocketAddr| {
+            format!(
+                "host=127.0.0.1 port={} dbname=app user=agent password={TOKEN}",
+                a.port()
+            )
+        };
+        let plain = connect(&url(gateway(None).await)).await;
+        println!("1,000 rows x 10 columns, median of {ROUNDS} runs");
+        for (label, prepared) in [("simple (text)", false), ("prepared (binary)", true)] {
+            let d = time_query(&direct, &sql, prepared).await;
+            let p = time_query(&plain, &sql, prepared).await;
+            println!("{label:18} direct {d:>8.2?}  gateway, no rules {p:>8.2?}");
+            for (rules_label, rules) in RULE_SETS {
+                let masked = connect(&url(gateway(Some(rules)).await)).await;
+                let m = time_query(&masked, &sql, prepared).await;
+                println!(
+                    "{:18}   + masking, {rules_label:20} {m:>8.2?}  masked/unmasked {:.2}x",
+                    "",
+                    m.as_secs_f64() / p.as_secs_f64()
+                );
+            }
+        }
+        direct
+            .batch_execute(&format!("DROP TABLE {t}"))
+            .await
+            .expect("drop bench table");
+    });
+}

@@ -1,0 +1,465 @@
+//! COPY … TO STDOUT: the statement gives the format and column names (CopyOutResponse has neither names
+//! nor types), and each CopyData row is masked field by field. COPY output is text, so every column is
+//! treated as a text column. What cannot be masked safely (binary COPY, unusual options, unknown column
+//! names while column rules exist) is refused.
+
+use super::{Finding, Masked, Masker, TypeClass};
+use sqlparser::ast::{
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, Expr, SelectItem, SetExpr,
+    Statement,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// Why a COPY result is withheld.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CopyError {
+    /// Binary COPY cannot be inspected.
+    #[error("binary COPY output cannot be masked; use COPY … TO STDOUT in text or CSV format")]
+    Binary,
+    /// Options the masker does not parse.
+    #[error("COPY option {0} is not supported on a masked connection; use the default delimiter, quote, escape and NULL")]
+    Option(String),
+    /// Column names are unknown but column rules exist.
+    #[error("the columns of this COPY are unknown, so column masking rules cannot apply; list them: COPY t (a, b) TO STDOUT, or COPY (SELECT a, b FROM t) TO STDOUT")]
+    UnknownColumns,
+    /// The statement could not be read.
+    #[error("the COPY statement could not be parsed for masking; write it as COPY t (a, b) TO STDOUT [WITH (FORMAT csv)]")]
+    Unparsed,
+    /// A CopyData row that doesn't parse.
+    #[error("a COPY row from the upstream could not be parsed for masking")]
+    BadRow,
+    /// A value could not be read.
+    #[error(transparent)]
+    Unreadable(#[from] super::UnreadableValue),
+}
+
+/// How COPY rows are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// Tab-separated, backslash escapes, `\N` for NULL.
+    Text,
+    /// Comma-separated, `"` quoting, empty unquoted field for NULL.
+    Csv,
+}
+
+/// A COPY TO STDOUT being masked.
+#[derive(Debug)]
+pub struct CopyPlan {
+    format: CopyFormat,
+    header_pending: bool,
+    names: Option<Vec<String>>,
+    plan: Option<Vec<super::ColumnPlan>>,
+    findings: Vec<Finding>,
+    fields: Vec<Field>,
+}
+
+#[derive(Debug, Clone)]
+struct Field {
+    range: std::ops::Range<usize>,
+    value: Option<String>,
+}
+
+/// Reads the COPY statement at the end of `sql` (a batch's texts are joined by `;\n`).
+pub fn plan_copy(sql: &str) -> Result<CopyPlan, CopyError> {
+    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|_| CopyError::Unparsed)?;
+    let Some(Statement::Copy {
+        source,
+        to: true,
+        options,
+        legacy_options,
+        ..
+    }) = stmts
+        .into_iter()
+        .rev()
+        .find(|s| matches!(s, Statement::Copy { to: true, .. }))
+    else {
+        return Err(CopyError::Unparsed);
+    };
+    let mut format = CopyFormat::Text;
+    let mut header = false;
+    for o in &options {
+        match o {
+            CopyOption::Format(f) if f.value.eq_ignore_ascii_case("csv") => {
+                format = CopyFormat::Csv
+            }
+            CopyOption::Format(f) if f.value.eq_ignore_ascii_case("text") => {
+                format = CopyFormat::Text
+            }
+            CopyOption::Format(_) => return Err(CopyError::Binary),
+            CopyOption::Header(h) => header = *h,
+            CopyOption::Encoding(e)
+                if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+            other => return Err(CopyError::Option(other.to_string())),
+        }
+    }
+    for o in &legacy_options {
+        match o {
+            CopyLegacyOption::Binary => return Err(CopyError::Binary),
+            CopyLegacyOption::Csv(csv) => {
+                format = CopyFormat::Csv;
+                for c in csv {
+                    match c {
+                        CopyLegacyCsvOption::Header => header = true,
+                        other => return Err(CopyError::Option(other.to_string())),
+                    }
+                }
+            }
+            other => return Err(CopyError::Option(other.to_string())),
+        }
+    }
+    let names = match source {
+        CopySource::Table { columns, .. } if !columns.is_empty() => {
+            Some(columns.into_iter().map(|c| c.value).collect())
+        }
+        CopySource::Table { .. } => None,
+        CopySource::Query(q) => match *q.body {
+            SetExpr::Select(select) => select
+                .projection
+                .iter()
+                .map(|item| match item {
+                    SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some(i.value.clone()),
+                    SelectItem::UnnamedExpr(Expr::CompoundIdentifier(p)) => {
+                        p.last().map(|i| i.value.clone())
+                    }
+                    SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        },
+    };
+    Ok(CopyPlan {
+        format,
+        header_pending: header,
+        names,
+        plan: None,
+        findings: Vec::new(),
+        fields: Vec::new(),
+    })
+}
+
+impl CopyPlan {
+    /// Checks the CopyOutResponse body and fixes the column plan.
+    pub fn start(&mut self, masker: &Masker, body: &[u8]) -> Result<(), CopyError> {
+        let (&overall, rest) = body.split_first().ok_or(CopyError::BadRow)?;
+        if overall != 0 {
+            return Err(CopyError::Binary);
+        }
+        let n = rest
+            .get(..2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or(CopyError::BadRow)?;
+        if let Some(names) = &self.names {
+            if names.len() != n.max(0) as usize {
+                self.names = None;
+            }
+        }
+        if !self.header_pending {
+            self.fix_plan(masker, n.max(0) as usize)?;
+        }
+        Ok(())
+    }
+
+    fn fix_plan(&mut self, masker: &Masker, n: usize) -> Result<(), CopyError> {
+        if self.names.is_none() && masker.rules().has_column_rules() {
+            return Err(CopyError::UnknownColumns);
+        }
+        let plan = (0..n)
+            .map(|i| {
+                let name = self
+                    .names
+                    .as_ref()
+                    .and_then(|v| v.get(i))
+                    .map_or("", String::as_str);
+                let mut col = masker.column(name, 25, false);
+                col.class = TypeClass::Text;
+                col
+            })
+            .collect();
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    /// Masks one CopyData payload (one row); returns the fields masked and, when any, the new payload.
+    pub fn mask_row(
+        &mut self,
+        masker: &Masker,
+        row: &[u8],
+    ) -> Result<(u64, Option<Vec<u8>>), CopyError> {
+        let text = std::str::from_utf8(row).map_err(|_| super::UnreadableValue)?;
+        let line = text.strip_suffix('\n').ok_or(CopyError::BadRow)?;
+        self.fields.clear();
+        match self.format {
+            CopyFormat::Text => split_text(line, &mut self.fields)?,
+            CopyFormat::Csv => split_csv(line, &mut self.fields)?,
+        }
+        if self.header_pending {
+            self.header_pending = false;
+            if self.names.is_none() {
+                self.names = Some(
+                    self.fields
+                        .iter()
+                        .map(|f| f.value.clone().unwrap_or_default())
+                        .collect(),
+                );
+            }
+            self.fix_plan(masker, self.fields.len())?;
+            return Ok((0, None));
+        }
+        let plan = self.plan.as_ref().ok_or(CopyError::BadRow)?;
+        if plan.len() != self.fields.len() {
+            return Err(CopyError::BadRow);
+        }
+        let mut out: Option<String> = None;
+        let mut copied = 0;
+        let mut masked = 0;
+        for (field, col) in self.fields.iter().zip(plan) {
+            let Some(value) = &field.value else { continue };
+            if !col.active() {
+                continue;
+            }
+            let replacement = match masker.mask_value(col, value.as_bytes(), &mut self.findings)? {
+                Masked::Unchanged => continue,
+                Masked::Null => None,
+                Masked::Text(t) => Some(t),
+            };
+            masked += 1;
+            let o = out.get_or_insert_with(|| String::with_capacity(row.len() + 16));
+            o.push_str(&line[copied..field.range.start]);
+            match (self.format, replacement) {
+                (CopyFormat::Text, None) => o.push_str("\\N"),
+                (CopyFormat::Text, Some(t)) => escape_text(&t, o),
+                (CopyFormat::Csv, None) => {}
+                (CopyFormat::Csv, Some(t)) => quote_csv(&t, o),
+            }
+            copied = field.range.end;
+        }
+        Ok((
+            masked,
+            out.map(|mut o| {
+                o.push_str(&line[copied..]);
+                o.push('\n');
+                o.into_bytes()
+            }),
+        ))
+    }
+}
+
+fn split_text(line: &str, out: &mut Vec<Field>) -> Result<(), CopyError> {
+    let mut start = 0;
+    for part in line.split('\t') {
+        let range = start..start + part.len();
+        start = range.end + 1;
+        let value = if part == "\\N" {
+            None
+        } else {
+            Some(unescape_text(part)?)
+        };
+        out.push(Field { range, value });
+    }
+    Ok(())
+}
+
+fn unescape_text(s: &str) -> Result<String, CopyError> {
+    if !s.contains('\\') {
+        return Ok(s.to_string());
+    }
+    let mut bytes = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            bytes.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let c = *b.get(i + 1).ok_or(CopyError::BadRow)?;
+        i += 2;
+        match c {
+            b'b' => bytes.push(8),
+            b'f' => bytes.push(12),
+            b'n' => bytes.push(b'\n'),
+            b'r' => bytes.push(b'\r'),
+            b't' => bytes.push(b'\t'),
+            b'v' => bytes.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(c - b'0');
+                let mut k = 0;
+                while k < 2 && i < b.len() && (b'0'..=b'7').contains(&b[i]) {
+                    v = v * 8 + u32::from(b[i] - b'0');
+                    i += 1;
+                    k += 1;
+                }
+                bytes.push(v as u8);
+            }
+            b'x' => {
+                let hex: String = s[i..]
+                    .chars()
+                    .take(2)
+                    .take_while(char::is_ascii_hexdigit)
+                    .collect();
+                i += hex.len();
+                bytes.push(u8::from_str_radix(&hex, 16).map_err(|_| CopyError::BadRow)?);
+            }
+            other => bytes.push(other),
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| CopyError::Unreadable(super::UnreadableValue))
+}
+
+fn escape_text(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn split_csv(line: &str, out: &mut Vec<Field>) -> Result<(), CopyError> {
+    let b = line.as_bytes();
+    let mut i = 0;
+    loop {
+        let start = i;
+        let value = if b.get(i) == Some(&b'"') {
+            let mut v = String::new();
+            i += 1;
+            let mut seg = i;
+            loop {
+                let q = line[i..].find('"').ok_or(CopyError::BadRow)? + i;
+                if b.get(q + 1) == Some(&b'"') {
+                    v.push_str(&line[seg..=q]);
+                    i = q + 2;
+                    seg = i;
+                } else {
+                    v.push_str(&line[seg..q]);
+                    i = q + 1;
+                    break;
+                }
+            }
+            Some(v)
+        } else {
+            let end = line[i..].find(',').map_or(line.len(), |k| k + i);
+            let v = &line[i..end];
+            i = end;
+            (!v.is_empty()).then(|| v.to_string())
+        };
+        out.push(Field {
+            range: start..i,
+            value,
+        });
+        match b.get(i) {
+            None => return Ok(()),
+            Some(b',') => i += 1,
+            Some(_) => return Err(CopyError::BadRow),
+        }
+    }
+}
+
+fn quote_csv(s: &str, out: &mut String) {
+    out.push('"');
+    out.push_str(&s.replace('"', "\"\""));
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::MaskingConfig;
+
+    fn masker() -> Masker {
+        let cfg: MaskingConfig = toml::from_str(
+            "[[rules]]\ncolumns=[\"ssn\"]\nstyle=\"redact\"\n[[rules]]\ndetect=[\"email\"]\nstyle=\"partial\"",
+        )
+        .unwrap();
+        Masker::new(&cfg, None).unwrap()
+    }
+
+    fn run(sql: &str, rows: &[&str]) -> Result<Vec<String>, CopyError> {
+        let m = masker();
+        let mut p = plan_copy(sql)?;
+        let ncols = rows.last().map_or(0, |r| {
+            r.split(if p.format == CopyFormat::Csv {
+                ','
+            } else {
+                '\t'
+            })
+            .count()
+        });
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(ncols as i16).to_be_bytes());
+        p.start(&m, &body)?;
+        rows.iter()
+            .map(|r| {
+                let (_, out) = p.mask_row(&m, r.as_bytes())?;
+                Ok(out.map_or_else(|| r.to_string(), |o| String::from_utf8(o).unwrap()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn text_copy_masks_named_columns_and_detected_values_with_escapes_intact() {
+        let got = run(
+            "COPY t (id, ssn, note) TO STDOUT",
+            &[
+                "1\t123-45-6789\tmail jane@example.com\\tnow\n",
+                "2\t\\N\tno\\\\pe\n",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                "1\t[redacted]\tmail j***@example.com\\tnow\n",
+                "2\t\\N\tno\\\\pe\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_copy_with_header_learns_names_and_requotes() {
+        let got = run(
+            "COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv, HEADER true)",
+            &[
+                "id,ssn,note\n",
+                "1,\"123-45-6789\",\"say \"\"hi\"\" to ana@example.com\"\n",
+                "2,,\"\"\n",
+            ],
+        )
+        .unwrap();
+        assert_eq!(got[0], "id,ssn,note\n");
+        assert_eq!(
+            got[1],
+            "1,\"[redacted]\",\"say \"\"hi\"\" to a**@example.com\"\n"
+        );
+        assert_eq!(got[2], "2,,\"\"\n");
+    }
+
+    #[test]
+    fn copy_that_cannot_be_masked_safely_is_refused() {
+        assert_eq!(
+            run("COPY t TO STDOUT", &["1\t2\n"]).unwrap_err(),
+            CopyError::UnknownColumns
+        );
+        assert_eq!(
+            run("COPY t (a) TO STDOUT WITH (FORMAT binary)", &[]).unwrap_err(),
+            CopyError::Binary
+        );
+        assert!(matches!(
+            run("COPY t (a) TO STDOUT WITH (DELIMITER '|')", &[]),
+            Err(CopyError::Option(_))
+        ));
+        assert_eq!(
+            run("COPY t (a, b) TO STDOUT", &["1\t2"]).unwrap_err(),
+            CopyError::BadRow
+        );
+        assert_eq!(
+            run("COPY t (a, b) TO STDOUT", &["1\n", "1\t2\n"]).unwrap_err(),
+            CopyError::BadRow
+        );
+    }
+}

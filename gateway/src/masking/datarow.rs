@@ -1,0 +1,327 @@
+//! RowDescription → [`ResultPlan`], and DataRow rewriting with recomputed lengths.
+
+use super::{Finding, Masked, Masker, ResultPlan};
+use bytes::{BufMut, BytesMut};
+
+/// A backend message the masker could not parse; the result is withheld.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RowError {
+    /// RowDescription or DataRow layout is broken.
+    #[error("malformed {0} from the upstream")]
+    Malformed(&'static str),
+    /// The DataRow has a different number of columns than its RowDescription.
+    #[error("a DataRow has {got} columns but its RowDescription has {want}")]
+    ColumnCount {
+        /// Columns in the row.
+        got: usize,
+        /// Columns described.
+        want: usize,
+    },
+    /// A DataRow arrived with no RowDescription the gateway saw.
+    #[error("a DataRow arrived without a RowDescription")]
+    Undescribed,
+    /// A value could not be read.
+    #[error(transparent)]
+    Unreadable(#[from] super::UnreadableValue),
+}
+
+fn i16_at(b: &[u8], at: usize) -> Option<i16> {
+    Some(i16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn i32_at(b: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The plan for a RowDescription body (after tag and length).
+pub fn plan_row_description(masker: &Masker, body: &[u8]) -> Result<ResultPlan, RowError> {
+    let bad = || RowError::Malformed("RowDescription");
+    let n = i16_at(body, 0).ok_or_else(bad)?.max(0) as usize;
+    let mut at = 2;
+    let mut columns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let end = body[at..].iter().position(|&b| b == 0).ok_or_else(bad)? + at;
+        let name = std::str::from_utf8(&body[at..end]).map_err(|_| bad())?;
+        at = end + 1;
+        // table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), format (2)
+        let type_oid = i32_at(body, at + 6).ok_or_else(bad)? as u32;
+        let format = i16_at(body, at + 16).ok_or_else(bad)?;
+        at += 18;
+        columns.push(masker.column(name, type_oid, format == 1));
+    }
+    if at != body.len() {
+        return Err(bad());
+    }
+    Ok(ResultPlan { columns })
+}
+
+/// Scratch space reused across rows.
+#[derive(Debug, Default)]
+pub struct RowScratch {
+    findings: Vec<Finding>,
+    changes: Vec<(usize, Masked)>,
+}
+
+/// Masks one DataRow `frame` (tag included). Returns the number of fields masked; when it is non-zero the
+/// rewritten frame was appended to `out`, otherwise the original frame can pass unchanged.
+pub fn mask_data_row(
+    masker: &Masker,
+    plan: &ResultPlan,
+    frame: &[u8],
+    out: &mut BytesMut,
+    scratch: &mut RowScratch,
+) -> Result<u64, RowError> {
+    let bad = || RowError::Malformed("DataRow");
+    let body = frame.get(5..).ok_or_else(bad)?;
+    let n = i16_at(body, 0).ok_or_else(bad)?;
+    let n = usize::try_from(n).map_err(|_| bad())?;
+    if n != plan.columns.len() {
+        return Err(RowError::ColumnCount {
+            got: n,
+            want: plan.columns.len(),
+        });
+    }
+    scratch.changes.clear();
+    let mut at = 2;
+    for (i, col) in plan.columns.iter().enumerate() {
+        let len = i32_at(body, at).ok_or_else(bad)?;
+        at += 4;
+        if len < 0 {
+            if len != -1 {
+                return Err(bad());
+            }
+            continue;
+        }
+        let end = at.checked_add(len as usize).ok_or_else(bad)?;
+        let value = body.get(at..end).ok_or_else(bad)?;
+        at = end;
+        if col.active() {
+            match masker.mask_value(col, value, &mut scratch.findings)? {
+                Masked::Unchanged => {}
+                m => scratch.changes.push((i, m)),
+            }
+        }
+    }
+    if at != body.len() {
+        return Err(bad());
+    }
+    if scratch.changes.is_empty() {
+        return Ok(0);
+    }
+    let start = out.len();
+    out.put_u8(b'D');
+    out.put_i32(0);
+    out.put_i16(n as i16);
+    let mut at = 2;
+    let mut changes = scratch.changes.iter().peekable();
+    for i in 0..n {
+        let len = i32_at(body, at).unwrap_or(-1);
+        at += 4;
+        let original = if len >= 0 {
+            let v = &body[at..at + len as usize];
+            at += len as usize;
+            Some(v)
+        } else {
+            None
+        };
+        match changes.next_if(|(j, _)| *j == i) {
+            Some((_, Masked::Text(t))) => {
+                out.put_i32(t.len() as i32);
+                out.put_slice(t.as_bytes());
+            }
+            Some((_, _)) => out.put_i32(-1),
+            None => match original {
+                Some(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.put_slice(v);
+                }
+                None => out.put_i32(-1),
+            },
+        }
+    }
+    crate::pg::codec::patch_len(out, start);
+    Ok(scratch.changes.len() as u64)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::masking::MaskingConfig;
+
+    /// Encodes a RowDescription frame for (name, type oid, format) columns.
+    pub fn row_description(cols: &[(&str, u32, i16)]) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(b'T');
+        b.put_i32(0);
+        b.put_i16(cols.len() as i16);
+        for (name, oid, format) in cols {
+            b.put_slice(name.as_bytes());
+            b.put_u8(0);
+            b.put_i32(0);
+            b.put_i16(0);
+            b.put_i32(*oid as i32);
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(*format);
+        }
+        crate::pg::codec::patch_len(&mut b, 0);
+        b
+    }
+
+    /// Encodes a DataRow frame.
+    pub fn data_row(values: &[Option<&[u8]>]) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(b'D');
+        b.put_i32(0);
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        crate::pg::codec::patch_len(&mut b, 0);
+        b
+    }
+
+    /// Decodes a DataRow frame's values.
+    pub fn values_of(frame: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let body = &frame[5..];
+        assert_eq!(
+            i32_at(frame, 1).unwrap() as usize,
+            frame.len() - 1,
+            "length field"
+        );
+        let n = i16_at(body, 0).unwrap() as usize;
+        let mut at = 2;
+        (0..n)
+            .map(|_| {
+                let len = i32_at(body, at).unwrap();
+                at += 4;
+                (len >= 0).then(|| {
+                    let v = body[at..at + len as usize].to_vec();
+                    at += len as usize;
+                    v
+                })
+            })
+            .collect()
+    }
+
+    pub fn masker() -> Masker {
+        let cfg: MaskingConfig = toml::from_str(
+            r#"
+            [[rules]]
+            columns = ["ssn", "*email*"]
+            style = "redact"
+            [[rules]]
+            detect = ["card", "email"]
+            style = "partial"
+            "#,
+        )
+        .unwrap();
+        Masker::new(&cfg, None).unwrap()
+    }
+
+    fn plan(cols: &[(&str, u32, i16)]) -> ResultPlan {
+        plan_row_description(&masker(), &row_description(cols)[5..]).unwrap()
+    }
+
+    #[test]
+    fn masked_text_and_binary_values_get_correct_lengths_and_nulls_stay_null() {
+        let m = masker();
+        let p = plan(&[
+            ("id", 23, 1),
+            ("ssn", 25, 0),
+            ("email", 1043, 1),
+            ("note", 25, 0),
+            ("n", 20, 0),
+        ]);
+        let row = data_row(&[
+            Some(&7i32.to_be_bytes()),
+            Some(b"123-45-6789"),
+            None,
+            Some("zahlt mit 4111111111111111 — danke".as_bytes()),
+            Some(b"4111111111111111"),
+        ]);
+        let mut out = BytesMut::new();
+        let n = mask_data_row(&m, &p, &row, &mut out, &mut RowScratch::default()).unwrap();
+        assert_eq!(n, 3);
+        let values = values_of(&out);
+        assert_eq!(values[0].as_deref(), Some(&7i32.to_be_bytes()[..]));
+        assert_eq!(values[1].as_deref(), Some(&b"[redacted]"[..]));
+        assert_eq!(values[2], None);
+        assert_eq!(
+            String::from_utf8(values[3].clone().unwrap()).unwrap(),
+            "zahlt mit ************1111 — danke"
+        );
+        assert_eq!(values[4], None);
+    }
+
+    #[test]
+    fn rows_with_nothing_to_mask_pass_without_a_copy() {
+        let m = masker();
+        let p = plan(&[("id", 23, 0), ("note", 25, 0)]);
+        let row = data_row(&[Some(b"1"), Some(b"plain words")]);
+        let mut out = BytesMut::new();
+        assert_eq!(
+            mask_data_row(&m, &p, &row, &mut out, &mut RowScratch::default()),
+            Ok(0)
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn very_wide_rows_are_rewritten_intact() {
+        let m = masker();
+        let cols: Vec<(String, u32, i16)> = (0..1500).map(|i| (format!("c{i}"), 25, 0)).collect();
+        let cols_ref: Vec<(&str, u32, i16)> =
+            cols.iter().map(|(n, o, f)| (n.as_str(), *o, *f)).collect();
+        let p = plan(&cols_ref);
+        let big = "x".repeat(100_000);
+        let values: Vec<Option<&[u8]>> = (0..1500)
+            .map(|i| match i % 3 {
+                0 => Some(&b"jane@example.com"[..]),
+                1 => Some(big.as_bytes()),
+                _ => None,
+            })
+            .collect();
+        let row = data_row(&values);
+        let mut out = BytesMut::new();
+        let n = mask_data_row(&m, &p, &row, &mut out, &mut RowScratch::default()).unwrap();
+        assert_eq!(n, 500);
+        let got = values_of(&out);
+        assert_eq!(got.len(), 1500);
+        assert_eq!(got[0].as_deref(), Some(&b"j***@example.com"[..]));
+        assert_eq!(got[1].as_deref().map(<[u8]>::len), Some(100_000));
+        assert_eq!(got[2], None);
+    }
+
+    #[test]
+    fn unparseable_rows_are_errors() {
+        let m = masker();
+        let p = plan(&[("a", 25, 0), ("b", 25, 0)]);
+        let mut out = BytesMut::new();
+        let s = &mut RowScratch::default();
+        let one = data_row(&[Some(b"x")]);
+        assert!(matches!(
+            mask_data_row(&m, &p, &one, &mut out, s),
+            Err(RowError::ColumnCount { got: 1, want: 2 })
+        ));
+        let mut lying = data_row(&[Some(b"x"), Some(b"y")]);
+        lying[10] = 200; // first value's length now runs past the end
+        assert_eq!(
+            mask_data_row(&m, &p, &lying, &mut out, s),
+            Err(RowError::Malformed("DataRow"))
+        );
+        let mut trailing = data_row(&[Some(b"x"), None]);
+        trailing.put_u8(0);
+        assert_eq!(
+            mask_data_row(&m, &p, &trailing, &mut out, s),
+            Err(RowError::Malformed("DataRow"))
+        );
+        assert!(plan_row_description(&m, b"\x00\x01abc").is_err());
+    }
+}

@@ -1,0 +1,648 @@
+//! Value detectors: find sensitive substrings in a text value, validating with checksums where a format
+//! has one (Luhn for cards, mod 97 for IBANs) so ordinary numbers stay clear.
+
+use serde::Deserialize;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+
+/// A kind of sensitive value a rule can detect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    /// E-mail address.
+    Email,
+    /// Phone number: `+` and 7–15 digits, or a 3-3-4 North American layout.
+    Phone,
+    /// Payment card number: 13–19 digits, issuer prefix 2–6, Luhn-valid.
+    Card,
+    /// IBAN: country, check digits and BBAN, mod 97 = 1.
+    Iban,
+    /// US social security number `AAA-GG-SSSS` (area not 000/666/9xx, group and serial not zero).
+    Ssn,
+    /// JSON Web Token (three base64url parts, header starting `eyJ`).
+    Jwt,
+    /// API keys with a well-known prefix and secrets following `Bearer`.
+    ApiKey,
+    /// PEM private key block.
+    PrivateKey,
+    /// IPv4 address.
+    Ipv4,
+    /// IPv6 address.
+    Ipv6,
+}
+
+impl Detector {
+    /// Every detector, in the order the config documents them.
+    pub const ALL: [Detector; 10] = [
+        Detector::Email,
+        Detector::Phone,
+        Detector::Card,
+        Detector::Iban,
+        Detector::Ssn,
+        Detector::Jwt,
+        Detector::ApiKey,
+        Detector::PrivateKey,
+        Detector::Ipv4,
+        Detector::Ipv6,
+    ];
+
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detector::Email => "email",
+            Detector::Phone => "phone",
+            Detector::Card => "card",
+            Detector::Iban => "iban",
+            Detector::Ssn => "ssn",
+            Detector::Jwt => "jwt",
+            Detector::ApiKey => "api_key",
+            Detector::PrivateKey => "private_key",
+            Detector::Ipv4 => "ipv4",
+            Detector::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A detected sensitive substring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Byte range in the value.
+    pub range: Range<usize>,
+    /// What was found.
+    pub detector: Detector,
+}
+
+/// Which detectors are switched on (a bit per detector, so checks cost one AND).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DetectorSet(u16);
+
+impl DetectorSet {
+    /// Adds a detector.
+    pub fn insert(&mut self, d: Detector) {
+        self.0 |= 1 << d as u16;
+    }
+
+    /// True when `d` is on.
+    pub fn contains(self, d: Detector) -> bool {
+        self.0 & (1 << d as u16) != 0
+    }
+
+    /// True when no detector is on.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromIterator<Detector> for DetectorSet {
+    fn from_iter<I: IntoIterator<Item = Detector>>(iter: I) -> Self {
+        let mut s = DetectorSet::default();
+        for d in iter {
+            s.insert(d);
+        }
+        s
+    }
+}
+
+/// Finds sensitive substrings of `text` for the detectors in `on`; findings are sorted and disjoint.
+pub fn find(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
+    out.clear();
+    if on.is_empty() || text.is_empty() {
+        return;
+    }
+    // One cheap pass decides which scanners can possibly match; most values need none of them.
+    let (mut digits, mut upper, mut at, mut colon, mut dot, mut dash, mut underscore) =
+        (0usize, 0usize, false, false, false, false, false);
+    for &c in text.as_bytes() {
+        match c {
+            b'0'..=b'9' => digits += 1,
+            b'A'..=b'Z' => upper += 1,
+            b'@' => at = true,
+            b':' => colon = true,
+            b'.' => dot = true,
+            b'-' => dash = true,
+            b'_' => underscore = true,
+            _ => {}
+        }
+    }
+    if on.contains(Detector::PrivateKey) && dash {
+        find_private_keys(text, out);
+    }
+    let tokens = (at && on.contains(Detector::Email))
+        || (on.contains(Detector::Jwt) && dot && text.contains("eyJ"))
+        || (on.contains(Detector::ApiKey)
+            && (dash
+                || underscore
+                || dot
+                || upper >= 4
+                || text.contains("earer")
+                || text.contains("oken")))
+        || (on.contains(Detector::Iban) && upper >= 2 && digits >= 10)
+        || (on.contains(Detector::Ipv4) && dot && digits >= 4)
+        || (on.contains(Detector::Ipv6) && colon);
+    if tokens {
+        find_in_tokens(text, on, out);
+    }
+    if digits >= 7
+        && (on.contains(Detector::Card)
+            || on.contains(Detector::Phone)
+            || on.contains(Detector::Ssn))
+    {
+        find_in_numeric_runs(text, on, out);
+    }
+    if out.len() > 1 {
+        out.sort_by_key(|f| f.range.start);
+        // Keep the first of overlapping findings; the earlier passes are the more specific ones.
+        let mut end = 0;
+        out.retain(|f| {
+            let keep = f.range.start >= end;
+            if keep {
+                end = f.range.end;
+            }
+            keep
+        });
+    }
+}
+
+fn overlaps(found: &[Finding], r: &Range<usize>) -> bool {
+    found
+        .iter()
+        .any(|f| f.range.start < r.end && r.start < f.range.end)
+}
+
+fn find_private_keys(text: &str, out: &mut Vec<Finding>) {
+    let mut from = 0;
+    while let Some(i) = text[from..].find("-----BEGIN ") {
+        let start = from + i;
+        let header_end = text[start + 11..].find("-----").map(|j| start + 11 + j + 5);
+        let Some(header_end) = header_end else { break };
+        if !text[start..header_end].contains("PRIVATE KEY") {
+            from = header_end;
+            continue;
+        }
+        // Without an END line the rest of the value is the key: mask to the end rather than leak it.
+        let end = match text[header_end..].find("-----END ") {
+            Some(j) => {
+                let e = header_end + j + 9;
+                text[e..]
+                    .find("-----")
+                    .map(|k| e + k + 5)
+                    .unwrap_or(text.len())
+            }
+            None => text.len(),
+        };
+        out.push(Finding {
+            range: start..end,
+            detector: Detector::PrivateKey,
+        });
+        from = end;
+    }
+}
+
+fn is_token_separator(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            ',' | ';'
+                | '('
+                | ')'
+                | '['
+                | ']'
+                | '{'
+                | '}'
+                | '<'
+                | '>'
+                | '"'
+                | '\''
+                | '`'
+                | '='
+                | '|'
+        )
+}
+
+fn find_in_tokens(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
+    let mut after_bearer = false;
+    let mut start = None;
+    let mut iter = text
+        .char_indices()
+        .chain(std::iter::once((text.len(), ' ')));
+    for (i, c) in &mut iter {
+        if !is_token_separator(c) {
+            start.get_or_insert(i);
+            continue;
+        }
+        let Some(s) = start.take() else { continue };
+        let raw = &text[s..i];
+        let token = raw.trim_end_matches(['.', ':', '!', '?']);
+        let token = if token.contains(':') && !token.ends_with("::") {
+            token
+        } else {
+            token.trim_end_matches(':')
+        };
+        let range = s..s + token.len();
+        if token.is_empty() || overlaps(out, &range) {
+            after_bearer = false;
+            continue;
+        }
+        let was_bearer = after_bearer;
+        after_bearer = token.eq_ignore_ascii_case("bearer") || token.eq_ignore_ascii_case("token");
+        if let Some(detector) = classify_token(token, on, was_bearer) {
+            out.push(Finding { range, detector });
+        }
+    }
+}
+
+fn classify_token(t: &str, on: DetectorSet, after_bearer: bool) -> Option<Detector> {
+    let b = t.as_bytes();
+    if on.contains(Detector::Jwt) && is_jwt(t) {
+        return Some(Detector::Jwt);
+    }
+    if on.contains(Detector::ApiKey) && (is_api_key(t) || (after_bearer && is_opaque_secret(t))) {
+        return Some(Detector::ApiKey);
+    }
+    if b.contains(&b'@') {
+        return (on.contains(Detector::Email) && is_email(t)).then_some(Detector::Email);
+    }
+    if on.contains(Detector::Iban) && b.len() >= 15 && is_iban(t) {
+        return Some(Detector::Iban);
+    }
+    if on.contains(Detector::Ipv4)
+        && b.first().is_some_and(u8::is_ascii_digit)
+        && t.parse::<Ipv4Addr>().is_ok()
+    {
+        return Some(Detector::Ipv4);
+    }
+    if on.contains(Detector::Ipv6)
+        && b.contains(&b':')
+        && t.len() >= 2
+        && t.parse::<Ipv6Addr>().is_ok()
+    {
+        return Some(Detector::Ipv6);
+    }
+    None
+}
+
+/// `local@domain.tld` with an ordinary local part and a dotted domain of letters, digits and hyphens.
+pub fn is_email(t: &str) -> bool {
+    let Some((local, domain)) = t.split_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._%+-!#$&*/?^~".contains(&c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        })
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|c| c.is_ascii_alphabetic()));
+    local_ok && domain_ok
+}
+
+/// The Luhn checksum over ASCII digits.
+pub fn luhn_valid(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+/// A card number: 13–19 digits, an issuer prefix (2–6) and a valid Luhn checksum.
+pub fn is_card_digits(digits: &[u8]) -> bool {
+    (13..=19).contains(&digits.len()) && matches!(digits[0], b'2'..=b'6') && luhn_valid(digits)
+}
+
+/// An IBAN (spaces allowed): country letters, check digits, 11–30 alphanumerics, mod 97 = 1.
+pub fn is_iban(t: &str) -> bool {
+    let compact: Vec<u8> = t.bytes().filter(|c| *c != b' ').collect();
+    if !(15..=34).contains(&compact.len())
+        || !compact[..2].iter().all(u8::is_ascii_uppercase)
+        || !compact[2..4].iter().all(u8::is_ascii_digit)
+        || !compact[4..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+    {
+        return false;
+    }
+    let mut rem = 0u32;
+    for &c in compact[4..].iter().chain(&compact[..4]) {
+        if c.is_ascii_digit() {
+            rem = (rem * 10 + u32::from(c - b'0')) % 97;
+        } else {
+            let v = u32::from(c - b'A') + 10;
+            rem = (rem * 100 + v) % 97;
+        }
+    }
+    rem == 1
+}
+
+/// `AAA-GG-SSSS` with the ranges the SSA never issues excluded.
+pub fn is_ssn(t: &str) -> bool {
+    let b = t.as_bytes();
+    if b.len() != 11 || b[3] != b'-' || b[6] != b'-' {
+        return false;
+    }
+    let digits = |r: Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if !(digits(0..3) && digits(4..6) && digits(7..11)) {
+        return false;
+    }
+    let area = &t[0..3];
+    area != "000" && area != "666" && b[0] != b'9' && &t[4..6] != "00" && &t[7..11] != "0000"
+}
+
+fn is_base64url(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'=')
+}
+
+/// A compact JWS/JWT: `eyJ…` header, payload and signature in base64url.
+pub fn is_jwt(t: &str) -> bool {
+    if !t.starts_with("eyJ") || t.len() < 20 {
+        return false;
+    }
+    let mut parts = t.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    is_base64url(h) && is_base64url(p) && p.len() >= 4 && (s.is_empty() || is_base64url(s))
+}
+
+const KEY_PREFIXES: &[(&str, usize)] = &[
+    ("sk_live_", 16),
+    ("sk_test_", 16),
+    ("rk_live_", 16),
+    ("pk_live_", 16),
+    ("ghp_", 30),
+    ("gho_", 30),
+    ("ghs_", 30),
+    ("ghu_", 30),
+    ("ghr_", 30),
+    ("github_pat_", 30),
+    ("glpat-", 20),
+    ("xoxb-", 20),
+    ("xoxp-", 20),
+    ("xoxa-", 20),
+    ("xapp-", 20),
+    ("sk-", 20),
+    ("AIza", 35),
+    ("SG.", 40),
+];
+
+/// A secret with a well-known vendor prefix (Stripe, GitHub, GitLab, Slack, OpenAI, Google, SendGrid, AWS).
+pub fn is_api_key(t: &str) -> bool {
+    let secret_chars = |s: &str| {
+        s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+    };
+    if t.len() == 20 && (t.starts_with("AKIA") || t.starts_with("ASIA")) {
+        return t[4..]
+            .bytes()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    }
+    KEY_PREFIXES.iter().any(|(p, min_rest)| {
+        t.strip_prefix(p)
+            .is_some_and(|rest| rest.len() >= *min_rest && secret_chars(rest))
+    })
+}
+
+/// What follows `Bearer`/`token`: 16+ token characters mixing letters and digits.
+fn is_opaque_secret(t: &str) -> bool {
+    t.len() >= 16
+        && t.bytes().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~' | b'+' | b'/' | b'=')
+        })
+        && t.bytes().any(|c| c.is_ascii_digit())
+        && t.bytes().any(|c| c.is_ascii_alphabetic())
+}
+
+fn is_run_char(c: u8) -> bool {
+    c.is_ascii_digit() || matches!(c, b' ' | b'-' | b'.' | b'(' | b')' | b'+')
+}
+
+/// Runs of digits with separators: cards (`4111 1111 1111 1111`), phones and SSNs that tokens split up.
+fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let mut digits = Vec::with_capacity(20);
+    while i < b.len() {
+        if !(b[i].is_ascii_digit() || b[i] == b'+' || b[i] == b'(')
+            || (i > 0 && b[i - 1].is_ascii_alphanumeric())
+        {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut end = i;
+        while end < b.len() && is_run_char(b[end]) {
+            end += 1;
+        }
+        let mut stop = end;
+        while stop > start && !b[stop - 1].is_ascii_digit() {
+            stop -= 1;
+        }
+        // A run glued to letters (`abc123`, `123abc`) is an identifier, not a number.
+        let glued = stop < b.len() && b[stop].is_ascii_alphanumeric();
+        i = end.max(start + 1);
+        if glued || stop == start {
+            continue;
+        }
+        let run = &text[start..stop];
+        let range = start..stop;
+        if overlaps(out, &range) {
+            continue;
+        }
+        digits.clear();
+        digits.extend(run.bytes().filter(u8::is_ascii_digit));
+        let card_layout = run
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c == b' ' || c == b'-');
+        if on.contains(Detector::Card) && card_layout && is_card_digits(&digits) {
+            out.push(Finding {
+                range,
+                detector: Detector::Card,
+            });
+        } else if on.contains(Detector::Ssn) && is_ssn(run) {
+            out.push(Finding {
+                range,
+                detector: Detector::Ssn,
+            });
+        } else if on.contains(Detector::Phone) && is_phone(run, digits.len()) {
+            out.push(Finding {
+                range,
+                detector: Detector::Phone,
+            });
+        }
+    }
+}
+
+/// `+` followed by 7–15 digits, or ten digits laid out 3-3-4 with separators (`(415) 555-0100`).
+pub fn is_phone(run: &str, digit_count: usize) -> bool {
+    if let Some(rest) = run.strip_prefix('+') {
+        return (7..=15).contains(&digit_count)
+            && rest
+                .bytes()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == b'(');
+    }
+    if digit_count != 10 {
+        return false;
+    }
+    let groups: Vec<usize> = run
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .map(str::len)
+        .collect();
+    groups == [3, 3, 4]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> DetectorSet {
+        Detector::ALL.into_iter().collect()
+    }
+
+    fn found(text: &str) -> Vec<(Detector, &str)> {
+        let mut out = Vec::new();
+        find(text, all(), &mut out);
+        out.iter()
+            .map(|f| (f.detector, &text[f.range.clone()]))
+            .collect()
+    }
+
+    #[test]
+    fn each_detector_finds_its_kind_in_free_text() {
+        let cases: &[(&str, Detector, &str)] = &[
+            (
+                "mail jane.doe+x@example.co.uk now",
+                Detector::Email,
+                "jane.doe+x@example.co.uk",
+            ),
+            ("call +1 415 555 0100.", Detector::Phone, "+1 415 555 0100"),
+            ("call (415) 555-0100", Detector::Phone, "(415) 555-0100"),
+            (
+                "card 4111 1111 1111 1111 exp",
+                Detector::Card,
+                "4111 1111 1111 1111",
+            ),
+            (
+                "card 5500-0000-0000-0004",
+                Detector::Card,
+                "5500-0000-0000-0004",
+            ),
+            (
+                "pay DE89370400440532013000 ok",
+                Detector::Iban,
+                "DE89370400440532013000",
+            ),
+            ("ssn 123-45-6789", Detector::Ssn, "123-45-6789"),
+            (
+                "t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+                Detector::Jwt,
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+            ),
+            (
+                "key sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+                Detector::ApiKey,
+                "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            ),
+            (
+                "aws AKIAIOSFODNN7EXAMPLE",
+                Detector::ApiKey,
+                "AKIAIOSFODNN7EXAMPLE",
+            ),
+            (
+                "Authorization: Bearer abc123def456ghi789",
+                Detector::ApiKey,
+                "abc123def456ghi789",
+            ),
+            ("from 192.168.10.4:", Detector::Ipv4, "192.168.10.4"),
+            (
+                "from fe80::1ff:fe23:4567:890a",
+                Detector::Ipv6,
+                "fe80::1ff:fe23:4567:890a",
+            ),
+        ];
+        for (text, detector, expected) in cases {
+            assert_eq!(found(text), vec![(*detector, *expected)], "in {text:?}");
+        }
+    }
+
+    #[test]
+    fn private_key_block_is_found_whole_and_unterminated_block_to_the_end() {
+        let pem = "x -----BEGIN RSA PRIVATE KEY-----\nMIIE\nabc\n-----END RSA PRIVATE KEY----- y";
+        let f = found(pem);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].1.starts_with("-----BEGIN") && f[0].1.ends_with("KEY-----"));
+        let cut = "-----BEGIN PRIVATE KEY-----\nMIIE";
+        assert_eq!(found(cut), vec![(Detector::PrivateKey, cut)]);
+        assert!(found("-----BEGIN CERTIFICATE-----\nMIIE\n-----END CERTIFICATE-----").is_empty());
+    }
+
+    #[test]
+    fn numbers_failing_their_checksums_stay_clear() {
+        for text in [
+            "4111 1111 1111 1112",         // Luhn fails
+            "1234567890123452",            // Luhn-valid, but 1 is no issuer prefix
+            "order 9780306406157 shipped", // ISBN-13, prefix 9
+            "DE89370400440532013001",      // IBAN check digits wrong
+            "000-12-3456",                 // never-issued SSN area
+            "123-00-4567",
+            "1700000000", // epoch seconds: ten digits without a phone layout
+            "2024-01-15 10:30:00",
+            "v1.2.3",
+            "999.1.1.1",
+            "12:30:45",
+            "user@localhost",
+            "eyJnotajwt",
+            "Bearer short",
+            "sk-short",
+        ] {
+            assert_eq!(found(text), vec![], "{text:?} must stay clear");
+        }
+    }
+
+    #[test]
+    fn luhn_and_mod97_match_known_vectors() {
+        assert!(luhn_valid(b"79927398713"));
+        assert!(!luhn_valid(b"79927398710"));
+        assert!(is_iban("GB82 WEST 1234 5698 7654 32"));
+        assert!(!is_iban("GB82 WEST 1234 5698 7654 33"));
+    }
+
+    #[test]
+    fn multibyte_text_around_findings_keeps_char_boundaries() {
+        let text = "Grüße an josé@example.com — Karte 4111111111111111 ✓";
+        let f = found(text);
+        assert_eq!(f, vec![(Detector::Card, "4111111111111111")]);
+        let text = "Grüße an jose@exämple.com und ana@example.com ✓";
+        assert_eq!(found(text), vec![(Detector::Email, "ana@example.com")]);
+    }
+
+    #[test]
+    fn detectors_that_are_off_find_nothing() {
+        let mut out = Vec::new();
+        let only_email: DetectorSet = [Detector::Email].into_iter().collect();
+        find("4111111111111111 a@example.com", only_email, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].detector, Detector::Email);
+    }
+}

@@ -1,0 +1,466 @@
+//! Inline masking of sensitive result data, per connection, on the wire and in the HTTP API.
+//!
+//! A [`Masker`] holds one connection's compiled rules. For each result it builds a [`ResultPlan`] from the
+//! column names and types, then masks values one at a time:
+//! - a column rule replaces the whole value in its style; a detector rule replaces only what it found;
+//! - a masked value of a text type (`text`, `varchar`, `bpchar`, `name`, `char`, `unknown`) becomes the
+//!   styled text, in text and binary format alike (their binary form is the UTF-8 text);
+//! - a masked value of any other type becomes **NULL**: an `int8` cannot carry `hash:…`, and a broken
+//!   `json` would be worse than none;
+//! - detectors read text-format values of every type and binary values of text, JSON, integer and
+//!   numeric types; binary values of types the gateway cannot read (arrays, records, enums, extension
+//!   types) become NULL when detectors are on, and `inet`/`cidr` values become NULL when IP detectors
+//!   are on. **Fail closed:** what cannot be inspected is not passed through.
+//!
+//! **Architecture invariant:** a connection without masking rules has no `Masker`; its bytes never
+//! reach this module.
+
+pub mod copy;
+pub mod datarow;
+pub mod detect;
+pub mod rules;
+pub mod stream;
+pub mod style;
+
+pub use detect::{Detector, DetectorSet, Finding};
+pub use rules::{CompiledRules, MaskRule, MaskingConfig, MaskingError};
+pub use stream::WireMasker;
+pub use style::{Style, StyleName};
+
+use crate::upstream::{Column, ResultSet};
+
+/// One connection's compiled masking rules; shared by its sessions.
+#[derive(Debug)]
+pub struct Masker {
+    rules: CompiledRules,
+}
+
+/// How a column's values are read and replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeClass {
+    /// Text types: masked values become styled text.
+    Text,
+    /// `json`, `jsonb`, `xml`: scanned as text, masked to NULL.
+    Json,
+    /// `int2`, `int4`, `int8`, `oid`: binary decoded for scanning, masked to NULL.
+    Int,
+    /// `numeric`: binary decoded for scanning, masked to NULL.
+    Numeric,
+    /// `inet`, `cidr`: NULL whenever IP detectors are on.
+    Inet,
+    /// Types whose values cannot hold the detected formats in binary (bool, floats, dates, uuid, bytea).
+    Plain,
+    /// Anything else (arrays, records, enums, domains, extension types): binary values are unreadable.
+    Unknown,
+}
+
+impl TypeClass {
+    /// The class of a PostgreSQL type OID.
+    pub fn of(type_oid: u32) -> TypeClass {
+        match type_oid {
+            25 | 1043 | 1042 | 19 | 18 | 705 => TypeClass::Text,
+            114 | 3802 | 142 => TypeClass::Json,
+            20 | 21 | 23 | 26 => TypeClass::Int,
+            1700 => TypeClass::Numeric,
+            869 | 650 => TypeClass::Inet,
+            16 | 17 | 700 | 701 | 790 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 => {
+                TypeClass::Plain
+            }
+            _ => TypeClass::Unknown,
+        }
+    }
+}
+
+/// The masking decision for one column of a result.
+#[derive(Debug, Clone)]
+pub struct ColumnPlan {
+    /// Whole-value style from the first matching column rule.
+    pub style: Option<Style>,
+    /// True when detectors scan this column.
+    pub detect: bool,
+    /// Type class.
+    pub class: TypeClass,
+    /// Binary format (from RowDescription / CopyOutResponse).
+    pub binary: bool,
+}
+
+impl ColumnPlan {
+    /// True when values of this column need looking at.
+    pub fn active(&self) -> bool {
+        self.style.is_some() || self.detect
+    }
+}
+
+/// Masking decisions for every column of one result.
+#[derive(Debug, Clone, Default)]
+pub struct ResultPlan {
+    /// One entry per column.
+    pub columns: Vec<ColumnPlan>,
+}
+
+impl ResultPlan {
+    /// True when some column needs looking at.
+    pub fn active(&self) -> bool {
+        self.columns.iter().any(ColumnPlan::active)
+    }
+}
+
+/// What a value becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Masked {
+    /// Pass the original bytes.
+    Unchanged,
+    /// SQL NULL.
+    Null,
+    /// This text instead.
+    Text(String),
+}
+
+/// A value the masker could not read; the row is withheld.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a value of a masked column is not valid UTF-8; set client_encoding to UTF8 on masked connections")]
+pub struct UnreadableValue;
+
+impl Masker {
+    /// Compiles a connection's rules; `key` is the resolved hash key.
+    pub fn new(config: &MaskingConfig, key: Option<&[u8]>) -> Result<Masker, MaskingError> {
+        Ok(Masker {
+            rules: CompiledRules::compile(config, key)?,
+        })
+    }
+
+    /// The compiled rules.
+    pub fn rules(&self) -> &CompiledRules {
+        &self.rules
+    }
+
+    /// The plan for a column of this name, type and format.
+    pub fn column(&self, name: &str, type_oid: u32, binary: bool) -> ColumnPlan {
+        let class = TypeClass::of(type_oid);
+        let detectors = self.rules.detectors;
+        let ip_on = detectors.contains(Detector::Ipv4) || detectors.contains(Detector::Ipv6);
+        let mut style = self.rules.column_style(name).cloned();
+        if style.is_none() && class == TypeClass::Inet && ip_on {
+            style = Some(Style::Redact);
+        }
+        ColumnPlan {
+            style,
+            detect: !detectors.is_empty(),
+            class,
+            binary,
+        }
+    }
+
+    /// Masks one non-NULL value; `findings` is scratch space.
+    pub fn mask_value(
+        &self,
+        col: &ColumnPlan,
+        raw: &[u8],
+        findings: &mut Vec<Finding>,
+    ) -> Result<Masked, UnreadableValue> {
+        if let Some(style) = &col.style {
+            if col.class != TypeClass::Text {
+                return Ok(Masked::Null);
+            }
+            let text = std::str::from_utf8(raw).map_err(|_| UnreadableValue)?;
+            let mut out = String::with_capacity(text.len());
+            style.apply(text, &mut out);
+            return Ok(Masked::Text(out));
+        }
+        if !col.detect {
+            return Ok(Masked::Unchanged);
+        }
+        let decoded;
+        let text: &str = match (col.binary, col.class) {
+            (false, _) | (true, TypeClass::Text) | (true, TypeClass::Json) => {
+                let bytes = if col.binary && raw.first() == Some(&1) && col.class == TypeClass::Json
+                {
+                    // jsonb binary: a version byte, then the text.
+                    &raw[1..]
+                } else {
+                    raw
+                };
+                std::str::from_utf8(bytes).map_err(|_| UnreadableValue)?
+            }
+            (true, TypeClass::Int) => {
+                decoded = decode_int(raw).ok_or(UnreadableValue)?;
+                &decoded
+            }
+            (true, TypeClass::Numeric) => {
+                decoded = decode_numeric(raw).ok_or(UnreadableValue)?;
+                &decoded
+            }
+            (true, TypeClass::Plain) | (true, TypeClass::Inet) => return Ok(Masked::Unchanged),
+            (true, TypeClass::Unknown) => return Ok(Masked::Null),
+        };
+        detect::find(text, self.rules.detectors, findings);
+        if findings.is_empty() {
+            return Ok(Masked::Unchanged);
+        }
+        if col.class != TypeClass::Text {
+            return Ok(Masked::Null);
+        }
+        let mut out = String::with_capacity(text.len() + 16);
+        let mut at = 0;
+        for f in findings.iter() {
+            out.push_str(&text[at..f.range.start]);
+            self.rules
+                .detector_style(f.detector)
+                .apply(&text[f.range.clone()], &mut out);
+            at = f.range.end;
+        }
+        out.push_str(&text[at..]);
+        Ok(Masked::Text(out))
+    }
+
+    /// Masks an HTTP API result set in place (text format); returns the number of fields masked.
+    pub fn mask_result_set(&self, set: &mut ResultSet) -> u64 {
+        let plan: Vec<ColumnPlan> = set
+            .columns
+            .iter()
+            .map(|Column { name, type_oid }| self.column(name, *type_oid, false))
+            .collect();
+        if !plan.iter().any(ColumnPlan::active) {
+            return 0;
+        }
+        let mut findings = Vec::new();
+        let mut masked = 0;
+        for row in &mut set.rows {
+            for (value, col) in row.iter_mut().zip(&plan) {
+                let Some(text) = value.as_deref() else {
+                    continue;
+                };
+                // API values are Rust strings, so always readable.
+                match self.mask_value(col, text.as_bytes(), &mut findings) {
+                    Ok(Masked::Unchanged) => continue,
+                    Ok(Masked::Text(t)) => *value = Some(t),
+                    Ok(Masked::Null) | Err(_) => *value = None,
+                }
+                masked += 1;
+            }
+            // A row wider than its description has values no rule has seen: withhold them.
+            if row.len() > plan.len() {
+                masked += row[plan.len()..].iter().filter(|v| v.is_some()).count() as u64;
+                row.truncate(plan.len());
+            }
+        }
+        masked
+    }
+}
+
+fn decode_int(raw: &[u8]) -> Option<String> {
+    Some(match raw.len() {
+        2 => i16::from_be_bytes(raw.try_into().ok()?).to_string(),
+        4 => i32::from_be_bytes(raw.try_into().ok()?).to_string(),
+        8 => i64::from_be_bytes(raw.try_into().ok()?).to_string(),
+        _ => return None,
+    })
+}
+
+/// The decimal text of a binary `numeric` (base-10000 digits with a weight); NaN and infinities as words.
+fn decode_numeric(raw: &[u8]) -> Option<String> {
+    let word = |i: usize| -> Option<i32> {
+        Some(i32::from(i16::from_be_bytes([
+            *raw.get(i)?,
+            *raw.get(i + 1)?,
+        ])))
+    };
+    let ndigits = word(0)?.max(0) as usize;
+    let weight = word(2)?;
+    let sign = u16::from_be_bytes([*raw.get(4)?, *raw.get(5)?]);
+    let dscale = word(6)?.max(0) as usize;
+    if raw.len() != 8 + 2 * ndigits {
+        return None;
+    }
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        _ => {}
+    }
+    let digit = |i: i32| -> i32 {
+        if i >= 0 && (i as usize) < ndigits {
+            word(8 + 2 * i as usize).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    let mut s = String::new();
+    if sign == 0x4000 {
+        s.push('-');
+    }
+    if weight < 0 {
+        s.push('0');
+    } else {
+        s.push_str(&digit(0).to_string());
+        for i in 1..=weight {
+            s.push_str(&format!("{:04}", digit(i)));
+        }
+    }
+    if dscale > 0 {
+        s.push('.');
+        let mut frac = String::new();
+        let mut i = weight + 1;
+        while frac.len() < dscale {
+            frac.push_str(&format!("{:04}", digit(i)));
+            i += 1;
+        }
+        frac.truncate(dscale);
+        s.push_str(&frac);
+    }
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masker(rules: &str) -> Masker {
+        let cfg: MaskingConfig = toml::from_str(rules).unwrap();
+        Masker::new(&cfg, Some(b"k")).unwrap()
+    }
+
+    const RULES: &str = r#"
+        [[rules]]
+        columns = ["*email*"]
+        style = "hash"
+        [[rules]]
+        detect = ["card", "ssn"]
+        style = "keep_last"
+        keep = 4
+    "#;
+
+    fn mask(m: &Masker, name: &str, oid: u32, binary: bool, raw: &[u8]) -> Masked {
+        m.mask_value(&m.column(name, oid, binary), raw, &mut Vec::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn column_rule_styles_text_and_nulls_other_types() {
+        let m = masker(RULES);
+        let Masked::Text(t) = mask(&m, "email", 25, false, b"a@example.com") else {
+            panic!("text column must get styled text")
+        };
+        assert!(t.starts_with("hash:"));
+        assert_eq!(
+            mask(&m, "email", 25, true, b"a@example.com"),
+            Masked::Text(t)
+        );
+        assert_eq!(mask(&m, "email_count", 23, false, b"7"), Masked::Null);
+    }
+
+    #[test]
+    fn detectors_replace_only_what_they_find_in_text_columns() {
+        let m = masker(RULES);
+        assert_eq!(
+            mask(
+                &m,
+                "note",
+                25,
+                false,
+                "paid 4111 1111 1111 1111 ✓".as_bytes()
+            ),
+            Masked::Text("paid ***************1111 ✓".into())
+        );
+        assert_eq!(
+            mask(&m, "note", 25, false, b"order 12345"),
+            Masked::Unchanged
+        );
+    }
+
+    #[test]
+    fn detections_in_non_text_types_become_null_in_both_formats() {
+        let m = masker(RULES);
+        assert_eq!(mask(&m, "n", 20, false, b"4111111111111111"), Masked::Null);
+        assert_eq!(
+            mask(&m, "n", 20, true, &4111111111111111i64.to_be_bytes()),
+            Masked::Null
+        );
+        assert_eq!(
+            mask(&m, "n", 20, true, &42i64.to_be_bytes()),
+            Masked::Unchanged
+        );
+        let mut jsonb = vec![1u8];
+        jsonb.extend_from_slice(br#"{"ssn": "123-45-6789"}"#);
+        assert_eq!(mask(&m, "j", 3802, true, &jsonb), Masked::Null);
+        assert_eq!(mask(&m, "a", 1009, true, b"\0\0\0\x01"), Masked::Null);
+        assert_eq!(
+            mask(&m, "f", 701, true, &1.5f64.to_be_bytes()),
+            Masked::Unchanged
+        );
+    }
+
+    #[test]
+    fn binary_numeric_is_decoded_for_detection() {
+        // 4111111111111111 = 4111 1111 1111 1111 in base 10000, weight 3.
+        let mut raw = Vec::new();
+        for w in [4i16, 3, 0, 0, 4111, 1111, 1111, 1111] {
+            raw.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(decode_numeric(&raw).as_deref(), Some("4111111111111111"));
+        let m = masker(RULES);
+        assert_eq!(mask(&m, "n", 1700, true, &raw), Masked::Null);
+        // -12.5 : digits [12, 5000], weight 0, negative, dscale 1.
+        let mut raw = Vec::new();
+        for w in [2i16, 0, 0x4000, 1, 12, 5000] {
+            raw.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(decode_numeric(&raw).as_deref(), Some("-12.5"));
+    }
+
+    #[test]
+    fn non_utf8_text_in_a_masked_column_is_unreadable() {
+        let m = masker(RULES);
+        let col = m.column("email", 25, false);
+        assert_eq!(
+            m.mask_value(&col, &[0xff, 0xfe], &mut Vec::new()),
+            Err(UnreadableValue)
+        );
+    }
+
+    #[test]
+    fn inet_columns_are_nulled_when_ip_detectors_are_on() {
+        let m = masker("[[rules]]\ndetect=[\"ipv4\"]\nstyle=\"redact\"");
+        assert_eq!(mask(&m, "addr", 869, false, b"10.0.0.1/32"), Masked::Null);
+        assert_eq!(
+            mask(&m, "host", 25, false, b"10.0.0.1"),
+            Masked::Text("[redacted]".into())
+        );
+    }
+
+    #[test]
+    fn api_result_sets_are_masked_with_the_same_rules() {
+        let m = masker(RULES);
+        let mut set = ResultSet {
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    type_oid: 23,
+                },
+                Column {
+                    name: "email".into(),
+                    type_oid: 25,
+                },
+                Column {
+                    name: "note".into(),
+                    type_oid: 25,
+                },
+            ],
+            rows: vec![
+                vec![
+                    Some("1".into()),
+                    Some("a@example.com".into()),
+                    Some("ssn 123-45-6789".into()),
+                ],
+                vec![Some("2".into()), None, Some("nothing here".into())],
+            ],
+            command_tag: Some("SELECT 2".into()),
+        };
+        assert_eq!(m.mask_result_set(&mut set), 2);
+        assert_eq!(set.rows[0][0].as_deref(), Some("1"));
+        assert!(set.rows[0][1].as_deref().unwrap().starts_with("hash:"));
+        assert_eq!(set.rows[0][2].as_deref(), Some("ssn *******6789"));
+        assert_eq!(set.rows[1][1], None);
+        assert_eq!(set.rows[1][2].as_deref(), Some("nothing here"));
+    }
+}

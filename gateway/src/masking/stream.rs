@@ -1,0 +1,391 @@
+//! One wire session's masking state, fed by the relay: it follows which RowDescription applies to which
+//! DataRows and rewrites them; it refuses (withholds) results it cannot mask.
+//!
+//! Extended-protocol clients often Execute without a Describe (the description came at prepare time, and
+//! the Bind chose the formats), so on masked connections every Execute is preceded by a gateway-injected
+//! `Describe portal`; its RowDescription or NoData is consumed here and never reaches the client.
+
+use super::copy::{plan_copy, CopyPlan};
+use super::datarow::{mask_data_row, plan_row_description, RowScratch};
+use super::{Masker, ResultPlan};
+use bytes::{BufMut, BytesMut};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// SQLSTATE of a withheld result: masking could not be applied to it.
+pub const WITHHELD: &str = "0A000";
+
+/// Backend tags the masker must see; every other frame passes without it.
+pub fn wants(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'T' | b'n' | b'D' | b'H' | b'd' | b'c' | b'C' | b's' | b'E' | b'Z'
+    )
+}
+
+/// What happens to a backend frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameAction {
+    /// Forward it as it is.
+    Pass,
+    /// Drop it (injected Describe answers, rows of a withheld result).
+    Drop,
+    /// Send [`WireMasker::out`] instead.
+    Replace,
+    /// Send [`WireMasker::out`] (an ErrorResponse) instead; the statement failed with this message.
+    Refuse(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    ClientStatement,
+    ClientPortal,
+    Injected,
+    Sync,
+}
+
+/// Masking state of one wire session.
+#[derive(Debug)]
+pub struct WireMasker {
+    masker: Arc<Masker>,
+    expect: VecDeque<Expect>,
+    plan: Option<ResultPlan>,
+    copy: Option<CopyPlan>,
+    withhold: Option<String>,
+    masked: u64,
+    scratch: RowScratch,
+    /// Replacement bytes for [`FrameAction::Replace`] / [`FrameAction::Refuse`]; the caller clears it.
+    pub out: BytesMut,
+}
+
+impl WireMasker {
+    /// A session on a connection with these rules.
+    pub fn new(masker: Arc<Masker>) -> Self {
+        Self {
+            masker,
+            expect: VecDeque::new(),
+            plan: None,
+            copy: None,
+            withhold: None,
+            masked: 0,
+            scratch: RowScratch::default(),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Fields masked since the last call (per statement, for the session record).
+    pub fn take_masked(&mut self) -> u64 {
+        std::mem::take(&mut self.masked)
+    }
+
+    /// Copies complete client frames bound upstream into `out`, noting Describes and Syncs and putting a
+    /// `Describe portal` before each Execute.
+    pub fn forward_client(&mut self, bytes: &[u8], out: &mut BytesMut) {
+        let mut at = 0;
+        while let Some((tag, total)) = crate::pg::codec::frame_header(&bytes[at..]) {
+            let Some(frame) = bytes.get(at..at.saturating_add(total)) else {
+                break;
+            };
+            match tag {
+                b'D' => self.expect.push_back(if frame.get(5) == Some(&b'P') {
+                    Expect::ClientPortal
+                } else {
+                    Expect::ClientStatement
+                }),
+                b'E' => {
+                    let mut pos = 5;
+                    let portal = crate::pg::codec::read_cstr(frame, &mut pos).unwrap_or_default();
+                    out.put_u8(b'D');
+                    out.put_i32(4 + 1 + portal.len() as i32 + 1);
+                    out.put_u8(b'P');
+                    out.put_slice(portal);
+                    out.put_u8(0);
+                    self.expect.push_back(Expect::Injected);
+                }
+                b'S' | b'Q' => self.expect.push_back(Expect::Sync),
+                _ => {}
+            }
+            out.put_slice(frame);
+            at += total;
+        }
+        out.put_slice(&bytes[at..]);
+    }
+
+    fn withhold(&mut self, why: impl ToString) -> FrameAction {
+        if self.withhold.is_none() {
+            self.withhold = Some(why.to_string());
+        }
+        FrameAction::Drop
+    }
+
+    fn refuse(&mut self, also_ready: Option<&[u8]>) -> FrameAction {
+        let why = self.withhold.take().unwrap_or_default();
+        let message =
+            format!("the gateway withheld this result because it could not mask it: {why}");
+        self.out.clear();
+        put_error(&mut self.out, &message);
+        if let Some(z) = also_ready {
+            self.out.put_slice(z);
+        }
+        FrameAction::Refuse(message)
+    }
+
+    /// Decides a complete backend frame with a tag [`wants`] returns true for. `sql` is the statement in
+    /// flight (for COPY).
+    pub fn on_backend(&mut self, tag: u8, frame: &[u8], sql: Option<&str>) -> FrameAction {
+        let body = &frame[5..];
+        match tag {
+            b'T' | b'n' => {
+                let source = match self.expect.front() {
+                    Some(
+                        e @ (Expect::Injected | Expect::ClientPortal | Expect::ClientStatement),
+                    ) => {
+                        let e = *e;
+                        self.expect.pop_front();
+                        Some(e)
+                    }
+                    _ => None,
+                };
+                if source != Some(Expect::ClientStatement) {
+                    // A statement Describe has no formats yet; everything else describes the rows to come.
+                    self.plan = None;
+                    if tag == b'T' {
+                        match plan_row_description(&self.masker, body) {
+                            Ok(p) => self.plan = Some(p),
+                            Err(e) => {
+                                self.withhold(e);
+                            }
+                        }
+                    }
+                }
+                if source == Some(Expect::Injected) {
+                    FrameAction::Drop
+                } else {
+                    FrameAction::Pass
+                }
+            }
+            b'D' => {
+                if self.withhold.is_some() {
+                    return FrameAction::Drop;
+                }
+                let Some(plan) = &self.plan else {
+                    return self.withhold(super::datarow::RowError::Undescribed);
+                };
+                if !plan.active() {
+                    return FrameAction::Pass;
+                }
+                self.out.clear();
+                match mask_data_row(&self.masker, plan, frame, &mut self.out, &mut self.scratch) {
+                    Ok(0) => FrameAction::Pass,
+                    Ok(n) => {
+                        self.masked += n;
+                        FrameAction::Replace
+                    }
+                    Err(e) => self.withhold(e),
+                }
+            }
+            b'H' => {
+                let plan = plan_copy(sql.unwrap_or_default()).and_then(|mut p| {
+                    p.start(&self.masker, body)?;
+                    Ok(p)
+                });
+                match plan {
+                    Ok(p) => {
+                        self.copy = Some(p);
+                        FrameAction::Pass
+                    }
+                    Err(e) => self.withhold(e),
+                }
+            }
+            b'd' => {
+                if self.withhold.is_some() {
+                    return FrameAction::Drop;
+                }
+                let Some(copy) = &mut self.copy else {
+                    return self.withhold("CopyData arrived without a CopyOutResponse");
+                };
+                match copy.mask_row(&self.masker, body) {
+                    Ok((_, None)) => FrameAction::Pass,
+                    Ok((n, Some(row))) => {
+                        self.masked += n;
+                        self.out.clear();
+                        self.out.put_u8(b'd');
+                        self.out.put_i32(4 + row.len() as i32);
+                        self.out.put_slice(&row);
+                        FrameAction::Replace
+                    }
+                    Err(e) => self.withhold(e),
+                }
+            }
+            b'c' => {
+                if self.withhold.is_some() {
+                    FrameAction::Drop
+                } else {
+                    FrameAction::Pass
+                }
+            }
+            b'C' | b's' => {
+                self.copy = None;
+                if self.withhold.is_some() {
+                    self.refuse(None)
+                } else {
+                    FrameAction::Pass
+                }
+            }
+            b'E' => {
+                // The upstream skips to Sync after an error: the Describes it won't answer are void.
+                while matches!(self.expect.front(), Some(e) if *e != Expect::Sync) {
+                    self.expect.pop_front();
+                }
+                self.copy = None;
+                self.withhold = None;
+                FrameAction::Pass
+            }
+            b'Z' => {
+                while let Some(e) = self.expect.pop_front() {
+                    if e == Expect::Sync {
+                        break;
+                    }
+                }
+                self.plan = None;
+                self.copy = None;
+                if self.withhold.is_some() {
+                    self.refuse(Some(frame))
+                } else {
+                    FrameAction::Pass
+                }
+            }
+            _ => FrameAction::Pass,
+        }
+    }
+}
+
+fn put_error(out: &mut BytesMut, message: &str) {
+    let start = out.len();
+    out.put_u8(b'E');
+    out.put_i32(0);
+    for (field, value) in [
+        (b'S', "ERROR"),
+        (b'V', "ERROR"),
+        (b'C', WITHHELD),
+        (b'M', message),
+    ] {
+        out.put_u8(field);
+        out.put_slice(value.replace('\0', "").as_bytes());
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    crate::pg::codec::patch_len(out, start);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::datarow::tests::{data_row, masker, row_description, values_of};
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn execute_gets_an_injected_describe_whose_answer_is_hidden_and_used() {
+        let mut w = WireMasker::new(Arc::new(masker()));
+        let mut out = BytesMut::new();
+        let mut client = frame(b'B', b"\0s1\0\0\0\0\0\0\0");
+        client.extend(frame(b'E', b"\0\0\0\0\0"));
+        client.extend(frame(b'S', b""));
+        w.forward_client(&client, &mut out);
+        let b_len = frame(b'B', b"\0s1\0\0\0\0\0\0\0").len();
+        assert_eq!(&out[b_len..b_len + 7], &[b'D', 0, 0, 0, 6, b'P', 0]);
+        assert_eq!(out.len(), client.len() + 7);
+
+        let t = row_description(&[("ssn", 25, 1)]);
+        assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Drop);
+        let row = data_row(&[Some(b"123-45-6789")]);
+        assert_eq!(w.on_backend(b'D', &row, None), FrameAction::Replace);
+        assert_eq!(values_of(&w.out)[0].as_deref(), Some(&b"[redacted]"[..]));
+        assert_eq!(
+            w.on_backend(b'C', &frame(b'C', b"SELECT 1\0"), None),
+            FrameAction::Pass
+        );
+        assert_eq!(
+            w.on_backend(b'Z', &frame(b'Z', b"I"), None),
+            FrameAction::Pass
+        );
+        assert_eq!(w.take_masked(), 1);
+        assert!(w.expect.is_empty());
+    }
+
+    #[test]
+    fn client_describe_answers_pass_and_errors_void_pending_describes() {
+        let mut w = WireMasker::new(Arc::new(masker()));
+        let mut out = BytesMut::new();
+        let mut client = frame(b'D', b"Ss1\0");
+        client.extend(frame(b'E', b"\0\0\0\0\0"));
+        client.extend(frame(b'S', b""));
+        client.extend(frame(b'Q', b"SELECT 1\0"));
+        w.forward_client(&client, &mut out);
+        let t = row_description(&[("ssn", 25, 0)]);
+        assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Pass);
+        assert_eq!(
+            w.on_backend(b'E', &frame(b'E', b"\0"), None),
+            FrameAction::Pass
+        );
+        assert_eq!(
+            w.on_backend(b'Z', &frame(b'Z', b"I"), None),
+            FrameAction::Pass
+        );
+        // The simple query's RowDescription is not mistaken for the voided injected Describe.
+        assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Pass);
+        assert_eq!(
+            w.on_backend(b'D', &data_row(&[Some(b"x")]), None),
+            FrameAction::Replace
+        );
+    }
+
+    #[test]
+    fn unparseable_row_withholds_the_rest_and_the_completion_becomes_an_error() {
+        let mut w = WireMasker::new(Arc::new(masker()));
+        w.forward_client(&frame(b'Q', b"SELECT\0"), &mut BytesMut::new());
+        let t = row_description(&[("a", 25, 0), ("b", 25, 0)]);
+        assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Pass);
+        assert_eq!(
+            w.on_backend(b'D', &data_row(&[Some(b"only one")]), None),
+            FrameAction::Drop
+        );
+        assert_eq!(
+            w.on_backend(b'D', &data_row(&[Some(b"x"), Some(b"y")]), None),
+            FrameAction::Drop
+        );
+        let FrameAction::Refuse(msg) = w.on_backend(b'C', &frame(b'C', b"SELECT 2\0"), None) else {
+            panic!("completion of a withheld result must be refused")
+        };
+        assert!(
+            msg.contains("1 columns but its RowDescription has 2"),
+            "{msg}"
+        );
+        assert_eq!(w.out[0], b'E');
+        assert_eq!(
+            w.on_backend(b'Z', &frame(b'Z', b"I"), None),
+            FrameAction::Pass
+        );
+    }
+
+    #[test]
+    fn datarow_without_description_is_withheld() {
+        let mut w = WireMasker::new(Arc::new(masker()));
+        assert_eq!(
+            w.on_backend(b'D', &data_row(&[Some(b"x")]), None),
+            FrameAction::Drop
+        );
+        let z = frame(b'Z', b"I");
+        assert!(matches!(
+            w.on_backend(b'Z', &z, None),
+            FrameAction::Refuse(_)
+        ));
+        assert!(w.out.ends_with(&z));
+    }
+}

@@ -1,0 +1,274 @@
+//! Masking through the wire gateway against the real PostgreSQL at 127.0.0.1:5432: the same data read
+//! directly and through the gateway, in text and binary formats, extended and simple protocol, and COPY.
+
+use countersign_gateway::masking::{Masker, MaskingConfig};
+use countersign_gateway::pg::testing::{GateEvent, StaticGate};
+use countersign_gateway::pg::{StatementRecord, UpstreamTarget, WireConfig, WireServer};
+use futures::StreamExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+const TOKEN: &str = "secret-token";
+
+const RULES: &str = r#"
+    [[rules]]
+    columns = ["*email*", "users.ssn"]
+    style = "hash"
+    [[rules]]
+    detect = ["card", "iban", "jwt", "api_key", "private_key"]
+    style = "keep_last"
+    keep = 4
+    [[rules]]
+    detect = ["phone", "ssn", "email"]
+    style = "partial"
+"#;
+
+async fn start(rules: Option<&str>) -> (Arc<StaticGate>, SocketAddr) {
+    let upstream = UpstreamTarget {
+        host: "127.0.0.1".into(),
+        port: 5432,
+        user: "postgres".into(),
+        password: None,
+        database: "test".into(),
+    };
+    let mut gate = StaticGate::new("app", upstream, TOKEN);
+    if let Some(rules) = rules {
+        let cfg: MaskingConfig = toml::from_str(rules).unwrap();
+        gate = gate.with_masking(Masker::new(&cfg, Some(b"test-key")).unwrap());
+    }
+    let gate = Arc::new(gate);
+    let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
+    config.allow_cleartext_without_tls = true;
+    let server = WireServer::bind(config, gate.clone()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    (gate, addr)
+}
+
+async fn connect_to(conn: String) -> Client {
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn through(addr: SocketAddr) -> Client {
+    connect_to(format!(
+        "host=127.0.0.1 port={} dbname=app user=agent password={TOKEN} sslmode=disable",
+        addr.port()
+    ))
+    .await
+}
+
+async fn direct() -> Client {
+    connect_to("host=127.0.0.1 port=5432 dbname=test user=postgres sslmode=disable".into()).await
+}
+
+/// A fresh table of people with sensitive and harmless values.
+async fn people(db: &Client) -> String {
+    let t = format!("mask_{}", uuid::Uuid::new_v4().simple());
+    db.batch_execute(&format!(
+        "CREATE TABLE {t} (id int8 primary key, email text, ssn varchar, note text, card_no int8, amount numeric, meta jsonb);
+         INSERT INTO {t} VALUES
+          (1, 'jane@example.com', '123-45-6789', 'card 4111 1111 1111 1111, call +1 415 555 0100', 4111111111111111, 4111111111111111, '{{\"iban\": \"DE89370400440532013000\"}}'),
+          (2, NULL, NULL, 'Grüße — order 4111111111111112 ✓ from 10.0.0.1', 4111111111111112, 12.5, '{{\"ok\": true}}'),
+          (3, 'ana@example.com', '078-05-1120', 'token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl', 42, NULL, NULL)"
+    ))
+    .await
+    .unwrap();
+    t
+}
+
+fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+async fn statement_records(gate: &StaticGate, n: usize) -> Vec<StatementRecord> {
+    for _ in 0..100 {
+        let records: Vec<StatementRecord> = gate
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                GateEvent::Statement(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        if records.len() >= n {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("statements were not recorded: {:#?}", gate.events());
+}
+
+#[tokio::test]
+async fn simple_query_results_are_masked_and_counted_per_statement() {
+    let db = direct().await;
+    let t = people(&db).await;
+    let (gate, addr) = start(Some(RULES)).await;
+    let client = through(addr).await;
+    let sql = format!("SELECT id, email, ssn, note, card_no, amount, meta FROM {t} ORDER BY id");
+    let clear = simple_rows(&db.simple_query(&sql).await.unwrap());
+    let masked = simple_rows(&client.simple_query(&sql).await.unwrap());
+    assert_eq!(masked.len(), 3);
+    // Row 1: column rule (hash) for email, column rule for ssn (table part ignored), detectors elsewhere.
+    assert_eq!(masked[0][0].as_deref(), Some("1"));
+    let hash = masked[0][1].clone().unwrap();
+    assert!(hash.starts_with("hash:") && hash.len() == 37, "{hash}");
+    assert!(masked[0][2].as_deref().unwrap().starts_with("hash:"));
+    assert_eq!(
+        masked[0][3].as_deref(),
+        Some("card ***************1111, call +* *** *** 0100")
+    );
+    assert_eq!(masked[0][4], None, "a card number in an int8 becomes NULL");
+    assert_eq!(masked[0][5], None, "and in a numeric");
+    assert_eq!(masked[0][6], None, "an IBAN inside jsonb nulls the value");
+    // Row 2: NULLs stay NULL, multi-byte text and a Luhn-failing number stay clear.
+    assert_eq!(masked[1], clear[1]);
+    // Row 3: the same e-mail hashes the same way on every read; the JWT keeps its last 4 characters.
+    assert!(
+        masked[2][3].as_deref().unwrap().ends_with("dXJl")
+            && !masked[2][3].as_deref().unwrap().contains("eyJ")
+    );
+    let again = simple_rows(&client.simple_query(&sql).await.unwrap());
+    assert_eq!(again, masked);
+    assert_ne!(masked[0][1], masked[2][1]);
+
+    let records = statement_records(&gate, 2).await;
+    assert_eq!(records[0].masked_fields, 9, "{records:#?}");
+    assert!(
+        records[0].sql.contains("SELECT id, email"),
+        "the statement is recorded unmasked"
+    );
+}
+
+#[tokio::test]
+async fn prepared_statements_with_binary_results_are_masked() {
+    let db = direct().await;
+    let t = people(&db).await;
+    let (_, addr) = start(Some(RULES)).await;
+    let client = through(addr).await;
+    // tokio-postgres prepares once (Describe), then Binds binary result formats and Executes without Describe.
+    let stmt = client
+        .prepare(&format!(
+            "SELECT id, email, note, card_no FROM {t} WHERE id = ANY($1) ORDER BY id"
+        ))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let rows = client.query(&stmt, &[&vec![1i64, 2, 3]]).await.unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].get::<_, i64>(0), 1);
+        assert!(rows[0].get::<_, String>(1).starts_with("hash:"));
+        assert_eq!(
+            rows[0].get::<_, String>(2),
+            "card ***************1111, call +* *** *** 0100"
+        );
+        assert_eq!(rows[0].get::<_, Option<i64>>(3), None);
+        assert_eq!(rows[1].get::<_, Option<String>>(1), None);
+        assert_eq!(rows[1].get::<_, Option<i64>>(3), Some(4111111111111111 + 1));
+        assert_eq!(rows[2].get::<_, Option<i64>>(3), Some(42));
+    }
+}
+
+#[tokio::test]
+async fn copy_to_stdout_is_masked_in_text_and_csv() {
+    let db = direct().await;
+    let t = people(&db).await;
+    let (_, addr) = start(Some(RULES)).await;
+    let client = through(addr).await;
+    let read = |sql: String| {
+        let client = &client;
+        async move {
+            let stream = client.copy_out(&sql).await?;
+            let chunks: Vec<_> = stream.collect().await;
+            let mut out = Vec::new();
+            for c in chunks {
+                out.extend_from_slice(&c?);
+            }
+            Ok::<String, tokio_postgres::Error>(String::from_utf8(out).unwrap())
+        }
+    };
+    let text = read(format!("COPY {t} (id, email, note) TO STDOUT"))
+        .await
+        .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0].starts_with("1\thash:"), "{text}");
+    assert!(
+        lines[0].ends_with("\tcard ***************1111, call +* *** *** 0100"),
+        "{text}"
+    );
+    assert_eq!(
+        lines[1],
+        "2\t\\N\tGrüße — order 4111111111111112 ✓ from 10.0.0.1"
+    );
+    let csv = read(format!(
+        "COPY (SELECT id, ssn, note FROM {t} ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)"
+    ))
+    .await
+    .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "id,ssn,note");
+    assert!(lines[1].starts_with("1,\"hash:"), "{csv}");
+    assert!(!csv.contains("4111 1111 1111 1111") && !csv.contains("123-45-6789"));
+}
+
+#[tokio::test]
+async fn results_that_cannot_be_masked_are_refused_and_the_session_stays_usable() {
+    let db = direct().await;
+    let t = people(&db).await;
+    let (gate, addr) = start(Some(RULES)).await;
+    let client = through(addr).await;
+    for sql in [
+        format!("COPY {t} TO STDOUT"),
+        format!("COPY {t} (id, email) TO STDOUT WITH (FORMAT binary)"),
+    ] {
+        let err = match client.copy_out(&sql).await {
+            Ok(stream) => stream
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .find_map(Result::err),
+            Err(e) => Some(e),
+        }
+        .unwrap_or_else(|| panic!("{sql} must be refused"));
+        let db_err = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+        assert_eq!(db_err.code().code(), "0A000");
+        assert!(
+            db_err.message().contains("withheld"),
+            "{}",
+            db_err.message()
+        );
+    }
+    let n: i32 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 42);
+    let records = statement_records(&gate, 4).await;
+    let refused = records
+        .iter()
+        .filter(|r| r.error.as_deref().is_some_and(|e| e.contains("withheld")))
+        .count();
+    assert_eq!(refused, 2, "{records:#?}");
+}
+
+#[tokio::test]
+async fn connection_without_rules_relays_results_untouched() {
+    let db = direct().await;
+    let t = people(&db).await;
+    let (_, addr) = start(None).await;
+    let client = through(addr).await;
+    let sql = format!("SELECT * FROM {t} ORDER BY id");
+    assert_eq!(
+        simple_rows(&client.simple_query(&sql).await.unwrap()),
+        simple_rows(&db.simple_query(&sql).await.unwrap())
+    );
+}
