@@ -138,6 +138,8 @@ pub struct QueryOutcome {
     pub error: Option<UpstreamSqlError>,
     /// Wall time in microseconds.
     pub duration_us: u64,
+    /// Fields masked in `results` (set by the engine).
+    pub masked_fields: u64,
 }
 
 /// Why a query could not be run at all.
@@ -328,6 +330,7 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                     results,
                     error,
                     duration_us: started.elapsed().as_micros() as u64,
+                    masked_fields: 0,
                 };
                 return Ok((outcome, status == b'I'));
             }

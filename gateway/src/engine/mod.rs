@@ -197,7 +197,7 @@ impl Engine {
         }
     }
 
-    /// Run SQL on a connection with the gateway's credential.
+    /// Run SQL on a connection with the gateway's credential; results come back masked per the connection's rules.
     pub async fn execute(
         &self,
         connection: &str,
@@ -214,9 +214,19 @@ impl Engine {
                 "SELECT" | "VALUES" | "TABLE" | "SHOW" | "EXPLAIN"
             )
         });
-        self.pool
+        let mut out = self
+            .pool
             .simple_query(connection, target, sql, stateless)
-            .await
+            .await?;
+        // Results are masked here, before any caller can see them: no front door can forget.
+        if let Some(m) = self.masker(connection) {
+            out.masked_fields = out
+                .results
+                .iter_mut()
+                .map(|set| m.mask_result_set(set))
+                .sum();
+        }
+        Ok(out)
     }
 
     /// Report the single execution of an approved request.

@@ -88,6 +88,7 @@ pub async fn query(
             command_tag: None,
             rows: None,
             error: None,
+            masked_fields: 0,
         };
     let (response, note) = match admission {
         Admission::Run => {
@@ -100,14 +101,7 @@ pub async fn query(
             let out = engine.execute(&name, &body.sql, &verdict).await;
             let note = Note::of(&out, "allow", None);
             (
-                respond_with_result(
-                    &engine.metrics,
-                    out,
-                    &verdict,
-                    None,
-                    started,
-                    engine.masker(&name),
-                ),
+                respond_with_result(&engine.metrics, out, &verdict, None, started),
                 note,
             )
         }
@@ -178,7 +172,7 @@ pub async fn query(
             command_tag: note.command_tag,
             rows: note.rows,
             error: note.error,
-            masked_fields: 0,
+            masked_fields: note.masked_fields,
             duration: received.elapsed(),
         })
         .await;
@@ -193,6 +187,7 @@ struct Note {
     command_tag: Option<String>,
     rows: Option<u64>,
     error: Option<String>,
+    masked_fields: u64,
 }
 
 impl Note {
@@ -213,6 +208,7 @@ impl Note {
             command_tag: summary.command_tag,
             rows: summary.rows,
             error: summary.error,
+            masked_fields: out.as_ref().map(|o| o.masked_fields).unwrap_or(0),
         }
     }
 }
@@ -231,14 +227,7 @@ async fn run_approved(
         .await;
     let note = Note::of(&out, "review", Some(id));
     (
-        respond_with_result(
-            &st.engine.metrics,
-            out,
-            verdict,
-            Some(id),
-            started,
-            st.engine.masker(name),
-        ),
+        respond_with_result(&st.engine.metrics, out, verdict, Some(id), started),
         note,
     )
 }
@@ -249,14 +238,13 @@ fn respond_with_result(
     verdict: &Verdict,
     request: Option<RequestId>,
     started: Instant,
-    masker: Option<&std::sync::Arc<crate::masking::Masker>>,
 ) -> Result<Response, ApiError> {
     let decision = if request.is_some() {
         "approved"
     } else {
         verdict.action.as_str()
     };
-    let mut out = match out {
+    let out = match out {
         Ok(o) => o,
         Err(ExecError::Connect(e)) => {
             metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Connection);
@@ -276,12 +264,6 @@ fn respond_with_result(
             );
         }
     };
-    // Results are masked before anything is built from them, the error path included.
-    if let Some(m) = masker {
-        for set in &mut out.results {
-            m.mask_result_set(set);
-        }
-    }
     if let Some(err) = &out.error {
         metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Statement);
         return Err(ApiError::new(

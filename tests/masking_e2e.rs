@@ -1,0 +1,89 @@
+//! Issue "Inline masking", through the real engine: the HTTP API and the wire proxy apply the connection's
+//! rules, records keep counts only, and a connection without rules is untouched.
+
+use countersign_tests::tokens::*;
+use countersign_tests::*;
+use serde_json::json;
+use std::time::Duration;
+
+fn masked_config() -> String {
+    std::env::set_var(
+        "CS_E2E_MASK_KEY",
+        "an-hmac-key-for-the-masking-tests-0123456789",
+    );
+    let cfg = base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n");
+    cfg.replace(
+        "[[approver_groups]]",
+        "[connections.masking]\nhash_key_env = \"CS_E2E_MASK_KEY\"\n\n[[connections.masking.rules]]\ncolumns = [\"*email*\"]\nstyle = \"hash\"\n\n[[connections.masking.rules]]\ncolumns = [\"ssn\"]\nstyle = \"keep_last\"\nkeep = 4\n\n[[connections.masking.rules]]\ndetect = [\"card\", \"jwt\"]\nstyle = \"redact\"\n\n[[approver_groups]]",
+    )
+}
+
+const SQL: &str = "SELECT 'alice@example.com' AS email, '123-45-6789' AS ssn, 'paid with 4111 1111 1111 1111' AS note, '4111 1111 1111 1112' AS not_a_card, NULL::text AS empty, 42 AS n";
+
+#[tokio::test]
+async fn api_results_are_masked_and_counted() {
+    for backend in BACKENDS {
+        let gw = spawn_gateway(&masked_config(), backend).await;
+        let r = gw.query(AGENT, SQL).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let row = &r.body["rows"][0];
+        let email = row[0].as_str().unwrap();
+        assert!(!email.contains("alice"), "email hashed: {email}");
+        assert_eq!(
+            gw.query(AGENT, SQL).await.body["rows"][0][0],
+            row[0],
+            "keyed hash is stable per value"
+        );
+        assert!(
+            row[1].as_str().unwrap().ends_with("6789")
+                && !row[1].as_str().unwrap().contains("123-45"),
+            "{row}"
+        );
+        assert!(
+            !row[2].as_str().unwrap().contains("4111 1111 1111 1111"),
+            "card redacted: {row}"
+        );
+        assert_eq!(
+            row[3], "4111 1111 1111 1112",
+            "a number failing Luhn stays clear"
+        );
+        assert_eq!(row[4], json!(null));
+        assert_eq!(row[5], "42");
+        // The session record keeps the statement and a count, never the values.
+        assert_eq!(gw.engine.end_idle_http_sessions(Duration::ZERO).await, 1);
+        let s = &gw.store.list_sessions(5).await.unwrap()[0];
+        let (_, statements) = gw.store.get_session(s.id).await.unwrap().unwrap();
+        assert_eq!(statements[0].masked_fields, 3, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn wire_results_are_masked_in_text_and_binary() {
+    let gw = spawn_gateway(&masked_config(), Backend::Sqlite).await;
+    let port = gw.wire.unwrap().port();
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=agent password={AGENT} dbname=local"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // Simple protocol (text).
+    let msgs = client.simple_query(SQL).await.unwrap();
+    let row = msgs
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    assert!(!row.get(0).unwrap().contains("alice"));
+    assert!(row.get(1).unwrap().ends_with("6789"));
+    assert_eq!(row.get(3), Some("4111 1111 1111 1112"));
+    // Extended protocol with binary results.
+    let row = client.query_one(SQL, &[]).await.unwrap();
+    let email: String = row.get(0);
+    assert!(!email.contains("alice"), "{email}");
+    let n: i32 = row.get(5);
+    assert_eq!(n, 42);
+}
