@@ -14,6 +14,7 @@ use countersign_bot::{
     Decision, NewRequest, RequestId, RequesterChain, StatementHash, Submitted, Workflow,
 };
 use countersign_notifiers::slack::message_refs::{add_message, MessageRef};
+use countersign_notifiers::slack::render::{DenyOrigin, DENY_MODAL_CALLBACK, REASON_INPUT};
 use countersign_notifiers::slack::{
     Backoff, SlackApi, SlackConfig, SlackInbound, SocketModeClient,
 };
@@ -323,6 +324,47 @@ async fn socket_clicks_keep_the_http_rules_forged_message_is_acked_but_not_count
         actions.iter().any(|a| a == "slack.foreign_message_refused"),
         "{actions:?}"
     );
+}
+
+#[tokio::test]
+async fn deny_modal_submitted_over_socket_records_a_deny_with_its_reason() {
+    let mut h = harness(APP_TOKEN).await;
+    let id = h.request("TRUNCATE payments").await;
+    let mut ws = h.next_socket().await;
+    hello(&mut ws).await;
+    let origin = DenyOrigin {
+        request: id,
+        channel: CHANNEL.into(),
+        ts: TS.into(),
+    };
+    send(
+        &mut ws,
+        json!({
+            "envelope_id": "env-deny",
+            "type": "interactive",
+            "accepts_response_payload": true,
+            "payload": {
+                "type": "view_submission",
+                "user": { "id": "UCAROL" },
+                "view": {
+                    "callback_id": DENY_MODAL_CALLBACK,
+                    "private_metadata": serde_json::to_string(&origin).unwrap(),
+                    "state": { "values": { REASON_INPUT: { REASON_INPUT: {
+                        "type": "plain_text_input", "value": "no ticket for this" } } } }
+                }
+            }
+        }),
+    )
+    .await;
+    // An ack without a payload closes the modal.
+    assert_eq!(
+        next_text(&mut ws, Duration::from_secs(3)).await,
+        json!({ "envelope_id": "env-deny" })
+    );
+    let votes = h.votes(id, 1).await;
+    assert_eq!(votes[0].voter.0, "email:carol@example.com");
+    assert_eq!(votes[0].decision, Decision::Deny);
+    assert_eq!(votes[0].reason.as_deref(), Some("no ticket for this"));
 }
 
 #[tokio::test]
