@@ -50,6 +50,8 @@ pub struct Channels {
     pub routers: Vec<axum::Router>,
     /// Reminder and escalation scheduler, when configured.
     pub reminders: Option<Arc<reminders::ReminderScheduler>>,
+    /// The Slack Socket Mode connection task, when `slack.app_token_env` is set; abort it on shutdown.
+    pub slack_socket: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Build every configured channel against the engine's store and workflow.
@@ -60,6 +62,7 @@ pub fn build(engine: &Engine) -> Result<Channels, ChannelError> {
     let base = engine.base_url.clone();
     let mut notifiers: Vec<Arc<dyn Notifier>> = vec![Arc::new(LogNotifier)];
     let mut routers = Vec::new();
+    let mut slack_socket = None;
     if let Some(sc) = &cfg.slack {
         let secrets = sc.secrets_from_env().map_err(|e| err("slack", e))?;
         let api =
@@ -73,11 +76,22 @@ pub fn build(engine: &Engine) -> Result<Channels, ChannelError> {
         )));
         let inbound = slack::SlackInbound::new(
             sc,
-            api,
+            api.clone(),
             &secrets.signing_secret,
             engine.workflow.clone(),
             &base,
         );
+        if let Some(app_token) = &secrets.app_token {
+            // Socket Mode receives the same interactions without a public URL; the HTTP routes stay too.
+            let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                err(
+                    "slack",
+                    "Socket Mode needs a running Tokio runtime: build the channels from inside it",
+                )
+            })?;
+            let client = slack::SocketModeClient::new(inbound.clone(), api, app_token);
+            slack_socket = Some(runtime.spawn(client.run()));
+        }
         routers.push(slack::router(inbound));
     }
     if let Some(ec) = &cfg.email {
@@ -132,5 +146,88 @@ pub fn build(engine: &Engine) -> Result<Channels, ChannelError> {
         notifiers,
         routers,
         reminders,
+        slack_socket,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::sync::Mutex;
+
+    /// A loopback Web API that records the `Authorization` header of each `apps.connections.open`.
+    async fn fake_slack() -> (String, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().route(
+            "/api/apps.connections.open",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let record = record.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    record.lock().unwrap().push(auth);
+                    axum::Json(serde_json::json!({ "ok": false, "error": "invalid_auth" }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/api", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, seen)
+    }
+
+    /// The channels of the quickstart config plus a `[slack]` section; the temp dir holds the store.
+    async fn channels_with_slack(
+        base: &str,
+        app_token_line: &str,
+    ) -> (Channels, countersign_bot::testing::TempDir) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let toml = format!(
+            "{}\n[slack]\nbot_token_env = \"CS_CHANNELS_TEST_BOT\"\nsigning_secret_env = \"CS_CHANNELS_TEST_SECRET\"\n{app_token_line}\napi_base_url = \"{base}\"\nroutes = {{ default_channel = \"C1\" }}\n",
+            crate::cli::QUICKSTART_TOML
+        );
+        for (k, v) in [
+            ("CS_CHANNELS_TEST_BOT", "xoxb-1"),
+            ("CS_CHANNELS_TEST_SECRET", "s3cret"),
+            ("CS_CHANNELS_TEST_APP", "xapp-1-channels-test"),
+        ] {
+            std::env::set_var(k, v);
+        }
+        let cfg = Config::from_toml(&toml, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        let (store, dir) = countersign_bot::testing::fresh_sqlite().await;
+        let sinks = sinks(&cfg);
+        let engine = Engine::build_with_store(cfg, store, sinks).await.unwrap();
+        (build(&engine).unwrap_or_else(|e| panic!("{e}")), dir)
+    }
+
+    #[tokio::test]
+    async fn app_token_starts_socket_mode_with_that_token() {
+        let (base, seen) = fake_slack().await;
+        let (channels, _dir) =
+            channels_with_slack(&base, "app_token_env = \"CS_CHANNELS_TEST_APP\"").await;
+        let task = channels.slack_socket.expect("Socket Mode task");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while seen.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Socket Mode never called apps.connections.open"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        task.abort();
+        assert_eq!(seen.lock().unwrap()[0], "Bearer xapp-1-channels-test");
+    }
+
+    #[tokio::test]
+    async fn without_app_token_no_socket_mode_task_runs() {
+        let (base, seen) = fake_slack().await;
+        let (channels, _dir) = channels_with_slack(&base, "").await;
+        assert!(channels.slack_socket.is_none());
+        assert!(seen.lock().unwrap().is_empty());
+    }
 }

@@ -66,6 +66,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let notifiers = channels.notifiers;
     let inbound = channels.routers;
     let reminder_task = channels.reminders.map(|r| r.spawn());
+    let slack_socket_task = channels.slack_socket;
 
     let worker = Arc::new(OutboxWorker::new(
         engine.store().clone(),
@@ -158,6 +159,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         t.abort();
     }
     if let Some(t) = reminder_task {
+        t.abort();
+    }
+    if let Some(t) = slack_socket_task {
         t.abort();
     }
     tracing::info!("stopped");

@@ -175,6 +175,19 @@ impl SlackApi {
         Ok(())
     }
 
+    /// A fresh Socket Mode WebSocket URL (`apps.connections.open`), authorised by the app-level token.
+    pub async fn open_socket_url(&self, app_token: &str) -> Result<String, SlackApiError> {
+        let token = SlackApiToken::new(SlackApiTokenValue(app_token.to_string()));
+        let r = call(
+            "apps.connections.open",
+            self.client
+                .open_session(&token)
+                .apps_connections_open(&SlackApiAppsConnectionOpenRequest::new())
+                .await,
+        )?;
+        Ok(r.url.0.to_string())
+    }
+
     /// The e-mail on a user's Slack profile, if any.
     pub async fn user_email(&self, user: &str) -> Result<Option<String>, SlackApiError> {
         let req = SlackApiUsersInfoRequest::new(user.into());

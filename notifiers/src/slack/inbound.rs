@@ -2,7 +2,8 @@
 //!
 //! Every call is verified against the signing secret on its raw body before anything is parsed. Clicks are
 //! acknowledged at once (Slack allows 3 s) and the vote runs in a spawned task; each click becomes exactly
-//! one `Workflow::vote`, which enforces every separation-of-duties rule itself.
+//! one `Workflow::vote`, which enforces every separation-of-duties rule itself. Socket Mode
+//! (`socket_mode`) feeds the same [`SlackInbound::handle_interaction`] / [`SlackInbound::handle_command`].
 
 use super::api::SlackApi;
 use super::config::SlackConfig;
@@ -305,8 +306,8 @@ async fn interactions(State(s): State<SlackInbound>, headers: HeaderMap, body: B
         .and_then(|f| {
             serde_json::from_str::<InteractionPayload>(&f.payload).map_err(|e| e.to_string())
         });
-    let payload = match payload {
-        Ok(p) => p,
+    match payload {
+        Ok(p) => s.handle_interaction(p),
         Err(e) => {
             return (
                 StatusCode::BAD_REQUEST,
@@ -314,35 +315,17 @@ async fn interactions(State(s): State<SlackInbound>, headers: HeaderMap, body: B
             )
                 .into_response()
         }
-    };
-    let inner = Arc::clone(&s.inner);
-    match payload.kind.as_str() {
-        "block_actions" => {
-            tokio::spawn(async move { inner.block_actions(payload).await });
-        }
-        "view_submission" => {
-            let is_deny = payload.view.as_ref().and_then(|v| v.callback_id.as_deref())
-                == Some(DENY_MODAL_CALLBACK);
-            if let (true, Some(user), Some(view)) = (is_deny, payload.user.clone(), payload.view) {
-                tokio::spawn(async move { inner.deny_submitted(&user.id, view).await });
-            }
-        }
-        other => tracing::debug!(
-            kind = other,
-            "ignoring a Slack interaction type Countersign does not use"
-        ),
     }
     // An empty 200 acknowledges the click and closes a submitted modal.
     StatusCode::OK.into_response()
 }
 
-fn ephemeral_json(text: String) -> Response {
-    Json(serde_json::json!({ "response_type": "ephemeral", "text": text })).into_response()
+fn ephemeral_json(text: String) -> serde_json::Value {
+    serde_json::json!({ "response_type": "ephemeral", "text": text })
 }
 
 async fn commands(State(s): State<SlackInbound>, headers: HeaderMap, body: Bytes) -> Response {
-    let inner = &s.inner;
-    if let Err(refused) = inner.authenticate(&headers, &body).await {
+    if let Err(refused) = s.inner.authenticate(&headers, &body).await {
         return refused;
     }
     let Ok(cmd) = serde_urlencoded::from_bytes::<SlashCommand>(&body) else {
@@ -352,37 +335,69 @@ async fn commands(State(s): State<SlackInbound>, headers: HeaderMap, body: Bytes
         )
             .into_response();
     };
-    let who = match inner.identities.resolve(&cmd.user_id).await {
-        Ok(Some(who)) => who,
-        Ok(None) => {
-            inner
-                .audit(
-                    AuditEntry::new(
-                        format!("slack:{}", cmd.user_id),
-                        "slack.unmapped_user_refused",
-                        CHANNEL,
+    Json(s.handle_command(cmd).await).into_response()
+}
+
+impl SlackInbound {
+    /// Act on an authenticated interaction (signature-verified over HTTP, or received on the Socket Mode
+    /// connection). Returns at once: the vote runs in a spawned task so the caller can acknowledge in time.
+    pub fn handle_interaction(&self, payload: InteractionPayload) {
+        let inner = Arc::clone(&self.inner);
+        match payload.kind.as_str() {
+            "block_actions" => {
+                tokio::spawn(async move { inner.block_actions(payload).await });
+            }
+            "view_submission" => {
+                let is_deny = payload.view.as_ref().and_then(|v| v.callback_id.as_deref())
+                    == Some(DENY_MODAL_CALLBACK);
+                if let (true, Some(user), Some(view)) =
+                    (is_deny, payload.user.clone(), payload.view)
+                {
+                    tokio::spawn(async move { inner.deny_submitted(&user.id, view).await });
+                }
+            }
+            other => tracing::debug!(
+                kind = other,
+                "ignoring a Slack interaction type Countersign does not use"
+            ),
+        }
+    }
+
+    /// Answer an authenticated `/countersign` command; the result is the ephemeral response body.
+    pub async fn handle_command(&self, cmd: SlashCommand) -> serde_json::Value {
+        let inner = &self.inner;
+        let who = match inner.identities.resolve(&cmd.user_id).await {
+            Ok(Some(who)) => who,
+            Ok(None) => {
+                inner
+                    .audit(
+                        AuditEntry::new(
+                            format!("slack:{}", cmd.user_id),
+                            "slack.unmapped_user_refused",
+                            CHANNEL,
+                        )
+                        .decision("refused"),
                     )
-                    .decision("refused"),
-                )
-                .await;
-            return ephemeral_json("Countersign cannot tell who you are: your Slack profile has no e-mail it can use. Ask an administrator to add you to slack.user_map.".into());
+                    .await;
+                return ephemeral_json("Countersign cannot tell who you are: your Slack profile has no e-mail it can use. Ask an administrator to add you to slack.user_map.".into());
+            }
+            Err(e) => {
+                return ephemeral_json(format!(
+                    "Countersign could not look your Slack account up ({}); try again in a moment.",
+                    escape_text(&e.to_string())
+                ))
+            }
+        };
+        let mut words = cmd.text.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("pending"), None) => pending(inner, &who).await,
+            (Some("show"), Some(id)) => show(inner, &who, id).await,
+            _ => ephemeral_json(format!(
+                "Usage: {} pending | {} show REQUEST_ID",
+                escape_text(&cmd.command),
+                escape_text(&cmd.command)
+            )),
         }
-        Err(e) => {
-            return ephemeral_json(format!(
-                "Countersign could not look your Slack account up ({}); try again in a moment.",
-                escape_text(&e.to_string())
-            ))
-        }
-    };
-    let mut words = cmd.text.split_whitespace();
-    match (words.next(), words.next()) {
-        (Some("pending"), None) => pending(inner, &who).await,
-        (Some("show"), Some(id)) => show(inner, &who, id).await,
-        _ => ephemeral_json(format!(
-            "Usage: {} pending | {} show REQUEST_ID",
-            escape_text(&cmd.command),
-            escape_text(&cmd.command)
-        )),
     }
 }
 
@@ -391,7 +406,7 @@ fn may_see(wf: &Workflow, who: &Identity, r: &countersign_bot::ApprovalRequest) 
     r.requester.contains(who) || wf.directory().is_member_of_any(&r.approver_groups, who)
 }
 
-async fn pending(inner: &Inner, who: &Identity) -> Response {
+async fn pending(inner: &Inner, who: &Identity) -> serde_json::Value {
     let list = match inner
         .store
         .list_requests(Some(RequestStatus::Pending), 200)
@@ -430,7 +445,7 @@ async fn pending(inner: &Inner, who: &Identity) -> Response {
     ))
 }
 
-async fn show(inner: &Inner, who: &Identity, id: &str) -> Response {
+async fn show(inner: &Inner, who: &Identity, id: &str) -> serde_json::Value {
     let Ok(id) = id.parse::<RequestId>() else {
         return ephemeral_json(
             "That is not a request id: use the id shown on the request message (a UUID).".into(),
@@ -452,7 +467,7 @@ async fn show(inner: &Inner, who: &Identity, id: &str) -> Response {
         Ok(content) => {
             let mut body = serde_json::to_value(&content).unwrap_or_default();
             body["response_type"] = "ephemeral".into();
-            Json(body).into_response()
+            body
         }
         Err(e) => ephemeral_json(escape_text(&e.to_string())),
     }

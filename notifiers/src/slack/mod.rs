@@ -3,7 +3,8 @@
 //!
 //! Outbound, [`SlackNotifier`] turns outbox events into Web API calls; inbound, [`router`] serves
 //! `/slack/interactions` and `/slack/commands`, turning each verified click into one workflow vote.
-//! Socket Mode is not implemented: Slack must be able to reach the HTTP endpoints.
+//! With an app-level token, [`SocketModeClient`] receives the same interactions over an outbound WebSocket
+//! instead, for set-ups Slack cannot reach.
 
 pub mod api;
 pub mod config;
@@ -15,8 +16,10 @@ pub mod notifier;
 pub mod payload;
 pub mod render;
 pub mod signature;
+pub mod socket_mode;
 
 pub use api::{SlackApi, SlackApiError};
 pub use config::{SlackConfig, SlackConfigError, SlackRoutes, SlackSecrets};
 pub use inbound::{router, SlackInbound};
 pub use notifier::SlackNotifier;
+pub use socket_mode::{Backoff, SocketModeClient, SocketModeError};
