@@ -849,23 +849,28 @@ macro_rules! sql_store {
             }
 
             async fn statements_recorded(&self, batch: &[StatementRecord]) -> Result<(), StoreError> {
+                // Multi-row inserts: at pgbench rates one round trip per row to the database (and, for
+                // SQLite, to its worker thread) would cost more than the proxying itself.
                 let mut tx = self.begin_write().await?;
-                for st in batch {
-                    sqlx::query("INSERT INTO statements (session_id, sql, statement_hash, decision, request_id, outcome, command_tag, rows, error, masked_fields, duration_us, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
-                        .bind(st.session_id.to_string())
-                        .bind(&st.sql)
-                        .bind(st.statement_hash.as_str())
-                        .bind(&st.decision)
-                        .bind(st.request_id.map(|r| r.to_string()))
-                        .bind(&st.outcome)
-                        .bind(&st.command_tag)
-                        .bind(st.rows.map(|r| r.min(i64::MAX as u64) as i64))
-                        .bind(&st.error)
-                        .bind(st.masked_fields.min(i64::MAX as u64) as i64)
-                        .bind(st.duration_us.min(i64::MAX as u64) as i64)
-                        .bind(time_to_ms(st.at))
-                        .execute(&mut *tx)
-                        .await?;
+                for chunk in batch.chunks(64) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO statements (session_id, sql, statement_hash, decision, request_id, outcome, command_tag, rows, error, masked_fields, duration_us, at_ms) ",
+                    );
+                    qb.push_values(chunk, |mut b, st| {
+                        b.push_bind(st.session_id.to_string())
+                            .push_bind(st.sql.clone())
+                            .push_bind(st.statement_hash.as_str().to_string())
+                            .push_bind(st.decision.clone())
+                            .push_bind(st.request_id.map(|r| r.to_string()))
+                            .push_bind(st.outcome.clone())
+                            .push_bind(st.command_tag.clone())
+                            .push_bind(st.rows.map(|r| r.min(i64::MAX as u64) as i64))
+                            .push_bind(st.error.clone())
+                            .push_bind(st.masked_fields.min(i64::MAX as u64) as i64)
+                            .push_bind(st.duration_us.min(i64::MAX as u64) as i64)
+                            .push_bind(time_to_ms(st.at));
+                    });
+                    qb.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())

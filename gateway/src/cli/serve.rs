@@ -48,6 +48,64 @@ async fn drain_holds(engine: &Engine, limit: Duration) {
     tokio::time::sleep(Duration::from_millis(250)).await;
 }
 
+/// Run the wire proxy on its own single-threaded runtime and OS thread. A round trip through the proxy is then
+/// one epoll wake-up on one thread (as in pgbouncer) instead of hops between work-stealing workers, which
+/// measured +100 µs per round trip on a 2-core machine. The engine, its store and the notifiers stay on the
+/// main runtime; hold paths cross over through channels and wakers, which tokio supports across runtimes.
+/// The returned task finishes when the wire runtime has stopped; it keeps sessions alive after the listener
+/// closes until `exit` fires, so held clients can be told their request stays pending.
+async fn spawn_wire(
+    wcfg: crate::pg::config::WireConfig,
+    engine: Arc<Engine>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    exit: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let addr = wcfg.listen;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("countersign-wire".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("cannot start the wire runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let gate: Arc<dyn crate::pg::gate::WireGate> = engine;
+                let server = match crate::pg::server::WireServer::bind(wcfg, gate).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::Error::new(e).context(format!(
+                            "binding the Postgres wire listener on {addr} (set [wire] listen to a free address)"
+                        ))));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = server.run(stopped).await {
+                    tracing::error!(error = %e, "wire listener failed");
+                }
+                // Sessions keep running (held clients get their answer) until the main runtime says exit.
+                let _ = tokio::time::timeout(Duration::from_secs(40), exit).await;
+            });
+            let _ = done_tx.send(());
+        })
+        .context("starting the wire proxy thread")?;
+    ready_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the wire proxy thread stopped during start-up"))??;
+    tracing::info!(addr = %addr, "Postgres wire listener ready (database name = connection name, password = token)");
+    Ok(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }))
+}
+
 /// `countersign serve`.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let sinks = crate::channels::sinks(&cfg);
@@ -106,24 +164,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %http_listen, store = engine.store().backend(), "HTTP API listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (wire_exit_tx, wire_exit_rx) = tokio::sync::oneshot::channel::<()>();
     let wire_task = match wire_cfg {
-        Some(wcfg) => {
-            let addr = wcfg.listen;
-            let gate: Arc<dyn crate::pg::gate::WireGate> = engine.clone();
-            let server = crate::pg::server::WireServer::bind(wcfg, gate)
-                .await
-                .with_context(|| format!("binding the Postgres wire listener on {addr} (set [wire] listen to a free address)"))?;
-            tracing::info!(addr = %addr, "Postgres wire listener ready (database name = connection name, password = token)");
-            let mut rx = stop_rx.clone();
-            Some(tokio::spawn(async move {
-                let stop = async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                };
-                if let Err(e) = server.run(stop).await {
-                    tracing::error!(error = %e, "wire listener failed");
-                }
-            }))
-        }
+        Some(wcfg) => Some(spawn_wire(wcfg, engine.clone(), stop_rx.clone(), wire_exit_rx).await?),
         None => None,
     };
 
@@ -143,10 +186,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     // store and run once when re-sent after approval, on any replica.
     let _ = stop_tx.send(true);
     engine.workflow.begin_shutdown();
+    drain_holds(&engine, Duration::from_secs(10)).await;
+    let _ = wire_exit_tx.send(());
     if let Some(w) = wire_task {
         let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
     }
-    drain_holds(&engine, Duration::from_secs(10)).await;
     // In-flight HTTP requests finish (axum's graceful shutdown waits for them).
     let _ = tokio::time::timeout(Duration::from_secs(30), http_task).await;
     sessions_task.abort();
