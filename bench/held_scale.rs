@@ -125,7 +125,9 @@ ttl = "1h"
         .arg(&cfg)
         .arg("serve")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(
+            std::env::temp_dir().join("held_scale_gateway.log"),
+        )?)
         .spawn()?;
     let pid = child.id();
     let base = format!("http://127.0.0.1:{http_port}");
@@ -168,6 +170,16 @@ ttl = "1h"
                     .send()
                     .await;
                 let ok = matches!(r, Ok(ref r) if r.status().as_u16() == 200);
+                if !ok {
+                    let why = match r {
+                        Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                        Err(e) => format!("{e:?}"),
+                    };
+                    eprintln!(
+                        "statement {i} not released: {}",
+                        why.chars().take(200).collect::<String>()
+                    );
+                }
                 (i, ok, Instant::now())
             }));
         }
@@ -220,8 +232,12 @@ ttl = "1h"
                 .json(&serde_json::json!({ "decision": "approve" }))
                 .send()
                 .await;
-            if matches!(r, Ok(ref r) if r.status().is_success()) {
-                decided.lock().await.insert(i, Instant::now());
+            match r {
+                Ok(r) if r.status().is_success() => {
+                    decided.lock().await.insert(i, Instant::now());
+                }
+                Ok(r) => eprintln!("vote on {id} failed: {}", r.status()),
+                Err(e) => eprintln!("vote on {id} failed: {e}"),
             }
         }));
     }
