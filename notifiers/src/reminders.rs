@@ -234,6 +234,7 @@ mod tests {
             ttl_secs: 86_400,
             origin: "http".into(),
             session_id: None,
+            reminders: Default::default(),
         };
         match wf.submit(new).await.expect("submit") {
             Submitted::Created(v) => v,
