@@ -344,6 +344,9 @@ fn rule(name: &str, action: &str) -> PolicyRule {
         approver_groups: Some(vec!["dba".into()]),
         quorum: None,
         ttl: None,
+        remind_after: None,
+        escalate_after: None,
+        escalate_to: None,
     }
 }
 
@@ -583,7 +586,8 @@ fn review_requirements_merge_across_statements() {
         Some(ReviewRequirement {
             approver_groups: vec!["dba".into(), "leads".into()],
             quorum: 3,
-            ttl_secs: 600
+            ttl_secs: 600,
+            reminders: Default::default(),
         })
     );
 }
