@@ -193,20 +193,19 @@ async fn jira_down_then_500_then_429_then_up_creates_each_issue_once_and_comment
         .expect("list")
         .is_empty());
 
-    let f = fake.lock().unwrap();
-    assert_eq!(
-        (f.fail_500, f.fail_429),
-        (0, 0),
-        "the 500 and 429 phases happened"
-    );
-    assert_eq!(f.issues.len(), 2, "one issue per request: {:?}", f.issues);
+    let (failures_left, issues) = {
+        let f = fake.lock().unwrap();
+        ((f.fail_500, f.fail_429), f.issues.clone())
+    };
+    assert_eq!(failures_left, (0, 0), "the 500 and 429 phases happened");
+    assert_eq!(issues.len(), 2, "one issue per request: {issues:?}");
     for (id, table) in [(a, "a"), (b, "b")] {
         let key = store
             .get_ref(id, "jira", "issue")
             .await
             .expect("ref")
             .expect("issue key recorded");
-        let (summary, comments) = f.issues.get(&key).expect("issue exists in Jira");
+        let (summary, comments) = issues.get(&key).expect("issue exists in Jira");
         assert!(
             summary.ends_with(&format!("DELETE FROM {table}")),
             "{summary}"
