@@ -21,7 +21,8 @@ mod workflow_tests;
 
 pub use directory::{ApproverDirectory, ApproverGroup};
 pub use request::{
-    ApprovalRequest, Decision, ExecutionSummary, NewRequest, RequestStatus, RequestView, Vote,
+    ApprovalRequest, Decision, ExecutionSummary, NewRequest, ReminderSettings, RequestStatus,
+    RequestView, Vote,
 };
 pub use store::Store;
 pub use workflow::{Refusal, Submitted, VoteResult, Workflow, WorkflowError, WorkflowObserver};

@@ -135,6 +135,33 @@ pub struct NewRequest {
     pub origin: String,
     /// Session the statement arrived on, when recorded.
     pub session_id: Option<crate::ids::SessionId>,
+    /// The rule's own reminder and escalation timings; unset fields use the global plan.
+    #[serde(default)]
+    pub reminders: ReminderSettings,
+}
+
+/// Reminder and escalation timings a policy rule sets for its requests; `None` means "use the global
+/// `[reminders]` plan".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReminderSettings {
+    /// Seconds after creation before reminding approvers, and between reminders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind_after_secs: Option<u64>,
+    /// Seconds after the first reminder before escalating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_after_secs: Option<u64>,
+    /// Groups or channels to escalate to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalate_to: Vec<String>,
+}
+
+impl ReminderSettings {
+    /// Nothing set: the global plan applies in full.
+    pub fn is_unset(&self) -> bool {
+        self.remind_after_secs.is_none()
+            && self.escalate_after_secs.is_none()
+            && self.escalate_to.is_empty()
+    }
 }
 
 /// A request as stored.
@@ -176,6 +203,9 @@ pub struct ApprovalRequest {
     /// Execution result, once run: command tag, rows, error, duration (never result data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<ExecutionSummary>,
+    /// The rule's own reminder and escalation timings, when it set any.
+    #[serde(default, skip_serializing_if = "ReminderSettings::is_unset")]
+    pub reminders: ReminderSettings,
 }
 
 /// What running an approved statement produced. Never contains result rows: approvers never see data.

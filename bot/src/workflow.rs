@@ -224,6 +224,7 @@ impl Workflow {
             expires_at: now + ttl,
             updated_at: now,
             execution: None,
+            reminders: new.reminders,
         };
         let view = self.store.create_request(&req, &self.sinks).await?;
         tracing::info!(request_id = %req.id, connection = %req.connection, "statement held for approval");

@@ -39,6 +39,7 @@ fn new_request(sql: &str, quorum: u32, ttl_secs: u64) -> NewRequest {
         ttl_secs,
         origin: "api".into(),
         session_id: None,
+        reminders: Default::default(),
     }
 }
 
@@ -531,5 +532,33 @@ async fn waiters_wake_on_resolution() {
             .await
             .unwrap();
         assert_eq!(v.request.status, RequestStatus::Pending);
+    }
+}
+
+#[tokio::test]
+async fn rule_reminder_settings_survive_the_store_and_default_to_unset() {
+    for (store, _dir) in stores().await {
+        let wf = workflow(Arc::clone(&store));
+        let mut new = new_request("DELETE FROM reminded", 2, 3600);
+        new.reminders = crate::request::ReminderSettings {
+            remind_after_secs: Some(60),
+            escalate_after_secs: Some(600),
+            escalate_to: vec!["dba-leads".into(), "#oncall".into()],
+        };
+        let expected = new.reminders.clone();
+        let Submitted::Created(view) = wf.submit(new).await.unwrap() else {
+            panic!("expected a new request");
+        };
+        let stored = store.get_request(view.request.id).await.unwrap().unwrap();
+        assert_eq!(stored.request.reminders, expected, "{}", store.backend());
+        let listed = store
+            .list_requests(Some(RequestStatus::Pending), 10)
+            .await
+            .unwrap();
+        assert!(listed.iter().any(|r| r.reminders == expected));
+
+        let plain = created(&wf, "DELETE FROM unreminded", 2).await;
+        let stored = store.get_request(plain).await.unwrap().unwrap();
+        assert!(stored.request.reminders.is_unset(), "{}", store.backend());
     }
 }

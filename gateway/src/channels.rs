@@ -7,6 +7,9 @@ use countersign_bot::events::Notifier;
 use countersign_notifiers::{email, jira, reminders, slack, webhooks, LogNotifier};
 use std::sync::Arc;
 
+/// Scan interval when only policy rules set reminder timings (no `[reminders]` section to configure it).
+const RULE_REMINDER_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A channel could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("[{section}]: {message}")]
@@ -140,6 +143,18 @@ pub fn build(engine: &Engine) -> Result<Channels, ChannelError> {
                 plan,
             )))
         }
+        // Rules may set their own reminder timings even without a global [reminders] section.
+        None if cfg
+            .policy
+            .rules
+            .iter()
+            .any(|r| r.remind_after.is_some() || r.escalate_after.is_some()) =>
+        {
+            Some(Arc::new(reminders::ReminderScheduler::rules_only(
+                engine.workflow.clone(),
+                RULE_REMINDER_SCAN_EVERY,
+            )))
+        }
         None => None,
     };
     Ok(Channels {
@@ -229,5 +244,83 @@ mod tests {
         let (channels, _dir) = channels_with_slack(&base, "").await;
         assert!(channels.slack_socket.is_none());
         assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rule_reminder_settings_reach_the_scheduler_without_a_reminders_section() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let toml = format!(
+            "{}\n[[policy.rules]]\nname = \"drops-remind\"\nkinds = [\"DROP TABLE\"]\naction = \"review\"\nremind_after = \"1s\"\nescalate_after = \"1s\"\nescalate_to = [\"dba-leads\"]\n",
+            crate::cli::QUICKSTART_TOML
+        );
+        let cfg = Config::from_toml(&toml, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        let (store, _dir) = countersign_bot::testing::fresh_sqlite().await;
+        let sinks = sinks(&cfg);
+        let engine = Engine::build_with_store(cfg, store.clone(), sinks)
+            .await
+            .unwrap();
+        let channels = build(&engine).unwrap_or_else(|e| panic!("{e}"));
+        let scheduler = channels
+            .reminders
+            .clone()
+            .expect("rules alone start a scheduler");
+
+        let requester = countersign_bot::RequesterChain(vec![
+            countersign_bot::testing::workload("deploy-agent"),
+            countersign_bot::testing::human("alice@example.com"),
+        ]);
+        let mut held = Vec::new();
+        for (sql, rule) in [
+            ("DROP TABLE reminded_orders", "drops-remind"),
+            ("DELETE FROM plain_orders", "default"),
+        ] {
+            let verdict = engine.classify("local", &requester, sql);
+            assert_eq!(verdict.rule, rule, "{sql}");
+            let hash = countersign_bot::StatementHash::of_text(sql);
+            let incoming = crate::engine::Incoming {
+                connection: "local",
+                requester: &requester,
+                sql,
+                hash: &hash,
+                origin: "api",
+                session: None,
+            };
+            match engine.admit(&incoming, &verdict).await.unwrap() {
+                crate::engine::Admission::Held(v) => held.push(v.request),
+                _ => panic!("{sql} should be held for review"),
+            }
+        }
+        let (ruled, plain) = (&held[0], &held[1]);
+        assert_eq!(ruled.reminders.remind_after_secs, Some(1));
+        assert!(plain.reminders.is_unset());
+
+        let later = ruled.created_at.max(plain.created_at) + time::Duration::seconds(3);
+        scheduler.scan(later).await.unwrap();
+        let items = store
+            .outbox_list(Some(countersign_bot::store::OutboxStatus::Pending), 100)
+            .await
+            .unwrap();
+        let reminders: Vec<_> = items
+            .iter()
+            .filter(|i| i.event_kind == "reminder")
+            .collect();
+        assert!(!reminders.is_empty(), "the rule's request is reminded");
+        assert!(
+            reminders
+                .iter()
+                .all(|i| i.idempotency_key.contains(&ruled.id.to_string())),
+            "only the rule's request is reminded"
+        );
+        let escalation = reminders
+            .iter()
+            .find(|i| i.idempotency_key.ends_with(":escalation"))
+            .expect("escalation enqueued");
+        let event: countersign_bot::events::WorkflowEvent =
+            serde_json::from_str(&escalation.payload).unwrap();
+        assert!(matches!(
+            event,
+            countersign_bot::events::WorkflowEvent::Reminder { escalated_to, .. }
+                if escalated_to == ["dba-leads"]
+        ));
     }
 }

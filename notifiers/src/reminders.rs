@@ -4,7 +4,7 @@
 
 use countersign_bot::events::WorkflowEvent;
 use countersign_bot::store::StoreError;
-use countersign_bot::{RequestStatus, Workflow};
+use countersign_bot::{ReminderSettings, RequestStatus, Workflow};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,16 +122,66 @@ impl RemindersConfig {
 }
 
 /// Enqueues reminders (`{id}:reminder:{n}`) and escalations (`{id}:escalation`) for pending requests; the
-/// keys make every notice at most once per sink, whichever replica scans.
+/// keys make every notice at most once per sink, whichever replica scans. A request's own settings (from
+/// its policy rule) take precedence over the global plan, field by field.
 pub struct ReminderScheduler {
     workflow: Arc<Workflow>,
-    plan: ReminderPlan,
+    global: Option<ReminderPlan>,
+    scan_every: Duration,
+}
+
+/// The timings that apply to one request.
+struct EffectivePlan {
+    remind_after: Option<Duration>,
+    max_reminders: u32,
+    escalation: Option<(Duration, Vec<String>)>,
 }
 
 impl ReminderScheduler {
-    /// A scheduler over the workflow's store and sinks.
+    /// A scheduler over the workflow's store and sinks, with `plan` for requests whose rule sets nothing.
     pub fn new(workflow: Arc<Workflow>, plan: ReminderPlan) -> Self {
-        Self { workflow, plan }
+        Self {
+            workflow,
+            scan_every: plan.scan_every,
+            global: Some(plan),
+        }
+    }
+
+    /// A scheduler for rule-level settings only (no `[reminders]` section): requests whose rule sets no
+    /// timings are never reminded.
+    pub fn rules_only(workflow: Arc<Workflow>, scan_every: Duration) -> Self {
+        Self {
+            workflow,
+            global: None,
+            scan_every,
+        }
+    }
+
+    fn plan_for(&self, settings: &ReminderSettings) -> EffectivePlan {
+        let global = self.global.as_ref();
+        let remind_after = settings
+            .remind_after_secs
+            .map(Duration::from_secs)
+            .or(global.map(|g| g.remind_after));
+        let escalation = match settings.escalate_after_secs {
+            Some(after) => {
+                let targets = if settings.escalate_to.is_empty() {
+                    global
+                        .and_then(|g| g.escalation.as_ref())
+                        .map(|(_, t)| t.clone())
+                        .unwrap_or_default()
+                } else {
+                    settings.escalate_to.clone()
+                };
+                Some((Duration::from_secs(after), targets))
+            }
+            None => global.and_then(|g| g.escalation.clone()),
+        };
+        EffectivePlan {
+            remind_after,
+            max_reminders: global.map_or(1, |g| g.max_reminders),
+            escalation: escalation.filter(|(_, targets)| !targets.is_empty()),
+        }
     }
 
     /// Scan once at `now`; returns how many notices were enqueued (re-enqueueing a sent key is a no-op
@@ -147,17 +197,21 @@ impl ReminderScheduler {
             if req.expires_at <= now {
                 continue; // expiry sends its own notice
             }
+            let plan = self.plan_for(&req.reminders);
             let age = (now - req.created_at).max(time::Duration::ZERO);
             let age = Duration::from_secs_f64(age.as_seconds_f64());
             let mut due: Vec<(String, Vec<String>)> = Vec::new();
-            let reminders = (age.as_secs() / self.plan.remind_after.as_secs().max(1))
-                .min(self.plan.max_reminders as u64);
-            if reminders > 0 {
-                due.push((format!("{}:reminder:{reminders}", req.id), vec![]));
+            if let Some(remind_after) = plan.remind_after {
+                let reminders =
+                    (age.as_secs() / remind_after.as_secs().max(1)).min(plan.max_reminders as u64);
+                if reminders > 0 {
+                    due.push((format!("{}:reminder:{reminders}", req.id), vec![]));
+                }
             }
-            if let Some((after, groups)) = &self.plan.escalation {
-                if age >= self.plan.remind_after + *after {
-                    due.push((format!("{}:escalation", req.id), groups.clone()));
+            if let Some((after, groups)) = plan.escalation {
+                // Escalation counts from the first reminder, or from creation when none applies.
+                if age >= plan.remind_after.unwrap_or(Duration::ZERO) + after {
+                    due.push((format!("{}:escalation", req.id), groups));
                 }
             }
             if due.is_empty() {
@@ -181,7 +235,7 @@ impl ReminderScheduler {
     /// Scan every `scan_every` until the returned task is aborted.
     pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(self.plan.scan_every);
+            let mut tick = tokio::time::interval(self.scan_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -221,7 +275,19 @@ mod tests {
     }
 
     async fn pending_request(wf: &Workflow) -> countersign_bot::RequestView {
-        let sql = "DELETE FROM orders WHERE id = 1";
+        pending_with(
+            wf,
+            "DELETE FROM orders WHERE id = 1",
+            ReminderSettings::default(),
+        )
+        .await
+    }
+
+    async fn pending_with(
+        wf: &Workflow,
+        sql: &str,
+        reminders: ReminderSettings,
+    ) -> countersign_bot::RequestView {
         let new = NewRequest {
             connection: "prod".into(),
             statement: sql.into(),
@@ -234,6 +300,7 @@ mod tests {
             ttl_secs: 86_400,
             origin: "http".into(),
             session_id: None,
+            reminders,
         };
         match wf.submit(new).await.expect("submit") {
             Submitted::Created(v) => v,
@@ -312,5 +379,132 @@ mod tests {
             matches!(event, WorkflowEvent::Reminder { escalated_to, .. } if escalated_to == ["dba-leads"])
         );
         assert_eq!(kinds(items).len(), 2);
+    }
+
+    fn workflow_over(store: Arc<dyn countersign_bot::Store>) -> Arc<Workflow> {
+        Arc::new(Workflow::new(
+            store,
+            ApproverDirectory::default(),
+            vec!["log".into()],
+        ))
+    }
+
+    async fn reminder_events(
+        store: &Arc<dyn countersign_bot::Store>,
+    ) -> Vec<(String, WorkflowEvent)> {
+        let items = store
+            .outbox_list(Some(OutboxStatus::Pending), 100)
+            .await
+            .expect("list");
+        items
+            .into_iter()
+            .filter(|i| i.event_kind == "reminder")
+            .map(|i| {
+                let event = serde_json::from_str(&i.payload).expect("event");
+                (i.idempotency_key, event)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rule_remind_after_reminds_only_its_own_request() {
+        let (store, _dir) = fresh_sqlite().await;
+        let wf = workflow_over(Arc::clone(&store));
+        let quick = pending_with(
+            &wf,
+            "DELETE FROM quick WHERE id = 1",
+            ReminderSettings {
+                remind_after_secs: Some(1),
+                ..Default::default()
+            },
+        )
+        .await;
+        let plain = pending_request(&wf).await;
+        let sched = ReminderScheduler::rules_only(Arc::clone(&wf), Duration::from_secs(1));
+        let t0 = quick.request.created_at.max(plain.request.created_at);
+
+        sched
+            .scan(t0 + time::Duration::seconds(2))
+            .await
+            .expect("scan");
+        let events = reminder_events(&store).await;
+        assert_eq!(
+            events.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            [format!("log:{}:reminder:1", quick.request.id)]
+        );
+        assert!(matches!(
+            &events[0].1,
+            WorkflowEvent::Reminder { request, escalated_to }
+                if request.request.id == quick.request.id && escalated_to.is_empty()
+        ));
+    }
+
+    #[tokio::test]
+    async fn rule_settings_override_the_global_plan_and_others_keep_it() {
+        let (store, _dir) = fresh_sqlite().await;
+        let wf = workflow_over(Arc::clone(&store));
+        let ruled = pending_with(
+            &wf,
+            "DELETE FROM ruled WHERE id = 1",
+            ReminderSettings {
+                remind_after_secs: Some(1),
+                escalate_after_secs: Some(60),
+                escalate_to: vec!["#db-oncall".into()],
+            },
+        )
+        .await;
+        let plain = pending_request(&wf).await;
+        let plan = RemindersConfig {
+            remind_after: "10m".into(),
+            max_reminders: 1,
+            escalate_after: Some("1h".into()),
+            escalate_to: vec!["dba-leads".into()],
+            scan_every: "30s".into(),
+        }
+        .validate()
+        .expect("valid");
+        let sched = ReminderScheduler::new(Arc::clone(&wf), plan);
+        let t0 = ruled.request.created_at.max(plain.request.created_at);
+
+        sched
+            .scan(t0 + time::Duration::seconds(62))
+            .await
+            .expect("scan");
+        let events = reminder_events(&store).await;
+        let mut keys: Vec<String> = events.iter().map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        let mut want = vec![
+            format!("log:{}:reminder:1", ruled.request.id),
+            format!("log:{}:escalation", ruled.request.id),
+        ];
+        want.sort();
+        assert_eq!(
+            keys, want,
+            "the plain request is not due under the global 10m plan"
+        );
+        let escalation = events
+            .iter()
+            .find(|(k, _)| k.ends_with(":escalation"))
+            .map(|(_, e)| e)
+            .expect("escalation");
+        assert!(matches!(
+            escalation,
+            WorkflowEvent::Reminder { escalated_to, .. } if escalated_to == &["#db-oncall"]
+        ));
+
+        sched
+            .scan(t0 + time::Duration::minutes(11))
+            .await
+            .expect("scan");
+        let keys: Vec<String> = reminder_events(&store)
+            .await
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(keys.contains(&format!("log:{}:reminder:1", plain.request.id)));
+        assert!(!keys
+            .iter()
+            .any(|k| k == &format!("log:{}:escalation", plain.request.id)));
+        assert_eq!(keys.len(), 3);
     }
 }

@@ -256,6 +256,7 @@ async fn submit(wf: &Workflow, sql: &str) -> countersign_bot::RequestView {
         ttl_secs: 3600,
         origin: "http".into(),
         session_id: None,
+        reminders: Default::default(),
     };
     match wf.submit(new).await.expect("submit") {
         Submitted::Created(v) => v,

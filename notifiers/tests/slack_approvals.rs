@@ -291,6 +291,7 @@ impl Harness {
             ttl_secs: 3600,
             origin: "api".into(),
             session_id: None,
+            reminders: Default::default(),
         };
         match self.workflow.submit(new).await.unwrap() {
             Submitted::Created(v) => v.request.id,

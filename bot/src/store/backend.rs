@@ -6,7 +6,7 @@
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::identity::CanonicalId;
 use crate::ids::{RequestId, SessionId, StatementHash};
-use crate::request::{ApprovalRequest, Decision, ExecutionSummary, Vote};
+use crate::request::{ApprovalRequest, Decision, ExecutionSummary, ReminderSettings, Vote};
 use crate::sessions::{SessionRecord, StatementRecord};
 use crate::store::{OutboxItem, OutboxStatus, StoreError};
 use time::OffsetDateTime;
@@ -47,6 +47,9 @@ pub(crate) struct RequestRow {
     pub expires_ms: i64,
     pub updated_ms: i64,
     pub execution_json: Option<String>,
+    pub remind_after_secs: Option<i64>,
+    pub escalate_after_secs: Option<i64>,
+    pub escalate_to_json: Option<String>,
 }
 
 impl RequestRow {
@@ -76,6 +79,14 @@ impl RequestRow {
             execution: match self.execution_json {
                 Some(j) => Some(serde_json::from_str::<ExecutionSummary>(&j)?),
                 None => None,
+            },
+            reminders: ReminderSettings {
+                remind_after_secs: self.remind_after_secs.map(|s| s.max(0) as u64),
+                escalate_after_secs: self.escalate_after_secs.map(|s| s.max(0) as u64),
+                escalate_to: match self.escalate_to_json {
+                    Some(j) => serde_json::from_str(&j)?,
+                    None => Vec::new(),
+                },
             },
         })
     }
@@ -275,6 +286,9 @@ macro_rules! sql_store {
                 expires_ms: row.try_get("expires_ms")?,
                 updated_ms: row.try_get("updated_ms")?,
                 execution_json: row.try_get("execution_json")?,
+                remind_after_secs: row.try_get("remind_after_secs")?,
+                escalate_after_secs: row.try_get("escalate_after_secs")?,
+                escalate_to_json: row.try_get("escalate_to_json")?,
             })
         }
 
@@ -312,7 +326,7 @@ macro_rules! sql_store {
         impl $ty {
             async fn load_view(conn: &mut $conn, id: &str) -> Result<Option<RequestView>, StoreError> {
                 let row = sqlx::query(
-                    "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json FROM requests WHERE id = $1",
+                    "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json FROM requests WHERE id = $1",
                 )
                 .bind(id)
                 .fetch_optional(&mut *conn)
@@ -417,7 +431,7 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write().await?;
                 let id = req.id.to_string();
                 sqlx::query(
-                    "INSERT INTO requests (id, connection, statement, statement_hash, requester_key, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL)",
+                    "INSERT INTO requests (id, connection, statement, statement_hash, requester_key, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, $17, $18, $19)",
                 )
                 .bind(&id)
                 .bind(&req.connection)
@@ -435,6 +449,13 @@ macro_rules! sql_store {
                 .bind(time_to_ms(req.created_at))
                 .bind(time_to_ms(req.expires_at))
                 .bind(time_to_ms(req.updated_at))
+                .bind(req.reminders.remind_after_secs.map(|s| s.min(i64::MAX as u64) as i64))
+                .bind(req.reminders.escalate_after_secs.map(|s| s.min(i64::MAX as u64) as i64))
+                .bind(if req.reminders.escalate_to.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::to_string(&req.reminders.escalate_to)?)
+                })
                 .execute(&mut *tx)
                 .await?;
                 let audit = AuditEntry::new(req.requester.key(), "request.created", req.origin.clone())
@@ -464,14 +485,14 @@ macro_rules! sql_store {
             async fn list_requests(&self, status: Option<RequestStatus>, limit: u32) -> Result<Vec<ApprovalRequest>, StoreError> {
                 let rows = match status {
                     Some(s) => sqlx::query(
-                        "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json FROM requests WHERE status = $1 ORDER BY created_ms DESC, id DESC LIMIT $2",
+                        "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json FROM requests WHERE status = $1 ORDER BY created_ms DESC, id DESC LIMIT $2",
                     )
                     .bind(s.as_str())
                     .bind(limit as i64)
                     .fetch_all(&self.pool)
                     .await?,
                     None => sqlx::query(
-                        "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json FROM requests ORDER BY created_ms DESC, id DESC LIMIT $1",
+                        "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json FROM requests ORDER BY created_ms DESC, id DESC LIMIT $1",
                     )
                     .bind(limit as i64)
                     .fetch_all(&self.pool)
@@ -487,7 +508,7 @@ macro_rules! sql_store {
                 hash: &StatementHash,
             ) -> Result<Option<ApprovalRequest>, StoreError> {
                 let row = sqlx::query(
-                    "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json FROM requests WHERE requester_key = $1 AND connection = $2 AND statement_hash = $3 AND status IN ('pending', 'approved') AND expires_ms > $4 ORDER BY created_ms DESC LIMIT 1",
+                    "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json FROM requests WHERE requester_key = $1 AND connection = $2 AND statement_hash = $3 AND status IN ('pending', 'approved') AND expires_ms > $4 ORDER BY created_ms DESC LIMIT 1",
                 )
                 .bind(requester_key)
                 .bind(connection)

@@ -122,6 +122,7 @@ mod tests {
             ttl_secs,
             origin: "api".into(),
             session_id: None,
+            reminders: Default::default(),
         }
     }
 

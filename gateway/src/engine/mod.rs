@@ -173,6 +173,7 @@ impl Engine {
                         approver_groups: self.config.policy.defaults.approver_groups.clone(),
                         quorum: 2,
                         ttl_secs: 3600,
+                        reminders: Default::default(),
                     });
                 let new = NewRequest {
                     connection: connection.to_string(),
@@ -186,6 +187,7 @@ impl Engine {
                     ttl_secs: review.ttl_secs,
                     origin: origin.to_string(),
                     session_id: session,
+                    reminders: review.reminders,
                 };
                 Ok(match self.workflow.submit(new).await? {
                     Submitted::Created(v) | Submitted::AlreadyPending(v) => {

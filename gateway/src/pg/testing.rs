@@ -73,6 +73,7 @@ impl StaticGate {
                     approver_groups: vec!["dba".into()],
                     quorum: 1,
                     ttl_secs: 3600,
+                    reminders: Default::default(),
                 }),
             })
         };

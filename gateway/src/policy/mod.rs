@@ -71,6 +71,7 @@ impl Policy {
                 approver_groups: Vec::new(),
                 quorum: 2,
                 ttl_secs: 3600,
+                reminders: Default::default(),
             },
             cache: ClassificationCache::new(DEFAULT_CACHE_CAPACITY),
         }
@@ -191,7 +192,8 @@ impl Policy {
     }
 }
 
-/// Union of approver groups, the largest quorum and the shortest lifetime.
+/// Union of approver groups, the largest quorum and the shortest lifetime; for reminders the earliest
+/// delays and the union of escalation targets.
 fn merge_reviews<'a>(reviews: impl Iterator<Item = &'a ReviewRequirement>) -> ReviewRequirement {
     let mut merged: Option<ReviewRequirement> = None;
     for r in reviews {
@@ -205,6 +207,21 @@ fn merge_reviews<'a>(reviews: impl Iterator<Item = &'a ReviewRequirement>) -> Re
                 }
                 m.quorum = m.quorum.max(r.quorum);
                 m.ttl_secs = m.ttl_secs.min(r.ttl_secs);
+                let earliest = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                m.reminders.remind_after_secs =
+                    earliest(m.reminders.remind_after_secs, r.reminders.remind_after_secs);
+                m.reminders.escalate_after_secs = earliest(
+                    m.reminders.escalate_after_secs,
+                    r.reminders.escalate_after_secs,
+                );
+                for t in &r.reminders.escalate_to {
+                    if !m.reminders.escalate_to.contains(t) {
+                        m.reminders.escalate_to.push(t.clone());
+                    }
+                }
             }
         }
     }
@@ -212,6 +229,7 @@ fn merge_reviews<'a>(reviews: impl Iterator<Item = &'a ReviewRequirement>) -> Re
         approver_groups: Vec::new(),
         quorum: 2,
         ttl_secs: 3600,
+        reminders: Default::default(),
     })
 }
 

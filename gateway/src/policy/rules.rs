@@ -4,7 +4,7 @@
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use countersign_bot::RequesterChain;
+use countersign_bot::{ReminderSettings, RequesterChain};
 
 use super::verdict::{Action, ReviewRequirement, StatementFacts};
 
@@ -43,6 +43,17 @@ pub struct PolicyRule {
     /// Request lifetime such as `90s`, `30m`, `1h`, `2d`; falls back to the policy defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+    /// Remind pending approvers this long after creation (and again at that spacing), e.g. `15m`;
+    /// falls back to the global `[reminders]` plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind_after: Option<String>,
+    /// Escalate this long after the first reminder (after creation when no reminder applies); needs
+    /// `escalate_to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_after: Option<String>,
+    /// Approver groups or channels to escalate to; needs `escalate_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_to: Option<Vec<String>>,
 }
 
 /// Review settings used by the built-in policy and by rules that leave them out.
@@ -172,6 +183,7 @@ pub fn resolve_defaults(defaults: &PolicyDefaults) -> Result<ReviewRequirement, 
         approver_groups: defaults.approver_groups.clone(),
         quorum: defaults.quorum,
         ttl_secs,
+        reminders: Default::default(),
     })
 }
 
@@ -262,6 +274,50 @@ pub fn compile_rules(
             })?,
             None => defaults.ttl_secs,
         };
+        let duration = |key: &'static str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|v| {
+                    parse_ttl(v).map_err(|p| {
+                        err(
+                            key,
+                            p,
+                            "write a duration like \"90s\", \"30m\", \"1h\" or \"2d\"",
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let remind_after_secs = duration("remind_after", &rule.remind_after)?;
+        let escalate_after_secs = duration("escalate_after", &rule.escalate_after)?;
+        let escalate_to = rule.escalate_to.clone().unwrap_or_default();
+        if escalate_to.iter().any(|t| t.trim().is_empty()) {
+            return Err(err(
+                "escalate_to",
+                "the list contains an empty name".into(),
+                "list the approver groups or channels to escalate to, e.g. [\"dba-leads\"]",
+            ));
+        }
+        match (escalate_after_secs.is_some(), escalate_to.is_empty()) {
+            (true, true) => return Err(err(
+                "escalate_to",
+                "escalate_after is set but escalate_to is missing or empty".into(),
+                "add escalate_to = [\"dba-leads\"] naming the groups or channels to escalate to",
+            )),
+            (false, false) => {
+                return Err(err(
+                    "escalate_after",
+                    "escalate_to is set but escalate_after is not".into(),
+                    "add escalate_after = \"1h\" (the delay after the first reminder)",
+                ))
+            }
+            _ => {}
+        }
+        let reminders = ReminderSettings {
+            remind_after_secs,
+            escalate_after_secs,
+            escalate_to,
+        };
         let globs = |key: &'static str,
                      patterns: &Option<Vec<String>>|
          -> Result<Option<GlobSet>, PolicyConfigError> {
@@ -304,6 +360,7 @@ pub fn compile_rules(
                 approver_groups,
                 quorum,
                 ttl_secs,
+                reminders,
             },
             connections,
             kinds: lower_list("kinds", &rule.kinds)?,
@@ -405,6 +462,9 @@ mod tests {
             approver_groups: Some(vec!["dba".into()]),
             quorum: None,
             ttl: None,
+            remind_after: None,
+            escalate_after: None,
+            escalate_to: None,
         }
     }
 
@@ -449,11 +509,22 @@ mod tests {
             approver_groups = ["dba"]
             quorum = 2
             ttl = "30m"
+            remind_after = "10m"
+            escalate_after = "1h"
+            escalate_to = ["dba-leads", "db-oncall"]
             "#,
         )
         .unwrap();
         let compiled = compile_rules(&[r], &defaults()).unwrap();
         assert_eq!(compiled[0].review.ttl_secs, 1800);
+        assert_eq!(
+            compiled[0].review.reminders,
+            ReminderSettings {
+                remind_after_secs: Some(600),
+                escalate_after_secs: Some(3600),
+                escalate_to: vec!["dba-leads".into(), "db-oncall".into()],
+            }
+        );
         assert_eq!(compiled[0].action, Action::Review);
     }
 
@@ -495,6 +566,35 @@ mod tests {
                     ..rule("f", "block")
                 },
                 "connections",
+            ),
+            (
+                PolicyRule {
+                    remind_after: Some("0s".into()),
+                    ..rule("g", "review")
+                },
+                "remind_after",
+            ),
+            (
+                PolicyRule {
+                    escalate_after: Some("later".into()),
+                    escalate_to: Some(vec!["dba-leads".into()]),
+                    ..rule("h", "review")
+                },
+                "escalate_after",
+            ),
+            (
+                PolicyRule {
+                    escalate_after: Some("1h".into()),
+                    ..rule("i", "review")
+                },
+                "escalate_to",
+            ),
+            (
+                PolicyRule {
+                    escalate_to: Some(vec!["dba-leads".into()]),
+                    ..rule("j", "review")
+                },
+                "escalate_after",
             ),
             (rule("", "block"), "name"),
         ];
@@ -538,7 +638,8 @@ mod tests {
             ReviewRequirement {
                 approver_groups: vec!["dba".into()],
                 quorum: 3,
-                ttl_secs: 7200
+                ttl_secs: 7200,
+                reminders: Default::default(),
             }
         );
     }

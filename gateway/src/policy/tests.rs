@@ -344,6 +344,9 @@ fn rule(name: &str, action: &str) -> PolicyRule {
         approver_groups: Some(vec!["dba".into()]),
         quorum: None,
         ttl: None,
+        remind_after: None,
+        escalate_after: None,
+        escalate_to: None,
     }
 }
 
@@ -583,7 +586,8 @@ fn review_requirements_merge_across_statements() {
         Some(ReviewRequirement {
             approver_groups: vec!["dba".into(), "leads".into()],
             quorum: 3,
-            ttl_secs: 600
+            ttl_secs: 600,
+            reminders: Default::default(),
         })
     );
 }
@@ -607,4 +611,42 @@ fn deeply_nested_input_fails_closed_without_crashing() {
         ") s".repeat(2_000)
     );
     assert_ne!(verdict_of(&deep_queries).action, Allow);
+}
+
+#[test]
+fn reminder_settings_merge_to_the_earliest_delays_and_all_escalation_targets() {
+    let rules = vec![
+        PolicyRule {
+            kinds: Some(vec!["DELETE".into()]),
+            remind_after: Some("30m".into()),
+            escalate_after: Some("2h".into()),
+            escalate_to: Some(vec!["dba-leads".into()]),
+            ..rule("deletes", "review")
+        },
+        PolicyRule {
+            kinds: Some(vec!["UPDATE".into()]),
+            remind_after: Some("5m".into()),
+            escalate_after: Some("3h".into()),
+            escalate_to: Some(vec!["cto".into(), "dba-leads".into()]),
+            ..rule("updates", "review")
+        },
+        PolicyRule {
+            kinds: Some(vec!["INSERT".into()]),
+            ..rule("inserts", "review")
+        },
+    ];
+    let v = eval(
+        rules,
+        "c",
+        &agent(),
+        "DELETE FROM t WHERE id = 1; UPDATE t SET a = 1 WHERE id = 2; INSERT INTO t VALUES (1)",
+    );
+    assert_eq!(
+        v.review.map(|r| r.reminders),
+        Some(countersign_bot::ReminderSettings {
+            remind_after_secs: Some(300),
+            escalate_after_secs: Some(7200),
+            escalate_to: vec!["dba-leads".into(), "cto".into()],
+        })
+    );
 }

@@ -1,5 +1,6 @@
 //! The decision object computed once per statement; later stages act on it and never re-read SQL.
 
+use countersign_bot::ReminderSettings;
 use serde::{Deserialize, Serialize};
 
 /// What happens to a statement. Defaults to `Review`: anything unclassified fails closed.
@@ -65,6 +66,9 @@ pub struct ReviewRequirement {
     pub quorum: u32,
     /// Seconds before the request expires.
     pub ttl_secs: u64,
+    /// The rule's reminder and escalation timings; unset fields use the global `[reminders]` plan.
+    #[serde(default, skip_serializing_if = "ReminderSettings::is_unset")]
+    pub reminders: ReminderSettings,
 }
 
 /// The outcome of classifying a SQL string against the policy.

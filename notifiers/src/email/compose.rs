@@ -292,6 +292,7 @@ mod tests {
                 expires_at: now,
                 updated_at: now,
                 execution: None,
+                reminders: Default::default(),
             },
             votes: vec![],
         }

@@ -36,6 +36,7 @@ pub async fn approved_request(wf: &Workflow, sql: &str) -> RequestId {
         ttl_secs: 3600,
         origin: "http".into(),
         session_id: None,
+        reminders: Default::default(),
     };
     let id = match wf.submit(new).await.expect("submit") {
         Submitted::Created(v) => v.request.id,

@@ -49,6 +49,7 @@ pub fn new_request(sql: &str, quorum: u32) -> NewRequest {
         ttl_secs: 3600,
         origin: "api".into(),
         session_id: None,
+        reminders: Default::default(),
     }
 }
 
