@@ -96,12 +96,16 @@ async fn held_wire_statement_is_released_by_two_signed_slack_clicks_and_runs_onc
             "{blocks}"
         );
         let request_id = gw.store.list_requests(None, 10).await.unwrap()[0].id;
-        let msg_ts = gw
-            .store
-            .get_ref(request_id, "slack", "ts")
-            .await
-            .unwrap()
-            .expect("stored ts");
+        // The notifier stores the message's ts right after Slack answers; wait for it.
+        let mut msg_ts = None;
+        for _ in 0..200 {
+            msg_ts = gw.store.get_ref(request_id, "slack", "ts").await.unwrap();
+            if msg_ts.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let msg_ts = msg_ts.expect("the request message's ts is stored");
 
         // The requester's human clicks: refused ephemerally, audited, not counted.
         assert_eq!(
