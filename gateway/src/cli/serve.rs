@@ -106,6 +106,21 @@ async fn spawn_wire(
     }))
 }
 
+/// Bind a listener with a deep accept queue: thousands of agents long-polling held statements connect in
+/// bursts, and tokio's default backlog of 1024 drops connections under such a burst.
+pub(crate) fn bind_with_backlog(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
+}
+
 /// `countersign serve`.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let sinks = crate::channels::sinks(&cfg);
@@ -158,9 +173,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     for r in inbound {
         app = app.merge(r);
     }
-    let listener = tokio::net::TcpListener::bind(http_listen)
-        .await
-        .with_context(|| format!("binding the HTTP listener on {http_listen} (set [server] listen to a free address)"))?;
+    let listener = bind_with_backlog(http_listen).with_context(|| {
+        format!(
+            "binding the HTTP listener on {http_listen} (set [server] listen to a free address)"
+        )
+    })?;
     tracing::info!(addr = %http_listen, store = engine.store().backend(), "HTTP API listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

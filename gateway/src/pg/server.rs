@@ -27,12 +27,21 @@ impl WireServer {
             .as_ref()
             .map(|t| load_tls(&t.cert, &t.key))
             .transpose()?;
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| WireError::Listen {
-                addr: cfg.listen,
-                source,
-            })?;
+        // A deep accept queue: connection bursts (CI fleets, pools warming up) must not be dropped.
+        let bind = || -> std::io::Result<TcpListener> {
+            let socket = if cfg.listen.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(cfg.listen)?;
+            socket.listen(8192)
+        };
+        let listener = bind().map_err(|source| WireError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
         let recorder = Recorder::spawn(gate.clone());
         let shared = Arc::new(Shared {
             cfg,
