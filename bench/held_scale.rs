@@ -145,6 +145,12 @@ ttl = "1h"
 
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
+        // Agents arrive over a few seconds, not in one SYN flood: thousands of simultaneous connects overflow
+        // the kernel's SYN queue and fall back to SYN cookies, which broke some loopback connections minutes
+        // later (ETIMEDOUT) in earlier runs of this benchmark.
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let sql = format!("INSERT INTO {table} VALUES ({i})");
         if i < wire_n {
             let (client, conn) = tokio_postgres::connect(
