@@ -2,6 +2,7 @@
 //! Deliveries go through the store's outbox, so an outage or a restart loses nothing.
 #![forbid(unsafe_code)]
 
+pub mod duration;
 pub mod email;
 pub mod http_retry;
 pub mod jira;

@@ -47,21 +47,7 @@ pub struct RemindersConfigError {
     pub problem: String,
 }
 
-/// Parse `90s`, `15m`, `2h`, `1d` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    n.checked_mul(mult).map(Duration::from_secs)
-}
+pub use crate::duration::parse_duration;
 
 /// Validated reminder timings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +294,19 @@ mod tests {
         }
     }
 
+    /// The global plan the tests run against: remind after 10 minutes once, escalate to dba-leads after an hour.
+    fn global_plan() -> ReminderPlan {
+        RemindersConfig {
+            remind_after: "10m".into(),
+            max_reminders: 1,
+            escalate_after: Some("1h".into()),
+            escalate_to: vec!["dba-leads".into()],
+            scan_every: "30s".into(),
+        }
+        .validate()
+        .expect("valid")
+    }
+
     #[tokio::test]
     async fn reminder_then_escalation_are_enqueued_once_each() {
         let (store, _dir) = fresh_sqlite().await;
@@ -317,15 +316,7 @@ mod tests {
             vec!["log".into()],
         ));
         let view = pending_request(&wf).await;
-        let plan = RemindersConfig {
-            remind_after: "10m".into(),
-            max_reminders: 1,
-            escalate_after: Some("1h".into()),
-            escalate_to: vec!["dba-leads".into()],
-            scan_every: "30s".into(),
-        }
-        .validate()
-        .expect("valid");
+        let plan = global_plan();
         let sched = ReminderScheduler::new(Arc::clone(&wf), plan);
         let t0 = view.request.created_at;
         let kinds = |items: Vec<countersign_bot::store::OutboxItem>| {
@@ -454,15 +445,7 @@ mod tests {
         )
         .await;
         let plain = pending_request(&wf).await;
-        let plan = RemindersConfig {
-            remind_after: "10m".into(),
-            max_reminders: 1,
-            escalate_after: Some("1h".into()),
-            escalate_to: vec!["dba-leads".into()],
-            scan_every: "30s".into(),
-        }
-        .validate()
-        .expect("valid");
+        let plan = global_plan();
         let sched = ReminderScheduler::new(Arc::clone(&wf), plan);
         let t0 = ruled.request.created_at.max(plain.request.created_at);
 

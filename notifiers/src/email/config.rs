@@ -282,23 +282,7 @@ pub fn is_loopback_host(host: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Parse `90`, `90s`, `30m`, `24h` or `7d`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&s[..i], s[i..].trim()),
-        None => (s, "s"),
-    };
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return None,
-    };
-    n.checked_mul(mult).map(Duration::from_secs)
-}
+pub use crate::duration::parse_duration;
 
 #[cfg(test)]
 mod tests {
