@@ -201,21 +201,19 @@ impl Engine {
         let Ok(Some((session, statements))) = self.store().get_session(id).await else {
             return;
         };
-        let requests: Vec<RequestId> = statements
-            .iter()
-            .filter_map(|s| s.request_id)
-            .collect::<Vec<_>>();
+        // Each held request once, in the order the session met them (a re-run names its request again).
+        let mut requests: Vec<RequestId> = Vec::new();
+        for id in statements.iter().filter_map(|s| s.request_id) {
+            if !requests.contains(&id) {
+                requests.push(id);
+            }
+        }
         if requests.is_empty() {
             return;
         }
-        let mut requests_dedup = requests.clone();
-        requests_dedup.dedup();
         let summary =
             countersign_bot::sessions::SessionSummary::from_records(&session, &statements);
-        let event = countersign_bot::events::WorkflowEvent::SessionSummary {
-            requests: requests_dedup,
-            summary,
-        };
+        let event = countersign_bot::events::WorkflowEvent::SessionSummary { requests, summary };
         if let Err(e) = self
             .store()
             .enqueue(
