@@ -134,6 +134,28 @@ impl Engine {
         verdict
     }
 
+    /// Like `classify`, remembering verdicts in a memo owned by one session (fixed connection and
+    /// requester), so repeated statements skip rule matching.
+    pub fn classify_memo(
+        &self,
+        connection: &str,
+        requester: &RequesterChain,
+        sql: &str,
+        memo: &mut crate::policy::VerdictMemo,
+    ) -> Arc<Verdict> {
+        let started = std::time::Instant::now();
+        let verdict = self.policy.evaluate_memo(
+            &PolicyContext {
+                connection,
+                requester,
+            },
+            sql,
+            memo,
+        );
+        self.metrics.classify.observe(started.elapsed());
+        verdict
+    }
+
     /// Decide a statement: run, block (audited) or hold (request created or reused).
     pub async fn admit(
         &self,

@@ -6,7 +6,7 @@ use crate::pg::gate::{
     ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord,
     UpstreamTarget, WireAuthError, WireGate,
 };
-use crate::policy::{Action, Verdict};
+use crate::policy::{Action, Verdict, VerdictMemo};
 use countersign_bot::{ExecutionSummary, RequestId, RequestStatus, RequesterChain, StatementHash};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,8 +41,14 @@ impl WireGate for Engine {
         self.maskers.get(connection).cloned()
     }
 
-    fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Arc<Verdict> {
-        Arc::new(Engine::classify(self, connection, requester, sql))
+    fn classify(
+        &self,
+        connection: &str,
+        requester: &RequesterChain,
+        sql: &str,
+        memo: &mut VerdictMemo,
+    ) -> Arc<Verdict> {
+        self.classify_memo(connection, requester, sql, memo)
     }
 
     async fn hold(

@@ -101,7 +101,7 @@ fn unknown_statement(name: &[u8]) -> Prepared {
             reasons: vec![format!(
                 "prepared statement \"{name}\" was not prepared through the gateway; prepare it with the protocol Parse message"
             )],
-            statements: vec![],
+            statements: Arc::from([]),
             rule: "gateway".into(),
             review: None,
         }),
@@ -259,7 +259,7 @@ mod tests {
         let verdict = Arc::new(Verdict {
             action: Action::Allow,
             reasons: vec![],
-            statements: vec![],
+            statements: Arc::from([]),
             rule: "t".into(),
             review: None,
         });

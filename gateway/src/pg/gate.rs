@@ -2,7 +2,7 @@
 //!
 //! The proxy depends on the rest of the gateway only through [`WireGate`] and the plain data types here.
 
-use crate::policy::{Action, Verdict};
+use crate::policy::{Action, Verdict, VerdictMemo};
 use countersign_bot::{RequestId, RequesterChain, SessionId, StatementHash};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,8 +25,15 @@ pub trait WireGate: Send + Sync + 'static {
     fn masking(&self, _connection: &str) -> Option<Arc<crate::masking::Masker>> {
         None
     }
-    /// Classify (cached by text): pure and fast.
-    fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Arc<Verdict>;
+    /// Classify (cached by text and literal template): pure and fast. `memo` belongs to the calling
+    /// session, whose connection and requester never change.
+    fn classify(
+        &self,
+        connection: &str,
+        requester: &RequesterChain,
+        sql: &str,
+        memo: &mut VerdictMemo,
+    ) -> Arc<Verdict>;
     /// A statement classified `review`: create (or reuse) the approval request bound to `hash`.
     async fn hold(
         &self,

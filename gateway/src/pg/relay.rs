@@ -9,7 +9,7 @@ use super::extended::{statement_hash, Batch, Catalog};
 use super::gate::{HoldOutcome, HoldTicket, SessionInfo, WireGate};
 use super::recorder::{FinishedStatement, Recorder};
 use crate::masking::{Masker, WireMasker};
-use crate::policy::{Action, Verdict};
+use crate::policy::{Action, Verdict, VerdictMemo};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use countersign_bot::RequestId;
 use std::sync::Arc;
@@ -79,6 +79,7 @@ pub struct Relay<CR, CW> {
     backend: BackendTracker,
     catalog: Catalog,
     batch: Batch,
+    verdicts: VerdictMemo,
     ctx: SessionCtx,
 }
 
@@ -111,6 +112,7 @@ where
                 .with_masker(ctx.masking.clone().map(WireMasker::new)),
             catalog: Catalog::default(),
             batch: Batch::default(),
+            verdicts: VerdictMemo::default(),
             ctx,
         }
     }
@@ -295,11 +297,12 @@ where
         self.batch.bytes.extend_from_slice(frame);
     }
 
-    fn classify(&self, sql: &str) -> Arc<Verdict> {
+    fn classify(&mut self, sql: &str) -> Arc<Verdict> {
         self.ctx.gate.classify(
             &self.ctx.session.connection,
             &self.ctx.session.requester,
             sql,
+            &mut self.verdicts,
         )
     }
 
@@ -365,8 +368,9 @@ where
         let sql = std::str::from_utf8(text).map_err(|_| malformed("Parse (query is not UTF-8)"))?;
         let gate = &self.ctx.gate;
         let session = &self.ctx.session;
+        let memo = &mut self.verdicts;
         self.catalog.parse(name, sql, |sql| {
-            gate.classify(&session.connection, &session.requester, sql)
+            gate.classify(&session.connection, &session.requester, sql, memo)
         });
         self.batch.parsed.push(name.into());
         self.add_to_batch(frame);

@@ -67,7 +67,7 @@ impl StaticGate {
             Arc::new(Verdict {
                 action,
                 reasons: vec![reason.to_string()],
-                statements: vec![],
+                statements: Arc::from([]),
                 rule: "static-test".into(),
                 review: (action == Action::Review).then(|| ReviewRequirement {
                     approver_groups: vec!["dba".into()],
@@ -158,7 +158,13 @@ impl WireGate for StaticGate {
         self.masking.clone()
     }
 
-    fn classify(&self, _connection: &str, _requester: &RequesterChain, sql: &str) -> Arc<Verdict> {
+    fn classify(
+        &self,
+        _connection: &str,
+        _requester: &RequesterChain,
+        sql: &str,
+        _memo: &mut crate::policy::VerdictMemo,
+    ) -> Arc<Verdict> {
         if starts_with_keyword(sql, "DELETE") {
             self.review.clone()
         } else if starts_with_keyword(sql, "DROP DATABASE") {

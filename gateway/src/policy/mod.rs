@@ -4,11 +4,14 @@
 //! rules ([`PolicyRule`]) are applied per statement on every evaluation because they depend on the
 //! connection and the requester.
 
+use std::sync::Arc;
+
 pub mod cache;
 pub mod classify;
 pub mod fallback;
 pub mod functions;
 pub mod rules;
+pub mod template;
 pub mod verdict;
 
 use countersign_bot::RequesterChain;
@@ -85,7 +88,28 @@ impl Policy {
 
     /// Decide what happens to `sql` (one or more statements) for this context.
     pub fn evaluate(&self, ctx: &PolicyContext<'_>, sql: &str) -> Verdict {
+        self.judge(ctx, self.cache.get_or_insert_with(sql, classify))
+    }
+
+    /// Like `evaluate`, for a caller whose context never changes (a wire session): a statement whose
+    /// classification `memo` has seen gets the verdict reached then, skipping rule matching.
+    pub fn evaluate_memo(
+        &self,
+        ctx: &PolicyContext<'_>,
+        sql: &str,
+        memo: &mut VerdictMemo,
+    ) -> Arc<Verdict> {
         let statements = self.cache.get_or_insert_with(sql, classify);
+        if let Some(verdict) = memo.get(&statements) {
+            return verdict;
+        }
+        let verdict = Arc::new(self.judge(ctx, Arc::clone(&statements)));
+        memo.insert(statements, Arc::clone(&verdict));
+        verdict
+    }
+
+    /// Apply the rules to each classified statement and combine the decisions.
+    fn judge(&self, ctx: &PolicyContext<'_>, statements: Arc<[StatementFacts]>) -> Verdict {
         let decisions: Vec<Decision<'_>> = statements
             .iter()
             .map(|facts| self.decide(ctx, facts))
@@ -125,7 +149,7 @@ impl Policy {
         Verdict {
             action,
             reasons,
-            statements: statements.to_vec(),
+            statements,
             rule,
             review,
         }
@@ -188,6 +212,35 @@ impl Policy {
             rule: &rule.name,
             review: &rule.review,
             reasons,
+        }
+    }
+}
+
+/// Verdicts already reached in one fixed context, keyed by the cached classification they came from
+/// (the memo keeps that classification alive, so a pointer match is an identity match).
+#[derive(Debug, Default)]
+pub struct VerdictMemo {
+    entries: Vec<(Arc<[StatementFacts]>, Arc<Verdict>)>,
+    next: usize,
+}
+
+/// Distinct statements a session remembers verdicts for; older ones are replaced round-robin.
+const MEMO_ENTRIES: usize = 64;
+
+impl VerdictMemo {
+    fn get(&self, statements: &Arc<[StatementFacts]>) -> Option<Arc<Verdict>> {
+        self.entries
+            .iter()
+            .find(|(facts, _)| Arc::ptr_eq(facts, statements))
+            .map(|(_, verdict)| Arc::clone(verdict))
+    }
+
+    fn insert(&mut self, statements: Arc<[StatementFacts]>, verdict: Arc<Verdict>) {
+        if self.entries.len() < MEMO_ENTRIES {
+            self.entries.push((statements, verdict));
+        } else {
+            self.entries[self.next] = (statements, verdict);
+            self.next = (self.next + 1) % MEMO_ENTRIES;
         }
     }
 }

@@ -263,7 +263,7 @@ fn builtin_policy_classifies_the_statement_table() {
 #[test]
 fn unparsable_statements_are_never_allowed() {
     for (sql, _, _) in CASES {
-        for s in verdict_of(sql).statements {
+        for s in verdict_of(sql).statements.iter() {
             assert!(
                 !(s.unparsed && s.action == Allow),
                 "{sql:?} allowed while unparsed"
@@ -324,9 +324,70 @@ fn repeated_sql_is_served_from_the_cache() {
     };
     let a = policy.evaluate(&ctx, "SELECT 1");
     let b = policy.evaluate(&ctx, "SELECT 1");
-    policy.evaluate(&ctx, "SELECT 2");
+    policy.evaluate(&ctx, "SELECT a FROM t");
     assert_eq!(a, b);
     assert_eq!(policy.cache_stats(), (1, 2));
+}
+
+#[test]
+fn a_warm_cache_gives_exactly_the_verdict_a_fresh_classification_gives() {
+    let chain = agent();
+    let ctx = PolicyContext {
+        connection: "c",
+        requester: &chain,
+    };
+    let warm = Policy::builtin();
+    // Each pair shares a literal template; the first warms the cache for the second.
+    let pairs = [
+        (
+            "SELECT * FROM t WHERE id = 1",
+            "SELECT * FROM t WHERE id = 2",
+        ),
+        ("DELETE FROM t WHERE id = 1", "DELETE FROM t WHERE id = 99"),
+        (
+            "UPDATE t SET a = 'x' WHERE b = 1",
+            "UPDATE t SET a = 'it''s; DROP TABLE t' WHERE b = 2",
+        ),
+        (
+            "INSERT INTO t VALUES (1, 'a')",
+            "INSERT INTO t VALUES (2.5e3, 'b')",
+        ),
+        (
+            "SELECT set_config('application_name', 'a', false)",
+            "SELECT set_config('role', 'admin', false)",
+        ),
+        ("SELECT pg_sleep(1)", "SELECT pg_sleep(100)"),
+        ("SET work_mem = '4MB'", "SET work_mem = '1GB'"),
+        ("SELECT 1", "SELECT 2"),
+    ];
+    for (seed, sql) in pairs {
+        warm.evaluate(&ctx, seed);
+        let fresh = Policy::builtin().evaluate(&ctx, sql);
+        assert_eq!(warm.evaluate(&ctx, sql), fresh, "{sql} after {seed}");
+    }
+    let (hits, _) = warm.cache_stats();
+    assert!(
+        hits >= 5,
+        "literal variants of plain statements share a classification"
+    );
+}
+
+#[test]
+fn memoised_verdicts_equal_evaluated_ones_and_are_reused() {
+    let chain = agent();
+    let ctx = PolicyContext {
+        connection: "c",
+        requester: &chain,
+    };
+    let policy = Policy::builtin();
+    let mut memo = super::VerdictMemo::default();
+    let first = policy.evaluate_memo(&ctx, "DELETE FROM t WHERE id = 1", &mut memo);
+    let again = policy.evaluate_memo(&ctx, "DELETE FROM t WHERE id = 2", &mut memo);
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+    assert_eq!(*first, policy.evaluate(&ctx, "DELETE FROM t WHERE id = 3"));
+    let other = policy.evaluate_memo(&ctx, "DELETE FROM t", &mut memo);
+    assert_eq!(other.action, Action::Review);
+    assert_ne!(*other, *first);
 }
 
 // ---- configured rules ----

@@ -1,6 +1,8 @@
 //! The decision object computed once per statement; later stages act on it and never re-read SQL.
 
 use countersign_bot::ReminderSettings;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// What happens to a statement. Defaults to `Review`: anything unclassified fails closed.
@@ -78,11 +80,30 @@ pub struct Verdict {
     pub action: Action,
     /// Human-readable reasons, most important first.
     pub reasons: Vec<String>,
-    /// One entry per statement in the string.
-    pub statements: Vec<StatementFacts>,
+    /// One entry per statement in the string (shared with the classification cache).
+    #[serde(
+        serialize_with = "shared::serialize",
+        deserialize_with = "shared::deserialize"
+    )]
+    pub statements: Arc<[StatementFacts]>,
     /// Name of the config rule that decided, or `default` for the built-in policy.
     pub rule: String,
     /// Present when `action` is `review`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewRequirement>,
+}
+
+/// Serde for the shared statement list, as a plain JSON array.
+mod shared {
+    use super::StatementFacts;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(v: &Arc<[StatementFacts]>, s: S) -> Result<S::Ok, S::Error> {
+        v[..].serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<[StatementFacts]>, D::Error> {
+        Vec::<StatementFacts>::deserialize(d).map(Arc::from)
+    }
 }
