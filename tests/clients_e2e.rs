@@ -570,13 +570,11 @@ async fn scram_identity_logs_in_with_its_password_and_refusals_are_audited() {
     .await;
     let addr = wire(&gw);
     let login = |password: &'static str| {
-        tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} dbname=local user=ops-psql password='{password}' sslmode=disable",
-                addr.port()
-            ),
-            NoTls,
-        )
+        let conn = format!(
+            "host=127.0.0.1 port={} dbname=local user=ops-psql password='{password}' sslmode=disable",
+            addr.port()
+        );
+        async move { tokio_postgres::connect(&conn, NoTls).await }
     };
     let (client, conn) = login("ops pass").await.expect("SCRAM login");
     tokio::spawn(conn);
