@@ -554,3 +554,49 @@ async fn tls_with_a_generated_certificate_verifies_and_cleartext_is_refused() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn scram_identity_logs_in_with_its_password_and_refusals_are_audited() {
+    let verifier = countersign_gateway::identity::scram::ScramVerifier::generate("ops pass");
+    let gw = spawn_gateway(
+        &config(
+            5.0,
+            &format!(
+                "[[identity.static_tokens]]\nname = \"ops-psql\"\nkind = \"human\"\nemail = \"ops@example.com\"\nscram_verifier = \"{verifier}\"\n"
+            ),
+        ),
+        Backend::Sqlite,
+    )
+    .await;
+    let addr = wire(&gw);
+    let login = |password: &'static str| {
+        let conn = format!(
+            "host=127.0.0.1 port={} dbname=local user=ops-psql password='{password}' sslmode=disable",
+            addr.port()
+        );
+        async move { tokio_postgres::connect(&conn, NoTls).await }
+    };
+    let (client, conn) = login("ops pass").await.expect("SCRAM login");
+    tokio::spawn(conn);
+    let row = client.query_one("SELECT 'scram ok'", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "scram ok");
+
+    let err = login("wrong pass")
+        .await
+        .err()
+        .expect("wrong password refused");
+    let db = err.as_db_error().expect("a FATAL from the gateway");
+    assert_eq!(db.code().code(), "28P01", "{}", db.message());
+    // The token login of other users is unchanged.
+    connect(addr).await.simple_query("SELECT 1").await.unwrap();
+
+    let audit = gw.store.audit_records(0, 1000).await.unwrap();
+    let refused: Vec<_> = audit
+        .iter()
+        .filter(|a| a.entry.action == "auth.refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0].entry.channel, "wire");
+    assert_eq!(refused[0].entry.detail["code"], "scram_failed");
+    assert_eq!(refused[0].entry.detail["user"], "ops-psql");
+}

@@ -27,6 +27,7 @@ async fn gateway(rules: Option<&str>) -> SocketAddr {
         user: "postgres".into(),
         password: None,
         database: "test".into(),
+        tls: Default::default(),
     };
     let mut gate = StaticGate::new("app", upstream, TOKEN).without_event_log();
     if let Some(rules) = rules {

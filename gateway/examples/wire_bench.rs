@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
         user: "postgres".into(),
         password: None,
         database,
+        tls: Default::default(),
     };
     let gate = Arc::new(StaticGate::new("bench", upstream, "bench-token").without_event_log());
     let mut cfg = WireConfig::new(listen);

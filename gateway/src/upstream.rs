@@ -4,6 +4,7 @@
 use crate::pg::codec::{error_fields, read_cstr, read_frame, read_i16, read_i32};
 pub use crate::pg::gate::UpstreamTarget;
 use crate::pg::upstream::{connect, Upstream, UpstreamError};
+use crate::pg::upstream_tls::{RootCert, SslMode, UpstreamTls, UpstreamTlsError};
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use serde::Serialize;
@@ -15,10 +16,16 @@ use tokio::io::AsyncWriteExt;
 /// Largest backend message the API client accepts (a single row).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
-/// A URL that doesn't describe a Postgres upstream.
+/// A URL that doesn't describe a usable Postgres upstream.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream URL is invalid: {0}; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")]
-pub struct UrlError(String);
+pub enum UrlError {
+    /// The URL's shape is wrong.
+    #[error("upstream URL is invalid: {0}; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…&sslrootcert=…]")]
+    Syntax(String),
+    /// Its TLS parameters can't be used.
+    #[error("upstream URL: {0}")]
+    Tls(#[from] UpstreamTlsError),
+}
 
 fn percent_decode(s: &str) -> Result<String, UrlError> {
     let bytes = s.as_bytes();
@@ -28,10 +35,10 @@ fn percent_decode(s: &str) -> Result<String, UrlError> {
         if bytes[i] == b'%' {
             let hex = s
                 .get(i + 1..i + 3)
-                .ok_or_else(|| UrlError("truncated %-escape".into()))?;
+                .ok_or_else(|| UrlError::Syntax("truncated %-escape".into()))?;
             out.push(
                 u8::from_str_radix(hex, 16)
-                    .map_err(|_| UrlError(format!("bad %-escape %{hex}")))?,
+                    .map_err(|_| UrlError::Syntax(format!("bad %-escape %{hex}")))?,
             );
             i += 3;
         } else {
@@ -39,17 +46,21 @@ fn percent_decode(s: &str) -> Result<String, UrlError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| UrlError("escape is not UTF-8".into()))
+    String::from_utf8(out).map_err(|_| UrlError::Syntax("escape is not UTF-8".into()))
 }
 
 impl UpstreamTarget {
-    /// Parse `postgres://user:password@host:port/database` (query parameters are ignored).
+    /// Parse `postgres://user:password@host:port/database?sslmode=…&sslrootcert=…`. `sslmode` defaults to
+    /// `prefer` as in libpq; the root file is read here, so a bad one fails at config load. Other query
+    /// parameters are ignored, except libpq TLS parameters the gateway does not implement, which are refused.
     pub fn parse(url: &str) -> Result<UpstreamTarget, UrlError> {
         let rest = url
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"))
-            .ok_or_else(|| UrlError("it must start with postgres://".into()))?;
-        let rest = rest.split(['?', '#']).next().unwrap_or("");
+            .ok_or_else(|| UrlError::Syntax("it must start with postgres://".into()))?;
+        let rest = rest.split('#').next().unwrap_or("");
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let tls = parse_tls(query)?;
         let (auth, hostpart) = match rest.rsplit_once('@') {
             Some((a, h)) => (Some(a), h),
             None => (None, rest),
@@ -58,7 +69,7 @@ impl UpstreamTarget {
         let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
             let (h, p) = h
                 .split_once(']')
-                .ok_or_else(|| UrlError("unclosed [ in host".into()))?;
+                .ok_or_else(|| UrlError::Syntax("unclosed [ in host".into()))?;
             (h.to_string(), p.strip_prefix(':').unwrap_or(""))
         } else {
             match hostport.rsplit_once(':') {
@@ -67,13 +78,13 @@ impl UpstreamTarget {
             }
         };
         if host.is_empty() {
-            return Err(UrlError("no host".into()));
+            return Err(UrlError::Syntax("no host".into()));
         }
         let port = if port.is_empty() {
             5432
         } else {
             port.parse()
-                .map_err(|_| UrlError(format!("bad port {port:?}")))?
+                .map_err(|_| UrlError::Syntax(format!("bad port {port:?}")))?
         };
         let (user, password) = match auth {
             Some(a) => match a.split_once(':') {
@@ -93,8 +104,34 @@ impl UpstreamTarget {
             user,
             password,
             database,
+            tls,
         })
     }
+}
+
+/// `sslmode` and `sslrootcert` from the query string.
+fn parse_tls(query: &str) -> Result<UpstreamTls, UrlError> {
+    let mut mode = SslMode::Prefer;
+    let mut root = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)?;
+        match key {
+            "sslmode" => {
+                mode = SslMode::parse(&value).ok_or(UpstreamTlsError::BadMode(value))?;
+            }
+            "sslrootcert" if value == "system" => root = Some(RootCert::System),
+            "sslrootcert" if !value.is_empty() => root = Some(RootCert::File(value.into())),
+            // SNI is sent for host names and never for IP addresses, whatever this says.
+            "sslsni" => {}
+            "sslnegotiation" if value == "postgres" => {}
+            k if k.starts_with("ssl") || k == "requiressl" => {
+                return Err(UpstreamTlsError::Unsupported(format!("{k}={value}")).into())
+            }
+            _ => {}
+        }
+    }
+    Ok(UpstreamTls::new(mode, root)?)
 }
 
 /// One column of a result.
@@ -360,8 +397,32 @@ mod tests {
             .unwrap();
         assert_eq!(t.password.as_deref(), Some("p@ss"));
         assert_eq!((t.port, t.database.as_str()), (5432, "prod"));
+        assert_eq!(t.tls.mode(), SslMode::Require);
+        let t = UpstreamTarget::parse("postgres://u@127.0.0.1/db").unwrap();
+        assert_eq!(t.tls.mode(), SslMode::Prefer, "libpq's default");
         assert!(UpstreamTarget::parse("mysql://x").is_err());
         assert!(UpstreamTarget::parse("postgres://u@h:notaport/db").is_err());
+    }
+
+    #[test]
+    fn tls_parameters_are_parsed_or_refused_with_the_fix() {
+        let t =
+            UpstreamTarget::parse("postgres://u@127.0.0.1/db?sslmode=disable&sslrootcert=/x.pem")
+                .unwrap();
+        assert_eq!(t.tls.mode(), SslMode::Disable);
+        assert_eq!(t.tls.root_cert(), Some(&RootCert::File("/x.pem".into())));
+        let err = |url: &str| UpstreamTarget::parse(url).unwrap_err().to_string();
+        assert!(err("postgres://u@h/db?sslmode=allowed").contains("verify-full"));
+        assert!(err("postgres://u@h/db?sslmode=verify-full").contains("sslrootcert="));
+        assert!(err("postgres://u@h/db?sslmode=require&sslcert=/c.pem").contains("sslcert"));
+        assert!(
+            err("postgres://u@h/db?sslmode=verify-ca&sslrootcert=/missing/ca.pem")
+                .contains("/missing/ca.pem")
+        );
+        // Unrelated libpq parameters are still ignored.
+        let t =
+            UpstreamTarget::parse("postgres://u@h/db?connect_timeout=5&sslmode=require").unwrap();
+        assert_eq!(t.tls.mode(), SslMode::Require);
     }
 
     #[tokio::test]

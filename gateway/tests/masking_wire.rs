@@ -32,6 +32,7 @@ async fn start(rules: Option<&str>) -> (Arc<StaticGate>, SocketAddr) {
         user: "postgres".into(),
         password: None,
         database: "test".into(),
+        tls: Default::default(),
     };
     let mut gate = StaticGate::new("app", upstream, TOKEN);
     if let Some(rules) = rules {

@@ -23,6 +23,7 @@ fn upstream(database: &str) -> UpstreamTarget {
         user: "postgres".into(),
         password: None,
         database: database.into(),
+        tls: Default::default(),
     }
 }
 

@@ -78,6 +78,13 @@ pub enum Command {
         /// The token.
         token: Option<String>,
     },
+    /// Print a SCRAM-SHA-256 verifier for `[[identity.static_tokens]] scram_verifier = …`; the password is
+    /// read from stdin (one line), so it stays out of shell history and `ps`.
+    ScramVerifier {
+        /// PBKDF2 iterations (PostgreSQL's default is 4096).
+        #[arg(long, default_value_t = crate::identity::scram::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
 }
 
 /// `policy …`
@@ -233,6 +240,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
             Ok(ExitCode::SUCCESS)
         }
+        Command::ScramVerifier { iterations } => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("reading the password from stdin")?;
+            let password = s.trim_end_matches(['\n', '\r']);
+            out!("{}", scram_verifier(password, iterations)?);
+            Ok(ExitCode::SUCCESS)
+        }
         command => {
             let (cfg, _file) =
                 load_config(cli.config.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -243,10 +258,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Requests { command } => inspect::requests(&cfg, command).await,
                 Command::Sessions { command } => inspect::sessions(&cfg, command).await,
                 Command::Outbox { command } => inspect::outbox(&cfg, command).await,
-                Command::CheckConfig | Command::Policy { .. } | Command::HashToken { .. } => {
-                    unreachable!("handled above")
-                }
+                Command::CheckConfig
+                | Command::Policy { .. }
+                | Command::HashToken { .. }
+                | Command::ScramVerifier { .. } => unreachable!("handled above"),
             }
         }
+    }
+}
+
+/// A verifier for `password` with a fresh salt; refuses an empty password and out-of-range iterations.
+fn scram_verifier(password: &str, iterations: u32) -> anyhow::Result<String> {
+    use crate::identity::scram::{ScramVerifier, MAX_ITERATIONS, MIN_ITERATIONS};
+    anyhow::ensure!(
+        !password.is_empty(),
+        "the password on stdin is empty; pipe it in, e.g. `printf %s \"$PW\" | countersign scram-verifier`"
+    );
+    anyhow::ensure!(
+        (MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations),
+        "--iterations must be from {MIN_ITERATIONS} to {MAX_ITERATIONS} (4096 is PostgreSQL's default)"
+    );
+    Ok(ScramVerifier::generate_with(password, iterations).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scram_verifier_command_output_parses_and_matches_the_password() {
+        let text = scram_verifier("s3cret", 4096).unwrap();
+        let v: crate::identity::scram::ScramVerifier = text.parse().unwrap();
+        let again = crate::identity::scram::ScramVerifier::derive("s3cret", v.salt.clone(), 4096);
+        assert_eq!(v, again);
+        assert!(scram_verifier("", 4096).is_err());
+        assert!(scram_verifier("x", 0).is_err());
     }
 }

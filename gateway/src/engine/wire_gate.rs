@@ -3,10 +3,11 @@
 use super::recording::RecordOp;
 use super::{Admission, Engine};
 use crate::pg::gate::{
-    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord,
-    UpstreamTarget, WireAuthError, WireGate,
+    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, ScramError, ScramVerifier, SessionInfo,
+    StatementRecord, UpstreamTarget, WireAuthError, WireGate,
 };
 use crate::policy::{Action, Verdict, VerdictMemo};
+use countersign_bot::audit::AuditEntry;
 use countersign_bot::{ExecutionSummary, RequestId, RequestStatus, RequesterChain, StatementHash};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,49 @@ impl WireGate for Engine {
             .map_err(|_| WireAuthError::BadPassword {
                 user: user.to_string(),
             })
+    }
+
+    fn scram_verifier(&self, user: &str) -> Option<ScramVerifier> {
+        self.auth.scram_login(user).map(|l| l.verifier.clone())
+    }
+
+    async fn scram_verified(
+        &self,
+        connection: &str,
+        user: &str,
+    ) -> Result<RequesterChain, WireAuthError> {
+        if !self.upstreams.contains_key(connection) {
+            return Err(WireAuthError::NotAllowed(format!(
+                "no connection named \"{connection}\" is configured; use one of: {}",
+                self.connection_names().join(", ")
+            )));
+        }
+        self.auth
+            .scram_login(user)
+            .map(|l| l.chain.clone())
+            .ok_or_else(|| WireAuthError::BadPassword {
+                user: user.to_string(),
+            })
+    }
+
+    async fn scram_refused(&self, connection: &str, user: &str, error: &ScramError) {
+        let code = match error {
+            ScramError::Failed => "scram_failed",
+            ScramError::Malformed(_) => "scram_malformed",
+        };
+        // Same shape as a refused token (`Engine::authenticate`), plus the claimed user and connection.
+        let entry = AuditEntry::new("unknown", "auth.refused", "wire")
+            .decision("refused")
+            .detail(serde_json::json!({
+                "code": code,
+                "message": error.to_string(),
+                "user": user,
+                "connection": connection,
+            }));
+        if let Err(se) = self.store().append_audit(entry).await {
+            tracing::warn!(error = %se, "could not audit a refused SCRAM login");
+        }
+        tracing::warn!(code, channel = "wire", "authentication refused");
     }
 
     fn upstream(&self, connection: &str) -> Option<UpstreamTarget> {

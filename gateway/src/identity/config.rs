@@ -107,7 +107,9 @@ fn default_jwks_refetch() -> String {
 pub struct StaticTokenConfig {
     /// Unique name; becomes the subject.
     pub name: String,
-    /// Hex SHA-256 of the token (either case); the token itself is never stored.
+    /// Hex SHA-256 of the token (either case); the token itself is never stored. May be left out when
+    /// `scram_verifier` is set (the identity then logs in on the wire with SCRAM only).
+    #[serde(default)]
     pub sha256: String,
     /// Human or workload.
     pub kind: IdentityKind,
@@ -120,6 +122,10 @@ pub struct StaticTokenConfig {
     /// E-mail of the human this identity acts for (delegation).
     #[serde(default)]
     pub acts_for: Option<String>,
+    /// SCRAM-SHA-256 verifier (`SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`, as in `pg_authid`):
+    /// a wire client whose startup `user` is this identity's `name` logs in with SCRAM against it.
+    #[serde(default)]
+    pub scram_verifier: Option<String>,
 }
 
 /// A configuration mistake in `[identity]`; the message names the key and the fix.
@@ -165,6 +171,12 @@ pub enum ConfigError {
     /// `sha256` not 64 hex digits.
     #[error("identity: `{key}` must be 64 hex digits (the SHA-256 of the token, e.g. `printf %s \"$TOKEN\" | sha256sum`)")]
     BadHash { key: String },
+    /// Neither `sha256` nor `scram_verifier`.
+    #[error("identity: `{key}` has no credential; set `sha256` (from `countersign hash-token`) or `scram_verifier` (from `countersign scram-verifier`)")]
+    NoCredential { key: String },
+    /// A `scram_verifier` that does not parse.
+    #[error("identity: `{key}` is not a SCRAM-SHA-256 verifier: {reason}; create one with `countersign scram-verifier` (reads the password on stdin) or copy `rolpassword` from pg_authid")]
+    BadScramVerifier { key: String, reason: String },
     /// Two static tokens with the same name.
     #[error("identity: static token name {name:?} is used twice; give each token its own name")]
     DuplicateName { name: String },
@@ -211,14 +223,22 @@ impl IdentityConfig {
                     name: token.name.clone(),
                 });
             }
-            let hash = parse_sha256(&format!("{key}.sha256"), &token.sha256)?;
-            if let Some((_, first)) = hashes.iter().find(|(h, _)| *h == hash) {
-                return Err(ConfigError::DuplicateHash {
-                    first: (*first).to_owned(),
-                    second: token.name.clone(),
-                });
+            if token.sha256.is_empty() && token.scram_verifier.is_none() {
+                return Err(ConfigError::NoCredential { key });
             }
-            hashes.push((hash, &token.name));
+            if let Some(v) = &token.scram_verifier {
+                parse_scram_verifier(&format!("{key}.scram_verifier"), v)?;
+            }
+            if !token.sha256.is_empty() {
+                let hash = parse_sha256(&format!("{key}.sha256"), &token.sha256)?;
+                if let Some((_, first)) = hashes.iter().find(|(h, _)| *h == hash) {
+                    return Err(ConfigError::DuplicateHash {
+                        first: (*first).to_owned(),
+                        second: token.name.clone(),
+                    });
+                }
+                hashes.push((hash, &token.name));
+            }
             if matches!(&token.acts_for, Some(e) if e.trim().is_empty()) {
                 return Err(ConfigError::Empty {
                     key: format!("{key}.acts_for"),
@@ -324,6 +344,19 @@ pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigE
     n.checked_mul(secs_per_unit)
         .map(Duration::from_secs)
         .ok_or_else(bad)
+}
+
+/// Parses a configured SCRAM-SHA-256 verifier; the error names `key`.
+pub(crate) fn parse_scram_verifier(
+    key: &str,
+    text: &str,
+) -> Result<super::scram::ScramVerifier, ConfigError> {
+    text.parse().map_err(
+        |e: super::scram::VerifierError| ConfigError::BadScramVerifier {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        },
+    )
 }
 
 /// Decodes a hex SHA-256 (either case).
@@ -521,6 +554,33 @@ acts_for = "alice@example.com"
         assert!(matches!(
             hashes.validate(),
             Err(ConfigError::DuplicateHash { .. })
+        ));
+    }
+
+    #[test]
+    fn scram_verifier_is_validated_with_its_key_and_may_replace_the_hash() {
+        let v = "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=";
+        let ok = parse(&format!(
+            "[identity]\n[[identity.static_tokens]]\nname = \"psql-ops\"\nkind = \"human\"\nscram_verifier = \"{v}\"\n"
+        ));
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = parse(&format!(
+            "[identity]\n[[identity.static_tokens]]\nname = \"a\"\nsha256 = \"{HASH}\"\nkind = \"human\"\nscram_verifier = \"md5deadbeef\"\n"
+        ));
+        let err = bad.validate().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::BadScramVerifier { key, .. } if key == "identity.static_tokens[0].scram_verifier"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("countersign scram-verifier"),
+            "{err}"
+        );
+        let none =
+            parse("[identity]\n[[identity.static_tokens]]\nname = \"a\"\nkind = \"human\"\n");
+        assert!(matches!(
+            none.validate(),
+            Err(ConfigError::NoCredential { .. })
         ));
     }
 

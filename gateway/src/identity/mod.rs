@@ -23,6 +23,10 @@
 //! sha256 = "<hex SHA-256 of the token>"
 //! kind = "workload"
 //! acts_for = "alice@example.com"      # chain = [ci-agent, alice]
+//! [[identity.static_tokens]]
+//! name = "ops-psql"                   # wire clients with user=ops-psql log in with SCRAM-SHA-256
+//! kind = "human"
+//! scram_verifier = "SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>"   # `countersign scram-verifier`
 //! ```
 
 pub mod claims;
@@ -31,6 +35,7 @@ pub mod delegation;
 pub mod error;
 pub mod jwks;
 pub mod jwt;
+pub mod scram;
 pub mod static_tokens;
 
 #[cfg(test)]
@@ -45,6 +50,7 @@ use countersign_bot::RequesterChain;
 use error::clip;
 use jwks::{JwksCache, JwksSource};
 use jwt::IssuerVerifier;
+pub use static_tokens::ScramLogin;
 use static_tokens::StaticTokens;
 use std::collections::HashMap;
 
@@ -107,6 +113,11 @@ impl Authenticator {
             issuers,
             static_tokens,
         })
+    }
+
+    /// The SCRAM-SHA-256 login of the static identity named `user`, if it has a `scram_verifier`.
+    pub fn scram_login(&self, user: &str) -> Option<&ScramLogin> {
+        self.static_tokens.scram_login(user)
     }
 
     /// The requester chain proven by `bearer` (the raw token, without the `Bearer ` prefix).

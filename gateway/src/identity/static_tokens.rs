@@ -1,7 +1,9 @@
-//! Configured bearer tokens, kept only as SHA-256 hashes and compared in constant time.
+//! Configured bearer tokens, kept only as SHA-256 hashes and compared in constant time, and the SCRAM
+//! verifiers of the static identities that have one.
 
-use super::config::{parse_sha256, ConfigError, StaticTokenConfig};
+use super::config::{parse_scram_verifier, parse_sha256, ConfigError, StaticTokenConfig};
 use super::error::AuthError;
+use super::scram::ScramVerifier;
 use countersign_bot::{Identity, IdentityKind, RequesterChain};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -14,17 +16,27 @@ struct Entry {
     chain: RequesterChain,
 }
 
+/// A static identity that logs in on the wire with SCRAM-SHA-256.
+#[derive(Debug, Clone)]
+pub struct ScramLogin {
+    /// The configured verifier.
+    pub verifier: ScramVerifier,
+    /// Who the client is once its proof verifies.
+    pub chain: RequesterChain,
+}
+
 /// The configured static tokens, ready to match presented bearers.
 pub struct StaticTokens {
     entries: Vec<Entry>,
+    scram: std::collections::HashMap<String, ScramLogin>,
 }
 
 impl StaticTokens {
     /// Builds the table; the config is expected to be validated, errors are still reported.
     pub fn new(configs: &[StaticTokenConfig]) -> Result<Self, ConfigError> {
         let mut entries = Vec::with_capacity(configs.len());
+        let mut scram = std::collections::HashMap::new();
         for (i, cfg) in configs.iter().enumerate() {
-            let hash = parse_sha256(&format!("identity.static_tokens[{i}].sha256"), &cfg.sha256)?;
             let me = Identity {
                 issuer: STATIC_ISSUER.to_owned(),
                 subject: cfg.name.clone(),
@@ -36,12 +48,31 @@ impl StaticTokens {
             if let Some(email) = &cfg.acts_for {
                 chain.push(principal_for(email, configs));
             }
-            entries.push(Entry {
-                hash,
-                chain: RequesterChain(chain),
-            });
+            let chain = RequesterChain(chain);
+            if let Some(v) = &cfg.scram_verifier {
+                let key = format!("identity.static_tokens[{i}].scram_verifier");
+                let verifier = parse_scram_verifier(&key, v)?;
+                scram.insert(
+                    cfg.name.clone(),
+                    ScramLogin {
+                        verifier,
+                        chain: chain.clone(),
+                    },
+                );
+            }
+            // An identity with only a SCRAM verifier has no bearer token.
+            if !cfg.sha256.is_empty() {
+                let hash =
+                    parse_sha256(&format!("identity.static_tokens[{i}].sha256"), &cfg.sha256)?;
+                entries.push(Entry { hash, chain });
+            }
         }
-        Ok(Self { entries })
+        Ok(Self { entries, scram })
+    }
+
+    /// The SCRAM login of the static identity named `name`, if it has a verifier.
+    pub fn scram_login(&self, name: &str) -> Option<&ScramLogin> {
+        self.scram.get(name)
     }
 
     /// The chain for `token`, or [`AuthError::UnknownToken`]. Every entry is compared, so timing does not
@@ -110,6 +141,7 @@ mod tests {
             email: None,
             groups: vec![],
             acts_for: None,
+            scram_verifier: None,
         }
     }
 
@@ -164,6 +196,20 @@ mod tests {
         assert_eq!(chain.0[1].subject, "alice");
         assert_eq!(chain.0[1].kind, IdentityKind::Human);
         assert_eq!(chain.0[1].groups, vec!["dba".to_owned()]);
+    }
+
+    #[test]
+    fn scram_only_identity_has_a_login_but_no_bearer() {
+        let mut ops = token("psql-ops", "unused", IdentityKind::Human);
+        ops.sha256.clear();
+        ops.scram_verifier = Some(ScramVerifier::generate("pw").to_string());
+        let table =
+            StaticTokens::new(&[ops, token("ci", "ci-token", IdentityKind::Workload)]).unwrap();
+        let login = table.scram_login("psql-ops").unwrap();
+        assert_eq!(login.chain.0[0].subject, "psql-ops");
+        assert!(table.scram_login("ci").is_none());
+        assert_eq!(table.authenticate(""), Err(AuthError::UnknownToken));
+        assert!(table.authenticate("ci-token").is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Maps the gateway's own BackendKeyData to the upstream's, and routes a CancelRequest either to a held
 //! statement (cancel the approval request) or to the upstream (cancel the running query).
 
+use super::upstream_tls::{negotiate, NegotiateError, UpstreamTls};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,9 +67,12 @@ impl CancelSignal {
     }
 }
 
+/// Where a session's upstream is and how to secure a connection to it.
+pub type UpstreamAddr = (String, u16, UpstreamTls);
+
 struct Entry {
     secret: i32,
-    upstream: (String, u16),
+    upstream: UpstreamAddr,
     backend: BackendKey,
     signal: Arc<CancelSignal>,
 }
@@ -83,7 +87,7 @@ impl CancelRegistry {
     /// Registers a session under a fresh random key; returns the key and its cancel signal.
     pub fn register(
         &self,
-        upstream: (String, u16),
+        upstream: UpstreamAddr,
         backend: BackendKey,
     ) -> (FrontendKey, Arc<CancelSignal>) {
         let signal = Arc::new(CancelSignal::default());
@@ -136,8 +140,16 @@ impl CancelRegistry {
     }
 }
 
-async fn send_upstream_cancel(addr: &(String, u16), key: BackendKey) -> std::io::Result<()> {
-    let mut stream = tokio::net::TcpStream::connect((addr.0.as_str(), addr.1)).await?;
+/// Sends CancelRequest over a fresh connection, with TLS when the session's `sslmode` asks for it (so the
+/// key never crosses the network in clear where the session itself doesn't).
+async fn send_upstream_cancel(addr: &UpstreamAddr, key: BackendKey) -> std::io::Result<()> {
+    let tcp = tokio::net::TcpStream::connect((addr.0.as_str(), addr.1)).await?;
+    let mut stream = negotiate(tcp, &addr.0, &addr.2)
+        .await
+        .map_err(|e| match e {
+            NegotiateError::Io(e) => e,
+            other => std::io::Error::other(other.to_string()),
+        })?;
     let mut buf = bytes::BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
     stream.write_all(&buf).await?;
@@ -152,7 +164,10 @@ mod tests {
     async fn cancel_during_hold_signals_the_session_not_the_upstream() {
         let reg = CancelRegistry::default();
         // Port 9 on loopback: if the registry wrongly forwarded upstream it would only log a warning.
-        let (key, signal) = reg.register(("127.0.0.1".into(), 9), BackendKey { pid: 1, secret: 2 });
+        let (key, signal) = reg.register(
+            ("127.0.0.1".into(), 9, UpstreamTls::default()),
+            BackendKey { pid: 1, secret: 2 },
+        );
         signal.set_holding(true);
         let since = signal.generation();
         reg.cancel(key).await;
@@ -167,7 +182,10 @@ mod tests {
     #[tokio::test]
     async fn cancel_with_wrong_secret_is_ignored() {
         let reg = CancelRegistry::default();
-        let (key, signal) = reg.register(("127.0.0.1".into(), 9), BackendKey { pid: 1, secret: 2 });
+        let (key, signal) = reg.register(
+            ("127.0.0.1".into(), 9, UpstreamTls::default()),
+            BackendKey { pid: 1, secret: 2 },
+        );
         signal.set_holding(true);
         let since = signal.generation();
         reg.cancel(FrontendKey {

@@ -14,9 +14,12 @@ pub struct WireConfig {
     /// Certificate and key for TLS (SSLRequest); without it clients get 'N'.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
-    /// Accept cleartext passwords without TLS; only honoured when `listen` is a loopback address.
+    /// Accept passwords (cleartext or SCRAM) without TLS; only honoured when `listen` is a loopback address.
     #[serde(default)]
     pub allow_cleartext_without_tls: bool,
+    /// Which password exchange clients get: see [`WireAuth`].
+    #[serde(default)]
+    pub auth: WireAuth,
     /// How long a held statement keeps the client waiting before it gets "still pending".
     #[serde(default = "default_hold_wait", deserialize_with = "seconds")]
     pub hold_wait: Duration,
@@ -26,6 +29,21 @@ pub struct WireConfig {
     /// Largest client message accepted after startup, in bytes.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
+}
+
+/// How wire clients prove who they are (`[wire] auth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireAuth {
+    /// SCRAM-SHA-256 when the startup `user` names a static identity with a `scram_verifier`; every other
+    /// user sends a JWT or static token as a cleartext password. Which exchange a user name gets shows
+    /// whether it has a verifier.
+    #[default]
+    Auto,
+    /// SCRAM-SHA-256 for every user; a user without a verifier gets a mock exchange and the same
+    /// "password authentication failed" (28P01) as a wrong password, so user names are not revealed.
+    /// Tokens can't log in on the wire in this mode (the HTTP API still takes them).
+    Scram,
 }
 
 /// PEM files for the listener's TLS.
@@ -45,6 +63,7 @@ impl WireConfig {
             listen,
             tls: None,
             allow_cleartext_without_tls: false,
+            auth: WireAuth::Auto,
             hold_wait: default_hold_wait(),
             startup_timeout: default_startup_timeout(),
             max_message_size: default_max_message_size(),
@@ -86,7 +105,14 @@ mod tests {
             toml::from_str("listen = \"127.0.0.1:6543\"\nhold_wait = 1.5\n").unwrap();
         assert_eq!(cfg.hold_wait, Duration::from_millis(1500));
         assert_eq!(cfg.max_message_size, 64 * 1024 * 1024);
+        assert_eq!(cfg.auth, WireAuth::Auto);
         assert!(toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nbogus = 1\n").is_err());
+        let scram: WireConfig =
+            toml::from_str("listen = \"127.0.0.1:1\"\nauth = \"scram\"\n").unwrap();
+        assert_eq!(scram.auth, WireAuth::Scram);
+        assert!(
+            toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nauth = \"md5\"\n").is_err()
+        );
         assert!(
             toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nhold_wait = -1\n").is_err()
         );

@@ -2,6 +2,8 @@
 //!
 //! The proxy depends on the rest of the gateway only through [`WireGate`] and the plain data types here.
 
+pub use super::scram::ScramError;
+pub use crate::identity::scram::ScramVerifier;
 use crate::policy::{Action, Verdict, VerdictMemo};
 use countersign_bot::{RequestId, RequesterChain, SessionId, StatementHash};
 use std::net::SocketAddr;
@@ -19,6 +21,24 @@ pub trait WireGate: Send + Sync + 'static {
         user: &str,
         password: &str,
     ) -> Result<RequesterChain, WireAuthError>;
+    /// The SCRAM-SHA-256 verifier of `user` (the name of a static identity that has one). None: the user
+    /// logs in with a token as cleartext password, or (with `[wire] auth = "scram"`) gets a mock exchange.
+    fn scram_verifier(&self, _user: &str) -> Option<ScramVerifier> {
+        None
+    }
+    /// `user`'s SCRAM proof verified: who the client is, and whether it may use `connection`.
+    async fn scram_verified(
+        &self,
+        _connection: &str,
+        user: &str,
+    ) -> Result<RequesterChain, WireAuthError> {
+        Err(WireAuthError::BadPassword {
+            user: user.to_string(),
+        })
+    }
+    /// A SCRAM login failed (wrong password, unknown user or a broken exchange): audit it like a refused
+    /// token.
+    async fn scram_refused(&self, _connection: &str, _user: &str, _error: &ScramError) {}
     /// Where and how to connect upstream for this connection name (None = unknown connection → 3D000).
     fn upstream(&self, connection: &str) -> Option<UpstreamTarget>;
     /// The connection's masking rules; None (the default) relays results untouched at no cost.
@@ -69,6 +89,8 @@ pub struct UpstreamTarget {
     pub password: Option<String>,
     /// Upstream database name.
     pub database: String,
+    /// `sslmode` / `sslrootcert` from the URL (`disable` when built by hand).
+    pub tls: super::upstream_tls::UpstreamTls,
 }
 
 /// One client session as recorded.

@@ -5,6 +5,7 @@
 //! **Architecture invariant:** no client statement reaches the upstream without a verdict from
 //! [`WireGate::classify`]; upstream bytes are passed through untouched except the gateway's own refusals.
 
+mod auth;
 mod backend;
 mod cancel;
 pub(crate) mod codec;
@@ -14,16 +15,19 @@ mod extended;
 pub mod gate;
 mod recorder;
 mod relay;
+pub mod scram;
 pub mod server;
 mod session;
 #[doc(hidden)]
 pub mod testing;
 pub(crate) mod upstream;
+pub mod upstream_tls;
 
-pub use config::{TlsFiles, WireConfig};
+pub use config::{TlsFiles, WireAuth, WireConfig};
 pub use error::WireError;
 pub use gate::{
     ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord,
     UpstreamTarget, WireAuthError, WireGate,
 };
 pub use server::{serve, WireServer};
+pub use upstream_tls::{RootCert, SslMode, UpstreamTls};

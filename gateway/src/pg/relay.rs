@@ -15,7 +15,6 @@ use countersign_bot::RequestId;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const READ_CHUNK: usize = 32 * 1024;
 
@@ -63,12 +62,13 @@ struct Refusal<'a> {
     received: Instant,
 }
 
-/// One client session's relay.
-pub struct Relay<CR, CW> {
+/// One client session's relay, generic over the client's and the upstream's socket halves (plain TCP or
+/// TLS) so that each combination is compiled without dynamic dispatch.
+pub struct Relay<CR, CW, SR, SW> {
     client_r: CR,
     client_w: CW,
-    server_r: OwnedReadHalf,
-    server_w: OwnedWriteHalf,
+    server_r: SR,
+    server_w: SW,
     cbuf: BytesMut,
     sbuf: BytesMut,
     out: BytesMut,
@@ -83,15 +83,17 @@ pub struct Relay<CR, CW> {
     ctx: SessionCtx,
 }
 
-impl<CR, CW> Relay<CR, CW>
+impl<CR, CW, SR, SW> Relay<CR, CW, SR, SW>
 where
     CR: AsyncRead + Unpin + Send,
     CW: AsyncWrite + Unpin + Send,
+    SR: AsyncRead + Unpin + Send,
+    SW: AsyncWrite + Unpin + Send,
 {
     /// A relay over established client and upstream sockets; `sbuf` holds any upstream bytes read early.
     pub fn new(
         (client_r, client_w): (CR, CW),
-        (server_r, server_w): (OwnedReadHalf, OwnedWriteHalf),
+        (server_r, server_w): (SR, SW),
         sbuf: BytesMut,
         ready_status: u8,
         ctx: SessionCtx,

@@ -49,6 +49,7 @@ impl WireServer {
             tls,
             cancels: CancelRegistry::default(),
             recorder,
+            scram_mock_secret: rand::random(),
         });
         Ok(Self { listener, shared })
     }

@@ -1,16 +1,15 @@
 //! One client connection from TCP accept to relay: SSLRequest/GSSENCRequest negotiation, CancelRequest,
-//! the startup packet, cleartext-password authentication against the gate, and the upstream login.
+//! the startup packet, authentication (see `auth`), and the upstream login.
 
 use super::cancel::{CancelRegistry, CancelSignal, FrontendKey};
-use super::codec::{
-    put_auth, put_backend_key, put_cstr, put_error, put_ready, read_frame, sqlstate, Severity,
-};
+use super::codec::{put_auth, put_backend_key, put_cstr, put_error, put_ready, sqlstate, Severity};
 use super::config::WireConfig;
 use super::error::WireError;
-use super::gate::{SessionInfo, WireAuthError, WireGate};
+use super::gate::{SessionInfo, WireGate};
 use super::recorder::Recorder;
 use super::relay::{Relay, SessionCtx};
 use super::upstream::{self, Upstream};
+use super::upstream_tls::UpstreamStream;
 use bytes::{BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +24,6 @@ const SSL_REQUEST: i32 = 80877103;
 const GSSENC_REQUEST: i32 = 80877104;
 const CANCEL_REQUEST: i32 = 80877102;
 const MAX_STARTUP_PACKET: usize = 10 * 1024;
-const MAX_PASSWORD_MESSAGE: usize = 64 * 1024;
 
 /// State shared by all connections of one listener.
 pub struct Shared {
@@ -39,6 +37,8 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Session recording.
     pub recorder: Recorder,
+    /// Per-process secret that derives stable fake SCRAM salts for users without a verifier.
+    pub scram_mock_secret: [u8; 32],
 }
 
 enum Packet {
@@ -216,7 +216,12 @@ async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Packet, Pac
     }
 }
 
-async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str) -> WireError {
+/// Sends a FATAL ErrorResponse, closes the stream, and returns the matching error.
+pub(super) async fn fatal<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    code: &str,
+    message: &str,
+) -> WireError {
     let mut buf = BytesMut::new();
     put_error(&mut buf, Severity::Fatal, code, message, None);
     let _ = stream.write_all(&buf).await;
@@ -275,53 +280,13 @@ async fn serve<S: Halves>(
         let msg = "the gateway accepts passwords only over TLS; connect with sslmode=require";
         return Err(fatal(&mut stream, sqlstate::INVALID_AUTHORIZATION, msg).await);
     }
-    put_auth(&mut out, 3);
-    stream.write_all(&out).await?;
-
-    let mut buf = BytesMut::new();
-    let (tag, body) = match timeout_at(
-        deadline,
-        read_frame(&mut stream, &mut buf, MAX_PASSWORD_MESSAGE),
-    )
-    .await
-    {
-        Err(_) => {
-            return Err(fatal(
-                &mut stream,
-                sqlstate::PROTOCOL_VIOLATION,
-                "startup timed out waiting for the password",
-            )
-            .await)
-        }
-        // Clients such as psql hang up here to prompt for a password, then reconnect.
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-        Ok(Err(e)) => {
-            return Err(fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await)
-        }
-        Ok(Ok(frame)) => frame,
-    };
-    let password = body.strip_suffix(&[0]).map(std::str::from_utf8);
-    let password = match (tag, password) {
-        (b'p', Some(Ok(p))) => p,
-        _ => {
-            return Err(fatal(
-                &mut stream,
-                sqlstate::PROTOCOL_VIOLATION,
-                "expected a password message",
-            )
-            .await)
-        }
-    };
-    let requester = match shared.gate.authenticate(&connection, &user, password).await {
-        Ok(r) => r,
-        Err(e) => {
-            let code = match e {
-                WireAuthError::BadPassword { .. } => sqlstate::INVALID_PASSWORD,
-                WireAuthError::NotAllowed(_) => sqlstate::INVALID_AUTHORIZATION,
-            };
-            return Err(fatal(&mut stream, code, &e.to_string()).await);
-        }
-    };
+    let requester =
+        match super::auth::authenticate(&mut stream, out, &connection, &user, shared, deadline)
+            .await?
+        {
+            Some(r) => r,
+            None => return Ok(()),
+        };
     let Some(target) = shared.gate.upstream(&connection) else {
         let msg = format!("connection \"{connection}\" does not exist; use a connection name the gateway is configured with");
         return Err(fatal(&mut stream, sqlstate::INVALID_CATALOG_NAME, &msg).await);
@@ -351,9 +316,10 @@ async fn serve<S: Halves>(
         ready_status,
         leftover,
     } = upstream;
-    let (key, signal) = shared
-        .cancels
-        .register((target.host.clone(), target.port), backend_key);
+    let (key, signal) = shared.cancels.register(
+        (target.host.clone(), target.port, target.tls.clone()),
+        backend_key,
+    );
 
     let mut hello = BytesMut::with_capacity(parameter_status.len() + 64);
     put_auth(&mut hello, 0);
@@ -391,7 +357,7 @@ async fn serve<S: Halves>(
 
 async fn relay<S: Halves>(
     stream: S,
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     leftover: BytesMut,
     ready_status: u8,
     session: &Arc<SessionInfo>,
@@ -409,13 +375,23 @@ async fn relay<S: Halves>(
         max_message_size: shared.cfg.max_message_size,
         masking: shared.gate.masking(&session.connection),
     };
-    Relay::new(
-        stream.halves(),
-        upstream.into_split(),
-        sbuf,
-        ready_status,
-        ctx,
-    )
-    .run()
-    .await
+    // One monomorphised relay per upstream kind: the plain path reads and writes the TCP halves directly.
+    match upstream {
+        UpstreamStream::Plain(tcp) => {
+            Relay::new(stream.halves(), tcp.into_split(), sbuf, ready_status, ctx)
+                .run()
+                .await
+        }
+        UpstreamStream::Tls(tls) => {
+            Relay::new(
+                stream.halves(),
+                tokio::io::split(*tls),
+                sbuf,
+                ready_status,
+                ctx,
+            )
+            .run()
+            .await
+        }
+    }
 }

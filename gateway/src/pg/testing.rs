@@ -3,8 +3,8 @@
 //! Not for production: it has no policy and no store.
 
 use super::gate::{
-    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord,
-    UpstreamTarget, WireAuthError, WireGate,
+    ExecutionOutcome, GateError, HoldOutcome, HoldTicket, ScramError, ScramVerifier, SessionInfo,
+    StatementRecord, UpstreamTarget, WireAuthError, WireGate,
 };
 use crate::policy::{Action, ReviewRequirement, Verdict};
 use countersign_bot::{
@@ -37,12 +37,20 @@ pub enum GateEvent {
     Statement(StatementRecord),
     /// `session_ended`.
     SessionEnded(SessionId),
+    /// `scram_refused` for this user.
+    ScramRefused {
+        /// The startup user.
+        user: String,
+        /// Why.
+        error: ScramError,
+    },
 }
 
 /// A static gate: see the module docs.
 pub struct StaticGate {
     connections: HashMap<String, UpstreamTarget>,
     tokens: HashMap<String, RequesterChain>,
+    scram: HashMap<String, (ScramVerifier, RequesterChain)>,
     outcomes: Mutex<VecDeque<(Duration, HoldOutcome)>>,
     approved: Mutex<HashSet<StatementHash>>,
     events: Mutex<Vec<GateEvent>>,
@@ -80,6 +88,7 @@ impl StaticGate {
         Self {
             connections: HashMap::from([(connection.to_string(), upstream)]),
             tokens: HashMap::from([(token.to_string(), RequesterChain::single(agent))]),
+            scram: HashMap::new(),
             outcomes: Mutex::default(),
             approved: Mutex::default(),
             events: Mutex::default(),
@@ -99,6 +108,20 @@ impl StaticGate {
     /// Marks a statement hash as already approved: its next `hold` returns `Approved`.
     pub fn approve_in_advance(&self, hash: StatementHash) {
         lock(&self.approved).insert(hash);
+    }
+
+    /// Lets the workload `user` log in with SCRAM-SHA-256 against `verifier`.
+    pub fn with_scram_user(mut self, user: &str, verifier: ScramVerifier) -> Self {
+        let me = Identity {
+            issuer: "static".into(),
+            subject: user.into(),
+            email: None,
+            kind: IdentityKind::Workload,
+            groups: vec![],
+        };
+        self.scram
+            .insert(user.to_string(), (verifier, RequesterChain::single(me)));
+        self
     }
 
     /// Masks results of every session with these rules.
@@ -148,6 +171,35 @@ impl WireGate for StaticGate {
             .ok_or_else(|| WireAuthError::BadPassword {
                 user: user.to_string(),
             })
+    }
+
+    fn scram_verifier(&self, user: &str) -> Option<ScramVerifier> {
+        self.scram.get(user).map(|(v, _)| v.clone())
+    }
+
+    async fn scram_verified(
+        &self,
+        connection: &str,
+        user: &str,
+    ) -> Result<RequesterChain, WireAuthError> {
+        if !self.connections.contains_key(connection) {
+            return Err(WireAuthError::NotAllowed(format!(
+                "no connection named \"{connection}\""
+            )));
+        }
+        self.scram
+            .get(user)
+            .map(|(_, chain)| chain.clone())
+            .ok_or_else(|| WireAuthError::BadPassword {
+                user: user.to_string(),
+            })
+    }
+
+    async fn scram_refused(&self, _connection: &str, user: &str, error: &ScramError) {
+        self.record(GateEvent::ScramRefused {
+            user: user.to_string(),
+            error: error.clone(),
+        });
     }
 
     fn upstream(&self, connection: &str) -> Option<UpstreamTarget> {

@@ -1,9 +1,11 @@
 //! Connecting and logging in to the real database with the gateway's credential (trust, cleartext,
-//! MD5 or SCRAM-SHA-256). The client never sees that credential.
+//! MD5 or SCRAM-SHA-256), over TLS when the target's `sslmode` asks for it. The client never sees that
+//! credential.
 
 use super::cancel::BackendKey;
 use super::codec::{error_fields, read_frame};
 use super::gate::UpstreamTarget;
+use super::upstream_tls::{negotiate, NegotiateError, UpstreamStream};
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -15,8 +17,8 @@ const MAX_STARTUP_FRAME: usize = 1024 * 1024;
 
 /// An upstream session ready for queries.
 pub struct Upstream {
-    /// The socket, positioned after the first ReadyForQuery.
-    pub stream: TcpStream,
+    /// The connection (plain or TLS), positioned after the first ReadyForQuery.
+    pub stream: UpstreamStream,
     /// Raw ParameterStatus frames to relay to the client.
     pub parameter_status: BytesMut,
     /// The upstream's cancel key.
@@ -41,6 +43,9 @@ pub enum UpstreamError {
         /// Upstream message; logged, not shown to clients (it can name the upstream user).
         message: String,
     },
+    /// TLS was required but refused, or its handshake failed.
+    #[error(transparent)]
+    Tls(NegotiateError),
     /// The upstream asked for something the gateway can't do.
     #[error("the upstream database requires {0}; configure a password or trust/md5/SCRAM-SHA-256 auth for the gateway's user")]
     Unsupported(String),
@@ -51,8 +56,13 @@ pub async fn connect(
     target: &UpstreamTarget,
     params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
-    let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
-    stream.set_nodelay(true)?;
+    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream = match negotiate(tcp, &target.host, &target.tls).await {
+        Ok(s) => s,
+        Err(NegotiateError::Io(e)) => return Err(e.into()),
+        Err(e) => return Err(UpstreamError::Tls(e)),
+    };
     let mut out = BytesMut::new();
     let all = [
         ("user", target.user.as_str()),

@@ -1,0 +1,510 @@
+//! TLS from the gateway to the upstream database, as libpq's `sslmode` and `sslrootcert` describe it:
+//! SSLRequest, then a rustls handshake on 'S'; on 'N' plaintext only for `prefer`.
+//!
+//! | sslmode       | TLS            | certificate checked                                        |
+//! |---------------|----------------|------------------------------------------------------------|
+//! | `disable`     | never          | —                                                          |
+//! | `prefer`      | if offered     | chain against `sslrootcert` when set, else not at all      |
+//! | `require`     | always         | chain against `sslrootcert` when set, else not at all      |
+//! | `verify-ca`   | always         | chain against `sslrootcert` (required)                     |
+//! | `verify-full` | always         | chain against `sslrootcert` (required) and the host name   |
+//!
+//! `sslrootcert=system` uses the operating system's roots and, as in libpq, requires `verify-full`.
+//! The connection is either [`UpstreamStream::Plain`] or [`UpstreamStream::Tls`]; the relay is generic over
+//! the socket halves, so the plain path has no extra indirection.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::fmt;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS when the server offers it (libpq's default).
+    Prefer,
+    /// TLS or fail.
+    Require,
+    /// TLS with a certificate chain to `sslrootcert`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// Parses the URL value (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`).
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// The URL spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    /// True when a server without TLS must be refused.
+    pub fn requires_tls(self) -> bool {
+        matches!(self, Self::Require | Self::VerifyCa | Self::VerifyFull)
+    }
+}
+
+/// Where the trusted roots come from (`sslrootcert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCert {
+    /// A PEM file of CA certificates.
+    File(PathBuf),
+    /// The operating system's trust store (`sslrootcert=system`).
+    System,
+}
+
+/// A TLS setting that can't be used; the message says how to fix the URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamTlsError {
+    /// `sslmode` has an unknown value.
+    #[error("sslmode={0:?} is unknown; use disable, prefer, require, verify-ca or verify-full")]
+    BadMode(String),
+    /// verify-* without roots.
+    #[error(
+        "sslmode={0} needs trusted roots; add sslrootcert=/path/to/ca.pem (or sslrootcert=system)"
+    )]
+    NoRootCert(&'static str),
+    /// `sslrootcert=system` with a mode that does not check the host name.
+    #[error(
+        "sslrootcert=system requires sslmode=verify-full (as in libpq); set it or name a CA file"
+    )]
+    SystemNeedsVerifyFull,
+    /// The root file can't be read or holds no certificate.
+    #[error("sslrootcert {path}: {reason}; point it at a readable PEM file of CA certificates")]
+    RootCert {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A libpq TLS parameter the gateway does not implement.
+    #[error("{0} is not supported by the gateway's upstream client; remove it (client certificates and CRLs are not implemented)")]
+    Unsupported(String),
+}
+
+/// How to secure one upstream connection: the mode and, unless disabled, a ready rustls configuration.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    mode: SslMode,
+    root_cert: Option<RootCert>,
+    config: Option<Arc<ClientConfig>>,
+}
+
+impl Default for UpstreamTls {
+    /// `disable`: what a target built by hand gets. URLs without `sslmode` get `prefer`, as in libpq.
+    fn default() -> Self {
+        Self {
+            mode: SslMode::Disable,
+            root_cert: None,
+            config: None,
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("mode", &self.mode)
+            .field("root_cert", &self.root_cert)
+            .finish()
+    }
+}
+
+// Two settings are equal when they were written the same; the built configuration follows from them.
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.mode == other.mode && self.root_cert == other.root_cert
+    }
+}
+impl Eq for UpstreamTls {}
+
+impl UpstreamTls {
+    /// Loads the roots and builds the rustls configuration once (at config load), so connecting never
+    /// touches the file system.
+    pub fn new(mode: SslMode, root_cert: Option<RootCert>) -> Result<Self, UpstreamTlsError> {
+        if mode == SslMode::Disable {
+            return Ok(Self {
+                mode,
+                root_cert,
+                config: None,
+            });
+        }
+        if root_cert == Some(RootCert::System) && mode != SslMode::VerifyFull {
+            return Err(UpstreamTlsError::SystemNeedsVerifyFull);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = root_cert.as_ref().map(load_roots).transpose()?;
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamTlsError::Unsupported(e.to_string()))?;
+        let config = match (mode, roots) {
+            (SslMode::VerifyFull, Some(roots)) => {
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+                return Err(UpstreamTlsError::NoRootCert(mode.as_str()))
+            }
+            // libpq: with a root file, prefer/require check the chain like verify-ca.
+            (_, Some(roots)) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly {
+                    roots: Arc::new(roots),
+                    provider,
+                }))
+                .with_no_client_auth(),
+            (_, None) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified { provider }))
+                .with_no_client_auth(),
+        };
+        Ok(Self {
+            mode,
+            root_cert,
+            config: Some(Arc::new(config)),
+        })
+    }
+
+    /// The configured `sslmode`.
+    pub fn mode(&self) -> SslMode {
+        self.mode
+    }
+
+    /// The configured `sslrootcert`.
+    pub fn root_cert(&self) -> Option<&RootCert> {
+        self.root_cert.as_ref()
+    }
+}
+
+fn load_roots(root: &RootCert) -> Result<RootCertStore, UpstreamTlsError> {
+    let mut store = RootCertStore::empty();
+    match root {
+        RootCert::File(path) => {
+            let err = |reason: String| UpstreamTlsError::RootCert {
+                path: path.clone(),
+                reason,
+            };
+            let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+            for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
+                let cert = cert.map_err(|e| err(e.to_string()))?;
+                store.add(cert).map_err(|e| err(e.to_string()))?;
+            }
+            if store.is_empty() {
+                return Err(err("no certificate found".into()));
+            }
+        }
+        RootCert::System => {
+            let found = rustls_native_certs::load_native_certs();
+            store.add_parsable_certificates(found.certs);
+            if store.is_empty() {
+                return Err(UpstreamTlsError::RootCert {
+                    path: "system".into(),
+                    reason: "the operating system's trust store is empty or unreadable".into(),
+                });
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// Accepts any certificate (`prefer`/`require` without roots, as libpq) but still checks that the server
+/// holds its key, so the session is at least encrypted to whoever answered.
+#[derive(Debug)]
+struct Unverified {
+    provider: Arc<CryptoProvider>,
+}
+
+/// Checks the chain to the configured roots but not the host name (`verify-ca`).
+#[derive(Debug)]
+struct ChainOnly {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+macro_rules! handshake_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    handshake_signatures!();
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    handshake_signatures!();
+}
+
+/// Why TLS to the upstream could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NegotiateError {
+    /// Socket failure.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The server answered 'N' but the mode requires TLS.
+    #[error("the upstream database does not offer TLS but the connection's upstream_url has sslmode={0}; enable ssl on the server, or lower sslmode")]
+    Refused(&'static str),
+    /// The server answered something other than 'S' or 'N'.
+    #[error("the upstream answered the SSLRequest with {0:?}; is it a PostgreSQL server?")]
+    Unexpected(u8),
+    /// The handshake failed (certificate, protocol).
+    #[error("TLS handshake with the upstream failed (sslmode={mode}): {reason}; check sslrootcert and that the server certificate is signed by it{names}")]
+    Handshake {
+        /// The configured mode.
+        mode: &'static str,
+        /// rustls' reason.
+        reason: String,
+        /// A hint about names for verify-full.
+        names: &'static str,
+    },
+}
+
+/// A connection to the upstream, plain or TLS.
+pub enum UpstreamStream {
+    /// Plain TCP (`disable`, or `prefer` against a server without TLS).
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Sends SSLRequest when the mode asks for TLS and completes the handshake on 'S'.
+pub async fn negotiate(
+    mut tcp: TcpStream,
+    host: &str,
+    tls: &UpstreamTls,
+) -> Result<UpstreamStream, NegotiateError> {
+    let Some(config) = &tls.config else {
+        return Ok(UpstreamStream::Plain(tcp));
+    };
+    tcp.write_all(&SSL_REQUEST).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {}
+        b'N' if !tls.mode.requires_tls() => return Ok(UpstreamStream::Plain(tcp)),
+        b'N' => return Err(NegotiateError::Refused(tls.mode.as_str())),
+        other => return Err(NegotiateError::Unexpected(other)),
+    }
+    let handshake = |reason: String| NegotiateError::Handshake {
+        mode: tls.mode.as_str(),
+        reason,
+        names: if tls.mode == SslMode::VerifyFull {
+            ", and that its names include the host in upstream_url"
+        } else {
+            ""
+        },
+    };
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| handshake(format!("{host:?} is not a valid server name ({e})")))?;
+    let stream = TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| handshake(e.to_string()))?;
+    Ok(UpstreamStream::Tls(Box::new(stream)))
+}
+
+impl UpstreamStream {
+    /// True when the session is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Self::Tls(_))
+    }
+}
+
+// Used by the upstream login and the HTTP API's client; the relay splits the variants instead.
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_say_whether_tls_is_required() {
+        for (text, requires) in [
+            ("disable", false),
+            ("prefer", false),
+            ("require", true),
+            ("verify-ca", true),
+            ("verify-full", true),
+        ] {
+            let mode = SslMode::parse(text).unwrap();
+            assert_eq!(mode.as_str(), text);
+            assert_eq!(mode.requires_tls(), requires, "{text}");
+        }
+        assert_eq!(SslMode::parse("allow"), None);
+    }
+
+    #[test]
+    fn verify_modes_need_roots_and_system_roots_need_verify_full() {
+        assert_eq!(
+            UpstreamTls::new(SslMode::VerifyFull, None).unwrap_err(),
+            UpstreamTlsError::NoRootCert("verify-full")
+        );
+        assert_eq!(
+            UpstreamTls::new(SslMode::VerifyCa, None).unwrap_err(),
+            UpstreamTlsError::NoRootCert("verify-ca")
+        );
+        assert_eq!(
+            UpstreamTls::new(SslMode::Require, Some(RootCert::System)).unwrap_err(),
+            UpstreamTlsError::SystemNeedsVerifyFull
+        );
+        let missing = UpstreamTls::new(
+            SslMode::VerifyFull,
+            Some(RootCert::File("/nonexistent/ca.pem".into())),
+        )
+        .unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/ca.pem"),
+            "{missing}"
+        );
+        assert!(UpstreamTls::new(SslMode::Require, None)
+            .unwrap()
+            .config
+            .is_some());
+        assert!(UpstreamTls::new(SslMode::Disable, None)
+            .unwrap()
+            .config
+            .is_none());
+    }
+
+    #[test]
+    fn a_file_without_certificates_is_refused() {
+        let dir = std::env::temp_dir().join(format!("cs-tls-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("empty.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let err = UpstreamTls::new(SslMode::VerifyCa, Some(RootCert::File(path))).unwrap_err();
+        assert!(err.to_string().contains("no certificate found"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
