@@ -736,3 +736,108 @@ async fn client_disconnect_during_a_hold_cancels_the_approval_request() {
         "nothing may run for a client that left"
     );
 }
+
+/// A frontend message: tag, length, body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// Logs in with a raw socket and reads up to the first ReadyForQuery.
+async fn raw_login(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet("app")).await.unwrap();
+    let mut auth = [0u8; 9];
+    s.read_exact(&mut auth).await.unwrap();
+    s.write_all(&message(b'p', &cstr(TOKEN))).await.unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s
+}
+
+/// Reads whole backend frames until one tagged `last` arrives; returns the tags and bodies.
+async fn read_frames_until(s: &mut TcpStream, last: u8) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+            .await
+            .unwrap_or_else(|_| panic!("no {:?} within 5 s; got {frames:?}", last as char))
+            .unwrap();
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).await.unwrap();
+        frames.push((head[0], body));
+        if head[0] == last {
+            return frames;
+        }
+    }
+}
+
+#[tokio::test]
+async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1), (2)"
+        ))
+        .await
+        .unwrap();
+    gate.push_outcome(Duration::from_millis(100), HoldOutcome::Approved);
+    let mut s = raw_login(addr).await;
+    // Prepare and describe, then Flush and wait for the answer before binding (asyncpg's pattern).
+    let sql = format!("DELETE FROM {t} WHERE id = $1");
+    let mut prepare = message(b'P', &[cstr("del"), cstr(&sql), vec![0, 0]].concat());
+    prepare.extend(message(b'D', &[vec![b'S'], cstr("del")].concat()));
+    prepare.extend(message(b'H', &[]));
+    s.write_all(&prepare).await.unwrap();
+    let described = read_frames_until(&mut s, b'n').await;
+    let tags: Vec<u8> = described.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"1tn", "ParseComplete, ParameterDescription, NoData");
+    // Binding "1" as text and executing is what needs the decision: held, approved, run once.
+    let mut run = message(
+        b'B',
+        &[
+            cstr(""),
+            cstr("del"),
+            vec![0, 0, 0, 1, 0, 0, 0, 1, b'1', 0, 0],
+        ]
+        .concat(),
+    );
+    run.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
+    run.extend(message(b'S', &[]));
+    s.write_all(&run).await.unwrap();
+    let ran = read_frames_until(&mut s, b'Z').await;
+    let complete = ran
+        .iter()
+        .find(|(t, _)| *t == b'C')
+        .expect("CommandComplete");
+    assert_eq!(complete.1, b"DELETE 1\0");
+    assert!(ran
+        .iter()
+        .any(|(t, body)| *t == b'N' && contains(body, b"held for approval")));
+    let hold = eventually(&gate, "a hold", |e| matches!(e, GateEvent::Hold { .. })).await;
+    let GateEvent::Hold { sql: held_sql, .. } = hold else {
+        unreachable!()
+    };
+    assert_eq!(held_sql, sql);
+    let left: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1);
+    client
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+}

@@ -872,7 +872,7 @@ macro_rules! sql_store {
             async fn statements_recorded(&self, batch: &[StatementRecord]) -> Result<(), StoreError> {
                 // Multi-row inserts: at pgbench rates one round trip per row to the database (and, for
                 // SQLite, to its worker thread) would cost more than the proxying itself.
-                let mut tx = self.begin_write().await?;
+                let mut tx = self.begin_record().await?;
                 for chunk in batch.chunks(64) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO statements (session_id, sql, statement_hash, decision, request_id, outcome, command_tag, rows, error, masked_fields, duration_us, at_ms) ",

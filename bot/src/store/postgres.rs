@@ -37,6 +37,16 @@ impl PgStore {
         self.pool.begin().await
     }
 
+    /// Session recordings at statement rate commit without waiting for the WAL flush: a database
+    /// crash can lose the last moments of recording, never a request, vote or audit record.
+    async fn begin_record(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     async fn lock_audit(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK_KEY)

@@ -11,6 +11,8 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One connection for session recording, committing without fsync (see `begin_record`).
+    records: SqlitePool,
 }
 
 impl SqliteStore {
@@ -39,14 +41,25 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let records = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.synchronous(SqliteSynchronous::Normal))
+            .await?;
+        Ok(Self { pool, records })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// Session recordings at statement rate: in WAL mode a `NORMAL` commit survives a process crash
+    /// and is made durable by the next checkpoint or full-sync commit, so only an OS crash can lose
+    /// the last moments of recording, never a request, vote or audit record (those commit with FULL).
+    async fn begin_record(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.records.begin_with("BEGIN IMMEDIATE").await
     }
 
     async fn lock_audit(_conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {

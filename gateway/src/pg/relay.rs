@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const READ_CHUNK: usize = 32 * 1024;
+/// A protocol Flush message.
+const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
 
 /// What the relay needs from the rest of the session.
 pub struct SessionCtx {
@@ -253,10 +255,19 @@ where
                 }
                 b'H' => {
                     self.add_to_batch(&frame);
-                    // Flush asks for results so far: forward only if nothing in the batch needs a decision.
+                    // Flush asks for results so far. Everything goes when nothing needs a decision;
+                    // otherwise the part before the first gated Execute (it runs nothing) goes with a
+                    // Flush of its own, so a client that prepares and waits before sending Sync is
+                    // answered, and the rest waits for the verdict at Sync.
                     if self.batch.action() == Action::Allow {
                         forward(&mut self.backend.masker, &mut self.out, &self.batch.bytes);
                         self.batch.bytes.clear();
+                        self.batch.forwardable = 0;
+                    } else if self.batch.forwardable > 0 {
+                        let ready = self.batch.bytes.split_to(self.batch.forwardable);
+                        self.batch.forwardable = 0;
+                        forward(&mut self.backend.masker, &mut self.out, &ready);
+                        forward(&mut self.backend.masker, &mut self.out, &FLUSH);
                     }
                 }
                 b'S' => {
@@ -297,6 +308,9 @@ where
             self.batch.started = Some(Instant::now());
         }
         self.batch.bytes.extend_from_slice(frame);
+        if !self.batch.gated {
+            self.batch.forwardable = self.batch.bytes.len();
+        }
     }
 
     fn classify(&mut self, sql: &str) -> Arc<Verdict> {
