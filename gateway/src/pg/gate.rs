@@ -25,6 +25,11 @@ pub trait WireGate: Send + Sync + 'static {
     fn masking(&self, _connection: &str) -> Option<Arc<crate::masking::Masker>> {
         None
     }
+    /// Resolves table OIDs for the connection's table-qualified masking rules; None (the default) makes
+    /// them match by column name (over-masking).
+    fn table_lookup(&self, _connection: &str) -> Option<Arc<dyn crate::masking::TableLookup>> {
+        None
+    }
     /// Classify (cached by text): pure and fast.
     fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Arc<Verdict>;
     /// A statement classified `review`: create (or reuse) the approval request bound to `hash`.
