@@ -87,3 +87,52 @@ async fn wire_results_are_masked_in_text_and_binary() {
     let n: i32 = row.get(5);
     assert_eq!(n, 42);
 }
+
+#[tokio::test]
+async fn table_qualified_rules_mask_only_the_named_table_in_the_api_and_on_the_wire() {
+    let (db, conn) = tokio_postgres::connect(&upstream_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let schema = format!("mask_api_{}", uuid::Uuid::new_v4().simple());
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.customers (id int, email text);
+         CREATE TABLE {schema}.staff (id int, email text);
+         INSERT INTO {schema}.customers VALUES (1, 'cust@example.com');
+         INSERT INTO {schema}.staff VALUES (1, 'staff@example.com');"
+    ))
+    .await
+    .unwrap();
+    let cfg = base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n")
+        .replace(
+            "[[approver_groups]]",
+            "[[connections.masking.rules]]\ncolumns = [\"customers.email\"]\nstyle = \"redact\"\n\n[[approver_groups]]",
+        );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let sql = format!(
+        "SELECT c.email, s.email, lower(s.email) AS email FROM {schema}.customers c JOIN {schema}.staff s USING (id)"
+    );
+    let r = gw.query(AGENT, &sql).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // customers.email masked, staff.email clear, an expression (table OID 0) masked by its name.
+    assert_eq!(
+        r.body["rows"][0],
+        json!(["[redacted]", "staff@example.com", "[redacted]"])
+    );
+    let port = gw.wire.unwrap().port();
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=agent password={AGENT} dbname=local"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let row = client.query_one(&sql, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "[redacted]");
+    assert_eq!(row.get::<_, String>(1), "staff@example.com");
+    assert_eq!(row.get::<_, String>(2), "[redacted]");
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

@@ -1,6 +1,7 @@
 //! Upstream connections for the HTTP API: URL parsing, a simple-query client over the same login code the
 //! wire proxy uses (so results carry the exact command tags), and a small idle-connection pool.
 
+use crate::masking::tables::{LookupError, Relation};
 use crate::pg::codec::{error_fields, read_cstr, read_frame, read_i16, read_i32};
 pub use crate::pg::gate::UpstreamTarget;
 use crate::pg::upstream::{connect, Upstream, UpstreamError};
@@ -177,6 +178,10 @@ pub struct QueryOutcome {
     pub duration_us: u64,
     /// Fields masked in `results` (set by the engine).
     pub masked_fields: u64,
+    /// The table OID of each column of each result (0: not a table column), for table-qualified
+    /// masking rules; never serialized.
+    #[serde(skip)]
+    pub table_oids: Vec<Vec<u32>>,
 }
 
 /// Why a query could not be run at all.
@@ -269,6 +274,72 @@ impl UpstreamPool {
     }
 }
 
+/// Resolves table OIDs for table-qualified masking rules with a catalog query, on a small pool of
+/// upstream sessions of its own (so a busy API or a held statement never delays a wire session's lookup).
+pub struct CatalogLookup {
+    name: String,
+    target: UpstreamTarget,
+    pool: UpstreamPool,
+}
+
+impl CatalogLookup {
+    /// Lookups for connection `name`, logging in to `target` as the gateway does.
+    pub fn new(name: &str, target: UpstreamTarget) -> Self {
+        Self {
+            name: format!("{name} (table lookups)"),
+            target,
+            pool: UpstreamPool::with_limits(2, 4),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::masking::TableLookup for CatalogLookup {
+    async fn lookup(&self, oids: &[u32]) -> Result<Vec<(u32, Relation)>, LookupError> {
+        if oids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = oids.iter().map(u32::to_string).collect();
+        // Only a plain table that is nobody's partition or child is trusted by name (see
+        // masking::tables); OIDs are formatted integers, so the text is safe to build.
+        let sql = format!(
+            "SELECT c.oid, n.nspname, c.relname, \
+                    c.relkind IN ('r', 'p', 'f') AND NOT c.relispartition \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = ANY('{{{}}}'::pg_catalog.oid[])",
+            list.join(",")
+        );
+        let out = self
+            .pool
+            .simple_query(&self.name, &self.target, &sql, true)
+            .await
+            .map_err(|e| LookupError(e.to_string()))?;
+        if let Some(e) = out.error {
+            return Err(LookupError(format!("{} ({})", e.message, e.sqlstate)));
+        }
+        let rows = out.results.into_iter().flat_map(|r| r.rows);
+        rows.map(|row| match &row[..] {
+            [Some(oid), Some(schema), Some(table), Some(plain)] => {
+                let oid = oid
+                    .parse()
+                    .map_err(|_| LookupError(format!("pg_class returned OID {oid:?}")))?;
+                let relation = if plain == "t" {
+                    Relation::Table {
+                        schema: schema.clone(),
+                        table: table.clone(),
+                    }
+                } else {
+                    Relation::Derived
+                };
+                Ok((oid, relation))
+            }
+            _ => Err(LookupError("pg_class returned an unexpected row".into())),
+        })
+        .collect()
+    }
+}
+
 /// Run one simple query on an established session. Returns the outcome and whether the session is idle
 /// (outside a transaction) and safe to reuse.
 async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool), ExecError> {
@@ -279,12 +350,15 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
     let mut buf = std::mem::take(&mut up.leftover);
     let mut results: Vec<ResultSet> = Vec::new();
     let mut current = ResultSet::default();
+    let mut table_oids: Vec<Vec<u32>> = Vec::new();
+    let mut current_oids: Vec<u32> = Vec::new();
     let mut error = None;
     loop {
         let (tag, body) = read_frame(&mut up.stream, &mut buf, MAX_FRAME).await?;
         match tag {
             b'T' => {
                 current = ResultSet::default();
+                current_oids.clear();
                 let mut pos = 0;
                 let n = read_i16(&body, &mut pos)
                     .ok_or_else(|| ExecError::Protocol("short RowDescription".into()))?;
@@ -292,7 +366,8 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                     let name = read_cstr(&body, &mut pos)
                         .ok_or_else(|| ExecError::Protocol("bad column name".into()))?;
                     let name = String::from_utf8_lossy(name).into_owned();
-                    pos += 6; // table oid + attnum
+                    current_oids.push(read_i32(&body, &mut pos).unwrap_or(0) as u32);
+                    pos += 2; // attnum
                     let type_oid = read_i32(&body, &mut pos).unwrap_or(0) as u32;
                     pos += 8; // typlen, typmod, format
                     current.columns.push(Column { name, type_oid });
@@ -324,8 +399,12 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                 current.command_tag =
                     read_cstr(&body, &mut pos).map(|t| String::from_utf8_lossy(t).into_owned());
                 results.push(std::mem::take(&mut current));
+                table_oids.push(std::mem::take(&mut current_oids));
             }
-            b'I' => results.push(std::mem::take(&mut current)),
+            b'I' => {
+                results.push(std::mem::take(&mut current));
+                table_oids.push(std::mem::take(&mut current_oids));
+            }
             b'E' => {
                 let mut e = UpstreamSqlError {
                     sqlstate: String::new(),
@@ -368,6 +447,7 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                     error,
                     duration_us: started.elapsed().as_micros() as u64,
                     masked_fields: 0,
+                    table_oids,
                 };
                 return Ok((outcome, status == b'I'));
             }

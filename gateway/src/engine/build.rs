@@ -4,7 +4,7 @@ use super::{recording, Engine};
 use crate::config::{parse_duration, resolve_secret, Config, SecretError};
 use crate::identity::Authenticator;
 use crate::policy::Policy;
-use crate::upstream::{UpstreamPool, UpstreamTarget};
+use crate::upstream::{CatalogLookup, UpstreamPool, UpstreamTarget};
 use countersign_bot::store::StoreError;
 use countersign_bot::{ApproverDirectory, ApproverGroup, Workflow};
 use std::collections::HashMap;
@@ -56,6 +56,7 @@ impl Engine {
             }));
         let mut upstreams = HashMap::new();
         let mut maskers = HashMap::new();
+        let mut table_lookups = HashMap::new();
         for (i, c) in config.connections.iter().enumerate() {
             let key = format!("connections[{i}]");
             let url = match (&c.upstream_url, &c.upstream_url_env, &c.upstream_url_file) {
@@ -88,6 +89,10 @@ impl Engine {
                 };
                 let masker = crate::masking::Masker::new(m, hash_key.as_deref().map(str::as_bytes))
                     .map_err(|e| EngineError::Config(format!("{key}: {e}")))?;
+                if masker.rules().has_table_rules() {
+                    let lookup = CatalogLookup::new(&c.name, upstreams[&c.name].clone());
+                    table_lookups.insert(c.name.clone(), Arc::new(lookup));
+                }
                 maskers.insert(c.name.clone(), Arc::new(masker));
             }
         }
@@ -109,6 +114,7 @@ impl Engine {
             auth,
             upstreams,
             maskers,
+            table_lookups,
             pool: UpstreamPool::new(pool_size),
             recorder: recording::StatementWriter::spawn(store),
             http_sessions: Default::default(),

@@ -35,6 +35,8 @@ pub struct Engine {
     pub auth: Authenticator,
     upstreams: HashMap<String, UpstreamTarget>,
     maskers: HashMap<String, Arc<crate::masking::Masker>>,
+    /// Catalog lookups for connections with table-qualified masking rules.
+    table_lookups: HashMap<String, Arc<crate::upstream::CatalogLookup>>,
     pool: UpstreamPool,
     recorder: recording::StatementWriter,
     http_sessions: http_sessions::HttpSessions,
@@ -244,10 +246,25 @@ impl Engine {
             .await?;
         // Results are masked here, before any caller can see them: no front door can forget.
         if let Some(m) = self.masker(connection) {
-            out.masked_fields = out
-                .results
+            let mut tables = crate::masking::TableNames::default();
+            if let Some(lookup) = self.table_lookups.get(connection) {
+                let oids = tables_to_resolve(m, &out, &tables);
+                if !oids.is_empty() {
+                    tables.resolve(&**lookup, &oids).await;
+                }
+            }
+            let QueryOutcome {
+                results,
+                table_oids,
+                ..
+            } = &mut out;
+            out.masked_fields = results
                 .iter_mut()
-                .map(|set| m.mask_result_set(set))
+                .enumerate()
+                .map(|(i, set)| {
+                    let oids = table_oids.get(i).map_or(&[][..], Vec::as_slice);
+                    m.mask_result_set_from(set, oids, &tables)
+                })
                 .sum();
         }
         Ok(out)
@@ -264,6 +281,25 @@ impl Engine {
     pub fn approvers(&self, groups: &[String]) -> Vec<String> {
         self.workflow.directory().describe(groups)
     }
+}
+
+/// Table OIDs of an API result worth looking up for table-qualified masking rules (see
+/// [`crate::masking::datarow::tables_to_resolve`] for the wire's equivalent).
+fn tables_to_resolve(
+    masker: &crate::masking::Masker,
+    out: &QueryOutcome,
+    tables: &crate::masking::TableNames,
+) -> Vec<u32> {
+    let mut oids = Vec::new();
+    for (set, set_oids) in out.results.iter().zip(&out.table_oids) {
+        for (col, &oid) in set.columns.iter().zip(set_oids) {
+            if tables.wants(oid) && !oids.contains(&oid) && masker.rules().table_decides(&col.name)
+            {
+                oids.push(oid);
+            }
+        }
+    }
+    oids
 }
 
 /// At most `max` characters of `s`.

@@ -85,6 +85,12 @@ impl WireGate for Engine {
         self.maskers.get(connection).cloned()
     }
 
+    fn table_lookup(&self, connection: &str) -> Option<Arc<dyn crate::masking::TableLookup>> {
+        self.table_lookups
+            .get(connection)
+            .map(|l| l.clone() as Arc<dyn crate::masking::TableLookup>)
+    }
+
     fn classify(
         &self,
         connection: &str,

@@ -1,6 +1,6 @@
 //! RowDescription → [`ResultPlan`], and DataRow rewriting with recomputed lengths.
 
-use super::{Finding, Masked, Masker, ResultPlan};
+use super::{MaskScratch, Masker, Outcome, ResultPlan, TableNames};
 use bytes::{BufMut, BytesMut};
 
 /// A backend message the masker could not parse; the result is withheld.
@@ -33,33 +33,94 @@ fn i32_at(b: &[u8], at: usize) -> Option<i32> {
     Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// The plan for a RowDescription body (after tag and length).
-pub fn plan_row_description(masker: &Masker, body: &[u8]) -> Result<ResultPlan, RowError> {
+/// One field of a RowDescription.
+struct FieldDescription<'a> {
+    name: &'a str,
+    table_oid: u32,
+    type_oid: u32,
+    binary: bool,
+}
+
+/// The fields of a RowDescription body (after tag and length).
+fn fields(body: &[u8]) -> Result<Vec<FieldDescription<'_>>, RowError> {
     let bad = || RowError::Malformed("RowDescription");
     let n = i16_at(body, 0).ok_or_else(bad)?.max(0) as usize;
     let mut at = 2;
-    let mut columns = Vec::with_capacity(n);
+    let mut fields = Vec::with_capacity(n);
     for _ in 0..n {
         let end = body[at..].iter().position(|&b| b == 0).ok_or_else(bad)? + at;
         let name = std::str::from_utf8(&body[at..end]).map_err(|_| bad())?;
         at = end + 1;
         // table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), format (2)
+        let table_oid = i32_at(body, at).ok_or_else(bad)? as u32;
         let type_oid = i32_at(body, at + 6).ok_or_else(bad)? as u32;
         let format = i16_at(body, at + 16).ok_or_else(bad)?;
         at += 18;
-        columns.push(masker.column(name, type_oid, format == 1));
+        fields.push(FieldDescription {
+            name,
+            table_oid,
+            type_oid,
+            binary: format == 1,
+        });
     }
     if at != body.len() {
         return Err(bad());
     }
+    Ok(fields)
+}
+
+/// The plan for a RowDescription body (after tag and length), every column's table unknown.
+pub fn plan_row_description(masker: &Masker, body: &[u8]) -> Result<ResultPlan, RowError> {
+    plan_row_description_with(masker, body, &TableNames::default())
+}
+
+/// The plan for a RowDescription body, columns' tables resolved through `tables`.
+pub fn plan_row_description_with(
+    masker: &Masker,
+    body: &[u8],
+    tables: &TableNames,
+) -> Result<ResultPlan, RowError> {
+    let columns = fields(body)?
+        .iter()
+        .map(|f| masker.column_from(f.name, tables.source(f.table_oid), f.type_oid, f.binary))
+        .collect();
     Ok(ResultPlan { columns })
 }
 
-/// Scratch space reused across rows.
+/// Table OIDs of a RowDescription body worth looking up before planning it: tables `tables` doesn't
+/// know, of columns a table-qualified rule could mask. Empty when nothing would change (or the body is
+/// malformed, which planning reports).
+pub fn tables_to_resolve(masker: &Masker, body: &[u8], tables: &TableNames) -> Vec<u32> {
+    let mut oids = Vec::new();
+    if !masker.rules().has_table_rules() {
+        return oids;
+    }
+    for f in fields(body).unwrap_or_default() {
+        if tables.wants(f.table_oid)
+            && !oids.contains(&f.table_oid)
+            && masker.rules().table_decides(f.name)
+        {
+            oids.push(f.table_oid);
+        }
+    }
+    oids
+}
+
+/// Scratch space reused across rows: value buffers, the session's hash cache, and this row's changes
+/// (replacement texts live in `text`, so a row allocates nothing once the buffers have grown).
 #[derive(Debug, Default)]
 pub struct RowScratch {
-    findings: Vec<Finding>,
-    changes: Vec<(usize, Masked)>,
+    values: MaskScratch,
+    text: String,
+    changes: Vec<(usize, Change)>,
+}
+
+/// A column's replacement in the row being rewritten.
+#[derive(Debug, Clone)]
+enum Change {
+    Null,
+    /// This range of [`RowScratch::text`].
+    Text(std::ops::Range<usize>),
 }
 
 /// Masks one DataRow `frame` (tag included). Returns the number of fields masked; when it is non-zero the
@@ -82,6 +143,7 @@ pub fn mask_data_row(
         });
     }
     scratch.changes.clear();
+    scratch.text.clear();
     let mut at = 2;
     for (i, col) in plan.columns.iter().enumerate() {
         let len = i32_at(body, at).ok_or_else(bad)?;
@@ -96,9 +158,13 @@ pub fn mask_data_row(
         let value = body.get(at..end).ok_or_else(bad)?;
         at = end;
         if col.active() {
-            match masker.mask_value(col, value, &mut scratch.findings)? {
-                Masked::Unchanged => {}
-                m => scratch.changes.push((i, m)),
+            let start = scratch.text.len();
+            match masker.mask_value_into(col, value, &mut scratch.values, &mut scratch.text)? {
+                Outcome::Unchanged => {}
+                Outcome::Null => scratch.changes.push((i, Change::Null)),
+                Outcome::Text => scratch
+                    .changes
+                    .push((i, Change::Text(start..scratch.text.len()))),
             }
         }
     }
@@ -109,6 +175,7 @@ pub fn mask_data_row(
         return Ok(0);
     }
     let start = out.len();
+    out.reserve(frame.len() + scratch.text.len());
     out.put_u8(b'D');
     out.put_i32(0);
     out.put_i16(n as i16);
@@ -125,11 +192,12 @@ pub fn mask_data_row(
             None
         };
         match changes.next_if(|(j, _)| *j == i) {
-            Some((_, Masked::Text(t))) => {
+            Some((_, Change::Text(r))) => {
+                let t = &scratch.text.as_bytes()[r.clone()];
                 out.put_i32(t.len() as i32);
-                out.put_slice(t.as_bytes());
+                out.put_slice(t);
             }
-            Some((_, _)) => out.put_i32(-1),
+            Some((_, Change::Null)) => out.put_i32(-1),
             None => match original {
                 Some(v) => {
                     out.put_i32(v.len() as i32);

@@ -91,7 +91,47 @@ impl DetectorSet {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+
+    /// The detectors in both sets.
+    pub const fn intersect(self, other: DetectorSet) -> DetectorSet {
+        DetectorSet(self.0 & other.0)
+    }
+
+    /// True when some detector is in both sets.
+    pub const fn intersects(self, other: DetectorSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// The detectors in either set.
+    pub const fn union(self, other: DetectorSet) -> DetectorSet {
+        DetectorSet(self.0 | other.0)
+    }
+
+    /// The set of these detectors.
+    pub const fn of(detectors: &[Detector]) -> DetectorSet {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < detectors.len() {
+            bits |= 1 << detectors[i] as u16;
+            i += 1;
+        }
+        DetectorSet(bits)
+    }
 }
+
+/// Detectors that classify whitespace-separated tokens.
+const TOKEN_DETECTORS: DetectorSet = DetectorSet::of(&[
+    Detector::Email,
+    Detector::Jwt,
+    Detector::ApiKey,
+    Detector::Iban,
+    Detector::Ipv4,
+    Detector::Ipv6,
+]);
+
+/// Detectors that read runs of digits and separators.
+const NUMERIC_DETECTORS: DetectorSet =
+    DetectorSet::of(&[Detector::Card, Detector::Phone, Detector::Ssn]);
 
 impl FromIterator<Detector> for DetectorSet {
     fn from_iter<I: IntoIterator<Item = Detector>>(iter: I) -> Self {
@@ -109,44 +149,22 @@ pub fn find(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     if on.is_empty() || text.is_empty() {
         return;
     }
-    // One cheap pass decides which scanners can possibly match; most values need none of them.
-    let (mut digits, mut upper, mut at, mut colon, mut dot, mut dash, mut underscore) =
-        (0usize, 0usize, false, false, false, false, false);
-    for &c in text.as_bytes() {
-        match c {
-            b'0'..=b'9' => digits += 1,
-            b'A'..=b'Z' => upper += 1,
-            b'@' => at = true,
-            b':' => colon = true,
-            b'.' => dot = true,
-            b'-' => dash = true,
-            b'_' => underscore = true,
-            _ => {}
-        }
+    // One cheap pass rules out the detectors that cannot match; most values need none of them.
+    let on = super::candidates::candidates(text.as_bytes(), on);
+    if !on.is_empty() {
+        scan(text, on, out);
     }
-    if on.contains(Detector::PrivateKey) && dash {
+}
+
+/// Runs the scanners `on` needs over `text`, then keeps the first of overlapping findings.
+fn scan(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
+    if on.contains(Detector::PrivateKey) {
         find_private_keys(text, out);
     }
-    let tokens = (at && on.contains(Detector::Email))
-        || (on.contains(Detector::Jwt) && dot && text.contains("eyJ"))
-        || (on.contains(Detector::ApiKey)
-            && (dash
-                || underscore
-                || dot
-                || upper >= 4
-                || text.contains("earer")
-                || text.contains("oken")))
-        || (on.contains(Detector::Iban) && upper >= 2 && digits >= 10)
-        || (on.contains(Detector::Ipv4) && dot && digits >= 4)
-        || (on.contains(Detector::Ipv6) && colon);
-    if tokens {
+    if on.intersects(TOKEN_DETECTORS) {
         find_in_tokens(text, on, out);
     }
-    if digits >= 7
-        && (on.contains(Detector::Card)
-            || on.contains(Detector::Phone)
-            || on.contains(Detector::Ssn))
-    {
+    if on.intersects(NUMERIC_DETECTORS) {
         find_in_numeric_runs(text, on, out);
     }
     if out.len() > 1 {
@@ -291,17 +309,16 @@ pub fn is_email(t: &str) -> bool {
         && local
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"._%+-!#$&*/?^~".contains(&c));
-    let labels: Vec<&str> = domain.split('.').collect();
-    let domain_ok = labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-        })
-        && labels
-            .last()
-            .is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|c| c.is_ascii_alphabetic()));
+    let (mut labels, mut last) = (0, "");
+    let mut domain_ok = domain.split('.').all(|l| {
+        labels += 1;
+        last = l;
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+    });
+    domain_ok &= labels >= 2 && last.len() >= 2 && last.bytes().all(|c| c.is_ascii_alphabetic());
     local_ok && domain_ok
 }
 
@@ -440,7 +457,8 @@ fn is_run_char(c: u8) -> bool {
 fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     let b = text.as_bytes();
     let mut i = 0;
-    let mut digits = Vec::with_capacity(20);
+    // The run's first 19 digits (no card has more) and how many there are.
+    let mut digits = [0u8; 19];
     while i < b.len() {
         if !(b[i].is_ascii_digit() || b[i] == b'+' || b[i] == b'(')
             || (i > 0 && b[i - 1].is_ascii_alphanumeric())
@@ -468,12 +486,21 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
         if overlaps(out, &range) {
             continue;
         }
-        digits.clear();
-        digits.extend(run.bytes().filter(u8::is_ascii_digit));
+        let mut count = 0;
+        for c in run.bytes().filter(u8::is_ascii_digit) {
+            if let Some(d) = digits.get_mut(count) {
+                *d = c;
+            }
+            count += 1;
+        }
         let card_layout = run
             .bytes()
             .all(|c| c.is_ascii_digit() || c == b' ' || c == b'-');
-        if on.contains(Detector::Card) && card_layout && is_card_digits(&digits) {
+        if on.contains(Detector::Card)
+            && card_layout
+            && count <= digits.len()
+            && is_card_digits(&digits[..count])
+        {
             out.push(Finding {
                 range,
                 detector: Detector::Card,
@@ -483,7 +510,7 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
                 range,
                 detector: Detector::Ssn,
             });
-        } else if on.contains(Detector::Phone) && is_phone(run, digits.len()) {
+        } else if on.contains(Detector::Phone) && is_phone(run, count) {
             out.push(Finding {
                 range,
                 detector: Detector::Phone,
@@ -635,6 +662,190 @@ mod tests {
         assert_eq!(f, vec![(Detector::Card, "4111111111111111")]);
         let text = "Grüße an jose@exämple.com und ana@example.com ✓";
         assert_eq!(found(text), vec![(Detector::Email, "ana@example.com")]);
+    }
+
+    /// Sensitive values, near misses and ordinary text that the property tests combine.
+    const FRAGMENTS: &[&str] = &[
+        "jane.doe+x@example.co.uk",
+        "josé@example.com",
+        "ana@exämple.com",
+        "user@localhost",
+        "+1 415 555 0100",
+        "+44 (20) 7946 0958",
+        "(415) 555-0100",
+        "415.555.0100",
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "4111111111111111",
+        "4111 1111 1111 1112",
+        "5500000000000004",
+        "378282246310005",
+        "9780306406157",
+        "DE89370400440532013000",
+        "GB82WEST12345698765432",
+        "DE89370400440532013001",
+        "123-45-6789",
+        "078-05-1120",
+        "000-12-3456",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+        "eyJnotajwt",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "sk-abcdefghijklmnopqrstuvwx",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        "github_pat_abcdefghijklmnopqrstuvwxyz0123456789",
+        "glpat-abcdefghijklmnopqrstuv",
+        "xoxb-123456789012-abcdefghijkl",
+        "xapp-123456789012-abcdefghijkl",
+        "AIzaSyA1234567890abcdefghijklmnopqrstuvw",
+        "SG.abcdefghijklmnopqrstuv.wxyz0123456789abcdefghijklmnopq",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ASIAIOSFODNN7EXAMPLE",
+        "Bearer",
+        "BeArEr",
+        "TOKEN",
+        "token:",
+        "abc123def456ghi789",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIE\nabc\n-----END RSA PRIVATE KEY-----",
+        "-----BEGIN PRIVATE KEY-----\nMIIE",
+        "-----BEGIN CERTIFICATE-----",
+        "192.168.10.4",
+        "999.1.1.1",
+        "10.0.0.1/32",
+        "fe80::1ff:fe23:4567:890a",
+        "::1",
+        "1:2:3:4:5:6:7:8",
+        "::ffff:1.2.3.4",
+        "12:30:45",
+        "2026-05-09 21:35:35.123456+00",
+        "1700000000",
+        "v1.2.3",
+        "c4ca4238a0b923820dcc509a6f75849b",
+        "Grüße aus Köln",
+        "note number 1000 about order 7000",
+        "✓",
+        "—",
+        "",
+    ];
+
+    const SEPARATORS: &[&str] = &[
+        " ", ", ", "\n", "=", ":", ": ", "—", "ü", "(", ")", "\"", "'", "", ".", "-", "+", "a", "7",
+    ];
+
+    /// Every detector set the tests try: all, none but one, and each alone.
+    fn detector_sets() -> Vec<DetectorSet> {
+        let mut sets = vec![all()];
+        for d in Detector::ALL {
+            sets.push([d].into_iter().collect());
+            sets.push(Detector::ALL.into_iter().filter(|x| *x != d).collect());
+        }
+        sets
+    }
+
+    /// `find` (with its prefilter) must report exactly what every scanner run unconditionally reports.
+    fn assert_prefilter_keeps_findings(text: &str) {
+        for on in detector_sets() {
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            find(text, on, &mut got);
+            scan(text, on, &mut want);
+            assert_eq!(
+                got, want,
+                "prefilter changed the findings in {text:?} for {on:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefilter_drops_no_finding_of_any_fragment_or_pair() {
+        for a in FRAGMENTS {
+            assert_prefilter_keeps_findings(a);
+            for b in FRAGMENTS {
+                for sep in [" ", "—", ""] {
+                    assert_prefilter_keeps_findings(&format!("{a}{sep}{b}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefilter_drops_no_finding_in_generated_values() {
+        // A fixed linear congruential generator: the same 20,000 values on every run.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..1 + next(4) {
+                text.push_str(SEPARATORS[next(SEPARATORS.len())]);
+                let fragment = FRAGMENTS[next(FRAGMENTS.len())];
+                // Cut some fragments short (at a char boundary) to make near misses.
+                let cut = if next(3) == 0 {
+                    let mut at = next(fragment.len() + 1);
+                    while !fragment.is_char_boundary(at) {
+                        at -= 1;
+                    }
+                    at
+                } else {
+                    fragment.len()
+                };
+                text.push_str(&fragment[..cut]);
+            }
+            assert_prefilter_keeps_findings(&text);
+        }
+    }
+
+    #[test]
+    fn every_detector_still_catches_its_kind_behind_the_prefilter() {
+        let cases: &[(&str, Detector)] = &[
+            ("Grüße, jane.doe+x@example.co.uk ✓", Detector::Email),
+            ("tel:+44 (20) 7946 0958", Detector::Phone),
+            ("Rückruf 415.555.0100 bitte", Detector::Phone),
+            ("Karte—4111-1111-1111-1111—ok", Detector::Card),
+            ("amex 378282246310005", Detector::Card),
+            ("IBAN: GB82WEST12345698765432", Detector::Iban),
+            ("SSN=078-05-1120", Detector::Ssn),
+            (
+                "„{\"t\": \"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl\"}",
+                Detector::Jwt,
+            ),
+            ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", Detector::ApiKey),
+            ("xoxb-123456789012-abcdefghijkl", Detector::ApiKey),
+            ("AIzaSyA1234567890abcdefghijklmnopqrstuvw", Detector::ApiKey),
+            ("BeArEr abc123def456ghi789", Detector::ApiKey),
+            ("token: abc123def456ghi789", Detector::ApiKey),
+            (
+                "ключ -----BEGIN PRIVATE KEY-----\nMIIE",
+                Detector::PrivateKey,
+            ),
+            ("host 10.0.0.1, port 5432", Detector::Ipv4),
+            ("peer ::ffff:1.2.3.4 ✓", Detector::Ipv6),
+            ("peer 1:2:3:4:5:6:7:8", Detector::Ipv6),
+        ];
+        for (text, detector) in cases {
+            let mut out = Vec::new();
+            find(text, all(), &mut out);
+            assert!(
+                out.iter().any(|f| f.detector == *detector),
+                "{detector:?} missed in {text:?}: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn luhn_failing_numbers_stay_clear_behind_the_prefilter() {
+        for text in [
+            "4111 1111 1111 1112",
+            "4111-1111-1111-1113",
+            "Bestellnummer 5500000000000005 ✓",
+            "9780306406157",
+        ] {
+            let mut out = Vec::new();
+            find(text, all(), &mut out);
+            assert!(out.is_empty(), "{text:?} must stay clear: {out:?}");
+        }
     }
 
     #[test]

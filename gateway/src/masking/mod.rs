@@ -15,17 +15,22 @@
 //! **Architecture invariant:** a connection without masking rules has no `Masker`; its bytes never
 //! reach this module.
 
+pub mod candidates;
 pub mod copy;
 pub mod datarow;
 pub mod detect;
+pub mod hash_cache;
 pub mod rules;
 pub mod stream;
 pub mod style;
+pub mod tables;
 
 pub use detect::{Detector, DetectorSet, Finding};
+pub use hash_cache::HashCache;
 pub use rules::{CompiledRules, MaskRule, MaskingConfig, MaskingError};
 pub use stream::WireMasker;
 pub use style::{Style, StyleName};
+pub use tables::{ColumnSource, TableLookup, TableNames};
 
 use crate::upstream::{Column, ResultSet};
 
@@ -116,6 +121,36 @@ pub enum Masked {
     Text(String),
 }
 
+/// What a value becomes, when its replacement text was written to a caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Pass the original bytes.
+    Unchanged,
+    /// SQL NULL.
+    Null,
+    /// The text appended to the caller's buffer.
+    Text,
+}
+
+/// Buffers reused from value to value, and the session's cache of keyed-hash outputs.
+#[derive(Debug, Default)]
+pub struct MaskScratch {
+    findings: Vec<Finding>,
+    decoded: String,
+    hashes: HashCache,
+}
+
+impl MaskScratch {
+    /// Scratch space without a hash cache (for one-off values).
+    pub fn uncached() -> Self {
+        Self {
+            findings: Vec::new(),
+            decoded: String::new(),
+            hashes: HashCache::disabled(),
+        }
+    }
+}
+
 /// A value the masker could not read; the row is withheld.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a value of a masked column is not valid UTF-8; set client_encoding to UTF8 on masked connections")]
@@ -134,12 +169,23 @@ impl Masker {
         &self.rules
     }
 
-    /// The plan for a column of this name, type and format.
+    /// The plan for a column of this name, type and format from an unknown table.
     pub fn column(&self, name: &str, type_oid: u32, binary: bool) -> ColumnPlan {
+        self.column_from(name, ColumnSource::Unknown, type_oid, binary)
+    }
+
+    /// The plan for a column of this name, table, type and format.
+    pub fn column_from(
+        &self,
+        name: &str,
+        source: ColumnSource<'_>,
+        type_oid: u32,
+        binary: bool,
+    ) -> ColumnPlan {
         let class = TypeClass::of(type_oid);
         let detectors = self.rules.detectors;
         let ip_on = detectors.contains(Detector::Ipv4) || detectors.contains(Detector::Ipv6);
-        let mut style = self.rules.column_style(name).cloned();
+        let mut style = self.rules.column_style_in(name, source).cloned();
         if style.is_none() && class == TypeClass::Inet && ip_on {
             style = Some(Style::Redact);
         }
@@ -151,26 +197,53 @@ impl Masker {
         }
     }
 
-    /// Masks one non-NULL value; `findings` is scratch space.
+    /// Masks one non-NULL value; `findings` is scratch space. Allocates the result: the hot paths use
+    /// [`Masker::mask_value_into`].
     pub fn mask_value(
         &self,
         col: &ColumnPlan,
         raw: &[u8],
         findings: &mut Vec<Finding>,
     ) -> Result<Masked, UnreadableValue> {
+        let mut scratch = MaskScratch {
+            findings: std::mem::take(findings),
+            ..MaskScratch::uncached()
+        };
+        let mut out = String::new();
+        let outcome = self.mask_value_into(col, raw, &mut scratch, &mut out);
+        *findings = scratch.findings;
+        Ok(match outcome? {
+            Outcome::Unchanged => Masked::Unchanged,
+            Outcome::Null => Masked::Null,
+            Outcome::Text => Masked::Text(out),
+        })
+    }
+
+    /// Masks one non-NULL value; a replacement text is appended to `out`. Allocates nothing once
+    /// `scratch` and `out` have grown to the session's values.
+    pub fn mask_value_into(
+        &self,
+        col: &ColumnPlan,
+        raw: &[u8],
+        scratch: &mut MaskScratch,
+        out: &mut String,
+    ) -> Result<Outcome, UnreadableValue> {
+        let MaskScratch {
+            findings,
+            decoded,
+            hashes,
+        } = scratch;
         if let Some(style) = &col.style {
             if col.class != TypeClass::Text {
-                return Ok(Masked::Null);
+                return Ok(Outcome::Null);
             }
             let text = std::str::from_utf8(raw).map_err(|_| UnreadableValue)?;
-            let mut out = String::with_capacity(text.len());
-            style.apply(text, &mut out);
-            return Ok(Masked::Text(out));
+            style.apply_cached(text, out, hashes);
+            return Ok(Outcome::Text);
         }
         if !col.detect {
-            return Ok(Masked::Unchanged);
+            return Ok(Outcome::Unchanged);
         }
-        let decoded;
         let text: &str = match (col.binary, col.class) {
             (false, _) | (true, TypeClass::Text) | (true, TypeClass::Json) => {
                 let bytes = if col.binary && raw.first() == Some(&1) && col.class == TypeClass::Json
@@ -183,58 +256,78 @@ impl Masker {
                 std::str::from_utf8(bytes).map_err(|_| UnreadableValue)?
             }
             (true, TypeClass::Int) => {
-                decoded = decode_int(raw).ok_or(UnreadableValue)?;
-                &decoded
+                decoded.clear();
+                write_int(raw, decoded).ok_or(UnreadableValue)?;
+                decoded
             }
             (true, TypeClass::Numeric) => {
-                decoded = decode_numeric(raw).ok_or(UnreadableValue)?;
-                &decoded
+                decoded.clear();
+                write_numeric(raw, decoded).ok_or(UnreadableValue)?;
+                decoded
             }
-            (true, TypeClass::Plain) | (true, TypeClass::Inet) => return Ok(Masked::Unchanged),
-            (true, TypeClass::Unknown) => return Ok(Masked::Null),
+            (true, TypeClass::Plain) | (true, TypeClass::Inet) => return Ok(Outcome::Unchanged),
+            (true, TypeClass::Unknown) => return Ok(Outcome::Null),
         };
         detect::find(text, self.rules.detectors, findings);
         if findings.is_empty() {
-            return Ok(Masked::Unchanged);
+            return Ok(Outcome::Unchanged);
         }
         if col.class != TypeClass::Text {
-            return Ok(Masked::Null);
+            return Ok(Outcome::Null);
         }
-        let mut out = String::with_capacity(text.len() + 16);
+        out.reserve(text.len() + 16);
         let mut at = 0;
         for f in findings.iter() {
             out.push_str(&text[at..f.range.start]);
             self.rules
                 .detector_style(f.detector)
-                .apply(&text[f.range.clone()], &mut out);
+                .apply_cached(&text[f.range.clone()], out, hashes);
             at = f.range.end;
         }
         out.push_str(&text[at..]);
-        Ok(Masked::Text(out))
+        Ok(Outcome::Text)
     }
 
-    /// Masks an HTTP API result set in place (text format); returns the number of fields masked.
+    /// Masks an HTTP API result set in place (text format), its columns' tables unknown; returns the
+    /// number of fields masked.
     pub fn mask_result_set(&self, set: &mut ResultSet) -> u64 {
+        self.mask_result_set_from(set, &[], &TableNames::default())
+    }
+
+    /// Masks an HTTP API result set in place (text format); `table_oids` holds each column's table OID
+    /// (missing: unknown), resolved through `tables`. Returns the number of fields masked.
+    pub fn mask_result_set_from(
+        &self,
+        set: &mut ResultSet,
+        table_oids: &[u32],
+        tables: &TableNames,
+    ) -> u64 {
         let plan: Vec<ColumnPlan> = set
             .columns
             .iter()
-            .map(|Column { name, type_oid }| self.column(name, *type_oid, false))
+            .enumerate()
+            .map(|(i, Column { name, type_oid })| {
+                let source = tables.source(table_oids.get(i).copied().unwrap_or(0));
+                self.column_from(name, source, *type_oid, false)
+            })
             .collect();
-        if !plan.iter().any(ColumnPlan::active) {
+        // Rows wider than their description (COPY output has none) are checked below even then.
+        if !plan.iter().any(ColumnPlan::active) && set.rows.iter().all(|r| r.len() <= plan.len()) {
             return 0;
         }
-        let mut findings = Vec::new();
+        let mut scratch = MaskScratch::default();
         let mut masked = 0;
         for row in &mut set.rows {
             for (value, col) in row.iter_mut().zip(&plan) {
                 let Some(text) = value.as_deref() else {
                     continue;
                 };
+                let mut out = String::new();
                 // API values are Rust strings, so always readable.
-                match self.mask_value(col, text.as_bytes(), &mut findings) {
-                    Ok(Masked::Unchanged) => continue,
-                    Ok(Masked::Text(t)) => *value = Some(t),
-                    Ok(Masked::Null) | Err(_) => *value = None,
+                match self.mask_value_into(col, text.as_bytes(), &mut scratch, &mut out) {
+                    Ok(Outcome::Unchanged) => continue,
+                    Ok(Outcome::Text) => *value = Some(out),
+                    Ok(Outcome::Null) | Err(_) => *value = None,
                 }
                 masked += 1;
             }
@@ -248,17 +341,30 @@ impl Masker {
     }
 }
 
-fn decode_int(raw: &[u8]) -> Option<String> {
-    Some(match raw.len() {
-        2 => i16::from_be_bytes(raw.try_into().ok()?).to_string(),
-        4 => i32::from_be_bytes(raw.try_into().ok()?).to_string(),
-        8 => i64::from_be_bytes(raw.try_into().ok()?).to_string(),
+/// Appends the decimal text of a binary `int2`/`int4`/`int8`.
+fn write_int(raw: &[u8], out: &mut String) -> Option<()> {
+    use std::fmt::Write;
+    let _ = match raw.len() {
+        2 => write!(out, "{}", i16::from_be_bytes(raw.try_into().ok()?)),
+        4 => write!(out, "{}", i32::from_be_bytes(raw.try_into().ok()?)),
+        8 => write!(out, "{}", i64::from_be_bytes(raw.try_into().ok()?)),
         _ => return None,
-    })
+    };
+    Some(())
 }
 
-/// The decimal text of a binary `numeric` (base-10000 digits with a weight); NaN and infinities as words.
+/// The decimal text of a binary `numeric` (for tests; the masker appends with [`write_numeric`]).
+#[cfg(test)]
 fn decode_numeric(raw: &[u8]) -> Option<String> {
+    let mut s = String::new();
+    write_numeric(raw, &mut s)?;
+    Some(s)
+}
+
+/// Appends the decimal text of a binary `numeric` (base-10000 digits with a weight); NaN and infinities
+/// as words.
+fn write_numeric(raw: &[u8], s: &mut String) -> Option<()> {
+    use std::fmt::Write;
     let word = |i: usize| -> Option<i32> {
         Some(i32::from(i16::from_be_bytes([
             *raw.get(i)?,
@@ -272,11 +378,15 @@ fn decode_numeric(raw: &[u8]) -> Option<String> {
     if raw.len() != 8 + 2 * ndigits {
         return None;
     }
-    match sign {
-        0xC000 => return Some("NaN".into()),
-        0xD000 => return Some("Infinity".into()),
-        0xF000 => return Some("-Infinity".into()),
-        _ => {}
+    let word_for_special = match sign {
+        0xC000 => Some("NaN"),
+        0xD000 => Some("Infinity"),
+        0xF000 => Some("-Infinity"),
+        _ => None,
+    };
+    if let Some(w) = word_for_special {
+        s.push_str(w);
+        return Some(());
     }
     let digit = |i: i32| -> i32 {
         if i >= 0 && (i as usize) < ndigits {
@@ -285,30 +395,28 @@ fn decode_numeric(raw: &[u8]) -> Option<String> {
             0
         }
     };
-    let mut s = String::new();
     if sign == 0x4000 {
         s.push('-');
     }
     if weight < 0 {
         s.push('0');
     } else {
-        s.push_str(&digit(0).to_string());
+        let _ = write!(s, "{}", digit(0));
         for i in 1..=weight {
-            s.push_str(&format!("{:04}", digit(i)));
+            let _ = write!(s, "{:04}", digit(i));
         }
     }
     if dscale > 0 {
         s.push('.');
-        let mut frac = String::new();
+        let frac_start = s.len();
         let mut i = weight + 1;
-        while frac.len() < dscale {
-            frac.push_str(&format!("{:04}", digit(i)));
+        while s.len() - frac_start < dscale {
+            let _ = write!(s, "{:04}", digit(i));
             i += 1;
         }
-        frac.truncate(dscale);
-        s.push_str(&frac);
+        s.truncate(frac_start + dscale);
     }
-    Some(s)
+    Some(())
 }
 
 #[cfg(test)]
@@ -425,6 +533,48 @@ mod tests {
         assert_eq!(
             mask(&m, "host", 25, false, b"10.0.0.1"),
             Masked::Text("[redacted]".into())
+        );
+    }
+
+    #[test]
+    fn api_copy_output_without_a_description_is_withheld() {
+        let m = masker(RULES);
+        let mut set = ResultSet {
+            columns: vec![],
+            rows: vec![vec![Some("1\tjane@example.com\t123-45-6789".into())]],
+            command_tag: Some("COPY 1".into()),
+        };
+        assert_eq!(m.mask_result_set(&mut set), 1);
+        assert!(set.rows[0].is_empty());
+    }
+
+    #[test]
+    fn api_result_sets_match_table_qualified_rules_against_resolved_tables() {
+        use crate::masking::tables::Relation;
+        let m = masker("[[rules]]\ncolumns=[\"customers.email\"]\nstyle=\"redact\"");
+        let mut tables = TableNames::default();
+        let table = |t: &str| Relation::Table {
+            schema: "public".into(),
+            table: t.into(),
+        };
+        tables.learn(&[1, 2], vec![(1, table("customers")), (2, table("staff"))]);
+        let column = |name: &str| Column {
+            name: name.into(),
+            type_oid: 25,
+        };
+        let mut set = ResultSet {
+            columns: vec![column("email"), column("email"), column("email")],
+            rows: vec![vec![Some("a".into()), Some("b".into()), Some("c".into())]],
+            command_tag: Some("SELECT 1".into()),
+        };
+        assert_eq!(m.mask_result_set_from(&mut set, &[1, 2, 0], &tables), 2);
+        assert_eq!(
+            set.rows[0],
+            [
+                Some("[redacted]".into()),
+                Some("b".into()),
+                Some("[redacted]".into())
+            ]
         );
     }
 

@@ -15,12 +15,16 @@
 //! keep = 4
 //! ```
 //!
-//! The wire protocol names a column's table only by OID, so the table part of `table.column` is not
-//! checked: `users.phone` masks every column named `phone`. That over-masks rather than leaks.
+//! A pattern is `column`, `table.column` or `schema.table.column`, each part a glob. The table and schema
+//! parts are matched against the table a result column comes from (resolved from RowDescription's table
+//! OID, see [`super::tables`]). When that table is not known for certain (an expression, a view, a
+//! partition, COPY output, a failed lookup) the column part alone decides: `users.phone` then masks every
+//! column named `phone`, over-masking rather than leaking.
 
 use super::detect::{Detector, DetectorSet};
 use super::style::{Style, StyleName};
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use super::tables::ColumnSource;
+use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -44,7 +48,7 @@ pub struct MaskingConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaskRule {
-    /// Column-name globs (`*email*`, `ssn`, `users.card_*`); the whole value is masked.
+    /// Column globs (`*email*`, `ssn`, `users.card_*`, `billing.users.card_*`); the whole value is masked.
     #[serde(default)]
     pub columns: Vec<String>,
     /// Detectors run over every value; only the detected part is masked.
@@ -86,8 +90,8 @@ impl MaskingConfig {
                 _ => {}
             }
             for (j, c) in r.columns.iter().enumerate() {
-                if let Err(e) = glob_of(c) {
-                    out.push((format!("{key}.columns[{j}]"), format!("{c:?} is not a valid glob ({e}); write e.g. \"*email*\" or \"users.ssn\"")));
+                if let Err(e) = ColumnPattern::parse(c) {
+                    out.push((format!("{key}.columns[{j}]"), format!("{c:?} {e}; write e.g. \"*email*\", \"users.ssn\" or \"public.users.ssn\"")));
                 }
             }
             match (r.style, r.keep) {
@@ -136,18 +140,66 @@ pub enum MaskingError {
     MissingKey,
 }
 
-fn glob_of(pattern: &str) -> Result<globset::Glob, globset::Error> {
-    // Only the column part is matched on the wire (see the module docs).
-    let column = pattern.rsplit('.').next().unwrap_or(pattern);
-    GlobBuilder::new(column).case_insensitive(true).build()
+fn glob_of(part: &str) -> Result<globset::Glob, globset::Error> {
+    GlobBuilder::new(part).case_insensitive(true).build()
+}
+
+/// A column pattern split into its parts.
+struct ColumnPattern {
+    column: globset::Glob,
+    table: Option<GlobMatcher>,
+    schema: Option<GlobMatcher>,
+}
+
+impl ColumnPattern {
+    /// Parses `column`, `table.column` or `schema.table.column`; the error reads after the pattern.
+    fn parse(pattern: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = pattern.split('.').collect();
+        let glob = |p: &str| glob_of(p).map_err(|e| format!("is not a valid glob ({e})"));
+        let (schema, table, column) = match parts[..] {
+            [c] => (None, None, c),
+            [t, c] => (None, Some(t), c),
+            [s, t, c] => (Some(s), Some(t), c),
+            _ => return Err("has more than three dot-separated parts".into()),
+        };
+        Ok(Self {
+            column: glob(column)?,
+            table: table.map(glob).transpose()?.map(|g| g.compile_matcher()),
+            schema: schema.map(glob).transpose()?.map(|g| g.compile_matcher()),
+        })
+    }
+}
+
+/// The table and schema parts of one compiled column glob.
+#[derive(Debug)]
+struct Qualifier {
+    /// The rule index (into `column_styles`).
+    rule: usize,
+    table: Option<GlobMatcher>,
+    schema: Option<GlobMatcher>,
+}
+
+impl Qualifier {
+    /// True when a column of `source` satisfies the table and schema parts; an unknown source does
+    /// (fail closed).
+    fn admits(&self, source: ColumnSource<'_>) -> bool {
+        let ColumnSource::Table { schema, table } = source else {
+            return true;
+        };
+        self.table.as_ref().is_none_or(|g| g.is_match(table))
+            && self.schema.as_ref().is_none_or(|g| g.is_match(schema))
+    }
 }
 
 /// Rules compiled for matching: one glob set over every column pattern, and detectors with their styles.
 #[derive(Debug)]
 pub struct CompiledRules {
+    /// The column part of every pattern.
     columns: GlobSet,
-    /// The rule index (into `column_styles`) of each glob in `columns`.
-    glob_rule: Vec<usize>,
+    /// The rule and table/schema parts of each glob in `columns`.
+    qualifiers: Vec<Qualifier>,
+    /// The column parts of table-qualified patterns only (do they need a table lookup?).
+    qualified_columns: GlobSet,
     column_styles: Vec<Style>,
     /// Detectors switched on by some rule.
     pub detectors: DetectorSet,
@@ -158,7 +210,8 @@ impl CompiledRules {
     /// Compiles `config`; `key` is the resolved hash key (required when a rule hashes).
     pub fn compile(config: &MaskingConfig, key: Option<&[u8]>) -> Result<Self, MaskingError> {
         let mut builder = GlobSetBuilder::new();
-        let mut glob_rule = Vec::new();
+        let mut qualified = GlobSetBuilder::new();
+        let mut qualifiers = Vec::new();
         let mut column_styles = Vec::new();
         let mut detector_styles: Vec<(Detector, Style)> = Vec::new();
         for rule in &config.rules {
@@ -170,12 +223,19 @@ impl CompiledRules {
             };
             if !rule.columns.is_empty() {
                 for c in &rule.columns {
-                    let glob = glob_of(c).map_err(|e| MaskingError::Glob {
+                    let pattern = ColumnPattern::parse(c).map_err(|reason| MaskingError::Glob {
                         glob: c.clone(),
-                        reason: e.to_string(),
+                        reason,
                     })?;
-                    builder.add(glob);
-                    glob_rule.push(column_styles.len());
+                    if pattern.table.is_some() {
+                        qualified.add(pattern.column.clone());
+                    }
+                    builder.add(pattern.column);
+                    qualifiers.push(Qualifier {
+                        rule: column_styles.len(),
+                        table: pattern.table,
+                        schema: pattern.schema,
+                    });
                 }
                 column_styles.push(style.clone());
             }
@@ -185,28 +245,48 @@ impl CompiledRules {
                 }
             }
         }
-        let columns = builder.build().map_err(|e| MaskingError::Glob {
+        let set_error = |e: globset::Error| MaskingError::Glob {
             glob: "(set)".into(),
             reason: e.to_string(),
-        })?;
+        };
         Ok(Self {
-            columns,
-            glob_rule,
+            columns: builder.build().map_err(set_error)?,
+            qualifiers,
+            qualified_columns: qualified.build().map_err(set_error)?,
             column_styles,
             detectors: detector_styles.iter().map(|(d, _)| *d).collect(),
             detector_styles,
         })
     }
 
-    /// The style of the first column rule matching `name`, if any.
+    /// The style of the first column rule matching `name` from an unknown table, if any: table-qualified
+    /// patterns match by their column part.
     pub fn column_style(&self, name: &str) -> Option<&Style> {
+        self.column_style_in(name, ColumnSource::Unknown)
+    }
+
+    /// The style of the first column rule matching column `name` of `source`, if any.
+    pub fn column_style_in(&self, name: &str, source: ColumnSource<'_>) -> Option<&Style> {
         let rule = self
             .columns
             .matches(name)
             .into_iter()
-            .map(|g| self.glob_rule[g])
+            .map(|g| &self.qualifiers[g])
+            .filter(|q| q.admits(source))
+            .map(|q| q.rule)
             .min()?;
         self.column_styles.get(rule)
+    }
+
+    /// True when some column pattern has a table part.
+    pub fn has_table_rules(&self) -> bool {
+        !self.qualified_columns.is_empty()
+    }
+
+    /// True when a table-qualified pattern's column part matches `name`: only then does knowing the
+    /// column's table change the decision.
+    pub fn table_decides(&self, name: &str) -> bool {
+        self.qualified_columns.is_match(name)
     }
 
     /// True when some rule masks by column name.
@@ -255,6 +335,36 @@ mod tests {
             rules.column_style("name"),
             Some(Style::KeepLast(2))
         ));
+    }
+
+    #[test]
+    fn table_and_schema_parts_match_known_tables_and_unknown_tables_fall_back_to_the_column() {
+        let cfg = parse(
+            r#"
+            [[rules]]
+            columns = ["customers.email", "billing.*.iban", "staff_?.phone"]
+            style = "redact"
+            [[rules]]
+            columns = ["note"]
+            style = "partial"
+            "#,
+        );
+        let rules = CompiledRules::compile(&cfg, None).unwrap();
+        let t = |schema, table| ColumnSource::Table { schema, table };
+        let hit = |name, source| rules.column_style_in(name, source).is_some();
+        assert!(hit("email", t("public", "customers")));
+        assert!(hit("EMAIL", t("shop", "Customers")));
+        assert!(!hit("email", t("public", "staff")));
+        assert!(hit("email", ColumnSource::Unknown), "fail closed");
+        assert!(hit("iban", t("billing", "accounts")));
+        assert!(!hit("iban", t("public", "accounts")));
+        assert!(hit("phone", t("hr", "staff_a")));
+        assert!(!hit("phone", t("hr", "staff_ab")));
+        assert!(hit("note", t("any", "thing")));
+        assert!(rules.table_decides("email") && !rules.table_decides("note"));
+        let cfg = parse("[[rules]]\ncolumns=[\"a.b.c.d\"]\nstyle=\"redact\"");
+        assert!(CompiledRules::compile(&cfg, None).is_err());
+        assert_eq!(cfg.problems("m").len(), 1);
     }
 
     #[test]

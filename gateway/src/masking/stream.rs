@@ -6,7 +6,8 @@
 //! `Describe portal`; its RowDescription or NoData is consumed here and never reaches the client.
 
 use super::copy::{plan_copy, CopyPlan};
-use super::datarow::{mask_data_row, plan_row_description, RowScratch};
+use super::datarow::{mask_data_row, plan_row_description_with, tables_to_resolve, RowScratch};
+use super::tables::{invalidates_names, TableLookup, TableNames};
 use super::{Masker, ResultPlan};
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
@@ -34,6 +35,9 @@ pub enum FrameAction {
     Replace,
     /// Send [`WireMasker::out`] (an ErrorResponse) instead; the statement failed with this message.
     Refuse(String),
+    /// Not decided yet: call [`WireMasker::resolve_tables`], then offer the same frame again. Given for
+    /// a RowDescription naming tables a table-qualified rule needs to know.
+    ResolveTables,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,9 @@ pub struct WireMasker {
     withhold: Option<String>,
     masked: u64,
     scratch: RowScratch,
+    tables: TableNames,
+    lookup: Option<Arc<dyn TableLookup>>,
+    unresolved: Vec<u32>,
     /// Replacement bytes for [`FrameAction::Replace`] / [`FrameAction::Refuse`]; the caller clears it.
     pub out: BytesMut,
 }
@@ -69,8 +76,32 @@ impl WireMasker {
             withhold: None,
             masked: 0,
             scratch: RowScratch::default(),
+            tables: TableNames::default(),
+            lookup: None,
+            unresolved: Vec::new(),
             out: BytesMut::new(),
         }
+    }
+
+    /// Resolves result columns' tables through `lookup`, so table-qualified rules match real tables.
+    /// Without one they match by column name (over-masking).
+    pub fn with_lookup(mut self, lookup: Option<Arc<dyn TableLookup>>) -> Self {
+        self.lookup = lookup;
+        self
+    }
+
+    /// After [`FrameAction::ResolveTables`]: looks the tables up (bounded by a timeout; a failure means
+    /// column-name matching) so the frame can be offered again. Returns false when nothing was pending.
+    pub async fn resolve_tables(&mut self) -> bool {
+        if self.unresolved.is_empty() {
+            return false;
+        }
+        let oids = std::mem::take(&mut self.unresolved);
+        match self.lookup.clone() {
+            Some(lookup) => self.tables.resolve(&*lookup, &oids).await,
+            None => self.tables.failed(),
+        }
+        true
     }
 
     /// Fields masked since the last call (per statement, for the session record).
@@ -130,40 +161,51 @@ impl WireMasker {
         FrameAction::Refuse(message)
     }
 
+    /// A RowDescription or NoData: the plan for the rows to come, unless it answers a statement Describe.
+    fn on_description(&mut self, tag: u8, body: &[u8]) -> FrameAction {
+        let source = match self.expect.front() {
+            Some(e @ (Expect::Injected | Expect::ClientPortal | Expect::ClientStatement)) => {
+                let e = *e;
+                self.expect.pop_front();
+                Some(e)
+            }
+            _ => None,
+        };
+        if source != Some(Expect::ClientStatement) {
+            // A statement Describe has no formats yet; everything else describes the rows to come.
+            self.plan = None;
+            if tag == b'T' {
+                match plan_row_description_with(&self.masker, body, &self.tables) {
+                    Ok(p) => self.plan = Some(p),
+                    Err(e) => {
+                        self.withhold(e);
+                    }
+                }
+            }
+        }
+        if source == Some(Expect::Injected) {
+            FrameAction::Drop
+        } else {
+            FrameAction::Pass
+        }
+    }
+
     /// Decides a complete backend frame with a tag [`wants`] returns true for. `sql` is the statement in
     /// flight (for COPY).
     pub fn on_backend(&mut self, tag: u8, frame: &[u8], sql: Option<&str>) -> FrameAction {
         let body = &frame[5..];
         match tag {
-            b'T' | b'n' => {
-                let source = match self.expect.front() {
-                    Some(
-                        e @ (Expect::Injected | Expect::ClientPortal | Expect::ClientStatement),
-                    ) => {
-                        let e = *e;
-                        self.expect.pop_front();
-                        Some(e)
-                    }
-                    _ => None,
-                };
-                if source != Some(Expect::ClientStatement) {
-                    // A statement Describe has no formats yet; everything else describes the rows to come.
-                    self.plan = None;
-                    if tag == b'T' {
-                        match plan_row_description(&self.masker, body) {
-                            Ok(p) => self.plan = Some(p),
-                            Err(e) => {
-                                self.withhold(e);
-                            }
-                        }
-                    }
+            b'T' if self.lookup.is_some()
+                && self.expect.front() != Some(&Expect::ClientStatement) =>
+            {
+                // Decided before any state changes, so the frame can be offered again unchanged.
+                self.unresolved = tables_to_resolve(&self.masker, body, &self.tables);
+                if !self.unresolved.is_empty() {
+                    return FrameAction::ResolveTables;
                 }
-                if source == Some(Expect::Injected) {
-                    FrameAction::Drop
-                } else {
-                    FrameAction::Pass
-                }
+                self.on_description(tag, body)
             }
+            b'T' | b'n' => self.on_description(tag, body),
             b'D' => {
                 if self.withhold.is_some() {
                     return FrameAction::Drop;
@@ -225,6 +267,9 @@ impl WireMasker {
                 }
             }
             b'C' | b's' => {
+                if tag == b'C' && invalidates_names(body) {
+                    self.tables.clear();
+                }
                 self.copy = None;
                 if self.withhold.is_some() {
                     self.refuse(None)
@@ -371,6 +416,97 @@ mod tests {
         assert_eq!(
             w.on_backend(b'Z', &frame(b'Z', b"I"), None),
             FrameAction::Pass
+        );
+    }
+
+    /// A lookup that knows OID 100 as `public.customers` and OID 200 as `public.staff`.
+    struct TwoTables;
+
+    #[async_trait::async_trait]
+    impl TableLookup for TwoTables {
+        async fn lookup(
+            &self,
+            oids: &[u32],
+        ) -> Result<Vec<(u32, crate::masking::tables::Relation)>, crate::masking::tables::LookupError>
+        {
+            use crate::masking::tables::Relation;
+            let table = |t: &str| Relation::Table {
+                schema: "public".into(),
+                table: t.into(),
+            };
+            Ok(oids
+                .iter()
+                .filter_map(|o| match o {
+                    100 => Some((100, table("customers"))),
+                    200 => Some((200, table("staff"))),
+                    _ => None,
+                })
+                .collect())
+        }
+    }
+
+    /// A RowDescription of text columns from the given table OIDs.
+    fn described(cols: &[(&str, u32)]) -> Vec<u8> {
+        let mut body = (cols.len() as i16).to_be_bytes().to_vec();
+        for (name, table) in cols {
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            body.extend_from_slice(&table.to_be_bytes());
+            body.extend_from_slice(&1i16.to_be_bytes());
+            body.extend_from_slice(&25u32.to_be_bytes());
+            body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+        }
+        frame(b'T', &body)
+    }
+
+    #[tokio::test]
+    async fn table_qualified_rules_wait_for_the_lookup_then_mask_only_their_table() {
+        let cfg: crate::masking::MaskingConfig =
+            toml::from_str("[[rules]]\ncolumns=[\"customers.email\"]\nstyle=\"redact\"").unwrap();
+        let masker = Arc::new(Masker::new(&cfg, None).unwrap());
+        let mut w = WireMasker::new(masker).with_lookup(Some(Arc::new(TwoTables)));
+        w.forward_client(&frame(b'Q', b"SELECT\0"), &mut BytesMut::new());
+        // customers.email, staff.email, an expression (OID 0) and a dropped table (OID 300).
+        let t = described(&[("email", 100), ("email", 200), ("email", 0), ("email", 300)]);
+        assert_eq!(w.on_backend(b'T', &t, None), FrameAction::ResolveTables);
+        assert!(w.resolve_tables().await);
+        assert!(!w.resolve_tables().await, "nothing left pending");
+        assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Pass);
+        let row = data_row(&[
+            Some(b"a@x.io"),
+            Some(b"b@x.io"),
+            Some(b"c@x.io"),
+            Some(b"d@x.io"),
+        ]);
+        assert_eq!(w.on_backend(b'D', &row, None), FrameAction::Replace);
+        let values = values_of(&w.out);
+        let redacted = Some(&b"[redacted]"[..]);
+        assert_eq!(values[0].as_deref(), redacted, "customers.email");
+        assert_eq!(values[1].as_deref(), Some(&b"b@x.io"[..]), "staff.email");
+        assert_eq!(
+            values[2].as_deref(),
+            redacted,
+            "OID 0 falls back to the column name"
+        );
+        assert_eq!(
+            values[3].as_deref(),
+            redacted,
+            "an unknown OID falls back too"
+        );
+        // Known tables are not looked up again.
+        assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Pass);
+    }
+
+    #[tokio::test]
+    async fn without_a_lookup_table_qualified_rules_match_by_column_name() {
+        let cfg: crate::masking::MaskingConfig =
+            toml::from_str("[[rules]]\ncolumns=[\"customers.email\"]\nstyle=\"redact\"").unwrap();
+        let mut w = WireMasker::new(Arc::new(Masker::new(&cfg, None).unwrap()));
+        let t = described(&[("email", 200)]);
+        assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Pass);
+        assert_eq!(
+            w.on_backend(b'D', &data_row(&[Some(b"b@x.io")]), None),
+            FrameAction::Replace
         );
     }
 

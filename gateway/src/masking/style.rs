@@ -1,5 +1,6 @@
 //! Replacement styles: what a masked value (or a detected substring) becomes.
 
+use super::hash_cache::{HashCache, DIGEST};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -73,14 +74,46 @@ impl Style {
                 out.extend(chars);
             }
             Style::Partial => partial(value, out),
-            Style::Hash(mac) => {
-                let mut mac = (**mac).clone();
-                mac.update(value.as_bytes());
-                let digest = mac.finalize().into_bytes();
-                out.push_str("hash:");
-                out.push_str(&hex::encode(&digest[..16]));
-            }
+            Style::Hash(mac) => push_hash(&keyed_hash(mac, value), out),
         }
+    }
+
+    /// Like [`Style::apply`], taking keyed-hash outputs from `cache` when it has them (and filling it).
+    /// The cache must belong to one [`super::Masker`]: its hash styles share one key.
+    pub fn apply_cached(&self, value: &str, out: &mut String, cache: &mut HashCache) {
+        let Style::Hash(mac) = self else {
+            return self.apply(value, out);
+        };
+        let digest = match cache.get(value.as_bytes()) {
+            Some(d) => *d,
+            None => {
+                let d = keyed_hash(mac, value);
+                cache.put(value.as_bytes(), &d);
+                d
+            }
+        };
+        push_hash(&digest, out);
+    }
+}
+
+/// The first 16 bytes of HMAC-SHA256(key, value).
+fn keyed_hash(mac: &Hmac<Sha256>, value: &str) -> [u8; DIGEST] {
+    let mut mac = mac.clone();
+    mac.update(value.as_bytes());
+    let full = mac.finalize().into_bytes();
+    let mut digest = [0; DIGEST];
+    digest.copy_from_slice(&full[..DIGEST]);
+    digest
+}
+
+/// Appends `hash:` and the digest in lower-case hex, without an intermediate string.
+fn push_hash(digest: &[u8; DIGEST], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(5 + 2 * DIGEST);
+    out.push_str("hash:");
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
 }
 
@@ -161,6 +194,29 @@ mod tests {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         let got = styled(&Style::hash(b"Jefe"), "what do ya want for nothing?");
         assert_eq!(got, "hash:5bdcc146bf60754e6a042426089575c7");
+    }
+
+    #[test]
+    fn cached_keyed_hash_equals_the_uncached_one_and_other_styles_ignore_the_cache() {
+        let mut cache = HashCache::default();
+        for style in [
+            Style::hash(b"k"),
+            Style::KeepLast(4),
+            Style::Partial,
+            Style::Redact,
+        ] {
+            for value in [
+                "jane@example.com",
+                "jane@example.com",
+                "",
+                "Grüße",
+                &"x".repeat(200),
+            ] {
+                let mut cached = String::new();
+                style.apply_cached(value, &mut cached, &mut cache);
+                assert_eq!(cached, styled(&style, value), "{style:?} on {value:?}");
+            }
+        }
     }
 
     #[test]

@@ -79,7 +79,8 @@ impl BackendTracker {
     }
 
     /// Scans `buf`; returns how many bytes to consume and whether the client gets `rewritten`
-    /// instead of `buf[..n]`. Finished statements are appended to `finished`.
+    /// instead of `buf[..n]`. Finished statements are appended to `finished`. Stops early, before a
+    /// RowDescription whose tables the masker must look up first ([`WireMasker::resolve_tables`]).
     pub fn scan(
         &mut self,
         buf: &[u8],
@@ -120,8 +121,11 @@ impl BackendTracker {
             let mut action = FrameAction::Pass;
             if let (true, Some(m)) = (masking, self.masker.as_mut()) {
                 action = m.on_backend(tag, frame, self.in_flight.front().map(|f| &*f.sql));
-                if let FrameAction::Refuse(message) = &action {
-                    self.error = Some(message.clone());
+                match &action {
+                    FrameAction::Refuse(message) => self.error = Some(message.clone()),
+                    // Stop before this frame: the caller resolves its tables and scans again.
+                    FrameAction::ResolveTables => break,
+                    _ => {}
                 }
             }
             match tag {

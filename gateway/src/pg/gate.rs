@@ -45,6 +45,11 @@ pub trait WireGate: Send + Sync + 'static {
     fn masking(&self, _connection: &str) -> Option<Arc<crate::masking::Masker>> {
         None
     }
+    /// Resolves table OIDs for the connection's table-qualified masking rules; None (the default) makes
+    /// them match by column name (over-masking).
+    fn table_lookup(&self, _connection: &str) -> Option<Arc<dyn crate::masking::TableLookup>> {
+        None
+    }
     /// Classify (cached by text and literal template): pure and fast. `memo` belongs to the calling
     /// session, whose connection and requester never change.
     fn classify(

@@ -8,7 +8,7 @@ use super::error::WireError;
 use super::extended::{statement_hash, Batch, Catalog};
 use super::gate::{HoldOutcome, HoldTicket, SessionInfo, WireGate};
 use super::recorder::{FinishedStatement, Recorder};
-use crate::masking::{Masker, WireMasker};
+use crate::masking::{Masker, TableLookup, WireMasker};
 use crate::policy::{Action, Verdict, VerdictMemo};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use countersign_bot::RequestId;
@@ -36,6 +36,8 @@ pub struct SessionCtx {
     pub max_message_size: usize,
     /// The connection's masking rules (None: results pass untouched).
     pub masking: Option<Arc<Masker>>,
+    /// Resolves table OIDs for table-qualified masking rules (None: they match by column name).
+    pub table_lookup: Option<Arc<dyn TableLookup>>,
 }
 
 /// A statement or batch waiting for a human decision.
@@ -112,8 +114,11 @@ where
             inject: BytesMut::new(),
             finished: Vec::new(),
             client_need: 0,
-            backend: BackendTracker::new(ready_status)
-                .with_masker(ctx.masking.clone().map(WireMasker::new)),
+            backend: BackendTracker::new(ready_status).with_masker(
+                ctx.masking
+                    .clone()
+                    .map(|m| WireMasker::new(m).with_lookup(ctx.table_lookup.clone())),
+            ),
             catalog: Catalog::default(),
             batch: Batch::default(),
             verdicts: VerdictMemo::default(),
@@ -193,17 +198,29 @@ where
     }
 
     async fn on_server_data(&mut self) -> Result<(), WireError> {
-        let (n, rewrote) = self
-            .backend
-            .scan(&self.sbuf, &mut self.rewritten, &mut self.finished)
-            .map_err(|_| WireError::Upstream("malformed message from the upstream".into()))?;
-        if rewrote {
-            self.client_w.write_all(&self.rewritten).await?;
-            self.rewritten.clear();
-        } else if n > 0 {
-            self.client_w.write_all(&self.sbuf[..n]).await?;
+        loop {
+            let (n, rewrote) = self
+                .backend
+                .scan(&self.sbuf, &mut self.rewritten, &mut self.finished)
+                .map_err(|_| WireError::Upstream("malformed message from the upstream".into()))?;
+            if rewrote {
+                self.client_w.write_all(&self.rewritten).await?;
+                self.rewritten.clear();
+            } else if n > 0 {
+                self.client_w.write_all(&self.sbuf[..n]).await?;
+            }
+            self.sbuf.advance(n);
+            // The scan stopped before a RowDescription naming tables a masking rule needs: look them up
+            // (on a separate upstream session, bounded by a timeout), then scan on from that frame. Once
+            // per table per session; the client has everything before it already.
+            let resolved = match self.backend.masker.as_mut() {
+                Some(m) => m.resolve_tables().await,
+                None => false,
+            };
+            if !resolved {
+                break;
+            }
         }
-        self.sbuf.advance(n);
         self.flush_inject().await?;
         for f in self.finished.drain(..) {
             self.ctx.recorder.statement(&self.ctx.session, f);

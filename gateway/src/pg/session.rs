@@ -374,6 +374,7 @@ async fn relay<S: Halves>(
         hold_wait: shared.cfg.hold_wait,
         max_message_size: shared.cfg.max_message_size,
         masking: shared.gate.masking(&session.connection),
+        table_lookup: shared.gate.table_lookup(&session.connection),
     };
     // One monomorphised relay per upstream kind: the plain path reads and writes the TCP halves directly.
     match upstream {

@@ -59,6 +59,7 @@ pub struct StaticGate {
     review: Arc<Verdict>,
     block: Arc<Verdict>,
     masking: Option<Arc<crate::masking::Masker>>,
+    table_lookup: Option<Arc<dyn crate::masking::TableLookup>>,
 }
 
 impl StaticGate {
@@ -97,6 +98,7 @@ impl StaticGate {
             review: verdict(Action::Review, "DELETE needs approval"),
             block: verdict(Action::Block, "DROP DATABASE is never allowed"),
             masking: None,
+            table_lookup: None,
         }
     }
 
@@ -124,9 +126,20 @@ impl StaticGate {
         self
     }
 
-    /// Masks results of every session with these rules.
+    /// Masks results of every session with these rules. Table-qualified rules match by column name
+    /// unless [`StaticGate::with_table_lookup`] is called too.
     pub fn with_masking(mut self, masker: crate::masking::Masker) -> Self {
         self.masking = Some(Arc::new(masker));
+        self
+    }
+
+    /// Resolves result tables with catalog queries on the upstream, as the engine does, so
+    /// table-qualified masking rules match real tables.
+    pub fn with_table_lookup(mut self) -> Self {
+        self.table_lookup = self.connections.iter().next().map(|(name, target)| {
+            Arc::new(crate::upstream::CatalogLookup::new(name, target.clone()))
+                as Arc<dyn crate::masking::TableLookup>
+        });
         self
     }
 
@@ -208,6 +221,10 @@ impl WireGate for StaticGate {
 
     fn masking(&self, _connection: &str) -> Option<Arc<crate::masking::Masker>> {
         self.masking.clone()
+    }
+
+    fn table_lookup(&self, _connection: &str) -> Option<Arc<dyn crate::masking::TableLookup>> {
+        self.table_lookup.clone()
     }
 
     fn classify(

@@ -1,0 +1,332 @@
+//! A cheap pass over a value's bytes that rules detectors out before any of them runs.
+//!
+//! Each detector has a necessary condition: an e-mail needs `@`, a JWT `eyJ`, an IBAN two capitals and
+//! two digits in a row, a card 13 digits among digits, spaces and dashes, and so on. [`candidates`]
+//! first summarises which kinds of bytes occur (one table lookup per byte), which settles most values
+//! (names, amounts, hashes); only then does it run the few targeted scans the summary leaves open, and
+//! returns the detectors whose condition holds.
+//!
+//! **Invariant:** the conditions are *necessary*, never sufficient: a detector left out here would
+//! have found nothing in [`super::detect::find`]. The tests in `detect.rs` check this against the full
+//! detectors over a table of values.
+
+use super::detect::{Detector, DetectorSet};
+
+// Byte classes (bits of `CLASS`). DIGIT is bit 0, so a class masked with it counts digits.
+const DIGIT: u32 = 1;
+const UPPER: u32 = 1 << 1;
+const ALNUM: u32 = 1 << 2;
+/// Separators inside numeric runs (`is_run_char` minus digits): space, `-`, `.`, `(`, `)`, `+`.
+const RUN_SEP: u32 = 1 << 3;
+const AT: u32 = 1 << 4;
+const COLON: u32 = 1 << 5;
+const UNDERSCORE: u32 = 1 << 6;
+const DASH: u32 = 1 << 7;
+const DOT: u32 = 1 << 8;
+/// `J`, of a JWT's `eyJ`.
+const J: u32 = 1 << 9;
+/// `B`, of a private key's `-----BEGIN`.
+const CAPITAL_B: u32 = 1 << 10;
+/// `A`, of AWS's `AKIA` / `ASIA` and Google's `AIza`.
+const CAPITAL_A: u32 = 1 << 11;
+/// `G`, of SendGrid's `SG.`.
+const CAPITAL_G: u32 = 1 << 12;
+/// `b` or `B`, of `bearer`.
+const LETTER_B: u32 = 1 << 13;
+/// `k` or `K`, of `token`.
+const LETTER_K: u32 = 1 << 14;
+/// `+`, before a phone number.
+const PLUS: u32 = 1 << 15;
+
+const fn class_table() -> [u32; 256] {
+    let mut t = [0u32; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let mut k = 0;
+        if b.is_ascii_digit() {
+            k |= DIGIT | ALNUM;
+        }
+        if b.is_ascii_uppercase() {
+            k |= UPPER | ALNUM;
+        }
+        if b.is_ascii_lowercase() {
+            k |= ALNUM;
+        }
+        if matches!(b, b' ' | b'-' | b'.' | b'(' | b')' | b'+') {
+            k |= RUN_SEP;
+        }
+        k |= match b {
+            b'@' => AT,
+            b':' => COLON,
+            b'_' => UNDERSCORE,
+            b'-' => DASH,
+            b'.' => DOT,
+            b'J' => J,
+            b'B' => CAPITAL_B | LETTER_B,
+            b'b' => LETTER_B,
+            b'A' => CAPITAL_A,
+            b'G' => CAPITAL_G,
+            b'k' | b'K' => LETTER_K,
+            b'+' => PLUS,
+            _ => 0,
+        };
+        t[c] = k;
+        c += 1;
+    }
+    t
+}
+
+static CLASS: [u32; 256] = class_table();
+
+fn is(b: u8, class: u32) -> bool {
+    CLASS[b as usize] & class != 0
+}
+
+/// True when the bytes before `i` are `pat`.
+fn before(b: &[u8], i: usize, pat: &[u8]) -> bool {
+    i >= pat.len() && &b[i - pat.len()..i] == pat
+}
+
+/// True when `needle` occurs in `hay`; `fold` ignores ASCII case (`needle` is then lower case).
+fn contains(hay: &[u8], needle: &[u8], fold: bool) -> bool {
+    let first = needle[0];
+    hay.iter().enumerate().any(|(i, &c)| {
+        (c == first || (fold && c | 0x20 == first))
+            && hay.get(i..i + needle.len()).is_some_and(|w| {
+                w.iter()
+                    .zip(needle)
+                    .all(|(c, n)| c == n || (fold && c | 0x20 == *n))
+            })
+    })
+}
+
+/// The detectors in `on` that could find something in `b`; every other detector would find nothing.
+pub fn candidates(b: &[u8], on: DetectorSet) -> DetectorSet {
+    // Which classes occur, how many digits, and the most digits in one run of digits and separators
+    // (branch-free: the run count drops to zero outside a run).
+    let (mut seen, mut digits, mut run, mut max_run) = (0u32, 0usize, 0usize, 0usize);
+    for &c in b {
+        let k = CLASS[c as usize];
+        seen |= k;
+        digits += (k & DIGIT) as usize;
+        run = (run + (k & DIGIT) as usize) * usize::from(k & (DIGIT | RUN_SEP) != 0);
+        max_run = max_run.max(run);
+    }
+    let mut found = DetectorSet::default();
+    let mut check = |d: Detector, possible: bool| {
+        if possible {
+            found.insert(d);
+        }
+    };
+    // Each condition is evaluated only for detectors that are on (`&&` short-circuits).
+    let on_ = |d: Detector| on.contains(d);
+    check(Detector::Email, on_(Detector::Email) && seen & AT != 0);
+    check(
+        Detector::Jwt,
+        on_(Detector::Jwt) && seen & J != 0 && seen & DOT != 0 && contains(b, b"eyJ", false),
+    );
+    check(
+        Detector::PrivateKey,
+        on_(Detector::PrivateKey)
+            && seen & CAPITAL_B != 0
+            && seen & DASH != 0
+            && contains(b, b"-----B", false),
+    );
+    // `AA00` starts every IBAN.
+    check(
+        Detector::Iban,
+        on_(Detector::Iban)
+            && seen & UPPER != 0
+            && digits >= 2
+            && b.windows(4)
+                .any(|w| is(w[0], UPPER) && is(w[1], UPPER) && is(w[2], DIGIT) && is(w[3], DIGIT)),
+    );
+    // Three `d.d` in an IPv4 address.
+    check(
+        Detector::Ipv4,
+        on_(Detector::Ipv4)
+            && seen & DOT != 0
+            && digits >= 4
+            && b.windows(3)
+                .filter(|w| w[1] == b'.' && is(w[0], DIGIT) && is(w[2], DIGIT))
+                .count()
+                >= 3,
+    );
+    // IPv6 without `::` has seven colons (six before an embedded IPv4 address).
+    check(
+        Detector::Ipv6,
+        on_(Detector::Ipv6) && seen & COLON != 0 && {
+            let colons = b.iter().filter(|&&c| c == b':').count();
+            colons >= 6 || (colons >= 2 && contains(b, b"::", false))
+        },
+    );
+    check(
+        Detector::ApiKey,
+        on_(Detector::ApiKey) && api_key_possible(b, seen, digits),
+    );
+    // A card has 13 digits in one run; so the run count decides it.
+    check(Detector::Card, on_(Detector::Card) && max_run >= 13);
+    // A phone has 7 digits after a `+`, or 10 laid out 3-3-4; an SSN 9 digits and two dashes.
+    let phone =
+        on.contains(Detector::Phone) && (max_run >= 10 || (max_run >= 7 && seen & PLUS != 0));
+    let ssn = on.contains(Detector::Ssn) && max_run >= 9 && seen & DASH != 0;
+    if phone || ssn {
+        let exact = numeric_runs(b);
+        for (d, possible) in [(Detector::Phone, phone), (Detector::Ssn, ssn)] {
+            if possible && exact.contains(d) {
+                found.insert(d);
+            }
+        }
+    }
+    found
+}
+
+/// A vendor prefix, or `bearer` / `token` followed by room for a secret with a digit.
+fn api_key_possible(b: &[u8], seen: u32, digits: usize) -> bool {
+    // sk_ rk_ pk_, ghp_ gho_ ghs_ ghu_ ghr_, github_pat_
+    let underscore = |i: usize| {
+        before(b, i, b"sk")
+            || before(b, i, b"rk")
+            || before(b, i, b"pk")
+            || (i >= 3 && &b[i - 3..i - 1] == b"gh")
+            || before(b, i, b"github")
+    };
+    // glpat- xoxb- xoxp- xoxa- xapp- sk-
+    let dash = |i: usize| {
+        before(b, i, b"glpat")
+            || (i >= 4 && &b[i - 4..i - 1] == b"xox")
+            || before(b, i, b"xapp")
+            || before(b, i, b"sk")
+    };
+    (seen & UNDERSCORE != 0
+        && b.iter()
+            .enumerate()
+            .any(|(i, &c)| c == b'_' && underscore(i)))
+        || (seen & DASH != 0 && b.iter().enumerate().any(|(i, &c)| c == b'-' && dash(i)))
+        || (seen & CAPITAL_G != 0 && seen & DOT != 0 && contains(b, b"SG.", false))
+        || (seen & CAPITAL_A != 0
+            && (contains(b, b"AIz", false)
+                || contains(b, b"AKIA", false)
+                || contains(b, b"ASIA", false)))
+        // The secret after `token ` / `bearer ` has 16+ characters, one a digit.
+        || (digits > 0
+            && b.len() >= 22
+            && ((seen & LETTER_K != 0 && contains(b, b"token", true))
+                || (seen & LETTER_B != 0 && contains(b, b"bearer", true))))
+}
+
+/// Phone and SSN conditions (and the card's) over runs of digits and separators.
+fn numeric_runs(b: &[u8]) -> DetectorSet {
+    let mut found = DetectorSet::default();
+    // Digits in the current run of digits and separators, the current digit group, the two groups
+    // before it in the run, and digits since a `+` that can start a phone number.
+    let (mut run_digits, mut max_run_digits) = (0usize, 0usize);
+    let (mut group, mut prev1, mut prev2) = (0usize, 0usize, 0usize);
+    let mut plus_digits: Option<usize> = None;
+    for (i, &c) in b.iter().enumerate() {
+        let k = CLASS[c as usize];
+        if k & DIGIT != 0 {
+            group += 1;
+            run_digits += 1;
+            if let Some(n) = &mut plus_digits {
+                *n += 1;
+                if *n >= 7 {
+                    found.insert(Detector::Phone);
+                }
+            }
+            // `0-00-0000` ends every SSN.
+            if group == 4
+                && i >= 8
+                && b[i - 4] == b'-'
+                && is(b[i - 5], DIGIT)
+                && is(b[i - 6], DIGIT)
+                && b[i - 7] == b'-'
+                && is(b[i - 8], DIGIT)
+            {
+                found.insert(Detector::Ssn);
+            }
+            continue;
+        }
+        if group > 0 {
+            // A 3-3-4 layout of digit groups is a North American phone number.
+            if group == 4 && prev1 == 3 && prev2 == 3 {
+                found.insert(Detector::Phone);
+            }
+            (prev2, prev1, group) = (prev1, group, 0);
+        }
+        if k & RUN_SEP == 0 {
+            if run_digits > 0 {
+                max_run_digits = max_run_digits.max(run_digits);
+                (run_digits, prev1, prev2) = (0, 0, 0);
+            }
+            plus_digits = None;
+        } else if c == b'+' && (i == 0 || !is(b[i - 1], ALNUM)) {
+            // A phone number's `+` starts a run: nothing alphanumeric before it. The first such `+`
+            // of a run counts the most digits after it.
+            plus_digits.get_or_insert(0);
+        }
+    }
+    if group == 4 && prev1 == 3 && prev2 == 3 {
+        found.insert(Detector::Phone);
+    }
+    if max_run_digits.max(run_digits) >= 13 {
+        found.insert(Detector::Card);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(text: &str) -> Vec<&'static str> {
+        let set = candidates(text.as_bytes(), Detector::ALL.into_iter().collect());
+        Detector::ALL
+            .into_iter()
+            .filter(|d| set.contains(*d))
+            .map(Detector::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn ordinary_values_meet_no_condition() {
+        for text in [
+            "",
+            "note number 1000 about order 7000",
+            "c4ca4238a0b923820dcc509a6f75849b",
+            "Grüße aus Köln, Straße 12",
+            "1000000",
+            "2026-05-09 21:35:35.123456+00",
+            "12:30:45",
+            "v1.2.3",
+            "none",
+            "Bearish market",
+        ] {
+            assert_eq!(names(text), Vec::<&str>::new(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn each_condition_names_its_detector() {
+        let cases: &[(&str, &str)] = &[
+            ("a@b", "email"),
+            ("+1 415 555 0100", "phone"),
+            ("(415) 555-0100", "phone"),
+            ("4111 1111 1111 1111", "card"),
+            ("DE89370400440532013000", "iban"),
+            ("123-45-6789", "ssn"),
+            ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "jwt"),
+            ("sk_live_x", "api_key"),
+            ("AKIAIOSFODNN7EXAMPLE", "api_key"),
+            ("BEARER abc123def456ghi789", "api_key"),
+            ("-----BEGIN", "private_key"),
+            ("10.0.0.1", "ipv4"),
+            ("fe80::1", "ipv6"),
+            ("1:2:3:4:5:6:7:8", "ipv6"),
+        ];
+        for (text, want) in cases {
+            assert!(names(text).contains(want), "{text:?}: {:?}", names(text));
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Which table a result column comes from, so `table.column` and `schema.table.column` rules match the
+//! real table instead of every column of that name.
+//!
+//! RowDescription names a column's table only by OID. A session keeps a bounded cache of OID → name
+//! ([`TableNames`]); OIDs it has not seen are looked up through a [`TableLookup`] (a catalog query on a
+//! separate upstream session, see `crate::upstream::CatalogLookup`) before the result is planned.
+//!
+//! **Fail closed:** a column whose table is not known for certain — table OID 0 (an expression or a
+//! function result), a view or materialized view (the OID is the view's; its columns come from other
+//! tables), a partition or inheritance child (its parent's rules must still apply), a failed or timed-out
+//! lookup — is matched by column name only, as if the rule had no table part: it is over-masked, never
+//! leaked.
+
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+/// Tables a session remembers.
+pub const CAPACITY: usize = 1024;
+/// How long a remembered name is trusted (another session may rename the table).
+pub const TTL: Duration = Duration::from_secs(300);
+/// How long one lookup may take before the result is planned without it.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed lookup, how long a session plans by column name only before it tries again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// What a table OID turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relation {
+    /// An ordinary, partitioned or foreign table that is nobody's child: rules match its name.
+    Table {
+        /// Schema (namespace) name.
+        schema: String,
+        /// Table name.
+        table: String,
+    },
+    /// A view, materialized view, partition, inheritance child or other relation: match by column name.
+    Derived,
+}
+
+/// Where a result column comes from, as far as the gateway knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnSource<'a> {
+    /// Not known for certain: table-qualified rules match by their column part only.
+    Unknown,
+    /// A column of this table.
+    Table {
+        /// Schema name.
+        schema: &'a str,
+        /// Table name.
+        table: &'a str,
+    },
+}
+
+/// A catalog lookup failed; the result is planned by column name (over-masking).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("could not look up table names for masking rules ({0}); table-qualified rules match every column of that name until a lookup succeeds")]
+pub struct LookupError(pub String);
+
+/// Resolves table OIDs to relations (implemented over an upstream session).
+#[async_trait::async_trait]
+pub trait TableLookup: Send + Sync {
+    /// The relation of each OID that exists; OIDs missing from the answer are unknown.
+    async fn lookup(&self, oids: &[u32]) -> Result<Vec<(u32, Relation)>, LookupError>;
+}
+
+impl std::fmt::Debug for dyn TableLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableLookup")
+    }
+}
+
+/// One session's cache of table OIDs; see the module docs.
+#[derive(Debug, Default)]
+pub struct TableNames {
+    /// Allocated on the first answer: most sessions never need it.
+    known: Option<LruCache<u32, (Relation, Instant)>>,
+    retry_at: Option<Instant>,
+}
+
+impl TableNames {
+    fn peek(&self, oid: u32) -> Option<&(Relation, Instant)> {
+        self.known.as_ref()?.peek(&oid)
+    }
+
+    /// The source of a column of table `oid` (0 for none).
+    pub fn source(&self, oid: u32) -> ColumnSource<'_> {
+        match self.peek(oid) {
+            Some((Relation::Table { schema, table }, at)) if at.elapsed() < TTL => {
+                ColumnSource::Table { schema, table }
+            }
+            _ => ColumnSource::Unknown,
+        }
+    }
+
+    /// True when `oid` should be looked up before planning: a real table OID not known (or known too
+    /// long ago), and no recent lookup failed.
+    pub fn wants(&self, oid: u32) -> bool {
+        oid != 0
+            && self.retry_at.is_none_or(|t| Instant::now() >= t)
+            && self.peek(oid).is_none_or(|(_, at)| at.elapsed() >= TTL)
+    }
+
+    /// Records a lookup's answer for `asked`; OIDs it doesn't mention are remembered as derived (their
+    /// relation is gone or invisible, so column names decide).
+    pub fn learn(&mut self, asked: &[u32], answer: Vec<(u32, Relation)>) {
+        let now = Instant::now();
+        self.retry_at = None;
+        let known = self.known.get_or_insert_with(|| {
+            LruCache::new(NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN))
+        });
+        for &oid in asked {
+            known.put(oid, (Relation::Derived, now));
+        }
+        for (oid, relation) in answer {
+            known.put(oid, (relation, now));
+        }
+    }
+
+    /// Notes a failed lookup: plan by column name until [`RETRY_AFTER`] has passed.
+    pub fn failed(&mut self) {
+        self.retry_at = Some(Instant::now() + RETRY_AFTER);
+    }
+
+    /// Forgets everything (after DDL in this session: a table may have been renamed or replaced).
+    pub fn clear(&mut self) {
+        self.known = None;
+    }
+
+    /// Looks `oids` up (bounded by [`LOOKUP_TIMEOUT`]) and records the answer or the failure.
+    pub async fn resolve(&mut self, lookup: &dyn TableLookup, oids: &[u32]) {
+        match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.lookup(oids)).await {
+            Ok(Ok(answer)) => self.learn(oids, answer),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "table lookup for masking failed");
+                self.failed();
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = LOOKUP_TIMEOUT.as_millis() as u64,
+                    "table lookup for masking timed out; matching table-qualified rules by column name"
+                );
+                self.failed();
+            }
+        }
+    }
+}
+
+/// True for DDL command tags after which cached table names may be stale.
+pub fn invalidates_names(command_tag: &[u8]) -> bool {
+    [&b"ALTER "[..], b"DROP ", b"CREATE "]
+        .iter()
+        .any(|p| command_tag.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(Result<Vec<(u32, Relation)>, LookupError>);
+
+    #[async_trait::async_trait]
+    impl TableLookup for Fixed {
+        async fn lookup(&self, _oids: &[u32]) -> Result<Vec<(u32, Relation)>, LookupError> {
+            self.0.clone()
+        }
+    }
+
+    fn table(schema: &str, table: &str) -> Relation {
+        Relation::Table {
+            schema: schema.into(),
+            table: table.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_remembered_and_missing_oids_fall_back_to_column_names() {
+        let mut names = TableNames::default();
+        assert!(names.wants(10) && names.wants(11) && !names.wants(0));
+        let lookup = Fixed(Ok(vec![(10, table("shop", "customers"))]));
+        names.resolve(&lookup, &[10, 11]).await;
+        assert_eq!(
+            names.source(10),
+            ColumnSource::Table {
+                schema: "shop",
+                table: "customers"
+            }
+        );
+        assert_eq!(names.source(11), ColumnSource::Unknown);
+        assert!(!names.wants(10) && !names.wants(11));
+        assert_eq!(names.source(0), ColumnSource::Unknown);
+        names.clear();
+        assert!(names.wants(10));
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_plans_by_column_name_and_waits_before_retrying() {
+        let mut names = TableNames::default();
+        names
+            .resolve(&Fixed(Err(LookupError("refused".into()))), &[10])
+            .await;
+        assert_eq!(names.source(10), ColumnSource::Unknown);
+        assert!(!names.wants(10), "no lookup storm after a failure");
+    }
+
+    #[test]
+    fn ddl_tags_invalidate_and_others_do_not() {
+        assert!(invalidates_names(b"ALTER TABLE"));
+        assert!(invalidates_names(b"DROP VIEW"));
+        assert!(!invalidates_names(b"SELECT 3"));
+    }
+}
