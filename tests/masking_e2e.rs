@@ -132,6 +132,32 @@ async fn table_qualified_rules_mask_only_the_named_table_in_the_api_and_on_the_w
     assert_eq!(row.get::<_, String>(0), "[redacted]");
     assert_eq!(row.get::<_, String>(1), "staff@example.com");
     assert_eq!(row.get::<_, String>(2), "[redacted]");
+    // An alias does not unmask: the real column behind `contact` is customers.email.
+    let aliased = format!(
+        "SELECT c.email AS contact, s.email AS other FROM {schema}.customers c JOIN {schema}.staff s USING (id)"
+    );
+    let r = gw.query(AGENT, &aliased).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body["rows"][0],
+        json!(["[redacted]", "staff@example.com"])
+    );
+    for binary in [false, true] {
+        let row = if binary {
+            let st = client.prepare(&aliased).await.unwrap();
+            client.query_one(&st, &[]).await.unwrap()
+        } else {
+            let rows = client.simple_query(&aliased).await.unwrap();
+            let tokio_postgres::SimpleQueryMessage::Row(row) = &rows[1] else {
+                panic!("expected a row first: {rows:?}")
+            };
+            assert_eq!(row.get(0), Some("[redacted]"));
+            assert_eq!(row.get(1), Some("staff@example.com"));
+            continue;
+        };
+        assert_eq!(row.get::<_, String>(0), "[redacted]");
+        assert_eq!(row.get::<_, String>(1), "staff@example.com");
+    }
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .unwrap();

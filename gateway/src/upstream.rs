@@ -182,6 +182,8 @@ pub struct QueryOutcome {
     /// masking rules; never serialized.
     #[serde(skip)]
     pub table_oids: Vec<Vec<u32>>,
+    /// Per result set, each column's attribute number in its table (0 for none).
+    pub attnums: Vec<Vec<i16>>,
 }
 
 /// Why a query could not be run at all.
@@ -338,6 +340,40 @@ impl crate::masking::TableLookup for CatalogLookup {
         })
         .collect()
     }
+    async fn columns(&self, oids: &[u32]) -> Result<Vec<(u32, i16, String)>, LookupError> {
+        if oids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = oids.iter().map(u32::to_string).collect();
+        let sql = format!(
+            "SELECT a.attrelid, a.attnum, a.attname FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = ANY('{{{}}}'::pg_catalog.oid[]) AND a.attnum > 0 AND NOT a.attisdropped",
+            list.join(",")
+        );
+        let out = self
+            .pool
+            .simple_query(&self.name, &self.target, &sql, true)
+            .await
+            .map_err(|e| LookupError(e.to_string()))?;
+        if let Some(e) = out.error {
+            return Err(LookupError(format!("{} ({})", e.message, e.sqlstate)));
+        }
+        let rows = out.results.into_iter().flat_map(|r| r.rows);
+        rows.map(|row| match &row[..] {
+            [Some(oid), Some(attnum), Some(name)] => {
+                let bad = || LookupError(format!("pg_attribute returned {oid:?}/{attnum:?}"));
+                Ok((
+                    oid.parse().map_err(|_| bad())?,
+                    attnum.parse().map_err(|_| bad())?,
+                    name.clone(),
+                ))
+            }
+            _ => Err(LookupError(
+                "pg_attribute returned an unexpected row".into(),
+            )),
+        })
+        .collect()
+    }
 }
 
 /// Run one simple query on an established session. Returns the outcome and whether the session is idle
@@ -352,6 +388,8 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
     let mut current = ResultSet::default();
     let mut table_oids: Vec<Vec<u32>> = Vec::new();
     let mut current_oids: Vec<u32> = Vec::new();
+    let mut attnums: Vec<Vec<i16>> = Vec::new();
+    let mut current_attnums: Vec<i16> = Vec::new();
     let mut error = None;
     loop {
         let (tag, body) = read_frame(&mut up.stream, &mut buf, MAX_FRAME).await?;
@@ -359,6 +397,7 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
             b'T' => {
                 current = ResultSet::default();
                 current_oids.clear();
+                current_attnums.clear();
                 let mut pos = 0;
                 let n = read_i16(&body, &mut pos)
                     .ok_or_else(|| ExecError::Protocol("short RowDescription".into()))?;
@@ -367,7 +406,7 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                         .ok_or_else(|| ExecError::Protocol("bad column name".into()))?;
                     let name = String::from_utf8_lossy(name).into_owned();
                     current_oids.push(read_i32(&body, &mut pos).unwrap_or(0) as u32);
-                    pos += 2; // attnum
+                    current_attnums.push(read_i16(&body, &mut pos).unwrap_or(0));
                     let type_oid = read_i32(&body, &mut pos).unwrap_or(0) as u32;
                     pos += 8; // typlen, typmod, format
                     current.columns.push(Column { name, type_oid });
@@ -400,10 +439,12 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                     read_cstr(&body, &mut pos).map(|t| String::from_utf8_lossy(t).into_owned());
                 results.push(std::mem::take(&mut current));
                 table_oids.push(std::mem::take(&mut current_oids));
+                attnums.push(std::mem::take(&mut current_attnums));
             }
             b'I' => {
                 results.push(std::mem::take(&mut current));
                 table_oids.push(std::mem::take(&mut current_oids));
+                attnums.push(std::mem::take(&mut current_attnums));
             }
             b'E' => {
                 let mut e = UpstreamSqlError {
@@ -448,6 +489,7 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                     duration_us: started.elapsed().as_micros() as u64,
                     masked_fields: 0,
                     table_oids,
+                    attnums,
                 };
                 return Ok((outcome, status == b'I'));
             }

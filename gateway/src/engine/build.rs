@@ -89,7 +89,8 @@ impl Engine {
                 };
                 let masker = crate::masking::Masker::new(m, hash_key.as_deref().map(str::as_bytes))
                     .map_err(|e| EngineError::Config(format!("{key}: {e}")))?;
-                if masker.rules().has_table_rules() {
+                // Column rules need real table and column names: an output name may be an alias.
+                if masker.rules().has_column_rules() {
                     let lookup = CatalogLookup::new(&c.name, upstreams[&c.name].clone());
                     table_lookups.insert(c.name.clone(), Arc::new(lookup));
                 }

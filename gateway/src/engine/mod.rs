@@ -256,6 +256,7 @@ impl Engine {
             let QueryOutcome {
                 results,
                 table_oids,
+                attnums,
                 ..
             } = &mut out;
             out.masked_fields = results
@@ -263,7 +264,8 @@ impl Engine {
                 .enumerate()
                 .map(|(i, set)| {
                     let oids = table_oids.get(i).map_or(&[][..], Vec::as_slice);
-                    m.mask_result_set_from(set, oids, &tables)
+                    let cols = attnums.get(i).map_or(&[][..], Vec::as_slice);
+                    m.mask_result_set_from(set, oids, cols, &tables)
                 })
                 .sum();
         }
@@ -283,20 +285,21 @@ impl Engine {
     }
 }
 
-/// Table OIDs of an API result worth looking up for table-qualified masking rules (see
-/// [`crate::masking::datarow::tables_to_resolve`] for the wire's equivalent).
+/// Table OIDs of an API result worth looking up for column masking rules: every table column
+/// counts, since an output name may be an alias (see [`crate::masking::datarow::tables_to_resolve`]
+/// for the wire's equivalent).
 fn tables_to_resolve(
     masker: &crate::masking::Masker,
     out: &QueryOutcome,
     tables: &crate::masking::TableNames,
 ) -> Vec<u32> {
     let mut oids = Vec::new();
-    for (set, set_oids) in out.results.iter().zip(&out.table_oids) {
-        for (col, &oid) in set.columns.iter().zip(set_oids) {
-            if tables.wants(oid) && !oids.contains(&oid) && masker.rules().table_decides(&col.name)
-            {
-                oids.push(oid);
-            }
+    if !masker.rules().has_column_rules() {
+        return oids;
+    }
+    for &oid in out.table_oids.iter().flatten() {
+        if tables.wants(oid) && !oids.contains(&oid) {
+            oids.push(oid);
         }
     }
     oids

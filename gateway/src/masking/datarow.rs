@@ -37,6 +37,7 @@ fn i32_at(b: &[u8], at: usize) -> Option<i32> {
 struct FieldDescription<'a> {
     name: &'a str,
     table_oid: u32,
+    attnum: i16,
     type_oid: u32,
     binary: bool,
 }
@@ -53,12 +54,14 @@ fn fields(body: &[u8]) -> Result<Vec<FieldDescription<'_>>, RowError> {
         at = end + 1;
         // table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), format (2)
         let table_oid = i32_at(body, at).ok_or_else(bad)? as u32;
+        let attnum = i16_at(body, at + 4).ok_or_else(bad)?;
         let type_oid = i32_at(body, at + 6).ok_or_else(bad)? as u32;
         let format = i16_at(body, at + 16).ok_or_else(bad)?;
         at += 18;
         fields.push(FieldDescription {
             name,
             table_oid,
+            attnum,
             type_oid,
             binary: format == 1,
         });
@@ -82,24 +85,29 @@ pub fn plan_row_description_with(
 ) -> Result<ResultPlan, RowError> {
     let columns = fields(body)?
         .iter()
-        .map(|f| masker.column_from(f.name, tables.source(f.table_oid), f.type_oid, f.binary))
+        .map(|f| {
+            masker.column_named(
+                f.name,
+                tables.column_name(f.table_oid, f.attnum),
+                tables.source(f.table_oid),
+                f.type_oid,
+                f.binary,
+            )
+        })
         .collect();
     Ok(ResultPlan { columns })
 }
 
 /// Table OIDs of a RowDescription body worth looking up before planning it: tables `tables` doesn't
-/// know, of columns a table-qualified rule could mask. Empty when nothing would change (or the body is
-/// malformed, which planning reports).
+/// know, when some column rule could mask (an output name may be an alias, so every table column
+/// counts). Empty when nothing would change (or the body is malformed, which planning reports).
 pub fn tables_to_resolve(masker: &Masker, body: &[u8], tables: &TableNames) -> Vec<u32> {
     let mut oids = Vec::new();
-    if !masker.rules().has_table_rules() {
+    if !masker.rules().has_column_rules() {
         return oids;
     }
     for f in fields(body).unwrap_or_default() {
-        if tables.wants(f.table_oid)
-            && !oids.contains(&f.table_oid)
-            && masker.rules().table_decides(f.name)
-        {
+        if tables.wants(f.table_oid) && !oids.contains(&f.table_oid) {
             oids.push(f.table_oid);
         }
     }

@@ -182,10 +182,27 @@ impl Masker {
         type_oid: u32,
         binary: bool,
     ) -> ColumnPlan {
+        self.column_named(name, None, source, type_oid, binary)
+    }
+
+    /// The plan for a column shown as `label` whose real name in its table is `real` (when known):
+    /// a rule matching either masks it, so an alias never unmasks a column.
+    pub fn column_named(
+        &self,
+        label: &str,
+        real: Option<&str>,
+        source: ColumnSource<'_>,
+        type_oid: u32,
+        binary: bool,
+    ) -> ColumnPlan {
         let class = TypeClass::of(type_oid);
         let detectors = self.rules.detectors;
         let ip_on = detectors.contains(Detector::Ipv4) || detectors.contains(Detector::Ipv6);
-        let mut style = self.rules.column_style_in(name, source).cloned();
+        let mut style = self
+            .rules
+            .column_style_in(label, source)
+            .or_else(|| real.and_then(|r| self.rules.column_style_in(r, source)))
+            .cloned();
         if style.is_none() && class == TypeClass::Inet && ip_on {
             style = Some(Style::Redact);
         }
@@ -291,7 +308,7 @@ impl Masker {
     /// Masks an HTTP API result set in place (text format), its columns' tables unknown; returns the
     /// number of fields masked.
     pub fn mask_result_set(&self, set: &mut ResultSet) -> u64 {
-        self.mask_result_set_from(set, &[], &TableNames::default())
+        self.mask_result_set_from(set, &[], &[], &TableNames::default())
     }
 
     /// Masks an HTTP API result set in place (text format); `table_oids` holds each column's table OID
@@ -300,6 +317,7 @@ impl Masker {
         &self,
         set: &mut ResultSet,
         table_oids: &[u32],
+        attnums: &[i16],
         tables: &TableNames,
     ) -> u64 {
         let plan: Vec<ColumnPlan> = set
@@ -307,8 +325,9 @@ impl Masker {
             .iter()
             .enumerate()
             .map(|(i, Column { name, type_oid })| {
-                let source = tables.source(table_oids.get(i).copied().unwrap_or(0));
-                self.column_from(name, source, *type_oid, false)
+                let oid = table_oids.get(i).copied().unwrap_or(0);
+                let real = tables.column_name(oid, attnums.get(i).copied().unwrap_or(0));
+                self.column_named(name, real, tables.source(oid), *type_oid, false)
             })
             .collect();
         // Rows wider than their description (COPY output has none) are checked below even then.
@@ -567,7 +586,10 @@ mod tests {
             rows: vec![vec![Some("a".into()), Some("b".into()), Some("c".into())]],
             command_tag: Some("SELECT 1".into()),
         };
-        assert_eq!(m.mask_result_set_from(&mut set, &[1, 2, 0], &tables), 2);
+        assert_eq!(
+            m.mask_result_set_from(&mut set, &[1, 2, 0], &[], &tables),
+            2
+        );
         assert_eq!(
             set.rows[0],
             [

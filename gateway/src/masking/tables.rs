@@ -62,6 +62,13 @@ pub struct LookupError(pub String);
 pub trait TableLookup: Send + Sync {
     /// The relation of each OID that exists; OIDs missing from the answer are unknown.
     async fn lookup(&self, oids: &[u32]) -> Result<Vec<(u32, Relation)>, LookupError>;
+
+    /// The real name of each column `(table OID, attnum, name)` of these relations, so a rule on
+    /// `email` still masks `SELECT email AS e`. A lookup that can't tell answers nothing: columns are
+    /// then matched by their output name only.
+    async fn columns(&self, _oids: &[u32]) -> Result<Vec<(u32, i16, String)>, LookupError> {
+        Ok(Vec::new())
+    }
 }
 
 impl std::fmt::Debug for dyn TableLookup {
@@ -75,6 +82,8 @@ impl std::fmt::Debug for dyn TableLookup {
 pub struct TableNames {
     /// Allocated on the first answer: most sessions never need it.
     known: Option<LruCache<u32, (Relation, Instant)>>,
+    /// Real column names by table OID, `(attnum, name)`; trusted as long as the table's entry in `known`.
+    columns: Option<LruCache<u32, Vec<(i16, String)>>>,
     retry_at: Option<Instant>,
 }
 
@@ -90,6 +99,33 @@ impl TableNames {
                 ColumnSource::Table { schema, table }
             }
             _ => ColumnSource::Unknown,
+        }
+    }
+
+    /// The real name of column `attnum` of table `oid`, when known (an output name may be an alias).
+    pub fn column_name(&self, oid: u32, attnum: i16) -> Option<&str> {
+        if oid == 0 || attnum <= 0 || self.peek(oid).is_none_or(|(_, at)| at.elapsed() >= TTL) {
+            return None;
+        }
+        let names = self.columns.as_ref()?.peek(&oid)?;
+        names
+            .iter()
+            .find(|(n, _)| *n == attnum)
+            .map(|(_, name)| name.as_str())
+    }
+
+    /// Records the real column names of looked-up relations.
+    pub fn learn_columns(&mut self, answer: Vec<(u32, i16, String)>) {
+        let columns = self.columns.get_or_insert_with(|| {
+            LruCache::new(NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN))
+        });
+        for (oid, attnum, name) in answer {
+            match columns.get_mut(&oid) {
+                Some(names) => names.push((attnum, name)),
+                None => {
+                    columns.put(oid, vec![(attnum, name)]);
+                }
+            }
         }
     }
 
@@ -125,12 +161,26 @@ impl TableNames {
     /// Forgets everything (after DDL in this session: a table may have been renamed or replaced).
     pub fn clear(&mut self) {
         self.known = None;
+        self.columns = None;
     }
 
     /// Looks `oids` up (bounded by [`LOOKUP_TIMEOUT`]) and records the answer or the failure.
     pub async fn resolve(&mut self, lookup: &dyn TableLookup, oids: &[u32]) {
-        match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.lookup(oids)).await {
-            Ok(Ok(answer)) => self.learn(oids, answer),
+        let both = async {
+            let relations = lookup.lookup(oids).await?;
+            let columns = lookup.columns(oids).await?;
+            Ok::<_, LookupError>((relations, columns))
+        };
+        match tokio::time::timeout(LOOKUP_TIMEOUT, both).await {
+            Ok(Ok((relations, columns))) => {
+                if let Some(known) = self.columns.as_mut() {
+                    for oid in oids {
+                        known.pop(oid);
+                    }
+                }
+                self.learn(oids, relations);
+                self.learn_columns(columns);
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "table lookup for masking failed");
                 self.failed();
@@ -201,6 +251,19 @@ mod tests {
             .await;
         assert_eq!(names.source(10), ColumnSource::Unknown);
         assert!(!names.wants(10), "no lookup storm after a failure");
+    }
+
+    #[test]
+    fn real_column_names_are_known_only_with_their_table() {
+        let mut names = TableNames::default();
+        names.learn_columns(vec![(7, 2, "email".into())]);
+        assert_eq!(names.column_name(7, 2), None, "no table entry yet");
+        names.learn(&[7], vec![(7, table("public", "customers"))]);
+        assert_eq!(names.column_name(7, 2), Some("email"));
+        assert_eq!(names.column_name(7, 3), None);
+        assert_eq!(names.column_name(0, 2), None);
+        names.clear();
+        assert_eq!(names.column_name(7, 2), None);
     }
 
     #[test]
