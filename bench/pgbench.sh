@@ -34,6 +34,8 @@ psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $DB"
 pgbench -h 127.0.0.1 -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
 
 # The bench connection allows pgbench's statements by rule; every statement is still classified and recorded.
+# No TLS anywhere (direct runs use PGSSLMODE=disable; pgbouncer and the gateway connect upstream in plaintext),
+# so the figures compare proxying, not encryption.
 cat >"$TMP/countersign.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GW_HTTP_PORT"
@@ -62,7 +64,7 @@ email = "alice@example.com"
 
 [[connections]]
 name = "bench"
-upstream_url = "postgres://postgres@127.0.0.1:5432/$DB"
+upstream_url = "postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable"
 
 [[approver_groups]]
 name = "reviewers"
@@ -95,6 +97,7 @@ unix_socket_dir =
 auth_type = trust
 auth_file = $TMP/userlist.txt
 pool_mode = session
+server_tls_sslmode = disable
 max_client_conn = 200
 default_pool_size = 50
 logfile = $TMP/pgbouncer.log
