@@ -285,6 +285,19 @@ pub struct CatalogLookup {
 }
 
 impl CatalogLookup {
+    /// Rows of a catalog query, or the reason it failed.
+    async fn catalog_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, LookupError> {
+        let out = self
+            .pool
+            .simple_query(&self.name, &self.target, sql, true)
+            .await
+            .map_err(|e| LookupError(e.to_string()))?;
+        if let Some(e) = out.error {
+            return Err(LookupError(format!("{} ({})", e.message, e.sqlstate)));
+        }
+        Ok(out.results.into_iter().flat_map(|r| r.rows).collect())
+    }
+
     /// Lookups for connection `name`, logging in to `target` as the gateway does.
     pub fn new(name: &str, target: UpstreamTarget) -> Self {
         Self {
@@ -312,33 +325,26 @@ impl crate::masking::TableLookup for CatalogLookup {
              WHERE c.oid = ANY('{{{}}}'::pg_catalog.oid[])",
             list.join(",")
         );
-        let out = self
-            .pool
-            .simple_query(&self.name, &self.target, &sql, true)
-            .await
-            .map_err(|e| LookupError(e.to_string()))?;
-        if let Some(e) = out.error {
-            return Err(LookupError(format!("{} ({})", e.message, e.sqlstate)));
-        }
-        let rows = out.results.into_iter().flat_map(|r| r.rows);
-        rows.map(|row| match &row[..] {
-            [Some(oid), Some(schema), Some(table), Some(plain)] => {
-                let oid = oid
-                    .parse()
-                    .map_err(|_| LookupError(format!("pg_class returned OID {oid:?}")))?;
-                let relation = if plain == "t" {
-                    Relation::Table {
-                        schema: schema.clone(),
-                        table: table.clone(),
-                    }
-                } else {
-                    Relation::Derived
-                };
-                Ok((oid, relation))
-            }
-            _ => Err(LookupError("pg_class returned an unexpected row".into())),
-        })
-        .collect()
+        let rows = self.catalog_rows(&sql).await?;
+        rows.into_iter()
+            .map(|row| match &row[..] {
+                [Some(oid), Some(schema), Some(table), Some(plain)] => {
+                    let oid = oid
+                        .parse()
+                        .map_err(|_| LookupError(format!("pg_class returned OID {oid:?}")))?;
+                    let relation = if plain == "t" {
+                        Relation::Table {
+                            schema: schema.clone(),
+                            table: table.clone(),
+                        }
+                    } else {
+                        Relation::Derived
+                    };
+                    Ok((oid, relation))
+                }
+                _ => Err(LookupError("pg_class returned an unexpected row".into())),
+            })
+            .collect()
     }
     async fn columns(&self, oids: &[u32]) -> Result<Vec<(u32, i16, String)>, LookupError> {
         if oids.is_empty() {
@@ -350,29 +356,22 @@ impl crate::masking::TableLookup for CatalogLookup {
              WHERE a.attrelid = ANY('{{{}}}'::pg_catalog.oid[]) AND a.attnum > 0 AND NOT a.attisdropped",
             list.join(",")
         );
-        let out = self
-            .pool
-            .simple_query(&self.name, &self.target, &sql, true)
-            .await
-            .map_err(|e| LookupError(e.to_string()))?;
-        if let Some(e) = out.error {
-            return Err(LookupError(format!("{} ({})", e.message, e.sqlstate)));
-        }
-        let rows = out.results.into_iter().flat_map(|r| r.rows);
-        rows.map(|row| match &row[..] {
-            [Some(oid), Some(attnum), Some(name)] => {
-                let bad = || LookupError(format!("pg_attribute returned {oid:?}/{attnum:?}"));
-                Ok((
-                    oid.parse().map_err(|_| bad())?,
-                    attnum.parse().map_err(|_| bad())?,
-                    name.clone(),
-                ))
-            }
-            _ => Err(LookupError(
-                "pg_attribute returned an unexpected row".into(),
-            )),
-        })
-        .collect()
+        let rows = self.catalog_rows(&sql).await?;
+        rows.into_iter()
+            .map(|row| match &row[..] {
+                [Some(oid), Some(attnum), Some(name)] => {
+                    let bad = || LookupError(format!("pg_attribute returned {oid:?}/{attnum:?}"));
+                    Ok((
+                        oid.parse().map_err(|_| bad())?,
+                        attnum.parse().map_err(|_| bad())?,
+                        name.clone(),
+                    ))
+                }
+                _ => Err(LookupError(
+                    "pg_attribute returned an unexpected row".into(),
+                )),
+            })
+            .collect()
     }
 }
 
