@@ -269,7 +269,7 @@ impl UpstreamPool {
             None => connect(target, &[("application_name".into(), "countersign".into())]).await?,
         };
         let (outcome, reusable) = run_simple(&mut up, sql).await?;
-        if reusable && stateless {
+        if reusable && (stateless || reset(&mut up).await) {
             self.give_back(name, up);
         }
         Ok(outcome)
@@ -373,6 +373,13 @@ impl crate::masking::TableLookup for CatalogLookup {
             })
             .collect()
     }
+}
+
+/// Clears what a statement may have left in the session (settings, role, prepared statements, temporary
+/// tables, advisory locks, LISTEN) the way pgbouncer's `server_reset_query` does, so the next caller,
+/// maybe another identity, starts clean; true when the session may be reused.
+async fn reset(up: &mut Upstream) -> bool {
+    matches!(run_simple(up, "DISCARD ALL").await, Ok((out, true)) if out.error.is_none())
 }
 
 /// Run one simple query on an established session. Returns the outcome and whether the session is idle
@@ -574,5 +581,43 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.results[0].rows[0][0].as_deref(), Some("2"));
+    }
+
+    #[tokio::test]
+    async fn session_state_never_reaches_the_next_caller() {
+        let target = UpstreamTarget::parse("postgres://postgres@127.0.0.1:5432/postgres").unwrap();
+        let pool = UpstreamPool::new(1);
+        let run = |sql: &'static str, stateless: bool| {
+            let (pool, target) = (&pool, &target);
+            async move {
+                let out = pool
+                    .simple_query("t", target, sql, stateless)
+                    .await
+                    .unwrap();
+                assert!(out.error.is_none(), "{sql}: {:?}", out.error);
+                out.results
+                    .last()
+                    .and_then(|r| r.rows.first())
+                    .and_then(|row| row[0].clone())
+            }
+        };
+        let pid = run("SELECT pg_backend_pid()::text", true).await;
+        run(
+            "SET application_name = 'leaked'; CREATE TEMP TABLE t_leak (i int)",
+            false,
+        )
+        .await;
+        assert_eq!(
+            run("SHOW application_name", true).await.as_deref(),
+            Some("countersign")
+        );
+        let temp = run(
+            "SELECT count(*)::text FROM pg_class WHERE relname = 't_leak'",
+            true,
+        )
+        .await;
+        assert_eq!(temp.as_deref(), Some("0"));
+        // The session was reset and reused, not replaced.
+        assert_eq!(run("SELECT pg_backend_pid()::text", true).await, pid);
     }
 }

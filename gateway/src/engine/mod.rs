@@ -234,11 +234,14 @@ impl Engine {
             .upstreams
             .get(connection)
             .ok_or_else(|| ExecError::Protocol(format!("unknown connection {connection:?}")))?;
+        // Reads that call no function leave the session as they found it; anything else (SET, temp
+        // tables, `set_config` in a SELECT, triggers of a write) gets the session reset before reuse.
         let stateless = verdict.statements.iter().all(|s| {
-            matches!(
-                s.kind.as_str(),
-                "SELECT" | "VALUES" | "TABLE" | "SHOW" | "EXPLAIN"
-            )
+            s.functions.is_empty()
+                && matches!(
+                    s.kind.as_str(),
+                    "SELECT" | "VALUES" | "TABLE" | "SHOW" | "EXPLAIN"
+                )
         });
         let mut out = self
             .pool
