@@ -38,6 +38,7 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     if verifier.is_none() && shared.cfg.auth == WireAuth::Auto {
         put_auth(&mut out, AUTH_CLEARTEXT);
         stream.write_all(&out).await?;
+        stream.flush().await?;
         return cleartext(stream, connection, user, shared, deadline).await;
     }
     let mut scram = ScramServer::new(verifier, user, &shared.scram_mock_secret);
@@ -47,6 +48,7 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         b.put_u8(0);
     });
     stream.write_all(&out).await?;
+    stream.flush().await?;
 
     let Some(body) = next_message(stream, deadline).await? else {
         return Ok(None);
@@ -62,6 +64,7 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     let mut out = BytesMut::new();
     put_sasl(&mut out, AUTH_SASL_CONTINUE, |b| b.put_slice(&server_first));
     stream.write_all(&out).await?;
+    stream.flush().await?;
 
     let Some(body) = next_message(stream, deadline).await? else {
         return Ok(None);
@@ -77,6 +80,7 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     let mut out = BytesMut::new();
     put_sasl(&mut out, AUTH_SASL_FINAL, |b| b.put_slice(&server_final));
     stream.write_all(&out).await?;
+    stream.flush().await?;
     Ok(Some(requester))
 }
 

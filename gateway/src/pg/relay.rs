@@ -139,6 +139,7 @@ where
                 None,
             );
             let _ = self.client_w.write_all(&buf).await;
+            let _ = self.client_w.flush().await;
         }
         let _ = self.client_w.shutdown().await;
         result
@@ -189,9 +190,12 @@ where
         Ok(false)
     }
 
+    /// Sends queued frames upstream. The flush matters for TLS: a TLS writer may keep accepted bytes
+    /// in its record buffer, and a CopyDone stuck there hangs the session (on plain TCP it is free).
     async fn flush_out(&mut self) -> Result<(), WireError> {
         if !self.out.is_empty() {
             self.server_w.write_all(&self.out).await?;
+            self.server_w.flush().await?;
             self.out.clear();
         }
         Ok(())
@@ -222,6 +226,8 @@ where
             }
         }
         self.flush_inject().await?;
+        // A TLS client would otherwise wait on bytes left in the record buffer (see `flush_out`).
+        self.client_w.flush().await?;
         for f in self.finished.drain(..) {
             self.ctx.recorder.statement(&self.ctx.session, f);
         }

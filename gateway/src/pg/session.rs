@@ -225,6 +225,7 @@ pub(super) async fn fatal<S: AsyncWrite + Unpin>(
     let mut buf = BytesMut::new();
     put_error(&mut buf, Severity::Fatal, code, message, None);
     let _ = stream.write_all(&buf).await;
+    let _ = stream.flush().await;
     let _ = stream.shutdown().await;
     WireError::Protocol(format!("{code}: {message}"))
 }
@@ -326,7 +327,11 @@ async fn serve<S: Halves>(
     hello.extend_from_slice(&parameter_status);
     put_backend_key(&mut hello, key.pid, key.secret);
     put_ready(&mut hello, ready_status);
-    if let Err(e) = stream.write_all(&hello).await {
+    let sent = match stream.write_all(&hello).await {
+        Ok(()) => stream.flush().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
         shared.cancels.unregister(key);
         return Err(e.into());
     }

@@ -72,6 +72,7 @@ pub async fn connect(
     .chain(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(all, &mut out)?;
     stream.write_all(&out).await?;
+    stream.flush().await?;
 
     let mut buf = BytesMut::with_capacity(4096);
     let mut parameter_status = BytesMut::new();
@@ -85,6 +86,7 @@ pub async fn connect(
                 authenticate_step(target, &body, &mut scram, &mut out)?;
                 if !out.is_empty() {
                     stream.write_all(&out).await?;
+                    stream.flush().await?;
                 }
             }
             b'S' => put_frame(&mut parameter_status, tag, &body),
