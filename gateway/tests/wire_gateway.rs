@@ -65,6 +65,18 @@ fn table() -> String {
     format!("wire_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A fresh table `(id int)` holding `values`, e.g. `(1), (2)`; returns its name.
+async fn table_of_ids(client: &Client, values: &str) -> String {
+    let t = table();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int); INSERT INTO {t} VALUES {values}"
+        ))
+        .await
+        .unwrap();
+    t
+}
+
 async fn eventually(gate: &StaticGate, what: &str, pred: impl Fn(&GateEvent) -> bool) -> GateEvent {
     for _ in 0..100 {
         if let Some(e) = gate.events().into_iter().find(|e| pred(e)) {
@@ -172,13 +184,7 @@ async fn blocked_statement_inside_a_transaction_fails_the_transaction_and_keeps_
 async fn held_statement_runs_once_after_approval_and_reports_its_result() {
     let (gate, addr) = start().await;
     let client = connect(addr).await;
-    let t = table();
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1), (2), (2)"
-        ))
-        .await
-        .unwrap();
+    let t = table_of_ids(&client, "(1), (2), (2)").await;
     gate.push_outcome(Duration::from_millis(200), HoldOutcome::Approved);
     let sql = format!("DELETE FROM {t} WHERE id = $1");
     let deleted = client.execute(&sql, &[&2i32]).await.unwrap();
@@ -221,13 +227,7 @@ async fn held_statement_runs_once_after_approval_and_reports_its_result() {
 async fn statement_approved_in_advance_runs_without_waiting() {
     let (gate, addr) = start().await;
     let client = connect(addr).await;
-    let t = table();
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1)"
-        ))
-        .await
-        .unwrap();
+    let t = table_of_ids(&client, "(1)").await;
     let sql = format!("DELETE FROM {t}");
     gate.approve_in_advance(StatementHash::of_text(&sql));
     let messages = client.simple_query(&sql).await.unwrap();
@@ -245,13 +245,7 @@ async fn statement_approved_in_advance_runs_without_waiting() {
 async fn denied_statement_gets_42501_naming_who_denied_and_why() {
     let (gate, addr) = start().await;
     let client = connect(addr).await;
-    let t = table();
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1)"
-        ))
-        .await
-        .unwrap();
+    let t = table_of_ids(&client, "(1)").await;
     let denial = HoldOutcome::Denied {
         by: vec!["alice@example.com".into()],
         reason: Some("not in prod".into()),
@@ -785,13 +779,7 @@ async fn read_frames_until(s: &mut TcpStream, last: u8) -> Vec<(u8, Vec<u8>)> {
 async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     let (gate, addr) = start().await;
     let client = connect(addr).await;
-    let t = table();
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1), (2)"
-        ))
-        .await
-        .unwrap();
+    let t = table_of_ids(&client, "(1), (2)").await;
     gate.push_outcome(Duration::from_millis(100), HoldOutcome::Approved);
     let mut s = raw_login(addr).await;
     // Prepare and describe, then Flush and wait for the answer before binding (asyncpg's pattern).

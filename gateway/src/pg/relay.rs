@@ -238,6 +238,8 @@ where
     async fn flush_inject(&mut self) -> Result<(), WireError> {
         if !self.inject.is_empty() && self.backend.at_boundary() {
             self.client_w.write_all(&self.inject).await?;
+            // The hold notice must reach a TLS client now, not after the decision.
+            self.client_w.flush().await?;
             self.inject.clear();
         }
         Ok(())
