@@ -124,16 +124,9 @@ impl Engine {
 
     /// Classify `sql` for this requester on this connection (cached by text).
     pub fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Verdict {
-        let started = std::time::Instant::now();
-        let verdict = self.policy.evaluate(
-            &PolicyContext {
-                connection,
-                requester,
-            },
-            sql,
-        );
-        self.metrics.classify.observe(started.elapsed());
-        verdict
+        self.timed_policy(connection, requester, |policy, ctx| {
+            policy.evaluate(ctx, sql)
+        })
     }
 
     /// Like `classify`, remembering verdicts in a memo owned by one session (fixed connection and
@@ -145,17 +138,28 @@ impl Engine {
         sql: &str,
         memo: &mut crate::policy::VerdictMemo,
     ) -> Arc<Verdict> {
+        self.timed_policy(connection, requester, |policy, ctx| {
+            policy.evaluate_memo(ctx, sql, memo)
+        })
+    }
+
+    /// Runs a policy evaluation, observing its duration in the classification histogram.
+    fn timed_policy<T>(
+        &self,
+        connection: &str,
+        requester: &RequesterChain,
+        evaluate: impl FnOnce(&Policy, &PolicyContext<'_>) -> T,
+    ) -> T {
         let started = std::time::Instant::now();
-        let verdict = self.policy.evaluate_memo(
+        let out = evaluate(
+            &self.policy,
             &PolicyContext {
                 connection,
                 requester,
             },
-            sql,
-            memo,
         );
         self.metrics.classify.observe(started.elapsed());
-        verdict
+        out
     }
 
     /// Decide a statement: run, block (audited) or hold (request created or reused).
@@ -296,16 +300,10 @@ fn tables_to_resolve(
     out: &QueryOutcome,
     tables: &crate::masking::TableNames,
 ) -> Vec<u32> {
-    let mut oids = Vec::new();
     if !masker.rules().has_column_rules() {
-        return oids;
+        return Vec::new();
     }
-    for &oid in out.table_oids.iter().flatten() {
-        if tables.wants(oid) && !oids.contains(&oid) {
-            oids.push(oid);
-        }
-    }
-    oids
+    tables.wanted(out.table_oids.iter().flatten().copied())
 }
 
 /// At most `max` characters of `s`.

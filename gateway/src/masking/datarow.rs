@@ -102,16 +102,10 @@ pub fn plan_row_description_with(
 /// know, when some column rule could mask (an output name may be an alias, so every table column
 /// counts). Empty when nothing would change (or the body is malformed, which planning reports).
 pub fn tables_to_resolve(masker: &Masker, body: &[u8], tables: &TableNames) -> Vec<u32> {
-    let mut oids = Vec::new();
     if !masker.rules().has_column_rules() {
-        return oids;
+        return Vec::new();
     }
-    for f in fields(body).unwrap_or_default() {
-        if tables.wants(f.table_oid) && !oids.contains(&f.table_oid) {
-            oids.push(f.table_oid);
-        }
-    }
-    oids
+    tables.wanted(fields(body).unwrap_or_default().iter().map(|f| f.table_oid))
 }
 
 /// Scratch space reused across rows: value buffers, the session's hash cache, and this row's changes

@@ -88,25 +88,23 @@ pub struct TableNames {
 }
 
 impl TableNames {
-    fn peek(&self, oid: u32) -> Option<&(Relation, Instant)> {
-        self.known.as_ref()?.peek(&oid)
+    /// What `oid` is, if looked up less than [`TTL`] ago.
+    fn fresh(&self, oid: u32) -> Option<&Relation> {
+        let (relation, at) = self.known.as_ref()?.peek(&oid)?;
+        (at.elapsed() < TTL).then_some(relation)
     }
 
     /// The source of a column of table `oid` (0 for none).
     pub fn source(&self, oid: u32) -> ColumnSource<'_> {
-        match self.peek(oid) {
-            Some((Relation::Table { schema, table }, at)) if at.elapsed() < TTL => {
-                ColumnSource::Table { schema, table }
-            }
+        match self.fresh(oid) {
+            Some(Relation::Table { schema, table }) => ColumnSource::Table { schema, table },
             _ => ColumnSource::Unknown,
         }
     }
 
     /// The real name of column `attnum` of table `oid`, when known (an output name may be an alias).
     pub fn column_name(&self, oid: u32, attnum: i16) -> Option<&str> {
-        if oid == 0 || attnum <= 0 || self.peek(oid).is_none_or(|(_, at)| at.elapsed() >= TTL) {
-            return None;
-        }
+        self.fresh(oid)?;
         let names = self.columns.as_ref()?.peek(&oid)?;
         names
             .iter()
@@ -114,17 +112,17 @@ impl TableNames {
             .map(|(_, name)| name.as_str())
     }
 
-    /// Records the real column names of looked-up relations.
-    pub fn learn_columns(&mut self, answer: Vec<(u32, i16, String)>) {
+    /// Records the real column names of the relations in `asked`, replacing what was known of them.
+    pub fn learn_columns(&mut self, asked: &[u32], answer: Vec<(u32, i16, String)>) {
         let columns = self.columns.get_or_insert_with(|| {
             LruCache::new(NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN))
         });
+        for &oid in asked {
+            columns.put(oid, Vec::new());
+        }
         for (oid, attnum, name) in answer {
-            match columns.get_mut(&oid) {
-                Some(names) => names.push((attnum, name)),
-                None => {
-                    columns.put(oid, vec![(attnum, name)]);
-                }
+            if let Some(names) = columns.get_mut(&oid) {
+                names.push((attnum, name));
             }
         }
     }
@@ -132,9 +130,18 @@ impl TableNames {
     /// True when `oid` should be looked up before planning: a real table OID not known (or known too
     /// long ago), and no recent lookup failed.
     pub fn wants(&self, oid: u32) -> bool {
-        oid != 0
-            && self.retry_at.is_none_or(|t| Instant::now() >= t)
-            && self.peek(oid).is_none_or(|(_, at)| at.elapsed() >= TTL)
+        oid != 0 && self.retry_at.is_none_or(|t| Instant::now() >= t) && self.fresh(oid).is_none()
+    }
+
+    /// The distinct OIDs among `oids` that [`TableNames::wants`] looked up, in first-seen order.
+    pub fn wanted(&self, oids: impl IntoIterator<Item = u32>) -> Vec<u32> {
+        let mut wanted = Vec::new();
+        for oid in oids {
+            if self.wants(oid) && !wanted.contains(&oid) {
+                wanted.push(oid);
+            }
+        }
+        wanted
     }
 
     /// Records a lookup's answer for `asked`; OIDs it doesn't mention are remembered as derived (their
@@ -173,13 +180,8 @@ impl TableNames {
         };
         match tokio::time::timeout(LOOKUP_TIMEOUT, both).await {
             Ok(Ok((relations, columns))) => {
-                if let Some(known) = self.columns.as_mut() {
-                    for oid in oids {
-                        known.pop(oid);
-                    }
-                }
                 self.learn(oids, relations);
-                self.learn_columns(columns);
+                self.learn_columns(oids, columns);
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "table lookup for masking failed");
@@ -256,7 +258,7 @@ mod tests {
     #[test]
     fn real_column_names_are_known_only_with_their_table() {
         let mut names = TableNames::default();
-        names.learn_columns(vec![(7, 2, "email".into())]);
+        names.learn_columns(&[7], vec![(7, 2, "email".into())]);
         assert_eq!(names.column_name(7, 2), None, "no table entry yet");
         names.learn(&[7], vec![(7, table("public", "customers"))]);
         assert_eq!(names.column_name(7, 2), Some("email"));

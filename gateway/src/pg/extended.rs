@@ -121,9 +121,8 @@ pub struct Batch {
     pub parsed: Vec<Box<[u8]>>,
     /// When the batch's first message arrived.
     pub started: Option<Instant>,
-    /// Set once an Execute needs a decision: frames from there on wait for the verdict.
-    pub gated: bool,
-    /// Leading bytes of `bytes` before any gated Execute: Parse, Bind and Describe run nothing, so
+    /// Leading bytes of `bytes` before the first Execute that needs a decision: Parse, Bind and
+    /// Describe run nothing, so
     /// they may go upstream on Flush even while the rest of the batch waits.
     pub forwardable: usize,
 }
@@ -132,9 +131,6 @@ impl Batch {
     /// Notes an Execute of `portal`.
     pub fn execute(&mut self, portal: &Portal) {
         let verdict = &portal.statement.verdict;
-        if verdict.action != Action::Allow {
-            self.gated = true;
-        }
         if self.verdict.is_none() || verdict.action > self.action() {
             self.verdict = Some(verdict.clone());
         }
@@ -174,7 +170,6 @@ impl Batch {
             executed: std::mem::take(&mut self.executed),
             parsed: std::mem::take(&mut self.parsed),
             started: self.started.take(),
-            gated: std::mem::take(&mut self.gated),
             forwardable: std::mem::take(&mut self.forwardable),
         }
     }

@@ -333,7 +333,8 @@ where
             self.batch.started = Some(Instant::now());
         }
         self.batch.bytes.extend_from_slice(frame);
-        if !self.batch.gated {
+        // Until an Execute needs a decision, everything so far may go ahead on Flush.
+        if self.batch.action() == Action::Allow {
             self.batch.forwardable = self.batch.bytes.len();
         }
     }

@@ -27,7 +27,8 @@ pub fn literal_template(sql: &str) -> Option<String> {
     while i < bytes.len() {
         let b = bytes[i];
         match b {
-            b'\\' | b'$' if b != b'$' || !is_parameter(bytes, i) => return None,
+            b'\\' => return None,
+            b'$' if !is_parameter(bytes, i) => return None,
             b'-' if bytes.get(i + 1) == Some(&b'-') => return None,
             b'/' if bytes.get(i + 1) == Some(&b'*') => return None,
             b'"' => {
