@@ -2,7 +2,7 @@
 //! with a verifier (or for every user when `[wire] auth = "scram"`), else a cleartext password carrying
 //! the agent's JWT or static token.
 
-use super::codec::{put_auth, read_frame, sqlstate};
+use super::codec::{put_auth, read_frame, send, sqlstate};
 use super::config::WireAuth;
 use super::error::WireError;
 use super::gate::WireAuthError;
@@ -10,7 +10,7 @@ use super::scram::{ScramError, ScramServer, MECHANISM};
 use super::session::{fatal, Shared};
 use bytes::{BufMut, Bytes, BytesMut};
 use countersign_bot::RequesterChain;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{timeout_at, Instant};
 
 const MAX_PASSWORD_MESSAGE: usize = 64 * 1024;
@@ -37,8 +37,7 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     let verifier = shared.gate.scram_verifier(user);
     if verifier.is_none() && shared.cfg.auth == WireAuth::Auto {
         put_auth(&mut out, AUTH_CLEARTEXT);
-        stream.write_all(&out).await?;
-        stream.flush().await?;
+        send(stream, &out).await?;
         return cleartext(stream, connection, user, shared, deadline).await;
     }
     let mut scram = ScramServer::new(verifier, user, &shared.scram_mock_secret);
@@ -47,8 +46,7 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         b.put_u8(0);
         b.put_u8(0);
     });
-    stream.write_all(&out).await?;
-    stream.flush().await?;
+    send(stream, &out).await?;
 
     let Some(body) = next_message(stream, deadline).await? else {
         return Ok(None);
@@ -63,8 +61,7 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut out = BytesMut::new();
     put_sasl(&mut out, AUTH_SASL_CONTINUE, |b| b.put_slice(&server_first));
-    stream.write_all(&out).await?;
-    stream.flush().await?;
+    send(stream, &out).await?;
 
     let Some(body) = next_message(stream, deadline).await? else {
         return Ok(None);
@@ -79,8 +76,7 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut out = BytesMut::new();
     put_sasl(&mut out, AUTH_SASL_FINAL, |b| b.put_slice(&server_final));
-    stream.write_all(&out).await?;
-    stream.flush().await?;
+    send(stream, &out).await?;
     Ok(Some(requester))
 }
 

@@ -1,6 +1,14 @@
 //! Frame layout `[tag:u8][len:i32][body]` and encoders for the few messages the gateway writes itself.
 
 use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Writes `bytes` and flushes: over TLS, written bytes may wait in the record buffer until a flush
+/// (on plain TCP the flush costs nothing).
+pub async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
 
 /// SQLSTATE codes the gateway emits.
 pub mod sqlstate {

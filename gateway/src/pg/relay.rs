@@ -3,7 +3,7 @@
 
 use super::backend::{BackendTracker, InFlight};
 use super::cancel::CancelSignal;
-use super::codec::{frame_header, put_error, read_cstr, sqlstate, Severity};
+use super::codec::{frame_header, put_error, read_cstr, send, sqlstate, Severity};
 use super::error::WireError;
 use super::extended::{statement_hash, Batch, Catalog};
 use super::gate::{HoldOutcome, HoldTicket, SessionInfo, WireGate};
@@ -138,8 +138,7 @@ where
                 msg,
                 None,
             );
-            let _ = self.client_w.write_all(&buf).await;
-            let _ = self.client_w.flush().await;
+            let _ = send(&mut self.client_w, &buf).await;
         }
         let _ = self.client_w.shutdown().await;
         result
@@ -194,8 +193,7 @@ where
     /// in its record buffer, and a CopyDone stuck there hangs the session (on plain TCP it is free).
     async fn flush_out(&mut self) -> Result<(), WireError> {
         if !self.out.is_empty() {
-            self.server_w.write_all(&self.out).await?;
-            self.server_w.flush().await?;
+            send(&mut self.server_w, &self.out).await?;
             self.out.clear();
         }
         Ok(())
@@ -238,8 +236,6 @@ where
     async fn flush_inject(&mut self) -> Result<(), WireError> {
         if !self.inject.is_empty() && self.backend.at_boundary() {
             self.client_w.write_all(&self.inject).await?;
-            // The hold notice must reach a TLS client now, not after the decision.
-            self.client_w.flush().await?;
             self.inject.clear();
         }
         Ok(())
@@ -555,6 +551,8 @@ where
             }
         };
         self.flush_inject().await?;
+        // The hold notice must reach a TLS client now, not after the decision.
+        self.client_w.flush().await?;
         let signal = self.ctx.signal.clone();
         signal.set_holding(true);
         let since = signal.generation();

@@ -2,7 +2,9 @@
 //! the startup packet, authentication (see `auth`), and the upstream login.
 
 use super::cancel::{CancelRegistry, CancelSignal, FrontendKey};
-use super::codec::{put_auth, put_backend_key, put_cstr, put_error, put_ready, sqlstate, Severity};
+use super::codec::{
+    put_auth, put_backend_key, put_cstr, put_error, put_ready, send, sqlstate, Severity,
+};
 use super::config::WireConfig;
 use super::error::WireError;
 use super::gate::{SessionInfo, WireGate};
@@ -224,8 +226,7 @@ pub(super) async fn fatal<S: AsyncWrite + Unpin>(
 ) -> WireError {
     let mut buf = BytesMut::new();
     put_error(&mut buf, Severity::Fatal, code, message, None);
-    let _ = stream.write_all(&buf).await;
-    let _ = stream.flush().await;
+    let _ = send(stream, &buf).await;
     let _ = stream.shutdown().await;
     WireError::Protocol(format!("{code}: {message}"))
 }
@@ -327,11 +328,7 @@ async fn serve<S: Halves>(
     hello.extend_from_slice(&parameter_status);
     put_backend_key(&mut hello, key.pid, key.secret);
     put_ready(&mut hello, ready_status);
-    let sent = match stream.write_all(&hello).await {
-        Ok(()) => stream.flush().await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = sent {
+    if let Err(e) = send(&mut stream, &hello).await {
         shared.cancels.unregister(key);
         return Err(e.into());
     }

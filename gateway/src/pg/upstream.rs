@@ -3,14 +3,13 @@
 //! credential.
 
 use super::cancel::BackendKey;
-use super::codec::{error_fields, read_frame};
+use super::codec::{error_fields, read_frame, send};
 use super::gate::UpstreamTarget;
 use super::upstream_tls::{negotiate, NegotiateError, UpstreamStream};
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const MAX_STARTUP_FRAME: usize = 1024 * 1024;
@@ -71,8 +70,7 @@ pub async fn connect(
     .into_iter()
     .chain(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(all, &mut out)?;
-    stream.write_all(&out).await?;
-    stream.flush().await?;
+    send(&mut stream, &out).await?;
 
     let mut buf = BytesMut::with_capacity(4096);
     let mut parameter_status = BytesMut::new();
@@ -85,8 +83,7 @@ pub async fn connect(
                 out.clear();
                 authenticate_step(target, &body, &mut scram, &mut out)?;
                 if !out.is_empty() {
-                    stream.write_all(&out).await?;
-                    stream.flush().await?;
+                    send(&mut stream, &out).await?;
                 }
             }
             b'S' => put_frame(&mut parameter_status, tag, &body),
