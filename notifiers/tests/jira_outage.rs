@@ -10,7 +10,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use countersign_bot::store::OutboxStatus;
 use countersign_bot::testing::fresh_sqlite;
-use countersign_bot::Store;
 use countersign_notifiers::jira::{JiraConfig, JiraCredentials, JiraNotifier};
 use countersign_notifiers::{OutboxWorker, RetryPolicy};
 use serde_json::{json, Value};
@@ -112,33 +111,11 @@ fn creds() -> JiraCredentials {
     }
 }
 
-async fn drain(store: &Arc<dyn Store>, worker: &OutboxWorker, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        worker.run_once().await.expect("run");
-        if store
-            .outbox_list(Some(OutboxStatus::Pending), 100)
-            .await
-            .expect("list")
-            .is_empty()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn jira_down_then_500_then_429_then_up_creates_each_issue_once_and_comments_once_in_order() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Reserve a port, then close it: deliveries first meet "connection refused".
-    let port = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = common::closed_port().await;
     let (store, _dir) = fresh_sqlite().await;
     let wf = common::workflow(&store, &["jira"]);
     let a = common::approved_request(&wf, "DELETE FROM a").await;
@@ -158,7 +135,7 @@ async fn jira_down_then_500_then_429_then_up_creates_each_issue_once_and_comment
     let worker = OutboxWorker::new(Arc::clone(&store), vec![Arc::new(notifier)], policy);
 
     assert!(
-        !drain(&store, &worker, Duration::from_millis(300)).await,
+        !common::drain(&store, &worker, Duration::from_millis(300)).await,
         "nothing can be delivered while Jira is down"
     );
     let failing = store
@@ -184,7 +161,7 @@ async fn jira_down_then_500_then_429_then_up_creates_each_issue_once_and_comment
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     assert!(
-        drain(&store, &worker, Duration::from_secs(20)).await,
+        common::drain(&store, &worker, Duration::from_secs(20)).await,
         "everything delivered once Jira is up"
     );
     assert!(store

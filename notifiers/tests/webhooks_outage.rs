@@ -11,7 +11,6 @@ use axum::routing::post;
 use axum::Router;
 use countersign_bot::store::OutboxStatus;
 use countersign_bot::testing::fresh_sqlite;
-use countersign_bot::Store;
 use countersign_notifiers::webhooks::{WebhookEndpointConfig, WebhookNotifier, WebhookSigner};
 use countersign_notifiers::{OutboxWorker, RetryPolicy};
 use serde_json::Value;
@@ -72,33 +71,11 @@ fn endpoint(url: String, events: Vec<String>) -> WebhookEndpointConfig {
     }
 }
 
-async fn drain(store: &Arc<dyn Store>, worker: &OutboxWorker, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        worker.run_once().await.expect("run");
-        if store
-            .outbox_list(Some(OutboxStatus::Pending), 100)
-            .await
-            .expect("list")
-            .is_empty()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn receiver_down_then_500_then_429_then_up_gets_each_event_once_in_order() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Reserve a port, then close it: deliveries first meet "connection refused".
-    let port = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = common::closed_port().await;
     let (store, _dir) = fresh_sqlite().await;
     let wf = common::workflow(&store, &["webhook:siem"]);
     let a = common::approved_request(&wf, "DELETE FROM a").await;
@@ -118,7 +95,7 @@ async fn receiver_down_then_500_then_429_then_up_gets_each_event_once_in_order()
     let worker = OutboxWorker::new(Arc::clone(&store), vec![Arc::new(notifier)], policy);
 
     assert!(
-        !drain(&store, &worker, Duration::from_millis(300)).await,
+        !common::drain(&store, &worker, Duration::from_millis(300)).await,
         "nothing can be delivered while down"
     );
     let failing = store
@@ -141,7 +118,7 @@ async fn receiver_down_then_500_then_429_then_up_gets_each_event_once_in_order()
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     assert!(
-        drain(&store, &worker, Duration::from_secs(20)).await,
+        common::drain(&store, &worker, Duration::from_secs(20)).await,
         "everything delivered once the receiver is up"
     );
     assert!(store
@@ -199,7 +176,7 @@ async fn endpoint_receives_only_subscribed_event_types_and_connections() {
         vec![Arc::new(subscribed)],
         RetryPolicy::default(),
     );
-    assert!(drain(&store, &worker, Duration::from_secs(5)).await);
+    assert!(common::drain(&store, &worker, Duration::from_secs(5)).await);
     let kinds: Vec<String> = receiver
         .accepted
         .lock()
@@ -220,7 +197,7 @@ async fn endpoint_receives_only_subscribed_event_types_and_connections() {
         )],
         RetryPolicy::default(),
     );
-    assert!(drain(&store, &worker, Duration::from_secs(5)).await);
+    assert!(common::drain(&store, &worker, Duration::from_secs(5)).await);
     assert_eq!(
         receiver.accepted.lock().unwrap().len(),
         1,

@@ -1,4 +1,5 @@
-//! Shared set-up for the outbox and webhook tests: a workflow and a request that produces several events.
+//! Shared set-up for the outbox, webhook and Jira tests: a workflow, a request that produces several events,
+//! draining the outbox, and a port nobody listens on.
 #![allow(dead_code)]
 
 use countersign_bot::testing::{human, workload};
@@ -52,3 +53,33 @@ pub async fn approved_request(wf: &Workflow, sql: &str) -> RequestId {
 
 /// The event kinds a request produces in order.
 pub const EXPECTED_KINDS: [&str; 4] = ["created", "vote_recorded", "vote_recorded", "resolved"];
+
+/// Runs the outbox worker until nothing is pending; false when `limit` passes first.
+pub async fn drain(
+    store: &Arc<dyn Store>,
+    worker: &countersign_notifiers::OutboxWorker,
+    limit: std::time::Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        worker.run_once().await.expect("run");
+        if store
+            .outbox_list(Some(countersign_bot::store::OutboxStatus::Pending), 100)
+            .await
+            .expect("list")
+            .is_empty()
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A loopback port that was free a moment ago and has no listener: connecting is refused.
+pub async fn closed_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr").port()
+}
