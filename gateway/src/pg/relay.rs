@@ -276,19 +276,17 @@ where
                 }
                 b'H' => {
                     self.add_to_batch(&frame);
-                    // Flush asks for results so far. Everything goes when nothing needs a decision;
-                    // otherwise the part before the first gated Execute (it runs nothing) goes with a
-                    // Flush of its own, so a client that prepares and waits before sending Sync is
-                    // answered, and the rest waits for the verdict at Sync.
-                    if self.batch.action() == Action::Allow {
-                        forward(&mut self.backend.masker, &mut self.out, &self.batch.bytes);
-                        self.batch.bytes.clear();
-                        self.batch.forwardable = 0;
-                    } else if self.batch.forwardable > 0 {
+                    // Flush asks for results so far. What precedes the first Execute that needs a
+                    // decision runs nothing and goes now (the whole batch, Flush included, when nothing
+                    // needs one), so a client that prepares and waits before Sync is answered; the rest
+                    // waits for the verdict at Sync, and its held part gets a Flush of its own.
+                    if self.batch.forwardable > 0 {
                         let ready = self.batch.bytes.split_to(self.batch.forwardable);
                         self.batch.forwardable = 0;
                         forward(&mut self.backend.masker, &mut self.out, &ready);
-                        forward(&mut self.backend.masker, &mut self.out, &FLUSH);
+                        if self.batch.action() != Action::Allow {
+                            forward(&mut self.backend.masker, &mut self.out, &FLUSH);
+                        }
                     }
                 }
                 b'S' => {
