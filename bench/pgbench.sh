@@ -3,7 +3,9 @@
 # classification of every statement, session recording) with direct PostgreSQL and pgbouncer.
 # Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres) and pgbench/psql on PATH; installs
 # pgbouncer with apt-get when absent. Starts only the gateway and a temporary pgbouncer, both stopped on exit.
-# Env: SCALE (10), CLIENTS (10), DURATION (10 s), GW_PORT (6543), GW_HTTP_PORT (6580), PGB_PORT (6432).
+# Env: SCALE (10), CLIENTS (10), DURATION (10 s), GW_PORT (6543), GW_HTTP_PORT (6580), PGB_PORT (6432),
+# UPSTREAM (tcp: the gateway and pgbouncer reach PostgreSQL at 127.0.0.1:5432; unix: both use its Unix socket,
+# as a gateway deployed beside its database would; clients always connect over TCP).
 set -euo pipefail
 
 SCALE=${SCALE:-10}
@@ -14,6 +16,7 @@ GW_HTTP_PORT=${GW_HTTP_PORT:-6580}
 PGB_PORT=${PGB_PORT:-6432}
 DB=countersign_bench
 TOKEN=bench-token
+UPSTREAM=${UPSTREAM:-tcp}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TMP=$(mktemp -d)
 chmod 755 "$TMP"
@@ -32,6 +35,19 @@ echo "== initialising $DB (scale $SCALE)"
 psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $DB"
 pgbench -h 127.0.0.1 -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
+
+case "$UPSTREAM" in
+    tcp)
+        GW_UPSTREAM="postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable"
+        PGB_HOST="host=127.0.0.1 port=5432"
+        ;;
+    unix)
+        SOCKET_DIR=$(psql -h 127.0.0.1 -U postgres -d postgres -XAtqc "SHOW unix_socket_directories" | cut -d, -f1)
+        GW_UPSTREAM="postgres://postgres@/$DB?host=$SOCKET_DIR"
+        PGB_HOST="host=$SOCKET_DIR port=5432"
+        ;;
+    *) echo "UPSTREAM must be tcp or unix" >&2; exit 2 ;;
+esac
 
 # The bench connection allows pgbench's statements by rule; every statement is still classified and recorded.
 # No TLS anywhere (direct runs use PGSSLMODE=disable; pgbouncer and the gateway connect upstream in plaintext),
@@ -64,7 +80,7 @@ email = "alice@example.com"
 
 [[connections]]
 name = "bench"
-upstream_url = "postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable"
+upstream_url = "$GW_UPSTREAM"
 
 [[approver_groups]]
 name = "reviewers"
@@ -89,7 +105,7 @@ if ! command -v pgbouncer >/dev/null; then
 fi
 cat >"$TMP/pgbouncer.ini" <<INI
 [databases]
-$DB = host=127.0.0.1 port=5432 dbname=$DB user=postgres
+$DB = $PGB_HOST dbname=$DB user=postgres
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $PGB_PORT
@@ -162,4 +178,5 @@ echo
 echo "gateway/direct:    simple $(ratio "${TPS[gateway/simple]}" "${TPS[direct/simple]}")  prepared $(ratio "${TPS[gateway/prepared]}" "${TPS[direct/prepared]}")"
 echo "gateway/pgbouncer: simple $(ratio "${TPS[gateway/simple]}" "${TPS[pgbouncer/simple]}")  prepared $(ratio "${TPS[gateway/prepared]}" "${TPS[pgbouncer/prepared]}")"
 awk -v g="${LAT[gateway]}" -v d="${LAT[direct]}" 'BEGIN { printf "1-client latency overhead: %+.1f us\n", (g - d) * 1000 }'
+echo "upstream transport (gateway and pgbouncer): $UPSTREAM"
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) (other work on a shared machine skews these figures)"

@@ -54,6 +54,8 @@ impl UpstreamTarget {
     /// Parse `postgres://user:password@host:port/database?sslmode=…&sslrootcert=…`. `sslmode` defaults to
     /// `prefer` as in libpq; the root file is read here, so a bad one fails at config load. Other query
     /// parameters are ignored, except libpq TLS parameters the gateway does not implement, which are refused.
+    /// As in libpq, a host that is an absolute path (`%2Fvar%2Frun%2Fpostgresql` in the authority, or
+    /// `?host=/var/run/postgresql`) names the directory of a Unix-domain socket; TLS is never used there.
     pub fn parse(url: &str) -> Result<UpstreamTarget, UrlError> {
         let rest = url
             .strip_prefix("postgres://")
@@ -77,6 +79,10 @@ impl UpstreamTarget {
                 Some((h, p)) => (h.to_string(), p),
                 None => (hostport.to_string(), ""),
             }
+        };
+        let host = match query_param(query, "host")? {
+            Some(dir) => dir,
+            None => percent_decode(&host)?,
         };
         if host.is_empty() {
             return Err(UrlError::Syntax("no host".into()));
@@ -108,6 +114,19 @@ impl UpstreamTarget {
             tls,
         })
     }
+}
+
+/// The last value of query parameter `key`, percent-decoded.
+fn query_param(query: &str, key: &str) -> Result<Option<String>, UrlError> {
+    let mut found = None;
+    for pair in query.split('&') {
+        if let Some((k, v)) = pair.split_once('=') {
+            if k == key {
+                found = Some(percent_decode(v)?);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// `sslmode` and `sslrootcert` from the query string.
@@ -507,6 +526,20 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_host_names_a_unix_socket() {
+        let t =
+            UpstreamTarget::parse("postgres://app@%2Fvar%2Frun%2Fpostgresql:5433/prod").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("/var/run/postgresql", 5433));
+        let t = UpstreamTarget::parse("postgres://app@/prod?host=/tmp/pg%20sock").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.database.as_str()),
+            ("/tmp/pg sock", 5432, "prod")
+        );
+        let t = UpstreamTarget::parse("postgres://app@localhost/prod?host=%2Frun").unwrap();
+        assert_eq!(t.host, "/run", "host= overrides the authority, as in libpq");
+    }
 
     #[test]
     fn parses_urls_with_and_without_credentials() {

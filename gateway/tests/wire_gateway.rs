@@ -344,6 +344,78 @@ async fn cancel_request_reaches_a_running_upstream_query() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// The server's first Unix socket directory, asked over TCP so the test assumes no distribution layout.
+async fn unix_socket_dir() -> String {
+    let (direct, conn) =
+        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=test", NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let dirs: String = direct
+        .query_one("SHOW unix_socket_directories", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let dir = dirs
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        dir.starts_with('/'),
+        "the test PostgreSQL listens on no Unix socket directory ({dirs:?}); set unix_socket_directories"
+    );
+    dir
+}
+
+#[tokio::test]
+async fn upstream_over_a_unix_socket_relays_holds_and_cancels() {
+    let mut target = upstream("test");
+    target.host = unix_socket_dir().await;
+    let gate = Arc::new(StaticGate::new("app", target, TOKEN));
+    let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
+    config.allow_cleartext_without_tls = true;
+    config.hold_wait = Duration::from_secs(5);
+    let server = WireServer::bind(config, gate.clone()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    let client = connect(addr).await;
+
+    // A Unix-socket session has no client inet address on the server side.
+    let row = client
+        .query_one("SELECT inet_client_addr() IS NULL, $1::int + 1", &[&41i32])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, i32>(1)), (true, 42));
+
+    let t = table_of_ids(&client, "(1),(2)").await;
+    gate.push_outcome(Duration::from_millis(100), HoldOutcome::Approved);
+    let deleted = client
+        .execute(format!("DELETE FROM {t} WHERE id = 1").as_str(), &[])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    eventually(&gate, "executed", |e| matches!(e, GateEvent::Executed(..))).await;
+    let left: i64 = client
+        .query_one(format!("SELECT count(*) FROM {t}").as_str(), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1);
+    client
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+
+    let cancel = client.cancel_token();
+    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(10)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel_query(NoTls).await.unwrap();
+    let err = running.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
+}
+
 #[tokio::test]
 async fn copy_in_and_copy_out_are_relayed() {
     let (_gate, addr) = start().await;

@@ -1,7 +1,7 @@
 //! Maps the gateway's own BackendKeyData to the upstream's, and routes a CancelRequest either to a held
 //! statement (cancel the approval request) or to the upstream (cancel the running query).
 
-use super::upstream_tls::{negotiate, NegotiateError, UpstreamTls};
+use super::upstream_tls::{open, NegotiateError, UpstreamTls};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -143,13 +143,10 @@ impl CancelRegistry {
 /// Sends CancelRequest over a fresh connection, with TLS when the session's `sslmode` asks for it (so the
 /// key never crosses the network in clear where the session itself doesn't).
 async fn send_upstream_cancel(addr: &UpstreamAddr, key: BackendKey) -> std::io::Result<()> {
-    let tcp = tokio::net::TcpStream::connect((addr.0.as_str(), addr.1)).await?;
-    let mut stream = negotiate(tcp, &addr.0, &addr.2)
-        .await
-        .map_err(|e| match e {
-            NegotiateError::Io(e) => e,
-            other => std::io::Error::other(other.to_string()),
-        })?;
+    let mut stream = open(&addr.0, addr.1, &addr.2).await.map_err(|e| match e {
+        NegotiateError::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    })?;
     let mut buf = bytes::BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
     stream.write_all(&buf).await?;

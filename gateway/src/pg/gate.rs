@@ -84,9 +84,9 @@ pub trait WireGate: Send + Sync + 'static {
 /// How to reach and log in to the real database behind a connection name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTarget {
-    /// Host name or IP address.
+    /// Host name or IP address, or (starting with `/`) the directory of a Unix-domain socket.
     pub host: String,
-    /// TCP port.
+    /// TCP port, or the number in the Unix socket's name (`.s.PGSQL.<port>`).
     pub port: u16,
     /// Upstream user; the client never sees it.
     pub user: String,

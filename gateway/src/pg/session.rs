@@ -385,6 +385,11 @@ async fn relay<S: Halves>(
                 .run()
                 .await
         }
+        UpstreamStream::Unix(unix) => {
+            Relay::new(stream.halves(), unix.into_split(), sbuf, ready_status, ctx)
+                .run()
+                .await
+        }
         UpstreamStream::Tls(tls) => {
             Relay::new(
                 stream.halves(),

@@ -5,12 +5,11 @@
 use super::cancel::BackendKey;
 use super::codec::{error_fields, read_frame, send};
 use super::gate::UpstreamTarget;
-use super::upstream_tls::{negotiate, NegotiateError, UpstreamStream};
+use super::upstream_tls::{open, NegotiateError, UpstreamStream};
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
-use tokio::net::TcpStream;
 
 const MAX_STARTUP_FRAME: usize = 1024 * 1024;
 
@@ -55,9 +54,7 @@ pub async fn connect(
     target: &UpstreamTarget,
     params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
-    tcp.set_nodelay(true)?;
-    let mut stream = match negotiate(tcp, &target.host, &target.tls).await {
+    let mut stream = match open(&target.host, target.port, &target.tls).await {
         Ok(s) => s,
         Err(NegotiateError::Io(e)) => return Err(e.into()),
         Err(e) => return Err(UpstreamError::Tls(e)),

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -358,6 +358,24 @@ pub enum UpstreamStream {
     Plain(TcpStream),
     /// TLS over TCP.
     Tls(Box<TlsStream<TcpStream>>),
+    /// A Unix-domain socket (host given as a directory); never encrypted, as in libpq.
+    Unix(UnixStream),
+}
+
+/// Opens the transport to `host`: a Unix-domain socket when `host` is a directory (`/…`), otherwise TCP
+/// with TLS as `tls` asks.
+pub async fn open(
+    host: &str,
+    port: u16,
+    tls: &UpstreamTls,
+) -> Result<UpstreamStream, NegotiateError> {
+    if host.starts_with('/') {
+        let path = format!("{}/.s.PGSQL.{port}", host.trim_end_matches('/'));
+        return Ok(UpstreamStream::Unix(UnixStream::connect(path).await?));
+    }
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    negotiate(tcp, host, tls).await
 }
 
 /// Sends SSLRequest when the mode asks for TLS and completes the handshake on 'S'.
@@ -413,6 +431,7 @@ impl AsyncRead for UpstreamStream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -426,6 +445,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -433,6 +453,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -440,6 +461,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
