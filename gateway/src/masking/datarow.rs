@@ -86,10 +86,10 @@ pub fn plan_row_description_with(
     let columns = fields(body)?
         .iter()
         .map(|f| {
-            masker.column_named(
+            masker.column_in(
                 f.name,
-                tables.column_name(f.table_oid, f.attnum),
-                tables.source(f.table_oid),
+                (f.table_oid, f.attnum),
+                tables,
                 f.type_oid,
                 f.binary,
             )

@@ -185,6 +185,26 @@ impl Masker {
         self.column_named(name, None, source, type_oid, binary)
     }
 
+    /// The plan for column `attnum` of table `oid` (0: none) shown as `label`, its table and real name
+    /// resolved through `tables`. Fail closed: when a failed lookup left a table column's real name
+    /// unknown and no rule matches its label, a connection with column rules redacts it (the label may
+    /// be an alias of a masked column).
+    pub fn column_in(
+        &self,
+        label: &str,
+        (oid, attnum): (u32, i16),
+        tables: &TableNames,
+        type_oid: u32,
+        binary: bool,
+    ) -> ColumnPlan {
+        let real = tables.column_name(oid, attnum);
+        let mut plan = self.column_named(label, real, tables.source(oid), type_oid, binary);
+        if plan.style.is_none() && self.rules.has_column_rules() && tables.name_lost(oid, attnum) {
+            plan.style = Some(Style::Redact);
+        }
+        plan
+    }
+
     /// The plan for a column shown as `label` whose real name in its table is `real` (when known):
     /// a rule matching either masks it, so an alias never unmasks a column.
     pub fn column_named(
@@ -326,8 +346,8 @@ impl Masker {
             .enumerate()
             .map(|(i, Column { name, type_oid })| {
                 let oid = table_oids.get(i).copied().unwrap_or(0);
-                let real = tables.column_name(oid, attnums.get(i).copied().unwrap_or(0));
-                self.column_named(name, real, tables.source(oid), *type_oid, false)
+                let attnum = attnums.get(i).copied().unwrap_or(0);
+                self.column_in(name, (oid, attnum), tables, *type_oid, false)
             })
             .collect();
         // Rows wider than their description (COPY output has none) are checked below even then.
@@ -460,6 +480,44 @@ mod tests {
     fn mask(m: &Masker, name: &str, oid: u32, binary: bool, raw: &[u8]) -> Masked {
         m.mask_value(&m.column(name, oid, binary), raw, &mut Vec::new())
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_table_column_whose_real_name_a_failed_lookup_hid_is_redacted() {
+        struct Refused;
+        #[async_trait::async_trait]
+        impl TableLookup for Refused {
+            async fn lookup(
+                &self,
+                _: &[u32],
+            ) -> Result<Vec<(u32, tables::Relation)>, tables::LookupError> {
+                Err(tables::LookupError("refused".into()))
+            }
+        }
+        let m = masker(RULES);
+        let mut names = TableNames::default();
+        // Before any failure, an unknown table's aliased column is planned by its label.
+        assert!(m
+            .column_in("contact", (7, 2), &names, 25, false)
+            .style
+            .is_none());
+        names.resolve(&Refused, &[7]).await;
+        // `SELECT email AS contact FROM t` while the catalog can't be read: the alias must not unmask it.
+        let plan = m.column_in("contact", (7, 2), &names, 25, false);
+        assert!(matches!(plan.style, Some(Style::Redact)));
+        // Expressions (no table) and label matches keep their usual plans.
+        assert!(m
+            .column_in("total", (0, 0), &names, 25, false)
+            .style
+            .is_none());
+        let own = m.column_in("email", (7, 3), &names, 25, false);
+        assert!(matches!(own.style, Some(Style::Hash(_))));
+        // A detector-only connection has no column rule an alias could hide from.
+        let detect_only = masker("[[rules]]\ndetect = [\"card\"]\nstyle = \"redact\"");
+        assert!(detect_only
+            .column_in("contact", (7, 2), &names, 25, false)
+            .style
+            .is_none());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! function result), a view or materialized view (the OID is the view's; its columns come from other
 //! tables), a partition or inheritance child (its parent's rules must still apply), a failed or timed-out
 //! lookup — is matched by column name only, as if the rule had no table part: it is over-masked, never
-//! leaked.
+//! leaked. While a failed lookup leaves a table column's real name unknown, a column no rule matches by
+//! its output name is redacted on a connection with column rules (that name may be an alias).
 
 use lru::LruCache;
 use std::num::NonZeroUsize;
@@ -110,6 +111,15 @@ impl TableNames {
             .iter()
             .find(|(n, _)| *n == attnum)
             .map(|(_, name)| name.as_str())
+    }
+
+    /// True when column `attnum` of table `oid` is a real table column whose name a recent lookup failed
+    /// to learn: its output name may be an alias hiding a masked column, so it must not pass unmasked.
+    pub fn name_lost(&self, oid: u32, attnum: i16) -> bool {
+        oid != 0
+            && attnum > 0
+            && self.retry_at.is_some_and(|t| Instant::now() < t)
+            && self.column_name(oid, attnum).is_none()
     }
 
     /// Records the real column names of the relations in `asked`, replacing what was known of them.
