@@ -49,6 +49,15 @@ async fn api_results_are_masked_and_counted() {
         );
         assert_eq!(row[4], json!(null));
         assert_eq!(row[5], "42");
+        // A computation over a masked column comes back redacted; one over harmless values does not.
+        let derived = gw
+            .query(
+                AGENT,
+                "SELECT upper(email), n * 2 FROM (SELECT 'alice@example.com' AS email, 21 AS n) s",
+            )
+            .await;
+        assert_eq!(derived.status, 200, "{:?}", derived.body);
+        assert_eq!(derived.body["rows"][0], json!(["[redacted]", "42"]));
         // The session record keeps the statement and a count, never the values.
         assert_eq!(gw.engine.end_idle_http_sessions(Duration::ZERO).await, 1);
         let s = &gw.store.list_sessions(5).await.unwrap()[0];

@@ -270,6 +270,94 @@ async fn results_that_cannot_be_masked_are_refused_and_the_session_stays_usable(
 }
 
 #[tokio::test]
+async fn expressions_and_aliases_over_masked_columns_do_not_unmask_them() {
+    let db = direct().await;
+    let t = people(&db).await;
+    let (_gate, addr) = start_with(Some(RULES), true).await;
+    let client = through(addr).await;
+    let hashed = simple_rows(
+        &client
+            .simple_query(&format!("SELECT email FROM {t} WHERE id = 1"))
+            .await
+            .unwrap(),
+    )[0][0]
+        .clone()
+        .unwrap();
+    assert!(hashed.starts_with("hash:"), "{hashed}");
+
+    let sql = format!(
+        "SELECT id, email AS contact, lower(email) AS e, email || '' AS f, \
+         (SELECT max(email) FROM {t}) AS g, row_to_json(p)::text AS h FROM {t} p WHERE id = 1"
+    );
+    let rows = simple_rows(&client.simple_query(&sql).await.unwrap());
+    assert_eq!(rows[0][0].as_deref(), Some("1"));
+    assert_eq!(
+        rows[0][1].as_deref(),
+        Some(hashed.as_str()),
+        "an alias keeps its rule"
+    );
+    for (i, v) in rows[0].iter().enumerate().skip(2) {
+        let v = v.as_deref().unwrap_or_default();
+        assert!(!v.contains("jane@example.com"), "column {i} leaked: {v}");
+        assert_eq!(v, "[redacted]", "column {i}");
+    }
+    // The same through a UNION (its columns have no table) and with binary results.
+    let rows = simple_rows(
+        &client
+            .simple_query(&format!(
+                "SELECT note FROM {t} WHERE id = 2 UNION ALL SELECT email FROM {t} WHERE id = 1"
+            ))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        rows.iter().all(|r| r[0].as_deref() == Some("[redacted]")),
+        "{rows:?}"
+    );
+    let row = client
+        .query_one(
+            format!("SELECT upper(email) FROM {t} WHERE id = 1").as_str(),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "[redacted]");
+
+    // Computations over harmless columns stay clear, even when a masked column filters them.
+    let rows = simple_rows(
+        &client
+            .simple_query(&format!(
+                "SELECT count(*), max(id) * 2 FROM {t} WHERE email LIKE '%@example.com'"
+            ))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        rows,
+        vec![vec![Some("2".to_string()), Some("6".to_string())]]
+    );
+
+    // COPY planned by names refuses an expression it cannot follow; the session stays usable.
+    let copy = format!("COPY (SELECT lower(email) AS e FROM {t}) TO STDOUT");
+    let err = match client.copy_out(&copy).await {
+        Ok(stream) => stream
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .find_map(Result::err),
+        Err(e) => Some(e),
+    }
+    .expect("a COPY of an expression over a masked column must be refused");
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("computes a column"), "{err:?}");
+    let n: i32 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 42);
+}
+
+#[tokio::test]
 async fn connection_without_rules_relays_results_untouched() {
     let db = direct().await;
     let t = people(&db).await;

@@ -272,7 +272,12 @@ impl Engine {
                 .map(|(i, set)| {
                     let oids = table_oids.get(i).map_or(&[][..], Vec::as_slice);
                     let cols = attnums.get(i).map_or(&[][..], Vec::as_slice);
-                    m.mask_result_set_from(set, oids, cols, &tables)
+                    let derived = if oids.contains(&0) || oids.len() < set.columns.len() {
+                        m.computed_exposure(sql, set.columns.len())
+                    } else {
+                        crate::masking::derived::Exposure::Nothing
+                    };
+                    m.mask_result_set_of(set, (oids, cols), &tables, &derived)
                 })
                 .sum();
         }

@@ -23,6 +23,9 @@ pub enum CopyError {
     /// Column names are unknown but column rules exist.
     #[error("the columns of this COPY are unknown, so column masking rules cannot apply; list them: COPY t (a, b) TO STDOUT, or COPY (SELECT a, b FROM t) TO STDOUT")]
     UnknownColumns,
+    /// The query computes an output column from a masked column.
+    #[error("this COPY's query renames or computes a column from a masked column, which column rules cannot follow; select the column itself (COPY (SELECT email FROM t) TO STDOUT) or drop the expression")]
+    Derived,
     /// The statement could not be read.
     #[error("the COPY statement could not be parsed for masking; write it as COPY t (a, b) TO STDOUT [WITH (FORMAT csv)]")]
     Unparsed,
@@ -46,6 +49,8 @@ pub enum CopyFormat {
 /// A COPY TO STDOUT being masked.
 #[derive(Debug)]
 pub struct CopyPlan {
+    /// The COPY statement (its query decides whether names cover every output column).
+    sql: String,
     format: CopyFormat,
     header_pending: bool,
     names: Option<Vec<String>>,
@@ -130,6 +135,7 @@ pub fn plan_copy(sql: &str) -> Result<CopyPlan, CopyError> {
         },
     };
     Ok(CopyPlan {
+        sql: sql.to_string(),
         format,
         header_pending: header,
         names,
@@ -164,6 +170,9 @@ impl CopyPlan {
     fn fix_plan(&mut self, masker: &Masker, n: usize) -> Result<(), CopyError> {
         if self.names.is_none() && masker.rules().has_column_rules() {
             return Err(CopyError::UnknownColumns);
+        }
+        if super::derived::exposes_beyond_named_columns(&self.sql, masker.rules()) {
+            return Err(CopyError::Derived);
         }
         let plan = (0..n)
             .map(|i| {

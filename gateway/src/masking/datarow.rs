@@ -1,5 +1,6 @@
 //! RowDescription → [`ResultPlan`], and DataRow rewriting with recomputed lengths.
 
+use super::derived::Exposure;
 use super::{MaskScratch, Masker, Outcome, ResultPlan, TableNames};
 use bytes::{BufMut, BytesMut};
 
@@ -83,16 +84,53 @@ pub fn plan_row_description_with(
     body: &[u8],
     tables: &TableNames,
 ) -> Result<ResultPlan, RowError> {
-    let columns = fields(body)?
+    plan(masker, body, tables, |_| Exposure::Nothing)
+}
+
+/// The plan for a RowDescription body answering statement `sql`: as [`plan_row_description_with`], and
+/// computed columns are redacted when `sql` computes them from a masked column (see [`super::derived`]).
+/// `None` (the statement is not known) counts as computing them so on a connection with column rules.
+pub fn plan_row_description_for(
+    masker: &Masker,
+    body: &[u8],
+    tables: &TableNames,
+    sql: Option<&str>,
+) -> Result<ResultPlan, RowError> {
+    plan(masker, body, tables, |n| match sql {
+        Some(sql) => masker.computed_exposure(sql, n),
+        None if masker.rules().has_column_rules() => Exposure::All,
+        None => Exposure::Nothing,
+    })
+}
+
+fn plan(
+    masker: &Masker,
+    body: &[u8],
+    tables: &TableNames,
+    exposure: impl FnOnce(usize) -> Exposure,
+) -> Result<ResultPlan, RowError> {
+    let fields = fields(body)?;
+    // Parsing the statement is paid only by results with computed columns.
+    let derived = if fields.iter().any(|f| f.table_oid == 0) {
+        exposure(fields.len())
+    } else {
+        Exposure::Nothing
+    };
+    let columns = fields
         .iter()
-        .map(|f| {
-            masker.column_in(
+        .enumerate()
+        .map(|(i, f)| {
+            let mut plan = masker.column_in(
                 f.name,
                 (f.table_oid, f.attnum),
                 tables,
                 f.type_oid,
                 f.binary,
-            )
+            );
+            if f.table_oid == 0 && plan.style.is_none() && derived.covers(i) {
+                plan.style = Some(super::Style::Redact);
+            }
+            plan
         })
         .collect();
     Ok(ResultPlan { columns })

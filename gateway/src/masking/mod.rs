@@ -18,6 +18,7 @@
 pub mod candidates;
 pub mod copy;
 pub mod datarow;
+pub mod derived;
 pub mod detect;
 pub mod hash_cache;
 pub mod rules;
@@ -185,6 +186,12 @@ impl Masker {
         self.column_named(name, None, source, type_oid, binary)
     }
 
+    /// Which computed (table-less) columns of `sql`'s `columns`-wide result may carry a column a rule
+    /// masks by name.
+    pub fn computed_exposure(&self, sql: &str, columns: usize) -> derived::Exposure {
+        derived::exposure(sql, &self.rules, columns)
+    }
+
     /// The plan for column `attnum` of table `oid` (0: none) shown as `label`, its table and real name
     /// resolved through `tables`. Fail closed: when a failed lookup left a table column's real name
     /// unknown and no rule matches its label, a connection with column rules redacts it (the label may
@@ -340,6 +347,19 @@ impl Masker {
         attnums: &[i16],
         tables: &TableNames,
     ) -> u64 {
+        let nothing = derived::Exposure::Nothing;
+        self.mask_result_set_of(set, (table_oids, attnums), tables, &nothing)
+    }
+
+    /// As [`Masker::mask_result_set_from`]; columns without a table that `derived` covers (see
+    /// [`Masker::computed_exposure`]) are redacted.
+    pub fn mask_result_set_of(
+        &self,
+        set: &mut ResultSet,
+        (table_oids, attnums): (&[u32], &[i16]),
+        tables: &TableNames,
+        derived: &derived::Exposure,
+    ) -> u64 {
         let plan: Vec<ColumnPlan> = set
             .columns
             .iter()
@@ -347,7 +367,11 @@ impl Masker {
             .map(|(i, Column { name, type_oid })| {
                 let oid = table_oids.get(i).copied().unwrap_or(0);
                 let attnum = attnums.get(i).copied().unwrap_or(0);
-                self.column_in(name, (oid, attnum), tables, *type_oid, false)
+                let mut plan = self.column_in(name, (oid, attnum), tables, *type_oid, false);
+                if oid == 0 && plan.style.is_none() && derived.covers(i) {
+                    plan.style = Some(Style::Redact);
+                }
+                plan
             })
             .collect();
         // Rows wider than their description (COPY output has none) are checked below even then.

@@ -6,7 +6,7 @@
 //! `Describe portal`; its RowDescription or NoData is consumed here and never reaches the client.
 
 use super::copy::{plan_copy, CopyPlan};
-use super::datarow::{mask_data_row, plan_row_description_with, tables_to_resolve, RowScratch};
+use super::datarow::{mask_data_row, plan_row_description_for, tables_to_resolve, RowScratch};
 use super::tables::{invalidates_names, TableLookup, TableNames};
 use super::{Masker, ResultPlan};
 use bytes::{BufMut, BytesMut};
@@ -162,7 +162,7 @@ impl WireMasker {
     }
 
     /// A RowDescription or NoData: the plan for the rows to come, unless it answers a statement Describe.
-    fn on_description(&mut self, tag: u8, body: &[u8]) -> FrameAction {
+    fn on_description(&mut self, tag: u8, body: &[u8], sql: Option<&str>) -> FrameAction {
         let source = match self.expect.front() {
             Some(e @ (Expect::Injected | Expect::ClientPortal | Expect::ClientStatement)) => {
                 let e = *e;
@@ -175,7 +175,7 @@ impl WireMasker {
             // A statement Describe has no formats yet; everything else describes the rows to come.
             self.plan = None;
             if tag == b'T' {
-                match plan_row_description_with(&self.masker, body, &self.tables) {
+                match plan_row_description_for(&self.masker, body, &self.tables, sql) {
                     Ok(p) => self.plan = Some(p),
                     Err(e) => {
                         self.withhold(e);
@@ -203,9 +203,9 @@ impl WireMasker {
                 if !self.unresolved.is_empty() {
                     return FrameAction::ResolveTables;
                 }
-                self.on_description(tag, body)
+                self.on_description(tag, body, sql)
             }
-            b'T' | b'n' => self.on_description(tag, body),
+            b'T' | b'n' => self.on_description(tag, body, sql),
             b'D' => {
                 if self.withhold.is_some() {
                     return FrameAction::Drop;

@@ -1,0 +1,286 @@
+//! Result columns computed from masked columns.
+//!
+//! Column rules find a column through RowDescription (its table and real name). A column computed by an
+//! expression has neither — `lower(email)`, `email || ''`, `(SELECT ssn FROM people LIMIT 1)`, a UNION,
+//! `row_to_json(u)` — so a rule naming `email` would never see it. [`exposes`] reads the statement instead:
+//! when a select list anywhere in it mentions a column some rule masks (or a whole row), computed result
+//! columns are redacted. Statements that don't parse count as exposing (fail closed). Detectors still run
+//! on every text column either way.
+
+use super::rules::CompiledRules;
+use sqlparser::ast::{
+    visit_expressions, Expr, Query, SelectItem, SetExpr, TableFactor, Visit, Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
+
+/// Which computed columns of a result may carry a masked column's values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exposure {
+    /// None of them.
+    Nothing,
+    /// Every computed column (the statement could not be mapped column by column).
+    All,
+    /// Output column `i` when `.0[i]` (a single SELECT whose select list maps one-to-one to the result).
+    Columns(Vec<bool>),
+}
+
+impl Exposure {
+    /// True when computed output column `i` must be redacted.
+    pub fn covers(&self, i: usize) -> bool {
+        match self {
+            Self::Nothing => false,
+            Self::All => true,
+            Self::Columns(c) => c.get(i).copied().unwrap_or(true),
+        }
+    }
+}
+
+/// True when computed columns of `sql`'s results may carry values of a column `rules` mask by name.
+pub fn exposes(sql: &str, rules: &CompiledRules) -> bool {
+    exposure(sql, rules, usize::MAX) != Exposure::Nothing
+}
+
+/// Which computed columns of `sql`'s `columns`-wide result may carry a masked column's values.
+pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
+    if !rules.has_column_rules() {
+        return Exposure::Nothing;
+    }
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Exposure::All;
+    };
+    let mut seen = Seen::default();
+    let _ = statements.visit(&mut seen);
+    let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules);
+    let top = seen.top.unwrap_or(0).min(seen.items.len());
+    let (outer, inner) = seen.items.split_at(top);
+    let any = outer.iter().chain(inner).any(exposing);
+    // Column by column only when the outer select list is the result's shape and nothing nested (a
+    // subquery or CTE an outer column could read through) mentions a masked column.
+    let one_to_one = statements.len() == 1
+        && seen.plain_top
+        && outer.len() == columns
+        && !outer.iter().any(|i| {
+            matches!(
+                i,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        });
+    match (any, one_to_one && !inner.iter().any(exposing)) {
+        (false, _) => Exposure::Nothing,
+        (true, true) => Exposure::Columns(outer.iter().map(exposing).collect()),
+        (true, false) => Exposure::All,
+    }
+}
+
+/// As [`exposes`], for COPY (query) TO STDOUT, where output columns are planned by name: plain column
+/// references in the outermost select list are masked by that name, so only everything else counts.
+pub fn exposes_beyond_named_columns(sql: &str, rules: &CompiledRules) -> bool {
+    if !rules.has_column_rules() {
+        return false;
+    }
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return true;
+    };
+    let mut seen = Seen::default();
+    let _ = statements.visit(&mut seen);
+    let top = seen.top.unwrap_or(0);
+    seen.items.iter().enumerate().any(|(i, item)| {
+        let named = matches!(
+            item,
+            SelectItem::UnnamedExpr(Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+        );
+        !(i < top && named) && item_exposes(item, &seen.relations, rules)
+    })
+}
+
+/// True when one select-list item mentions a masked column or a whole row of a relation.
+pub fn item_exposes(item: &SelectItem, relations: &[String], rules: &CompiledRules) -> bool {
+    let expr = match item {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+        // `*` and `t.*` list real columns, which RowDescription names.
+        _ => return false,
+    };
+    // `row_to_json(t.*)`, `json_agg(t.*)`: a function over whole rows.
+    if expr.to_string().contains(".*") {
+        return true;
+    }
+    let hit = visit_expressions(expr, |e| {
+        let exposed = match e {
+            Expr::Identifier(i) => {
+                rules.column_style(&i.value).is_some()
+                    || relations.contains(&i.value.to_lowercase())
+            }
+            Expr::CompoundIdentifier(parts) => parts
+                .last()
+                .is_some_and(|i| rules.column_style(&i.value).is_some()),
+            _ => false,
+        };
+        if exposed {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    hit.is_break()
+}
+
+/// Every select-list item and every relation name or alias in a statement, subqueries included.
+#[derive(Default)]
+struct Seen {
+    items: Vec<SelectItem>,
+    relations: Vec<String>,
+    /// How many of `items` belong to the outermost query.
+    top: Option<usize>,
+    /// The outermost query is a single SELECT (not a set operation or VALUES).
+    plain_top: bool,
+}
+
+impl Seen {
+    fn select_items(&mut self, set: &SetExpr) {
+        match set {
+            SetExpr::Select(s) => self.items.extend(s.projection.iter().cloned()),
+            SetExpr::SetOperation { left, right, .. } => {
+                self.select_items(left);
+                self.select_items(right);
+            }
+            // Nested queries are visited on their own.
+            _ => {}
+        }
+    }
+}
+
+impl Visitor for Seen {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if self.top.is_none() {
+            self.plain_top = matches!(*query.body, SetExpr::Select(_));
+        }
+        self.select_items(&query.body);
+        self.top.get_or_insert(self.items.len());
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table { name, alias, .. } = factor {
+            if let Some(last) = name.0.last() {
+                self.relations
+                    .push(last.to_string().trim_matches('"').to_lowercase());
+            }
+            if let Some(a) = alias {
+                self.relations.push(a.name.value.to_lowercase());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::MaskingConfig;
+
+    fn rules() -> CompiledRules {
+        let cfg: MaskingConfig = toml::from_str(
+            "[[rules]]\ncolumns = [\"*email*\", \"people.ssn\"]\nstyle = \"redact\"",
+        )
+        .unwrap();
+        CompiledRules::compile(&cfg, None).unwrap()
+    }
+
+    #[test]
+    fn computed_columns_over_masked_columns_are_found() {
+        let r = rules();
+        for (sql, exposing) in [
+            ("SELECT lower(email) FROM users", true),
+            ("SELECT email || '' AS contact FROM users", true),
+            ("SELECT u.work_email::text FROM users u", true),
+            ("SELECT (SELECT ssn FROM people LIMIT 1) AS x", true),
+            ("SELECT name FROM a UNION SELECT email FROM users", true),
+            ("SELECT row_to_json(u) FROM users u", true),
+            ("SELECT to_jsonb(users.*) FROM users", true),
+            ("SELECT json_agg(u.*) FROM users AS u", true),
+            (
+                "WITH c AS (SELECT upper(email) AS e FROM users) SELECT e FROM c",
+                true,
+            ),
+            ("SELEC lower(email) FROM users", true),
+            ("SELECT count(*) FROM users WHERE email = 'a@b.c'", false),
+            ("SELECT id, name, amount * 2 FROM orders", false),
+            ("SELECT * FROM users", false),
+        ] {
+            assert_eq!(exposes(sql, &r), exposing, "{sql}");
+        }
+    }
+
+    #[test]
+    fn copy_queries_count_only_what_their_names_do_not_cover() {
+        let r = rules();
+        for (sql, exposing) in [
+            ("COPY (SELECT id, email FROM users) TO STDOUT", false),
+            ("COPY (SELECT u.email FROM users u) TO STDOUT", false),
+            ("COPY (SELECT email AS contact FROM users) TO STDOUT", true),
+            ("COPY (SELECT lower(email) AS e FROM users) TO STDOUT", true),
+            (
+                "COPY (SELECT x FROM (SELECT email AS x FROM users) s) TO STDOUT",
+                true,
+            ),
+            (
+                "COPY (SELECT id, amount * 2 AS twice FROM orders) TO STDOUT",
+                false,
+            ),
+            ("COPY users TO STDOUT", false),
+        ] {
+            assert_eq!(exposes_beyond_named_columns(sql, &r), exposing, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_single_select_is_judged_column_by_column() {
+        let r = rules();
+        let cols = |v: &[bool]| Exposure::Columns(v.to_vec());
+        for (sql, n, expected) in [
+            (
+                "SELECT upper(email), n * 2 FROM people",
+                2,
+                cols(&[true, false]),
+            ),
+            (
+                "SELECT id, lower(email) AS e FROM users",
+                2,
+                cols(&[false, true]),
+            ),
+            ("SELECT count(*) FROM users", 1, Exposure::Nothing),
+            // Nested mentions, set operations and wildcards can't be mapped to columns.
+            (
+                "SELECT x, 1 FROM (SELECT lower(email) AS x FROM users) s",
+                2,
+                Exposure::All,
+            ),
+            (
+                "SELECT 1 UNION SELECT length(email) FROM users",
+                1,
+                Exposure::All,
+            ),
+            ("SELECT *, lower(email) FROM users", 4, Exposure::All),
+            ("SELECT 1; SELECT lower(email) FROM users", 1, Exposure::All),
+            ("not sql at all", 1, Exposure::All),
+        ] {
+            assert_eq!(exposure(sql, &r, n), expected, "{sql}");
+        }
+        assert!(
+            Exposure::Columns(vec![false]).covers(3),
+            "unknown columns are covered"
+        );
+    }
+
+    #[test]
+    fn connections_without_column_rules_never_expose() {
+        let cfg: MaskingConfig =
+            toml::from_str("[[rules]]\ndetect = [\"email\"]\nstyle = \"redact\"").unwrap();
+        let r = CompiledRules::compile(&cfg, None).unwrap();
+        assert!(!exposes("SELECT lower(email) FROM users", &r));
+    }
+}
