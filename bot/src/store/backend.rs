@@ -879,14 +879,14 @@ macro_rules! sql_store {
                     );
                     qb.push_values(chunk, |mut b, st| {
                         b.push_bind(st.session_id.to_string())
-                            .push_bind(st.sql.clone())
-                            .push_bind(st.statement_hash.as_str().to_string())
-                            .push_bind(st.decision.clone())
+                            .push_bind(st.sql.as_str())
+                            .push_bind(st.statement_hash.as_str())
+                            .push_bind(st.decision.as_str())
                             .push_bind(st.request_id.map(|r| r.to_string()))
-                            .push_bind(st.outcome.clone())
-                            .push_bind(st.command_tag.clone())
+                            .push_bind(st.outcome.as_str())
+                            .push_bind(st.command_tag.as_deref())
                             .push_bind(st.rows.map(|r| r.min(i64::MAX as u64) as i64))
-                            .push_bind(st.error.clone())
+                            .push_bind(st.error.as_deref())
                             .push_bind(st.masked_fields.min(i64::MAX as u64) as i64)
                             .push_bind(st.duration_us.min(i64::MAX as u64) as i64)
                             .push_bind(time_to_ms(st.at));
