@@ -78,6 +78,8 @@ const SIDE_EFFECTS: &[(&str, &str)] = &[
 const READ_ONLY: &[&str] = &[
     "abs",
     "age",
+    // ARRAY(subquery), the constructor psql's \d uses; the subquery is classified on its own.
+    "array",
     "array_agg",
     "array_append",
     "array_cat",
