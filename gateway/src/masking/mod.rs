@@ -270,8 +270,23 @@ impl Masker {
                 } else {
                     raw
                 };
-                std::str::from_utf8(bytes).map_err(|_| UnreadableValue)?
+                // One pass rules detectors out and tells ASCII apart: most values end here, with
+                // no UTF-8 validation (ASCII is valid UTF-8) and no detector run.
+                let screen = candidates::screen(bytes, self.rules.detectors);
+                if screen.candidates.is_empty() {
+                    if !screen.ascii {
+                        std::str::from_utf8(bytes).map_err(|_| UnreadableValue)?;
+                    }
+                    return Ok(Outcome::Unchanged);
+                }
+                let text = std::str::from_utf8(bytes).map_err(|_| UnreadableValue)?;
+                detect::find_among(text, screen.candidates, findings);
+                return self.replace_findings(col, text, findings, hashes, out);
             }
+            // An `int2`/`int4` prints as at most 11 characters, `-` and digits: too few digits for a
+            // card (13), and neither the `+`, the separators nor the dashes every phone number and SSN
+            // of up to 10 digits needs. No detector can match; `int8` is decoded and scanned.
+            (true, TypeClass::Int) if matches!(raw.len(), 2 | 4) => return Ok(Outcome::Unchanged),
             (true, TypeClass::Int) => {
                 decoded.clear();
                 write_int(raw, decoded).ok_or(UnreadableValue)?;
@@ -286,6 +301,18 @@ impl Masker {
             (true, TypeClass::Unknown) => return Ok(Outcome::Null),
         };
         detect::find(text, self.rules.detectors, findings);
+        self.replace_findings(col, text, findings, hashes, out)
+    }
+
+    /// Appends `text` with its `findings` styled to `out` (NULL for non-text types).
+    fn replace_findings(
+        &self,
+        col: &ColumnPlan,
+        text: &str,
+        findings: &[Finding],
+        hashes: &mut HashCache,
+        out: &mut String,
+    ) -> Result<Outcome, UnreadableValue> {
         if findings.is_empty() {
             return Ok(Outcome::Unchanged);
         }
