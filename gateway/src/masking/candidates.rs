@@ -457,4 +457,32 @@ mod tests {
             assert!(names(text).contains(want), "{text:?}: {:?}", names(text));
         }
     }
+
+    #[test]
+    fn screen_reports_ascii_only_for_all_ascii_values() {
+        let on: DetectorSet = Detector::ALL.into_iter().collect();
+        assert!(screen(b"plain words 123", on).ascii);
+        assert!(screen(b"", on).ascii);
+        assert!(!screen("Grüße".as_bytes(), on).ascii);
+        assert!(!screen(b"\xff", on).ascii);
+        assert!(!screen(b"\xff", DetectorSet::default()).ascii);
+    }
+
+    #[test]
+    fn counts_survive_values_longer_than_a_count_chunk() {
+        // Digits, capitals, dots and colons are counted in 16-bit fields per chunk: a long value
+        // must not wrap them and drop a detector.
+        let mut long = "x".repeat(COUNT_CHUNK - 3);
+        long.push_str(" 4111 1111 1111 1111 GB82WEST12345698765432 10.0.0.1 fe80::1 ");
+        long.push_str(&"9".repeat(3 * COUNT_CHUNK));
+        let found = candidates(long.as_bytes(), Detector::ALL.into_iter().collect());
+        for d in [
+            Detector::Card,
+            Detector::Iban,
+            Detector::Ipv4,
+            Detector::Ipv6,
+        ] {
+            assert!(found.contains(d), "{d:?}");
+        }
+    }
 }

@@ -106,15 +106,16 @@ fn keyed_hash(mac: &Hmac<Sha256>, value: &str) -> [u8; DIGEST] {
     digest
 }
 
-/// Appends `hash:` and the digest in lower-case hex, without an intermediate string.
+/// Appends `hash:` and the digest in lower-case hex, built on the stack and appended at once.
 fn push_hash(digest: &[u8; DIGEST], out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(5 + 2 * DIGEST);
-    out.push_str("hash:");
-    for b in digest {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+    let mut text = *b"hash:00000000000000000000000000000000";
+    for (i, b) in digest.iter().enumerate() {
+        text[5 + 2 * i] = HEX[usize::from(b >> 4)];
+        text[6 + 2 * i] = HEX[usize::from(b & 15)];
     }
+    // Only ASCII was written, so this never fails.
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
 
 fn partial(value: &str, out: &mut String) {
