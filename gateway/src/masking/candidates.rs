@@ -199,14 +199,18 @@ fn before(b: &[u8], i: usize, pat: &[u8]) -> bool {
 
 /// True when `needle` occurs in `hay`; `fold` ignores ASCII case (`needle` is then lower case).
 fn contains(hay: &[u8], needle: &[u8], fold: bool) -> bool {
+    let Some(last) = hay.len().checked_sub(needle.len()) else {
+        return false;
+    };
+    // Folding sets the lower-case bit; a lower-case needle letter then matches either case.
+    let fold = if fold { 0x20 } else { 0 };
     let first = needle[0];
-    hay.iter().enumerate().any(|(i, &c)| {
-        (c == first || (fold && c | 0x20 == first))
-            && hay.get(i..i + needle.len()).is_some_and(|w| {
-                w.iter()
-                    .zip(needle)
-                    .all(|(c, n)| c == n || (fold && c | 0x20 == *n))
-            })
+    (0..=last).any(|i| {
+        hay[i] | fold == first
+            && hay[i + 1..i + needle.len()]
+                .iter()
+                .zip(&needle[1..])
+                .all(|(c, n)| c | fold == *n)
     })
 }
 
