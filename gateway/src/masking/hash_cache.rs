@@ -6,8 +6,9 @@
 //! [`MAX_VALUE`] bytes (about 18 KiB, allocated on the first insert) and doubles, up to [`SLOTS`] (about
 //! 290 KiB), only while misses keep evicting live entries (one in eight lookups and inserts, over a
 //! table's worth of them), i.e. while the session's working set of hashed values is larger than the
-//! cache. A new value evicts the older of its set's two entries. Longer values are not cached. One cache serves one session of one [`super::Masker`], whose hash rules all share one
-//! key, so a value has one output; caches are never shared between sessions.
+//! cache. A new value evicts the older of its set's two entries. Longer values are not cached. One
+//! cache serves one session of one [`super::Masker`], whose hash rules all share one key, so a value
+//! has one output; caches are never shared between sessions.
 
 use std::hash::{BuildHasher, RandomState};
 
