@@ -37,6 +37,26 @@ const LETTER_B: u32 = 1 << 13;
 const LETTER_K: u32 = 1 << 14;
 /// `+`, before a phone number.
 const PLUS: u32 = 1 << 15;
+/// A byte of a multi-byte UTF-8 sequence (or an invalid byte): the value needs UTF-8 validation.
+const NON_ASCII: u32 = 1 << 16;
+// The other letters of `bearer` and `token`, either case (`b` and `k` are above).
+const LETTER_T: u32 = 1 << 17;
+const LETTER_O: u32 = 1 << 18;
+const LETTER_E: u32 = 1 << 19;
+const LETTER_N: u32 = 1 << 20;
+const LETTER_A: u32 = 1 << 21;
+const LETTER_R: u32 = 1 << 22;
+const BEARER: u32 = LETTER_B | LETTER_E | LETTER_A | LETTER_R;
+const TOKEN: u32 = LETTER_T | LETTER_O | LETTER_K | LETTER_E | LETTER_N;
+
+// Byte counts, in 16-bit fields of one `u64` (`COUNT`), so the first pass adds once per byte.
+// Values are counted in chunks short enough that no field overflows.
+const COUNT_DIGIT: u64 = 1;
+/// `A`–`Z` or `0`–`9`: the characters of an IBAN.
+const COUNT_UPPER_OR_DIGIT: u64 = 1 << 16;
+const COUNT_DOT: u64 = 1 << 32;
+const COUNT_COLON: u64 = 1 << 48;
+const COUNT_CHUNK: usize = u16::MAX as usize;
 
 const fn class_table() -> [u32; 256] {
     let mut t = [0u32; 256];
@@ -71,6 +91,18 @@ const fn class_table() -> [u32; 256] {
             b'+' => PLUS,
             _ => 0,
         };
+        k |= match b | 0x20 {
+            b't' => LETTER_T,
+            b'o' => LETTER_O,
+            b'e' => LETTER_E,
+            b'n' => LETTER_N,
+            b'a' => LETTER_A,
+            b'r' => LETTER_R,
+            _ => 0,
+        } * (b.is_ascii_alphabetic() as u32);
+        if b >= 0x80 {
+            k |= NON_ASCII;
+        }
         t[c] = k;
         c += 1;
     }
@@ -78,6 +110,83 @@ const fn class_table() -> [u32; 256] {
 }
 
 static CLASS: [u32; 256] = class_table();
+
+const fn count_table() -> [u64; 256] {
+    let mut t = [0u64; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let mut k = 0;
+        if b.is_ascii_digit() {
+            k |= COUNT_DIGIT | COUNT_UPPER_OR_DIGIT;
+        }
+        if b.is_ascii_uppercase() {
+            k |= COUNT_UPPER_OR_DIGIT;
+        }
+        if b == b'.' {
+            k |= COUNT_DOT;
+        }
+        if b == b':' {
+            k |= COUNT_COLON;
+        }
+        t[c] = k;
+        c += 1;
+    }
+    t
+}
+
+static COUNT: [u64; 256] = count_table();
+
+/// What one pass over a value's bytes found: which byte classes occur and how many of some.
+#[derive(Debug, Clone, Copy, Default)]
+struct Summary {
+    seen: u32,
+    digits: usize,
+    upper_or_digit: usize,
+    dots: usize,
+    colons: usize,
+}
+
+impl Summary {
+    fn of(b: &[u8]) -> Summary {
+        let mut s = Summary::default();
+        for chunk in b.chunks(COUNT_CHUNK) {
+            let (mut seen, mut counts) = (0u32, 0u64);
+            for &c in chunk {
+                seen |= CLASS[c as usize];
+                counts += COUNT[c as usize];
+            }
+            let field = |shift: u32| ((counts >> shift) & 0xffff) as usize;
+            s.seen |= seen;
+            s.digits += field(0);
+            s.upper_or_digit += field(16);
+            s.dots += field(32);
+            s.colons += field(48);
+        }
+        s
+    }
+}
+
+/// The most digits in one run of digits and separators (`is_run_char`).
+fn max_digit_run(b: &[u8]) -> usize {
+    // Branch-free: the run count drops to zero outside a run.
+    let (mut run, mut max_run) = (0usize, 0usize);
+    for &c in b {
+        let k = CLASS[c as usize];
+        run = (run + (k & DIGIT) as usize) * usize::from(k & (DIGIT | RUN_SEP) != 0);
+        max_run = max_run.max(run);
+    }
+    max_run
+}
+
+/// The outcome of [`screen`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Screen {
+    /// The detectors that could find something (as [`candidates`] returns them).
+    pub candidates: DetectorSet,
+    /// True when every byte is ASCII, so the value is valid UTF-8 without further checking.
+    pub ascii: bool,
+}
 
 fn is(b: u8, class: u32) -> bool {
     CLASS[b as usize] & class != 0
@@ -90,29 +199,54 @@ fn before(b: &[u8], i: usize, pat: &[u8]) -> bool {
 
 /// True when `needle` occurs in `hay`; `fold` ignores ASCII case (`needle` is then lower case).
 fn contains(hay: &[u8], needle: &[u8], fold: bool) -> bool {
+    let Some(last) = hay.len().checked_sub(needle.len()) else {
+        return false;
+    };
+    // Folding sets the lower-case bit; a lower-case needle letter then matches either case.
+    let fold = if fold { 0x20 } else { 0 };
     let first = needle[0];
-    hay.iter().enumerate().any(|(i, &c)| {
-        (c == first || (fold && c | 0x20 == first))
-            && hay.get(i..i + needle.len()).is_some_and(|w| {
-                w.iter()
-                    .zip(needle)
-                    .all(|(c, n)| c == n || (fold && c | 0x20 == *n))
-            })
+    (0..=last).any(|i| {
+        hay[i] | fold == first
+            && hay[i + 1..i + needle.len()]
+                .iter()
+                .zip(&needle[1..])
+                .all(|(c, n)| c | fold == *n)
     })
 }
 
 /// The detectors in `on` that could find something in `b`; every other detector would find nothing.
 pub fn candidates(b: &[u8], on: DetectorSet) -> DetectorSet {
-    // Which classes occur, how many digits, and the most digits in one run of digits and separators
-    // (branch-free: the run count drops to zero outside a run).
-    let (mut seen, mut digits, mut run, mut max_run) = (0u32, 0usize, 0usize, 0usize);
-    for &c in b {
-        let k = CLASS[c as usize];
-        seen |= k;
-        digits += (k & DIGIT) as usize;
-        run = (run + (k & DIGIT) as usize) * usize::from(k & (DIGIT | RUN_SEP) != 0);
-        max_run = max_run.max(run);
+    screen(b, on).candidates
+}
+
+/// [`candidates`], and whether `b` is all ASCII (one pass serves both, so a value that no detector
+/// can match needs no separate UTF-8 validation when it is ASCII).
+pub fn screen(b: &[u8], on: DetectorSet) -> Screen {
+    let summary = Summary::of(b);
+    Screen {
+        candidates: if on.is_empty() {
+            DetectorSet::default()
+        } else {
+            candidates_from(b, on, summary)
+        },
+        ascii: summary.seen & NON_ASCII == 0,
     }
+}
+
+fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
+    let Summary {
+        seen,
+        digits,
+        upper_or_digit,
+        dots,
+        colons,
+    } = summary;
+    // A card has 13 digits in one run, a phone 7 (after a `+`) or 10, an SSN 9: with fewer digits
+    // in the whole value, no run need be measured.
+    let numeric = (on.contains(Detector::Card) && digits >= 13)
+        || (on.contains(Detector::Phone) && (digits >= 10 || (digits >= 7 && seen & PLUS != 0)))
+        || (on.contains(Detector::Ssn) && digits >= 9 && seen & DASH != 0);
+    let max_run = if numeric { max_digit_run(b) } else { 0 };
     let mut found = DetectorSet::default();
     let mut check = |d: Detector, possible: bool| {
         if possible {
@@ -133,12 +267,13 @@ pub fn candidates(b: &[u8], on: DetectorSet) -> DetectorSet {
             && seen & DASH != 0
             && contains(b, b"-----B", false),
     );
-    // `AA00` starts every IBAN.
+    // `AA00` starts every IBAN, a token of 15 or more capitals and digits.
     check(
         Detector::Iban,
         on_(Detector::Iban)
             && seen & UPPER != 0
             && digits >= 2
+            && upper_or_digit >= 15
             && b.windows(4)
                 .any(|w| is(w[0], UPPER) && is(w[1], UPPER) && is(w[2], DIGIT) && is(w[3], DIGIT)),
     );
@@ -146,7 +281,7 @@ pub fn candidates(b: &[u8], on: DetectorSet) -> DetectorSet {
     check(
         Detector::Ipv4,
         on_(Detector::Ipv4)
-            && seen & DOT != 0
+            && dots >= 3
             && digits >= 4
             && b.windows(3)
                 .filter(|w| w[1] == b'.' && is(w[0], DIGIT) && is(w[2], DIGIT))
@@ -156,10 +291,7 @@ pub fn candidates(b: &[u8], on: DetectorSet) -> DetectorSet {
     // IPv6 without `::` has seven colons (six before an embedded IPv4 address).
     check(
         Detector::Ipv6,
-        on_(Detector::Ipv6) && seen & COLON != 0 && {
-            let colons = b.iter().filter(|&&c| c == b':').count();
-            colons >= 6 || (colons >= 2 && contains(b, b"::", false))
-        },
+        on_(Detector::Ipv6) && (colons >= 6 || (colons >= 2 && contains(b, b"::", false))),
     );
     check(
         Detector::ApiKey,
@@ -212,8 +344,8 @@ fn api_key_possible(b: &[u8], seen: u32, digits: usize) -> bool {
         // The secret after `token ` / `bearer ` has 16+ characters, one a digit.
         || (digits > 0
             && b.len() >= 22
-            && ((seen & LETTER_K != 0 && contains(b, b"token", true))
-                || (seen & LETTER_B != 0 && contains(b, b"bearer", true))))
+            && ((seen & TOKEN == TOKEN && contains(b, b"token", true))
+                || (seen & BEARER == BEARER && contains(b, b"bearer", true))))
 }
 
 /// Phone and SSN conditions (and the card's) over runs of digits and separators.
@@ -327,6 +459,34 @@ mod tests {
         ];
         for (text, want) in cases {
             assert!(names(text).contains(want), "{text:?}: {:?}", names(text));
+        }
+    }
+
+    #[test]
+    fn screen_reports_ascii_only_for_all_ascii_values() {
+        let on: DetectorSet = Detector::ALL.into_iter().collect();
+        assert!(screen(b"plain words 123", on).ascii);
+        assert!(screen(b"", on).ascii);
+        assert!(!screen("Grüße".as_bytes(), on).ascii);
+        assert!(!screen(b"\xff", on).ascii);
+        assert!(!screen(b"\xff", DetectorSet::default()).ascii);
+    }
+
+    #[test]
+    fn counts_survive_values_longer_than_a_count_chunk() {
+        // Digits, capitals, dots and colons are counted in 16-bit fields per chunk: a long value
+        // must not wrap them and drop a detector.
+        let mut long = "x".repeat(COUNT_CHUNK - 3);
+        long.push_str(" 4111 1111 1111 1111 GB82WEST12345698765432 10.0.0.1 fe80::1 ");
+        long.push_str(&"9".repeat(3 * COUNT_CHUNK));
+        let found = candidates(long.as_bytes(), Detector::ALL.into_iter().collect());
+        for d in [
+            Detector::Card,
+            Detector::Iban,
+            Detector::Ipv4,
+            Detector::Ipv6,
+        ] {
+            assert!(found.contains(d), "{d:?}");
         }
     }
 }

@@ -1,7 +1,8 @@
 //! RowDescription → [`ResultPlan`], and DataRow rewriting with recomputed lengths.
 
 use super::derived::Exposure;
-use super::{MaskScratch, Masker, Outcome, ResultPlan, TableNames};
+use super::detect::DetectorSet;
+use super::{ColumnPlan, MaskScratch, Masker, Outcome, ResultPlan, TableNames, TypeClass};
 use bytes::{BufMut, BytesMut};
 
 /// A backend message the masker could not parse; the result is withheld.
@@ -153,6 +154,42 @@ pub struct RowScratch {
     values: MaskScratch,
     text: String,
     changes: Vec<(usize, Change)>,
+    /// Per column, the last value detectors left unchanged.
+    clear: Vec<ClearValue>,
+}
+
+/// Values longer than this are not remembered as clear (copying and comparing them would cost more
+/// than the scan they save).
+const MAX_CLEAR_VALUE: usize = 256;
+
+/// A value detectors left unchanged, with everything that outcome depends on besides the bytes: a
+/// column without a whole-value style leaves a value unchanged as a function of its format, type class
+/// and the detectors that are on. So the same bytes again in such a column are unchanged again,
+/// whichever plan or masker saw them first (consecutive rows often repeat a timestamp, a status, a
+/// placeholder).
+#[derive(Debug, Default)]
+struct ClearValue {
+    /// None when nothing is remembered.
+    key: Option<(bool, TypeClass, DetectorSet)>,
+    value: Vec<u8>,
+}
+
+impl ClearValue {
+    fn key(col: &ColumnPlan, detectors: DetectorSet) -> Option<(bool, TypeClass, DetectorSet)> {
+        (col.style.is_none() && col.detect).then_some((col.binary, col.class, detectors))
+    }
+
+    fn holds(&self, col: &ColumnPlan, detectors: DetectorSet, value: &[u8]) -> bool {
+        self.key.is_some() && self.key == Self::key(col, detectors) && self.value == value
+    }
+
+    fn remember(&mut self, col: &ColumnPlan, detectors: DetectorSet, value: &[u8]) {
+        self.key = Self::key(col, detectors).filter(|_| value.len() <= MAX_CLEAR_VALUE);
+        if self.key.is_some() {
+            self.value.clear();
+            self.value.extend_from_slice(value);
+        }
+    }
 }
 
 /// A column's replacement in the row being rewritten.
@@ -184,6 +221,10 @@ pub fn mask_data_row(
     }
     scratch.changes.clear();
     scratch.text.clear();
+    if scratch.clear.len() < n {
+        scratch.clear.resize_with(n, ClearValue::default);
+    }
+    let detectors = masker.rules().detectors;
     let mut at = 2;
     for (i, col) in plan.columns.iter().enumerate() {
         let len = i32_at(body, at).ok_or_else(bad)?;
@@ -198,9 +239,13 @@ pub fn mask_data_row(
         let value = body.get(at..end).ok_or_else(bad)?;
         at = end;
         if col.active() {
+            let clear = &mut scratch.clear[i];
+            if clear.holds(col, detectors, value) {
+                continue;
+            }
             let start = scratch.text.len();
             match masker.mask_value_into(col, value, &mut scratch.values, &mut scratch.text)? {
-                Outcome::Unchanged => {}
+                Outcome::Unchanged => scratch.clear[i].remember(col, detectors, value),
                 Outcome::Null => scratch.changes.push((i, Change::Null)),
                 Outcome::Text => scratch
                     .changes
@@ -431,5 +476,66 @@ pub(crate) mod tests {
             Err(RowError::Malformed("DataRow"))
         );
         assert!(plan_row_description(&m, b"\x00\x01abc").is_err());
+    }
+
+    #[test]
+    fn a_repeated_clear_value_is_skipped_but_never_a_value_that_must_be_masked() {
+        let m = masker();
+        let p = plan(&[("note", 25, 0), ("created", 25, 0)]);
+        let s = &mut RowScratch::default();
+        let created: &[u8] = b"2026-05-09 21:35:35.123456+00";
+        let mut masked = Vec::new();
+        for note in [
+            &b"plain words"[..],
+            b"plain words",
+            b"paid 4111111111111111",
+            b"plain words",
+            b"paid 4111111111111111",
+        ] {
+            let mut out = BytesMut::new();
+            let n = mask_data_row(&m, &p, &data_row(&[Some(note), Some(created)]), &mut out, s)
+                .unwrap();
+            masked.push(n);
+            if n > 0 {
+                let values = values_of(&out);
+                assert_eq!(values[0].as_deref(), Some(&b"paid ************1111"[..]));
+                assert_eq!(values[1].as_deref(), Some(created));
+            }
+        }
+        assert_eq!(masked, [0, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_value_remembered_as_clear_is_still_masked_under_other_rules() {
+        let card: &[u8] = b"4111111111111111";
+        let s = &mut RowScratch::default();
+        let mut out = BytesMut::new();
+        // Clear for a masker detecting only e-mails...
+        let cfg: MaskingConfig =
+            toml::from_str("[[rules]]\ndetect=[\"email\"]\nstyle=\"redact\"").unwrap();
+        let emails = Masker::new(&cfg, None).unwrap();
+        let p = plan_row_description(&emails, &row_description(&[("note", 25, 0)])[5..]).unwrap();
+        let row = data_row(&[Some(card)]);
+        assert_eq!(mask_data_row(&emails, &p, &row, &mut out, s), Ok(0));
+        // ...masked by one detecting cards, with the same scratch,
+        let m = masker();
+        let p = plan(&[("note", 25, 0)]);
+        assert_eq!(mask_data_row(&m, &p, &row, &mut out, s), Ok(1));
+        out.clear();
+        // by a column rule in the same position,
+        let p = plan(&[("ssn", 25, 0)]);
+        let row = data_row(&[Some(b"plain words")]);
+        let q = plan(&[("note", 25, 0)]);
+        assert_eq!(mask_data_row(&m, &q, &row, &mut out, s), Ok(0));
+        assert_eq!(mask_data_row(&m, &p, &row, &mut out, s), Ok(1));
+        assert_eq!(values_of(&out)[0].as_deref(), Some(&b"[redacted]"[..]));
+        out.clear();
+        // and in a non-text column, where a detection becomes NULL.
+        let p = plan(&[("n", 20, 0)]);
+        assert_eq!(
+            mask_data_row(&m, &p, &data_row(&[Some(card)]), &mut out, s),
+            Ok(1)
+        );
+        assert_eq!(values_of(&out)[0], None);
     }
 }

@@ -156,6 +156,15 @@ pub fn find(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     }
 }
 
+/// [`find`] for a value whose candidates [`super::candidates::screen`] has already picked out of the
+/// detectors that are on (the screen's result, never the full set: that would skip no scanner).
+pub fn find_among(text: &str, candidates: DetectorSet, out: &mut Vec<Finding>) {
+    out.clear();
+    if !candidates.is_empty() && !text.is_empty() {
+        scan(text, candidates, out);
+    }
+}
+
 /// Runs the scanners `on` needs over `text`, then keeps the first of overlapping findings.
 fn scan(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     if on.contains(Detector::PrivateKey) {

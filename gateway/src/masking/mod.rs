@@ -297,8 +297,23 @@ impl Masker {
                 } else {
                     raw
                 };
-                std::str::from_utf8(bytes).map_err(|_| UnreadableValue)?
+                // One pass rules detectors out and tells ASCII apart: most values end here, with
+                // no UTF-8 validation (ASCII is valid UTF-8) and no detector run.
+                let screen = candidates::screen(bytes, self.rules.detectors);
+                if screen.candidates.is_empty() {
+                    if !screen.ascii {
+                        std::str::from_utf8(bytes).map_err(|_| UnreadableValue)?;
+                    }
+                    return Ok(Outcome::Unchanged);
+                }
+                let text = std::str::from_utf8(bytes).map_err(|_| UnreadableValue)?;
+                detect::find_among(text, screen.candidates, findings);
+                return self.replace_findings(col, text, findings, hashes, out);
             }
+            // An `int2`/`int4` prints as at most 11 characters, `-` and digits: too few digits for a
+            // card (13), and neither the `+`, the separators nor the dashes every phone number and SSN
+            // of up to 10 digits needs. No detector can match; `int8` is decoded and scanned.
+            (true, TypeClass::Int) if matches!(raw.len(), 2 | 4) => return Ok(Outcome::Unchanged),
             (true, TypeClass::Int) => {
                 decoded.clear();
                 write_int(raw, decoded).ok_or(UnreadableValue)?;
@@ -313,6 +328,18 @@ impl Masker {
             (true, TypeClass::Unknown) => return Ok(Outcome::Null),
         };
         detect::find(text, self.rules.detectors, findings);
+        self.replace_findings(col, text, findings, hashes, out)
+    }
+
+    /// Appends `text` with its `findings` styled to `out` (NULL for non-text types).
+    fn replace_findings(
+        &self,
+        col: &ColumnPlan,
+        text: &str,
+        findings: &[Finding],
+        hashes: &mut HashCache,
+        out: &mut String,
+    ) -> Result<Outcome, UnreadableValue> {
         if findings.is_empty() {
             return Ok(Outcome::Unchanged);
         }
@@ -716,5 +743,72 @@ mod tests {
         assert_eq!(set.rows[0][2].as_deref(), Some("ssn *******6789"));
         assert_eq!(set.rows[1][1], None);
         assert_eq!(set.rows[1][2].as_deref(), Some("nothing here"));
+    }
+
+    #[test]
+    fn binary_int2_and_int4_values_never_hold_a_detection() {
+        // The fast path skips them; the text of every boundary value finds nothing with all detectors.
+        let all: detect::DetectorSet = Detector::ALL.into_iter().collect();
+        let mut findings = Vec::new();
+        for v in [
+            i64::from(i32::MIN),
+            i64::from(i32::MAX),
+            -1_999_999_999,
+            4_111_111_111,
+            2_147_483_647,
+            1_234_567_890,
+            2_055_550_100,
+            123_456_789,
+            i64::from(i16::MIN),
+            i64::from(i16::MAX),
+            0,
+        ] {
+            if let Ok(v) = i32::try_from(v) {
+                detect::find(&v.to_string(), all, &mut findings);
+                assert!(findings.is_empty(), "{v}: {findings:?}");
+            }
+        }
+        let m = Masker::new(
+            &toml::from_str(
+                "[[rules]]\ndetect=[\"email\",\"phone\",\"card\",\"iban\",\"ssn\",\"jwt\",\"api_key\",\"private_key\",\"ipv4\",\"ipv6\"]\nstyle=\"redact\"",
+            )
+            .unwrap(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            mask(&m, "n", 23, true, &i32::MAX.to_be_bytes()),
+            Masked::Unchanged
+        );
+        assert_eq!(
+            mask(&m, "n", 21, true, &i16::MIN.to_be_bytes()),
+            Masked::Unchanged
+        );
+        // A length that is no integer is unreadable, and int8 is still decoded and scanned.
+        assert!(m
+            .mask_value(&m.column("n", 23, true), &[0, 0, 1], &mut Vec::new())
+            .is_err());
+        assert_eq!(
+            mask(&m, "n", 20, true, &4111111111111111i64.to_be_bytes()),
+            Masked::Null
+        );
+    }
+
+    #[test]
+    fn detectors_still_refuse_non_utf8_text_that_no_detector_matches() {
+        let m = masker(RULES);
+        let col = m.column("note", 25, false);
+        for raw in [&b"caf\xe9"[..], b"\xff", b"ok \xc3"] {
+            assert_eq!(
+                m.mask_value(&col, raw, &mut Vec::new()),
+                Err(UnreadableValue),
+                "{raw:?}"
+            );
+        }
+        // Valid multi-byte text with nothing to find passes unchanged.
+        assert_eq!(
+            mask(&m, "note", 25, false, "Grüße aus Köln ✓".as_bytes()),
+            Masked::Unchanged
+        );
     }
 }

@@ -106,18 +106,22 @@ fn keyed_hash(mac: &Hmac<Sha256>, value: &str) -> [u8; DIGEST] {
     digest
 }
 
-/// Appends `hash:` and the digest in lower-case hex, without an intermediate string.
+/// Appends `hash:` and the digest in lower-case hex, built on the stack and appended at once.
 fn push_hash(digest: &[u8; DIGEST], out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(5 + 2 * DIGEST);
-    out.push_str("hash:");
-    for b in digest {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+    let mut text = *b"hash:00000000000000000000000000000000";
+    for (i, b) in digest.iter().enumerate() {
+        text[5 + 2 * i] = HEX[usize::from(b >> 4)];
+        text[6 + 2 * i] = HEX[usize::from(b & 15)];
     }
+    // Only ASCII was written, so this never fails.
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
 
 fn partial(value: &str, out: &mut String) {
+    if value.is_ascii() {
+        return partial_ascii(value, out);
+    }
     if let Some((local, domain)) = value.split_once('@') {
         let mut chars = local.chars();
         if let Some(first) = chars.next() {
@@ -140,6 +144,32 @@ fn partial(value: &str, out: &mut String) {
             out.push(c);
         }
     }
+}
+
+/// [`partial`] for ASCII text, where a character is a byte (the common case, without char decoding).
+fn partial_ascii(value: &str, out: &mut String) {
+    let b = value.as_bytes();
+    out.reserve(b.len());
+    if let Some(at) = b.iter().position(|&c| c == b'@') {
+        if at > 0 {
+            out.push(char::from(b[0]));
+            out.extend(std::iter::repeat_n('*', at - 1));
+        }
+        out.push_str(&value[at..]);
+        return;
+    }
+    let alnum = b.iter().filter(|c| c.is_ascii_alphanumeric()).count();
+    let keep = if alnum >= 8 { 4 } else { 0 };
+    let mut seen = 0;
+    out.extend(b.iter().map(|&c| {
+        if c.is_ascii_alphanumeric() {
+            seen += 1;
+            if seen <= alnum - keep {
+                return '*';
+            }
+        }
+        char::from(c)
+    }));
 }
 
 #[cfg(test)]
@@ -222,5 +252,53 @@ mod tests {
     #[test]
     fn debug_output_never_shows_the_key() {
         assert_eq!(format!("{:?}", Style::hash(b"secret")), "Hash(<key>)");
+    }
+
+    #[test]
+    fn partial_of_ascii_text_matches_the_general_path() {
+        let values = [
+            "",
+            "@",
+            "a@",
+            "@example.com",
+            "jane.doe@example.com",
+            "a@b@c",
+            "4111-1111-1111-1111",
+            "+1 (415) 555-0100",
+            "123-45-67",
+            "1234567",
+            "12345678",
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            "GB82 WEST 1234 5698 7654 32",
+            "-----BEGIN PRIVATE KEY-----\nMIIE",
+            "fe80::1ff:fe23:4567:890a",
+        ];
+        for v in values {
+            let (mut fast, mut general) = (String::new(), String::new());
+            partial_ascii(v, &mut fast);
+            // The general path, as `partial` runs it for non-ASCII text.
+            if let Some((local, domain)) = v.split_once('@') {
+                let mut chars = local.chars();
+                if let Some(first) = chars.next() {
+                    general.push(first);
+                }
+                general.extend(chars.map(|_| '*'));
+                general.push('@');
+                general.push_str(domain);
+            } else {
+                let alnum = v.chars().filter(|c| c.is_alphanumeric()).count();
+                let keep = if alnum >= 8 { 4 } else { 0 };
+                let mut seen = 0;
+                for c in v.chars() {
+                    if c.is_alphanumeric() {
+                        seen += 1;
+                        general.push(if seen > alnum - keep { c } else { '*' });
+                    } else {
+                        general.push(c);
+                    }
+                }
+            }
+            assert_eq!(fast, general, "{v:?}");
+        }
     }
 }
