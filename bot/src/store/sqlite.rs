@@ -55,6 +55,15 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
+    /// SQLite has one writer at a time whatever the lock, and its FULL commit is durable on return.
+    async fn begin_audited(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_write().await
+    }
+
+    async fn await_durable(&self) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     /// Session recordings at statement rate: in WAL mode a `NORMAL` commit survives a process crash
     /// and is made durable by the next checkpoint or full-sync commit, so only an OS crash can lose
     /// the last moments of recording, never a request, vote or audit record (those commit with FULL).
