@@ -14,7 +14,7 @@
 //! change durable first, and its flush covers every earlier commit.
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{Connection as _, PgConnection, Postgres, Transaction};
 
 /// Advisory lock key guarding the audit chain's tail ("cs-audit").
 const AUDIT_LOCK_KEY: i64 = 0x6373_2d61_7564_6974;
@@ -48,22 +48,22 @@ impl PgStore {
         self.pool.begin().await
     }
 
-    /// A write that appends to the audit chain: commits without waiting for the WAL flush, so the chain's
-    /// lock is not held through an fsync. Follow a successful commit with [`PgStore::await_durable`].
-    async fn begin_audited(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+    /// A write that appends to the audit chain, on `conn`: commits without waiting for the WAL flush, so the
+    /// chain's lock is not held through an fsync. Follow a successful commit with [`PgStore::await_durable`].
+    async fn begin_audited(
+        conn: &mut PgConnection,
+    ) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+        conn.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await
     }
 
     /// Returns once every transaction committed before the call is on disk: a transactional WAL message
     /// commits synchronously, and flushing its commit record flushes all WAL before it. Concurrent callers
-    /// share flushes (PostgreSQL's own group commit), unlike commits serialised by the audit lock.
-    async fn await_durable(&self) -> Result<(), sqlx::Error> {
+    /// share flushes (PostgreSQL's own group commit), unlike commits serialised by the audit lock. Runs on
+    /// the connection that committed, so an audited change checks out one pool connection, not two.
+    async fn await_durable(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT pg_logical_emit_message(true, 'countersign', 'durable')")
-            .execute(&self.pool)
+            .execute(conn)
             .await?;
         Ok(())
     }

@@ -3,7 +3,7 @@
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::{Connection as _, Sqlite, SqliteConnection, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -56,11 +56,13 @@ impl SqliteStore {
     }
 
     /// SQLite has one writer at a time whatever the lock, and its FULL commit is durable on return.
-    async fn begin_audited(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.begin_write().await
+    async fn begin_audited(
+        conn: &mut SqliteConnection,
+    ) -> Result<Transaction<'_, Sqlite>, sqlx::Error> {
+        conn.begin_with("BEGIN IMMEDIATE").await
     }
 
-    async fn await_durable(&self) -> Result<(), sqlx::Error> {
+    async fn await_durable(_conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
         Ok(())
     }
 
