@@ -67,6 +67,15 @@ pub struct Refusal {
 /// While a change feed is live, waiters re-check the store this many times less often (250 ms → 5 s).
 const LIVE_FEED_POLL_FACTOR: u32 = 20;
 
+/// The safety re-check interval of a waiter while the change feed is live: `poll` × 20, spread ±25% by the
+/// request id. Thousands of statements held in one burst would otherwise re-check the store in one burst
+/// every 5 s, and releases in that moment wait behind them for the store's connections.
+fn live_feed_recheck(poll: Duration, id: RequestId) -> Duration {
+    // The low bits of a v7 id are random.
+    let spread = (id.0.as_u128() % 1024) as u32;
+    poll * LIVE_FEED_POLL_FACTOR * (768 + spread / 2) / 1024
+}
+
 /// Wakes tasks waiting on a request when its status changes in this process.
 #[derive(Default)]
 struct ResolutionHub {
@@ -518,7 +527,7 @@ impl Workflow {
             }
             // With a live change feed, thousands of waiters polling every 250 ms would only load the store.
             let every = if self.feed_live.load(Ordering::SeqCst) {
-                self.poll * LIVE_FEED_POLL_FACTOR
+                live_feed_recheck(self.poll, id)
             } else {
                 self.poll
             };

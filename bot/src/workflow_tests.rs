@@ -562,3 +562,83 @@ async fn rule_reminder_settings_survive_the_store_and_default_to_unset() {
         assert!(stored.request.reminders.is_unset(), "{}", store.backend());
     }
 }
+
+#[tokio::test]
+async fn concurrent_audited_changes_keep_one_intact_chain() {
+    for (store, _g) in stores().await {
+        let wf = Arc::new(workflow(store.clone()));
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let wf = wf.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = created(&wf, &format!("DELETE FROM t{i}"), 1).await;
+                let standalone = wf
+                    .store()
+                    .append_audit(crate::audit::AuditEntry::new(
+                        "system",
+                        "test.note",
+                        "system",
+                    ))
+                    .await
+                    .unwrap();
+                wf.vote(
+                    id,
+                    &human("reviewer1@example.com"),
+                    Decision::Approve,
+                    None,
+                    "api",
+                )
+                .await
+                .unwrap();
+                assert!(wf.claim(id).await.unwrap().is_some());
+                wf.finish(
+                    id,
+                    ExecutionSummary {
+                        command_tag: Some("DELETE 1".into()),
+                        rows: Some(1),
+                        error: None,
+                        duration_ms: 1,
+                    },
+                )
+                .await
+                .unwrap();
+                (id, standalone)
+            }));
+        }
+        let mut done = Vec::new();
+        for t in tasks {
+            done.push(t.await.unwrap());
+        }
+        let records = store.audit_records(0, 10_000).await.unwrap();
+        assert_eq!(records.len(), 24 * 6, "{}", store.backend());
+        assert_eq!(
+            verify_chain(&records),
+            ChainCheck::Intact {
+                records: records.len() as u64
+            },
+            "{}",
+            store.backend()
+        );
+        for (id, standalone) in done {
+            // The record handed back is the stored one.
+            assert_eq!(records[standalone.seq as usize - 1], standalone);
+            let actions: Vec<&str> = records
+                .iter()
+                .filter(|r| r.entry.request_id.as_deref() == Some(id.to_string().as_str()))
+                .map(|r| r.entry.action.as_str())
+                .collect();
+            assert_eq!(
+                actions,
+                [
+                    "request.created",
+                    "vote.recorded",
+                    "request.resolved",
+                    "request.execution_started",
+                    "request.executed"
+                ],
+                "{}",
+                store.backend()
+            );
+        }
+    }
+}

@@ -252,9 +252,12 @@ impl StatementRow {
 }
 
 /// Generates `impl Store` for a backend type with a `pool` field, given its sqlx database and connection
-/// types. The backend type provides `begin_write()`, `LOCK_REQUEST` (select one request by id, locking it),
-/// `lock_audit(conn)` (serialise appends to the chain), `LEASE_SELECT`, `announce(conn, id)` (tell other
-/// replicas a request's status changed, on commit) and `feed()` (the matching [`crate::store::ChangeFeed`]).
+/// types. The backend type provides `begin_write()`, `begin_audited(conn)` (a write that appends to the audit
+/// chain) with `await_durable(conn)` (called after its commit: returns once the commit is on disk), `LOCK_REQUEST`
+/// (select one request by id, locking it), `lock_audit(conn)` (serialise appends to the chain), `LEASE_SELECT`,
+/// `announce(conn, id)` (tell other replicas a request's status changed, on commit) and `feed()` (the
+/// matching [`crate::store::ChangeFeed`]). Audited transactions append their records last, so the chain's lock
+/// covers only the append and the commit.
 macro_rules! sql_store {
     ($ty:ty, $db:ty, $conn:ty) => {
         use $crate::store::backend::{
@@ -357,35 +360,44 @@ macro_rules! sql_store {
                 Ok(Some(RequestView { request, votes }))
             }
 
-            async fn append_audit_in(conn: &mut $conn, entry: &AuditEntry) -> Result<AuditRecord, StoreError> {
+            /// Append entries to the audit chain, in order. The chain's lock is held from here until the
+            /// transaction ends, so call this last, just before committing.
+            async fn append_audits_in(conn: &mut $conn, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError> {
                 Self::lock_audit(&mut *conn).await?;
                 let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
                     .fetch_optional(&mut *conn)
                     .await?;
-                let (prev_seq, prev_hash): (i64, String) = match last {
+                let (mut prev_seq, mut prev_hash): (i64, String) = match last {
                     Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
                     None => (0, GENESIS_HASH.to_string()),
                 };
-                let seq = prev_seq + 1;
-                let at_ms = now_ms();
-                let hash = AuditRecord::compute_hash(seq, at_ms, entry, &prev_hash);
-                sqlx::query(
-                    "INSERT INTO audit (seq, at_ms, actor, action, request_id, decision, channel, statement_hash, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(seq)
-                .bind(at_ms)
-                .bind(&entry.actor)
-                .bind(&entry.action)
-                .bind(&entry.request_id)
-                .bind(&entry.decision)
-                .bind(&entry.channel)
-                .bind(&entry.statement_hash)
-                .bind(serde_json::to_string(&entry.detail)?)
-                .bind(&prev_hash)
-                .bind(&hash)
-                .execute(&mut *conn)
-                .await?;
-                Ok(AuditRecord { seq, at_ms, entry: entry.clone(), prev_hash, hash })
+                let mut records = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let seq = prev_seq + 1;
+                    let at_ms = now_ms();
+                    let hash = AuditRecord::compute_hash(seq, at_ms, entry, &prev_hash);
+                    sqlx::query(
+                        "INSERT INTO audit (seq, at_ms, actor, action, request_id, decision, channel, statement_hash, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(seq)
+                    .bind(at_ms)
+                    .bind(&entry.actor)
+                    .bind(&entry.action)
+                    .bind(&entry.request_id)
+                    .bind(&entry.decision)
+                    .bind(&entry.channel)
+                    .bind(&entry.statement_hash)
+                    .bind(serde_json::to_string(&entry.detail)?)
+                    .bind(&prev_hash)
+                    .bind(&hash)
+                    .execute(&mut *conn)
+                    .await?;
+                    let record = AuditRecord { seq, at_ms, entry: entry.clone(), prev_hash, hash };
+                    prev_seq = seq;
+                    prev_hash = record.hash.clone();
+                    records.push(record);
+                }
+                Ok(records)
             }
 
             async fn enqueue_in(
@@ -428,7 +440,8 @@ macro_rules! sql_store {
             }
 
             async fn create_request(&self, req: &ApprovalRequest, sinks: &[String]) -> Result<RequestView, StoreError> {
-                let mut tx = self.begin_write().await?;
+                let mut conn = self.pool.acquire().await?;
+                let mut tx = Self::begin_audited(&mut *conn).await?;
                 let id = req.id.to_string();
                 sqlx::query(
                     "INSERT INTO requests (id, connection, statement, statement_hash, requester_key, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, $17, $18, $19)",
@@ -470,10 +483,11 @@ macro_rules! sql_store {
                         "quorum": req.quorum,
                         "expires_at": req.expires_at.unix_timestamp(),
                     }));
-                Self::append_audit_in(&mut *tx, &audit).await?;
                 let view = Self::load_view(&mut *tx, &id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
                 Self::enqueue_in(&mut *tx, &WorkflowEvent::Created { request: view.clone() }, &format!("{id}:created"), sinks).await?;
+                Self::append_audits_in(&mut *tx, &[audit]).await?;
                 tx.commit().await?;
+                Self::await_durable(&mut *conn).await?;
                 Ok(view)
             }
 
@@ -524,7 +538,8 @@ macro_rules! sql_store {
 
             async fn cast_vote(&self, vote: &Vote, now_ms: i64, sinks: &[String]) -> Result<VoteOutcome, StoreError> {
                 let id = vote.request_id.to_string();
-                let mut tx = self.begin_write().await?;
+                let mut conn = self.pool.acquire().await?;
+                let mut tx = Self::begin_audited(&mut *conn).await?;
                 let locked = sqlx::query(Self::LOCK_REQUEST).bind(&id).fetch_optional(&mut *tx).await?;
                 if locked.is_none() {
                     return Err(StoreError::NotFound(id));
@@ -560,15 +575,11 @@ macro_rules! sql_store {
                     let reason = "you have already voted on this request".into();
                     return refuse("already_voted", reason, view);
                 }
-                Self::append_audit_in(
-                    &mut *tx,
-                    &AuditEntry::new(vote.voter.0.clone(), "vote.recorded", vote.channel.clone())
-                        .request(&id)
-                        .decision(vote.decision.as_str())
-                        .statement(&view.request.statement_hash)
-                        .detail(serde_json::json!({ "reason": vote.reason, "voter_name": vote.voter_name })),
-                )
-                .await?;
+                let mut audit = vec![AuditEntry::new(vote.voter.0.clone(), "vote.recorded", vote.channel.clone())
+                    .request(&id)
+                    .decision(vote.decision.as_str())
+                    .statement(&view.request.statement_hash)
+                    .detail(serde_json::json!({ "reason": vote.reason, "voter_name": vote.voter_name }))];
                 let approvals = view.approvals() + usize::from(vote.decision == Decision::Approve);
                 let new_status = match vote.decision {
                     Decision::Deny => Some(RequestStatus::Denied),
@@ -582,15 +593,13 @@ macro_rules! sql_store {
                         .bind(&id)
                         .execute(&mut *tx)
                         .await?;
-                    Self::append_audit_in(
-                        &mut *tx,
-                        &AuditEntry::new("system", "request.resolved", vote.channel.clone())
+                    audit.push(
+                        AuditEntry::new("system", "request.resolved", vote.channel.clone())
                             .request(&id)
                             .decision(status.as_str())
                             .statement(&view.request.statement_hash)
                             .detail(serde_json::json!({ "approvals": approvals, "quorum": view.request.quorum })),
-                    )
-                    .await?;
+                    );
                     Self::announce(&mut *tx, &id).await?;
                 }
                 let view = Self::load_view(&mut *tx, &id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
@@ -605,13 +614,16 @@ macro_rules! sql_store {
                 if new_status.is_some() {
                     Self::enqueue_in(&mut *tx, &WorkflowEvent::Resolved { request: view.clone() }, &format!("{id}:resolved"), sinks).await?;
                 }
+                Self::append_audits_in(&mut *tx, &audit).await?;
                 tx.commit().await?;
+                Self::await_durable(&mut *conn).await?;
                 Ok(VoteOutcome::Recorded { view, resolved: new_status.is_some() })
             }
 
             async fn transition(&self, id: RequestId, t: Transition, sinks: &[String]) -> Result<Option<RequestView>, StoreError> {
                 let id = id.to_string();
-                let mut tx = self.begin_write().await?;
+                let mut conn = self.pool.acquire().await?;
+                let mut tx = Self::begin_audited(&mut *conn).await?;
                 let locked = sqlx::query(Self::LOCK_REQUEST).bind(&id).fetch_optional(&mut *tx).await?;
                 let Some(locked) = locked else { return Err(StoreError::NotFound(id)) };
                 let current: String = locked.try_get("status")?;
@@ -633,7 +645,6 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?;
                 Self::announce(&mut *tx, &id).await?;
-                Self::append_audit_in(&mut *tx, &t.audit).await?;
                 let view = Self::load_view(&mut *tx, &id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
                 match t.notify {
                     Some(NotifyKind::Resolved) => {
@@ -644,7 +655,9 @@ macro_rules! sql_store {
                     }
                     None => {}
                 }
+                Self::append_audits_in(&mut *tx, std::slice::from_ref(&t.audit)).await?;
                 tx.commit().await?;
+                Self::await_durable(&mut *conn).await?;
                 Ok(Some(view))
             }
 
@@ -663,9 +676,11 @@ macro_rules! sql_store {
             }
 
             async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
-                let mut tx = self.begin_write().await?;
-                let rec = Self::append_audit_in(&mut *tx, &entry).await?;
+                let mut conn = self.pool.acquire().await?;
+                let mut tx = Self::begin_audited(&mut *conn).await?;
+                let rec = Self::append_audits_in(&mut *tx, std::slice::from_ref(&entry)).await?.remove(0);
                 tx.commit().await?;
+                Self::await_durable(&mut *conn).await?;
                 Ok(rec)
             }
 

@@ -3,7 +3,7 @@
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::{Connection as _, Sqlite, SqliteConnection, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -53,6 +53,17 @@ impl SqliteStore {
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// SQLite has one writer at a time whatever the lock, and its FULL commit is durable on return.
+    async fn begin_audited(
+        conn: &mut SqliteConnection,
+    ) -> Result<Transaction<'_, Sqlite>, sqlx::Error> {
+        conn.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    async fn await_durable(_conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        Ok(())
     }
 
     /// Session recordings at statement rate: in WAL mode a `NORMAL` commit survives a process crash
