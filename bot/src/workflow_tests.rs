@@ -642,3 +642,57 @@ async fn concurrent_audited_changes_keep_one_intact_chain() {
         }
     }
 }
+
+/// A hardened database may deny `pg_logical_emit_message`; audited changes then commit synchronously
+/// instead of failing.
+#[tokio::test]
+async fn audited_changes_work_where_the_store_role_may_not_emit_wal_messages() {
+    use sqlx::{AssertSqlSafe, Connection};
+    let url = crate::testing::fresh_pg_database().await.unwrap();
+    let role = format!("cs_nogc_{}", uuid::Uuid::new_v4().simple());
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host_and_db = rest.split_once('@').map_or(rest, |(_, h)| h);
+    let role_url = format!("{scheme}://{role}@{host_and_db}");
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT ALL ON SCHEMA public TO {role}"),
+        "REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC"
+            .into(),
+    ] {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    {
+        let mut probe = sqlx::PgConnection::connect(&role_url).await.unwrap();
+        let denied = sqlx::query("SELECT pg_logical_emit_message(true, 'x', 'y')")
+            .execute(&mut probe)
+            .await;
+        assert!(
+            denied.is_err(),
+            "the role must lack the privilege for this test"
+        );
+    }
+    let store = crate::store::open(&role_url).await.unwrap();
+    let wf = workflow(store.clone());
+    let id = created(&wf, "DELETE FROM t", 1).await;
+    wf.vote(
+        id,
+        &human("reviewer1@example.com"),
+        Decision::Approve,
+        None,
+        "api",
+    )
+    .await
+    .unwrap();
+    assert!(wf.claim(id).await.unwrap().is_some());
+    let records = store.audit_records(0, 100).await.unwrap();
+    assert_eq!(records.len(), 4, "{records:#?}");
+    assert_eq!(verify_chain(&records), ChainCheck::Intact { records: 4 });
+    drop((wf, store));
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await;
+    }
+}

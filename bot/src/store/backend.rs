@@ -252,8 +252,8 @@ impl StatementRow {
 }
 
 /// Generates `impl Store` for a backend type with a `pool` field, given its sqlx database and connection
-/// types. The backend type provides `begin_write()`, `begin_audited(conn)` (a write that appends to the audit
-/// chain) with `await_durable(conn)` (called after its commit: returns once the commit is on disk), `LOCK_REQUEST`
+/// types. The backend type provides `begin_write()`, `self.begin_audited(conn)` (a write that appends to the audit
+/// chain) with `self.await_durable(conn)` (called after its commit: returns once the commit is on disk), `LOCK_REQUEST`
 /// (select one request by id, locking it), `lock_audit(conn)` (serialise appends to the chain), `LEASE_SELECT`,
 /// `announce(conn, id)` (tell other replicas a request's status changed, on commit) and `feed()` (the
 /// matching [`crate::store::ChangeFeed`]). Audited transactions append their records last, so the chain's lock
@@ -441,7 +441,7 @@ macro_rules! sql_store {
 
             async fn create_request(&self, req: &ApprovalRequest, sinks: &[String]) -> Result<RequestView, StoreError> {
                 let mut conn = self.pool.acquire().await?;
-                let mut tx = Self::begin_audited(&mut *conn).await?;
+                let mut tx = self.begin_audited(&mut *conn).await?;
                 let id = req.id.to_string();
                 sqlx::query(
                     "INSERT INTO requests (id, connection, statement, statement_hash, requester_key, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, $17, $18, $19)",
@@ -487,7 +487,7 @@ macro_rules! sql_store {
                 Self::enqueue_in(&mut *tx, &WorkflowEvent::Created { request: view.clone() }, &format!("{id}:created"), sinks).await?;
                 Self::append_audits_in(&mut *tx, &[audit]).await?;
                 tx.commit().await?;
-                Self::await_durable(&mut *conn).await?;
+                self.await_durable(&mut *conn).await?;
                 Ok(view)
             }
 
@@ -539,7 +539,7 @@ macro_rules! sql_store {
             async fn cast_vote(&self, vote: &Vote, now_ms: i64, sinks: &[String]) -> Result<VoteOutcome, StoreError> {
                 let id = vote.request_id.to_string();
                 let mut conn = self.pool.acquire().await?;
-                let mut tx = Self::begin_audited(&mut *conn).await?;
+                let mut tx = self.begin_audited(&mut *conn).await?;
                 let locked = sqlx::query(Self::LOCK_REQUEST).bind(&id).fetch_optional(&mut *tx).await?;
                 if locked.is_none() {
                     return Err(StoreError::NotFound(id));
@@ -616,14 +616,14 @@ macro_rules! sql_store {
                 }
                 Self::append_audits_in(&mut *tx, &audit).await?;
                 tx.commit().await?;
-                Self::await_durable(&mut *conn).await?;
+                self.await_durable(&mut *conn).await?;
                 Ok(VoteOutcome::Recorded { view, resolved: new_status.is_some() })
             }
 
             async fn transition(&self, id: RequestId, t: Transition, sinks: &[String]) -> Result<Option<RequestView>, StoreError> {
                 let id = id.to_string();
                 let mut conn = self.pool.acquire().await?;
-                let mut tx = Self::begin_audited(&mut *conn).await?;
+                let mut tx = self.begin_audited(&mut *conn).await?;
                 let locked = sqlx::query(Self::LOCK_REQUEST).bind(&id).fetch_optional(&mut *tx).await?;
                 let Some(locked) = locked else { return Err(StoreError::NotFound(id)) };
                 let current: String = locked.try_get("status")?;
@@ -657,7 +657,7 @@ macro_rules! sql_store {
                 }
                 Self::append_audits_in(&mut *tx, std::slice::from_ref(&t.audit)).await?;
                 tx.commit().await?;
-                Self::await_durable(&mut *conn).await?;
+                self.await_durable(&mut *conn).await?;
                 Ok(Some(view))
             }
 
@@ -677,10 +677,10 @@ macro_rules! sql_store {
 
             async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
                 let mut conn = self.pool.acquire().await?;
-                let mut tx = Self::begin_audited(&mut *conn).await?;
+                let mut tx = self.begin_audited(&mut *conn).await?;
                 let rec = Self::append_audits_in(&mut *tx, std::slice::from_ref(&entry)).await?.remove(0);
                 tx.commit().await?;
-                Self::await_durable(&mut *conn).await?;
+                self.await_durable(&mut *conn).await?;
                 Ok(rec)
             }
 

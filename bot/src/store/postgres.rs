@@ -16,6 +16,9 @@
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, Postgres, Transaction};
 
+/// Writes a WAL record and commits synchronously, so it returns once every earlier commit is flushed.
+const DURABLE: &str = "SELECT pg_logical_emit_message(true, 'countersign', 'durable')";
+
 /// Advisory lock key guarding the audit chain's tail ("cs-audit").
 const AUDIT_LOCK_KEY: i64 = 0x6373_2d61_7564_6974;
 
@@ -24,6 +27,9 @@ const AUDIT_LOCK_KEY: i64 = 0x6373_2d61_7564_6974;
 pub struct PgStore {
     pool: PgPool,
     url: String,
+    /// Audited changes use group commit (see the module docs); false when the database role may not call
+    /// `pg_logical_emit_message`, and every audited change then commits synchronously under the lock.
+    group_commit: bool,
 }
 
 impl PgStore {
@@ -38,9 +44,20 @@ impl PgStore {
             .connect(url)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        let group_commit = match sqlx::query(DURABLE).execute(&pool).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "audited changes commit one fsync at a time: the store's role cannot call pg_logical_emit_message; GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) to it for group commit"
+                );
+                false
+            }
+        };
         Ok(Self {
             pool,
             url: url.to_string(),
+            group_commit,
         })
     }
 
@@ -50,21 +67,26 @@ impl PgStore {
 
     /// A write that appends to the audit chain, on `conn`: commits without waiting for the WAL flush, so the
     /// chain's lock is not held through an fsync. Follow a successful commit with [`PgStore::await_durable`].
-    async fn begin_audited(
-        conn: &mut PgConnection,
-    ) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
-        conn.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-            .await
+    async fn begin_audited<'c>(
+        &self,
+        conn: &'c mut PgConnection,
+    ) -> Result<Transaction<'c, Postgres>, sqlx::Error> {
+        if self.group_commit {
+            conn.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                .await
+        } else {
+            conn.begin().await
+        }
     }
 
     /// Returns once every transaction committed before the call is on disk: a transactional WAL message
     /// commits synchronously, and flushing its commit record flushes all WAL before it. Concurrent callers
     /// share flushes (PostgreSQL's own group commit), unlike commits serialised by the audit lock. Runs on
     /// the connection that committed, so an audited change checks out one pool connection, not two.
-    async fn await_durable(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT pg_logical_emit_message(true, 'countersign', 'durable')")
-            .execute(conn)
-            .await?;
+    async fn await_durable(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.group_commit {
+            sqlx::query(DURABLE).execute(conn).await?;
+        }
         Ok(())
     }
 

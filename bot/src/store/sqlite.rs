@@ -56,13 +56,14 @@ impl SqliteStore {
     }
 
     /// SQLite has one writer at a time whatever the lock, and its FULL commit is durable on return.
-    async fn begin_audited(
-        conn: &mut SqliteConnection,
-    ) -> Result<Transaction<'_, Sqlite>, sqlx::Error> {
+    async fn begin_audited<'c>(
+        &self,
+        conn: &'c mut SqliteConnection,
+    ) -> Result<Transaction<'c, Sqlite>, sqlx::Error> {
         conn.begin_with("BEGIN IMMEDIATE").await
     }
 
-    async fn await_durable(_conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    async fn await_durable(&self, _conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
         Ok(())
     }
 
