@@ -33,6 +33,12 @@ const CASES: &[(&str, Action, &str)] = &[
     ("/* DELETE */ SELECT 1", Allow, "SELECT"),
     ("SELECT 1; -- DROP TABLE t", Allow, "SELECT"),
     ("SELECT 1 /* ; DROP DATABASE x */", Allow, "read-only query"),
+    // psql's describe commands (\d, \df+, \sf, \dc, \db, \dF, \dO …) read the catalog
+    ("SELECT pg_catalog.pg_get_functiondef(1299)", Allow, "SELECT"),
+    ("SELECT pg_catalog.array_to_string(array(select rolname from pg_catalog.pg_roles where oid = any ('{10}'::oid[]) order by 1),',')", Allow, "SELECT"),
+    ("SELECT spcname, pg_catalog.pg_tablespace_location(oid) FROM pg_catalog.pg_tablespace", Allow, "SELECT"),
+    ("SELECT c.cfgname FROM pg_catalog.pg_ts_config c WHERE pg_catalog.pg_ts_config_is_visible(c.oid)", Allow, "SELECT"),
+    ("SELECT c.collname FROM pg_catalog.pg_collation c WHERE c.collencoding IN (-1, pg_catalog.pg_char_to_encoding(pg_catalog.getdatabaseencoding()))", Allow, "SELECT"),
     // Plain reads
     ("SELECT 1", Allow, "SELECT"),
     ("select * from orders where id = 1", Allow, "SELECT"),
