@@ -375,7 +375,17 @@ pub async fn open(
     }
     let tcp = TcpStream::connect((host, port)).await?;
     tcp.set_nodelay(true)?;
-    negotiate(tcp, host, tls).await
+    match negotiate(tcp, host, tls).await {
+        // As libpq does for `prefer`: a server that offered TLS but could not complete the handshake
+        // gets a second, plain connection.
+        Err(NegotiateError::Handshake { reason, .. }) if tls.mode == SslMode::Prefer => {
+            tracing::warn!(host, reason = %reason, "upstream TLS handshake failed; sslmode=prefer retries without TLS");
+            let tcp = TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(UpstreamStream::Plain(tcp))
+        }
+        other => other,
+    }
 }
 
 /// Sends SSLRequest when the mode asks for TLS and completes the handshake on 'S'.
@@ -469,6 +479,48 @@ impl AsyncWrite for UpstreamStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that says 'S' to the first SSLRequest and then breaks the handshake, and records the first
+    /// bytes of each later connection.
+    async fn broken_tls_server() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut head = [0u8; 8];
+                if s.read_exact(&mut head).await.is_err() {
+                    continue;
+                }
+                if first {
+                    first = false;
+                    let _ = s.write_all(b"Snot a TLS server hello").await;
+                    let _ = s.shutdown().await;
+                } else {
+                    let _ = tx.send(head.to_vec());
+                }
+            }
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn prefer_retries_in_plaintext_after_a_failed_handshake_and_require_does_not() {
+        let (port, mut seen) = broken_tls_server().await;
+        let prefer = UpstreamTls::new(SslMode::Prefer, None).unwrap();
+        let mut stream = open("127.0.0.1", port, &prefer).await.unwrap();
+        assert!(!stream.is_tls());
+        stream.write_all(b"startup!").await.unwrap();
+        assert_eq!(seen.recv().await.unwrap(), b"startup!");
+
+        let (port, _seen) = broken_tls_server().await;
+        let require = UpstreamTls::new(SslMode::Require, None).unwrap();
+        assert!(matches!(
+            open("127.0.0.1", port, &require).await,
+            Err(NegotiateError::Handshake { .. })
+        ));
+    }
 
     #[test]
     fn modes_parse_and_say_whether_tls_is_required() {
