@@ -266,20 +266,22 @@ impl Engine {
                 attnums,
                 ..
             } = &mut out;
-            out.masked_fields = results
-                .iter_mut()
-                .enumerate()
-                .map(|(i, set)| {
-                    let oids = table_oids.get(i).map_or(&[][..], Vec::as_slice);
-                    let cols = attnums.get(i).map_or(&[][..], Vec::as_slice);
-                    let derived = if oids.contains(&0) || oids.len() < set.columns.len() {
-                        m.computed_exposure(sql, set.columns.len())
-                    } else {
-                        crate::masking::derived::Exposure::Nothing
-                    };
-                    m.mask_result_set_of(set, (oids, cols), &tables, &derived)
-                })
-                .sum();
+            // The statement is read at most once: with several result sets there are several
+            // statements, and the exposure no longer depends on a set's width.
+            let nothing = crate::masking::derived::Exposure::Nothing;
+            let mut derived = None;
+            let mut masked = 0;
+            for (i, set) in results.iter_mut().enumerate() {
+                let oids = table_oids.get(i).map_or(&[][..], Vec::as_slice);
+                let cols = attnums.get(i).map_or(&[][..], Vec::as_slice);
+                let exposure = if oids.contains(&0) || oids.len() < set.columns.len() {
+                    &*derived.get_or_insert_with(|| m.computed_exposure(sql, set.columns.len()))
+                } else {
+                    &nothing
+                };
+                masked += m.mask_result_set_of(set, (oids, cols), &tables, exposure);
+            }
+            out.masked_fields = masked;
         }
         Ok(out)
     }

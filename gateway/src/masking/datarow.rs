@@ -121,17 +121,13 @@ fn plan(
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let mut plan = masker.column_in(
+            masker.column_in(
                 f.name,
                 (f.table_oid, f.attnum),
                 tables,
-                f.type_oid,
-                f.binary,
-            );
-            if f.table_oid == 0 && plan.style.is_none() && derived.covers(i) {
-                plan.style = Some(super::Style::Redact);
-            }
-            plan
+                (f.type_oid, f.binary),
+                derived.covers(i),
+            )
         })
         .collect();
     Ok(ResultPlan { columns })

@@ -2,14 +2,14 @@
 //!
 //! Column rules find a column through RowDescription (its table and real name). A column computed by an
 //! expression has neither — `lower(email)`, `email || ''`, `(SELECT ssn FROM people LIMIT 1)`, a UNION,
-//! `row_to_json(u)` — so a rule naming `email` would never see it. [`exposes`] reads the statement instead:
+//! `row_to_json(u)` — so a rule naming `email` would never see it. [`exposure`] reads the statement instead:
 //! when a select list anywhere in it mentions a column some rule masks (or a whole row), computed result
 //! columns are redacted. Statements that don't parse count as exposing (fail closed). Detectors still run
 //! on every text column either way.
 
 use super::rules::CompiledRules;
 use sqlparser::ast::{
-    visit_expressions, Expr, Query, SelectItem, SetExpr, TableFactor, Visit, Visitor,
+    visit_expressions, Expr, Query, SelectItem, SetExpr, Statement, TableFactor, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -37,11 +37,6 @@ impl Exposure {
     }
 }
 
-/// True when computed columns of `sql`'s results may carry values of a column `rules` mask by name.
-pub fn exposes(sql: &str, rules: &CompiledRules) -> bool {
-    exposure(sql, rules, usize::MAX) != Exposure::Nothing
-}
-
 /// Which computed columns of `sql`'s `columns`-wide result may carry a masked column's values.
 pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
     if !rules.has_column_rules() {
@@ -50,11 +45,9 @@ pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
     let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Exposure::All;
     };
-    let mut seen = Seen::default();
-    let _ = statements.visit(&mut seen);
+    let seen = Seen::of(&statements);
     let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules);
-    let top = seen.top.unwrap_or(0).min(seen.items.len());
-    let (outer, inner) = seen.items.split_at(top);
+    let (outer, inner) = seen.outer_and_inner();
     let any = outer.iter().chain(inner).any(exposing);
     // Column by column only when the outer select list is the result's shape and nothing nested (a
     // subquery or CTE an outer column could read through) mentions a masked column.
@@ -74,29 +67,30 @@ pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
     }
 }
 
-/// As [`exposes`], for COPY (query) TO STDOUT, where output columns are planned by name: plain column
-/// references in the outermost select list are masked by that name, so only everything else counts.
-pub fn exposes_beyond_named_columns(sql: &str, rules: &CompiledRules) -> bool {
+/// For COPY (query) TO STDOUT, whose output columns are planned by name: true when `statements` (already
+/// parsed) compute an output column from a masked column. Plain column references in the outermost
+/// select list are masked by that name, so only everything else counts.
+pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRules) -> bool {
     if !rules.has_column_rules() {
         return false;
     }
-    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return true;
-    };
-    let mut seen = Seen::default();
-    let _ = statements.visit(&mut seen);
-    let top = seen.top.unwrap_or(0);
-    seen.items.iter().enumerate().any(|(i, item)| {
-        let named = matches!(
+    let seen = Seen::of(statements);
+    let (outer, inner) = seen.outer_and_inner();
+    let named = |item: &&SelectItem| {
+        matches!(
             item,
             SelectItem::UnnamedExpr(Expr::Identifier(_) | Expr::CompoundIdentifier(_))
-        );
-        !(i < top && named) && item_exposes(item, &seen.relations, rules)
-    })
+        )
+    };
+    outer
+        .iter()
+        .filter(|item| !named(item))
+        .chain(inner)
+        .any(|item| item_exposes(item, &seen.relations, rules))
 }
 
 /// True when one select-list item mentions a masked column or a whole row of a relation.
-pub fn item_exposes(item: &SelectItem, relations: &[String], rules: &CompiledRules) -> bool {
+fn item_exposes(item: &SelectItem, relations: &[String], rules: &CompiledRules) -> bool {
     let expr = match item {
         SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
         // `*` and `t.*` list real columns, which RowDescription names.
@@ -138,6 +132,20 @@ struct Seen {
 }
 
 impl Seen {
+    fn of(statements: &[Statement]) -> Self {
+        let mut seen = Self::default();
+        for statement in statements {
+            let _ = statement.visit(&mut seen);
+        }
+        seen
+    }
+
+    /// The outermost query's select-list items, and every other one.
+    fn outer_and_inner(&self) -> (&[SelectItem], &[SelectItem]) {
+        self.items
+            .split_at(self.top.unwrap_or(0).min(self.items.len()))
+    }
+
     fn select_items(&mut self, set: &SetExpr) {
         match set {
             SetExpr::Select(s) => self.items.extend(s.projection.iter().cloned()),
@@ -181,6 +189,15 @@ impl Visitor for Seen {
 mod tests {
     use super::*;
     use crate::masking::MaskingConfig;
+
+    fn exposes(sql: &str, rules: &CompiledRules) -> bool {
+        exposure(sql, rules, usize::MAX) != Exposure::Nothing
+    }
+
+    fn copy_exposes(sql: &str, rules: &CompiledRules) -> bool {
+        let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+        exposes_beyond_named_columns(&statements, rules)
+    }
 
     fn rules() -> CompiledRules {
         let cfg: MaskingConfig = toml::from_str(
@@ -233,7 +250,7 @@ mod tests {
             ),
             ("COPY users TO STDOUT", false),
         ] {
-            assert_eq!(exposes_beyond_named_columns(sql, &r), exposing, "{sql}");
+            assert_eq!(copy_exposes(sql, &r), exposing, "{sql}");
         }
     }
 

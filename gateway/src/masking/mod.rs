@@ -193,20 +193,26 @@ impl Masker {
     }
 
     /// The plan for column `attnum` of table `oid` (0: none) shown as `label`, its table and real name
-    /// resolved through `tables`. Fail closed: when a failed lookup left a table column's real name
-    /// unknown and no rule matches its label, a connection with column rules redacts it (the label may
-    /// be an alias of a masked column).
+    /// resolved through `tables`. Fail closed where no rule matches its label: a column without a table
+    /// is redacted when `derived` (its statement computes it from a masked column, see
+    /// [`Masker::computed_exposure`]), and a table column whose real name a failed lookup left unknown
+    /// is redacted on a connection with column rules (the label may be an alias of a masked column).
     pub fn column_in(
         &self,
         label: &str,
         (oid, attnum): (u32, i16),
         tables: &TableNames,
-        type_oid: u32,
-        binary: bool,
+        (type_oid, binary): (u32, bool),
+        derived: bool,
     ) -> ColumnPlan {
         let real = tables.column_name(oid, attnum);
         let mut plan = self.column_named(label, real, tables.source(oid), type_oid, binary);
-        if plan.style.is_none() && self.rules.has_column_rules() && tables.name_lost(oid, attnum) {
+        let hidden = if oid == 0 {
+            derived
+        } else {
+            self.rules.has_column_rules() && tables.name_lost(oid, attnum)
+        };
+        if plan.style.is_none() && hidden {
             plan.style = Some(Style::Redact);
         }
         plan
@@ -394,11 +400,13 @@ impl Masker {
             .map(|(i, Column { name, type_oid })| {
                 let oid = table_oids.get(i).copied().unwrap_or(0);
                 let attnum = attnums.get(i).copied().unwrap_or(0);
-                let mut plan = self.column_in(name, (oid, attnum), tables, *type_oid, false);
-                if oid == 0 && plan.style.is_none() && derived.covers(i) {
-                    plan.style = Some(Style::Redact);
-                }
-                plan
+                self.column_in(
+                    name,
+                    (oid, attnum),
+                    tables,
+                    (*type_oid, false),
+                    derived.covers(i),
+                )
             })
             .collect();
         // Rows wider than their description (COPY output has none) are checked below even then.
@@ -549,24 +557,24 @@ mod tests {
         let mut names = TableNames::default();
         // Before any failure, an unknown table's aliased column is planned by its label.
         assert!(m
-            .column_in("contact", (7, 2), &names, 25, false)
+            .column_in("contact", (7, 2), &names, (25, false), false)
             .style
             .is_none());
         names.resolve(&Refused, &[7]).await;
         // `SELECT email AS contact FROM t` while the catalog can't be read: the alias must not unmask it.
-        let plan = m.column_in("contact", (7, 2), &names, 25, false);
+        let plan = m.column_in("contact", (7, 2), &names, (25, false), false);
         assert!(matches!(plan.style, Some(Style::Redact)));
         // Expressions (no table) and label matches keep their usual plans.
         assert!(m
-            .column_in("total", (0, 0), &names, 25, false)
+            .column_in("total", (0, 0), &names, (25, false), false)
             .style
             .is_none());
-        let own = m.column_in("email", (7, 3), &names, 25, false);
+        let own = m.column_in("email", (7, 3), &names, (25, false), false);
         assert!(matches!(own.style, Some(Style::Hash(_))));
         // A detector-only connection has no column rule an alias could hide from.
         let detect_only = masker("[[rules]]\ndetect = [\"card\"]\nstyle = \"redact\"");
         assert!(detect_only
-            .column_in("contact", (7, 2), &names, 25, false)
+            .column_in("contact", (7, 2), &names, (25, false), false)
             .style
             .is_none());
     }

@@ -227,10 +227,11 @@ impl WireMasker {
                 }
             }
             b'H' => {
-                let plan = plan_copy(sql.unwrap_or_default()).and_then(|mut p| {
-                    p.start(&self.masker, body)?;
-                    Ok(p)
-                });
+                let plan =
+                    plan_copy(sql.unwrap_or_default(), self.masker.rules()).and_then(|mut p| {
+                        p.start(&self.masker, body)?;
+                        Ok(p)
+                    });
                 match plan {
                     Ok(p) => {
                         self.copy = Some(p);
