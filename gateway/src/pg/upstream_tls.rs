@@ -373,16 +373,17 @@ pub async fn open(
         let path = format!("{}/.s.PGSQL.{port}", host.trim_end_matches('/'));
         return Ok(UpstreamStream::Unix(UnixStream::connect(path).await?));
     }
-    let tcp = TcpStream::connect((host, port)).await?;
-    tcp.set_nodelay(true)?;
-    match negotiate(tcp, host, tls).await {
+    let tcp = || async {
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(tcp)
+    };
+    match negotiate(tcp().await?, host, tls).await {
         // As libpq does for `prefer`: a server that offered TLS but could not complete the handshake
         // gets a second, plain connection.
         Err(NegotiateError::Handshake { reason, .. }) if tls.mode == SslMode::Prefer => {
             tracing::warn!(host, reason = %reason, "upstream TLS handshake failed; sslmode=prefer retries without TLS");
-            let tcp = TcpStream::connect((host, port)).await?;
-            tcp.set_nodelay(true)?;
-            Ok(UpstreamStream::Plain(tcp))
+            Ok(UpstreamStream::Plain(tcp().await?))
         }
         other => other,
     }
