@@ -101,6 +101,18 @@ fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
         .collect()
 }
 
+/// The error a COPY … TO STDOUT ends with, at the start or in its stream (None: it completed).
+async fn copy_out_error(client: &Client, sql: &str) -> Option<tokio_postgres::Error> {
+    match client.copy_out(sql).await {
+        Ok(stream) => stream
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .find_map(Result::err),
+        Err(e) => Some(e),
+    }
+}
+
 async fn statement_records(gate: &StaticGate, n: usize) -> Vec<StatementRecord> {
     for _ in 0..100 {
         let records: Vec<StatementRecord> = gate
@@ -242,15 +254,9 @@ async fn results_that_cannot_be_masked_are_refused_and_the_session_stays_usable(
         format!("COPY {t} TO STDOUT"),
         format!("COPY {t} (id, email) TO STDOUT WITH (FORMAT binary)"),
     ] {
-        let err = match client.copy_out(&sql).await {
-            Ok(stream) => stream
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .find_map(Result::err),
-            Err(e) => Some(e),
-        }
-        .unwrap_or_else(|| panic!("{sql} must be refused"));
+        let err = copy_out_error(&client, &sql)
+            .await
+            .unwrap_or_else(|| panic!("{sql} must be refused"));
         let db_err = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
         assert_eq!(db_err.code().code(), "0A000");
         assert!(
@@ -339,15 +345,9 @@ async fn expressions_and_aliases_over_masked_columns_do_not_unmask_them() {
 
     // COPY planned by names refuses an expression it cannot follow; the session stays usable.
     let copy = format!("COPY (SELECT lower(email) AS e FROM {t}) TO STDOUT");
-    let err = match client.copy_out(&copy).await {
-        Ok(stream) => stream
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .find_map(Result::err),
-        Err(e) => Some(e),
-    }
-    .expect("a COPY of an expression over a masked column must be refused");
+    let err = copy_out_error(&client, &copy)
+        .await
+        .expect("a COPY of an expression over a masked column must be refused");
     let message = err
         .as_db_error()
         .map(|e| e.message().to_string())

@@ -31,7 +31,15 @@ async fn start_with(
     cfg: impl FnOnce(&mut WireConfig),
     database: &str,
 ) -> (Arc<StaticGate>, SocketAddr) {
-    let gate = Arc::new(StaticGate::new("app", upstream(database), TOKEN));
+    start_at(cfg, upstream(database)).await
+}
+
+/// A gateway whose connection `app` reaches `target`.
+async fn start_at(
+    cfg: impl FnOnce(&mut WireConfig),
+    target: UpstreamTarget,
+) -> (Arc<StaticGate>, SocketAddr) {
+    let gate = Arc::new(StaticGate::new("app", target, TOKEN));
     let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
     config.allow_cleartext_without_tls = true;
     config.hold_wait = Duration::from_secs(5);
@@ -75,6 +83,22 @@ async fn table_of_ids(client: &Client, values: &str) -> String {
         .await
         .unwrap();
     t
+}
+
+/// How many rows table `t` has.
+async fn rows_in(client: &Client, t: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn drop_table(client: &Client, t: &str) {
+    client
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
 }
 
 async fn eventually(gate: &StaticGate, what: &str, pred: impl Fn(&GateEvent) -> bool) -> GateEvent {
@@ -144,10 +168,7 @@ async fn simple_extended_and_prepared_queries_pass_through_unchanged() {
     };
     assert_eq!(record.decision, Action::Allow);
     assert_eq!(record.rows, Some(1));
-    client
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&client, &t).await;
 }
 
 #[tokio::test]
@@ -211,16 +232,9 @@ async fn held_statement_runs_once_after_approval_and_reports_its_result() {
     assert_eq!(executed_id, id);
     assert_eq!(outcome.command_tag.as_deref(), Some("DELETE 2"));
     assert_eq!(outcome.rows, Some(2));
-    let left: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left = rows_in(&client, &t).await;
     assert_eq!(left, 1);
-    client
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&client, &t).await;
 }
 
 #[tokio::test]
@@ -235,10 +249,7 @@ async fn statement_approved_in_advance_runs_without_waiting() {
         messages[0],
         tokio_postgres::SimpleQueryMessage::CommandComplete(1)
     ));
-    client
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&client, &t).await;
 }
 
 #[tokio::test]
@@ -261,11 +272,7 @@ async fn denied_statement_gets_42501_naming_who_denied_and_why() {
         message.contains("alice@example.com") && message.contains("not in prod"),
         "{message}"
     );
-    let left: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left = rows_in(&client, &t).await;
     assert_eq!(left, 1, "a denied DELETE must not run");
     let record = eventually(&gate, "denied record", |e| {
         matches!(e, GateEvent::Statement(r) if r.decision == Action::Review && r.error.is_some())
@@ -275,10 +282,7 @@ async fn denied_statement_gets_42501_naming_who_denied_and_why() {
         unreachable!()
     };
     assert!(record.request_id.is_some());
-    client
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&client, &t).await;
 }
 
 #[tokio::test]
@@ -373,13 +377,7 @@ async fn unix_socket_dir() -> String {
 async fn upstream_over_a_unix_socket_relays_holds_and_cancels() {
     let mut target = upstream("test");
     target.host = unix_socket_dir().await;
-    let gate = Arc::new(StaticGate::new("app", target, TOKEN));
-    let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
-    config.allow_cleartext_without_tls = true;
-    config.hold_wait = Duration::from_secs(5);
-    let server = WireServer::bind(config, gate.clone()).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.run(std::future::pending()));
+    let (gate, addr) = start_at(|_| {}, target).await;
     let client = connect(addr).await;
 
     // A Unix-socket session has no client inet address on the server side.
@@ -397,16 +395,9 @@ async fn upstream_over_a_unix_socket_relays_holds_and_cancels() {
         .unwrap();
     assert_eq!(deleted, 1);
     eventually(&gate, "executed", |e| matches!(e, GateEvent::Executed(..))).await;
-    let left: i64 = client
-        .query_one(format!("SELECT count(*) FROM {t}").as_str(), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left = rows_in(&client, &t).await;
     assert_eq!(left, 1);
-    client
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&client, &t).await;
 
     let cancel = client.cancel_token();
     let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(10)").await });
@@ -445,10 +436,7 @@ async fn copy_in_and_copy_out_are_relayed() {
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.lines().count(), 1000);
     assert!(text.ends_with("999\tname 999\n"));
-    client
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&client, &t).await;
 }
 
 #[tokio::test]
@@ -890,14 +878,7 @@ async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
         unreachable!()
     };
     assert_eq!(held_sql, sql);
-    let left: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left = rows_in(&client, &t).await;
     assert_eq!(left, 1);
-    client
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&client, &t).await;
 }
