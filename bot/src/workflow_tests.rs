@@ -59,6 +59,13 @@ async fn created(wf: &Workflow, sql: &str, quorum: u32) -> crate::ids::RequestId
     }
 }
 
+/// `reviewer` votes to approve `id` through the API (the call must not fail; the vote may be refused).
+async fn approve(wf: &Workflow, id: crate::ids::RequestId, reviewer: &str) {
+    wf.vote(id, &human(reviewer), Decision::Approve, None, "api")
+        .await
+        .unwrap();
+}
+
 fn refused_code(r: &VoteResult) -> Option<&'static str> {
     match r {
         VoteResult::Refused(f) => Some(f.code),
@@ -218,15 +225,7 @@ async fn deny_vetoes_and_closes_voting() {
     for (store, _g) in stores().await {
         let wf = workflow(store.clone());
         let id = created(&wf, "DROP TABLE t", 2).await;
-        wf.vote(
-            id,
-            &human("reviewer1@example.com"),
-            Decision::Approve,
-            None,
-            "api",
-        )
-        .await
-        .unwrap();
+        approve(&wf, id, "reviewer1@example.com").await;
         let r = wf
             .vote(
                 id,
@@ -299,15 +298,7 @@ async fn identical_resubmission_reuses_and_altered_text_is_a_new_request() {
             Submitted::AlreadyPending(v) => assert_eq!(v.request.id, id),
             other => panic!("{other:?}"),
         }
-        wf.vote(
-            id,
-            &human("reviewer1@example.com"),
-            Decision::Approve,
-            None,
-            "api",
-        )
-        .await
-        .unwrap();
+        approve(&wf, id, "reviewer1@example.com").await;
         // Altered text: a different statement, a new request, nothing runs.
         match wf
             .submit(new_request(
@@ -396,33 +387,9 @@ async fn audit_chain_verifies_and_names_an_edited_row() {
     for (store, _g) in stores().await {
         let wf = workflow(store.clone());
         let id = created(&wf, "DELETE FROM orders", 2).await;
-        wf.vote(
-            id,
-            &human("reviewer1@example.com"),
-            Decision::Approve,
-            None,
-            "api",
-        )
-        .await
-        .unwrap();
-        wf.vote(
-            id,
-            &human("alice@example.com"),
-            Decision::Approve,
-            None,
-            "api",
-        )
-        .await
-        .unwrap();
-        wf.vote(
-            id,
-            &human("reviewer2@example.com"),
-            Decision::Approve,
-            None,
-            "api",
-        )
-        .await
-        .unwrap();
+        approve(&wf, id, "reviewer1@example.com").await;
+        approve(&wf, id, "alice@example.com").await;
+        approve(&wf, id, "reviewer2@example.com").await;
         let records = store.audit_records(0, 1000).await.unwrap();
         assert!(records.len() >= 5);
         assert_eq!(
@@ -445,15 +412,7 @@ async fn events_are_queued_for_every_sink_in_order() {
     for (store, _g) in stores().await {
         let wf = workflow(store.clone());
         let id = created(&wf, "DELETE FROM orders", 1).await;
-        wf.vote(
-            id,
-            &human("reviewer1@example.com"),
-            Decision::Approve,
-            None,
-            "api",
-        )
-        .await
-        .unwrap();
+        approve(&wf, id, "reviewer1@example.com").await;
         let items = store
             .outbox_list(Some(OutboxStatus::Pending), 100)
             .await
@@ -513,15 +472,7 @@ async fn waiters_wake_on_resolution() {
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         let started = std::time::Instant::now();
-        wf.vote(
-            id,
-            &human("reviewer1@example.com"),
-            Decision::Approve,
-            None,
-            "api",
-        )
-        .await
-        .unwrap();
+        approve(&wf, id, "reviewer1@example.com").await;
         let v = waiter.await.unwrap();
         assert_eq!(v.request.status, RequestStatus::Approved);
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -581,15 +532,7 @@ async fn concurrent_audited_changes_keep_one_intact_chain() {
                     ))
                     .await
                     .unwrap();
-                wf.vote(
-                    id,
-                    &human("reviewer1@example.com"),
-                    Decision::Approve,
-                    None,
-                    "api",
-                )
-                .await
-                .unwrap();
+                approve(&wf, id, "reviewer1@example.com").await;
                 assert!(wf.claim(id).await.unwrap().is_some());
                 wf.finish(
                     id,
@@ -678,15 +621,7 @@ async fn audited_changes_work_where_the_store_role_may_not_emit_wal_messages() {
     let store = crate::store::open(&role_url).await.unwrap();
     let wf = workflow(store.clone());
     let id = created(&wf, "DELETE FROM t", 1).await;
-    wf.vote(
-        id,
-        &human("reviewer1@example.com"),
-        Decision::Approve,
-        None,
-        "api",
-    )
-    .await
-    .unwrap();
+    approve(&wf, id, "reviewer1@example.com").await;
     assert!(wf.claim(id).await.unwrap().is_some());
     let records = store.audit_records(0, 100).await.unwrap();
     assert_eq!(records.len(), 4, "{records:#?}");
