@@ -20,29 +20,46 @@ const RULE_SETS: &[(&str, &str)] = &[
     ("columns (hash)", "[[rules]]\ncolumns = [\"*email*\", \"ssn\"]\nstyle = \"hash\""),
 ];
 
-async fn gateway(rules: Option<&str>) -> SocketAddr {
-    let upstream = UpstreamTarget {
-        host: "127.0.0.1".into(),
-        port: 5432,
-        user: "postgres".into(),
-        password: None,
-        database: "test".into(),
-        tls: Default::default(),
-    };
-    let mut gate = StaticGate::new("app", upstream, TOKEN).without_event_log();
-    if let Some(rules) = rules {
-        let cfg: MaskingConfig = toml::from_str(rules).expect("bench rules parse");
-        gate =
-            gate.with_masking(Masker::new(&cfg, Some(b"bench-key")).expect("bench rules compile"));
-    }
-    let mut config = WireConfig::new("127.0.0.1:0".parse().expect("loopback address"));
-    config.allow_cleartext_without_tls = true;
-    let server = WireServer::bind(config, Arc::new(gate))
-        .await
-        .expect("bind");
-    let addr = server.local_addr().expect("local addr");
-    tokio::spawn(server.run(std::future::pending()));
-    addr
+/// Starts a gateway the way `countersign serve` runs its wire proxy: on its own OS thread and
+/// single-threaded runtime, so the client's decoding and the gateway's relay (and masking) run on
+/// different threads, as they do between an agent and the deployed binary.
+fn gateway(rules: Option<&'static str>) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("gateway runtime");
+        rt.block_on(async move {
+            let upstream = UpstreamTarget {
+                host: "127.0.0.1".into(),
+                port: 5432,
+                user: "postgres".into(),
+                password: None,
+                database: "test".into(),
+                tls: Default::default(),
+            };
+            let mut gate = StaticGate::new("app", upstream, TOKEN).without_event_log();
+            if let Some(rules) = rules {
+                let cfg: MaskingConfig = toml::from_str(rules).expect("bench rules parse");
+                gate = gate.with_masking(
+                    Masker::new(&cfg, Some(b"bench-key")).expect("bench rules compile"),
+                );
+            }
+            let mut config = WireConfig::new("127.0.0.1:0".parse().expect("loopback address"));
+            config.allow_cleartext_without_tls = true;
+            let server = WireServer::bind(config, Arc::new(gate))
+                .await
+                .expect("bind");
+            tx.send(server.local_addr().expect("local addr"))
+                .expect("bench waits for the address");
+            server
+                .run(std::future::pending())
+                .await
+                .expect("gateway runs");
+        });
+    });
+    rx.recv().expect("gateway thread started")
 }
 
 async fn connect(conn: &str) -> Client {
@@ -104,14 +121,14 @@ fn main() {
                 a.port()
             )
         };
-        let plain = connect(&url(gateway(None).await)).await;
+        let plain = connect(&url(gateway(None))).await;
         println!("1,000 rows x 10 columns, median of {ROUNDS} runs");
         for (label, prepared) in [("simple (text)", false), ("prepared (binary)", true)] {
             let d = time_query(&direct, &sql, prepared).await;
             let p = time_query(&plain, &sql, prepared).await;
             println!("{label:18} direct {d:>8.2?}  gateway, no rules {p:>8.2?}");
             for (rules_label, rules) in RULE_SETS {
-                let masked = connect(&url(gateway(Some(rules)).await)).await;
+                let masked = connect(&url(gateway(Some(rules)))).await;
                 let m = time_query(&masked, &sql, prepared).await;
                 println!(
                     "{:18}   + masking, {rules_label:20} {m:>8.2?}  masked/unmasked {:.2}x",

@@ -199,17 +199,18 @@ fn before(b: &[u8], i: usize, pat: &[u8]) -> bool {
 
 /// True when `needle` occurs in `hay`; `fold` ignores ASCII case (`needle` is then lower case).
 fn contains(hay: &[u8], needle: &[u8], fold: bool) -> bool {
+    // Values are short: a plain loop beats `memchr`'s set-up cost here.
     let Some(last) = hay.len().checked_sub(needle.len()) else {
         return false;
     };
     // Folding sets the lower-case bit; a lower-case needle letter then matches either case.
     let fold = if fold { 0x20 } else { 0 };
-    let first = needle[0];
+    let (first, rest) = (needle[0], &needle[1..]);
     (0..=last).any(|i| {
         hay[i] | fold == first
             && hay[i + 1..i + needle.len()]
                 .iter()
-                .zip(&needle[1..])
+                .zip(rest)
                 .all(|(c, n)| c | fold == *n)
     })
 }
@@ -241,6 +242,18 @@ fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
         dots,
         colons,
     } = summary;
+    // Most values (words, amounts, hashes, dates) meet no detector's condition; one test settles them.
+    // Every condition below needs one of: an `@`, a capital, `_` or `-` (e-mail, JWT, private key,
+    // IBAN, vendor key prefixes), 3 dots (IPv4), 2 colons (IPv6), 7 digits (card, phone, SSN), or a
+    // digit in 22+ bytes with the `k` of `token` or the `r` of `bearer`.
+    if seen & (AT | UPPER | UNDERSCORE | DASH) == 0
+        && dots < 3
+        && colons < 2
+        && digits < 7
+        && !(digits > 0 && b.len() >= 22 && seen & (LETTER_K | LETTER_R) != 0)
+    {
+        return DetectorSet::default();
+    }
     // A card has 13 digits in one run, a phone 7 (after a `+`) or 10, an SSN 9: with fewer digits
     // in the whole value, no run need be measured.
     let numeric = (on.contains(Detector::Card) && digits >= 13)

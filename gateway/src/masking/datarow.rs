@@ -143,13 +143,12 @@ pub fn tables_to_resolve(masker: &Masker, body: &[u8], tables: &TableNames) -> V
     tables.wanted(fields(body).unwrap_or_default().iter().map(|f| f.table_oid))
 }
 
-/// Scratch space reused across rows: value buffers, the session's hash cache, and this row's changes
-/// (replacement texts live in `text`, so a row allocates nothing once the buffers have grown).
+/// Scratch space reused across rows: value buffers, the session's hash cache, and the replacement
+/// being built (so a row allocates nothing once the buffers have grown).
 #[derive(Debug, Default)]
 pub struct RowScratch {
     values: MaskScratch,
     text: String,
-    changes: Vec<(usize, Change)>,
     /// Per column, the last value detectors left unchanged.
     clear: Vec<ClearValue>,
 }
@@ -188,17 +187,28 @@ impl ClearValue {
     }
 }
 
-/// A column's replacement in the row being rewritten.
-#[derive(Debug, Clone)]
-enum Change {
-    Null,
-    /// This range of [`RowScratch::text`].
-    Text(std::ops::Range<usize>),
+/// Masks one DataRow `frame` (tag included). Returns the number of fields masked; when it is non-zero the
+/// rewritten frame was appended to `out`, otherwise `out` is as it was and the original frame can pass
+/// unchanged.
+///
+/// One pass: nothing is copied until the first change; from then on the unchanged bytes between
+/// changes are copied a stretch at a time, so a row costs one parse and a few copies.
+pub fn mask_data_row(
+    masker: &Masker,
+    plan: &ResultPlan,
+    frame: &[u8],
+    out: &mut BytesMut,
+    scratch: &mut RowScratch,
+) -> Result<u64, RowError> {
+    let start = out.len();
+    let result = rewrite_row(masker, plan, frame, out, scratch);
+    if !matches!(result, Ok(n) if n > 0) {
+        out.truncate(start);
+    }
+    result
 }
 
-/// Masks one DataRow `frame` (tag included). Returns the number of fields masked; when it is non-zero the
-/// rewritten frame was appended to `out`, otherwise the original frame can pass unchanged.
-pub fn mask_data_row(
+fn rewrite_row(
     masker: &Masker,
     plan: &ResultPlan,
     frame: &[u8],
@@ -215,14 +225,17 @@ pub fn mask_data_row(
             want: plan.columns.len(),
         });
     }
-    scratch.changes.clear();
-    scratch.text.clear();
     if scratch.clear.len() < n {
         scratch.clear.resize_with(n, ClearValue::default);
     }
     let detectors = masker.rules().detectors;
+    let start = out.len();
+    // Body bytes before `copied` are in `out` already (once the first change has started it).
+    let mut copied = 0;
+    let mut changed = 0u64;
     let mut at = 2;
     for (i, col) in plan.columns.iter().enumerate() {
+        let field = at;
         let len = i32_at(body, at).ok_or_else(bad)?;
         at += 4;
         if len < 0 {
@@ -234,62 +247,43 @@ pub fn mask_data_row(
         let end = at.checked_add(len as usize).ok_or_else(bad)?;
         let value = body.get(at..end).ok_or_else(bad)?;
         at = end;
-        if col.active() {
-            let clear = &mut scratch.clear[i];
-            if clear.holds(col, detectors, value) {
-                continue;
-            }
-            let start = scratch.text.len();
-            match masker.mask_value_into(col, value, &mut scratch.values, &mut scratch.text)? {
-                Outcome::Unchanged => scratch.clear[i].remember(col, detectors, value),
-                Outcome::Null => scratch.changes.push((i, Change::Null)),
-                Outcome::Text => scratch
-                    .changes
-                    .push((i, Change::Text(start..scratch.text.len()))),
+        if !col.active() {
+            continue;
+        }
+        let clear = &mut scratch.clear[i];
+        if clear.holds(col, detectors, value) {
+            continue;
+        }
+        scratch.text.clear();
+        let outcome = masker.mask_value_into(col, value, &mut scratch.values, &mut scratch.text)?;
+        if outcome == Outcome::Unchanged {
+            scratch.clear[i].remember(col, detectors, value);
+            continue;
+        }
+        if changed == 0 {
+            out.reserve(frame.len() + scratch.text.len() + 16);
+            out.put_u8(b'D');
+            out.put_i32(0);
+        }
+        changed += 1;
+        out.extend_from_slice(&body[copied..field]);
+        copied = end;
+        match outcome {
+            Outcome::Null => out.put_i32(-1),
+            _ => {
+                out.put_i32(scratch.text.len() as i32);
+                out.extend_from_slice(scratch.text.as_bytes());
             }
         }
     }
     if at != body.len() {
         return Err(bad());
     }
-    if scratch.changes.is_empty() {
-        return Ok(0);
+    if changed > 0 {
+        out.extend_from_slice(&body[copied..]);
+        crate::pg::codec::patch_len(out, start);
     }
-    let start = out.len();
-    out.reserve(frame.len() + scratch.text.len());
-    out.put_u8(b'D');
-    out.put_i32(0);
-    out.put_i16(n as i16);
-    let mut at = 2;
-    let mut changes = scratch.changes.iter().peekable();
-    for i in 0..n {
-        let len = i32_at(body, at).unwrap_or(-1);
-        at += 4;
-        let original = if len >= 0 {
-            let v = &body[at..at + len as usize];
-            at += len as usize;
-            Some(v)
-        } else {
-            None
-        };
-        match changes.next_if(|(j, _)| *j == i) {
-            Some((_, Change::Text(r))) => {
-                let t = &scratch.text.as_bytes()[r.clone()];
-                out.put_i32(t.len() as i32);
-                out.put_slice(t);
-            }
-            Some((_, Change::Null)) => out.put_i32(-1),
-            None => match original {
-                Some(v) => {
-                    out.put_i32(v.len() as i32);
-                    out.put_slice(v);
-                }
-                None => out.put_i32(-1),
-            },
-        }
-    }
-    crate::pg::codec::patch_len(out, start);
-    Ok(scratch.changes.len() as u64)
+    Ok(changed)
 }
 
 #[cfg(test)]

@@ -225,46 +225,84 @@ fn find_private_keys(text: &str, out: &mut Vec<Finding>) {
     }
 }
 
-fn is_token_separator(c: char) -> bool {
-    c.is_whitespace()
-        || matches!(
-            c,
-            ',' | ';'
-                | '('
-                | ')'
-                | '['
-                | ']'
-                | '{'
-                | '}'
-                | '<'
-                | '>'
-                | '"'
-                | '\''
-                | '`'
-                | '='
-                | '|'
-        )
+/// ASCII bytes that end a token (the rest are the non-ASCII whitespace [`separator_len`] decodes).
+const fn ascii_separators() -> [bool; 128] {
+    let mut t = [false; 128];
+    let mut c = 0;
+    while c < 128 {
+        t[c] = matches!(
+            c as u8,
+            b' ' | b'\t'
+                | b'\n'
+                | 0x0b
+                | 0x0c
+                | b'\r'
+                | b','
+                | b';'
+                | b'('
+                | b')'
+                | b'['
+                | b']'
+                | b'{'
+                | b'}'
+                | b'<'
+                | b'>'
+                | b'"'
+                | b'\''
+                | b'`'
+                | b'='
+                | b'|'
+        );
+        c += 1;
+    }
+    t
+}
+
+static ASCII_SEPARATORS: [bool; 128] = ascii_separators();
+
+/// The length of the token separator starting at byte `i` of `text` (0 when there is none): an ASCII
+/// separator, or any Unicode whitespace. Continuation bytes of a multi-byte character are never one.
+fn separator_len(text: &str, i: usize) -> usize {
+    let c = text.as_bytes()[i];
+    if c < 0x80 {
+        return usize::from(ASCII_SEPARATORS[usize::from(c)]);
+    }
+    match text.get(i..).and_then(|rest| rest.chars().next()) {
+        Some(ch) if ch.is_whitespace() => ch.len_utf8(),
+        _ => 0,
+    }
+}
+
+/// Trailing punctuation a sentence puts after a token; `::` (an IPv6 address's tail) is kept.
+fn trim_token(raw: &str) -> &str {
+    let token = raw.trim_end_matches(['.', '!', '?']);
+    if token.ends_with("::") {
+        token
+    } else {
+        token.trim_end_matches([':', '.', '!', '?'])
+    }
 }
 
 fn find_in_tokens(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     let mut after_bearer = false;
     let mut start = None;
-    let mut iter = text
-        .char_indices()
-        .chain(std::iter::once((text.len(), ' ')));
-    for (i, c) in &mut iter {
-        if !is_token_separator(c) {
+    let mut i = 0;
+    // Byte by byte: a token starts after a separator, which always ends on a character boundary.
+    while i <= text.len() {
+        let sep = if i == text.len() {
+            1
+        } else {
+            separator_len(text, i)
+        };
+        if sep == 0 {
             start.get_or_insert(i);
+            i += 1;
             continue;
         }
+        let token_end = i;
+        i += sep;
         let Some(s) = start.take() else { continue };
-        let raw = &text[s..i];
-        let token = raw.trim_end_matches(['.', ':', '!', '?']);
-        let token = if token.contains(':') && !token.ends_with("::") {
-            token
-        } else {
-            token.trim_end_matches(':')
-        };
+        let token = trim_token(&text[s..token_end]);
         let range = s..s + token.len();
         if token.is_empty() || overlaps(out, &range) {
             after_bearer = false;
@@ -310,9 +348,10 @@ fn classify_token(t: &str, on: DetectorSet, after_bearer: bool) -> Option<Detect
 
 /// `local@domain.tld` with an ordinary local part and a dotted domain of letters, digits and hyphens.
 pub fn is_email(t: &str) -> bool {
-    let Some((local, domain)) = t.split_once('@') else {
+    let Some(at) = t.bytes().position(|c| c == b'@') else {
         return false;
     };
+    let (local, domain) = (&t[..at], &t[at + 1..]);
     let local_ok = !local.is_empty()
         && local.len() <= 64
         && local
@@ -616,6 +655,9 @@ mod tests {
                 Detector::Ipv6,
                 "fe80::1ff:fe23:4567:890a",
             ),
+            // A network ending in `::`, at the end of a sentence, keeps its `::`.
+            ("route 2001:db8::.", Detector::Ipv6, "2001:db8::"),
+            ("via\u{a0}10.0.0.1\u{2003}ok", Detector::Ipv4, "10.0.0.1"),
         ];
         for (text, detector, expected) in cases {
             assert_eq!(found(text), vec![(*detector, *expected)], "in {text:?}");

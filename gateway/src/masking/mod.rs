@@ -97,6 +97,15 @@ impl ColumnPlan {
     }
 }
 
+/// True for types whose text no detector can match: an `int2`, `int4` or `oid` prints as at most 11
+/// characters, `-` and digits (too few digits for a card's 13, and neither the `+`, the separators
+/// nor the dashes a phone number or SSN of up to 10 digits needs), and a `bool` as `t`/`f`. Their
+/// text-format values are not scanned; binary values are still checked for a readable length.
+/// `int8` and `numeric` are scanned.
+fn too_short_for_detectors(type_oid: u32) -> bool {
+    matches!(type_oid, 16 | 21 | 23 | 26)
+}
+
 /// Masking decisions for every column of one result.
 #[derive(Debug, Clone, Default)]
 pub struct ResultPlan {
@@ -241,7 +250,7 @@ impl Masker {
         }
         ColumnPlan {
             style,
-            detect: !detectors.is_empty(),
+            detect: !detectors.is_empty() && (binary || !too_short_for_detectors(type_oid)),
             class,
             binary,
         }
@@ -318,7 +327,8 @@ impl Masker {
             }
             // An `int2`/`int4` prints as at most 11 characters, `-` and digits: too few digits for a
             // card (13), and neither the `+`, the separators nor the dashes every phone number and SSN
-            // of up to 10 digits needs. No detector can match; `int8` is decoded and scanned.
+            // of up to 10 digits needs. No detector can match; `int8` is decoded and scanned. (In text
+            // format such columns are not scanned at all: see `too_short_for_detectors`.)
             (true, TypeClass::Int) if matches!(raw.len(), 2 | 4) => return Ok(Outcome::Unchanged),
             (true, TypeClass::Int) => {
                 decoded.clear();
@@ -577,6 +587,48 @@ mod tests {
             .column_in("contact", (7, 2), &names, (25, false), false)
             .style
             .is_none());
+    }
+
+    #[test]
+    fn types_too_short_for_any_detector_are_not_scanned_and_could_hide_nothing() {
+        let all: DetectorSet = Detector::ALL.into_iter().collect();
+        // The longest and most number-like texts these types print: no detector finds anything.
+        let extremes = [
+            i16::MIN.to_string(),
+            i16::MAX.to_string(),
+            i32::MIN.to_string(),
+            i32::MAX.to_string(),
+            u32::MAX.to_string(),
+            "4111111111".into(),
+            "-2125550100".into(),
+            "123456789".into(),
+            "t".into(),
+            "f".into(),
+        ];
+        let mut findings = Vec::new();
+        for text in &extremes {
+            detect::find(text, all, &mut findings);
+            assert!(findings.is_empty(), "{text:?} matched {findings:?}");
+        }
+        let m = masker("[[rules]]\ndetect = [\"card\", \"phone\", \"ssn\"]\nstyle = \"redact\"");
+        for (oid, skipped) in [
+            (16, true),
+            (21, true),
+            (23, true),
+            (26, true),
+            (20, false),
+            (1700, false),
+            (25, false),
+        ] {
+            assert_eq!(!m.column("c", oid, false).detect, skipped, "type {oid}");
+            // Binary values are still read, so a malformed one is refused.
+            assert!(m.column("c", oid, true).detect, "type {oid}");
+        }
+        // A column rule still masks such a column.
+        assert_eq!(
+            mask(&masker(RULES), "email_count", 23, false, b"7"),
+            Masked::Null
+        );
     }
 
     #[test]

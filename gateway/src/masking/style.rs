@@ -152,30 +152,51 @@ fn partial_chars(value: &str, out: &mut String) {
     }
 }
 
-/// [`partial`] for ASCII text, where a character is a byte (the common case, without char decoding).
+/// Appends `n` asterisks.
+fn push_stars(out: &mut String, mut n: usize) {
+    const STARS: &str = "********************************";
+    while n > 0 {
+        let k = n.min(STARS.len());
+        out.push_str(&STARS[..k]);
+        n -= k;
+    }
+}
+
+/// [`partial`] for ASCII text, where a character is a byte (the common case, without char decoding):
+/// kept stretches and runs of `*` are appended a slice at a time.
 fn partial_ascii(value: &str, out: &mut String) {
     let b = value.as_bytes();
     out.reserve(b.len());
     if let Some(at) = b.iter().position(|&c| c == b'@') {
         if at > 0 {
-            out.push(char::from(b[0]));
-            out.extend(std::iter::repeat_n('*', at - 1));
+            out.push_str(&value[..1]);
+            push_stars(out, at - 1);
         }
         out.push_str(&value[at..]);
         return;
     }
     let alnum = b.iter().filter(|c| c.is_ascii_alphanumeric()).count();
     let keep = if alnum >= 8 { 4 } else { 0 };
-    let mut seen = 0;
-    out.extend(b.iter().map(|&c| {
-        if c.is_ascii_alphanumeric() {
-            seen += 1;
-            if seen <= alnum - keep {
-                return '*';
-            }
-        }
-        char::from(c)
-    }));
+    // Alphanumerics up to the `hide`-th become `*`; punctuation between them stays.
+    let mut hide = alnum - keep;
+    let mut i = 0;
+    while hide > 0 && i < b.len() {
+        let run = b[i..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .count()
+            .min(hide);
+        push_stars(out, run);
+        hide -= run;
+        i += run;
+        let kept = b[i..]
+            .iter()
+            .take_while(|c| !c.is_ascii_alphanumeric())
+            .count();
+        out.push_str(&value[i..i + kept]);
+        i += kept;
+    }
+    out.push_str(&value[i..]);
 }
 
 #[cfg(test)]
