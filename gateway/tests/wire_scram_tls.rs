@@ -1,17 +1,20 @@
 //! SCRAM-SHA-256 client logins and TLS to the upstream, end to end against the real PostgreSQL at
-//! 127.0.0.1:5432. That server has no TLS, so a loopback fake answers the SSLRequest with 'S' (or 'N'),
-//! terminates TLS with a generated certificate and forwards the decrypted bytes to it.
+//! 127.0.0.1:5432. A loopback fake answers the SSLRequest with 'S' (or 'N'), terminates TLS with a
+//! generated certificate (demanding a client certificate when asked to) and forwards the decrypted bytes
+//! to that server in plaintext.
+
+mod support;
 
 use countersign_gateway::identity::scram::ScramVerifier;
 use countersign_gateway::pg::scram::ScramError;
 use countersign_gateway::pg::testing::{GateEvent, StaticGate};
 use countersign_gateway::pg::{UpstreamTarget, WireAuth, WireConfig, WireServer};
 use countersign_gateway::upstream::UpstreamPool;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use support::pki::Pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
@@ -146,68 +149,6 @@ async fn psql_logs_in_with_scram_from_pgpassword() {
 }
 
 // ---- upstream TLS ----
-
-/// A CA, and server certificates it signed.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("upstream_tls_{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "countersign test CA");
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        Self { dir, ca, ca_key }
-    }
-
-    /// Writes the CA certificate; returns its path.
-    fn ca_file(&self, name: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        std::fs::write(&path, self.ca.pem()).unwrap();
-        path
-    }
-
-    /// A server certificate for `names` (IP addresses only: nothing here resolves names).
-    fn acceptor(&self, names: &[&str]) -> TlsAcceptor {
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-        TlsAcceptor::from(Arc::new(config))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A loopback stand-in for a TLS-enabled PostgreSQL: 'S' and a TLS handshake when it has an acceptor,
 /// else 'N'; then it forwards everything to the real server. Counts completed TLS handshakes.
@@ -376,4 +317,69 @@ async fn a_certificate_from_another_ca_is_refused_unless_nothing_is_verified() {
     let client = login(addr, "agent", TOKEN).await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
     assert_eq!(fake.tls_sessions.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_the_trusted_ca_is_presented_and_others_fail_clearly() {
+    let pki = Pki::new();
+    let client_ca = Pki::new();
+    let other_ca = Pki::new();
+    let fake = fake_upstream(Some(
+        pki.acceptor_requiring_client_certs(&["127.0.0.1"], &client_ca),
+    ))
+    .await;
+    let ca = pki.ca_file("ca.pem");
+    let with_cert = |files: &support::pki::CertFiles| {
+        format!(
+            "sslmode=verify-full&{}&sslcert={}&sslkey={}",
+            root(&ca),
+            files.cert.display(),
+            files.key.display()
+        )
+    };
+    let good = client_ca.client_files("countersign", "gateway");
+    let target = target(&fake, &with_cert(&good));
+    let addr = gateway_to(target.clone()).await;
+    let client = login(addr, "agent", TOKEN).await.unwrap();
+    let row = client
+        .query_one("SELECT 'with a client certificate'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "with a client certificate");
+    assert_eq!(fake.tls_sessions.load(Ordering::SeqCst), 1);
+    // The API's own connections present it too.
+    let out = UpstreamPool::new(1)
+        .simple_query("app", &target, "SELECT 2", true)
+        .await
+        .unwrap();
+    assert_eq!(out.results[0].rows[0][0].as_deref(), Some("2"));
+
+    // Without a certificate: the server's alert is explained.
+    let addr = gateway_to(self::target(
+        &fake,
+        &format!("sslmode=verify-full&{}", root(&ca)),
+    ))
+    .await;
+    let (code, message) = sqlstate(&login(addr, "agent", TOKEN).await.unwrap_err());
+    assert_eq!(code, "08006", "{message}");
+    assert!(
+        message.contains("requires a TLS client certificate"),
+        "{message}"
+    );
+    assert!(message.contains("sslcert="), "{message}");
+
+    // A certificate from a CA the server does not trust.
+    let stranger = other_ca.client_files("countersign", "stranger");
+    let addr = gateway_to(self::target(&fake, &with_cert(&stranger))).await;
+    let (code, message) = sqlstate(&login(addr, "agent", TOKEN).await.unwrap_err());
+    assert_eq!(code, "08006", "{message}");
+    assert!(
+        message.contains("refused the gateway's client certificate"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&stranger.cert.display().to_string()),
+        "{message}"
+    );
+    assert_eq!(fake.tls_sessions.load(Ordering::SeqCst), 2);
 }

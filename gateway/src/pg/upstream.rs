@@ -67,20 +67,27 @@ pub async fn connect(
     .into_iter()
     .chain(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(all, &mut out)?;
-    send(&mut stream, &out).await?;
+    // A TLS alert about the client certificate can arrive on the first read (TLS 1.3): say so.
+    let io = |e: std::io::Error| match target.tls.explain_io(e) {
+        NegotiateError::Io(e) => UpstreamError::Io(e),
+        e => UpstreamError::Tls(e),
+    };
+    send(&mut stream, &out).await.map_err(io)?;
 
     let mut buf = BytesMut::with_capacity(4096);
     let mut parameter_status = BytesMut::new();
     let mut key = BackendKey { pid: 0, secret: 0 };
     let mut scram: Option<ScramSha256> = None;
     loop {
-        let (tag, body) = read_frame(&mut stream, &mut buf, MAX_STARTUP_FRAME).await?;
+        let (tag, body) = read_frame(&mut stream, &mut buf, MAX_STARTUP_FRAME)
+            .await
+            .map_err(io)?;
         match tag {
             b'R' => {
                 out.clear();
                 authenticate_step(target, &body, &mut scram, &mut out)?;
                 if !out.is_empty() {
-                    send(&mut stream, &out).await?;
+                    send(&mut stream, &out).await.map_err(io)?;
                 }
             }
             b'S' => put_frame(&mut parameter_status, tag, &body),
