@@ -5,7 +5,9 @@ use crate::masking::tables::{LookupError, Relation};
 use crate::pg::codec::{error_fields, read_cstr, read_frame, read_i16, read_i32};
 pub use crate::pg::gate::UpstreamTarget;
 use crate::pg::upstream::{connect, Upstream, UpstreamError};
-use crate::pg::upstream_tls::{ClientCert, RootCert, SslMode, UpstreamTls, UpstreamTlsError};
+use crate::pg::upstream_tls::{
+    ChannelBindingMode, ClientCert, RootCert, SslMode, UpstreamTls, UpstreamTlsError,
+};
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use serde::Serialize;
@@ -88,6 +90,10 @@ impl UpstreamTarget {
         if host.is_empty() {
             return Err(UrlError::Syntax("no host".into()));
         }
+        if host.starts_with('/') && tls.channel_binding() == ChannelBindingMode::Require {
+            let why = "the host is a Unix-domain socket, which never uses TLS";
+            return Err(UpstreamTlsError::ChannelBindingWithoutTls(why).into());
+        }
         let port = if port.is_empty() {
             5432
         } else {
@@ -130,9 +136,10 @@ fn query_param(query: &str, key: &str) -> Result<Option<String>, UrlError> {
     Ok(found)
 }
 
-/// `sslmode`, `sslrootcert`, `sslcert` and `sslkey` from the query string.
+/// `sslmode`, `sslrootcert`, `sslcert`, `sslkey` and `channel_binding` from the query string.
 fn parse_tls(query: &str) -> Result<UpstreamTls, UrlError> {
     let mut mode = SslMode::Prefer;
+    let mut channel_binding = ChannelBindingMode::Prefer;
     let mut root = None;
     let (mut ssl_cert, mut ssl_key) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -144,6 +151,10 @@ fn parse_tls(query: &str) -> Result<UpstreamTls, UrlError> {
             }
             "sslrootcert" if value == "system" => root = Some(RootCert::System),
             "sslrootcert" if !value.is_empty() => root = Some(RootCert::File(value.into())),
+            "channel_binding" => {
+                channel_binding = ChannelBindingMode::parse(&value)
+                    .ok_or(UpstreamTlsError::BadChannelBinding(value))?;
+            }
             "sslcert" => ssl_cert = Some(value).filter(|v| !v.is_empty()),
             "sslkey" => ssl_key = Some(value).filter(|v| !v.is_empty()),
             // SNI is sent for host names and never for IP addresses, whatever this says.
@@ -171,7 +182,7 @@ fn parse_tls(query: &str) -> Result<UpstreamTls, UrlError> {
             return Err(UpstreamTlsError::ClientCertHalf { given, missing }.into());
         }
     };
-    Ok(UpstreamTls::new(mode, root, client_cert)?)
+    Ok(UpstreamTls::new(mode, root, client_cert)?.with_channel_binding(channel_binding)?)
 }
 
 /// One column of a result.
@@ -600,6 +611,32 @@ mod tests {
             err("postgres://u@h/db?sslmode=verify-ca&sslrootcert=/missing/ca.pem")
                 .contains("/missing/ca.pem")
         );
+        assert_eq!(
+            t.tls.channel_binding(),
+            ChannelBindingMode::Prefer,
+            "libpq's default"
+        );
+        for (value, mode) in [
+            ("disable", ChannelBindingMode::Disable),
+            ("prefer", ChannelBindingMode::Prefer),
+            ("require", ChannelBindingMode::Require),
+        ] {
+            let url = format!("postgres://u@h/db?sslmode=require&channel_binding={value}");
+            assert_eq!(
+                UpstreamTarget::parse(&url).unwrap().tls.channel_binding(),
+                mode
+            );
+        }
+        assert!(
+            err("postgres://u@h/db?channel_binding=always").contains("disable, prefer or require")
+        );
+        let never = err("postgres://u@h/db?sslmode=disable&channel_binding=require");
+        assert!(
+            never.contains("channel_binding=require needs TLS, but sslmode=disable"),
+            "{never}"
+        );
+        let unix = err("postgres://u@/db?host=/run/postgresql&channel_binding=require");
+        assert!(unix.contains("Unix-domain socket"), "{unix}");
         // Unrelated libpq parameters are still ignored.
         let t =
             UpstreamTarget::parse("postgres://u@h/db?connect_timeout=5&sslmode=require").unwrap();

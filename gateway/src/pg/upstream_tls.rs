@@ -78,6 +78,31 @@ impl SslMode {
     }
 }
 
+/// libpq's `channel_binding`: whether the SCRAM login binds to the TLS session (SCRAM-SHA-256-PLUS with
+/// `tls-server-end-point`), which detects a machine in the middle even when the certificate isn't verified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    /// Never bind.
+    Disable,
+    /// Bind when the connection is TLS and the server offers SCRAM-SHA-256-PLUS (libpq's default).
+    #[default]
+    Prefer,
+    /// Fail unless the login was SCRAM-SHA-256-PLUS (so also for trust, password and md5 logins).
+    Require,
+}
+
+impl ChannelBindingMode {
+    /// Parses the URL value (`disable`, `prefer`, `require`).
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            _ => return None,
+        })
+    }
+}
+
 /// Where the trusted roots come from (`sslrootcert`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootCert {
@@ -140,6 +165,12 @@ pub enum UpstreamTlsError {
         /// What to do about it.
         fix: &'static str,
     },
+    /// `channel_binding` has an unknown value.
+    #[error("channel_binding={0:?} is unknown; use disable, prefer or require")]
+    BadChannelBinding(String),
+    /// `channel_binding=require` on a connection that can never be TLS.
+    #[error("channel_binding=require needs TLS, but {0}; use sslmode=require (or verify-ca, verify-full) over TCP, or lower channel_binding")]
+    ChannelBindingWithoutTls(&'static str),
     /// A libpq TLS parameter the gateway does not implement.
     #[error("{0} is not supported by the gateway's upstream client; remove it (CRLs and encrypted keys are not implemented)")]
     Unsupported(String),
@@ -151,6 +182,7 @@ pub struct UpstreamTls {
     mode: SslMode,
     root_cert: Option<RootCert>,
     client_cert: Option<ClientCert>,
+    channel_binding: ChannelBindingMode,
     config: Option<Arc<ClientConfig>>,
 }
 
@@ -161,6 +193,7 @@ impl Default for UpstreamTls {
             mode: SslMode::Disable,
             root_cert: None,
             client_cert: None,
+            channel_binding: ChannelBindingMode::Prefer,
             config: None,
         }
     }
@@ -172,6 +205,7 @@ impl fmt::Debug for UpstreamTls {
             .field("mode", &self.mode)
             .field("root_cert", &self.root_cert)
             .field("client_cert", &self.client_cert)
+            .field("channel_binding", &self.channel_binding)
             .finish()
     }
 }
@@ -182,6 +216,7 @@ impl PartialEq for UpstreamTls {
         self.mode == other.mode
             && self.root_cert == other.root_cert
             && self.client_cert == other.client_cert
+            && self.channel_binding == other.channel_binding
     }
 }
 impl Eq for UpstreamTls {}
@@ -199,6 +234,7 @@ impl UpstreamTls {
                 mode,
                 root_cert,
                 client_cert,
+                channel_binding: ChannelBindingMode::Prefer,
                 config: None,
             });
         }
@@ -244,6 +280,7 @@ impl UpstreamTls {
             mode,
             root_cert,
             client_cert,
+            channel_binding: ChannelBindingMode::Prefer,
             config: Some(Arc::new(config)),
         })
     }
@@ -261,6 +298,25 @@ impl UpstreamTls {
     /// The configured `sslcert` / `sslkey`.
     pub fn client_cert(&self) -> Option<&ClientCert> {
         self.client_cert.as_ref()
+    }
+
+    /// Sets `channel_binding`; `require` is refused with `sslmode=disable`, where it could never succeed.
+    pub fn with_channel_binding(
+        mut self,
+        mode: ChannelBindingMode,
+    ) -> Result<Self, UpstreamTlsError> {
+        if mode == ChannelBindingMode::Require && self.mode == SslMode::Disable {
+            return Err(UpstreamTlsError::ChannelBindingWithoutTls(
+                "sslmode=disable never uses it",
+            ));
+        }
+        self.channel_binding = mode;
+        Ok(self)
+    }
+
+    /// The configured `channel_binding`.
+    pub fn channel_binding(&self) -> ChannelBindingMode {
+        self.channel_binding
     }
 }
 
@@ -570,6 +626,14 @@ impl UpstreamStream {
     /// True when the session is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, Self::Tls(_))
+    }
+
+    /// The server's own (end-entity) certificate, on a TLS session.
+    pub fn server_certificate(&self) -> Option<&CertificateDer<'static>> {
+        match self {
+            Self::Tls(tls) => tls.get_ref().1.peer_certificates()?.first(),
+            Self::Plain(_) | Self::Unix(_) => None,
+        }
     }
 }
 

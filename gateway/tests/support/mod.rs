@@ -2,3 +2,5 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod private_postgres;
+pub mod tls_proxy;

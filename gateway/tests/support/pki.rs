@@ -4,7 +4,7 @@
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// A CA, and the certificates it signed, with a temporary directory for their files (removed on drop).
 pub struct Pki {
@@ -132,6 +132,24 @@ impl Pki {
     /// Presents a server certificate for `names` and demands a client certificate signed by `clients`.
     pub fn acceptor_requiring_client_certs(&self, names: &[&str], clients: &Pki) -> TlsAcceptor {
         TlsAcceptor::from(Arc::new(self.server_config(names, Some(clients))))
+    }
+}
+
+impl Pki {
+    /// A TLS client that trusts this CA (and nothing else).
+    pub fn connector(&self) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.ca.der().to_vec()))
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
     }
 }
 
