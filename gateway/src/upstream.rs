@@ -5,7 +5,9 @@ use crate::masking::tables::{LookupError, Relation};
 use crate::pg::codec::{error_fields, read_cstr, read_frame, read_i16, read_i32};
 pub use crate::pg::gate::UpstreamTarget;
 use crate::pg::upstream::{connect, Upstream, UpstreamError};
-use crate::pg::upstream_tls::{RootCert, SslMode, UpstreamTls, UpstreamTlsError};
+use crate::pg::upstream_tls::{
+    ChannelBindingMode, ClientCert, RootCert, SslMode, UpstreamTls, UpstreamTlsError,
+};
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use serde::Serialize;
@@ -21,7 +23,7 @@ const MAX_FRAME: usize = 256 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum UrlError {
     /// The URL's shape is wrong.
-    #[error("upstream URL is invalid: {0}; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…&sslrootcert=…]")]
+    #[error("upstream URL is invalid: {0}; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…&sslrootcert=…&sslcert=…&sslkey=…]")]
     Syntax(String),
     /// Its TLS parameters can't be used.
     #[error("upstream URL: {0}")]
@@ -51,8 +53,9 @@ fn percent_decode(s: &str) -> Result<String, UrlError> {
 }
 
 impl UpstreamTarget {
-    /// Parse `postgres://user:password@host:port/database?sslmode=…&sslrootcert=…`. `sslmode` defaults to
-    /// `prefer` as in libpq; the root file is read here, so a bad one fails at config load. Other query
+    /// Parse `postgres://user:password@host:port/database?sslmode=…&sslrootcert=…&sslcert=…&sslkey=…`.
+    /// `sslmode` defaults to `prefer` as in libpq; the root, certificate and key files are read here, so a
+    /// bad one fails at config load. Other query
     /// parameters are ignored, except libpq TLS parameters the gateway does not implement, which are refused.
     /// As in libpq, a host that is an absolute path (`%2Fvar%2Frun%2Fpostgresql` in the authority, or
     /// `?host=/var/run/postgresql`) names the directory of a Unix-domain socket; TLS is never used there.
@@ -86,6 +89,10 @@ impl UpstreamTarget {
         };
         if host.is_empty() {
             return Err(UrlError::Syntax("no host".into()));
+        }
+        if host.starts_with('/') && tls.channel_binding() == ChannelBindingMode::Require {
+            let why = "the host is a Unix-domain socket, which never uses TLS";
+            return Err(UpstreamTlsError::ChannelBindingWithoutTls(why).into());
         }
         let port = if port.is_empty() {
             5432
@@ -129,10 +136,12 @@ fn query_param(query: &str, key: &str) -> Result<Option<String>, UrlError> {
     Ok(found)
 }
 
-/// `sslmode` and `sslrootcert` from the query string.
+/// `sslmode`, `sslrootcert`, `sslcert`, `sslkey` and `channel_binding` from the query string.
 fn parse_tls(query: &str) -> Result<UpstreamTls, UrlError> {
     let mut mode = SslMode::Prefer;
+    let mut channel_binding = ChannelBindingMode::Prefer;
     let mut root = None;
+    let (mut ssl_cert, mut ssl_key) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = percent_decode(value)?;
@@ -142,6 +151,12 @@ fn parse_tls(query: &str) -> Result<UpstreamTls, UrlError> {
             }
             "sslrootcert" if value == "system" => root = Some(RootCert::System),
             "sslrootcert" if !value.is_empty() => root = Some(RootCert::File(value.into())),
+            "channel_binding" => {
+                channel_binding = ChannelBindingMode::parse(&value)
+                    .ok_or(UpstreamTlsError::BadChannelBinding(value))?;
+            }
+            "sslcert" => ssl_cert = Some(value).filter(|v| !v.is_empty()),
+            "sslkey" => ssl_key = Some(value).filter(|v| !v.is_empty()),
             // SNI is sent for host names and never for IP addresses, whatever this says.
             "sslsni" => {}
             "sslnegotiation" if value == "postgres" => {}
@@ -151,7 +166,23 @@ fn parse_tls(query: &str) -> Result<UpstreamTls, UrlError> {
             _ => {}
         }
     }
-    Ok(UpstreamTls::new(mode, root)?)
+    // libpq falls back to ~/.postgresql/postgresql.crt; the gateway uses only what the URL names.
+    let client_cert = match (ssl_cert, ssl_key) {
+        (Some(cert), Some(key)) => Some(ClientCert {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            let (given, missing) = ("sslcert", "sslkey");
+            return Err(UpstreamTlsError::ClientCertHalf { given, missing }.into());
+        }
+        (None, Some(_)) => {
+            let (given, missing) = ("sslkey", "sslcert");
+            return Err(UpstreamTlsError::ClientCertHalf { given, missing }.into());
+        }
+    };
+    Ok(UpstreamTls::new(mode, root, client_cert)?.with_channel_binding(channel_binding)?)
 }
 
 /// One column of a result.
@@ -575,15 +606,86 @@ mod tests {
         let err = |url: &str| UpstreamTarget::parse(url).unwrap_err().to_string();
         assert!(err("postgres://u@h/db?sslmode=allowed").contains("verify-full"));
         assert!(err("postgres://u@h/db?sslmode=verify-full").contains("sslrootcert="));
-        assert!(err("postgres://u@h/db?sslmode=require&sslcert=/c.pem").contains("sslcert"));
+        assert!(err("postgres://u@h/db?sslmode=require&sslcrl=/c.pem").contains("sslcrl"));
         assert!(
             err("postgres://u@h/db?sslmode=verify-ca&sslrootcert=/missing/ca.pem")
                 .contains("/missing/ca.pem")
         );
+        assert_eq!(
+            t.tls.channel_binding(),
+            ChannelBindingMode::Prefer,
+            "libpq's default"
+        );
+        for (value, mode) in [
+            ("disable", ChannelBindingMode::Disable),
+            ("prefer", ChannelBindingMode::Prefer),
+            ("require", ChannelBindingMode::Require),
+        ] {
+            let url = format!("postgres://u@h/db?sslmode=require&channel_binding={value}");
+            assert_eq!(
+                UpstreamTarget::parse(&url).unwrap().tls.channel_binding(),
+                mode
+            );
+        }
+        assert!(
+            err("postgres://u@h/db?channel_binding=always").contains("disable, prefer or require")
+        );
+        let never = err("postgres://u@h/db?sslmode=disable&channel_binding=require");
+        assert!(
+            never.contains("channel_binding=require needs TLS, but sslmode=disable"),
+            "{never}"
+        );
+        let unix = err("postgres://u@/db?host=/run/postgresql&channel_binding=require");
+        assert!(unix.contains("Unix-domain socket"), "{unix}");
         // Unrelated libpq parameters are still ignored.
         let t =
             UpstreamTarget::parse("postgres://u@h/db?connect_timeout=5&sslmode=require").unwrap();
         assert_eq!(t.tls.mode(), SslMode::Require);
+    }
+
+    #[test]
+    fn client_certificates_need_both_files_and_are_read_at_parse_time() {
+        let err = |url: &str| UpstreamTarget::parse(url).unwrap_err().to_string();
+        let half = err("postgres://u@h/db?sslmode=require&sslcert=/c.pem");
+        assert!(half.contains("sslcert is set but sslkey is not"), "{half}");
+        let half = err("postgres://u@h/db?sslmode=require&sslkey=/k.pem");
+        assert!(half.contains("sslkey is set but sslcert is not"), "{half}");
+        let missing =
+            err("postgres://u@h/db?sslmode=require&sslcert=/missing/c.pem&sslkey=/missing/k.pem");
+        assert!(missing.contains("sslcert /missing/c.pem"), "{missing}");
+
+        let dir = std::env::temp_dir().join(format!("cs-url-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gateway".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let url = format!(
+            "postgres://u@h/db?sslmode=require&sslcert={}&sslkey={}",
+            cert_path.display(),
+            key_path.display()
+        );
+        let t = UpstreamTarget::parse(&url).unwrap();
+        assert_eq!(
+            t.tls.client_cert(),
+            Some(&ClientCert {
+                cert: cert_path.clone(),
+                key: key_path.clone()
+            })
+        );
+        // The key file is checked too: a certificate where the key should be names the key file.
+        let swapped = url.replace("k.pem", "c.pem");
+        let e = err(&swapped);
+        assert!(
+            e.contains(&format!("sslkey {}", cert_path.display())),
+            "{e}"
+        );
+        assert!(e.contains("no private key found"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

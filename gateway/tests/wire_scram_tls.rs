@@ -1,24 +1,26 @@
 //! SCRAM-SHA-256 client logins and TLS to the upstream, end to end against the real PostgreSQL at
-//! 127.0.0.1:5432. That server has no TLS, so a loopback fake answers the SSLRequest with 'S' (or 'N'),
-//! terminates TLS with a generated certificate and forwards the decrypted bytes to it.
+//! 127.0.0.1:5432. A loopback fake answers the SSLRequest with 'S' (or 'N'), terminates TLS with a
+//! generated certificate (demanding a client certificate when asked to) and forwards the decrypted bytes
+//! to that server in plaintext.
+
+mod support;
 
 use countersign_gateway::identity::scram::ScramVerifier;
 use countersign_gateway::pg::scram::ScramError;
 use countersign_gateway::pg::testing::{GateEvent, StaticGate};
-use countersign_gateway::pg::{UpstreamTarget, WireAuth, WireConfig, WireServer};
+use countersign_gateway::pg::{TlsFiles, UpstreamTarget, WireAuth, WireConfig, WireServer};
 use countersign_gateway::upstream::UpstreamPool;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use support::pki::{CertFiles, Pki};
+use support::private_postgres::PrivatePostgres;
+use support::tls_proxy::{tls_proxy, Backend, TlsProxy};
 use tokio_postgres::NoTls;
 use tokio_rustls::TlsAcceptor;
 
 const TOKEN: &str = "secret-token";
-const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 fn plain_upstream() -> UpstreamTarget {
     UpstreamTarget::parse("postgres://postgres@127.0.0.1:5432/test?sslmode=disable").unwrap()
@@ -147,116 +149,12 @@ async fn psql_logs_in_with_scram_from_pgpassword() {
 
 // ---- upstream TLS ----
 
-/// A CA, and server certificates it signed.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
+/// The shared PostgreSQL behind a TLS-terminating proxy ('N' without an acceptor).
+async fn fake_upstream(acceptor: Option<TlsAcceptor>) -> TlsProxy {
+    tls_proxy(acceptor, Backend::Plain("127.0.0.1:5432".parse().unwrap())).await
 }
 
-impl Pki {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("upstream_tls_{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "countersign test CA");
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        Self { dir, ca, ca_key }
-    }
-
-    /// Writes the CA certificate; returns its path.
-    fn ca_file(&self, name: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        std::fs::write(&path, self.ca.pem()).unwrap();
-        path
-    }
-
-    /// A server certificate for `names` (IP addresses only: nothing here resolves names).
-    fn acceptor(&self, names: &[&str]) -> TlsAcceptor {
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-        TlsAcceptor::from(Arc::new(config))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A loopback stand-in for a TLS-enabled PostgreSQL: 'S' and a TLS handshake when it has an acceptor,
-/// else 'N'; then it forwards everything to the real server. Counts completed TLS handshakes.
-struct FakeUpstream {
-    addr: SocketAddr,
-    tls_sessions: Arc<AtomicUsize>,
-}
-
-async fn fake_upstream(acceptor: Option<TlsAcceptor>) -> FakeUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tls_sessions = Arc::new(AtomicUsize::new(0));
-    let count = tls_sessions.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut first = [0u8; 8];
-                client.read_exact(&mut first).await?;
-                let mut server = TcpStream::connect("127.0.0.1:5432").await?;
-                if first != SSL_REQUEST {
-                    server.write_all(&first).await?;
-                    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
-                    return Ok::<_, std::io::Error>(());
-                }
-                match acceptor {
-                    Some(acceptor) => {
-                        client.write_all(b"S").await?;
-                        let mut tls = acceptor.accept(client).await?;
-                        count.fetch_add(1, Ordering::SeqCst);
-                        tokio::io::copy_bidirectional(&mut tls, &mut server).await?;
-                    }
-                    None => {
-                        client.write_all(b"N").await?;
-                        tokio::io::copy_bidirectional(&mut client, &mut server).await?;
-                    }
-                }
-                Ok(())
-            });
-        }
-    });
-    FakeUpstream { addr, tls_sessions }
-}
-
-fn target(upstream: &FakeUpstream, query: &str) -> UpstreamTarget {
+fn target(upstream: &TlsProxy, query: &str) -> UpstreamTarget {
     UpstreamTarget::parse(&format!(
         "postgres://postgres@127.0.0.1:{}/test?{query}",
         upstream.addr.port()
@@ -376,4 +274,274 @@ async fn a_certificate_from_another_ca_is_refused_unless_nothing_is_verified() {
     let client = login(addr, "agent", TOKEN).await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
     assert_eq!(fake.tls_sessions.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_the_trusted_ca_is_presented_and_others_fail_clearly() {
+    let pki = Pki::new();
+    let client_ca = Pki::new();
+    let other_ca = Pki::new();
+    let fake = fake_upstream(Some(
+        pki.acceptor_requiring_client_certs(&["127.0.0.1"], &client_ca),
+    ))
+    .await;
+    let ca = pki.ca_file("ca.pem");
+    let with_cert = |files: &support::pki::CertFiles| {
+        format!(
+            "sslmode=verify-full&{}&sslcert={}&sslkey={}",
+            root(&ca),
+            files.cert.display(),
+            files.key.display()
+        )
+    };
+    let good = client_ca.client_files("countersign", "gateway");
+    let target = target(&fake, &with_cert(&good));
+    let addr = gateway_to(target.clone()).await;
+    let client = login(addr, "agent", TOKEN).await.unwrap();
+    let row = client
+        .query_one("SELECT 'with a client certificate'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "with a client certificate");
+    assert_eq!(fake.tls_sessions.load(Ordering::SeqCst), 1);
+    // The API's own connections present it too.
+    let out = UpstreamPool::new(1)
+        .simple_query("app", &target, "SELECT 2", true)
+        .await
+        .unwrap();
+    assert_eq!(out.results[0].rows[0][0].as_deref(), Some("2"));
+
+    // Without a certificate: the server's alert is explained.
+    let addr = gateway_to(self::target(
+        &fake,
+        &format!("sslmode=verify-full&{}", root(&ca)),
+    ))
+    .await;
+    let (code, message) = sqlstate(&login(addr, "agent", TOKEN).await.unwrap_err());
+    assert_eq!(code, "08006", "{message}");
+    assert!(
+        message.contains("requires a TLS client certificate"),
+        "{message}"
+    );
+    assert!(message.contains("sslcert="), "{message}");
+
+    // A certificate from a CA the server does not trust.
+    let stranger = other_ca.client_files("countersign", "stranger");
+    let addr = gateway_to(self::target(&fake, &with_cert(&stranger))).await;
+    let (code, message) = sqlstate(&login(addr, "agent", TOKEN).await.unwrap_err());
+    assert_eq!(code, "08006", "{message}");
+    assert!(
+        message.contains("refused the gateway's client certificate"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&stranger.cert.display().to_string()),
+        "{message}"
+    );
+    assert_eq!(fake.tls_sessions.load(Ordering::SeqCst), 2);
+}
+
+// ---- SCRAM-SHA-256-PLUS: channel binding on both sides ----
+
+/// A gateway whose wire listener speaks TLS with `cert` (passwords only over TLS, as in production).
+async fn start_tls(gate: StaticGate, cert: &CertFiles) -> (Arc<StaticGate>, SocketAddr) {
+    let gate = Arc::new(gate);
+    let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
+    config.tls = Some(TlsFiles {
+        cert: cert.cert.clone(),
+        key: cert.key.clone(),
+    });
+    let server = WireServer::bind(config, gate.clone()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    (gate, addr)
+}
+
+/// psql as user `ops` with the libpq options `conninfo`; returns success and stdout or stderr.
+async fn psql_ops(addr: SocketAddr, conninfo: &str) -> Result<String, String> {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} dbname=app user=ops {conninfo}",
+        addr.port()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("psql")
+            .args([conninfo.as_str(), "-XAtc", "SELECT 6 * 7"])
+            .env("PGPASSWORD", "correct horse")
+            .output()
+            .expect("psql must be installed")
+    })
+    .await
+    .unwrap();
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+#[tokio::test]
+async fn psql_with_channel_binding_required_logs_in_over_the_gateways_tls() {
+    let pki = Pki::new();
+    let cert = pki.server_files(&["127.0.0.1"], "gateway");
+    let (gate, addr) = start_tls(scram_gate(), &cert).await;
+    // libpq refuses to log in unless SCRAM-SHA-256-PLUS was offered, chosen and verified.
+    let bound = psql_ops(addr, "sslmode=require channel_binding=require").await;
+    assert_eq!(bound.as_deref(), Ok("42"));
+    // Clients that don't bind still log in over TLS ('n'), and the default (prefer) binds.
+    let unbound = psql_ops(addr, "sslmode=require channel_binding=disable").await;
+    assert_eq!(unbound.as_deref(), Ok("42"));
+    assert_eq!(psql_ops(addr, "sslmode=require").await.as_deref(), Ok("42"));
+    assert!(gate
+        .events()
+        .iter()
+        .all(|e| !matches!(e, GateEvent::ScramRefused { .. })));
+}
+
+#[tokio::test]
+async fn a_proxy_terminating_tls_between_psql_and_the_gateway_is_detected() {
+    let pki = Pki::new();
+    let cert = pki.server_files(&["127.0.0.1"], "gateway");
+    let (gate, addr) = start_tls(scram_gate(), &cert).await;
+    // The proxy shows psql its own certificate and talks TLS to the gateway on its own.
+    let intruder = Pki::new();
+    let proxy = tls_proxy(
+        Some(intruder.acceptor(&["127.0.0.1"])),
+        Backend::Tls(addr, pki.connector()),
+    )
+    .await;
+    let err = psql_ops(proxy.addr, "sslmode=require").await.unwrap_err();
+    assert!(err.contains("SCRAM channel binding check failed"), "{err}");
+    assert!(gate.events().iter().any(|e| matches!(
+        e,
+        GateEvent::ScramRefused { user, error: ScramError::ChannelBinding(_) } if user == "ops"
+    )));
+    // Without binding, nothing notices the proxy: what channel binding is for.
+    let unbound = psql_ops(proxy.addr, "sslmode=require channel_binding=disable").await;
+    assert_eq!(unbound.as_deref(), Ok("42"));
+    assert_eq!(proxy.tls_sessions.load(Ordering::SeqCst), 2);
+}
+
+/// A private PostgreSQL whose certificate is signed with ecdsa-with-SHA384 (so both ends must hash the
+/// certificate with SHA-384), SCRAM on hostssl, and cleartext passwords for database `cleartext_db`.
+async fn private_postgres(pki: &Pki) -> PrivatePostgres {
+    let cert = pki.server_files(&["127.0.0.1"], "pg");
+    tokio::task::spawn_blocking(move || {
+        PrivatePostgres::start(
+            &cert,
+            &[
+                "hostssl cleartext_db all 127.0.0.1/32 password",
+                "hostssl all all 127.0.0.1/32 scram-sha-256",
+            ],
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn upstream_scram_plus_binds_to_a_real_postgres_and_exposes_a_proxy_in_between() {
+    let pki = Pki::with_algorithm(&rcgen::PKCS_ECDSA_P384_SHA384);
+    let pg = private_postgres(&pki).await;
+    let ca = pki.ca_file("pg-ca.pem");
+    let url = |query: &str| UpstreamTarget::parse(&pg.url("postgres", query)).unwrap();
+
+    let target = url("sslmode=require&channel_binding=require");
+    let addr = gateway_to(target.clone()).await;
+    let client = login(addr, "agent", TOKEN)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", pg.log()));
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the upstream session is TLS");
+    let out = UpstreamPool::new(1)
+        .simple_query("app", &target, "SELECT 'bound'", true)
+        .await
+        .unwrap();
+    assert_eq!(out.results[0].rows[0][0].as_deref(), Some("bound"));
+    for query in [
+        format!("sslmode=verify-full&{}&channel_binding=require", root(&ca)),
+        "sslmode=require".to_string(),
+        "sslmode=require&channel_binding=disable".to_string(),
+    ] {
+        let addr = gateway_to(url(&query)).await;
+        let client = login(addr, "agent", TOKEN).await.unwrap();
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    // Never TLS: refused when the URL is read, before any connection.
+    let never =
+        UpstreamTarget::parse(&pg.url("postgres", "sslmode=disable&channel_binding=require"))
+            .unwrap_err()
+            .to_string();
+    assert!(
+        never.contains("channel_binding=require needs TLS, but sslmode=disable"),
+        "{never}"
+    );
+
+    // A proxy between the gateway and the database, with a certificate of its own: the gateway (not
+    // checking certificates under sslmode=require) binds to the proxy's certificate and PostgreSQL,
+    // expecting its own, refuses the login.
+    let intruder = Pki::new();
+    let proxy = tls_proxy(
+        Some(intruder.acceptor(&["127.0.0.1"])),
+        Backend::Tls(pg.addr(), pki.connector()),
+    )
+    .await;
+    let through = |query: &str| {
+        UpstreamTarget::parse(&format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres?{query}",
+            pg.password,
+            proxy.addr.port()
+        ))
+        .unwrap()
+    };
+    let addr = gateway_to(through("sslmode=require")).await;
+    let (code, message) = sqlstate(&login(addr, "agent", TOKEN).await.unwrap_err());
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("refused the session"), "{message}");
+    assert!(
+        pg.log().contains("SCRAM channel binding check failed"),
+        "{}",
+        pg.log()
+    );
+    // Without channel binding the same proxy goes unnoticed.
+    let addr = gateway_to(through("sslmode=require&channel_binding=disable")).await;
+    let client = login(addr, "agent", TOKEN).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn channel_binding_require_refuses_logins_that_are_not_bound() {
+    // TLS to a private PostgreSQL that asks for a cleartext password: refused before the password leaves.
+    let pki = Pki::new();
+    let pg = private_postgres(&pki).await;
+    let cleartext = |query: &str| UpstreamTarget::parse(&pg.url("cleartext_db", query)).unwrap();
+    let addr = gateway_to(cleartext("sslmode=require&channel_binding=require")).await;
+    let (code, message) = sqlstate(&login(addr, "agent", TOKEN).await.unwrap_err());
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("channel_binding=require"), "{message}");
+    assert!(
+        message.contains("asked for a cleartext password"),
+        "{message}"
+    );
+    // With prefer the password is sent, and the login gets as far as the missing database.
+    let addr = gateway_to(cleartext("sslmode=require")).await;
+    let (_, message) = sqlstate(&login(addr, "agent", TOKEN).await.unwrap_err());
+    assert!(message.contains("SQLSTATE 3D000"), "{message}");
+
+    // The shared server trusts the gateway's user: no SCRAM at all, over TLS ...
+    let fake = fake_upstream(Some(pki.acceptor(&["127.0.0.1"]))).await;
+    let addr = gateway_to(target(&fake, "sslmode=require&channel_binding=require")).await;
+    let (code, message) = sqlstate(&login(addr, "agent", TOKEN).await.unwrap_err());
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("no authentication (trust)"), "{message}");
+    // ... or over plaintext, when sslmode=prefer met a server without TLS.
+    let fake = fake_upstream(None).await;
+    let addr = gateway_to(target(&fake, "sslmode=prefer&channel_binding=require")).await;
+    let (code, message) = sqlstate(&login(addr, "agent", TOKEN).await.unwrap_err());
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("not channel-bound"), "{message}");
 }

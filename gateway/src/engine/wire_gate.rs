@@ -61,6 +61,7 @@ impl WireGate for Engine {
         let code = match error {
             ScramError::Failed => "scram_failed",
             ScramError::Malformed(_) => "scram_malformed",
+            ScramError::ChannelBinding(_) => "scram_channel_binding",
         };
         // Same shape as a refused token (`Engine::authenticate`), plus the claimed user and connection.
         let entry = AuditEntry::new("unknown", "auth.refused", "wire")

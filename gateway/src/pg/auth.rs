@@ -1,12 +1,13 @@
 //! Client authentication after the startup packet: SCRAM-SHA-256 for users that name a static identity
 //! with a verifier (or for every user when `[wire] auth = "scram"`), else a cleartext password carrying
-//! the agent's JWT or static token.
+//! the agent's JWT or static token. Over TLS, SCRAM-SHA-256-PLUS is offered first (channel binding to
+//! the listener's certificate).
 
 use super::codec::{put_auth, read_frame, send, sqlstate};
 use super::config::WireAuth;
 use super::error::WireError;
 use super::gate::WireAuthError;
-use super::scram::{ScramError, ScramServer, MECHANISM};
+use super::scram::{Mechanism, Offer, ScramError, ScramServer};
 use super::session::{fatal, Shared};
 use bytes::{BufMut, Bytes, BytesMut};
 use countersign_bot::RequesterChain;
@@ -25,12 +26,14 @@ const AUTH_CLEARTEXT: i32 = 3;
 pub(super) type Login = Option<RequesterChain>;
 
 /// Runs the authentication exchange; `out` holds anything to send before the first request
-/// (NegotiateProtocolVersion). On success the caller sends AuthenticationOk.
+/// (NegotiateProtocolVersion); `offer` says whether SCRAM-SHA-256-PLUS is offered (TLS) and with which
+/// binding data. On success the caller sends AuthenticationOk.
 pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     mut out: BytesMut,
     connection: &str,
     user: &str,
+    offer: Offer,
     shared: &Shared,
     deadline: Instant,
 ) -> Result<Login, WireError> {
@@ -40,10 +43,11 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         send(stream, &out).await?;
         return cleartext(stream, connection, user, shared, deadline).await;
     }
-    let mut scram = ScramServer::new(verifier, user, &shared.scram_mock_secret);
     put_sasl(&mut out, AUTH_SASL, |b| {
-        b.put_slice(MECHANISM.as_bytes());
-        b.put_u8(0);
+        for mechanism in offer.mechanisms() {
+            b.put_slice(mechanism.as_bytes());
+            b.put_u8(0);
+        }
         b.put_u8(0);
     });
     send(stream, &out).await?;
@@ -51,11 +55,12 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(body) = next_message(stream, deadline).await? else {
         return Ok(None);
     };
-    let first = match sasl_initial_response(&body) {
-        Ok(first) => first,
+    let (mechanism, first) = match sasl_initial_response(&body, &offer) {
+        Ok(chosen) => chosen,
         Err(msg) => return Err(fatal(stream, sqlstate::PROTOCOL_VIOLATION, &msg).await),
     };
-    let server_first = match scram.client_first(first) {
+    let mut scram = ScramServer::new(verifier, user, &shared.scram_mock_secret, offer);
+    let server_first = match scram.client_first(mechanism, first) {
         Ok(m) => m,
         Err(e) => return Err(scram_failed(stream, e, connection, user, shared).await),
     };
@@ -122,18 +127,27 @@ async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The client-first-message inside a SASLInitialResponse (mechanism, Int32 length, data).
-fn sasl_initial_response(body: &[u8]) -> Result<&[u8], String> {
+/// The chosen mechanism and the client-first-message inside a SASLInitialResponse (mechanism, Int32
+/// length, data); the mechanism must be one that `offer` advertised.
+fn sasl_initial_response<'b>(
+    body: &'b [u8],
+    offer: &Offer,
+) -> Result<(Mechanism, &'b [u8]), String> {
     let nul = body
         .iter()
         .position(|&b| b == 0)
         .ok_or("malformed SASLInitialResponse")?;
-    if &body[..nul] != MECHANISM.as_bytes() {
+    let Some(mechanism) = offer.choose(&body[..nul]) else {
         return Err(format!(
-            "the client selected SASL mechanism \"{}\"; the gateway offers only {MECHANISM}",
-            String::from_utf8_lossy(&body[..nul])
+            "the client selected SASL mechanism \"{}\"; the gateway offers only {} on this connection{}",
+            String::from_utf8_lossy(&body[..nul]),
+            offer.mechanisms().join(" and "),
+            match offer {
+                Offer::ScramOnly => " (channel binding needs TLS: connect with sslmode=require)",
+                Offer::WithPlus(_) => "",
+            }
         ));
-    }
+    };
     let rest = &body[nul + 1..];
     let len = rest
         .get(..4)
@@ -143,7 +157,7 @@ fn sasl_initial_response(body: &[u8]) -> Result<&[u8], String> {
     if len < 0 || len as usize != data.len() {
         return Err("SASLInitialResponse without a client-first-message".into());
     }
-    Ok(data)
+    Ok((mechanism, data))
 }
 
 async fn scram_failed<S: AsyncWrite + Unpin>(
@@ -161,6 +175,9 @@ async fn scram_failed<S: AsyncWrite + Unpin>(
                 user: user.to_string(),
             };
             refused(stream, e).await
+        }
+        ScramError::ChannelBinding(msg) => {
+            fatal(stream, sqlstate::INVALID_AUTHORIZATION, &msg).await
         }
     }
 }
@@ -187,20 +204,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sasl_initial_response_yields_the_client_first_message() {
+    fn sasl_initial_response_yields_the_mechanism_and_the_client_first_message() {
+        let plaintext = Offer::ScramOnly;
+        let tls = Offer::WithPlus(vec![1; 32]);
         let mut body = b"SCRAM-SHA-256\0".to_vec();
         body.extend_from_slice(&7i32.to_be_bytes());
         body.extend_from_slice(b"n,,n=,r");
-        assert_eq!(sasl_initial_response(&body).unwrap(), b"n,,n=,r");
+        for offer in [&plaintext, &tls] {
+            assert_eq!(
+                sasl_initial_response(&body, offer).unwrap(),
+                (Mechanism::Scram, &b"n,,n=,r"[..])
+            );
+        }
         let mut plus = b"SCRAM-SHA-256-PLUS\0".to_vec();
-        plus.extend_from_slice(&0i32.to_be_bytes());
-        assert!(sasl_initial_response(&plus)
-            .unwrap_err()
-            .contains("offers only"));
+        plus.extend_from_slice(&4i32.to_be_bytes());
+        plus.extend_from_slice(b"p=x,");
+        // PLUS is offered, and so accepted, only over TLS.
+        assert_eq!(
+            sasl_initial_response(&plus, &tls).unwrap(),
+            (Mechanism::ScramPlus, &b"p=x,"[..])
+        );
+        let refused = sasl_initial_response(&plus, &plaintext).unwrap_err();
+        assert!(
+            refused.contains("offers only SCRAM-SHA-256 on"),
+            "{refused}"
+        );
+        assert!(refused.contains("sslmode=require"), "{refused}");
         let mut none = b"SCRAM-SHA-256\0".to_vec();
         none.extend_from_slice(&(-1i32).to_be_bytes());
-        assert!(sasl_initial_response(&none).is_err());
-        assert!(sasl_initial_response(b"SCRAM").is_err());
+        assert!(sasl_initial_response(&none, &tls).is_err());
+        assert!(sasl_initial_response(b"SCRAM", &tls).is_err());
     }
 
     #[test]

@@ -94,7 +94,8 @@ pub struct UpstreamTarget {
     pub password: Option<String>,
     /// Upstream database name.
     pub database: String,
-    /// `sslmode` / `sslrootcert` from the URL (`disable` when built by hand).
+    /// TLS and channel-binding settings from the URL (`sslmode`, `sslrootcert`, `sslcert`/`sslkey`,
+    /// `channel_binding`; `disable` when built by hand).
     pub tls: super::upstream_tls::UpstreamTls,
 }
 

@@ -8,6 +8,7 @@
 mod auth;
 mod backend;
 mod cancel;
+pub mod channel_binding;
 pub(crate) mod codec;
 pub mod config;
 pub mod error;
@@ -30,4 +31,4 @@ pub use gate::{
     UpstreamTarget, WireAuthError, WireGate,
 };
 pub use server::{serve, WireServer};
-pub use upstream_tls::{RootCert, SslMode, UpstreamTls};
+pub use upstream_tls::{ChannelBindingMode, ClientCert, RootCert, SslMode, UpstreamTls};

@@ -1,6 +1,7 @@
 //! The listener: binds, accepts, and spawns one task per client connection.
 
 use super::cancel::CancelRegistry;
+use super::channel_binding::tls_server_end_point;
 use super::config::WireConfig;
 use super::error::WireError;
 use super::gate::WireGate;
@@ -22,11 +23,13 @@ pub struct WireServer {
 impl WireServer {
     /// Loads TLS material and binds the configured address (spawns the recorder on the current runtime).
     pub async fn bind(cfg: WireConfig, gate: Arc<dyn WireGate>) -> Result<Self, WireError> {
-        let tls = cfg
-            .tls
-            .as_ref()
-            .map(|t| load_tls(&t.cert, &t.key))
-            .transpose()?;
+        let (tls, tls_end_point) = match &cfg.tls {
+            Some(t) => {
+                let (acceptor, end_point) = load_tls(&t.cert, &t.key)?;
+                (Some(acceptor), end_point)
+            }
+            None => (None, None),
+        };
         // A deep accept queue: connection bursts (CI fleets, pools warming up) must not be dropped.
         let bind = || -> std::io::Result<TcpListener> {
             let socket = if cfg.listen.is_ipv4() {
@@ -47,6 +50,7 @@ impl WireServer {
             cfg,
             gate,
             tls,
+            tls_end_point,
             cancels: CancelRegistry::default(),
             recorder,
             scram_mock_secret: rand::random(),
@@ -92,7 +96,12 @@ pub async fn serve(
     WireServer::bind(cfg, gate).await?.run(shutdown).await
 }
 
-fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, WireError> {
+/// The acceptor and, when the certificate's signature algorithm allows, its `tls-server-end-point`
+/// channel-binding data (SCRAM-SHA-256-PLUS is offered only then).
+fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(TlsAcceptor, Option<Vec<u8>>), WireError> {
     let err = |path: &std::path::Path, reason: String| WireError::Tls {
         path: path.to_path_buf(),
         reason,
@@ -111,6 +120,13 @@ fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor
     let key_der = rustls_pemfile::private_key(&mut open(key)?)
         .map_err(|e| err(key, e.to_string()))?
         .ok_or_else(|| err(key, "no private key found".into()))?;
+    let end_point = match tls_server_end_point(&certs[0]) {
+        Ok(data) => Some(data),
+        Err(e) => {
+            tracing::warn!(cert = %cert.display(), error = %e, "SCRAM-SHA-256-PLUS (channel binding) is not offered on the wire listener");
+            None
+        }
+    };
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -119,5 +135,5 @@ fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor
     .with_no_client_auth()
     .with_single_cert(certs, key_der)
     .map_err(|e| err(cert, e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), end_point))
 }

@@ -10,6 +10,7 @@ use super::error::WireError;
 use super::gate::{SessionInfo, WireGate};
 use super::recorder::Recorder;
 use super::relay::{Relay, SessionCtx};
+use super::scram::Offer;
 use super::upstream::{self, Upstream};
 use super::upstream_tls::UpstreamStream;
 use bytes::{BufMut, BytesMut};
@@ -35,6 +36,9 @@ pub struct Shared {
     pub gate: Arc<dyn WireGate>,
     /// TLS, when configured.
     pub tls: Option<TlsAcceptor>,
+    /// The listener certificate's `tls-server-end-point` data for SCRAM-SHA-256-PLUS; `None` without TLS
+    /// or when the certificate's signature algorithm defines no hash (then PLUS is not offered).
+    pub tls_end_point: Option<Vec<u8>>,
     /// Cancel keys of live sessions.
     pub cancels: CancelRegistry,
     /// Session recording.
@@ -282,13 +286,23 @@ async fn serve<S: Halves>(
         let msg = "the gateway accepts passwords only over TLS; connect with sslmode=require";
         return Err(fatal(&mut stream, sqlstate::INVALID_AUTHORIZATION, msg).await);
     }
-    let requester =
-        match super::auth::authenticate(&mut stream, out, &connection, &user, shared, deadline)
-            .await?
-        {
-            Some(r) => r,
-            None => return Ok(()),
-        };
+    let offer = match (tls, &shared.tls_end_point) {
+        (true, Some(end_point)) => Offer::WithPlus(end_point.clone()),
+        _ => Offer::ScramOnly,
+    };
+    let login = super::auth::authenticate(
+        &mut stream,
+        out,
+        &connection,
+        &user,
+        offer,
+        shared,
+        deadline,
+    );
+    let requester = match login.await? {
+        Some(r) => r,
+        None => return Ok(()),
+    };
     let Some(target) = shared.gate.upstream(&connection) else {
         let msg = format!("connection \"{connection}\" does not exist; use a connection name the gateway is configured with");
         return Err(fatal(&mut stream, sqlstate::INVALID_CATALOG_NAME, &msg).await);

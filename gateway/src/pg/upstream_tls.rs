@@ -10,12 +10,14 @@
 //! | `verify-full` | always         | chain against `sslrootcert` (required) and the host name   |
 //!
 //! `sslrootcert=system` uses the operating system's roots and, as in libpq, requires `verify-full`.
+//! `sslcert` and `sslkey` (given together) name a PEM client certificate and its key, presented when the
+//! server asks for one.
 //! The connection is either [`UpstreamStream::Plain`] or [`UpstreamStream::Tls`]; the relay is generic over
 //! the socket halves, so the plain path has no extra indirection.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::fmt;
 use std::io::BufReader;
@@ -76,6 +78,31 @@ impl SslMode {
     }
 }
 
+/// libpq's `channel_binding`: whether the SCRAM login binds to the TLS session (SCRAM-SHA-256-PLUS with
+/// `tls-server-end-point`), which detects a machine in the middle even when the certificate isn't verified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    /// Never bind.
+    Disable,
+    /// Bind when the connection is TLS and the server offers SCRAM-SHA-256-PLUS (libpq's default).
+    #[default]
+    Prefer,
+    /// Fail unless the login was SCRAM-SHA-256-PLUS (so also for trust, password and md5 logins).
+    Require,
+}
+
+impl ChannelBindingMode {
+    /// Parses the URL value (`disable`, `prefer`, `require`).
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            _ => return None,
+        })
+    }
+}
+
 /// Where the trusted roots come from (`sslrootcert`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootCert {
@@ -83,6 +110,15 @@ pub enum RootCert {
     File(PathBuf),
     /// The operating system's trust store (`sslrootcert=system`).
     System,
+}
+
+/// A client certificate and its private key (`sslcert` / `sslkey`), both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The certificate chain, the client's own certificate first.
+    pub cert: PathBuf,
+    /// The private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key: PathBuf,
 }
 
 /// A TLS setting that can't be used; the message says how to fix the URL.
@@ -109,8 +145,34 @@ pub enum UpstreamTlsError {
         /// What went wrong.
         reason: String,
     },
+    /// Only one of `sslcert` and `sslkey` is set.
+    #[error("{given} is set but {missing} is not; give both sslcert=/path/client.crt and sslkey=/path/client.key, or neither")]
+    ClientCertHalf {
+        /// The parameter that is set.
+        given: &'static str,
+        /// The one that is missing.
+        missing: &'static str,
+    },
+    /// The client certificate or key file can't be read or holds nothing usable.
+    #[error("{param} {path}: {reason}; {fix}")]
+    ClientCert {
+        /// `sslcert` or `sslkey`.
+        param: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+        /// What to do about it.
+        fix: &'static str,
+    },
+    /// `channel_binding` has an unknown value.
+    #[error("channel_binding={0:?} is unknown; use disable, prefer or require")]
+    BadChannelBinding(String),
+    /// `channel_binding=require` on a connection that can never be TLS.
+    #[error("channel_binding=require needs TLS, but {0}; use sslmode=require (or verify-ca, verify-full) over TCP, or lower channel_binding")]
+    ChannelBindingWithoutTls(&'static str),
     /// A libpq TLS parameter the gateway does not implement.
-    #[error("{0} is not supported by the gateway's upstream client; remove it (client certificates and CRLs are not implemented)")]
+    #[error("{0} is not supported by the gateway's upstream client; remove it (CRLs and encrypted keys are not implemented)")]
     Unsupported(String),
 }
 
@@ -119,6 +181,8 @@ pub enum UpstreamTlsError {
 pub struct UpstreamTls {
     mode: SslMode,
     root_cert: Option<RootCert>,
+    client_cert: Option<ClientCert>,
+    channel_binding: ChannelBindingMode,
     config: Option<Arc<ClientConfig>>,
 }
 
@@ -128,6 +192,8 @@ impl Default for UpstreamTls {
         Self {
             mode: SslMode::Disable,
             root_cert: None,
+            client_cert: None,
+            channel_binding: ChannelBindingMode::Prefer,
             config: None,
         }
     }
@@ -138,6 +204,8 @@ impl fmt::Debug for UpstreamTls {
         f.debug_struct("UpstreamTls")
             .field("mode", &self.mode)
             .field("root_cert", &self.root_cert)
+            .field("client_cert", &self.client_cert)
+            .field("channel_binding", &self.channel_binding)
             .finish()
     }
 }
@@ -145,19 +213,28 @@ impl fmt::Debug for UpstreamTls {
 // Two settings are equal when they were written the same; the built configuration follows from them.
 impl PartialEq for UpstreamTls {
     fn eq(&self, other: &Self) -> bool {
-        self.mode == other.mode && self.root_cert == other.root_cert
+        self.mode == other.mode
+            && self.root_cert == other.root_cert
+            && self.client_cert == other.client_cert
+            && self.channel_binding == other.channel_binding
     }
 }
 impl Eq for UpstreamTls {}
 
 impl UpstreamTls {
-    /// Loads the roots and builds the rustls configuration once (at config load), so connecting never
-    /// touches the file system.
-    pub fn new(mode: SslMode, root_cert: Option<RootCert>) -> Result<Self, UpstreamTlsError> {
+    /// Loads the roots and the client certificate and builds the rustls configuration once (at config
+    /// load), so connecting never touches the file system and a bad file fails at start-up.
+    pub fn new(
+        mode: SslMode,
+        root_cert: Option<RootCert>,
+        client_cert: Option<ClientCert>,
+    ) -> Result<Self, UpstreamTlsError> {
         if mode == SslMode::Disable {
             return Ok(Self {
                 mode,
                 root_cert,
+                client_cert,
+                channel_binding: ChannelBindingMode::Prefer,
                 config: None,
             });
         }
@@ -169,10 +246,8 @@ impl UpstreamTls {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| UpstreamTlsError::Unsupported(e.to_string()))?;
-        let config = match (mode, roots) {
-            (SslMode::VerifyFull, Some(roots)) => {
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
+        let builder = match (mode, roots) {
+            (SslMode::VerifyFull, Some(roots)) => builder.with_root_certificates(roots),
             (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
                 return Err(UpstreamTlsError::NoRootCert(mode.as_str()))
             }
@@ -182,16 +257,30 @@ impl UpstreamTls {
                 .with_custom_certificate_verifier(Arc::new(ChainOnly {
                     roots: Arc::new(roots),
                     provider,
-                }))
-                .with_no_client_auth(),
+                })),
             (_, None) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified { provider }))
-                .with_no_client_auth(),
+                .with_custom_certificate_verifier(Arc::new(Unverified { provider })),
+        };
+        let config = match &client_cert {
+            None => builder.with_no_client_auth(),
+            Some(files) => {
+                let (chain, key) = load_client_cert(files)?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| UpstreamTlsError::ClientCert {
+                        param: "sslkey",
+                        path: files.key.clone(),
+                        reason: format!("unusable with sslcert {} ({e})", files.cert.display()),
+                        fix: "give the key that belongs to the certificate (RSA, ECDSA P-256/P-384 or Ed25519)",
+                    })?
+            }
         };
         Ok(Self {
             mode,
             root_cert,
+            client_cert,
+            channel_binding: ChannelBindingMode::Prefer,
             config: Some(Arc::new(config)),
         })
     }
@@ -205,6 +294,60 @@ impl UpstreamTls {
     pub fn root_cert(&self) -> Option<&RootCert> {
         self.root_cert.as_ref()
     }
+
+    /// The configured `sslcert` / `sslkey`.
+    pub fn client_cert(&self) -> Option<&ClientCert> {
+        self.client_cert.as_ref()
+    }
+
+    /// Sets `channel_binding`; `require` is refused with `sslmode=disable`, where it could never succeed.
+    pub fn with_channel_binding(
+        mut self,
+        mode: ChannelBindingMode,
+    ) -> Result<Self, UpstreamTlsError> {
+        if mode == ChannelBindingMode::Require && self.mode == SslMode::Disable {
+            return Err(UpstreamTlsError::ChannelBindingWithoutTls(
+                "sslmode=disable never uses it",
+            ));
+        }
+        self.channel_binding = mode;
+        Ok(self)
+    }
+
+    /// The configured `channel_binding`.
+    pub fn channel_binding(&self) -> ChannelBindingMode {
+        self.channel_binding
+    }
+}
+
+/// Reads the client certificate chain and its private key (PKCS#8, PKCS#1 or SEC1).
+fn load_client_cert(
+    files: &ClientCert,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), UpstreamTlsError> {
+    let cert_err = |reason: String| UpstreamTlsError::ClientCert {
+        param: "sslcert",
+        path: files.cert.clone(),
+        reason,
+        fix: "point it at a readable PEM file holding the client certificate",
+    };
+    let key_err = |reason: String| UpstreamTlsError::ClientCert {
+        param: "sslkey",
+        path: files.key.clone(),
+        reason,
+        fix: "point it at a readable, unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1)",
+    };
+    let file = std::fs::File::open(&files.cert).map_err(|e| cert_err(e.to_string()))?;
+    let chain = rustls_pemfile::certs(&mut BufReader::new(file))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(cert_err("no certificate found".into()));
+    }
+    let file = std::fs::File::open(&files.key).map_err(|e| key_err(e.to_string()))?;
+    let key = rustls_pemfile::private_key(&mut BufReader::new(file))
+        .map_err(|e| key_err(e.to_string()))?
+        .ok_or_else(|| key_err("no private key found".into()))?;
+    Ok((chain, key))
 }
 
 fn load_roots(root: &RootCert) -> Result<RootCertStore, UpstreamTlsError> {
@@ -340,6 +483,17 @@ pub enum NegotiateError {
     /// The server answered something other than 'S' or 'N'.
     #[error("the upstream answered the SSLRequest with {0:?}; is it a PostgreSQL server?")]
     Unexpected(u8),
+    /// The server asked for a client certificate and none is configured.
+    #[error("the upstream database requires a TLS client certificate (it sent the alert {0}); add sslcert=/path/client.crt&sslkey=/path/client.key to upstream_url")]
+    ClientCertRequired(String),
+    /// The server did not accept the configured client certificate.
+    #[error("the upstream database refused the gateway's client certificate {cert} (it sent the alert {alert}); use a certificate signed by a CA in the server's ssl_ca_file, and check that it is valid now")]
+    ClientCertRefused {
+        /// The configured `sslcert`.
+        cert: PathBuf,
+        /// The TLS alert.
+        alert: String,
+    },
     /// The handshake failed (certificate, protocol).
     #[error("TLS handshake with the upstream failed (sslmode={mode}): {reason}; check sslrootcert and that the server certificate is signed by it{names}")]
     Handshake {
@@ -418,17 +572,68 @@ pub async fn negotiate(
     };
     let name = ServerName::try_from(host.to_string())
         .map_err(|e| handshake(format!("{host:?} is not a valid server name ({e})")))?;
-    let stream = TlsConnector::from(config.clone())
-        .connect(name, tcp)
-        .await
-        .map_err(|e| handshake(e.to_string()))?;
+    let stream = match TlsConnector::from(config.clone()).connect(name, tcp).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            return Err(match tls.explain_io(e) {
+                NegotiateError::Io(e) => handshake(e.to_string()),
+                about_client_cert => about_client_cert,
+            })
+        }
+    };
     Ok(UpstreamStream::Tls(Box::new(stream)))
+}
+
+impl UpstreamTls {
+    /// Turns a TLS alert about the client certificate into an error that says so. In TLS 1.3 the server
+    /// checks the client's certificate after the client's side of the handshake is done, so its alert
+    /// arrives as an I/O error on the first read of the session, not during [`negotiate`].
+    pub fn explain_io(&self, e: std::io::Error) -> NegotiateError {
+        use rustls::AlertDescription as A;
+        let alert = match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::AlertReceived(
+                a @ (A::CertificateRequired
+                | A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateUnknown
+                | A::CertificateExpired
+                | A::CertificateRevoked
+                | A::UnsupportedCertificate
+                | A::AccessDenied),
+            )) => format!("{a:?}"),
+            // What a server says when the certificate names a trusted CA but another key signed it.
+            Some(rustls::Error::AlertReceived(a @ A::DecryptError))
+                if self.client_cert.is_some() =>
+            {
+                format!("{a:?}")
+            }
+            _ => return NegotiateError::Io(e),
+        };
+        match &self.client_cert {
+            None => NegotiateError::ClientCertRequired(alert),
+            Some(files) => NegotiateError::ClientCertRefused {
+                cert: files.cert.clone(),
+                alert,
+            },
+        }
+    }
 }
 
 impl UpstreamStream {
     /// True when the session is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, Self::Tls(_))
+    }
+
+    /// The server's own (end-entity) certificate, on a TLS session.
+    pub fn server_certificate(&self) -> Option<&CertificateDer<'static>> {
+        match self {
+            Self::Tls(tls) => tls.get_ref().1.peer_certificates()?.first(),
+            Self::Plain(_) | Self::Unix(_) => None,
+        }
     }
 }
 
@@ -509,14 +714,14 @@ mod tests {
     #[tokio::test]
     async fn prefer_retries_in_plaintext_after_a_failed_handshake_and_require_does_not() {
         let (port, mut seen) = broken_tls_server().await;
-        let prefer = UpstreamTls::new(SslMode::Prefer, None).unwrap();
+        let prefer = UpstreamTls::new(SslMode::Prefer, None, None).unwrap();
         let mut stream = open("127.0.0.1", port, &prefer).await.unwrap();
         assert!(!stream.is_tls());
         stream.write_all(b"startup!").await.unwrap();
         assert_eq!(seen.recv().await.unwrap(), b"startup!");
 
         let (port, _seen) = broken_tls_server().await;
-        let require = UpstreamTls::new(SslMode::Require, None).unwrap();
+        let require = UpstreamTls::new(SslMode::Require, None, None).unwrap();
         assert!(matches!(
             open("127.0.0.1", port, &require).await,
             Err(NegotiateError::Handshake { .. })
@@ -542,31 +747,32 @@ mod tests {
     #[test]
     fn verify_modes_need_roots_and_system_roots_need_verify_full() {
         assert_eq!(
-            UpstreamTls::new(SslMode::VerifyFull, None).unwrap_err(),
+            UpstreamTls::new(SslMode::VerifyFull, None, None).unwrap_err(),
             UpstreamTlsError::NoRootCert("verify-full")
         );
         assert_eq!(
-            UpstreamTls::new(SslMode::VerifyCa, None).unwrap_err(),
+            UpstreamTls::new(SslMode::VerifyCa, None, None).unwrap_err(),
             UpstreamTlsError::NoRootCert("verify-ca")
         );
         assert_eq!(
-            UpstreamTls::new(SslMode::Require, Some(RootCert::System)).unwrap_err(),
+            UpstreamTls::new(SslMode::Require, Some(RootCert::System), None).unwrap_err(),
             UpstreamTlsError::SystemNeedsVerifyFull
         );
         let missing = UpstreamTls::new(
             SslMode::VerifyFull,
             Some(RootCert::File("/nonexistent/ca.pem".into())),
+            None,
         )
         .unwrap_err();
         assert!(
             missing.to_string().contains("/nonexistent/ca.pem"),
             "{missing}"
         );
-        assert!(UpstreamTls::new(SslMode::Require, None)
+        assert!(UpstreamTls::new(SslMode::Require, None, None)
             .unwrap()
             .config
             .is_some());
-        assert!(UpstreamTls::new(SslMode::Disable, None)
+        assert!(UpstreamTls::new(SslMode::Disable, None, None)
             .unwrap()
             .config
             .is_none());
@@ -578,8 +784,97 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("empty.pem");
         std::fs::write(&path, "not a certificate\n").unwrap();
-        let err = UpstreamTls::new(SslMode::VerifyCa, Some(RootCert::File(path))).unwrap_err();
+        let err =
+            UpstreamTls::new(SslMode::VerifyCa, Some(RootCert::File(path)), None).unwrap_err();
         assert!(err.to_string().contains("no certificate found"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Runs `openssl` with `args` in `dir` (the test machine has it; it writes the key formats rcgen can't).
+    fn openssl(dir: &std::path::Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl must be installed");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    }
+
+    #[test]
+    fn client_keys_load_as_pkcs8_sec1_and_pkcs1_and_must_match_the_certificate() {
+        let dir = std::env::temp_dir().join(format!("cs-tls-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gateway".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("ec.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("pkcs8.key"), key.serialize_pem()).unwrap();
+        openssl(&dir, &["ec", "-in", "pkcs8.key", "-out", "sec1.key"]);
+        openssl(
+            &dir,
+            &["genrsa", "-traditional", "-out", "pkcs1.key", "2048"],
+        );
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-new",
+                "-x509",
+                "-key",
+                "pkcs1.key",
+                "-subj",
+                "/CN=gateway",
+                "-days",
+                "1",
+                "-out",
+                "rsa.crt",
+            ],
+        );
+        let pem_header = |name: &str| {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            text.lines().next().unwrap().to_string()
+        };
+        assert_eq!(pem_header("sec1.key"), "-----BEGIN EC PRIVATE KEY-----");
+        assert_eq!(pem_header("pkcs1.key"), "-----BEGIN RSA PRIVATE KEY-----");
+        let with = |cert: &str, key: &str| {
+            UpstreamTls::new(
+                SslMode::Require,
+                None,
+                Some(ClientCert {
+                    cert: dir.join(cert),
+                    key: dir.join(key),
+                }),
+            )
+        };
+        for (cert, key) in [
+            ("ec.crt", "pkcs8.key"),
+            ("ec.crt", "sec1.key"),
+            ("rsa.crt", "pkcs1.key"),
+        ] {
+            let tls = with(cert, key).unwrap_or_else(|e| panic!("{cert} + {key}: {e}"));
+            assert!(tls.config.unwrap().client_auth_cert_resolver.has_certs());
+        }
+        let mismatch = with("ec.crt", "pkcs1.key").unwrap_err().to_string();
+        assert!(mismatch.contains("pkcs1.key"), "{mismatch}");
+        assert!(
+            mismatch.contains("belongs to the certificate"),
+            "{mismatch}"
+        );
+        let not_a_cert = with("pkcs8.key", "pkcs8.key").unwrap_err().to_string();
+        assert!(not_a_cert.starts_with("sslcert "), "{not_a_cert}");
+        assert!(not_a_cert.contains("no certificate found"), "{not_a_cert}");
+        // A disabled connection never reads the files, as in libpq.
+        assert!(UpstreamTls::new(
+            SslMode::Disable,
+            None,
+            Some(ClientCert {
+                cert: "/missing.crt".into(),
+                key: "/missing.key".into()
+            })
+        )
+        .is_ok());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
