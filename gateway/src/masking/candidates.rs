@@ -10,7 +10,7 @@
 //! have found nothing in [`super::detect::find`]. The tests in `detect.rs` check this against the full
 //! detectors over a table of values.
 
-use super::detect::{Detector, DetectorSet};
+use super::detect::{Detector, DetectorSet, ASCII_SEPARATORS};
 
 // Byte classes (bits of `CLASS`). DIGIT is bit 0, so a class masked with it counts digits.
 const DIGIT: u32 = 1;
@@ -357,8 +357,25 @@ fn api_key_possible(b: &[u8], seen: u32, digits: usize) -> bool {
         // The secret after `token ` / `bearer ` has 16+ characters, one a digit.
         || (digits > 0
             && b.len() >= 22
+            && (seen & TOKEN == TOKEN || seen & BEARER == BEARER)
+            && has_run_of(b, 16)
             && ((seen & TOKEN == TOKEN && contains(b, b"token", true))
                 || (seen & BEARER == BEARER && contains(b, b"bearer", true))))
+}
+
+/// True when `b` has `n` bytes in a row none of which is an ASCII token separator: the least a token
+/// must be, so a value of short words holds no secret after `bearer`. (Non-ASCII bytes count as token
+/// bytes, so Unicode whitespace only makes runs longer than the tokens it separates.)
+fn has_run_of(b: &[u8], n: usize) -> bool {
+    let mut run = 0;
+    for &c in b {
+        let sep = c < 0x80 && ASCII_SEPARATORS[usize::from(c)];
+        run = if sep { 0 } else { run + 1 };
+        if run >= n {
+            return true;
+        }
+    }
+    false
 }
 
 /// Phone and SSN conditions (and the card's) over runs of digits and separators.

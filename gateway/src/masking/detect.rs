@@ -258,7 +258,7 @@ const fn ascii_separators() -> [bool; 128] {
     t
 }
 
-static ASCII_SEPARATORS: [bool; 128] = ascii_separators();
+pub(super) static ASCII_SEPARATORS: [bool; 128] = ascii_separators();
 
 /// The length of the token separator starting at byte `i` of `text` (0 when there is none): an ASCII
 /// separator, or any Unicode whitespace. Continuation bytes of a multi-byte character are never one.
