@@ -10,6 +10,7 @@ pub use identity::{CanonicalId, Identity, IdentityKind, RequesterChain};
 pub use ids::{RequestId, SessionId, StatementHash};
 pub mod audit;
 pub mod directory;
+pub mod duration;
 pub mod events;
 pub mod request;
 pub mod sessions;

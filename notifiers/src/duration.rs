@@ -2,20 +2,10 @@
 
 use std::time::Duration;
 
-/// Parse `90`, `90s`, `15m`, `2h` or `1d`; `None` for anything else or on overflow.
+/// Parse `90`, `90s`, `15m`, `2h`, `1d` or `1h30m` (the shared grammar of
+/// [`countersign_bot::duration`], plus bare seconds); `None` for anything else or on overflow.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    n.checked_mul(mult).map(Duration::from_secs)
+    countersign_bot::duration::parse_duration_or_seconds(s).ok()
 }
 
 #[cfg(test)]

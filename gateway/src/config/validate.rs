@@ -42,19 +42,10 @@ impl ConfigReport {
     }
 }
 
-/// Parse a duration such as `500ms`, `30s`, `5m`, `1h`, `2d`.
+/// Parse a duration such as `500ms`, `30s`, `5m`, `1h`, `2d` or `1h30m`
+/// ([`countersign_bot::duration`]).
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    let t = text.trim();
-    if let Some(ms) = t.strip_suffix("ms") {
-        return ms
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .map(std::time::Duration::from_millis);
-    }
-    crate::policy::rules::parse_ttl(t)
-        .ok()
-        .map(std::time::Duration::from_secs)
+    countersign_bot::duration::parse_duration(text).ok()
 }
 
 impl Config {
@@ -68,9 +59,10 @@ impl Config {
             ("server.max_wait", &self.server.max_wait),
             ("server.expiry_sweep", &self.server.expiry_sweep),
             ("outbox.poll", &self.outbox.poll),
+            ("outbox.lease", &self.outbox.lease),
         ] {
-            if parse_duration(value).is_none() {
-                r.push(key, format!("{value:?} is not a duration; write e.g. \"500ms\", \"30s\", \"5m\" or \"1h\""));
+            if let Err(e) = countersign_bot::duration::parse_duration(value) {
+                r.push(key, e.to_string());
             }
         }
         if let Some(url) = &self.server.public_base_url {
@@ -247,5 +239,28 @@ impl Config {
             }
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_duration_the_server_reads_is_checked_under_its_key() {
+        let cfg = Config::from_toml(
+            "[server]\nmax_wait = \"1h30m\"\nexpiry_sweep = \"5\"\n[outbox]\npoll = \"500ms\"\nlease = \"30 seconds\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        let report = cfg.validate("c.toml");
+        let bad: Vec<&str> = report
+            .problems
+            .iter()
+            .filter(|p| p.message.contains("not a duration"))
+            .map(|p| p.key.as_str())
+            .collect();
+        assert_eq!(bad, ["server.expiry_sweep", "outbox.lease"], "{report}");
+        assert!(report.to_string().contains("\"1h30m\""), "{report}");
     }
 }

@@ -324,26 +324,12 @@ impl OidcIssuerConfig {
     }
 }
 
-/// Parses `"30s"`, `"5m"`, `"500ms"`, `"1h"`.
+/// Parses `"30s"`, `"5m"`, `"500ms"`, `"1h"` (the shared grammar of [`countersign_bot::duration`]).
 pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    let bad = || ConfigError::BadDuration {
+    countersign_bot::duration::parse_duration(value).map_err(|_| ConfigError::BadDuration {
         key: key.to_owned(),
         value: value.to_owned(),
-    };
-    let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (digits, unit) = v.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let secs_per_unit = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(secs_per_unit)
-        .map(Duration::from_secs)
-        .ok_or_else(bad)
+    })
 }
 
 /// Parses a configured SCRAM-SHA-256 verifier; the error names `key`.

@@ -127,42 +127,14 @@ impl PolicyConfigError {
     }
 }
 
-/// Parse a duration such as `90s`, `30m`, `1h`, `2d` or `1h30m` into seconds.
+/// Parse a request TTL such as `90s`, `30m`, `1h`, `2d` or `1h30m` into whole seconds (the shared
+/// duration grammar, [`countersign_bot::duration`]); zero is refused.
 pub fn parse_ttl(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty duration".to_string());
+    let d = countersign_bot::duration::parse_duration(text).map_err(|e| e.to_string())?;
+    if d.as_secs() == 0 {
+        return Err(format!("{text:?}: a ttl must be at least 1s"));
     }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(format!("unknown unit {c:?} in {text:?}")),
-        };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("missing number before {c:?} in {text:?}"))?;
-        digits.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|s| total.checked_add(s))
-            .ok_or_else(|| format!("{text:?} is too long"))?;
-    }
-    if !digits.is_empty() {
-        return Err(format!("{text:?} has a number without a unit"));
-    }
-    if total == 0 {
-        return Err("duration must be longer than zero".to_string());
-    }
-    Ok(total)
+    Ok(d.as_secs())
 }
 
 /// Resolve the defaults into a review requirement, validating quorum and ttl.
