@@ -131,11 +131,7 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
     if seen.select_into {
         verdicts.push((Action::Review, "SELECT INTO creates a table".to_string()));
     }
-    verdicts.extend(
-        seen.functions
-            .iter()
-            .map(|(name, first_arg)| function_verdict(name, first_arg.as_deref())),
-    );
+    verdicts.extend(seen.functions.iter().map(function_verdict));
     facts.missing_where = missing_where(statement);
     if facts.missing_where {
         let table = facts
@@ -169,11 +165,7 @@ fn classify_plain_explain(inner: &Statement) -> StatementFacts {
             statement_kind(inner)
         ),
     )];
-    verdicts.extend(
-        seen.functions
-            .iter()
-            .map(|(name, first_arg)| function_verdict(name, first_arg.as_deref())),
-    );
+    verdicts.extend(seen.functions.iter().map(function_verdict));
     finish(facts, verdicts)
 }
 
@@ -200,14 +192,22 @@ fn finish(mut facts: StatementFacts, verdicts: Vec<(Action, String)>) -> Stateme
     facts
 }
 
-fn function_verdict(name: &str, first_arg: Option<&str>) -> (Action, String) {
+fn function_verdict(call: &Call) -> (Action, String) {
+    let name = call.name.as_str();
     let base = name.rsplit('.').next().unwrap_or(name);
     if base == "set_config" {
-        return match first_arg {
+        return match call.first_arg.as_deref() {
             Some(setting) if is_identity_setting(setting) => (
                 Action::Review,
                 format!("set_config('{setting}', …) changes the session identity"),
             ),
+            Some("search_path") => match call.second_arg.as_deref().map(search_path_verdict) {
+                Some(verdict) => verdict,
+                None => (
+                    Action::Review,
+                    "set_config('search_path', …) with a computed value".to_string(),
+                ),
+            },
             Some(setting) if is_harmless_setting(setting) => (Action::Allow, String::new()),
             _ => (
                 Action::Review,
@@ -236,14 +236,35 @@ fn is_false_option(arg: Option<&Expr>) -> bool {
     }
 }
 
-fn function_names(calls: &[(String, Option<String>)]) -> Vec<String> {
+fn function_names(calls: &[Call]) -> Vec<String> {
     let mut names: Vec<String> = Vec::with_capacity(calls.len());
-    for (name, _) in calls {
-        if !names.contains(name) {
-            names.push(name.clone());
+    for call in calls {
+        if !names.contains(&call.name) {
+            names.push(call.name.clone());
         }
     }
     names
+}
+
+/// A `search_path` is harmless unless it lists a schema ahead of `pg_catalog`: PostgreSQL searches
+/// `pg_catalog` first only when the path does not name it, and the vetted read-only function list
+/// trusts unqualified built-in names, which a function in an earlier schema could then shadow.
+fn search_path_verdict(value: &str) -> (Action, String) {
+    let schemas: Vec<String> = value
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    match schemas.iter().position(|s| s == "pg_catalog") {
+        Some(i) if i > 0 => (
+            Action::Review,
+            format!(
+                "search_path puts {} ahead of pg_catalog, so built-in function names could resolve to user functions",
+                schemas[..i].join(", ")
+            ),
+        ),
+        _ => (Action::Allow, String::new()),
+    }
 }
 
 fn join(items: &[&str]) -> String {
@@ -388,8 +409,20 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
 
 fn classify_set(set: &Set) -> (Action, String) {
     match set {
-        Set::SingleAssignment { variable, .. } => {
+        Set::SingleAssignment {
+            variable, values, ..
+        } => {
             let name = object_name(variable);
+            if name == "search_path" {
+                let path: Vec<String> = values
+                    .iter()
+                    .map(|v| v.to_string().trim_matches(['\'', '"']).to_string())
+                    .collect();
+                let (action, reason) = search_path_verdict(&path.join(","));
+                if action != Action::Allow {
+                    return (action, reason);
+                }
+            }
             if is_identity_setting(&name) {
                 (
                     Action::Review,
@@ -491,8 +524,8 @@ fn statement_kind(statement: &Statement) -> String {
 #[derive(Default)]
 struct Collector {
     tables: BTreeSet<String>,
-    /// Function name and, when it is a string literal, its first argument.
-    functions: Vec<(String, Option<String>)>,
+    /// Function calls, each once.
+    functions: Vec<Call>,
     nested_writes: Vec<&'static str>,
     locking: bool,
     select_into: bool,
@@ -501,14 +534,30 @@ struct Collector {
     next_relation_is_function: bool,
 }
 
+/// A function call: its name and its first two arguments when they are string literals (lower-cased
+/// first, as written second), which is what `set_config` is judged by.
+#[derive(PartialEq)]
+struct Call {
+    name: String,
+    first_arg: Option<String>,
+    second_arg: Option<String>,
+}
+
+impl Call {
+    /// A call whose arguments do not matter to the verdict.
+    fn named(name: String) -> Call {
+        Call {
+            name,
+            first_arg: None,
+            second_arg: None,
+        }
+    }
+}
+
 impl Collector {
-    fn add_function(&mut self, name: String, first_arg: Option<String>) {
-        if !self
-            .functions
-            .iter()
-            .any(|(n, a)| *n == name && *a == first_arg)
-        {
-            self.functions.push((name, first_arg));
+    fn add_function(&mut self, call: Call) {
+        if !self.functions.contains(&call) {
+            self.functions.push(call);
         }
     }
 }
@@ -532,7 +581,7 @@ impl Visitor for Collector {
             }
         }
         if let Statement::Call(f) = statement {
-            self.add_function(object_name(&f.name), None);
+            self.add_function(Call::named(object_name(&f.name)));
         }
         if let Statement::Copy {
             source: CopySource::Table { table_name, .. },
@@ -571,10 +620,10 @@ impl Visitor for Collector {
                 args: Some(_),
                 ..
             } => {
-                self.add_function(object_name(name), None);
+                self.add_function(Call::named(object_name(name)));
                 self.next_relation_is_function = true;
             }
-            TableFactor::Function { name, .. } => self.add_function(object_name(name), None),
+            TableFactor::Function { name, .. } => self.add_function(Call::named(object_name(name))),
             _ => {}
         }
         ControlFlow::Continue(())
@@ -590,11 +639,11 @@ impl Visitor for Collector {
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         if let Expr::Function(f) = expr {
-            let first_arg = match &f.args {
-                FunctionArguments::List(list) => match list.args.first() {
+            let literal = |i: usize| match &f.args {
+                FunctionArguments::List(list) => match list.args.get(i) {
                     Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => {
                         match &v.value {
-                            Value::SingleQuotedString(s) => Some(s.to_lowercase()),
+                            Value::SingleQuotedString(s) => Some(s.clone()),
                             _ => None,
                         }
                     }
@@ -602,7 +651,11 @@ impl Visitor for Collector {
                 },
                 _ => None,
             };
-            self.add_function(object_name(&f.name), first_arg);
+            self.add_function(Call {
+                name: object_name(&f.name),
+                first_arg: literal(0).map(|a| a.to_lowercase()),
+                second_arg: literal(1),
+            });
         }
         ControlFlow::Continue(())
     }
