@@ -246,6 +246,16 @@ fn function_names(calls: &[Call]) -> Vec<String> {
     names
 }
 
+/// True when a user function named `name` would share its name with a function on the vetted
+/// read-only list: PostgreSQL resolves an unqualified call to the closest argument types across the
+/// search path, so such a function could run where the built-in was vetted.
+fn shadows_vetted_function(name: &ObjectName) -> bool {
+    let name = object_name(name);
+    let base = name.rsplit('.').next().unwrap_or(&name);
+    name.rsplit_once('.').map(|(schema, _)| schema) != Some("pg_catalog")
+        && super::functions::is_vetted_read_only(base)
+}
+
 /// A `search_path` is harmless unless it lists a schema ahead of `pg_catalog`: PostgreSQL searches
 /// `pg_catalog` first only when the path does not name it, and the vetted read-only function list
 /// trusts unqualified built-in names, which a function in an earlier schema could then shadow.
@@ -383,6 +393,11 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
                 f.language.as_ref().map(|l| l.value.as_str()).unwrap_or("C")
             ))
         }
+        Statement::CreateFunction(f) if shadows_vetted_function(&f.name) => block(format!(
+            "{kind} {} would shadow a built-in function the read-only list trusts (a known privilege \
+             escalation pattern); give it another name",
+            object_name(&f.name)
+        )),
         Statement::Load { .. } | Statement::LoadData { .. } | Statement::Install { .. } => {
             block(format!("{kind} loads files from the server filesystem"))
         }

@@ -396,6 +396,11 @@ pub fn check_function(name: &str) -> FunctionCheck {
     }
 }
 
+/// True when `base` (an unqualified, lower-case name) is on the vetted read-only function list.
+pub fn is_vetted_read_only(base: &str) -> bool {
+    READ_ONLY.binary_search(&base).is_ok()
+}
+
 /// True for session settings safe to change without review (compared case-insensitively).
 pub fn is_harmless_setting(name: &str) -> bool {
     HARMLESS_SETTINGS
