@@ -481,6 +481,57 @@ async fn wrong_password_is_refused_with_28p01() {
 }
 
 #[tokio::test]
+async fn startup_settings_pass_only_when_set_would_pass_without_review() {
+    let (_gate, addr) = start().await;
+    let with = |options: &str| {
+        format!(
+            "{} options='{options}' application_name=agent-app",
+            conn_str(addr, TOKEN)
+        )
+    };
+    // Harmless settings reach the upstream session, in `options` and as startup parameters.
+    let (client, connection) = tokio_postgres::connect(
+        &with("-c statement_timeout=4s --lock-timeout=3s -c enable_seqscan=off"),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), \
+             current_setting('enable_seqscan'), current_setting('application_name')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: (String, String, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        got,
+        ("4s".into(), "3s".into(), "off".into(), "agent-app".into())
+    );
+    // Identity, trigger-bypassing and shadowing settings would skip the review SET gets.
+    for (options, named) in [
+        ("-c role=postgres", "role"),
+        ("-c session_authorization=postgres", "session_authorization"),
+        (
+            "-c session_replication_role=replica",
+            "session_replication_role",
+        ),
+        ("-c search_path=public,pg_catalog", "search_path"),
+        ("-d 5", "-d"),
+    ] {
+        let err = tokio_postgres::connect(&with(options), NoTls)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{options} was accepted"));
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "42501", "{options}: {message}");
+        assert!(message.contains(named), "{options}: {message}");
+    }
+}
+
+#[tokio::test]
 async fn unknown_connection_name_is_refused_with_3d000() {
     let (_gate, addr) = start().await;
     let url = format!(

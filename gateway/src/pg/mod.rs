@@ -19,6 +19,7 @@ mod relay;
 pub mod scram;
 pub mod server;
 mod session;
+mod startup_options;
 #[doc(hidden)]
 pub mod testing;
 pub(crate) mod upstream;

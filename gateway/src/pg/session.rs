@@ -307,6 +307,10 @@ async fn serve<S: Halves>(
         let msg = format!("connection \"{connection}\" does not exist; use a connection name the gateway is configured with");
         return Err(fatal(&mut stream, sqlstate::INVALID_CATALOG_NAME, &msg).await);
     };
+    if let Err(msg) = startup_settings_allowed(&params) {
+        tracing::warn!(connection = %connection, requester = %requester.key(), reason = %msg, "refused a startup setting");
+        return Err(fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &msg).await);
+    }
     let passthrough: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| {
@@ -416,4 +420,30 @@ async fn relay<S: Halves>(
             .await
         }
     }
+}
+
+/// Startup parameters other than `user`, `database` and `replication` are session settings to
+/// PostgreSQL (and `options` carries more of them): each must be one policy lets `SET` change
+/// without review, or the connection is refused with a message saying how to ask for it.
+fn startup_settings_allowed(params: &[(String, String)]) -> Result<(), String> {
+    use crate::policy::{settings::setting_verdict, Action};
+    for (key, value) in params {
+        if matches!(key.as_str(), "user" | "database" | "replication") || key.starts_with("_pq_.") {
+            continue;
+        }
+        let settings = if key == "options" {
+            super::startup_options::settings_in(value).map_err(|e| e.to_string())?
+        } else {
+            vec![(key.to_ascii_lowercase(), value.clone())]
+        };
+        for (name, value) in settings {
+            let (action, reason) = setting_verdict(&name, &value);
+            if action != Action::Allow {
+                return Err(format!(
+                    "the startup setting {name} is not allowed through the gateway ({reason}); connect without it and run SET {name} in the session, where policy reviews it"
+                ));
+            }
+        }
+    }
+    Ok(())
 }

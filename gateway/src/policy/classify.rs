@@ -18,6 +18,7 @@ use super::fallback::{
     classify_unparsed, classify_untokenizable, split_statements, StatementTokens,
 };
 use super::functions::{check_function, is_harmless_setting, is_identity_setting};
+use super::settings::search_path_verdict;
 use super::verdict::{Action, StatementFacts};
 
 /// Classify every statement in `sql` with the built-in policy. Never panics; never returns an
@@ -254,27 +255,6 @@ fn shadows_vetted_function(name: &ObjectName) -> bool {
     let base = name.rsplit('.').next().unwrap_or(&name);
     name.rsplit_once('.').map(|(schema, _)| schema) != Some("pg_catalog")
         && super::functions::is_vetted_read_only(base)
-}
-
-/// A `search_path` is harmless unless it lists a schema ahead of `pg_catalog`: PostgreSQL searches
-/// `pg_catalog` first only when the path does not name it, and the vetted read-only function list
-/// trusts unqualified built-in names, which a function in an earlier schema could then shadow.
-fn search_path_verdict(value: &str) -> (Action, String) {
-    let schemas: Vec<String> = value
-        .split(',')
-        .map(|s| s.trim().trim_matches('"').to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    match schemas.iter().position(|s| s == "pg_catalog") {
-        Some(i) if i > 0 => (
-            Action::Review,
-            format!(
-                "search_path puts {} ahead of pg_catalog, so built-in function names could resolve to user functions",
-                schemas[..i].join(", ")
-            ),
-        ),
-        _ => (Action::Allow, String::new()),
-    }
 }
 
 fn join(items: &[&str]) -> String {

@@ -325,29 +325,47 @@ const READ_ONLY: &[&str] = &[
     "version",
 ];
 
-/// Session settings that drivers set at connect time and that grant nothing; sorted, lower-case.
+/// Session settings that drivers set at connect time and that grant nothing (formats, timeouts, and
+/// planner settings, which change plans, never data or identity; not `work_mem`, whose size is the
+/// server's memory); sorted, lower-case.
 const HARMLESS_SETTINGS: &[&str] = &[
     "application_name",
     "bytea_output",
     "client_encoding",
     "client_min_messages",
+    "cursor_tuple_fraction",
     "datestyle",
     "default_transaction_isolation",
     "default_transaction_read_only",
+    "effective_cache_size",
+    "effective_io_concurrency",
     "extra_float_digits",
+    "from_collapse_limit",
+    "geqo",
     "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
     "intervalstyle",
+    "jit",
+    "join_collapse_limit",
     "lc_messages",
     "lc_monetary",
     "lc_numeric",
     "lc_time",
     "lock_timeout",
+    "max_parallel_workers_per_gather",
+    "parallel_setup_cost",
+    "parallel_tuple_cost",
+    "plan_cache_mode",
+    "random_page_cost",
     "search_path",
+    "seq_page_cost",
     "standard_conforming_strings",
     "statement_timeout",
     "timezone",
+    "timezone_abbreviations",
     "transaction_isolation",
     "transaction_read_only",
+    "xmloption",
 ];
 
 /// Settings that change who the session acts as.
@@ -403,9 +421,9 @@ pub fn is_vetted_read_only(base: &str) -> bool {
 
 /// True for session settings safe to change without review (compared case-insensitively).
 pub fn is_harmless_setting(name: &str) -> bool {
-    HARMLESS_SETTINGS
-        .binary_search(&name.to_ascii_lowercase().as_str())
-        .is_ok()
+    let name = name.to_ascii_lowercase();
+    // `enable_*` are the planner's method switches (enable_seqscan, enable_hashjoin, …).
+    HARMLESS_SETTINGS.binary_search(&name.as_str()).is_ok() || name.starts_with("enable_")
 }
 
 /// True for settings that change the session's identity (`role`, `session_authorization`).
