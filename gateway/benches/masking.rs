@@ -4,7 +4,7 @@
 
 use countersign_gateway::masking::{Masker, MaskingConfig};
 use countersign_gateway::pg::testing::StaticGate;
-use countersign_gateway::pg::{UpstreamTarget, WireConfig, WireServer};
+use countersign_gateway::pg::{WireConfig, WireServer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,14 +31,7 @@ fn gateway(rules: Option<&'static str>) -> SocketAddr {
             .build()
             .expect("gateway runtime");
         rt.block_on(async move {
-            let upstream = UpstreamTarget {
-                host: "127.0.0.1".into(),
-                port: 5432,
-                user: "postgres".into(),
-                password: None,
-                database: "test".into(),
-                tls: Default::default(),
-            };
+            let upstream = countersign_gateway::pg::testing::local_postgres("test");
             let mut gate = StaticGate::new("app", upstream, TOKEN).without_event_log();
             if let Some(rules) = rules {
                 let cfg: MaskingConfig = toml::from_str(rules).expect("bench rules parse");

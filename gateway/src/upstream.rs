@@ -656,11 +656,10 @@ mod tests {
 
         let dir = std::env::temp_dir().join(format!("cs-url-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["gateway".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let rcgen::CertifiedKey {
+            cert,
+            key_pair: key,
+        } = rcgen::generate_simple_self_signed(vec!["gateway".to_string()]).unwrap();
         let (cert_path, key_path) = (dir.join("c.pem"), dir.join("k.pem"));
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();

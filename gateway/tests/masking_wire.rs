@@ -3,7 +3,7 @@
 
 use countersign_gateway::masking::{Masker, MaskingConfig};
 use countersign_gateway::pg::testing::{GateEvent, StaticGate};
-use countersign_gateway::pg::{StatementRecord, UpstreamTarget, WireConfig, WireServer};
+use countersign_gateway::pg::{StatementRecord, WireConfig, WireServer};
 use futures::StreamExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,14 +31,7 @@ async fn start(rules: Option<&str>) -> (Arc<StaticGate>, SocketAddr) {
 
 /// A gateway with these rules; `lookup` resolves result tables for table-qualified rules.
 async fn start_with(rules: Option<&str>, lookup: bool) -> (Arc<StaticGate>, SocketAddr) {
-    let upstream = UpstreamTarget {
-        host: "127.0.0.1".into(),
-        port: 5432,
-        user: "postgres".into(),
-        password: None,
-        database: "test".into(),
-        tls: Default::default(),
-    };
+    let upstream = countersign_gateway::pg::testing::local_postgres("test");
     let mut gate = StaticGate::new("app", upstream, TOKEN);
     if let Some(rules) = rules {
         let cfg: MaskingConfig = toml::from_str(rules).unwrap();

@@ -17,14 +17,7 @@ use tokio_postgres::{Client, NoTls};
 const TOKEN: &str = "secret-token";
 
 fn upstream(database: &str) -> UpstreamTarget {
-    UpstreamTarget {
-        host: "127.0.0.1".into(),
-        port: 5432,
-        user: "postgres".into(),
-        password: None,
-        database: database.into(),
-        tls: Default::default(),
-    }
+    countersign_gateway::pg::testing::local_postgres(database)
 }
 
 async fn start_with(

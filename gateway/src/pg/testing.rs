@@ -15,6 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 
+/// The local PostgreSQL every test and bench uses (127.0.0.1:5432, trust auth, user `postgres`).
+pub fn local_postgres(database: &str) -> super::UpstreamTarget {
+    super::UpstreamTarget {
+        host: "127.0.0.1".into(),
+        port: 5432,
+        user: "postgres".into(),
+        password: None,
+        database: database.into(),
+        tls: Default::default(),
+    }
+}
+
 /// Something the gate was told, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GateEvent {

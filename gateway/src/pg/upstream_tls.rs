@@ -804,11 +804,10 @@ mod tests {
     fn client_keys_load_as_pkcs8_sec1_and_pkcs1_and_must_match_the_certificate() {
         let dir = std::env::temp_dir().join(format!("cs-tls-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["gateway".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let rcgen::CertifiedKey {
+            cert,
+            key_pair: key,
+        } = rcgen::generate_simple_self_signed(vec!["gateway".to_string()]).unwrap();
         std::fs::write(dir.join("ec.crt"), cert.pem()).unwrap();
         std::fs::write(dir.join("pkcs8.key"), key.serialize_pem()).unwrap();
         openssl(&dir, &["ec", "-in", "pkcs8.key", "-out", "sec1.key"]);
