@@ -357,17 +357,31 @@ pub fn is_email(t: &str) -> bool {
         && local
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"._%+-!#$&*/?^~".contains(&c));
-    let (mut labels, mut last) = (0, "");
-    let mut domain_ok = domain.split('.').all(|l| {
+    local_ok && is_email_domain(domain.as_bytes())
+}
+
+/// Dot-separated labels of letters, digits and inner hyphens, at least two, the last (the top-level
+/// domain) two or more letters. One pass over the bytes.
+fn is_email_domain(d: &[u8]) -> bool {
+    let (mut labels, mut start) = (0, 0);
+    for i in 0..=d.len() {
+        if i < d.len() && d[i] != b'.' {
+            if !(d[i].is_ascii_alphanumeric() || d[i] == b'-') {
+                return false;
+            }
+            continue;
+        }
+        let label = &d[start..i];
+        if label.is_empty() || label[0] == b'-' || label[label.len() - 1] == b'-' {
+            return false;
+        }
         labels += 1;
-        last = l;
-        !l.is_empty()
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-    });
-    domain_ok &= labels >= 2 && last.len() >= 2 && last.bytes().all(|c| c.is_ascii_alphabetic());
-    local_ok && domain_ok
+        if i == d.len() {
+            return labels >= 2 && label.len() >= 2 && label.iter().all(u8::is_ascii_alphabetic);
+        }
+        start = i + 1;
+    }
+    false
 }
 
 /// The Luhn checksum over ASCII digits.
@@ -661,6 +675,29 @@ mod tests {
         ];
         for (text, detector, expected) in cases {
             assert_eq!(found(text), vec![(*detector, *expected)], "in {text:?}");
+        }
+    }
+
+    #[test]
+    fn email_addresses_need_a_real_domain() {
+        for (text, ok) in [
+            ("a@b.co", true),
+            ("first.last+tag@mail.example-corp.com", true),
+            ("x@sub.domain.io", true),
+            ("a@b", false),
+            ("a@b.c", false),
+            ("a@b.c0", false),
+            ("a@-b.com", false),
+            ("a@b-.com", false),
+            ("a@b..com", false),
+            ("a@.com", false),
+            ("a@b.com.", false),
+            ("@b.com", false),
+            ("a b@c.com", false),
+            ("a@b_c.com", false),
+            ("a@bü.com", false),
+        ] {
+            assert_eq!(is_email(text), ok, "{text}");
         }
     }
 
