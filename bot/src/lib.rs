@@ -12,6 +12,8 @@ pub mod audit;
 pub mod directory;
 pub mod events;
 pub mod request;
+#[cfg(test)]
+mod session_store_tests;
 pub mod sessions;
 pub mod store;
 pub mod testing;
