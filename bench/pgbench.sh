@@ -29,7 +29,7 @@ trap cleanup EXIT
 
 echo "== building countersign (release)"
 (cd "$ROOT" && cargo build --release -q -p countersign-gateway --bin countersign)
-BIN="$ROOT/target/release/countersign"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/countersign"
 
 echo "== initialising $DB (scale $SCALE)"
 psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"

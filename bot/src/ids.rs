@@ -68,12 +68,12 @@ impl FromStr for SessionId {
     }
 }
 
-/// Hex SHA-256 of the exact statement text (and parameters, when there are any).
+/// SHA-256 of the exact statement text (and parameters, when there are any), shown and serialised as
+/// lower-case hex.
 ///
 /// An approval is bound to this hash: any difference in text is a different statement.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct StatementHash(pub String);
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatementHash([u8; 32]);
 
 impl StatementHash {
     /// Hash of a statement's exact text.
@@ -97,18 +97,59 @@ impl StatementHash {
                 }
             }
         }
-        Self(hex::encode(h.finalize()))
+        Self(h.finalize().into())
     }
 
-    /// The hash as lower-case hex.
-    pub fn as_str(&self) -> &str {
+    /// The 32 bytes of the digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// From the 32 bytes of a digest (as stored); `None` for any other length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
     }
 }
 
 impl fmt::Display for StatementHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for StatementHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StatementHash({self})")
+    }
+}
+
+/// The text is not 64 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a statement hash is 64 hex digits (SHA-256)")]
+pub struct BadStatementHash;
+
+impl FromStr for StatementHash {
+    type Err = BadStatementHash;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| BadStatementHash)?;
+        Ok(Self(out))
+    }
+}
+
+impl Serialize for StatementHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for StatementHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -123,6 +164,19 @@ mod tests {
             StatementHash::of_text("DELETE FROM t ")
         );
         assert_eq!(StatementHash::of_text("x"), StatementHash::of_text("x"));
+        // The hex form is what approvals and audit records have always carried.
+        let h = StatementHash::of_text("x");
+        assert_eq!(
+            h.to_string(),
+            "028f0df5b8596fbcd10c9720b7a4784f8e7e04f629bd5a62bfbdf139678b6624"
+        );
+        assert_eq!(h.to_string().parse::<StatementHash>(), Ok(h));
+        assert_eq!(serde_json::to_string(&h).unwrap(), format!("\"{h}\""));
+        assert_eq!(
+            serde_json::from_str::<StatementHash>(&format!("\"{h}\"")).unwrap(),
+            h
+        );
+        assert!("xyz".parse::<StatementHash>().is_err());
         assert_ne!(
             StatementHash::of_parts("ab", &[]),
             StatementHash::of_parts("a", &[Some(b"b")])

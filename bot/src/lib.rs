@@ -13,6 +13,8 @@ pub mod directory;
 pub mod duration;
 pub mod events;
 pub mod request;
+#[cfg(test)]
+mod session_store_tests;
 pub mod sessions;
 pub mod store;
 pub mod testing;

@@ -3,6 +3,7 @@
 use crate::identity::RequesterChain;
 use crate::ids::{RequestId, SessionId, StatementHash};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 /// A client session (wire connection or HTTP caller).
@@ -33,8 +34,9 @@ pub struct SessionRecord {
 pub struct StatementRecord {
     /// Session.
     pub session_id: SessionId,
-    /// Statement text (masked values never appear here: statements are what the client sent).
-    pub sql: String,
+    /// Statement text (masked values never appear here: statements are what the client sent); shared
+    /// with the proxy's copy, so recording does not copy it.
+    pub sql: Arc<str>,
     /// Hash.
     pub statement_hash: StatementHash,
     /// `allow`, `block`, `review`.

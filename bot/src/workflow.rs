@@ -347,7 +347,7 @@ impl Workflow {
                 AuditEntry::new(voter.canonical().0, "vote.refused", channel)
                     .request(view.request.id)
                     .decision("refused")
-                    .statement(&view.request.statement_hash)
+                    .statement(view.request.statement_hash)
                     .detail(serde_json::json!({ "code": refusal.code, "reason": refusal.reason })),
             )
             .await?;

@@ -24,6 +24,81 @@ pub(crate) fn time_to_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// Rows in the largest statement-record insert (12 parameters a row, far below SQLite's and PostgreSQL's
+/// limits on bind parameters).
+const STATEMENT_CHUNK_MAX: usize = 256;
+
+/// Splits `len` statement records into insert sizes: whole chunks of the largest size, then the rest in powers
+/// of two, so every insert is one of a few fixed statements that each connection prepares once.
+pub(crate) fn statement_chunks(mut len: usize) -> impl Iterator<Item = usize> {
+    let max = STATEMENT_CHUNK_MAX;
+    std::iter::from_fn(move || {
+        if len == 0 {
+            return None;
+        }
+        let n = if len >= max {
+            max
+        } else {
+            1 << (usize::BITS - 1 - len.leading_zeros())
+        };
+        len -= n;
+        Some(n)
+    })
+}
+
+/// How a backend spells the bulk insert of statement records.
+#[derive(Clone, Copy)]
+pub(crate) enum BulkInsert {
+    /// `INSERT OR FAIL` with `?` placeholders. Inside a transaction SQLite gives a statement that may abort
+    /// halfway a statement journal (a copy of every page it changes that the transaction had already
+    /// changed); `OR FAIL` keeps the rows written before a failure instead, so needs none, and a failure
+    /// rolls back the whole transaction anyway. Numbered `$n` parameters would be looked up by name with a
+    /// linear scan per bound value, which makes binding a large insert quadratic.
+    Sqlite,
+    /// `INSERT` with `$n` placeholders.
+    Postgres,
+}
+
+/// The insert of `rows` statement records (`rows` a power of two, at most the largest chunk).
+pub(crate) fn insert_statements_sql(rows: usize, dialect: BulkInsert) -> &'static str {
+    static SQL: [std::sync::OnceLock<Vec<String>>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    let all = SQL[dialect as usize].get_or_init(|| {
+        (0..=STATEMENT_CHUNK_MAX.trailing_zeros())
+            .map(|k| {
+                let mut sql = String::from(match dialect {
+                    BulkInsert::Sqlite => "INSERT OR FAIL INTO",
+                    BulkInsert::Postgres => "INSERT INTO",
+                });
+                sql.push_str(" statements (session_id, sql, statement_hash, decision, request_id, outcome, command_tag, rows, error, masked_fields, duration_us, at_ms) VALUES ");
+                let mut p = 0;
+                for r in 0..1usize << k {
+                    if r > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push('(');
+                    for c in 0..12 {
+                        if c > 0 {
+                            sql.push_str(", ");
+                        }
+                        p += 1;
+                        match dialect {
+                            BulkInsert::Sqlite => sql.push('?'),
+                            BulkInsert::Postgres => {
+                                sql.push('$');
+                                sql.push_str(&p.to_string());
+                            }
+                        }
+                    }
+                    sql.push(')');
+                }
+                sql
+            })
+            .collect()
+    });
+    &all[rows.trailing_zeros() as usize]
+}
+
 fn parse_uuid<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("bad {what} {s:?}")))
@@ -58,7 +133,9 @@ impl RequestRow {
             id: parse_uuid(&self.id, "request id")?,
             connection: self.connection,
             statement: self.statement,
-            statement_hash: StatementHash(self.statement_hash),
+            statement_hash: self.statement_hash.parse().map_err(|_| {
+                StoreError::Corrupt(format!("bad statement hash {:?}", self.statement_hash))
+            })?,
             requester: serde_json::from_str(&self.requester_json)?,
             rule: self.rule,
             reasons: serde_json::from_str(&self.reasons_json)?,
@@ -215,9 +292,9 @@ impl SessionRow {
 }
 
 pub(crate) struct StatementRow {
-    pub session_id: String,
+    pub session_id: uuid::Uuid,
     pub sql: String,
-    pub statement_hash: String,
+    pub statement_hash: Vec<u8>,
     pub decision: String,
     pub request_id: Option<String>,
     pub outcome: String,
@@ -232,9 +309,14 @@ pub(crate) struct StatementRow {
 impl StatementRow {
     pub fn into_record(self) -> Result<StatementRecord, StoreError> {
         Ok(StatementRecord {
-            session_id: parse_uuid(&self.session_id, "session id")?,
-            sql: self.sql,
-            statement_hash: StatementHash(self.statement_hash),
+            session_id: SessionId(self.session_id),
+            sql: self.sql.into(),
+            statement_hash: StatementHash::from_bytes(&self.statement_hash).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "bad statement hash {:?}",
+                    String::from_utf8_lossy(&self.statement_hash)
+                ))
+            })?,
             decision: self.decision,
             request_id: match self.request_id {
                 Some(s) => Some(parse_uuid(&s, "request id")?),
@@ -449,7 +531,7 @@ macro_rules! sql_store {
                 .bind(&id)
                 .bind(&req.connection)
                 .bind(&req.statement)
-                .bind(req.statement_hash.as_str())
+                .bind(req.statement_hash.to_string())
                 .bind(req.requester.key())
                 .bind(serde_json::to_string(&req.requester)?)
                 .bind(&req.rule)
@@ -474,7 +556,7 @@ macro_rules! sql_store {
                 let audit = AuditEntry::new(req.requester.key(), "request.created", req.origin.clone())
                     .request(&id)
                     .decision("review")
-                    .statement(&req.statement_hash)
+                    .statement(req.statement_hash)
                     .detail(serde_json::json!({
                         "connection": req.connection,
                         "rule": req.rule,
@@ -526,7 +608,7 @@ macro_rules! sql_store {
                 )
                 .bind(requester_key)
                 .bind(connection)
-                .bind(hash.as_str())
+                .bind(hash.to_string())
                 .bind(now_ms())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -578,7 +660,7 @@ macro_rules! sql_store {
                 let mut audit = vec![AuditEntry::new(vote.voter.0.clone(), "vote.recorded", vote.channel.clone())
                     .request(&id)
                     .decision(vote.decision.as_str())
-                    .statement(&view.request.statement_hash)
+                    .statement(view.request.statement_hash)
                     .detail(serde_json::json!({ "reason": vote.reason, "voter_name": vote.voter_name }))];
                 let approvals = view.approvals() + usize::from(vote.decision == Decision::Approve);
                 let new_status = match vote.decision {
@@ -597,7 +679,7 @@ macro_rules! sql_store {
                         AuditEntry::new("system", "request.resolved", vote.channel.clone())
                             .request(&id)
                             .decision(status.as_str())
-                            .statement(&view.request.statement_hash)
+                            .statement(view.request.statement_hash)
                             .detail(serde_json::json!({ "approvals": approvals, "quorum": view.request.quorum })),
                     );
                     Self::announce(&mut *tx, &id).await?;
@@ -888,25 +970,27 @@ macro_rules! sql_store {
                 // Multi-row inserts: at pgbench rates one round trip per row to the database (and, for
                 // SQLite, to its worker thread) would cost more than the proxying itself.
                 let mut tx = self.begin_record().await?;
-                for chunk in batch.chunks(64) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO statements (session_id, sql, statement_hash, decision, request_id, outcome, command_tag, rows, error, masked_fields, duration_us, at_ms) ",
-                    );
-                    qb.push_values(chunk, |mut b, st| {
-                        b.push_bind(st.session_id.to_string())
-                            .push_bind(st.sql.as_str())
-                            .push_bind(st.statement_hash.as_str())
-                            .push_bind(st.decision.as_str())
-                            .push_bind(st.request_id.map(|r| r.to_string()))
-                            .push_bind(st.outcome.as_str())
-                            .push_bind(st.command_tag.as_deref())
-                            .push_bind(st.rows.map(|r| r.min(i64::MAX as u64) as i64))
-                            .push_bind(st.error.as_deref())
-                            .push_bind(st.masked_fields.min(i64::MAX as u64) as i64)
-                            .push_bind(st.duration_us.min(i64::MAX as u64) as i64)
-                            .push_bind(time_to_ms(st.at));
-                    });
-                    qb.build().execute(&mut *tx).await?;
+                let mut rest = batch;
+                for n in $crate::store::backend::statement_chunks(batch.len()) {
+                    let (chunk, tail) = rest.split_at(n);
+                    rest = tail;
+                    let mut q = sqlx::query($crate::store::backend::insert_statements_sql(n, Self::BULK_INSERT));
+                    for st in chunk {
+                        q = q
+                            .bind(st.session_id.0)
+                            .bind(st.sql.clone())
+                            .bind(&st.statement_hash.as_bytes()[..])
+                            .bind(st.decision.as_str())
+                            .bind(st.request_id.map(|r| r.to_string()))
+                            .bind(st.outcome.as_str())
+                            .bind(st.command_tag.as_deref())
+                            .bind(st.rows.map(|r| r.min(i64::MAX as u64) as i64))
+                            .bind(st.error.as_deref())
+                            .bind(st.masked_fields.min(i64::MAX as u64) as i64)
+                            .bind(st.duration_us.min(i64::MAX as u64) as i64)
+                            .bind(time_to_ms(st.at));
+                    }
+                    q.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -928,7 +1012,7 @@ macro_rules! sql_store {
                 let Some(row) = row else { return Ok(None) };
                 let session = session_row(&row)?;
                 let rows = sqlx::query("SELECT session_id, sql, statement_hash, decision, request_id, outcome, command_tag, rows, error, masked_fields, duration_us, at_ms FROM statements WHERE session_id = $1 ORDER BY id")
-                    .bind(id.to_string())
+                    .bind(id.0)
                     .fetch_all(&self.pool)
                     .await?;
                 let mut statements = Vec::with_capacity(rows.len());

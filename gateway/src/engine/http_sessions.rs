@@ -85,8 +85,8 @@ impl Engine {
         }
         let rec = StatementRecord {
             session_id: id,
-            sql: st.sql.to_string(),
-            statement_hash: st.hash.clone(),
+            sql: st.sql.into(),
+            statement_hash: *st.hash,
             decision: st.decision.to_string(),
             request_id: st.request_id,
             outcome: st.outcome.to_string(),

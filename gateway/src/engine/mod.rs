@@ -206,7 +206,7 @@ impl Engine {
                 let new = NewRequest {
                     connection: connection.to_string(),
                     statement: sql.to_string(),
-                    statement_hash: hash.clone(),
+                    statement_hash: *hash,
                     requester: requester.clone(),
                     rule: verdict.rule.clone(),
                     reasons: verdict.reasons.clone(),

@@ -204,37 +204,44 @@ impl WireGate for Engine {
         self.recorder.send(RecordOp::Started(rec)).await;
     }
 
-    async fn statement_finished(&self, session: &SessionInfo, record: StatementRecord) {
+    async fn statements_finished(&self, batch: Vec<StatementRecord>) {
         use crate::metrics::{FrontDoor, UpstreamFailure};
-        self.metrics
-            .statement(FrontDoor::Wire, record.decision.into());
-        let outcome = match (record.decision, &record.error) {
-            (Action::Block, _) => "blocked",
-            (_, Some(_)) if record.command_tag.is_none() && record.request_id.is_some() => {
-                "not_run"
-            }
-            (_, Some(_)) => "error",
-            _ => "ok",
-        };
-        if outcome == "error" && record.command_tag.is_none() {
-            self.metrics
-                .upstream_error(FrontDoor::Wire, UpstreamFailure::Statement);
-        }
-        let st = countersign_bot::sessions::StatementRecord {
-            session_id: session.id,
-            sql: record.sql,
-            statement_hash: record.hash,
-            decision: record.decision.as_str().to_string(),
-            request_id: record.request_id,
-            outcome: outcome.to_string(),
-            command_tag: record.command_tag,
-            rows: record.rows,
-            error: record.error,
-            masked_fields: record.masked_fields,
-            duration_us: record.duration.as_micros() as u64,
-            at: OffsetDateTime::now_utc() - record.duration,
-        };
-        self.recorder.send(RecordOp::Statement(st)).await;
+        // One clock read per batch: the batch is at most a recorder tick old.
+        let now = OffsetDateTime::now_utc();
+        let records = batch
+            .into_iter()
+            .map(|record| {
+                self.metrics
+                    .statement(FrontDoor::Wire, record.decision.into());
+                let outcome = match (record.decision, &record.error) {
+                    (Action::Block, _) => "blocked",
+                    (_, Some(_)) if record.command_tag.is_none() && record.request_id.is_some() => {
+                        "not_run"
+                    }
+                    (_, Some(_)) => "error",
+                    _ => "ok",
+                };
+                if outcome == "error" && record.command_tag.is_none() {
+                    self.metrics
+                        .upstream_error(FrontDoor::Wire, UpstreamFailure::Statement);
+                }
+                countersign_bot::sessions::StatementRecord {
+                    session_id: record.session_id,
+                    sql: record.sql,
+                    statement_hash: record.hash,
+                    decision: record.decision.as_str().to_string(),
+                    request_id: record.request_id,
+                    outcome: outcome.to_string(),
+                    command_tag: record.command_tag,
+                    rows: record.rows,
+                    error: record.error,
+                    masked_fields: record.masked_fields,
+                    duration_us: record.duration.as_micros() as u64,
+                    at: now - record.duration,
+                }
+            })
+            .collect();
+        self.recorder.send(RecordOp::Statements(records)).await;
     }
 
     async fn session_ended(&self, session: &SessionInfo) {

@@ -94,7 +94,7 @@ pub async fn query(
         Admission::Run => {
             let entry = AuditEntry::new(requester.key(), "statement.allowed", "api")
                 .decision("allow")
-                .statement(&hash)
+                .statement(hash)
                 .detail(json!({ "connection": name, "rule": verdict.rule }));
             engine.store().append_audit(entry).await?;
             let started = Instant::now();

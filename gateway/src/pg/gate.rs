@@ -75,8 +75,9 @@ pub trait WireGate: Send + Sync + 'static {
     async fn executed(&self, id: RequestId, outcome: ExecutionOutcome);
     /// A client session was established (after authentication and upstream connect).
     async fn session_started(&self, session: &SessionInfo);
-    /// One statement (simple query, or extended-protocol batch up to Sync) finished.
-    async fn statement_finished(&self, session: &SessionInfo, record: StatementRecord);
+    /// Statements finished (simple queries, or extended-protocol batches up to Sync), in the order they
+    /// finished; recorded in batches, so this is called once per recorder tick, not per statement.
+    async fn statements_finished(&self, batch: Vec<StatementRecord>);
     /// The client session ended.
     async fn session_ended(&self, session: &SessionInfo);
 }
@@ -175,8 +176,10 @@ pub struct ExecutionOutcome {
 /// One recorded statement of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementRecord {
+    /// The session that sent it.
+    pub session_id: SessionId,
     /// Statement text (statements of one extended batch joined by `;\n`).
-    pub sql: String,
+    pub sql: Arc<str>,
     /// Hash of the text and Bind parameters.
     pub hash: StatementHash,
     /// What the policy decided.

@@ -1,11 +1,12 @@
 //! Session recording off the hot path: sessions push events into a bounded channel that one task
 //! drains on a short tick, so the relay never awaits the store and never wakes another task per statement.
+//! Each tick hands its statements to the gate as one batch, so the engine's writer wakes once per tick too.
 
 use super::extended::statement_hash;
 use super::gate::{ExecutionOutcome, SessionInfo, StatementRecord, WireGate};
 use crate::policy::Action;
 use bytes::Bytes;
-use countersign_bot::RequestId;
+use countersign_bot::{RequestId, SessionId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +42,7 @@ pub struct FinishedStatement {
 
 enum Event {
     Started(Arc<SessionInfo>),
-    Statement(Arc<SessionInfo>, FinishedStatement),
+    Statement(SessionId, FinishedStatement),
     Ended(Arc<SessionInfo>),
 }
 
@@ -71,7 +72,7 @@ impl Recorder {
     /// Records a finished statement without waiting; approved executions are never dropped.
     pub fn statement(&self, session: &Arc<SessionInfo>, stmt: FinishedStatement) {
         let must_keep = stmt.executed.is_some() || stmt.request_id.is_some();
-        match self.tx.try_send(Event::Statement(session.clone(), stmt)) {
+        match self.tx.try_send(Event::Statement(session.id, stmt)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(event)) if must_keep => {
                 let tx = self.tx.clone();
@@ -104,46 +105,65 @@ impl Recorder {
 }
 
 async fn drain(gate: Arc<dyn WireGate>, mut rx: mpsc::Receiver<Event>) {
+    let mut batch = Vec::new();
     loop {
         // Polling on a tick (instead of `recv().await`) keeps senders from waking this task per event.
         tokio::time::sleep(TICK).await;
         loop {
             match rx.try_recv() {
-                Ok(event) => handle(&*gate, event).await,
+                Ok(Event::Statement(id, f)) => batch.push(finished(&*gate, id, f).await),
+                // Session boundaries keep their order with the statements around them.
+                Ok(Event::Started(s)) => {
+                    hand_over(&*gate, &mut batch).await;
+                    gate.session_started(&s).await;
+                }
+                Ok(Event::Ended(s)) => {
+                    hand_over(&*gate, &mut batch).await;
+                    gate.session_ended(&s).await;
+                }
                 Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    hand_over(&*gate, &mut batch).await;
+                    return;
+                }
             }
         }
+        hand_over(&*gate, &mut batch).await;
     }
 }
 
-async fn handle(gate: &dyn WireGate, event: Event) {
-    match event {
-        Event::Started(s) => gate.session_started(&s).await,
-        Event::Ended(s) => gate.session_ended(&s).await,
-        Event::Statement(s, f) => {
-            let rows = f.command_tag.as_deref().and_then(super::codec::rows_of_tag);
-            if let Some(id) = f.executed {
-                let outcome = ExecutionOutcome {
-                    command_tag: f.command_tag.clone(),
-                    rows,
-                    error: f.error.clone(),
-                    duration: f.run_time,
-                };
-                gate.executed(id, outcome).await;
-            }
-            let record = StatementRecord {
-                hash: statement_hash(&f.sql, &f.binds),
-                sql: f.sql.to_string(),
-                decision: f.decision,
-                request_id: f.request_id,
-                duration: f.duration,
-                command_tag: f.command_tag,
-                rows,
-                error: f.error,
-                masked_fields: f.masked_fields,
-            };
-            gate.statement_finished(&s, record).await;
-        }
+async fn hand_over(gate: &dyn WireGate, batch: &mut Vec<StatementRecord>) {
+    if !batch.is_empty() {
+        gate.statements_finished(std::mem::take(batch)).await;
+    }
+}
+
+/// Reports an approved execution to the engine and turns the statement into its record.
+async fn finished(
+    gate: &dyn WireGate,
+    session_id: SessionId,
+    f: FinishedStatement,
+) -> StatementRecord {
+    let rows = f.command_tag.as_deref().and_then(super::codec::rows_of_tag);
+    if let Some(id) = f.executed {
+        let outcome = ExecutionOutcome {
+            command_tag: f.command_tag.clone(),
+            rows,
+            error: f.error.clone(),
+            duration: f.run_time,
+        };
+        gate.executed(id, outcome).await;
+    }
+    StatementRecord {
+        session_id,
+        hash: statement_hash(&f.sql, &f.binds),
+        sql: f.sql,
+        decision: f.decision,
+        request_id: f.request_id,
+        duration: f.duration,
+        command_tag: f.command_tag,
+        rows,
+        error: f.error,
+        masked_fields: f.masked_fields,
     }
 }

@@ -45,7 +45,7 @@ pub enum GateEvent {
     Cancelled(RequestId),
     /// `executed`.
     Executed(RequestId, ExecutionOutcome),
-    /// `statement_finished`.
+    /// One statement of `statements_finished`.
     Statement(StatementRecord),
     /// `session_ended`.
     SessionEnded(SessionId),
@@ -265,7 +265,7 @@ impl WireGate for StaticGate {
         let id = RequestId::new();
         self.record(GateEvent::Hold {
             sql: sql.to_string(),
-            hash: hash.clone(),
+            hash: *hash,
             id,
         });
         if lock(&self.approved).remove(hash) {
@@ -305,8 +305,10 @@ impl WireGate for StaticGate {
         self.record(GateEvent::SessionStarted(session.id));
     }
 
-    async fn statement_finished(&self, _session: &SessionInfo, record: StatementRecord) {
-        self.record(GateEvent::Statement(record));
+    async fn statements_finished(&self, batch: Vec<StatementRecord>) {
+        for record in batch {
+            self.record(GateEvent::Statement(record));
+        }
     }
 
     async fn session_ended(&self, session: &SessionInfo) {
