@@ -140,13 +140,7 @@ async fn statements_recorded_before_the_compact_schema_survive_the_upgrade() {
             )
             .await
             .unwrap();
-        let mut old = sqlx::migrate!("../migrations/sqlite");
-        old.migrations = old
-            .migrations
-            .iter()
-            .filter(|m| m.version < 4)
-            .cloned()
-            .collect();
+        let old = migrations_before(sqlx::migrate!("../migrations/sqlite"), 4);
         old.run(&pool).await.unwrap();
         old_rows(&pool, id, request, &hash).await;
         pool.close().await;
@@ -157,18 +151,23 @@ async fn statements_recorded_before_the_compact_schema_survive_the_upgrade() {
     let url = fresh_pg_database().await.unwrap();
     {
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        let mut old = sqlx::migrate!("../migrations/postgres");
-        old.migrations = old
-            .migrations
-            .iter()
-            .filter(|m| m.version < 3)
-            .cloned()
-            .collect();
+        let old = migrations_before(sqlx::migrate!("../migrations/postgres"), 3);
         old.run(&pool).await.unwrap();
         old_rows(&pool, id, request, &hash).await;
         pool.close().await;
     }
     check(crate::store::open(&url).await.unwrap()).await;
+}
+
+/// The migrations of `all` older than `version`: the schema an earlier release left behind.
+fn migrations_before(mut all: sqlx::migrate::Migrator, version: i64) -> sqlx::migrate::Migrator {
+    all.migrations = all
+        .migrations
+        .iter()
+        .filter(|m| m.version < version)
+        .cloned()
+        .collect();
+    all
 }
 
 async fn old_rows<DB: sqlx::Database>(
