@@ -244,12 +244,13 @@ fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
     } = summary;
     // Most values (words, amounts, hashes, dates) meet no detector's condition; one test settles them.
     // Every condition below needs one of: an `@`, a capital, `_` or `-` (e-mail, JWT, private key,
-    // IBAN, vendor key prefixes), 3 dots (IPv4), 2 colons (IPv6), 7 digits (card, phone, SSN), or a
-    // digit in 22+ bytes with the `k` of `token` or the `r` of `bearer`.
+    // IBAN, vendor key prefixes, SSN), 3 dots (IPv4), 2 colons (IPv6), 10 digits, or 7 and a `+`
+    // (card, phone), or a digit in 22+ bytes with the `k` of `token` or the `r` of `bearer`.
     if seen & (AT | UPPER | UNDERSCORE | DASH) == 0
         && dots < 3
         && colons < 2
-        && digits < 7
+        && digits < 10
+        && (digits < 7 || seen & PLUS == 0)
         && !(digits > 0 && b.len() >= 22 && seen & (LETTER_K | LETTER_R) != 0)
     {
         return DetectorSet::default();
