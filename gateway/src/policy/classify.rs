@@ -17,8 +17,8 @@ use sqlparser::tokenizer::Token;
 use super::fallback::{
     classify_unparsed, classify_untokenizable, split_statements, StatementTokens,
 };
-use super::functions::{check_function, is_harmless_setting, is_identity_setting};
-use super::settings::search_path_verdict;
+use super::functions::check_function;
+use super::settings::setting_verdict;
 use super::verdict::{Action, StatementFacts};
 
 /// Classify every statement in `sql` with the built-in policy. Never panics; never returns an
@@ -197,20 +197,16 @@ fn function_verdict(call: &Call) -> (Action, String) {
     let name = call.name.as_str();
     let base = name.rsplit('.').next().unwrap_or(name);
     if base == "set_config" {
-        return match call.first_arg.as_deref() {
-            Some(setting) if is_identity_setting(setting) => (
+        return match (call.first_arg.as_deref(), call.second_arg.as_deref()) {
+            (Some("search_path"), None) => (
                 Action::Review,
-                format!("set_config('{setting}', …) changes the session identity"),
+                "set_config('search_path', …) with a computed value".to_string(),
             ),
-            Some("search_path") => match call.second_arg.as_deref().map(search_path_verdict) {
-                Some(verdict) => verdict,
-                None => (
-                    Action::Review,
-                    "set_config('search_path', …) with a computed value".to_string(),
-                ),
+            (Some(setting), value) => match setting_verdict(setting, value.unwrap_or_default()) {
+                (Action::Allow, _) => (Action::Allow, String::new()),
+                (action, reason) => (action, format!("set_config('{setting}', …): {reason}")),
             },
-            Some(setting) if is_harmless_setting(setting) => (Action::Allow, String::new()),
-            _ => (
+            (None, _) => (
                 Action::Review,
                 "set_config changes a server setting at run time".to_string(),
             ),
@@ -312,16 +308,10 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
                 review("RESET SESSION AUTHORIZATION changes the session identity".into())
             }
             Reset::ConfigurationParameter(name) => {
-                let name = object_name(name);
-                if is_identity_setting(&name) {
-                    review(format!(
-                        "RESET {} changes the session identity",
-                        name.to_uppercase()
-                    ))
-                } else if is_harmless_setting(&name) {
-                    allow("RESET of a harmless session setting")
-                } else {
-                    review(format!("RESET {name}: setting not on the harmless list"))
+                // Back to the default: judged as setting it to the empty (default) value.
+                match setting_verdict(&object_name(name), "") {
+                    (Action::Allow, _) => allow("RESET of a harmless session setting"),
+                    (_, reason) => review(format!("RESET {reason}")),
                 }
             }
         },
@@ -408,31 +398,16 @@ fn classify_set(set: &Set) -> (Action, String) {
             variable, values, ..
         } => {
             let name = object_name(variable);
-            if name == "search_path" {
-                let path: Vec<String> = values
-                    .iter()
-                    .map(|v| v.to_string().trim_matches(['\'', '"']).to_string())
-                    .collect();
-                let (action, reason) = search_path_verdict(&path.join(","));
-                if action != Action::Allow {
-                    return (action, reason);
-                }
-            }
-            if is_identity_setting(&name) {
-                (
-                    Action::Review,
-                    format!("SET {name} changes the session identity"),
-                )
-            } else if is_harmless_setting(&name) {
-                (
+            let value: Vec<String> = values
+                .iter()
+                .map(|v| v.to_string().trim_matches(['\'', '"']).to_string())
+                .collect();
+            match setting_verdict(&name, &value.join(",")) {
+                (Action::Allow, _) => (
                     Action::Allow,
                     format!("SET {name} is a harmless session setting"),
-                )
-            } else {
-                (
-                    Action::Review,
-                    format!("SET {name}: setting not on the harmless list"),
-                )
+                ),
+                (action, reason) => (action, format!("SET {reason}")),
             }
         }
         Set::SetTimeZone { .. } => (

@@ -29,7 +29,7 @@ pub fn setting_verdict(name: &str, value: &str) -> (Action, String) {
 /// A `search_path` is harmless unless it lists a schema ahead of `pg_catalog`: PostgreSQL searches
 /// `pg_catalog` first only when the path does not name it, and the vetted read-only function list
 /// trusts unqualified built-in names, which a function in an earlier schema could then shadow.
-pub fn search_path_verdict(value: &str) -> (Action, String) {
+fn search_path_verdict(value: &str) -> (Action, String) {
     let schemas: Vec<String> = value
         .split(',')
         .map(|s| s.trim().trim_matches('"').to_ascii_lowercase())
