@@ -313,9 +313,7 @@ async fn serve<S: Halves>(
     }
     let passthrough: Vec<(String, String)> = params
         .iter()
-        .filter(|(k, _)| {
-            !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_.")
-        })
+        .filter(|(k, _)| is_setting_parameter(k))
         .cloned()
         .collect();
     let upstream = match timeout_at(deadline, upstream::connect(&target, &passthrough)).await {
@@ -422,13 +420,19 @@ async fn relay<S: Halves>(
     }
 }
 
+/// True for the startup parameters PostgreSQL applies as session settings: all but `user`, `database`,
+/// `replication` and protocol extensions (`_pq_.…`).
+fn is_setting_parameter(key: &str) -> bool {
+    !matches!(key, "user" | "database" | "replication") && !key.starts_with("_pq_.")
+}
+
 /// Startup parameters other than `user`, `database` and `replication` are session settings to
 /// PostgreSQL (and `options` carries more of them): each must be one policy lets `SET` change
 /// without review, or the connection is refused with a message saying how to ask for it.
 fn startup_settings_allowed(params: &[(String, String)]) -> Result<(), String> {
     use crate::policy::{settings::setting_verdict, Action};
     for (key, value) in params {
-        if matches!(key.as_str(), "user" | "database" | "replication") || key.starts_with("_pq_.") {
+        if !is_setting_parameter(key) {
             continue;
         }
         let settings = if key == "options" {
