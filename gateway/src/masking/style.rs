@@ -66,12 +66,13 @@ impl Style {
             Style::KeepLast(n) => {
                 let count = value.chars().count();
                 let keep = if count > *n { *n } else { 0 };
-                let mut chars = value.chars();
-                for _ in 0..count - keep {
-                    chars.next();
-                    out.push('*');
-                }
-                out.extend(chars);
+                let hidden = count - keep;
+                push_stars(out, hidden);
+                let kept = value
+                    .char_indices()
+                    .nth(hidden)
+                    .map_or(value.len(), |(i, _)| i);
+                out.push_str(&value[kept..]);
             }
             Style::Partial => partial(value, out),
             Style::Hash(mac) => push_hash(&keyed_hash(mac, value), out),
@@ -133,7 +134,7 @@ fn partial_chars(value: &str, out: &mut String) {
         if let Some(first) = chars.next() {
             out.push(first);
         }
-        out.extend(chars.map(|_| '*'));
+        push_stars(out, chars.count());
         out.push('@');
         out.push_str(domain);
         return;
