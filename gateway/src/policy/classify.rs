@@ -18,6 +18,7 @@ use super::fallback::{
     classify_unparsed, classify_untokenizable, split_statements, StatementTokens,
 };
 use super::functions::check_function;
+use super::maintenance::classify_maintenance;
 use super::settings::setting_verdict;
 use super::verdict::{Action, StatementFacts};
 
@@ -47,6 +48,9 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
                 return facts;
             }
             if let Some(facts) = classify_deferrable_mode(tokens) {
+                return facts;
+            }
+            if let Some(facts) = classify_maintenance(tokens) {
                 return facts;
             }
             classify_unparsed(tokens, &error)
@@ -92,10 +96,11 @@ fn classify_table_shorthand(tokens: &StatementTokens) -> Option<StatementFacts> 
 /// builders). `DEFERRABLE` only makes a serializable read-only transaction wait for a safe snapshot, so the
 /// statement is judged without it, and only when what remains parses as the same transaction statement.
 fn classify_deferrable_mode(tokens: &StatementTokens) -> Option<StatementFacts> {
-    let is_word = |t: &Token, word: &str| {
-        matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
-    };
-    let first = tokens.0.iter().find(|t| !matches!(t, Token::Whitespace(_)))?;
+    let is_word = |t: &Token, word: &str| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    let first = tokens
+        .0
+        .iter()
+        .find(|t| !matches!(t, Token::Whitespace(_)))?;
     if !["BEGIN", "START", "SET"].iter().any(|w| is_word(first, w)) {
         return None;
     }
@@ -122,14 +127,22 @@ fn classify_deferrable_mode(tokens: &StatementTokens) -> Option<StatementFacts> 
     let mut cleaned: Vec<Token> = Vec::with_capacity(kept.len());
     for (i, t) in kept.iter().enumerate() {
         if matches!(t, Token::Comma) {
-            let prev = cleaned.iter().rev().find(|t| !matches!(t, Token::Whitespace(_)));
+            let prev = cleaned
+                .iter()
+                .rev()
+                .find(|t| !matches!(t, Token::Whitespace(_)));
             let next = kept[i + 1..]
                 .iter()
                 .find(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon | Token::EOF));
             let after_keyword = prev.is_some_and(|p| {
-                ["BEGIN", "TRANSACTION", "WORK"].iter().any(|w| is_word(p, w))
+                ["BEGIN", "TRANSACTION", "WORK"]
+                    .iter()
+                    .any(|w| is_word(p, w))
             });
-            if prev.is_none() || matches!(prev, Some(Token::Comma)) || after_keyword || next.is_none()
+            if prev.is_none()
+                || matches!(prev, Some(Token::Comma))
+                || after_keyword
+                || next.is_none()
             {
                 continue;
             }

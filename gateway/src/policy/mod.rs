@@ -10,6 +10,7 @@ pub mod cache;
 pub mod classify;
 pub mod fallback;
 pub mod functions;
+pub mod maintenance;
 pub mod rules;
 pub mod settings;
 pub mod template;

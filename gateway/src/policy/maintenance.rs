@@ -1,0 +1,155 @@
+//! PostgreSQL statements sqlparser does not parse but whose whole grammar is small enough to check token by
+//! token: `VACUUM` / `ANALYZE` with options (`pgbench -i` sends `vacuum analyze t`), `CHECKPOINT` and `MOVE`.
+//!
+//! A statement recognised here counts as parsed, so a rule may allow it; anything that strays from the
+//! grammar returns `None` and stays an unparsed statement (held, never allowed).
+
+use sqlparser::tokenizer::Token;
+
+use super::fallback::StatementTokens;
+use super::verdict::{Action, StatementFacts};
+
+/// Facts for a statement of the small grammars above, or `None` when it is not exactly one of them.
+pub fn classify_maintenance(tokens: &StatementTokens) -> Option<StatementFacts> {
+    let (first, rest) = tokens.0.split_first()?;
+    let facts = |kind: &str, tables: Vec<String>, action: Action, reason: String| StatementFacts {
+        kind: kind.to_string(),
+        tables,
+        action,
+        reasons: vec![reason],
+        ..StatementFacts::default()
+    };
+    match keyword(first)?.as_str() {
+        kind @ ("VACUUM" | "ANALYZE" | "ANALYSE") => {
+            let tables = vacuum_targets(rest, kind == "VACUUM")?;
+            let kind = if kind == "VACUUM" {
+                "VACUUM"
+            } else {
+                "ANALYZE"
+            };
+            Some(facts(
+                kind,
+                tables,
+                Action::Review,
+                format!("{kind} is maintenance, not on the read-only list (it takes table locks)"),
+            ))
+        }
+        "CHECKPOINT" if rest.is_empty() => Some(facts(
+            "CHECKPOINT",
+            vec![],
+            Action::Review,
+            "CHECKPOINT forces a server-wide checkpoint".to_string(),
+        )),
+        "MOVE" if is_cursor_move(rest) => Some(facts(
+            "MOVE",
+            vec![],
+            Action::Allow,
+            "cursor or prepared-statement bookkeeping".to_string(),
+        )),
+        _ => None,
+    }
+}
+
+/// An unquoted word, upper-cased.
+fn keyword(token: &Token) -> Option<String> {
+    match token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+/// A name part: an unquoted word (lower-cased, as PostgreSQL folds it) or a double-quoted identifier.
+fn name_part(token: &Token) -> Option<String> {
+    match token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_lowercase()),
+        Token::Word(w) if w.quote_style == Some('"') => Some(w.value.clone()),
+        _ => None,
+    }
+}
+
+/// `[ ( option [value] [, …] ) ] [FULL] [FREEZE] [VERBOSE] [ANALYZE] [table [ (column [, …]) ] [, …]]`
+/// (`ANALYZE` takes only `VERBOSE` among the bare words); the tables named.
+fn vacuum_targets(tokens: &[Token], vacuum: bool) -> Option<Vec<String>> {
+    let mut i = 0;
+    if tokens.first() == Some(&Token::LParen) {
+        i = 1;
+        loop {
+            // option name, then an optional value: a word, a number or a string
+            keyword(tokens.get(i)?)?;
+            i += 1;
+            match tokens.get(i)? {
+                Token::Word(_) | Token::Number(_, _) | Token::SingleQuotedString(_) => i += 1,
+                _ => {}
+            }
+            match tokens.get(i)? {
+                Token::Comma => i += 1,
+                Token::RParen => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    let bare: &[&str] = if vacuum {
+        &["FULL", "FREEZE", "VERBOSE", "ANALYZE", "ANALYSE"]
+    } else {
+        &["VERBOSE"]
+    };
+    while let Some(word) = tokens.get(i).and_then(keyword) {
+        if !bare.contains(&word.as_str()) {
+            break;
+        }
+        i += 1;
+    }
+    let mut tables = Vec::new();
+    while i < tokens.len() {
+        if !tables.is_empty() {
+            (tokens[i] == Token::Comma).then_some(())?;
+            i += 1;
+        }
+        let mut name = name_part(tokens.get(i)?)?;
+        i += 1;
+        while tokens.get(i) == Some(&Token::Period) {
+            name.push('.');
+            name.push_str(&name_part(tokens.get(i + 1)?)?);
+            i += 2;
+        }
+        if tokens.get(i) == Some(&Token::LParen) {
+            i += 1;
+            loop {
+                name_part(tokens.get(i)?)?;
+                i += 1;
+                match tokens.get(i)? {
+                    Token::Comma => i += 1,
+                    Token::RParen => {
+                        i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        tables.push(name);
+    }
+    Some(tables)
+}
+
+/// `MOVE [direction] [FROM | IN] cursor`: words and (signed) counts only, ending in the cursor's name.
+fn is_cursor_move(tokens: &[Token]) -> bool {
+    let Some((cursor, direction)) = tokens.split_last() else {
+        return false;
+    };
+    name_part(cursor).is_some()
+        && direction.len() <= 4
+        && direction.iter().all(|t| match t {
+            Token::Number(_, _) | Token::Minus => true,
+            t => keyword(t).is_some_and(|w| {
+                [
+                    "NEXT", "PRIOR", "FIRST", "LAST", "ABSOLUTE", "RELATIVE", "ALL", "FORWARD",
+                    "BACKWARD", "FROM", "IN",
+                ]
+                .contains(&w.as_str())
+            }),
+        })
+}
