@@ -19,6 +19,7 @@ use super::fallback::{
 };
 use super::functions::check_function;
 use super::maintenance::classify_maintenance;
+use super::reparse::classify_without_inert_clause;
 use super::settings::setting_verdict;
 use super::verdict::{Action, StatementFacts};
 
@@ -47,7 +48,7 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
             if let Some(facts) = classify_table_shorthand(tokens) {
                 return facts;
             }
-            if let Some(facts) = classify_deferrable_mode(tokens) {
+            if let Some(facts) = classify_without_inert_clause(tokens) {
                 return facts;
             }
             if let Some(facts) = classify_maintenance(tokens) {
@@ -59,7 +60,7 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
 }
 
 /// Parse exactly one statement; a parser panic counts as a parse failure (fail closed).
-fn parse_one(tokens: Vec<Token>) -> Result<Statement, String> {
+pub(super) fn parse_one(tokens: Vec<Token>) -> Result<Statement, String> {
     let parsed = std::panic::catch_unwind(|| {
         Parser::new(&PostgreSqlDialect {})
             .with_tokens(tokens)
@@ -89,70 +90,6 @@ fn classify_table_shorthand(tokens: &StatementTokens) -> Option<StatementFacts> 
     let mut facts = classify_statement(&statement);
     facts.kind = "TABLE".to_string();
     Some(facts)
-}
-
-/// `BEGIN` / `START TRANSACTION` / `SET [SESSION CHARACTERISTICS AS] TRANSACTION` with `[NOT] DEFERRABLE`
-/// among its modes, which sqlparser lacks (drivers send it: tokio-postgres' and psycopg's transaction
-/// builders). `DEFERRABLE` only makes a serializable read-only transaction wait for a safe snapshot, so the
-/// statement is judged without it, and only when what remains parses as the same transaction statement.
-fn classify_deferrable_mode(tokens: &StatementTokens) -> Option<StatementFacts> {
-    let is_word = |t: &Token, word: &str| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
-    let first = tokens
-        .0
-        .iter()
-        .find(|t| !matches!(t, Token::Whitespace(_)))?;
-    if !["BEGIN", "START", "SET"].iter().any(|w| is_word(first, w)) {
-        return None;
-    }
-    let mut kept: Vec<Token> = Vec::with_capacity(tokens.0.len());
-    let mut removed = false;
-    for t in &tokens.0 {
-        if is_word(t, "DEFERRABLE") {
-            removed = true;
-            // Drop a `NOT` before it (whitespace between is dropped with it).
-            while matches!(kept.last(), Some(Token::Whitespace(_))) {
-                kept.pop();
-            }
-            if kept.last().is_some_and(|last| is_word(last, "NOT")) {
-                kept.pop();
-            }
-            continue;
-        }
-        kept.push(t.clone());
-    }
-    if !removed {
-        return None;
-    }
-    // Modes may be separated by commas: drop the commas the removal left leading, doubled or trailing.
-    let mut cleaned: Vec<Token> = Vec::with_capacity(kept.len());
-    for (i, t) in kept.iter().enumerate() {
-        if matches!(t, Token::Comma) {
-            let prev = cleaned
-                .iter()
-                .rev()
-                .find(|t| !matches!(t, Token::Whitespace(_)));
-            let next = kept[i + 1..]
-                .iter()
-                .find(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon | Token::EOF));
-            let after_keyword = prev.is_some_and(|p| {
-                ["BEGIN", "TRANSACTION", "WORK"]
-                    .iter()
-                    .any(|w| is_word(p, w))
-            });
-            if prev.is_none()
-                || matches!(prev, Some(Token::Comma))
-                || after_keyword
-                || next.is_none()
-            {
-                continue;
-            }
-        }
-        cleaned.push(t.clone());
-    }
-    let statement = parse_one(cleaned).ok()?;
-    let transaction = matches!(statement, Statement::StartTransaction { .. })
-        || matches!(&statement, Statement::Set(Set::SetTransaction { .. }));
-    transaction.then(|| classify_statement(&statement))
 }
 
 /// Classify one parsed statement.

@@ -11,6 +11,7 @@ pub mod classify;
 pub mod fallback;
 pub mod functions;
 pub mod maintenance;
+pub mod reparse;
 pub mod rules;
 pub mod settings;
 pub mod template;

@@ -96,6 +96,16 @@ const CASES: &[(&str, Action, &str)] = &[
     ("BEGIN DEFERRABLE; DELETE FROM t", Review, "DELETE without WHERE"),
     ("SET deferrable = 1", Review, "not on the harmless list"),
     ("BEGIN DEFERRABLE DEFERRABLE DROP TABLE t", Review, "could not be parsed"),
+    // COPY options sqlparser lacks are inert: the target and source are still judged
+    ("copy pgbench_accounts from stdin with (freeze on)", Review, "COPY FROM writes data"),
+    ("COPY t (a, b) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE (a, b), HEADER true, NULL '')", Allow, "COPY TO STDOUT"),
+    ("COPY (SELECT * FROM t) TO STDOUT (FORMAT binary, FORCE_QUOTE *)", Allow, "COPY TO STDOUT"),
+    ("COPY t TO STDOUT WITH CSV HEADER DELIMITER ';' FORCE QUOTE *", Allow, "COPY TO STDOUT"),
+    ("COPY (SELECT pg_read_file('/etc/passwd')) TO STDOUT (FREEZE on)", Block, "pg_read_file"),
+    ("COPY t FROM STDIN (FREEZE on) WHERE pg_sleep(1) IS NULL", Review, "could not be parsed"),
+    ("COPY t FROM STDIN (FREEZE pg_sleep(1))", Review, "could not be parsed"),
+    ("COPY t TO '/tmp/x' (FREEZE on)", Block, "server"),
+    ("COPY t TO PROGRAM 'rm -rf /' (FREEZE on)", Block, "PROGRAM"),
     // Maintenance sqlparser lacks, checked token by token (pgbench -i sends `vacuum analyze t`)
     ("vacuum analyze pgbench_branches", Review, "VACUUM is maintenance"),
     ("VACUUM (VERBOSE, ANALYZE, PARALLEL 2, INDEX_CLEANUP 'auto') s.t (a, b), \"U\"", Review, "VACUUM"),

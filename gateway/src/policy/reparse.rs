@@ -1,0 +1,150 @@
+//! Statements sqlparser rejects only because of a clause that cannot change the verdict: they are judged
+//! as the statement without that clause, and only when what remains parses as the same kind of statement.
+//! The SQL sent upstream is always the original text; this only decides how it is classified.
+//!
+//! - `[NOT] DEFERRABLE` among transaction modes (tokio-postgres' and psycopg's transaction builders):
+//!   it only makes a serializable read-only transaction wait for a safe snapshot.
+//! - COPY options after `STDIN` / `STDOUT` (`pgbench -i` sends `copy t from stdin with (freeze on)`):
+//!   they set the data format and how rows load; what is copied, and where, is in the part still parsed.
+
+use sqlparser::ast::{CopyTarget, Set, Statement};
+use sqlparser::tokenizer::Token;
+
+use super::classify::{classify_statement, parse_one};
+use super::fallback::StatementTokens;
+use super::verdict::StatementFacts;
+
+/// Facts of `tokens` judged without an inert clause, or `None` when none of the cases above applies.
+pub fn classify_without_inert_clause(tokens: &StatementTokens) -> Option<StatementFacts> {
+    let statement = without_deferrable(&tokens.0).or_else(|| without_copy_options(&tokens.0))?;
+    Some(classify_statement(&statement))
+}
+
+fn is_word(t: &Token, word: &str) -> bool {
+    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+}
+
+/// `BEGIN` / `START TRANSACTION` / `SET [SESSION CHARACTERISTICS AS] TRANSACTION` without its
+/// `[NOT] DEFERRABLE` modes.
+fn without_deferrable(tokens: &[Token]) -> Option<Statement> {
+    let first = tokens.first()?;
+    if !["BEGIN", "START", "SET"].iter().any(|w| is_word(first, w)) {
+        return None;
+    }
+    let mut kept: Vec<Token> = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        if is_word(t, "DEFERRABLE") {
+            if kept.last().is_some_and(|last| is_word(last, "NOT")) {
+                kept.pop();
+            }
+            continue;
+        }
+        kept.push(t.clone());
+    }
+    if kept.len() == tokens.len() {
+        return None;
+    }
+    // Modes may be separated by commas: drop the commas the removal left leading, doubled or trailing.
+    let mut cleaned: Vec<Token> = Vec::with_capacity(kept.len());
+    for (i, t) in kept.iter().enumerate() {
+        if matches!(t, Token::Comma) {
+            let leading = cleaned.last().is_none_or(|p| {
+                matches!(p, Token::Comma)
+                    || ["BEGIN", "TRANSACTION", "WORK"]
+                        .iter()
+                        .any(|w| is_word(p, w))
+            });
+            let trailing = !kept[i + 1..].iter().any(|t| !matches!(t, Token::EOF));
+            if leading || trailing {
+                continue;
+            }
+        }
+        cleaned.push(t.clone());
+    }
+    let statement = parse_one(cleaned).ok()?;
+    let transaction = matches!(statement, Statement::StartTransaction { .. })
+        || matches!(&statement, Statement::Set(Set::SetTransaction { .. }));
+    transaction.then_some(statement)
+}
+
+/// `COPY … FROM STDIN` / `COPY … TO STDOUT` without the options after the target: `[WITH] ( … )` holding
+/// only option words, values and column lists, or the old bare-word form (`CSV HEADER`, `DELIMITER ','`).
+fn without_copy_options(tokens: &[Token]) -> Option<Statement> {
+    if !is_word(tokens.first()?, "COPY") {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut target = None;
+    for (i, t) in tokens.iter().enumerate() {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.checked_sub(1)?,
+            _ if depth == 0 && (is_word(t, "STDIN") || is_word(t, "STDOUT")) => {
+                target = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let target = target?;
+    let mut rest = &tokens[target + 1..];
+    if rest.first().is_some_and(|t| is_word(t, "WITH")) {
+        rest = &rest[1..];
+    }
+    let inert = |t: &Token| {
+        matches!(
+            t,
+            Token::Word(_)
+                | Token::Number(_, _)
+                | Token::SingleQuotedString(_)
+                | Token::Comma
+                | Token::Mul
+        ) && !is_word(t, "WHERE")
+    };
+    if rest.first() == Some(&Token::LParen) {
+        let mut depth = 0usize;
+        for (i, t) in rest.iter().enumerate() {
+            match t {
+                // A column list follows an option name directly (`FORCE_QUOTE (a, b)`); a word
+                // after a value (`FREEZE f(1)`) would be a call, which no option takes.
+                Token::LParen if depth == 1 => {
+                    let named = i >= 2
+                        && matches!(rest[i - 1], Token::Word(_))
+                        && matches!(rest[i - 2], Token::LParen | Token::Comma);
+                    if !named {
+                        return None;
+                    }
+                    depth += 1;
+                }
+                Token::LParen if depth == 0 => depth += 1,
+                Token::LParen => return None,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        // Anything after the option list (a WHERE clause) keeps the statement unparsed.
+                        if rest[i + 1..].iter().any(|t| !matches!(t, Token::EOF)) {
+                            return None;
+                        }
+                        break;
+                    }
+                }
+                t if inert(t) => {}
+                _ => return None,
+            }
+        }
+        if depth != 0 {
+            return None;
+        }
+    } else if !rest.iter().all(|t| inert(t) || matches!(t, Token::EOF)) {
+        return None;
+    }
+    let statement = parse_one(tokens[..=target].to_vec()).ok()?;
+    let to_client = matches!(
+        &statement,
+        Statement::Copy {
+            target: CopyTarget::Stdin | CopyTarget::Stdout,
+            ..
+        }
+    );
+    to_client.then_some(statement)
+}
