@@ -4,6 +4,7 @@
 # Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres) and pgbench/psql on PATH; installs
 # pgbouncer with apt-get when absent. Starts only the gateway and a temporary pgbouncer, both stopped on exit.
 # Env: SCALE (10), CLIENTS (10), DURATION (10 s), GW_PORT (6543), GW_HTTP_PORT (6580), PGB_PORT (6432),
+# WIRE_THREADS (the gateway's [wire] threads; unset: its default),
 # UPSTREAM (tcp: the gateway and pgbouncer reach PostgreSQL at 127.0.0.1:5432; unix: both use its Unix socket,
 # as a gateway deployed beside its database would; clients always connect over TCP).
 set -euo pipefail
@@ -62,6 +63,7 @@ data_dir = "$TMP/data"
 [wire]
 listen = "127.0.0.1:$GW_PORT"
 allow_cleartext_without_tls = true
+${WIRE_THREADS:+threads = $WIRE_THREADS}
 
 [logging]
 level = "warn"
@@ -99,6 +101,7 @@ TOML
 echo "== starting countersign serve (wire 127.0.0.1:$GW_PORT, HTTP 127.0.0.1:$GW_HTTP_PORT)"
 "$BIN" serve --config "$TMP/countersign.toml" >"$TMP/countersign.log" 2>&1 &
 PIDS+=($!)
+GW_PID=$!
 
 if ! command -v pgbouncer >/dev/null; then
     apt-get install -y pgbouncer >/dev/null
@@ -126,6 +129,7 @@ if [ "$(id -u)" = 0 ]; then PGB_USER_ARGS=(-u postgres); chown -R postgres "$TMP
 echo "== starting pgbouncer on 127.0.0.1:$PGB_PORT (session mode)"
 pgbouncer "${PGB_USER_ARGS[@]}" "$TMP/pgbouncer.ini" >/dev/null 2>&1 &
 PIDS+=($!)
+PGB_PID=$!
 
 for port in "$GW_PORT" "$PGB_PORT"; do
     for _ in $(seq 50); do
@@ -146,33 +150,47 @@ declare -A TARGET=(
     [pgbouncer]="$PGB_PORT postgres x $DB"
 )
 
-run() { # target mode clients duration → prints "tps latency_ms"
-    read -r port user password database <<<"${TARGET[$1]}"
-    local out
-    out=$(PGPASSWORD=$password PGSSLMODE=disable pgbench -h 127.0.0.1 -p "$port" -U "$user" -S -M "$2" \
-        -c "$3" -j "$(( $3 < 2 ? 1 : 2 ))" -T "$4" "$database" 2>&1) || { echo "pgbench failed: $out" >&2; exit 1; }
-    local tps lat
-    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -1)
-    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -1)
-    echo "$tps $lat"
+# The proxy process's CPU time (user + system, clock ticks) so far; 0 for direct runs.
+cpu_ticks() {
+    case "$1" in
+        gateway) awk '{ print $14 + $15 }' "/proc/$GW_PID/stat" ;;
+        pgbouncer) awk '{ print $14 + $15 }' "/proc/$PGB_PID/stat" ;;
+        *) echo 0 ;;
+    esac
 }
 
-declare -A TPS LAT
+run() { # target mode clients duration → prints "tps latency_ms proxy_cpu_us_per_transaction"
+    read -r port user password database <<<"${TARGET[$1]}"
+    local out before after
+    before=$(cpu_ticks "$1")
+    out=$(PGPASSWORD=$password PGSSLMODE=disable pgbench -h 127.0.0.1 -p "$port" -U "$user" -S -M "$2" \
+        -c "$3" -j "$(( $3 < 2 ? 1 : 2 ))" -T "$4" "$database" 2>&1) || { echo "pgbench failed: $out" >&2; exit 1; }
+    after=$(cpu_ticks "$1")
+    local tps lat count
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -1)
+    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -1)
+    count=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out" | head -1)
+    echo "$tps $lat $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$count" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')"
+}
+
+declare -A TPS LAT CPU
 for mode in simple prepared; do
     for t in direct gateway pgbouncer; do
-        read -r tps _ < <(run "$t" "$mode" "$CLIENTS" "$DURATION")
+        read -r tps _ cpu < <(run "$t" "$mode" "$CLIENTS" "$DURATION")
         TPS[$t/$mode]=$tps
+        CPU[$t/$mode]=$cpu
     done
 done
 for t in direct gateway pgbouncer; do
-    read -r _ lat < <(run "$t" simple 1 5)
+    read -r _ lat _ < <(run "$t" simple 1 5)
     LAT[$t]=$lat
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-printf '\n%-10s %14s %14s %16s\n' target "simple TPS" "prepared TPS" "1-client lat ms"
+printf '\n%-10s %14s %14s %16s %22s\n' target "simple TPS" "prepared TPS" "1-client lat ms" "proxy CPU us/txn s/p"
 for t in direct gateway pgbouncer; do
-    printf '%-10s %14s %14s %16s\n' "$t" "${TPS[$t/simple]}" "${TPS[$t/prepared]}" "${LAT[$t]}"
+    printf '%-10s %14s %14s %16s %22s\n' "$t" "${TPS[$t/simple]}" "${TPS[$t/prepared]}" "${LAT[$t]}" \
+        "${CPU[$t/simple]} / ${CPU[$t/prepared]}"
 done
 echo
 echo "gateway/direct:    simple $(ratio "${TPS[gateway/simple]}" "${TPS[direct/simple]}")  prepared $(ratio "${TPS[gateway/prepared]}" "${TPS[direct/prepared]}")"

@@ -926,3 +926,62 @@ async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     assert_eq!(left, 1);
     drop_table(&client, &t).await;
 }
+
+#[tokio::test]
+async fn sessions_shared_with_a_worker_runtime_relay_and_cancel_on_both_threads() {
+    let (worker_tx, worker_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        worker_tx.send(rt.handle().clone()).unwrap();
+        rt.block_on(async move {
+            let _ = stop_rx.await;
+        });
+    });
+    let handle = worker_rx.recv().unwrap();
+    let gate = Arc::new(StaticGate::new("app", upstream("test"), TOKEN));
+    let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
+    config.allow_cleartext_without_tls = true;
+    let server = WireServer::bind(config, gate.clone())
+        .await
+        .unwrap()
+        .with_workers(vec![handle.clone()]);
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+
+    // Sessions alternate between the worker and the accepting runtime.
+    let first = connect(addr).await;
+    let second = connect(addr).await;
+    assert!(
+        handle.metrics().num_alive_tasks() >= 1,
+        "no session runs on the worker runtime"
+    );
+    for client in [&first, &second] {
+        let row = client
+            .query_one("SELECT $1::int + 1", &[&41])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+    }
+    // A CancelRequest reaches its session whichever runtime accepted the cancel connection.
+    for client in [first, second] {
+        let cancel = client.cancel_token();
+        let running =
+            tokio::spawn(
+                async move { (client.batch_execute("SELECT pg_sleep(10)").await, client) },
+            );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel_query(NoTls).await.unwrap();
+        let (result, client) = tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(result.unwrap_err().code(), Some(&SqlState::QUERY_CANCELED));
+        assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 3);
+    }
+    let _ = stop_tx.send(());
+    worker.join().unwrap();
+}

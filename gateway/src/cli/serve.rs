@@ -48,12 +48,14 @@ async fn drain_holds(engine: &Engine, limit: Duration) {
     tokio::time::sleep(Duration::from_millis(250)).await;
 }
 
-/// Run the wire proxy on its own single-threaded runtime and OS thread. A round trip through the proxy is then
-/// one epoll wake-up on one thread (as in pgbouncer) instead of hops between work-stealing workers, which
-/// measured +100 µs per round trip on a 2-core machine. The engine, its store and the notifiers stay on the
-/// main runtime; hold paths cross over through channels and wakers, which tokio supports across runtimes.
-/// The returned task finishes when the wire runtime has stopped; it keeps sessions alive after the listener
-/// closes until `exit` fires, so held clients can be told their request stays pending.
+/// Run the wire proxy on its own single-threaded runtimes and OS threads (`[wire] threads`): the first accepts
+/// and shares sessions round-robin with the others, and a session stays on its thread. A round trip through
+/// the proxy is then one epoll wake-up on one thread (as in pgbouncer) instead of hops between work-stealing
+/// workers, which measured +100 µs per round trip on a 2-core machine. The engine, its store and the
+/// notifiers stay on the main runtime; hold paths cross over through channels and wakers, which tokio
+/// supports across runtimes. The returned task finishes when the wire runtimes have stopped; they keep
+/// sessions alive after the listener closes until `exit` fires, so held clients can be told their request
+/// stays pending.
 async fn spawn_wire(
     wcfg: crate::pg::config::WireConfig,
     engine: Arc<Engine>,
@@ -63,6 +65,27 @@ async fn spawn_wire(
     let addr = wcfg.listen;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    let mut worker_threads = Vec::new();
+    for i in 1..wcfg.thread_count() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a wire worker runtime")?;
+        workers.push(rt.handle().clone());
+        let mut halt = halt_rx.clone();
+        worker_threads.push(
+            std::thread::Builder::new()
+                .name(format!("countersign-wire-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        let _ = halt.wait_for(|h| *h).await;
+                    });
+                })
+                .context("starting a wire worker thread")?,
+        );
+    }
     std::thread::Builder::new()
         .name("countersign-wire".into())
         .spawn(move || {
@@ -76,7 +99,7 @@ async fn spawn_wire(
             rt.block_on(async move {
                 let gate: Arc<dyn crate::pg::gate::WireGate> = engine;
                 let server = match crate::pg::server::WireServer::bind(wcfg, gate).await {
-                    Ok(s) => s,
+                    Ok(s) => s.with_workers(workers),
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow::Error::new(e).context(format!(
                             "binding the Postgres wire listener on {addr} (set [wire] listen to a free address)"
@@ -94,6 +117,10 @@ async fn spawn_wire(
                 // Sessions keep running (held clients get their answer) until the main runtime says exit.
                 let _ = tokio::time::timeout(Duration::from_secs(40), exit).await;
             });
+            let _ = halt_tx.send(true);
+            for t in worker_threads {
+                let _ = t.join();
+            }
             let _ = done_tx.send(());
         })
         .context("starting the wire proxy thread")?;

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub struct WireConfig {
     /// Largest client message accepted after startup, in bytes.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
+    /// Threads running wire sessions, each a single-threaded runtime; sessions are shared out
+    /// round-robin and stay on their thread. Default: one per CPU core, at most 4.
+    #[serde(default)]
+    pub threads: Option<NonZeroUsize>,
 }
 
 /// How wire clients prove who they are (`[wire] auth`).
@@ -67,6 +72,15 @@ impl WireConfig {
             hold_wait: default_hold_wait(),
             startup_timeout: default_startup_timeout(),
             max_message_size: default_max_message_size(),
+            threads: None,
+        }
+    }
+
+    /// How many threads run sessions: `threads`, or one per CPU core (at most 4) when unset.
+    pub fn thread_count(&self) -> usize {
+        match self.threads {
+            Some(n) => n.get(),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 
@@ -116,6 +130,11 @@ mod tests {
         assert!(
             toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nhold_wait = -1\n").is_err()
         );
+        let two: WireConfig = toml::from_str("listen = \"127.0.0.1:1\"\nthreads = 2\n").unwrap();
+        assert_eq!(two.thread_count(), 2);
+        assert!(toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nthreads = 0\n").is_err());
+        let default = WireConfig::new("127.0.0.1:1".parse().unwrap());
+        assert!((1..=4).contains(&default.thread_count()));
     }
 
     #[test]

@@ -11,13 +11,16 @@ use std::future::Future;
 use std::io::BufReader;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio_rustls::TlsAcceptor;
 
 /// A bound Postgres wire listener; [`WireServer::local_addr`] tells the port when binding to port 0.
 pub struct WireServer {
     listener: TcpListener,
     shared: Arc<Shared>,
+    /// Other single-threaded runtimes that take a share of the sessions (see [`WireServer::with_workers`]).
+    workers: Vec<Handle>,
 }
 
 impl WireServer {
@@ -55,7 +58,21 @@ impl WireServer {
             recorder,
             scram_mock_secret: rand::random(),
         });
-        Ok(Self { listener, shared })
+        Ok(Self {
+            listener,
+            shared,
+            workers: Vec::new(),
+        })
+    }
+
+    /// Shares new sessions round-robin between the accepting runtime and `workers` (each a
+    /// single-threaded runtime on its own thread). A session stays on one thread for its life, so a round
+    /// trip is still one wake-up of one thread; the threads only add CPU share. One proxy thread among a
+    /// busy database's backends gets one scheduler share for every client it serves, and under load the
+    /// clients queue behind it.
+    pub fn with_workers(mut self, workers: Vec<Handle>) -> Self {
+        self.workers = workers;
+        self
     }
 
     /// The bound address.
@@ -69,12 +86,19 @@ impl WireServer {
     /// Accepts clients until `shutdown` resolves; sessions already running continue on their own tasks.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WireError> {
         tokio::pin!(shutdown);
+        let mut turn = 0usize;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        tokio::spawn(handle_connection(tcp, peer, self.shared.clone()));
+                        turn = (turn + 1) % (self.workers.len() + 1);
+                        match turn.checked_sub(1).and_then(|i| self.workers.get(i)) {
+                            None => {
+                                tokio::spawn(handle_connection(tcp, peer, self.shared.clone()));
+                            }
+                            Some(worker) => hand_over(tcp, peer, worker, self.shared.clone()),
+                        }
                     }
                     // Out of file descriptors and similar: keep serving the sessions we have.
                     Err(e) => {
@@ -85,6 +109,26 @@ impl WireServer {
             }
         }
     }
+}
+
+/// Moves an accepted socket to another runtime: it is deregistered here and registered with the
+/// worker's reactor there.
+fn hand_over(tcp: TcpStream, peer: SocketAddr, worker: &Handle, shared: Arc<Shared>) {
+    let std_tcp = match tcp.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "could not hand a connection to a wire worker");
+            return;
+        }
+    };
+    worker.spawn(async move {
+        match TcpStream::from_std(std_tcp) {
+            Ok(tcp) => handle_connection(tcp, peer, shared).await,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "a wire worker could not take a connection")
+            }
+        }
+    });
 }
 
 /// Binds and serves until `shutdown` resolves.
