@@ -18,9 +18,9 @@ use super::fallback::{
     classify_unparsed, classify_untokenizable, split_statements, StatementTokens,
 };
 use super::functions::check_function;
-use super::maintenance::classify_maintenance;
 use super::reparse::classify_without_inert_clause;
 use super::settings::setting_verdict;
+use super::token_grammars::classify_by_grammar;
 use super::verdict::{Action, StatementFacts};
 
 /// Classify every statement in `sql` with the built-in policy. Never panics; never returns an
@@ -51,7 +51,7 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
             if let Some(facts) = classify_without_inert_clause(tokens) {
                 return facts;
             }
-            if let Some(facts) = classify_maintenance(tokens) {
+            if let Some(facts) = classify_by_grammar(tokens) {
                 return facts;
             }
             classify_unparsed(tokens, &error)

@@ -10,11 +10,11 @@ pub mod cache;
 pub mod classify;
 pub mod fallback;
 pub mod functions;
-pub mod maintenance;
 pub mod reparse;
 pub mod rules;
 pub mod settings;
 pub mod template;
+pub mod token_grammars;
 pub mod verdict;
 
 use countersign_bot::RequesterChain;

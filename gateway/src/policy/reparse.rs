@@ -6,6 +6,8 @@
 //!   it only makes a serializable read-only transaction wait for a safe snapshot.
 //! - COPY options after `STDIN` / `STDOUT` (`pgbench -i` sends `copy t from stdin with (freeze on)`):
 //!   they set the data format and how rows load; what is copied, and where, is in the part still parsed.
+//! - `FOR NO KEY UPDATE` / `FOR KEY SHARE` row locks (ORMs' optimistic locking): judged as the stronger
+//!   `FOR UPDATE` / `FOR SHARE`.
 
 use sqlparser::ast::{CopyTarget, Set, Statement};
 use sqlparser::tokenizer::Token;
@@ -16,7 +18,9 @@ use super::verdict::StatementFacts;
 
 /// Facts of `tokens` judged without an inert clause, or `None` when none of the cases above applies.
 pub fn classify_without_inert_clause(tokens: &StatementTokens) -> Option<StatementFacts> {
-    let statement = without_deferrable(&tokens.0).or_else(|| without_copy_options(&tokens.0))?;
+    let statement = without_deferrable(&tokens.0)
+        .or_else(|| without_copy_options(&tokens.0))
+        .or_else(|| with_strong_row_locks(&tokens.0))?;
     Some(classify_statement(&statement))
 }
 
@@ -147,4 +151,32 @@ fn without_copy_options(tokens: &[Token]) -> Option<Statement> {
         }
     );
     to_client.then_some(statement)
+}
+
+/// A query with `FOR NO KEY UPDATE` / `FOR KEY SHARE` rewritten to `FOR UPDATE` / `FOR SHARE`.
+fn with_strong_row_locks(tokens: &[Token]) -> Option<Statement> {
+    let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let after_for = out.last().is_some_and(|t| is_word(t, "FOR"));
+        let next = |k: usize, w: &str| tokens.get(i + k).is_some_and(|t| is_word(t, w));
+        if after_for && next(0, "NO") && next(1, "KEY") && next(2, "UPDATE") {
+            out.push(tokens[i + 2].clone());
+            i += 3;
+            changed = true;
+        } else if after_for && next(0, "KEY") && next(1, "SHARE") {
+            out.push(tokens[i + 1].clone());
+            i += 2;
+            changed = true;
+        } else {
+            out.push(tokens[i].clone());
+            i += 1;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let statement = parse_one(out).ok()?;
+    matches!(statement, Statement::Query(_)).then_some(statement)
 }

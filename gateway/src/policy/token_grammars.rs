@@ -1,5 +1,6 @@
 //! PostgreSQL statements sqlparser does not parse but whose whole grammar is small enough to check token by
-//! token: `VACUUM` / `ANALYZE` with options (`pgbench -i` sends `vacuum analyze t`), `CHECKPOINT` and `MOVE`.
+//! token: `VACUUM` / `ANALYZE` with options (`pgbench -i` sends `vacuum analyze t`), `CHECKPOINT`, `MOVE`
+//! and `SET CONSTRAINTS` (ORMs defer foreign keys while loading fixtures).
 //!
 //! A statement recognised here counts as parsed, so a rule may allow it; anything that strays from the
 //! grammar returns `None` and stays an unparsed statement (held, never allowed).
@@ -10,7 +11,7 @@ use super::fallback::StatementTokens;
 use super::verdict::{Action, StatementFacts};
 
 /// Facts for a statement of the small grammars above, or `None` when it is not exactly one of them.
-pub fn classify_maintenance(tokens: &StatementTokens) -> Option<StatementFacts> {
+pub fn classify_by_grammar(tokens: &StatementTokens) -> Option<StatementFacts> {
     let (first, rest) = tokens.0.split_first()?;
     let facts = |kind: &str, tables: Vec<String>, action: Action, reason: String| StatementFacts {
         kind: kind.to_string(),
@@ -45,6 +46,12 @@ pub fn classify_maintenance(tokens: &StatementTokens) -> Option<StatementFacts> 
             vec![],
             Action::Allow,
             "cursor or prepared-statement bookkeeping".to_string(),
+        )),
+        "SET" if is_set_constraints(rest) => Some(facts(
+            "SET CONSTRAINTS",
+            vec![],
+            Action::Allow,
+            "SET CONSTRAINTS only moves deferrable checks to commit; they still run".to_string(),
         )),
         _ => None,
     }
@@ -152,4 +159,34 @@ fn is_cursor_move(tokens: &[Token]) -> bool {
                 .contains(&w.as_str())
             }),
         })
+}
+
+/// `CONSTRAINTS { ALL | name [, …] } { DEFERRED | IMMEDIATE }` (after `SET`).
+fn is_set_constraints(tokens: &[Token]) -> bool {
+    let [first, names @ .., mode] = tokens else {
+        return false;
+    };
+    if keyword(first).as_deref() != Some("CONSTRAINTS")
+        || !keyword(mode).is_some_and(|m| m == "DEFERRED" || m == "IMMEDIATE")
+    {
+        return false;
+    }
+    if let [all] = names {
+        if keyword(all).as_deref() == Some("ALL") {
+            return true;
+        }
+    }
+    // name [, name …], each possibly schema-qualified
+    let mut expect_name = true;
+    for t in names {
+        expect_name = match t {
+            Token::Comma if !expect_name => true,
+            Token::Period if !expect_name => true,
+            t if expect_name && name_part(t).is_some() && keyword(t).as_deref() != Some("ALL") => {
+                false
+            }
+            _ => return false,
+        };
+    }
+    !names.is_empty() && !expect_name
 }
