@@ -4,7 +4,7 @@
 # Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres) and pgbench/psql on PATH; installs
 # pgbouncer with apt-get when absent. Starts only the gateway and a temporary pgbouncer, both stopped on exit.
 # Env: SCALE (10), CLIENTS (10), DURATION (10 s), GW_PORT (6543), GW_HTTP_PORT (6580), PGB_PORT (6432),
-# WIRE_THREADS (the gateway's [wire] threads; unset: its default),
+# WIRE_THREADS and BUSY_POLL_US (the gateway's [wire] threads and busy_poll_us; unset: its defaults),
 # UPSTREAM (tcp: the gateway and pgbouncer reach PostgreSQL at 127.0.0.1:5432; unix: both use its Unix socket,
 # as a gateway deployed beside its database would; clients always connect over TCP).
 set -euo pipefail
@@ -64,6 +64,7 @@ data_dir = "$TMP/data"
 listen = "127.0.0.1:$GW_PORT"
 allow_cleartext_without_tls = true
 ${WIRE_THREADS:+threads = $WIRE_THREADS}
+${BUSY_POLL_US:+busy_poll_us = $BUSY_POLL_US}
 
 [logging]
 level = "warn"

@@ -34,6 +34,10 @@ pub struct WireConfig {
     /// round-robin and stay on their thread. Default: one per CPU core, at most 4.
     #[serde(default)]
     pub threads: Option<NonZeroUsize>,
+    /// Microseconds a wire thread keeps polling without sleeping after its latest socket event (see
+    /// `pg/spin.rs`); 0 turns busy-polling off.
+    #[serde(default = "default_busy_poll_us")]
+    pub busy_poll_us: u64,
 }
 
 /// How wire clients prove who they are (`[wire] auth`).
@@ -73,6 +77,7 @@ impl WireConfig {
             startup_timeout: default_startup_timeout(),
             max_message_size: default_max_message_size(),
             threads: None,
+            busy_poll_us: default_busy_poll_us(),
         }
     }
 
@@ -96,6 +101,10 @@ fn default_hold_wait() -> Duration {
 
 fn default_startup_timeout() -> Duration {
     Duration::from_secs(15)
+}
+
+fn default_busy_poll_us() -> u64 {
+    100
 }
 
 fn default_max_message_size() -> usize {

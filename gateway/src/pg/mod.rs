@@ -19,6 +19,7 @@ mod relay;
 pub mod scram;
 pub mod server;
 mod session;
+pub(crate) mod spin;
 mod startup_options;
 #[doc(hidden)]
 pub mod testing;

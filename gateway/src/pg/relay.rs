@@ -156,6 +156,7 @@ where
                     if r? == 0 {
                         return Ok(());
                     }
+                    super::spin::activity();
                     if self.on_client_data().await? {
                         return Ok(());
                     }
@@ -164,6 +165,7 @@ where
                     if r? == 0 {
                         return Err(WireError::Upstream("the upstream closed the connection".into()));
                     }
+                    super::spin::activity();
                     self.on_server_data().await?;
                 }
             }

@@ -86,6 +86,13 @@ impl WireServer {
     /// Accepts clients until `shutdown` resolves; sessions already running continue on their own tasks.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WireError> {
         tokio::pin!(shutdown);
+        let busy_poll = std::time::Duration::from_micros(self.shared.cfg.busy_poll_us);
+        if !busy_poll.is_zero() {
+            tokio::spawn(super::spin::run(busy_poll));
+            for worker in &self.workers {
+                worker.spawn(super::spin::run(busy_poll));
+            }
+        }
         let mut turn = 0usize;
         loop {
             tokio::select! {
