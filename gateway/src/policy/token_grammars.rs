@@ -79,24 +79,14 @@ fn name_part(token: &Token) -> Option<String> {
 fn vacuum_targets(tokens: &[Token], vacuum: bool) -> Option<Vec<String>> {
     let mut i = 0;
     if tokens.first() == Some(&Token::LParen) {
-        i = 1;
-        loop {
-            // option name, then an optional value: a word, a number or a string
+        // option name, then an optional value: a word, a number or a string
+        i = list_in_parens(tokens, 0, |i| {
             keyword(tokens.get(i)?)?;
-            i += 1;
-            match tokens.get(i)? {
-                Token::Word(_) | Token::Number(_, _) | Token::SingleQuotedString(_) => i += 1,
-                _ => {}
-            }
-            match tokens.get(i)? {
-                Token::Comma => i += 1,
-                Token::RParen => {
-                    i += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
+            Some(match tokens.get(i + 1)? {
+                Token::Word(_) | Token::Number(_, _) | Token::SingleQuotedString(_) => i + 2,
+                _ => i + 1,
+            })
+        })?;
     }
     let bare: &[&str] = if vacuum {
         &["FULL", "FREEZE", "VERBOSE", "ANALYZE", "ANALYSE"]
@@ -123,23 +113,29 @@ fn vacuum_targets(tokens: &[Token], vacuum: bool) -> Option<Vec<String>> {
             i += 2;
         }
         if tokens.get(i) == Some(&Token::LParen) {
-            i += 1;
-            loop {
-                name_part(tokens.get(i)?)?;
-                i += 1;
-                match tokens.get(i)? {
-                    Token::Comma => i += 1,
-                    Token::RParen => {
-                        i += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
+            i = list_in_parens(tokens, i, |i| name_part(tokens.get(i)?).map(|_| i + 1))?;
         }
         tables.push(name);
     }
     Some(tables)
+}
+
+/// `( item [, item …] )` starting at `open` (a `(`): the index after the `)`. `item` takes the index of
+/// an item's first token and returns the index after it.
+fn list_in_parens(
+    tokens: &[Token],
+    open: usize,
+    item: impl Fn(usize) -> Option<usize>,
+) -> Option<usize> {
+    let mut i = open + 1;
+    loop {
+        i = item(i)?;
+        match tokens.get(i)? {
+            Token::Comma => i += 1,
+            Token::RParen => return Some(i + 1),
+            _ => return None,
+        }
+    }
 }
 
 /// `MOVE [direction] [FROM | IN] cursor`: words and (signed) counts only, ending in the cursor's name.
