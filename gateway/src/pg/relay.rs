@@ -128,7 +128,10 @@ where
 
     /// Relays until either side closes; a client protocol violation gets a FATAL 08P01 first.
     pub async fn run(mut self) -> Result<(), WireError> {
-        let result = self.relay().await;
+        let result = {
+            let _counted = super::spin::SessionOnThread::enter();
+            self.relay().await
+        };
         if let Err(WireError::Protocol(msg)) = &result {
             let mut buf = BytesMut::new();
             put_error(
