@@ -154,40 +154,113 @@ struct Summary {
 }
 
 impl Summary {
+    #[inline(always)]
     fn of(b: &[u8]) -> Summary {
+        // Most values fit one count chunk.
+        if b.len() <= COUNT_CHUNK {
+            return Summary::of_chunk(b);
+        }
         let mut s = Summary::default();
         for chunk in b.chunks(COUNT_CHUNK) {
-            let (mut seen, mut counts) = (0u64, 0u64);
-            // Four bytes per step: independent lookups, and a quarter of the loop overhead.
-            let mut quads = chunk.chunks_exact(4);
-            for q in &mut quads {
-                let (e0, e1) = (BYTE[usize::from(q[0])], BYTE[usize::from(q[1])]);
-                let (e2, e3) = (BYTE[usize::from(q[2])], BYTE[usize::from(q[3])]);
-                seen |= (e0 | e1) | (e2 | e3);
-                // Wrapping: the high halves (class bits) overflow harmlessly.
-                counts = counts.wrapping_add(e0.wrapping_add(e1).wrapping_add(e2.wrapping_add(e3)));
-            }
-            for &c in quads.remainder() {
-                let e = BYTE[usize::from(c)];
-                seen |= e;
-                counts = counts.wrapping_add(e);
-            }
-            let field = |shift: u32| ((counts >> shift) & 0xff) as usize;
-            s.seen |= (seen >> CLASS_SHIFT) as u32;
-            s.digits += field(0);
-            s.upper_or_digit += field(8);
-            s.dots += field(16);
-            s.colons += field(24);
+            let c = Summary::of_chunk(chunk);
+            s.seen |= c.seen;
+            s.digits += c.digits;
+            s.upper_or_digit += c.upper_or_digit;
+            s.dots += c.dots;
+            s.colons += c.colons;
         }
         s
     }
+
+    /// [`Summary::of`] a value of at most [`COUNT_CHUNK`] bytes.
+    #[inline(always)]
+    fn of_chunk(chunk: &[u8]) -> Summary {
+        let (mut seen, mut counts) = (0u64, 0u64);
+        // Four bytes per step: independent lookups, and a quarter of the loop overhead.
+        let mut quads = chunk.chunks_exact(4);
+        for q in &mut quads {
+            let (e0, e1) = (BYTE[usize::from(q[0])], BYTE[usize::from(q[1])]);
+            let (e2, e3) = (BYTE[usize::from(q[2])], BYTE[usize::from(q[3])]);
+            seen |= (e0 | e1) | (e2 | e3);
+            // Wrapping: the high halves (class bits) overflow harmlessly.
+            counts = counts.wrapping_add(e0.wrapping_add(e1).wrapping_add(e2.wrapping_add(e3)));
+        }
+        for &c in quads.remainder() {
+            let e = BYTE[usize::from(c)];
+            seen |= e;
+            counts = counts.wrapping_add(e);
+        }
+        let field = |shift: u32| ((counts >> shift) & 0xff) as usize;
+        Summary {
+            seen: (seen >> CLASS_SHIFT) as u32,
+            digits: field(0),
+            upper_or_digit: field(8),
+            dots: field(16),
+            colons: field(24),
+        }
+    }
 }
 
-/// The most digits in one run of digits and separators (`is_run_char`).
+/// The shortest digit run any condition asks about (a phone's 7 digits after a `+`).
+const SHORTEST_RUN: usize = 7;
+
+// Word-at-a-time byte tests: a `u64` holds eight bytes; masks have 0x80 in the bytes that pass.
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+const HIGH: u64 = ONES << 7;
+const LOW7: u64 = ONES * 0x7f;
+
+/// The bytes of `x` (each below 0x80) that equal `c`. Exact: no carry crosses a byte.
+fn bytes_equal(x: u64, c: u8) -> u64 {
+    let z = x ^ (ONES * u64::from(c));
+    !((z + LOW7) | z | LOW7)
+}
+
+/// The bytes of `x` (each below 0x80) in `lo..=hi` (both below 0x80).
+fn bytes_between(x: u64, lo: u8, hi: u8) -> u64 {
+    let at_least_lo = x + ONES * u64::from(0x80 - lo);
+    let above_hi = x + ONES * u64::from(0x7f - hi);
+    at_least_lo & !above_hi & HIGH
+}
+
+/// How many bytes a mask has.
+fn count_bytes(mask: u64) -> usize {
+    ((mask >> 7).wrapping_mul(ONES) >> 56) as usize
+}
+
+/// The most digits in one run of digits and separators (`is_run_char`), exact when it is at least
+/// [`SHORTEST_RUN`]; below that it may read lower (every condition compares it with that or more).
 fn max_digit_run(b: &[u8]) -> usize {
-    // Branch-free: the run count drops to zero outside a run.
     let (mut run, mut max_run) = (0usize, 0usize);
-    for &c in b {
+    // Eight bytes at a time: masks of the digits and of the bytes that end a run.
+    let mut words = b.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(word);
+        let x = u64::from_le_bytes(bytes);
+        // Non-ASCII bytes end runs; the tests see only the low seven bits of the others.
+        let non_ascii = x & HIGH;
+        let y = x & LOW7;
+        let digits = bytes_between(y, b'0', b'9') & !non_ascii;
+        // Space, and `(`–`.` but for `*` and `,`: the separators of `is_run_char`.
+        let separators = (bytes_equal(y, b' ')
+            | (bytes_between(y, b'(', b'.') & !bytes_equal(y, b'*') & !bytes_equal(y, b',')))
+            & !non_ascii;
+        let breaks = HIGH & !(digits | separators);
+        if breaks == 0 {
+            run += count_bytes(digits);
+            continue;
+        }
+        // The digits before the word's first break end the current run; those after its last
+        // start the next. A run between two breaks of one word has at most six digits.
+        let first = breaks.trailing_zeros();
+        run += count_bytes(digits & ((1u64 << first) - 1));
+        max_run = max_run.max(run);
+        let last = 63 - breaks.leading_zeros();
+        run = count_bytes(digits.checked_shr(last + 1).unwrap_or(0));
+    }
+    max_run = max_run.max(run);
+    // Branch-free: the run count drops to zero outside a run.
+    for &c in words.remainder() {
         let k = CLASS[c as usize];
         run = (run + (k & DIGIT) as usize) * usize::from(k & (DIGIT | RUN_SEP) != 0);
         max_run = max_run.max(run);
@@ -231,21 +304,22 @@ fn contains(hay: &[u8], needle: &[u8], fold: bool) -> bool {
     // Eight bytes at a time: the bytes of a word that can start the needle are the zero bytes of
     // `word ^ first`, found exactly with carry-free arithmetic; only those are compared further.
     // Most values hold few or none.
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const LOW7: u64 = ONES * 0x7f;
     let (fold_word, first_word) = (ONES * u64::from(fold_bit), ONES * u64::from(first));
-    let starts = &hay[..=last];
+    let starts = last + 1;
     let mut base = 0;
-    while base < starts.len() {
-        let chunk = &starts[base..starts.len().min(base + 8)];
+    while base < starts {
+        // The word at `base`; past the end of `hay`, zero padding.
         let mut bytes = [0; 8];
-        bytes[..chunk.len()].copy_from_slice(chunk);
+        match hay.get(base..base + 8) {
+            Some(word) => bytes.copy_from_slice(word),
+            None => bytes[..hay.len() - base].copy_from_slice(&hay[base..]),
+        }
         let x = (u64::from_le_bytes(bytes) | fold_word) ^ first_word;
         // 0x80 in each byte of `x` that is zero, nothing elsewhere (no carry crosses a byte).
         let mut zeros = !(((x & LOW7) + LOW7) | x | LOW7);
-        if chunk.len() < 8 {
-            // Padding bytes are no start.
-            zeros &= (1u64 << (8 * chunk.len())) - 1;
+        if starts - base < 8 {
+            // Bytes too close to the end to start the needle (and padding) are no start.
+            zeros &= (1u64 << (8 * (starts - base))) - 1;
         }
         while zeros != 0 {
             if at(base + (zeros.trailing_zeros() / 8) as usize) {
@@ -358,8 +432,8 @@ fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
     // A card has 13 digits in one run; so the run count decides it.
     check(Detector::Card, on_(Detector::Card) && max_run >= 13);
     // A phone has 7 digits after a `+`, or 10 laid out 3-3-4; an SSN 9 digits and two dashes.
-    let phone =
-        on.contains(Detector::Phone) && (max_run >= 10 || (max_run >= 7 && seen & PLUS != 0));
+    let phone = on.contains(Detector::Phone)
+        && (max_run >= 10 || (max_run >= SHORTEST_RUN && seen & PLUS != 0));
     let ssn = on.contains(Detector::Ssn) && max_run >= 9 && seen & DASH != 0;
     if phone || ssn {
         let exact = numeric_runs(b);
@@ -606,6 +680,62 @@ mod tests {
                     String::from_utf8_lossy(hay)
                 );
             }
+        }
+    }
+
+    /// The byte-at-a-time run measure the word-at-a-time one replaced.
+    fn max_digit_run_reference(b: &[u8]) -> usize {
+        let (mut run, mut max_run) = (0usize, 0usize);
+        for &c in b {
+            let k = CLASS[c as usize];
+            run = (run + (k & DIGIT) as usize) * usize::from(k & (DIGIT | RUN_SEP) != 0);
+            max_run = max_run.max(run);
+        }
+        max_run
+    }
+
+    #[test]
+    fn word_at_a_time_digit_runs_agree_with_the_byte_loop_from_the_shortest_run_up() {
+        let agrees = |value: &[u8]| {
+            let (got, want) = (max_digit_run(value), max_digit_run_reference(value));
+            if want >= SHORTEST_RUN {
+                assert_eq!(got, want, "{value:?}");
+            } else {
+                assert!(got < SHORTEST_RUN, "{value:?}: {got} for {want}");
+            }
+        };
+        // Digits, every separator, bytes next to them, and non-ASCII bytes whose low seven bits
+        // are a digit or a separator.
+        let alphabet: &[u8] = b"0123456789 -.()+*,/'a:\x00\xb0\xb9\xa0\xad\xae\xa8\xff";
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        for _ in 0..50_000 {
+            let len = next(40);
+            // Mostly digits and separators, so long runs occur.
+            let value: Vec<u8> = (0..len)
+                .map(|_| match next(4) {
+                    0 => alphabet[next(alphabet.len())],
+                    _ => b"0123456789 -"[next(12)],
+                })
+                .collect();
+            agrees(&value);
+        }
+        for value in [
+            &b"4111 1111 1111 1111"[..],
+            b"+1 (415) 555-0100",
+            b"123-45-6789",
+            b"c4ca4238a0b923820dcc509a6f75849b",
+            b"12345678",
+            b"1234567x1234567",
+            b"x1234567",
+            b"\xb01234567",
+        ] {
+            agrees(value);
         }
     }
 

@@ -348,7 +348,8 @@ fn classify_token(t: &str, on: DetectorSet, after_bearer: bool) -> Option<Detect
     if on.contains(Detector::ApiKey) && (is_api_key(t) || (after_bearer && is_opaque_secret(t))) {
         return Some(Detector::ApiKey);
     }
-    if b.contains(&b'@') {
+    // A plain loop: tokens are short, and `contains` calls `memchr`.
+    if b.iter().any(|&c| c == b'@') {
         return (on.contains(Detector::Email) && is_email(t)).then_some(Detector::Email);
     }
     if on.contains(Detector::Iban) && b.len() >= 15 && is_iban(t) {
