@@ -365,14 +365,19 @@ impl Masker {
         }
         out.reserve(text.len() + 16);
         let mut at = 0;
+        // Findings often cover the whole value: empty stretches are not pushed.
         for f in findings.iter() {
-            out.push_str(&text[at..f.range.start]);
+            if f.range.start > at {
+                out.push_str(&text[at..f.range.start]);
+            }
             self.rules
                 .detector_style(f.detector)
                 .apply_cached(&text[f.range.clone()], out, hashes);
             at = f.range.end;
         }
-        out.push_str(&text[at..]);
+        if at < text.len() {
+            out.push_str(&text[at..]);
+        }
         Ok(Outcome::Text)
     }
 
