@@ -352,6 +352,7 @@ pub fn screen(b: &[u8], on: DetectorSet) -> Screen {
     }
 }
 
+#[inline(always)]
 fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
     let Summary {
         seen,
