@@ -207,7 +207,7 @@ impl ClearValue {
         if key.is_none() {
             return Lookup::Skip;
         }
-        let trying = self.misses < MISSES_BEFORE_PAUSE || self.misses % RETRY_EVERY == 0;
+        let trying = self.misses < MISSES_BEFORE_PAUSE || self.misses.is_multiple_of(RETRY_EVERY);
         if trying && self.key == key && self.value == value {
             self.misses = 0;
             return Lookup::Clear;

@@ -348,8 +348,7 @@ fn classify_token(t: &str, on: DetectorSet, after_bearer: bool) -> Option<Detect
     if on.contains(Detector::ApiKey) && (is_api_key(t) || (after_bearer && is_opaque_secret(t))) {
         return Some(Detector::ApiKey);
     }
-    // A plain loop: tokens are short, and `contains` calls `memchr`.
-    if b.iter().any(|&c| c == b'@') {
+    if b.contains(&b'@') {
         return (on.contains(Detector::Email) && is_email(t)).then_some(Detector::Email);
     }
     if on.contains(Detector::Iban) && b.len() >= 15 && is_iban(t) {
@@ -747,7 +746,7 @@ mod tests {
         let Some(at) = t.bytes().position(|c| c == b'@') else {
             return false;
         };
-        let (local, domain) = (&t[..at], t[at + 1..].as_bytes());
+        let (local, domain) = (&t[..at], &t.as_bytes()[at + 1..]);
         let local_ok = !local.is_empty()
             && local.len() <= 64
             && local
