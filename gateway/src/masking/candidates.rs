@@ -436,15 +436,32 @@ fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
     let phone = on.contains(Detector::Phone)
         && (max_run >= 10 || (max_run >= SHORTEST_RUN && seen & PLUS != 0));
     let ssn = on.contains(Detector::Ssn) && max_run >= 9 && seen & DASH != 0;
-    if phone || ssn {
+    if phone {
         let exact = numeric_runs(b);
         for (d, possible) in [(Detector::Phone, phone), (Detector::Ssn, ssn)] {
             if possible && exact.contains(d) {
                 found.insert(d);
             }
         }
+    } else if ssn && has_ssn_layout(b) {
+        // Without a phone to look for, the SSN's layout is matched directly: cheaper than
+        // measuring every run, and the same condition as `numeric_runs` checks.
+        found.insert(Detector::Ssn);
     }
     found
+}
+
+/// True when `0-00-0000` occurs in `b`: the end of every SSN (as [`numeric_runs`] finds it).
+fn has_ssn_layout(b: &[u8]) -> bool {
+    let digit = |c: u8| c.is_ascii_digit();
+    b.windows(9).any(|w| {
+        w[4] == b'-'
+            && w[1] == b'-'
+            && digit(w[0])
+            && digit(w[2])
+            && digit(w[3])
+            && w[5..].iter().all(|&c| digit(c))
+    })
 }
 
 /// A vendor prefix, or `bearer` / `token` followed by room for a secret with a digit.
@@ -737,6 +754,43 @@ mod tests {
             b"\xb01234567",
         ] {
             agrees(value);
+        }
+    }
+
+    #[test]
+    fn the_ssn_layout_test_agrees_with_the_run_scan() {
+        let alphabet = b"0123456789--- +.(a";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        let mut values: Vec<Vec<u8>> = [
+            &b"123-45-6789"[..],
+            b"078-05-1120",
+            b"x1-23-4567",
+            b"1-23-45678",
+            b"12-345-6789",
+            b"123-45-678",
+            b"ssn 123-45-6789.",
+            b"2026-05-09 21:35:35.123456+00",
+        ]
+        .iter()
+        .map(|v| v.to_vec())
+        .collect();
+        for _ in 0..50_000 {
+            let len = next(24);
+            values.push((0..len).map(|_| alphabet[next(alphabet.len())]).collect());
+        }
+        for v in values {
+            assert_eq!(
+                has_ssn_layout(&v),
+                numeric_runs(&v).contains(Detector::Ssn),
+                "{:?}",
+                String::from_utf8_lossy(&v)
+            );
         }
     }
 
