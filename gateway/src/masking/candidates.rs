@@ -49,15 +49,6 @@ const LETTER_R: u32 = 1 << 22;
 const BEARER: u32 = LETTER_B | LETTER_E | LETTER_A | LETTER_R;
 const TOKEN: u32 = LETTER_T | LETTER_O | LETTER_K | LETTER_E | LETTER_N;
 
-// Byte counts, in 16-bit fields of one `u64` (`COUNT`), so the first pass adds once per byte.
-// Values are counted in chunks short enough that no field overflows.
-const COUNT_DIGIT: u64 = 1;
-/// `A`–`Z` or `0`–`9`: the characters of an IBAN.
-const COUNT_UPPER_OR_DIGIT: u64 = 1 << 16;
-const COUNT_DOT: u64 = 1 << 32;
-const COUNT_COLON: u64 = 1 << 48;
-const COUNT_CHUNK: usize = u16::MAX as usize;
-
 const fn class_table() -> [u32; 256] {
     let mut t = [0u32; 256];
     let mut c = 0;
@@ -111,12 +102,27 @@ const fn class_table() -> [u32; 256] {
 
 static CLASS: [u32; 256] = class_table();
 
-const fn count_table() -> [u64; 256] {
+// Byte counts, in 8-bit fields of the low half of a `BYTE` entry; values are counted in chunks short
+// enough that no field overflows into the next.
+const COUNT_DIGIT: u64 = 1;
+/// `A`–`Z` or `0`–`9`: the characters of an IBAN.
+const COUNT_UPPER_OR_DIGIT: u64 = 1 << 8;
+const COUNT_DOT: u64 = 1 << 16;
+const COUNT_COLON: u64 = 1 << 24;
+const COUNT_CHUNK: usize = u8::MAX as usize;
+/// Where a `BYTE` entry keeps its byte class (the low half holds the counts).
+const CLASS_SHIFT: u32 = 32;
+
+/// Per byte, its class (`CLASS`) in the high half and its counts in the low half: the first pass ORs
+/// entries for the classes and adds them for the counts, so it costs one lookup per byte. (The sum's
+/// high half and the OR's low half are meaningless and ignored.)
+const fn byte_table() -> [u64; 256] {
+    let class = class_table();
     let mut t = [0u64; 256];
     let mut c = 0;
     while c < 256 {
         let b = c as u8;
-        let mut k = 0;
+        let mut k = (class[c] as u64) << CLASS_SHIFT;
         if b.is_ascii_digit() {
             k |= COUNT_DIGIT | COUNT_UPPER_OR_DIGIT;
         }
@@ -135,7 +141,7 @@ const fn count_table() -> [u64; 256] {
     t
 }
 
-static COUNT: [u64; 256] = count_table();
+static BYTE: [u64; 256] = byte_table();
 
 /// What one pass over a value's bytes found: which byte classes occur and how many of some.
 #[derive(Debug, Clone, Copy, Default)]
@@ -148,30 +154,113 @@ struct Summary {
 }
 
 impl Summary {
+    #[inline(always)]
     fn of(b: &[u8]) -> Summary {
+        // Most values fit one count chunk.
+        if b.len() <= COUNT_CHUNK {
+            return Summary::of_chunk(b);
+        }
         let mut s = Summary::default();
         for chunk in b.chunks(COUNT_CHUNK) {
-            let (mut seen, mut counts) = (0u32, 0u64);
-            for &c in chunk {
-                seen |= CLASS[c as usize];
-                counts += COUNT[c as usize];
-            }
-            let field = |shift: u32| ((counts >> shift) & 0xffff) as usize;
-            s.seen |= seen;
-            s.digits += field(0);
-            s.upper_or_digit += field(16);
-            s.dots += field(32);
-            s.colons += field(48);
+            let c = Summary::of_chunk(chunk);
+            s.seen |= c.seen;
+            s.digits += c.digits;
+            s.upper_or_digit += c.upper_or_digit;
+            s.dots += c.dots;
+            s.colons += c.colons;
         }
         s
     }
+
+    /// [`Summary::of`] a value of at most [`COUNT_CHUNK`] bytes.
+    #[inline(always)]
+    fn of_chunk(chunk: &[u8]) -> Summary {
+        let (mut seen, mut counts) = (0u64, 0u64);
+        // Four bytes per step: independent lookups, and a quarter of the loop overhead.
+        let mut quads = chunk.chunks_exact(4);
+        for q in &mut quads {
+            let (e0, e1) = (BYTE[usize::from(q[0])], BYTE[usize::from(q[1])]);
+            let (e2, e3) = (BYTE[usize::from(q[2])], BYTE[usize::from(q[3])]);
+            seen |= (e0 | e1) | (e2 | e3);
+            // Wrapping: the high halves (class bits) overflow harmlessly.
+            counts = counts.wrapping_add(e0.wrapping_add(e1).wrapping_add(e2.wrapping_add(e3)));
+        }
+        for &c in quads.remainder() {
+            let e = BYTE[usize::from(c)];
+            seen |= e;
+            counts = counts.wrapping_add(e);
+        }
+        let field = |shift: u32| ((counts >> shift) & 0xff) as usize;
+        Summary {
+            seen: (seen >> CLASS_SHIFT) as u32,
+            digits: field(0),
+            upper_or_digit: field(8),
+            dots: field(16),
+            colons: field(24),
+        }
+    }
 }
 
-/// The most digits in one run of digits and separators (`is_run_char`).
+/// The shortest digit run any condition asks about (a phone's 7 digits after a `+`).
+const SHORTEST_RUN: usize = 7;
+
+// Word-at-a-time byte tests: a `u64` holds eight bytes; masks have 0x80 in the bytes that pass.
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+const HIGH: u64 = ONES << 7;
+const LOW7: u64 = ONES * 0x7f;
+
+/// The bytes of `x` (each below 0x80) that equal `c`. Exact: no carry crosses a byte.
+fn bytes_equal(x: u64, c: u8) -> u64 {
+    let z = x ^ (ONES * u64::from(c));
+    !((z + LOW7) | z | LOW7)
+}
+
+/// The bytes of `x` (each below 0x80) in `lo..=hi` (both below 0x80).
+fn bytes_between(x: u64, lo: u8, hi: u8) -> u64 {
+    let at_least_lo = x + ONES * u64::from(0x80 - lo);
+    let above_hi = x + ONES * u64::from(0x7f - hi);
+    at_least_lo & !above_hi & HIGH
+}
+
+/// How many bytes a mask has.
+fn count_bytes(mask: u64) -> usize {
+    ((mask >> 7).wrapping_mul(ONES) >> 56) as usize
+}
+
+/// The most digits in one run of digits and separators (`is_run_char`), exact when it is at least
+/// [`SHORTEST_RUN`]; below that it may read lower (every condition compares it with that or more).
 fn max_digit_run(b: &[u8]) -> usize {
-    // Branch-free: the run count drops to zero outside a run.
     let (mut run, mut max_run) = (0usize, 0usize);
-    for &c in b {
+    // Eight bytes at a time: masks of the digits and of the bytes that end a run.
+    let mut words = b.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(word);
+        let x = u64::from_le_bytes(bytes);
+        // Non-ASCII bytes end runs; the tests see only the low seven bits of the others.
+        let non_ascii = x & HIGH;
+        let y = x & LOW7;
+        let digits = bytes_between(y, b'0', b'9') & !non_ascii;
+        // Space, and `(`–`.` but for `*` and `,`: the separators of `is_run_char`.
+        let separators = (bytes_equal(y, b' ')
+            | (bytes_between(y, b'(', b'.') & !bytes_equal(y, b'*') & !bytes_equal(y, b',')))
+            & !non_ascii;
+        let breaks = HIGH & !(digits | separators);
+        if breaks == 0 {
+            run += count_bytes(digits);
+            continue;
+        }
+        // The digits before the word's first break end the current run; those after its last
+        // start the next. A run between two breaks of one word has at most six digits.
+        let first = breaks.trailing_zeros();
+        run += count_bytes(digits & ((1u64 << first) - 1));
+        max_run = max_run.max(run);
+        let last = 63 - breaks.leading_zeros();
+        run = count_bytes(digits.checked_shr(last + 1).unwrap_or(0));
+    }
+    max_run = max_run.max(run);
+    // Branch-free: the run count drops to zero outside a run.
+    for &c in words.remainder() {
         let k = CLASS[c as usize];
         run = (run + (k & DIGIT) as usize) * usize::from(k & (DIGIT | RUN_SEP) != 0);
         max_run = max_run.max(run);
@@ -197,22 +286,50 @@ fn before(b: &[u8], i: usize, pat: &[u8]) -> bool {
     i >= pat.len() && &b[i - pat.len()..i] == pat
 }
 
-/// True when `needle` occurs in `hay`; `fold` ignores ASCII case (`needle` is then lower case).
+/// True when `needle` occurs in `hay`; `fold` ignores ASCII case (`needle` is then lower-case letters).
 fn contains(hay: &[u8], needle: &[u8], fold: bool) -> bool {
-    // Values are short: a plain loop beats `memchr`'s set-up cost here.
+    debug_assert!(!fold || needle.iter().all(u8::is_ascii_lowercase));
     let Some(last) = hay.len().checked_sub(needle.len()) else {
         return false;
     };
     // Folding sets the lower-case bit; a lower-case needle letter then matches either case.
-    let fold = if fold { 0x20 } else { 0 };
-    let (first, rest) = (needle[0], &needle[1..]);
-    (0..=last).any(|i| {
-        hay[i] | fold == first
-            && hay[i + 1..i + needle.len()]
-                .iter()
-                .zip(rest)
-                .all(|(c, n)| c | fold == *n)
-    })
+    let fold_bit = if fold { 0x20 } else { 0 };
+    let first = needle[0];
+    let at = |i: usize| {
+        hay[i..i + needle.len()]
+            .iter()
+            .zip(needle)
+            .all(|(c, n)| c | fold_bit == *n)
+    };
+    // Eight bytes at a time: the bytes of a word that can start the needle are the zero bytes of
+    // `word ^ first`, found exactly with carry-free arithmetic; only those are compared further.
+    // Most values hold few or none.
+    let (fold_word, first_word) = (ONES * u64::from(fold_bit), ONES * u64::from(first));
+    let starts = last + 1;
+    let mut base = 0;
+    while base < starts {
+        // The word at `base`; past the end of `hay`, zero padding.
+        let mut bytes = [0; 8];
+        match hay.get(base..base + 8) {
+            Some(word) => bytes.copy_from_slice(word),
+            None => bytes[..hay.len() - base].copy_from_slice(&hay[base..]),
+        }
+        let x = (u64::from_le_bytes(bytes) | fold_word) ^ first_word;
+        // 0x80 in each byte of `x` that is zero, nothing elsewhere (no carry crosses a byte).
+        let mut zeros = !(((x & LOW7) + LOW7) | x | LOW7);
+        if starts - base < 8 {
+            // Bytes too close to the end to start the needle (and padding) are no start.
+            zeros &= (1u64 << (8 * (starts - base))) - 1;
+        }
+        while zeros != 0 {
+            if at(base + (zeros.trailing_zeros() / 8) as usize) {
+                return true;
+            }
+            zeros &= zeros - 1;
+        }
+        base += 8;
+    }
+    false
 }
 
 /// The detectors in `on` that could find something in `b`; every other detector would find nothing.
@@ -222,6 +339,7 @@ pub fn candidates(b: &[u8], on: DetectorSet) -> DetectorSet {
 
 /// [`candidates`], and whether `b` is all ASCII (one pass serves both, so a value that no detector
 /// can match needs no separate UTF-8 validation when it is ASCII).
+#[inline]
 pub fn screen(b: &[u8], on: DetectorSet) -> Screen {
     let summary = Summary::of(b);
     Screen {
@@ -234,6 +352,7 @@ pub fn screen(b: &[u8], on: DetectorSet) -> Screen {
     }
 }
 
+#[inline(always)]
 fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
     let Summary {
         seen,
@@ -314,18 +433,35 @@ fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
     // A card has 13 digits in one run; so the run count decides it.
     check(Detector::Card, on_(Detector::Card) && max_run >= 13);
     // A phone has 7 digits after a `+`, or 10 laid out 3-3-4; an SSN 9 digits and two dashes.
-    let phone =
-        on.contains(Detector::Phone) && (max_run >= 10 || (max_run >= 7 && seen & PLUS != 0));
+    let phone = on.contains(Detector::Phone)
+        && (max_run >= 10 || (max_run >= SHORTEST_RUN && seen & PLUS != 0));
     let ssn = on.contains(Detector::Ssn) && max_run >= 9 && seen & DASH != 0;
-    if phone || ssn {
+    if phone {
         let exact = numeric_runs(b);
         for (d, possible) in [(Detector::Phone, phone), (Detector::Ssn, ssn)] {
             if possible && exact.contains(d) {
                 found.insert(d);
             }
         }
+    } else if ssn && has_ssn_layout(b) {
+        // Without a phone to look for, the SSN's layout is matched directly: cheaper than
+        // measuring every run, and the same condition as `numeric_runs` checks.
+        found.insert(Detector::Ssn);
     }
     found
+}
+
+/// True when `0-00-0000` occurs in `b`: the end of every SSN (as [`numeric_runs`] finds it).
+fn has_ssn_layout(b: &[u8]) -> bool {
+    let digit = |c: u8| c.is_ascii_digit();
+    b.windows(9).any(|w| {
+        w[4] == b'-'
+            && w[1] == b'-'
+            && digit(w[0])
+            && digit(w[2])
+            && digit(w[3])
+            && w[5..].iter().all(|&c| digit(c))
+    })
 }
 
 /// A vendor prefix, or `bearer` / `token` followed by room for a secret with a digit.
@@ -355,13 +491,13 @@ fn api_key_possible(b: &[u8], seen: u32, digits: usize) -> bool {
             && (contains(b, b"AIz", false)
                 || contains(b, b"AKIA", false)
                 || contains(b, b"ASIA", false)))
-        // The secret after `token ` / `bearer ` has 16+ characters, one a digit.
+        // The secret after `token ` / `bearer ` has 16+ characters, one a digit. The words are
+        // looked for first: they rule out more values (prose) than the 16-byte run does.
         || (digits > 0
             && b.len() >= 22
-            && (seen & TOKEN == TOKEN || seen & BEARER == BEARER)
-            && has_run_of(b, 16)
             && ((seen & TOKEN == TOKEN && contains(b, b"token", true))
-                || (seen & BEARER == BEARER && contains(b, b"bearer", true))))
+                || (seen & BEARER == BEARER && contains(b, b"bearer", true)))
+            && has_run_of(b, 16))
 }
 
 /// True when `b` has `n` bytes in a row none of which is an ASCII token separator: the least a token
@@ -501,6 +637,161 @@ mod tests {
         assert!(!screen("Grüße".as_bytes(), on).ascii);
         assert!(!screen(b"\xff", on).ascii);
         assert!(!screen(b"\xff", DetectorSet::default()).ascii);
+    }
+
+    #[test]
+    fn contains_agrees_with_a_plain_search() {
+        let plain = |hay: &[u8], needle: &[u8], fold: bool| {
+            hay.windows(needle.len()).any(|w| {
+                w.iter().zip(needle).all(|(c, n)| {
+                    if fold {
+                        c.to_ascii_lowercase() == *n
+                    } else {
+                        c == n
+                    }
+                })
+            })
+        };
+        let hays: &[&[u8]] = &[
+            b"",
+            b"b",
+            b"bearer",
+            b"BEARER",
+            b"BeArEr x",
+            b"x bearer",
+            b"beare",
+            b"bbearer",
+            b"note number 1000 about order 7000",
+            b"Authorization: Bearer abc123def456ghi789",
+            b"tokentoken",
+            b"toke token",
+            b"eyJhbGciOi.eyJ",
+            b"ey",
+            "Grüße bearer ✓".as_bytes(),
+            b"\xffbearer\x80",
+            b"-----BEGIN",
+            b"fe80::1",
+            b"0123456bearer",
+            b"01234567bearer",
+            b"012345678bearer",
+            b"0123456789abcdeftoken",
+            b"0123456789abcdeToKeN!",
+            b"0123456789abcdeftoke",
+            b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbearer",
+            b"\xe2\xe2\xe2\xe2\xe2\xe2\xe2\xe2\xe2bearer",
+        ];
+        let needles: &[(&[u8], bool)] = &[
+            (b"bearer", true),
+            (b"token", true),
+            (b"eyJ", false),
+            (b"-----B", false),
+            (b"::", false),
+            (b"bearer", false),
+        ];
+        for hay in hays {
+            for (needle, fold) in needles {
+                assert_eq!(
+                    contains(hay, needle, *fold),
+                    plain(hay, needle, *fold),
+                    "{:?} in {:?} (fold {fold})",
+                    String::from_utf8_lossy(needle),
+                    String::from_utf8_lossy(hay)
+                );
+            }
+        }
+    }
+
+    /// The byte-at-a-time run measure the word-at-a-time one replaced.
+    fn max_digit_run_reference(b: &[u8]) -> usize {
+        let (mut run, mut max_run) = (0usize, 0usize);
+        for &c in b {
+            let k = CLASS[c as usize];
+            run = (run + (k & DIGIT) as usize) * usize::from(k & (DIGIT | RUN_SEP) != 0);
+            max_run = max_run.max(run);
+        }
+        max_run
+    }
+
+    #[test]
+    fn word_at_a_time_digit_runs_agree_with_the_byte_loop_from_the_shortest_run_up() {
+        let agrees = |value: &[u8]| {
+            let (got, want) = (max_digit_run(value), max_digit_run_reference(value));
+            if want >= SHORTEST_RUN {
+                assert_eq!(got, want, "{value:?}");
+            } else {
+                assert!(got < SHORTEST_RUN, "{value:?}: {got} for {want}");
+            }
+        };
+        // Digits, every separator, bytes next to them, and non-ASCII bytes whose low seven bits
+        // are a digit or a separator.
+        let alphabet: &[u8] = b"0123456789 -.()+*,/'a:\x00\xb0\xb9\xa0\xad\xae\xa8\xff";
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        for _ in 0..50_000 {
+            let len = next(40);
+            // Mostly digits and separators, so long runs occur.
+            let value: Vec<u8> = (0..len)
+                .map(|_| match next(4) {
+                    0 => alphabet[next(alphabet.len())],
+                    _ => b"0123456789 -"[next(12)],
+                })
+                .collect();
+            agrees(&value);
+        }
+        for value in [
+            &b"4111 1111 1111 1111"[..],
+            b"+1 (415) 555-0100",
+            b"123-45-6789",
+            b"c4ca4238a0b923820dcc509a6f75849b",
+            b"12345678",
+            b"1234567x1234567",
+            b"x1234567",
+            b"\xb01234567",
+        ] {
+            agrees(value);
+        }
+    }
+
+    #[test]
+    fn the_ssn_layout_test_agrees_with_the_run_scan() {
+        let alphabet = b"0123456789--- +.(a";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        let mut values: Vec<Vec<u8>> = [
+            &b"123-45-6789"[..],
+            b"078-05-1120",
+            b"x1-23-4567",
+            b"1-23-45678",
+            b"12-345-6789",
+            b"123-45-678",
+            b"ssn 123-45-6789.",
+            b"2026-05-09 21:35:35.123456+00",
+        ]
+        .iter()
+        .map(|v| v.to_vec())
+        .collect();
+        for _ in 0..50_000 {
+            let len = next(24);
+            values.push((0..len).map(|_| alphabet[next(alphabet.len())]).collect());
+        }
+        for v in values {
+            assert_eq!(
+                has_ssn_layout(&v),
+                numeric_runs(&v).contains(Detector::Ssn),
+                "{:?}",
+                String::from_utf8_lossy(&v)
+            );
+        }
     }
 
     #[test]

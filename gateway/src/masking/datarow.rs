@@ -157,30 +157,74 @@ pub struct RowScratch {
 /// than the scan they save).
 const MAX_CLEAR_VALUE: usize = 256;
 
+/// After this many values in a row that were not the remembered one, a column stops comparing and
+/// remembering: its values are distinct (ids, hashes, notes), and the compare and the copy would be
+/// paid for every value and never save a scan.
+const MISSES_BEFORE_PAUSE: u32 = 8;
+
+/// While paused, every this-many-th value is compared and remembered again, so a column whose values
+/// start repeating is noticed.
+const RETRY_EVERY: u32 = 32;
+
+/// What a value detectors left unchanged depends on besides its bytes (see [`ClearValue`]).
+type ClearKey = (bool, TypeClass, DetectorSet);
+
 /// A value detectors left unchanged, with everything that outcome depends on besides the bytes: a
 /// column without a whole-value style leaves a value unchanged as a function of its format, type class
 /// and the detectors that are on. So the same bytes again in such a column are unchanged again,
 /// whichever plan or masker saw them first (consecutive rows often repeat a timestamp, a status, a
 /// placeholder).
+///
+/// Only exact bytes under an equal key are ever skipped; the miss count decides no outcome, only
+/// whether looking is worth it.
 #[derive(Debug, Default)]
 struct ClearValue {
     /// None when nothing is remembered.
-    key: Option<(bool, TypeClass, DetectorSet)>,
+    key: Option<ClearKey>,
     value: Vec<u8>,
+    /// Values looked up since the last one that was the remembered value.
+    misses: u32,
+}
+
+/// The outcome of [`ClearValue::lookup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// The remembered clear value under the same key: unchanged again.
+    Clear,
+    /// Not known: mask it, and remember it if it comes out unchanged.
+    Remember,
+    /// Not known: mask it, and don't remember it (the column can't be cached, or is paused).
+    Skip,
 }
 
 impl ClearValue {
-    fn key(col: &ColumnPlan, detectors: DetectorSet) -> Option<(bool, TypeClass, DetectorSet)> {
+    fn key(col: &ColumnPlan, detectors: DetectorSet) -> Option<ClearKey> {
         (col.style.is_none() && col.detect).then_some((col.binary, col.class, detectors))
     }
 
-    fn holds(&self, col: &ColumnPlan, detectors: DetectorSet, value: &[u8]) -> bool {
-        self.key.is_some() && self.key == Self::key(col, detectors) && self.value == value
+    /// Looks `value`, under `key` (see [`ClearValue::key`]), up.
+    fn lookup(&mut self, key: Option<ClearKey>, value: &[u8]) -> Lookup {
+        if key.is_none() {
+            return Lookup::Skip;
+        }
+        let trying = self.misses < MISSES_BEFORE_PAUSE || self.misses.is_multiple_of(RETRY_EVERY);
+        if trying && self.key == key && self.value == value {
+            self.misses = 0;
+            return Lookup::Clear;
+        }
+        self.misses = self.misses.wrapping_add(1);
+        if trying {
+            Lookup::Remember
+        } else {
+            Lookup::Skip
+        }
     }
 
-    fn remember(&mut self, col: &ColumnPlan, detectors: DetectorSet, value: &[u8]) {
-        self.key = Self::key(col, detectors).filter(|_| value.len() <= MAX_CLEAR_VALUE);
-        if self.key.is_some() {
+    /// Remembers `value` as clear under `key`; a long value leaves the remembered one (still clear
+    /// under its own key) in place.
+    fn remember(&mut self, key: Option<ClearKey>, value: &[u8]) {
+        if key.is_some() && value.len() <= MAX_CLEAR_VALUE {
+            self.key = key;
             self.value.clear();
             self.value.extend_from_slice(value);
         }
@@ -250,14 +294,17 @@ fn rewrite_row(
         if !col.active() {
             continue;
         }
-        let clear = &mut scratch.clear[i];
-        if clear.holds(col, detectors, value) {
+        let key = ClearValue::key(col, detectors);
+        let lookup = scratch.clear[i].lookup(key, value);
+        if lookup == Lookup::Clear {
             continue;
         }
         scratch.text.clear();
         let outcome = masker.mask_value_into(col, value, &mut scratch.values, &mut scratch.text)?;
         if outcome == Outcome::Unchanged {
-            scratch.clear[i].remember(col, detectors, value);
+            if lookup == Lookup::Remember {
+                scratch.clear[i].remember(key, value);
+            }
             continue;
         }
         if changed == 0 {
@@ -493,6 +540,46 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(masked, [0, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_column_of_distinct_values_pauses_remembering_and_resumes_when_one_repeats() {
+        let key = Some((false, TypeClass::Text, DetectorSet::default()));
+        let other = Some((true, TypeClass::Text, DetectorSet::default()));
+        let mut clear = ClearValue::default();
+        for i in 0..MISSES_BEFORE_PAUSE {
+            let v = format!("v{i}");
+            assert_eq!(clear.lookup(key, v.as_bytes()), Lookup::Remember);
+            clear.remember(key, v.as_bytes());
+        }
+        let last = format!("v{}", MISSES_BEFORE_PAUSE - 1);
+        // Paused: not even the remembered value is compared, and nothing is remembered.
+        for _ in MISSES_BEFORE_PAUSE..RETRY_EVERY {
+            assert_eq!(clear.lookup(key, last.as_bytes()), Lookup::Skip);
+        }
+        // The retry finds the repeat, and the column is compared again from then on.
+        assert_eq!(clear.lookup(key, last.as_bytes()), Lookup::Clear);
+        assert_eq!(clear.lookup(key, last.as_bytes()), Lookup::Clear);
+        // Only the same bytes under the same key are ever clear.
+        assert_eq!(clear.lookup(other, last.as_bytes()), Lookup::Remember);
+        assert_eq!(clear.lookup(key, b"v"), Lookup::Remember);
+        assert_eq!(clear.lookup(None, last.as_bytes()), Lookup::Skip);
+    }
+
+    #[test]
+    fn values_after_a_long_run_of_distinct_ones_are_still_masked() {
+        let m = masker();
+        let p = plan(&[("note", 25, 0)]);
+        let s = &mut RowScratch::default();
+        let card: &[u8] = b"paid 4111111111111111";
+        let mut masked = 0;
+        for i in 0..3 * RETRY_EVERY {
+            for note in [format!("note {i}").as_bytes(), card, b"same"] {
+                let mut out = BytesMut::new();
+                masked += mask_data_row(&m, &p, &data_row(&[Some(note)]), &mut out, s).unwrap();
+            }
+        }
+        assert_eq!(masked, u64::from(3 * RETRY_EVERY));
     }
 
     #[test]

@@ -283,27 +283,51 @@ fn trim_token(raw: &str) -> &str {
     }
 }
 
+/// Bytes that may end a token: ASCII separators, and every non-ASCII byte (its character may be
+/// Unicode whitespace, which [`separator_len`] decides).
+const fn token_stops() -> [bool; 256] {
+    let ascii = ascii_separators();
+    let mut t = [true; 256];
+    let mut c = 0;
+    while c < 128 {
+        t[c] = ascii[c];
+        c += 1;
+    }
+    t
+}
+
+static TOKEN_STOPS: [bool; 256] = token_stops();
+
+/// The first separator at or after byte `from` of `text` (a character boundary): its position and
+/// length, or the end of `text` and 0.
+fn next_separator(text: &str, from: usize) -> (usize, usize) {
+    let b = text.as_bytes();
+    let mut i = from;
+    // Token bytes are passed over with one lookup each; only stops need a closer look.
+    while let Some(k) = b[i..].iter().position(|&c| TOKEN_STOPS[usize::from(c)]) {
+        i += k;
+        let sep = separator_len(text, i);
+        if sep > 0 {
+            return (i, sep);
+        }
+        i += 1;
+    }
+    (b.len(), 0)
+}
+
 fn find_in_tokens(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     let mut after_bearer = false;
-    let mut start = None;
+    // `i` is always at a token's start or a separator: the start of `text` or just after a separator.
     let mut i = 0;
-    // Byte by byte: a token starts after a separator, which always ends on a character boundary.
-    while i <= text.len() {
-        let sep = if i == text.len() {
-            1
-        } else {
-            separator_len(text, i)
-        };
-        if sep == 0 {
-            start.get_or_insert(i);
-            i += 1;
+    while i < text.len() {
+        let start = i;
+        let (token_end, sep) = next_separator(text, i);
+        i = token_end + sep;
+        if token_end == start {
             continue;
         }
-        let token_end = i;
-        i += sep;
-        let Some(s) = start.take() else { continue };
-        let token = trim_token(&text[s..token_end]);
-        let range = s..s + token.len();
+        let token = trim_token(&text[start..token_end]);
+        let range = start..start + token.len();
         if token.is_empty() || overlaps(out, &range) {
             after_bearer = false;
             continue;
@@ -346,42 +370,55 @@ fn classify_token(t: &str, on: DetectorSet, after_bearer: bool) -> Option<Detect
     None
 }
 
+/// Byte tables for e-mail addresses: one lookup per byte instead of a chain of comparisons.
+const fn email_bytes(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 128 {
+        t[c] = (c as u8).is_ascii_alphanumeric();
+        c += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// Bytes of an ordinary local part.
+static EMAIL_LOCAL: [bool; 256] = email_bytes(b"._%+-!#$&*/?^~");
+/// Bytes of a domain label.
+static EMAIL_LABEL: [bool; 256] = email_bytes(b"-");
+
 /// `local@domain.tld` with an ordinary local part and a dotted domain of letters, digits and hyphens.
 pub fn is_email(t: &str) -> bool {
-    let Some(at) = t.bytes().position(|c| c == b'@') else {
+    let b = t.as_bytes();
+    let Some(at) = b.iter().position(|&c| c == b'@') else {
         return false;
     };
-    let (local, domain) = (&t[..at], &t[at + 1..]);
-    let local_ok = !local.is_empty()
-        && local.len() <= 64
-        && local
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"._%+-!#$&*/?^~".contains(&c));
-    local_ok && is_email_domain(domain.as_bytes())
+    let (local, domain) = (&b[..at], &b[at + 1..]);
+    (1..=64).contains(&local.len())
+        && local.iter().all(|&c| EMAIL_LOCAL[usize::from(c)])
+        && is_email_domain(domain)
 }
 
 /// Dot-separated labels of letters, digits and inner hyphens, at least two, the last (the top-level
-/// domain) two or more letters. One pass over the bytes.
+/// domain) two or more letters.
 fn is_email_domain(d: &[u8]) -> bool {
-    let (mut labels, mut start) = (0, 0);
-    for i in 0..=d.len() {
-        if i < d.len() && d[i] != b'.' {
-            if !(d[i].is_ascii_alphanumeric() || d[i] == b'-') {
-                return false;
-            }
-            continue;
-        }
-        let label = &d[start..i];
-        if label.is_empty() || label[0] == b'-' || label[label.len() - 1] == b'-' {
+    let mut labels = 0;
+    let mut last: &[u8] = &[];
+    for label in d.split(|&c| c == b'.') {
+        let (Some(&first), Some(&end)) = (label.first(), label.last()) else {
+            return false;
+        };
+        if first == b'-' || end == b'-' || !label.iter().all(|&c| EMAIL_LABEL[usize::from(c)]) {
             return false;
         }
         labels += 1;
-        if i == d.len() {
-            return labels >= 2 && label.len() >= 2 && label.iter().all(u8::is_ascii_alphabetic);
-        }
-        start = i + 1;
+        last = label;
     }
-    false
+    labels >= 2 && last.len() >= 2 && last.iter().all(u8::is_ascii_alphabetic)
 }
 
 /// The Luhn checksum over ASCII digits.
@@ -529,8 +566,15 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
             continue;
         }
         let start = i;
-        let mut end = i;
-        while end < b.len() && is_run_char(b[end]) {
+        // One pass over the run: where it ends, its digits, and where the first separator a card
+        // never has (`.`, `(`, `)`, `+`) is.
+        let (mut end, mut count, mut non_card_sep) = (i, 0usize, usize::MAX);
+        while let Some(&c) = b.get(end).filter(|c| is_run_char(**c)) {
+            if c.is_ascii_digit() {
+                count += 1;
+            } else if !matches!(c, b' ' | b'-') {
+                non_card_sep = non_card_sep.min(end);
+            }
             end += 1;
         }
         let mut stop = end;
@@ -548,21 +592,17 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
         if overlaps(out, &range) {
             continue;
         }
-        let mut count = 0;
-        for c in run.bytes().filter(u8::is_ascii_digit) {
-            if let Some(d) = digits.get_mut(count) {
+        // Separators after the last digit are not part of the run; all its digits are before it.
+        let card_layout = non_card_sep >= stop;
+        if on.contains(Detector::Card) && card_layout && (13..=digits.len()).contains(&count) && {
+            for (d, c) in digits
+                .iter_mut()
+                .zip(run.bytes().filter(u8::is_ascii_digit))
+            {
                 *d = c;
             }
-            count += 1;
-        }
-        let card_layout = run
-            .bytes()
-            .all(|c| c.is_ascii_digit() || c == b' ' || c == b'-');
-        if on.contains(Detector::Card)
-            && card_layout
-            && count <= digits.len()
-            && is_card_digits(&digits[..count])
-        {
+            is_card_digits(&digits[..count])
+        } {
             out.push(Finding {
                 range,
                 detector: Detector::Card,
@@ -698,6 +738,84 @@ mod tests {
             ("a@bü.com", false),
         ] {
             assert_eq!(is_email(text), ok, "{text}");
+        }
+    }
+
+    /// The per-byte-comparison `is_email` the table version replaced, kept to check it against.
+    fn is_email_reference(t: &str) -> bool {
+        let Some(at) = t.bytes().position(|c| c == b'@') else {
+            return false;
+        };
+        let (local, domain) = (&t[..at], &t.as_bytes()[at + 1..]);
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && local
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._%+-!#$&*/?^~".contains(&c));
+        let (mut labels, mut start) = (0, 0);
+        for i in 0..=domain.len() {
+            if i < domain.len() && domain[i] != b'.' {
+                if !(domain[i].is_ascii_alphanumeric() || domain[i] == b'-') {
+                    return false;
+                }
+                continue;
+            }
+            let label = &domain[start..i];
+            if label.is_empty() || label[0] == b'-' || label[label.len() - 1] == b'-' {
+                return false;
+            }
+            labels += 1;
+            if i == domain.len() {
+                return local_ok
+                    && labels >= 2
+                    && label.len() >= 2
+                    && label.iter().all(u8::is_ascii_alphabetic);
+            }
+            start = i + 1;
+        }
+        false
+    }
+
+    #[test]
+    fn table_driven_email_check_agrees_with_the_reference() {
+        let (longest, too_long) = ("l".repeat(64), "l".repeat(65));
+        let parts = [
+            "",
+            "a",
+            "A1",
+            "jane.doe+x",
+            "x_y",
+            "a b",
+            "ü",
+            "é",
+            "-",
+            "-a",
+            "a-",
+            "a-b",
+            ".",
+            "..",
+            "co",
+            "c0",
+            "com",
+            "c",
+            "@",
+            "x\u{0}",
+            longest.as_str(),
+            too_long.as_str(),
+        ];
+        for local in parts {
+            for d1 in parts {
+                for d2 in parts {
+                    for text in [
+                        format!("{local}@{d1}"),
+                        format!("{local}@{d1}.{d2}"),
+                        format!("{local}@{d1}.{d2}.com"),
+                        format!("{local}@{d1}-{d2}.io"),
+                    ] {
+                        assert_eq!(is_email(&text), is_email_reference(&text), "{text:?}");
+                    }
+                }
+            }
         }
     }
 
@@ -839,6 +957,134 @@ mod tests {
                 got, want,
                 "prefilter changed the findings in {text:?} for {on:?}"
             );
+        }
+    }
+
+    /// The byte-by-byte tokenizer `find_in_tokens` replaced, kept to check it against.
+    fn find_in_tokens_reference(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
+        let mut after_bearer = false;
+        let mut start = None;
+        let mut i = 0;
+        while i <= text.len() {
+            let sep = if i == text.len() {
+                1
+            } else {
+                separator_len(text, i)
+            };
+            if sep == 0 {
+                start.get_or_insert(i);
+                i += 1;
+                continue;
+            }
+            let token_end = i;
+            i += sep;
+            let Some(s) = start.take() else { continue };
+            let token = trim_token(&text[s..token_end]);
+            let range = s..s + token.len();
+            if token.is_empty() || overlaps(out, &range) {
+                after_bearer = false;
+                continue;
+            }
+            let was_bearer = after_bearer;
+            after_bearer =
+                token.eq_ignore_ascii_case("bearer") || token.eq_ignore_ascii_case("token");
+            if let Some(detector) = classify_token(token, on, was_bearer) {
+                out.push(Finding { range, detector });
+            }
+        }
+    }
+
+    /// The numeric-run scanner before it measured runs in one pass, kept to check it against.
+    fn find_in_numeric_runs_reference(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
+        let b = text.as_bytes();
+        let mut i = 0;
+        let mut digits = [0u8; 19];
+        while i < b.len() {
+            if !(b[i].is_ascii_digit() || b[i] == b'+' || b[i] == b'(')
+                || (i > 0 && b[i - 1].is_ascii_alphanumeric())
+            {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            let mut end = i;
+            while end < b.len() && is_run_char(b[end]) {
+                end += 1;
+            }
+            let mut stop = end;
+            while stop > start && !b[stop - 1].is_ascii_digit() {
+                stop -= 1;
+            }
+            let glued = stop < b.len() && b[stop].is_ascii_alphanumeric();
+            i = end.max(start + 1);
+            if glued || stop == start {
+                continue;
+            }
+            let run = &text[start..stop];
+            let range = start..stop;
+            if overlaps(out, &range) {
+                continue;
+            }
+            let mut count = 0;
+            for c in run.bytes().filter(u8::is_ascii_digit) {
+                if let Some(d) = digits.get_mut(count) {
+                    *d = c;
+                }
+                count += 1;
+            }
+            let card_layout = run
+                .bytes()
+                .all(|c| c.is_ascii_digit() || c == b' ' || c == b'-');
+            let detector = if on.contains(Detector::Card)
+                && card_layout
+                && count <= digits.len()
+                && is_card_digits(&digits[..count])
+            {
+                Detector::Card
+            } else if on.contains(Detector::Ssn) && is_ssn(run) {
+                Detector::Ssn
+            } else if on.contains(Detector::Phone) && is_phone(run, count) {
+                Detector::Phone
+            } else {
+                continue;
+            };
+            out.push(Finding { range, detector });
+        }
+    }
+
+    #[test]
+    fn numeric_runs_agree_with_the_reference() {
+        let separators = [" ", "-", ".", "(", ")", "+", " - ", "a", "ü", ""];
+        for a in FRAGMENTS {
+            for sep in separators {
+                for b in FRAGMENTS {
+                    let text = format!("{sep}{a}{sep}{b}{sep}");
+                    for on in detector_sets() {
+                        let (mut got, mut want) = (Vec::new(), Vec::new());
+                        find_in_numeric_runs(&text, on, &mut got);
+                        find_in_numeric_runs_reference(&text, on, &mut want);
+                        assert_eq!(got, want, "{text:?} for {on:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tokenizer_agrees_with_the_byte_by_byte_reference() {
+        let separators = [
+            " ", "\u{a0}", "\u{2003}", "\u{3000}", "—", "ü", ",", "\t", "",
+        ];
+        for a in FRAGMENTS {
+            for sep in separators {
+                for b in FRAGMENTS {
+                    let text = format!("{sep}{a}{sep}{b}{sep}");
+                    let (mut got, mut want) = (Vec::new(), Vec::new());
+                    find_in_tokens(&text, all(), &mut got);
+                    find_in_tokens_reference(&text, all(), &mut want);
+                    assert_eq!(got, want, "{text:?}");
+                }
+            }
         }
     }
 

@@ -25,6 +25,7 @@ pub mod rules;
 pub mod stream;
 pub mod style;
 pub mod tables;
+mod utf8;
 
 pub use detect::{Detector, DetectorSet, Finding};
 pub use hash_cache::HashCache;
@@ -316,8 +317,8 @@ impl Masker {
                 // no UTF-8 validation (ASCII is valid UTF-8) and no detector run.
                 let screen = candidates::screen(bytes, self.rules.detectors);
                 if screen.candidates.is_empty() {
-                    if !screen.ascii {
-                        std::str::from_utf8(bytes).map_err(|_| UnreadableValue)?;
+                    if !screen.ascii && !utf8::is_valid(bytes) {
+                        return Err(UnreadableValue);
                     }
                     return Ok(Outcome::Unchanged);
                 }
@@ -364,14 +365,19 @@ impl Masker {
         }
         out.reserve(text.len() + 16);
         let mut at = 0;
+        // Findings often cover the whole value: empty stretches are not pushed.
         for f in findings.iter() {
-            out.push_str(&text[at..f.range.start]);
+            if f.range.start > at {
+                out.push_str(&text[at..f.range.start]);
+            }
             self.rules
                 .detector_style(f.detector)
                 .apply_cached(&text[f.range.clone()], out, hashes);
             at = f.range.end;
         }
-        out.push_str(&text[at..]);
+        if at < text.len() {
+            out.push_str(&text[at..]);
+        }
         Ok(Outcome::Text)
     }
 

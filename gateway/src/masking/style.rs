@@ -170,7 +170,7 @@ fn partial_ascii(value: &str, out: &mut String) {
     out.reserve(b.len());
     if let Some(at) = b.iter().position(|&c| c == b'@') {
         if at > 0 {
-            out.push_str(&value[..1]);
+            out.push(char::from(b[0]));
             push_stars(out, at - 1);
         }
         out.push_str(&value[at..]);
@@ -194,7 +194,12 @@ fn partial_ascii(value: &str, out: &mut String) {
             .iter()
             .take_while(|c| !c.is_ascii_alphanumeric())
             .count();
-        out.push_str(&value[i..i + kept]);
+        // Mostly one separator: pushed as a character, without a copy call.
+        match kept {
+            0 => {}
+            1 => out.push(char::from(b[i])),
+            _ => out.push_str(&value[i..i + kept]),
+        }
         i += kept;
     }
     out.push_str(&value[i..]);
