@@ -1,5 +1,7 @@
 //! Relay time of a 1,000-row × 10-column result through the wire gateway, without and with masking rules,
-//! against the PostgreSQL at 127.0.0.1:5432 (median of many runs, plain `Instant` timing).
+//! against the PostgreSQL at 127.0.0.1:5432 (median of many runs, plain `Instant` timing). Runs through the
+//! unmasked and the masked gateway alternate, so drift in the machine's speed during the bench weighs on
+//! both sides of each ratio alike.
 //! Run: `cargo bench -p countersign-gateway --bench masking`.
 
 use countersign_gateway::masking::{Masker, MaskingConfig};
@@ -41,6 +43,9 @@ fn gateway(rules: Option<&'static str>) -> SocketAddr {
             }
             let mut config = WireConfig::new("127.0.0.1:0".parse().expect("loopback address"));
             config.allow_cleartext_without_tls = true;
+            // Several gateways share this process and 2 cores: one still busy-polling after its run would
+            // take CPU from the next one measured.
+            config.busy_poll_us = 0;
             let server = WireServer::bind(config, Arc::new(gate))
                 .await
                 .expect("bind");
@@ -66,20 +71,35 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-async fn time_query(client: &Client, sql: &str, prepared: bool) -> Duration {
-    let stmt = client.prepare(sql).await.expect("prepare");
-    let mut samples = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let start = Instant::now();
-        let rows = if prepared {
-            client.query(&stmt, &[]).await.expect("query").len()
-        } else {
-            client.simple_query(sql).await.expect("simple query").len() - 2
-        };
-        samples.push(start.elapsed());
-        assert_eq!(rows, 1000);
+/// One run of the bench query; returns its duration.
+async fn run_once(
+    client: &Client,
+    sql: &str,
+    stmt: Option<&tokio_postgres::Statement>,
+) -> Duration {
+    let start = Instant::now();
+    let rows = match stmt {
+        Some(stmt) => client.query(stmt, &[]).await.expect("query").len(),
+        None => client.simple_query(sql).await.expect("simple query").len() - 2,
+    };
+    let elapsed = start.elapsed();
+    assert_eq!(rows, 1000);
+    elapsed
+}
+
+/// Medians of `ROUNDS` runs through each client, taking turns run by run.
+async fn time_alternating(clients: &[&Client], sql: &str, prepared: bool) -> Vec<Duration> {
+    let mut stmts = Vec::new();
+    for c in clients {
+        stmts.push(c.prepare(sql).await.expect("prepare"));
     }
-    median(samples)
+    let mut samples = vec![Vec::with_capacity(ROUNDS); clients.len()];
+    for _ in 0..ROUNDS {
+        for (i, c) in clients.iter().enumerate() {
+            samples[i].push(run_once(c, sql, prepared.then_some(&stmts[i])).await);
+        }
+    }
+    samples.into_iter().map(median).collect()
 }
 
 fn main() {
@@ -116,15 +136,21 @@ fn main() {
         };
         let plain = connect(&url(gateway(None))).await;
         println!("1,000 rows x 10 columns, median of {ROUNDS} runs");
+        let mut masked = Vec::new();
+        for (_, rules) in RULE_SETS {
+            masked.push(connect(&url(gateway(Some(rules)))).await);
+        }
         for (label, prepared) in [("simple (text)", false), ("prepared (binary)", true)] {
-            let d = time_query(&direct, &sql, prepared).await;
-            let p = time_query(&plain, &sql, prepared).await;
+            let [d, p] = time_alternating(&[&direct, &plain], &sql, prepared).await[..] else {
+                unreachable!("two clients, two medians")
+            };
             println!("{label:18} direct {d:>8.2?}  gateway, no rules {p:>8.2?}");
-            for (rules_label, rules) in RULE_SETS {
-                let masked = connect(&url(gateway(Some(rules)))).await;
-                let m = time_query(&masked, &sql, prepared).await;
+            for ((rules_label, _), masked) in RULE_SETS.iter().zip(&masked) {
+                let [p, m] = time_alternating(&[&plain, masked], &sql, prepared).await[..] else {
+                    unreachable!("two clients, two medians")
+                };
                 println!(
-                    "{:18}   + masking, {rules_label:20} {m:>8.2?}  masked/unmasked {:.2}x",
+                    "{:18}   + masking, {rules_label:20} {m:>8.2?}  masked/unmasked {:.2}x (unmasked {p:.2?})",
                     "",
                     m.as_secs_f64() / p.as_secs_f64()
                 );
