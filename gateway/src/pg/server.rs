@@ -86,11 +86,16 @@ impl WireServer {
     /// Accepts clients until `shutdown` resolves; sessions already running continue on their own tasks.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WireError> {
         tokio::pin!(shutdown);
+        // The spinner watches its own thread's sessions, so it only makes sense on a single-threaded
+        // runtime (a work-stealing one moves it between threads).
         let busy_poll = std::time::Duration::from_micros(self.shared.cfg.busy_poll_us);
+        let single =
+            |h: &Handle| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
         if !busy_poll.is_zero() {
-            tokio::spawn(super::spin::run(busy_poll));
-            for worker in &self.workers {
-                worker.spawn(super::spin::run(busy_poll));
+            for runtime in std::iter::once(&Handle::current()).chain(&self.workers) {
+                if single(runtime) {
+                    runtime.spawn(super::spin::run(busy_poll));
+                }
             }
         }
         let mut turn = 0usize;
