@@ -599,3 +599,27 @@ async fn scram_identity_logs_in_with_its_password_and_refusals_are_audited() {
     assert_eq!(refused[0].entry.detail["code"], "scram_failed");
     assert_eq!(refused[0].entry.detail["user"], "ops-psql");
 }
+
+#[tokio::test]
+async fn tokio_postgres_transaction_builder_with_deferrable_passes_without_review() {
+    // `START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE` is beyond sqlparser; it used
+    // to be held as unparsed (and time out here after 2 s).
+    let gw = gateway(2.0).await;
+    let t = table_with_rows("cs_tp_deferrable", 3).await;
+    let mut client = connect(wire(&gw)).await;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+        .read_only(true)
+        .deferrable(true)
+        .start()
+        .await
+        .expect("a deferrable read-only transaction starts without review");
+    let n: i64 = tx
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    tx.commit().await.unwrap();
+}
