@@ -32,11 +32,11 @@ pub struct WireConfig {
     pub max_message_size: usize,
     /// Threads running wire sessions, each a single-threaded runtime; sessions are shared out
     /// round-robin and stay on their thread. Default: one per CPU core, at most 4.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "thread_count")]
     pub threads: Option<NonZeroUsize>,
     /// Microseconds a wire thread keeps polling without sleeping after its latest socket event (see
     /// `pg/spin.rs`); 0 turns busy-polling off.
-    #[serde(default = "default_busy_poll_us")]
+    #[serde(default = "default_busy_poll_us", deserialize_with = "microseconds")]
     pub busy_poll_us: u64,
 }
 
@@ -111,6 +111,28 @@ fn default_max_message_size() -> usize {
     64 * 1024 * 1024
 }
 
+fn thread_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NonZeroUsize>, D::Error> {
+    let n = i64::deserialize(d)?;
+    usize::try_from(n)
+        .ok()
+        .and_then(NonZeroUsize::new)
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "threads = {n}: give at least 1, or leave it out for one per CPU core (at most 4)"
+            ))
+        })
+}
+
+fn microseconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = i64::deserialize(d)?;
+    u64::try_from(n).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "busy_poll_us = {n}: give microseconds, 0 or more (0 turns busy-polling off; default 100)"
+        ))
+    })
+}
+
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let secs = f64::deserialize(d)?;
     Duration::try_from_secs_f64(secs).map_err(|_| {
@@ -141,7 +163,18 @@ mod tests {
         );
         let two: WireConfig = toml::from_str("listen = \"127.0.0.1:1\"\nthreads = 2\n").unwrap();
         assert_eq!(two.thread_count(), 2);
-        assert!(toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nthreads = 0\n").is_err());
+        let zero = toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nthreads = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(zero.contains("at least 1"), "{zero}");
+        let negative =
+            toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nbusy_poll_us = -3\n")
+                .unwrap_err()
+                .to_string();
+        assert!(negative.contains("0 turns busy-polling off"), "{negative}");
+        let off: WireConfig =
+            toml::from_str("listen = \"127.0.0.1:1\"\nbusy_poll_us = 0\n").unwrap();
+        assert_eq!(off.busy_poll_us, 0);
         let default = WireConfig::new("127.0.0.1:1".parse().unwrap());
         assert!((1..=4).contains(&default.thread_count()));
     }
