@@ -15,7 +15,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use super::fallback::{
-    classify_unparsed, classify_untokenizable, split_statements, StatementTokens,
+    classify_unparsed, classify_untokenizable, is_keyword, split_statements, StatementTokens,
 };
 use super::functions::check_function;
 use super::reparse::classify_without_inert_clause;
@@ -79,10 +79,8 @@ pub(super) fn parse_one(tokens: Vec<Token>) -> Result<Statement, String> {
 
 /// `TABLE name …` is by definition `SELECT * FROM name …`; sqlparser lacks the shorthand.
 fn classify_table_shorthand(tokens: &StatementTokens) -> Option<StatementFacts> {
-    match tokens.0.first() {
-        Some(Token::Word(w))
-            if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("TABLE") => {}
-        _ => return None,
+    if !is_keyword(tokens.0.first()?, "TABLE") {
+        return None;
     }
     let mut rewritten = split_statements("SELECT * FROM").ok()?.pop()?.0;
     rewritten.extend(tokens.0[1..].iter().cloned());

@@ -49,10 +49,7 @@ pub struct StatementTokens(pub Vec<Token>);
 impl StatementTokens {
     /// Upper-cased unquoted words, in order (quoted identifiers and literals are not words here).
     fn words(&self) -> impl Iterator<Item = String> + '_ {
-        self.0.iter().filter_map(|t| match t {
-            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
-            _ => None,
-        })
+        self.0.iter().filter_map(keyword)
     }
 
     /// True when the unquoted word `upper` appears anywhere in the statement.
@@ -62,10 +59,7 @@ impl StatementTokens {
 
     /// The leading keyword(s) naming the statement, e.g. `SELECT`, `CREATE TABLE`, `ALTER SYSTEM`.
     pub fn kind(&self) -> String {
-        let mut words = self.0.iter().map_while(|t| match t {
-            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
-            _ => None,
-        });
+        let mut words = self.0.iter().map_while(keyword);
         let Some(verb) = words.next() else {
             return "UNKNOWN".to_string();
         };
@@ -90,6 +84,20 @@ impl StatementTokens {
             Some(o) => format!("{verb} {o}"),
         }
     }
+}
+
+/// The token as an upper-cased keyword when it is an unquoted word (quoted identifiers and literals are
+/// not keywords).
+pub(super) fn keyword(token: &Token) -> Option<String> {
+    match token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+/// True when the token is the unquoted word `upper`, in any case.
+pub(super) fn is_keyword(token: &Token, upper: &str) -> bool {
+    matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(upper))
 }
 
 /// Split SQL into statements on `;` tokens; comments and whitespace are dropped, empty statements

@@ -13,7 +13,7 @@ use sqlparser::ast::{CopyTarget, Set, Statement};
 use sqlparser::tokenizer::Token;
 
 use super::classify::{classify_statement, parse_one};
-use super::fallback::StatementTokens;
+use super::fallback::{is_keyword, StatementTokens};
 use super::verdict::StatementFacts;
 
 /// Facts of `tokens` judged without an inert clause, or `None` when none of the cases above applies.
@@ -24,21 +24,20 @@ pub fn classify_without_inert_clause(tokens: &StatementTokens) -> Option<Stateme
     Some(classify_statement(&statement))
 }
 
-fn is_word(t: &Token, word: &str) -> bool {
-    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
-}
-
 /// `BEGIN` / `START TRANSACTION` / `SET [SESSION CHARACTERISTICS AS] TRANSACTION` without its
 /// `[NOT] DEFERRABLE` modes.
 fn without_deferrable(tokens: &[Token]) -> Option<Statement> {
     let first = tokens.first()?;
-    if !["BEGIN", "START", "SET"].iter().any(|w| is_word(first, w)) {
+    if !["BEGIN", "START", "SET"]
+        .iter()
+        .any(|w| is_keyword(first, w))
+    {
         return None;
     }
     let mut kept: Vec<Token> = Vec::with_capacity(tokens.len());
     for t in tokens {
-        if is_word(t, "DEFERRABLE") {
-            if kept.last().is_some_and(|last| is_word(last, "NOT")) {
+        if is_keyword(t, "DEFERRABLE") {
+            if kept.last().is_some_and(|last| is_keyword(last, "NOT")) {
                 kept.pop();
             }
             continue;
@@ -56,7 +55,7 @@ fn without_deferrable(tokens: &[Token]) -> Option<Statement> {
                 matches!(p, Token::Comma)
                     || ["BEGIN", "TRANSACTION", "WORK"]
                         .iter()
-                        .any(|w| is_word(p, w))
+                        .any(|w| is_keyword(p, w))
             });
             let trailing = !kept[i + 1..].iter().any(|t| !matches!(t, Token::EOF));
             if leading || trailing {
@@ -74,7 +73,7 @@ fn without_deferrable(tokens: &[Token]) -> Option<Statement> {
 /// `COPY … FROM STDIN` / `COPY … TO STDOUT` without the options after the target: `[WITH] ( … )` holding
 /// only option words, values and column lists, or the old bare-word form (`CSV HEADER`, `DELIMITER ','`).
 fn without_copy_options(tokens: &[Token]) -> Option<Statement> {
-    if !is_word(tokens.first()?, "COPY") {
+    if !is_keyword(tokens.first()?, "COPY") {
         return None;
     }
     let mut depth = 0usize;
@@ -83,7 +82,7 @@ fn without_copy_options(tokens: &[Token]) -> Option<Statement> {
         match t {
             Token::LParen => depth += 1,
             Token::RParen => depth = depth.checked_sub(1)?,
-            _ if depth == 0 && (is_word(t, "STDIN") || is_word(t, "STDOUT")) => {
+            _ if depth == 0 && (is_keyword(t, "STDIN") || is_keyword(t, "STDOUT")) => {
                 target = Some(i);
                 break;
             }
@@ -92,7 +91,7 @@ fn without_copy_options(tokens: &[Token]) -> Option<Statement> {
     }
     let target = target?;
     let mut rest = &tokens[target + 1..];
-    if rest.first().is_some_and(|t| is_word(t, "WITH")) {
+    if rest.first().is_some_and(|t| is_keyword(t, "WITH")) {
         rest = &rest[1..];
     }
     let inert = |t: &Token| {
@@ -103,7 +102,7 @@ fn without_copy_options(tokens: &[Token]) -> Option<Statement> {
                 | Token::SingleQuotedString(_)
                 | Token::Comma
                 | Token::Mul
-        ) && !is_word(t, "WHERE")
+        ) && !is_keyword(t, "WHERE")
     };
     if rest.first() == Some(&Token::LParen) {
         let mut depth = 0usize;
@@ -159,8 +158,8 @@ fn with_strong_row_locks(tokens: &[Token]) -> Option<Statement> {
     let mut changed = false;
     let mut i = 0;
     while i < tokens.len() {
-        let after_for = out.last().is_some_and(|t| is_word(t, "FOR"));
-        let next = |k: usize, w: &str| tokens.get(i + k).is_some_and(|t| is_word(t, w));
+        let after_for = out.last().is_some_and(|t| is_keyword(t, "FOR"));
+        let next = |k: usize, w: &str| tokens.get(i + k).is_some_and(|t| is_keyword(t, w));
         if after_for && next(0, "NO") && next(1, "KEY") && next(2, "UPDATE") {
             out.push(tokens[i + 2].clone());
             i += 3;

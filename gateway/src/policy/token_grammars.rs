@@ -7,7 +7,7 @@
 
 use sqlparser::tokenizer::Token;
 
-use super::fallback::StatementTokens;
+use super::fallback::{keyword, StatementTokens};
 use super::verdict::{Action, StatementFacts};
 
 /// Facts for a statement of the small grammars above, or `None` when it is not exactly one of them.
@@ -53,14 +53,6 @@ pub fn classify_by_grammar(tokens: &StatementTokens) -> Option<StatementFacts> {
             Action::Allow,
             "SET CONSTRAINTS only moves deferrable checks to commit; they still run".to_string(),
         )),
-        _ => None,
-    }
-}
-
-/// An unquoted word, upper-cased.
-fn keyword(token: &Token) -> Option<String> {
-    match token {
-        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
         _ => None,
     }
 }
