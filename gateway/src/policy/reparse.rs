@@ -1,6 +1,7 @@
 //! Statements sqlparser rejects only because of a clause that cannot change the verdict: they are judged
 //! as the statement without that clause, and only when what remains parses as the same kind of statement.
-//! The SQL sent upstream is always the original text; this only decides how it is classified.
+//! The SQL sent upstream is always the original text; this only decides how it is classified. Statement
+//! tokens carry no whitespace or EOF (see `split_statements`).
 //!
 //! - `[NOT] DEFERRABLE` among transaction modes (tokio-postgres' and psycopg's transaction builders):
 //!   it only makes a serializable read-only transaction wait for a safe snapshot.
@@ -57,7 +58,7 @@ fn without_deferrable(tokens: &[Token]) -> Option<Statement> {
                         .iter()
                         .any(|w| is_keyword(p, w))
             });
-            let trailing = !kept[i + 1..].iter().any(|t| !matches!(t, Token::EOF));
+            let trailing = i + 1 == kept.len();
             if leading || trailing {
                 continue;
             }
@@ -125,7 +126,7 @@ fn without_copy_options(tokens: &[Token]) -> Option<Statement> {
                     depth -= 1;
                     if depth == 0 {
                         // Anything after the option list (a WHERE clause) keeps the statement unparsed.
-                        if rest[i + 1..].iter().any(|t| !matches!(t, Token::EOF)) {
+                        if i + 1 < rest.len() {
                             return None;
                         }
                         break;
@@ -138,7 +139,7 @@ fn without_copy_options(tokens: &[Token]) -> Option<Statement> {
         if depth != 0 {
             return None;
         }
-    } else if !rest.iter().all(|t| inert(t) || matches!(t, Token::EOF)) {
+    } else if !rest.iter().all(inert) {
         return None;
     }
     let statement = parse_one(tokens[..=target].to_vec()).ok()?;
