@@ -3,7 +3,7 @@
 
 use countersign_bot::StatementHash;
 use countersign_gateway::pg::testing::{GateEvent, StaticGate};
-use countersign_gateway::pg::{HoldOutcome, UpstreamTarget, WireConfig, WireServer};
+use countersign_gateway::pg::{HoldOutcome, UpstreamTarget, WireConfig, WireServer, WireWorkers};
 use countersign_gateway::policy::Action;
 use futures::SinkExt;
 use std::net::SocketAddr;
@@ -929,26 +929,15 @@ async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
 
 #[tokio::test]
 async fn sessions_shared_with_a_worker_runtime_relay_and_cancel_on_both_threads() {
-    let (worker_tx, worker_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        worker_tx.send(rt.handle().clone()).unwrap();
-        rt.block_on(async move {
-            let _ = stop_rx.await;
-        });
-    });
-    let handle = worker_rx.recv().unwrap();
+    let workers = WireWorkers::start(1, "test-wire-worker").unwrap();
+    let handle = workers.handles().remove(0);
     let gate = Arc::new(StaticGate::new("app", upstream("test"), TOKEN));
     let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
     config.allow_cleartext_without_tls = true;
     let server = WireServer::bind(config, gate.clone())
         .await
         .unwrap()
-        .with_workers(vec![handle.clone()]);
+        .with_workers(workers.handles());
     let addr = server.local_addr().unwrap();
     tokio::spawn(server.run(std::future::pending()));
 
@@ -982,6 +971,5 @@ async fn sessions_shared_with_a_worker_runtime_relay_and_cancel_on_both_threads(
         assert_eq!(result.unwrap_err().code(), Some(&SqlState::QUERY_CANCELED));
         assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 3);
     }
-    let _ = stop_tx.send(());
-    worker.join().unwrap();
+    drop(workers);
 }

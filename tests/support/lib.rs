@@ -136,42 +136,9 @@ pub struct Gateway {
     pub http: reqwest::Client,
     _dir: Option<countersign_bot::testing::TempDir>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _wire_worker: Option<WireWorker>,
-}
-
-/// A single-threaded runtime on its own thread that takes every other wire session, as `countersign serve`
-/// does with `[wire] threads = 2`: holds, approvals and cancels then cross runtimes in every wire test.
-/// Stops (and drops its sessions) when dropped.
-struct WireWorker {
-    handle: tokio::runtime::Handle,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl WireWorker {
-    fn start() -> Self {
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("test-wire-worker".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("wire worker runtime");
-                handle_tx
-                    .send(rt.handle().clone())
-                    .expect("test waits for the handle");
-                rt.block_on(async move {
-                    let _ = stopped.await;
-                });
-            })
-            .expect("wire worker thread");
-        let handle = handle_rx.recv().expect("wire worker started");
-        Self {
-            handle,
-            _stop: stop,
-        }
-    }
+    /// One worker runtime taking every other wire session, as `countersign serve` does with
+    /// `[wire] threads = 2`: holds, approvals and cancels then cross runtimes in every wire test.
+    _wire_workers: Option<countersign_gateway::pg::WireWorkers>,
 }
 
 impl Drop for Gateway {
@@ -265,15 +232,16 @@ pub async fn spawn_gateway(toml: &str, backend: Backend) -> Gateway {
         .await;
     }));
     let mut wire = None;
-    let mut wire_worker = None;
+    let mut wire_workers = None;
     if let Some(wcfg) = wire_cfg {
         let gate: Arc<dyn countersign_gateway::pg::gate::WireGate> = engine.clone();
-        let worker = WireWorker::start();
+        let workers = countersign_gateway::pg::WireWorkers::start(1, "test-wire-worker")
+            .expect("start a wire worker");
         let server = countersign_gateway::pg::server::WireServer::bind(wcfg, gate)
             .await
             .expect("bind wire")
-            .with_workers(vec![worker.handle.clone()]);
-        wire_worker = Some(worker);
+            .with_workers(workers.handles());
+        wire_workers = Some(workers);
         wire = Some(server.local_addr().unwrap());
         tasks.push(tokio::spawn(async move {
             let _ = server.run(std::future::pending::<()>()).await;
@@ -288,7 +256,7 @@ pub async fn spawn_gateway(toml: &str, backend: Backend) -> Gateway {
         http: reqwest::Client::new(),
         _dir: dir,
         tasks,
-        _wire_worker: wire_worker,
+        _wire_workers: wire_workers,
     }
 }
 

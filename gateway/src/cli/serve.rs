@@ -65,27 +65,12 @@ async fn spawn_wire(
     let addr = wcfg.listen;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
-    let mut workers = Vec::new();
-    let mut worker_threads = Vec::new();
-    for i in 1..wcfg.thread_count() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting a wire worker runtime")?;
-        workers.push(rt.handle().clone());
-        let mut halt = halt_rx.clone();
-        worker_threads.push(
-            std::thread::Builder::new()
-                .name(format!("countersign-wire-{i}"))
-                .spawn(move || {
-                    rt.block_on(async move {
-                        let _ = halt.wait_for(|h| *h).await;
-                    });
-                })
-                .context("starting a wire worker thread")?,
-        );
-    }
+    let workers = crate::pg::server::WireWorkers::start(
+        wcfg.thread_count().saturating_sub(1),
+        "countersign-wire",
+    )
+    .context("starting the wire worker threads")?;
+    let worker_handles = workers.handles();
     std::thread::Builder::new()
         .name("countersign-wire".into())
         .spawn(move || {
@@ -99,7 +84,7 @@ async fn spawn_wire(
             rt.block_on(async move {
                 let gate: Arc<dyn crate::pg::gate::WireGate> = engine;
                 let server = match crate::pg::server::WireServer::bind(wcfg, gate).await {
-                    Ok(s) => s.with_workers(workers),
+                    Ok(s) => s.with_workers(worker_handles),
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow::Error::new(e).context(format!(
                             "binding the Postgres wire listener on {addr} (set [wire] listen to a free address)"
@@ -117,10 +102,7 @@ async fn spawn_wire(
                 // Sessions keep running (held clients get their answer) until the main runtime says exit.
                 let _ = tokio::time::timeout(Duration::from_secs(40), exit).await;
             });
-            let _ = halt_tx.send(true);
-            for t in worker_threads {
-                let _ = t.join();
-            }
+            drop(workers);
             let _ = done_tx.send(());
         })
         .context("starting the wire proxy thread")?;

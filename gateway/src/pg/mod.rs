@@ -32,5 +32,5 @@ pub use gate::{
     ExecutionOutcome, GateError, HoldOutcome, HoldTicket, SessionInfo, StatementRecord,
     UpstreamTarget, WireAuthError, WireGate,
 };
-pub use server::{serve, WireServer};
+pub use server::{serve, WireServer, WireWorkers};
 pub use upstream_tls::{ChannelBindingMode, ClientCert, RootCert, SslMode, UpstreamTls};

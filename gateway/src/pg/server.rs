@@ -123,6 +123,58 @@ impl WireServer {
     }
 }
 
+/// Single-threaded runtimes, each on its own thread, that take a share of a [`WireServer`]'s sessions
+/// ([`WireServer::with_workers`]). Dropping the pool stops the runtimes, which ends their sessions, and
+/// joins the threads.
+pub struct WireWorkers {
+    handles: Vec<Handle>,
+    halt: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl WireWorkers {
+    /// Starts `count` runtimes on threads named `{name}-1`, `{name}-2`, ….
+    pub fn start(count: usize, name: &str) -> std::io::Result<Self> {
+        let (halt, halted) = tokio::sync::watch::channel(false);
+        let mut workers = Self {
+            handles: Vec::with_capacity(count),
+            halt,
+            threads: Vec::with_capacity(count),
+        };
+        for i in 1..=count {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            workers.handles.push(rt.handle().clone());
+            let mut halted = halted.clone();
+            workers.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || {
+                        rt.block_on(async move {
+                            let _ = halted.wait_for(|h| *h).await;
+                        });
+                    })?,
+            );
+        }
+        Ok(workers)
+    }
+
+    /// Handles to the runtimes, for [`WireServer::with_workers`].
+    pub fn handles(&self) -> Vec<Handle> {
+        self.handles.clone()
+    }
+}
+
+impl Drop for WireWorkers {
+    fn drop(&mut self) {
+        let _ = self.halt.send(true);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Moves an accepted socket to another runtime: it is deregistered here and registered with the
 /// worker's reactor there.
 fn hand_over(tcp: TcpStream, peer: SocketAddr, worker: &Handle, shared: Arc<Shared>) {
