@@ -725,13 +725,7 @@ mod tests {
         // Digits, every separator, bytes next to them, and non-ASCII bytes whose low seven bits
         // are a digit or a separator.
         let alphabet: &[u8] = b"0123456789 -.()+*,/'a:\x00\xb0\xb9\xa0\xad\xae\xa8\xff";
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: usize| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as usize % n
-        };
+        let mut next = crate::masking::fixed_sequence(0x9e37_79b9_7f4a_7c15u64);
         for _ in 0..50_000 {
             let len = next(40);
             // Mostly digits and separators, so long runs occur.
@@ -760,13 +754,7 @@ mod tests {
     #[test]
     fn the_ssn_layout_test_agrees_with_the_run_scan() {
         let alphabet = b"0123456789--- +.(a";
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: usize| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as usize % n
-        };
+        let mut next = crate::masking::fixed_sequence(0x2545_f491_4f6c_dd1du64);
         let mut values: Vec<Vec<u8>> = [
             &b"123-45-6789"[..],
             b"078-05-1120",

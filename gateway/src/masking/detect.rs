@@ -1103,13 +1103,7 @@ mod tests {
     #[test]
     fn prefilter_drops_no_finding_in_generated_values() {
         // A fixed linear congruential generator: the same 20,000 values on every run.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: usize| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as usize % n
-        };
+        let mut next = crate::masking::fixed_sequence(0x2545_f491_4f6c_dd1du64);
         for _ in 0..20_000 {
             let mut text = String::new();
             for _ in 0..1 + next(4) {

@@ -27,6 +27,19 @@ pub mod style;
 pub mod tables;
 mod utf8;
 
+/// A fixed linear congruential generator for tests over generated values: the same sequence on every
+/// run. Each call `next(n)` gives a number in `0..n`.
+#[cfg(test)]
+pub(crate) fn fixed_sequence(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut state = seed;
+    move |n| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize % n
+    }
+}
+
 pub use detect::{Detector, DetectorSet, Finding};
 pub use hash_cache::HashCache;
 pub use rules::{CompiledRules, MaskRule, MaskingConfig, MaskingError};
