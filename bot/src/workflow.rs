@@ -145,7 +145,21 @@ pub struct Workflow {
     /// A change feed is connected: waiters are woken by it and re-check the store only rarely.
     feed_live: AtomicBool,
     observer: Option<Arc<dyn WorkflowObserver>>,
+    /// The store belongs to this process alone (SQLite): executions left by an earlier run are over.
+    single_process: bool,
+    /// Executions this process claimed and has not reported yet, with a result the store refused.
+    running: Mutex<HashMap<RequestId, Option<ExecutionSummary>>>,
 }
+
+/// How long an execution may go without its gateway marking it alive before another replica declares
+/// it interrupted. Gateways mark theirs every [`EXECUTION_HEARTBEAT`].
+pub const EXECUTION_QUIET_AFTER: Duration = Duration::from_secs(120);
+
+/// How often a gateway marks the executions it is running as alive (and retries unreported results).
+pub const EXECUTION_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// The error an interrupted execution is recorded with.
+pub const INTERRUPTED: &str = "interrupted: the gateway running this statement stopped before it reported a result, so whether it ran is unknown; check the database before requesting it again";
 
 impl Workflow {
     /// A workflow that notifies `sinks` (opaque channel names) through the store's outbox.
@@ -162,6 +176,8 @@ impl Workflow {
             shutting_down: AtomicBool::new(false),
             feed_live: AtomicBool::new(single_process),
             observer: None,
+            single_process,
+            running: Mutex::default(),
         }
     }
 
@@ -372,8 +388,13 @@ impl Workflow {
             audit: AuditEntry::new("system", "request.execution_started", "system").request(id),
             execution: None,
             notify: None,
+            quiet_since_ms: None,
         };
-        Ok(self.store.transition(id, t, &self.sinks).await?)
+        let claimed = self.store.transition(id, t, &self.sinks).await?;
+        if claimed.is_some() {
+            self.running_map().insert(id, None);
+        }
+        Ok(claimed)
     }
 
     /// Record the result of the single execution (executing → executed | failed).
@@ -394,12 +415,96 @@ impl Workflow {
                 .request(id)
                 .decision(to.as_str())
                 .detail(serde_json::to_value(&summary).unwrap_or_default()),
-            execution: Some(summary),
+            execution: Some(summary.clone()),
             notify: Some(NotifyKind::Executed),
+            quiet_since_ms: None,
         };
-        let v = self.store.transition(id, t, &self.sinks).await?;
+        let v = match self.store.transition(id, t, &self.sinks).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Kept for the next heartbeat to report: the result must not be lost to a store outage.
+                self.running_map().insert(id, Some(summary));
+                return Err(e.into());
+            }
+        };
+        self.running_map().remove(&id);
+        if v.is_none() {
+            // Declared interrupted meanwhile (this gateway could not mark it alive): the real outcome
+            // still belongs in the audit trail.
+            self.store
+                .append_audit(
+                    AuditEntry::new("system", "request.result_after_interrupt", "system")
+                        .request(id)
+                        .decision(to.as_str())
+                        .detail(serde_json::to_value(&summary).unwrap_or_default()),
+                )
+                .await?;
+        }
         self.hub.wake(id);
         Ok(v)
+    }
+
+    fn running_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<RequestId, Option<ExecutionSummary>>> {
+        // A panic elsewhere while holding the lock leaves the map usable.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks this process's executions alive, retries results the store refused, and declares
+    /// executions no gateway has marked alive since `quiet_since_ms` interrupted (failed, outcome
+    /// unknown). Returns how many were declared interrupted.
+    pub async fn keep_executions(&self, quiet_since_ms: i64) -> Result<usize, WorkflowError> {
+        let (alive, unreported): (Vec<_>, Vec<_>) = {
+            let running = self.running_map();
+            let alive = running
+                .iter()
+                .filter(|(_, r)| r.is_none())
+                .map(|(id, _)| *id)
+                .collect();
+            let unreported = running
+                .iter()
+                .filter_map(|(id, r)| r.clone().map(|r| (*id, r)))
+                .collect();
+            (alive, unreported)
+        };
+        for (id, summary) in unreported {
+            self.finish(id, summary).await?;
+        }
+        if !alive.is_empty() {
+            self.store
+                .touch_executing(&alive, crate::store::backend::now_ms())
+                .await?;
+        }
+        let mut n = 0;
+        for id in self.store.quiet_executions(quiet_since_ms, 500).await? {
+            if self.running_map().contains_key(&id) {
+                continue;
+            }
+            let summary = ExecutionSummary {
+                command_tag: None,
+                rows: None,
+                error: Some(INTERRUPTED.to_string()),
+                duration_ms: 0,
+            };
+            let t = Transition {
+                from: &[RequestStatus::Executing],
+                to: RequestStatus::Failed,
+                audit: AuditEntry::new("system", "request.execution_interrupted", "system")
+                    .request(id)
+                    .decision(RequestStatus::Failed.as_str())
+                    .detail(serde_json::to_value(&summary).unwrap_or_default()),
+                execution: Some(summary),
+                notify: Some(NotifyKind::Executed),
+                quiet_since_ms: Some(quiet_since_ms),
+            };
+            if self.store.transition(id, t, &self.sinks).await?.is_some() {
+                tracing::warn!(request_id = %id, "an approved execution was interrupted (its gateway stopped); recorded as failed, outcome unknown");
+                self.hub.wake(id);
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Cancel a pending request on behalf of its requester (pending → cancelled).
@@ -417,6 +522,7 @@ impl Workflow {
                 .decision("cancelled"),
             execution: None,
             notify: Some(NotifyKind::Resolved),
+            quiet_since_ms: None,
         };
         let v = self.store.transition(id, t, &self.sinks).await?;
         self.hub.wake(id);
@@ -437,6 +543,7 @@ impl Workflow {
                     .decision("expired"),
                 execution: None,
                 notify: Some(NotifyKind::Resolved),
+                quiet_since_ms: None,
             };
             if self.store.transition(id, t, &self.sinks).await?.is_some() {
                 tracing::info!(request_id = %id, "request expired");
@@ -447,16 +554,36 @@ impl Workflow {
         Ok(n)
     }
 
-    /// Run [`Workflow::expire_due`] every `every` until the task is dropped.
+    /// Run [`Workflow::expire_due`] every `every`, and [`Workflow::keep_executions`] every
+    /// [`EXECUTION_HEARTBEAT`] (at most `every`), until the task is dropped. With a store of its own
+    /// (SQLite), executions an earlier run of this process left unfinished are declared interrupted at
+    /// once; replicas sharing a store wait [`EXECUTION_QUIET_AFTER`] for another gateway's.
     pub fn spawn_expiry(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let wf = Arc::clone(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut expiry = tokio::time::interval(every);
+            expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut heartbeat = tokio::time::interval(EXECUTION_HEARTBEAT.min(every));
+            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut first = wf.single_process;
             loop {
-                tick.tick().await;
-                if let Err(e) = wf.expire_due().await {
-                    tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
+                tokio::select! {
+                    _ = expiry.tick() => {
+                        if let Err(e) = wf.expire_due().await {
+                            tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
+                        }
+                    }
+                    _ = heartbeat.tick() => {
+                        let now = crate::store::backend::now_ms();
+                        let quiet_since = if std::mem::take(&mut first) {
+                            now
+                        } else {
+                            now - EXECUTION_QUIET_AFTER.as_millis() as i64
+                        };
+                        if let Err(e) = wf.keep_executions(quiet_since).await {
+                            tracing::warn!(error = %e, "could not mark running executions alive; retrying next tick");
+                        }
+                    }
                 }
             }
         })

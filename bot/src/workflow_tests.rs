@@ -631,3 +631,128 @@ async fn audited_changes_work_where_the_store_role_may_not_emit_wal_messages() {
         let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await;
     }
 }
+
+/// Approves `id` with one reviewer (quorum 1) and claims it on `wf`.
+async fn approved_and_claimed(wf: &Workflow, sql: &str) -> crate::ids::RequestId {
+    let id = created(wf, sql, 1).await;
+    approve(wf, id, "reviewer1@example.com").await;
+    assert!(wf.claim(id).await.unwrap().is_some(), "claim {sql}");
+    id
+}
+
+fn ms_now() -> i64 {
+    crate::store::backend::now_ms()
+}
+
+async fn audit_actions(store: &Arc<dyn Store>, id: crate::ids::RequestId) -> Vec<String> {
+    let records = store.audit_records(0, 10_000).await.unwrap();
+    assert!(
+        matches!(verify_chain(&records), ChainCheck::Intact { .. }),
+        "{}",
+        store.backend()
+    );
+    records
+        .iter()
+        .filter(|r| r.entry.request_id == Some(id.to_string()))
+        .map(|r| r.entry.action.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_execution_left_by_a_stopped_gateway_is_declared_interrupted_and_a_late_result_audited()
+{
+    for (store, _g) in stores().await {
+        // `gone` claimed the execution, then stopped marking it alive; `other` is a replica (or the
+        // restarted process).
+        let gone = workflow(store.clone());
+        let other = workflow(store.clone());
+        let id = approved_and_claimed(&gone, "DELETE FROM stale_orders").await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(other.keep_executions(ms_now()).await.unwrap(), 1);
+        let view = other.get(id).await.unwrap();
+        assert_eq!(
+            view.request.status,
+            RequestStatus::Failed,
+            "{}",
+            store.backend()
+        );
+        let execution = view.request.execution.unwrap();
+        assert_eq!(
+            execution.error.as_deref(),
+            Some(crate::workflow::INTERRUPTED)
+        );
+        // Declared once.
+        assert_eq!(other.keep_executions(ms_now()).await.unwrap(), 0);
+        // The stopped gateway's result arrives after all: the status stays, the outcome is audited.
+        let late = ExecutionSummary {
+            command_tag: Some("DELETE 7".into()),
+            rows: Some(7),
+            error: None,
+            duration_ms: 3,
+        };
+        assert!(gone.finish(id, late).await.unwrap().is_none());
+        assert_eq!(
+            gone.get(id).await.unwrap().request.status,
+            RequestStatus::Failed
+        );
+        let actions = audit_actions(&store, id).await;
+        assert!(
+            actions.ends_with(&[
+                "request.execution_started".into(),
+                "request.execution_interrupted".into(),
+                "request.result_after_interrupt".into(),
+            ]),
+            "{}: {actions:?}",
+            store.backend()
+        );
+        // The executed-event reaches the channels, so reviewers see the failure in their thread.
+        let queued = store.outbox_list(None, 1000).await.unwrap();
+        let queued: Vec<_> = queued
+            .iter()
+            .filter(|o| o.request_id == Some(id.to_string()))
+            .collect();
+        assert!(
+            queued.iter().any(|o| o.event_kind == "executed"),
+            "{}: {:?}",
+            store.backend(),
+            queued.iter().map(|o| &o.event_kind).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_execution_its_gateway_keeps_alive_is_not_interrupted() {
+    for (store, _g) in stores().await {
+        let running = workflow(store.clone());
+        let other = workflow(store.clone());
+        let id = approved_and_claimed(&running, "DELETE FROM live_orders").await;
+        let claimed_by = ms_now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The running gateway's heartbeat marks it alive after the claim...
+        assert_eq!(
+            running.keep_executions(claimed_by - 60_000).await.unwrap(),
+            0
+        );
+        // ...so a replica looking for executions quiet since the claim finds none.
+        assert_eq!(other.keep_executions(claimed_by).await.unwrap(), 0);
+        assert_eq!(
+            other.get(id).await.unwrap().request.status,
+            RequestStatus::Executing,
+            "{}",
+            store.backend()
+        );
+        // The gateway's own sweep never declares its own execution interrupted.
+        assert_eq!(running.keep_executions(ms_now()).await.unwrap(), 0);
+        let done = ExecutionSummary {
+            command_tag: Some("DELETE 1".into()),
+            rows: Some(1),
+            error: None,
+            duration_ms: 1,
+        };
+        let view = running.finish(id, done).await.unwrap().unwrap();
+        assert_eq!(view.request.status, RequestStatus::Executed);
+        assert!(!audit_actions(&store, id)
+            .await
+            .contains(&"request.execution_interrupted".to_string()));
+    }
+}

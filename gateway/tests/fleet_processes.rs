@@ -327,3 +327,222 @@ async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() 
         .unwrap();
     assert_eq!(status, "pending", "the request survives the shutdown");
 }
+
+/// The request's JSON as `GET /v1/requests/{id}` shows it.
+async fn request_json(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
+    http.get(format!("{base}/v1/requests/{id}"))
+        .bearer_auth(AGENT_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls until the request's status is `want`, or fails naming the last status seen.
+async fn await_status(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    want: &str,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = request_json(http, base, id).await;
+        if body["status"] == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "request {id} never became {want}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_killed_mid_execution_records_it_interrupted_after_restart() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The default store: one SQLite file, which the restarted process reopens.
+    let data = countersign_bot::testing::TempDir::new();
+    let store_url = format!("sqlite://{}/state.db", data.path().display());
+    let reviewers = format!(
+        "[[identity.static_tokens]]\nname = \"bob\"\nsha256 = \"{}\"\nkind = \"human\"\nemail = \"bob@example.com\"\n\n[[identity.static_tokens]]\nname = \"carol\"\nsha256 = \"{}\"\nkind = \"human\"\nemail = \"carol@example.com\"\n",
+        sha("bob-token"),
+        sha("carol-token")
+    );
+    let table = format!("interrupted_{}", uuid::Uuid::new_v4().simple());
+    let (mut admin, _) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .map(|(c, conn)| (c, tokio::spawn(conn)))
+    .expect("PostgreSQL on 127.0.0.1:5432");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int); INSERT INTO {table} VALUES (1)"
+        ))
+        .await
+        .unwrap();
+
+    let port = free_port();
+    let toml = config(&store_url, port, &reviewers);
+    let mut a = Replica::start(&toml, port).await;
+    let http = reqwest::Client::new();
+    let sql = format!("DELETE FROM {table}");
+    let id = hold(&http, &a.base, &sql).await;
+    for reviewer in ["bob-token", "carol-token"] {
+        let r = http
+            .post(format!("{}/v1/requests/{id}/votes", a.base))
+            .bearer_auth(reviewer)
+            .json(&serde_json::json!({ "decision": "approve" }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "vote: {}", r.status());
+    }
+    await_status(&http, &a.base, &id, "approved").await;
+
+    // A lock held elsewhere keeps the approved DELETE running when the gateway dies.
+    let locker = admin.transaction().await.unwrap();
+    locker
+        .batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .unwrap();
+    let run = {
+        let (http, base, sql) = (http.clone(), a.base.clone(), sql.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/v1/connections/local/query"))
+                .bearer_auth(AGENT_TOKEN)
+                .json(&serde_json::json!({ "sql": sql }))
+                .send()
+                .await
+        })
+    };
+    await_status(&http, &a.base, &id, "executing").await;
+    a.kill_9();
+    assert!(
+        run.await.unwrap().is_err(),
+        "the agent's call ends with the process"
+    );
+    locker.rollback().await.unwrap();
+
+    let b = Replica::start(&toml, port).await;
+    let body = await_status(&http, &b.base, &id, "failed").await;
+    let error = body["execution"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("interrupted:"),
+        "the failure says the outcome is unknown: {body}"
+    );
+    // The interruption is in the audit trail, and the chain still verifies.
+    let out = Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .arg("--config")
+        .arg(b._dir.path().join("countersign.toml"))
+        .args(["audit", "verify"])
+        .output()
+        .expect("run countersign audit verify");
+    assert!(
+        out.status.success(),
+        "audit verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .arg("--config")
+        .arg(b._dir.path().join("countersign.toml"))
+        .args(["audit", "export"])
+        .output()
+        .expect("run countersign audit export");
+    let records = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        records
+            .lines()
+            .any(|l| l.contains("request.execution_interrupted") && l.contains(&id)),
+        "the interruption is audited: {records}"
+    );
+    // Re-running the statement is a new request: an interrupted execution is never run again unasked.
+    let again = hold(&http, &b.base, &sql).await;
+    assert_ne!(again, id);
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_hanging_up_mid_execution_still_gets_its_statement_finished_and_recorded() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data = countersign_bot::testing::TempDir::new();
+    let store_url = format!("sqlite://{}/state.db", data.path().display());
+    let reviewers = format!(
+        "[[identity.static_tokens]]\nname = \"bob\"\nsha256 = \"{}\"\nkind = \"human\"\nemail = \"bob@example.com\"\n\n[[identity.static_tokens]]\nname = \"carol\"\nsha256 = \"{}\"\nkind = \"human\"\nemail = \"carol@example.com\"\n",
+        sha("bob-token"),
+        sha("carol-token")
+    );
+    let table = format!("hangup_{}", uuid::Uuid::new_v4().simple());
+    let (mut admin, _) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .map(|(c, conn)| (c, tokio::spawn(conn)))
+    .expect("PostgreSQL on 127.0.0.1:5432");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int); INSERT INTO {table} VALUES (1), (2)"
+        ))
+        .await
+        .unwrap();
+    let port = free_port();
+    let a = Replica::start(&config(&store_url, port, &reviewers), port).await;
+    let http = reqwest::Client::new();
+    let sql = format!("DELETE FROM {table}");
+    let id = hold(&http, &a.base, &sql).await;
+    for reviewer in ["bob-token", "carol-token"] {
+        let r = http
+            .post(format!("{}/v1/requests/{id}/votes", a.base))
+            .bearer_auth(reviewer)
+            .json(&serde_json::json!({ "decision": "approve" }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "vote: {}", r.status());
+    }
+    await_status(&http, &a.base, &id, "approved").await;
+    let locker = admin.transaction().await.unwrap();
+    locker
+        .batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .unwrap();
+    // The agent gives up (its connection closes) while the DELETE waits for the lock.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!("{}/v1/connections/local/query", a.base))
+        .bearer_auth(AGENT_TOKEN)
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await;
+    assert!(r.is_err(), "the agent's call timed out: {r:?}");
+    assert_eq!(
+        request_json(&http, &a.base, &id).await["status"],
+        "executing"
+    );
+    locker.rollback().await.unwrap();
+    let body = await_status(&http, &a.base, &id, "executed").await;
+    assert_eq!(body["execution"]["command_tag"], "DELETE 2", "{body}");
+    let left: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the approved DELETE ran once, to the end");
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}

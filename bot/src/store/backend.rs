@@ -712,6 +712,12 @@ macro_rules! sql_store {
                 if !t.from.iter().any(|s| s.as_str() == current) {
                     return Ok(None);
                 }
+                if let Some(quiet_since) = t.quiet_since_ms {
+                    let updated: i64 = locked.try_get("updated_ms")?;
+                    if updated > quiet_since {
+                        return Ok(None);
+                    }
+                }
                 let execution = match &t.execution {
                     Some(e) => Some(serde_json::to_string(e)?),
                     None => None,
@@ -746,6 +752,31 @@ macro_rules! sql_store {
             async fn due_for_expiry(&self, now_ms: i64, limit: u32) -> Result<Vec<RequestId>, StoreError> {
                 let rows = sqlx::query("SELECT id FROM requests WHERE status = 'pending' AND expires_ms <= $1 ORDER BY expires_ms LIMIT $2")
                     .bind(now_ms)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let s: String = r.try_get("id")?;
+                        s.parse().map_err(|_| StoreError::Corrupt(format!("bad request id {s:?}")))
+                    })
+                    .collect()
+            }
+
+            async fn touch_executing(&self, ids: &[RequestId], now_ms: i64) -> Result<(), StoreError> {
+                for id in ids {
+                    sqlx::query("UPDATE requests SET updated_ms = $1 WHERE id = $2 AND status = 'executing' AND updated_ms < $1")
+                        .bind(now_ms)
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            async fn quiet_executions(&self, quiet_since_ms: i64, limit: u32) -> Result<Vec<RequestId>, StoreError> {
+                let rows = sqlx::query("SELECT id FROM requests WHERE status = 'executing' AND updated_ms <= $1 ORDER BY updated_ms LIMIT $2")
+                    .bind(quiet_since_ms)
                     .bind(limit as i64)
                     .fetch_all(&self.pool)
                     .await?;

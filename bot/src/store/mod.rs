@@ -53,6 +53,9 @@ pub struct Transition {
     pub execution: Option<ExecutionSummary>,
     /// Event kind to enqueue for notifiers, if any.
     pub notify: Option<NotifyKind>,
+    /// Apply only when the request was last changed at or before this time (ms since the epoch): an
+    /// execution whose gateway kept it fresh is not taken over as interrupted.
+    pub quiet_since_ms: Option<i64>,
 }
 
 /// Which event a transition emits.
@@ -111,6 +114,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<RequestView>, StoreError>;
     /// Pending requests whose expiry has passed.
     async fn due_for_expiry(&self, now_ms: i64, limit: u32) -> Result<Vec<RequestId>, StoreError>;
+    /// Marks executions this process is running as alive (their `updated_ms` becomes `now_ms`).
+    async fn touch_executing(&self, ids: &[RequestId], now_ms: i64) -> Result<(), StoreError>;
+    /// Executing requests last changed at or before `quiet_since_ms`: their gateway stopped keeping
+    /// them fresh.
+    async fn quiet_executions(
+        &self,
+        quiet_since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<RequestId>, StoreError>;
 
     /// Append a standalone audit record (refusals, authentication failures, forged signatures).
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError>;

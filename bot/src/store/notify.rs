@@ -192,6 +192,7 @@ mod tests {
             audit: AuditEntry::new("system", "test", "system"),
             execution: None,
             notify: None,
+            quiet_since_ms: None,
         };
         assert!(s.transition(id, t, &[]).await.unwrap().is_none());
         assert!(

@@ -221,10 +221,41 @@ async fn run_approved(
     id: RequestId,
 ) -> (Result<Response, ApiError>, Note) {
     let started = Instant::now();
-    let out = st.engine.execute(name, sql, verdict).await;
-    st.engine
-        .finish(id, summarize(&out, started.elapsed()))
-        .await;
+    // The single execution and its report run to the end even when the agent hangs up meanwhile (the
+    // handler is then dropped): an approved statement must never be left `executing` by a disconnect.
+    let run = {
+        let (engine, name, sql, verdict) = (
+            st.engine.clone(),
+            name.to_string(),
+            sql.to_string(),
+            verdict.clone(),
+        );
+        tokio::spawn(async move {
+            let out = engine.execute(&name, &sql, &verdict).await;
+            engine.finish(id, summarize(&out, started.elapsed())).await;
+            out
+        })
+    };
+    let out = match run.await {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::error!(request_id = %id, error = %e, "the approved execution's task failed");
+            return (
+                Err(ApiError::unavailable(format!(
+                    "the approved execution of request {id} stopped unexpectedly; GET /v1/requests/{id} shows what was recorded"
+                ))),
+                Note {
+                    decision: "review",
+                    request_id: Some(id),
+                    outcome: "error",
+                    command_tag: None,
+                    rows: None,
+                    error: Some(e.to_string()),
+                    masked_fields: 0,
+                },
+            );
+        }
+    };
     let note = Note::of(&out, "review", Some(id));
     (
         respond_with_result(&st.engine.metrics, out, verdict, Some(id), started),
