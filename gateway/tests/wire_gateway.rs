@@ -835,6 +835,127 @@ async fn client_disconnect_during_a_hold_cancels_the_approval_request() {
     );
 }
 
+/// A direct session to the test database, bypassing the gateway.
+async fn direct() -> Client {
+    let (client, connection) =
+        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=test", NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Waits until `sql` is running upstream and waiting on a lock.
+async fn waiting_on_a_lock(observer: &Client, sql: &str) {
+    for _ in 0..200 {
+        let n: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND wait_event_type = 'Lock'",
+                &[&sql],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{sql} never reached the upstream");
+}
+
+#[tokio::test]
+async fn approved_statement_runs_to_the_end_and_is_recorded_when_its_client_leaves() {
+    let (gate, addr) = start().await;
+    let setup = connect(addr).await;
+    let t = table_of_ids(&setup, "(1), (2), (3)").await;
+    let mut locker = direct().await;
+    let observer = direct().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute(&format!("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .unwrap();
+    gate.push_outcome(Duration::from_millis(50), HoldOutcome::Approved);
+    let sql = format!("DELETE FROM {t}");
+    let (client, connection) = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let running = {
+        let sql = sql.clone();
+        tokio::spawn(async move { client.simple_query(&sql).await })
+    };
+    waiting_on_a_lock(&observer, &sql).await;
+    let GateEvent::Hold { id, .. } =
+        eventually(&gate, "a hold", |e| matches!(e, GateEvent::Hold { .. })).await
+    else {
+        unreachable!()
+    };
+    // The client goes away while its approved DELETE waits upstream.
+    connection.abort();
+    running.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.rollback().await.unwrap();
+    let GateEvent::Executed(executed_id, outcome) =
+        eventually(&gate, "executed", |e| matches!(e, GateEvent::Executed(..))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(executed_id, id);
+    assert_eq!(outcome.command_tag.as_deref(), Some("DELETE 3"));
+    assert_eq!(outcome.error, None);
+    assert_eq!(rows_in(&setup, &t).await, 0, "the approved DELETE ran once");
+    drop_table(&setup, &t).await;
+}
+
+#[tokio::test]
+async fn approved_statement_whose_upstream_dies_is_recorded_as_unknown_when_its_client_left() {
+    let (gate, addr) = start().await;
+    let setup = connect(addr).await;
+    let t = table_of_ids(&setup, "(1)").await;
+    let mut locker = direct().await;
+    let observer = direct().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute(&format!("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .unwrap();
+    gate.push_outcome(Duration::from_millis(50), HoldOutcome::Approved);
+    let sql = format!("DELETE FROM {t}");
+    let (client, connection) = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let running = {
+        let sql = sql.clone();
+        tokio::spawn(async move { client.simple_query(&sql).await })
+    };
+    waiting_on_a_lock(&observer, &sql).await;
+    connection.abort();
+    running.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The upstream session running it is terminated before it finishes.
+    observer
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
+            &[&sql],
+        )
+        .await
+        .unwrap();
+    let GateEvent::Executed(_, outcome) =
+        eventually(&gate, "executed", |e| matches!(e, GateEvent::Executed(..))).await
+    else {
+        unreachable!()
+    };
+    let error = outcome.error.unwrap_or_default();
+    assert!(
+        error.contains("terminat") || error.contains("whether it ran is unknown"),
+        "the failure is recorded: {error}"
+    );
+    lock.rollback().await.unwrap();
+    assert_eq!(rows_in(&setup, &t).await, 1);
+    drop_table(&setup, &t).await;
+}
+
 /// A frontend message: tag, length, body.
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];

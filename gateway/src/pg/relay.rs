@@ -85,6 +85,8 @@ pub struct Relay<CR, CW, SR, SW> {
     batch: Batch,
     verdicts: VerdictMemo,
     ctx: SessionCtx,
+    /// The client has left: upstream output is still scanned (and recorded) but not sent.
+    client_gone: bool,
 }
 
 impl<CR, CW, SR, SW> Relay<CR, CW, SR, SW>
@@ -123,6 +125,7 @@ where
             batch: Batch::default(),
             verdicts: VerdictMemo::default(),
             ctx,
+            client_gone: false,
         }
     }
 
@@ -130,7 +133,9 @@ where
     pub async fn run(mut self) -> Result<(), WireError> {
         let result = {
             let _counted = super::spin::SessionOnThread::enter();
-            self.relay().await
+            let result = self.relay().await;
+            self.finish_approved_without_client().await;
+            result
         };
         if let Err(WireError::Protocol(msg)) = &result {
             let mut buf = BytesMut::new();
@@ -210,13 +215,24 @@ where
                 .backend
                 .scan(&self.sbuf, &mut self.rewritten, &mut self.finished)
                 .map_err(|_| WireError::Upstream("malformed message from the upstream".into()))?;
-            if rewrote {
-                self.client_w.write_all(&self.rewritten).await?;
-                self.rewritten.clear();
+            let sent = if self.client_gone {
+                Ok(())
+            } else if rewrote {
+                self.client_w.write_all(&self.rewritten).await
             } else if n > 0 {
-                self.client_w.write_all(&self.sbuf[..n]).await?;
-            }
+                self.client_w.write_all(&self.sbuf[..n]).await
+            } else {
+                Ok(())
+            };
+            self.rewritten.clear();
             self.sbuf.advance(n);
+            if let Err(e) = sent {
+                self.client_gone = true;
+                for f in self.finished.drain(..) {
+                    self.ctx.recorder.statement(&self.ctx.session, f);
+                }
+                return Err(e.into());
+            }
             // The scan stopped before a RowDescription naming tables a masking rule needs: look them up
             // (on a separate upstream session, bounded by a timeout), then scan on from that frame. Once
             // per table per session; the client has everything before it already.
@@ -228,11 +244,70 @@ where
                 break;
             }
         }
+        for f in self.finished.drain(..) {
+            self.ctx.recorder.statement(&self.ctx.session, f);
+        }
+        if self.client_gone {
+            return Ok(());
+        }
         self.flush_inject().await?;
         // A TLS client would otherwise wait on bytes left in the record buffer (see `flush_out`).
         self.client_w.flush().await?;
-        for f in self.finished.drain(..) {
-            self.ctx.recorder.statement(&self.ctx.session, f);
+        Ok(())
+    }
+
+    /// True while an approved statement is upstream and its result not yet recorded.
+    fn approved_in_flight(&self) -> bool {
+        self.backend.in_flight.iter().any(|f| f.executed.is_some())
+    }
+
+    /// When the session ends (the client left, or sent Terminate) with an approved statement upstream,
+    /// lets it run to the end and records its result, discarding its output: an approved request must
+    /// not be left `executing`. If the upstream fails first, the result is recorded as unknown.
+    async fn finish_approved_without_client(&mut self) {
+        if !self.approved_in_flight() {
+            return;
+        }
+        self.client_gone = true;
+        tracing::info!(session = %self.ctx.session.id, "the client left during an approved execution; waiting for its result to record it");
+        let Err(e) = self.drain_approved().await else {
+            return;
+        };
+        let error = format!(
+            "the upstream connection failed before the approved statement's result arrived ({e}); whether it ran is unknown"
+        );
+        for f in std::mem::take(&mut self.backend.in_flight) {
+            if f.executed.is_none() {
+                continue;
+            }
+            self.ctx.recorder.statement(
+                &self.ctx.session,
+                FinishedStatement {
+                    sql: f.sql,
+                    binds: f.binds,
+                    decision: f.decision,
+                    request_id: f.request_id,
+                    executed: f.executed,
+                    duration: f.received.elapsed(),
+                    run_time: f.forwarded.elapsed(),
+                    command_tag: None,
+                    error: Some(error.clone()),
+                    masked_fields: 0,
+                },
+            );
+        }
+    }
+
+    async fn drain_approved(&mut self) -> Result<(), WireError> {
+        self.flush_out().await?;
+        while self.approved_in_flight() {
+            reserve(&mut self.sbuf, self.backend.need);
+            if self.server_r.read_buf(&mut self.sbuf).await? == 0 {
+                return Err(WireError::Upstream(
+                    "the upstream closed the connection".into(),
+                ));
+            }
+            self.on_server_data().await?;
         }
         Ok(())
     }
