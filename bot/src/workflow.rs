@@ -444,6 +444,11 @@ impl Workflow {
         Ok(v)
     }
 
+    /// Executions this process claimed whose results are not yet in the store.
+    pub fn executions_in_progress(&self) -> usize {
+        self.running_map().len()
+    }
+
     fn running_map(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<RequestId, Option<ExecutionSummary>>> {

@@ -219,6 +219,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     // In-flight HTTP requests finish (axum's graceful shutdown waits for them).
     let _ = tokio::time::timeout(Duration::from_secs(30), http_task).await;
+    // Results of approved executions reach the store (wire results pass through the recorder's tick), so a
+    // clean stop never leaves one to be declared interrupted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while engine.workflow.executions_in_progress() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     sessions_task.abort();
     engine.end_idle_http_sessions(Duration::ZERO).await;
     // Give the outbox one last pass so queued notifications go out before exit; the rest survive in the store.
