@@ -512,6 +512,11 @@ async fn startup_settings_pass_only_when_set_would_pass_without_review() {
             "session_replication_role",
         ),
         ("-c search_path=public,pg_catalog", "search_path"),
+        (
+            "-c standard_conforming_strings=off",
+            "standard_conforming_strings",
+        ),
+        ("-c client_encoding=GBK", "client_encoding"),
         ("-d 5", "-d"),
     ] {
         let err = tokio_postgres::connect(&with(options), NoTls)
