@@ -211,6 +211,43 @@ async fn held_statement_that_timed_out_runs_exactly_once_when_re_run_after_appro
     assert_eq!(count(&t).await, 1);
 }
 
+/// With `standard_conforming_strings` off PostgreSQL reads `'a\', '` as one string, and in GBK the last
+/// byte of `丁` and the backslash after it are one character: either would let PostgreSQL run a DELETE
+/// that the policy, reading UTF-8 with standard strings, sees inside a string literal. Neither setting
+/// passes without review, so the texts below stay single SELECTs and delete nothing.
+#[tokio::test]
+async fn settings_that_change_how_postgres_reads_statement_text_are_held() {
+    let gw = gateway(0.5).await;
+    let t = table_with_rows("cs_tp_lexing", 2).await;
+    let client = connect(wire(&gw)).await;
+    for (set, smuggled) in [
+        (
+            "SET standard_conforming_strings = off",
+            format!("SELECT 'a\\', '; DELETE FROM {t}; --'"),
+        ),
+        (
+            "SET client_encoding = 'GBK'",
+            format!("SELECT E'丁\\'; DELETE FROM {t}; --'"),
+        ),
+    ] {
+        let err = client.batch_execute(set).await.unwrap_err();
+        assert_eq!(db_error(&err).0, "42501", "{set} ran without review");
+        client.batch_execute(&smuggled).await.unwrap();
+        assert_eq!(count(&t).await, 2, "{smuggled} deleted rows");
+    }
+    let settings = client
+        .query_one(
+            "SELECT current_setting('standard_conforming_strings'), current_setting('client_encoding')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (settings.get::<_, String>(0), settings.get::<_, String>(1)),
+        ("on".to_string(), "UTF8".to_string())
+    );
+}
+
 #[tokio::test]
 async fn cancel_during_a_hold_cancels_the_request_and_keeps_the_connection() {
     let gw = gateway(30.0).await;

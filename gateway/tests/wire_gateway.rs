@@ -512,6 +512,11 @@ async fn startup_settings_pass_only_when_set_would_pass_without_review() {
             "session_replication_role",
         ),
         ("-c search_path=public,pg_catalog", "search_path"),
+        (
+            "-c standard_conforming_strings=off",
+            "standard_conforming_strings",
+        ),
+        ("-c client_encoding=GBK", "client_encoding"),
         ("-d 5", "-d"),
     ] {
         let err = tokio_postgres::connect(&with(options), NoTls)
@@ -1045,6 +1050,67 @@ async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     assert_eq!(held_sql, sql);
     let left = rows_in(&client, &t).await;
     assert_eq!(left, 1);
+    drop_table(&client, &t).await;
+}
+
+/// PostgreSQL refuses to Parse a name it already holds (42P05) and skips everything after an error
+/// until Sync, so re-preparing "s1" as a SELECT may leave the DELETE upstream: a later Bind of "s1",
+/// waiting for the failure or pipelined behind it, is refused rather than run under the SELECT's
+/// verdict. Close, Parse and Execute in one batch is exact and runs the new text.
+#[tokio::test]
+async fn re_preparing_a_name_never_runs_the_old_text_under_the_new_verdict() {
+    let (_gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table_of_ids(&client, "(1), (2)").await;
+    let mut s = raw_login(addr).await;
+    let parse = |sql: &str| message(b'P', &[cstr("s1"), cstr(sql), vec![0, 0]].concat());
+    let run = [
+        message(b'B', &[cstr(""), cstr("s1"), vec![0; 6]].concat()),
+        message(b'E', &[cstr(""), vec![0; 4]].concat()),
+        message(b'S', &[]),
+    ]
+    .concat();
+    let sync = message(b'S', &[]);
+    let error_code = |frames: &[(u8, Vec<u8>)], code: &[u8]| {
+        frames
+            .iter()
+            .any(|(tag, body)| *tag == b'E' && contains(body, code))
+    };
+
+    s.write_all(&[parse(&format!("DELETE FROM {t}")), sync.clone()].concat())
+        .await
+        .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(&[parse("SELECT 1"), sync.clone()].concat())
+        .await
+        .unwrap();
+    let refused = read_frames_until(&mut s, b'Z').await;
+    assert!(error_code(&refused, b"42P05"), "{refused:?}");
+    s.write_all(&run).await.unwrap();
+    let ran = read_frames_until(&mut s, b'Z').await;
+    assert!(error_code(&ran, b"42501"), "{ran:?}");
+    assert_eq!(rows_in(&client, &t).await, 2);
+
+    // The same, pipelined: the Bind is sent before the Parse has failed.
+    s.write_all(&[parse("SELECT 2"), sync.clone(), run.clone()].concat())
+        .await
+        .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    let ran = read_frames_until(&mut s, b'Z').await;
+    assert!(error_code(&ran, b"42501"), "{ran:?}");
+    assert_eq!(rows_in(&client, &t).await, 2);
+
+    let close = message(b'C', &[vec![b'S'], cstr("s1")].concat());
+    s.write_all(&[close, parse("SELECT 3"), run].concat())
+        .await
+        .unwrap();
+    let ran = read_frames_until(&mut s, b'Z').await;
+    assert!(
+        ran.iter()
+            .any(|(tag, body)| *tag == b'C' && body == b"SELECT 1\0"),
+        "{ran:?}"
+    );
+    assert_eq!(rows_in(&client, &t).await, 2);
     drop_table(&client, &t).await;
 }
 

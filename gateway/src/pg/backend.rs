@@ -31,6 +31,8 @@ pub struct InFlight {
     pub received: Instant,
     /// When it was forwarded.
     pub forwarded: Instant,
+    /// The extended-protocol batch ([`super::extended::Catalog::end_batch`]) this is, if one.
+    pub batch: Option<u64>,
 }
 
 /// Upstream-side state of a session.
@@ -41,6 +43,9 @@ pub struct BackendTracker {
     pub status: u8,
     /// Statements in flight, oldest first.
     pub in_flight: VecDeque<InFlight>,
+    /// Extended-protocol batches finished since the relay last looked, and whether each ended
+    /// without an ErrorResponse.
+    pub settled: Vec<(u64, bool)>,
     tag: Option<String>,
     error: Option<String>,
     /// Bytes needed to complete the frame at the head of the buffer (for the reader's reservation).
@@ -60,6 +65,7 @@ impl BackendTracker {
             skip: 0,
             status,
             in_flight: VecDeque::new(),
+            settled: Vec::new(),
             tag: None,
             error: None,
             need: 0,
@@ -179,6 +185,9 @@ impl BackendTracker {
         let Some(f) = self.in_flight.pop_front() else {
             return;
         };
+        if let Some(batch) = f.batch {
+            self.settled.push((batch, error.is_none()));
+        }
         finished.push(FinishedStatement {
             sql: f.sql,
             binds: f.binds,
@@ -226,6 +235,7 @@ mod tests {
             rejection,
             received: Instant::now(),
             forwarded: Instant::now(),
+            batch: None,
         }
     }
 

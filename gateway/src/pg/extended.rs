@@ -28,31 +28,74 @@ pub struct Portal {
 }
 
 /// Prepared statements and portals of one session, keyed by name (the empty name is the unnamed one).
+///
+/// PostgreSQL skips every message after an error until Sync, and refuses to Parse a name that exists
+/// (`42P05`), so a Parse or Close the gateway sees may not have happened upstream. Within a batch that
+/// does not matter (an Execute that runs had everything before it succeed), but a later batch could
+/// Bind a name the gateway believes holds a new text while PostgreSQL still holds the old one. So a
+/// Parse that may replace another text is unsettled until its batch ends without error; a later batch
+/// that binds it before then, or after that batch failed, is refused.
 #[derive(Default)]
 pub struct Catalog {
-    statements: HashMap<Box<[u8]>, Arc<Prepared>>,
+    statements: HashMap<Box<[u8]>, Named>,
     portals: HashMap<Box<[u8]>, Portal>,
+    /// Names closed (or forgotten) in a batch not known to have succeeded: PostgreSQL may still hold
+    /// them, with a text the gateway no longer knows.
+    closing: HashMap<Box<[u8]>, u64>,
+    /// Set once a PREPARE statement went upstream: PostgreSQL may then hold names the gateway never saw.
+    sql_prepare: bool,
+    /// Number of the batch being received (batches end at Sync).
+    batch: u64,
+}
+
+struct Named {
+    prepared: Arc<Prepared>,
+    /// The batch whose Parse gave this name a text that may replace another one upstream, until that
+    /// batch ends without error.
+    unsettled: Option<u64>,
+    /// The batch of the replacing Parse failed: which text PostgreSQL holds is unknown.
+    ambiguous: bool,
 }
 
 impl Catalog {
     /// Records a Parse; `classify` runs only when the name is new or its text changed.
     pub fn parse(&mut self, name: &[u8], sql: &str, classify: impl FnOnce(&str) -> Arc<Verdict>) {
-        if let Some(existing) = self.statements.get(name) {
-            if &*existing.sql == sql {
-                return;
+        let replaces = match self.statements.get(name) {
+            Some(existing) if &*existing.prepared.sql == sql && existing.unsettled.is_none() => {
+                if !existing.ambiguous {
+                    return;
+                }
+                true
             }
-        }
-        let prepared = Arc::new(Prepared {
-            sql: Arc::from(sql),
-            verdict: classify(sql),
-        });
-        self.statements.insert(name.into(), prepared);
+            Some(_) => true,
+            None => self.closing.contains_key(name) || (self.sql_prepare && !name.is_empty()),
+        };
+        let prepared = match self.statements.get(name) {
+            Some(existing) if &*existing.prepared.sql == sql => existing.prepared.clone(),
+            _ => Arc::new(Prepared {
+                sql: Arc::from(sql),
+                verdict: classify(sql),
+            }),
+        };
+        self.closing.remove(name);
+        self.statements.insert(
+            name.into(),
+            Named {
+                prepared,
+                unsettled: replaces.then_some(self.batch),
+                ambiguous: false,
+            },
+        );
     }
 
-    /// Records a Bind; an unknown statement gets a blocking verdict (fail closed).
+    /// Records a Bind; an unknown statement, or one whose text upstream is uncertain, gets a blocking
+    /// verdict (fail closed).
     pub fn bind(&mut self, portal: &[u8], statement: &[u8], body: &[u8]) {
         let prepared = match self.statements.get(statement) {
-            Some(p) => p.clone(),
+            Some(n) if n.ambiguous || n.unsettled.is_some_and(|b| b != self.batch) => {
+                Arc::new(uncertain_statement(statement, &n.prepared.sql))
+            }
+            Some(n) => n.prepared.clone(),
             None => Arc::new(unknown_statement(statement)),
         };
         let entry = Portal {
@@ -77,6 +120,7 @@ impl Catalog {
         match kind {
             b'S' => {
                 self.statements.remove(name);
+                self.closing.insert(name.into(), self.batch);
             }
             _ => {
                 self.portals.remove(name);
@@ -84,11 +128,56 @@ impl Catalog {
         }
     }
 
-    /// Drops statements the upstream never saw (their Parse was in a batch that was refused).
+    /// Drops statements the upstream may never have seen (their Parse was in a batch that was
+    /// refused); PostgreSQL may still hold an older text under those names.
     pub fn forget_statements(&mut self, names: &[Box<[u8]>]) {
         for n in names {
             self.statements.remove(n);
+            // Never settled: no batch of that number reaches the upstream.
+            self.closing.insert(n.clone(), u64::MAX);
         }
+    }
+
+    /// Notes that a PREPARE statement may have reached the upstream.
+    pub fn saw_sql_prepare(&mut self) {
+        self.sql_prepare = true;
+    }
+
+    /// Ends the batch being received (at Sync) and returns its number, for [`Catalog::settle`].
+    pub fn end_batch(&mut self) -> u64 {
+        let ended = self.batch;
+        self.batch += 1;
+        ended
+    }
+
+    /// Records how a forwarded batch ended upstream: without error, its Parses and Closes all
+    /// happened; with one, which of them happened is unknown.
+    pub fn settle(&mut self, batch: u64, succeeded: bool) {
+        for named in self.statements.values_mut() {
+            if named.unsettled == Some(batch) {
+                named.unsettled = None;
+                named.ambiguous = !succeeded;
+            }
+        }
+        if succeeded {
+            self.closing.retain(|_, b| *b != batch);
+        }
+    }
+}
+
+fn uncertain_statement(name: &[u8], sql: &str) -> Prepared {
+    let name = String::from_utf8_lossy(name);
+    Prepared {
+        sql: Arc::from(sql),
+        verdict: Arc::new(Verdict {
+            action: Action::Block,
+            reasons: vec![format!(
+                "prepared statement \"{name}\" was prepared again in a batch that has not completed without error, so the upstream may still hold an earlier text under that name; Close it, Parse it again and Sync before binding it"
+            )],
+            statements: Arc::from([]),
+            rule: "gateway".into(),
+            review: None,
+        }),
     }
 }
 
@@ -275,6 +364,84 @@ mod tests {
             });
         }
         assert_eq!(calls, 1);
+    }
+
+    fn verdict_of(action: Action) -> Arc<Verdict> {
+        Arc::new(Verdict {
+            action,
+            reasons: vec![],
+            statements: Arc::from([]),
+            rule: "t".into(),
+            review: None,
+        })
+    }
+
+    /// The action an Execute of `statement`, bound now, would get.
+    fn bound(cat: &mut Catalog, statement: &[u8]) -> Action {
+        cat.bind(b"", statement, &bind_body(&[]));
+        cat.portal(b"").unwrap().statement.verdict.action
+    }
+
+    #[test]
+    fn re_parse_of_a_name_is_uncertain_until_its_batch_ends_without_error() {
+        let mut cat = Catalog::default();
+        cat.parse(b"s1", "DELETE FROM t", |_| verdict_of(Action::Review));
+        let first = cat.end_batch();
+        cat.settle(first, true);
+        // PostgreSQL refuses this Parse (42P05: s1 exists) and keeps the DELETE.
+        cat.parse(b"s1", "SELECT 1", |_| verdict_of(Action::Allow));
+        assert_eq!(
+            bound(&mut cat, b"s1"),
+            Action::Allow,
+            "an Execute in the same batch runs only if the Parse succeeded"
+        );
+        let second = cat.end_batch();
+        assert_eq!(
+            bound(&mut cat, b"s1"),
+            Action::Block,
+            "a pipelined batch may reach the DELETE"
+        );
+        cat.settle(second, false);
+        assert_eq!(bound(&mut cat, b"s1"), Action::Block);
+        // Close, Parse and a batch that succeeds make the name certain again.
+        cat.close(b'S', b"s1");
+        cat.parse(b"s1", "SELECT 1", |_| verdict_of(Action::Allow));
+        assert_eq!(bound(&mut cat, b"s1"), Action::Allow);
+        let third = cat.end_batch();
+        cat.settle(third, true);
+        assert_eq!(bound(&mut cat, b"s1"), Action::Allow);
+    }
+
+    #[test]
+    fn close_counts_only_once_its_batch_succeeded() {
+        let mut cat = Catalog::default();
+        cat.parse(b"s1", "DELETE FROM t", |_| verdict_of(Action::Review));
+        let first = cat.end_batch();
+        cat.settle(first, true);
+        // An error earlier in this batch would make PostgreSQL skip the Close.
+        cat.close(b'S', b"s1");
+        let closing = cat.end_batch();
+        cat.settle(closing, false);
+        cat.parse(b"s1", "SELECT 1", |_| verdict_of(Action::Allow));
+        let reparsed = cat.end_batch();
+        cat.settle(reparsed, false);
+        assert_eq!(bound(&mut cat, b"s1"), Action::Block);
+    }
+
+    #[test]
+    fn fresh_names_and_unchanged_texts_stay_certain() {
+        let mut cat = Catalog::default();
+        cat.parse(b"s1", "SELECT 1", |_| verdict_of(Action::Allow));
+        let first = cat.end_batch();
+        assert_eq!(bound(&mut cat, b"s1"), Action::Allow, "nothing to replace");
+        cat.settle(first, false);
+        cat.parse(b"s1", "SELECT 1", |_| unreachable!("classified once"));
+        assert_eq!(bound(&mut cat, b"s1"), Action::Allow);
+        // After a PREPARE went upstream a new name may already exist there.
+        cat.saw_sql_prepare();
+        cat.parse(b"p", "SELECT 2", |_| verdict_of(Action::Allow));
+        cat.end_batch();
+        assert_eq!(bound(&mut cat, b"p"), Action::Block);
     }
 
     #[test]

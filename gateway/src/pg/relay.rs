@@ -47,6 +47,8 @@ struct Held {
     binds: Vec<Bytes>,
     verdict: Arc<Verdict>,
     received: Instant,
+    /// The extended-protocol batch, for [`Catalog::settle`]; None for a simple query.
+    batch: Option<u64>,
 }
 
 enum Step {
@@ -309,6 +311,9 @@ where
             }
             self.on_server_data().await?;
         }
+        for (batch, succeeded) in self.backend.settled.drain(..) {
+            self.catalog.settle(batch, succeeded);
+        }
         Ok(())
     }
 
@@ -439,6 +444,9 @@ where
             return None;
         };
         let verdict = self.classify(sql);
+        if may_prepare(&verdict) {
+            self.catalog.saw_sql_prepare();
+        }
         match verdict.action {
             Action::Allow => {
                 forward(&mut self.backend.masker, &mut self.out, &frame);
@@ -451,6 +459,7 @@ where
                     rejection: false,
                     received,
                     forwarded: received,
+                    batch: None,
                 });
                 None
             }
@@ -473,6 +482,7 @@ where
                 binds: vec![],
                 verdict,
                 received,
+                batch: None,
             }),
         }
     }
@@ -485,9 +495,15 @@ where
         let gate = &self.ctx.gate;
         let session = &self.ctx.session;
         let memo = &mut self.verdicts;
+        let mut prepares = false;
         self.catalog.parse(name, sql, |sql| {
-            gate.classify(&session.connection, &session.requester, sql, memo)
+            let verdict = gate.classify(&session.connection, &session.requester, sql, memo);
+            prepares = may_prepare(&verdict);
+            verdict
         });
+        if prepares {
+            self.catalog.saw_sql_prepare();
+        }
         self.batch.parsed.push(name.into());
         self.add_to_batch(frame);
         Ok(())
@@ -522,6 +538,7 @@ where
 
     fn on_sync(&mut self) -> Option<Held> {
         let batch = self.batch.take();
+        let number = self.catalog.end_batch();
         let received = batch.started.unwrap_or_else(Instant::now);
         match batch.action() {
             Action::Allow => {
@@ -535,6 +552,7 @@ where
                     rejection: false,
                     received,
                     forwarded: Instant::now(),
+                    batch: Some(number),
                 });
                 None
             }
@@ -564,6 +582,7 @@ where
                     bytes: batch.bytes,
                     verdict,
                     received,
+                    batch: Some(number),
                 })
             }
         }
@@ -588,6 +607,8 @@ where
             rejection: true,
             received: r.received,
             forwarded: Instant::now(),
+            // A refused batch never settles: its Parses may or may not have gone upstream.
+            batch: None,
         });
     }
 
@@ -728,8 +749,18 @@ where
             rejection: false,
             received: held.received,
             forwarded: Instant::now(),
+            batch: held.batch,
         });
     }
+}
+
+/// True when a statement may create a prepared statement upstream by name (PREPARE, or text the
+/// policy could not parse), which the gateway's catalog then does not know.
+fn may_prepare(verdict: &Verdict) -> bool {
+    verdict
+        .statements
+        .iter()
+        .any(|s| s.unparsed || s.kind == "PREPARE")
 }
 
 /// Queues client frames for the upstream; on a masked connection the masker sees (and annotates) them.

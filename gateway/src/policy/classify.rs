@@ -19,7 +19,7 @@ use super::fallback::{
 };
 use super::functions::check_function;
 use super::reparse::classify_without_inert_clause;
-use super::settings::setting_verdict;
+use super::settings::{setting_verdict, value_decides};
 use super::token_grammars::classify_by_grammar;
 use super::verdict::{Action, StatementFacts};
 
@@ -204,9 +204,9 @@ fn function_verdict(call: &Call) -> (Action, String) {
     let base = name.rsplit('.').next().unwrap_or(name);
     if base == "set_config" {
         return match (call.first_arg.as_deref(), call.second_arg.as_deref()) {
-            (Some("search_path"), None) => (
+            (Some(setting), None) if value_decides(setting) => (
                 Action::Review,
-                "set_config('search_path', …) with a computed value".to_string(),
+                format!("set_config('{setting}', …) with a computed value"),
             ),
             (Some(setting), value) => match setting_verdict(setting, value.unwrap_or_default()) {
                 (Action::Allow, _) => (Action::Allow, String::new()),

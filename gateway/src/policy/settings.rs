@@ -16,12 +16,138 @@ pub fn setting_verdict(name: &str, value: &str) -> (Action, String) {
     if name == "search_path" {
         return search_path_verdict(value);
     }
+    if name == "standard_conforming_strings" {
+        return conforming_strings_verdict(value);
+    }
+    if name == "client_encoding" {
+        return client_encoding_verdict(value);
+    }
     if is_harmless_setting(&name) {
         (Action::Allow, String::new())
     } else {
         (
             Action::Review,
             format!("{name}: setting not on the harmless list"),
+        )
+    }
+}
+
+/// True for the settings whose verdict depends on the value: a value the policy cannot see (a
+/// `set_config` argument computed at run time) must be reviewed.
+pub fn value_decides(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "search_path" | "standard_conforming_strings" | "client_encoding"
+    )
+}
+
+/// The policy reads statement text as PostgreSQL does with `standard_conforming_strings` on (a
+/// backslash is an ordinary character in `'…'`). With it off, PostgreSQL reads `'a\'; DELETE …'` as
+/// one string where the policy sees a string, a `;` and a DELETE — or the other way round, so a write
+/// could pass as the tail of a string literal. Only turning it on (or back to the default) passes.
+fn conforming_strings_verdict(value: &str) -> (Action, String) {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "default" | "on" | "true" | "yes" | "1" => (Action::Allow, String::new()),
+        _ => (
+            Action::Review,
+            "standard_conforming_strings off makes backslashes escape quotes, so PostgreSQL would split statements where the policy does not".to_string(),
+        ),
+    }
+}
+
+/// Client encodings in which every byte below 0x80 is the ASCII character, as in the UTF-8 text the
+/// policy reads: UTF-8, SQL_ASCII, the single-byte encodings and the EUC/MULE families (PostgreSQL's
+/// names and aliases, normalised as PostgreSQL does: lower case, letters and digits only).
+const ASCII_SAFE_ENCODINGS: &[&str] = &[
+    "abc",
+    "alt",
+    "euccn",
+    "eucjis2004",
+    "eucjp",
+    "euckr",
+    "euctw",
+    "iso88591",
+    "iso885910",
+    "iso885913",
+    "iso885914",
+    "iso885915",
+    "iso885916",
+    "iso88592",
+    "iso88593",
+    "iso88594",
+    "iso88595",
+    "iso88596",
+    "iso88597",
+    "iso88598",
+    "iso88599",
+    "koi8",
+    "koi8r",
+    "koi8u",
+    "latin1",
+    "latin10",
+    "latin2",
+    "latin3",
+    "latin4",
+    "latin5",
+    "latin6",
+    "latin7",
+    "latin8",
+    "latin9",
+    "muleinternal",
+    "sqlascii",
+    "tcvn",
+    "tcvn5712",
+    "unicode",
+    "utf8",
+    "vscii",
+    "win",
+    "win1250",
+    "win1251",
+    "win1252",
+    "win1253",
+    "win1254",
+    "win1255",
+    "win1256",
+    "win1257",
+    "win1258",
+    "win866",
+    "win874",
+    "windows1250",
+    "windows1251",
+    "windows1252",
+    "windows1253",
+    "windows1254",
+    "windows1255",
+    "windows1256",
+    "windows1257",
+    "windows1258",
+    "windows866",
+    "windows874",
+];
+
+/// PostgreSQL converts a statement from the client encoding before reading it, the policy reads it as
+/// UTF-8. In the client-only encodings (SJIS, BIG5, GBK, GB18030, UHC, JOHAB) the second byte of a
+/// character may be `\`, so valid UTF-8 such as `E'丁\'; DELETE …'` ends a string early for
+/// PostgreSQL and hides a statement from the policy. Only encodings that keep ASCII intact pass.
+fn client_encoding_verdict(value: &str) -> (Action, String) {
+    let normalised: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if normalised.is_empty()
+        || normalised == "default"
+        || ASCII_SAFE_ENCODINGS
+            .binary_search(&normalised.as_str())
+            .is_ok()
+    {
+        (Action::Allow, String::new())
+    } else {
+        (
+            Action::Review,
+            format!(
+                "client_encoding {value}: PostgreSQL would read statements in an encoding whose characters can contain a backslash, which the policy does not; use UTF8"
+            ),
         )
     }
 }
@@ -67,8 +193,30 @@ mod tests {
             ("session_replication_role", "replica", Action::Review),
             ("work_mem", "64GB", Action::Review),
             ("local_preload_libraries", "x", Action::Review),
+            ("standard_conforming_strings", "on", Action::Allow),
+            ("standard_conforming_strings", "", Action::Allow),
+            ("standard_conforming_strings", "off", Action::Review),
+            ("standard_conforming_strings", "false", Action::Review),
+            ("standard_conforming_strings", "0", Action::Review),
+            ("client_encoding", "UTF8", Action::Allow),
+            ("client_encoding", "utf-8", Action::Allow),
+            ("client_encoding", "LATIN1", Action::Allow),
+            ("client_encoding", "EUC_JP", Action::Allow),
+            ("client_encoding", "GBK", Action::Review),
+            ("client_encoding", "SJIS", Action::Review),
+            ("client_encoding", "Shift_JIS_2004", Action::Review),
+            ("client_encoding", "BIG5", Action::Review),
+            ("client_encoding", "GB18030", Action::Review),
+            ("client_encoding", "UHC", Action::Review),
+            ("client_encoding", "JOHAB", Action::Review),
+            ("client_encoding", "win932", Action::Review),
         ] {
             assert_eq!(setting_verdict(name, value).0, action, "{name}={value}");
         }
+    }
+
+    #[test]
+    fn ascii_safe_encodings_are_sorted_so_binary_search_finds_every_entry() {
+        assert!(ASCII_SAFE_ENCODINGS.windows(2).all(|w| w[0] < w[1]));
     }
 }
