@@ -1,6 +1,7 @@
 //! PostgreSQL statements sqlparser does not parse but whose whole grammar is small enough to check token by
 //! token: `VACUUM` / `ANALYZE` with options (`pgbench -i` sends `vacuum analyze t`), `CHECKPOINT`, `MOVE`
-//! and `SET CONSTRAINTS` (ORMs defer foreign keys while loading fixtures).
+//! and `FETCH` (in the forms sqlparser rejects), and `SET CONSTRAINTS` (ORMs defer foreign keys while
+//! loading fixtures).
 //!
 //! A statement recognised here counts as parsed, so a rule may allow it; anything that strays from the
 //! grammar returns `None` and stays an unparsed statement (held, never allowed).
@@ -41,8 +42,9 @@ pub fn classify_by_grammar(tokens: &StatementTokens) -> Option<StatementFacts> {
             Action::Review,
             "CHECKPOINT forces a server-wide checkpoint".to_string(),
         )),
-        "MOVE" if is_cursor_move(rest) => Some(facts(
-            "MOVE",
+        // FETCH as well: sqlparser wants FROM/IN and unsigned counts, which PostgreSQL does not.
+        kind @ ("MOVE" | "FETCH") if is_cursor_move(rest) => Some(facts(
+            kind,
             vec![],
             Action::Allow,
             "cursor or prepared-statement bookkeeping".to_string(),
@@ -130,7 +132,8 @@ fn list_in_parens(
     }
 }
 
-/// `MOVE [direction] [FROM | IN] cursor`: words and (signed) counts only, ending in the cursor's name.
+/// `MOVE` / `FETCH [direction] [FROM | IN] cursor`: words and (signed) counts only, ending in the
+/// cursor's name.
 fn is_cursor_move(tokens: &[Token]) -> bool {
     let Some((cursor, direction)) = tokens.split_last() else {
         return false;
