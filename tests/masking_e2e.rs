@@ -171,3 +171,74 @@ async fn table_qualified_rules_mask_only_the_named_table_in_the_api_and_on_the_w
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the_api_and_on_the_wire(
+) {
+    let (db, conn) = tokio_postgres::connect(&upstream_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let schema = format!("mask_view_{}", uuid::Uuid::new_v4().simple());
+    // Views a DBA made, unknown to the masking rules: one renames, one computes, one only filters.
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.people (id int, name text, ssn text);
+         INSERT INTO {schema}.people VALUES (1, 'Ann', '123-45-6789');
+         CREATE VIEW {schema}.directory AS SELECT id, name, ssn AS tax_id FROM {schema}.people;
+         CREATE VIEW {schema}.digest AS SELECT id, md5(ssn) AS fingerprint FROM {schema}.people;
+         CREATE VIEW {schema}.with_ssn AS SELECT id, name FROM {schema}.people WHERE ssn IS NOT NULL;
+         CREATE MATERIALIZED VIEW {schema}.snapshot AS SELECT id, ssn AS t FROM {schema}.people;"
+    ))
+    .await
+    .unwrap();
+    let cfg = base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n")
+        .replace(
+            "[[approver_groups]]",
+            "[[connections.masking.rules]]\ncolumns = [\"ssn\"]\nstyle = \"redact\"\n\n[[approver_groups]]",
+        );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let port = gw.wire.unwrap().port();
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=agent password={AGENT} dbname=local"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for (sql, want) in [
+        (
+            format!("SELECT * FROM {schema}.directory"),
+            json!(["1", "Ann", "[redacted]"]),
+        ),
+        (
+            format!("SELECT d.tax_id AS x, d.name FROM {schema}.directory d"),
+            json!(["[redacted]", "Ann"]),
+        ),
+        (
+            format!("SELECT id, fingerprint FROM {schema}.digest"),
+            json!(["1", "[redacted]"]),
+        ),
+        (
+            format!("SELECT * FROM {schema}.with_ssn"),
+            json!(["1", "Ann"]),
+        ),
+        (
+            format!("SELECT * FROM {schema}.snapshot"),
+            json!(["1", "[redacted]"]),
+        ),
+    ] {
+        let r = gw.query(AGENT, &sql).await;
+        assert_eq!(r.status, 200, "{sql}: {:?}", r.body);
+        assert_eq!(r.body["rows"][0], want, "API: {sql}");
+        let rows = client.simple_query(&sql).await.unwrap();
+        let tokio_postgres::SimpleQueryMessage::Row(row) = &rows[1] else {
+            panic!("expected a row first: {rows:?}")
+        };
+        let wire: Vec<_> = (0..row.len()).map(|i| row.get(i)).collect();
+        assert_eq!(json!(wire), want, "wire: {sql}");
+    }
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

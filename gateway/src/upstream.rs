@@ -367,10 +367,12 @@ impl crate::masking::TableLookup for CatalogLookup {
         let list: Vec<String> = oids.iter().map(u32::to_string).collect();
         // Only a plain table that is nobody's partition or child is trusted by name (see
         // masking::tables); OIDs are formatted integers, so the text is safe to build.
+        // A view's definition is read with it, so its columns computed from masked ones are found.
         let sql = format!(
             "SELECT c.oid, n.nspname, c.relname, \
                     c.relkind IN ('r', 'p', 'f') AND NOT c.relispartition \
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid), \
+                    CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.oid = ANY('{{{}}}'::pg_catalog.oid[])",
             list.join(",")
@@ -378,17 +380,19 @@ impl crate::masking::TableLookup for CatalogLookup {
         let rows = self.catalog_rows(&sql).await?;
         rows.into_iter()
             .map(|row| match &row[..] {
-                [Some(oid), Some(schema), Some(table), Some(plain)] => {
+                [Some(oid), Some(schema), Some(table), Some(plain), view] => {
                     let oid = oid
                         .parse()
                         .map_err(|_| LookupError(format!("pg_class returned OID {oid:?}")))?;
-                    let relation = if plain == "t" {
-                        Relation::Table {
+                    let relation = match (plain.as_str(), view) {
+                        ("t", _) => Relation::Table {
                             schema: schema.clone(),
                             table: table.clone(),
-                        }
-                    } else {
-                        Relation::Derived
+                        },
+                        (_, Some(definition)) => Relation::View {
+                            definition: definition.clone(),
+                        },
+                        _ => Relation::Derived,
                     };
                     Ok((oid, relation))
                 }

@@ -257,7 +257,7 @@ impl Engine {
             if let Some(lookup) = self.table_lookups.get(connection) {
                 let oids = tables_to_resolve(m, &out, &tables);
                 if !oids.is_empty() {
-                    tables.resolve(&**lookup, &oids).await;
+                    tables.resolve(&**lookup, &oids, m.rules()).await;
                 }
             }
             let QueryOutcome {

@@ -67,6 +67,19 @@ pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
     }
 }
 
+/// Which columns of a view (by position) its `definition` computes from a masked column — renaming one
+/// counts, since the view's column name hides it. A definition that doesn't parse exposes every column.
+pub fn view_exposure(definition: &str, rules: &CompiledRules) -> Exposure {
+    if !rules.has_column_rules() {
+        return Exposure::Nothing;
+    }
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, definition) else {
+        return Exposure::All;
+    };
+    let width = Seen::of(&statements).outer_and_inner().0.len();
+    exposure(definition, rules, width)
+}
+
 /// For COPY (query) TO STDOUT, whose output columns are planned by name: true when `statements` (already
 /// parsed) compute an output column from a masked column. Plain column references in the outermost
 /// select list are masked by that name, so only everything else counts.
@@ -230,6 +243,47 @@ mod tests {
         ] {
             assert_eq!(exposes(sql, &r), exposing, "{sql}");
         }
+    }
+
+    #[test]
+    fn view_columns_renaming_or_computed_from_masked_columns_are_found() {
+        use Exposure::{All, Columns, Nothing};
+        let r = rules();
+        // Definitions as `pg_get_viewdef` prints them.
+        for (definition, want) in [
+            (
+                " SELECT people.id,\n    people.ssn AS tax_id\n   FROM people;",
+                Columns(vec![false, true]),
+            ),
+            (
+                " SELECT u.id,\n    upper(u.email) AS contact,\n    u.name\n   FROM users u;",
+                Columns(vec![false, true, false]),
+            ),
+            (
+                " SELECT row_to_json(u.*) AS j\n   FROM users u;",
+                Columns(vec![true]),
+            ),
+            (
+                " SELECT u.id\n   FROM users u\n  WHERE u.email IS NOT NULL;",
+                Nothing,
+            ),
+            (
+                " SELECT s.x\n   FROM ( SELECT users.email AS x\n           FROM users) s;",
+                All,
+            ),
+            (
+                " SELECT users.name\n   FROM users\nUNION\n SELECT users.email AS name\n   FROM users;",
+                All,
+            ),
+            ("SELEC garbled", All),
+        ] {
+            assert_eq!(view_exposure(definition, &r), want, "{definition}");
+        }
+        let none = CompiledRules::compile(&MaskingConfig::default(), None).unwrap();
+        assert_eq!(
+            view_exposure(" SELECT people.ssn AS x FROM people;", &none),
+            Nothing
+        );
     }
 
     #[test]

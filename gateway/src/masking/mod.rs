@@ -233,7 +233,8 @@ impl Masker {
         let hidden = if oid == 0 {
             derived
         } else {
-            self.rules.has_column_rules() && tables.name_lost(oid, attnum)
+            self.rules.has_column_rules()
+                && (tables.name_lost(oid, attnum) || tables.view_exposes(oid, attnum))
         };
         if plan.style.is_none() && hidden {
             plan.style = Some(Style::Redact);
@@ -571,6 +572,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_view_column_renaming_or_computed_from_a_masked_column_is_redacted() {
+        struct Catalog;
+        #[async_trait::async_trait]
+        impl TableLookup for Catalog {
+            async fn lookup(
+                &self,
+                _: &[u32],
+            ) -> Result<Vec<(u32, tables::Relation)>, tables::LookupError> {
+                Ok(vec![(
+                    9,
+                    tables::Relation::View {
+                        definition: " SELECT c.id,\n    c.work_email AS contact,\n    lower(c.email) AS e2,\n    c.note\n   FROM customers c;".into(),
+                    },
+                )])
+            }
+        }
+        let m = masker(RULES);
+        let mut names = TableNames::default();
+        names.resolve(&Catalog, &[9], m.rules()).await;
+        let style = |label: &str, attnum: i16| {
+            m.column_in(label, (9, attnum), &names, (25, false), false)
+                .style
+                .map(|s| format!("{s:?}"))
+        };
+        assert_eq!(style("id", 1), None);
+        assert_eq!(style("contact", 2).as_deref(), Some("Redact"));
+        assert_eq!(style("e2", 3).as_deref(), Some("Redact"));
+        assert_eq!(style("note", 4), None);
+        // A view column whose own name a rule matches keeps that rule's style.
+        assert_eq!(style("email", 2).as_deref(), Some("Hash(<key>)"));
+        // The same view learned without its definition read under the rules: every column redacted.
+        let mut unread = TableNames::default();
+        unread.learn(
+            &[9],
+            vec![(
+                9,
+                tables::Relation::View {
+                    definition: String::new(),
+                },
+            )],
+        );
+        assert!(matches!(
+            m.column_in("id", (9, 1), &unread, (25, false), false).style,
+            Some(Style::Redact)
+        ));
+    }
+
+    #[tokio::test]
     async fn a_table_column_whose_real_name_a_failed_lookup_hid_is_redacted() {
         struct Refused;
         #[async_trait::async_trait]
@@ -589,7 +638,7 @@ mod tests {
             .column_in("contact", (7, 2), &names, (25, false), false)
             .style
             .is_none());
-        names.resolve(&Refused, &[7]).await;
+        names.resolve(&Refused, &[7], m.rules()).await;
         // `SELECT email AS contact FROM t` while the catalog can't be read: the alias must not unmask it.
         let plan = m.column_in("contact", (7, 2), &names, (25, false), false);
         assert!(matches!(plan.style, Some(Style::Redact)));

@@ -98,7 +98,10 @@ impl WireMasker {
         }
         let oids = std::mem::take(&mut self.unresolved);
         match self.lookup.clone() {
-            Some(lookup) => self.tables.resolve(&*lookup, &oids).await,
+            Some(lookup) => {
+                let rules = self.masker.rules();
+                self.tables.resolve(&*lookup, &oids, rules).await
+            }
             None => self.tables.failed(),
         }
         true

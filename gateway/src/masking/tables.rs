@@ -9,9 +9,12 @@
 //! function result), a view or materialized view (the OID is the view's; its columns come from other
 //! tables), a partition or inheritance child (its parent's rules must still apply), a failed or timed-out
 //! lookup — is matched by column name only, as if the rule had no table part: it is over-masked, never
-//! leaked. While a failed lookup leaves a table column's real name unknown, a column no rule matches by
+//! leaked. A view's definition is read as a statement is (see [`super::derived`]): a view column
+//! computed from, or renaming, a masked column is redacted. While a failed lookup leaves a table column's real name unknown, a column no rule matches by
 //! its output name is redacted on a connection with column rules (that name may be an alias).
 
+use super::derived::{self, Exposure};
+use super::rules::CompiledRules;
 use lru::LruCache;
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
@@ -35,7 +38,13 @@ pub enum Relation {
         /// Table name.
         table: String,
     },
-    /// A view, materialized view, partition, inheritance child or other relation: match by column name.
+    /// A view or materialized view, with its definition (`pg_get_viewdef`): match by column name, and
+    /// redact the columns its definition computes from masked columns.
+    View {
+        /// The view's query.
+        definition: String,
+    },
+    /// A partition, inheritance child or other relation: match by column name.
     Derived,
 }
 
@@ -85,6 +94,9 @@ pub struct TableNames {
     known: Option<LruCache<u32, (Relation, Instant)>>,
     /// Real column names by table OID, `(attnum, name)`; trusted as long as the table's entry in `known`.
     columns: Option<LruCache<u32, Vec<(i16, String)>>>,
+    /// Which columns of a view its definition computes from masked columns, by view OID (read once per
+    /// lookup, under the rules of [`TableNames::resolve`]).
+    views: Option<LruCache<u32, Exposure>>,
     retry_at: Option<Instant>,
 }
 
@@ -111,6 +123,35 @@ impl TableNames {
             .iter()
             .find(|(n, _)| *n == attnum)
             .map(|(_, name)| name.as_str())
+    }
+
+    /// True when column `attnum` of relation `oid` is a view column its definition computes from (or
+    /// renames) a masked column. A view whose definition was not read under the rules counts as
+    /// computing every column so (fail closed).
+    pub fn view_exposes(&self, oid: u32, attnum: i16) -> bool {
+        if !matches!(self.fresh(oid), Some(Relation::View { .. })) {
+            return false;
+        }
+        let Ok(column) = usize::try_from(attnum - 1) else {
+            return true;
+        };
+        self.views
+            .as_ref()
+            .and_then(|v| v.peek(&oid))
+            .is_none_or(|e| e.covers(column))
+    }
+
+    /// Reads the definitions of the views in `relations` under `rules` (see [`TableNames::view_exposes`]).
+    fn learn_views(&mut self, relations: &[(u32, Relation)], rules: &CompiledRules) {
+        for (oid, relation) in relations {
+            if let Relation::View { definition } = relation {
+                self.views
+                    .get_or_insert_with(|| {
+                        LruCache::new(NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN))
+                    })
+                    .put(*oid, derived::view_exposure(definition, rules));
+            }
+        }
     }
 
     /// True when column `attnum` of table `oid` is a real table column whose name a recent lookup failed
@@ -179,10 +220,12 @@ impl TableNames {
     pub fn clear(&mut self) {
         self.known = None;
         self.columns = None;
+        self.views = None;
     }
 
-    /// Looks `oids` up (bounded by [`LOOKUP_TIMEOUT`]) and records the answer or the failure.
-    pub async fn resolve(&mut self, lookup: &dyn TableLookup, oids: &[u32]) {
+    /// Looks `oids` up (bounded by [`LOOKUP_TIMEOUT`]) and records the answer or the failure; views'
+    /// definitions are read under `rules`.
+    pub async fn resolve(&mut self, lookup: &dyn TableLookup, oids: &[u32], rules: &CompiledRules) {
         let both = async {
             let relations = lookup.lookup(oids).await?;
             let columns = lookup.columns(oids).await?;
@@ -190,6 +233,7 @@ impl TableNames {
         };
         match tokio::time::timeout(LOOKUP_TIMEOUT, both).await {
             Ok(Ok((relations, columns))) => {
+                self.learn_views(&relations, rules);
                 self.learn(oids, relations);
                 self.learn_columns(oids, columns);
             }
@@ -228,6 +272,10 @@ mod tests {
         }
     }
 
+    fn no_rules() -> CompiledRules {
+        CompiledRules::compile(&Default::default(), None).unwrap()
+    }
+
     fn table(schema: &str, table: &str) -> Relation {
         Relation::Table {
             schema: schema.into(),
@@ -240,7 +288,7 @@ mod tests {
         let mut names = TableNames::default();
         assert!(names.wants(10) && names.wants(11) && !names.wants(0));
         let lookup = Fixed(Ok(vec![(10, table("shop", "customers"))]));
-        names.resolve(&lookup, &[10, 11]).await;
+        names.resolve(&lookup, &[10, 11], &no_rules()).await;
         assert_eq!(
             names.source(10),
             ColumnSource::Table {
@@ -259,7 +307,11 @@ mod tests {
     async fn a_failed_lookup_plans_by_column_name_and_waits_before_retrying() {
         let mut names = TableNames::default();
         names
-            .resolve(&Fixed(Err(LookupError("refused".into()))), &[10])
+            .resolve(
+                &Fixed(Err(LookupError("refused".into()))),
+                &[10],
+                &no_rules(),
+            )
             .await;
         assert_eq!(names.source(10), ColumnSource::Unknown);
         assert!(!names.wants(10), "no lookup storm after a failure");
