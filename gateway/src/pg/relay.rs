@@ -249,6 +249,9 @@ where
         for f in self.finished.drain(..) {
             self.ctx.recorder.statement(&self.ctx.session, f);
         }
+        for (batch, succeeded) in self.backend.settled.drain(..) {
+            self.catalog.settle(batch, succeeded);
+        }
         if self.client_gone {
             return Ok(());
         }
@@ -310,9 +313,6 @@ where
                 ));
             }
             self.on_server_data().await?;
-        }
-        for (batch, succeeded) in self.backend.settled.drain(..) {
-            self.catalog.settle(batch, succeeded);
         }
         Ok(())
     }
