@@ -45,7 +45,16 @@ impl ApproverDirectory {
     /// Build from configured groups.
     pub fn new(groups: impl IntoIterator<Item = ApproverGroup>) -> Self {
         Self {
-            groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
+            groups: groups
+                .into_iter()
+                .map(|mut g| {
+                    // `" Bob@example.com "` is Bob: lists, mail recipients and comparisons see the address.
+                    for m in &mut g.members {
+                        *m = m.trim().to_string();
+                    }
+                    (g.name.clone(), g)
+                })
+                .collect(),
         }
     }
 
@@ -87,5 +96,35 @@ impl ApproverDirectory {
             .into_iter()
             .filter(|m| !m.starts_with("group:"))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_listed_and_mailed_once_whatever_their_spacing_and_case() {
+        let dir = ApproverDirectory::new([
+            ApproverGroup {
+                name: "dba".into(),
+                members: vec![" Bob@example.com ".into(), "carol@example.com".into()],
+                idp_groups: vec!["db-admins".into()],
+            },
+            ApproverGroup {
+                name: "oncall".into(),
+                members: vec!["bob@example.com".into()],
+                idp_groups: vec![],
+            },
+        ]);
+        let groups = ["dba".to_string(), "oncall".to_string()];
+        assert_eq!(
+            dir.describe(&groups),
+            ["Bob@example.com", "carol@example.com", "group:db-admins"]
+        );
+        assert_eq!(
+            dir.member_emails(&groups),
+            ["Bob@example.com", "carol@example.com"]
+        );
     }
 }
