@@ -840,6 +840,52 @@ async fn client_disconnect_during_a_hold_cancels_the_approval_request() {
     );
 }
 
+#[tokio::test]
+async fn statements_postgres_may_read_differently_after_a_setting_change_are_refused() {
+    // The static gate allows every SET, as an approval of one would.
+    let (_gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table_of_ids(&client, "(1), (2)").await;
+    let smuggled = format!("SELECT 'a\\', '; DELETE FROM {t}; --'");
+    client
+        .batch_execute("SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    // The policy would see one SELECT; PostgreSQL would now see a SELECT and a DELETE.
+    let err = client.simple_query(&smuggled).await.unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501");
+    assert!(
+        message.contains("standard_conforming_strings = off"),
+        "{message}"
+    );
+    // Text that reads the same either way still runs, and the session stays usable.
+    let rows = client.simple_query("SELECT 'plain'").await.unwrap();
+    assert!(matches!(
+        rows[0],
+        tokio_postgres::SimpleQueryMessage::Row(_)
+    ));
+    assert_eq!(rows_in(&client, &t).await, 2, "nothing was deleted");
+    // Statements parsed meanwhile are refused when they run (the extended protocol too): a single
+    // statement can hide a call the same way.
+    let hiding = "SELECT 'a\\', ', pg_backend_pid(), $1::text, '--'";
+    let prepared = client.prepare(hiding).await.unwrap();
+    let err = client.query(&prepared, &[&"x"]).await.unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+    client
+        .batch_execute("RESET standard_conforming_strings")
+        .await
+        .unwrap();
+    // Read as the policy reads it again: a SELECT of two strings.
+    let rows = client.simple_query(&smuggled).await.unwrap();
+    assert!(matches!(
+        rows[0],
+        tokio_postgres::SimpleQueryMessage::Row(_)
+    ));
+    assert_eq!(rows_in(&client, &t).await, 2);
+    drop_table(&client, &t).await;
+}
+
 /// A direct session to the test database, bypassing the gateway.
 async fn direct() -> Client {
     let (client, connection) =

@@ -46,6 +46,10 @@ pub struct BackendTracker {
     /// Extended-protocol batches finished since the relay last looked, and whether each ended
     /// without an ErrorResponse.
     pub settled: Vec<(u64, bool)>,
+    /// Settings PostgreSQL reported (ParameterStatus) under which it reads statement text differently
+    /// from the policy, as `(name, value)`: `standard_conforming_strings` off, or a client encoding whose
+    /// characters can hold a backslash. Set however the change was made (an approved SET, a function).
+    pub misread: Vec<(String, String)>,
     tag: Option<String>,
     error: Option<String>,
     /// Bytes needed to complete the frame at the head of the buffer (for the reader's reservation).
@@ -66,6 +70,7 @@ impl BackendTracker {
             status,
             in_flight: VecDeque::new(),
             settled: Vec::new(),
+            misread: Vec::new(),
             tag: None,
             error: None,
             need: 0,
@@ -109,7 +114,7 @@ impl BackendTracker {
             let rejecting = self.in_flight.front().is_some_and(|f| f.rejection);
             let hidden = rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S');
             let masking = self.masker.is_some() && stream::wants(tag);
-            if !matches!(tag, b'Z' | b'C' | b'E') && !hidden && !masking {
+            if !matches!(tag, b'Z' | b'C' | b'E' | b'S') && !hidden && !masking {
                 if avail >= total {
                     pos += total;
                     continue;
@@ -135,6 +140,7 @@ impl BackendTracker {
                 }
             }
             match tag {
+                b'S' => self.note_setting(body),
                 b'Z' => {
                     self.status = body.first().copied().unwrap_or(b'I');
                     self.finish(finished);
@@ -177,6 +183,23 @@ impl BackendTracker {
             rewritten.extend_from_slice(&buf[copied..pos]);
         }
         Ok((pos, rewrote))
+    }
+
+    /// Notes a ParameterStatus that changes how PostgreSQL reads statement text (see `misread`).
+    fn note_setting(&mut self, body: &[u8]) {
+        let mut p = 0;
+        let (Some(name), Some(value)) = (read_cstr(body, &mut p), read_cstr(body, &mut p)) else {
+            return;
+        };
+        let name = String::from_utf8_lossy(name);
+        if !matches!(&*name, "standard_conforming_strings" | "client_encoding") {
+            return;
+        }
+        let value = String::from_utf8_lossy(value).into_owned();
+        self.misread.retain(|(n, _)| *n != name);
+        if crate::policy::settings::setting_verdict(&name, &value).0 != Action::Allow {
+            self.misread.push((name.into_owned(), value));
+        }
     }
 
     fn finish(&mut self, finished: &mut Vec<FinishedStatement>) {
@@ -246,6 +269,62 @@ mod tests {
         b.put_slice(tag.as_bytes());
         b.put_u8(0);
         b
+    }
+
+    fn parameter_status(name: &str, value: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(b'S');
+        b.put_i32(4 + name.len() as i32 + 1 + value.len() as i32 + 1);
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+        b.put_slice(value.as_bytes());
+        b.put_u8(0);
+        b
+    }
+
+    #[test]
+    fn settings_that_change_how_postgres_reads_text_are_noted_until_made_safe_again() {
+        let mut t = BackendTracker::new(b'I');
+        let scan = |t: &mut BackendTracker, frames: &[BytesMut]| {
+            let data: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+            let (n, rewrote) = t
+                .scan(&data, &mut BytesMut::new(), &mut Vec::new())
+                .unwrap();
+            // Noted, never rewritten: the client gets the frames as they are.
+            assert_eq!((n, rewrote), (data.len(), false));
+        };
+        scan(
+            &mut t,
+            &[
+                parameter_status("application_name", "psql"),
+                parameter_status("client_encoding", "UTF8"),
+            ],
+        );
+        assert!(t.misread.is_empty());
+        scan(
+            &mut t,
+            &[
+                parameter_status("standard_conforming_strings", "off"),
+                parameter_status("client_encoding", "GBK"),
+            ],
+        );
+        assert_eq!(
+            t.misread,
+            [
+                ("standard_conforming_strings".to_string(), "off".to_string()),
+                ("client_encoding".to_string(), "GBK".to_string())
+            ]
+        );
+        scan(
+            &mut t,
+            &[parameter_status("standard_conforming_strings", "on")],
+        );
+        assert_eq!(
+            t.misread,
+            [("client_encoding".to_string(), "GBK".to_string())]
+        );
+        scan(&mut t, &[parameter_status("client_encoding", "LATIN1")]);
+        assert!(t.misread.is_empty());
     }
 
     #[test]

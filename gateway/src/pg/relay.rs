@@ -419,12 +419,13 @@ where
     }
 
     fn classify(&mut self, sql: &str) -> Arc<Verdict> {
-        self.ctx.gate.classify(
+        let verdict = self.ctx.gate.classify(
             &self.ctx.session.connection,
             &self.ctx.session.requester,
             sql,
             &mut self.verdicts,
-        )
+        );
+        misread_guard(&self.backend, sql, verdict)
     }
 
     fn on_query(&mut self, frame: BytesMut) -> Option<Held> {
@@ -495,9 +496,11 @@ where
         let gate = &self.ctx.gate;
         let session = &self.ctx.session;
         let memo = &mut self.verdicts;
+        let backend = &self.backend;
         let mut prepares = false;
         self.catalog.parse(name, sql, |sql| {
             let verdict = gate.classify(&session.connection, &session.requester, sql, memo);
+            let verdict = misread_guard(backend, sql, verdict);
             prepares = may_prepare(&verdict);
             verdict
         });
@@ -756,6 +759,48 @@ where
 
 /// True when a statement may create a prepared statement upstream by name (PREPARE, or text the
 /// policy could not parse), which the gateway's catalog then does not know.
+/// While PostgreSQL may read statement text differently from the policy (see
+/// [`BackendTracker::misread`]), a statement whose reading could differ is refused: with a backslash
+/// (`standard_conforming_strings` off makes it escape a quote) or a non-ASCII character (whose last byte
+/// may be a backslash in the client encoding), the verdict could be about a statement PostgreSQL never
+/// sees. ASCII text without a backslash reads the same either way. The same holds while an approved
+/// statement that may change those settings has not answered yet (a pipelined statement would be read
+/// after it).
+fn misread_guard(backend: &BackendTracker, sql: &str, verdict: Arc<Verdict>) -> Arc<Verdict> {
+    if verdict.action == Action::Block || (sql.is_ascii() && !sql.contains('\\')) {
+        return verdict;
+    }
+    let why = match backend.misread.first() {
+        Some((name, value)) => format!("this session has {name} = {value}"),
+        None if backend
+            .in_flight
+            .iter()
+            .any(|f| f.executed.is_some() && may_change_text_reading(&f.sql)) =>
+        {
+            "an approved statement that may change how PostgreSQL reads statement text has not finished"
+                .to_string()
+        }
+        None => return verdict,
+    };
+    Arc::new(Verdict {
+        action: Action::Block,
+        reasons: vec![format!(
+            "{why}, so PostgreSQL may read the backslashes or non-ASCII characters in this statement differently from the policy; RESET standard_conforming_strings and client_encoding first, or send the statement in ASCII without backslashes"
+        )],
+        statements: verdict.statements.clone(),
+        rule: "gateway".into(),
+        review: None,
+    })
+}
+
+/// True when `sql` may change `standard_conforming_strings` or `client_encoding`.
+fn may_change_text_reading(sql: &str) -> bool {
+    let sql = sql.to_ascii_lowercase();
+    ["conforming", "encoding", "set_config"]
+        .iter()
+        .any(|w| sql.contains(w))
+}
+
 fn may_prepare(verdict: &Verdict) -> bool {
     verdict
         .statements
