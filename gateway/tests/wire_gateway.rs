@@ -861,10 +861,9 @@ async fn statements_postgres_may_read_differently_after_a_setting_change_are_ref
     );
     // Text that reads the same either way still runs, and the session stays usable.
     let rows = client.simple_query("SELECT 'plain'").await.unwrap();
-    assert!(matches!(
-        rows[0],
-        tokio_postgres::SimpleQueryMessage::Row(_)
-    ));
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
     assert_eq!(rows_in(&client, &t).await, 2, "nothing was deleted");
     // Statements parsed meanwhile are refused when they run (the extended protocol too): a single
     // statement can hide a call the same way.
@@ -878,10 +877,9 @@ async fn statements_postgres_may_read_differently_after_a_setting_change_are_ref
         .unwrap();
     // Read as the policy reads it again: a SELECT of two strings.
     let rows = client.simple_query(&smuggled).await.unwrap();
-    assert!(matches!(
-        rows[0],
-        tokio_postgres::SimpleQueryMessage::Row(_)
-    ));
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
     assert_eq!(rows_in(&client, &t).await, 2);
     drop_table(&client, &t).await;
 }
