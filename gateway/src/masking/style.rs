@@ -164,12 +164,12 @@ fn push_stars(out: &mut String, mut n: usize) {
 }
 
 /// [`partial`] for ASCII text, where a character is a byte (the common case, without char decoding):
-/// kept stretches and runs of `*` are appended a slice at a time.
+/// one pass over the bytes, each appended as itself or as `*`.
 fn partial_ascii(value: &str, out: &mut String) {
     let b = value.as_bytes();
-    out.reserve(b.len());
     if let Some(at) = b.iter().position(|&c| c == b'@') {
         if at > 0 {
+            out.reserve(b.len());
             out.push(char::from(b[0]));
             push_stars(out, at - 1);
         }
@@ -180,29 +180,14 @@ fn partial_ascii(value: &str, out: &mut String) {
     let keep = if alnum >= 8 { 4 } else { 0 };
     // Alphanumerics up to the `hide`-th become `*`; punctuation between them stays.
     let mut hide = alnum - keep;
-    let mut i = 0;
-    while hide > 0 && i < b.len() {
-        let run = b[i..]
-            .iter()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .count()
-            .min(hide);
-        push_stars(out, run);
-        hide -= run;
-        i += run;
-        let kept = b[i..]
-            .iter()
-            .take_while(|c| !c.is_ascii_alphanumeric())
-            .count();
-        // Mostly one separator: pushed as a character, without a copy call.
-        match kept {
-            0 => {}
-            1 => out.push(char::from(b[i])),
-            _ => out.push_str(&value[i..i + kept]),
+    out.extend(b.iter().map(|&c| {
+        if hide > 0 && c.is_ascii_alphanumeric() {
+            hide -= 1;
+            '*'
+        } else {
+            char::from(c)
         }
-        i += kept;
-    }
-    out.push_str(&value[i..]);
+    }));
 }
 
 #[cfg(test)]
