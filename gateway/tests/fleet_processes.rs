@@ -328,6 +328,53 @@ async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() 
     assert_eq!(status, "pending", "the request survives the shutdown");
 }
 
+/// Static tokens for the two reviewers of [`config`] (`bob-token`, `carol-token`).
+fn reviewer_tokens() -> String {
+    ["bob", "carol"]
+        .iter()
+        .map(|who| {
+            format!(
+                "[[identity.static_tokens]]\nname = \"{who}\"\nsha256 = \"{}\"\nkind = \"human\"\nemail = \"{who}@example.com\"\n\n",
+                sha(&format!("{who}-token"))
+            )
+        })
+        .collect()
+}
+
+/// A direct session to PostgreSQL and a fresh table `prefix_<uuid> (id int)` holding `values`.
+async fn table_of_ids(prefix: &str, values: &str) -> (tokio_postgres::Client, String) {
+    let table = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let (admin, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("PostgreSQL on 127.0.0.1:5432");
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int); INSERT INTO {table} VALUES {values}"
+        ))
+        .await
+        .unwrap();
+    (admin, table)
+}
+
+/// Both reviewers approve request `id` through the API; waits until it is approved.
+async fn approve_by_both(http: &reqwest::Client, base: &str, id: &str) {
+    for reviewer in ["bob-token", "carol-token"] {
+        let r = http
+            .post(format!("{base}/v1/requests/{id}/votes"))
+            .bearer_auth(reviewer)
+            .json(&serde_json::json!({ "decision": "approve" }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "vote: {}", r.status());
+    }
+    await_status(http, base, id, "approved").await;
+}
+
 /// The request's JSON as `GET /v1/requests/{id}` shows it.
 async fn request_json(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
     http.get(format!("{base}/v1/requests/{id}"))
@@ -367,25 +414,8 @@ async fn gateway_killed_mid_execution_records_it_interrupted_after_restart() {
     // The default store: one SQLite file, which the restarted process reopens.
     let data = countersign_bot::testing::TempDir::new();
     let store_url = format!("sqlite://{}/state.db", data.path().display());
-    let reviewers = format!(
-        "[[identity.static_tokens]]\nname = \"bob\"\nsha256 = \"{}\"\nkind = \"human\"\nemail = \"bob@example.com\"\n\n[[identity.static_tokens]]\nname = \"carol\"\nsha256 = \"{}\"\nkind = \"human\"\nemail = \"carol@example.com\"\n",
-        sha("bob-token"),
-        sha("carol-token")
-    );
-    let table = format!("interrupted_{}", uuid::Uuid::new_v4().simple());
-    let (mut admin, _) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .map(|(c, conn)| (c, tokio::spawn(conn)))
-    .expect("PostgreSQL on 127.0.0.1:5432");
-    admin
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id int); INSERT INTO {table} VALUES (1)"
-        ))
-        .await
-        .unwrap();
+    let reviewers = reviewer_tokens();
+    let (mut admin, table) = table_of_ids("interrupted", "(1)").await;
 
     let port = free_port();
     let toml = config(&store_url, port, &reviewers);
@@ -393,17 +423,7 @@ async fn gateway_killed_mid_execution_records_it_interrupted_after_restart() {
     let http = reqwest::Client::new();
     let sql = format!("DELETE FROM {table}");
     let id = hold(&http, &a.base, &sql).await;
-    for reviewer in ["bob-token", "carol-token"] {
-        let r = http
-            .post(format!("{}/v1/requests/{id}/votes", a.base))
-            .bearer_auth(reviewer)
-            .json(&serde_json::json!({ "decision": "approve" }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "vote: {}", r.status());
-    }
-    await_status(&http, &a.base, &id, "approved").await;
+    approve_by_both(&http, &a.base, &id).await;
 
     // A lock held elsewhere keeps the approved DELETE running when the gateway dies.
     let locker = admin.transaction().await.unwrap();
@@ -476,41 +496,14 @@ async fn agent_hanging_up_mid_execution_still_gets_its_statement_finished_and_re
     let _ = rustls::crypto::ring::default_provider().install_default();
     let data = countersign_bot::testing::TempDir::new();
     let store_url = format!("sqlite://{}/state.db", data.path().display());
-    let reviewers = format!(
-        "[[identity.static_tokens]]\nname = \"bob\"\nsha256 = \"{}\"\nkind = \"human\"\nemail = \"bob@example.com\"\n\n[[identity.static_tokens]]\nname = \"carol\"\nsha256 = \"{}\"\nkind = \"human\"\nemail = \"carol@example.com\"\n",
-        sha("bob-token"),
-        sha("carol-token")
-    );
-    let table = format!("hangup_{}", uuid::Uuid::new_v4().simple());
-    let (mut admin, _) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .map(|(c, conn)| (c, tokio::spawn(conn)))
-    .expect("PostgreSQL on 127.0.0.1:5432");
-    admin
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id int); INSERT INTO {table} VALUES (1), (2)"
-        ))
-        .await
-        .unwrap();
+    let reviewers = reviewer_tokens();
+    let (mut admin, table) = table_of_ids("hangup", "(1), (2)").await;
     let port = free_port();
     let a = Replica::start(&config(&store_url, port, &reviewers), port).await;
     let http = reqwest::Client::new();
     let sql = format!("DELETE FROM {table}");
     let id = hold(&http, &a.base, &sql).await;
-    for reviewer in ["bob-token", "carol-token"] {
-        let r = http
-            .post(format!("{}/v1/requests/{id}/votes", a.base))
-            .bearer_auth(reviewer)
-            .json(&serde_json::json!({ "decision": "approve" }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "vote: {}", r.status());
-    }
-    await_status(&http, &a.base, &id, "approved").await;
+    approve_by_both(&http, &a.base, &id).await;
     let locker = admin.transaction().await.unwrap();
     locker
         .batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))

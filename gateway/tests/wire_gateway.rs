@@ -913,15 +913,26 @@ async fn waiting_on_a_lock(observer: &Client, sql: &str) {
     panic!("{sql} never reached the upstream");
 }
 
-#[tokio::test]
-async fn approved_statement_runs_to_the_end_and_is_recorded_when_its_client_leaves() {
-    let (gate, addr) = start().await;
+/// A session whose approved `DELETE FROM t` waits upstream on a lock `locker` holds, and whose
+/// client has just gone away.
+struct LeftWaiting {
+    setup: Client,
+    t: String,
+    sql: String,
+    locker: Client,
+    observer: Client,
+}
+
+async fn approved_delete_left_waiting(
+    gate: &StaticGate,
+    addr: SocketAddr,
+    values: &str,
+) -> LeftWaiting {
     let setup = connect(addr).await;
-    let t = table_of_ids(&setup, "(1), (2), (3)").await;
-    let mut locker = direct().await;
-    let observer = direct().await;
-    let lock = locker.transaction().await.unwrap();
-    lock.batch_execute(&format!("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE"))
+    let t = table_of_ids(&setup, values).await;
+    let (locker, observer) = (direct().await, direct().await);
+    locker
+        .batch_execute(&format!("BEGIN; LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE"))
         .await
         .unwrap();
     gate.push_outcome(Duration::from_millis(50), HoldOutcome::Approved);
@@ -935,16 +946,29 @@ async fn approved_statement_runs_to_the_end_and_is_recorded_when_its_client_leav
         tokio::spawn(async move { client.simple_query(&sql).await })
     };
     waiting_on_a_lock(&observer, &sql).await;
+    // The client goes away while its approved DELETE waits upstream.
+    connection.abort();
+    running.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    LeftWaiting {
+        setup,
+        t,
+        sql,
+        locker,
+        observer,
+    }
+}
+
+#[tokio::test]
+async fn approved_statement_runs_to_the_end_and_is_recorded_when_its_client_leaves() {
+    let (gate, addr) = start().await;
+    let w = approved_delete_left_waiting(&gate, addr, "(1), (2), (3)").await;
     let GateEvent::Hold { id, .. } =
         eventually(&gate, "a hold", |e| matches!(e, GateEvent::Hold { .. })).await
     else {
         unreachable!()
     };
-    // The client goes away while its approved DELETE waits upstream.
-    connection.abort();
-    running.abort();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    lock.rollback().await.unwrap();
+    w.locker.batch_execute("ROLLBACK").await.unwrap();
     let GateEvent::Executed(executed_id, outcome) =
         eventually(&gate, "executed", |e| matches!(e, GateEvent::Executed(..))).await
     else {
@@ -953,40 +977,23 @@ async fn approved_statement_runs_to_the_end_and_is_recorded_when_its_client_leav
     assert_eq!(executed_id, id);
     assert_eq!(outcome.command_tag.as_deref(), Some("DELETE 3"));
     assert_eq!(outcome.error, None);
-    assert_eq!(rows_in(&setup, &t).await, 0, "the approved DELETE ran once");
-    drop_table(&setup, &t).await;
+    assert_eq!(
+        rows_in(&w.setup, &w.t).await,
+        0,
+        "the approved DELETE ran once"
+    );
+    drop_table(&w.setup, &w.t).await;
 }
 
 #[tokio::test]
 async fn approved_statement_whose_upstream_dies_is_recorded_as_unknown_when_its_client_left() {
     let (gate, addr) = start().await;
-    let setup = connect(addr).await;
-    let t = table_of_ids(&setup, "(1)").await;
-    let mut locker = direct().await;
-    let observer = direct().await;
-    let lock = locker.transaction().await.unwrap();
-    lock.batch_execute(&format!("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE"))
-        .await
-        .unwrap();
-    gate.push_outcome(Duration::from_millis(50), HoldOutcome::Approved);
-    let sql = format!("DELETE FROM {t}");
-    let (client, connection) = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
-    let running = {
-        let sql = sql.clone();
-        tokio::spawn(async move { client.simple_query(&sql).await })
-    };
-    waiting_on_a_lock(&observer, &sql).await;
-    connection.abort();
-    running.abort();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let w = approved_delete_left_waiting(&gate, addr, "(1)").await;
     // The upstream session running it is terminated before it finishes.
-    observer
+    w.observer
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
-            &[&sql],
+            &[&w.sql],
         )
         .await
         .unwrap();
@@ -1000,9 +1007,9 @@ async fn approved_statement_whose_upstream_dies_is_recorded_as_unknown_when_its_
         error.contains("terminat") || error.contains("whether it ran is unknown"),
         "the failure is recorded: {error}"
     );
-    lock.rollback().await.unwrap();
-    assert_eq!(rows_in(&setup, &t).await, 1);
-    drop_table(&setup, &t).await;
+    w.locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(rows_in(&w.setup, &w.t).await, 1);
+    drop_table(&w.setup, &w.t).await;
 }
 
 /// A frontend message: tag, length, body.

@@ -99,7 +99,7 @@ pub(crate) fn insert_statements_sql(rows: usize, dialect: BulkInsert) -> &'stati
     &all[rows.trailing_zeros() as usize]
 }
 
-fn parse_uuid<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, StoreError> {
+pub(crate) fn parse_uuid<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("bad {what} {s:?}")))
 }
@@ -392,6 +392,12 @@ macro_rules! sql_store {
                 created_ms: row.try_get("created_ms")?,
             }
             .into_item()
+        }
+
+        /// The `id` column of a `requests` row.
+        fn request_id_row(row: &<$db as sqlx::Database>::Row) -> Result<RequestId, StoreError> {
+            let id: String = row.try_get("id")?;
+            $crate::store::backend::parse_uuid(&id, "request id")
         }
 
         fn session_row(row: &<$db as sqlx::Database>::Row) -> Result<SessionRecord, StoreError> {
@@ -755,12 +761,7 @@ macro_rules! sql_store {
                     .bind(limit as i64)
                     .fetch_all(&self.pool)
                     .await?;
-                rows.iter()
-                    .map(|r| {
-                        let s: String = r.try_get("id")?;
-                        s.parse().map_err(|_| StoreError::Corrupt(format!("bad request id {s:?}")))
-                    })
-                    .collect()
+                rows.iter().map(request_id_row).collect()
             }
 
             async fn touch_executing(&self, ids: &[RequestId], now_ms: i64) -> Result<(), StoreError> {
@@ -780,12 +781,7 @@ macro_rules! sql_store {
                     .bind(limit as i64)
                     .fetch_all(&self.pool)
                     .await?;
-                rows.iter()
-                    .map(|r| {
-                        let s: String = r.try_get("id")?;
-                        s.parse().map_err(|_| StoreError::Corrupt(format!("bad request id {s:?}")))
-                    })
-                    .collect()
+                rows.iter().map(request_id_row).collect()
             }
 
             async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {

@@ -35,6 +35,29 @@ pub struct InFlight {
     pub batch: Option<u64>,
 }
 
+impl InFlight {
+    /// The record of this statement, now that the upstream has answered (or failed).
+    pub fn finished(
+        self,
+        command_tag: Option<String>,
+        error: Option<String>,
+        masked_fields: u64,
+    ) -> FinishedStatement {
+        FinishedStatement {
+            sql: self.sql,
+            binds: self.binds,
+            decision: self.decision,
+            request_id: self.request_id,
+            executed: self.executed,
+            duration: self.received.elapsed(),
+            run_time: self.forwarded.elapsed(),
+            command_tag,
+            error,
+            masked_fields,
+        }
+    }
+}
+
 /// Upstream-side state of a session.
 pub struct BackendTracker {
     /// Bytes of a pass-through frame still to come.
@@ -211,18 +234,8 @@ impl BackendTracker {
         if let Some(batch) = f.batch {
             self.settled.push((batch, error.is_none()));
         }
-        finished.push(FinishedStatement {
-            sql: f.sql,
-            binds: f.binds,
-            decision: f.decision,
-            request_id: f.request_id,
-            executed: f.executed,
-            duration: f.received.elapsed(),
-            run_time: f.forwarded.elapsed(),
-            command_tag: tag,
-            error,
-            masked_fields: self.masker.as_mut().map_or(0, |m| m.take_masked()),
-        });
+        let masked = self.masker.as_mut().map_or(0, |m| m.take_masked());
+        finished.push(f.finished(tag, error, masked));
     }
 }
 

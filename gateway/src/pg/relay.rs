@@ -285,21 +285,9 @@ where
             if f.executed.is_none() {
                 continue;
             }
-            self.ctx.recorder.statement(
-                &self.ctx.session,
-                FinishedStatement {
-                    sql: f.sql,
-                    binds: f.binds,
-                    decision: f.decision,
-                    request_id: f.request_id,
-                    executed: f.executed,
-                    duration: f.received.elapsed(),
-                    run_time: f.forwarded.elapsed(),
-                    command_tag: None,
-                    error: Some(error.clone()),
-                    masked_fields: 0,
-                },
-            );
+            self.ctx
+                .recorder
+                .statement(&self.ctx.session, f.finished(None, Some(error.clone()), 0));
         }
     }
 
