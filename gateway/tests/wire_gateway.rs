@@ -884,6 +884,34 @@ async fn statements_postgres_may_read_differently_after_a_setting_change_are_ref
     drop_table(&client, &t).await;
 }
 
+#[tokio::test]
+async fn a_database_default_that_changes_how_postgres_reads_text_is_noticed_at_login() {
+    let admin = direct().await;
+    let db = format!("misread_{}", uuid::Uuid::new_v4().simple());
+    for sql in [
+        format!("CREATE DATABASE {db}"),
+        format!("ALTER DATABASE {db} SET standard_conforming_strings = off"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let (_gate, addr) = start_with(|_| {}, &db).await;
+    let client = connect(addr).await;
+    let err = client
+        .simple_query("SELECT 'a\\', '; SELECT 1; --'")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+    let rows = client.simple_query("SELECT 'plain'").await.unwrap();
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
+    drop(client);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
 /// A direct session to the test database, bypassing the gateway.
 async fn direct() -> Client {
     let (client, connection) =

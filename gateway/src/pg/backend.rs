@@ -107,6 +107,20 @@ impl BackendTracker {
         self
     }
 
+    /// Notes the settings among `frames` (the upstream's ParameterStatus frames at login).
+    pub fn with_settings(mut self, mut frames: &[u8]) -> Self {
+        while let Some((tag, total)) = frame_header(frames) {
+            let Some(frame) = frames.get(..total).filter(|_| total != usize::MAX) else {
+                break;
+            };
+            if tag == b'S' {
+                self.note_setting(&frame[5..]);
+            }
+            frames = &frames[total..];
+        }
+        self
+    }
+
     /// True between frames: the gateway may inject its own message to the client.
     pub fn at_boundary(&self) -> bool {
         self.skip == 0

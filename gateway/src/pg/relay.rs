@@ -38,6 +38,9 @@ pub struct SessionCtx {
     pub masking: Option<Arc<Masker>>,
     /// Resolves table OIDs for table-qualified masking rules (None: they match by column name).
     pub table_lookup: Option<Arc<dyn TableLookup>>,
+    /// The upstream's ParameterStatus frames at login: a database or role default may already make
+    /// PostgreSQL read statement text differently (see [`BackendTracker::misread`]).
+    pub startup_status: BytesMut,
 }
 
 /// A statement or batch waiting for a human decision.
@@ -118,11 +121,13 @@ where
             inject: BytesMut::new(),
             finished: Vec::new(),
             client_need: 0,
-            backend: BackendTracker::new(ready_status).with_masker(
-                ctx.masking
-                    .clone()
-                    .map(|m| WireMasker::new(m).with_lookup(ctx.table_lookup.clone())),
-            ),
+            backend: BackendTracker::new(ready_status)
+                .with_masker(
+                    ctx.masking
+                        .clone()
+                        .map(|m| WireMasker::new(m).with_lookup(ctx.table_lookup.clone())),
+                )
+                .with_settings(&ctx.startup_status),
             catalog: Catalog::default(),
             batch: Batch::default(),
             verdicts: VerdictMemo::default(),

@@ -361,7 +361,7 @@ async fn serve<S: Halves>(
     let result = relay(
         stream,
         upstream_stream,
-        leftover,
+        (leftover, parameter_status),
         ready_status,
         &session,
         signal,
@@ -376,7 +376,7 @@ async fn serve<S: Halves>(
 async fn relay<S: Halves>(
     stream: S,
     upstream: UpstreamStream,
-    leftover: BytesMut,
+    (leftover, startup_status): (BytesMut, BytesMut),
     ready_status: u8,
     session: &Arc<SessionInfo>,
     signal: Arc<CancelSignal>,
@@ -393,6 +393,7 @@ async fn relay<S: Halves>(
         max_message_size: shared.cfg.max_message_size,
         masking: shared.gate.masking(&session.connection),
         table_lookup: shared.gate.table_lookup(&session.connection),
+        startup_status,
     };
     // One monomorphised relay per upstream kind: the plain path reads and writes the TCP halves directly.
     match upstream {
