@@ -675,3 +675,50 @@ remind_after = "15m"
         .as_u16();
     assert!((400..500).contains(&r), "forged e-mail link: {r}");
 }
+
+#[tokio::test]
+async fn api_refuses_text_postgres_would_read_differently_under_a_database_default() {
+    let admin = direct().await;
+    let db = format!("cs_misread_{}", uuid::Uuid::new_v4().simple());
+    for sql in [
+        format!("CREATE DATABASE {db}"),
+        format!("ALTER DATABASE {db} SET standard_conforming_strings = off"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let url = upstream_url();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let cfg = base_config("").replace(&url, &format!("{base}/{db}"));
+    assert!(
+        cfg.contains(&db),
+        "the connection points at the new database"
+    );
+    let (in_db, conn) = tokio_postgres::connect(&format!("{base}/{db}"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    in_db
+        .batch_execute("CREATE TABLE kept (id int); INSERT INTO kept VALUES (1)")
+        .await
+        .unwrap();
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    // One SELECT to the policy; a SELECT and a DROP to PostgreSQL with the database's default.
+    let smuggled = "SELECT 'a\\', '; DROP TABLE kept; --'";
+    let r = gw.query(AGENT, smuggled).await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert!(
+        r.body
+            .to_string()
+            .contains("standard_conforming_strings = off"),
+        "{:?}",
+        r.body
+    );
+    let r = gw.query(AGENT, "SELECT count(*) FROM kept").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["rows"][0][0], "1", "{:?}", r.body);
+    drop(in_db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}

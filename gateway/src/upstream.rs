@@ -248,6 +248,14 @@ pub enum ExecError {
     /// The upstream sent something unexpected.
     #[error("the upstream sent an unexpected message: {0}")]
     Protocol(String),
+    /// PostgreSQL would read the statement's text differently from the policy on this connection.
+    #[error("the upstream session has {name} = {value} (a database or role default), so PostgreSQL may read the backslashes or non-ASCII characters in this statement differently from the policy; send it in ASCII without backslashes, or have the default changed")]
+    Misread {
+        /// The setting.
+        name: String,
+        /// Its value.
+        value: String,
+    },
 }
 
 /// Idle upstream sessions per connection name, reused by the HTTP API, and a cap on how many sessions the
@@ -318,6 +326,16 @@ impl UpstreamPool {
             Some(u) => u,
             None => connect(target, &[("application_name".into(), "countersign".into())]).await?,
         };
+        if !crate::pg::backend::reads_the_same_anyhow(sql) {
+            let misread = crate::pg::backend::misread_settings(&up.parameter_status);
+            if let Some((setting, value)) = misread.into_iter().next() {
+                self.give_back(name, up);
+                return Err(ExecError::Misread {
+                    name: setting,
+                    value,
+                });
+            }
+        }
         let (outcome, reusable) = run_simple(&mut up, sql).await?;
         if reusable && (stateless || reset(&mut up).await) {
             self.give_back(name, up);

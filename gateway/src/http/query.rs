@@ -287,6 +287,12 @@ fn respond_with_result(
             )
             .with(json!({ "request_id": request })));
         }
+        Err(e @ ExecError::Misread { .. }) => {
+            return Err(
+                ApiError::new(StatusCode::FORBIDDEN, "blocked", e.to_string())
+                    .with(json!({ "request_id": request })),
+            );
+        }
         Err(e) => {
             metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Connection);
             return Err(

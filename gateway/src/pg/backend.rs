@@ -58,6 +58,18 @@ impl InFlight {
     }
 }
 
+/// The settings among an upstream's login ParameterStatus `frames` under which PostgreSQL reads
+/// statement text differently from the policy (see [`BackendTracker::misread`]).
+pub fn misread_settings(frames: &[u8]) -> Vec<(String, String)> {
+    BackendTracker::new(b'I').with_settings(frames).misread
+}
+
+/// True when PostgreSQL reads `sql` as the policy does whatever `standard_conforming_strings` and the
+/// client encoding are: ASCII without a backslash.
+pub fn reads_the_same_anyhow(sql: &str) -> bool {
+    sql.is_ascii() && !sql.contains('\\')
+}
+
 /// Upstream-side state of a session.
 pub struct BackendTracker {
     /// Bytes of a pass-through frame still to come.

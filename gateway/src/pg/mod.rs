@@ -6,7 +6,7 @@
 //! [`WireGate::classify`]; upstream bytes are passed through untouched except the gateway's own refusals.
 
 mod auth;
-mod backend;
+pub(crate) mod backend;
 mod cancel;
 pub mod channel_binding;
 pub(crate) mod codec;

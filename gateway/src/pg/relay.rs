@@ -760,7 +760,7 @@ where
 /// statement that may change those settings has not answered yet (a pipelined statement would be read
 /// after it).
 fn misread_guard(backend: &BackendTracker, sql: &str, verdict: Arc<Verdict>) -> Arc<Verdict> {
-    if verdict.action == Action::Block || (sql.is_ascii() && !sql.contains('\\')) {
+    if verdict.action == Action::Block || super::backend::reads_the_same_anyhow(sql) {
         return verdict;
     }
     let why = match backend.misread.first() {
