@@ -722,3 +722,26 @@ async fn api_refuses_text_postgres_would_read_differently_under_a_database_defau
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn api_sessions_speak_utf8_whatever_the_database_default_encoding() {
+    let admin = direct().await;
+    let db = format!("cs_sjis_{}", uuid::Uuid::new_v4().simple());
+    for sql in [
+        format!("CREATE DATABASE {db}"),
+        format!("ALTER DATABASE {db} SET client_encoding = 'SJIS'"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let url = upstream_url();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let cfg = base_config("").replace(&url, &format!("{base}/{db}"));
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let r = gw.query(AGENT, "SELECT 'Grüße aus Köln' AS greeting").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["rows"][0][0], "Grüße aus Köln", "{:?}", r.body);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}

@@ -324,7 +324,15 @@ impl UpstreamPool {
             .map_err(|_| ExecError::Protocol("upstream pool closed".into()))?;
         let mut up = match self.take(name) {
             Some(u) => u,
-            None => connect(target, &[("application_name".into(), "countersign".into())]).await?,
+            // UTF-8 whatever the database's or role's default: the API sends and decodes UTF-8 text,
+            // and the policy reads it so.
+            None => {
+                let params = [
+                    ("application_name".into(), "countersign".into()),
+                    ("client_encoding".into(), "UTF8".into()),
+                ];
+                connect(target, &params).await?
+            }
         };
         if !crate::pg::backend::reads_the_same_anyhow(sql) {
             let misread = crate::pg::backend::misread_settings(&up.parameter_status);
