@@ -4,8 +4,10 @@
 //! expression has neither — `lower(email)`, `email || ''`, `(SELECT ssn FROM people LIMIT 1)`, a UNION,
 //! `row_to_json(u)` — so a rule naming `email` would never see it. [`exposure`] reads the statement instead:
 //! when a select list anywhere in it mentions a column some rule masks (or a whole row), computed result
-//! columns are redacted. Statements that don't parse count as exposing (fail closed). Detectors still run
-//! on every text column either way.
+//! columns are redacted. A `RETURNING` list counts as a select list. Statements that don't parse count as
+//! exposing (fail closed), and so do `FETCH`, `EXECUTE` and `MERGE`, whose rows come from a query this
+//! statement doesn't show (a cursor's or a prepared statement's, declared earlier). Detectors still run on
+//! every text column either way.
 
 use super::rules::CompiledRules;
 use sqlparser::ast::{
@@ -46,6 +48,9 @@ pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
         return Exposure::All;
     };
     let seen = Seen::of(&statements);
+    if seen.opaque {
+        return Exposure::All;
+    }
     let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules);
     let (outer, inner) = seen.outer_and_inner();
     let any = outer.iter().chain(inner).any(exposing);
@@ -142,6 +147,9 @@ struct Seen {
     top: Option<usize>,
     /// The outermost query is a single SELECT (not a set operation or VALUES).
     plain_top: bool,
+    /// A statement returns rows of a query it doesn't show: `FETCH` (a cursor's), `EXECUTE` (a prepared
+    /// statement's), `MERGE` (its `RETURNING` is not parsed).
+    opaque: bool,
 }
 
 impl Seen {
@@ -174,6 +182,27 @@ impl Seen {
 
 impl Visitor for Seen {
     type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        let returning = match statement {
+            Statement::Insert(i) => i.returning.as_ref(),
+            Statement::Update(u) => u.returning.as_ref(),
+            Statement::Delete(d) => d.returning.as_ref(),
+            Statement::Fetch { .. } | Statement::Execute { .. } | Statement::Merge(_) => {
+                self.opaque = true;
+                None
+            }
+            _ => None,
+        };
+        // A RETURNING list is the statement's result: the outermost select list, even when an
+        // `INSERT … SELECT` or `UPDATE … FROM (subquery)` nests queries inside.
+        if let (Some(items), None) = (returning, self.top) {
+            self.items.extend(items.iter().cloned());
+            self.top = Some(self.items.len());
+            self.plain_top = true;
+        }
+        ControlFlow::Continue(())
+    }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         if self.top.is_none() {
@@ -240,6 +269,18 @@ mod tests {
             ("SELECT count(*) FROM users WHERE email = 'a@b.c'", false),
             ("SELECT id, name, amount * 2 FROM orders", false),
             ("SELECT * FROM users", false),
+            // RETURNING is a select list; FETCH and EXECUTE show no query to read.
+            ("UPDATE users SET n = 1 RETURNING lower(email)", true),
+            ("DELETE FROM users u RETURNING u", true),
+            (
+                "INSERT INTO users (email) SELECT 'a' RETURNING email || ''",
+                true,
+            ),
+            ("UPDATE users SET n = 1 RETURNING n * 2", false),
+            ("FETCH ALL FROM c", true),
+            ("FETCH NEXT IN c", true),
+            ("EXECUTE p", true),
+            ("EXECUTE p(1, 2)", true),
         ] {
             assert_eq!(exposes(sql, &r), exposing, "{sql}");
         }
@@ -338,6 +379,17 @@ mod tests {
             ("SELECT *, lower(email) FROM users", 4, Exposure::All),
             ("SELECT 1; SELECT lower(email) FROM users", 1, Exposure::All),
             ("not sql at all", 1, Exposure::All),
+            (
+                "UPDATE users SET n = 1 RETURNING id, lower(email)",
+                2,
+                cols(&[false, true]),
+            ),
+            (
+                "INSERT INTO users SELECT * FROM (SELECT lower(email) FROM users) s RETURNING id",
+                1,
+                Exposure::All,
+            ),
+            ("FETCH ALL FROM c", 1, Exposure::All),
         ] {
             assert_eq!(exposure(sql, &r, n), expected, "{sql}");
         }
