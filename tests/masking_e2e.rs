@@ -242,3 +242,92 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
+    let (db, conn) = tokio_postgres::connect(&upstream_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let schema = format!("mask_row_{}", uuid::Uuid::new_v4().simple());
+    // A value no detector recognises: only the column rule protects it.
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.people (id int, name text, ssn text);
+         INSERT INTO {schema}.people VALUES (1, 'Ann', 'SSNVAL3');"
+    ))
+    .await
+    .unwrap();
+    let cfg = base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n")
+        .replace(
+            "[[approver_groups]]",
+            "[[connections.masking.rules]]\ncolumns = [\"ssn\"]\nstyle = \"redact\"\n\n[[approver_groups]]",
+        );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let port = gw.wire.unwrap().port();
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=agent password={AGENT} dbname=local"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let shown = |rows: &[tokio_postgres::SimpleQueryMessage]| -> String {
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| format!("{:?}|", r.get(i)))
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    // A whole row (table OID, attnum 0) holds the masked column.
+    let whole = format!("SELECT t FROM {schema}.people t");
+    let r = gw.query(AGENT, &whole).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Not a text type: the masked value is NULL.
+    assert_eq!(r.body["rows"][0], json!([null]));
+    let rows = client.simple_query(&whole).await.unwrap();
+    assert!(!shown(&rows).contains("SSNVAL3"), "{}", shown(&rows));
+    // A cursor's FETCH returns rows of a query its own text doesn't show.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "DECLARE c CURSOR FOR SELECT lower(ssn) AS x FROM {schema}.people"
+        ))
+        .await
+        .unwrap();
+    let rows = client.simple_query("FETCH ALL FROM c").await.unwrap();
+    assert_eq!(shown(&rows), "Some(\"[redacted]\")|");
+    client.batch_execute("COMMIT").await.unwrap();
+    // PostgreSQL quotes the value it failed to cast; the text is withheld, the SQLSTATE stays.
+    for sql in [
+        format!("SELECT ssn::int FROM {schema}.people"),
+        format!("SELECT ssn::json FROM {schema}.people"),
+        format!("SELECT ssn::regclass FROM {schema}.people"),
+    ] {
+        let e = client.simple_query(&sql).await.unwrap_err();
+        let db_error = e.as_db_error().expect("a database error");
+        let text = format!("{db_error:?}");
+        assert!(!text.to_lowercase().contains("ssnval3"), "{sql}: {text}");
+        assert!(db_error.message().contains("withheld"), "{sql}: {text}");
+        let r = gw.query(AGENT, &sql).await;
+        assert!(
+            !r.body.to_string().to_lowercase().contains("ssnval3"),
+            "API: {sql}: {}",
+            r.body
+        );
+    }
+    // Errors built from the statement alone keep their text.
+    let e = client
+        .simple_query(&format!("SELECT nope FROM {schema}.people"))
+        .await
+        .unwrap_err();
+    assert!(e.as_db_error().unwrap().message().contains("nope"), "{e:?}");
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

@@ -21,6 +21,7 @@ pub mod datarow;
 pub mod derived;
 pub mod detect;
 pub mod hash_cache;
+pub mod messages;
 pub mod rules;
 pub mod stream;
 pub mod style;
