@@ -7,7 +7,8 @@
 //! columns are redacted. A `RETURNING` list counts as a select list. Statements that don't parse count as
 //! exposing (fail closed), and so do `FETCH`, `EXECUTE` and `MERGE`, whose rows come from a query this
 //! statement doesn't show (a cursor's or a prepared statement's, declared earlier). Detectors still run on
-//! every text column either way.
+//! every text column either way. The statistics catalogs (`pg_stats` and kin) hold sample values of every
+//! column, so whatever a statement computes from them counts as exposing too.
 
 use super::rules::CompiledRules;
 use sqlparser::ast::{
@@ -48,7 +49,7 @@ pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
         return Exposure::All;
     };
     let seen = Seen::of(&statements);
-    if seen.opaque {
+    if seen.opaque || seen.reads_statistics() {
         return Exposure::All;
     }
     let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules);
@@ -93,6 +94,9 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         return false;
     }
     let seen = Seen::of(statements);
+    if seen.reads_statistics() {
+        return true;
+    }
     let (outer, inner) = seen.outer_and_inner();
     let named = |item: &&SelectItem| {
         matches!(
@@ -106,6 +110,16 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         .chain(inner)
         .any(|item| item_exposes(item, &seen.relations, rules))
 }
+
+/// Catalogs holding sample values of every analysed column (most common values, histogram bounds),
+/// masked ones included: whatever a statement computes from them may carry a masked value.
+const STATISTICS: &[&str] = &[
+    "pg_statistic",
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic_ext_data",
+];
 
 /// True when one select-list item mentions a masked column or a whole row of a relation.
 fn item_exposes(item: &SelectItem, relations: &[String], rules: &CompiledRules) -> bool {
@@ -159,6 +173,13 @@ impl Seen {
             let _ = statement.visit(&mut seen);
         }
         seen
+    }
+
+    /// True when a relation of the statement is a statistics catalog ([`STATISTICS`]).
+    fn reads_statistics(&self) -> bool {
+        self.relations
+            .iter()
+            .any(|r| STATISTICS.contains(&r.as_str()))
     }
 
     /// The outermost query's select-list items, and every other one.
@@ -277,6 +298,16 @@ mod tests {
                 true,
             ),
             ("UPDATE users SET n = 1 RETURNING n * 2", false),
+            // Statistics hold sample values of masked columns.
+            (
+                "SELECT histogram_bounds::text FROM pg_stats WHERE attname = 'ssn'",
+                true,
+            ),
+            (
+                "SELECT array_to_string(s.most_common_vals, ',') FROM pg_catalog.pg_stats s",
+                true,
+            ),
+            ("SELECT stavalues1::text FROM pg_statistic", true),
             ("FETCH ALL FROM c", true),
             ("FETCH NEXT IN c", true),
             ("EXECUTE p", true),
@@ -317,6 +348,11 @@ mod tests {
                 All,
             ),
             ("SELEC garbled", All),
+            // pg_stats as `pg_get_viewdef` prints it, shortened.
+            (
+                " SELECT n.nspname AS schemaname,\n    a.attname,\n    s.stavalues1 AS most_common_vals\n   FROM pg_statistic s\n     JOIN pg_attribute a ON a.attrelid = s.starelid;",
+                All,
+            ),
         ] {
             assert_eq!(view_exposure(definition, &r), want, "{definition}");
         }
@@ -344,6 +380,10 @@ mod tests {
                 false,
             ),
             ("COPY users TO STDOUT", false),
+            (
+                "COPY (SELECT histogram_bounds FROM pg_stats) TO STDOUT",
+                true,
+            ),
         ] {
             assert_eq!(copy_exposes(sql, &r), exposing, "{sql}");
         }

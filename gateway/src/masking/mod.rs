@@ -112,6 +112,9 @@ impl ColumnPlan {
     }
 }
 
+/// The pseudo-type of statistics samples (`pg_statistic.stavaluesN`, `pg_stats.most_common_vals`).
+const ANYARRAY: u32 = 2277;
+
 /// True for types whose text no detector can match: an `int2`, `int4` or `oid` prints as at most 11
 /// characters, `-` and digits (too few digits for a card's 13, and neither the `+`, the separators
 /// nor the dashes a phone number or SSN of up to 10 digits needs), and a `bool` as `t`/`f`. Their
@@ -266,6 +269,11 @@ impl Masker {
             .or_else(|| real.and_then(|r| self.rules.column_style_in(r, source)))
             .cloned();
         if style.is_none() && class == TypeClass::Inet && ip_on {
+            style = Some(Style::Redact);
+        }
+        // `anyarray` values are statistics samples (`pg_statistic.stavalues1`, `pg_stats.histogram_bounds`)
+        // of every column, masked ones included.
+        if style.is_none() && type_oid == ANYARRAY && self.rules.has_column_rules() {
             style = Some(Style::Redact);
         }
         ColumnPlan {
@@ -623,6 +631,20 @@ mod tests {
             m.column_in("id", (9, 1), &unread, (25, false), false).style,
             Some(Style::Redact)
         ));
+    }
+
+    #[test]
+    fn statistics_samples_are_redacted_on_connections_with_column_rules() {
+        let m = masker(RULES);
+        // `SELECT histogram_bounds FROM pg_stats`: a view column of type anyarray.
+        let plan = m.column("histogram_bounds", 2277, false);
+        assert!(matches!(plan.style, Some(Style::Redact)), "{plan:?}");
+        assert!(m.column("attname", 19, false).style.is_none());
+        let detect_only = masker("[[rules]]\ndetect = [\"card\"]\nstyle = \"redact\"");
+        assert!(detect_only
+            .column("histogram_bounds", 2277, false)
+            .style
+            .is_none());
     }
 
     #[tokio::test]
