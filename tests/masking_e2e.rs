@@ -188,7 +188,10 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
          CREATE VIEW {schema}.directory AS SELECT id, name, ssn AS tax_id FROM {schema}.people;
          CREATE VIEW {schema}.digest AS SELECT id, md5(ssn) AS fingerprint FROM {schema}.people;
          CREATE VIEW {schema}.with_ssn AS SELECT id, name FROM {schema}.people WHERE ssn IS NOT NULL;
-         CREATE MATERIALIZED VIEW {schema}.snapshot AS SELECT id, ssn AS t FROM {schema}.people;"
+         CREATE MATERIALIZED VIEW {schema}.snapshot AS SELECT id, ssn AS t FROM {schema}.people;
+         CREATE VIEW {schema}.over AS SELECT id, tax_id AS x FROM {schema}.directory;
+         CREATE VIEW {schema}.deeper AS SELECT id, upper(x) AS y FROM {schema}.over;
+         CREATE VIEW {schema}.filtered AS SELECT id FROM {schema}.over WHERE x IS NOT NULL;"
     ))
     .await
     .unwrap();
@@ -227,6 +230,16 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
             format!("SELECT * FROM {schema}.snapshot"),
             json!(["1", "[redacted]"]),
         ),
+        // Views over views: the renamed column is followed through each definition.
+        (
+            format!("SELECT * FROM {schema}.over"),
+            json!(["1", "[redacted]"]),
+        ),
+        (
+            format!("SELECT * FROM {schema}.deeper"),
+            json!(["1", "[redacted]"]),
+        ),
+        (format!("SELECT * FROM {schema}.filtered"), json!(["1"])),
     ] {
         let r = gw.query(AGENT, &sql).await;
         assert_eq!(r.status, 200, "{sql}: {:?}", r.body);

@@ -42,6 +42,11 @@ impl Exposure {
 
 /// Which computed columns of `sql`'s `columns`-wide result may carry a masked column's values.
 pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
+    exposure_with(sql, rules, &[], columns)
+}
+
+/// As [`exposure`], with `extra` (lower-case) column names counting as masked too.
+fn exposure_with(sql: &str, rules: &CompiledRules, extra: &[String], columns: usize) -> Exposure {
     if !rules.has_column_rules() {
         return Exposure::Nothing;
     }
@@ -52,7 +57,7 @@ pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
     if seen.opaque || seen.reads_statistics() {
         return Exposure::All;
     }
-    let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules);
+    let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules, extra);
     let (outer, inner) = seen.outer_and_inner();
     let any = outer.iter().chain(inner).any(exposing);
     // Column by column only when the outer select list is the result's shape and nothing nested (a
@@ -74,16 +79,60 @@ pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
 }
 
 /// Which columns of a view (by position) its `definition` computes from a masked column — renaming one
-/// counts, since the view's column name hides it. A definition that doesn't parse exposes every column.
-pub fn view_exposure(definition: &str, rules: &CompiledRules) -> Exposure {
+/// counts, since the view's column name hides it. `reads` are the definitions of the views it reads
+/// (however deeply): their columns carrying a masked column count as masked. A definition that doesn't
+/// parse exposes every column.
+pub fn view_exposure(definition: &str, reads: &[String], rules: &CompiledRules) -> Exposure {
     if !rules.has_column_rules() {
         return Exposure::Nothing;
     }
+    let Some(extra) = exposed_names(reads, rules) else {
+        return Exposure::All;
+    };
     let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, definition) else {
         return Exposure::All;
     };
     let width = Seen::of(&statements).outer_and_inner().0.len();
-    exposure(definition, rules, width)
+    exposure_with(definition, rules, &extra, width)
+}
+
+/// The output names (lower case) of the columns of the views `definitions` that carry a masked column,
+/// under the rules and each other (repeated until nothing new is found, so a chain of views is followed).
+/// `None` when a definition can't be read or an exposed column has no name to follow (fail closed).
+fn exposed_names(definitions: &[String], rules: &CompiledRules) -> Option<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    loop {
+        let known = names.len();
+        for definition in definitions {
+            let statements = Parser::parse_sql(&PostgreSqlDialect {}, definition).ok()?;
+            let seen = Seen::of(&statements);
+            let outer = seen.outer_and_inner().0;
+            let exposure = exposure_with(definition, rules, &names, outer.len());
+            for (i, item) in outer.iter().enumerate() {
+                if !exposure.covers(i) {
+                    continue;
+                }
+                let name = output_name(item)?;
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        if names.len() == known {
+            return Some(names);
+        }
+    }
+}
+
+/// The name a select-list item gives its column, as `pg_get_viewdef` prints it (lower case).
+fn output_name(item: &SelectItem) -> Option<String> {
+    let ident = match item {
+        SelectItem::ExprWithAlias { alias, .. } => alias,
+        SelectItem::UnnamedExpr(Expr::Identifier(i)) => i,
+        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => parts.last()?,
+        _ => return None,
+    };
+    Some(ident.value.to_lowercase())
 }
 
 /// For COPY (query) TO STDOUT, whose output columns are planned by name: true when `statements` (already
@@ -108,7 +157,7 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         .iter()
         .filter(|item| !named(item))
         .chain(inner)
-        .any(|item| item_exposes(item, &seen.relations, rules))
+        .any(|item| item_exposes(item, &seen.relations, rules, &[]))
 }
 
 /// Catalogs holding sample values of every analysed column (most common values, histogram bounds),
@@ -122,7 +171,15 @@ const STATISTICS: &[&str] = &[
 ];
 
 /// True when one select-list item mentions a masked column or a whole row of a relation.
-fn item_exposes(item: &SelectItem, relations: &[String], rules: &CompiledRules) -> bool {
+fn item_exposes(
+    item: &SelectItem,
+    relations: &[String],
+    rules: &CompiledRules,
+    extra: &[String],
+) -> bool {
+    let masked = |name: &str| {
+        rules.column_style(name).is_some() || extra.iter().any(|e| e.eq_ignore_ascii_case(name))
+    };
     let expr = match item {
         SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
         // `*` and `t.*` list real columns, which RowDescription names.
@@ -134,13 +191,8 @@ fn item_exposes(item: &SelectItem, relations: &[String], rules: &CompiledRules) 
     }
     let hit = visit_expressions(expr, |e| {
         let exposed = match e {
-            Expr::Identifier(i) => {
-                rules.column_style(&i.value).is_some()
-                    || relations.contains(&i.value.to_lowercase())
-            }
-            Expr::CompoundIdentifier(parts) => parts
-                .last()
-                .is_some_and(|i| rules.column_style(&i.value).is_some()),
+            Expr::Identifier(i) => masked(&i.value) || relations.contains(&i.value.to_lowercase()),
+            Expr::CompoundIdentifier(parts) => parts.last().is_some_and(|i| masked(&i.value)),
             _ => false,
         };
         if exposed {
@@ -354,13 +406,54 @@ mod tests {
                 All,
             ),
         ] {
-            assert_eq!(view_exposure(definition, &r), want, "{definition}");
+            assert_eq!(view_exposure(definition, &[], &r), want, "{definition}");
         }
         let none = CompiledRules::compile(&MaskingConfig::default(), None).unwrap();
         assert_eq!(
-            view_exposure(" SELECT people.ssn AS x FROM people;", &none),
+            view_exposure(" SELECT people.ssn AS x FROM people;", &[], &none),
             Nothing
         );
+    }
+
+    #[test]
+    fn views_over_views_follow_renamed_masked_columns() {
+        use Exposure::{All, Columns, Nothing};
+        let r = rules();
+        let renames = " SELECT people.id,\n    people.ssn AS tax_id\n   FROM people;".to_string();
+        let hashes = " SELECT d.id,\n    md5(d.tax_id) AS h\n   FROM directory d;".to_string();
+        for (definition, reads, want) in [
+            // directory renames ssn; a view over it renames or computes from tax_id.
+            (
+                " SELECT directory.id,\n    directory.tax_id AS x\n   FROM directory;",
+                vec![renames.clone()],
+                Columns(vec![false, true]),
+            ),
+            (
+                " SELECT d.id,\n    upper(d.tax_id) AS y\n   FROM directory d;",
+                vec![renames.clone()],
+                Columns(vec![false, true]),
+            ),
+            // Three deep: h is computed from tax_id, which renames ssn.
+            (
+                " SELECT v.h AS z\n   FROM hashed v;",
+                vec![hashes.clone(), renames.clone()],
+                Columns(vec![true]),
+            ),
+            // Only filtering on the renamed column exposes nothing.
+            (
+                " SELECT directory.id\n   FROM directory\n  WHERE directory.tax_id IS NOT NULL;",
+                vec![renames.clone()],
+                Nothing,
+            ),
+            // A definition it reads that can't be parsed: everything.
+            (
+                " SELECT v.id\n   FROM v;",
+                vec!["SELEC garbled".into()],
+                All,
+            ),
+        ] {
+            assert_eq!(view_exposure(definition, &reads, &r), want, "{definition}");
+        }
     }
 
     #[test]

@@ -598,6 +598,7 @@ mod tests {
                     9,
                     tables::Relation::View {
                         definition: " SELECT c.id,\n    c.work_email AS contact,\n    lower(c.email) AS e2,\n    c.note\n   FROM customers c;".into(),
+                        reads: Vec::new(),
                     },
                 )])
             }
@@ -624,6 +625,7 @@ mod tests {
                 9,
                 tables::Relation::View {
                     definition: String::new(),
+                    reads: Vec::new(),
                 },
             )],
         );

@@ -43,6 +43,9 @@ pub enum Relation {
     View {
         /// The view's query.
         definition: String,
+        /// The definitions of the views it reads, however deeply: a column one of them renames from
+        /// a masked column counts as masked in the view's own definition.
+        reads: Vec<String>,
     },
     /// A partition, inheritance child or other relation: match by column name.
     Derived,
@@ -165,12 +168,12 @@ impl TableNames {
     /// Reads the definitions of the views in `relations` under `rules` (see [`TableNames::view_exposes`]).
     fn learn_views(&mut self, relations: &[(u32, Relation)], rules: &CompiledRules) {
         for (oid, relation) in relations {
-            if let Relation::View { definition } = relation {
+            if let Relation::View { definition, reads } = relation {
                 self.views
                     .get_or_insert_with(|| {
                         LruCache::new(NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN))
                     })
-                    .put(*oid, derived::view_exposure(definition, rules));
+                    .put(*oid, derived::view_exposure(definition, reads, rules));
             }
         }
     }
