@@ -321,6 +321,8 @@ async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
         format!("SELECT ssn::int FROM {schema}.people"),
         format!("SELECT ssn::json FROM {schema}.people"),
         format!("SELECT ssn::regclass FROM {schema}.people"),
+        // A syntax_error that quotes a value, not the statement.
+        format!("SELECT (ssn || ')')::tsquery FROM {schema}.people"),
     ] {
         let e = client.simple_query(&sql).await.unwrap_err();
         let db_error = e.as_db_error().expect("a database error");
@@ -340,6 +342,14 @@ async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
         .await
         .unwrap_err();
     assert!(e.as_db_error().unwrap().message().contains("nope"), "{e:?}");
+    let e = client
+        .simple_query(&format!("SELECT * FROM {schema}.peple"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_db_error().unwrap().message().contains("peple"),
+        "{e:?}"
+    );
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .unwrap();

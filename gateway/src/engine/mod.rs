@@ -283,7 +283,7 @@ impl Engine {
             }
             out.masked_fields = masked;
             if let Some(e) = &mut out.error {
-                crate::masking::messages::redact_upstream_error(e);
+                crate::masking::messages::redact_upstream_error(e, sql);
             }
         }
         Ok(out)

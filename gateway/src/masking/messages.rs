@@ -5,8 +5,10 @@
 //! exist`, `ssn::json` puts the value in DETAIL and CONTEXT, a unique violation in DETAIL, and a function's
 //! `RAISE` says whatever it was given. No rule can follow a value into that text, so on a masked
 //! connection the message of an ErrorResponse or NoticeResponse is kept only for SQLSTATEs PostgreSQL
-//! builds from the statement, identifiers and types alone; every other message is withheld, and DETAIL,
-//! CONTEXT and the internal query are always dropped. **Fail closed:** an unknown code loses its text.
+//! builds from the statement, identifiers and types alone, and only when every quoted part of it appears
+//! in the statement (a `syntax_error` also reports a bad tsquery value: `syntax error in tsquery:
+//! "123-45-6789)"`); every other message is withheld, and DETAIL, CONTEXT and the internal query are
+//! always dropped. **Fail closed:** an unknown code loses its text.
 
 use bytes::{BufMut, BytesMut};
 
@@ -14,7 +16,8 @@ use bytes::{BufMut, BytesMut};
 /// its own text), never a value read from a row: they keep their text. Codes like `42P01`, `42704` and
 /// `42883` are not here: a cast to `regclass`, `regtype` or `regproc` quotes the value it failed on.
 const TEXT_ONLY: &[&str] = &[
-    "42601", // syntax_error (quotes the statement's own text)
+    "42601", // syntax_error (quotes the statement's own text, or a value: see `quotes_the_statement`)
+    "42P01", // undefined_table (a `regclass` cast quotes its value: see `quotes_the_statement`)
     "42703", // undefined_column
     "42702", // ambiguous_column
     "42725", // ambiguous_function
@@ -37,9 +40,25 @@ const TEXT_ONLY: &[&str] = &[
     "57P01", // admin_shutdown
 ];
 
-/// True when messages with this SQLSTATE keep their text on a masked connection.
-pub fn keeps_text(sqlstate: &str) -> bool {
-    TEXT_ONLY.contains(&sqlstate)
+/// True when a message with this SQLSTATE keeps its text on a masked connection: the code is one whose
+/// text names only what the statement wrote, and everything the message quotes is in `statement`.
+pub fn keeps_text(sqlstate: &str, message: &str, statement: &str) -> bool {
+    TEXT_ONLY.contains(&sqlstate) && quotes_the_statement(message, statement)
+}
+
+/// True when every `"…"` part of `message` appears in `statement` (case-insensitively: PostgreSQL
+/// folds identifiers). An unpaired quote counts as not found.
+fn quotes_the_statement(message: &str, statement: &str) -> bool {
+    let parts: Vec<&str> = message.split('"').collect();
+    if parts.len().is_multiple_of(2) {
+        return false;
+    }
+    let statement = statement.to_lowercase();
+    parts
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .all(|quoted| statement.contains(&quoted.to_lowercase()))
 }
 
 /// The message that replaces a withheld one.
@@ -54,9 +73,10 @@ fn always_dropped(field: u8) -> bool {
     matches!(field, b'D' | b'W' | b'q' | b'p')
 }
 
-/// Re-encodes the ErrorResponse or NoticeResponse `frame` (tag `E` or `N`) into `out` with its value
-/// carrying text removed. Returns false (and writes nothing) when nothing had to change.
-pub fn redact_frame(frame: &[u8], out: &mut BytesMut) -> bool {
+/// Re-encodes the ErrorResponse or NoticeResponse `frame` (tag `E` or `N`) that answered `statement`
+/// into `out` with its value carrying text removed. Returns false (and writes nothing) when nothing had
+/// to change.
+pub fn redact_frame(frame: &[u8], statement: &str, out: &mut BytesMut) -> bool {
     let (Some(&tag), Some(body)) = (frame.first(), frame.get(5..)) else {
         return false;
     };
@@ -66,7 +86,12 @@ pub fn redact_frame(frame: &[u8], out: &mut BytesMut) -> bool {
         .find(|(f, _)| *f == b'C')
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
-    let keep = keeps_text(&sqlstate);
+    let message = fields
+        .iter()
+        .find(|(f, _)| *f == b'M')
+        .map(|(_, v)| String::from_utf8_lossy(v))
+        .unwrap_or_default();
+    let keep = keeps_text(&sqlstate, &message, statement);
     if keep && !fields.iter().any(|(f, _)| always_dropped(*f)) {
         return false;
     }
@@ -90,10 +115,10 @@ pub fn redact_frame(frame: &[u8], out: &mut BytesMut) -> bool {
     true
 }
 
-/// The same for an error the HTTP API reports (and an approved execution records).
-pub fn redact_upstream_error(e: &mut crate::upstream::UpstreamSqlError) {
+/// The same for an error the HTTP API reports (and an approved execution records) for `statement`.
+pub fn redact_upstream_error(e: &mut crate::upstream::UpstreamSqlError, statement: &str) {
     e.detail = None;
-    if !keeps_text(&e.sqlstate) {
+    if !keeps_text(&e.sqlstate, &e.message, statement) {
         e.message = withheld(&e.sqlstate);
     }
 }
@@ -151,7 +176,11 @@ mod tests {
             fields.push((b'W', "JSON data, line 1: SSNVAL3"));
             fields.push((b'H', "SSNVAL3"));
             let mut out = BytesMut::new();
-            assert!(redact_frame(&frame(b'E', &fields), &mut out), "{message}");
+            let statement = "SELECT ssn::int FROM people";
+            assert!(
+                redact_frame(&frame(b'E', &fields), statement, &mut out),
+                "{message}"
+            );
             let shown = text(&out);
             assert!(!shown.to_lowercase().contains("ssnval3"), "{shown}");
             assert!(shown.contains(&format!("C={code} ")), "{shown}");
@@ -163,7 +192,7 @@ mod tests {
             &[(b'S', "NOTICE"), (b'C', "00000"), (b'M', "ssn is SSNVAL3")],
         );
         let mut out = BytesMut::new();
-        assert!(redact_frame(&notice, &mut out));
+        assert!(redact_frame(&notice, "SELECT f()", &mut out));
         assert_eq!(out[0], b'N');
         assert!(!text(&out).contains("SSNVAL3"));
     }
@@ -180,8 +209,28 @@ mod tests {
             ],
         );
         let mut out = BytesMut::new();
-        assert!(!redact_frame(&syntax, &mut out));
+        assert!(!redact_frame(&syntax, "SELEC 1", &mut out));
         assert!(out.is_empty());
+        // The same codes quoting what the statement didn't write: a bad tsquery value, a regclass cast.
+        for (code, message) in [
+            ("42601", r#"syntax error in tsquery: "SSNVAL3)""#),
+            ("42P01", r#"relation "ssnval3" does not exist"#),
+            ("42601", r#"unpaired "quote"#),
+        ] {
+            let f = frame(b'E', &[(b'C', code), (b'M', message)]);
+            let mut out = BytesMut::new();
+            let statement = "SELECT (ssn || ')')::tsquery, ssn::regclass FROM people";
+            assert!(redact_frame(&f, statement, &mut out), "{message}");
+            assert!(!text(&out).to_lowercase().contains("ssnval3"), "{message}");
+        }
+        let missing = frame(
+            b'E',
+            &[
+                (b'C', "42P01"),
+                (b'M', r#"relation "peple" does not exist"#),
+            ],
+        );
+        assert!(!redact_frame(&missing, "SELECT * FROM Peple", &mut out));
         // Their DETAIL and CONTEXT still go (a deadlock's DETAIL quotes other sessions' statements).
         let deadlock = frame(
             b'E',
@@ -192,7 +241,7 @@ mod tests {
                 (b'H', "See server log for query details."),
             ],
         );
-        assert!(redact_frame(&deadlock, &mut out));
+        assert!(redact_frame(&deadlock, "UPDATE people SET n = 1", &mut out));
         let shown = text(&out);
         assert!(shown.contains("M=deadlock detected"), "{shown}");
         assert!(shown.contains("H=See server log"), "{shown}");
@@ -207,7 +256,7 @@ mod tests {
             message: "invalid input syntax for type json".into(),
             detail: Some(r#"Token "SSNVAL3" is invalid."#.into()),
         };
-        redact_upstream_error(&mut e);
+        redact_upstream_error(&mut e, "SELECT ssn::json FROM people");
         assert_eq!(e.detail, None);
         assert_eq!(e.message, withheld("22P02"));
         let mut e = UpstreamSqlError {
@@ -215,7 +264,7 @@ mod tests {
             message: r#"column "nope" does not exist"#.into(),
             detail: None,
         };
-        redact_upstream_error(&mut e);
+        redact_upstream_error(&mut e, "SELECT nope FROM people");
         assert_eq!(e.message, r#"column "nope" does not exist"#);
     }
 }

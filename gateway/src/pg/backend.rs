@@ -144,7 +144,11 @@ impl BackendTracker {
                 if matches!(tag, b'E' | b'N')
                     && !rejecting
                     && action == FrameAction::Pass
-                    && messages::redact_frame(frame, &mut m.out)
+                    && messages::redact_frame(
+                        frame,
+                        self.in_flight.front().map_or("", |f| &*f.sql),
+                        &mut m.out,
+                    )
                 {
                     action = FrameAction::Replace;
                 }
