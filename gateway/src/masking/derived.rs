@@ -147,11 +147,14 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         return true;
     }
     let (outer, inner) = seen.outer_and_inner();
-    let named = |item: &&SelectItem| {
-        matches!(
-            item,
-            SelectItem::UnnamedExpr(Expr::Identifier(_) | Expr::CompoundIdentifier(_))
-        )
+    // A plain reference is a column masked by its name, unless it names a whole row (`SELECT t FROM
+    // people t`), which holds every column.
+    let named = |item: &&SelectItem| match item {
+        SelectItem::UnnamedExpr(Expr::Identifier(i)) => {
+            !seen.relations.contains(&i.value.to_lowercase())
+        }
+        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(_)) => true,
+        _ => false,
     };
     outer
         .iter()
@@ -473,6 +476,9 @@ mod tests {
                 false,
             ),
             ("COPY users TO STDOUT", false),
+            // A whole row in COPY holds the masked columns.
+            ("COPY (SELECT u FROM users u) TO STDOUT", true),
+            ("COPY (SELECT users FROM users) TO STDOUT", true),
             (
                 "COPY (SELECT histogram_bounds FROM pg_stats) TO STDOUT",
                 true,
