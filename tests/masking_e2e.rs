@@ -305,6 +305,23 @@ async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
     assert_eq!(r.body["rows"][0], json!([null]));
     let rows = client.simple_query(&whole).await.unwrap();
     assert!(!shown(&rows).contains("SSNVAL3"), "{}", shown(&rows));
+    // Attribute notation calls a function on the whole row: `p.to_json` is to_json(p).
+    for sql in [
+        format!("SELECT p.to_json FROM {schema}.people p"),
+        format!("SELECT upper(p.concat) FROM {schema}.people p"),
+    ] {
+        let r = gw.query(AGENT, &sql).await;
+        assert_eq!(r.status, 200, "{sql}: {:?}", r.body);
+        assert!(!r.body.to_string().contains("SSNVAL3"), "{sql}: {}", r.body);
+        let rows = client.simple_query(&sql).await.unwrap();
+        assert!(!shown(&rows).contains("SSNVAL3"), "{sql}: {}", shown(&rows));
+    }
+    let e = client
+        .copy_out(&format!(
+            "COPY (SELECT p.row_to_json FROM {schema}.people p) TO STDOUT"
+        ))
+        .await;
+    assert!(e.is_err(), "COPY of a whole row is refused");
     // A cursor's FETCH returns rows of a query its own text doesn't show.
     client.batch_execute("BEGIN").await.unwrap();
     client

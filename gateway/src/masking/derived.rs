@@ -12,7 +12,8 @@
 
 use super::rules::CompiledRules;
 use sqlparser::ast::{
-    visit_expressions, Expr, Query, SelectItem, SetExpr, Statement, TableFactor, Visit, Visitor,
+    visit_expressions, Expr, Ident, Query, SelectItem, SetExpr, Statement, TableFactor, Visit,
+    Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -42,11 +43,23 @@ impl Exposure {
 
 /// Which computed columns of `sql`'s `columns`-wide result may carry a masked column's values.
 pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
-    exposure_with(sql, rules, &[], columns)
+    exposure_with(sql, rules, Text::Statement, columns)
 }
 
-/// As [`exposure`], with `extra` (lower-case) column names counting as masked too.
-fn exposure_with(sql: &str, rules: &CompiledRules, extra: &[String], columns: usize) -> Exposure {
+/// What kind of SQL is read.
+#[derive(Clone, Copy)]
+enum Text<'a> {
+    /// A client's statement: `t.name` may be a function call on `t`'s whole row in attribute
+    /// notation (`p.row_to_json`, `p.concat`, `p.array_agg`), which no catalog-free reading can tell
+    /// from a column.
+    Statement,
+    /// A view definition as `pg_get_viewdef` prints it (function calls in function notation), with
+    /// the (lower-case) names of the columns of the views it reads that carry a masked column.
+    View(&'a [String]),
+}
+
+/// As [`exposure`], for this kind of SQL.
+fn exposure_with(sql: &str, rules: &CompiledRules, text: Text<'_>, columns: usize) -> Exposure {
     if !rules.has_column_rules() {
         return Exposure::Nothing;
     }
@@ -57,7 +70,7 @@ fn exposure_with(sql: &str, rules: &CompiledRules, extra: &[String], columns: us
     if seen.opaque || seen.reads_statistics() {
         return Exposure::All;
     }
-    let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules, extra);
+    let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules, text);
     let (outer, inner) = seen.outer_and_inner();
     let any = outer.iter().chain(inner).any(exposing);
     // Column by column only when the outer select list is the result's shape and nothing nested (a
@@ -93,7 +106,7 @@ pub fn view_exposure(definition: &str, reads: &[String], rules: &CompiledRules) 
         return Exposure::All;
     };
     let width = Seen::of(&statements).outer_and_inner().0.len();
-    exposure_with(definition, rules, &extra, width)
+    exposure_with(definition, rules, Text::View(&extra), width)
 }
 
 /// The output names (lower case) of the columns of the views `definitions` that carry a masked column,
@@ -107,7 +120,7 @@ fn exposed_names(definitions: &[String], rules: &CompiledRules) -> Option<Vec<St
             let statements = Parser::parse_sql(&PostgreSqlDialect {}, definition).ok()?;
             let seen = Seen::of(&statements);
             let outer = seen.outer_and_inner().0;
-            let exposure = exposure_with(definition, rules, &names, outer.len());
+            let exposure = exposure_with(definition, rules, Text::View(&names), outer.len());
             for (i, item) in outer.iter().enumerate() {
                 if !exposure.covers(i) {
                     continue;
@@ -153,14 +166,28 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         SelectItem::UnnamedExpr(Expr::Identifier(i)) => {
             !seen.relations.contains(&i.value.to_lowercase())
         }
-        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(_)) => true,
+        // `u.email` is masked by its output name, column or not; `p.row_to_json` may be a function.
+        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+            !attribute_call(parts, &seen.relations, rules)
+        }
         _ => false,
     };
     outer
         .iter()
         .filter(|item| !named(item))
         .chain(inner)
-        .any(|item| item_exposes(item, &seen.relations, rules, &[]))
+        .any(|item| item_exposes(item, &seen.relations, rules, Text::Statement))
+}
+
+/// True when `q.name` may be a function applied to relation `q`'s whole row in attribute notation
+/// (PostgreSQL reads `p.to_json` as `to_json(p)` when `p` has no column `to_json`; aggregates and
+/// variadic functions too: `p.array_agg`, `p.concat`): `q` names a relation of the statement and
+/// no rule masks `name`. Fail closed: only the catalog could tell it from a column.
+fn attribute_call(parts: &[Ident], relations: &[String], rules: &CompiledRules) -> bool {
+    let [.., qualifier, name] = parts else {
+        return false;
+    };
+    rules.column_style(&name.value).is_none() && relations.contains(&qualifier.value.to_lowercase())
 }
 
 /// Catalogs holding sample values of every analysed column (most common values, histogram bounds),
@@ -178,8 +205,12 @@ fn item_exposes(
     item: &SelectItem,
     relations: &[String],
     rules: &CompiledRules,
-    extra: &[String],
+    text: Text<'_>,
 ) -> bool {
+    let extra = match text {
+        Text::View(names) => names,
+        Text::Statement => &[],
+    };
     let masked = |name: &str| {
         rules.column_style(name).is_some() || extra.iter().any(|e| e.eq_ignore_ascii_case(name))
     };
@@ -195,7 +226,10 @@ fn item_exposes(
     let hit = visit_expressions(expr, |e| {
         let exposed = match e {
             Expr::Identifier(i) => masked(&i.value) || relations.contains(&i.value.to_lowercase()),
-            Expr::CompoundIdentifier(parts) => parts.last().is_some_and(|i| masked(&i.value)),
+            Expr::CompoundIdentifier(parts) => {
+                parts.last().is_some_and(|i| masked(&i.value))
+                    || (matches!(text, Text::Statement) && attribute_call(parts, relations, rules))
+            }
             _ => false,
         };
         if exposed {
@@ -345,6 +379,12 @@ mod tests {
             ("SELECT count(*) FROM users WHERE email = 'a@b.c'", false),
             ("SELECT id, name, amount * 2 FROM orders", false),
             ("SELECT * FROM users", false),
+            // Attribute notation: `p.row_to_json` is row_to_json(p), a whole row.
+            ("SELECT p.row_to_json FROM people p", true),
+            ("SELECT upper(p.concat) FROM people p", true),
+            ("SELECT people.array_agg FROM people", true),
+            // A qualifier that names no relation of the statement is not a row.
+            ("SELECT s.x FROM (SELECT 1 AS x) s", false),
             // RETURNING is a select list; FETCH and EXECUTE show no query to read.
             ("UPDATE users SET n = 1 RETURNING lower(email)", true),
             ("DELETE FROM users u RETURNING u", true),
@@ -476,6 +516,7 @@ mod tests {
                 false,
             ),
             ("COPY users TO STDOUT", false),
+            ("COPY (SELECT p.to_json FROM people p) TO STDOUT", true),
             // A whole row in COPY holds the masked columns.
             ("COPY (SELECT u FROM users u) TO STDOUT", true),
             ("COPY (SELECT users FROM users) TO STDOUT", true),
