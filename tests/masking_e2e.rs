@@ -309,6 +309,10 @@ async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
     for sql in [
         format!("SELECT p.to_json FROM {schema}.people p"),
         format!("SELECT upper(p.concat) FROM {schema}.people p"),
+        // A masked column handed to a function or VALUES in FROM.
+        format!("SELECT x FROM {schema}.people, unnest(ARRAY[ssn]) AS x"),
+        format!("SELECT value FROM {schema}.people p, json_each_text(to_json(p))"),
+        format!("SELECT x FROM {schema}.people p JOIN LATERAL (VALUES (p.ssn)) v(x) ON true"),
     ] {
         let r = gw.query(AGENT, &sql).await;
         assert_eq!(r.status, 200, "{sql}: {:?}", r.body);

@@ -72,6 +72,10 @@ fn exposure_with(sql: &str, rules: &CompiledRules, text: Text<'_>, columns: usiz
     }
     let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules, text);
     let (outer, inner) = seen.outer_and_inner();
+    // A masked column handed to a function or VALUES in FROM comes out as that relation's columns.
+    if seen.from.iter().any(exposing) {
+        return Exposure::All;
+    }
     let any = outer.iter().chain(inner).any(exposing);
     // Column by column only when the outer select list is the result's shape and nothing nested (a
     // subquery or CTE an outer column could read through) mentions a masked column.
@@ -176,6 +180,7 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         .iter()
         .filter(|item| !named(item))
         .chain(inner)
+        .chain(&seen.from)
         .any(|item| item_exposes(item, &seen.relations, rules, Text::Statement))
 }
 
@@ -250,6 +255,9 @@ struct Seen {
     top: Option<usize>,
     /// The outermost query is a single SELECT (not a set operation or VALUES).
     plain_top: bool,
+    /// Expressions in FROM that become rows: arguments of functions in FROM (`unnest(ARRAY[ssn])`,
+    /// `json_each_text(to_json(p))`) and rows of VALUES, as select-list items.
+    from: Vec<SelectItem>,
     /// A statement returns rows of a query it doesn't show: `FETCH` (a cursor's), `EXECUTE` (a prepared
     /// statement's), `MERGE` (its `RETURNING` is not parsed).
     opaque: bool,
@@ -284,6 +292,13 @@ impl Seen {
                 self.select_items(left);
                 self.select_items(right);
             }
+            SetExpr::Values(values) => self.from.extend(
+                values
+                    .rows
+                    .iter()
+                    .flat_map(|row| row.content.iter())
+                    .map(|e| SelectItem::UnnamedExpr(e.clone())),
+            ),
             // Nested queries are visited on their own.
             _ => {}
         }
@@ -324,6 +339,17 @@ impl Visitor for Seen {
     }
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let computes = match factor {
+            TableFactor::Table { args, .. } => args.is_some(),
+            TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } => false,
+            _ => true,
+        };
+        if computes {
+            let _ = visit_expressions(factor, |e| {
+                self.from.push(SelectItem::UnnamedExpr(e.clone()));
+                ControlFlow::<()>::Continue(())
+            });
+        }
         if let TableFactor::Table { name, alias, .. } = factor {
             if let Some(last) = name.0.last() {
                 self.relations
@@ -385,6 +411,18 @@ mod tests {
             ("SELECT people.array_agg FROM people", true),
             // A qualifier that names no relation of the statement is not a row.
             ("SELECT s.x FROM (SELECT 1 AS x) s", false),
+            // Masked columns handed to functions or VALUES in FROM.
+            ("SELECT x FROM people, unnest(ARRAY[ssn]) AS x", true),
+            (
+                "SELECT value FROM people p, json_each_text(to_json(p))",
+                true,
+            ),
+            (
+                "SELECT x FROM people p JOIN LATERAL (VALUES (p.ssn)) v(x) ON true",
+                true,
+            ),
+            ("SELECT n FROM generate_series(1, 3) AS g(n)", false),
+            ("SELECT * FROM (VALUES (1, 'a')) v(n, s)", false),
             // RETURNING is a select list; FETCH and EXECUTE show no query to read.
             ("UPDATE users SET n = 1 RETURNING lower(email)", true),
             ("DELETE FROM users u RETURNING u", true),
@@ -517,6 +555,10 @@ mod tests {
             ),
             ("COPY users TO STDOUT", false),
             ("COPY (SELECT p.to_json FROM people p) TO STDOUT", true),
+            (
+                "COPY (SELECT value FROM people p, json_each_text(to_json(p))) TO STDOUT",
+                true,
+            ),
             // A whole row in COPY holds the masked columns.
             ("COPY (SELECT u FROM users u) TO STDOUT", true),
             ("COPY (SELECT users FROM users) TO STDOUT", true),
