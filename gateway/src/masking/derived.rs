@@ -320,11 +320,14 @@ impl Visitor for Seen {
             _ => None,
         };
         // A RETURNING list is the statement's result: the outermost select list, even when an
-        // `INSERT … SELECT` or `UPDATE … FROM (subquery)` nests queries inside.
-        if let (Some(items), None) = (returning, self.top) {
+        // `INSERT … SELECT` or `UPDATE … FROM (subquery)` nests queries inside; in a CTE
+        // (`WITH u AS (UPDATE … RETURNING ssn) SELECT …`) it is an inner one.
+        if let Some(items) = returning {
             self.items.extend(items.iter().cloned());
-            self.top = Some(self.items.len());
-            self.plain_top = true;
+            if self.top.is_none() {
+                self.top = Some(self.items.len());
+                self.plain_top = true;
+            }
         }
         ControlFlow::Continue(())
     }
@@ -441,6 +444,14 @@ mod tests {
                 true,
             ),
             ("SELECT stavalues1::text FROM pg_statistic", true),
+            (
+                "WITH u AS (UPDATE users SET n = 1 RETURNING lower(email) AS x) SELECT x FROM u",
+                true,
+            ),
+            (
+                "WITH u AS (UPDATE users SET n = 1 RETURNING n * 2 AS x) SELECT x FROM u",
+                false,
+            ),
             ("FETCH ALL FROM c", true),
             ("FETCH NEXT IN c", true),
             ("EXECUTE p", true),
