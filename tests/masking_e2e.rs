@@ -188,7 +188,10 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
          CREATE VIEW {schema}.directory AS SELECT id, name, ssn AS tax_id FROM {schema}.people;
          CREATE VIEW {schema}.digest AS SELECT id, md5(ssn) AS fingerprint FROM {schema}.people;
          CREATE VIEW {schema}.with_ssn AS SELECT id, name FROM {schema}.people WHERE ssn IS NOT NULL;
-         CREATE MATERIALIZED VIEW {schema}.snapshot AS SELECT id, ssn AS t FROM {schema}.people;"
+         CREATE MATERIALIZED VIEW {schema}.snapshot AS SELECT id, ssn AS t FROM {schema}.people;
+         CREATE VIEW {schema}.over AS SELECT id, tax_id AS x FROM {schema}.directory;
+         CREATE VIEW {schema}.deeper AS SELECT id, upper(x) AS y FROM {schema}.over;
+         CREATE VIEW {schema}.filtered AS SELECT id FROM {schema}.over WHERE x IS NOT NULL;"
     ))
     .await
     .unwrap();
@@ -227,6 +230,16 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
             format!("SELECT * FROM {schema}.snapshot"),
             json!(["1", "[redacted]"]),
         ),
+        // Views over views: the renamed column is followed through each definition.
+        (
+            format!("SELECT * FROM {schema}.over"),
+            json!(["1", "[redacted]"]),
+        ),
+        (
+            format!("SELECT * FROM {schema}.deeper"),
+            json!(["1", "[redacted]"]),
+        ),
+        (format!("SELECT * FROM {schema}.filtered"), json!(["1"])),
     ] {
         let r = gw.query(AGENT, &sql).await;
         assert_eq!(r.status, 200, "{sql}: {:?}", r.body);
@@ -238,6 +251,126 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
         let wire: Vec<_> = (0..row.len()).map(|i| row.get(i)).collect();
         assert_eq!(json!(wire), want, "wire: {sql}");
     }
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
+    let (db, conn) = tokio_postgres::connect(&upstream_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let schema = format!("mask_row_{}", uuid::Uuid::new_v4().simple());
+    // A value no detector recognises: only the column rule protects it.
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.people (id int, name text, ssn text);
+         INSERT INTO {schema}.people VALUES (1, 'Ann', 'SSNVAL3');"
+    ))
+    .await
+    .unwrap();
+    let cfg = base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n")
+        .replace(
+            "[[approver_groups]]",
+            "[[connections.masking.rules]]\ncolumns = [\"ssn\"]\nstyle = \"redact\"\n\n[[approver_groups]]",
+        );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let port = gw.wire.unwrap().port();
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=agent password={AGENT} dbname=local"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let shown = |rows: &[tokio_postgres::SimpleQueryMessage]| -> String {
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| format!("{:?}|", r.get(i)))
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    // A whole row (table OID, attnum 0) holds the masked column.
+    let whole = format!("SELECT t FROM {schema}.people t");
+    let r = gw.query(AGENT, &whole).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Not a text type: the masked value is NULL.
+    assert_eq!(r.body["rows"][0], json!([null]));
+    let rows = client.simple_query(&whole).await.unwrap();
+    assert!(!shown(&rows).contains("SSNVAL3"), "{}", shown(&rows));
+    // Attribute notation calls a function on the whole row: `p.to_json` is to_json(p).
+    for sql in [
+        format!("SELECT p.to_json FROM {schema}.people p"),
+        format!("SELECT upper(p.concat) FROM {schema}.people p"),
+        // A masked column handed to a function or VALUES in FROM.
+        format!("SELECT x FROM {schema}.people, unnest(ARRAY[ssn]) AS x"),
+        format!("SELECT value FROM {schema}.people p, json_each_text(to_json(p))"),
+        format!("SELECT x FROM {schema}.people p JOIN LATERAL (VALUES (p.ssn)) v(x) ON true"),
+    ] {
+        let r = gw.query(AGENT, &sql).await;
+        assert_eq!(r.status, 200, "{sql}: {:?}", r.body);
+        assert!(!r.body.to_string().contains("SSNVAL3"), "{sql}: {}", r.body);
+        let rows = client.simple_query(&sql).await.unwrap();
+        assert!(!shown(&rows).contains("SSNVAL3"), "{sql}: {}", shown(&rows));
+    }
+    let e = client
+        .copy_out(&format!(
+            "COPY (SELECT p.row_to_json FROM {schema}.people p) TO STDOUT"
+        ))
+        .await;
+    assert!(e.is_err(), "COPY of a whole row is refused");
+    // A cursor's FETCH returns rows of a query its own text doesn't show.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "DECLARE c CURSOR FOR SELECT lower(ssn) AS x FROM {schema}.people"
+        ))
+        .await
+        .unwrap();
+    let rows = client.simple_query("FETCH ALL FROM c").await.unwrap();
+    assert_eq!(shown(&rows), "Some(\"[redacted]\")|");
+    client.batch_execute("COMMIT").await.unwrap();
+    // PostgreSQL quotes the value it failed to cast; the text is withheld, the SQLSTATE stays.
+    for sql in [
+        format!("SELECT ssn::int FROM {schema}.people"),
+        format!("SELECT ssn::json FROM {schema}.people"),
+        format!("SELECT ssn::regclass FROM {schema}.people"),
+        // A syntax_error that quotes a value, not the statement.
+        format!("SELECT (ssn || ')')::tsquery FROM {schema}.people"),
+    ] {
+        let e = client.simple_query(&sql).await.unwrap_err();
+        let db_error = e.as_db_error().expect("a database error");
+        let text = format!("{db_error:?}");
+        assert!(!text.to_lowercase().contains("ssnval3"), "{sql}: {text}");
+        assert!(db_error.message().contains("withheld"), "{sql}: {text}");
+        let r = gw.query(AGENT, &sql).await;
+        assert!(
+            !r.body.to_string().to_lowercase().contains("ssnval3"),
+            "API: {sql}: {}",
+            r.body
+        );
+    }
+    // Errors built from the statement alone keep their text.
+    let e = client
+        .simple_query(&format!("SELECT nope FROM {schema}.people"))
+        .await
+        .unwrap_err();
+    assert!(e.as_db_error().unwrap().message().contains("nope"), "{e:?}");
+    let e = client
+        .simple_query(&format!("SELECT * FROM {schema}.peple"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_db_error().unwrap().message().contains("peple"),
+        "{e:?}"
+    );
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .unwrap();

@@ -384,6 +384,22 @@ impl CatalogLookup {
     }
 }
 
+/// The definitions (a JSON array, or NULL) of every view and materialized view the view `c` reads,
+/// however deeply (through `pg_depend` on its rewrite rule), so a column another view renamed from a
+/// masked column is still known as such.
+const READS: &str = "WITH RECURSIVE reads(oid) AS (\
+    SELECT d.refobjid FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d \
+      ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+    WHERE r.ev_class = c.oid AND d.refobjid <> c.oid \
+  UNION \
+    SELECT d.refobjid FROM reads JOIN pg_catalog.pg_rewrite r ON r.ev_class = reads.oid \
+      JOIN pg_catalog.pg_depend d \
+      ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> reads.oid) \
+  SELECT pg_catalog.json_agg(pg_catalog.pg_get_viewdef(v.oid))::pg_catalog.text \
+  FROM reads JOIN pg_catalog.pg_class v ON v.oid = reads.oid AND v.relkind IN ('v', 'm')";
+
 #[async_trait::async_trait]
 impl crate::masking::TableLookup for CatalogLookup {
     async fn lookup(&self, oids: &[u32]) -> Result<Vec<(u32, Relation)>, LookupError> {
@@ -398,7 +414,8 @@ impl crate::masking::TableLookup for CatalogLookup {
             "SELECT c.oid, n.nspname, c.relname, \
                     c.relkind IN ('r', 'p', 'f') AND NOT c.relispartition \
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid), \
-                    CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END \
+                    CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END, \
+                    CASE WHEN c.relkind IN ('v', 'm') THEN ({READS}) END \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.oid = ANY('{{{}}}'::pg_catalog.oid[])",
             list.join(",")
@@ -406,7 +423,7 @@ impl crate::masking::TableLookup for CatalogLookup {
         let rows = self.catalog_rows(&sql).await?;
         rows.into_iter()
             .map(|row| match &row[..] {
-                [Some(oid), Some(schema), Some(table), Some(plain), view] => {
+                [Some(oid), Some(schema), Some(table), Some(plain), view, reads] => {
                     let oid = oid
                         .parse()
                         .map_err(|_| LookupError(format!("pg_class returned OID {oid:?}")))?;
@@ -417,6 +434,12 @@ impl crate::masking::TableLookup for CatalogLookup {
                         },
                         (_, Some(definition)) => Relation::View {
                             definition: definition.clone(),
+                            reads: match reads {
+                                None => Vec::new(),
+                                Some(json) => serde_json::from_str(json).map_err(|e| {
+                                    LookupError(format!("view definitions it reads: {e}"))
+                                })?,
+                            },
                         },
                         _ => Relation::Derived,
                     };

@@ -282,6 +282,9 @@ impl Engine {
                 masked += m.mask_result_set_of(set, (oids, cols), &tables, exposure);
             }
             out.masked_fields = masked;
+            if let Some(e) = &mut out.error {
+                crate::masking::messages::redact_upstream_error(e, sql);
+            }
         }
         Ok(out)
     }

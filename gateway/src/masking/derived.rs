@@ -4,12 +4,16 @@
 //! expression has neither — `lower(email)`, `email || ''`, `(SELECT ssn FROM people LIMIT 1)`, a UNION,
 //! `row_to_json(u)` — so a rule naming `email` would never see it. [`exposure`] reads the statement instead:
 //! when a select list anywhere in it mentions a column some rule masks (or a whole row), computed result
-//! columns are redacted. Statements that don't parse count as exposing (fail closed). Detectors still run
-//! on every text column either way.
+//! columns are redacted. A `RETURNING` list counts as a select list. Statements that don't parse count as
+//! exposing (fail closed), and so do `FETCH`, `EXECUTE` and `MERGE`, whose rows come from a query this
+//! statement doesn't show (a cursor's or a prepared statement's, declared earlier). Detectors still run on
+//! every text column either way. The statistics catalogs (`pg_stats` and kin) hold sample values of every
+//! column, so whatever a statement computes from them counts as exposing too.
 
 use super::rules::CompiledRules;
 use sqlparser::ast::{
-    visit_expressions, Expr, Query, SelectItem, SetExpr, Statement, TableFactor, Visit, Visitor,
+    visit_expressions, Expr, Ident, Query, SelectItem, SetExpr, Statement, TableFactor, Visit,
+    Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -39,6 +43,23 @@ impl Exposure {
 
 /// Which computed columns of `sql`'s `columns`-wide result may carry a masked column's values.
 pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
+    exposure_with(sql, rules, Text::Statement, columns)
+}
+
+/// What kind of SQL is read.
+#[derive(Clone, Copy)]
+enum Text<'a> {
+    /// A client's statement: `t.name` may be a function call on `t`'s whole row in attribute
+    /// notation (`p.row_to_json`, `p.concat`, `p.array_agg`), which no catalog-free reading can tell
+    /// from a column.
+    Statement,
+    /// A view definition as `pg_get_viewdef` prints it (function calls in function notation), with
+    /// the (lower-case) names of the columns of the views it reads that carry a masked column.
+    View(&'a [String]),
+}
+
+/// As [`exposure`], for this kind of SQL.
+fn exposure_with(sql: &str, rules: &CompiledRules, text: Text<'_>, columns: usize) -> Exposure {
     if !rules.has_column_rules() {
         return Exposure::Nothing;
     }
@@ -46,8 +67,15 @@ pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
         return Exposure::All;
     };
     let seen = Seen::of(&statements);
-    let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules);
+    if seen.opaque || seen.reads_statistics() {
+        return Exposure::All;
+    }
+    let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules, text);
     let (outer, inner) = seen.outer_and_inner();
+    // A masked column handed to a function or VALUES in FROM comes out as that relation's columns.
+    if seen.from.iter().any(exposing) {
+        return Exposure::All;
+    }
     let any = outer.iter().chain(inner).any(exposing);
     // Column by column only when the outer select list is the result's shape and nothing nested (a
     // subquery or CTE an outer column could read through) mentions a masked column.
@@ -68,16 +96,60 @@ pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
 }
 
 /// Which columns of a view (by position) its `definition` computes from a masked column — renaming one
-/// counts, since the view's column name hides it. A definition that doesn't parse exposes every column.
-pub fn view_exposure(definition: &str, rules: &CompiledRules) -> Exposure {
+/// counts, since the view's column name hides it. `reads` are the definitions of the views it reads
+/// (however deeply): their columns carrying a masked column count as masked. A definition that doesn't
+/// parse exposes every column.
+pub fn view_exposure(definition: &str, reads: &[String], rules: &CompiledRules) -> Exposure {
     if !rules.has_column_rules() {
         return Exposure::Nothing;
     }
+    let Some(extra) = exposed_names(reads, rules) else {
+        return Exposure::All;
+    };
     let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, definition) else {
         return Exposure::All;
     };
     let width = Seen::of(&statements).outer_and_inner().0.len();
-    exposure(definition, rules, width)
+    exposure_with(definition, rules, Text::View(&extra), width)
+}
+
+/// The output names (lower case) of the columns of the views `definitions` that carry a masked column,
+/// under the rules and each other (repeated until nothing new is found, so a chain of views is followed).
+/// `None` when a definition can't be read or an exposed column has no name to follow (fail closed).
+fn exposed_names(definitions: &[String], rules: &CompiledRules) -> Option<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    loop {
+        let known = names.len();
+        for definition in definitions {
+            let statements = Parser::parse_sql(&PostgreSqlDialect {}, definition).ok()?;
+            let seen = Seen::of(&statements);
+            let outer = seen.outer_and_inner().0;
+            let exposure = exposure_with(definition, rules, Text::View(&names), outer.len());
+            for (i, item) in outer.iter().enumerate() {
+                if !exposure.covers(i) {
+                    continue;
+                }
+                let name = output_name(item)?;
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        if names.len() == known {
+            return Some(names);
+        }
+    }
+}
+
+/// The name a select-list item gives its column, as `pg_get_viewdef` prints it (lower case).
+fn output_name(item: &SelectItem) -> Option<String> {
+    let ident = match item {
+        SelectItem::ExprWithAlias { alias, .. } => alias,
+        SelectItem::UnnamedExpr(Expr::Identifier(i)) => i,
+        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => parts.last()?,
+        _ => return None,
+    };
+    Some(ident.value.to_lowercase())
 }
 
 /// For COPY (query) TO STDOUT, whose output columns are planned by name: true when `statements` (already
@@ -88,22 +160,65 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         return false;
     }
     let seen = Seen::of(statements);
+    if seen.reads_statistics() {
+        return true;
+    }
     let (outer, inner) = seen.outer_and_inner();
-    let named = |item: &&SelectItem| {
-        matches!(
-            item,
-            SelectItem::UnnamedExpr(Expr::Identifier(_) | Expr::CompoundIdentifier(_))
-        )
+    // A plain reference is a column masked by its name, unless it names a whole row (`SELECT t FROM
+    // people t`), which holds every column.
+    let named = |item: &&SelectItem| match item {
+        SelectItem::UnnamedExpr(Expr::Identifier(i)) => {
+            !seen.relations.contains(&i.value.to_lowercase())
+        }
+        // `u.email` is masked by its output name, column or not; `p.row_to_json` may be a function.
+        SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+            !attribute_call(parts, &seen.relations, rules)
+        }
+        _ => false,
     };
     outer
         .iter()
         .filter(|item| !named(item))
         .chain(inner)
-        .any(|item| item_exposes(item, &seen.relations, rules))
+        .chain(&seen.from)
+        .any(|item| item_exposes(item, &seen.relations, rules, Text::Statement))
 }
 
+/// True when `q.name` may be a function applied to relation `q`'s whole row in attribute notation
+/// (PostgreSQL reads `p.to_json` as `to_json(p)` when `p` has no column `to_json`; aggregates and
+/// variadic functions too: `p.array_agg`, `p.concat`): `q` names a relation of the statement and
+/// no rule masks `name`. Fail closed: only the catalog could tell it from a column.
+fn attribute_call(parts: &[Ident], relations: &[String], rules: &CompiledRules) -> bool {
+    let [.., qualifier, name] = parts else {
+        return false;
+    };
+    rules.column_style(&name.value).is_none() && relations.contains(&qualifier.value.to_lowercase())
+}
+
+/// Catalogs holding sample values of every analysed column (most common values, histogram bounds),
+/// masked ones included: whatever a statement computes from them may carry a masked value.
+const STATISTICS: &[&str] = &[
+    "pg_statistic",
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic_ext_data",
+];
+
 /// True when one select-list item mentions a masked column or a whole row of a relation.
-fn item_exposes(item: &SelectItem, relations: &[String], rules: &CompiledRules) -> bool {
+fn item_exposes(
+    item: &SelectItem,
+    relations: &[String],
+    rules: &CompiledRules,
+    text: Text<'_>,
+) -> bool {
+    let extra = match text {
+        Text::View(names) => names,
+        Text::Statement => &[],
+    };
+    let masked = |name: &str| {
+        rules.column_style(name).is_some() || extra.iter().any(|e| e.eq_ignore_ascii_case(name))
+    };
     let expr = match item {
         SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
         // `*` and `t.*` list real columns, which RowDescription names.
@@ -115,13 +230,11 @@ fn item_exposes(item: &SelectItem, relations: &[String], rules: &CompiledRules) 
     }
     let hit = visit_expressions(expr, |e| {
         let exposed = match e {
-            Expr::Identifier(i) => {
-                rules.column_style(&i.value).is_some()
-                    || relations.contains(&i.value.to_lowercase())
+            Expr::Identifier(i) => masked(&i.value) || relations.contains(&i.value.to_lowercase()),
+            Expr::CompoundIdentifier(parts) => {
+                parts.last().is_some_and(|i| masked(&i.value))
+                    || (matches!(text, Text::Statement) && attribute_call(parts, relations, rules))
             }
-            Expr::CompoundIdentifier(parts) => parts
-                .last()
-                .is_some_and(|i| rules.column_style(&i.value).is_some()),
             _ => false,
         };
         if exposed {
@@ -142,6 +255,12 @@ struct Seen {
     top: Option<usize>,
     /// The outermost query is a single SELECT (not a set operation or VALUES).
     plain_top: bool,
+    /// Expressions in FROM that become rows: arguments of functions in FROM (`unnest(ARRAY[ssn])`,
+    /// `json_each_text(to_json(p))`) and rows of VALUES, as select-list items.
+    from: Vec<SelectItem>,
+    /// A statement returns rows of a query it doesn't show: `FETCH` (a cursor's), `EXECUTE` (a prepared
+    /// statement's), `MERGE` (its `RETURNING` is not parsed).
+    opaque: bool,
 }
 
 impl Seen {
@@ -151,6 +270,13 @@ impl Seen {
             let _ = statement.visit(&mut seen);
         }
         seen
+    }
+
+    /// True when a relation of the statement is a statistics catalog ([`STATISTICS`]).
+    fn reads_statistics(&self) -> bool {
+        self.relations
+            .iter()
+            .any(|r| STATISTICS.contains(&r.as_str()))
     }
 
     /// The outermost query's select-list items, and every other one.
@@ -166,6 +292,13 @@ impl Seen {
                 self.select_items(left);
                 self.select_items(right);
             }
+            SetExpr::Values(values) => self.from.extend(
+                values
+                    .rows
+                    .iter()
+                    .flat_map(|row| row.content.iter())
+                    .map(|e| SelectItem::UnnamedExpr(e.clone())),
+            ),
             // Nested queries are visited on their own.
             _ => {}
         }
@@ -174,6 +307,30 @@ impl Seen {
 
 impl Visitor for Seen {
     type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        let returning = match statement {
+            Statement::Insert(i) => i.returning.as_ref(),
+            Statement::Update(u) => u.returning.as_ref(),
+            Statement::Delete(d) => d.returning.as_ref(),
+            Statement::Fetch { .. } | Statement::Execute { .. } | Statement::Merge(_) => {
+                self.opaque = true;
+                None
+            }
+            _ => None,
+        };
+        // A RETURNING list is the statement's result: the outermost select list, even when an
+        // `INSERT … SELECT` or `UPDATE … FROM (subquery)` nests queries inside; in a CTE
+        // (`WITH u AS (UPDATE … RETURNING ssn) SELECT …`) it is an inner one.
+        if let Some(items) = returning {
+            self.items.extend(items.iter().cloned());
+            if self.top.is_none() {
+                self.top = Some(self.items.len());
+                self.plain_top = true;
+            }
+        }
+        ControlFlow::Continue(())
+    }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         if self.top.is_none() {
@@ -185,6 +342,17 @@ impl Visitor for Seen {
     }
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let computes = match factor {
+            TableFactor::Table { args, .. } => args.is_some(),
+            TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } => false,
+            _ => true,
+        };
+        if computes {
+            let _ = visit_expressions(factor, |e| {
+                self.from.push(SelectItem::UnnamedExpr(e.clone()));
+                ControlFlow::<()>::Continue(())
+            });
+        }
         if let TableFactor::Table { name, alias, .. } = factor {
             if let Some(last) = name.0.last() {
                 self.relations
@@ -240,6 +408,54 @@ mod tests {
             ("SELECT count(*) FROM users WHERE email = 'a@b.c'", false),
             ("SELECT id, name, amount * 2 FROM orders", false),
             ("SELECT * FROM users", false),
+            // Attribute notation: `p.row_to_json` is row_to_json(p), a whole row.
+            ("SELECT p.row_to_json FROM people p", true),
+            ("SELECT upper(p.concat) FROM people p", true),
+            ("SELECT people.array_agg FROM people", true),
+            // A qualifier that names no relation of the statement is not a row.
+            ("SELECT s.x FROM (SELECT 1 AS x) s", false),
+            // Masked columns handed to functions or VALUES in FROM.
+            ("SELECT x FROM people, unnest(ARRAY[ssn]) AS x", true),
+            (
+                "SELECT value FROM people p, json_each_text(to_json(p))",
+                true,
+            ),
+            (
+                "SELECT x FROM people p JOIN LATERAL (VALUES (p.ssn)) v(x) ON true",
+                true,
+            ),
+            ("SELECT n FROM generate_series(1, 3) AS g(n)", false),
+            ("SELECT * FROM (VALUES (1, 'a')) v(n, s)", false),
+            // RETURNING is a select list; FETCH and EXECUTE show no query to read.
+            ("UPDATE users SET n = 1 RETURNING lower(email)", true),
+            ("DELETE FROM users u RETURNING u", true),
+            (
+                "INSERT INTO users (email) SELECT 'a' RETURNING email || ''",
+                true,
+            ),
+            ("UPDATE users SET n = 1 RETURNING n * 2", false),
+            // Statistics hold sample values of masked columns.
+            (
+                "SELECT histogram_bounds::text FROM pg_stats WHERE attname = 'ssn'",
+                true,
+            ),
+            (
+                "SELECT array_to_string(s.most_common_vals, ',') FROM pg_catalog.pg_stats s",
+                true,
+            ),
+            ("SELECT stavalues1::text FROM pg_statistic", true),
+            (
+                "WITH u AS (UPDATE users SET n = 1 RETURNING lower(email) AS x) SELECT x FROM u",
+                true,
+            ),
+            (
+                "WITH u AS (UPDATE users SET n = 1 RETURNING n * 2 AS x) SELECT x FROM u",
+                false,
+            ),
+            ("FETCH ALL FROM c", true),
+            ("FETCH NEXT IN c", true),
+            ("EXECUTE p", true),
+            ("EXECUTE p(1, 2)", true),
         ] {
             assert_eq!(exposes(sql, &r), exposing, "{sql}");
         }
@@ -276,14 +492,60 @@ mod tests {
                 All,
             ),
             ("SELEC garbled", All),
+            // pg_stats as `pg_get_viewdef` prints it, shortened.
+            (
+                " SELECT n.nspname AS schemaname,\n    a.attname,\n    s.stavalues1 AS most_common_vals\n   FROM pg_statistic s\n     JOIN pg_attribute a ON a.attrelid = s.starelid;",
+                All,
+            ),
         ] {
-            assert_eq!(view_exposure(definition, &r), want, "{definition}");
+            assert_eq!(view_exposure(definition, &[], &r), want, "{definition}");
         }
         let none = CompiledRules::compile(&MaskingConfig::default(), None).unwrap();
         assert_eq!(
-            view_exposure(" SELECT people.ssn AS x FROM people;", &none),
+            view_exposure(" SELECT people.ssn AS x FROM people;", &[], &none),
             Nothing
         );
+    }
+
+    #[test]
+    fn views_over_views_follow_renamed_masked_columns() {
+        use Exposure::{All, Columns, Nothing};
+        let r = rules();
+        let renames = " SELECT people.id,\n    people.ssn AS tax_id\n   FROM people;".to_string();
+        let hashes = " SELECT d.id,\n    md5(d.tax_id) AS h\n   FROM directory d;".to_string();
+        for (definition, reads, want) in [
+            // directory renames ssn; a view over it renames or computes from tax_id.
+            (
+                " SELECT directory.id,\n    directory.tax_id AS x\n   FROM directory;",
+                vec![renames.clone()],
+                Columns(vec![false, true]),
+            ),
+            (
+                " SELECT d.id,\n    upper(d.tax_id) AS y\n   FROM directory d;",
+                vec![renames.clone()],
+                Columns(vec![false, true]),
+            ),
+            // Three deep: h is computed from tax_id, which renames ssn.
+            (
+                " SELECT v.h AS z\n   FROM hashed v;",
+                vec![hashes.clone(), renames.clone()],
+                Columns(vec![true]),
+            ),
+            // Only filtering on the renamed column exposes nothing.
+            (
+                " SELECT directory.id\n   FROM directory\n  WHERE directory.tax_id IS NOT NULL;",
+                vec![renames.clone()],
+                Nothing,
+            ),
+            // A definition it reads that can't be parsed: everything.
+            (
+                " SELECT v.id\n   FROM v;",
+                vec!["SELEC garbled".into()],
+                All,
+            ),
+        ] {
+            assert_eq!(view_exposure(definition, &reads, &r), want, "{definition}");
+        }
     }
 
     #[test]
@@ -303,6 +565,18 @@ mod tests {
                 false,
             ),
             ("COPY users TO STDOUT", false),
+            ("COPY (SELECT p.to_json FROM people p) TO STDOUT", true),
+            (
+                "COPY (SELECT value FROM people p, json_each_text(to_json(p))) TO STDOUT",
+                true,
+            ),
+            // A whole row in COPY holds the masked columns.
+            ("COPY (SELECT u FROM users u) TO STDOUT", true),
+            ("COPY (SELECT users FROM users) TO STDOUT", true),
+            (
+                "COPY (SELECT histogram_bounds FROM pg_stats) TO STDOUT",
+                true,
+            ),
         ] {
             assert_eq!(copy_exposes(sql, &r), exposing, "{sql}");
         }
@@ -338,6 +612,17 @@ mod tests {
             ("SELECT *, lower(email) FROM users", 4, Exposure::All),
             ("SELECT 1; SELECT lower(email) FROM users", 1, Exposure::All),
             ("not sql at all", 1, Exposure::All),
+            (
+                "UPDATE users SET n = 1 RETURNING id, lower(email)",
+                2,
+                cols(&[false, true]),
+            ),
+            (
+                "INSERT INTO users SELECT * FROM (SELECT lower(email) FROM users) s RETURNING id",
+                1,
+                Exposure::All,
+            ),
+            ("FETCH ALL FROM c", 1, Exposure::All),
         ] {
             assert_eq!(exposure(sql, &r, n), expected, "{sql}");
         }

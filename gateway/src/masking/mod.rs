@@ -21,6 +21,7 @@ pub mod datarow;
 pub mod derived;
 pub mod detect;
 pub mod hash_cache;
+pub mod messages;
 pub mod rules;
 pub mod stream;
 pub mod style;
@@ -110,6 +111,9 @@ impl ColumnPlan {
         self.style.is_some() || self.detect
     }
 }
+
+/// The pseudo-type of statistics samples (`pg_statistic.stavaluesN`, `pg_stats.most_common_vals`).
+const ANYARRAY: u32 = 2277;
 
 /// True for types whose text no detector can match: an `int2`, `int4` or `oid` prints as at most 11
 /// characters, `-` and digits (too few digits for a card's 13, and neither the `+`, the separators
@@ -218,7 +222,8 @@ impl Masker {
     /// The plan for column `attnum` of table `oid` (0: none) shown as `label`, its table and real name
     /// resolved through `tables`. Fail closed where no rule matches its label: a column without a table
     /// is redacted when `derived` (its statement computes it from a masked column, see
-    /// [`Masker::computed_exposure`]), and a table column whose real name a failed lookup left unknown
+    /// [`Masker::computed_exposure`]), a whole row (attnum 0) of a table with a masked column (or whose
+    /// columns are unknown) is redacted, and a table column whose real name a failed lookup left unknown
     /// is redacted on a connection with column rules (the label may be an alias of a masked column).
     pub fn column_in(
         &self,
@@ -232,6 +237,9 @@ impl Masker {
         let mut plan = self.column_named(label, real, tables.source(oid), type_oid, binary);
         let hidden = if oid == 0 {
             derived
+        } else if attnum == 0 {
+            // A whole row of the table (`SELECT t FROM people t`): one value holding every column.
+            self.rules.has_column_rules() && tables.row_exposes(oid, &self.rules)
         } else {
             self.rules.has_column_rules()
                 && (tables.name_lost(oid, attnum) || tables.view_exposes(oid, attnum))
@@ -261,6 +269,11 @@ impl Masker {
             .or_else(|| real.and_then(|r| self.rules.column_style_in(r, source)))
             .cloned();
         if style.is_none() && class == TypeClass::Inet && ip_on {
+            style = Some(Style::Redact);
+        }
+        // `anyarray` values are statistics samples (`pg_statistic.stavalues1`, `pg_stats.histogram_bounds`)
+        // of every column, masked ones included.
+        if style.is_none() && type_oid == ANYARRAY && self.rules.has_column_rules() {
             style = Some(Style::Redact);
         }
         ColumnPlan {
@@ -429,7 +442,8 @@ impl Masker {
             .enumerate()
             .map(|(i, Column { name, type_oid })| {
                 let oid = table_oids.get(i).copied().unwrap_or(0);
-                let attnum = attnums.get(i).copied().unwrap_or(0);
+                // Unknown is not 0, which names a whole row.
+                let attnum = attnums.get(i).copied().unwrap_or(-1);
                 self.column_in(
                     name,
                     (oid, attnum),
@@ -584,6 +598,7 @@ mod tests {
                     9,
                     tables::Relation::View {
                         definition: " SELECT c.id,\n    c.work_email AS contact,\n    lower(c.email) AS e2,\n    c.note\n   FROM customers c;".into(),
+                        reads: Vec::new(),
                     },
                 )])
             }
@@ -610,6 +625,7 @@ mod tests {
                 9,
                 tables::Relation::View {
                     definition: String::new(),
+                    reads: Vec::new(),
                 },
             )],
         );
@@ -617,6 +633,77 @@ mod tests {
             m.column_in("id", (9, 1), &unread, (25, false), false).style,
             Some(Style::Redact)
         ));
+    }
+
+    #[test]
+    fn statistics_samples_are_redacted_on_connections_with_column_rules() {
+        let m = masker(RULES);
+        // `SELECT histogram_bounds FROM pg_stats`: a view column of type anyarray.
+        let plan = m.column("histogram_bounds", 2277, false);
+        assert!(matches!(plan.style, Some(Style::Redact)), "{plan:?}");
+        assert!(m.column("attname", 19, false).style.is_none());
+        let detect_only = masker("[[rules]]\ndetect = [\"card\"]\nstyle = \"redact\"");
+        assert!(detect_only
+            .column("histogram_bounds", 2277, false)
+            .style
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_whole_row_of_a_table_with_a_masked_column_is_redacted() {
+        struct Catalog;
+        #[async_trait::async_trait]
+        impl TableLookup for Catalog {
+            async fn lookup(
+                &self,
+                oids: &[u32],
+            ) -> Result<Vec<(u32, tables::Relation)>, tables::LookupError> {
+                Ok(oids
+                    .iter()
+                    .map(|&oid| {
+                        let table = if oid == 5 { "customers" } else { "orders" };
+                        (
+                            oid,
+                            tables::Relation::Table {
+                                schema: "public".into(),
+                                table: table.into(),
+                            },
+                        )
+                    })
+                    .collect())
+            }
+            async fn columns(
+                &self,
+                oids: &[u32],
+            ) -> Result<Vec<(u32, i16, String)>, tables::LookupError> {
+                let mut out = Vec::new();
+                for &oid in oids {
+                    out.push((oid, 1, "id".to_string()));
+                    let second = if oid == 5 { "work_email" } else { "amount" };
+                    out.push((oid, 2, second.to_string()));
+                }
+                Ok(out)
+            }
+        }
+        let m = masker(RULES);
+        let mut names = TableNames::default();
+        names.resolve(&Catalog, &[5, 6], m.rules()).await;
+        // RowDescription of `SELECT c FROM customers c`: the table's OID, attnum 0, type `customers`.
+        let row = |names: &TableNames, oid: u32| {
+            m.column_in("c", (oid, 0), names, (16_384, false), false)
+                .style
+                .map(|s| format!("{s:?}"))
+        };
+        assert_eq!(row(&names, 5).as_deref(), Some("Redact"));
+        assert_eq!(row(&names, 6), None, "no column of orders is masked");
+        // A table not looked up (or a lookup that failed) may hold anything.
+        assert_eq!(row(&TableNames::default(), 6).as_deref(), Some("Redact"));
+        // Connections without column rules keep whole rows (detectors still read them).
+        let detect_only = masker("[[rules]]\ndetect = [\"card\"]\nstyle = \"redact\"");
+        assert!(detect_only
+            .column_in("c", (5, 0), &TableNames::default(), (16_384, false), false)
+            .style
+            .is_none());
     }
 
     #[tokio::test]

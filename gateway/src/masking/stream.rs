@@ -20,7 +20,7 @@ pub const WITHHELD: &str = "0A000";
 pub fn wants(tag: u8) -> bool {
     matches!(
         tag,
-        b'T' | b'n' | b'D' | b'H' | b'd' | b'c' | b'C' | b's' | b'E' | b'Z'
+        b'T' | b'n' | b'D' | b'H' | b'd' | b'c' | b'C' | b's' | b'E' | b'N' | b'Z'
     )
 }
 

@@ -43,6 +43,9 @@ pub enum Relation {
     View {
         /// The view's query.
         definition: String,
+        /// The definitions of the views it reads, however deeply: a column one of them renames from
+        /// a masked column counts as masked in the view's own definition.
+        reads: Vec<String>,
     },
     /// A partition, inheritance child or other relation: match by column name.
     Derived,
@@ -141,15 +144,36 @@ impl TableNames {
             .is_none_or(|e| e.covers(column))
     }
 
+    /// True when a whole row of relation `oid` (a result column with attnum 0, `SELECT t FROM people t`)
+    /// may carry a value some column rule masks: a column of it matches a rule, it is a view computing
+    /// one, or its columns are not known for certain (fail closed).
+    pub fn row_exposes(&self, oid: u32, rules: &CompiledRules) -> bool {
+        if self.fresh(oid).is_none() {
+            return true;
+        }
+        let Some(names) = self
+            .columns
+            .as_ref()
+            .and_then(|c| c.peek(&oid))
+            .filter(|n| !n.is_empty())
+        else {
+            return true;
+        };
+        let source = self.source(oid);
+        names.iter().any(|(attnum, name)| {
+            rules.column_style_in(name, source).is_some() || self.view_exposes(oid, *attnum)
+        })
+    }
+
     /// Reads the definitions of the views in `relations` under `rules` (see [`TableNames::view_exposes`]).
     fn learn_views(&mut self, relations: &[(u32, Relation)], rules: &CompiledRules) {
         for (oid, relation) in relations {
-            if let Relation::View { definition } = relation {
+            if let Relation::View { definition, reads } = relation {
                 self.views
                     .get_or_insert_with(|| {
                         LruCache::new(NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN))
                     })
-                    .put(*oid, derived::view_exposure(definition, rules));
+                    .put(*oid, derived::view_exposure(definition, reads, rules));
             }
         }
     }

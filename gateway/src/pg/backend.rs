@@ -4,6 +4,7 @@
 
 use super::codec::{error_fields, frame_header, read_cstr};
 use super::recorder::FinishedStatement;
+use crate::masking::messages;
 use crate::masking::stream::{self, FrameAction, WireMasker};
 use crate::policy::Action;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -187,6 +188,19 @@ impl BackendTracker {
                     FrameAction::ResolveTables => break,
                     _ => {}
                 }
+                // PostgreSQL's own error and notice text can quote a masked value; the gateway's
+                // rejections are its own text.
+                if matches!(tag, b'E' | b'N')
+                    && !rejecting
+                    && action == FrameAction::Pass
+                    && messages::redact_frame(
+                        frame,
+                        self.in_flight.front().map_or("", |f| &*f.sql),
+                        &mut m.out,
+                    )
+                {
+                    action = FrameAction::Replace;
+                }
             }
             match tag {
                 b'S' => self.note_setting(body),
@@ -200,6 +214,11 @@ impl BackendTracker {
                     self.tag = Some(String::from_utf8_lossy(text).into_owned());
                 }
                 b'E' => {
+                    // The record keeps what the client was shown.
+                    let body = match (&action, self.masker.as_ref()) {
+                        (FrameAction::Replace, Some(m)) => m.out.get(5..).unwrap_or_default(),
+                        _ => body,
+                    };
                     let message = error_fields(body)
                         .find(|(f, _)| *f == b'M')
                         .map(|(_, m)| m)

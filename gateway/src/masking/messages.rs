@@ -1,0 +1,270 @@
+//! Upstream error and notice text on masked connections.
+//!
+//! PostgreSQL quotes values in its messages: `SELECT ssn::int FROM people` fails with
+//! `invalid input syntax for type integer: "123-45-6789"`, `ssn::regclass` with `relation "…" does not
+//! exist`, `ssn::json` puts the value in DETAIL and CONTEXT, a unique violation in DETAIL, and a function's
+//! `RAISE` says whatever it was given. No rule can follow a value into that text, so on a masked
+//! connection the message of an ErrorResponse or NoticeResponse is kept only for SQLSTATEs PostgreSQL
+//! builds from the statement, identifiers and types alone, and only when every quoted part of it appears
+//! in the statement (a `syntax_error` also reports a bad tsquery value: `syntax error in tsquery:
+//! "123-45-6789)"`); every other message is withheld, and DETAIL, CONTEXT and the internal query are
+//! always dropped. **Fail closed:** an unknown code loses its text.
+
+use bytes::{BufMut, BytesMut};
+
+/// SQLSTATEs whose message and hint name only what the statement itself wrote (identifiers, types,
+/// its own text), never a value read from a row: they keep their text. Codes like `42P01`, `42704` and
+/// `42883` are not here: a cast to `regclass`, `regtype` or `regproc` quotes the value it failed on.
+const TEXT_ONLY: &[&str] = &[
+    "42601", // syntax_error (quotes the statement's own text, or a value: see `quotes_the_statement`)
+    "42P01", // undefined_table (a `regclass` cast quotes its value: see `quotes_the_statement`)
+    "42703", // undefined_column
+    "42702", // ambiguous_column
+    "42725", // ambiguous_function
+    "42803", // grouping_error
+    "42804", // datatype_mismatch
+    "42846", // cannot_coerce
+    "42P10", // invalid_column_reference
+    "42P18", // indeterminate_datatype
+    "42501", // insufficient_privilege
+    "25001", // active_sql_transaction
+    "25P01", // no_active_sql_transaction
+    "25P02", // in_failed_sql_transaction
+    "26000", // invalid_sql_statement_name
+    "34000", // invalid_cursor_name
+    "22012", // division_by_zero
+    "40001", // serialization_failure
+    "40P01", // deadlock_detected
+    "55P03", // lock_not_available
+    "57014", // query_canceled
+    "57P01", // admin_shutdown
+];
+
+/// True when a message with this SQLSTATE keeps its text on a masked connection: the code is one whose
+/// text names only what the statement wrote, and everything the message quotes is in `statement`.
+pub fn keeps_text(sqlstate: &str, message: &str, statement: &str) -> bool {
+    TEXT_ONLY.contains(&sqlstate) && quotes_the_statement(message, statement)
+}
+
+/// True when every `"…"` part of `message` appears in `statement` (case-insensitively: PostgreSQL
+/// folds identifiers). An unpaired quote counts as not found.
+fn quotes_the_statement(message: &str, statement: &str) -> bool {
+    let parts: Vec<&str> = message.split('"').collect();
+    if parts.len().is_multiple_of(2) {
+        return false;
+    }
+    let statement = statement.to_lowercase();
+    parts
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .all(|quoted| statement.contains(&quoted.to_lowercase()))
+}
+
+/// The message that replaces a withheld one.
+pub fn withheld(sqlstate: &str) -> String {
+    format!(
+        "the gateway withheld PostgreSQL's message text (SQLSTATE {sqlstate}) because this connection masks results and the text can quote a masked value; run the statement on a connection without masking rules to read it"
+    )
+}
+
+/// Fields that are dropped whatever the SQLSTATE: DETAIL, CONTEXT, internal query and its position.
+fn always_dropped(field: u8) -> bool {
+    matches!(field, b'D' | b'W' | b'q' | b'p')
+}
+
+/// Re-encodes the ErrorResponse or NoticeResponse `frame` (tag `E` or `N`) that answered `statement`
+/// into `out` with its value carrying text removed. Returns false (and writes nothing) when nothing had
+/// to change.
+pub fn redact_frame(frame: &[u8], statement: &str, out: &mut BytesMut) -> bool {
+    let (Some(&tag), Some(body)) = (frame.first(), frame.get(5..)) else {
+        return false;
+    };
+    let fields: Vec<(u8, &[u8])> = crate::pg::codec::error_fields(body).collect();
+    let sqlstate = fields
+        .iter()
+        .find(|(f, _)| *f == b'C')
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let message = fields
+        .iter()
+        .find(|(f, _)| *f == b'M')
+        .map(|(_, v)| String::from_utf8_lossy(v))
+        .unwrap_or_default();
+    let keep = keeps_text(&sqlstate, &message, statement);
+    if keep && !fields.iter().any(|(f, _)| always_dropped(*f)) {
+        return false;
+    }
+    let replacement = withheld(&sqlstate);
+    let start = out.len();
+    out.put_u8(tag);
+    out.put_i32(0);
+    for (field, value) in fields {
+        let value = match field {
+            f if always_dropped(f) => continue,
+            b'H' if !keep => continue,
+            b'M' if !keep => replacement.as_bytes(),
+            _ => value,
+        };
+        out.put_u8(field);
+        out.put_slice(value);
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    crate::pg::codec::patch_len(out, start);
+    true
+}
+
+/// The same for an error the HTTP API reports (and an approved execution records) for `statement`.
+pub fn redact_upstream_error(e: &mut crate::upstream::UpstreamSqlError, statement: &str) {
+    e.detail = None;
+    if !keeps_text(&e.sqlstate, &e.message, statement) {
+        e.message = withheld(&e.sqlstate);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::codec::error_fields;
+
+    fn frame(tag: u8, fields: &[(u8, &str)]) -> BytesMut {
+        let mut out = BytesMut::new();
+        out.put_u8(tag);
+        out.put_i32(0);
+        for (f, v) in fields {
+            out.put_u8(*f);
+            out.put_slice(v.as_bytes());
+            out.put_u8(0);
+        }
+        out.put_u8(0);
+        crate::pg::codec::patch_len(&mut out, 0);
+        out
+    }
+
+    fn text(frame: &[u8]) -> String {
+        error_fields(&frame[5..])
+            .map(|(f, v)| format!("{}={} ", f as char, String::from_utf8_lossy(v)))
+            .collect()
+    }
+
+    #[test]
+    fn messages_quoting_values_are_withheld_with_their_detail_and_context() {
+        for (code, message, detail) in [
+            (
+                "22P02",
+                r#"invalid input syntax for type integer: "SSNVAL3""#,
+                None,
+            ),
+            ("42P01", r#"relation "ssnval3" does not exist"#, None),
+            (
+                "22P02",
+                "invalid input syntax for type json",
+                Some(r#"Token "SSNVAL3" is invalid."#),
+            ),
+            (
+                "23505",
+                "duplicate key value violates unique constraint \"people_ssn_key\"",
+                Some("Key (ssn)=(SSNVAL3) already exists."),
+            ),
+            ("P0001", "SSNVAL3", None),
+        ] {
+            let mut fields = vec![(b'S', "ERROR"), (b'C', code), (b'M', message)];
+            if let Some(d) = detail {
+                fields.push((b'D', d));
+            }
+            fields.push((b'W', "JSON data, line 1: SSNVAL3"));
+            fields.push((b'H', "SSNVAL3"));
+            let mut out = BytesMut::new();
+            let statement = "SELECT ssn::int FROM people";
+            assert!(
+                redact_frame(&frame(b'E', &fields), statement, &mut out),
+                "{message}"
+            );
+            let shown = text(&out);
+            assert!(!shown.to_lowercase().contains("ssnval3"), "{shown}");
+            assert!(shown.contains(&format!("C={code} ")), "{shown}");
+            assert!(shown.contains("withheld"), "{shown}");
+        }
+        // A NoticeResponse (a function's RAISE NOTICE) alike, and it stays a notice.
+        let notice = frame(
+            b'N',
+            &[(b'S', "NOTICE"), (b'C', "00000"), (b'M', "ssn is SSNVAL3")],
+        );
+        let mut out = BytesMut::new();
+        assert!(redact_frame(&notice, "SELECT f()", &mut out));
+        assert_eq!(out[0], b'N');
+        assert!(!text(&out).contains("SSNVAL3"));
+    }
+
+    #[test]
+    fn messages_built_from_the_statement_alone_keep_their_text() {
+        let syntax = frame(
+            b'E',
+            &[
+                (b'S', "ERROR"),
+                (b'C', "42601"),
+                (b'M', r#"syntax error at or near "SELEC""#),
+                (b'P', "1"),
+            ],
+        );
+        let mut out = BytesMut::new();
+        assert!(!redact_frame(&syntax, "SELEC 1", &mut out));
+        assert!(out.is_empty());
+        // The same codes quoting what the statement didn't write: a bad tsquery value, a regclass cast.
+        for (code, message) in [
+            ("42601", r#"syntax error in tsquery: "SSNVAL3)""#),
+            ("42P01", r#"relation "ssnval3" does not exist"#),
+            ("42601", r#"unpaired "quote"#),
+        ] {
+            let f = frame(b'E', &[(b'C', code), (b'M', message)]);
+            let mut out = BytesMut::new();
+            let statement = "SELECT (ssn || ')')::tsquery, ssn::regclass FROM people";
+            assert!(redact_frame(&f, statement, &mut out), "{message}");
+            assert!(!text(&out).to_lowercase().contains("ssnval3"), "{message}");
+        }
+        let missing = frame(
+            b'E',
+            &[
+                (b'C', "42P01"),
+                (b'M', r#"relation "peple" does not exist"#),
+            ],
+        );
+        assert!(!redact_frame(&missing, "SELECT * FROM Peple", &mut out));
+        // Their DETAIL and CONTEXT still go (a deadlock's DETAIL quotes other sessions' statements).
+        let deadlock = frame(
+            b'E',
+            &[
+                (b'C', "40P01"),
+                (b'M', "deadlock detected"),
+                (b'D', "Process 1: UPDATE people SET ssn = 'SSNVAL3'"),
+                (b'H', "See server log for query details."),
+            ],
+        );
+        assert!(redact_frame(&deadlock, "UPDATE people SET n = 1", &mut out));
+        let shown = text(&out);
+        assert!(shown.contains("M=deadlock detected"), "{shown}");
+        assert!(shown.contains("H=See server log"), "{shown}");
+        assert!(!shown.contains("SSNVAL3"), "{shown}");
+    }
+
+    #[test]
+    fn api_errors_lose_value_carrying_text() {
+        use crate::upstream::UpstreamSqlError;
+        let mut e = UpstreamSqlError {
+            sqlstate: "22P02".into(),
+            message: "invalid input syntax for type json".into(),
+            detail: Some(r#"Token "SSNVAL3" is invalid."#.into()),
+        };
+        redact_upstream_error(&mut e, "SELECT ssn::json FROM people");
+        assert_eq!(e.detail, None);
+        assert_eq!(e.message, withheld("22P02"));
+        let mut e = UpstreamSqlError {
+            sqlstate: "42703".into(),
+            message: r#"column "nope" does not exist"#.into(),
+            detail: None,
+        };
+        redact_upstream_error(&mut e, "SELECT nope FROM people");
+        assert_eq!(e.message, r#"column "nope" does not exist"#);
+    }
+}
