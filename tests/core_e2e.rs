@@ -745,3 +745,45 @@ async fn api_sessions_speak_utf8_whatever_the_database_default_encoding() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_database_function_called_on_a_row_by_attribute_notation_is_held() {
+    let db = direct().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (people, log, archive) = (
+        format!("people_{suffix}"),
+        format!("archive_log_{suffix}"),
+        format!("archive_{suffix}"),
+    );
+    // A DBA's function that writes, callable as `p.archive_…` on a row of `people_…`.
+    db.batch_execute(&format!(
+        "CREATE TABLE {people} (id int, name text);
+         INSERT INTO {people} VALUES (1, 'Ann');
+         CREATE TABLE {log} (id int);
+         CREATE FUNCTION {archive}(p {people}) RETURNS int LANGUAGE sql
+           AS 'INSERT INTO {log} VALUES (1) RETURNING 1';"
+    ))
+    .await
+    .unwrap();
+    let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
+    let r = gw
+        .query(AGENT, &format!("SELECT p.{archive} FROM {people} p"))
+        .await;
+    assert_eq!(r.status, 202, "held, not run: {:?}", r.body);
+    // A plain qualified column still runs.
+    let r = gw
+        .query(AGENT, &format!("SELECT p.name FROM {people} p"))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let writes: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {log}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(writes, 0, "the function never ran");
+    db.batch_execute(&format!(
+        "DROP FUNCTION {archive}({people}); DROP TABLE {log}; DROP TABLE {people}"
+    ))
+    .await
+    .unwrap();
+}

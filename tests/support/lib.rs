@@ -205,6 +205,7 @@ pub async fn spawn_gateway(toml: &str, backend: Backend) -> Gateway {
             .await
             .expect("engine"),
     );
+    engine.refresh_row_functions().await;
     let channels = countersign_gateway::channels::build(&engine).unwrap_or_else(|e| panic!("{e}"));
     let mut tasks = vec![];
     let policy = countersign_notifiers::RetryPolicy {

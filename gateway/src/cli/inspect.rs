@@ -81,6 +81,7 @@ pub fn policy_explain(
         &PolicyContext {
             connection,
             requester: &requester,
+            row_functions: None,
         },
         &sql,
     );

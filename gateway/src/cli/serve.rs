@@ -161,6 +161,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     ));
     let worker_task = worker.clone().spawn(poll);
     let expiry_task = engine.workflow.spawn_expiry(sweep);
+    // Read before the front doors open, so a row function is recognised from the first statement.
+    let _ = tokio::time::timeout(Duration::from_secs(5), engine.refresh_row_functions()).await;
+    let row_functions_task = engine.spawn_row_function_refresh();
     let sessions_task = {
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -231,6 +234,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), worker.run_once()).await;
     worker_task.abort();
     expiry_task.abort();
+    row_functions_task.abort();
     if let Some(t) = change_task {
         t.abort();
     }

@@ -117,6 +117,7 @@ impl Engine {
             maskers,
             table_lookups,
             pool: UpstreamPool::new(pool_size),
+            row_functions: Default::default(),
             recorder: recording::StatementWriter::spawn(store),
             http_sessions: Default::default(),
             max_wait,

@@ -5,6 +5,7 @@
 mod build;
 mod http_sessions;
 mod recording;
+pub mod row_functions;
 mod wire_gate;
 
 pub use build::EngineError;
@@ -38,6 +39,8 @@ pub struct Engine {
     /// Catalog lookups for connections with table-qualified masking rules.
     table_lookups: HashMap<String, Arc<crate::upstream::CatalogLookup>>,
     pool: UpstreamPool,
+    /// Functions attribute notation could call on a row, per connection.
+    row_functions: row_functions::RowFunctions,
     recorder: recording::StatementWriter,
     http_sessions: http_sessions::HttpSessions,
     /// Longest `?wait=` honoured.
@@ -122,6 +125,27 @@ impl Engine {
         }
     }
 
+    /// Reads, for every connection, the functions attribute notation could call on a row (see
+    /// [`row_functions`]).
+    pub async fn refresh_row_functions(&self) {
+        self.row_functions
+            .refresh(&self.pool, &self.upstreams)
+            .await;
+    }
+
+    /// Runs [`Engine::refresh_row_functions`] now and every [`row_functions::REFRESH`].
+    pub fn spawn_row_function_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(row_functions::REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                engine.refresh_row_functions().await;
+            }
+        })
+    }
+
     /// Classify `sql` for this requester on this connection (cached by text).
     pub fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Verdict {
         self.timed_policy(connection, requester, |policy, ctx| {
@@ -151,11 +175,13 @@ impl Engine {
         evaluate: impl FnOnce(&Policy, &PolicyContext<'_>) -> T,
     ) -> T {
         let started = std::time::Instant::now();
+        let row_functions = self.row_functions.get(connection);
         let out = evaluate(
             &self.policy,
             &PolicyContext {
                 connection,
                 requester,
+                row_functions: row_functions.as_deref(),
             },
         );
         self.metrics.classify.observe(started.elapsed());

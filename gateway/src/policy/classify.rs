@@ -119,6 +119,7 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
         kind: statement_kind(statement),
         tables: seen.tables.into_iter().collect(),
         functions: function_names(&seen.functions),
+        qualified_names: seen.qualified.into_iter().collect(),
         ..StatementFacts::default()
     };
     let (action, reason) = statement_action(statement, &facts);
@@ -163,6 +164,7 @@ fn classify_plain_explain(inner: &Statement) -> StatementFacts {
         kind: "EXPLAIN".to_string(),
         tables: seen.tables.into_iter().collect(),
         functions: function_names(&seen.functions),
+        qualified_names: seen.qualified.into_iter().collect(),
         ..StatementFacts::default()
     };
     let mut verdicts = vec![(
@@ -502,6 +504,8 @@ struct Collector {
     tables: BTreeSet<String>,
     /// Function calls, each once.
     functions: Vec<Call>,
+    /// Last parts of qualified names (`q.name`) in expressions.
+    qualified: BTreeSet<String>,
     nested_writes: Vec<&'static str>,
     locking: bool,
     select_into: bool,
@@ -632,6 +636,17 @@ impl Visitor for Collector {
                 first_arg: literal(0).map(|a| a.to_lowercase()),
                 second_arg: literal(1),
             });
+        }
+        // `q.name` is a column, or a call of `name` on `q`'s whole row (attribute notation): only the
+        // catalog can tell, so the names are kept for the caller that knows the database's functions.
+        if let Expr::CompoundIdentifier(parts) = expr {
+            if let [_, .., last] = &parts[..] {
+                let name = match last.quote_style {
+                    None => last.value.to_lowercase(),
+                    Some(_) => last.value.clone(),
+                };
+                self.qualified.insert(name);
+            }
         }
         ControlFlow::Continue(())
     }

@@ -36,6 +36,9 @@ pub struct PolicyContext<'a> {
     pub connection: &'a str,
     /// The requester chain (matched by rule `requesters` / `requester_groups`).
     pub requester: &'a RequesterChain,
+    /// Functions of the connection's database that attribute notation can call on a row (`q.name`
+    /// for `name(q)`), lower-cased; `None` when not known.
+    pub row_functions: Option<&'a std::collections::HashSet<String>>,
 }
 
 /// The configured policy: built-in classification, rules, defaults and the classification cache.
@@ -166,6 +169,14 @@ impl Policy {
     /// Apply the first matching rule to one statement, within the safety floor: a rule never
     /// relaxes a built-in block and never allows an unparsed statement.
     fn decide<'p>(&'p self, ctx: &PolicyContext<'_>, facts: &StatementFacts) -> Decision<'p> {
+        let called;
+        let facts = match row_function_calls(ctx, facts) {
+            Some(f) => {
+                called = f;
+                &called
+            }
+            None => facts,
+        };
         let builtin = facts.action;
         let Some(rule) = self
             .rules
@@ -287,6 +298,33 @@ fn merge_reviews<'a>(reviews: impl Iterator<Item = &'a ReviewRequirement>) -> Re
         ttl_secs: 3600,
         reminders: Default::default(),
     })
+}
+
+/// `facts` with each `q.name` that may call a database function on a whole row (see
+/// [`PolicyContext::row_functions`]) judged as that call: such a function is on no read-only list, so
+/// it needs review like any unvetted call. `None` when there is none.
+fn row_function_calls(ctx: &PolicyContext<'_>, facts: &StatementFacts) -> Option<StatementFacts> {
+    let functions = ctx.row_functions?;
+    let calls: Vec<&String> = facts
+        .qualified_names
+        .iter()
+        .filter(|n| functions.contains(*n))
+        .collect();
+    if calls.is_empty() {
+        return None;
+    }
+    let mut judged = facts.clone();
+    judged.action = judged.action.max(Action::Review);
+    for name in calls {
+        judged.reasons.insert(
+            0,
+            format!("x.{name} may call the database function {name}(x) on a whole row (attribute notation); it is not on the read-only list"),
+        );
+        if !judged.functions.contains(name) {
+            judged.functions.push(name.clone());
+        }
+    }
+    Some(judged)
 }
 
 #[cfg(test)]

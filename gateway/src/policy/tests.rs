@@ -310,6 +310,7 @@ fn verdict_of(sql: &str) -> Verdict {
         &PolicyContext {
             connection: "prod-main",
             requester: &chain,
+            row_functions: None,
         },
         sql,
     )
@@ -404,6 +405,7 @@ fn repeated_sql_is_served_from_the_cache() {
     let ctx = PolicyContext {
         connection: "c",
         requester: &chain,
+        row_functions: None,
     };
     let a = policy.evaluate(&ctx, "SELECT 1");
     let b = policy.evaluate(&ctx, "SELECT 1");
@@ -418,6 +420,7 @@ fn a_warm_cache_gives_exactly_the_verdict_a_fresh_classification_gives() {
     let ctx = PolicyContext {
         connection: "c",
         requester: &chain,
+        row_functions: None,
     };
     let warm = Policy::builtin();
     // Each pair shares a literal template; the first warms the cache for the second.
@@ -461,6 +464,7 @@ fn memoised_verdicts_equal_evaluated_ones_and_are_reused() {
     let ctx = PolicyContext {
         connection: "c",
         requester: &chain,
+        row_functions: None,
     };
     let policy = Policy::builtin();
     let mut memo = super::VerdictMemo::default();
@@ -500,6 +504,7 @@ fn eval(rules: Vec<PolicyRule>, connection: &str, chain: &RequesterChain, sql: &
         &PolicyContext {
             connection,
             requester: chain,
+            row_functions: None,
         },
         sql,
     )
@@ -793,4 +798,43 @@ fn reminder_settings_merge_to_the_earliest_delays_and_all_escalation_targets() {
             escalate_to: vec!["dba-leads".into(), "cto".into()],
         })
     );
+}
+
+#[test]
+fn a_qualified_name_that_is_a_database_row_function_is_judged_as_its_call() {
+    let policy = Policy::builtin();
+    let chain = agent();
+    let functions: std::collections::HashSet<String> = ["archive".to_string()].into();
+    let with = PolicyContext {
+        connection: "c",
+        requester: &chain,
+        row_functions: Some(&functions),
+    };
+    let without = PolicyContext {
+        row_functions: None,
+        ..with
+    };
+    for (sql, want) in [
+        ("SELECT p.archive FROM people p", Review),
+        (
+            "SELECT p.id FROM people p WHERE p.archive IS NOT NULL",
+            Review,
+        ),
+        ("SELECT public.people.archive FROM public.people", Review),
+        ("SELECT p.\"Archive\" FROM people p", Allow),
+        ("SELECT p.name, p.id FROM people p", Allow),
+        ("SELECT archive FROM people", Allow),
+    ] {
+        let v = policy.evaluate(&with, sql);
+        assert_eq!(v.action, want, "{sql}: {:?}", v.reasons);
+        if want == Review {
+            assert!(
+                v.reasons[0].contains("attribute notation"),
+                "{sql}: {:?}",
+                v.reasons
+            );
+        }
+        // Without the database's functions known, a qualified name reads as a column.
+        assert_eq!(policy.evaluate(&without, sql).action, Allow, "{sql}");
+    }
 }

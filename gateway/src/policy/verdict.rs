@@ -47,6 +47,10 @@ pub struct StatementFacts {
     /// Functions called, lower-cased.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<String>,
+    /// Last parts of qualified names (`q.name`), which PostgreSQL reads as `name(q)` when `q` is a row
+    /// with no column `name` (attribute notation); judged against the database's functions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qualified_names: Vec<String>,
     /// UPDATE or DELETE without a WHERE clause.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub missing_where: bool,
