@@ -676,13 +676,15 @@ remind_after = "15m"
     assert!((400..500).contains(&r), "forged e-mail link: {r}");
 }
 
-#[tokio::test]
-async fn api_refuses_text_postgres_would_read_differently_under_a_database_default() {
+/// A fresh database whose sessions start with `setting` (`ALTER DATABASE … SET setting`), and a gateway
+/// config whose connection `local` reaches it: the admin session, the database's name, the server's URL
+/// without a database, and the config.
+async fn database_defaulting_to(setting: &str) -> (tokio_postgres::Client, String, String, String) {
     let admin = direct().await;
-    let db = format!("cs_misread_{}", uuid::Uuid::new_v4().simple());
+    let db = format!("cs_default_{}", uuid::Uuid::new_v4().simple());
     for sql in [
         format!("CREATE DATABASE {db}"),
-        format!("ALTER DATABASE {db} SET standard_conforming_strings = off"),
+        format!("ALTER DATABASE {db} SET {setting}"),
     ] {
         admin.batch_execute(&sql).await.unwrap();
     }
@@ -693,6 +695,12 @@ async fn api_refuses_text_postgres_would_read_differently_under_a_database_defau
         cfg.contains(&db),
         "the connection points at the new database"
     );
+    (admin, db, base.to_string(), cfg)
+}
+
+#[tokio::test]
+async fn api_refuses_text_postgres_would_read_differently_under_a_database_default() {
+    let (admin, db, base, cfg) = database_defaulting_to("standard_conforming_strings = off").await;
     let (in_db, conn) = tokio_postgres::connect(&format!("{base}/{db}"), tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -725,17 +733,7 @@ async fn api_refuses_text_postgres_would_read_differently_under_a_database_defau
 
 #[tokio::test]
 async fn api_sessions_speak_utf8_whatever_the_database_default_encoding() {
-    let admin = direct().await;
-    let db = format!("cs_sjis_{}", uuid::Uuid::new_v4().simple());
-    for sql in [
-        format!("CREATE DATABASE {db}"),
-        format!("ALTER DATABASE {db} SET client_encoding = 'SJIS'"),
-    ] {
-        admin.batch_execute(&sql).await.unwrap();
-    }
-    let url = upstream_url();
-    let (base, _) = url.rsplit_once('/').unwrap();
-    let cfg = base_config("").replace(&url, &format!("{base}/{db}"));
+    let (admin, db, _, cfg) = database_defaulting_to("client_encoding = 'SJIS'").await;
     let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
     let r = gw.query(AGENT, "SELECT 'Grüße aus Köln' AS greeting").await;
     assert_eq!(r.status, 200, "{:?}", r.body);

@@ -18,6 +18,26 @@ fn masked_config() -> String {
     )
 }
 
+/// A gateway (SQLite store) whose connection masks by the one rule `rule` (TOML keys of a
+/// `[[connections.masking.rules]]` entry), and a wire client of it.
+async fn masked_gateway(rule: &str) -> (Gateway, tokio_postgres::Client) {
+    let cfg = base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n")
+        .replace(
+            "[[approver_groups]]",
+            &format!("[[connections.masking.rules]]\n{rule}\n\n[[approver_groups]]"),
+        );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let port = gw.wire.unwrap().port();
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=agent password={AGENT} dbname=local"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    (gw, client)
+}
+
 const SQL: &str = "SELECT 'alice@example.com' AS email, '123-45-6789' AS ssn, 'paid with 4111 1111 1111 1111' AS note, '4111 1111 1111 1112' AS not_a_card, NULL::text AS empty, 42 AS n";
 
 #[tokio::test]
@@ -195,20 +215,7 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
     ))
     .await
     .unwrap();
-    let cfg = base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n")
-        .replace(
-            "[[approver_groups]]",
-            "[[connections.masking.rules]]\ncolumns = [\"ssn\"]\nstyle = \"redact\"\n\n[[approver_groups]]",
-        );
-    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
-    let port = gw.wire.unwrap().port();
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=agent password={AGENT} dbname=local"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (gw, client) = masked_gateway("columns = [\"ssn\"]\nstyle = \"redact\"").await;
     for (sql, want) in [
         (
             format!("SELECT * FROM {schema}.directory"),
@@ -271,20 +278,7 @@ async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
     ))
     .await
     .unwrap();
-    let cfg = base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n")
-        .replace(
-            "[[approver_groups]]",
-            "[[connections.masking.rules]]\ncolumns = [\"ssn\"]\nstyle = \"redact\"\n\n[[approver_groups]]",
-        );
-    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
-    let port = gw.wire.unwrap().port();
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=agent password={AGENT} dbname=local"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (gw, client) = masked_gateway("columns = [\"ssn\"]\nstyle = \"redact\"").await;
     let shown = |rows: &[tokio_postgres::SimpleQueryMessage]| -> String {
         rows.iter()
             .filter_map(|m| match m {
