@@ -785,3 +785,52 @@ async fn a_database_function_called_on_a_row_by_attribute_notation_is_held() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_row_function_created_through_the_gateway_is_recognised_at_once() {
+    let db = direct().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (people, log, archive) = (
+        format!("people_{suffix}"),
+        format!("archive_log_{suffix}"),
+        format!("archive_{suffix}"),
+    );
+    db.batch_execute(&format!(
+        "CREATE TABLE {people} (id int); INSERT INTO {people} VALUES (1); CREATE TABLE {log} (id int);"
+    ))
+    .await
+    .unwrap();
+    // The gateway starts before the function exists.
+    let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
+    let create = format!(
+        "CREATE FUNCTION {archive}(p {people}) RETURNS int LANGUAGE sql AS 'INSERT INTO {log} VALUES (1) RETURNING 1'"
+    );
+    let held = gw.query(AGENT, &create).await;
+    assert_eq!(held.status, 202, "{:?}", held.body);
+    let id = id_of(&held);
+    for reviewer in [BOB, CAROL] {
+        assert_eq!(gw.vote(reviewer, &id, "approve").await.status, 200);
+    }
+    let r = gw.query(AGENT, &create).await;
+    assert_eq!(
+        r.status, 200,
+        "the approved CREATE FUNCTION ran: {:?}",
+        r.body
+    );
+    // The very next statement calling it on a row is judged as the call, not as a column.
+    let r = gw
+        .query(AGENT, &format!("SELECT p.{archive} FROM {people} p"))
+        .await;
+    assert_eq!(r.status, 202, "held, not run: {:?}", r.body);
+    let writes: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {log}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(writes, 0, "the function never ran");
+    db.batch_execute(&format!(
+        "DROP FUNCTION {archive}({people}); DROP TABLE {log}; DROP TABLE {people}"
+    ))
+    .await
+    .unwrap();
+}

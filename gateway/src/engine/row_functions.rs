@@ -28,6 +28,28 @@ const QUERY: &str = "SELECT DISTINCT p.proname \
        AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
        AND (t.typtype IN ('c', 'p') OR t.typname IN ('record', 'anyelement'))";
 
+/// True for a command tag after which a database's functions may have changed: the lists are read
+/// again at once rather than at the next [`REFRESH`].
+pub fn changes_functions(command_tag: &str) -> bool {
+    [
+        "CREATE FUNCTION",
+        "ALTER FUNCTION",
+        "DROP FUNCTION",
+        "CREATE PROCEDURE",
+        "CREATE AGGREGATE",
+        "ALTER AGGREGATE",
+        "DROP AGGREGATE",
+        "CREATE EXTENSION",
+        "ALTER EXTENSION",
+        "DROP EXTENSION",
+        "CREATE SCHEMA",
+        "DROP SCHEMA",
+        "ALTER SCHEMA",
+    ]
+    .iter()
+    .any(|p| command_tag.starts_with(p))
+}
+
 /// The function names per connection, as last read.
 #[derive(Default)]
 pub struct RowFunctions {

@@ -206,6 +206,13 @@ impl WireGate for Engine {
 
     async fn statements_finished(&self, batch: Vec<StatementRecord>) {
         use crate::metrics::{FrontDoor, UpstreamFailure};
+        if batch.iter().any(|r| {
+            r.command_tag
+                .as_deref()
+                .is_some_and(super::row_functions::changes_functions)
+        }) {
+            self.refresh_row_functions().await;
+        }
         // One clock read per batch: the batch is at most a recorder tick old.
         let now = OffsetDateTime::now_utc();
         let records = batch
