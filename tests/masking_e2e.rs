@@ -369,3 +369,51 @@ async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn aggregates_over_qualified_columns_stay_clear_on_a_masked_connection() {
+    let (db, conn) = tokio_postgres::connect(&upstream_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let schema = format!("mask_group_{}", uuid::Uuid::new_v4().simple());
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.customers (id int, email text);
+         CREATE TABLE {schema}.orders (id int, cid int, amount int);
+         INSERT INTO {schema}.customers VALUES (1, 'ann@example.com');
+         INSERT INTO {schema}.orders VALUES (10, 1, 5), (11, 1, 7);"
+    ))
+    .await
+    .unwrap();
+    let (gw, client) =
+        masked_gateway("columns = [\"*email*\"]\nstyle = \"keep_last\"\nkeep = 4").await;
+    let sql = format!(
+        "SELECT c.email, count(o.id) AS n, sum(o.amount) AS total, max(o.amount) + 1 AS top \
+         FROM {schema}.customers c JOIN {schema}.orders o ON o.cid = c.id GROUP BY c.email"
+    );
+    let r = gw.query(AGENT, &sql).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let row = &r.body["rows"][0];
+    assert!(row[0].as_str().unwrap().ends_with(".com"), "{row}");
+    assert!(row[0].as_str().unwrap().starts_with("****"), "{row}");
+    assert_eq!(
+        (&row[1], &row[2], &row[3]),
+        (&json!("2"), &json!("12"), &json!("8")),
+        "{row}"
+    );
+    let rows = client.simple_query(&sql).await.unwrap();
+    let Some(tokio_postgres::SimpleQueryMessage::Row(wire)) = rows
+        .iter()
+        .find(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+    else {
+        panic!("no row: {rows:?}")
+    };
+    assert_eq!(
+        (wire.get(1), wire.get(2), wire.get(3)),
+        (Some("2"), Some("12"), Some("8"))
+    );
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

@@ -184,15 +184,73 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         .any(|item| item_exposes(item, &seen.relations, rules, Text::Statement))
 }
 
+/// Built-in functions and types that attribute notation can apply to a whole row (PostgreSQL 15's
+/// `pg_catalog` functions taking one `record`, polymorphic or variadic `"any"` argument, and the
+/// string and JSON types a row casts to in function notation, `p.text` being `text(p)`), sorted. User
+/// functions called that way are held for review by the policy (see `engine::row_functions`).
+const ROW_CALLABLE: &[&str] = &[
+    "any_out",
+    "anycompatible_out",
+    "anycompatiblenonarray_out",
+    "anyelement_out",
+    "anynonarray_out",
+    "array_agg",
+    "bpchar",
+    "char",
+    "character",
+    "citext",
+    "concat",
+    "count",
+    "cume_dist",
+    "dense_rank",
+    "first_value",
+    "hash_record",
+    "json",
+    "json_agg",
+    "json_build_array",
+    "json_build_object",
+    "jsonb",
+    "jsonb_agg",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "lag",
+    "last_value",
+    "lead",
+    "mode",
+    "name",
+    "num_nonnulls",
+    "num_nulls",
+    "percent_rank",
+    "pg_collation_for",
+    "pg_column_compression",
+    "pg_column_size",
+    "pg_typeof",
+    "quote_literal",
+    "quote_nullable",
+    "rank",
+    "record_out",
+    "record_send",
+    "row_to_json",
+    "text",
+    "to_json",
+    "to_jsonb",
+    "varchar",
+    "xml",
+];
+
 /// True when `q.name` may be a function applied to relation `q`'s whole row in attribute notation
 /// (PostgreSQL reads `p.to_json` as `to_json(p)` when `p` has no column `to_json`; aggregates and
-/// variadic functions too: `p.array_agg`, `p.concat`): `q` names a relation of the statement and
-/// no rule masks `name`. Fail closed: only the catalog could tell it from a column.
+/// variadic functions too: `p.array_agg`, `p.concat`): `q` names a relation of the statement, no rule
+/// masks `name`, and `name` is one of [`ROW_CALLABLE`]. A column of that name is then over-masked;
+/// any other qualified name (`o.amount` in `sum(o.amount)`) reads as the column it almost always is.
 fn attribute_call(parts: &[Ident], relations: &[String], rules: &CompiledRules) -> bool {
     let [.., qualifier, name] = parts else {
         return false;
     };
-    rules.column_style(&name.value).is_none() && relations.contains(&qualifier.value.to_lowercase())
+    let lower = name.value.to_lowercase();
+    rules.column_style(&name.value).is_none()
+        && relations.contains(&qualifier.value.to_lowercase())
+        && ROW_CALLABLE.binary_search(&lower.as_str()).is_ok()
 }
 
 /// Catalogs holding sample values of every analysed column (most common values, histogram bounds),
@@ -412,6 +470,14 @@ mod tests {
             ("SELECT p.row_to_json FROM people p", true),
             ("SELECT upper(p.concat) FROM people p", true),
             ("SELECT people.array_agg FROM people", true),
+            ("SELECT p.text FROM people p", true),
+            ("SELECT length(p.Json) FROM people p", true),
+            // Ordinary qualified columns in expressions stay clear: joins and grouping still work.
+            (
+                "SELECT c.id, count(o.id), sum(o.amount) FROM customers c JOIN orders o ON o.cid = c.id GROUP BY c.id",
+                false,
+            ),
+            ("SELECT upper(p.city) || '-' || p.zip FROM people p", false),
             // A qualifier that names no relation of the statement is not a row.
             ("SELECT s.x FROM (SELECT 1 AS x) s", false),
             // Masked columns handed to functions or VALUES in FROM.
@@ -545,6 +611,15 @@ mod tests {
             ),
         ] {
             assert_eq!(view_exposure(definition, &reads, &r), want, "{definition}");
+        }
+    }
+
+    #[test]
+    fn row_callable_names_are_sorted_lower_case_so_binary_search_finds_each() {
+        assert!(ROW_CALLABLE.windows(2).all(|w| w[0] < w[1]));
+        for name in ROW_CALLABLE {
+            assert_eq!(name.to_lowercase(), *name);
+            assert!(ROW_CALLABLE.binary_search(name).is_ok());
         }
     }
 
