@@ -744,67 +744,101 @@ async fn api_sessions_speak_utf8_whatever_the_database_default_encoding() {
         .unwrap();
 }
 
+/// Names for a row-function case: a table `people_…`, a log table `archive_log_…` the function writes
+/// to, and the function `archive_…(people_…)`; `function` creates the function up front.
+struct RowFunctionCase {
+    db: tokio_postgres::Client,
+    people: String,
+    log: String,
+    archive: String,
+}
+
+impl RowFunctionCase {
+    async fn new(function: bool) -> Self {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let case = RowFunctionCase {
+            db: direct().await,
+            people: format!("people_{suffix}"),
+            log: format!("archive_log_{suffix}"),
+            archive: format!("archive_{suffix}"),
+        };
+        let RowFunctionCase { people, log, .. } = &case;
+        case.db
+            .batch_execute(&format!(
+                "CREATE TABLE {people} (id int, name text); INSERT INTO {people} VALUES (1, 'Ann');
+                 CREATE TABLE {log} (id int);"
+            ))
+            .await
+            .unwrap();
+        if function {
+            case.db.batch_execute(&case.create()).await.unwrap();
+        }
+        case
+    }
+
+    /// A DBA's function that writes, callable as `p.archive_…` on a row of `people_…`.
+    fn create(&self) -> String {
+        let RowFunctionCase {
+            people,
+            log,
+            archive,
+            ..
+        } = self;
+        format!(
+            "CREATE FUNCTION {archive}(p {people}) RETURNS int LANGUAGE sql AS 'INSERT INTO {log} VALUES (1) RETURNING 1'"
+        )
+    }
+
+    /// How many times the function ran.
+    async fn writes(&self) -> i64 {
+        self.db
+            .query_one(&format!("SELECT count(*) FROM {}", self.log), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn drop_all(self) {
+        let RowFunctionCase {
+            db,
+            people,
+            log,
+            archive,
+        } = self;
+        db.batch_execute(&format!(
+            "DROP FUNCTION IF EXISTS {archive}({people}); DROP TABLE {log}; DROP TABLE {people}"
+        ))
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_database_function_called_on_a_row_by_attribute_notation_is_held() {
-    let db = direct().await;
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let (people, log, archive) = (
-        format!("people_{suffix}"),
-        format!("archive_log_{suffix}"),
-        format!("archive_{suffix}"),
-    );
-    // A DBA's function that writes, callable as `p.archive_…` on a row of `people_…`.
-    db.batch_execute(&format!(
-        "CREATE TABLE {people} (id int, name text);
-         INSERT INTO {people} VALUES (1, 'Ann');
-         CREATE TABLE {log} (id int);
-         CREATE FUNCTION {archive}(p {people}) RETURNS int LANGUAGE sql
-           AS 'INSERT INTO {log} VALUES (1) RETURNING 1';"
-    ))
-    .await
-    .unwrap();
+    let case = RowFunctionCase::new(true).await;
     let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
     let r = gw
-        .query(AGENT, &format!("SELECT p.{archive} FROM {people} p"))
+        .query(
+            AGENT,
+            &format!("SELECT p.{} FROM {} p", case.archive, case.people),
+        )
         .await;
     assert_eq!(r.status, 202, "held, not run: {:?}", r.body);
     // A plain qualified column still runs.
     let r = gw
-        .query(AGENT, &format!("SELECT p.name FROM {people} p"))
+        .query(AGENT, &format!("SELECT p.name FROM {} p", case.people))
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let writes: i64 = db
-        .query_one(&format!("SELECT count(*) FROM {log}"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(writes, 0, "the function never ran");
-    db.batch_execute(&format!(
-        "DROP FUNCTION {archive}({people}); DROP TABLE {log}; DROP TABLE {people}"
-    ))
-    .await
-    .unwrap();
+    assert_eq!(case.writes().await, 0, "the function never ran");
+    case.drop_all().await;
 }
 
 #[tokio::test]
 async fn a_row_function_created_through_the_gateway_is_recognised_at_once() {
-    let db = direct().await;
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let (people, log, archive) = (
-        format!("people_{suffix}"),
-        format!("archive_log_{suffix}"),
-        format!("archive_{suffix}"),
-    );
-    db.batch_execute(&format!(
-        "CREATE TABLE {people} (id int); INSERT INTO {people} VALUES (1); CREATE TABLE {log} (id int);"
-    ))
-    .await
-    .unwrap();
+    let case = RowFunctionCase::new(false).await;
     // The gateway starts before the function exists.
     let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
-    let create = format!(
-        "CREATE FUNCTION {archive}(p {people}) RETURNS int LANGUAGE sql AS 'INSERT INTO {log} VALUES (1) RETURNING 1'"
-    );
+    let create = case.create();
     let held = gw.query(AGENT, &create).await;
     assert_eq!(held.status, 202, "{:?}", held.body);
     let id = id_of(&held);
@@ -819,18 +853,12 @@ async fn a_row_function_created_through_the_gateway_is_recognised_at_once() {
     );
     // The very next statement calling it on a row is judged as the call, not as a column.
     let r = gw
-        .query(AGENT, &format!("SELECT p.{archive} FROM {people} p"))
+        .query(
+            AGENT,
+            &format!("SELECT p.{} FROM {} p", case.archive, case.people),
+        )
         .await;
     assert_eq!(r.status, 202, "held, not run: {:?}", r.body);
-    let writes: i64 = db
-        .query_one(&format!("SELECT count(*) FROM {log}"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(writes, 0, "the function never ran");
-    db.batch_execute(&format!(
-        "DROP FUNCTION {archive}({people}); DROP TABLE {log}; DROP TABLE {people}"
-    ))
-    .await
-    .unwrap();
+    assert_eq!(case.writes().await, 0, "the function never ran");
+    case.drop_all().await;
 }
