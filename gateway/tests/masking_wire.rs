@@ -444,3 +444,70 @@ async fn schema_qualified_rules_check_the_schema_too() {
         .await
         .unwrap();
 }
+
+/// Payloads of the notifications a client LISTENing on `channel` through the gateway at `addr` gets
+/// for each of `payloads`, sent directly with NOTIFY.
+async fn notified(addr: SocketAddr, channel: &str, payloads: &[&str]) -> Vec<String> {
+    let (client, mut connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} dbname=app user=agent password={TOKEN} sslmode=disable",
+            addr.port()
+        ),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(tokio_postgres::AsyncMessage::Notification(n)) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap();
+    let sender = direct().await;
+    let mut got = Vec::new();
+    for p in payloads {
+        sender
+            .execute("SELECT pg_notify($1, $2)", &[&channel, p])
+            .await
+            .unwrap();
+        // A statement through the gateway makes the client read what the upstream sent meanwhile.
+        client.batch_execute("SELECT 1").await.unwrap();
+        let payload = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a notification")
+            .unwrap();
+        got.push(payload);
+    }
+    got
+}
+
+#[tokio::test]
+async fn notification_payloads_are_masked_like_a_computed_column() {
+    // Detectors only: the payload is scanned, the rest of it kept.
+    let (_gate, addr) = start(Some(
+        "[[rules]]\ndetect = [\"card\"]\nstyle = \"keep_last\"\nkeep = 4",
+    ))
+    .await;
+    let got = notified(
+        addr,
+        "cs_mask_detect",
+        &["paid with 4111 1111 1111 1111", "order 42 shipped"],
+    )
+    .await;
+    assert_eq!(got, ["paid with ***************1111", "order 42 shipped"]);
+    // With column rules a payload may carry any column (a trigger's row_to_json(NEW)): redacted.
+    let (_gate, addr) = start(Some(RULES)).await;
+    let got = notified(
+        addr,
+        "cs_mask_columns",
+        &[r#"{"id": 1, "email": "ann@example.com"}"#],
+    )
+    .await;
+    assert_eq!(got, ["[redacted]"]);
+}

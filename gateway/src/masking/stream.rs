@@ -20,7 +20,7 @@ pub const WITHHELD: &str = "0A000";
 pub fn wants(tag: u8) -> bool {
     matches!(
         tag,
-        b'T' | b'n' | b'D' | b'H' | b'd' | b'c' | b'C' | b's' | b'E' | b'N' | b'Z'
+        b'T' | b'n' | b'D' | b'H' | b'd' | b'c' | b'C' | b's' | b'E' | b'N' | b'A' | b'Z'
     )
 }
 
@@ -145,6 +145,49 @@ impl WireMasker {
         out.put_slice(&bytes[at..]);
     }
 
+    /// A NotificationResponse (`LISTEN`): its payload is text another session chose, and may come from
+    /// a masked column (a trigger's `pg_notify('changes', row_to_json(NEW)::text)`). It is masked like
+    /// a computed column whose statement is unknown: detectors run over it, and on a connection with
+    /// column rules it is redacted. The channel name is kept.
+    fn on_notification(&mut self, body: &[u8]) -> FrameAction {
+        let mut pos = 4;
+        let (Some(pid), Some(channel), Some(payload)) = (
+            body.get(..4),
+            crate::pg::codec::read_cstr(body, &mut pos),
+            crate::pg::codec::read_cstr(body, &mut pos),
+        ) else {
+            // Not a notification the gateway can read: nothing of it reaches the client.
+            return FrameAction::Drop;
+        };
+        let mut plan =
+            self.masker
+                .column_named("payload", None, super::ColumnSource::Unknown, 25, false);
+        if plan.style.is_none() && self.masker.rules().has_column_rules() {
+            plan.style = Some(super::Style::Redact);
+        }
+        let mut text = String::new();
+        let mut scratch = super::MaskScratch::uncached();
+        let replaced = match self
+            .masker
+            .mask_value_into(&plan, payload, &mut scratch, &mut text)
+        {
+            Ok(super::Outcome::Unchanged) => return FrameAction::Pass,
+            Ok(super::Outcome::Text) => text.replace('\0', ""),
+            Ok(super::Outcome::Null) | Err(_) => super::style::REDACTED.to_string(),
+        };
+        self.masked += 1;
+        self.out.clear();
+        self.out.put_u8(b'A');
+        self.out
+            .put_i32((4 + 4 + channel.len() + 1 + replaced.len() + 1) as i32);
+        self.out.put_slice(pid);
+        self.out.put_slice(channel);
+        self.out.put_u8(0);
+        self.out.put_slice(replaced.as_bytes());
+        self.out.put_u8(0);
+        FrameAction::Replace
+    }
+
     fn withhold(&mut self, why: impl ToString) -> FrameAction {
         if self.withhold.is_none() {
             self.withhold = Some(why.to_string());
@@ -209,6 +252,7 @@ impl WireMasker {
                 self.on_description(tag, body, sql)
             }
             b'T' | b'n' => self.on_description(tag, body, sql),
+            b'A' => self.on_notification(body),
             b'D' => {
                 if self.withhold.is_some() {
                     return FrameAction::Drop;
