@@ -277,11 +277,7 @@ impl Engine {
             .pool
             .simple_query(connection, target, sql, stateless)
             .await?;
-        if out.results.iter().any(|r| {
-            r.command_tag
-                .as_deref()
-                .is_some_and(row_functions::changes_functions)
-        }) {
+        if row_functions::changes_functions(out.results.iter().map(|r| r.command_tag.as_deref())) {
             self.refresh_row_functions().await;
         }
         // Results are masked here, before any caller can see them: no front door can forget.

@@ -28,10 +28,10 @@ const QUERY: &str = "SELECT DISTINCT p.proname \
        AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
        AND (t.typtype IN ('c', 'p') OR t.typname IN ('record', 'anyelement'))";
 
-/// True for a command tag after which a database's functions may have changed: the lists are read
+/// True when one of `command_tags` may have changed a database's functions: the lists are then read
 /// again at once rather than at the next [`REFRESH`].
-pub fn changes_functions(command_tag: &str) -> bool {
-    [
+pub fn changes_functions<'a>(command_tags: impl IntoIterator<Item = Option<&'a str>>) -> bool {
+    const TAGS: &[&str] = &[
         "CREATE FUNCTION",
         "ALTER FUNCTION",
         "DROP FUNCTION",
@@ -45,9 +45,11 @@ pub fn changes_functions(command_tag: &str) -> bool {
         "CREATE SCHEMA",
         "DROP SCHEMA",
         "ALTER SCHEMA",
-    ]
-    .iter()
-    .any(|p| command_tag.starts_with(p))
+    ];
+    command_tags
+        .into_iter()
+        .flatten()
+        .any(|tag| TAGS.iter().any(|p| tag.starts_with(p)))
 }
 
 /// The function names per connection, as last read.

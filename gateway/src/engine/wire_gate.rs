@@ -206,11 +206,7 @@ impl WireGate for Engine {
 
     async fn statements_finished(&self, batch: Vec<StatementRecord>) {
         use crate::metrics::{FrontDoor, UpstreamFailure};
-        if batch.iter().any(|r| {
-            r.command_tag
-                .as_deref()
-                .is_some_and(super::row_functions::changes_functions)
-        }) {
+        if super::row_functions::changes_functions(batch.iter().map(|r| r.command_tag.as_deref())) {
             self.refresh_row_functions().await;
         }
         // One clock read per batch: the batch is at most a recorder tick old.

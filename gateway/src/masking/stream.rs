@@ -172,7 +172,7 @@ impl WireMasker {
             .mask_value_into(&plan, payload, &mut scratch, &mut text)
         {
             Ok(super::Outcome::Unchanged) => return FrameAction::Pass,
-            Ok(super::Outcome::Text) => text.replace('\0', ""),
+            Ok(super::Outcome::Text) => text,
             Ok(super::Outcome::Null) | Err(_) => super::style::REDACTED.to_string(),
         };
         self.masked += 1;

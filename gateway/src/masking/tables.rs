@@ -10,8 +10,9 @@
 //! tables), a partition or inheritance child (its parent's rules must still apply), a failed or timed-out
 //! lookup — is matched by column name only, as if the rule had no table part: it is over-masked, never
 //! leaked. A view's definition is read as a statement is (see [`super::derived`]): a view column
-//! computed from, or renaming, a masked column is redacted. While a failed lookup leaves a table column's real name unknown, a column no rule matches by
-//! its output name is redacted on a connection with column rules (that name may be an alias).
+//! computed from, or renaming, a masked column is redacted. While a failed lookup leaves a table
+//! column's real name unknown, a column no rule matches by its output name is redacted on a connection
+//! with column rules (that name may be an alias).
 
 use super::derived::{self, Exposure};
 use super::rules::CompiledRules;

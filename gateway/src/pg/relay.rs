@@ -750,8 +750,6 @@ where
     }
 }
 
-/// True when a statement may create a prepared statement upstream by name (PREPARE, or text the
-/// policy could not parse), which the gateway's catalog then does not know.
 /// While PostgreSQL may read statement text differently from the policy (see
 /// [`BackendTracker::misread`]), a statement whose reading could differ is refused: with a backslash
 /// (`standard_conforming_strings` off makes it escape a quote) or a non-ASCII character (whose last byte
@@ -794,6 +792,8 @@ fn may_change_text_reading(sql: &str) -> bool {
         .any(|w| sql.contains(w))
 }
 
+/// True when a statement may create a prepared statement upstream by name (PREPARE, or text the
+/// policy could not parse), which the gateway's catalog then does not know.
 fn may_prepare(verdict: &Verdict) -> bool {
     verdict
         .statements
