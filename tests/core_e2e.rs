@@ -862,3 +862,30 @@ async fn a_row_function_created_through_the_gateway_is_recognised_at_once() {
     assert_eq!(case.writes().await, 0, "the function never ran");
     case.drop_all().await;
 }
+
+#[tokio::test]
+async fn a_row_function_with_a_quoted_mixed_case_name_is_held_too() {
+    let case = RowFunctionCase::new(false).await;
+    let purge = format!("Purge_{}", case.archive);
+    case.db
+        .batch_execute(&format!(
+            "CREATE FUNCTION \"{purge}\"(p {}) RETURNS int LANGUAGE sql AS 'INSERT INTO {} VALUES (1) RETURNING 1'",
+            case.people, case.log
+        ))
+        .await
+        .unwrap();
+    let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
+    let r = gw
+        .query(
+            AGENT,
+            &format!("SELECT p.\"{purge}\" FROM {} p", case.people),
+        )
+        .await;
+    assert_eq!(r.status, 202, "held, not run: {:?}", r.body);
+    assert_eq!(case.writes().await, 0, "the function never ran");
+    case.db
+        .batch_execute(&format!("DROP FUNCTION \"{purge}\"({})", case.people))
+        .await
+        .unwrap();
+    case.drop_all().await;
+}

@@ -78,8 +78,9 @@ impl RowFunctions {
                         .results
                         .into_iter()
                         .flat_map(|r| r.rows)
+                        // As stored: folded for names created unquoted, exact for quoted ones, as the
+                        // classifier keeps `q.name` (folded) and `q."Name"` (exact).
                         .filter_map(|row| row.into_iter().next().flatten())
-                        .map(|n| n.to_lowercase())
                         .collect();
                     self.by_connection
                         .write()

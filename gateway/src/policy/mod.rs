@@ -37,7 +37,7 @@ pub struct PolicyContext<'a> {
     /// The requester chain (matched by rule `requesters` / `requester_groups`).
     pub requester: &'a RequesterChain,
     /// Functions of the connection's database that attribute notation can call on a row (`q.name`
-    /// for `name(q)`), lower-cased; `None` when not known.
+    /// for `name(q)`), named as PostgreSQL stores them; `None` when not known.
     pub row_functions: Option<&'a std::collections::HashSet<String>>,
 }
 

@@ -804,7 +804,9 @@ fn reminder_settings_merge_to_the_earliest_delays_and_all_escalation_targets() {
 fn a_qualified_name_that_is_a_database_row_function_is_judged_as_its_call() {
     let policy = Policy::builtin();
     let chain = agent();
-    let functions: std::collections::HashSet<String> = ["archive".to_string()].into();
+    // `archive` was created unquoted (stored folded), `Purge` quoted (stored as written).
+    let functions: std::collections::HashSet<String> =
+        ["archive".to_string(), "Purge".to_string()].into();
     let with = PolicyContext {
         connection: "c",
         requester: &chain,
@@ -822,6 +824,8 @@ fn a_qualified_name_that_is_a_database_row_function_is_judged_as_its_call() {
         ),
         ("SELECT public.people.archive FROM public.people", Review),
         ("SELECT p.\"Archive\" FROM people p", Allow),
+        ("SELECT p.\"Purge\" FROM people p", Review),
+        ("SELECT p.purge FROM people p", Allow),
         ("SELECT p.name, p.id FROM people p", Allow),
         ("SELECT archive FROM people", Allow),
     ] {
