@@ -18,6 +18,16 @@ fn masked_config() -> String {
     )
 }
 
+/// A direct session to PostgreSQL and a unique schema name starting with `prefix` (each test creates
+/// and drops its schema).
+async fn direct_and_schema_name(prefix: &str) -> (tokio_postgres::Client, String) {
+    let (db, conn) = tokio_postgres::connect(&upstream_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    (db, format!("{prefix}_{}", uuid::Uuid::new_v4().simple()))
+}
+
 /// A gateway (SQLite store) whose connection masks by the one rule `rule` (TOML keys of a
 /// `[[connections.masking.rules]]` entry), and a wire client of it.
 async fn masked_gateway(rule: &str) -> (Gateway, tokio_postgres::Client) {
@@ -119,11 +129,7 @@ async fn wire_results_are_masked_in_text_and_binary() {
 
 #[tokio::test]
 async fn table_qualified_rules_mask_only_the_named_table_in_the_api_and_on_the_wire() {
-    let (db, conn) = tokio_postgres::connect(&upstream_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let schema = format!("mask_api_{}", uuid::Uuid::new_v4().simple());
+    let (db, schema) = direct_and_schema_name("mask_api").await;
     db.batch_execute(&format!(
         "CREATE SCHEMA {schema};
          CREATE TABLE {schema}.customers (id int, email text);
@@ -195,11 +201,7 @@ async fn table_qualified_rules_mask_only_the_named_table_in_the_api_and_on_the_w
 #[tokio::test]
 async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the_api_and_on_the_wire(
 ) {
-    let (db, conn) = tokio_postgres::connect(&upstream_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let schema = format!("mask_view_{}", uuid::Uuid::new_v4().simple());
+    let (db, schema) = direct_and_schema_name("mask_view").await;
     // Views a DBA made, unknown to the masking rules: one renames, one computes, one only filters.
     db.batch_execute(&format!(
         "CREATE SCHEMA {schema};
@@ -265,11 +267,7 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
 
 #[tokio::test]
 async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
-    let (db, conn) = tokio_postgres::connect(&upstream_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let schema = format!("mask_row_{}", uuid::Uuid::new_v4().simple());
+    let (db, schema) = direct_and_schema_name("mask_row").await;
     // A value no detector recognises: only the column rule protects it.
     db.batch_execute(&format!(
         "CREATE SCHEMA {schema};
@@ -372,11 +370,7 @@ async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
 
 #[tokio::test]
 async fn aggregates_over_qualified_columns_stay_clear_on_a_masked_connection() {
-    let (db, conn) = tokio_postgres::connect(&upstream_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let schema = format!("mask_group_{}", uuid::Uuid::new_v4().simple());
+    let (db, schema) = direct_and_schema_name("mask_group").await;
     db.batch_execute(&format!(
         "CREATE SCHEMA {schema};
          CREATE TABLE {schema}.customers (id int, email text);
