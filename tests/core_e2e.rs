@@ -864,6 +864,56 @@ async fn a_row_function_created_through_the_gateway_is_recognised_at_once() {
 }
 
 #[tokio::test]
+async fn a_wire_session_judges_a_statement_afresh_once_a_row_function_appears() {
+    let case = RowFunctionCase::new(false).await;
+    let gw = spawn_gateway(
+        &base_config(
+            "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 0.5\n",
+        ),
+        Backend::Sqlite,
+    )
+    .await;
+    let addr = gw.wire.expect("wire listener configured");
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
+            addr.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("log in through the gateway");
+    tokio::spawn(conn);
+    let call = format!("SELECT p.{} FROM {} p", case.archive, case.people);
+    // No such function yet: a column reference, allowed, and PostgreSQL finds no such column. The
+    // session remembers the verdict.
+    let err = client.simple_query(&call).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN),
+        "{err:?}"
+    );
+    // The function is created through the gateway (approved), which re-reads the list at once.
+    let create = case.create();
+    let held = gw.query(AGENT, &create).await;
+    assert_eq!(held.status, 202, "{:?}", held.body);
+    let id = id_of(&held);
+    for reviewer in [BOB, CAROL] {
+        assert_eq!(gw.vote(reviewer, &id, "approve").await.status, 200);
+    }
+    assert_eq!(gw.query(AGENT, &create).await.status, 200);
+    // The same text on the same session is now a call to a function that writes: held, not run.
+    let err = client.simple_query(&call).await.unwrap_err();
+    let db = err.as_db_error().expect("a database error");
+    assert!(
+        db.message().contains("approval") || db.message().contains("held"),
+        "held: {db:?}"
+    );
+    assert_eq!(case.writes().await, 0, "the function never ran");
+    case.drop_all().await;
+}
+
+#[tokio::test]
 async fn a_row_function_with_a_quoted_mixed_case_name_is_held_too() {
     let case = RowFunctionCase::new(false).await;
     let purge = format!("Purge_{}", case.archive);

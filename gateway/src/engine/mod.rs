@@ -162,6 +162,7 @@ impl Engine {
         sql: &str,
         memo: &mut crate::policy::VerdictMemo,
     ) -> Arc<Verdict> {
+        memo.for_row_functions(self.row_functions.get(connection).as_ref());
         self.timed_policy(connection, requester, |policy, ctx| {
             policy.evaluate_memo(ctx, sql, memo)
         })

@@ -82,10 +82,14 @@ impl RowFunctions {
                         // classifier keeps `q.name` (folded) and `q."Name"` (exact).
                         .filter_map(|row| row.into_iter().next().flatten())
                         .collect();
-                    self.by_connection
+                    let mut by_connection = self
+                        .by_connection
                         .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(name.clone(), Arc::new(names));
+                        .unwrap_or_else(|e| e.into_inner());
+                    // An unchanged list keeps its `Arc`, so sessions' verdict memos stay valid.
+                    if by_connection.get(name).is_none_or(|old| **old != names) {
+                        by_connection.insert(name.clone(), Arc::new(names));
+                    }
                 }
                 Ok(out) => {
                     tracing::warn!(connection = %name, error = ?out.error.map(|e| e.message), "could not read the functions attribute notation could call; retrying later")

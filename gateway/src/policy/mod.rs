@@ -4,6 +4,7 @@
 //! rules ([`PolicyRule`]) are applied per statement on every evaluation because they depend on the
 //! connection and the requester.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 pub mod cache;
@@ -38,7 +39,7 @@ pub struct PolicyContext<'a> {
     pub requester: &'a RequesterChain,
     /// Functions of the connection's database that attribute notation can call on a row (`q.name`
     /// for `name(q)`), named as PostgreSQL stores them; `None` when not known.
-    pub row_functions: Option<&'a std::collections::HashSet<String>>,
+    pub row_functions: Option<&'a HashSet<String>>,
 }
 
 /// The configured policy: built-in classification, rules, defaults and the classification cache.
@@ -236,12 +237,29 @@ impl Policy {
 pub struct VerdictMemo {
     entries: Vec<(Arc<[StatementFacts]>, Arc<Verdict>)>,
     next: usize,
+    /// The row-function list the verdicts were reached with: a verdict on `p.archive` depends on it.
+    row_functions: Option<Arc<HashSet<String>>>,
 }
 
 /// Distinct statements a session remembers verdicts for; older ones are replaced round-robin.
 const MEMO_ENTRIES: usize = 64;
 
 impl VerdictMemo {
+    /// Forgets every verdict when the connection's row-function list is no longer the one they were
+    /// reached with (a function created or dropped since), so the next evaluation judges afresh.
+    pub fn for_row_functions(&mut self, current: Option<&Arc<HashSet<String>>>) {
+        let same = match (&self.row_functions, current) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if !same {
+            self.entries.clear();
+            self.next = 0;
+            self.row_functions = current.cloned();
+        }
+    }
+
     fn get(&self, statements: &Arc<[StatementFacts]>) -> Option<Arc<Verdict>> {
         self.entries
             .iter()

@@ -477,6 +477,25 @@ fn memoised_verdicts_equal_evaluated_ones_and_are_reused() {
     assert_ne!(*other, *first);
 }
 
+#[test]
+fn a_memo_forgets_its_verdicts_when_the_row_function_list_changes() {
+    let policy = Policy::builtin();
+    let chain = agent();
+    let before = std::sync::Arc::new(std::collections::HashSet::<String>::new());
+    let after = std::sync::Arc::new(std::collections::HashSet::from(["archive".to_string()]));
+    let sql = "SELECT p.archive FROM people p";
+    let mut memo = super::VerdictMemo::default();
+    for (list, want) in [(&before, Allow), (&before, Allow), (&after, Review)] {
+        memo.for_row_functions(Some(list));
+        let ctx = PolicyContext {
+            connection: "c",
+            requester: &chain,
+            row_functions: Some(list.as_ref()),
+        };
+        assert_eq!(policy.evaluate_memo(&ctx, sql, &mut memo).action, want);
+    }
+}
+
 // ---- configured rules ----
 
 fn rule(name: &str, action: &str) -> PolicyRule {
