@@ -178,16 +178,27 @@ fn partial_ascii(value: &str, out: &mut String) {
     }
     let alnum = b.iter().filter(|c| c.is_ascii_alphanumeric()).count();
     let keep = if alnum >= 8 { 4 } else { 0 };
-    // Alphanumerics up to the `hide`-th become `*`; punctuation between them stays.
+    // Alphanumerics up to the `hide`-th become `*`; punctuation between them stays. Short values are
+    // built on the stack and appended at once.
     let mut hide = alnum - keep;
-    out.extend(b.iter().map(|&c| {
+    let mut star = |c: u8| {
         if hide > 0 && c.is_ascii_alphanumeric() {
             hide -= 1;
-            '*'
+            b'*'
         } else {
-            char::from(c)
+            c
         }
-    }));
+    };
+    let mut buf = [0u8; 64];
+    if let Some(buf) = buf.get_mut(..b.len()) {
+        for (o, &c) in buf.iter_mut().zip(b) {
+            *o = star(c);
+        }
+        // Only ASCII was written, so this never fails.
+        out.push_str(std::str::from_utf8(buf).unwrap_or_default());
+    } else {
+        out.extend(b.iter().map(|&c| char::from(star(c))));
+    }
 }
 
 #[cfg(test)]
@@ -290,6 +301,13 @@ mod tests {
             "GB82 WEST 1234 5698 7654 32",
             "-----BEGIN PRIVATE KEY-----\nMIIE",
             "fe80::1ff:fe23:4567:890a",
+            "a",
+            "--",
+            "--12345678--",
+            "ab-cd-ef-gh-ij",
+            "abcdefgh",
+            " 1 2 3 4 5 6 7 8 9 ",
+            "1234-5678-90ab-cdef-1234-5678-90ab-cdef-1234-5678-90ab-cdef-1234-5678",
         ];
         for v in values {
             let (mut fast, mut general) = (String::new(), String::new());
