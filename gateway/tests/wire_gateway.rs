@@ -479,6 +479,43 @@ async fn sync_ignored_during_extended_copy_in_keeps_later_answers_in_step() {
     drop_table(&client, &t).await;
 }
 
+/// PostgreSQL's notices during login (here: the application_name it truncates) reach the client, as
+/// they would connecting directly.
+#[tokio::test]
+async fn notices_from_the_upstream_login_reach_the_client() {
+    let (_gate, addr) = start().await;
+    let long_name = "x".repeat(65);
+    let (client, mut connection) = tokio_postgres::connect(
+        &format!("{} application_name={long_name}", conn_str(addr, TOKEN)),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(futures::StreamExt::forward(
+        futures::StreamExt::map(messages, |m| Ok(m.unwrap())),
+        tx,
+    ));
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+    let notices: Vec<String> = futures::StreamExt::collect::<Vec<_>>(rx)
+        .await
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::AsyncMessage::Notice(n) => Some(n.message().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        notices,
+        [format!(
+            "identifier \"{long_name}\" will be truncated to \"{}\"",
+            &long_name[..63]
+        )]
+    );
+}
+
 #[tokio::test]
 async fn listen_notify_notifications_reach_the_listener() {
     let (_gate, addr) = start().await;
