@@ -432,6 +432,90 @@ async fn copy_in_and_copy_out_are_relayed() {
     drop_table(&client, &t).await;
 }
 
+/// PostgreSQL ignores a Sync read in copy-in mode. tokio-postgres' `copy_in` sends Bind, Execute and
+/// Sync, then the data, CopyDone and Sync, and gets one ReadyForQuery for the two Syncs: the gateway
+/// must not wait for a second one, or every later answer is matched to the statement before it (a
+/// refusal's own round trip then reaches the client, and records carry their neighbour's outcome).
+#[tokio::test]
+async fn sync_ignored_during_extended_copy_in_keeps_later_answers_in_step() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table_of_ids(&client, "(1)").await;
+    let sink = client
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN"))
+        .await
+        .unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"2\n3\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    let e = client
+        .batch_execute("DROP DATABASE never_dropped")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).0, "42501", "{e:?}");
+    assert_eq!(rows_in(&client, &t).await, 3);
+    let copy = eventually(
+        &gate,
+        "the COPY's record",
+        |e| matches!(e, GateEvent::Statement(r) if r.sql.starts_with("COPY")),
+    )
+    .await;
+    let GateEvent::Statement(copy) = copy else {
+        unreachable!()
+    };
+    assert_eq!(copy.command_tag.as_deref(), Some("COPY 2"));
+    let count = eventually(
+        &gate,
+        "the count's record",
+        |e| matches!(e, GateEvent::Statement(r) if r.sql.starts_with("SELECT count(*)")),
+    )
+    .await;
+    let GateEvent::Statement(count) = count else {
+        unreachable!()
+    };
+    assert_eq!(count.command_tag.as_deref(), Some("SELECT 1"));
+    drop_table(&client, &t).await;
+}
+
+/// PostgreSQL's notices during login (here: the application_name it truncates) reach the client, as
+/// they would connecting directly.
+#[tokio::test]
+async fn notices_from_the_upstream_login_reach_the_client() {
+    let (_gate, addr) = start().await;
+    let long_name = "x".repeat(65);
+    let (client, mut connection) = tokio_postgres::connect(
+        &format!("{} application_name={long_name}", conn_str(addr, TOKEN)),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(futures::StreamExt::forward(
+        futures::StreamExt::map(messages, |m| Ok(m.unwrap())),
+        tx,
+    ));
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+    let notices: Vec<String> = futures::StreamExt::collect::<Vec<_>>(rx)
+        .await
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::AsyncMessage::Notice(n) => Some(n.message().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        notices,
+        [format!(
+            "identifier \"{long_name}\" will be truncated to \"{}\"",
+            &long_name[..63]
+        )]
+    );
+}
+
 #[tokio::test]
 async fn listen_notify_notifications_reach_the_listener() {
     let (_gate, addr) = start().await;

@@ -34,6 +34,21 @@ pub struct InFlight {
     pub forwarded: Instant,
     /// The extended-protocol batch ([`super::extended::Catalog::end_batch`]) this is, if one.
     pub batch: Option<u64>,
+    /// Where it arrived among the client's ends of COPY FROM STDIN data.
+    pub copy: CopyMarks,
+}
+
+/// How many COPY FROM STDIN ends (CopyDone or CopyFail) the client had sent when a statement arrived.
+/// PostgreSQL ignores a Sync it reads in copy-in mode, which lasts from the Execute that starts a COPY
+/// FROM STDIN to the client's next CopyDone or CopyFail: tokio-postgres, for one, sends Bind, Execute
+/// and Sync, then the data, CopyDone and Sync, and gets a single ReadyForQuery for both Syncs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyMarks {
+    /// Ends sent before the statement began (a batch's last Execute, or the Query).
+    pub at_start: u64,
+    /// Ends sent before the batch's Sync; None when no client Sync ends it (a simple query, or a
+    /// refusal the gateway sends in its place).
+    pub at_sync: Option<u64>,
 }
 
 impl InFlight {
@@ -92,6 +107,11 @@ pub struct BackendTracker {
     pub need: usize,
     /// Result masking, only on connections with masking rules.
     pub masker: Option<Box<WireMasker>>,
+    /// Set by a CopyInResponse to the statement at the head of `in_flight`: the client's COPY end that
+    /// starts copy-in mode's window is this one ([`CopyMarks`]); Syncs sent before it get no answer.
+    copy_window: Option<u64>,
+    /// CopyInResponses seen for the statement at the head (a simple query may run several COPYs).
+    copies: u64,
 }
 
 /// The upstream sent something that is not a valid frame.
@@ -111,6 +131,8 @@ impl BackendTracker {
             error: None,
             need: 0,
             masker: None,
+            copy_window: None,
+            copies: 0,
         }
     }
 
@@ -164,7 +186,7 @@ impl BackendTracker {
             let rejecting = self.in_flight.front().is_some_and(|f| f.rejection);
             let hidden = rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S');
             let masking = self.masker.is_some() && stream::wants(tag);
-            if !matches!(tag, b'Z' | b'C' | b'E' | b'S') && !hidden && !masking {
+            if !matches!(tag, b'Z' | b'C' | b'E' | b'S' | b'G') && !hidden && !masking {
                 if avail >= total {
                     pos += total;
                     continue;
@@ -204,6 +226,12 @@ impl BackendTracker {
             }
             match tag {
                 b'S' => self.note_setting(body),
+                b'G' => {
+                    if let Some(f) = self.in_flight.front() {
+                        self.copy_window = Some(f.copy.at_start + self.copies);
+                        self.copies += 1;
+                    }
+                }
                 b'Z' => {
                     self.status = body.first().copied().unwrap_or(b'I');
                     self.finish(finished);
@@ -273,14 +301,47 @@ impl BackendTracker {
     fn finish(&mut self, finished: &mut Vec<FinishedStatement>) {
         let tag = self.tag.take();
         let error = self.error.take();
+        let window = self.copy_window.take();
+        self.copies = 0;
         let Some(f) = self.in_flight.pop_front() else {
             return;
         };
+        let succeeded = error.is_none();
         if let Some(batch) = f.batch {
-            self.settled.push((batch, error.is_none()));
+            self.settled.push((batch, succeeded));
         }
+        let answered = self.ignored_syncs(&f, window);
         let masked = self.masker.as_mut().map_or(0, |m| m.take_masked());
         finished.push(f.finished(tag, error, masked));
+        // Their messages ran (or were skipped after an error) before this ReadyForQuery.
+        for other in answered {
+            if let Some(batch) = other.batch {
+                self.settled.push((batch, succeeded));
+            }
+            finished.push(other.finished(None, None, 0));
+        }
+    }
+
+    /// The statements after `head` that the ReadyForQuery ending `head` also answers, when `head` started
+    /// copy-in mode whose window is `window`: batches whose Sync PostgreSQL read in copy-in mode and
+    /// ignored, and, when `head`'s own Sync was one of them, the batch whose Sync (the first after the
+    /// copy ended) brought this ReadyForQuery.
+    fn ignored_syncs(&mut self, head: &InFlight, window: Option<u64>) -> Vec<InFlight> {
+        let Some(window) = window else {
+            return Vec::new();
+        };
+        let mut answered = Vec::new();
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|f| f.copy.at_sync == Some(window))
+        {
+            answered.extend(self.in_flight.pop_front());
+        }
+        if head.copy.at_sync == Some(window) {
+            answered.extend(self.in_flight.pop_front());
+        }
+        answered
     }
 }
 
@@ -317,6 +378,7 @@ mod tests {
             received: Instant::now(),
             forwarded: Instant::now(),
             batch: None,
+            copy: CopyMarks::default(),
         }
     }
 
@@ -383,6 +445,87 @@ mod tests {
         );
         scan(&mut t, &[parameter_status("client_encoding", "LATIN1")]);
         assert!(t.misread.is_empty());
+    }
+
+    /// A batch (`sql`, extended-protocol number `batch`) at `marks` among the client's COPY ends.
+    fn batch_at(sql: &str, batch: u64, at_start: u64, at_sync: u64) -> InFlight {
+        InFlight {
+            sql: Arc::from(sql),
+            batch: Some(batch),
+            copy: CopyMarks {
+                at_start,
+                at_sync: Some(at_sync),
+            },
+            ..in_flight(false)
+        }
+    }
+
+    fn copy_in_response() -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(b'G');
+        b.put_i32(4 + 3);
+        b.put_slice(&[0, 0, 0]);
+        b
+    }
+
+    /// Scans `frames` and returns each finished statement's text and command tag.
+    fn answers(t: &mut BackendTracker, frames: &[BytesMut]) -> Vec<(String, Option<String>)> {
+        let data: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        let mut fin = Vec::new();
+        t.scan(&data, &mut BytesMut::new(), &mut fin).unwrap();
+        fin.into_iter()
+            .map(|f| (f.sql.to_string(), f.command_tag))
+            .collect()
+    }
+
+    fn ready() -> BytesMut {
+        let mut b = BytesMut::new();
+        put_ready(&mut b, b'I');
+        b
+    }
+
+    #[test]
+    fn a_sync_sent_during_copy_in_shares_the_next_ready_for_query() {
+        // Bind, Execute, Sync (read in copy-in mode: ignored), data, CopyDone, Sync; then a SELECT.
+        let mut t = BackendTracker::new(b'I');
+        t.in_flight
+            .push_back(batch_at("COPY t FROM STDIN", 1, 0, 0));
+        assert_eq!(answers(&mut t, &[copy_in_response()]), []);
+        t.in_flight.push_back(batch_at("", 2, 1, 1));
+        t.in_flight.push_back(batch_at("SELECT 1", 3, 1, 1));
+        assert_eq!(
+            answers(&mut t, &[complete("COPY 2"), ready()]),
+            [
+                ("COPY t FROM STDIN".to_string(), Some("COPY 2".to_string())),
+                (String::new(), None)
+            ]
+        );
+        assert_eq!(t.settled, [(1, true), (2, true)]);
+        assert_eq!(
+            answers(&mut t, &[complete("SELECT 1"), ready()]),
+            [("SELECT 1".to_string(), Some("SELECT 1".to_string()))]
+        );
+        assert!(t.in_flight.is_empty());
+
+        // Execute and Flush, data, CopyDone, then the batch's Sync: nothing was ignored.
+        t.in_flight
+            .push_back(batch_at("COPY t FROM STDIN", 4, 1, 2));
+        t.in_flight.push_back(batch_at("SELECT 2", 5, 2, 2));
+        answers(&mut t, &[copy_in_response(), complete("COPY 1"), ready()]);
+        assert_eq!(t.in_flight.len(), 1, "SELECT 2 still waits for its answer");
+
+        // A COPY that fails before copy-in mode: its Sync is answered, and so is the next one.
+        let mut t = BackendTracker::new(b'I');
+        t.in_flight
+            .push_back(batch_at("COPY nope FROM STDIN", 1, 0, 0));
+        t.in_flight.push_back(batch_at("", 2, 1, 1));
+        let mut error = BytesMut::new();
+        error.put_u8(b'E');
+        let fields = b"SERROR\0C42P01\0Mno such table\0\0";
+        error.put_i32(4 + fields.len() as i32);
+        error.put_slice(fields);
+        assert_eq!(answers(&mut t, &[error, ready()]).len(), 1);
+        assert_eq!(answers(&mut t, &[ready()]).len(), 1);
     }
 
     #[test]

@@ -214,6 +214,8 @@ pub struct Batch {
     /// Describe run nothing, so
     /// they may go upstream on Flush even while the rest of the batch waits.
     pub forwardable: usize,
+    /// COPY ends the client had sent at the batch's last Execute ([`super::backend::CopyMarks`]).
+    pub copy_ends_at_execute: Option<u64>,
 }
 
 impl Batch {
@@ -260,6 +262,7 @@ impl Batch {
             parsed: std::mem::take(&mut self.parsed),
             started: self.started.take(),
             forwardable: std::mem::take(&mut self.forwardable),
+            copy_ends_at_execute: self.copy_ends_at_execute.take(),
         }
     }
 }

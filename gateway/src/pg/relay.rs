@@ -1,7 +1,7 @@
 //! The per-connection relay: one task selects on both sockets, decodes only what policy needs from the
 //! client, passes upstream bytes through (see `backend`), and holds risky statements on the live connection.
 
-use super::backend::{BackendTracker, InFlight};
+use super::backend::{BackendTracker, CopyMarks, InFlight};
 use super::cancel::CancelSignal;
 use super::codec::{frame_header, put_error, read_cstr, send, sqlstate, Severity};
 use super::error::WireError;
@@ -52,6 +52,8 @@ struct Held {
     received: Instant,
     /// The extended-protocol batch, for [`Catalog::settle`]; None for a simple query.
     batch: Option<u64>,
+    /// Where it arrived among the client's COPY ends.
+    copy: CopyMarks,
 }
 
 enum Step {
@@ -92,6 +94,8 @@ pub struct Relay<CR, CW, SR, SW> {
     ctx: SessionCtx,
     /// The client has left: upstream output is still scanned (and recorded) but not sent.
     client_gone: bool,
+    /// CopyDone and CopyFail messages the client has sent ([`CopyMarks`]).
+    copy_ends: u64,
 }
 
 impl<CR, CW, SR, SW> Relay<CR, CW, SR, SW>
@@ -133,6 +137,7 @@ where
             verdicts: VerdictMemo::default(),
             ctx,
             client_gone: false,
+            copy_ends: 0,
         }
     }
 
@@ -374,7 +379,11 @@ where
                     }
                 }
                 // COPY FROM STDIN data: the COPY statement itself was classified.
-                b'd' | b'c' | b'f' => self.out.extend_from_slice(&frame),
+                b'd' => self.out.extend_from_slice(&frame),
+                b'c' | b'f' => {
+                    self.copy_ends += 1;
+                    self.out.extend_from_slice(&frame);
+                }
                 b'X' => {
                     self.out.extend_from_slice(&frame);
                     return Ok(Step::Terminate);
@@ -454,6 +463,7 @@ where
                     received,
                     forwarded: received,
                     batch: None,
+                    copy: self.query_marks(),
                 });
                 None
             }
@@ -477,6 +487,7 @@ where
                 verdict,
                 received,
                 batch: None,
+                copy: self.query_marks(),
             }),
         }
     }
@@ -528,14 +539,27 @@ where
                 }
             }
         }
+        self.batch.copy_ends_at_execute = Some(self.copy_ends);
         self.add_to_batch(frame);
         Ok(())
+    }
+
+    /// A simple query's place among the client's COPY ends.
+    fn query_marks(&self) -> CopyMarks {
+        CopyMarks {
+            at_start: self.copy_ends,
+            at_sync: None,
+        }
     }
 
     fn on_sync(&mut self) -> Option<Held> {
         let batch = self.batch.take();
         let number = self.catalog.end_batch();
         let received = batch.started.unwrap_or_else(Instant::now);
+        let copy = CopyMarks {
+            at_start: batch.copy_ends_at_execute.unwrap_or(self.copy_ends),
+            at_sync: Some(self.copy_ends),
+        };
         match batch.action() {
             Action::Allow => {
                 forward(&mut self.backend.masker, &mut self.out, &batch.bytes);
@@ -549,6 +573,7 @@ where
                     received,
                     forwarded: Instant::now(),
                     batch: Some(number),
+                    copy,
                 });
                 None
             }
@@ -579,6 +604,7 @@ where
                     verdict,
                     received,
                     batch: Some(number),
+                    copy,
                 })
             }
         }
@@ -605,6 +631,11 @@ where
             forwarded: Instant::now(),
             // A refused batch never settles: its Parses may or may not have gone upstream.
             batch: None,
+            // Its own Sync, not the client's.
+            copy: CopyMarks {
+                at_start: self.copy_ends,
+                at_sync: None,
+            },
         });
     }
 
@@ -746,6 +777,7 @@ where
             received: held.received,
             forwarded: Instant::now(),
             batch: held.batch,
+            copy: held.copy,
         });
     }
 }

@@ -330,6 +330,7 @@ async fn serve<S: Halves>(
     let Upstream {
         stream: upstream_stream,
         parameter_status,
+        notices,
         key: backend_key,
         ready_status,
         leftover,
@@ -339,8 +340,13 @@ async fn serve<S: Halves>(
         backend_key,
     );
 
-    let mut hello = BytesMut::with_capacity(parameter_status.len() + 64);
+    let mut hello = BytesMut::with_capacity(parameter_status.len() + notices.len() + 64);
     put_auth(&mut hello, 0);
+    put_login_notices(
+        &mut hello,
+        &notices,
+        shared.gate.masking(&connection).is_some(),
+    );
     hello.extend_from_slice(&parameter_status);
     put_backend_key(&mut hello, key.pid, key.secret);
     put_ready(&mut hello, ready_status);
@@ -421,6 +427,21 @@ async fn relay<S: Halves>(
     }
 }
 
+/// Appends the upstream login's NoticeResponse `frames` (PostgreSQL sends them after AuthenticationOk,
+/// before its ParameterStatus). On a masked connection their text is withheld as any notice's would be
+/// (no statement has run, so nothing they quote was written by the client).
+fn put_login_notices(out: &mut BytesMut, mut frames: &[u8], masked: bool) {
+    while let Some((_, total)) = super::codec::frame_header(frames) {
+        let Some(frame) = frames.get(..total).filter(|_| total != usize::MAX) else {
+            break;
+        };
+        if !(masked && crate::masking::messages::redact_frame(frame, "", out)) {
+            out.extend_from_slice(frame);
+        }
+        frames = &frames[total..];
+    }
+}
+
 /// True for the startup parameters PostgreSQL applies as session settings: all but `user`, `database`,
 /// `replication` and protocol extensions (`_pq_.…`).
 fn is_setting_parameter(key: &str) -> bool {
@@ -451,4 +472,36 @@ fn startup_settings_allowed(params: &[(String, String)]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::codec::{put_error, Severity};
+
+    #[test]
+    fn login_notices_pass_as_sent_and_lose_their_text_on_masked_connections() {
+        let mut frames = BytesMut::new();
+        let message = "identifier \"xxx\" will be truncated to \"xx\"";
+        put_error(&mut frames, Severity::Notice, "42622", message, None);
+        put_error(&mut frames, Severity::Notice, "01000", "second", None);
+        let mut plain = BytesMut::new();
+        put_login_notices(&mut plain, &frames, false);
+        assert_eq!(plain, frames);
+        let mut masked = BytesMut::new();
+        put_login_notices(&mut masked, &frames, true);
+        let text = String::from_utf8_lossy(&masked);
+        let mut tags = Vec::new();
+        let mut rest = &masked[..];
+        while let Some((tag, total)) = crate::pg::codec::frame_header(rest) {
+            tags.push(tag);
+            rest = &rest[total..];
+        }
+        assert_eq!(tags, [b'N', b'N'], "{text}");
+        assert!(
+            !text.contains("identifier") && !text.contains("second"),
+            "{text}"
+        );
+        assert!(text.contains("withheld"), "{text}");
+    }
 }

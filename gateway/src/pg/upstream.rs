@@ -23,6 +23,9 @@ pub struct Upstream {
     pub stream: UpstreamStream,
     /// Raw ParameterStatus frames to relay to the client.
     pub parameter_status: BytesMut,
+    /// Raw NoticeResponse frames of the login (e.g. an `application_name` PostgreSQL truncates), in
+    /// order, to relay to the client as PostgreSQL would.
+    pub notices: BytesMut,
     /// The upstream's cancel key.
     pub key: BackendKey,
     /// Transaction status of the first ReadyForQuery.
@@ -83,6 +86,7 @@ pub async fn connect(
 
     let mut buf = BytesMut::with_capacity(4096);
     let mut parameter_status = BytesMut::new();
+    let mut notices = BytesMut::new();
     let mut key = BackendKey { pid: 0, secret: 0 };
     let mut login = Login::default();
     loop {
@@ -98,6 +102,7 @@ pub async fn connect(
                 }
             }
             b'S' => put_frame(&mut parameter_status, tag, &body),
+            b'N' => put_frame(&mut notices, tag, &body),
             b'K' if body.len() >= 8 => {
                 key = BackendKey {
                     pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
@@ -121,12 +126,13 @@ pub async fn connect(
                 return Ok(Upstream {
                     stream,
                     parameter_status,
+                    notices,
                     key,
                     ready_status,
                     leftover: buf,
                 });
             }
-            // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+            // NegotiateProtocolVersion: nothing to do.
             _ => {}
         }
     }
