@@ -275,7 +275,7 @@ async fn blocked_and_allowed_statements() {
         r.status, 403,
         "a string takes the strictest verdict of its parts"
     );
-    // Unparsable SQL is held, never run.
+    // A DO block (opaque code) and unparsable SQL are held, never run.
     let r = gw.query(AGENT, "DO $$ BEGIN PERFORM 1; END $$").await;
     assert_eq!(r.status, 202);
     let r = gw.query(AGENT, "SELEC garbage (((").await;

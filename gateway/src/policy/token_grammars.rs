@@ -1,14 +1,14 @@
 //! PostgreSQL statements sqlparser does not parse but whose whole grammar is small enough to check token by
 //! token: `VACUUM` / `ANALYZE` with options (`pgbench -i` sends `vacuum analyze t`), `CHECKPOINT`, `MOVE`
 //! and `FETCH` (in the forms sqlparser rejects), and `SET CONSTRAINTS` (ORMs defer foreign keys while
-//! loading fixtures).
+//! loading fixtures), and `DO` (its code is opaque: always reviewed unless a rule allows it).
 //!
 //! A statement recognised here counts as parsed, so a rule may allow it; anything that strays from the
 //! grammar returns `None` and stays an unparsed statement (held, never allowed).
 
 use sqlparser::tokenizer::Token;
 
-use super::fallback::{keyword, StatementTokens};
+use super::fallback::{is_keyword, keyword, StatementTokens};
 use super::verdict::{Action, StatementFacts};
 
 /// Facts for a statement of the small grammars above, or `None` when it is not exactly one of them.
@@ -49,6 +49,13 @@ pub fn classify_by_grammar(tokens: &StatementTokens) -> Option<StatementFacts> {
             Action::Allow,
             "cursor or prepared-statement bookkeeping".to_string(),
         )),
+        "DO" if is_do_block(rest) => Some(facts(
+            "DO",
+            vec![],
+            Action::Review,
+            "DO runs an anonymous code block; what it does is not visible to the policy"
+                .to_string(),
+        )),
         "SET" if is_set_constraints(rest) => Some(facts(
             "SET CONSTRAINTS",
             vec![],
@@ -56,6 +63,28 @@ pub fn classify_by_grammar(tokens: &StatementTokens) -> Option<StatementFacts> {
             "SET CONSTRAINTS only moves deferrable checks to commit; they still run".to_string(),
         )),
         _ => None,
+    }
+}
+
+/// `[LANGUAGE name] code [LANGUAGE name]` with the code one string literal and the language named once.
+fn is_do_block(tokens: &[Token]) -> bool {
+    let code = |t: &Token| {
+        matches!(
+            t,
+            Token::SingleQuotedString(_)
+                | Token::EscapedStringLiteral(_)
+                | Token::DollarQuotedString(_)
+        )
+    };
+    let language = |t: &[Token]| {
+        matches!(t, [l, name] if is_keyword(l, "LANGUAGE")
+            && (name_part(name).is_some() || matches!(name, Token::SingleQuotedString(_))))
+    };
+    match tokens {
+        [c] => code(c),
+        [c, tail @ ..] if code(c) => language(tail),
+        [head @ .., c] if code(c) => language(head),
+        _ => false,
     }
 }
 
