@@ -1085,6 +1085,42 @@ async fn read_frames_until(s: &mut TcpStream, last: u8) -> Vec<(u8, Vec<u8>)> {
 }
 
 #[tokio::test]
+async fn backend_key_pid_is_the_upstream_pid_that_queries_and_notifications_show() {
+    let (_gate, addr) = start().await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet("app")).await.unwrap();
+    let mut auth = [0u8; 9];
+    s.read_exact(&mut auth).await.unwrap();
+    s.write_all(&message(b'p', &cstr(TOKEN))).await.unwrap();
+    let login = read_frames_until(&mut s, b'Z').await;
+    let key = &login
+        .iter()
+        .find(|(t, _)| *t == b'K')
+        .expect("BackendKeyData")
+        .1;
+    let pid = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+    // psycopg2's test_notify and libpq clients that skip their own notifications compare these.
+    let channel = format!("pid_{}", uuid::Uuid::new_v4().simple());
+    let sql = format!("LISTEN {channel}; NOTIFY {channel}; SELECT pg_backend_pid()");
+    s.write_all(&message(b'Q', &cstr(&sql))).await.unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    let row = &frames.iter().find(|(t, _)| *t == b'D').expect("DataRow").1;
+    let queried: i32 = std::str::from_utf8(&row[6..]).unwrap().parse().unwrap();
+    let notification = &frames
+        .iter()
+        .find(|(t, _)| *t == b'A')
+        .expect("Notification")
+        .1;
+    let notifier = i32::from_be_bytes([
+        notification[0],
+        notification[1],
+        notification[2],
+        notification[3],
+    ]);
+    assert_eq!((pid, notifier), (queried, queried));
+}
+
+#[tokio::test]
 async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     let (gate, addr) = start().await;
     let client = connect(addr).await;
