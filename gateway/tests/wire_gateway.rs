@@ -1169,6 +1169,108 @@ async fn read_frames_until(s: &mut TcpStream, last: u8) -> Vec<(u8, Vec<u8>)> {
 }
 
 #[tokio::test]
+async fn backend_key_pid_is_the_upstream_pid_that_queries_and_notifications_show() {
+    let (_gate, addr) = start().await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet("app")).await.unwrap();
+    let mut auth = [0u8; 9];
+    s.read_exact(&mut auth).await.unwrap();
+    s.write_all(&message(b'p', &cstr(TOKEN))).await.unwrap();
+    let login = read_frames_until(&mut s, b'Z').await;
+    let key = &login
+        .iter()
+        .find(|(t, _)| *t == b'K')
+        .expect("BackendKeyData")
+        .1;
+    let pid = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+    // psycopg2's test_notify and libpq clients that skip their own notifications compare these.
+    let channel = format!("pid_{}", uuid::Uuid::new_v4().simple());
+    let sql = format!("LISTEN {channel}; NOTIFY {channel}; SELECT pg_backend_pid()");
+    s.write_all(&message(b'Q', &cstr(&sql))).await.unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    let row = &frames.iter().find(|(t, _)| *t == b'D').expect("DataRow").1;
+    let queried: i32 = std::str::from_utf8(&row[6..]).unwrap().parse().unwrap();
+    let notification = &frames
+        .iter()
+        .find(|(t, _)| *t == b'A')
+        .expect("Notification")
+        .1;
+    let notifier = i32::from_be_bytes([
+        notification[0],
+        notification[1],
+        notification[2],
+        notification[3],
+    ]);
+    assert_eq!((pid, notifier), (queried, queried));
+}
+
+/// A simple Query message for raw statement bytes (in whatever client encoding).
+fn query_bytes(sql: &[u8]) -> Vec<u8> {
+    message(b'Q', &[sql, &[0]].concat())
+}
+
+#[tokio::test]
+async fn latin1_statement_text_is_read_as_latin1_and_other_encodings_only_as_ascii() {
+    let (_gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    s.write_all(&query_bytes(b"SET client_encoding TO 'LATIN1'"))
+        .await
+        .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    // psycopg2's test_latin1 and test_copy_text: LATIN1 text is not UTF-8, and passes as PostgreSQL reads it.
+    s.write_all(&query_bytes(b"SELECT 'caf\xe9'::text"))
+        .await
+        .unwrap();
+    let simple = read_frames_until(&mut s, b'Z').await;
+    assert!(simple.iter().all(|(t, _)| *t != b'E'), "{simple:?}");
+    let row = &simple.iter().find(|(t, _)| *t == b'D').expect("DataRow").1;
+    assert!(row.ends_with(b"caf\xe9"), "{row:?}");
+    let mut extended = message(
+        b'P',
+        &[&cstr("")[..], b"SELECT 'caf\xe9'::text\0", &[0, 0]].concat(),
+    );
+    extended.extend(message(
+        b'B',
+        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
+    ));
+    extended.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
+    extended.extend(message(b'S', &[]));
+    s.write_all(&extended).await.unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    let row = &frames.iter().find(|(t, _)| *t == b'D').expect("DataRow").1;
+    assert!(row.ends_with(b"caf\xe9"), "{frames:?}");
+    // In an encoding the gateway cannot read, non-ASCII text is refused and ASCII still passes.
+    s.write_all(&query_bytes(b"SET client_encoding TO 'KOI8R'"))
+        .await
+        .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(&query_bytes(b"SELECT '\xc1'::text"))
+        .await
+        .unwrap();
+    let refused = read_frames_until(&mut s, b'Z').await;
+    let error = &refused
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("ErrorResponse")
+        .1;
+    assert!(contains(error, b"client_encoding is KOI8R"), "{refused:?}");
+    s.write_all(&query_bytes(b"SELECT 1")).await.unwrap();
+    let ascii = read_frames_until(&mut s, b'Z').await;
+    assert!(ascii.iter().any(|(t, _)| *t == b'D'), "{ascii:?}");
+    // PostgreSQL reports UNICODE as spelt (psycopg2's test_unicode): UTF-8 all the same.
+    s.write_all(&query_bytes(b"SET client_encoding TO 'UNICODE'"))
+        .await
+        .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(&query_bytes("SELECT '☃'::text".as_bytes()))
+        .await
+        .unwrap();
+    let unicode = read_frames_until(&mut s, b'Z').await;
+    let row = &unicode.iter().find(|(t, _)| *t == b'D').expect("DataRow").1;
+    assert!(row.ends_with("☃".as_bytes()), "{unicode:?}");
+}
+
+#[tokio::test]
 async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     let (gate, addr) = start().await;
     let client = connect(addr).await;

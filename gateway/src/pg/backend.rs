@@ -9,6 +9,7 @@ use crate::masking::stream::{self, FrameAction, WireMasker};
 use crate::policy::Action;
 use bytes::{BufMut, Bytes, BytesMut};
 use countersign_bot::RequestId;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -86,6 +87,42 @@ pub fn reads_the_same_anyhow(sql: &str) -> bool {
     sql.is_ascii() && !sql.contains('\\')
 }
 
+/// Statement text as PostgreSQL reads it under the session's `client_encoding` (as reported: mostly
+/// the canonical name, e.g. `UTF8`, `LATIN1`, but `UNICODE` as the client spelt it), or why the
+/// gateway cannot read it. UTF8 and SQL_ASCII (no conversion: the server reads the bytes as UTF-8)
+/// are read as UTF-8, LATIN1 byte for byte (U+0000–U+00FF, as PostgreSQL converts it); in any other
+/// encoding only ASCII text is read, so the policy never judges a non-ASCII name or literal that
+/// PostgreSQL would read as different characters.
+pub fn statement_text<'a>(client_encoding: &str, bytes: &'a [u8]) -> Result<Cow<'a, str>, String> {
+    // Every client encoding PostgreSQL accepts reads ASCII as ASCII: most statements end here,
+    // without looking at the encoding.
+    if bytes.is_ascii() {
+        return std::str::from_utf8(bytes)
+            .map(Cow::Borrowed)
+            .map_err(|_| "the query is not valid UTF-8; send UTF-8 text".to_string());
+    }
+    let normalised: String = client_encoding
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    match normalised.as_str() {
+        "" | "utf8" | "unicode" | "sqlascii" => std::str::from_utf8(bytes)
+            .map(Cow::Borrowed)
+            .map_err(|_| "the query is not valid UTF-8; send UTF-8 text".to_string()),
+        "latin1" | "iso88591" => Ok(match std::str::from_utf8(bytes) {
+            Ok(ascii) if ascii.is_ascii() => Cow::Borrowed(ascii),
+            _ => Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
+        }),
+        _ => match std::str::from_utf8(bytes) {
+            Ok(ascii) if ascii.is_ascii() => Ok(Cow::Borrowed(ascii)),
+            _ => Err(format!(
+                "client_encoding is {client_encoding}, in which the gateway reads only ASCII statement text; use UTF8 or LATIN1, or send the statement in ASCII"
+            )),
+        },
+    }
+}
+
 /// Upstream-side state of a session.
 pub struct BackendTracker {
     /// Bytes of a pass-through frame still to come.
@@ -101,6 +138,8 @@ pub struct BackendTracker {
     /// from the policy, as `(name, value)`: `standard_conforming_strings` off, or a client encoding whose
     /// characters can hold a backslash. Set however the change was made (an approved SET, a function).
     pub misread: Vec<(String, String)>,
+    /// The `client_encoding` PostgreSQL last reported (empty before any report), for [`statement_text`].
+    pub client_encoding: String,
     tag: Option<String>,
     error: Option<String>,
     /// Bytes needed to complete the frame at the head of the buffer (for the reader's reservation).
@@ -127,6 +166,7 @@ impl BackendTracker {
             in_flight: VecDeque::new(),
             settled: Vec::new(),
             misread: Vec::new(),
+            client_encoding: String::new(),
             tag: None,
             error: None,
             need: 0,
@@ -292,6 +332,9 @@ impl BackendTracker {
             return;
         }
         let value = String::from_utf8_lossy(value).into_owned();
+        if name == "client_encoding" {
+            self.client_encoding.clone_from(&value);
+        }
         self.misread.retain(|(n, _)| *n != name);
         if crate::policy::settings::setting_verdict(&name, &value).0 != Action::Allow {
             self.misread.push((name.into_owned(), value));
@@ -526,6 +569,38 @@ mod tests {
         error.put_slice(fields);
         assert_eq!(answers(&mut t, &[error, ready()]).len(), 1);
         assert_eq!(answers(&mut t, &[ready()]).len(), 1);
+    }
+
+    #[test]
+    fn statement_text_is_read_in_the_reported_client_encoding() {
+        let mut t = BackendTracker::new(b'I');
+        assert_eq!(t.client_encoding, "");
+        let data: Vec<u8> = parameter_status("client_encoding", "LATIN1").to_vec();
+        t.scan(&data, &mut BytesMut::new(), &mut Vec::new())
+            .unwrap();
+        assert_eq!(t.client_encoding, "LATIN1");
+        // LATIN1 bytes are the code points U+0000–U+00FF, even where they happen to be valid UTF-8.
+        assert_eq!(
+            statement_text("LATIN1", b"SELECT 'caf\xe9'").unwrap(),
+            "SELECT 'caf\u{e9}'"
+        );
+        assert_eq!(
+            statement_text("LATIN1", "SELECT 'é'".as_bytes()).unwrap(),
+            "SELECT '\u{c3}\u{a9}'"
+        );
+        for utf8 in ["", "UTF8", "SQL_ASCII", "UNICODE", "unicode"] {
+            assert_eq!(
+                statement_text(utf8, "SELECT 'é'".as_bytes()).unwrap(),
+                "SELECT 'é'"
+            );
+            assert!(statement_text(utf8, b"SELECT '\xe9'").is_err());
+        }
+        // Elsewhere only ASCII is read; non-ASCII text is refused, valid UTF-8 or not.
+        assert_eq!(statement_text("KOI8R", b"SELECT 1").unwrap(), "SELECT 1");
+        for bytes in [&b"SELECT '\xc1'"[..], "SELECT 'é'".as_bytes()] {
+            let err = statement_text("KOI8R", bytes).unwrap_err();
+            assert!(err.contains("client_encoding is KOI8R"), "{err}");
+        }
     }
 
     #[test]

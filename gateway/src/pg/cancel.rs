@@ -12,7 +12,8 @@ use tokio::sync::Notify;
 /// The key the gateway hands to a client (its "pid" and secret).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrontendKey {
-    /// Gateway-issued process id.
+    /// The upstream backend's pid, so the client's pid is the one `pg_backend_pid()`, NOTIFY messages
+    /// and `pg_stat_activity` show (a random one only when the upstream sent none).
     pub pid: i32,
     /// Gateway-issued secret.
     pub secret: i32,
@@ -77,14 +78,17 @@ struct Entry {
     signal: Arc<CancelSignal>,
 }
 
-/// All live sessions' cancel keys.
+/// All live sessions' cancel keys, by pid. Sessions on different upstreams may share a pid; their
+/// gateway-issued secrets tell them apart.
 #[derive(Default)]
 pub struct CancelRegistry {
-    sessions: Mutex<HashMap<i32, Entry>>,
+    sessions: Mutex<HashMap<i32, Vec<Entry>>>,
 }
 
 impl CancelRegistry {
-    /// Registers a session under a fresh random key; returns the key and its cancel signal.
+    /// Registers a session under the upstream's pid (a random one when the upstream sent none) and a
+    /// fresh random secret; returns the key and its cancel signal. The upstream's secret never leaves
+    /// the gateway.
     pub fn register(
         &self,
         upstream: UpstreamAddr,
@@ -94,44 +98,58 @@ impl CancelRegistry {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let key = FrontendKey {
-                pid: rand::random::<i32>() & 0x7fff_ffff,
+                pid: match backend.pid {
+                    0 => rand::random::<i32>() & 0x7fff_ffff,
+                    pid => pid,
+                },
                 secret: rand::random(),
             };
-            if key.pid == 0 || sessions.contains_key(&key.pid) {
+            if key.pid == 0 {
                 continue;
             }
-            let entry = Entry {
+            let same_pid = sessions.entry(key.pid).or_default();
+            if same_pid.iter().any(|e| e.secret == key.secret) {
+                continue;
+            }
+            same_pid.push(Entry {
                 secret: key.secret,
                 upstream: upstream.clone(),
                 backend,
                 signal: signal.clone(),
-            };
-            sessions.insert(key.pid, entry);
+            });
             return (key, signal);
         }
     }
 
     /// Forgets a session.
     pub fn unregister(&self, key: FrontendKey) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key.pid);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(same_pid) = sessions.get_mut(&key.pid) {
+            same_pid.retain(|e| e.secret != key.secret);
+            if same_pid.is_empty() {
+                sessions.remove(&key.pid);
+            }
+        }
     }
 
     /// Handles a client's CancelRequest: cancels a hold, or forwards the cancel to the upstream.
     pub async fn cancel(&self, key: FrontendKey) {
         let target = {
             let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            match sessions.get(&key.pid) {
-                Some(e) if bool::from(e.secret.to_be_bytes().ct_eq(&key.secret.to_be_bytes())) => {
+            let matching = sessions.get(&key.pid).and_then(|same_pid| {
+                same_pid
+                    .iter()
+                    .find(|e| bool::from(e.secret.to_be_bytes().ct_eq(&key.secret.to_be_bytes())))
+            });
+            match matching {
+                Some(e) => {
                     if e.signal.cancel() {
                         return;
                     }
                     (e.upstream.clone(), e.backend)
                 }
                 // Unknown keys are ignored silently, as Postgres does.
-                _ => return,
+                None => return,
             }
         };
         if let Err(e) = send_upstream_cancel(&target.0, target.1).await {
@@ -174,6 +192,35 @@ mod tests {
         )
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn clients_get_the_upstream_pid_and_sessions_sharing_it_stay_apart() {
+        let reg = CancelRegistry::default();
+        let backend = BackendKey {
+            pid: 4242,
+            secret: 7,
+        };
+        // Two upstream servers (here: two ports) may each have a backend 4242.
+        let (a, signal_a) = reg.register(("127.0.0.1".into(), 9, UpstreamTls::default()), backend);
+        let (b, signal_b) = reg.register(("127.0.0.1".into(), 10, UpstreamTls::default()), backend);
+        assert_eq!((a.pid, b.pid), (4242, 4242));
+        assert_ne!(a.secret, b.secret);
+        signal_a.set_holding(true);
+        signal_b.set_holding(true);
+        let (since_a, since_b) = (signal_a.generation(), signal_b.generation());
+        reg.cancel(b).await;
+        assert_eq!(signal_a.generation(), since_a);
+        assert_ne!(signal_b.generation(), since_b);
+        reg.unregister(b);
+        reg.cancel(a).await;
+        assert_ne!(signal_a.generation(), since_a);
+        // Without an upstream pid the client still gets a usable one.
+        let (c, _) = reg.register(
+            ("127.0.0.1".into(), 9, UpstreamTls::default()),
+            BackendKey { pid: 0, secret: 0 },
+        );
+        assert_ne!(c.pid, 0);
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! The per-connection relay: one task selects on both sockets, decodes only what policy needs from the
 //! client, passes upstream bytes through (see `backend`), and holds risky statements on the live connection.
 
-use super::backend::{BackendTracker, CopyMarks, InFlight};
+use super::backend::{statement_text, BackendTracker, CopyMarks, InFlight};
 use super::cancel::CancelSignal;
 use super::codec::{frame_header, put_error, read_cstr, send, sqlstate, Severity};
 use super::error::WireError;
@@ -434,18 +434,22 @@ where
         let received = Instant::now();
         let mut pos = 5;
         let text = read_cstr(&frame, &mut pos).unwrap_or(&frame[5..]);
-        let Ok(sql) = std::str::from_utf8(text) else {
-            self.refuse(Refusal {
-                sql: Arc::from(String::from_utf8_lossy(text).as_ref()),
-                binds: vec![],
-                decision: Action::Block,
-                request_id: None,
-                code: "22021",
-                message: "the query is not valid UTF-8; send UTF-8 text".into(),
-                received,
-            });
-            return None;
+        let sql = match statement_text(&self.backend.client_encoding, text) {
+            Ok(sql) => sql,
+            Err(message) => {
+                self.refuse(Refusal {
+                    sql: Arc::from(String::from_utf8_lossy(text).as_ref()),
+                    binds: vec![],
+                    decision: Action::Block,
+                    request_id: None,
+                    code: "22021",
+                    message,
+                    received,
+                });
+                return None;
+            }
         };
+        let sql = &*sql;
         let verdict = self.classify(sql);
         if may_prepare(&verdict) {
             self.catalog.saw_sql_prepare();
@@ -496,7 +500,9 @@ where
         let mut pos = 5;
         let name = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Parse"))?;
         let text = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Parse"))?;
-        let sql = std::str::from_utf8(text).map_err(|_| malformed("Parse (query is not UTF-8)"))?;
+        let sql = statement_text(&self.backend.client_encoding, text)
+            .map_err(|_| malformed("Parse (query text unreadable in the client encoding)"))?;
+        let sql = &*sql;
         let gate = &self.ctx.gate;
         let session = &self.ctx.session;
         let memo = &mut self.verdicts;
