@@ -449,6 +449,43 @@ impl crate::masking::TableLookup for CatalogLookup {
             })
             .collect()
     }
+    async fn oids_of(&self, names: &[String]) -> Result<Vec<(String, u32)>, LookupError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Names come from a client's statement: quoted as literals (`'` doubled; a backslash or NUL,
+        // which no name the caller needs holds, refuses the lookup rather than be quoted).
+        if names.iter().any(|n| n.contains(['\\', '\0'])) {
+            return Err(LookupError(
+                "a relation name holds a backslash or NUL".into(),
+            ));
+        }
+        let list: Vec<String> = names
+            .iter()
+            .map(|n| format!("'{}'", n.replace('\'', "''")))
+            .collect();
+        let sql = format!(
+            "SELECT n, pg_catalog.to_regclass(n)::pg_catalog.oid \
+             FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) AS n",
+            list.join(",")
+        );
+        let rows = self.catalog_rows(&sql).await?;
+        let mut found = Vec::new();
+        for row in rows {
+            match &row[..] {
+                [Some(name), Some(oid)] => {
+                    let oid = oid
+                        .parse()
+                        .map_err(|_| LookupError(format!("to_regclass returned OID {oid:?}")))?;
+                    found.push((name.clone(), oid));
+                }
+                [Some(_), None] => {}
+                _ => return Err(LookupError("to_regclass returned an unexpected row".into())),
+            }
+        }
+        Ok(found)
+    }
+
     async fn columns(&self, oids: &[u32]) -> Result<Vec<(u32, i16, String)>, LookupError> {
         if oids.is_empty() {
             return Ok(Vec::new());

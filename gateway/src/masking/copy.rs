@@ -9,8 +9,10 @@ use sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, Expr, SelectItem, SetExpr,
     Statement,
 };
+use sqlparser::ast::{Visit, Visitor};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
 
 /// Why a COPY result is withheld.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +29,9 @@ pub enum CopyError {
     /// The query computes an output column from a masked column.
     #[error("this COPY's query renames or computes a column from a masked column, which column rules cannot follow; select the column itself (COPY (SELECT email FROM t) TO STDOUT) or drop the expression")]
     Derived,
+    /// The relations the query reads could not be looked up.
+    #[error("the relations this COPY reads could not be looked up, so a view renaming a masked column could not be followed; retry, or COPY from the table itself")]
+    Unresolved,
     /// The statement could not be read.
     #[error("the COPY statement could not be parsed for masking; write it as COPY t (a, b) TO STDOUT [WITH (FORMAT csv)]")]
     Unparsed,
@@ -55,6 +60,8 @@ pub struct CopyPlan {
     format: CopyFormat,
     header_pending: bool,
     names: Option<Vec<String>>,
+    /// Output names a view read by the query computes from (or renames) a masked column: redacted.
+    exposed: Vec<String>,
     plan: Option<Vec<super::ColumnPlan>>,
     findings: Vec<Finding>,
     fields: Vec<Field>,
@@ -142,13 +149,69 @@ pub fn plan_copy(sql: &str, rules: &CompiledRules) -> Result<CopyPlan, CopyError
         format,
         header_pending: header,
         names,
+        exposed: Vec::new(),
         plan: None,
         findings: Vec::new(),
         fields: Vec::new(),
     })
 }
 
+/// The relations a `COPY (query) TO STDOUT` at the end of `sql` reads, as written (`s.t`, `"Mixed"`),
+/// without the names its own CTEs define; empty for `COPY table TO` (PostgreSQL copies no view that
+/// way) and for text that does not parse.
+pub fn copy_query_relations(sql: &str) -> Vec<String> {
+    let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Vec::new();
+    };
+    let Some(Statement::Copy {
+        source: CopySource::Query(query),
+        to: true,
+        ..
+    }) = stmts
+        .iter()
+        .rev()
+        .find(|s| matches!(s, Statement::Copy { to: true, .. }))
+    else {
+        return Vec::new();
+    };
+    let mut ctes: Vec<String> = Vec::new();
+    collect_cte_names(query, &mut ctes);
+    let mut names: Vec<String> = Vec::new();
+    let _ = sqlparser::ast::visit_relations(&**query, |name| {
+        let written = name.to_string();
+        let cte = name.0.len() == 1 && ctes.iter().any(|c| c.eq_ignore_ascii_case(&written));
+        if !cte && !names.contains(&written) {
+            names.push(written);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    names
+}
+
+/// The names every WITH clause in `query` defines (however deeply nested).
+fn collect_cte_names(query: &sqlparser::ast::Query, out: &mut Vec<String>) {
+    struct Ctes<'a>(&'a mut Vec<String>);
+    impl Visitor for Ctes<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &sqlparser::ast::Query) -> ControlFlow<()> {
+            if let Some(with) = &q.with {
+                for cte in &with.cte_tables {
+                    self.0.push(cte.alias.name.value.clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = query.visit(&mut Ctes(out));
+}
+
 impl CopyPlan {
+    /// Redacts the output columns with these names (compared without regard to case): columns a view the
+    /// query reads computes from masked ones, which the output names alone cannot show.
+    pub fn redact_columns(&mut self, names: Vec<String>) {
+        self.exposed = names;
+    }
+
     /// Checks the CopyOutResponse body and fixes the column plan.
     pub fn start(&mut self, masker: &Masker, body: &[u8]) -> Result<(), CopyError> {
         let (&overall, rest) = body.split_first().ok_or(CopyError::BadRow)?;
@@ -186,6 +249,9 @@ impl CopyPlan {
                     .map_or("", String::as_str);
                 let mut col = masker.column(name, 25, false);
                 col.class = TypeClass::Text;
+                if self.exposed.iter().any(|e| e.eq_ignore_ascii_case(name)) {
+                    col.style = Some(super::style::Style::Redact);
+                }
                 col
             })
             .collect();
@@ -381,6 +447,26 @@ fn quote_csv(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_relations_a_copy_query_reads_are_listed_without_its_own_ctes() {
+        for (sql, want) in [
+            ("COPY (SELECT a FROM s.v) TO STDOUT", vec!["s.v"]),
+            (
+                "COPY (SELECT v.a, t.b FROM v JOIN \"Mixed\" t ON true WHERE x IN (SELECT y FROM w)) TO STDOUT",
+                vec!["v", "\"Mixed\"", "w"],
+            ),
+            (
+                "COPY (WITH w AS (SELECT a FROM v) SELECT a FROM w, (WITH u AS (SELECT 1 AS a) SELECT a FROM u) q) TO STDOUT",
+                vec!["v"],
+            ),
+            ("COPY t (a) TO STDOUT", vec![]),
+            ("COPY (SELECT 1) TO STDOUT", vec![]),
+            ("not sql", vec![]),
+        ] {
+            assert_eq!(copy_query_relations(sql), want, "{sql}");
+        }
+    }
     use crate::masking::MaskingConfig;
 
     fn masker() -> Masker {

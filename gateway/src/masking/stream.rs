@@ -5,12 +5,12 @@
 //! the Bind chose the formats), so on masked connections every Execute is preceded by a gateway-injected
 //! `Describe portal`; its RowDescription or NoData is consumed here and never reaches the client.
 
-use super::copy::{plan_copy, CopyPlan};
+use super::copy::{plan_copy, CopyError, CopyPlan};
 use super::datarow::{mask_data_row, plan_row_description_for, tables_to_resolve, RowScratch};
 use super::tables::{invalidates_names, TableLookup, TableNames};
 use super::{Masker, ResultPlan};
 use bytes::{BufMut, BytesMut};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// SQLSTATE of a withheld result: masking could not be applied to it.
@@ -61,6 +61,13 @@ pub struct WireMasker {
     tables: TableNames,
     lookup: Option<Arc<dyn TableLookup>>,
     unresolved: Vec<u32>,
+    /// Relations a COPY query reads, by name as written: their OID on the lookup's session, or None
+    /// when the name is no relation there (forgotten with the table names, after DDL).
+    copy_relations: HashMap<String, Option<u32>>,
+    /// Names a COPY's planning waits for ([`FrameAction::ResolveTables`]).
+    unresolved_names: Vec<String>,
+    /// The last name lookup failed: the COPY offered again is refused (fail closed).
+    names_failed: bool,
     /// Replacement bytes for [`FrameAction::Replace`] / [`FrameAction::Refuse`]; the caller clears it.
     pub out: BytesMut,
 }
@@ -79,6 +86,9 @@ impl WireMasker {
             tables: TableNames::default(),
             lookup: None,
             unresolved: Vec::new(),
+            copy_relations: HashMap::new(),
+            unresolved_names: Vec::new(),
+            names_failed: false,
             out: BytesMut::new(),
         }
     }
@@ -93,6 +103,10 @@ impl WireMasker {
     /// After [`FrameAction::ResolveTables`]: looks the tables up (bounded by a timeout; a failure means
     /// column-name matching) so the frame can be offered again. Returns false when nothing was pending.
     pub async fn resolve_tables(&mut self) -> bool {
+        if !self.unresolved_names.is_empty() {
+            self.resolve_copy_relations().await;
+            return true;
+        }
         if self.unresolved.is_empty() {
             return false;
         }
@@ -105,6 +119,80 @@ impl WireMasker {
             None => self.tables.failed(),
         }
         true
+    }
+
+    /// Looks up the relations a COPY query names (their OIDs, then what each is), bounded like
+    /// [`TableNames::resolve`]; a failure makes the COPY offered next refused.
+    async fn resolve_copy_relations(&mut self) {
+        let names = std::mem::take(&mut self.unresolved_names);
+        let Some(lookup) = self.lookup.clone() else {
+            self.names_failed = true;
+            return;
+        };
+        let asked: Vec<String> = names
+            .iter()
+            .filter(|n| !self.copy_relations.contains_key(*n))
+            .cloned()
+            .collect();
+        if !asked.is_empty() {
+            match tokio::time::timeout(super::tables::LOOKUP_TIMEOUT, lookup.oids_of(&asked)).await
+            {
+                Ok(Ok(found)) => {
+                    for name in asked {
+                        let oid = found.iter().find(|(n, _)| *n == name).map(|(_, o)| *o);
+                        self.copy_relations.insert(name, oid);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "relation lookup for a masked COPY failed");
+                    self.names_failed = true;
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("relation lookup for a masked COPY timed out");
+                    self.names_failed = true;
+                    return;
+                }
+            }
+        }
+        let oids = self.tables.wanted(
+            names
+                .iter()
+                .filter_map(|n| self.copy_relations.get(n).copied().flatten()),
+        );
+        if !oids.is_empty() {
+            let rules = self.masker.rules();
+            self.tables.resolve(&*lookup, &oids, rules).await;
+        }
+    }
+
+    /// For a COPY query on a connection with column rules: the relation names still to look up, or
+    /// the output names its views compute from masked columns (an error when that can't be known).
+    fn copy_view_columns(&mut self, sql: &str) -> Result<Vec<String>, Vec<String>> {
+        let relations = super::copy::copy_query_relations(sql);
+        let pending: Vec<String> = relations
+            .iter()
+            .filter(|n| match self.copy_relations.get(*n) {
+                None => true,
+                Some(Some(oid)) => self.tables.wants(*oid),
+                Some(None) => false,
+            })
+            .cloned()
+            .collect();
+        if !pending.is_empty() {
+            return Err(pending);
+        }
+        let mut exposed = Vec::new();
+        for name in &relations {
+            if let Some(Some(oid)) = self.copy_relations.get(name) {
+                match self.tables.view_exposed_names(*oid) {
+                    Some(names) => exposed.extend(names),
+                    // Not known (a failed lookup): treated as a lookup failure by the caller.
+                    None => return Err(Vec::new()),
+                }
+            }
+        }
+        Ok(exposed)
     }
 
     /// Fields masked since the last call (per statement, for the session record).
@@ -274,11 +362,26 @@ impl WireMasker {
                 }
             }
             b'H' => {
-                let plan =
-                    plan_copy(sql.unwrap_or_default(), self.masker.rules()).and_then(|mut p| {
-                        p.start(&self.masker, body)?;
-                        Ok(p)
-                    });
+                let sql = sql.unwrap_or_default();
+                let mut exposed = Vec::new();
+                if self.lookup.is_some() && self.masker.rules().has_column_rules() {
+                    if std::mem::take(&mut self.names_failed) {
+                        return self.withhold(CopyError::Unresolved);
+                    }
+                    match self.copy_view_columns(sql) {
+                        Ok(names) => exposed = names,
+                        Err(pending) if !pending.is_empty() => {
+                            self.unresolved_names = pending;
+                            return FrameAction::ResolveTables;
+                        }
+                        Err(_) => return self.withhold(CopyError::Unresolved),
+                    }
+                }
+                let plan = plan_copy(sql, self.masker.rules()).and_then(|mut p| {
+                    p.redact_columns(exposed);
+                    p.start(&self.masker, body)?;
+                    Ok(p)
+                });
                 match plan {
                     Ok(p) => {
                         self.copy = Some(p);
@@ -317,6 +420,7 @@ impl WireMasker {
             b'C' | b's' => {
                 if tag == b'C' && invalidates_names(body) {
                     self.tables.clear();
+                    self.copy_relations.clear();
                 }
                 self.copy = None;
                 if self.withhold.is_some() {
@@ -543,6 +647,26 @@ mod tests {
         );
         // Known tables are not looked up again.
         assert_eq!(w.on_backend(b'T', &t, None), FrameAction::Pass);
+    }
+
+    #[tokio::test]
+    async fn a_masked_copy_whose_relations_cannot_be_looked_up_is_refused() {
+        // TwoTables resolves OIDs but no names (the trait's default): fail closed.
+        let mut w = WireMasker::new(Arc::new(masker())).with_lookup(Some(Arc::new(TwoTables)));
+        let sql = Some("COPY (SELECT id, tax_id FROM directory) TO STDOUT");
+        let start = frame(b'H', &[0, 0, 2, 0, 0, 0, 0]);
+        assert_eq!(w.on_backend(b'H', &start, sql), FrameAction::ResolveTables);
+        assert!(w.resolve_tables().await);
+        assert_eq!(w.on_backend(b'H', &start, sql), FrameAction::Drop);
+        let row = frame(b'd', b"1\t123-45-6789\n");
+        assert_eq!(w.on_backend(b'd', &row, sql), FrameAction::Drop);
+        let FrameAction::Refuse(msg) = w.on_backend(b'C', &frame(b'C', b"COPY 1\0"), sql) else {
+            panic!("the COPY must be refused")
+        };
+        assert!(msg.contains("could not be looked up"), "{msg}");
+        // A COPY of a table names no view to look up.
+        let sql = Some("COPY people (id, name) TO STDOUT");
+        assert_eq!(w.on_backend(b'H', &start, sql), FrameAction::Pass);
     }
 
     #[tokio::test]

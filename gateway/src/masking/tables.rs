@@ -83,6 +83,15 @@ pub trait TableLookup: Send + Sync {
     async fn columns(&self, _oids: &[u32]) -> Result<Vec<(u32, i16, String)>, LookupError> {
         Ok(Vec::new())
     }
+
+    /// The OID of each relation name as written in SQL (`s.t`, `"Mixed"`), resolved on the lookup's
+    /// own session; a name that is no relation there is missing from the answer. A lookup that can't
+    /// resolve names says so (the caller then fails closed).
+    async fn oids_of(&self, _names: &[String]) -> Result<Vec<(String, u32)>, LookupError> {
+        Err(LookupError(
+            "this lookup cannot resolve relation names".into(),
+        ))
+    }
 }
 
 impl std::fmt::Debug for dyn TableLookup {
@@ -143,6 +152,26 @@ impl TableNames {
             .as_ref()
             .and_then(|v| v.peek(&oid))
             .is_none_or(|e| e.covers(column))
+    }
+
+    /// The names of the columns of relation `oid` that [`TableNames::view_exposes`] (none when `oid` is
+    /// not a view); `None` when it is a view whose column names are not known, or was not looked up.
+    pub fn view_exposed_names(&self, oid: u32) -> Option<Vec<String>> {
+        match self.fresh(oid)? {
+            Relation::View { .. } => {}
+            _ => return Some(Vec::new()),
+        }
+        let names = self.columns.as_ref()?.peek(&oid)?;
+        if names.is_empty() {
+            return None;
+        }
+        Some(
+            names
+                .iter()
+                .filter(|(attnum, _)| self.view_exposes(oid, *attnum))
+                .map(|(_, name)| name.clone())
+                .collect(),
+        )
     }
 
     /// True when a whole row of relation `oid` (a result column with attnum 0, `SELECT t FROM people t`)
