@@ -432,6 +432,32 @@ async fn copy_in_and_copy_out_are_relayed() {
     drop_table(&client, &t).await;
 }
 
+/// CopyData is opaque (its COPY statement was classified), so a CopyData message is streamed rather
+/// than buffered: one larger than `max_message_size` passes, as PostgreSQL takes any up to 1 GiB
+/// (sqlx's `test_pg_copy_chunked` sends one of nearly 1 GiB).
+#[tokio::test]
+async fn copy_data_larger_than_max_message_size_is_streamed() {
+    let (_gate, addr) = start_with(|c| c.max_message_size = 64 * 1024, "test").await;
+    let client = connect(addr).await;
+    let t = table();
+    client
+        .batch_execute(&format!("CREATE TABLE {t} (id int, name text)"))
+        .await
+        .unwrap();
+    let sink = client
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN"))
+        .await
+        .unwrap();
+    futures::pin_mut!(sink);
+    // One CopyData message of about 700 KiB, ten times the limit.
+    let data: String = (0..50_000).map(|i| format!("{i}\tname {i}\n")).collect();
+    assert!(data.len() > 10 * 64 * 1024);
+    sink.send(bytes::Bytes::from(data)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 50_000);
+    assert_eq!(rows_in(&client, &t).await, 50_000);
+    drop_table(&client, &t).await;
+}
+
 /// PostgreSQL ignores a Sync read in copy-in mode. tokio-postgres' `copy_in` sends Bind, Execute and
 /// Sync, then the data, CopyDone and Sync, and gets one ReadyForQuery for the two Syncs: the gateway
 /// must not wait for a second one, or every later answer is matched to the statement before it (a

@@ -96,6 +96,8 @@ pub struct Relay<CR, CW, SR, SW> {
     client_gone: bool,
     /// CopyDone and CopyFail messages the client has sent ([`CopyMarks`]).
     copy_ends: u64,
+    /// Bytes of a client CopyData message still to stream upstream unbuffered ([`Self::stream_copy_data`]).
+    copy_data_left: usize,
 }
 
 impl<CR, CW, SR, SW> Relay<CR, CW, SR, SW>
@@ -138,6 +140,7 @@ where
             ctx,
             client_gone: false,
             copy_ends: 0,
+            copy_data_left: 0,
         }
     }
 
@@ -326,9 +329,19 @@ where
 
     fn next_client_step(&mut self) -> Result<Step, WireError> {
         loop {
+            if self.copy_data_left > 0 && !self.stream_copy_data() {
+                return Ok(Step::NeedMore);
+            }
             let Some((tag, total)) = frame_header(&self.cbuf) else {
                 return Ok(Step::NeedMore);
             };
+            // CopyData is opaque and goes upstream as it comes, so it need not fit in memory at once:
+            // PostgreSQL takes one of up to 1 GiB (sqlx sends such), far beyond `max_message_size`.
+            if tag == b'd' && total != usize::MAX && total > READ_CHUNK {
+                self.client_need = 0;
+                self.copy_data_left = total;
+                continue;
+            }
             if total == usize::MAX || total > self.ctx.max_message_size {
                 return Err(WireError::Protocol(format!(
                     "invalid message length (limit {} bytes); the client sent a corrupt or oversized message",
@@ -407,6 +420,14 @@ where
                 }
             }
         }
+    }
+
+    /// Forwards what has arrived of a CopyData message being streamed; true once all of it has gone.
+    fn stream_copy_data(&mut self) -> bool {
+        let n = self.copy_data_left.min(self.cbuf.len());
+        self.out.extend_from_slice(&self.cbuf.split_to(n));
+        self.copy_data_left -= n;
+        self.copy_data_left == 0
     }
 
     fn add_to_batch(&mut self, frame: &[u8]) {
