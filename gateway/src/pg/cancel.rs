@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 /// The key the gateway hands to a client (its "pid" and secret).
@@ -158,8 +158,14 @@ impl CancelRegistry {
     }
 }
 
+/// How long a forwarded cancel waits for the upstream to close its cancel connection.
+const UPSTREAM_CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Sends CancelRequest over a fresh connection, with TLS when the session's `sslmode` asks for it (so the
-/// key never crosses the network in clear where the session itself doesn't).
+/// key never crosses the network in clear where the session itself doesn't), then waits until the
+/// upstream closes that connection: PostgreSQL closes it only after signalling the backend, and clients
+/// (libpq's PQcancel, asyncpg) wait for that close before sending their next query, so closing the
+/// client's cancel connection any earlier lets the cancel land on that next query.
 async fn send_upstream_cancel(addr: &UpstreamAddr, key: BackendKey) -> std::io::Result<()> {
     let mut stream = open(&addr.0, addr.1, &addr.2).await.map_err(|e| match e {
         NegotiateError::Io(e) => e,
@@ -168,7 +174,21 @@ async fn send_upstream_cancel(addr: &UpstreamAddr, key: BackendKey) -> std::io::
     let mut buf = bytes::BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
     stream.write_all(&buf).await?;
-    stream.shutdown().await
+    stream.flush().await?;
+    let mut sink = [0u8; 64];
+    let drained = tokio::time::timeout(UPSTREAM_CANCEL_WAIT, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("upstream did not close the cancel connection in time");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -221,6 +241,43 @@ mod tests {
             BackendKey { pid: 0, secret: 0 },
         );
         assert_ne!(c.pid, 0);
+    }
+
+    #[tokio::test]
+    async fn forwarded_cancel_returns_only_after_the_upstream_closed_its_connection() {
+        // A fake postmaster that, like PostgreSQL, closes the cancel connection only once it has
+        // signalled the backend (here: after a delay). The client's cancel connection must stay open
+        // until then, or the client's next query races the signal.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let signalled = Arc::new(AtomicBool::new(false));
+        let upstream = tokio::spawn({
+            let signalled = signalled.clone();
+            async move {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut packet = [0u8; 16];
+                sock.read_exact(&mut packet).await.unwrap();
+                assert_eq!(&packet[4..8], &80877102i32.to_be_bytes());
+                assert_eq!(&packet[8..12], &4242i32.to_be_bytes());
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                signalled.store(true, Ordering::SeqCst);
+                drop(sock);
+            }
+        });
+        let reg = CancelRegistry::default();
+        let (key, _) = reg.register(
+            ("127.0.0.1".into(), port, UpstreamTls::default()),
+            BackendKey {
+                pid: 4242,
+                secret: 7,
+            },
+        );
+        reg.cancel(key).await;
+        assert!(
+            signalled.load(Ordering::SeqCst),
+            "cancel returned before the upstream closed the cancel connection"
+        );
+        upstream.await.unwrap();
     }
 
     #[tokio::test]
