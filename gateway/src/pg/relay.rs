@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const READ_CHUNK: usize = 32 * 1024;
+/// An extended-query batch this large goes upstream before its Sync, as far as it is allowed.
+const EARLY_BATCH: usize = 256 * 1024;
 /// A protocol Flush message.
 const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
 
@@ -368,10 +370,10 @@ where
                         let (kind, name) = kind_and_name(&frame)?;
                         self.catalog.close(kind, name);
                     }
-                    self.add_to_batch(&frame);
+                    self.add_to_batch(&frame)?;
                 }
                 b'H' => {
-                    self.add_to_batch(&frame);
+                    self.add_to_batch(&frame)?;
                     // Flush asks for results so far. What precedes the first Execute that needs a
                     // decision runs nothing and goes now (the whole batch, Flush included, when nothing
                     // needs one), so a client that prepares and waits before Sync is answered; the rest
@@ -386,7 +388,7 @@ where
                     }
                 }
                 b'S' => {
-                    self.add_to_batch(&frame);
+                    self.add_to_batch(&frame)?;
                     if let Some(held) = self.on_sync() {
                         return Ok(Step::Hold(held));
                     }
@@ -430,7 +432,7 @@ where
         self.copy_data_left == 0
     }
 
-    fn add_to_batch(&mut self, frame: &[u8]) {
+    fn add_to_batch(&mut self, frame: &[u8]) -> Result<(), WireError> {
         if self.batch.started.is_none() {
             self.batch.started = Some(Instant::now());
         }
@@ -439,6 +441,24 @@ where
         if self.batch.action() == Action::Allow {
             self.batch.forwardable = self.batch.bytes.len();
         }
+        if self.batch.bytes.len() < EARLY_BATCH {
+            return Ok(());
+        }
+        // A long pipeline (executemany: thousands of Bind/Execute before one Sync) need not sit in
+        // memory until its Sync: what may go ahead on Flush goes now, so PostgreSQL works (and fails
+        // early) as the client sends. What waits for a decision is bounded like one message.
+        if self.batch.forwardable > 0 {
+            let ready = self.batch.bytes.split_to(self.batch.forwardable);
+            self.batch.forwardable = 0;
+            forward(&mut self.backend.masker, &mut self.out, &ready);
+        }
+        if self.batch.bytes.len() > self.ctx.max_message_size {
+            return Err(WireError::Protocol(format!(
+                "an extended-query batch waiting for a decision grew past {} bytes; send Sync after the statement that needs approval",
+                self.ctx.max_message_size
+            )));
+        }
+        Ok(())
     }
 
     fn classify(&mut self, sql: &str) -> Arc<Verdict> {
@@ -539,8 +559,7 @@ where
             self.catalog.saw_sql_prepare();
         }
         self.batch.parsed.push(name.into());
-        self.add_to_batch(frame);
-        Ok(())
+        self.add_to_batch(frame)
     }
 
     fn on_bind(&mut self, frame: &[u8]) -> Result<(), WireError> {
@@ -548,8 +567,7 @@ where
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
         let statement = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
         self.catalog.bind(portal, statement, &frame[5..]);
-        self.add_to_batch(frame);
-        Ok(())
+        self.add_to_batch(frame)
     }
 
     fn on_execute(&mut self, frame: &[u8]) -> Result<(), WireError> {
@@ -567,8 +585,7 @@ where
             }
         }
         self.batch.copy_ends_at_execute = Some(self.copy_ends);
-        self.add_to_batch(frame);
-        Ok(())
+        self.add_to_batch(frame)
     }
 
     /// A simple query's place among the client's COPY ends.
