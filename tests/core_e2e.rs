@@ -789,6 +789,23 @@ impl RowFunctionCase {
         )
     }
 
+    /// Creates the function through the gateway's API: held, approved by two reviewers, re-sent.
+    async fn create_through(&self, gw: &Gateway) {
+        let create = self.create();
+        let held = gw.query(AGENT, &create).await;
+        assert_eq!(held.status, 202, "{:?}", held.body);
+        let id = id_of(&held);
+        for reviewer in [BOB, CAROL] {
+            assert_eq!(gw.vote(reviewer, &id, "approve").await.status, 200);
+        }
+        let r = gw.query(AGENT, &create).await;
+        assert_eq!(
+            r.status, 200,
+            "the approved CREATE FUNCTION ran: {:?}",
+            r.body
+        );
+    }
+
     /// How many times the function ran.
     async fn writes(&self) -> i64 {
         self.db
@@ -838,19 +855,7 @@ async fn a_row_function_created_through_the_gateway_is_recognised_at_once() {
     let case = RowFunctionCase::new(false).await;
     // The gateway starts before the function exists.
     let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
-    let create = case.create();
-    let held = gw.query(AGENT, &create).await;
-    assert_eq!(held.status, 202, "{:?}", held.body);
-    let id = id_of(&held);
-    for reviewer in [BOB, CAROL] {
-        assert_eq!(gw.vote(reviewer, &id, "approve").await.status, 200);
-    }
-    let r = gw.query(AGENT, &create).await;
-    assert_eq!(
-        r.status, 200,
-        "the approved CREATE FUNCTION ran: {:?}",
-        r.body
-    );
+    case.create_through(&gw).await;
     // The very next statement calling it on a row is judged as the call, not as a column.
     let r = gw
         .query(
@@ -894,14 +899,7 @@ async fn a_wire_session_judges_a_statement_afresh_once_a_row_function_appears() 
         "{err:?}"
     );
     // The function is created through the gateway (approved), which re-reads the list at once.
-    let create = case.create();
-    let held = gw.query(AGENT, &create).await;
-    assert_eq!(held.status, 202, "{:?}", held.body);
-    let id = id_of(&held);
-    for reviewer in [BOB, CAROL] {
-        assert_eq!(gw.vote(reviewer, &id, "approve").await.status, 200);
-    }
-    assert_eq!(gw.query(AGENT, &create).await.status, 200);
+    case.create_through(&gw).await;
     // The same text on the same session is now a call to a function that writes: held, not run.
     let err = client.simple_query(&call).await.unwrap_err();
     let db = err.as_db_error().expect("a database error");

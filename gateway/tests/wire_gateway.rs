@@ -400,11 +400,9 @@ async fn upstream_over_a_unix_socket_relays_holds_and_cancels() {
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
 }
 
-#[tokio::test]
-async fn copy_in_and_copy_out_are_relayed() {
-    let (_gate, addr) = start().await;
-    let client = connect(addr).await;
-    let t = table();
+/// Creates `t (id int, name text)` and copies `rows` rows into it as one CopyData message; returns the
+/// count COPY reports and the bytes sent.
+async fn copy_rows_in(client: &Client, t: &str, rows: usize) -> (u64, usize) {
     client
         .batch_execute(&format!("CREATE TABLE {t} (id int, name text)"))
         .await
@@ -414,9 +412,19 @@ async fn copy_in_and_copy_out_are_relayed() {
         .await
         .unwrap();
     futures::pin_mut!(sink);
-    let data: String = (0..1000).map(|i| format!("{i}\tname {i}\n")).collect();
+    let data: String = (0..rows).map(|i| format!("{i}\tname {i}\n")).collect();
+    let sent = data.len();
     sink.send(bytes::Bytes::from(data)).await.unwrap();
-    assert_eq!(sink.finish().await.unwrap(), 1000);
+    (sink.finish().await.unwrap(), sent)
+}
+
+#[tokio::test]
+async fn copy_in_and_copy_out_are_relayed() {
+    let (_gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table();
+    let (copied, _) = copy_rows_in(&client, &t, 1000).await;
+    assert_eq!(copied, 1000);
     let stream = client
         .copy_out(&format!("COPY (SELECT * FROM {t} ORDER BY id) TO STDOUT"))
         .await
@@ -440,20 +448,10 @@ async fn copy_data_larger_than_max_message_size_is_streamed() {
     let (_gate, addr) = start_with(|c| c.max_message_size = 64 * 1024, "test").await;
     let client = connect(addr).await;
     let t = table();
-    client
-        .batch_execute(&format!("CREATE TABLE {t} (id int, name text)"))
-        .await
-        .unwrap();
-    let sink = client
-        .copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN"))
-        .await
-        .unwrap();
-    futures::pin_mut!(sink);
     // One CopyData message of about 700 KiB, ten times the limit.
-    let data: String = (0..50_000).map(|i| format!("{i}\tname {i}\n")).collect();
-    assert!(data.len() > 10 * 64 * 1024);
-    sink.send(bytes::Bytes::from(data)).await.unwrap();
-    assert_eq!(sink.finish().await.unwrap(), 50_000);
+    let (copied, sent) = copy_rows_in(&client, &t, 50_000).await;
+    assert!(sent > 10 * 64 * 1024);
+    assert_eq!(copied, 50_000);
     assert_eq!(rows_in(&client, &t).await, 50_000);
     drop_table(&client, &t).await;
 }
