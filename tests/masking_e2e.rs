@@ -457,3 +457,28 @@ async fn aggregates_over_qualified_columns_stay_clear_on_a_masked_connection() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn other_sessions_statement_text_in_pg_stat_activity_is_redacted_under_column_rules() {
+    let (db, marker) = direct_and_schema_name("SSNVAL").await;
+    // Another session is running a statement whose text holds a masked value (no detector knows it).
+    let running = format!("SELECT pg_sleep(3), '{marker}' AS ssn");
+    let busy = tokio::spawn(async move { db.simple_query(&running).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (gw, client) = masked_gateway("columns = [\"ssn\"]\nstyle = \"redact\"").await;
+    let sql = "SELECT query AS q, state FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' ORDER BY query";
+    let r = gw.query(AGENT, sql).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(!r.body.to_string().contains(&marker), "API: {}", r.body);
+    assert_eq!(r.body["rows"][0][0], "[redacted]", "{}", r.body);
+    let rows = client.simple_query(sql).await.unwrap();
+    let mut seen = 0;
+    for m in &rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+            assert_eq!(row.get(0), Some("[redacted]"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "the running statement is listed");
+    busy.await.unwrap().unwrap();
+}

@@ -112,6 +112,15 @@ impl ColumnPlan {
     }
 }
 
+/// PostgreSQL's own relations have OIDs below this (`FirstNormalObjectId`).
+const FIRST_NORMAL_OID: u32 = 16384;
+
+/// True for a system view's column of other sessions' statement text (`pg_stat_activity.query`): its
+/// literals may be values of masked columns, which no column rule can follow into the text.
+fn shows_statement_text(oid: u32, name: &str) -> bool {
+    oid < FIRST_NORMAL_OID && name == "query"
+}
+
 /// The pseudo-type of statistics samples (`pg_statistic.stavaluesN`, `pg_stats.most_common_vals`).
 const ANYARRAY: u32 = 2277;
 
@@ -242,7 +251,9 @@ impl Masker {
             self.rules.has_column_rules() && tables.row_exposes(oid, &self.rules)
         } else {
             self.rules.has_column_rules()
-                && (tables.name_lost(oid, attnum) || tables.view_exposes(oid, attnum))
+                && (tables.name_lost(oid, attnum)
+                    || tables.view_exposes(oid, attnum)
+                    || shows_statement_text(oid, real.unwrap_or(label)))
         };
         if plan.style.is_none() && hidden {
             plan.style = Some(Style::Redact);
