@@ -737,32 +737,6 @@ async fn oversized_or_unknown_message_after_login_gets_08p01_and_close() {
     }
 }
 
-/// A raw protocol session logged in to connection `app`, past its first ReadyForQuery.
-async fn raw_session(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&startup_packet("app")).await.unwrap();
-    let mut auth = [0u8; 9];
-    s.read_exact(&mut auth).await.unwrap();
-    assert_eq!(auth, [b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
-    let mut pw = vec![b'p'];
-    pw.extend_from_slice(&((TOKEN.len() + 5) as i32).to_be_bytes());
-    pw.extend_from_slice(TOKEN.as_bytes());
-    pw.push(0);
-    s.write_all(&pw).await.unwrap();
-    while read_frame(&mut s).await.0 != b'Z' {}
-    s
-}
-
-/// One backend frame: its tag and body.
-async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).await.unwrap();
-    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = vec![0; len - 4];
-    s.read_exact(&mut body).await.unwrap();
-    (head[0], body)
-}
-
 /// Parse of `sql` as the unnamed statement with one text parameter.
 fn parse(sql: &str) -> Vec<u8> {
     let mut body = vec![0];
@@ -785,7 +759,7 @@ fn bind_execute(param: &str) -> Vec<u8> {
 #[tokio::test]
 async fn a_long_allowed_pipeline_reaches_the_upstream_before_its_sync() {
     let (_gate, addr) = start().await;
-    let mut s = raw_session(addr).await;
+    let mut s = raw_login(addr).await;
     // The first Execute fails upstream (division by zero); ~400 KiB of allowed Executes follow, and
     // no Sync yet. PostgreSQL can only report the error if the pipeline reached it.
     let mut batch = parse("SELECT 1 / $1::int");
@@ -794,31 +768,22 @@ async fn a_long_allowed_pipeline_reaches_the_upstream_before_its_sync() {
         batch.extend(bind_execute("1"));
     }
     s.write_all(&batch).await.unwrap();
-    let error = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let (tag, body) = read_frame(&mut s).await;
-            if tag == b'E' {
-                return body;
-            }
-        }
-    })
-    .await
-    .expect("the upstream's error arrives before the client sends Sync");
-    assert!(contains(&error, b"22012"), "{error:?}");
+    // The upstream's error arrives before the client sends Sync.
+    let answered = read_frames_until(&mut s, b'E').await;
+    let error = &answered.last().expect("an ErrorResponse").1;
+    assert!(contains(error, b"22012"), "{error:?}");
     s.write_all(&message(b'S', &[])).await.unwrap();
-    loop {
-        let (tag, body) = read_frame(&mut s).await;
-        if tag == b'Z' {
-            assert_eq!(body, b"I");
-            break;
-        }
-    }
+    let ready = read_frames_until(&mut s, b'Z').await;
+    assert_eq!(
+        ready.last().map(|(_, body)| body.as_slice()),
+        Some(&b"I"[..])
+    );
 }
 
 #[tokio::test]
 async fn a_batch_waiting_for_a_decision_is_bounded_in_memory() {
     let (_gate, addr) = start_with(|c| c.max_message_size = 64 * 1024, "test").await;
-    let mut s = raw_session(addr).await;
+    let mut s = raw_login(addr).await;
     // A DELETE needs review; what follows it in the batch waits with it, up to max_message_size.
     let mut batch = parse("DELETE FROM no_such_table WHERE id = $1");
     batch.extend(bind_execute("1"));
