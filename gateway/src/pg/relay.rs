@@ -378,13 +378,8 @@ where
                     // decision runs nothing and goes now (the whole batch, Flush included, when nothing
                     // needs one), so a client that prepares and waits before Sync is answered; the rest
                     // waits for the verdict at Sync, and its held part gets a Flush of its own.
-                    if self.batch.forwardable > 0 {
-                        let ready = self.batch.bytes.split_to(self.batch.forwardable);
-                        self.batch.forwardable = 0;
-                        forward(&mut self.backend.masker, &mut self.out, &ready);
-                        if self.batch.action() != Action::Allow {
-                            forward(&mut self.backend.masker, &mut self.out, &FLUSH);
-                        }
+                    if self.forward_ready_part() && self.batch.action() != Action::Allow {
+                        forward(&mut self.backend.masker, &mut self.out, &FLUSH);
                     }
                 }
                 b'S' => {
@@ -432,6 +427,18 @@ where
         self.copy_data_left == 0
     }
 
+    /// Sends the part of the batch that may go ahead of its verdict ([`Batch::forwardable`]); true when
+    /// there was one.
+    fn forward_ready_part(&mut self) -> bool {
+        if self.batch.forwardable == 0 {
+            return false;
+        }
+        let ready = self.batch.bytes.split_to(self.batch.forwardable);
+        self.batch.forwardable = 0;
+        forward(&mut self.backend.masker, &mut self.out, &ready);
+        true
+    }
+
     fn add_to_batch(&mut self, frame: &[u8]) -> Result<(), WireError> {
         if self.batch.started.is_none() {
             self.batch.started = Some(Instant::now());
@@ -447,11 +454,7 @@ where
         // A long pipeline (executemany: thousands of Bind/Execute before one Sync) need not sit in
         // memory until its Sync: what may go ahead on Flush goes now, so PostgreSQL works (and fails
         // early) as the client sends. What waits for a decision is bounded like one message.
-        if self.batch.forwardable > 0 {
-            let ready = self.batch.bytes.split_to(self.batch.forwardable);
-            self.batch.forwardable = 0;
-            forward(&mut self.backend.masker, &mut self.out, &ready);
-        }
+        self.forward_ready_part();
         if self.batch.bytes.len() > self.ctx.max_message_size {
             return Err(WireError::Protocol(format!(
                 "an extended-query batch waiting for a decision grew past {} bytes; send Sync after the statement that needs approval",
