@@ -60,6 +60,8 @@ pub struct CopyPlan {
     format: CopyFormat,
     header_pending: bool,
     names: Option<Vec<String>>,
+    /// The relations a `COPY (query)` reads ([`query_relations`]).
+    relations: Vec<String>,
     /// Output names a view read by the query computes from (or renames) a masked column: redacted.
     exposed: Vec<String>,
     plan: Option<Vec<super::ColumnPlan>>,
@@ -123,6 +125,10 @@ pub fn plan_copy(sql: &str, rules: &CompiledRules) -> Result<CopyPlan, CopyError
             other => return Err(CopyError::Option(other.to_string())),
         }
     }
+    let relations = match &source {
+        CopySource::Query(q) => query_relations(q),
+        CopySource::Table { .. } => Vec::new(),
+    };
     let names = match source {
         CopySource::Table { columns, .. } if !columns.is_empty() => {
             Some(columns.into_iter().map(|c| c.value).collect())
@@ -149,6 +155,7 @@ pub fn plan_copy(sql: &str, rules: &CompiledRules) -> Result<CopyPlan, CopyError
         format,
         header_pending: header,
         names,
+        relations,
         exposed: Vec::new(),
         plan: None,
         findings: Vec::new(),
@@ -156,28 +163,13 @@ pub fn plan_copy(sql: &str, rules: &CompiledRules) -> Result<CopyPlan, CopyError
     })
 }
 
-/// The relations a `COPY (query) TO STDOUT` at the end of `sql` reads, as written (`s.t`, `"Mixed"`),
-/// without the names its own CTEs define; empty for `COPY table TO` (PostgreSQL copies no view that
-/// way) and for text that does not parse.
-pub fn copy_query_relations(sql: &str) -> Vec<String> {
-    let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return Vec::new();
-    };
-    let Some(Statement::Copy {
-        source: CopySource::Query(query),
-        to: true,
-        ..
-    }) = stmts
-        .iter()
-        .rev()
-        .find(|s| matches!(s, Statement::Copy { to: true, .. }))
-    else {
-        return Vec::new();
-    };
+/// The relations a `COPY (query) TO STDOUT` reads, as written (`s.t`, `"Mixed"`), without the names
+/// its own CTEs define. (`COPY table TO` has none: PostgreSQL copies no view that way.)
+fn query_relations(query: &sqlparser::ast::Query) -> Vec<String> {
     let mut ctes: Vec<String> = Vec::new();
     collect_cte_names(query, &mut ctes);
     let mut names: Vec<String> = Vec::new();
-    let _ = sqlparser::ast::visit_relations(&**query, |name| {
+    let _ = sqlparser::ast::visit_relations(query, |name| {
         let written = name.to_string();
         let cte = name.0.len() == 1 && ctes.iter().any(|c| c.eq_ignore_ascii_case(&written));
         if !cte && !names.contains(&written) {
@@ -206,6 +198,11 @@ fn collect_cte_names(query: &sqlparser::ast::Query, out: &mut Vec<String>) {
 }
 
 impl CopyPlan {
+    /// The relations the COPY's query reads, as written; empty for `COPY table TO`.
+    pub fn relations(&self) -> &[String] {
+        &self.relations
+    }
+
     /// Redacts the output columns with these names (compared without regard to case): columns a view the
     /// query reads computes from masked ones, which the output names alone cannot show.
     pub fn redact_columns(&mut self, names: Vec<String>) {
@@ -448,6 +445,16 @@ fn quote_csv(s: &str, out: &mut String) {
 mod tests {
     use super::*;
 
+    use crate::masking::MaskingConfig;
+
+    fn masker() -> Masker {
+        let cfg: MaskingConfig = toml::from_str(
+            "[[rules]]\ncolumns=[\"ssn\"]\nstyle=\"redact\"\n[[rules]]\ndetect=[\"email\"]\nstyle=\"partial\"",
+        )
+        .unwrap();
+        Masker::new(&cfg, None).unwrap()
+    }
+
     #[test]
     fn the_relations_a_copy_query_reads_are_listed_without_its_own_ctes() {
         for (sql, want) in [
@@ -464,17 +471,9 @@ mod tests {
             ("COPY (SELECT 1) TO STDOUT", vec![]),
             ("not sql", vec![]),
         ] {
-            assert_eq!(copy_query_relations(sql), want, "{sql}");
+            let relations = plan_copy(sql, masker().rules()).map(|p| p.relations).unwrap_or_default();
+            assert_eq!(relations, want, "{sql}");
         }
-    }
-    use crate::masking::MaskingConfig;
-
-    fn masker() -> Masker {
-        let cfg: MaskingConfig = toml::from_str(
-            "[[rules]]\ncolumns=[\"ssn\"]\nstyle=\"redact\"\n[[rules]]\ndetect=[\"email\"]\nstyle=\"partial\"",
-        )
-        .unwrap();
-        Masker::new(&cfg, None).unwrap()
     }
 
     fn run(sql: &str, rows: &[&str]) -> Result<Vec<String>, CopyError> {

@@ -166,10 +166,10 @@ impl WireMasker {
         }
     }
 
-    /// For a COPY query on a connection with column rules: the relation names still to look up, or
-    /// the output names its views compute from masked columns (an error when that can't be known).
-    fn copy_view_columns(&mut self, sql: &str) -> Result<Vec<String>, Vec<String>> {
-        let relations = super::copy::copy_query_relations(sql);
+    /// For the `relations` a COPY query reads, on a connection with column rules: the names still to
+    /// look up, or the output names its views compute from masked columns (an error when that can't be
+    /// known).
+    fn copy_view_columns(&mut self, relations: &[String]) -> Result<Vec<String>, Vec<String>> {
         let pending: Vec<String> = relations
             .iter()
             .filter(|n| match self.copy_relations.get(*n) {
@@ -183,7 +183,7 @@ impl WireMasker {
             return Err(pending);
         }
         let mut exposed = Vec::new();
-        for name in &relations {
+        for name in relations {
             if let Some(Some(oid)) = self.copy_relations.get(name) {
                 match self.tables.view_exposed_names(*oid) {
                     Some(names) => exposed.extend(names),
@@ -362,14 +362,16 @@ impl WireMasker {
                 }
             }
             b'H' => {
-                let sql = sql.unwrap_or_default();
-                let mut exposed = Vec::new();
+                let mut plan = match plan_copy(sql.unwrap_or_default(), self.masker.rules()) {
+                    Ok(p) => p,
+                    Err(e) => return self.withhold(e),
+                };
                 if self.lookup.is_some() && self.masker.rules().has_column_rules() {
                     if std::mem::take(&mut self.names_failed) {
                         return self.withhold(CopyError::Unresolved);
                     }
-                    match self.copy_view_columns(sql) {
-                        Ok(names) => exposed = names,
+                    match self.copy_view_columns(plan.relations()) {
+                        Ok(names) => plan.redact_columns(names),
                         Err(pending) if !pending.is_empty() => {
                             self.unresolved_names = pending;
                             return FrameAction::ResolveTables;
@@ -377,12 +379,7 @@ impl WireMasker {
                         Err(_) => return self.withhold(CopyError::Unresolved),
                     }
                 }
-                let plan = plan_copy(sql, self.masker.rules()).and_then(|mut p| {
-                    p.redact_columns(exposed);
-                    p.start(&self.masker, body)?;
-                    Ok(p)
-                });
-                match plan {
+                match plan.start(&self.masker, body).map(|()| plan) {
                     Ok(p) => {
                         self.copy = Some(p);
                         FrameAction::Pass
