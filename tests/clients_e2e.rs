@@ -300,17 +300,6 @@ async fn client_disconnect_during_a_hold_cancels_the_request() {
     assert_eq!(count(&t).await, 1);
 }
 
-fn psql(addr: SocketAddr, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
-        .args(["-d", "local", "-U", "agent", "-X"])
-        .args(args)
-        .env("PGPASSWORD", AGENT)
-        .env("PGSSLMODE", "disable")
-        .output()
-        .expect("psql must be installed (postgresql-client)")
-}
-
 fn script(body: &str) -> (countersign_bot::testing::TempDir, String) {
     let dir = countersign_bot::testing::TempDir::new();
     let path = dir.path().join("script.sql");

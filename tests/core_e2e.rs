@@ -806,6 +806,18 @@ impl RowFunctionCase {
         );
     }
 
+    /// The statement calling the function on a row by attribute notation.
+    fn call(&self) -> String {
+        format!("SELECT p.{} FROM {} p", self.archive, self.people)
+    }
+
+    /// Sends [`RowFunctionCase::call`] through the API: held, and the function did not run.
+    async fn assert_call_held(&self, gw: &Gateway) {
+        let r = gw.query(AGENT, &self.call()).await;
+        assert_eq!(r.status, 202, "held, not run: {:?}", r.body);
+        assert_eq!(self.writes().await, 0, "the function never ran");
+    }
+
     /// How many times the function ran.
     async fn writes(&self) -> i64 {
         self.db
@@ -834,13 +846,7 @@ impl RowFunctionCase {
 async fn a_database_function_called_on_a_row_by_attribute_notation_is_held() {
     let case = RowFunctionCase::new(true).await;
     let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
-    let r = gw
-        .query(
-            AGENT,
-            &format!("SELECT p.{} FROM {} p", case.archive, case.people),
-        )
-        .await;
-    assert_eq!(r.status, 202, "held, not run: {:?}", r.body);
+    case.assert_call_held(&gw).await;
     // A plain qualified column still runs.
     let r = gw
         .query(AGENT, &format!("SELECT p.name FROM {} p", case.people))
@@ -857,14 +863,7 @@ async fn a_row_function_created_through_the_gateway_is_recognised_at_once() {
     let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
     case.create_through(&gw).await;
     // The very next statement calling it on a row is judged as the call, not as a column.
-    let r = gw
-        .query(
-            AGENT,
-            &format!("SELECT p.{} FROM {} p", case.archive, case.people),
-        )
-        .await;
-    assert_eq!(r.status, 202, "held, not run: {:?}", r.body);
-    assert_eq!(case.writes().await, 0, "the function never ran");
+    case.assert_call_held(&gw).await;
     case.drop_all().await;
 }
 
@@ -889,7 +888,7 @@ async fn a_wire_session_judges_a_statement_afresh_once_a_row_function_appears() 
     .await
     .expect("log in through the gateway");
     tokio::spawn(conn);
-    let call = format!("SELECT p.{} FROM {} p", case.archive, case.people);
+    let call = case.call();
     // No such function yet: a column reference, allowed, and PostgreSQL finds no such column. The
     // session remembers the verdict.
     let err = client.simple_query(&call).await.unwrap_err();

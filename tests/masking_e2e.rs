@@ -263,7 +263,7 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
     // COPY has no RowDescription: the views it reads are looked up by name. Renamed and computed
     // columns are redacted, through views over views and under an alias of the view; a CTE named
     // like nothing in the database is no relation; a view that only filters stays clear.
-    let port = gw.wire.unwrap().port();
+    let addr = gw.wire.unwrap();
     for (query, want) in [
         (
             format!("SELECT id, tax_id FROM {schema}.directory"),
@@ -288,17 +288,9 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
         (format!("SELECT id FROM {schema}.filtered"), "1"),
     ] {
         let copy = format!("COPY ({query}) TO STDOUT");
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("psql")
-                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                .args(["-d", "local", "-U", "agent", "-XAtc", &copy])
-                .env("PGPASSWORD", AGENT)
-                .env("PGSSLMODE", "disable")
-                .output()
-                .expect("psql must be installed")
-        })
-        .await
-        .unwrap();
+        let out = tokio::task::spawn_blocking(move || psql(addr, &["-Atc", &copy]))
+            .await
+            .unwrap();
         assert!(out.status.success(), "{query}: {out:?}");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim_end(),

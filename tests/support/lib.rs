@@ -345,3 +345,16 @@ pub async fn direct() -> tokio_postgres::Client {
 pub fn table_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
+
+/// Runs `psql` with `args` as the test agent against the gateway's wire listener at `addr`
+/// (connection `local`, no TLS, no psqlrc).
+pub fn psql(addr: SocketAddr, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(["-d", "local", "-U", "agent", "-X"])
+        .args(args)
+        .env("PGPASSWORD", tokens::AGENT)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("psql must be installed (postgresql-client)")
+}
