@@ -936,3 +936,128 @@ async fn a_row_function_with_a_quoted_mixed_case_name_is_held_too() {
         .unwrap();
     case.drop_all().await;
 }
+
+/// Takes the PostgreSQL store database at `store_url` away from the gateway (no new connections, the
+/// existing ones terminated), or gives it back. The cluster itself keeps running.
+async fn store_reachable(store_url: &str, reachable: bool) {
+    let db = store_url.rsplit('/').next().expect("a database name");
+    let admin = direct().await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS {reachable}"
+        ))
+        .await
+        .unwrap();
+    if !reachable {
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&db],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_wire_statement_whose_store_goes_away_is_told_so_and_runs_once_after_it_returns() {
+    let gw = spawn_gateway(
+        &base_config(
+            "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 60\n",
+        ),
+        Backend::Postgres,
+    )
+    .await;
+    let table = make_table("store_outage").await;
+    direct()
+        .await
+        .batch_execute(&format!("INSERT INTO {table} VALUES (1, 'a')"))
+        .await
+        .unwrap();
+    let addr = gw.wire.expect("wire listener configured");
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
+            addr.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("log in through the gateway");
+    tokio::spawn(conn);
+    let client = std::sync::Arc::new(client);
+    let sql = format!("DELETE FROM {table} WHERE id = 1");
+    let held = {
+        let (client, sql) = (client.clone(), sql.clone());
+        tokio::spawn(async move { client.simple_query(&sql).await })
+    };
+    let mut id = None;
+    for _ in 0..100 {
+        let list = gw
+            .http
+            .get(format!("{}/v1/requests?status=pending", gw.base))
+            .bearer_auth(BOB)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap();
+        id = list.to_string().split('"').find_map(|s| {
+            (s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4).then(|| s.to_string())
+        });
+        if id.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = id.expect("the statement is held");
+
+    store_reachable(&gw.store_url, false).await;
+    let answer = tokio::time::timeout(Duration::from_secs(15), held).await;
+    store_reachable(&gw.store_url, true).await;
+
+    // Told at once that the store is the problem, not that reviewers took the whole hold_wait.
+    let err = answer
+        .expect("the held client is answered while the store is away, not after hold_wait")
+        .unwrap()
+        .unwrap_err();
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "58000", "{db:?}");
+    assert!(db.message().contains("state store"), "{db:?}");
+    assert!(!db.message().contains("after 60s"), "{db:?}");
+    assert_eq!(count(&table).await, 1, "nothing ran");
+
+    // The gateway recovers by itself: the request is intact, and once approved it runs once.
+    let mut votes = None;
+    for _ in 0..100 {
+        let r = gw.vote(BOB, &id, "approve").await;
+        if r.status == 200 {
+            votes = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(votes.is_some(), "the store came back for votes");
+    assert_eq!(gw.vote(CAROL, &id, "approve").await.status, 200);
+    let rows = client
+        .simple_query(&sql)
+        .await
+        .expect("the approved statement runs");
+    assert!(
+        rows.iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(1))),
+        "{rows:?}"
+    );
+    assert_eq!(count(&table).await, 0);
+    // The result reaches the store on the recorder's next tick.
+    let mut status = json!(null);
+    for _ in 0..50 {
+        status = gw.request(BOB, &id).await.body["status"].clone();
+        if status != json!("executing") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, json!("executed"), "exactly one execution");
+}

@@ -76,6 +76,14 @@ fn live_feed_recheck(poll: Duration, id: RequestId) -> Duration {
     poll * LIVE_FEED_POLL_FACTOR * (768 + spread / 2) / 1024
 }
 
+/// `timeout` from now, or a century from now when the clock cannot hold that (adding an oversized
+/// duration to an `Instant` panics).
+fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// Wakes tasks waiting on a request when its status changes in this process.
 #[derive(Default)]
 struct ResolutionHub {
@@ -158,6 +166,11 @@ pub const EXECUTION_QUIET_AFTER: Duration = Duration::from_secs(120);
 /// How often a gateway marks the executions it is running as alive (and retries unreported results).
 pub const EXECUTION_HEARTBEAT: Duration = Duration::from_secs(15);
 
+/// The longest a request may stay pending (a year): an expiry further out is past what a timestamp
+/// can hold (a TTL of `100000000d` panicked every submit). Longer TTLs are refused in configuration
+/// and clamped here.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The error an interrupted execution is recorded with.
 pub const INTERRUPTED: &str = "interrupted: the gateway running this statement stopped before it reported a result, so whether it ran is unknown; check the database before requesting it again";
 
@@ -231,7 +244,7 @@ impl Workflow {
             }
         }
         let now = OffsetDateTime::now_utc();
-        let ttl = Duration::from_secs(new.ttl_secs.max(1));
+        let ttl = Duration::from_secs(new.ttl_secs.clamp(1, MAX_TTL.as_secs()));
         let req = ApprovalRequest {
             id: RequestId::new(),
             connection: new.connection,
@@ -640,7 +653,7 @@ impl Workflow {
         id: RequestId,
         timeout: Duration,
     ) -> Result<RequestView, WorkflowError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let handle = self.hub.handle(id);
         let result = loop {
             let notified = handle.notified();

@@ -7,7 +7,7 @@ use crate::ids::StatementHash;
 use crate::request::{Decision, ExecutionSummary, NewRequest, RequestStatus};
 use crate::store::{OutboxStatus, Store};
 use crate::testing::{fresh_pg, fresh_sqlite, human, workload, TempDir};
-use crate::workflow::{Submitted, VoteResult, Workflow};
+use crate::workflow::{Submitted, VoteResult, Workflow, MAX_TTL};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -283,6 +283,30 @@ async fn pending_requests_expire_and_refuse_votes() {
         );
         assert_eq!(wf.expire_due().await.unwrap(), 0);
     }
+}
+
+#[tokio::test]
+async fn an_oversized_ttl_or_wait_is_clamped_instead_of_panicking() {
+    let (store, _g) = fresh_sqlite().await;
+    let wf = workflow(store);
+    // Used to panic: `now + ttl` past the largest timestamp.
+    let view = match wf
+        .submit(new_request("DELETE FROM far", 1, u64::MAX))
+        .await
+        .unwrap()
+    {
+        Submitted::Created(v) => v,
+        other => panic!("{other:?}"),
+    };
+    let ttl = view.request.expires_at - view.request.created_at;
+    assert_eq!(ttl.whole_seconds() as u64, MAX_TTL.as_secs());
+    // Used to panic: `Instant::now() + timeout` past what the clock holds.
+    wf.begin_shutdown();
+    let waited = wf
+        .wait_resolved(view.request.id, Duration::MAX)
+        .await
+        .unwrap();
+    assert_eq!(waited.request.status, RequestStatus::Pending);
 }
 
 #[tokio::test]

@@ -55,14 +55,22 @@ impl Config {
             file: file.to_string(),
             problems: vec![],
         };
-        for (key, value) in [
-            ("server.max_wait", &self.server.max_wait),
-            ("server.expiry_sweep", &self.server.expiry_sweep),
-            ("outbox.poll", &self.outbox.poll),
-            ("outbox.lease", &self.outbox.lease),
+        // The sweep and the poll are timer periods (zero panicked the expiry task, silently stopping
+        // expiry and the interrupted-execution sweep; a zero poll spins); a zero lease lets every
+        // replica take the same item at once.
+        for (key, value, positive) in [
+            ("server.max_wait", &self.server.max_wait, false),
+            ("server.expiry_sweep", &self.server.expiry_sweep, true),
+            ("outbox.poll", &self.outbox.poll, true),
+            ("outbox.lease", &self.outbox.lease, true),
         ] {
-            if let Err(e) = countersign_bot::duration::parse_duration(value) {
-                r.push(key, e.to_string());
+            match countersign_bot::duration::parse_duration(value) {
+                Err(e) => r.push(key, e.to_string()),
+                Ok(d) if positive && d.is_zero() => r.push(
+                    key,
+                    format!("{value:?} must be more than 0; write e.g. \"500ms\" or \"5s\""),
+                ),
+                Ok(_) => {}
             }
         }
         if let Some(url) = &self.server.public_base_url {
@@ -262,5 +270,26 @@ mod tests {
             .collect();
         assert_eq!(bad, ["server.expiry_sweep", "outbox.lease"], "{report}");
         assert!(report.to_string().contains("\"1h30m\""), "{report}");
+    }
+
+    #[test]
+    fn timer_periods_and_the_lease_must_be_more_than_zero() {
+        let cfg = Config::from_toml(
+            "[server]\nmax_wait = \"0s\"\nexpiry_sweep = \"0s\"\n[outbox]\npoll = \"0ms\"\nlease = \"0s\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        let report = cfg.validate("c.toml");
+        let zero: Vec<&str> = report
+            .problems
+            .iter()
+            .filter(|p| p.message.contains("must be more than 0"))
+            .map(|p| p.key.as_str())
+            .collect();
+        assert_eq!(
+            zero,
+            ["server.expiry_sweep", "outbox.poll", "outbox.lease"],
+            "{report}"
+        );
     }
 }

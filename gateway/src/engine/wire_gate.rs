@@ -144,7 +144,7 @@ impl WireGate for Engine {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(request_id = %id, error = %e, "waiting on a held statement failed");
-                return HoldOutcome::TimedOut;
+                return HoldOutcome::Unavailable(e.to_string());
             }
         };
         match view.request.status {
@@ -156,7 +156,7 @@ impl WireGate for Engine {
                 Ok(None) => HoldOutcome::Cancelled,
                 Err(e) => {
                     tracing::warn!(request_id = %id, error = %e, "claiming an approved statement failed");
-                    HoldOutcome::TimedOut
+                    HoldOutcome::Unavailable(e.to_string())
                 }
             },
             RequestStatus::Denied => {

@@ -25,7 +25,10 @@ pub struct WireConfig {
     #[serde(default = "default_hold_wait", deserialize_with = "seconds")]
     pub hold_wait: Duration,
     /// Time allowed from TCP accept to ReadyForQuery (TLS, auth, upstream connect).
-    #[serde(default = "default_startup_timeout", deserialize_with = "seconds")]
+    #[serde(
+        default = "default_startup_timeout",
+        deserialize_with = "positive_seconds"
+    )]
     pub startup_timeout: Duration,
     /// Largest client message accepted after startup, in bytes.
     #[serde(default = "default_max_message_size")]
@@ -133,11 +136,30 @@ fn microseconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     })
 }
 
+/// The longest wire timeout accepted, a year: the wire threads add these to the clock, and a
+/// deadline past what the clock can hold would panic.
+pub const MAX_WIRE_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let secs = f64::deserialize(d)?;
+    if !(0.0..=MAX_WIRE_SECONDS).contains(&secs) {
+        return Err(serde::de::Error::custom(format!(
+            "{secs} is not a number of seconds from 0 to {MAX_WIRE_SECONDS} (a year); write e.g. 30 or 0.5"
+        )));
+    }
     Duration::try_from_secs_f64(secs).map_err(|_| {
         serde::de::Error::custom("expected a non-negative number of seconds, e.g. 30 or 0.5")
     })
+}
+
+fn positive_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let d = seconds(d)?;
+    if d.is_zero() {
+        return Err(serde::de::Error::custom(
+            "0 seconds would refuse every login; give more than 0, e.g. 30 or 0.5",
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -177,6 +199,29 @@ mod tests {
         assert_eq!(off.busy_poll_us, 0);
         let default = WireConfig::new("127.0.0.1:1".parse().unwrap());
         assert!((1..=4).contains(&default.thread_count()));
+    }
+
+    #[test]
+    fn wire_timeouts_the_clock_cannot_hold_are_refused_at_load() {
+        // Both used to be accepted and then panicked the wire thread: hold_wait at the first held
+        // statement, startup_timeout at every connection (`Instant + Duration` overflow).
+        for key in ["hold_wait", "startup_timeout"] {
+            let err =
+                toml::from_str::<WireConfig>(&format!("listen = \"127.0.0.1:1\"\n{key} = 1e19\n"))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("from 0 to 31536000"), "{key}: {err}");
+        }
+        let year: WireConfig =
+            toml::from_str("listen = \"127.0.0.1:1\"\nhold_wait = 31536000\n").unwrap();
+        assert_eq!(year.hold_wait, Duration::from_secs(31_536_000));
+        let zero = toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nstartup_timeout = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(zero.contains("more than 0"), "{zero}");
+        let nowait: WireConfig =
+            toml::from_str("listen = \"127.0.0.1:1\"\nhold_wait = 0\n").unwrap();
+        assert!(nowait.hold_wait.is_zero());
     }
 
     #[test]

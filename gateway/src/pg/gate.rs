@@ -158,6 +158,9 @@ pub enum HoldOutcome {
     TimedOut,
     /// The gateway is shutting down; the request stays pending and can be re-run once approved.
     ShuttingDown,
+    /// The state store failed while waiting or claiming (what it said); the request is unchanged
+    /// there and can be re-run once the store is back.
+    Unavailable(String),
 }
 
 /// What happened when an approved statement ran.

@@ -764,6 +764,19 @@ where
                 "approval request {id} is still pending after {}s and stays pending; once it is approved, re-running the identical statement runs it once",
                 self.ctx.hold_wait.as_secs()
             ),
+            // Not "still pending after hold_wait": the wait ended early, and the store, not the
+            // reviewers, is why. Nothing ran; the request is as the store last had it.
+            HoldOutcome::Unavailable(why) => {
+                self.refuse(refusal_of(
+                    &held,
+                    Some(id),
+                    sqlstate::SYSTEM_ERROR,
+                    format!(
+                        "the gateway lost its state store while holding this statement ({why}); the statement was not run and approval request {id} is unchanged: re-run the identical statement once the store is reachable again (once approved, it runs once)"
+                    ),
+                ));
+                return Ok(());
+            }
         };
         self.refuse(refusal_of(
             &held,

@@ -16,6 +16,7 @@ use super::upstream_tls::UpstreamStream;
 use bytes::{BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -88,7 +89,11 @@ impl Halves for TlsStream<TcpStream> {
 /// Serves one accepted client until it disconnects; errors are logged, never propagated as panics.
 pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
-    let deadline = Instant::now() + shared.cfg.startup_timeout;
+    // The config bounds the timeout; a checked add keeps an unbounded one from panicking the thread.
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(shared.cfg.startup_timeout)
+        .unwrap_or(now + Duration::from_secs(3600));
     if let Err(e) = negotiate(tcp, peer, &shared, deadline).await {
         tracing::debug!(%peer, error = %e, "wire session ended with an error");
     }

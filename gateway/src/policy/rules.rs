@@ -134,6 +134,11 @@ pub fn parse_ttl(text: &str) -> Result<u64, String> {
     if d.as_secs() == 0 {
         return Err(format!("{text:?}: a ttl must be at least 1s"));
     }
+    if d > countersign_bot::workflow::MAX_TTL {
+        return Err(format!(
+            "{text:?}: a ttl can be at most 365d (a request pending longer is better made anew)"
+        ));
+    }
     Ok(d.as_secs())
 }
 
@@ -456,6 +461,11 @@ mod tests {
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("").is_err());
         assert!(parse_ttl("99999999999999999999d").is_err());
+        // Within the grammar, but an expiry past what a timestamp holds: used to panic every submit.
+        assert!(parse_ttl("100000000d")
+            .unwrap_err()
+            .contains("at most 365d"));
+        assert_eq!(parse_ttl("365d"), Ok(31_536_000));
     }
 
     #[test]
