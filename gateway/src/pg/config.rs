@@ -6,7 +6,8 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Configuration of the Postgres wire listener (`[wire]`). Durations are seconds (may be fractional).
+/// Configuration of the Postgres wire listener (`[wire]`). Durations are seconds (may be fractional) or
+/// duration strings (`"5m"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireConfig {
@@ -140,11 +141,29 @@ fn microseconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 /// deadline past what the clock can hold would panic.
 pub const MAX_WIRE_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
+/// A `[wire]` duration as TOML gives it: a number of seconds (`30`, `0.5`) or, as everywhere else in
+/// the config, a duration string (`"30s"`, `"5m"`, `"500ms"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireDuration {
+    Seconds(f64),
+    Text(String),
+}
+
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let secs = f64::deserialize(d)?;
+    let secs = match WireDuration::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "expected a number of seconds (30, 0.5) or a duration (\"30s\", \"5m\")",
+        )
+    })? {
+        WireDuration::Seconds(secs) => secs,
+        WireDuration::Text(text) => countersign_bot::duration::parse_duration(&text)
+            .map_err(serde::de::Error::custom)?
+            .as_secs_f64(),
+    };
     if !(0.0..=MAX_WIRE_SECONDS).contains(&secs) {
         return Err(serde::de::Error::custom(format!(
-            "{secs} is not a number of seconds from 0 to {MAX_WIRE_SECONDS} (a year); write e.g. 30 or 0.5"
+            "{secs} seconds is not from 0 to {MAX_WIRE_SECONDS} (a year); write e.g. 30, 0.5 or \"5m\""
         )));
     }
     Duration::try_from_secs_f64(secs).map_err(|_| {
@@ -171,6 +190,22 @@ mod tests {
         let cfg: WireConfig =
             toml::from_str("listen = \"127.0.0.1:6543\"\nhold_wait = 1.5\n").unwrap();
         assert_eq!(cfg.hold_wait, Duration::from_millis(1500));
+        // The duration grammar of every other section works here too.
+        let text: WireConfig = toml::from_str(
+            "listen = \"127.0.0.1:6543\"\nhold_wait = \"2m30s\"\nstartup_timeout = \"500ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(text.hold_wait, Duration::from_secs(150));
+        assert_eq!(text.startup_timeout, Duration::from_millis(500));
+        let bad =
+            toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nhold_wait = \"5 minutes\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(bad.contains("is not a duration"), "{bad}");
+        let bad = toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nhold_wait = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("a duration"), "{bad}");
         assert_eq!(cfg.max_message_size, 64 * 1024 * 1024);
         assert_eq!(cfg.auth, WireAuth::Auto);
         assert!(toml::from_str::<WireConfig>("listen = \"127.0.0.1:1\"\nbogus = 1\n").is_err());
