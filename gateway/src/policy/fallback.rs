@@ -125,6 +125,39 @@ pub fn split_statements(sql: &str) -> Result<Vec<StatementTokens>, String> {
     Ok(out)
 }
 
+/// Most tokens one comma-separated item may hold at one bracket level before the statement is judged
+/// unparsed. sqlparser builds `a + b + …`, `x[1][2]…`, `x::t::t…` and `… UNION …` chains in a loop, with
+/// no recursion limit, into trees as deep as the chain is long, and walking or dropping such a tree
+/// recurses once per link: a chain of tens of thousands overflows a 2 MiB thread stack, which aborts
+/// the process. A chain has at most as many links as this count, which stays well within that stack.
+pub const MAX_CHAIN_TOKENS: usize = 5_000;
+
+/// The most tokens in one comma-separated item at one level of `()` / `[]` nesting, counting an opening
+/// bracket in the item it opens from: an upper bound on how deep a chain of operators, subscripts,
+/// casts or set operations can nest the parsed statement without parentheses, which sqlparser limits.
+pub fn longest_chain(tokens: &StatementTokens) -> usize {
+    // Tokens so far in the current item of each open level, the outermost first.
+    let mut levels: Vec<usize> = vec![0];
+    let mut longest = 0;
+    for token in &tokens.0 {
+        let depth = levels.len() - 1;
+        match token {
+            Token::Comma => levels[depth] = 0,
+            Token::RParen | Token::RBracket if depth > 0 => {
+                levels.pop();
+            }
+            other => {
+                levels[depth] += 1;
+                longest = longest.max(levels[depth]);
+                if matches!(other, Token::LParen | Token::LBracket) {
+                    levels.push(0);
+                }
+            }
+        }
+    }
+    longest
+}
+
 /// Classify a statement the parser rejected: never `allow`; `block` when its tokens show a
 /// block-class operation.
 pub fn classify_unparsed(tokens: &StatementTokens, parse_error: &str) -> StatementFacts {
@@ -324,6 +357,18 @@ mod tests {
         let facts = classify_unparsed(t, "e");
         assert_eq!(facts.action, Action::Review);
         assert!(facts.unparsed);
+    }
+
+    #[test]
+    fn chains_are_measured_per_item_and_bracket_level() {
+        let chain = |sql: &str| longest_chain(&split_statements(sql).unwrap()[0]);
+        assert_eq!(chain("SELECT 1 + 1 + 1"), 6);
+        // Commas end an item; brackets open a level of their own and count once where they open.
+        assert_eq!(chain("SELECT a, b, f(1, 2, 3) + g(x)"), 5);
+        assert_eq!(chain("VALUES (1, 2), (3, 4)"), 2);
+        assert_eq!(chain("SELECT x[1][2][3]"), 5);
+        // A stray closing bracket does not leave the outermost level.
+        assert_eq!(chain("SELECT ) ) 1"), 4);
     }
 
     #[test]

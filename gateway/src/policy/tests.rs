@@ -81,6 +81,13 @@ const CASES: &[(&str, Action, &str)] = &[
     ("EXPLAIN (ANALYZE, BUFFERS) DELETE FROM orders WHERE id = 1", Review, "DELETE"),
     ("EXPLAIN (ANALYZE false) DELETE FROM orders", Allow, "EXPLAIN"),
     ("EXPLAIN ANALYZE SELECT 1", Allow, "SELECT"),
+    // PostgreSQL reads the option `ANALYSE` as ANALYZE (and runs the DELETE); an option it does not
+    // know is an error there, so one the policy does not know fails closed.
+    ("EXPLAIN (ANALYSE) DELETE FROM orders", Review, "EXPLAIN ANALYZE executes the DELETE"),
+    ("EXPLAIN (FORMAT JSON, ANALYSE TRUE) DELETE FROM orders", Review, "DELETE without WHERE"),
+    ("EXPLAIN (ANALYSE false) DELETE FROM orders", Allow, "does not run the DELETE"),
+    ("EXPLAIN (VERBOSE, COSTS off, BUFFERS, SETTINGS, WAL, TIMING false, SUMMARY, FORMAT yaml) DELETE FROM orders", Allow, "does not run the DELETE"),
+    ("EXPLAIN (FROBNICATE) DELETE FROM orders", Review, "EXPLAIN ANALYZE executes the DELETE"),
     ("EXPLAIN ANALYZE SELECT pg_read_file('/etc/passwd')", Block, "server file access"),
     // Transaction control and session
     ("BEGIN", Allow, "BEGIN"),
@@ -163,6 +170,16 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SET search_path = pg_catalog, public", Allow, "SET"),
     ("SET search_path = evil, pg_catalog", Review, "ahead of pg_catalog"),
     ("SET search_path TO 'evil', pg_catalog", Review, "ahead of pg_catalog"),
+    // A quoted name keeps its case and spaces: "PG_CATALOG" is another schema, so evil comes first.
+    ("SET search_path = \"PG_CATALOG\", evil, pg_catalog", Review, "ahead of pg_catalog"),
+    ("SET search_path = 'PG_CATALOG', evil, pg_catalog", Review, "ahead of pg_catalog"),
+    ("SET search_path = \" pg_catalog\", evil, pg_catalog", Review, "ahead of pg_catalog"),
+    ("SET SESSION \"search_path\" = \"Pg_catalog\", evil, pg_catalog", Review, "ahead of pg_catalog"),
+    ("SELECT set_config('search_path', '\"PG_CATALOG\", evil, pg_catalog', false)", Review, "ahead of pg_catalog"),
+    ("SET search_path = \"pg_catalog\", evil", Allow, "harmless"),
+    // One string is one schema name ("evil, pg_catalog"); pg_catalog is then searched first.
+    ("SET search_path = 'evil, pg_catalog'", Allow, "harmless"),
+    ("SET search_path = DEFAULT", Allow, "harmless"),
     ("SELECT set_config('search_path', 'evil,pg_catalog', false)", Review, "ahead of pg_catalog"),
     ("SELECT set_config('search_path', current_user, false)", Review, "computed value"),
     ("SET SESSION search_path TO public, \"$user\"", Allow, "harmless"),
@@ -237,6 +254,13 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT pg_sleep(1)", Review, "pg_sleep"),
     ("SELECT my_func(1)", Review, "calls my_func: not on the read-only function list"),
     ("SELECT public.lower('x')", Review, "public.lower"),
+    // Quoted names keep their case in PostgreSQL: these are other functions than the vetted ones.
+    ("SELECT \"LOWER\"('x')", Review, "calls LOWER: not on the read-only function list"),
+    ("SELECT \"PG_CATALOG\".lower('x')", Review, "calls PG_CATALOG.lower"),
+    ("SELECT \"Count\"(*) FROM t", Review, "calls Count"),
+    ("SELECT * FROM \"Generate_Series\"(1, 2)", Review, "Generate_Series"),
+    ("SELECT \"lower\"('x'), pg_catalog.\"lower\"('y'), \"pg_catalog\".upper('z')", Allow, "SELECT"),
+    ("SELECT \"NEXTVAL\"('s')", Review, "NEXTVAL"),
     ("SELECT * FROM dblink('host=x', 'DELETE FROM t') AS r(a int)", Review, "dblink"),
     ("SELECT dblink_exec('host=x', 'DROP TABLE t')", Review, "runs SQL on another server"),
     ("SELECT query_to_xml('DELETE FROM t', true, true, '')", Review, "runs the SQL text"),
@@ -809,6 +833,49 @@ fn deeply_nested_input_fails_closed_without_crashing() {
     assert_ne!(verdict_of(&deep_queries).action, Allow);
 }
 
+/// Classifies on a thread with the 2 MiB stack wire and API threads get, as they would.
+fn verdict_on_small_stack(sql: String) -> Verdict {
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || verdict_of(&sql))
+        .unwrap()
+        .join()
+        .expect("classification must not overflow a 2 MiB stack")
+}
+
+#[test]
+fn long_operator_chains_fail_closed_without_overflowing_the_stack() {
+    // sqlparser nests `1+1+…` and `x[1][2]…` one level per link with no recursion limit; walking
+    // or dropping 200,000 levels aborted the whole gateway with a stack overflow.
+    for sql in [
+        format!("SELECT 1{}", "+1".repeat(200_000)),
+        format!("SELECT x{} FROM t", "[1]".repeat(200_000)),
+        format!("SELECT 1{}; DELETE FROM t", "::int".repeat(100_000)),
+    ] {
+        let v = verdict_on_small_stack(sql);
+        assert_eq!(v.action, Review);
+        assert!(v.statements[0].unparsed);
+        assert!(
+            v.reasons.iter().any(|r| r.contains("split it")),
+            "{:?}",
+            v.reasons
+        );
+    }
+    // The same with a pg_read_file call still blocks (the token-level checks run).
+    let v = verdict_on_small_stack(format!(
+        "SELECT pg_read_file('x'){}",
+        "||'a'".repeat(50_000)
+    ));
+    assert_eq!(v.action, Block);
+    // Just within the limit, the densest chain (one token per level) still parses and is allowed.
+    let within = format!(
+        "SELECT x{}",
+        "[1]".repeat(super::fallback::MAX_CHAIN_TOKENS - 2)
+    );
+    let v = verdict_on_small_stack(within);
+    assert_eq!((v.action, v.statements[0].unparsed), (Allow, false));
+}
+
 #[test]
 fn reminder_settings_merge_to_the_earliest_delays_and_all_escalation_targets() {
     let rules = vec![
@@ -871,6 +938,13 @@ fn a_qualified_name_that_is_a_database_row_function_is_judged_as_its_call() {
         ),
         ("SELECT public.people.archive FROM public.people", Review),
         ("SELECT p.\"Archive\" FROM people p", Allow),
+        // Field selection on a parenthesised expression is attribute notation too.
+        ("SELECT (p).archive FROM people p", Review),
+        ("SELECT (people).archive FROM people", Review),
+        ("SELECT (p.*).archive FROM people p", Review),
+        ("SELECT (SELECT p FROM people p LIMIT 1).archive", Review),
+        ("SELECT (p).\"Purge\" FROM people p", Review),
+        ("SELECT (p).id, (p).name FROM people p", Allow),
         ("SELECT p.\"Purge\" FROM people p", Review),
         ("SELECT p.purge FROM people p", Allow),
         ("SELECT p.name, p.id FROM people p", Allow),
