@@ -158,6 +158,16 @@ pub fn longest_chain(tokens: &StatementTokens) -> usize {
     longest
 }
 
+/// True when a statement of `sql` holds a chain longer than [`MAX_CHAIN_TOKENS`], which must not be
+/// handed to sqlparser (its tree could overflow the stack); text that does not tokenize is not.
+pub fn exceeds_chain_limit(sql: &str) -> bool {
+    split_statements(sql).is_ok_and(|pieces| {
+        pieces
+            .iter()
+            .any(|piece| longest_chain(piece) > MAX_CHAIN_TOKENS)
+    })
+}
+
 /// Classify a statement the parser rejected: never `allow`; `block` when its tokens show a
 /// block-class operation.
 pub fn classify_unparsed(tokens: &StatementTokens, parse_error: &str) -> StatementFacts {
