@@ -7,8 +7,8 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     AccessExpr, AlterRoleOperation, CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr,
-    FunctionArguments, Ident, ObjectName, Query, Reset, RoleOption, Select, Set, Statement,
-    TableFactor, UtilityOption, Value, Visit, Visitor,
+    FunctionArguments, Ident, ObjectName, Query, Reset, RoleOption, Select, Set, SetExpr,
+    Statement, TableFactor, UtilityOption, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -123,6 +123,9 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
     }
     let mut seen = Collector::default();
     let _ = statement.visit(&mut seen);
+    // `WITH … DELETE …` is a DELETE (PostgreSQL's DeleteStmt with a WITH clause), not a query: judged,
+    // named and matched by rules as the write it is.
+    let statement = main_write(statement).unwrap_or(statement);
     let mut facts = StatementFacts {
         kind: statement_kind(statement),
         tables: seen.tables.into_iter().collect(),
@@ -148,6 +151,7 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
         verdicts.push((Action::Review, "SELECT INTO creates a table".to_string()));
     }
     verdicts.extend(seen.functions.iter().map(function_verdict));
+    let kind_action = action;
     facts.missing_where = missing_where(statement);
     if facts.missing_where {
         let table = facts
@@ -160,7 +164,23 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
             format!("{} without WHERE on {table}", facts.kind),
         ));
     }
-    finish(facts, verdicts)
+    let mut facts = finish(facts, verdicts);
+    facts.review_beyond_kind = kind_action == Action::Allow && facts.action == Action::Review;
+    facts
+}
+
+/// The INSERT, UPDATE, DELETE or MERGE a query with a WITH clause stands for (`WITH x AS (…) DELETE …`).
+fn main_write(statement: &Statement) -> Option<&Statement> {
+    let Statement::Query(query) = statement else {
+        return None;
+    };
+    match query.body.as_ref() {
+        SetExpr::Insert(write)
+        | SetExpr::Update(write)
+        | SetExpr::Delete(write)
+        | SetExpr::Merge(write) => Some(write),
+        _ => None,
+    }
 }
 
 /// `EXPLAIN` without ANALYZE plans but does not run its statement: allowed unless the plan names
@@ -183,7 +203,9 @@ fn classify_plain_explain(inner: &Statement) -> StatementFacts {
         ),
     )];
     verdicts.extend(seen.functions.iter().map(function_verdict));
-    finish(facts, verdicts)
+    let mut facts = finish(facts, verdicts);
+    facts.review_beyond_kind = facts.action == Action::Review;
+    facts
 }
 
 /// Strictest action wins; reasons of that action come first, allow-reasons only when nothing is stricter.

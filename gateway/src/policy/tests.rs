@@ -240,6 +240,10 @@ const CASES: &[(&str, Action, &str)] = &[
     ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Review, "data-modifying DELETE inside WITH"),
     ("WITH u AS (UPDATE t SET a = 1 WHERE id = 2 RETURNING id) SELECT id FROM u", Review, "inside WITH"),
     ("WITH i AS (INSERT INTO t VALUES (1) RETURNING id) SELECT 1", Review, "INSERT inside WITH"),
+    // A WITH clause in front of a write leaves it that write.
+    ("WITH x AS (SELECT 1) DELETE FROM orders", Review, "DELETE without WHERE on orders"),
+    ("WITH x AS (SELECT 1) UPDATE orders SET a = 1 WHERE id = 2", Review, "UPDATE"),
+    ("WITH x AS (SELECT 1) INSERT INTO orders SELECT * FROM x", Review, "INSERT"),
     ("SELECT * INTO t2 FROM t", Review, "SELECT INTO creates a table"),
     ("SELECT * FROM t FOR UPDATE", Review, "locking read"),
     ("SELECT * FROM t FOR SHARE", Review, "locking read"),
@@ -762,6 +766,128 @@ fn rule_cannot_relax_a_builtin_block() {
         "DROP DATABASE x",
     );
     assert_eq!(v.action, Block);
+}
+
+#[test]
+fn a_read_allow_rule_vouches_only_for_what_its_kind_does() {
+    // The reference config's `reporting-reads`: kinds = ["SELECT"], action = "allow".
+    let reads = vec![PolicyRule {
+        kinds: Some(vec!["SELECT".into()]),
+        ..rule("reporting-reads", "allow")
+    }];
+    let on_reports = vec![PolicyRule {
+        tables: Some(vec!["reports".into()]),
+        ..rule("reports", "allow")
+    }];
+    let chain = agent();
+    for sql in [
+        "SELECT * FROM t WHERE id = 1",
+        "SELECT lower(name), count(*) FROM t GROUP BY 1",
+    ] {
+        assert_eq!(eval(reads.clone(), "c", &chain, sql).action, Allow, "{sql}");
+    }
+    // Each of these is a SELECT that writes, locks, runs code or changes the session.
+    for sql in [
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "WITH x AS (SELECT 1) DELETE FROM t",
+        "SELECT nextval('s')",
+        "SELECT set_config('role', 'postgres', false)",
+        "SELECT my_func(1)",
+        "SELECT dblink_exec('host=x', 'DROP TABLE t')",
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT * INTO t2 FROM t",
+        "EXPLAIN ANALYZE SELECT nextval('s')",
+    ] {
+        let v = eval(reads.clone(), "c", &chain, sql);
+        assert_eq!((v.action, v.rule.as_str()), (Review, "default"), "{sql}");
+    }
+    let v = eval(reads, "c", &chain, "SELECT nextval('s')");
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.contains("reporting-reads") && r.contains("vouches")),
+        "{:?}",
+        v.reasons
+    );
+    let v = eval(
+        on_reports.clone(),
+        "c",
+        &chain,
+        "SELECT nextval('s') FROM reports",
+    );
+    assert_eq!(v.action, Review);
+    // A write kind the rule names is what it allows, as before.
+    assert_eq!(
+        eval(on_reports, "c", &chain, "INSERT INTO reports VALUES (1)").action,
+        Allow
+    );
+    // A rule without kinds or tables allows everything on its connections, as for DO blocks.
+    let everything = vec![rule("allow-everything", "allow")];
+    assert_eq!(
+        eval(everything, "c", &chain, "SELECT nextval('s')").action,
+        Allow
+    );
+}
+
+#[test]
+fn a_read_allow_rule_does_not_allow_a_row_function_called_by_attribute_notation() {
+    let policy = Policy::new(
+        vec![PolicyRule {
+            kinds: Some(vec!["SELECT".into()]),
+            ..rule("reads", "allow")
+        }],
+        PolicyDefaults::default(),
+    )
+    .unwrap();
+    let chain = agent();
+    let functions: std::collections::HashSet<String> = ["archive".to_string()].into();
+    let ctx = PolicyContext {
+        connection: "c",
+        requester: &chain,
+        row_functions: Some(&functions),
+    };
+    assert_eq!(
+        policy.evaluate(&ctx, "SELECT p.id FROM people p").action,
+        Allow
+    );
+    assert_eq!(
+        policy
+            .evaluate(&ctx, "SELECT p.archive FROM people p")
+            .action,
+        Review
+    );
+}
+
+#[test]
+fn a_write_behind_a_with_clause_is_matched_as_that_write() {
+    let rules = vec![PolicyRule {
+        kinds: Some(vec!["DELETE".into()]),
+        missing_where: Some(true),
+        ..rule("no-unbounded-deletes", "block")
+    }];
+    let chain = agent();
+    for sql in [
+        "DELETE FROM orders",
+        "WITH x AS (SELECT 1) DELETE FROM orders",
+        "EXPLAIN ANALYZE WITH x AS (SELECT 1) DELETE FROM orders",
+    ] {
+        let v = eval(rules.clone(), "c", &chain, sql);
+        assert_eq!(
+            (v.action, v.rule.as_str()),
+            (Block, "no-unbounded-deletes"),
+            "{sql}"
+        );
+    }
+    let v = eval(
+        rules,
+        "c",
+        &chain,
+        "WITH x AS (SELECT 1) DELETE FROM orders WHERE id = 1",
+    );
+    assert_eq!(
+        (v.action, v.statements[0].kind.as_str()),
+        (Review, "DELETE")
+    );
 }
 
 #[test]
