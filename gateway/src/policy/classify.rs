@@ -16,7 +16,7 @@ use sqlparser::tokenizer::Token;
 
 use super::fallback::{
     classify_unparsed, classify_untokenizable, is_keyword, longest_chain, split_statements,
-    StatementTokens, MAX_CHAIN_TOKENS,
+    user_operators, StatementTokens, MAX_CHAIN_TOKENS,
 };
 use super::functions::check_function;
 use super::reparse::classify_without_inert_clause;
@@ -53,6 +53,30 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
             ),
         );
     }
+    let facts = classify_parsed_or_not(tokens);
+    with_user_operators(facts, &user_operators(tokens))
+}
+
+/// `facts` with a review for each user-defined operator the statement uses: the function behind it is
+/// on no read-only list.
+fn with_user_operators(mut facts: StatementFacts, operators: &[String]) -> StatementFacts {
+    if operators.is_empty() || facts.action == Action::Block {
+        return facts;
+    }
+    if facts.action == Action::Allow {
+        facts.action = Action::Review;
+        facts.review_beyond_kind = true;
+        facts.reasons.clear();
+    }
+    for op in operators {
+        facts.reasons.push(format!(
+            "uses operator {op}, which is not PostgreSQL's own: the function behind it is not on the read-only list"
+        ));
+    }
+    facts
+}
+
+fn classify_parsed_or_not(tokens: &StatementTokens) -> StatementFacts {
     match parse_one(tokens.0.clone()) {
         Ok(statement) => classify_statement(&statement),
         Err(error) => {

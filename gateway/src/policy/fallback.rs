@@ -158,6 +158,64 @@ pub fn longest_chain(tokens: &StatementTokens) -> usize {
     longest
 }
 
+/// The operator names PostgreSQL 15 defines in `pg_catalog` (`SELECT DISTINCT oprname FROM pg_operator`);
+/// sorted. Any other operator is user-defined, and runs the function behind it.
+const BUILTIN_OPERATORS: &[&str] = &[
+    "!!", "!~", "!~*", "!~~", "!~~*", "#", "##", "#-", "#>", "#>>", "%", "&", "&&", "&<", "&<|",
+    "&>", "*", "*<", "*<=", "*<>", "*=", "*>", "*>=", "+", "-", "->", "->>", "-|-", "/", "<",
+    "<->", "<<", "<<=", "<<|", "<=", "<>", "<@", "<^", "=", ">", ">=", ">>", ">>=", ">^", "?",
+    "?#", "?&", "?-", "?-|", "?|", "?||", "@", "@-@", "@>", "@?", "@@", "@@@", "^", "^@", "|",
+    "|&>", "|/", "|>>", "||", "||/", "~", "~*", "~<=~", "~<~", "~=", "~>=~", "~>~", "~~", "~~*",
+];
+
+/// Operators a statement uses that are not PostgreSQL's own, so run a user function: `OPERATOR(s.op)`
+/// with a schema other than `pg_catalog` (in an expression, `ORDER BY … USING`, anywhere), and operator
+/// tokens whose name no built-in operator has.
+pub fn user_operators(tokens: &StatementTokens) -> Vec<String> {
+    let mut found = Vec::new();
+    let t = &tokens.0;
+    for (i, token) in t.iter().enumerate() {
+        if is_keyword(token, "OPERATOR") && t.get(i + 1) == Some(&Token::LParen) {
+            let inside: Vec<&Token> = t[i + 2..]
+                .iter()
+                .take_while(|t| **t != Token::RParen)
+                .collect();
+            let schema = match inside.as_slice() {
+                [Token::Word(w), Token::Period, ..] => Some(match w.quote_style {
+                    None => w.value.to_lowercase(),
+                    Some(_) => w.value.clone(),
+                }),
+                _ => None,
+            };
+            if schema.is_some_and(|s| s != "pg_catalog") {
+                let text: String = inside.iter().map(|t| t.to_string()).collect();
+                found.push(format!("OPERATOR({text})"));
+            }
+        }
+        if let Token::CustomBinaryOperator(op) = token {
+            if !BUILTIN_OPERATORS.contains(&as_postgres_lexes(op)) {
+                found.push(op.clone());
+            }
+        }
+    }
+    found.dedup();
+    found
+}
+
+/// The operator PostgreSQL's lexer makes of `op`: a name of only `+ - * / < > =` loses trailing `+` and
+/// `-` (so `*-` in `2*-1` is `*` followed by a minus sign).
+fn as_postgres_lexes(op: &str) -> &str {
+    if op.contains(['~', '!', '@', '#', '%', '^', '&', '|', '`', '?']) {
+        return op;
+    }
+    let trimmed = op.trim_end_matches(['+', '-']);
+    if trimmed.is_empty() {
+        &op[..1]
+    } else {
+        trimmed
+    }
+}
+
 /// True when a statement of `sql` holds a chain longer than [`MAX_CHAIN_TOKENS`], which must not be
 /// handed to sqlparser (its tree could overflow the stack); text that does not tokenize is not.
 pub fn exceeds_chain_limit(sql: &str) -> bool {
@@ -379,6 +437,25 @@ mod tests {
         assert_eq!(chain("SELECT x[1][2][3]"), 5);
         // A stray closing bracket does not leave the outermost level.
         assert_eq!(chain("SELECT ) ) 1"), 4);
+    }
+
+    #[test]
+    fn user_operators_are_those_outside_pg_catalog() {
+        let ops = |sql: &str| user_operators(&split_statements(sql).unwrap()[0]);
+        assert_eq!(ops("SELECT 1 OPERATOR(evil.+) 1"), vec!["OPERATOR(evil.+)"]);
+        assert_eq!(ops("SELECT 1 ~~~ 2"), vec!["~~~"]);
+        assert_eq!(
+            ops("SELECT * FROM t ORDER BY a USING OPERATOR(\"Evil\".<)"),
+            vec!["OPERATOR(\"Evil\".<)"]
+        );
+        for builtin in [
+            "SELECT c.relname OPERATOR(pg_catalog.~) '^(t)$' FROM pg_class c",
+            "SELECT 1 OPERATOR(PG_CATALOG.+) 1, 2 OPERATOR(+) 2",
+            "SELECT 2*-1, a=-1, b<-1, c>=-5, d+-1, e--1\n FROM t",
+            "SELECT data @> '{}', data ?| array['a'], x <-> y, s ~~* 'a%', t @@@ q",
+        ] {
+            assert!(ops(builtin).is_empty(), "{builtin}: {:?}", ops(builtin));
+        }
     }
 
     #[test]

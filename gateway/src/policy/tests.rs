@@ -265,6 +265,13 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT * FROM \"Generate_Series\"(1, 2)", Review, "Generate_Series"),
     ("SELECT \"lower\"('x'), pg_catalog.\"lower\"('y'), \"pg_catalog\".upper('z')", Allow, "SELECT"),
     ("SELECT \"NEXTVAL\"('s')", Review, "NEXTVAL"),
+    // A user-defined operator runs its function like a call would.
+    ("SELECT 1 OPERATOR(evil.+) 1", Review, "uses operator OPERATOR(evil.+)"),
+    ("SELECT a FROM t ORDER BY a USING OPERATOR(evil.<)", Review, "OPERATOR(evil.<)"),
+    ("SELECT 1 ~~~ 2", Review, "uses operator ~~~"),
+    ("SELECT a FROM t WHERE a ~~~ 1; DELETE FROM t", Review, "DELETE without WHERE"),
+    ("SELECT 1 ~~~ pg_read_file('x')", Block, "pg_read_file"),
+    ("SELECT 2*-1, a<-1, 1 OPERATOR(pg_catalog.+) 1, data @> '{}' FROM t", Allow, "SELECT"),
     ("SELECT * FROM dblink('host=x', 'DELETE FROM t') AS r(a int)", Review, "dblink"),
     ("SELECT dblink_exec('host=x', 'DROP TABLE t')", Review, "runs SQL on another server"),
     ("SELECT query_to_xml('DELETE FROM t', true, true, '')", Review, "runs the SQL text"),
