@@ -192,14 +192,47 @@ pub fn user_operators(tokens: &StatementTokens) -> Vec<String> {
                 found.push(format!("OPERATOR({text})"));
             }
         }
-        if let Token::CustomBinaryOperator(op) = token {
-            if !BUILTIN_OPERATORS.contains(&as_postgres_lexes(op)) {
-                found.push(op.clone());
-            }
+        let op = token.to_string();
+        if is_operator_name(&op)
+            && !SYNTAX_OPERATORS.contains(&op.as_str())
+            && !BUILTIN_OPERATORS.contains(&as_postgres_lexes(&op))
+        {
+            found.push(op);
         }
     }
     found.dedup();
     found
+}
+
+/// Spellings made of operator characters that are PostgreSQL syntax rather than operator names: `!=` is
+/// read as `<>`, `=>` names a function argument.
+const SYNTAX_OPERATORS: &[&str] = &["!=", "=>"];
+
+/// True when `text` is spelled only with the characters PostgreSQL builds operator names from (so it
+/// lexes as one operator there, whatever token sqlparser made of it: `<=>`, `==`, `//`, `~~~`).
+fn is_operator_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.chars().all(|c| {
+            matches!(
+                c,
+                '+' | '-'
+                    | '*'
+                    | '/'
+                    | '<'
+                    | '>'
+                    | '='
+                    | '~'
+                    | '!'
+                    | '@'
+                    | '#'
+                    | '%'
+                    | '^'
+                    | '&'
+                    | '|'
+                    | '`'
+                    | '?'
+            )
+        })
 }
 
 /// The operator PostgreSQL's lexer makes of `op`: a name of only `+ - * / < > =` loses trailing `+` and
@@ -444,6 +477,8 @@ mod tests {
         let ops = |sql: &str| user_operators(&split_statements(sql).unwrap()[0]);
         assert_eq!(ops("SELECT 1 OPERATOR(evil.+) 1"), vec!["OPERATOR(evil.+)"]);
         assert_eq!(ops("SELECT 1 ~~~ 2"), vec!["~~~"]);
+        // Tokens sqlparser knows from other dialects are operator names to PostgreSQL too.
+        assert_eq!(ops("SELECT a <=> b, a == b FROM t"), vec!["<=>", "=="]);
         assert_eq!(
             ops("SELECT * FROM t ORDER BY a USING OPERATOR(\"Evil\".<)"),
             vec!["OPERATOR(\"Evil\".<)"]
@@ -453,6 +488,7 @@ mod tests {
             "SELECT 1 OPERATOR(PG_CATALOG.+) 1, 2 OPERATOR(+) 2",
             "SELECT 2*-1, a=-1, b<-1, c>=-5, d+-1, e--1\n FROM t",
             "SELECT data @> '{}', data ?| array['a'], x <-> y, s ~~* 'a%', t @@@ q",
+            "SELECT count(*), t.*, a != b, f(x => 1), -a, +b, a % 2, a ^ 2 FROM t",
         ] {
             assert!(ops(builtin).is_empty(), "{builtin}: {:?}", ops(builtin));
         }

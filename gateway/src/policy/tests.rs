@@ -269,6 +269,7 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT 1 OPERATOR(evil.+) 1", Review, "uses operator OPERATOR(evil.+)"),
     ("SELECT a FROM t ORDER BY a USING OPERATOR(evil.<)", Review, "OPERATOR(evil.<)"),
     ("SELECT 1 ~~~ 2", Review, "uses operator ~~~"),
+    ("SELECT a <=> b FROM t", Review, "uses operator <=>"),
     ("SELECT a FROM t WHERE a ~~~ 1; DELETE FROM t", Review, "DELETE without WHERE"),
     ("SELECT 1 ~~~ pg_read_file('x')", Block, "pg_read_file"),
     ("SELECT 2*-1, a<-1, 1 OPERATOR(pg_catalog.+) 1, data @> '{}' FROM t", Allow, "SELECT"),
