@@ -265,15 +265,7 @@ impl Engine {
             .upstreams
             .get(connection)
             .ok_or_else(|| ExecError::Protocol(format!("unknown connection {connection:?}")))?;
-        // Reads that call no function leave the session as they found it; anything else (SET, temp
-        // tables, `set_config` in a SELECT, triggers of a write) gets the session reset before reuse.
-        let stateless = verdict.statements.iter().all(|s| {
-            s.functions.is_empty()
-                && matches!(
-                    s.kind.as_str(),
-                    "SELECT" | "VALUES" | "TABLE" | "SHOW" | "EXPLAIN"
-                )
-        });
+        let stateless = leaves_session_unchanged(verdict);
         let mut out = self
             .pool
             .simple_query(connection, target, sql, stateless)
@@ -382,5 +374,54 @@ pub fn summarize(
             error: Some(e.to_string()),
             duration_ms: duration.as_millis() as u64,
         },
+    }
+}
+
+/// True when running the verdict's SQL leaves a pooled session as it found it: reads that call no
+/// function. Anything else (SET, temp tables, `SELECT … INTO TEMP`, `set_config` in a SELECT, triggers
+/// of a write, also one in a WITH) gets the session reset before reuse.
+fn leaves_session_unchanged(verdict: &Verdict) -> bool {
+    verdict.statements.iter().all(|s| {
+        s.functions.is_empty()
+            && !s.review_beyond_kind
+            && matches!(
+                s.kind.as_str(),
+                "SELECT" | "VALUES" | "TABLE" | "SHOW" | "EXPLAIN"
+            )
+    })
+}
+
+#[cfg(test)]
+mod session_reuse_tests {
+    use super::leaves_session_unchanged;
+    use crate::policy::{Policy, PolicyContext};
+    use countersign_bot::RequesterChain;
+
+    #[test]
+    fn only_plain_reads_skip_the_session_reset() {
+        let policy = Policy::builtin();
+        let chain = RequesterChain(vec![]);
+        let ctx = PolicyContext {
+            connection: "c",
+            requester: &chain,
+            row_functions: None,
+        };
+        for (sql, unchanged) in [
+            ("SELECT * FROM orders", true),
+            ("TABLE orders; SHOW search_path", true),
+            // An approved SELECT INTO TEMP leaves a temp table that would shadow `orders` for the
+            // next caller of the pooled session.
+            ("SELECT * INTO TEMP orders FROM orders", false),
+            (
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+                false,
+            ),
+            ("WITH x AS (SELECT 1) DELETE FROM t", false),
+            ("SELECT set_config('search_path', 'public', false)", false),
+            ("SET search_path = public", false),
+        ] {
+            let verdict = policy.evaluate(&ctx, sql);
+            assert_eq!(leaves_session_unchanged(&verdict), unchanged, "{sql}");
+        }
     }
 }

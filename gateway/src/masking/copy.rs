@@ -10,8 +10,6 @@ use sqlparser::ast::{
     Statement,
 };
 use sqlparser::ast::{Visit, Visitor};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 use std::ops::ControlFlow;
 
 /// Why a COPY result is withheld.
@@ -78,7 +76,7 @@ struct Field {
 /// Reads the COPY statement at the end of `sql` (a batch's texts are joined by `;\n`), for a connection
 /// with `rules`.
 pub fn plan_copy(sql: &str, rules: &CompiledRules) -> Result<CopyPlan, CopyError> {
-    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|_| CopyError::Unparsed)?;
+    let stmts = super::derived::parse_bounded(sql).ok_or(CopyError::Unparsed)?;
     let derived = super::derived::exposes_beyond_named_columns(&stmts, rules);
     let Some(Statement::Copy {
         source,

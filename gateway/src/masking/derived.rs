@@ -58,12 +58,21 @@ enum Text<'a> {
     View(&'a [String]),
 }
 
+/// `sql` parsed, or `None` when it does not parse or holds an expression chain too long to walk without
+/// overflowing the stack (see [`crate::policy::fallback::MAX_CHAIN_TOKENS`]); callers fail closed.
+pub(super) fn parse_bounded(sql: &str) -> Option<Vec<Statement>> {
+    if crate::policy::fallback::exceeds_chain_limit(sql) {
+        return None;
+    }
+    Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()
+}
+
 /// As [`exposure`], for this kind of SQL.
 fn exposure_with(sql: &str, rules: &CompiledRules, text: Text<'_>, columns: usize) -> Exposure {
     if !rules.has_column_rules() {
         return Exposure::Nothing;
     }
-    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+    let Some(statements) = parse_bounded(sql) else {
         return Exposure::All;
     };
     let seen = Seen::of(&statements);
@@ -106,7 +115,7 @@ pub fn view_exposure(definition: &str, reads: &[String], rules: &CompiledRules) 
     let Some(extra) = exposed_names(reads, rules) else {
         return Exposure::All;
     };
-    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, definition) else {
+    let Some(statements) = parse_bounded(definition) else {
         return Exposure::All;
     };
     let width = Seen::of(&statements).outer_and_inner().0.len();
@@ -121,7 +130,7 @@ fn exposed_names(definitions: &[String], rules: &CompiledRules) -> Option<Vec<St
     loop {
         let known = names.len();
         for definition in definitions {
-            let statements = Parser::parse_sql(&PostgreSqlDialect {}, definition).ok()?;
+            let statements = parse_bounded(definition)?;
             let seen = Seen::of(&statements);
             let outer = seen.outer_and_inner().0;
             let exposure = exposure_with(definition, rules, Text::View(&names), outer.len());
@@ -444,6 +453,29 @@ mod tests {
         )
         .unwrap();
         CompiledRules::compile(&cfg, None).unwrap()
+    }
+
+    #[test]
+    fn a_chain_too_long_to_walk_exposes_everything_without_overflowing_the_stack() {
+        // 200,000 `||` links: parsing and walking this tree aborted the gateway (stack overflow).
+        let sql = format!("SELECT name{} FROM users", " || name".repeat(200_000));
+        let (view, copy) = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                let r = rules();
+                let view = view_exposure(&sql, &[], &r);
+                let copy = crate::masking::copy::plan_copy(&format!("COPY ({sql}) TO STDOUT"), &r);
+                (view, copy.is_err())
+            })
+            .unwrap()
+            .join()
+            .expect("masking must not overflow a 2 MiB stack");
+        assert_eq!(view, Exposure::All);
+        assert!(copy, "an unparsable COPY is refused");
+        assert_eq!(
+            exposure("SELECT name || name FROM users", &rules(), 1),
+            Exposure::Nothing
+        );
     }
 
     #[test]

@@ -6,20 +6,21 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterRoleOperation, CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr,
-    FunctionArguments, ObjectName, Query, Reset, RoleOption, Select, Set, Statement, TableFactor,
-    Value, Visit, Visitor,
+    AccessExpr, AlterRoleOperation, CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr,
+    FunctionArguments, Ident, ObjectName, Query, Reset, RoleOption, Select, Set, SetExpr,
+    Statement, TableFactor, UtilityOption, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use super::fallback::{
-    classify_unparsed, classify_untokenizable, is_keyword, split_statements, StatementTokens,
+    classify_unparsed, classify_untokenizable, is_keyword, longest_chain, split_statements,
+    user_operators, StatementTokens, MAX_CHAIN_TOKENS,
 };
 use super::functions::check_function;
 use super::reparse::classify_without_inert_clause;
-use super::settings::{setting_verdict, value_decides};
+use super::settings::{search_path_from_items, setting_verdict, value_decides};
 use super::token_grammars::classify_by_grammar;
 use super::verdict::{Action, StatementFacts};
 
@@ -42,6 +43,40 @@ pub fn classify(sql: &str) -> Vec<StatementFacts> {
 }
 
 fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
+    let chain = longest_chain(tokens);
+    if chain > MAX_CHAIN_TOKENS {
+        // Not parsed at all: the tree would be too deep to walk (see `MAX_CHAIN_TOKENS`).
+        return classify_unparsed(
+            tokens,
+            &format!(
+                "one expression holds {chain} tokens without a comma or bracket, more than the {MAX_CHAIN_TOKENS} the policy parses; split it into smaller statements or expressions"
+            ),
+        );
+    }
+    let facts = classify_parsed_or_not(tokens);
+    with_user_operators(facts, &user_operators(tokens))
+}
+
+/// `facts` with a review for each user-defined operator the statement uses: the function behind it is
+/// on no read-only list.
+fn with_user_operators(mut facts: StatementFacts, operators: &[String]) -> StatementFacts {
+    if operators.is_empty() || facts.action == Action::Block {
+        return facts;
+    }
+    if facts.action == Action::Allow {
+        facts.action = Action::Review;
+        facts.review_beyond_kind = true;
+        facts.reasons.clear();
+    }
+    for op in operators {
+        facts.reasons.push(format!(
+            "uses operator {op}, which is not PostgreSQL's own: the function behind it is not on the read-only list"
+        ));
+    }
+    facts
+}
+
+fn classify_parsed_or_not(tokens: &StatementTokens) -> StatementFacts {
     match parse_one(tokens.0.clone()) {
         Ok(statement) => classify_statement(&statement),
         Err(error) => {
@@ -99,10 +134,7 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
         ..
     } = statement
     {
-        let runs = *analyze
-            || options.iter().flatten().any(|o| {
-                o.name.value.eq_ignore_ascii_case("analyze") && !is_false_option(o.arg.as_ref())
-            });
+        let runs = *analyze || options.iter().flatten().any(explain_option_runs);
         return if runs {
             let mut facts = classify_statement(inner);
             facts
@@ -115,6 +147,9 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
     }
     let mut seen = Collector::default();
     let _ = statement.visit(&mut seen);
+    // `WITH … DELETE …` is a DELETE (PostgreSQL's DeleteStmt with a WITH clause), not a query: judged,
+    // named and matched by rules as the write it is.
+    let statement = main_write(statement).unwrap_or(statement);
     let mut facts = StatementFacts {
         kind: statement_kind(statement),
         tables: seen.tables.into_iter().collect(),
@@ -140,6 +175,7 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
         verdicts.push((Action::Review, "SELECT INTO creates a table".to_string()));
     }
     verdicts.extend(seen.functions.iter().map(function_verdict));
+    let kind_action = action;
     facts.missing_where = missing_where(statement);
     if facts.missing_where {
         let table = facts
@@ -152,7 +188,23 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
             format!("{} without WHERE on {table}", facts.kind),
         ));
     }
-    finish(facts, verdicts)
+    let mut facts = finish(facts, verdicts);
+    facts.review_beyond_kind = kind_action == Action::Allow && facts.action == Action::Review;
+    facts
+}
+
+/// The INSERT, UPDATE, DELETE or MERGE a query with a WITH clause stands for (`WITH x AS (…) DELETE …`).
+fn main_write(statement: &Statement) -> Option<&Statement> {
+    let Statement::Query(query) = statement else {
+        return None;
+    };
+    match query.body.as_ref() {
+        SetExpr::Insert(write)
+        | SetExpr::Update(write)
+        | SetExpr::Delete(write)
+        | SetExpr::Merge(write) => Some(write),
+        _ => None,
+    }
 }
 
 /// `EXPLAIN` without ANALYZE plans but does not run its statement: allowed unless the plan names
@@ -175,7 +227,9 @@ fn classify_plain_explain(inner: &Statement) -> StatementFacts {
         ),
     )];
     verdicts.extend(seen.functions.iter().map(function_verdict));
-    finish(facts, verdicts)
+    let mut facts = finish(facts, verdicts);
+    facts.review_beyond_kind = facts.action == Action::Review;
+    facts
 }
 
 /// Strictest action wins; reasons of that action come first, allow-reasons only when nothing is stricter.
@@ -222,6 +276,31 @@ fn function_verdict(call: &Call) -> (Action, String) {
     }
     let check = check_function(name);
     (check.action, check.reason)
+}
+
+/// EXPLAIN options that only shape the plan output; PostgreSQL rejects any option it does not know.
+const INERT_EXPLAIN_OPTIONS: &[&str] = &[
+    "buffers",
+    "costs",
+    "format",
+    "generic_plan",
+    "memory",
+    "serialize",
+    "settings",
+    "summary",
+    "timing",
+    "verbose",
+    "wal",
+];
+
+/// True when an EXPLAIN option makes PostgreSQL run the statement: `ANALYZE` (which PostgreSQL also
+/// spells `ANALYSE`) unless set false, and, failing closed, any option not known to be inert.
+fn explain_option_runs(option: &UtilityOption) -> bool {
+    let name = option.name.value.to_ascii_lowercase();
+    if name == "analyze" || name == "analyse" {
+        return !is_false_option(option.arg.as_ref());
+    }
+    !INERT_EXPLAIN_OPTIONS.contains(&name.as_str())
 }
 
 fn is_false_option(arg: Option<&Expr>) -> bool {
@@ -406,11 +485,16 @@ fn classify_set(set: &Set) -> (Action, String) {
             variable, values, ..
         } => {
             let name = object_name(variable);
-            let value: Vec<String> = values
-                .iter()
-                .map(|v| v.to_string().trim_matches(['\'', '"']).to_string())
-                .collect();
-            match setting_verdict(&name, &value.join(",")) {
+            let value = if name == "search_path" {
+                search_path_value(values)
+            } else {
+                values
+                    .iter()
+                    .map(|v| v.to_string().trim_matches(['\'', '"']).to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            match setting_verdict(&name, &value) {
                 (Action::Allow, _) => (
                     Action::Allow,
                     format!("SET {name} is a harmless session setting"),
@@ -441,6 +525,23 @@ fn classify_set(set: &Set) -> (Action, String) {
     }
 }
 
+/// `SET search_path = …` items as the list text PostgreSQL makes of them: each item is one schema
+/// name (`'a, b'` is a single schema), folded to lower case only when it is an unquoted identifier.
+fn search_path_value(values: &[Expr]) -> String {
+    let items: Vec<(String, bool)> = values
+        .iter()
+        .map(|v| match v {
+            Expr::Identifier(ident) => (ident.value.clone(), ident.quote_style.is_some()),
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) => (s.clone(), true),
+                other => (other.to_string(), true),
+            },
+            other => (other.to_string(), true),
+        })
+        .collect();
+    search_path_from_items(items.iter().map(|(name, quoted)| (name.as_str(), *quoted)))
+}
+
 fn display_has_word(statement: &Statement, upper: &str) -> bool {
     statement
         .to_string()
@@ -461,6 +562,31 @@ fn object_name(name: &ObjectName) -> String {
         }
     }
     out
+}
+
+/// A function's dotted name as PostgreSQL resolves it: unquoted parts lower-cased, quoted parts exactly
+/// as written, so `"LOWER"(x)` or `"PG_CATALOG".lower(x)` (another function, in another schema) is never
+/// taken for the vetted built-in `lower`.
+fn function_name(name: &ObjectName) -> String {
+    let mut out = String::new();
+    for (i, part) in name.0.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        match part.as_ident() {
+            Some(ident) => out.push_str(&folded(ident)),
+            None => out.push_str(&part.to_string()),
+        }
+    }
+    out
+}
+
+/// An identifier as PostgreSQL stores it: folded to lower case unless quoted.
+fn folded(ident: &Ident) -> String {
+    match ident.quote_style {
+        None => ident.value.to_lowercase(),
+        Some(_) => ident.value.clone(),
+    }
 }
 
 /// Upper-case kind for the statements on hot paths; others are named from their SQL text.
@@ -561,7 +687,7 @@ impl Visitor for Collector {
             }
         }
         if let Statement::Call(f) = statement {
-            self.add_function(Call::named(object_name(&f.name)));
+            self.add_function(Call::named(function_name(&f.name)));
         }
         if let Statement::Copy {
             source: CopySource::Table { table_name, .. },
@@ -600,10 +726,12 @@ impl Visitor for Collector {
                 args: Some(_),
                 ..
             } => {
-                self.add_function(Call::named(object_name(name)));
+                self.add_function(Call::named(function_name(name)));
                 self.next_relation_is_function = true;
             }
-            TableFactor::Function { name, .. } => self.add_function(Call::named(object_name(name))),
+            TableFactor::Function { name, .. } => {
+                self.add_function(Call::named(function_name(name)))
+            }
             _ => {}
         }
         ControlFlow::Continue(())
@@ -632,7 +760,7 @@ impl Visitor for Collector {
                 _ => None,
             };
             self.add_function(Call {
-                name: object_name(&f.name),
+                name: function_name(&f.name),
                 first_arg: literal(0).map(|a| a.to_lowercase()),
                 second_arg: literal(1),
             });
@@ -641,11 +769,22 @@ impl Visitor for Collector {
         // catalog can tell, so the names are kept for the caller that knows the database's functions.
         if let Expr::CompoundIdentifier(parts) = expr {
             if let [_, .., last] = &parts[..] {
-                let name = match last.quote_style {
-                    None => last.value.to_lowercase(),
-                    Some(_) => last.value.clone(),
-                };
-                self.qualified.insert(name);
+                self.qualified.insert(folded(last));
+            }
+        }
+        // `(p).name`, `(people).name`, `(SELECT …).name`: a field selection on any expression is
+        // attribute notation too, and each name in the chain may be a call on what precedes it.
+        if let Expr::CompoundFieldAccess { access_chain, .. } = expr {
+            for access in access_chain {
+                match access {
+                    AccessExpr::Dot(Expr::Identifier(ident)) => {
+                        self.qualified.insert(folded(ident));
+                    }
+                    AccessExpr::Dot(Expr::CompoundIdentifier(parts)) => {
+                        self.qualified.extend(parts.iter().map(folded));
+                    }
+                    _ => {}
+                }
             }
         }
         ControlFlow::Continue(())

@@ -125,6 +125,140 @@ pub fn split_statements(sql: &str) -> Result<Vec<StatementTokens>, String> {
     Ok(out)
 }
 
+/// Most tokens one comma-separated item may hold at one bracket level before the statement is judged
+/// unparsed. sqlparser builds `a + b + …`, `x[1][2]…`, `x::t::t…` and `… UNION …` chains in a loop, with
+/// no recursion limit, into trees as deep as the chain is long, and walking or dropping such a tree
+/// recurses once per link: a chain of tens of thousands overflows a 2 MiB thread stack, which aborts
+/// the process. A chain has at most as many links as this count, which stays well within that stack.
+pub const MAX_CHAIN_TOKENS: usize = 5_000;
+
+/// The most tokens in one comma-separated item at one level of `()` / `[]` nesting, counting an opening
+/// bracket in the item it opens from: an upper bound on how deep a chain of operators, subscripts,
+/// casts or set operations can nest the parsed statement without parentheses, which sqlparser limits.
+pub fn longest_chain(tokens: &StatementTokens) -> usize {
+    // Tokens so far in the current item of each open level, the outermost first.
+    let mut levels: Vec<usize> = vec![0];
+    let mut longest = 0;
+    for token in &tokens.0 {
+        let depth = levels.len() - 1;
+        match token {
+            Token::Comma => levels[depth] = 0,
+            Token::RParen | Token::RBracket if depth > 0 => {
+                levels.pop();
+            }
+            other => {
+                levels[depth] += 1;
+                longest = longest.max(levels[depth]);
+                if matches!(other, Token::LParen | Token::LBracket) {
+                    levels.push(0);
+                }
+            }
+        }
+    }
+    longest
+}
+
+/// The operator names PostgreSQL 15 defines in `pg_catalog` (`SELECT DISTINCT oprname FROM pg_operator`);
+/// sorted. Any other operator is user-defined, and runs the function behind it.
+const BUILTIN_OPERATORS: &[&str] = &[
+    "!!", "!~", "!~*", "!~~", "!~~*", "#", "##", "#-", "#>", "#>>", "%", "&", "&&", "&<", "&<|",
+    "&>", "*", "*<", "*<=", "*<>", "*=", "*>", "*>=", "+", "-", "->", "->>", "-|-", "/", "<",
+    "<->", "<<", "<<=", "<<|", "<=", "<>", "<@", "<^", "=", ">", ">=", ">>", ">>=", ">^", "?",
+    "?#", "?&", "?-", "?-|", "?|", "?||", "@", "@-@", "@>", "@?", "@@", "@@@", "^", "^@", "|",
+    "|&>", "|/", "|>>", "||", "||/", "~", "~*", "~<=~", "~<~", "~=", "~>=~", "~>~", "~~", "~~*",
+];
+
+/// Operators a statement uses that are not PostgreSQL's own, so run a user function: `OPERATOR(s.op)`
+/// with a schema other than `pg_catalog` (in an expression, `ORDER BY … USING`, anywhere), and operator
+/// tokens whose name no built-in operator has.
+pub fn user_operators(tokens: &StatementTokens) -> Vec<String> {
+    let mut found = Vec::new();
+    let t = &tokens.0;
+    for (i, token) in t.iter().enumerate() {
+        if is_keyword(token, "OPERATOR") && t.get(i + 1) == Some(&Token::LParen) {
+            let inside: Vec<&Token> = t[i + 2..]
+                .iter()
+                .take_while(|t| **t != Token::RParen)
+                .collect();
+            let schema = match inside.as_slice() {
+                [Token::Word(w), Token::Period, ..] => Some(match w.quote_style {
+                    None => w.value.to_lowercase(),
+                    Some(_) => w.value.clone(),
+                }),
+                _ => None,
+            };
+            if schema.is_some_and(|s| s != "pg_catalog") {
+                let text: String = inside.iter().map(|t| t.to_string()).collect();
+                found.push(format!("OPERATOR({text})"));
+            }
+        }
+        let op = token.to_string();
+        if is_operator_name(&op)
+            && !SYNTAX_OPERATORS.contains(&op.as_str())
+            && !BUILTIN_OPERATORS.contains(&as_postgres_lexes(&op))
+        {
+            found.push(op);
+        }
+    }
+    found.dedup();
+    found
+}
+
+/// Spellings made of operator characters that are PostgreSQL syntax rather than operator names: `!=` is
+/// read as `<>`, `=>` names a function argument.
+const SYNTAX_OPERATORS: &[&str] = &["!=", "=>"];
+
+/// True when `text` is spelled only with the characters PostgreSQL builds operator names from (so it
+/// lexes as one operator there, whatever token sqlparser made of it: `<=>`, `==`, `//`, `~~~`).
+fn is_operator_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.chars().all(|c| {
+            matches!(
+                c,
+                '+' | '-'
+                    | '*'
+                    | '/'
+                    | '<'
+                    | '>'
+                    | '='
+                    | '~'
+                    | '!'
+                    | '@'
+                    | '#'
+                    | '%'
+                    | '^'
+                    | '&'
+                    | '|'
+                    | '`'
+                    | '?'
+            )
+        })
+}
+
+/// The operator PostgreSQL's lexer makes of `op`: a name of only `+ - * / < > =` loses trailing `+` and
+/// `-` (so `*-` in `2*-1` is `*` followed by a minus sign).
+fn as_postgres_lexes(op: &str) -> &str {
+    if op.contains(['~', '!', '@', '#', '%', '^', '&', '|', '`', '?']) {
+        return op;
+    }
+    let trimmed = op.trim_end_matches(['+', '-']);
+    if trimmed.is_empty() {
+        &op[..1]
+    } else {
+        trimmed
+    }
+}
+
+/// True when a statement of `sql` holds a chain longer than [`MAX_CHAIN_TOKENS`], which must not be
+/// handed to sqlparser (its tree could overflow the stack); text that does not tokenize is not.
+pub fn exceeds_chain_limit(sql: &str) -> bool {
+    split_statements(sql).is_ok_and(|pieces| {
+        pieces
+            .iter()
+            .any(|piece| longest_chain(piece) > MAX_CHAIN_TOKENS)
+    })
+}
+
 /// Classify a statement the parser rejected: never `allow`; `block` when its tokens show a
 /// block-class operation.
 pub fn classify_unparsed(tokens: &StatementTokens, parse_error: &str) -> StatementFacts {
@@ -324,6 +458,40 @@ mod tests {
         let facts = classify_unparsed(t, "e");
         assert_eq!(facts.action, Action::Review);
         assert!(facts.unparsed);
+    }
+
+    #[test]
+    fn chains_are_measured_per_item_and_bracket_level() {
+        let chain = |sql: &str| longest_chain(&split_statements(sql).unwrap()[0]);
+        assert_eq!(chain("SELECT 1 + 1 + 1"), 6);
+        // Commas end an item; brackets open a level of their own and count once where they open.
+        assert_eq!(chain("SELECT a, b, f(1, 2, 3) + g(x)"), 5);
+        assert_eq!(chain("VALUES (1, 2), (3, 4)"), 2);
+        assert_eq!(chain("SELECT x[1][2][3]"), 5);
+        // A stray closing bracket does not leave the outermost level.
+        assert_eq!(chain("SELECT ) ) 1"), 4);
+    }
+
+    #[test]
+    fn user_operators_are_those_outside_pg_catalog() {
+        let ops = |sql: &str| user_operators(&split_statements(sql).unwrap()[0]);
+        assert_eq!(ops("SELECT 1 OPERATOR(evil.+) 1"), vec!["OPERATOR(evil.+)"]);
+        assert_eq!(ops("SELECT 1 ~~~ 2"), vec!["~~~"]);
+        // Tokens sqlparser knows from other dialects are operator names to PostgreSQL too.
+        assert_eq!(ops("SELECT a <=> b, a == b FROM t"), vec!["<=>", "=="]);
+        assert_eq!(
+            ops("SELECT * FROM t ORDER BY a USING OPERATOR(\"Evil\".<)"),
+            vec!["OPERATOR(\"Evil\".<)"]
+        );
+        for builtin in [
+            "SELECT c.relname OPERATOR(pg_catalog.~) '^(t)$' FROM pg_class c",
+            "SELECT 1 OPERATOR(PG_CATALOG.+) 1, 2 OPERATOR(+) 2",
+            "SELECT 2*-1, a=-1, b<-1, c>=-5, d+-1, e--1\n FROM t",
+            "SELECT data @> '{}', data ?| array['a'], x <-> y, s ~~* 'a%', t @@@ q",
+            "SELECT count(*), t.*, a != b, f(x => 1), -a, +b, a % 2, a ^ 2 FROM t",
+        ] {
+            assert!(ops(builtin).is_empty(), "{builtin}: {:?}", ops(builtin));
+        }
     }
 
     #[test]

@@ -213,6 +213,11 @@ impl Policy {
         if wanted < builtin && facts.unparsed {
             return floor("a statement that could not be parsed is never allowed");
         }
+        if wanted < builtin && facts.review_beyond_kind && rule.is_scoped() {
+            return floor(
+                "the rule vouches for its kinds and tables, not for the rest of what this statement does (only a rule without kinds or tables allows that)",
+            );
+        }
         let mut reasons = vec![format!(
             "rule {}: {} {}",
             rule.name,
@@ -332,6 +337,9 @@ fn row_function_calls(ctx: &PolicyContext<'_>, facts: &StatementFacts) -> Option
         return None;
     }
     let mut judged = facts.clone();
+    if judged.action == Action::Allow {
+        judged.review_beyond_kind = true;
+    }
     judged.action = judged.action.max(Action::Review);
     for name in calls {
         judged.reasons.insert(

@@ -181,6 +181,14 @@ pub struct CompiledRule {
     requester_groups: Option<Vec<String>>,
 }
 
+impl CompiledRule {
+    /// True when the rule names kinds or tables: it vouches for what statements of those kinds, or on
+    /// those tables, do, and nothing beyond (see [`StatementFacts::review_beyond_kind`]).
+    pub fn is_scoped(&self) -> bool {
+        self.kinds.is_some() || self.tables.is_some()
+    }
+}
+
 /// Validate and compile rules; names must be unique.
 pub fn compile_rules(
     rules: &[PolicyRule],

@@ -154,13 +154,15 @@ fn client_encoding_verdict(value: &str) -> (Action, String) {
 
 /// A `search_path` is harmless unless it lists a schema ahead of `pg_catalog`: PostgreSQL searches
 /// `pg_catalog` first only when the path does not name it, and the vetted read-only function list
-/// trusts unqualified built-in names, which a function in an earlier schema could then shadow.
+/// trusts unqualified built-in names, which a function in an earlier schema could then shadow. Only the
+/// schema PostgreSQL reads as `pg_catalog` counts: `"PG_CATALOG"` or `" pg_catalog"` name other schemas.
 fn search_path_verdict(value: &str) -> (Action, String) {
-    let schemas: Vec<String> = value
-        .split(',')
-        .map(|s| s.trim().trim_matches('"').to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let Some(schemas) = search_path_schemas(value) else {
+        return (
+            Action::Review,
+            format!("search_path {value:?} is not a list PostgreSQL reads the way the policy does"),
+        );
+    };
     match schemas.iter().position(|s| s == "pg_catalog") {
         Some(i) if i > 0 => (
             Action::Review,
@@ -171,6 +173,76 @@ fn search_path_verdict(value: &str) -> (Action, String) {
         ),
         _ => (Action::Allow, String::new()),
     }
+}
+
+/// The schema names of a `search_path` value as PostgreSQL splits it (`SplitIdentifierString`):
+/// comma-separated, whitespace around each name dropped, unquoted names folded to lower case, quoted
+/// names kept exactly (`""` is a quote). `None` for text PostgreSQL rejects.
+fn search_path_schemas(value: &str) -> Option<Vec<String>> {
+    let mut schemas = Vec::new();
+    let mut chars = value.chars().peekable();
+    let skip_space = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+    };
+    skip_space(&mut chars);
+    if chars.peek().is_none() {
+        return Some(schemas);
+    }
+    loop {
+        let mut name = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        name.push('"');
+                    }
+                    '"' => break,
+                    c => name.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' || c.is_ascii_whitespace() {
+                    break;
+                }
+                if c == '"' {
+                    return None;
+                }
+                name.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+            if name.is_empty() {
+                return None;
+            }
+        }
+        schemas.push(name);
+        skip_space(&mut chars);
+        match chars.next() {
+            None => return Some(schemas),
+            Some(',') => skip_space(&mut chars),
+            Some(_) => return None,
+        }
+    }
+}
+
+/// The text PostgreSQL makes of `SET search_path = a, "B", 'c d'`: each item one schema name, an
+/// unquoted one folded to lower case, a quoted one or a string kept exactly (`quote_identifier`).
+pub fn search_path_from_items<'a>(items: impl Iterator<Item = (&'a str, bool)>) -> String {
+    items
+        .map(|(name, quoted)| {
+            let name = if quoted {
+                name.to_string()
+            } else {
+                name.to_ascii_lowercase()
+            };
+            format!("\"{}\"", name.replace('"', "\"\""))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -188,6 +260,22 @@ mod tests {
             ("search_path", "\"$user\", public", Action::Allow),
             ("search_path", "pg_catalog, app", Action::Allow),
             ("search_path", "app, pg_catalog", Action::Review),
+            // Quoted names keep their case and spaces: these are other schemas, ahead of pg_catalog.
+            (
+                "search_path",
+                "\"PG_CATALOG\", evil, pg_catalog",
+                Action::Review,
+            ),
+            (
+                "search_path",
+                "\" pg_catalog\", evil, pg_catalog",
+                Action::Review,
+            ),
+            ("search_path", "\"pg_catalog\", evil", Action::Allow),
+            ("search_path", "Pg_Catalog, evil", Action::Allow),
+            ("search_path", "\"a,b\", pg_catalog", Action::Review),
+            ("search_path", "\"unterminated, pg_catalog", Action::Review),
+            ("search_path", "", Action::Allow),
             ("ROLE", "admin", Action::Review),
             ("session_authorization", "admin", Action::Review),
             ("session_replication_role", "replica", Action::Review),

@@ -81,6 +81,13 @@ const CASES: &[(&str, Action, &str)] = &[
     ("EXPLAIN (ANALYZE, BUFFERS) DELETE FROM orders WHERE id = 1", Review, "DELETE"),
     ("EXPLAIN (ANALYZE false) DELETE FROM orders", Allow, "EXPLAIN"),
     ("EXPLAIN ANALYZE SELECT 1", Allow, "SELECT"),
+    // PostgreSQL reads the option `ANALYSE` as ANALYZE (and runs the DELETE); an option it does not
+    // know is an error there, so one the policy does not know fails closed.
+    ("EXPLAIN (ANALYSE) DELETE FROM orders", Review, "EXPLAIN ANALYZE executes the DELETE"),
+    ("EXPLAIN (FORMAT JSON, ANALYSE TRUE) DELETE FROM orders", Review, "DELETE without WHERE"),
+    ("EXPLAIN (ANALYSE false) DELETE FROM orders", Allow, "does not run the DELETE"),
+    ("EXPLAIN (VERBOSE, COSTS off, BUFFERS, SETTINGS, WAL, TIMING false, SUMMARY, FORMAT yaml) DELETE FROM orders", Allow, "does not run the DELETE"),
+    ("EXPLAIN (FROBNICATE) DELETE FROM orders", Review, "EXPLAIN ANALYZE executes the DELETE"),
     ("EXPLAIN ANALYZE SELECT pg_read_file('/etc/passwd')", Block, "server file access"),
     // Transaction control and session
     ("BEGIN", Allow, "BEGIN"),
@@ -163,6 +170,16 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SET search_path = pg_catalog, public", Allow, "SET"),
     ("SET search_path = evil, pg_catalog", Review, "ahead of pg_catalog"),
     ("SET search_path TO 'evil', pg_catalog", Review, "ahead of pg_catalog"),
+    // A quoted name keeps its case and spaces: "PG_CATALOG" is another schema, so evil comes first.
+    ("SET search_path = \"PG_CATALOG\", evil, pg_catalog", Review, "ahead of pg_catalog"),
+    ("SET search_path = 'PG_CATALOG', evil, pg_catalog", Review, "ahead of pg_catalog"),
+    ("SET search_path = \" pg_catalog\", evil, pg_catalog", Review, "ahead of pg_catalog"),
+    ("SET SESSION \"search_path\" = \"Pg_catalog\", evil, pg_catalog", Review, "ahead of pg_catalog"),
+    ("SELECT set_config('search_path', '\"PG_CATALOG\", evil, pg_catalog', false)", Review, "ahead of pg_catalog"),
+    ("SET search_path = \"pg_catalog\", evil", Allow, "harmless"),
+    // One string is one schema name ("evil, pg_catalog"); pg_catalog is then searched first.
+    ("SET search_path = 'evil, pg_catalog'", Allow, "harmless"),
+    ("SET search_path = DEFAULT", Allow, "harmless"),
     ("SELECT set_config('search_path', 'evil,pg_catalog', false)", Review, "ahead of pg_catalog"),
     ("SELECT set_config('search_path', current_user, false)", Review, "computed value"),
     ("SET SESSION search_path TO public, \"$user\"", Allow, "harmless"),
@@ -223,6 +240,10 @@ const CASES: &[(&str, Action, &str)] = &[
     ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Review, "data-modifying DELETE inside WITH"),
     ("WITH u AS (UPDATE t SET a = 1 WHERE id = 2 RETURNING id) SELECT id FROM u", Review, "inside WITH"),
     ("WITH i AS (INSERT INTO t VALUES (1) RETURNING id) SELECT 1", Review, "INSERT inside WITH"),
+    // A WITH clause in front of a write leaves it that write.
+    ("WITH x AS (SELECT 1) DELETE FROM orders", Review, "DELETE without WHERE on orders"),
+    ("WITH x AS (SELECT 1) UPDATE orders SET a = 1 WHERE id = 2", Review, "UPDATE"),
+    ("WITH x AS (SELECT 1) INSERT INTO orders SELECT * FROM x", Review, "INSERT"),
     ("SELECT * INTO t2 FROM t", Review, "SELECT INTO creates a table"),
     ("SELECT * FROM t FOR UPDATE", Review, "locking read"),
     ("SELECT * FROM t FOR SHARE", Review, "locking read"),
@@ -237,6 +258,21 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT pg_sleep(1)", Review, "pg_sleep"),
     ("SELECT my_func(1)", Review, "calls my_func: not on the read-only function list"),
     ("SELECT public.lower('x')", Review, "public.lower"),
+    // Quoted names keep their case in PostgreSQL: these are other functions than the vetted ones.
+    ("SELECT \"LOWER\"('x')", Review, "calls LOWER: not on the read-only function list"),
+    ("SELECT \"PG_CATALOG\".lower('x')", Review, "calls PG_CATALOG.lower"),
+    ("SELECT \"Count\"(*) FROM t", Review, "calls Count"),
+    ("SELECT * FROM \"Generate_Series\"(1, 2)", Review, "Generate_Series"),
+    ("SELECT \"lower\"('x'), pg_catalog.\"lower\"('y'), \"pg_catalog\".upper('z')", Allow, "SELECT"),
+    ("SELECT \"NEXTVAL\"('s')", Review, "NEXTVAL"),
+    // A user-defined operator runs its function like a call would.
+    ("SELECT 1 OPERATOR(evil.+) 1", Review, "uses operator OPERATOR(evil.+)"),
+    ("SELECT a FROM t ORDER BY a USING OPERATOR(evil.<)", Review, "OPERATOR(evil.<)"),
+    ("SELECT 1 ~~~ 2", Review, "uses operator ~~~"),
+    ("SELECT a <=> b FROM t", Review, "uses operator <=>"),
+    ("SELECT a FROM t WHERE a ~~~ 1; DELETE FROM t", Review, "DELETE without WHERE"),
+    ("SELECT 1 ~~~ pg_read_file('x')", Block, "pg_read_file"),
+    ("SELECT 2*-1, a<-1, 1 OPERATOR(pg_catalog.+) 1, data @> '{}' FROM t", Allow, "SELECT"),
     ("SELECT * FROM dblink('host=x', 'DELETE FROM t') AS r(a int)", Review, "dblink"),
     ("SELECT dblink_exec('host=x', 'DROP TABLE t')", Review, "runs SQL on another server"),
     ("SELECT query_to_xml('DELETE FROM t', true, true, '')", Review, "runs the SQL text"),
@@ -741,6 +777,128 @@ fn rule_cannot_relax_a_builtin_block() {
 }
 
 #[test]
+fn a_read_allow_rule_vouches_only_for_what_its_kind_does() {
+    // The reference config's `reporting-reads`: kinds = ["SELECT"], action = "allow".
+    let reads = vec![PolicyRule {
+        kinds: Some(vec!["SELECT".into()]),
+        ..rule("reporting-reads", "allow")
+    }];
+    let on_reports = vec![PolicyRule {
+        tables: Some(vec!["reports".into()]),
+        ..rule("reports", "allow")
+    }];
+    let chain = agent();
+    for sql in [
+        "SELECT * FROM t WHERE id = 1",
+        "SELECT lower(name), count(*) FROM t GROUP BY 1",
+    ] {
+        assert_eq!(eval(reads.clone(), "c", &chain, sql).action, Allow, "{sql}");
+    }
+    // Each of these is a SELECT that writes, locks, runs code or changes the session.
+    for sql in [
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "WITH x AS (SELECT 1) DELETE FROM t",
+        "SELECT nextval('s')",
+        "SELECT set_config('role', 'postgres', false)",
+        "SELECT my_func(1)",
+        "SELECT dblink_exec('host=x', 'DROP TABLE t')",
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT * INTO t2 FROM t",
+        "EXPLAIN ANALYZE SELECT nextval('s')",
+    ] {
+        let v = eval(reads.clone(), "c", &chain, sql);
+        assert_eq!((v.action, v.rule.as_str()), (Review, "default"), "{sql}");
+    }
+    let v = eval(reads, "c", &chain, "SELECT nextval('s')");
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.contains("reporting-reads") && r.contains("vouches")),
+        "{:?}",
+        v.reasons
+    );
+    let v = eval(
+        on_reports.clone(),
+        "c",
+        &chain,
+        "SELECT nextval('s') FROM reports",
+    );
+    assert_eq!(v.action, Review);
+    // A write kind the rule names is what it allows, as before.
+    assert_eq!(
+        eval(on_reports, "c", &chain, "INSERT INTO reports VALUES (1)").action,
+        Allow
+    );
+    // A rule without kinds or tables allows everything on its connections, as for DO blocks.
+    let everything = vec![rule("allow-everything", "allow")];
+    assert_eq!(
+        eval(everything, "c", &chain, "SELECT nextval('s')").action,
+        Allow
+    );
+}
+
+#[test]
+fn a_read_allow_rule_does_not_allow_a_row_function_called_by_attribute_notation() {
+    let policy = Policy::new(
+        vec![PolicyRule {
+            kinds: Some(vec!["SELECT".into()]),
+            ..rule("reads", "allow")
+        }],
+        PolicyDefaults::default(),
+    )
+    .unwrap();
+    let chain = agent();
+    let functions: std::collections::HashSet<String> = ["archive".to_string()].into();
+    let ctx = PolicyContext {
+        connection: "c",
+        requester: &chain,
+        row_functions: Some(&functions),
+    };
+    assert_eq!(
+        policy.evaluate(&ctx, "SELECT p.id FROM people p").action,
+        Allow
+    );
+    assert_eq!(
+        policy
+            .evaluate(&ctx, "SELECT p.archive FROM people p")
+            .action,
+        Review
+    );
+}
+
+#[test]
+fn a_write_behind_a_with_clause_is_matched_as_that_write() {
+    let rules = vec![PolicyRule {
+        kinds: Some(vec!["DELETE".into()]),
+        missing_where: Some(true),
+        ..rule("no-unbounded-deletes", "block")
+    }];
+    let chain = agent();
+    for sql in [
+        "DELETE FROM orders",
+        "WITH x AS (SELECT 1) DELETE FROM orders",
+        "EXPLAIN ANALYZE WITH x AS (SELECT 1) DELETE FROM orders",
+    ] {
+        let v = eval(rules.clone(), "c", &chain, sql);
+        assert_eq!(
+            (v.action, v.rule.as_str()),
+            (Block, "no-unbounded-deletes"),
+            "{sql}"
+        );
+    }
+    let v = eval(
+        rules,
+        "c",
+        &chain,
+        "WITH x AS (SELECT 1) DELETE FROM orders WHERE id = 1",
+    );
+    assert_eq!(
+        (v.action, v.statements[0].kind.as_str()),
+        (Review, "DELETE")
+    );
+}
+
+#[test]
 fn rule_may_make_an_allowed_statement_stricter() {
     let rules = vec![PolicyRule {
         tables: Some(vec!["secrets".into()]),
@@ -809,6 +967,49 @@ fn deeply_nested_input_fails_closed_without_crashing() {
     assert_ne!(verdict_of(&deep_queries).action, Allow);
 }
 
+/// Classifies on a thread with the 2 MiB stack wire and API threads get, as they would.
+fn verdict_on_small_stack(sql: String) -> Verdict {
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || verdict_of(&sql))
+        .unwrap()
+        .join()
+        .expect("classification must not overflow a 2 MiB stack")
+}
+
+#[test]
+fn long_operator_chains_fail_closed_without_overflowing_the_stack() {
+    // sqlparser nests `1+1+…` and `x[1][2]…` one level per link with no recursion limit; walking
+    // or dropping 200,000 levels aborted the whole gateway with a stack overflow.
+    for sql in [
+        format!("SELECT 1{}", "+1".repeat(200_000)),
+        format!("SELECT x{} FROM t", "[1]".repeat(200_000)),
+        format!("SELECT 1{}; DELETE FROM t", "::int".repeat(100_000)),
+    ] {
+        let v = verdict_on_small_stack(sql);
+        assert_eq!(v.action, Review);
+        assert!(v.statements[0].unparsed);
+        assert!(
+            v.reasons.iter().any(|r| r.contains("split it")),
+            "{:?}",
+            v.reasons
+        );
+    }
+    // The same with a pg_read_file call still blocks (the token-level checks run).
+    let v = verdict_on_small_stack(format!(
+        "SELECT pg_read_file('x'){}",
+        "||'a'".repeat(50_000)
+    ));
+    assert_eq!(v.action, Block);
+    // Just within the limit, the densest chain (one token per level) still parses and is allowed.
+    let within = format!(
+        "SELECT x{}",
+        "[1]".repeat(super::fallback::MAX_CHAIN_TOKENS - 2)
+    );
+    let v = verdict_on_small_stack(within);
+    assert_eq!((v.action, v.statements[0].unparsed), (Allow, false));
+}
+
 #[test]
 fn reminder_settings_merge_to_the_earliest_delays_and_all_escalation_targets() {
     let rules = vec![
@@ -871,6 +1072,13 @@ fn a_qualified_name_that_is_a_database_row_function_is_judged_as_its_call() {
         ),
         ("SELECT public.people.archive FROM public.people", Review),
         ("SELECT p.\"Archive\" FROM people p", Allow),
+        // Field selection on a parenthesised expression is attribute notation too.
+        ("SELECT (p).archive FROM people p", Review),
+        ("SELECT (people).archive FROM people", Review),
+        ("SELECT (p.*).archive FROM people p", Review),
+        ("SELECT (SELECT p FROM people p LIMIT 1).archive", Review),
+        ("SELECT (p).\"Purge\" FROM people p", Review),
+        ("SELECT (p).id, (p).name FROM people p", Allow),
         ("SELECT p.\"Purge\" FROM people p", Review),
         ("SELECT p.purge FROM people p", Allow),
         ("SELECT p.name, p.id FROM people p", Allow),
