@@ -4,7 +4,7 @@
 use super::codec::{read_cstr, read_i16, read_i32};
 use crate::policy::{Action, Verdict};
 use bytes::{Bytes, BytesMut};
-use countersign_bot::StatementHash;
+use countersign_bot::{BoundParam, StatementHash};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -267,42 +267,61 @@ impl Batch {
     }
 }
 
-/// Parameter values of a Bind body (`None` = SQL NULL), or None when the body is malformed.
-pub fn bind_params(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+/// Parameter values of a Bind body, each in the form (text or binary) its format code gives, or None
+/// when the body is malformed (PostgreSQL refuses such a Bind, so nothing runs).
+pub fn bind_params(body: &[u8]) -> Option<Vec<BoundParam<'_>>> {
     let mut pos = 0;
     read_cstr(body, &mut pos)?;
     read_cstr(body, &mut pos)?;
-    let formats = read_i16(body, &mut pos)?;
-    pos += 2 * usize::try_from(formats).ok()?;
+    let format_count = usize::try_from(read_i16(body, &mut pos)?).ok()?;
+    let mut formats = Vec::with_capacity(format_count);
+    for _ in 0..format_count {
+        formats.push(read_i16(body, &mut pos)?);
+    }
     let count = usize::try_from(read_i16(body, &mut pos)?).ok()?;
+    // No format codes: all text; one: it applies to every parameter; else one per parameter.
+    if format_count > 1 && format_count != count {
+        return None;
+    }
     let mut params = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
+        let format = match formats.as_slice() {
+            [] => 0,
+            [one] => *one,
+            many => many[i],
+        };
         let len = read_i32(body, &mut pos)?;
         if len < 0 {
-            params.push(None);
-        } else {
-            let end = pos.checked_add(len as usize)?;
-            params.push(Some(body.get(pos..end)?));
-            pos = end;
+            params.push(BoundParam::Null);
+            continue;
         }
+        let end = pos.checked_add(len as usize)?;
+        let value = body.get(pos..end)?;
+        pos = end;
+        params.push(match format {
+            0 => BoundParam::Text(value),
+            1 => BoundParam::Binary(value),
+            _ => return None,
+        });
     }
     Some(params)
 }
 
-/// The hash an approval is bound to: statement text plus all Bind parameters of the batch.
+/// The hash an approval is bound to: statement text plus all Bind parameters of the batch, with the
+/// form each is sent in (the same bytes in text and in binary form are different values).
 pub fn statement_hash(sql: &str, binds: &[Bytes]) -> StatementHash {
     if binds.is_empty() {
         return StatementHash::of_text(sql);
     }
-    let mut params: Vec<Option<&[u8]>> = Vec::new();
+    let mut params: Vec<BoundParam<'_>> = Vec::new();
     for b in binds {
         match bind_params(b) {
             Some(p) => params.extend(p),
             // A malformed Bind still must hash to something unique to its bytes.
-            None => params.push(Some(b)),
+            None => params.push(BoundParam::Text(b)),
         }
     }
-    StatementHash::of_parts(sql, &params)
+    StatementHash::of_bound(sql, &params)
 }
 
 #[cfg(test)]
@@ -310,11 +329,19 @@ mod tests {
     use super::*;
     use bytes::BufMut;
 
+    /// A Bind body with text parameters (one format code, 0).
     fn bind_body(params: &[Option<&[u8]>]) -> Bytes {
+        bind_body_in(&[0], params)
+    }
+
+    /// A Bind body with these parameter format codes.
+    fn bind_body_in(formats: &[i16], params: &[Option<&[u8]>]) -> Bytes {
         let mut b = BytesMut::new();
         b.put_slice(b"\0s1\0");
-        b.put_i16(1);
-        b.put_i16(1);
+        b.put_i16(formats.len() as i16);
+        for f in formats {
+            b.put_i16(*f);
+        }
         b.put_i16(params.len() as i16);
         for p in params {
             match p {
@@ -343,9 +370,40 @@ mod tests {
     }
 
     #[test]
+    fn the_same_parameter_bytes_in_binary_form_are_another_statement() {
+        // "12345678" is the int8 12345678 in text form and 3544952156018063160 in binary form: an
+        // approval of the one must not run the other.
+        let sql = "DELETE FROM t WHERE id = $1";
+        let value: &[u8] = b"12345678";
+        let text = statement_hash(sql, &[bind_body_in(&[0], &[Some(value)])]);
+        let binary = statement_hash(sql, &[bind_body_in(&[1], &[Some(value)])]);
+        assert_ne!(text, binary);
+        // No format codes means text; one code applies to every parameter; else one code each.
+        assert_eq!(
+            text,
+            statement_hash(sql, &[bind_body_in(&[], &[Some(value)])])
+        );
+        let two = [Some(value), Some(value)];
+        assert_eq!(
+            statement_hash(sql, &[bind_body_in(&[1], &two)]),
+            statement_hash(sql, &[bind_body_in(&[1, 1], &two)])
+        );
+        assert_ne!(
+            statement_hash(sql, &[bind_body_in(&[0, 1], &two)]),
+            statement_hash(sql, &[bind_body_in(&[1, 0], &two)])
+        );
+        // Format codes PostgreSQL refuses leave the Bind malformed, hashed by its bytes.
+        assert!(bind_params(&bind_body_in(&[2], &[Some(value)])).is_none());
+        assert!(bind_params(&bind_body_in(&[0, 0], &[Some(value)])).is_none());
+    }
+
+    #[test]
     fn bind_params_reads_nulls_and_rejects_truncation() {
         let body = bind_body(&[None, Some(b"xy")]);
-        assert_eq!(bind_params(&body).unwrap(), vec![None, Some(&b"xy"[..])]);
+        assert_eq!(
+            bind_params(&body).unwrap(),
+            vec![BoundParam::Null, BoundParam::Text(b"xy")]
+        );
         assert!(bind_params(&body[..body.len() - 5]).is_none());
     }
 
