@@ -211,6 +211,108 @@ async fn held_statement_that_timed_out_runs_exactly_once_when_re_run_after_appro
     assert_eq!(count(&t).await, 1);
 }
 
+/// Logs in on `local` as the agent by cleartext token over a raw socket; returns once ReadyForQuery came.
+async fn raw_agent_login(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let (mut stream, tag, body) = raw_startup(addr, "agent").await;
+    assert_eq!(
+        (tag, &body[..]),
+        (b'R', &3i32.to_be_bytes()[..]),
+        "cleartext password asked"
+    );
+    let mut password = AGENT.as_bytes().to_vec();
+    password.push(0);
+    let mut frame = vec![b'p'];
+    frame.extend_from_slice(&((password.len() + 4) as i32).to_be_bytes());
+    frame.extend_from_slice(&password);
+    stream.write_all(&frame).await.unwrap();
+    while raw_message(&mut stream).await.0 != b'Z' {}
+    stream
+}
+
+/// Parse (with declared parameter types), Bind (one text parameter), Execute, Sync; returns the
+/// SQLSTATE of an error, or the command tag.
+async fn raw_extended(
+    stream: &mut tokio::net::TcpStream,
+    sql: &str,
+    param_types: &[u32],
+    param: &str,
+) -> Result<String, String> {
+    use tokio::io::AsyncWriteExt;
+    fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+        out.push(tag);
+        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    let mut parse = b"\0".to_vec();
+    parse.extend_from_slice(sql.as_bytes());
+    parse.push(0);
+    parse.extend_from_slice(&(param_types.len() as i16).to_be_bytes());
+    for t in param_types {
+        parse.extend_from_slice(&t.to_be_bytes());
+    }
+    let mut bind = b"\0\0".to_vec();
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&(param.len() as i32).to_be_bytes());
+    bind.extend_from_slice(param.as_bytes());
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut out = Vec::new();
+    frame(&mut out, b'P', &parse);
+    frame(&mut out, b'B', &bind);
+    frame(&mut out, b'E', b"\0\0\0\0\0");
+    frame(&mut out, b'S', b"");
+    stream.write_all(&out).await.unwrap();
+    let mut outcome = Err("no answer".to_string());
+    loop {
+        let (tag, body) = raw_message(stream).await;
+        match tag {
+            b'E' => {
+                let code = body
+                    .split(|&b| b == 0)
+                    .find(|f| f.first() == Some(&b'C'))
+                    .map(|f| String::from_utf8_lossy(&f[1..]).into_owned());
+                outcome = Err(code.unwrap_or_default());
+            }
+            b'C' => outcome = Ok(String::from_utf8_lossy(&body[..body.len() - 1]).into_owned()),
+            b'Z' => return outcome,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_approval_binds_the_parameter_types_the_parse_declared() {
+    const DATE: u32 = 1082;
+    const TIMESTAMPTZ: u32 = 1184;
+    let gw = gateway(0.5).await;
+    let t = table_name("cs_typed_params");
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int, at timestamptz); INSERT INTO {t} VALUES (1, '2024-01-02 06:00+00'), (2, '2024-01-02 18:00+00')"
+        ))
+        .await
+        .unwrap();
+    let mut stream = raw_agent_login(wire(&gw)).await;
+    let sql = format!("DELETE FROM {t} WHERE at < $1");
+    // Read as a date, '2024-01-02 12:00' is midnight: this deletes nothing, and is approved as such.
+    let held = raw_extended(&mut stream, &sql, &[DATE], "2024-01-02 12:00").await;
+    assert_eq!(held, Err("42501".to_string()));
+    let id = pending_request(&gw.base, &sql).await;
+    vote(&gw.base, BOB, &id, "approve", None).await;
+    vote(&gw.base, CAROL, &id, "approve", None).await;
+    // The same text and parameter bytes read as a timestamptz (noon) would delete row 1: a new request.
+    let retyped = raw_extended(&mut stream, &sql, &[TIMESTAMPTZ], "2024-01-02 12:00").await;
+    assert_eq!(retyped, Err("42501".to_string()));
+    assert_eq!(count(&t).await, 2);
+    // What was approved still runs, once.
+    let approved = raw_extended(&mut stream, &sql, &[DATE], "2024-01-02 12:00").await;
+    assert_eq!(approved, Ok("DELETE 0".to_string()));
+    assert_eq!(settled_status(&gw, &id, "executed").await, "executed");
+    assert_eq!(count(&t).await, 2);
+}
+
 /// With `standard_conforming_strings` off PostgreSQL reads `'a\', '` as one string, and in GBK the last
 /// byte of `丁` and the backslash after it are one character: either would let PostgreSQL run a DELETE
 /// that the policy, reading UTF-8 with standard strings, sees inside a string literal. Neither setting

@@ -128,6 +128,17 @@ impl StatementHash {
         Self(h.finalize().into())
     }
 
+    /// This hash with further facts the approval must bind, such as the parameter types a statement
+    /// declares; domain-separated, so it never equals a hash of text and parameters alone.
+    pub fn with_context(&self, context: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"countersign statement context\0");
+        h.update(self.0);
+        h.update((context.len() as u64).to_be_bytes());
+        h.update(context);
+        Self(h.finalize().into())
+    }
+
     /// The 32 bytes of the digest.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
