@@ -211,6 +211,108 @@ async fn held_statement_that_timed_out_runs_exactly_once_when_re_run_after_appro
     assert_eq!(count(&t).await, 1);
 }
 
+/// Logs in on `local` as the agent by cleartext token over a raw socket; returns once ReadyForQuery came.
+async fn raw_agent_login(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let (mut stream, tag, body) = raw_startup(addr, "agent").await;
+    assert_eq!(
+        (tag, &body[..]),
+        (b'R', &3i32.to_be_bytes()[..]),
+        "cleartext password asked"
+    );
+    let mut password = AGENT.as_bytes().to_vec();
+    password.push(0);
+    let mut frame = vec![b'p'];
+    frame.extend_from_slice(&((password.len() + 4) as i32).to_be_bytes());
+    frame.extend_from_slice(&password);
+    stream.write_all(&frame).await.unwrap();
+    while raw_message(&mut stream).await.0 != b'Z' {}
+    stream
+}
+
+/// Parse (with declared parameter types), Bind (one text parameter), Execute, Sync; returns the
+/// SQLSTATE of an error, or the command tag.
+async fn raw_extended(
+    stream: &mut tokio::net::TcpStream,
+    sql: &str,
+    param_types: &[u32],
+    param: &str,
+) -> Result<String, String> {
+    use tokio::io::AsyncWriteExt;
+    fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+        out.push(tag);
+        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    let mut parse = b"\0".to_vec();
+    parse.extend_from_slice(sql.as_bytes());
+    parse.push(0);
+    parse.extend_from_slice(&(param_types.len() as i16).to_be_bytes());
+    for t in param_types {
+        parse.extend_from_slice(&t.to_be_bytes());
+    }
+    let mut bind = b"\0\0".to_vec();
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&(param.len() as i32).to_be_bytes());
+    bind.extend_from_slice(param.as_bytes());
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut out = Vec::new();
+    frame(&mut out, b'P', &parse);
+    frame(&mut out, b'B', &bind);
+    frame(&mut out, b'E', b"\0\0\0\0\0");
+    frame(&mut out, b'S', b"");
+    stream.write_all(&out).await.unwrap();
+    let mut outcome = Err("no answer".to_string());
+    loop {
+        let (tag, body) = raw_message(stream).await;
+        match tag {
+            b'E' => {
+                let code = body
+                    .split(|&b| b == 0)
+                    .find(|f| f.first() == Some(&b'C'))
+                    .map(|f| String::from_utf8_lossy(&f[1..]).into_owned());
+                outcome = Err(code.unwrap_or_default());
+            }
+            b'C' => outcome = Ok(String::from_utf8_lossy(&body[..body.len() - 1]).into_owned()),
+            b'Z' => return outcome,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_approval_binds_the_parameter_types_the_parse_declared() {
+    const DATE: u32 = 1082;
+    const TIMESTAMPTZ: u32 = 1184;
+    let gw = gateway(0.5).await;
+    let t = table_name("cs_typed_params");
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int, at timestamptz); INSERT INTO {t} VALUES (1, '2024-01-02 06:00+00'), (2, '2024-01-02 18:00+00')"
+        ))
+        .await
+        .unwrap();
+    let mut stream = raw_agent_login(wire(&gw)).await;
+    let sql = format!("DELETE FROM {t} WHERE at < $1");
+    // Read as a date, '2024-01-02 12:00' is midnight: this deletes nothing, and is approved as such.
+    let held = raw_extended(&mut stream, &sql, &[DATE], "2024-01-02 12:00").await;
+    assert_eq!(held, Err("42501".to_string()));
+    let id = pending_request(&gw.base, &sql).await;
+    vote(&gw.base, BOB, &id, "approve", None).await;
+    vote(&gw.base, CAROL, &id, "approve", None).await;
+    // The same text and parameter bytes read as a timestamptz (noon) would delete row 1: a new request.
+    let retyped = raw_extended(&mut stream, &sql, &[TIMESTAMPTZ], "2024-01-02 12:00").await;
+    assert_eq!(retyped, Err("42501".to_string()));
+    assert_eq!(count(&t).await, 2);
+    // What was approved still runs, once.
+    let approved = raw_extended(&mut stream, &sql, &[DATE], "2024-01-02 12:00").await;
+    assert_eq!(approved, Ok("DELETE 0".to_string()));
+    assert_eq!(settled_status(&gw, &id, "executed").await, "executed");
+    assert_eq!(count(&t).await, 2);
+}
+
 /// With `standard_conforming_strings` off PostgreSQL reads `'a\', '` as one string, and in GBK the last
 /// byte of `丁` and the backslash after it are one character: either would let PostgreSQL run a DELETE
 /// that the policy, reading UTF-8 with standard strings, sees inside a string literal. Neither setting
@@ -623,6 +725,142 @@ async fn scram_identity_logs_in_with_its_password_and_refusals_are_audited() {
     assert_eq!(refused.len(), 1, "{refused:#?}");
     assert_eq!(refused[0].entry.channel, "wire");
     assert_eq!(refused[0].entry.detail["code"], "scram_failed");
+    assert_eq!(refused[0].entry.detail["user"], "ops-psql");
+}
+
+#[tokio::test]
+async fn a_login_to_an_unknown_connection_reveals_no_names_without_a_valid_token_and_is_audited() {
+    let gw = gateway(5.0).await;
+    let addr = wire(&gw);
+    let login = |password: &'static str| {
+        let conn = format!(
+            "host=127.0.0.1 port={} dbname=no-such-connection user=agent password={password} sslmode=disable",
+            addr.port()
+        );
+        async move { tokio_postgres::connect(&conn, NoTls).await }
+    };
+    // A bad token is a bad password, whichever connection it names: no configured name is disclosed.
+    let err = login("not-the-agent-token").await.err().expect("refused");
+    let db = err.as_db_error().expect("a FATAL from the gateway");
+    assert_eq!(db.code().code(), "28P01", "{}", db.message());
+    assert!(!db.message().contains("local"), "{}", db.message());
+    // A valid token on a connection that is not configured: 28000, naming the ones that are.
+    let err = login(AGENT).await.err().expect("refused");
+    let db = err.as_db_error().expect("a FATAL from the gateway");
+    assert_eq!(db.code().code(), "28000", "{}", db.message());
+    assert!(db.message().contains("local"), "{}", db.message());
+
+    let audit = gw.store.audit_records(0, 1000).await.unwrap();
+    let refused: Vec<_> = audit
+        .iter()
+        .filter(|a| a.entry.action == "auth.refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    let unknown = refused
+        .iter()
+        .find(|a| a.entry.detail["code"] == "unknown_connection")
+        .expect("the login to an unknown connection is audited");
+    assert_eq!(unknown.entry.channel, "wire");
+    assert_eq!(unknown.entry.detail["connection"], "no-such-connection");
+    assert!(
+        unknown.entry.actor.contains("sub:static|agent"),
+        "{unknown:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_password_offered_without_tls_where_tls_is_required_is_refused_and_audited() {
+    let gw = spawn_gateway(
+        &base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = false\n"),
+        Backend::Sqlite,
+    )
+    .await;
+    let conn = format!(
+        "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
+        wire(&gw).port()
+    );
+    let err = tokio_postgres::connect(&conn, NoTls)
+        .await
+        .err()
+        .expect("refused without TLS");
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "28000", "{message}");
+    let audit = gw.store.audit_records(0, 1000).await.unwrap();
+    let refused: Vec<_> = audit
+        .iter()
+        .filter(|a| a.entry.action == "auth.refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{audit:#?}");
+    assert_eq!(refused[0].entry.channel, "wire");
+    assert_eq!(refused[0].entry.detail["code"], "tls_required");
+    assert_eq!(refused[0].entry.detail["user"], "agent");
+}
+
+/// Sends a startup packet for `user` on `local` and returns the first message's tag and body.
+async fn raw_startup(addr: SocketAddr, user: &str) -> (tokio::net::TcpStream, u8, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", "local")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).await.unwrap();
+    let (tag, body) = raw_message(&mut stream).await;
+    (stream, tag, body)
+}
+
+async fn raw_message(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let tag = stream.read_u8().await.unwrap();
+    let len = stream.read_i32().await.unwrap();
+    let mut body = vec![0; (len - 4) as usize];
+    stream.read_exact(&mut body).await.unwrap();
+    (tag, body)
+}
+
+#[tokio::test]
+async fn a_sasl_mechanism_the_gateway_did_not_offer_is_refused_and_audited() {
+    use tokio::io::AsyncWriteExt;
+    let verifier = countersign_gateway::identity::scram::ScramVerifier::generate("ops pass");
+    let gw = spawn_gateway(
+        &config(
+            5.0,
+            &format!(
+                "[[identity.static_tokens]]\nname = \"ops-psql\"\nkind = \"human\"\nemail = \"ops@example.com\"\nscram_verifier = \"{verifier}\"\n"
+            ),
+        ),
+        Backend::Sqlite,
+    )
+    .await;
+    let (mut stream, tag, body) = raw_startup(wire(&gw), "ops-psql").await;
+    assert_eq!(tag, b'R');
+    assert_eq!(&body[..4], &10i32.to_be_bytes(), "AuthenticationSASL");
+    // Over plaintext only SCRAM-SHA-256 is offered; the client insists on channel binding anyway.
+    let first = b"p=tls-server-end-point,,n=,r=abcdefghijkl";
+    let mut payload = b"SCRAM-SHA-256-PLUS\0".to_vec();
+    payload.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    payload.extend_from_slice(first);
+    let mut frame = vec![b'p'];
+    frame.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    stream.write_all(&frame).await.unwrap();
+    let (tag, body) = raw_message(&mut stream).await;
+    assert_eq!(tag, b'E');
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("C08P01"), "{text}");
+    let audit = gw.store.audit_records(0, 1000).await.unwrap();
+    let refused: Vec<_> = audit
+        .iter()
+        .filter(|a| a.entry.action == "auth.refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{audit:#?}");
+    assert_eq!(refused[0].entry.detail["code"], "sasl_mechanism");
     assert_eq!(refused[0].entry.detail["user"], "ops-psql");
 }
 

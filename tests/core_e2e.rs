@@ -442,6 +442,41 @@ async fn delegated_jwt_chain_cannot_vote_for_its_own_human() {
 }
 
 #[tokio::test]
+async fn a_workload_token_naming_an_approver_as_its_actor_cannot_vote() {
+    let idp = Idp::start().await;
+    let gw = spawn_gateway(
+        &format!("{}\n{}", idp.config(), base_config("")),
+        Backend::Sqlite,
+    )
+    .await;
+    let t = make_table("cs_act_vote").await;
+    let held = gw
+        .query(AGENT, &format!("INSERT INTO {t} VALUES (1,'a')"))
+        .await;
+    assert_eq!(held.status, 202, "{:?}", held.body);
+    let id = id_of(&held);
+    // The service's token names bob (an approver, by e-mail) as the party acting for it: the vote
+    // would be a workload's, cast under bob's name.
+    let mut claims = idp.claims("svc-report");
+    claims["act"] = json!({ "sub": "human-bob", "email": "bob@example.com" });
+    let delegated = idp.sign(&claims, "rsa-a", &idp::key_a());
+    let r = gw.vote(&delegated, &id, "approve").await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.body["error"], "workload_cannot_vote", "{:?}", r.body);
+    let view = gw.request(BOB, &id).await.body;
+    assert_eq!(view["approvals"], 0, "{view:?}");
+    let audit = gw.store.audit_records(0, 1000).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.entry.action == "vote.refused" && a.entry.actor.contains("svc-report")),
+        "the refused vote is audited: {audit:#?}"
+    );
+    // Bob with his own token still votes.
+    assert_eq!(gw.vote(BOB, &id, "approve").await.status, 200);
+}
+
+#[tokio::test]
 async fn audit_chain_verifies_and_a_database_edit_is_named() {
     for backend in BACKENDS {
         let gw = spawn_gateway(&base_config(""), backend).await;

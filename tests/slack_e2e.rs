@@ -264,6 +264,57 @@ async fn held_wire_statement_is_released_by_two_signed_slack_clicks_and_runs_onc
 }
 
 #[tokio::test]
+async fn a_captured_signed_click_replayed_within_the_window_is_refused_and_audited() {
+    let (gw, _fake) = gateway(Backend::Sqlite).await;
+    let held = gw.query(AGENT, "DELETE FROM cs_slack_replay_target").await;
+    assert_eq!(held.status, 202, "{:?}", held.body);
+    let request_id = gw.store.list_requests(None, 10).await.unwrap()[0].id;
+    let mut msg_ts = None;
+    for _ in 0..200 {
+        msg_ts = gw.store.get_ref(request_id, "slack", "ts").await.unwrap();
+        if msg_ts.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let msg_ts = msg_ts.expect("the request message's ts is stored");
+    // Bob's genuine click, captured on the way (a proxy log, a leaked request dump).
+    let body = click_body(
+        "UBOB",
+        CHANNEL,
+        &msg_ts,
+        "countersign_approve",
+        &format!("approve:{request_id}"),
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signature = sign(SECRET, now, &body);
+    assert_eq!(post_click(&gw, &body, now, &signature).await, 200);
+    // The same bytes again, still within the five-minute window: refused before anything is parsed.
+    assert_eq!(post_click(&gw, &body, now, &signature).await, 401);
+    let audit = gw.store.audit_records(0, 1000).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a.entry.action == "slack.replay_refused")
+            .count(),
+        1,
+        "{audit:#?}"
+    );
+    // A new click by Bob (its own trigger_id and action_ts) is still accepted.
+    assert_eq!(
+        click(
+            &gw,
+            "UBOB",
+            &msg_ts,
+            "countersign_approve",
+            &format!("approve:{request_id}")
+        )
+        .await,
+        200
+    );
+}
+
+#[tokio::test]
 async fn sql_with_mrkdwn_and_broadcasts_is_posted_inert() {
     let (gw, fake) = gateway(Backend::Sqlite).await;
     let r = gw

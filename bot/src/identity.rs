@@ -33,13 +33,11 @@ pub struct Identity {
 impl Identity {
     /// The key under which this identity counts once, across every channel.
     ///
-    /// Humans are keyed by lower-cased e-mail when known, so the same person arriving through Slack,
-    /// e-mail and the API is one voter; otherwise by issuer and subject.
+    /// Humans are keyed by their e-mail address when known (see [`canonical_email`]), so the same person
+    /// arriving through Slack, e-mail and the API is one voter; otherwise by issuer and subject.
     pub fn canonical(&self) -> CanonicalId {
         match &self.email {
-            Some(e) if !e.trim().is_empty() => {
-                CanonicalId(format!("email:{}", e.trim().to_lowercase()))
-            }
+            Some(e) if !e.trim().is_empty() => CanonicalId(format!("email:{}", canonical_email(e))),
             _ => CanonicalId(format!("sub:{}|{}", self.issuer, self.subject)),
         }
     }
@@ -55,6 +53,22 @@ impl Identity {
     /// True for people.
     pub fn is_human(&self) -> bool {
         self.kind == IdentityKind::Human
+    }
+}
+
+/// An e-mail address as the mailbox it reaches: trimmed, lower-cased, without a `+tag` sub-address and
+/// without a trailing dot on the domain. `Alice+ops@Example.com.` and `alice@example.com` are one person,
+/// for quorum and for separation of duties alike.
+pub fn canonical_email(email: &str) -> String {
+    let email = email.trim().to_lowercase();
+    match email.rsplit_once('@') {
+        Some((local, domain)) => {
+            let mailbox = local
+                .split_once('+')
+                .map_or(local, |(mailbox, _tag)| mailbox);
+            format!("{mailbox}@{}", domain.trim_end_matches('.'))
+        }
+        None => email,
     }
 }
 
@@ -94,7 +108,7 @@ impl RequesterChain {
         self.0.iter().any(|m| {
             m.canonical() == key
                 || (m.issuer == who.issuer && m.subject == who.subject)
-                || matches!((&m.email, &who.email), (Some(a), Some(b)) if a.trim().eq_ignore_ascii_case(b.trim()))
+                || matches!((&m.email, &who.email), (Some(a), Some(b)) if canonical_email(a) == canonical_email(b))
         })
     }
 
@@ -137,6 +151,24 @@ mod tests {
         let b = human("alice@example.com");
         a.issuer = "static".into();
         assert_eq!(a.canonical(), b.canonical());
+    }
+
+    #[test]
+    fn a_sub_addressed_mailbox_is_the_same_person() {
+        let plain = human("alice@example.com");
+        for same in [
+            "Alice+ops@Example.com",
+            " alice+a+b@example.com ",
+            "alice@example.com.",
+        ] {
+            assert_eq!(human(same).canonical(), plain.canonical(), "{same}");
+            assert!(
+                RequesterChain::single(plain.clone()).contains(&human(same)),
+                "{same}"
+            );
+        }
+        assert_ne!(human("alicia@example.com").canonical(), plain.canonical());
+        assert_ne!(human("alice@example.org").canonical(), plain.canonical());
     }
 
     #[test]

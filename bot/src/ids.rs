@@ -68,6 +68,17 @@ impl FromStr for SessionId {
     }
 }
 
+/// One parameter value bound to a statement, as an approval binds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundParam<'a> {
+    /// SQL NULL.
+    Null,
+    /// A value in text form.
+    Text(&'a [u8]),
+    /// A value in binary form (read by the parameter type's binary input function).
+    Binary(&'a [u8]),
+}
+
 /// SHA-256 of the exact statement text (and parameters, when there are any), shown and serialised as
 /// lower-case hex.
 ///
@@ -81,22 +92,50 @@ impl StatementHash {
         Self::of_parts(sql, &[])
     }
 
-    /// Hash of a statement's text plus bound parameters (extended protocol).
-    ///
-    /// Parameters are length-prefixed so that no two different inputs collide by concatenation.
+    /// Hash of a statement's text plus bound parameters in text form (`None` = NULL).
     pub fn of_parts(sql: &str, params: &[Option<&[u8]>]) -> Self {
+        let params: Vec<BoundParam<'_>> = params
+            .iter()
+            .map(|p| p.map_or(BoundParam::Null, BoundParam::Text))
+            .collect();
+        Self::of_bound(sql, &params)
+    }
+
+    /// Hash of a statement's text plus bound parameters (extended protocol), each with its form.
+    ///
+    /// Parameters are length-prefixed so that no two different inputs collide by concatenation, and a
+    /// binary value is tagged: the same bytes read in text and in binary form are different values.
+    /// Text-form hashes are the ones [`StatementHash::of_parts`] always gave.
+    pub fn of_bound(sql: &str, params: &[BoundParam<'_>]) -> Self {
         let mut h = Sha256::new();
         h.update((sql.len() as u64).to_be_bytes());
         h.update(sql.as_bytes());
         for p in params {
             match p {
-                None => h.update((-1i64).to_be_bytes()),
-                Some(b) => {
+                BoundParam::Null => h.update((-1i64).to_be_bytes()),
+                BoundParam::Text(b) => {
+                    h.update((b.len() as i64).to_be_bytes());
+                    h.update(b);
+                }
+                BoundParam::Binary(b) => {
+                    // No length is negative, so this tag cannot be read as a text value's prefix.
+                    h.update((-2i64).to_be_bytes());
                     h.update((b.len() as i64).to_be_bytes());
                     h.update(b);
                 }
             }
         }
+        Self(h.finalize().into())
+    }
+
+    /// This hash with further facts the approval must bind, such as the parameter types a statement
+    /// declares; domain-separated, so it never equals a hash of text and parameters alone.
+    pub fn with_context(&self, context: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"countersign statement context\0");
+        h.update(self.0);
+        h.update((context.len() as u64).to_be_bytes());
+        h.update(context);
         Self(h.finalize().into())
     }
 
@@ -184,6 +223,20 @@ mod tests {
         assert_ne!(
             StatementHash::of_parts("q", &[None]),
             StatementHash::of_parts("q", &[Some(b"")])
+        );
+    }
+
+    #[test]
+    fn the_same_bytes_in_text_and_in_binary_form_are_different_statements() {
+        // 8 bytes that are the int8 12345678 in text and 3544952156018063160 in binary.
+        let value = b"12345678";
+        let text = StatementHash::of_bound("q", &[BoundParam::Text(value)]);
+        let binary = StatementHash::of_bound("q", &[BoundParam::Binary(value)]);
+        assert_ne!(text, binary);
+        assert_eq!(text, StatementHash::of_parts("q", &[Some(value)]));
+        assert_ne!(
+            StatementHash::of_bound("q", &[BoundParam::Binary(b"")]),
+            StatementHash::of_bound("q", &[BoundParam::Null])
         );
     }
 }

@@ -7,7 +7,7 @@ pub mod identity;
 pub mod ids;
 
 pub use identity::{CanonicalId, Identity, IdentityKind, RequesterChain};
-pub use ids::{RequestId, SessionId, StatementHash};
+pub use ids::{BoundParam, RequestId, SessionId, StatementHash};
 pub mod audit;
 pub mod directory;
 pub mod duration;

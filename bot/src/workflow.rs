@@ -57,8 +57,8 @@ pub enum VoteResult {
 /// Why a vote was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// Stable code: `workload_cannot_vote`, `requester_cannot_approve`, `not_an_approver`, `resolved`,
-    /// `expired`, `already_voted`.
+    /// Stable code: `workload_cannot_vote`, `voter_without_email`, `requester_cannot_approve`,
+    /// `not_an_approver`, `resolved`, `expired`, `already_voted`.
     pub code: &'static str,
     /// What happened and what to do.
     pub reason: String,
@@ -335,6 +335,17 @@ impl Workflow {
                 code: "workload_cannot_vote",
                 reason: format!(
                     "{} is a workload identity: only humans may approve or deny",
+                    voter.display_name()
+                ),
+            });
+        }
+        // A person counts once across channels by e-mail address; one known only by issuer and subject
+        // could vote again under their address through another channel, or be the requester unnoticed.
+        if voter.email.as_deref().is_none_or(|e| e.trim().is_empty()) {
+            return Some(Refusal {
+                code: "voter_without_email",
+                reason: format!(
+                    "{} has no verified e-mail address, so Countersign cannot count this person once across channels: vote with an identity that has one (an IdP token with a verified email claim, or a static identity with email set)",
                     voter.display_name()
                 ),
             });

@@ -221,6 +221,34 @@ async fn one_human_counts_once_across_channels() {
 }
 
 #[tokio::test]
+async fn a_person_known_without_an_email_cannot_vote_a_second_time_under_their_address() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = created(&wf, "UPDATE t SET y = 1", 2).await;
+        // reviewer3 through an IdP token that carries no (verified) e-mail: a member by IdP group, but
+        // nothing ties this identity to reviewer3@example.com, who may vote through Slack or e-mail.
+        let mut without_email = human("reviewer3@example.com");
+        without_email.issuer = "https://idp.example.com".into();
+        without_email.email = None;
+        without_email.groups = vec!["db-admins".into()];
+        let r = wf
+            .vote(id, &without_email, Decision::Approve, None, "api")
+            .await
+            .unwrap();
+        assert_eq!(refused_code(&r), Some("voter_without_email"));
+        approve(&wf, id, "reviewer3@example.com").await;
+        let v = wf.get(id).await.unwrap();
+        assert_eq!(v.request.status, RequestStatus::Pending);
+        assert_eq!(v.approvals(), 1);
+        let audit = store.audit_records(0, 1000).await.unwrap();
+        assert!(audit
+            .iter()
+            .any(|a| a.entry.action == "vote.refused"
+                && a.entry.detail["code"] == "voter_without_email"));
+    }
+}
+
+#[tokio::test]
 async fn deny_vetoes_and_closes_voting() {
     for (store, _g) in stores().await {
         let wf = workflow(store.clone());

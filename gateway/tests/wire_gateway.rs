@@ -1,7 +1,7 @@
 //! End-to-end tests of the Postgres wire gateway against the real PostgreSQL at 127.0.0.1:5432,
 //! with the static test gate (DELETE → review, DROP DATABASE → block, else allow).
 
-use countersign_bot::StatementHash;
+use countersign_bot::{BoundParam, StatementHash};
 use countersign_gateway::pg::testing::{GateEvent, StaticGate};
 use countersign_gateway::pg::{HoldOutcome, UpstreamTarget, WireConfig, WireServer, WireWorkers};
 use countersign_gateway::policy::Action;
@@ -213,10 +213,10 @@ async fn held_statement_runs_once_after_approval_and_reports_its_result() {
         unreachable!()
     };
     assert_eq!(held_sql, sql);
-    // The approval is bound to the text and the binary Bind parameter.
+    // The approval is bound to the text and the Bind parameter, in the binary form it was sent in.
     assert_eq!(
         hash,
-        StatementHash::of_parts(&sql, &[Some(&2i32.to_be_bytes()[..])])
+        StatementHash::of_bound(&sql, &[BoundParam::Binary(&2i32.to_be_bytes()[..])])
     );
     let executed = eventually(&gate, "executed", |e| matches!(e, GateEvent::Executed(..))).await;
     let GateEvent::Executed(executed_id, outcome) = executed else {

@@ -452,6 +452,12 @@ fn approve(user: &str, (channel, ts): &(String, String), id: RequestId) -> Strin
     )
 }
 
+/// The same button clicked once more: Slack gives every click its own `action_ts` (and so signature).
+fn clicked_again(click: &str) -> String {
+    assert!(click.contains("1700000001.000001"));
+    click.replace("1700000001.000001", "1700000002.000001")
+}
+
 fn texts(v: &Value) -> String {
     v.to_string()
 }
@@ -485,8 +491,9 @@ async fn two_approvals_release_the_statement_once(h: Harness) {
 
     // Two distinct approvers: Bob (user_map) and Carol (users.info).
     let bob_click = approve("UBOB", &msg, id);
+    let bob_sent_at = now();
     assert_eq!(
-        h.send("/slack/interactions", bob_click.clone(), now(), None)
+        h.send("/slack/interactions", bob_click.clone(), bob_sent_at, None)
             .await,
         StatusCode::OK
     );
@@ -567,10 +574,27 @@ async fn two_approvals_release_the_statement_once(h: Harness) {
     assert_eq!(dms.len(), 1, "{dms:?}");
     assert!(texts(&dms[0]).contains("was approved"));
 
-    // Bob's click replayed after resolution (still inside the signature window) changes nothing.
+    // Bob's signed click replayed byte for byte (still inside the signature window) is refused.
     let before = h.workflow.get(id).await.unwrap();
     assert_eq!(
-        h.send("/slack/interactions", bob_click, now(), None).await,
+        h.send("/slack/interactions", bob_click.clone(), bob_sent_at, None)
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(h
+        .audit_actions()
+        .await
+        .iter()
+        .any(|a| a == "slack.replay_refused"));
+    // Bob clicking the stale button again after resolution changes nothing either.
+    assert_eq!(
+        h.send(
+            "/slack/interactions",
+            clicked_again(&bob_click),
+            now(),
+            None
+        )
+        .await,
         StatusCode::OK
     );
     h.wait_for_calls("chat.postEphemeral", 2).await;

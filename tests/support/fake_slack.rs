@@ -133,17 +133,21 @@ async fn api(
 
 /// A `block_actions` payload for a button click, form-encoded as Slack sends it.
 pub fn click_body(user: &str, channel: &str, ts: &str, action_id: &str, value: &str) -> String {
+    // As from Slack, every click has its own trigger_id and action_ts, so no two clicks sign alike.
+    static CLICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let click = CLICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let payload = json!({
         "type": "block_actions",
         "user": { "id": user, "username": user.to_lowercase(), "team_id": "T1" },
         "api_app_id": "A1",
         "token": "unused",
         "container": { "type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": false },
-        "trigger_id": "1.2.3",
+        "trigger_id": format!("{click}.2.3"),
         "team": { "id": "T1", "domain": "example" },
         "channel": { "id": channel, "name": "approvals" },
         "message": { "type": "message", "ts": ts, "text": "Countersign request" },
-        "actions": [ { "action_id": action_id, "block_id": "countersign_actions", "value": value, "type": "button", "action_ts": "1700000001.000001" } ]
+        "actions": [ { "action_id": action_id, "block_id": "countersign_actions", "value": value, "type": "button", "action_ts": format!("{now}.{click:06}") } ]
     });
     serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
 }

@@ -21,17 +21,15 @@ impl WireGate for Engine {
         user: &str,
         password: &str,
     ) -> Result<RequesterChain, WireAuthError> {
-        if !self.upstreams.contains_key(connection) {
-            return Err(WireAuthError::NotAllowed(format!(
-                "no connection named \"{connection}\" is configured; use one of: {}",
-                self.connection_names().join(", ")
-            )));
-        }
-        self.authenticate(password, "wire")
-            .await
-            .map_err(|_| WireAuthError::BadPassword {
-                user: user.to_string(),
-            })
+        // The token first: who has none learns nothing, not even which connections exist.
+        let chain =
+            self.authenticate(password, "wire")
+                .await
+                .map_err(|_| WireAuthError::BadPassword {
+                    user: user.to_string(),
+                })?;
+        self.connection_allowed(connection, user, &chain).await?;
+        Ok(chain)
     }
 
     fn scram_verifier(&self, user: &str) -> Option<ScramVerifier> {
@@ -43,18 +41,15 @@ impl WireGate for Engine {
         connection: &str,
         user: &str,
     ) -> Result<RequesterChain, WireAuthError> {
-        if !self.upstreams.contains_key(connection) {
-            return Err(WireAuthError::NotAllowed(format!(
-                "no connection named \"{connection}\" is configured; use one of: {}",
-                self.connection_names().join(", ")
-            )));
-        }
-        self.auth
+        let chain = self
+            .auth
             .scram_login(user)
             .map(|l| l.chain.clone())
             .ok_or_else(|| WireAuthError::BadPassword {
                 user: user.to_string(),
-            })
+            })?;
+        self.connection_allowed(connection, user, &chain).await?;
+        Ok(chain)
     }
 
     async fn scram_refused(&self, connection: &str, user: &str, error: &ScramError) {
@@ -74,6 +69,21 @@ impl WireGate for Engine {
             }));
         if let Err(se) = self.store().append_audit(entry).await {
             tracing::warn!(error = %se, "could not audit a refused SCRAM login");
+        }
+        tracing::warn!(code, channel = "wire", "authentication refused");
+    }
+
+    async fn login_refused(&self, connection: &str, user: &str, code: &'static str, message: &str) {
+        let entry = AuditEntry::new("unknown", "auth.refused", "wire")
+            .decision("refused")
+            .detail(serde_json::json!({
+                "code": code,
+                "message": message,
+                "user": user,
+                "connection": connection,
+            }));
+        if let Err(e) = self.store().append_audit(entry).await {
+            tracing::warn!(error = %e, "could not audit a refused wire login");
         }
         tracing::warn!(code, channel = "wire", "authentication refused");
     }
@@ -292,5 +302,40 @@ impl Engine {
         {
             tracing::warn!(session_id = %id, error = %e, "could not queue the session summary");
         }
+    }
+}
+
+impl Engine {
+    /// Refuses (and audits) an authenticated wire login to a connection that is not configured.
+    async fn connection_allowed(
+        &self,
+        connection: &str,
+        user: &str,
+        chain: &RequesterChain,
+    ) -> Result<(), WireAuthError> {
+        if self.upstreams.contains_key(connection) {
+            return Ok(());
+        }
+        let message = format!(
+            "no connection named \"{connection}\" is configured; use one of: {}",
+            self.connection_names().join(", ")
+        );
+        let entry = AuditEntry::new(chain.key(), "auth.refused", "wire")
+            .decision("refused")
+            .detail(serde_json::json!({
+                "code": "unknown_connection",
+                "message": message,
+                "user": user,
+                "connection": connection,
+            }));
+        if let Err(e) = self.store().append_audit(entry).await {
+            tracing::warn!(error = %e, "could not audit a login to an unknown connection");
+        }
+        tracing::warn!(
+            code = "unknown_connection",
+            channel = "wire",
+            "authentication refused"
+        );
+        Err(WireAuthError::NotAllowed(message))
     }
 }

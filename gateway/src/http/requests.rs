@@ -7,7 +7,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use countersign_bot::{Decision, RequestId, RequestStatus, VoteResult};
+use countersign_bot::{Decision, Identity, RequestId, RequestStatus, RequesterChain, VoteResult};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -66,6 +66,20 @@ pub struct VoteBody {
     reason: Option<String>,
 }
 
+/// Who votes with a token proving `chain`: the direct caller, unless a workload is anywhere in the chain.
+///
+/// An agent acting for a human votes as the agent; a human named as the actor (`act`) of a workload's
+/// token acts for that workload, so the vote is the workload's too. Either way the workflow refuses it
+/// (and audits it) as a workload's vote: a vote needs a person's own token.
+fn voter_of(chain: &RequesterChain) -> Option<Identity> {
+    chain
+        .0
+        .iter()
+        .find(|i| !i.is_human())
+        .or_else(|| chain.caller())
+        .cloned()
+}
+
 pub async fn vote(
     State(st): State<AppState>,
     Caller(chain): Caller,
@@ -82,11 +96,7 @@ pub async fn vote(
             body.decision
         ))
     })?;
-    // The voter is the direct caller: an agent acting for a human votes as the agent (and is refused).
-    let voter = chain
-        .caller()
-        .cloned()
-        .ok_or_else(|| ApiError::bad_request("empty identity"))?;
+    let voter = voter_of(&chain).ok_or_else(|| ApiError::bad_request("empty identity"))?;
     match st
         .engine
         .workflow

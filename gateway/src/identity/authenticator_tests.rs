@@ -199,6 +199,23 @@ async fn token_with_nbf_in_the_future_is_not_yet_valid() {
 }
 
 #[tokio::test]
+async fn token_issued_in_the_future_is_not_yet_valid() {
+    let (issuer, _idp, auth) = rsa_setup("").await;
+    let mut c = claims(&issuer);
+    c["iat"] = json!(now() + 3600);
+    c["exp"] = json!(now() + 7200);
+    let token = sign(&c, Algorithm::RS256, "rsa-a", &rsa_key(RSA_A));
+    assert_eq!(code(auth.authenticate(&token).await), "not_yet_valid");
+    // Within the clock skew (30 s here) it is accepted; a non-numeric iat is malformed.
+    c["iat"] = json!(now() + 5);
+    let token = sign(&c, Algorithm::RS256, "rsa-a", &rsa_key(RSA_A));
+    assert!(auth.authenticate(&token).await.is_ok());
+    c["iat"] = json!("yesterday");
+    let token = sign(&c, Algorithm::RS256, "rsa-a", &rsa_key(RSA_A));
+    assert_eq!(code(auth.authenticate(&token).await), "malformed");
+}
+
+#[tokio::test]
 async fn token_for_another_audience_is_refused() {
     let (issuer, _idp, auth) = rsa_setup("").await;
     let mut c = claims(&issuer);

@@ -10,6 +10,10 @@ use std::time::Duration;
 /// Largest accepted `clock_skew`: more would keep expired tokens alive for too long.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
+/// Smallest accepted `jwks_min_refetch`: below it, every token with a made-up `kid` would make the
+/// gateway fetch the JWKS again, turning forged tokens into requests to the IdP.
+pub const MIN_JWKS_REFETCH: Duration = Duration::from_secs(1);
+
 /// `[identity]`: how callers prove who they are.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +143,9 @@ pub enum ConfigError {
     /// `clock_skew` above [`MAX_CLOCK_SKEW`].
     #[error("identity: `clock_skew` = {value:?} exceeds 5m; lower it (\"30s\" is typical) and fix the clocks instead")]
     SkewTooLarge { value: String },
+    /// `jwks_min_refetch` below [`MIN_JWKS_REFETCH`].
+    #[error("identity: `{key}` = {value:?} is below 1s, so tokens with unknown key ids could make the gateway refetch the JWKS without limit; set it to \"10s\" (the default) or at least \"1s\"")]
+    RefetchTooOften { key: String, value: String },
     /// A key that must not be empty.
     #[error("identity: `{key}` is empty; set it")]
     Empty { key: String },
@@ -290,7 +297,13 @@ impl OidcIssuerConfig {
                 });
             }
         }
-        parse_duration(&format!("{key}.jwks_min_refetch"), &self.jwks_min_refetch)?;
+        let refetch_key = format!("{key}.jwks_min_refetch");
+        if parse_duration(&refetch_key, &self.jwks_min_refetch)? < MIN_JWKS_REFETCH {
+            return Err(ConfigError::RefetchTooOften {
+                key: refetch_key,
+                value: self.jwks_min_refetch.clone(),
+            });
+        }
         Ok(())
     }
 
@@ -491,6 +504,24 @@ acts_for = "alice@example.com"
             "jwks_url = \"http://127.0.0.1:8080/jwks\"\nalgorithms = [\"RS256\"]",
         ));
         assert_eq!(local.validate(), Ok(()));
+    }
+
+    #[test]
+    fn jwks_refetch_interval_below_one_second_is_refused() {
+        for value in ["0s", "500ms"] {
+            let cfg = parse(&oidc(&format!(
+                "jwks_url = \"https://idp.example.com/jwks\"\nalgorithms = [\"RS256\"]\njwks_min_refetch = \"{value}\""
+            )));
+            let err = cfg.validate().unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::RefetchTooOften { key, .. } if key == "identity.oidc[0].jwks_min_refetch"),
+                "{value}: {err:?}"
+            );
+        }
+        let cfg = parse(&oidc(
+            "jwks_url = \"https://idp.example.com/jwks\"\nalgorithms = [\"RS256\"]\njwks_min_refetch = \"1s\"",
+        ));
+        assert_eq!(cfg.validate(), Ok(()));
     }
 
     #[test]

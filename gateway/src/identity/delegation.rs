@@ -6,6 +6,7 @@
 
 use super::claims::ClaimMapping;
 use super::error::AuthError;
+use super::static_tokens::STATIC_ISSUER;
 use countersign_bot::{IdentityKind, RequesterChain};
 use serde_json::{Map, Value};
 
@@ -29,7 +30,15 @@ pub fn requester_chain(
             return Err(AuthError::DelegationTooDeep { max: MAX_ACTORS });
         }
         // An actor from another issuer keeps its own `iss`; the signing issuer vouches for it either way.
+        // But not for configured static identities: those are proven by their own tokens only, and an
+        // actor named `static|<name>` would otherwise share their requester key (and so reuse, claim or
+        // cancel their requests).
         let actor_issuer = match act.get("iss") {
+            Some(Value::String(s)) if s == STATIC_ISSUER => {
+                return Err(AuthError::malformed(
+                    "an act claim names the issuer \"static\", which is reserved for configured static tokens; have the IdP name the actor's real issuer",
+                ))
+            }
             Some(Value::String(s)) => s.as_str(),
             _ => issuer,
         };
@@ -104,6 +113,19 @@ mod tests {
         let chain =
             requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap();
         assert_eq!(chain.0.len(), MAX_ACTORS + 1);
+    }
+
+    #[test]
+    fn actor_claiming_the_static_issuer_is_refused() {
+        // Would be keyed `sub:static|agent <- email:alice@example.com`, exactly like the configured
+        // static agent acting for alice.
+        let claims = json!({
+            "sub": "user:alice", "email": "alice@example.com",
+            "act": {"sub": "agent", "iss": "static"}
+        });
+        let err =
+            requester_chain(claims.as_object().unwrap(), "https://idp", &mapping()).unwrap_err();
+        assert_eq!(err.code(), "malformed");
     }
 
     #[test]

@@ -31,8 +31,8 @@ pub enum AuthError {
     /// `exp` is in the past (beyond the clock skew).
     #[error("token expired; obtain a fresh token from the identity provider")]
     Expired,
-    /// `nbf` is in the future (beyond the clock skew).
-    #[error("token is not valid yet (nbf in the future); check the client and IdP clocks")]
+    /// `nbf` or `iat` is in the future (beyond the clock skew).
+    #[error("token is not valid yet (nbf or iat in the future); check the client and IdP clocks")]
     NotYetValid,
     /// `aud` does not list our audience.
     #[error(

@@ -136,7 +136,25 @@ impl IssuerVerifier {
         validation.leeway = self.leeway_secs;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
             .map_err(|e| auth_error(e.kind(), &unverified.alg))?;
+        self.check_issued_at(&data.claims)?;
         Ok(data.claims)
+    }
+
+    /// A token issued in the future (beyond the leeway) is refused like one whose `nbf` is in the
+    /// future: jsonwebtoken does not look at `iat`, and a pre-dated token signals a forged or
+    /// mis-minted credential (or a broken IdP clock).
+    fn check_issued_at(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+        let Some(iat) = claims.get("iat") else {
+            return Ok(());
+        };
+        let iat = iat
+            .as_f64()
+            .ok_or_else(|| AuthError::malformed("claim \"iat\" has the wrong type"))?;
+        let now = jsonwebtoken::get_current_timestamp() as f64;
+        if iat > now + self.leeway_secs as f64 {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(())
     }
 }
 

@@ -57,7 +57,13 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let (mechanism, first) = match sasl_initial_response(&body, &offer) {
         Ok(chosen) => chosen,
-        Err(msg) => return Err(fatal(stream, sqlstate::PROTOCOL_VIOLATION, &msg).await),
+        Err(msg) => {
+            shared
+                .gate
+                .login_refused(connection, user, "sasl_mechanism", &msg)
+                .await;
+            return Err(fatal(stream, sqlstate::PROTOCOL_VIOLATION, &msg).await);
+        }
     };
     let mut scram = ScramServer::new(verifier, user, &shared.scram_mock_secret, offer);
     let server_first = match scram.client_first(mechanism, first) {

@@ -3,11 +3,12 @@
 //! Everything else passes through untouched, including partial frames.
 
 use super::codec::{error_fields, frame_header, read_cstr};
+use super::extended::Binding;
 use super::recorder::FinishedStatement;
 use crate::masking::messages;
 use crate::masking::stream::{self, FrameAction, WireMasker};
 use crate::policy::Action;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use countersign_bot::RequestId;
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -19,8 +20,8 @@ use std::time::Instant;
 pub struct InFlight {
     /// Statement text for the record.
     pub sql: Arc<str>,
-    /// Bind bodies for the record's hash.
-    pub binds: Vec<Bytes>,
+    /// Bindings for the record's hash.
+    pub binds: Vec<Binding>,
     /// Policy decision.
     pub decision: Action,
     /// The approval request, for held statements.

@@ -4,7 +4,7 @@
 use super::codec::{read_cstr, read_i16, read_i32};
 use crate::policy::{Action, Verdict};
 use bytes::{Bytes, BytesMut};
-use countersign_bot::StatementHash;
+use countersign_bot::{BoundParam, StatementHash};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +16,19 @@ pub struct Prepared {
     pub sql: Arc<str>,
     /// Verdict from Parse time.
     pub verdict: Arc<Verdict>,
+    /// Parameter type OIDs the Parse declared (0 = let PostgreSQL infer): they decide how a parameter's
+    /// text is read (`'2024-01-02 12:00'` as a date is midnight), so an approval binds them too.
+    pub param_types: Arc<[u32]>,
+}
+
+/// What an executed statement was bound with, for the approval hash: the raw Bind body and the
+/// parameter types its Parse declared.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// Raw Bind body (parameters are read from it only when hashed).
+    pub bind: Bytes,
+    /// The statement's declared parameter types.
+    pub param_types: Arc<[u32]>,
 }
 
 /// A bound portal: its statement and the raw Bind body (parameters are read from it only when needed).
@@ -58,10 +71,18 @@ struct Named {
 }
 
 impl Catalog {
-    /// Records a Parse; `classify` runs only when the name is new or its text changed.
-    pub fn parse(&mut self, name: &[u8], sql: &str, classify: impl FnOnce(&str) -> Arc<Verdict>) {
+    /// Records a Parse with its declared parameter types; `classify` runs only when the name is new or
+    /// its text changed.
+    pub fn parse(
+        &mut self,
+        name: &[u8],
+        sql: &str,
+        param_types: &[u32],
+        classify: impl FnOnce(&str) -> Arc<Verdict>,
+    ) {
+        let same = |p: &Prepared| &*p.sql == sql && &*p.param_types == param_types;
         let replaces = match self.statements.get(name) {
-            Some(existing) if &*existing.prepared.sql == sql && existing.unsettled.is_none() => {
+            Some(existing) if same(&existing.prepared) && existing.unsettled.is_none() => {
                 if !existing.ambiguous {
                     return;
                 }
@@ -71,10 +92,17 @@ impl Catalog {
             None => self.closing.contains_key(name) || (self.sql_prepare && !name.is_empty()),
         };
         let prepared = match self.statements.get(name) {
-            Some(existing) if &*existing.prepared.sql == sql => existing.prepared.clone(),
+            Some(existing) if same(&existing.prepared) => existing.prepared.clone(),
+            // Same text, other parameter types: the verdict (of the text) stands.
+            Some(existing) if &*existing.prepared.sql == sql => Arc::new(Prepared {
+                sql: existing.prepared.sql.clone(),
+                verdict: existing.prepared.verdict.clone(),
+                param_types: param_types.into(),
+            }),
             _ => Arc::new(Prepared {
                 sql: Arc::from(sql),
                 verdict: classify(sql),
+                param_types: param_types.into(),
             }),
         };
         self.closing.remove(name);
@@ -169,6 +197,7 @@ fn uncertain_statement(name: &[u8], sql: &str) -> Prepared {
     let name = String::from_utf8_lossy(name);
     Prepared {
         sql: Arc::from(sql),
+        param_types: Arc::from([]),
         verdict: Arc::new(Verdict {
             action: Action::Block,
             reasons: vec![format!(
@@ -185,6 +214,7 @@ fn unknown_statement(name: &[u8]) -> Prepared {
     let name = String::from_utf8_lossy(name);
     Prepared {
         sql: Arc::from(format!("<unknown prepared statement \"{name}\">")),
+        param_types: Arc::from([]),
         verdict: Arc::new(Verdict {
             action: Action::Block,
             reasons: vec![format!(
@@ -247,9 +277,15 @@ impl Batch {
         }
     }
 
-    /// Bind bodies of the executed statements, in order.
-    pub fn binds(&self) -> Vec<Bytes> {
-        self.executed.iter().map(|p| p.bind.clone()).collect()
+    /// Bindings of the executed statements, in order.
+    pub fn binds(&self) -> Vec<Binding> {
+        self.executed
+            .iter()
+            .map(|p| Binding {
+                bind: p.bind.clone(),
+                param_types: p.statement.param_types.clone(),
+            })
+            .collect()
     }
 
     /// Takes the batch, leaving an empty one.
@@ -267,42 +303,84 @@ impl Batch {
     }
 }
 
-/// Parameter values of a Bind body (`None` = SQL NULL), or None when the body is malformed.
-pub fn bind_params(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+/// Parameter values of a Bind body, each in the form (text or binary) its format code gives, or None
+/// when the body is malformed (PostgreSQL refuses such a Bind, so nothing runs).
+pub fn bind_params(body: &[u8]) -> Option<Vec<BoundParam<'_>>> {
     let mut pos = 0;
     read_cstr(body, &mut pos)?;
     read_cstr(body, &mut pos)?;
-    let formats = read_i16(body, &mut pos)?;
-    pos += 2 * usize::try_from(formats).ok()?;
+    let format_count = usize::try_from(read_i16(body, &mut pos)?).ok()?;
+    let mut formats = Vec::with_capacity(format_count);
+    for _ in 0..format_count {
+        formats.push(read_i16(body, &mut pos)?);
+    }
     let count = usize::try_from(read_i16(body, &mut pos)?).ok()?;
+    // No format codes: all text; one: it applies to every parameter; else one per parameter.
+    if format_count > 1 && format_count != count {
+        return None;
+    }
     let mut params = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
+        let format = match formats.as_slice() {
+            [] => 0,
+            [one] => *one,
+            many => many[i],
+        };
         let len = read_i32(body, &mut pos)?;
         if len < 0 {
-            params.push(None);
-        } else {
-            let end = pos.checked_add(len as usize)?;
-            params.push(Some(body.get(pos..end)?));
-            pos = end;
+            params.push(BoundParam::Null);
+            continue;
         }
+        let end = pos.checked_add(len as usize)?;
+        let value = body.get(pos..end)?;
+        pos = end;
+        params.push(match format {
+            0 => BoundParam::Text(value),
+            1 => BoundParam::Binary(value),
+            _ => return None,
+        });
     }
     Some(params)
 }
 
-/// The hash an approval is bound to: statement text plus all Bind parameters of the batch.
-pub fn statement_hash(sql: &str, binds: &[Bytes]) -> StatementHash {
+/// The hash an approval is bound to: statement text plus all Bind parameters of the batch, with the
+/// form each is sent in (the same bytes in text and in binary form are different values), and the
+/// parameter types the statements declared, when any did.
+pub fn statement_hash(sql: &str, binds: &[Binding]) -> StatementHash {
     if binds.is_empty() {
         return StatementHash::of_text(sql);
     }
-    let mut params: Vec<Option<&[u8]>> = Vec::new();
+    let mut params: Vec<BoundParam<'_>> = Vec::new();
     for b in binds {
-        match bind_params(b) {
+        match bind_params(&b.bind) {
             Some(p) => params.extend(p),
             // A malformed Bind still must hash to something unique to its bytes.
-            None => params.push(Some(b)),
+            None => params.push(BoundParam::Text(&b.bind)),
         }
     }
-    StatementHash::of_parts(sql, &params)
+    let hash = StatementHash::of_bound(sql, &params);
+    if binds.iter().all(|b| b.param_types.iter().all(|&t| t == 0)) {
+        // Nothing declared: PostgreSQL infers every type from the text, which the hash covers.
+        return hash;
+    }
+    let mut declared = Vec::new();
+    for b in binds {
+        declared.extend_from_slice(&(b.param_types.len() as u32).to_be_bytes());
+        for t in b.param_types.iter() {
+            declared.extend_from_slice(&t.to_be_bytes());
+        }
+    }
+    hash.with_context(&declared)
+}
+
+/// The parameter type OIDs of a Parse body after its query text (at `pos`); None when malformed.
+pub fn parse_param_types(body: &[u8], mut pos: usize) -> Option<Vec<u32>> {
+    let count = usize::try_from(read_i16(body, &mut pos)?).ok()?;
+    let mut types = Vec::with_capacity(count);
+    for _ in 0..count {
+        types.push(read_i32(body, &mut pos)? as u32);
+    }
+    Some(types)
 }
 
 #[cfg(test)]
@@ -310,11 +388,27 @@ mod tests {
     use super::*;
     use bytes::BufMut;
 
+    /// A Bind of a statement that declared no parameter types.
+    fn untyped(bind: Bytes) -> Binding {
+        Binding {
+            bind,
+            param_types: Arc::from([]),
+        }
+    }
+
+    /// A Bind body with text parameters (one format code, 0).
     fn bind_body(params: &[Option<&[u8]>]) -> Bytes {
+        bind_body_in(&[0], params)
+    }
+
+    /// A Bind body with these parameter format codes.
+    fn bind_body_in(formats: &[i16], params: &[Option<&[u8]>]) -> Bytes {
         let mut b = BytesMut::new();
         b.put_slice(b"\0s1\0");
-        b.put_i16(1);
-        b.put_i16(1);
+        b.put_i16(formats.len() as i16);
+        for f in formats {
+            b.put_i16(*f);
+        }
         b.put_i16(params.len() as i16);
         for p in params {
             match p {
@@ -331,9 +425,18 @@ mod tests {
 
     #[test]
     fn bind_parameters_are_part_of_the_statement_hash() {
-        let a = statement_hash("DELETE FROM t WHERE id = $1", &[bind_body(&[Some(b"1")])]);
-        let b = statement_hash("DELETE FROM t WHERE id = $1", &[bind_body(&[Some(b"2")])]);
-        let c = statement_hash("DELETE FROM t WHERE id = $1", &[bind_body(&[Some(b"1")])]);
+        let a = statement_hash(
+            "DELETE FROM t WHERE id = $1",
+            &[untyped(bind_body(&[Some(b"1")]))],
+        );
+        let b = statement_hash(
+            "DELETE FROM t WHERE id = $1",
+            &[untyped(bind_body(&[Some(b"2")]))],
+        );
+        let c = statement_hash(
+            "DELETE FROM t WHERE id = $1",
+            &[untyped(bind_body(&[Some(b"1")]))],
+        );
         assert_ne!(a, b);
         assert_eq!(a, c);
         assert_eq!(
@@ -343,9 +446,74 @@ mod tests {
     }
 
     #[test]
+    fn the_same_parameter_bytes_in_binary_form_are_another_statement() {
+        // "12345678" is the int8 12345678 in text form and 3544952156018063160 in binary form: an
+        // approval of the one must not run the other.
+        let sql = "DELETE FROM t WHERE id = $1";
+        let value: &[u8] = b"12345678";
+        let text = statement_hash(sql, &[untyped(bind_body_in(&[0], &[Some(value)]))]);
+        let binary = statement_hash(sql, &[untyped(bind_body_in(&[1], &[Some(value)]))]);
+        assert_ne!(text, binary);
+        // No format codes means text; one code applies to every parameter; else one code each.
+        assert_eq!(
+            text,
+            statement_hash(sql, &[untyped(bind_body_in(&[], &[Some(value)]))])
+        );
+        let two = [Some(value), Some(value)];
+        assert_eq!(
+            statement_hash(sql, &[untyped(bind_body_in(&[1], &two))]),
+            statement_hash(sql, &[untyped(bind_body_in(&[1, 1], &two))])
+        );
+        assert_ne!(
+            statement_hash(sql, &[untyped(bind_body_in(&[0, 1], &two))]),
+            statement_hash(sql, &[untyped(bind_body_in(&[1, 0], &two))])
+        );
+        // Format codes PostgreSQL refuses leave the Bind malformed, hashed by its bytes.
+        assert!(bind_params(&bind_body_in(&[2], &[Some(value)])).is_none());
+        assert!(bind_params(&bind_body_in(&[0, 0], &[Some(value)])).is_none());
+    }
+
+    #[test]
+    fn the_parameter_types_a_parse_declares_are_part_of_the_statement_hash() {
+        // '2024-01-02 12:00' read as a date (1082) is midnight, as a timestamptz (1184) noon: an
+        // approval of the one must not run the other.
+        let sql = "DELETE FROM t WHERE at < $1";
+        let bind = bind_body(&[Some(b"2024-01-02 12:00")]);
+        let typed = |types: &[u32]| Binding {
+            bind: bind.clone(),
+            param_types: Arc::from(types),
+        };
+        let as_date = statement_hash(sql, &[typed(&[1082])]);
+        let as_timestamptz = statement_hash(sql, &[typed(&[1184])]);
+        assert_ne!(as_date, as_timestamptz);
+        // Declaring nothing (or 0, "infer") is the hash of text and parameters alone.
+        let inferred = statement_hash(sql, &[untyped(bind.clone())]);
+        assert_eq!(inferred, statement_hash(sql, &[typed(&[0])]));
+        assert_ne!(inferred, as_date);
+    }
+
+    #[test]
+    fn re_parse_with_other_parameter_types_binds_the_new_types() {
+        let mut cat = Catalog::default();
+        cat.parse(b"", "DELETE FROM t WHERE at < $1", &[1184], |_| {
+            verdict_of(Action::Review)
+        });
+        cat.end_batch();
+        cat.parse(b"", "DELETE FROM t WHERE at < $1", &[1082], |_| {
+            unreachable!("same text, classified once")
+        });
+        cat.bind(b"", b"", &bind_body(&[Some(b"2024-01-02 12:00")]));
+        let portal = cat.portal(b"").unwrap();
+        assert_eq!(&*portal.statement.param_types, &[1082]);
+    }
+
+    #[test]
     fn bind_params_reads_nulls_and_rejects_truncation() {
         let body = bind_body(&[None, Some(b"xy")]);
-        assert_eq!(bind_params(&body).unwrap(), vec![None, Some(&b"xy"[..])]);
+        assert_eq!(
+            bind_params(&body).unwrap(),
+            vec![BoundParam::Null, BoundParam::Text(b"xy")]
+        );
         assert!(bind_params(&body[..body.len() - 5]).is_none());
     }
 
@@ -361,7 +529,7 @@ mod tests {
             review: None,
         });
         for _ in 0..3 {
-            cat.parse(b"s1", "SELECT 1", |_| {
+            cat.parse(b"s1", "SELECT 1", &[], |_| {
                 calls += 1;
                 verdict.clone()
             });
@@ -388,11 +556,11 @@ mod tests {
     #[test]
     fn re_parse_of_a_name_is_uncertain_until_its_batch_ends_without_error() {
         let mut cat = Catalog::default();
-        cat.parse(b"s1", "DELETE FROM t", |_| verdict_of(Action::Review));
+        cat.parse(b"s1", "DELETE FROM t", &[], |_| verdict_of(Action::Review));
         let first = cat.end_batch();
         cat.settle(first, true);
         // PostgreSQL refuses this Parse (42P05: s1 exists) and keeps the DELETE.
-        cat.parse(b"s1", "SELECT 1", |_| verdict_of(Action::Allow));
+        cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         assert_eq!(
             bound(&mut cat, b"s1"),
             Action::Allow,
@@ -408,7 +576,7 @@ mod tests {
         assert_eq!(bound(&mut cat, b"s1"), Action::Block);
         // Close, Parse and a batch that succeeds make the name certain again.
         cat.close(b'S', b"s1");
-        cat.parse(b"s1", "SELECT 1", |_| verdict_of(Action::Allow));
+        cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         assert_eq!(bound(&mut cat, b"s1"), Action::Allow);
         let third = cat.end_batch();
         cat.settle(third, true);
@@ -418,14 +586,14 @@ mod tests {
     #[test]
     fn close_counts_only_once_its_batch_succeeded() {
         let mut cat = Catalog::default();
-        cat.parse(b"s1", "DELETE FROM t", |_| verdict_of(Action::Review));
+        cat.parse(b"s1", "DELETE FROM t", &[], |_| verdict_of(Action::Review));
         let first = cat.end_batch();
         cat.settle(first, true);
         // An error earlier in this batch would make PostgreSQL skip the Close.
         cat.close(b'S', b"s1");
         let closing = cat.end_batch();
         cat.settle(closing, false);
-        cat.parse(b"s1", "SELECT 1", |_| verdict_of(Action::Allow));
+        cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         let reparsed = cat.end_batch();
         cat.settle(reparsed, false);
         assert_eq!(bound(&mut cat, b"s1"), Action::Block);
@@ -434,15 +602,15 @@ mod tests {
     #[test]
     fn fresh_names_and_unchanged_texts_stay_certain() {
         let mut cat = Catalog::default();
-        cat.parse(b"s1", "SELECT 1", |_| verdict_of(Action::Allow));
+        cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         let first = cat.end_batch();
         assert_eq!(bound(&mut cat, b"s1"), Action::Allow, "nothing to replace");
         cat.settle(first, false);
-        cat.parse(b"s1", "SELECT 1", |_| unreachable!("classified once"));
+        cat.parse(b"s1", "SELECT 1", &[], |_| unreachable!("classified once"));
         assert_eq!(bound(&mut cat, b"s1"), Action::Allow);
         // After a PREPARE went upstream a new name may already exist there.
         cat.saw_sql_prepare();
-        cat.parse(b"p", "SELECT 2", |_| verdict_of(Action::Allow));
+        cat.parse(b"p", "SELECT 2", &[], |_| verdict_of(Action::Allow));
         cat.end_batch();
         assert_eq!(bound(&mut cat, b"p"), Action::Block);
     }

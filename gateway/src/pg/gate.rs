@@ -39,6 +39,16 @@ pub trait WireGate: Send + Sync + 'static {
     /// A SCRAM login failed (wrong password, unknown user or a broken exchange): audit it like a refused
     /// token.
     async fn scram_refused(&self, _connection: &str, _user: &str, _error: &ScramError) {}
+    /// A login was refused before any credential was checked (a password without TLS where TLS is
+    /// required, a SASL mechanism that was not offered): audit it like a refused token. `code` is stable.
+    async fn login_refused(
+        &self,
+        _connection: &str,
+        _user: &str,
+        _code: &'static str,
+        _message: &str,
+    ) {
+    }
     /// Where and how to connect upstream for this connection name (None = unknown connection → 3D000).
     fn upstream(&self, connection: &str) -> Option<UpstreamTarget>;
     /// The connection's masking rules; None (the default) relays results untouched at no cost.

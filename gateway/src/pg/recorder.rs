@@ -2,10 +2,9 @@
 //! drains on a short tick, so the relay never awaits the store and never wakes another task per statement.
 //! Each tick hands its statements to the gate as one batch, so the engine's writer wakes once per tick too.
 
-use super::extended::statement_hash;
+use super::extended::{statement_hash, Binding};
 use super::gate::{ExecutionOutcome, SessionInfo, StatementRecord, WireGate};
 use crate::policy::Action;
-use bytes::Bytes;
 use countersign_bot::{RequestId, SessionId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,8 +19,8 @@ const TICK: Duration = Duration::from_millis(20);
 pub struct FinishedStatement {
     /// Statement text.
     pub sql: Arc<str>,
-    /// Raw Bind message bodies of the batch (parameters are hashed from them).
-    pub binds: Vec<Bytes>,
+    /// Bindings of the batch (parameters and declared types are hashed from them).
+    pub binds: Vec<Binding>,
     /// Policy decision.
     pub decision: Action,
     /// Approval request, when held.

@@ -5,12 +5,12 @@ use super::backend::{statement_text, BackendTracker, CopyMarks, InFlight};
 use super::cancel::CancelSignal;
 use super::codec::{frame_header, put_error, read_cstr, send, sqlstate, Severity};
 use super::error::WireError;
-use super::extended::{statement_hash, Batch, Catalog};
+use super::extended::{parse_param_types, statement_hash, Batch, Binding, Catalog};
 use super::gate::{HoldOutcome, HoldTicket, SessionInfo, WireGate};
 use super::recorder::{FinishedStatement, Recorder};
 use crate::masking::{Masker, TableLookup, WireMasker};
 use crate::policy::{Action, Verdict, VerdictMemo};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use countersign_bot::RequestId;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +49,7 @@ pub struct SessionCtx {
 struct Held {
     bytes: BytesMut,
     sql: Arc<str>,
-    binds: Vec<Bytes>,
+    binds: Vec<Binding>,
     verdict: Arc<Verdict>,
     received: Instant,
     /// The extended-protocol batch, for [`Catalog::settle`]; None for a simple query.
@@ -67,7 +67,7 @@ enum Step {
 /// A gateway-made refusal, delivered through the upstream so transaction state stays true.
 struct Refusal<'a> {
     sql: Arc<str>,
-    binds: Vec<Bytes>,
+    binds: Vec<Binding>,
     decision: Action,
     request_id: Option<RequestId>,
     code: &'a str,
@@ -544,6 +544,7 @@ where
         let mut pos = 5;
         let name = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Parse"))?;
         let text = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Parse"))?;
+        let param_types = parse_param_types(frame, pos).ok_or_else(|| malformed("Parse"))?;
         let sql = statement_text(&self.backend.client_encoding, text)
             .map_err(|_| malformed("Parse (query text unreadable in the client encoding)"))?;
         let sql = &*sql;
@@ -552,7 +553,7 @@ where
         let memo = &mut self.verdicts;
         let backend = &self.backend;
         let mut prepares = false;
-        self.catalog.parse(name, sql, |sql| {
+        self.catalog.parse(name, sql, &param_types, |sql| {
             let verdict = gate.classify(&session.connection, &session.requester, sql, memo);
             let verdict = misread_guard(backend, sql, verdict);
             prepares = may_prepare(&verdict);

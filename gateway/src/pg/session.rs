@@ -289,6 +289,10 @@ async fn serve<S: Halves>(
     }
     if !tls && !shared.cfg.cleartext_allowed_without_tls() {
         let msg = "the gateway accepts passwords only over TLS; connect with sslmode=require";
+        shared
+            .gate
+            .login_refused(&connection, &user, "tls_required", msg)
+            .await;
         return Err(fatal(&mut stream, sqlstate::INVALID_AUTHORIZATION, msg).await);
     }
     let offer = match (tls, &shared.tls_end_point) {

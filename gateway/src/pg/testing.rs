@@ -56,6 +56,13 @@ pub enum GateEvent {
         /// Why.
         error: ScramError,
     },
+    /// `login_refused` for this user.
+    LoginRefused {
+        /// The startup user.
+        user: String,
+        /// The stable code.
+        code: &'static str,
+    },
 }
 
 /// A static gate: see the module docs.
@@ -224,6 +231,19 @@ impl WireGate for StaticGate {
         self.record(GateEvent::ScramRefused {
             user: user.to_string(),
             error: error.clone(),
+        });
+    }
+
+    async fn login_refused(
+        &self,
+        _connection: &str,
+        user: &str,
+        code: &'static str,
+        _message: &str,
+    ) {
+        self.record(GateEvent::LoginRefused {
+            user: user.to_string(),
+            code,
         });
     }
 

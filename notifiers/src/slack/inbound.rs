@@ -29,6 +29,9 @@ use std::sync::Arc;
 /// Channel name votes from Slack carry.
 pub const CHANNEL: &str = "slack";
 
+/// Answer to a request whose signature was already seen.
+const REPLAYED: &str = "this request was already received (a replay): Slack sends each click once; click again in Slack to act";
+
 /// State of the inbound endpoints.
 #[derive(Clone)]
 pub struct SlackInbound {
@@ -90,17 +93,19 @@ impl Inner {
         }
     }
 
-    /// Verify the signature; refusals are audited and answered 401.
+    /// Verify the signature and that this exact request was not received before; refusals are audited
+    /// and answered 401.
     async fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let signed = header("x-slack-signature");
         match signature::verify(
             self.signing_secret.as_bytes(),
             header("x-slack-request-timestamp"),
-            header("x-slack-signature"),
+            signed,
             body,
             now_unix(),
         ) {
-            Ok(()) => Ok(()),
+            Ok(()) => self.first_delivery(signed.unwrap_or_default()).await,
             Err(e) => {
                 tracing::warn!(error = %e, "refused an unverified Slack call");
                 self.audit(
@@ -110,6 +115,38 @@ impl Inner {
                 )
                 .await;
                 Err((StatusCode::UNAUTHORIZED, e.to_string()).into_response())
+            }
+        }
+    }
+
+    /// A verified request is accepted once: the signature covers the timestamp and the body (each click
+    /// carries its own trigger_id and action_ts), so the same signature again is a captured request
+    /// replayed within the five-minute window.
+    async fn first_delivery(&self, signature: &str) -> Result<(), Response> {
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        match self
+            .store
+            .consume_nonce(&format!("slack:{}", signature.trim()), now_ms)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::warn!("refused a replayed Slack call");
+                self.audit(
+                    AuditEntry::new("unauthenticated", "slack.replay_refused", CHANNEL)
+                        .decision("refused")
+                        .detail(serde_json::json!({ "error": REPLAYED })),
+                )
+                .await;
+                Err((StatusCode::UNAUTHORIZED, REPLAYED).into_response())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store unavailable while checking a Slack call for replay; refused");
+                Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Countersign's store is unavailable; click again in a moment",
+                )
+                    .into_response())
             }
         }
     }

@@ -224,6 +224,7 @@ impl MessageRenderer {
                 "the voter is in the requester chain (separation of duties)"
             }
             "workload_cannot_vote" => "workload identities cannot vote",
+            "voter_without_email" => "the voter has no verified e-mail address",
             "not_an_approver" => "the voter is not in an approver group for this request",
             "already_voted" => "the voter had already voted",
             "resolved" | "expired" => "the request was no longer pending",
