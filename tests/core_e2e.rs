@@ -1096,3 +1096,60 @@ async fn a_held_wire_statement_whose_store_goes_away_is_told_so_and_runs_once_af
     }
     assert_eq!(status, json!("executed"), "exactly one execution");
 }
+
+#[tokio::test]
+async fn an_agent_reads_its_own_requests_but_not_another_agents() {
+    let other = "test-other-agent-token";
+    let extra = format!(
+        "[[identity.static_tokens]]\nname = \"other-agent\"\nsha256 = \"{}\"\nkind = \"workload\"\n",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(other.as_bytes()))
+    );
+    let gw = spawn_gateway(&base_config(&extra), Backend::Sqlite).await;
+    let t = make_table("cs_read_own").await;
+    let held = gw
+        .query(AGENT, &format!("DELETE FROM {t} WHERE id = 7"))
+        .await;
+    assert_eq!(held.status, 202, "{:?}", held.body);
+    let id = id_of(&held);
+
+    let list = |token: &'static str| {
+        let gw = &gw;
+        async move {
+            let r = gw
+                .http
+                .get(format!("{}/v1/requests", gw.base))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<serde_json::Value>().await.unwrap()["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        }
+    };
+    // The requesting agent and a reviewer see the request.
+    assert!(list(AGENT).await.contains(&id));
+    assert!(list(BOB).await.contains(&id));
+    assert_eq!(gw.request(AGENT, &id).await.status, 200);
+    assert_eq!(gw.request(BOB, &id).await.status, 200);
+    // Another agent neither lists nor reads it, and is told no more than for an unknown id.
+    assert!(!list(other).await.contains(&id));
+    let r = gw.request(other, &id).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (404, Some("not_found"))
+    );
+    let unknown = gw
+        .request(other, "00000000-0000-7000-8000-000000000000")
+        .await;
+    assert_eq!(
+        r.body["message"].as_str().map(|m| m.replace(&id, "ID")),
+        unknown.body["message"]
+            .as_str()
+            .map(|m| m.replace("00000000-0000-7000-8000-000000000000", "ID"))
+    );
+}

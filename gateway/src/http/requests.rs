@@ -23,9 +23,28 @@ pub struct ListParams {
     limit: Option<u32>,
 }
 
+/// Whether a caller proving `caller` may read a request made by `requester`.
+///
+/// People (reviewers) read every request: they decide them. A chain with a workload in it reads only
+/// requests whose requester chain holds one of its workloads (its own, its subagents', its parent
+/// agent's), so one agent can't read another's statements and the literals in them.
+fn may_read(caller: &RequesterChain, requester: &RequesterChain) -> bool {
+    let mut workloads = caller.0.iter().filter(|i| !i.is_human()).peekable();
+    if workloads.peek().is_none() {
+        return !caller.0.is_empty();
+    }
+    workloads.any(|w| {
+        let key = w.canonical();
+        requester
+            .0
+            .iter()
+            .any(|r| !r.is_human() && r.canonical() == key)
+    })
+}
+
 pub async fn list(
     State(st): State<AppState>,
-    Caller(_): Caller,
+    Caller(chain): Caller,
     Query(p): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let status = match &p.status {
@@ -35,21 +54,32 @@ pub async fn list(
         ),
         None => None,
     };
-    let requests = st
+    let limit = p.limit.unwrap_or(100).min(1000);
+    let everyone = chain.0.iter().all(Identity::is_human);
+    // A workload sees its own among the newest requests: fetched at the largest page, then filtered.
+    let mut requests = st
         .engine
         .store()
-        .list_requests(status, p.limit.unwrap_or(100).min(1000))
+        .list_requests(status, if everyone { limit } else { 1000 })
         .await?;
+    if !everyone {
+        requests.retain(|r| may_read(&chain, &r.requester));
+        requests.truncate(limit as usize);
+    }
     Ok(Json(json!({ "requests": requests })))
 }
 
 pub async fn show(
     State(st): State<AppState>,
-    Caller(_): Caller,
+    Caller(chain): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
     let view = st.engine.workflow.get(id).await?;
+    if !may_read(&chain, &view.request.requester) {
+        // The same answer as for an unknown id: another agent's request is not confirmed to exist.
+        return Err(countersign_bot::WorkflowError::NotFound(id).into());
+    }
     let mut body = serde_json::to_value(&view).map_err(|e| ApiError::unavailable(e.to_string()))?;
     body["approvals"] = json!(view.approvals());
     body["approvers"] = json!(st.engine.approvers(&view.request.approver_groups));
