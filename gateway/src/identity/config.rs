@@ -149,6 +149,9 @@ pub enum ConfigError {
     /// A key that must not be empty.
     #[error("identity: `{key}` is empty; set it")]
     Empty { key: String },
+    /// An OIDC issuer named like an identity source the gateway itself vouches for.
+    #[error("identity: `{key}` = {value:?} is the name the gateway gives its own identities (static tokens, Slack users, e-mail links), so its tokens could pass as theirs; set it to the IdP's issuer URL (the `iss` its tokens carry)")]
+    ReservedIssuer { key: String, value: String },
     /// Two issuers with the same `issuer`.
     #[error(
         "identity: issuer {issuer:?} is configured twice in [[identity.oidc]]; merge the entries"
@@ -256,12 +259,23 @@ impl IdentityConfig {
     }
 }
 
+/// Issuer names of identities the gateway establishes itself: static tokens (`static`), Slack clicks
+/// (`slack`) and e-mail approval links (`email`). An OIDC issuer with one of these names would mint
+/// identities indistinguishable from them.
+const RESERVED_ISSUERS: [&str; 3] = ["static", "slack", "email"];
+
 impl OidcIssuerConfig {
     fn validate(&self, index: usize) -> Result<(), ConfigError> {
         let key = format!("identity.oidc[{index}]");
         if self.issuer.trim().is_empty() {
             return Err(ConfigError::Empty {
                 key: format!("{key}.issuer"),
+            });
+        }
+        if RESERVED_ISSUERS.contains(&self.issuer.trim()) {
+            return Err(ConfigError::ReservedIssuer {
+                key: format!("{key}.issuer"),
+                value: self.issuer.clone(),
             });
         }
         if self.audience.trim().is_empty() {
@@ -599,6 +613,21 @@ acts_for = "alice@example.com"
             none.validate(),
             Err(ConfigError::NoCredential { .. })
         ));
+    }
+
+    #[test]
+    fn issuers_named_like_the_gateways_own_identities_are_refused() {
+        for name in RESERVED_ISSUERS {
+            let toml = format!("[[identity.oidc]]\nissuer = \"{name}\"\naudience = \"a\"\njwks_url = \"https://idp/j\"\nalgorithms = [\"RS256\"]\n");
+            let err = parse(&format!("[identity]\n{toml}"))
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("identity.oidc[0].issuer") && err.contains("issuer URL"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
