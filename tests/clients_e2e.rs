@@ -887,3 +887,68 @@ async fn tokio_postgres_transaction_builder_with_deferrable_passes_without_revie
     assert_eq!(n, 3);
     tx.commit().await.unwrap();
 }
+
+/// A plain pg_dump of the database `conninfo` names (a URL or keyword/value string).
+fn pg_dump(conninfo: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("pg_dump")
+        .args(["-d", conninfo])
+        .args(args)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("pg_dump must be installed (postgresql-client)");
+    assert!(
+        out.status.success(),
+        "pg_dump {args:?} of {conninfo}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Newer pg_dump fences a plain dump with `\restrict <random key>` / `\unrestrict <key>`, new each run.
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn pg_dump_data_only_reads_through_the_builtin_policy_and_matches_a_direct_dump() {
+    let db = countersign_bot::testing::fresh_pg_database()
+        .await
+        .expect("create the database to dump");
+    let (direct, conn) = tokio_postgres::connect(&db, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    direct
+        .batch_execute(
+            "CREATE SCHEMA app;
+             CREATE TABLE app.people (id int PRIMARY KEY, name text NOT NULL);
+             CREATE TABLE app.orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                                      person int REFERENCES app.people, amount numeric(10,2));
+             INSERT INTO app.people VALUES (1, 'ann'), (2, 'bob');
+             INSERT INTO app.orders (person, amount) VALUES (1, 9.5), (2, 3);
+             CREATE VIEW app.rich AS SELECT name FROM app.people;",
+        )
+        .await
+        .unwrap();
+    // No allow rule for this connection: pg_dump passes on the built-in policy alone (its ACCESS SHARE
+    // locks, acldefault, synchronize_seqscans, row_security, restrict_nonsystem_relation_kind), and a
+    // statement that were held would fail it after the short hold_wait.
+    let cfg = config(
+        2.0,
+        &format!("[[connections]]\nname = \"dump\"\nupstream_url = \"{db}\"\n"),
+    );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let gateway = format!(
+        "host=127.0.0.1 port={} dbname=dump user=agent password={AGENT}",
+        wire(&gw).port()
+    );
+    let (through, straight) = tokio::task::spawn_blocking(move || {
+        (
+            pg_dump(&gateway, &["--data-only"]),
+            pg_dump(&db, &["--data-only"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(through.contains("COPY app.people"), "{through}");
+    assert_eq!(through, straight);
+}

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AccessExpr, AlterRoleOperation, CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr,
-    FunctionArguments, Ident, ObjectName, Query, Reset, RoleOption, Select, Set, SetExpr,
-    Statement, TableFactor, UtilityOption, Value, Visit, Visitor,
+    AccessExpr, AlterRoleOperation, BinaryOperator, CopySource, CopyTarget, Expr, FunctionArg,
+    FunctionArgExpr, FunctionArguments, Ident, LockTableMode, ObjectName, Query, Reset, RoleOption,
+    Select, SelectItem, Set, SetExpr, Statement, TableFactor, UtilityOption, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -147,6 +147,13 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
     }
     let mut seen = Collector::default();
     let _ = statement.visit(&mut seen);
+    if let Some(setting) = setting_pinned_by_where(statement) {
+        for call in &mut seen.functions {
+            if call.first_arg.is_none() && call.name.rsplit('.').next() == Some("set_config") {
+                call.first_arg = Some(setting.clone());
+            }
+        }
+    }
     // `WITH … DELETE …` is a DELETE (PostgreSQL's DeleteStmt with a WITH clause), not a query: judged,
     // named and matched by rules as the write it is.
     let statement = main_write(statement).unwrap_or(statement);
@@ -340,6 +347,82 @@ fn shadows_vetted_function(name: &ObjectName) -> bool {
         && super::functions::is_vetted_read_only(base)
 }
 
+/// The setting a `set_config(name, …)` call sets in `SELECT set_config(name, '…', …) FROM pg_settings
+/// WHERE name = 'setting'`, the form pg_dump uses to set a setting only a newer server knows: the WHERE
+/// clause leaves `name` no other value. Only that exact shape (one call in the select list, the
+/// catalog view alone, an equality with a literal) is read; anything else leaves the name unknown.
+fn setting_pinned_by_where(statement: &Statement) -> Option<String> {
+    let Statement::Query(query) = statement else {
+        return None;
+    };
+    if query.with.is_some() {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let [from] = &select.from[..] else {
+        return None;
+    };
+    let TableFactor::Table {
+        name, args: None, ..
+    } = &from.relation
+    else {
+        return None;
+    };
+    if !from.joins.is_empty()
+        || !matches!(
+            object_name(name).as_str(),
+            "pg_settings" | "pg_catalog.pg_settings"
+        )
+    {
+        return None;
+    }
+    let [SelectItem::UnnamedExpr(Expr::Function(call))
+    | SelectItem::ExprWithAlias {
+        expr: Expr::Function(call),
+        ..
+    }] = &select.projection[..]
+    else {
+        return None;
+    };
+    let FunctionArguments::List(list) = &call.args else {
+        return None;
+    };
+    let first_is_name = matches!(
+        list.args.first(),
+        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(i)))) if folded(i) == "name"
+    );
+    let literal_args = list.args.iter().skip(1).all(|a| {
+        matches!(
+            a,
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(_)))
+        )
+    });
+    if !first_is_name
+        || !literal_args
+        || function_name(&call.name).rsplit('.').next() != Some("set_config")
+    {
+        return None;
+    }
+    match select.selection.as_ref()? {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => match (left.as_ref(), right.as_ref()) {
+            (Expr::Identifier(column), Expr::Value(v)) if folded(column) == "name" => {
+                match &v.value {
+                    Value::SingleQuotedString(setting) => Some(setting.to_lowercase()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn join(items: &[&str]) -> String {
     items.join(", ")
 }
@@ -417,6 +500,13 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
         Statement::Delete(_) => review(on("DELETE removes data")),
         Statement::Merge(_) => review(on("MERGE changes data")),
         Statement::Truncate(_) => review(on("TRUNCATE removes all rows")),
+        // ACCESS SHARE is the lock every SELECT takes on what it reads (pg_dump takes it up front so no
+        // table changes shape mid-dump); it conflicts only with ACCESS EXCLUSIVE, and PostgreSQL accepts
+        // LOCK only inside a transaction block, where a SELECT would hold the same lock as long. So it
+        // is judged as a read of its tables: table-scoped rules still see them.
+        Statement::Lock(lock) if lock.lock_mode == Some(LockTableMode::AccessShare) => {
+            allow("LOCK … IN ACCESS SHARE MODE takes only the lock a SELECT of its tables takes")
+        }
         Statement::Lock(_) | Statement::LockTables { .. } => review(on("LOCK takes table locks")),
         Statement::Drop { object_type, .. }
             if object_type.to_string().eq_ignore_ascii_case("DATABASE") =>

@@ -77,6 +77,8 @@ const SIDE_EFFECTS: &[(&str, &str)] = &[
 /// tables the statement names. Sorted, so lookups can binary-search.
 const READ_ONLY: &[&str] = &[
     "abs",
+    // The default privileges of an object kind for an owner; pg_dump compares ACLs with it.
+    "acldefault",
     "age",
     // ARRAY(subquery), the constructor psql's \d uses; the subquery is classified on its own.
     "array",
@@ -219,6 +221,9 @@ const READ_ONLY: &[&str] = &[
     "pg_conversion_is_visible",
     "pg_database_size",
     "pg_encoding_to_char",
+    // Exports this transaction's snapshot so another session (pg_dump -j) reads the same data; it
+    // changes no data, and PostgreSQL allows it on a read-only standby.
+    "pg_export_snapshot",
     "pg_function_is_visible",
     "pg_get_constraintdef",
     "pg_get_expr",
@@ -247,6 +252,8 @@ const READ_ONLY: &[&str] = &[
     "pg_opclass_is_visible",
     "pg_operator_is_visible",
     "pg_opfamily_is_visible",
+    // Splits an options array (reloptions, fdwoptions) into name/value rows.
+    "pg_options_to_table",
     "pg_partition_ancestors",
     "pg_partition_root",
     "pg_partition_tree",
@@ -357,10 +364,16 @@ const HARMLESS_SETTINGS: &[&str] = &[
     "parallel_tuple_cost",
     "plan_cache_mode",
     "random_page_cost",
+    // Only narrows what the session may read: views and foreign tables are refused (pg_dump sets it).
+    "restrict_nonsystem_relation_kind",
+    // Off makes a query that row security would filter fail instead; it never bypasses a policy.
+    "row_security",
     "search_path",
     "seq_page_cost",
     "standard_conforming_strings",
     "statement_timeout",
+    // Where a sequential scan starts (pg_dump turns it off so rows come out in physical order).
+    "synchronize_seqscans",
     "timezone",
     "timezone_abbreviations",
     "transaction_isolation",
