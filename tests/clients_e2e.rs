@@ -649,3 +649,47 @@ async fn tokio_postgres_transaction_builder_with_deferrable_passes_without_revie
     assert_eq!(n, 3);
     tx.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn unknown_connection_name_is_3d000_after_the_login_as_postgres_reports_a_missing_database() {
+    // pg8000's own suite connects to databases that don't exist and expects 3D000; the engine used to
+    // refuse the name with 28000 before it even checked the token.
+    let verifier = countersign_gateway::identity::scram::ScramVerifier::generate("ops pass");
+    let gw = spawn_gateway(
+        &config(
+            5.0,
+            &format!(
+                "[[identity.static_tokens]]\nname = \"ops-psql\"\nkind = \"human\"\nemail = \"ops@example.com\"\nscram_verifier = \"{verifier}\"\n"
+            ),
+        ),
+        Backend::Sqlite,
+    )
+    .await;
+    let port = wire(&gw).port();
+    let refusal = |user: &str, password: &str| {
+        let conn = format!(
+            "host=127.0.0.1 port={port} dbname=no_such_db user={user} password='{password}' sslmode=disable"
+        );
+        async move {
+            let err = tokio_postgres::connect(&conn, NoTls)
+                .await
+                .err()
+                .expect("an unknown connection name is refused");
+            db_error(&err)
+        }
+    };
+    let (code, message) = refusal("agent", AGENT).await;
+    assert_eq!(code, "3D000", "{message}");
+    assert!(
+        message.contains("\"no_such_db\"") && message.contains("local"),
+        "{message}"
+    );
+    let (code, message) = refusal("ops-psql", "ops pass").await;
+    assert_eq!(code, "3D000", "{message}");
+    // Without valid credentials the client learns nothing about the connections.
+    for (user, password) in [("agent", "not-a-token"), ("ops-psql", "wrong pass")] {
+        let (code, message) = refusal(user, password).await;
+        assert_eq!(code, "28P01", "{user}: {message}");
+        assert!(!message.contains("local"), "{message}");
+    }
+}

@@ -21,17 +21,16 @@ impl WireGate for Engine {
         user: &str,
         password: &str,
     ) -> Result<RequesterChain, WireAuthError> {
-        if !self.upstreams.contains_key(connection) {
-            return Err(WireAuthError::NotAllowed(format!(
-                "no connection named \"{connection}\" is configured; use one of: {}",
-                self.connection_names().join(", ")
-            )));
-        }
-        self.authenticate(password, "wire")
-            .await
-            .map_err(|_| WireAuthError::BadPassword {
-                user: user.to_string(),
-            })
+        // The credential first, as PostgreSQL checks the password before the database: a client that
+        // can't log in learns nothing about the connections.
+        let chain =
+            self.authenticate(password, "wire")
+                .await
+                .map_err(|_| WireAuthError::BadPassword {
+                    user: user.to_string(),
+                })?;
+        self.known_connection(connection)?;
+        Ok(chain)
     }
 
     fn scram_verifier(&self, user: &str) -> Option<ScramVerifier> {
@@ -43,18 +42,15 @@ impl WireGate for Engine {
         connection: &str,
         user: &str,
     ) -> Result<RequesterChain, WireAuthError> {
-        if !self.upstreams.contains_key(connection) {
-            return Err(WireAuthError::NotAllowed(format!(
-                "no connection named \"{connection}\" is configured; use one of: {}",
-                self.connection_names().join(", ")
-            )));
-        }
-        self.auth
+        let chain = self
+            .auth
             .scram_login(user)
             .map(|l| l.chain.clone())
             .ok_or_else(|| WireAuthError::BadPassword {
                 user: user.to_string(),
-            })
+            })?;
+        self.known_connection(connection)?;
+        Ok(chain)
     }
 
     async fn scram_refused(&self, connection: &str, user: &str, error: &ScramError) {
@@ -292,5 +288,18 @@ impl Engine {
         {
             tracing::warn!(session_id = %id, error = %e, "could not queue the session summary");
         }
+    }
+}
+
+impl Engine {
+    /// `connection` names a configured connection; else the 3D000 refusal that lists the configured ones.
+    fn known_connection(&self, connection: &str) -> Result<(), WireAuthError> {
+        if self.upstreams.contains_key(connection) {
+            return Ok(());
+        }
+        Err(WireAuthError::UnknownConnection {
+            connection: connection.to_string(),
+            configured: self.connection_names(),
+        })
     }
 }
