@@ -744,10 +744,10 @@ async fn a_login_to_an_unknown_connection_reveals_no_names_without_a_valid_token
     let db = err.as_db_error().expect("a FATAL from the gateway");
     assert_eq!(db.code().code(), "28P01", "{}", db.message());
     assert!(!db.message().contains("local"), "{}", db.message());
-    // A valid token on a connection that is not configured: 28000, naming the ones that are.
+    // A valid token on a connection that is not configured: 3D000, naming the ones that are.
     let err = login(AGENT).await.err().expect("refused");
     let db = err.as_db_error().expect("a FATAL from the gateway");
-    assert_eq!(db.code().code(), "28000", "{}", db.message());
+    assert_eq!(db.code().code(), "3D000", "{}", db.message());
     assert!(db.message().contains("local"), "{}", db.message());
 
     let audit = gw.store.audit_records(0, 1000).await.unwrap();
@@ -951,4 +951,48 @@ async fn pg_dump_data_only_reads_through_the_builtin_policy_and_matches_a_direct
     .unwrap();
     assert!(through.contains("COPY app.people"), "{through}");
     assert_eq!(through, straight);
+}
+
+#[tokio::test]
+async fn unknown_connection_name_is_3d000_after_the_login_as_postgres_reports_a_missing_database() {
+    // pg8000's own suite connects to databases that don't exist and expects 3D000; the engine used to
+    // refuse the name with 28000 before it even checked the token.
+    let verifier = countersign_gateway::identity::scram::ScramVerifier::generate("ops pass");
+    let gw = spawn_gateway(
+        &config(
+            5.0,
+            &format!(
+                "[[identity.static_tokens]]\nname = \"ops-psql\"\nkind = \"human\"\nemail = \"ops@example.com\"\nscram_verifier = \"{verifier}\"\n"
+            ),
+        ),
+        Backend::Sqlite,
+    )
+    .await;
+    let port = wire(&gw).port();
+    let refusal = |user: &str, password: &str| {
+        let conn = format!(
+            "host=127.0.0.1 port={port} dbname=no_such_db user={user} password='{password}' sslmode=disable"
+        );
+        async move {
+            let err = tokio_postgres::connect(&conn, NoTls)
+                .await
+                .err()
+                .expect("an unknown connection name is refused");
+            db_error(&err)
+        }
+    };
+    let (code, message) = refusal("agent", AGENT).await;
+    assert_eq!(code, "3D000", "{message}");
+    assert!(
+        message.contains("\"no_such_db\"") && message.contains("local"),
+        "{message}"
+    );
+    let (code, message) = refusal("ops-psql", "ops pass").await;
+    assert_eq!(code, "3D000", "{message}");
+    // Without valid credentials the client learns nothing about the connections.
+    for (user, password) in [("agent", "not-a-token"), ("ops-psql", "wrong pass")] {
+        let (code, message) = refusal(user, password).await;
+        assert_eq!(code, "28P01", "{user}: {message}");
+        assert!(!message.contains("local"), "{message}");
+    }
 }

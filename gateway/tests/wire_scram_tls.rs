@@ -545,3 +545,41 @@ async fn channel_binding_require_refuses_logins_that_are_not_bound() {
     assert_eq!(code, "08006", "{message}");
     assert!(message.contains("not channel-bound"), "{message}");
 }
+
+#[tokio::test]
+async fn a_cancel_request_over_tls_is_answered_with_a_clean_tls_close() {
+    // libpq 17+ (PQcancelBlocking, psycopg's cancel_safe) waits for the server to close a cancel
+    // connection and reports "SSL error: unexpected eof while reading" unless the close is a TLS
+    // close_notify, as PostgreSQL sends.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let cert = pki.server_files(&["127.0.0.1"], "gateway");
+    let (_gate, addr) = start_tls(scram_gate(), &cert).await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap(); // SSLRequest
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = pki.connector().connect(name, tcp).await.unwrap();
+    // CancelRequest for a key no session has: PostgreSQL answers every CancelRequest alike.
+    let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    cancel.extend_from_slice(&4242i32.to_be_bytes());
+    cancel.extend_from_slice(&77i32.to_be_bytes());
+    tls.write_all(&cancel).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tls.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the gateway closes a cancel connection");
+    assert!(
+        closed.is_ok(),
+        "the TLS connection ended without close_notify: {closed:?}"
+    );
+    assert!(rest.is_empty(), "a CancelRequest gets no answer: {rest:?}");
+}

@@ -21,7 +21,8 @@ impl WireGate for Engine {
         user: &str,
         password: &str,
     ) -> Result<RequesterChain, WireAuthError> {
-        // The token first: who has none learns nothing, not even which connections exist.
+        // The credential first, as PostgreSQL checks the password before the database: a client that
+        // can't log in learns nothing about the connections.
         let chain =
             self.authenticate(password, "wire")
                 .await
@@ -306,7 +307,8 @@ impl Engine {
 }
 
 impl Engine {
-    /// Refuses (and audits) an authenticated wire login to a connection that is not configured.
+    /// Refuses (and audits) an authenticated wire login to a connection that is not configured: 3D000,
+    /// as PostgreSQL answers for a database that does not exist.
     async fn connection_allowed(
         &self,
         connection: &str,
@@ -336,6 +338,9 @@ impl Engine {
             channel = "wire",
             "authentication refused"
         );
-        Err(WireAuthError::NotAllowed(message))
+        Err(WireAuthError::UnknownConnection {
+            connection: connection.to_string(),
+            configured: self.connection_names(),
+        })
     }
 }

@@ -191,7 +191,7 @@ async fn scram_failed<S: AsyncWrite + Unpin>(
 async fn refused<S: AsyncWrite + Unpin>(stream: &mut S, error: WireAuthError) -> WireError {
     let code = match error {
         WireAuthError::BadPassword { .. } => sqlstate::INVALID_PASSWORD,
-        WireAuthError::NotAllowed(_) => sqlstate::INVALID_AUTHORIZATION,
+        WireAuthError::UnknownConnection { .. } => sqlstate::INVALID_CATALOG_NAME,
     };
     fatal(stream, code, &error.to_string()).await
 }

@@ -222,9 +222,16 @@ pub enum WireAuthError {
         /// The user as sent.
         user: String,
     },
-    /// Authenticated, but not allowed on this connection (SQLSTATE 28000).
-    #[error("{0}")]
-    NotAllowed(String),
+    /// Authenticated, but the database name is no configured connection (SQLSTATE 3D000, as PostgreSQL
+    /// reports a database that does not exist, after the login, so only an authenticated client learns the
+    /// names).
+    #[error("no connection named \"{connection}\" is configured; use one of: {}", configured.join(", "))]
+    UnknownConnection {
+        /// The database name as sent.
+        connection: String,
+        /// The connection names the gateway has.
+        configured: Vec<String>,
+    },
 }
 
 /// The engine could not handle a hold.

@@ -144,6 +144,9 @@ async fn after_tls(
         }
         Packet::Cancel(key) => {
             shared.cancels.cancel(key).await;
+            // close_notify, as PostgreSQL ends a cancel connection: libpq 17+ waits for the close and
+            // reports "unexpected eof" (a failed cancel) when TLS just stops.
+            let _ = tls.shutdown().await;
             Ok(())
         }
         Packet::Ssl | Packet::Gss => Err(fatal(

@@ -214,17 +214,20 @@ impl WireGate for StaticGate {
         connection: &str,
         user: &str,
     ) -> Result<RequesterChain, WireAuthError> {
-        if !self.connections.contains_key(connection) {
-            return Err(WireAuthError::NotAllowed(format!(
-                "no connection named \"{connection}\""
-            )));
-        }
-        self.scram
+        let chain = self
+            .scram
             .get(user)
             .map(|(_, chain)| chain.clone())
             .ok_or_else(|| WireAuthError::BadPassword {
                 user: user.to_string(),
-            })
+            })?;
+        if !self.connections.contains_key(connection) {
+            return Err(WireAuthError::UnknownConnection {
+                connection: connection.to_string(),
+                configured: self.connections.keys().cloned().collect(),
+            });
+        }
+        Ok(chain)
     }
 
     async fn scram_refused(&self, _connection: &str, user: &str, error: &ScramError) {
