@@ -9,6 +9,8 @@
 //!   they set the data format and how rows load; what is copied, and where, is in the part still parsed.
 //! - `FOR NO KEY UPDATE` / `FOR KEY SHARE` row locks (ORMs' optimistic locking): judged as the stronger
 //!   `FOR UPDATE` / `FOR SHARE`.
+//! - `CREATE USER` with PostgreSQL's role options (sqlparser knows another dialect's CREATE USER): it is
+//!   `CREATE ROLE … LOGIN`, and judged as that `CREATE ROLE`.
 
 use sqlparser::ast::{CopyTarget, Set, Statement};
 use sqlparser::tokenizer::Token;
@@ -21,7 +23,8 @@ use super::verdict::StatementFacts;
 pub fn classify_without_inert_clause(tokens: &StatementTokens) -> Option<StatementFacts> {
     let statement = without_deferrable(&tokens.0)
         .or_else(|| without_copy_options(&tokens.0))
-        .or_else(|| with_strong_row_locks(&tokens.0))?;
+        .or_else(|| with_strong_row_locks(&tokens.0))
+        .or_else(|| user_as_role(&tokens.0))?;
     Some(classify_statement(&statement))
 }
 
@@ -179,4 +182,20 @@ fn with_strong_row_locks(tokens: &[Token]) -> Option<Statement> {
     }
     let statement = parse_one(out).ok()?;
     matches!(statement, Statement::Query(_)).then_some(statement)
+}
+
+/// `CREATE USER name [WITH] options` as the `CREATE ROLE` it abbreviates (PostgreSQL adds `LOGIN`).
+fn user_as_role(tokens: &[Token]) -> Option<Statement> {
+    let [create, user, rest @ ..] = tokens else {
+        return None;
+    };
+    if !is_keyword(create, "CREATE") || !is_keyword(user, "USER") {
+        return None;
+    }
+    let mut out = Vec::with_capacity(tokens.len());
+    out.push(create.clone());
+    out.push(Token::make_keyword("ROLE"));
+    out.extend_from_slice(rest);
+    let statement = parse_one(out).ok()?;
+    matches!(statement, Statement::CreateRole(_)).then_some(statement)
 }

@@ -157,6 +157,19 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SET CONSTRAINTS s.fk_a, fk_b IMMEDIATE", Allow, "SET CONSTRAINTS"),
     ("SET CONSTRAINTS ALL, x DEFERRED", Review, "could not be parsed"),
     ("SET CONSTRAINTS DEFERRED", Review, "could not be parsed"),
+    // CREATE USER as the CREATE ROLE it abbreviates (sqlparser reads another dialect's CREATE USER)
+    ("CREATE USER app_ro WITH PASSWORD 'x'", Review, "changes roles"),
+    ("create user u login connection limit 3", Review, "changes roles"),
+    ("CREATE USER u WITH PASSWORD 'x'; DROP DATABASE d", Block, "DROP DATABASE"),
+    ("CREATE USER u WITH PASSWORD pg_read_file('/etc/passwd')", Block, "pg_read_file"),
+    // Two-phase commit: parsed (so a rule may allow it), reviewed by default; the grammar is exact.
+    ("PREPARE TRANSACTION 'tx-1'", Review, "PREPARE TRANSACTION keeps"),
+    ("COMMIT PREPARED 'tx-1'", Review, "COMMIT PREPARED finishes"),
+    ("rollback prepared 'tx-1'", Review, "ROLLBACK PREPARED finishes"),
+    ("COMMIT PREPARED 'tx-1'; DROP DATABASE d", Block, "DROP DATABASE"),
+    ("PREPARE TRANSACTION tx", Review, "could not be parsed"),
+    ("COMMIT PREPARED 'a' 'b'", Review, "could not be parsed"),
+    ("PREPARE TRANSACTION pg_sleep(1)", Review, "could not be parsed"),
     ("COMMIT", Allow, "COMMIT"),
     ("END", Allow, "COMMIT"),
     ("ROLLBACK", Allow, "ROLLBACK"),
@@ -772,6 +785,23 @@ fn an_allow_everything_rule_allows_a_do_block_but_a_table_rule_does_not() {
     }];
     let v = eval(tables, "c", &agent(), sql);
     assert_eq!((v.action, v.rule.as_str()), (Review, "default"));
+}
+
+#[test]
+fn an_allow_everything_rule_allows_two_phase_commit_and_create_user() {
+    for sql in [
+        "PREPARE TRANSACTION 'tx-1'",
+        "COMMIT PREPARED 'tx-1'",
+        "ROLLBACK PREPARED 'tx-1'",
+        "CREATE USER app_ro WITH PASSWORD 'x'",
+    ] {
+        let v = eval(vec![rule("allow-everything", "allow")], "c", &agent(), sql);
+        assert_eq!(
+            (v.action, v.rule.as_str()),
+            (Allow, "allow-everything"),
+            "{sql}"
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! PostgreSQL statements sqlparser does not parse but whose whole grammar is small enough to check token by
 //! token: `VACUUM` / `ANALYZE` with options (`pgbench -i` sends `vacuum analyze t`), `CHECKPOINT`, `MOVE`
 //! and `FETCH` (in the forms sqlparser rejects), and `SET CONSTRAINTS` (ORMs defer foreign keys while
-//! loading fixtures), and `DO` (its code is opaque: always reviewed unless a rule allows it).
+//! loading fixtures), `DO` (its code is opaque: always reviewed unless a rule allows it), and two-phase
+//! commit (`PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`).
 //!
 //! A statement recognised here counts as parsed, so a rule may allow it; anything that strays from the
 //! grammar returns `None` and stays an unparsed statement (held, never allowed).
@@ -62,8 +63,27 @@ pub fn classify_by_grammar(tokens: &StatementTokens) -> Option<StatementFacts> {
             Action::Allow,
             "SET CONSTRAINTS only moves deferrable checks to commit; they still run".to_string(),
         )),
+        // Two-phase commit, as transaction managers (XA, pg8000's tpc_*) send it.
+        "PREPARE" if is_keyword_and_gid(rest, "TRANSACTION") => Some(facts(
+            "PREPARE TRANSACTION",
+            vec![],
+            Action::Review,
+            "PREPARE TRANSACTION keeps the transaction's locks and writes pending beyond the session"
+                .to_string(),
+        )),
+        kind @ ("COMMIT" | "ROLLBACK") if is_keyword_and_gid(rest, "PREPARED") => Some(facts(
+            &format!("{kind} PREPARED"),
+            vec![],
+            Action::Review,
+            format!("{kind} PREPARED finishes a two-phase transaction, which any session may have prepared"),
+        )),
         _ => None,
     }
+}
+
+/// `keyword 'transaction id'`: the rest of `PREPARE TRANSACTION` / `COMMIT PREPARED` / `ROLLBACK PREPARED`.
+fn is_keyword_and_gid(tokens: &[Token], word: &str) -> bool {
+    matches!(tokens, [k, Token::SingleQuotedString(_)] if is_keyword(k, word))
 }
 
 /// `[LANGUAGE name] code [LANGUAGE name]` with the code one string literal and the language named once.
