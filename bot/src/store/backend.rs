@@ -881,6 +881,17 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn outbox_deferred(&self, id: i64, error: &str, next_attempt_ms: i64) -> Result<(), StoreError> {
+                // The lease counted an attempt; a deferral refunds it (never below zero).
+                sqlx::query("UPDATE outbox SET last_error = $1, next_attempt_ms = $2, lease_until_ms = 0, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE id = $3 AND status = 'pending'")
+                    .bind(error)
+                    .bind(next_attempt_ms)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn outbox_list(&self, status: Option<OutboxStatus>, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
                 let rows = match status {
                     Some(s) => sqlx::query("SELECT id, sink, request_id, event_kind, payload, idempotency_key, status, attempts, next_attempt_ms, last_error, created_ms FROM outbox WHERE status = $1 ORDER BY id DESC LIMIT $2")

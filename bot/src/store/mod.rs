@@ -153,6 +153,14 @@ pub trait Store: Send + Sync + 'static {
         error: &str,
         next_attempt_ms: Option<i64>,
     ) -> Result<(), StoreError>;
+    /// Give a leased item back for another try at `next_attempt_ms` without counting the attempt the lease
+    /// took: the sink asked us to wait (rate limited), so the item was not refused, only held back.
+    async fn outbox_deferred(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Outbox items, newest first, optionally by status.
     async fn outbox_list(
         &self,
