@@ -26,6 +26,9 @@ pub struct RetryPolicy {
     /// How old an item may get while its sink keeps answering with `Retry-After`: waits a sink asks for
     /// don't count toward `max_attempts`, so this is what bounds them; past it the item is dead-lettered.
     pub rate_limited_max_age: Duration,
+    /// Limit on one delivery, whatever the channel's own client does: past it the attempt counts as failed
+    /// and is retried. Kept below `lease` so no other replica takes the item while it is still in flight.
+    pub delivery_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -37,6 +40,7 @@ impl Default for RetryPolicy {
             lease: Duration::from_secs(30),
             min_interval: HashMap::new(),
             rate_limited_max_age: Duration::from_secs(24 * 3600),
+            delivery_timeout: Duration::from_secs(25),
         }
     }
 }
@@ -93,9 +97,21 @@ impl OutboxWorker {
         s
     }
 
-    /// Lease and deliver one batch. Returns how many items were attempted.
+    /// Lease and deliver one batch for every sink. Returns how many items were attempted.
     pub async fn run_once(&self) -> Result<usize, countersign_bot::store::StoreError> {
-        let sinks = self.unpaused_sinks();
+        self.run_once_for(&self.sinks()).await
+    }
+
+    /// Lease and deliver one batch for `sinks` (those not paused by a `Retry-After`).
+    async fn run_once_for(
+        &self,
+        sinks: &[String],
+    ) -> Result<usize, countersign_bot::store::StoreError> {
+        let sinks: Vec<String> = self
+            .unpaused_sinks()
+            .into_iter()
+            .filter(|s| sinks.contains(s))
+            .collect();
         if sinks.is_empty() {
             return Ok(0);
         }
@@ -186,7 +202,19 @@ impl OutboxWorker {
                 return;
             }
         };
-        let result = notifier.deliver(&item.idempotency_key, &event).await;
+        let limit = self.policy.delivery_timeout.min(self.policy.lease);
+        let result = tokio::time::timeout(limit, notifier.deliver(&item.idempotency_key, &event))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DeliveryError::Retryable {
+                    message: format!(
+                        "{} did not finish delivering within {}s; retrying later (check that the channel's endpoint answers)",
+                        item.sink,
+                        limit.as_secs_f64()
+                    ),
+                    retry_after: None,
+                })
+            });
         let outcome = match result {
             Ok(()) => self.store.outbox_delivered(item.id, now_ms()).await,
             Err(DeliveryError::Permanent(msg)) => {
@@ -239,17 +267,30 @@ impl OutboxWorker {
         }
     }
 
-    /// Poll every `every` until the returned task is aborted.
+    /// Poll every `every` until the returned task is aborted. Each sink has its own loop: a batch waits
+    /// for all its deliveries, so one channel that answers slowly (up to its timeout) would otherwise hold
+    /// back every other channel's notifications.
     pub fn spawn(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            loop {
-                match self.run_once().await {
-                    Ok(n) if n > 0 => continue,
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "outbox poll failed; retrying"),
-                }
-                tokio::time::sleep(every).await;
+            // Dropping the set (when the returned handle is aborted) aborts every sink's loop.
+            let mut loops = tokio::task::JoinSet::new();
+            for sink in self.sinks() {
+                let worker = Arc::clone(&self);
+                loops.spawn(async move {
+                    let sinks = [sink];
+                    loop {
+                        match worker.run_once_for(&sinks).await {
+                            Ok(n) if n > 0 => continue,
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(sink = %sinks[0], error = %e, "outbox poll failed; retrying")
+                            }
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                });
             }
+            while loops.join_next().await.is_some() {}
         })
     }
 }

@@ -336,7 +336,7 @@ impl StatementRow {
 /// Generates `impl Store` for a backend type with a `pool` field, given its sqlx database and connection
 /// types. The backend type provides `begin_write()`, `self.begin_audited(conn)` (a write that appends to the audit
 /// chain) with `self.await_durable(conn)` (called after its commit: returns once the commit is on disk), `LOCK_REQUEST`
-/// (select one request by id, locking it), `lock_audit(conn)` (serialise appends to the chain), `LEASE_SELECT`,
+/// (select one request by id, locking it), `lock_audit(conn)` (serialise appends to the chain), `LEASE_SELECT` + `LEASE_TAIL`,
 /// `announce(conn, id)` (tell other replicas a request's status changed, on commit) and `feed()` (the
 /// matching [`crate::store::ChangeFeed`]). Audited transactions append their records last, so the chain's lock
 /// covers only the append and the commit.
@@ -832,12 +832,16 @@ macro_rules! sql_store {
                 if sinks.is_empty() {
                     return Ok(vec![]);
                 }
+                // The sinks are filtered in SQL: filtering after the LIMIT let one backed-up sink's rows fill
+                // the batch and starve a worker loop serving only other sinks.
+                let placeholders: Vec<String> = (0..sinks.len()).map(|i| format!("${}", i + 3)).collect();
+                let sql = format!("{} ({}) {}", Self::LEASE_SELECT, placeholders.join(", "), Self::LEASE_TAIL);
                 let mut tx = self.begin_write().await?;
-                let rows = sqlx::query(Self::LEASE_SELECT)
-                    .bind(now_ms)
-                    .bind(limit as i64 * 4)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms).bind(limit as i64);
+                for sink in sinks {
+                    query = query.bind(sink);
+                }
+                let rows = query.fetch_all(&mut *tx).await?;
                 let mut items = Vec::new();
                 for r in &rows {
                     let item = outbox_row(r)?;
