@@ -201,6 +201,16 @@ pub trait Store: Send + Sync + 'static {
     async fn session_started(&self, s: &SessionRecord) -> Result<(), StoreError>;
     /// Record a session end.
     async fn session_ended(&self, id: SessionId, ended_ms: i64) -> Result<(), StoreError>;
+    /// Marks sessions this process has open as alive (their `alive_ms` becomes `now_ms`).
+    async fn touch_sessions(&self, ids: &[SessionId], now_ms: i64) -> Result<(), StoreError>;
+    /// Ends open sessions nobody has marked alive since before `quiet_since_ms` (their gateway stopped), at
+    /// the last moment they were known to be open, with `reason`. Returns the sessions it closed.
+    async fn close_quiet_sessions(
+        &self,
+        quiet_since_ms: i64,
+        reason: &str,
+        limit: u32,
+    ) -> Result<Vec<SessionId>, StoreError>;
     /// Record statements of sessions, in one transaction.
     async fn statements_recorded(&self, batch: &[StatementRecord]) -> Result<(), StoreError>;
     /// Sessions, newest first.
