@@ -3,7 +3,7 @@
 
 use crate::identity::RequesterChain;
 use crate::ids::{RequestId, SessionId, StatementHash};
-use crate::sessions::{SessionRecord, StatementRecord};
+use crate::sessions::{SessionRecord, StatementRecord, GATEWAY_STOPPED};
 use crate::store::Store;
 use crate::testing::{fresh_pg, fresh_pg_database, fresh_sqlite, human, workload, TempDir};
 use std::sync::Arc;
@@ -25,6 +25,7 @@ fn session(id: SessionId) -> SessionRecord {
         // Whole milliseconds: the store keeps milliseconds.
         started_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
         ended_at: None,
+        end_reason: None,
     }
 }
 
@@ -195,4 +196,75 @@ async fn old_rows<DB: sqlx::Database>(
         .execute(pool)
         .await
         .unwrap();
+}
+
+/// A gateway killed with -9 leaves its sessions open: a sweep closes the ones nobody marked alive since
+/// the cut-off, at their last statement's end (or their last heartbeat, or start), with the reason; a
+/// session marked alive after the cut-off, and one that ended itself, are left alone; a later real end
+/// replaces the guess.
+#[tokio::test]
+async fn sessions_nobody_keeps_alive_are_closed_at_their_last_known_moment() {
+    for (store, _dir) in stores().await {
+        let start_ms = 1_700_000_000_000i64;
+        let (with_statement, silent, kept, ended) = (
+            SessionId::new(),
+            SessionId::new(),
+            SessionId::new(),
+            SessionId::new(),
+        );
+        for id in [with_statement, silent, kept, ended] {
+            store.session_started(&session(id)).await.unwrap();
+        }
+        // Its last statement arrived 2 s after the start and ran 2.1 ms.
+        store
+            .statements_recorded(&[
+                statement(with_statement, 1),
+                statement(with_statement, 2000),
+            ])
+            .await
+            .unwrap();
+        store.session_ended(ended, start_ms + 5).await.unwrap();
+        let cut_off = start_ms + 60_000;
+        store.touch_sessions(&[kept], cut_off + 1).await.unwrap();
+
+        let mut closed = store
+            .close_quiet_sessions(cut_off, GATEWAY_STOPPED, 100)
+            .await
+            .unwrap();
+        closed.sort();
+        let mut want = vec![with_statement, silent];
+        want.sort();
+        assert_eq!(closed, want, "{}", store.backend());
+
+        let end_of = |id| {
+            let store = store.clone();
+            async move {
+                let (s, _) = store.get_session(id).await.unwrap().unwrap();
+                (
+                    s.ended_at.map(crate::store::backend::time_to_ms),
+                    s.end_reason,
+                )
+            }
+        };
+        assert_eq!(
+            end_of(with_statement).await,
+            (Some(start_ms + 2002), Some(GATEWAY_STOPPED.to_string())),
+            "{}",
+            store.backend()
+        );
+        assert_eq!(
+            end_of(silent).await,
+            (Some(start_ms), Some(GATEWAY_STOPPED.to_string()))
+        );
+        assert_eq!(end_of(kept).await, (None, None));
+        assert_eq!(end_of(ended).await, (Some(start_ms + 5), None));
+        // Nothing more to close, and the real end (arriving late) replaces the guess.
+        assert!(store
+            .close_quiet_sessions(cut_off, GATEWAY_STOPPED, 100)
+            .await
+            .unwrap()
+            .is_empty());
+        store.session_ended(silent, start_ms + 9).await.unwrap();
+        assert_eq!(end_of(silent).await, (Some(start_ms + 9), None));
+    }
 }

@@ -27,7 +27,22 @@ pub struct SessionRecord {
     /// Ended, when it has.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub ended_at: Option<OffsetDateTime>,
+    /// Why the end was recorded by someone other than the session's own gateway (its gateway stopped, so
+    /// `ended_at` is only the last time it was known to be open); `None` for a session that ended itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
 }
+
+/// The end reason of a session closed because its gateway stopped without recording the end.
+pub const GATEWAY_STOPPED: &str =
+    "gateway stopped, end time unknown: the end shown is the last time the session was known to be open";
+
+/// How long a session may go without its gateway marking it open before another process closes it.
+/// Gateways mark theirs every [`SESSION_HEARTBEAT`].
+pub const SESSION_QUIET_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// How often a gateway marks its open sessions as still open.
+pub const SESSION_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One statement of a session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

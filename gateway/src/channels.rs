@@ -68,8 +68,9 @@ pub fn build(engine: &Engine) -> Result<Channels, ChannelError> {
     let mut slack_socket = None;
     if let Some(sc) = &cfg.slack {
         let secrets = sc.secrets_from_env().map_err(|e| err("slack", e))?;
-        let api =
-            slack::SlackApi::new(sc.api_base(), &secrets.bot_token).map_err(|e| err("slack", e))?;
+        let api = slack::SlackApi::new(sc.api_base(), &secrets.bot_token)
+            .map_err(|e| err("slack", e))?
+            .with_timeout(std::time::Duration::from_secs(sc.timeout_secs));
         notifiers.push(Arc::new(slack::SlackNotifier::new(
             sc.clone(),
             api.clone(),

@@ -1512,3 +1512,67 @@ async fn sessions_shared_with_a_worker_runtime_relay_and_cancel_on_both_threads(
     }
     drop(workers);
 }
+
+/// A statement whose upstream is terminated mid-statement is recorded all the same, with the upstream's
+/// FATAL and how long it ran.
+#[tokio::test]
+async fn statement_whose_upstream_dies_mid_statement_is_recorded_with_its_error() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let sql =
+        "SELECT count(*) FROM generate_series(1, 300000000) g /* upstream dies */".to_string();
+    let running = {
+        let sql = sql.clone();
+        tokio::spawn(async move { client.simple_query(&sql).await })
+    };
+    let observer = direct().await;
+    let mut upstream_running = false;
+    for _ in 0..200 {
+        let n: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[&sql],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            upstream_running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(upstream_running, "{sql} never reached the upstream");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    observer
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
+            &[&sql],
+        )
+        .await
+        .unwrap();
+    assert!(
+        running.await.unwrap().is_err(),
+        "the client sees the failure"
+    );
+    let GateEvent::Statement(record) = eventually(
+        &gate,
+        "the in-flight statement's record",
+        |e| matches!(e, GateEvent::Statement(r) if *r.sql == *sql),
+    )
+    .await
+    else {
+        unreachable!()
+    };
+    let error = record.error.unwrap_or_default();
+    assert!(
+        error.contains("terminating connection due to administrator command"),
+        "the upstream's FATAL is recorded: {error}"
+    );
+    assert_eq!(record.command_tag, None);
+    assert!(
+        record.duration >= Duration::from_millis(200),
+        "it ran until terminated: {:?}",
+        record.duration
+    );
+}

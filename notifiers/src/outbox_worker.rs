@@ -1,6 +1,7 @@
 //! Delivers outbox rows to their notifiers with retries: exponential backoff with jitter, `Retry-After`
-//! honoured, per-sink pacing, dead-lettering after the configured attempts. Items of one request reach one
-//! sink in order (the store leases only the oldest pending item per sink and request).
+//! honoured (a rate-limited try is not counted as an attempt), per-sink pacing, dead-lettering after the
+//! configured attempts. Items of one request reach one sink in order (the store leases only the oldest
+//! pending item per sink and request).
 
 use countersign_bot::events::{DeliveryError, Notifier, WorkflowEvent};
 use countersign_bot::store::{OutboxItem, Store};
@@ -22,6 +23,12 @@ pub struct RetryPolicy {
     pub lease: Duration,
     /// Minimum spacing between two deliveries to the same sink (rate limit), if any.
     pub min_interval: HashMap<String, Duration>,
+    /// How old an item may get while its sink keeps answering with `Retry-After`: waits a sink asks for
+    /// don't count toward `max_attempts`, so this is what bounds them; past it the item is dead-lettered.
+    pub rate_limited_max_age: Duration,
+    /// Limit on one delivery, whatever the channel's own client does: past it the attempt counts as failed
+    /// and is retried. Kept below `lease` so no other replica takes the item while it is still in flight.
+    pub delivery_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -32,6 +39,8 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(300),
             lease: Duration::from_secs(30),
             min_interval: HashMap::new(),
+            rate_limited_max_age: Duration::from_secs(24 * 3600),
+            delivery_timeout: Duration::from_secs(25),
         }
     }
 }
@@ -88,9 +97,21 @@ impl OutboxWorker {
         s
     }
 
-    /// Lease and deliver one batch. Returns how many items were attempted.
+    /// Lease and deliver one batch for every sink. Returns how many items were attempted.
     pub async fn run_once(&self) -> Result<usize, countersign_bot::store::StoreError> {
-        let sinks = self.unpaused_sinks();
+        self.run_once_for(&self.sinks()).await
+    }
+
+    /// Lease and deliver one batch for `sinks` (those not paused by a `Retry-After`).
+    async fn run_once_for(
+        &self,
+        sinks: &[String],
+    ) -> Result<usize, countersign_bot::store::StoreError> {
+        let sinks: Vec<String> = self
+            .unpaused_sinks()
+            .into_iter()
+            .filter(|s| sinks.contains(s))
+            .collect();
         if sinks.is_empty() {
             return Ok(0);
         }
@@ -107,11 +128,16 @@ impl OutboxWorker {
         // Sinks in parallel; items of one sink one after another, paced by its rate limit.
         let tasks = by_sink.into_values().map(|items| async move {
             for item in items {
-                if !self.unpaused_sinks().contains(&item.sink) {
-                    // Paused by a 429 earlier in this batch: give the lease back untouched but for the attempt.
+                if let Some(until) = self.paused_for(&item.sink) {
+                    // Paused by a 429 earlier in this batch: this item was never tried, so give the lease
+                    // back with its attempt refunded.
                     let _ = self
                         .store
-                        .outbox_failed(item.id, "sink paused by Retry-After", Some(now_ms()))
+                        .outbox_deferred(
+                            item.id,
+                            "sink paused by Retry-After",
+                            now_ms() + until.as_millis() as i64,
+                        )
                         .await;
                     continue;
                 }
@@ -131,6 +157,14 @@ impl OutboxWorker {
             .into_iter()
             .filter(|s| !paused.contains_key(s))
             .collect()
+    }
+
+    /// How much longer `sink` is paused by a `Retry-After`, if it is.
+    fn paused_for(&self, sink: &str) -> Option<Duration> {
+        let paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *paused.get(sink)?;
+        let now = Instant::now();
+        (until > now).then(|| until - now)
     }
 
     fn pause(&self, sink: &str, for_: Duration) {
@@ -168,7 +202,19 @@ impl OutboxWorker {
                 return;
             }
         };
-        let result = notifier.deliver(&item.idempotency_key, &event).await;
+        let limit = self.policy.delivery_timeout.min(self.policy.lease);
+        let result = tokio::time::timeout(limit, notifier.deliver(&item.idempotency_key, &event))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DeliveryError::Retryable {
+                    message: format!(
+                        "{} did not finish delivering within {}s; retrying later (check that the channel's endpoint answers)",
+                        item.sink,
+                        limit.as_secs_f64()
+                    ),
+                    retry_after: None,
+                })
+            });
         let outcome = match result {
             Ok(()) => self.store.outbox_delivered(item.id, now_ms()).await,
             Err(DeliveryError::Permanent(msg)) => {
@@ -177,17 +223,38 @@ impl OutboxWorker {
             }
             Err(DeliveryError::Retryable {
                 message,
-                retry_after,
+                retry_after: Some(wait),
+            }) => {
+                // Rate limited: the sink asked us to wait, it did not fail, so the attempt is refunded and
+                // only the item's age bounds how long it may keep waiting.
+                self.pause(&item.sink, wait);
+                let age =
+                    Duration::from_millis(now_ms().saturating_sub(item.created_ms).max(0) as u64);
+                if age >= self.policy.rate_limited_max_age {
+                    let msg = format!(
+                        "still rate limited after {}s (limit {}s): {message}",
+                        age.as_secs(),
+                        self.policy.rate_limited_max_age.as_secs()
+                    );
+                    tracing::error!(outbox_id = item.id, sink = %item.sink, request_id = ?item.request_id, error = %msg, "rate limited for too long; dead-lettered (retry with `countersign outbox retry ID`)");
+                    self.store.outbox_failed(item.id, &msg, None).await
+                } else {
+                    tracing::warn!(outbox_id = item.id, sink = %item.sink, request_id = ?item.request_id, retry_in_ms = wait.as_millis() as u64, error = %message, "rate limited; will retry (not counted as an attempt)");
+                    self.store
+                        .outbox_deferred(item.id, &message, now_ms() + wait.as_millis() as i64)
+                        .await
+                }
+            }
+            Err(DeliveryError::Retryable {
+                message,
+                retry_after: None,
             }) => {
                 let attempts = item.attempts.max(1) as u32;
                 if attempts >= self.policy.max_attempts {
                     tracing::error!(outbox_id = item.id, sink = %item.sink, request_id = ?item.request_id, attempts, error = %message, "giving up; dead-lettered (retry with `countersign outbox retry ID`)");
                     self.store.outbox_failed(item.id, &message, None).await
                 } else {
-                    if let Some(wait) = retry_after {
-                        self.pause(&item.sink, wait);
-                    }
-                    let delay = retry_after.unwrap_or_else(|| self.policy.backoff(attempts));
+                    let delay = self.policy.backoff(attempts);
                     tracing::warn!(outbox_id = item.id, sink = %item.sink, request_id = ?item.request_id, attempts, retry_in_ms = delay.as_millis() as u64, error = %message, "delivery failed; will retry");
                     self.store
                         .outbox_failed(item.id, &message, Some(now_ms() + delay.as_millis() as i64))
@@ -200,17 +267,30 @@ impl OutboxWorker {
         }
     }
 
-    /// Poll every `every` until the returned task is aborted.
+    /// Poll every `every` until the returned task is aborted. Each sink has its own loop: a batch waits
+    /// for all its deliveries, so one channel that answers slowly (up to its timeout) would otherwise hold
+    /// back every other channel's notifications.
     pub fn spawn(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            loop {
-                match self.run_once().await {
-                    Ok(n) if n > 0 => continue,
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "outbox poll failed; retrying"),
-                }
-                tokio::time::sleep(every).await;
+            // Dropping the set (when the returned handle is aborted) aborts every sink's loop.
+            let mut loops = tokio::task::JoinSet::new();
+            for sink in self.sinks() {
+                let worker = Arc::clone(&self);
+                loops.spawn(async move {
+                    let sinks = [sink];
+                    loop {
+                        match worker.run_once_for(&sinks).await {
+                            Ok(n) if n > 0 => continue,
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(sink = %sinks[0], error = %e, "outbox poll failed; retrying")
+                            }
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                });
             }
+            while loops.join_next().await.is_some() {}
         })
     }
 }

@@ -161,3 +161,105 @@ async fn failing_beyond_max_attempts_dead_letters_and_retry_requeues() {
         .collect();
     assert!(kinds.contains(&"created"), "{kinds:?}");
 }
+
+/// Answers every delivery key with "rate limited, retry after 1 ms" `limited_times` times, then accepts it.
+struct RateLimitedNotifier {
+    limited_times: u32,
+    calls: Mutex<HashMap<String, u32>>,
+    delivered: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Notifier for RateLimitedNotifier {
+    fn sink(&self) -> &str {
+        "limited"
+    }
+
+    async fn deliver(&self, key: &str, _event: &WorkflowEvent) -> Result<(), DeliveryError> {
+        let n = {
+            let mut c = self.calls.lock().unwrap();
+            let n = c.entry(key.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        if n <= self.limited_times {
+            return Err(DeliveryError::Retryable {
+                message: format!("429 rate limited, call {n}"),
+                retry_after: Some(Duration::from_millis(1)),
+            });
+        }
+        self.delivered.lock().unwrap().push(key.to_string());
+        Ok(())
+    }
+}
+
+/// Rate limiting five times in a row with `max_attempts = 2`: the waits the sink asked for are not
+/// failures, so nothing is dead-lettered and every event arrives once.
+async fn rate_limited_tries_do_not_use_up_attempts(store: Arc<dyn Store>) {
+    let wf = common::workflow(&store, &["limited"]);
+    common::approved_request(&wf, "DELETE FROM rl").await;
+    let notifier = Arc::new(RateLimitedNotifier {
+        limited_times: 5,
+        calls: Mutex::default(),
+        delivered: Mutex::default(),
+    });
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        base: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        ..RetryPolicy::default()
+    };
+    let worker = OutboxWorker::new(Arc::clone(&store), vec![notifier.clone()], policy);
+    run_until_drained(&store, &worker).await;
+    let dead = store
+        .outbox_list(Some(OutboxStatus::Dead), 10)
+        .await
+        .expect("list");
+    assert!(
+        dead.is_empty(),
+        "dead-lettered while rate limited: {dead:?}"
+    );
+    assert_eq!(
+        notifier.delivered.lock().unwrap().len(),
+        common::EXPECTED_KINDS.len()
+    );
+    for item in store.outbox_list(None, 10).await.expect("list") {
+        assert_eq!(item.attempts, 1, "only the delivering try counts: {item:?}");
+    }
+}
+
+#[tokio::test]
+async fn rate_limited_tries_do_not_use_up_attempts_sqlite() {
+    let (store, _dir) = fresh_sqlite().await;
+    rate_limited_tries_do_not_use_up_attempts(store).await;
+}
+
+#[tokio::test]
+async fn rate_limited_tries_do_not_use_up_attempts_postgres() {
+    rate_limited_tries_do_not_use_up_attempts(fresh_pg().await).await;
+}
+
+#[tokio::test]
+async fn rate_limiting_past_the_max_age_dead_letters_with_the_reason() {
+    let (store, _dir) = fresh_sqlite().await;
+    let wf = common::workflow(&store, &["limited"]);
+    common::approved_request(&wf, "DELETE FROM rl_old").await;
+    let notifier = Arc::new(RateLimitedNotifier {
+        limited_times: u32::MAX,
+        calls: Mutex::default(),
+        delivered: Mutex::default(),
+    });
+    let policy = RetryPolicy {
+        rate_limited_max_age: Duration::ZERO,
+        ..RetryPolicy::default()
+    };
+    let worker = OutboxWorker::new(Arc::clone(&store), vec![notifier.clone()], policy);
+    worker.run_once().await.expect("run");
+    let dead = store
+        .outbox_list(Some(OutboxStatus::Dead), 10)
+        .await
+        .expect("list");
+    assert_eq!(dead.len(), 1, "the head item gives up: {dead:?}");
+    let error = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("still rate limited"), "{error}");
+}

@@ -1036,3 +1036,146 @@ async fn redelivering_an_event_with_the_same_key_posts_nothing_twice() {
         "{posted:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// A Slack that accepts connections and never answers.
+
+/// Records what it is given, at once (stands in for e-mail or a webhook).
+#[derive(Default)]
+struct PromptSink {
+    delivered: Mutex<Vec<&'static str>>,
+}
+
+#[async_trait::async_trait]
+impl countersign_bot::events::Notifier for PromptSink {
+    fn sink(&self) -> &str {
+        "prompt"
+    }
+
+    async fn deliver(
+        &self,
+        _key: &str,
+        event: &countersign_bot::events::WorkflowEvent,
+    ) -> Result<(), countersign_bot::events::DeliveryError> {
+        self.delivered.lock().unwrap().push(event.kind());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_slack_that_never_answers_times_out_without_stalling_other_channels() {
+    let (store, _dir) = fresh_sqlite().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accept every connection and hold it open without writing a byte.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let config: SlackConfig = serde_json::from_value(json!({
+        "bot_token_env": "SLACK_BOT_TOKEN",
+        "signing_secret_env": "SLACK_SIGNING_SECRET",
+        "api_base_url": format!("http://{addr}/api"),
+        "routes": { "groups": { "dba": [CHANNEL] } },
+        "timeout_secs": 2
+    }))
+    .unwrap();
+    config.validate().unwrap();
+    let api = SlackApi::new(config.api_base(), TOKEN)
+        .unwrap()
+        .with_timeout(Duration::from_secs(config.timeout_secs));
+    let slack = SlackNotifier::new(
+        config,
+        api,
+        store.clone(),
+        directory(),
+        "https://cs.example.test",
+    );
+    let prompt = Arc::new(PromptSink::default());
+    let workflow = Workflow::new(
+        store.clone(),
+        directory(),
+        vec!["slack".into(), "prompt".into()],
+    );
+    let policy = RetryPolicy {
+        base: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..RetryPolicy::default()
+    };
+    let worker = Arc::new(OutboxWorker::new(
+        store.clone(),
+        vec![Arc::new(slack), prompt.clone()],
+        policy,
+    ));
+    let task = worker.spawn(Duration::from_millis(10));
+
+    let sql = "DELETE FROM stalled";
+    let new = NewRequest {
+        connection: "prod".into(),
+        statement: sql.into(),
+        statement_hash: StatementHash::of_text(sql),
+        requester: RequesterChain(vec![workload("deploy-agent"), human("alice@example.com")]),
+        rule: "writes".into(),
+        reasons: vec!["DELETE without WHERE".into()],
+        approver_groups: vec!["dba".into()],
+        quorum: 2,
+        ttl_secs: 3600,
+        origin: "http".into(),
+        session_id: None,
+        reminders: Default::default(),
+    };
+    let id = match workflow.submit(new).await.unwrap() {
+        Submitted::Created(v) => v.request.id,
+        other => panic!("expected a new request, got {other:?}"),
+    };
+    for who in ["bob@example.com", "carol@example.com"] {
+        workflow
+            .vote(
+                id,
+                &human(who),
+                countersign_bot::Decision::Approve,
+                None,
+                "api",
+            )
+            .await
+            .unwrap();
+    }
+
+    // Every event reaches the other channel well within one Slack timeout, while Slack hangs.
+    let started = Instant::now();
+    let expected = ["created", "vote_recorded", "vote_recorded", "resolved"];
+    while prompt.delivered.lock().unwrap().len() < expected.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the other channel stalled behind Slack: {:?}",
+            prompt.delivered.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*prompt.delivered.lock().unwrap(), expected);
+
+    // The hanging Slack call gives up after its timeout and the item stays queued for a retry.
+    let slack_item = loop {
+        let items = store.outbox_list(None, 20).await.unwrap();
+        let head = items
+            .into_iter()
+            .filter(|i| i.sink == "slack")
+            .min_by_key(|i| i.id)
+            .expect("a slack item");
+        if head.last_error.is_some() {
+            break head;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the Slack call never timed out: {head:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    task.abort();
+    silent.abort();
+    assert_eq!(slack_item.status, OutboxStatus::Pending, "{slack_item:?}");
+    let error = slack_item.last_error.unwrap_or_default();
+    assert!(error.contains("did not answer within"), "{error}");
+}

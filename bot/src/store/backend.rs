@@ -274,6 +274,7 @@ pub(crate) struct SessionRow {
     pub protocol: String,
     pub started_ms: i64,
     pub ended_ms: Option<i64>,
+    pub end_reason: Option<String>,
 }
 
 impl SessionRow {
@@ -287,6 +288,7 @@ impl SessionRow {
             protocol: self.protocol,
             started_at: ms_to_time(self.started_ms),
             ended_at: self.ended_ms.map(ms_to_time),
+            end_reason: self.end_reason,
         })
     }
 }
@@ -336,7 +338,7 @@ impl StatementRow {
 /// Generates `impl Store` for a backend type with a `pool` field, given its sqlx database and connection
 /// types. The backend type provides `begin_write()`, `self.begin_audited(conn)` (a write that appends to the audit
 /// chain) with `self.await_durable(conn)` (called after its commit: returns once the commit is on disk), `LOCK_REQUEST`
-/// (select one request by id, locking it), `lock_audit(conn)` (serialise appends to the chain), `LEASE_SELECT`,
+/// (select one request by id, locking it), `lock_audit(conn)` (serialise appends to the chain), `LEASE_SELECT` + `LEASE_TAIL`,
 /// `announce(conn, id)` (tell other replicas a request's status changed, on commit) and `feed()` (the
 /// matching [`crate::store::ChangeFeed`]). Audited transactions append their records last, so the chain's lock
 /// covers only the append and the commit.
@@ -410,6 +412,7 @@ macro_rules! sql_store {
                 protocol: row.try_get("protocol")?,
                 started_ms: row.try_get("started_ms")?,
                 ended_ms: row.try_get("ended_ms")?,
+                end_reason: row.try_get("end_reason")?,
             }
             .into_record()
         }
@@ -832,12 +835,16 @@ macro_rules! sql_store {
                 if sinks.is_empty() {
                     return Ok(vec![]);
                 }
+                // The sinks are filtered in SQL: filtering after the LIMIT let one backed-up sink's rows fill
+                // the batch and starve a worker loop serving only other sinks.
+                let placeholders: Vec<String> = (0..sinks.len()).map(|i| format!("${}", i + 3)).collect();
+                let sql = format!("{} ({}) {}", Self::LEASE_SELECT, placeholders.join(", "), Self::LEASE_TAIL);
                 let mut tx = self.begin_write().await?;
-                let rows = sqlx::query(Self::LEASE_SELECT)
-                    .bind(now_ms)
-                    .bind(limit as i64 * 4)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms).bind(limit as i64);
+                for sink in sinks {
+                    query = query.bind(sink);
+                }
+                let rows = query.fetch_all(&mut *tx).await?;
                 let mut items = Vec::new();
                 for r in &rows {
                     let item = outbox_row(r)?;
@@ -878,6 +885,17 @@ macro_rules! sql_store {
                         .execute(&self.pool)
                         .await?,
                 };
+                Ok(())
+            }
+
+            async fn outbox_deferred(&self, id: i64, error: &str, next_attempt_ms: i64) -> Result<(), StoreError> {
+                // The lease counted an attempt; a deferral refunds it (never below zero).
+                sqlx::query("UPDATE outbox SET last_error = $1, next_attempt_ms = $2, lease_until_ms = 0, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE id = $3 AND status = 'pending'")
+                    .bind(error)
+                    .bind(next_attempt_ms)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
                 Ok(())
             }
 
@@ -971,7 +989,8 @@ macro_rules! sql_store {
             }
 
             async fn session_started(&self, s: &SessionRecord) -> Result<(), StoreError> {
-                sqlx::query("INSERT INTO sessions (id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL) ON CONFLICT (id) DO NOTHING")
+                // Open sessions are alive from their start: a replica's sweep measures quiet from here.
+                sqlx::query("INSERT INTO sessions (id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms, alive_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $7) ON CONFLICT (id) DO NOTHING")
                     .bind(s.id.to_string())
                     .bind(&s.connection)
                     .bind(serde_json::to_string(&s.requester)?)
@@ -985,12 +1004,60 @@ macro_rules! sql_store {
             }
 
             async fn session_ended(&self, id: SessionId, ended_ms: i64) -> Result<(), StoreError> {
-                sqlx::query("UPDATE sessions SET ended_ms = $1 WHERE id = $2")
+                // The session's own end wins over a sweep's guess (a replica may have closed it while this
+                // gateway could not reach the store).
+                sqlx::query("UPDATE sessions SET ended_ms = $1, end_reason = NULL WHERE id = $2")
                     .bind(ended_ms)
                     .bind(id.to_string())
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn touch_sessions(&self, ids: &[SessionId], now_ms: i64) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                for id in ids {
+                    sqlx::query("UPDATE sessions SET alive_ms = $1 WHERE id = $2 AND ended_ms IS NULL")
+                        .bind(now_ms)
+                        .bind(id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn close_quiet_sessions(&self, quiet_since_ms: i64, reason: &str, limit: u32) -> Result<Vec<SessionId>, StoreError> {
+                let rows = sqlx::query("SELECT id, started_ms, alive_ms FROM sessions WHERE ended_ms IS NULL AND COALESCE(alive_ms, started_ms) < $1 ORDER BY started_ms LIMIT $2")
+                    .bind(quiet_since_ms)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut closed = Vec::new();
+                for r in &rows {
+                    let id: SessionId = $crate::store::backend::parse_uuid(&r.try_get::<String, _>("id")?, "session id")?;
+                    let started: i64 = r.try_get("started_ms")?;
+                    let alive: Option<i64> = r.try_get("alive_ms")?;
+                    // The last moment the session is known to have been open: its last statement's end, its
+                    // last heartbeat, or its start.
+                    let last_statement: Option<i64> = sqlx::query_scalar("SELECT MAX(at_ms + duration_us / 1000) FROM statements WHERE session_id = $1")
+                        .bind(id.0)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    let end = started.max(alive.unwrap_or(started)).max(last_statement.unwrap_or(started));
+                    // Compare-and-set: a session its gateway marked alive (or ended) meanwhile is left alone.
+                    let done = sqlx::query("UPDATE sessions SET ended_ms = $1, end_reason = $2 WHERE id = $3 AND ended_ms IS NULL AND COALESCE(alive_ms, started_ms) < $4")
+                        .bind(end)
+                        .bind(reason)
+                        .bind(id.to_string())
+                        .bind(quiet_since_ms)
+                        .execute(&self.pool)
+                        .await?;
+                    if done.rows_affected() == 1 {
+                        closed.push(id);
+                    }
+                }
+                Ok(closed)
             }
 
             async fn statements_recorded(&self, batch: &[StatementRecord]) -> Result<(), StoreError> {
@@ -1024,7 +1091,7 @@ macro_rules! sql_store {
             }
 
             async fn list_sessions(&self, limit: u32) -> Result<Vec<SessionRecord>, StoreError> {
-                let rows = sqlx::query("SELECT id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms FROM sessions ORDER BY started_ms DESC, id DESC LIMIT $1")
+                let rows = sqlx::query("SELECT id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms, end_reason FROM sessions ORDER BY started_ms DESC, id DESC LIMIT $1")
                     .bind(limit as i64)
                     .fetch_all(&self.pool)
                     .await?;
@@ -1032,7 +1099,7 @@ macro_rules! sql_store {
             }
 
             async fn get_session(&self, id: SessionId) -> Result<Option<(SessionRecord, Vec<StatementRecord>)>, StoreError> {
-                let row = sqlx::query("SELECT id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms FROM sessions WHERE id = $1")
+                let row = sqlx::query("SELECT id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms, end_reason FROM sessions WHERE id = $1")
                     .bind(id.to_string())
                     .fetch_optional(&self.pool)
                     .await?;

@@ -153,6 +153,14 @@ pub trait Store: Send + Sync + 'static {
         error: &str,
         next_attempt_ms: Option<i64>,
     ) -> Result<(), StoreError>;
+    /// Give a leased item back for another try at `next_attempt_ms` without counting the attempt the lease
+    /// took: the sink asked us to wait (rate limited), so the item was not refused, only held back.
+    async fn outbox_deferred(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Outbox items, newest first, optionally by status.
     async fn outbox_list(
         &self,
@@ -193,6 +201,16 @@ pub trait Store: Send + Sync + 'static {
     async fn session_started(&self, s: &SessionRecord) -> Result<(), StoreError>;
     /// Record a session end.
     async fn session_ended(&self, id: SessionId, ended_ms: i64) -> Result<(), StoreError>;
+    /// Marks sessions this process has open as alive (their `alive_ms` becomes `now_ms`).
+    async fn touch_sessions(&self, ids: &[SessionId], now_ms: i64) -> Result<(), StoreError>;
+    /// Ends open sessions nobody has marked alive since before `quiet_since_ms` (their gateway stopped), at
+    /// the last moment they were known to be open, with `reason`. Returns the sessions it closed.
+    async fn close_quiet_sessions(
+        &self,
+        quiet_since_ms: i64,
+        reason: &str,
+        limit: u32,
+    ) -> Result<Vec<SessionId>, StoreError>;
     /// Record statements of sessions, in one transaction.
     async fn statements_recorded(&self, batch: &[StatementRecord]) -> Result<(), StoreError>;
     /// Sessions, newest first.

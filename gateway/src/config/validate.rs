@@ -73,6 +73,14 @@ impl Config {
                 Ok(_) => {}
             }
         }
+        // Zero attempts would dead-letter every notification on its first failure (the worker counts the
+        // failed attempt before comparing), so a momentary outage would silently drop approvals' messages.
+        if self.outbox.max_attempts == 0 {
+            r.push(
+                "outbox.max_attempts",
+                "0 would dead-letter every notification at its first failure; set it to at least 1 (the default is 12), or remove the key",
+            );
+        }
         if let Some(url) = &self.server.public_base_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 r.push(
@@ -291,5 +299,31 @@ mod tests {
             ["server.expiry_sweep", "outbox.poll", "outbox.lease"],
             "{report}"
         );
+    }
+
+    #[test]
+    fn zero_outbox_attempts_are_refused_with_the_file_key_and_fix() {
+        let cfg = Config::from_toml("[outbox]\nmax_attempts = 0\n", "c.toml").unwrap();
+        let report = cfg.validate("c.toml");
+        let text = report.to_string();
+        assert_eq!(
+            report
+                .problems
+                .iter()
+                .map(|p| p.key.as_str())
+                .collect::<Vec<_>>(),
+            ["outbox.max_attempts"],
+            "{text}"
+        );
+        assert!(
+            text.contains("c.toml: outbox.max_attempts:") && text.contains("at least 1"),
+            "{text}"
+        );
+        let ok = Config::from_toml("[outbox]\nmax_attempts = 1\n", "c.toml").unwrap();
+        assert!(!ok
+            .validate("c.toml")
+            .problems
+            .iter()
+            .any(|p| p.key == "outbox.max_attempts"));
     }
 }

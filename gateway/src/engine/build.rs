@@ -44,6 +44,7 @@ impl Engine {
             .map_err(|e| EngineError::Config(e.to_string()))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| EngineError::Config(format!("cannot build the HTTP client: {e}")))?;
         let auth = Authenticator::new(&config.identity, http)

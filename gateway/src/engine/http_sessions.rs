@@ -80,6 +80,7 @@ impl Engine {
                 protocol: "http".into(),
                 started_at: OffsetDateTime::now_utc(),
                 ended_at: None,
+                end_reason: None,
             };
             self.recorder.send(RecordOp::Started(rec)).await;
         }

@@ -3,10 +3,14 @@
 //! Statements are gathered for up to [`GATHER`] before one transaction writes them: the cost of a commit
 //! (the pages it rewrites, and for SQLite the WAL frames of every index page it touched) is shared by
 //! hundreds of statements instead of a recorder tick's worth. A session's start and end are written at
-//! once, after the statements before them.
+//! once, after the statements before them; an end the store refuses is kept and retried. Every
+//! [`countersign_bot::sessions::SESSION_HEARTBEAT`] the writer marks this process's open sessions alive
+//! and closes sessions nobody marked for [`countersign_bot::sessions::SESSION_QUIET_AFTER`] (with SQLite,
+//! at start, every session an earlier run left open): a gateway killed with -9 leaves none open for good.
 
 use countersign_bot::sessions::{SessionRecord, StatementRecord};
 use countersign_bot::{SessionId, Store};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -32,36 +36,171 @@ const BATCH: usize = 512;
 const GATHER: Duration = Duration::from_millis(100);
 /// Written at once when this many are waiting.
 const FLUSH_AT: usize = 4096;
+/// Session ends the store refused, kept in memory for retries; past this many the oldest is given up to
+/// the liveness sweep (which closes it with its end time unknown once nobody marks it alive).
+const MAX_UNRECORDED_ENDS: usize = 100_000;
+
+/// Timings of session liveness and of retrying session ends; [`Liveness::default`] in production.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Liveness {
+    /// How often this process marks its open sessions alive and closes quiet ones.
+    pub heartbeat: Duration,
+    /// How long a session may go unmarked before it is closed as left by a stopped gateway.
+    pub quiet_after: Duration,
+    /// First wait before retrying session ends the store refused (doubling up to `heartbeat`).
+    pub retry_first: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            heartbeat: countersign_bot::sessions::SESSION_HEARTBEAT,
+            quiet_after: countersign_bot::sessions::SESSION_QUIET_AFTER,
+            retry_first: Duration::from_millis(500),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// The writer task's state besides its statement batch.
+struct Sessions {
+    store: Arc<dyn Store>,
+    liveness: Liveness,
+    /// Sessions this process has open: marked alive every heartbeat, so other replicas leave them open.
+    open: HashSet<SessionId>,
+    /// Session ends the store refused, oldest first, retried until they land (a store outage must not
+    /// leave the session open forever).
+    unrecorded_ends: VecDeque<(SessionId, i64)>,
+    retry_delay: Duration,
+    retry_at: Option<Instant>,
+    heartbeat_at: Instant,
+    /// With a store of its own (SQLite), every session open before this process started is stale: the
+    /// first sweep closes them all at once instead of waiting for them to go quiet.
+    stale_before_ms: Option<i64>,
+}
+
+impl Sessions {
+    fn new(store: Arc<dyn Store>, liveness: Liveness) -> Self {
+        let stale_before_ms = (store.backend() == "sqlite").then(now_ms);
+        Self {
+            store,
+            liveness,
+            open: HashSet::new(),
+            unrecorded_ends: VecDeque::new(),
+            retry_delay: liveness.retry_first,
+            retry_at: None,
+            // Sweep at once: sessions a killed gateway left open are closed at start.
+            heartbeat_at: Instant::now(),
+            stale_before_ms,
+        }
+    }
+
+    async fn end(&mut self, id: SessionId, at: i64) {
+        self.open.remove(&id);
+        if let Err(e) = self.store.session_ended(id, at).await {
+            tracing::warn!(session_id = %id, error = %e, "could not record session end; keeping it in memory and retrying until the store is back");
+            if self.unrecorded_ends.len() >= MAX_UNRECORDED_ENDS {
+                if let Some((lost, _)) = self.unrecorded_ends.pop_front() {
+                    tracing::error!(session_id = %lost, "too many session ends waiting for the store; this one will be closed with its end time unknown");
+                }
+            }
+            self.unrecorded_ends.push_back((id, at));
+            self.retry_at
+                .get_or_insert_with(|| Instant::now() + self.retry_delay);
+        }
+    }
+
+    async fn retry_ends(&mut self) {
+        while let Some(&(id, at)) = self.unrecorded_ends.front() {
+            match self.store.session_ended(id, at).await {
+                Ok(()) => {
+                    self.unrecorded_ends.pop_front();
+                }
+                Err(e) => {
+                    tracing::warn!(waiting = self.unrecorded_ends.len(), error = %e, "still cannot record session ends; retrying");
+                    break;
+                }
+            }
+        }
+        if self.unrecorded_ends.is_empty() {
+            self.retry_delay = self.liveness.retry_first;
+            self.retry_at = None;
+        } else {
+            self.retry_delay = (self.retry_delay * 2).min(self.liveness.heartbeat);
+            self.retry_at = Some(Instant::now() + self.retry_delay);
+        }
+    }
+
+    /// Marks this process's open sessions alive and closes sessions no gateway keeps alive any more.
+    async fn heartbeat(&mut self) {
+        self.heartbeat_at = Instant::now() + self.liveness.heartbeat;
+        let now = now_ms();
+        if !self.open.is_empty() {
+            let ids: Vec<SessionId> = self.open.iter().copied().collect();
+            if let Err(e) = self.store.touch_sessions(&ids, now).await {
+                tracing::warn!(error = %e, "could not mark open sessions alive; retrying next heartbeat");
+            }
+        }
+        let quiet_since = match self.stale_before_ms.take() {
+            Some(started) => started,
+            None => now - self.liveness.quiet_after.as_millis() as i64,
+        };
+        match self
+            .store
+            .close_quiet_sessions(quiet_since, countersign_bot::sessions::GATEWAY_STOPPED, 500)
+            .await
+        {
+            Ok(closed) if !closed.is_empty() => tracing::warn!(
+                count = closed.len(),
+                "closed sessions a stopped gateway left open (end time unknown; see `countersign sessions`)"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not close sessions left by a stopped gateway; retrying next heartbeat")
+            }
+        }
+    }
+
+    fn next_wake(&self, due: Option<Instant>) -> Instant {
+        [due, self.retry_at, Some(self.heartbeat_at)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.heartbeat_at)
+    }
+}
 
 impl StatementWriter {
     pub(crate) fn spawn(store: Arc<dyn Store>) -> Self {
+        Self::spawn_with(store, Liveness::default())
+    }
+
+    pub(crate) fn spawn_with(store: Arc<dyn Store>, liveness: Liveness) -> Self {
         let (tx, mut rx) = mpsc::channel::<RecordOp>(64 * 1024);
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(BATCH);
             let mut statements = Vec::new();
             let mut due: Option<Instant> = None;
+            let mut sessions = Sessions::new(store.clone(), liveness);
             loop {
-                let got = match due {
-                    None => rx.recv_many(&mut buf, BATCH).await,
-                    Some(at) => {
-                        match tokio::time::timeout_at(at, rx.recv_many(&mut buf, BATCH)).await {
-                            Ok(n) => n,
-                            Err(_) => {
-                                flush(&store, &mut statements).await;
-                                due = None;
-                                continue;
-                            }
-                        }
-                    }
-                };
-                if got == 0 {
+                let wake = sessions.next_wake(due);
+                // `recv_many` is cancel safe: a timeout loses nothing.
+                let got = tokio::time::timeout_at(wake, rx.recv_many(&mut buf, BATCH))
+                    .await
+                    .ok();
+                if got == Some(0) {
                     flush(&store, &mut statements).await;
+                    sessions.retry_ends().await;
                     return;
                 }
                 for op in buf.drain(..) {
                     match op {
                         RecordOp::Started(s) => {
                             flush(&store, &mut statements).await;
+                            sessions.open.insert(s.id);
                             if let Err(e) = store.session_started(&s).await {
                                 tracing::warn!(session_id = %s.id, error = %e, "could not record session start");
                             }
@@ -70,20 +209,25 @@ impl StatementWriter {
                         RecordOp::Statements(mut batch) => statements.append(&mut batch),
                         RecordOp::Ended(id, at, done) => {
                             flush(&store, &mut statements).await;
-                            if let Err(e) = store.session_ended(id, at).await {
-                                tracing::warn!(session_id = %id, error = %e, "could not record session end");
-                            }
+                            sessions.end(id, at).await;
                             let _ = done.send(());
                         }
                     }
                 }
-                if statements.len() >= FLUSH_AT {
+                let now = Instant::now();
+                if statements.len() >= FLUSH_AT || due.is_some_and(|d| d <= now) {
                     flush(&store, &mut statements).await;
                 }
                 if statements.is_empty() {
                     due = None;
                 } else if due.is_none() {
                     due = Some(Instant::now() + GATHER);
+                }
+                if sessions.retry_at.is_some_and(|at| at <= now) {
+                    sessions.retry_ends().await;
+                }
+                if sessions.heartbeat_at <= now {
+                    sessions.heartbeat().await;
                 }
             }
         });
@@ -112,4 +256,178 @@ async fn flush(store: &Arc<dyn Store>, statements: &mut Vec<StatementRecord>) {
         }
     }
     tracing::error!(count = batch.len(), "statement records lost after retries");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use countersign_bot::sessions::{SessionRecord, GATEWAY_STOPPED};
+    use countersign_bot::store::postgres::PgStore;
+    use countersign_bot::testing::{fresh_pg_database, fresh_sqlite, human, workload};
+    use countersign_bot::RequesterChain;
+    use time::OffsetDateTime;
+
+    fn fast() -> Liveness {
+        Liveness {
+            heartbeat: Duration::from_millis(50),
+            quiet_after: Duration::from_millis(600),
+            retry_first: Duration::from_millis(20),
+        }
+    }
+
+    fn session(id: SessionId, started_at: OffsetDateTime) -> SessionRecord {
+        SessionRecord {
+            id,
+            connection: "prod".into(),
+            requester: RequesterChain(vec![workload("agent"), human("alice@example.com")]),
+            client_addr: None,
+            application: Some("psql".into()),
+            protocol: "wire".into(),
+            started_at,
+            ended_at: None,
+            end_reason: None,
+        }
+    }
+
+    /// Whole milliseconds, as the store keeps them.
+    fn now_whole_ms() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(now_ms() as i128 * 1_000_000).unwrap()
+    }
+
+    async fn ended(store: &Arc<dyn Store>, id: SessionId) -> (Option<i64>, Option<String>) {
+        let (s, _) = store.get_session(id).await.unwrap().expect("session");
+        (
+            s.ended_at
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64),
+            s.end_reason,
+        )
+    }
+
+    async fn eventually<F, Fut>(what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check().await {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn end(writer: &StatementWriter, id: SessionId, at: i64) {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        writer.send(RecordOp::Ended(id, at, done_tx)).await;
+        done_rx.await.unwrap();
+    }
+
+    /// A session that ends while the store refuses the write is not dropped: its end lands, with its
+    /// real time, once the store accepts writes again.
+    #[tokio::test]
+    async fn a_session_end_the_store_refused_is_recorded_when_the_store_is_back() {
+        let url = fresh_pg_database()
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        let pg = PgStore::open(&url).await.unwrap();
+        let pool = pg.pool().clone();
+        let store: Arc<dyn Store> = Arc::new(pg);
+        let writer = StatementWriter::spawn_with(store.clone(), fast());
+        let id = SessionId::new();
+        writer
+            .send(RecordOp::Started(session(id, now_whole_ms())))
+            .await;
+        eventually("the start is recorded", || async {
+            store.get_session(id).await.unwrap().is_some()
+        })
+        .await;
+        // The store refuses every session end, as during an outage.
+        sqlx::raw_sql(
+            "CREATE FUNCTION refuse_end() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'store unavailable (test)'; END $$;
+             CREATE TRIGGER refuse_end BEFORE UPDATE ON sessions FOR EACH ROW WHEN (NEW.ended_ms IS NOT NULL) EXECUTE FUNCTION refuse_end();",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let at = now_ms();
+        end(&writer, id, at).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            ended(&store, id).await,
+            (None, None),
+            "the outage refused it"
+        );
+
+        sqlx::raw_sql("DROP TRIGGER refuse_end ON sessions")
+            .execute(&pool)
+            .await
+            .unwrap();
+        eventually("the end is retried once the store is back", || async {
+            ended(&store, id).await == (Some(at), None)
+        })
+        .await;
+    }
+
+    /// SQLite: the store is this process's alone, so at start every session an earlier run left open is
+    /// closed, at its last known moment and with the reason; sessions of this run stay open.
+    #[tokio::test]
+    async fn sqlite_sessions_an_earlier_run_left_open_are_closed_at_start() {
+        let (store, _dir) = fresh_sqlite().await;
+        let left = SessionId::new();
+        let left_start = now_whole_ms() - time::Duration::seconds(5);
+        store
+            .session_started(&session(left, left_start))
+            .await
+            .unwrap();
+
+        let writer = StatementWriter::spawn_with(store.clone(), fast());
+        let mine = SessionId::new();
+        writer
+            .send(RecordOp::Started(session(mine, now_whole_ms())))
+            .await;
+        let left_start_ms = (left_start.unix_timestamp_nanos() / 1_000_000) as i64;
+        eventually("the stale session is closed at start", || async {
+            ended(&store, left).await == (Some(left_start_ms), Some(GATEWAY_STOPPED.into()))
+        })
+        .await;
+        // Several heartbeats later this run's session is still open.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(ended(&store, mine).await, (None, None));
+    }
+
+    /// PostgreSQL (shared by replicas): a session nobody marks alive for `quiet_after` is closed; one a
+    /// live writer keeps alive is not, however long it lasts.
+    #[tokio::test]
+    async fn postgres_sessions_of_a_stopped_replica_are_closed_once_quiet() {
+        let url = fresh_pg_database()
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        let store: Arc<dyn Store> = Arc::new(PgStore::open(&url).await.unwrap());
+        // A replica killed with -9 right after recording this session's start.
+        let orphan = SessionId::new();
+        let orphan_start = now_whole_ms();
+        store
+            .session_started(&session(orphan, orphan_start))
+            .await
+            .unwrap();
+
+        let writer = StatementWriter::spawn_with(store.clone(), fast());
+        let mine = SessionId::new();
+        writer
+            .send(RecordOp::Started(session(mine, now_whole_ms())))
+            .await;
+        // Not at once: another replica's sessions are only stale once quiet.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(ended(&store, orphan).await, (None, None));
+        let orphan_start_ms = (orphan_start.unix_timestamp_nanos() / 1_000_000) as i64;
+        eventually("the quiet session is closed", || async {
+            ended(&store, orphan).await == (Some(orphan_start_ms), Some(GATEWAY_STOPPED.into()))
+        })
+        .await;
+        // Well past `quiet_after`, the live writer's session is still open.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(ended(&store, mine).await, (None, None));
+        let at = now_ms();
+        end(&writer, mine, at).await;
+        assert_eq!(ended(&store, mine).await, (Some(at), None));
+    }
 }

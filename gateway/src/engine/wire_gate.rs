@@ -211,6 +211,7 @@ impl WireGate for Engine {
             protocol: "wire".into(),
             started_at: session.started_at,
             ended_at: None,
+            end_reason: None,
         };
         self.recorder.send(RecordOp::Started(rec)).await;
     }

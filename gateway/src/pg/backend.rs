@@ -342,6 +342,31 @@ impl BackendTracker {
         }
     }
 
+    /// The session is over with statements still upstream (the upstream died mid-statement, or the
+    /// client left): each becomes a record with the error it met. The head keeps what the upstream last
+    /// said about it (its FATAL, say) ahead of `reason`; the statements queued behind it never ran.
+    pub fn abandon(&mut self, reason: &str, finished: &mut Vec<FinishedStatement>) {
+        let tag = self.tag.take();
+        let error = match self.error.take() {
+            Some(upstream) => format!("{upstream} ({reason})"),
+            None => reason.to_string(),
+        };
+        self.copy_window = None;
+        self.copies = 0;
+        let masked = self.masker.as_mut().map_or(0, |m| m.take_masked());
+        let mut rest = std::mem::take(&mut self.in_flight).into_iter();
+        if let Some(head) = rest.next() {
+            finished.push(head.finished(tag, Some(error), masked));
+        }
+        for f in rest {
+            finished.push(f.finished(
+                None,
+                Some(format!("not run: the session ended first ({reason})")),
+                0,
+            ));
+        }
+    }
+
     fn finish(&mut self, finished: &mut Vec<FinishedStatement>) {
         let tag = self.tag.take();
         let error = self.error.take();

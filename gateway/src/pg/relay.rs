@@ -152,6 +152,7 @@ where
             let _counted = super::spin::SessionOnThread::enter();
             let result = self.relay().await;
             self.finish_approved_without_client().await;
+            self.record_unfinished(&result);
             result
         };
         if let Err(WireError::Protocol(msg)) = &result {
@@ -296,13 +297,26 @@ where
         let error = format!(
             "the upstream connection failed before the approved statement's result arrived ({e}); whether it ran is unknown"
         );
-        for f in std::mem::take(&mut self.backend.in_flight) {
-            if f.executed.is_none() {
-                continue;
-            }
-            self.ctx
-                .recorder
-                .statement(&self.ctx.session, f.finished(None, Some(error.clone()), 0));
+        self.abandon_in_flight(&error);
+    }
+
+    /// Records every statement still upstream when the session ends: each was forwarded, so each gets
+    /// a record, with why it never finished (a dead upstream's FATAL, or the connection's end).
+    fn record_unfinished(&mut self, result: &Result<(), WireError>) {
+        if self.backend.in_flight.is_empty() {
+            return;
+        }
+        let reason = match result {
+            Err(e) => format!("the session ended before the upstream answered: {e}"),
+            Ok(()) => "the client left before the upstream answered".to_string(),
+        };
+        self.abandon_in_flight(&reason);
+    }
+
+    fn abandon_in_flight(&mut self, reason: &str) {
+        self.backend.abandon(reason, &mut self.finished);
+        for f in self.finished.drain(..) {
+            self.ctx.recorder.statement(&self.ctx.session, f);
         }
     }
 

@@ -101,6 +101,8 @@ impl JiraClient {
     pub fn new(cfg: &JiraConfig, creds: &JiraCredentials) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(cfg.timeout_secs.max(1)))
+            // A host that never completes the handshake fails fast instead of using the whole call's limit.
+            .connect_timeout(Duration::from_secs(cfg.timeout_secs.clamp(1, 5)))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {

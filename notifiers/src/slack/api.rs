@@ -4,7 +4,9 @@
 use countersign_bot::events::DeliveryError;
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 type Connector = SlackClientHyperHttpsConnector;
 
@@ -21,6 +23,14 @@ pub enum SlackApiError {
         method: &'static str,
         /// What slack-morphism reported.
         source: SlackClientError,
+    },
+    /// Slack did not answer in time (connecting included); retried later like an outage.
+    #[error("Slack Web API call {method} did not answer within {}s; it will be retried (check that slack.api_base_url is reachable, or raise slack.timeout_secs)", after.as_secs_f64())]
+    Timeout {
+        /// Method, e.g. `chat.postMessage`.
+        method: &'static str,
+        /// The limit that passed.
+        after: Duration,
     },
 }
 
@@ -42,6 +52,10 @@ impl SlackApiError {
         let message = self.to_string();
         match &self {
             Self::Tls(_) => DeliveryError::Permanent(message),
+            Self::Timeout { .. } => DeliveryError::Retryable {
+                message,
+                retry_after: None,
+            },
             Self::Call { source, .. } => match source {
                 SlackClientError::RateLimitError(e) => DeliveryError::Retryable {
                     message,
@@ -82,11 +96,13 @@ impl SlackApiError {
 pub struct SlackApi {
     client: Arc<SlackClient<Connector>>,
     token: SlackApiToken,
+    /// Limit on each call, connecting included: a Slack that accepts and never answers would otherwise
+    /// hold the outbox delivery (and an interaction handler) forever.
+    timeout: Duration,
 }
 
-fn call<T>(method: &'static str, r: Result<T, SlackClientError>) -> Result<T, SlackApiError> {
-    r.map_err(|source| SlackApiError::Call { method, source })
-}
+/// Per-call limit when the configuration sets none (`slack.timeout_secs`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SlackApi {
     /// A client for `api_base` (e.g. `https://slack.com/api`; plain http is accepted for loopback fakes,
@@ -104,7 +120,28 @@ impl SlackApi {
         Ok(Self {
             client: Arc::new(SlackClient::new(connector)),
             token: SlackApiToken::new(SlackApiTokenValue(bot_token.to_string())),
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// The same client with every call limited to `timeout` (at least 1 ms).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<T, SlackClientError>>,
+    ) -> Result<T, SlackApiError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r.map_err(|source| SlackApiError::Call { method, source }),
+            Err(_) => Err(SlackApiError::Timeout {
+                method,
+                after: self.timeout,
+            }),
+        }
     }
 
     /// Post a message (a thread reply when `thread_ts` is set). Returns the channel Slack used (a DM's
@@ -119,13 +156,14 @@ impl SlackApi {
             .opt_thread_ts(thread_ts.map(|t| SlackTs(t.to_string())))
             .with_unfurl_links(false)
             .with_unfurl_media(false);
-        let r = call(
-            "chat.postMessage",
-            self.client
-                .open_session(&self.token)
-                .chat_post_message(&req)
-                .await,
-        )?;
+        let r = self
+            .call(
+                "chat.postMessage",
+                self.client
+                    .open_session(&self.token)
+                    .chat_post_message(&req),
+            )
+            .await?;
         Ok((r.channel.0, r.ts.0))
     }
 
@@ -137,13 +175,11 @@ impl SlackApi {
         content: SlackMessageContent,
     ) -> Result<(), SlackApiError> {
         let req = SlackApiChatUpdateRequest::new(channel.into(), content, SlackTs(ts.to_string()));
-        call(
+        self.call(
             "chat.update",
-            self.client
-                .open_session(&self.token)
-                .chat_update(&req)
-                .await,
-        )?;
+            self.client.open_session(&self.token).chat_update(&req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -155,46 +191,50 @@ impl SlackApi {
         content: SlackMessageContent,
     ) -> Result<(), SlackApiError> {
         let req = SlackApiChatPostEphemeralRequest::new(channel.into(), user.into(), content);
-        call(
+        self.call(
             "chat.postEphemeral",
             self.client
                 .open_session(&self.token)
-                .chat_post_ephemeral(&req)
-                .await,
-        )?;
+                .chat_post_ephemeral(&req),
+        )
+        .await?;
         Ok(())
     }
 
     /// Open a modal for the click that produced `trigger_id`.
     pub async fn open_view(&self, trigger_id: &str, view: SlackView) -> Result<(), SlackApiError> {
         let req = SlackApiViewsOpenRequest::new(SlackTriggerId(trigger_id.to_string()), view);
-        call(
+        self.call(
             "views.open",
-            self.client.open_session(&self.token).views_open(&req).await,
-        )?;
+            self.client.open_session(&self.token).views_open(&req),
+        )
+        .await?;
         Ok(())
     }
 
     /// A fresh Socket Mode WebSocket URL (`apps.connections.open`), authorised by the app-level token.
     pub async fn open_socket_url(&self, app_token: &str) -> Result<String, SlackApiError> {
         let token = SlackApiToken::new(SlackApiTokenValue(app_token.to_string()));
-        let r = call(
-            "apps.connections.open",
-            self.client
-                .open_session(&token)
-                .apps_connections_open(&SlackApiAppsConnectionOpenRequest::new())
-                .await,
-        )?;
+        let r = self
+            .call(
+                "apps.connections.open",
+                self.client
+                    .open_session(&token)
+                    .apps_connections_open(&SlackApiAppsConnectionOpenRequest::new()),
+            )
+            .await?;
         Ok(r.url.0.to_string())
     }
 
     /// The e-mail on a user's Slack profile, if any.
     pub async fn user_email(&self, user: &str) -> Result<Option<String>, SlackApiError> {
         let req = SlackApiUsersInfoRequest::new(user.into());
-        let r = call(
-            "users.info",
-            self.client.open_session(&self.token).users_info(&req).await,
-        )?;
+        let r = self
+            .call(
+                "users.info",
+                self.client.open_session(&self.token).users_info(&req),
+            )
+            .await?;
         if r.user.deleted == Some(true) || r.user.flags.is_bot == Some(true) {
             return Ok(None);
         }
@@ -204,13 +244,15 @@ impl SlackApi {
     /// The Slack user id for an e-mail address; `None` when no member has it.
     pub async fn user_by_email(&self, email: &str) -> Result<Option<String>, SlackApiError> {
         let req = SlackApiUsersLookupByEmailRequest::new(EmailAddress(email.to_string()));
-        match call(
-            "users.lookupByEmail",
-            self.client
-                .open_session(&self.token)
-                .users_lookup_by_email(&req)
-                .await,
-        ) {
+        match self
+            .call(
+                "users.lookupByEmail",
+                self.client
+                    .open_session(&self.token)
+                    .users_lookup_by_email(&req),
+            )
+            .await
+        {
             Ok(r) => Ok(Some(r.user.id.0)),
             Err(e) if e.api_code() == Some("users_not_found") => Ok(None),
             Err(e) => Err(e),

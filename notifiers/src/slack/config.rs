@@ -34,6 +34,9 @@ pub struct SlackConfig {
     /// Statements longer than this are truncated in messages (the request page shows them in full).
     #[serde(default = "default_max_statement_chars")]
     pub max_statement_chars: usize,
+    /// Limit on each Web API call in seconds, connecting included.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
 }
 
 /// Approver group → channel ids, with a fallback channel.
@@ -58,6 +61,10 @@ fn default_identity_cache_secs() -> u64 {
 
 fn default_max_statement_chars() -> usize {
     2000
+}
+
+fn default_timeout_secs() -> u64 {
+    10
 }
 
 /// A configuration or environment problem, naming the key and the fix.
@@ -171,6 +178,12 @@ impl SlackConfig {
             return Err(invalid(
                 "max_statement_chars",
                 "must be at least 100 so reviewers see enough of the statement; 2000 is the default",
+            ));
+        }
+        if self.timeout_secs == 0 {
+            return Err(invalid(
+                "timeout_secs",
+                "must be at least 1 (a call without a limit can stall deliveries); 10 is the default",
             ));
         }
         Ok(())

@@ -1,0 +1,6 @@
+-- Sessions left open by a gateway that stopped without recording their end (killed, crashed, store down):
+-- each gateway marks its open sessions alive every 15 s (`alive_ms`), and one nobody marked for 2 minutes
+-- (with SQLite: any left by an earlier run, at start) is closed with `end_reason` saying its end is a guess.
+ALTER TABLE sessions ADD COLUMN alive_ms INTEGER;
+ALTER TABLE sessions ADD COLUMN end_reason TEXT;
+CREATE INDEX sessions_open ON sessions (started_ms) WHERE ended_ms IS NULL;
