@@ -284,7 +284,12 @@ pub async fn sessions(cfg: &Config, command: SessionsCommand) -> anyhow::Result<
                             s.client_addr.clone().unwrap_or_default(),
                             s.application.clone().unwrap_or_default(),
                             when(s.started_at),
-                            s.ended_at.map(when).unwrap_or_else(|| "(open)".into()),
+                            match (s.ended_at, &s.end_reason) {
+                                // Not the real end: the last time the session was known to be open.
+                                (Some(t), Some(_)) => format!("{} (gateway stopped)", when(t)),
+                                (Some(t), None) => when(t),
+                                (None, _) => "(open)".into(),
+                            },
                         ]
                     })
                     .collect(),
@@ -322,6 +327,9 @@ pub async fn sessions(cfg: &Config, command: SessionsCommand) -> anyhow::Result<
                 summary.held,
                 summary.approved
             );
+            if let Some(reason) = &s.end_reason {
+                out!("ended: {reason}");
+            }
             table(
                 &[
                     "AT",
