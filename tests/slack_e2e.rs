@@ -1,7 +1,7 @@
 //! Issue "Slack approvals", end to end through the real gateway: a statement held on a live wire connection is
 //! posted to (fake) Slack, approved by two signed clicks, and released to run exactly once.
 
-use countersign_tests::fake_slack::{click_body, sign, FakeSlack};
+use countersign_tests::fake_slack::{click_body, click_body_from_team, sign, FakeSlack};
 use countersign_tests::tokens::*;
 use countersign_tests::*;
 use std::time::Duration;
@@ -11,6 +11,11 @@ const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const CHANNEL: &str = "C0APPROVALS";
 
 async fn gateway(backend: Backend) -> (Gateway, FakeSlack) {
+    gateway_with(backend, "").await
+}
+
+/// The gateway with `extra` lines appended to its `[slack]` section.
+async fn gateway_with(backend: Backend, extra: &str) -> (Gateway, FakeSlack) {
     // SAFETY of set_var: every test sets the same values, so concurrent tests can't observe a different one.
     std::env::set_var("CS_E2E_SLACK_TOKEN", TOKEN);
     std::env::set_var("CS_E2E_SLACK_SECRET", SECRET);
@@ -23,7 +28,7 @@ async fn gateway(backend: Backend) -> (Gateway, FakeSlack) {
     )
     .await;
     let slack = format!(
-        "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 30\n\n[slack]\nbot_token_env = \"CS_E2E_SLACK_TOKEN\"\nsigning_secret_env = \"CS_E2E_SLACK_SECRET\"\napi_base_url = \"{base}\"\nroutes = {{ default_channel = \"{CHANNEL}\" }}\nuser_map = {{ UBOB = \"bob@example.com\" }}\n"
+        "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 30\n\n[slack]\nbot_token_env = \"CS_E2E_SLACK_TOKEN\"\nsigning_secret_env = \"CS_E2E_SLACK_SECRET\"\napi_base_url = \"{base}\"\nroutes = {{ default_channel = \"{CHANNEL}\" }}\nuser_map = {{ UBOB = \"bob@example.com\" }}\n{extra}"
     );
     (spawn_gateway(&base_config(&slack), backend).await, fake)
 }
@@ -336,5 +341,116 @@ async fn sql_with_mrkdwn_and_broadcasts_is_posted_inert() {
     assert!(
         !raw.contains("<https://evil.example|click>"),
         "links must be escaped: {raw}"
+    );
+}
+
+/// The request id and message ts of the one request a held API statement created.
+async fn held_request(gw: &Gateway, sql: &str) -> (countersign_bot::RequestId, String) {
+    let held = gw.query(AGENT, sql).await;
+    assert_eq!(held.status, 202, "{:?}", held.body);
+    let request_id = gw.store.list_requests(None, 10).await.unwrap()[0].id;
+    let mut msg_ts = None;
+    for _ in 0..200 {
+        msg_ts = gw.store.get_ref(request_id, "slack", "ts").await.unwrap();
+        if msg_ts.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    (
+        request_id,
+        msg_ts.expect("the request message's ts is stored"),
+    )
+}
+
+async fn click_from(gw: &Gateway, user: &str, team: &str, ts_msg: &str, value: &str) -> u16 {
+    let body = click_body_from_team(user, team, CHANNEL, ts_msg, "countersign_approve", value);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    post_click(gw, &body, now, &sign(SECRET, now, &body)).await
+}
+
+#[tokio::test]
+async fn a_slack_connect_user_with_an_approvers_email_is_refused_but_a_trusted_team_counts() {
+    let (gw, fake) = gateway_with(Backend::Sqlite, "trusted_teams = [\"T3\"]\n").await;
+    // Another organisation shares the approvals channel and gave its user Bob's address.
+    fake.add_user("UEVE", "bob@example.com", "T2");
+    // A partner the operator trusts (slack.trusted_teams) verifies its addresses.
+    fake.add_user("UDAVE", "reviewer1@example.com", "T3");
+    let (request_id, msg_ts) = held_request(&gw, "DELETE FROM cs_slack_outsider_target").await;
+    let value = format!("approve:{request_id}");
+
+    assert_eq!(click_from(&gw, "UEVE", "T2", &msg_ts, &value).await, 200);
+    let refusal = eventually("the outsider's ephemeral refusal", || {
+        fake.calls_of("chat.postEphemeral")
+            .into_iter()
+            .find(|c| c.args["user"] == "UEVE")
+    })
+    .await;
+    assert!(
+        refusal.args.to_string().contains("another organisation"),
+        "{:?}",
+        refusal.args
+    );
+    let audit = gw.store.audit_records(0, 1000).await.unwrap();
+    let refused = audit
+        .iter()
+        .find(|a| a.entry.action == "slack.outside_user_refused")
+        .expect("the refusal is audited");
+    assert_eq!(refused.entry.actor, "slack:UEVE");
+    assert_eq!(refused.entry.request_id, Some(request_id.to_string()));
+    assert_eq!(refused.entry.detail["team_id"], "T2");
+    assert!(gw
+        .engine
+        .workflow
+        .get(request_id)
+        .await
+        .unwrap()
+        .votes
+        .is_empty());
+
+    // The trusted partner's user and a member of the app's own workspace (both through users.info) count.
+    assert_eq!(click_from(&gw, "UDAVE", "T3", &msg_ts, &value).await, 200);
+    assert_eq!(
+        click(&gw, "UCAROL", &msg_ts, "countersign_approve", &value).await,
+        200
+    );
+    let mut voters = Vec::new();
+    for _ in 0..200 {
+        voters = gw
+            .engine
+            .workflow
+            .get(request_id)
+            .await
+            .unwrap()
+            .votes
+            .iter()
+            .map(|v| v.voter.0.clone())
+            .collect::<Vec<_>>();
+        if voters.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    voters.sort();
+    assert_eq!(
+        voters,
+        ["email:carol@example.com", "email:reviewer1@example.com"]
+    );
+}
+
+#[test]
+fn a_trusted_team_given_by_name_is_refused_with_file_key_and_fix() {
+    let toml = base_config(
+        "[slack]\nbot_token_env = \"CS_E2E_SLACK_TOKEN\"\nsigning_secret_env = \"CS_E2E_SLACK_SECRET\"\nroutes = { default_channel = \"C0APPROVALS\" }\ntrusted_teams = [\"partner.slack.com\"]\n",
+    );
+    let cfg = countersign_gateway::config::Config::from_toml(&toml, "countersign.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = cfg.validate("countersign.toml").to_string();
+    assert!(
+        report.contains("countersign.toml")
+            && report.contains("slack.trusted_teams")
+            && report.contains("partner.slack.com")
+            && report.contains("T0123ABCD"),
+        "{report}"
     );
 }

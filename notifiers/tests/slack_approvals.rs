@@ -41,6 +41,9 @@ struct FakeState {
     calls: Vec<Call>,
     /// Slack user id → profile e-mail (None: a profile without e-mail).
     users: HashMap<String, Option<String>>,
+    /// Slack user id → fields overriding the user object `users.info` returns (another `team_id`,
+    /// `is_stranger`, `enterprise_user`); everyone else is a member of the app's team T0001.
+    overrides: HashMap<String, Value>,
     /// Failures to answer with before serving normally: 500, or 429 with Retry-After: 1.
     failures: VecDeque<u16>,
     next_ts: u64,
@@ -138,18 +141,31 @@ async fn fake_api(
             view["state"] = json!({ "values": {} });
             slack_ok(json!({ "view": view }))
         }
-        "users.info" => match s.users.get(args["user"].as_str().unwrap_or_default()) {
-            Some(email) => {
-                let mut profile = json!({ "real_name": "Someone" });
-                if let Some(e) = email {
-                    profile["email"] = e.clone().into();
+        // The bot token belongs to workspace T0001, as on a workspace outside Enterprise Grid.
+        "auth.test" => slack_ok(
+            json!({ "url": "https://example.slack.com/", "team": "Example",
+            "user": "countersign", "team_id": "T0001", "user_id": "UBOT", "bot_id": "B1",
+            "is_enterprise_install": false }),
+        ),
+        "users.info" => {
+            let id = args["user"].as_str().unwrap_or_default();
+            match s.users.get(id) {
+                Some(email) => {
+                    let mut profile = json!({ "real_name": "Someone" });
+                    if let Some(e) = email {
+                        profile["email"] = e.clone().into();
+                    }
+                    let mut user = json!({ "id": id, "team_id": "T0001", "name": "someone", "deleted": false, "profile": profile });
+                    if let Some(Value::Object(fields)) = s.overrides.get(id) {
+                        for (k, v) in fields {
+                            user[k] = v.clone();
+                        }
+                    }
+                    slack_ok(json!({ "user": user }))
                 }
-                slack_ok(
-                    json!({ "user": { "id": args["user"], "team_id": "T0001", "name": "someone", "deleted": false, "profile": profile } }),
-                )
+                None => slack_error("user_not_found"),
             }
-            None => slack_error("user_not_found"),
-        },
+        }
         "users.lookupByEmail" => {
             let wanted = args["email"].as_str().unwrap_or_default().to_lowercase();
             let found = s
@@ -208,6 +224,16 @@ async fn harness(
     dir: Option<countersign_bot::testing::TempDir>,
     dm_approvers: bool,
 ) -> Harness {
+    harness_with(store, dir, dm_approvers, json!({})).await
+}
+
+/// A harness whose `[slack]` configuration has `extra` keys on top of the usual ones.
+async fn harness_with(
+    store: Arc<dyn Store>,
+    dir: Option<countersign_bot::testing::TempDir>,
+    dm_approvers: bool,
+    extra: Value,
+) -> Harness {
     let fake = FakeSlack::default();
     {
         let mut s = fake.0.lock().unwrap();
@@ -220,7 +246,7 @@ async fn harness(
         s.users.insert("UNOMAIL".into(), None);
     }
     let base = start_fake(fake.clone()).await;
-    let config: SlackConfig = serde_json::from_value(json!({
+    let mut config = json!({
         "bot_token_env": "SLACK_BOT_TOKEN",
         "signing_secret_env": "SLACK_SIGNING_SECRET",
         "api_base_url": base,
@@ -228,8 +254,13 @@ async fn harness(
         "dm_approvers": dm_approvers,
         // Bob is mapped explicitly; Carol and Alice are found through users.info.
         "user_map": { "UBOB": "bob@example.com" }
-    }))
-    .unwrap();
+    });
+    if let Value::Object(extra) = extra {
+        for (k, v) in extra {
+            config[k] = v;
+        }
+    }
+    let config: SlackConfig = serde_json::from_value(config).unwrap();
     config.validate().unwrap();
     let api = SlackApi::new(config.api_base(), TOKEN).unwrap();
     let workflow = Arc::new(Workflow::new(
@@ -1062,6 +1093,37 @@ impl countersign_bot::events::Notifier for PromptSink {
     }
 }
 
+/// A click as Slack sends it for a user of workspace `team` (a Slack Connect guest in our channel).
+fn approve_from_team(user: &str, team: &str, msg: &(String, String), id: RequestId) -> String {
+    approve(user, msg, id).replace("T0001", team)
+}
+
+async fn wait_for_audits(
+    h: &Harness,
+    action: &str,
+    n: usize,
+) -> Vec<countersign_bot::audit::AuditRecord> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found: Vec<_> = h
+            .store
+            .audit_records(0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.entry.action == action)
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} {action} audit records, got {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_slack_that_never_answers_times_out_without_stalling_other_channels() {
     let (store, _dir) = fresh_sqlite().await;
@@ -1178,4 +1240,186 @@ async fn a_slack_that_never_answers_times_out_without_stalling_other_channels() 
     assert_eq!(slack_item.status, OutboxStatus::Pending, "{slack_item:?}");
     let error = slack_item.last_error.unwrap_or_default();
     assert!(error.contains("did not answer within"), "{error}");
+}
+
+#[tokio::test]
+async fn users_of_another_workspace_cannot_vote_with_an_approvers_email() {
+    let h = sqlite_harness(false).await;
+    {
+        let mut s = h.fake.0.lock().unwrap();
+        // Another organisation, sharing the channel through Slack Connect, gave its user Bob's address.
+        s.users
+            .insert("UEVE".into(), Some("bob@example.com".into()));
+        s.overrides
+            .insert("UEVE".into(), json!({ "team_id": "T0002" }));
+        // Slack flags a member of a foreign workspace party to a shared channel as a stranger.
+        s.users
+            .insert("UMIMIC".into(), Some("carol@example.com".into()));
+        s.overrides
+            .insert("UMIMIC".into(), json!({ "is_stranger": true }));
+    }
+    let id = h.submit("DELETE FROM orders", 1).await;
+    h.drain().await;
+    let msg = h.message_of(id).await;
+    for (user, team) in [("UEVE", "T0002"), ("UMIMIC", "T0001")] {
+        assert_eq!(
+            h.send(
+                "/slack/interactions",
+                approve_from_team(user, team, &msg, id),
+                now(),
+                None
+            )
+            .await,
+            StatusCode::OK
+        );
+    }
+    let eph = h.wait_for_calls("chat.postEphemeral", 2).await;
+    for user in ["UEVE", "UMIMIC"] {
+        assert!(
+            eph.iter().any(|e| e["user"] == user
+                && texts(e).contains("not counted")
+                && texts(e).contains("another organisation")),
+            "{user}: {eph:?}"
+        );
+    }
+    let refused = wait_for_audits(&h, "slack.outside_user_refused", 2).await;
+    let eve = refused
+        .iter()
+        .find(|r| r.entry.actor == "slack:UEVE")
+        .expect("Eve's refusal is audited");
+    assert_eq!(eve.entry.request_id, Some(id.to_string()));
+    assert_eq!(eve.entry.decision.as_deref(), Some("refused"));
+    assert_eq!(eve.entry.detail["team_id"], "T0002");
+    assert_eq!(eve.entry.detail["reason"], "other_team");
+    let mimic = refused
+        .iter()
+        .find(|r| r.entry.actor == "slack:UMIMIC")
+        .expect("the stranger's refusal is audited");
+    assert_eq!(mimic.entry.detail["reason"], "stranger");
+    let view = h.workflow.get(id).await.unwrap();
+    assert!(view.votes.is_empty(), "{:?}", view.votes);
+    assert_eq!(view.request.status, RequestStatus::Pending);
+
+    // Nor may the outsider list or read requests as Bob.
+    let (_, body) = h
+        .send_for_body(
+            "/slack/commands",
+            "command=%2Fcountersign&text=pending&user_id=UEVE".into(),
+        )
+        .await;
+    assert!(!body.to_string().contains(&id.to_string()), "{body}");
+    assert!(body.to_string().contains("another organisation"), "{body}");
+    wait_for_audits(&h, "slack.outside_user_refused", 3).await;
+
+    // A member of the app's own workspace, known only through users.info, still counts.
+    assert_eq!(
+        h.send(
+            "/slack/interactions",
+            approve("UCAROL", &msg, id),
+            now(),
+            None
+        )
+        .await,
+        StatusCode::OK
+    );
+    h.wait_for(id, "approval", |v| {
+        v.request.status == RequestStatus::Approved
+    })
+    .await;
+    let view = h.workflow.get(id).await.unwrap();
+    let voters: Vec<&str> = view.votes.iter().map(|v| v.voter.0.as_str()).collect();
+    assert_eq!(voters, ["email:carol@example.com"]);
+    // The app's own team is learnt once, however many users are looked up.
+    assert_eq!(h.fake.calls("auth.test").len(), 1);
+}
+
+#[tokio::test]
+async fn trusted_teams_and_user_map_entries_vouch_for_users_of_other_workspaces() {
+    let (store, dir) = fresh_sqlite().await;
+    let h = harness_with(
+        store,
+        Some(dir),
+        false,
+        json!({
+            "trusted_teams": ["T0002"],
+            // The operator vouches for this user id, wherever its account lives.
+            "user_map": { "UBOBEXT": "bob@example.com" }
+        }),
+    )
+    .await;
+    {
+        let mut s = h.fake.0.lock().unwrap();
+        s.users
+            .insert("UCAROLX".into(), Some("carol@example.com".into()));
+        s.overrides.insert(
+            "UCAROLX".into(),
+            json!({ "team_id": "T0002", "is_stranger": true }),
+        );
+        s.users
+            .insert("UBOBEXT".into(), Some("mallory@elsewhere.example".into()));
+        s.overrides.insert(
+            "UBOBEXT".into(),
+            json!({ "team_id": "T0009", "is_stranger": true }),
+        );
+        // Trusting T0002 trusts nobody else.
+        s.users
+            .insert("UEVE".into(), Some("carol@example.com".into()));
+        s.overrides
+            .insert("UEVE".into(), json!({ "team_id": "T0003" }));
+    }
+    let id = h.submit("DELETE FROM orders", 2).await;
+    h.drain().await;
+    let msg = h.message_of(id).await;
+    assert_eq!(
+        h.send(
+            "/slack/interactions",
+            approve_from_team("UEVE", "T0003", &msg, id),
+            now(),
+            None
+        )
+        .await,
+        StatusCode::OK
+    );
+    let refused = wait_for_audits(&h, "slack.outside_user_refused", 1).await;
+    assert_eq!(refused[0].entry.detail["team_id"], "T0003");
+    assert!(h.workflow.get(id).await.unwrap().votes.is_empty());
+
+    assert_eq!(
+        h.send(
+            "/slack/interactions",
+            approve_from_team("UCAROLX", "T0002", &msg, id),
+            now(),
+            None
+        )
+        .await,
+        StatusCode::OK
+    );
+    h.wait_for(id, "the trusted team's vote", |v| v.votes.len() == 1)
+        .await;
+    assert_eq!(
+        h.send(
+            "/slack/interactions",
+            approve_from_team("UBOBEXT", "T0009", &msg, id),
+            now(),
+            None
+        )
+        .await,
+        StatusCode::OK
+    );
+    h.wait_for(id, "approval", |v| {
+        v.request.status == RequestStatus::Approved
+    })
+    .await;
+    let view = h.workflow.get(id).await.unwrap();
+    let mut voters: Vec<&str> = view.votes.iter().map(|v| v.voter.0.as_str()).collect();
+    voters.sort();
+    assert_eq!(voters, ["email:bob@example.com", "email:carol@example.com"]);
+    assert_eq!(
+        h.audit_actions()
+            .await
+            .iter()
+            .filter(|a| *a == "slack.outside_user_refused")
+            .count(),
+        1
+    );
 }

@@ -1,5 +1,6 @@
 //! A local fake of the Slack Web API (the methods Countersign calls), recording every call, plus helpers
-//! to build interaction payloads signed like Slack's.
+//! to build interaction payloads signed like Slack's. The bot token belongs to workspace [`HOME_TEAM`]
+//! (`auth.test`); users live in that workspace unless added with another team (a Slack Connect guest).
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -20,10 +21,14 @@ pub struct Call {
     pub args: Value,
 }
 
+/// The workspace the fake's bot token belongs to, as `auth.test` reports it.
+pub const HOME_TEAM: &str = "T1";
+
 #[derive(Default)]
 struct Inner {
     calls: Vec<Call>,
-    users: HashMap<String, String>,
+    /// User id → (profile e-mail, team id).
+    users: HashMap<String, (String, String)>,
     next_ts: u64,
 }
 
@@ -44,7 +49,8 @@ impl FakeSlack {
         {
             let mut i = fake.inner.lock().unwrap();
             for (id, email) in users {
-                i.users.insert(id.to_string(), email.to_string());
+                i.users
+                    .insert(id.to_string(), (email.to_string(), HOME_TEAM.to_string()));
             }
         }
         let app = Router::new()
@@ -56,6 +62,16 @@ impl FakeSlack {
             let _ = axum::serve(listener, app).await;
         });
         (fake, base)
+    }
+
+    /// Add a user of workspace `team` (another organisation's, when not [`HOME_TEAM`]) whose profile
+    /// carries `email`, as that organisation chose to set it.
+    pub fn add_user(&self, id: &str, email: &str, team: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .users
+            .insert(id.to_string(), (email.to_string(), team.to_string()));
     }
 
     /// Calls so far.
@@ -112,17 +128,28 @@ async fn api(
         ),
         "chat.postEphemeral" => ok(json!({ "message_ts": ts })),
         "views.open" => ok(json!({ "view": { "id": "V1", "team_id": "T1", "type": "modal" } })),
+        "auth.test" => ok(
+            json!({ "url": "https://example.slack.com/", "team": "Example", "user": "countersign",
+                "team_id": HOME_TEAM, "user_id": "UBOT", "bot_id": "B1", "is_enterprise_install": false }),
+        ),
+        // As Slack does for a member of a foreign workspace party to a shared channel, such users carry
+        // their own team_id and is_stranger.
         "users.info" => match s.users.get(args["user"].as_str().unwrap_or_default()) {
-            Some(email) => ok(
-                json!({ "user": { "id": args["user"], "team_id": "T1", "name": "x", "profile": { "email": email } } }),
+            Some((email, team)) => ok(
+                json!({ "user": { "id": args["user"], "team_id": team, "name": "x",
+                    "is_stranger": team != HOME_TEAM, "profile": { "email": email, "team": team } } }),
             ),
             None => Json(json!({ "ok": false, "error": "user_not_found" })).into_response(),
         },
         "users.lookupByEmail" => {
             let wanted = args["email"].as_str().unwrap_or_default().to_lowercase();
-            match s.users.iter().find(|(_, e)| e.to_lowercase() == wanted) {
-                Some((id, _)) => ok(
-                    json!({ "user": { "id": id, "team_id": "T1", "profile": { "email": wanted } } }),
+            match s
+                .users
+                .iter()
+                .find(|(_, (e, _))| e.to_lowercase() == wanted)
+            {
+                Some((id, (_, team))) => ok(
+                    json!({ "user": { "id": id, "team_id": team, "profile": { "email": wanted } } }),
                 ),
                 None => Json(json!({ "ok": false, "error": "users_not_found" })).into_response(),
             }
@@ -131,20 +158,32 @@ async fn api(
     }
 }
 
-/// A `block_actions` payload for a button click, form-encoded as Slack sends it.
+/// A `block_actions` payload for a button click by a member of [`HOME_TEAM`], form-encoded as Slack sends it.
 pub fn click_body(user: &str, channel: &str, ts: &str, action_id: &str, value: &str) -> String {
+    click_body_from_team(user, HOME_TEAM, channel, ts, action_id, value)
+}
+
+/// A click by a user of workspace `team` (a Slack Connect guest in a shared channel, when not ours).
+pub fn click_body_from_team(
+    user: &str,
+    team: &str,
+    channel: &str,
+    ts: &str,
+    action_id: &str,
+    value: &str,
+) -> String {
     // As from Slack, every click has its own trigger_id and action_ts, so no two clicks sign alike.
     static CLICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let click = CLICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let payload = json!({
         "type": "block_actions",
-        "user": { "id": user, "username": user.to_lowercase(), "team_id": "T1" },
+        "user": { "id": user, "username": user.to_lowercase(), "team_id": team },
         "api_app_id": "A1",
         "token": "unused",
         "container": { "type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": false },
         "trigger_id": format!("{click}.2.3"),
-        "team": { "id": "T1", "domain": "example" },
+        "team": { "id": team, "domain": "example" },
         "channel": { "id": channel, "name": "approvals" },
         "message": { "type": "message", "ts": ts, "text": "Countersign request" },
         "actions": [ { "action_id": action_id, "block_id": "countersign_actions", "value": value, "type": "button", "action_ts": format!("{now}.{click:06}") } ]

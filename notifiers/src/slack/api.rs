@@ -91,6 +91,22 @@ impl SlackApiError {
     }
 }
 
+/// The organisation the app is installed in, as `auth.test` reports it for the bot token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlackHome {
+    /// The workspace (`T…`; an org-wide Grid install may report the enterprise here).
+    pub team_id: SlackTeamId,
+    /// The Enterprise Grid organisation (`E…`), when the workspace belongs to one.
+    pub enterprise_id: Option<SlackEnterpriseId>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AuthTestResponse {
+    team_id: SlackTeamId,
+    #[serde(default)]
+    enterprise_id: Option<SlackEnterpriseId>,
+}
+
 /// The Web API methods used by the notifier and the inbound handlers.
 #[derive(Clone)]
 pub struct SlackApi {
@@ -226,8 +242,27 @@ impl SlackApi {
         Ok(r.url.0.to_string())
     }
 
-    /// The e-mail on a user's Slack profile, if any.
-    pub async fn user_email(&self, user: &str) -> Result<Option<String>, SlackApiError> {
+    /// The organisation the bot token belongs to (`auth.test`): its workspace, and on Enterprise Grid its
+    /// enterprise. slack-morphism's own `auth_test` response has no `enterprise_id`, so the same session
+    /// call is made with a response type that reads it.
+    pub async fn home(&self) -> Result<SlackHome, SlackApiError> {
+        let r: AuthTestResponse = self
+            .call("auth.test", async {
+                self.client
+                    .open_session(&self.token)
+                    .http_session_api
+                    .http_get("auth.test", &SLACK_HTTP_EMPTY_GET_PARAMS.clone(), None)
+                    .await
+            })
+            .await?;
+        Ok(SlackHome {
+            team_id: r.team_id,
+            enterprise_id: r.enterprise_id.filter(|e| !e.0.is_empty()),
+        })
+    }
+
+    /// A user's `users.info` record (profile e-mail, home team, enterprise, flags).
+    pub async fn user_info(&self, user: &str) -> Result<SlackUser, SlackApiError> {
         let req = SlackApiUsersInfoRequest::new(user.into());
         let r = self
             .call(
@@ -235,10 +270,7 @@ impl SlackApi {
                 self.client.open_session(&self.token).users_info(&req),
             )
             .await?;
-        if r.user.deleted == Some(true) || r.user.flags.is_bot == Some(true) {
-            return Ok(None);
-        }
-        Ok(r.user.profile.and_then(|p| p.email).map(|e| e.0))
+        Ok(r.user)
     }
 
     /// The Slack user id for an e-mail address; `None` when no member has it.

@@ -25,9 +25,15 @@ pub struct SlackConfig {
     /// Also send each request to its approvers by direct message (found with `users.lookupByEmail`).
     #[serde(default)]
     pub dm_approvers: bool,
-    /// Explicit Slack user id → e-mail mapping; consulted before `users.info`.
+    /// Explicit Slack user id → e-mail mapping; consulted before `users.info`. An entry is the operator
+    /// vouching for that user id, so it counts whichever workspace the user belongs to.
     #[serde(default)]
     pub user_map: BTreeMap<String, String>,
+    /// Workspaces (`T…`) or Enterprise Grid organisations (`E…`) besides the app's own whose members'
+    /// profile e-mails are trusted (e.g. a Slack Connect partner that verifies its addresses). Users of any
+    /// other workspace are refused: their organisation could give them any e-mail address.
+    #[serde(default)]
+    pub trusted_teams: Vec<String>,
     /// How long an e-mail learnt from `users.info` is trusted before it is fetched again.
     #[serde(default = "default_identity_cache_secs")]
     pub identity_cache_secs: u64,
@@ -174,6 +180,14 @@ impl SlackConfig {
                 ));
             }
         }
+        for team in &self.trusted_teams {
+            if !(is_slack_id(team) && (team.starts_with('T') || team.starts_with('E'))) {
+                return Err(invalid(
+                    "trusted_teams",
+                    format!("{team:?} is not a Slack workspace or organisation id: use the team id (T0123ABCD, shown by auth.test or in the workspace's settings) or an Enterprise Grid id (E0123ABCD), not its name or domain"),
+                ));
+            }
+        }
         if self.max_statement_chars < 100 {
             return Err(invalid(
                 "max_statement_chars",
@@ -311,6 +325,21 @@ mod tests {
         assert!(
             matches!(c.validate(), Err(SlackConfigError::Invalid { key, .. }) if key == "routes")
         );
+    }
+
+    #[test]
+    fn trusted_teams_must_be_team_or_enterprise_ids() {
+        let mut c = minimal();
+        c.trusted_teams = vec!["T0PARTNER".into(), "E0GRID".into()];
+        assert_eq!(c.validate(), Ok(()));
+        for bad in ["acme.slack.com", "C0CHANNEL", "t0lower", ""] {
+            c.trusted_teams = vec![bad.into()];
+            let e = c.validate().unwrap_err();
+            assert!(
+                matches!(&e, SlackConfigError::Invalid { key, problem } if key == "trusted_teams" && problem.contains("T0123ABCD")),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use super::api::SlackApi;
 use super::config::SlackConfig;
 use super::escape::escape_text;
-use super::identity::SlackIdentityResolver;
+use super::identity::{Outsider, Resolution, SlackIdentityResolver};
 use super::message_refs;
 use super::payload::{
     parse_vote_value, InteractionForm, InteractionPayload, PayloadView, SlashCommand,
@@ -73,6 +73,7 @@ impl SlackInbound {
             inner: Arc::new(Inner {
                 identities: SlackIdentityResolver::new(
                     config.user_map.clone(),
+                    config.trusted_teams.clone(),
                     api.clone(),
                     config.identity_ttl(),
                 ),
@@ -164,11 +165,32 @@ impl Inner {
         }
     }
 
-    /// The clicker's identity, or an ephemeral refusal (audited) when Slack gives no e-mail for them.
+    /// Audit a user of another organisation's workspace trying to act; `request` when they clicked a vote.
+    async fn audit_outsider(&self, user: &str, request: Option<RequestId>, outsider: &Outsider) {
+        tracing::warn!(%user, team_id = ?outsider.team_id, reason = outsider.code(), "refused a Slack user from outside the organisation's workspace");
+        let mut entry = AuditEntry::new(
+            format!("slack:{user}"),
+            "slack.outside_user_refused",
+            CHANNEL,
+        )
+        .decision("refused")
+        .detail(serde_json::json!({
+            "reason": outsider.code(),
+            "team_id": outsider.team_id,
+            "enterprise_id": outsider.enterprise_id,
+        }));
+        if let Some(request) = request {
+            entry = entry.request(request);
+        }
+        self.audit(entry).await;
+    }
+
+    /// The clicker's identity, or an ephemeral refusal (audited) when Slack gives no e-mail for them or they
+    /// belong to another organisation's workspace.
     async fn identity(&self, user: &str, channel: &str, request: RequestId) -> Option<Identity> {
         match self.identities.resolve(user).await {
-            Ok(Some(id)) => Some(id),
-            Ok(None) => {
+            Ok(Resolution::Member(id)) => Some(id),
+            Ok(Resolution::NoEmail) => {
                 self.audit(
                     AuditEntry::new(
                         format!("slack:{user}"),
@@ -180,6 +202,16 @@ impl Inner {
                 )
                 .await;
                 self.ephemeral(channel, user, "Countersign cannot tell who you are: your Slack profile has no e-mail it can use. Ask an administrator to add you to slack.user_map.").await;
+                None
+            }
+            Ok(Resolution::Outsider(outsider)) => {
+                self.audit_outsider(user, Some(request), &outsider).await;
+                self.ephemeral(
+                    channel,
+                    user,
+                    &format!("Your vote was not counted: {}", outsider.explanation()),
+                )
+                .await;
                 None
             }
             Err(e) => {
@@ -404,8 +436,8 @@ impl SlackInbound {
     pub async fn handle_command(&self, cmd: SlashCommand) -> serde_json::Value {
         let inner = &self.inner;
         let who = match inner.identities.resolve(&cmd.user_id).await {
-            Ok(Some(who)) => who,
-            Ok(None) => {
+            Ok(Resolution::Member(who)) => who,
+            Ok(Resolution::NoEmail) => {
                 inner
                     .audit(
                         AuditEntry::new(
@@ -417,6 +449,14 @@ impl SlackInbound {
                     )
                     .await;
                 return ephemeral_json("Countersign cannot tell who you are: your Slack profile has no e-mail it can use. Ask an administrator to add you to slack.user_map.".into());
+            }
+            // An outsider borrowing an approver's e-mail must not list or read requests either.
+            Ok(Resolution::Outsider(outsider)) => {
+                inner.audit_outsider(&cmd.user_id, None, &outsider).await;
+                return ephemeral_json(format!(
+                    "Countersign will not answer: {}",
+                    escape_text(&outsider.explanation())
+                ));
             }
             Err(e) => {
                 return ephemeral_json(format!(
