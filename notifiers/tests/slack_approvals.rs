@@ -1243,6 +1243,42 @@ async fn a_slack_that_never_answers_times_out_without_stalling_other_channels() 
 }
 
 #[tokio::test]
+async fn no_direct_message_goes_to_another_organisations_user_with_an_approvers_email() {
+    let h = sqlite_harness(true).await;
+    {
+        let mut s = h.fake.0.lock().unwrap();
+        // The only Slack account with Bob's address belongs to another organisation (Slack Connect).
+        s.users.remove("UBOB");
+        s.users
+            .insert("UEVE".into(), Some("bob@example.com".into()));
+        s.overrides
+            .insert("UEVE".into(), json!({ "team_id": "T0002" }));
+    }
+    let id = h.submit("DELETE FROM orders", 1).await;
+    h.drain().await;
+    let targets: Vec<String> = h
+        .fake
+        .calls("chat.postMessage")
+        .iter()
+        .filter_map(|p| p["channel"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        targets.iter().any(|t| t == "UCAROL"),
+        "members still get their DM: {targets:?}"
+    );
+    assert!(
+        !targets.iter().any(|t| t == "UEVE"),
+        "the statement was sent to another organisation's user: {targets:?}"
+    );
+    assert!(h
+        .store
+        .get_ref(id, "slack", "dm:bob@example.com")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
 async fn users_of_another_workspace_cannot_vote_with_an_approvers_email() {
     let h = sqlite_harness(false).await;
     {

@@ -1,6 +1,6 @@
 //! Outbound: workflow events from the outbox become Slack messages, in-place updates and thread replies.
 
-use super::api::{SlackApi, SlackApiError};
+use super::api::{SlackApi, SlackApiError, SlackHome};
 use super::config::SlackConfig;
 use super::message_refs::{self, MessageRef};
 use super::render::{MessageRenderer, RenderError};
@@ -18,6 +18,8 @@ pub struct SlackNotifier {
     store: Arc<dyn Store>,
     directory: ApproverDirectory,
     render: MessageRenderer,
+    /// The bot's own organisation (`auth.test`), fetched on the first direct message.
+    home: tokio::sync::OnceCell<SlackHome>,
 }
 
 fn store_err(e: StoreError) -> DeliveryError {
@@ -60,6 +62,27 @@ impl SlackNotifier {
             store,
             directory,
             render,
+            home: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The Slack user to send a direct message for `email`: found by `users.lookupByEmail`, and only a
+    /// member of the bot's own organisation or a trusted team (the rule votes follow, see
+    /// [`super::identity::membership`]). Another organisation's user can carry the same address in a Slack
+    /// Connect workspace, and a DM would show them the statement.
+    async fn dm_user(&self, email: &str) -> Result<Option<String>, SlackApiError> {
+        let Some(user) = self.api.user_by_email(email).await? else {
+            return Ok(None);
+        };
+        let info = self.api.user_info(&user).await?;
+        let home = self.home.get_or_try_init(|| self.api.home()).await?;
+        let trusted = self.config.trusted_teams.iter().cloned().collect();
+        match super::identity::membership(&info, home, &trusted) {
+            Ok(()) => Ok(Some(user)),
+            Err(outsider) => {
+                tracing::warn!(%email, slack_user = %user, reason = %outsider.explanation(), "the Slack user with this e-mail is outside the organisation; no DM sent");
+                Ok(None)
+            }
         }
     }
 
@@ -135,8 +158,8 @@ impl SlackNotifier {
                 {
                     continue;
                 }
-                let Some(user) = self.api.user_by_email(&email).await.map_err(api_err)? else {
-                    tracing::info!(request_id = %id, %email, "approver has no Slack account with this e-mail; no DM sent");
+                let Some(user) = self.dm_user(&email).await.map_err(api_err)? else {
+                    tracing::info!(request_id = %id, %email, "approver has no Slack account with this e-mail in the organisation; no DM sent");
                     continue;
                 };
                 let (dm_channel, ts) = self
@@ -220,7 +243,7 @@ impl SlackNotifier {
             {
                 continue;
             }
-            let Some(user) = self.api.user_by_email(email).await.map_err(api_err)? else {
+            let Some(user) = self.dm_user(email).await.map_err(api_err)? else {
                 continue;
             };
             let (_, ts) = self
