@@ -1153,3 +1153,89 @@ async fn an_agent_reads_its_own_requests_but_not_another_agents() {
             .map(|m| m.replace("00000000-0000-7000-8000-000000000000", "ID"))
     );
 }
+
+#[tokio::test]
+async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
+    // A database of its own: a `public.length` there captures `length(…)` for every session in it, so
+    // it must not be the database parallel tests use.
+    let admin = direct().await;
+    let db = format!("cs_shadow_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let url = upstream_url();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let (in_db, conn) = tokio_postgres::connect(&format!("{base}/{db}"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Other argument types than the built-ins', so PostgreSQL prefers these with pg_catalog first in
+    // search_path (the default).
+    in_db
+        .batch_execute(
+            "CREATE TABLE log (v text);
+             CREATE FUNCTION public.length(x int) RETURNS int LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('length'); RETURN 1; END$$;
+             CREATE FUNCTION public.substring(a int, b int, c int) RETURNS int LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('substring'); RETURN 1; END$$;",
+        )
+        .await
+        .unwrap();
+    let writes = || async {
+        in_db
+            .query_one("SELECT count(*) FROM log", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // Connection `local` reaches the shadowed database, `plain` the shared one.
+    let cfg = base_config(&format!(
+        "[[connections]]\nname = \"plain\"\nupstream_url = \"{url}\"\n"
+    ))
+    .replacen(&url, &format!("{base}/{db}"), 1);
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+
+    for call in ["SELECT length(1)", "SELECT substring(1, 2, 3)"] {
+        let r = gw.query(AGENT, call).await;
+        assert_eq!(r.status, 202, "{call} held, not run: {:?}", r.body);
+        assert!(
+            r.body.to_string().contains("is also defined as public."),
+            "{call}: {:?}",
+            r.body
+        );
+        assert_eq!(
+            writes().await,
+            0,
+            "{call}: the shadowing function never ran"
+        );
+    }
+    // Qualified, the built-in can't be captured.
+    let r = gw.query(AGENT, "SELECT pg_catalog.length('abc')").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["rows"][0][0], "3", "{:?}", r.body);
+    // Where no function shadows it, the vetted call runs as before.
+    let r = gw
+        .post(
+            AGENT,
+            "/v1/connections/plain/query",
+            json!({ "sql": "SELECT length('abc')" }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["rows"][0][0], "3", "{:?}", r.body);
+    assert_eq!(writes().await, 0);
+
+    // The capture the gateway held is real: sent directly, the same call runs the user function.
+    in_db.batch_execute("SELECT length(1)").await.unwrap();
+    assert_eq!(
+        writes().await,
+        1,
+        "PostgreSQL resolves length(1) to public.length"
+    );
+    drop(in_db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}

@@ -35,7 +35,7 @@ fn main() {
     let ctx = PolicyContext {
         connection: "bench",
         requester: &chain,
-        row_functions: None,
+        db_functions: None,
     };
     println!("{:<18} {:>14} {:>14}", "statement", "uncached", "cached");
     for (label, template) in STATEMENTS {

@@ -81,7 +81,7 @@ pub fn policy_explain(
         &PolicyContext {
             connection,
             requester: &requester,
-            row_functions: None,
+            db_functions: None,
         },
         &sql,
     );

@@ -125,8 +125,8 @@ impl Engine {
         }
     }
 
-    /// Reads, for every connection, the functions attribute notation could call on a row (see
-    /// [`row_functions`]).
+    /// Reads, for every connection, the functions attribute notation could call on a row and those
+    /// that share a vetted function's name (see [`row_functions`]).
     pub async fn refresh_row_functions(&self) {
         self.row_functions
             .refresh(&self.pool, &self.upstreams)
@@ -162,7 +162,7 @@ impl Engine {
         sql: &str,
         memo: &mut crate::policy::VerdictMemo,
     ) -> Arc<Verdict> {
-        memo.for_row_functions(self.row_functions.get(connection).as_ref());
+        memo.for_db_functions(self.row_functions.get(connection).as_ref());
         self.timed_policy(connection, requester, |policy, ctx| {
             policy.evaluate_memo(ctx, sql, memo)
         })
@@ -176,13 +176,13 @@ impl Engine {
         evaluate: impl FnOnce(&Policy, &PolicyContext<'_>) -> T,
     ) -> T {
         let started = std::time::Instant::now();
-        let row_functions = self.row_functions.get(connection);
+        let db_functions = self.row_functions.get(connection);
         let out = evaluate(
             &self.policy,
             &PolicyContext {
                 connection,
                 requester,
-                row_functions: row_functions.as_deref(),
+                db_functions: db_functions.as_deref(),
             },
         );
         self.metrics.classify.observe(started.elapsed());
@@ -404,7 +404,7 @@ mod session_reuse_tests {
         let ctx = PolicyContext {
             connection: "c",
             requester: &chain,
-            row_functions: None,
+            db_functions: None,
         };
         for (sql, unchanged) in [
             ("SELECT * FROM orders", true),

@@ -9,24 +9,77 @@
 //! [`REFRESH`]; until the first read succeeds, no such call is recognised (the statement itself can
 //! only run once the database answers).
 //!
+//! The same read lists the functions outside `pg_catalog` that share a name with a vetted read-only
+//! function ([`DatabaseFunctions::shadows`]): PostgreSQL resolves an unqualified call by argument types
+//! before schema order, so `public.length(int)` captures `length(1)` even with `pg_catalog` first in
+//! `search_path`. Extension-owned functions count too: `ALTER EXTENSION … ADD FUNCTION` adopts any
+//! function, so membership proves nothing about what one does.
+//!
 //! [`StatementFacts::qualified_names`]: crate::policy::StatementFacts::qualified_names
 
+use crate::policy::DatabaseFunctions;
 use crate::upstream::{UpstreamPool, UpstreamTarget};
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 /// How often the function lists are read again.
 pub const REFRESH: Duration = Duration::from_secs(30);
 
-/// User functions callable on a whole row with one argument (the others having defaults).
-const QUERY: &str = "SELECT DISTINCT p.proname \
-     FROM pg_catalog.pg_proc p \
-     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-     JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
-     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
-       AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
-       AND (t.typtype IN ('c', 'p') OR t.typname IN ('record', 'anyelement'))";
+/// One read for both lists, rows of `(list, name, function)`: `row` rows name user functions
+/// callable on a whole row with one argument (the others having defaults); `shadow` rows name a vetted
+/// read-only function and a `schema.name` outside `pg_catalog` that shares its name. The second part
+/// names its operators' schema so that it reads only built-ins whatever the database defines.
+static QUERY: LazyLock<String> = LazyLock::new(|| {
+    let vetted: Vec<&str> = crate::policy::functions::read_only_names().collect();
+    format!(
+        "SELECT DISTINCT 'row', p.proname::text, NULL::text \
+         FROM pg_catalog.pg_proc p \
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
+           AND (t.typtype IN ('c', 'p') OR t.typname IN ('record', 'anyelement')) \
+         UNION ALL \
+         SELECT DISTINCT 'shadow', p.proname::text, \
+           pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(p.proname) \
+         FROM pg_catalog.pg_proc p \
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname OPERATOR(pg_catalog.<>) 'pg_catalog' \
+           AND p.proname OPERATOR(pg_catalog.=) ANY ('{{{}}}'::pg_catalog.name[])",
+        // The vetted names are lower-case words: nothing in them needs quoting in an array literal.
+        vetted.join(",")
+    )
+});
+
+/// The lists from the rows of [`QUERY`].
+fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctions {
+    let mut out = DatabaseFunctions::default();
+    for row in rows {
+        let mut cells = row.into_iter();
+        let (Some(Some(list)), Some(Some(name)), function) =
+            (cells.next(), cells.next(), cells.next().flatten())
+        else {
+            continue;
+        };
+        match (list.as_str(), function) {
+            // As stored: folded for names created unquoted, exact for quoted ones, as the classifier
+            // keeps `q.name` (folded) and `q."Name"` (exact).
+            ("row", _) => {
+                out.row.insert(name);
+            }
+            ("shadow", Some(function)) => {
+                let by = out.shadows.entry(name).or_default();
+                if !by.contains(&function) {
+                    by.push(function);
+                    by.sort();
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
 
 /// True when one of `command_tags` may have changed a database's functions: the lists are then read
 /// again at once rather than at the next [`REFRESH`].
@@ -52,15 +105,15 @@ pub fn changes_functions<'a>(command_tags: impl IntoIterator<Item = Option<&'a s
         .any(|tag| TAGS.iter().any(|p| tag.starts_with(p)))
 }
 
-/// The function names per connection, as last read.
+/// The function lists per connection, as last read.
 #[derive(Default)]
 pub struct RowFunctions {
-    by_connection: RwLock<HashMap<String, Arc<HashSet<String>>>>,
+    by_connection: RwLock<HashMap<String, Arc<DatabaseFunctions>>>,
 }
 
 impl RowFunctions {
-    /// The names last read for `connection`, if any read succeeded.
-    pub fn get(&self, connection: &str) -> Option<Arc<HashSet<String>>> {
+    /// The lists last read for `connection`, if any read succeeded.
+    pub fn get(&self, connection: &str) -> Option<Arc<DatabaseFunctions>> {
         self.by_connection
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -72,16 +125,9 @@ impl RowFunctions {
     /// what it had.
     pub async fn refresh(&self, pool: &UpstreamPool, upstreams: &HashMap<String, UpstreamTarget>) {
         for (name, target) in upstreams {
-            match pool.simple_query(name, target, QUERY, true).await {
+            match pool.simple_query(name, target, &QUERY, true).await {
                 Ok(out) if out.error.is_none() => {
-                    let names: HashSet<String> = out
-                        .results
-                        .into_iter()
-                        .flat_map(|r| r.rows)
-                        // As stored: folded for names created unquoted, exact for quoted ones, as the
-                        // classifier keeps `q.name` (folded) and `q."Name"` (exact).
-                        .filter_map(|row| row.into_iter().next().flatten())
-                        .collect();
+                    let names = lists(out.results.into_iter().flat_map(|r| r.rows));
                     let mut by_connection = self
                         .by_connection
                         .write()
@@ -98,6 +144,53 @@ impl RowFunctions {
                     tracing::warn!(connection = %name, error = %e, "could not read the functions attribute notation could call; retrying later")
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cells: [Option<&str>; 3]) -> Vec<Option<String>> {
+        cells.iter().map(|c| c.map(String::from)).collect()
+    }
+
+    #[test]
+    fn one_read_fills_both_lists() {
+        let got = lists([
+            row([Some("row"), Some("archive"), None]),
+            row([Some("shadow"), Some("length"), Some("public.length")]),
+            row([Some("shadow"), Some("max"), Some("public.max")]),
+            row([Some("shadow"), Some("max"), Some("app.max")]),
+            row([Some("shadow"), Some("max"), Some("app.max")]),
+            // Not a shape the query returns: ignored rather than guessed at.
+            row([Some("shadow"), Some("lower"), None]),
+            row([None, Some("x"), None]),
+        ]);
+        assert_eq!(got.row, ["archive".to_string()].into());
+        assert_eq!(
+            got.shadows,
+            [
+                ("length".to_string(), vec!["public.length".to_string()]),
+                (
+                    "max".to_string(),
+                    vec!["app.max".to_string(), "public.max".to_string()]
+                ),
+            ]
+            .into()
+        );
+    }
+
+    #[test]
+    fn the_read_asks_for_every_vetted_name() {
+        for name in crate::policy::functions::read_only_names() {
+            assert!(
+                QUERY.contains(&format!(",{name},"))
+                    || QUERY.contains(&format!("{{{name},"))
+                    || QUERY.contains(&format!(",{name}}}")),
+                "{name}"
+            );
         }
     }
 }

@@ -713,6 +713,30 @@ fn statement_kind(statement: &Statement) -> String {
     }
 }
 
+/// The function an expression sqlparser parses as special syntax stands for, when PostgreSQL reads it
+/// as an ordinary, unqualified call (so resolved by name and argument types, like `length(x)`):
+/// `substring(a, b, c)` (PostgreSQL turns only the `FROM`/`FOR` forms into `pg_catalog.substring`),
+/// `substr(…)`, `ceil(…)`, `floor(…)` and `convert(…)`, none of which are syntax to PostgreSQL.
+/// `overlay`, `position`, `trim` and `extract` are parsed as calls only in their keyword forms, which
+/// PostgreSQL binds to `pg_catalog`; sqlparser rejects `overlay(a, b, c)`, which is then never allowed.
+fn special_syntax_call(expr: &Expr) -> Option<&'static str> {
+    match expr {
+        Expr::Substring {
+            shorthand: true, ..
+        } => Some("substr"),
+        Expr::Substring {
+            special,
+            substring_from,
+            substring_for,
+            ..
+        } if *special || (substring_from.is_none() && substring_for.is_none()) => Some("substring"),
+        Expr::Ceil { .. } => Some("ceil"),
+        Expr::Floor { .. } => Some("floor"),
+        Expr::Convert { .. } => Some("convert"),
+        _ => None,
+    }
+}
+
 /// Walks a statement (including subqueries, CTEs, nested statements and DDL expressions) and
 /// records what it touches.
 #[derive(Default)]
@@ -854,6 +878,9 @@ impl Visitor for Collector {
                 first_arg: literal(0).map(|a| a.to_lowercase()),
                 second_arg: literal(1),
             });
+        }
+        if let Some(name) = special_syntax_call(expr) {
+            self.add_function(Call::named(name.to_string()));
         }
         // `q.name` is a column, or a call of `name` on `q`'s whole row (attribute notation): only the
         // catalog can tell, so the names are kept for the caller that knows the database's functions.

@@ -432,6 +432,11 @@ pub fn is_vetted_read_only(base: &str) -> bool {
     READ_ONLY.binary_search(&base).is_ok()
 }
 
+/// Every name on the vetted read-only function list (lower-case).
+pub fn read_only_names() -> impl Iterator<Item = &'static str> {
+    READ_ONLY.iter().copied()
+}
+
 /// True for session settings safe to change without review (compared case-insensitively).
 pub fn is_harmless_setting(name: &str) -> bool {
     let name = name.to_ascii_lowercase();

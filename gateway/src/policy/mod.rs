@@ -4,7 +4,7 @@
 //! rules ([`PolicyRule`]) are applied per statement on every evaluation because they depend on the
 //! connection and the requester.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 pub mod cache;
@@ -37,9 +37,22 @@ pub struct PolicyContext<'a> {
     pub connection: &'a str,
     /// The requester chain (matched by rule `requesters` / `requester_groups`).
     pub requester: &'a RequesterChain,
-    /// Functions of the connection's database that attribute notation can call on a row (`q.name`
-    /// for `name(q)`), named as PostgreSQL stores them; `None` when not known.
-    pub row_functions: Option<&'a HashSet<String>>,
+    /// What the connection's database defines that a statement's text alone can't show (see
+    /// [`DatabaseFunctions`]); `None` when not known.
+    pub db_functions: Option<&'a DatabaseFunctions>,
+}
+
+/// Functions of one database that can make a statement run code the classifier did not vet, as last
+/// read from its catalog (by `engine::row_functions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseFunctions {
+    /// Functions attribute notation can call on a row (`q.name` for `name(q)`), named as PostgreSQL
+    /// stores them.
+    pub row: HashSet<String>,
+    /// Vetted read-only names that a function outside `pg_catalog` also has, each with those functions
+    /// (`schema.name`): PostgreSQL picks among same-named functions by argument types before schema
+    /// order, so an unqualified call may resolve to one of them.
+    pub shadows: BTreeMap<String, Vec<String>>,
 }
 
 /// The configured policy: built-in classification, rules, defaults and the classification cache.
@@ -171,7 +184,7 @@ impl Policy {
     /// relaxes a built-in block and never allows an unparsed statement.
     fn decide<'p>(&'p self, ctx: &PolicyContext<'_>, facts: &StatementFacts) -> Decision<'p> {
         let called;
-        let facts = match row_function_calls(ctx, facts) {
+        let facts = match database_function_calls(ctx, facts) {
             Some(f) => {
                 called = f;
                 &called
@@ -242,18 +255,19 @@ impl Policy {
 pub struct VerdictMemo {
     entries: Vec<(Arc<[StatementFacts]>, Arc<Verdict>)>,
     next: usize,
-    /// The row-function list the verdicts were reached with: a verdict on `p.archive` depends on it.
-    row_functions: Option<Arc<HashSet<String>>>,
+    /// The database's function lists the verdicts were reached with: a verdict on `p.archive` or on
+    /// `length(x)` depends on them.
+    db_functions: Option<Arc<DatabaseFunctions>>,
 }
 
 /// Distinct statements a session remembers verdicts for; older ones are replaced round-robin.
 const MEMO_ENTRIES: usize = 64;
 
 impl VerdictMemo {
-    /// Forgets every verdict when the connection's row-function list is no longer the one they were
+    /// Forgets every verdict when the connection's function lists are no longer the ones they were
     /// reached with (a function created or dropped since), so the next evaluation judges afresh.
-    pub fn for_row_functions(&mut self, current: Option<&Arc<HashSet<String>>>) {
-        let same = match (&self.row_functions, current) {
+    pub fn for_db_functions(&mut self, current: Option<&Arc<DatabaseFunctions>>) {
+        let same = match (&self.db_functions, current) {
             (None, None) => true,
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
@@ -261,7 +275,7 @@ impl VerdictMemo {
         if !same {
             self.entries.clear();
             self.next = 0;
-            self.row_functions = current.cloned();
+            self.db_functions = current.cloned();
         }
     }
 
@@ -323,17 +337,29 @@ fn merge_reviews<'a>(reviews: impl Iterator<Item = &'a ReviewRequirement>) -> Re
     })
 }
 
-/// `facts` with each `q.name` that may call a database function on a whole row (see
-/// [`PolicyContext::row_functions`]) judged as that call: such a function is on no read-only list, so
-/// it needs review like any unvetted call. `None` when there is none.
-fn row_function_calls(ctx: &PolicyContext<'_>, facts: &StatementFacts) -> Option<StatementFacts> {
-    let functions = ctx.row_functions?;
-    let calls: Vec<&String> = facts
+/// `facts` judged with what the connection's database defines (see [`DatabaseFunctions`]): each
+/// `q.name` that may call a function on a whole row, and each unqualified call of a vetted name that a
+/// function outside `pg_catalog` shares, is judged as a call of that unvetted function and needs
+/// review. `None` when there is none.
+fn database_function_calls(
+    ctx: &PolicyContext<'_>,
+    facts: &StatementFacts,
+) -> Option<StatementFacts> {
+    let db = ctx.db_functions?;
+    let row_calls: Vec<&String> = facts
         .qualified_names
         .iter()
-        .filter(|n| functions.contains(*n))
+        .filter(|n| db.row.contains(*n))
         .collect();
-    if calls.is_empty() {
+    // A `schema.name` call needs no look: only `pg_catalog.name` is vetted, and that one PostgreSQL
+    // never resolves elsewhere; any other schema is already reviewed as an unvetted function.
+    let shadowed: Vec<(&String, &Vec<String>)> = facts
+        .functions
+        .iter()
+        .filter(|name| !name.contains('.'))
+        .filter_map(|name| db.shadows.get(name).map(|by| (name, by)))
+        .collect();
+    if row_calls.is_empty() && shadowed.is_empty() {
         return None;
     }
     let mut judged = facts.clone();
@@ -341,7 +367,16 @@ fn row_function_calls(ctx: &PolicyContext<'_>, facts: &StatementFacts) -> Option
         judged.review_beyond_kind = true;
     }
     judged.action = judged.action.max(Action::Review);
-    for name in calls {
+    for (name, by) in shadowed.into_iter().rev() {
+        judged.reasons.insert(
+            0,
+            format!(
+                "{name} is also defined as {}; the call may resolve to it (PostgreSQL picks by argument types before schema order), which is not on the read-only list; write pg_catalog.{name} to call the built-in",
+                by.join(", ")
+            ),
+        );
+    }
+    for name in row_calls {
         judged.reasons.insert(
             0,
             format!("x.{name} may call the database function {name}(x) on a whole row (attribute notation); it is not on the read-only list"),

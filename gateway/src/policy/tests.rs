@@ -393,7 +393,7 @@ fn verdict_of(sql: &str) -> Verdict {
         &PolicyContext {
             connection: "prod-main",
             requester: &chain,
-            row_functions: None,
+            db_functions: None,
         },
         sql,
     )
@@ -488,7 +488,7 @@ fn repeated_sql_is_served_from_the_cache() {
     let ctx = PolicyContext {
         connection: "c",
         requester: &chain,
-        row_functions: None,
+        db_functions: None,
     };
     let a = policy.evaluate(&ctx, "SELECT 1");
     let b = policy.evaluate(&ctx, "SELECT 1");
@@ -503,7 +503,7 @@ fn a_warm_cache_gives_exactly_the_verdict_a_fresh_classification_gives() {
     let ctx = PolicyContext {
         connection: "c",
         requester: &chain,
-        row_functions: None,
+        db_functions: None,
     };
     let warm = Policy::builtin();
     // Each pair shares a literal template; the first warms the cache for the second.
@@ -547,7 +547,7 @@ fn memoised_verdicts_equal_evaluated_ones_and_are_reused() {
     let ctx = PolicyContext {
         connection: "c",
         requester: &chain,
-        row_functions: None,
+        db_functions: None,
     };
     let policy = Policy::builtin();
     let mut memo = super::VerdictMemo::default();
@@ -564,16 +564,16 @@ fn memoised_verdicts_equal_evaluated_ones_and_are_reused() {
 fn a_memo_forgets_its_verdicts_when_the_row_function_list_changes() {
     let policy = Policy::builtin();
     let chain = agent();
-    let before = std::sync::Arc::new(std::collections::HashSet::<String>::new());
-    let after = std::sync::Arc::new(std::collections::HashSet::from(["archive".to_string()]));
+    let before = std::sync::Arc::new(super::DatabaseFunctions::default());
+    let after = std::sync::Arc::new(row_functions(&["archive"]));
     let sql = "SELECT p.archive FROM people p";
     let mut memo = super::VerdictMemo::default();
     for (list, want) in [(&before, Allow), (&before, Allow), (&after, Review)] {
-        memo.for_row_functions(Some(list));
+        memo.for_db_functions(Some(list));
         let ctx = PolicyContext {
             connection: "c",
             requester: &chain,
-            row_functions: Some(list.as_ref()),
+            db_functions: Some(list.as_ref()),
         };
         assert_eq!(policy.evaluate_memo(&ctx, sql, &mut memo).action, want);
     }
@@ -606,7 +606,7 @@ fn eval(rules: Vec<PolicyRule>, connection: &str, chain: &RequesterChain, sql: &
         &PolicyContext {
             connection,
             requester: chain,
-            row_functions: None,
+            db_functions: None,
         },
         sql,
     )
@@ -902,11 +902,11 @@ fn a_read_allow_rule_does_not_allow_a_row_function_called_by_attribute_notation(
     )
     .unwrap();
     let chain = agent();
-    let functions: std::collections::HashSet<String> = ["archive".to_string()].into();
+    let functions = row_functions(&["archive"]);
     let ctx = PolicyContext {
         connection: "c",
         requester: &chain,
-        row_functions: Some(&functions),
+        db_functions: Some(&functions),
     };
     assert_eq!(
         policy.evaluate(&ctx, "SELECT p.id FROM people p").action,
@@ -1107,15 +1107,14 @@ fn a_qualified_name_that_is_a_database_row_function_is_judged_as_its_call() {
     let policy = Policy::builtin();
     let chain = agent();
     // `archive` was created unquoted (stored folded), `Purge` quoted (stored as written).
-    let functions: std::collections::HashSet<String> =
-        ["archive".to_string(), "Purge".to_string()].into();
+    let functions = row_functions(&["archive", "Purge"]);
     let with = PolicyContext {
         connection: "c",
         requester: &chain,
-        row_functions: Some(&functions),
+        db_functions: Some(&functions),
     };
     let without = PolicyContext {
-        row_functions: None,
+        db_functions: None,
         ..with
     };
     for (sql, want) in [
@@ -1149,5 +1148,195 @@ fn a_qualified_name_that_is_a_database_row_function_is_judged_as_its_call() {
         }
         // Without the database's functions known, a qualified name reads as a column.
         assert_eq!(policy.evaluate(&without, sql).action, Allow, "{sql}");
+    }
+}
+
+/// A database whose only listed functions are row functions named `names`.
+fn row_functions(names: &[&str]) -> super::DatabaseFunctions {
+    super::DatabaseFunctions {
+        row: names.iter().map(|n| n.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A database where each vetted name of `shadows` is also defined as the listed functions.
+fn shadowed(shadows: &[(&str, &[&str])]) -> super::DatabaseFunctions {
+    super::DatabaseFunctions {
+        shadows: shadows
+            .iter()
+            .map(|(name, by)| (name.to_string(), by.iter().map(|f| f.to_string()).collect()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_unqualified_call_of_a_shadowed_vetted_name_is_held_for_review() {
+    let policy = Policy::builtin();
+    let chain = agent();
+    let functions = shadowed(&[
+        ("length", &["public.length"]),
+        ("max", &["app.max", "public.max"]),
+        ("substring", &["public.substring"]),
+        ("substr", &["public.substr"]),
+        ("ceil", &["public.ceil"]),
+        ("floor", &["public.floor"]),
+        ("now", &["\"My Schema\".now"]),
+        ("generate_series", &["public.generate_series"]),
+    ]);
+    let with = PolicyContext {
+        connection: "c",
+        requester: &chain,
+        db_functions: Some(&functions),
+    };
+    let without = PolicyContext {
+        db_functions: None,
+        ..with
+    };
+    // (sql, verdict with the shadows, text the first reason holds, verdict without them)
+    for (sql, want, reason, plain) in [
+        (
+            "SELECT length(1)",
+            Review,
+            "length is also defined as public.length",
+            Allow,
+        ),
+        ("SELECT LENGTH('abc')", Review, "public.length", Allow),
+        ("SELECT \"length\"('abc')", Review, "public.length", Allow),
+        (
+            "SELECT count(*) FROM t WHERE length(name) > 3",
+            Review,
+            "public.length",
+            Allow,
+        ),
+        (
+            "SELECT max(id) FROM t",
+            Review,
+            "max is also defined as app.max, public.max",
+            Allow,
+        ),
+        ("SELECT now()", Review, "\"My Schema\".now", Allow),
+        (
+            "SELECT * FROM generate_series(1, 3)",
+            Review,
+            "public.generate_series",
+            Allow,
+        ),
+        ("EXPLAIN SELECT length(1)", Review, "public.length", Allow),
+        // sqlparser parses these as special expressions; PostgreSQL reads them as ordinary calls.
+        (
+            "SELECT substring('abc', 1, 2)",
+            Review,
+            "substring is also defined",
+            Allow,
+        ),
+        (
+            "SELECT substring('abc')",
+            Review,
+            "substring is also defined",
+            Allow,
+        ),
+        (
+            "SELECT substr('abc', 1, 2)",
+            Review,
+            "substr is also defined",
+            Allow,
+        ),
+        ("SELECT ceil(1.5), 1", Review, "ceil is also defined", Allow),
+        ("SELECT floor(1.5)", Review, "floor is also defined", Allow),
+        // A write keeps its own reason; the shadow is a further one.
+        (
+            "DELETE FROM t WHERE length(name) > 3",
+            Review,
+            "public.length",
+            Review,
+        ),
+        // Only PostgreSQL's SQL-syntax form binds to pg_catalog.substring.
+        ("SELECT substring('abc' FROM 1 FOR 2)", Allow, "", Allow),
+        // Schema-qualified calls can't be captured.
+        ("SELECT pg_catalog.length(1)", Allow, "", Allow),
+        (
+            "SELECT pg_catalog.max(id), pg_catalog.now() FROM t",
+            Allow,
+            "",
+            Allow,
+        ),
+        ("SELECT lower('A'), count(*) FROM t", Allow, "", Allow),
+        // A column named like a shadowed function is no call.
+        ("SELECT length FROM t", Allow, "", Allow),
+        // Another schema's function is not vetted, shadow list or not.
+        (
+            "SELECT public.length(1)",
+            Review,
+            "calls public.length",
+            Review,
+        ),
+    ] {
+        let v = policy.evaluate(&with, sql);
+        assert_eq!(v.action, want, "{sql}: {:?}", v.reasons);
+        if want == Review {
+            assert!(v.reasons[0].contains(reason), "{sql}: {:?}", v.reasons);
+        }
+        let v = policy.evaluate(&without, sql);
+        assert_eq!(v.action, plain, "{sql} without shadows: {:?}", v.reasons);
+    }
+}
+
+#[test]
+fn convert_is_judged_as_the_call_postgresql_reads_it_as() {
+    // sqlparser reads `convert(x, y)` as a CONVERT expression; to PostgreSQL it is a call of whatever
+    // `convert` resolves to, and none is on the read-only list.
+    let v = verdict_of("SELECT convert(a, b) FROM t");
+    assert_eq!(v.action, Review, "{:?}", v.reasons);
+    assert!(v.reasons[0].contains("calls convert"), "{:?}", v.reasons);
+}
+
+#[test]
+fn a_shadow_makes_an_allow_rule_for_reads_hold_the_call() {
+    let policy = Policy::new(
+        vec![PolicyRule {
+            kinds: Some(vec!["SELECT".into()]),
+            ..rule("reads", "allow")
+        }],
+        PolicyDefaults::default(),
+    )
+    .unwrap();
+    let chain = agent();
+    let functions = shadowed(&[("length", &["public.length"])]);
+    let ctx = PolicyContext {
+        connection: "c",
+        requester: &chain,
+        db_functions: Some(&functions),
+    };
+    assert_eq!(
+        policy.evaluate(&ctx, "SELECT lower(name) FROM t").action,
+        Allow
+    );
+    assert_eq!(
+        policy.evaluate(&ctx, "SELECT length(name) FROM t").action,
+        Review
+    );
+}
+
+#[test]
+fn a_memo_forgets_its_verdicts_when_a_vetted_name_becomes_shadowed() {
+    let policy = Policy::builtin();
+    let chain = agent();
+    let before = std::sync::Arc::new(super::DatabaseFunctions::default());
+    let after = std::sync::Arc::new(shadowed(&[("length", &["public.length"])]));
+    let mut memo = super::VerdictMemo::default();
+    for (list, want) in [(&before, Allow), (&after, Review), (&before, Allow)] {
+        memo.for_db_functions(Some(list));
+        let ctx = PolicyContext {
+            connection: "c",
+            requester: &chain,
+            db_functions: Some(list.as_ref()),
+        };
+        assert_eq!(
+            policy
+                .evaluate_memo(&ctx, "SELECT length(1)", &mut memo)
+                .action,
+            want
+        );
     }
 }
