@@ -996,3 +996,204 @@ async fn unknown_connection_name_is_3d000_after_the_login_as_postgres_reports_a_
         assert!(!message.contains("local"), "{message}");
     }
 }
+
+/// pg_dump's custom format (-Fc) of `conninfo`, as the SQL pg_restore makes of it (the archive itself
+/// holds the time of the dump).
+fn pg_dump_custom(conninfo: &str) -> String {
+    let file = std::env::temp_dir().join(format!("cs_dump_{}.dump", uuid::Uuid::new_v4().simple()));
+    let file = file.to_str().unwrap().to_string();
+    pg_dump(conninfo, &["-Fc", "-f", &file]);
+    let out = std::process::Command::new("pg_restore")
+        .args(["-f", "-", &file])
+        .output()
+        .expect("pg_restore must be installed (postgresql-client)");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "pg_restore of {file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn pg_dump_plain_custom_and_schema_only_read_through_the_builtin_policy() {
+    let db = countersign_bot::testing::fresh_pg_database()
+        .await
+        .expect("create the database to dump");
+    let (direct, conn) = tokio_postgres::connect(&db, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // A domain, an enum, a function, a column ACL and a partitioned table: pg_dump 15 PREPAREs its
+    // catalog queries for these (getDomainConstraints, dumpEnumType, dumpDomain, dumpFunc,
+    // getColumnACLs, dumpTableAttach) and EXECUTEs them.
+    direct
+        .batch_execute(
+            "CREATE SCHEMA app;
+             CREATE DOMAIN app.positive AS int CHECK (VALUE > 0);
+             CREATE TYPE app.mood AS ENUM ('sad', 'ok', 'happy');
+             CREATE FUNCTION app.twice(x int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT x * 2';
+             CREATE TABLE app.people (id app.positive PRIMARY KEY, name text NOT NULL, mood app.mood);
+             GRANT SELECT (name) ON app.people TO PUBLIC;
+             CREATE TABLE app.events (at date NOT NULL, what text) PARTITION BY RANGE (at);
+             CREATE TABLE app.events_2026 PARTITION OF app.events
+                 FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+             INSERT INTO app.people VALUES (1, 'ann', 'happy'), (2, 'bob', 'ok');
+             INSERT INTO app.events VALUES ('2026-03-01', 'launch');",
+        )
+        .await
+        .unwrap();
+    // No allow rule for this connection, and a statement that were held would fail pg_dump after the
+    // short hold_wait.
+    let cfg = config(
+        2.0,
+        &format!("[[connections]]\nname = \"dump\"\nupstream_url = \"{db}\"\n"),
+    );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let gateway = format!(
+        "host=127.0.0.1 port={} dbname=dump user=agent password={AGENT}",
+        wire(&gw).port()
+    );
+    let target = db.clone();
+    let dumps = tokio::task::spawn_blocking(move || {
+        [
+            (pg_dump(&gateway, &[]), pg_dump(&target, &[])),
+            (pg_dump_custom(&gateway), pg_dump_custom(&target)),
+            (
+                pg_dump(&gateway, &["--schema-only"]),
+                pg_dump(&target, &["--schema-only"]),
+            ),
+        ]
+    })
+    .await
+    .unwrap();
+    for (through, straight) in &dumps {
+        assert!(through.contains("CREATE DOMAIN app.positive"), "{through}");
+        assert!(through.contains("'sad'"), "{through}");
+        assert!(
+            through.contains("ATTACH PARTITION app.events_2026"),
+            "{through}"
+        );
+        assert_eq!(through, straight);
+    }
+    assert!(dumps[0].0.contains("COPY app.people"));
+    assert!(!dumps[2].0.contains("COPY app.people"));
+    drop(gw);
+    let name = db.rsplit('/').next().unwrap().to_string();
+    let (admin, conn) = tokio_postgres::connect(&countersign_bot::testing::pg_admin_url(), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+/// The error of `sql` sent as a simple query, which must be a hold that timed out (nothing ran).
+async fn held(client: &Client, sql: &str) {
+    let err = client.simple_query(sql).await.unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501", "{sql}: {message}");
+    assert!(message.contains("stays pending"), "{sql}: {message}");
+}
+
+#[tokio::test]
+async fn sql_execute_is_judged_by_the_prepare_that_created_its_name() {
+    let gw = gateway(0.5).await;
+    let t = table_with_rows("cs_prep", 3).await;
+    let seq = table_name("cs_prep_seq");
+    direct()
+        .await
+        .batch_execute(&format!("CREATE SEQUENCE {seq}"))
+        .await
+        .unwrap();
+    let client = connect(wire(&gw)).await;
+    let rows = |messages: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+        messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    // An allowed read, prepared and then executed by name.
+    client
+        .simple_query(&format!(
+            "PREPARE get(int) AS SELECT v FROM {t} WHERE id = $1"
+        ))
+        .await
+        .unwrap();
+    let got = rows(client.simple_query("EXECUTE get(2)").await.unwrap());
+    assert_eq!(got, ["v2"]);
+    // Its arguments are evaluated: a side-effecting one is held, and nothing ran.
+    held(&client, &format!("EXECUTE get(nextval('{seq}')::int)")).await;
+    let called: bool = direct()
+        .await
+        .query_one(&format!("SELECT is_called FROM {seq}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!called, "the held EXECUTE's argument ran");
+    // Names never prepared, or whose PREPARE failed, are unknown: held (not run, not "does not exist").
+    held(&client, "EXECUTE never_prepared(1)").await;
+    let err = client
+        .simple_query("PREPARE broken AS SELECT * FROM cs_prep_no_such_table")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "42P01");
+    held(&client, "EXECUTE broken").await;
+    // A prepared statement survives the rollback of the transaction that prepared it (as upstream).
+    client
+        .batch_execute(&format!(
+            "BEGIN; PREPARE inside AS SELECT v FROM {t} WHERE id = 3; ROLLBACK"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(client.simple_query("EXECUTE inside").await.unwrap()),
+        ["v3"]
+    );
+    // A protocol-level named statement shares the names EXECUTE runs: after one, no name is trusted.
+    // (Kept: dropping it sends a Close, which forgets names too.)
+    let kept = client.prepare("SELECT 1").await.unwrap();
+    held(&client, "EXECUTE inside").await;
+    drop(kept);
+    // DEALLOCATE forgets the name.
+    client.simple_query("DEALLOCATE get").await.unwrap();
+    held(&client, "EXECUTE get(1)").await;
+    // A PREPARE of a write is held like the write itself, and so is running it by name.
+    held(
+        &client,
+        &format!("PREPARE del(int) AS DELETE FROM {t} WHERE id = $1"),
+    )
+    .await;
+    held(&client, "EXECUTE del(1)").await;
+    assert_eq!(count(&t).await, 3);
+}
+
+#[tokio::test]
+async fn after_an_approved_statement_no_sql_prepared_name_is_trusted() {
+    let gw = gateway(30.0).await;
+    let t = table_with_rows("cs_prep_approved", 2).await;
+    let client = connect(wire(&gw)).await;
+    client
+        .simple_query(&format!("PREPARE one AS SELECT v FROM {t} WHERE id = 1"))
+        .await
+        .unwrap();
+    client.simple_query("EXECUTE one").await.unwrap();
+    // An approved statement may have replaced `one` upstream (a function can DEALLOCATE and PREPARE).
+    let sql = format!("DELETE FROM {t} WHERE id = 2");
+    let approver = decide_from_another_task(&gw, sql.clone(), "approve");
+    client.simple_query(&sql).await.unwrap();
+    approver.await.unwrap();
+    let denier = decide_from_another_task(&gw, "EXECUTE one".into(), "deny");
+    let err = client.simple_query("EXECUTE one").await.unwrap_err();
+    denier.await.unwrap();
+    assert!(db_error(&err).1.contains("denied by"), "{err:?}");
+}

@@ -384,6 +384,8 @@ fn leaves_session_unchanged(verdict: &Verdict) -> bool {
     verdict.statements.iter().all(|s| {
         s.functions.is_empty()
             && !s.review_beyond_kind
+            // A PREPARE has its statement's kind, and leaves a name behind in the session.
+            && s.prepared.is_none()
             && matches!(
                 s.kind.as_str(),
                 "SELECT" | "VALUES" | "TABLE" | "SHOW" | "EXPLAIN"
@@ -419,6 +421,7 @@ mod session_reuse_tests {
             ("WITH x AS (SELECT 1) DELETE FROM t", false),
             ("SELECT set_config('search_path', 'public', false)", false),
             ("SET search_path = public", false),
+            ("PREPARE p AS SELECT * FROM orders", false),
         ] {
             let verdict = policy.evaluate(&ctx, sql);
             assert_eq!(leaves_session_unchanged(&verdict), unchanged, "{sql}");

@@ -4,6 +4,7 @@
 
 use super::codec::{error_fields, frame_header, read_cstr};
 use super::extended::Binding;
+use super::prepared::PendingOps;
 use super::recorder::FinishedStatement;
 use crate::masking::messages;
 use crate::masking::stream::{self, FrameAction, WireMasker};
@@ -38,6 +39,8 @@ pub struct InFlight {
     pub batch: Option<u64>,
     /// Where it arrived among the client's ends of COPY FROM STDIN data.
     pub copy: CopyMarks,
+    /// The PREPAREs and DEALLOCATEs of an allowed simple query, which its command tags confirm.
+    pub prepared: Option<Box<PendingOps>>,
 }
 
 /// How many COPY FROM STDIN ends (CopyDone or CopyFail) the client had sent when a statement arrived.
@@ -135,6 +138,9 @@ pub struct BackendTracker {
     /// Extended-protocol batches finished since the relay last looked, and whether each ended
     /// without an ErrorResponse.
     pub settled: Vec<(u64, bool)>,
+    /// Simple queries with PREPAREs or DEALLOCATEs finished since the relay last looked, with their
+    /// command tags ([`super::prepared::SqlPrepared::settle`]).
+    pub prepared_settled: Vec<PendingOps>,
     /// Settings PostgreSQL reported (ParameterStatus) under which it reads statement text differently
     /// from the policy, as `(name, value)`: `standard_conforming_strings` off, or a client encoding whose
     /// characters can hold a backslash. Set however the change was made (an approved SET, a function).
@@ -166,6 +172,7 @@ impl BackendTracker {
             status,
             in_flight: VecDeque::new(),
             settled: Vec::new(),
+            prepared_settled: Vec::new(),
             misread: Vec::new(),
             client_encoding: String::new(),
             tag: None,
@@ -280,7 +287,12 @@ impl BackendTracker {
                 b'C' if !matches!(action, FrameAction::Refuse(_)) => {
                     let mut p = 0;
                     let text = read_cstr(body, &mut p).unwrap_or(body);
-                    self.tag = Some(String::from_utf8_lossy(text).into_owned());
+                    let tag = String::from_utf8_lossy(text).into_owned();
+                    if let Some(ops) = self.in_flight.front_mut().and_then(|f| f.prepared.as_mut())
+                    {
+                        ops.tags.push(tag.clone());
+                    }
+                    self.tag = Some(tag);
                 }
                 b'E' => {
                     // The record keeps what the client was shown.
@@ -372,9 +384,12 @@ impl BackendTracker {
         let error = self.error.take();
         let window = self.copy_window.take();
         self.copies = 0;
-        let Some(f) = self.in_flight.pop_front() else {
+        let Some(mut f) = self.in_flight.pop_front() else {
             return;
         };
+        if let Some(ops) = f.prepared.take() {
+            self.prepared_settled.push(*ops);
+        }
         let succeeded = error.is_none();
         if let Some(batch) = f.batch {
             self.settled.push((batch, succeeded));
@@ -448,6 +463,7 @@ mod tests {
             forwarded: Instant::now(),
             batch: None,
             copy: CopyMarks::default(),
+            prepared: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 mod extended;
 pub mod gate;
+mod prepared;
 mod recorder;
 mod relay;
 pub mod scram;

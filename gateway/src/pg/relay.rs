@@ -7,9 +7,10 @@ use super::codec::{frame_header, put_error, read_cstr, send, sqlstate, Severity}
 use super::error::WireError;
 use super::extended::{parse_param_types, statement_hash, Batch, Binding, Catalog};
 use super::gate::{HoldOutcome, HoldTicket, SessionInfo, WireGate};
+use super::prepared::{changes_names, SqlPrepared};
 use super::recorder::{FinishedStatement, Recorder};
 use crate::masking::{Masker, TableLookup, WireMasker};
-use crate::policy::{Action, Verdict, VerdictMemo};
+use crate::policy::{Action, PreparedUse, Verdict, VerdictMemo};
 use bytes::{Buf, BufMut, BytesMut};
 use countersign_bot::RequestId;
 use std::sync::Arc;
@@ -92,6 +93,8 @@ pub struct Relay<CR, CW, SR, SW> {
     backend: BackendTracker,
     catalog: Catalog,
     batch: Batch,
+    /// SQL-level prepared statements the session created ([`SqlPrepared`]).
+    sql_prepared: SqlPrepared,
     verdicts: VerdictMemo,
     ctx: SessionCtx,
     /// The client has left: upstream output is still scanned (and recorded) but not sent.
@@ -138,6 +141,7 @@ where
                 .with_settings(&ctx.startup_status),
             catalog: Catalog::default(),
             batch: Batch::default(),
+            sql_prepared: SqlPrepared::default(),
             verdicts: VerdictMemo::default(),
             ctx,
             client_gone: false,
@@ -268,6 +272,9 @@ where
         for (batch, succeeded) in self.backend.settled.drain(..) {
             self.catalog.settle(batch, succeeded);
         }
+        for ops in self.backend.prepared_settled.drain(..) {
+            self.sql_prepared.settle(ops);
+        }
         if self.client_gone {
             return Ok(());
         }
@@ -382,6 +389,10 @@ where
                 b'C' | b'D' => {
                     if tag == b'C' {
                         let (kind, name) = kind_and_name(&frame)?;
+                        // Protocol-level statements share the names SQL EXECUTE runs.
+                        if kind == b'S' && !name.is_empty() {
+                            self.sql_prepared.forget_all();
+                        }
                         self.catalog.close(kind, name);
                     }
                     self.add_to_batch(&frame)?;
@@ -508,7 +519,15 @@ where
             }
         };
         let sql = &*sql;
-        let verdict = self.classify(sql);
+        let mut verdict = self.classify(sql);
+        if verdict.action == Action::Review {
+            // `EXECUTE name(args)` of a name this session saw an allowed PREPARE create: judged as
+            // the statement it runs together with its arguments (rules included), not held blind.
+            if let Some(stand_in) = self.sql_prepared.execute_stand_in(&verdict) {
+                let judged = self.classify(&stand_in);
+                verdict = misread_guard(&self.backend, sql, judged);
+            }
+        }
         if may_prepare(&verdict) {
             self.catalog.saw_sql_prepare();
         }
@@ -526,6 +545,7 @@ where
                     forwarded: received,
                     batch: None,
                     copy: self.query_marks(),
+                    prepared: self.sql_prepared.pending(&verdict),
                 });
                 None
             }
@@ -567,14 +587,21 @@ where
         let memo = &mut self.verdicts;
         let backend = &self.backend;
         let mut prepares = false;
+        let mut renames = false;
         self.catalog.parse(name, sql, &param_types, |sql| {
             let verdict = gate.classify(&session.connection, &session.requester, sql, memo);
             let verdict = misread_guard(backend, sql, verdict);
             prepares = may_prepare(&verdict);
+            renames = changes_names(&verdict);
             verdict
         });
         if prepares {
             self.catalog.saw_sql_prepare();
+        }
+        // A named Parse takes a name SQL EXECUTE runs; a PREPARE or DEALLOCATE sent this way is not
+        // followed to its command tag. Either way, what a name runs is no longer known here.
+        if renames || !name.is_empty() {
+            self.sql_prepared.forget_all();
         }
         self.batch.parsed.push(name.into());
         self.add_to_batch(frame)
@@ -636,6 +663,7 @@ where
                     forwarded: Instant::now(),
                     batch: Some(number),
                     copy,
+                    prepared: None,
                 });
                 None
             }
@@ -698,6 +726,7 @@ where
                 at_start: self.copy_ends,
                 at_sync: None,
             },
+            prepared: None,
         });
     }
 
@@ -841,6 +870,8 @@ where
     }
 
     fn forward_approved(&mut self, held: Held, id: RequestId) {
+        // An approved statement may do anything, PREPARE or DEALLOCATE included (in a function too).
+        self.sql_prepared.forget_all();
         forward(&mut self.backend.masker, &mut self.out, &held.bytes);
         self.backend.in_flight.push_back(InFlight {
             sql: held.sql,
@@ -853,6 +884,7 @@ where
             forwarded: Instant::now(),
             batch: held.batch,
             copy: held.copy,
+            prepared: None,
         });
     }
 }
@@ -902,10 +934,11 @@ fn may_change_text_reading(sql: &str) -> bool {
 /// True when a statement may create a prepared statement upstream by name (PREPARE, or text the
 /// policy could not parse), which the gateway's catalog then does not know.
 fn may_prepare(verdict: &Verdict) -> bool {
-    verdict
-        .statements
-        .iter()
-        .any(|s| s.unparsed || s.kind == "PREPARE")
+    verdict.statements.iter().any(|s| {
+        s.unparsed
+            || s.kind == "PREPARE"
+            || matches!(s.prepared.as_deref(), Some(PreparedUse::Prepare { .. }))
+    })
 }
 
 /// Queues client frames for the upstream; on a masked connection the masker sees (and annotates) them.

@@ -93,6 +93,8 @@ impl ClassificationCache {
 fn literal_insensitive(facts: &StatementFacts) -> bool {
     !facts.unparsed
         && facts.functions.is_empty()
+        // A PREPARE keeps its statement's text for the session to judge again at EXECUTE.
+        && facts.prepared.is_none()
         && matches!(
             facts.kind.as_str(),
             "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "TABLE"

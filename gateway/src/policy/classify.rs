@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AccessExpr, AlterRoleOperation, BinaryOperator, CopySource, CopyTarget, Expr, FunctionArg,
-    FunctionArgExpr, FunctionArguments, Ident, LockTableMode, ObjectName, Query, Reset, RoleOption,
-    Select, SelectItem, Set, SetExpr, Statement, TableFactor, UtilityOption, Value, Visit, Visitor,
+    AccessExpr, AlterRoleOperation, BinaryOperator, CopySource, CopyTarget, DiscardObject, Expr,
+    FunctionArg, FunctionArgExpr, FunctionArguments, Ident, LockTableMode, ObjectName, Query,
+    Reset, RoleOption, Select, SelectItem, Set, SetExpr, Statement, TableFactor, UtilityOption,
+    Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -22,7 +23,7 @@ use super::functions::check_function;
 use super::reparse::classify_without_inert_clause;
 use super::settings::{search_path_from_items, setting_verdict, value_decides};
 use super::token_grammars::classify_by_grammar;
-use super::verdict::{Action, StatementFacts};
+use super::verdict::{Action, PreparedUse, StatementFacts};
 
 /// Classify every statement in `sql` with the built-in policy. Never panics; never returns an
 /// empty vector (an empty string yields one `EMPTY` statement).
@@ -145,6 +146,14 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
             classify_plain_explain(inner)
         };
     }
+    if let Statement::Prepare {
+        name,
+        statement: inner,
+        ..
+    } = statement
+    {
+        return classify_prepare(name, inner);
+    }
     let mut seen = Collector::default();
     let _ = statement.visit(&mut seen);
     if let Some(setting) = setting_pinned_by_where(statement) {
@@ -197,7 +206,89 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
     }
     let mut facts = finish(facts, verdicts);
     facts.review_beyond_kind = kind_action == Action::Allow && facts.action == Action::Review;
+    facts.prepared = prepared_use(statement).map(Box::new);
     facts
+}
+
+/// `PREPARE name AS statement` runs nothing, but every later `EXECUTE name` runs the statement: it is
+/// judged, and matched by rules, as that statement (its kind, tables and functions), so that a session
+/// may create names only for what it could run directly. The statement's text is kept so that an
+/// `EXECUTE` is judged from it again (with its arguments) in the session that saw the PREPARE succeed.
+fn classify_prepare(name: &Ident, inner: &Statement) -> StatementFacts {
+    // Judged from the printed text, the same text each EXECUTE is judged from.
+    let text = inner.to_string();
+    let mut facts = match <[StatementFacts; 1]>::try_from(classify(&text)) {
+        Ok([one]) => one,
+        Err(_) => StatementFacts {
+            kind: "PREPARE".to_string(),
+            action: Action::Review,
+            reasons: vec!["PREPARE of a statement the policy cannot judge on its own".to_string()],
+            ..StatementFacts::default()
+        },
+    };
+    let name = prepared_name(name);
+    facts.reasons.insert(
+        0,
+        format!("PREPARE {name} stores this {} to run later", facts.kind),
+    );
+    facts.prepared = Some(Box::new(PreparedUse::Prepare {
+        name,
+        statement: text,
+    }));
+    facts
+}
+
+/// What `statement` does to SQL-level prepared statements, when it is an EXECUTE, DEALLOCATE or
+/// DISCARD ALL in PostgreSQL's form.
+fn prepared_use(statement: &Statement) -> Option<PreparedUse> {
+    match statement {
+        Statement::Execute {
+            name: Some(name),
+            parameters,
+            immediate: false,
+            into,
+            using,
+            output: false,
+            default: false,
+            ..
+        } if into.is_empty() && using.is_empty() => {
+            let [part] = name.0.as_slice() else {
+                return None;
+            };
+            let arguments = (!parameters.is_empty()).then(|| {
+                let list: Vec<String> = parameters.iter().map(|p| format!("({p})")).collect();
+                format!("SELECT {}", list.join(", "))
+            });
+            Some(PreparedUse::Execute {
+                name: prepared_name(part.as_ident()?),
+                arguments,
+            })
+        }
+        // sqlparser reads `DEALLOCATE ALL` as a name; PostgreSQL's keyword is the unquoted one.
+        Statement::Deallocate { name, .. } => Some(PreparedUse::Deallocate {
+            name: (name.quote_style.is_some() || !name.value.eq_ignore_ascii_case("all"))
+                .then(|| prepared_name(name)),
+        }),
+        Statement::Discard {
+            object_type: DiscardObject::ALL,
+        } => Some(PreparedUse::Deallocate { name: None }),
+        _ => None,
+    }
+}
+
+/// A prepared statement's name as PostgreSQL stores it: ASCII letters folded unless quoted, cut to
+/// 63 bytes (NAMEDATALEN - 1), so two spellings PostgreSQL reads as one name are one name here.
+fn prepared_name(ident: &Ident) -> String {
+    let mut name = match ident.quote_style {
+        None => ident.value.to_ascii_lowercase(),
+        Some(_) => ident.value.clone(),
+    };
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    name
 }
 
 /// The INSERT, UPDATE, DELETE or MERGE a query with a WITH clause stands for (`WITH x AS (…) DELETE …`).

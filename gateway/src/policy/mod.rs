@@ -23,7 +23,7 @@ use countersign_bot::RequesterChain;
 pub use cache::ClassificationCache;
 pub use classify::classify;
 pub use rules::{PolicyConfigError, PolicyDefaults, PolicyRule};
-pub use verdict::{Action, ReviewRequirement, StatementFacts, Verdict};
+pub use verdict::{Action, PreparedUse, ReviewRequirement, StatementFacts, Verdict};
 
 use rules::{compile_rules, resolve_defaults, CompiledRule};
 

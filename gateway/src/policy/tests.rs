@@ -369,8 +369,16 @@ const CASES: &[(&str, Action, &str)] = &[
     ("REFRESH MATERIALIZED VIEW v", Review, "REFRESH"),
     // Procedures, prepared statements, maintenance
     ("CALL do_things()", Review, "CALL runs procedure do_things"),
-    ("PREPARE s AS SELECT 1", Review, "PREPARE"),
+    // PREPARE is judged as the statement it prepares; EXECUTE alone cannot know what it runs (the
+    // wire session that saw the PREPARE succeed judges it, `pg::prepared`).
+    ("PREPARE s AS SELECT 1", Allow, "PREPARE s stores this SELECT"),
+    ("PREPARE s(int) AS SELECT * FROM t WHERE id = $1", Allow, "SELECT"),
+    ("PREPARE d AS DELETE FROM t WHERE id = $1", Review, "DELETE"),
+    ("PREPARE n AS SELECT nextval('s')", Review, "nextval"),
+    ("PREPARE x AS DROP TABLE t", Review, "DROP TABLE"),
     ("EXECUTE s", Review, "EXECUTE"),
+    ("EXECUTE s(1, 'a')", Review, "EXECUTE"),
+    ("DEALLOCATE s", Allow, "prepared-statement bookkeeping"),
     ("DO $$ BEGIN DELETE FROM t; END $$", Review, "DO"),
     ("VACUUM t", Review, "VACUUM"),
     ("VACUUM ANALYZE t", Review, "VACUUM"),
@@ -464,6 +472,108 @@ fn several_statements_take_the_strictest_and_keep_one_entry_each() {
     assert_eq!(v.statements[1].action, Review);
     assert!(v.reasons[0].contains("PROGRAM"), "{:?}", v.reasons);
     assert!(v.review.is_none());
+}
+
+#[test]
+fn prepared_statement_uses_are_named_as_postgresql_stores_them() {
+    use crate::policy::PreparedUse;
+    let used = |sql: &str| verdict_of(sql).statements[0].prepared.as_deref().cloned();
+    assert_eq!(
+        used("PREPARE Foo (int) AS SELECT a FROM t WHERE b = $1"),
+        Some(PreparedUse::Prepare {
+            name: "foo".into(),
+            statement: "SELECT a FROM t WHERE b = $1".into()
+        })
+    );
+    let v = verdict_of("PREPARE \"Foo\" AS SELECT a FROM orders");
+    assert_eq!(v.statements[0].kind, "SELECT");
+    assert_eq!(v.statements[0].tables, vec!["orders"]);
+    assert!(
+        matches!(v.statements[0].prepared.as_deref(), Some(PreparedUse::Prepare { name, .. }) if name == "Foo")
+    );
+    assert_eq!(
+        used("EXECUTE Foo(1, nextval('s'))"),
+        Some(PreparedUse::Execute {
+            name: "foo".into(),
+            arguments: Some("SELECT (1), (nextval('s'))".into())
+        })
+    );
+    assert_eq!(
+        used("EXECUTE foo"),
+        Some(PreparedUse::Execute {
+            name: "foo".into(),
+            arguments: None
+        })
+    );
+    assert_eq!(
+        used("DEALLOCATE PREPARE Foo"),
+        Some(PreparedUse::Deallocate {
+            name: Some("foo".into())
+        })
+    );
+    assert_eq!(
+        used("DEALLOCATE ALL"),
+        Some(PreparedUse::Deallocate { name: None })
+    );
+    assert_eq!(
+        used("DEALLOCATE \"ALL\""),
+        Some(PreparedUse::Deallocate {
+            name: Some("ALL".into())
+        })
+    );
+    assert_eq!(
+        used("DISCARD ALL"),
+        Some(PreparedUse::Deallocate { name: None })
+    );
+    assert_eq!(used("DISCARD PLANS"), None);
+    // PostgreSQL cuts names to 63 bytes: the two spellings are one statement upstream.
+    let long = format!("EXECUTE {}x", "a".repeat(63));
+    assert_eq!(
+        used(&long),
+        Some(PreparedUse::Execute {
+            name: "a".repeat(63),
+            arguments: None
+        })
+    );
+}
+
+#[test]
+fn rules_see_the_statement_a_prepare_stores() {
+    let rules = vec![PolicyRule {
+        tables: Some(vec!["secrets".into()]),
+        ..rule("no-secrets", "block")
+    }];
+    let v = eval(
+        rules,
+        "prod",
+        &agent(),
+        "PREPARE p AS SELECT * FROM secrets",
+    );
+    assert_eq!(v.action, Block);
+    assert_eq!(v.rule, "no-secrets");
+}
+
+#[test]
+fn a_prepare_keeps_its_own_text_out_of_the_literal_template_cache() {
+    let policy = Policy::builtin();
+    let chain = agent();
+    let ctx = PolicyContext {
+        connection: "c",
+        requester: &chain,
+        row_functions: None,
+    };
+    let statement = |sql: &str| match policy.evaluate(&ctx, sql).statements[0].prepared.as_deref() {
+        Some(crate::policy::PreparedUse::Prepare { statement, .. }) => statement.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        statement("PREPARE p AS SELECT 1 FROM t WHERE a = 1"),
+        "SELECT 1 FROM t WHERE a = 1"
+    );
+    assert_eq!(
+        statement("PREPARE p AS SELECT 1 FROM t WHERE a = 2"),
+        "SELECT 1 FROM t WHERE a = 2"
+    );
 }
 
 #[test]

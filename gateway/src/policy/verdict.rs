@@ -62,10 +62,40 @@ pub struct StatementFacts {
     /// True when sqlparser could not parse the statement (classified from tokens, fail closed).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unparsed: bool,
+    /// The SQL-level prepared statement this statement creates, runs or drops, for the wire session
+    /// that remembers which names it created (`pg::prepared`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<Box<PreparedUse>>,
     /// The built-in classification of this statement alone.
     pub action: Action,
     /// Why this statement got its action.
     pub reasons: Vec<String>,
+}
+
+/// What a statement does to SQL-level prepared statements (`PREPARE`, `EXECUTE`, `DEALLOCATE`,
+/// `DISCARD ALL`). Names are as PostgreSQL stores them: folded unless quoted, cut to 63 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreparedUse {
+    /// `PREPARE name AS statement`: the facts are the prepared statement's, as if it ran.
+    Prepare {
+        /// The name.
+        name: String,
+        /// The prepared statement's text (as the parser prints it), judged again at each EXECUTE.
+        statement: String,
+    },
+    /// `EXECUTE name [(arguments)]`.
+    Execute {
+        /// The name.
+        name: String,
+        /// `SELECT` of the argument expressions (they run at EXECUTE), None without arguments.
+        arguments: Option<String>,
+    },
+    /// `DEALLOCATE name`, or with no name `DEALLOCATE ALL` / `DISCARD ALL`.
+    Deallocate {
+        /// The name; None for all.
+        name: Option<String>,
+    },
 }
 
 /// Approval requirements of a `review` verdict.
