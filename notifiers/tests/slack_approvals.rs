@@ -1,6 +1,8 @@
 //! End-to-end Slack approvals against a local fake of the Slack Web API: requests posted through the
 //! outbox, signed clicks through the router, votes checked in the store.
 
+mod common;
+
 use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Request, StatusCode};
@@ -1173,41 +1175,11 @@ async fn a_slack_that_never_answers_times_out_without_stalling_other_channels() 
     ));
     let task = worker.spawn(Duration::from_millis(10));
 
-    let sql = "DELETE FROM stalled";
-    let new = NewRequest {
-        connection: "prod".into(),
-        statement: sql.into(),
-        statement_hash: StatementHash::of_text(sql),
-        requester: RequesterChain(vec![workload("deploy-agent"), human("alice@example.com")]),
-        rule: "writes".into(),
-        reasons: vec!["DELETE without WHERE".into()],
-        approver_groups: vec!["dba".into()],
-        quorum: 2,
-        ttl_secs: 3600,
-        origin: "http".into(),
-        session_id: None,
-        reminders: Default::default(),
-    };
-    let id = match workflow.submit(new).await.unwrap() {
-        Submitted::Created(v) => v.request.id,
-        other => panic!("expected a new request, got {other:?}"),
-    };
-    for who in ["bob@example.com", "carol@example.com"] {
-        workflow
-            .vote(
-                id,
-                &human(who),
-                countersign_bot::Decision::Approve,
-                None,
-                "api",
-            )
-            .await
-            .unwrap();
-    }
+    common::approved_request(&workflow, "DELETE FROM stalled").await;
 
     // Every event reaches the other channel well within one Slack timeout, while Slack hangs.
     let started = Instant::now();
-    let expected = ["created", "vote_recorded", "vote_recorded", "resolved"];
+    let expected = common::EXPECTED_KINDS;
     while prompt.delivered.lock().unwrap().len() < expected.len() {
         assert!(
             started.elapsed() < Duration::from_secs(1),
