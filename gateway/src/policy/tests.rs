@@ -560,7 +560,7 @@ fn a_prepare_keeps_its_own_text_out_of_the_literal_template_cache() {
     let ctx = PolicyContext {
         connection: "c",
         requester: &chain,
-        row_functions: None,
+        db_functions: None,
     };
     let statement = |sql: &str| match policy.evaluate(&ctx, sql).statements[0].prepared.as_deref() {
         Some(crate::policy::PreparedUse::Prepare { statement, .. }) => statement.clone(),
