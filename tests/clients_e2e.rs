@@ -896,9 +896,14 @@ fn pg_dump(conninfo: &str, args: &[&str]) -> String {
         .env("PGSSLMODE", "disable")
         .output()
         .expect("pg_dump must be installed (postgresql-client)");
+    dump_sql(out, &format!("pg_dump {args:?} of {conninfo}"))
+}
+
+/// The SQL a successful pg_dump or pg_restore printed, without what differs run to run.
+fn dump_sql(out: std::process::Output, what: &str) -> String {
     assert!(
         out.status.success(),
-        "pg_dump {args:?} of {conninfo}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     // Newer pg_dump fences a plain dump with `\restrict <random key>` / `\unrestrict <key>`, new each run.
@@ -1008,17 +1013,7 @@ fn pg_dump_custom(conninfo: &str) -> String {
         .output()
         .expect("pg_restore must be installed (postgresql-client)");
     let _ = std::fs::remove_file(&file);
-    assert!(
-        out.status.success(),
-        "pg_restore of {file}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
-        .collect::<Vec<_>>()
-        .join("\n")
+    dump_sql(out, &format!("pg_restore of {file}"))
 }
 
 #[tokio::test]
