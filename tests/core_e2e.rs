@@ -27,6 +27,22 @@ async fn make_table(prefix: &str) -> String {
     t
 }
 
+/// The agent logged in on the gateway's wire listener (connection `local`).
+async fn agent_on_the_wire(gw: &Gateway) -> tokio_postgres::Client {
+    let addr = gw.wire.expect("wire listener configured");
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
+            addr.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("log in through the gateway");
+    tokio::spawn(conn);
+    client
+}
+
 fn id_of(r: &Reply) -> String {
     r.body["request_id"]
         .as_str()
@@ -912,17 +928,7 @@ async fn a_wire_session_judges_a_statement_afresh_once_a_row_function_appears() 
         Backend::Sqlite,
     )
     .await;
-    let addr = gw.wire.expect("wire listener configured");
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
-            addr.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("log in through the gateway");
-    tokio::spawn(conn);
+    let client = agent_on_the_wire(&gw).await;
     let call = case.call();
     // No such function yet: a column reference, allowed, and PostgreSQL finds no such column. The
     // session remembers the verdict.
@@ -1009,17 +1015,7 @@ async fn a_held_wire_statement_whose_store_goes_away_is_told_so_and_runs_once_af
         .batch_execute(&format!("INSERT INTO {table} VALUES (1, 'a')"))
         .await
         .unwrap();
-    let addr = gw.wire.expect("wire listener configured");
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
-            addr.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("log in through the gateway");
-    tokio::spawn(conn);
+    let client = agent_on_the_wire(&gw).await;
     let client = std::sync::Arc::new(client);
     let sql = format!("DELETE FROM {table} WHERE id = 1");
     let held = {
