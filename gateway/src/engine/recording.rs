@@ -3,7 +3,8 @@
 //! Statements are gathered for up to [`GATHER`] before one transaction writes them: the cost of a commit
 //! (the pages it rewrites, and for SQLite the WAL frames of every index page it touched) is shared by
 //! hundreds of statements instead of a recorder tick's worth. A session's start and end are written at
-//! once, after the statements before them; an end the store refuses is kept and retried. Every
+//! once, after the statements before them; statements and an end the store refuses are kept (statements up to
+//! [`MAX_UNRECORDED`]) and retried with backoff. Every
 //! [`countersign_bot::sessions::SESSION_HEARTBEAT`] the writer marks this process's open sessions alive
 //! and closes sessions nobody marked for [`countersign_bot::sessions::SESSION_QUIET_AFTER`] (with SQLite,
 //! at start, every session an earlier run left open): a gateway killed with -9 leaves none open for good.
@@ -36,6 +37,10 @@ const BATCH: usize = 512;
 const GATHER: Duration = Duration::from_millis(100);
 /// Written at once when this many are waiting.
 const FLUSH_AT: usize = 4096;
+/// Statement records kept in memory while the store refuses them; beyond, the oldest are dropped (logged).
+const MAX_UNRECORDED: usize = 200_000;
+/// The longest wait between writes of statement records the store refused.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Session ends the store refused, kept in memory for retries; past this many the oldest is given up to
 /// the liveness sweep (which closes it with its end time unknown once nobody marks it alive).
 const MAX_UNRECORDED_ENDS: usize = 100_000;
@@ -182,7 +187,7 @@ impl StatementWriter {
         let (tx, mut rx) = mpsc::channel::<RecordOp>(64 * 1024);
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(BATCH);
-            let mut statements = Vec::new();
+            let mut statements = Unrecorded::default();
             let mut due: Option<Instant> = None;
             let mut sessions = Sessions::new(store.clone(), liveness);
             loop {
@@ -192,6 +197,7 @@ impl StatementWriter {
                     .await
                     .ok();
                 if got == Some(0) {
+                    statements.retry_at = None;
                     flush(&store, &mut statements).await;
                     sessions.retry_ends().await;
                     return;
@@ -205,8 +211,8 @@ impl StatementWriter {
                                 tracing::warn!(session_id = %s.id, error = %e, "could not record session start");
                             }
                         }
-                        RecordOp::Statement(st) => statements.push(st),
-                        RecordOp::Statements(mut batch) => statements.append(&mut batch),
+                        RecordOp::Statement(st) => statements.records.push(st),
+                        RecordOp::Statements(mut batch) => statements.records.append(&mut batch),
                         RecordOp::Ended(id, at, done) => {
                             flush(&store, &mut statements).await;
                             sessions.end(id, at).await;
@@ -215,13 +221,15 @@ impl StatementWriter {
                     }
                 }
                 let now = Instant::now();
-                if statements.len() >= FLUSH_AT || due.is_some_and(|d| d <= now) {
+                if statements.records.len() >= FLUSH_AT || due.is_some_and(|d| d <= now) {
                     flush(&store, &mut statements).await;
                 }
-                if statements.is_empty() {
+                if statements.records.is_empty() {
                     due = None;
-                } else if due.is_none() {
-                    due = Some(Instant::now() + GATHER);
+                } else {
+                    // The next write: when gathering ends, but not before a refused write's backoff.
+                    let gathered = due.filter(|d| *d > now).unwrap_or(now + GATHER);
+                    due = Some(statements.retry_at.map_or(gathered, |r| r.max(gathered)));
                 }
                 if sessions.retry_at.is_some_and(|at| at <= now) {
                     sessions.retry_ends().await;
@@ -241,21 +249,40 @@ impl StatementWriter {
     }
 }
 
-async fn flush(store: &Arc<dyn Store>, statements: &mut Vec<StatementRecord>) {
-    if statements.is_empty() {
+/// Statement records not yet written, and when to try again after the store refused them.
+#[derive(Default)]
+struct Unrecorded {
+    records: Vec<StatementRecord>,
+    retry_at: Option<Instant>,
+    delay: Duration,
+}
+
+/// Writes the gathered statement records in one batch. A refusal keeps them for a later try (after a
+/// doubling backoff) rather than losing them: the store may be restarting or failing over.
+async fn flush(store: &Arc<dyn Store>, statements: &mut Unrecorded) {
+    if statements.records.is_empty() || statements.retry_at.is_some_and(|r| r > Instant::now()) {
         return;
     }
-    let batch = std::mem::take(statements);
-    for attempt in 0..3u32 {
-        match store.statements_recorded(&batch).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, count = batch.len(), "could not record statements; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+    match store.statements_recorded(&statements.records).await {
+        Ok(()) => {
+            statements.records.clear();
+            statements.retry_at = None;
+            statements.delay = Duration::ZERO;
+        }
+        Err(e) => {
+            statements.delay = (statements.delay * 2).clamp(GATHER, MAX_RETRY_DELAY);
+            statements.retry_at = Some(Instant::now() + statements.delay);
+            tracing::warn!(error = %e, count = statements.records.len(), retry_in = ?statements.delay, "could not record statements; keeping them and retrying");
+            if statements.records.len() > MAX_UNRECORDED {
+                let lost = statements.records.len() - MAX_UNRECORDED;
+                statements.records.drain(..lost);
+                tracing::error!(
+                    lost,
+                    "statement records dropped: the store refused them for too long"
+                );
             }
         }
     }
-    tracing::error!(count = batch.len(), "statement records lost after retries");
 }
 
 #[cfg(test)]
@@ -319,6 +346,81 @@ mod tests {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         writer.send(RecordOp::Ended(id, at, done_tx)).await;
         done_rx.await.unwrap();
+    }
+
+    /// Statements recorded while the store refuses writes are kept and written once it accepts them
+    /// again, in order, none lost (before, a batch was dropped after three tries in 700 ms).
+    #[tokio::test]
+    async fn statements_the_store_refused_are_recorded_when_the_store_is_back() {
+        let url = fresh_pg_database()
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        let pg = PgStore::open(&url).await.unwrap();
+        let pool = pg.pool().clone();
+        let store: Arc<dyn Store> = Arc::new(pg);
+        let writer = StatementWriter::spawn_with(store.clone(), fast());
+        let id = SessionId::new();
+        writer
+            .send(RecordOp::Started(session(id, now_whole_ms())))
+            .await;
+        eventually("the start is recorded", || async {
+            store.get_session(id).await.unwrap().is_some()
+        })
+        .await;
+        sqlx::raw_sql(
+            "CREATE FUNCTION refuse_statements() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'store unavailable (test)'; END $$;
+             CREATE TRIGGER refuse_statements BEFORE INSERT ON statements FOR EACH ROW EXECUTE FUNCTION refuse_statements();",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let record = |i: i64| StatementRecord {
+            session_id: id,
+            sql: format!("SELECT {i}").into(),
+            statement_hash: countersign_bot::StatementHash::of_text(&format!("SELECT {i}")),
+            decision: "allow".into(),
+            request_id: None,
+            outcome: "ok".into(),
+            command_tag: Some("SELECT 1".into()),
+            rows: Some(1),
+            error: None,
+            masked_fields: 0,
+            duration_us: 10,
+            at: now_whole_ms() + time::Duration::milliseconds(i),
+        };
+        for i in 0..5 {
+            writer.send(RecordOp::Statement(record(i))).await;
+        }
+        // Well past the old three tries: the outage lasts longer than that.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for i in 5..8 {
+            writer.send(RecordOp::Statement(record(i))).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let recorded = |store: Arc<dyn Store>| async move {
+            store
+                .get_session(id)
+                .await
+                .unwrap()
+                .map(|(_, st)| st.iter().map(|s| s.sql.to_string()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert!(
+            recorded(store.clone()).await.is_empty(),
+            "the outage refused them"
+        );
+
+        sqlx::raw_sql("DROP TRIGGER refuse_statements ON statements")
+            .execute(&pool)
+            .await
+            .unwrap();
+        eventually("the statements are written once the store is back", || {
+            let store = store.clone();
+            async move { recorded(store).await.len() == 8 }
+        })
+        .await;
+        let expected: Vec<String> = (0..8).map(|i| format!("SELECT {i}")).collect();
+        assert_eq!(recorded(store.clone()).await, expected);
     }
 
     /// A session that ends while the store refuses the write is not dropped: its end lands, with its
