@@ -348,10 +348,10 @@ mod tests {
         done_rx.await.unwrap();
     }
 
-    /// Statements recorded while the store refuses writes are kept and written once it accepts them
-    /// again, in order, none lost (before, a batch was dropped after three tries in 700 ms).
-    #[tokio::test]
-    async fn statements_the_store_refused_are_recorded_when_the_store_is_back() {
+    /// A fresh PostgreSQL store (and its pool, for tests to make it refuse writes), a writer on it, and
+    /// one session whose start is recorded.
+    async fn pg_writer_with_a_session() -> (sqlx::PgPool, Arc<dyn Store>, StatementWriter, SessionId)
+    {
         let url = fresh_pg_database()
             .await
             .expect("PostgreSQL on 127.0.0.1:5432");
@@ -367,6 +367,14 @@ mod tests {
             store.get_session(id).await.unwrap().is_some()
         })
         .await;
+        (pool, store, writer, id)
+    }
+
+    /// Statements recorded while the store refuses writes are kept and written once it accepts them
+    /// again, in order, none lost (before, a batch was dropped after three tries in 700 ms).
+    #[tokio::test]
+    async fn statements_the_store_refused_are_recorded_when_the_store_is_back() {
+        let (pool, store, writer, id) = pg_writer_with_a_session().await;
         sqlx::raw_sql(
             "CREATE FUNCTION refuse_statements() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'store unavailable (test)'; END $$;
              CREATE TRIGGER refuse_statements BEFORE INSERT ON statements FOR EACH ROW EXECUTE FUNCTION refuse_statements();",
@@ -427,21 +435,7 @@ mod tests {
     /// real time, once the store accepts writes again.
     #[tokio::test]
     async fn a_session_end_the_store_refused_is_recorded_when_the_store_is_back() {
-        let url = fresh_pg_database()
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432");
-        let pg = PgStore::open(&url).await.unwrap();
-        let pool = pg.pool().clone();
-        let store: Arc<dyn Store> = Arc::new(pg);
-        let writer = StatementWriter::spawn_with(store.clone(), fast());
-        let id = SessionId::new();
-        writer
-            .send(RecordOp::Started(session(id, now_whole_ms())))
-            .await;
-        eventually("the start is recorded", || async {
-            store.get_session(id).await.unwrap().is_some()
-        })
-        .await;
+        let (pool, store, writer, id) = pg_writer_with_a_session().await;
         // The store refuses every session end, as during an outage.
         sqlx::raw_sql(
             "CREATE FUNCTION refuse_end() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'store unavailable (test)'; END $$;
