@@ -682,10 +682,10 @@ async fn tls_with_a_generated_certificate_verifies_and_cleartext_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn scram_identity_logs_in_with_its_password_and_refusals_are_audited() {
+/// A gateway (SQLite store) whose static human `ops-psql` logs in with SCRAM-SHA-256, password `ops pass`.
+async fn gateway_with_scram_identity() -> Gateway {
     let verifier = countersign_gateway::identity::scram::ScramVerifier::generate("ops pass");
-    let gw = spawn_gateway(
+    spawn_gateway(
         &config(
             5.0,
             &format!(
@@ -694,7 +694,12 @@ async fn scram_identity_logs_in_with_its_password_and_refusals_are_audited() {
         ),
         Backend::Sqlite,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn scram_identity_logs_in_with_its_password_and_refusals_are_audited() {
+    let gw = gateway_with_scram_identity().await;
     let addr = wire(&gw);
     let login = |password: &'static str| {
         let conn = format!(
@@ -827,17 +832,7 @@ async fn raw_message(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
 #[tokio::test]
 async fn a_sasl_mechanism_the_gateway_did_not_offer_is_refused_and_audited() {
     use tokio::io::AsyncWriteExt;
-    let verifier = countersign_gateway::identity::scram::ScramVerifier::generate("ops pass");
-    let gw = spawn_gateway(
-        &config(
-            5.0,
-            &format!(
-                "[[identity.static_tokens]]\nname = \"ops-psql\"\nkind = \"human\"\nemail = \"ops@example.com\"\nscram_verifier = \"{verifier}\"\n"
-            ),
-        ),
-        Backend::Sqlite,
-    )
-    .await;
+    let gw = gateway_with_scram_identity().await;
     let (mut stream, tag, body) = raw_startup(wire(&gw), "ops-psql").await;
     assert_eq!(tag, b'R');
     assert_eq!(&body[..4], &10i32.to_be_bytes(), "AuthenticationSASL");
@@ -962,17 +957,7 @@ async fn pg_dump_data_only_reads_through_the_builtin_policy_and_matches_a_direct
 async fn unknown_connection_name_is_3d000_after_the_login_as_postgres_reports_a_missing_database() {
     // pg8000's own suite connects to databases that don't exist and expects 3D000; the engine used to
     // refuse the name with 28000 before it even checked the token.
-    let verifier = countersign_gateway::identity::scram::ScramVerifier::generate("ops pass");
-    let gw = spawn_gateway(
-        &config(
-            5.0,
-            &format!(
-                "[[identity.static_tokens]]\nname = \"ops-psql\"\nkind = \"human\"\nemail = \"ops@example.com\"\nscram_verifier = \"{verifier}\"\n"
-            ),
-        ),
-        Backend::Sqlite,
-    )
-    .await;
+    let gw = gateway_with_scram_identity().await;
     let port = wire(&gw).port();
     let refusal = |user: &str, password: &str| {
         let conn = format!(
