@@ -262,6 +262,16 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The keys of the problems whose message says `needle`.
+    fn keys_saying<'a>(report: &'a ConfigReport, needle: &str) -> Vec<&'a str> {
+        report
+            .problems
+            .iter()
+            .filter(|p| p.message.contains(needle))
+            .map(|p| p.key.as_str())
+            .collect()
+    }
+
     #[test]
     fn every_duration_the_server_reads_is_checked_under_its_key() {
         let cfg = Config::from_toml(
@@ -270,12 +280,7 @@ mod tests {
         )
         .unwrap();
         let report = cfg.validate("c.toml");
-        let bad: Vec<&str> = report
-            .problems
-            .iter()
-            .filter(|p| p.message.contains("not a duration"))
-            .map(|p| p.key.as_str())
-            .collect();
+        let bad = keys_saying(&report, "not a duration");
         assert_eq!(bad, ["server.expiry_sweep", "outbox.lease"], "{report}");
         assert!(report.to_string().contains("\"1h30m\""), "{report}");
     }
@@ -288,12 +293,7 @@ mod tests {
         )
         .unwrap();
         let report = cfg.validate("c.toml");
-        let zero: Vec<&str> = report
-            .problems
-            .iter()
-            .filter(|p| p.message.contains("must be more than 0"))
-            .map(|p| p.key.as_str())
-            .collect();
+        let zero = keys_saying(&report, "must be more than 0");
         assert_eq!(
             zero,
             ["server.expiry_sweep", "outbox.poll", "outbox.lease"],
