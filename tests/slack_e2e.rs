@@ -101,16 +101,7 @@ async fn held_wire_statement_is_released_by_two_signed_slack_clicks_and_runs_onc
             "{blocks}"
         );
         let request_id = gw.store.list_requests(None, 10).await.unwrap()[0].id;
-        // The notifier stores the message's ts right after Slack answers; wait for it.
-        let mut msg_ts = None;
-        for _ in 0..200 {
-            msg_ts = gw.store.get_ref(request_id, "slack", "ts").await.unwrap();
-            if msg_ts.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let msg_ts = msg_ts.expect("the request message's ts is stored");
+        let msg_ts = message_ts(&gw, request_id).await;
 
         // The requester's human clicks: refused ephemerally, audited, not counted.
         assert_eq!(
@@ -271,18 +262,7 @@ async fn held_wire_statement_is_released_by_two_signed_slack_clicks_and_runs_onc
 #[tokio::test]
 async fn a_captured_signed_click_replayed_within_the_window_is_refused_and_audited() {
     let (gw, _fake) = gateway(Backend::Sqlite).await;
-    let held = gw.query(AGENT, "DELETE FROM cs_slack_replay_target").await;
-    assert_eq!(held.status, 202, "{:?}", held.body);
-    let request_id = gw.store.list_requests(None, 10).await.unwrap()[0].id;
-    let mut msg_ts = None;
-    for _ in 0..200 {
-        msg_ts = gw.store.get_ref(request_id, "slack", "ts").await.unwrap();
-        if msg_ts.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let msg_ts = msg_ts.expect("the request message's ts is stored");
+    let (request_id, msg_ts) = held_request(&gw, "DELETE FROM cs_slack_replay_target").await;
     // Bob's genuine click, captured on the way (a proxy log, a leaked request dump).
     let body = click_body(
         "UBOB",
@@ -349,6 +329,11 @@ async fn held_request(gw: &Gateway, sql: &str) -> (countersign_bot::RequestId, S
     let held = gw.query(AGENT, sql).await;
     assert_eq!(held.status, 202, "{:?}", held.body);
     let request_id = gw.store.list_requests(None, 10).await.unwrap()[0].id;
+    (request_id, message_ts(gw, request_id).await)
+}
+
+/// The ts of the request's Slack message, which the notifier stores right after Slack answers.
+async fn message_ts(gw: &Gateway, request_id: countersign_bot::RequestId) -> String {
     let mut msg_ts = None;
     for _ in 0..200 {
         msg_ts = gw.store.get_ref(request_id, "slack", "ts").await.unwrap();
@@ -357,10 +342,7 @@ async fn held_request(gw: &Gateway, sql: &str) -> (countersign_bot::RequestId, S
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    (
-        request_id,
-        msg_ts.expect("the request message's ts is stored"),
-    )
+    msg_ts.expect("the request message's ts is stored")
 }
 
 async fn click_from(gw: &Gateway, user: &str, team: &str, ts_msg: &str, value: &str) -> u16 {
