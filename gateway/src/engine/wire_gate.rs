@@ -319,9 +319,10 @@ impl Engine {
         if self.upstreams.contains_key(connection) {
             return Ok(());
         }
+        let configured = self.connection_names();
         let message = format!(
             "no connection named \"{connection}\" is configured; use one of: {}",
-            self.connection_names().join(", ")
+            configured.join(", ")
         );
         let entry = AuditEntry::new(chain.key(), "auth.refused", "wire")
             .decision("refused")
@@ -341,7 +342,7 @@ impl Engine {
         );
         Err(WireAuthError::UnknownConnection {
             connection: connection.to_string(),
-            configured: self.connection_names(),
+            configured,
         })
     }
 }
