@@ -583,3 +583,86 @@ async fn a_cancel_request_over_tls_is_answered_with_a_clean_tls_close() {
     );
     assert!(rest.is_empty(), "a CancelRequest gets no answer: {rest:?}");
 }
+
+// ---- Direct TLS (`sslnegotiation=direct`, PostgreSQL 17+): TLS from the first byte, no SSLRequest ----
+
+/// Opens TLS to `addr` at once, offering the ALPN protocols `alpn`, then logs in as `ops` with SCRAM
+/// over it and runs one query.
+async fn direct_tls_query(
+    pki: &Pki,
+    addr: SocketAddr,
+    alpn: &[&[u8]],
+) -> Result<i32, (String, String)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = pki
+        .connector_offering(alpn)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user("ops")
+        .password("correct horse")
+        .dbname("app")
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let (client, conn) = config
+        .connect_raw(tls, NoTls)
+        .await
+        .map_err(|e| sqlstate(&e))?;
+    tokio::spawn(conn);
+    let row = client
+        .query_one("SELECT 6 * 7", &[])
+        .await
+        .map_err(|e| sqlstate(&e))?;
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn a_client_opening_tls_directly_with_alpn_postgresql_logs_in_and_queries() {
+    let pki = Pki::new();
+    let cert = pki.server_files(&["127.0.0.1"], "gateway");
+    let (_gate, addr) = start_tls(scram_gate(), &cert).await;
+    assert_eq!(direct_tls_query(&pki, addr, &[b"postgresql"]).await, Ok(42));
+    // The standard SSLRequest path still works beside it, with and without ALPN.
+    assert_eq!(psql_ops(addr, "sslmode=require").await.as_deref(), Ok("42"));
+}
+
+#[tokio::test]
+async fn direct_tls_without_alpn_postgresql_is_refused_with_a_protocol_violation() {
+    let pki = Pki::new();
+    let cert = pki.server_files(&["127.0.0.1"], "gateway");
+    let (_gate, addr) = start_tls(scram_gate(), &cert).await;
+    let (code, message) = direct_tls_query(&pki, addr, &[]).await.unwrap_err();
+    assert_eq!(code, "08P01", "{message}");
+    assert!(message.contains("ALPN"), "{message}");
+}
+
+#[tokio::test]
+async fn psycopg_with_sslnegotiation_direct_logs_in_through_the_gateway() {
+    let pki = Pki::new();
+    let cert = pki.server_files(&["127.0.0.1"], "gateway");
+    let (_gate, addr) = start_tls(scram_gate(), &cert).await;
+    let script = format!(
+        "import psycopg\n\
+         assert psycopg.pq.version() >= 170000, 'libpq ' + str(psycopg.pq.version())\n\
+         with psycopg.connect('host=127.0.0.1 port={} dbname=app user=ops password=\\'correct horse\\' sslmode=require sslnegotiation=direct') as c:\n\
+         \x20   print(c.execute('SELECT 6 * 7').fetchone()[0])\n",
+        addr.port()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .expect("python3 must be installed")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'psycopg'"),
+        "psycopg is not installed for python3: run `python3 -m pip install \"psycopg[binary]\"` (.ci/test does)"
+    );
+    assert!(out.status.success(), "psycopg failed: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+}

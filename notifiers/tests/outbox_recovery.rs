@@ -105,6 +105,16 @@ async fn flaky_notifier_delivers_each_event_once_in_order(store: Arc<dyn Store>)
         .is_empty());
 }
 
+/// Two quick attempts, then the delivery is dead.
+fn gives_up_after_two() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 2,
+        base: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        ..RetryPolicy::default()
+    }
+}
+
 #[tokio::test]
 async fn notifier_failing_three_times_then_up_delivers_exactly_once_in_order_sqlite() {
     let (store, _dir) = fresh_sqlite().await;
@@ -126,13 +136,11 @@ async fn failing_beyond_max_attempts_dead_letters_and_retry_requeues() {
         attempts: Mutex::default(),
         delivered: Mutex::default(),
     });
-    let policy = RetryPolicy {
-        max_attempts: 2,
-        base: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(5),
-        ..RetryPolicy::default()
-    };
-    let worker = OutboxWorker::new(Arc::clone(&store), vec![notifier.clone()], policy);
+    let worker = OutboxWorker::new(
+        Arc::clone(&store),
+        vec![notifier.clone()],
+        gives_up_after_two(),
+    );
     run_until_drained(&store, &worker).await;
     let dead = store
         .outbox_list(Some(OutboxStatus::Dead), 10)
@@ -203,13 +211,11 @@ async fn rate_limited_tries_do_not_use_up_attempts(store: Arc<dyn Store>) {
         calls: Mutex::default(),
         delivered: Mutex::default(),
     });
-    let policy = RetryPolicy {
-        max_attempts: 2,
-        base: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(5),
-        ..RetryPolicy::default()
-    };
-    let worker = OutboxWorker::new(Arc::clone(&store), vec![notifier.clone()], policy);
+    let worker = OutboxWorker::new(
+        Arc::clone(&store),
+        vec![notifier.clone()],
+        gives_up_after_two(),
+    );
     run_until_drained(&store, &worker).await;
     let dead = store
         .outbox_list(Some(OutboxStatus::Dead), 10)

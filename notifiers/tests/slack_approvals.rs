@@ -390,6 +390,15 @@ impl Harness {
         self.app.clone().oneshot(req).await.unwrap().status()
     }
 
+    /// Sends a correctly signed interaction payload now; Slack must be answered 200 (refusals go back
+    /// as ephemeral messages, not as HTTP errors).
+    async fn click_ok(&self, body: String) {
+        assert_eq!(
+            self.send("/slack/interactions", body, now(), None).await,
+            StatusCode::OK
+        );
+    }
+
     async fn send_for_body(&self, path: &str, body: String) -> (StatusCode, Value) {
         let ts = now().to_string();
         let sig = sign(SECRET.as_bytes(), &ts, body.as_bytes());
@@ -508,16 +517,7 @@ async fn two_approvals_release_the_statement_once(h: Harness) {
     assert_eq!(msg.0, CHANNEL);
 
     // The requester's human clicks: refused ephemerally, no vote.
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            approve("UALICE", &msg, id),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.click_ok(approve("UALICE", &msg, id)).await;
     let eph = h.wait_for_calls("chat.postEphemeral", 1).await;
     assert_eq!(eph[0]["user"], "UALICE");
     assert!(texts(&eph[0]).contains("separation of duties"), "{eph:?}");
@@ -531,16 +531,7 @@ async fn two_approvals_release_the_statement_once(h: Harness) {
         StatusCode::OK
     );
     h.wait_for(id, "bob's vote", |v| v.votes.len() == 1).await;
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            approve("UCAROL", &msg, id),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.click_ok(approve("UCAROL", &msg, id)).await;
     h.wait_for(id, "approval", |v| {
         v.request.status == RequestStatus::Approved
     })
@@ -620,16 +611,7 @@ async fn two_approvals_release_the_statement_once(h: Harness) {
         .iter()
         .any(|a| a == "slack.replay_refused"));
     // Bob clicking the stale button again after resolution changes nothing either.
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            clicked_again(&bob_click),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.click_ok(clicked_again(&bob_click)).await;
     h.wait_for_calls("chat.postEphemeral", 2).await;
     let after = h.workflow.get(id).await.unwrap();
     assert_eq!(before.votes, after.votes);
@@ -713,26 +695,8 @@ async fn buttons_of_a_copied_or_forwarded_message_do_nothing() {
     let (channel, ts) = h.message_of(id).await;
     let elsewhere = ("C0ELSEWHERE".to_string(), ts.clone());
     let other_ts = (channel, "1699999999.000001".to_string());
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            approve("UBOB", &elsewhere, id),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            approve("UBOB", &other_ts, id),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.click_ok(approve("UBOB", &elsewhere, id)).await;
+    h.click_ok(approve("UBOB", &other_ts, id)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while h
         .audit_actions()
@@ -761,10 +725,7 @@ async fn deny_opens_a_modal_and_its_submission_denies_with_the_reason() {
         "countersign_deny",
         &format!("deny:{id}"),
     );
-    assert_eq!(
-        h.send("/slack/interactions", body, now(), None).await,
-        StatusCode::OK
-    );
+    h.click_ok(body).await;
     let opened = h.wait_for_calls("views.open", 1).await;
     assert_eq!(opened[0]["trigger_id"], "1234.5678.abcdef");
     let view = &opened[0]["view"];
@@ -785,10 +746,7 @@ async fn deny_opens_a_modal_and_its_submission_denies_with_the_reason() {
                   "state": { "values": { "reason": { "reason": { "type": "plain_text_input", "value": "needs a WHERE clause" } } } } }
     });
     let body = serde_urlencoded::to_string([("payload", submission.to_string())]).unwrap();
-    assert_eq!(
-        h.send("/slack/interactions", body, now(), None).await,
-        StatusCode::OK
-    );
+    h.click_ok(body).await;
     h.wait_for(id, "denial", |v| v.request.status == RequestStatus::Denied)
         .await;
     let v = h.workflow.get(id).await.unwrap();
@@ -803,11 +761,7 @@ async fn unmapped_slack_users_get_an_ephemeral_refusal_and_cannot_vote() {
     h.drain().await;
     let msg = h.message_of(id).await;
     for user in ["UNOMAIL", "UNKNOWN1"] {
-        assert_eq!(
-            h.send("/slack/interactions", approve(user, &msg, id), now(), None)
-                .await,
-            StatusCode::OK
-        );
+        h.click_ok(approve(user, &msg, id)).await;
     }
     let eph = h.wait_for_calls("chat.postEphemeral", 2).await;
     assert!(
@@ -838,16 +792,7 @@ async fn slack_outage_and_rate_limits_deliver_everything_once_afterwards() {
     assert_eq!(h.fake.calls("chat.postMessage").len(), 1);
     let msg = h.message_of(id).await;
     h.fake.fail_next(&[503]);
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            approve("UBOB", &msg, id),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.click_ok(approve("UBOB", &msg, id)).await;
     h.wait_for(id, "approval", |v| {
         v.request.status == RequestStatus::Approved
     })
@@ -905,16 +850,8 @@ async fn approvers_get_direct_messages_whose_buttons_work_but_the_requester_gets
         .await
         .unwrap()
         .expect("DM ts stored");
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            approve("UBOB", &("DBOB".into(), dm_ts), id),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.click_ok(approve("UBOB", &("DBOB".into(), dm_ts), id))
+        .await;
     h.wait_for(id, "approval", |v| {
         v.request.status == RequestStatus::Approved
     })
@@ -1270,16 +1207,7 @@ async fn users_of_another_workspace_cannot_vote_with_an_approvers_email() {
     h.drain().await;
     let msg = h.message_of(id).await;
     for (user, team) in [("UEVE", "T0002"), ("UMIMIC", "T0001")] {
-        assert_eq!(
-            h.send(
-                "/slack/interactions",
-                approve_from_team(user, team, &msg, id),
-                now(),
-                None
-            )
-            .await,
-            StatusCode::OK
-        );
+        h.click_ok(approve_from_team(user, team, &msg, id)).await;
     }
     let eph = h.wait_for_calls("chat.postEphemeral", 2).await;
     for user in ["UEVE", "UMIMIC"] {
@@ -1320,16 +1248,7 @@ async fn users_of_another_workspace_cannot_vote_with_an_approvers_email() {
     wait_for_audits(&h, "slack.outside_user_refused", 3).await;
 
     // A member of the app's own workspace, known only through users.info, still counts.
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            approve("UCAROL", &msg, id),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.click_ok(approve("UCAROL", &msg, id)).await;
     h.wait_for(id, "approval", |v| {
         v.request.status == RequestStatus::Approved
     })
@@ -1378,42 +1297,18 @@ async fn trusted_teams_and_user_map_entries_vouch_for_users_of_other_workspaces(
     let id = h.submit("DELETE FROM orders", 2).await;
     h.drain().await;
     let msg = h.message_of(id).await;
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            approve_from_team("UEVE", "T0003", &msg, id),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.click_ok(approve_from_team("UEVE", "T0003", &msg, id))
+        .await;
     let refused = wait_for_audits(&h, "slack.outside_user_refused", 1).await;
     assert_eq!(refused[0].entry.detail["team_id"], "T0003");
     assert!(h.workflow.get(id).await.unwrap().votes.is_empty());
 
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            approve_from_team("UCAROLX", "T0002", &msg, id),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.click_ok(approve_from_team("UCAROLX", "T0002", &msg, id))
+        .await;
     h.wait_for(id, "the trusted team's vote", |v| v.votes.len() == 1)
         .await;
-    assert_eq!(
-        h.send(
-            "/slack/interactions",
-            approve_from_team("UBOBEXT", "T0009", &msg, id),
-            now(),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.click_ok(approve_from_team("UBOBEXT", "T0009", &msg, id))
+        .await;
     h.wait_for(id, "approval", |v| {
         v.request.status == RequestStatus::Approved
     })

@@ -235,7 +235,7 @@ fn load_tls(
             None
         }
     };
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -243,5 +243,8 @@ fn load_tls(
     .with_no_client_auth()
     .with_single_cert(certs, key_der)
     .map_err(|e| err(cert, e.to_string()))?;
+    // Clients that offer ALPN (libpq 17+) must be able to agree on `postgresql`; clients offering none
+    // still connect through the SSLRequest.
+    config.alpn_protocols = vec![super::session::ALPN_POSTGRESQL.to_vec()];
     Ok((TlsAcceptor::from(Arc::new(config)), end_point))
 }

@@ -105,17 +105,28 @@ async fn negotiate(
     shared: &Shared,
     deadline: Instant,
 ) -> Result<(), WireError> {
+    if let Some(acceptor) = &shared.tls {
+        if opens_with_tls_handshake(&tcp, deadline).await? {
+            let mut tls = handshake(acceptor, tcp, deadline).await?;
+            // As PostgreSQL 17: a direct TLS connection must have agreed on the `postgresql` protocol,
+            // which keeps a TLS connection meant for another service (HTTPS) from being read as ours.
+            if tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+                return Err(fatal(
+                    &mut tls,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "direct TLS connection without ALPN protocol \"postgresql\"; use sslnegotiation=direct with libpq 17 or later, or the standard SSLRequest",
+                )
+                .await);
+            }
+            return after_tls(tls, peer, shared, deadline).await;
+        }
+    }
     loop {
         match next_packet(&mut tcp, deadline).await? {
             Packet::Ssl => match &shared.tls {
                 Some(acceptor) => {
                     tcp.write_all(b"S").await?;
-                    let tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
-                        Ok(r) => r?,
-                        Err(_) => {
-                            return Err(WireError::Protocol("TLS handshake timed out".into()))
-                        }
-                    };
+                    let tls = handshake(acceptor, tcp, deadline).await?;
                     return after_tls(tls, peer, shared, deadline).await;
                 }
                 None => tcp.write_all(b"N").await?,
@@ -129,6 +140,38 @@ async fn negotiate(
                 return serve(tcp, false, minor, params, peer, shared, deadline).await
             }
         }
+    }
+}
+
+/// The ALPN protocol name PostgreSQL registered, offered by libpq 17+ (and required with
+/// `sslnegotiation=direct`).
+pub(super) const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// The first byte of a TLS record carrying a handshake: a client using `sslnegotiation=direct` starts
+/// TLS at once instead of sending an SSLRequest (whose first byte, a length, is 0).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Whether the client's first byte starts a TLS handshake, without consuming it.
+async fn opens_with_tls_handshake(tcp: &TcpStream, deadline: Instant) -> Result<bool, WireError> {
+    let mut first = [0u8; 1];
+    match timeout_at(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(0)) => Ok(false),
+        Ok(Ok(_)) => Ok(first[0] == TLS_HANDSHAKE_RECORD),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(WireError::Protocol(
+            "startup timed out; the client must finish connecting promptly".into(),
+        )),
+    }
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    deadline: Instant,
+) -> Result<TlsStream<TcpStream>, WireError> {
+    match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(WireError::Protocol("TLS handshake timed out".into())),
     }
 }
 

@@ -138,6 +138,11 @@ impl Pki {
 impl Pki {
     /// A TLS client that trusts this CA (and nothing else).
     pub fn connector(&self) -> TlsConnector {
+        self.connector_offering(&[])
+    }
+
+    /// A client trusting this CA that offers the ALPN protocols `alpn` (none: no ALPN extension).
+    pub fn connector_offering(&self, alpn: &[&[u8]]) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from(self.ca.der().to_vec()))
@@ -149,6 +154,8 @@ impl Pki {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+        let mut config = config;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         TlsConnector::from(Arc::new(config))
     }
 }
