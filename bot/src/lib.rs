@@ -13,6 +13,7 @@ pub mod directory;
 pub mod duration;
 pub mod events;
 pub mod request;
+pub mod reveal;
 #[cfg(test)]
 mod session_store_tests;
 pub mod sessions;

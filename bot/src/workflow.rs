@@ -58,7 +58,7 @@ pub enum VoteResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Stable code: `workload_cannot_vote`, `voter_without_email`, `requester_cannot_approve`,
-    /// `not_an_approver`, `resolved`, `expired`, `already_voted`.
+    /// `not_an_approver`, `resolved`, `expired`, `already_voted`, `statement_not_shown_whole`.
     pub code: &'static str,
     /// What happened and what to do.
     pub reason: String,
@@ -287,8 +287,33 @@ impl Workflow {
         reason: Option<String>,
         channel: &str,
     ) -> Result<VoteResult, WorkflowError> {
+        self.vote_as_shown(id, voter, decision, reason, channel, &|_| true)
+            .await
+    }
+
+    /// [`Workflow::vote`] from a channel that may show only part of a statement: `shows_whole` says
+    /// whether the channel showed this statement in full. An approval of a statement its channel cut
+    /// short is refused (`statement_not_shown_whole`): approvers approve exactly what runs, so they must
+    /// have been able to read all of it. Denials always count.
+    pub async fn vote_as_shown(
+        &self,
+        id: RequestId,
+        voter: &Identity,
+        decision: Decision,
+        reason: Option<String>,
+        channel: &str,
+        shows_whole: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<VoteResult, WorkflowError> {
         let view = self.get(id).await?;
-        if let Some(refusal) = self.check_voter(&view, voter, decision) {
+        let unseen = (decision == Decision::Approve && !shows_whole(&view.request.statement))
+            .then(|| Refusal {
+                code: "statement_not_shown_whole",
+                reason: format!(
+                    "{channel} could show only part of this {}-character statement, and an approval must follow reading all of it: approve it from the e-mail approval page or the API, which show it in full",
+                    view.request.statement.chars().count()
+                ),
+            });
+        if let Some(refusal) = unseen.or_else(|| self.check_voter(&view, voter, decision)) {
             self.record_refusal(&view, voter, channel, &refusal).await?;
             return Ok(VoteResult::Refused(refusal));
         }

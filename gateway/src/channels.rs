@@ -62,7 +62,6 @@ pub fn build(engine: &Engine) -> Result<Channels, ChannelError> {
     let cfg = &engine.config;
     let store = engine.store().clone();
     let directory = engine.workflow.directory().clone();
-    let base = engine.base_url.clone();
     let mut notifiers: Vec<Arc<dyn Notifier>> = vec![Arc::new(LogNotifier)];
     let mut routers = Vec::new();
     let mut slack_socket = None;
@@ -76,14 +75,12 @@ pub fn build(engine: &Engine) -> Result<Channels, ChannelError> {
             api.clone(),
             store.clone(),
             directory.clone(),
-            &base,
         )));
         let inbound = slack::SlackInbound::new(
             sc,
             api.clone(),
             &secrets.signing_secret,
             engine.workflow.clone(),
-            &base,
         );
         if let Some(app_token) = &secrets.app_token {
             // Socket Mode receives the same interactions without a public URL; the HTTP routes stay too.

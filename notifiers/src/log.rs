@@ -25,7 +25,9 @@ impl Notifier for LogNotifier {
             WorkflowEvent::Created { request } => {
                 tracing::info!(target: "countersign::events", %request_id, delivery_key,
                 connection = %request.request.connection, requester = %request.request.requester.display(),
-                quorum = request.request.quorum, "request created: {}", request.request.reasons.join("; "))
+                quorum = request.request.quorum, "request created: {}",
+                // One line: names quoted in reasons are the agent's, and could otherwise forge log lines.
+                countersign_bot::reveal::reveal_line(&request.request.reasons.join("; ")))
             }
             WorkflowEvent::VoteRecorded { vote, request } => {
                 tracing::info!(target: "countersign::events", %request_id, delivery_key,

@@ -315,11 +315,12 @@ async fn audit_actions(store: &Arc<dyn Store>) -> Vec<String> {
 async fn jira_transition_and_api_vote_reach_quorum_and_requester_is_refused() {
     let (store, _dir) = fresh_sqlite().await;
     let h = harness(store).await;
-    let long_sql = format!(
+    // Markup in the statement stays text; it fits the configured 200 characters, so Jira can approve it.
+    let sql = format!(
         "DELETE FROM orders WHERE note = '{}'",
-        "*[link](https://evil)* ".repeat(30)
+        "*[link](https://evil)* ".repeat(6)
     );
-    let view = submit(&h.workflow, &long_sql).await;
+    let view = submit(&h.workflow, &sql).await;
     let id = view.request.id;
     drain(&h.worker).await;
 
@@ -338,8 +339,10 @@ async fn jira_transition_and_api_vote_reach_quorum_and_requester_is_refused() {
             text.contains("deploy-agent → alice@example.com"),
             "requester chain shown: {text}"
         );
-        assert!(text.contains("truncated"), "long statement truncated");
-        assert!(text.contains(&format!("https://countersign.example.com/requests/{id}")));
+        assert!(text.contains(&sql), "statement shown whole: {text}");
+        assert!(!text.contains("truncated"), "{text}");
+        // No link to the request page: it opens only from an e-mail approval link.
+        assert!(!text.contains("/requests/"), "{text}");
         assert_eq!(f.unauthorized, 0);
     }
 
@@ -508,4 +511,63 @@ async fn jira_deny_transition_vetoes_on_postgres() {
         .map(adf::plain_text)
         .collect();
     assert!(all.contains("denied with 0 of 2 approvals"), "{all}");
+}
+
+#[tokio::test]
+async fn a_statement_the_issue_shows_only_in_part_cannot_be_approved_from_jira() {
+    let (store, _dir) = fresh_sqlite().await;
+    let h = harness(store).await;
+    // The part past the configured 200 characters is what an approver in Jira would never see.
+    let long_sql = format!(
+        "UPDATE orders SET note = 'x' WHERE id = 1;{} UPDATE orders SET note = 'pwned'",
+        "\n-- routine maintenance".repeat(12)
+    );
+    let view = submit(&h.workflow, &long_sql).await;
+    let id = view.request.id;
+    drain(&h.worker).await;
+    let key = h
+        .store
+        .get_ref(id, "jira", "issue")
+        .await
+        .expect("ref")
+        .expect("issue key stored");
+    {
+        let f = h.fake.lock().unwrap();
+        let text = adf::plain_text(&f.issues[&key].fields["description"]);
+        assert!(!text.contains("'pwned'"), "{text}");
+        assert!(
+            text.contains("truncated: 200 of") && text.contains("can't be approved from Jira"),
+            "{text}"
+        );
+    }
+
+    let (_, body) = move_in_jira(&h, &key, "acc-bob", "Approved").await;
+    assert_eq!(body["outcome"], "refused", "{body}");
+    assert!(
+        body.to_string().contains("statement_not_shown_whole"),
+        "{body}"
+    );
+    drain(&h.worker).await;
+    {
+        let f = h.fake.lock().unwrap();
+        let issue = &f.issues[&key];
+        assert_eq!(
+            issue.status, "In Review",
+            "moved back after the refused vote"
+        );
+        let last = adf::plain_text(issue.comments.last().expect("refusal comment"));
+        assert!(last.contains("statement_not_shown_whole"), "{last}");
+    }
+    assert!(h.workflow.get(id).await.expect("get").votes.is_empty());
+    assert!(audit_actions(&h.store)
+        .await
+        .iter()
+        .any(|a| a == "vote.refused"));
+
+    // A denial needs no more than what is shown: it counts.
+    let (_, body) = move_in_jira(&h, &key, "acc-bob", "Denied").await;
+    assert_eq!(body["outcome"], "recorded", "{body}");
+    let v = h.workflow.get(id).await.expect("get");
+    assert_eq!(v.votes.len(), 1);
+    assert_eq!(v.votes[0].decision, Decision::Deny);
 }

@@ -270,26 +270,14 @@ async fn harness_with(
         directory(),
         vec!["slack".into()],
     ));
-    let notifier = SlackNotifier::new(
-        config.clone(),
-        api.clone(),
-        store.clone(),
-        directory(),
-        "https://cs.example.test",
-    );
+    let notifier = SlackNotifier::new(config.clone(), api.clone(), store.clone(), directory());
     let policy = RetryPolicy {
         base: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
         ..RetryPolicy::default()
     };
     let worker = OutboxWorker::new(store.clone(), vec![Arc::new(notifier)], policy);
-    let inbound = SlackInbound::new(
-        &config,
-        api,
-        SECRET,
-        workflow.clone(),
-        "https://cs.example.test",
-    );
+    let inbound = SlackInbound::new(&config, api, SECRET, workflow.clone());
     Harness {
         fake,
         base: base.clone(),
@@ -960,7 +948,7 @@ async fn session_summary_is_threaded_under_each_held_request_once() {
             "{}",
             replies[0]
         );
-        assert!(replies[0].contains(&format!("https://cs.example.test/sessions/{session}")));
+        assert!(replies[0].contains(&format!("countersign sessions show {session}")));
     }
 }
 
@@ -977,13 +965,7 @@ async fn redelivering_an_event_with_the_same_key_posts_nothing_twice() {
         "api_base_url": h.fake_base(), "routes": { "groups": { "dba": [CHANNEL] } } }))
     .unwrap();
     let api = SlackApi::new(config.api_base(), TOKEN).unwrap();
-    let notifier = SlackNotifier::new(
-        config,
-        api,
-        h.store.clone(),
-        directory(),
-        "https://cs.example.test",
-    );
+    let notifier = SlackNotifier::new(config, api, h.store.clone(), directory());
     let created = WorkflowEvent::Created {
         request: view.clone(),
     };
@@ -1087,13 +1069,7 @@ async fn a_slack_that_never_answers_times_out_without_stalling_other_channels() 
     let api = SlackApi::new(config.api_base(), TOKEN)
         .unwrap()
         .with_timeout(Duration::from_secs(config.timeout_secs));
-    let slack = SlackNotifier::new(
-        config,
-        api,
-        store.clone(),
-        directory(),
-        "https://cs.example.test",
-    );
+    let slack = SlackNotifier::new(config, api, store.clone(), directory());
     let prompt = Arc::new(PromptSink::default());
     let workflow = Workflow::new(
         store.clone(),
@@ -1325,4 +1301,38 @@ async fn trusted_teams_and_user_map_entries_vouch_for_users_of_other_workspaces(
             .count(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_statement_the_message_shows_only_in_part_cannot_be_approved_from_slack() {
+    let h = sqlite_harness(false).await;
+    // Past the 2,000 characters a message shows: what an approver in Slack would never read.
+    let sql = format!(
+        "UPDATE orders SET note = 'x' WHERE id = 1;{} UPDATE orders SET note = 'pwned'",
+        "\n-- routine maintenance, see OPS-42".repeat(60)
+    );
+    let id = h.submit(&sql, 1).await;
+    h.drain().await;
+    let posted = h.wait_for_calls("chat.postMessage", 1).await;
+    let message = texts(&posted[0]);
+    assert!(
+        message.contains("can't be approved from Slack"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("countersign_approve") && !message.contains("'pwned'"),
+        "{message}"
+    );
+    assert!(message.contains("countersign_deny"), "{message}");
+
+    // An Approve click for it (a button from elsewhere, a crafted payload signed by Slack) is refused.
+    let msg = h.message_of(id).await;
+    h.click_ok(approve("UBOB", &msg, id)).await;
+    let eph = h.wait_for_calls("chat.postEphemeral", 1).await;
+    assert!(texts(&eph[0]).contains("only part of this"), "{eph:?}");
+    assert!(h.workflow.get(id).await.unwrap().votes.is_empty());
+    assert!(h
+        .audit_actions()
+        .await
+        .contains(&"vote.refused".to_string()));
 }

@@ -141,7 +141,6 @@ async fn harness(app_token: &str) -> Harness {
         api.clone(),
         "unused-signing-secret",
         workflow.clone(),
-        "https://cs.example.test",
     );
     let client = SocketModeClient::new(inbound, api, app_token)
         .with_backoff(Backoff {

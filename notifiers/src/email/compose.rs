@@ -75,7 +75,7 @@ fn facts_text(view: &RequestView) -> String {
         view.approvals(),
         r.quorum,
         format_time(r.expires_at),
-        r.reasons.join("; "),
+        countersign_bot::reveal::reveal_line(&r.reasons.join("; ")),
     )
 }
 
@@ -102,9 +102,14 @@ fn facts_html(view: &RequestView) -> String {
 
 fn statement_parts(view: &RequestView, page: &str) -> (String, String) {
     let (sql, cut) = truncate_statement(&view.request.statement);
+    let warning = countersign_bot::reveal::hidden_characters_warning(&view.request.statement);
     let text = format!(
-        "Statement:\n{}\n{}",
-        quoted_statement(sql),
+        "{}Statement:\n{}\n{}",
+        warning
+            .as_deref()
+            .map(|w| format!("{w}\n\n"))
+            .unwrap_or_default(),
+        quoted_statement(&countersign_bot::reveal::reveal(sql)),
         if cut {
             format!("    | … (truncated; full statement: {page})\n")
         } else {
@@ -112,7 +117,8 @@ fn statement_parts(view: &RequestView, page: &str) -> (String, String) {
         }
     );
     let html = format!(
-        "<p><strong>Statement</strong></p><pre style=\"background:#f4f4f4;padding:8px;white-space:pre-wrap\">{}{}</pre>",
+        "{}<p><strong>Statement</strong></p><pre style=\"background:#f4f4f4;padding:8px;white-space:pre-wrap\">{}{}</pre>",
+        warning.as_deref().map(|w| format!("<p><strong>{}</strong></p>", escape(w))).unwrap_or_default(),
         escape(sql),
         if cut {
             format!(

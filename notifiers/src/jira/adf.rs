@@ -6,14 +6,11 @@ use serde_json::{json, Value};
 /// Longest text node we emit; Jira rejects documents over 32 767 characters.
 const MAX_TEXT: usize = 4000;
 
-/// Remove control characters (except newline and tab) and cap the length.
+/// Shows deceptive characters visibly (see [`countersign_bot::reveal`]) and caps the length.
 pub fn clean(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
-        .take(max)
-        .collect();
-    if s.chars().count() > max {
+    let shown = countersign_bot::reveal::reveal(s);
+    let mut out: String = shown.chars().take(max).collect();
+    if shown.chars().count() > max {
         out.push('…');
     }
     out
@@ -55,12 +52,43 @@ pub fn paragraph(parts: impl IntoIterator<Item = Option<Value>>) -> Value {
 
 /// A code block; the statement is truncated to `max` characters with a note pointing to the full request.
 pub fn code_block(language: &str, code: &str, max: usize) -> Value {
-    let mut body = clean(code, max);
-    if code.chars().count() > max {
-        body.push_str("\n-- truncated: see the full statement on the request page");
+    let shown = countersign_bot::reveal::reveal(code);
+    let chars: Vec<char> = shown.chars().collect();
+    let cut = chars.len() > max;
+    // Text nodes of at most MAX_TEXT characters each, so a long statement is shown whole up to `max`,
+    // and the truncation note is a node of its own that no cap removes.
+    let mut content: Vec<Value> = chars[..chars.len().min(max)]
+        .chunks(MAX_TEXT)
+        .map(|c| json!({ "type": "text", "text": c.iter().collect::<String>() }))
+        .collect();
+    if cut {
+        content.push(json!({ "type": "text", "text": format!(
+            "\n-- truncated: {max} of {} characters shown; this statement can't be approved from Jira",
+            chars.len()
+        ) }));
     }
-    let content: Vec<Value> = text(&body).into_iter().collect();
     json!({ "type": "codeBlock", "attrs": { "language": language }, "content": content })
+}
+
+/// Whether `code` is shown whole by a [`code_block`] of `max` characters.
+pub fn shown_whole(code: &str, max: usize) -> bool {
+    countersign_bot::reveal::reveal(code).chars().count() <= max
+}
+
+/// The reasons a statement needs review, one list item each; every reason is shown on one line (line
+/// breaks in names it quotes are shown, not followed) and capped, so none crowds the others out.
+pub fn reasons_list(reasons: &[String]) -> Value {
+    let items: Vec<Value> = reasons
+        .iter()
+        .map(|r| {
+            let line = countersign_bot::reveal::reveal_line(r);
+            json!({ "type": "listItem", "content": [paragraph([text(&clean(&line, 500))])] })
+        })
+        .collect();
+    if items.is_empty() {
+        return paragraph([text("(none given)")]);
+    }
+    json!({ "type": "bulletList", "content": items })
 }
 
 /// A whole document from block nodes.
@@ -104,15 +132,32 @@ mod tests {
     fn long_statements_are_truncated_with_a_note() {
         let sql = "x".repeat(500);
         let block = code_block("sql", &sql, 100);
-        let t = block["content"][0]["text"].as_str().expect("text");
+        let t = plain_text(&block);
         assert!(t.starts_with(&"x".repeat(100)));
         assert!(!t.contains(&"x".repeat(101)));
-        assert!(t.contains("truncated"));
+        assert!(t.contains("truncated: 100 of 500 characters shown"), "{t}");
+        assert!(!shown_whole(&sql, 100) && shown_whole(&sql, 500));
     }
 
     #[test]
-    fn control_characters_are_removed_and_empty_text_dropped() {
-        assert_eq!(clean("a\u{0}b\u{1b}[31mc\nd", 100), "ab[31mc\nd");
+    fn a_statement_longer_than_one_text_node_is_shown_whole_and_the_note_survives() {
+        let sql = "y".repeat(9_000);
+        let whole = plain_text(&code_block("sql", &sql, 10_000));
+        assert!(whole.contains(&sql) && !whole.contains("truncated"));
+        let cut = plain_text(&code_block("sql", &sql, 5_000));
+        assert!(cut.contains(&"y".repeat(5_000)) && !cut.contains(&"y".repeat(5_001)));
+        assert!(
+            cut.contains("truncated: 5000 of 9000"),
+            "note kept past 4,000 characters"
+        );
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_shown_and_empty_text_dropped() {
+        assert_eq!(
+            clean("a\u{0}b\u{1b}[31mc\nd\u{202E}", 100),
+            "a⟦U+0000⟧b⟦U+001B⟧[31mc\nd⟦U+202E⟧"
+        );
         assert_eq!(
             paragraph([text(""), text("x")])["content"]
                 .as_array()

@@ -22,7 +22,9 @@ pub struct JiraConfig {
     /// Issue type name, e.g. `Task`.
     #[serde(default = "default_issue_type")]
     pub issue_type: String,
-    /// Base URL of Countersign's request pages, for links (`{public_base_url}/requests/{id}`).
+    /// Accepted so older configs load; unused: issues no longer link to the request page, which opens only
+    /// from an e-mail approval link (the whole statement is shown in the issue, or Jira can't approve it).
+    #[serde(default)]
     pub public_base_url: String,
     /// Moving an issue to this status approves.
     pub approve_status: String,
@@ -104,24 +106,35 @@ pub struct JiraConfigError {
     pub problem: String,
 }
 
+/// True when `url` names this machine (127.0.0.0/8, ::1 or `localhost`).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
 impl JiraConfig {
     /// Check the section; every error names its key.
     pub fn validate(&self) -> Result<(), Vec<JiraConfigError>> {
         let mut errors = Vec::new();
         let mut err = |key, problem: String| errors.push(JiraConfigError { key, problem });
-        for (key, url) in [
-            ("base_url", &self.base_url),
-            ("public_base_url", &self.public_base_url),
-        ] {
-            match reqwest::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                _ => err(
-                    key,
-                    format!(
-                        "{url:?} is not an http(s) URL: write e.g. https://your-site.atlassian.net"
-                    ),
-                ),
-            }
+        let url = &self.base_url;
+        match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+            // The API token travels in every request: plain HTTP only to a test server on this machine.
+            Ok(u) if u.scheme() == "http" && is_loopback(&u) => {}
+            Ok(u) if u.scheme() == "http" && u.host().is_some() => err(
+                "base_url",
+                format!("{url:?} is plain http: the API token would cross the network readable; write https://… (http:// only for a loopback test server)"),
+            ),
+            _ => err(
+                "base_url",
+                format!("{url:?} is not an https URL: write e.g. https://your-site.atlassian.net"),
+            ),
         }
         if self.project_key.is_empty() || !super::is_issue_key(&format!("{}-1", self.project_key)) {
             err(
@@ -266,6 +279,27 @@ mod tests {
             "base_url = \"https://x\"\nproject_key = \"OPS\"\npublic_base_url = \"https://y\"\napprove_status = \"A\"\ndeny_status = \"D\"\nrevert_transition = \"R\"\napi_token = \"secret\"\n",
         );
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn plain_http_is_refused_except_to_a_loopback_test_server() {
+        for url in ["http://example.atlassian.net", "http://10.0.0.8:8080"] {
+            let errors = sample_config(url).validate().unwrap_err();
+            assert_eq!(errors[0].key, "base_url");
+            assert!(
+                errors[0].problem.contains("plain http"),
+                "{url}: {:?}",
+                errors[0]
+            );
+        }
+        for url in [
+            "http://127.0.0.1:9000",
+            "http://localhost:9000/jira",
+            "http://[::1]:9000",
+            "https://x.atlassian.net",
+        ] {
+            assert_eq!(sample_config(url).validate(), Ok(()), "{url}");
+        }
     }
 
     #[test]

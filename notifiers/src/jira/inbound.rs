@@ -29,6 +29,8 @@ pub struct JiraInbound {
     secret: Arc<[u8]>,
     approve_status: String,
     deny_status: String,
+    /// Statements longer than this are cut short in issues, so can't be approved from Jira.
+    max_statement_chars: usize,
     own_account: Arc<OnceCell<String>>,
 }
 
@@ -46,6 +48,7 @@ impl JiraInbound {
             secret: creds.webhook_secret.as_bytes().into(),
             approve_status: cfg.approve_status.trim().to_string(),
             deny_status: cfg.deny_status.trim().to_string(),
+            max_statement_chars: cfg.max_statement_chars,
             own_account: Arc::new(OnceCell::new()),
         })
     }
@@ -220,7 +223,9 @@ async fn handle(state: &JiraInbound, key: &str) -> Result<Response, String> {
     let reason = format!("Jira {key} moved to \"{}\"", change.to_status.trim());
     let result = state
         .workflow
-        .vote(request_id, &voter, decision, Some(reason), SINK)
+        .vote_as_shown(request_id, &voter, decision, Some(reason), SINK, &|sql| {
+            super::adf::shown_whole(sql, state.max_statement_chars)
+        })
         .await
         .map_err(|e| e.to_string())?;
     // A refusal is commented on and reverted by the Jira notifier from the outbox's vote_refused event.

@@ -1,6 +1,6 @@
 //! Outbound: an issue per request, a comment per event, transitions on resolution. Driven by the outbox.
 
-use super::adf::{code_block, doc, link, one_line, paragraph, strong, text};
+use super::adf::{code_block, doc, one_line, paragraph, reasons_list, strong, text};
 use super::client::JiraClient;
 use super::config::{JiraConfig, JiraCredentials};
 use super::SINK;
@@ -37,13 +37,6 @@ impl JiraNotifier {
         Ok(Self { cfg, client, store })
     }
 
-    fn request_url(&self, id: RequestId) -> String {
-        format!(
-            "{}/requests/{id}",
-            self.cfg.public_base_url.trim_end_matches('/')
-        )
-    }
-
     async fn issue_key(&self, id: RequestId) -> Result<Option<String>, DeliveryError> {
         self.store
             .get_ref(id, SINK, ISSUE_REF)
@@ -68,7 +61,8 @@ impl JiraNotifier {
             &format!("Approve SQL on {}: {}", r.connection, r.statement),
             200,
         );
-        let url = self.request_url(r.id);
+        let warning = countersign_bot::reveal::hidden_characters_warning(&r.statement)
+            .map(|w| paragraph([strong(&w)]));
         let description = doc([
             paragraph([
                 text("Countersign is holding a statement for approval on connection "),
@@ -76,24 +70,24 @@ impl JiraNotifier {
                 text("."),
             ]),
             paragraph([text("Requested by: "), strong(&r.requester.display())]),
-            paragraph([text(&format!(
-                "Rule: {}. Why: {}",
-                r.rule,
-                r.reasons.join("; ")
-            ))]),
+            paragraph([text(&format!("Rule: {}. Why review:", r.rule))]),
+            reasons_list(&r.reasons),
             paragraph([text(&format!(
                 "Needs {} approval(s) from: {}. Expires at {}.",
                 r.quorum,
                 r.approver_groups.join(", "),
                 r.expires_at
             ))]),
+        ]
+        .into_iter()
+        .chain(warning)
+        .chain([
             code_block("sql", &r.statement, self.cfg.max_statement_chars),
-            paragraph([text("Full request: "), link(&url, &url)]),
             paragraph([text(&format!(
                 "Move this issue to \"{}\" to approve or to \"{}\" to deny. Your vote counts once, whatever channel you use, and never on your own request.",
                 self.cfg.approve_status, self.cfg.deny_status
             ))]),
-        ]);
+        ]));
         let fields = json!({
             "project": { "key": self.cfg.project_key },
             "issuetype": { "name": self.cfg.issue_type },
@@ -136,8 +130,7 @@ impl JiraNotifier {
     }
 
     fn link_paragraph(&self, id: RequestId) -> Value {
-        let url = self.request_url(id);
-        paragraph([text("Request: "), link(&url, &url)])
+        paragraph([text(&format!("Countersign request {id}"))])
     }
 
     async fn on_resolution(

@@ -66,7 +66,6 @@ impl SlackInbound {
         api: SlackApi,
         signing_secret: &str,
         workflow: Arc<Workflow>,
-        public_base_url: &str,
     ) -> Self {
         let store = Arc::clone(workflow.store());
         Self {
@@ -81,7 +80,7 @@ impl SlackInbound {
                 store,
                 api,
                 signing_secret: signing_secret.to_string(),
-                render: MessageRenderer::new(public_base_url, config.max_statement_chars),
+                render: MessageRenderer::new(config.max_statement_chars),
             }),
         }
     }
@@ -266,7 +265,9 @@ impl Inner {
         };
         match self
             .workflow
-            .vote(request, &who, decision, reason, CHANNEL)
+            .vote_as_shown(request, &who, decision, reason, CHANNEL, &|sql| {
+                self.render.shows_whole(sql)
+            })
             .await
         {
             Ok(VoteResult::Recorded { .. }) => {}

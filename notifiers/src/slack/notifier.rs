@@ -47,15 +47,14 @@ fn message_gone(e: &SlackApiError) -> bool {
 
 impl SlackNotifier {
     /// A notifier posting with `api`, remembering messages in `store`, and (with `dm_approvers`) finding
-    /// approvers through `directory`. `public_base_url` is the gateway's public URL for request links.
+    /// approvers through `directory`.
     pub fn new(
         config: SlackConfig,
         api: SlackApi,
         store: Arc<dyn Store>,
         directory: ApproverDirectory,
-        public_base_url: &str,
     ) -> Self {
-        let render = MessageRenderer::new(public_base_url, config.max_statement_chars);
+        let render = MessageRenderer::new(config.max_statement_chars);
         Self {
             config,
             api,

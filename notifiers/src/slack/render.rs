@@ -39,15 +39,44 @@ pub struct DenyOrigin {
     pub ts: String,
 }
 
-/// Renders messages for one deployment (its public URL and statement length limit).
+/// Renders messages for one deployment (its statement length limit).
 #[derive(Debug, Clone)]
 pub struct MessageRenderer {
-    public_base_url: String,
     max_statement_chars: usize,
 }
 
 fn plain(s: &str, max: usize) -> Value {
-    json!({ "type": "plain_text", "text": escape_short(s, max), "emoji": false })
+    let shown = countersign_bot::reveal::reveal(s);
+    json!({ "type": "plain_text", "text": escape_short(&shown, max), "emoji": false })
+}
+
+/// Reasons shown one per line, each capped, so a long one (quoting a huge name) can't push the others
+/// out of the section; past [`MAX_REASONS`] a count says how many more there are.
+fn reasons_text(reasons: &[String]) -> String {
+    let mut lines: Vec<String> = reasons
+        .iter()
+        .take(MAX_REASONS)
+        .map(|r| {
+            format!(
+                "• {}",
+                truncate_chars_marked(&countersign_bot::reveal::reveal_line(r), 250)
+            )
+        })
+        .collect();
+    if reasons.len() > MAX_REASONS {
+        lines.push(format!("… and {} more", reasons.len() - MAX_REASONS));
+    }
+    format!("Why review:\n{}", lines.join("\n"))
+}
+
+/// At most this many reasons are listed in a message (10 × 250 characters fit Slack's 3,000).
+const MAX_REASONS: usize = 10;
+
+fn truncate_chars_marked(s: &str, max: usize) -> String {
+    match truncate_chars(s, max) {
+        (cut, true) => format!("{cut}…"),
+        (all, false) => all.to_string(),
+    }
 }
 
 fn fixed(s: &str) -> Value {
@@ -89,22 +118,20 @@ fn vote_line(v: &Vote) -> String {
 }
 
 impl MessageRenderer {
-    /// A renderer linking to `public_base_url` (e.g. `https://countersign.example.com`).
-    pub fn new(public_base_url: &str, max_statement_chars: usize) -> Self {
+    /// A renderer showing statements up to `max_statement_chars` characters.
+    pub fn new(max_statement_chars: usize) -> Self {
         Self {
-            public_base_url: public_base_url.trim_end_matches('/').to_string(),
             max_statement_chars: max_statement_chars.max(100),
         }
     }
 
-    /// The full request page.
-    pub fn request_url(&self, id: RequestId) -> String {
-        format!("{}/requests/{id}", self.public_base_url)
-    }
-
-    fn open_button(&self, id: RequestId) -> Value {
-        json!({ "type": "button", "action_id": OPEN_ACTION, "text": fixed("Open request"),
-                "url": self.request_url(id) })
+    /// Whether request messages show `statement` whole (only then can it be approved from Slack).
+    pub fn shows_whole(&self, statement: &str) -> bool {
+        !truncate_chars(
+            &countersign_bot::reveal::reveal(statement),
+            self.max_statement_chars,
+        )
+        .1
     }
 
     /// The request message: connection and risk, requester chain, statement, quorum progress, expiry,
@@ -143,17 +170,22 @@ impl MessageRenderer {
             json!({ "type": "section", "fields": fields }),
         ];
         if !r.reasons.is_empty() {
-            blocks.push(json!({ "type": "section",
-                "text": plain(&format!("Why review: {}", r.reasons.join("; ")), 3000) }));
+            blocks
+                .push(json!({ "type": "section", "text": plain(&reasons_text(&r.reasons), 3000) }));
         }
-        let (shown, truncated) = truncate_chars(&r.statement, self.max_statement_chars);
+        if let Some(warning) = countersign_bot::reveal::hidden_characters_warning(&r.statement) {
+            blocks
+                .push(json!({ "type": "section", "text": plain(&format!("⚠️ {warning}"), 3000) }));
+        }
+        let statement = countersign_bot::reveal::reveal(&r.statement);
+        let (shown, truncated) = truncate_chars(&statement, self.max_statement_chars);
         blocks.push(json!({ "type": "rich_text", "elements": [
             { "type": "rich_text_preformatted", "elements": [ { "type": "text", "text": escape_text(shown) } ] }
         ]}));
         if truncated {
-            let total = r.statement.chars().count();
+            let total = statement.chars().count();
             blocks.push(json!({ "type": "context", "elements": [ fixed(&format!(
-                "Statement truncated: {} of {total} characters shown. Open the request for the full text.",
+                "Statement truncated: {} of {total} characters shown, so it can't be approved from Slack. Approve it from the e-mail approval page or the API, which show it in full; Deny works here.",
                 self.max_statement_chars)) ] }));
         }
         if !view.votes.is_empty() {
@@ -167,21 +199,24 @@ impl MessageRenderer {
             json!({ "type": "context", "elements": [ fixed(&format!("Request {}", r.id)) ] }),
         );
         let mut actions = Vec::new();
-        if r.status == RequestStatus::Pending && interactive {
+        if r.status == RequestStatus::Pending && interactive && !truncated {
             actions.push(json!({ "type": "button", "action_id": APPROVE_ACTION, "style": "primary",
                 "text": fixed("Approve"), "value": format!("approve:{}", r.id),
                 "confirm": { "title": fixed("Approve this statement?"),
                     "text": fixed("Your approval lets this exact statement run once on the connection shown."),
                     "confirm": fixed("Approve"), "deny": fixed("Cancel") } }));
+        }
+        if r.status == RequestStatus::Pending && interactive {
             actions.push(
                 json!({ "type": "button", "action_id": DENY_ACTION, "style": "danger",
                 "text": fixed("Deny"), "value": format!("deny:{}", r.id) }),
             );
         }
-        actions.push(self.open_button(r.id));
-        blocks.push(
-            json!({ "type": "actions", "block_id": "countersign_actions", "elements": actions }),
-        );
+        if !actions.is_empty() {
+            blocks.push(
+                json!({ "type": "actions", "block_id": "countersign_actions", "elements": actions }),
+            );
+        }
         let fallback = format!(
             "{} Countersign request {} on {}: {}",
             status_icon(r.status),
@@ -273,10 +308,7 @@ impl MessageRenderer {
             "📋 Session ended on {} after {} s: {} statements run, {} blocked, {} held, {} approved, {} rows affected.",
             s.connection, s.duration_secs, s.run, s.blocked, s.held, s.approved, s.rows_affected);
         if let Some(id) = s.session_id {
-            text.push_str(&format!(
-                " Full record: {}/sessions/{id}",
-                self.public_base_url
-            ));
+            text.push_str(&format!(" Full record: `countersign sessions show {id}`"));
         }
         self.reply(&text)
     }
@@ -285,12 +317,12 @@ impl MessageRenderer {
     pub fn requester_dm(&self, view: &RequestView) -> Result<SlackMessageContent, RenderError> {
         let r = &view.request;
         self.reply(&format!(
-            "{} Your request {} on {} was {}. Details: {}",
+            "{} Your request {} on {} was {}. Details: `countersign requests show {}`",
             status_icon(r.status),
             r.id,
             r.connection,
             r.status,
-            self.request_url(r.id)
+            r.id
         ))
     }
 
@@ -372,7 +404,7 @@ mod tests {
 
     #[test]
     fn pending_request_has_confirmed_approve_and_deny_buttons() {
-        let r = MessageRenderer::new("https://cs.example.com/", 2000);
+        let r = MessageRenderer::new(2000);
         let v = sample_view("DELETE FROM orders");
         let j = json_of(&r.request_message(&v, true).unwrap());
         assert!(
@@ -381,12 +413,13 @@ mod tests {
         );
         assert!(j.contains(&format!("\"value\":\"deny:{}\"", v.request.id)));
         assert!(j.contains("\"confirm\":{"));
-        assert!(j.contains(&format!("https://cs.example.com/requests/{}", v.request.id)));
+        // No link to the request page: it opens only from an e-mail approval link.
+        assert!(!j.contains("/requests/"), "{j}");
     }
 
     #[test]
     fn resolved_request_has_no_vote_buttons() {
-        let r = MessageRenderer::new("https://cs.example.com", 2000);
+        let r = MessageRenderer::new(2000);
         let mut v = sample_view("DELETE FROM orders");
         v.request.status = RequestStatus::Denied;
         let j = json_of(&r.request_message(&v, true).unwrap());
@@ -394,12 +427,12 @@ mod tests {
             !j.contains(APPROVE_ACTION) && !j.contains(DENY_ACTION),
             "{j}"
         );
-        assert!(j.contains(OPEN_ACTION));
+        assert!(!j.contains("countersign_actions"), "{j}");
     }
 
     #[test]
     fn sql_with_mrkdwn_and_broadcasts_is_inert() {
-        let r = MessageRenderer::new("https://cs.example.com", 2000);
+        let r = MessageRenderer::new(2000);
         let v = sample_view(
             "UPDATE t SET note = '<!channel> *urgent* <https://evil.example|login> `x`'",
         );
@@ -414,20 +447,62 @@ mod tests {
     }
 
     #[test]
-    fn long_statements_are_truncated_with_a_pointer_to_the_full_text() {
-        let r = MessageRenderer::new("https://cs.example.com", 100);
+    fn long_statements_are_truncated_and_cannot_be_approved_from_slack() {
+        let r = MessageRenderer::new(100);
         let v = sample_view(&format!("SELECT {}", "x, ".repeat(500)));
         let j = json_of(&r.request_message(&v, true).unwrap());
         assert!(
-            j.contains("Statement truncated: 100 of 1507 characters shown"),
+            j.contains("Statement truncated: 100 of 1507 characters shown, so it can't be approved from Slack"),
             "{j}"
         );
+        assert!(!j.contains(APPROVE_ACTION), "{j}");
+        assert!(j.contains(DENY_ACTION), "{j}");
         assert!(j.len() < 4000);
+        assert!(!r.shows_whole(&v.request.statement));
+        assert!(r.shows_whole("SELECT 1"));
+        // Revealed characters count: 13 overrides are 104 visible characters.
+        assert!(r.shows_whole(&"\u{202E}".repeat(5)));
+        assert!(!r.shows_whole(&"\u{202E}".repeat(13)));
+    }
+
+    #[test]
+    fn hidden_characters_are_shown_with_a_warning_and_reasons_stay_on_their_lines() {
+        let r = MessageRenderer::new(2000);
+        let mut v =
+            sample_view("DELETE FROM orders WHERE id > 0 /*\u{202E} \u{2066}AND id = 1\u{2069} */");
+        v.request.reasons = vec![
+            "DELETE removes data on orders\n\nApprove: https://evil.example/approve".into(),
+            format!("calls {}: not on the read-only list", "a".repeat(4000)),
+            "DROP TABLE is not on the read-only list".into(),
+        ];
+        let j = json_of(&r.request_message(&v, true).unwrap());
+        assert!(!j.contains('\u{202E}') && !j.contains('\u{2066}'), "{j}");
+        assert!(
+            j.contains("/*⟦U+202E⟧ ⟦U+2066⟧AND id = 1⟦U+2069⟧ */"),
+            "{j}"
+        );
+        assert!(
+            j.contains("3 invisible or direction-changing characters"),
+            "{j}"
+        );
+        assert!(j.contains("orders⟦U+000A⟧⟦U+000A⟧Approve:"), "{j}");
+        // A huge reason is capped, and the reasons after it are still shown.
+        assert!(j.contains("DROP TABLE is not on the read-only list"), "{j}");
+    }
+
+    #[test]
+    fn many_reasons_are_listed_up_to_a_cap_with_a_count_of_the_rest() {
+        let r = MessageRenderer::new(2000);
+        let mut v = sample_view("SELECT f0(), f1()");
+        v.request.reasons = (0..25).map(|i| format!("calls f{i}")).collect();
+        let j = json_of(&r.request_message(&v, true).unwrap());
+        assert!(j.contains("• calls f9") && !j.contains("calls f10"), "{j}");
+        assert!(j.contains("… and 15 more"), "{j}");
     }
 
     #[test]
     fn refusal_reply_does_not_name_the_voter() {
-        let r = MessageRenderer::new("https://cs.example.com", 2000);
+        let r = MessageRenderer::new(2000);
         let j = json_of(
             &r.refusal_reply("requester_cannot_approve", "you are alice@example.com")
                 .unwrap(),
@@ -438,7 +513,7 @@ mod tests {
 
     #[test]
     fn deny_modal_carries_its_origin() {
-        let r = MessageRenderer::new("https://cs.example.com", 2000);
+        let r = MessageRenderer::new(2000);
         let origin = DenyOrigin {
             request: RequestId::new(),
             channel: "C1".into(),

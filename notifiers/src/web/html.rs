@@ -15,9 +15,10 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            // Bidi overrides could make an escaped statement read differently from what runs.
-            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
-                out.push_str(&format!("&#x{:X};", c as u32))
+            // Shown, not applied: a browser would apply a bidi override written as a character
+            // reference just the same (see `countersign_bot::reveal`).
+            c if countersign_bot::reveal::is_deceptive(c) => {
+                out.push_str(&format!("⟦U+{:04X}⟧", c as u32))
             }
             c => out.push(c),
         }
@@ -94,7 +95,10 @@ pub fn request_summary(view: &RequestView) -> String {
 <tr><th>Expires</th><td>{exp}</td></tr>\
 </table>\
 <h2>Why review is needed</h2><ul>{reasons}</ul>\
-<h2>Statement</h2><pre>{sql}</pre>",
+<h2>Statement</h2>{warning}<pre>{sql}</pre>",
+        warning = countersign_bot::reveal::hidden_characters_warning(&r.statement)
+            .map(|w| format!("<p class=\"who\">{}</p>", escape(&w)))
+            .unwrap_or_default(),
         id = escape(&r.id.to_string()),
         status = escape(r.status.as_str()),
         conn = escape(&r.connection),
@@ -158,7 +162,7 @@ mod tests {
         let e = escape("<script>alert('x')</script> & \"q\" \u{202E}");
         assert_eq!(
             e,
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot; &#x202E;"
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot; ⟦U+202E⟧"
         );
     }
 
