@@ -131,3 +131,48 @@ impl SessionSummary {
         s
     }
 }
+
+/// The most of a statement's text a session record keeps; the statement hash still identifies all of it.
+pub const MAX_RECORDED_SQL: usize = 64 * 1024;
+
+/// `sql` as a session record keeps it: whole up to [`MAX_RECORDED_SQL`] bytes, else cut there with a note
+/// giving the full length. An agent sending statements padded to megabytes must not be able to fill the
+/// store's disk, or the memory of whoever reads the session back, at the rate it can send.
+pub fn recorded_sql(sql: Arc<str>) -> Arc<str> {
+    if sql.len() <= MAX_RECORDED_SQL {
+        return sql;
+    }
+    let mut cut = MAX_RECORDED_SQL;
+    while !sql.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}\n/* Countersign: recorded text cut at {cut} of {} bytes; the statement hash covers all of it */",
+        &sql[..cut],
+        sql.len()
+    )
+    .into()
+}
+
+#[cfg(test)]
+mod recorded_sql_tests {
+    use super::*;
+
+    #[test]
+    fn long_statements_are_cut_on_a_character_boundary_with_a_note() {
+        let short: Arc<str> = "SELECT 1".into();
+        assert!(Arc::ptr_eq(&recorded_sql(short.clone()), &short));
+        let long: Arc<str> = format!("SELECT '{}'", "é".repeat(MAX_RECORDED_SQL)).into();
+        let kept = recorded_sql(long.clone());
+        assert!(kept.len() < MAX_RECORDED_SQL + 200, "{}", kept.len());
+        assert!(kept.starts_with("SELECT 'éé"));
+        assert!(
+            kept.ends_with(&format!(
+                "of {} bytes; the statement hash covers all of it */",
+                long.len()
+            )),
+            "{}",
+            &kept[kept.len() - 120..]
+        );
+    }
+}

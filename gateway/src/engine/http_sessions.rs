@@ -86,7 +86,7 @@ impl Engine {
         }
         let rec = StatementRecord {
             session_id: id,
-            sql: st.sql.into(),
+            sql: countersign_bot::sessions::recorded_sql(st.sql.into()),
             statement_hash: *st.hash,
             decision: st.decision.to_string(),
             request_id: st.request_id,

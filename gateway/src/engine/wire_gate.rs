@@ -242,7 +242,7 @@ impl WireGate for Engine {
                 }
                 countersign_bot::sessions::StatementRecord {
                     session_id: record.session_id,
-                    sql: record.sql,
+                    sql: countersign_bot::sessions::recorded_sql(record.sql),
                     statement_hash: record.hash,
                     decision: record.decision.as_str().to_string(),
                     request_id: record.request_id,

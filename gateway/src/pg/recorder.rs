@@ -49,7 +49,8 @@ enum Event {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Event>,
-    dropped: Arc<AtomicU64>,
+    /// Times a session found the recorder's queue full (and waited).
+    behind: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -59,7 +60,7 @@ impl Recorder {
         tokio::spawn(drain(gate, rx));
         Self {
             tx,
-            dropped: Arc::new(AtomicU64::new(0)),
+            behind: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -68,26 +69,43 @@ impl Recorder {
         self.must_send(Event::Started(session.clone())).await;
     }
 
-    /// Records a finished statement without waiting; approved executions are never dropped.
-    pub fn statement(&self, session: &Arc<SessionInfo>, stmt: FinishedStatement) {
-        let must_keep = stmt.executed.is_some() || stmt.request_id.is_some();
+    /// Records a finished statement. When the recorder is behind, the session waits for it (and stops
+    /// reading from its client and upstream meanwhile) rather than lose the record: an agent flooding its
+    /// own session must not be able to push its blocked attempts out of the record.
+    pub async fn statement(&self, session: &Arc<SessionInfo>, stmt: FinishedStatement) {
         match self.tx.try_send(Event::Statement(session.id, stmt)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(event)) if must_keep => {
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(event).await;
-                });
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                self.note_behind();
+                self.must_send(event).await;
             }
-            Err(_) => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        dropped = n,
-                        "session recorder is behind; statement records were dropped"
-                    );
-                }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("session recorder stopped; records are lost")
             }
+        }
+    }
+
+    /// [`Recorder::statement`] where the caller can't wait (a session being torn down): when the
+    /// recorder is behind, a task delivers the record.
+    pub fn statement_at_end(&self, session: &Arc<SessionInfo>, stmt: FinishedStatement) {
+        if let Err(mpsc::error::TrySendError::Full(event)) =
+            self.tx.try_send(Event::Statement(session.id, stmt))
+        {
+            self.note_behind();
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(event).await;
+            });
+        }
+    }
+
+    fn note_behind(&self) {
+        let n = self.behind.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                times = n,
+                "session recorder is behind; sessions wait for it so no statement goes unrecorded"
+            );
         }
     }
 

@@ -251,7 +251,7 @@ where
             if let Err(e) = sent {
                 self.client_gone = true;
                 for f in self.finished.drain(..) {
-                    self.ctx.recorder.statement(&self.ctx.session, f);
+                    self.ctx.recorder.statement(&self.ctx.session, f).await;
                 }
                 return Err(e.into());
             }
@@ -267,7 +267,7 @@ where
             }
         }
         for f in self.finished.drain(..) {
-            self.ctx.recorder.statement(&self.ctx.session, f);
+            self.ctx.recorder.statement(&self.ctx.session, f).await;
         }
         for (batch, succeeded) in self.backend.settled.drain(..) {
             self.catalog.settle(batch, succeeded);
@@ -323,7 +323,7 @@ where
     fn abandon_in_flight(&mut self, reason: &str) {
         self.backend.abandon(reason, &mut self.finished);
         for f in self.finished.drain(..) {
-            self.ctx.recorder.statement(&self.ctx.session, f);
+            self.ctx.recorder.statement_at_end(&self.ctx.session, f);
         }
     }
 

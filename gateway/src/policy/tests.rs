@@ -221,6 +221,14 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Allow, "SET"),
     ("RESET ALL", Allow, "RESET"),
     ("DISCARD ALL", Allow, "DISCARD"),
+    // What asyncpg's pool runs when a connection is returned: releases only this session's locks.
+    ("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;", Allow, "SELECT"),
+    ("SELECT pg_advisory_unlock(42), pg_advisory_unlock_shared(7)", Allow, "SELECT"),
+    ("SELECT pg_advisory_lock(42)", Review, "advisory lock"),
+    // Range constructors and other pure built-ins (psycopg2's range tests)
+    ("SELECT tstzrange(now(), now() + interval '1 day'), int4range(1, 5), isempty(numrange(1, 1))", Allow, "SELECT"),
+    ("SELECT width_bucket(5.3, 0, 10, 5), to_regclass('pg_class'), currval('s')", Allow, "SELECT"),
+    ("SET default_transaction_deferrable = on", Allow, "SET"),
     ("LISTEN jobs", Allow, "LISTEN"),
     ("UNLISTEN *", Allow, "UNLISTEN"),
     ("SET ROLE admin", Review, "SET ROLE changes the session identity"),
