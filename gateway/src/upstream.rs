@@ -19,6 +19,15 @@ use tokio::io::AsyncWriteExt;
 /// Largest backend message the API client accepts (a single row).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
+/// The most result data one API query may hold (values plus per-value bookkeeping). The API answers with
+/// the whole result as JSON, so the gateway holds it in memory, several copies deep while it is masked and
+/// serialised; without a cap one allowed `SELECT` of a large table could take the process's memory and
+/// every session with it. The wire protocol streams and has no such limit.
+pub const MAX_RESULT_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bookkeeping counted per value held, besides its bytes (a `String` and its `Option` in a row).
+const PER_VALUE: usize = 32;
+
 /// A URL that doesn't describe a usable Postgres upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum UrlError {
@@ -248,6 +257,9 @@ pub enum ExecError {
     /// The upstream sent something unexpected.
     #[error("the upstream sent an unexpected message: {0}")]
     Protocol(String),
+    /// The result passed [`MAX_RESULT_BYTES`]; the upstream session was closed, which stops the query.
+    #[error("the result is larger than the HTTP API's {} MiB limit, so it was not returned (the upstream session was closed, which stops the query; a statement that changes data and had not finished is rolled back): add LIMIT or select fewer columns, or use the wire protocol (psql, a PostgreSQL driver), which streams results of any size", MAX_RESULT_BYTES / (1024 * 1024))]
+    ResultTooLarge,
     /// PostgreSQL would read the statement's text differently from the policy on this connection.
     #[error("the upstream session has {name} = {value} (a database or role default), so PostgreSQL may read the backslashes or non-ASCII characters in this statement differently from the policy; send it in ASCII without backslashes, or have the default changed")]
     Misread {
@@ -537,8 +549,22 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
     let mut attnums: Vec<Vec<i16>> = Vec::new();
     let mut current_attnums: Vec<i16> = Vec::new();
     let mut error = None;
+    let mut held = 0usize;
     loop {
         let (tag, body) = read_frame(&mut up.stream, &mut buf, MAX_FRAME).await?;
+        if matches!(tag, b'D' | b'd') {
+            let values = if tag == b'd' {
+                1
+            } else {
+                current.columns.len().max(1)
+            };
+            held = held.saturating_add(body.len() + values * PER_VALUE);
+            if held > MAX_RESULT_BYTES {
+                // Dropping the session (the caller never gets it back) closes it: PostgreSQL stops the
+                // query at its next write instead of streaming the rest to a reader that discards it.
+                return Err(ExecError::ResultTooLarge);
+            }
+        }
         match tag {
             b'T' => {
                 current = ResultSet::default();
@@ -805,6 +831,43 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.results[0].rows[0][0].as_deref(), Some("2"));
+    }
+
+    #[tokio::test]
+    async fn a_result_past_the_api_limit_is_refused_and_the_pool_still_serves() {
+        let target = UpstreamTarget::parse("postgres://postgres@127.0.0.1:5432/postgres").unwrap();
+        let pool = UpstreamPool::new(2);
+        let rows = MAX_RESULT_BYTES / 1_000_000 + 2;
+        for sql in [
+            format!("SELECT repeat('x', 1000000) FROM generate_series(1, {rows})"),
+            // Many small values count their bookkeeping too.
+            format!(
+                "SELECT g FROM generate_series(1, {}) g",
+                MAX_RESULT_BYTES / PER_VALUE + 1
+            ),
+            format!("COPY (SELECT repeat('y', 1000000) FROM generate_series(1, {rows})) TO STDOUT"),
+        ] {
+            let err = pool
+                .simple_query("t", &target, &sql, true)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ExecError::ResultTooLarge), "{sql}: {err}");
+            assert!(err.to_string().contains("use the wire protocol"), "{err}");
+        }
+        // Just under the limit is returned whole.
+        let out = pool
+            .simple_query(
+                "t",
+                &target,
+                &format!(
+                    "SELECT repeat('x', 1000000) FROM generate_series(1, {})",
+                    rows - 4
+                ),
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.results[0].rows.len(), rows - 4);
     }
 
     #[tokio::test]

@@ -287,6 +287,14 @@ fn respond_with_result(
             )
             .with(json!({ "request_id": request })));
         }
+        Err(e @ ExecError::ResultTooLarge) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "result_too_large",
+                e.to_string(),
+            )
+            .with(json!({ "request_id": request })));
+        }
         Err(e @ ExecError::Misread { .. }) => {
             return Err(
                 ApiError::new(StatusCode::FORBIDDEN, "blocked", e.to_string())
