@@ -3,7 +3,7 @@
 
 use crate::identity::RequesterChain;
 use crate::ids::{RequestId, SessionId, StatementHash};
-use crate::sessions::{SessionRecord, StatementRecord, GATEWAY_STOPPED};
+use crate::sessions::{SessionRecord, SessionTally, StatementRecord, GATEWAY_STOPPED};
 use crate::store::Store;
 use crate::testing::{fresh_pg, fresh_pg_database, fresh_sqlite, human, workload, TempDir};
 use std::sync::Arc;
@@ -90,6 +90,49 @@ async fn recorded_statements_read_back_unchanged_per_session() {
         let listed = store.list_sessions(10).await.unwrap();
         assert_eq!(listed.len(), 2);
         assert!(store.get_session(SessionId::new()).await.unwrap().is_none());
+    }
+}
+
+/// The store's tally (computed in SQL, statements never read back) equals the tally of the statements
+/// themselves, on both backends: each request once in first-met order, groups with their sums.
+#[tokio::test]
+async fn the_session_tally_matches_its_statements_without_reading_them() {
+    for (store, _dir) in stores().await {
+        let id = SessionId::new();
+        store.session_started(&session(id)).await.unwrap();
+        let mut statements: Vec<StatementRecord> = (0..300).map(|i| statement(id, i)).collect();
+        // A re-run names its request again; a blocked statement has its own group.
+        let again = StatementRecord {
+            at: statements[10].at + time::Duration::seconds(1),
+            ..statements[3].clone()
+        };
+        statements.push(again);
+        statements.push(StatementRecord {
+            decision: "block".into(),
+            outcome: "blocked".into(),
+            request_id: None,
+            rows: None,
+            ..statement(id, 1000)
+        });
+        store.statements_recorded(&statements).await.unwrap();
+        let (s, tally) = store.session_tally(id).await.unwrap().unwrap();
+        assert_eq!(s.id, id);
+        let mut want = SessionTally::of_records(&statements);
+        let by_key = |g: &crate::sessions::TallyGroup| (g.decision.clone(), g.outcome.clone());
+        want.groups.sort_by_key(by_key);
+        assert_eq!(tally, want, "{}", store.backend());
+        assert_eq!(tally.requests.len(), 43, "{}", store.backend());
+        let summary = crate::sessions::SessionSummary::from_tally(&s, &tally);
+        assert_eq!(
+            summary,
+            crate::sessions::SessionSummary::from_records(&s, &statements)
+        );
+        assert_eq!((summary.blocked, summary.held), (1, 44));
+        assert!(store
+            .session_tally(SessionId::new())
+            .await
+            .unwrap()
+            .is_none());
     }
 }
 

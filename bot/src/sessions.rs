@@ -100,9 +100,70 @@ pub struct SessionSummary {
     pub masked_fields: u64,
 }
 
+/// What a summary needs of a session's statements, which the store computes without reading them back
+/// (a session may have sent millions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionTally {
+    /// The requests its statements named, in the order the session met them, each once.
+    pub requests: Vec<RequestId>,
+    /// Statements by decision and outcome.
+    pub groups: Vec<TallyGroup>,
+}
+
+/// Statements of one decision and outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TallyGroup {
+    /// `allow`, `review` or `block`.
+    pub decision: String,
+    /// `ok`, `error`, `blocked` or `not_run`.
+    pub outcome: String,
+    /// How many.
+    pub statements: u64,
+    /// Their rows affected, summed.
+    pub rows: u64,
+    /// Their masked fields, summed.
+    pub masked_fields: u64,
+}
+
+impl SessionTally {
+    /// The tally of `statements`, as the store computes it.
+    pub fn of_records(statements: &[StatementRecord]) -> Self {
+        let mut t = SessionTally::default();
+        for st in statements {
+            if let Some(id) = st.request_id.filter(|id| !t.requests.contains(id)) {
+                t.requests.push(id);
+            }
+            let group = match t
+                .groups
+                .iter_mut()
+                .find(|g| g.decision == st.decision && g.outcome == st.outcome)
+            {
+                Some(g) => g,
+                None => {
+                    t.groups.push(TallyGroup {
+                        decision: st.decision.clone(),
+                        outcome: st.outcome.clone(),
+                        ..Default::default()
+                    });
+                    t.groups.last_mut().expect("just pushed")
+                }
+            };
+            group.statements += 1;
+            group.rows += st.rows.unwrap_or(0);
+            group.masked_fields += st.masked_fields;
+        }
+        t
+    }
+}
+
 impl SessionSummary {
     /// Summarise a session from its statements.
     pub fn from_records(session: &SessionRecord, statements: &[StatementRecord]) -> Self {
+        Self::from_tally(session, &SessionTally::of_records(statements))
+    }
+
+    /// Summarise a session from the tally of its statements.
+    pub fn from_tally(session: &SessionRecord, tally: &SessionTally) -> Self {
         let end = session.ended_at.unwrap_or_else(OffsetDateTime::now_utc);
         let mut s = SessionSummary {
             session_id: Some(session.id),
@@ -111,22 +172,22 @@ impl SessionSummary {
             duration_secs: (end - session.started_at).whole_seconds().max(0) as u64,
             ..Default::default()
         };
-        for st in statements {
-            match st.decision.as_str() {
-                "block" => s.blocked += 1,
+        for g in &tally.groups {
+            match g.decision.as_str() {
+                "block" => s.blocked += g.statements,
                 "review" => {
-                    s.held += 1;
-                    if st.outcome == "ok" || st.outcome == "error" {
-                        s.approved += 1;
+                    s.held += g.statements;
+                    if g.outcome == "ok" || g.outcome == "error" {
+                        s.approved += g.statements;
                     }
                 }
                 _ => {}
             }
-            if st.outcome == "ok" {
-                s.run += 1;
-                s.rows_affected += st.rows.unwrap_or(0);
+            if g.outcome == "ok" {
+                s.run += g.statements;
+                s.rows_affected += g.rows;
             }
-            s.masked_fields += st.masked_fields;
+            s.masked_fields += g.masked_fields;
         }
         s
     }

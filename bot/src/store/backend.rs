@@ -1098,6 +1098,40 @@ macro_rules! sql_store {
                 rows.iter().map(session_row).collect()
             }
 
+            async fn session_tally(&self, id: SessionId) -> Result<Option<(SessionRecord, $crate::sessions::SessionTally)>, StoreError> {
+                let row = sqlx::query("SELECT id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms, end_reason FROM sessions WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let session = session_row(&row)?;
+                // Aggregated in the database: a session's statements are never read back here.
+                let groups = sqlx::query("SELECT decision, outcome, COUNT(*) AS n, CAST(COALESCE(SUM(rows), 0) AS BIGINT) AS rows_sum, CAST(COALESCE(SUM(masked_fields), 0) AS BIGINT) AS masked FROM statements WHERE session_id = $1 GROUP BY decision, outcome ORDER BY decision, outcome")
+                    .bind(id.0)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let requests = sqlx::query("SELECT request_id FROM statements WHERE session_id = $1 AND request_id IS NOT NULL GROUP BY request_id ORDER BY MIN(id)")
+                    .bind(id.0)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let count = |v: i64| v.max(0) as u64;
+                let mut tally = $crate::sessions::SessionTally::default();
+                for g in &groups {
+                    tally.groups.push($crate::sessions::TallyGroup {
+                        decision: g.try_get("decision")?,
+                        outcome: g.try_get("outcome")?,
+                        statements: count(g.try_get("n")?),
+                        rows: count(g.try_get("rows_sum")?),
+                        masked_fields: count(g.try_get("masked")?),
+                    });
+                }
+                for r in &requests {
+                    let id: String = r.try_get("request_id")?;
+                    tally.requests.push($crate::store::backend::parse_uuid(&id, "request id")?);
+                }
+                Ok(Some((session, tally)))
+            }
+
             async fn get_session(&self, id: SessionId) -> Result<Option<(SessionRecord, Vec<StatementRecord>)>, StoreError> {
                 let row = sqlx::query("SELECT id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms, end_reason FROM sessions WHERE id = $1")
                     .bind(id.to_string())

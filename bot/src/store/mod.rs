@@ -215,6 +215,11 @@ pub trait Store: Send + Sync + 'static {
     async fn statements_recorded(&self, batch: &[StatementRecord]) -> Result<(), StoreError>;
     /// Sessions, newest first.
     async fn list_sessions(&self, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
+    /// One session with the tally of its statements (what a summary needs), without reading them.
+    async fn session_tally(
+        &self,
+        id: SessionId,
+    ) -> Result<Option<(SessionRecord, crate::sessions::SessionTally)>, StoreError>;
     /// One session with its statements.
     async fn get_session(
         &self,

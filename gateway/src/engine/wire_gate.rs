@@ -277,21 +277,15 @@ impl WireGate for Engine {
 impl Engine {
     /// Queue a threaded session summary when the session had held statements.
     pub async fn session_summary(&self, id: countersign_bot::SessionId) {
-        let Ok(Some((session, statements))) = self.store().get_session(id).await else {
+        let Ok(Some((session, tally))) = self.store().session_tally(id).await else {
             return;
         };
         // Each held request once, in the order the session met them (a re-run names its request again).
-        let mut requests: Vec<RequestId> = Vec::new();
-        for id in statements.iter().filter_map(|s| s.request_id) {
-            if !requests.contains(&id) {
-                requests.push(id);
-            }
-        }
-        if requests.is_empty() {
+        if tally.requests.is_empty() {
             return;
         }
-        let summary =
-            countersign_bot::sessions::SessionSummary::from_records(&session, &statements);
+        let summary = countersign_bot::sessions::SessionSummary::from_tally(&session, &tally);
+        let requests = tally.requests;
         let event = countersign_bot::events::WorkflowEvent::SessionSummary { requests, summary };
         if let Err(e) = self
             .store()
