@@ -1576,3 +1576,26 @@ async fn statement_whose_upstream_dies_mid_statement_is_recorded_with_its_error(
         record.duration
     );
 }
+
+#[tokio::test]
+async fn clients_past_max_connections_are_refused_with_53300_and_served_once_a_place_frees() {
+    let (_gate, addr) = start_with(|c| c.max_connections = 2, "test").await;
+    // Two connections that never finish startup hold both places.
+    let mut idle = vec![
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = tokio_postgres::connect(&conn_str(addr, TOKEN), NoTls)
+        .await
+        .err()
+        .expect("a third connection is refused");
+    let db = err.as_db_error().expect("a FATAL from the gateway");
+    assert_eq!(db.code().code(), "53300", "{db}");
+    assert!(db.message().contains("max_connections"), "{db}");
+    idle.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = connect(addr).await;
+    let row = client.query_one("SELECT 41 + 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+}

@@ -225,13 +225,14 @@ pub async fn spawn_gateway(toml: &str, backend: Backend) -> Gateway {
     for r in channels.routers {
         app = app.merge(r);
     }
-    tasks.push(tokio::spawn(async move {
-        let _ = axum::serve(
-            http_listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await;
-    }));
+    // The listener `countersign serve` uses (connection cap, header deadline).
+    tasks.push(tokio::spawn(countersign_gateway::http::listener::serve(
+        http_listener,
+        app,
+        countersign_gateway::http::listener::HttpLimits::default(),
+        std::future::pending(),
+        std::time::Duration::from_secs(1),
+    )));
     let mut wire = None;
     let mut wire_workers = None;
     if let Some(wcfg) = wire_cfg {

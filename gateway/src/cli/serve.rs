@@ -200,14 +200,20 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
 
     let mut rx = stop_rx.clone();
-    let http = axum::serve(
+    let limits = crate::http::listener::HttpLimits {
+        max_connections: engine.config.server.max_connections,
+        ..Default::default()
+    };
+    // In-flight HTTP requests get up to 30 s to finish after the stop.
+    let http_task = tokio::spawn(crate::http::listener::serve(
         listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = rx.wait_for(|s| *s).await;
-    });
-    let http_task = tokio::spawn(async move { http.await });
+        app,
+        limits,
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        },
+        Duration::from_secs(30),
+    ));
 
     shutdown_signal().await;
     // Stop accepting on both front doors, then release every held statement: wire clients get an error

@@ -74,6 +74,10 @@ pub struct ServerConfig {
     /// Largest accepted request body in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// HTTP connections served at once; more wait to be accepted (keeps file descriptors for the wire
+    /// listener and the store whatever clients do).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Longest `?wait=` a caller may ask for, e.g. `"5m"`.
     #[serde(default = "default_max_wait")]
     pub max_wait: String,
@@ -88,6 +92,9 @@ fn default_listen() -> SocketAddr {
 fn default_max_body() -> usize {
     1024 * 1024
 }
+fn default_max_connections() -> usize {
+    4096
+}
 fn default_max_wait() -> String {
     "5m".into()
 }
@@ -101,6 +108,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             public_base_url: None,
             max_body_bytes: default_max_body(),
+            max_connections: default_max_connections(),
             max_wait: default_max_wait(),
             expiry_sweep: default_expiry_sweep(),
         }

@@ -81,6 +81,18 @@ impl Config {
                 "0 would dead-letter every notification at its first failure; set it to at least 1 (the default is 12), or remove the key",
             );
         }
+        if self.wire.as_ref().is_some_and(|w| w.max_connections == 0) {
+            r.push(
+                "wire.max_connections",
+                "0 would refuse every client; set the number of wire connections served at once (the default is 4096)",
+            );
+        }
+        if self.server.max_connections == 0 {
+            r.push(
+                "server.max_connections",
+                "0 would never accept a connection; set the number of HTTP clients served at once (the default is 4096)",
+            );
+        }
         if let Some(url) = &self.server.public_base_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 r.push(
@@ -297,6 +309,21 @@ mod tests {
         assert_eq!(
             zero,
             ["server.expiry_sweep", "outbox.poll", "outbox.lease"],
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn connection_caps_of_zero_are_refused() {
+        let cfg = Config::from_toml(
+            "[server]\nmax_connections = 0\n[wire]\nlisten = \"127.0.0.1:6432\"\nmax_connections = 0\n",
+            "c.toml",
+        )
+        .unwrap();
+        let report = cfg.validate("c.toml");
+        assert_eq!(
+            keys_saying(&report, "(the default is 4096)"),
+            ["wire.max_connections", "server.max_connections"],
             "{report}"
         );
     }

@@ -3,6 +3,7 @@
 mod auth;
 pub mod error;
 mod health;
+pub mod listener;
 mod query;
 mod requests;
 

@@ -34,6 +34,11 @@ pub struct WireConfig {
     /// Largest client message accepted after startup, in bytes.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
+    /// Client connections open at once (sessions and connections still starting); past it a client is
+    /// refused with 53300 "too many clients", as PostgreSQL does, so the process keeps file descriptors
+    /// for its sessions' upstreams, the HTTP API and the store.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Threads running wire sessions, each a single-threaded runtime; sessions are shared out
     /// round-robin and stay on their thread. Default: one per CPU core, at most 4.
     #[serde(default, deserialize_with = "thread_count")]
@@ -80,6 +85,7 @@ impl WireConfig {
             hold_wait: default_hold_wait(),
             startup_timeout: default_startup_timeout(),
             max_message_size: default_max_message_size(),
+            max_connections: default_max_connections(),
             threads: None,
             busy_poll_us: default_busy_poll_us(),
         }
@@ -109,6 +115,10 @@ fn default_startup_timeout() -> Duration {
 
 fn default_busy_poll_us() -> u64 {
     100
+}
+
+fn default_max_connections() -> usize {
+    4096
 }
 
 fn default_max_message_size() -> usize {

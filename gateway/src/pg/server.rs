@@ -99,17 +99,28 @@ impl WireServer {
             }
         }
         let mut turn = 0usize;
+        let open = Arc::new(tokio::sync::Semaphore::new(
+            self.shared.cfg.max_connections.max(1),
+        ));
         loop {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        let Ok(slot) = open.clone().try_acquire_owned() else {
+                            tokio::spawn(too_many_clients(tcp, peer, self.shared.cfg.max_connections));
+                            continue;
+                        };
                         turn = (turn + 1) % (self.workers.len() + 1);
                         match turn.checked_sub(1).and_then(|i| self.workers.get(i)) {
                             None => {
-                                tokio::spawn(handle_connection(tcp, peer, self.shared.clone()));
+                                let shared = self.shared.clone();
+                                tokio::spawn(async move {
+                                    handle_connection(tcp, peer, shared).await;
+                                    drop(slot);
+                                });
                             }
-                            Some(worker) => hand_over(tcp, peer, worker, self.shared.clone()),
+                            Some(worker) => hand_over(tcp, peer, worker, self.shared.clone(), slot),
                         }
                     }
                     // Out of file descriptors and similar: keep serving the sessions we have.
@@ -177,7 +188,13 @@ impl Drop for WireWorkers {
 
 /// Moves an accepted socket to another runtime: it is deregistered here and registered with the
 /// worker's reactor there.
-fn hand_over(tcp: TcpStream, peer: SocketAddr, worker: &Handle, shared: Arc<Shared>) {
+fn hand_over(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    worker: &Handle,
+    shared: Arc<Shared>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
     let std_tcp = match tcp.into_std() {
         Ok(s) => s,
         Err(e) => {
@@ -186,6 +203,7 @@ fn hand_over(tcp: TcpStream, peer: SocketAddr, worker: &Handle, shared: Arc<Shar
         }
     };
     worker.spawn(async move {
+        let _slot = slot;
         match TcpStream::from_std(std_tcp) {
             Ok(tcp) => handle_connection(tcp, peer, shared).await,
             Err(e) => {
@@ -193,6 +211,20 @@ fn hand_over(tcp: TcpStream, peer: SocketAddr, worker: &Handle, shared: Arc<Shar
             }
         }
     });
+}
+
+/// Refuses a client past `[wire] max_connections` the way PostgreSQL refuses one past `max_connections`:
+/// FATAL 53300 before anything is read, then close.
+async fn too_many_clients(mut tcp: TcpStream, peer: SocketAddr, max: usize) {
+    tracing::warn!(%peer, max_connections = max, "wire client refused: too many connections");
+    let message = format!(
+        "sorry, too many clients already: the gateway serves at most {max} wire connections ([wire] max_connections); retry later"
+    );
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        super::session::fatal(&mut tcp, "53300", &message),
+    )
+    .await;
 }
 
 /// Binds and serves until `shutdown` resolves.
