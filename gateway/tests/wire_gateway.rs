@@ -1599,3 +1599,34 @@ async fn clients_past_max_connections_are_refused_with_53300_and_served_once_a_p
     let row = client.query_one("SELECT 41 + 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_query_still_gets_the_result() {
+    let (_gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    // The query takes a while, so the half-close arrives before its result (as with `psql < file`
+    // pipelines and clients that shut down their sending side after the last request).
+    s.write_all(&message(
+        b'Q',
+        &cstr("SELECT count(*) FROM generate_series(1, 300000), pg_sleep(0.2)"),
+    ))
+    .await
+    .unwrap();
+    s.shutdown().await.unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    let row = frames
+        .iter()
+        .find(|(t, _)| *t == b'D')
+        .expect("the DataRow reaches a half-closed client");
+    assert!(
+        String::from_utf8_lossy(&row.1).ends_with("300000"),
+        "{frames:?}"
+    );
+    assert!(frames
+        .iter()
+        .any(|(t, b)| *t == b'C' && b.starts_with(b"SELECT 1")));
+    // Then the gateway closes, as PostgreSQL does.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+}

@@ -204,6 +204,12 @@ impl BackendTracker {
         self
     }
 
+    /// True once the statement at the head of `in_flight` has started a COPY FROM STDIN, until it ends:
+    /// the upstream may be waiting for data only the client can send.
+    pub fn in_copy_in(&self) -> bool {
+        self.copy_window.is_some()
+    }
+
     /// True between frames: the gateway may inject its own message to the client.
     pub fn at_boundary(&self) -> bool {
         self.skip == 0

@@ -184,6 +184,12 @@ where
             tokio::select! {
                 r = self.client_r.read_buf(&mut self.cbuf) => {
                     if r? == 0 {
+                        // A client that shut down only its sending side still reads: it gets the
+                        // results of what it sent, as from PostgreSQL (not during a COPY FROM STDIN,
+                        // whose data only the client could send).
+                        if !self.backend.in_flight.is_empty() && !self.backend.in_copy_in() {
+                            self.drain_in_flight().await?;
+                        }
                         return Ok(());
                     }
                     super::spin::activity();
@@ -330,6 +336,21 @@ where
     async fn drain_approved(&mut self) -> Result<(), WireError> {
         self.flush_out().await?;
         while self.approved_in_flight() {
+            reserve(&mut self.sbuf, self.backend.need);
+            if self.server_r.read_buf(&mut self.sbuf).await? == 0 {
+                return Err(WireError::Upstream(
+                    "the upstream closed the connection".into(),
+                ));
+            }
+            self.on_server_data().await?;
+        }
+        Ok(())
+    }
+
+    /// Relays the upstream's answers until nothing sent is still upstream.
+    async fn drain_in_flight(&mut self) -> Result<(), WireError> {
+        self.flush_out().await?;
+        while !self.backend.in_flight.is_empty() && !self.backend.in_copy_in() {
             reserve(&mut self.sbuf, self.backend.need);
             if self.server_r.read_buf(&mut self.sbuf).await? == 0 {
                 return Err(WireError::Upstream(
@@ -805,8 +826,8 @@ where
             HoldOutcome::Cancelled => format!("approval request {id} was cancelled; run the statement again to request approval anew"),
             HoldOutcome::ShuttingDown => format!("the gateway is shutting down; approval request {id} stays pending and survives the restart: once it is approved, re-run the identical statement (on any replica) to run it once"),
             HoldOutcome::TimedOut => format!(
-                "approval request {id} is still pending after {}s and stays pending; once it is approved, re-running the identical statement runs it once",
-                self.ctx.hold_wait.as_secs()
+                "approval request {id} is still pending after {:?} and stays pending; once it is approved, re-running the identical statement runs it once",
+                self.ctx.hold_wait
             ),
             // Not "still pending after hold_wait": the wait ended early, and the store, not the
             // reviewers, is why. Nothing ran; the request is as the store last had it.
