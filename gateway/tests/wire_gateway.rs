@@ -1630,3 +1630,46 @@ async fn a_client_that_half_closes_after_its_query_still_gets_the_result() {
     let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
 }
+
+#[tokio::test]
+async fn a_client_writing_a_pipeline_past_the_limit_reads_the_fatal_that_ends_it() {
+    let (_gate, addr) = start_with(|c| c.max_message_size = 1024 * 1024, "test").await;
+    direct()
+        .await
+        .batch_execute("CREATE TABLE IF NOT EXISTS cs_pipeline_limit (id int)")
+        .await
+        .unwrap();
+    let mut s = raw_login(addr).await;
+    // asyncpg's executemany: one Parse, then Bind/Execute pairs, all written before anything is read. The
+    // DELETE needs review, so the batch waits for its Sync and grows past the limit first.
+    let mut pipeline = message(
+        b'P',
+        &[
+            cstr(""),
+            cstr("DELETE FROM cs_pipeline_limit WHERE id = $1"),
+            vec![0, 0],
+        ]
+        .concat(),
+    );
+    let mut bind = cstr("");
+    bind.extend_from_slice(&cstr(""));
+    bind.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+    let execute = message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat());
+    while pipeline.len() < 48 * 1024 * 1024 {
+        pipeline.extend_from_slice(&message(b'B', &bind));
+        pipeline.extend_from_slice(&execute);
+    }
+    pipeline.extend_from_slice(&message(b'S', &[]));
+    // The gateway ends the session partway, but reads and drops what the client still writes: a client
+    // whose write failed (asyncpg) would report "connection closed" without ever reading the FATAL.
+    s.write_all(&pipeline)
+        .await
+        .expect("the client's writes are taken until it can read the FATAL");
+    let frames = read_frames_until(&mut s, b'E').await;
+    let (_, error) = frames.last().unwrap();
+    let text = String::from_utf8_lossy(error);
+    assert!(
+        text.contains("08P01") && text.contains("send Sync"),
+        "{text}"
+    );
+}

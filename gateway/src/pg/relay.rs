@@ -17,6 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// How long a session closed for a protocol violation keeps reading (and dropping) client input, so the
+/// client gets to read the FATAL.
+const LINGER: Duration = Duration::from_secs(2);
+
 const READ_CHUNK: usize = 32 * 1024;
 /// An extended-query batch this large goes upstream before its Sync, as far as it is allowed.
 const EARLY_BATCH: usize = 256 * 1024;
@@ -160,6 +164,7 @@ where
             result
         };
         if let Err(WireError::Protocol(msg)) = &result {
+            tracing::warn!(session = %self.ctx.session.id, error = %msg, "closing a wire session: protocol violation");
             let mut buf = BytesMut::new();
             put_error(
                 &mut buf,
@@ -169,9 +174,25 @@ where
                 None,
             );
             let _ = send(&mut self.client_w, &buf).await;
+            let _ = self.client_w.shutdown().await;
+            self.linger().await;
+            return result;
         }
         let _ = self.client_w.shutdown().await;
         result
+    }
+
+    /// After a FATAL, reads and drops what the client is still sending (a pipeline it wrote before
+    /// reading anything) for a moment: closing a socket with unread input resets the connection, and the
+    /// client's kernel then discards the FATAL before the client reads it.
+    async fn linger(&mut self) {
+        let until = tokio::time::Instant::now() + LINGER;
+        let mut sink = vec![0u8; 64 * 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout_at(until, self.client_r.read(&mut sink)).await {
+            if n == 0 {
+                break;
+            }
+        }
     }
 
     async fn relay(&mut self) -> Result<(), WireError> {
