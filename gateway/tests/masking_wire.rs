@@ -97,11 +97,17 @@ fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
 /// The error a COPY … TO STDOUT ends with, at the start or in its stream (None: it completed).
 async fn copy_out_error(client: &Client, sql: &str) -> Option<tokio_postgres::Error> {
     match client.copy_out(sql).await {
-        Ok(stream) => stream
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .find_map(Result::err),
+        // Up to the first error: a COPY that fails after it started ends there (the stream is not to be
+        // polled after an error).
+        Ok(stream) => {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                if let Err(e) = item {
+                    return Some(e);
+                }
+            }
+            None
+        }
         Err(e) => Some(e),
     }
 }
@@ -510,4 +516,56 @@ async fn notification_payloads_are_masked_like_a_computed_column() {
     )
     .await;
     assert_eq!(got, ["[redacted]"]);
+}
+
+#[tokio::test]
+async fn a_row_too_large_to_examine_is_withheld_unless_no_column_is_masked() {
+    let (_gate, addr) = start(Some(RULES)).await;
+    let client = through(addr).await;
+    let big = countersign_gateway::pg::MAX_MASKED_ROW + 1024;
+    // A masked column (by name) in a row past the limit: the result is withheld, not buffered whole.
+    let err = client
+        .simple_query(&format!("SELECT repeat('x', {big}) AS email"))
+        .await
+        .expect_err("an oversized row with a masked column is withheld");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db.code().code(), "0A000");
+    assert!(
+        db.message().contains("larger than the 32 MiB"),
+        "{}",
+        db.message()
+    );
+    // The same through COPY.
+
+    let err = copy_out_error(
+        &client,
+        &format!("COPY (SELECT repeat('y', {big}) AS email) TO STDOUT"),
+    )
+    .await
+    .expect("an oversized COPY row is withheld");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert!(
+        db.message().contains("larger than the 32 MiB"),
+        "{}",
+        db.message()
+    );
+    // A result none of whose columns is masked streams through whole (column rules only: detectors
+    // examine every text column).
+    let (_gate, addr) = start(Some(
+        "[[rules]]\ncolumns = [\"*email*\"]\nstyle = \"hash\"\n",
+    ))
+    .await;
+    let client = through(addr).await;
+    let rows = client
+        .simple_query(&format!(
+            "SELECT length(v), v FROM (SELECT repeat('7', {big}) AS v) s"
+        ))
+        .await
+        .unwrap();
+    let rows = simple_rows(&rows);
+    assert_eq!(rows[0][0].as_deref(), Some(big.to_string().as_str()));
+    assert_eq!(rows[0][1].as_ref().map(String::len), Some(big));
+    // The session stays usable.
+    let n: i32 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 42);
 }

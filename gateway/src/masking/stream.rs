@@ -276,6 +276,20 @@ impl WireMasker {
         FrameAction::Replace
     }
 
+    /// True when the current result's rows pass unchanged (no column masked, nothing withheld), so a
+    /// row need not be examined.
+    pub fn passes_rows_unchanged(&self) -> bool {
+        self.withhold.is_none() && self.plan.as_ref().is_some_and(|p| !p.active())
+    }
+
+    /// Withholds the current result because one of its rows (of `bytes`) is larger than `max`.
+    pub fn withhold_oversized(&mut self, bytes: usize, max: usize) {
+        self.withhold(format!(
+            "a row of {bytes} bytes is larger than the {} MiB a masked connection examines; select the large column through a connection without masking, or select less of it (substring)",
+            max / (1024 * 1024)
+        ));
+    }
+
     fn withhold(&mut self, why: impl ToString) -> FrameAction {
         if self.withhold.is_none() {
             self.withhold = Some(why.to_string());

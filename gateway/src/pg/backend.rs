@@ -131,6 +131,8 @@ pub fn statement_text<'a>(client_encoding: &str, bytes: &'a [u8]) -> Result<Cow<
 pub struct BackendTracker {
     /// Bytes of a pass-through frame still to come.
     skip: usize,
+    /// Bytes of an oversized row on a masked connection still to drop (see [`MAX_MASKED_ROW`]).
+    drop: usize,
     /// Last ReadyForQuery status (`I`, `T`, `E`).
     pub status: u8,
     /// Statements in flight, oldest first.
@@ -160,6 +162,11 @@ pub struct BackendTracker {
     copies: u64,
 }
 
+/// The largest row a masked connection examines (a DataRow or COPY row, in bytes). Masking holds a row
+/// whole, with masked copies of it: without a bound, a few allowed `SELECT`s of 200 MB values would take
+/// gigabytes. A result with a larger row is withheld (fail closed), unless none of its columns is masked.
+pub const MAX_MASKED_ROW: usize = 32 * 1024 * 1024;
+
 /// The upstream sent something that is not a valid frame.
 #[derive(Debug)]
 pub struct BadFrame;
@@ -169,6 +176,7 @@ impl BackendTracker {
     pub fn new(status: u8) -> Self {
         Self {
             skip: 0,
+            drop: 0,
             status,
             in_flight: VecDeque::new(),
             settled: Vec::new(),
@@ -212,7 +220,7 @@ impl BackendTracker {
 
     /// True between frames: the gateway may inject its own message to the client.
     pub fn at_boundary(&self) -> bool {
-        self.skip == 0
+        self.skip == 0 && self.drop == 0
     }
 
     /// Scans `buf`; returns how many bytes to consume and whether the client gets `rewritten`
@@ -228,8 +236,15 @@ impl BackendTracker {
         self.skip -= pos;
         let mut copied = 0;
         let mut rewrote = false;
+        if self.drop > 0 {
+            // The rest of an oversized row: consumed, never forwarded.
+            pos = self.drop.min(buf.len());
+            self.drop -= pos;
+            copied = pos;
+            rewrote = true;
+        }
         self.need = 0;
-        while self.skip == 0 {
+        while self.skip == 0 && self.drop == 0 {
             let Some((tag, total)) = frame_header(&buf[pos..]) else {
                 break;
             };
@@ -248,6 +263,32 @@ impl BackendTracker {
                 self.skip = total - avail;
                 pos = buf.len();
                 break;
+            }
+            if masking && !hidden && total > MAX_MASKED_ROW && matches!(tag, b'D' | b'd') {
+                let m = self.masker.as_mut().expect("masking implies a masker");
+                if tag == b'D' && m.passes_rows_unchanged() {
+                    // No column of this result is masked: stream the row as an unmasked relay would.
+                    if avail >= total {
+                        pos += total;
+                        continue;
+                    }
+                    self.skip = total - avail;
+                    pos = buf.len();
+                    break;
+                }
+                // Masking needs the whole row in memory (and copies of it); past the limit the result
+                // is withheld instead, and the row dropped as it streams by.
+                m.withhold_oversized(total, MAX_MASKED_ROW);
+                rewritten.extend_from_slice(&buf[copied..pos]);
+                rewrote = true;
+                let take = total.min(avail);
+                pos += take;
+                copied = pos;
+                if take < total {
+                    self.drop = total - take;
+                    break;
+                }
+                continue;
             }
             if avail < total {
                 self.need = total;

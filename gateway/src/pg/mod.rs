@@ -27,6 +27,7 @@ pub mod testing;
 pub(crate) mod upstream;
 pub mod upstream_tls;
 
+pub use backend::MAX_MASKED_ROW;
 pub use config::{TlsFiles, WireAuth, WireConfig};
 pub use error::WireError;
 pub use gate::{
