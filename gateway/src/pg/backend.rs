@@ -255,7 +255,18 @@ impl BackendTracker {
             let rejecting = self.in_flight.front().is_some_and(|f| f.rejection);
             let hidden = rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S');
             let masking = self.masker.is_some() && stream::wants(tag);
-            if !matches!(tag, b'Z' | b'C' | b'E' | b'S' | b'G') && !hidden && !masking {
+            let oversized =
+                masking && !hidden && total > MAX_MASKED_ROW && matches!(tag, b'D' | b'd');
+            // Frames nobody needs to read stream through without being held whole; so does an
+            // oversized row of a result none of whose columns is masked.
+            let streams = (!matches!(tag, b'Z' | b'C' | b'E' | b'S' | b'G') && !hidden && !masking)
+                || (oversized
+                    && tag == b'D'
+                    && self
+                        .masker
+                        .as_ref()
+                        .is_some_and(|m| m.passes_rows_unchanged()));
+            if streams {
                 if avail >= total {
                     pos += total;
                     continue;
@@ -264,18 +275,7 @@ impl BackendTracker {
                 pos = buf.len();
                 break;
             }
-            if masking && !hidden && total > MAX_MASKED_ROW && matches!(tag, b'D' | b'd') {
-                let m = self.masker.as_mut().expect("masking implies a masker");
-                if tag == b'D' && m.passes_rows_unchanged() {
-                    // No column of this result is masked: stream the row as an unmasked relay would.
-                    if avail >= total {
-                        pos += total;
-                        continue;
-                    }
-                    self.skip = total - avail;
-                    pos = buf.len();
-                    break;
-                }
+            if let (true, Some(m)) = (oversized, self.masker.as_mut()) {
                 // Masking needs the whole row in memory (and copies of it); past the limit the result
                 // is withheld instead, and the row dropped as it streams by.
                 m.withhold_oversized(total, MAX_MASKED_ROW);

@@ -355,23 +355,19 @@ where
     }
 
     async fn drain_approved(&mut self) -> Result<(), WireError> {
-        self.flush_out().await?;
-        while self.approved_in_flight() {
-            reserve(&mut self.sbuf, self.backend.need);
-            if self.server_r.read_buf(&mut self.sbuf).await? == 0 {
-                return Err(WireError::Upstream(
-                    "the upstream closed the connection".into(),
-                ));
-            }
-            self.on_server_data().await?;
-        }
-        Ok(())
+        self.drain_while(Self::approved_in_flight).await
     }
 
     /// Relays the upstream's answers until nothing sent is still upstream.
     async fn drain_in_flight(&mut self) -> Result<(), WireError> {
+        self.drain_while(|r| !r.backend.in_flight.is_empty() && !r.backend.in_copy_in())
+            .await
+    }
+
+    /// Reads and handles the upstream's answers while `more` holds (the client reads nothing more).
+    async fn drain_while(&mut self, more: fn(&Self) -> bool) -> Result<(), WireError> {
         self.flush_out().await?;
-        while !self.backend.in_flight.is_empty() && !self.backend.in_copy_in() {
+        while more(self) {
             reserve(&mut self.sbuf, self.backend.need);
             if self.server_r.read_buf(&mut self.sbuf).await? == 0 {
                 return Err(WireError::Upstream(
