@@ -1673,3 +1673,87 @@ async fn a_client_writing_a_pipeline_past_the_limit_reads_the_fatal_that_ends_it
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_simple_query_before_sync_runs_after_the_pending_extended_messages_as_in_postgresql() {
+    let (_gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    // pgJDBC with autosave=always: BEGIN through Parse/Bind/Execute, then a simple-query SAVEPOINT,
+    // then Sync. PostgreSQL answers 1 2 C(BEGIN) C(SAVEPOINT) Z(T) Z(T).
+    let mut msgs = message(b'P', &[cstr(""), cstr("BEGIN"), vec![0, 0]].concat());
+    msgs.extend(message(
+        b'B',
+        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
+    ));
+    msgs.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
+    msgs.extend(message(b'Q', &cstr("SAVEPOINT a")));
+    msgs.extend(message(b'S', &[]));
+    s.write_all(&msgs).await.unwrap();
+    let mut frames = read_frames_until(&mut s, b'Z').await;
+    frames.extend(read_frames_until(&mut s, b'Z').await);
+    assert_eq!(
+        shown_tags(&frames),
+        ["1", "2", "C BEGIN", "C SAVEPOINT", "Z T", "Z T"],
+        "{frames:?}"
+    );
+    // The transaction BEGIN opened is the session's: ROLLBACK ends it without a warning.
+    s.write_all(&message(b'Q', &cstr("ROLLBACK")))
+        .await
+        .unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    assert!(frames.iter().all(|(t, _)| *t != b'N'), "{frames:?}");
+    assert_eq!(frames.last().unwrap().1, b"I");
+}
+
+/// Tags of `frames` in order, with command tags and ReadyForQuery status spelled out.
+fn shown_tags(frames: &[(u8, Vec<u8>)]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|(t, b)| match t {
+            b'C' => format!("C {}", String::from_utf8_lossy(&b[..b.len() - 1])),
+            b'Z' => format!("Z {}", b[0] as char),
+            t => (*t as char).to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_held_batch_before_a_simple_query_is_decided_first_and_answered_once() {
+    let (gate, addr) = start().await;
+    direct()
+        .await
+        .batch_execute("CREATE TABLE IF NOT EXISTS cs_batch_then_query (id int)")
+        .await
+        .unwrap();
+    for (outcome, batch_answer) in [
+        (HoldOutcome::Approved, vec!["1", "2", "C DELETE 0"]),
+        (
+            HoldOutcome::Denied {
+                by: vec!["bob@example.com".into()],
+                reason: None,
+            },
+            vec!["E"],
+        ),
+    ] {
+        gate.push_outcome(Duration::from_millis(100), outcome);
+        let mut s = raw_login(addr).await;
+        let sql = "DELETE FROM cs_batch_then_query WHERE id = 1";
+        let mut msgs = message(b'P', &[cstr(""), cstr(sql), vec![0, 0]].concat());
+        msgs.extend(message(
+            b'B',
+            &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
+        ));
+        msgs.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
+        msgs.extend(message(b'Q', &cstr("SELECT 1")));
+        msgs.extend(message(b'S', &[]));
+        s.write_all(&msgs).await.unwrap();
+        let mut frames = read_frames_until(&mut s, b'Z').await;
+        frames.extend(read_frames_until(&mut s, b'Z').await);
+        // The hold notice, the batch's answer, then the query's; one ReadyForQuery each for the
+        // Query and the client's Sync, none for the gateway's own Sync.
+        let mut want = vec!["N"];
+        want.extend(batch_answer);
+        want.extend(["T", "D", "C SELECT 1", "Z I", "Z I"]);
+        assert_eq!(shown_tags(&frames), want, "{frames:?}");
+    }
+}

@@ -41,6 +41,9 @@ pub struct InFlight {
     pub copy: CopyMarks,
     /// The PREPAREs and DEALLOCATEs of an allowed simple query, which its command tags confirm.
     pub prepared: Option<Box<PendingOps>>,
+    /// The ReadyForQuery ending this answers a Sync the gateway added (a simple Query arrived before
+    /// the client's Sync), so the client, which sent no Sync for it, never sees it.
+    pub swallow_ready: bool,
 }
 
 /// How many COPY FROM STDIN ends (CopyDone or CopyFail) the client had sent when a statement arrived.
@@ -253,7 +256,8 @@ impl BackendTracker {
             }
             let avail = buf.len() - pos;
             let rejecting = self.in_flight.front().is_some_and(|f| f.rejection);
-            let hidden = rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S');
+            let hidden = (rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S'))
+                || (tag == b'Z' && self.in_flight.front().is_some_and(|f| f.swallow_ready));
             let masking = self.masker.is_some() && stream::wants(tag);
             let oversized =
                 masking && !hidden && total > MAX_MASKED_ROW && matches!(tag, b'D' | b'd');
@@ -511,6 +515,7 @@ mod tests {
             batch: None,
             copy: CopyMarks::default(),
             prepared: None,
+            swallow_ready: false,
         }
     }
 

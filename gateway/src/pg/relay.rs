@@ -26,6 +26,7 @@ const READ_CHUNK: usize = 32 * 1024;
 const EARLY_BATCH: usize = 256 * 1024;
 /// A protocol Flush message.
 const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
+const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
 
 /// What the relay needs from the rest of the session.
 pub struct SessionCtx {
@@ -52,6 +53,8 @@ pub struct SessionCtx {
 
 /// A statement or batch waiting for a human decision.
 struct Held {
+    /// Ends with a Sync the gateway added, whose ReadyForQuery the client must not see.
+    swallow_ready: bool,
     bytes: BytesMut,
     sql: Arc<str>,
     binds: Vec<Binding>,
@@ -105,6 +108,8 @@ pub struct Relay<CR, CW, SR, SW> {
     client_gone: bool,
     /// CopyDone and CopyFail messages the client has sent ([`CopyMarks`]).
     copy_ends: u64,
+    /// Set while the unit being decided ends with a Sync the gateway added ([`InFlight::swallow_ready`]).
+    swallow_next: bool,
     /// Bytes of a client CopyData message still to stream upstream unbuffered ([`Self::stream_copy_data`]).
     copy_data_left: usize,
 }
@@ -150,6 +155,7 @@ where
             ctx,
             client_gone: false,
             copy_ends: 0,
+            swallow_next: false,
             copy_data_left: 0,
         }
     }
@@ -414,6 +420,20 @@ where
                 return Ok(Step::NeedMore);
             }
             self.client_need = 0;
+            if matches!(tag, b'Q' | b'F') && !self.batch.bytes.is_empty() {
+                // A simple Query (or function call) before the client's Sync: PostgreSQL runs the
+                // pending extended-query messages first, then it. The gateway decides per Sync, so it
+                // ends the pending messages with a Sync of its own, whose ReadyForQuery the client
+                // never sees, and decides them first; the Query stays in the buffer for the next turn.
+                self.add_to_batch(&SYNC)?;
+                self.swallow_next = true;
+                let held = self.on_sync();
+                self.swallow_next = false;
+                if let Some(held) = held {
+                    return Ok(Step::Hold(held));
+                }
+                continue;
+            }
             let frame = self.cbuf.split_to(total);
             match tag {
                 b'Q' => {
@@ -584,6 +604,7 @@ where
                     batch: None,
                     copy: self.query_marks(),
                     prepared: self.sql_prepared.pending(&verdict),
+                    swallow_ready: false,
                 });
                 None
             }
@@ -601,6 +622,7 @@ where
                 None
             }
             Action::Review => Some(Held {
+                swallow_ready: false,
                 sql: Arc::from(sql),
                 bytes: frame,
                 binds: vec![],
@@ -702,6 +724,7 @@ where
                     batch: Some(number),
                     copy,
                     prepared: None,
+                    swallow_ready: self.swallow_next,
                 });
                 None
             }
@@ -726,6 +749,7 @@ where
             Action::Review => {
                 let verdict = batch.verdict.clone()?;
                 Some(Held {
+                    swallow_ready: self.swallow_next,
                     sql: batch.sql(),
                     binds: batch.binds(),
                     bytes: batch.bytes,
@@ -765,10 +789,20 @@ where
                 at_sync: None,
             },
             prepared: None,
+            swallow_ready: self.swallow_next,
         });
     }
 
     async fn hold(&mut self, held: Held) -> Result<(), WireError> {
+        // Whatever ends the hold (the approved statement, or a refusal in its place) answers the
+        // gateway's own Sync when the held batch ends with one.
+        self.swallow_next = held.swallow_ready;
+        let result = self.hold_inner(held).await;
+        self.swallow_next = false;
+        result
+    }
+
+    async fn hold_inner(&mut self, held: Held) -> Result<(), WireError> {
         let hash = statement_hash(&held.sql, &held.binds);
         let gate = self.ctx.gate.clone();
         let id = match gate
@@ -923,6 +957,7 @@ where
             batch: held.batch,
             copy: held.copy,
             prepared: None,
+            swallow_ready: self.swallow_next,
         });
     }
 }
