@@ -135,22 +135,40 @@ pub const MAX_CHAIN_TOKENS: usize = 5_000;
 /// The most tokens in one comma-separated item at one level of `()` / `[]` nesting, counting an opening
 /// bracket in the item it opens from: an upper bound on how deep a chain of operators, subscripts,
 /// casts or set operations can nest the parsed statement without parentheses, which sqlparser limits.
+/// `CASE … END` is a level of its own whose `WHEN`, `THEN` and `ELSE` end items as commas do:
+/// sqlparser reads the branches in a loop, and pgJDBC's getUDTs sends a CASE with a branch per type.
 pub fn longest_chain(tokens: &StatementTokens) -> usize {
-    // Tokens so far in the current item of each open level, the outermost first.
-    let mut levels: Vec<usize> = vec![0];
+    // Per open level, the outermost first: tokens so far in its current item, and whether a CASE
+    // opened it.
+    let mut levels: Vec<(usize, bool)> = vec![(0, false)];
     let mut longest = 0;
     for token in &tokens.0 {
-        let depth = levels.len() - 1;
+        let top = levels.len() - 1;
+        let in_case = levels[top].1;
         match token {
-            Token::Comma => levels[depth] = 0,
-            Token::RParen | Token::RBracket if depth > 0 => {
+            Token::Comma => levels[top].0 = 0,
+            Token::RParen | Token::RBracket if top > 0 => {
+                // A CASE left open inside the brackets closes with them.
+                while levels.len() > 1 && levels[levels.len() - 1].1 {
+                    levels.pop();
+                }
+                if levels.len() > 1 {
+                    levels.pop();
+                }
+            }
+            t if in_case && ["WHEN", "THEN", "ELSE"].iter().any(|k| is_keyword(t, k)) => {
+                levels[top].0 = 0;
+            }
+            t if in_case && is_keyword(t, "END") => {
                 levels.pop();
             }
             other => {
-                levels[depth] += 1;
-                longest = longest.max(levels[depth]);
+                levels[top].0 += 1;
+                longest = longest.max(levels[top].0);
                 if matches!(other, Token::LParen | Token::LBracket) {
-                    levels.push(0);
+                    levels.push((0, false));
+                } else if is_keyword(other, "CASE") {
+                    levels.push((0, true));
                 }
             }
         }
@@ -470,6 +488,11 @@ mod tests {
         assert_eq!(chain("SELECT x[1][2][3]"), 5);
         // A stray closing bracket does not leave the outermost level.
         assert_eq!(chain("SELECT ) ) 1"), 4);
+        // CASE branches are items of a level of their own, counted once where the CASE opens.
+        assert_eq!(chain("SELECT CASE WHEN a = 1 THEN 2 + 2 ELSE 3 END + x"), 4);
+        assert_eq!(chain("SELECT (CASE WHEN a THEN b) + 1"), 4);
+        // END outside a CASE (END as COMMIT) is an ordinary word.
+        assert_eq!(chain("END"), 1);
     }
 
     #[test]

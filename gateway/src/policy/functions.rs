@@ -226,11 +226,17 @@ const READ_ONLY: &[&str] = &[
     "pg_advisory_unlock_all",
     "pg_advisory_unlock_shared",
     "pg_backend_pid",
+    "pg_blocking_pids",
     "pg_char_to_encoding",
     "pg_collation_is_visible",
+    "pg_column_compression",
     "pg_column_size",
+    "pg_conf_load_time",
     "pg_conversion_is_visible",
+    "pg_current_snapshot",
     "pg_database_size",
+    // Catalog introspection psql's \dx+, \db+, \dF+ and pgJDBC's metadata run.
+    "pg_describe_object",
     "pg_encoding_to_char",
     // Exports this transaction's snapshot so another session (pg_dump -j) reads the same data; it
     // changes no data, and PostgreSQL allows it on a read-only standby.
@@ -245,6 +251,7 @@ const READ_ONLY: &[&str] = &[
     "pg_get_functiondef",
     "pg_get_indexdef",
     "pg_get_keywords",
+    "pg_get_object_address",
     "pg_get_partition_constraintdef",
     "pg_get_partkeydef",
     "pg_get_publication_tables",
@@ -258,8 +265,16 @@ const READ_ONLY: &[&str] = &[
     "pg_get_userbyid",
     "pg_get_viewdef",
     "pg_has_role",
+    "pg_identify_object",
+    "pg_identify_object_as_address",
+    "pg_index_column_has_property",
+    "pg_index_has_property",
+    "pg_indexam_has_property",
     "pg_indexes_size",
     "pg_is_in_recovery",
+    "pg_jit_available",
+    "pg_listening_channels",
+    "pg_my_temp_schema",
     "pg_opclass_is_visible",
     "pg_operator_is_visible",
     "pg_opfamily_is_visible",
@@ -274,11 +289,14 @@ const READ_ONLY: &[&str] = &[
     "pg_relation_size",
     "pg_sequence_last_value",
     "pg_sequence_parameters",
+    "pg_settings_get_flags",
+    "pg_size_bytes",
     "pg_size_pretty",
     "pg_statistics_obj_is_visible",
     "pg_table_is_visible",
     "pg_table_size",
     "pg_tablespace_location",
+    "pg_tablespace_size",
     "pg_total_relation_size",
     "pg_ts_config_is_visible",
     "pg_ts_dict_is_visible",
@@ -293,6 +311,7 @@ const READ_ONLY: &[&str] = &[
     "quote_nullable",
     "random",
     "rank",
+    "regclass",
     "regexp_match",
     "regexp_matches",
     "regexp_replace",
@@ -337,8 +356,11 @@ const READ_ONLY: &[&str] = &[
     "translate",
     "trim",
     "trunc",
+    "ts_parse",
+    "ts_token_type",
     "tsrange",
     "tstzrange",
+    "txid_current_snapshot",
     "unnest",
     "upper",
     "user",
@@ -431,7 +453,10 @@ pub fn check_function(name: &str) -> FunctionCheck {
             reason: format!("calls {name}: {why}"),
         };
     }
-    if builtin_schema && READ_ONLY.binary_search(&base).is_ok() {
+    if (builtin_schema && READ_ONLY.binary_search(&base).is_ok())
+        || (schema == Some("information_schema")
+            && INFORMATION_SCHEMA_READ_ONLY.binary_search(&base).is_ok())
+    {
         return FunctionCheck {
             action: Action::Allow,
             reason: String::new(),
@@ -442,6 +467,23 @@ pub fn check_function(name: &str) -> FunctionCheck {
         reason: format!("calls {name}: not on the read-only function list"),
     }
 }
+
+/// Read-only helpers of the `information_schema` views (pgJDBC's getPrimaryKeys and getIndexInfo call
+/// `_pg_expandarray`), vetted only when called with that schema: only a superuser can create functions
+/// there, while an unqualified `_pg_…` could name anyone's function. Sorted.
+const INFORMATION_SCHEMA_READ_ONLY: &[&str] = &[
+    "_pg_char_max_length",
+    "_pg_char_octet_length",
+    "_pg_datetime_precision",
+    "_pg_expandarray",
+    "_pg_index_position",
+    "_pg_interval_type",
+    "_pg_numeric_precision",
+    "_pg_numeric_precision_radix",
+    "_pg_numeric_scale",
+    "_pg_truetypid",
+    "_pg_truetypmod",
+];
 
 /// True when `base` (an unqualified, lower-case name) is on the vetted read-only function list.
 pub fn is_vetted_read_only(base: &str) -> bool {
@@ -476,6 +518,7 @@ mod tests {
             "READ_ONLY must be sorted and unique"
         );
         assert!(HARMLESS_SETTINGS.windows(2).all(|w| w[0] < w[1]));
+        assert!(INFORMATION_SCHEMA_READ_ONLY.windows(2).all(|w| w[0] < w[1]));
         assert!(
             READ_ONLY.len() >= 100,
             "allowlist has {} names",

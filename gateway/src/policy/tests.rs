@@ -229,6 +229,13 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT tstzrange(now(), now() + interval '1 day'), int4range(1, 5), isempty(numrange(1, 1))", Allow, "SELECT"),
     ("SELECT width_bucket(5.3, 0, 10, 5), to_regclass('pg_class'), currval('s')", Allow, "SELECT"),
     ("SET default_transaction_deferrable = on", Allow, "SET"),
+    // pgJDBC getPrimaryKeys / getIndexInfo, psql \dx+ \db+ \dF+
+    ("SELECT (information_schema._pg_expandarray(i.indkey)).n FROM pg_catalog.pg_index i", Allow, "SELECT"),
+    ("SELECT information_schema._pg_char_max_length(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a", Allow, "SELECT"),
+    ("SELECT _pg_expandarray(ARRAY[1])", Review, "not on the read-only"),
+    ("SELECT public._pg_expandarray(ARRAY[1])", Review, "not on the read-only"),
+    ("SELECT pg_catalog.pg_describe_object(classid, objid, 0) FROM pg_catalog.pg_depend", Allow, "SELECT"),
+    ("SELECT pg_catalog.pg_tablespace_size(oid), ts_token_type(3722) FROM pg_catalog.pg_tablespace", Allow, "SELECT"),
     ("LISTEN jobs", Allow, "LISTEN"),
     ("UNLISTEN *", Allow, "UNLISTEN"),
     ("SET ROLE admin", Review, "SET ROLE changes the session identity"),
@@ -1173,6 +1180,20 @@ fn long_operator_chains_fail_closed_without_overflowing_the_stack() {
         "||'a'".repeat(50_000)
     ));
     assert_eq!(v.action, Block);
+    // pgJDBC's getUDTs: a CASE with a branch per type is long but flat, and parses.
+    let branches: String = (0..2_000)
+        .map(|i| format!(" WHEN t.oid = {i} THEN {i}"))
+        .collect();
+    let v = verdict_on_small_stack(format!(
+        "SELECT CASE{branches} ELSE 0 END AS data_type FROM pg_catalog.pg_type t"
+    ));
+    assert_eq!((v.action, v.statements[0].unparsed), (Allow, false));
+    // A chain inside one branch still counts.
+    let v = verdict_on_small_stack(format!(
+        "SELECT CASE WHEN x THEN 1{} END",
+        "+1".repeat(200_000)
+    ));
+    assert_eq!(v.action, Review);
     // Just within the limit, the densest chain (one token per level) still parses and is allowed.
     let within = format!(
         "SELECT x{}",
