@@ -7,8 +7,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use countersign_bot::testing::{fresh_pg, fresh_sqlite, human, workload};
 use countersign_bot::{
-    ApproverDirectory, ApproverGroup, Decision, NewRequest, RequestStatus, RequesterChain,
-    StatementHash, Store, Submitted, VoteResult, Workflow,
+    ApproverDirectory, ApproverGroup, Decision, NewRequest, RequestId, RequestStatus,
+    RequesterChain, StatementHash, Store, Submitted, VoteResult, Workflow,
 };
 use countersign_notifiers::jira::{
     self, adf, JiraConfig, JiraCredentials, JiraInbound, JiraNotifier,
@@ -208,6 +208,21 @@ struct Harness {
     fake: Fake,
 }
 
+impl Harness {
+    /// Submits `sql`, delivers the outbox, and returns the request and the key of its Jira issue.
+    async fn issue_for(&self, sql: &str) -> (RequestId, String) {
+        let view = submit(&self.workflow, sql).await;
+        drain(&self.worker).await;
+        let key = self
+            .store
+            .get_ref(view.request.id, "jira", "issue")
+            .await
+            .expect("ref")
+            .expect("issue key stored");
+        (view.request.id, key)
+    }
+}
+
 async fn harness(store: Arc<dyn Store>) -> Harness {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (base, fake) = spawn_fake_jira().await;
@@ -320,16 +335,7 @@ async fn jira_transition_and_api_vote_reach_quorum_and_requester_is_refused() {
         "DELETE FROM orders WHERE note = '{}'",
         "*[link](https://evil)* ".repeat(6)
     );
-    let view = submit(&h.workflow, &sql).await;
-    let id = view.request.id;
-    drain(&h.worker).await;
-
-    let key = h
-        .store
-        .get_ref(id, "jira", "issue")
-        .await
-        .expect("ref")
-        .expect("issue key stored");
+    let (id, key) = h.issue_for(&sql).await;
     {
         let f = h.fake.lock().unwrap();
         let issue = &f.issues[&key];
@@ -522,15 +528,7 @@ async fn a_statement_the_issue_shows_only_in_part_cannot_be_approved_from_jira()
         "UPDATE orders SET note = 'x' WHERE id = 1;{} UPDATE orders SET note = 'pwned'",
         "\n-- routine maintenance".repeat(12)
     );
-    let view = submit(&h.workflow, &long_sql).await;
-    let id = view.request.id;
-    drain(&h.worker).await;
-    let key = h
-        .store
-        .get_ref(id, "jira", "issue")
-        .await
-        .expect("ref")
-        .expect("issue key stored");
+    let (id, key) = h.issue_for(&long_sql).await;
     {
         let f = h.fake.lock().unwrap();
         let text = adf::plain_text(&f.issues[&key].fields["description"]);

@@ -418,6 +418,15 @@ macro_rules! sql_store {
         }
 
         impl $ty {
+            /// The session row of `id`, if recorded.
+            async fn session_record(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+                let row = sqlx::query("SELECT id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms, end_reason FROM sessions WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(session_row).transpose()
+            }
+
             async fn load_view(conn: &mut $conn, id: &str) -> Result<Option<RequestView>, StoreError> {
                 let row = sqlx::query(
                     "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json FROM requests WHERE id = $1",
@@ -1099,12 +1108,7 @@ macro_rules! sql_store {
             }
 
             async fn session_tally(&self, id: SessionId) -> Result<Option<(SessionRecord, $crate::sessions::SessionTally)>, StoreError> {
-                let row = sqlx::query("SELECT id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms, end_reason FROM sessions WHERE id = $1")
-                    .bind(id.to_string())
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let Some(row) = row else { return Ok(None) };
-                let session = session_row(&row)?;
+                let Some(session) = self.session_record(id).await? else { return Ok(None) };
                 // Aggregated in the database: a session's statements are never read back here.
                 let groups = sqlx::query("SELECT decision, outcome, COUNT(*) AS n, CAST(COALESCE(SUM(rows), 0) AS BIGINT) AS rows_sum, CAST(COALESCE(SUM(masked_fields), 0) AS BIGINT) AS masked FROM statements WHERE session_id = $1 GROUP BY decision, outcome ORDER BY decision, outcome")
                     .bind(id.0)
@@ -1133,12 +1137,7 @@ macro_rules! sql_store {
             }
 
             async fn get_session(&self, id: SessionId) -> Result<Option<(SessionRecord, Vec<StatementRecord>)>, StoreError> {
-                let row = sqlx::query("SELECT id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms, end_reason FROM sessions WHERE id = $1")
-                    .bind(id.to_string())
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let Some(row) = row else { return Ok(None) };
-                let session = session_row(&row)?;
+                let Some(session) = self.session_record(id).await? else { return Ok(None) };
                 let rows = sqlx::query("SELECT session_id, sql, statement_hash, decision, request_id, outcome, command_tag, rows, error, masked_fields, duration_us, at_ms FROM statements WHERE session_id = $1 ORDER BY id")
                     .bind(id.0)
                     .fetch_all(&self.pool)
