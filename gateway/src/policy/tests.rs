@@ -1188,6 +1188,13 @@ fn long_operator_chains_fail_closed_without_overflowing_the_stack() {
         "SELECT CASE{branches} ELSE 0 END AS data_type FROM pg_catalog.pg_type t"
     ));
     assert_eq!((v.action, v.statements[0].unparsed), (Allow, false));
+    // CASEs nested in one another are bounded by the parser's recursion limit: held, no overflow.
+    let v = verdict_on_small_stack(format!(
+        "SELECT {}1{}",
+        "CASE WHEN x THEN ".repeat(20_000),
+        " END".repeat(20_000)
+    ));
+    assert_eq!(v.action, Review);
     // A chain inside one branch still counts.
     let v = verdict_on_small_stack(format!(
         "SELECT CASE WHEN x THEN 1{} END",
