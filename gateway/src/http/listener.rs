@@ -50,15 +50,13 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only, as axum::serve served it: agents, Slack, Jira and browsers all speak it, and
+    // HTTP/2 without TLS would only add surface.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
     tokio::pin!(shutdown);
     let mut warned_full = false;
     loop {
@@ -101,7 +99,7 @@ pub async fn serve(
             },
         ));
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .serve_connection(TokioIo::new(tcp), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -163,6 +161,24 @@ mod tests {
         let out = get_peer(addr).await;
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         assert!(out.ends_with("127.0.0.1"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn http2_prior_knowledge_is_not_spoken() {
+        let (addr, _stop) = start(HttpLimits::default()).await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+        // An HTTP/1.1 server answers the preface as a bad request (or just closes); an HTTP/2 one
+        // would send a SETTINGS frame.
+        assert!(
+            out.is_empty() || out.starts_with(b"HTTP/1.1 4"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
     }
 
     #[tokio::test]
