@@ -1680,17 +1680,7 @@ async fn a_simple_query_before_sync_runs_after_the_pending_extended_messages_as_
     let mut s = raw_login(addr).await;
     // pgJDBC with autosave=always: BEGIN through Parse/Bind/Execute, then a simple-query SAVEPOINT,
     // then Sync. PostgreSQL answers 1 2 C(BEGIN) C(SAVEPOINT) Z(T) Z(T).
-    let mut msgs = message(b'P', &[cstr(""), cstr("BEGIN"), vec![0, 0]].concat());
-    msgs.extend(message(
-        b'B',
-        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
-    ));
-    msgs.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
-    msgs.extend(message(b'Q', &cstr("SAVEPOINT a")));
-    msgs.extend(message(b'S', &[]));
-    s.write_all(&msgs).await.unwrap();
-    let mut frames = read_frames_until(&mut s, b'Z').await;
-    frames.extend(read_frames_until(&mut s, b'Z').await);
+    let frames = execute_then_query(&mut s, "BEGIN", "SAVEPOINT a").await;
     assert_eq!(
         shown_tags(&frames),
         ["1", "2", "C BEGIN", "C SAVEPOINT", "Z T", "Z T"],
@@ -1703,6 +1693,23 @@ async fn a_simple_query_before_sync_runs_after_the_pending_extended_messages_as_
     let frames = read_frames_until(&mut s, b'Z').await;
     assert!(frames.iter().all(|(t, _)| *t != b'N'), "{frames:?}");
     assert_eq!(frames.last().unwrap().1, b"I");
+}
+
+/// Sends `statement` through Parse/Bind/Execute, then `query` as a simple Query, then Sync, in one
+/// write; returns every frame up to the second ReadyForQuery (the Query's and the Sync's).
+async fn execute_then_query(s: &mut TcpStream, statement: &str, query: &str) -> Vec<(u8, Vec<u8>)> {
+    let mut msgs = message(b'P', &[cstr(""), cstr(statement), vec![0, 0]].concat());
+    msgs.extend(message(
+        b'B',
+        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
+    ));
+    msgs.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
+    msgs.extend(message(b'Q', &cstr(query)));
+    msgs.extend(message(b'S', &[]));
+    s.write_all(&msgs).await.unwrap();
+    let mut frames = read_frames_until(s, b'Z').await;
+    frames.extend(read_frames_until(s, b'Z').await);
+    frames
 }
 
 /// Tags of `frames` in order, with command tags and ReadyForQuery status spelled out.
@@ -1738,17 +1745,7 @@ async fn a_held_batch_before_a_simple_query_is_decided_first_and_answered_once()
         gate.push_outcome(Duration::from_millis(100), outcome);
         let mut s = raw_login(addr).await;
         let sql = "DELETE FROM cs_batch_then_query WHERE id = 1";
-        let mut msgs = message(b'P', &[cstr(""), cstr(sql), vec![0, 0]].concat());
-        msgs.extend(message(
-            b'B',
-            &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
-        ));
-        msgs.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
-        msgs.extend(message(b'Q', &cstr("SELECT 1")));
-        msgs.extend(message(b'S', &[]));
-        s.write_all(&msgs).await.unwrap();
-        let mut frames = read_frames_until(&mut s, b'Z').await;
-        frames.extend(read_frames_until(&mut s, b'Z').await);
+        let frames = execute_then_query(&mut s, sql, "SELECT 1").await;
         // The hold notice, the batch's answer, then the query's; one ReadyForQuery each for the
         // Query and the client's Sync, none for the gateway's own Sync.
         let mut want = vec!["N"];
