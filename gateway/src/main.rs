@@ -8,6 +8,7 @@ fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(countersign_gateway::THREAD_STACK)
         .build()
     {
         Ok(rt) => rt,

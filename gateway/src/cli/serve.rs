@@ -73,6 +73,7 @@ async fn spawn_wire(
     let worker_handles = workers.handles();
     std::thread::Builder::new()
         .name("countersign-wire".into())
+        .stack_size(crate::THREAD_STACK)
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,

@@ -61,10 +61,93 @@ enum Text<'a> {
 /// `sql` parsed, or `None` when it does not parse or holds an expression chain too long to walk without
 /// overflowing the stack (see [`crate::policy::fallback::MAX_CHAIN_TOKENS`]); callers fail closed.
 pub(super) fn parse_bounded(sql: &str) -> Option<Vec<Statement>> {
-    if crate::policy::fallback::exceeds_chain_limit(sql) {
+    if crate::policy::fallback::exceeds_chain_limit(sql)
+        || crate::policy::fallback::has_unicode_identifier(sql)
+    {
         return None;
     }
     Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()
+}
+
+/// True when the statements rename or spread columns in ways the name-based reading below cannot
+/// follow: a column alias list (`people t(a, b, c)` makes `c` the third column, whatever its name), or
+/// `*` / `TABLE` anywhere but the plain top-level select list (in a set operation or a subquery
+/// their columns come out as computed ones, with no table to match). Callers then redact every
+/// computed column.
+fn defeats_name_tracking(statements: &[Statement]) -> bool {
+    struct Finder {
+        depth: usize,
+        top_is_set_operation: bool,
+        found: bool,
+    }
+    fn has_table(set: &SetExpr) -> bool {
+        match set {
+            SetExpr::Table(_) => true,
+            SetExpr::SetOperation { left, right, .. } => has_table(left) || has_table(right),
+            SetExpr::Query(q) => has_table(&q.body),
+            _ => false,
+        }
+    }
+    impl sqlparser::ast::Visitor for Finder {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &sqlparser::ast::Query) -> ControlFlow<()> {
+            self.depth += 1;
+            if self.depth == 1 {
+                self.top_is_set_operation = !matches!(*query.body, SetExpr::Select(_));
+            }
+            if has_table(&query.body) && (self.depth > 1 || self.top_is_set_operation) {
+                self.found = true;
+            }
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _query: &sqlparser::ast::Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_select(&mut self, select: &sqlparser::ast::Select) -> ControlFlow<()> {
+            let spreads = select.projection.iter().any(|i| {
+                matches!(
+                    i,
+                    SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+                )
+            });
+            if spreads && (self.depth > 1 || self.top_is_set_operation) {
+                self.found = true;
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            // Relations whose columns may be a table's (function arguments in FROM are read
+            // elsewhere, and VALUES holds only the statement's own literals).
+            let alias = match factor {
+                TableFactor::Derived { subquery, .. }
+                    if matches!(*subquery.body, SetExpr::Values(_)) =>
+                {
+                    None
+                }
+                // `generate_series(1, 3) AS g(n)`: a function call, not a table.
+                TableFactor::Table { args: Some(_), .. } => None,
+                TableFactor::Table { alias, .. }
+                | TableFactor::Derived { alias, .. }
+                | TableFactor::NestedJoin { alias, .. } => alias.as_ref(),
+                _ => None,
+            };
+            if alias.is_some_and(|a| !a.columns.is_empty()) {
+                self.found = true;
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut finder = Finder {
+        depth: 0,
+        top_is_set_operation: false,
+        found: false,
+    };
+    for statement in statements {
+        finder.depth = 0;
+        let _ = sqlparser::ast::Visit::visit(statement, &mut finder);
+    }
+    finder.found
 }
 
 /// As [`exposure`], for this kind of SQL.
@@ -76,7 +159,7 @@ fn exposure_with(sql: &str, rules: &CompiledRules, text: Text<'_>, columns: usiz
         return Exposure::All;
     };
     let seen = Seen::of(&statements);
-    if seen.opaque || seen.reads_statistics() {
+    if seen.opaque || seen.reads_statistics() || defeats_name_tracking(&statements) {
         return Exposure::All;
     }
     let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules, text);
@@ -550,6 +633,18 @@ mod tests {
                 "WITH u AS (UPDATE users SET n = 1 RETURNING n * 2 AS x) SELECT x FROM u",
                 false,
             ),
+            // Column alias lists rename a table's columns by position.
+            ("SELECT md5(c), lower(c) FROM people t(a, b, c)", true),
+            ("SELECT lower(c) FROM (SELECT * FROM people) s(a, b, c)", true),
+            ("SELECT lower(j.z) FROM (people JOIN other USING (id)) AS j(a, b, z)", true),
+            ("SELECT CASE WHEN true THEN c END FROM people t(a, b, c)", true),
+            // `*` and TABLE in a set operation or subquery come out as computed columns.
+            ("SELECT 0, 'x', 'y', 'z' UNION ALL TABLE people", true),
+            ("SELECT 0, 'x', 'y', 'z' UNION ALL SELECT * FROM people", true),
+            ("SELECT 0, 'x' UNION ALL SELECT p.* FROM people p", true),
+            ("SELECT * FROM (SELECT 1, 2 UNION ALL TABLE people) s", true),
+            // U&"…" names are not decoded: nothing can be told about them.
+            ("SELECT lower(U&\"\\0073sn\") FROM people", true),
             ("FETCH ALL FROM c", true),
             ("FETCH NEXT IN c", true),
             ("EXECUTE p", true),

@@ -161,6 +161,7 @@ impl WireWorkers {
             workers.threads.push(
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
+                    .stack_size(crate::THREAD_STACK)
                     .spawn(move || {
                         rt.block_on(async move {
                             let _ = halted.wait_for(|h| *h).await;

@@ -17,7 +17,7 @@ use sqlparser::tokenizer::Token;
 
 use super::fallback::{
     classify_unparsed, classify_untokenizable, is_keyword, longest_chain, split_statements,
-    user_operators, StatementTokens, MAX_CHAIN_TOKENS,
+    unicode_identifier, user_operators, StatementTokens, MAX_CHAIN_TOKENS,
 };
 use super::functions::check_function;
 use super::reparse::classify_without_inert_clause;
@@ -52,6 +52,12 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
             &format!(
                 "one expression holds {chain} tokens without a comma or bracket, more than the {MAX_CHAIN_TOKENS} the policy parses; split it into smaller statements or expressions"
             ),
+        );
+    }
+    if unicode_identifier(tokens) {
+        return classify_unparsed(
+            tokens,
+            "a U&\"…\" identifier, which the policy does not decode; write the name plainly or in ordinary double quotes",
         );
     }
     let facts = classify_parsed_or_not(tokens);

@@ -142,9 +142,15 @@ pub fn longest_chain(tokens: &StatementTokens) -> usize {
     // opened it.
     let mut levels: Vec<(usize, bool)> = vec![(0, false)];
     let mut longest = 0;
+    let mut previous: Option<&Token> = None;
     for token in &tokens.0 {
         let top = levels.len() - 1;
-        let in_case = levels[top].1;
+        // After `.`, `::` or AS these words are names (`x.case`, `1::then`, `AS end`), which PostgreSQL
+        // and sqlparser accept there: they open, split or close nothing.
+        let named = matches!(previous, Some(Token::Period | Token::DoubleColon))
+            || previous.is_some_and(|p| is_keyword(p, "AS"));
+        previous = Some(token);
+        let in_case = levels[top].1 && !named;
         match token {
             Token::Comma => levels[top].0 = 0,
             Token::RParen | Token::RBracket if top > 0 => {
@@ -167,7 +173,7 @@ pub fn longest_chain(tokens: &StatementTokens) -> usize {
                 longest = longest.max(levels[top].0);
                 if matches!(other, Token::LParen | Token::LBracket) {
                     levels.push((0, false));
-                } else if is_keyword(other, "CASE") {
+                } else if !named && is_keyword(other, "CASE") {
                     levels.push((0, true));
                 }
             }
@@ -265,6 +271,22 @@ fn as_postgres_lexes(op: &str) -> &str {
     } else {
         trimmed
     }
+}
+
+/// True when `tokens` hold a `U&"…"` identifier (PostgreSQL's Unicode-escaped name), which sqlparser
+/// reads as `U & "…"`: the name it stands for (`U&"\0061rchive"` is `archive`) is never seen, so a
+/// statement with one can't be judged by its names.
+pub fn unicode_identifier(tokens: &StatementTokens) -> bool {
+    tokens.0.windows(3).any(|w| {
+        matches!(&w[0], Token::Word(u) if u.quote_style.is_none() && u.value.eq_ignore_ascii_case("u"))
+            && w[1] == Token::Ampersand
+            && matches!(&w[2], Token::Word(q) if q.quote_style == Some('"'))
+    })
+}
+
+/// [`unicode_identifier`] for any statement of `sql` (text that does not tokenize has none).
+pub fn has_unicode_identifier(sql: &str) -> bool {
+    split_statements(sql).is_ok_and(|pieces| pieces.iter().any(unicode_identifier))
 }
 
 /// True when a statement of `sql` holds a chain longer than [`MAX_CHAIN_TOKENS`], which must not be
@@ -493,6 +515,10 @@ mod tests {
         assert_eq!(chain("SELECT (CASE WHEN a THEN b) + 1"), 4);
         // END outside a CASE (END as COMMIT) is an ordinary word.
         assert_eq!(chain("END"), 1);
+        // Keywords used as names open and split nothing: `x.case || 1 || x.then || 1` is one chain.
+        assert_eq!(chain("SELECT x.case || 1 || x.then || 1 || x.end"), 16);
+        assert_eq!(chain("SELECT 1 AS case + 1 + 1 + 1"), 10);
+        assert_eq!(chain("SELECT CASE WHEN a THEN 2::then + 1 END"), 5);
     }
 
     #[test]

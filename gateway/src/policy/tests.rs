@@ -221,6 +221,10 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Allow, "SET"),
     ("RESET ALL", Allow, "RESET"),
     ("DISCARD ALL", Allow, "DISCARD"),
+    // U&"…" identifiers are not decoded (sqlparser reads `U & "…"`): never allowed by their look.
+    ("SELECT p.U&\"\\0061rchive\" FROM people p", Review, "U&"),
+    ("SELECT U&\"\\0070g_read_file\"('/etc/hostname')", Review, "U&"),
+    ("SELECT u & \"mask\" FROM flags", Review, "U&"),
     // What asyncpg's pool runs when a connection is returned: releases only this session's locks.
     ("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;", Allow, "SELECT"),
     ("SELECT pg_advisory_unlock(42), pg_advisory_unlock_shared(7)", Allow, "SELECT"),
@@ -1188,6 +1192,22 @@ fn long_operator_chains_fail_closed_without_overflowing_the_stack() {
         "SELECT CASE{branches} ELSE 0 END AS data_type FROM pg_catalog.pg_type t"
     ));
     assert_eq!((v.action, v.statements[0].unparsed), (Allow, false));
+    // Keywords as column names after `.` neither open a CASE nor end its items: the chain still counts.
+    let parts: Vec<String> = std::iter::once("x.case".to_string())
+        .chain((0..200_000).map(|i| {
+            if i % 1000 == 0 {
+                "x.then".into()
+            } else {
+                "1".into()
+            }
+        }))
+        .collect();
+    let v = verdict_on_small_stack(format!(
+        "SELECT {} FROM (SELECT 1 AS case, 1 AS then) x",
+        parts.join("||")
+    ));
+    assert_eq!(v.action, Review);
+    assert!(v.statements[0].unparsed);
     // CASEs nested in one another are bounded by the parser's recursion limit: held, no overflow.
     let v = verdict_on_small_stack(format!(
         "SELECT {}1{}",
