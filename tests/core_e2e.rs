@@ -1174,7 +1174,13 @@ async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
              CREATE FUNCTION public.length(x int) RETURNS int LANGUAGE plpgsql
                AS $$BEGIN INSERT INTO log VALUES ('length'); RETURN 1; END$$;
              CREATE FUNCTION public.substring(a int, b int, c int) RETURNS int LANGUAGE plpgsql
-               AS $$BEGIN INSERT INTO log VALUES ('substring'); RETURN 1; END$$;",
+               AS $$BEGIN INSERT INTO log VALUES ('substring'); RETURN 1; END$$;
+             CREATE FUNCTION public.side() RETURNS int LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('side'); RETURN 1; END$$;
+             CREATE VIEW v_side AS SELECT public.side() AS n;
+             CREATE SEQUENCE sq;
+             CREATE VIEW v_seq AS SELECT nextval('sq') AS n;
+             CREATE VIEW v_plain AS SELECT v, length(v) AS l FROM log;",
         )
         .await
         .unwrap();
@@ -1206,6 +1212,38 @@ async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
             "{call}: the shadowing function never ran"
         );
     }
+    // Views whose definition calls a user function or a volatile one run it on every read: held.
+    for (read, function) in [
+        ("SELECT * FROM v_side", "calls side"),
+        ("SELECT n FROM public.v_seq", "nextval"),
+    ] {
+        let r = gw.query(AGENT, read).await;
+        assert_eq!(r.status, 202, "{read} held, not run: {:?}", r.body);
+        assert!(
+            r.body.to_string().contains(function),
+            "{read}: {:?}",
+            r.body
+        );
+    }
+    assert_eq!(writes().await, 0, "the view's function never ran");
+    let seq: i64 = in_db
+        .query_one("SELECT last_value FROM sq", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let called: bool = in_db
+        .query_one("SELECT is_called FROM sq", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (seq, called),
+        (1, false),
+        "nextval never ran through the view"
+    );
+    // A view over tables and vetted functions reads as before.
+    let r = gw.query(AGENT, "SELECT * FROM v_plain").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     // Qualified, the built-in can't be captured.
     let r = gw.query(AGENT, "SELECT pg_catalog.length('abc')").await;
     assert_eq!(r.status, 200, "{:?}", r.body);

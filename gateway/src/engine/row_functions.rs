@@ -19,16 +19,17 @@
 
 use crate::policy::DatabaseFunctions;
 use crate::upstream::{UpstreamPool, UpstreamTarget};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 /// How often the function lists are read again.
 pub const REFRESH: Duration = Duration::from_secs(30);
 
-/// One read for both lists, rows of `(list, name, function)`: `row` rows name user functions
+/// One read for the lists, rows of `(list, name, function)`: `row` rows name user functions
 /// callable on a whole row with one argument (the others having defaults); `shadow` rows name a vetted
-/// read-only function and a `schema.name` outside `pg_catalog` that shares its name. The second part
+/// read-only function and a `schema.name` outside `pg_catalog` that shares its name; `view` rows name a
+/// view and its definition (`pg_get_viewdef`), which [`views_that_run_code`] reads. The second part
 /// names its operators' schema so that it reads only built-ins whatever the database defines.
 static QUERY: LazyLock<String> = LazyLock::new(|| {
     let vetted: Vec<&str> = crate::policy::functions::read_only_names().collect();
@@ -46,7 +47,13 @@ static QUERY: LazyLock<String> = LazyLock::new(|| {
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          WHERE n.nspname OPERATOR(pg_catalog.<>) 'pg_catalog' \
-           AND p.proname OPERATOR(pg_catalog.=) ANY ('{{{}}}'::pg_catalog.name[])",
+           AND p.proname OPERATOR(pg_catalog.=) ANY ('{{{}}}'::pg_catalog.name[]) \
+         UNION ALL \
+         SELECT 'view', c.relname::text, pg_catalog.pg_get_viewdef(c.oid) \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace cn ON cn.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         WHERE c.relkind OPERATOR(pg_catalog.=) 'v' \
+           AND cn.nspname OPERATOR(pg_catalog.<>) ALL ('{{pg_catalog,information_schema}}'::pg_catalog.name[])",
         // The vetted names are lower-case words: nothing in them needs quoting in an array literal.
         vetted.join(",")
     )
@@ -55,6 +62,7 @@ static QUERY: LazyLock<String> = LazyLock::new(|| {
 /// The lists from the rows of [`QUERY`].
 fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctions {
     let mut out = DatabaseFunctions::default();
+    let mut definitions: Vec<(String, String)> = Vec::new();
     for row in rows {
         let mut cells = row.into_iter();
         let (Some(Some(list)), Some(Some(name)), function) =
@@ -75,10 +83,68 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
                     by.sort();
                 }
             }
+            ("view", Some(definition)) => {
+                definitions.push((name, definition));
+            }
             _ => {}
         }
     }
+    out.views = views_that_run_code(&definitions);
     out
+}
+
+/// Views whose reading runs code the policy would not allow in a statement's text, each with why: a
+/// view's definition is classified like a statement (user or volatile functions, `nextval` …), and a
+/// view reading such a view inherits it. Pinned built-ins leave no trace in `pg_depend`, so the
+/// definitions are read rather than the dependencies.
+fn views_that_run_code(definitions: &[(String, String)]) -> BTreeMap<String, Vec<String>> {
+    let mut flagged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut reads: Vec<(&str, Vec<String>)> = Vec::new();
+    for (name, definition) in definitions {
+        let facts = crate::policy::classify::classify(definition);
+        let why: Vec<String> = facts
+            .iter()
+            .filter(|f| f.action != crate::policy::Action::Allow)
+            .flat_map(|f| f.reasons.iter().cloned())
+            .collect();
+        if facts
+            .iter()
+            .any(|f| f.action != crate::policy::Action::Allow)
+        {
+            flagged.insert(name.clone(), why);
+        }
+        let tables = facts
+            .iter()
+            .flat_map(|f| f.tables.iter())
+            .map(|t| {
+                t.rsplit('.')
+                    .next()
+                    .unwrap_or(t)
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .collect();
+        reads.push((name, tables));
+    }
+    // Views over flagged views, to a fixed point.
+    loop {
+        let more: Vec<(String, String)> = reads
+            .iter()
+            .filter(|(name, _)| !flagged.contains_key(*name))
+            .filter_map(|(name, tables)| {
+                tables
+                    .iter()
+                    .find(|t| flagged.contains_key(*t))
+                    .map(|t| (name.to_string(), t.clone()))
+            })
+            .collect();
+        if more.is_empty() {
+            return flagged;
+        }
+        for (name, via) in more {
+            flagged.insert(name, vec![format!("reads view {via}, which does")]);
+        }
+    }
 }
 
 /// True when one of `command_tags` may have changed a database's functions: the lists are then read
@@ -164,11 +230,39 @@ mod tests {
             row([Some("shadow"), Some("max"), Some("public.max")]),
             row([Some("shadow"), Some("max"), Some("app.max")]),
             row([Some("shadow"), Some("max"), Some("app.max")]),
+            row([Some("view"), Some("v_side"), Some(" SELECT side() AS n;")]),
+            row([
+                Some("view"),
+                Some("v_seq"),
+                Some(" SELECT nextval('sq'::regclass) AS n;"),
+            ]),
+            row([
+                Some("view"),
+                Some("v_over"),
+                Some(" SELECT v_side.n FROM v_side;"),
+            ]),
+            row([
+                Some("view"),
+                Some("v_plain"),
+                Some(" SELECT log.v, length(log.v) AS l FROM log;"),
+            ]),
             // Not a shape the query returns: ignored rather than guessed at.
             row([Some("shadow"), Some("lower"), None]),
             row([None, Some("x"), None]),
         ]);
         assert_eq!(got.row, ["archive".to_string()].into());
+        let flagged: Vec<&String> = got.views.keys().collect();
+        assert_eq!(flagged, ["v_over", "v_seq", "v_side"]);
+        assert!(
+            got.views["v_side"].iter().any(|r| r.contains("side")),
+            "{:?}",
+            got.views
+        );
+        assert!(
+            got.views["v_seq"].iter().any(|r| r.contains("nextval")),
+            "{:?}",
+            got.views
+        );
         assert_eq!(
             got.shadows,
             [

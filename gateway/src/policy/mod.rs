@@ -53,6 +53,10 @@ pub struct DatabaseFunctions {
     /// (`schema.name`): PostgreSQL picks among same-named functions by argument types before schema
     /// order, so an unqualified call may resolve to one of them.
     pub shadows: BTreeMap<String, Vec<String>>,
+    /// Views (by name, in any schema) whose definition the policy would not allow as a statement (it
+    /// calls a user function, `nextval` …), with why: reading the view runs that, though the text of a
+    /// statement reading it shows none of it.
+    pub views: BTreeMap<String, Vec<String>>,
 }
 
 /// The configured policy: built-in classification, rules, defaults and the classification cache.
@@ -359,7 +363,17 @@ fn database_function_calls(
         .filter(|name| !name.contains('.'))
         .filter_map(|name| db.shadows.get(name).map(|by| (name, by)))
         .collect();
-    if row_calls.is_empty() && shadowed.is_empty() {
+    // A table name may be schema-qualified or quoted as written; a view of that name in any schema
+    // counts (the statement's search_path decides which one it reads).
+    let views: Vec<(&String, &Vec<String>)> = facts
+        .tables
+        .iter()
+        .filter_map(|t| {
+            let bare = t.rsplit('.').next().unwrap_or(t).trim_matches('"');
+            db.views.get(bare).map(|calls| (t, calls))
+        })
+        .collect();
+    if row_calls.is_empty() && shadowed.is_empty() && views.is_empty() {
         return None;
     }
     let mut judged = facts.clone();
@@ -373,6 +387,15 @@ fn database_function_calls(
             format!(
                 "{name} is also defined as {}; the call may resolve to it (PostgreSQL picks by argument types before schema order), which is not on the read-only list; write pg_catalog.{name} to call the built-in",
                 by.join(", ")
+            ),
+        );
+    }
+    for (view, calls) in views.into_iter().rev() {
+        judged.reasons.insert(
+            0,
+            format!(
+                "reads view {view}, whose definition the policy would not allow by itself ({}): reading the view runs it",
+                calls.join("; ")
             ),
         );
     }

@@ -1337,6 +1337,35 @@ fn shadowed(shadows: &[(&str, &[&str])]) -> super::DatabaseFunctions {
 }
 
 #[test]
+fn reading_a_view_that_calls_unvetted_functions_is_held_for_review() {
+    let policy = Policy::builtin();
+    let chain = agent();
+    let functions = super::DatabaseFunctions {
+        views: [("v_side".to_string(), vec!["public.side".to_string()])].into(),
+        ..Default::default()
+    };
+    let ctx = PolicyContext {
+        connection: "prod",
+        requester: &chain,
+        db_functions: Some(&functions),
+    };
+    for sql in [
+        "SELECT * FROM v_side",
+        "SELECT n FROM app.v_side",
+        "SELECT count(*) FROM orders o JOIN \"v_side\" s ON true",
+    ] {
+        let v = policy.evaluate(&ctx, sql);
+        assert_eq!(v.action, Review, "{sql}");
+        assert!(
+            v.reasons[0].contains("reads view") && v.reasons[0].contains("public.side"),
+            "{sql}: {:?}",
+            v.reasons
+        );
+    }
+    assert_eq!(policy.evaluate(&ctx, "SELECT * FROM v_other").action, Allow);
+}
+
+#[test]
 fn an_unqualified_call_of_a_shadowed_vetted_name_is_held_for_review() {
     let policy = Policy::builtin();
     let chain = agent();
