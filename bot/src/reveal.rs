@@ -45,28 +45,27 @@ pub fn reveal_line(text: &str) -> Cow<'_, str> {
     reveal_with(text, true)
 }
 
-fn reveal_with(text: &str, one_line: bool) -> Cow<'_, str> {
-    let needs = |c: char, next: Option<char>| match c {
-        '\n' | '\t' => one_line,
-        '\r' => one_line || next != Some('\n'),
-        c => is_deceptive(c),
-    };
+/// Each character of `text` with whether it is shown as `⟦U+XXXX⟧`.
+fn marked(text: &str, one_line: bool) -> impl Iterator<Item = (char, bool)> + '_ {
     let mut chars = text.chars().peekable();
-    let mut at = 0;
-    while let Some(c) = chars.next() {
-        if needs(c, chars.peek().copied()) {
-            break;
-        }
-        at += c.len_utf8();
-    }
-    if at == text.len() {
+    std::iter::from_fn(move || {
+        let c = chars.next()?;
+        let shown = match c {
+            '\n' | '\t' => one_line,
+            '\r' => one_line || chars.peek() != Some(&'\n'),
+            c => is_deceptive(c),
+        };
+        Some((c, shown))
+    })
+}
+
+fn reveal_with(text: &str, one_line: bool) -> Cow<'_, str> {
+    if !marked(text, one_line).any(|(_, shown)| shown) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
-    out.push_str(&text[..at]);
-    let mut chars = text[at..].chars().peekable();
-    while let Some(c) = chars.next() {
-        if needs(c, chars.peek().copied()) {
+    for (c, is_shown) in marked(text, one_line) {
+        if is_shown {
             out.push_str(&shown(c));
         } else {
             out.push(c);
@@ -80,14 +79,11 @@ fn reveal_with(text: &str, one_line: bool) -> Cow<'_, str> {
 pub fn hidden_characters_warning(statement: &str) -> Option<String> {
     let mut n = 0usize;
     let mut kinds: Vec<char> = Vec::new();
-    let mut chars = statement.chars().peekable();
-    while let Some(c) = chars.next() {
-        let deceptive = is_deceptive(c) || (c == '\r' && chars.peek() != Some(&'\n'));
-        if deceptive {
-            n += 1;
-            if !kinds.contains(&c) {
-                kinds.push(c);
-            }
+    // Exactly what `reveal` shows.
+    for (c, _) in marked(statement, false).filter(|(_, shown)| *shown) {
+        n += 1;
+        if !kinds.contains(&c) {
+            kinds.push(c);
         }
     }
     if n == 0 {

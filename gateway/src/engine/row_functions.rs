@@ -102,16 +102,13 @@ fn views_that_run_code(definitions: &[(String, String)]) -> BTreeMap<String, Vec
     let mut reads: Vec<(&str, Vec<String>)> = Vec::new();
     for (name, definition) in definitions {
         let facts = crate::policy::classify::classify(definition);
-        let why: Vec<String> = facts
+        let not_allowed: Vec<_> = facts
             .iter()
             .filter(|f| f.action != crate::policy::Action::Allow)
-            .flat_map(|f| f.reasons.iter().cloned())
             .collect();
-        if facts
-            .iter()
-            .any(|f| f.action != crate::policy::Action::Allow)
-        {
-            flagged.insert(name.clone(), why);
+        if !not_allowed.is_empty() {
+            let why = not_allowed.iter().flat_map(|f| f.reasons.iter().cloned());
+            flagged.insert(name.clone(), why.collect());
         }
         let tables = facts
             .iter()

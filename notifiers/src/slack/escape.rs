@@ -22,11 +22,14 @@ pub fn escape_text(s: &str) -> String {
 /// Escaped text cut to at most `max` characters (an ellipsis marks the cut). Cuts before escaping, so an
 /// entity is never split.
 pub fn escape_short(s: &str, max: usize) -> String {
-    let (cut, truncated) = truncate_chars(s, max.saturating_sub(1).max(1));
-    if truncated {
-        format!("{}…", escape_text(cut))
-    } else {
-        escape_text(s)
+    escape_text(&shorten(s, max.saturating_sub(1).max(1)))
+}
+
+/// The first `max` characters of `s`, with an ellipsis when anything was cut.
+pub fn shorten(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match truncate_chars(s, max) {
+        (cut, true) => format!("{cut}…").into(),
+        (all, false) => all.into(),
     }
 }
 

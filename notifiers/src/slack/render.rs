@@ -3,7 +3,7 @@
 //! Request content is only ever placed in `plain_text` objects and rich-text runs, escaped by
 //! [`escape`](super::escape); buttons carry `approve:<id>` / `deny:<id>` values.
 
-use super::escape::{escape_short, escape_text, truncate_chars};
+use super::escape::{escape_short, escape_text, shorten, truncate_chars};
 use countersign_bot::request::{Decision, RequestStatus, RequestView, Vote};
 use countersign_bot::sessions::SessionSummary;
 use countersign_bot::RequestId;
@@ -59,7 +59,7 @@ fn reasons_text(reasons: &[String]) -> String {
         .map(|r| {
             format!(
                 "• {}",
-                truncate_chars_marked(&countersign_bot::reveal::reveal_line(r), 250)
+                shorten(&countersign_bot::reveal::reveal_line(r), 250)
             )
         })
         .collect();
@@ -71,13 +71,6 @@ fn reasons_text(reasons: &[String]) -> String {
 
 /// At most this many reasons are listed in a message (10 × 250 characters fit Slack's 3,000).
 const MAX_REASONS: usize = 10;
-
-fn truncate_chars_marked(s: &str, max: usize) -> String {
-    match truncate_chars(s, max) {
-        (cut, true) => format!("{cut}…"),
-        (all, false) => all.to_string(),
-    }
-}
 
 fn fixed(s: &str) -> Value {
     json!({ "type": "plain_text", "text": s, "emoji": true })
