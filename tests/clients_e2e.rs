@@ -932,15 +932,7 @@ async fn pg_dump_data_only_reads_through_the_builtin_policy_and_matches_a_direct
     // No allow rule for this connection: pg_dump passes on the built-in policy alone (its ACCESS SHARE
     // locks, acldefault, synchronize_seqscans, row_security, restrict_nonsystem_relation_kind), and a
     // statement that were held would fail it after the short hold_wait.
-    let cfg = config(
-        2.0,
-        &format!("[[connections]]\nname = \"dump\"\nupstream_url = \"{db}\"\n"),
-    );
-    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
-    let gateway = format!(
-        "host=127.0.0.1 port={} dbname=dump user=agent password={AGENT}",
-        wire(&gw).port()
-    );
+    let (_gw, gateway) = dump_gateway(&db).await;
     let (through, straight) = tokio::task::spawn_blocking(move || {
         (
             pg_dump(&gateway, &["--data-only"]),
@@ -1029,15 +1021,7 @@ async fn pg_dump_plain_custom_and_schema_only_read_through_the_builtin_policy() 
         .unwrap();
     // No allow rule for this connection, and a statement that were held would fail pg_dump after the
     // short hold_wait.
-    let cfg = config(
-        2.0,
-        &format!("[[connections]]\nname = \"dump\"\nupstream_url = \"{db}\"\n"),
-    );
-    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
-    let gateway = format!(
-        "host=127.0.0.1 port={} dbname=dump user=agent password={AGENT}",
-        wire(&gw).port()
-    );
+    let (gw, gateway) = dump_gateway(&db).await;
     let target = db.clone();
     let dumps = tokio::task::spawn_blocking(move || {
         [
@@ -1176,4 +1160,19 @@ async fn after_an_approved_statement_no_sql_prepared_name_is_trusted() {
     let err = client.simple_query("EXECUTE one").await.unwrap_err();
     denier.await.unwrap();
     assert!(db_error(&err).1.contains("denied by"), "{err:?}");
+}
+
+/// A gateway with connection `dump` to `db` and no allow rule (pg_dump must pass on the built-in policy,
+/// and anything held fails it after the short hold_wait), and libpq connection options for it.
+async fn dump_gateway(db: &str) -> (Gateway, String) {
+    let cfg = config(
+        2.0,
+        &format!("[[connections]]\nname = \"dump\"\nupstream_url = \"{db}\"\n"),
+    );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let gateway = format!(
+        "host=127.0.0.1 port={} dbname=dump user=agent password={AGENT}",
+        wire(&gw).port()
+    );
+    (gw, gateway)
 }

@@ -98,11 +98,15 @@ async fn flaky_notifier_delivers_each_event_once_in_order(store: Arc<dyn Store>)
             .collect();
         assert_eq!(kinds, common::EXPECTED_KINDS, "order for {id}");
     }
-    assert!(store
+    assert!(dead_letters(&store).await.is_empty());
+}
+
+/// The dead-lettered deliveries (up to 10).
+async fn dead_letters(store: &Arc<dyn Store>) -> Vec<countersign_bot::store::OutboxItem> {
+    store
         .outbox_list(Some(OutboxStatus::Dead), 10)
         .await
         .expect("list")
-        .is_empty());
 }
 
 /// Two quick attempts, then the delivery is dead.
@@ -142,10 +146,7 @@ async fn failing_beyond_max_attempts_dead_letters_and_retry_requeues() {
         gives_up_after_two(),
     );
     run_until_drained(&store, &worker).await;
-    let dead = store
-        .outbox_list(Some(OutboxStatus::Dead), 10)
-        .await
-        .expect("list");
+    let dead = dead_letters(&store).await;
     assert!(
         !dead.is_empty(),
         "the head item dead-letters after 2 attempts"
@@ -155,11 +156,7 @@ async fn failing_beyond_max_attempts_dead_letters_and_retry_requeues() {
         assert!(store.outbox_retry(item.id, 0).await.expect("retry"));
     }
     run_until_drained(&store, &worker).await;
-    assert!(store
-        .outbox_list(Some(OutboxStatus::Dead), 10)
-        .await
-        .expect("list")
-        .is_empty());
+    assert!(dead_letters(&store).await.is_empty());
     let kinds: Vec<&str> = notifier
         .delivered
         .lock()
@@ -217,10 +214,7 @@ async fn rate_limited_tries_do_not_use_up_attempts(store: Arc<dyn Store>) {
         gives_up_after_two(),
     );
     run_until_drained(&store, &worker).await;
-    let dead = store
-        .outbox_list(Some(OutboxStatus::Dead), 10)
-        .await
-        .expect("list");
+    let dead = dead_letters(&store).await;
     assert!(
         dead.is_empty(),
         "dead-lettered while rate limited: {dead:?}"
@@ -261,10 +255,7 @@ async fn rate_limiting_past_the_max_age_dead_letters_with_the_reason() {
     };
     let worker = OutboxWorker::new(Arc::clone(&store), vec![notifier.clone()], policy);
     worker.run_once().await.expect("run");
-    let dead = store
-        .outbox_list(Some(OutboxStatus::Dead), 10)
-        .await
-        .expect("list");
+    let dead = dead_letters(&store).await;
     assert_eq!(dead.len(), 1, "the head item gives up: {dead:?}");
     let error = dead[0].last_error.as_deref().unwrap_or_default();
     assert!(error.contains("still rate limited"), "{error}");
