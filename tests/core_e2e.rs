@@ -1151,6 +1151,103 @@ async fn an_agent_reads_its_own_requests_but_not_another_agents() {
 }
 
 #[tokio::test]
+async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
+    // Casts, domain CHECKs and operators run functions a statement's text never names. A database of
+    // its own: a `public.=` there applies to every session in it.
+    let admin = direct().await;
+    let db = format!("cs_typecode_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let url = upstream_url();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let (in_db, conn) = tokio_postgres::connect(&format!("{base}/{db}"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    in_db
+        .batch_execute(
+            "CREATE TABLE log (v text);
+             CREATE FUNCTION public.noted(v int) RETURNS bool LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('check'); RETURN true; END$$;
+             CREATE DOMAIN noted_int AS int CHECK (public.noted(VALUE));
+             CREATE TYPE mood AS ENUM ('calm', 'busy');
+             CREATE FUNCTION public.mood_text(m mood) RETURNS text LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('cast'); RETURN m::name::text; END$$;
+             CREATE CAST (mood AS text) WITH FUNCTION public.mood_text(mood);
+             CREATE TABLE feelings (m mood);
+             INSERT INTO feelings VALUES ('calm');
+             CREATE TABLE plain_t (n int);
+             CREATE FUNCTION public.int_text_eq(a int, b text) RETURNS bool LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('op'); RETURN true; END$$;
+             CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = text, FUNCTION = public.int_text_eq);",
+        )
+        .await
+        .unwrap();
+    let writes = || async {
+        in_db
+            .query_one("SELECT count(*) FROM log", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let cfg = base_config(&format!(
+        "[[connections]]\nname = \"plain\"\nupstream_url = \"{url}\"\n"
+    ))
+    .replacen(&url, &format!("{base}/{db}"), 1);
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+
+    for (read, why) in [
+        ("SELECT 5::noted_int", "names type noted_int"),
+        ("SELECT CAST(7 AS noted_int)", "names type noted_int"),
+        (
+            "SELECT m::text FROM feelings",
+            "reads feelings, whose column m",
+        ),
+        ("SELECT 'calm'::mood::text", "names type mood"),
+        ("SELECT 1 = 'x'::text", "operator = may resolve"),
+        (
+            "SELECT n FROM plain_t WHERE n IN (1, 2)",
+            "operator = may resolve",
+        ),
+    ] {
+        let r = gw.query(AGENT, read).await;
+        assert_eq!(r.status, 202, "{read} held, not run: {:?}", r.body);
+        assert!(r.body.to_string().contains(why), "{read}: {:?}", r.body);
+    }
+    assert_eq!(writes().await, 0, "no user code ran through the gateway");
+    // What compares nothing and names no such type reads as before.
+    let r = gw.query(AGENT, "SELECT n + 1 FROM plain_t").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The same checks leave a database without such objects alone.
+    let r = gw
+        .post(
+            AGENT,
+            "/v1/connections/plain/query",
+            json!({ "sql": "SELECT 1 WHERE 1 IN (1, 2) AND 2 = 2" }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // Each held read is real: sent directly, they run the user code.
+    for read in [
+        "SELECT 5::noted_int",
+        "SELECT m::text FROM feelings",
+        "SELECT 1 = 'x'::text",
+    ] {
+        let before = writes().await;
+        in_db.batch_execute(read).await.unwrap();
+        assert_eq!(writes().await, before + 1, "{read} runs user code directly");
+    }
+    drop(in_db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
     // A database of its own: a `public.length` there captures `length(…)` for every session in it, so
     // it must not be the database parallel tests use.

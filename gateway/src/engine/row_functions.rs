@@ -34,7 +34,8 @@ pub const REFRESH: Duration = Duration::from_secs(30);
 static QUERY: LazyLock<String> = LazyLock::new(|| {
     let vetted: Vec<&str> = crate::policy::functions::read_only_names().collect();
     format!(
-        "SELECT DISTINCT 'row', p.proname::text, NULL::text \
+        "WITH {CODE_CTES} \
+         SELECT DISTINCT 'row', p.proname::text, NULL::text \
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
@@ -53,11 +54,77 @@ static QUERY: LazyLock<String> = LazyLock::new(|| {
          FROM pg_catalog.pg_class c \
          JOIN pg_catalog.pg_namespace cn ON cn.oid OPERATOR(pg_catalog.=) c.relnamespace \
          WHERE c.relkind OPERATOR(pg_catalog.=) 'v' \
-           AND cn.nspname OPERATOR(pg_catalog.<>) ALL ('{{pg_catalog,information_schema}}'::pg_catalog.name[])",
+           AND cn.nspname OPERATOR(pg_catalog.<>) ALL ('{{pg_catalog,information_schema}}'::pg_catalog.name[]) \
+         UNION ALL {CODE_ROWS}",
         // The vetted names are lower-case words: nothing in them needs quoting in an array literal.
         vetted.join(",")
     )
 });
+
+/// Functions that may do more than compute a value: outside `pg_catalog`, those not written in C
+/// (`internal` or `c`) or declared volatile (a SQL or PL function of any volatility can reach a volatile
+/// writer); in `pg_catalog`, the volatile ones. `fn` names each as `schema.name`. Every operator here
+/// is spelled `OPERATOR(pg_catalog.…)`, so the read runs no operator the database defines itself.
+const CODE_CTES: &str = "unsafe AS ( \
+      SELECT p.oid, pg_catalog.concat(pg_catalog.quote_ident(n.nspname), '.', pg_catalog.quote_ident(p.proname)) AS fn \
+      FROM pg_catalog.pg_proc p \
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace \
+      JOIN pg_catalog.pg_language l ON l.oid OPERATOR(pg_catalog.=) p.prolang \
+      WHERE CASE WHEN n.nspname OPERATOR(pg_catalog.=) 'pg_catalog' \
+                 THEN p.provolatile OPERATOR(pg_catalog.=) 'v' \
+                 ELSE NOT (l.lanname OPERATOR(pg_catalog.=) ANY ('{internal,c}'::pg_catalog.name[]) \
+                           AND p.provolatile OPERATOR(pg_catalog.<>) 'v') END), \
+    coded AS ( \
+      SELECT x.typ, pg_catalog.concat('its cast from ', c.castsource::pg_catalog.regtype, ' to ', \
+             c.casttarget::pg_catalog.regtype, ' runs ', u.fn) AS why \
+      FROM pg_catalog.pg_cast c JOIN unsafe u ON u.oid OPERATOR(pg_catalog.=) c.castfunc \
+      CROSS JOIN LATERAL (VALUES (c.castsource), (c.casttarget)) AS x(typ) \
+      UNION ALL \
+      SELECT r.rngtypid, pg_catalog.concat('its range support runs ', u.fn) \
+      FROM pg_catalog.pg_range r JOIN unsafe u \
+        ON u.oid OPERATOR(pg_catalog.=) ANY (ARRAY[r.rngcanonical, r.rngsubdiff]::pg_catalog.oid[]) \
+      UNION ALL \
+      SELECT x.typ, pg_catalog.concat('its operator ', o.oprname, ' runs ', u.fn) \
+      FROM pg_catalog.pg_operator o JOIN unsafe u ON u.oid OPERATOR(pg_catalog.=) o.oprcode \
+      CROSS JOIN LATERAL (VALUES (o.oprleft), (o.oprright)) AS x(typ) \
+      UNION ALL \
+      SELECT x.typ, pg_catalog.concat('its operator class support runs ', u.fn) \
+      FROM pg_catalog.pg_amproc a JOIN unsafe u ON u.oid OPERATOR(pg_catalog.=) a.amproc \
+      CROSS JOIN LATERAL (VALUES (a.amproclefttype), (a.amprocrighttype)) AS x(typ)), \
+    user_coded AS ( \
+      SELECT c.typ, c.why FROM coded c \
+      WHERE c.typ OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid \
+      UNION \
+      SELECT t.oid, pg_catalog.concat('it is over ', b.typ::pg_catalog.regtype, ', whose ', b.why) \
+      FROM pg_catalog.pg_type t JOIN coded b \
+        ON b.typ OPERATOR(pg_catalog.=) ANY (ARRAY[t.typbasetype, t.typelem]::pg_catalog.oid[]) \
+      WHERE b.typ OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid)";
+
+/// Rows naming what makes PostgreSQL run user code with no function in a statement's text: `type` rows
+/// (a user type whose casts, operators, operator classes or range support run such code, by name),
+/// `column` rows (a table or view with a column of such a type, whose reading may cast or compare
+/// it), `operator` rows (an operator between built-in types, spelled like a built-in one, running
+/// such code) and `domain` rows (a domain and its CHECK, which [`lists`] classifies).
+const CODE_ROWS: &str = "SELECT DISTINCT 'type', t.typname::text, c.why \
+      FROM user_coded c JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) c.typ \
+    UNION ALL \
+    SELECT DISTINCT 'column', r.relname::text, \
+      pg_catalog.concat('column ', pg_catalog.quote_ident(a.attname), ' has type ', \
+      a.atttypid::pg_catalog.regtype, ': ', c.why) \
+      FROM user_coded c \
+      JOIN pg_catalog.pg_attribute a ON a.atttypid OPERATOR(pg_catalog.=) c.typ \
+      JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) a.attrelid \
+      WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+        AND r.relkind OPERATOR(pg_catalog.=) ANY ('{r,v,m,p,f}'::pg_catalog.\"char\"[]) \
+    UNION ALL \
+    SELECT DISTINCT 'operator', o.oprname::text, pg_catalog.concat(o.oid::pg_catalog.regoperator, ' runs ', u.fn) \
+      FROM pg_catalog.pg_operator o JOIN unsafe u ON u.oid OPERATOR(pg_catalog.=) o.oprcode \
+      WHERE o.oprleft OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
+        AND o.oprright OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
+    UNION ALL \
+    SELECT 'domain', t.typname::text, pg_catalog.pg_get_constraintdef(k.oid) \
+      FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) k.contypid \
+      WHERE k.contype OPERATOR(pg_catalog.=) 'c'";
 
 /// The lists from the rows of [`QUERY`].
 fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctions {
@@ -86,11 +153,48 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
             ("view", Some(definition)) => {
                 definitions.push((name, definition));
             }
+            ("type", Some(why)) => push_reason(&mut out.types, name, why),
+            ("column", Some(why)) => push_reason(&mut out.tables, name, why),
+            ("operator", Some(why)) => push_reason(&mut out.operators, name, why),
+            ("domain", Some(check)) => {
+                if let Some(why) = check_runs_code(&check) {
+                    push_reason(&mut out.types, name, why);
+                }
+            }
             _ => {}
         }
     }
     out.views = views_that_run_code(&definitions);
     out
+}
+
+fn push_reason(map: &mut BTreeMap<String, Vec<String>>, name: String, why: String) {
+    let reasons = map.entry(name).or_default();
+    if !reasons.contains(&why) {
+        reasons.push(why);
+        reasons.sort();
+    }
+}
+
+/// Why a domain's CHECK (`pg_get_constraintdef`: `CHECK (expr)`, maybe `NOT VALID`) runs code the
+/// policy would not allow in a statement: its expression is classified as `SELECT expr`. A check the
+/// classifier can't read counts as running code (fail closed).
+fn check_runs_code(check: &str) -> Option<String> {
+    let expr = check
+        .trim()
+        .strip_suffix("NOT VALID")
+        .unwrap_or(check)
+        .trim()
+        .strip_prefix("CHECK")
+        .unwrap_or(check);
+    let facts = crate::policy::classify::classify(&format!("SELECT {expr}"));
+    let not_allowed: Vec<String> = facts
+        .iter()
+        .filter(|f| f.action != crate::policy::Action::Allow)
+        .flat_map(|f| f.reasons.iter().cloned())
+        .collect();
+    (!not_allowed.is_empty() || facts.len() != 1)
+        .then(|| format!("its {} ({})", check.trim(), not_allowed.join("; ")))
 }
 
 /// Views whose reading runs code the policy would not allow in a statement's text, each with why: a
@@ -161,6 +265,18 @@ pub fn changes_functions<'a>(command_tags: impl IntoIterator<Item = Option<&'a s
         "CREATE SCHEMA",
         "DROP SCHEMA",
         "ALTER SCHEMA",
+        // What `DatabaseFunctions` also reads: views, and the objects that make a type run code.
+        "CREATE VIEW",
+        "ALTER VIEW",
+        "CREATE OPERATOR",
+        "ALTER OPERATOR",
+        "CREATE CAST",
+        "CREATE DOMAIN",
+        "ALTER DOMAIN",
+        "CREATE TYPE",
+        "ALTER TYPE",
+        "CREATE TABLE",
+        "ALTER TABLE",
     ];
     command_tags
         .into_iter()
@@ -217,6 +333,47 @@ mod tests {
 
     fn row(cells: [Option<&str>; 3]) -> Vec<Option<String>> {
         cells.iter().map(|c| c.map(String::from)).collect()
+    }
+
+    #[test]
+    fn types_tables_operators_and_domains_that_run_code_are_listed() {
+        let got = lists([
+            row([Some("type"), Some("mood"), Some("its cast runs public.f")]),
+            row([Some("type"), Some("mood"), Some("its cast runs public.f")]),
+            row([
+                Some("column"),
+                Some("feelings"),
+                Some("column m has type mood"),
+            ]),
+            row([
+                Some("operator"),
+                Some("="),
+                Some("=(integer,text) runs public.g"),
+            ]),
+            row([
+                Some("domain"),
+                Some("noted"),
+                Some("CHECK ((public.noted(VALUE)))"),
+            ]),
+            row([
+                Some("domain"),
+                Some("stale"),
+                Some("CHECK ((nextval('s') > 0)) NOT VALID"),
+            ]),
+            row([
+                Some("domain"),
+                Some("cardinal_number"),
+                Some("CHECK ((VALUE >= 0))"),
+            ]),
+            row([Some("domain"), Some("garbled"), Some("CHECK ((VALUE >>>")]),
+        ]);
+        assert_eq!(got.types["mood"], ["its cast runs public.f"]);
+        assert_eq!(got.tables["feelings"], ["column m has type mood"]);
+        assert_eq!(got.operators["="], ["=(integer,text) runs public.g"]);
+        let flagged: Vec<&String> = got.types.keys().collect();
+        // A CHECK over built-ins that compute is fine; one the classifier can't read is not.
+        assert_eq!(flagged, ["garbled", "mood", "noted", "stale"]);
+        assert!(got.types["stale"][0].contains("nextval"), "{:?}", got.types);
     }
 
     #[test]

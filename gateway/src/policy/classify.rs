@@ -17,7 +17,7 @@ use sqlparser::tokenizer::Token;
 
 use super::fallback::{
     classify_unparsed, classify_untokenizable, is_keyword, longest_chain, split_statements,
-    unicode_identifier, user_operators, StatementTokens, MAX_CHAIN_TOKENS,
+    statement_words, unicode_identifier, user_operators, StatementTokens, MAX_CHAIN_TOKENS,
 };
 use super::functions::check_function;
 use super::reparse::classify_without_inert_clause;
@@ -60,8 +60,9 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
             "a U&\"…\" identifier, which the policy does not decode; write the name plainly or in ordinary double quotes",
         );
     }
-    let facts = classify_parsed_or_not(tokens);
-    with_user_operators(facts, &user_operators(tokens))
+    let mut facts = with_user_operators(classify_parsed_or_not(tokens), &user_operators(tokens));
+    facts.words = statement_words(tokens);
+    facts
 }
 
 /// `facts` with a review for each user-defined operator the statement uses: the function behind it is

@@ -228,6 +228,31 @@ pub fn user_operators(tokens: &StatementTokens) -> Vec<String> {
     found
 }
 
+/// The names (folded unless quoted) and operator tokens (as PostgreSQL lexes them) of a statement,
+/// sorted and each once: what a statement is judged by against the database's own types and
+/// operators (`DatabaseFunctions`).
+pub fn statement_words(tokens: &StatementTokens) -> Vec<String> {
+    let mut words: Vec<String> = tokens
+        .0
+        .iter()
+        .filter_map(|token| match token {
+            Token::Word(w) => Some(match w.quote_style {
+                None => w.value.to_lowercase(),
+                Some(_) => w.value.clone(),
+            }),
+            Token::Whitespace(_) | Token::Comma | Token::LParen | Token::RParen => None,
+            Token::SingleQuotedString(_) | Token::Number(..) | Token::DollarQuotedString(_) => None,
+            other => {
+                let op = other.to_string();
+                is_operator_name(&op).then(|| as_postgres_lexes(&op).to_string())
+            }
+        })
+        .collect();
+    words.sort();
+    words.dedup();
+    words
+}
+
 /// Spellings made of operator characters that are PostgreSQL syntax rather than operator names: `!=` is
 /// read as `<>`, `=>` names a function argument.
 const SYNTAX_OPERATORS: &[&str] = &["!=", "=>"];

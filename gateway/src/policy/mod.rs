@@ -57,6 +57,16 @@ pub struct DatabaseFunctions {
     /// calls a user function, `nextval` …), with why: reading the view runs that, though the text of a
     /// statement reading it shows none of it.
     pub views: BTreeMap<String, Vec<String>>,
+    /// User types (by name) whose casts, operators, operator classes, range support or domain CHECK
+    /// run code the policy would not allow in a statement's text, with why: a statement naming the
+    /// type (`x::t`, `CAST(x AS t)`, `t 'literal'`) may run it.
+    pub types: BTreeMap<String, Vec<String>>,
+    /// Tables and views (by name, in any schema) with a column of such a type, with why: reading
+    /// them may cast or compare the column.
+    pub tables: BTreeMap<String, Vec<String>>,
+    /// Operators between built-in types that are spelled like built-in operators and run such code
+    /// (`public.=`), by name, with why: a statement using that operator may resolve to them.
+    pub operators: BTreeMap<String, Vec<String>>,
 }
 
 /// The configured policy: built-in classification, rules, defaults and the classification cache.
@@ -373,7 +383,8 @@ fn database_function_calls(
             db.views.get(bare).map(|calls| (t, calls))
         })
         .collect();
-    if row_calls.is_empty() && shadowed.is_empty() && views.is_empty() {
+    let code = user_code_runs(db, facts);
+    if row_calls.is_empty() && shadowed.is_empty() && views.is_empty() && code.is_empty() {
         return None;
     }
     let mut judged = facts.clone();
@@ -389,6 +400,9 @@ fn database_function_calls(
                 by.join(", ")
             ),
         );
+    }
+    for why in code.into_iter().rev() {
+        judged.reasons.insert(0, why);
     }
     for (view, calls) in views.into_iter().rev() {
         judged.reasons.insert(
@@ -409,6 +423,79 @@ fn database_function_calls(
         }
     }
     Some(judged)
+}
+
+/// Operators PostgreSQL also applies without their token in the text: `IN`, `BETWEEN`, `CASE x
+/// WHEN`, `ORDER BY`, `DISTINCT`, joins `USING` … compare with them.
+const IMPLIED_OPERATORS: &[&str] = &["=", "<>", "<", ">", "<=", ">=", "~~", "~~*"];
+
+/// Words of constructs that compare values with an operator their text does not spell.
+const COMPARING_WORDS: &[&str] = &[
+    "all",
+    "any",
+    "between",
+    "case",
+    "distinct",
+    "except",
+    "greatest",
+    "group",
+    "ilike",
+    "in",
+    "intersect",
+    "join",
+    "least",
+    "like",
+    "max",
+    "min",
+    "natural",
+    "nullif",
+    "order",
+    "over",
+    "partition",
+    "similar",
+    "some",
+    "union",
+    "using",
+    "window",
+];
+
+/// Why `facts` may run user code that the database attaches to types and operators, one reason per
+/// cause: naming a type whose casts, operators or CHECK run such code; reading a table with a column
+/// of such a type; using (or, for comparisons, implying) an operator spelled like a built-in one that
+/// runs such code.
+fn user_code_runs(db: &DatabaseFunctions, facts: &StatementFacts) -> Vec<String> {
+    let mut out = Vec::new();
+    if db.types.is_empty() && db.tables.is_empty() && db.operators.is_empty() {
+        return out;
+    }
+    let has = |w: &str| facts.words.binary_search_by(|x| x.as_str().cmp(w)).is_ok();
+    for (name, why) in &db.types {
+        if has(name) {
+            out.push(format!(
+                "names type {name}, which runs code not on the read-only list: {}",
+                why.join("; ")
+            ));
+        }
+    }
+    for t in &facts.tables {
+        let bare = t.rsplit('.').next().unwrap_or(t).trim_matches('"');
+        if let Some(why) = db.tables.get(bare) {
+            out.push(format!(
+                "reads {t}, whose {}; reading it may run that code",
+                why.join("; ")
+            ));
+        }
+    }
+    let compares = COMPARING_WORDS.iter().any(|w| has(w));
+    for (op, why) in &db.operators {
+        if has(op) || (compares && IMPLIED_OPERATORS.contains(&op.as_str())) {
+            out.push(format!(
+                "operator {op} may resolve to a database-defined one: {}",
+                why.join("; ")
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

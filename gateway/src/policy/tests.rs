@@ -1366,6 +1366,68 @@ fn reading_a_view_that_calls_unvetted_functions_is_held_for_review() {
 }
 
 #[test]
+fn reads_that_types_or_operators_make_run_user_code_are_held_for_review() {
+    let policy = Policy::builtin();
+    let chain = agent();
+    let reason = |why: &str| vec![why.to_string()];
+    let functions = super::DatabaseFunctions {
+        types: [("mood".to_string(), reason("its cast runs public.f"))].into(),
+        tables: [("feelings".to_string(), reason("column m has type mood"))].into(),
+        operators: [("=".to_string(), reason("=(integer,text) runs public.g"))].into(),
+        ..Default::default()
+    };
+    let ctx = PolicyContext {
+        connection: "prod",
+        requester: &chain,
+        db_functions: Some(&functions),
+    };
+    // (sql, verdict, text a reason holds)
+    for (sql, want, why) in [
+        ("SELECT 'calm'::MOOD", Review, "names type mood"),
+        ("SELECT CAST(x AS mood) FROM t", Review, "names type mood"),
+        (
+            "SELECT * FROM app.feelings",
+            Review,
+            "reads app.feelings, whose column m",
+        ),
+        ("SELECT 1 = 'x'::text", Review, "operator = may resolve"),
+        (
+            "SELECT a FROM t WHERE a IN (1, 2)",
+            Review,
+            "operator = may resolve",
+        ),
+        (
+            "SELECT a FROM t ORDER BY a",
+            Review,
+            "operator = may resolve",
+        ),
+        ("SELECT DISTINCT a FROM t", Review, "operator = may resolve"),
+        ("SELECT a + 1, 'mood' FROM t", Allow, ""),
+        ("SELECT moody FROM t", Allow, ""),
+    ] {
+        let v = policy.evaluate(&ctx, sql);
+        assert_eq!(v.action, want, "{sql}: {:?}", v.reasons);
+        assert!(
+            v.reasons.iter().any(|r| r.contains(why)),
+            "{sql}: {:?}",
+            v.reasons
+        );
+    }
+    // Without such objects the same reads are allowed.
+    let plain = PolicyContext {
+        db_functions: None,
+        ..ctx
+    };
+    assert_eq!(policy.evaluate(&plain, "SELECT 'calm'::mood").action, Allow);
+    assert_eq!(
+        policy
+            .evaluate(&plain, "SELECT a FROM t WHERE a IN (1)")
+            .action,
+        Allow
+    );
+}
+
+#[test]
 fn an_unqualified_call_of_a_shadowed_vetted_name_is_held_for_review() {
     let policy = Policy::builtin();
     let chain = agent();

@@ -51,6 +51,10 @@ pub struct StatementFacts {
     /// with no column `name` (attribute notation); judged against the database's functions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qualified_names: Vec<String>,
+    /// The statement's names (folded unless quoted) and operator tokens, judged against what the
+    /// connection's database defines (`DatabaseFunctions`: types and operators that run user code).
+    #[serde(skip)]
+    pub words: Vec<String>,
     /// UPDATE or DELETE without a WHERE clause.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub missing_where: bool,
