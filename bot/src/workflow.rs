@@ -291,6 +291,34 @@ impl Workflow {
             .await
     }
 
+    /// [`Workflow::vote`] by `voter` presenting a delegation `chain` (RFC 8693 `act`: the caller first,
+    /// whoever it acts for after): refused as `requester_cannot_approve` when anyone in the chain is in
+    /// the request's requester chain, so acting for the requester casts no vote on their request.
+    pub async fn vote_with_chain(
+        &self,
+        id: RequestId,
+        voter: &Identity,
+        chain: &RequesterChain,
+        decision: Decision,
+        reason: Option<String>,
+        channel: &str,
+    ) -> Result<VoteResult, WorkflowError> {
+        let view = self.get(id).await?;
+        if chain
+            .0
+            .iter()
+            .any(|who| view.request.requester.contains(who))
+        {
+            let refusal = Refusal {
+                code: "requester_cannot_approve",
+                reason: "a token acting for someone in this request's requester chain cannot vote on it: separation of duties forbids voting on one's own request, also by delegation; vote with a token of your own".into(),
+            };
+            self.record_refusal(&view, voter, channel, &refusal).await?;
+            return Ok(VoteResult::Refused(refusal));
+        }
+        self.vote(id, voter, decision, reason, channel).await
+    }
+
     /// [`Workflow::vote`] from a channel that may show only part of a statement: `shows_whole` says
     /// whether the channel showed this statement in full. An approval of a statement its channel cut
     /// short is refused (`statement_not_shown_whole`): approvers approve exactly what runs, so they must

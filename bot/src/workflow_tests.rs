@@ -196,6 +196,41 @@ async fn requester_chain_and_workloads_cannot_vote() {
 }
 
 #[tokio::test]
+async fn acting_for_the_requester_casts_no_vote_on_their_request() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = created(&wf, "DELETE FROM orders WHERE id = 2", 1).await;
+        // Bob (an approver) presenting a token that acts for alice, the human the agent acts for.
+        let bob = human("reviewer1@example.com");
+        let for_alice = RequesterChain(vec![bob.clone(), human("alice@example.com")]);
+        let r = wf
+            .vote_with_chain(id, &bob, &for_alice, Decision::Approve, None, "api")
+            .await
+            .unwrap();
+        assert_eq!(refused_code(&r), Some("requester_cannot_approve"));
+        assert!(wf.get(id).await.unwrap().votes.is_empty());
+        assert_eq!(
+            audit_actions(&store, id).await.last().map(String::as_str),
+            Some("vote.refused")
+        );
+        // His own token counts.
+        let r = wf
+            .vote_with_chain(
+                id,
+                &bob,
+                &RequesterChain::single(bob.clone()),
+                Decision::Approve,
+                None,
+                "api",
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused_code(&r), None);
+        assert_eq!(wf.get(id).await.unwrap().votes.len(), 1);
+    }
+}
+
+#[tokio::test]
 async fn one_human_counts_once_across_channels() {
     for (store, _g) in stores().await {
         let wf = workflow(store.clone());

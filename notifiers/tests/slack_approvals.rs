@@ -598,6 +598,20 @@ async fn two_approvals_release_the_statement_once(h: Harness) {
         .await
         .iter()
         .any(|a| a == "slack.replay_refused"));
+    // The same signature with its hex in another case is the same MAC: still a replay.
+    let ts = bob_sent_at.to_string();
+    let sig = sign(SECRET.as_bytes(), &ts, bob_click.as_bytes());
+    let shouted = format!("v0={}", sig.trim_start_matches("v0=").to_ascii_uppercase());
+    assert_eq!(
+        h.send(
+            "/slack/interactions",
+            bob_click.clone(),
+            bob_sent_at,
+            Some(shouted)
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
     // Bob clicking the stale button again after resolution changes nothing either.
     h.click_ok(clicked_again(&bob_click)).await;
     h.wait_for_calls("chat.postEphemeral", 2).await;

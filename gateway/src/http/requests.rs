@@ -130,7 +130,7 @@ pub async fn vote(
     match st
         .engine
         .workflow
-        .vote(id, &voter, decision, body.reason, "api")
+        .vote_with_chain(id, &voter, &chain, decision, body.reason, "api")
         .await?
     {
         VoteResult::Recorded { view, resolved } => Ok((

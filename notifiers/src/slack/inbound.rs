@@ -126,7 +126,11 @@ impl Inner {
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         match self
             .store
-            .consume_nonce(&format!("slack:{}", signature.trim()), now_ms)
+            // Keyed on the MAC, not its spelling: the hex is accepted in either case.
+            .consume_nonce(
+                &format!("slack:{}", signature.trim().to_ascii_lowercase()),
+                now_ms,
+            )
             .await
         {
             Ok(true) => Ok(()),
