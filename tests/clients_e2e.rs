@@ -768,7 +768,7 @@ async fn a_login_to_an_unknown_connection_reveals_no_names_without_a_valid_token
     assert_eq!(unknown.entry.channel, "wire");
     assert_eq!(unknown.entry.detail["connection"], "no-such-connection");
     assert!(
-        unknown.entry.actor.contains("sub:static|agent"),
+        unknown.entry.actor.contains("workload:static|agent"),
         "{unknown:#?}"
     );
 }

@@ -112,11 +112,20 @@ impl RequesterChain {
         })
     }
 
-    /// A stable key for "the same requester" (used to let a re-sent approved statement run once).
+    /// A stable key for "the same requester" (used to let a re-sent approved statement run once, and
+    /// to let a requester cancel their own request). Humans are keyed by their mailbox, as for voting;
+    /// a workload always by issuer and subject, since workload tokens often carry a person's e-mail
+    /// (a CI job's, a service account's) without being that person.
     pub fn key(&self) -> String {
         self.0
             .iter()
-            .map(|i| i.canonical().0)
+            .map(|i| {
+                if i.is_human() {
+                    i.canonical().0
+                } else {
+                    format!("workload:{}|{}", i.issuer, i.subject)
+                }
+            })
             .collect::<Vec<_>>()
             .join(" <- ")
     }
@@ -134,6 +143,25 @@ impl RequesterChain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workload_carrying_a_persons_email_is_not_that_person_as_requester() {
+        let alice = RequesterChain::single(human("alice@example.com"));
+        let ci = RequesterChain::single(Identity {
+            issuer: "https://idp".into(),
+            subject: "svc-ci-job-123".into(),
+            email: Some("alice@example.com".into()),
+            kind: IdentityKind::Workload,
+            groups: vec![],
+        });
+        assert_ne!(alice.key(), ci.key());
+        // Alice through another channel or token is still alice.
+        let mut again = human("Alice+ops@Example.com");
+        again.subject = "other".into();
+        assert_eq!(alice.key(), RequesterChain::single(again).key());
+        // For separation of duties the workload still counts as her (stricter is safe).
+        assert!(alice.contains(&ci.0[0]));
+    }
 
     fn human(email: &str) -> Identity {
         Identity {
