@@ -167,6 +167,35 @@ async fn tokio_postgres_held_delete_runs_once_after_approval_from_another_task()
 }
 
 #[tokio::test]
+async fn approvers_read_the_parameters_a_held_statement_runs_with() {
+    let gw = gateway(30.0).await;
+    let t = table_with_rows("cs_tp_params", 3).await;
+    let client = connect(wire(&gw)).await;
+    let sql = format!("DELETE FROM {t} WHERE id > $1 AND v <> $2");
+    let approver = decide_from_another_task(&gw, sql.clone(), "approve");
+    let deleted = client
+        .execute(sql.as_str(), &[&1i32, &"it's\nfine"])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2);
+    let id = approver.await.unwrap();
+    let shown = gw.request(BOB, &id).await.body["statement"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // tokio-postgres declares no types and sends both in binary: the bytes, with their plain readings.
+    assert!(shown.starts_with(&sql), "{shown}");
+    assert!(
+        shown.contains(
+            "\n-- $1 = 0x00000001 (binary, 4 bytes, type from the statement; as an integer 1"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("as text E'it''s\\nfine')"), "{shown}");
+    assert_eq!(shown.lines().count(), 4, "one line per value: {shown}");
+}
+
+#[tokio::test]
 async fn tokio_postgres_denied_statement_gets_42501_naming_the_denier_and_reason() {
     let gw = gateway(30.0).await;
     let t = table_with_rows("cs_tp_deny", 2).await;

@@ -373,6 +373,144 @@ pub fn statement_hash(sql: &str, binds: &[Binding]) -> StatementHash {
     hash.with_context(&declared)
 }
 
+/// What approvers read for a held batch: its statement text and, when it was bound with parameters,
+/// every value each Execute runs with, one per line after the text (as SQL comments), so what they
+/// approve is what runs. Text values are SQL literals (`E'…'` escapes for control characters, so a
+/// value can't add lines of its own); binary ones are decoded for common types, else shown as hex.
+pub fn shown_statement(sql: &str, binds: &[Binding]) -> String {
+    if binds
+        .iter()
+        .all(|b| bind_params(&b.bind).is_some_and(|p| p.is_empty()))
+    {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 64);
+    out.push_str(sql.trim_end());
+    out.push_str(
+        "\n-- parameters, sent apart from the text above; the statement runs with these values:",
+    );
+    for (n, b) in binds.iter().enumerate() {
+        let prefix = if binds.len() > 1 {
+            format!("execution {}: ", n + 1)
+        } else {
+            String::new()
+        };
+        let Some(params) = bind_params(&b.bind) else {
+            out.push_str(&format!(
+                "\n-- {prefix}a malformed Bind message of {} bytes: 0x{}",
+                b.bind.len(),
+                hex::encode(&b.bind)
+            ));
+            continue;
+        };
+        for (i, p) in params.iter().enumerate() {
+            let declared = b.param_types.get(i).copied().unwrap_or(0);
+            out.push_str(&format!(
+                "\n-- {prefix}${} = {}",
+                i + 1,
+                shown_param(p, declared)
+            ));
+        }
+    }
+    out
+}
+
+/// One parameter as approvers read it.
+fn shown_param(p: &BoundParam<'_>, declared: u32) -> String {
+    match p {
+        BoundParam::Null => "NULL".to_string(),
+        BoundParam::Text(v) => match std::str::from_utf8(v) {
+            Ok(text) => sql_literal(text),
+            Err(_) => format!("text that is not UTF-8, 0x{}", hex::encode(v)),
+        },
+        BoundParam::Binary(v) => shown_binary(v, declared),
+    }
+}
+
+/// A string as a SQL literal that reads on one line: `'…'`, or `E'…'` escaping backslashes and
+/// control characters when it has any.
+fn sql_literal(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return format!("'{}'", text.replace('\'', "''"));
+    }
+    let mut out = String::from("E'");
+    for c in text.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A binary-format parameter, decoded for the declared types whose binary form is plain, else hex.
+fn shown_binary(v: &[u8], declared: u32) -> String {
+    let int = |n: usize| -> Option<i64> {
+        (v.len() == n).then(|| {
+            let mut b = [0u8; 8];
+            b[8 - n..].copy_from_slice(v);
+            // Sign-extend from the value's width.
+            i64::from_be_bytes(b) << (64 - 8 * n) >> (64 - 8 * n)
+        })
+    };
+    let decoded = match declared {
+        16 if v.len() == 1 => Some((v[0] != 0).to_string()),
+        21 => int(2).map(|n| n.to_string()),
+        23 | 26 => int(4).map(|n| n.to_string()),
+        20 => int(8).map(|n| n.to_string()),
+        700 if v.len() == 4 => Some(f32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+        701 if v.len() == 8 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(v);
+            Some(f64::from_be_bytes(b).to_string())
+        }
+        25 | 1043 | 19 | 1042 => std::str::from_utf8(v).ok().map(sql_literal),
+        2950 if v.len() == 16 => uuid::Uuid::from_slice(v).ok().map(|u| format!("'{u}'")),
+        _ => None,
+    };
+    if let Some(d) = decoded {
+        return format!("{d} (binary, type {declared})");
+    }
+    if declared != 0 {
+        return format!(
+            "0x{} (binary, {} bytes, type {declared})",
+            hex::encode(v),
+            v.len()
+        );
+    }
+    // Undeclared: PostgreSQL took the type from the statement's text (drivers such as tokio-postgres
+    // declare none and send binary). The bytes are shown with how the plain types would read them.
+    let mut readings = Vec::new();
+    if let Some(n) = [2, 4, 8].into_iter().find_map(&int) {
+        readings.push(format!("as an integer {n}"));
+    }
+    if let Ok(text) = std::str::from_utf8(v) {
+        if !text.is_empty()
+            && text
+                .chars()
+                .all(|c| !c.is_control() || matches!(c, '\n' | '\t' | '\r'))
+        {
+            readings.push(format!("as text {}", sql_literal(text)));
+        }
+    }
+    let readings = if readings.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", readings.join(", "))
+    };
+    format!(
+        "0x{} (binary, {} bytes, type from the statement{readings})",
+        hex::encode(v),
+        v.len()
+    )
+}
+
 /// The parameter type OIDs of a Parse body after its query text (at `pos`); None when malformed.
 pub fn parse_param_types(body: &[u8], mut pos: usize) -> Option<Vec<u32>> {
     let count = usize::try_from(read_i16(body, &mut pos)?).ok()?;
@@ -505,6 +643,63 @@ mod tests {
         cat.bind(b"", b"", &bind_body(&[Some(b"2024-01-02 12:00")]));
         let portal = cat.portal(b"").unwrap();
         assert_eq!(&*portal.statement.param_types, &[1082]);
+    }
+
+    #[test]
+    fn held_statements_show_their_parameters_one_line_each() {
+        let b = |params: &[Option<&[u8]>], types: &[u32]| Binding {
+            bind: bind_body(params),
+            param_types: types.into(),
+        };
+        assert_eq!(shown_statement("SELECT 1", &[]), "SELECT 1");
+        assert_eq!(shown_statement("SELECT 1", &[b(&[], &[])]), "SELECT 1");
+        let shown = shown_statement(
+            "DELETE FROM t WHERE a > $1 AND b = $2 AND c = $3",
+            &[b(&[Some(b"0"), None, Some(b"x'\n-- $9 = 1\\")], &[])],
+        );
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 5, "{shown}");
+        assert_eq!(lines[2], "-- $1 = '0'");
+        assert_eq!(lines[3], "-- $2 = NULL");
+        assert_eq!(lines[4], "-- $3 = E'x''\\n-- $9 = 1\\\\'");
+        // Several executions of one batch are told apart.
+        let two = shown_statement("SELECT $1", &[b(&[Some(b"a")], &[]), b(&[Some(b"b")], &[])]);
+        assert!(
+            two.ends_with("-- execution 1: $1 = 'a'\n-- execution 2: $1 = 'b'"),
+            "{two}"
+        );
+    }
+
+    #[test]
+    fn binary_parameters_are_decoded_for_plain_types_else_hex() {
+        assert_eq!(
+            shown_binary(&(-5i32).to_be_bytes(), 23),
+            "-5 (binary, type 23)"
+        );
+        assert_eq!(shown_binary(&7i64.to_be_bytes(), 20), "7 (binary, type 20)");
+        assert_eq!(
+            shown_binary(&(-2i16).to_be_bytes(), 21),
+            "-2 (binary, type 21)"
+        );
+        assert_eq!(shown_binary(&[1], 16), "true (binary, type 16)");
+        assert_eq!(shown_binary(b"hi", 25), "'hi' (binary, type 25)");
+        assert_eq!(
+            shown_binary(&[0, 0, 0, 1], 0),
+            "0x00000001 (binary, 4 bytes, type from the statement; as an integer 1)"
+        );
+        assert_eq!(
+            shown_binary(b"ok\n", 0),
+            "0x6f6b0a (binary, 3 bytes, type from the statement; as text E'ok\\n')"
+        );
+        assert_eq!(
+            shown_binary(&[0xff], 0),
+            "0xff (binary, 1 bytes, type from the statement)"
+        );
+        // A width that does not fit the type is not decoded as it.
+        assert_eq!(
+            shown_binary(&[1, 2], 23),
+            "0x0102 (binary, 2 bytes, type 23)"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use super::backend::{statement_text, BackendTracker, CopyMarks, InFlight};
 use super::cancel::CancelSignal;
 use super::codec::{frame_header, put_error, read_cstr, send, sqlstate, Severity};
 use super::error::WireError;
-use super::extended::{parse_param_types, statement_hash, Batch, Binding, Catalog};
+use super::extended::{
+    parse_param_types, shown_statement, statement_hash, Batch, Binding, Catalog,
+};
 use super::gate::{HoldOutcome, HoldTicket, SessionInfo, WireGate};
 use super::prepared::{changes_names, SqlPrepared};
 use super::recorder::{FinishedStatement, Recorder};
@@ -804,9 +806,11 @@ where
 
     async fn hold_inner(&mut self, held: Held) -> Result<(), WireError> {
         let hash = statement_hash(&held.sql, &held.binds);
+        // Approvers read the parameters with the text: the hash binds them, so they are what runs.
+        let shown = shown_statement(&held.sql, &held.binds);
         let gate = self.ctx.gate.clone();
         let id = match gate
-            .hold(&self.ctx.session, &held.sql, &hash, &held.verdict)
+            .hold(&self.ctx.session, &shown, &hash, &held.verdict)
             .await
         {
             Ok(HoldTicket::Approved { id }) => {
