@@ -196,6 +196,64 @@ async fn approvers_read_the_parameters_a_held_statement_runs_with() {
 }
 
 #[tokio::test]
+async fn an_approval_is_bound_to_the_search_path_it_was_given_under() {
+    let gw = gateway(30.0).await;
+    let t = table_with_rows("cs_sp", 3).await;
+    let schema = format!("cs_sp_schema_{}", uuid::Uuid::new_v4().simple());
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; CREATE TABLE {schema}.{t} (id int primary key, v text);
+             INSERT INTO {schema}.{t} SELECT g, 'v' || g FROM generate_series(1, 3) g"
+        ))
+        .await
+        .unwrap();
+    let sql = format!("DELETE FROM {t} WHERE id < 3");
+    // Approved through the HTTP API, which has no session: public's table.
+    assert_eq!(gw.query(AGENT, &sql).await.status, 202);
+    let api_id = pending_request(&gw.base, &sql).await;
+    vote(&gw.base, BOB, &api_id, "approve", None).await;
+    vote(&gw.base, CAROL, &api_id, "approve", None).await;
+
+    // A wire session that moved its search_path gets a request of its own, showing why.
+    let client = connect(wire(&gw)).await;
+    client
+        .batch_execute(&format!("SET search_path = {schema}, public"))
+        .await
+        .unwrap();
+    let denier = decide_from_another_task(&gw, format!("SET search_path = {schema}"), "deny");
+    let err = client.execute(sql.as_str(), &[]).await.unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+    let wire_id = denier.await.unwrap();
+    assert_ne!(wire_id, api_id);
+    let shown = gw.request(BOB, &wire_id).await.body["statement"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(shown.starts_with(&sql), "{shown}");
+    assert!(
+        shown.contains(&format!("\n--   SET search_path = {schema}, public")),
+        "{shown}"
+    );
+    assert_eq!(
+        count(&format!("{schema}.{t}")).await,
+        3,
+        "the other schema's table is untouched"
+    );
+    assert_eq!(count(&t).await, 3);
+    assert_eq!(
+        status_of(&gw, &api_id).await,
+        "approved",
+        "the API approval is still unused"
+    );
+    direct()
+        .await
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn tokio_postgres_denied_statement_gets_42501_naming_the_denier_and_reason() {
     let gw = gateway(30.0).await;
     let t = table_with_rows("cs_tp_deny", 2).await;

@@ -15,6 +15,7 @@ use crate::masking::{Masker, TableLookup, WireMasker};
 use crate::policy::{Action, PreparedUse, Verdict, VerdictMemo};
 use bytes::{Buf, BufMut, BytesMut};
 use countersign_bot::RequestId;
+use countersign_bot::StatementHash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -51,6 +52,50 @@ pub struct SessionCtx {
     /// The upstream's ParameterStatus frames at login: a database or role default may already make
     /// PostgreSQL read statement text differently (see [`BackendTracker::misread`]).
     pub startup_status: BytesMut,
+    /// Startup settings that decide how names resolve (`search_path`, or `options` setting it or a
+    /// role), as `name=value`: part of every approval's context in this session.
+    pub name_context: Vec<String>,
+}
+
+/// How many statements that changed name resolution a session keeps for its approvals' context.
+const MAX_NAME_CONTEXT: usize = 32;
+
+/// A held statement as shown and hashed in a session that changed how names resolve (`search_path`,
+/// role): the statements that did so follow its text, one per line, and the hash covers them, so an
+/// approval given for one resolution (another session, the HTTP API) never runs under another.
+fn with_name_context(
+    shown: String,
+    hash: StatementHash,
+    context: &[String],
+) -> (String, StatementHash) {
+    if context.is_empty() {
+        return (shown, hash);
+    }
+    let mut out = shown;
+    out.push_str("\n-- in a session that earlier ran these, which decide what its names refer to:");
+    let mut bound = Vec::new();
+    for c in context {
+        out.push_str("\n--   ");
+        out.push_str(&one_line(c));
+        bound.extend_from_slice(&(c.len() as u64).to_be_bytes());
+        bound.extend_from_slice(c.as_bytes());
+    }
+    (out, hash.with_context(&bound))
+}
+
+/// `text` on one line: line breaks and other control characters shown as `\n`, `\u000B` …
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.trim().chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push(' '),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A statement or batch waiting for a human decision.
@@ -556,6 +601,13 @@ where
             sql,
             &mut self.verdicts,
         );
+        if verdict.statements.iter().any(|f| f.sets_name_resolution) {
+            // Kept whether or not it runs: a statement that never ran only makes approvals narrower.
+            if self.ctx.name_context.len() >= MAX_NAME_CONTEXT {
+                self.ctx.name_context.remove(0);
+            }
+            self.ctx.name_context.push(sql.to_string());
+        }
         misread_guard(&self.backend, sql, verdict)
     }
 
@@ -805,9 +857,13 @@ where
     }
 
     async fn hold_inner(&mut self, held: Held) -> Result<(), WireError> {
-        let hash = statement_hash(&held.sql, &held.binds);
-        // Approvers read the parameters with the text: the hash binds them, so they are what runs.
-        let shown = shown_statement(&held.sql, &held.binds);
+        // Approvers read the parameters with the text, and what this session did that changes which
+        // objects its names resolve to; the hash binds both, so the approval is for what runs, here.
+        let (shown, hash) = with_name_context(
+            shown_statement(&held.sql, &held.binds),
+            statement_hash(&held.sql, &held.binds),
+            &self.ctx.name_context,
+        );
         let gate = self.ctx.gate.clone();
         let id = match gate
             .hold(&self.ctx.session, &shown, &hash, &held.verdict)

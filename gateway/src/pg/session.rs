@@ -422,7 +422,7 @@ async fn serve<S: Halves>(
     let result = relay(
         stream,
         upstream_stream,
-        (leftover, parameter_status),
+        (leftover, parameter_status, name_context(&passthrough)),
         ready_status,
         &session,
         signal,
@@ -437,7 +437,7 @@ async fn serve<S: Halves>(
 async fn relay<S: Halves>(
     stream: S,
     upstream: UpstreamStream,
-    (leftover, startup_status): (BytesMut, BytesMut),
+    (leftover, startup_status, name_context): (BytesMut, BytesMut, Vec<String>),
     ready_status: u8,
     session: &Arc<SessionInfo>,
     signal: Arc<CancelSignal>,
@@ -455,6 +455,7 @@ async fn relay<S: Halves>(
         masking: shared.gate.masking(&session.connection),
         table_lookup: shared.gate.table_lookup(&session.connection),
         startup_status,
+        name_context,
     };
     // One monomorphised relay per upstream kind: the plain path reads and writes the TCP halves directly.
     match upstream {
@@ -495,6 +496,21 @@ fn put_login_notices(out: &mut BytesMut, mut frames: &[u8], masked: bool) {
         }
         frames = &frames[total..];
     }
+}
+
+/// The startup settings that decide what names refer to: `search_path`, and an `options` that sets it
+/// or a role (read loosely: naming one is enough), as `name=value`.
+fn name_context(passthrough: &[(String, String)]) -> Vec<String> {
+    passthrough
+        .iter()
+        .filter(|(k, v)| {
+            let (k, v) = (k.to_ascii_lowercase(), v.to_ascii_lowercase());
+            k == "search_path"
+                || k == "role"
+                || (k == "options" && (v.contains("search_path") || v.contains("role")))
+        })
+        .map(|(k, v)| format!("(at connect) {k}={v}"))
+        .collect()
 }
 
 /// True for the startup parameters PostgreSQL applies as session settings: all but `user`, `database`,

@@ -62,7 +62,20 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
     }
     let mut facts = with_user_operators(classify_parsed_or_not(tokens), &user_operators(tokens));
     facts.words = statement_words(tokens);
+    facts.sets_name_resolution = sets_name_resolution(&facts.words);
     facts
+}
+
+/// True when a statement with these words may change which objects later names resolve to: a
+/// `search_path` change however spelled (`SET`, `SET SCHEMA`, `set_config`, `RESET`, `DISCARD`), or a
+/// role change (`$user` in the path). Over-inclusion only makes an approval more specific.
+fn sets_name_resolution(words: &[String]) -> bool {
+    let has = |w: &str| words.binary_search_by(|x| x.as_str().cmp(w)).is_ok();
+    has("search_path")
+        || has("set_config")
+        || has("reset")
+        || has("discard")
+        || (has("set") && (has("schema") || has("role") || has("authorization")))
 }
 
 /// `facts` with a review for each user-defined operator the statement uses: the function behind it is

@@ -1366,6 +1366,26 @@ fn reading_a_view_that_calls_unvetted_functions_is_held_for_review() {
 }
 
 #[test]
+fn statements_that_change_name_resolution_are_marked() {
+    for (sql, sets) in [
+        ("SET search_path = app, public", true),
+        ("set local SEARCH_PATH to app", true),
+        ("SET SCHEMA 'app'", true),
+        ("SELECT set_config('search_path', 'app', false)", true),
+        ("RESET ALL", true),
+        ("DISCARD ALL", true),
+        ("SET ROLE reporting", true),
+        ("SET SESSION AUTHORIZATION bob", true),
+        ("SELECT * FROM schema_docs", false),
+        ("SET statement_timeout = 5", false),
+        ("SELECT 1", false),
+    ] {
+        let facts = super::classify::classify(sql);
+        assert_eq!(facts[0].sets_name_resolution, sets, "{sql}");
+    }
+}
+
+#[test]
 fn reads_that_types_or_operators_make_run_user_code_are_held_for_review() {
     let policy = Policy::builtin();
     let chain = agent();

@@ -55,6 +55,10 @@ pub struct StatementFacts {
     /// connection's database defines (`DatabaseFunctions`: types and operators that run user code).
     #[serde(skip)]
     pub words: Vec<String>,
+    /// The statement may change how later statements resolve names (`search_path`, `SET SCHEMA`,
+    /// `set_config`, roles, `RESET`/`DISCARD`): a wire session binds later approvals to it.
+    #[serde(skip)]
+    pub sets_name_resolution: bool,
     /// UPDATE or DELETE without a WHERE clause.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub missing_where: bool,
