@@ -26,7 +26,12 @@ pub fn is_deceptive(c: char) -> bool {
         // interlinear annotation controls.
         | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}'
         // Tags and supplementary variation selectors.
-        | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
+        | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}'
+        // Characters that look like a space but are letters to PostgreSQL (part of a name, not a
+        // separator): no-break, Ogham, typographic and ideographic spaces, Braille blank; and the
+        // invisible musical and shorthand format controls.
+        | '\u{A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}'
+        | '\u{2800}' | '\u{1D173}'..='\u{1D17A}' | '\u{1BCA0}'..='\u{1BCA3}')
 }
 
 fn shown(c: char) -> String {
@@ -98,7 +103,7 @@ pub fn hidden_characters_warning(statement: &str) -> Option<String> {
         listed.push(format!("{} more", kinds.len() - 5));
     }
     Some(format!(
-        "Warning: the statement contains {n} invisible or direction-changing character{} ({}), shown below as ⟦U+…⟧. Such characters can make a statement display differently from what runs; read it as shown here.",
+        "Warning: the statement contains {n} invisible, space-like or direction-changing character{} ({}), shown below as ⟦U+…⟧. Such characters can make a statement display differently from what runs; read it as shown here.",
         if n == 1 { "" } else { "s" },
         listed.join(", ")
     ))
@@ -131,6 +136,11 @@ mod tests {
             '\u{85}',
             '\u{AD}',
             '\u{E0041}',
+            '\u{A0}',
+            '\u{2007}',
+            '\u{3000}',
+            '\u{2800}',
+            '\u{1D173}',
             '\u{0}',
             '\u{1B}',
             '\u{B}',

@@ -212,7 +212,11 @@ async fn held_statement_runs_once_after_approval_and_reports_its_result() {
     else {
         unreachable!()
     };
-    assert_eq!(held_sql, sql);
+    // Approvers read the text and the value it runs with.
+    assert_eq!(
+        held_sql,
+        format!("{sql}\n-- parameters, sent apart from the text above; the statement runs with these values:\n-- $1 = 0x00000002 (binary, 4 bytes, type from the statement; as an integer 2)")
+    );
     // The approval is bound to the text and the Bind parameter, in the binary form it was sent in.
     assert_eq!(
         hash,
@@ -1399,7 +1403,10 @@ async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     let GateEvent::Hold { sql: held_sql, .. } = hold else {
         unreachable!()
     };
-    assert_eq!(held_sql, sql);
+    assert_eq!(
+        held_sql,
+        format!("{sql}\n-- parameters, sent apart from the text above; the statement runs with these values:\n-- $1 = '1'")
+    );
     let left = rows_in(&client, &t).await;
     assert_eq!(left, 1);
     drop_table(&client, &t).await;

@@ -475,7 +475,7 @@ mod tests {
             "{j}"
         );
         assert!(
-            j.contains("3 invisible or direction-changing characters"),
+            j.contains("3 invisible, space-like or direction-changing characters"),
             "{j}"
         );
         assert!(j.contains("orders⟦U+000A⟧⟦U+000A⟧Approve:"), "{j}");
