@@ -1412,6 +1412,71 @@ async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     drop_table(&client, &t).await;
 }
 
+/// PostgreSQL plans a statement at Bind, and planning evaluates an immutable function over constants,
+/// which may call a volatile one: a Bind with no Execute is judged as running the statement.
+#[tokio::test]
+async fn a_bind_without_execute_of_a_held_statement_is_held_too() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (seq, f) = (format!("planned_seq_{suffix}"), format!("planned_{suffix}"));
+    client
+        .batch_execute(&format!(
+            "CREATE SEQUENCE {seq};
+             CREATE FUNCTION {f}(n int) RETURNS int LANGUAGE plpgsql IMMUTABLE
+               AS $$BEGIN PERFORM nextval('{seq}'); RETURN n; END$$;"
+        ))
+        .await
+        .unwrap();
+    gate.push_outcome(
+        Duration::from_millis(50),
+        HoldOutcome::Denied {
+            by: vec!["bob@example.com".into()],
+            reason: None,
+        },
+    );
+    // The gateway under test holds DELETEs.
+    let t = table_of_ids(&client, "(1), (2)").await;
+    let mut s = raw_login(addr).await;
+    let mut batch = message(
+        b'P',
+        &[
+            cstr(""),
+            cstr(&format!("DELETE FROM {t} WHERE id = {f}(1)")),
+            vec![0, 0],
+        ]
+        .concat(),
+    );
+    batch.extend(message(
+        b'B',
+        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
+    ));
+    batch.extend(message(b'S', &[]));
+    s.write_all(&batch).await.unwrap();
+    let answered = read_frames_until(&mut s, b'Z').await;
+    let error = answered
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("the denied batch is refused");
+    assert!(
+        contains(&error.1, b"42501"),
+        "{:?}",
+        String::from_utf8_lossy(&error.1)
+    );
+    let called: bool = client
+        .query_one(&format!("SELECT is_called FROM {seq}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!called, "planning never ran the function");
+    assert_eq!(rows_in(&client, &t).await, 2);
+    drop_table(&client, &t).await;
+    client
+        .batch_execute(&format!("DROP FUNCTION {f}(int); DROP SEQUENCE {seq}"))
+        .await
+        .unwrap();
+}
+
 /// PostgreSQL refuses to Parse a name it already holds (42P05) and skips everything after an error
 /// until Sync, so re-preparing "s1" as a SELECT may leave the DELETE upstream: a later Bind of "s1",
 /// waiting for the failure or pipelined behind it, is refused rather than run under the SELECT's

@@ -240,22 +240,47 @@ pub struct Batch {
     pub parsed: Vec<Box<[u8]>>,
     /// When the batch's first message arrived.
     pub started: Option<Instant>,
-    /// Leading bytes of `bytes` before the first Execute that needs a decision: Parse, Bind and
-    /// Describe run nothing, so
-    /// they may go upstream on Flush even while the rest of the batch waits.
+    /// Leading bytes of `bytes` before the first Bind or Execute that needs a decision: Parse,
+    /// Describe and the Bind of an allowed statement run nothing that needs one, so they may go
+    /// upstream on Flush even while the rest of the batch waits.
     pub forwardable: usize,
     /// COPY ends the client had sent at the batch's last Execute ([`super::backend::CopyMarks`]).
     pub copy_ends_at_execute: Option<u64>,
+    /// Portals a Bind of a statement needing a decision added to `executed` that no Execute has
+    /// named yet (so their Execute is not counted twice).
+    pub bound_gated: Vec<Box<[u8]>>,
 }
 
 impl Batch {
-    /// Notes an Execute of `portal`.
-    pub fn execute(&mut self, portal: &Portal) {
+    /// Notes an Execute of `portal`, named `name`.
+    pub fn execute(&mut self, name: &[u8], portal: &Portal) {
+        if let Some(i) = self.bound_gated.iter().position(|n| **n == *name) {
+            // Its Bind counted it already.
+            self.bound_gated.remove(i);
+            return;
+        }
+        self.note(portal);
+        self.executed.push(portal.clone());
+    }
+
+    /// Notes a Bind of `portal`, named `name`: PostgreSQL plans the statement at Bind, and planning
+    /// evaluates immutable functions over constants, which may call anything. A Bind of a statement that
+    /// needs a decision is therefore judged as its execution; one that is allowed needs nothing.
+    pub fn bind(&mut self, name: &[u8], portal: &Portal) {
+        if portal.statement.verdict.action == Action::Allow {
+            return;
+        }
+        self.note(portal);
+        self.executed.push(portal.clone());
+        self.bound_gated.retain(|n| **n != *name);
+        self.bound_gated.push(name.into());
+    }
+
+    fn note(&mut self, portal: &Portal) {
         let verdict = &portal.statement.verdict;
         if self.verdict.is_none() || verdict.action > self.action() {
             self.verdict = Some(verdict.clone());
         }
-        self.executed.push(portal.clone());
     }
 
     /// Strictest action over the executed statements; a batch that executes nothing is allowed.
@@ -299,6 +324,7 @@ impl Batch {
             started: self.started.take(),
             forwardable: std::mem::take(&mut self.forwardable),
             copy_ends_at_execute: self.copy_ends_at_execute.take(),
+            bound_gated: std::mem::take(&mut self.bound_gated),
         }
     }
 }

@@ -726,6 +726,9 @@ where
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
         let statement = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
         self.catalog.bind(portal, statement, &frame[5..]);
+        if let Some(p) = self.catalog.portal(portal) {
+            self.batch.bind(portal, p);
+        }
         self.add_to_batch(frame)
     }
 
@@ -733,13 +736,13 @@ where
         let mut pos = 5;
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Execute"))?;
         match self.catalog.portal(portal) {
-            Some(p) => self.batch.execute(p),
+            Some(p) => self.batch.execute(portal, p),
             // Executing an unbound portal fails upstream; fail closed here too.
             None => {
                 let mut cat = Catalog::default();
                 cat.bind(b"", portal, &[0, 0, 0, 0, 0, 0, 0, 0]);
                 if let Some(p) = cat.portal(b"") {
-                    self.batch.execute(p);
+                    self.batch.execute(portal, p);
                 }
             }
         }
