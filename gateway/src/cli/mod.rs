@@ -14,6 +14,7 @@ macro_rules! out {
 
 mod inspect;
 mod serve;
+mod store_lock;
 
 use crate::config::{Config, ConfigError};
 use anyhow::Context;

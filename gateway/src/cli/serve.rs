@@ -140,6 +140,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let lease = parse_duration(&cfg.outbox.lease).unwrap_or(Duration::from_secs(30));
     let http_listen = cfg.server.listen;
     let wire_cfg = cfg.wire.clone();
+    let store_url = cfg.store.resolved_url()?;
+    let _store_lock = super::store_lock::lock(&store_url)?;
     let engine = Arc::new(
         Engine::build(cfg, sinks)
             .await

@@ -42,6 +42,26 @@ impl ConfigReport {
     }
 }
 
+/// Why a `[logging] level` filter would not log what it looks like it asks for. A bare word that is not
+/// a level is read by the filter as a module name (`warning` logs only a module called `warning`,
+/// which is nothing), so each comma-separated part must be a level or `target=level`.
+fn logging_level_problem(filter: &str) -> Option<String> {
+    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |w: &str| LEVELS.contains(&w.trim().to_ascii_lowercase().as_str());
+    for part in filter.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let ok = match part.split_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(part),
+        };
+        if !ok {
+            return Some(format!(
+                "{part:?} is not a log level or target=level; use one of trace, debug, info, warn, error, off (e.g. \"info\" or \"info,countersign=debug\")"
+            ));
+        }
+    }
+    None
+}
+
 /// Parse a duration such as `500ms`, `30s`, `5m`, `1h`, `2d` or `1h30m`
 /// ([`countersign_bot::duration`]).
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
@@ -55,6 +75,19 @@ impl Config {
             file: file.to_string(),
             problems: vec![],
         };
+        if let Some(level) = &self.logging.level {
+            if let Some(problem) = logging_level_problem(level) {
+                r.push("logging.level", problem);
+            }
+        }
+        if let Some(format) = &self.logging.format {
+            if !matches!(format.as_str(), "text" | "json") {
+                r.push(
+                    "logging.format",
+                    format!("{format:?} is not a log format; use \"text\" or \"json\""),
+                );
+            }
+        }
         // The sweep and the poll are timer periods (zero panicked the expiry task, silently stopping
         // expiry and the interrupted-execution sweep; a zero poll spins); a zero lease lets every
         // replica take the same item at once.
@@ -282,6 +315,33 @@ mod tests {
             .filter(|p| p.message.contains(needle))
             .map(|p| p.key.as_str())
             .collect()
+    }
+
+    #[test]
+    fn a_log_level_typo_is_named_instead_of_silencing_the_log() {
+        for (level, bad) in [
+            ("warning", true),
+            ("inf", true),
+            ("info,countersign=verbose", true),
+            ("=debug", true),
+            ("warn", false),
+            ("INFO", false),
+            ("info,countersign=debug,tower_http=off", false),
+        ] {
+            let cfg =
+                Config::from_toml(&format!("[logging]\nlevel = {level:?}\n"), "c.toml").unwrap();
+            let report = cfg.validate("c.toml");
+            assert_eq!(
+                keys_saying(&report, "is not a log level"),
+                if bad { vec!["logging.level"] } else { vec![] },
+                "{level}: {report}"
+            );
+        }
+        let cfg = Config::from_toml("[logging]\nformat = \"jsonl\"\n", "c.toml").unwrap();
+        assert_eq!(
+            keys_saying(&cfg.validate("c.toml"), "not a log format"),
+            ["logging.format"]
+        );
     }
 
     #[test]
