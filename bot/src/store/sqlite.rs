@@ -4,8 +4,23 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection as _, Sqlite, SqliteConnection, Transaction};
+use sqlx_core::transaction::TransactionManager as _;
 use std::str::FromStr;
 use std::time::Duration;
+
+/// Whether a connection coming back to its pool may be handed out again: only outside a transaction.
+/// A COMMIT that fails (SQLITE_FULL on a full disk) can leave SQLite's transaction rolled back while
+/// sqlx still counts it open, so the rollback on drop fails too and every later `BEGIN` on that
+/// connection would fail for good ("non-zero transaction depth"). Such a connection is rolled back
+/// once more and, if that does not clear it, closed; the pool opens a fresh one when needed.
+async fn out_of_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    type Manager = <Sqlite as sqlx::Database>::TransactionManager;
+    if Manager::get_transaction_depth(conn) == 0 {
+        return Ok(true);
+    }
+    let _ = Manager::rollback(conn).await;
+    Ok(Manager::get_transaction_depth(conn) == 0)
+}
 
 /// The SQLite store.
 #[derive(Clone)]
@@ -44,11 +59,13 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .after_release(|conn, _| Box::pin(out_of_transaction(conn)))
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         let records = SqlitePoolOptions::new()
             .max_connections(1)
+            .after_release(|conn, _| Box::pin(out_of_transaction(conn)))
             .connect_with(opts.synchronous(SqliteSynchronous::Normal))
             .await?;
         Ok(Self { pool, records })
@@ -97,3 +114,28 @@ impl SqliteStore {
 }
 
 super::backend::sql_store!(SqliteStore, Sqlite, SqliteConnection);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_returned_inside_a_transaction_is_cleared_before_reuse() {
+        type Manager = <Sqlite as sqlx::Database>::TransactionManager;
+        let dir = crate::testing::TempDir::new();
+        let url = format!("sqlite://{}/state.db", dir.path().display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        {
+            // The state a failed COMMIT leaves: sqlx counts a transaction that no guard will end.
+            let mut conn = store.records.acquire().await.unwrap();
+            Manager::begin(&mut conn, None).await.unwrap();
+            assert_eq!(Manager::get_transaction_depth(&conn), 1);
+        }
+        // The records pool has one connection: it must begin again.
+        let tx = store
+            .begin_record()
+            .await
+            .expect("the pool's connection is usable again");
+        tx.commit().await.unwrap();
+    }
+}

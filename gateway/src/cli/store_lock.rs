@@ -74,7 +74,10 @@ mod tests {
     fn other_stores_need_no_lock() {
         assert_eq!(sqlite_file("postgres://u@h/db"), None);
         assert_eq!(sqlite_file("sqlite::memory:"), None);
-        assert_eq!(sqlite_file("sqlite://./data/c.db"), Some(PathBuf::from("./data/c.db")));
+        assert_eq!(
+            sqlite_file("sqlite://./data/c.db"),
+            Some(PathBuf::from("./data/c.db"))
+        );
         lock("postgres://u@h/db").unwrap();
     }
 }
