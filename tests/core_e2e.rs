@@ -116,6 +116,37 @@ async fn held_statement_approved_by_two_distinct_humans_runs_exactly_once() {
 }
 
 #[tokio::test]
+async fn an_approved_statement_is_not_spent_on_an_upstream_session_the_server_ended() {
+    let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
+    let t = make_table("cs_stale").await;
+    let sql = format!("INSERT INTO {t} VALUES (1, 'x')");
+    let id = id_of(&gw.query(AGENT, &sql).await);
+    assert_eq!(gw.vote(BOB, &id, "approve").await.status, 200);
+    assert_eq!(gw.vote(CAROL, &id, "approve").await.status, 200);
+    // An allowed read leaves an idle session in the API's pool; the server then ends it (a restart,
+    // an idle timeout, an administrator).
+    let marker = format!("stale pool {}", uuid::Uuid::new_v4().simple());
+    let warm = gw.query(AGENT, &format!("SELECT '{marker}'")).await;
+    assert_eq!(warm.status, 200, "{:?}", warm.body);
+    let ended: i64 = direct()
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'countersign' AND query LIKE '%' || $1 || '%'",
+            &[&marker],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1, "the pooled session was ended");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ran = gw.query(AGENT, &sql).await;
+    assert_eq!(ran.status, 200, "{:?}", ran.body);
+    assert_eq!(ran.body["command_tag"], "INSERT 0 1");
+    assert_eq!(count(&t).await, 1);
+}
+
+#[tokio::test]
 async fn approved_then_altered_text_does_not_run() {
     for backend in BACKENDS {
         let gw = spawn_gateway(&base_config(""), backend).await;

@@ -302,12 +302,19 @@ impl UpstreamPool {
             .clone()
     }
 
+    /// An idle session still open at the server, if any: one the server ended while it sat idle (a
+    /// restart, `pg_terminate_backend`, an idle timeout) is dropped here, before a statement is sent on
+    /// it, so an approved statement's single execution is never spent on a dead connection.
     fn take(&self, name: &str) -> Option<Upstream> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(name)
-            .and_then(|v| v.pop())
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = idle.get_mut(name)?;
+        while let Some(up) = sessions.pop() {
+            if !up.stream.idle_session_ended() {
+                return Some(up);
+            }
+            tracing::debug!(connection = %name, "dropped an idle upstream session the server had ended");
+        }
+        None
     }
 
     fn give_back(&self, name: &str, up: Upstream) {

@@ -516,6 +516,21 @@ pub enum UpstreamStream {
     Unix(UnixStream),
 }
 
+impl UpstreamStream {
+    /// True when an idle session's socket has been closed by the server, or holds bytes nobody asked
+    /// for (PostgreSQL sends a FATAL before closing a terminated or timed-out session): such a session
+    /// must not be used. Reads nothing from a healthy idle socket.
+    pub fn idle_session_ended(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let read = match self {
+            UpstreamStream::Plain(s) => s.try_read(&mut byte),
+            UpstreamStream::Tls(s) => s.get_ref().0.try_read(&mut byte),
+            UpstreamStream::Unix(s) => s.try_read(&mut byte),
+        };
+        !matches!(read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
 /// Opens the transport to `host`: a Unix-domain socket when `host` is a directory (`/…`), otherwise TCP
 /// with TLS as `tls` asks.
 pub async fn open(
