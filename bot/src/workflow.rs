@@ -304,15 +304,18 @@ impl Workflow {
         channel: &str,
     ) -> Result<VoteResult, WorkflowError> {
         let view = self.get(id).await?;
-        if chain
-            .0
-            .iter()
-            .any(|who| view.request.requester.contains(who))
-        {
-            let refusal = Refusal {
-                code: "requester_cannot_approve",
-                reason: "a token acting for someone in this request's requester chain cannot vote on it: separation of duties forbids voting on one's own request, also by delegation; vote with a token of your own".into(),
-            };
+        // The voter's own standing first (a workload is refused as one), then whom the token acts for.
+        let refusal = self.check_voter(&view, voter, decision).or_else(|| {
+            chain
+                .0
+                .iter()
+                .any(|who| view.request.requester.contains(who))
+                .then(|| Refusal {
+                    code: "requester_cannot_approve",
+                    reason: "a token acting for someone in this request's requester chain cannot vote on it: separation of duties forbids voting on one's own request, also by delegation; vote with a token of your own".into(),
+                })
+        });
+        if let Some(refusal) = refusal {
             self.record_refusal(&view, voter, channel, &refusal).await?;
             return Ok(VoteResult::Refused(refusal));
         }

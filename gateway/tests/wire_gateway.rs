@@ -1412,6 +1412,129 @@ async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     drop_table(&client, &t).await;
 }
 
+/// A cursor (Execute with a row limit, then Flush) waits for rows before it sends Sync: a statement
+/// that needs a decision is decided at the Flush, not left waiting for a Sync that never comes.
+#[tokio::test]
+async fn a_cursor_on_a_held_or_blocked_statement_is_decided_at_its_flush() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table_of_ids(&client, "(1), (2)").await;
+    gate.push_outcome(Duration::from_millis(50), HoldOutcome::Approved);
+    let mut s = raw_login(addr).await;
+    let cursor = |sql: &str| {
+        let mut m = message(b'P', &[cstr(""), cstr(sql), vec![0, 0]].concat());
+        m.extend(message(
+            b'B',
+            &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
+        ));
+        m.extend(message(b'D', &[vec![b'P'], cstr("")].concat()));
+        m.extend(message(
+            b'E',
+            &[cstr(""), 10i32.to_be_bytes().to_vec()].concat(),
+        ));
+        m.extend(message(b'H', &[]));
+        m
+    };
+    s.write_all(&cursor(&format!(
+        "DELETE FROM {t} WHERE id = 1 RETURNING id"
+    )))
+    .await
+    .unwrap();
+    // Held, approved, run: its rows and tag arrive before the client's Sync.
+    let ran = read_frames_until(&mut s, b'C').await;
+    assert!(ran
+        .iter()
+        .any(|(t, b)| *t == b'N' && contains(b, b"held for approval")));
+    assert!(ran.iter().any(|(t, _)| *t == b'D'), "{ran:?}");
+    assert_eq!(ran.last().unwrap().1, b"DELETE 1\0");
+    s.write_all(&message(b'S', &[])).await.unwrap();
+    let tags: Vec<u8> = read_frames_until(&mut s, b'Z')
+        .await
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(
+        tags, b"Z",
+        "the client's own Sync gets the one ReadyForQuery"
+    );
+    assert_eq!(rows_in(&client, &t).await, 1);
+    // Blocked: refused at the Flush.
+    s.write_all(&cursor("DROP DATABASE postgres"))
+        .await
+        .unwrap();
+    let refused = read_frames_until(&mut s, b'E').await;
+    assert!(contains(&refused.last().unwrap().1, b"42501"));
+    s.write_all(&message(b'S', &[])).await.unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    // The session goes on.
+    assert_eq!(rows_in(&client, &t).await, 1);
+    drop_table(&client, &t).await;
+}
+
+/// When what went ahead of a held part fails upstream, PostgreSQL skips the held part until Sync: it
+/// is answered at once, as PostgreSQL would, and no one is asked to approve it.
+#[tokio::test]
+async fn a_held_part_behind_a_failed_one_is_skipped_without_a_request() {
+    let (gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    let missing = format!("no_such_table_{}", uuid::Uuid::new_v4().simple());
+    // A cursor whose Parse fails (the DELETE would need a decision).
+    let mut m = message(
+        b'P',
+        &[
+            cstr(""),
+            cstr(&format!("DELETE FROM {missing}")),
+            vec![0, 0],
+        ]
+        .concat(),
+    );
+    m.extend(message(
+        b'B',
+        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
+    ));
+    m.extend(message(
+        b'E',
+        &[cstr(""), 10i32.to_be_bytes().to_vec()].concat(),
+    ));
+    m.extend(message(b'H', &[]));
+    s.write_all(&m).await.unwrap();
+    let failed = read_frames_until(&mut s, b'E').await;
+    assert!(contains(&failed.last().unwrap().1, b"42P01"));
+    s.write_all(&message(b'S', &[])).await.unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    // The same with the Sync right behind the error.
+    let mut m = message(
+        b'P',
+        &[
+            cstr(""),
+            cstr(&format!("DELETE FROM {missing}")),
+            vec![0, 0],
+        ]
+        .concat(),
+    );
+    m.extend(message(b'H', &[]));
+    s.write_all(&m).await.unwrap();
+    read_frames_until(&mut s, b'E').await;
+    let mut m = message(b'B', &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat());
+    m.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
+    m.extend(message(b'S', &[]));
+    s.write_all(&m).await.unwrap();
+    let tags: Vec<u8> = read_frames_until(&mut s, b'Z')
+        .await
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(tags, b"Z");
+    assert!(
+        !gate
+            .events()
+            .iter()
+            .any(|e| matches!(e, GateEvent::Hold { .. })),
+        "no approval request: {:?}",
+        gate.events()
+    );
+}
+
 /// PostgreSQL plans a statement at Bind, and planning evaluates an immutable function over constants,
 /// which may call a volatile one: a Bind with no Execute is judged as running the statement.
 #[tokio::test]

@@ -163,6 +163,10 @@ pub struct BackendTracker {
     copy_window: Option<u64>,
     /// CopyInResponses seen for the statement at the head (a simple query may run several COPYs).
     copies: u64,
+    /// An ErrorResponse arrived with nothing in flight: the part of the current extended-query batch
+    /// that went ahead of its Sync failed, so PostgreSQL skips the rest of the batch until Sync.
+    /// Cleared by the next ReadyForQuery.
+    pub failed_before_sync: bool,
 }
 
 /// The largest row a masked connection examines (a DataRow or COPY row, in bytes). Masking holds a row
@@ -192,6 +196,7 @@ impl BackendTracker {
             masker: None,
             copy_window: None,
             copies: 0,
+            failed_before_sync: false,
         }
     }
 
@@ -332,6 +337,7 @@ impl BackendTracker {
                     }
                 }
                 b'Z' => {
+                    self.failed_before_sync = false;
                     self.status = body.first().copied().unwrap_or(b'I');
                     self.finish(finished);
                 }
@@ -346,6 +352,9 @@ impl BackendTracker {
                     self.tag = Some(tag);
                 }
                 b'E' => {
+                    if self.in_flight.is_empty() {
+                        self.failed_before_sync = true;
+                    }
                     // The record keeps what the client was shown.
                     let body = match (&action, self.masker.as_ref()) {
                         (FrameAction::Replace, Some(m)) => m.out.get(5..).unwrap_or_default(),

@@ -57,6 +57,9 @@ pub struct SessionCtx {
     pub name_context: Vec<String>,
 }
 
+/// How long a hold waits for the answer to the part of its batch that went ahead on Flush.
+const READY_PART_ANSWER: Duration = Duration::from_millis(100);
+
 /// How many statements that changed name resolution a session keeps for its approvals' context.
 const MAX_NAME_CONTEXT: usize = 32;
 
@@ -111,6 +114,8 @@ struct Held {
     batch: Option<u64>,
     /// Where it arrived among the client's COPY ends.
     copy: CopyMarks,
+    /// Part of its batch went ahead on Flush (see [`Relay::settle_ready_part`]).
+    after_ready_part: bool,
 }
 
 enum Step {
@@ -157,6 +162,8 @@ pub struct Relay<CR, CW, SR, SW> {
     copy_ends: u64,
     /// Set while the unit being decided ends with a Sync the gateway added ([`InFlight::swallow_ready`]).
     swallow_next: bool,
+    /// Part of the current batch went ahead on Flush, and its answer may still be on its way.
+    ready_part_sent: bool,
     /// Bytes of a client CopyData message still to stream upstream unbuffered ([`Self::stream_copy_data`]).
     copy_data_left: usize,
 }
@@ -203,6 +210,7 @@ where
             client_gone: false,
             copy_ends: 0,
             swallow_next: false,
+            ready_part_sent: false,
             copy_data_left: 0,
         }
     }
@@ -504,12 +512,25 @@ where
                 }
                 b'H' => {
                     self.add_to_batch(&frame)?;
-                    // Flush asks for results so far. What precedes the first Execute that needs a
-                    // decision runs nothing and goes now (the whole batch, Flush included, when nothing
-                    // needs one), so a client that prepares and waits before Sync is answered; the rest
-                    // waits for the verdict at Sync, and its held part gets a Flush of its own.
+                    // Flush asks for results so far. What precedes the first Bind or Execute that
+                    // needs a decision goes now (the whole batch, Flush included, when nothing needs
+                    // one), so a client that prepares and waits before Sync is answered.
                     if self.forward_ready_part() && self.batch.action() != Action::Allow {
                         forward(&mut self.backend.masker, &mut self.out, &FLUSH);
+                        self.ready_part_sent = true;
+                    }
+                    // A client reading a cursor (Execute with a row limit, then Flush) waits for rows
+                    // before it sends Sync: the part that needs a decision is decided now, ended with
+                    // a Sync of the gateway's own whose ReadyForQuery the client never sees (as for a
+                    // Query before Sync), rather than left waiting for a Sync that never comes.
+                    if self.batch.action() != Action::Allow {
+                        self.add_to_batch(&SYNC)?;
+                        self.swallow_next = true;
+                        let held = self.on_sync();
+                        self.swallow_next = false;
+                        if let Some(held) = held {
+                            return Ok(Step::Hold(held));
+                        }
                     }
                 }
                 b'S' => {
@@ -684,6 +705,7 @@ where
                 received,
                 batch: None,
                 copy: self.query_marks(),
+                after_ready_part: false,
             }),
         }
     }
@@ -766,13 +788,19 @@ where
             at_start: batch.copy_ends_at_execute.unwrap_or(self.copy_ends),
             at_sync: Some(self.copy_ends),
         };
-        match batch.action() {
-            Action::Allow => {
+        // The part that went ahead already failed upstream: PostgreSQL skips every message up to this
+        // Sync, so the part that needed a decision can't run. It goes as sent (and is skipped) rather
+        // than wait for humans, as PostgreSQL would answer at once.
+        let skipped = std::mem::take(&mut self.backend.failed_before_sync);
+        let after_ready_part = std::mem::take(&mut self.ready_part_sent);
+        let action = batch.action();
+        match action {
+            _ if action == Action::Allow || skipped => {
                 forward(&mut self.backend.masker, &mut self.out, &batch.bytes);
                 self.backend.in_flight.push_back(InFlight {
                     sql: batch.sql(),
                     binds: batch.binds(),
-                    decision: Action::Allow,
+                    decision: action,
                     request_id: None,
                     executed: None,
                     rejection: false,
@@ -785,7 +813,7 @@ where
                 });
                 None
             }
-            Action::Block => {
+            Action::Allow | Action::Block => {
                 self.catalog.forget_statements(&batch.parsed);
                 let message = batch
                     .verdict
@@ -814,6 +842,7 @@ where
                     received,
                     batch: Some(number),
                     copy,
+                    after_ready_part,
                 })
             }
         }
@@ -859,7 +888,50 @@ where
         result
     }
 
+    /// Gives the upstream a moment to answer the part of a held batch that went ahead on Flush: when it
+    /// failed, PostgreSQL skips the held part, so no one need be asked to approve it. True when it
+    /// failed. (A later failure during the hold is caught in [`Relay::wait_for_decision`].)
+    async fn settle_ready_part(&mut self) -> Result<bool, WireError> {
+        let deadline = tokio::time::sleep(READY_PART_ANSWER);
+        tokio::pin!(deadline);
+        loop {
+            if self.backend.failed_before_sync {
+                return Ok(true);
+            }
+            reserve(&mut self.sbuf, self.backend.need);
+            tokio::select! {
+                _ = &mut deadline => return Ok(false),
+                r = self.server_r.read_buf(&mut self.sbuf) => {
+                    if r? == 0 {
+                        return Err(WireError::Upstream("the upstream closed the connection".into()));
+                    }
+                    self.on_server_data().await?;
+                    self.client_w.flush().await?;
+                }
+            }
+        }
+    }
+
     async fn hold_inner(&mut self, held: Held) -> Result<(), WireError> {
+        if held.after_ready_part && self.settle_ready_part().await? {
+            self.backend.failed_before_sync = false;
+            forward(&mut self.backend.masker, &mut self.out, &held.bytes);
+            self.backend.in_flight.push_back(InFlight {
+                sql: held.sql,
+                binds: held.binds,
+                decision: held.verdict.action,
+                request_id: None,
+                executed: None,
+                rejection: false,
+                received: held.received,
+                forwarded: Instant::now(),
+                batch: held.batch,
+                copy: held.copy,
+                prepared: None,
+                swallow_ready: self.swallow_next,
+            });
+            return Ok(());
+        }
         // Approvers read the parameters with the text, and what this session did that changes which
         // objects its names resolve to; the hash binds both, so the approval is for what runs, here.
         let (shown, hash) = with_name_context(
@@ -999,6 +1071,11 @@ where
                         return Err(WireError::Upstream("the upstream closed the connection during a hold".into()));
                     }
                     self.on_server_data().await?;
+                    // What went ahead of the held part failed: PostgreSQL will skip the held part,
+                    // so there is nothing left to approve (the client has its error already).
+                    if self.backend.failed_before_sync {
+                        return Ok(None);
+                    }
                 }
             }
         }
