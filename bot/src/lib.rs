@@ -9,6 +9,7 @@ pub mod ids;
 pub use identity::{CanonicalId, Identity, IdentityKind, RequesterChain};
 pub use ids::{BoundParam, RequestId, SessionId, StatementHash};
 pub mod audit;
+pub mod clock;
 pub mod directory;
 pub mod duration;
 pub mod events;

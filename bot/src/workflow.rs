@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 /// Workflow failures that are not domain refusals.
@@ -243,7 +242,7 @@ impl Workflow {
                 _ => {}
             }
         }
-        let now = OffsetDateTime::now_utc();
+        let now = crate::clock::now();
         let ttl = Duration::from_secs(new.ttl_secs.clamp(1, MAX_TTL.as_secs()));
         let req = ApprovalRequest {
             id: RequestId::new(),
@@ -355,7 +354,7 @@ impl Workflow {
             decision,
             reason: reason.map(|r| r.chars().take(2000).collect()),
             channel: channel.to_string(),
-            at: OffsetDateTime::now_utc(),
+            at: crate::clock::now(),
         };
         let now_ms = (vote.at.unix_timestamp_nanos() / 1_000_000) as i64;
         match self.store.cast_vote(&vote, now_ms, &self.sinks).await {
@@ -616,7 +615,7 @@ impl Workflow {
 
     /// Expire every pending request whose TTL has passed. Returns how many expired.
     pub async fn expire_due(&self) -> Result<usize, WorkflowError> {
-        let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = (crate::clock::now().unix_timestamp_nanos() / 1_000_000) as i64;
         let due = self.store.due_for_expiry(now_ms, 500).await?;
         let mut n = 0;
         for id in due {

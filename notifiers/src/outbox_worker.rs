@@ -68,7 +68,7 @@ pub struct OutboxWorker {
 }
 
 fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    countersign_bot::clock::now_ms()
 }
 
 impl OutboxWorker {

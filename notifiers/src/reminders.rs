@@ -225,7 +225,7 @@ impl ReminderScheduler {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = self.scan(OffsetDateTime::now_utc()).await {
+                if let Err(e) = self.scan(countersign_bot::clock::now()).await {
                     tracing::warn!(error = %e, "reminder scan failed; retrying next tick");
                 }
             }

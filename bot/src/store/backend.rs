@@ -12,7 +12,7 @@ use crate::store::{OutboxItem, OutboxStatus, StoreError};
 use time::OffsetDateTime;
 
 pub(crate) fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    crate::clock::now_ms()
 }
 
 pub(crate) fn ms_to_time(ms: i64) -> OffsetDateTime {
@@ -768,6 +768,7 @@ macro_rules! sql_store {
             }
 
             async fn due_for_expiry(&self, now_ms: i64, limit: u32) -> Result<Vec<RequestId>, StoreError> {
+                self.check_clock().await;
                 let rows = sqlx::query("SELECT id FROM requests WHERE status = 'pending' AND expires_ms <= $1 ORDER BY expires_ms LIMIT $2")
                     .bind(now_ms)
                     .bind(limit as i64)

@@ -22,6 +22,37 @@ const DURABLE: &str = "SELECT pg_logical_emit_message(true, 'countersign', 'dura
 /// Advisory lock key guarding the audit chain's tail ("cs-audit").
 const AUDIT_LOCK_KEY: i64 = 0x6373_2d61_7564_6974;
 
+/// How often the offset between this machine's clock and the database server's is measured again.
+const CLOCK_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Measures the database server's clock against this machine's ([`crate::clock`]), so replicas on
+/// machines whose clocks disagree still agree on heartbeats, expiry and leases. A failed read keeps the
+/// last offset.
+async fn measure_clock(pool: &PgPool) -> Option<i64> {
+    let sent = crate::clock::local_ms();
+    let db: Result<i64, sqlx::Error> =
+        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+            .fetch_one(pool)
+            .await;
+    let received = crate::clock::local_ms();
+    match db {
+        Ok(db_ms) => {
+            let offset = crate::clock::observe(db_ms, sent, received);
+            if offset.unsigned_abs() > crate::clock::WARN_SKEW.as_millis() as u64 {
+                tracing::warn!(
+                    offset_ms = offset,
+                    "this machine's clock differs from the store's database server by more than a second; Countersign uses the database's time, but fix the clock (NTP)"
+                );
+            }
+            Some(offset)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the store's clock; keeping the last offset");
+            None
+        }
+    }
+}
+
 /// The PostgreSQL store.
 #[derive(Clone)]
 pub struct PgStore {
@@ -30,6 +61,8 @@ pub struct PgStore {
     /// Audited changes use group commit (see the module docs); false when the database role may not call
     /// `pg_logical_emit_message`, and every audited change then commits synchronously under the lock.
     group_commit: bool,
+    /// When the clock offset was last measured (local milliseconds), see [`PgStore::check_clock`].
+    clock_checked_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl PgStore {
@@ -58,10 +91,14 @@ impl PgStore {
                 false
             }
         };
+        measure_clock(&pool).await;
         Ok(Self {
             pool,
             url: url.to_string(),
             group_commit,
+            clock_checked_ms: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(
+                crate::clock::local_ms(),
+            )),
         })
     }
 
@@ -87,6 +124,27 @@ impl PgStore {
     /// commits synchronously, and flushing its commit record flushes all WAL before it. Concurrent callers
     /// share flushes (PostgreSQL's own group commit), unlike commits serialised by the audit lock. Runs on
     /// the connection that committed, so an audited change checks out one pool connection, not two.
+    /// Measures the clock offset again when the last measurement is older than [`CLOCK_CHECK`]: called
+    /// by the expiry sweep every replica runs, so no task of its own outlives the store.
+    async fn check_clock(&self) {
+        use std::sync::atomic::Ordering;
+        let now = crate::clock::local_ms();
+        let last = self.clock_checked_ms.load(Ordering::Relaxed);
+        if now - last >= CLOCK_CHECK.as_millis() as i64
+            && self
+                .clock_checked_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            measure_clock(&self.pool).await;
+        }
+    }
+
+    /// Measures the clock offset now (for tests and diagnostics).
+    pub async fn measure_clock(&self) -> Option<i64> {
+        measure_clock(&self.pool).await
+    }
+
     async fn await_durable(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         if self.group_commit {
             sqlx::query(DURABLE).execute(conn).await?;
@@ -133,3 +191,20 @@ impl PgStore {
 }
 
 super::backend::sql_store!(PgStore, Postgres, PgConnection);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_database_clock_is_read_and_matches_this_machine_on_one_host() {
+        let url = crate::testing::fresh_pg_database().await.unwrap();
+        let store = PgStore::open(&url).await.unwrap();
+        let offset = store
+            .measure_clock()
+            .await
+            .expect("the database answers its clock");
+        // Same machine, same clock: the measurement itself is what is checked.
+        assert!(offset.abs() < 1_000, "offset {offset} ms on one host");
+    }
+}

@@ -83,6 +83,9 @@ impl SqliteStore {
         conn.begin_with("BEGIN IMMEDIATE").await
     }
 
+    /// One process owns a SQLite store: its own clock is the clock.
+    async fn check_clock(&self) {}
+
     async fn await_durable(&self, _conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
         Ok(())
     }

@@ -400,7 +400,7 @@ pub async fn outbox(cfg: &Config, command: OutboxCommand) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
         OutboxCommand::Retry { id } => {
-            let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+            let now = countersign_bot::clock::now_ms();
             if store.outbox_retry(id, now).await? {
                 out!("outbox item {id} re-queued");
                 Ok(ExitCode::SUCCESS)

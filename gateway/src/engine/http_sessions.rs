@@ -9,7 +9,6 @@ use countersign_bot::{RequestId, RequesterChain, SessionId, StatementHash};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
 
 /// An HTTP session ends after this long without statements.
 pub const HTTP_SESSION_IDLE: Duration = Duration::from_secs(300);
@@ -78,7 +77,7 @@ impl Engine {
                 client_addr: None,
                 application: Some("http-api".into()),
                 protocol: "http".into(),
-                started_at: OffsetDateTime::now_utc(),
+                started_at: countersign_bot::clock::now(),
                 ended_at: None,
                 end_reason: None,
             };
@@ -96,7 +95,7 @@ impl Engine {
             error: st.error,
             masked_fields: st.masked_fields,
             duration_us: st.duration.as_micros() as u64,
-            at: OffsetDateTime::now_utc() - st.duration,
+            at: countersign_bot::clock::now() - st.duration,
         };
         self.recorder.send(RecordOp::Statement(rec)).await;
     }
@@ -122,7 +121,7 @@ impl Engine {
         };
         for id in &ended {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let now = OffsetDateTime::now_utc();
+            let now = countersign_bot::clock::now();
             self.recorder
                 .send(RecordOp::Ended(
                     *id,

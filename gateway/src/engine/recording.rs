@@ -67,7 +67,7 @@ impl Default for Liveness {
 }
 
 fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    countersign_bot::clock::now_ms()
 }
 
 /// The writer task's state besides its statement batch.

@@ -11,7 +11,6 @@ use countersign_bot::audit::AuditEntry;
 use countersign_bot::{ExecutionSummary, RequestId, RequestStatus, RequesterChain, StatementHash};
 use std::sync::Arc;
 use std::time::Duration;
-use time::OffsetDateTime;
 
 #[async_trait::async_trait]
 impl WireGate for Engine {
@@ -222,7 +221,7 @@ impl WireGate for Engine {
             self.refresh_row_functions().await;
         }
         // One clock read per batch: the batch is at most a recorder tick old.
-        let now = OffsetDateTime::now_utc();
+        let now = countersign_bot::clock::now();
         let records = batch
             .into_iter()
             .map(|record| {
@@ -260,7 +259,7 @@ impl WireGate for Engine {
     }
 
     async fn session_ended(&self, session: &SessionInfo) {
-        let now = OffsetDateTime::now_utc();
+        let now = countersign_bot::clock::now();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         self.recorder
             .send(RecordOp::Ended(

@@ -17,7 +17,6 @@ use bytes::{BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
@@ -416,7 +415,7 @@ async fn serve<S: Halves>(
         requester,
         client_addr: peer,
         application_name: param(&params, "application_name").map(str::to_string),
-        started_at: OffsetDateTime::now_utc(),
+        started_at: countersign_bot::clock::now(),
     });
     shared.recorder.started(&session).await;
     let result = relay(

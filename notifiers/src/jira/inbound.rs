@@ -193,7 +193,7 @@ async fn handle(state: &JiraInbound, key: &str) -> Result<Response, String> {
         .map_err(|e| e.to_string())?;
     // Consumed before voting: a replayed or re-delivered webhook for the same change never votes twice.
     let nonce = format!("jira:changelog:{key}:{}", change.id);
-    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let now_ms = countersign_bot::clock::now_ms();
     if !state
         .store
         .consume_nonce(&nonce, now_ms)

@@ -123,7 +123,7 @@ impl Inner {
     /// carries its own trigger_id and action_ts), so the same signature again is a captured request
     /// replayed within the five-minute window.
     async fn first_delivery(&self, signature: &str) -> Result<(), Response> {
-        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = countersign_bot::clock::now_ms();
         match self
             .store
             // Keyed on the MAC, not its spelling: the hex is accepted in either case.

@@ -208,7 +208,7 @@ pub async fn submit(State(state): State<EmailInbound>, Form(f): Form<ActForm>) -
             "This vote did not come from the confirmation page. Open the link from your e-mail again and press the button.",
         );
     }
-    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let now_ms = countersign_bot::clock::now_ms();
     match state.store.consume_nonce(&claims.jti, now_ms).await {
         Ok(true) => {}
         Ok(false) => {
