@@ -254,6 +254,83 @@ impl Config {
                 r.push(key, format!("approver group {g:?} is not defined; add an [[approver_groups]] entry named {g:?}"));
             }
         }
+        // A quorum more people than can ever vote makes every held statement wait until it expires.
+        let reachable = |names: &[String]| -> Option<usize> {
+            let mut people = HashSet::new();
+            for name in names {
+                let g = self.approver_groups.iter().find(|g| &g.name == name)?;
+                if !g.idp_groups.is_empty() {
+                    return None; // membership by IdP group: not countable here
+                }
+                people.extend(
+                    g.members
+                        .iter()
+                        .map(|m| countersign_bot::identity::canonical_email(m)),
+                );
+            }
+            Some(people.len())
+        };
+        let defaults = &self.policy.defaults;
+        let quorums = std::iter::once((
+            "policy.defaults.quorum".to_string(),
+            defaults.quorum,
+            defaults.approver_groups.clone(),
+        ))
+        .chain(
+            self.policy
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, rule)| rule.action == "review" || rule.quorum.is_some())
+                .map(|(i, rule)| {
+                    (
+                        format!("policy.rules[{i}].quorum"),
+                        rule.quorum.unwrap_or(defaults.quorum),
+                        rule.approver_groups
+                            .clone()
+                            .unwrap_or_else(|| defaults.approver_groups.clone()),
+                    )
+                }),
+        );
+        for (key, quorum, names) in quorums {
+            if names.is_empty() {
+                continue;
+            }
+            if let Some(n) = reachable(&names) {
+                if (quorum as usize) > n {
+                    r.push(
+                        key,
+                        format!(
+                            "quorum {quorum} needs more approvers than the {n} member(s) of {}: lower the quorum or add members (a requester never approves their own request)",
+                            names.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if self.server.max_body_bytes < 1024 {
+            r.push(
+                "server.max_body_bytes",
+                format!(
+                    "{} bytes is too small for any request; give at least 1024 (default 1 MiB)",
+                    self.server.max_body_bytes
+                ),
+            );
+        }
+        if let Some(wire) = &self.wire {
+            if wire.max_message_size < 8192 {
+                r.push(
+                    "wire.max_message_size",
+                    format!("{} bytes is too small for PostgreSQL's messages; give at least 8192 (default 64 MiB)", wire.max_message_size),
+                );
+            }
+            if wire.threads.is_some_and(|n| n.get() > 256) {
+                r.push(
+                    "wire.threads",
+                    "more than 256 wire threads only adds memory and context switches; give at most 256 (default: one per core, at most 4)",
+                );
+            }
+        }
         if self.policy.defaults.approver_groups.is_empty() && !self.approver_groups.is_empty() {
             r.push(
                 "policy.defaults.approver_groups",
@@ -315,6 +392,36 @@ mod tests {
             .filter(|p| p.message.contains(needle))
             .map(|p| p.key.as_str())
             .collect()
+    }
+
+    #[test]
+    fn a_quorum_no_group_can_reach_and_unusable_sizes_are_named() {
+        let cfg = Config::from_toml(
+            "[server]\nmax_body_bytes = 0\n[wire]\nlisten = \"127.0.0.1:0\"\nmax_message_size = 0\nthreads = 100000\n\
+             [[approver_groups]]\nname = \"dba\"\nmembers = [\"a@example.com\", \"A+x@Example.com\", \"b@example.com\"]\n\
+             [[approver_groups]]\nname = \"idp\"\nidp_groups = [\"admins\"]\n\
+             [policy.defaults]\napprover_groups = [\"dba\"]\nquorum = 3\n\
+             [[policy.rules]]\nname = \"r\"\naction = \"review\"\napprover_groups = [\"idp\"]\nquorum = 5\n",
+            "c.toml",
+        )
+        .unwrap();
+        let report = cfg.validate("c.toml");
+        // Two people (a@ and its +tag are one mailbox) can't make a quorum of 3; IdP groups can't be counted.
+        assert_eq!(
+            keys_saying(&report, "needs more approvers"),
+            ["policy.defaults.quorum"],
+            "{report}"
+        );
+        assert_eq!(
+            keys_saying(&report, "too small"),
+            ["server.max_body_bytes", "wire.max_message_size"],
+            "{report}"
+        );
+        assert_eq!(
+            keys_saying(&report, "at most 256"),
+            ["wire.threads"],
+            "{report}"
+        );
     }
 
     #[test]
