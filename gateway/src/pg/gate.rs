@@ -216,7 +216,7 @@ pub struct StatementRecord {
 pub enum WireAuthError {
     /// Wrong token or password (SQLSTATE 28P01).
     #[error(
-        "password authentication failed for user \"{user}\": check the token you pass as password"
+        "password authentication failed for user \"{user}\": pass your agent token as the password, or, for an identity with a SCRAM verifier, its password"
     )]
     BadPassword {
         /// The user as sent.
