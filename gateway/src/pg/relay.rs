@@ -624,6 +624,8 @@ where
         );
         if verdict.statements.iter().any(|f| f.sets_name_resolution) {
             // Kept whether or not it runs: a statement that never ran only makes approvals narrower.
+            // A statement sent again (a pool's reset on every release) is kept once, at its latest place.
+            self.ctx.name_context.retain(|c| c != sql);
             if self.ctx.name_context.len() >= MAX_NAME_CONTEXT {
                 self.ctx.name_context.remove(0);
             }
