@@ -1412,6 +1412,36 @@ async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     drop_table(&client, &t).await;
 }
 
+/// At shutdown, an idle session ends with PostgreSQL's own `57P01`, and a busy one once its
+/// statement has answered.
+#[tokio::test]
+async fn shutting_down_ends_sessions_with_57p01_once_idle() {
+    let gate = Arc::new(StaticGate::new("app", upstream("test"), TOKEN));
+    let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
+    config.allow_cleartext_without_tls = true;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = WireServer::bind(config, gate.clone())
+        .await
+        .unwrap()
+        .with_shutdown(stop_rx);
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    let mut idle = raw_login(addr).await;
+    let mut busy = raw_login(addr).await;
+    busy.write_all(&message(b'Q', &cstr("SELECT pg_sleep(0.5), 'done'")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop_tx.send(true).unwrap();
+    let fatal = read_frames_until(&mut idle, b'E').await;
+    assert!(contains(&fatal.last().unwrap().1, b"57P01"), "{fatal:?}");
+    // The busy session gets its result first, then the same.
+    let answered = read_frames_until(&mut busy, b'E').await;
+    let tags: Vec<u8> = answered.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"TDCZE", "{answered:?}");
+    assert!(contains(&answered.last().unwrap().1, b"57P01"));
+}
+
 /// A cursor (Execute with a row limit, then Flush) waits for rows before it sends Sync: a statement
 /// that needs a decision is decided at the Flush, not left waiting for a Sync that never comes.
 #[tokio::test]

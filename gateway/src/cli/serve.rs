@@ -85,7 +85,7 @@ async fn spawn_wire(
             rt.block_on(async move {
                 let gate: Arc<dyn crate::pg::gate::WireGate> = engine;
                 let server = match crate::pg::server::WireServer::bind(wcfg, gate).await {
-                    Ok(s) => s.with_workers(worker_handles),
+                    Ok(s) => s.with_workers(worker_handles).with_shutdown(stop.clone()),
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow::Error::new(e).context(format!(
                             "binding the Postgres wire listener on {addr} (set [wire] listen to a free address)"

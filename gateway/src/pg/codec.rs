@@ -18,6 +18,8 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     /// Broken framing, unknown messages, startup timeout.
     pub const PROTOCOL_VIOLATION: &str = "08P01";
+    /// The server is shutting down (`terminating connection due to administrator command`).
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
     /// Wrong token.
     pub const INVALID_PASSWORD: &str = "28P01";
     /// Authentication refused for another reason (e.g. cleartext without TLS).

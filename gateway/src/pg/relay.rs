@@ -55,6 +55,8 @@ pub struct SessionCtx {
     /// Startup settings that decide how names resolve (`search_path`, or `options` setting it or a
     /// role), as `name=value`: part of every approval's context in this session.
     pub name_context: Vec<String>,
+    /// Turns true when the gateway shuts down ([`super::server::WireServer::with_shutdown`]).
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// How long a hold waits for the answer to the part of its batch that went ahead on Flush.
@@ -260,10 +262,33 @@ where
         if !self.sbuf.is_empty() {
             self.on_server_data().await?;
         }
+        let mut shutdown = self.ctx.shutdown.clone();
+        let mut stopping = false;
         loop {
+            if stopping && self.idle() {
+                let mut buf = BytesMut::new();
+                put_error(
+                    &mut buf,
+                    Severity::Fatal,
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command: the gateway is shutting down; reconnect",
+                    None,
+                );
+                let _ = send(&mut self.client_w, &buf).await;
+                return Ok(());
+            }
             reserve(&mut self.cbuf, self.client_need);
             reserve(&mut self.sbuf, self.backend.need);
             tokio::select! {
+                // A dropped sender (the process exiting) counts as shutting down too.
+                _ = async {
+                    match shutdown.as_mut() {
+                        Some(rx) => { let _ = rx.wait_for(|s| *s).await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                }, if !stopping => {
+                    stopping = true;
+                }
                 r = self.client_r.read_buf(&mut self.cbuf) => {
                     if r? == 0 {
                         // A client that shut down only its sending side still reads: it gets the
@@ -288,6 +313,16 @@ where
                 }
             }
         }
+    }
+
+    /// Nothing of the session is under way: no statement upstream, no batch or message half received,
+    /// no COPY.
+    fn idle(&self) -> bool {
+        self.backend.in_flight.is_empty()
+            && self.batch.bytes.is_empty()
+            && self.cbuf.is_empty()
+            && self.copy_data_left == 0
+            && !self.backend.in_copy_in()
     }
 
     /// Handles all complete client frames; true when the client terminated.

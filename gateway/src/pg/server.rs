@@ -57,6 +57,7 @@ impl WireServer {
             cancels: CancelRegistry::default(),
             recorder,
             scram_mock_secret: rand::random(),
+            shutdown: None,
         });
         Ok(Self {
             listener,
@@ -72,6 +73,16 @@ impl WireServer {
     /// clients queue behind it.
     pub fn with_workers(mut self, workers: Vec<Handle>) -> Self {
         self.workers = workers;
+        self
+    }
+
+    /// Sessions watch `shutdown`: once it turns true, each ends with `57P01` (as PostgreSQL's own
+    /// shutdown does) as soon as nothing of it is in flight, so clients and pools know to reconnect
+    /// elsewhere instead of finding a dead socket.
+    pub fn with_shutdown(mut self, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.shutdown = Some(shutdown);
+        }
         self
     }
 

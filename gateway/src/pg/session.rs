@@ -45,6 +45,8 @@ pub struct Shared {
     pub recorder: Recorder,
     /// Per-process secret that derives stable fake SCRAM salts for users without a verifier.
     pub scram_mock_secret: [u8; 32],
+    /// Turns true when the gateway is shutting down (None: never, as in tests that drop the server).
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 enum Packet {
@@ -455,6 +457,7 @@ async fn relay<S: Halves>(
         table_lookup: shared.gate.table_lookup(&session.connection),
         startup_status,
         name_context,
+        shutdown: shared.shutdown.clone(),
     };
     // One monomorphised relay per upstream kind: the plain path reads and writes the TCP halves directly.
     match upstream {
