@@ -16,22 +16,28 @@ pub fn is_deceptive(c: char) -> bool {
         // C0 controls (tab, line feed and carriage return are left to the callers), DEL, C1 controls
         // (NEL among them).
         '\u{0}'..='\u{8}' | '\u{B}' | '\u{C}' | '\u{E}'..='\u{1F}' | '\u{7F}'..='\u{9F}'
-        // Soft hyphen, combining grapheme joiner, Arabic letter mark, Hangul fillers, Khmer vowels
-        // inherent, Mongolian vowel separator.
-        | '\u{AD}' | '\u{34F}' | '\u{61C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180E}'
+        // Soft hyphen, combining grapheme joiner, Arabic number signs and marks, Syriac abbreviation
+        // mark, Arabic pound and piastre marks and disputed end of ayah, Hangul fillers, Khmer vowels
+        // inherent, Mongolian free variation selectors and vowel separator.
+        | '\u{AD}' | '\u{34F}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}'
+        | '\u{890}' | '\u{891}' | '\u{8E2}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
         // Zero-width space/joiners, LRM/RLM, line and paragraph separators, bidi embeddings and
         // overrides, word joiner and invisible operators, bidi isolates, deprecated format controls.
         | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}'
-        // Hangul filler, variation selectors, byte order mark, half-width Hangul filler,
-        // interlinear annotation controls.
-        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}'
-        // Tags and supplementary variation selectors.
-        | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}'
+        // Hangul filler, variation selectors, byte order mark, half-width Hangul filler, unassigned
+        // specials, interlinear annotation controls.
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
+        // Kaithi number signs, Egyptian hieroglyph format controls, Khitan filler, shorthand format
+        // controls, musical symbol formatting.
+        | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1345F}' | '\u{16FE4}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        // Tags, supplementary variation selectors and the rest of that default-ignorable block.
+        | '\u{E0000}'..='\u{E0FFF}'
         // Characters that look like a space but are letters to PostgreSQL (part of a name, not a
-        // separator): no-break, Ogham, typographic and ideographic spaces, Braille blank; and the
-        // invisible musical and shorthand format controls.
+        // separator): no-break, Ogham, typographic and ideographic spaces, Braille blank.
         | '\u{A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}'
-        | '\u{2800}' | '\u{1D173}'..='\u{1D17A}' | '\u{1BCA0}'..='\u{1BCA3}')
+        | '\u{2800}')
 }
 
 fn shown(c: char) -> String {
@@ -141,6 +147,12 @@ mod tests {
             '\u{3000}',
             '\u{2800}',
             '\u{1D173}',
+            '\u{180B}',
+            '\u{FFF0}',
+            '\u{E0FFF}',
+            '\u{16FE4}',
+            '\u{600}',
+            '\u{13430}',
             '\u{0}',
             '\u{1B}',
             '\u{B}',

@@ -1412,6 +1412,76 @@ async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     drop_table(&client, &t).await;
 }
 
+/// Protocol 3.2 asked for: negotiated down to 3.0 (196608) as PostgreSQL 15 does, and the login goes on.
+#[tokio::test]
+async fn a_client_asking_for_protocol_3_2_is_offered_3_0() {
+    let (_gate, addr) = start().await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut packet = startup_packet("app");
+    packet[4..8].copy_from_slice(&((3i32 << 16) | 2).to_be_bytes());
+    s.write_all(&packet).await.unwrap();
+    let negotiated = read_frames_until(&mut s, b'v').await;
+    let body = &negotiated.last().unwrap().1;
+    assert_eq!(&body[..4], &196608i32.to_be_bytes(), "newest version 3.0");
+    let mut auth = [0u8; 9];
+    s.read_exact(&mut auth).await.unwrap();
+    assert_eq!(auth[0], b'R');
+    s.write_all(&message(b'p', &cstr(TOKEN))).await.unwrap();
+    read_frames_until(&mut s, b'Z').await;
+}
+
+/// Text the gateway can't read in the client encoding is refused with 22021 and the session goes
+/// on; counts past 32,767 parameters are read as PostgreSQL reads them (unsigned).
+#[tokio::test]
+async fn unreadable_parse_text_and_many_parameters_keep_the_session() {
+    let (_gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    let mut bad = message(
+        b'P',
+        &[vec![0], b"select 'caf\xe9'".to_vec(), vec![0, 0, 0]].concat(),
+    );
+    bad.extend(message(
+        b'B',
+        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
+    ));
+    bad.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
+    bad.extend(message(b'S', &[]));
+    s.write_all(&bad).await.unwrap();
+    let refused = read_frames_until(&mut s, b'Z').await;
+    let error = refused
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("an ErrorResponse");
+    assert!(
+        contains(&error.1, b"22021"),
+        "{:?}",
+        String::from_utf8_lossy(&error.1)
+    );
+    // 32,768 declared parameter types.
+    let mut types = 32768u16.to_be_bytes().to_vec();
+    for _ in 0..32768 {
+        types.extend_from_slice(&23u32.to_be_bytes());
+    }
+    let mut many = message(b'P', &[cstr(""), cstr("SELECT $1::int"), types].concat());
+    many.extend(message(b'S', &[]));
+    s.write_all(&many).await.unwrap();
+    let tags: Vec<u8> = read_frames_until(&mut s, b'Z')
+        .await
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(tags, b"1Z");
+    s.write_all(&message(b'Q', &cstr("SELECT 1")))
+        .await
+        .unwrap();
+    let tags: Vec<u8> = read_frames_until(&mut s, b'Z')
+        .await
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(tags, b"TDCZ");
+}
+
 /// At shutdown, an idle session ends with PostgreSQL's own `57P01`, and a busy one once its
 /// statement has answered.
 #[tokio::test]

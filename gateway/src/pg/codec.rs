@@ -64,6 +64,14 @@ pub fn read_i16(body: &[u8], pos: &mut usize) -> Option<i16> {
     Some(i16::from_be_bytes([b[0], b[1]]))
 }
 
+/// Reads a big-endian u16 at `*pos`: the counts in Parse and Bind, which PostgreSQL reads unsigned
+/// (up to 65,535 parameters).
+pub fn read_u16(body: &[u8], pos: &mut usize) -> Option<u16> {
+    let b = body.get(*pos..*pos + 2)?;
+    *pos += 2;
+    Some(u16::from_be_bytes([b[0], b[1]]))
+}
+
 /// Reads a big-endian i32 at `*pos`.
 pub fn read_i32(body: &[u8], pos: &mut usize) -> Option<i32> {
     let b = body.get(*pos..*pos + 4)?;

@@ -1,7 +1,7 @@
 //! Extended-query bookkeeping: prepared statements and portals (so a named statement is classified
 //! once, at Parse) and the batch of messages buffered until Sync.
 
-use super::codec::{read_cstr, read_i16, read_i32};
+use super::codec::{read_cstr, read_i16, read_i32, read_u16};
 use crate::policy::{Action, Verdict};
 use bytes::{Bytes, BytesMut};
 use countersign_bot::{BoundParam, StatementHash};
@@ -210,6 +210,25 @@ fn uncertain_statement(name: &[u8], sql: &str) -> Prepared {
     }
 }
 
+/// The rule named by the verdict of a statement whose text the gateway could not read in the session's
+/// client encoding: it is refused with SQLSTATE 22021, as PostgreSQL refuses bytes it can't read.
+pub const UNREADABLE_RULE: &str = "client_encoding";
+
+/// The catalog key and verdict of a Parse whose text can't be read in the client encoding: never run
+/// (the gateway can't judge it), refused with `message` when bound or executed. The key starts with a
+/// NUL, which no readable statement text holds, so it never matches a statement that was read.
+pub fn unreadable_statement(text: &[u8], message: String) -> (String, Arc<Verdict>) {
+    let key = format!("\0unreadable statement text 0x{}", hex::encode(text));
+    let verdict = Arc::new(Verdict {
+        action: Action::Block,
+        reasons: vec![message],
+        statements: Arc::from([]),
+        rule: UNREADABLE_RULE.into(),
+        review: None,
+    });
+    (key, verdict)
+}
+
 fn unknown_statement(name: &[u8]) -> Prepared {
     let name = String::from_utf8_lossy(name);
     Prepared {
@@ -335,12 +354,12 @@ pub fn bind_params(body: &[u8]) -> Option<Vec<BoundParam<'_>>> {
     let mut pos = 0;
     read_cstr(body, &mut pos)?;
     read_cstr(body, &mut pos)?;
-    let format_count = usize::try_from(read_i16(body, &mut pos)?).ok()?;
+    let format_count = usize::from(read_u16(body, &mut pos)?);
     let mut formats = Vec::with_capacity(format_count);
     for _ in 0..format_count {
         formats.push(read_i16(body, &mut pos)?);
     }
-    let count = usize::try_from(read_i16(body, &mut pos)?).ok()?;
+    let count = usize::from(read_u16(body, &mut pos)?);
     // No format codes: all text; one: it applies to every parameter; else one per parameter.
     if format_count > 1 && format_count != count {
         return None;
@@ -411,7 +430,8 @@ pub fn shown_statement(sql: &str, binds: &[Binding]) -> String {
         return sql.to_string();
     }
     let mut out = String::with_capacity(sql.len() + 64);
-    out.push_str(sql.trim_end());
+    // Only what PostgreSQL takes for white space is trimmed: a trailing U+3000 is part of a name there.
+    out.push_str(sql.trim_end_matches(is_sql_space));
     out.push_str(
         "\n-- parameters, sent apart from the text above; the statement runs with these values:",
     );
@@ -439,6 +459,12 @@ pub fn shown_statement(sql: &str, binds: &[Binding]) -> String {
         }
     }
     out
+}
+
+/// White space to PostgreSQL's scanner (`[ \t\n\r\f\v]`); any other character, Unicode spaces
+/// included, can be part of a name.
+pub fn is_sql_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0C' | '\x0B')
 }
 
 /// One parameter as approvers read it.
@@ -539,7 +565,7 @@ fn shown_binary(v: &[u8], declared: u32) -> String {
 
 /// The parameter type OIDs of a Parse body after its query text (at `pos`); None when malformed.
 pub fn parse_param_types(body: &[u8], mut pos: usize) -> Option<Vec<u32>> {
-    let count = usize::try_from(read_i16(body, &mut pos)?).ok()?;
+    let count = usize::from(read_u16(body, &mut pos)?);
     let mut types = Vec::with_capacity(count);
     for _ in 0..count {
         types.push(read_i32(body, &mut pos)? as u32);

@@ -91,7 +91,7 @@ fn with_name_context(
 /// `text` on one line: line breaks and other control characters shown as `\n`, `\u000B` …
 fn one_line(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.trim().chars() {
+    for c in text.trim_matches(super::extended::is_sql_space).chars() {
         match c {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
@@ -752,8 +752,19 @@ where
         let name = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Parse"))?;
         let text = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Parse"))?;
         let param_types = parse_param_types(frame, pos).ok_or_else(|| malformed("Parse"))?;
-        let sql = statement_text(&self.backend.client_encoding, text)
-            .map_err(|_| malformed("Parse (query text unreadable in the client encoding)"))?;
+        let sql = match statement_text(&self.backend.client_encoding, text) {
+            Ok(sql) => sql,
+            Err(message) => {
+                // Not a protocol violation: refused like the statement it can't be read as, and the
+                // session goes on (as PostgreSQL answers 22021).
+                let (key, verdict) = super::extended::unreadable_statement(text, message);
+                self.catalog
+                    .parse(name, &key, &param_types, |_| verdict.clone());
+                self.sql_prepared.forget_all();
+                self.batch.parsed.push(name.into());
+                return self.add_to_batch(frame);
+            }
+        };
         let sql = &*sql;
         let gate = &self.ctx.gate;
         let session = &self.ctx.session;
@@ -852,17 +863,27 @@ where
             }
             Action::Allow | Action::Block => {
                 self.catalog.forget_statements(&batch.parsed);
-                let message = batch
+                let unreadable = batch
                     .verdict
                     .as_deref()
-                    .map(blocked_message)
-                    .unwrap_or_default();
+                    .filter(|v| v.rule == super::extended::UNREADABLE_RULE);
+                let (code, message) = match unreadable {
+                    Some(v) => ("22021", v.reasons.join("; ")),
+                    None => (
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        batch
+                            .verdict
+                            .as_deref()
+                            .map(blocked_message)
+                            .unwrap_or_default(),
+                    ),
+                };
                 self.refuse(Refusal {
                     sql: batch.sql(),
                     binds: batch.binds(),
                     decision: Action::Block,
                     request_id: None,
-                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
+                    code,
                     message,
                     received,
                 });

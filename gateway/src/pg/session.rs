@@ -327,7 +327,8 @@ async fn serve<S: Halves>(
         let start = out.len();
         out.put_u8(b'v');
         out.put_i32(0);
-        out.put_i32(0);
+        // The newest minor version of protocol 3 this side speaks: 3.0.
+        out.put_i32(3 << 16);
         out.put_i32(unknown.len() as i32);
         for name in unknown {
             put_cstr(&mut out, name.as_bytes());
