@@ -25,12 +25,27 @@ fn when(t: time::OffsetDateTime) -> String {
 }
 
 fn clip(s: &str, n: usize) -> String {
-    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    // ASCII white space only: a Unicode space is part of a name to PostgreSQL, and is shown.
+    let one_line = s
+        .split(|c: char| c.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     crate::engine::truncate(&one_line, n)
 }
 
-/// Print rows as an aligned table.
+/// One field for the terminal: what an agent chose (statements, names, application names, reasons) may
+/// hold escape sequences that redraw the screen, or invisible characters; they are shown as `⟦U+…⟧`.
+fn shown(s: &str) -> String {
+    countersign_bot::reveal::reveal_line(s).into_owned()
+}
+
+/// Print rows as an aligned table (every cell through [`shown`]).
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| r.iter().map(|c| shown(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -211,10 +226,24 @@ pub async fn requests(cfg: &Config, command: RequestsCommand) -> anyhow::Result<
             let r = &v.request;
             out!("request     {}", r.id);
             out!("status      {}", r.status);
-            out!("connection  {}", r.connection);
-            out!("requester   {}", r.requester.display());
-            out!("rule        {}", r.rule);
-            out!("reasons     {}", r.reasons.join("; "));
+            out!("connection  {}", shown(&r.connection));
+            out!("requester   {}", shown(&r.requester.display()));
+            out!("rule        {}", shown(&r.rule));
+            for (i, reason) in r.reasons.iter().enumerate() {
+                out!(
+                    "{}{}",
+                    if i == 0 {
+                        "reasons     "
+                    } else {
+                        "            "
+                    },
+                    shown(reason)
+                );
+            }
+            if let Some(warning) = countersign_bot::reveal::hidden_characters_warning(&r.statement)
+            {
+                out!("warning     {warning}");
+            }
             out!(
                 "quorum      {} of groups {}",
                 r.quorum,
@@ -226,18 +255,21 @@ pub async fn requests(cfg: &Config, command: RequestsCommand) -> anyhow::Result<
                 when(r.expires_at)
             );
             out!("hash        {}", r.statement_hash);
-            out!("statement\n    {}", r.statement.replace('\n', "\n    "));
+            out!(
+                "statement\n    {}",
+                countersign_bot::reveal::reveal(&r.statement).replace('\n', "\n    ")
+            );
             out!("votes");
             for vote in &v.votes {
                 out!(
                     "    {}  {:<7}  {}  via {}{}",
                     when(vote.at),
                     vote.decision.as_str(),
-                    vote.voter_name,
+                    shown(&vote.voter_name),
                     vote.channel,
                     vote.reason
                         .as_deref()
-                        .map(|x| format!(": {x}"))
+                        .map(|x| format!(": {}", shown(x)))
                         .unwrap_or_default()
                 );
             }
@@ -247,7 +279,7 @@ pub async fn requests(cfg: &Config, command: RequestsCommand) -> anyhow::Result<
                     e.command_tag.as_deref().unwrap_or("-"),
                     e.rows.map(|n| n.to_string()).unwrap_or("-".into()),
                     e.duration_ms,
-                    e.error.as_deref().unwrap_or("")
+                    shown(e.error.as_deref().unwrap_or(""))
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -318,9 +350,9 @@ pub async fn sessions(cfg: &Config, command: SessionsCommand) -> anyhow::Result<
             out!(
                 "session {}  {} on {}  from {}  ({}s; run {}, blocked {}, held {}, approved {})",
                 s.id,
-                s.requester.display(),
-                s.connection,
-                s.client_addr.clone().unwrap_or_default(),
+                shown(&s.requester.display()),
+                shown(&s.connection),
+                shown(&s.client_addr.clone().unwrap_or_default()),
                 summary.duration_secs,
                 summary.run,
                 summary.blocked,
@@ -328,7 +360,7 @@ pub async fn sessions(cfg: &Config, command: SessionsCommand) -> anyhow::Result<
                 summary.approved
             );
             if let Some(reason) = &s.end_reason {
-                out!("ended: {reason}");
+                out!("ended: {}", shown(reason));
             }
             table(
                 &[

@@ -106,6 +106,17 @@ pub fn split_statements(sql: &str) -> Result<Vec<StatementTokens>, String> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize()
         .map_err(|e| e.to_string())?;
+    // PostgreSQL ends an operator where `--` or `/*` starts (the rest is a comment); sqlparser makes
+    // `<>--` one operator and reads on, so the two would see different statements from there on.
+    if let Some(op) = tokens
+        .iter()
+        .map(|t| t.to_string())
+        .find(|t| is_operator_name(t) && (t.contains("--") || t.contains("/*")))
+    {
+        return Err(format!(
+            "operator {op:?} runs into a comment: PostgreSQL ends the operator where `--` or `/*` starts and reads the rest as a comment, which the policy does not; put a space before the comment"
+        ));
+    }
     let mut out = Vec::new();
     let mut current = Vec::new();
     for token in tokens {
@@ -544,6 +555,29 @@ mod tests {
         assert_eq!(chain("SELECT x.case || 1 || x.then || 1 || x.end"), 16);
         assert_eq!(chain("SELECT 1 AS case + 1 + 1 + 1"), 10);
         assert_eq!(chain("SELECT CASE WHEN a THEN 2::then + 1 END"), 5);
+    }
+
+    #[test]
+    fn an_operator_running_into_a_comment_is_never_tokenized_as_one() {
+        // PostgreSQL: `<>` then a comment to the end of the line; sqlparser: one operator `<>--`.
+        for sql in [
+            "SELECT 1 <>-- $$\n0; DROP TABLE t; SELECT 1 <>-- $$ <>-- 1\n+ 0",
+            "SELECT 1 >-- x\n1",
+            "SELECT a ->>-- c\n'k' FROM t",
+            "SELECT 1 -+-- c\n1",
+            "SELECT 1 </* c */ 2",
+        ] {
+            let err = split_statements(sql).unwrap_err();
+            assert!(err.contains("runs into a comment"), "{sql}: {err}");
+        }
+        // Comments after ordinary tokens, and operators with no comment in them, tokenize as before.
+        for sql in [
+            "SELECT 1 -- c\n, a->>'k', b <-> c, d @> e FROM t /* c */",
+            "SELECT 1--c\n",
+            "SELECT 2 - -1, 3 <> 4",
+        ] {
+            assert!(split_statements(sql).is_ok(), "{sql}");
+        }
     }
 
     #[test]
