@@ -1212,10 +1212,27 @@ async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
              CREATE TABLE plain_t (n int);
              CREATE FUNCTION public.int_text_eq(a int, b text) RETURNS bool LANGUAGE plpgsql
                AS $$BEGIN INSERT INTO log VALUES ('op'); RETURN true; END$$;
-             CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = text, FUNCTION = public.int_text_eq);",
+             CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = text, FUNCTION = public.int_text_eq);
+             CREATE TABLE guarded (n int);
+             ALTER TABLE guarded ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY watched ON guarded USING (public.noted(n));
+             CREATE FUNCTION public.write_log(w text) RETURNS void LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES (w); END$$;
+             CREATE FUNCTION public.evil_cmp(a int4, b int4) RETURNS int LANGUAGE plpgsql IMMUTABLE
+               AS $$BEGIN PERFORM public.write_log('cmp'); RETURN btint4cmp(a, b); END$$;
+             CREATE OPERATOR CLASS evil_ops FOR TYPE int4 USING btree AS
+               OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >,
+               FUNCTION 1 public.evil_cmp(int4, int4);
+             CREATE TABLE parted (k int) PARTITION BY RANGE (k evil_ops);
+             CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (0) TO (10);
+             CREATE EXTENSION IF NOT EXISTS file_fdw;
+             CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+             CREATE FOREIGN TABLE piped (line text) SERVER files OPTIONS (program 'echo hi');",
         )
         .await
         .unwrap();
+    // Setting up the operator class ran its support function already.
+    in_db.batch_execute("TRUNCATE log").await.unwrap();
     let writes = || async {
         in_db
             .query_one("SELECT count(*) FROM log", &[])
@@ -1242,6 +1259,13 @@ async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
             "SELECT n FROM plain_t WHERE n IN (1, 2)",
             "operator = may resolve",
         ),
+        ("SELECT count(*) FROM guarded", "row-level security policy"),
+        (
+            "SELECT * FROM parted WHERE k < 5",
+            "operator class evil_ops",
+        ),
+        ("SELECT * FROM piped", "run a program"),
+        ("EXPLAIN INSERT INTO plain_t VALUES (1)", "column defaults"),
     ] {
         let r = gw.query(AGENT, read).await;
         assert_eq!(r.status, 202, "{read} held, not run: {:?}", r.body);
@@ -1266,11 +1290,32 @@ async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
         "SELECT 5::noted_int",
         "SELECT m::text FROM feelings",
         "SELECT 1 = 'x'::text",
+        "SELECT * FROM parted WHERE k < 5",
     ] {
         let before = writes().await;
         in_db.batch_execute(read).await.unwrap();
-        assert_eq!(writes().await, before + 1, "{read} runs user code directly");
+        assert!(writes().await > before, "{read} runs user code directly");
     }
+    // An implicit cast between built-in types applies wherever the types meet, with no name in the
+    // text: while one runs user code, every statement on the database is held.
+    in_db
+        .batch_execute(
+            "CREATE FUNCTION public.evil_date(n int4) RETURNS date LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('cast'); RETURN DATE '2000-01-01' + n; END$$;
+             CREATE CAST (int4 AS date) WITH FUNCTION public.evil_date(int4) AS IMPLICIT;",
+        )
+        .await
+        .unwrap();
+    let gw2 = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let r = gw2.query(AGENT, "SELECT date_part('year', 5)").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert!(
+        r.body
+            .to_string()
+            .contains("implicit cast from integer to date"),
+        "{:?}",
+        r.body
+    );
     drop(in_db);
     admin
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))

@@ -124,7 +124,39 @@ const CODE_ROWS: &str = "SELECT DISTINCT 'type', t.typname::text, c.why \
     UNION ALL \
     SELECT 'domain', t.typname::text, pg_catalog.pg_get_constraintdef(k.oid) \
       FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) k.contypid \
-      WHERE k.contype OPERATOR(pg_catalog.=) 'c'";
+      WHERE k.contype OPERATOR(pg_catalog.=) 'c' \
+    UNION ALL \
+    SELECT 'type', t.typname::text, c.why \
+      FROM coded c JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) c.typ \
+      WHERE c.typ OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
+    UNION ALL \
+    SELECT DISTINCT 'global', '', pg_catalog.concat('an implicit cast from ', c.castsource::pg_catalog.regtype, \
+      ' to ', c.casttarget::pg_catalog.regtype, ' runs ', u.fn, ', and PostgreSQL applies it wherever the types meet') \
+      FROM pg_catalog.pg_cast c JOIN unsafe u ON u.oid OPERATOR(pg_catalog.=) c.castfunc \
+      WHERE c.castcontext OPERATOR(pg_catalog.<>) 'e' \
+        AND c.castsource OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
+        AND c.casttarget OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
+    UNION ALL \
+    SELECT DISTINCT 'column', r.relname::text, pg_catalog.concat('index or partition key uses operator class ', \
+      o.opcname, ', whose support runs ', u.fn) \
+      FROM pg_catalog.pg_opclass o \
+      JOIN pg_catalog.pg_amproc a ON a.amprocfamily OPERATOR(pg_catalog.=) o.opcfamily \
+      JOIN unsafe u ON u.oid OPERATOR(pg_catalog.=) a.amproc \
+      JOIN (SELECT i.indrelid, pg_catalog.unnest(i.indclass::pg_catalog.oid[]) FROM pg_catalog.pg_index i \
+            UNION ALL SELECT p.partrelid, pg_catalog.unnest(p.partclass::pg_catalog.oid[]) \
+            FROM pg_catalog.pg_partitioned_table p) k(rel, cls) ON k.cls OPERATOR(pg_catalog.=) o.oid \
+      JOIN pg_catalog.pg_class t ON t.oid OPERATOR(pg_catalog.=) k.rel \
+      JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) ANY (ARRAY[t.oid] OPERATOR(pg_catalog.||) \
+        ARRAY(SELECT h.inhparent FROM pg_catalog.pg_inherits h WHERE h.inhrelid OPERATOR(pg_catalog.=) t.oid)) \
+    UNION ALL \
+    SELECT 'column', c.relname::text, 'it is a foreign table whose options run a program on every read' \
+      FROM pg_catalog.pg_foreign_table f JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) f.ftrelid \
+      WHERE pg_catalog.array_to_string(f.ftoptions, ',') OPERATOR(pg_catalog.~~) '%program=%' \
+    UNION ALL \
+    SELECT 'policy', c.relname::text, pg_catalog.pg_get_expr(e.expr, p.polrelid) \
+      FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.polrelid \
+      CROSS JOIN LATERAL (VALUES (p.polqual), (p.polwithcheck)) AS e(expr) \
+      WHERE e.expr IS NOT NULL";
 
 /// The lists from the rows of [`QUERY`].
 fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctions {
@@ -161,6 +193,19 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
                     push_reason(&mut out.types, name, why);
                 }
             }
+            ("policy", Some(expr)) => {
+                if let Some(why) = check_runs_code(&format!("CHECK ({expr})")) {
+                    push_reason(
+                        &mut out.tables,
+                        name,
+                        format!(
+                            "row-level security policy {}",
+                            why.trim_start_matches("its ")
+                        ),
+                    );
+                }
+            }
+            ("global", Some(why)) if !out.global.contains(&why) => out.global.push(why),
             _ => {}
         }
     }
@@ -366,7 +411,31 @@ mod tests {
                 Some("CHECK ((VALUE >= 0))"),
             ]),
             row([Some("domain"), Some("garbled"), Some("CHECK ((VALUE >>>")]),
+            row([Some("policy"), Some("guarded"), Some("public.noted(n)")]),
+            row([
+                Some("policy"),
+                Some("open_t"),
+                Some("(owner = CURRENT_USER)"),
+            ]),
+            row([
+                Some("global"),
+                Some(""),
+                Some("an implicit cast from integer to date runs public.f"),
+            ]),
         ]);
+        assert!(
+            got.tables["guarded"][0].starts_with("row-level security policy"),
+            "{:?}",
+            got.tables
+        );
+        assert!(
+            !got.tables.contains_key("open_t"),
+            "a policy over built-ins that compute is fine"
+        );
+        assert_eq!(
+            got.global,
+            ["an implicit cast from integer to date runs public.f"]
+        );
         assert_eq!(got.types["mood"], ["its cast runs public.f"]);
         assert_eq!(got.tables["feelings"], ["column m has type mood"]);
         assert_eq!(got.operators["="], ["=(integer,text) runs public.g"]);

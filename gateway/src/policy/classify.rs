@@ -344,6 +344,23 @@ fn classify_plain_explain(inner: &Statement) -> StatementFacts {
             statement_kind(inner)
         ),
     )];
+    // Planning a write folds the table's column defaults (and generated columns) that are immutable
+    // over constants, which runs them, and no statement text names them.
+    let folds_defaults = match inner {
+        Statement::Insert(_) | Statement::Merge(_) => true,
+        // Only `SET col = DEFAULT` brings a default into an UPDATE.
+        Statement::Update(_) => inner.to_string().to_ascii_lowercase().contains("default"),
+        _ => false,
+    };
+    if folds_defaults {
+        verdicts.push((
+            Action::Review,
+            format!(
+                "planning an {} evaluates the table's column defaults, which may run code the policy has not seen",
+                statement_kind(inner)
+            ),
+        ));
+    }
     verdicts.extend(seen.functions.iter().map(function_verdict));
     let mut facts = finish(facts, verdicts);
     facts.review_beyond_kind = facts.action == Action::Review;

@@ -67,6 +67,9 @@ pub struct DatabaseFunctions {
     /// Operators between built-in types that are spelled like built-in operators and run such code
     /// (`public.=`), by name, with why: a statement using that operator may resolve to them.
     pub operators: BTreeMap<String, Vec<String>>,
+    /// What makes any statement on this database run such code (an implicit cast between built-in
+    /// types that runs a user function): every statement needs review while it exists.
+    pub global: Vec<String>,
 }
 
 /// The configured policy: built-in classification, rules, defaults and the classification cache.
@@ -465,9 +468,14 @@ const COMPARING_WORDS: &[&str] = &[
 /// runs such code.
 fn user_code_runs(db: &DatabaseFunctions, facts: &StatementFacts) -> Vec<String> {
     let mut out = Vec::new();
-    if db.types.is_empty() && db.tables.is_empty() && db.operators.is_empty() {
+    if db.types.is_empty()
+        && db.tables.is_empty()
+        && db.operators.is_empty()
+        && db.global.is_empty()
+    {
         return out;
     }
+    out.extend(db.global.iter().cloned());
     let has = |w: &str| facts.words.binary_search_by(|x| x.as_str().cmp(w)).is_ok();
     for (name, why) in &db.types {
         if has(name) {
