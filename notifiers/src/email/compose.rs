@@ -192,7 +192,9 @@ pub fn follow_up_mail(
                 Decision::Approve => "approved",
                 Decision::Deny => "denied",
             };
-            let reason = vote.reason.as_deref().unwrap_or("");
+            // Theirs to write: one line each, so they can't pass for more of the mail's own lines.
+            let reason = countersign_bot::reveal::reveal_line(vote.reason.as_deref().unwrap_or(""));
+            let voter = countersign_bot::reveal::reveal_line(&vote.voter_name);
             let progress = format!(
                 "{} of {} approvals; status {}",
                 view.approvals(),
@@ -202,19 +204,19 @@ pub fn follow_up_mail(
             (
                 format!(
                     "{} {what} via {}{}{}. ({progress})",
-                    vote.voter_name,
+                    voter,
                     vote.channel,
                     if reason.is_empty() { "" } else { ": " },
                     reason
                 ),
                 format!(
                     "<p><strong>{}</strong> {what} via {}{}. ({})</p>",
-                    escape(&vote.voter_name),
+                    escape(&voter),
                     escape(&vote.channel),
                     if reason.is_empty() {
                         String::new()
                     } else {
-                        format!(": “{}”", escape(reason))
+                        format!(": “{}”", escape(&reason))
                     },
                     escape(&progress)
                 ),
@@ -230,7 +232,11 @@ pub fn follow_up_mail(
         WorkflowEvent::Executed { .. } => {
             let line = match &r.execution {
                 Some(e) => match &e.error {
-                    Some(err) => format!("The approved statement failed: {err}"),
+                    // PostgreSQL quotes values in its errors: one line, as the agent's text can't be.
+                    Some(err) => format!(
+                        "The approved statement failed: {}",
+                        countersign_bot::reveal::reveal_line(err)
+                    ),
                     None => format!(
                         "The approved statement ran: {}{} in {} ms.",
                         e.command_tag.as_deref().unwrap_or("OK"),

@@ -16,10 +16,33 @@ pub fn clean(s: &str, max: usize) -> String {
     out
 }
 
-/// A one-line version for summaries: whitespace runs become one space.
+/// A one-line version for summaries: the first line, with a count of the lines left out (joining them
+/// would let a `--` comment on the first seem to swallow the next). Only ASCII white space is
+/// collapsed: a Unicode space is part of a name to PostgreSQL, and is shown.
 pub fn one_line(s: &str, max: usize) -> String {
-    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    clean(&flat, max)
+    let mut lines = s
+        .lines()
+        .filter(|l| !l.trim_matches(|c: char| c.is_ascii_whitespace()).is_empty());
+    let first = lines.next().unwrap_or_default();
+    let rest = lines.count();
+    let flat = first
+        .split(|c: char| c.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let more = match rest {
+        0 => String::new(),
+        1 => " … (+1 more line)".to_string(),
+        n => format!(" … (+{n} more lines)"),
+    };
+    let shown = clean(&flat, max.saturating_sub(more.chars().count()));
+    format!("{shown}{more}")
+}
+
+/// A text node of text its author controls shown on one line (line breaks visible), for reasons,
+/// names and error messages.
+pub fn text_line(s: &str) -> Option<Value> {
+    text(&countersign_bot::reveal::reveal_line(s))
 }
 
 /// A text node, or nothing for empty text (Jira rejects empty text nodes).
@@ -164,6 +187,10 @@ mod tests {
                 .map(Vec::len),
             Some(1)
         );
-        assert_eq!(one_line("DELETE\n  FROM   t", 100), "DELETE FROM t");
+        assert_eq!(one_line("DELETE  FROM   t", 100), "DELETE FROM t");
+        assert_eq!(
+            one_line("SELECT 1; -- check\nDELETE FROM t", 100),
+            "SELECT 1; -- check … (+1 more line)"
+        );
     }
 }

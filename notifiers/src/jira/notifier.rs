@@ -1,6 +1,6 @@
 //! Outbound: an issue per request, a comment per event, transitions on resolution. Driven by the outbox.
 
-use super::adf::{code_block, doc, one_line, paragraph, reasons_list, strong, text};
+use super::adf::{code_block, doc, one_line, paragraph, reasons_list, strong, text, text_line};
 use super::client::JiraClient;
 use super::config::{JiraConfig, JiraCredentials};
 use super::SINK;
@@ -180,7 +180,7 @@ impl Notifier for JiraNotifier {
                     )),
                 ])];
                 if let Some(reason) = &vote.reason {
-                    blocks.push(paragraph([text("Reason: "), text(reason)]));
+                    blocks.push(paragraph([text("Reason: "), text_line(reason)]));
                 }
                 self.comment_once(id, &key, delivery_key, doc(blocks)).await
             }
@@ -235,9 +235,11 @@ impl Notifier for JiraNotifier {
             WorkflowEvent::Executed { request } => {
                 let summary = match &request.request.execution {
                     Some(e) => match &e.error {
-                        Some(err) => {
-                            format!("The statement failed after {} ms: {err}", e.duration_ms)
-                        }
+                        Some(err) => format!(
+                            "The statement failed after {} ms: {}",
+                            e.duration_ms,
+                            countersign_bot::reveal::reveal_line(err)
+                        ),
                         None => format!(
                             "The statement ran in {} ms: {}{}",
                             e.duration_ms,

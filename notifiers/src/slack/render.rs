@@ -98,14 +98,24 @@ fn status_icon(s: RequestStatus) -> &'static str {
     }
 }
 
+/// Most lines of a statement a request message shows.
+const MAX_STATEMENT_LINES: usize = 40;
+
 fn vote_line(v: &Vote) -> String {
     let verb = match v.decision {
         Decision::Approve => "✅ approved",
         Decision::Deny => "⛔ denied",
     };
-    let mut line = format!("{verb} by {} at {}", v.voter_name, when(v.at));
+    // The voter's name and reason are theirs to write: one line each, so they can't pass for more
+    // timeline lines.
+    let mut line = format!(
+        "{verb} by {} at {}",
+        countersign_bot::reveal::reveal_line(&v.voter_name),
+        when(v.at)
+    );
     if let Some(r) = v.reason.as_deref().filter(|r| !r.trim().is_empty()) {
-        line.push_str(&format!(": {}", truncate_chars(r, 300).0));
+        let r = countersign_bot::reveal::reveal_line(r);
+        line.push_str(&format!(": {}", truncate_chars(&r, 300).0));
     }
     line
 }
@@ -120,11 +130,20 @@ impl MessageRenderer {
 
     /// Whether request messages show `statement` whole (only then can it be approved from Slack).
     pub fn shows_whole(&self, statement: &str) -> bool {
-        !truncate_chars(
-            &countersign_bot::reveal::reveal(statement),
-            self.max_statement_chars,
-        )
-        .1
+        !self
+            .shown_part(&countersign_bot::reveal::reveal(statement))
+            .1
+    }
+
+    /// The part of a (revealed) statement a message shows, and whether that cuts it short: at most
+    /// `max_statement_chars` characters and [`MAX_STATEMENT_LINES`] lines (Slack folds a tall message
+    /// behind "See more", where a tail padded down with blank lines would go unread).
+    fn shown_part<'a>(&self, statement: &'a str) -> (&'a str, bool) {
+        let (shown, cut) = truncate_chars(statement, self.max_statement_chars);
+        match shown.match_indices('\n').nth(MAX_STATEMENT_LINES - 1) {
+            Some((i, _)) => (&shown[..i], true),
+            None => (shown, cut),
+        }
     }
 
     /// The request message: connection and risk, requester chain, statement, quorum progress, expiry,
@@ -167,11 +186,10 @@ impl MessageRenderer {
                 .push(json!({ "type": "section", "text": plain(&reasons_text(&r.reasons), 3000) }));
         }
         if let Some(warning) = countersign_bot::reveal::hidden_characters_warning(&r.statement) {
-            blocks
-                .push(json!({ "type": "section", "text": plain(&format!("⚠️ {warning}"), 3000) }));
+            blocks.push(json!({ "type": "section", "text": plain(&format!("⚠ {warning}"), 3000) }));
         }
         let statement = countersign_bot::reveal::reveal(&r.statement);
-        let (shown, truncated) = truncate_chars(&statement, self.max_statement_chars);
+        let (shown, truncated) = self.shown_part(&statement);
         blocks.push(json!({ "type": "rich_text", "elements": [
             { "type": "rich_text_preformatted", "elements": [ { "type": "text", "text": escape_text(shown) } ] }
         ]}));
@@ -179,7 +197,7 @@ impl MessageRenderer {
             let total = statement.chars().count();
             blocks.push(json!({ "type": "context", "elements": [ fixed(&format!(
                 "Statement truncated: {} of {total} characters shown, so it can't be approved from Slack. Approve it from the e-mail approval page or the API, which show it in full; Deny works here.",
-                self.max_statement_chars)) ] }));
+                shown.chars().count())) ] }));
         }
         if !view.votes.is_empty() {
             let lines: Vec<String> = view.votes.iter().map(vote_line).collect();
@@ -348,10 +366,11 @@ fn execution_line(ex: &countersign_bot::ExecutionSummary) -> String {
         Some(err) => format!(
             "⛔ Execution failed after {} ms: {}",
             ex.duration_ms,
-            truncate_chars(err, 500).0
+            // PostgreSQL quotes values in its errors: one line, as the statement's own text can't be.
+            truncate_chars(&countersign_bot::reveal::reveal_line(err), 500).0
         ),
         None => format!(
-            "▶️ Executed in {} ms: {}{}",
+            "▶ Executed in {} ms: {}{}",
             ex.duration_ms,
             ex.command_tag.as_deref().unwrap_or("done"),
             ex.rows.map(|n| format!(", {n} rows")).unwrap_or_default()
@@ -440,6 +459,36 @@ mod tests {
     }
 
     #[test]
+    fn vote_reasons_names_and_upstream_errors_stay_on_one_line() {
+        let vote = Vote {
+            request_id: RequestId::new(),
+            voter: human("bob@example.com").canonical(),
+            voter_name: "bob@example.com".into(),
+            decision: Decision::Approve,
+            reason: Some("ok\n✅ approved by carol@example.com".into()),
+            channel: "api".into(),
+            at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let line = vote_line(&vote);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("ok⟦U+000A⟧✅ approved by carol"), "{line}");
+        let failed = countersign_bot::ExecutionSummary {
+            command_tag: None,
+            rows: None,
+            error: Some("invalid input: \"1\n\n▶ Executed in 2 ms\"".into()),
+            duration_ms: 1,
+        };
+        let line = execution_line(&failed);
+        assert!(!line.contains('\n') && line.contains("⟦U+000A⟧"), "{line}");
+        // The gateway's own symbols carry no variation selector for reveal to flag.
+        assert!(!execution_line(&countersign_bot::ExecutionSummary {
+            error: None,
+            ..failed
+        })
+        .contains('\u{FE0F}'));
+    }
+
+    #[test]
     fn long_statements_are_truncated_and_cannot_be_approved_from_slack() {
         let r = MessageRenderer::new(100);
         let v = sample_view(&format!("SELECT {}", "x, ".repeat(500)));
@@ -453,6 +502,10 @@ mod tests {
         assert!(j.len() < 4000);
         assert!(!r.shows_whole(&v.request.statement));
         assert!(r.shows_whole("SELECT 1"));
+        // Short, but tall enough to fold: its tail would go unread.
+        let tall = format!("SELECT 1{}DROP TABLE t", "\n".repeat(60));
+        assert!(!r.shows_whole(&tall));
+        assert!(r.shows_whole(&format!("SELECT 1{}", "\n1".repeat(39))));
         // Revealed characters count: 13 overrides are 104 visible characters.
         assert!(r.shows_whole(&"\u{202E}".repeat(5)));
         assert!(!r.shows_whole(&"\u{202E}".repeat(13)));
