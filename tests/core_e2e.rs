@@ -147,6 +147,47 @@ async fn an_approved_statement_is_not_spent_on_an_upstream_session_the_server_en
 }
 
 #[tokio::test]
+async fn an_allowed_query_whose_http_client_hangs_up_is_cancelled_upstream() {
+    let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
+    let marker = format!("hangup_{}", uuid::Uuid::new_v4().simple());
+    let sql = format!("SELECT count(*), '{marker}' FROM generate_series(1, 100000000000)");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(700))
+        .build()
+        .unwrap();
+    let sent = client
+        .post(format!("{}/v1/connections/local/query", gw.base))
+        .bearer_auth(AGENT)
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the client gave up first");
+    let running = || async {
+        direct()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+                &[&marker],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let mut left = 1;
+    for _ in 0..50 {
+        left = running().await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left, 0,
+        "the runaway read was cancelled when its caller left"
+    );
+}
+
+#[tokio::test]
 async fn approved_then_altered_text_does_not_run() {
     for backend in BACKENDS {
         let gw = spawn_gateway(&base_config(""), backend).await;

@@ -270,6 +270,28 @@ pub enum ExecError {
     },
 }
 
+/// Sends a CancelRequest for the query under way on a session when dropped armed (see
+/// [`UpstreamPool::simple_query`]).
+struct CancelOnDrop {
+    addr: Option<crate::pg::cancel::UpstreamAddr>,
+    key: crate::pg::cancel::BackendKey,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let (Some(addr), Ok(runtime)) = (self.addr.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let key = self.key;
+        runtime.spawn(async move {
+            if let Err(e) = crate::pg::cancel::send_upstream_cancel(&addr, key).await {
+                tracing::warn!(error = %e, "could not cancel the query of a caller that went away");
+            }
+        });
+    }
+}
+
 /// Idle upstream sessions per connection name, reused by the HTTP API, and a cap on how many sessions the
 /// API opens per connection at once (so a burst of approvals can't exhaust the upstream's connections).
 pub struct UpstreamPool {
@@ -363,7 +385,16 @@ impl UpstreamPool {
                 });
             }
         }
-        let (outcome, reusable) = run_simple(&mut up, sql).await?;
+        // The caller may go away mid-query (an HTTP client hanging up drops this future): the query
+        // is then cancelled upstream rather than left running (a runaway read, say) on a session no
+        // one reads any more.
+        let mut cancel = CancelOnDrop {
+            addr: Some((target.host.clone(), target.port, target.tls.clone())),
+            key: up.key,
+        };
+        let ran = run_simple(&mut up, sql).await;
+        cancel.addr = None;
+        let (outcome, reusable) = ran?;
         if reusable && (stateless || reset(&mut up).await) {
             self.give_back(name, up);
         }

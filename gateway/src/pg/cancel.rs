@@ -166,7 +166,10 @@ const UPSTREAM_CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// upstream closes that connection: PostgreSQL closes it only after signalling the backend, and clients
 /// (libpq's PQcancel, asyncpg) wait for that close before sending their next query, so closing the
 /// client's cancel connection any earlier lets the cancel land on that next query.
-async fn send_upstream_cancel(addr: &UpstreamAddr, key: BackendKey) -> std::io::Result<()> {
+pub(crate) async fn send_upstream_cancel(
+    addr: &UpstreamAddr,
+    key: BackendKey,
+) -> std::io::Result<()> {
     let mut stream = open(&addr.0, addr.1, &addr.2).await.map_err(|e| match e {
         NegotiateError::Io(e) => e,
         other => std::io::Error::other(other.to_string()),

@@ -7,7 +7,7 @@
 
 mod auth;
 pub(crate) mod backend;
-mod cancel;
+pub(crate) mod cancel;
 pub mod channel_binding;
 pub(crate) mod codec;
 pub mod config;
