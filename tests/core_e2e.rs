@@ -43,6 +43,31 @@ async fn agent_on_the_wire(gw: &Gateway) -> tokio_postgres::Client {
     client
 }
 
+/// A fresh database named `{prefix}_{uuid}` on the test server: the admin client, its name, the
+/// server's URL without a database, and a client logged in to it.
+async fn own_database(
+    prefix: &str,
+) -> (
+    tokio_postgres::Client,
+    String,
+    String,
+    tokio_postgres::Client,
+) {
+    let admin = direct().await;
+    let db = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let url = upstream_url();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let (in_db, conn) = tokio_postgres::connect(&format!("{base}/{db}"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    (admin, db, base.to_string(), in_db)
+}
+
 fn id_of(r: &Reply) -> String {
     r.body["request_id"]
         .as_str()
@@ -1226,18 +1251,8 @@ async fn an_agent_reads_its_own_requests_but_not_another_agents() {
 async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
     // Casts, domain CHECKs and operators run functions a statement's text never names. A database of
     // its own: a `public.=` there applies to every session in it.
-    let admin = direct().await;
-    let db = format!("cs_typecode_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
+    let (admin, db, base, in_db) = own_database("cs_typecode").await;
     let url = upstream_url();
-    let (base, _) = url.rsplit_once('/').unwrap();
-    let (in_db, conn) = tokio_postgres::connect(&format!("{base}/{db}"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     in_db
         .batch_execute(
             "CREATE TABLE log (v text);
@@ -1368,18 +1383,8 @@ async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
 async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
     // A database of its own: a `public.length` there captures `length(…)` for every session in it, so
     // it must not be the database parallel tests use.
-    let admin = direct().await;
-    let db = format!("cs_shadow_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
+    let (admin, db, base, in_db) = own_database("cs_shadow").await;
     let url = upstream_url();
-    let (base, _) = url.rsplit_once('/').unwrap();
-    let (in_db, conn) = tokio_postgres::connect(&format!("{base}/{db}"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     // Other argument types than the built-ins', so PostgreSQL prefers these with pg_catalog first in
     // search_path (the default).
     in_db

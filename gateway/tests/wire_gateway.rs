@@ -1223,6 +1223,21 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Parse of `sql` as the unnamed statement, no declared types.
+fn parse_unnamed(sql: &str) -> Vec<u8> {
+    message(b'P', &[cstr(""), cstr(sql), vec![0, 0]].concat())
+}
+
+/// Bind of the unnamed statement to the unnamed portal, no parameters.
+fn bind_unnamed() -> Vec<u8> {
+    message(b'B', &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat())
+}
+
+/// Execute of the unnamed portal for at most `rows` rows (0: all).
+fn execute_unnamed(rows: i32) -> Vec<u8> {
+    message(b'E', &[cstr(""), rows.to_be_bytes().to_vec()].concat())
+}
+
 fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
@@ -1320,10 +1335,7 @@ async fn latin1_statement_text_is_read_as_latin1_and_other_encodings_only_as_asc
         b'P',
         &[&cstr("")[..], b"SELECT 'caf\xe9'::text\0", &[0, 0]].concat(),
     );
-    extended.extend(message(
-        b'B',
-        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
-    ));
+    extended.extend(bind_unnamed());
     extended.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
     extended.extend(message(b'S', &[]));
     s.write_all(&extended).await.unwrap();
@@ -1440,10 +1452,7 @@ async fn unreadable_parse_text_and_many_parameters_keep_the_session() {
         b'P',
         &[vec![0], b"select 'caf\xe9'".to_vec(), vec![0, 0, 0]].concat(),
     );
-    bad.extend(message(
-        b'B',
-        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
-    ));
+    bad.extend(bind_unnamed());
     bad.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
     bad.extend(message(b'S', &[]));
     s.write_all(&bad).await.unwrap();
@@ -1522,16 +1531,10 @@ async fn a_cursor_on_a_held_or_blocked_statement_is_decided_at_its_flush() {
     gate.push_outcome(Duration::from_millis(50), HoldOutcome::Approved);
     let mut s = raw_login(addr).await;
     let cursor = |sql: &str| {
-        let mut m = message(b'P', &[cstr(""), cstr(sql), vec![0, 0]].concat());
-        m.extend(message(
-            b'B',
-            &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
-        ));
+        let mut m = parse_unnamed(sql);
+        m.extend(bind_unnamed());
         m.extend(message(b'D', &[vec![b'P'], cstr("")].concat()));
-        m.extend(message(
-            b'E',
-            &[cstr(""), 10i32.to_be_bytes().to_vec()].concat(),
-        ));
+        m.extend(execute_unnamed(10));
         m.extend(message(b'H', &[]));
         m
     };
@@ -1579,23 +1582,9 @@ async fn a_held_part_behind_a_failed_one_is_skipped_without_a_request() {
     let mut s = raw_login(addr).await;
     let missing = format!("no_such_table_{}", uuid::Uuid::new_v4().simple());
     // A cursor whose Parse fails (the DELETE would need a decision).
-    let mut m = message(
-        b'P',
-        &[
-            cstr(""),
-            cstr(&format!("DELETE FROM {missing}")),
-            vec![0, 0],
-        ]
-        .concat(),
-    );
-    m.extend(message(
-        b'B',
-        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
-    ));
-    m.extend(message(
-        b'E',
-        &[cstr(""), 10i32.to_be_bytes().to_vec()].concat(),
-    ));
+    let mut m = parse_unnamed(&format!("DELETE FROM {missing}"));
+    m.extend(bind_unnamed());
+    m.extend(execute_unnamed(10));
     m.extend(message(b'H', &[]));
     s.write_all(&m).await.unwrap();
     let failed = read_frames_until(&mut s, b'E').await;
@@ -1603,19 +1592,11 @@ async fn a_held_part_behind_a_failed_one_is_skipped_without_a_request() {
     s.write_all(&message(b'S', &[])).await.unwrap();
     read_frames_until(&mut s, b'Z').await;
     // The same with the Sync right behind the error.
-    let mut m = message(
-        b'P',
-        &[
-            cstr(""),
-            cstr(&format!("DELETE FROM {missing}")),
-            vec![0, 0],
-        ]
-        .concat(),
-    );
+    let mut m = parse_unnamed(&format!("DELETE FROM {missing}"));
     m.extend(message(b'H', &[]));
     s.write_all(&m).await.unwrap();
     read_frames_until(&mut s, b'E').await;
-    let mut m = message(b'B', &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat());
+    let mut m = bind_unnamed();
     m.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
     m.extend(message(b'S', &[]));
     s.write_all(&m).await.unwrap();
@@ -1661,19 +1642,8 @@ async fn a_bind_without_execute_of_a_held_statement_is_held_too() {
     // The gateway under test holds DELETEs.
     let t = table_of_ids(&client, "(1), (2)").await;
     let mut s = raw_login(addr).await;
-    let mut batch = message(
-        b'P',
-        &[
-            cstr(""),
-            cstr(&format!("DELETE FROM {t} WHERE id = {f}(1)")),
-            vec![0, 0],
-        ]
-        .concat(),
-    );
-    batch.extend(message(
-        b'B',
-        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
-    ));
+    let mut batch = parse_unnamed(&format!("DELETE FROM {t} WHERE id = {f}(1)"));
+    batch.extend(bind_unnamed());
     batch.extend(message(b'S', &[]));
     s.write_all(&batch).await.unwrap();
     let answered = read_frames_until(&mut s, b'Z').await;
@@ -1994,10 +1964,7 @@ async fn a_simple_query_before_sync_runs_after_the_pending_extended_messages_as_
 /// write; returns every frame up to the second ReadyForQuery (the Query's and the Sync's).
 async fn execute_then_query(s: &mut TcpStream, statement: &str, query: &str) -> Vec<(u8, Vec<u8>)> {
     let mut msgs = message(b'P', &[cstr(""), cstr(statement), vec![0, 0]].concat());
-    msgs.extend(message(
-        b'B',
-        &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
-    ));
+    msgs.extend(bind_unnamed());
     msgs.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
     msgs.extend(message(b'Q', &cstr(query)));
     msgs.extend(message(b'S', &[]));

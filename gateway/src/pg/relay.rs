@@ -973,21 +973,8 @@ where
     async fn hold_inner(&mut self, held: Held) -> Result<(), WireError> {
         if held.after_ready_part && self.settle_ready_part().await? {
             self.backend.failed_before_sync = false;
-            forward(&mut self.backend.masker, &mut self.out, &held.bytes);
-            self.backend.in_flight.push_back(InFlight {
-                sql: held.sql,
-                binds: held.binds,
-                decision: held.verdict.action,
-                request_id: None,
-                executed: None,
-                rejection: false,
-                received: held.received,
-                forwarded: Instant::now(),
-                batch: held.batch,
-                copy: held.copy,
-                prepared: None,
-                swallow_ready: self.swallow_next,
-            });
+            let decision = held.verdict.action;
+            self.forward_held(held, decision, None);
             return Ok(());
         }
         // Approvers read the parameters with the text, and what this session did that changes which
@@ -1142,13 +1129,19 @@ where
     fn forward_approved(&mut self, held: Held, id: RequestId) {
         // An approved statement may do anything, PREPARE or DEALLOCATE included (in a function too).
         self.sql_prepared.forget_all();
+        self.forward_held(held, Action::Review, Some(id));
+    }
+
+    /// Sends a held batch upstream as received, recorded with `decision` and, when it runs as an
+    /// approval, that request.
+    fn forward_held(&mut self, held: Held, decision: Action, approved: Option<RequestId>) {
         forward(&mut self.backend.masker, &mut self.out, &held.bytes);
         self.backend.in_flight.push_back(InFlight {
             sql: held.sql,
             binds: held.binds,
-            decision: Action::Review,
-            request_id: Some(id),
-            executed: Some(id),
+            decision,
+            request_id: approved,
+            executed: approved,
             rejection: false,
             received: held.received,
             forwarded: Instant::now(),
