@@ -68,6 +68,24 @@ async fn own_database(
     (admin, db, base.to_string(), in_db)
 }
 
+/// Rows in the `log` table of a test database (what user code wrote there).
+async fn log_rows(db: &tokio_postgres::Client) -> i64 {
+    db.query_one("SELECT count(*) FROM log", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A config whose connection `local` reaches database `db` of the test server (at `base`), and
+/// `plain` the shared test database.
+fn own_and_shared_config(base: &str, db: &str) -> String {
+    let url = upstream_url();
+    base_config(&format!(
+        "[[connections]]\nname = \"plain\"\nupstream_url = \"{url}\"\n"
+    ))
+    .replacen(&url, &format!("{base}/{db}"), 1)
+}
+
 fn id_of(r: &Reply) -> String {
     r.body["request_id"]
         .as_str()
@@ -1252,7 +1270,6 @@ async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
     // Casts, domain CHECKs and operators run functions a statement's text never names. A database of
     // its own: a `public.=` there applies to every session in it.
     let (admin, db, base, in_db) = own_database("cs_typecode").await;
-    let url = upstream_url();
     in_db
         .batch_execute(
             "CREATE TABLE log (v text);
@@ -1289,17 +1306,8 @@ async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
         .unwrap();
     // Setting up the operator class ran its support function already.
     in_db.batch_execute("TRUNCATE log").await.unwrap();
-    let writes = || async {
-        in_db
-            .query_one("SELECT count(*) FROM log", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
-    let cfg = base_config(&format!(
-        "[[connections]]\nname = \"plain\"\nupstream_url = \"{url}\"\n"
-    ))
-    .replacen(&url, &format!("{base}/{db}"), 1);
+    let writes = || log_rows(&in_db);
+    let cfg = own_and_shared_config(&base, &db);
     let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
 
     for (read, why) in [
@@ -1384,7 +1392,6 @@ async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
     // A database of its own: a `public.length` there captures `length(…)` for every session in it, so
     // it must not be the database parallel tests use.
     let (admin, db, base, in_db) = own_database("cs_shadow").await;
-    let url = upstream_url();
     // Other argument types than the built-ins', so PostgreSQL prefers these with pg_catalog first in
     // search_path (the default).
     in_db
@@ -1403,18 +1410,9 @@ async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
         )
         .await
         .unwrap();
-    let writes = || async {
-        in_db
-            .query_one("SELECT count(*) FROM log", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+    let writes = || log_rows(&in_db);
     // Connection `local` reaches the shadowed database, `plain` the shared one.
-    let cfg = base_config(&format!(
-        "[[connections]]\nname = \"plain\"\nupstream_url = \"{url}\"\n"
-    ))
-    .replacen(&url, &format!("{base}/{db}"), 1);
+    let cfg = own_and_shared_config(&base, &db);
     let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
 
     for call in ["SELECT length(1)", "SELECT substring(1, 2, 3)"] {

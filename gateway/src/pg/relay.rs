@@ -515,11 +515,7 @@ where
                 // pending extended-query messages first, then it. The gateway decides per Sync, so it
                 // ends the pending messages with a Sync of its own, whose ReadyForQuery the client
                 // never sees, and decides them first; the Query stays in the buffer for the next turn.
-                self.add_to_batch(&SYNC)?;
-                self.swallow_next = true;
-                let held = self.on_sync();
-                self.swallow_next = false;
-                if let Some(held) = held {
+                if let Some(held) = self.decide_pending()? {
                     return Ok(Step::Hold(held));
                 }
                 continue;
@@ -559,11 +555,7 @@ where
                     // a Sync of the gateway's own whose ReadyForQuery the client never sees (as for a
                     // Query before Sync), rather than left waiting for a Sync that never comes.
                     if self.batch.action() != Action::Allow {
-                        self.add_to_batch(&SYNC)?;
-                        self.swallow_next = true;
-                        let held = self.on_sync();
-                        self.swallow_next = false;
-                        if let Some(held) = held {
+                        if let Some(held) = self.decide_pending()? {
                             return Ok(Step::Hold(held));
                         }
                     }
@@ -826,6 +818,16 @@ where
             at_start: self.copy_ends,
             at_sync: None,
         }
+    }
+
+    /// Ends the pending extended-query messages with a Sync of the gateway's own, whose ReadyForQuery
+    /// the client never sees, and decides them now ([`Relay::on_sync`]).
+    fn decide_pending(&mut self) -> Result<Option<Held>, WireError> {
+        self.add_to_batch(&SYNC)?;
+        self.swallow_next = true;
+        let held = self.on_sync();
+        self.swallow_next = false;
+        Ok(held)
     }
 
     fn on_sync(&mut self) -> Option<Held> {
