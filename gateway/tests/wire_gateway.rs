@@ -1424,6 +1424,32 @@ async fn flush_before_sync_answers_the_prepare_and_holds_only_the_execution() {
     drop_table(&client, &t).await;
 }
 
+/// Binding a name this session never parsed (or closed) is answered as PostgreSQL does, 26000, so a
+/// driver re-prepares; nothing runs.
+#[tokio::test]
+async fn binding_an_unknown_statement_name_is_26000() {
+    let (_gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    let mut m = message(
+        b'B',
+        &[cstr(""), cstr("nosuch"), vec![0, 0, 0, 0, 0, 0]].concat(),
+    );
+    m.extend(execute_unnamed(0));
+    m.extend(message(b'S', &[]));
+    s.write_all(&m).await.unwrap();
+    let answered = read_frames_until(&mut s, b'Z').await;
+    let error = answered
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("an ErrorResponse");
+    assert!(
+        contains(&error.1, b"26000"),
+        "{:?}",
+        String::from_utf8_lossy(&error.1)
+    );
+    assert!(contains(&error.1, b"\"nosuch\" does not exist"));
+}
+
 /// Protocol 3.2 asked for: negotiated down to 3.0 (196608) as PostgreSQL 15 does, and the login goes on.
 #[tokio::test]
 async fn a_client_asking_for_protocol_3_2_is_offered_3_0() {

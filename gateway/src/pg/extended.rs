@@ -214,6 +214,10 @@ fn uncertain_statement(name: &[u8], sql: &str) -> Prepared {
 /// client encoding: it is refused with SQLSTATE 22021, as PostgreSQL refuses bytes it can't read.
 pub const UNREADABLE_RULE: &str = "client_encoding";
 
+/// The rule named by the verdict of a Bind of a statement name this session never parsed: refused with
+/// SQLSTATE 26000, as PostgreSQL answers for a name it does not hold, so drivers re-prepare.
+pub const UNKNOWN_STATEMENT_RULE: &str = "unknown_statement";
+
 /// The catalog key and verdict of a Parse whose text can't be read in the client encoding: never run
 /// (the gateway can't judge it), refused with `message` when bound or executed. The key starts with a
 /// NUL, which no readable statement text holds, so it never matches a statement that was read.
@@ -237,10 +241,10 @@ fn unknown_statement(name: &[u8]) -> Prepared {
         verdict: Arc::new(Verdict {
             action: Action::Block,
             reasons: vec![format!(
-                "prepared statement \"{name}\" was not prepared through the gateway; prepare it with the protocol Parse message"
+                "prepared statement \"{name}\" does not exist (the gateway saw no Parse of it on this session); prepare it with the protocol Parse message"
             )],
             statements: Arc::from([]),
-            rule: "gateway".into(),
+            rule: UNKNOWN_STATEMENT_RULE.into(),
             review: None,
         }),
     }

@@ -865,12 +865,16 @@ where
             }
             Action::Allow | Action::Block => {
                 self.catalog.forget_statements(&batch.parsed);
-                let unreadable = batch
-                    .verdict
-                    .as_deref()
-                    .filter(|v| v.rule == super::extended::UNREADABLE_RULE);
-                let (code, message) = match unreadable {
-                    Some(v) => ("22021", v.reasons.join("; ")),
+                let own_code = batch.verdict.as_deref().and_then(|v| {
+                    match v.rule.as_str() {
+                        super::extended::UNREADABLE_RULE => Some("22021"),
+                        super::extended::UNKNOWN_STATEMENT_RULE => Some("26000"),
+                        _ => None,
+                    }
+                    .map(|code| (code, v.reasons.join("; ")))
+                });
+                let (code, message) = match own_code {
+                    Some(own) => own,
                     None => (
                         sqlstate::INSUFFICIENT_PRIVILEGE,
                         batch
