@@ -1547,59 +1547,6 @@ async fn shutting_down_ends_sessions_with_57p01_once_idle() {
     assert!(contains(&answered.last().unwrap().1, b"57P01"));
 }
 
-/// A cursor (Execute with a row limit, then Flush) waits for rows before it sends Sync: a statement
-/// that needs a decision is decided at the Flush, not left waiting for a Sync that never comes.
-#[tokio::test]
-async fn a_cursor_on_a_held_or_blocked_statement_is_decided_at_its_flush() {
-    let (gate, addr) = start().await;
-    let client = connect(addr).await;
-    let t = table_of_ids(&client, "(1), (2)").await;
-    gate.push_outcome(Duration::from_millis(50), HoldOutcome::Approved);
-    let mut s = raw_login(addr).await;
-    let cursor = |sql: &str| {
-        let mut m = parse_unnamed(sql);
-        m.extend(bind_unnamed());
-        m.extend(message(b'D', &[vec![b'P'], cstr("")].concat()));
-        m.extend(execute_unnamed(10));
-        m.extend(message(b'H', &[]));
-        m
-    };
-    s.write_all(&cursor(&format!(
-        "DELETE FROM {t} WHERE id = 1 RETURNING id"
-    )))
-    .await
-    .unwrap();
-    // Held, approved, run: its rows and tag arrive before the client's Sync.
-    let ran = read_frames_until(&mut s, b'C').await;
-    assert!(ran
-        .iter()
-        .any(|(t, b)| *t == b'N' && contains(b, b"held for approval")));
-    assert!(ran.iter().any(|(t, _)| *t == b'D'), "{ran:?}");
-    assert_eq!(ran.last().unwrap().1, b"DELETE 1\0");
-    s.write_all(&message(b'S', &[])).await.unwrap();
-    let tags: Vec<u8> = read_frames_until(&mut s, b'Z')
-        .await
-        .iter()
-        .map(|(t, _)| *t)
-        .collect();
-    assert_eq!(
-        tags, b"Z",
-        "the client's own Sync gets the one ReadyForQuery"
-    );
-    assert_eq!(rows_in(&client, &t).await, 1);
-    // Blocked: refused at the Flush.
-    s.write_all(&cursor("DROP DATABASE postgres"))
-        .await
-        .unwrap();
-    let refused = read_frames_until(&mut s, b'E').await;
-    assert!(contains(&refused.last().unwrap().1, b"42501"));
-    s.write_all(&message(b'S', &[])).await.unwrap();
-    read_frames_until(&mut s, b'Z').await;
-    // The session goes on.
-    assert_eq!(rows_in(&client, &t).await, 1);
-    drop_table(&client, &t).await;
-}
-
 /// When what went ahead of a held part fails upstream, PostgreSQL skips the held part until Sync: it
 /// is answered at once, as PostgreSQL would, and no one is asked to approve it.
 #[tokio::test]

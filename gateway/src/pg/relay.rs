@@ -546,17 +546,13 @@ where
                     // Flush asks for results so far. What precedes the first Bind or Execute that
                     // needs a decision goes now (the whole batch, Flush included, when nothing needs
                     // one), so a client that prepares and waits before Sync is answered.
-                    if self.forward_ready_part() && self.batch.action() != Action::Allow {
-                        forward(&mut self.backend.masker, &mut self.out, &FLUSH);
+                    // The rest waits for the verdict at Sync: deciding at a Flush would need a Sync of
+                    // the gateway's own, which ends the implicit transaction and with it the portal a
+                    // cursor (Execute with a row limit) reads on from.
+                    if self.forward_ready_part() {
                         self.ready_part_sent = true;
-                    }
-                    // A client reading a cursor (Execute with a row limit, then Flush) waits for rows
-                    // before it sends Sync: the part that needs a decision is decided now, ended with
-                    // a Sync of the gateway's own whose ReadyForQuery the client never sees (as for a
-                    // Query before Sync), rather than left waiting for a Sync that never comes.
-                    if self.batch.action() != Action::Allow {
-                        if let Some(held) = self.decide_pending()? {
-                            return Ok(Step::Hold(held));
+                        if self.batch.action() != Action::Allow {
+                            forward(&mut self.backend.masker, &mut self.out, &FLUSH);
                         }
                     }
                 }
