@@ -981,10 +981,18 @@ where
         }
         // Approvers read the parameters with the text, and what this session did that changes which
         // objects its names resolve to; the hash binds both, so the approval is for what runs, here.
+        // A held `SET search_path` is in the context already (it was classified): it has not run.
+        let earlier: Vec<String> = self
+            .ctx
+            .name_context
+            .iter()
+            .filter(|c| **c != *held.sql)
+            .cloned()
+            .collect();
         let (shown, hash) = with_name_context(
             shown_statement(&held.sql, &held.binds),
             statement_hash(&held.sql, &held.binds),
-            &self.ctx.name_context,
+            &earlier,
         );
         let gate = self.ctx.gate.clone();
         let id = match gate
