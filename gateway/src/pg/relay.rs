@@ -262,7 +262,18 @@ where
         if !self.sbuf.is_empty() {
             self.on_server_data().await?;
         }
-        let mut shutdown = self.ctx.shutdown.clone();
+        // One future for the whole session (not one per event): it resolves when the gateway shuts
+        // down, or when the sender is gone (the process exiting).
+        let shutdown = self.ctx.shutdown.clone();
+        let stop = async move {
+            match shutdown {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(stop);
         let mut stopping = false;
         loop {
             if stopping && self.idle() {
@@ -280,13 +291,7 @@ where
             reserve(&mut self.cbuf, self.client_need);
             reserve(&mut self.sbuf, self.backend.need);
             tokio::select! {
-                // A dropped sender (the process exiting) counts as shutting down too.
-                _ = async {
-                    match shutdown.as_mut() {
-                        Some(rx) => { let _ = rx.wait_for(|s| *s).await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                }, if !stopping => {
+                _ = &mut stop, if !stopping => {
                     stopping = true;
                 }
                 r = self.client_r.read_buf(&mut self.cbuf) => {
