@@ -175,13 +175,7 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
             ("row", _) => {
                 out.row.insert(name);
             }
-            ("shadow", Some(function)) => {
-                let by = out.shadows.entry(name).or_default();
-                if !by.contains(&function) {
-                    by.push(function);
-                    by.sort();
-                }
-            }
+            ("shadow", Some(function)) => push_reason(&mut out.shadows, name, function),
             ("view", Some(definition)) => {
                 definitions.push((name, definition));
             }
@@ -190,7 +184,7 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
             ("operator", Some(why)) => push_reason(&mut out.operators, name, why),
             ("domain", Some(check)) => {
                 if let Some(why) = check_runs_code(&check) {
-                    push_reason(&mut out.types, name, why);
+                    push_reason(&mut out.types, name, format!("its {why}"));
                 }
             }
             ("policy", Some(expr)) => {
@@ -198,10 +192,7 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
                     push_reason(
                         &mut out.tables,
                         name,
-                        format!(
-                            "row-level security policy {}",
-                            why.trim_start_matches("its ")
-                        ),
+                        format!("row-level security policy {why}"),
                     );
                 }
             }
@@ -213,6 +204,7 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
     out
 }
 
+/// Adds `why` to `name`'s list, each once, sorted.
 fn push_reason(map: &mut BTreeMap<String, Vec<String>>, name: String, why: String) {
     let reasons = map.entry(name).or_default();
     if !reasons.contains(&why) {
@@ -221,9 +213,24 @@ fn push_reason(map: &mut BTreeMap<String, Vec<String>>, name: String, why: Strin
     }
 }
 
-/// Why a domain's CHECK (`pg_get_constraintdef`: `CHECK (expr)`, maybe `NOT VALID`) runs code the
-/// policy would not allow in a statement: its expression is classified as `SELECT expr`. A check the
-/// classifier can't read counts as running code (fail closed).
+/// The reasons the policy would not allow the statements of `facts`; `None` when it would allow them
+/// all.
+fn not_allowed_reasons(facts: &[crate::policy::StatementFacts]) -> Option<Vec<String>> {
+    let mut not_allowed = facts
+        .iter()
+        .filter(|f| f.action != crate::policy::Action::Allow)
+        .peekable();
+    not_allowed.peek()?;
+    Some(
+        not_allowed
+            .flat_map(|f| f.reasons.iter().cloned())
+            .collect(),
+    )
+}
+
+/// Why a CHECK (`pg_get_constraintdef`: `CHECK (expr)`, maybe `NOT VALID`) runs code the policy would
+/// not allow in a statement, as `CHECK (expr) (reasons)`: its expression is classified as
+/// `SELECT expr`. A check the classifier can't read counts as running code (fail closed).
 fn check_runs_code(check: &str) -> Option<String> {
     let expr = check
         .trim()
@@ -233,13 +240,9 @@ fn check_runs_code(check: &str) -> Option<String> {
         .strip_prefix("CHECK")
         .unwrap_or(check);
     let facts = crate::policy::classify::classify(&format!("SELECT {expr}"));
-    let not_allowed: Vec<String> = facts
-        .iter()
-        .filter(|f| f.action != crate::policy::Action::Allow)
-        .flat_map(|f| f.reasons.iter().cloned())
-        .collect();
+    let not_allowed = not_allowed_reasons(&facts).unwrap_or_default();
     (!not_allowed.is_empty() || facts.len() != 1)
-        .then(|| format!("its {} ({})", check.trim(), not_allowed.join("; ")))
+        .then(|| format!("{} ({})", check.trim(), not_allowed.join("; ")))
 }
 
 /// Views whose reading runs code the policy would not allow in a statement's text, each with why: a
@@ -251,24 +254,13 @@ fn views_that_run_code(definitions: &[(String, String)]) -> BTreeMap<String, Vec
     let mut reads: Vec<(&str, Vec<String>)> = Vec::new();
     for (name, definition) in definitions {
         let facts = crate::policy::classify::classify(definition);
-        let not_allowed: Vec<_> = facts
-            .iter()
-            .filter(|f| f.action != crate::policy::Action::Allow)
-            .collect();
-        if !not_allowed.is_empty() {
-            let why = not_allowed.iter().flat_map(|f| f.reasons.iter().cloned());
-            flagged.insert(name.clone(), why.collect());
+        if let Some(why) = not_allowed_reasons(&facts) {
+            flagged.insert(name.clone(), why);
         }
         let tables = facts
             .iter()
             .flat_map(|f| f.tables.iter())
-            .map(|t| {
-                t.rsplit('.')
-                    .next()
-                    .unwrap_or(t)
-                    .trim_matches('"')
-                    .to_string()
-            })
+            .map(|t| crate::policy::verdict::bare_name(t).to_string())
             .collect();
         reads.push((name, tables));
     }

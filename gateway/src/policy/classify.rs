@@ -70,7 +70,7 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
 /// `search_path` change however spelled (`SET`, `SET SCHEMA`, `set_config`, `RESET`, `DISCARD`), or a
 /// role change (`$user` in the path). Over-inclusion only makes an approval more specific.
 fn sets_name_resolution(words: &[String]) -> bool {
-    let has = |w: &str| words.binary_search_by(|x| x.as_str().cmp(w)).is_ok();
+    let has = |w: &str| super::verdict::has_word(words, w);
     has("search_path")
         || has("set_config")
         || has("reset")

@@ -381,10 +381,7 @@ fn database_function_calls(
     let views: Vec<(&String, &Vec<String>)> = facts
         .tables
         .iter()
-        .filter_map(|t| {
-            let bare = t.rsplit('.').next().unwrap_or(t).trim_matches('"');
-            db.views.get(bare).map(|calls| (t, calls))
-        })
+        .filter_map(|t| db.views.get(verdict::bare_name(t)).map(|calls| (t, calls)))
         .collect();
     let code = user_code_runs(db, facts);
     if row_calls.is_empty() && shadowed.is_empty() && views.is_empty() && code.is_empty() {
@@ -476,7 +473,7 @@ fn user_code_runs(db: &DatabaseFunctions, facts: &StatementFacts) -> Vec<String>
         return out;
     }
     out.extend(db.global.iter().cloned());
-    let has = |w: &str| facts.words.binary_search_by(|x| x.as_str().cmp(w)).is_ok();
+    let has = |w: &str| facts.has_word(w);
     for (name, why) in &db.types {
         if has(name) {
             out.push(format!(
@@ -486,8 +483,7 @@ fn user_code_runs(db: &DatabaseFunctions, facts: &StatementFacts) -> Vec<String>
         }
     }
     for t in &facts.tables {
-        let bare = t.rsplit('.').next().unwrap_or(t).trim_matches('"');
-        if let Some(why) = db.tables.get(bare) {
+        if let Some(why) = db.tables.get(verdict::bare_name(t)) {
             out.push(format!(
                 "reads {t}, whose {}; reading it may run that code",
                 why.join("; ")

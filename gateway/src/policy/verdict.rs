@@ -80,6 +80,24 @@ pub struct StatementFacts {
     pub reasons: Vec<String>,
 }
 
+impl StatementFacts {
+    /// True when the statement has `word` among its [`StatementFacts::words`].
+    pub fn has_word(&self, word: &str) -> bool {
+        has_word(&self.words, word)
+    }
+}
+
+/// True when sorted `words` (as [`StatementFacts::words`] keeps them) hold `word`.
+pub fn has_word(words: &[String], word: &str) -> bool {
+    words.binary_search_by(|w| w.as_str().cmp(word)).is_ok()
+}
+
+/// The last part of a table name as a statement wrote it (`app."Orders"` → `Orders`): a table,
+/// view or catalog entry of that name in any schema may be the one it reads.
+pub fn bare_name(table: &str) -> &str {
+    table.rsplit('.').next().unwrap_or(table).trim_matches('"')
+}
+
 /// What a statement does to SQL-level prepared statements (`PREPARE`, `EXECUTE`, `DEALLOCATE`,
 /// `DISCARD ALL`). Names are as PostgreSQL stores them: folded unless quoted, cut to 63 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
