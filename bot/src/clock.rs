@@ -23,13 +23,7 @@ pub fn now() -> OffsetDateTime {
 
 /// Now, by the store's clock, in milliseconds since the epoch.
 pub fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-        + OFFSET_MS.load(Ordering::Relaxed)
-}
-
-/// The offset last measured.
-pub fn offset_ms() -> i64 {
-    OFFSET_MS.load(Ordering::Relaxed)
+    local_ms() + OFFSET_MS.load(Ordering::Relaxed)
 }
 
 /// Records a measurement: the database said `db_ms` between local times `sent_ms` and `received_ms`

@@ -427,10 +427,9 @@ pub fn statement_hash(sql: &str, binds: &[Binding]) -> StatementHash {
 /// approve is what runs. Text values are SQL literals (`E'…'` escapes for control characters, so a
 /// value can't add lines of its own); binary ones are decoded for common types, else shown as hex.
 pub fn shown_statement(sql: &str, binds: &[Binding]) -> String {
-    if binds
-        .iter()
-        .all(|b| bind_params(&b.bind).is_some_and(|p| p.is_empty()))
-    {
+    let params: Vec<Option<Vec<BoundParam<'_>>>> =
+        binds.iter().map(|b| bind_params(&b.bind)).collect();
+    if params.iter().all(|p| p.as_ref().is_some_and(Vec::is_empty)) {
         return sql.to_string();
     }
     let mut out = String::with_capacity(sql.len() + 64);
@@ -439,13 +438,13 @@ pub fn shown_statement(sql: &str, binds: &[Binding]) -> String {
     out.push_str(
         "\n-- parameters, sent apart from the text above; the statement runs with these values:",
     );
-    for (n, b) in binds.iter().enumerate() {
+    for (n, (b, params)) in binds.iter().zip(&params).enumerate() {
         let prefix = if binds.len() > 1 {
             format!("execution {}: ", n + 1)
         } else {
             String::new()
         };
-        let Some(params) = bind_params(&b.bind) else {
+        let Some(params) = params else {
             out.push_str(&format!(
                 "\n-- {prefix}a malformed Bind message of {} bytes: 0x{}",
                 b.bind.len(),

@@ -81,26 +81,14 @@ fn with_name_context(
     let mut bound = Vec::new();
     for c in context {
         out.push_str("\n--   ");
-        out.push_str(&one_line(c));
+        // On one line, as reasons are: a line break in it can't pass for the next context line.
+        out.push_str(&countersign_bot::reveal::reveal_line(
+            c.trim_matches(super::extended::is_sql_space),
+        ));
         bound.extend_from_slice(&(c.len() as u64).to_be_bytes());
         bound.extend_from_slice(c.as_bytes());
     }
     (out, hash.with_context(&bound))
-}
-
-/// `text` on one line: line breaks and other control characters shown as `\n`, `\u000B` …
-fn one_line(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.trim_matches(super::extended::is_sql_space).chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push(' '),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// A statement or batch waiting for a human decision.
@@ -845,72 +833,50 @@ where
         let skipped = std::mem::take(&mut self.backend.failed_before_sync);
         let after_ready_part = std::mem::take(&mut self.ready_part_sent);
         let action = batch.action();
-        match action {
-            _ if action == Action::Allow || skipped => {
-                forward(&mut self.backend.masker, &mut self.out, &batch.bytes);
-                self.backend.in_flight.push_back(InFlight {
-                    sql: batch.sql(),
-                    binds: batch.binds(),
-                    decision: action,
-                    request_id: None,
-                    executed: None,
-                    rejection: false,
-                    received,
-                    forwarded: Instant::now(),
-                    batch: Some(number),
-                    copy,
-                    prepared: None,
-                    swallow_ready: self.swallow_next,
-                });
-                None
-            }
-            Action::Allow | Action::Block => {
-                self.catalog.forget_statements(&batch.parsed);
-                let own_code = batch.verdict.as_deref().and_then(|v| {
-                    match v.rule.as_str() {
-                        super::extended::UNREADABLE_RULE => Some("22021"),
-                        super::extended::UNKNOWN_STATEMENT_RULE => Some("26000"),
-                        _ => None,
-                    }
-                    .map(|code| (code, v.reasons.join("; ")))
-                });
-                let (code, message) = match own_code {
-                    Some(own) => own,
-                    None => (
-                        sqlstate::INSUFFICIENT_PRIVILEGE,
-                        batch
-                            .verdict
-                            .as_deref()
-                            .map(blocked_message)
-                            .unwrap_or_default(),
-                    ),
-                };
-                self.refuse(Refusal {
-                    sql: batch.sql(),
-                    binds: batch.binds(),
-                    decision: Action::Block,
-                    request_id: None,
-                    code,
-                    message,
-                    received,
-                });
-                None
-            }
-            Action::Review => {
-                let verdict = batch.verdict.clone()?;
-                Some(Held {
-                    swallow_ready: self.swallow_next,
-                    sql: batch.sql(),
-                    binds: batch.binds(),
-                    bytes: batch.bytes,
-                    verdict,
-                    received,
-                    batch: Some(number),
-                    copy,
-                    after_ready_part,
-                })
-            }
+        if action == Action::Allow || skipped {
+            forward(&mut self.backend.masker, &mut self.out, &batch.bytes);
+            self.backend.in_flight.push_back(InFlight {
+                sql: batch.sql(),
+                binds: batch.binds(),
+                decision: action,
+                request_id: None,
+                executed: None,
+                rejection: false,
+                received,
+                forwarded: Instant::now(),
+                batch: Some(number),
+                copy,
+                prepared: None,
+                swallow_ready: self.swallow_next,
+            });
+            return None;
         }
+        if action == Action::Block {
+            self.catalog.forget_statements(&batch.parsed);
+            let (code, message) = refusal_text(batch.verdict.as_deref());
+            self.refuse(Refusal {
+                sql: batch.sql(),
+                binds: batch.binds(),
+                decision: Action::Block,
+                request_id: None,
+                code,
+                message,
+                received,
+            });
+            return None;
+        }
+        let verdict = batch.verdict.clone()?;
+        Some(Held {
+            swallow_ready: self.swallow_next,
+            sql: batch.sql(),
+            binds: batch.binds(),
+            bytes: batch.bytes,
+            verdict,
+            received,
+            batch: Some(number),
+            copy,
+            after_ready_part,
+        })
     }
 
     /// Sends the refusal as a failing statement through the upstream, so the client sees ErrorResponse
@@ -1261,6 +1227,22 @@ fn kind_and_name(frame: &[u8]) -> Result<(u8, &[u8]), WireError> {
     let mut pos = 6;
     let name = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Close"))?;
     Ok((kind, name))
+}
+
+/// The SQLSTATE and message a blocked batch is refused with: PostgreSQL's own for text the gateway
+/// can't read (22021) and statement names it never saw parsed (26000), else 42501 naming the rule.
+fn refusal_text(verdict: Option<&Verdict>) -> (&'static str, String) {
+    let own = verdict.and_then(|v| match v.rule.as_str() {
+        super::extended::UNREADABLE_RULE => Some(("22021", v.reasons.join("; "))),
+        super::extended::UNKNOWN_STATEMENT_RULE => Some(("26000", v.reasons.join("; "))),
+        _ => None,
+    });
+    own.unwrap_or_else(|| {
+        (
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            verdict.map(blocked_message).unwrap_or_default(),
+        )
+    })
 }
 
 /// The message a blocked statement gets: the deciding rule and its reasons.
