@@ -68,6 +68,14 @@ async fn own_database(
     (admin, db, base.to_string(), in_db)
 }
 
+/// Drops a database a test made for itself (its sessions with it).
+async fn drop_database(admin: &tokio_postgres::Client, db: &str) {
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
 /// Rows in the `log` table of a test database (what user code wrote there).
 async fn log_rows(db: &tokio_postgres::Client) -> i64 {
     db.query_one("SELECT count(*) FROM log", &[])
@@ -891,10 +899,7 @@ async fn api_refuses_text_postgres_would_read_differently_under_a_database_defau
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["rows"][0][0], "1", "{:?}", r.body);
     drop(in_db);
-    admin
-        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
-        .await
-        .unwrap();
+    drop_database(&admin, &db).await;
 }
 
 #[tokio::test]
@@ -904,10 +909,7 @@ async fn api_sessions_speak_utf8_whatever_the_database_default_encoding() {
     let r = gw.query(AGENT, "SELECT 'Grüße aus Köln' AS greeting").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["rows"][0][0], "Grüße aus Köln", "{:?}", r.body);
-    admin
-        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
-        .await
-        .unwrap();
+    drop_database(&admin, &db).await;
 }
 
 /// Names for a row-function case: a table `people_…`, a log table `archive_log_…` the function writes
@@ -1381,10 +1383,7 @@ async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
         r.body
     );
     drop(in_db);
-    admin
-        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
-        .await
-        .unwrap();
+    drop_database(&admin, &db).await;
 }
 
 #[tokio::test]
@@ -1485,8 +1484,5 @@ async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
         "PostgreSQL resolves length(1) to public.length"
     );
     drop(in_db);
-    admin
-        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
-        .await
-        .unwrap();
+    drop_database(&admin, &db).await;
 }

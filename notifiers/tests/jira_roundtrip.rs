@@ -458,14 +458,7 @@ async fn jira_transition_and_api_vote_reach_quorum_and_requester_is_refused() {
 async fn unsigned_or_forged_webhook_is_refused_and_audited() {
     let (store, _dir) = fresh_sqlite().await;
     let h = harness(store).await;
-    let view = submit(&h.workflow, "DELETE FROM t").await;
-    drain(&h.worker).await;
-    let key = h
-        .store
-        .get_ref(view.request.id, "jira", "issue")
-        .await
-        .expect("ref")
-        .expect("key");
+    let (id, key) = h.issue_for("DELETE FROM t").await;
     h.fake
         .lock()
         .unwrap()
@@ -478,13 +471,7 @@ async fn unsigned_or_forged_webhook_is_refused_and_audited() {
     let (status, _) = webhook(&h.router, &body, Some(forged)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    assert!(h
-        .workflow
-        .get(view.request.id)
-        .await
-        .expect("get")
-        .votes
-        .is_empty());
+    assert!(h.workflow.get(id).await.expect("get").votes.is_empty());
     let refusals = audit_actions(&h.store)
         .await
         .into_iter()
@@ -496,17 +483,10 @@ async fn unsigned_or_forged_webhook_is_refused_and_audited() {
 #[tokio::test]
 async fn jira_deny_transition_vetoes_on_postgres() {
     let h = harness(fresh_pg().await).await;
-    let view = submit(&h.workflow, "DROP TABLE audit_log").await;
-    drain(&h.worker).await;
-    let key = h
-        .store
-        .get_ref(view.request.id, "jira", "issue")
-        .await
-        .expect("ref")
-        .expect("key");
+    let (id, key) = h.issue_for("DROP TABLE audit_log").await;
     let (_, body) = move_in_jira(&h, &key, "acc-bob", "Denied").await;
     assert_eq!(body["outcome"], "recorded", "{body}");
-    let v = h.workflow.get(view.request.id).await.expect("get");
+    let v = h.workflow.get(id).await.expect("get");
     assert_eq!(v.request.status, RequestStatus::Denied);
     assert_eq!(v.votes[0].decision, Decision::Deny);
     drain(&h.worker).await;
