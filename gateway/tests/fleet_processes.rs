@@ -328,6 +328,89 @@ async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() 
     assert_eq!(status, "pending", "the request survives the shutdown");
 }
 
+/// SIGTERM with statements running: one that finishes within the grace returns its rows, one that
+/// would outlast it is cancelled upstream (57014, as PostgreSQL's fast shutdown does) and never cut off
+/// without a word; both sessions then end with 57P01 and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_short_statements_finish_and_cancels_long_ones() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store_url = countersign_bot::testing::fresh_pg_database()
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    let (http_port, wire_port) = (free_port(), free_port());
+    // pg_sleep is held by default; this test is about running statements.
+    let wire = format!(
+        "[[policy.rules]]\nname = \"sleepers\"\nconnections = [\"local\"]\naction = \"allow\"\n\n[wire]\nlisten = \"127.0.0.1:{wire_port}\"\nallow_cleartext_without_tls = true\n"
+    );
+    let mut r = Replica::start(&config(&store_url, http_port, &wire), http_port).await;
+    let connect = || async {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={wire_port} user=agent password={AGENT_TOKEN} dbname=local"
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect to the wire listener");
+        tokio::spawn(conn);
+        client
+    };
+    let (short, long) = (connect().await, connect().await);
+    let started = Instant::now();
+    let short_run = tokio::spawn(async move {
+        let rows = short.simple_query("SELECT pg_sleep(2), 'finished'").await;
+        (rows, short)
+    });
+    let long_run = tokio::spawn(async move { long.simple_query("SELECT pg_sleep(300)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &r.child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+
+    let (rows, short) = short_run.await.unwrap();
+    let rows = rows.expect("a statement finishing within the grace returns its result");
+    let finished = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(1).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(finished.as_deref(), Some("finished"));
+    let next = short
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("the session ended after its statement");
+    assert!(
+        next.is_closed() || next.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
+        "{next:?}"
+    );
+
+    let err = tokio::time::timeout(Duration::from_secs(30), long_run)
+        .await
+        .expect("the long statement is answered after the grace")
+        .unwrap()
+        .expect_err("the long statement was cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = r.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "clean exit, got {exit:?}");
+}
+
 /// Static tokens for the two reviewers of [`config`] (`bob-token`, `carol-token`).
 fn reviewer_tokens() -> String {
     ["bob", "carol"]

@@ -1547,6 +1547,46 @@ async fn shutting_down_ends_sessions_with_57p01_once_idle() {
     assert!(contains(&answered.last().unwrap().1, b"57P01"));
 }
 
+/// Past the shutdown's grace, a statement still running is cancelled upstream: the client gets
+/// PostgreSQL's own cancellation and ReadyForQuery, then `57P01`, instead of a dead socket.
+#[tokio::test]
+async fn past_the_shutdown_grace_a_running_statement_is_cancelled_then_57p01() {
+    let gate = Arc::new(StaticGate::new("app", upstream("test"), TOKEN));
+    let mut config = WireConfig::new("127.0.0.1:0".parse().unwrap());
+    config.allow_cleartext_without_tls = true;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let server = WireServer::bind(config, gate.clone())
+        .await
+        .unwrap()
+        .with_shutdown(stop_rx)
+        .with_busy_cancel(cancel_rx);
+    let live = server.live_sessions();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    let mut busy = raw_login(addr).await;
+    assert_eq!(live.count(), 1);
+    busy.write_all(&message(b'Q', &cstr("SELECT pg_sleep(300)")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_tx.send(true).unwrap();
+    // Within the grace nothing happens to a running statement.
+    assert!(!live.wait_none(Duration::from_millis(300)).await);
+    let started = std::time::Instant::now();
+    cancel_tx.send(true).unwrap();
+    let cancelled = read_frames_until(&mut busy, b'Z').await;
+    let error = cancelled
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("an error");
+    assert!(contains(&error.1, b"57014"), "{cancelled:?}");
+    let fatal = read_frames_until(&mut busy, b'E').await;
+    assert!(contains(&fatal.last().unwrap().1, b"57P01"), "{fatal:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(live.wait_none(Duration::from_secs(5)).await);
+}
+
 /// When what went ahead of a held part fails upstream, PostgreSQL skips the held part until Sync: it
 /// is answered at once, as PostgreSQL would, and no one is asked to approve it.
 #[tokio::test]

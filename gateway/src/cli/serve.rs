@@ -56,6 +56,9 @@ async fn drain_holds(engine: &Engine, limit: Duration) {
 /// supports across runtimes. The returned task finishes when the wire runtimes have stopped; they keep
 /// sessions alive after the listener closes until `exit` fires, so held clients can be told their request
 /// stays pending.
+/// How long statements still running at shutdown may finish before they are cancelled.
+const BUSY_STATEMENT_GRACE: Duration = Duration::from_secs(10);
+
 async fn spawn_wire(
     wcfg: crate::pg::config::WireConfig,
     engine: Arc<Engine>,
@@ -84,8 +87,12 @@ async fn spawn_wire(
             };
             rt.block_on(async move {
                 let gate: Arc<dyn crate::pg::gate::WireGate> = engine;
+                let (cancel_busy_tx, cancel_busy_rx) = tokio::sync::watch::channel(false);
                 let server = match crate::pg::server::WireServer::bind(wcfg, gate).await {
-                    Ok(s) => s.with_workers(worker_handles).with_shutdown(stop.clone()),
+                    Ok(s) => s
+                        .with_workers(worker_handles)
+                        .with_shutdown(stop.clone())
+                        .with_busy_cancel(cancel_busy_rx),
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow::Error::new(e).context(format!(
                             "binding the Postgres wire listener on {addr} (set [wire] listen to a free address)"
@@ -94,6 +101,7 @@ async fn spawn_wire(
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
+                let live = server.live_sessions();
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
@@ -102,6 +110,14 @@ async fn spawn_wire(
                 }
                 // Sessions keep running (held clients get their answer) until the main runtime says exit.
                 let _ = tokio::time::timeout(Duration::from_secs(40), exit).await;
+                // Idle sessions ended with 57P01 at the stop; busy ones end so once their statement has
+                // answered. Those still running after the grace are cancelled upstream, as PostgreSQL's
+                // fast shutdown does, so no client is cut off mid-result without a word.
+                if !live.wait_none(BUSY_STATEMENT_GRACE).await {
+                    tracing::info!(sessions = live.count(), "cancelling statements still running at shutdown");
+                    let _ = cancel_busy_tx.send(true);
+                    live.wait_none(Duration::from_secs(5)).await;
+                }
             });
             drop(workers);
             let _ = done_tx.send(());

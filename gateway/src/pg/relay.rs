@@ -2,7 +2,7 @@
 //! client, passes upstream bytes through (see `backend`), and holds risky statements on the live connection.
 
 use super::backend::{statement_text, BackendTracker, CopyMarks, InFlight};
-use super::cancel::CancelSignal;
+use super::cancel::{send_upstream_cancel, BackendKey, CancelSignal, UpstreamAddr};
 use super::codec::{frame_header, put_error, read_cstr, send, sqlstate, Severity};
 use super::error::WireError;
 use super::extended::{
@@ -57,7 +57,15 @@ pub struct SessionCtx {
     pub name_context: Vec<String>,
     /// Turns true when the gateway shuts down ([`super::server::WireServer::with_shutdown`]).
     pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Turns true when the shutdown's grace for running statements is over
+    /// ([`super::server::WireServer::with_busy_cancel`]).
+    pub cancel_busy: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Where and with which key to cancel this session's upstream statement.
+    pub upstream_key: (UpstreamAddr, BackendKey),
 }
+
+/// How long a session whose statement was cancelled at shutdown waits for the upstream's answer.
+const CANCEL_ANSWER: Duration = Duration::from_secs(3);
 
 /// How long a hold waits for the answer to the part of its batch that went ahead on Flush.
 const READY_PART_ANSWER: Duration = Duration::from_millis(100);
@@ -262,18 +270,20 @@ where
             }
         };
         tokio::pin!(stop);
+        let cancel_busy = self.ctx.cancel_busy.clone();
+        let out_of_grace = async move {
+            match cancel_busy {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(out_of_grace);
         let mut stopping = false;
         loop {
             if stopping && self.idle() {
-                let mut buf = BytesMut::new();
-                put_error(
-                    &mut buf,
-                    Severity::Fatal,
-                    sqlstate::ADMIN_SHUTDOWN,
-                    "terminating connection due to administrator command: the gateway is shutting down; reconnect",
-                    None,
-                );
-                let _ = send(&mut self.client_w, &buf).await;
+                self.end_for_shutdown().await;
                 return Ok(());
             }
             reserve(&mut self.cbuf, self.client_need);
@@ -281,6 +291,9 @@ where
             tokio::select! {
                 _ = &mut stop, if !stopping => {
                     stopping = true;
+                }
+                _ = &mut out_of_grace, if stopping => {
+                    return self.cancel_for_shutdown().await;
                 }
                 r = self.client_r.read_buf(&mut self.cbuf) => {
                     if r? == 0 {
@@ -306,6 +319,45 @@ where
                 }
             }
         }
+    }
+
+    /// Ends the session as PostgreSQL's own shutdown does: FATAL `57P01`, so clients and pools reconnect.
+    async fn end_for_shutdown(&mut self) {
+        let mut buf = BytesMut::new();
+        put_error(
+            &mut buf,
+            Severity::Fatal,
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command: the gateway is shutting down; reconnect",
+            None,
+        );
+        let _ = send(&mut self.client_w, &buf).await;
+    }
+
+    /// The shutdown's grace for running statements is over: cancels the upstream statement (as
+    /// PostgreSQL's fast shutdown does), relays its answer, then ends the session with `57P01`. An
+    /// upstream that does not answer the cancel in time gets its connection closed instead.
+    async fn cancel_for_shutdown(&mut self) -> Result<(), WireError> {
+        if !self.backend.in_flight.is_empty() && !self.backend.in_copy_in() {
+            tracing::info!(session = %self.ctx.session.id, "cancelling a statement still running at shutdown");
+            let (addr, key) = self.ctx.upstream_key.clone();
+            tokio::spawn(async move {
+                if let Err(e) = send_upstream_cancel(&addr, key).await {
+                    tracing::warn!(error = %e, "could not cancel a statement upstream at shutdown");
+                }
+            });
+            match tokio::time::timeout(CANCEL_ANSWER, self.drain_in_flight()).await {
+                Ok(result) => result?,
+                // Part of a message may have reached the client: a FATAL after it would be garbage.
+                Err(_) => {
+                    return Err(WireError::Upstream(
+                        "the upstream did not answer a cancel at shutdown".into(),
+                    ))
+                }
+            }
+        }
+        self.end_for_shutdown().await;
+        Ok(())
     }
 
     /// Nothing of the session is under way: no statement upstream, no batch or message half received,

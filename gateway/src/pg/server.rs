@@ -21,6 +21,34 @@ pub struct WireServer {
     shared: Arc<Shared>,
     /// Other single-threaded runtimes that take a share of the sessions (see [`WireServer::with_workers`]).
     workers: Vec<Handle>,
+    /// One permit per open client connection, up to `[wire] max_connections`.
+    open: Arc<tokio::sync::Semaphore>,
+}
+
+/// Counts a [`WireServer`]'s open client connections, on whichever runtime they run.
+#[derive(Clone)]
+pub struct LiveSessions {
+    open: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl LiveSessions {
+    /// Client connections open now (sessions, and connections still logging in).
+    pub fn count(&self) -> usize {
+        self.max.saturating_sub(self.open.available_permits())
+    }
+
+    /// Waits until no client connection is open, or `limit` has passed; true when none is.
+    pub async fn wait_none(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 impl WireServer {
@@ -58,11 +86,16 @@ impl WireServer {
             recorder,
             scram_mock_secret: rand::random(),
             shutdown: None,
+            cancel_busy: None,
         });
+        let open = Arc::new(tokio::sync::Semaphore::new(
+            shared.cfg.max_connections.max(1),
+        ));
         Ok(Self {
             listener,
             shared,
             workers: Vec::new(),
+            open,
         })
     }
 
@@ -84,6 +117,23 @@ impl WireServer {
             shared.shutdown = Some(shutdown);
         }
         self
+    }
+
+    /// Once `cancel_busy` turns true (after `shutdown`), statements still running are cancelled upstream
+    /// (PostgreSQL's fast shutdown): each client gets the cancellation, then `57P01`.
+    pub fn with_busy_cancel(mut self, cancel_busy: tokio::sync::watch::Receiver<bool>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.cancel_busy = Some(cancel_busy);
+        }
+        self
+    }
+
+    /// A gauge of this server's open client connections, for a shutdown that waits for them.
+    pub fn live_sessions(&self) -> LiveSessions {
+        LiveSessions {
+            open: self.open.clone(),
+            max: self.shared.cfg.max_connections.max(1),
+        }
     }
 
     /// The bound address.
@@ -110,9 +160,7 @@ impl WireServer {
             }
         }
         let mut turn = 0usize;
-        let open = Arc::new(tokio::sync::Semaphore::new(
-            self.shared.cfg.max_connections.max(1),
-        ));
+        let open = self.open.clone();
         loop {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),

@@ -1,7 +1,7 @@
 //! One client connection from TCP accept to relay: SSLRequest/GSSENCRequest negotiation, CancelRequest,
 //! the startup packet, authentication (see `auth`), and the upstream login.
 
-use super::cancel::{CancelRegistry, CancelSignal, FrontendKey};
+use super::cancel::{BackendKey, CancelRegistry, CancelSignal, FrontendKey, UpstreamAddr};
 use super::codec::{
     put_auth, put_backend_key, put_cstr, put_error, put_ready, send, sqlstate, Severity,
 };
@@ -47,6 +47,8 @@ pub struct Shared {
     pub scram_mock_secret: [u8; 32],
     /// Turns true when the gateway is shutting down (None: never, as in tests that drop the server).
     pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Turns true when statements still running at shutdown are to be cancelled (None: never).
+    pub cancel_busy: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 enum Packet {
@@ -392,10 +394,8 @@ async fn serve<S: Halves>(
         ready_status,
         leftover,
     } = upstream;
-    let (key, signal) = shared.cancels.register(
-        (target.host.clone(), target.port, target.tls.clone()),
-        backend_key,
-    );
+    let upstream_addr = (target.host.clone(), target.port, target.tls.clone());
+    let (key, signal) = shared.cancels.register(upstream_addr.clone(), backend_key);
 
     let mut hello = BytesMut::with_capacity(parameter_status.len() + notices.len() + 64);
     put_auth(&mut hello, 0);
@@ -427,7 +427,7 @@ async fn serve<S: Halves>(
         (leftover, parameter_status, name_context(&passthrough)),
         ready_status,
         &session,
-        signal,
+        (signal, (upstream_addr, backend_key)),
         shared,
     )
     .await;
@@ -442,7 +442,7 @@ async fn relay<S: Halves>(
     (leftover, startup_status, name_context): (BytesMut, BytesMut, Vec<String>),
     ready_status: u8,
     session: &Arc<SessionInfo>,
-    signal: Arc<CancelSignal>,
+    (signal, upstream_key): (Arc<CancelSignal>, (UpstreamAddr, BackendKey)),
     shared: &Shared,
 ) -> Result<(), WireError> {
     let mut sbuf = BytesMut::with_capacity(32 * 1024);
@@ -459,6 +459,8 @@ async fn relay<S: Halves>(
         startup_status,
         name_context,
         shutdown: shared.shutdown.clone(),
+        cancel_busy: shared.cancel_busy.clone(),
+        upstream_key,
     };
     // One monomorphised relay per upstream kind: the plain path reads and writes the TCP halves directly.
     match upstream {
