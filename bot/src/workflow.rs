@@ -223,25 +223,46 @@ impl Workflow {
     /// Submit a statement that needs review: reuse the requester's pending or approved request for exactly
     /// this statement, or create a new one.
     pub async fn submit(&self, new: NewRequest) -> Result<Submitted, WorkflowError> {
+        // A concurrent send of the same statement may create its request between the look-up and the
+        // insert; the store then refuses a second one, and the look-up runs again to find it.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            if let Some(found) = self.reuse(&new).await? {
+                return Ok(found);
+            }
+            match self.create(&new).await {
+                Err(WorkflowError::Store(StoreError::AlreadyHeld(_))) if attempts < 5 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The pending request for the same statement (requester, connection, hash), or the claimed execution
+    /// of an approved one.
+    async fn reuse(&self, new: &NewRequest) -> Result<Option<Submitted>, WorkflowError> {
         let key = new.requester.key();
-        if let Some(existing) = self
+        let Some(existing) = self
             .store
             .find_reusable(&key, &new.connection, &new.statement_hash)
             .await?
-        {
-            match existing.status {
-                RequestStatus::Approved => {
-                    if let Some(view) = self.claim(existing.id).await? {
-                        return Ok(Submitted::ApprovedAndClaimed(view));
-                    }
-                }
-                RequestStatus::Pending => {
-                    let view = self.get(existing.id).await?;
-                    return Ok(Submitted::AlreadyPending(view));
-                }
-                _ => {}
-            }
+        else {
+            return Ok(None);
+        };
+        match existing.status {
+            RequestStatus::Approved => Ok(self
+                .claim(existing.id)
+                .await?
+                .map(Submitted::ApprovedAndClaimed)),
+            RequestStatus::Pending => Ok(Some(Submitted::AlreadyPending(
+                self.get(existing.id).await?,
+            ))),
+            _ => Ok(None),
         }
+    }
+
+    async fn create(&self, new: &NewRequest) -> Result<Submitted, WorkflowError> {
+        let new = new.clone();
         let now = crate::clock::now();
         let ttl = Duration::from_secs(new.ttl_secs.clamp(1, MAX_TTL.as_secs()));
         let req = ApprovalRequest {

@@ -420,6 +420,41 @@ async fn identical_resubmission_reuses_and_altered_text_is_a_new_request() {
     }
 }
 
+/// Sends of one statement racing each other (several sessions, several replicas) make one request, so
+/// reviewers are asked once and an approval runs it once.
+#[tokio::test]
+async fn concurrent_identical_submissions_make_one_request() {
+    for (store, _g) in stores().await {
+        let replicas = [workflow(store.clone()), workflow(store.clone())];
+        let sends = (0..8).map(|i| {
+            let wf = &replicas[i % 2];
+            wf.submit(new_request("UPDATE t SET n = n + 1 WHERE id = 6", 1, 3600))
+        });
+        let outcomes = futures::future::join_all(sends).await;
+        let mut ids = std::collections::HashSet::new();
+        let mut created = 0;
+        for outcome in outcomes {
+            match outcome.unwrap() {
+                Submitted::Created(v) => {
+                    created += 1;
+                    ids.insert(v.request.id);
+                }
+                Submitted::AlreadyPending(v) => {
+                    ids.insert(v.request.id);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(created, 1, "{}", store.backend());
+        assert_eq!(ids.len(), 1, "{}", store.backend());
+        let pending = store
+            .list_requests(Some(RequestStatus::Pending), 100)
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 1, "{}", store.backend());
+    }
+}
+
 #[tokio::test]
 async fn concurrent_votes_reach_a_consistent_final_state() {
     for (store, _g) in stores().await {

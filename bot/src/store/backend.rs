@@ -543,6 +543,24 @@ macro_rules! sql_store {
                 let mut conn = self.pool.acquire().await?;
                 let mut tx = self.begin_audited(&mut *conn).await?;
                 let id = req.id.to_string();
+                let key = req.requester.key();
+                let hash = req.statement_hash.to_string();
+                sqlx::query(Self::LOCK_STATEMENT)
+                    .bind(format!("{key}\n{}\n{hash}", req.connection))
+                    .execute(&mut *tx)
+                    .await?;
+                let held: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM requests WHERE requester_key = $1 AND connection = $2 AND statement_hash = $3 AND status IN ('pending', 'approved') AND expires_ms > $4 LIMIT 1",
+                )
+                .bind(&key)
+                .bind(&req.connection)
+                .bind(&hash)
+                .bind(now_ms())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(held) = held {
+                    return Err(StoreError::AlreadyHeld(held));
+                }
                 sqlx::query(
                     "INSERT INTO requests (id, connection, statement, statement_hash, requester_key, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, $17, $18, $19)",
                 )

@@ -20,6 +20,10 @@ pub enum StoreError {
     /// No such request.
     #[error("no request {0}: list requests with `countersign requests list`")]
     NotFound(String),
+    /// A request for the same statement by the same requester on the same connection is already
+    /// pending or approved (created concurrently): use that one.
+    #[error("request {0} already holds this statement for this requester; use it")]
+    AlreadyHeld(String),
 }
 
 impl From<serde_json::Error> for StoreError {

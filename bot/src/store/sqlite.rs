@@ -35,6 +35,8 @@ impl SqliteStore {
     // BEGIN IMMEDIATE already holds the database write lock: a plain select is enough.
     const BULK_INSERT: super::backend::BulkInsert = super::backend::BulkInsert::Sqlite;
     const LOCK_REQUEST: &'static str = "SELECT status, updated_ms FROM requests WHERE id = $1";
+    // BEGIN IMMEDIATE already serialises every writer.
+    const LOCK_STATEMENT: &'static str = "SELECT $1";
     /// Due outbox heads of the sinks bound from `$3` on (the list is appended), oldest first, `$2` at most.
     const LEASE_SELECT: &'static str = "SELECT id, sink, request_id, event_kind, payload, idempotency_key, status, attempts, next_attempt_ms, last_error, created_ms FROM outbox o WHERE status = 'pending' AND next_attempt_ms <= $1 AND lease_until_ms <= $1 AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.request_id = o.request_id AND p.status = 'pending' AND p.id < o.id) AND o.sink IN";
     const LEASE_TAIL: &'static str = "ORDER BY id LIMIT $2";

@@ -163,7 +163,13 @@ impl WireGate for Engine {
             RequestStatus::Approved => match self.workflow.claim(id).await {
                 Ok(Some(_)) => HoldOutcome::Approved,
                 // Someone else (a re-send on another connection) claimed the single execution.
-                Ok(None) => HoldOutcome::Cancelled,
+                Ok(None) => match self.workflow.get(id).await {
+                    Ok(now) if now.request.status == RequestStatus::Cancelled => {
+                        HoldOutcome::Cancelled
+                    }
+                    Ok(now) => ran_elsewhere(&now.request),
+                    Err(_) => HoldOutcome::RanElsewhere(None),
+                },
                 Err(e) => {
                     tracing::warn!(request_id = %id, error = %e, "claiming an approved statement failed");
                     HoldOutcome::Unavailable(e.to_string())
@@ -180,7 +186,10 @@ impl WireGate for Engine {
                 }
             }
             RequestStatus::Expired => HoldOutcome::Expired,
-            _ => HoldOutcome::Cancelled,
+            RequestStatus::Cancelled => HoldOutcome::Cancelled,
+            RequestStatus::Executing | RequestStatus::Executed | RequestStatus::Failed => {
+                ran_elsewhere(&view.request)
+            }
         }
     }
 
@@ -338,4 +347,19 @@ impl Engine {
             configured,
         })
     }
+}
+
+/// The outcome for a waiter whose approved statement another session ran: its result, when recorded.
+fn ran_elsewhere(request: &countersign_bot::ApprovalRequest) -> HoldOutcome {
+    let result = request
+        .execution
+        .as_ref()
+        .map(|e| match (&e.error, &e.command_tag) {
+            (Some(error), _) => format!("failed: {error}"),
+            (None, Some(tag)) => tag.clone(),
+            (None, None) => "finished".to_string(),
+        });
+    HoldOutcome::RanElsewhere(result.or_else(|| {
+        (request.status == RequestStatus::Executing).then(|| "still running".to_string())
+    }))
 }

@@ -164,6 +164,9 @@ pub enum HoldOutcome {
     Expired,
     /// The request was cancelled (by the requester or an admin).
     Cancelled,
+    /// Another session (a re-send of the same statement) claimed the approval's single execution:
+    /// it is running or ran there (its result when known), and does not run here.
+    RanElsewhere(Option<String>),
     /// The wait timed out; the request stays pending.
     TimedOut,
     /// The gateway is shutting down; the request stays pending and can be re-run once approved.

@@ -1088,6 +1088,10 @@ where
                 format!("approval request {id} expired without a decision; run the statement again to request approval anew")
             }
             HoldOutcome::Cancelled => format!("approval request {id} was cancelled; run the statement again to request approval anew"),
+            HoldOutcome::RanElsewhere(result) => format!(
+                "approval request {id} was approved and its single execution was claimed by another session running the same statement ({}); it did not run here and does not run again, so check its effect before sending it once more (which asks for a new approval)",
+                countersign_bot::reveal::reveal_line(result.as_deref().unwrap_or("result not recorded")),
+            ),
             HoldOutcome::ShuttingDown => format!("the gateway is shutting down; approval request {id} stays pending and survives the restart: once it is approved, re-run the identical statement (on any replica) to run it once"),
             HoldOutcome::TimedOut => format!(
                 "approval request {id} is still pending after {:?} and stays pending; once it is approved, re-running the identical statement runs it once",
