@@ -1387,6 +1387,98 @@ async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
 }
 
 #[tokio::test]
+async fn code_reached_through_table_commands_views_inheritance_and_containing_types_is_held() {
+    // What the database defines reaches a statement indirectly: `TABLE v` inside a query, a view over
+    // a shadowed built-in or an operator spelled `=`, a quoted mixed-case view, the parent of a foreign
+    // table that runs a program, a composite or array type holding a checked domain, a domain over a
+    // row type, a built-in type written by its SQL name, NOT LIKE.
+    let (admin, db, base, in_db) = own_database("cs_indirect").await;
+    in_db
+        .batch_execute(
+            "CREATE TABLE log (v text);
+             CREATE FUNCTION side(x anyelement) RETURNS boolean LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('side:' || x::text); RETURN true; END$$;
+             CREATE VIEW v_side AS SELECT side(1) AS x;
+             CREATE VIEW \"UpperV\" AS SELECT side(4) AS x;
+             CREATE VIEW \"my.v\" AS SELECT side(3) AS x;
+             CREATE FUNCTION public.lower(x int) RETURNS text LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('lower'); RETURN x::text; END$$;
+             CREATE VIEW v_shadow AS SELECT lower(1) AS x;
+             CREATE DOMAIN d_chk AS int CHECK (side(VALUE));
+             CREATE TYPE comp AS (a d_chk);
+             CREATE TABLE people (name text);
+             INSERT INTO people VALUES ('ann');
+             CREATE DOMAIN pdom AS people;
+             CREATE FUNCTION arch3(x pdom) RETURNS text LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('arch3'); RETURN 'x'; END$$;
+             CREATE FUNCTION b2i(b boolean) RETURNS bigint LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('b2i'); RETURN 1; END$$;
+             CREATE CAST (boolean AS bigint) WITH FUNCTION b2i(boolean);
+             CREATE FUNCTION nlk(a text, b int) RETURNS boolean LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('notlike'); RETURN true; END$$;
+             CREATE OPERATOR public.!~~ (LEFTARG = text, RIGHTARG = int, FUNCTION = nlk);
+             CREATE EXTENSION IF NOT EXISTS file_fdw;
+             CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+             CREATE TABLE parent_t (x text);
+             CREATE FOREIGN TABLE child_ft () INHERITS (parent_t) SERVER files
+               OPTIONS (program 'echo hi');
+             CREATE VIEW v_ft AS SELECT * FROM child_ft;
+             CREATE FUNCTION eqit(a int, b text) RETURNS boolean LANGUAGE plpgsql
+               AS $$BEGIN INSERT INTO log VALUES ('eqit'); RETURN true; END$$;
+             CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = text, FUNCTION = eqit);
+             CREATE VIEW v_op AS SELECT 1 AS n WHERE 1 = 'x'::text;",
+        )
+        .await
+        .unwrap();
+    let writes = || log_rows(&in_db);
+    let cfg = own_and_shared_config(&base, &db);
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    for read in [
+        "SELECT * FROM (TABLE v_side) s",
+        "SELECT false UNION TABLE v_side",
+        "SELECT EXISTS (TABLE v_side)",
+        "WITH x AS (TABLE v_side) SELECT * FROM x",
+        "SELECT * FROM v_shadow",
+        "SELECT * FROM \"UpperV\"",
+        "SELECT * FROM \"my.v\"",
+        "SELECT * FROM parent_t",
+        "SELECT * FROM v_ft",
+        "SELECT row(7)::comp",
+        "SELECT '{8}'::_d_chk",
+        "SELECT '(9)'::comp",
+        "SELECT p.arch3 FROM people p",
+        "SELECT true::bigint",
+        "SELECT 'a' NOT LIKE 5",
+        "SELECT * FROM v_op",
+    ] {
+        let r = gw.query(AGENT, read).await;
+        assert_eq!(r.status, 202, "{read} held, not run: {:?}", r.body);
+    }
+    assert_eq!(writes().await, 0, "no user code ran through the gateway");
+    // What reads none of it is still forwarded.
+    let r = gw.query(AGENT, "SELECT name FROM people").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // Each held read is real: sent directly, it runs the user code (or the program).
+    for read in [
+        "SELECT * FROM (TABLE v_side) s",
+        "SELECT * FROM v_shadow",
+        "SELECT * FROM \"UpperV\"",
+        "SELECT '(9)'::comp",
+        "SELECT p.arch3 FROM people p",
+        "SELECT true::bigint",
+        "SELECT 'a' NOT LIKE 5",
+        "SELECT * FROM v_op",
+    ] {
+        let before = writes().await;
+        in_db.batch_execute(read).await.unwrap();
+        assert!(writes().await > before, "{read} runs user code directly");
+    }
+    drop(in_db);
+    drop_database(&admin, &db).await;
+}
+
+#[tokio::test]
 async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
     // A database of its own: a `public.length` there captures `length(…)` for every session in it, so
     // it must not be the database parallel tests use.

@@ -41,7 +41,7 @@ static QUERY: LazyLock<String> = LazyLock::new(|| {
          JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
            AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
-           AND (t.typtype IN ('c', 'p') OR t.typname IN ('record', 'anyelement')) \
+           AND (t.typtype IN ('c', 'p', 'd') OR t.typname IN ('record', 'anyelement')) \
          UNION ALL \
          SELECT DISTINCT 'shadow', p.proname::text, \
            pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(p.proname) \
@@ -122,8 +122,16 @@ const CODE_ROWS: &str = "SELECT DISTINCT 'type', t.typname::text, c.why \
       WHERE o.oprleft OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
         AND o.oprright OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
     UNION ALL \
-    SELECT 'domain', t.typname::text, pg_catalog.pg_get_constraintdef(k.oid) \
+    SELECT 'domain', x.typname::text, pg_catalog.pg_get_constraintdef(k.oid) \
       FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) k.contypid \
+      CROSS JOIN LATERAL ( \
+        SELECT t.typname \
+        UNION ALL SELECT o.typname FROM pg_catalog.pg_type o \
+          WHERE t.oid OPERATOR(pg_catalog.=) ANY (ARRAY[o.typelem, o.typbasetype]::pg_catalog.oid[]) \
+        UNION ALL SELECT w.typname FROM pg_catalog.pg_attribute a \
+          JOIN pg_catalog.pg_type c ON c.typrelid OPERATOR(pg_catalog.=) a.attrelid \
+          JOIN pg_catalog.pg_type w ON w.oid OPERATOR(pg_catalog.=) c.oid OR w.typelem OPERATOR(pg_catalog.=) c.oid \
+          WHERE a.atttypid OPERATOR(pg_catalog.=) t.oid AND NOT a.attisdropped) x(typname) \
       WHERE k.contype OPERATOR(pg_catalog.=) 'c' \
     UNION ALL \
     SELECT 'type', t.typname::text, c.why \
@@ -149,19 +157,37 @@ const CODE_ROWS: &str = "SELECT DISTINCT 'type', t.typname::text, c.why \
       JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) ANY (ARRAY[t.oid] OPERATOR(pg_catalog.||) \
         ARRAY(SELECT h.inhparent FROM pg_catalog.pg_inherits h WHERE h.inhrelid OPERATOR(pg_catalog.=) t.oid)) \
     UNION ALL \
-    SELECT 'column', c.relname::text, 'it is a foreign table whose options run a program on every read' \
-      FROM pg_catalog.pg_foreign_table f JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) f.ftrelid \
-      WHERE pg_catalog.array_to_string(f.ftoptions, ',') OPERATOR(pg_catalog.~~) '%program=%' \
+    SELECT 'column', c.relname::text, 'it is, or is a parent of, a foreign table whose options run a program on every read' \
+      FROM (WITH RECURSIVE up(rel) AS ( \
+              SELECT f.ftrelid FROM pg_catalog.pg_foreign_table f \
+              WHERE pg_catalog.array_to_string(f.ftoptions, ',') OPERATOR(pg_catalog.~~) '%program=%' \
+              UNION SELECT h.inhparent FROM pg_catalog.pg_inherits h JOIN up ON h.inhrelid OPERATOR(pg_catalog.=) up.rel) \
+            SELECT rel FROM up) u \
+      JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) u.rel \
+    UNION ALL \
+    SELECT DISTINCT 'view_calls', c.relname::text, pg_catalog.concat('it calls ', u.fn) \
+      FROM pg_catalog.pg_rewrite w \
+      JOIN pg_catalog.pg_depend d ON d.objid OPERATOR(pg_catalog.=) w.oid \
+        AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+      LEFT JOIN pg_catalog.pg_operator o ON o.oid OPERATOR(pg_catalog.=) d.refobjid \
+        AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_operator'::pg_catalog.regclass \
+      JOIN unsafe u ON (d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass \
+          AND u.oid OPERATOR(pg_catalog.=) d.refobjid) OR u.oid OPERATOR(pg_catalog.=) o.oprcode \
+      JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) w.ev_class \
+      WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{v,m}'::pg_catalog.\"char\"[]) \
     UNION ALL \
     SELECT 'policy', c.relname::text, pg_catalog.pg_get_expr(e.expr, p.polrelid) \
       FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.polrelid \
       CROSS JOIN LATERAL (VALUES (p.polqual), (p.polwithcheck)) AS e(expr) \
       WHERE e.expr IS NOT NULL";
 
+use crate::policy::verdict::relation_key;
+
 /// The lists from the rows of [`QUERY`].
 fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctions {
     let mut out = DatabaseFunctions::default();
     let mut definitions: Vec<(String, String)> = Vec::new();
+    let mut view_calls: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for row in rows {
         let mut cells = row.into_iter();
         let (Some(Some(list)), Some(Some(name)), function) =
@@ -177,10 +203,11 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
             }
             ("shadow", Some(function)) => push_reason(&mut out.shadows, name, function),
             ("view", Some(definition)) => {
-                definitions.push((name, definition));
+                definitions.push((relation_key(&name), definition));
             }
+            ("view_calls", Some(why)) => push_reason(&mut view_calls, relation_key(&name), why),
             ("type", Some(why)) => push_reason(&mut out.types, name, why),
-            ("column", Some(why)) => push_reason(&mut out.tables, name, why),
+            ("column", Some(why)) => push_reason(&mut out.tables, relation_key(&name), why),
             ("operator", Some(why)) => push_reason(&mut out.operators, name, why),
             ("domain", Some(check)) => {
                 if let Some(why) = check_runs_code(&check) {
@@ -191,7 +218,7 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
                 if let Some(why) = check_runs_code(&format!("CHECK ({expr})")) {
                     push_reason(
                         &mut out.tables,
-                        name,
+                        relation_key(&name),
                         format!("row-level security policy {why}"),
                     );
                 }
@@ -200,7 +227,13 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
             _ => {}
         }
     }
-    out.views = views_that_run_code(&definitions);
+    // A view's calls were resolved when it was made (pg_depend names them, `view_calls`), so a name it
+    // shares with a function elsewhere does not matter there as it does in a statement's text.
+    let bound = DatabaseFunctions {
+        shadows: BTreeMap::new(),
+        ..out.clone()
+    };
+    out.views = views_that_run_code(&definitions, &bound, view_calls);
     out
 }
 
@@ -249,18 +282,32 @@ fn check_runs_code(check: &str) -> Option<String> {
 /// view's definition is classified like a statement (user or volatile functions, `nextval` …), and a
 /// view reading such a view inherits it. Pinned built-ins leave no trace in `pg_depend`, so the
 /// definitions are read rather than the dependencies.
-fn views_that_run_code(definitions: &[(String, String)]) -> BTreeMap<String, Vec<String>> {
-    let mut flagged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+fn views_that_run_code(
+    definitions: &[(String, String)],
+    db: &DatabaseFunctions,
+    calls: BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut flagged = calls;
     let mut reads: Vec<(&str, Vec<String>)> = Vec::new();
     for (name, definition) in definitions {
-        let facts = crate::policy::classify::classify(definition);
+        let mut facts = crate::policy::classify::classify(definition);
+        // What the database defines counts in a definition as in a statement: a function shadowing a
+        // built-in, an operator spelled like one, a type whose casts or CHECK run code, a table read
+        // through a program.
+        for f in facts.iter_mut() {
+            if let Some(judged) = crate::policy::database_code_in(db, f) {
+                *f = judged;
+            }
+        }
         if let Some(why) = not_allowed_reasons(&facts) {
-            flagged.insert(name.clone(), why);
+            for why in why {
+                push_reason(&mut flagged, name.clone(), why);
+            }
         }
         let tables = facts
             .iter()
             .flat_map(|f| f.tables.iter())
-            .map(|t| crate::policy::verdict::bare_name(t).to_string())
+            .map(|t| relation_key(t))
             .collect();
         reads.push((name, tables));
     }
@@ -314,6 +361,20 @@ pub fn changes_functions<'a>(command_tags: impl IntoIterator<Item = Option<&'a s
         "ALTER TYPE",
         "CREATE TABLE",
         "ALTER TABLE",
+        "CREATE FOREIGN TABLE",
+        "ALTER FOREIGN TABLE",
+        "IMPORT FOREIGN SCHEMA",
+        "CREATE MATERIALIZED VIEW",
+        "ALTER MATERIALIZED VIEW",
+        "CREATE POLICY",
+        "ALTER POLICY",
+        "CREATE INDEX",
+        "CREATE RULE",
+        "ALTER ROUTINE",
+        "ALTER PROCEDURE",
+        // Anything a procedure or a DO block may have created.
+        "DO",
+        "CALL",
     ];
     command_tags
         .into_iter()
@@ -461,13 +522,27 @@ mod tests {
                 Some("v_plain"),
                 Some(" SELECT log.v, length(log.v) AS l FROM log;"),
             ]),
+            row([
+                Some("view"),
+                Some("v_shadow"),
+                Some(" SELECT lower(1) AS x;"),
+            ]),
+            row([
+                Some("view_calls"),
+                Some("v_shadow"),
+                Some("it calls public.lower"),
+            ]),
             // Not a shape the query returns: ignored rather than guessed at.
             row([Some("shadow"), Some("lower"), None]),
             row([None, Some("x"), None]),
         ]);
         assert_eq!(got.row, ["archive".to_string()].into());
         let flagged: Vec<&String> = got.views.keys().collect();
-        assert_eq!(flagged, ["v_over", "v_seq", "v_side"]);
+        // v_plain's length was resolved to the built-in when the view was made (pg_depend names no
+        // other), so public.length sharing its name does not matter; v_shadow's lower(1) was resolved
+        // to public.lower, which pg_depend names.
+        assert_eq!(flagged, ["v_over", "v_seq", "v_shadow", "v_side"]);
+        assert_eq!(got.views["v_shadow"], ["it calls public.lower"]);
         assert!(
             got.views["v_side"].iter().any(|r| r.contains("side")),
             "{:?}",

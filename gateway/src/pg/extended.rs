@@ -93,15 +93,22 @@ impl Catalog {
         };
         let prepared = match self.statements.get(name) {
             Some(existing) if same(&existing.prepared) => existing.prepared.clone(),
-            // Same text, other parameter types: the verdict (of the text) stands.
-            Some(existing) if &*existing.prepared.sql == sql => Arc::new(Prepared {
-                sql: existing.prepared.sql.clone(),
-                verdict: existing.prepared.verdict.clone(),
-                param_types: param_types.into(),
-            }),
+            // Same text, other parameter types: the verdict of the text stands (judged again when
+            // either declares a database-defined type, which the verdict may carry).
+            Some(existing)
+                if &*existing.prepared.sql == sql
+                    && !declares_user_type(&existing.prepared.param_types)
+                    && !declares_user_type(param_types) =>
+            {
+                Arc::new(Prepared {
+                    sql: existing.prepared.sql.clone(),
+                    verdict: existing.prepared.verdict.clone(),
+                    param_types: param_types.into(),
+                })
+            }
             _ => Arc::new(Prepared {
                 sql: Arc::from(sql),
-                verdict: classify(sql),
+                verdict: with_declared_types(classify(sql), param_types),
                 param_types: param_types.into(),
             }),
         };
@@ -567,6 +574,38 @@ fn shown_binary(v: &[u8], declared: u32) -> String {
 }
 
 /// The parameter type OIDs of a Parse body after its query text (at `pos`); None when malformed.
+/// PostgreSQL's first OID for objects a database defines (`FirstNormalObjectId`).
+const FIRST_USER_OID: u32 = 16384;
+
+fn declares_user_type(param_types: &[u32]) -> bool {
+    param_types.iter().any(|oid| *oid >= FIRST_USER_OID)
+}
+
+/// A Parse that declares a parameter of a database-defined type makes PostgreSQL run that type's input
+/// function and domain CHECKs on the bound value, code the statement's text never names: held under the
+/// built-in policy (a configured rule that decided stands; a block stays a block).
+fn with_declared_types(verdict: Arc<Verdict>, param_types: &[u32]) -> Arc<Verdict> {
+    let declared: Vec<String> = param_types
+        .iter()
+        .enumerate()
+        .filter(|(_, oid)| **oid >= FIRST_USER_OID)
+        .map(|(i, oid)| format!("${} (type OID {oid})", i + 1))
+        .collect();
+    if declared.is_empty() || verdict.action == Action::Block || verdict.rule != "default" {
+        return verdict;
+    }
+    let mut judged = (*verdict).clone();
+    judged.action = Action::Review;
+    judged.reasons.insert(
+        0,
+        format!(
+            "declares parameter {} as a database-defined type, whose input function or domain CHECK runs on the bound value and is not on the read-only list; send the parameter untyped (OID 0) or as a built-in type",
+            declared.join(", ")
+        ),
+    );
+    Arc::new(judged)
+}
+
 pub fn parse_param_types(body: &[u8], mut pos: usize) -> Option<Vec<u32>> {
     let count = usize::from(read_u16(body, &mut pos)?);
     let mut types = Vec::with_capacity(count);
@@ -698,6 +737,39 @@ mod tests {
         cat.bind(b"", b"", &bind_body(&[Some(b"2024-01-02 12:00")]));
         let portal = cat.portal(b"").unwrap();
         assert_eq!(&*portal.statement.param_types, &[1082]);
+    }
+
+    #[test]
+    fn a_parameter_declared_as_a_database_defined_type_is_held() {
+        // A domain's CHECK (or a type's input function) runs on the bound value, named nowhere in
+        // the text.
+        let builtin = |action| {
+            let mut v = (*verdict_of(action)).clone();
+            v.rule = "default".into();
+            Arc::new(v)
+        };
+        let mut cat = Catalog::default();
+        cat.parse(b"", "SELECT $1", &[16385], |_| builtin(Action::Allow));
+        cat.bind(b"", b"", &bind_body(&[Some(b"42")]));
+        let portal = cat.portal(b"").unwrap();
+        assert_eq!(portal.statement.verdict.action, Action::Review);
+        assert!(portal.statement.verdict.reasons[0].contains("$1 (type OID 16385)"));
+        cat.end_batch();
+        // Built-in types (and 0, "infer") leave the verdict alone, also for the same text again.
+        cat.parse(b"", "SELECT $1", &[23], |_| builtin(Action::Allow));
+        cat.bind(b"", b"", &bind_body(&[Some(b"42")]));
+        assert_eq!(
+            cat.portal(b"").unwrap().statement.verdict.action,
+            Action::Allow
+        );
+        cat.end_batch();
+        // A block stays a block.
+        cat.parse(b"", "DROP TABLE t", &[16385], |_| builtin(Action::Block));
+        cat.bind(b"", b"", &bind_body(&[Some(b"42")]));
+        assert_eq!(
+            cat.portal(b"").unwrap().statement.verdict.action,
+            Action::Block
+        );
     }
 
     #[test]

@@ -903,6 +903,30 @@ impl Call {
 }
 
 impl Collector {
+    /// `TABLE name` in a query (`SELECT … FROM (TABLE v) s`, `… UNION TABLE v`) reads `name`, but
+    /// sqlparser keeps it as bare identifiers the relation visitor never sees. Nested queries come
+    /// through `pre_visit_query` themselves.
+    fn note_table_commands(&mut self, body: &SetExpr) {
+        match body {
+            SetExpr::Table(table) => {
+                let parts: Vec<Ident> = table
+                    .schema_name
+                    .iter()
+                    .chain(table.table_name.iter())
+                    .cloned()
+                    .collect();
+                if !parts.is_empty() {
+                    self.tables.insert(object_name(&ObjectName::from(parts)));
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.note_table_commands(left);
+                self.note_table_commands(right);
+            }
+            _ => {}
+        }
+    }
+
     fn add_function(&mut self, call: Call) {
         if !self.functions.contains(&call) {
             self.functions.push(call);
@@ -951,6 +975,7 @@ impl Visitor for Collector {
         if !query.locks.is_empty() {
             self.locking = true;
         }
+        self.note_table_commands(&query.body);
         ControlFlow::Continue(())
     }
 

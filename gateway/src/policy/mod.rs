@@ -362,7 +362,15 @@ fn database_function_calls(
     ctx: &PolicyContext<'_>,
     facts: &StatementFacts,
 ) -> Option<StatementFacts> {
-    let db = ctx.db_functions?;
+    database_code_in(ctx.db_functions?, facts)
+}
+
+/// [`database_function_calls`] with the database's lists at hand (also how a view's definition is
+/// judged, with the lists built so far).
+pub(crate) fn database_code_in(
+    db: &DatabaseFunctions,
+    facts: &StatementFacts,
+) -> Option<StatementFacts> {
     let row_calls: Vec<&String> = facts
         .qualified_names
         .iter()
@@ -381,7 +389,11 @@ fn database_function_calls(
     let views: Vec<(&String, &Vec<String>)> = facts
         .tables
         .iter()
-        .filter_map(|t| db.views.get(verdict::bare_name(t)).map(|calls| (t, calls)))
+        .filter_map(|t| {
+            db.views
+                .get(&verdict::relation_key(t))
+                .map(|calls| (t, calls))
+        })
         .collect();
     let code = user_code_runs(db, facts);
     if row_calls.is_empty() && shadowed.is_empty() && views.is_empty() && code.is_empty() {
@@ -427,7 +439,31 @@ fn database_function_calls(
 
 /// Operators PostgreSQL also applies without their token in the text: `IN`, `BETWEEN`, `CASE x
 /// WHEN`, `ORDER BY`, `DISTINCT`, joins `USING` … compare with them.
-const IMPLIED_OPERATORS: &[&str] = &["=", "<>", "<", ">", "<=", ">=", "~~", "~~*"];
+/// The SQL spellings of a built-in type's catalog name (`int8` is written `bigint`, `int8[]` is
+/// `_int8`): a statement naming the type either way reaches its casts and operators.
+fn type_spellings(name: &str) -> &'static [&'static str] {
+    match name.strip_prefix('_').unwrap_or(name) {
+        "int8" => &["bigint", "bigserial", "serial8"],
+        "int4" => &["integer", "int", "serial", "serial4"],
+        "int2" => &["smallint", "smallserial", "serial2"],
+        "bool" => &["boolean"],
+        "float8" => &["double", "float"],
+        "float4" => &["real", "float"],
+        "bpchar" => &["character", "char", "nchar"],
+        "varchar" => &["varying", "character", "char"],
+        "numeric" => &["decimal", "dec"],
+        "timestamptz" | "timestamp" => &["timestamp"],
+        "timetz" | "time" => &["time"],
+        "varbit" => &["varying", "bit"],
+        "interval" => &["interval"],
+        _ => &[],
+    }
+}
+
+/// `NOT LIKE` is `!~~`, `SIMILAR TO` is `~` (and `NOT SIMILAR TO` `!~`) over a rewritten pattern.
+const IMPLIED_OPERATORS: &[&str] = &[
+    "=", "<>", "<", ">", "<=", ">=", "~~", "~~*", "!~~", "!~~*", "~", "!~", "~*", "!~*",
+];
 
 /// Words of constructs that compare values with an operator their text does not spell.
 const COMPARING_WORDS: &[&str] = &[
@@ -475,7 +511,7 @@ fn user_code_runs(db: &DatabaseFunctions, facts: &StatementFacts) -> Vec<String>
     out.extend(db.global.iter().cloned());
     let has = |w: &str| facts.has_word(w);
     for (name, why) in &db.types {
-        if has(name) {
+        if has(name) || type_spellings(name).iter().any(|w| has(w)) {
             out.push(format!(
                 "names type {name}, which runs code not on the read-only list: {}",
                 why.join("; ")
@@ -483,7 +519,7 @@ fn user_code_runs(db: &DatabaseFunctions, facts: &StatementFacts) -> Vec<String>
         }
     }
     for t in &facts.tables {
-        if let Some(why) = db.tables.get(verdict::bare_name(t)) {
+        if let Some(why) = db.tables.get(&verdict::relation_key(t)) {
             out.push(format!(
                 "reads {t}, whose {}; reading it may run that code",
                 why.join("; ")

@@ -1620,3 +1620,95 @@ fn a_memo_forgets_its_verdicts_when_a_vetted_name_becomes_shadowed() {
         );
     }
 }
+
+#[test]
+fn catalog_names_meet_the_statement_however_it_spells_them() {
+    let policy = Policy::builtin();
+    let chain = agent();
+    let reason = |why: &str| vec![why.to_string()];
+    let key = super::verdict::relation_key;
+    let long = format!("v{}", "x".repeat(62));
+    let functions = super::DatabaseFunctions {
+        // As `lists` keys them: the catalog's own names through `relation_key`.
+        views: [
+            (key("v_side"), reason("calls side()")),
+            (key("UpperV"), reason("calls side()")),
+            (key("my.v"), reason("calls side()")),
+            (key(&long), reason("calls side()")),
+        ]
+        .into(),
+        types: [
+            (
+                "int8".to_string(),
+                reason("its cast from boolean runs public.b2i"),
+            ),
+            ("_d_chk".to_string(), reason("its CHECK runs public.side")),
+        ]
+        .into(),
+        operators: [(
+            "!~~".to_string(),
+            reason("!~~(text,integer) runs public.nlk"),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let ctx = PolicyContext {
+        connection: "prod",
+        requester: &chain,
+        db_functions: Some(&functions),
+    };
+    let over_long = format!("SELECT * FROM {long}_truncated_away");
+    // (sql, text a reason holds)
+    for (sql, why) in [
+        // `TABLE name` anywhere in a query reads the relation.
+        ("SELECT * FROM (TABLE v_side) s", "reads view v_side"),
+        ("SELECT false UNION TABLE v_side", "reads view v_side"),
+        (
+            "SELECT 1 UNION ALL (SELECT 2 EXCEPT TABLE public.v_side)",
+            "reads view public.v_side",
+        ),
+        ("SELECT EXISTS (TABLE v_side)", "reads view v_side"),
+        (
+            "WITH x AS (TABLE v_side) SELECT * FROM x",
+            "reads view v_side",
+        ),
+        // Case, dots inside quotes, and PostgreSQL's 63-byte cut.
+        ("SELECT * FROM \"UpperV\"", "reads view"),
+        ("SELECT * FROM \"my.v\"", "reads view"),
+        (over_long.as_str(), "reads view"),
+        // SQL spellings of built-in types' catalog names.
+        ("SELECT true::bigint", "names type int8"),
+        ("SELECT CAST(true AS BIGINT)", "names type int8"),
+        // NOT LIKE is the !~~ operator.
+        ("SELECT 'a' NOT LIKE 5", "operator !~~ may resolve"),
+    ] {
+        let v = policy.evaluate(&ctx, sql);
+        assert_eq!(v.action, Review, "{sql}: {:?}", v.reasons);
+        assert!(
+            v.reasons.iter().any(|r| r.contains(why)),
+            "{sql}: {:?}",
+            v.reasons
+        );
+    }
+    for sql in ["SELECT * FROM (TABLE other) s", "SELECT 1::int4 + 2"] {
+        let v = policy.evaluate(&ctx, sql);
+        assert_eq!(v.action, Allow, "{sql}: {:?}", v.reasons);
+    }
+}
+
+#[test]
+fn table_commands_inside_queries_name_their_tables_for_rules() {
+    let rules = vec![PolicyRule {
+        tables: Some(vec!["salaries".into(), "*.salaries".into()]),
+        ..rule("salaries-need-review", "review")
+    }];
+    for sql in [
+        "SELECT * FROM (TABLE salaries) s",
+        "SELECT * FROM t UNION ALL TABLE salaries",
+        "SELECT * FROM t UNION ALL TABLE hr.salaries",
+    ] {
+        let v = eval(rules.clone(), "prod", &agent(), sql);
+        assert_eq!(v.rule, "salaries-need-review", "{sql}: {v:?}");
+        assert_eq!(v.action, Review, "{sql}");
+    }
+}

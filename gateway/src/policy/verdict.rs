@@ -98,6 +98,23 @@ pub fn bare_name(table: &str) -> &str {
     table.rsplit('.').next().unwrap_or(table).trim_matches('"')
 }
 
+/// How a relation name is matched against the database's catalog lists: its last part (as
+/// [`bare_name`]), lower-cased and cut to PostgreSQL's 63 bytes, as PostgreSQL cuts identifiers. Both
+/// the statement's names and the catalog's go through it, so a quoted `"UpperV"`, a quoted name with a
+/// dot in it, or an over-long name still meets its catalog entry; names differing only in case meet
+/// too, which can only hold more.
+pub fn relation_key(name: &str) -> String {
+    let mut key = bare_name(name).to_lowercase();
+    if key.len() > 63 {
+        let mut cut = 63;
+        while !key.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        key.truncate(cut);
+    }
+    key
+}
+
 /// What a statement does to SQL-level prepared statements (`PREPARE`, `EXECUTE`, `DEALLOCATE`,
 /// `DISCARD ALL`). Names are as PostgreSQL stores them: folded unless quoted, cut to 63 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
