@@ -578,6 +578,11 @@ async fn nonces_are_single_use() {
     for (store, _g) in stores().await {
         assert!(store.consume_nonce("n-1", 1).await.unwrap());
         assert!(!store.consume_nonce("n-1", 2).await.unwrap());
+        // Released when what it was used for failed: usable once more, and only once.
+        store.release_nonce("n-1").await.unwrap();
+        assert!(store.consume_nonce("n-1", 3).await.unwrap());
+        assert!(!store.consume_nonce("n-1", 4).await.unwrap());
+        assert!(store.consume_nonce("n-2", 5).await.unwrap());
     }
 }
 

@@ -1016,6 +1016,14 @@ macro_rules! sql_store {
                 Ok(r.rows_affected() == 1)
             }
 
+            async fn release_nonce(&self, nonce: &str) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM used_nonces WHERE nonce = $1")
+                    .bind(nonce)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn session_started(&self, s: &SessionRecord) -> Result<(), StoreError> {
                 // Open sessions are alive from their start: a replica's sweep measures quiet from here.
                 sqlx::query("INSERT INTO sessions (id, connection, requester_json, client_addr, application, protocol, started_ms, ended_ms, alive_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $7) ON CONFLICT (id) DO NOTHING")

@@ -196,6 +196,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<RequestId>, StoreError>;
     /// Mark a single-use nonce used. Returns false when it was already used.
     async fn consume_nonce(&self, nonce: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Make a consumed nonce usable again: what it was consumed for failed before taking effect (a
+    /// vote the store could not record), so the same link or delivery may be tried again.
+    async fn release_nonce(&self, nonce: &str) -> Result<(), StoreError>;
 
     /// Record a session start.
     async fn session_started(&self, s: &SessionRecord) -> Result<(), StoreError>;

@@ -621,6 +621,12 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
                 block(format!("COPY reads or writes the server file '{filename}'"))
             }
             (CopyTarget::Stdout, true) => allow("COPY TO STDOUT reads data"),
+            // The rows come after the approval, so reviewers must know they approve the table and
+            // columns, not the data.
+            (CopyTarget::Stdin, false) => review(format!(
+                "{}: the approval covers this statement, not the rows the client sends with it (any number, sent only once it runs)",
+                on("COPY FROM STDIN writes data")
+            )),
             _ => review(on("COPY FROM writes data")),
         },
         Statement::Insert(_) => review(on("INSERT writes data")),

@@ -107,7 +107,7 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SET deferrable = 1", Review, "not on the harmless list"),
     ("BEGIN DEFERRABLE DEFERRABLE DROP TABLE t", Review, "could not be parsed"),
     // COPY options sqlparser lacks are inert: the target and source are still judged
-    ("copy pgbench_accounts from stdin with (freeze on)", Review, "COPY FROM writes data"),
+    ("copy pgbench_accounts from stdin with (freeze on)", Review, "COPY FROM STDIN writes data on pgbench_accounts: the approval covers this statement, not the rows"),
     ("COPY t (a, b) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE (a, b), HEADER true, NULL '')", Allow, "COPY TO STDOUT"),
     ("COPY (SELECT * FROM t) TO STDOUT (FORMAT binary, FORCE_QUOTE *)", Allow, "COPY TO STDOUT"),
     ("COPY t TO STDOUT WITH CSV HEADER DELIMITER ';' FORCE QUOTE *", Allow, "COPY TO STDOUT"),
@@ -310,7 +310,7 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT (SELECT set_config(name, 'x', false) FROM pg_settings) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'", Review, "set_config changes a server setting"),
     ("COPY t TO STDOUT", Allow, "COPY"),
     ("COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv)", Allow, "COPY TO STDOUT"),
-    ("COPY t FROM STDIN", Review, "COPY FROM writes data"),
+    ("COPY t FROM STDIN", Review, "COPY FROM STDIN writes data on t: the approval covers this statement, not the rows"),
     // Functions
     ("SELECT nextval('orders_id_seq')", Review, "changes a sequence"),
     ("SELECT setval('s', 1)", Review, "changes a sequence"),

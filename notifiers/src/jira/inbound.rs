@@ -226,8 +226,17 @@ async fn handle(state: &JiraInbound, key: &str) -> Result<Response, String> {
         .vote_as_shown(request_id, &voter, decision, Some(reason), SINK, &|sql| {
             super::adf::shown_whole(sql, state.max_statement_chars)
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing was recorded: Jira's retry of this delivery must count, not be taken for a replay.
+            if let Err(release) = state.store.release_nonce(&nonce).await {
+                tracing::warn!(error = %release, issue = %key, "could not release a Jira change whose vote failed");
+            }
+            return Err(e.to_string());
+        }
+    };
     // A refusal is commented on and reverted by the Jira notifier from the outbox's vote_refused event.
     Ok(match result {
         VoteResult::Recorded { resolved, .. } => reply(

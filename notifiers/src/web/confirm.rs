@@ -219,14 +219,6 @@ pub async fn submit(State(state): State<EmailInbound>, Form(f): Form<ActForm>) -
         }
         Err(e) => return store_failure(e),
     }
-    if let Err(e) = state
-        .store
-        .put_ref(claims.rid, "email", &used_marker(&claims.jti), "1")
-        .await
-    {
-        // The nonce is consumed, which is what enforces single use; the marker only improves the GET page.
-        tracing::warn!(error = %e, request_id = %claims.rid, "could not mark an e-mail link as used");
-    }
     let reason = f
         .reason
         .map(|r| r.trim().to_string())
@@ -235,6 +227,19 @@ pub async fn submit(State(state): State<EmailInbound>, Form(f): Form<ActForm>) -
         .workflow
         .vote(claims.rid, &voter(&claims), decision, reason, "email")
         .await;
+    if result.is_err() {
+        // Nothing was recorded: the link stays usable, so the reviewer can press the button again.
+        if let Err(e) = state.store.release_nonce(&claims.jti).await {
+            tracing::warn!(error = %e, request_id = %claims.rid, "could not release an e-mail link whose vote failed");
+        }
+    } else if let Err(e) = state
+        .store
+        .put_ref(claims.rid, "email", &used_marker(&claims.jti), "1")
+        .await
+    {
+        // The nonce is consumed, which is what enforces single use; the marker only improves the GET page.
+        tracing::warn!(error = %e, request_id = %claims.rid, "could not mark an e-mail link as used");
+    }
     let token = f.t.unwrap_or_default();
     let link = request_link(&state, &claims, &token);
     match result {
