@@ -2029,3 +2029,72 @@ async fn a_held_batch_before_a_simple_query_is_decided_first_and_answered_once()
         assert_eq!(shown_tags(&frames), want, "{frames:?}");
     }
 }
+
+/// psycopg's pipelines and `executemany(…, returning=True)` send Parse/Bind/Describe/Execute and a
+/// Flush, and send Sync only once answered: a statement needing a decision is decided at that Flush
+/// (held with its notice), not left waiting for a Sync that never comes. After a refusal the rest up to
+/// the client's Sync is skipped, as PostgreSQL skips after an error.
+#[tokio::test]
+async fn a_held_statement_followed_by_flush_is_decided_at_the_flush() {
+    let (gate, addr) = start().await;
+    direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS cs_flush_held (id int); INSERT INTO cs_flush_held VALUES (7)",
+        )
+        .await
+        .unwrap();
+    let pipelined = |id: i32| {
+        let mut m = parse_unnamed(&format!(
+            "DELETE FROM cs_flush_held WHERE id = {id} RETURNING id"
+        ));
+        m.extend(bind_unnamed());
+        m.extend(message(b'D', &[b"P".to_vec(), cstr("")].concat()));
+        m.extend(execute_unnamed(0));
+        m.extend(message(b'H', &[]));
+        m
+    };
+    // Approved: the notice, then the statement's results, before any Sync.
+    gate.push_outcome(Duration::from_millis(100), HoldOutcome::Approved);
+    let mut s = raw_login(addr).await;
+    s.write_all(&pipelined(7)).await.unwrap();
+    let answered = read_frames_until(&mut s, b'C').await;
+    assert_eq!(
+        shown_tags(&answered),
+        ["N", "1", "2", "T", "D", "C DELETE 1"],
+        "{answered:?}"
+    );
+    s.write_all(&message(b'S', &[])).await.unwrap();
+    assert_eq!(shown_tags(&read_frames_until(&mut s, b'Z').await), ["Z I"]);
+
+    // Denied: the notice and the error at once; what follows up to Sync is skipped, then one
+    // ReadyForQuery, and the session goes on.
+    gate.push_outcome(
+        Duration::from_millis(50),
+        HoldOutcome::Denied {
+            by: vec!["bob@example.com".into()],
+            reason: None,
+        },
+    );
+    s.write_all(&pipelined(8)).await.unwrap();
+    let refused = read_frames_until(&mut s, b'E').await;
+    assert_eq!(shown_tags(&refused), ["N", "E"], "{refused:?}");
+    let mut rest = bind_unnamed();
+    rest.extend(execute_unnamed(0));
+    rest.extend(message(b'S', &[]));
+    s.write_all(&rest).await.unwrap();
+    assert_eq!(shown_tags(&read_frames_until(&mut s, b'Z').await), ["Z I"]);
+    s.write_all(&message(b'Q', &cstr("SELECT 1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        shown_tags(&read_frames_until(&mut s, b'Z').await),
+        ["T", "D", "C SELECT 1", "Z I"]
+    );
+    let holds = gate
+        .events()
+        .iter()
+        .filter(|e| matches!(e, GateEvent::Hold { .. }))
+        .count();
+    assert_eq!(holds, 2, "{:?}", gate.events());
+}

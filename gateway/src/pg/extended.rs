@@ -279,6 +279,8 @@ pub struct Batch {
     /// Portals a Bind of a statement needing a decision added to `executed` that no Execute has
     /// named yet (so their Execute is not counted twice).
     pub bound_gated: Vec<Box<[u8]>>,
+    /// Executes in the batch: (any, any with a row limit, i.e. a cursor read).
+    pub executes: (bool, bool),
 }
 
 impl Batch {
@@ -355,6 +357,7 @@ impl Batch {
             forwardable: std::mem::take(&mut self.forwardable),
             copy_ends_at_execute: self.copy_ends_at_execute.take(),
             bound_gated: std::mem::take(&mut self.bound_gated),
+            executes: std::mem::take(&mut self.executes),
         }
     }
 }

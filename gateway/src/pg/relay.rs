@@ -160,6 +160,10 @@ pub struct Relay<CR, CW, SR, SW> {
     copy_ends: u64,
     /// Set while the unit being decided ends with a Sync the gateway added ([`InFlight::swallow_ready`]).
     swallow_next: bool,
+    /// Set while a hold decided at a client's Flush (not its Sync) is under way.
+    decided_at_flush: bool,
+    /// Set when a statement decided at Flush was refused: client messages are dropped up to its Sync.
+    skip_until_sync: bool,
     /// Part of the current batch went ahead on Flush, and its answer may still be on its way.
     ready_part_sent: bool,
     /// Bytes of a client CopyData message still to stream upstream unbuffered ([`Self::stream_copy_data`]).
@@ -208,6 +212,8 @@ where
             client_gone: false,
             copy_ends: 0,
             swallow_next: false,
+            decided_at_flush: false,
+            skip_until_sync: false,
             ready_part_sent: false,
             copy_data_left: 0,
         }
@@ -378,6 +384,7 @@ where
                 Step::Hold(held) => {
                     self.flush_out().await?;
                     self.hold(held).await?;
+                    self.decided_at_flush = false;
                 }
                 Step::Terminate => {
                     self.flush_out().await?;
@@ -555,6 +562,13 @@ where
                 return Ok(Step::NeedMore);
             }
             self.client_need = 0;
+            if self.skip_until_sync && tag != b'S' {
+                // After a statement decided at Flush was refused, PostgreSQL would skip every message
+                // up to the client's Sync.
+                self.cbuf.advance(total);
+                continue;
+            }
+            self.skip_until_sync = false;
             if matches!(tag, b'Q' | b'F') && !self.batch.bytes.is_empty() {
                 // A simple Query (or function call) before the client's Sync: PostgreSQL runs the
                 // pending extended-query messages first, then it. The gateway decides per Sync, so it
@@ -588,6 +602,19 @@ where
                 }
                 b'H' => {
                     self.add_to_batch(&frame)?;
+                    // A client that waits for the results of a statement needing a decision after a
+                    // Flush (psycopg's pipelines and executemany with RETURNING) would wait forever
+                    // for a Sync it only sends once answered: the statement is decided now, ended with
+                    // a Sync of the gateway's own. Not for cursor reads (Execute with a row limit),
+                    // whose portal that Sync would close.
+                    let (executes, cursor_reads) = self.batch.executes;
+                    if executes && !cursor_reads && self.batch.action() == Action::Review {
+                        if let Some(held) = self.decide_pending()? {
+                            self.decided_at_flush = true;
+                            return Ok(Step::Hold(held));
+                        }
+                        continue;
+                    }
                     // Flush asks for results so far. What precedes the first Bind or Execute that
                     // needs a decision goes now (the whole batch, Flush included, when nothing needs
                     // one), so a client that prepares and waits before Sync is answered.
@@ -838,6 +865,9 @@ where
     fn on_execute(&mut self, frame: &[u8]) -> Result<(), WireError> {
         let mut pos = 5;
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Execute"))?;
+        let max_rows = super::codec::read_i32(frame, &mut pos).unwrap_or(0);
+        self.batch.executes.0 = true;
+        self.batch.executes.1 |= max_rows > 0;
         match self.catalog.portal(portal) {
             Some(p) => self.batch.execute(portal, p),
             // Executing an unbound portal fails upstream; fail closed here too.
@@ -934,6 +964,9 @@ where
     /// Sends the refusal as a failing statement through the upstream, so the client sees ErrorResponse
     /// then ReadyForQuery in order and an open transaction really becomes failed (`E`).
     fn refuse(&mut self, r: Refusal<'_>) {
+        if self.decided_at_flush {
+            self.skip_until_sync = true;
+        }
         if self.backend.masker.is_some() {
             let mut bytes = BytesMut::new();
             put_refusal(&mut bytes, r.code, &r.message);
