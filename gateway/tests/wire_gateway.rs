@@ -2098,3 +2098,74 @@ async fn a_held_statement_followed_by_flush_is_decided_at_the_flush() {
         .count();
     assert_eq!(holds, 2, "{:?}", gate.events());
 }
+
+/// In a failed transaction PostgreSQL refuses every statement but those ending it (25P02): a statement
+/// that would need approval is refused there at once, with no request made, simple or extended; one
+/// that could end the transaction first is still held.
+#[tokio::test]
+async fn a_statement_in_a_failed_transaction_is_refused_upstream_without_a_request() {
+    let (gate, addr) = start().await;
+    direct()
+        .await
+        .batch_execute("CREATE TABLE IF NOT EXISTS cs_failed_tx (id int)")
+        .await
+        .unwrap();
+    let mut s = raw_login(addr).await;
+    s.write_all(&message(b'Q', &cstr("BEGIN; SELECT 1/0")))
+        .await
+        .unwrap();
+    let failed = read_frames_until(&mut s, b'Z').await;
+    assert_eq!(shown_tags(&failed).last().unwrap(), "Z E", "{failed:?}");
+    let started = std::time::Instant::now();
+    s.write_all(&message(
+        b'Q',
+        &cstr("DELETE FROM cs_failed_tx WHERE id = 1"),
+    ))
+    .await
+    .unwrap();
+    let refused = read_frames_until(&mut s, b'Z').await;
+    assert_eq!(shown_tags(&refused), ["E", "Z E"], "{refused:?}");
+    assert!(contains(&refused[0].1, b"25P02"), "{refused:?}");
+    let mut m = parse_unnamed("DELETE FROM cs_failed_tx WHERE id = 2");
+    m.extend(bind_unnamed());
+    m.extend(execute_unnamed(0));
+    m.extend(message(b'S', &[]));
+    s.write_all(&m).await.unwrap();
+    let refused = read_frames_until(&mut s, b'Z').await;
+    assert_eq!(shown_tags(&refused), ["E", "Z E"], "{refused:?}");
+    assert!(contains(&refused[0].1, b"25P02"), "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once"
+    );
+    assert!(
+        !gate
+            .events()
+            .iter()
+            .any(|e| matches!(e, GateEvent::Hold { .. })),
+        "no approval request: {:?}",
+        gate.events()
+    );
+    // A batch that first runs a ROLLBACK would end the failure before its DELETE: it is held.
+    gate.push_outcome(
+        Duration::from_millis(50),
+        HoldOutcome::Denied {
+            by: vec!["bob@example.com".into()],
+            reason: None,
+        },
+    );
+    let mut m = parse_unnamed("ROLLBACK");
+    m.extend(bind_unnamed());
+    m.extend(execute_unnamed(0));
+    m.extend(parse_unnamed("DELETE FROM cs_failed_tx WHERE id = 3"));
+    m.extend(bind_unnamed());
+    m.extend(execute_unnamed(0));
+    m.extend(message(b'S', &[]));
+    s.write_all(&m).await.unwrap();
+    let held = read_frames_until(&mut s, b'Z').await;
+    assert_eq!(shown_tags(&held)[0], "N", "{held:?}");
+    assert!(gate
+        .events()
+        .iter()
+        .any(|e| matches!(e, GateEvent::Hold { .. })));
+}

@@ -793,6 +793,25 @@ where
                 });
                 None
             }
+            Action::Review if self.refused_by_failed_transaction(verdict.statements.first()) => {
+                // PostgreSQL refuses it (25P02) without running it: it goes up to be refused at once.
+                forward(&mut self.backend.masker, &mut self.out, &frame);
+                self.backend.in_flight.push_back(InFlight {
+                    sql: Arc::from(sql),
+                    binds: vec![],
+                    decision: Action::Review,
+                    request_id: None,
+                    executed: None,
+                    rejection: false,
+                    received,
+                    forwarded: received,
+                    batch: None,
+                    copy: self.query_marks(),
+                    prepared: None,
+                    swallow_ready: false,
+                });
+                None
+            }
             Action::Review => Some(Held {
                 swallow_ready: false,
                 sql: Arc::from(sql),
@@ -891,6 +910,32 @@ where
         }
     }
 
+    /// True when the session's transaction has failed (nothing else upstream that could change that)
+    /// and a statement string starting with `first` cannot end it: PostgreSQL refuses every statement
+    /// in a failed transaction but those ending it (`25P02`), so such a statement runs nothing and
+    /// needs no approval.
+    fn refused_by_failed_transaction(&self, first: Option<&crate::policy::StatementFacts>) -> bool {
+        const ENDS_OR_NESTS: &[&str] = &[
+            "COMMIT",
+            "END",
+            "ROLLBACK",
+            "ABORT",
+            "PREPARE",
+            "BEGIN",
+            "START",
+            "SAVEPOINT",
+            "RELEASE",
+            "UNKNOWN",
+        ];
+        let Some(first) = first else {
+            return false;
+        };
+        let verb = first.kind.split_whitespace().next().unwrap_or("UNKNOWN");
+        self.backend.status == b'E'
+            && self.backend.in_flight.is_empty()
+            && !ENDS_OR_NESTS.iter().any(|v| verb.eq_ignore_ascii_case(v))
+    }
+
     /// Ends the pending extended-query messages with a Sync of the gateway's own, whose ReadyForQuery
     /// the client never sees, and decides them now ([`Relay::on_sync`]).
     fn decide_pending(&mut self) -> Result<Option<Held>, WireError> {
@@ -912,9 +957,17 @@ where
         // The part that went ahead already failed upstream: PostgreSQL skips every message up to this
         // Sync, so the part that needed a decision can't run. It goes as sent (and is skipped) rather
         // than wait for humans, as PostgreSQL would answer at once.
-        let skipped = std::mem::take(&mut self.backend.failed_before_sync);
+        let mut skipped = std::mem::take(&mut self.backend.failed_before_sync);
         let after_ready_part = std::mem::take(&mut self.ready_part_sent);
         let action = batch.action();
+        // In a failed transaction PostgreSQL refuses the batch at its first message unless that one
+        // ends the transaction: a batch running none that could is refused there at once too.
+        skipped |= action == Action::Review
+            && !after_ready_part
+            && !batch.executed.is_empty()
+            && batch.executed.iter().all(|p| {
+                self.refused_by_failed_transaction(p.statement.verdict.statements.first())
+            });
         if action == Action::Allow || skipped {
             forward(&mut self.backend.masker, &mut self.out, &batch.bytes);
             self.backend.in_flight.push_back(InFlight {

@@ -270,7 +270,10 @@ impl WireGate for StaticGate {
         _memo: &mut crate::policy::VerdictMemo,
     ) -> Arc<Verdict> {
         if starts_with_keyword(sql, "DELETE") {
-            self.review.clone()
+            // With the statements' facts, as the engine's verdicts carry them.
+            let mut v = (*self.review).clone();
+            v.statements = crate::policy::classify::classify(sql).into();
+            Arc::new(v)
         } else if starts_with_keyword(sql, "DROP DATABASE") {
             self.block.clone()
         } else {
