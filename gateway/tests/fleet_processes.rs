@@ -622,3 +622,42 @@ async fn agent_hanging_up_mid_execution_still_gets_its_statement_finished_and_re
         .await
         .unwrap();
 }
+
+/// `check-config` fails, naming the key, when a secret the config references is not there: `serve`
+/// would refuse to start. `--skip-secrets` checks the file alone.
+#[test]
+fn check_config_names_a_secret_reference_that_cannot_be_resolved() {
+    let dir = countersign_bot::testing::TempDir::new();
+    let path = dir.path().join("countersign.toml");
+    let toml = config("sqlite::memory:", free_port(), "").replacen(
+        "upstream_url = \"postgres://postgres@127.0.0.1:5432/postgres\"",
+        "upstream_url_env = \"COUNTERSIGN_TEST_SURELY_UNSET_URL\"",
+        1,
+    );
+    std::fs::write(&path, toml).expect("write config");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .arg("--config")
+            .arg(&path)
+            .arg("check-config")
+            .args(extra)
+            .env_remove("COUNTERSIGN_TEST_SURELY_UNSET_URL")
+            .output()
+            .expect("run countersign check-config")
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("connections[0].upstream_url_env")
+            && stderr.contains("COUNTERSIGN_TEST_SURELY_UNSET_URL")
+            && stderr.contains("countersign.toml"),
+        "{stderr}"
+    );
+    let out = run(&["--skip-secrets"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -20,7 +20,7 @@ import sys
 text = open(sys.argv[1]).read().split("countersign.toml: |\n", 1)[1]
 open(sys.argv[2], "w").write("\n".join(line[4:] for line in text.splitlines()) + "\n")
 PY
-    "$bin" --config "$toml" check-config
+    "$bin" --config "$toml" check-config --skip-secrets
 else
     echo "note: no countersign binary at $bin; skipped checking the ConfigMap's countersign.toml" >&2
 fi

@@ -42,8 +42,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (HTTP API, wire proxy, notifiers, expiry).
     Serve,
-    /// Check the config file and report every problem with file, key and fix.
-    CheckConfig,
+    /// Check the config file and report every problem with file, key and fix, including environment
+    /// variables (`*_env`) not set and files (`*_file`) not readable here.
+    CheckConfig {
+        /// Check the file only, not the environment variables and files it names (for checking a
+        /// config on a machine other than the one that runs it).
+        #[arg(long)]
+        skip_secrets: bool,
+    },
     /// Policy tools.
     Policy {
         /// Policy subcommand.
@@ -211,10 +217,27 @@ fn init_logging(cfg: &Config) {
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::CheckConfig => {
+        Command::CheckConfig { skip_secrets } => {
             let path = cli.config.as_ref();
             match load_config(path) {
                 Ok((_, file)) => {
+                    let source = match path {
+                        Some(p) if !skip_secrets => std::fs::read_to_string(p).unwrap_or_default(),
+                        _ => String::new(),
+                    };
+                    let missing = crate::config::references::missing_references(&source, &|name| {
+                        std::env::var(name).ok()
+                    });
+                    if !missing.is_empty() {
+                        for m in &missing {
+                            eprintln!("{file}: `{}`: {}", m.key, m.problem);
+                        }
+                        eprintln!(
+                            "{file}: {} secret reference(s) cannot be resolved here (pass --skip-secrets to check the file alone)",
+                            missing.len()
+                        );
+                        return Ok(ExitCode::from(2));
+                    }
                     out!("{file}: OK");
                     Ok(ExitCode::SUCCESS)
                 }
@@ -259,7 +282,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Requests { command } => inspect::requests(&cfg, command).await,
                 Command::Sessions { command } => inspect::sessions(&cfg, command).await,
                 Command::Outbox { command } => inspect::outbox(&cfg, command).await,
-                Command::CheckConfig
+                Command::CheckConfig { .. }
                 | Command::Policy { .. }
                 | Command::HashToken { .. }
                 | Command::ScramVerifier { .. } => unreachable!("handled above"),

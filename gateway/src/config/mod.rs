@@ -1,6 +1,7 @@
 //! The one place configuration is read: a TOML file (`--config` or `COUNTERSIGN_CONFIG`) with unknown keys
 //! rejected, secrets referenced through env vars or files, and every problem reported with file, key and fix.
 
+pub mod references;
 mod secrets;
 mod validate;
 
