@@ -166,6 +166,37 @@ async fn held_statement_approved_by_two_distinct_humans_runs_exactly_once() {
     }
 }
 
+/// An approved statement whose database can't be reached ran nowhere: the approval stands for a
+/// re-send (and says so), instead of being spent as a failed execution.
+#[tokio::test]
+async fn an_approval_is_not_spent_when_the_upstream_cannot_be_reached() {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let cfg = base_config(
+        "[[connections]]\nname = \"down\"\nupstream_url = \"postgres://postgres@127.0.0.1:1/postgres?connect_timeout=2\"\n",
+    );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let sql = "DELETE FROM unreachable_orders WHERE id = 1";
+    let send = || gw.post(AGENT, "/v1/connections/down/query", json!({ "sql": sql }));
+    let held = send().await;
+    assert_eq!(held.status, 202, "{:?}", held.body);
+    let id = id_of(&held);
+    assert_eq!(gw.vote(BOB, &id, "approve").await.status, 200);
+    assert_eq!(gw.vote(CAROL, &id, "approve").await.status, 200);
+    for _ in 0..2 {
+        let r = send().await;
+        assert_eq!(r.status, 502, "{:?}", r.body);
+        assert_eq!(r.body["error"], "upstream_unavailable", "{:?}", r.body);
+        assert_eq!(
+            r.body["request_id"],
+            id.as_str(),
+            "the same request, still approved"
+        );
+        assert!(r.body.to_string().contains("still stands"), "{:?}", r.body);
+        let status = gw.request(BOB, &id).await;
+        assert_eq!(status.body["status"], "approved", "{:?}", status.body);
+    }
+}
+
 #[tokio::test]
 async fn an_approved_statement_is_not_spent_on_an_upstream_session_the_server_ended() {
     let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;

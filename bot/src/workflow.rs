@@ -497,6 +497,29 @@ impl Workflow {
         Ok(claimed)
     }
 
+    /// Gives back a claimed execution that never started (executing → approved): the upstream could not
+    /// be reached, so nothing ran and the approval still stands for a re-send.
+    pub async fn release_claim(
+        &self,
+        id: RequestId,
+        why: &str,
+    ) -> Result<Option<RequestView>, WorkflowError> {
+        let t = Transition {
+            from: &[RequestStatus::Executing],
+            to: RequestStatus::Approved,
+            audit: AuditEntry::new("system", "request.execution_not_started", "system")
+                .request(id)
+                .detail(serde_json::json!({ "reason": why })),
+            execution: None,
+            notify: None,
+            quiet_since_ms: None,
+        };
+        let v = self.store.transition(id, t, &self.sinks).await?;
+        self.running_map().remove(&id);
+        self.hub.wake(id);
+        Ok(v)
+    }
+
     /// Record the result of the single execution (executing → executed | failed).
     pub async fn finish(
         &self,

@@ -232,6 +232,16 @@ async fn run_approved(
         );
         tokio::spawn(async move {
             let out = engine.execute(&name, &sql, &verdict).await;
+            if let Err(ExecError::Connect(e)) = &out {
+                // Nothing reached the database: the approval is not spent.
+                match engine.workflow.release_claim(id, &e.to_string()).await {
+                    Ok(Some(_)) => return out,
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::warn!(request_id = %id, error = %err, "could not give back an approval whose execution never started")
+                    }
+                }
+            }
             engine.finish(id, summarize(&out, started.elapsed())).await;
             out
         })
@@ -280,12 +290,16 @@ fn respond_with_result(
         Err(ExecError::Connect(e)) => {
             metrics.upstream_error(FrontDoor::Api, UpstreamFailure::Connection);
             tracing::error!(request_id = ?request, error = %e, "upstream connect failed");
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unavailable",
-                e.to_string(),
-            )
-            .with(json!({ "request_id": request })));
+            let message = match request {
+                Some(id) => format!(
+                    "{e}; nothing ran, and approval request {id} still stands: re-send the identical statement once the database is reachable"
+                ),
+                None => e.to_string(),
+            };
+            return Err(
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", message)
+                    .with(json!({ "request_id": request })),
+            );
         }
         Err(e @ ExecError::ResultTooLarge) => {
             return Err(ApiError::new(
