@@ -287,6 +287,37 @@ async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() 
         assert!(Instant::now() < deadline, "the statement was never held");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // An API caller waiting in place (`?wait=`) as well.
+    let waiting = {
+        let url = format!("{}/v1/connections/local/query?wait=60s", r.base);
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(AGENT_TOKEN)
+                .json(&serde_json::json!({ "sql": "DELETE FROM fleet_sigterm_http_target" }))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM requests WHERE status = 'pending'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if n == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API statement was never held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Let the session settle into its wait.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = Command::new("kill")
@@ -308,6 +339,19 @@ async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() 
         msg.contains("shutting down") && msg.contains("stays pending"),
         "message: {msg}"
     );
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting API caller is answered promptly")
+        .unwrap();
+    assert_eq!(answer["status"], "pending", "{answer}");
+    assert_eq!(answer["shutting_down"], true, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shutting down"),
+        "{answer}"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let exit = loop {
@@ -321,11 +365,15 @@ async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "clean exit, got {exit:?}");
-    let status: String = sqlx::query_scalar("SELECT status FROM requests")
-        .fetch_one(&pool)
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM requests")
+        .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(status, "pending", "the request survives the shutdown");
+    assert_eq!(
+        statuses,
+        ["pending", "pending"],
+        "the requests survive the shutdown"
+    );
 }
 
 /// SIGTERM with statements running: one that finishes within the grace returns its rows, one that

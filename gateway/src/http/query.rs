@@ -357,7 +357,7 @@ fn respond_with_result(
 fn pending_response(st: &AppState, view: &RequestView) -> Response {
     let r = &view.request;
     let base = &st.engine.base_url;
-    let body = json!({
+    let mut body = json!({
         "request_id": r.id,
         "status": "pending",
         "status_url": format!("{base}/v1/requests/{}", r.id),
@@ -370,6 +370,14 @@ fn pending_response(st: &AppState, view: &RequestView) -> Response {
         "expires_at": r.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         "message": "held for approval; re-send the identical statement after approval to run it once, or pass ?wait=30s to wait",
     });
+    if st.engine.workflow.is_shutting_down() {
+        // A `?wait=` ended early: say why, and that the request survives.
+        body["message"] = json!(format!(
+            "the gateway is shutting down; approval request {} stays pending and survives the restart: once it is approved, re-send the identical statement (to any replica) to run it once",
+            r.id
+        ));
+        body["shutting_down"] = json!(true);
+    }
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
