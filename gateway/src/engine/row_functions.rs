@@ -34,12 +34,12 @@ pub const REFRESH: Duration = Duration::from_secs(30);
 static QUERY: LazyLock<String> = LazyLock::new(|| {
     let vetted: Vec<&str> = crate::policy::functions::read_only_names().collect();
     format!(
-        "WITH {CODE_CTES} \
+        "WITH RECURSIVE {CODE_CTES} \
          SELECT DISTINCT 'row', p.proname::text, NULL::text \
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
-         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         WHERE (n.nspname NOT IN ('pg_catalog', 'information_schema') OR p.oid >= 16384) \
            AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
            AND (t.typtype IN ('c', 'p', 'd') OR t.typname IN ('record', 'anyelement')) \
          UNION ALL \
@@ -47,7 +47,7 @@ static QUERY: LazyLock<String> = LazyLock::new(|| {
            pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(p.proname) \
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-         WHERE n.nspname OPERATOR(pg_catalog.<>) 'pg_catalog' \
+         WHERE (n.nspname OPERATOR(pg_catalog.<>) 'pg_catalog' OR p.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid) \
            AND p.proname OPERATOR(pg_catalog.=) ANY ('{{{}}}'::pg_catalog.name[]) \
          UNION ALL \
          SELECT 'view', c.relname::text, pg_catalog.pg_get_viewdef(c.oid) \
@@ -70,7 +70,7 @@ const CODE_CTES: &str = "unsafe AS ( \
       FROM pg_catalog.pg_proc p \
       JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace \
       JOIN pg_catalog.pg_language l ON l.oid OPERATOR(pg_catalog.=) p.prolang \
-      WHERE CASE WHEN n.nspname OPERATOR(pg_catalog.=) 'pg_catalog' \
+      WHERE CASE WHEN n.nspname OPERATOR(pg_catalog.=) 'pg_catalog' AND p.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
                  THEN p.provolatile OPERATOR(pg_catalog.=) 'v' \
                  ELSE NOT (l.lanname OPERATOR(pg_catalog.=) ANY ('{internal,c}'::pg_catalog.name[]) \
                            AND p.provolatile OPERATOR(pg_catalog.<>) 'v') END), \
@@ -91,14 +91,40 @@ const CODE_CTES: &str = "unsafe AS ( \
       SELECT x.typ, pg_catalog.concat('its operator class support runs ', u.fn) \
       FROM pg_catalog.pg_amproc a JOIN unsafe u ON u.oid OPERATOR(pg_catalog.=) a.amproc \
       CROSS JOIN LATERAL (VALUES (a.amproclefttype), (a.amprocrighttype)) AS x(typ)), \
-    user_coded AS ( \
+    edges(outer_typ, inner_typ, how) AS ( \
+      SELECT o.oid, o.typbasetype, 'a domain over' FROM pg_catalog.pg_type o \
+      WHERE o.typbasetype OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
+      UNION ALL SELECT o.oid, o.typelem, 'an array of' FROM pg_catalog.pg_type o \
+      WHERE o.typelem OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
+      UNION ALL SELECT c.oid, a.atttypid, 'a row type holding' FROM pg_catalog.pg_attribute a \
+      JOIN pg_catalog.pg_type c ON c.typrelid OPERATOR(pg_catalog.=) a.attrelid \
+      WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+      UNION ALL SELECT x.typ, r.rngsubtype, 'a range of' FROM pg_catalog.pg_range r \
+      CROSS JOIN LATERAL (VALUES (r.rngtypid), (r.rngmultitypid)) AS x(typ)), \
+    user_coded(typ, why) AS ( \
       SELECT c.typ, c.why FROM coded c \
       WHERE c.typ OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid \
       UNION \
-      SELECT t.oid, pg_catalog.concat('it is over ', b.typ::pg_catalog.regtype, ', whose ', b.why) \
-      FROM pg_catalog.pg_type t JOIN coded b \
-        ON b.typ OPERATOR(pg_catalog.=) ANY (ARRAY[t.typbasetype, t.typelem]::pg_catalog.oid[]) \
-      WHERE b.typ OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid)";
+      SELECT e.outer_typ, pg_catalog.concat('it is ', e.how, ' ', c.typ::pg_catalog.regtype, ', whose ', c.why) \
+      FROM edges e JOIN coded c ON e.inner_typ OPERATOR(pg_catalog.=) c.typ \
+      WHERE c.typ OPERATOR(pg_catalog.<) 16384::pg_catalog.oid AND e.how OPERATOR(pg_catalog.<>) 'a row type holding' \
+      UNION \
+      SELECT e.outer_typ, pg_catalog.concat('it is ', e.how, ' ', u.typ::pg_catalog.regtype, ', whose ', u.why) \
+      FROM edges e JOIN user_coded u ON e.inner_typ OPERATOR(pg_catalog.=) u.typ), \
+    checked(typ, def) AS ( \
+      SELECT k.contypid, pg_catalog.pg_get_constraintdef(k.oid) FROM pg_catalog.pg_constraint k \
+      WHERE k.contype OPERATOR(pg_catalog.=) 'c' AND k.contypid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
+      UNION \
+      SELECT e.outer_typ, c.def FROM edges e JOIN checked c ON e.inner_typ OPERATOR(pg_catalog.=) c.typ \
+      JOIN pg_catalog.pg_type ot ON ot.oid OPERATOR(pg_catalog.=) e.outer_typ \
+      LEFT JOIN pg_catalog.pg_class oc ON oc.oid OPERATOR(pg_catalog.=) ot.typrelid \
+      WHERE oc.oid IS NULL OR oc.relkind OPERATOR(pg_catalog.=) 'c'), \
+    lineage(rel, anc) AS ( \
+      SELECT c.oid, c.oid FROM pg_catalog.pg_class c \
+      WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,f,m}'::pg_catalog.\"char\"[]) \
+      UNION \
+      SELECT l.rel, h.inhparent FROM lineage l \
+      JOIN pg_catalog.pg_inherits h ON h.inhrelid OPERATOR(pg_catalog.=) l.anc)";
 
 /// Rows naming what makes PostgreSQL run user code with no function in a statement's text: `type` rows
 /// (a user type whose casts, operators, operator classes or range support run such code, by name),
@@ -122,17 +148,8 @@ const CODE_ROWS: &str = "SELECT DISTINCT 'type', t.typname::text, c.why \
       WHERE o.oprleft OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
         AND o.oprright OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
     UNION ALL \
-    SELECT 'domain', x.typname::text, pg_catalog.pg_get_constraintdef(k.oid) \
-      FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) k.contypid \
-      CROSS JOIN LATERAL ( \
-        SELECT t.typname \
-        UNION ALL SELECT o.typname FROM pg_catalog.pg_type o \
-          WHERE t.oid OPERATOR(pg_catalog.=) ANY (ARRAY[o.typelem, o.typbasetype]::pg_catalog.oid[]) \
-        UNION ALL SELECT w.typname FROM pg_catalog.pg_attribute a \
-          JOIN pg_catalog.pg_type c ON c.typrelid OPERATOR(pg_catalog.=) a.attrelid \
-          JOIN pg_catalog.pg_type w ON w.oid OPERATOR(pg_catalog.=) c.oid OR w.typelem OPERATOR(pg_catalog.=) c.oid \
-          WHERE a.atttypid OPERATOR(pg_catalog.=) t.oid AND NOT a.attisdropped) x(typname) \
-      WHERE k.contype OPERATOR(pg_catalog.=) 'c' \
+    SELECT DISTINCT 'domain', t.typname::text, c.def \
+      FROM checked c JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) c.typ \
     UNION ALL \
     SELECT 'type', t.typname::text, c.why \
       FROM coded c JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) c.typ \
@@ -145,6 +162,15 @@ const CODE_ROWS: &str = "SELECT DISTINCT 'type', t.typname::text, c.why \
         AND c.castsource OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
         AND c.casttarget OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
     UNION ALL \
+    SELECT DISTINCT 'global', '', pg_catalog.concat('the default ', am.amname, ' operator class ', o.opcname, \
+      ' for ', o.opcintype::pg_catalog.regtype, ' runs ', u.fn, \
+      ', and PostgreSQL uses it wherever such values are sorted, grouped, hashed or compared') \
+      FROM pg_catalog.pg_opclass o \
+      JOIN pg_catalog.pg_am am ON am.oid OPERATOR(pg_catalog.=) o.opcmethod \
+      JOIN pg_catalog.pg_amproc a ON a.amprocfamily OPERATOR(pg_catalog.=) o.opcfamily \
+      JOIN unsafe u ON u.oid OPERATOR(pg_catalog.=) a.amproc \
+      WHERE o.opcdefault AND o.opcintype OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
+    UNION ALL \
     SELECT DISTINCT 'column', r.relname::text, pg_catalog.concat('index or partition key uses operator class ', \
       o.opcname, ', whose support runs ', u.fn) \
       FROM pg_catalog.pg_opclass o \
@@ -153,17 +179,12 @@ const CODE_ROWS: &str = "SELECT DISTINCT 'type', t.typname::text, c.why \
       JOIN (SELECT i.indrelid, pg_catalog.unnest(i.indclass::pg_catalog.oid[]) FROM pg_catalog.pg_index i \
             UNION ALL SELECT p.partrelid, pg_catalog.unnest(p.partclass::pg_catalog.oid[]) \
             FROM pg_catalog.pg_partitioned_table p) k(rel, cls) ON k.cls OPERATOR(pg_catalog.=) o.oid \
-      JOIN pg_catalog.pg_class t ON t.oid OPERATOR(pg_catalog.=) k.rel \
-      JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) ANY (ARRAY[t.oid] OPERATOR(pg_catalog.||) \
-        ARRAY(SELECT h.inhparent FROM pg_catalog.pg_inherits h WHERE h.inhrelid OPERATOR(pg_catalog.=) t.oid)) \
+      JOIN lineage l ON l.rel OPERATOR(pg_catalog.=) k.rel \
+      JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) l.anc \
     UNION ALL \
-    SELECT 'column', c.relname::text, 'it is, or is a parent of, a foreign table whose options run a program on every read' \
-      FROM (WITH RECURSIVE up(rel) AS ( \
-              SELECT f.ftrelid FROM pg_catalog.pg_foreign_table f \
-              WHERE pg_catalog.array_to_string(f.ftoptions, ',') OPERATOR(pg_catalog.~~) '%program=%' \
-              UNION SELECT h.inhparent FROM pg_catalog.pg_inherits h JOIN up ON h.inhrelid OPERATOR(pg_catalog.=) up.rel) \
-            SELECT rel FROM up) u \
-      JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) u.rel \
+    SELECT DISTINCT 'column', c.relname::text, 'it is, or holds as a child or partition, a foreign table: reading it runs its foreign-data wrapper (a program, a server file, a query on another server)' \
+      FROM pg_catalog.pg_foreign_table f JOIN lineage l ON l.rel OPERATOR(pg_catalog.=) f.ftrelid \
+      JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.anc \
     UNION ALL \
     SELECT DISTINCT 'view_calls', c.relname::text, pg_catalog.concat('it calls ', u.fn) \
       FROM pg_catalog.pg_rewrite w \
@@ -188,6 +209,7 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
     let mut out = DatabaseFunctions::default();
     let mut definitions: Vec<(String, String)> = Vec::new();
     let mut view_calls: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut checks: Vec<(String, String, bool)> = Vec::new();
     for row in rows {
         let mut cells = row.into_iter();
         let (Some(Some(list)), Some(Some(name)), function) =
@@ -209,22 +231,26 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
             ("type", Some(why)) => push_reason(&mut out.types, name, why),
             ("column", Some(why)) => push_reason(&mut out.tables, relation_key(&name), why),
             ("operator", Some(why)) => push_reason(&mut out.operators, name, why),
-            ("domain", Some(check)) => {
-                if let Some(why) = check_runs_code(&check) {
-                    push_reason(&mut out.types, name, format!("its {why}"));
-                }
-            }
-            ("policy", Some(expr)) => {
-                if let Some(why) = check_runs_code(&format!("CHECK ({expr})")) {
-                    push_reason(
-                        &mut out.tables,
-                        relation_key(&name),
-                        format!("row-level security policy {why}"),
-                    );
-                }
-            }
+            // Judged once the other lists are complete: a CHECK may use what they name.
+            ("domain", Some(check)) => checks.push((name, check, false)),
+            ("policy", Some(expr)) => checks.push((name, format!("CHECK ({expr})"), true)),
             ("global", Some(why)) if !out.global.contains(&why) => out.global.push(why),
             _ => {}
+        }
+    }
+    let lists_so_far = out.clone();
+    for (name, check, policy) in checks {
+        let Some(why) = check_runs_code(&check, Some(&lists_so_far)) else {
+            continue;
+        };
+        if policy {
+            push_reason(
+                &mut out.tables,
+                relation_key(&name),
+                format!("row-level security policy {why}"),
+            );
+        } else {
+            push_reason(&mut out.types, name, format!("its {why}"));
         }
     }
     // A view's calls were resolved when it was made (pg_depend names them, `view_calls`), so a name it
@@ -264,7 +290,7 @@ fn not_allowed_reasons(facts: &[crate::policy::StatementFacts]) -> Option<Vec<St
 /// Why a CHECK (`pg_get_constraintdef`: `CHECK (expr)`, maybe `NOT VALID`) runs code the policy would
 /// not allow in a statement, as `CHECK (expr) (reasons)`: its expression is classified as
 /// `SELECT expr`. A check the classifier can't read counts as running code (fail closed).
-fn check_runs_code(check: &str) -> Option<String> {
+fn check_runs_code(check: &str, db: Option<&DatabaseFunctions>) -> Option<String> {
     let expr = check
         .trim()
         .strip_suffix("NOT VALID")
@@ -272,7 +298,14 @@ fn check_runs_code(check: &str) -> Option<String> {
         .trim()
         .strip_prefix("CHECK")
         .unwrap_or(check);
-    let facts = crate::policy::classify::classify(&format!("SELECT {expr}"));
+    let mut facts = crate::policy::classify::classify(&format!("SELECT {expr}"));
+    if let Some(db) = db {
+        for f in facts.iter_mut() {
+            if let Some(judged) = crate::policy::database_code_in(db, f) {
+                *f = judged;
+            }
+        }
+    }
     let not_allowed = not_allowed_reasons(&facts).unwrap_or_default();
     (!not_allowed.is_empty() || facts.len() != 1)
         .then(|| format!("{} ({})", check.trim(), not_allowed.join("; ")))

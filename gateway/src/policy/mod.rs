@@ -378,11 +378,19 @@ pub(crate) fn database_code_in(
         .collect();
     // A `schema.name` call needs no look: only `pg_catalog.name` is vetted, and that one PostgreSQL
     // never resolves elsewhere; any other schema is already reviewed as an unvetted function.
+    // A function a superuser created in pg_catalog itself captures `pg_catalog.name` too.
     let shadowed: Vec<(&String, &Vec<String>)> = facts
         .functions
         .iter()
-        .filter(|name| !name.contains('.'))
-        .filter_map(|name| db.shadows.get(name).map(|by| (name, by)))
+        .filter_map(|name| {
+            let bare = name.strip_prefix("pg_catalog.").unwrap_or(name);
+            if bare.contains('.') {
+                return None;
+            }
+            let by = db.shadows.get(bare)?;
+            let reaches = bare == name.as_str() || by.iter().any(|b| b.starts_with("pg_catalog."));
+            reaches.then_some((name, by))
+        })
         .collect();
     // A table name may be schema-qualified or quoted as written; a view of that name in any schema
     // counts (the statement's search_path decides which one it reads).
