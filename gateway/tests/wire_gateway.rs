@@ -2169,3 +2169,91 @@ async fn a_statement_in_a_failed_transaction_is_refused_upstream_without_a_reque
         .iter()
         .any(|e| matches!(e, GateEvent::Hold { .. })));
 }
+
+/// What went upstream ahead of its Sync (on Flush) may have ended the failed transaction: a statement
+/// after it is held, not taken for one PostgreSQL refuses.
+#[tokio::test]
+async fn a_rollback_sent_ahead_on_flush_leaves_the_next_statement_held() {
+    let (gate, addr) = start().await;
+    direct()
+        .await
+        .batch_execute("CREATE TABLE IF NOT EXISTS cs_failed_tx_ahead (id int)")
+        .await
+        .unwrap();
+    let mut s = raw_login(addr).await;
+    s.write_all(&message(b'Q', &cstr("BEGIN; SELECT 1/0")))
+        .await
+        .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    let mut m = parse_unnamed("ROLLBACK");
+    m.extend(bind_unnamed());
+    m.extend(execute_unnamed(0));
+    m.extend(message(b'H', &[]));
+    s.write_all(&m).await.unwrap();
+    let rolled = read_frames_until(&mut s, b'C').await;
+    assert_eq!(shown_tags(&rolled), ["1", "2", "C ROLLBACK"], "{rolled:?}");
+    gate.push_outcome(
+        Duration::from_millis(50),
+        HoldOutcome::Denied {
+            by: vec!["bob@example.com".into()],
+            reason: None,
+        },
+    );
+    s.write_all(&message(
+        b'Q',
+        &cstr("DELETE FROM cs_failed_tx_ahead WHERE id = 1"),
+    ))
+    .await
+    .unwrap();
+    let held = read_frames_until(&mut s, b'E').await;
+    assert_eq!(shown_tags(&held)[0], "N", "held: {held:?}");
+    assert!(gate
+        .events()
+        .iter()
+        .any(|e| matches!(e, GateEvent::Hold { .. })));
+}
+
+/// When a unit the gateway decided at Flush (and ended with its own Sync) fails upstream, the client
+/// still expects PostgreSQL to skip to its own Sync: the messages in between are dropped, as
+/// PostgreSQL would, and the client's Sync gets the one ReadyForQuery.
+#[tokio::test]
+async fn after_an_error_in_a_unit_decided_at_flush_the_rest_up_to_sync_is_skipped() {
+    let (gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    // An allowed statement that fails goes ahead on Flush; PostgreSQL now skips to Sync.
+    let mut m = parse_unnamed("SELECT 1/0");
+    m.extend(bind_unnamed());
+    m.extend(execute_unnamed(0));
+    m.extend(message(b'H', &[]));
+    s.write_all(&m).await.unwrap();
+    let failed = read_frames_until(&mut s, b'E').await;
+    assert!(contains(&failed.last().unwrap().1, b"22012"), "{failed:?}");
+    // A held statement, then Flush: skipped upstream, so answered without a request.
+    let mut m = parse_unnamed("DELETE FROM cs_no_such_table_skip WHERE id = 1");
+    m.extend(bind_unnamed());
+    m.extend(execute_unnamed(0));
+    m.extend(message(b'H', &[]));
+    // Then more, and the client's Sync: still skipped, one ReadyForQuery.
+    m.extend(parse_unnamed("SELECT 42"));
+    m.extend(bind_unnamed());
+    m.extend(execute_unnamed(0));
+    m.extend(message(b'S', &[]));
+    s.write_all(&m).await.unwrap();
+    let rest = read_frames_until(&mut s, b'Z').await;
+    assert_eq!(shown_tags(&rest), ["Z I"], "{rest:?}");
+    assert!(
+        !gate
+            .events()
+            .iter()
+            .any(|e| matches!(e, GateEvent::Hold { .. })),
+        "{:?}",
+        gate.events()
+    );
+    s.write_all(&message(b'Q', &cstr("SELECT 1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        shown_tags(&read_frames_until(&mut s, b'Z').await),
+        ["T", "D", "C SELECT 1", "Z I"]
+    );
+}

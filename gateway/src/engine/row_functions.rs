@@ -514,10 +514,8 @@ mod tests {
             "{:?}",
             got.tables
         );
-        assert!(
-            !got.tables.contains_key("open_t"),
-            "a policy over built-ins that compute is fine"
-        );
+        // This database defines `=` (and an implicit cast): a CHECK comparing anything may use it.
+        assert!(got.tables.contains_key("open_t"), "{:?}", got.tables);
         assert_eq!(
             got.global,
             ["an implicit cast from integer to date runs public.f"]
@@ -526,9 +524,45 @@ mod tests {
         assert_eq!(got.tables["feelings"], ["column m has type mood"]);
         assert_eq!(got.operators["="], ["=(integer,text) runs public.g"]);
         let flagged: Vec<&String> = got.types.keys().collect();
-        // A CHECK over built-ins that compute is fine; one the classifier can't read is not.
-        assert_eq!(flagged, ["garbled", "mood", "noted", "stale"]);
+        // A CHECK the classifier can't read counts as running code. Here even a CHECK over built-ins is flagged: this database's implicit cast applies wherever
+        // the types meet (a database without one: `checks_over_built_ins_are_fine_…`).
+        assert_eq!(
+            flagged,
+            ["cardinal_number", "garbled", "mood", "noted", "stale"]
+        );
         assert!(got.types["stale"][0].contains("nextval"), "{:?}", got.types);
+    }
+
+    #[test]
+    fn checks_over_built_ins_are_fine_where_the_database_defines_no_operators() {
+        let got = lists([
+            row([
+                Some("policy"),
+                Some("open_t"),
+                Some("(owner = CURRENT_USER)"),
+            ]),
+            row([
+                Some("domain"),
+                Some("cardinal_number"),
+                Some("CHECK ((VALUE >= 0))"),
+            ]),
+        ]);
+        assert!(got.tables.is_empty(), "{:?}", got.tables);
+        assert!(got.types.is_empty(), "{:?}", got.types);
+        // With a shadowed name, a CHECK calling it is flagged like a statement would be.
+        let got = lists([
+            row([Some("shadow"), Some("length"), Some("public.length")]),
+            row([
+                Some("domain"),
+                Some("d5"),
+                Some("CHECK ((length(VALUE) > 0))"),
+            ]),
+        ]);
+        assert!(
+            got.types["d5"][0].contains("public.length"),
+            "{:?}",
+            got.types
+        );
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub struct BackendTracker {
     drop: usize,
     /// Last ReadyForQuery status (`I`, `T`, `E`).
     pub status: u8,
+    /// ErrorResponses seen so far (the relay compares counts around a unit it decided at Flush).
+    pub errors: u64,
     /// Statements in flight, oldest first.
     pub in_flight: VecDeque<InFlight>,
     /// Extended-protocol batches finished since the relay last looked, and whether each ended
@@ -185,6 +187,7 @@ impl BackendTracker {
             skip: 0,
             drop: 0,
             status,
+            errors: 0,
             in_flight: VecDeque::new(),
             settled: Vec::new(),
             prepared_settled: Vec::new(),
@@ -352,6 +355,7 @@ impl BackendTracker {
                     self.tag = Some(tag);
                 }
                 b'E' => {
+                    self.errors = self.errors.wrapping_add(1);
                     if self.in_flight.is_empty() {
                         self.failed_before_sync = true;
                     }

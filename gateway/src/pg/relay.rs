@@ -119,6 +119,9 @@ struct Held {
 enum Step {
     NeedMore,
     Hold(Held),
+    /// A unit decided at the client's Flush and ended with the gateway's own Sync (held, or already
+    /// forwarded when `None`).
+    DecidedAtFlush(Option<Held>),
     Terminate,
 }
 
@@ -164,6 +167,8 @@ pub struct Relay<CR, CW, SR, SW> {
     decided_at_flush: bool,
     /// Set when a statement decided at Flush was refused: client messages are dropped up to its Sync.
     skip_until_sync: bool,
+    /// Set when the unit last decided went upstream only to be skipped (what went ahead had failed).
+    unit_skipped: bool,
     /// Part of the current batch went ahead on Flush, and its answer may still be on its way.
     ready_part_sent: bool,
     /// Bytes of a client CopyData message still to stream upstream unbuffered ([`Self::stream_copy_data`]).
@@ -214,6 +219,7 @@ where
             swallow_next: false,
             decided_at_flush: false,
             skip_until_sync: false,
+            unit_skipped: false,
             ready_part_sent: false,
             copy_data_left: 0,
         }
@@ -370,6 +376,7 @@ where
     /// no COPY.
     fn idle(&self) -> bool {
         self.backend.in_flight.is_empty()
+            && !self.ready_part_sent
             && self.batch.bytes.is_empty()
             && self.cbuf.is_empty()
             && self.copy_data_left == 0
@@ -384,7 +391,23 @@ where
                 Step::Hold(held) => {
                     self.flush_out().await?;
                     self.hold(held).await?;
-                    self.decided_at_flush = false;
+                }
+                Step::DecidedAtFlush(held) => {
+                    let errors = self.backend.errors;
+                    self.flush_out().await?;
+                    if let Some(held) = held {
+                        self.decided_at_flush = true;
+                        self.hold(held).await?;
+                        self.decided_at_flush = false;
+                    }
+                    // The gateway's Sync ended PostgreSQL's skipping after an error in that unit,
+                    // which the client still expects up to its own Sync: its answer is awaited and,
+                    // after an error, the client's messages up to its Sync are dropped here instead.
+                    self.drain_in_flight().await?;
+                    let skipped = std::mem::take(&mut self.unit_skipped);
+                    if self.backend.errors != errors || skipped {
+                        self.skip_until_sync = true;
+                    }
                 }
                 Step::Terminate => {
                     self.flush_out().await?;
@@ -609,11 +632,7 @@ where
                     // whose portal that Sync would close.
                     let (executes, cursor_reads) = self.batch.executes;
                     if executes && !cursor_reads && self.batch.action() == Action::Review {
-                        if let Some(held) = self.decide_pending()? {
-                            self.decided_at_flush = true;
-                            return Ok(Step::Hold(held));
-                        }
-                        continue;
+                        return Ok(Step::DecidedAtFlush(self.decide_pending()?));
                     }
                     // Flush asks for results so far. What precedes the first Bind or Execute that
                     // needs a decision goes now (the whole batch, Flush included, when nothing needs
@@ -622,7 +641,6 @@ where
                     // the gateway's own, which ends the implicit transaction and with it the portal a
                     // cursor (Execute with a row limit) reads on from.
                     if self.forward_ready_part() {
-                        self.ready_part_sent = true;
                         if self.batch.action() != Action::Allow {
                             forward(&mut self.backend.masker, &mut self.out, &FLUSH);
                         }
@@ -682,6 +700,8 @@ where
         let ready = self.batch.bytes.split_to(self.batch.forwardable);
         self.batch.forwardable = 0;
         forward(&mut self.backend.masker, &mut self.out, &ready);
+        // Upstream with no InFlight entry until the batch's Sync: `ready_part_sent` stands for it.
+        self.ready_part_sent = true;
         true
     }
 
@@ -726,7 +746,7 @@ where
             }
             self.ctx.name_context.push(sql.to_string());
         }
-        misread_guard(&self.backend, sql, verdict)
+        misread_guard(&self.backend, self.ready_part_sent, sql, verdict)
     }
 
     fn on_query(&mut self, frame: BytesMut) -> Option<Held> {
@@ -755,7 +775,7 @@ where
             // the statement it runs together with its arguments (rules included), not held blind.
             if let Some(stand_in) = self.sql_prepared.execute_stand_in(&verdict) {
                 let judged = self.classify(&stand_in);
-                verdict = misread_guard(&self.backend, sql, judged);
+                verdict = misread_guard(&self.backend, self.ready_part_sent, sql, judged);
             }
         }
         if may_prepare(&verdict) {
@@ -849,11 +869,12 @@ where
         let session = &self.ctx.session;
         let memo = &mut self.verdicts;
         let backend = &self.backend;
+        let sent_ahead = self.ready_part_sent;
         let mut prepares = false;
         let mut renames = false;
         self.catalog.parse(name, sql, &param_types, |sql| {
             let verdict = gate.classify(&session.connection, &session.requester, sql, memo);
-            let verdict = misread_guard(backend, sql, verdict);
+            let verdict = misread_guard(backend, sent_ahead, sql, verdict);
             prepares = may_prepare(&verdict);
             renames = changes_names(&verdict);
             verdict
@@ -933,6 +954,7 @@ where
         let verb = first.kind.split_whitespace().next().unwrap_or("UNKNOWN");
         self.backend.status == b'E'
             && self.backend.in_flight.is_empty()
+            && !self.ready_part_sent
             && !ENDS_OR_NESTS.iter().any(|v| verb.eq_ignore_ascii_case(v))
     }
 
@@ -968,6 +990,7 @@ where
             && batch.executed.iter().all(|p| {
                 self.refused_by_failed_transaction(p.statement.verdict.statements.first())
             });
+        self.unit_skipped = skipped;
         if action == Action::Allow || skipped {
             forward(&mut self.backend.masker, &mut self.out, &batch.bytes);
             self.backend.in_flight.push_back(InFlight {
@@ -1283,18 +1306,28 @@ where
 /// sees. ASCII text without a backslash reads the same either way. The same holds while an approved
 /// statement that may change those settings has not answered yet (a pipelined statement would be read
 /// after it).
-fn misread_guard(backend: &BackendTracker, sql: &str, verdict: Arc<Verdict>) -> Arc<Verdict> {
+fn misread_guard(
+    backend: &BackendTracker,
+    sent_ahead: bool,
+    sql: &str,
+    verdict: Arc<Verdict>,
+) -> Arc<Verdict> {
     if verdict.action == Action::Block || super::backend::reads_the_same_anyhow(sql) {
         return verdict;
     }
     let why = match backend.misread.first() {
         Some((name, value)) => format!("this session has {name} = {value}"),
+        // Until its answer (and ParameterStatus) arrives, what a statement upstream set is unknown.
         None if backend
             .in_flight
             .iter()
-            .any(|f| f.executed.is_some() && may_change_text_reading(&f.sql)) =>
+            .any(|f| may_change_text_reading(&f.sql)) =>
         {
-            "an approved statement that may change how PostgreSQL reads statement text has not finished"
+            "a statement that may change how PostgreSQL reads statement text has not finished"
+                .to_string()
+        }
+        None if sent_ahead => {
+            "statements sent ahead of this one have not finished and may change how PostgreSQL reads statement text"
                 .to_string()
         }
         None => return verdict,
@@ -1313,9 +1346,23 @@ fn misread_guard(backend: &BackendTracker, sql: &str, verdict: Arc<Verdict>) -> 
 /// True when `sql` may change `standard_conforming_strings` or `client_encoding`.
 fn may_change_text_reading(sql: &str) -> bool {
     let sql = sql.to_ascii_lowercase();
-    ["conforming", "encoding", "set_config"]
-        .iter()
-        .any(|w| sql.contains(w))
+    // Also what undoes a setting: RESET, DISCARD, and ending or rolling back the transaction that
+    // set it (SET LOCAL, or SET in a transaction rolled back).
+    [
+        "conforming",
+        "encoding",
+        "names",
+        "set_config",
+        "reset",
+        "discard",
+        "rollback",
+        "abort",
+        "commit",
+        "end",
+        "prepare",
+    ]
+    .iter()
+    .any(|w| sql.contains(w))
 }
 
 /// True when a statement may create a prepared statement upstream by name (PREPARE, or text the
