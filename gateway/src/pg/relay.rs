@@ -640,10 +640,8 @@ where
                     // The rest waits for the verdict at Sync: deciding at a Flush would need a Sync of
                     // the gateway's own, which ends the implicit transaction and with it the portal a
                     // cursor (Execute with a row limit) reads on from.
-                    if self.forward_ready_part() {
-                        if self.batch.action() != Action::Allow {
-                            forward(&mut self.backend.masker, &mut self.out, &FLUSH);
-                        }
+                    if self.forward_ready_part() && self.batch.action() != Action::Allow {
+                        forward(&mut self.backend.masker, &mut self.out, &FLUSH);
                     }
                 }
                 b'S' => {
