@@ -709,3 +709,104 @@ fn check_config_names_a_secret_reference_that_cannot_be_resolved() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// SIGTERM while an approved wire statement runs: it finishes within the grace, its client gets the
+/// result, and its outcome reaches the store before the process exits (not "interrupted" later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_wire_statement_finishing_during_shutdown_is_recorded_executed() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store_url = countersign_bot::testing::fresh_pg_database()
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    let (mut admin, table) = table_of_ids("sigterm_exec", "(1)").await;
+    let (http_port, wire_port) = (free_port(), free_port());
+    let extra = format!(
+        "{}[wire]\nlisten = \"127.0.0.1:{wire_port}\"\nallow_cleartext_without_tls = true\nhold_wait = 120\n",
+        reviewer_tokens()
+    );
+    let mut r = Replica::start(&config(&store_url, http_port, &extra), http_port).await;
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={wire_port} user=agent password={AGENT_TOKEN} dbname=local"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the wire listener");
+    tokio::spawn(conn);
+    let sql = format!("DELETE FROM {table}");
+    let run = tokio::spawn(async move { client.simple_query(&sql).await });
+    let pool = sqlx::PgPool::connect(&store_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id: String = loop {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM requests WHERE status = 'pending'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        if let Some(id) = id {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "the statement was never held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A lock held elsewhere keeps the approved DELETE running into the shutdown.
+    let locker = admin.transaction().await.unwrap();
+    locker
+        .batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    // (The waiting session claims the execution at once: no `approved` to wait for.)
+    for reviewer in ["bob-token", "carol-token"] {
+        let v = http
+            .post(format!("{}/v1/requests/{id}/votes", r.base))
+            .bearer_auth(reviewer)
+            .json(&serde_json::json!({ "decision": "approve" }))
+            .send()
+            .await
+            .unwrap();
+        assert!(v.status().is_success(), "vote: {}", v.status());
+    }
+    await_status(&http, &r.base, &id, "executing").await;
+    let status = Command::new("kill")
+        .args(["-TERM", &r.child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    locker.rollback().await.unwrap();
+    let rows = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the client is answered")
+        .unwrap()
+        .expect("the approved statement ran");
+    assert!(
+        rows.iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(1))),
+        "DELETE 1"
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let exit = loop {
+        if let Some(s) = r.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "clean exit, got {exit:?}");
+    let status: String = sqlx::query_scalar("SELECT status FROM requests WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "executed",
+        "the result was recorded before the exit"
+    );
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}

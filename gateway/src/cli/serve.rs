@@ -102,6 +102,7 @@ async fn spawn_wire(
                 };
                 let _ = ready_tx.send(Ok(()));
                 let live = server.live_sessions();
+                let recorder = server.recorder();
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
@@ -117,6 +118,11 @@ async fn spawn_wire(
                     tracing::info!(sessions = live.count(), "cancelling statements still running at shutdown");
                     let _ = cancel_busy_tx.send(true);
                     live.wait_none(Duration::from_secs(5)).await;
+                }
+                // The recorder runs on this runtime: what the sessions recorded (an approved
+                // statement's result among it) reaches the store before the runtime stops.
+                if !recorder.settled(Duration::from_secs(10)).await {
+                    tracing::warn!("session records still queued at shutdown were not all written");
                 }
             });
             drop(workers);

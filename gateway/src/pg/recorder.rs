@@ -51,17 +51,35 @@ pub struct Recorder {
     tx: mpsc::Sender<Event>,
     /// Times a session found the recorder's queue full (and waited).
     behind: Arc<AtomicU64>,
+    /// Events sent and not yet handed to the engine.
+    pending: Arc<AtomicU64>,
 }
 
 impl Recorder {
     /// Starts the draining task on the current runtime.
     pub fn spawn(gate: Arc<dyn WireGate>) -> Self {
         let (tx, rx) = mpsc::channel(CAPACITY);
-        tokio::spawn(drain(gate, rx));
+        let pending = Arc::new(AtomicU64::new(0));
+        tokio::spawn(drain(gate, rx, pending.clone()));
         Self {
             tx,
             behind: Arc::new(AtomicU64::new(0)),
+            pending,
         }
+    }
+
+    /// Waits until every event sent so far has reached the engine (statement records, results of
+    /// approved executions), or `limit` has passed; true when all have. For a shutdown: the recorder
+    /// runs on the wire runtime, which stops after this.
+    pub async fn settled(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        true
     }
 
     /// Records the start of a session.
@@ -73,6 +91,7 @@ impl Recorder {
     /// reading from its client and upstream meanwhile) rather than lose the record: an agent flooding its
     /// own session must not be able to push its blocked attempts out of the record.
     pub async fn statement(&self, session: &Arc<SessionInfo>, stmt: FinishedStatement) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(Event::Statement(session.id, stmt)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(event)) => {
@@ -88,6 +107,7 @@ impl Recorder {
     /// [`Recorder::statement`] where the caller can't wait (a session being torn down): when the
     /// recorder is behind, a task delivers the record.
     pub fn statement_at_end(&self, session: &Arc<SessionInfo>, stmt: FinishedStatement) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::TrySendError::Full(event)) =
             self.tx.try_send(Event::Statement(session.id, stmt))
         {
@@ -115,17 +135,22 @@ impl Recorder {
     }
 
     async fn must_send(&self, event: Event) {
+        if !matches!(event, Event::Statement(..)) {
+            // (`statement` counted its own before trying to send.)
+            self.pending.fetch_add(1, Ordering::AcqRel);
+        }
         if self.tx.send(event).await.is_err() {
             tracing::error!("session recorder stopped; records are lost");
         }
     }
 }
 
-async fn drain(gate: Arc<dyn WireGate>, mut rx: mpsc::Receiver<Event>) {
+async fn drain(gate: Arc<dyn WireGate>, mut rx: mpsc::Receiver<Event>, pending: Arc<AtomicU64>) {
     let mut batch = Vec::new();
     loop {
         // Polling on a tick (instead of `recv().await`) keeps senders from waking this task per event.
         tokio::time::sleep(TICK).await;
+        let mut handled = 0;
         loop {
             match rx.try_recv() {
                 Ok(Event::Statement(id, f)) => batch.push(finished(&*gate, id, f).await),
@@ -144,8 +169,10 @@ async fn drain(gate: Arc<dyn WireGate>, mut rx: mpsc::Receiver<Event>) {
                     return;
                 }
             }
+            handled += 1;
         }
         hand_over(&*gate, &mut batch).await;
+        pending.fetch_sub(handled, Ordering::AcqRel);
     }
 }
 

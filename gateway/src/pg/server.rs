@@ -128,6 +128,11 @@ impl WireServer {
         self
     }
 
+    /// The session recorder, for a shutdown that waits until it has handed everything over.
+    pub fn recorder(&self) -> Recorder {
+        self.shared.recorder.clone()
+    }
+
     /// A gauge of this server's open client connections, for a shutdown that waits for them.
     pub fn live_sessions(&self) -> LiveSessions {
         LiveSessions {
