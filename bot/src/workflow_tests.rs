@@ -583,6 +583,13 @@ async fn nonces_are_single_use() {
         assert!(store.consume_nonce("n-1", 3).await.unwrap());
         assert!(!store.consume_nonce("n-1", 4).await.unwrap());
         assert!(store.consume_nonce("n-2", 5).await.unwrap());
+        // Pruning forgets only old nonces of the prefix.
+        assert!(store.consume_nonce("slack:old", 10).await.unwrap());
+        assert!(store.consume_nonce("slack:new", 1_000).await.unwrap());
+        assert_eq!(store.prune_nonces("slack:", 500).await.unwrap(), 1);
+        assert!(store.consume_nonce("slack:old", 2_000).await.unwrap());
+        assert!(!store.consume_nonce("slack:new", 2_000).await.unwrap());
+        assert!(!store.consume_nonce("n-2", 2_000).await.unwrap());
     }
 }
 

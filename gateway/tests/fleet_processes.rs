@@ -106,6 +106,21 @@ impl Replica {
         }
     }
 
+    /// Waits for the process to exit (after a SIGTERM), failing the test past `limit`.
+    async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn kill_9(&mut self) {
         self.child.kill().expect("SIGKILL the replica");
         let _ = self.child.wait();
@@ -353,17 +368,7 @@ async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() 
         "{answer}"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = r.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = r.exit_within(Duration::from_secs(20)).await;
     assert!(exit.success(), "clean exit, got {exit:?}");
     let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM requests")
         .fetch_all(&pool)
@@ -445,17 +450,7 @@ async fn sigterm_lets_short_statements_finish_and_cancels_long_ones() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(s) = r.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = r.exit_within(Duration::from_secs(30)).await;
     assert!(exit.success(), "clean exit, got {exit:?}");
 }
 
@@ -784,17 +779,7 @@ async fn an_approved_wire_statement_finishing_during_shutdown_is_recorded_execut
             .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(1))),
         "DELETE 1"
     );
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let exit = loop {
-        if let Some(s) = r.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = r.exit_within(Duration::from_secs(40)).await;
     assert!(exit.success(), "clean exit, got {exit:?}");
     let status: String = sqlx::query_scalar("SELECT status FROM requests WHERE id = $1")
         .bind(&id)

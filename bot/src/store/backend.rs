@@ -1016,6 +1016,16 @@ macro_rules! sql_store {
                 Ok(r.rows_affected() == 1)
             }
 
+            async fn prune_nonces(&self, prefix: &str, used_before_ms: i64) -> Result<u64, StoreError> {
+                // A plain prefix compare: no LIKE patterns to escape, no collation order to rely on.
+                let r = sqlx::query("DELETE FROM used_nonces WHERE substr(nonce, 1, length($1)) = $1 AND used_ms < $2")
+                    .bind(prefix)
+                    .bind(used_before_ms)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(r.rows_affected())
+            }
+
             async fn release_nonce(&self, nonce: &str) -> Result<(), StoreError> {
                 sqlx::query("DELETE FROM used_nonces WHERE nonce = $1")
                     .bind(nonce)

@@ -199,6 +199,9 @@ pub trait Store: Send + Sync + 'static {
     /// Make a consumed nonce usable again: what it was consumed for failed before taking effect (a
     /// vote the store could not record), so the same link or delivery may be tried again.
     async fn release_nonce(&self, nonce: &str) -> Result<(), StoreError>;
+    /// Forget nonces starting with `prefix` used before `used_before_ms`: ones whose signed message is
+    /// refused as stale anyway (a Slack signature's timestamp window). Returns how many.
+    async fn prune_nonces(&self, prefix: &str, used_before_ms: i64) -> Result<u64, StoreError>;
 
     /// Record a session start.
     async fn session_started(&self, s: &SessionRecord) -> Result<(), StoreError>;

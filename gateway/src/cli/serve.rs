@@ -198,6 +198,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 engine
                     .end_idle_http_sessions(crate::engine::HTTP_SESSION_IDLE)
                     .await;
+                // A Slack signature older than its five-minute window is refused as stale anyway, so
+                // its replay nonce need not be kept (an hour leaves room for clock skew).
+                let hour_ago = countersign_bot::clock::now_ms() - 3_600_000;
+                if let Err(e) = engine.store().prune_nonces("slack:", hour_ago).await {
+                    tracing::debug!(error = %e, "could not prune old Slack replay nonces");
+                }
             }
         })
     };

@@ -781,21 +781,8 @@ where
         }
         match verdict.action {
             Action::Allow => {
-                forward(&mut self.backend.masker, &mut self.out, &frame);
-                self.backend.in_flight.push_back(InFlight {
-                    sql: Arc::from(sql),
-                    binds: vec![],
-                    decision: Action::Allow,
-                    request_id: None,
-                    executed: None,
-                    rejection: false,
-                    received,
-                    forwarded: received,
-                    batch: None,
-                    copy: self.query_marks(),
-                    prepared: self.sql_prepared.pending(&verdict),
-                    swallow_ready: false,
-                });
+                let prepared = self.sql_prepared.pending(&verdict);
+                self.forward_query(&frame, sql, Action::Allow, received, prepared);
                 None
             }
             Action::Block => {
@@ -813,21 +800,7 @@ where
             }
             Action::Review if self.refused_by_failed_transaction(verdict.statements.first()) => {
                 // PostgreSQL refuses it (25P02) without running it: it goes up to be refused at once.
-                forward(&mut self.backend.masker, &mut self.out, &frame);
-                self.backend.in_flight.push_back(InFlight {
-                    sql: Arc::from(sql),
-                    binds: vec![],
-                    decision: Action::Review,
-                    request_id: None,
-                    executed: None,
-                    rejection: false,
-                    received,
-                    forwarded: received,
-                    batch: None,
-                    copy: self.query_marks(),
-                    prepared: None,
-                    swallow_ready: false,
-                });
+                self.forward_query(&frame, sql, Action::Review, received, None);
                 None
             }
             Action::Review => Some(Held {
@@ -842,6 +815,32 @@ where
                 after_ready_part: false,
             }),
         }
+    }
+
+    /// Sends a simple Query upstream as received, awaiting its answer as `decision`'s.
+    fn forward_query(
+        &mut self,
+        frame: &[u8],
+        sql: &str,
+        decision: Action,
+        received: Instant,
+        prepared: Option<Box<super::prepared::PendingOps>>,
+    ) {
+        forward(&mut self.backend.masker, &mut self.out, frame);
+        self.backend.in_flight.push_back(InFlight {
+            sql: Arc::from(sql),
+            binds: vec![],
+            decision,
+            request_id: None,
+            executed: None,
+            rejection: false,
+            received,
+            forwarded: received,
+            batch: None,
+            copy: self.query_marks(),
+            prepared,
+            swallow_ready: false,
+        });
     }
 
     fn on_parse(&mut self, frame: &[u8]) -> Result<(), WireError> {
