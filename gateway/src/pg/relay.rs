@@ -1315,10 +1315,11 @@ fn misread_guard(
     let why = match backend.misread.first() {
         Some((name, value)) => format!("this session has {name} = {value}"),
         // Until its answer (and ParameterStatus) arrives, what a statement upstream set is unknown.
+        // (A refusal runs nothing of the statement it stands for.)
         None if backend
             .in_flight
             .iter()
-            .any(|f| may_change_text_reading(&f.sql)) =>
+            .any(|f| !f.rejection && may_change_text_reading(&f.sql)) =>
         {
             "a statement that may change how PostgreSQL reads statement text has not finished"
                 .to_string()
