@@ -1645,13 +1645,7 @@ async fn a_bind_without_execute_of_a_held_statement_is_held_too() {
         ))
         .await
         .unwrap();
-    gate.push_outcome(
-        Duration::from_millis(50),
-        HoldOutcome::Denied {
-            by: vec!["bob@example.com".into()],
-            reason: None,
-        },
-    );
+    deny_next(&gate);
     // The gateway under test holds DELETEs.
     let t = table_of_ids(&client, "(1), (2)").await;
     let mut s = raw_login(addr).await;
@@ -2069,13 +2063,7 @@ async fn a_held_statement_followed_by_flush_is_decided_at_the_flush() {
 
     // Denied: the notice and the error at once; what follows up to Sync is skipped, then one
     // ReadyForQuery, and the session goes on.
-    gate.push_outcome(
-        Duration::from_millis(50),
-        HoldOutcome::Denied {
-            by: vec!["bob@example.com".into()],
-            reason: None,
-        },
-    );
+    deny_next(&gate);
     s.write_all(&pipelined(8)).await.unwrap();
     let refused = read_frames_until(&mut s, b'E').await;
     assert_eq!(shown_tags(&refused), ["N", "E"], "{refused:?}");
@@ -2147,13 +2135,7 @@ async fn a_statement_in_a_failed_transaction_is_refused_upstream_without_a_reque
         gate.events()
     );
     // A batch that first runs a ROLLBACK would end the failure before its DELETE: it is held.
-    gate.push_outcome(
-        Duration::from_millis(50),
-        HoldOutcome::Denied {
-            by: vec!["bob@example.com".into()],
-            reason: None,
-        },
-    );
+    deny_next(&gate);
     let mut m = parse_unnamed("ROLLBACK");
     m.extend(bind_unnamed());
     m.extend(execute_unnamed(0));
@@ -2164,10 +2146,7 @@ async fn a_statement_in_a_failed_transaction_is_refused_upstream_without_a_reque
     s.write_all(&m).await.unwrap();
     let held = read_frames_until(&mut s, b'Z').await;
     assert_eq!(shown_tags(&held)[0], "N", "{held:?}");
-    assert!(gate
-        .events()
-        .iter()
-        .any(|e| matches!(e, GateEvent::Hold { .. })));
+    assert!(held_any(&gate), "{:?}", gate.events());
 }
 
 /// What went upstream ahead of its Sync (on Flush) may have ended the failed transaction: a statement
@@ -2192,13 +2171,7 @@ async fn a_rollback_sent_ahead_on_flush_leaves_the_next_statement_held() {
     s.write_all(&m).await.unwrap();
     let rolled = read_frames_until(&mut s, b'C').await;
     assert_eq!(shown_tags(&rolled), ["1", "2", "C ROLLBACK"], "{rolled:?}");
-    gate.push_outcome(
-        Duration::from_millis(50),
-        HoldOutcome::Denied {
-            by: vec!["bob@example.com".into()],
-            reason: None,
-        },
-    );
+    deny_next(&gate);
     s.write_all(&message(
         b'Q',
         &cstr("DELETE FROM cs_failed_tx_ahead WHERE id = 1"),
@@ -2207,10 +2180,7 @@ async fn a_rollback_sent_ahead_on_flush_leaves_the_next_statement_held() {
     .unwrap();
     let held = read_frames_until(&mut s, b'E').await;
     assert_eq!(shown_tags(&held)[0], "N", "held: {held:?}");
-    assert!(gate
-        .events()
-        .iter()
-        .any(|e| matches!(e, GateEvent::Hold { .. })));
+    assert!(held_any(&gate), "{:?}", gate.events());
 }
 
 /// When a unit the gateway decided at Flush (and ended with its own Sync) fails upstream, the client
@@ -2256,4 +2226,22 @@ async fn after_an_error_in_a_unit_decided_at_flush_the_rest_up_to_sync_is_skippe
         shown_tags(&read_frames_until(&mut s, b'Z').await),
         ["T", "D", "C SELECT 1", "Z I"]
     );
+}
+
+/// The next hold is denied by bob after 50 ms.
+fn deny_next(gate: &StaticGate) {
+    gate.push_outcome(
+        Duration::from_millis(50),
+        HoldOutcome::Denied {
+            by: vec!["bob@example.com".into()],
+            reason: None,
+        },
+    );
+}
+
+/// Whether any statement was held (an approval request made).
+fn held_any(gate: &StaticGate) -> bool {
+    gate.events()
+        .iter()
+        .any(|e| matches!(e, GateEvent::Hold { .. }))
 }
