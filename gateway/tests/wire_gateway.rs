@@ -2093,17 +2093,7 @@ async fn a_held_statement_followed_by_flush_is_decided_at_the_flush() {
 #[tokio::test]
 async fn a_statement_in_a_failed_transaction_is_refused_upstream_without_a_request() {
     let (gate, addr) = start().await;
-    direct()
-        .await
-        .batch_execute("CREATE TABLE IF NOT EXISTS cs_failed_tx (id int)")
-        .await
-        .unwrap();
-    let mut s = raw_login(addr).await;
-    s.write_all(&message(b'Q', &cstr("BEGIN; SELECT 1/0")))
-        .await
-        .unwrap();
-    let failed = read_frames_until(&mut s, b'Z').await;
-    assert_eq!(shown_tags(&failed).last().unwrap(), "Z E", "{failed:?}");
+    let mut s = in_a_failed_transaction(addr, "cs_failed_tx").await;
     let started = std::time::Instant::now();
     s.write_all(&message(
         b'Q',
@@ -2154,16 +2144,7 @@ async fn a_statement_in_a_failed_transaction_is_refused_upstream_without_a_reque
 #[tokio::test]
 async fn a_rollback_sent_ahead_on_flush_leaves_the_next_statement_held() {
     let (gate, addr) = start().await;
-    direct()
-        .await
-        .batch_execute("CREATE TABLE IF NOT EXISTS cs_failed_tx_ahead (id int)")
-        .await
-        .unwrap();
-    let mut s = raw_login(addr).await;
-    s.write_all(&message(b'Q', &cstr("BEGIN; SELECT 1/0")))
-        .await
-        .unwrap();
-    read_frames_until(&mut s, b'Z').await;
+    let mut s = in_a_failed_transaction(addr, "cs_failed_tx_ahead").await;
     let mut m = parse_unnamed("ROLLBACK");
     m.extend(bind_unnamed());
     m.extend(execute_unnamed(0));
@@ -2244,4 +2225,20 @@ fn held_any(gate: &StaticGate) -> bool {
     gate.events()
         .iter()
         .any(|e| matches!(e, GateEvent::Hold { .. }))
+}
+
+/// A session whose transaction has failed (`BEGIN; SELECT 1/0`), with `table (id int)` existing.
+async fn in_a_failed_transaction(addr: SocketAddr, table: &str) -> TcpStream {
+    direct()
+        .await
+        .batch_execute(&format!("CREATE TABLE IF NOT EXISTS {table} (id int)"))
+        .await
+        .unwrap();
+    let mut s = raw_login(addr).await;
+    s.write_all(&message(b'Q', &cstr("BEGIN; SELECT 1/0")))
+        .await
+        .unwrap();
+    let failed = read_frames_until(&mut s, b'Z').await;
+    assert_eq!(shown_tags(&failed).last().unwrap(), "Z E", "{failed:?}");
+    s
 }
