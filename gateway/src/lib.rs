@@ -12,6 +12,7 @@ pub mod masking;
 pub mod metrics;
 pub mod pg;
 pub mod policy;
+pub mod poll;
 pub mod upstream;
 
 /// Stack size of the threads that parse agents' SQL (the wire threads and the runtime's workers). The

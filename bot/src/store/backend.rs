@@ -342,6 +342,14 @@ impl StatementRow {
 /// `announce(conn, id)` (tell other replicas a request's status changed, on commit) and `feed()` (the
 /// matching [`crate::store::ChangeFeed`]). Audited transactions append their records last, so the chain's lock
 /// covers only the append and the commit.
+/// Which requests a re-send of a statement reuses (`$1` requester key, `$2` connection, `$3` statement
+/// hash, `$4` now): the look-up and the check under the creation lock must agree.
+macro_rules! reusable_request {
+    () => {
+        "requester_key = $1 AND connection = $2 AND statement_hash = $3 AND status IN ('pending', 'approved') AND expires_ms > $4"
+    };
+}
+
 macro_rules! sql_store {
     ($ty:ty, $db:ty, $conn:ty) => {
         use $crate::store::backend::{
@@ -550,7 +558,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                 let held: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM requests WHERE requester_key = $1 AND connection = $2 AND statement_hash = $3 AND status IN ('pending', 'approved') AND expires_ms > $4 LIMIT 1",
+                    concat!("SELECT id FROM requests WHERE ", $crate::store::backend::reusable_request!(), " LIMIT 1"),
                 )
                 .bind(&key)
                 .bind(&req.connection)
@@ -639,9 +647,11 @@ macro_rules! sql_store {
                 connection: &str,
                 hash: &StatementHash,
             ) -> Result<Option<ApprovalRequest>, StoreError> {
-                let row = sqlx::query(
-                    "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json FROM requests WHERE requester_key = $1 AND connection = $2 AND statement_hash = $3 AND status IN ('pending', 'approved') AND expires_ms > $4 ORDER BY created_ms DESC LIMIT 1",
-                )
+                let row = sqlx::query(concat!(
+                    "SELECT id, connection, statement, statement_hash, requester_json, rule, reasons_json, approver_groups_json, quorum, status, origin, session_id, created_ms, expires_ms, updated_ms, execution_json, remind_after_secs, escalate_after_secs, escalate_to_json FROM requests WHERE ",
+                    $crate::store::backend::reusable_request!(),
+                    " ORDER BY created_ms DESC LIMIT 1"
+                ))
                 .bind(requester_key)
                 .bind(connection)
                 .bind(hash.to_string())
@@ -1205,4 +1215,5 @@ macro_rules! sql_store {
     };
 }
 
+pub(crate) use reusable_request;
 pub(crate) use sql_store;

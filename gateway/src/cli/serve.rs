@@ -48,6 +48,9 @@ async fn drain_holds(engine: &Engine, limit: Duration) {
     tokio::time::sleep(Duration::from_millis(250)).await;
 }
 
+/// How long statements still running at shutdown may finish before they are cancelled.
+const BUSY_STATEMENT_GRACE: Duration = Duration::from_secs(10);
+
 /// Run the wire proxy on its own single-threaded runtimes and OS threads (`[wire] threads`): the first accepts
 /// and shares sessions round-robin with the others, and a session stays on its thread. A round trip through
 /// the proxy is then one epoll wake-up on one thread (as in pgbouncer) instead of hops between work-stealing
@@ -56,9 +59,6 @@ async fn drain_holds(engine: &Engine, limit: Duration) {
 /// supports across runtimes. The returned task finishes when the wire runtimes have stopped; they keep
 /// sessions alive after the listener closes until `exit` fires, so held clients can be told their request
 /// stays pending.
-/// How long statements still running at shutdown may finish before they are cancelled.
-const BUSY_STATEMENT_GRACE: Duration = Duration::from_secs(10);
-
 async fn spawn_wire(
     wcfg: crate::pg::config::WireConfig,
     engine: Arc<Engine>,
@@ -261,10 +261,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(30), http_task).await;
     // Results of approved executions reach the store (wire results pass through the recorder's tick), so a
     // clean stop never leaves one to be declared interrupted.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while engine.workflow.executions_in_progress() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::poll::until(Duration::from_secs(10), Duration::from_millis(50), || {
+        engine.workflow.executions_in_progress() == 0
+    })
+    .await;
     sessions_task.abort();
     engine.end_idle_http_sessions(Duration::ZERO).await;
     // Give the outbox one last pass so queued notifications go out before exit; the rest survive in the store.

@@ -240,7 +240,7 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
     }
     let lists_so_far = out.clone();
     for (name, check, policy) in checks {
-        let Some(why) = check_runs_code(&check, Some(&lists_so_far)) else {
+        let Some(why) = check_runs_code(&check, &lists_so_far) else {
             continue;
         };
         if policy {
@@ -287,10 +287,23 @@ fn not_allowed_reasons(facts: &[crate::policy::StatementFacts]) -> Option<Vec<St
     )
 }
 
+/// `sql` classified as a statement on this database: what it defines counts in a definition or CHECK as
+/// in a statement (a function shadowing a built-in, an operator spelled like one, a type whose casts or
+/// CHECK run code, a table read through a foreign-data wrapper).
+fn classify_in(sql: &str, db: &DatabaseFunctions) -> Vec<crate::policy::StatementFacts> {
+    let mut facts = crate::policy::classify::classify(sql);
+    for f in facts.iter_mut() {
+        if let Some(judged) = crate::policy::database_code_in(db, f) {
+            *f = judged;
+        }
+    }
+    facts
+}
+
 /// Why a CHECK (`pg_get_constraintdef`: `CHECK (expr)`, maybe `NOT VALID`) runs code the policy would
 /// not allow in a statement, as `CHECK (expr) (reasons)`: its expression is classified as
 /// `SELECT expr`. A check the classifier can't read counts as running code (fail closed).
-fn check_runs_code(check: &str, db: Option<&DatabaseFunctions>) -> Option<String> {
+fn check_runs_code(check: &str, db: &DatabaseFunctions) -> Option<String> {
     let expr = check
         .trim()
         .strip_suffix("NOT VALID")
@@ -298,14 +311,7 @@ fn check_runs_code(check: &str, db: Option<&DatabaseFunctions>) -> Option<String
         .trim()
         .strip_prefix("CHECK")
         .unwrap_or(check);
-    let mut facts = crate::policy::classify::classify(&format!("SELECT {expr}"));
-    if let Some(db) = db {
-        for f in facts.iter_mut() {
-            if let Some(judged) = crate::policy::database_code_in(db, f) {
-                *f = judged;
-            }
-        }
-    }
+    let facts = classify_in(&format!("SELECT {expr}"), db);
     let not_allowed = not_allowed_reasons(&facts).unwrap_or_default();
     (!not_allowed.is_empty() || facts.len() != 1)
         .then(|| format!("{} ({})", check.trim(), not_allowed.join("; ")))
@@ -323,15 +329,7 @@ fn views_that_run_code(
     let mut flagged = calls;
     let mut reads: Vec<(&str, Vec<String>)> = Vec::new();
     for (name, definition) in definitions {
-        let mut facts = crate::policy::classify::classify(definition);
-        // What the database defines counts in a definition as in a statement: a function shadowing a
-        // built-in, an operator spelled like one, a type whose casts or CHECK run code, a table read
-        // through a program.
-        for f in facts.iter_mut() {
-            if let Some(judged) = crate::policy::database_code_in(db, f) {
-                *f = judged;
-            }
-        }
+        let facts = classify_in(definition, db);
         if let Some(why) = not_allowed_reasons(&facts) {
             for why in why {
                 push_reason(&mut flagged, name.clone(), why);

@@ -576,7 +576,6 @@ fn shown_binary(v: &[u8], declared: u32) -> String {
     )
 }
 
-/// The parameter type OIDs of a Parse body after its query text (at `pos`); None when malformed.
 /// PostgreSQL's first OID for objects a database defines (`FirstNormalObjectId`).
 const FIRST_USER_OID: u32 = 16384;
 
@@ -588,15 +587,18 @@ fn declares_user_type(param_types: &[u32]) -> bool {
 /// function and domain CHECKs on the bound value, code the statement's text never names: held under the
 /// built-in policy (a configured rule that decided stands; a block stays a block).
 fn with_declared_types(verdict: Arc<Verdict>, param_types: &[u32]) -> Arc<Verdict> {
+    if !declares_user_type(param_types)
+        || verdict.action == Action::Block
+        || verdict.rule != "default"
+    {
+        return verdict;
+    }
     let declared: Vec<String> = param_types
         .iter()
         .enumerate()
         .filter(|(_, oid)| **oid >= FIRST_USER_OID)
         .map(|(i, oid)| format!("${} (type OID {oid})", i + 1))
         .collect();
-    if declared.is_empty() || verdict.action == Action::Block || verdict.rule != "default" {
-        return verdict;
-    }
     let mut judged = (*verdict).clone();
     judged.action = Action::Review;
     judged.reasons.insert(
@@ -609,6 +611,7 @@ fn with_declared_types(verdict: Arc<Verdict>, param_types: &[u32]) -> Arc<Verdic
     Arc::new(judged)
 }
 
+/// The parameter type OIDs of a Parse body after its query text (at `pos`); None when malformed.
 pub fn parse_param_types(body: &[u8], mut pos: usize) -> Option<Vec<u32>> {
     let count = usize::from(read_u16(body, &mut pos)?);
     let mut types = Vec::with_capacity(count);

@@ -72,14 +72,7 @@ impl Recorder {
     /// approved executions), or `limit` has passed; true when all have. For a shutdown: the recorder
     /// runs on the wire runtime, which stops after this.
     pub async fn settled(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.pending.load(Ordering::Acquire) > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(TICK).await;
-        }
-        true
+        crate::poll::until(limit, TICK, || self.pending.load(Ordering::Acquire) == 0).await
     }
 
     /// Records the start of a session.

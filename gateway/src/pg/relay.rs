@@ -163,9 +163,7 @@ pub struct Relay<CR, CW, SR, SW> {
     copy_ends: u64,
     /// Set while the unit being decided ends with a Sync the gateway added ([`InFlight::swallow_ready`]).
     swallow_next: bool,
-    /// Set while a hold decided at a client's Flush (not its Sync) is under way.
-    decided_at_flush: bool,
-    /// Set when a statement decided at Flush was refused: client messages are dropped up to its Sync.
+    /// Set when a unit decided at Flush failed or was refused: client messages are dropped up to its Sync.
     skip_until_sync: bool,
     /// Set when the unit last decided went upstream only to be skipped (what went ahead had failed).
     unit_skipped: bool,
@@ -217,7 +215,6 @@ where
             client_gone: false,
             copy_ends: 0,
             swallow_next: false,
-            decided_at_flush: false,
             skip_until_sync: false,
             unit_skipped: false,
             ready_part_sent: false,
@@ -270,27 +267,10 @@ where
         if !self.sbuf.is_empty() {
             self.on_server_data().await?;
         }
-        // One future for the whole session (not one per event): it resolves when the gateway shuts
-        // down, or when the sender is gone (the process exiting).
-        let shutdown = self.ctx.shutdown.clone();
-        let stop = async move {
-            match shutdown {
-                Some(mut rx) => {
-                    let _ = rx.wait_for(|s| *s).await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
+        // One future each for the whole session (not one per event).
+        let stop = turns_true(self.ctx.shutdown.clone());
         tokio::pin!(stop);
-        let cancel_busy = self.ctx.cancel_busy.clone();
-        let out_of_grace = async move {
-            match cancel_busy {
-                Some(mut rx) => {
-                    let _ = rx.wait_for(|s| *s).await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
+        let out_of_grace = turns_true(self.ctx.cancel_busy.clone());
         tokio::pin!(out_of_grace);
         let mut stopping = false;
         loop {
@@ -396,13 +376,12 @@ where
                     let errors = self.backend.errors;
                     self.flush_out().await?;
                     if let Some(held) = held {
-                        self.decided_at_flush = true;
                         self.hold(held).await?;
-                        self.decided_at_flush = false;
                     }
-                    // The gateway's Sync ended PostgreSQL's skipping after an error in that unit,
-                    // which the client still expects up to its own Sync: its answer is awaited and,
-                    // after an error, the client's messages up to its Sync are dropped here instead.
+                    // The gateway's Sync ended PostgreSQL's skipping after an error in that unit (a
+                    // refusal is one too), which the client still expects up to its own Sync: its
+                    // answer is awaited and, after an error, the client's messages up to its Sync are
+                    // dropped here instead.
                     self.drain_in_flight().await?;
                     let skipped = std::mem::take(&mut self.unit_skipped);
                     if self.backend.errors != errors || skipped {
@@ -586,8 +565,8 @@ where
             }
             self.client_need = 0;
             if self.skip_until_sync && tag != b'S' {
-                // After a statement decided at Flush was refused, PostgreSQL would skip every message
-                // up to the client's Sync.
+                // After an error in a unit decided at Flush, PostgreSQL would skip every message up to
+                // the client's Sync.
                 self.cbuf.advance(total);
                 continue;
             }
@@ -1037,9 +1016,6 @@ where
     /// Sends the refusal as a failing statement through the upstream, so the client sees ErrorResponse
     /// then ReadyForQuery in order and an open transaction really becomes failed (`E`).
     fn refuse(&mut self, r: Refusal<'_>) {
-        if self.decided_at_flush {
-            self.skip_until_sync = true;
-        }
         if self.backend.masker.is_some() {
             let mut bytes = BytesMut::new();
             put_refusal(&mut bytes, r.code, &r.message);
@@ -1300,9 +1276,9 @@ where
 /// [`BackendTracker::misread`]), a statement whose reading could differ is refused: with a backslash
 /// (`standard_conforming_strings` off makes it escape a quote) or a non-ASCII character (whose last byte
 /// may be a backslash in the client encoding), the verdict could be about a statement PostgreSQL never
-/// sees. ASCII text without a backslash reads the same either way. The same holds while an approved
-/// statement that may change those settings has not answered yet (a pipelined statement would be read
-/// after it).
+/// sees. ASCII text without a backslash reads the same either way. The same holds while a statement that
+/// may change or undo those settings has not answered yet, or part of a batch went ahead unanswered (a
+/// pipelined statement would be read after it).
 fn misread_guard(
     backend: &BackendTracker,
     sent_ahead: bool,
@@ -1339,6 +1315,16 @@ fn misread_guard(
         rule: "gateway".into(),
         review: None,
     })
+}
+
+/// Resolves once `signal` turns true, or its sender is gone (the process exiting); never without one.
+async fn turns_true(signal: Option<tokio::sync::watch::Receiver<bool>>) {
+    match signal {
+        Some(mut rx) => {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// True when `sql` may change `standard_conforming_strings` or `client_encoding`.

@@ -40,14 +40,10 @@ impl LiveSessions {
 
     /// Waits until no client connection is open, or `limit` has passed; true when none is.
     pub async fn wait_none(&self, limit: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.count() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        true
+        crate::poll::until(limit, std::time::Duration::from_millis(20), || {
+            self.count() == 0
+        })
+        .await
     }
 }
 
