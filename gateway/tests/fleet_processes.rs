@@ -63,6 +63,18 @@ ttl = "1h"
     )
 }
 
+/// The agent logged in to connection `local` through a replica's wire listener on `port`.
+async fn agent_on_the_wire(port: u16) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=agent password={AGENT_TOKEN} dbname=local"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the wire listener");
+    tokio::spawn(conn);
+    client
+}
+
 /// A `countersign serve` child process, killed with SIGKILL on drop if still running.
 struct Replica {
     child: Child,
@@ -277,13 +289,7 @@ async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() 
         "[wire]\nlisten = \"127.0.0.1:{wire_port}\"\nallow_cleartext_without_tls = true\nhold_wait = 120\n"
     );
     let mut r = Replica::start(&config(&store_url, http_port, &wire), http_port).await;
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={wire_port} user=agent password={AGENT_TOKEN} dbname=local"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect to the wire listener");
-    tokio::spawn(conn);
+    let client = agent_on_the_wire(wire_port).await;
     let held = tokio::spawn(async move {
         client
             .simple_query("DELETE FROM fleet_sigterm_target")
@@ -396,19 +402,10 @@ async fn sigterm_lets_short_statements_finish_and_cancels_long_ones() {
         "[[policy.rules]]\nname = \"sleepers\"\nconnections = [\"local\"]\naction = \"allow\"\n\n[wire]\nlisten = \"127.0.0.1:{wire_port}\"\nallow_cleartext_without_tls = true\n"
     );
     let mut r = Replica::start(&config(&store_url, http_port, &wire), http_port).await;
-    let connect = || async {
-        let (client, conn) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={wire_port} user=agent password={AGENT_TOKEN} dbname=local"
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .expect("connect to the wire listener");
-        tokio::spawn(conn);
-        client
-    };
-    let (short, long) = (connect().await, connect().await);
+    let (short, long) = (
+        agent_on_the_wire(wire_port).await,
+        agent_on_the_wire(wire_port).await,
+    );
     let started = Instant::now();
     let short_run = tokio::spawn(async move {
         let rows = short.simple_query("SELECT pg_sleep(2), 'finished'").await;
@@ -720,13 +717,7 @@ async fn an_approved_wire_statement_finishing_during_shutdown_is_recorded_execut
         reviewer_tokens()
     );
     let mut r = Replica::start(&config(&store_url, http_port, &extra), http_port).await;
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={wire_port} user=agent password={AGENT_TOKEN} dbname=local"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect to the wire listener");
-    tokio::spawn(conn);
+    let client = agent_on_the_wire(wire_port).await;
     let sql = format!("DELETE FROM {table}");
     let run = tokio::spawn(async move { client.simple_query(&sql).await });
     let pool = sqlx::PgPool::connect(&store_url).await.unwrap();
