@@ -612,6 +612,45 @@ async fn delegated_jwt_chain_cannot_vote_for_its_own_human() {
 }
 
 #[tokio::test]
+async fn a_chain_whose_human_has_no_verified_email_is_refused_a_hold_and_audited() {
+    let idp = Idp::start().await;
+    let gw = spawn_gateway(
+        &format!("{}\n{}", idp.config(), base_config("")),
+        Backend::Sqlite,
+    )
+    .await;
+    let t = make_table("cs_act_noemail").await;
+    // Alice known to the IdP by subject alone (her e-mail unverified): as a reviewer through Slack or
+    // e-mail nothing would tie her to this request.
+    let mut claims = idp.claims("human-alice");
+    claims["email"] = json!("alice@example.com");
+    claims["email_verified"] = json!(false);
+    claims["act"] = json!({ "sub": "subagent-7", "act": { "sub": "planner-agent" } });
+    let agent_token = idp.sign(&claims, "rsa-a", &idp::key_a());
+    // Reads still run for her agents.
+    assert_eq!(gw.query(&agent_token, "SELECT 1").await.status, 200);
+    let r = gw
+        .query(&agent_token, &format!("INSERT INTO {t} VALUES (1,'a')"))
+        .await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.body["error"], "requester_without_email", "{:?}", r.body);
+    assert!(gw.store.list_requests(None, 10).await.unwrap().is_empty());
+    let audit = gw.store.audit_records(0, 1000).await.unwrap();
+    assert!(
+        audit.iter().any(|a| a.entry.action == "statement.refused"
+            && a.entry.detail["code"] == "requester_without_email"),
+        "{audit:#?}"
+    );
+    let rows: i64 = direct()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "nothing ran");
+}
+
+#[tokio::test]
 async fn a_workload_token_naming_an_approver_as_its_actor_cannot_vote() {
     let idp = Idp::start().await;
     let gw = spawn_gateway(
@@ -662,71 +701,138 @@ async fn audit_chain_verifies_and_a_database_edit_is_named() {
         assert!(matches!(verify_chain(&records), ChainCheck::Intact { .. }));
 
         // The CLI agrees.
-        let cfg_path =
-            std::env::temp_dir().join(format!("cs-audit-{}.toml", uuid::Uuid::new_v4().simple()));
-        std::fs::write(
-            &cfg_path,
-            format!("{}\n[store]\nurl = \"{}\"\n", base_config(""), gw.store_url),
-        )
-        .unwrap();
-        let verify = |path: std::path::PathBuf| async move {
-            use clap::Parser;
-            let cli = countersign_gateway::cli::Cli::parse_from([
-                "countersign",
-                "--config",
-                path.to_str().unwrap(),
-                "audit",
-                "verify",
-            ]);
-            countersign_gateway::cli::run(cli).await.unwrap()
-        };
         assert_eq!(
-            verify(cfg_path.clone()).await,
+            cli_audit_verify(&gw.store_url).await,
             std::process::ExitCode::SUCCESS
         );
 
         // Someone with database access edits record #3 (after disabling the append-only trigger).
         let target_seq = 3i64;
-        match backend {
-            Backend::Sqlite => {
-                use sqlx::Connection;
-                let mut c = sqlx::SqliteConnection::connect(&gw.store_url)
-                    .await
-                    .unwrap();
-                sqlx::query("DROP TRIGGER audit_no_update")
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                sqlx::query("UPDATE audit SET actor = 'someone-else' WHERE seq = $1")
-                    .bind(target_seq)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-            }
-            Backend::Postgres => {
-                use sqlx::Connection;
-                let mut c = sqlx::PgConnection::connect(&gw.store_url).await.unwrap();
-                sqlx::query("ALTER TABLE audit DISABLE TRIGGER audit_no_update")
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                sqlx::query("UPDATE audit SET actor = 'someone-else' WHERE seq = $1")
-                    .bind(target_seq)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-            }
-        }
+        tamper(
+            backend,
+            &gw.store_url,
+            &format!("UPDATE audit SET actor = 'someone-else' WHERE seq = {target_seq}"),
+        )
+        .await;
         let records = gw.store.audit_records(0, 1000).await.unwrap();
         match verify_chain(&records) {
             ChainCheck::Broken { seq, .. } => assert_eq!(seq, target_seq, "{backend:?}"),
             other => panic!("{backend:?}: tampering not detected: {other:?}"),
         }
         assert_eq!(
-            verify(cfg_path.clone()).await,
+            cli_audit_verify(&gw.store_url).await,
             std::process::ExitCode::from(1)
         );
-        let _ = std::fs::remove_file(cfg_path);
+    }
+}
+
+/// Runs `sql` on the gateway's store as someone with database access would: with the audit table's
+/// append-only triggers out of the way.
+async fn tamper(backend: Backend, store_url: &str, sql: &str) {
+    use sqlx::Connection;
+    match backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(store_url).await.unwrap();
+            sqlx::raw_sql(
+                "DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete",
+            )
+            .execute(&mut c)
+            .await
+            .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(store_url).await.unwrap();
+            sqlx::raw_sql("ALTER TABLE audit DISABLE TRIGGER audit_no_update")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// `countersign audit verify` against `store_url`.
+async fn cli_audit_verify(store_url: &str) -> std::process::ExitCode {
+    use clap::Parser;
+    let cfg_path =
+        std::env::temp_dir().join(format!("cs-audit-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &cfg_path,
+        format!("{}\n[store]\nurl = \"{}\"\n", base_config(""), store_url),
+    )
+    .unwrap();
+    let cli = countersign_gateway::cli::Cli::parse_from([
+        "countersign",
+        "--config",
+        cfg_path.to_str().unwrap(),
+        "audit",
+        "verify",
+    ]);
+    let code = countersign_gateway::cli::run(cli).await.unwrap();
+    let _ = std::fs::remove_file(cfg_path);
+    code
+}
+
+#[tokio::test]
+async fn records_cut_from_the_end_of_the_audit_chain_are_reported_and_stay_reported() {
+    for backend in BACKENDS {
+        let gw = spawn_gateway(&base_config(""), backend).await;
+        let t = make_table("cs_audit_cut").await;
+        let id = id_of(
+            &gw.query(AGENT, &format!("INSERT INTO {t} VALUES (1,'a')"))
+                .await,
+        );
+        gw.vote(BOB, &id, "approve").await;
+        gw.vote(CAROL, &id, "approve").await;
+        assert_eq!(
+            cli_audit_verify(&gw.store_url).await,
+            std::process::ExitCode::SUCCESS
+        );
+        let head = gw.store.audit_head().await.unwrap().expect("a head");
+        // The votes and the resolution go; every remaining link still holds.
+        tamper(
+            backend,
+            &gw.store_url,
+            &format!("DELETE FROM audit WHERE seq > {}", head.0 - 3),
+        )
+        .await;
+        let records = gw.store.audit_records(0, 10_000).await.unwrap();
+        assert!(matches!(verify_chain(&records), ChainCheck::Intact { .. }));
+        let head = gw.store.audit_head().await.unwrap();
+        assert!(
+            matches!(
+                countersign_bot::audit::verify_chain_to_head(
+                    &records,
+                    head.as_ref().map(|(s, h)| (*s, h.as_str()))
+                ),
+                ChainCheck::Broken { .. }
+            ),
+            "{backend:?}"
+        );
+        assert_eq!(
+            cli_audit_verify(&gw.store_url).await,
+            std::process::ExitCode::from(1),
+            "{backend:?}: the cut is reported"
+        );
+        // New records link to the head, not to what is left: the gap stays visible.
+        assert_eq!(
+            gw.query(AGENT, "DELETE FROM nowhere_cut WHERE id = 1")
+                .await
+                .status,
+            202
+        );
+        assert_eq!(
+            cli_audit_verify(&gw.store_url).await,
+            std::process::ExitCode::from(1),
+            "{backend:?}: the cut stays reported after new records"
+        );
     }
 }
 

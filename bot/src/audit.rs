@@ -137,6 +137,51 @@ pub enum ChainCheck {
     },
 }
 
+/// [`verify_chain`], then that the chain ends where its head (as the store's appends left it) says:
+/// records cut from the end leave every remaining link intact, and only the head tells.
+pub fn verify_chain_to_head<'a>(
+    records: impl IntoIterator<Item = &'a AuditRecord>,
+    head: Option<(i64, &str)>,
+) -> ChainCheck {
+    let mut last: Option<(i64, &str)> = None;
+    let check = verify_chain(
+        records
+            .into_iter()
+            .inspect(|r| last = Some((r.seq, &r.hash))),
+    );
+    let ChainCheck::Intact { .. } = check else {
+        return check;
+    };
+    match (head, last) {
+        (None, None) => check,
+        (Some((seq, hash)), Some((last_seq, last_hash))) if seq == last_seq && hash == last_hash => {
+            check
+        }
+        (Some((seq, _)), Some((last_seq, _))) if seq > last_seq => ChainCheck::Broken {
+            seq: last_seq + 1,
+            problem: format!(
+                "the chain's head records #{seq} but the chain ends at #{last_seq}: records at the end were deleted"
+            ),
+        },
+        (Some((seq, _)), None) => ChainCheck::Broken {
+            seq: 1,
+            problem: format!(
+                "the chain's head records #{seq} but there are no records: they were deleted"
+            ),
+        },
+        (Some((seq, _)), Some((last_seq, _))) => ChainCheck::Broken {
+            seq: last_seq,
+            problem: format!(
+                "the chain's head records #{seq} (hash differs or is earlier) but the chain ends at #{last_seq}: the head or the last records were altered"
+            ),
+        },
+        (None, Some(_)) => ChainCheck::Broken {
+            seq: 1,
+            problem: "the chain's head is missing: it was deleted".into(),
+        },
+    }
+}
+
 /// Verify records given in sequence order; names the first broken record.
 pub fn verify_chain<'a>(records: impl IntoIterator<Item = &'a AuditRecord>) -> ChainCheck {
     let mut prev = GENESIS_HASH.to_string();
@@ -204,6 +249,40 @@ mod tests {
         assert!(matches!(
             verify_chain(&c),
             ChainCheck::Broken { seq: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn a_chain_falling_short_of_its_head_is_broken() {
+        let c = chain(5);
+        fn head(r: &AuditRecord) -> Option<(i64, &str)> {
+            Some((r.seq, r.hash.as_str()))
+        }
+        assert_eq!(
+            verify_chain_to_head(&c, head(&c[4])),
+            ChainCheck::Intact { records: 5 }
+        );
+        assert_eq!(
+            verify_chain_to_head(&[], None),
+            ChainCheck::Intact { records: 0 }
+        );
+        // The last two records cut: what is left links up, only the head tells.
+        assert!(matches!(
+            verify_chain_to_head(&c[..3], head(&c[4])),
+            ChainCheck::Broken { seq: 4, .. }
+        ));
+        assert!(matches!(
+            verify_chain_to_head(&[], head(&c[4])),
+            ChainCheck::Broken { seq: 1, .. }
+        ));
+        // The head deleted, or set back.
+        assert!(matches!(
+            verify_chain_to_head(&c, None),
+            ChainCheck::Broken { .. }
+        ));
+        assert!(matches!(
+            verify_chain_to_head(&c, head(&c[2])),
+            ChainCheck::Broken { .. }
         ));
     }
 

@@ -1,6 +1,6 @@
 //! Approver groups: who may vote on what.
 
-use crate::identity::Identity;
+use crate::identity::{canonical_email, Identity};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -16,15 +16,14 @@ pub struct ApproverGroup {
 }
 
 impl ApproverGroup {
-    /// True when `who` is a member (by e-mail or IdP group).
+    /// True when `who` is a member (by e-mail, compared as the mailbox it reaches, or IdP group).
     pub fn contains(&self, who: &Identity) -> bool {
         let by_email = who
             .email
             .as_deref()
             .map(|e| {
-                self.members
-                    .iter()
-                    .any(|m| m.trim().eq_ignore_ascii_case(e.trim()))
+                let mailbox = canonical_email(e);
+                self.members.iter().any(|m| canonical_email(m) == mailbox)
             })
             .unwrap_or(false);
         by_email
@@ -48,9 +47,10 @@ impl ApproverDirectory {
             groups: groups
                 .into_iter()
                 .map(|mut g| {
-                    // `" Bob@example.com "` is Bob: lists, mail recipients and comparisons see the address.
+                    // `" Bob@example.com. "` is Bob: lists, mail recipients and comparisons see the
+                    // address (a fully qualified domain's trailing dot is refused by mail servers).
                     for m in &mut g.members {
-                        *m = m.trim().to_string();
+                        *m = m.trim().trim_end_matches('.').to_string();
                     }
                     (g.name.clone(), g)
                 })
@@ -125,6 +125,44 @@ mod tests {
         assert_eq!(
             dir.member_emails(&groups),
             ["Bob@example.com", "carol@example.com"]
+        );
+    }
+
+    #[test]
+    fn membership_is_by_mailbox() {
+        let dir = ApproverDirectory::new([ApproverGroup {
+            name: "dba".into(),
+            members: vec!["carol@example.com".into(), "ALICE@Example.com.".into()],
+            idp_groups: vec![],
+        }]);
+        let groups = ["dba".to_string()];
+        let person = |email: &str| Identity {
+            issuer: "jira".into(),
+            subject: email.into(),
+            email: Some(email.into()),
+            kind: crate::identity::IdentityKind::Human,
+            groups: vec![],
+        };
+        for member in [
+            "Carol+jira@Example.COM",
+            " carol@example.com. ",
+            "alice@example.com",
+        ] {
+            assert!(dir.is_member_of_any(&groups, &person(member)), "{member}");
+        }
+        for stranger in [
+            "carol@example.co",
+            "carole@example.com",
+            "carol@evil.example.com",
+        ] {
+            assert!(
+                !dir.is_member_of_any(&groups, &person(stranger)),
+                "{stranger}"
+            );
+        }
+        assert_eq!(
+            dir.member_emails(&groups),
+            ["carol@example.com", "ALICE@Example.com"]
         );
     }
 }

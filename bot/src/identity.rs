@@ -112,6 +112,14 @@ impl RequesterChain {
         })
     }
 
+    /// The first human in the chain known only by issuer and subject (no e-mail): reviewers are told
+    /// apart by e-mail across channels, so such a person could approve their own request unnoticed.
+    pub fn human_without_email(&self) -> Option<&Identity> {
+        self.0
+            .iter()
+            .find(|i| i.is_human() && i.email.as_deref().is_none_or(|e| e.trim().is_empty()))
+    }
+
     /// A stable key for "the same requester" (used to let a re-sent approved statement run once, and
     /// to let a requester cancel their own request). Humans are keyed by their mailbox, as for voting;
     /// a workload always by issuer and subject, since workload tokens often carry a person's e-mail

@@ -25,6 +25,9 @@ pub enum WorkflowError {
     /// No such request.
     #[error("no request {0}: check the id, or list requests with GET /v1/requests")]
     NotFound(RequestId),
+    /// A human in the requester chain has no e-mail, so separation of duties could not be enforced.
+    #[error("this statement needs approval, but {0} (a human in the requester chain) has no verified e-mail address: reviewers are told apart by e-mail, so this person could approve their own request; use an identity with one (an IdP token with a verified email claim, or a static identity with email set)")]
+    RequesterWithoutEmail(String),
 }
 
 /// What submitting a statement for review produced.
@@ -56,7 +59,8 @@ pub enum VoteResult {
 /// Why a vote was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// Stable code: `workload_cannot_vote`, `voter_without_email`, `requester_cannot_approve`,
+    /// Stable code: `workload_cannot_vote`, `voter_without_email`, `requester_without_email`,
+    /// `requester_cannot_approve`,
     /// `not_an_approver`, `resolved`, `expired`, `already_voted`, `statement_not_shown_whole`.
     pub code: &'static str,
     /// What happened and what to do.
@@ -223,6 +227,9 @@ impl Workflow {
     /// Submit a statement that needs review: reuse the requester's pending or approved request for exactly
     /// this statement, or create a new one.
     pub async fn submit(&self, new: NewRequest) -> Result<Submitted, WorkflowError> {
+        if let Some(who) = new.requester.human_without_email() {
+            return Err(WorkflowError::RequesterWithoutEmail(who.display_name()));
+        }
         // A concurrent send of the same statement may create its request between the look-up and the
         // insert; the store then refuses a second one, and the look-up runs again to find it.
         let mut attempts = 0;
@@ -423,6 +430,16 @@ impl Workflow {
                 reason: format!(
                     "{} has no verified e-mail address, so Countersign cannot count this person once across channels: vote with an identity that has one (an IdP token with a verified email claim, or a static identity with email set)",
                     voter.display_name()
+                ),
+            });
+        }
+        // (Requests are not created for such a chain; one stored before that rule gets no votes.)
+        if let Some(who) = view.request.requester.human_without_email() {
+            return Some(Refusal {
+                code: "requester_without_email",
+                reason: format!(
+                    "{} in this request's requester chain has no verified e-mail address, so Countersign cannot tell whether you are that person: nobody can vote on this request; cancel it and re-send the statement with an identity that has one",
+                    who.display_name()
                 ),
             });
         }

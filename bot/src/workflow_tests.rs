@@ -7,7 +7,7 @@ use crate::ids::StatementHash;
 use crate::request::{Decision, ExecutionSummary, NewRequest, RequestStatus};
 use crate::store::{OutboxStatus, Store};
 use crate::testing::{fresh_pg, fresh_sqlite, human, workload, TempDir};
-use crate::workflow::{Submitted, VoteResult, Workflow, MAX_TTL};
+use crate::workflow::{Submitted, VoteResult, Workflow, WorkflowError, MAX_TTL};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,6 +280,36 @@ async fn a_person_known_without_an_email_cannot_vote_a_second_time_under_their_a
             .iter()
             .any(|a| a.entry.action == "vote.refused"
                 && a.entry.detail["code"] == "voter_without_email"));
+    }
+}
+
+#[tokio::test]
+async fn a_requester_chain_with_a_human_known_without_an_email_is_not_held() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        // The person an agent acts for, known to the IdP only by subject: as a voter through Slack or
+        // e-mail (identified by address) nothing would tie them to this request.
+        let mut alice_by_subject = human("alice@example.com");
+        alice_by_subject.issuer = "https://idp.example.com".into();
+        alice_by_subject.subject = "user:alice".into();
+        alice_by_subject.email = None;
+        for chain in [
+            RequesterChain(vec![workload("deploy-agent"), alice_by_subject.clone()]),
+            RequesterChain(vec![
+                workload("subagent-7"),
+                workload("deploy-agent"),
+                alice_by_subject.clone(),
+            ]),
+            RequesterChain::single(alice_by_subject.clone()),
+        ] {
+            let mut new = new_request("DELETE FROM t WHERE id = 3", 2, 3600);
+            new.requester = chain;
+            match wf.submit(new).await {
+                Err(WorkflowError::RequesterWithoutEmail(who)) => assert_eq!(who, "user:alice"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+        assert!(store.list_requests(None, 100).await.unwrap().is_empty());
     }
 }
 

@@ -639,6 +639,26 @@ async fn startup_settings_pass_only_when_set_would_pass_without_review() {
         assert_eq!(code, "42501", "{options}: {message}");
         assert!(message.contains(named), "{options}: {message}");
     }
+    // PostgreSQL splits `options` on a vertical tab (C's isspace) too: one harmless-looking value
+    // here would be two settings there.
+    for options in [
+        "-capplication_name=a\u{b}-crole=postgres",
+        "-capplication_name=a\u{c}-csession_replication_role=replica",
+    ] {
+        let mut config: tokio_postgres::Config = conn_str(addr, TOKEN).parse().unwrap();
+        config.options(options);
+        let err = config
+            .connect(NoTls)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{options:?} was accepted"));
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "42501", "{options:?}: {message}");
+        assert!(
+            message.contains("control characters"),
+            "{options:?}: {message}"
+        );
+    }
 }
 
 #[tokio::test]

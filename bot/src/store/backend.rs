@@ -472,7 +472,9 @@ macro_rules! sql_store {
             /// transaction ends, so call this last, just before committing.
             async fn append_audits_in(conn: &mut $conn, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError> {
                 Self::lock_audit(&mut *conn).await?;
-                let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                // From the head, not the last row: after records were cut from the end, the next one
+                // links to what was cut, and the gap stays for `audit verify` to report.
+                let last = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
                     .fetch_optional(&mut *conn)
                     .await?;
                 let (mut prev_seq, mut prev_hash): (i64, String) = match last {
@@ -504,6 +506,13 @@ macro_rules! sql_store {
                     prev_seq = seq;
                     prev_hash = record.hash.clone();
                     records.push(record);
+                }
+                if !records.is_empty() {
+                    sqlx::query("INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
+                        .bind(prev_seq)
+                        .bind(&prev_hash)
+                        .execute(&mut *conn)
+                        .await?;
                 }
                 Ok(records)
             }
@@ -832,6 +841,16 @@ macro_rules! sql_store {
                 tx.commit().await?;
                 self.await_durable(&mut *conn).await?;
                 Ok(rec)
+            }
+
+            async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+                let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match row {
+                    Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
+                    None => None,
+                })
             }
 
             async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {

@@ -128,6 +128,9 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError>;
     /// Audit records with `seq > after`, in order.
     async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The chain's head as every append left it (sequence number and hash of the last record), or
+    /// `None` before the first record.
+    async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError>;
 
     /// Enqueue an event for each sink, outside a state change (e.g. refusals, session summaries, reminders).
     async fn enqueue(

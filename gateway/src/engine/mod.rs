@@ -244,7 +244,23 @@ impl Engine {
                     session_id: session,
                     reminders: review.reminders,
                 };
-                Ok(match self.workflow.submit(new).await? {
+                let submitted = match self.workflow.submit(new).await {
+                    Err(e @ WorkflowError::RequesterWithoutEmail(_)) => {
+                        let entry = AuditEntry::new(requester.key(), "statement.refused", origin)
+                            .decision("refused")
+                            .statement(hash)
+                            .detail(serde_json::json!({
+                                "connection": connection,
+                                "code": "requester_without_email",
+                                "rule": verdict.rule,
+                                "sql": truncate(sql, 4000),
+                            }));
+                        self.store().append_audit(entry).await?;
+                        return Err(e);
+                    }
+                    other => other?,
+                };
+                Ok(match submitted {
                     Submitted::Created(v) | Submitted::AlreadyPending(v) => {
                         Admission::Held(Box::new(v))
                     }

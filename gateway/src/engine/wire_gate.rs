@@ -8,7 +8,9 @@ use crate::pg::gate::{
 };
 use crate::policy::{Action, Verdict, VerdictMemo};
 use countersign_bot::audit::AuditEntry;
-use countersign_bot::{ExecutionSummary, RequestId, RequestStatus, RequesterChain, StatementHash};
+use countersign_bot::{
+    ExecutionSummary, RequestId, RequestStatus, RequesterChain, StatementHash, WorkflowError,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,7 +134,10 @@ impl WireGate for Engine {
                 verdict,
             )
             .await
-            .map_err(|e| GateError::Unavailable(e.to_string()))?;
+            .map_err(|e| match e {
+                WorkflowError::RequesterWithoutEmail(_) => GateError::Refused(e.to_string()),
+                e => GateError::Unavailable(e.to_string()),
+            })?;
         match admission {
             Admission::RunApproved(id) => Ok(HoldTicket::Approved { id }),
             Admission::Held(v) => Ok(HoldTicket::Pending {

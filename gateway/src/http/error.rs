@@ -84,6 +84,11 @@ impl From<countersign_bot::WorkflowError> for ApiError {
             countersign_bot::WorkflowError::NotFound(id) => ApiError::not_found(format!(
                 "no request {id}: list requests with GET /v1/requests"
             )),
+            e @ countersign_bot::WorkflowError::RequesterWithoutEmail(_) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "requester_without_email",
+                e.to_string(),
+            ),
             countersign_bot::WorkflowError::Store(s) => {
                 tracing::error!(error = %s, "store failure");
                 ApiError::unavailable("the state store is unavailable; retry shortly")

@@ -41,9 +41,33 @@ const TEXT_ONLY: &[&str] = &[
 ];
 
 /// True when a message with this SQLSTATE keeps its text on a masked connection: the code is one whose
-/// text names only what the statement wrote, and everything the message quotes is in `statement`.
+/// text names only what the statement wrote, everything the message quotes is in `statement`, and so
+/// is any unquoted text it ends with after a colon.
 pub fn keeps_text(sqlstate: &str, message: &str, statement: &str) -> bool {
-    TEXT_ONLY.contains(&sqlstate) && quotes_the_statement(message, statement)
+    TEXT_ONLY.contains(&sqlstate)
+        && quotes_the_statement(message, statement)
+        && unquoted_parts_are_plain(message, statement)
+}
+
+/// The text outside `"…"` is PostgreSQL's own English template, except where a template puts a value
+/// unquoted after a colon (`improper relation name (too many dotted names): a.b.c.d`, from a cast to
+/// `regclass` of a value read from a row): that tail must be in `statement`. A non-ASCII character
+/// outside quotes means a translated message (`lc_messages`), whose quotes (`»…«`, `« … »`) the
+/// check above cannot see: withheld.
+fn unquoted_parts_are_plain(message: &str, statement: &str) -> bool {
+    let outside: Vec<&str> = message.split('"').step_by(2).collect();
+    if outside.iter().any(|part| !part.is_ascii()) {
+        return false;
+    }
+    let Some(last) = outside.last() else {
+        return true;
+    };
+    match last.rsplit_once(": ") {
+        Some((_, tail)) if !tail.trim().is_empty() => statement
+            .to_lowercase()
+            .contains(&tail.trim().to_lowercase()),
+        _ => true,
+    }
 }
 
 /// True when every `"…"` part of `message` appears in `statement` (case-insensitively: PostgreSQL
@@ -168,6 +192,14 @@ mod tests {
                 Some("Key (ssn)=(SSNVAL3) already exists."),
             ),
             ("P0001", "SSNVAL3", None),
+            // A `regclass` cast of a dotted value names it unquoted.
+            (
+                "42601",
+                "improper relation name (too many dotted names): x.x.x.ssnval3/ssnval3",
+                None,
+            ),
+            // A translated message quotes with other marks.
+            ("42P01", "Relation »ssnval3« existiert nicht", None),
         ] {
             let mut fields = vec![(b'S', "ERROR"), (b'C', code), (b'M', message)];
             if let Some(d) = detail {
@@ -231,6 +263,21 @@ mod tests {
             ],
         );
         assert!(!redact_frame(&missing, "SELECT * FROM Peple", &mut out));
+        let dotted = frame(
+            b'E',
+            &[
+                (b'C', "42601"),
+                (
+                    b'M',
+                    "improper relation name (too many dotted names): a.b.c.d",
+                ),
+            ],
+        );
+        assert!(!redact_frame(
+            &dotted,
+            "SELECT 'a.b.c.d'::regclass",
+            &mut out
+        ));
         // Their DETAIL and CONTEXT still go (a deadlock's DETAIL quotes other sessions' statements).
         let deadlock = frame(
             b'E',

@@ -243,4 +243,7 @@ pub enum GateError {
     /// The store or workflow failed; the statement was not run.
     #[error("could not create the approval request: {0}; retry the statement later")]
     Unavailable(String),
+    /// The statement can't be held for this requester (what to do instead); it was not run.
+    #[error("{0}")]
+    Refused(String),
 }

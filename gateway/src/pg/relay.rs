@@ -8,7 +8,7 @@ use super::error::WireError;
 use super::extended::{
     parse_param_types, shown_statement, statement_hash, Batch, Binding, Catalog,
 };
-use super::gate::{HoldOutcome, HoldTicket, SessionInfo, WireGate};
+use super::gate::{GateError, HoldOutcome, HoldTicket, SessionInfo, WireGate};
 use super::prepared::{changes_names, SqlPrepared};
 use super::recorder::{FinishedStatement, Recorder};
 use crate::masking::{Masker, TableLookup, WireMasker};
@@ -1125,12 +1125,11 @@ where
                 id
             }
             Err(e) => {
-                self.refuse(refusal_of(
-                    &held,
-                    None,
-                    sqlstate::SYSTEM_ERROR,
-                    e.to_string(),
-                ));
+                let code = match e {
+                    GateError::Refused(_) => sqlstate::INSUFFICIENT_PRIVILEGE,
+                    GateError::Unavailable(_) => sqlstate::SYSTEM_ERROR,
+                };
+                self.refuse(refusal_of(&held, None, code, e.to_string()));
                 return Ok(());
             }
         };

@@ -503,19 +503,30 @@ fn put_login_notices(out: &mut BytesMut, mut frames: &[u8], masked: bool) {
     }
 }
 
-/// The startup settings that decide what names refer to: `search_path`, and an `options` that sets it
-/// or a role (read loosely: naming one is enough), as `name=value`.
+/// The startup settings that decide what statements mean (`search_path`, the role, DateStyle, …:
+/// [`crate::policy::settings::shapes_meaning`]), as `name=value`, including those `options` sets
+/// (however spelled: `-c search_path=…`, `--search-path=…`).
 fn name_context(passthrough: &[(String, String)]) -> Vec<String> {
-    passthrough
-        .iter()
-        .filter(|(k, v)| {
-            let (k, v) = (k.to_ascii_lowercase(), v.to_ascii_lowercase());
-            k == "search_path"
-                || k == "role"
-                || (k == "options" && (v.contains("search_path") || v.contains("role")))
-        })
-        .map(|(k, v)| format!("(at connect) {k}={v}"))
-        .collect()
+    use crate::policy::settings::shapes_meaning;
+    let mut context = Vec::new();
+    for (k, v) in passthrough {
+        let k = k.to_ascii_lowercase();
+        if k == "options" {
+            match super::startup_options::settings_in(v) {
+                Ok(settings) => context.extend(
+                    settings
+                        .into_iter()
+                        .filter(|(name, _)| shapes_meaning(name))
+                        .map(|(name, value)| format!("(at connect) {name}={value}")),
+                ),
+                // (Refused at login anyway; kept whole so it can only narrow an approval.)
+                Err(_) => context.push(format!("(at connect) options={v}")),
+            }
+        } else if shapes_meaning(&k) {
+            context.push(format!("(at connect) {k}={v}"));
+        }
+    }
+    context
 }
 
 /// True for the startup parameters PostgreSQL applies as session settings: all but `user`, `database`,
@@ -554,6 +565,32 @@ fn startup_settings_allowed(params: &[(String, String)]) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::pg::codec::{put_error, Severity};
+
+    #[test]
+    fn connect_settings_that_shape_meaning_bind_approvals_however_spelled() {
+        let p = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            name_context(&p(&[
+                ("application_name", "psql"),
+                (
+                    "options",
+                    "--search-path=adv_s -c statement_timeout=5s -cDateStyle=ISO,DMY"
+                ),
+                ("TimeZone", "UTC"),
+                ("client_encoding", "UTF8"),
+            ])),
+            vec![
+                "(at connect) search_path=adv_s".to_string(),
+                "(at connect) datestyle=ISO,DMY".to_string(),
+                "(at connect) timezone=UTC".to_string(),
+            ]
+        );
+        assert!(name_context(&p(&[("application_name", "psql")])).is_empty());
+    }
 
     #[test]
     fn login_notices_pass_as_sent_and_lose_their_text_on_masked_connections() {

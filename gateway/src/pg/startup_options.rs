@@ -12,11 +12,23 @@ pub enum OptionsError {
     /// `-c` without `name=value`.
     #[error("startup option {0:?} needs name=value")]
     MissingValue(String),
+    /// A character PostgreSQL may split on or not depending on the server's locale.
+    #[error("startup options must be ASCII without control characters other than space and tab ({0:?} found); set such values with SET in the session")]
+    Ambiguous(char),
 }
 
 /// The settings `options` asks for, in order: names lower-cased with `-` read as `_`, as PostgreSQL
 /// reads them.
 pub fn settings_in(options: &str) -> Result<Vec<(String, String)>, OptionsError> {
+    // PostgreSQL splits with the server locale's isspace(): in a single-byte locale a byte of a
+    // UTF-8 character may count as a space, and control characters (vertical tab, form feed) do in
+    // every locale. Such text would be judged as one word here and applied as several there.
+    if let Some(c) = options
+        .chars()
+        .find(|&c| !c.is_ascii() || (c.is_ascii_control() && c != ' ' && c != '\t'))
+    {
+        return Err(OptionsError::Ambiguous(c));
+    }
     let words = split(options);
     let mut settings = Vec::new();
     let mut words = words.into_iter();
@@ -43,13 +55,14 @@ pub fn settings_in(options: &str) -> Result<Vec<(String, String)>, OptionsError>
     Ok(settings)
 }
 
-/// Splits as PostgreSQL's `pg_split_opts`: whitespace separates words, `\` keeps the next character.
+/// Splits as PostgreSQL's `pg_split_opts`: whitespace (C's `isspace`, vertical tab included) separates
+/// words, `\` keeps the next character.
 fn split(options: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut word: Option<String> = None;
     let mut chars = options.chars();
     while let Some(c) = chars.next() {
-        if c.is_ascii_whitespace() {
+        if c.is_ascii_whitespace() || c == '\u{b}' {
             words.extend(word.take());
             continue;
         }
@@ -101,6 +114,22 @@ mod tests {
             ("-c", OptionsError::MissingValue("-c".into())),
             ("-c role", OptionsError::MissingValue("role".into())),
             ("--role", OptionsError::MissingValue("role".into())),
+            (
+                "-capplication_name=a\u{b}-crole=admin",
+                OptionsError::Ambiguous('\u{b}'),
+            ),
+            (
+                "-c application_name=a\u{c}b",
+                OptionsError::Ambiguous('\u{c}'),
+            ),
+            (
+                "-c application_name=a\r-crole=x",
+                OptionsError::Ambiguous('\r'),
+            ),
+            (
+                "-c application_name=caf\u{e9}",
+                OptionsError::Ambiguous('\u{e9}'),
+            ),
         ] {
             assert_eq!(settings_in(options), Err(err), "{options}");
         }

@@ -67,15 +67,23 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
 }
 
 /// True when a statement with these words may change which objects later names resolve to: a
-/// `search_path` change however spelled (`SET`, `SET SCHEMA`, `set_config`, `RESET`, `DISCARD`), or a
-/// role change (`$user` in the path). Over-inclusion only makes an approval more specific.
+/// `search_path` change however spelled (`SET`, `SET SCHEMA`, `set_config`, `RESET`, `DISCARD`), a
+/// role change (`$user` in the path), or a setting that changes how literals are read
+/// ([`super::settings::MEANING_SETTINGS`]: `SET DateStyle`, `SET TIME ZONE`, …). Over-inclusion only
+/// makes an approval more specific.
 fn sets_name_resolution(words: &[String]) -> bool {
     let has = |w: &str| super::verdict::has_word(words, w);
     has("search_path")
         || has("set_config")
         || has("reset")
         || has("discard")
-        || (has("set") && (has("schema") || has("role") || has("authorization")))
+        || (has("set")
+            && (has("schema")
+                || has("role")
+                || has("authorization")
+                || has("names")
+                || (has("time") && has("zone"))))
+        || super::settings::MEANING_SETTINGS.iter().any(|s| has(s))
 }
 
 /// `facts` with a review for each user-defined operator the statement uses: the function behind it is
@@ -211,6 +219,12 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
         verdicts.push((Action::Review, "SELECT INTO creates a table".to_string()));
     }
     verdicts.extend(seen.functions.iter().map(function_verdict));
+    verdicts.extend(
+        facts
+            .tables
+            .iter()
+            .filter_map(|t| super::functions::relation_check(t)),
+    );
     let kind_action = action;
     facts.missing_where = missing_where(statement);
     if facts.missing_where {
@@ -395,11 +409,18 @@ fn function_verdict(call: &Call) -> (Action, String) {
     let base = name.rsplit('.').next().unwrap_or(name);
     if base == "set_config" {
         return match (call.first_arg.as_deref(), call.second_arg.as_deref()) {
-            (Some(setting), None) if value_decides(setting) => (
+            // Even a harmless setting is reviewed with a computed value: a value read from a table
+            // would carry that data into the setting, where SHOW and current_setting() hand it back
+            // past the masking of the table's columns.
+            (Some(setting), None) => (
                 Action::Review,
-                format!("set_config('{setting}', …) with a computed value"),
+                if value_decides(setting) {
+                    format!("set_config('{setting}', …) with a computed value")
+                } else {
+                    format!("set_config('{setting}', …) with a computed value, which could copy table data into the setting; give the value as a literal")
+                },
             ),
-            (Some(setting), value) => match setting_verdict(setting, value.unwrap_or_default()) {
+            (Some(setting), Some(value)) => match setting_verdict(setting, value) {
                 (Action::Allow, _) => (Action::Allow, String::new()),
                 (action, reason) => (action, format!("set_config('{setting}', …): {reason}")),
             },

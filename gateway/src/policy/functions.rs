@@ -422,6 +422,28 @@ const HARMLESS_SETTINGS: &[&str] = &[
 /// Settings that change who the session acts as.
 const IDENTITY_SETTINGS: &[&str] = &["role", "session_authorization"];
 
+/// `pg_catalog` views that show the server's configuration files (`postgresql.auto.conf` may hold a
+/// `primary_conninfo` password, `pg_hba.conf` the network layout) and build: read only with review,
+/// as the file functions behind them would be.
+const SERVER_FILE_VIEWS: &[&str] = &[
+    "pg_config",
+    "pg_file_settings",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+];
+
+/// The built-in verdict on reading relation `name` (lower-case, possibly `schema.name`), when it has
+/// one.
+pub fn relation_check(name: &str) -> Option<(Action, String)> {
+    let base = name.rsplit('.').next().unwrap_or(name);
+    SERVER_FILE_VIEWS.contains(&base).then(|| {
+        (
+            Action::Review,
+            format!("reads {base}: the server's configuration files"),
+        )
+    })
+}
+
 /// The built-in verdict on one function call, by its lower-cased name (schema-qualified or not).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionCheck {

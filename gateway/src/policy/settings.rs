@@ -32,6 +32,29 @@ pub fn setting_verdict(name: &str, value: &str) -> (Action, String) {
     }
 }
 
+/// Settings besides `search_path` and the role that change what a statement's text means: how
+/// literals are read (dates, times, numbers, text search), or whether triggers and rules fire. A
+/// session that changed one holds its statements for approvals bound to that change.
+pub const MEANING_SETTINGS: &[&str] = &[
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "transform_null_equals",
+    "session_replication_role",
+    "default_text_search_config",
+    "array_nulls",
+];
+
+/// True when setting `name` (any case, `-` read as `_`) may change what later statements mean:
+/// the names they resolve to (`search_path`, the role) or how their literals are read.
+pub fn shapes_meaning(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace('-', "_");
+    name == "search_path" || is_identity_setting(&name) || MEANING_SETTINGS.contains(&name.as_str())
+}
+
 /// True for the settings whose verdict depends on the value: a value the policy cannot see (a
 /// `set_config` argument computed at run time) must be reviewed.
 pub fn value_decides(name: &str) -> bool {
