@@ -2262,3 +2262,25 @@ async fn in_a_failed_transaction(addr: SocketAddr, table: &str) -> TcpStream {
     assert_eq!(shown_tags(&failed).last().unwrap(), "Z E", "{failed:?}");
     s
 }
+
+#[tokio::test]
+async fn a_long_pipeline_with_large_answers_flows_both_ways_at_once() {
+    // The client keeps sending while PostgreSQL answers: tens of megabytes each way. A gateway that
+    // stops reading the upstream while it writes to it leaves PostgreSQL blocked writing answers and
+    // itself blocked writing requests, for good.
+    let (_gate, addr) = start().await;
+    let client = connect(addr).await;
+    let big = "x".repeat(32 * 1024);
+    let param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&big];
+    let statement = client.prepare("SELECT $1::text").await.unwrap();
+    let queries = (0..2_000).map(|_| client.query_one(&statement, &param));
+    let rows = tokio::time::timeout(
+        Duration::from_secs(120),
+        futures::future::try_join_all(queries),
+    )
+    .await
+    .expect("the pipeline must not stall")
+    .unwrap();
+    assert_eq!(rows.len(), 2_000);
+    assert!(rows.iter().all(|r| r.get::<_, &str>(0).len() == big.len()));
+}

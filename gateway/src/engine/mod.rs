@@ -34,13 +34,13 @@ pub struct Engine {
     pub workflow: Arc<Workflow>,
     /// Bearer-token authentication.
     pub auth: Authenticator,
-    upstreams: HashMap<String, UpstreamTarget>,
+    upstreams: Arc<HashMap<String, UpstreamTarget>>,
     maskers: HashMap<String, Arc<crate::masking::Masker>>,
     /// Catalog lookups for connections with table-qualified masking rules.
     table_lookups: HashMap<String, Arc<crate::upstream::CatalogLookup>>,
-    pool: UpstreamPool,
+    pool: Arc<UpstreamPool>,
     /// Functions attribute notation could call on a row, per connection.
-    row_functions: row_functions::RowFunctions,
+    row_functions: Arc<row_functions::RowFunctions>,
     recorder: recording::StatementWriter,
     http_sessions: http_sessions::HttpSessions,
     /// Longest `?wait=` honoured.
@@ -131,6 +131,11 @@ impl Engine {
         self.row_functions
             .refresh(&self.pool, &self.upstreams)
             .await;
+    }
+
+    /// [`Engine::refresh_row_functions`] on a task of its own, for a caller that must not wait.
+    pub fn refresh_row_functions_soon(&self) {
+        self.row_functions.refresh_soon(&self.pool, &self.upstreams);
     }
 
     /// Runs [`Engine::refresh_row_functions`] now and every [`row_functions::REFRESH`].

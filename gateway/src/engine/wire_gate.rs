@@ -232,7 +232,8 @@ impl WireGate for Engine {
     async fn statements_finished(&self, batch: Vec<StatementRecord>) {
         use crate::metrics::{FrontDoor, UpstreamFailure};
         if super::row_functions::changes_functions(batch.iter().map(|r| r.command_tag.as_deref())) {
-            self.refresh_row_functions().await;
+            // Not awaited: the recorder must not stall behind a catalog read.
+            self.refresh_row_functions_soon();
         }
         // One clock read per batch: the batch is at most a recorder tick old.
         let now = countersign_bot::clock::now();

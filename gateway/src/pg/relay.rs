@@ -400,9 +400,30 @@ where
 
     /// Sends queued frames upstream. The flush matters for TLS: a TLS writer may keep accepted bytes
     /// in its record buffer, and a CopyDone stuck there hangs the session (on plain TCP it is free).
+    ///
+    /// The upstream's answers are read and relayed meanwhile: PostgreSQL stops reading while it
+    /// cannot write, so a long pipeline (asyncpg's `executemany`, large results) sent without
+    /// reading would leave both sides waiting on each other for good.
     async fn flush_out(&mut self) -> Result<(), WireError> {
-        if !self.out.is_empty() {
-            send(&mut self.server_w, &self.out).await?;
+        let mut sent = 0;
+        while sent < self.out.len() {
+            reserve(&mut self.sbuf, self.backend.need);
+            tokio::select! {
+                biased;
+                w = self.server_w.write(&self.out[sent..]) => match w? {
+                    0 => return Err(WireError::Upstream("the upstream stopped accepting data".into())),
+                    n => sent += n,
+                },
+                r = self.server_r.read_buf(&mut self.sbuf) => {
+                    if r? == 0 {
+                        return Err(WireError::Upstream("the upstream closed the connection".into()));
+                    }
+                    self.on_server_data().await?;
+                }
+            }
+        }
+        if sent > 0 {
+            self.server_w.flush().await?;
             self.out.clear();
         }
         Ok(())
