@@ -800,7 +800,7 @@ async fn records_cut_from_the_end_of_the_audit_chain_are_reported_and_stay_repor
         tamper(
             backend,
             &gw.store_url,
-            &format!("DELETE FROM audit WHERE seq > {}", head.0 - 3),
+            &format!("DELETE FROM audit WHERE seq > {}", head.seq - 3),
         )
         .await;
         let records = gw.store.audit_records(0, 10_000).await.unwrap();
@@ -808,10 +808,7 @@ async fn records_cut_from_the_end_of_the_audit_chain_are_reported_and_stay_repor
         let head = gw.store.audit_head().await.unwrap();
         assert!(
             matches!(
-                countersign_bot::audit::verify_chain_to_head(
-                    &records,
-                    head.as_ref().map(|(s, h)| (*s, h.as_str()))
-                ),
+                countersign_bot::audit::verify_chain_to_head(&records, head.as_ref(), None),
                 ChainCheck::Broken { .. }
             ),
             "{backend:?}"
@@ -832,6 +829,105 @@ async fn records_cut_from_the_end_of_the_audit_chain_are_reported_and_stay_repor
             cli_audit_verify(&gw.store_url).await,
             std::process::ExitCode::from(1),
             "{backend:?}: the cut stays reported after new records"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sealed_audit_records_expose_a_rewrite_that_recomputes_the_hashes() {
+    use countersign_bot::audit::{AuditEntry, AuditRecord};
+    for backend in BACKENDS {
+        let dir = countersign_bot::testing::TempDir::new();
+        let store_url = match backend {
+            Backend::Sqlite => format!("sqlite://{}/state.db", dir.path().display()),
+            Backend::Postgres => countersign_bot::testing::fresh_pg_database().await.unwrap(),
+        };
+        // Records written before a key is configured stay unsealed, ahead of the sealed ones.
+        let unsealed = countersign_bot::store::open(&store_url).await.unwrap();
+        unsealed
+            .append_audit(AuditEntry::new("system", "test.before_key", "system"))
+            .await
+            .unwrap();
+        drop(unsealed);
+        let key_file = dir.path().join("audit.key");
+        std::fs::write(&key_file, "k".repeat(40)).unwrap();
+        let toml = format!(
+            "{}\n[store]\nurl = \"{store_url}\"\naudit_key_file = \"{}\"\n",
+            base_config(""),
+            key_file.display()
+        );
+        let cfg_path = dir.path().join("countersign.toml");
+        std::fs::write(&cfg_path, &toml).unwrap();
+        let cfg =
+            countersign_gateway::config::Config::from_toml(&toml, "countersign.toml").unwrap();
+        let engine = countersign_gateway::engine::Engine::build(cfg, vec![])
+            .await
+            .unwrap();
+        for i in 0..4 {
+            engine
+                .store()
+                .append_audit(AuditEntry::new(format!("user{i}"), "test.sealed", "api"))
+                .await
+                .unwrap();
+        }
+        let verify = || async {
+            use clap::Parser;
+            let cli = countersign_gateway::cli::Cli::parse_from([
+                "countersign",
+                "--config",
+                cfg_path.to_str().unwrap(),
+                "audit",
+                "verify",
+            ]);
+            countersign_gateway::cli::run(cli).await.unwrap()
+        };
+        assert_eq!(
+            verify().await,
+            std::process::ExitCode::SUCCESS,
+            "{backend:?}"
+        );
+        let records = engine.store().audit_records(0, 100).await.unwrap();
+        assert_eq!(records[0].seal, None, "{backend:?}: written before the key");
+        assert_eq!(records[1].entry.action, "audit.sealing_started");
+        assert!(records[1..].iter().all(|r| r.seal.is_some()), "{backend:?}");
+
+        // Someone with write access to the store, but not the key, rewrites record #4 and
+        // recomputes every later hash and the head: every link holds, no seal does.
+        let mut forged = records.clone();
+        forged[3].entry.actor = "mallory".into();
+        let mut sql = String::new();
+        for i in 3..forged.len() {
+            let prev = forged[i - 1].hash.clone();
+            let r = &mut forged[i];
+            r.prev_hash = prev;
+            r.hash = AuditRecord::compute_hash(r.seq, r.at_ms, &r.entry, &r.prev_hash);
+            sql.push_str(&format!(
+                "UPDATE audit SET actor = '{}', prev_hash = '{}', hash = '{}' WHERE seq = {};",
+                r.entry.actor, r.prev_hash, r.hash, r.seq
+            ));
+        }
+        let last = forged.last().unwrap();
+        sql.push_str(&format!(
+            "UPDATE audit_head SET hash = '{}' WHERE id = 1;",
+            last.hash
+        ));
+        if backend == Backend::Sqlite {
+            sql.insert_str(0, "DROP TRIGGER audit_head_forward;");
+        } else {
+            sql.insert_str(
+                0,
+                "ALTER TABLE audit_head DISABLE TRIGGER audit_head_forward;",
+            );
+        }
+        tamper(backend, &store_url, &sql).await;
+        assert!(matches!(
+            verify_chain(&engine.store().audit_records(0, 100).await.unwrap()),
+            ChainCheck::Intact { .. }
+        ));
+        assert_eq!(
+            verify().await,
+            std::process::ExitCode::from(1),
+            "{backend:?}: the rewrite is exposed by its seals"
         );
     }
 }

@@ -1,8 +1,14 @@
 //! The tamper-evident audit trail: an append-only hash chain.
 //!
 //! Each record's hash is SHA-256 over the previous record's hash and the record's own canonical fields, so
-//! editing, deleting or reordering any stored record breaks every later link.
+//! editing, deleting or reordering any stored record breaks every later link. The chain's head (the last
+//! record's number and hash, stored apart) shows records cut from the end.
+//!
+//! Anyone who can write the store could still rewrite a record and recompute every later hash. With an
+//! [`AuditKey`] each record and the head also carry a seal, an HMAC of the hash under a key kept outside
+//! the store, which such a rewrite cannot reproduce.
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -86,6 +92,65 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// This record's hash.
     pub hash: String,
+    /// HMAC of the hash under the audit key, when one was configured as it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
+}
+
+/// The key that seals audit records; kept outside the store (an environment variable, a file).
+#[derive(Clone)]
+pub struct AuditKey(Vec<u8>);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(…)")
+    }
+}
+
+/// The fewest key bytes accepted: an HMAC key shorter than this is guessable.
+pub const MIN_AUDIT_KEY_BYTES: usize = 32;
+
+impl AuditKey {
+    /// A key from its bytes; `None` when shorter than [`MIN_AUDIT_KEY_BYTES`].
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Option<Self> {
+        let bytes = bytes.into();
+        (bytes.len() >= MIN_AUDIT_KEY_BYTES).then_some(Self(bytes))
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> String {
+        // HMAC takes a key of any length: this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC accepts any key");
+        for p in parts {
+            mac.update(&(p.len() as u64).to_be_bytes());
+            mac.update(p);
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// The seal of a record with this hash.
+    pub fn seal_record(&self, hash: &str) -> String {
+        self.mac(&[b"countersign-audit-record", hash.as_bytes()])
+    }
+
+    /// The seal of the head naming record `seq` with this hash.
+    pub fn seal_head(&self, seq: i64, hash: &str) -> String {
+        self.mac(&[
+            b"countersign-audit-head",
+            &seq.to_be_bytes(),
+            hash.as_bytes(),
+        ])
+    }
+}
+
+/// The chain's head as the store's appends left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    /// The last record's number.
+    pub seq: i64,
+    /// The last record's hash.
+    pub hash: String,
+    /// Its seal, when written with a key.
+    pub seal: Option<String>,
 }
 
 impl AuditRecord {
@@ -138,48 +203,92 @@ pub enum ChainCheck {
 }
 
 /// [`verify_chain`], then that the chain ends where its head (as the store's appends left it) says:
-/// records cut from the end leave every remaining link intact, and only the head tells.
+/// records cut from the end leave every remaining link intact, and only the head tells. With the
+/// audit `key`, every seal is checked too: records written before a key was configured may be
+/// unsealed, but only ahead of the first sealed one, and the last record and the head must be sealed.
 pub fn verify_chain_to_head<'a>(
     records: impl IntoIterator<Item = &'a AuditRecord>,
-    head: Option<(i64, &str)>,
+    head: Option<&AuditHead>,
+    key: Option<&AuditKey>,
 ) -> ChainCheck {
-    let mut last: Option<(i64, &str)> = None;
-    let check = verify_chain(
-        records
-            .into_iter()
-            .inspect(|r| last = Some((r.seq, &r.hash))),
-    );
+    let mut last: Option<&AuditRecord> = None;
+    let mut sealed_seen = false;
+    let mut seal_problem: Option<ChainCheck> = None;
+    let check = verify_chain(records.into_iter().inspect(|r| {
+        last = Some(r);
+        let (Some(key), None) = (key, &seal_problem) else {
+            return;
+        };
+        let problem = match &r.seal {
+            Some(seal) if *seal == key.seal_record(&r.hash) => {
+                sealed_seen = true;
+                None
+            }
+            Some(_) => Some("its seal does not match: the record was rewritten (its hashes recomputed) by someone without the audit key, or the key is not the one it was written with"),
+            None if sealed_seen => Some("it is not sealed although earlier records are: the record was rewritten by someone without the audit key"),
+            None => None,
+        };
+        if let Some(problem) = problem {
+            seal_problem = Some(ChainCheck::Broken {
+                seq: r.seq,
+                problem: problem.into(),
+            });
+        }
+    }));
     let ChainCheck::Intact { .. } = check else {
         return check;
     };
-    match (head, last) {
-        (None, None) => check,
-        (Some((seq, hash)), Some((last_seq, last_hash))) if seq == last_seq && hash == last_hash => {
-            check
-        }
-        (Some((seq, _)), Some((last_seq, _))) if seq > last_seq => ChainCheck::Broken {
-            seq: last_seq + 1,
-            problem: format!(
-                "the chain's head records #{seq} but the chain ends at #{last_seq}: records at the end were deleted"
-            ),
-        },
-        (Some((seq, _)), None) => ChainCheck::Broken {
-            seq: 1,
-            problem: format!(
-                "the chain's head records #{seq} but there are no records: they were deleted"
-            ),
-        },
-        (Some((seq, _)), Some((last_seq, _))) => ChainCheck::Broken {
-            seq: last_seq,
-            problem: format!(
-                "the chain's head records #{seq} (hash differs or is earlier) but the chain ends at #{last_seq}: the head or the last records were altered"
-            ),
-        },
-        (None, Some(_)) => ChainCheck::Broken {
-            seq: 1,
-            problem: "the chain's head is missing: it was deleted".into(),
-        },
+    if let Some(problem) = seal_problem {
+        return problem;
     }
+    let broken = |seq, problem: String| ChainCheck::Broken { seq, problem };
+    match (head, last) {
+        (None, None) => return check,
+        (Some(head), Some(last)) if head.seq == last.seq && head.hash == last.hash => {}
+        (Some(head), Some(last)) if head.seq > last.seq => {
+            return broken(
+                last.seq + 1,
+                format!(
+                    "the chain's head records #{} but the chain ends at #{}: records at the end were deleted",
+                    head.seq, last.seq
+                ),
+            )
+        }
+        (Some(head), None) => {
+            return broken(
+                1,
+                format!(
+                    "the chain's head records #{} but there are no records: they were deleted",
+                    head.seq
+                ),
+            )
+        }
+        (Some(head), Some(last)) => {
+            return broken(
+                last.seq,
+                format!(
+                    "the chain's head records #{} (hash differs or is earlier) but the chain ends at #{}: the head or the last records were altered",
+                    head.seq, last.seq
+                ),
+            )
+        }
+        (None, Some(_)) => return broken(1, "the chain's head is missing: it was deleted".into()),
+    }
+    if let (Some(key), Some(head), Some(last)) = (key, head, last) {
+        if last.seal.is_none() {
+            return broken(
+                last.seq,
+                "the last record is not sealed although an audit key is configured: the gateway seals every record it writes with one (and marks the first after a key is set), so the chain was rewritten".into(),
+            );
+        }
+        if head.seal.as_deref() != Some(&key.seal_head(head.seq, &head.hash)) {
+            return broken(
+                head.seq,
+                "the chain's head seal does not match: the head was rewritten by someone without the audit key".into(),
+            );
+        }
+    }
+    check
 }
 
 /// Verify records given in sequence order; names the first broken record.
@@ -230,6 +339,7 @@ mod tests {
                     entry,
                     prev_hash: prev.clone(),
                     hash,
+                    seal: None,
                 };
                 prev = r.hash.clone();
                 r
@@ -252,38 +362,122 @@ mod tests {
         ));
     }
 
+    fn head_of(r: &AuditRecord, key: Option<&AuditKey>) -> AuditHead {
+        AuditHead {
+            seq: r.seq,
+            hash: r.hash.clone(),
+            seal: key.map(|k| k.seal_head(r.seq, &r.hash)),
+        }
+    }
+
     #[test]
     fn a_chain_falling_short_of_its_head_is_broken() {
         let c = chain(5);
-        fn head(r: &AuditRecord) -> Option<(i64, &str)> {
-            Some((r.seq, r.hash.as_str()))
-        }
+        let head = |r: &AuditRecord| head_of(r, None);
         assert_eq!(
-            verify_chain_to_head(&c, head(&c[4])),
+            verify_chain_to_head(&c, Some(&head(&c[4])), None),
             ChainCheck::Intact { records: 5 }
         );
         assert_eq!(
-            verify_chain_to_head(&[], None),
+            verify_chain_to_head(&[], None, None),
             ChainCheck::Intact { records: 0 }
         );
         // The last two records cut: what is left links up, only the head tells.
         assert!(matches!(
-            verify_chain_to_head(&c[..3], head(&c[4])),
+            verify_chain_to_head(&c[..3], Some(&head(&c[4])), None),
             ChainCheck::Broken { seq: 4, .. }
         ));
         assert!(matches!(
-            verify_chain_to_head(&[], head(&c[4])),
+            verify_chain_to_head(&[], Some(&head(&c[4])), None),
             ChainCheck::Broken { seq: 1, .. }
         ));
         // The head deleted, or set back.
         assert!(matches!(
-            verify_chain_to_head(&c, None),
+            verify_chain_to_head(&c, None, None),
             ChainCheck::Broken { .. }
         ));
         assert!(matches!(
-            verify_chain_to_head(&c, head(&c[2])),
+            verify_chain_to_head(&c, Some(&head(&c[2])), None),
             ChainCheck::Broken { .. }
         ));
+    }
+
+    /// `chain(n)` sealed with `key` from record `from` (1-based) on.
+    fn sealed(n: i64, key: &AuditKey, from: i64) -> Vec<AuditRecord> {
+        let mut c = chain(n);
+        for r in c.iter_mut().filter(|r| r.seq >= from) {
+            r.seal = Some(key.seal_record(&r.hash));
+        }
+        c
+    }
+
+    #[test]
+    fn a_rewrite_with_recomputed_hashes_breaks_the_seals() {
+        let key = AuditKey::new(vec![7u8; 32]).unwrap();
+        let c = sealed(5, &key, 1);
+        let head = head_of(&c[4], Some(&key));
+        assert_eq!(
+            verify_chain_to_head(&c, Some(&head), Some(&key)),
+            ChainCheck::Intact { records: 5 }
+        );
+        // Records from before the key was set may be unsealed, ahead of the sealed ones.
+        let mixed = sealed(5, &key, 3);
+        assert_eq!(
+            verify_chain_to_head(&mixed, Some(&head_of(&mixed[4], Some(&key))), Some(&key)),
+            ChainCheck::Intact { records: 5 }
+        );
+        // Record #3 edited and every later hash recomputed: the chain links, the seals don't.
+        let mut forged = c.clone();
+        forged[2].entry.actor = "mallory".into();
+        let mut prev = forged[1].hash.clone();
+        for r in forged.iter_mut().skip(2) {
+            r.prev_hash = prev.clone();
+            r.hash = AuditRecord::compute_hash(r.seq, r.at_ms, &r.entry, &r.prev_hash);
+            prev = r.hash.clone();
+        }
+        let forged_head = AuditHead {
+            seq: 5,
+            hash: forged[4].hash.clone(),
+            seal: head.seal.clone(),
+        };
+        assert!(matches!(verify_chain(&forged), ChainCheck::Intact { .. }));
+        assert!(matches!(
+            verify_chain_to_head(&forged, Some(&forged_head), Some(&key)),
+            ChainCheck::Broken { seq: 3, .. }
+        ));
+        // The same with the seals stripped from the rewritten part, or from everything.
+        let mut stripped = forged.clone();
+        for r in stripped.iter_mut().skip(2) {
+            r.seal = None;
+        }
+        assert!(matches!(
+            verify_chain_to_head(&stripped, Some(&forged_head), Some(&key)),
+            ChainCheck::Broken { seq: 3, .. }
+        ));
+        for r in stripped.iter_mut() {
+            r.seal = None;
+        }
+        assert!(matches!(
+            verify_chain_to_head(&stripped, Some(&forged_head), Some(&key)),
+            ChainCheck::Broken { seq: 5, .. }
+        ));
+        // A head set back to an earlier record with a made-up seal.
+        let cut_head = AuditHead {
+            seq: 3,
+            hash: c[2].hash.clone(),
+            seal: Some("00".repeat(32)),
+        };
+        assert!(matches!(
+            verify_chain_to_head(&c[..3], Some(&cut_head), Some(&key)),
+            ChainCheck::Broken { seq: 3, .. }
+        ));
+        // Another key sees every seal as forged.
+        let other = AuditKey::new(vec![8u8; 32]).unwrap();
+        assert!(matches!(
+            verify_chain_to_head(&c, Some(&head), Some(&other)),
+            ChainCheck::Broken { seq: 1, .. }
+        ));
+        assert!(AuditKey::new(vec![1u8; 31]).is_none());
     }
 
     #[test]

@@ -208,6 +208,7 @@ pub(crate) struct AuditRow {
     pub detail: String,
     pub prev_hash: String,
     pub hash: String,
+    pub seal: Option<String>,
 }
 
 impl AuditRow {
@@ -228,6 +229,7 @@ impl AuditRow {
             },
             prev_hash: self.prev_hash,
             hash: self.hash,
+            seal: self.seal,
         }
     }
 }
@@ -356,7 +358,7 @@ macro_rules! sql_store {
             now_ms, time_to_ms, AuditRow, OutboxRow, RequestRow, SessionRow, StatementRow, VoteRow,
         };
         use $crate::store::{NotifyKind, OutboxItem, OutboxStatus, Store, StoreError, Transition, VoteOutcome};
-        use $crate::audit::{AuditEntry, AuditRecord, GENESIS_HASH};
+        use $crate::audit::{AuditEntry, AuditHead, AuditKey, AuditRecord, GENESIS_HASH};
         use $crate::events::WorkflowEvent;
         use $crate::ids::{RequestId, SessionId, StatementHash};
         use $crate::request::{ApprovalRequest, Decision, RequestStatus, RequestView, Vote};
@@ -470,7 +472,7 @@ macro_rules! sql_store {
 
             /// Append entries to the audit chain, in order. The chain's lock is held from here until the
             /// transaction ends, so call this last, just before committing.
-            async fn append_audits_in(conn: &mut $conn, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError> {
+            async fn append_audits_in(conn: &mut $conn, entries: &[AuditEntry], key: Option<&AuditKey>) -> Result<Vec<AuditRecord>, StoreError> {
                 Self::lock_audit(&mut *conn).await?;
                 // From the head, not the last row: after records were cut from the end, the next one
                 // links to what was cut, and the gap stays for `audit verify` to report.
@@ -486,8 +488,9 @@ macro_rules! sql_store {
                     let seq = prev_seq + 1;
                     let at_ms = now_ms();
                     let hash = AuditRecord::compute_hash(seq, at_ms, entry, &prev_hash);
+                    let seal = key.map(|k| k.seal_record(&hash));
                     sqlx::query(
-                        "INSERT INTO audit (seq, at_ms, actor, action, request_id, decision, channel, statement_hash, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                        "INSERT INTO audit (seq, at_ms, actor, action, request_id, decision, channel, statement_hash, detail, prev_hash, hash, seal) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                     )
                     .bind(seq)
                     .bind(at_ms)
@@ -500,17 +503,19 @@ macro_rules! sql_store {
                     .bind(serde_json::to_string(&entry.detail)?)
                     .bind(&prev_hash)
                     .bind(&hash)
+                    .bind(&seal)
                     .execute(&mut *conn)
                     .await?;
-                    let record = AuditRecord { seq, at_ms, entry: entry.clone(), prev_hash, hash };
+                    let record = AuditRecord { seq, at_ms, entry: entry.clone(), prev_hash, hash, seal };
                     prev_seq = seq;
                     prev_hash = record.hash.clone();
                     records.push(record);
                 }
                 if !records.is_empty() {
-                    sqlx::query("INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
+                    sqlx::query("INSERT INTO audit_head (id, seq, hash, seal) VALUES (1, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, seal = excluded.seal")
                         .bind(prev_seq)
                         .bind(&prev_hash)
+                        .bind(key.map(|k| k.seal_head(prev_seq, &prev_hash)))
                         .execute(&mut *conn)
                         .await?;
                 }
@@ -550,6 +555,10 @@ macro_rules! sql_store {
         impl Store for $ty {
             fn backend(&self) -> &'static str {
                 Self::BACKEND
+            }
+
+            fn seals_audit(&self) -> bool {
+                self.audit_key.is_some()
             }
 
             fn change_feed(&self) -> Option<$crate::store::ChangeFeed> {
@@ -620,7 +629,7 @@ macro_rules! sql_store {
                     }));
                 let view = Self::load_view(&mut *tx, &id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
                 Self::enqueue_in(&mut *tx, &WorkflowEvent::Created { request: view.clone() }, &format!("{id}:created"), sinks).await?;
-                Self::append_audits_in(&mut *tx, &[audit]).await?;
+                Self::append_audits_in(&mut *tx, &[audit], self.audit_key.as_deref()).await?;
                 tx.commit().await?;
                 self.await_durable(&mut *conn).await?;
                 Ok(view)
@@ -751,7 +760,7 @@ macro_rules! sql_store {
                 if new_status.is_some() {
                     Self::enqueue_in(&mut *tx, &WorkflowEvent::Resolved { request: view.clone() }, &format!("{id}:resolved"), sinks).await?;
                 }
-                Self::append_audits_in(&mut *tx, &audit).await?;
+                Self::append_audits_in(&mut *tx, &audit, self.audit_key.as_deref()).await?;
                 tx.commit().await?;
                 self.await_durable(&mut *conn).await?;
                 Ok(VoteOutcome::Recorded { view, resolved: new_status.is_some() })
@@ -798,7 +807,7 @@ macro_rules! sql_store {
                     }
                     None => {}
                 }
-                Self::append_audits_in(&mut *tx, std::slice::from_ref(&t.audit)).await?;
+                Self::append_audits_in(&mut *tx, std::slice::from_ref(&t.audit), self.audit_key.as_deref()).await?;
                 tx.commit().await?;
                 self.await_durable(&mut *conn).await?;
                 Ok(Some(view))
@@ -837,25 +846,29 @@ macro_rules! sql_store {
             async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
                 let mut conn = self.pool.acquire().await?;
                 let mut tx = self.begin_audited(&mut *conn).await?;
-                let rec = Self::append_audits_in(&mut *tx, std::slice::from_ref(&entry)).await?.remove(0);
+                let rec = Self::append_audits_in(&mut *tx, std::slice::from_ref(&entry), self.audit_key.as_deref()).await?.remove(0);
                 tx.commit().await?;
                 self.await_durable(&mut *conn).await?;
                 Ok(rec)
             }
 
-            async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
-                let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+                let row = sqlx::query("SELECT seq, hash, seal FROM audit_head WHERE id = 1")
                     .fetch_optional(&self.pool)
                     .await?;
                 Ok(match row {
-                    Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
+                    Some(r) => Some(AuditHead {
+                        seq: r.try_get("seq")?,
+                        hash: r.try_get("hash")?,
+                        seal: r.try_get("seal")?,
+                    }),
                     None => None,
                 })
             }
 
             async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
                 let rows = sqlx::query(
-                    "SELECT seq, at_ms, actor, action, request_id, decision, channel, statement_hash, detail, prev_hash, hash FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    "SELECT seq, at_ms, actor, action, request_id, decision, channel, statement_hash, detail, prev_hash, hash, seal FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
                 )
                 .bind(after)
                 .bind(limit as i64)
@@ -875,6 +888,7 @@ macro_rules! sql_store {
                             detail: r.try_get("detail")?,
                             prev_hash: r.try_get("prev_hash")?,
                             hash: r.try_get("hash")?,
+                            seal: r.try_get("seal")?,
                         }
                         .into_record())
                     })

@@ -130,7 +130,10 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
     /// The chain's head as every append left it (sequence number and hash of the last record), or
     /// `None` before the first record.
-    async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError>;
+    async fn audit_head(&self) -> Result<Option<crate::audit::AuditHead>, StoreError>;
+    /// Whether this store seals the audit records it writes (an [`AuditKey`](crate::audit::AuditKey)
+    /// was given when it was opened).
+    fn seals_audit(&self) -> bool;
 
     /// Enqueue an event for each sink, outside a state change (e.g. refusals, session summaries, reminders).
     async fn enqueue(
@@ -238,10 +241,26 @@ pub trait Store: Send + Sync + 'static {
 
 /// Open the store a URL names: `sqlite://path` (created if missing) or `postgres://…`. Runs migrations.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, None).await
+}
+
+/// [`open`], sealing the audit records the store writes with `audit_key` when given.
+pub async fn open_with(
+    url: &str,
+    audit_key: Option<crate::audit::AuditKey>,
+) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(url)
+                .await?
+                .with_audit_key(audit_key),
+        ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::open(url).await?))
+        Ok(Arc::new(
+            postgres::PgStore::open(url)
+                .await?
+                .with_audit_key(audit_key),
+        ))
     } else {
         Err(StoreError::Config(format!(
             "store URL {url:?} has an unknown scheme: use sqlite://PATH or postgres://USER@HOST/DB"

@@ -63,6 +63,8 @@ pub struct PgStore {
     group_commit: bool,
     /// When the clock offset was last measured (local milliseconds), see [`PgStore::check_clock`].
     clock_checked_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Seals audit records when set.
+    audit_key: Option<std::sync::Arc<crate::audit::AuditKey>>,
 }
 
 impl PgStore {
@@ -102,7 +104,14 @@ impl PgStore {
             clock_checked_ms: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(
                 crate::clock::local_ms(),
             )),
+            audit_key: None,
         })
+    }
+
+    /// Seal the audit records this store writes from now on with `key`.
+    pub fn with_audit_key(mut self, key: Option<crate::audit::AuditKey>) -> Self {
+        self.audit_key = key.map(std::sync::Arc::new);
+        self
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {

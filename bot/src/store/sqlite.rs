@@ -28,6 +28,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// One connection for session recording, committing without fsync (see `begin_record`).
     records: SqlitePool,
+    /// Seals audit records when set.
+    audit_key: Option<std::sync::Arc<crate::audit::AuditKey>>,
 }
 
 impl SqliteStore {
@@ -70,7 +72,17 @@ impl SqliteStore {
             .after_release(|conn, _| Box::pin(out_of_transaction(conn)))
             .connect_with(opts.synchronous(SqliteSynchronous::Normal))
             .await?;
-        Ok(Self { pool, records })
+        Ok(Self {
+            pool,
+            records,
+            audit_key: None,
+        })
+    }
+
+    /// Seal the audit records this store writes from now on with `key`.
+    pub fn with_audit_key(mut self, key: Option<crate::audit::AuditKey>) -> Self {
+        self.audit_key = key.map(std::sync::Arc::new);
+        self
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {

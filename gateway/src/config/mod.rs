@@ -140,6 +140,22 @@ pub struct StoreConfig {
     /// Directory for the default SQLite file (created on first run). Default `./data`.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// Env var holding the audit key (at least 32 bytes; the same on every replica) that seals audit
+    /// records. Default for a SQLite store: a key file beside the database, created on first run.
+    #[serde(default)]
+    pub audit_key_env: Option<String>,
+    /// File holding the audit key (instead of `audit_key_env`).
+    #[serde(default)]
+    pub audit_key_file: Option<PathBuf>,
+}
+
+/// Whether [`StoreConfig::audit_key`] may create the default key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFile {
+    /// `serve`: create it on first run.
+    Create,
+    /// Inspection commands: read it if there is one.
+    ReadOnly,
 }
 
 impl StoreConfig {
@@ -157,6 +173,92 @@ impl StoreConfig {
             .unwrap_or_else(|| PathBuf::from("./data"));
         Ok(format!("sqlite://{}", dir.join("countersign.db").display()))
     }
+
+    /// The key that seals audit records: `audit_key_env` / `audit_key_file`, or for a SQLite store at
+    /// `url` the key file beside the database (`countersign.db.audit-key`, created by `serve` with 32
+    /// random bytes). `None` for a PostgreSQL store without one configured.
+    pub fn audit_key(
+        &self,
+        url: &str,
+        mode: KeyFile,
+    ) -> Result<Option<countersign_bot::audit::AuditKey>, SecretError> {
+        use countersign_bot::audit::{AuditKey, MIN_AUDIT_KEY_BYTES};
+        let (key, secret) = if self.audit_key_env.is_some() || self.audit_key_file.is_some() {
+            let key = if self.audit_key_env.is_some() {
+                "store.audit_key_env"
+            } else {
+                "store.audit_key_file"
+            };
+            let secret = resolve_secret(
+                key,
+                self.audit_key_env.as_deref(),
+                self.audit_key_file.as_deref(),
+            )?;
+            (key, secret)
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && *p != ":memory:")
+        {
+            let path = PathBuf::from(format!("{path}.audit-key"));
+            match std::fs::read_to_string(&path) {
+                Ok(s) => ("store.audit_key_file", s.trim().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && mode == KeyFile::Create => {
+                    ("store.audit_key_file", create_key_file(&path)?)
+                }
+                Err(_) => return Ok(None),
+            }
+        } else {
+            return Ok(None);
+        };
+        let len = secret.len();
+        AuditKey::new(secret.into_bytes())
+            .map(Some)
+            .ok_or_else(|| SecretError::TooShort {
+                key: key.to_string(),
+                len,
+                min: MIN_AUDIT_KEY_BYTES,
+            })
+    }
+}
+
+/// Writes a new random key (64 hex digits) to `path`, readable by its owner only.
+fn create_key_file(path: &std::path::Path) -> Result<String, SecretError> {
+    use rand::RngCore;
+    use std::io::Write;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let key = hex::encode(bytes);
+    let failed = |e: std::io::Error| SecretError::Create {
+        key: "store.audit_key_file".into(),
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = match options.open(path) {
+        Ok(f) => f,
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .map_err(failed);
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    file.write_all(key.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(failed)?;
+    Ok(key)
 }
 
 /// `[[connections]]`: one upstream database the gateway holds credentials for.

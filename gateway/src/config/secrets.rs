@@ -21,6 +21,26 @@ pub enum SecretError {
         /// Why.
         reason: String,
     },
+    /// The secret is too short to be a key.
+    #[error("`{key}`: the key has {len} bytes; use at least {min} random bytes (e.g. `openssl rand -hex 32`)")]
+    TooShort {
+        /// Config key.
+        key: String,
+        /// Its length.
+        len: usize,
+        /// The least accepted.
+        min: usize,
+    },
+    /// A key file could not be created.
+    #[error("`{key}`: cannot create the key file {path}: {reason} (make its directory writable, or set `{key}`)")]
+    Create {
+        /// Config key.
+        key: String,
+        /// Path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// Nothing was referenced.
     #[error("`{key}`: no secret given (set `{key}` to an environment variable name, or use the matching `_file` key)")]
     Missing {

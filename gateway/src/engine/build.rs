@@ -25,12 +25,38 @@ pub enum EngineError {
     Config(String),
 }
 
+/// With a key newly configured, the chain so far is unsealed: a sealed record marks where sealing
+/// starts, so `audit verify` can insist that the last record is sealed.
+async fn mark_sealing_start(store: &dyn countersign_bot::Store) -> Result<(), StoreError> {
+    if let Some(head) = store.audit_head().await? {
+        if head.seal.is_none() {
+            store
+                .append_audit(countersign_bot::audit::AuditEntry::new(
+                    "system",
+                    "audit.sealing_started",
+                    "system",
+                ))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Open the store, resolve secrets, compile the policy. `sinks` are the notifier names events are queued
     /// for (decided by the composition root).
     pub async fn build(config: Config, sinks: Vec<String>) -> Result<Engine, EngineError> {
         let store_url = config.store.resolved_url()?;
-        let store = countersign_bot::store::open(&store_url).await?;
+        let key = config
+            .store
+            .audit_key(&store_url, crate::config::KeyFile::Create)?;
+        let sealed = key.is_some();
+        let store = countersign_bot::store::open_with(&store_url, key).await?;
+        if sealed {
+            mark_sealing_start(&*store).await?;
+        } else {
+            tracing::warn!("audit records are hash-chained but not sealed: set [store] audit_key_env (the same key on every replica) so that a rewrite of the audit table that recomputes its hashes is detected");
+        }
         Self::build_with_store(config, store, sinks).await
     }
 
