@@ -836,6 +836,7 @@ async fn records_cut_from_the_end_of_the_audit_chain_are_reported_and_stay_repor
 #[tokio::test]
 async fn sealed_audit_records_expose_a_rewrite_that_recomputes_the_hashes() {
     use countersign_bot::audit::{AuditEntry, AuditRecord};
+    let _ = rustls::crypto::ring::default_provider().install_default();
     for backend in BACKENDS {
         let dir = countersign_bot::testing::TempDir::new();
         let store_url = match backend {
@@ -930,6 +931,46 @@ async fn sealed_audit_records_expose_a_rewrite_that_recomputes_the_hashes() {
             "{backend:?}: the rewrite is exposed by its seals"
         );
     }
+}
+
+#[tokio::test]
+async fn statements_are_reviewed_until_the_database_catalog_has_been_read() {
+    // A gateway that could not read the database's functions yet (its upstream was down at start)
+    // cannot tell `lower(1)` from a writing `public.lower(int)`: it reviews, then reads at once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (store, _url, _dir) = fresh_store(Backend::Sqlite).await;
+    let cfg =
+        countersign_gateway::config::Config::from_toml(&base_config(""), "test.toml").unwrap();
+    let engine = countersign_gateway::engine::Engine::build_with_store(cfg, store, vec![])
+        .await
+        .unwrap();
+    let chain = countersign_bot::RequesterChain::single(countersign_bot::Identity {
+        issuer: "static".into(),
+        subject: "agent".into(),
+        email: None,
+        kind: countersign_bot::IdentityKind::Workload,
+        groups: vec![],
+    });
+    let unread = engine.classify("local", &chain, "SELECT lower('A')");
+    assert_eq!(unread.action, countersign_gateway::policy::Action::Review);
+    assert!(
+        unread
+            .reasons
+            .iter()
+            .any(|r| r.contains("could not read this database")),
+        "{:?}",
+        unread.reasons
+    );
+    countersign_gateway::poll::until(Duration::from_secs(20), Duration::from_millis(50), || {
+        engine.classify("local", &chain, "SELECT lower('A')").action
+            == countersign_gateway::policy::Action::Allow
+    })
+    .await;
+    assert_eq!(
+        engine.classify("local", &chain, "SELECT lower('A')").action,
+        countersign_gateway::policy::Action::Allow,
+        "the first classification started the read"
+    );
 }
 
 #[tokio::test]

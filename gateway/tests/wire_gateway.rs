@@ -2284,3 +2284,20 @@ async fn a_long_pipeline_with_large_answers_flows_both_ways_at_once() {
     assert_eq!(rows.len(), 2_000);
     assert!(rows.iter().all(|r| r.get::<_, &str>(0).len() == big.len()));
 }
+
+#[tokio::test]
+async fn a_query_pipelined_behind_the_password_is_answered() {
+    let (_gate, addr) = start().await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet("app")).await.unwrap();
+    let mut auth = [0u8; 9];
+    s.read_exact(&mut auth).await.unwrap();
+    // Password and first query in one write, as a client that does not wait for AuthenticationOk may.
+    let mut both = message(b'p', &cstr(TOKEN));
+    both.extend_from_slice(&message(b'Q', &cstr("SELECT 42")));
+    s.write_all(&both).await.unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    let frames = read_frames_until(&mut s, b'Z').await;
+    let row = &frames.iter().find(|(t, _)| *t == b'D').expect("DataRow").1;
+    assert_eq!(&row[6..], b"42");
+}

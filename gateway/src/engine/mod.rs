@@ -167,7 +167,7 @@ impl Engine {
         sql: &str,
         memo: &mut crate::policy::VerdictMemo,
     ) -> Arc<Verdict> {
-        memo.for_db_functions(self.row_functions.get(connection).as_ref());
+        memo.for_db_functions(self.db_functions(connection).as_ref());
         self.timed_policy(connection, requester, |policy, ctx| {
             policy.evaluate_memo(ctx, sql, memo)
         })
@@ -181,7 +181,7 @@ impl Engine {
         evaluate: impl FnOnce(&Policy, &PolicyContext<'_>) -> T,
     ) -> T {
         let started = std::time::Instant::now();
-        let db_functions = self.row_functions.get(connection);
+        let db_functions = self.db_functions(connection);
         let out = evaluate(
             &self.policy,
             &PolicyContext {
@@ -192,6 +192,16 @@ impl Engine {
         );
         self.metrics.classify.observe(started.elapsed());
         out
+    }
+
+    /// The connection's function lists; with none fresh (every statement is then reviewed), a read
+    /// is started at once rather than at the next refresh.
+    fn db_functions(&self, connection: &str) -> Option<Arc<crate::policy::DatabaseFunctions>> {
+        let lists = self.row_functions.get(connection);
+        if lists.as_ref().is_some_and(row_functions::is_unknown) {
+            self.refresh_row_functions_soon();
+        }
+        lists
     }
 
     /// Decide a statement: run, block (audited) or hold (request created or reused).

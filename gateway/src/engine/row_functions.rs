@@ -417,10 +417,36 @@ pub fn changes_functions<'a>(command_tags: impl IntoIterator<Item = Option<&'a s
         .any(|tag| TAGS.iter().any(|p| tag.starts_with(p)))
 }
 
-/// The function lists per connection, as last read.
+/// The longest one connection's read may take; a connection that accepts and never answers must not
+/// hold up the others' reads (nor the next refresh).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Lists older than this (no read succeeded for two refreshes) are not trusted: the database may
+/// have gained code since.
+const STALE_AFTER: Duration = Duration::from_secs(2 * REFRESH.as_secs() + READ_TIMEOUT.as_secs());
+
+/// What a connection whose lists are unknown (never read, or stale) is judged with: every statement
+/// is reviewed, since any name in it may resolve to code the gateway has not seen (fail closed).
+static UNKNOWN: LazyLock<Arc<DatabaseFunctions>> = LazyLock::new(|| {
+    Arc::new(DatabaseFunctions {
+        global: vec![format!(
+            "the gateway could not read this database's functions and views (not yet, or not for {} s), so any name here may run code it has not seen; it retries every {} s",
+            STALE_AFTER.as_secs(),
+            REFRESH.as_secs()
+        )],
+        ..DatabaseFunctions::default()
+    })
+});
+
+/// True for the lists [`RowFunctions::get`] gives a connection it has no fresh read of.
+pub fn is_unknown(lists: &Arc<DatabaseFunctions>) -> bool {
+    Arc::ptr_eq(lists, &UNKNOWN)
+}
+
+/// The function lists per connection, as last read, with when they were read.
 #[derive(Default)]
 pub struct RowFunctions {
-    by_connection: RwLock<HashMap<String, Arc<DatabaseFunctions>>>,
+    by_connection: RwLock<HashMap<String, (Arc<DatabaseFunctions>, std::time::Instant)>>,
     /// A background read is queued and has not started: DDL finishing now is seen by it.
     queued: std::sync::atomic::AtomicBool,
     /// One read at a time.
@@ -436,7 +462,9 @@ impl RowFunctions {
         upstreams: &Arc<HashMap<String, UpstreamTarget>>,
     ) {
         use std::sync::atomic::Ordering;
-        if self.queued.swap(true, Ordering::AcqRel) {
+        if tokio::runtime::Handle::try_current().is_err()
+            || self.queued.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let (this, pool, upstreams) = (self.clone(), pool.clone(), upstreams.clone());
@@ -448,13 +476,17 @@ impl RowFunctions {
         });
     }
 
-    /// The lists last read for `connection`, if any read succeeded.
+    /// The lists last read for `connection`; when none was read, or not lately, lists that make
+    /// every statement reviewed ([`UNKNOWN`]).
     pub fn get(&self, connection: &str) -> Option<Arc<DatabaseFunctions>> {
-        self.by_connection
+        let fresh = self
+            .by_connection
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(connection)
-            .cloned()
+            .filter(|(_, at)| at.elapsed() <= STALE_AFTER)
+            .map(|(lists, _)| lists.clone());
+        Some(fresh.unwrap_or_else(|| UNKNOWN.clone()))
     }
 
     /// Reads the functions of every connection once; a connection whose database can't be read keeps
@@ -465,24 +497,38 @@ impl RowFunctions {
     }
 
     async fn read(&self, pool: &UpstreamPool, upstreams: &HashMap<String, UpstreamTarget>) {
-        for (name, target) in upstreams {
-            match pool.simple_query(name, target, &QUERY, true).await {
-                Ok(out) if out.error.is_none() => {
+        // All at once, each bounded: one unreachable database delays no other's read.
+        let reads = upstreams.iter().map(|(name, target)| async move {
+            let read =
+                tokio::time::timeout(READ_TIMEOUT, pool.simple_query(name, target, &QUERY, true))
+                    .await;
+            (name, read)
+        });
+        for (name, read) in futures::future::join_all(reads).await {
+            match read {
+                Ok(Ok(out)) if out.error.is_none() => {
                     let names = lists(out.results.into_iter().flat_map(|r| r.rows));
                     let mut by_connection = self
                         .by_connection
                         .write()
                         .unwrap_or_else(|e| e.into_inner());
-                    // An unchanged list keeps its `Arc`, so sessions' verdict memos stay valid.
-                    if by_connection.get(name).is_none_or(|old| **old != names) {
-                        by_connection.insert(name.clone(), Arc::new(names));
+                    let now = std::time::Instant::now();
+                    match by_connection.get_mut(name) {
+                        // An unchanged list keeps its `Arc`, so sessions' verdict memos stay valid.
+                        Some((old, at)) if **old == names => *at = now,
+                        _ => {
+                            by_connection.insert(name.clone(), (Arc::new(names), now));
+                        }
                     }
                 }
-                Ok(out) => {
-                    tracing::warn!(connection = %name, error = ?out.error.map(|e| e.message), "could not read the functions attribute notation could call; retrying later")
+                Ok(Ok(out)) => {
+                    tracing::warn!(connection = %name, error = ?out.error.map(|e| e.message), "could not read the database's functions and views; retrying later (statements are reviewed once the last read is stale)")
                 }
-                Err(e) => {
-                    tracing::warn!(connection = %name, error = %e, "could not read the functions attribute notation could call; retrying later")
+                Ok(Err(e)) => {
+                    tracing::warn!(connection = %name, error = %e, "could not read the database's functions and views; retrying later (statements are reviewed once the last read is stale)")
+                }
+                Err(_) => {
+                    tracing::warn!(connection = %name, timeout_s = READ_TIMEOUT.as_secs(), "reading the database's functions and views timed out; retrying later (statements are reviewed once the last read is stale)")
                 }
             }
         }
@@ -492,6 +538,29 @@ impl RowFunctions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_never_read_or_gone_stale_review_everything() {
+        let rf = RowFunctions::default();
+        let never = rf.get("db").unwrap();
+        assert!(is_unknown(&never));
+        assert!(!never.global.is_empty());
+        let now = std::time::Instant::now();
+        let read = Arc::new(DatabaseFunctions::default());
+        rf.by_connection
+            .write()
+            .unwrap()
+            .insert("db".into(), (read.clone(), now));
+        assert!(Arc::ptr_eq(&rf.get("db").unwrap(), &read));
+        let Some(long_ago) = now.checked_sub(STALE_AFTER + Duration::from_secs(1)) else {
+            return; // (a machine up for less than that: nothing can be that old)
+        };
+        rf.by_connection
+            .write()
+            .unwrap()
+            .insert("db".into(), (read, long_ago));
+        assert!(is_unknown(&rf.get("db").unwrap()));
+    }
 
     fn row(cells: [Option<&str>; 3]) -> Vec<Option<String>> {
         cells.iter().map(|c| c.map(String::from)).collect()

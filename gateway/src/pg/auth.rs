@@ -3,7 +3,7 @@
 //! the agent's JWT or static token. Over TLS, SCRAM-SHA-256-PLUS is offered first (channel binding to
 //! the listener's certificate).
 
-use super::codec::{put_auth, read_frame, send, sqlstate};
+use super::codec::{put_auth, read_frame_exact, send, sqlstate};
 use super::config::WireAuth;
 use super::error::WireError;
 use super::gate::WireAuthError;
@@ -116,8 +116,8 @@ async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     deadline: Instant,
 ) -> Result<Option<Bytes>, WireError> {
-    let mut buf = BytesMut::new();
-    match timeout_at(deadline, read_frame(stream, &mut buf, MAX_PASSWORD_MESSAGE)).await {
+    // Exactly one frame: a client may pipeline its first query behind the password.
+    match timeout_at(deadline, read_frame_exact(stream, MAX_PASSWORD_MESSAGE)).await {
         Err(_) => {
             let msg = "startup timed out waiting for the password";
             Err(fatal(stream, sqlstate::PROTOCOL_VIOLATION, msg).await)

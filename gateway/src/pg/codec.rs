@@ -214,6 +214,36 @@ pub async fn read_frame<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// One frame read without reading past it: what the client pipelined after it (a query sent with
+/// the password) stays in the stream for whoever reads next.
+pub async fn read_frame_exact<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> std::io::Result<(u8, bytes::Bytes)> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 5];
+    stream.read_exact(&mut header).await?;
+    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let Some(body_len) = usize::try_from(len).ok().and_then(|l| l.checked_sub(4)) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("invalid message length {len}"),
+        ));
+    };
+    if body_len + 1 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "message of {} bytes exceeds the limit of {max}",
+                body_len + 5
+            ),
+        ));
+    }
+    let mut body = vec![0u8; body_len];
+    stream.read_exact(&mut body).await?;
+    Ok((header[0], body.into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
