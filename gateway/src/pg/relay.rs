@@ -70,6 +70,10 @@ const CANCEL_ANSWER: Duration = Duration::from_secs(3);
 /// How long a hold waits for the answer to the part of its batch that went ahead on Flush.
 const READY_PART_ANSWER: Duration = Duration::from_millis(100);
 
+/// How much a held session reads ahead of its client (what it sends after the held statement) before
+/// it stops reading until the decision.
+const HOLD_READ_AHEAD: usize = 1024 * 1024;
+
 /// How many statements that changed name resolution a session keeps for its approvals' context.
 const MAX_NAME_CONTEXT: usize = 32;
 
@@ -245,6 +249,19 @@ where
             let _ = self.client_w.shutdown().await;
             self.linger().await;
             return result;
+        }
+        if let Err(WireError::Upstream(msg)) = &result {
+            // Not a bare EOF: the client (and a pool) learns why, as from PostgreSQL's own FATALs.
+            // Frames reach the client whole, so this starts at a frame boundary.
+            let mut buf = BytesMut::new();
+            put_error(
+                &mut buf,
+                Severity::Fatal,
+                sqlstate::CONNECTION_FAILURE,
+                &format!("the gateway lost its connection to the database ({msg}); reconnect"),
+                None,
+            );
+            let _ = send(&mut self.client_w, &buf).await;
         }
         let _ = self.client_w.shutdown().await;
         result
@@ -1240,8 +1257,9 @@ where
                 outcome = &mut wait => return Ok(Some(outcome)),
                 _ = &mut cancelled => return Ok(None),
                 // A client that goes away during a hold must not leave its request pending for humans.
-                // Anything else it sends is kept for after the hold (bounded like any message).
-                r = self.client_r.read_buf(&mut self.cbuf), if self.cbuf.len() <= self.ctx.max_message_size => {
+                // Anything else it sends is kept for after the hold, up to HOLD_READ_AHEAD: thousands of
+                // held sessions each keeping `max_message_size` would be gigabytes.
+                r = self.client_r.read_buf(&mut self.cbuf), if self.cbuf.len() <= HOLD_READ_AHEAD.min(self.ctx.max_message_size) => {
                     if !matches!(r, Ok(n) if n > 0) {
                         gate.cancel_hold(id, &self.ctx.session).await;
                         return Err(WireError::Io(std::io::Error::new(
