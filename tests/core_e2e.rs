@@ -689,11 +689,7 @@ async fn a_workload_token_naming_an_approver_as_its_actor_cannot_vote() {
 async fn audit_chain_verifies_and_a_database_edit_is_named() {
     for backend in BACKENDS {
         let gw = spawn_gateway(&base_config(""), backend).await;
-        let t = make_table("cs_audit").await;
-        let id = id_of(
-            &gw.query(AGENT, &format!("INSERT INTO {t} VALUES (1,'a')"))
-                .await,
-        );
+        let id = held_insert(&gw, "cs_audit").await;
         gw.vote(ALICE, &id, "approve").await;
         gw.vote(BOB, &id, "approve").await;
         gw.vote(CAROL, &id, "deny").await;
@@ -760,7 +756,6 @@ async fn tamper(backend: Backend, store_url: &str, sql: &str) {
 
 /// `countersign audit verify` against `store_url`.
 async fn cli_audit_verify(store_url: &str) -> std::process::ExitCode {
-    use clap::Parser;
     let cfg_path =
         std::env::temp_dir().join(format!("cs-audit-{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(
@@ -768,6 +763,14 @@ async fn cli_audit_verify(store_url: &str) -> std::process::ExitCode {
         format!("{}\n[store]\nurl = \"{}\"\n", base_config(""), store_url),
     )
     .unwrap();
+    let code = cli_audit_verify_with(&cfg_path).await;
+    let _ = std::fs::remove_file(cfg_path);
+    code
+}
+
+/// `countersign --config CFG_PATH audit verify`.
+async fn cli_audit_verify_with(cfg_path: &std::path::Path) -> std::process::ExitCode {
+    use clap::Parser;
     let cli = countersign_gateway::cli::Cli::parse_from([
         "countersign",
         "--config",
@@ -775,20 +778,23 @@ async fn cli_audit_verify(store_url: &str) -> std::process::ExitCode {
         "audit",
         "verify",
     ]);
-    let code = countersign_gateway::cli::run(cli).await.unwrap();
-    let _ = std::fs::remove_file(cfg_path);
-    code
+    countersign_gateway::cli::run(cli).await.unwrap()
+}
+
+/// A held INSERT into a new table (named from `prefix`); its request id.
+async fn held_insert(gw: &Gateway, prefix: &str) -> String {
+    let t = make_table(prefix).await;
+    id_of(
+        &gw.query(AGENT, &format!("INSERT INTO {t} VALUES (1,'a')"))
+            .await,
+    )
 }
 
 #[tokio::test]
 async fn records_cut_from_the_end_of_the_audit_chain_are_reported_and_stay_reported() {
     for backend in BACKENDS {
         let gw = spawn_gateway(&base_config(""), backend).await;
-        let t = make_table("cs_audit_cut").await;
-        let id = id_of(
-            &gw.query(AGENT, &format!("INSERT INTO {t} VALUES (1,'a')"))
-                .await,
-        );
+        let id = held_insert(&gw, "cs_audit_cut").await;
         gw.vote(BOB, &id, "approve").await;
         gw.vote(CAROL, &id, "approve").await;
         assert_eq!(
@@ -871,17 +877,7 @@ async fn sealed_audit_records_expose_a_rewrite_that_recomputes_the_hashes() {
                 .await
                 .unwrap();
         }
-        let verify = || async {
-            use clap::Parser;
-            let cli = countersign_gateway::cli::Cli::parse_from([
-                "countersign",
-                "--config",
-                cfg_path.to_str().unwrap(),
-                "audit",
-                "verify",
-            ]);
-            countersign_gateway::cli::run(cli).await.unwrap()
-        };
+        let verify = || cli_audit_verify_with(&cfg_path);
         assert_eq!(
             verify().await,
             std::process::ExitCode::SUCCESS,

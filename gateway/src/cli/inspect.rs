@@ -165,7 +165,7 @@ pub async fn audit(cfg: &Config, command: AuditCommand) -> anyhow::Result<ExitCo
                     Ok(ExitCode::SUCCESS)
                 }
                 ChainCheck::Broken { seq, problem } => {
-                    out!("audit chain BROKEN at record #{seq} (of {n}): {problem}");
+                    out!("audit chain BROKEN at record #{seq} ({n} record(s) read): {problem}");
                     Ok(ExitCode::from(1))
                 }
             }
