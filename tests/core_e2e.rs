@@ -491,12 +491,7 @@ async fn blocked_and_allowed_statements() {
 
 #[tokio::test]
 async fn forged_and_invalid_jwts_are_refused_and_audited() {
-    let idp = Idp::start().await;
-    let gw = spawn_gateway(
-        &format!("{}\n{}", idp.config(), base_config("")),
-        Backend::Sqlite,
-    )
-    .await;
+    let (idp, gw) = gateway_with_idp().await;
     let now = jsonwebtoken::get_current_timestamp() as i64;
     let good = idp.sign(&idp.claims("ci-bot"), "rsa-a", &idp::key_a());
     assert_eq!(gw.query(&good, "SELECT 1").await.status, 200);
@@ -611,14 +606,20 @@ async fn delegated_jwt_chain_cannot_vote_for_its_own_human() {
     assert_eq!(r.body["error"], "requester_cannot_approve", "{:?}", r.body);
 }
 
-#[tokio::test]
-async fn a_chain_whose_human_has_no_verified_email_is_refused_a_hold_and_audited() {
+/// A gateway (SQLite store, base config) that also trusts a local OIDC issuer.
+async fn gateway_with_idp() -> (Idp, Gateway) {
     let idp = Idp::start().await;
     let gw = spawn_gateway(
         &format!("{}\n{}", idp.config(), base_config("")),
         Backend::Sqlite,
     )
     .await;
+    (idp, gw)
+}
+
+#[tokio::test]
+async fn a_chain_whose_human_has_no_verified_email_is_refused_a_hold_and_audited() {
+    let (idp, gw) = gateway_with_idp().await;
     let t = make_table("cs_act_noemail").await;
     // Alice known to the IdP by subject alone (her e-mail unverified): as a reviewer through Slack or
     // e-mail nothing would tie her to this request.
@@ -652,12 +653,7 @@ async fn a_chain_whose_human_has_no_verified_email_is_refused_a_hold_and_audited
 
 #[tokio::test]
 async fn a_workload_token_naming_an_approver_as_its_actor_cannot_vote() {
-    let idp = Idp::start().await;
-    let gw = spawn_gateway(
-        &format!("{}\n{}", idp.config(), base_config("")),
-        Backend::Sqlite,
-    )
-    .await;
+    let (idp, gw) = gateway_with_idp().await;
     let t = make_table("cs_act_vote").await;
     let held = gw
         .query(AGENT, &format!("INSERT INTO {t} VALUES (1,'a')"))
@@ -726,30 +722,23 @@ async fn audit_chain_verifies_and_a_database_edit_is_named() {
 /// append-only triggers out of the way.
 async fn tamper(backend: Backend, store_url: &str, sql: &str) {
     use sqlx::Connection;
+    let sql = format!(
+        "{}; {sql}",
+        match backend {
+            Backend::Sqlite =>
+                "DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete",
+            Backend::Postgres => "ALTER TABLE audit DISABLE TRIGGER audit_no_update",
+        }
+    );
+    let sql = sqlx::raw_sql(sqlx::AssertSqlSafe(sql));
     match backend {
         Backend::Sqlite => {
             let mut c = sqlx::SqliteConnection::connect(store_url).await.unwrap();
-            sqlx::raw_sql(
-                "DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete",
-            )
-            .execute(&mut c)
-            .await
-            .unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-                .execute(&mut c)
-                .await
-                .unwrap();
+            sql.execute(&mut c).await.unwrap();
         }
         Backend::Postgres => {
             let mut c = sqlx::PgConnection::connect(store_url).await.unwrap();
-            sqlx::raw_sql("ALTER TABLE audit DISABLE TRIGGER audit_no_update")
-                .execute(&mut c)
-                .await
-                .unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-                .execute(&mut c)
-                .await
-                .unwrap();
+            sql.execute(&mut c).await.unwrap();
         }
     }
 }

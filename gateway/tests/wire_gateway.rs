@@ -1264,12 +1264,19 @@ fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
-/// Logs in with a raw socket and reads up to the first ReadyForQuery.
-async fn raw_login(addr: SocketAddr) -> TcpStream {
+/// A raw socket that sent a startup packet and read the request for a cleartext password.
+async fn asked_for_password(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(&startup_packet("app")).await.unwrap();
     let mut auth = [0u8; 9];
     s.read_exact(&mut auth).await.unwrap();
+    assert_eq!(&auth[..1], b"R");
+    s
+}
+
+/// Logs in with a raw socket and reads up to the first ReadyForQuery.
+async fn raw_login(addr: SocketAddr) -> TcpStream {
+    let mut s = asked_for_password(addr).await;
     s.write_all(&message(b'p', &cstr(TOKEN))).await.unwrap();
     read_frames_until(&mut s, b'Z').await;
     s
@@ -1297,10 +1304,7 @@ async fn read_frames_until(s: &mut TcpStream, last: u8) -> Vec<(u8, Vec<u8>)> {
 #[tokio::test]
 async fn backend_key_pid_is_the_upstream_pid_that_queries_and_notifications_show() {
     let (_gate, addr) = start().await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&startup_packet("app")).await.unwrap();
-    let mut auth = [0u8; 9];
-    s.read_exact(&mut auth).await.unwrap();
+    let mut s = asked_for_password(addr).await;
     s.write_all(&message(b'p', &cstr(TOKEN))).await.unwrap();
     let login = read_frames_until(&mut s, b'Z').await;
     let key = &login
@@ -2288,10 +2292,7 @@ async fn a_long_pipeline_with_large_answers_flows_both_ways_at_once() {
 #[tokio::test]
 async fn a_query_pipelined_behind_the_password_is_answered() {
     let (_gate, addr) = start().await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&startup_packet("app")).await.unwrap();
-    let mut auth = [0u8; 9];
-    s.read_exact(&mut auth).await.unwrap();
+    let mut s = asked_for_password(addr).await;
     // Password and first query in one write, as a client that does not wait for AuthenticationOk may.
     let mut both = message(b'p', &cstr(TOKEN));
     both.extend_from_slice(&message(b'Q', &cstr("SELECT 42")));
