@@ -872,6 +872,18 @@ async fn sealed_audit_records_expose_a_rewrite_that_recomputes_the_hashes() {
             std::process::ExitCode::SUCCESS,
             "{backend:?}"
         );
+        // Without the key, sealed records cannot be vouched for: not "intact".
+        let keyless = dir.path().join("keyless.toml");
+        std::fs::write(
+            &keyless,
+            format!("{}\n[store]\nurl = \"{store_url}\"\n", base_config("")),
+        )
+        .unwrap();
+        assert_eq!(
+            cli_audit_verify_with(&keyless).await,
+            std::process::ExitCode::from(2),
+            "{backend:?}"
+        );
         let records = engine.store().audit_records(0, 100).await.unwrap();
         assert_eq!(records[0].seal, None, "{backend:?}: written before the key");
         assert_eq!(records[1].entry.action, "audit.sealing_started");

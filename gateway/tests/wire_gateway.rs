@@ -2302,3 +2302,21 @@ async fn a_query_pipelined_behind_the_password_is_answered() {
     let row = &frames.iter().find(|(t, _)| *t == b'D').expect("DataRow").1;
     assert_eq!(&row[6..], b"42");
 }
+
+#[tokio::test]
+async fn a_query_sent_with_terminate_is_answered_before_the_close() {
+    let (_gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    let mut both = message(b'Q', &cstr("SELECT 777"));
+    both.extend_from_slice(&message(b'X', &[]));
+    s.write_all(&both).await.unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    let row = &frames.iter().find(|(t, _)| *t == b'D').expect("DataRow").1;
+    assert_eq!(&row[6..], b"777");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("closed after Terminate")
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}

@@ -154,6 +154,12 @@ pub async fn audit(cfg: &Config, command: AuditCommand) -> anyhow::Result<ExitCo
                 }
                 None => &records[..],
             };
+            if key.is_none() {
+                if let Some(sealed) = records.iter().find(|r| r.seal.is_some()) {
+                    out!("audit chain NOT VERIFIED: records from #{} on are sealed, but no audit key is available ([store] audit_key_env / audit_key_file, or the SQLite store's countersign.db.audit-key): without it a rewrite that recomputed the hashes would pass; restore the key and run again", sealed.seq);
+                    return Ok(ExitCode::from(2));
+                }
+            }
             match verify_chain_to_head(records, head.as_ref(), key.as_ref()) {
                 ChainCheck::Intact { records } => {
                     let seals = if key.is_some() {

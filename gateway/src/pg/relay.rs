@@ -406,7 +406,8 @@ where
                     }
                 }
                 Step::Terminate => {
-                    self.flush_out().await?;
+                    // As PostgreSQL: what was sent before Terminate is answered before the close.
+                    self.drain_in_flight().await?;
                     return Ok(true);
                 }
             }

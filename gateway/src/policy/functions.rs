@@ -432,14 +432,29 @@ const SERVER_FILE_VIEWS: &[&str] = &[
     "pg_ident_file_mappings",
 ];
 
+/// `pg_catalog` relations holding credentials: role password hashes (crackable offline) and foreign
+/// servers' user mappings (their passwords).
+const CREDENTIAL_RELATIONS: &[&str] = &[
+    "pg_authid",
+    "pg_shadow",
+    "pg_user_mapping",
+    "pg_user_mappings",
+];
+
 /// The built-in verdict on reading relation `name` (lower-case, possibly `schema.name`), when it has
 /// one.
 pub fn relation_check(name: &str) -> Option<(Action, String)> {
     let base = name.rsplit('.').next().unwrap_or(name);
-    SERVER_FILE_VIEWS.contains(&base).then(|| {
-        (
+    if SERVER_FILE_VIEWS.contains(&base) {
+        return Some((
             Action::Review,
             format!("reads {base}: the server's configuration files"),
+        ));
+    }
+    CREDENTIAL_RELATIONS.contains(&base).then(|| {
+        (
+            Action::Review,
+            format!("reads {base}: credentials (password hashes or user mappings)"),
         )
     })
 }
