@@ -2320,3 +2320,28 @@ async fn a_query_sent_with_terminate_is_answered_before_the_close() {
         .unwrap();
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+#[tokio::test]
+async fn executing_a_portal_never_bound_answers_34000_and_the_session_goes_on() {
+    let (_gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    let mut execute = cstr("nope");
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut batch = message(b'E', &execute);
+    batch.extend_from_slice(&message(b'S', &[]));
+    s.write_all(&batch).await.unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    let error = &frames
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("ErrorResponse")
+        .1;
+    let text = String::from_utf8_lossy(error);
+    assert!(text.contains("C34000"), "{text}");
+    assert!(text.contains("portal \"nope\" does not exist"), "{text}");
+    s.write_all(&message(b'Q', &cstr("SELECT 5")))
+        .await
+        .unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    assert!(frames.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"5")));
+}

@@ -240,6 +240,31 @@ pub fn unreadable_statement(text: &[u8], message: String) -> (String, Arc<Verdic
     (key, verdict)
 }
 
+/// The rule named by the verdict of an Execute of a portal this session never bound: refused with
+/// SQLSTATE 34000, as PostgreSQL answers.
+pub const UNKNOWN_PORTAL_RULE: &str = "unknown_portal";
+
+/// What an Execute of portal `name`, which this session never bound, is judged as: refused (34000).
+pub fn unknown_portal(name: &[u8]) -> Portal {
+    let name = String::from_utf8_lossy(name);
+    Portal {
+        statement: Arc::new(Prepared {
+            sql: Arc::from(format!("<unknown portal \"{name}\">")),
+            param_types: Arc::from([]),
+            verdict: Arc::new(Verdict {
+                action: Action::Block,
+                reasons: vec![format!(
+                    "portal \"{name}\" does not exist (the gateway saw no Bind of it on this session)"
+                )],
+                statements: Arc::from([]),
+                rule: UNKNOWN_PORTAL_RULE.into(),
+                review: None,
+            }),
+        }),
+        bind: Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0]),
+    }
+}
+
 fn unknown_statement(name: &[u8]) -> Prepared {
     let name = String::from_utf8_lossy(name);
     Prepared {

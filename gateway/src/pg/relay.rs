@@ -926,13 +926,9 @@ where
         match self.catalog.portal(portal) {
             Some(p) => self.batch.execute(portal, p),
             // Executing an unbound portal fails upstream; fail closed here too.
-            None => {
-                let mut cat = Catalog::default();
-                cat.bind(b"", portal, &[0, 0, 0, 0, 0, 0, 0, 0]);
-                if let Some(p) = cat.portal(b"") {
-                    self.batch.execute(portal, p);
-                }
-            }
+            None => self
+                .batch
+                .execute(portal, &super::extended::unknown_portal(portal)),
         }
         self.batch.copy_ends_at_execute = Some(self.copy_ends);
         self.add_to_batch(frame)
@@ -1442,11 +1438,13 @@ fn kind_and_name(frame: &[u8]) -> Result<(u8, &[u8]), WireError> {
 }
 
 /// The SQLSTATE and message a blocked batch is refused with: PostgreSQL's own for text the gateway
-/// can't read (22021) and statement names it never saw parsed (26000), else 42501 naming the rule.
+/// can't read (22021), statement names it never saw parsed (26000) and portals it never saw bound
+/// (34000), else 42501 naming the rule.
 fn refusal_text(verdict: Option<&Verdict>) -> (&'static str, String) {
     let own = verdict.and_then(|v| match v.rule.as_str() {
         super::extended::UNREADABLE_RULE => Some(("22021", v.reasons.join("; "))),
         super::extended::UNKNOWN_STATEMENT_RULE => Some(("26000", v.reasons.join("; "))),
+        super::extended::UNKNOWN_PORTAL_RULE => Some(("34000", v.reasons.join("; "))),
         _ => None,
     });
     own.unwrap_or_else(|| {
