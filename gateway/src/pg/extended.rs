@@ -230,14 +230,18 @@ pub const UNKNOWN_STATEMENT_RULE: &str = "unknown_statement";
 /// NUL, which no readable statement text holds, so it never matches a statement that was read.
 pub fn unreadable_statement(text: &[u8], message: String) -> (String, Arc<Verdict>) {
     let key = format!("\0unreadable statement text 0x{}", hex::encode(text));
-    let verdict = Arc::new(Verdict {
+    (key, refusal(UNREADABLE_RULE, message))
+}
+
+/// A block under one of the gateway's own protocol rules, refused with PostgreSQL's SQLSTATE for it.
+fn refusal(rule: &str, reason: String) -> Arc<Verdict> {
+    Arc::new(Verdict {
         action: Action::Block,
-        reasons: vec![message],
+        reasons: vec![reason],
         statements: Arc::from([]),
-        rule: UNREADABLE_RULE.into(),
+        rule: rule.into(),
         review: None,
-    });
-    (key, verdict)
+    })
 }
 
 /// The rule named by the verdict of an Execute of a portal this session never bound: refused with
@@ -251,15 +255,12 @@ pub fn unknown_portal(name: &[u8]) -> Portal {
         statement: Arc::new(Prepared {
             sql: Arc::from(format!("<unknown portal \"{name}\">")),
             param_types: Arc::from([]),
-            verdict: Arc::new(Verdict {
-                action: Action::Block,
-                reasons: vec![format!(
+            verdict: refusal(
+                UNKNOWN_PORTAL_RULE,
+                format!(
                     "portal \"{name}\" does not exist (the gateway saw no Bind of it on this session)"
-                )],
-                statements: Arc::from([]),
-                rule: UNKNOWN_PORTAL_RULE.into(),
-                review: None,
-            }),
+                ),
+            ),
         }),
         bind: Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0]),
     }
@@ -270,15 +271,12 @@ fn unknown_statement(name: &[u8]) -> Prepared {
     Prepared {
         sql: Arc::from(format!("<unknown prepared statement \"{name}\">")),
         param_types: Arc::from([]),
-        verdict: Arc::new(Verdict {
-            action: Action::Block,
-            reasons: vec![format!(
+        verdict: refusal(
+            UNKNOWN_STATEMENT_RULE,
+            format!(
                 "prepared statement \"{name}\" does not exist (the gateway saw no Parse of it on this session); prepare it with the protocol Parse message"
-            )],
-            statements: Arc::from([]),
-            rule: UNKNOWN_STATEMENT_RULE.into(),
-            review: None,
-        }),
+            ),
+        ),
     }
 }
 
