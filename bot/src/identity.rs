@@ -54,6 +54,12 @@ impl Identity {
     pub fn is_human(&self) -> bool {
         self.kind == IdentityKind::Human
     }
+
+    /// True when a (verified) e-mail address is known: the key that tells people apart across
+    /// channels.
+    pub fn has_email(&self) -> bool {
+        self.email.as_deref().is_some_and(|e| !e.trim().is_empty())
+    }
 }
 
 /// An e-mail address as the mailbox it reaches: trimmed, lower-cased, without a `+tag` sub-address and
@@ -115,9 +121,7 @@ impl RequesterChain {
     /// The first human in the chain known only by issuer and subject (no e-mail): reviewers are told
     /// apart by e-mail across channels, so such a person could approve their own request unnoticed.
     pub fn human_without_email(&self) -> Option<&Identity> {
-        self.0
-            .iter()
-            .find(|i| i.is_human() && i.email.as_deref().is_none_or(|e| e.trim().is_empty()))
+        self.0.iter().find(|i| i.is_human() && !i.has_email())
     }
 
     /// A stable key for "the same requester" (used to let a re-sent approved statement run once, and

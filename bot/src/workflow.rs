@@ -424,7 +424,7 @@ impl Workflow {
         }
         // A person counts once across channels by e-mail address; one known only by issuer and subject
         // could vote again under their address through another channel, or be the requester unnoticed.
-        if voter.email.as_deref().is_none_or(|e| e.trim().is_empty()) {
+        if !voter.has_email() {
             return Some(Refusal {
                 code: "voter_without_email",
                 reason: format!(

@@ -551,14 +551,18 @@ macro_rules! sql_store {
             }
         }
 
+        impl $ty {
+            /// Seal the audit records this store writes from now on with `key`.
+            pub fn with_audit_key(mut self, key: Option<AuditKey>) -> Self {
+                self.audit_key = key.map(std::sync::Arc::new);
+                self
+            }
+        }
+
         #[async_trait::async_trait]
         impl Store for $ty {
             fn backend(&self) -> &'static str {
                 Self::BACKEND
-            }
-
-            fn seals_audit(&self) -> bool {
-                self.audit_key.is_some()
             }
 
             fn change_feed(&self) -> Option<$crate::store::ChangeFeed> {

@@ -131,9 +131,6 @@ pub trait Store: Send + Sync + 'static {
     /// The chain's head as every append left it (sequence number and hash of the last record), or
     /// `None` before the first record.
     async fn audit_head(&self) -> Result<Option<crate::audit::AuditHead>, StoreError>;
-    /// Whether this store seals the audit records it writes (an [`AuditKey`](crate::audit::AuditKey)
-    /// was given when it was opened).
-    fn seals_audit(&self) -> bool;
 
     /// Enqueue an event for each sink, outside a state change (e.g. refusals, session summaries, reminders).
     async fn enqueue(

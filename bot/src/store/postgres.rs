@@ -108,12 +108,6 @@ impl PgStore {
         })
     }
 
-    /// Seal the audit records this store writes from now on with `key`.
-    pub fn with_audit_key(mut self, key: Option<crate::audit::AuditKey>) -> Self {
-        self.audit_key = key.map(std::sync::Arc::new);
-        self
-    }
-
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await
     }

@@ -79,12 +79,6 @@ impl SqliteStore {
         })
     }
 
-    /// Seal the audit records this store writes from now on with `key`.
-    pub fn with_audit_key(mut self, key: Option<crate::audit::AuditKey>) -> Self {
-        self.audit_key = key.map(std::sync::Arc::new);
-        self
-    }
-
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }

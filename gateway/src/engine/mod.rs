@@ -167,7 +167,7 @@ impl Engine {
         sql: &str,
         memo: &mut crate::policy::VerdictMemo,
     ) -> Arc<Verdict> {
-        memo.for_db_functions(self.db_functions(connection).as_ref());
+        memo.for_db_functions(Some(&self.db_functions(connection)));
         self.timed_policy(connection, requester, |policy, ctx| {
             policy.evaluate_memo(ctx, sql, memo)
         })
@@ -187,7 +187,7 @@ impl Engine {
             &PolicyContext {
                 connection,
                 requester,
-                db_functions: db_functions.as_deref(),
+                db_functions: Some(&db_functions),
             },
         );
         self.metrics.classify.observe(started.elapsed());
@@ -196,12 +196,35 @@ impl Engine {
 
     /// The connection's function lists; with none fresh (every statement is then reviewed), a read
     /// is started at once rather than at the next refresh.
-    fn db_functions(&self, connection: &str) -> Option<Arc<crate::policy::DatabaseFunctions>> {
+    fn db_functions(&self, connection: &str) -> Arc<crate::policy::DatabaseFunctions> {
         let lists = self.row_functions.get(connection);
-        if lists.as_ref().is_some_and(row_functions::is_unknown) {
+        if row_functions::is_unknown(&lists) {
             self.refresh_row_functions_soon();
         }
         lists
+    }
+
+    /// Audits a statement that does not run: `action` with `decision`, its connection, rule and text,
+    /// and one more detail (`key`, `value`).
+    async fn audit_not_run(
+        &self,
+        incoming: &Incoming<'_>,
+        verdict: &Verdict,
+        (action, decision): (&str, &str),
+        (key, value): (&str, serde_json::Value),
+    ) -> Result<(), countersign_bot::store::StoreError> {
+        let mut detail = serde_json::json!({
+            "connection": incoming.connection,
+            "rule": verdict.rule,
+            "sql": truncate(incoming.sql, 4000),
+        });
+        detail[key] = value;
+        let entry = AuditEntry::new(incoming.requester.key(), action, incoming.origin)
+            .decision(decision)
+            .statement(incoming.hash)
+            .detail(detail);
+        self.store().append_audit(entry).await?;
+        Ok(())
     }
 
     /// Decide a statement: run, block (audited) or hold (request created or reused).
@@ -222,16 +245,14 @@ impl Engine {
         match verdict.action {
             Action::Allow => Ok(Admission::Run),
             Action::Block => {
-                let entry = AuditEntry::new(requester.key(), "statement.blocked", origin)
-                    .decision("block")
-                    .statement(hash)
-                    .detail(serde_json::json!({
-                        "connection": connection,
-                        "rule": verdict.rule,
-                        "reasons": verdict.reasons,
-                        "sql": truncate(sql, 4000),
-                    }));
-                self.store().append_audit(entry).await?;
+                let reasons = serde_json::json!(verdict.reasons);
+                self.audit_not_run(
+                    incoming,
+                    verdict,
+                    ("statement.blocked", "block"),
+                    ("reasons", reasons),
+                )
+                .await?;
                 tracing::info!(connection, rule = %verdict.rule, "statement blocked");
                 Ok(Admission::Blocked)
             }
@@ -261,16 +282,14 @@ impl Engine {
                 };
                 let submitted = match self.workflow.submit(new).await {
                     Err(e @ WorkflowError::RequesterWithoutEmail(_)) => {
-                        let entry = AuditEntry::new(requester.key(), "statement.refused", origin)
-                            .decision("refused")
-                            .statement(hash)
-                            .detail(serde_json::json!({
-                                "connection": connection,
-                                "code": "requester_without_email",
-                                "rule": verdict.rule,
-                                "sql": truncate(sql, 4000),
-                            }));
-                        self.store().append_audit(entry).await?;
+                        let code = serde_json::json!("requester_without_email");
+                        self.audit_not_run(
+                            incoming,
+                            verdict,
+                            ("statement.refused", "refused"),
+                            ("code", code),
+                        )
+                        .await?;
                         return Err(e);
                     }
                     other => other?,

@@ -196,12 +196,7 @@ pub async fn read_frame<S: tokio::io::AsyncRead + Unpin>(
     use tokio::io::AsyncReadExt;
     loop {
         if let Some((tag, total)) = frame_header(buf) {
-            if total > max {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("message of {total} bytes exceeds the limit of {max}"),
-                ));
-            }
+            let total = within_limit(total, max)?;
             if buf.len() >= total {
                 let frame = buf.split_to(total).freeze();
                 return Ok((tag, frame.slice(5..)));
@@ -214,6 +209,20 @@ pub async fn read_frame<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// A frame's total length from [`frame_header`] when it is a possible one within `max`.
+fn within_limit(total: usize, max: usize) -> std::io::Result<usize> {
+    let refuse = |why: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+    if total == usize::MAX {
+        return refuse("invalid message length (below 4)".into());
+    }
+    if total > max {
+        return refuse(format!(
+            "message of {total} bytes exceeds the limit of {max}"
+        ));
+    }
+    Ok(total)
+}
+
 /// One frame read without reading past it: what the client pipelined after it (a query sent with
 /// the password) stays in the stream for whoever reads next.
 pub async fn read_frame_exact<S: tokio::io::AsyncRead + Unpin>(
@@ -223,25 +232,12 @@ pub async fn read_frame_exact<S: tokio::io::AsyncRead + Unpin>(
     use tokio::io::AsyncReadExt;
     let mut header = [0u8; 5];
     stream.read_exact(&mut header).await?;
-    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let Some(body_len) = usize::try_from(len).ok().and_then(|l| l.checked_sub(4)) else {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("invalid message length {len}"),
-        ));
-    };
-    if body_len + 1 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!(
-                "message of {} bytes exceeds the limit of {max}",
-                body_len + 5
-            ),
-        ));
-    }
-    let mut body = vec![0u8; body_len];
+    // (Five bytes are a whole header.)
+    let (tag, total) = frame_header(&header).unwrap_or((header[0], usize::MAX));
+    let total = within_limit(total, max)?;
+    let mut body = vec![0u8; total - 5];
     stream.read_exact(&mut body).await?;
-    Ok((header[0], body.into()))
+    Ok((tag, body.into()))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub fn settings_in(options: &str) -> Result<Vec<(String, String)>, OptionsError>
     // every locale. Such text would be judged as one word here and applied as several there.
     if let Some(c) = options
         .chars()
-        .find(|&c| !c.is_ascii() || (c.is_ascii_control() && c != ' ' && c != '\t'))
+        .find(|&c| !c.is_ascii() || (c.is_ascii_control() && c != '\t'))
     {
         return Err(OptionsError::Ambiguous(c));
     }

@@ -422,41 +422,39 @@ const HARMLESS_SETTINGS: &[&str] = &[
 /// Settings that change who the session acts as.
 const IDENTITY_SETTINGS: &[&str] = &["role", "session_authorization"];
 
-/// `pg_catalog` views that show the server's configuration files (`postgresql.auto.conf` may hold a
-/// `primary_conninfo` password, `pg_hba.conf` the network layout) and build: read only with review,
-/// as the file functions behind them would be.
-const SERVER_FILE_VIEWS: &[&str] = &[
-    "pg_config",
-    "pg_file_settings",
-    "pg_hba_file_rules",
-    "pg_ident_file_mappings",
-];
-
-/// `pg_catalog` relations holding credentials: role password hashes (crackable offline) and foreign
-/// servers' user mappings (their passwords).
-const CREDENTIAL_RELATIONS: &[&str] = &[
-    "pg_authid",
-    "pg_shadow",
-    "pg_user_mapping",
-    "pg_user_mappings",
+/// `pg_catalog` relations read only with review, with what they hold: the server's configuration
+/// files (`postgresql.auto.conf` may hold a `primary_conninfo` password, `pg_hba.conf` the network
+/// layout) and build, as the file functions behind them would be; and credentials (role password
+/// hashes, crackable offline, and foreign servers' user mappings).
+const REVIEWED_RELATIONS: &[(&[&str], &str)] = &[
+    (
+        &[
+            "pg_config",
+            "pg_file_settings",
+            "pg_hba_file_rules",
+            "pg_ident_file_mappings",
+        ],
+        "the server's configuration files",
+    ),
+    (
+        &[
+            "pg_authid",
+            "pg_shadow",
+            "pg_user_mapping",
+            "pg_user_mappings",
+        ],
+        "credentials (password hashes or user mappings)",
+    ),
 ];
 
 /// The built-in verdict on reading relation `name` (lower-case, possibly `schema.name`), when it has
 /// one.
 pub fn relation_check(name: &str) -> Option<(Action, String)> {
     let base = name.rsplit('.').next().unwrap_or(name);
-    if SERVER_FILE_VIEWS.contains(&base) {
-        return Some((
-            Action::Review,
-            format!("reads {base}: the server's configuration files"),
-        ));
-    }
-    CREDENTIAL_RELATIONS.contains(&base).then(|| {
-        (
-            Action::Review,
-            format!("reads {base}: credentials (password hashes or user mappings)"),
-        )
-    })
+    REVIEWED_RELATIONS
+        .iter()
+        .find(|(names, _)| names.contains(&base))
+        .map(|(_, holds)| (Action::Review, format!("reads {base}: {holds}")))
 }
 
 /// The built-in verdict on one function call, by its lower-cased name (schema-qualified or not).
