@@ -1184,12 +1184,7 @@ async fn sql_execute_is_judged_by_the_prepare_that_created_its_name() {
     assert_eq!(got, ["v2"]);
     // Its arguments are evaluated: a side-effecting one is held, and nothing ran.
     held(&client, &format!("EXECUTE get(nextval('{seq}')::int)")).await;
-    let called: bool = direct()
-        .await
-        .query_one(&format!("SELECT is_called FROM {seq}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let called: bool = direct_scalar(&format!("SELECT is_called FROM {seq}")).await;
     assert!(!called, "the held EXECUTE's argument ran");
     // Names never prepared, or whose PREPARE failed, are unknown: held (not run, not "does not exist").
     held(&client, "EXECUTE never_prepared(1)").await;

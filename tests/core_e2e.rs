@@ -642,12 +642,7 @@ async fn a_chain_whose_human_has_no_verified_email_is_refused_a_hold_and_audited
             && a.entry.detail["code"] == "requester_without_email"),
         "{audit:#?}"
     );
-    let rows: i64 = direct()
-        .await
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = direct_scalar(&format!("SELECT count(*) FROM {t}")).await;
     assert_eq!(rows, 0, "nothing ran");
 }
 

@@ -178,12 +178,7 @@ async fn held_wire_statement_is_released_by_two_signed_slack_clicks_and_runs_onc
             .expect("released")
             .unwrap();
         assert!(released.is_ok(), "{released:?}");
-        let remaining: i64 = direct()
-            .await
-            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-            .await
-            .unwrap()
-            .get(0);
+        let remaining: i64 = direct_scalar(&format!("SELECT count(*) FROM {t}")).await;
         assert_eq!(remaining, 1);
         // The execution result is reported off the hot path; it lands within moments.
         let mut view = gw.engine.workflow.get(request_id).await.unwrap();

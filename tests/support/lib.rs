@@ -342,6 +342,17 @@ pub async fn direct() -> tokio_postgres::Client {
     client
 }
 
+/// The first column of the one row `sql` returns, read directly from the upstream (a check that
+/// something did or did not run).
+pub async fn direct_scalar<T: tokio_postgres::types::FromSqlOwned>(sql: &str) -> T {
+    direct()
+        .await
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 /// A fresh table name.
 pub fn table_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
