@@ -1361,6 +1361,70 @@ async fn a_row_function_with_a_quoted_mixed_case_name_is_held_too() {
     case.drop_all().await;
 }
 
+#[tokio::test]
+async fn code_reached_through_variadic_rows_internal_aliases_or_implicit_row_casts_is_held() {
+    let (admin, db, base, cfg) = database_defaulting_to("application_name = 'row_paths'").await;
+    let (in_db, conn) = tokio_postgres::connect(&format!("{base}/{db}"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    in_db
+        .batch_execute(
+            "CREATE TABLE people (id int, email text); INSERT INTO people VALUES (1, 'a@x.io');
+             CREATE TABLE side_log (n int);
+             CREATE SEQUENCE s1;
+             CREATE FUNCTION arch(VARIADIC people[]) RETURNS int LANGUAGE sql
+                 AS 'INSERT INTO side_log VALUES (1) RETURNING 1';
+             CREATE FUNCTION imm_nextval(regclass, int) RETURNS bigint LANGUAGE internal IMMUTABLE STRICT
+                 AS 'nextval_oid';
+             CREATE OPERATOR public.= (leftarg = regclass, rightarg = int, function = imm_nextval);",
+        )
+        .await
+        .unwrap();
+    let writes = || async {
+        let n: i64 = in_db
+            .query_one("SELECT count(*) FROM side_log", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let seq: bool = in_db
+            .query_one("SELECT is_called FROM s1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n, seq)
+    };
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    // `p.arch` resolves to arch(VARIADIC people[]); `'s1'::regclass = 5` to the operator whose
+    // internal function is nextval's code, declared IMMUTABLE.
+    for sql in ["SELECT p.arch FROM people p", "SELECT 's1'::regclass = 5"] {
+        let r = gw.query(AGENT, sql).await;
+        assert_eq!(r.status, 202, "{sql}: held, not run: {:?}", r.body);
+    }
+    let r = gw.query(AGENT, "SELECT p.email FROM people p").await;
+    assert_eq!(r.status, 200, "a column is still a column: {:?}", r.body);
+    assert_eq!(writes().await, (0, false), "nothing ran");
+    drop(gw);
+    // An implicit cast from the row type lets `p.reverse` call reverse(text) on the whole row.
+    in_db
+        .batch_execute("CREATE CAST (people AS text) WITH INOUT AS IMPLICIT")
+        .await
+        .unwrap();
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let r = gw.query(AGENT, "SELECT p.reverse FROM people p").await;
+    assert_eq!(r.status, 202, "held, not run: {:?}", r.body);
+    assert!(
+        r.body
+            .to_string()
+            .contains("implicit cast from the row type"),
+        "{:?}",
+        r.body
+    );
+    drop(gw);
+    drop(in_db);
+    drop_database(&admin, &db).await;
+}
+
 /// Takes the PostgreSQL store database at `store_url` away from the gateway (no new connections, the
 /// existing ones terminated), or gives it back. The cluster itself keeps running.
 async fn store_reachable(store_url: &str, reachable: bool) {

@@ -374,6 +374,12 @@ async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
         format!("SELECT ssn::regclass FROM {schema}.people"),
         // A syntax_error that quotes a value, not the statement.
         format!("SELECT (ssn || ')')::tsquery FROM {schema}.people"),
+        // Quotes inside the value split the message into parts the statement holds.
+        format!("SELECT quote_ident('a\"' || ssn || '\"b')::regclass FROM {schema}.people"),
+        // A comment listing candidates "holds" any one-character value.
+        format!(
+            "SELECT quote_ident('x' || substr(ssn, 1, 1))::regclass FROM {schema}.people /* xs xS */"
+        ),
     ] {
         let e = client.simple_query(&sql).await.unwrap_err();
         let db_error = e.as_db_error().expect("a database error");

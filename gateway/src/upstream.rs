@@ -224,6 +224,10 @@ pub struct UpstreamSqlError {
     /// Detail, when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Whether PostgreSQL gave a cursor position in the statement (set by parse analysis, never by a
+    /// value read from a row): masking keeps quoted message text only then.
+    #[serde(skip)]
+    pub positioned: bool,
 }
 
 /// What running a query string produced.
@@ -270,6 +274,9 @@ pub enum ExecError {
     },
 }
 
+/// The longest a pooled session's connect and login may take (the wire path has its startup deadline).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Sends a CancelRequest for the query under way on a session when dropped armed (see
 /// [`UpstreamPool::simple_query`]).
 struct CancelOnDrop {
@@ -299,6 +306,7 @@ pub struct UpstreamPool {
     open: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
     max_idle: usize,
     max_open: usize,
+    connect_timeout: std::time::Duration,
 }
 
 impl UpstreamPool {
@@ -314,7 +322,14 @@ impl UpstreamPool {
             open: Mutex::new(HashMap::new()),
             max_idle,
             max_open: max_open.max(1),
+            connect_timeout: CONNECT_TIMEOUT,
         }
+    }
+
+    /// The same pool giving up on a connect and login after `limit` (default 10 s).
+    pub fn with_connect_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.connect_timeout = limit;
+        self
     }
 
     fn permits(&self, name: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
@@ -372,7 +387,15 @@ impl UpstreamPool {
                     ("application_name".into(), "countersign".into()),
                     ("client_encoding".into(), "UTF8".into()),
                 ];
-                connect(target, &params).await?
+                tokio::time::timeout(self.connect_timeout, connect(target, &params))
+                    .await
+                    .map_err(|_| {
+                        // Nothing was sent but a login: callers treat it as any failed connect.
+                        UpstreamError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no completed login within {:?}", self.connect_timeout),
+                        ))
+                    })??
             }
         };
         if !crate::pg::backend::reads_the_same_anyhow(sql) {
@@ -661,6 +684,7 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                     sqlstate: String::new(),
                     message: String::new(),
                     detail: None,
+                    positioned: false,
                 };
                 for (f, v) in error_fields(&body) {
                     let v = String::from_utf8_lossy(v).into_owned();
@@ -668,6 +692,7 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                         b'C' => e.sqlstate = v,
                         b'M' => e.message = v,
                         b'D' => e.detail = Some(v),
+                        b'P' => e.positioned = true,
                         _ => {}
                     }
                 }
@@ -869,6 +894,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.results[0].rows[0][0].as_deref(), Some("2"));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_accepts_but_never_answers_fails_the_connect_in_time() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        // Accepts and keeps the socket open without a byte of answer.
+        let held = tokio::spawn(async move {
+            let (socket, _) = silent.accept().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            drop(socket);
+        });
+        let target =
+            UpstreamTarget::parse(&format!("postgres://postgres@127.0.0.1:{port}/test")).unwrap();
+        let pool = UpstreamPool::new(1).with_connect_timeout(std::time::Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let out = pool.simple_query("silent", &target, "SELECT 1", true).await;
+        match out {
+            Err(ExecError::Connect(UpstreamError::Io(e))) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}")
+            }
+            other => panic!("expected a connect timeout, got {other:?}"),
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        held.abort();
     }
 
     #[tokio::test]

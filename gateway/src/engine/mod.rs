@@ -153,7 +153,8 @@ impl Engine {
 
     /// Classify `sql` for this requester on this connection (cached by text).
     pub fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Verdict {
-        self.timed_policy(connection, requester, |policy, ctx| {
+        let db_functions = self.db_functions(connection);
+        self.timed_policy(connection, requester, &db_functions, |policy, ctx| {
             policy.evaluate(ctx, sql)
         })
     }
@@ -167,8 +168,9 @@ impl Engine {
         sql: &str,
         memo: &mut crate::policy::VerdictMemo,
     ) -> Arc<Verdict> {
-        memo.for_db_functions(Some(&self.db_functions(connection)));
-        self.timed_policy(connection, requester, |policy, ctx| {
+        let db_functions = self.db_functions(connection);
+        memo.for_db_functions(Some(&db_functions));
+        self.timed_policy(connection, requester, &db_functions, |policy, ctx| {
             policy.evaluate_memo(ctx, sql, memo)
         })
     }
@@ -178,16 +180,16 @@ impl Engine {
         &self,
         connection: &str,
         requester: &RequesterChain,
+        db_functions: &crate::policy::DatabaseFunctions,
         evaluate: impl FnOnce(&Policy, &PolicyContext<'_>) -> T,
     ) -> T {
         let started = std::time::Instant::now();
-        let db_functions = self.db_functions(connection);
         let out = evaluate(
             &self.policy,
             &PolicyContext {
                 connection,
                 requester,
-                db_functions: Some(&db_functions),
+                db_functions: Some(db_functions),
             },
         );
         self.metrics.classify.observe(started.elapsed());

@@ -43,9 +43,12 @@ static QUERY: LazyLock<String> = LazyLock::new(|| {
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
+         LEFT JOIN pg_catalog.pg_type e ON e.oid OPERATOR(pg_catalog.=) t.typelem \
+           AND p.provariadic OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
          WHERE (n.nspname NOT IN ('pg_catalog', 'information_schema') OR p.oid >= 16384) \
            AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
-           AND (t.typtype IN ('c', 'p', 'd') OR t.typname IN ('record', 'anyelement')) \
+           AND (t.typtype IN ('c', 'p', 'd') OR t.typname IN ('record', 'anyelement') \
+                OR e.typtype OPERATOR(pg_catalog.=) ANY ('{{c,p,d}}'::pg_catalog.\"char\"[])) \
          UNION ALL \
          SELECT DISTINCT 'shadow', p.proname::text, \
            pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(p.proname) \
@@ -67,7 +70,8 @@ static QUERY: LazyLock<String> = LazyLock::new(|| {
 
 /// Functions that may do more than compute a value: outside `pg_catalog`, those not written in C
 /// (`internal` or `c`) or declared volatile (a SQL or PL function of any volatility can reach a volatile
-/// writer); in `pg_catalog`, the volatile ones. `fn` names each as `schema.name`. Every operator here
+/// writer), and `internal` ones running a volatile built-in's code whatever volatility they declare; in
+/// `pg_catalog`, the volatile ones. `fn` names each as `schema.name`. Every operator here
 /// is spelled `OPERATOR(pg_catalog.…)`, so the read runs no operator the database defines itself.
 const CODE_CTES: &str = "unsafe AS ( \
       SELECT p.oid, pg_catalog.concat(pg_catalog.quote_ident(n.nspname), '.', pg_catalog.quote_ident(p.proname)) AS fn \
@@ -77,7 +81,13 @@ const CODE_CTES: &str = "unsafe AS ( \
       WHERE CASE WHEN n.nspname OPERATOR(pg_catalog.=) 'pg_catalog' AND p.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
                  THEN p.provolatile OPERATOR(pg_catalog.=) 'v' \
                  ELSE NOT (l.lanname OPERATOR(pg_catalog.=) ANY ('{internal,c}'::pg_catalog.name[]) \
-                           AND p.provolatile OPERATOR(pg_catalog.<>) 'v') END), \
+                           AND p.provolatile OPERATOR(pg_catalog.<>) 'v') \
+                      OR (l.lanname OPERATOR(pg_catalog.=) 'internal' AND EXISTS ( \
+                          SELECT 1 FROM pg_catalog.pg_proc b \
+                          WHERE b.prosrc OPERATOR(pg_catalog.=) p.prosrc \
+                            AND b.prolang OPERATOR(pg_catalog.=) p.prolang \
+                            AND b.provolatile OPERATOR(pg_catalog.=) 'v' \
+                            AND b.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid)) END), \
     coded AS ( \
       SELECT x.typ, pg_catalog.concat('its cast from ', c.castsource::pg_catalog.regtype, ' to ', \
              c.casttarget::pg_catalog.regtype, ' runs ', u.fn) AS why \
@@ -166,6 +176,12 @@ const CODE_ROWS: &str = "SELECT DISTINCT 'type', t.typname::text, c.why \
         AND c.castsource OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
         AND c.casttarget OPERATOR(pg_catalog.<) 16384::pg_catalog.oid \
     UNION ALL \
+    SELECT DISTINCT 'global', '', pg_catalog.concat('an implicit cast from the row type ', \
+      c.castsource::pg_catalog.regtype, ' to ', c.casttarget::pg_catalog.regtype, \
+      ' lets attribute notation on such rows (q.name) call any function of ', c.casttarget::pg_catalog.regtype) \
+      FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_type s ON s.oid OPERATOR(pg_catalog.=) c.castsource \
+      WHERE c.castcontext OPERATOR(pg_catalog.=) 'i' AND s.typtype OPERATOR(pg_catalog.=) 'c' \
+    UNION ALL \
     SELECT DISTINCT 'global', '', pg_catalog.concat('the default ', am.amname, ' operator class ', o.opcname, \
       ' for ', o.opcintype::pg_catalog.regtype, ' runs ', u.fn, \
       ', and PostgreSQL uses it wherever such values are sorted, grouped, hashed or compared') \
@@ -242,28 +258,37 @@ fn lists(rows: impl IntoIterator<Item = Vec<Option<String>>>) -> DatabaseFunctio
             _ => {}
         }
     }
-    let lists_so_far = out.clone();
-    for (name, check, policy) in checks {
-        let Some(why) = check_runs_code(&check, &lists_so_far) else {
-            continue;
+    // Checks, policies and views name one another (a policy reading a view, a view reading a table
+    // whose policy runs code, a policy reading such a table): judged again with what each round
+    // found until nothing changes. Every round only adds, so the rounds are bounded by the entries.
+    for _round in 0..=checks.len() + definitions.len() {
+        let so_far = out.clone();
+        for (name, check, policy) in &checks {
+            let Some(why) = check_runs_code(check, &so_far) else {
+                continue;
+            };
+            if *policy {
+                push_reason(
+                    &mut out.tables,
+                    relation_key(name),
+                    format!("row-level security policy {why}"),
+                );
+            } else {
+                push_reason(&mut out.types, name.clone(), format!("its {why}"));
+            }
+        }
+        // A view's calls were resolved when it was made (pg_depend names them, `view_calls`), so a
+        // name it shares with a function elsewhere does not matter there as it does in a statement's
+        // text.
+        let bound = DatabaseFunctions {
+            shadows: BTreeMap::new(),
+            ..out.clone()
         };
-        if policy {
-            push_reason(
-                &mut out.tables,
-                relation_key(&name),
-                format!("row-level security policy {why}"),
-            );
-        } else {
-            push_reason(&mut out.types, name, format!("its {why}"));
+        out.views = views_that_run_code(&definitions, &bound, view_calls.clone());
+        if out == so_far {
+            break;
         }
     }
-    // A view's calls were resolved when it was made (pg_depend names them, `view_calls`), so a name it
-    // shares with a function elsewhere does not matter there as it does in a statement's text.
-    let bound = DatabaseFunctions {
-        shadows: BTreeMap::new(),
-        ..out.clone()
-    };
-    out.views = views_that_run_code(&definitions, &bound, view_calls);
     out
 }
 
@@ -663,6 +688,46 @@ mod tests {
             "{:?}",
             got.types
         );
+    }
+
+    #[test]
+    fn policies_and_views_that_read_each_other_are_followed_to_the_end() {
+        let got = lists([
+            row([Some("view"), Some("v_evil"), Some(" SELECT evil2() AS x;")]),
+            // docs' policy reads the view; docs2's reads docs; a view over docs2 reads all of it.
+            row([
+                Some("policy"),
+                Some("docs"),
+                Some("(EXISTS ( SELECT 1 FROM v_evil))"),
+            ]),
+            row([
+                Some("policy"),
+                Some("docs2"),
+                Some("(EXISTS ( SELECT 1 FROM docs))"),
+            ]),
+            row([
+                Some("view"),
+                Some("v_docs2"),
+                Some(" SELECT docs2.id FROM docs2;"),
+            ]),
+            row([
+                Some("policy"),
+                Some("plain"),
+                Some("(owner = CURRENT_USER)"),
+            ]),
+        ]);
+        assert!(got.views.contains_key("v_evil"), "{:?}", got.views);
+        for table in ["docs", "docs2"] {
+            assert!(
+                got.tables
+                    .get(table)
+                    .is_some_and(|why| why[0].starts_with("row-level security policy")),
+                "{table}: {:?}",
+                got.tables
+            );
+        }
+        assert!(got.views.contains_key("v_docs2"), "{:?}", got.views);
+        assert!(!got.tables.contains_key("plain"), "{:?}", got.tables);
     }
 
     #[test]

@@ -159,7 +159,11 @@ fn exposure_with(sql: &str, rules: &CompiledRules, text: Text<'_>, columns: usiz
         return Exposure::All;
     };
     let seen = Seen::of(&statements);
-    if seen.opaque || seen.reads_statistics() || defeats_name_tracking(&statements) {
+    if seen.opaque
+        || seen.reads_statistics()
+        || names_statement_text(sql)
+        || defeats_name_tracking(&statements)
+    {
         return Exposure::All;
     }
     let exposing = |item: &SelectItem| item_exposes(item, &seen.relations, rules, text);
@@ -360,6 +364,23 @@ const STATISTICS: &[&str] = &[
     "pg_statistic_ext_data",
 ];
 
+/// Views and functions showing other sessions' statement text, whose literals may be values of masked
+/// columns: whatever a statement computes from them (`lower(query)`, a whole row, a view's renamed
+/// column) may carry one. The plain `query` column is redacted by its table (see
+/// `masking::shows_statement_text`).
+const STATEMENT_TEXT: &[&str] = &[
+    "pg_stat_activity",
+    "pg_stat_statements",
+    "pg_stat_get_activity",
+];
+
+/// True when `sql` names a function of [`STATEMENT_TEXT`] anywhere (a call in a select list is no
+/// relation): identifiers can't be spelled with escapes outside `U&""`, which fails closed earlier.
+fn names_statement_text(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    STATEMENT_TEXT.iter().any(|name| lower.contains(name))
+}
+
 /// True when one select-list item mentions a masked column or a whole row of a relation.
 fn item_exposes(
     item: &SelectItem,
@@ -427,11 +448,12 @@ impl Seen {
         seen
     }
 
-    /// True when a relation of the statement is a statistics catalog ([`STATISTICS`]).
+    /// True when a relation of the statement is a statistics catalog ([`STATISTICS`]) or shows other
+    /// sessions' statements ([`STATEMENT_TEXT`]).
     fn reads_statistics(&self) -> bool {
         self.relations
             .iter()
-            .any(|r| STATISTICS.contains(&r.as_str()))
+            .any(|r| STATISTICS.contains(&r.as_str()) || STATEMENT_TEXT.contains(&r.as_str()))
     }
 
     /// The outermost query's select-list items, and every other one.
@@ -562,6 +584,29 @@ mod tests {
         assert!(copy, "an unparsable COPY is refused");
         assert_eq!(
             exposure("SELECT name || name FROM users", &rules(), 1),
+            Exposure::Nothing
+        );
+    }
+
+    #[test]
+    fn whatever_is_computed_from_other_sessions_statements_is_exposed() {
+        let r = rules();
+        for sql in [
+            "SELECT lower(query) FROM pg_stat_activity",
+            "SELECT substr(a.query, 1, 200) FROM pg_catalog.pg_stat_activity a",
+            "SELECT a FROM pg_stat_activity a",
+            "SELECT (pg_stat_get_activity(NULL)).query",
+            "SELECT s.query || '' FROM \"pg_stat_statements\" s",
+        ] {
+            assert_eq!(exposure(sql, &r, 1), Exposure::All, "{sql}");
+        }
+        // A view renaming the column: every column of it counts as masked.
+        let view =
+            " SELECT pg_stat_activity.pid, pg_stat_activity.query AS q FROM pg_stat_activity;";
+        assert!(view_exposure(view, &[], &r).covers(1));
+        // Elsewhere, computed columns over unmasked ones stay clear.
+        assert_eq!(
+            exposure("SELECT lower(query) FROM app_queries", &r, 1),
             Exposure::Nothing
         );
     }

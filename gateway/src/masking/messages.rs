@@ -9,6 +9,12 @@
 //! in the statement (a `syntax_error` also reports a bad tsquery value: `syntax error in tsquery:
 //! "123-45-6789)"`); every other message is withheld, and DETAIL, CONTEXT and the internal query are
 //! always dropped. **Fail closed:** an unknown code loses its text.
+//!
+//! A message that quotes anything (or ends in an unquoted name after a colon) must also carry a cursor
+//! position (`P`): PostgreSQL sets one only for errors of parse analysis, which reads the statement and
+//! the catalogs but no row. The same codes raised while the statement runs (a `regclass` cast of
+//! `'x' || ssn`, dynamic SQL in a function) have none, and "appears in the statement" proves nothing
+//! then: a value may hold a `"` of its own, and a comment can list every candidate character.
 
 use bytes::{BufMut, BytesMut};
 
@@ -42,11 +48,21 @@ const TEXT_ONLY: &[&str] = &[
 
 /// True when a message with this SQLSTATE keeps its text on a masked connection: the code is one whose
 /// text names only what the statement wrote, everything the message quotes is in `statement`, and so
-/// is any unquoted text it ends with after a colon.
-pub fn keeps_text(sqlstate: &str, message: &str, statement: &str) -> bool {
+/// is any unquoted text it ends with after a colon; a message quoting anything at all must also be
+/// `positioned` (come from parse analysis, see the module's notes).
+pub fn keeps_text(sqlstate: &str, message: &str, statement: &str, positioned: bool) -> bool {
     TEXT_ONLY.contains(&sqlstate)
+        && (positioned || !names_anything(message))
         && quotes_the_statement(message, statement)
         && unquoted_parts_are_plain(message, statement)
+}
+
+/// True when the message quotes something or ends with an unquoted name after a colon.
+fn names_anything(message: &str) -> bool {
+    message.contains('"')
+        || message
+            .rsplit_once(": ")
+            .is_some_and(|(_, tail)| !tail.trim().is_empty())
 }
 
 /// The text outside `"…"` is PostgreSQL's own English template, except where a template puts a value
@@ -115,7 +131,8 @@ pub fn redact_frame(frame: &[u8], statement: &str, out: &mut BytesMut) -> bool {
         .find(|(f, _)| *f == b'M')
         .map(|(_, v)| String::from_utf8_lossy(v))
         .unwrap_or_default();
-    let keep = keeps_text(&sqlstate, &message, statement);
+    let positioned = fields.iter().any(|(f, _)| *f == b'P');
+    let keep = keeps_text(&sqlstate, &message, statement, positioned);
     if keep && !fields.iter().any(|(f, _)| always_dropped(*f)) {
         return false;
     }
@@ -142,7 +159,7 @@ pub fn redact_frame(frame: &[u8], statement: &str, out: &mut BytesMut) -> bool {
 /// The same for an error the HTTP API reports (and an approved execution records) for `statement`.
 pub fn redact_upstream_error(e: &mut crate::upstream::UpstreamSqlError, statement: &str) {
     e.detail = None;
-    if !keeps_text(&e.sqlstate, &e.message, statement) {
+    if !keeps_text(&e.sqlstate, &e.message, statement, e.positioned) {
         e.message = withheld(&e.sqlstate);
     }
 }
@@ -260,6 +277,7 @@ mod tests {
             &[
                 (b'C', "42P01"),
                 (b'M', r#"relation "peple" does not exist"#),
+                (b'P', "15"),
             ],
         );
         assert!(!redact_frame(&missing, "SELECT * FROM Peple", &mut out));
@@ -271,6 +289,7 @@ mod tests {
                     b'M',
                     "improper relation name (too many dotted names): a.b.c.d",
                 ),
+                (b'P', "8"),
             ],
         );
         assert!(!redact_frame(
@@ -296,12 +315,37 @@ mod tests {
     }
 
     #[test]
+    fn runtime_errors_naming_anything_are_withheld_however_the_statement_reads() {
+        // Raised while the statement ran (no cursor position): a value with quotes of its own splits
+        // into parts the statement holds, and a comment can list every candidate character or name.
+        let statement = r#"SELECT quote_ident('a"' || ssn || '"b')::regclass, (substr(ssn, 2, 1) || '.a.b.c')::regclass FROM people /* x0 x1 x2 x3 2.a.b.c */"#;
+        for (code, message) in [
+            ("42P01", r#"relation "a"123-45-6789"b" does not exist"#),
+            ("42P01", r#"relation "x2" does not exist"#),
+            (
+                "42601",
+                "improper relation name (too many dotted names): 2.a.b.c",
+            ),
+        ] {
+            let f = frame(b'E', &[(b'C', code), (b'M', message)]);
+            let mut out = BytesMut::new();
+            assert!(redact_frame(&f, statement, &mut out), "{message}");
+            assert!(text(&out).contains(&withheld(code)), "{message}");
+        }
+        // A message that names nothing keeps its text without a position.
+        let zero = frame(b'E', &[(b'C', "22012"), (b'M', "division by zero")]);
+        let mut out = BytesMut::new();
+        assert!(!redact_frame(&zero, "SELECT 1/0", &mut out));
+    }
+
+    #[test]
     fn api_errors_lose_value_carrying_text() {
         use crate::upstream::UpstreamSqlError;
         let mut e = UpstreamSqlError {
             sqlstate: "22P02".into(),
             message: "invalid input syntax for type json".into(),
             detail: Some(r#"Token "SSNVAL3" is invalid."#.into()),
+            positioned: false,
         };
         redact_upstream_error(&mut e, "SELECT ssn::json FROM people");
         assert_eq!(e.detail, None);
@@ -310,8 +354,18 @@ mod tests {
             sqlstate: "42703".into(),
             message: r#"column "nope" does not exist"#.into(),
             detail: None,
+            positioned: true,
         };
         redact_upstream_error(&mut e, "SELECT nope FROM people");
         assert_eq!(e.message, r#"column "nope" does not exist"#);
+        // The same text raised at run time (dynamic SQL naming a value) carries no position.
+        let mut e = UpstreamSqlError {
+            sqlstate: "42703".into(),
+            message: r#"column "nope" does not exist"#.into(),
+            detail: None,
+            positioned: false,
+        };
+        redact_upstream_error(&mut e, "SELECT nope FROM people");
+        assert_eq!(e.message, withheld("42703"));
     }
 }
