@@ -1425,6 +1425,110 @@ async fn code_reached_through_variadic_rows_internal_aliases_or_implicit_row_cas
     drop_database(&admin, &db).await;
 }
 
+/// The id of the one pending request, once a held statement has created it.
+async fn pending_request_id(gw: &Gateway) -> String {
+    for _ in 0..100 {
+        let list = gw
+            .http
+            .get(format!("{}/v1/requests?status=pending", gw.base))
+            .bearer_auth(BOB)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap();
+        let id = list.to_string().split('"').find_map(|s| {
+            (s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4).then(|| s.to_string())
+        });
+        if let Some(id) = id {
+            return id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no statement was held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_copy_from_stdin_whose_client_leaves_is_failed_upstream_not_left_waiting() {
+    use futures::SinkExt;
+    let gw = spawn_gateway(
+        &base_config(
+            "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 60\n",
+        ),
+        Backend::Sqlite,
+    )
+    .await;
+    let table = make_table("copy_left").await;
+    let addr = gw.wire.expect("wire listener configured");
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
+            addr.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let sql = format!("COPY {table} (id, v) FROM STDIN");
+    let copying = {
+        let sql = sql.clone();
+        tokio::spawn(async move {
+            let sink = client.copy_in::<_, bytes::Bytes>(&sql).await.unwrap();
+            futures::pin_mut!(sink);
+            sink.send(bytes::Bytes::from_static(b"1\ta\n2\tb\n"))
+                .await
+                .unwrap();
+            // The client stops here, mid-COPY, and keeps the connection until it is dropped.
+            std::future::pending::<()>().await;
+            drop(client);
+        })
+    };
+    let id = pending_request_id(&gw).await;
+    for reviewer in [BOB, CAROL] {
+        assert_eq!(gw.vote(reviewer, &id, "approve").await.status, 200);
+    }
+    // The COPY is running upstream, waiting for data.
+    let running = || async {
+        direct_scalar::<i64>(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = '{sql}'"
+        ))
+        .await
+    };
+    for _ in 0..100 {
+        if running().await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(running().await, 1, "the approved COPY started");
+    // The client goes away without CopyDone.
+    copying.abort();
+    conn.abort();
+    let mut status = json!(null);
+    for _ in 0..100 {
+        status = gw.request(BOB, &id).await.body["status"].clone();
+        if status != json!("executing") && status != json!("approved") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        json!("failed"),
+        "recorded as failed, not left executing"
+    );
+    let request = gw.request(BOB, &id).await.body.to_string();
+    assert!(request.contains("disconnected"), "{request}");
+    assert_eq!(
+        running().await,
+        0,
+        "no upstream session still waits for COPY data"
+    );
+    assert_eq!(count(&table).await, 0, "none of the rows were committed");
+}
+
 /// Takes the PostgreSQL store database at `store_url` away from the gateway (no new connections, the
 /// existing ones terminated), or gives it back. The cluster itself keeps running.
 async fn store_reachable(store_url: &str, reachable: bool) {
@@ -1469,27 +1573,7 @@ async fn a_held_wire_statement_whose_store_goes_away_is_told_so_and_runs_once_af
         let (client, sql) = (client.clone(), sql.clone());
         tokio::spawn(async move { client.simple_query(&sql).await })
     };
-    let mut id = None;
-    for _ in 0..100 {
-        let list = gw
-            .http
-            .get(format!("{}/v1/requests?status=pending", gw.base))
-            .bearer_auth(BOB)
-            .send()
-            .await
-            .unwrap()
-            .json::<serde_json::Value>()
-            .await
-            .unwrap();
-        id = list.to_string().split('"').find_map(|s| {
-            (s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4).then(|| s.to_string())
-        });
-        if id.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let id = id.expect("the statement is held");
+    let id = pending_request_id(&gw).await;
 
     store_reachable(&gw.store_url, false).await;
     let answer = tokio::time::timeout(Duration::from_secs(15), held).await;

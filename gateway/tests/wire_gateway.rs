@@ -2345,3 +2345,102 @@ async fn executing_a_portal_never_bound_answers_34000_and_the_session_goes_on() 
     let frames = read_frames_until(&mut s, b'Z').await;
     assert!(frames.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"5")));
 }
+
+/// A backend frame: tag, length, body.
+fn backend_frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    message(tag, body)
+}
+
+/// An upstream that logs anyone in, answers the first Query with a RowDescription and the first
+/// `sent` bytes of a `claimed`-byte DataRow, then dies.
+async fn upstream_dying_mid_row(claimed: usize, sent: usize) -> UpstreamTarget {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.unwrap();
+        let mut startup = vec![0u8; i32::from_be_bytes(len) as usize - 4];
+        s.read_exact(&mut startup).await.unwrap();
+        let mut login = backend_frame(b'R', &0i32.to_be_bytes());
+        for (k, v) in [
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("standard_conforming_strings", "on"),
+        ] {
+            login.extend(backend_frame(b'S', &[cstr(k), cstr(v)].concat()));
+        }
+        login.extend(backend_frame(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
+        login.extend(backend_frame(b'Z', b"I"));
+        s.write_all(&login).await.unwrap();
+        loop {
+            let mut head = [0u8; 5];
+            if s.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut body = vec![0u8; len - 4];
+            s.read_exact(&mut body).await.unwrap();
+            if head[0] != b'Q' {
+                continue;
+            }
+            // One text column `v`.
+            let mut desc = 1i16.to_be_bytes().to_vec();
+            desc.extend(cstr("v"));
+            desc.extend(0i32.to_be_bytes()); // table oid
+            desc.extend(0i16.to_be_bytes()); // attnum
+            desc.extend(25i32.to_be_bytes()); // text
+            desc.extend((-1i16).to_be_bytes());
+            desc.extend((-1i32).to_be_bytes());
+            desc.extend(0i16.to_be_bytes());
+            let mut out = backend_frame(b'T', &desc);
+            // DataRow: length counts itself, the column count, the value's length and the value.
+            let value_len = claimed - 4 - 2 - 4;
+            out.push(b'D');
+            out.extend((claimed as i32).to_be_bytes());
+            out.extend(1i16.to_be_bytes());
+            out.extend((value_len as i32).to_be_bytes());
+            out.extend(std::iter::repeat_n(b'x', sent));
+            s.write_all(&out).await.unwrap();
+            return; // the upstream dies mid-row
+        }
+    });
+    UpstreamTarget {
+        host: "127.0.0.1".into(),
+        port,
+        user: "postgres".into(),
+        password: None,
+        database: "app".into(),
+        tls: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_dying_mid_row_leaves_the_client_a_bare_close_not_a_spliced_error() {
+    let (_gate, addr) = start_at(|_| {}, upstream_dying_mid_row(1_000_000, 20_000).await).await;
+    let mut s = raw_login(addr).await;
+    s.write_all(&message(b'Q', &cstr("SELECT 1")))
+        .await
+        .unwrap();
+    let got = read_to_close(&mut s).await;
+    // RowDescription whole, then exactly the part of the row the upstream sent, then the close: no
+    // FATAL appended inside the row, where the client would read it as row data.
+    let desc_len = 1 + i32::from_be_bytes([got[1], got[2], got[3], got[4]]) as usize;
+    assert_eq!(got[0], b'T', "{:?}", &got[..16.min(got.len())]);
+    assert_eq!(got[desc_len], b'D');
+    let row_part = got.len() - desc_len;
+    assert_eq!(row_part, 5 + 2 + 4 + 20_000, "only the upstream's bytes");
+    assert!(!contains(&got, b"08006"), "no error inside the row");
+}
+
+#[tokio::test]
+async fn an_upstream_dying_between_frames_is_reported_with_08006() {
+    // The row is whole; the upstream dies before its CommandComplete.
+    let (_gate, addr) = start_at(|_| {}, upstream_dying_mid_row(20, 10).await).await;
+    let mut s = raw_login(addr).await;
+    s.write_all(&message(b'Q', &cstr("SELECT 1")))
+        .await
+        .unwrap();
+    let got = read_to_close(&mut s).await;
+    assert!(contains(&got, b"08006"), "{got:?}");
+}

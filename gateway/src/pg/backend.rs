@@ -229,6 +229,12 @@ impl BackendTracker {
         self.copy_window.is_some()
     }
 
+    /// True while part of an upstream frame has reached the client and the rest has not: a message of
+    /// the gateway's own now would land inside that frame.
+    pub fn mid_frame_to_client(&self) -> bool {
+        self.skip > 0
+    }
+
     /// True between frames: the gateway may inject its own message to the client.
     pub fn at_boundary(&self) -> bool {
         self.skip == 0 && self.drop == 0

@@ -252,7 +252,12 @@ where
         }
         if let Err(WireError::Upstream(msg)) = &result {
             // Not a bare EOF: the client (and a pool) learns why, as from PostgreSQL's own FATALs.
-            // Frames reach the client whole, so this starts at a frame boundary.
+            // Only at a frame boundary: after part of a large row or COPY chunk the client would read
+            // the message as the rest of that frame, so it gets the bare close PostgreSQL's crash gives.
+            if self.backend.mid_frame_to_client() {
+                let _ = self.client_w.shutdown().await;
+                return result;
+            }
             let mut buf = BytesMut::new();
             put_error(
                 &mut buf,
@@ -513,7 +518,34 @@ where
             return;
         }
         self.client_gone = true;
-        tracing::info!(session = %self.ctx.session.id, "the client left during an approved execution; waiting for its result to record it");
+        if self.backend.in_copy_in() {
+            // Only the client could have sent the rest of the data: the COPY is ended here, or
+            // PostgreSQL would wait for it (holding its locks) as long as the session lives.
+            if self.copy_data_left > 0 {
+                // Part of a CopyData frame went upstream; no message can follow it. Closing the
+                // session aborts the COPY and its transaction.
+                self.abandon_in_flight(
+                    "the client left in the middle of COPY data; the gateway closed the upstream session, which aborted the COPY (none of its rows were committed)",
+                );
+                return;
+            }
+            tracing::info!(session = %self.ctx.session.id, "the client left during an approved COPY FROM STDIN; failing the COPY upstream");
+            // And a Sync: a COPY started by the extended protocol answers only at the next one (the
+            // client's Sync came during copy-in, where PostgreSQL ignores it). After a simple query's
+            // COPY it adds a ReadyForQuery nobody reads.
+            let mut fail = BytesMut::new();
+            if postgres_protocol::message::frontend::copy_fail(
+                "the client disconnected before the end of its COPY data",
+                &mut fail,
+            )
+            .is_ok()
+            {
+                postgres_protocol::message::frontend::sync(&mut fail);
+                self.out.extend_from_slice(&fail);
+            }
+        } else {
+            tracing::info!(session = %self.ctx.session.id, "the client left during an approved execution; waiting for its result to record it");
+        }
         let Err(e) = self.drain_approved().await else {
             return;
         };
