@@ -480,3 +480,53 @@ async fn other_sessions_statement_text_in_pg_stat_activity_is_redacted_under_col
     assert!(seen >= 1, "the running statement is listed");
     busy.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn copy_through_a_view_found_by_search_path_or_two_copies_in_one_query_stay_masked() {
+    let (db, schema) = direct_and_schema_name("mask_copy_path").await;
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.people (id int, ssn text);
+         INSERT INTO {schema}.people VALUES (1, 'SSNVAL3');
+         CREATE VIEW {schema}.v_people AS SELECT id, ssn AS tax_id FROM {schema}.people;"
+    ))
+    .await
+    .unwrap();
+    let (_gw, client) = masked_gateway("columns = [\"ssn\"]\nstyle = \"redact\"").await;
+    let copied = |sql: String| {
+        let client = &client;
+        async move {
+            let stream = client.copy_out(&sql).await?;
+            futures::pin_mut!(stream);
+            let mut out = Vec::new();
+            while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+                out.extend_from_slice(&chunk?);
+            }
+            Ok::<_, tokio_postgres::Error>(String::from_utf8_lossy(&out).into_owned())
+        }
+    };
+    // The view is named without its schema: this session's search_path finds it, the gateway's
+    // catalog session's does not.
+    client
+        .batch_execute(&format!("SET search_path = {schema}, public"))
+        .await
+        .unwrap();
+    match copied("COPY (SELECT id, tax_id FROM v_people) TO STDOUT".into()).await {
+        Ok(text) => assert!(!text.contains("SSNVAL3"), "{text}"),
+        Err(e) => assert!(e.as_db_error().is_some(), "{e:?}"),
+    }
+    // Two COPYs in one query string: each would be masked by the last one's columns.
+    let two = format!(
+        "COPY (SELECT id, ssn FROM {schema}.people) TO STDOUT; COPY (SELECT id, id FROM {schema}.people) TO STDOUT"
+    );
+    let rows = client.simple_query(&two).await;
+    let e = rows.expect_err("refused");
+    assert!(
+        e.as_db_error()
+            .is_some_and(|d| d.message().contains("several COPY")),
+        "{e:?}"
+    );
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

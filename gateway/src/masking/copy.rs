@@ -9,7 +9,6 @@ use sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, Expr, SelectItem, SetExpr,
     Statement,
 };
-use sqlparser::ast::{Visit, Visitor};
 use std::ops::ControlFlow;
 
 /// Why a COPY result is withheld.
@@ -30,6 +29,9 @@ pub enum CopyError {
     /// The relations the query reads could not be looked up.
     #[error("the relations this COPY reads could not be looked up, so a view renaming a masked column could not be followed; retry, or COPY from the table itself")]
     Unresolved,
+    /// Several COPY … TO statements in one query string.
+    #[error("this query string holds several COPY … TO statements, and on a masked connection each must be masked by its own columns; send each COPY as a query of its own")]
+    Several,
     /// The statement could not be read.
     #[error("the COPY statement could not be parsed for masking; write it as COPY t (a, b) TO STDOUT [WITH (FORMAT csv)]")]
     Unparsed,
@@ -77,6 +79,15 @@ struct Field {
 /// with `rules`.
 pub fn plan_copy(sql: &str, rules: &CompiledRules) -> Result<CopyPlan, CopyError> {
     let stmts = super::derived::parse_bounded(sql).ok_or(CopyError::Unparsed)?;
+    // Each CopyOutResponse of the query string is planned from this one statement: with two, the
+    // first COPY's columns would be masked by the second's names.
+    let copies_out = stmts
+        .iter()
+        .filter(|s| matches!(s, Statement::Copy { to: true, .. }))
+        .count();
+    if copies_out > 1 {
+        return Err(CopyError::Several);
+    }
     let derived = super::derived::exposes_beyond_named_columns(&stmts, rules);
     let Some(Statement::Copy {
         source,
@@ -161,38 +172,21 @@ pub fn plan_copy(sql: &str, rules: &CompiledRules) -> Result<CopyPlan, CopyError
     })
 }
 
-/// The relations a `COPY (query) TO STDOUT` reads, as written (`s.t`, `"Mixed"`), without the names
-/// its own CTEs define. (`COPY table TO` has none: PostgreSQL copies no view that way.)
+/// The relations a `COPY (query) TO STDOUT` reads, as written (`s.t`, `"Mixed"`), its CTEs' names
+/// included. (`COPY table TO` has none: PostgreSQL copies no view that way.)
 fn query_relations(query: &sqlparser::ast::Query) -> Vec<String> {
-    let mut ctes: Vec<String> = Vec::new();
-    collect_cte_names(query, &mut ctes);
+    // A CTE's name is looked up too: which name a reference means depends on scopes this reading
+    // does not follow (`… FROM v WHERE EXISTS (WITH v AS (…) …)` reads the real view `v`), and a
+    // name that is no relation costs nothing.
     let mut names: Vec<String> = Vec::new();
     let _ = sqlparser::ast::visit_relations(query, |name| {
         let written = name.to_string();
-        let cte = name.0.len() == 1 && ctes.iter().any(|c| c.eq_ignore_ascii_case(&written));
-        if !cte && !names.contains(&written) {
+        if !names.contains(&written) {
             names.push(written);
         }
         ControlFlow::<()>::Continue(())
     });
     names
-}
-
-/// The names every WITH clause in `query` defines (however deeply nested).
-fn collect_cte_names(query: &sqlparser::ast::Query, out: &mut Vec<String>) {
-    struct Ctes<'a>(&'a mut Vec<String>);
-    impl Visitor for Ctes<'_> {
-        type Break = ();
-        fn pre_visit_query(&mut self, q: &sqlparser::ast::Query) -> ControlFlow<()> {
-            if let Some(with) = &q.with {
-                for cte in &with.cte_tables {
-                    self.0.push(cte.alias.name.value.clone());
-                }
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let _ = query.visit(&mut Ctes(out));
 }
 
 impl CopyPlan {
@@ -454,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn the_relations_a_copy_query_reads_are_listed_without_its_own_ctes() {
+    fn the_relations_a_copy_query_reads_are_listed_with_cte_names_too() {
         for (sql, want) in [
             ("COPY (SELECT a FROM s.v) TO STDOUT", vec!["s.v"]),
             (
@@ -463,7 +457,12 @@ mod tests {
             ),
             (
                 "COPY (WITH w AS (SELECT a FROM v) SELECT a FROM w, (WITH u AS (SELECT 1 AS a) SELECT a FROM u) q) TO STDOUT",
-                vec!["v"],
+                vec!["v", "w", "u"],
+            ),
+            // A CTE named like a view, nested elsewhere, does not hide the view the query reads.
+            (
+                "COPY (SELECT id, h FROM vp WHERE EXISTS (WITH vp AS (SELECT 1) SELECT 1 FROM vp)) TO STDOUT",
+                vec!["vp"],
             ),
             ("COPY t (a) TO STDOUT", vec![]),
             ("COPY (SELECT 1) TO STDOUT", vec![]),
@@ -472,6 +471,15 @@ mod tests {
             let relations = plan_copy(sql, masker().rules()).map(|p| p.relations).unwrap_or_default();
             assert_eq!(relations, want, "{sql}");
         }
+    }
+
+    #[test]
+    fn several_copies_in_one_query_string_are_refused() {
+        let m = masker();
+        let sql = "COPY (SELECT name, hashed FROM customers) TO STDOUT; COPY (SELECT id, name FROM customers) TO STDOUT";
+        assert!(matches!(plan_copy(sql, m.rules()), Err(CopyError::Several)));
+        // One COPY after other statements is still planned.
+        assert!(plan_copy("SET x = 1; COPY (SELECT name FROM t) TO STDOUT", m.rules()).is_ok());
     }
 
     fn run(sql: &str, rows: &[&str]) -> Result<Vec<String>, CopyError> {

@@ -261,7 +261,11 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         return true;
     }
     let seen = Seen::of(statements);
-    if seen.reads_statistics() {
+    if seen.reads_statistics()
+        || statements
+            .iter()
+            .any(|s| names_statement_text(&s.to_string()))
+    {
         return true;
     }
     let (outer, inner) = seen.outer_and_inner();
@@ -374,11 +378,28 @@ const STATEMENT_TEXT: &[&str] = &[
     "pg_stat_get_activity",
 ];
 
-/// True when `sql` names a function of [`STATEMENT_TEXT`] anywhere (a call in a select list is no
-/// relation): identifiers can't be spelled with escapes outside `U&""`, which fails closed earlier.
+/// Functions that read tables or run queries named in their string arguments (`query_to_xml('SELECT
+/// ssn FROM people', …)`, `table_to_xml('people', …)`, `ts_stat('SELECT …')`): the select list shows
+/// no masked column, yet the result holds them.
+const READS_FROM_TEXT: &[&str] = &[
+    "query_to_xml",
+    "cursor_to_xml",
+    "table_to_xml",
+    "schema_to_xml",
+    "database_to_xml",
+    "ts_stat",
+    "ts_rewrite",
+];
+
+/// True when `sql` names a function of [`STATEMENT_TEXT`] or [`READS_FROM_TEXT`] anywhere (a call in a
+/// select list is no relation; `query_to_xml` covers `query_to_xml_and_xmlschema`): identifiers can't
+/// be spelled with escapes outside `U&""`, which fails closed earlier.
 fn names_statement_text(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
-    STATEMENT_TEXT.iter().any(|name| lower.contains(name))
+    STATEMENT_TEXT
+        .iter()
+        .chain(READS_FROM_TEXT)
+        .any(|name| lower.contains(name))
 }
 
 /// True when one select-list item mentions a masked column or a whole row of a relation.
@@ -597,6 +618,10 @@ mod tests {
             "SELECT a FROM pg_stat_activity a",
             "SELECT (pg_stat_get_activity(NULL)).query",
             "SELECT s.query || '' FROM \"pg_stat_statements\" s",
+            // Queries and tables named in strings.
+            "SELECT query_to_xml('select ssn from people', true, false, '')",
+            "SELECT table_to_xml('people', true, false, '')",
+            "SELECT * FROM ts_stat('select to_tsvector(''simple'', ssn) from people')",
         ] {
             assert_eq!(exposure(sql, &r, 1), Exposure::All, "{sql}");
         }

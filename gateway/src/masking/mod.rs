@@ -274,11 +274,14 @@ impl Masker {
         let class = TypeClass::of(type_oid);
         let detectors = self.rules.detectors;
         let ip_on = detectors.contains(Detector::Ipv4) || detectors.contains(Detector::Ipv6);
-        let mut style = self
-            .rules
-            .column_style_in(label, source)
-            .or_else(|| real.and_then(|r| self.rules.column_style_in(r, source)))
-            .cloned();
+        // An alias never picks a weaker style than the column's own: where the label and the real
+        // name match rules with different styles (`SELECT ssn AS last4`), the value is redacted.
+        let by_label = self.rules.column_style_in(label, source);
+        let by_name = real.and_then(|r| self.rules.column_style_in(r, source));
+        let mut style = match (by_label, by_name) {
+            (Some(a), Some(b)) if !a.same_as(b) => Some(Style::Redact),
+            (a, b) => a.or(b).cloned(),
+        };
         if style.is_none() && class == TypeClass::Inet && ip_on {
             style = Some(Style::Redact);
         }
@@ -795,6 +798,26 @@ mod tests {
             mask(&masker(RULES), "email_count", 23, false, b"7"),
             Masked::Null
         );
+    }
+
+    #[test]
+    fn an_alias_never_picks_a_weaker_style_than_the_real_column() {
+        let m = masker(
+            "[[rules]]\ncolumns = [\"ssn\"]\nstyle = \"redact\"\n\
+             [[rules]]\ncolumns = [\"kl\"]\nstyle = \"keep_last\"\nkeep = 4\n\
+             [[rules]]\ncolumns = [\"kl2\"]\nstyle = \"keep_last\"\nkeep = 4",
+        );
+        let plan = |label: &str, real: &str| {
+            m.column_named(label, Some(real), ColumnSource::Unknown, 25, false)
+                .style
+        };
+        // `SELECT ssn AS kl`: the label's keep_last would show the last four characters.
+        assert!(matches!(plan("kl", "ssn"), Some(Style::Redact)));
+        // The same style either way stays.
+        assert!(matches!(plan("kl2", "kl"), Some(Style::KeepLast(4))));
+        // An alias matching nothing keeps the column's own style, and vice versa.
+        assert!(matches!(plan("x", "kl"), Some(Style::KeepLast(4))));
+        assert!(matches!(plan("kl", "name"), Some(Style::KeepLast(4))));
     }
 
     #[test]

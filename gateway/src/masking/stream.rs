@@ -61,9 +61,10 @@ pub struct WireMasker {
     tables: TableNames,
     lookup: Option<Arc<dyn TableLookup>>,
     unresolved: Vec<u32>,
-    /// Relations a COPY query reads, by name as written: their OID on the lookup's session, or None
-    /// when the name is no relation there (forgotten with the table names, after DDL).
-    copy_relations: HashMap<String, Option<u32>>,
+    /// Relations a COPY query reads, by name as written: the OIDs it may name (a name without a schema
+    /// may name a relation of that name in any schema: this session's `search_path` is not the lookup
+    /// session's), none when it names no relation (forgotten with the table names, after DDL).
+    copy_relations: HashMap<String, Vec<u32>>,
     /// Names a COPY's planning waits for ([`FrameAction::ResolveTables`]).
     unresolved_names: Vec<String>,
     /// The last name lookup failed: the COPY offered again is refused (fail closed).
@@ -139,8 +140,12 @@ impl WireMasker {
             {
                 Ok(Ok(found)) => {
                     for name in asked {
-                        let oid = found.iter().find(|(n, _)| *n == name).map(|(_, o)| *o);
-                        self.copy_relations.insert(name, oid);
+                        let oids = found
+                            .iter()
+                            .filter(|(n, _)| *n == name)
+                            .map(|(_, o)| *o)
+                            .collect();
+                        self.copy_relations.insert(name, oids);
                     }
                 }
                 Ok(Err(e)) => {
@@ -158,7 +163,9 @@ impl WireMasker {
         let oids = self.tables.wanted(
             names
                 .iter()
-                .filter_map(|n| self.copy_relations.get(n).copied().flatten()),
+                .filter_map(|n| self.copy_relations.get(n))
+                .flatten()
+                .copied(),
         );
         if !oids.is_empty() {
             let rules = self.masker.rules();
@@ -174,8 +181,7 @@ impl WireMasker {
             .iter()
             .filter(|n| match self.copy_relations.get(*n) {
                 None => true,
-                Some(Some(oid)) => self.tables.wants(*oid),
-                Some(None) => false,
+                Some(oids) => oids.iter().any(|oid| self.tables.wants(*oid)),
             })
             .cloned()
             .collect();
@@ -184,7 +190,7 @@ impl WireMasker {
         }
         let mut exposed = Vec::new();
         for name in relations {
-            if let Some(Some(oid)) = self.copy_relations.get(name) {
+            for oid in self.copy_relations.get(name).into_iter().flatten() {
                 match self.tables.view_exposed_names(*oid) {
                     Some(names) => exposed.extend(names),
                     // Not known (a failed lookup): treated as a lookup failure by the caller.

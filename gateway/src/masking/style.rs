@@ -37,6 +37,16 @@ pub enum Style {
     Hash(Box<Hmac<Sha256>>),
 }
 
+impl Style {
+    /// True when both show a value alike (the hash style holds one key per connection).
+    pub fn same_as(&self, other: &Style) -> bool {
+        match (self, other) {
+            (Style::KeepLast(a), Style::KeepLast(b)) => a == b,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
 impl std::fmt::Debug for Style {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -129,7 +139,12 @@ fn partial(value: &str, out: &mut String) {
 
 /// [`partial`] for any text, character by character.
 fn partial_chars(value: &str, out: &mut String) {
-    if let Some((local, domain)) = value.split_once('@') {
+    // Only an e-mail address keeps its domain: `pass=P@ssw0rd…` is no address, and its text after
+    // the `@` is as secret as the rest.
+    if let Some((local, domain)) = value
+        .split_once('@')
+        .filter(|_| super::detect::is_email(value))
+    {
         let mut chars = local.chars();
         if let Some(first) = chars.next() {
             out.push(first);
@@ -167,7 +182,11 @@ fn push_stars(out: &mut String, mut n: usize) {
 /// one pass over the bytes, each appended as itself or as `*`.
 fn partial_ascii(value: &str, out: &mut String) {
     let b = value.as_bytes();
-    if let Some(at) = b.iter().position(|&c| c == b'@') {
+    if let Some(at) = b
+        .iter()
+        .position(|&c| c == b'@')
+        .filter(|_| super::detect::is_email(value))
+    {
         if at > 0 {
             out.reserve(b.len());
             out.push(char::from(b[0]));
@@ -226,6 +245,13 @@ mod tests {
                 "j*******@example.com",
             ),
             (Style::Partial, "123-45-67", "***-**-**"),
+            // An `@` in something that is no address reveals nothing after it.
+            (
+                Style::Partial,
+                "pass=P@ssw0rd-secret-value",
+                "****=*@******-******-*alue",
+            ),
+            (Style::Partial, "@annsmith_handle", "@********_**ndle"),
             (
                 Style::Partial,
                 "Jürgen Müller-Lüdenscheidt",

@@ -84,8 +84,9 @@ pub trait TableLookup: Send + Sync {
         Ok(Vec::new())
     }
 
-    /// The OID of each relation name as written in SQL (`s.t`, `"Mixed"`), resolved on the lookup's
-    /// own session; a name that is no relation there is missing from the answer. A lookup that can't
+    /// The OIDs each relation name as written in SQL (`s.t`, `"Mixed"`) may name: resolved on the
+    /// lookup's own session, and a name without a schema also as that name in every schema (the
+    /// client's search_path may differ); a name that is no relation is missing from the answer. A lookup that can't
     /// resolve names says so (the caller then fails closed).
     async fn oids_of(&self, _names: &[String]) -> Result<Vec<(String, u32)>, LookupError> {
         Err(LookupError(
