@@ -360,6 +360,12 @@ async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() 
         msg.contains("shutting down") && msg.contains("stays pending"),
         "message: {msg}"
     );
+    // A shutdown, not a refusal: clients and pools read 57P01 as "reconnect".
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("57P01"),
+        "{err:?}"
+    );
     let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("the waiting API caller is answered promptly")

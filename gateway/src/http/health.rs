@@ -11,9 +11,20 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready: the state store answers.
+/// How long readiness waits for the store: a probe (Kubernetes gives it 1–2 s) must not hold a
+/// connection for the pool's whole acquire timeout while the store is down.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ready: the state store answers within [`READY_WITHIN`].
 pub async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    match st.engine.store().list_requests(None, 1).await {
+    let answer = tokio::time::timeout(READY_WITHIN, st.engine.store().list_requests(None, 1))
+        .await
+        .unwrap_or_else(|_| {
+            Err(countersign_bot::store::StoreError::Config(format!(
+                "the state store did not answer within {READY_WITHIN:?}"
+            )))
+        });
+    match answer {
         Ok(_) => (
             StatusCode::OK,
             Json(json!({ "status": "ready", "store": st.engine.store().backend() })),

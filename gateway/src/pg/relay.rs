@@ -1222,6 +1222,11 @@ where
                 return Ok(());
             }
         };
+        let outcome_kind = if matches!(outcome, HoldOutcome::ShuttingDown) {
+            OutcomeKind::ShuttingDown
+        } else {
+            OutcomeKind::Other
+        };
         let message = match outcome {
             HoldOutcome::Approved => {
                 self.forward_approved(held, id);
@@ -1259,12 +1264,13 @@ where
                 return Ok(());
             }
         };
-        self.refuse(refusal_of(
-            &held,
-            Some(id),
-            sqlstate::INSUFFICIENT_PRIVILEGE,
-            message,
-        ));
+        // A shutdown is no refusal of the statement: clients and pools read 57P01 as "reconnect".
+        let code = if matches!(outcome_kind, OutcomeKind::ShuttingDown) {
+            sqlstate::ADMIN_SHUTDOWN
+        } else {
+            sqlstate::INSUFFICIENT_PRIVILEGE
+        };
+        self.refuse(refusal_of(&held, Some(id), code, message));
         Ok(())
     }
 
@@ -1337,6 +1343,12 @@ where
             swallow_ready: self.swallow_next,
         });
     }
+}
+
+/// Whether a hold ended because the gateway is stopping (answered with `57P01`, not `42501`).
+enum OutcomeKind {
+    ShuttingDown,
+    Other,
 }
 
 /// While PostgreSQL may read statement text differently from the policy (see
