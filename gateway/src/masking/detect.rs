@@ -326,18 +326,117 @@ fn find_in_tokens(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
         if token_end == start {
             continue;
         }
-        let token = trim_token(&text[start..token_end]);
-        let range = start..start + token.len();
-        if token.is_empty() || overlaps(out, &range) {
-            after_bearer = false;
-            continue;
-        }
-        let was_bearer = after_bearer;
-        after_bearer = token.eq_ignore_ascii_case("bearer") || token.eq_ignore_ascii_case("token");
-        if let Some(detector) = classify_token(token, on, was_bearer) {
-            out.push(Finding { range, detector });
+        judge_token(text, start..token_end, on, &mut after_bearer, out);
+    }
+}
+
+/// Classifies the token at `at` in `text`, after a token that left `after_bearer` (`Bearer`, `token`),
+/// and pushes what it finds; a token that is nothing whole gets a second look in pieces
+/// ([`find_in_pieces`]).
+fn judge_token(
+    text: &str,
+    at: Range<usize>,
+    on: DetectorSet,
+    after_bearer: &mut bool,
+    out: &mut Vec<Finding>,
+) {
+    let raw = &text[at.clone()];
+    let token = trim_token(raw);
+    let range = at.start..at.start + token.len();
+    if token.is_empty() || overlaps(out, &range) {
+        *after_bearer = false;
+        return;
+    }
+    let was_bearer = *after_bearer;
+    *after_bearer = token.eq_ignore_ascii_case("bearer") || token.eq_ignore_ascii_case("token");
+    if let Some(detector) = classify_token(token, on, was_bearer) {
+        out.push(Finding { range, detector });
+        return;
+    }
+    if raw
+        .bytes()
+        .any(|c| c >= 0x80 || c == b':' || PIECE_STOPS[usize::from(c)])
+        && find_in_pieces(raw, at.start, on, out)
+    {
+        *after_bearer = true;
+    }
+}
+
+/// Bytes that cut a token into pieces for a second look ([`find_in_pieces`]): URL, path and query
+/// punctuation, and a backslash (a JSON or C escape before the value).
+const fn piece_stops() -> [bool; 128] {
+    let mut t = [false; 128];
+    let mut c = 0;
+    while c < 128 {
+        t[c] = matches!(
+            c as u8,
+            b'/' | b'&' | b'?' | b'#' | b'%' | b'\\' | b'!' | b'*' | b'+'
+        );
+        c += 1;
+    }
+    t
+}
+
+static PIECE_STOPS: [bool; 128] = piece_stops();
+
+/// Cuts `token` (at `base` in the value) at the bytes `stop` names and at every non-ASCII character (no
+/// detector's kind holds one); calls `each` with every non-empty piece and its offset.
+fn pieces(token: &str, base: usize, stop: impl Fn(u8) -> bool, mut each: impl FnMut(&str, usize)) {
+    let b = token.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c >= 0x80 || stop(c) {
+            if i > start {
+                each(&token[start..i], base + start);
+            }
+            start = i + 1;
         }
     }
+    if b.len() > start {
+        each(&token[start..], base + start);
+    }
+}
+
+/// A second look at a token that is nothing whole: a value embedded in a URL, a path, a `key:value`
+/// or an escape (`mailto:ann@example.com`, `/u/ann@example.com/x`, `?t=eyJ…&s=1`, `10.1.2.3:5432`,
+/// `10.1.2.3/24`, `fe80::1%eth0`, `«ann@example.com»`, `\nann@example.com`). The token is cut at URL
+/// punctuation and non-ASCII characters and each piece classified; a piece still unmatched is cut at
+/// `:` as well (not at first: IPv6 addresses hold colons). True when the last piece is `bearer` or
+/// `token` (`Authorization:Bearer`): the next token is then a secret candidate.
+fn find_in_pieces(token: &str, base: usize, on: DetectorSet, out: &mut Vec<Finding>) -> bool {
+    let mut last_is_bearer = false;
+    let mut look = |p: &str, at: usize, out: &mut Vec<Finding>| {
+        let p = trim_token(p);
+        last_is_bearer = p.eq_ignore_ascii_case("bearer") || p.eq_ignore_ascii_case("token");
+        let found = (!p.is_empty())
+            .then(|| classify_token(p, on, false))
+            .flatten();
+        if let Some(detector) = found {
+            out.push(Finding {
+                range: at..at + p.len(),
+                detector,
+            });
+        }
+        found.is_some()
+    };
+    pieces(
+        token,
+        base,
+        |c| PIECE_STOPS[usize::from(c)],
+        |piece, at| {
+            if !look(piece, at, out) && piece.contains(':') {
+                pieces(
+                    piece,
+                    at,
+                    |c| c == b':',
+                    |p, at| {
+                        look(p, at, out);
+                    },
+                );
+            }
+        },
+    );
+    last_is_bearer
 }
 
 fn classify_token(t: &str, on: DetectorSet, after_bearer: bool) -> Option<Detector> {
@@ -719,6 +818,79 @@ mod tests {
     }
 
     #[test]
+    fn values_inside_urls_paths_escapes_and_key_value_pairs_are_found() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
+        let key = "sk_live_4eC39HqLyjWDarjtT1zdp7dc";
+        let cases: Vec<(String, Detector, &str)> = vec![
+            (
+                "mailto:ann@example.com".into(),
+                Detector::Email,
+                "ann@example.com",
+            ),
+            (
+                "Email:ann@example.com".into(),
+                Detector::Email,
+                "ann@example.com",
+            ),
+            (
+                "see /u/ann@example.com/profile".into(),
+                Detector::Email,
+                "ann@example.com",
+            ),
+            (
+                "?e=ann@example.com&z=1".into(),
+                Detector::Email,
+                "ann@example.com",
+            ),
+            (
+                "«ann@example.com»".into(),
+                Detector::Email,
+                "ann@example.com",
+            ),
+            (
+                "日本ann@example.com日本".into(),
+                Detector::Email,
+                "ann@example.com",
+            ),
+            (
+                "{\\\"email\\\":\\\"ann@example.com\\\"}".into(),
+                Detector::Email,
+                "ann@example.com",
+            ),
+            ("host 10.1.2.3:5432".into(), Detector::Ipv4, "10.1.2.3"),
+            ("http://10.1.2.3/path".into(), Detector::Ipv4, "10.1.2.3"),
+            ("net 10.1.2.3/24".into(), Detector::Ipv4, "10.1.2.3"),
+            ("net 2001:db8::1/64".into(), Detector::Ipv6, "2001:db8::1"),
+            ("link fe80::1%eth0".into(), Detector::Ipv6, "fe80::1"),
+            (
+                format!("cb?access_token={jwt}&state=abc"),
+                Detector::Jwt,
+                jwt,
+            ),
+            (format!("/t/{jwt}"), Detector::Jwt, jwt),
+            (format!("key={key}&b=1"), Detector::ApiKey, key),
+            (format!("KEY:{key}"), Detector::ApiKey, key),
+            (
+                "Authorization:Bearer abc123def456ghi789".into(),
+                Detector::ApiKey,
+                "abc123def456ghi789",
+            ),
+        ];
+        for (text, detector, expected) in &cases {
+            assert_eq!(found(text), vec![(*detector, *expected)], "in {text:?}");
+        }
+        // Plain words and paths around nothing stay clear.
+        for text in [
+            "a/b/c?d=e&f",
+            "version 1.2.3/x",
+            "user@localhost/path",
+            "10.1.2/24",
+        ] {
+            assert_eq!(found(text), vec![], "in {text:?}");
+        }
+    }
+
+    #[test]
     fn email_addresses_need_a_real_domain() {
         for (text, ok) in [
             ("a@b.co", true),
@@ -979,18 +1151,8 @@ mod tests {
             let token_end = i;
             i += sep;
             let Some(s) = start.take() else { continue };
-            let token = trim_token(&text[s..token_end]);
-            let range = s..s + token.len();
-            if token.is_empty() || overlaps(out, &range) {
-                after_bearer = false;
-                continue;
-            }
-            let was_bearer = after_bearer;
-            after_bearer =
-                token.eq_ignore_ascii_case("bearer") || token.eq_ignore_ascii_case("token");
-            if let Some(detector) = classify_token(token, on, was_bearer) {
-                out.push(Finding { range, detector });
-            }
+            // What a token holds is judged alike; this checks where tokens start and end.
+            judge_token(text, s..token_end, on, &mut after_bearer, out);
         }
     }
 
