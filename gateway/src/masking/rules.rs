@@ -154,6 +154,13 @@ struct ColumnPattern {
 impl ColumnPattern {
     /// Parses `column`, `table.column` or `schema.table.column`; the error reads after the pattern.
     fn parse(pattern: &str) -> Result<Self, String> {
+        // Quotes would be glob characters that no name holds: the rule would never match.
+        if pattern.contains('"') {
+            return Err(format!(
+                "has double quotes; write names without them (matching ignores case): {}",
+                pattern.replace('"', "")
+            ));
+        }
         let parts: Vec<&str> = pattern.split('.').collect();
         let glob = |p: &str| glob_of(p).map_err(|e| format!("is not a valid glob ({e})"));
         let (schema, table, column) = match parts[..] {
@@ -310,6 +317,16 @@ mod tests {
 
     fn parse(text: &str) -> MaskingConfig {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn quoted_names_in_a_column_pattern_are_refused_with_the_unquoted_spelling() {
+        let cfg = parse("[[rules]]\ncolumns = ['\"Mixed\".cardno']\nstyle = \"redact\"");
+        let e = CompiledRules::compile(&cfg, None).unwrap_err().to_string();
+        assert!(
+            e.contains("double quotes") && e.contains("Mixed.cardno"),
+            "{e}"
+        );
     }
 
     #[test]

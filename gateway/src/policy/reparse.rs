@@ -24,8 +24,42 @@ pub fn classify_without_inert_clause(tokens: &StatementTokens) -> Option<Stateme
     let statement = without_deferrable(&tokens.0)
         .or_else(|| without_copy_options(&tokens.0))
         .or_else(|| with_strong_row_locks(&tokens.0))
-        .or_else(|| user_as_role(&tokens.0))?;
+        .or_else(|| user_as_role(&tokens.0))
+        .or_else(|| catalog_operators_plain(&tokens.0))?;
     Some(classify_statement(&statement))
+}
+
+/// The statement with every `OPERATOR(pg_catalog.op)` spelled as the plain `op`, which sqlparser does
+/// not read before `ANY`/`ALL`/`SOME` (`relkind OPERATOR(pg_catalog.=) ANY (array[…])`, as pg_dump,
+/// vacuumdb and psql write their catalog queries). Judging the plain spelling is never laxer: the
+/// qualified one can only mean PostgreSQL's own operator, while a plain one may also resolve to a
+/// database's own (which the operator lists then flag).
+fn catalog_operators_plain(tokens: &[Token]) -> Option<Statement> {
+    let mut kept: Vec<Token> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < tokens.len() {
+        if let [op_kw, Token::LParen, Token::Word(schema), Token::Period, op, Token::RParen, ..] =
+            &tokens[i..]
+        {
+            if is_keyword(op_kw, "OPERATOR")
+                && schema.quote_style.is_none()
+                && schema.value.eq_ignore_ascii_case("pg_catalog")
+                && !matches!(op, Token::Word(_) | Token::LParen | Token::RParen)
+            {
+                kept.push(op.clone());
+                i += 6;
+                changed = true;
+                continue;
+            }
+        }
+        kept.push(tokens[i].clone());
+        i += 1;
+    }
+    if !changed {
+        return None;
+    }
+    parse_one(kept).ok()
 }
 
 /// `BEGIN` / `START TRANSACTION` / `SET [SESSION CHARACTERISTICS AS] TRANSACTION` without its

@@ -240,6 +240,12 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT tstzrange(now(), now() + interval '1 day'), int4range(1, 5), isempty(numrange(1, 1))", Allow, "SELECT"),
     ("SELECT width_bucket(5.3, 0, 10, 5), to_regclass('pg_class'), currval('s')", Allow, "SELECT"),
     ("SET default_transaction_deferrable = on", Allow, "SET"),
+    // pg_dump -t and vacuumdb spell catalog operators qualified, also before ANY (sqlparser reads the
+    // plain spelling only); a qualified operator outside pg_catalog is still someone's code.
+    ("SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relkind OPERATOR(pg_catalog.=) ANY (array['r', 'S', 'v', 'm', 'f', 'p']) AND c.relname OPERATOR(pg_catalog.~) '^(items)$' COLLATE pg_catalog.default", Allow, "SELECT"),
+    ("SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relkind OPERATOR(pg_catalog.=) ANY (array['r', 'm']) AND c.relpersistence OPERATOR(pg_catalog.!=) 't'", Allow, "SELECT"),
+    ("SELECT 1 WHERE 1 OPERATOR(evil.=) ANY (array[1])", Review, "not PostgreSQL's own"),
+    ("DELETE FROM t WHERE id OPERATOR(pg_catalog.=) ANY (array[1])", Review, "DELETE"),
     // pgJDBC getPrimaryKeys / getIndexInfo, psql \dx+ \db+ \dF+
     ("SELECT (information_schema._pg_expandarray(i.indkey)).n FROM pg_catalog.pg_index i", Allow, "SELECT"),
     ("SELECT information_schema._pg_char_max_length(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a", Allow, "SELECT"),
