@@ -584,6 +584,14 @@ async fn events_are_queued_for_every_sink_in_order() {
             .await
             .unwrap()
             .is_empty());
+        // A restart of a process owning its store gives the lease back at once.
+        assert_eq!(store.release_outbox_leases().await.unwrap(), 1);
+        let again = store
+            .lease_outbox(&["slack".into()], now, 30_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, leased[0].id);
         store.outbox_delivered(leased[0].id, now).await.unwrap();
         let next = store
             .lease_outbox(&["slack".into()], now, 30_000, 10)

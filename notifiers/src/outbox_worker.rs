@@ -272,6 +272,20 @@ impl OutboxWorker {
     /// back every other channel's notifications.
     pub fn spawn(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            // A SQLite store belongs to this process alone: any lease in it is a killed predecessor's,
+            // and waiting for it to lapse would only delay that request's notifications.
+            if self.store.backend() == "sqlite" {
+                match self.store.release_outbox_leases().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        items = n,
+                        "gave back outbox leases an earlier run left; delivering them now"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not give back earlier outbox leases; they will lapse")
+                    }
+                }
+            }
             // Dropping the set (when the returned handle is aborted) aborts every sink's loop.
             let mut loops = tokio::task::JoinSet::new();
             for sink in self.sinks() {

@@ -906,6 +906,13 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn release_outbox_leases(&self) -> Result<u64, StoreError> {
+                let done = sqlx::query("UPDATE outbox SET lease_until_ms = 0 WHERE status = 'pending' AND lease_until_ms > 0")
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
             async fn lease_outbox(&self, sinks: &[String], now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
                 if sinks.is_empty() {
                     return Ok(vec![]);

@@ -139,6 +139,10 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         sinks: &[String],
     ) -> Result<(), StoreError>;
+    /// Gives back every outbox lease still running, for a process that owns its store (SQLite) starting
+    /// again: its killed predecessor's leases would hold those items, and every later item of their
+    /// requests, until they lapse. Returns how many were given back.
+    async fn release_outbox_leases(&self) -> Result<u64, StoreError>;
     /// Lease due outbox items (oldest first, in order per sink and request) for `lease_ms`.
     async fn lease_outbox(
         &self,
