@@ -353,10 +353,13 @@ fn judge_token(
         out.push(Finding { range, detector });
         return;
     }
-    if raw
-        .bytes()
-        .any(|c| c >= 0x80 || c == b':' || PIECE_STOPS[usize::from(c)])
-        && find_in_pieces(raw, at.start, on, out)
+    // Non-ASCII characters cut a token only around an `@` (an address glued to `«`, `“`, CJK text):
+    // words like `Straße` are left alone, as no piece of them could be anything.
+    let has_at = raw.as_bytes().contains(&b'@');
+    if raw.bytes().any(|c| match c {
+        0x80.. => has_at,
+        _ => c == b':' || PIECE_STOPS[usize::from(c)],
+    }) && find_in_pieces(raw, at.start, on, out)
     {
         *after_bearer = true;
     }
@@ -368,10 +371,7 @@ const fn piece_stops() -> [bool; 128] {
     let mut t = [false; 128];
     let mut c = 0;
     while c < 128 {
-        t[c] = matches!(
-            c as u8,
-            b'/' | b'&' | b'?' | b'#' | b'%' | b'\\' | b'!' | b'*' | b'+'
-        );
+        t[c] = matches!(c as u8, b'/' | b'&' | b'?' | b'#' | b'%' | b'\\');
         c += 1;
     }
     t
