@@ -277,6 +277,22 @@ pub enum ExecError {
 /// The longest a pooled session's connect and login may take (the wire path has its startup deadline).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A query [`UpstreamPool::track`] noted, forgotten when this is dropped.
+struct Tracked<'a> {
+    pool: &'a UpstreamPool,
+    id: u64,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.pool
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// Sends a CancelRequest for the query under way on a session when dropped armed (see
 /// [`UpstreamPool::simple_query`]).
 struct CancelOnDrop {
@@ -304,6 +320,17 @@ impl Drop for CancelOnDrop {
 pub struct UpstreamPool {
     idle: Mutex<HashMap<String, Vec<Upstream>>>,
     open: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+    /// Queries under way, by a number of their own: where to send each one's CancelRequest.
+    running: Mutex<
+        HashMap<
+            u64,
+            (
+                crate::pg::cancel::UpstreamAddr,
+                crate::pg::cancel::BackendKey,
+            ),
+        >,
+    >,
+    next_run: std::sync::atomic::AtomicU64,
     max_idle: usize,
     max_open: usize,
     connect_timeout: std::time::Duration,
@@ -320,6 +347,8 @@ impl UpstreamPool {
         Self {
             idle: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            next_run: std::sync::atomic::AtomicU64::new(0),
             max_idle,
             max_open: max_open.max(1),
             connect_timeout: CONNECT_TIMEOUT,
@@ -360,6 +389,41 @@ impl UpstreamPool {
         if v.len() < self.max_idle {
             v.push(up);
         }
+    }
+
+    /// Notes a query under way until the returned guard is dropped (also when its caller goes away).
+    fn track(
+        &self,
+        addr: crate::pg::cancel::UpstreamAddr,
+        key: crate::pg::cancel::BackendKey,
+    ) -> Tracked<'_> {
+        let id = self
+            .next_run
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (addr, key));
+        Tracked { pool: self, id }
+    }
+
+    /// Cancels every query under way (at shutdown, once running statements had their grace), as
+    /// PostgreSQL's fast shutdown does: each caller gets its `57014` and a result to record. Returns
+    /// how many were asked to stop.
+    pub async fn cancel_running(&self) -> usize {
+        let running: Vec<_> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for (addr, key) in &running {
+            if let Err(e) = crate::pg::cancel::send_upstream_cancel(addr, *key).await {
+                tracing::warn!(error = %e, "could not cancel an API statement at shutdown");
+            }
+        }
+        running.len()
     }
 
     /// Run `sql` with the simple query protocol on connection `name`. The session returns to the pool only
@@ -411,8 +475,10 @@ impl UpstreamPool {
         // The caller may go away mid-query (an HTTP client hanging up drops this future): the query
         // is then cancelled upstream rather than left running (a runaway read, say) on a session no
         // one reads any more.
+        let addr = (target.host.clone(), target.port, target.tls.clone());
+        let _tracked = self.track(addr.clone(), up.key);
         let mut cancel = CancelOnDrop {
-            addr: Some((target.host.clone(), target.port, target.tls.clone())),
+            addr: Some(addr),
             key: up.key,
         };
         let ran = run_simple(&mut up, sql).await;

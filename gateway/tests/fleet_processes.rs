@@ -418,6 +418,19 @@ async fn sigterm_lets_short_statements_finish_and_cancels_long_ones() {
         (rows, short)
     });
     let long_run = tokio::spawn(async move { long.simple_query("SELECT pg_sleep(300)").await });
+    // The same long statement through the HTTP API.
+    let api_run = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{http_port}/v1/connections/local/query"
+            ))
+            .bearer_auth(AGENT_TOKEN)
+            .json(&serde_json::json!({ "sql": "SELECT pg_sleep(301)" }))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok::<_, reqwest::Error>((status, r.text().await?))
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = Command::new("kill")
         .args(["-TERM", &r.child.id().to_string()])
@@ -451,6 +464,13 @@ async fn sigterm_lets_short_statements_finish_and_cancels_long_ones() {
         Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
         "{err:?}"
     );
+    // The API statement got the same grace, then the same cancel: its caller learns so.
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), api_run)
+        .await
+        .expect("the API statement is answered after the grace")
+        .unwrap()
+        .expect("an HTTP answer, not a dropped connection");
+    assert!(body.contains("57014"), "{status}: {body}");
     assert!(started.elapsed() < Duration::from_secs(60));
 
     let exit = r.exit_within(Duration::from_secs(30)).await;

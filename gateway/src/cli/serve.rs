@@ -247,6 +247,21 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     ));
 
     shutdown_signal().await;
+    // API statements get the grace wire statements get, then are cancelled as PostgreSQL's fast
+    // shutdown would (their callers, and an approved execution's record, get the real outcome).
+    let api_grace = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let n = engine.cancel_api_statements().await;
+            if n > 0 {
+                tracing::info!(
+                    statements = n,
+                    "cancelled API statements still running after the shutdown grace"
+                );
+            }
+        })
+    };
     // Stop accepting on both front doors, then release every held statement: wire clients get an error
     // saying the request stays pending, `?wait=` callers get 202 with the request id. Requests survive in the
     // store and run once when re-sent after approval, on any replica.
@@ -269,6 +284,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     engine.end_idle_http_sessions(Duration::ZERO).await;
     // Give the outbox one last pass so queued notifications go out before exit; the rest survive in the store.
     let _ = tokio::time::timeout(Duration::from_secs(5), worker.run_once()).await;
+    api_grace.abort();
     worker_task.abort();
     expiry_task.abort();
     row_functions_task.abort();

@@ -151,6 +151,11 @@ impl Engine {
         })
     }
 
+    /// Cancels the HTTP API's statements still running upstream (at shutdown, after their grace).
+    pub async fn cancel_api_statements(&self) -> usize {
+        self.pool.cancel_running().await
+    }
+
     /// Classify `sql` for this requester on this connection (cached by text).
     pub fn classify(&self, connection: &str, requester: &RequesterChain, sql: &str) -> Verdict {
         let db_functions = self.db_functions(connection);
