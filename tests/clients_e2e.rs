@@ -69,32 +69,6 @@ fn db_error(e: &tokio_postgres::Error) -> (String, String) {
     (db.code().code().to_string(), db.message().to_string())
 }
 
-/// Polls the request list until a pending request mentions `needle`; returns its id.
-async fn pending_request(base: &str, needle: &str) -> String {
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        let body: Value = http
-            .get(format!("{base}/v1/requests?status=pending"))
-            .bearer_auth(BOB)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(r) = body["requests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r.to_string().contains(needle))
-        {
-            return r["id"].as_str().expect("request id").to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no pending request for {needle:?} appeared");
-}
-
 async fn vote(base: &str, token: &str, id: &str, decision: &str, reason: Option<&str>) {
     let r = reqwest::Client::new()
         .post(format!("{base}/v1/requests/{id}/votes"))

@@ -1382,17 +1382,10 @@ async fn code_reached_through_variadic_rows_internal_aliases_or_implicit_row_cas
         .await
         .unwrap();
     let writes = || async {
-        let n: i64 = in_db
-            .query_one("SELECT count(*) FROM side_log", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let seq: bool = in_db
-            .query_one("SELECT is_called FROM s1", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (n, seq)
+        (
+            scalar_in::<i64>(&in_db, "SELECT count(*) FROM side_log").await,
+            scalar_in::<bool>(&in_db, "SELECT is_called FROM s1").await,
+        )
     };
     let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
     // `p.arch` resolves to arch(VARIADIC people[]); `'s1'::regclass = 5` to the operator whose
@@ -1423,30 +1416,6 @@ async fn code_reached_through_variadic_rows_internal_aliases_or_implicit_row_cas
     drop(gw);
     drop(in_db);
     drop_database(&admin, &db).await;
-}
-
-/// The id of the one pending request, once a held statement has created it.
-async fn pending_request_id(gw: &Gateway) -> String {
-    for _ in 0..100 {
-        let list = gw
-            .http
-            .get(format!("{}/v1/requests?status=pending", gw.base))
-            .bearer_auth(BOB)
-            .send()
-            .await
-            .unwrap()
-            .json::<serde_json::Value>()
-            .await
-            .unwrap();
-        let id = list.to_string().split('"').find_map(|s| {
-            (s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4).then(|| s.to_string())
-        });
-        if let Some(id) = id {
-            return id;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no statement was held");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1485,7 +1454,7 @@ async fn an_approved_copy_from_stdin_whose_client_leaves_is_failed_upstream_not_
             drop(client);
         })
     };
-    let id = pending_request_id(&gw).await;
+    let id = pending_request(&gw.base, &sql).await;
     for reviewer in [BOB, CAROL] {
         assert_eq!(gw.vote(reviewer, &id, "approve").await.status, 200);
     }
@@ -1573,7 +1542,7 @@ async fn a_held_wire_statement_whose_store_goes_away_is_told_so_and_runs_once_af
         let (client, sql) = (client.clone(), sql.clone());
         tokio::spawn(async move { client.simple_query(&sql).await })
     };
-    let id = pending_request_id(&gw).await;
+    let id = pending_request(&gw.base, &sql).await;
 
     store_reachable(&gw.store_url, false).await;
     let answer = tokio::time::timeout(Duration::from_secs(15), held).await;
@@ -2043,16 +2012,8 @@ async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
         );
     }
     assert_eq!(writes().await, 0, "the view's function never ran");
-    let seq: i64 = in_db
-        .query_one("SELECT last_value FROM sq", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let called: bool = in_db
-        .query_one("SELECT is_called FROM sq", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let seq: i64 = scalar_in(&in_db, "SELECT last_value FROM sq").await;
+    let called: bool = scalar_in(&in_db, "SELECT is_called FROM sq").await;
     assert_eq!(
         (seq, called),
         (1, false),

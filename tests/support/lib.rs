@@ -345,8 +345,42 @@ pub async fn direct() -> tokio_postgres::Client {
 /// The first column of the one row `sql` returns, read directly from the upstream (a check that
 /// something did or did not run).
 pub async fn direct_scalar<T: tokio_postgres::types::FromSqlOwned>(sql: &str) -> T {
-    direct()
-        .await
+    scalar_in(&direct().await, sql).await
+}
+
+/// The id of the pending request whose listing mentions `needle` (its statement, say), once a held
+/// statement has created it.
+pub async fn pending_request(base: &str, needle: &str) -> String {
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        let body: Value = http
+            .get(format!("{base}/v1/requests?status=pending"))
+            .bearer_auth(tokens::BOB)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(r) = body["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r.to_string().contains(needle))
+        {
+            return r["id"].as_str().expect("request id").to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no pending request for {needle:?} appeared");
+}
+
+/// The first column of the one row `sql` returns on `client`.
+pub async fn scalar_in<T: tokio_postgres::types::FromSqlOwned>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> T {
+    client
         .query_one(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
