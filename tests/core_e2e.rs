@@ -1178,6 +1178,13 @@ async fn api_sessions_speak_utf8_whatever_the_database_default_encoding() {
     drop_database(&admin, &db).await;
 }
 
+/// Sends `sql` through the API as the agent and checks it is held, with a reason containing `why`.
+async fn assert_held_because(gw: &Gateway, sql: &str, why: &str) {
+    let r = gw.query(AGENT, sql).await;
+    assert_eq!(r.status, 202, "{sql}: held, not run: {:?}", r.body);
+    assert!(r.body.to_string().contains(why), "{sql}: {:?}", r.body);
+}
+
 /// Names for a row-function case: a table `people_…`, a log table `archive_log_…` the function writes
 /// to, and the function `archive_…(people_…)`; `function` creates the function up front.
 struct RowFunctionCase {
@@ -1404,15 +1411,12 @@ async fn code_reached_through_variadic_rows_internal_aliases_or_implicit_row_cas
         .await
         .unwrap();
     let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
-    let r = gw.query(AGENT, "SELECT p.reverse FROM people p").await;
-    assert_eq!(r.status, 202, "held, not run: {:?}", r.body);
-    assert!(
-        r.body
-            .to_string()
-            .contains("implicit cast from the row type"),
-        "{:?}",
-        r.body
-    );
+    assert_held_because(
+        &gw,
+        "SELECT p.reverse FROM people p",
+        "implicit cast from the row type",
+    )
+    .await;
     drop(gw);
     drop(in_db);
     drop_database(&admin, &db).await;
@@ -1759,15 +1763,12 @@ async fn reads_that_would_run_user_code_through_types_and_operators_are_held() {
         .await
         .unwrap();
     let gw2 = spawn_gateway(&cfg, Backend::Sqlite).await;
-    let r = gw2.query(AGENT, "SELECT date_part('year', 5)").await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    assert!(
-        r.body
-            .to_string()
-            .contains("implicit cast from integer to date"),
-        "{:?}",
-        r.body
-    );
+    assert_held_because(
+        &gw2,
+        "SELECT date_part('year', 5)",
+        "implicit cast from integer to date",
+    )
+    .await;
     drop(in_db);
     drop_database(&admin, &db).await;
 }
