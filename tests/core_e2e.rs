@@ -1178,6 +1178,10 @@ async fn api_sessions_speak_utf8_whatever_the_database_default_encoding() {
     drop_database(&admin, &db).await;
 }
 
+/// A wire listener whose holds outlast any test's approval steps.
+const WIRE_LONG_HOLD: &str =
+    "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 60\n";
+
 /// Sends `sql` through the API as the agent and checks it is held, with a reason containing `why`.
 async fn assert_held_because(gw: &Gateway, sql: &str, why: &str) {
     let r = gw.query(AGENT, sql).await;
@@ -1425,13 +1429,7 @@ async fn code_reached_through_variadic_rows_internal_aliases_or_implicit_row_cas
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_copy_from_stdin_whose_client_leaves_is_failed_upstream_not_left_waiting() {
     use futures::SinkExt;
-    let gw = spawn_gateway(
-        &base_config(
-            "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 60\n",
-        ),
-        Backend::Sqlite,
-    )
-    .await;
+    let gw = spawn_gateway(&base_config(WIRE_LONG_HOLD), Backend::Sqlite).await;
     let table = make_table("copy_left").await;
     let addr = gw.wire.expect("wire listener configured");
     let (client, conn) = tokio_postgres::connect(
@@ -1526,13 +1524,7 @@ async fn store_reachable(store_url: &str, reachable: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_wire_statement_whose_store_goes_away_is_told_so_and_runs_once_after_it_returns() {
-    let gw = spawn_gateway(
-        &base_config(
-            "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 60\n",
-        ),
-        Backend::Postgres,
-    )
-    .await;
+    let gw = spawn_gateway(&base_config(WIRE_LONG_HOLD), Backend::Postgres).await;
     let table = make_table("store_outage").await;
     direct()
         .await
