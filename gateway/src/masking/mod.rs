@@ -79,12 +79,13 @@ impl TypeClass {
     /// The class of a PostgreSQL type OID.
     pub fn of(type_oid: u32) -> TypeClass {
         match type_oid {
-            25 | 1043 | 1042 | 19 | 18 | 705 => TypeClass::Text,
+            25 | 1043 | 1042 | 19 | 705 => TypeClass::Text,
             114 | 3802 | 142 => TypeClass::Json,
             20 | 21 | 23 | 26 => TypeClass::Int,
             1700 => TypeClass::Numeric,
             869 | 650 => TypeClass::Inet,
-            16 | 17 | 700 | 701 | 790 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 => {
+            // `"char"` (18) is one byte: no style's text fits it, and no detector matches one character.
+            16 | 17 | 18 | 700 | 701 | 790 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 => {
                 TypeClass::Plain
             }
             _ => TypeClass::Unknown,
@@ -832,6 +833,9 @@ mod tests {
             Masked::Text(t)
         );
         assert_eq!(mask(&m, "email_count", 23, false, b"7"), Masked::Null);
+        // A one-byte `"char"` can't hold a style's text (a binary decoder expects exactly one byte).
+        assert_eq!(mask(&m, "email_kind", 18, true, b"a"), Masked::Null);
+        assert_eq!(mask(&m, "email_kind", 18, false, b"a"), Masked::Null);
     }
 
     #[test]
