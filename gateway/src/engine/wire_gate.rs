@@ -235,8 +235,6 @@ impl WireGate for Engine {
             // Not awaited: the recorder must not stall behind a catalog read.
             self.refresh_row_functions_soon();
         }
-        // One clock read per batch: the batch is at most a recorder tick old.
-        let now = countersign_bot::clock::now();
         let records = batch
             .into_iter()
             .map(|record| {
@@ -266,7 +264,7 @@ impl WireGate for Engine {
                     error: record.error,
                     masked_fields: record.masked_fields,
                     duration_us: record.duration.as_micros() as u64,
-                    at: now - record.duration,
+                    at: record.received_at,
                 }
             })
             .collect();

@@ -74,6 +74,7 @@ impl InFlight {
             request_id: self.request_id,
             executed: self.executed,
             duration: self.received.elapsed(),
+            received_at: countersign_bot::clock::now() - self.received.elapsed(),
             run_time: self.forwarded.elapsed(),
             command_tag,
             error,
@@ -536,6 +537,24 @@ mod tests {
             prepared: None,
             swallow_ready: false,
         }
+    }
+
+    #[test]
+    fn a_finished_statement_carries_the_wall_time_it_was_received() {
+        let mut f = in_flight(false);
+        let Some(earlier) = f.received.checked_sub(std::time::Duration::from_secs(40)) else {
+            return; // (a machine up for less than that)
+        };
+        f.received = earlier;
+        let before = countersign_bot::clock::now();
+        let done = f.finished(None, None, 0);
+        // Received 40 s ago, whenever the record is handed on later.
+        let age = before - done.received_at;
+        assert!(
+            age >= time::Duration::seconds(39) && age <= time::Duration::seconds(41),
+            "{age}"
+        );
+        assert!(done.duration >= std::time::Duration::from_secs(40));
     }
 
     fn complete(tag: &str) -> BytesMut {

@@ -204,6 +204,8 @@ pub struct StatementRecord {
     pub request_id: Option<RequestId>,
     /// Wall time from receipt to ReadyForQuery (including any hold).
     pub duration: Duration,
+    /// Wall-clock time the gateway received it.
+    pub received_at: time::OffsetDateTime,
     /// Last CommandComplete tag.
     pub command_tag: Option<String>,
     /// Rows from the tag.

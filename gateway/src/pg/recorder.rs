@@ -29,6 +29,9 @@ pub struct FinishedStatement {
     pub executed: Option<RequestId>,
     /// Receipt to ReadyForQuery.
     pub duration: Duration,
+    /// Wall-clock time of receipt, taken when the statement finished (not when the record is handed
+    /// on, which a slow store may delay).
+    pub received_at: time::OffsetDateTime,
     /// Since forwarding (for approved executions).
     pub run_time: Duration,
     /// Last CommandComplete tag.
@@ -198,6 +201,7 @@ async fn finished(
         decision: f.decision,
         request_id: f.request_id,
         duration: f.duration,
+        received_at: f.received_at,
         command_tag: f.command_tag,
         rows,
         error: f.error,
