@@ -28,17 +28,7 @@ fn wire(gw: &Gateway) -> SocketAddr {
 }
 
 async fn connect(addr: SocketAddr) -> Client {
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
-            addr.port()
-        ),
-        NoTls,
-    )
-    .await
-    .expect("log in through the gateway");
-    tokio::spawn(conn);
-    client
+    agent_wire_session(addr).await.0
 }
 
 async fn table_with_rows(prefix: &str, rows: i32) -> String {
@@ -441,16 +431,7 @@ async fn cancel_during_a_hold_cancels_the_request_and_keeps_the_connection() {
 async fn client_disconnect_during_a_hold_cancels_the_request() {
     let gw = gateway(30.0).await;
     let t = table_with_rows("cs_tp_gone", 1).await;
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
-            wire(&gw).port()
-        ),
-        NoTls,
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (client, conn) = agent_wire_session(wire(&gw)).await;
     let sql = format!("DELETE FROM {t}");
     let running = {
         let sql = sql.clone();
@@ -841,10 +822,7 @@ async fn a_password_offered_without_tls_where_tls_is_required_is_refused_and_aud
         Backend::Sqlite,
     )
     .await;
-    let conn = format!(
-        "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
-        wire(&gw).port()
-    );
+    let conn = agent_wire_conninfo(wire(&gw));
     let err = tokio_postgres::connect(&conn, NoTls)
         .await
         .err()

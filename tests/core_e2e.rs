@@ -29,18 +29,9 @@ async fn make_table(prefix: &str) -> String {
 
 /// The agent logged in on the gateway's wire listener (connection `local`).
 async fn agent_on_the_wire(gw: &Gateway) -> tokio_postgres::Client {
-    let addr = gw.wire.expect("wire listener configured");
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
-            addr.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("log in through the gateway");
-    tokio::spawn(conn);
-    client
+    agent_wire_session(gw.wire.expect("wire listener configured"))
+        .await
+        .0
 }
 
 /// A fresh database named `{prefix}_{uuid}` on the test server: the admin client, its name, the
@@ -1431,17 +1422,7 @@ async fn an_approved_copy_from_stdin_whose_client_leaves_is_failed_upstream_not_
     use futures::SinkExt;
     let gw = spawn_gateway(&base_config(WIRE_LONG_HOLD), Backend::Sqlite).await;
     let table = make_table("copy_left").await;
-    let addr = gw.wire.expect("wire listener configured");
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} dbname=local user=agent password={AGENT} sslmode=disable",
-            addr.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (client, conn) = agent_wire_session(gw.wire.expect("wire listener configured")).await;
     let sql = format!("COPY {table} (id, v) FROM STDIN");
     let copying = {
         let sql = sql.clone();

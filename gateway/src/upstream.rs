@@ -277,36 +277,29 @@ pub enum ExecError {
 /// The longest a pooled session's connect and login may take (the wire path has its startup deadline).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A query [`UpstreamPool::track`] noted, forgotten when this is dropped.
-struct Tracked<'a> {
+/// A query under way on a pooled session ([`UpstreamPool::track`]): listed in its pool while it
+/// lives, so a shutdown can cancel it. Dropped while `armed` (its caller went away mid-query: an HTTP
+/// client hanging up drops the future), it sends the query a CancelRequest rather than leave it
+/// running (a runaway read, say) on a session no one reads any more.
+struct Running<'a> {
     pool: &'a UpstreamPool,
     id: u64,
+    armed: bool,
 }
 
-impl Drop for Tracked<'_> {
+impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.pool
+        let listed = self
+            .pool
             .running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
-    }
-}
-
-/// Sends a CancelRequest for the query under way on a session when dropped armed (see
-/// [`UpstreamPool::simple_query`]).
-struct CancelOnDrop {
-    addr: Option<crate::pg::cancel::UpstreamAddr>,
-    key: crate::pg::cancel::BackendKey,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        let (Some(addr), Ok(runtime)) = (self.addr.take(), tokio::runtime::Handle::try_current())
+        let (true, Some((addr, key)), Ok(runtime)) =
+            (self.armed, listed, tokio::runtime::Handle::try_current())
         else {
             return;
         };
-        let key = self.key;
         runtime.spawn(async move {
             if let Err(e) = crate::pg::cancel::send_upstream_cancel(&addr, key).await {
                 tracing::warn!(error = %e, "could not cancel the query of a caller that went away");
@@ -391,12 +384,12 @@ impl UpstreamPool {
         }
     }
 
-    /// Notes a query under way until the returned guard is dropped (also when its caller goes away).
+    /// Lists a query under way until the returned guard is dropped (see [`Running`]).
     fn track(
         &self,
         addr: crate::pg::cancel::UpstreamAddr,
         key: crate::pg::cancel::BackendKey,
-    ) -> Tracked<'_> {
+    ) -> Running<'_> {
         let id = self
             .next_run
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -404,7 +397,11 @@ impl UpstreamPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, (addr, key));
-        Tracked { pool: self, id }
+        Running {
+            pool: self,
+            id,
+            armed: true,
+        }
     }
 
     /// Cancels every query under way (at shutdown, once running statements had their grace), as
@@ -472,17 +469,13 @@ impl UpstreamPool {
                 });
             }
         }
-        // The caller may go away mid-query (an HTTP client hanging up drops this future): the query
-        // is then cancelled upstream rather than left running (a runaway read, say) on a session no
-        // one reads any more.
-        let addr = (target.host.clone(), target.port, target.tls.clone());
-        let _tracked = self.track(addr.clone(), up.key);
-        let mut cancel = CancelOnDrop {
-            addr: Some(addr),
-            key: up.key,
-        };
+        let mut running = self.track(
+            (target.host.clone(), target.port, target.tls.clone()),
+            up.key,
+        );
         let ran = run_simple(&mut up, sql).await;
-        cancel.addr = None;
+        running.armed = false;
+        drop(running);
         let (outcome, reusable) = ran?;
         if reusable && (stateless || reset(&mut up).await) {
             self.give_back(name, up);

@@ -1235,7 +1235,7 @@ async fn approved_statement_whose_upstream_dies_is_recorded_as_unknown_when_its_
     drop_table(&w.setup, &w.t).await;
 }
 
-/// A frontend message: tag, length, body.
+/// A protocol message (frontend or backend): tag, length, body.
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
     m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -2346,11 +2346,6 @@ async fn executing_a_portal_never_bound_answers_34000_and_the_session_goes_on() 
     assert!(frames.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"5")));
 }
 
-/// A backend frame: tag, length, body.
-fn backend_frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    message(tag, body)
-}
-
 /// An upstream that logs anyone in, answers the first Query with a RowDescription and the first
 /// `sent` bytes of a `claimed`-byte DataRow, then dies.
 async fn upstream_dying_mid_row(claimed: usize, sent: usize) -> UpstreamTarget {
@@ -2362,16 +2357,16 @@ async fn upstream_dying_mid_row(claimed: usize, sent: usize) -> UpstreamTarget {
         s.read_exact(&mut len).await.unwrap();
         let mut startup = vec![0u8; i32::from_be_bytes(len) as usize - 4];
         s.read_exact(&mut startup).await.unwrap();
-        let mut login = backend_frame(b'R', &0i32.to_be_bytes());
+        let mut login = message(b'R', &0i32.to_be_bytes());
         for (k, v) in [
             ("server_encoding", "UTF8"),
             ("client_encoding", "UTF8"),
             ("standard_conforming_strings", "on"),
         ] {
-            login.extend(backend_frame(b'S', &[cstr(k), cstr(v)].concat()));
+            login.extend(message(b'S', &[cstr(k), cstr(v)].concat()));
         }
-        login.extend(backend_frame(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
-        login.extend(backend_frame(b'Z', b"I"));
+        login.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
+        login.extend(message(b'Z', b"I"));
         s.write_all(&login).await.unwrap();
         loop {
             let mut head = [0u8; 5];
@@ -2393,7 +2388,7 @@ async fn upstream_dying_mid_row(claimed: usize, sent: usize) -> UpstreamTarget {
             desc.extend((-1i16).to_be_bytes());
             desc.extend((-1i32).to_be_bytes());
             desc.extend(0i16.to_be_bytes());
-            let mut out = backend_frame(b'T', &desc);
+            let mut out = message(b'T', &desc);
             // DataRow: length counts itself, the column count, the value's length and the value.
             let value_len = claimed - 4 - 2 - 4;
             out.push(b'D');

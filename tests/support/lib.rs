@@ -348,6 +348,30 @@ pub async fn direct_scalar<T: tokio_postgres::types::FromSqlOwned>(sql: &str) ->
     scalar_in(&direct().await, sql).await
 }
 
+/// The libpq connection string of the agent (its token as password) for connection `local` on the
+/// wire listener at `addr`, without TLS.
+pub fn agent_wire_conninfo(addr: SocketAddr) -> String {
+    format!(
+        "host=127.0.0.1 port={} dbname=local user=agent password={} sslmode=disable",
+        addr.port(),
+        tokens::AGENT
+    )
+}
+
+/// The agent logged in on the wire listener at `addr`, and the task driving its connection (abort
+/// it to drop the socket, as a client that vanishes would).
+pub async fn agent_wire_session(
+    addr: SocketAddr,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, conn) = tokio_postgres::connect(&agent_wire_conninfo(addr), tokio_postgres::NoTls)
+        .await
+        .expect("log in through the gateway");
+    (client, tokio::spawn(conn))
+}
+
 /// The id of the pending request whose listing mentions `needle` (its statement, say), once a held
 /// statement has created it.
 pub async fn pending_request(base: &str, needle: &str) -> String {

@@ -17,23 +17,19 @@ const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Ready: the state store answers within [`READY_WITHIN`].
 pub async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let answer = tokio::time::timeout(READY_WITHIN, st.engine.store().list_requests(None, 1))
-        .await
-        .unwrap_or_else(|_| {
-            Err(countersign_bot::store::StoreError::Config(format!(
-                "the state store did not answer within {READY_WITHIN:?}"
-            )))
-        });
-    match answer {
-        Ok(_) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "store": st.engine.store().backend() })),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({ "status": "unavailable", "error": "store_unavailable", "message": e.to_string() }),
-            ),
-        ),
-    }
+    let trouble =
+        match tokio::time::timeout(READY_WITHIN, st.engine.store().list_requests(None, 1)).await {
+            Ok(Ok(_)) => {
+                return (
+                    StatusCode::OK,
+                    Json(json!({ "status": "ready", "store": st.engine.store().backend() })),
+                )
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("the state store did not answer within {READY_WITHIN:?}"),
+        };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "status": "unavailable", "error": "store_unavailable", "message": trouble })),
+    )
 }

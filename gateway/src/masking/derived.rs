@@ -469,12 +469,12 @@ impl Seen {
         seen
     }
 
-    /// True when a relation of the statement is a statistics catalog ([`STATISTICS`]) or shows other
-    /// sessions' statements ([`STATEMENT_TEXT`]).
+    /// True when a relation of the statement is a statistics catalog ([`STATISTICS`]). (Those showing
+    /// statements, [`STATEMENT_TEXT`], are found by name in the text: see [`names_statement_text`].)
     fn reads_statistics(&self) -> bool {
         self.relations
             .iter()
-            .any(|r| STATISTICS.contains(&r.as_str()) || STATEMENT_TEXT.contains(&r.as_str()))
+            .any(|r| STATISTICS.contains(&r.as_str()))
     }
 
     /// The outermost query's select-list items, and every other one.

@@ -59,10 +59,14 @@ pub fn keeps_text(sqlstate: &str, message: &str, statement: &str, positioned: bo
 
 /// True when the message quotes something or ends with an unquoted name after a colon.
 fn names_anything(message: &str) -> bool {
-    message.contains('"')
-        || message
-            .rsplit_once(": ")
-            .is_some_and(|(_, tail)| !tail.trim().is_empty())
+    message.contains('"') || colon_tail(message).is_some()
+}
+
+/// The text after the last `": "` of `text`, trimmed, when there is any.
+fn colon_tail(text: &str) -> Option<&str> {
+    text.rsplit_once(": ")
+        .map(|(_, tail)| tail.trim())
+        .filter(|tail| !tail.is_empty())
 }
 
 /// The text outside `"…"` is PostgreSQL's own English template, except where a template puts a value
@@ -78,12 +82,7 @@ fn unquoted_parts_are_plain(message: &str, statement: &str) -> bool {
     let Some(last) = outside.last() else {
         return true;
     };
-    match last.rsplit_once(": ") {
-        Some((_, tail)) if !tail.trim().is_empty() => statement
-            .to_lowercase()
-            .contains(&tail.trim().to_lowercase()),
-        _ => true,
-    }
+    colon_tail(last).is_none_or(|tail| statement.to_lowercase().contains(&tail.to_lowercase()))
 }
 
 /// True when every `"…"` part of `message` appears in `statement` (case-insensitively: PostgreSQL

@@ -1222,11 +1222,7 @@ where
                 return Ok(());
             }
         };
-        let outcome_kind = if matches!(outcome, HoldOutcome::ShuttingDown) {
-            OutcomeKind::ShuttingDown
-        } else {
-            OutcomeKind::Other
-        };
+        let shutting_down = matches!(outcome, HoldOutcome::ShuttingDown);
         let message = match outcome {
             HoldOutcome::Approved => {
                 self.forward_approved(held, id);
@@ -1265,7 +1261,7 @@ where
             }
         };
         // A shutdown is no refusal of the statement: clients and pools read 57P01 as "reconnect".
-        let code = if matches!(outcome_kind, OutcomeKind::ShuttingDown) {
+        let code = if shutting_down {
             sqlstate::ADMIN_SHUTDOWN
         } else {
             sqlstate::INSUFFICIENT_PRIVILEGE
@@ -1343,12 +1339,6 @@ where
             swallow_ready: self.swallow_next,
         });
     }
-}
-
-/// Whether a hold ended because the gateway is stopping (answered with `57P01`, not `42501`).
-enum OutcomeKind {
-    ShuttingDown,
-    Other,
 }
 
 /// While PostgreSQL may read statement text differently from the policy (see
