@@ -226,6 +226,22 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
             .filter_map(|t| super::functions::relation_check(t)),
     );
     let kind_action = action;
+    // What the statement does besides its kind on its tables, which a rule naming kinds or tables
+    // does not vouch for. For a write, row locks (`… FOR UPDATE SKIP LOCKED` picking the rows) and
+    // `nextval` of one of its tables' own sequences (a new key) are part of the write.
+    let beyond_kind = if kind_action == Action::Allow {
+        verdicts[1..].iter().any(|(a, _)| *a != Action::Allow)
+    } else {
+        !seen.nested_writes.is_empty()
+            || seen.select_into
+            || seen.functions.iter().any(|call| {
+                function_verdict(call).0 != Action::Allow && !is_own_nextval(call, &facts.tables)
+            })
+            || facts
+                .tables
+                .iter()
+                .any(|t| super::functions::relation_check(t).is_some())
+    };
     facts.missing_where = missing_where(statement);
     if facts.missing_where {
         let table = facts
@@ -239,9 +255,36 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
         ));
     }
     let mut facts = finish(facts, verdicts);
-    facts.review_beyond_kind = kind_action == Action::Allow && facts.action == Action::Review;
+    facts.review_beyond_kind = facts.action == Action::Review && beyond_kind;
     facts.prepared = prepared_use(statement).map(Box::new);
     facts
+}
+
+/// `nextval('t_id_seq')` with `t` one of `tables`: the sequence PostgreSQL names for `t`'s serial or
+/// identity column (`{table}_{column}_seq`), in the table's schema when the call names one.
+fn is_own_nextval(call: &Call, tables: &[String]) -> bool {
+    if call.name.rsplit('.').next() != Some("nextval") || call.second_arg.is_some() {
+        return false;
+    }
+    let Some(sequence) = call.first_arg.as_deref() else {
+        return false;
+    };
+    let sequence = sequence.to_ascii_lowercase();
+    let (seq_schema, seq_name) = match sequence.rsplit_once('.') {
+        Some((schema, name)) => (Some(schema), name),
+        None => (None, sequence.as_str()),
+    };
+    tables.iter().any(|table| {
+        let (schema, name) = match table.rsplit_once('.') {
+            Some((schema, name)) => (Some(schema), name),
+            None => (None, table.as_str()),
+        };
+        seq_schema == schema
+            && seq_name
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('_'))
+                .is_some_and(|rest| rest.ends_with("_seq") && rest.len() > "_seq".len())
+    })
 }
 
 /// `PREPARE name AS statement` runs nothing, but every later `EXECUTE name` runs the statement: it is

@@ -117,6 +117,9 @@ pub fn split_statements(sql: &str) -> Result<Vec<StatementTokens>, String> {
             "operator {op:?} runs into a comment: PostgreSQL ends the operator where `--` or `/*` starts and reads the rest as a comment, which the policy does not; put a space before the comment"
         ));
     }
+    if let Some(why) = reads_unlike_postgres(sql, &tokens) {
+        return Err(why);
+    }
     let mut out = Vec::new();
     let mut current = Vec::new();
     for token in tokens {
@@ -134,6 +137,63 @@ pub fn split_statements(sql: &str) -> Result<Vec<StatementTokens>, String> {
         out.push(StatementTokens(current));
     }
     Ok(out)
+}
+
+/// Why PostgreSQL would split `sql` (tokenized as `tokens`) into strings, comments and code differently
+/// than sqlparser did, for the few spellings where the two lexers differ; `None` when they agree.
+/// Such text could hide code from the policy inside what sqlparser takes for a literal or comment.
+fn reads_unlike_postgres(sql: &str, tokens: &[Token]) -> Option<String> {
+    // PostgreSQL's dollar-quote tag is `[A-Za-z\x80-\xFF_][A-Za-z\x80-\xFF_0-9]*`; sqlparser's takes only
+    // alphanumeric characters, so `$a€$ … $a€$` is a string to PostgreSQL and code to sqlparser, and it
+    // takes a tag starting with a digit, which PostgreSQL reads as a parameter.
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        if c != '$' {
+            continue;
+        }
+        let mut tag = String::new();
+        while let Some(&(_, t)) = chars.peek() {
+            if t.is_ascii_alphanumeric() || t == '_' || !t.is_ascii() {
+                tag.push(t);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        if tag.chars().any(|t| !t.is_ascii() && !t.is_alphanumeric()) {
+            return Some(format!(
+                "`${tag}` holds a character PostgreSQL takes into a dollar-quote tag or name and the policy's parser does not; spell the tag with letters, digits and `_` only"
+            ));
+        }
+        if tag.starts_with(|t: char| t.is_ascii_digit())
+            && chars.peek().is_some_and(|&(_, t)| t == '$')
+        {
+            return Some(format!(
+                "`${tag}$` is a parameter to PostgreSQL and a dollar-quote to the policy's parser; start a dollar-quote tag with a letter"
+            ));
+        }
+    }
+    for token in tokens {
+        match token {
+            // PostgreSQL reads `\` in X'…' as itself (it then rejects the digit); sqlparser takes `\'` as
+            // an escaped quote and reads on past PostgreSQL's end of the string.
+            Token::HexStringLiteral(hex) if !hex.chars().all(|c| c.is_ascii_hexdigit()) => {
+                return Some(format!(
+                    "X'{hex}' is not a hexadecimal string (PostgreSQL rejects it), and the policy's parser and PostgreSQL disagree on where it ends"
+                ));
+            }
+            // sqlparser takes the lines after `COPY … FROM STDIN;` for the copy's data; PostgreSQL
+            // runs them as statements once the client's data ends.
+            Token::CopyData { data, .. } if !data.trim().is_empty() => {
+                return Some(
+                    "text follows COPY … FROM STDIN in the same query string; PostgreSQL runs it as SQL after the copied rows, which the policy does not read that way: send it as a query of its own"
+                        .to_string(),
+                );
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Most tokens one comma-separated item may hold at one bracket level before the statement is judged

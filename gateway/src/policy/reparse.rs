@@ -11,6 +11,11 @@
 //!   `FOR UPDATE` / `FOR SHARE`.
 //! - `CREATE USER` with PostgreSQL's role options (sqlparser knows another dialect's CREATE USER): it is
 //!   `CREATE ROLE … LOGIN`, and judged as that `CREATE ROLE`.
+//! - `COST n` / `ROWS n` of `CREATE FUNCTION`, `ONLY` in `CREATE INDEX … ON ONLY t`, and a domain's
+//!   `NOT NULL` / `NULL` constraints (all in `pg_dump` output); PostgreSQL's `CREATE PROCEDURE` is judged
+//!   as the `CREATE FUNCTION … RETURNS void` with the same arguments and body.
+//! - `WITH [NO] DATA` at the end of `CREATE MATERIALIZED VIEW` (judged as filled at once).
+//! - Array element assignment in `UPDATE … SET a[i] = v` (judged as `SET a = (i) + v`).
 
 use sqlparser::ast::{CopyTarget, Set, Statement};
 use sqlparser::tokenizer::Token;
@@ -25,8 +30,250 @@ pub fn classify_without_inert_clause(tokens: &StatementTokens) -> Option<Stateme
         .or_else(|| without_copy_options(&tokens.0))
         .or_else(|| with_strong_row_locks(&tokens.0))
         .or_else(|| user_as_role(&tokens.0))
-        .or_else(|| catalog_operators_plain(&tokens.0))?;
-    Some(classify_statement(&statement))
+        .or_else(|| catalog_operators_plain(&tokens.0))
+        .or_else(|| routine_without_planner_hints(&tokens.0))
+        .or_else(|| index_on_only(&tokens.0))
+        .or_else(|| domain_without_null_constraints(&tokens.0))
+        .or_else(|| materialized_view_without_data_clause(&tokens.0))
+        .or_else(|| element_assignment_as_whole(&tokens.0));
+    if let Some(statement) = statement {
+        return Some(classify_statement(&statement));
+    }
+    let statement = procedure_as_function(&tokens.0)?;
+    let mut facts = classify_statement(&statement);
+    facts.kind = "CREATE PROCEDURE".to_string();
+    Some(facts)
+}
+
+/// `CREATE [OR REPLACE] FUNCTION|PROCEDURE`: the index of the routine word, or `None`.
+fn routine_word(tokens: &[Token], word: &str) -> Option<usize> {
+    if !is_keyword(tokens.first()?, "CREATE") {
+        return None;
+    }
+    let at = if is_keyword(tokens.get(1)?, "OR") && is_keyword(tokens.get(2)?, "REPLACE") {
+        3
+    } else {
+        1
+    };
+    is_keyword(tokens.get(at)?, word).then_some(at)
+}
+
+/// `tokens` without each `word number` pair outside brackets; `None` when there is none.
+fn without_numbered_options(tokens: &[Token], words: &[&str]) -> Option<Vec<Token>> {
+    let mut kept = Vec::with_capacity(tokens.len());
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        match t {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth == 0
+            && words.iter().any(|w| is_keyword(t, w))
+            && matches!(tokens.get(i + 1), Some(Token::Number(_, _)))
+        {
+            i += 2;
+            continue;
+        }
+        kept.push(t.clone());
+        i += 1;
+    }
+    (kept.len() < tokens.len()).then_some(kept)
+}
+
+/// `CREATE FUNCTION … COST n` / `ROWS n` without those planner estimates (`pg_dump` writes them for
+/// functions whose estimates were changed): they change how a plan is costed, never what runs.
+fn routine_without_planner_hints(tokens: &[Token]) -> Option<Statement> {
+    routine_word(tokens, "FUNCTION")?;
+    let kept = without_numbered_options(tokens, &["COST", "ROWS"])?;
+    let statement = parse_one(kept).ok()?;
+    matches!(statement, Statement::CreateFunction(_)).then_some(statement)
+}
+
+/// PostgreSQL's `CREATE PROCEDURE name (args) …` (sqlparser knows another dialect's) read as the
+/// `CREATE FUNCTION name (args) RETURNS void …` with the same arguments, language and body, so it is
+/// judged as that function would be (a C routine loaded from a file is blocked either way).
+fn procedure_as_function(tokens: &[Token]) -> Option<Statement> {
+    let at = routine_word(tokens, "PROCEDURE")?;
+    let open = at + 1 + tokens[at + 1..].iter().position(|t| t == &Token::LParen)?;
+    let mut depth = 0usize;
+    let mut close = None;
+    for (i, t) in tokens.iter().enumerate().skip(open) {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(i);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let close = close?;
+    let mut out = Vec::with_capacity(tokens.len() + 2);
+    out.extend_from_slice(&tokens[..at]);
+    out.push(Token::make_keyword("FUNCTION"));
+    out.extend_from_slice(&tokens[at + 1..=close]);
+    out.push(Token::make_keyword("RETURNS"));
+    out.push(Token::make_word("void", None));
+    out.extend_from_slice(&tokens[close + 1..]);
+    let statement = parse_one(out).ok()?;
+    matches!(statement, Statement::CreateFunction(_)).then_some(statement)
+}
+
+/// `CREATE INDEX … ON ONLY t …` (`pg_dump`'s index on a partitioned table's parent alone) as the
+/// same index on `t`: the table and columns judged are the same.
+fn index_on_only(tokens: &[Token]) -> Option<Statement> {
+    if !is_keyword(tokens.first()?, "CREATE") {
+        return None;
+    }
+    let only = tokens
+        .windows(2)
+        .position(|w| is_keyword(&w[0], "ON") && is_keyword(&w[1], "ONLY"))?
+        + 1;
+    let mut kept = tokens.to_vec();
+    kept.remove(only);
+    let statement = parse_one(kept).ok()?;
+    matches!(statement, Statement::CreateIndex(_)).then_some(statement)
+}
+
+/// `UPDATE t SET a[i] = v, …` (array element or field assignment, which sqlparser does not read) as
+/// `UPDATE t SET a = (i) + v, …`: the same table, column and WHERE, and every expression of the
+/// subscripts still judged. Slices (`a[1:2]`) stay unparsed.
+fn element_assignment_as_whole(tokens: &[Token]) -> Option<Statement> {
+    if !is_keyword(tokens.first()?, "UPDATE") {
+        return None;
+    }
+    let mut out: Vec<Token> = Vec::with_capacity(tokens.len() + 4);
+    let mut depth = 0usize;
+    let mut in_set = false;
+    let mut changed = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        let target = in_set
+            && depth == 0
+            && matches!(t, Token::Word(_))
+            && tokens.get(i + 1) == Some(&Token::LBracket)
+            && out
+                .last()
+                .is_some_and(|p| p == &Token::Comma || is_keyword(p, "SET"));
+        if target {
+            // column [ sub ] [ sub ] … = value  →  column = ( sub ) + ( sub ) + … value
+            out.push(t.clone());
+            let mut subscripts: Vec<Token> = Vec::new();
+            let mut j = i + 1;
+            while tokens.get(j) == Some(&Token::LBracket) {
+                let mut level = 0usize;
+                let start = j;
+                loop {
+                    match tokens.get(j)? {
+                        Token::LBracket => level += 1,
+                        Token::RBracket => {
+                            level -= 1;
+                            if level == 0 {
+                                break;
+                            }
+                        }
+                        Token::Colon if level == 1 => return None,
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                subscripts.push(Token::LParen);
+                subscripts.extend_from_slice(&tokens[start + 1..j]);
+                subscripts.push(Token::RParen);
+                subscripts.push(Token::Plus);
+                j += 1;
+            }
+            if tokens.get(j) != Some(&Token::Eq) {
+                return None;
+            }
+            out.push(Token::Eq);
+            out.extend(subscripts);
+            i = j + 1;
+            changed = true;
+            continue;
+        }
+        match t {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            _ if depth == 0 && is_keyword(t, "SET") => in_set = true,
+            _ if depth == 0 && ["FROM", "WHERE", "RETURNING"].iter().any(|w| is_keyword(t, w)) => {
+                in_set = false
+            }
+            _ => {}
+        }
+        out.push(t.clone());
+        i += 1;
+    }
+    if !changed {
+        return None;
+    }
+    let statement = parse_one(out).ok()?;
+    matches!(statement, Statement::Update(_)).then_some(statement)
+}
+
+/// `CREATE MATERIALIZED VIEW … WITH [NO] DATA` without the clause, judged as the view filled at once
+/// (its query runs), which `WITH NO DATA` only postpones to the first `REFRESH`.
+fn materialized_view_without_data_clause(tokens: &[Token]) -> Option<Statement> {
+    if !is_keyword(tokens.first()?, "CREATE") {
+        return None;
+    }
+    let kept = match tokens {
+        [head @ .., with, no, data]
+            if is_keyword(with, "WITH") && is_keyword(no, "NO") && is_keyword(data, "DATA") =>
+        {
+            head
+        }
+        [head @ .., with, data] if is_keyword(with, "WITH") && is_keyword(data, "DATA") => head,
+        _ => return None,
+    };
+    let statement = parse_one(kept.to_vec()).ok()?;
+    matches!(statement, Statement::CreateView(ref v) if v.materialized).then_some(statement)
+}
+
+/// `CREATE DOMAIN … [CONSTRAINT name] NOT NULL` / `NULL` without those constraints, which sqlparser does
+/// not read: they run no code (a `CHECK`, which may, is kept and judged).
+fn domain_without_null_constraints(tokens: &[Token]) -> Option<Statement> {
+    if !is_keyword(tokens.first()?, "CREATE") || !is_keyword(tokens.get(1)?, "DOMAIN") {
+        return None;
+    }
+    let mut kept: Vec<Token> = Vec::with_capacity(tokens.len());
+    let mut depth = 0usize;
+    let mut changed = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        match t {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        let not_null =
+            is_keyword(t, "NOT") && tokens.get(i + 1).is_some_and(|n| is_keyword(n, "NULL"));
+        let null = is_keyword(t, "NULL") && !kept.last().is_some_and(|p| is_keyword(p, "DEFAULT"));
+        if depth == 0 && (not_null || null) {
+            // A constraint name belongs to the constraint dropped.
+            if kept.len() >= 2 && is_keyword(&kept[kept.len() - 2], "CONSTRAINT") {
+                kept.truncate(kept.len() - 2);
+            }
+            i += if not_null { 2 } else { 1 };
+            changed = true;
+            continue;
+        }
+        kept.push(t.clone());
+        i += 1;
+    }
+    if !changed {
+        return None;
+    }
+    let statement = parse_one(kept).ok()?;
+    matches!(statement, Statement::CreateDomain(_)).then_some(statement)
 }
 
 /// The statement with every `OPERATOR(pg_catalog.op)` spelled as the plain `op`, which sqlparser does

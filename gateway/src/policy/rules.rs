@@ -398,11 +398,16 @@ impl CompiledRule {
             }
         }
         if let Some(tables) = &self.tables {
-            let widen = self.action != Action::Allow;
-            let hit = facts.tables.iter().any(|t| {
-                tables.is_match(t)
-                    || (widen && !t.contains('.') && tables.is_match(format!("public.{t}")))
-            });
+            // A stricter rule catches a statement touching any of its tables; an allow rule vouches
+            // only for statements that touch nothing else (`INSERT INTO other SELECT * FROM mine`).
+            let hit = if self.action == Action::Allow {
+                !facts.tables.is_empty() && facts.tables.iter().all(|t| tables.is_match(t))
+            } else {
+                facts.tables.iter().any(|t| {
+                    tables.is_match(t)
+                        || (!t.contains('.') && tables.is_match(format!("public.{t}")))
+                })
+            };
             if !hit {
                 return false;
             }

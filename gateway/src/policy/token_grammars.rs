@@ -2,7 +2,8 @@
 //! token: `VACUUM` / `ANALYZE` with options (`pgbench -i` sends `vacuum analyze t`), `CHECKPOINT`, `MOVE`
 //! and `FETCH` (in the forms sqlparser rejects), and `SET CONSTRAINTS` (ORMs defer foreign keys while
 //! loading fixtures), `DO` (its code is opaque: always reviewed unless a rule allows it), and two-phase
-//! commit (`PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`).
+//! commit (`PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`), `REINDEX`, `CLUSTER`, `ALTER SEQUENCE`
+//! and `ALTER <object> … OWNER TO role` (all of them in `pg_dump` output or routine maintenance).
 //!
 //! A statement recognised here counts as parsed, so a rule may allow it; anything that strays from the
 //! grammar returns `None` and stays an unparsed statement (held, never allowed).
@@ -77,8 +78,350 @@ pub fn classify_by_grammar(tokens: &StatementTokens) -> Option<StatementFacts> {
             Action::Review,
             format!("{kind} PREPARED finishes a two-phase transaction, which any session may have prepared"),
         )),
+        "REINDEX" => Some(facts(
+            "REINDEX",
+            reindex_target(rest)?,
+            Action::Review,
+            "REINDEX rebuilds indexes and blocks writes (reads too, for an index) while it runs"
+                .to_string(),
+        )),
+        "CLUSTER" => Some(facts(
+            "CLUSTER",
+            cluster_target(rest)?,
+            Action::Review,
+            "CLUSTER rewrites a table and locks it against reads and writes while it runs"
+                .to_string(),
+        )),
+        "ALTER" => alter_by_grammar(rest),
+        "CREATE" if rest.first().is_some_and(|t| is_keyword(t, "STATISTICS")) => Some(facts(
+            "CREATE STATISTICS",
+            vec![statistics_table(&rest[1..])?],
+            Action::Review,
+            "CREATE STATISTICS adds an extended statistics object to a table".to_string(),
+        )),
         _ => None,
     }
+}
+
+/// `ALTER SEQUENCE …` with only words, numbers and names (every option of the statement, `pg_dump`'s
+/// `OWNED BY t.c` among them), and `ALTER <object> name OWNER TO role` for the objects sqlparser does
+/// not read it for (`pg_dump` writes one for every object it restores).
+fn alter_by_grammar(tokens: &[Token]) -> Option<StatementFacts> {
+    let object = keyword(tokens.first()?)?;
+    let review = |kind: String, tables: Vec<String>, reason: String| StatementFacts {
+        kind,
+        tables,
+        action: Action::Review,
+        reasons: vec![reason],
+        ..StatementFacts::default()
+    };
+    if object == "SEQUENCE" {
+        let mut i = 1;
+        if tokens.get(i).is_some_and(|t| is_keyword(t, "IF"))
+            && tokens.get(i + 1).is_some_and(|t| is_keyword(t, "EXISTS"))
+        {
+            i += 2;
+        }
+        let (name, after) = qualified_name(tokens, i)?;
+        sequence_options(&tokens[after..]).then_some(())?;
+        return Some(review(
+            "ALTER SEQUENCE".to_string(),
+            vec![name],
+            "ALTER SEQUENCE changes a sequence's definition or ownership".to_string(),
+        ));
+    }
+    if object == "TABLE" {
+        let (table, reason) = alter_column_storage(&tokens[1..])?;
+        return Some(review(
+            "ALTER TABLE".to_string(),
+            vec![table],
+            reason.to_string(),
+        ));
+    }
+    if object == "INDEX" {
+        // `ALTER INDEX [IF EXISTS] parent ATTACH PARTITION child` (`pg_dump` of partitioned tables)
+        let (_, after) = qualified_name(tokens, 1)?;
+        let [attach, partition, rest @ ..] = &tokens[after..] else {
+            return None;
+        };
+        if !is_keyword(attach, "ATTACH") || !is_keyword(partition, "PARTITION") {
+            return None;
+        }
+        (qualified_name(rest, 0)?.1 == rest.len()).then_some(())?;
+        return Some(review(
+            "ALTER INDEX".to_string(),
+            vec![],
+            "ALTER INDEX … ATTACH PARTITION changes an index's definition".to_string(),
+        ));
+    }
+    // `ALTER TYPE name OWNER TO role`, `ALTER FUNCTION f(integer) OWNER TO role`, …
+    let [head @ .., owner_kw, to_kw, role] = tokens else {
+        return None;
+    };
+    if !is_keyword(owner_kw, "OWNER") || !is_keyword(to_kw, "TO") || name_part(role).is_none() {
+        return None;
+    }
+    let words: Vec<String> = head.iter().map_while(keyword).collect();
+    let object = OWNED_OBJECTS
+        .iter()
+        .filter(|o| {
+            o.len() <= words.len()
+                && o.len() < head.len()
+                && o.iter().zip(&words).all(|(a, b)| a == b)
+        })
+        .max_by_key(|o| o.len())?;
+    let (name, mut after) = qualified_name(head, object.len())?;
+    let signed = matches!(
+        object[0],
+        "FUNCTION" | "PROCEDURE" | "ROUTINE" | "AGGREGATE"
+    );
+    if signed && head.get(after) == Some(&Token::LParen) {
+        after = signature_end(head, after)?;
+    }
+    (after == head.len()).then_some(())?;
+    let relation = matches!(object[0], "TABLE" | "VIEW" | "SEQUENCE" | "MATERIALIZED")
+        || object == &["FOREIGN", "TABLE"];
+    Some(review(
+        format!("ALTER {}", object.join(" ")),
+        if relation { vec![name] } else { vec![] },
+        "OWNER TO hands the object, and every privilege on it, to another role".to_string(),
+    ))
+}
+
+/// Objects whose `ALTER … name OWNER TO role` is read here (sqlparser reads it for few of them).
+const OWNED_OBJECTS: &[&[&str]] = &[
+    &["TABLE"],
+    &["VIEW"],
+    &["MATERIALIZED", "VIEW"],
+    &["SEQUENCE"],
+    &["FOREIGN", "TABLE"],
+    &["FOREIGN", "DATA", "WRAPPER"],
+    &["TYPE"],
+    &["DOMAIN"],
+    &["SCHEMA"],
+    &["DATABASE"],
+    &["COLLATION"],
+    &["CONVERSION"],
+    &["FUNCTION"],
+    &["PROCEDURE"],
+    &["ROUTINE"],
+    &["AGGREGATE"],
+    &["LANGUAGE"],
+    &["PROCEDURAL", "LANGUAGE"],
+    &["EVENT", "TRIGGER"],
+    &["PUBLICATION"],
+    &["SUBSCRIPTION"],
+    &["STATISTICS"],
+    &["SERVER"],
+    &["TABLESPACE"],
+    &["TEXT", "SEARCH", "CONFIGURATION"],
+    &["TEXT", "SEARCH", "DICTIONARY"],
+];
+
+/// A routine's argument types in parentheses starting at `open` (`(integer, character varying(10),
+/// text[])`): words, names, numbers, commas and nested brackets only — types, never expressions. The
+/// index after the closing `)`.
+fn signature_end(tokens: &[Token], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, t) in tokens.iter().enumerate().skip(open) {
+        match t {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return (t == &Token::RParen).then_some(i + 1);
+                }
+            }
+            Token::Comma | Token::Period | Token::Number(_, _) => {}
+            t if name_part(t).is_some() && !is_keyword(t, "DEFAULT") => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// `[IF EXISTS] [ONLY] table ALTER [COLUMN] column` and one of `SET STATISTICS n`, `SET STORAGE mode`,
+/// `SET COMPRESSION method`, or `ADD GENERATED { ALWAYS | BY DEFAULT } AS IDENTITY [ ( sequence options ) ]`
+/// (`pg_dump` writes each as a statement of its own): the table, and what the change does.
+fn alter_column_storage(tokens: &[Token]) -> Option<(String, &'static str)> {
+    let mut i = 0;
+    let word = |i: usize, w: &str| tokens.get(i).is_some_and(|t| is_keyword(t, w));
+    if word(0, "IF") && word(1, "EXISTS") {
+        i = 2;
+    }
+    if word(i, "ONLY") {
+        i += 1;
+    }
+    let (table, after) = qualified_name(tokens, i)?;
+    i = after;
+    word(i, "ALTER").then_some(())?;
+    i += 1;
+    if word(i, "COLUMN") {
+        i += 1;
+    }
+    name_part(tokens.get(i)?)?;
+    i += 1;
+    let rest = &tokens[i..];
+    let is = |t: &Token, w: &str| is_keyword(t, w);
+    let reason = match rest {
+        [set, stat, n] | [set, stat, Token::Minus, n]
+            if is(set, "SET") && is(stat, "STATISTICS") && matches!(n, Token::Number(_, _)) =>
+        {
+            "SET STATISTICS changes how much ANALYZE samples a column"
+        }
+        [set, storage, mode]
+            if is(set, "SET") && is(storage, "STORAGE") && keyword(mode).is_some() =>
+        {
+            "SET STORAGE changes how a column's values are stored"
+        }
+        [set, compression, method]
+            if is(set, "SET") && is(compression, "COMPRESSION") && name_part(method).is_some() =>
+        {
+            "SET COMPRESSION changes how a column's values are compressed"
+        }
+        [add, generated, rest @ ..] if is(add, "ADD") && is(generated, "GENERATED") => {
+            let rest = match rest {
+                [always, rest @ ..] if is(always, "ALWAYS") => rest,
+                [by, default, rest @ ..] if is(by, "BY") && is(default, "DEFAULT") => rest,
+                _ => return None,
+            };
+            let [as_kw, identity, options @ ..] = rest else {
+                return None;
+            };
+            if !is(as_kw, "AS") || !is(identity, "IDENTITY") {
+                return None;
+            }
+            if let [Token::LParen, inner @ .., Token::RParen] = options {
+                sequence_options(inner).then_some(())?;
+            } else if !options.is_empty() {
+                return None;
+            }
+            "ADD GENERATED AS IDENTITY makes a column take its values from a new sequence"
+        }
+        _ => return None,
+    };
+    Some((table, reason))
+}
+
+/// `[IF NOT EXISTS] name [ ( kind [, …] ) ] ON column, column [, …] FROM table`: plain columns only (an
+/// expression statistic would run its expression at every ANALYZE). The table.
+fn statistics_table(tokens: &[Token]) -> Option<String> {
+    let mut i = 0;
+    if tokens.first().is_some_and(|t| is_keyword(t, "IF")) {
+        (is_keyword(tokens.get(1)?, "NOT") && is_keyword(tokens.get(2)?, "EXISTS")).then_some(())?;
+        i = 3;
+    }
+    i = qualified_name(tokens, i)?.1;
+    if tokens.get(i) == Some(&Token::LParen) {
+        i = list_in_parens(tokens, i, |i| keyword(tokens.get(i)?).map(|_| i + 1))?;
+    }
+    is_keyword(tokens.get(i)?, "ON").then_some(())?;
+    i += 1;
+    loop {
+        name_part(tokens.get(i)?)?;
+        i += 1;
+        match tokens.get(i)? {
+            Token::Comma => i += 1,
+            t if is_keyword(t, "FROM") => break,
+            _ => return None,
+        }
+    }
+    let (table, end) = qualified_name(tokens, i + 1)?;
+    (end == tokens.len()).then_some(table)
+}
+
+/// A possibly schema-qualified name starting at `i`: the name as PostgreSQL folds it and the index after it.
+fn qualified_name(tokens: &[Token], mut i: usize) -> Option<(String, usize)> {
+    let mut name = name_part(tokens.get(i)?)?;
+    i += 1;
+    while tokens.get(i) == Some(&Token::Period) {
+        name.push('.');
+        name.push_str(&name_part(tokens.get(i + 1)?)?);
+        i += 2;
+    }
+    Some((name, i))
+}
+
+/// The options of `ALTER SEQUENCE`: words, (signed) numbers, and `.`-qualified names (`OWNED BY s.t.c`,
+/// `AS bigint`, `OWNER TO r`, `RENAME TO n`, `SET SCHEMA s`), nothing else.
+fn sequence_options(tokens: &[Token]) -> bool {
+    !tokens.is_empty()
+        && tokens.iter().all(|t| {
+            matches!(
+                t,
+                Token::Number(_, _) | Token::Minus | Token::Plus | Token::Period
+            ) || name_part(t).is_some()
+        })
+}
+
+/// `[ ( option [value] [, …] ) ] { INDEX | TABLE | SCHEMA | DATABASE | SYSTEM } [ CONCURRENTLY ] [ name ]
+/// [ FORCE ]`: the table named by `REINDEX TABLE`, none otherwise.
+fn reindex_target(tokens: &[Token]) -> Option<Vec<String>> {
+    let mut i = 0;
+    if tokens.first() == Some(&Token::LParen) {
+        i = options_in_parens(tokens)?;
+    }
+    let object = keyword(tokens.get(i)?)?;
+    if !["INDEX", "TABLE", "SCHEMA", "DATABASE", "SYSTEM"].contains(&object.as_str()) {
+        return None;
+    }
+    i += 1;
+    if tokens.get(i).is_some_and(|t| is_keyword(t, "CONCURRENTLY")) {
+        i += 1;
+    }
+    let mut tables = Vec::new();
+    if i < tokens.len() && !is_keyword(&tokens[i], "FORCE") {
+        let (name, after) = qualified_name(tokens, i)?;
+        if object == "TABLE" {
+            tables.push(name);
+        }
+        i = after;
+    } else if !matches!(object.as_str(), "DATABASE" | "SYSTEM") {
+        return None;
+    }
+    if tokens.get(i).is_some_and(|t| is_keyword(t, "FORCE")) {
+        i += 1;
+    }
+    (i == tokens.len()).then_some(tables)
+}
+
+/// `[VERBOSE] [ table [ USING index ] ]`, `( option [value] [, …] ) [ table [ USING index ] ]`, or the
+/// old `index ON table`: the table named, if any.
+fn cluster_target(tokens: &[Token]) -> Option<Vec<String>> {
+    let mut i = 0;
+    if tokens.first() == Some(&Token::LParen) {
+        i = options_in_parens(tokens)?;
+    } else if tokens.first().is_some_and(|t| is_keyword(t, "VERBOSE")) {
+        i = 1;
+    }
+    if i == tokens.len() {
+        return Some(vec![]);
+    }
+    let (first, after) = qualified_name(tokens, i)?;
+    match tokens.get(after) {
+        None => Some(vec![first]),
+        Some(t) if is_keyword(t, "USING") => {
+            let (_, end) = qualified_name(tokens, after + 1)?;
+            (end == tokens.len()).then(|| vec![first])
+        }
+        Some(t) if is_keyword(t, "ON") && i == 0 => {
+            let (table, end) = qualified_name(tokens, after + 1)?;
+            (end == tokens.len()).then(|| vec![table])
+        }
+        _ => None,
+    }
+}
+
+/// `( option [value] [, …] )` at the start of `tokens`, each option a word with an optional word,
+/// number or string value: the index after the `)`.
+fn options_in_parens(tokens: &[Token]) -> Option<usize> {
+    list_in_parens(tokens, 0, |i| {
+        keyword(tokens.get(i)?)?;
+        Some(match tokens.get(i + 1)? {
+            Token::Word(_) | Token::Number(_, _) | Token::SingleQuotedString(_) => i + 2,
+            _ => i + 1,
+        })
+    })
 }
 
 /// `keyword 'transaction id'`: the rest of `PREPARE TRANSACTION` / `COMMIT PREPARED` / `ROLLBACK PREPARED`.
@@ -122,14 +465,7 @@ fn name_part(token: &Token) -> Option<String> {
 fn vacuum_targets(tokens: &[Token], vacuum: bool) -> Option<Vec<String>> {
     let mut i = 0;
     if tokens.first() == Some(&Token::LParen) {
-        // option name, then an optional value: a word, a number or a string
-        i = list_in_parens(tokens, 0, |i| {
-            keyword(tokens.get(i)?)?;
-            Some(match tokens.get(i + 1)? {
-                Token::Word(_) | Token::Number(_, _) | Token::SingleQuotedString(_) => i + 2,
-                _ => i + 1,
-            })
-        })?;
+        i = options_in_parens(tokens)?;
     }
     let bare: &[&str] = if vacuum {
         &["FULL", "FREEZE", "VERBOSE", "ANALYZE", "ANALYSE"]
@@ -148,13 +484,8 @@ fn vacuum_targets(tokens: &[Token], vacuum: bool) -> Option<Vec<String>> {
             (tokens[i] == Token::Comma).then_some(())?;
             i += 1;
         }
-        let mut name = name_part(tokens.get(i)?)?;
-        i += 1;
-        while tokens.get(i) == Some(&Token::Period) {
-            name.push('.');
-            name.push_str(&name_part(tokens.get(i + 1)?)?);
-            i += 2;
-        }
+        let (name, after) = qualified_name(tokens, i)?;
+        i = after;
         if tokens.get(i) == Some(&Token::LParen) {
             i = list_in_parens(tokens, i, |i| name_part(tokens.get(i)?).map(|_| i + 1))?;
         }

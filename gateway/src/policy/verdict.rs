@@ -62,9 +62,9 @@ pub struct StatementFacts {
     /// UPDATE or DELETE without a WHERE clause.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub missing_where: bool,
-    /// The statement's kind alone would be allowed, but something else in it needs review: a
-    /// data-modifying WITH, row locks, SELECT INTO, a function not on the read-only list. A rule that
-    /// names kinds or tables vouches for what such statements do, not for that.
+    /// Something in the statement besides its kind needs review: a data-modifying WITH, row locks
+    /// (in a read), SELECT INTO, a function not on the read-only list (but a write's `nextval`). A
+    /// rule that names kinds or tables vouches for what such statements do, not for that.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub review_beyond_kind: bool,
     /// True when sqlparser could not parse the statement (classified from tokens, fail closed).
