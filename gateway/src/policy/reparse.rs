@@ -203,7 +203,11 @@ fn element_assignment_as_whole(tokens: &[Token]) -> Option<Statement> {
             Token::LParen | Token::LBracket => depth += 1,
             Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
             _ if depth == 0 && is_keyword(t, "SET") => in_set = true,
-            _ if depth == 0 && ["FROM", "WHERE", "RETURNING"].iter().any(|w| is_keyword(t, w)) => {
+            _ if depth == 0
+                && ["FROM", "WHERE", "RETURNING"]
+                    .iter()
+                    .any(|w| is_keyword(t, w)) =>
+            {
                 in_set = false
             }
             _ => {}
