@@ -1417,6 +1417,117 @@ async fn code_reached_through_variadic_rows_internal_aliases_or_implicit_row_cas
     drop_database(&admin, &db).await;
 }
 
+#[tokio::test]
+async fn a_cursor_read_waiting_on_flush_is_held_approved_and_read_on_inside_a_transaction() {
+    use countersign_tests::transcript::{Action as Step, Login, RawConn};
+    let gw = spawn_gateway(&base_config(WIRE_LONG_HOLD), Backend::Sqlite).await;
+    let seq = table_name("cursor_seq");
+    direct()
+        .await
+        .batch_execute(&format!("CREATE SEQUENCE {seq}"))
+        .await
+        .unwrap();
+    let login = Login {
+        addr: gw.wire.expect("wire listener configured").to_string(),
+        user: "agent".into(),
+        database: "local".into(),
+        password: Some(AGENT.into()),
+        options: None,
+    };
+    let mut conn = RawConn::connect(&login, None).await.unwrap();
+    let begin = Step::Query {
+        sql: "BEGIN".into(),
+        copy_in: vec![],
+    };
+    conn.run(&begin).await.unwrap();
+    // pg-cursor's read: no Sync until the client has its rows, which used to wait for good.
+    let sql = format!("SELECT g, nextval('{seq}') FROM generate_series(1, 5) g");
+    conn.cursor_read(&sql, 2).await.unwrap();
+    let notice = conn.read_until(b"N").await.unwrap();
+    assert!(
+        notice.last().unwrap().contains("held for approval"),
+        "{notice:?}"
+    );
+    let id = pending_request(&gw.base, &seq).await;
+    for reviewer in [BOB, CAROL] {
+        assert_eq!(gw.vote(reviewer, &id, "approve").await.status, 200);
+    }
+    let first = conn.read_until(b"s").await.unwrap();
+    assert_eq!(
+        first.iter().filter(|l| l.starts_with("DataRow")).count(),
+        2,
+        "{first:?}"
+    );
+    // The portal survived the gateway's Sync: the cursor reads on.
+    conn.cursor_fetch(2).await.unwrap();
+    let second = conn.read_until(b"s").await.unwrap();
+    assert!(second[0].starts_with("DataRow [\"3\""), "{second:?}");
+    conn.cursor_fetch(0).await.unwrap();
+    let rest = conn.read_until(b"C").await.unwrap();
+    assert!(rest.last().unwrap().contains("SELECT 1"), "{rest:?}");
+    conn.sync().await.unwrap();
+    conn.read_until(b"Z").await.unwrap();
+    let commit = conn
+        .run(&Step::Query {
+            sql: "COMMIT".into(),
+            copy_in: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(commit.iter().any(|l| l.contains("COMMIT")), "{commit:?}");
+
+    // Outside a transaction a denial answers the waiting cursor read; the session goes on.
+    let sql = format!("SELECT g, nextval('{seq}') FROM generate_series(1, 3) g");
+    conn.cursor_read(&sql, 2).await.unwrap();
+    conn.read_until(b"N").await.unwrap();
+    let id = pending_request(&gw.base, "generate_series(1, 3)").await;
+    assert_eq!(gw.vote(BOB, &id, "deny").await.status, 200);
+    let denied = conn.read_until(b"E").await.unwrap();
+    assert!(denied.last().unwrap().contains("denied"), "{denied:?}");
+    conn.sync().await.unwrap();
+    conn.read_until(b"Z").await.unwrap();
+    let after = conn
+        .run(&Step::Query {
+            sql: "SELECT 1".into(),
+            copy_in: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(after.iter().any(|l| l.contains("\"1\"")), "{after:?}");
+    conn.close().await;
+}
+
+#[tokio::test]
+async fn a_session_postgresql_terminates_gets_its_fatal_and_no_second_one_from_the_gateway() {
+    use countersign_tests::transcript::{Login, RawConn};
+    let gw = spawn_gateway(&base_config(WIRE_LONG_HOLD), Backend::Sqlite).await;
+    let app = table_name("terminated");
+    let login = Login {
+        addr: gw.wire.expect("wire listener configured").to_string(),
+        user: "agent".into(),
+        database: "local".into(),
+        password: Some(AGENT.into()),
+        options: Some(format!("-c application_name={app}")),
+    };
+    let mut conn = RawConn::connect(&login, None).await.unwrap();
+    let terminated: Vec<bool> = direct()
+        .await
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(terminated, [true], "one upstream session to terminate");
+    let lines = conn.read_to_close().await;
+    let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("Error")).collect();
+    assert_eq!(errors.len(), 1, "{lines:?}");
+    assert!(errors[0].contains("57P01"), "{lines:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_copy_from_stdin_whose_client_leaves_is_failed_upstream_not_left_waiting() {
     use futures::SinkExt;

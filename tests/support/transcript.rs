@@ -260,6 +260,75 @@ impl RawConn {
         }
     }
 
+    /// Sends what pg-cursor sends to open a cursor read: Parse and Bind of `sql` (unnamed), Describe
+    /// portal, Execute with `max_rows`, then Flush — no Sync.
+    pub async fn cursor_read(&mut self, sql: &str, max_rows: i32) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        let mut p = Vec::new();
+        cstr(&mut p, "");
+        cstr(&mut p, sql);
+        p.extend_from_slice(&0i16.to_be_bytes());
+        put_msg(&mut out, b'P', &p);
+        let mut b = Vec::new();
+        cstr(&mut b, "");
+        cstr(&mut b, "");
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        put_msg(&mut out, b'B', &b);
+        put_msg(&mut out, b'D', b"P\0");
+        self.stream.write_all(&out).await?;
+        self.cursor_fetch(max_rows).await
+    }
+
+    /// Execute of the unnamed portal with `max_rows`, then Flush.
+    pub async fn cursor_fetch(&mut self, max_rows: i32) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        let mut e = Vec::new();
+        cstr(&mut e, "");
+        e.extend_from_slice(&max_rows.to_be_bytes());
+        put_msg(&mut out, b'E', &e);
+        put_msg(&mut out, b'H', &[]);
+        Ok(self.stream.write_all(&out).await?)
+    }
+
+    /// Sends Sync.
+    pub async fn sync(&mut self) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        put_msg(&mut out, b'S', &[]);
+        Ok(self.stream.write_all(&out).await?)
+    }
+
+    /// One line per backend message up to and including the first whose tag is in `until`.
+    pub async fn read_until(&mut self, until: &[u8]) -> anyhow::Result<Vec<String>> {
+        let read = async {
+            let mut lines = Vec::new();
+            loop {
+                let (tag, body) = self.next_frame().await?;
+                lines.push(self.describe(tag, &body));
+                if until.contains(&tag) {
+                    return Ok(lines);
+                }
+            }
+        };
+        match tokio::time::timeout(STEP_TIMEOUT, read).await {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("none of {until:?} within {STEP_TIMEOUT:?}"),
+        }
+    }
+
+    /// One line per backend message until the server closes the connection.
+    pub async fn read_to_close(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let read = async {
+            while let Ok((tag, body)) = self.next_frame().await {
+                lines.push(self.describe(tag, &body));
+            }
+        };
+        let _ = tokio::time::timeout(STEP_TIMEOUT, read).await;
+        lines
+    }
+
     /// Send Terminate and close.
     pub async fn close(mut self) {
         let mut out = Vec::new();

@@ -141,6 +141,8 @@ pub struct BackendTracker {
     pub status: u8,
     /// ErrorResponses seen so far (the relay compares counts around a unit it decided at Flush).
     pub errors: u64,
+    /// PostgreSQL sent a FATAL (or PANIC) to the client: it ends the session itself, and says why.
+    pub fatal_relayed: bool,
     /// Statements in flight, oldest first.
     pub in_flight: VecDeque<InFlight>,
     /// Extended-protocol batches finished since the relay last looked, and whether each ended
@@ -189,6 +191,7 @@ impl BackendTracker {
             drop: 0,
             status,
             errors: 0,
+            fatal_relayed: false,
             in_flight: VecDeque::new(),
             settled: Vec::new(),
             prepared_settled: Vec::new(),
@@ -363,6 +366,8 @@ impl BackendTracker {
                 }
                 b'E' => {
                     self.errors = self.errors.wrapping_add(1);
+                    self.fatal_relayed |= error_fields(body)
+                        .any(|(f, v)| f == b'V' && (v == b"FATAL" || v == b"PANIC"));
                     if self.in_flight.is_empty() {
                         self.failed_before_sync = true;
                     }

@@ -38,6 +38,9 @@ pub struct Portal {
     pub statement: Arc<Prepared>,
     /// Raw Bind body.
     pub bind: Bytes,
+    /// An approved batch ran it: a later Execute only fetches more rows of that execution (a cursor
+    /// read in a transaction block), which PostgreSQL finished or suspended already.
+    pub approved: bool,
 }
 
 /// Prepared statements and portals of one session, keyed by name (the empty name is the unnamed one).
@@ -136,11 +139,21 @@ impl Catalog {
         let entry = Portal {
             statement: prepared,
             bind: Bytes::copy_from_slice(body),
+            approved: false,
         };
         match self.portals.get_mut(portal) {
             Some(slot) => *slot = entry,
             None => {
                 self.portals.insert(portal.into(), entry);
+            }
+        }
+    }
+
+    /// Marks `names` as run by an approved batch (see [`Portal::approved`]); a later Bind replaces it.
+    pub fn approve_portals(&mut self, names: &[Box<[u8]>]) {
+        for name in names {
+            if let Some(p) = self.portals.get_mut(&**name) {
+                p.approved = true;
             }
         }
     }
@@ -263,6 +276,7 @@ pub fn unknown_portal(name: &[u8]) -> Portal {
             ),
         }),
         bind: Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0]),
+        approved: false,
     }
 }
 
@@ -297,18 +311,21 @@ pub struct Batch {
     /// Describe and the Bind of an allowed statement run nothing that needs one, so they may go
     /// upstream on Flush even while the rest of the batch waits.
     pub forwardable: usize,
+    /// Names of the portals the batch binds or executes (for [`Catalog::approve_portals`]).
+    pub portal_names: Vec<Box<[u8]>>,
     /// COPY ends the client had sent at the batch's last Execute ([`super::backend::CopyMarks`]).
     pub copy_ends_at_execute: Option<u64>,
     /// Portals a Bind of a statement needing a decision added to `executed` that no Execute has
     /// named yet (so their Execute is not counted twice).
     pub bound_gated: Vec<Box<[u8]>>,
-    /// Executes in the batch: (any, any with a row limit, i.e. a cursor read).
-    pub executes: (bool, bool),
+    /// The batch holds an Execute.
+    pub executes: bool,
 }
 
 impl Batch {
     /// Notes an Execute of `portal`, named `name`.
     pub fn execute(&mut self, name: &[u8], portal: &Portal) {
+        self.note_portal_name(name);
         if let Some(i) = self.bound_gated.iter().position(|n| **n == *name) {
             // Its Bind counted it already.
             self.bound_gated.remove(i);
@@ -325,10 +342,17 @@ impl Batch {
         if portal.statement.verdict.action == Action::Allow {
             return;
         }
+        self.note_portal_name(name);
         self.note(portal);
         self.executed.push(portal.clone());
         self.bound_gated.retain(|n| **n != *name);
         self.bound_gated.push(name.into());
+    }
+
+    fn note_portal_name(&mut self, name: &[u8]) {
+        if !self.portal_names.iter().any(|n| **n == *name) {
+            self.portal_names.push(name.into());
+        }
     }
 
     fn note(&mut self, portal: &Portal) {
@@ -381,6 +405,7 @@ impl Batch {
             copy_ends_at_execute: self.copy_ends_at_execute.take(),
             bound_gated: std::mem::take(&mut self.bound_gated),
             executes: std::mem::take(&mut self.executes),
+            portal_names: std::mem::take(&mut self.portal_names),
         }
     }
 }

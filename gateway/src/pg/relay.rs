@@ -118,6 +118,8 @@ struct Held {
     copy: CopyMarks,
     /// Part of its batch went ahead on Flush (see [`Relay::settle_ready_part`]).
     after_ready_part: bool,
+    /// Portals the batch binds or executes, marked approved when it is.
+    portals: Vec<Box<[u8]>>,
 }
 
 enum Step {
@@ -254,7 +256,8 @@ where
             // Not a bare EOF: the client (and a pool) learns why, as from PostgreSQL's own FATALs.
             // Only at a frame boundary: after part of a large row or COPY chunk the client would read
             // the message as the rest of that frame, so it gets the bare close PostgreSQL's crash gives.
-            if self.backend.mid_frame_to_client() {
+            // PostgreSQL's own FATAL (`pg_terminate_backend`, idle timeouts) already told the client.
+            if self.backend.mid_frame_to_client() || self.backend.fatal_relayed {
                 let _ = self.client_w.shutdown().await;
                 return result;
             }
@@ -676,20 +679,18 @@ where
                 b'H' => {
                     self.add_to_batch(&frame)?;
                     // A client that waits for the results of a statement needing a decision after a
-                    // Flush (psycopg's pipelines and executemany with RETURNING) would wait forever
-                    // for a Sync it only sends once answered: the statement is decided now, ended with
-                    // a Sync of the gateway's own. Not for cursor reads (Execute with a row limit),
-                    // whose portal that Sync would close.
-                    let (executes, cursor_reads) = self.batch.executes;
-                    if executes && !cursor_reads && self.batch.action() == Action::Review {
+                    // Flush (psycopg's pipelines and executemany with RETURNING, pg-cursor's reads)
+                    // would wait forever for a Sync it only sends once answered: the statement is
+                    // decided now, ended with a Sync of the gateway's own. Inside a transaction block
+                    // a cursor read's portal survives that Sync; outside one the Sync ends the
+                    // implicit transaction and the portal with it, so an approved cursor read gets its
+                    // first rows and a later Execute on it PostgreSQL's 34000 (README).
+                    if self.batch.executes && self.batch.action() == Action::Review {
                         return Ok(Step::DecidedAtFlush(self.decide_pending()?));
                     }
                     // Flush asks for results so far. What precedes the first Bind or Execute that
                     // needs a decision goes now (the whole batch, Flush included, when nothing needs
                     // one), so a client that prepares and waits before Sync is answered.
-                    // The rest waits for the verdict at Sync: deciding at a Flush would need a Sync of
-                    // the gateway's own, which ends the implicit transaction and with it the portal a
-                    // cursor (Execute with a row limit) reads on from.
                     if self.forward_ready_part() && self.batch.action() != Action::Allow {
                         forward(&mut self.backend.masker, &mut self.out, &FLUSH);
                     }
@@ -863,6 +864,7 @@ where
                 batch: None,
                 copy: self.query_marks(),
                 after_ready_part: false,
+                portals: vec![],
             }),
         }
     }
@@ -952,10 +954,10 @@ where
     fn on_execute(&mut self, frame: &[u8]) -> Result<(), WireError> {
         let mut pos = 5;
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Execute"))?;
-        let max_rows = super::codec::read_i32(frame, &mut pos).unwrap_or(0);
-        self.batch.executes.0 = true;
-        self.batch.executes.1 |= max_rows > 0;
+        self.batch.executes = true;
         match self.catalog.portal(portal) {
+            // Fetching on from an approved execution runs nothing new.
+            Some(p) if p.approved => {}
             Some(p) => self.batch.execute(portal, p),
             // Executing an unbound portal fails upstream; fail closed here too.
             None => self
@@ -1077,6 +1079,7 @@ where
             batch: Some(number),
             copy,
             after_ready_part,
+            portals: batch.portal_names,
         })
     }
 
@@ -1317,6 +1320,7 @@ where
     fn forward_approved(&mut self, held: Held, id: RequestId) {
         // An approved statement may do anything, PREPARE or DEALLOCATE included (in a function too).
         self.sql_prepared.forget_all();
+        self.catalog.approve_portals(&held.portals);
         self.forward_held(held, Action::Review, Some(id));
     }
 
