@@ -16,6 +16,9 @@
 //!   as the `CREATE FUNCTION … RETURNS void` with the same arguments and body.
 //! - `WITH [NO] DATA` at the end of `CREATE MATERIALIZED VIEW` (judged as filled at once).
 //! - Array element assignment in `UPDATE … SET a[i] = v` (judged as `SET a = (i) + v`).
+//! - Spellings of the same expressions sqlparser lacks (`BETWEEN SYMMETRIC`, `IS DOCUMENT`, `COLLATION
+//!   FOR`, `substring(… SIMILAR …)`, window `EXCLUDE`, `SEARCH`/`CYCLE`, `ROWS FROM`, …: see
+//!   [`with_plain_spellings`]).
 
 use sqlparser::ast::{CopyTarget, Set, Statement};
 use sqlparser::tokenizer::Token;
@@ -35,7 +38,8 @@ pub fn classify_without_inert_clause(tokens: &StatementTokens) -> Option<Stateme
         .or_else(|| index_on_only(&tokens.0))
         .or_else(|| domain_without_null_constraints(&tokens.0))
         .or_else(|| materialized_view_without_data_clause(&tokens.0))
-        .or_else(|| element_assignment_as_whole(&tokens.0));
+        .or_else(|| element_assignment_as_whole(&tokens.0))
+        .or_else(|| with_plain_spellings(&tokens.0));
     if let Some(statement) = statement {
         return Some(classify_statement(&statement));
     }
@@ -139,6 +143,167 @@ fn index_on_only(tokens: &[Token]) -> Option<Statement> {
     kept.remove(only);
     let statement = parse_one(kept).ok()?;
     matches!(statement, Statement::CreateIndex(_)).then_some(statement)
+}
+
+/// The statement with PostgreSQL spellings sqlparser does not read replaced by ones it does that
+/// evaluate the same expressions and read the same tables (only the shape of the result differs):
+/// `BETWEEN SYMMETRIC` → `BETWEEN`, `IS [NOT] DOCUMENT` → `IS [NOT] NULL`, `COLLATION FOR (x)` → `(x)`,
+/// `substring(x SIMILAR p ESCAPE e)` → `substring(x, p, e)`, a window frame's `EXCLUDE …` dropped, a
+/// recursive query's `SEARCH … SET c` / `CYCLE … USING c` dropped, `ROWS FROM (f(), g())` →
+/// `(SELECT f(), g())`, `GROUP BY DISTINCT` → `GROUP BY`, `WHERE CURRENT OF c` → `WHERE TRUE` (one row
+/// of the write's own table), `LIKE t INCLUDING …` options dropped, `DROP INDEX CONCURRENTLY` →
+/// `DROP INDEX`.
+fn with_plain_spellings(tokens: &[Token]) -> Option<Statement> {
+    let word = |i: usize, w: &str| tokens.get(i).is_some_and(|t| is_keyword(t, w));
+    let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
+    // Depths at which a `substring(` call's arguments are read (its SIMILAR and ESCAPE become commas).
+    let mut substring_depths: Vec<usize> = Vec::new();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        match t {
+            Token::LParen => {
+                depth += 1;
+                if out.last().is_some_and(|p| is_keyword(p, "SUBSTRING")) {
+                    substring_depths.push(depth);
+                }
+            }
+            Token::RParen => {
+                if substring_depths.last() == Some(&depth) {
+                    substring_depths.pop();
+                }
+                depth = depth.saturating_sub(1);
+            }
+            _ => {}
+        }
+        let after = |w: &str| out.last().is_some_and(|p: &Token| is_keyword(p, w));
+        if (is_keyword(t, "SYMMETRIC") || is_keyword(t, "ASYMMETRIC")) && after("BETWEEN") {
+            i += 1;
+            continue;
+        }
+        if is_keyword(t, "DOCUMENT")
+            && (after("IS")
+                || (after("NOT") && out.len() >= 2 && is_keyword(&out[out.len() - 2], "IS")))
+        {
+            out.push(Token::make_keyword("NULL"));
+            i += 1;
+            continue;
+        }
+        if is_keyword(t, "COLLATION")
+            && word(i + 1, "FOR")
+            && tokens.get(i + 2) == Some(&Token::LParen)
+        {
+            i += 2;
+            continue;
+        }
+        if (is_keyword(t, "SIMILAR") || is_keyword(t, "ESCAPE"))
+            && substring_depths.last() == Some(&depth)
+        {
+            out.push(Token::Comma);
+            i += 1;
+            continue;
+        }
+        if is_keyword(t, "EXCLUDE") && depth > 0 {
+            let skip = if (word(i + 1, "CURRENT") && word(i + 2, "ROW"))
+                || (word(i + 1, "NO") && word(i + 2, "OTHERS"))
+            {
+                3
+            } else if word(i + 1, "GROUP") || word(i + 1, "TIES") {
+                2
+            } else {
+                0
+            };
+            if skip > 0 && tokens.get(i + skip) == Some(&Token::RParen) {
+                i += skip;
+                continue;
+            }
+        }
+        // `… ) SEARCH { DEPTH | BREADTH } FIRST BY a, b SET c` / `… ) CYCLE a, b SET c [TO v DEFAULT w]
+        // USING p` after a CTE's body: names and literals only, up to the set or path column.
+        if depth == 0
+            && out.last() == Some(&Token::RParen)
+            && (is_keyword(t, "SEARCH") || is_keyword(t, "CYCLE"))
+        {
+            let end_word = if is_keyword(t, "SEARCH") {
+                "SET"
+            } else {
+                "USING"
+            };
+            let mut j = i + 1;
+            while j < tokens.len() && !is_keyword(&tokens[j], end_word) {
+                match &tokens[j] {
+                    Token::Word(_)
+                    | Token::Comma
+                    | Token::SingleQuotedString(_)
+                    | Token::Number(_, _) => j += 1,
+                    _ => return None,
+                }
+            }
+            if j + 1 >= tokens.len() || !matches!(tokens[j + 1], Token::Word(_)) {
+                return None;
+            }
+            i = j + 2;
+            continue;
+        }
+        let in_from =
+            after("FROM") || after("JOIN") || after("LATERAL") || out.last() == Some(&Token::Comma);
+        if is_keyword(t, "ROWS")
+            && word(i + 1, "FROM")
+            && tokens.get(i + 2) == Some(&Token::LParen)
+            && in_from
+        {
+            out.push(Token::LParen);
+            out.push(Token::make_keyword("SELECT"));
+            depth += 1;
+            i += 3;
+            continue;
+        }
+        if is_keyword(t, "DISTINCT")
+            && after("BY")
+            && out.len() >= 2
+            && is_keyword(&out[out.len() - 2], "GROUP")
+        {
+            i += 1;
+            continue;
+        }
+        if is_keyword(t, "CURRENT") && word(i + 1, "OF") && after("WHERE") && tokens.len() == i + 3
+        {
+            name_token(tokens.get(i + 2)?)?;
+            out.push(Token::make_keyword("TRUE"));
+            i += 3;
+            continue;
+        }
+        if (is_keyword(t, "INCLUDING") || is_keyword(t, "EXCLUDING"))
+            && depth == 1
+            && word(0, "CREATE")
+            && tokens
+                .get(i + 1)
+                .is_some_and(|n| matches!(n, Token::Word(_)))
+        {
+            i += 2;
+            continue;
+        }
+        if is_keyword(t, "CONCURRENTLY")
+            && after("INDEX")
+            && out.len() == 2
+            && is_keyword(&out[0], "DROP")
+        {
+            i += 1;
+            continue;
+        }
+        out.push(t.clone());
+        i += 1;
+    }
+    if out.as_slice() == tokens {
+        return None;
+    }
+    parse_one(out).ok()
+}
+
+/// The token when it is a name (a word, quoted or not).
+fn name_token(token: &Token) -> Option<&Token> {
+    matches!(token, Token::Word(_)).then_some(token)
 }
 
 /// `UPDATE t SET a[i] = v, …` (array element or field assignment, which sqlparser does not read) as

@@ -131,7 +131,8 @@ fn alter_by_grammar(tokens: &[Token]) -> Option<StatementFacts> {
         ));
     }
     if object == "TABLE" {
-        let (table, reason) = alter_column_storage(&tokens[1..])?;
+        let (table, reason) =
+            alter_column_storage(&tokens[1..]).or_else(|| table_schema_or_cluster(&tokens[1..]))?;
         return Some(review(
             "ALTER TABLE".to_string(),
             vec![table],
@@ -297,6 +298,46 @@ fn alter_column_storage(tokens: &[Token]) -> Option<(String, &'static str)> {
                 return None;
             }
             "ADD GENERATED AS IDENTITY makes a column take its values from a new sequence"
+        }
+        _ => return None,
+    };
+    Some((table, reason))
+}
+
+/// `[IF EXISTS] [ONLY] table SET SCHEMA s`, `… CLUSTER ON index` or `… SET WITHOUT CLUSTER`: the table,
+/// and what the change does.
+fn table_schema_or_cluster(tokens: &[Token]) -> Option<(String, &'static str)> {
+    let word = |i: usize, w: &str| tokens.get(i).is_some_and(|t| is_keyword(t, w));
+    let mut i = 0;
+    if word(0, "IF") && word(1, "EXISTS") {
+        i = 2;
+    }
+    if word(i, "ONLY") {
+        i += 1;
+    }
+    let (table, after) = qualified_name(tokens, i)?;
+    let rest = &tokens[after..];
+    let reason = match rest {
+        [set, schema, name]
+            if is_keyword(set, "SET")
+                && is_keyword(schema, "SCHEMA")
+                && name_part(name).is_some() =>
+        {
+            "SET SCHEMA moves the table, and what its name resolves to, into another schema"
+        }
+        [cluster, on, index]
+            if is_keyword(cluster, "CLUSTER")
+                && is_keyword(on, "ON")
+                && name_part(index).is_some() =>
+        {
+            "CLUSTER ON picks the index a later CLUSTER orders the table by"
+        }
+        [set, without, cluster]
+            if is_keyword(set, "SET")
+                && is_keyword(without, "WITHOUT")
+                && is_keyword(cluster, "CLUSTER") =>
+        {
+            "SET WITHOUT CLUSTER forgets the table's clustering index"
         }
         _ => return None,
     };
