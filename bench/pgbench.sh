@@ -4,6 +4,7 @@
 # Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres) and pgbench/psql on PATH; installs
 # pgbouncer with apt-get when absent. Starts only the gateway and a temporary pgbouncer, both stopped on exit.
 # Env: SCALE (10), CLIENTS (10), DURATION (10 s), GW_PORT (6543), GW_HTTP_PORT (6580), PGB_PORT (6432),
+# COUNTERSIGN_BIN (a countersign binary to measure instead of building the release one),
 # WIRE_THREADS and BUSY_POLL_US (the gateway's [wire] threads and busy_poll_us; unset: its defaults),
 # UPSTREAM (tcp: the gateway and pgbouncer reach PostgreSQL at 127.0.0.1:5432; unix: both use its Unix socket,
 # as a gateway deployed beside its database would; clients always connect over TCP).
@@ -28,9 +29,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building countersign (release)"
-(cd "$ROOT" && cargo build --release -q -p countersign-gateway --bin countersign)
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/countersign"
+if [ -n "${COUNTERSIGN_BIN:-}" ]; then
+    BIN=$COUNTERSIGN_BIN
+else
+    echo "== building countersign (release)"
+    (cd "$ROOT" && cargo build --release -q -p countersign-gateway --bin countersign)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/countersign"
+fi
 
 echo "== initialising $DB (scale $SCALE)"
 psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"

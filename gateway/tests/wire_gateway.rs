@@ -2072,14 +2072,15 @@ async fn a_held_statement_followed_by_flush_is_decided_at_the_flush() {
         m.extend(message(b'H', &[]));
         m
     };
-    // Approved: the notice, then the statement's results, before any Sync.
+    // Approved: the Parse (which needs no decision) answered first, the notice, then the statement's
+    // results, before any Sync.
     gate.push_outcome(Duration::from_millis(100), HoldOutcome::Approved);
     let mut s = raw_login(addr).await;
     s.write_all(&pipelined(7)).await.unwrap();
     let answered = read_frames_until(&mut s, b'C').await;
     assert_eq!(
         shown_tags(&answered),
-        ["N", "1", "2", "T", "D", "C DELETE 1"],
+        ["1", "N", "2", "T", "D", "C DELETE 1"],
         "{answered:?}"
     );
     s.write_all(&message(b'S', &[])).await.unwrap();
@@ -2090,7 +2091,7 @@ async fn a_held_statement_followed_by_flush_is_decided_at_the_flush() {
     deny_next(&gate);
     s.write_all(&pipelined(8)).await.unwrap();
     let refused = read_frames_until(&mut s, b'E').await;
-    assert_eq!(shown_tags(&refused), ["N", "E"], "{refused:?}");
+    assert_eq!(shown_tags(&refused), ["1", "N", "E"], "{refused:?}");
     let mut rest = bind_unnamed();
     rest.extend(execute_unnamed(0));
     rest.extend(message(b'S', &[]));

@@ -686,6 +686,11 @@ where
                     // implicit transaction and the portal with it, so an approved cursor read gets its
                     // first rows and a later Execute on it PostgreSQL's 34000 (README).
                     if self.batch.executes && self.batch.action() == Action::Review {
+                        // What may go ahead goes first: if it fails (a Parse of a missing table),
+                        // PostgreSQL skips the rest, and the hold settles without a request.
+                        if self.forward_ready_part() {
+                            forward(&mut self.backend.masker, &mut self.out, &FLUSH);
+                        }
                         return Ok(Step::DecidedAtFlush(self.decide_pending()?));
                     }
                     // Flush asks for results so far. What precedes the first Bind or Execute that

@@ -136,6 +136,32 @@ fn wrap_html(inner: &str) -> String {
     format!("<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body style=\"font-family:sans-serif\">{inner}</body></html>")
 }
 
+/// The mail for an approver who is in the request's requester chain (the human an agent acts for, say):
+/// what was asked and that others decide, with the request page but no vote links — separation of
+/// duties refuses their vote anyway, and a link that can only be refused invites confusion.
+pub fn requester_notice_mail(view: &RequestView, recipient: &str, page: &str) -> MailContent {
+    let lead =
+        "A statement you asked for (or that an agent acting for you sent) is held for review.";
+    let why = "You are in this request's requester chain, so separation of duties leaves the decision to the other approvers; you will get the outcome in this thread.";
+    let (stmt_text, stmt_html) = statement_parts(view, page);
+    let text = format!(
+        "{lead}\n\n{facts}\n{stmt_text}\n{why}\nRequest page: {page}\n\nThis mail was sent to {recipient}.\n",
+        facts = facts_text(view),
+    );
+    let html = wrap_html(&format!(
+        "<p>{lead}</p>{facts}{stmt_html}<p>{why}</p><p><a href=\"{page}\">Open the request page</a></p>\
+<p style=\"color:#666\">This mail was sent to <strong>{who}</strong>.</p>",
+        facts = facts_html(view),
+        page = escape(page),
+        who = escape(recipient),
+    ));
+    MailContent {
+        subject: thread_subject(view),
+        text,
+        html,
+    }
+}
+
 /// The approval mail for one recipient (also used for reminders).
 pub fn approval_mail(
     view: &RequestView,

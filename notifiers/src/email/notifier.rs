@@ -1,10 +1,13 @@
 //! `EmailNotifier`: one mail per approver for each event, threaded under the approval mail, idempotent per
 //! outbox delivery key and recipient (a retry after a partial failure re-sends only what did not go out).
 
-use super::compose::{approval_mail, follow_up_mail, MailContent, VoteLinks};
+use super::compose::{
+    approval_mail, follow_up_mail, requester_notice_mail, MailContent, VoteLinks,
+};
 use super::config::{EmailConfig, EmailConfigError, EmailSecrets, SmtpTls};
 use super::token::{LinkAction, LinkSigner};
 use countersign_bot::events::{DeliveryError, Notifier, WorkflowEvent};
+use countersign_bot::identity::canonical_email;
 use countersign_bot::{ApproverDirectory, RequestId, RequestView, Store};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -187,7 +190,21 @@ impl EmailNotifier {
             short_hash(&format!("{delivery_key}|{recipient}")),
             self.id_domain
         );
+        let requested = view
+            .request
+            .requester
+            .0
+            .iter()
+            .filter_map(|who| who.email.as_deref())
+            .any(|e| canonical_email(e) == canonical_email(recipient));
         let message = match event {
+            // Separation of duties refuses their vote: they learn of the hold, and no vote links.
+            WorkflowEvent::Created { .. } if requested => {
+                let page = self.view_link(id, recipient)?;
+                let content = requester_notice_mail(view, recipient, &page);
+                self.message(recipient, content, root, None)?
+            }
+            WorkflowEvent::Reminder { .. } if requested => return Ok(()),
             WorkflowEvent::Created { .. } => {
                 let links = self.vote_links(view, recipient)?;
                 let content = approval_mail(view, recipient, &links, false);
