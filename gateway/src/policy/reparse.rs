@@ -62,6 +62,15 @@ fn routine_word(tokens: &[Token], word: &str) -> Option<usize> {
     is_keyword(tokens.get(at)?, word).then_some(at)
 }
 
+/// Follows `(`/`[` nesting: `depth` after token `t`.
+fn nest(depth: &mut usize, t: &Token) {
+    match t {
+        Token::LParen | Token::LBracket => *depth += 1,
+        Token::RParen | Token::RBracket => *depth = depth.saturating_sub(1),
+        _ => {}
+    }
+}
+
 /// `tokens` without each `word number` pair outside brackets; `None` when there is none.
 fn without_numbered_options(tokens: &[Token], words: &[&str]) -> Option<Vec<Token>> {
     let mut kept = Vec::with_capacity(tokens.len());
@@ -69,11 +78,7 @@ fn without_numbered_options(tokens: &[Token], words: &[&str]) -> Option<Vec<Toke
     let mut i = 0;
     while i < tokens.len() {
         let t = &tokens[i];
-        match t {
-            Token::LParen | Token::LBracket => depth += 1,
-            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+        nest(&mut depth, t);
         if depth == 0
             && words.iter().any(|w| is_keyword(t, w))
             && matches!(tokens.get(i + 1), Some(Token::Number(_, _)))
@@ -364,18 +369,15 @@ fn element_assignment_as_whole(tokens: &[Token]) -> Option<Statement> {
             changed = true;
             continue;
         }
-        match t {
-            Token::LParen | Token::LBracket => depth += 1,
-            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
-            _ if depth == 0 && is_keyword(t, "SET") => in_set = true,
-            _ if depth == 0
-                && ["FROM", "WHERE", "RETURNING"]
-                    .iter()
-                    .any(|w| is_keyword(t, w)) =>
-            {
-                in_set = false
-            }
-            _ => {}
+        nest(&mut depth, t);
+        if depth == 0 && is_keyword(t, "SET") {
+            in_set = true;
+        } else if depth == 0
+            && ["FROM", "WHERE", "RETURNING"]
+                .iter()
+                .any(|w| is_keyword(t, w))
+        {
+            in_set = false;
         }
         out.push(t.clone());
         i += 1;
@@ -418,11 +420,7 @@ fn domain_without_null_constraints(tokens: &[Token]) -> Option<Statement> {
     let mut i = 0;
     while i < tokens.len() {
         let t = &tokens[i];
-        match t {
-            Token::LParen | Token::LBracket => depth += 1,
-            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+        nest(&mut depth, t);
         let not_null =
             is_keyword(t, "NOT") && tokens.get(i + 1).is_some_and(|n| is_keyword(n, "NULL"));
         let null = is_keyword(t, "NULL") && !kept.last().is_some_and(|p| is_keyword(p, "DEFAULT"));
