@@ -118,6 +118,9 @@ fn classify_parsed_or_not(tokens: &StatementTokens) -> StatementFacts {
             if let Some(facts) = classify_by_grammar(tokens) {
                 return facts;
             }
+            if let Some(facts) = classify_copy_where(tokens) {
+                return facts;
+            }
             classify_unparsed(tokens, &error)
         }
     }
@@ -139,6 +142,64 @@ pub(super) fn parse_one(tokens: Vec<Token>) -> Result<Statement, String> {
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the SQL parser failed on this input".to_string()),
     }
+}
+
+/// `COPY t … FROM … WHERE condition` (asyncpg's `copy_records_to_table(where=…)`), which sqlparser does
+/// not read: judged as the COPY without its WHERE together with `SELECT 1 FROM t WHERE condition`, so the
+/// condition's calls count as any query's would.
+fn classify_copy_where(tokens: &StatementTokens) -> Option<StatementFacts> {
+    let t = &tokens.0;
+    if !is_keyword(t.first()?, "COPY") {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut at = None;
+    for (i, token) in t.iter().enumerate() {
+        match token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ if depth == 0 && is_keyword(token, "WHERE") => {
+                at = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let at = at?;
+    if !t[..at].iter().any(|x| is_keyword(x, "FROM")) {
+        return None;
+    }
+    let copy = classify_parsed_or_not(&StatementTokens(t[..at].to_vec()));
+    if copy.unparsed || copy.kind != "COPY" {
+        return None;
+    }
+    // The table: a name, possibly qualified.
+    matches!(t.get(1)?, Token::Word(_)).then_some(())?;
+    let mut name_end = 2;
+    while t.get(name_end) == Some(&Token::Period)
+        && matches!(t.get(name_end + 1), Some(Token::Word(_)))
+    {
+        name_end += 2;
+    }
+    let mut select = split_statements("SELECT 1 FROM").ok()?.pop()?.0;
+    select.extend_from_slice(&t[1..name_end]);
+    select.extend_from_slice(&t[at..]);
+    let condition = classify_statement(&parse_one(select).ok()?);
+    let mut facts = copy;
+    if condition.action > facts.action {
+        facts.action = condition.action;
+        facts.reasons = condition.reasons;
+    } else if condition.action != Action::Allow && condition.action == facts.action {
+        facts.reasons.extend(condition.reasons);
+    }
+    facts.review_beyond_kind |= condition.action != Action::Allow;
+    for f in condition.functions {
+        if !facts.functions.contains(&f) {
+            facts.functions.push(f);
+        }
+    }
+    facts.qualified_names.extend(condition.qualified_names);
+    Some(facts)
 }
 
 /// `TABLE name …` is by definition `SELECT * FROM name …`; sqlparser lacks the shorthand.
@@ -255,6 +316,10 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
         ));
     }
     let mut facts = finish(facts, verdicts);
+    facts.setting_from_parameter = seen
+        .functions
+        .iter()
+        .any(|c| c.second_is_parameter && c.name.rsplit('.').next() == Some("set_config"));
     facts.review_beyond_kind = facts.action == Action::Review && beyond_kind;
     facts.prepared = prepared_use(statement).map(Box::new);
     facts
@@ -304,6 +369,13 @@ fn classify_prepare(name: &Ident, inner: &Statement) -> StatementFacts {
         },
     };
     let name = prepared_name(name);
+    if facts.setting_from_parameter && facts.action == Action::Allow {
+        facts.action = Action::Review;
+        facts.review_beyond_kind = true;
+        facts.reasons = vec![
+            "set_config with a parameter value in a PREPARE: EXECUTE's arguments may be computed from table data, which the setting would then hand back unmasked".to_string(),
+        ];
+    }
     facts.reasons.insert(
         0,
         format!("PREPARE {name} stores this {} to run later", facts.kind),
@@ -452,6 +524,15 @@ fn function_verdict(call: &Call) -> (Action, String) {
     let base = name.rsplit('.').next().unwrap_or(name);
     if base == "set_config" {
         return match (call.first_arg.as_deref(), call.second_arg.as_deref()) {
+            // A protocol-bound value is the client's own, like a literal: a setting whose verdict
+            // does not depend on the value is judged as with any literal. (A SQL-level PREPARE of it
+            // is reviewed: EXECUTE's arguments may be computed; see `classify_prepare`.)
+            (Some(setting), None) if call.second_is_parameter && !value_decides(setting) => {
+                match setting_verdict(setting, "") {
+                    (Action::Allow, _) => (Action::Allow, String::new()),
+                    (action, reason) => (action, format!("set_config('{setting}', …): {reason}")),
+                }
+            }
             // Even a harmless setting is reviewed with a computed value: a value read from a table
             // would carry that data into the setting, where SHOW and current_setting() hand it back
             // past the masking of the table's columns.
@@ -959,6 +1040,8 @@ struct Call {
     name: String,
     first_arg: Option<String>,
     second_arg: Option<String>,
+    /// The second argument is a bound parameter (`$2`, `$2::text`).
+    second_is_parameter: bool,
 }
 
 impl Call {
@@ -968,7 +1051,17 @@ impl Call {
             name,
             first_arg: None,
             second_arg: None,
+            second_is_parameter: false,
         }
+    }
+}
+
+/// `$n`, possibly cast or parenthesised.
+fn is_parameter(e: &Expr) -> bool {
+    match e {
+        Expr::Value(v) => matches!(v.value, Value::Placeholder(_)),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => is_parameter(expr),
+        _ => false,
     }
 }
 
@@ -1096,10 +1189,19 @@ impl Visitor for Collector {
                 },
                 _ => None,
             };
+            // `$n` (or `$n::type`): a value the client binds, which carries no table data.
+            let parameter = |i: usize| match &f.args {
+                FunctionArguments::List(list) => matches!(
+                    list.args.get(i),
+                    Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) if is_parameter(e)
+                ),
+                _ => false,
+            };
             self.add_function(Call {
                 name: function_name(&f.name),
                 first_arg: literal(0).map(|a| a.to_lowercase()),
                 second_arg: literal(1),
+                second_is_parameter: parameter(1),
             });
         }
         if let Some(name) = special_syntax_call(expr) {

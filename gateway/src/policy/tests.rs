@@ -112,7 +112,7 @@ const CASES: &[(&str, Action, &str)] = &[
     ("COPY (SELECT * FROM t) TO STDOUT (FORMAT binary, FORCE_QUOTE *)", Allow, "COPY TO STDOUT"),
     ("COPY t TO STDOUT WITH CSV HEADER DELIMITER ';' FORCE QUOTE *", Allow, "COPY TO STDOUT"),
     ("COPY (SELECT pg_read_file('/etc/passwd')) TO STDOUT (FREEZE on)", Block, "pg_read_file"),
-    ("COPY t FROM STDIN (FREEZE on) WHERE pg_sleep(1) IS NULL", Review, "could not be parsed"),
+    ("COPY t FROM STDIN (FREEZE on) WHERE pg_sleep(1) IS NULL", Review, "pg_sleep"),
     ("COPY t FROM STDIN (FREEZE pg_sleep(1))", Review, "could not be parsed"),
     ("COPY t TO '/tmp/x' (FREEZE on)", Block, "server"),
     ("COPY t TO PROGRAM 'rm -rf /' (FREEZE on)", Block, "PROGRAM"),
@@ -469,6 +469,16 @@ const CASES: &[(&str, Action, &str)] = &[
     ("UPDATE t SET a[pg_read_file('x')::int] = 5 WHERE id = 1", Block, "pg_read_file"),
     ("UPDATE t SET a[1][2] = nextval('s') WHERE id = 1", Review, "nextval"),
     ("UPDATE t SET a[1:2] = '{1,2}' WHERE id = 1", Review, "could not be parsed"),
+    ("COPY s.cp (id) FROM STDIN WITH (FORMAT binary) WHERE id > 0", Review, "COPY"),
+    ("COPY cp FROM STDIN WHERE id > nextval('s')", Review, "nextval"),
+    ("COPY cp FROM STDIN WHERE pg_read_file('x') IS NULL", Block, "pg_read_file"),
+    // asyncpg's type introspection restores jit with a bound value
+    ("SELECT set_config('jit', $1, false)", Allow, "SELECT"),
+    ("SELECT pg_catalog.set_config('application_name', $1::text, false)", Allow, "SELECT"),
+    ("SELECT set_config('search_path', $1, false)", Review, "set_config('search_path'"),
+    ("SELECT set_config('role', $1, false)", Review, "set_config('role'"),
+    ("SELECT set_config('jit', (SELECT ssn FROM people), false)", Review, "computed value"),
+    ("PREPARE p(text) AS SELECT set_config('application_name', $1, false)", Review, "EXECUTE's arguments may be computed"),
     // PostgreSQL spellings sqlparser lacks, read as plain ones that evaluate the same expressions
     ("SELECT 1 WHERE 'x' NOT BETWEEN SYMMETRIC 'a' AND 'z'", Allow, "SELECT"),
     ("SELECT 1 WHERE 'x' BETWEEN SYMMETRIC nextval('s') AND 'z'", Review, "nextval"),
@@ -1046,6 +1056,7 @@ fn an_allow_everything_rule_allows_maintenance_and_pg_dump_statements() {
         "CREATE STATISTICS app.st1 ON name, mood FROM app.people",
         "CREATE MATERIALIZED VIEW app.counts AS SELECT 1 WITH NO DATA",
         "UPDATE t SET tags[2] = 'x' WHERE id = 1",
+        "COPY s.cp (id) FROM STDIN WHERE id > 0",
     ] {
         let v = eval(vec![rule("allow-everything", "allow")], "c", &agent(), sql);
         assert_eq!(

@@ -59,6 +59,10 @@ pub struct StatementFacts {
     /// `set_config`, roles, `RESET`/`DISCARD`): a wire session binds later approvals to it.
     #[serde(skip)]
     pub sets_name_resolution: bool,
+    /// `set_config(…, $n, …)` takes its value from a parameter: bound by the client on the protocol, but
+    /// computed by `EXECUTE`'s arguments for a SQL-level `PREPARE`.
+    #[serde(skip)]
+    pub setting_from_parameter: bool,
     /// UPDATE or DELETE without a WHERE clause.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub missing_where: bool,
