@@ -8,8 +8,9 @@
 //! - a masked value of any other type becomes **NULL**: an `int8` cannot carry `hash:…`, and a broken
 //!   `json` would be worse than none;
 //! - detectors read text-format values of every type and binary values of text, JSON, integer and
-//!   numeric types; binary values of types the gateway cannot read (arrays, records, enums, extension
-//!   types) become NULL when detectors are on, and `inet`/`cidr` values become NULL when IP detectors
+//!   numeric types, and binary built-in arrays of those (element by element; an array holding a finding
+//!   becomes NULL); binary values of types the gateway cannot read (other arrays, records, enums,
+//!   extension types) become NULL when detectors are on, and `inet`/`cidr` values become NULL when IP detectors
 //!   are on. **Fail closed:** what cannot be inspected is not passed through.
 //!
 //! **Architecture invariant:** a connection without masking rules has no `Masker`; its bytes never
@@ -71,6 +72,9 @@ pub enum TypeClass {
     Inet,
     /// Types whose values cannot hold the detected formats in binary (bool, floats, dates, uuid, bytea).
     Plain,
+    /// Built-in arrays: binary elements are read as their element type (the array names it) and the
+    /// whole array becomes NULL when one is found to hold something.
+    Array,
     /// Anything else (arrays, records, enums, domains, extension types): binary values are unreadable.
     Unknown,
 }
@@ -88,6 +92,10 @@ impl TypeClass {
             16 | 17 | 18 | 700 | 701 | 790 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 => {
                 TypeClass::Plain
             }
+            // Arrays of the types above (text, json, integer, numeric, inet and plain elements).
+            1009 | 1015 | 1014 | 1003 | 199 | 3807 | 143 | 1005 | 1007 | 1016 | 1028 | 1231
+            | 1041 | 651 | 1000 | 1001 | 1002 | 1021 | 1022 | 1182 | 1183 | 1115 | 1185 | 1187
+            | 1270 | 2951 => TypeClass::Array,
             _ => TypeClass::Unknown,
         }
     }
@@ -384,10 +392,58 @@ impl Masker {
                 decoded
             }
             (true, TypeClass::Plain) | (true, TypeClass::Inet) => return Ok(Outcome::Unchanged),
+            (true, TypeClass::Array) => return Ok(self.scan_binary_array(raw, scratch)),
             (true, TypeClass::Unknown) => return Ok(Outcome::Null),
         };
         detect::find(text, self.rules.detectors, findings);
         self.replace_findings(col, text, findings, hashes, out)
+    }
+
+    /// A binary array (`ndim`, flags, element type, dimensions, then length-prefixed elements): unchanged
+    /// when no element holds anything the detectors find, NULL when one does or the array can't be read
+    /// (an element can't be replaced in place, and a nested or unreadable element type is not guessed).
+    fn scan_binary_array(&self, raw: &[u8], scratch: &mut MaskScratch) -> Outcome {
+        let word = |at: usize| -> Option<i32> {
+            Some(i32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?))
+        };
+        let Some((ndim, element)) = word(0).zip(word(8)) else {
+            return Outcome::Null;
+        };
+        let class = TypeClass::of(element as u32);
+        let ip_on = self.rules.detectors.contains(Detector::Ipv4)
+            || self.rules.detectors.contains(Detector::Ipv6);
+        if !(0..=6).contains(&ndim)
+            || matches!(class, TypeClass::Array | TypeClass::Unknown)
+            || (class == TypeClass::Inet && ip_on)
+        {
+            return Outcome::Null;
+        }
+        let plan = ColumnPlan {
+            style: None,
+            detect: true,
+            class,
+            binary: true,
+        };
+        let mut at = 12 + 8 * ndim as usize;
+        let mut out = String::new();
+        while at < raw.len() {
+            let Some(len) = word(at) else {
+                return Outcome::Null;
+            };
+            at += 4;
+            if len < 0 {
+                continue;
+            }
+            let Some(value) = raw.get(at..at + len as usize) else {
+                return Outcome::Null;
+            };
+            at += len as usize;
+            match self.mask_value_into(&plan, value, scratch, &mut out) {
+                Ok(Outcome::Unchanged) => {}
+                _ => return Outcome::Null,
+            }
+        }
+        Outcome::Unchanged
     }
 
     /// Appends `text` with its `findings` styled to `out` (NULL for non-text types).
@@ -895,6 +951,62 @@ mod tests {
             raw.extend_from_slice(&w.to_be_bytes());
         }
         assert_eq!(decode_numeric(&raw).as_deref(), Some("-12.5"));
+    }
+
+    /// A one-dimensional binary array of `element` values (`None` = NULL).
+    fn binary_array(element: u32, values: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&1i32.to_be_bytes());
+        raw.extend_from_slice(&i32::from(values.iter().any(Option::is_none)).to_be_bytes());
+        raw.extend_from_slice(&element.to_be_bytes());
+        raw.extend_from_slice(&(values.len() as i32).to_be_bytes());
+        raw.extend_from_slice(&1i32.to_be_bytes());
+        for v in values {
+            match v {
+                Some(v) => {
+                    raw.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    raw.extend_from_slice(v);
+                }
+                None => raw.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        raw
+    }
+
+    #[test]
+    fn binary_arrays_are_read_element_by_element_by_detectors() {
+        let m = masker(RULES);
+        // asyncpg's type introspection: `name[]` and `oid[]` columns pass unchanged.
+        let names = binary_array(19, &[Some(b"id"), None, Some(b"email")]);
+        assert_eq!(mask(&m, "attrnames", 1003, true, &names), Masked::Unchanged);
+        let oids = binary_array(
+            26,
+            &[Some(&23u32.to_be_bytes()), Some(&25u32.to_be_bytes())],
+        );
+        assert_eq!(
+            mask(&m, "attrtypoids", 1028, true, &oids),
+            Masked::Unchanged
+        );
+        let dates = binary_array(1082, &[Some(&0i32.to_be_bytes())]);
+        assert_eq!(mask(&m, "d", 1182, true, &dates), Masked::Unchanged);
+        // An element holding a card number makes the array NULL, text or int8 alike.
+        let cards = binary_array(25, &[Some(b"ok"), Some(b"4111 1111 1111 1111")]);
+        assert_eq!(mask(&m, "notes", 1009, true, &cards), Masked::Null);
+        let big = binary_array(20, &[Some(&4_111_111_111_111_111i64.to_be_bytes())]);
+        assert_eq!(mask(&m, "n", 1016, true, &big), Masked::Null);
+        // Unreadable: a truncated element, an array of arrays' element type, an unknown element type.
+        let mut cut = binary_array(25, &[Some(b"abc")]);
+        cut.truncate(cut.len() - 1);
+        assert_eq!(mask(&m, "t", 1009, true, &cut), Masked::Null);
+        let nested = binary_array(1009, &[]);
+        assert_eq!(mask(&m, "t", 1009, true, &nested), Masked::Null);
+        let enums = binary_array(99_999, &[Some(b"happy")]);
+        assert_eq!(mask(&m, "t", 1009, true, &enums), Masked::Null);
+        // Other arrays stay unreadable in binary.
+        assert_eq!(
+            mask(&m, "r", 3905, true, &binary_array(3904, &[])),
+            Masked::Null
+        );
     }
 
     #[test]
