@@ -413,6 +413,26 @@ async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
 }
 
 #[tokio::test]
+async fn an_error_at_a_drivers_prepare_keeps_text_the_statement_holds_on_a_masked_connection() {
+    let (_gw, client) = masked_gateway("columns = [\"ssn\"]\nstyle = \"redact\"").await;
+    let missing = format!("no_such_table_{}", uuid::Uuid::new_v4().simple());
+    // tokio-postgres prepares first (Parse, Describe, Sync), as asyncpg does: the error answers a batch
+    // that executes nothing, and its text quotes only what the statement holds.
+    let err = client
+        .query(&format!("SELECT * FROM {missing}"), &[])
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("PostgreSQL's error");
+    assert_eq!(db.code().code(), "42P01");
+    assert!(
+        db.message()
+            .contains(&format!("relation \"{missing}\" does not exist")),
+        "{}",
+        db.message()
+    );
+}
+
+#[tokio::test]
 async fn aggregates_over_qualified_columns_stay_clear_on_a_masked_connection() {
     let (db, schema) = direct_and_schema_name("mask_group").await;
     db.batch_execute(&format!(

@@ -21,6 +21,9 @@ use std::time::Instant;
 pub struct InFlight {
     /// Statement text for the record.
     pub sql: Arc<str>,
+    /// For a batch that parses but runs nothing (a driver's Parse/Describe round): the text it parsed,
+    /// which PostgreSQL's errors quote (masking keeps an error's text only when the statement holds it).
+    pub parsed: Option<Arc<str>>,
     /// Bindings for the record's hash.
     pub binds: Vec<Binding>,
     /// Policy decision.
@@ -334,7 +337,10 @@ impl BackendTracker {
                     && action == FrameAction::Pass
                     && messages::redact_frame(
                         frame,
-                        self.in_flight.front().map_or("", |f| &*f.sql),
+                        self.in_flight.front().map_or("", |f| match &f.parsed {
+                            Some(parsed) if f.sql.is_empty() => parsed,
+                            _ => &f.sql,
+                        }),
                         &mut m.out,
                     )
                 {
@@ -529,6 +535,7 @@ mod tests {
 
     fn in_flight(rejection: bool) -> InFlight {
         InFlight {
+            parsed: None,
             sql: Arc::from("x"),
             binds: vec![],
             decision: Action::Allow,
@@ -630,6 +637,7 @@ mod tests {
     /// A batch (`sql`, extended-protocol number `batch`) at `marks` among the client's COPY ends.
     fn batch_at(sql: &str, batch: u64, at_start: u64, at_sync: u64) -> InFlight {
         InFlight {
+            parsed: None,
             sql: Arc::from(sql),
             batch: Some(batch),
             copy: CopyMarks {

@@ -305,6 +305,8 @@ pub struct Batch {
     pub executed: Vec<Portal>,
     /// Statement names parsed in this batch.
     pub parsed: Vec<Box<[u8]>>,
+    /// Their texts, in order.
+    pub parsed_sql: Vec<Arc<str>>,
     /// When the batch's first message arrived.
     pub started: Option<Instant>,
     /// Leading bytes of `bytes` before the first Bind or Execute that needs a decision: Parse,
@@ -381,6 +383,12 @@ impl Batch {
         }
     }
 
+    /// The texts the batch parsed, when it executes nothing (for what error messages may quote).
+    pub fn parsed_only(&self) -> Option<Arc<str>> {
+        (self.executed.is_empty() && !self.parsed_sql.is_empty())
+            .then(|| Arc::from(self.parsed_sql.join(";\n")))
+    }
+
     /// Bindings of the executed statements, in order.
     pub fn binds(&self) -> Vec<Binding> {
         self.executed
@@ -400,6 +408,7 @@ impl Batch {
             verdict: self.verdict.take(),
             executed: std::mem::take(&mut self.executed),
             parsed: std::mem::take(&mut self.parsed),
+            parsed_sql: std::mem::take(&mut self.parsed_sql),
             started: self.started.take(),
             forwardable: std::mem::take(&mut self.forwardable),
             copy_ends_at_execute: self.copy_ends_at_execute.take(),

@@ -885,6 +885,7 @@ where
     ) {
         forward(&mut self.backend.masker, &mut self.out, frame);
         self.backend.in_flight.push_back(InFlight {
+            parsed: None,
             sql: Arc::from(sql),
             binds: vec![],
             decision,
@@ -942,6 +943,9 @@ where
             self.sql_prepared.forget_all();
         }
         self.batch.parsed.push(name.into());
+        if self.backend.masker.is_some() {
+            self.batch.parsed_sql.push(Arc::from(sql));
+        }
         self.add_to_batch(frame)
     }
 
@@ -1044,6 +1048,7 @@ where
         if action == Action::Allow || skipped {
             forward(&mut self.backend.masker, &mut self.out, &batch.bytes);
             self.backend.in_flight.push_back(InFlight {
+                parsed: batch.parsed_only(),
                 sql: batch.sql(),
                 binds: batch.binds(),
                 decision: action,
@@ -1099,6 +1104,7 @@ where
             put_refusal(&mut self.out, r.code, &r.message);
         }
         self.backend.in_flight.push_back(InFlight {
+            parsed: None,
             sql: r.sql,
             binds: r.binds,
             decision: r.decision,
@@ -1334,6 +1340,7 @@ where
     fn forward_held(&mut self, held: Held, decision: Action, approved: Option<RequestId>) {
         forward(&mut self.backend.masker, &mut self.out, &held.bytes);
         self.backend.in_flight.push_back(InFlight {
+            parsed: None,
             sql: held.sql,
             binds: held.binds,
             decision,

@@ -918,7 +918,9 @@ fn display_has_word(statement: &Statement, upper: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(upper))
 }
 
-/// Lower-cased dotted name without quotes.
+/// Lower-cased dotted name without quotes, each part first cut to the 63 bytes PostgreSQL keeps of an
+/// identifier (cutting after lower-casing would let a name whose case folding shrinks it, such as the
+/// Kelvin sign's `k`, miss the catalog entry PostgreSQL resolves it to).
 fn object_name(name: &ObjectName) -> String {
     let mut out = String::new();
     for (i, part) in name.0.iter().enumerate() {
@@ -926,11 +928,20 @@ fn object_name(name: &ObjectName) -> String {
             out.push('.');
         }
         match part.as_ident() {
-            Some(ident) => out.push_str(&ident.value.to_lowercase()),
+            Some(ident) => out.push_str(&identifier_bytes(&ident.value).to_lowercase()),
             None => out.push_str(&part.to_string().to_lowercase()),
         }
     }
     out
+}
+
+/// The part of an identifier PostgreSQL keeps: at most 63 bytes (NAMEDATALEN - 1), whole characters.
+fn identifier_bytes(name: &str) -> &str {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// A function's dotted name as PostgreSQL resolves it: unquoted parts lower-cased, quoted parts exactly
@@ -950,11 +961,12 @@ fn function_name(name: &ObjectName) -> String {
     out
 }
 
-/// An identifier as PostgreSQL stores it: folded to lower case unless quoted.
+/// An identifier as PostgreSQL stores it: cut to 63 bytes, then folded to lower case unless quoted.
 fn folded(ident: &Ident) -> String {
+    let kept = identifier_bytes(&ident.value);
     match ident.quote_style {
-        None => ident.value.to_lowercase(),
-        Some(_) => ident.value.clone(),
+        None => kept.to_lowercase(),
+        Some(_) => kept.to_string(),
     }
 }
 

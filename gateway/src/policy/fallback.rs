@@ -106,16 +106,8 @@ pub fn split_statements(sql: &str) -> Result<Vec<StatementTokens>, String> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize()
         .map_err(|e| e.to_string())?;
-    // PostgreSQL ends an operator where `--` or `/*` starts (the rest is a comment); sqlparser makes
-    // `<>--` one operator and reads on, so the two would see different statements from there on.
-    if let Some(op) = tokens
-        .iter()
-        .map(|t| t.to_string())
-        .find(|t| is_operator_name(t) && (t.contains("--") || t.contains("/*")))
-    {
-        return Err(format!(
-            "operator {op:?} runs into a comment: PostgreSQL ends the operator where `--` or `/*` starts and reads the rest as a comment, which the policy does not; put a space before the comment"
-        ));
+    if let Some(why) = operator_runs_unlike_postgres(&tokens) {
+        return Err(why);
     }
     if let Some(why) = reads_unlike_postgres(sql, &tokens) {
         return Err(why);
@@ -137,6 +129,60 @@ pub fn split_statements(sql: &str) -> Result<Vec<StatementTokens>, String> {
         out.push(StatementTokens(current));
     }
     Ok(out)
+}
+
+/// Why PostgreSQL would read a run of operator characters differently from sqlparser's tokens for it.
+/// PostgreSQL takes the whole run as one operator, ends it where `--` or `/*` starts (the rest is a
+/// comment), and then drops trailing `+`/`-` from a run of only `+ - * / < > =` (so `2*-1` is `*`
+/// then a minus). sqlparser splits runs by its own table: `?--` is its `?-` then `-` (no comment), `^-`
+/// is `^` then `-` (PostgreSQL's `^-`, a user operator if anything). A comment inside a run, or a run
+/// PostgreSQL reads as operators other than sqlparser's that are not all its built-ins, is refused.
+fn operator_runs_unlike_postgres(tokens: &[Token]) -> Option<String> {
+    let mut run = String::new();
+    let mut parts: Vec<String> = Vec::new();
+    for token in tokens.iter().chain(std::iter::once(&Token::EOF)) {
+        let text = token.to_string();
+        if !matches!(token, Token::Whitespace(_) | Token::EOF) && is_operator_name(&text) {
+            run.push_str(&text);
+            parts.push(text);
+            continue;
+        }
+        if run.is_empty() {
+            continue;
+        }
+        if run.contains("--") || run.contains("/*") {
+            return Some(format!(
+                "operator {run:?} runs into a comment: PostgreSQL ends the operator where `--` or `/*` starts and reads the rest as a comment, which the policy does not; put a space before the comment"
+            ));
+        }
+        if parts.len() > 1 {
+            let read = postgres_operators(&run);
+            let unknown = read
+                .iter()
+                .find(|op| !BUILTIN_OPERATORS.contains(op) && !SYNTAX_OPERATORS.contains(op));
+            if read != parts && unknown.is_some() {
+                return Some(format!(
+                    "PostgreSQL reads {run:?} as the operator {:?}, which is not one of its own, where the policy's parser reads {parts:?}; put spaces between operators",
+                    unknown.copied().unwrap_or_default()
+                ));
+            }
+        }
+        run.clear();
+        parts.clear();
+    }
+    None
+}
+
+/// The operators PostgreSQL's lexer makes of a run of operator characters with no comment in it.
+fn postgres_operators(run: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = run;
+    while !rest.is_empty() {
+        let op = as_postgres_lexes(rest);
+        out.push(op);
+        rest = &rest[op.len()..];
+    }
+    out
 }
 
 /// Why PostgreSQL would split `sql` (tokenized as `tokens`) into strings, comments and code differently

@@ -17,14 +17,14 @@
 //! - `WITH [NO] DATA` at the end of `CREATE MATERIALIZED VIEW` (judged as filled at once).
 //! - Array element assignment in `UPDATE … SET a[i] = v` (judged as `SET a = (i) + v`).
 //! - Spellings of the same expressions sqlparser lacks (`BETWEEN SYMMETRIC`, `IS DOCUMENT`, `COLLATION
-//!   FOR`, `substring(… SIMILAR …)`, window `EXCLUDE`, `SEARCH`/`CYCLE`, `ROWS FROM`, …: see
+//!   FOR`, `substring(… SIMILAR …)`, window `EXCLUDE`, `ROWS FROM`, …: see
 //!   [`with_plain_spellings`]).
 
 use sqlparser::ast::{CopyTarget, Set, Statement};
 use sqlparser::tokenizer::Token;
 
 use super::classify::{classify_statement, parse_one};
-use super::fallback::{is_keyword, StatementTokens};
+use super::fallback::{is_keyword, keyword, StatementTokens};
 use super::verdict::StatementFacts;
 
 /// Facts of `tokens` judged without an inert clause, or `None` when none of the cases above applies.
@@ -153,8 +153,8 @@ fn index_on_only(tokens: &[Token]) -> Option<Statement> {
 /// The statement with PostgreSQL spellings sqlparser does not read replaced by ones it does that
 /// evaluate the same expressions and read the same tables (only the shape of the result differs):
 /// `BETWEEN SYMMETRIC` → `BETWEEN`, `IS [NOT] DOCUMENT` → `IS [NOT] NULL`, `COLLATION FOR (x)` → `(x)`,
-/// `substring(x SIMILAR p ESCAPE e)` → `substring(x, p, e)`, a window frame's `EXCLUDE …` dropped, a
-/// recursive query's `SEARCH … SET c` / `CYCLE … USING c` dropped, `ROWS FROM (f(), g())` →
+/// `substring(x SIMILAR p ESCAPE e)` → `substring(x, p, e)`, a window frame's `EXCLUDE …` dropped,
+/// `ROWS FROM (f(), g())` →
 /// `(SELECT f(), g())`, `GROUP BY DISTINCT` → `GROUP BY`, `WHERE CURRENT OF c` → `WHERE TRUE` (one row
 /// of the write's own table), `LIKE t INCLUDING …` options dropped, `DROP INDEX CONCURRENTLY` →
 /// `DROP INDEX`.
@@ -224,33 +224,6 @@ fn with_plain_spellings(tokens: &[Token]) -> Option<Statement> {
                 continue;
             }
         }
-        // `… ) SEARCH { DEPTH | BREADTH } FIRST BY a, b SET c` / `… ) CYCLE a, b SET c [TO v DEFAULT w]
-        // USING p` after a CTE's body: names and literals only, up to the set or path column.
-        if depth == 0
-            && out.last() == Some(&Token::RParen)
-            && (is_keyword(t, "SEARCH") || is_keyword(t, "CYCLE"))
-        {
-            let end_word = if is_keyword(t, "SEARCH") {
-                "SET"
-            } else {
-                "USING"
-            };
-            let mut j = i + 1;
-            while j < tokens.len() && !is_keyword(&tokens[j], end_word) {
-                match &tokens[j] {
-                    Token::Word(_)
-                    | Token::Comma
-                    | Token::SingleQuotedString(_)
-                    | Token::Number(_, _) => j += 1,
-                    _ => return None,
-                }
-            }
-            if j + 1 >= tokens.len() || !matches!(tokens[j + 1], Token::Word(_)) {
-                return None;
-            }
-            i = j + 2;
-            continue;
-        }
         let in_from =
             after("FROM") || after("JOIN") || after("LATERAL") || out.last() == Some(&Token::Comma);
         if is_keyword(t, "ROWS")
@@ -279,12 +252,22 @@ fn with_plain_spellings(tokens: &[Token]) -> Option<Statement> {
             i += 3;
             continue;
         }
+        // `LIKE t INCLUDING ALL EXCLUDING COMMENTS` inside CREATE TABLE's list: only right after the
+        // `LIKE name` (or an option already dropped), where nothing but options may stand.
+        let after_like = match out.as_slice() {
+            [.., like, Token::Word(_), Token::Period, Token::Word(_)] => is_keyword(like, "LIKE"),
+            [.., like, Token::Word(_)] => is_keyword(like, "LIKE"),
+            _ => false,
+        };
         if (is_keyword(t, "INCLUDING") || is_keyword(t, "EXCLUDING"))
             && depth == 1
+            && after_like
             && word(0, "CREATE")
-            && tokens
-                .get(i + 1)
-                .is_some_and(|n| matches!(n, Token::Word(_)))
+            && tokens.get(i + 1).and_then(keyword).is_some()
+            && matches!(
+                tokens.get(i + 2),
+                Some(Token::RParen | Token::Comma) | Some(Token::Word(_))
+            )
         {
             i += 2;
             continue;

@@ -487,9 +487,10 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT '<a/>'::xml IS NOT DOCUMENT", Allow, "SELECT"),
     ("SELECT COLLATION FOR ('a')", Allow, "SELECT"),
     ("SELECT COLLATION FOR (nextval('s'))", Review, "nextval"),
-    ("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) SEARCH DEPTH FIRST BY n SET ord SELECT * FROM t ORDER BY ord", Allow, "SELECT"),
-    ("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) CYCLE n SET is_cycle USING path SELECT * FROM t", Allow, "SELECT"),
-    ("WITH RECURSIVE t(n) AS (SELECT 1) CYCLE n SET c TO pg_read_file('x') DEFAULT 'n' USING p SELECT * FROM t", Block, "pg_read_file"),
+    // SEARCH / CYCLE are not read: `search` and `set` are also bare aliases, and dropping the clause
+    // could drop `INTO t`, a FROM item or a view with them
+    ("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) SEARCH DEPTH FIRST BY n SET ord SELECT * FROM t ORDER BY ord", Review, "could not be parsed"),
+    ("SELECT (1) search, 2 set INTO newtab FROM t WHERE a BETWEEN SYMMETRIC 1 AND 2", Review, "SELECT INTO creates a table"),
     ("SELECT substring('foobar' SIMILAR '%#\"o_b#\"%' ESCAPE '#')", Allow, "SELECT"),
     ("SELECT sum(x) OVER (ORDER BY x GROUPS BETWEEN 1 PRECEDING AND CURRENT ROW EXCLUDE TIES) FROM t", Allow, "SELECT"),
     ("SELECT sum(x) OVER (ORDER BY x ROWS BETWEEN 1 PRECEDING AND CURRENT ROW EXCLUDE CURRENT ROW) FROM t", Allow, "SELECT"),
@@ -499,6 +500,11 @@ const CASES: &[(&str, Action, &str)] = &[
     ("DROP INDEX CONCURRENTLY IF EXISTS i", Review, "DROP INDEX"),
     ("ALTER TABLE t SET SCHEMA s", Review, "SET SCHEMA"),
     ("ALTER TABLE ONLY t CLUSTER ON i", Review, "CLUSTER ON"),
+    // Operator runs: PostgreSQL reads `?--` as `?` and a comment, `^-` as one (user) operator
+    ("SELECT '{}'::jsonb ?-- $$\n'a'; DELETE FROM t; SELECT '{}'::jsonb ?-- $$ ?-- 1 ||\n'a'", Review, "runs into a comment"),
+    ("SELECT 2 ^-1", Review, "not one of its own"),
+    ("SELECT 2 @>-1", Review, "not one of its own"),
+    ("SELECT 2*-1, 3<>-1, 4=-1, 5 <= -1, x->>'a', y #- '{a}' FROM t", Allow, "SELECT"),
     // Spellings PostgreSQL's lexer and sqlparser's read differently are held, never split or allowed
     ("SELECT $a€$ /* $a€$ AS x; DELETE FROM secrets; SELECT 1 AS y -- */", Review, "dollar-quote tag"),
     ("SELECT $q·$ /* $q·$, pg_read_file('x') -- */", Block, "dollar-quote tag"),
@@ -1592,6 +1598,54 @@ fn reading_a_view_that_calls_unvetted_functions_is_held_for_review() {
         );
     }
     assert_eq!(policy.evaluate(&ctx, "SELECT * FROM v_other").action, Allow);
+}
+
+#[test]
+fn rewritten_spellings_keep_every_table_the_statement_reads() {
+    for (sql, table) in [
+        (
+            "CREATE TABLE t2 AS SELECT * FROM (SELECT 1 including FROM evil_view) s",
+            "evil_view",
+        ),
+        (
+            "UPDATE reports SET note = s FROM (SELECT true AS b) search, secret set WHERE b BETWEEN SYMMETRIC true AND true",
+            "secret",
+        ),
+        ("SELECT (1 BETWEEN SYMMETRIC 0 AND 2) search FROM v set WHERE ok", "v"),
+    ] {
+        let v = verdict_of(sql);
+        assert!(
+            v.statements.iter().any(|s| s.unparsed || s.tables.iter().any(|t| t == table)),
+            "{sql}: {:?}",
+            v.statements
+        );
+    }
+}
+
+#[test]
+fn a_name_whose_case_folding_shrinks_meets_the_view_postgresql_cuts_it_to() {
+    // The Kelvin sign (3 bytes) folds to `k` (1 byte): PostgreSQL cuts the name as written to 63 bytes
+    // (21 signs), so 25 signs name the 21-sign view.
+    let view = "\u{212A}".repeat(21);
+    let policy = Policy::builtin();
+    let chain = agent();
+    let functions = super::DatabaseFunctions {
+        views: [(
+            super::verdict::relation_key(&view),
+            vec!["public.side".to_string()],
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let ctx = PolicyContext {
+        connection: "prod",
+        requester: &chain,
+        db_functions: Some(&functions),
+    };
+    for name in [view.clone(), "\u{212A}".repeat(25)] {
+        let sql = format!("SELECT * FROM {name}");
+        assert_eq!(policy.evaluate(&ctx, &sql).action, Review, "{sql}");
+    }
 }
 
 #[test]
