@@ -1419,7 +1419,7 @@ async fn code_reached_through_variadic_rows_internal_aliases_or_implicit_row_cas
 
 #[tokio::test]
 async fn a_cursor_read_waiting_on_flush_is_held_approved_and_read_on_inside_a_transaction() {
-    use countersign_tests::transcript::{Action as Step, Login, RawConn};
+    use countersign_tests::transcript::{Login, RawConn};
     let gw = spawn_gateway(&base_config(WIRE_LONG_HOLD), Backend::Sqlite).await;
     let seq = table_name("cursor_seq");
     direct()
@@ -1435,11 +1435,7 @@ async fn a_cursor_read_waiting_on_flush_is_held_approved_and_read_on_inside_a_tr
         options: None,
     };
     let mut conn = RawConn::connect(&login, None).await.unwrap();
-    let begin = Step::Query {
-        sql: "BEGIN".into(),
-        copy_in: vec![],
-    };
-    conn.run(&begin).await.unwrap();
+    conn.query("BEGIN").await.unwrap();
     // pg-cursor's read: no Sync until the client has its rows, which used to wait for good.
     let sql = format!("SELECT g, nextval('{seq}') FROM generate_series(1, 5) g");
     conn.cursor_read(&sql, 2).await.unwrap();
@@ -1467,13 +1463,7 @@ async fn a_cursor_read_waiting_on_flush_is_held_approved_and_read_on_inside_a_tr
     assert!(rest.last().unwrap().contains("SELECT 1"), "{rest:?}");
     conn.sync().await.unwrap();
     conn.read_until(b"Z").await.unwrap();
-    let commit = conn
-        .run(&Step::Query {
-            sql: "COMMIT".into(),
-            copy_in: vec![],
-        })
-        .await
-        .unwrap();
+    let commit = conn.query("COMMIT").await.unwrap();
     assert!(commit.iter().any(|l| l.contains("COMMIT")), "{commit:?}");
 
     // Outside a transaction a denial answers the waiting cursor read; the session goes on.
@@ -1486,13 +1476,7 @@ async fn a_cursor_read_waiting_on_flush_is_held_approved_and_read_on_inside_a_tr
     assert!(denied.last().unwrap().contains("denied"), "{denied:?}");
     conn.sync().await.unwrap();
     conn.read_until(b"Z").await.unwrap();
-    let after = conn
-        .run(&Step::Query {
-            sql: "SELECT 1".into(),
-            copy_in: vec![],
-        })
-        .await
-        .unwrap();
+    let after = conn.query("SELECT 1").await.unwrap();
     assert!(after.iter().any(|l| l.contains("\"1\"")), "{after:?}");
     conn.close().await;
 }

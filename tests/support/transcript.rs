@@ -260,6 +260,15 @@ impl RawConn {
         }
     }
 
+    /// A simple Query of `sql` (no COPY), as [`RawConn::run`] records it.
+    pub async fn query(&mut self, sql: &str) -> anyhow::Result<Vec<String>> {
+        self.run(&Action::Query {
+            sql: sql.to_string(),
+            copy_in: vec![],
+        })
+        .await
+    }
+
     /// Sends what pg-cursor sends to open a cursor read: Parse and Bind of `sql` (unnamed), Describe
     /// portal, Execute with `max_rows`, then Flush — no Sync.
     pub async fn cursor_read(&mut self, sql: &str, max_rows: i32) -> anyhow::Result<()> {
