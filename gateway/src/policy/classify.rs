@@ -328,7 +328,8 @@ pub fn classify_statement(statement: &Statement) -> StatementFacts {
 /// `nextval('t_id_seq')` with `t` one of `tables`: the sequence PostgreSQL names for `t`'s serial or
 /// identity column (`{table}_{column}_seq`), in the table's schema when the call names one.
 fn is_own_nextval(call: &Call, tables: &[String]) -> bool {
-    if call.name.rsplit('.').next() != Some("nextval") || call.second_arg.is_some() {
+    if !matches!(call.name.as_str(), "nextval" | "pg_catalog.nextval") || call.second_arg.is_some()
+    {
         return false;
     }
     let Some(sequence) = call.first_arg.as_deref() else {
@@ -369,12 +370,16 @@ fn classify_prepare(name: &Ident, inner: &Statement) -> StatementFacts {
         },
     };
     let name = prepared_name(name);
-    if facts.setting_from_parameter && facts.action == Action::Allow {
-        facts.action = Action::Review;
+    if facts.setting_from_parameter && facts.action != Action::Block {
+        let why = "set_config with a parameter value in a PREPARE: EXECUTE's arguments may be computed from table data, which the setting would then hand back unmasked".to_string();
+        if facts.action == Action::Allow {
+            facts.action = Action::Review;
+            facts.reasons = vec![why];
+        } else {
+            facts.reasons.push(why);
+        }
+        // Beyond what a kind or table rule vouches for, a write's as much as a read's.
         facts.review_beyond_kind = true;
-        facts.reasons = vec![
-            "set_config with a parameter value in a PREPARE: EXECUTE's arguments may be computed from table data, which the setting would then hand back unmasked".to_string(),
-        ];
     }
     facts.reasons.insert(
         0,
@@ -521,8 +526,10 @@ fn finish(mut facts: StatementFacts, verdicts: Vec<(Action, String)>) -> Stateme
 
 fn function_verdict(call: &Call) -> (Action, String) {
     let name = call.name.as_str();
-    let base = name.rsplit('.').next().unwrap_or(name);
-    if base == "set_config" {
+    // Only PostgreSQL's own set_config (unqualified, or in pg_catalog) is read by its arguments; another
+    // schema's is an unvetted function (an unqualified call that may resolve to another is flagged
+    // from the catalog: `DatabaseFunctions::shadows`).
+    if matches!(name, "set_config" | "pg_catalog.set_config") {
         return match (call.first_arg.as_deref(), call.second_arg.as_deref()) {
             // A protocol-bound value is the client's own, like a literal: a setting whose verdict
             // does not depend on the value is judged as with any literal. (A SQL-level PREPARE of it
@@ -918,7 +925,7 @@ fn display_has_word(statement: &Statement, upper: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(upper))
 }
 
-/// Lower-cased dotted name without quotes, each part first cut to the 63 bytes PostgreSQL keeps of an
+/// Dotted name without quotes, unquoted parts lower-cased, each part first cut to the 63 bytes PostgreSQL keeps of an
 /// identifier (cutting after lower-casing would let a name whose case folding shrinks it, such as the
 /// Kelvin sign's `k`, miss the catalog entry PostgreSQL resolves it to).
 fn object_name(name: &ObjectName) -> String {
@@ -928,6 +935,10 @@ fn object_name(name: &ObjectName) -> String {
             out.push('.');
         }
         match part.as_ident() {
+            // Quoted names keep their case, as PostgreSQL keeps it: `"Reports"` is not `reports`.
+            Some(ident) if ident.quote_style.is_some() => {
+                out.push_str(identifier_bytes(&ident.value))
+            }
             Some(ident) => out.push_str(&identifier_bytes(&ident.value).to_lowercase()),
             None => out.push_str(&part.to_string().to_lowercase()),
         }

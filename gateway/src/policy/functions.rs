@@ -522,12 +522,17 @@ const INFORMATION_SCHEMA_READ_ONLY: &[&str] = &[
 
 /// True when `base` (an unqualified, lower-case name) is on the vetted read-only function list.
 pub fn is_vetted_read_only(base: &str) -> bool {
-    READ_ONLY.binary_search(&base).is_ok()
+    READ_ONLY.binary_search(&base).is_ok() || matches!(base, "set_config" | "nextval")
 }
 
 /// Every name on the vetted read-only function list (lower-case).
 pub fn read_only_names() -> impl Iterator<Item = &'static str> {
-    READ_ONLY.iter().copied()
+    READ_ONLY
+        .iter()
+        .copied()
+        // Read by their arguments rather than listed: a function of the same name elsewhere may
+        // capture an unqualified call of them too.
+        .chain(["set_config", "nextval"])
 }
 
 /// True for session settings safe to change without review (compared case-insensitively).

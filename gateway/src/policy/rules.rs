@@ -176,6 +176,8 @@ pub struct CompiledRule {
     connections: Option<GlobSet>,
     kinds: Option<Vec<String>>,
     tables: Option<GlobSet>,
+    /// `tables` matched with case, for allow rules.
+    tables_exact: Option<GlobSet>,
     missing_where: Option<bool>,
     requesters: Option<GlobSet>,
     requester_groups: Option<Vec<String>>,
@@ -322,6 +324,20 @@ pub fn compile_rules(
         };
         let connections = globs("connections", &rule.connections)?;
         let tables = globs("tables", &rule.tables)?;
+        // An allow rule names tables as PostgreSQL stores them (unquoted names folded to lower case):
+        // `reports` is not the quoted `"Reports"`. Stricter rules match case-blind, catching more.
+        let tables_exact = match &rule.tables {
+            Some(patterns) if tables.is_some() => {
+                Some(build_globs_with_case(patterns, true).map_err(|p| {
+                    err(
+                        "tables",
+                        p,
+                        "fix the glob syntax (`*`, `?`, `[abc]`, `{a,b}`)",
+                    )
+                })?)
+            }
+            _ => None,
+        };
         let requesters = globs("requesters", &rule.requesters)?;
         let lower_list = |key: &'static str,
                           list: &Option<Vec<String>>|
@@ -350,6 +366,7 @@ pub fn compile_rules(
             connections,
             kinds: lower_list("kinds", &rule.kinds)?,
             tables,
+            tables_exact,
             missing_where: rule.missing_where,
             requesters,
             requester_groups: lower_list("requester_groups", &rule.requester_groups)?,
@@ -359,10 +376,14 @@ pub fn compile_rules(
 }
 
 fn build_globs(patterns: &[String]) -> Result<GlobSet, String> {
+    build_globs_with_case(patterns, false)
+}
+
+fn build_globs_with_case(patterns: &[String], with_case: bool) -> Result<GlobSet, String> {
     let mut builder = GlobSetBuilder::new();
     for p in patterns {
         let glob: Glob = GlobBuilder::new(p)
-            .case_insensitive(true)
+            .case_insensitive(!with_case)
             .build()
             .map_err(|e| format!("bad glob {p:?}: {e}"))?;
         builder.add(glob);
@@ -401,7 +422,8 @@ impl CompiledRule {
             // A stricter rule catches a statement touching any of its tables; an allow rule vouches
             // only for statements that touch nothing else (`INSERT INTO other SELECT * FROM mine`).
             let hit = if self.action == Action::Allow {
-                !facts.tables.is_empty() && facts.tables.iter().all(|t| tables.is_match(t))
+                let exact = self.tables_exact.as_ref().unwrap_or(tables);
+                !facts.tables.is_empty() && facts.tables.iter().all(|t| exact.is_match(t))
             } else {
                 facts.tables.iter().any(|t| {
                     tables.is_match(t)

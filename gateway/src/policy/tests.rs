@@ -479,6 +479,8 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT set_config('role', $1, false)", Review, "set_config('role'"),
     ("SELECT set_config('jit', (SELECT ssn FROM people), false)", Review, "computed value"),
     ("PREPARE p(text) AS SELECT set_config('application_name', $1, false)", Review, "EXECUTE's arguments may be computed"),
+    ("SELECT evil.set_config('application_name', 'x', false)", Review, "evil.set_config"),
+    ("SELECT evil.nextval('s')", Review, "evil.nextval"),
     // PostgreSQL spellings sqlparser lacks, read as plain ones that evaluate the same expressions
     ("SELECT 1 WHERE 'x' NOT BETWEEN SYMMETRIC 'a' AND 'z'", Allow, "SELECT"),
     ("SELECT 1 WHERE 'x' BETWEEN SYMMETRIC nextval('s') AND 'z'", Review, "nextval"),
@@ -1549,6 +1551,54 @@ fn a_write_rule_does_not_allow_user_code_the_catalog_shows() {
         ),
         Review
     );
+}
+
+#[test]
+fn a_table_rule_allows_neither_quoted_other_tables_nor_other_schemas_nextval_or_prepared_settings()
+{
+    let rules = vec![PolicyRule {
+        kinds: Some(vec!["INSERT".into(), "DELETE".into()]),
+        tables: Some(vec!["reports".into()]),
+        ..rule("reports", "allow")
+    }];
+    let chain = agent();
+    assert_eq!(
+        eval(
+            rules.clone(),
+            "c",
+            &chain,
+            "DELETE FROM REPORTS WHERE id = 1"
+        )
+        .action,
+        Allow
+    );
+    for sql in [
+        "DELETE FROM \"Reports\" WHERE id > 0",
+        "INSERT INTO \"REPORTS\" VALUES (3)",
+        "INSERT INTO reports (id) VALUES (evil.nextval('reports_id_seq'))",
+        "PREPARE p(text) AS INSERT INTO reports (v) VALUES (set_config('application_name', $1, false))",
+    ] {
+        let v = eval(rules.clone(), "c", &chain, sql);
+        assert_ne!(v.action, Allow, "{sql}: {:?}", v.reasons);
+    }
+    // A database's own set_config or nextval captures the unqualified call.
+    let policy = Policy::new(rules, PolicyDefaults::default()).unwrap();
+    for (shadow, sql) in [
+        ("set_config", "SELECT set_config('application_name', 'x')"),
+        (
+            "nextval",
+            "INSERT INTO reports (id) VALUES (nextval('reports_id_seq'))",
+        ),
+    ] {
+        let by = format!("public.{shadow}");
+        let functions = shadowed(&[(shadow, &[by.as_str()])]);
+        let ctx = PolicyContext {
+            connection: "c",
+            requester: &chain,
+            db_functions: Some(&functions),
+        };
+        assert_eq!(policy.evaluate(&ctx, sql).action, Review, "{sql}");
+    }
 }
 
 #[test]
