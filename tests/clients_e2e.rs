@@ -922,6 +922,16 @@ async fn tokio_postgres_transaction_builder_with_deferrable_passes_without_revie
     tx.commit().await.unwrap();
 }
 
+/// A fresh database (its URL) and a direct client of it; `what` says what it is for.
+async fn fresh_database(what: &str) -> (String, Client) {
+    let db = countersign_bot::testing::fresh_pg_database()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let (client, conn) = tokio_postgres::connect(&db, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    (db, client)
+}
+
 /// A plain pg_dump of the database `conninfo` names (a URL or keyword/value string).
 fn pg_dump(conninfo: &str, args: &[&str]) -> String {
     let out = std::process::Command::new("pg_dump")
@@ -951,11 +961,7 @@ fn dump_sql(out: std::process::Output, what: &str) -> String {
 
 #[tokio::test]
 async fn pg_dump_data_only_reads_through_the_builtin_policy_and_matches_a_direct_dump() {
-    let db = countersign_bot::testing::fresh_pg_database()
-        .await
-        .expect("create the database to dump");
-    let (direct, conn) = tokio_postgres::connect(&db, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let (db, direct) = fresh_database("create the database to dump").await;
     direct
         .batch_execute(
             "CREATE SCHEMA app;
@@ -1034,11 +1040,7 @@ fn pg_dump_custom(conninfo: &str) -> String {
 
 #[tokio::test]
 async fn pg_dump_plain_custom_and_schema_only_read_through_the_builtin_policy() {
-    let db = countersign_bot::testing::fresh_pg_database()
-        .await
-        .expect("create the database to dump");
-    let (direct, conn) = tokio_postgres::connect(&db, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let (db, direct) = fresh_database("create the database to dump").await;
     // A domain, an enum, a function, a column ACL and a partitioned table: pg_dump 15 PREPAREs its
     // catalog queries for these (getDomainConstraints, dumpEnumType, dumpDomain, dumpFunc,
     // getColumnACLs, dumpTableAttach) and EXECUTEs them.
@@ -1099,14 +1101,10 @@ async fn pg_dump_plain_custom_and_schema_only_read_through_the_builtin_policy() 
 
 #[tokio::test]
 async fn a_plain_dump_restores_through_an_allow_all_rule_and_dumps_back_the_same() {
-    let source = countersign_bot::testing::fresh_pg_database()
-        .await
-        .expect("create the database to dump");
+    let (source, direct) = fresh_database("create the database to dump").await;
     let target = countersign_bot::testing::fresh_pg_database()
         .await
         .expect("create the database to restore into");
-    let (direct, conn) = tokio_postgres::connect(&source, NoTls).await.unwrap();
-    tokio::spawn(conn);
     // What pg_dump writes for these needs the statements sqlparser does not read: ALTER SEQUENCE …
     // OWNED BY, ALTER … OWNER TO, identity columns, SET STATISTICS / STORAGE, CREATE STATISTICS,
     // procedures, COST / ROWS, domains with NOT NULL, CREATE INDEX … ON ONLY, ALTER INDEX … ATTACH
