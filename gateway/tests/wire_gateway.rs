@@ -161,6 +161,18 @@ async fn simple_extended_and_prepared_queries_pass_through_unchanged() {
     };
     assert_eq!(record.decision, Action::Allow);
     assert_eq!(record.rows, Some(1));
+    // Several statements in one query: the record keeps each one's tag.
+    let both = eventually(
+        &gate,
+        "the two-statement record",
+        |e| matches!(e, GateEvent::Statement(r) if r.sql.starts_with("SELECT count(*)")),
+    )
+    .await;
+    let GateEvent::Statement(both) = both else {
+        unreachable!()
+    };
+    assert_eq!(both.command_tag.as_deref(), Some("SELECT 1; SELECT 1"));
+    assert_eq!(both.rows, Some(1));
     drop_table(&client, &t).await;
 }
 

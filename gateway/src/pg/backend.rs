@@ -16,6 +16,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How much of a unit's command tags its record keeps (several statements' tags, `; `-separated).
+const MAX_TAGS_TEXT: usize = 200;
+
 /// One simple query or Sync-terminated batch the upstream has yet to answer with ReadyForQuery.
 #[derive(Debug)]
 pub struct InFlight {
@@ -368,7 +371,22 @@ impl BackendTracker {
                     {
                         ops.tags.push(tag.clone());
                     }
-                    self.tag = Some(tag);
+                    // A batch or multi-statement query keeps every statement's tag, so its record
+                    // (and an approved pipeline's execution) shows each write, not the last SELECT's.
+                    self.tag = Some(match self.tag.take() {
+                        None => tag,
+                        Some(mut tags) if tags.len() < MAX_TAGS_TEXT => {
+                            tags.push_str("; ");
+                            tags.push_str(&tag);
+                            tags
+                        }
+                        Some(mut tags) => {
+                            if !tags.ends_with('…') {
+                                tags.push_str("; …");
+                            }
+                            tags
+                        }
+                    });
                 }
                 b'E' => {
                     self.errors = self.errors.wrapping_add(1);

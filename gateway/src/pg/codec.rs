@@ -177,12 +177,14 @@ pub fn error_fields(body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     })
 }
 
-/// The rows count at the end of a CommandComplete tag (`INSERT 0 5` → 5, `SELECT 3` → 3).
+/// The rows count at the end of a CommandComplete tag (`INSERT 0 5` → 5, `SELECT 3` → 3); of several
+/// statements' tags (`SELECT 1; INSERT 0 2`), the last one's.
 pub fn rows_of_tag(tag: &str) -> Option<u64> {
-    tag.rsplit(' ')
+    let last = tag.rsplit("; ").next().unwrap_or(tag);
+    last.rsplit(' ')
         .next()
         .and_then(|n| n.parse().ok())
-        .filter(|_| tag.contains(' '))
+        .filter(|_| last.contains(' '))
 }
 
 /// Reads one complete frame into `buf` (which may hold leftovers) and returns its tag and body.
@@ -270,5 +272,7 @@ mod tests {
         assert_eq!(rows_of_tag("INSERT 0 5"), Some(5));
         assert_eq!(rows_of_tag("SELECT 3"), Some(3));
         assert_eq!(rows_of_tag("BEGIN"), None);
+        assert_eq!(rows_of_tag("SELECT 1; INSERT 0 2"), Some(2));
+        assert_eq!(rows_of_tag("INSERT 0 2; COMMIT"), None);
     }
 }
