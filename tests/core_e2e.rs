@@ -1482,6 +1482,67 @@ async fn a_cursor_read_waiting_on_flush_is_held_approved_and_read_on_inside_a_tr
 }
 
 #[tokio::test]
+async fn a_function_a_session_just_created_is_not_called_unreviewed_before_the_lists_know_it() {
+    // A rule lets the agent create functions; calling one on a row (attribute notation) needs review.
+    let gw = spawn_gateway(
+        &base_config(
+            "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 1\n\n\
+             [[policy.rules]]\nname = \"functions\"\nkinds = [\"CREATE FUNCTION\"]\naction = \"allow\"\n",
+        ),
+        Backend::Sqlite,
+    )
+    .await;
+    let t = make_table("ddl_race").await;
+    direct()
+        .await
+        .batch_execute(&format!("INSERT INTO {t} VALUES (1, 'a')"))
+        .await
+        .unwrap();
+    let client = agent_on_the_wire(&gw).await;
+    let held = |sql: String| {
+        let client = &client;
+        async move {
+            let err = client.simple_query(&sql).await.unwrap_err();
+            let db = err.as_db_error().expect("PostgreSQL-style error");
+            assert_eq!(db.code().code(), "42501", "{sql}: {}", db.message());
+            assert!(
+                db.message().contains("stays pending"),
+                "{sql}: {}",
+                db.message()
+            );
+        }
+    };
+    // Created and called at once, outside a transaction: the lists are read before the call is judged.
+    let f = format!("{t}_arch");
+    client
+        .batch_execute(&format!(
+            "CREATE FUNCTION {f}({t}) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$"
+        ))
+        .await
+        .unwrap();
+    held(format!("SELECT x.{f} FROM {t} x")).await;
+    // Inside a transaction the catalog reader cannot see it yet: everything after it is reviewed.
+    let g = format!("{t}_arch2");
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE FUNCTION {g}({t}) RETURNS int LANGUAGE sql AS $$ SELECT 2 $$"
+        ))
+        .await
+        .unwrap();
+    held(format!("SELECT x.{g} FROM {t} x")).await;
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // The session goes on: a plain read passes again.
+    let rows = client
+        .simple_query(&format!("SELECT v FROM {t}"))
+        .await
+        .unwrap();
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("a"))));
+}
+
+#[tokio::test]
 async fn a_session_postgresql_terminates_gets_its_fatal_and_no_second_one_from_the_gateway() {
     use countersign_tests::transcript::{Login, RawConn};
     let gw = spawn_gateway(&base_config(WIRE_LONG_HOLD), Backend::Sqlite).await;

@@ -173,7 +173,11 @@ impl Engine {
         sql: &str,
         memo: &mut crate::policy::VerdictMemo,
     ) -> Arc<Verdict> {
-        let db_functions = self.db_functions(connection);
+        let db_functions = if memo.catalog_pending {
+            row_functions::unknown()
+        } else {
+            self.db_functions(connection)
+        };
         memo.for_db_functions(Some(&db_functions));
         self.timed_policy(connection, requester, &db_functions, |policy, ctx| {
             policy.evaluate_memo(ctx, sql, memo)

@@ -463,6 +463,11 @@ static UNKNOWN: LazyLock<Arc<DatabaseFunctions>> = LazyLock::new(|| {
     })
 });
 
+/// The lists of a connection whose functions are not known (every statement reviewed).
+pub fn unknown() -> Arc<DatabaseFunctions> {
+    Arc::clone(&UNKNOWN)
+}
+
 /// True for the lists [`RowFunctions::get`] gives a connection it has no fresh read of.
 pub fn is_unknown(lists: &Arc<DatabaseFunctions>) -> bool {
     Arc::ptr_eq(lists, &UNKNOWN)

@@ -229,6 +229,14 @@ impl WireGate for Engine {
         self.recorder.send(RecordOp::Started(rec)).await;
     }
 
+    fn changes_catalog(&self, command_tag: &str) -> bool {
+        super::row_functions::changes_functions([Some(command_tag)])
+    }
+
+    async fn catalog_changed(&self, _connection: &str) {
+        self.refresh_row_functions().await;
+    }
+
     async fn statements_finished(&self, batch: Vec<StatementRecord>) {
         use crate::metrics::{FrontDoor, UpstreamFailure};
         if super::row_functions::changes_functions(batch.iter().map(|r| r.command_tag.as_deref())) {

@@ -90,6 +90,14 @@ pub trait WireGate: Send + Sync + 'static {
     async fn statements_finished(&self, batch: Vec<StatementRecord>);
     /// The client session ended.
     async fn session_ended(&self, session: &SessionInfo);
+    /// True when a statement with this command tag may have changed what the policy reads from the
+    /// database's catalog (functions, views, types: see `engine::row_functions`).
+    fn changes_catalog(&self, _command_tag: &str) -> bool {
+        false
+    }
+    /// A session's catalog change is committed: read the database's lists again before its next
+    /// statement is judged.
+    async fn catalog_changed(&self, _connection: &str) {}
 }
 
 /// How to reach and log in to the real database behind a connection name.

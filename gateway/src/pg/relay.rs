@@ -162,6 +162,8 @@ pub struct Relay<CR, CW, SR, SW> {
     /// SQL-level prepared statements the session created ([`SqlPrepared`]).
     sql_prepared: SqlPrepared,
     verdicts: VerdictMemo,
+    /// A statement of this session changed the database's catalog and the lists were not read since.
+    catalog_dirty: bool,
     ctx: SessionCtx,
     /// The client has left: upstream output is still scanned (and recorded) but not sent.
     client_gone: bool,
@@ -217,6 +219,7 @@ where
             batch: Batch::default(),
             sql_prepared: SqlPrepared::default(),
             verdicts: VerdictMemo::default(),
+            catalog_dirty: false,
             ctx,
             client_gone: false,
             copy_ends: 0,
@@ -491,7 +494,30 @@ where
             }
         }
         for f in self.finished.drain(..) {
+            let gate = &self.ctx.gate;
+            if f.command_tag
+                .as_deref()
+                .is_some_and(|tags| tags.split("; ").any(|t| gate.changes_catalog(t)))
+            {
+                self.catalog_dirty = true;
+            }
             self.ctx.recorder.statement(&self.ctx.session, f).await;
+        }
+        // DDL that changed functions, views or types: until it is committed and the lists read again,
+        // what the session sends is judged with unknown lists (a function created in this transaction
+        // is invisible to the gateway's catalog reader); once committed, the lists are read before the
+        // next statement, closing the race with the background refresh.
+        if self.catalog_dirty {
+            if self.backend.status == b'I' && self.backend.in_flight.is_empty() {
+                self.ctx
+                    .gate
+                    .catalog_changed(&self.ctx.session.connection)
+                    .await;
+                self.catalog_dirty = false;
+                self.verdicts.catalog_pending = false;
+            } else {
+                self.verdicts.catalog_pending = true;
+            }
         }
         for (batch, succeeded) in self.backend.settled.drain(..) {
             self.catalog.settle(batch, succeeded);

@@ -831,6 +831,19 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
              escalation pattern); give it another name",
             object_name(&f.name)
         )),
+        // Renaming a function to a vetted name shadows the built-in as creating it under that name would.
+        Statement::AlterFunction(f)
+            if matches!(
+                &f.operation,
+                sqlparser::ast::AlterFunctionOperation::RenameTo { new_name }
+                    if super::functions::is_vetted_read_only(&folded(new_name))
+            ) =>
+        {
+            block(format!(
+                "{kind} renames a function to the name of a built-in the read-only list trusts (a known \
+                 privilege escalation pattern); give it another name"
+            ))
+        }
         Statement::Load { .. } | Statement::LoadData { .. } | Statement::Install { .. } => {
             block(format!("{kind} loads files from the server filesystem"))
         }

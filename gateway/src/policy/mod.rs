@@ -275,6 +275,9 @@ pub struct VerdictMemo {
     /// The database's function lists the verdicts were reached with: a verdict on `p.archive` or on
     /// `length(x)` depends on them.
     db_functions: Option<Arc<DatabaseFunctions>>,
+    /// The session changed the database's functions, views or types (DDL) and the lists have not been
+    /// read since it committed: its statements are judged as with unknown lists (all reviewed).
+    pub catalog_pending: bool,
 }
 
 /// Distinct statements a session remembers verdicts for; older ones are replaced round-robin.
@@ -516,7 +519,21 @@ fn user_code_runs(db: &DatabaseFunctions, facts: &StatementFacts) -> Vec<String>
     {
         return out;
     }
-    out.extend(db.global.iter().cloned());
+    // Ending or marking a transaction runs no code of the database's (a session must be able to roll
+    // back while its lists are unknown); COMMIT may fire deferred triggers, so it is not among them.
+    const RUNS_NO_CODE: &[&str] = &[
+        "ROLLBACK",
+        "SAVEPOINT",
+        "RELEASE",
+        "BEGIN",
+        "START TRANSACTION",
+    ];
+    if !RUNS_NO_CODE
+        .iter()
+        .any(|k| facts.kind.eq_ignore_ascii_case(k))
+    {
+        out.extend(db.global.iter().cloned());
+    }
     let has = |w: &str| facts.has_word(w);
     for (name, why) in &db.types {
         if has(name) || type_spellings(name).iter().any(|w| has(w)) {

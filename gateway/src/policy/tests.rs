@@ -479,6 +479,10 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT set_config('role', $1, false)", Review, "set_config('role'"),
     ("SELECT set_config('jit', (SELECT ssn FROM people), false)", Review, "computed value"),
     ("PREPARE p(text) AS SELECT set_config('application_name', $1, false)", Review, "EXECUTE's arguments may be computed"),
+    ("ALTER FUNCTION public.zz(int) RENAME TO upper", Block, "renames a function to the name of a built-in"),
+    ("ALTER FUNCTION public.zz(int) RENAME TO \"UPPER\"", Review, "ALTER FUNCTION"),
+    ("ALTER AGGREGATE public.a(int) RENAME TO max", Block, "renames a function"),
+    ("ALTER FUNCTION public.zz(int) RENAME TO zz2", Review, "ALTER FUNCTION"),
     ("SELECT evil.set_config('application_name', 'x', false)", Review, "evil.set_config"),
     ("SELECT evil.nextval('s')", Review, "evil.nextval"),
     // PostgreSQL spellings sqlparser lacks, read as plain ones that evaluate the same expressions
