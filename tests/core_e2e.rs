@@ -1542,6 +1542,46 @@ async fn a_function_a_session_just_created_is_not_called_unreviewed_before_the_l
         .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("a"))));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_an_approved_statement_created_is_known_before_the_sessions_next_statement() {
+    let gw = spawn_gateway(&base_config(WIRE_LONG_HOLD), Backend::Sqlite).await;
+    let t = make_table("approved_ddl").await;
+    let (maker, made) = (format!("{t}_maker"), format!("{t}_made"));
+    direct()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO {t} VALUES (1, 'a');
+             CREATE FUNCTION {maker}() RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN
+               EXECUTE 'CREATE FUNCTION {made}({t}) RETURNS int LANGUAGE sql AS ''SELECT 3''';
+               RETURN 1;
+             END $$;"
+        ))
+        .await
+        .unwrap();
+    let client = std::sync::Arc::new(agent_on_the_wire(&gw).await);
+    // The approved call creates a function; its tag (SELECT 1) says nothing of that.
+    let running = {
+        let client = client.clone();
+        let sql = format!("SELECT {maker}()");
+        tokio::spawn(async move { client.simple_query(&sql).await })
+    };
+    let id = pending_request(&gw.base, &maker).await;
+    for reviewer in [BOB, CAROL] {
+        assert_eq!(gw.vote(reviewer, &id, "approve").await.status, 200);
+    }
+    running.await.unwrap().expect("the approved call ran");
+    // The session's next statement is judged with lists read after it: calling the new function on
+    // a row is held, not run.
+    let calling = {
+        let client = client.clone();
+        let sql = format!("SELECT x.{made} FROM {t} x");
+        tokio::spawn(async move { client.simple_query(&sql).await })
+    };
+    pending_request(&gw.base, &format!("x.{made}")).await;
+    calling.abort();
+}
+
 #[tokio::test]
 async fn a_session_postgresql_terminates_gets_its_fatal_and_no_second_one_from_the_gateway() {
     use countersign_tests::transcript::{Login, RawConn};

@@ -164,6 +164,8 @@ pub struct Relay<CR, CW, SR, SW> {
     verdicts: VerdictMemo,
     /// A statement of this session changed the database's catalog and the lists were not read since.
     catalog_dirty: bool,
+    /// An approved execution ran (it may have changed the catalog): read the lists once it is committed.
+    catalog_refresh_due: bool,
     ctx: SessionCtx,
     /// The client has left: upstream output is still scanned (and recorded) but not sent.
     client_gone: bool,
@@ -220,6 +222,7 @@ where
             sql_prepared: SqlPrepared::default(),
             verdicts: VerdictMemo::default(),
             catalog_dirty: false,
+            catalog_refresh_due: false,
             ctx,
             client_gone: false,
             copy_ends: 0,
@@ -501,21 +504,25 @@ where
             {
                 self.catalog_dirty = true;
             }
+            // An approved execution may have done anything (a function it called may run DDL): the
+            // lists are read again once it is committed, before the session's next statement.
+            self.catalog_refresh_due |= f.executed.is_some();
             self.ctx.recorder.statement(&self.ctx.session, f).await;
         }
         // DDL that changed functions, views or types: until it is committed and the lists read again,
         // what the session sends is judged with unknown lists (a function created in this transaction
         // is invisible to the gateway's catalog reader); once committed, the lists are read before the
         // next statement, closing the race with the background refresh.
-        if self.catalog_dirty {
+        if self.catalog_dirty || self.catalog_refresh_due {
             if self.backend.status == b'I' && self.backend.in_flight.is_empty() {
                 self.ctx
                     .gate
                     .catalog_changed(&self.ctx.session.connection)
                     .await;
                 self.catalog_dirty = false;
+                self.catalog_refresh_due = false;
                 self.verdicts.catalog_pending = false;
-            } else {
+            } else if self.catalog_dirty {
                 self.verdicts.catalog_pending = true;
             }
         }
