@@ -521,6 +521,15 @@ impl RowFunctions {
 
     /// Reads the functions of every connection once; a connection whose database can't be read keeps
     /// what it had.
+    /// True when `connection`'s lists were read successfully at or after `asked`.
+    pub fn read_since(&self, connection: &str, asked: std::time::Instant) -> bool {
+        self.by_connection
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(connection)
+            .is_some_and(|(_, at)| *at >= asked)
+    }
+
     pub async fn refresh(&self, pool: &UpstreamPool, upstreams: &HashMap<String, UpstreamTarget>) {
         let _reading = self.reading.lock().await;
         self.read(pool, upstreams).await;

@@ -233,8 +233,10 @@ impl WireGate for Engine {
         super::row_functions::changes_functions([Some(command_tag)])
     }
 
-    async fn catalog_changed(&self, _connection: &str) {
+    async fn catalog_changed(&self, connection: &str) -> bool {
+        let asked = std::time::Instant::now();
         self.refresh_row_functions().await;
+        self.row_functions.read_since(connection, asked)
     }
 
     async fn statements_finished(&self, batch: Vec<StatementRecord>) {

@@ -96,8 +96,10 @@ pub trait WireGate: Send + Sync + 'static {
         false
     }
     /// A session's catalog change is committed: read the database's lists again before its next
-    /// statement is judged.
-    async fn catalog_changed(&self, _connection: &str) {}
+    /// statement is judged. False when they could not be read (the session keeps reviewing).
+    async fn catalog_changed(&self, _connection: &str) -> bool {
+        true
+    }
 }
 
 /// How to reach and log in to the real database behind a connection name.

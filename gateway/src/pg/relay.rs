@@ -515,13 +515,19 @@ where
         // next statement, closing the race with the background refresh.
         if self.catalog_dirty || self.catalog_refresh_due {
             if self.backend.status == b'I' && self.backend.in_flight.is_empty() {
-                self.ctx
+                if self
+                    .ctx
                     .gate
                     .catalog_changed(&self.ctx.session.connection)
-                    .await;
-                self.catalog_dirty = false;
-                self.catalog_refresh_due = false;
-                self.verdicts.catalog_pending = false;
+                    .await
+                {
+                    self.catalog_dirty = false;
+                    self.catalog_refresh_due = false;
+                    self.verdicts.catalog_pending = false;
+                } else {
+                    // Not read: what the session sends stays reviewed until a read succeeds.
+                    self.verdicts.catalog_pending = true;
+                }
             } else if self.catalog_dirty {
                 self.verdicts.catalog_pending = true;
             }
