@@ -282,7 +282,7 @@ impl Masker {
     ) -> ColumnPlan {
         let class = TypeClass::of(type_oid);
         let detectors = self.rules.detectors;
-        let ip_on = detectors.contains(Detector::Ipv4) || detectors.contains(Detector::Ipv6);
+        let ip_on = self.ip_detectors_on();
         // An alias never picks a weaker style than the column's own: where the label and the real
         // name match rules with different styles (`SELECT ssn AS last4`), the value is redacted.
         let by_label = self.rules.column_style_in(label, source);
@@ -399,6 +399,12 @@ impl Masker {
         self.replace_findings(col, text, findings, hashes, out)
     }
 
+    /// True when an IP detector is on: binary `inet`/`cidr` values are then not passed through.
+    fn ip_detectors_on(&self) -> bool {
+        let detectors = self.rules.detectors;
+        detectors.contains(Detector::Ipv4) || detectors.contains(Detector::Ipv6)
+    }
+
     /// A binary array (`ndim`, flags, element type, dimensions, then length-prefixed elements): unchanged
     /// when no element holds anything the detectors find, NULL when one does or the array can't be read
     /// (an element can't be replaced in place, and a nested or unreadable element type is not guessed).
@@ -410,11 +416,9 @@ impl Masker {
             return Outcome::Null;
         };
         let class = TypeClass::of(element as u32);
-        let ip_on = self.rules.detectors.contains(Detector::Ipv4)
-            || self.rules.detectors.contains(Detector::Ipv6);
         if !(0..=6).contains(&ndim)
             || matches!(class, TypeClass::Array | TypeClass::Unknown)
-            || (class == TypeClass::Inet && ip_on)
+            || (class == TypeClass::Inet && self.ip_detectors_on())
         {
             return Outcome::Null;
         }

@@ -17,13 +17,14 @@ use sqlparser::tokenizer::Token;
 
 use super::fallback::{
     classify_unparsed, classify_untokenizable, is_keyword, longest_chain, split_statements,
-    statement_words, unicode_identifier, user_operators, StatementTokens, MAX_CHAIN_TOKENS,
+    statement_words, top_level_position, unicode_identifier, user_operators, StatementTokens,
+    MAX_CHAIN_TOKENS,
 };
 use super::functions::check_function;
 use super::reparse::classify_without_inert_clause;
 use super::settings::{search_path_from_items, setting_verdict, value_decides};
-use super::token_grammars::classify_by_grammar;
-use super::verdict::{Action, PreparedUse, StatementFacts};
+use super::token_grammars::{classify_by_grammar, qualified_name};
+use super::verdict::{identifier_prefix, Action, PreparedUse, StatementFacts};
 
 /// Classify every statement in `sql` with the built-in policy. Never panics; never returns an
 /// empty vector (an empty string yields one `EMPTY` statement).
@@ -152,20 +153,7 @@ fn classify_copy_where(tokens: &StatementTokens) -> Option<StatementFacts> {
     if !is_keyword(t.first()?, "COPY") {
         return None;
     }
-    let mut depth = 0usize;
-    let mut at = None;
-    for (i, token) in t.iter().enumerate() {
-        match token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth = depth.saturating_sub(1),
-            _ if depth == 0 && is_keyword(token, "WHERE") => {
-                at = Some(i);
-                break;
-            }
-            _ => {}
-        }
-    }
-    let at = at?;
+    let at = top_level_position(t, |token| is_keyword(token, "WHERE"))?;
     if !t[..at].iter().any(|x| is_keyword(x, "FROM")) {
         return None;
     }
@@ -173,14 +161,7 @@ fn classify_copy_where(tokens: &StatementTokens) -> Option<StatementFacts> {
     if copy.unparsed || copy.kind != "COPY" {
         return None;
     }
-    // The table: a name, possibly qualified.
-    matches!(t.get(1)?, Token::Word(_)).then_some(())?;
-    let mut name_end = 2;
-    while t.get(name_end) == Some(&Token::Period)
-        && matches!(t.get(name_end + 1), Some(Token::Word(_)))
-    {
-        name_end += 2;
-    }
+    let (_, name_end) = qualified_name(t, 1)?;
     let mut select = split_statements("SELECT 1 FROM").ok()?.pop()?.0;
     select.extend_from_slice(&t[1..name_end]);
     select.extend_from_slice(&t[at..]);
@@ -336,21 +317,23 @@ fn is_own_nextval(call: &Call, tables: &[String]) -> bool {
         return false;
     };
     let sequence = sequence.to_ascii_lowercase();
-    let (seq_schema, seq_name) = match sequence.rsplit_once('.') {
-        Some((schema, name)) => (Some(schema), name),
-        None => (None, sequence.as_str()),
-    };
+    let (seq_schema, seq_name) = schema_and_name(&sequence);
     tables.iter().any(|table| {
-        let (schema, name) = match table.rsplit_once('.') {
-            Some((schema, name)) => (Some(schema), name),
-            None => (None, table.as_str()),
-        };
+        let (schema, name) = schema_and_name(table);
         seq_schema == schema
             && seq_name
                 .strip_prefix(name)
                 .and_then(|rest| rest.strip_prefix('_'))
                 .is_some_and(|rest| rest.ends_with("_seq") && rest.len() > "_seq".len())
     })
+}
+
+/// A dotted name's schema part (if any) and last part.
+fn schema_and_name(name: &str) -> (Option<&str>, &str) {
+    match name.rsplit_once('.') {
+        Some((schema, last)) => (Some(schema), last),
+        None => (None, name),
+    }
 }
 
 /// `PREPARE name AS statement` runs nothing, but every later `EXECUTE name` runs the statement: it is
@@ -433,16 +416,11 @@ fn prepared_use(statement: &Statement) -> Option<PreparedUse> {
 /// A prepared statement's name as PostgreSQL stores it: ASCII letters folded unless quoted, cut to
 /// 63 bytes (NAMEDATALEN - 1), so two spellings PostgreSQL reads as one name are one name here.
 fn prepared_name(ident: &Ident) -> String {
-    let mut name = match ident.quote_style {
-        None => ident.value.to_ascii_lowercase(),
-        Some(_) => ident.value.clone(),
-    };
-    let mut end = name.len().min(63);
-    while !name.is_char_boundary(end) {
-        end -= 1;
+    let kept = identifier_prefix(&ident.value);
+    match ident.quote_style {
+        None => kept.to_ascii_lowercase(),
+        Some(_) => kept.to_string(),
     }
-    name.truncate(end);
-    name
 }
 
 /// The INSERT, UPDATE, DELETE or MERGE a query with a WITH clause stands for (`WITH x AS (…) DELETE …`).
@@ -950,22 +928,13 @@ fn object_name(name: &ObjectName) -> String {
         match part.as_ident() {
             // Quoted names keep their case, as PostgreSQL keeps it: `"Reports"` is not `reports`.
             Some(ident) if ident.quote_style.is_some() => {
-                out.push_str(identifier_bytes(&ident.value))
+                out.push_str(identifier_prefix(&ident.value))
             }
-            Some(ident) => out.push_str(&identifier_bytes(&ident.value).to_lowercase()),
+            Some(ident) => out.push_str(&identifier_prefix(&ident.value).to_lowercase()),
             None => out.push_str(&part.to_string().to_lowercase()),
         }
     }
     out
-}
-
-/// The part of an identifier PostgreSQL keeps: at most 63 bytes (NAMEDATALEN - 1), whole characters.
-fn identifier_bytes(name: &str) -> &str {
-    let mut end = name.len().min(63);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    &name[..end]
 }
 
 /// A function's dotted name as PostgreSQL resolves it: unquoted parts lower-cased, quoted parts exactly
@@ -987,7 +956,7 @@ fn function_name(name: &ObjectName) -> String {
 
 /// An identifier as PostgreSQL stores it: cut to 63 bytes, then folded to lower case unless quoted.
 fn folded(ident: &Ident) -> String {
-    let kept = identifier_bytes(&ident.value);
+    let kept = identifier_prefix(&ident.value);
     match ident.quote_style {
         None => kept.to_lowercase(),
         Some(_) => kept.to_string(),

@@ -95,6 +95,21 @@ pub(super) fn keyword(token: &Token) -> Option<String> {
     }
 }
 
+/// The index of the first token outside any brackets for which `hit` holds; `None` when there is none
+/// or a `)` closes more than was opened.
+pub(super) fn top_level_position(tokens: &[Token], hit: impl Fn(&Token) -> bool) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, t) in tokens.iter().enumerate() {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.checked_sub(1)?,
+            _ if depth == 0 && hit(t) => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// True when the token is the unquoted word `upper`, in any case.
 pub(super) fn is_keyword(token: &Token, upper: &str) -> bool {
     matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(upper))

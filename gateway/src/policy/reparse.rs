@@ -24,7 +24,7 @@ use sqlparser::ast::{CopyTarget, Set, Statement};
 use sqlparser::tokenizer::Token;
 
 use super::classify::{classify_statement, parse_one};
-use super::fallback::{is_keyword, keyword, StatementTokens};
+use super::fallback::{is_keyword, keyword, top_level_position, StatementTokens};
 use super::verdict::StatementFacts;
 
 /// Facts of `tokens` judged without an inert clause, or `None` when none of the cases above applies.
@@ -247,7 +247,7 @@ fn with_plain_spellings(tokens: &[Token]) -> Option<Statement> {
         }
         if is_keyword(t, "CURRENT") && word(i + 1, "OF") && after("WHERE") && tokens.len() == i + 3
         {
-            name_token(tokens.get(i + 2)?)?;
+            matches!(tokens.get(i + 2)?, Token::Word(_)).then_some(())?;
             out.push(Token::make_keyword("TRUE"));
             i += 3;
             continue;
@@ -287,11 +287,6 @@ fn with_plain_spellings(tokens: &[Token]) -> Option<Statement> {
         return None;
     }
     parse_one(out).ok()
-}
-
-/// The token when it is a name (a word, quoted or not).
-fn name_token(token: &Token) -> Option<&Token> {
-    matches!(token, Token::Word(_)).then_some(token)
 }
 
 /// `UPDATE t SET a[i] = v, …` (array element or field assignment, which sqlparser does not read) as
@@ -511,20 +506,9 @@ fn without_copy_options(tokens: &[Token]) -> Option<Statement> {
     if !is_keyword(tokens.first()?, "COPY") {
         return None;
     }
-    let mut depth = 0usize;
-    let mut target = None;
-    for (i, t) in tokens.iter().enumerate() {
-        match t {
-            Token::LParen => depth += 1,
-            Token::RParen => depth = depth.checked_sub(1)?,
-            _ if depth == 0 && (is_keyword(t, "STDIN") || is_keyword(t, "STDOUT")) => {
-                target = Some(i);
-                break;
-            }
-            _ => {}
-        }
-    }
-    let target = target?;
+    let target = top_level_position(tokens, |t| {
+        is_keyword(t, "STDIN") || is_keyword(t, "STDOUT")
+    })?;
     let mut rest = &tokens[target + 1..];
     if rest.first().is_some_and(|t| is_keyword(t, "WITH")) {
         rest = &rest[1..];

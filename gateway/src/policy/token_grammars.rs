@@ -372,7 +372,7 @@ fn statistics_table(tokens: &[Token]) -> Option<String> {
 }
 
 /// A possibly schema-qualified name starting at `i`: the name as PostgreSQL folds it and the index after it.
-fn qualified_name(tokens: &[Token], mut i: usize) -> Option<(String, usize)> {
+pub(super) fn qualified_name(tokens: &[Token], mut i: usize) -> Option<(String, usize)> {
     let mut name = name_part(tokens.get(i)?)?;
     i += 1;
     while tokens.get(i) == Some(&Token::Period) {

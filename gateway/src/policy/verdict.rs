@@ -108,15 +108,16 @@ pub fn bare_name(table: &str) -> &str {
 /// dot in it, or an over-long name still meets its catalog entry; names differing only in case meet
 /// too, which can only hold more.
 pub fn relation_key(name: &str) -> String {
-    let mut key = bare_name(name).to_lowercase();
-    if key.len() > 63 {
-        let mut cut = 63;
-        while !key.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        key.truncate(cut);
+    identifier_prefix(&bare_name(name).to_lowercase()).to_string()
+}
+
+/// The part of an identifier PostgreSQL keeps: at most 63 bytes (NAMEDATALEN - 1), whole characters.
+pub fn identifier_prefix(name: &str) -> &str {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
     }
-    key
+    &name[..end]
 }
 
 /// What a statement does to SQL-level prepared statements (`PREPARE`, `EXECUTE`, `DEALLOCATE`,
