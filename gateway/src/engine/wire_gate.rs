@@ -241,16 +241,6 @@ impl WireGate for Engine {
 
     async fn statements_finished(&self, batch: Vec<StatementRecord>) {
         use crate::metrics::{FrontDoor, UpstreamFailure};
-        // An approved statement may have run DDL whatever its tag (a function it called): other
-        // sessions learn of it at once too, not at the next periodic read.
-        if super::row_functions::changes_functions(batch.iter().map(|r| r.command_tag.as_deref()))
-            || batch
-                .iter()
-                .any(|r| r.request_id.is_some() && r.command_tag.is_some())
-        {
-            // Not awaited: the recorder must not stall behind a catalog read.
-            self.refresh_row_functions_soon();
-        }
         let records = batch
             .into_iter()
             .map(|record| {

@@ -461,41 +461,12 @@ where
         Ok(())
     }
 
-    async fn on_server_data(&mut self) -> Result<(), WireError> {
-        loop {
-            let (n, rewrote) = self
-                .backend
-                .scan(&self.sbuf, &mut self.rewritten, &mut self.finished)
-                .map_err(|_| WireError::Upstream("malformed message from the upstream".into()))?;
-            let sent = if self.client_gone {
-                Ok(())
-            } else if rewrote {
-                self.client_w.write_all(&self.rewritten).await
-            } else if n > 0 {
-                self.client_w.write_all(&self.sbuf[..n]).await
-            } else {
-                Ok(())
-            };
-            self.rewritten.clear();
-            self.sbuf.advance(n);
-            if let Err(e) = sent {
-                self.client_gone = true;
-                for f in self.finished.drain(..) {
-                    self.ctx.recorder.statement(&self.ctx.session, f).await;
-                }
-                return Err(e.into());
-            }
-            // The scan stopped before a RowDescription naming tables a masking rule needs: look them up
-            // (on a separate upstream session, bounded by a timeout), then scan on from that frame. Once
-            // per table per session; the client has everything before it already.
-            let resolved = match self.backend.masker.as_mut() {
-                Some(m) => m.resolve_tables().await,
-                None => false,
-            };
-            if !resolved {
-                break;
-            }
-        }
+    /// Hands finished statements to the recorder and keeps the session's view of the catalog current:
+    /// DDL that changed functions, views or types is judged, until it is committed and the lists read
+    /// again, with unknown lists (a function created in this transaction is invisible to the gateway's
+    /// catalog reader); once committed, the lists are read before the session's next statement (every
+    /// connection's, so other sessions learn of it too).
+    async fn hand_over_finished(&mut self) {
         for f in self.finished.drain(..) {
             let gate = &self.ctx.gate;
             if f.command_tag
@@ -509,10 +480,6 @@ where
             self.catalog_refresh_due |= f.executed.is_some();
             self.ctx.recorder.statement(&self.ctx.session, f).await;
         }
-        // DDL that changed functions, views or types: until it is committed and the lists read again,
-        // what the session sends is judged with unknown lists (a function created in this transaction
-        // is invisible to the gateway's catalog reader); once committed, the lists are read before the
-        // next statement, closing the race with the background refresh.
         if self.catalog_dirty || self.catalog_refresh_due {
             if self.backend.status == b'I' && self.backend.in_flight.is_empty() {
                 if self
@@ -532,6 +499,42 @@ where
                 self.verdicts.catalog_pending = true;
             }
         }
+    }
+
+    async fn on_server_data(&mut self) -> Result<(), WireError> {
+        loop {
+            let (n, rewrote) = self
+                .backend
+                .scan(&self.sbuf, &mut self.rewritten, &mut self.finished)
+                .map_err(|_| WireError::Upstream("malformed message from the upstream".into()))?;
+            let sent = if self.client_gone {
+                Ok(())
+            } else if rewrote {
+                self.client_w.write_all(&self.rewritten).await
+            } else if n > 0 {
+                self.client_w.write_all(&self.sbuf[..n]).await
+            } else {
+                Ok(())
+            };
+            self.rewritten.clear();
+            self.sbuf.advance(n);
+            if let Err(e) = sent {
+                self.client_gone = true;
+                self.hand_over_finished().await;
+                return Err(e.into());
+            }
+            // The scan stopped before a RowDescription naming tables a masking rule needs: look them up
+            // (on a separate upstream session, bounded by a timeout), then scan on from that frame. Once
+            // per table per session; the client has everything before it already.
+            let resolved = match self.backend.masker.as_mut() {
+                Some(m) => m.resolve_tables().await,
+                None => false,
+            };
+            if !resolved {
+                break;
+            }
+        }
+        self.hand_over_finished().await;
         for (batch, succeeded) in self.backend.settled.drain(..) {
             self.catalog.settle(batch, succeeded);
         }
