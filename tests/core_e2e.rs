@@ -2220,3 +2220,95 @@ async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
     drop(in_db);
     drop_database(&admin, &db).await;
 }
+
+/// With `forward_syntax_errors`, text PostgreSQL's parser rejects is answered exactly as PostgreSQL
+/// answers it (simple and extended protocol, in and out of a transaction), while text the policy cannot
+/// parse but PostgreSQL can is still held; without it, both are held.
+#[tokio::test]
+async fn syntax_errors_get_postgresqls_answer_when_forwarding_is_on_and_are_held_otherwise() {
+    use countersign_tests::transcript::{Action, Login, RawConn};
+    let cfg = base_config(&format!(
+        "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 0.5\n\n\
+         [[connections]]\nname = \"typos\"\nupstream_url = \"{}\"\nforward_syntax_errors = true\n\n\
+         [[policy.rules]]\nname = \"everything\"\naction = \"allow\"\n",
+        upstream_url()
+    ));
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let wire = gw.wire.expect("wire listener configured").to_string();
+    let login = |addr: &str, user: &str, database: &str, password: Option<&str>| Login {
+        addr: addr.to_string(),
+        user: user.into(),
+        database: database.into(),
+        password: password.map(String::from),
+        options: None,
+    };
+    let query = |sql: &str| Action::Query {
+        sql: sql.into(),
+        copy_in: vec![],
+    };
+    let steps = [
+        query("SELEC 1"),
+        query("SELECT 1; SELECT FROM WHERE 2"),
+        query("BEGIN"),
+        query("SELECT 'unterminated"),
+        query("SELECT 1"),
+        query("ROLLBACK"),
+        Action::Extended {
+            name: String::new(),
+            sql: Some("SELEC $1".into()),
+            params: vec![Some("1".into())],
+            binary: false,
+            max_rows: 0,
+        },
+        query("SELECT 'usable'"),
+    ];
+    let mut direct = RawConn::connect(&login("127.0.0.1:5432", "postgres", "test", None), None)
+        .await
+        .unwrap();
+    let mut through = RawConn::connect(&login(&wire, "agent", "typos", Some(AGENT)), None)
+        .await
+        .unwrap();
+    for step in &steps {
+        let want = direct.run(step).await.unwrap();
+        let got = through.run(step).await.unwrap();
+        assert_eq!(got, want, "{step:?}");
+    }
+    assert!(
+        through.query("SELEC 1").await.unwrap()[0].contains("42601"),
+        "the transcript shows PostgreSQL's syntax error"
+    );
+    // PostgreSQL parses this; the policy does not (SEARCH): held, then still pending after hold_wait.
+    let search = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) \
+                  SEARCH DEPTH FIRST BY n SET o SELECT n FROM r";
+    let held = through.query(search).await.unwrap();
+    assert!(held[0].contains("held for approval"), "{held:?}");
+    assert!(held[1].contains("still pending"), "{held:?}");
+    // Without the setting, a syntax error is held like any text the policy cannot parse.
+    let mut strict = RawConn::connect(&login(&wire, "agent", "local", Some(AGENT)), None)
+        .await
+        .unwrap();
+    let held = strict.query("SELEC 1").await.unwrap();
+    assert!(held[0].contains("held for approval"), "{held:?}");
+    // The HTTP API likewise: PostgreSQL's error on `typos`, a hold on `local`.
+    let r = gw
+        .post(
+            AGENT,
+            "/v1/connections/typos/query",
+            json!({ "sql": "SELEC 1" }),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(r.body.to_string().contains("42601"), "{:?}", r.body);
+    let r = gw
+        .post(
+            AGENT,
+            "/v1/connections/typos/query",
+            json!({ "sql": search }),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(gw.query(AGENT, "SELEC 1").await.status, 202);
+    direct.close().await;
+    through.close().await;
+    strict.close().await;
+}

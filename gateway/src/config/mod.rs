@@ -288,6 +288,11 @@ pub struct ConnectionConfig {
     /// `[connections.masking]`: result masking (absent = results pass untouched).
     #[serde(default)]
     pub masking: Option<crate::masking::MaskingConfig>,
+    /// Statements the policy cannot parse are held (fail closed). With this on, one PostgreSQL's own
+    /// parser rejects too is sent instead, for PostgreSQL's syntax error (it runs nothing): what driver
+    /// test suites and people making typos expect. Off by default.
+    #[serde(default)]
+    pub forward_syntax_errors: bool,
 }
 
 fn default_kind() -> String {

@@ -84,6 +84,7 @@ impl Engine {
         let mut upstreams = HashMap::new();
         let mut maskers = HashMap::new();
         let mut table_lookups = HashMap::new();
+        let mut syntax_probes = HashMap::new();
         for (i, c) in config.connections.iter().enumerate() {
             let key = format!("connections[{i}]");
             let url = match (&c.upstream_url, &c.upstream_url_env, &c.upstream_url_file) {
@@ -102,6 +103,12 @@ impl Engine {
                     Some(env),
                     None,
                 )?);
+            }
+            if c.forward_syntax_errors {
+                syntax_probes.insert(
+                    c.name.clone(),
+                    Arc::new(crate::pg::syntax_probe::SyntaxProbe::new(target.clone())),
+                );
             }
             upstreams.insert(c.name.clone(), target);
             if let Some(m) = &c.masking {
@@ -143,6 +150,7 @@ impl Engine {
             upstreams: Arc::new(upstreams),
             maskers,
             table_lookups,
+            syntax_probes,
             pool: Arc::new(UpstreamPool::new(pool_size)),
             row_functions: Default::default(),
             recorder: recording::StatementWriter::spawn(store),

@@ -38,6 +38,8 @@ pub struct Engine {
     maskers: HashMap<String, Arc<crate::masking::Masker>>,
     /// Catalog lookups for connections with table-qualified masking rules.
     table_lookups: HashMap<String, Arc<crate::upstream::CatalogLookup>>,
+    /// Per connection, asks PostgreSQL whether it rejects text the policy could not parse.
+    syntax_probes: HashMap<String, Arc<crate::pg::syntax_probe::SyntaxProbe>>,
     pool: Arc<UpstreamPool>,
     /// Functions attribute notation could call on a row, per connection.
     row_functions: Arc<row_functions::RowFunctions>,
@@ -238,6 +240,14 @@ impl Engine {
         Ok(())
     }
 
+    /// True only when PostgreSQL's parser rejects `sql` on `connection` (see `pg::syntax_probe`).
+    pub(crate) async fn syntax_rejected_by_postgres(&self, connection: &str, sql: &str) -> bool {
+        match self.syntax_probes.get(connection) {
+            Some(probe) => probe.rejects(sql).await,
+            None => false,
+        }
+    }
+
     /// Decide a statement: run, block (audited) or hold (request created or reused).
     pub async fn admit(
         &self,
@@ -266,6 +276,15 @@ impl Engine {
                 .await?;
                 tracing::info!(connection, rule = %verdict.rule, "statement blocked");
                 Ok(Admission::Blocked)
+            }
+            // Held only because the policy could not parse it, and PostgreSQL cannot either: running
+            // it runs nothing and returns PostgreSQL's syntax error (see `pg::syntax_probe`).
+            Action::Review
+                if verdict.statements.iter().any(|s| s.unparsed)
+                    && self.syntax_rejected_by_postgres(connection, sql).await =>
+            {
+                tracing::info!(connection, "PostgreSQL cannot parse a statement the policy could not parse either; run for its syntax error instead of held");
+                Ok(Admission::Run)
             }
             Action::Review => {
                 let review = verdict

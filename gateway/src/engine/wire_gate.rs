@@ -233,6 +233,10 @@ impl WireGate for Engine {
         super::row_functions::changes_functions([Some(command_tag)])
     }
 
+    async fn syntax_rejected(&self, connection: &str, sql: &str) -> bool {
+        self.syntax_rejected_by_postgres(connection, sql).await
+    }
+
     async fn catalog_changed(&self, connection: &str) -> bool {
         let asked = std::time::Instant::now();
         self.refresh_row_functions().await;

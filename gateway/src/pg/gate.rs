@@ -95,6 +95,12 @@ pub trait WireGate: Send + Sync + 'static {
     fn changes_catalog(&self, _command_tag: &str) -> bool {
         false
     }
+    /// True only when PostgreSQL's raw parser rejects `sql`, so sending it runs nothing (see
+    /// [`super::syntax_probe`]); asked of statements held because the policy could not parse them.
+    /// False (the default) holds them as before.
+    async fn syntax_rejected(&self, _connection: &str, _sql: &str) -> bool {
+        false
+    }
     /// A session's catalog change is committed: read the database's lists again before its next
     /// statement is judged. False when they could not be read (the session keeps reviewing).
     async fn catalog_changed(&self, _connection: &str) -> bool {

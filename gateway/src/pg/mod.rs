@@ -22,6 +22,7 @@ pub mod server;
 mod session;
 pub(crate) mod spin;
 mod startup_options;
+pub mod syntax_probe;
 #[doc(hidden)]
 pub mod testing;
 pub(crate) mod upstream;

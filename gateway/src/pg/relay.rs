@@ -1207,6 +1207,12 @@ where
             self.forward_held(held, decision, None);
             return Ok(());
         }
+        if self.rejected_by_parser(&held).await {
+            // Nothing of it can run: PostgreSQL answers with its own syntax error, as without the
+            // gateway, and no one is asked to approve it.
+            self.forward_held(held, Action::Allow, None);
+            return Ok(());
+        }
         // Approvers read the parameters with the text, and what this session did that changes which
         // objects its names resolve to; the hash binds both, so the approval is for what runs, here.
         // A held `SET search_path` is in the context already (it was classified): it has not run.
@@ -1324,6 +1330,30 @@ where
         };
         self.refuse(refusal_of(&held, Some(id), code, message));
         Ok(())
+    }
+
+    /// True when the held batch was held for text the policy could not parse, and PostgreSQL's parser
+    /// rejects its first statement: PostgreSQL then runs none of it (a query string is parsed whole
+    /// before any of it runs; in a batch, the messages after a failed Parse are skipped up to Sync, and
+    /// none executed before it).
+    async fn rejected_by_parser(&self, held: &Held) -> bool {
+        if held.verdict.action != Action::Review
+            || !held.verdict.statements.iter().any(|s| s.unparsed)
+        {
+            return false;
+        }
+        let Some(sql) = first_statement_text(&held.bytes) else {
+            return false;
+        };
+        let rejected = self
+            .ctx
+            .gate
+            .syntax_rejected(&self.ctx.session.connection, sql)
+            .await;
+        if rejected {
+            tracing::info!(session = %self.ctx.session.id, "PostgreSQL cannot parse a statement the policy could not parse either; forwarded for its syntax error instead of held");
+        }
+        rejected
     }
 
     /// Waits for the engine while still relaying upstream traffic (e.g. earlier results, notifications).
@@ -1516,6 +1546,28 @@ fn reserve(buf: &mut BytesMut, need: usize) {
     if buf.capacity() - buf.len() < want {
         buf.reserve(want.max(READ_CHUNK));
     }
+}
+
+/// The text of a held unit's first statement: a simple query's, or the first Parse of a batch when
+/// nothing before it executes anything (Bind, Describe and Close only).
+fn first_statement_text(frames: &[u8]) -> Option<&str> {
+    let mut rest = frames;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let body = rest.get(5..1 + len)?;
+        let text = |mut pos: usize| {
+            if rest[0] == b'P' {
+                read_cstr(body, &mut pos)?;
+            }
+            std::str::from_utf8(read_cstr(body, &mut pos)?).ok()
+        };
+        match rest[0] {
+            b'Q' | b'P' => return text(0),
+            b'B' | b'D' | b'C' => rest = &rest[1 + len..],
+            _ => return None,
+        }
+    }
+    None
 }
 
 fn malformed(what: &str) -> WireError {

@@ -62,6 +62,7 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
         );
     }
     let mut facts = with_user_operators(classify_parsed_or_not(tokens), &user_operators(tokens));
+    facts = with_non_ascii_capitals(facts, tokens);
     facts.words = statement_words(tokens);
     facts.sets_name_resolution = sets_name_resolution(&facts.words);
     facts
@@ -103,6 +104,39 @@ fn with_user_operators(mut facts: StatementFacts, operators: &[String]) -> State
             "uses operator {op}, which is not PostgreSQL's own: the function behind it is not on the read-only list"
         ));
     }
+    facts
+}
+
+/// `facts` reviewed when an unquoted name holds a non-ASCII capital letter (`Über`): PostgreSQL
+/// keeps it as written in a UTF-8 database but lower-cases it by locale in a single-byte one, so the
+/// object it names (a function with side effects, a type with a CHECK) depends on the database, and a
+/// rule's tables or the catalog lists could be matched against the wrong name. Quoting the name
+/// (`"Über"`) names one object everywhere.
+fn with_non_ascii_capitals(mut facts: StatementFacts, tokens: &StatementTokens) -> StatementFacts {
+    let Some(name) = tokens.0.iter().find_map(|t| match t {
+        Token::Word(w)
+            if w.quote_style.is_none()
+                && w.value
+                    .chars()
+                    .any(|c| !c.is_ascii() && c.to_lowercase().ne(std::iter::once(c))) =>
+        {
+            Some(w.value.as_str())
+        }
+        _ => None,
+    }) else {
+        return facts;
+    };
+    if facts.action == Action::Block {
+        return facts;
+    }
+    if facts.action == Action::Allow {
+        facts.action = Action::Review;
+        facts.reasons.clear();
+    }
+    facts.review_beyond_kind = true;
+    facts.reasons.push(format!(
+        "the unquoted name {name} has a non-ASCII capital letter, which PostgreSQL folds differently by database encoding and locale, so which object it names is not certain; write it in double quotes"
+    ));
     facts
 }
 
@@ -671,7 +705,7 @@ fn setting_pinned_by_where(statement: &Statement) -> Option<String> {
         } => match (left.as_ref(), right.as_ref()) {
             (Expr::Identifier(column), Expr::Value(v)) if folded(column) == "name" => {
                 match &v.value {
-                    Value::SingleQuotedString(setting) => Some(setting.to_lowercase()),
+                    Value::SingleQuotedString(setting) => Some(setting.to_ascii_lowercase()),
                     _ => None,
                 }
             }
@@ -916,9 +950,9 @@ fn display_has_word(statement: &Statement, upper: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(upper))
 }
 
-/// Dotted name without quotes, unquoted parts lower-cased, each part first cut to the 63 bytes PostgreSQL keeps of an
-/// identifier (cutting after lower-casing would let a name whose case folding shrinks it, such as the
-/// Kelvin sign's `k`, miss the catalog entry PostgreSQL resolves it to).
+/// Dotted name without quotes, each part cut to the 63 bytes PostgreSQL keeps of an identifier and,
+/// unquoted, folded as PostgreSQL folds it in a UTF-8 database: ASCII letters only (`Über` stays
+/// `Über`; the Kelvin sign is no `k`). See [`with_non_ascii_capitals`] for other encodings.
 fn object_name(name: &ObjectName) -> String {
     let mut out = String::new();
     for (i, part) in name.0.iter().enumerate() {
@@ -930,8 +964,8 @@ fn object_name(name: &ObjectName) -> String {
             Some(ident) if ident.quote_style.is_some() => {
                 out.push_str(identifier_prefix(&ident.value))
             }
-            Some(ident) => out.push_str(&identifier_prefix(&ident.value).to_lowercase()),
-            None => out.push_str(&part.to_string().to_lowercase()),
+            Some(ident) => out.push_str(&identifier_prefix(&ident.value).to_ascii_lowercase()),
+            None => out.push_str(&part.to_string().to_ascii_lowercase()),
         }
     }
     out
@@ -954,11 +988,12 @@ fn function_name(name: &ObjectName) -> String {
     out
 }
 
-/// An identifier as PostgreSQL stores it: cut to 63 bytes, then folded to lower case unless quoted.
+/// An identifier as PostgreSQL stores it in a UTF-8 database: cut to 63 bytes, then, unless quoted,
+/// its ASCII letters lower-cased (PostgreSQL leaves other characters as written).
 fn folded(ident: &Ident) -> String {
     let kept = identifier_prefix(&ident.value);
     match ident.quote_style {
-        None => kept.to_lowercase(),
+        None => kept.to_ascii_lowercase(),
         Some(_) => kept.to_string(),
     }
 }
@@ -1204,7 +1239,7 @@ impl Visitor for Collector {
             };
             self.add_function(Call {
                 name: function_name(&f.name),
-                first_arg: literal(0).map(|a| a.to_lowercase()),
+                first_arg: literal(0).map(|a| a.to_ascii_lowercase()),
                 second_arg: literal(1),
                 second_is_parameter: parameter(1),
             });

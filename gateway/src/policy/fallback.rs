@@ -338,7 +338,7 @@ pub fn user_operators(tokens: &StatementTokens) -> Vec<String> {
                 .collect();
             let schema = match inside.as_slice() {
                 [Token::Word(w), Token::Period, ..] => Some(match w.quote_style {
-                    None => w.value.to_lowercase(),
+                    None => w.value.to_ascii_lowercase(),
                     Some(_) => w.value.clone(),
                 }),
                 _ => None,
@@ -369,7 +369,7 @@ pub fn statement_words(tokens: &StatementTokens) -> Vec<String> {
         .iter()
         .filter_map(|token| match token {
             Token::Word(w) => Some(match w.quote_style {
-                None => w.value.to_lowercase(),
+                None => w.value.to_ascii_lowercase(),
                 Some(_) => w.value.clone(),
             }),
             Token::Whitespace(_) | Token::Comma | Token::LParen | Token::RParen => None,

@@ -1495,6 +1495,70 @@ fn a_qualified_name_that_is_a_database_row_function_is_judged_as_its_call() {
     }
 }
 
+#[test]
+fn unquoted_names_fold_as_postgresql_folds_them() {
+    let policy = Policy::builtin();
+    let chain = agent();
+    let functions = row_functions(&["Über", "über_lower"]);
+    let ctx = |db| PolicyContext {
+        connection: "c",
+        requester: &chain,
+        db_functions: db,
+    };
+    // PostgreSQL (UTF-8) lower-cases ASCII letters only: the Kelvin sign is no `k`, so this is not
+    // the vetted pg_backend_pid but whatever function of that exact name the database has.
+    let kelvin = "SELECT pg_bac\u{212A}end_pid()";
+    for (sql, db, want) in [
+        ("SELECT pg_backend_pid()", None, Allow),
+        (kelvin, None, Review),
+        (kelvin, Some(&functions), Review),
+        // `Über` unquoted is `Über` to PostgreSQL (UTF-8), the row function's own name.
+        ("SELECT p.Über FROM t p", Some(&functions), Review),
+        // And in a single-byte database it would be `über`: reviewed even with no lists known.
+        ("SELECT p.Über FROM t p", None, Review),
+        ("SELECT '1'::Ärger", None, Review),
+        ("SELECT CAST('1' AS Ärger)", None, Review),
+        // Quoted, a name is one object everywhere; lower-case non-ASCII letters fold nowhere.
+        ("SELECT p.\"Über\" FROM t p", Some(&functions), Review),
+        ("SELECT p.\"Über\" FROM t p", None, Allow),
+        ("SELECT p.über_lower FROM t p", Some(&functions), Review),
+        ("SELECT p.über FROM t p", Some(&functions), Allow),
+        ("SELECT '1'::\"Ärger\"", None, Allow),
+    ] {
+        let v = policy.evaluate(&ctx(db), sql);
+        assert_eq!(
+            v.action,
+            want,
+            "{sql} with lists {}: {:?}",
+            db.is_some(),
+            v.reasons
+        );
+    }
+    // A rule's tables meet the name PostgreSQL writes to, and only a rule without kinds or tables
+    // allows a name whose folding differs by database.
+    let scoped = Policy::new(
+        vec![PolicyRule {
+            kinds: Some(vec!["INSERT".into()]),
+            tables: Some(vec!["über_t".into(), "Über_t".into()]),
+            ..rule("inserts", "allow")
+        }],
+        PolicyDefaults::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        scoped
+            .evaluate(&ctx(None), "INSERT INTO Über_t VALUES (1)")
+            .action,
+        Review
+    );
+    assert_eq!(
+        scoped
+            .evaluate(&ctx(None), "INSERT INTO \"Über_t\" VALUES (1)")
+            .action,
+        Allow
+    );
+}
+
 /// A database whose only listed functions are row functions named `names`.
 fn row_functions(names: &[&str]) -> super::DatabaseFunctions {
     super::DatabaseFunctions {

@@ -495,7 +495,7 @@ fn is_do_block(tokens: &[Token]) -> bool {
 /// A name part: an unquoted word (lower-cased, as PostgreSQL folds it) or a double-quoted identifier.
 fn name_part(token: &Token) -> Option<String> {
     match token {
-        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_lowercase()),
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_lowercase()),
         Token::Word(w) if w.quote_style == Some('"') => Some(w.value.clone()),
         _ => None,
     }
