@@ -550,3 +550,61 @@ async fn copy_through_a_view_found_by_search_path_or_two_copies_in_one_query_sta
         .await
         .unwrap();
 }
+
+/// A view another session redefines between two statements of a wire session is read afresh, not
+/// masked by its old definition; `COPY pg_statistic` (sample values of every column) is refused.
+#[tokio::test]
+async fn a_view_redefined_by_another_session_and_statistics_copied_out_stay_masked() {
+    let (db, schema) = direct_and_schema_name("mask_view_swap").await;
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.people (id int, name text, ssn text);
+         INSERT INTO {schema}.people SELECT g, 'NAME' || g, 'SSNSWAP' || g FROM generate_series(1, 200) g;
+         CREATE VIEW {schema}.v AS SELECT id, name FROM {schema}.people;
+         ANALYZE {schema}.people;"
+    ))
+    .await
+    .unwrap();
+    let (_gw, client) = masked_gateway("columns = [\"ssn\"]\nstyle = \"redact\"").await;
+    let names = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+                _ => None,
+            })
+            .collect()
+    };
+    let read = format!("SELECT name FROM {schema}.v ORDER BY id LIMIT 2");
+    assert_eq!(
+        names(client.simple_query(&read).await.unwrap()),
+        ["NAME1", "NAME2"]
+    );
+    let prepared = client.prepare(&read).await.unwrap();
+    db.batch_execute(&format!(
+        "CREATE OR REPLACE VIEW {schema}.v AS SELECT id, ssn AS name FROM {schema}.people"
+    ))
+    .await
+    .unwrap();
+    for got in [
+        names(client.simple_query(&read).await.unwrap()),
+        client
+            .query(&prepared, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+            .collect(),
+    ] {
+        assert!(got.iter().all(|v| !v.contains("SSNSWAP")), "{got:?}");
+    }
+    let stats = client
+        .simple_query(&format!("COPY pg_statistic (stavalues1) TO STDOUT"))
+        .await;
+    match stats {
+        Ok(rows) => panic!("statistics copied out: {rows:?}"),
+        Err(e) => assert!(e.as_db_error().is_some(), "{e:?}"),
+    }
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

@@ -564,5 +564,17 @@ mod tests {
             run("COPY t (a, b) TO STDOUT", &["1\n", "1\t2\n"]).unwrap_err(),
             CopyError::BadRow
         );
+        // Statistics catalogs hold sample values of masked columns under names no rule knows.
+        for (sql, row) in [
+            ("COPY pg_statistic (stavalues1) TO STDOUT", "{a}\n"),
+            (
+                "COPY pg_catalog.pg_statistic (starelid, stavalues1, stavalues2) TO STDOUT WITH (FORMAT csv)",
+                "1,{a},{b}\n",
+            ),
+            ("COPY \"pg_statistic_ext_data\" (stxdmcv) TO STDOUT", "x\n"),
+        ] {
+            assert_eq!(run(sql, &[row]).unwrap_err(), CopyError::Derived, "{sql}");
+        }
+        assert!(run("COPY t (id) TO STDOUT", &["1\n"]).is_ok());
     }
 }

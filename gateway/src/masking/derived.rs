@@ -12,8 +12,8 @@
 
 use super::rules::CompiledRules;
 use sqlparser::ast::{
-    visit_expressions, Expr, Ident, Query, SelectItem, SetExpr, Statement, TableFactor, Visit,
-    Visitor,
+    visit_expressions, CopySource, Expr, Ident, Query, SelectItem, SetExpr, Statement, TableFactor,
+    Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -376,6 +376,7 @@ const STATEMENT_TEXT: &[&str] = &[
     "pg_stat_activity",
     "pg_stat_statements",
     "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
 ];
 
 /// Functions that read tables or run queries named in their string arguments (`query_to_xml('SELECT
@@ -513,6 +514,17 @@ impl Visitor for Seen {
             Statement::Delete(d) => d.returning.as_ref(),
             Statement::Fetch { .. } | Statement::Execute { .. } | Statement::Merge(_) => {
                 self.opaque = true;
+                None
+            }
+            // `COPY pg_statistic TO STDOUT` reads the relation it names as a query's FROM would.
+            Statement::Copy {
+                source: CopySource::Table { table_name, .. },
+                ..
+            } => {
+                if let Some(last) = table_name.0.last() {
+                    self.relations
+                        .push(last.to_string().trim_matches('"').to_lowercase());
+                }
                 None
             }
             _ => None,
@@ -700,6 +712,8 @@ mod tests {
                 true,
             ),
             ("SELECT stavalues1::text FROM pg_statistic", true),
+            ("COPY pg_statistic (stavalues1) TO STDOUT", true),
+            ("SELECT query FROM pg_stat_get_backend_activity(1) AS query", true),
             (
                 "WITH u AS (UPDATE users SET n = 1 RETURNING lower(email) AS x) SELECT x FROM u",
                 true,

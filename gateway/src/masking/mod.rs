@@ -70,8 +70,11 @@ pub enum TypeClass {
     Numeric,
     /// `inet`, `cidr`: NULL whenever IP detectors are on.
     Inet,
-    /// Types whose values cannot hold the detected formats in binary (bool, floats, dates, uuid, bytea).
+    /// Types whose values cannot hold the detected formats in binary (bool, floats, dates, uuid).
     Plain,
+    /// `bytea`: its bytes are read as text (decoded from `\x…` hex or escape output in text format)
+    /// for scanning, masked to NULL.
+    Bytes,
     /// Built-in arrays: binary elements are read as their element type (the array names it) and the
     /// whole array becomes NULL when one is found to hold something.
     Array,
@@ -89,9 +92,10 @@ impl TypeClass {
             1700 => TypeClass::Numeric,
             869 | 650 => TypeClass::Inet,
             // `"char"` (18) is one byte: no style's text fits it, and no detector matches one character.
-            16 | 17 | 18 | 700 | 701 | 790 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 => {
+            16 | 18 | 700 | 701 | 790 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 => {
                 TypeClass::Plain
             }
+            17 => TypeClass::Bytes,
             // Arrays of the types above (text, json, integer, numeric, inet and plain elements).
             1009 | 1015 | 1014 | 1003 | 199 | 3807 | 143 | 1005 | 1007 | 1016 | 1028 | 1231
             | 1041 | 651 | 1000 | 1001 | 1002 | 1021 | 1022 | 1182 | 1183 | 1115 | 1185 | 1187
@@ -140,6 +144,38 @@ const ANYARRAY: u32 = 2277;
 /// `int8` and `numeric` are scanned.
 fn too_short_for_detectors(type_oid: u32) -> bool {
     matches!(type_oid, 16 | 21 | 23 | 26)
+}
+
+/// The bytes of a `bytea` in PostgreSQL's text output: `\x` and hex digits (`bytea_output = hex`), or
+/// the escape format (`\\` for a backslash, `\ooo` octal for other bytes); None when it is neither.
+fn decode_bytea_text(raw: &[u8]) -> Option<Vec<u8>> {
+    if let Some(hex) = raw.strip_prefix(b"\\x") {
+        return hex::decode(hex).ok();
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'\\' if raw.get(i + 1) == Some(&b'\\') => {
+                out.push(b'\\');
+                i += 2;
+            }
+            b'\\' => {
+                let digits = raw.get(i + 1..i + 4)?;
+                if !digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                    return None;
+                }
+                let value = digits.iter().fold(0u16, |v, d| v * 8 + u16::from(d - b'0'));
+                out.push(u8::try_from(value).ok()?);
+                i += 4;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Masking decisions for every column of one result.
@@ -355,6 +391,16 @@ impl Masker {
             return Ok(Outcome::Unchanged);
         }
         let text: &str = match (col.binary, col.class) {
+            (binary, TypeClass::Bytes) => {
+                decoded.clear();
+                if binary {
+                    decoded.push_str(&String::from_utf8_lossy(raw));
+                } else {
+                    let bytes = decode_bytea_text(raw).ok_or(UnreadableValue)?;
+                    decoded.push_str(&String::from_utf8_lossy(&bytes));
+                }
+                decoded
+            }
             (false, _) | (true, TypeClass::Text) | (true, TypeClass::Json) => {
                 let bytes = if col.binary && raw.first() == Some(&1) && col.class == TypeClass::Json
                 {
@@ -1010,6 +1056,40 @@ mod tests {
         assert_eq!(
             mask(&m, "r", 3905, true, &binary_array(3904, &[])),
             Masked::Null
+        );
+    }
+
+    #[test]
+    fn bytea_is_read_as_the_text_its_bytes_hold_in_either_format() {
+        let m = masker(RULES);
+        let secret = b"paid with 4111 1111 1111 1111".as_slice();
+        // Binary: the raw bytes; text: hex (`\x…`) or escape output.
+        assert_eq!(mask(&m, "blob", 17, true, secret), Masked::Null);
+        let hex_text = format!("\\x{}", hex::encode(secret));
+        assert_eq!(
+            mask(&m, "blob", 17, false, hex_text.as_bytes()),
+            Masked::Null
+        );
+        let escaped = b"paid with 4111 1111 1111 1111\\000\\\\".as_slice();
+        assert_eq!(mask(&m, "blob", 17, false, escaped), Masked::Null);
+        // Bytes holding nothing detectable, or not text at all, pass.
+        assert_eq!(
+            mask(&m, "blob", 17, true, b"\x00\xff\x10"),
+            Masked::Unchanged
+        );
+        assert_eq!(mask(&m, "blob", 17, false, b"\\x00ff10"), Masked::Unchanged);
+        assert_eq!(
+            mask(&m, "blob", 17, true, b"4111 1111 1111 1112"),
+            Masked::Unchanged
+        );
+        // bytea[] elements too.
+        let blobs = binary_array(17, &[Some(b"x"), Some(secret)]);
+        assert_eq!(mask(&m, "blobs", 1001, true, &blobs), Masked::Null);
+        // Text output that is neither format is unreadable.
+        let col = m.column("blob", 17, false);
+        assert_eq!(
+            m.mask_value(&col, b"\\9", &mut Vec::new()),
+            Err(UnreadableValue)
         );
     }
 

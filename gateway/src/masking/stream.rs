@@ -20,7 +20,7 @@ pub const WITHHELD: &str = "0A000";
 pub fn wants(tag: u8) -> bool {
     matches!(
         tag,
-        b'T' | b'n' | b'D' | b'H' | b'd' | b'c' | b'C' | b's' | b'E' | b'N' | b'A' | b'Z'
+        b'T' | b'n' | b'D' | b'H' | b'd' | b'c' | b'C' | b's' | b'E' | b'N' | b'A' | b'S' | b'Z'
     )
 }
 
@@ -243,6 +243,58 @@ impl WireMasker {
     /// a masked column (a trigger's `pg_notify('changes', row_to_json(NEW)::text)`). It is masked like
     /// a computed column whose statement is unknown: detectors run over it, and on a connection with
     /// column rules it is redacted. The channel name is kept.
+    /// A ParameterStatus during the session: `application_name` is free text a statement can set from
+    /// table data (`set_config('application_name', ssn, false)`), so it is masked as a notification's
+    /// payload is. The other reported settings are validated values clients rely on.
+    fn on_parameter_status(&mut self, body: &[u8]) -> FrameAction {
+        let mut pos = 0;
+        let (Some(name), Some(value)) = (
+            crate::pg::codec::read_cstr(body, &mut pos),
+            crate::pg::codec::read_cstr(body, &mut pos),
+        ) else {
+            return FrameAction::Drop;
+        };
+        if name != b"application_name" {
+            return FrameAction::Pass;
+        }
+        let Some(replaced) = self.masked_free_text(value) else {
+            return FrameAction::Pass;
+        };
+        self.out.clear();
+        self.out.put_u8(b'S');
+        self.out
+            .put_i32((4 + name.len() + 1 + replaced.len() + 1) as i32);
+        self.out.put_slice(name);
+        self.out.put_u8(0);
+        self.out.put_slice(replaced.as_bytes());
+        self.out.put_u8(0);
+        FrameAction::Replace
+    }
+
+    /// Free text from the server (a notification's payload, an application name) as it may reach the
+    /// client: None when it passes unchanged. With column rules any such text is redacted (it may be
+    /// a masked column's value under no column name); otherwise the detectors decide.
+    fn masked_free_text(&mut self, text: &[u8]) -> Option<String> {
+        let mut plan =
+            self.masker
+                .column_named("payload", None, super::ColumnSource::Unknown, 25, false);
+        if plan.style.is_none() && self.masker.rules().has_column_rules() {
+            plan.style = Some(super::Style::Redact);
+        }
+        let mut out = String::new();
+        let mut scratch = super::MaskScratch::uncached();
+        let replaced = match self
+            .masker
+            .mask_value_into(&plan, text, &mut scratch, &mut out)
+        {
+            Ok(super::Outcome::Unchanged) => return None,
+            Ok(super::Outcome::Text) => out,
+            Ok(super::Outcome::Null) | Err(_) => super::style::REDACTED.to_string(),
+        };
+        self.masked += 1;
+        Some(replaced)
+    }
+
     fn on_notification(&mut self, body: &[u8]) -> FrameAction {
         let mut pos = 4;
         let (Some(pid), Some(channel), Some(payload)) = (
@@ -253,23 +305,9 @@ impl WireMasker {
             // Not a notification the gateway can read: nothing of it reaches the client.
             return FrameAction::Drop;
         };
-        let mut plan =
-            self.masker
-                .column_named("payload", None, super::ColumnSource::Unknown, 25, false);
-        if plan.style.is_none() && self.masker.rules().has_column_rules() {
-            plan.style = Some(super::Style::Redact);
-        }
-        let mut text = String::new();
-        let mut scratch = super::MaskScratch::uncached();
-        let replaced = match self
-            .masker
-            .mask_value_into(&plan, payload, &mut scratch, &mut text)
-        {
-            Ok(super::Outcome::Unchanged) => return FrameAction::Pass,
-            Ok(super::Outcome::Text) => text,
-            Ok(super::Outcome::Null) | Err(_) => super::style::REDACTED.to_string(),
+        let Some(replaced) = self.masked_free_text(payload) else {
+            return FrameAction::Pass;
         };
-        self.masked += 1;
         self.out.clear();
         self.out.put_u8(b'A');
         self.out
@@ -361,6 +399,7 @@ impl WireMasker {
             }
             b'T' | b'n' => self.on_description(tag, body, sql),
             b'A' => self.on_notification(body),
+            b'S' => self.on_parameter_status(body),
             b'D' => {
                 if self.withhold.is_some() {
                     return FrameAction::Drop;
@@ -437,6 +476,10 @@ impl WireMasker {
             b'C' | b's' => {
                 if tag == b'C' && invalidates_names(body) {
                     self.tables.clear();
+                }
+                if tag == b'C' {
+                    // The next statement may read views (or names) another statement has redefined.
+                    self.tables.statement_ended();
                     self.copy_relations.clear();
                 }
                 self.copy = None;
@@ -447,6 +490,8 @@ impl WireMasker {
                 }
             }
             b'E' => {
+                self.tables.statement_ended();
+                self.copy_relations.clear();
                 // The upstream skips to Sync after an error: the Describes it won't answer are void.
                 while matches!(self.expect.front(), Some(e) if *e != Expect::Sync) {
                     self.expect.pop_front();
@@ -502,6 +547,32 @@ mod tests {
         f.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
         f.extend_from_slice(body);
         f
+    }
+
+    #[test]
+    fn an_application_name_set_mid_session_is_masked_and_other_settings_pass() {
+        // masker() has column rules: any application_name reported mid-session may be table data.
+        let mut w = WireMasker::new(Arc::new(masker()));
+        let s = frame(b'S', b"application_name\x00123-45-6789\x00");
+        assert_eq!(w.on_backend(b'S', &s, None), FrameAction::Replace);
+        assert_eq!(
+            &w.out[..],
+            &frame(b'S', b"application_name\0[redacted]\0")[..]
+        );
+        let tz = frame(b'S', b"TimeZone\0UTC\0");
+        assert_eq!(w.on_backend(b'S', &tz, None), FrameAction::Pass);
+        assert_eq!(w.take_masked(), 1);
+        // Detectors only: an application name holding nothing detectable passes.
+        let detect = crate::masking::Masker::new(
+            &toml::from_str("[[rules]]\ndetect = [\"ssn\"]\nstyle = \"redact\"").unwrap(),
+            None,
+        )
+        .unwrap();
+        let mut w = WireMasker::new(Arc::new(detect));
+        let plain = frame(b'S', b"application_name\0psql\0");
+        assert_eq!(w.on_backend(b'S', &plain, None), FrameAction::Pass);
+        assert_eq!(w.on_backend(b'S', &s, None), FrameAction::Replace);
+        assert!(!String::from_utf8_lossy(&w.out).contains("6789"));
     }
 
     #[test]

@@ -105,19 +105,23 @@ impl std::fmt::Debug for dyn TableLookup {
 #[derive(Debug, Default)]
 pub struct TableNames {
     /// Allocated on the first answer: most sessions never need it.
-    known: Option<LruCache<u32, (Relation, Instant)>>,
+    known: Option<LruCache<u32, (Relation, Instant, u64)>>,
     /// Real column names by table OID, `(attnum, name)`; trusted as long as the table's entry in `known`.
     columns: Option<LruCache<u32, Vec<(i16, String)>>>,
     /// Which columns of a view its definition computes from masked columns, by view OID (read once per
     /// lookup, under the rules of [`TableNames::resolve`]).
     views: Option<LruCache<u32, Exposure>>,
     retry_at: Option<Instant>,
+    /// Statements ended so far in this session: a view is trusted for the statement it was looked up
+    /// for only, since any session (this one through a function or DO block, or another one) may
+    /// replace its definition between two statements.
+    statement: u64,
 }
 
 impl TableNames {
     /// What `oid` is, if looked up less than [`TTL`] ago.
     fn fresh(&self, oid: u32) -> Option<&Relation> {
-        let (relation, at) = self.known.as_ref()?.peek(&oid)?;
+        let (relation, at, _) = self.known.as_ref()?.peek(&oid)?;
         (at.elapsed() < TTL).then_some(relation)
     }
 
@@ -234,9 +238,26 @@ impl TableNames {
     }
 
     /// True when `oid` should be looked up before planning: a real table OID not known (or known too
-    /// long ago), and no recent lookup failed.
+    /// long ago, or a view looked up for an earlier statement), and no recent lookup failed.
     pub fn wants(&self, oid: u32) -> bool {
-        oid != 0 && self.retry_at.is_none_or(|t| Instant::now() >= t) && self.fresh(oid).is_none()
+        oid != 0
+            && self.retry_at.is_none_or(|t| Instant::now() >= t)
+            && (self.fresh(oid).is_none() || self.view_from_earlier_statement(oid))
+    }
+
+    fn view_from_earlier_statement(&self, oid: u32) -> bool {
+        self.known
+            .as_ref()
+            .and_then(|k| k.peek(&oid))
+            .is_some_and(|(relation, _, statement)| {
+                matches!(relation, Relation::View { .. }) && *statement != self.statement
+            })
+    }
+
+    /// A statement ended (its result, or its error, is complete): views are looked up afresh for
+    /// the next one.
+    pub fn statement_ended(&mut self) {
+        self.statement = self.statement.wrapping_add(1);
     }
 
     /// The distinct OIDs among `oids` that [`TableNames::wants`] looked up, in first-seen order.
@@ -259,10 +280,10 @@ impl TableNames {
             LruCache::new(NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN))
         });
         for &oid in asked {
-            known.put(oid, (Relation::Derived, now));
+            known.put(oid, (Relation::Derived, now, self.statement));
         }
         for (oid, relation) in answer {
-            known.put(oid, (relation, now));
+            known.put(oid, (relation, now, self.statement));
         }
     }
 
@@ -383,6 +404,25 @@ mod tests {
         assert_eq!(names.column_name(0, 2), None);
         names.clear();
         assert_eq!(names.column_name(7, 2), None);
+    }
+
+    #[tokio::test]
+    async fn a_view_is_trusted_for_the_statement_it_was_looked_up_for_only() {
+        let mut names = TableNames::default();
+        let view = Relation::View {
+            definition: " SELECT people.id FROM people;".into(),
+            reads: Vec::new(),
+        };
+        let lookup = Fixed(Ok(vec![(10, table("shop", "customers")), (20, view)]));
+        names.resolve(&lookup, &[10, 20], &no_rules()).await;
+        assert!(!names.wants(10) && !names.wants(20));
+        // Planned from what was just read; the next statement may see a replaced definition.
+        assert!(!names.view_exposes(20, 1));
+        names.statement_ended();
+        assert!(names.wants(20), "the view is read again");
+        assert!(!names.wants(10), "a table's name is kept");
+        names.resolve(&lookup, &[20], &no_rules()).await;
+        assert!(!names.wants(20));
     }
 
     #[test]
