@@ -598,7 +598,7 @@ async fn a_view_redefined_by_another_session_and_statistics_copied_out_stay_mask
         assert!(got.iter().all(|v| !v.contains("SSNSWAP")), "{got:?}");
     }
     let stats = client
-        .simple_query(&format!("COPY pg_statistic (stavalues1) TO STDOUT"))
+        .simple_query("COPY pg_statistic (stavalues1) TO STDOUT")
         .await;
     match stats {
         Ok(rows) => panic!("statistics copied out: {rows:?}"),
