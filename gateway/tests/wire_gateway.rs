@@ -2452,3 +2452,83 @@ async fn an_upstream_dying_between_frames_is_reported_with_08006() {
     let got = read_to_close(&mut s).await;
     assert!(contains(&got, b"08006"), "{got:?}");
 }
+
+#[tokio::test]
+async fn a_query_after_an_error_in_an_unsynced_batch_is_skipped_as_postgresql_skips_it() {
+    let (_gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    let mut out = parse_unnamed("SELECT 1/0");
+    out.extend(bind_unnamed());
+    out.extend(execute_unnamed(0));
+    out.extend(message(b'Q', &cstr("SELECT 2")));
+    out.extend(message(b'S', &[]));
+    s.write_all(&out).await.unwrap();
+    let tags: Vec<u8> = read_frames_until(&mut s, b'Z')
+        .await
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    // PostgreSQL: ParseComplete, the error (1/0 is folded at Bind), then nothing until the Sync's
+    // ReadyForQuery.
+    assert_eq!(tags, b"1EZ", "{:?}", String::from_utf8_lossy(&tags));
+    // In step: the next query gets its own answer.
+    s.write_all(&message(b'Q', &cstr("SELECT 3")))
+        .await
+        .unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    let tags: Vec<u8> = frames.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"TDCZ");
+    // Without an error, the pending messages run, then the Query, as PostgreSQL runs them.
+    let mut out = parse_unnamed("SELECT 1");
+    out.extend(bind_unnamed());
+    out.extend(execute_unnamed(0));
+    out.extend(message(b'Q', &cstr("SELECT 2")));
+    out.extend(message(b'S', &[]));
+    s.write_all(&out).await.unwrap();
+    let mut tags: Vec<u8> = read_frames_until(&mut s, b'Z')
+        .await
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    tags.extend(
+        read_frames_until(&mut s, b'Z')
+            .await
+            .into_iter()
+            .map(|(t, _)| t),
+    );
+    assert_eq!(tags, b"12DCTDCZZ", "{:?}", String::from_utf8_lossy(&tags));
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_after_filling_its_read_ahead_during_a_hold_is_noticed() {
+    let (gate, addr) = start_with(|c| c.hold_wait = Duration::from_secs(60), "test").await;
+    let mut s = raw_login(addr).await;
+    s.write_all(&message(
+        b'Q',
+        &cstr("DELETE FROM pg_catalog.pg_class WHERE false"),
+    ))
+    .await
+    .unwrap();
+    let GateEvent::Hold { id, .. } =
+        eventually(&gate, "a hold", |e| matches!(e, GateEvent::Hold { .. })).await
+    else {
+        unreachable!()
+    };
+    // The client has read everything (its close is a FIN, not a reset)...
+    let notice = read_frames_until(&mut s, b'N').await;
+    assert!(String::from_utf8_lossy(&notice[0].1).contains("held for approval"));
+    // ...and sends several MiB of queries behind the held one: more than the gateway reads ahead
+    // during a hold.
+    let pipeline = message(b'Q', &cstr("SELECT 1")).repeat(200_000);
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.write_all(&pipeline)).await;
+    let started = std::time::Instant::now();
+    drop(s);
+    while !gate.events().contains(&GateEvent::Cancelled(id)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the request was not cancelled; events: {:#?}",
+            gate.events()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

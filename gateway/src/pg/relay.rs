@@ -74,6 +74,9 @@ const READY_PART_ANSWER: Duration = Duration::from_millis(100);
 /// it stops reading until the decision.
 const HOLD_READ_AHEAD: usize = 1024 * 1024;
 
+/// While a held session's read-ahead is full, how often it checks that its client is still there.
+const GONE_CHECK: Duration = Duration::from_secs(2);
+
 /// How many statements that changed name resolution a session keeps for its approvals' context.
 const MAX_NAME_CONTEXT: usize = 32;
 
@@ -125,8 +128,8 @@ struct Held {
 enum Step {
     NeedMore,
     Hold(Held),
-    /// A unit decided at the client's Flush and ended with the gateway's own Sync (held, or already
-    /// forwarded when `None`).
+    /// A unit decided at the client's Flush, or at a simple Query before its Sync, and ended with the
+    /// gateway's own Sync (held, or already forwarded when `None`).
     DecidedAtFlush(Option<Held>),
     Terminate,
 }
@@ -692,10 +695,9 @@ where
                 // pending extended-query messages first, then it. The gateway decides per Sync, so it
                 // ends the pending messages with a Sync of its own, whose ReadyForQuery the client
                 // never sees, and decides them first; the Query stays in the buffer for the next turn.
-                if let Some(held) = self.decide_pending()? {
-                    return Ok(Step::Hold(held));
-                }
-                continue;
+                // Their answer is awaited first: after an error in them PostgreSQL skips the Query
+                // too, up to the client's Sync (the gateway's Sync ended that skipping upstream).
+                return Ok(Step::DecidedAtFlush(self.decide_pending()?));
             }
             let frame = self.cbuf.split_to(total);
             match tag {
@@ -1368,15 +1370,43 @@ where
         tokio::pin!(wait);
         let cancelled = signal.cancelled_after(since);
         tokio::pin!(cancelled);
+        let read_ahead = HOLD_READ_AHEAD.min(self.ctx.max_message_size);
+        let mut still_there = tokio::time::interval(GONE_CHECK);
+        still_there.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             reserve(&mut self.sbuf, self.backend.need);
             tokio::select! {
                 outcome = &mut wait => return Ok(Some(outcome)),
                 _ = &mut cancelled => return Ok(None),
+                // With its read-ahead full the client is no longer read, so its leaving would go
+                // unseen (and its request stay pending for humans): a notice written to a closed
+                // socket fails by the second try.
+                _ = still_there.tick(), if self.cbuf.len() > read_ahead => {
+                    let mut notice = BytesMut::new();
+                    put_error(
+                        &mut notice,
+                        Severity::Notice,
+                        "00000",
+                        &format!("statement still held for approval, request {id}"),
+                        None,
+                    );
+                    let written = tokio::time::timeout(GONE_CHECK, async {
+                        self.client_w.write_all(&notice).await?;
+                        self.client_w.flush().await
+                    })
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        gate.cancel_hold(id, &self.ctx.session).await;
+                        return Err(WireError::Io(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "the client went away (or stopped reading) during a hold; its approval request was cancelled",
+                        )));
+                    }
+                }
                 // A client that goes away during a hold must not leave its request pending for humans.
                 // Anything else it sends is kept for after the hold, up to HOLD_READ_AHEAD: thousands of
                 // held sessions each keeping `max_message_size` would be gigabytes.
-                r = self.client_r.read_buf(&mut self.cbuf), if self.cbuf.len() <= HOLD_READ_AHEAD.min(self.ctx.max_message_size) => {
+                r = self.client_r.read_buf(&mut self.cbuf), if self.cbuf.len() <= read_ahead => {
                     if !matches!(r, Ok(n) if n > 0) {
                         gate.cancel_hold(id, &self.ctx.session).await;
                         return Err(WireError::Io(std::io::Error::new(
