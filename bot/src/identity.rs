@@ -38,7 +38,11 @@ impl Identity {
     pub fn canonical(&self) -> CanonicalId {
         match &self.email {
             Some(e) if !e.trim().is_empty() => CanonicalId(format!("email:{}", canonical_email(e))),
-            _ => CanonicalId(format!("sub:{}|{}", self.issuer, self.subject)),
+            _ => CanonicalId(format!(
+                "sub:{}|{}",
+                key_part(&self.issuer),
+                key_part(&self.subject)
+            )),
         }
     }
 
@@ -60,6 +64,21 @@ impl Identity {
     pub fn has_email(&self) -> bool {
         self.email.as_deref().is_some_and(|e| !e.trim().is_empty())
     }
+}
+
+/// A part of a key with the characters that separate parts (`|` between issuer and subject, `<` of
+/// the ` <- ` between identities) and `%` percent-encoded, so distinct identities never share a key:
+/// a subject `svc <- email:alice@example.com` or `a|b` is not a chain or another issuer's subject.
+/// Parts without them (the usual case) are unchanged, so keys stored earlier still match.
+fn key_part(part: &str) -> std::borrow::Cow<'_, str> {
+    if !part.contains(['%', '|', '<']) {
+        return std::borrow::Cow::Borrowed(part);
+    }
+    std::borrow::Cow::Owned(
+        part.replace('%', "%25")
+            .replace('|', "%7C")
+            .replace('<', "%3C"),
+    )
 }
 
 /// An e-mail address as the mailbox it reaches: trimmed, lower-cased, without a `+tag` sub-address and
@@ -133,9 +152,9 @@ impl RequesterChain {
             .iter()
             .map(|i| {
                 if i.is_human() {
-                    i.canonical().0
+                    key_part(&i.canonical().0).into_owned()
                 } else {
-                    format!("workload:{}|{}", i.issuer, i.subject)
+                    format!("workload:{}|{}", key_part(&i.issuer), key_part(&i.subject))
                 }
             })
             .collect::<Vec<_>>()
@@ -209,6 +228,46 @@ mod tests {
         }
         assert_ne!(human("alicia@example.com").canonical(), plain.canonical());
         assert_ne!(human("alice@example.org").canonical(), plain.canonical());
+    }
+
+    #[test]
+    fn a_subject_spelling_a_chain_or_a_split_does_not_share_its_key() {
+        let workload = |issuer: &str, subject: &str| Identity {
+            issuer: issuer.into(),
+            subject: subject.into(),
+            email: None,
+            kind: IdentityKind::Workload,
+            groups: vec![],
+        };
+        let chain = RequesterChain(vec![
+            workload("https://idp", "svc-a"),
+            human("alice@example.com"),
+        ]);
+        let forged =
+            RequesterChain::single(workload("https://idp", "svc-a <- email:alice@example.com"));
+        assert_ne!(chain.key(), forged.key());
+        // `|` splits issuer from subject: moving it between the two is another identity.
+        assert_ne!(
+            RequesterChain::single(workload("a|b", "c")).key(),
+            RequesterChain::single(workload("a", "b|c")).key()
+        );
+        let nameless = |issuer: &str, subject: &str| Identity {
+            kind: IdentityKind::Human,
+            ..workload(issuer, subject)
+        };
+        assert_ne!(
+            nameless("a|b", "c").canonical(),
+            nameless("a", "b|c").canonical()
+        );
+        // Ordinary keys are as they always were (requests stored earlier still match).
+        assert_eq!(
+            chain.key(),
+            "workload:https://idp|svc-a <- email:alice@example.com"
+        );
+        assert_eq!(
+            RequesterChain::single(workload("iss", "100%|x")).key(),
+            "workload:iss|100%25%7Cx"
+        );
     }
 
     #[test]

@@ -258,7 +258,7 @@ impl Workflow {
         };
         match existing.status {
             RequestStatus::Approved => Ok(self
-                .claim(existing.id)
+                .claim(existing.id, &new.requester)
                 .await?
                 .map(Submitted::ApprovedAndClaimed)),
             RequestStatus::Pending => Ok(Some(Submitted::AlreadyPending(
@@ -496,13 +496,18 @@ impl Workflow {
         Ok(())
     }
 
-    /// Claim an approved request for its single execution (approved → executing). `None` when it is not
-    /// approved (already claimed, or never approved).
-    pub async fn claim(&self, id: RequestId) -> Result<Option<RequestView>, WorkflowError> {
+    /// Claim an approved request for its single execution (approved → executing) on behalf of `by` (the
+    /// requester key of whoever runs it, audited). `None` when it is not approved (already claimed, or
+    /// never approved).
+    pub async fn claim(
+        &self,
+        id: RequestId,
+        by: &RequesterChain,
+    ) -> Result<Option<RequestView>, WorkflowError> {
         let t = Transition {
             from: &[RequestStatus::Approved],
             to: RequestStatus::Executing,
-            audit: AuditEntry::new("system", "request.execution_started", "system").request(id),
+            audit: AuditEntry::new(by.key(), "request.execution_started", "system").request(id),
             execution: None,
             notify: None,
             quiet_since_ms: None,

@@ -115,7 +115,8 @@ async fn two_distinct_humans_approve_and_it_runs_exactly_once() {
             RequestStatus::Approved
         );
         // Exactly one claim succeeds, even when raced.
-        let (a, b) = tokio::join!(wf.claim(id), wf.claim(id));
+        let chain = agent_for_alice();
+        let (a, b) = tokio::join!(wf.claim(id, &chain), wf.claim(id, &chain));
         assert_eq!(
             [a.unwrap().is_some(), b.unwrap().is_some()]
                 .iter()
@@ -123,7 +124,17 @@ async fn two_distinct_humans_approve_and_it_runs_exactly_once() {
                 .count(),
             1
         );
-        assert!(wf.claim(id).await.unwrap().is_none());
+        assert!(wf.claim(id, &agent_for_alice()).await.unwrap().is_none());
+        // The execution is audited under whoever claimed it.
+        let started: Vec<_> = store
+            .audit_records(0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.entry.action == "request.execution_started")
+            .collect();
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].entry.actor, chain.key());
         let summary = ExecutionSummary {
             command_tag: Some("DELETE 3".into()),
             rows: Some(3),
@@ -345,7 +356,7 @@ async fn deny_vetoes_and_closes_voting() {
             .await
             .unwrap();
         assert_eq!(refused_code(&r), Some("resolved"));
-        assert!(wf.claim(id).await.unwrap().is_none());
+        assert!(wf.claim(id, &agent_for_alice()).await.unwrap().is_none());
     }
 }
 
@@ -705,7 +716,7 @@ async fn concurrent_audited_changes_keep_one_intact_chain() {
                     .await
                     .unwrap();
                 approve(&wf, id, "reviewer1@example.com").await;
-                assert!(wf.claim(id).await.unwrap().is_some());
+                assert!(wf.claim(id, &agent_for_alice()).await.unwrap().is_some());
                 wf.finish(
                     id,
                     ExecutionSummary {
@@ -794,7 +805,7 @@ async fn audited_changes_work_where_the_store_role_may_not_emit_wal_messages() {
     let wf = workflow(store.clone());
     let id = created(&wf, "DELETE FROM t", 1).await;
     approve(&wf, id, "reviewer1@example.com").await;
-    assert!(wf.claim(id).await.unwrap().is_some());
+    assert!(wf.claim(id, &agent_for_alice()).await.unwrap().is_some());
     let records = store.audit_records(0, 100).await.unwrap();
     assert_eq!(records.len(), 4, "{records:#?}");
     assert_eq!(verify_chain(&records), ChainCheck::Intact { records: 4 });
@@ -808,7 +819,10 @@ async fn audited_changes_work_where_the_store_role_may_not_emit_wal_messages() {
 async fn approved_and_claimed(wf: &Workflow, sql: &str) -> crate::ids::RequestId {
     let id = created(wf, sql, 1).await;
     approve(wf, id, "reviewer1@example.com").await;
-    assert!(wf.claim(id).await.unwrap().is_some(), "claim {sql}");
+    assert!(
+        wf.claim(id, &agent_for_alice()).await.unwrap().is_some(),
+        "claim {sql}"
+    );
     id
 }
 

@@ -1988,7 +1988,7 @@ async fn a_simple_query_before_sync_runs_after_the_pending_extended_messages_as_
     let mut s = raw_login(addr).await;
     // pgJDBC with autosave=always: BEGIN through Parse/Bind/Execute, then a simple-query SAVEPOINT,
     // then Sync. PostgreSQL answers 1 2 C(BEGIN) C(SAVEPOINT) Z(T) Z(T).
-    let frames = execute_then_query(&mut s, "BEGIN", "SAVEPOINT a").await;
+    let frames = execute_then_query(&mut s, "BEGIN", "SAVEPOINT a", 2).await;
     assert_eq!(
         shown_tags(&frames),
         ["1", "2", "C BEGIN", "C SAVEPOINT", "Z T", "Z T"],
@@ -2005,15 +2005,22 @@ async fn a_simple_query_before_sync_runs_after_the_pending_extended_messages_as_
 
 /// Sends `statement` through Parse/Bind/Execute, then `query` as a simple Query, then Sync, in one
 /// write; returns every frame up to the second ReadyForQuery (the Query's and the Sync's).
-async fn execute_then_query(s: &mut TcpStream, statement: &str, query: &str) -> Vec<(u8, Vec<u8>)> {
+async fn execute_then_query(
+    s: &mut TcpStream,
+    statement: &str,
+    query: &str,
+    ready_for_query: usize,
+) -> Vec<(u8, Vec<u8>)> {
     let mut msgs = message(b'P', &[cstr(""), cstr(statement), vec![0, 0]].concat());
     msgs.extend(bind_unnamed());
     msgs.extend(message(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
     msgs.extend(message(b'Q', &cstr(query)));
     msgs.extend(message(b'S', &[]));
     s.write_all(&msgs).await.unwrap();
-    let mut frames = read_frames_until(s, b'Z').await;
-    frames.extend(read_frames_until(s, b'Z').await);
+    let mut frames = Vec::new();
+    for _ in 0..ready_for_query {
+        frames.extend(read_frames_until(s, b'Z').await);
+    }
     frames
 }
 
@@ -2037,26 +2044,45 @@ async fn a_held_batch_before_a_simple_query_is_decided_first_and_answered_once()
         .batch_execute("CREATE TABLE IF NOT EXISTS cs_batch_then_query (id int)")
         .await
         .unwrap();
-    for (outcome, batch_answer) in [
-        (HoldOutcome::Approved, vec!["1", "2", "C DELETE 0"]),
+    // Approved: the hold notice, the batch's answer, then the query's; one ReadyForQuery each for
+    // the Query and the client's Sync, none for the gateway's own Sync. Denied: the refusal is the
+    // batch's error, after which PostgreSQL skips the Query up to the client's Sync.
+    for (outcome, want, ready) in [
+        (
+            HoldOutcome::Approved,
+            vec![
+                "N",
+                "1",
+                "2",
+                "C DELETE 0",
+                "T",
+                "D",
+                "C SELECT 1",
+                "Z I",
+                "Z I",
+            ],
+            2,
+        ),
         (
             HoldOutcome::Denied {
                 by: vec!["bob@example.com".into()],
                 reason: None,
             },
-            vec!["E"],
+            vec!["N", "E", "Z I"],
+            1,
         ),
     ] {
         gate.push_outcome(Duration::from_millis(100), outcome);
         let mut s = raw_login(addr).await;
         let sql = "DELETE FROM cs_batch_then_query WHERE id = 1";
-        let frames = execute_then_query(&mut s, sql, "SELECT 1").await;
-        // The hold notice, the batch's answer, then the query's; one ReadyForQuery each for the
-        // Query and the client's Sync, none for the gateway's own Sync.
-        let mut want = vec!["N"];
-        want.extend(batch_answer);
-        want.extend(["T", "D", "C SELECT 1", "Z I", "Z I"]);
+        let frames = execute_then_query(&mut s, sql, "SELECT 1", ready).await;
         assert_eq!(shown_tags(&frames), want, "{frames:?}");
+        // Nothing more comes: the session is in step for its next query.
+        s.write_all(&message(b'Q', &cstr("SELECT 2")))
+            .await
+            .unwrap();
+        let next = read_frames_until(&mut s, b'Z').await;
+        assert_eq!(shown_tags(&next), ["T", "D", "C SELECT 1", "Z I"]);
     }
 }
 

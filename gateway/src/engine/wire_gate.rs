@@ -165,7 +165,8 @@ impl WireGate for Engine {
         match view.request.status {
             RequestStatus::Pending if self.workflow.is_shutting_down() => HoldOutcome::ShuttingDown,
             RequestStatus::Pending => HoldOutcome::TimedOut,
-            RequestStatus::Approved => match self.workflow.claim(id).await {
+            RequestStatus::Approved => match self.workflow.claim(id, &view.request.requester).await
+            {
                 Ok(Some(_)) => HoldOutcome::Approved,
                 // Someone else (a re-send on another connection) claimed the single execution.
                 Ok(None) => match self.workflow.get(id).await {

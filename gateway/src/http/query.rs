@@ -132,13 +132,15 @@ pub async fn query(
                         engine.workflow.wait_resolved(id, wait).await?
                     };
                     match view.request.status {
-                        RequestStatus::Approved => match engine.workflow.claim(id).await? {
-                            Some(_) => run_approved(&st, &name, &body.sql, &verdict, id).await,
-                            None => (
-                                Err(already_claimed(id)),
-                                note("review", Some(id), "not_run"),
-                            ),
-                        },
+                        RequestStatus::Approved => {
+                            match engine.workflow.claim(id, &view.request.requester).await? {
+                                Some(_) => run_approved(&st, &name, &body.sql, &verdict, id).await,
+                                None => (
+                                    Err(already_claimed(id)),
+                                    note("review", Some(id), "not_run"),
+                                ),
+                            }
+                        }
                         RequestStatus::Pending => (
                             Ok(pending_response(&st, &view)),
                             note("review", Some(id), "held"),
