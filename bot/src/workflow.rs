@@ -464,6 +464,22 @@ impl Workflow {
         None
     }
 
+    /// Refuses `voter`'s vote on `id` for a reason only the channel can tell (audited and announced
+    /// like any refusal, so the channel can say so where the vote was cast).
+    pub async fn refuse_vote(
+        &self,
+        id: RequestId,
+        voter: &Identity,
+        channel: &str,
+        code: &'static str,
+        reason: String,
+    ) -> Result<VoteResult, WorkflowError> {
+        let view = self.get(id).await?;
+        let refusal = Refusal { code, reason };
+        self.record_refusal(&view, voter, channel, &refusal).await?;
+        Ok(VoteResult::Refused(refusal))
+    }
+
     async fn record_refusal(
         &self,
         view: &RequestView,

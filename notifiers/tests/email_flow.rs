@@ -68,7 +68,11 @@ async fn each_approver_gets_a_personal_mail_and_two_clicks_approve_with_threaded
     assert_eq!(view.votes[0].reason.as_deref(), Some("looks fine"));
 
     // The statement runs; its result is mailed too.
-    h.workflow.claim(id, &view.request.requester).await.unwrap().unwrap();
+    h.workflow
+        .claim(id, &view.request.requester)
+        .await
+        .unwrap()
+        .unwrap();
     h.workflow
         .finish(
             id,

@@ -49,6 +49,18 @@ const TRANSITIONS: &[(&str, &str, &str)] = &[
 ];
 
 impl FakeJira {
+    /// `account` rewrites the issue's `field` (summary or description), as a user editing it would.
+    fn edit_issue(&mut self, key: &str, account: &str, field: &str) {
+        self.next_history += 1;
+        let id = (10_000 + self.next_history).to_string();
+        let issue = self.issues.get_mut(key).expect("issue exists");
+        issue.histories.push(json!({
+            "id": id, "author": { "accountId": account },
+            "created": format!("2026-01-01T10:{:02}:00.000+0000", self.next_history),
+            "items": [{ "field": field, "fromString": "DELETE FROM t", "toString": "SELECT 1" }]
+        }));
+    }
+
     fn move_issue(&mut self, key: &str, account: &str, to: &str) {
         self.next_history += 1;
         let id = (10_000 + self.next_history).to_string();
@@ -548,4 +560,43 @@ async fn a_statement_the_issue_shows_only_in_part_cannot_be_approved_from_jira()
     let v = h.workflow.get(id).await.expect("get");
     assert_eq!(v.votes.len(), 1);
     assert_eq!(v.votes[0].decision, Decision::Deny);
+}
+
+#[tokio::test]
+async fn an_approval_after_someone_else_edited_the_issues_statement_is_refused() {
+    let (store, _dir) = fresh_sqlite().await;
+    let h = harness(store).await;
+    let (id, key) = h.issue_for("DELETE FROM t WHERE id = 7").await;
+    // The requester (or anyone with edit rights) rewrites the description to show harmless SQL.
+    h.fake
+        .lock()
+        .unwrap()
+        .edit_issue(&key, "acc-alice", "description");
+    let (status, body) = move_in_jira(&h, &key, "acc-bob", "Approved").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["outcome"], "refused", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("statement_edited"),
+        "{body}"
+    );
+    assert!(h.workflow.get(id).await.expect("get").votes.is_empty());
+    assert!(audit_actions(&h.store)
+        .await
+        .iter()
+        .any(|a| a == "vote.refused"));
+    // A denial still counts: refusing to run something never needs the text to be the bot's.
+    let (_, body) = move_in_jira(&h, &key, "acc-bob", "Denied").await;
+    assert_eq!(body["outcome"], "recorded", "{body}");
+    // Edits by the bot itself (or none) leave approvals alone.
+    let (id2, key2) = h.issue_for("DELETE FROM t WHERE id = 8").await;
+    h.fake
+        .lock()
+        .unwrap()
+        .edit_issue(&key2, SERVICE_ACCOUNT, "summary");
+    let (_, body) = move_in_jira(&h, &key2, "acc-bob", "Approved").await;
+    assert_eq!(body["outcome"], "recorded", "{body}");
+    assert_eq!(h.workflow.get(id2).await.expect("get").votes.len(), 1);
 }

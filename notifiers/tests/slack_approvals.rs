@@ -530,8 +530,18 @@ async fn two_approvals_release_the_statement_once(h: Harness) {
     assert!(view.votes.iter().all(|v| v.channel == "slack"));
 
     // The held statement is released once.
-    assert!(h.workflow.claim(id, &view.request.requester).await.unwrap().is_some());
-    assert!(h.workflow.claim(id, &view.request.requester).await.unwrap().is_none());
+    assert!(h
+        .workflow
+        .claim(id, &view.request.requester)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(h
+        .workflow
+        .claim(id, &view.request.requester)
+        .await
+        .unwrap()
+        .is_none());
     let summary = ExecutionSummary {
         command_tag: Some("DELETE 3".into()),
         rows: Some(3),

@@ -16,7 +16,13 @@ pub struct ChangelogEntry {
     pub author_account_id: String,
     /// Status moved to.
     pub to_status: String,
+    /// Who changed the issue's summary or description (where the bot shows the statement) up to this
+    /// change, anyone (the bot included) in order; an approval must follow the bot's own text.
+    pub content_edited_by: Vec<String>,
 }
+
+/// Fields of an issue that carry what the bot showed reviewers.
+const CONTENT_FIELDS: &[&str] = &["summary", "description"];
 
 /// Calls Jira with the configured account.
 #[derive(Debug, Clone)]
@@ -206,6 +212,36 @@ impl JiraClient {
         .await?;
         let issue: IssueWithChangelog = decode("Jira get issue", &body)?;
         let histories = issue.changelog.map(|c| c.histories).unwrap_or_default();
+        let order = |h: &History| {
+            (
+                time::OffsetDateTime::parse(
+                    &h.created,
+                    &time::format_description::well_known::Iso8601::DEFAULT,
+                )
+                .ok(),
+                h.id.parse::<u64>().unwrap_or(0),
+            )
+        };
+        // Content edits with their place in time; one without a readable author is nobody's the
+        // bot can vouch for.
+        let edits: Vec<_> = histories
+            .iter()
+            .filter(|h| {
+                h.items.iter().any(|i| {
+                    CONTENT_FIELDS
+                        .iter()
+                        .any(|f| i.field.eq_ignore_ascii_case(f))
+                })
+            })
+            .map(|h| {
+                (
+                    order(h),
+                    h.author
+                        .as_ref()
+                        .map_or_else(String::new, |a| a.account_id.clone()),
+                )
+            })
+            .collect();
         // Latest by creation time, then by numeric id: the order Jira returns histories in is not promised.
         let latest = histories
             .into_iter()
@@ -217,19 +253,20 @@ impl JiraClient {
                     .find(|i| i.field.eq_ignore_ascii_case("status"))?
                     .to_string
                     .clone()?;
+                let at = order(&h);
                 let author = h.author?.account_id;
-                let created = time::OffsetDateTime::parse(
-                    &h.created,
-                    &time::format_description::well_known::Iso8601::DEFAULT,
-                )
-                .ok();
-                let num: u64 = h.id.parse().unwrap_or(0);
+                let content_edited_by = edits
+                    .iter()
+                    .filter(|(when, _)| *when <= at)
+                    .map(|(_, who)| who.clone())
+                    .collect();
                 Some((
-                    (created, num),
+                    at,
                     ChangelogEntry {
                         id: h.id,
                         author_account_id: author,
                         to_status: to,
+                        content_edited_by,
                     },
                 ))
             })

@@ -220,6 +220,30 @@ async fn handle(state: &JiraInbound, key: &str) -> Result<Response, String> {
         kind: IdentityKind::Human,
         groups: vec![],
     };
+    // The summary and description show the statement: edited by anyone but the bot before this
+    // change, they may have shown the reviewer another statement than the one held.
+    if decision == Decision::Approve && change.content_edited_by.iter().any(|who| who != own) {
+        let refused = state
+            .workflow
+            .refuse_vote(
+                request_id,
+                &voter,
+                SINK,
+                "statement_edited",
+                format!(
+                    "{key}'s summary or description was edited by someone other than Countersign, so the issue may not have shown the statement that was held; approve from the e-mail approval page or the API, which show it as held"
+                ),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if let VoteResult::Refused(r) = refused {
+            return Ok(reply(
+                StatusCode::OK,
+                "refused",
+                format!("{}: {}", r.code, r.reason),
+            ));
+        }
+    }
     let reason = format!("Jira {key} moved to \"{}\"", change.to_status.trim());
     let result = state
         .workflow
