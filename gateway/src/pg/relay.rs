@@ -672,6 +672,27 @@ where
                 self.copy_data_left = total;
                 continue;
             }
+            // A type no frontend message has (a stray startup packet's zero, say) ends the session at
+            // once, not after waiting for as many bytes as its bogus length asks.
+            if !matches!(
+                tag,
+                b'Q' | b'P'
+                    | b'B'
+                    | b'E'
+                    | b'C'
+                    | b'D'
+                    | b'H'
+                    | b'S'
+                    | b'd'
+                    | b'c'
+                    | b'f'
+                    | b'X'
+                    | b'F'
+            ) {
+                return Err(WireError::Protocol(format!(
+                    "unexpected message type 0x{tag:02x}; use protocol 3.0 messages"
+                )));
+            }
             if total == usize::MAX || total > self.ctx.max_message_size {
                 return Err(WireError::Protocol(format!(
                     "invalid message length (limit {} bytes); the client sent a corrupt or oversized message",

@@ -220,14 +220,10 @@ impl Inner {
             Err(e) => {
                 tracing::warn!(error = %e, %user, "could not look a Slack user up; the click was not counted");
                 self.audit(
-                    AuditEntry::new(
-                        format!("slack:{user}"),
-                        "slack.user_lookup_failed",
-                        CHANNEL,
-                    )
-                    .request(request)
-                    .decision("refused")
-                    .detail(serde_json::json!({ "error": e.to_string() })),
+                    AuditEntry::new(format!("slack:{user}"), "slack.user_lookup_failed", CHANNEL)
+                        .request(request)
+                        .decision("refused")
+                        .detail(serde_json::json!({ "error": e.to_string() })),
                 )
                 .await;
                 self.ephemeral(channel, user, "Countersign could not look your Slack account up just now; please click again in a moment.").await;
