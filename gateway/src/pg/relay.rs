@@ -1356,9 +1356,9 @@ where
     }
 
     /// True when the held batch was held for text the policy could not parse, and PostgreSQL's parser
-    /// rejects its first statement: PostgreSQL then runs none of it (a query string is parsed whole
-    /// before any of it runs; in a batch, the messages after a failed Parse are skipped up to Sync, and
-    /// none executed before it).
+    /// rejects its first message's text: PostgreSQL then runs none of it (a query string is parsed
+    /// whole before any of it runs; in a batch that starts with the failing Parse, every later message
+    /// is skipped up to Sync).
     async fn rejected_by_parser(&self, held: &Held) -> bool {
         if held.verdict.action != Action::Review
             || !held.verdict.statements.iter().any(|s| s.unparsed)
@@ -1599,26 +1599,22 @@ fn reserve(buf: &mut BytesMut, need: usize) {
     }
 }
 
-/// The text of a held unit's first statement: a simple query's, or the first Parse of a batch when
-/// nothing before it executes anything (Bind, Describe and Close only).
+/// The text of a held unit's first message when that is a simple query or a Parse: nothing in the
+/// unit runs before it. (A Bind before it would: PostgreSQL plans at Bind, and planning evaluates
+/// immutable functions; a parameter's domain CHECK runs there too.)
 fn first_statement_text(frames: &[u8]) -> Option<&str> {
-    let mut rest = frames;
-    while rest.len() >= 5 {
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        let body = rest.get(5..1 + len)?;
-        let text = |mut pos: usize| {
-            if rest[0] == b'P' {
-                read_cstr(body, &mut pos)?;
-            }
-            std::str::from_utf8(read_cstr(body, &mut pos)?).ok()
-        };
-        match rest[0] {
-            b'Q' | b'P' => return text(0),
-            b'B' | b'D' | b'C' => rest = &rest[1 + len..],
-            _ => return None,
+    let (&tag, rest) = frames.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let body = frames.get(5..1 + len)?;
+    let mut pos = 0;
+    match tag {
+        b'Q' => {}
+        b'P' => {
+            read_cstr(body, &mut pos)?;
         }
+        _ => return None,
     }
-    None
+    std::str::from_utf8(read_cstr(body, &mut pos)?).ok()
 }
 
 fn malformed(what: &str) -> WireError {
@@ -1706,5 +1702,32 @@ mod tests {
         let text = String::from_utf8_lossy(&out[6..total]).to_string();
         assert!(text.contains("E'it''s \\\\ $ countersign$ bad'"), "{text}");
         assert_eq!(&out[out.len() - 5..], &[b'S', 0, 0, 0, 4]);
+    }
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn only_a_unit_starting_with_its_query_or_parse_is_shown_to_the_syntax_probe() {
+        let query = frame(b'Q', b"SELEC 1\0");
+        assert_eq!(first_statement_text(&query), Some("SELEC 1"));
+        let parse = [frame(b'P', b"s1\0SELEC 1\0\0\0"), frame(b'S', b"")].concat();
+        assert_eq!(first_statement_text(&parse), Some("SELEC 1"));
+        // A Bind plans (and may run immutable functions or a domain CHECK) before the Parse fails.
+        let bind_first = [
+            frame(b'B', b"\0held\0\0\0\0\0\0\0"),
+            frame(b'P', b"\0SELEC 1\0\0\0"),
+            frame(b'S', b""),
+        ]
+        .concat();
+        assert_eq!(first_statement_text(&bind_first), None);
+        let describe_first = [frame(b'D', b"Sx\0"), frame(b'P', b"\0SELEC 1\0\0\0")].concat();
+        assert_eq!(first_statement_text(&describe_first), None);
+        assert_eq!(first_statement_text(&[b'Q', 0, 0]), None);
+        assert_eq!(first_statement_text(&frame(b'Q', b"no end")), None);
     }
 }
