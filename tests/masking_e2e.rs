@@ -608,3 +608,93 @@ async fn a_view_redefined_by_another_session_and_statistics_copied_out_stay_mask
         .await
         .unwrap();
 }
+
+/// Computations over a view column that renames a masked one, a partitioned parent whose partition a
+/// rule names, statistics catalogs' whole rows and extended statistics, and a cursor over a view
+/// replaced after it was declared: all stay masked, on the wire and in the API.
+#[tokio::test]
+async fn values_reached_through_views_parents_statistics_and_held_cursors_stay_masked() {
+    let (db, schema) = direct_and_schema_name("mask_reach").await;
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.people (id int, name text, ssn text);
+         INSERT INTO {schema}.people SELECT g, 'NAME' || g, 'SSNREACH' || g FROM generate_series(1, 50) g;
+         CREATE VIEW {schema}.v_ren AS SELECT id, ssn AS tax_id FROM {schema}.people;
+         CREATE VIEW {schema}.v_swap AS SELECT id, ssn AS x FROM {schema}.people;
+         CREATE TABLE {schema}.allpeople (id int, card text) PARTITION BY LIST (id);
+         CREATE TABLE {schema}.customers PARTITION OF {schema}.allpeople FOR VALUES IN (500);
+         INSERT INTO {schema}.allpeople VALUES (500, 'CARDREACH500');
+         CREATE STATISTICS {schema}.st (mcv) ON id, ssn FROM {schema}.people;
+         ANALYZE {schema}.people;"
+    ))
+    .await
+    .unwrap();
+    let (gw, client) =
+        masked_gateway("columns = [\"ssn\", \"customers.card\"]\nstyle = \"redact\"").await;
+    let texts = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> String {
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                ),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let leaks = [
+        format!("SELECT upper(tax_id) FROM {schema}.v_ren ORDER BY id LIMIT 3"),
+        format!("SELECT string_agg(tax_id, ',') FROM {schema}.v_ren"),
+        format!("SELECT tax_id || '' AS a FROM {schema}.v_ren LIMIT 2"),
+        format!("SELECT card FROM {schema}.allpeople"),
+        format!("SELECT * FROM {schema}.allpeople"),
+        format!("SELECT s FROM pg_statistic s WHERE starelid = '{schema}.people'::regclass"),
+        "SELECT stxdmcv FROM pg_statistic_ext_data".to_string(),
+        "SELECT d FROM pg_statistic_ext_data d".to_string(),
+    ];
+    for sql in &leaks {
+        let wire = texts(client.simple_query(sql).await.unwrap());
+        assert!(
+            !wire.contains("SSNREACH")
+                && !wire.contains("CARDREACH")
+                && !wire.contains("53534e5245414348"),
+            "{sql} → {wire}"
+        );
+        let api = gw.query(AGENT, sql).await;
+        assert_eq!(api.status, 200, "{sql}: {:?}", api.body);
+        let shown = api.body["rows"].to_string();
+        assert!(
+            !shown.contains("SSNREACH") && !shown.contains("CARDREACH"),
+            "{sql} → {shown}"
+        );
+    }
+    // Computations over the view's unmasked columns stay clear.
+    let id = texts(
+        client
+            .simple_query(&format!("SELECT max(id) + 1 FROM {schema}.v_ren"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(id, "51");
+    // A cursor keeps the rows its view computed when declared, even once the view is replaced.
+    client
+        .batch_execute(&format!(
+            "DECLARE c CURSOR WITH HOLD FOR SELECT x FROM {schema}.v_swap ORDER BY id"
+        ))
+        .await
+        .unwrap();
+    db.batch_execute(&format!(
+        "CREATE OR REPLACE VIEW {schema}.v_swap AS SELECT id, name AS x FROM {schema}.people"
+    ))
+    .await
+    .unwrap();
+    let fetched = texts(client.simple_query("FETCH 3 FROM c").await.unwrap());
+    assert!(!fetched.contains("SSNREACH"), "{fetched}");
+    client.batch_execute("CLOSE c").await.unwrap();
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

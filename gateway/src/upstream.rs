@@ -539,13 +539,15 @@ impl crate::masking::TableLookup for CatalogLookup {
             return Ok(Vec::new());
         }
         let list: Vec<String> = oids.iter().map(u32::to_string).collect();
-        // Only a plain table that is nobody's partition or child is trusted by name (see
-        // masking::tables); OIDs are formatted integers, so the text is safe to build.
+        // Only a plain table that is nobody's partition or child, and has none, is trusted by name
+        // (see masking::tables): a parent's rows include its children's, which a rule may name.
+        // OIDs are formatted integers, so the text is safe to build.
         // A view's definition is read with it, so its columns computed from masked ones are found.
         let sql = format!(
             "SELECT c.oid, n.nspname, c.relname, \
-                    c.relkind IN ('r', 'p', 'f') AND NOT c.relispartition \
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid), \
+                    c.relkind IN ('r', 'f') AND NOT c.relispartition \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i \
+                                    WHERE i.inhrelid = c.oid OR i.inhparent = c.oid), \
                     CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END, \
                     CASE WHEN c.relkind IN ('v', 'm') THEN ({READS}) END \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \

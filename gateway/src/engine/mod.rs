@@ -356,10 +356,25 @@ impl Engine {
         // Results are masked here, before any caller can see them: no front door can forget.
         if let Some(m) = self.masker(connection) {
             let mut tables = crate::masking::TableNames::default();
+            // Columns of the views the statement reads that carry a masked column: a computation
+            // over them (`upper(tax_id)`) is redacted like one over the masked column itself.
+            let mut view_columns = Some(Vec::new());
             if let Some(lookup) = self.table_lookups.get(connection) {
                 let oids = tables_to_resolve(m, &out, &tables);
                 if !oids.is_empty() {
                     tables.resolve(&**lookup, &oids, m.rules()).await;
+                }
+                if out.table_oids.iter().any(|t| t.contains(&0))
+                    || out
+                        .results
+                        .iter()
+                        .zip(&out.table_oids)
+                        .any(|(set, t)| t.len() < set.columns.len())
+                {
+                    let relations = crate::masking::derived::statement_relations(sql);
+                    view_columns = tables
+                        .view_columns_of(&**lookup, &relations, m.rules())
+                        .await;
                 }
             }
             let QueryOutcome {
@@ -377,7 +392,9 @@ impl Engine {
                 let oids = table_oids.get(i).map_or(&[][..], Vec::as_slice);
                 let cols = attnums.get(i).map_or(&[][..], Vec::as_slice);
                 let exposure = if oids.contains(&0) || oids.len() < set.columns.len() {
-                    &*derived.get_or_insert_with(|| m.computed_exposure(sql, set.columns.len()))
+                    &*derived.get_or_insert_with(|| {
+                        m.computed_exposure(sql, set.columns.len(), view_columns.as_deref())
+                    })
                 } else {
                     &nothing
                 };

@@ -96,12 +96,28 @@ pub fn plan_row_description_for(
     body: &[u8],
     tables: &TableNames,
     sql: Option<&str>,
+    view_columns: Option<&[String]>,
 ) -> Result<ResultPlan, RowError> {
-    plan(masker, body, tables, |n| match sql {
-        Some(sql) => masker.computed_exposure(sql, n),
+    let mut plan = plan(masker, body, tables, |n| match sql {
+        Some(sql) => masker.computed_exposure(sql, n, view_columns),
         None if masker.rules().has_column_rules() => Exposure::All,
         None => Exposure::Nothing,
-    })
+    })?;
+    // A cursor's rows were computed when it was declared, by the definition its views had then; a
+    // view replaced since (a `WITH HOLD` cursor keeps no lock on it) says nothing of them.
+    if masker.rules().has_column_rules() {
+        let fields = fields(body)?;
+        if fields.iter().any(|f| tables.is_view(f.table_oid))
+            && sql.is_none_or(super::derived::fetches_from_a_cursor)
+        {
+            for (column, field) in plan.columns.iter_mut().zip(fields) {
+                if column.style.is_none() && tables.is_view(field.table_oid) {
+                    column.style = Some(super::style::Style::Redact);
+                }
+            }
+        }
+    }
+    Ok(plan)
 }
 
 fn plan(
@@ -131,6 +147,12 @@ fn plan(
         })
         .collect();
     Ok(ResultPlan { columns })
+}
+
+/// True when a RowDescription body has a computed column (no table), whose exposure depends on the
+/// statement and the views it reads.
+pub fn has_computed_columns(body: &[u8]) -> bool {
+    fields(body).is_ok_and(|f| f.iter().any(|f| f.table_oid == 0))
 }
 
 /// Table OIDs of a RowDescription body worth looking up before planning it: tables `tables` doesn't

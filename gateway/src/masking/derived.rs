@@ -42,8 +42,40 @@ impl Exposure {
 }
 
 /// Which computed columns of `sql`'s `columns`-wide result may carry a masked column's values.
-pub fn exposure(sql: &str, rules: &CompiledRules, columns: usize) -> Exposure {
-    exposure_with(sql, rules, Text::Statement, columns)
+/// `view_columns` are the names of the columns of the views `sql` reads that carry one (see
+/// [`statement_relations`]); `None` when they could not be learned, which exposes every computed
+/// column of a statement that reads any relation.
+pub fn exposure(
+    sql: &str,
+    rules: &CompiledRules,
+    columns: usize,
+    view_columns: Option<&[String]>,
+) -> Exposure {
+    match view_columns {
+        Some(names) => exposure_with(sql, rules, Text::Statement(names), columns),
+        None if rules.has_column_rules() && !statement_relations(sql).is_empty() => Exposure::All,
+        None => exposure_with(sql, rules, Text::Statement(&[]), columns),
+    }
+}
+
+/// The relations `sql` names, as written (`s.t`, `"Mixed"`), CTE names included (which a name means
+/// depends on scopes this reading does not follow; a name that is no relation costs a lookup only).
+/// Empty when it names none or does not parse (its exposure is then decided without them).
+pub fn statement_relations(sql: &str) -> Vec<String> {
+    let Some(statements) = parse_bounded(sql) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = Vec::new();
+    for statement in &statements {
+        let _ = sqlparser::ast::visit_relations(statement, |name| {
+            let written = name.to_string();
+            if !names.contains(&written) {
+                names.push(written);
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    names
 }
 
 /// What kind of SQL is read.
@@ -52,7 +84,9 @@ enum Text<'a> {
     /// A client's statement: `t.name` may be a function call on `t`'s whole row in attribute
     /// notation (`p.row_to_json`, `p.concat`, `p.array_agg`), which no catalog-free reading can tell
     /// from a column.
-    Statement,
+    /// With the (lower-case) names of the columns of the views it reads that carry a masked column:
+    /// `upper(tax_id)` over a view's `ssn AS tax_id` is computed from a masked column.
+    Statement(&'a [String]),
     /// A view definition as `pg_get_viewdef` prints it (function calls in function notation), with
     /// the (lower-case) names of the columns of the views it reads that carry a masked column.
     View(&'a [String]),
@@ -286,7 +320,7 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         .filter(|item| !named(item))
         .chain(inner)
         .chain(&seen.from)
-        .any(|item| item_exposes(item, &seen.relations, rules, Text::Statement))
+        .any(|item| item_exposes(item, &seen.relations, rules, Text::Statement(&[])))
 }
 
 /// Built-in functions and types that attribute notation can apply to a whole row (PostgreSQL 15's
@@ -368,6 +402,42 @@ const STATISTICS: &[&str] = &[
     "pg_statistic_ext_data",
 ];
 
+/// True when `sql` holds a `FETCH` (a SQL cursor's rows, computed when it was declared).
+pub fn fetches_from_a_cursor(sql: &str) -> bool {
+    match parse_bounded(sql) {
+        Some(statements) => statements
+            .iter()
+            .any(|s| matches!(s, Statement::Fetch { .. })),
+        // Not parsed: maybe a FETCH (fail closed).
+        None => true,
+    }
+}
+
+/// True when a call of `name` is one of PostgreSQL's vetted built-in functions: unqualified or in
+/// `pg_catalog`, and on the policy's read-only list.
+fn is_builtin_call(name: &sqlparser::ast::ObjectName) -> bool {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p.as_ident() {
+            Some(i) if i.quote_style.is_some() => i.value.clone(),
+            Some(i) => i.value.to_ascii_lowercase(),
+            None => p.to_string(),
+        })
+        .collect();
+    match parts.as_slice() {
+        [base] | [_, base] if parts.len() == 1 || parts[0] == "pg_catalog" => {
+            crate::policy::functions::is_vetted_read_only(base)
+        }
+        _ => false,
+    }
+}
+
+/// True for a statistics catalog's name ([`STATISTICS`]).
+pub fn is_statistics_catalog(name: &str) -> bool {
+    STATISTICS.contains(&name)
+}
+
 /// Views and functions showing other sessions' statement text, whose literals may be values of masked
 /// columns: whatever a statement computes from them (`lower(query)`, a whole row, a view's renamed
 /// column) may carry one. The plain `query` column is redacted by its table (see
@@ -410,10 +480,7 @@ fn item_exposes(
     rules: &CompiledRules,
     text: Text<'_>,
 ) -> bool {
-    let extra = match text {
-        Text::View(names) => names,
-        Text::Statement => &[],
-    };
+    let (Text::View(extra) | Text::Statement(extra)) = text;
     let masked = |name: &str| {
         rules.column_style(name).is_some() || extra.iter().any(|e| e.eq_ignore_ascii_case(name))
     };
@@ -428,10 +495,14 @@ fn item_exposes(
     }
     let hit = visit_expressions(expr, |e| {
         let exposed = match e {
+            // A function that is not PostgreSQL's own may read a masked column itself (`SELECT
+            // card_of(1)`), whatever its arguments.
+            Expr::Function(f) => !is_builtin_call(&f.name),
             Expr::Identifier(i) => masked(&i.value) || relations.contains(&i.value.to_lowercase()),
             Expr::CompoundIdentifier(parts) => {
                 parts.last().is_some_and(|i| masked(&i.value))
-                    || (matches!(text, Text::Statement) && attribute_call(parts, relations, rules))
+                    || (matches!(text, Text::Statement(_))
+                        && attribute_call(parts, relations, rules))
             }
             _ => false,
         };
@@ -582,7 +653,7 @@ mod tests {
     use crate::masking::MaskingConfig;
 
     fn exposes(sql: &str, rules: &CompiledRules) -> bool {
-        exposure(sql, rules, usize::MAX) != Exposure::Nothing
+        exposure(sql, rules, usize::MAX, Some(&[])) != Exposure::Nothing
     }
 
     fn copy_exposes(sql: &str, rules: &CompiledRules) -> bool {
@@ -616,7 +687,7 @@ mod tests {
         assert_eq!(view, Exposure::All);
         assert!(copy, "an unparsable COPY is refused");
         assert_eq!(
-            exposure("SELECT name || name FROM users", &rules(), 1),
+            exposure("SELECT name || name FROM users", &rules(), 1, Some(&[])),
             Exposure::Nothing
         );
     }
@@ -635,7 +706,7 @@ mod tests {
             "SELECT table_to_xml('people', true, false, '')",
             "SELECT * FROM ts_stat('select to_tsvector(''simple'', ssn) from people')",
         ] {
-            assert_eq!(exposure(sql, &r, 1), Exposure::All, "{sql}");
+            assert_eq!(exposure(sql, &r, 1, Some(&[])), Exposure::All, "{sql}");
         }
         // A view renaming the column: every column of it counts as masked.
         let view =
@@ -643,7 +714,7 @@ mod tests {
         assert!(view_exposure(view, &[], &r).covers(1));
         // Elsewhere, computed columns over unmasked ones stay clear.
         assert_eq!(
-            exposure("SELECT lower(query) FROM app_queries", &r, 1),
+            exposure("SELECT lower(query) FROM app_queries", &r, 1, Some(&[])),
             Exposure::Nothing
         );
     }
@@ -923,9 +994,37 @@ mod tests {
                 Exposure::All,
             ),
             ("FETCH ALL FROM c", 1, Exposure::All),
+            // A function that is not PostgreSQL's own may read a masked column itself.
+            ("SELECT card_of(1), 2", 2, cols(&[true, false])),
+            ("SELECT public.upper('a')", 1, cols(&[true])),
+            (
+                "SELECT pg_catalog.upper('a'), upper('b')",
+                2,
+                Exposure::Nothing,
+            ),
         ] {
-            assert_eq!(exposure(sql, &r, n), expected, "{sql}");
+            assert_eq!(exposure(sql, &r, n, Some(&[])), expected, "{sql}");
         }
+        // Computed over a view's column that carries a masked one (`ssn AS tax_id`).
+        let over_view = "SELECT id, upper(tax_id), string_agg(contact, ',') FROM v_ren GROUP BY id";
+        assert_eq!(
+            statement_relations(over_view),
+            ["v_ren"],
+            "the relations to look up"
+        );
+        let views = ["tax_id".to_string(), "contact".to_string()];
+        assert_eq!(
+            exposure(over_view, &r, 3, Some(&views)),
+            cols(&[false, true, true])
+        );
+        assert_eq!(exposure(over_view, &r, 3, Some(&[])), Exposure::Nothing);
+        // Views not learned: every computed column of a statement reading a relation is redacted.
+        assert_eq!(exposure(over_view, &r, 3, None), Exposure::All);
+        assert_eq!(exposure("SELECT 1 + 1", &r, 1, None), Exposure::Nothing);
+        assert_eq!(
+            statement_relations("WITH c AS (SELECT 1) SELECT * FROM c JOIN s.t ON true, \"Mixed\""),
+            ["c", "s.t", "\"Mixed\""]
+        );
         assert!(
             Exposure::Columns(vec![false]).covers(3),
             "unknown columns are covered"

@@ -137,6 +137,11 @@ fn shows_statement_text(oid: u32, name: &str) -> bool {
 /// The pseudo-type of statistics samples (`pg_statistic.stavaluesN`, `pg_stats.most_common_vals`).
 const ANYARRAY: u32 = 2277;
 
+/// Types that hold statistics samples of other columns: `anyarray` (`pg_statistic.stavalues1`,
+/// `pg_stats.histogram_bounds`), and extended statistics' `pg_ndistinct`, `pg_dependencies` and
+/// `pg_mcv_list` (`pg_statistic_ext_data.stxdmcv` holds most common values of masked columns).
+const STATISTICS_TYPES: [u32; 4] = [ANYARRAY, 3361, 3402, 5017];
+
 /// True for types whose text no detector can match: an `int2`, `int4` or `oid` prints as at most 11
 /// characters, `-` and digits (too few digits for a card's 13, and neither the `+`, the separators
 /// nor the dashes a phone number or SSN of up to 10 digits needs), and a `bool` as `t`/`f`. Their
@@ -269,8 +274,13 @@ impl Masker {
 
     /// Which computed (table-less) columns of `sql`'s `columns`-wide result may carry a column a rule
     /// masks by name.
-    pub fn computed_exposure(&self, sql: &str, columns: usize) -> derived::Exposure {
-        derived::exposure(sql, &self.rules, columns)
+    pub fn computed_exposure(
+        &self,
+        sql: &str,
+        columns: usize,
+        view_columns: Option<&[String]>,
+    ) -> derived::Exposure {
+        derived::exposure(sql, &self.rules, columns, view_columns)
     }
 
     /// The plan for column `attnum` of table `oid` (0: none) shown as `label`, its table and real name
@@ -288,8 +298,15 @@ impl Masker {
         derived: bool,
     ) -> ColumnPlan {
         let real = tables.column_name(oid, attnum);
-        let mut plan = self.column_named(label, real, tables.source(oid), type_oid, binary);
-        let hidden = if oid == 0 {
+        let source = tables.source(oid);
+        let mut plan = self.column_named(label, real, source, type_oid, binary);
+        // Every column of a statistics catalog may hold samples of masked columns (a whole
+        // `pg_statistic` row, `pg_statistic_ext_data.stxdexpr`).
+        let statistics = matches!(source, ColumnSource::Table { schema: "pg_catalog", table }
+            if derived::is_statistics_catalog(table));
+        let hidden = if statistics {
+            self.rules.has_column_rules()
+        } else if oid == 0 {
             derived
         } else if attnum == 0 {
             // A whole row of the table (`SELECT t FROM people t`): one value holding every column.
@@ -330,9 +347,9 @@ impl Masker {
         if style.is_none() && class == TypeClass::Inet && ip_on {
             style = Some(Style::Redact);
         }
-        // `anyarray` values are statistics samples (`pg_statistic.stavalues1`, `pg_stats.histogram_bounds`)
-        // of every column, masked ones included.
-        if style.is_none() && type_oid == ANYARRAY && self.rules.has_column_rules() {
+        // Statistics samples of every column, masked ones included.
+        if style.is_none() && STATISTICS_TYPES.contains(&type_oid) && self.rules.has_column_rules()
+        {
             style = Some(Style::Redact);
         }
         ColumnPlan {

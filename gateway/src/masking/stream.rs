@@ -6,7 +6,9 @@
 //! `Describe portal`; its RowDescription or NoData is consumed here and never reaches the client.
 
 use super::copy::{plan_copy, CopyError, CopyPlan};
-use super::datarow::{mask_data_row, plan_row_description_for, tables_to_resolve, RowScratch};
+use super::datarow::{
+    has_computed_columns, mask_data_row, plan_row_description_for, tables_to_resolve, RowScratch,
+};
 use super::tables::{invalidates_names, TableLookup, TableNames};
 use super::{Masker, ResultPlan};
 use bytes::{BufMut, BytesMut};
@@ -353,8 +355,46 @@ impl WireMasker {
         FrameAction::Refuse(message)
     }
 
+    /// For a RowDescription with computed columns: the names of the columns of the views the statement
+    /// reads that carry a masked column (a computation over them is over a masked value). `Ok(None)`
+    /// when they can't be learned (every computed column is then redacted); `Err` when the statement's
+    /// relations must be looked up first ([`WireMasker::resolve_tables`], then the frame again).
+    fn view_columns_behind(
+        &mut self,
+        body: &[u8],
+        sql: Option<&str>,
+    ) -> Result<Option<Vec<String>>, ()> {
+        let Some(sql) = sql else {
+            return Ok(Some(Vec::new()));
+        };
+        if !self.masker.rules().has_column_rules() || !has_computed_columns(body) {
+            return Ok(Some(Vec::new()));
+        }
+        let relations = super::derived::statement_relations(sql);
+        if relations.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        if std::mem::take(&mut self.names_failed) {
+            return Ok(None);
+        }
+        match self.copy_view_columns(&relations) {
+            Ok(names) => Ok(Some(names)),
+            Err(pending) if !pending.is_empty() => {
+                self.unresolved_names = pending;
+                Err(())
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
     /// A RowDescription or NoData: the plan for the rows to come, unless it answers a statement Describe.
-    fn on_description(&mut self, tag: u8, body: &[u8], sql: Option<&str>) -> FrameAction {
+    fn on_description(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        sql: Option<&str>,
+        view_columns: Option<&[String]>,
+    ) -> FrameAction {
         let source = match self.expect.front() {
             Some(e @ (Expect::Injected | Expect::ClientPortal | Expect::ClientStatement)) => {
                 let e = *e;
@@ -367,7 +407,8 @@ impl WireMasker {
             // A statement Describe has no formats yet; everything else describes the rows to come.
             self.plan = None;
             if tag == b'T' {
-                match plan_row_description_for(&self.masker, body, &self.tables, sql) {
+                match plan_row_description_for(&self.masker, body, &self.tables, sql, view_columns)
+                {
                     Ok(p) => self.plan = Some(p),
                     Err(e) => {
                         self.withhold(e);
@@ -395,9 +436,13 @@ impl WireMasker {
                 if !self.unresolved.is_empty() {
                     return FrameAction::ResolveTables;
                 }
-                self.on_description(tag, body, sql)
+                let views = match self.view_columns_behind(body, sql) {
+                    Ok(views) => views,
+                    Err(()) => return FrameAction::ResolveTables,
+                };
+                self.on_description(tag, body, sql, views.as_deref())
             }
-            b'T' | b'n' => self.on_description(tag, body, sql),
+            b'T' | b'n' => self.on_description(tag, body, sql, Some(&[])),
             b'A' => self.on_notification(body),
             b'S' => self.on_parameter_status(body),
             b'D' => {

@@ -7,7 +7,8 @@
 //!
 //! **Fail closed:** a column whose table is not known for certain — table OID 0 (an expression or a
 //! function result), a view or materialized view (the OID is the view's; its columns come from other
-//! tables), a partition or inheritance child (its parent's rules must still apply), a failed or timed-out
+//! tables), a partition or inheritance child (its parent's rules must still apply) or parent (its rows
+//! include its children's, which a rule may name), a failed or timed-out
 //! lookup — is matched by column name only, as if the rule had no table part: it is over-masked, never
 //! leaked. A view's definition is read as a statement is (see [`super::derived`]): a view column
 //! computed from, or renaming, a masked column is redacted. While a failed lookup leaves a table
@@ -32,7 +33,7 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// What a table OID turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Relation {
-    /// An ordinary, partitioned or foreign table that is nobody's child: rules match its name.
+    /// An ordinary or foreign table that is nobody's child or parent: rules match its name.
     Table {
         /// Schema (namespace) name.
         schema: String,
@@ -48,7 +49,8 @@ pub enum Relation {
         /// a masked column counts as masked in the view's own definition.
         reads: Vec<String>,
     },
-    /// A partition, inheritance child or other relation: match by column name.
+    /// A partition, inheritance child or parent, partitioned table, or other relation: match by
+    /// column name.
     Derived,
 }
 
@@ -157,6 +159,11 @@ impl TableNames {
             .as_ref()
             .and_then(|v| v.peek(&oid))
             .is_none_or(|e| e.covers(column))
+    }
+
+    /// True when relation `oid` is a view or materialized view, as last looked up.
+    pub fn is_view(&self, oid: u32) -> bool {
+        matches!(self.fresh(oid), Some(Relation::View { .. }))
     }
 
     /// The names of the columns of relation `oid` that [`TableNames::view_exposes`] (none when `oid` is
@@ -325,6 +332,36 @@ impl TableNames {
                 self.failed();
             }
         }
+    }
+}
+
+impl TableNames {
+    /// The names of the columns of the views among the relations `names` (as written in a statement)
+    /// that carry a masked column, looked up through `lookup`; `None` when that can't be learned.
+    pub async fn view_columns_of(
+        &mut self,
+        lookup: &dyn TableLookup,
+        names: &[String],
+        rules: &CompiledRules,
+    ) -> Option<Vec<String>> {
+        if names.is_empty() {
+            return Some(Vec::new());
+        }
+        let found = tokio::time::timeout(LOOKUP_TIMEOUT, lookup.oids_of(names))
+            .await
+            .ok()?
+            .map_err(|e| tracing::warn!(error = %e, "relation lookup for masking failed"))
+            .ok()?;
+        let oids: Vec<u32> = found.iter().map(|(_, oid)| *oid).collect();
+        let wanted = self.wanted(oids.iter().copied());
+        if !wanted.is_empty() {
+            self.resolve(lookup, &wanted, rules).await;
+        }
+        let mut exposed = Vec::new();
+        for oid in oids {
+            exposed.extend(self.view_exposed_names(oid)?);
+        }
+        Some(exposed)
     }
 }
 
