@@ -49,28 +49,28 @@ const TRANSITIONS: &[(&str, &str, &str)] = &[
 ];
 
 impl FakeJira {
-    /// `account` rewrites the issue's `field` (summary or description), as a user editing it would.
-    fn edit_issue(&mut self, key: &str, account: &str, field: &str) {
+    /// Adds a changelog entry by `account` changing one `item` of issue `key`.
+    fn record_change(&mut self, key: &str, account: &str, item: Value) {
         self.next_history += 1;
         let id = (10_000 + self.next_history).to_string();
+        let created = format!("2026-01-01T10:{:02}:00.000+0000", self.next_history);
         let issue = self.issues.get_mut(key).expect("issue exists");
         issue.histories.push(json!({
-            "id": id, "author": { "accountId": account },
-            "created": format!("2026-01-01T10:{:02}:00.000+0000", self.next_history),
-            "items": [{ "field": field, "fromString": "DELETE FROM t", "toString": "SELECT 1" }]
+            "id": id, "author": { "accountId": account }, "created": created, "items": [item]
         }));
     }
 
+    /// `account` rewrites the issue's `field` (summary or description), as a user editing it would.
+    fn edit_issue(&mut self, key: &str, account: &str, field: &str) {
+        let item = json!({ "field": field, "fromString": "DELETE FROM t", "toString": "SELECT 1" });
+        self.record_change(key, account, item);
+    }
+
     fn move_issue(&mut self, key: &str, account: &str, to: &str) {
-        self.next_history += 1;
-        let id = (10_000 + self.next_history).to_string();
         let issue = self.issues.get_mut(key).expect("issue exists");
         let from = std::mem::replace(&mut issue.status, to.to_string());
-        issue.histories.push(json!({
-            "id": id, "author": { "accountId": account },
-            "created": format!("2026-01-01T10:{:02}:00.000+0000", self.next_history),
-            "items": [{ "field": "status", "fromString": from, "toString": to }]
-        }));
+        let item = json!({ "field": "status", "fromString": from, "toString": to });
+        self.record_change(key, account, item);
     }
 }
 

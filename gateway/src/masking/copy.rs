@@ -9,7 +9,6 @@ use sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, Expr, SelectItem, SetExpr,
     Statement,
 };
-use std::ops::ControlFlow;
 
 /// Why a COPY result is withheld.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,13 +178,7 @@ fn query_relations(query: &sqlparser::ast::Query) -> Vec<String> {
     // does not follow (`… FROM v WHERE EXISTS (WITH v AS (…) …)` reads the real view `v`), and a
     // name that is no relation costs nothing.
     let mut names: Vec<String> = Vec::new();
-    let _ = sqlparser::ast::visit_relations(query, |name| {
-        let written = name.to_string();
-        if !names.contains(&written) {
-            names.push(written);
-        }
-        ControlFlow::<()>::Continue(())
-    });
+    super::derived::add_relations(query, &mut names);
     names
 }
 

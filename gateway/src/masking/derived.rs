@@ -67,15 +67,20 @@ pub fn statement_relations(sql: &str) -> Vec<String> {
     };
     let mut names: Vec<String> = Vec::new();
     for statement in &statements {
-        let _ = sqlparser::ast::visit_relations(statement, |name| {
-            let written = name.to_string();
-            if !names.contains(&written) {
-                names.push(written);
-            }
-            ControlFlow::<()>::Continue(())
-        });
+        add_relations(statement, &mut names);
     }
     names
+}
+
+/// Adds the relations `node` names (as written, each once) to `names`.
+pub(super) fn add_relations(node: &impl Visit, names: &mut Vec<String>) {
+    let _ = sqlparser::ast::visit_relations(node, |name| {
+        let written = name.to_string();
+        if !names.contains(&written) {
+            names.push(written);
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// What kind of SQL is read.
