@@ -2560,3 +2560,34 @@ async fn a_client_that_leaves_after_filling_its_read_ahead_during_a_hold_is_noti
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_statement_parsed_again_and_bound_in_the_next_pipelined_batch_runs_the_new_text() {
+    let (_gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    let sync = message(b'S', &[]);
+    s.write_all(&[parse_unnamed("SELECT 1"), sync.clone()].concat())
+        .await
+        .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    // Re-parsed, then bound in a batch sent before the first one's answer: the gateway waits for that
+    // answer (which settles the name's text) instead of refusing the Bind.
+    s.write_all(
+        &[
+            parse_unnamed("SELECT 3"),
+            sync.clone(),
+            bind_unnamed(),
+            execute_unnamed(0),
+            sync,
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let first = read_frames_until(&mut s, b'Z').await;
+    assert_eq!(first.iter().map(|(t, _)| *t).collect::<Vec<_>>(), b"1Z");
+    let second = read_frames_until(&mut s, b'Z').await;
+    let tags: Vec<u8> = second.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"2DCZ", "{second:?}");
+    assert_eq!(second[1].1[6..], *b"3", "the new text ran");
+}

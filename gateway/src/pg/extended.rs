@@ -126,6 +126,13 @@ impl Catalog {
         );
     }
 
+    /// True when a Bind of `statement` now would find its text uncertain only because the batch that
+    /// last parsed it has not been answered yet (once it is, the text is known either way).
+    pub fn awaits_settling(&self, statement: &[u8]) -> bool {
+        matches!(self.statements.get(statement),
+            Some(n) if !n.ambiguous && n.unsettled.is_some_and(|b| b != self.batch))
+    }
+
     /// Records a Bind; an unknown statement, or one whose text upstream is uncertain, gets a blocking
     /// verdict (fail closed).
     pub fn bind(&mut self, portal: &[u8], statement: &[u8], body: &[u8]) {

@@ -131,6 +131,9 @@ enum Step {
     /// A unit decided at the client's Flush, or at a simple Query before its Sync, and ended with the
     /// gateway's own Sync (held, or already forwarded when `None`).
     DecidedAtFlush(Option<Held>),
+    /// A Bind names a statement an earlier batch, not yet answered, parsed again: its answer tells
+    /// which text the name holds upstream, so it is awaited before the Bind is read.
+    AwaitAnswers,
     Terminate,
 }
 
@@ -422,6 +425,7 @@ where
                         self.skip_until_sync = true;
                     }
                 }
+                Step::AwaitAnswers => self.drain_in_flight().await?,
                 Step::Terminate => {
                     // As PostgreSQL: what was sent before Terminate is answered before the close.
                     self.drain_in_flight().await?;
@@ -720,6 +724,9 @@ where
                 // too, up to the client's Sync (the gateway's Sync ended that skipping upstream).
                 return Ok(Step::DecidedAtFlush(self.decide_pending()?));
             }
+            if tag == b'B' && self.bind_awaits_answers(total) {
+                return Ok(Step::AwaitAnswers);
+            }
             let frame = self.cbuf.split_to(total);
             match tag {
                 b'Q' => {
@@ -800,6 +807,18 @@ where
                 }
             }
         }
+    }
+
+    /// True when the Bind at the head of the client buffer (`total` bytes) names a statement whose
+    /// latest Parse is in a batch still upstream, whose answer can come without the client.
+    fn bind_awaits_answers(&self, total: usize) -> bool {
+        if self.backend.in_flight.is_empty() || self.backend.in_copy_in() {
+            return false;
+        }
+        let mut pos = 5;
+        let frame = &self.cbuf[..total];
+        read_cstr(frame, &mut pos).is_some()
+            && read_cstr(frame, &mut pos).is_some_and(|s| self.catalog.awaits_settling(s))
     }
 
     /// Forwards what has arrived of a CopyData message being streamed; true once all of it has gone.
