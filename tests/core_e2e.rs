@@ -2312,3 +2312,58 @@ async fn syntax_errors_get_postgresqls_answer_when_forwarding_is_on_and_are_held
     through.close().await;
     strict.close().await;
 }
+
+/// PostgreSQL statements sqlparser does not read, which drivers' and ORMs' suites send, run under an
+/// allow-all rule instead of being held: array slice assignment, `CREATE DOMAIN` without `AS`,
+/// `ALTER TYPE … ADD/DROP ATTRIBUTE`, `COMMENT ON CONSTRAINT`, and a foreign key's `ON DELETE SET NULL
+/// (columns)`.
+#[tokio::test]
+async fn statements_the_sql_parser_misses_run_under_an_allow_all_rule() {
+    let cfg = base_config(
+        "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 0.5\n\n\
+         [[policy.rules]]\nname = \"everything\"\naction = \"allow\"\n",
+    );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let (client, _conn) = agent_wire_session(gw.wire.expect("wire listener")).await;
+    let s = table_name("unread");
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {s}; CREATE TABLE {s}.foo (id int PRIMARY KEY, bar text[], n int CONSTRAINT ch_1 CHECK (n > 0));
+             INSERT INTO {s}.foo VALUES (1, '{{a,b,c}}', 1); CREATE TYPE {s}.typ1 AS (x int)"
+        ))
+        .await
+        .unwrap();
+    for sql in [
+        format!("CREATE DOMAIN {s}.testdomain INTEGER NOT NULL DEFAULT 42"),
+        format!("ALTER TYPE {s}.typ1 ADD ATTRIBUTE c text"),
+        format!("ALTER TYPE {s}.typ1 DROP ATTRIBUTE x"),
+        format!("COMMENT ON CONSTRAINT ch_1 ON {s}.foo IS 'cc comment'"),
+        format!(
+            "CREATE TABLE {s}.fk (id int, pid int, t int, FOREIGN KEY (pid) REFERENCES {s}.foo (id) ON DELETE SET NULL (pid))"
+        ),
+    ] {
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let updated = client
+        .execute(
+            &format!("UPDATE {s}.foo SET bar[$1::INTEGER:$2::INTEGER] = $3::TEXT[] WHERE foo.id = $4::INTEGER"),
+            &[&2i32, &3i32, &vec!["y", "z"], &1i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+    let bar: Vec<String> = client
+        .query_one(&format!("SELECT bar FROM {s}.foo"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bar, ["a", "y", "z"]);
+    direct()
+        .await
+        .batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
+        .await
+        .unwrap();
+}

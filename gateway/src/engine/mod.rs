@@ -176,7 +176,7 @@ impl Engine {
         memo: &mut crate::policy::VerdictMemo,
     ) -> Arc<Verdict> {
         let db_functions = if memo.catalog_pending {
-            row_functions::unknown()
+            row_functions::pending_ddl()
         } else {
             self.db_functions(connection)
         };

@@ -463,6 +463,23 @@ static UNKNOWN: LazyLock<Arc<DatabaseFunctions>> = LazyLock::new(|| {
     })
 });
 
+/// What a session judges its statements with while its own DDL (functions, views, types) is not yet
+/// committed: invisible to the gateway's catalog reads, so every statement is reviewed (fail closed).
+static PENDING_DDL: LazyLock<Arc<DatabaseFunctions>> = LazyLock::new(|| {
+    Arc::new(DatabaseFunctions {
+        global: vec![
+            "this session changed the database's functions, views or types in a transaction that has not committed, which the gateway cannot read yet, so any name here may run code it has not seen; statements are judged normally again once it commits".to_string(),
+        ],
+        ..DatabaseFunctions::default()
+    })
+});
+
+/// The lists a session judges with while its own catalog changes are uncommitted (every statement
+/// reviewed).
+pub fn pending_ddl() -> Arc<DatabaseFunctions> {
+    Arc::clone(&PENDING_DDL)
+}
+
 /// The lists of a connection whose functions are not known (every statement reviewed).
 pub fn unknown() -> Arc<DatabaseFunctions> {
     Arc::clone(&UNKNOWN)

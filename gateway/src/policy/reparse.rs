@@ -39,6 +39,7 @@ pub fn classify_without_inert_clause(tokens: &StatementTokens) -> Option<Stateme
         .or_else(|| domain_without_null_constraints(&tokens.0))
         .or_else(|| materialized_view_without_data_clause(&tokens.0))
         .or_else(|| element_assignment_as_whole(&tokens.0))
+        .or_else(|| without_referential_action_columns(&tokens.0))
         .or_else(|| with_plain_spellings(&tokens.0));
     if let Some(statement) = statement {
         return Some(classify_statement(&statement));
@@ -291,7 +292,8 @@ fn with_plain_spellings(tokens: &[Token]) -> Option<Statement> {
 
 /// `UPDATE t SET a[i] = v, …` (array element or field assignment, which sqlparser does not read) as
 /// `UPDATE t SET a = (i) + v, …`: the same table, column and WHERE, and every expression of the
-/// subscripts still judged. Slices (`a[1:2]`) stay unparsed.
+/// subscripts still judged. A slice's bounds (`a[lo:hi]`, either may be left out) are judged alike:
+/// `(lo) + (hi) + v`.
 fn element_assignment_as_whole(tokens: &[Token]) -> Option<Statement> {
     if !is_keyword(tokens.first()?, "UPDATE") {
         return None;
@@ -318,6 +320,7 @@ fn element_assignment_as_whole(tokens: &[Token]) -> Option<Statement> {
             while tokens.get(j) == Some(&Token::LBracket) {
                 let mut level = 0usize;
                 let start = j;
+                let mut colon = None;
                 loop {
                     match tokens.get(j)? {
                         Token::LBracket => level += 1,
@@ -327,15 +330,25 @@ fn element_assignment_as_whole(tokens: &[Token]) -> Option<Statement> {
                                 break;
                             }
                         }
-                        Token::Colon if level == 1 => return None,
+                        // One `:` per subscript: a slice's bounds.
+                        Token::Colon if level == 1 && colon.replace(j).is_some() => return None,
                         _ => {}
                     }
                     j += 1;
                 }
-                subscripts.push(Token::LParen);
-                subscripts.extend_from_slice(&tokens[start + 1..j]);
-                subscripts.push(Token::RParen);
-                subscripts.push(Token::Plus);
+                let bounds = match colon {
+                    Some(c) => [&tokens[start + 1..c], &tokens[c + 1..j]],
+                    None => [&tokens[start + 1..j], &[][..]],
+                };
+                for bound in bounds {
+                    if bound.iter().all(|t| matches!(t, Token::Whitespace(_))) {
+                        continue;
+                    }
+                    subscripts.push(Token::LParen);
+                    subscripts.extend_from_slice(bound);
+                    subscripts.push(Token::RParen);
+                    subscripts.push(Token::Plus);
+                }
                 j += 1;
             }
             if tokens.get(j) != Some(&Token::Eq) {
@@ -386,15 +399,75 @@ fn materialized_view_without_data_clause(tokens: &[Token]) -> Option<Statement> 
     matches!(statement, Statement::CreateView(ref v) if v.materialized).then_some(statement)
 }
 
+/// A foreign key's `ON DELETE SET NULL (columns)` / `SET DEFAULT (columns)` (PostgreSQL 15) without
+/// the column list, which sqlparser does not read: it only narrows which columns the action sets.
+fn without_referential_action_columns(tokens: &[Token]) -> Option<Statement> {
+    let mut kept: Vec<Token> = Vec::with_capacity(tokens.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        kept.push(t.clone());
+        i += 1;
+        let action_done = kept.len() >= 4
+            && (is_keyword(t, "NULL") || is_keyword(t, "DEFAULT"))
+            && is_keyword(&kept[kept.len() - 2], "SET")
+            && is_keyword(&kept[kept.len() - 3], "DELETE")
+            && is_keyword(&kept[kept.len() - 4], "ON");
+        if action_done && tokens.get(i) == Some(&Token::LParen) {
+            // Names and commas up to the closing bracket.
+            let close = tokens[i..].iter().position(|t| *t == Token::RParen)? + i;
+            if !tokens[i + 1..close]
+                .iter()
+                .all(|t| matches!(t, Token::Word(_) | Token::Comma))
+            {
+                return None;
+            }
+            i = close + 1;
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    parse_one(kept).ok()
+}
+
 /// `CREATE DOMAIN … [CONSTRAINT name] NOT NULL` / `NULL` without those constraints, which sqlparser does
-/// not read: they run no code (a `CHECK`, which may, is kept and judged).
+/// not read: they run no code (a `CHECK`, which may, is kept and judged). The `AS` before the data
+/// type, which PostgreSQL lets out, is put in.
 fn domain_without_null_constraints(tokens: &[Token]) -> Option<Statement> {
     if !is_keyword(tokens.first()?, "CREATE") || !is_keyword(tokens.get(1)?, "DOMAIN") {
         return None;
     }
+    let mut changed = false;
+    let mut name_end = 2;
+    if !matches!(tokens.get(name_end)?, Token::Word(_)) {
+        return None;
+    }
+    while tokens.get(name_end + 1) == Some(&Token::Period)
+        && matches!(tokens.get(name_end + 2), Some(Token::Word(_)))
+    {
+        name_end += 2;
+    }
+    let with_as;
+    let tokens = if tokens
+        .get(name_end + 1)
+        .is_some_and(|t| !is_keyword(t, "AS"))
+    {
+        with_as = [
+            &tokens[..=name_end],
+            &[Token::make_keyword("AS")][..],
+            &tokens[name_end + 1..],
+        ]
+        .concat();
+        changed = true;
+        &with_as[..]
+    } else {
+        tokens
+    };
     let mut kept: Vec<Token> = Vec::with_capacity(tokens.len());
     let mut depth = 0usize;
-    let mut changed = false;
     let mut i = 0;
     while i < tokens.len() {
         let t = &tokens[i];

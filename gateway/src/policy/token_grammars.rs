@@ -93,6 +93,12 @@ pub fn classify_by_grammar(tokens: &StatementTokens) -> Option<StatementFacts> {
                 .to_string(),
         )),
         "ALTER" => alter_by_grammar(rest),
+        "COMMENT" => Some(facts(
+            "COMMENT",
+            vec![constraint_comment(rest)?],
+            Action::Review,
+            "COMMENT changes an object's description".to_string(),
+        )),
         "CREATE" if rest.first().is_some_and(|t| is_keyword(t, "STATISTICS")) => Some(facts(
             "CREATE STATISTICS",
             vec![statistics_table(&rest[1..])?],
@@ -155,6 +161,15 @@ fn alter_by_grammar(tokens: &[Token]) -> Option<StatementFacts> {
             "ALTER INDEX … ATTACH PARTITION changes an index's definition".to_string(),
         ));
     }
+    if object == "TYPE" {
+        if let Some(name) = type_attribute_changes(tokens) {
+            return Some(review(
+                "ALTER TYPE".to_string(),
+                vec![],
+                format!("ALTER TYPE changes the attributes of composite type {name}"),
+            ));
+        }
+    }
     // `ALTER TYPE name OWNER TO role`, `ALTER FUNCTION f(integer) OWNER TO role`, …
     let [head @ .., owner_kw, to_kw, role] = tokens else {
         return None;
@@ -187,6 +202,67 @@ fn alter_by_grammar(tokens: &[Token]) -> Option<StatementFacts> {
         if relation { vec![name] } else { vec![] },
         "OWNER TO hands the object, and every privilege on it, to another role".to_string(),
     ))
+}
+
+/// `TYPE name action [, …]` with each action `ADD ATTRIBUTE name type`, `DROP ATTRIBUTE [IF EXISTS]
+/// name` or `ALTER ATTRIBUTE name [SET DATA] TYPE type` (with `COLLATE`, `CASCADE`, `RESTRICT`): the
+/// type's name. Types are words, names, numbers and brackets only, never expressions.
+fn type_attribute_changes(tokens: &[Token]) -> Option<String> {
+    let (name, after) = qualified_name(tokens, 1)?;
+    let rest = &tokens[after..];
+    let mut depth = 0usize;
+    let mut actions: Vec<Vec<&Token>> = vec![Vec::new()];
+    for t in rest {
+        match t {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth = depth.checked_sub(1)?,
+            Token::Comma if depth == 0 => {
+                actions.push(Vec::new());
+                continue;
+            }
+            // Numbers only as a type modifier or array bound.
+            Token::Number(..) if depth == 0 => return None,
+            Token::Comma | Token::Period | Token::Number(..) | Token::Word(_) => {}
+            _ => return None,
+        }
+        actions.last_mut()?.push(t);
+    }
+    (depth == 0).then_some(())?;
+    for action in &actions {
+        let [verb, attribute, ..] = action.as_slice() else {
+            return None;
+        };
+        let verb = keyword(verb)?;
+        if !matches!(verb.as_str(), "ADD" | "DROP" | "ALTER") || !is_keyword(attribute, "ATTRIBUTE")
+        {
+            return None;
+        }
+        // A name, then (but for DROP) the type.
+        (action.len() >= if verb == "DROP" { 3 } else { 4 }).then_some(())?;
+    }
+    Some(name)
+}
+
+/// `COMMENT ON CONSTRAINT name ON [DOMAIN] table IS 'text' | NULL` (which sqlparser does not read): the
+/// table (or domain).
+fn constraint_comment(tokens: &[Token]) -> Option<String> {
+    let [on, constraint, constraint_name, on2, rest @ ..] = tokens else {
+        return None;
+    };
+    if !is_keyword(on, "ON")
+        || !is_keyword(constraint, "CONSTRAINT")
+        || name_part(constraint_name).is_none()
+        || !is_keyword(on2, "ON")
+    {
+        return None;
+    }
+    let start = usize::from(rest.first().is_some_and(|t| is_keyword(t, "DOMAIN")));
+    let (table, after) = qualified_name(rest, start)?;
+    match &rest[after..] {
+        [is, Token::SingleQuotedString(_)] if is_keyword(is, "IS") => Some(table),
+        [is, null] if is_keyword(is, "IS") && is_keyword(null, "NULL") => Some(table),
+        _ => None,
+    }
 }
 
 /// Objects whose `ALTER … name OWNER TO role` is read here (sqlparser reads it for few of them).
