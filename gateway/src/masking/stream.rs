@@ -71,6 +71,9 @@ pub struct WireMasker {
     unresolved_names: Vec<String>,
     /// The last name lookup failed: the COPY offered again is refused (fail closed).
     names_failed: bool,
+    /// After a failed relation lookup, statements with computed columns are planned without one (all
+    /// their computed columns redacted) until then, rather than each waiting for a lookup that times out.
+    names_retry_at: Option<std::time::Instant>,
     /// Replacement bytes for [`FrameAction::Replace`] / [`FrameAction::Refuse`]; the caller clears it.
     pub out: BytesMut,
 }
@@ -92,6 +95,7 @@ impl WireMasker {
             copy_relations: HashMap::new(),
             unresolved_names: Vec::new(),
             names_failed: false,
+            names_retry_at: None,
             out: BytesMut::new(),
         }
     }
@@ -375,6 +379,13 @@ impl WireMasker {
             return Ok(Some(Vec::new()));
         }
         if std::mem::take(&mut self.names_failed) {
+            self.names_retry_at = Some(std::time::Instant::now() + super::tables::RETRY_AFTER);
+            return Ok(None);
+        }
+        if self
+            .names_retry_at
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
             return Ok(None);
         }
         match self.copy_view_columns(&relations) {
@@ -800,6 +811,32 @@ mod tests {
         // A COPY of a table names no view to look up.
         let sql = Some("COPY people (id, name) TO STDOUT");
         assert_eq!(w.on_backend(b'H', &start, sql), FrameAction::Pass);
+    }
+
+    #[tokio::test]
+    async fn computed_columns_whose_views_cannot_be_looked_up_are_redacted_without_waiting_again() {
+        // TwoTables resolves OIDs but no names: which views a statement reads stays unknown.
+        let mut w = WireMasker::new(Arc::new(masker())).with_lookup(Some(Arc::new(TwoTables)));
+        let sql = Some("SELECT upper(tax_id) FROM directory");
+        let t = described(&[("upper", 0)]);
+        assert_eq!(w.on_backend(b'T', &t, sql), FrameAction::ResolveTables);
+        assert!(w.resolve_tables().await);
+        assert_eq!(w.on_backend(b'T', &t, sql), FrameAction::Pass);
+        let row = data_row(&[Some(b"SSNVALUE")]);
+        assert_eq!(w.on_backend(b'D', &row, sql), FrameAction::Replace);
+        assert_eq!(values_of(&w.out)[0].as_deref(), Some(&b"[redacted]"[..]));
+        w.on_backend(b'C', &frame(b'C', b"SELECT 1\0"), sql);
+        // The next statement is planned at once (no lookup storm while lookups fail), still redacted.
+        assert_eq!(w.on_backend(b'T', &t, sql), FrameAction::Pass);
+        assert_eq!(w.on_backend(b'D', &row, sql), FrameAction::Replace);
+        // A statement naming no relation needs no lookup and stays clear.
+        w.on_backend(b'C', &frame(b'C', b"SELECT 1\0"), sql);
+        let plain = Some("SELECT upper('abc')");
+        assert_eq!(w.on_backend(b'T', &t, plain), FrameAction::Pass);
+        assert_eq!(
+            w.on_backend(b'D', &data_row(&[Some(b"ABC")]), plain),
+            FrameAction::Pass
+        );
     }
 
     #[tokio::test]
