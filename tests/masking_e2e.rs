@@ -694,6 +694,24 @@ async fn values_reached_through_views_parents_statistics_and_held_cursors_stay_m
     let fetched = texts(client.simple_query("FETCH 3 FROM c").await.unwrap());
     assert!(!fetched.contains("SSNREACH"), "{fetched}");
     client.batch_execute("CLOSE c").await.unwrap();
+    // A view name longer than the 63 bytes PostgreSQL keeps, found through this session's search_path.
+    let long = "a".repeat(70);
+    db.batch_execute(&format!(
+        "CREATE VIEW {schema}.{long} AS SELECT id, ssn AS tax_id FROM {schema}.people"
+    ))
+    .await
+    .unwrap();
+    client
+        .batch_execute(&format!("SET search_path = {schema}, public"))
+        .await
+        .unwrap();
+    let through_path = texts(
+        client
+            .simple_query(&format!("SELECT upper(tax_id) FROM {long} LIMIT 2"))
+            .await
+            .unwrap(),
+    );
+    assert!(!through_path.contains("SSNREACH"), "{through_path}");
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .unwrap();

@@ -1575,6 +1575,43 @@ fn unquoted_names_fold_as_postgresql_folds_them() {
     );
 }
 
+#[test]
+fn a_type_change_that_rewrites_typed_tables_needs_a_rule_without_kinds() {
+    let scoped = Policy::new(
+        vec![PolicyRule {
+            kinds: Some(vec!["ALTER TYPE".into()]),
+            ..rule("types", "allow")
+        }],
+        PolicyDefaults::default(),
+    )
+    .unwrap();
+    let chain = agent();
+    let ctx = PolicyContext {
+        connection: "c",
+        requester: &chain,
+        db_functions: None,
+    };
+    assert_eq!(
+        scoped
+            .evaluate(&ctx, "ALTER TYPE comp ADD ATTRIBUTE c text")
+            .action,
+        Allow
+    );
+    for sql in [
+        "ALTER TYPE comp ALTER ATTRIBUTE a TYPE varchar CASCADE",
+        "ALTER TYPE comp ALTER ATTRIBUTE a SET DATA TYPE varchar",
+        "ALTER TYPE comp DROP ATTRIBUTE a CASCADE",
+    ] {
+        let v = scoped.evaluate(&ctx, sql);
+        assert_eq!(v.action, Review, "{sql}: {:?}", v.reasons);
+        assert!(
+            v.reasons.iter().any(|r| r.contains("rewrites")),
+            "{sql}: {:?}",
+            v.reasons
+        );
+    }
+}
+
 /// A database whose only listed functions are row functions named `names`.
 fn row_functions(names: &[&str]) -> super::DatabaseFunctions {
     super::DatabaseFunctions {

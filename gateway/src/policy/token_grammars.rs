@@ -163,11 +163,24 @@ fn alter_by_grammar(tokens: &[Token]) -> Option<StatementFacts> {
     }
     if object == "TYPE" {
         if let Some(name) = type_attribute_changes(tokens) {
-            return Some(review(
+            let mut facts = review(
                 "ALTER TYPE".to_string(),
                 vec![],
                 format!("ALTER TYPE changes the attributes of composite type {name}"),
-            ));
+            );
+            // Changing an attribute's type rewrites the tables of that type (`CASCADE`), re-checking
+            // their constraints and rebuilding their indexes: user code may run.
+            if tokens
+                .iter()
+                .skip(1)
+                .any(|t| is_keyword(t, "CASCADE") || is_keyword(t, "TYPE"))
+            {
+                facts.review_beyond_kind = true;
+                facts.reasons.push(
+                    "with CASCADE or a new attribute type it rewrites the tables of that type, whose constraints and index expressions may run code; only a rule without kinds or tables allows that".to_string(),
+                );
+            }
+            return Some(facts);
         }
     }
     // `ALTER TYPE name OWNER TO role`, `ALTER FUNCTION f(integer) OWNER TO role`, …
