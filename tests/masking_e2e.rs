@@ -716,3 +716,71 @@ async fn values_reached_through_views_parents_statistics_and_held_cursors_stay_m
         .await
         .unwrap();
 }
+
+/// A view the catalog session cannot see — created in the client's open transaction, or a temporary
+/// view named through `pg_temp` — is not taken for "no view": its columns and computations over them
+/// are redacted.
+#[tokio::test]
+async fn views_the_gateway_cannot_see_yet_are_masked_not_trusted() {
+    let (db, schema) = direct_and_schema_name("mask_unseen").await;
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.people (id int, ssn text);
+         INSERT INTO {schema}.people VALUES (1, 'SSNUNSEEN1'), (2, 'SSNUNSEEN2');"
+    ))
+    .await
+    .unwrap();
+    let cfg = base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n")
+        .replace(
+            "[[approver_groups]]",
+            "[[connections.masking.rules]]\ncolumns = [\"ssn\"]\nstyle = \"redact\"\n\n[[approver_groups]]",
+        )
+        + "\n[[policy.rules]]\nname = \"everything\"\naction = \"allow\"\n";
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let (client, _conn) = agent_wire_session(gw.wire.unwrap()).await;
+    let shown = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> String {
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE VIEW {schema}.w AS SELECT id, ssn AS t FROM {schema}.people"
+        ))
+        .await
+        .unwrap();
+    for sql in [
+        format!("SELECT t FROM {schema}.w"),
+        format!("SELECT upper(t) FROM {schema}.w"),
+    ] {
+        let got = shown(client.simple_query(&sql).await.unwrap());
+        assert!(!got.contains("SSNUNSEEN"), "{sql} → {got}");
+    }
+    client.batch_execute("ROLLBACK").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TEMP VIEW tv AS SELECT id, ssn AS t FROM {schema}.people"
+        ))
+        .await
+        .unwrap();
+    for sql in ["SELECT upper(t) FROM pg_temp.tv", "SELECT t || '' FROM tv"] {
+        let got = shown(client.simple_query(sql).await.unwrap());
+        assert!(!got.contains("SSNUNSEEN"), "{sql} → {got}");
+    }
+    // A set-returning function in FROM is no relation to look up: its computed columns stay clear.
+    let series = shown(
+        client
+            .simple_query("SELECT count(*) FROM generate_series(1, 3)")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(series, "3");
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

@@ -598,17 +598,18 @@ impl crate::masking::TableLookup for CatalogLookup {
             .iter()
             .map(|n| format!("'{}'", n.replace('\'', "''")))
             .collect();
-        // A name without a schema is every relation of that name: the client's session may have
-        // another search_path than this one (SET, startup options), so it may mean any of them. (As
-        // `name`, it is cut to the 63 bytes PostgreSQL keeps, as the client's statement's is.)
+        // A name is also every relation of its last part's name, in any schema: the client's session
+        // may have another search_path than this one (SET, startup options), and its `pg_temp` is
+        // another schema than this session's, so it may mean any of them. (As `name`, the part is cut
+        // to the 63 bytes PostgreSQL keeps, as the client's statement's is.)
         let sql = format!(
             "SELECT n, pg_catalog.to_regclass(n)::pg_catalog.oid \
              FROM pg_catalog.unnest(ARRAY[{0}]::pg_catalog.text[]) AS n \
              UNION \
              SELECT n, c.oid FROM pg_catalog.unnest(ARRAY[{0}]::pg_catalog.text[]) AS n \
              JOIN pg_catalog.pg_class c \
-               ON pg_catalog.cardinality(pg_catalog.parse_ident(n)) OPERATOR(pg_catalog.=) 1 \
-              AND c.relname OPERATOR(pg_catalog.=) ((pg_catalog.parse_ident(n))[1])::pg_catalog.name",
+               ON c.relname OPERATOR(pg_catalog.=) ((pg_catalog.parse_ident(n))\
+                  [pg_catalog.cardinality(pg_catalog.parse_ident(n))])::pg_catalog.name",
             list.join(",")
         );
         let rows = self.catalog_rows(&sql).await?;

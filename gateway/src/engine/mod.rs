@@ -372,8 +372,9 @@ impl Engine {
                         .any(|(set, t)| t.len() < set.columns.len())
                 {
                     let relations = crate::masking::derived::statement_relations(sql);
+                    let ctes = crate::masking::derived::cte_names(sql);
                     view_columns = tables
-                        .view_columns_of(&**lookup, &relations, m.rules())
+                        .view_columns_of(&**lookup, &relations, &ctes, m.rules())
                         .await;
                 }
             }

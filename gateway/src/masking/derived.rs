@@ -72,15 +72,59 @@ pub fn statement_relations(sql: &str) -> Vec<String> {
     names
 }
 
-/// Adds the relations `node` names (as written, each once) to `names`.
+/// Adds the relations `node` reads (as written, each once) to `names`: table factors, not set-returning
+/// function calls in FROM (which the select-list reading judges as calls).
 pub(super) fn add_relations(node: &impl Visit, names: &mut Vec<String>) {
-    let _ = sqlparser::ast::visit_relations(node, |name| {
-        let written = name.to_string();
-        if !names.contains(&written) {
-            names.push(written);
+    struct Relations<'a>(&'a mut Vec<String>);
+    impl Visitor for Relations<'_> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name, args: None, ..
+            } = factor
+            {
+                let written = name.to_string();
+                if !self.0.contains(&written) {
+                    self.0.push(written);
+                }
+            }
+            ControlFlow::Continue(())
         }
-        ControlFlow::<()>::Continue(())
-    });
+    }
+    let _ = node.visit(&mut Relations(names));
+}
+
+/// The names of the CTEs `sql` defines (lower-case unless quoted): a relation name that is one of
+/// them and no relation of the database is the CTE, not an unknown relation.
+pub fn cte_names(sql: &str) -> Vec<String> {
+    struct Ctes(Vec<String>);
+    impl Visitor for Ctes {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
+                let name = &cte.alias.name;
+                self.0.push(match name.quote_style {
+                    Some(_) => name.value.clone(),
+                    None => name.value.to_ascii_lowercase(),
+                });
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut ctes = Ctes(Vec::new());
+    for statement in parse_bounded(sql).unwrap_or_default() {
+        let _ = statement.visit(&mut ctes);
+    }
+    ctes.0
+}
+
+/// True when relation name `written` (as in a statement) is one of `ctes`.
+pub fn names_a_cte(written: &str, ctes: &[String]) -> bool {
+    let bare = match written.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        Some(quoted) => quoted.to_string(),
+        None => written.to_ascii_lowercase(),
+    };
+    ctes.contains(&bare)
 }
 
 /// What kind of SQL is read.

@@ -314,6 +314,7 @@ impl Masker {
         } else {
             self.rules.has_column_rules()
                 && (tables.name_lost(oid, attnum)
+                    || tables.unseen(oid)
                     || tables.view_exposes(oid, attnum)
                     || shows_statement_text(oid, real.unwrap_or(label)))
         };

@@ -182,7 +182,11 @@ impl WireMasker {
     /// For the `relations` a COPY query reads, on a connection with column rules: the names still to
     /// look up, or the output names its views compute from masked columns (an error when that can't be
     /// known).
-    fn copy_view_columns(&mut self, relations: &[String]) -> Result<Vec<String>, Vec<String>> {
+    fn copy_view_columns(
+        &mut self,
+        relations: &[String],
+        ctes: &[String],
+    ) -> Result<Vec<String>, Vec<String>> {
         let pending: Vec<String> = relations
             .iter()
             .filter(|n| match self.copy_relations.get(*n) {
@@ -196,6 +200,13 @@ impl WireMasker {
         }
         let mut exposed = Vec::new();
         for name in relations {
+            // A name the catalog session finds no relation for (created in the client's open
+            // transaction, say) may be a view over anything: unknown, unless it is a CTE.
+            if self.copy_relations.get(name).is_some_and(Vec::is_empty)
+                && !super::derived::names_a_cte(name, ctes)
+            {
+                return Err(Vec::new());
+            }
             for oid in self.copy_relations.get(name).into_iter().flatten() {
                 match self.tables.view_exposed_names(*oid) {
                     Some(names) => exposed.extend(names),
@@ -388,7 +399,8 @@ impl WireMasker {
         {
             return Ok(None);
         }
-        match self.copy_view_columns(&relations) {
+        let ctes = super::derived::cte_names(sql);
+        match self.copy_view_columns(&relations, &ctes) {
             Ok(names) => Ok(Some(names)),
             Err(pending) if !pending.is_empty() => {
                 self.unresolved_names = pending;
@@ -485,7 +497,8 @@ impl WireMasker {
                     if std::mem::take(&mut self.names_failed) {
                         return self.withhold(CopyError::Unresolved);
                     }
-                    match self.copy_view_columns(plan.relations()) {
+                    let ctes = super::derived::cte_names(sql.unwrap_or_default());
+                    match self.copy_view_columns(plan.relations(), &ctes) {
                         Ok(names) => plan.redact_columns(names),
                         Err(pending) if !pending.is_empty() => {
                             self.unresolved_names = pending;

@@ -52,6 +52,10 @@ pub enum Relation {
     /// A partition, inheritance child or parent, partitioned table, or other relation: match by
     /// column name.
     Derived,
+    /// Not visible to the gateway's catalog session: created (or renamed) in the client's open
+    /// transaction, or dropped since. Nothing is known of its columns, so every one is redacted
+    /// (fail closed); it is looked up again for the next statement.
+    Unseen,
 }
 
 /// Where a result column comes from, as far as the gateway knows.
@@ -166,10 +170,16 @@ impl TableNames {
         matches!(self.fresh(oid), Some(Relation::View { .. }))
     }
 
+    /// True when relation `oid` was looked up and the catalog session could not see it.
+    pub fn unseen(&self, oid: u32) -> bool {
+        matches!(self.fresh(oid), Some(Relation::Unseen))
+    }
+
     /// The names of the columns of relation `oid` that [`TableNames::view_exposes`] (none when `oid` is
     /// not a view); `None` when it is a view whose column names are not known, or was not looked up.
     pub fn view_exposed_names(&self, oid: u32) -> Option<Vec<String>> {
         match self.fresh(oid)? {
+            Relation::Unseen => return None,
             Relation::View { .. } => {}
             _ => return Some(Vec::new()),
         }
@@ -257,7 +267,8 @@ impl TableNames {
             .as_ref()
             .and_then(|k| k.peek(&oid))
             .is_some_and(|(relation, _, statement)| {
-                matches!(relation, Relation::View { .. }) && *statement != self.statement
+                matches!(relation, Relation::View { .. } | Relation::Unseen)
+                    && *statement != self.statement
             })
     }
 
@@ -278,8 +289,8 @@ impl TableNames {
         wanted
     }
 
-    /// Records a lookup's answer for `asked`; OIDs it doesn't mention are remembered as derived (their
-    /// relation is gone or invisible, so column names decide).
+    /// Records a lookup's answer for `asked`; OIDs it doesn't mention are remembered as unseen (their
+    /// relation is invisible to the catalog session, or gone: its columns are redacted).
     pub fn learn(&mut self, asked: &[u32], answer: Vec<(u32, Relation)>) {
         let now = Instant::now();
         self.retry_at = None;
@@ -287,7 +298,7 @@ impl TableNames {
             LruCache::new(NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN))
         });
         for &oid in asked {
-            known.put(oid, (Relation::Derived, now, self.statement));
+            known.put(oid, (Relation::Unseen, now, self.statement));
         }
         for (oid, relation) in answer {
             known.put(oid, (relation, now, self.statement));
@@ -342,6 +353,7 @@ impl TableNames {
         &mut self,
         lookup: &dyn TableLookup,
         names: &[String],
+        ctes: &[String],
         rules: &CompiledRules,
     ) -> Option<Vec<String>> {
         if names.is_empty() {
@@ -352,6 +364,14 @@ impl TableNames {
             .ok()?
             .map_err(|e| tracing::warn!(error = %e, "relation lookup for masking failed"))
             .ok()?;
+        // A name no relation answers to (created in the client's open transaction, say) may be a
+        // view over anything: unknown, unless it is a CTE.
+        if names
+            .iter()
+            .any(|n| !found.iter().any(|(f, _)| f == n) && !derived::names_a_cte(n, ctes))
+        {
+            return None;
+        }
         let oids: Vec<u32> = found.iter().map(|(_, oid)| *oid).collect();
         let wanted = self.wanted(oids.iter().copied());
         if !wanted.is_empty() {
