@@ -48,6 +48,21 @@ async fn masked_gateway(rule: &str) -> (Gateway, tokio_postgres::Client) {
     (gw, client)
 }
 
+/// Each row of a simple query's answer, its values joined by `|` (NULL as `NULL`).
+fn row_texts(rows: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL"))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 const SQL: &str = "SELECT 'alice@example.com' AS email, '123-45-6789' AS ssn, 'paid with 4111 1111 1111 1111' AS note, '4111 1111 1111 1112' AS not_a_card, NULL::text AS empty, 42 AS n";
 
 #[tokio::test]
@@ -566,14 +581,7 @@ async fn a_view_redefined_by_another_session_and_statistics_copied_out_stay_mask
     .await
     .unwrap();
     let (_gw, client) = masked_gateway("columns = [\"ssn\"]\nstyle = \"redact\"").await;
-    let names = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
-        rows.into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
-                _ => None,
-            })
-            .collect()
-    };
+    let names = |rows: Vec<tokio_postgres::SimpleQueryMessage>| row_texts(&rows);
     let read = format!("SELECT name FROM {schema}.v ORDER BY id LIMIT 2");
     assert_eq!(
         names(client.simple_query(&read).await.unwrap()),
@@ -631,20 +639,7 @@ async fn values_reached_through_views_parents_statistics_and_held_cursors_stay_m
     .unwrap();
     let (gw, client) =
         masked_gateway("columns = [\"ssn\", \"customers.card\"]\nstyle = \"redact\"").await;
-    let texts = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> String {
-        rows.into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                    (0..r.len())
-                        .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                        .collect::<Vec<_>>()
-                        .join("|"),
-                ),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let texts = |rows: Vec<tokio_postgres::SimpleQueryMessage>| row_texts(&rows).join("\n");
     let leaks = [
         format!("SELECT upper(tax_id) FROM {schema}.v_ren ORDER BY id LIMIT 3"),
         format!("SELECT string_agg(tax_id, ',') FROM {schema}.v_ren"),
@@ -738,15 +733,7 @@ async fn views_the_gateway_cannot_see_yet_are_masked_not_trusted() {
         + "\n[[policy.rules]]\nname = \"everything\"\naction = \"allow\"\n";
     let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
     let (client, _conn) = agent_wire_session(gw.wire.unwrap()).await;
-    let shown = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> String {
-        rows.into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let shown = |rows: Vec<tokio_postgres::SimpleQueryMessage>| row_texts(&rows).join(",");
     client.batch_execute("BEGIN").await.unwrap();
     client
         .batch_execute(&format!(
