@@ -48,6 +48,13 @@ async fn masked_gateway(rule: &str) -> (Gateway, tokio_postgres::Client) {
     (gw, client)
 }
 
+/// Drops a test's schema and everything in it.
+async fn drop_schema(db: &tokio_postgres::Client, schema: &str) {
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
 /// Each row of a simple query's answer, its values joined by `|` (NULL as `NULL`).
 fn row_texts(rows: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
     rows.iter()
@@ -208,9 +215,7 @@ async fn table_qualified_rules_mask_only_the_named_table_in_the_api_and_on_the_w
         assert_eq!(row.get::<_, String>(0), "[redacted]");
         assert_eq!(row.get::<_, String>(1), "staff@example.com");
     }
-    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&db, &schema).await;
 }
 
 #[tokio::test]
@@ -313,9 +318,7 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
             "COPY ({query})"
         );
     }
-    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&db, &schema).await;
 }
 
 #[tokio::test]
@@ -422,9 +425,7 @@ async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
         e.as_db_error().unwrap().message().contains("peple"),
         "{e:?}"
     );
-    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&db, &schema).await;
 }
 
 #[tokio::test]
@@ -486,9 +487,7 @@ async fn aggregates_over_qualified_columns_stay_clear_on_a_masked_connection() {
         (wire.get(1), wire.get(2), wire.get(3)),
         (Some("2"), Some("12"), Some("8"))
     );
-    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&db, &schema).await;
 }
 
 #[tokio::test]
@@ -561,9 +560,7 @@ async fn copy_through_a_view_found_by_search_path_or_two_copies_in_one_query_sta
             .is_some_and(|d| d.message().contains("several COPY")),
         "{e:?}"
     );
-    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&db, &schema).await;
 }
 
 /// A view another session redefines between two statements of a wire session is read afresh, not
@@ -612,9 +609,7 @@ async fn a_view_redefined_by_another_session_and_statistics_copied_out_stay_mask
         Ok(rows) => panic!("statistics copied out: {rows:?}"),
         Err(e) => assert!(e.as_db_error().is_some(), "{e:?}"),
     }
-    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&db, &schema).await;
 }
 
 /// Computations over a view column that renames a masked one, a partitioned parent whose partition a
@@ -707,9 +702,7 @@ async fn values_reached_through_views_parents_statistics_and_held_cursors_stay_m
             .unwrap(),
     );
     assert!(!through_path.contains("SSNREACH"), "{through_path}");
-    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&db, &schema).await;
 }
 
 /// A view the catalog session cannot see — created in the client's open transaction, or a temporary
@@ -767,7 +760,5 @@ async fn views_the_gateway_cannot_see_yet_are_masked_not_trusted() {
             .unwrap(),
     );
     assert_eq!(series, "3");
-    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&db, &schema).await;
 }
