@@ -2367,3 +2367,49 @@ async fn statements_the_sql_parser_misses_run_under_an_allow_all_rule() {
         .await
         .unwrap();
 }
+
+/// A view an approved statement created inside an open transaction is invisible to the gateway's
+/// catalog reads until it commits: the session's later statements in that transaction are reviewed.
+#[tokio::test]
+async fn statements_after_an_approved_ddl_in_an_open_transaction_are_reviewed_until_it_commits() {
+    let gw = spawn_gateway(
+        &base_config(
+            "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 5\n",
+        ),
+        Backend::Sqlite,
+    )
+    .await;
+    let t = make_table("approved_ddl").await;
+    let client = std::sync::Arc::new(agent_on_the_wire(&gw).await);
+    client.batch_execute("BEGIN").await.unwrap();
+    let view = format!("{t}_v");
+    let create = format!("CREATE VIEW {view} AS SELECT id FROM {t}");
+    let running = {
+        let client = client.clone();
+        let create = create.clone();
+        tokio::spawn(async move { client.batch_execute(&create).await })
+    };
+    let id = pending_request(&gw.base, &view).await;
+    assert_eq!(gw.vote(BOB, &id, "approve").await.status, 200);
+    assert_eq!(gw.vote(CAROL, &id, "approve").await.status, 200);
+    running
+        .await
+        .unwrap()
+        .expect("the approved CREATE VIEW ran");
+    // A plain read in the same transaction: reviewed, since the session's DDL is not committed.
+    let err = client
+        .simple_query(&format!("SELECT id FROM {view}"))
+        .await
+        .expect_err("held while the DDL is uncommitted");
+    assert!(
+        err.as_db_error()
+            .is_some_and(|d| d.message().contains("stays pending")),
+        "{err:?}"
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // Rolled back: reads are judged as usual again.
+    client
+        .simple_query(&format!("SELECT id FROM {t}"))
+        .await
+        .expect("allowed once the transaction ended");
+}
