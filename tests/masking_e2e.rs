@@ -661,6 +661,17 @@ async fn values_reached_through_views_parents_statistics_and_held_cursors_stay_m
             "{sql} → {shown}"
         );
     }
+    // Several statements in one API request: each result set is judged by its own statement.
+    let api = gw
+        .query(
+            AGENT,
+            &format!("SELECT 1 + 1; SELECT upper(tax_id) FROM {schema}.v_ren ORDER BY id LIMIT 1"),
+        )
+        .await;
+    assert_eq!(api.status, 200, "{:?}", api.body);
+    let shown = api.body.to_string();
+    assert!(!shown.contains("SSNREACH"), "{shown}");
+    assert!(shown.contains("\"2\""), "the first statement's result stays clear: {shown}");
     // Computations over the view's unmasked columns stay clear.
     let id = texts(
         client

@@ -384,20 +384,30 @@ impl Engine {
                 attnums,
                 ..
             } = &mut out;
-            // The statement is read at most once: with several result sets there are several
-            // statements, and the exposure no longer depends on a set's width.
+            // Several statements give several result sets, one each: each set is judged by its own
+            // statement when the string splits into as many as PostgreSQL answered, else all by the
+            // whole string (read once; its exposure no longer depends on a set's width).
+            let own_statements = (results.len() > 1)
+                .then(|| crate::masking::derived::statement_texts(sql))
+                .flatten()
+                .filter(|texts| texts.len() == results.len());
             let nothing = crate::masking::derived::Exposure::Nothing;
             let mut derived = None;
             let mut masked = 0;
             for (i, set) in results.iter_mut().enumerate() {
                 let oids = table_oids.get(i).map_or(&[][..], Vec::as_slice);
                 let cols = attnums.get(i).map_or(&[][..], Vec::as_slice);
-                let exposure = if oids.contains(&0) || oids.len() < set.columns.len() {
+                let own;
+                let exposure = if !oids.contains(&0) && oids.len() >= set.columns.len() {
+                    &nothing
+                } else if let Some(texts) = &own_statements {
+                    own =
+                        m.computed_exposure(&texts[i], set.columns.len(), view_columns.as_deref());
+                    &own
+                } else {
                     &*derived.get_or_insert_with(|| {
                         m.computed_exposure(sql, set.columns.len(), view_columns.as_deref())
                     })
-                } else {
-                    &nothing
                 };
                 masked += m.mask_result_set_of(set, (oids, cols), &tables, exposure);
             }

@@ -72,6 +72,16 @@ pub fn statement_relations(sql: &str) -> Vec<String> {
     names
 }
 
+/// The statements of `sql`, each as text of its own (`None` when it does not parse).
+pub fn statement_texts(sql: &str) -> Option<Vec<String>> {
+    Some(
+        parse_bounded(sql)?
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    )
+}
+
 /// Adds the relations `node` reads (as written, each once) to `names`: table factors, not set-returning
 /// function calls in FROM (which the select-list reading judges as calls).
 pub(super) fn add_relations(node: &impl Visit, names: &mut Vec<String>) {
