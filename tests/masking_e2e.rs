@@ -671,7 +671,10 @@ async fn values_reached_through_views_parents_statistics_and_held_cursors_stay_m
     assert_eq!(api.status, 200, "{:?}", api.body);
     let shown = api.body.to_string();
     assert!(!shown.contains("SSNREACH"), "{shown}");
-    assert!(shown.contains("\"2\""), "the first statement's result stays clear: {shown}");
+    assert!(
+        shown.contains("\"2\""),
+        "the first statement's result stays clear: {shown}"
+    );
     // Computations over the view's unmasked columns stay clear.
     let id = texts(
         client
