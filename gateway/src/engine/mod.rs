@@ -356,6 +356,8 @@ impl Engine {
         // Results are masked here, before any caller can see them: no front door can forget.
         if let Some(m) = self.masker(connection) {
             let mut tables = crate::masking::TableNames::default();
+            // A result set has computed columns when a column has no table (or no table OID came).
+            let computed = |oids: &[u32], width: usize| oids.contains(&0) || oids.len() < width;
             // Columns of the views the statement reads that carry a masked column: a computation
             // over them (`upper(tax_id)`) is redacted like one over the masked column itself.
             let mut view_columns = Some(Vec::new());
@@ -364,17 +366,15 @@ impl Engine {
                 if !oids.is_empty() {
                     tables.resolve(&**lookup, &oids, m.rules()).await;
                 }
-                if out.table_oids.iter().any(|t| t.contains(&0))
-                    || out
-                        .results
-                        .iter()
-                        .zip(&out.table_oids)
-                        .any(|(set, t)| t.len() < set.columns.len())
-                {
+                if out.results.iter().enumerate().any(|(i, set)| {
+                    computed(
+                        out.table_oids.get(i).map_or(&[][..], Vec::as_slice),
+                        set.columns.len(),
+                    )
+                }) {
                     let relations = crate::masking::derived::statement_relations(sql);
-                    let ctes = crate::masking::derived::cte_names(sql);
                     view_columns = tables
-                        .view_columns_of(&**lookup, &relations, &ctes, m.rules())
+                        .view_columns_of(&**lookup, &relations, m.rules())
                         .await;
                 }
             }
@@ -398,7 +398,7 @@ impl Engine {
                 let oids = table_oids.get(i).map_or(&[][..], Vec::as_slice);
                 let cols = attnums.get(i).map_or(&[][..], Vec::as_slice);
                 let own;
-                let exposure = if !oids.contains(&0) && oids.len() >= set.columns.len() {
+                let exposure = if !computed(oids, set.columns.len()) {
                     &nothing
                 } else if let Some(texts) = &own_statements {
                     own =

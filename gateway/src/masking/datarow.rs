@@ -85,7 +85,7 @@ pub fn plan_row_description_with(
     body: &[u8],
     tables: &TableNames,
 ) -> Result<ResultPlan, RowError> {
-    plan(masker, body, tables, |_| Exposure::Nothing)
+    plan(masker, body, tables, |_| Exposure::Nothing, || false)
 }
 
 /// The plan for a RowDescription body answering statement `sql`: as [`plan_row_description_with`], and
@@ -98,52 +98,54 @@ pub fn plan_row_description_for(
     sql: Option<&str>,
     view_columns: Option<&[String]>,
 ) -> Result<ResultPlan, RowError> {
-    let mut plan = plan(masker, body, tables, |n| match sql {
-        Some(sql) => masker.computed_exposure(sql, n, view_columns),
-        None if masker.rules().has_column_rules() => Exposure::All,
-        None => Exposure::Nothing,
-    })?;
-    // A cursor's rows were computed when it was declared, by the definition its views had then; a
-    // view replaced since (a `WITH HOLD` cursor keeps no lock on it) says nothing of them.
-    if masker.rules().has_column_rules() {
-        let fields = fields(body)?;
-        if fields.iter().any(|f| tables.is_view(f.table_oid))
-            && sql.is_none_or(super::derived::fetches_from_a_cursor)
-        {
-            for (column, field) in plan.columns.iter_mut().zip(fields) {
-                if column.style.is_none() && tables.is_view(field.table_oid) {
-                    column.style = Some(super::style::Style::Redact);
-                }
-            }
-        }
-    }
-    Ok(plan)
+    plan(
+        masker,
+        body,
+        tables,
+        |n| match sql {
+            Some(sql) => masker.computed_exposure(sql, n, view_columns),
+            None if masker.rules().has_column_rules() => Exposure::All,
+            None => Exposure::Nothing,
+        },
+        || sql.is_none_or(super::derived::fetches_from_a_cursor),
+    )
 }
 
+/// `exposure` tells which computed columns to redact; `from_cursor` whether the rows come from a
+/// cursor. Each is asked only when a column needs the answer (both parse the statement).
 fn plan(
     masker: &Masker,
     body: &[u8],
     tables: &TableNames,
     exposure: impl FnOnce(usize) -> Exposure,
+    from_cursor: impl FnOnce() -> bool,
 ) -> Result<ResultPlan, RowError> {
     let fields = fields(body)?;
-    // Parsing the statement is paid only by results with computed columns.
     let derived = if fields.iter().any(|f| f.table_oid == 0) {
         exposure(fields.len())
     } else {
         Exposure::Nothing
     };
+    // A cursor's rows were computed when it was declared, by the definition its views had then; a
+    // view replaced since (a `WITH HOLD` cursor keeps no lock on it) says nothing of them.
+    let views_as_declared_unknown = masker.rules().has_column_rules()
+        && fields.iter().any(|f| tables.is_view(f.table_oid))
+        && from_cursor();
     let columns = fields
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            masker.column_in(
+            let mut column = masker.column_in(
                 f.name,
                 (f.table_oid, f.attnum),
                 tables,
                 (f.type_oid, f.binary),
                 derived.covers(i),
-            )
+            );
+            if views_as_declared_unknown && column.style.is_none() && tables.is_view(f.table_oid) {
+                column.style = Some(super::style::Style::Redact);
+            }
+            column
         })
         .collect();
     Ok(ResultPlan { columns })

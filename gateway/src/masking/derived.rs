@@ -53,23 +53,33 @@ pub fn exposure(
 ) -> Exposure {
     match view_columns {
         Some(names) => exposure_with(sql, rules, Text::Statement(names), columns),
-        None if rules.has_column_rules() && !statement_relations(sql).is_empty() => Exposure::All,
+        None if rules.has_column_rules() && !statement_relations(sql).names.is_empty() => {
+            Exposure::All
+        }
         None => exposure_with(sql, rules, Text::Statement(&[]), columns),
     }
 }
 
-/// The relations `sql` names, as written (`s.t`, `"Mixed"`), CTE names included (which a name means
-/// depends on scopes this reading does not follow; a name that is no relation costs a lookup only).
-/// Empty when it names none or does not parse (its exposure is then decided without them).
-pub fn statement_relations(sql: &str) -> Vec<String> {
-    let Some(statements) = parse_bounded(sql) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = Vec::new();
-    for statement in &statements {
-        add_relations(statement, &mut names);
+/// The relations a statement reads, and the CTEs it defines.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Relations {
+    /// As written (`s.t`, `"Mixed"`), references to CTEs included: which a name means depends on
+    /// scopes this reading does not follow.
+    pub names: Vec<String>,
+    /// The CTEs' names (lower-case unless quoted): a name among `names` that is one of them and no
+    /// relation of the database is the CTE, not an unknown relation.
+    pub ctes: Vec<String>,
+}
+
+/// The relations `sql` reads and the CTEs it defines, from one parse; none when it does not parse
+/// (its exposure is then decided without them).
+pub fn statement_relations(sql: &str) -> Relations {
+    let mut relations = Relations::default();
+    for statement in parse_bounded(sql).unwrap_or_default() {
+        add_relations(&statement, &mut relations.names);
+        add_ctes(&statement, &mut relations.ctes);
     }
-    names
+    relations
 }
 
 /// The statements of `sql`, each as text of its own (`None` when it does not parse).
@@ -104,11 +114,10 @@ pub(super) fn add_relations(node: &impl Visit, names: &mut Vec<String>) {
     let _ = node.visit(&mut Relations(names));
 }
 
-/// The names of the CTEs `sql` defines (lower-case unless quoted): a relation name that is one of
-/// them and no relation of the database is the CTE, not an unknown relation.
-pub fn cte_names(sql: &str) -> Vec<String> {
-    struct Ctes(Vec<String>);
-    impl Visitor for Ctes {
+/// Adds the names of the CTEs `statement` defines (lower-case unless quoted) to `ctes`.
+fn add_ctes(statement: &Statement, ctes: &mut Vec<String>) {
+    struct Ctes<'a>(&'a mut Vec<String>);
+    impl Visitor for Ctes<'_> {
         type Break = ();
         fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
             for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
@@ -121,11 +130,7 @@ pub fn cte_names(sql: &str) -> Vec<String> {
             ControlFlow::Continue(())
         }
     }
-    let mut ctes = Ctes(Vec::new());
-    for statement in parse_bounded(sql).unwrap_or_default() {
-        let _ = statement.visit(&mut ctes);
-    }
-    ctes.0
+    let _ = statement.visit(&mut Ctes(ctes));
 }
 
 /// True when relation name `written` (as in a statement) is one of `ctes`.
@@ -1067,7 +1072,7 @@ mod tests {
         // Computed over a view's column that carries a masked one (`ssn AS tax_id`).
         let over_view = "SELECT id, upper(tax_id), string_agg(contact, ',') FROM v_ren GROUP BY id";
         assert_eq!(
-            statement_relations(over_view),
+            statement_relations(over_view).names,
             ["v_ren"],
             "the relations to look up"
         );
@@ -1082,7 +1087,10 @@ mod tests {
         assert_eq!(exposure("SELECT 1 + 1", &r, 1, None), Exposure::Nothing);
         assert_eq!(
             statement_relations("WITH c AS (SELECT 1) SELECT * FROM c JOIN s.t ON true, \"Mixed\""),
-            ["c", "s.t", "\"Mixed\""]
+            Relations {
+                names: vec!["c".into(), "s.t".into(), "\"Mixed\"".into()],
+                ctes: vec!["c".into()],
+            }
         );
         assert!(
             Exposure::Columns(vec![false]).covers(3),

@@ -128,12 +128,19 @@ impl WireMasker {
         true
     }
 
+    /// A relation-name lookup failed: the COPY offered next is refused, and statements with computed
+    /// columns are planned without a lookup for [`super::tables::RETRY_AFTER`].
+    fn names_lookup_failed(&mut self) {
+        self.names_failed = true;
+        self.names_retry_at = Some(std::time::Instant::now() + super::tables::RETRY_AFTER);
+    }
+
     /// Looks up the relations a COPY query names (their OIDs, then what each is), bounded like
     /// [`TableNames::resolve`]; a failure makes the COPY offered next refused.
     async fn resolve_copy_relations(&mut self) {
         let names = std::mem::take(&mut self.unresolved_names);
         let Some(lookup) = self.lookup.clone() else {
-            self.names_failed = true;
+            self.names_lookup_failed();
             return;
         };
         let asked: Vec<String> = names
@@ -156,12 +163,12 @@ impl WireMasker {
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "relation lookup for a masked COPY failed");
-                    self.names_failed = true;
+                    self.names_lookup_failed();
                     return;
                 }
                 Err(_) => {
                     tracing::warn!("relation lookup for a masked COPY timed out");
-                    self.names_failed = true;
+                    self.names_lookup_failed();
                     return;
                 }
             }
@@ -198,24 +205,13 @@ impl WireMasker {
         if !pending.is_empty() {
             return Err(pending);
         }
-        let mut exposed = Vec::new();
-        for name in relations {
-            // A name the catalog session finds no relation for (created in the client's open
-            // transaction, say) may be a view over anything: unknown, unless it is a CTE.
-            if self.copy_relations.get(name).is_some_and(Vec::is_empty)
-                && !super::derived::names_a_cte(name, ctes)
-            {
-                return Err(Vec::new());
-            }
-            for oid in self.copy_relations.get(name).into_iter().flatten() {
-                match self.tables.view_exposed_names(*oid) {
-                    Some(names) => exposed.extend(names),
-                    // Not known (a failed lookup): treated as a lookup failure by the caller.
-                    None => return Err(Vec::new()),
-                }
-            }
-        }
-        Ok(exposed)
+        // Not known (an unseen name, a failed lookup): treated as a lookup failure by the caller.
+        let relations_oids = &self.copy_relations;
+        self.tables
+            .view_columns_among(relations, ctes, |n| {
+                relations_oids.get(n).cloned().unwrap_or_default()
+            })
+            .ok_or_else(Vec::new)
     }
 
     /// Fields masked since the last call (per statement, for the session record).
@@ -256,10 +252,6 @@ impl WireMasker {
         out.put_slice(&bytes[at..]);
     }
 
-    /// A NotificationResponse (`LISTEN`): its payload is text another session chose, and may come from
-    /// a masked column (a trigger's `pg_notify('changes', row_to_json(NEW)::text)`). It is masked like
-    /// a computed column whose statement is unknown: detectors run over it, and on a connection with
-    /// column rules it is redacted. The channel name is kept.
     /// A ParameterStatus during the session: `application_name` is free text a statement can set from
     /// table data (`set_config('application_name', ssn, false)`), so it is masked as a notification's
     /// payload is. The other reported settings are validated values clients rely on.
@@ -277,14 +269,20 @@ impl WireMasker {
         let Some(replaced) = self.masked_free_text(value) else {
             return FrameAction::Pass;
         };
+        self.replace_with(b'S', &[name, b"\0"], &replaced)
+    }
+
+    /// Sends, instead of the upstream's frame, frame `tag` of `head` then `text` as a C string.
+    fn replace_with(&mut self, tag: u8, head: &[&[u8]], text: &str) -> FrameAction {
         self.out.clear();
-        self.out.put_u8(b'S');
-        self.out
-            .put_i32((4 + name.len() + 1 + replaced.len() + 1) as i32);
-        self.out.put_slice(name);
+        self.out.put_u8(tag);
+        self.out.put_i32(0);
+        for part in head {
+            self.out.put_slice(part);
+        }
+        self.out.put_slice(text.as_bytes());
         self.out.put_u8(0);
-        self.out.put_slice(replaced.as_bytes());
-        self.out.put_u8(0);
+        crate::pg::codec::patch_len(&mut self.out, 0);
         FrameAction::Replace
     }
 
@@ -312,6 +310,10 @@ impl WireMasker {
         Some(replaced)
     }
 
+    /// A NotificationResponse (`LISTEN`): its payload is text another session chose, and may come from
+    /// a masked column (a trigger's `pg_notify('changes', row_to_json(NEW)::text)`). It is masked like
+    /// a computed column whose statement is unknown: detectors run over it, and on a connection with
+    /// column rules it is redacted. The channel name is kept.
     fn on_notification(&mut self, body: &[u8]) -> FrameAction {
         let mut pos = 4;
         let (Some(pid), Some(channel), Some(payload)) = (
@@ -325,16 +327,7 @@ impl WireMasker {
         let Some(replaced) = self.masked_free_text(payload) else {
             return FrameAction::Pass;
         };
-        self.out.clear();
-        self.out.put_u8(b'A');
-        self.out
-            .put_i32((4 + 4 + channel.len() + 1 + replaced.len() + 1) as i32);
-        self.out.put_slice(pid);
-        self.out.put_slice(channel);
-        self.out.put_u8(0);
-        self.out.put_slice(replaced.as_bytes());
-        self.out.put_u8(0);
-        FrameAction::Replace
+        self.replace_with(b'A', &[pid, channel, b"\0"], &replaced)
     }
 
     /// True when the current result's rows pass unchanged (no column masked, nothing withheld), so a
@@ -386,21 +379,16 @@ impl WireMasker {
             return Ok(Some(Vec::new()));
         }
         let relations = super::derived::statement_relations(sql);
-        if relations.is_empty() {
+        if relations.names.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        if std::mem::take(&mut self.names_failed) {
-            self.names_retry_at = Some(std::time::Instant::now() + super::tables::RETRY_AFTER);
-            return Ok(None);
-        }
-        if self
+        let retrying = self
             .names_retry_at
-            .is_some_and(|t| std::time::Instant::now() < t)
-        {
+            .is_some_and(|t| std::time::Instant::now() < t);
+        if std::mem::take(&mut self.names_failed) || retrying {
             return Ok(None);
         }
-        let ctes = super::derived::cte_names(sql);
-        match self.copy_view_columns(&relations, &ctes) {
+        match self.copy_view_columns(&relations.names, &relations.ctes) {
             Ok(names) => Ok(Some(names)),
             Err(pending) if !pending.is_empty() => {
                 self.unresolved_names = pending;
@@ -497,7 +485,7 @@ impl WireMasker {
                     if std::mem::take(&mut self.names_failed) {
                         return self.withhold(CopyError::Unresolved);
                     }
-                    let ctes = super::derived::cte_names(sql.unwrap_or_default());
+                    let ctes = super::derived::statement_relations(sql.unwrap_or_default()).ctes;
                     match self.copy_view_columns(plan.relations(), &ctes) {
                         Ok(names) => plan.redact_columns(names),
                         Err(pending) if !pending.is_empty() => {

@@ -347,15 +347,15 @@ impl TableNames {
 }
 
 impl TableNames {
-    /// The names of the columns of the views among the relations `names` (as written in a statement)
-    /// that carry a masked column, looked up through `lookup`; `None` when that can't be learned.
+    /// The names of the columns of the views among a statement's `relations` that carry a masked
+    /// column, looked up through `lookup`; `None` when that can't be learned.
     pub async fn view_columns_of(
         &mut self,
         lookup: &dyn TableLookup,
-        names: &[String],
-        ctes: &[String],
+        relations: &derived::Relations,
         rules: &CompiledRules,
     ) -> Option<Vec<String>> {
+        let derived::Relations { names, ctes } = relations;
         if names.is_empty() {
             return Some(Vec::new());
         }
@@ -364,22 +364,39 @@ impl TableNames {
             .ok()?
             .map_err(|e| tracing::warn!(error = %e, "relation lookup for masking failed"))
             .ok()?;
-        // A name no relation answers to (created in the client's open transaction, say) may be a
-        // view over anything: unknown, unless it is a CTE.
-        if names
-            .iter()
-            .any(|n| !found.iter().any(|(f, _)| f == n) && !derived::names_a_cte(n, ctes))
-        {
-            return None;
-        }
-        let oids: Vec<u32> = found.iter().map(|(_, oid)| *oid).collect();
-        let wanted = self.wanted(oids.iter().copied());
+        let wanted = self.wanted(found.iter().map(|(_, oid)| *oid));
         if !wanted.is_empty() {
             self.resolve(lookup, &wanted, rules).await;
         }
+        self.view_columns_among(names, ctes, |n| {
+            found
+                .iter()
+                .filter(|(f, _)| f == n)
+                .map(|(_, oid)| *oid)
+                .collect()
+        })
+    }
+
+    /// The names of the columns carrying a masked column of the views among the relations `names`,
+    /// each resolved to its OIDs by `oids_of` (none: no relation answers to the name); `None` when
+    /// that can't be known: a name no relation answers to (created in the client's open transaction,
+    /// say, and so maybe a view over anything) that is not one of the `ctes`, or a view whose columns
+    /// are not known.
+    pub fn view_columns_among(
+        &self,
+        names: &[String],
+        ctes: &[String],
+        oids_of: impl Fn(&str) -> Vec<u32>,
+    ) -> Option<Vec<String>> {
         let mut exposed = Vec::new();
-        for oid in oids {
-            exposed.extend(self.view_exposed_names(oid)?);
+        for name in names {
+            let oids = oids_of(name);
+            if oids.is_empty() && !derived::names_a_cte(name, ctes) {
+                return None;
+            }
+            for oid in oids {
+                exposed.extend(self.view_exposed_names(oid)?);
+            }
         }
         Some(exposed)
     }
