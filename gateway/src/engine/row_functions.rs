@@ -536,8 +536,6 @@ impl RowFunctions {
         fresh.unwrap_or_else(|| UNKNOWN.clone())
     }
 
-    /// Reads the functions of every connection once; a connection whose database can't be read keeps
-    /// what it had.
     /// True when `connection`'s lists were read successfully at or after `asked`.
     pub fn read_since(&self, connection: &str, asked: std::time::Instant) -> bool {
         self.by_connection
@@ -547,6 +545,8 @@ impl RowFunctions {
             .is_some_and(|(_, at)| *at >= asked)
     }
 
+    /// Reads the functions of every connection once; a connection whose database can't be read keeps
+    /// what it had.
     pub async fn refresh(&self, pool: &UpstreamPool, upstreams: &HashMap<String, UpstreamTarget>) {
         let _reading = self.reading.lock().await;
         self.read(pool, upstreams).await;

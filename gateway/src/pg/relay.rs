@@ -693,9 +693,7 @@ where
                     | b'X'
                     | b'F'
             ) {
-                return Err(WireError::Protocol(format!(
-                    "unexpected message type 0x{tag:02x}; use protocol 3.0 messages"
-                )));
+                return Err(unexpected_type(tag));
             }
             if total == usize::MAX || total > self.ctx.max_message_size {
                 return Err(WireError::Protocol(format!(
@@ -800,11 +798,8 @@ where
                     };
                     self.refuse(refusal);
                 }
-                other => {
-                    return Err(WireError::Protocol(format!(
-                        "unexpected message type 0x{other:02x}; use protocol 3.0 messages"
-                    )))
-                }
+                // Refused above, before its body was awaited.
+                other => return Err(unexpected_type(other)),
             }
         }
     }
@@ -1622,9 +1617,8 @@ fn reserve(buf: &mut BytesMut, need: usize) {
 /// unit runs before it. (A Bind before it would: PostgreSQL plans at Bind, and planning evaluates
 /// immutable functions; a parameter's domain CHECK runs there too.)
 fn first_statement_text(frames: &[u8]) -> Option<&str> {
-    let (&tag, rest) = frames.split_first()?;
-    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let body = frames.get(5..1 + len)?;
+    let (tag, total) = frame_header(frames)?;
+    let body = frames.get(5..total)?;
     let mut pos = 0;
     match tag {
         b'Q' => {}
@@ -1634,6 +1628,12 @@ fn first_statement_text(frames: &[u8]) -> Option<&str> {
         _ => return None,
     }
     std::str::from_utf8(read_cstr(body, &mut pos)?).ok()
+}
+
+fn unexpected_type(tag: u8) -> WireError {
+    WireError::Protocol(format!(
+        "unexpected message type 0x{tag:02x}; use protocol 3.0 messages"
+    ))
 }
 
 fn malformed(what: &str) -> WireError {

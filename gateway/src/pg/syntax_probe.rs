@@ -93,34 +93,46 @@ async fn ask(
     let mut out = BytesMut::new();
     frontend::parse("", sql, std::iter::empty(), &mut out).map_err(ProbeError::Unsendable)?;
     frontend::sync(&mut out);
-    up.stream.write_all(&out).await?;
-    up.stream.flush().await?;
     let mut rejected = false;
+    // Besides the error: ParseComplete (an empty or transaction-ending statement parsed), notices,
+    // settings.
+    exchange(up, &out, |tag, body| {
+        if tag == b'E' {
+            let mut code: &[u8] = b"";
+            let mut positioned = false;
+            for (field, value) in error_fields(body) {
+                match field {
+                    b'C' => code = value,
+                    b'P' => positioned = true,
+                    _ => {}
+                }
+            }
+            rejected = code == b"42601" && positioned;
+        }
+    })
+    .await?;
+    Ok(rejected)
+}
+
+/// Sends `out` and reads the answer up to ReadyForQuery, showing each other frame to `frame`; the
+/// session must still be in its failed transaction afterwards.
+async fn exchange(
+    up: &mut Upstream,
+    out: &[u8],
+    mut frame: impl FnMut(u8, &[u8]),
+) -> Result<(), ProbeError> {
+    up.stream.write_all(out).await?;
+    up.stream.flush().await?;
     loop {
         let (tag, body) = read_frame(&mut up.stream, &mut up.leftover, MAX_ANSWER_FRAME).await?;
-        match tag {
-            b'E' => {
-                let mut code: &[u8] = b"";
-                let mut positioned = false;
-                for (field, value) in error_fields(&body) {
-                    match field {
-                        b'C' => code = value,
-                        b'P' => positioned = true,
-                        _ => {}
-                    }
-                }
-                rejected = code == b"42601" && positioned;
-            }
-            b'Z' => {
-                let status = body.first().copied().unwrap_or(b'?');
-                if status != b'E' {
-                    return Err(ProbeError::NotFailed(status as char));
-                }
-                return Ok(rejected);
-            }
-            // ParseComplete (an empty or transaction-ending statement parsed), notices, settings.
-            _ => {}
+        if tag != b'Z' {
+            frame(tag, &body);
+            continue;
         }
+        return match body.first().copied().unwrap_or(b'?') {
+            b'E' => Ok(()),
+            status => Err(ProbeError::NotFailed(status as char)),
+        };
     }
 }
 
@@ -137,18 +149,8 @@ async fn open_failed_session(target: &UpstreamTarget) -> Result<Upstream, ProbeE
     let mut up = connect(target, &params).await?;
     let mut out = BytesMut::new();
     frontend::query("BEGIN; SELECT 1/0", &mut out).map_err(ProbeError::Unsendable)?;
-    up.stream.write_all(&out).await?;
-    up.stream.flush().await?;
-    loop {
-        let (tag, body) = read_frame(&mut up.stream, &mut up.leftover, MAX_ANSWER_FRAME).await?;
-        if tag == b'Z' {
-            let status = body.first().copied().unwrap_or(b'?');
-            if status != b'E' {
-                return Err(ProbeError::NotFailed(status as char));
-            }
-            return Ok(up);
-        }
-    }
+    exchange(&mut up, &out, |_, _| {}).await?;
+    Ok(up)
 }
 
 #[cfg(test)]
