@@ -1552,49 +1552,35 @@ fn unquoted_names_fold_as_postgresql_folds_them() {
     }
     // A rule's tables meet the name PostgreSQL writes to, and only a rule without kinds or tables
     // allows a name whose folding differs by database.
-    let scoped = Policy::new(
+    let scoped = || {
         vec![PolicyRule {
             kinds: Some(vec!["INSERT".into()]),
             tables: Some(vec!["über_t".into(), "Über_t".into()]),
             ..rule("inserts", "allow")
-        }],
-        PolicyDefaults::default(),
-    )
-    .unwrap();
-    assert_eq!(
-        scoped
-            .evaluate(&ctx(None), "INSERT INTO Über_t VALUES (1)")
-            .action,
-        Review
-    );
-    assert_eq!(
-        scoped
-            .evaluate(&ctx(None), "INSERT INTO \"Über_t\" VALUES (1)")
-            .action,
-        Allow
-    );
+        }]
+    };
+    let insert = |sql| eval(scoped(), "c", &chain, sql).action;
+    assert_eq!(insert("INSERT INTO Über_t VALUES (1)"), Review);
+    assert_eq!(insert("INSERT INTO \"Über_t\" VALUES (1)"), Allow);
 }
 
 #[test]
 fn a_type_change_that_rewrites_typed_tables_needs_a_rule_without_kinds() {
-    let scoped = Policy::new(
+    let scoped = || {
         vec![PolicyRule {
             kinds: Some(vec!["ALTER TYPE".into()]),
             ..rule("types", "allow")
-        }],
-        PolicyDefaults::default(),
-    )
-    .unwrap();
-    let chain = agent();
-    let ctx = PolicyContext {
-        connection: "c",
-        requester: &chain,
-        db_functions: None,
+        }]
     };
+    let chain = agent();
     assert_eq!(
-        scoped
-            .evaluate(&ctx, "ALTER TYPE comp ADD ATTRIBUTE c text")
-            .action,
+        eval(
+            scoped(),
+            "c",
+            &chain,
+            "ALTER TYPE comp ADD ATTRIBUTE c text"
+        )
+        .action,
         Allow
     );
     for sql in [
@@ -1602,7 +1588,7 @@ fn a_type_change_that_rewrites_typed_tables_needs_a_rule_without_kinds() {
         "ALTER TYPE comp ALTER ATTRIBUTE a SET DATA TYPE varchar",
         "ALTER TYPE comp DROP ATTRIBUTE a CASCADE",
     ] {
-        let v = scoped.evaluate(&ctx, sql);
+        let v = eval(scoped(), "c", &chain, sql);
         assert_eq!(v.action, Review, "{sql}: {:?}", v.reasons);
         assert!(
             v.reasons.iter().any(|r| r.contains("rewrites")),
