@@ -2129,6 +2129,80 @@ async fn code_nested_in_types_partitions_checks_and_pg_catalog_is_held() {
 }
 
 #[tokio::test]
+async fn reads_whose_planning_runs_user_code_in_stored_expressions_are_held() {
+    // The planner folds constant calls of immutable functions in a table's index expressions and
+    // predicates, extended statistics, inheritance children's CHECKs and partition keys while planning
+    // any read; an immutable PL/pgSQL function may call a volatile writer. No function is in the text.
+    let (admin, db, base, in_db) = own_database("cs_planned").await;
+    in_db
+        .batch_execute(
+            "CREATE TABLE log (v text);
+             CREATE FUNCTION side() RETURNS int LANGUAGE plpgsql VOLATILE
+               AS $$BEGIN INSERT INTO public.log VALUES ('side'); RETURN 1; END$$;
+             CREATE FUNCTION wrapped() RETURNS int LANGUAGE plpgsql IMMUTABLE
+               AS $$BEGIN RETURN public.side(); END$$;
+             CREATE TABLE t_stx (id int, amount int);
+             CREATE STATISTICS t_stx_s ON (amount + wrapped()), id FROM t_stx;
+             CREATE TABLE t_expr (id int); CREATE INDEX ON t_expr ((id + wrapped()));
+             CREATE TABLE t_pred (id int); CREATE INDEX ON t_pred (id) WHERE wrapped() > 0;
+             CREATE TABLE t_key (id int) PARTITION BY RANGE ((id + wrapped()));
+             CREATE TABLE t_key_1 PARTITION OF t_key FOR VALUES FROM (0) TO (100);
+             CREATE TABLE t_parent (id int);
+             CREATE TABLE t_child (CHECK (id > wrapped())) INHERITS (t_parent);
+             CREATE TABLE t_fine (id int, v text); CREATE INDEX ON t_fine (lower(v)) WHERE id > 0;
+             CREATE STATISTICS t_fine_s ON (id + 1), v FROM t_fine;",
+        )
+        .await
+        .unwrap();
+    in_db.batch_execute("TRUNCATE log").await.unwrap();
+    let cfg = own_and_shared_config(&base, &db);
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    for (read, why) in [
+        (
+            "SELECT * FROM t_stx",
+            "statistics object t_stx_s calls public.wrapped",
+        ),
+        ("SELECT * FROM t_expr", "calls public.wrapped"),
+        ("SELECT * FROM t_pred", "calls public.wrapped"),
+        ("SELECT * FROM t_key", "partition key calls public.wrapped"),
+        (
+            "SELECT * FROM t_key_1",
+            "partition key calls public.wrapped",
+        ),
+        (
+            "SELECT * FROM t_parent WHERE id = 5",
+            "constraint t_child_id_check calls public.wrapped",
+        ),
+        (
+            "SELECT * FROM t_child",
+            "constraint t_child_id_check calls public.wrapped",
+        ),
+    ] {
+        assert_held_because(&gw, read, why).await;
+    }
+    assert_eq!(
+        log_rows(&in_db).await,
+        0,
+        "no user code ran through the gateway"
+    );
+    // Expressions over built-ins only are no reason to hold a read.
+    let r = gw.query(AGENT, "SELECT * FROM t_fine").await;
+    assert_eq!(
+        r.status, 200,
+        "a table indexed by built-ins reads: {:?}",
+        r.body
+    );
+    // The held reads are real: sent directly, the statistics read runs the writer while planning.
+    in_db.batch_execute("SELECT * FROM t_stx").await.unwrap();
+    assert!(
+        log_rows(&in_db).await > 0,
+        "planning the read ran user code"
+    );
+    drop(in_db);
+    drop_database(&admin, &db).await;
+}
+
+#[tokio::test]
 async fn a_user_function_shadowing_a_vetted_name_is_held_and_does_not_run() {
     // A database of its own: a `public.length` there captures `length(…)` for every session in it, so
     // it must not be the database parallel tests use.

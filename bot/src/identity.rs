@@ -97,6 +97,19 @@ pub fn canonical_email(email: &str) -> String {
     }
 }
 
+/// True when `email` can key a person: printable ASCII with an `@` between non-empty parts.
+///
+/// People are told apart by e-mail ([`canonical_email`]). An address holding a zero-width or other
+/// invisible character, a full-width `＠` or a letter from another script looks like someone else's
+/// and would be a different key for the same person, so such an address is not trusted as anyone's.
+pub fn is_comparable_email(email: &str) -> bool {
+    let email = email.trim();
+    email.bytes().all(|b| b.is_ascii_graphic())
+        && email
+            .rsplit_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+}
+
 /// The stable key of one human or workload, used for separation of duties and quorum counting.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -201,6 +214,34 @@ mod tests {
             email: Some(email.into()),
             kind: IdentityKind::Human,
             groups: vec![],
+        }
+    }
+
+    #[test]
+    fn addresses_with_invisible_wide_or_foreign_characters_cannot_key_a_person() {
+        for ok in [
+            "alice@example.com",
+            " Alice+ops@Example.com. ",
+            "a.b-c_d@x.co",
+        ] {
+            assert!(is_comparable_email(ok), "{ok:?} keys a person");
+        }
+        for bad in [
+            "alice@example.com\u{200b}",
+            "ali\u{200d}ce@example.com",
+            "alice\u{ff20}example.com",
+            "\u{430}lice@example.com",
+            "alice @example.com",
+            "alice@exa\tmple.com",
+            "alice@",
+            "@example.com",
+            "alice",
+            "",
+        ] {
+            assert!(
+                !is_comparable_email(bad),
+                "{bad:?} refused as a person's key"
+            );
         }
     }
 

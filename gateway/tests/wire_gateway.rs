@@ -838,6 +838,49 @@ async fn a_batch_waiting_for_a_decision_is_bounded_in_memory() {
     );
 }
 
+#[tokio::test]
+async fn a_batch_needing_a_decision_whose_text_is_too_long_to_review_is_refused_54000() {
+    let (gate, addr) = start().await;
+    let mut s = raw_login(addr).await;
+    // 200 KB of text, executed 100 times under one Sync: 20 MB for approvers to read.
+    let sql = format!(
+        "DELETE FROM no_such_table WHERE id = $1 /* {} */",
+        "x".repeat(200_000)
+    );
+    let mut batch = parse(&sql);
+    for _ in 0..100 {
+        batch.extend(bind_execute("1"));
+    }
+    batch.extend(message(b'S', &[]));
+    s.write_all(&batch).await.unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    let error = &frames
+        .iter()
+        .find(|f| f.0 == b'E')
+        .expect("an ErrorResponse")
+        .1;
+    assert!(
+        contains(error, b"54000") && contains(error, b"fewer executions per Sync"),
+        "{:?}",
+        String::from_utf8_lossy(error)
+    );
+    assert!(
+        !gate
+            .events()
+            .iter()
+            .any(|e| matches!(e, GateEvent::Hold { .. })),
+        "no request was made"
+    );
+    // The session goes on.
+    s.write_all(&query_bytes(b"SELECT 1")).await.unwrap();
+    let tags: Vec<u8> = read_frames_until(&mut s, b'Z')
+        .await
+        .iter()
+        .map(|f| f.0)
+        .collect();
+    assert_eq!(tags, b"TDCZ");
+}
+
 fn psql(addr: SocketAddr, password: &str, sql: &str) -> std::process::Output {
     std::process::Command::new("psql")
         .args([
@@ -1313,6 +1356,65 @@ async fn read_frames_until(s: &mut TcpStream, last: u8) -> Vec<(u8, Vec<u8>)> {
             return frames;
         }
     }
+}
+
+/// COPY data pipelined before the Sync of the batch whose Execute starts the COPY: PostgreSQL reads
+/// the data in COPY mode, then the Sync.
+#[tokio::test]
+async fn copy_data_sent_before_the_batchs_sync_follows_its_execute() {
+    let (gate, addr) = start().await;
+    let client = connect(addr).await;
+    let t = table_of_ids(&client, "(1), (2)").await;
+    let mut s = raw_login(addr).await;
+    let copy_batch = |rows: &[u8]| {
+        [
+            parse_unnamed(&format!("COPY {t} FROM STDIN")),
+            bind_unnamed(),
+            execute_unnamed(0),
+            message(b'd', rows),
+            message(b'c', b""),
+        ]
+        .concat()
+    };
+    // Allowed.
+    s.write_all(&[copy_batch(b"7\n"), message(b'S', b"")].concat())
+        .await
+        .unwrap();
+    let tags: Vec<u8> = read_frames_until(&mut s, b'Z')
+        .await
+        .iter()
+        .map(|f| f.0)
+        .collect();
+    assert_eq!(tags, b"12GCZ", "{:?}", String::from_utf8_lossy(&tags));
+    assert_eq!(rows_in(&client, &t).await, 3);
+    // Behind a statement that needs a decision, the data waits with the batch and follows it.
+    gate.push_outcome(Duration::from_millis(100), HoldOutcome::Approved);
+    let delete = [
+        parse_unnamed(&format!("DELETE FROM {t} WHERE id = 1")),
+        bind_unnamed(),
+        execute_unnamed(0),
+    ]
+    .concat();
+    s.write_all(&[delete, copy_batch(b"8\n9\n"), message(b'S', b"")].concat())
+        .await
+        .unwrap();
+    let tags: Vec<u8> = read_frames_until(&mut s, b'Z')
+        .await
+        .iter()
+        .map(|f| f.0)
+        .filter(|t| *t != b'N')
+        .collect();
+    assert_eq!(tags, b"12C12GCZ", "{:?}", String::from_utf8_lossy(&tags));
+    assert_eq!(rows_in(&client, &t).await, 4, "1 deleted, 8 and 9 copied");
+    // The session is in step.
+    s.write_all(&query_bytes(b"SELECT 1")).await.unwrap();
+    let tags: Vec<u8> = read_frames_until(&mut s, b'Z')
+        .await
+        .iter()
+        .map(|f| f.0)
+        .collect();
+    assert_eq!(tags, b"TDCZ");
+    drop_table(&client, &t).await;
 }
 
 #[tokio::test]

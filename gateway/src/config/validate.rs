@@ -219,10 +219,10 @@ impl Config {
                 );
             }
             for (j, m) in g.members.iter().enumerate() {
-                if !m.contains('@') {
+                if !countersign_bot::identity::is_comparable_email(m) {
                     r.push(
                         format!("approver_groups[{i}].members[{j}]"),
-                        format!("{m:?} is not an e-mail address"),
+                        format!("{m:?} is not a plain ASCII e-mail address (name@domain, no spaces, invisible or non-ASCII characters); write the address the member's identities carry"),
                     );
                 }
             }

@@ -143,7 +143,9 @@ const CODE_CTES: &str = "unsafe AS ( \
 /// Rows naming what makes PostgreSQL run user code with no function in a statement's text: `type` rows
 /// (a user type whose casts, operators, operator classes or range support run such code, by name),
 /// `column` rows (a table or view with a column of such a type, whose reading may cast or compare
-/// it), `operator` rows (an operator between built-in types, spelled like a built-in one, running
+/// it; or a table whose index expressions or predicates, extended statistics, CHECK constraints or
+/// partition key call such code: the planner folds constant calls of immutable functions there
+/// while planning a read, and such a function may call a volatile one), `operator` rows (an operator between built-in types, spelled like a built-in one, running
 /// such code) and `domain` rows (a domain and its CHECK, which [`lists`] classifies).
 const CODE_ROWS: &str = "SELECT DISTINCT 'type', t.typname::text, c.why \
       FROM user_coded c JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) c.typ \
@@ -201,6 +203,37 @@ const CODE_ROWS: &str = "SELECT DISTINCT 'type', t.typname::text, c.why \
             FROM pg_catalog.pg_partitioned_table p) k(rel, cls) ON k.cls OPERATOR(pg_catalog.=) o.oid \
       JOIN lineage l ON l.rel OPERATOR(pg_catalog.=) k.rel \
       JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) l.anc \
+    UNION ALL \
+    SELECT DISTINCT 'column', r.relname::text, pg_catalog.concat('its ', x.what, ' calls ', u.fn, \
+      ', which PostgreSQL may run while planning any statement that reads it') \
+      FROM (SELECT i.indrelid, pg_catalog.concat('index ', pg_catalog.quote_ident(ic.relname)), d.refclassid, d.refobjid \
+            FROM pg_catalog.pg_depend d \
+            JOIN pg_catalog.pg_index i ON i.indexrelid OPERATOR(pg_catalog.=) d.objid \
+            JOIN pg_catalog.pg_class ic ON ic.oid OPERATOR(pg_catalog.=) i.indexrelid \
+            WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+            UNION ALL \
+            SELECT s.stxrelid, pg_catalog.concat('statistics object ', pg_catalog.quote_ident(s.stxname)), d.refclassid, d.refobjid \
+            FROM pg_catalog.pg_depend d \
+            JOIN pg_catalog.pg_statistic_ext s ON s.oid OPERATOR(pg_catalog.=) d.objid \
+            WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass \
+            UNION ALL \
+            SELECT k.conrelid, pg_catalog.concat('constraint ', pg_catalog.quote_ident(k.conname)), d.refclassid, d.refobjid \
+            FROM pg_catalog.pg_depend d \
+            JOIN pg_catalog.pg_constraint k ON k.oid OPERATOR(pg_catalog.=) d.objid \
+            WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+              AND k.conrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid \
+            UNION ALL \
+            SELECT p.partrelid, 'partition key', d.refclassid, d.refobjid \
+            FROM pg_catalog.pg_depend d \
+            JOIN pg_catalog.pg_partitioned_table p ON p.partrelid OPERATOR(pg_catalog.=) d.objid \
+            WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass) \
+        AS x(rel, what, refclassid, refobjid) \
+      LEFT JOIN pg_catalog.pg_operator o ON o.oid OPERATOR(pg_catalog.=) x.refobjid \
+        AND x.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_operator'::pg_catalog.regclass \
+      JOIN unsafe u ON (x.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass \
+          AND u.oid OPERATOR(pg_catalog.=) x.refobjid) OR u.oid OPERATOR(pg_catalog.=) o.oprcode \
+      JOIN lineage l ON x.rel OPERATOR(pg_catalog.=) ANY (ARRAY[l.rel, l.anc]) \
+      JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) ANY (ARRAY[l.rel, l.anc]) \
     UNION ALL \
     SELECT DISTINCT 'column', c.relname::text, 'it is, or holds as a child or partition, a foreign table: reading it runs its foreign-data wrapper (a program, a server file, a query on another server)' \
       FROM pg_catalog.pg_foreign_table f JOIN lineage l ON l.rel OPERATOR(pg_catalog.=) f.ftrelid \

@@ -484,6 +484,32 @@ async fn garbage_shaped_like_a_jwt_is_malformed() {
     assert_eq!(code(auth.authenticate("!!.??.##").await), "malformed");
 }
 
+#[tokio::test]
+async fn a_signed_token_repeating_a_claim_is_malformed() {
+    let (issuer, _idp, auth) = rsa_setup("").await;
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"rsa-a","typ":"JWT"}"#);
+    let token = |payload: String| {
+        let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload));
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &rsa_key(RSA_A), Algorithm::RS256)
+                .unwrap();
+        format!("{message}.{signature}")
+    };
+    let body = format!(
+        r#""iss":"{issuer}","aud":"{AUDIENCE}","exp":{},"sub":"u1""#,
+        now() + 300
+    );
+    // The same payload without the repetition is a valid token, so the refusal is the repetition's.
+    let plain = auth.authenticate(&token(format!("{{{body}}}"))).await;
+    assert!(plain.is_ok(), "{plain:?}");
+    for repeated in [
+        format!(r#"{{{body},"email":"alice@example.com","email":"zed@example.com"}}"#),
+        format!(r#"{{{body},"act":{{"sub":"a","sub":"b"}}}}"#),
+    ] {
+        assert_eq!(code(auth.authenticate(&token(repeated)).await), "malformed");
+    }
+}
+
 #[test]
 fn error_messages_do_not_echo_the_token() {
     let err = jwt::peek("eyJhbGciOiJub25lIn0.c2VjcmV0LXBheWxvYWQ.sig").unwrap_err();

@@ -66,6 +66,16 @@ impl ClaimMapping {
         };
         let email = match claims.get(&self.email_claim) {
             Some(Value::String(s)) if email_verified && !s.trim().is_empty() => {
+                // Refused, not dropped: without it a requester's human would be keyed by subject and
+                // could approve under their plain address.
+                if !countersign_bot::identity::is_comparable_email(s) {
+                    return Err(AuthError::malformed(format!(
+                        "claim {:?} is not a plain ASCII e-mail address (it holds invisible, \
+                         full-width or non-ASCII characters, which would make one person look like \
+                         another); have the identity provider send the ASCII address",
+                        self.email_claim
+                    )));
+                }
                 Some(s.trim().to_owned())
             }
             _ => None,
@@ -165,6 +175,18 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!(svc.kind, IdentityKind::Workload);
+    }
+
+    #[test]
+    fn an_email_with_invisible_or_wide_characters_is_refused() {
+        let m = ClaimMapping::new(0, &issuer_config("")).unwrap();
+        for email in ["alice@example.com\u{200b}", "alice\u{ff20}example.com"] {
+            let r = m.identity(&obj(json!({"sub": "u", "email": email})), "i", None);
+            assert!(
+                matches!(&r, Err(AuthError::Malformed { reason }) if reason.contains("plain ASCII")),
+                "{email:?}: {r:?}"
+            );
+        }
     }
 
     #[test]

@@ -149,6 +149,9 @@ pub enum ConfigError {
     /// A key that must not be empty.
     #[error("identity: `{key}` is empty; set it")]
     Empty { key: String },
+    /// An address that cannot key a person (see `countersign_bot::identity::is_comparable_email`).
+    #[error("identity: `{key}` = {value:?} is not a plain ASCII e-mail address (name@domain, no spaces, invisible or non-ASCII characters); people are told apart by e-mail, so write the ASCII address")]
+    NotAnEmail { key: String, value: String },
     /// An OIDC issuer named like an identity source the gateway itself vouches for.
     #[error("identity: `{key}` = {value:?} is the name the gateway gives its own identities (static tokens, Slack users, e-mail links), so its tokens could pass as theirs; set it to the IdP's issuer URL (the `iss` its tokens carry)")]
     ReservedIssuer { key: String, value: String },
@@ -253,6 +256,16 @@ impl IdentityConfig {
                 return Err(ConfigError::Empty {
                     key: format!("{key}.acts_for"),
                 });
+            }
+            for (field, value) in [("email", &token.email), ("acts_for", &token.acts_for)] {
+                if let Some(value) = value.as_ref().filter(|v| !v.trim().is_empty()) {
+                    if !countersign_bot::identity::is_comparable_email(value) {
+                        return Err(ConfigError::NotAnEmail {
+                            key: format!("{key}.{field}"),
+                            value: value.clone(),
+                        });
+                    }
+                }
             }
         }
         Ok(())
@@ -586,6 +599,25 @@ acts_for = "alice@example.com"
             hashes.validate(),
             Err(ConfigError::DuplicateHash { .. })
         ));
+    }
+
+    #[test]
+    fn static_token_addresses_must_be_plain_ascii_emails() {
+        for (field, value) in [
+            ("email", "alice@example.com\u{200b}"),
+            ("acts_for", "\u{430}lice@example.com"),
+            ("email", "alice"),
+        ] {
+            let cfg = parse(&format!(
+                "[identity]\n[[identity.static_tokens]]\nname = \"a\"\nsha256 = \"{HASH}\"\n\
+                 kind = \"workload\"\n{field} = \"{value}\"\n"
+            ));
+            let err = cfg.validate().unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::NotAnEmail { key, .. } if key == &format!("identity.static_tokens[0].{field}")),
+                "{field} = {value:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     /// The engine failed while holding a statement.
     pub const SYSTEM_ERROR: &str = "58000";
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 }
 
 /// If `buf` starts with a complete header, the tag and the frame's total length (tag + length + body).

@@ -62,6 +62,9 @@ pub struct Catalog {
     sql_prepare: bool,
     /// Number of the batch being received (batches end at Sync).
     batch: u64,
+    /// Per batch, the names its Parses left unsettled or its Closes put in `closing`, so settling a
+    /// batch visits only those (not every statement, once per Sync).
+    touched: HashMap<u64, Vec<Box<[u8]>>>,
 }
 
 struct Named {
@@ -116,6 +119,12 @@ impl Catalog {
             }),
         };
         self.closing.remove(name);
+        if replaces {
+            self.touched
+                .entry(self.batch)
+                .or_default()
+                .push(name.into());
+        }
         self.statements.insert(
             name.into(),
             Named {
@@ -176,6 +185,10 @@ impl Catalog {
             b'S' => {
                 self.statements.remove(name);
                 self.closing.insert(name.into(), self.batch);
+                self.touched
+                    .entry(self.batch)
+                    .or_default()
+                    .push(name.into());
             }
             _ => {
                 self.portals.remove(name);
@@ -208,14 +221,21 @@ impl Catalog {
     /// Records how a forwarded batch ended upstream: without error, its Parses and Closes all
     /// happened; with one, which of them happened is unknown.
     pub fn settle(&mut self, batch: u64, succeeded: bool) {
-        for named in self.statements.values_mut() {
-            if named.unsettled == Some(batch) {
-                named.unsettled = None;
-                named.ambiguous = !succeeded;
+        for name in self.touched.remove(&batch).unwrap_or_default() {
+            if let Some(named) = self.statements.get_mut(&name) {
+                if named.unsettled == Some(batch) {
+                    named.unsettled = None;
+                    named.ambiguous = !succeeded;
+                }
+            }
+            if succeeded && self.closing.get(&name) == Some(&batch) {
+                self.closing.remove(&name);
             }
         }
-        if succeeded {
-            self.closing.retain(|_, b| *b != batch);
+        // Batches are answered in order: an earlier one still listed never reached the upstream (it
+        // was refused), so nothing will settle it.
+        if self.touched.keys().any(|b| *b < batch) {
+            self.touched.retain(|b, _| *b > batch);
         }
     }
 }
@@ -301,6 +321,14 @@ fn unknown_statement(name: &[u8]) -> Prepared {
     }
 }
 
+/// Longest statement text recorded for an allowed batch ([`Batch::recorded_sql`]).
+pub const RECORDED_TEXT_LIMIT: usize = 1 << 20;
+
+/// Longest statement text a batch needing a decision may have ([`Batch::sql_len`]): approvers read
+/// it, and the store keeps it. A longer one (say, thousands of executions of a long statement
+/// under one Sync) is refused with SQLSTATE 54000 rather than built.
+pub const REVIEWED_TEXT_LIMIT: usize = 16 << 20;
+
 /// Messages received since the last Sync, and what executing them requires.
 #[derive(Default)]
 pub struct Batch {
@@ -374,6 +402,51 @@ impl Batch {
     /// Strictest action over the executed statements; a batch that executes nothing is allowed.
     pub fn action(&self) -> Action {
         self.verdict.as_ref().map_or(Action::Allow, |v| v.action)
+    }
+
+    /// Bytes of [`Batch::sql`], without building it.
+    pub fn sql_len(&self) -> usize {
+        let texts: usize = self.executed.iter().map(|p| p.statement.sql.len()).sum();
+        texts + 2 * self.executed.len().saturating_sub(1)
+    }
+
+    /// The batch's statement text for its record: [`Batch::sql`] when it is at most
+    /// [`RECORDED_TEXT_LIMIT`] bytes, else its executions up to that size and a count of the rest.
+    /// The exact text is only built for a batch that needs a decision; an allowed batch executing a
+    /// long statement many times would otherwise cost memory many times what the client sent. The
+    /// marks of what was left out are not SQL, so masking, which reads this text to learn what the
+    /// result's columns are computed from, finds it unreadable and redacts every computed column.
+    pub fn recorded_sql(&self) -> Arc<str> {
+        if self.sql_len() <= RECORDED_TEXT_LIMIT {
+            return self.sql();
+        }
+        let mut out = String::new();
+        let mut shown = 0;
+        for p in &self.executed {
+            let text = &*p.statement.sql;
+            if shown > 0 && out.len() + text.len() + 2 > RECORDED_TEXT_LIMIT {
+                break;
+            }
+            if shown > 0 {
+                out.push_str(";\n");
+            }
+            // One text longer than the limit is cut at a character boundary.
+            let mut end = text.len().min(RECORDED_TEXT_LIMIT);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.push_str(&text[..end]);
+            shown += 1;
+            if end < text.len() {
+                out.push_str(&format!(" … {} more bytes not recorded", text.len() - end));
+                break;
+            }
+        }
+        let rest = self.executed.len() - shown;
+        if rest > 0 {
+            out.push_str(&format!(";\n… {rest} more executions not recorded"));
+        }
+        Arc::from(out)
     }
 
     /// The batch's statement text: executed statements joined by `;\n`.
@@ -792,6 +865,71 @@ mod tests {
         let inferred = statement_hash(sql, &[untyped(bind.clone())]);
         assert_eq!(inferred, statement_hash(sql, &[typed(&[0])]));
         assert_ne!(inferred, as_date);
+    }
+
+    #[test]
+    fn a_batch_executing_a_long_statement_many_times_records_a_bounded_text() {
+        let mut cat = Catalog::default();
+        let long = format!("SELECT 1 /* {} */", "x".repeat(100_000));
+        cat.parse(b"", &long, &[], |_| verdict_of(Action::Allow));
+        cat.bind(b"", b"", &bind_body(&[]));
+        let portal = cat.portal(b"").unwrap().clone();
+        let mut batch = Batch::default();
+        for _ in 0..1000 {
+            batch.execute(b"", &portal);
+        }
+        assert_eq!(batch.sql_len(), 1000 * long.len() + 2 * 999);
+        let recorded = batch.recorded_sql();
+        assert!(
+            recorded.len() <= RECORDED_TEXT_LIMIT + 100,
+            "{}",
+            recorded.len()
+        );
+        assert!(recorded.starts_with(&long));
+        assert!(
+            recorded.ends_with("990 more executions not recorded"),
+            "{}",
+            &recorded[recorded.len() - 60..]
+        );
+        assert!(
+            crate::masking::derived::statement_texts(&recorded).is_none(),
+            "not SQL: masking fails closed"
+        );
+        // A short batch is recorded exactly.
+        let mut short = Batch::default();
+        short.execute(b"", &portal);
+        short.execute(b"", &portal);
+        assert_eq!(*short.recorded_sql(), *short.sql());
+        assert_eq!(short.sql_len(), short.sql().len());
+        // One text longer than the limit is cut at a character boundary.
+        let wide = "é".repeat(RECORDED_TEXT_LIMIT);
+        cat.parse(b"w", &wide, &[], |_| verdict_of(Action::Allow));
+        cat.bind(b"w", b"w", &bind_body(&[]));
+        let mut one = Batch::default();
+        one.execute(b"w", &cat.portal(b"w").unwrap().clone());
+        assert!(one.recorded_sql().contains("more bytes not recorded"));
+    }
+
+    #[test]
+    fn settling_a_batch_settles_only_what_it_parsed_or_closed() {
+        let mut cat = Catalog::default();
+        cat.parse(b"a", "SELECT 1", &[], |_| verdict_of(Action::Allow));
+        let first = cat.end_batch();
+        cat.settle(first, true);
+        // Re-parsed in batch 2 (unsettled), closed in batch 3; batch 3 fails.
+        cat.parse(b"a", "SELECT 2", &[], |_| verdict_of(Action::Allow));
+        let second = cat.end_batch();
+        cat.close(b'S', b"b");
+        let third = cat.end_batch();
+        assert!(cat.awaits_settling(b"a"));
+        cat.settle(second, true);
+        assert!(!cat.awaits_settling(b"a"));
+        cat.settle(third, false);
+        assert!(
+            cat.closing.contains_key(&b"b"[..]),
+            "a failed Close leaves the name uncertain"
+        );
+        assert!(cat.touched.is_empty());
     }
 
     #[test]

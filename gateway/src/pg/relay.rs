@@ -669,6 +669,35 @@ where
             let Some((tag, total)) = frame_header(&self.cbuf) else {
                 return Ok(Step::NeedMore);
             };
+            // COPY data the client sends before the Sync of the batch that starts the COPY belongs
+            // after that batch's messages: an allowed batch goes ahead first; one waiting for a
+            // decision keeps the data (held, then forwarded with it in order).
+            if matches!(tag, b'd' | b'c' | b'f')
+                && !self.batch.bytes.is_empty()
+                && !self.skip_until_sync
+            {
+                if self.batch.action() == Action::Allow {
+                    self.forward_ready_part();
+                } else {
+                    if total == usize::MAX || total > self.ctx.max_message_size {
+                        return Err(WireError::Protocol(format!(
+                            "COPY data sent before the Sync of a batch waiting for a decision exceeds {} bytes; send Sync before the data",
+                            self.ctx.max_message_size
+                        )));
+                    }
+                    if self.cbuf.len() < total {
+                        self.client_need = total;
+                        return Ok(Step::NeedMore);
+                    }
+                    self.client_need = 0;
+                    let frame = self.cbuf.split_to(total);
+                    if tag != b'd' {
+                        self.copy_ends += 1;
+                    }
+                    self.add_to_batch(&frame)?;
+                    continue;
+                }
+            }
             // CopyData is opaque and goes upstream as it comes, so it need not fit in memory at once:
             // PostgreSQL takes one of up to 1 GiB (sqlx sends such), far beyond `max_message_size`.
             if tag == b'd' && total != usize::MAX && total > READ_CHUNK {
@@ -1128,7 +1157,7 @@ where
             forward(&mut self.backend.masker, &mut self.out, &batch.bytes);
             self.backend.in_flight.push_back(InFlight {
                 parsed: batch.parsed_only(),
-                sql: batch.sql(),
+                sql: batch.recorded_sql(),
                 binds: batch.binds(),
                 decision: action,
                 request_id: None,
@@ -1143,11 +1172,24 @@ where
             });
             return None;
         }
-        if action == Action::Block {
+        let too_long = batch.sql_len() > super::extended::REVIEWED_TEXT_LIMIT;
+        if action == Action::Block || too_long {
             self.catalog.forget_statements(&batch.parsed);
-            let (code, message) = refusal_text(batch.verdict.as_deref());
+            let (code, message) = if too_long {
+                (
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "this batch needs a decision, and its {} executions come to {} bytes of statement text, more than the {} bytes a review may show; send fewer executions per Sync",
+                        batch.executed.len(),
+                        batch.sql_len(),
+                        super::extended::REVIEWED_TEXT_LIMIT
+                    ),
+                )
+            } else {
+                refusal_text(batch.verdict.as_deref())
+            };
             self.refuse(Refusal {
-                sql: batch.sql(),
+                sql: batch.recorded_sql(),
                 binds: batch.binds(),
                 decision: Action::Block,
                 request_id: None,

@@ -285,7 +285,9 @@ impl JiraClient {
                 "Jira user lookup returned a different account".into(),
             ));
         }
-        Ok(user.email_address.filter(|e| e.contains('@')))
+        Ok(user
+            .email_address
+            .filter(|e| countersign_bot::identity::is_comparable_email(e)))
     }
 
     /// The account id Countersign itself acts as (its own transitions are never votes).

@@ -192,7 +192,7 @@ impl SlackIdentityResolver {
             .profile
             .and_then(|p| p.email)
             .map(|e| e.0)
-            .filter(|e| e.contains('@'))
+            .filter(|e| countersign_bot::identity::is_comparable_email(e))
         else {
             return Ok(Resolution::NoEmail);
         };
