@@ -10,6 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
+mod support;
+use support::raw::{cstr, login, message, read_frames_until};
+use tokio::io::AsyncWriteExt;
+
 const TOKEN: &str = "secret-token";
 
 const RULES: &str = r#"
@@ -303,7 +307,7 @@ async fn expressions_and_aliases_over_masked_columns_do_not_unmask_them() {
     );
     for (i, v) in rows[0].iter().enumerate().skip(2) {
         let v = v.as_deref().unwrap_or_default();
-        assert!(!v.contains("jane@example.com"), "column {i} leaked: {v}");
+        assert!(!v.contains("plain-secret-value"), "column {i} leaked: {v}");
         assert_eq!(v, "[redacted]", "column {i}");
     }
     // The same through a UNION (its columns have no table) and with binary results.
@@ -568,4 +572,169 @@ async fn a_row_too_large_to_examine_is_withheld_unless_no_column_is_masked() {
     // The session stays usable.
     let n: i32 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 42);
+}
+
+/// A table whose masked column holds what no detector finds: only the column rule masks it.
+async fn undetectable_emails(db: &Client) -> String {
+    let t = format!("mask_{}", uuid::Uuid::new_v4().simple());
+    db.batch_execute(&format!(
+        "CREATE TABLE {t} (id int, email text); INSERT INTO {t} VALUES (1, 'plain-secret-value')"
+    ))
+    .await
+    .unwrap();
+    t
+}
+
+/// The text values of the DataRows among `frames`.
+fn data_values(frames: &[(u8, Vec<u8>)]) -> Vec<String> {
+    let mut values = Vec::new();
+    for (_, body) in frames.iter().filter(|f| f.0 == b'D') {
+        let mut pos = 2;
+        for _ in 0..i16::from_be_bytes([body[0], body[1]]) {
+            let len = i32::from_be_bytes(body[pos..pos + 4].try_into().unwrap());
+            pos += 4;
+            if len < 0 {
+                values.push("NULL".into());
+                continue;
+            }
+            values.push(String::from_utf8_lossy(&body[pos..pos + len as usize]).into_owned());
+            pos += len as usize;
+        }
+    }
+    values
+}
+
+fn parse_named(name: &str, sql: &str) -> Vec<u8> {
+    message(b'P', &[cstr(name), cstr(sql), vec![0, 0]].concat())
+}
+
+fn bind(portal: &str, statement: &str) -> Vec<u8> {
+    message(
+        b'B',
+        &[cstr(portal), cstr(statement), vec![0, 0, 0, 0, 0, 0]].concat(),
+    )
+}
+
+fn execute(portal: &str) -> Vec<u8> {
+    message(b'E', &[cstr(portal), vec![0, 0, 0, 0]].concat())
+}
+
+fn query(sql: &str) -> Vec<u8> {
+    message(b'Q', &cstr(sql))
+}
+
+const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+
+#[tokio::test]
+async fn a_portal_name_a_sql_cursor_took_over_is_masked_as_a_cursor() {
+    let db = direct().await;
+    let t = undetectable_emails(&db).await;
+    let (_gate, addr) = start_with(Some(RULES), true).await;
+    let mut s = login(addr, "app", TOKEN).await;
+    // A harmless portal `c`, gone at the end of its implicit transaction (the gateway kept its text),
+    // then a SQL cursor of that name computing from a masked column.
+    s.write_all(
+        &[
+            parse_named("", "SELECT 'harmless'::text AS x"),
+            bind("c", ""),
+            SYNC.to_vec(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(&query(&format!(
+        "DECLARE c CURSOR WITH HOLD FOR SELECT email || '' AS x FROM {t} WHERE id = 1"
+    )))
+    .await
+    .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(&[execute("c"), SYNC.to_vec()].concat())
+        .await
+        .unwrap();
+    let values = data_values(&read_frames_until(&mut s, b'Z').await);
+    assert!(!values.is_empty(), "the cursor's row arrives");
+    assert!(
+        values.iter().all(|v| !v.contains("plain-secret-value")),
+        "{values:?}"
+    );
+    // Inside a transaction: the portal is closed by SQL and its name declared again.
+    s.write_all(&query("BEGIN")).await.unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(
+        &[
+            parse_named("", "SELECT 'harmless'::text AS x"),
+            bind("d", ""),
+            SYNC.to_vec(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(&query(&format!(
+        "CLOSE d; DECLARE d CURSOR FOR SELECT email || '' AS x FROM {t} WHERE id = 1"
+    )))
+    .await
+    .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(&[execute("d"), SYNC.to_vec()].concat())
+        .await
+        .unwrap();
+    let values = data_values(&read_frames_until(&mut s, b'Z').await);
+    assert!(!values.is_empty(), "the cursor's row arrives");
+    assert!(
+        values.iter().all(|v| !v.contains("plain-secret-value")),
+        "{values:?}"
+    );
+    s.write_all(&query("COMMIT; CLOSE ALL")).await.unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    db.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_statement_name_sql_deallocate_and_prepare_gave_another_text_is_not_bound_as_the_old_one()
+{
+    let db = direct().await;
+    let t = undetectable_emails(&db).await;
+    let (_gate, addr) = start_with(Some(RULES), true).await;
+    let mut s = login(addr, "app", TOKEN).await;
+    s.write_all(
+        &[
+            parse_named("s2", "SELECT 'harmless'::text AS x"),
+            SYNC.to_vec(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(&query("DEALLOCATE s2")).await.unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(&query(&format!(
+        "PREPARE s2 AS SELECT email || '' AS x FROM {t} WHERE id = 1"
+    )))
+    .await
+    .unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    s.write_all(&[bind("", "s2"), execute(""), SYNC.to_vec()].concat())
+        .await
+        .unwrap();
+    let frames = read_frames_until(&mut s, b'Z').await;
+    let values = data_values(&frames);
+    assert!(
+        values.iter().all(|v| !v.contains("plain-secret-value")),
+        "{values:?}"
+    );
+    // Refused as a name the gateway does not know (drivers prepare again on 26000).
+    let error = frames
+        .iter()
+        .find(|f| f.0 == b'E')
+        .map(|f| String::from_utf8_lossy(&f.1).into_owned());
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("26000")),
+        "{error:?}"
+    );
+    db.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
 }

@@ -14,6 +14,9 @@ use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+mod support;
+use support::raw::{cstr, message, read_frames_until, startup_packet};
+
 const TOKEN: &str = "secret-token";
 
 fn upstream(database: &str) -> UpstreamTarget {
@@ -707,20 +710,6 @@ async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     got
 }
 
-fn startup_packet(database: &str) -> Vec<u8> {
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", "agent"), ("database", database)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -1293,13 +1282,6 @@ async fn approved_statement_whose_upstream_dies_is_recorded_as_unknown_when_its_
 }
 
 /// A protocol message (frontend or backend): tag, length, body.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
 /// Parse of `sql` as the unnamed statement, no declared types.
 fn parse_unnamed(sql: &str) -> Vec<u8> {
     message(b'P', &[cstr(""), cstr(sql), vec![0, 0]].concat())
@@ -1315,12 +1297,6 @@ fn execute_unnamed(rows: i32) -> Vec<u8> {
     message(b'E', &[cstr(""), rows.to_be_bytes().to_vec()].concat())
 }
 
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
 /// A raw socket that sent a startup packet and read the request for a cleartext password.
 async fn asked_for_password(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -1333,29 +1309,7 @@ async fn asked_for_password(addr: SocketAddr) -> TcpStream {
 
 /// Logs in with a raw socket and reads up to the first ReadyForQuery.
 async fn raw_login(addr: SocketAddr) -> TcpStream {
-    let mut s = asked_for_password(addr).await;
-    s.write_all(&message(b'p', &cstr(TOKEN))).await.unwrap();
-    read_frames_until(&mut s, b'Z').await;
-    s
-}
-
-/// Reads whole backend frames until one tagged `last` arrives; returns the tags and bodies.
-async fn read_frames_until(s: &mut TcpStream, last: u8) -> Vec<(u8, Vec<u8>)> {
-    let mut frames = Vec::new();
-    loop {
-        let mut head = [0u8; 5];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
-            .await
-            .unwrap_or_else(|_| panic!("no {:?} within 5 s; got {frames:?}", last as char))
-            .unwrap();
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        s.read_exact(&mut body).await.unwrap();
-        frames.push((head[0], body));
-        if head[0] == last {
-            return frames;
-        }
-    }
+    support::raw::login(addr, "app", TOKEN).await
 }
 
 /// COPY data pipelined before the Sync of the batch whose Execute starts the COPY: PostgreSQL reads

@@ -41,6 +41,8 @@ pub struct Portal {
     /// An approved batch ran it: a later Execute only fetches more rows of that execution (a cursor
     /// read in a transaction block), which PostgreSQL finished or suspended already.
     pub approved: bool,
+    /// The batch whose Bind made it.
+    pub bound_in: u64,
 }
 
 /// Prepared statements and portals of one session, keyed by name (the empty name is the unnamed one).
@@ -156,6 +158,7 @@ impl Catalog {
             statement: prepared,
             bind: Bytes::copy_from_slice(body),
             approved: false,
+            bound_in: self.batch,
         };
         match self.portals.get_mut(portal) {
             Some(slot) => *slot = entry,
@@ -209,6 +212,24 @@ impl Catalog {
     /// Notes that a PREPARE statement may have reached the upstream.
     pub fn saw_sql_prepare(&mut self) {
         self.sql_prepare = true;
+    }
+
+    /// The number of the batch being received.
+    pub fn receiving(&self) -> u64 {
+        self.batch
+    }
+
+    /// Forgets every named statement: a SQL `DEALLOCATE` (or `DISCARD ALL`) went upstream, which drops
+    /// protocol-level statements too, after which a SQL `PREPARE` may give a name another text. A
+    /// Bind of one is refused as unknown (26000, drivers prepare again) until the client parses it.
+    pub fn forget_named(&mut self) {
+        let names: Vec<Box<[u8]>> = self
+            .statements
+            .keys()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect();
+        self.forget_statements(&names);
     }
 
     /// Ends the batch being received (at Sync) and returns its number, for [`Catalog::settle`].
@@ -304,6 +325,7 @@ pub fn unknown_portal(name: &[u8]) -> Portal {
         }),
         bind: Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0]),
         approved: false,
+        bound_in: u64::MAX,
     }
 }
 
@@ -357,6 +379,10 @@ pub struct Batch {
     pub bound_gated: Vec<Box<[u8]>>,
     /// The batch holds an Execute.
     pub executes: bool,
+    /// An Execute names a portal bound before this batch: PostgreSQL dropped it at that transaction's
+    /// end, or a SQL `CLOSE` did, and a SQL cursor of that name (`DECLARE`, a function's `OPEN`) may
+    /// run another query now, so the rows are not known to be the bound statement's.
+    pub carries_portal: bool,
 }
 
 impl Batch {
@@ -416,7 +442,20 @@ impl Batch {
     /// long statement many times would otherwise cost memory many times what the client sent. The
     /// marks of what was left out are not SQL, so masking, which reads this text to learn what the
     /// result's columns are computed from, finds it unreadable and redacts every computed column.
+    ///
+    /// A batch that [carries a portal](Batch::carries_portal) gets a mark saying so, which is not SQL
+    /// either: which query made its rows is not known.
     pub fn recorded_sql(&self) -> Arc<str> {
+        let text = self.bounded_sql();
+        if !self.carries_portal {
+            return text;
+        }
+        Arc::from(format!(
+            "{text}\n… and rows of a portal bound in an earlier batch"
+        ))
+    }
+
+    fn bounded_sql(&self) -> Arc<str> {
         if self.sql_len() <= RECORDED_TEXT_LIMIT {
             return self.sql();
         }
@@ -495,6 +534,7 @@ impl Batch {
             bound_gated: std::mem::take(&mut self.bound_gated),
             executes: std::mem::take(&mut self.executes),
             portal_names: std::mem::take(&mut self.portal_names),
+            carries_portal: std::mem::take(&mut self.carries_portal),
         }
     }
 }

@@ -124,6 +124,14 @@ pub fn changes_names(verdict: &Verdict) -> bool {
     })
 }
 
+/// True when the statements may drop prepared statements, protocol-level ones included: `DEALLOCATE`
+/// (a name or all), `DISCARD ALL`, or text the policy could not read.
+pub fn deallocates(verdict: &Verdict) -> bool {
+    verdict.statements.iter().any(|s| {
+        s.unparsed || matches!(s.prepared.as_deref(), Some(PreparedUse::Deallocate { .. }))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -943,6 +943,9 @@ where
         if may_prepare(&verdict) {
             self.catalog.saw_sql_prepare();
         }
+        if super::prepared::deallocates(&verdict) {
+            self.catalog.forget_named();
+        }
         match verdict.action {
             Action::Allow => {
                 let prepared = self.sql_prepared.pending(&verdict);
@@ -1072,6 +1075,12 @@ where
         let mut pos = 5;
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Execute"))?;
         self.batch.executes = true;
+        let receiving = self.catalog.receiving();
+        let mut deallocates = false;
+        if let Some(p) = self.catalog.portal(portal) {
+            self.batch.carries_portal |= p.bound_in != receiving;
+            deallocates = super::prepared::deallocates(&p.statement.verdict);
+        }
         match self.catalog.portal(portal) {
             // Fetching on from an approved execution runs nothing new.
             Some(p) if p.approved => {}
@@ -1080,6 +1089,10 @@ where
             None => self
                 .batch
                 .execute(portal, &super::extended::unknown_portal(portal)),
+        }
+        // PostgreSQL drops the statements when this Execute runs: those parsed after it survive.
+        if deallocates {
+            self.catalog.forget_named();
         }
         self.batch.copy_ends_at_execute = Some(self.copy_ends);
         self.add_to_batch(frame)

@@ -277,7 +277,9 @@ impl WireGate for StaticGate {
         } else if starts_with_keyword(sql, "DROP DATABASE") {
             self.block.clone()
         } else {
-            self.allow.clone()
+            let mut v = (*self.allow).clone();
+            v.statements = crate::policy::classify::classify(sql).into();
+            Arc::new(v)
         }
     }
 

@@ -3,4 +3,5 @@
 
 pub mod pki;
 pub mod private_postgres;
+pub mod raw;
 pub mod tls_proxy;
