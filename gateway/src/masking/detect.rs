@@ -176,6 +176,9 @@ fn scan(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     if on.intersects(NUMERIC_DETECTORS) {
         find_in_numeric_runs(text, on, out);
     }
+    if on.contains(Detector::Iban) {
+        find_spaced_ibans(text, out);
+    }
     if out.len() > 1 {
         out.sort_by_key(|f| f.range.start);
         // Keep the first of overlapping findings; the earlier passes are the more specific ones.
@@ -187,6 +190,61 @@ fn scan(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
             }
             keep
         });
+    }
+}
+
+/// IBANs as printed, in groups of four after single spaces (`GB82 WEST 1234 5698 7654 32`), which
+/// the token scan sees one group at a time. The longest run of groups that checks out is taken (a
+/// word of four capitals may follow an IBAN whose last group is full).
+fn find_spaced_ibans(text: &str, out: &mut Vec<Finding>) {
+    let b = text.as_bytes();
+    let iban_char = |c: u8| c.is_ascii_digit() || c.is_ascii_uppercase();
+    let mut i = 0;
+    while i + 5 <= b.len() {
+        let starts = b[i].is_ascii_uppercase()
+            && b[i + 1].is_ascii_uppercase()
+            && b[i + 2].is_ascii_digit()
+            && b[i + 3].is_ascii_digit()
+            && b[i + 4] == b' '
+            && (i == 0 || !b[i - 1].is_ascii_alphanumeric());
+        if !starts {
+            i += 1;
+            continue;
+        }
+        // Ends of the groups after the first: at most 30 characters more (34 in all).
+        let mut ends = [0usize; 8];
+        let (mut n, mut end) = (0, i + 4);
+        while n < ends.len() && b.get(end) == Some(&b' ') {
+            let from = end + 1;
+            let mut e = from;
+            while e < b.len() && e - from < 4 && iban_char(b[e]) {
+                e += 1;
+            }
+            if e == from || (e < b.len() && b[e].is_ascii_alphanumeric()) {
+                break;
+            }
+            ends[n] = e;
+            n += 1;
+            end = e;
+            if e - from < 4 {
+                break; // a short group is the last
+            }
+        }
+        let found = ends[..n]
+            .iter()
+            .rev()
+            .map(|&e| i..e)
+            .find(|r| is_iban(&text[r.clone()]) && !overlaps(out, r));
+        match found {
+            Some(range) => {
+                i = range.end;
+                out.push(Finding {
+                    range,
+                    detector: Detector::Iban,
+                });
+            }
+            None => i += 1,
+        }
     }
 }
 
@@ -716,7 +774,109 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
                 range,
                 detector: Detector::Phone,
             });
+        } else {
+            find_in_run_windows(text, range, on, out);
         }
+    }
+}
+
+/// Most digit groups a number is printed in (`+1 (415) 555 0100 x`, a card in five).
+const MAX_GROUPS: usize = 6;
+
+/// A run that is no number as a whole may hold numbers side by side (`id 7 123-45-6789`,
+/// `4111111111111111 5500005555555559`, `call 415-555-0100 - 415-555-0101`). From each digit group on,
+/// the stretches of up to [`MAX_GROUPS`] groups (and 19 digits) are judged, longest first, each as
+/// one number; a found number's groups are not judged again. A card must be laid out as one (one
+/// group, groups of four with a shorter last, or 4-6-5 / 4-6-4), so neighbouring numbers that
+/// happen to pass Luhn together are not taken for one.
+fn find_in_run_windows(text: &str, run: Range<usize>, on: DetectorSet, out: &mut Vec<Finding>) {
+    let b = text.as_bytes();
+    let mut g = run.start;
+    loop {
+        while g < run.end && !b[g].is_ascii_digit() {
+            g += 1;
+        }
+        if g >= run.end {
+            return;
+        }
+        // A `(` right before the group, or a `+` with nothing alphanumeric before it, starts a
+        // phone number (`7+44 20…` is no phone number, as the prefilter reads it).
+        let mut start = g;
+        while start > run.start
+            && (b[start - 1] == b'('
+                || (b[start - 1] == b'+' && (start < 2 || !b[start - 2].is_ascii_alphanumeric())))
+        {
+            start -= 1;
+        }
+        // Ends and lengths of the groups from `g` on.
+        let (mut ends, mut lens, mut n, mut digits, mut p) =
+            ([0; MAX_GROUPS], [0; MAX_GROUPS], 0, 0, g);
+        while n < MAX_GROUPS && p < run.end {
+            let from = p;
+            while p < run.end && b[p].is_ascii_digit() {
+                p += 1;
+            }
+            digits += p - from;
+            if digits > 19 {
+                break;
+            }
+            (ends[n], lens[n]) = (p, p - from);
+            n += 1;
+            while p < run.end && !b[p].is_ascii_digit() {
+                p += 1;
+            }
+        }
+        let found = (0..n).rev().find_map(|k| {
+            let range = start..ends[k];
+            if range == run {
+                return None; // judged whole already
+            }
+            let window = &text[range.clone()];
+            let count: usize = lens[..=k].iter().sum();
+            let detector = if on.contains(Detector::Card)
+                && card_shaped(&lens[..=k])
+                && window
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || c == b' ' || c == b'-')
+                && {
+                    let digits: Vec<u8> = window.bytes().filter(u8::is_ascii_digit).collect();
+                    is_card_digits(&digits)
+                } {
+                Detector::Card
+            } else if on.contains(Detector::Ssn) && is_ssn(window) {
+                Detector::Ssn
+            } else if on.contains(Detector::Phone) && is_phone(window, count) {
+                Detector::Phone
+            } else {
+                return None;
+            };
+            Some(Finding { range, detector })
+        });
+        match found {
+            Some(f) => {
+                g = f.range.end;
+                if !overlaps(out, &f.range) {
+                    out.push(f);
+                }
+            }
+            // On past this group (digits from `g` on).
+            None => {
+                g = b[g..run.end]
+                    .iter()
+                    .position(|c| !c.is_ascii_digit())
+                    .map_or(run.end, |i| g + i)
+            }
+        }
+    }
+}
+
+/// Digit group lengths a card is printed in.
+fn card_shaped(lens: &[usize]) -> bool {
+    match lens {
+        [_] => true,
+        [4, 6, 5] | [4, 6, 4] => true,
+        [first @ .., last] => first.iter().all(|&l| l == 4) && (1..=4).contains(last),
+        [] => false,
     }
 }
 
@@ -1003,6 +1163,79 @@ mod tests {
     }
 
     #[test]
+    fn numbers_side_by_side_in_one_run_are_found_each() {
+        for (text, want) in [
+            ("id 7 123-45-6789", vec![(Detector::Ssn, "123-45-6789")]),
+            ("123-45-6789 2024", vec![(Detector::Ssn, "123-45-6789")]),
+            (
+                "4111111111111111 5500005555555559",
+                vec![
+                    (Detector::Card, "4111111111111111"),
+                    (Detector::Card, "5500005555555559"),
+                ],
+            ),
+            (
+                "2024-01-05 4111111111111111",
+                vec![(Detector::Card, "4111111111111111")],
+            ),
+            (
+                "paid 12.50 4111 1111 1111 1111",
+                vec![(Detector::Card, "4111 1111 1111 1111")],
+            ),
+            (
+                "4111111111111111 123",
+                vec![(Detector::Card, "4111111111111111")],
+            ),
+            (
+                "call 415-555-0100 - 415-555-0101",
+                vec![
+                    (Detector::Phone, "415-555-0100"),
+                    (Detector::Phone, "415-555-0101"),
+                ],
+            ),
+            (
+                "ref 12 (415) 555-0100",
+                vec![(Detector::Phone, "(415) 555-0100")],
+            ),
+        ] {
+            assert_eq!(found(text), want, "{text:?}");
+        }
+        // Neighbouring numbers are not one card because together they pass Luhn.
+        for text in [
+            "50 4111 1111 1111",
+            "12 34 5678 9012 3456",
+            "2024 05 09 1234",
+        ] {
+            assert!(
+                !found(text).iter().any(|(d, _)| *d == Detector::Card),
+                "{text:?}: {:?}",
+                found(text)
+            );
+        }
+    }
+
+    #[test]
+    fn ibans_printed_in_groups_of_four_are_found() {
+        for (text, iban) in [
+            ("GB82 WEST 1234 5698 7654 32", "GB82 WEST 1234 5698 7654 32"),
+            (
+                "pay to DE89 3704 0044 0532 0130 00 today",
+                "DE89 3704 0044 0532 0130 00",
+            ),
+            ("NL91 ABNA 0417 1643 00 EUR", "NL91 ABNA 0417 1643 00"),
+            (
+                "iban: FR14 2004 1010 0505 0001 3M02 606",
+                "FR14 2004 1010 0505 0001 3M02 606",
+            ),
+        ] {
+            assert_eq!(found(text), vec![(Detector::Iban, iban)], "{text:?}");
+        }
+        for text in ["GB82 WEST 1234 5698 7654 33", "AB12 CDEF GHIJ"] {
+            assert_eq!(found(text), vec![], "{text:?} must stay clear");
+        }
+    }
+
+    #[test]
     fn numbers_failing_their_checksums_stay_clear() {
         for text in [
             "4111 1111 1111 1112",         // Luhn fails
@@ -1208,6 +1441,7 @@ mod tests {
             } else if on.contains(Detector::Phone) && is_phone(run, count) {
                 Detector::Phone
             } else {
+                find_in_run_windows(text, range, on, out);
                 continue;
             };
             out.push(Finding { range, detector });

@@ -68,9 +68,12 @@ pub enum TypeClass {
     Int,
     /// `numeric`: binary decoded for scanning, masked to NULL.
     Numeric,
+    /// `float4`, `float8`: binary decoded for scanning, masked to NULL (a float8 holds every integer
+    /// up to 2^53 exactly, so a card number stored as one is a card number).
+    Float,
     /// `inet`, `cidr`: NULL whenever IP detectors are on.
     Inet,
-    /// Types whose values cannot hold the detected formats in binary (bool, floats, dates, uuid).
+    /// Types whose values cannot hold the detected formats in binary (bool, dates, uuid).
     Plain,
     /// `bytea`: its bytes are read as text (decoded from `\x…` hex or escape output in text format)
     /// for scanning, masked to NULL.
@@ -92,9 +95,8 @@ impl TypeClass {
             1700 => TypeClass::Numeric,
             869 | 650 => TypeClass::Inet,
             // `"char"` (18) is one byte: no style's text fits it, and no detector matches one character.
-            16 | 18 | 700 | 701 | 790 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 => {
-                TypeClass::Plain
-            }
+            700 | 701 => TypeClass::Float,
+            16 | 18 | 790 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 => TypeClass::Plain,
             17 => TypeClass::Bytes,
             // Arrays of the types above (text, json, integer, numeric, inet and plain elements).
             1009 | 1015 | 1014 | 1003 | 199 | 3807 | 143 | 1005 | 1007 | 1016 | 1028 | 1231
@@ -455,6 +457,11 @@ impl Masker {
                 write_numeric(raw, decoded).ok_or(UnreadableValue)?;
                 decoded
             }
+            (true, TypeClass::Float) => {
+                decoded.clear();
+                write_float(raw, decoded).ok_or(UnreadableValue)?;
+                decoded
+            }
             (true, TypeClass::Plain) | (true, TypeClass::Inet) => return Ok(Outcome::Unchanged),
             (true, TypeClass::Array) => return Ok(self.scan_binary_array(raw, scratch)),
             (true, TypeClass::Unknown) => return Ok(Outcome::Null),
@@ -629,6 +636,18 @@ fn write_int(raw: &[u8], out: &mut String) -> Option<()> {
         2 => write!(out, "{}", i16::from_be_bytes(raw.try_into().ok()?)),
         4 => write!(out, "{}", i32::from_be_bytes(raw.try_into().ok()?)),
         8 => write!(out, "{}", i64::from_be_bytes(raw.try_into().ok()?)),
+        _ => return None,
+    };
+    Some(())
+}
+
+/// A binary `float4`/`float8` in positional notation (`4222222222222`, never `4.222222222222e12`),
+/// so the digits of an integer it holds are there for the detectors.
+fn write_float(raw: &[u8], out: &mut String) -> Option<()> {
+    use std::fmt::Write;
+    let _ = match raw.len() {
+        4 => write!(out, "{}", f32::from_be_bytes(raw.try_into().ok()?)),
+        8 => write!(out, "{}", f64::from_be_bytes(raw.try_into().ok()?)),
         _ => return None,
     };
     Some(())
@@ -1001,6 +1020,19 @@ mod tests {
             mask(&m, "f", 701, true, &1.5f64.to_be_bytes()),
             Masked::Unchanged
         );
+        // A card number stored as a float8 is exact, and found in binary as in text.
+        assert_eq!(
+            mask(&m, "f", 701, true, &4222222222222f64.to_be_bytes()),
+            Masked::Null
+        );
+        assert_eq!(mask(&m, "f", 701, false, b"4222222222222"), Masked::Null);
+        assert_eq!(
+            mask(&m, "f", 700, true, &2.5f32.to_be_bytes()),
+            Masked::Unchanged
+        );
+        assert!(m
+            .mask_value(&m.column("f", 701, true), b"\0\0", &mut Vec::new())
+            .is_err());
     }
 
     #[test]
