@@ -549,6 +549,19 @@ async fn copy_through_a_view_found_by_search_path_or_two_copies_in_one_query_sta
         Ok(text) => assert!(!text.contains("SSNVAL3"), "{text}"),
         Err(e) => assert!(e.as_db_error().is_some(), "{e:?}"),
     }
+    // The view's masked column renamed, computed from, or renamed through a CTE or subquery.
+    for query in [
+        "SELECT tax_id AS x FROM v_people",
+        "SELECT upper(tax_id) AS y FROM v_people",
+        "WITH w AS (SELECT tax_id AS x FROM v_people) SELECT x FROM w",
+        "SELECT x FROM (SELECT tax_id AS x FROM v_people) s",
+        "SELECT v.tax_id AS z FROM v_people v",
+    ] {
+        match copied(format!("COPY ({query}) TO STDOUT")).await {
+            Ok(text) => assert!(!text.contains("SSNVAL3"), "{query}: {text}"),
+            Err(e) => assert!(e.as_db_error().is_some(), "{query}: {e:?}"),
+        }
+    }
     // Two COPYs in one query string: each would be masked by the last one's columns.
     let two = format!(
         "COPY (SELECT id, ssn FROM {schema}.people) TO STDOUT; COPY (SELECT id, id FROM {schema}.people) TO STDOUT"

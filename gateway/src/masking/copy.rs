@@ -54,6 +54,8 @@ pub enum CopyFormat {
 /// A COPY TO STDOUT being masked.
 #[derive(Debug)]
 pub struct CopyPlan {
+    /// The statements of the query string, read again once the views' masked columns are known.
+    statements: Vec<Statement>,
     /// The query computes an output column from a masked column, which names cannot follow.
     derived: bool,
     format: CopyFormat,
@@ -87,7 +89,8 @@ pub fn plan_copy(sql: &str, rules: &CompiledRules) -> Result<CopyPlan, CopyError
     if copies_out > 1 {
         return Err(CopyError::Several);
     }
-    let derived = super::derived::exposes_beyond_named_columns(&stmts, rules);
+    let derived = super::derived::exposes_beyond_named_columns(&stmts, rules, &[]);
+    let statements = stmts.clone();
     let Some(Statement::Copy {
         source,
         to: true,
@@ -159,6 +162,7 @@ pub fn plan_copy(sql: &str, rules: &CompiledRules) -> Result<CopyPlan, CopyError
         },
     };
     Ok(CopyPlan {
+        statements,
         derived,
         format,
         header_pending: header,
@@ -189,8 +193,15 @@ impl CopyPlan {
     }
 
     /// Redacts the output columns with these names (compared without regard to case): columns a view the
-    /// query reads computes from masked ones, which the output names alone cannot show.
-    pub fn redact_columns(&mut self, names: Vec<String>) {
+    /// query reads computes from masked ones, which the output names alone cannot show. A query that
+    /// renames such a column or computes from it (`SELECT tax_id AS x`, `upper(tax_id)`) is refused,
+    /// as other computed output is.
+    pub fn redact_columns(&mut self, rules: &CompiledRules, names: Vec<String>) {
+        if !names.is_empty()
+            && super::derived::exposes_beyond_named_columns(&self.statements, rules, &names)
+        {
+            self.derived = true;
+        }
         self.exposed = names;
     }
 

@@ -347,9 +347,14 @@ fn output_name(item: &SelectItem) -> Option<String> {
 }
 
 /// For COPY (query) TO STDOUT, whose output columns are planned by name: true when `statements` (already
-/// parsed) compute an output column from a masked column. Plain column references in the outermost
-/// select list are masked by that name, so only everything else counts.
-pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRules) -> bool {
+/// parsed) compute an output column from a masked column, or from one of `view_columns` (the
+/// lower-case names of columns of the views it reads that carry a masked one). Plain column
+/// references in the outermost select list are masked by that name, so only everything else counts.
+pub fn exposes_beyond_named_columns(
+    statements: &[Statement],
+    rules: &CompiledRules,
+    view_columns: &[String],
+) -> bool {
     if !rules.has_column_rules() {
         return false;
     }
@@ -384,7 +389,7 @@ pub fn exposes_beyond_named_columns(statements: &[Statement], rules: &CompiledRu
         .filter(|item| !named(item))
         .chain(inner)
         .chain(&seen.from)
-        .any(|item| item_exposes(item, &seen.relations, rules, Text::Statement(&[])))
+        .any(|item| item_exposes(item, &seen.relations, rules, Text::Statement(view_columns)))
 }
 
 /// Built-in functions and types that attribute notation can apply to a whole row (PostgreSQL 15's
@@ -722,7 +727,7 @@ mod tests {
 
     fn copy_exposes(sql: &str, rules: &CompiledRules) -> bool {
         let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
-        exposes_beyond_named_columns(&statements, rules)
+        exposes_beyond_named_columns(&statements, rules, &[])
     }
 
     fn rules() -> CompiledRules {

@@ -487,7 +487,7 @@ impl WireMasker {
                     }
                     let ctes = super::derived::statement_relations(sql.unwrap_or_default()).ctes;
                     match self.copy_view_columns(plan.relations(), &ctes) {
-                        Ok(names) => plan.redact_columns(names),
+                        Ok(names) => plan.redact_columns(self.masker.rules(), names),
                         Err(pending) if !pending.is_empty() => {
                             self.unresolved_names = pending;
                             return FrameAction::ResolveTables;
