@@ -815,6 +815,56 @@ async fn records_cut_from_the_end_of_the_audit_chain_are_reported_and_stay_repor
 }
 
 #[tokio::test]
+async fn a_record_added_past_the_head_is_reported_and_later_appends_go_on() {
+    for backend in BACKENDS {
+        let gw = spawn_gateway(&base_config(""), backend).await;
+        held_insert(&gw, "cs_audit_past").await;
+        assert_eq!(
+            cli_audit_verify(&gw.store_url).await,
+            std::process::ExitCode::SUCCESS
+        );
+        // A copy of the last record, numbered next: INSERT needs no trigger dropped.
+        tamper(
+            backend,
+            &gw.store_url,
+            "INSERT INTO audit (seq, at_ms, actor, action, request_id, decision, channel, statement_hash, detail, prev_hash, hash, seal) \
+             SELECT seq + 1, at_ms, 'bob@example.com', 'vote.recorded', request_id, 'approve', 'api', statement_hash, detail, hash, hash, seal \
+             FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)",
+        )
+        .await;
+        assert_eq!(
+            cli_audit_verify(&gw.store_url).await,
+            std::process::ExitCode::from(1),
+            "{backend:?}: the stray record is reported"
+        );
+        // Audited work goes on (it failed on the stray record's number), and the break stays visible.
+        assert_eq!(
+            gw.query(AGENT, "DELETE FROM nowhere_past WHERE id = 1")
+                .await
+                .status,
+            202,
+            "{backend:?}"
+        );
+        assert_eq!(
+            cli_audit_verify(&gw.store_url).await,
+            std::process::ExitCode::from(1),
+            "{backend:?}: still reported after new records"
+        );
+        if backend == Backend::Postgres {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&gw.store_url).await.unwrap();
+            for table in ["audit", "audit_head"] {
+                let e = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("TRUNCATE {table}")))
+                    .execute(&mut c)
+                    .await
+                    .expect_err("TRUNCATE refused");
+                assert!(e.to_string().contains("append-only"), "{e}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn sealed_audit_records_expose_a_rewrite_that_recomputes_the_hashes() {
     use countersign_bot::audit::{AuditEntry, AuditRecord};
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -483,6 +483,13 @@ macro_rules! sql_store {
                     Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
                     None => (0, GENESIS_HASH.to_string()),
                 };
+                // Rows past the head were inserted by hand (the gateway moves the head with every
+                // append): numbered after them, the chain still links to the head, so `audit verify`
+                // reports them instead of every later append failing on their numbers.
+                let highest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                prev_seq = prev_seq.max(highest);
                 let mut records = Vec::with_capacity(entries.len());
                 for entry in entries {
                     let seq = prev_seq + 1;

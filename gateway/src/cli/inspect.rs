@@ -147,6 +147,14 @@ pub async fn audit(cfg: &Config, command: AuditCommand) -> anyhow::Result<ExitCo
                 Ok(())
             })
             .await?;
+            // Every append moves the head in its own transaction: a record past the head as read
+            // after the records is one the gateway did not write.
+            let head_after = store.audit_head().await?;
+            let past = head_after.as_ref().map_or(0, |h| h.seq);
+            if let Some(stray) = records.iter().find(|r| r.seq > past) {
+                out!("audit chain BROKEN at record #{} ({n} record(s) read): it lies past the chain's head (#{past}), so it was added to the audit table directly, not by the gateway", stray.seq);
+                return Ok(ExitCode::from(1));
+            }
             let records = match &head {
                 Some(head) => {
                     let read = records.iter().take_while(|r| r.seq <= head.seq).count();

@@ -159,6 +159,15 @@ pub enum KeyFile {
 }
 
 impl StoreConfig {
+    /// True when the store is a SQLite file whose audit key file the gateway manages (no key configured).
+    pub fn manages_key_file(&self, url: &str) -> bool {
+        self.audit_key_env.is_none()
+            && self.audit_key_file.is_none()
+            && (url.starts_with("sqlite:") && !url.contains(":memory:"))
+    }
+}
+
+impl StoreConfig {
     /// The store URL to open.
     pub fn resolved_url(&self) -> Result<String, SecretError> {
         if let Some(env) = &self.url_env {
@@ -207,7 +216,15 @@ impl StoreConfig {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && mode == KeyFile::Create => {
                     ("store.audit_key_file", create_key_file(&path)?)
                 }
-                Err(_) => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                // Unreadable is not absent: a key made in its place would break the sealed chain.
+                Err(e) => {
+                    return Err(SecretError::File {
+                        key: "store.audit_key_file".into(),
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })
+                }
             }
         } else {
             return Ok(None);

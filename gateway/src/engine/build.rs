@@ -42,16 +42,78 @@ async fn mark_sealing_start(store: &dyn countersign_bot::Store) -> Result<(), St
     Ok(())
 }
 
+/// Refuses to start with an audit key that cannot continue the chain: none where the head is sealed
+/// (records written from now on would be unsealed after sealed ones), or another key than the one
+/// that sealed the head (every record from now on would fail verification). Either hides later
+/// tampering behind a break `audit verify` reports first.
+///
+/// A key that seals the last record but not the head is the right key: the head was tampered with,
+/// which `audit verify` reports.
+async fn check_audit_key(
+    config: &Config,
+    store_url: &str,
+    store: &dyn countersign_bot::Store,
+    head: Option<&countersign_bot::audit::AuditHead>,
+    key: Option<&countersign_bot::audit::AuditKey>,
+) -> Result<(), EngineError> {
+    let Some((head, seal)) = head.and_then(|h| h.seal.as_ref().map(|s| (h, s))) else {
+        return Ok(());
+    };
+    let setting = if config.store.manages_key_file(store_url) {
+        format!(
+            "the key file beside the SQLite database ({}.audit-key)",
+            store_url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .split('?')
+                .next()
+                .unwrap_or_default()
+        )
+    } else {
+        "[store] audit_key_env / audit_key_file".to_string()
+    };
+    match key {
+        None => Err(EngineError::Config(format!(
+            "the audit trail is sealed up to record #{} but no audit key was found; restore {setting} with the key that sealed it (a new key would break the chain for good)",
+            head.seq
+        ))),
+        Some(key) if *seal != key.seal_head(head.seq, &head.hash) => {
+            let last = store.audit_records(head.seq - 1, 1).await?;
+            if last
+                .first()
+                .is_some_and(|r| r.seal.as_deref() == Some(&key.seal_record(&r.hash)))
+            {
+                return Ok(());
+            }
+            Err(EngineError::Config(format!(
+                "the audit key from {setting} is not the one that sealed the audit trail (record #{}); set the key used so far (every replica needs the same one)",
+                head.seq
+            )))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 impl Engine {
     /// Open the store, resolve secrets, compile the policy. `sinks` are the notifier names events are queued
     /// for (decided by the composition root).
     pub async fn build(config: Config, sinks: Vec<String>) -> Result<Engine, EngineError> {
         let store_url = config.store.resolved_url()?;
-        let key = config
+        let mut key = config
             .store
-            .audit_key(&store_url, crate::config::KeyFile::Create)?;
+            .audit_key(&store_url, crate::config::KeyFile::ReadOnly)?;
+        let mut store = countersign_bot::store::open_with(&store_url, key.clone()).await?;
+        let head = store.audit_head().await?;
+        check_audit_key(&config, &store_url, &*store, head.as_ref(), key.as_ref()).await?;
+        if key.is_none() && config.store.manages_key_file(&store_url) {
+            // A SQLite store's first run (or one sealed never): its key file is made now.
+            key = config
+                .store
+                .audit_key(&store_url, crate::config::KeyFile::Create)?;
+            drop(store);
+            store = countersign_bot::store::open_with(&store_url, key.clone()).await?;
+        }
         let sealed = key.is_some();
-        let store = countersign_bot::store::open_with(&store_url, key).await?;
         if sealed {
             mark_sealing_start(&*store).await?;
         } else {
@@ -159,5 +221,58 @@ impl Engine {
             base_url,
             metrics,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use countersign_bot::audit::AuditEntry;
+
+    #[tokio::test]
+    async fn a_sealed_trail_refuses_a_missing_or_other_key_and_keeps_its_own() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = std::env::temp_dir().join(format!("cs-key-{}", uuid::Uuid::new_v4().simple()));
+        let config = || {
+            Config::from_toml(
+                &format!("[store]\ndata_dir = \"{}\"\n", dir.display()),
+                "test.toml",
+            )
+            .unwrap()
+        };
+        let key_file = dir.join("countersign.db.audit-key");
+        let engine = Engine::build(config(), vec![]).await.expect("first run");
+        drop(engine);
+        let original = std::fs::read_to_string(&key_file).expect("the first run made the key file");
+        let url = config().store.resolved_url().unwrap();
+        let key = countersign_bot::audit::AuditKey::new(original.trim().as_bytes().to_vec());
+        let store = countersign_bot::store::open_with(&url, key).await.unwrap();
+        store
+            .append_audit(AuditEntry::new("system", "test.sealed", "system"))
+            .await
+            .unwrap();
+        drop(store);
+        let refused = |e: Result<Engine, EngineError>| match e {
+            Ok(_) => panic!("started"),
+            Err(e) => e.to_string(),
+        };
+        // The key file gone: not made again.
+        std::fs::remove_file(&key_file).unwrap();
+        let e = refused(Engine::build(config(), vec![]).await);
+        assert!(
+            e.contains("no audit key was found") && e.contains("audit-key"),
+            "{e}"
+        );
+        assert!(!key_file.exists(), "no new key was made");
+        // Another key.
+        std::fs::write(&key_file, "b".repeat(64)).unwrap();
+        let e = refused(Engine::build(config(), vec![]).await);
+        assert!(e.contains("not the one that sealed"), "{e}");
+        // The original key again.
+        std::fs::write(&key_file, &original).unwrap();
+        Engine::build(config(), vec![])
+            .await
+            .expect("starts with its key");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
