@@ -623,6 +623,47 @@ async fn events_are_queued_for_every_sink_in_order() {
 }
 
 #[tokio::test]
+async fn a_lease_that_lapsed_and_was_taken_by_another_worker_is_not_renewed() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        created(&wf, "DELETE FROM orders", 1).await;
+        let now = crate::store::backend::now_ms();
+        let first = store
+            .lease_outbox(&["slack".into()], now, 1_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 1);
+        // Still held: renewed.
+        assert!(store
+            .renew_outbox_lease(first[0].id, first[0].attempts, now + 1_000)
+            .await
+            .unwrap());
+        // Lapsed, and leased by another worker: the first worker's renewal fails, the second's holds.
+        let later = now + 5_000;
+        let second = store
+            .lease_outbox(&["slack".into()], later, 1_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(second.len(), 1, "{}", store.backend());
+        assert_eq!(second[0].id, first[0].id);
+        assert!(!store
+            .renew_outbox_lease(first[0].id, first[0].attempts, later + 1_000)
+            .await
+            .unwrap());
+        assert!(store
+            .renew_outbox_lease(second[0].id, second[0].attempts, later + 1_000)
+            .await
+            .unwrap());
+        // Delivered: no lease to renew.
+        store.outbox_delivered(second[0].id, later).await.unwrap();
+        assert!(!store
+            .renew_outbox_lease(second[0].id, second[0].attempts, later + 2_000)
+            .await
+            .unwrap());
+    }
+}
+
+#[tokio::test]
 async fn nonces_are_single_use() {
     for (store, _g) in stores().await {
         assert!(store.consume_nonce("n-1", 1).await.unwrap());

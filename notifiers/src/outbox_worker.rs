@@ -142,7 +142,21 @@ impl OutboxWorker {
                     continue;
                 }
                 self.pace(&item.sink).await;
-                self.deliver(item).await;
+                // The batch's lease ran from when it was taken; items late in a slow sink's queue
+                // may have outlived it, and another replica leased them meanwhile.
+                match self
+                    .store
+                    .renew_outbox_lease(item.id, item.attempts, now_ms() + lease_ms)
+                    .await
+                {
+                    Ok(true) => self.deliver(item).await,
+                    Ok(false) => {
+                        tracing::debug!(id = item.id, sink = %item.sink, "outbox item leased by another worker meanwhile; left to it");
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = item.id, sink = %item.sink, error = %e, "could not renew an outbox lease; the item is retried once it lapses");
+                    }
+                }
             }
         });
         futures::future::join_all(tasks).await;

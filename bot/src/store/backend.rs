@@ -951,6 +951,17 @@ macro_rules! sql_store {
                 Ok(items)
             }
 
+            async fn renew_outbox_lease(&self, id: i64, attempts: i64, until_ms: i64) -> Result<bool, StoreError> {
+                // Every lease counts an attempt: the count tells this worker's lease from a later one.
+                let done = sqlx::query("UPDATE outbox SET lease_until_ms = $1 WHERE id = $2 AND attempts = $3 AND status = 'pending'")
+                    .bind(until_ms)
+                    .bind(id)
+                    .bind(attempts)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn outbox_delivered(&self, id: i64, now_ms: i64) -> Result<(), StoreError> {
                 sqlx::query("UPDATE outbox SET status = 'delivered', delivered_ms = $1, last_error = NULL WHERE id = $2")
                     .bind(now_ms)

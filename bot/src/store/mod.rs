@@ -151,6 +151,15 @@ pub trait Store: Send + Sync + 'static {
         lease_ms: i64,
         limit: u32,
     ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Extends the lease of an item this worker leased (`attempts` as its lease left them) to
+    /// `until_ms`, just before delivering it; false when another worker leased it since (the lease
+    /// lapsed while earlier items of the batch were delivered), which then delivers it instead.
+    async fn renew_outbox_lease(
+        &self,
+        id: i64,
+        attempts: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// Mark delivered.
     async fn outbox_delivered(&self, id: i64, now_ms: i64) -> Result<(), StoreError>;
     /// Record a failure; `next_attempt_ms = None` dead-letters it.
