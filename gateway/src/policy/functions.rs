@@ -445,10 +445,6 @@ const REVIEWED_RELATIONS: &[(&[&str], &str)] = &[
         ],
         "credentials (password hashes or user mappings)",
     ),
-    (
-        &["pg_subscription"],
-        "subscriptions' connection strings, which hold their passwords",
-    ),
 ];
 
 /// The built-in verdict on reading relation `name` (lower-case, possibly `schema.name`), when it has

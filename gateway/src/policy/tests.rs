@@ -361,8 +361,6 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT rolname, rolpassword FROM pg_authid", Review, "credentials"),
     ("SELECT usename, passwd FROM pg_catalog.pg_shadow", Review, "credentials"),
     ("SELECT * FROM pg_user_mappings", Review, "credentials"),
-    ("SELECT subname, subconninfo FROM pg_subscription", Review, "hold their passwords"),
-    ("COPY pg_catalog.pg_subscription (subconninfo) TO STDOUT", Review, "hold their passwords"),
     ("SELECT rolname FROM pg_roles", Allow, "SELECT"),
     ("SELECT * FROM t WHERE x IN (SELECT setting FROM pg_file_settings)", Review, "configuration files"),
     ("SELECT * FROM pg_read_file('/etc/passwd')", Block, "pg_read_file"),
