@@ -81,9 +81,32 @@ impl PgStore {
 
     /// Connect and migrate.
     pub async fn open(url: &str) -> Result<Self, super::StoreError> {
+        let options: sqlx::postgres::PgConnectOptions = url.parse().map_err(|e| {
+            super::StoreError::Config(format!(
+                "[store] url is not a PostgreSQL URL ({e}); write it as postgres://user:password@host:5432/database"
+            ))
+        })?;
+        // One connection first: the pool would retry a refused connection for its whole acquire
+        // timeout and then report only that it timed out.
+        let target = format!(
+            "{}:{} (database {:?})",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| {
+                super::StoreError::Config(format!(
+                    "cannot reach the PostgreSQL store at {target}: {e}; check [store] url (or url_env) and that the server is up and accepts this role"
+                ))
+            })?
+            .close()
+            .await
+            .ok();
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .connect(url)
+            .connect_with(options)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
         let group_commit = match sqlx::query(DURABLE).execute(&pool).await {
@@ -212,5 +235,23 @@ mod tests {
             .expect("the database answers its clock");
         // Same machine, same clock: the measurement itself is what is checked.
         assert!(offset.abs() < 1_000, "offset {offset} ms on one host");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_is_named_at_once() {
+        // Port 1 on loopback: nothing listens, the connection is refused.
+        let started = std::time::Instant::now();
+        let Err(e) = PgStore::open("postgres://postgres@127.0.0.1:1/countersign").await else {
+            panic!("opened a store on port 1");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("127.0.0.1:1") && e.contains("check [store] url"),
+            "{e}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "not after the pool's timeout"
+        );
     }
 }

@@ -76,6 +76,9 @@ struct Sessions {
     liveness: Liveness,
     /// Sessions this process has open: marked alive every heartbeat, so other replicas leave them open.
     open: HashSet<SessionId>,
+    /// Session starts the store refused, oldest first, retried until they land (ahead of the ends: a
+    /// session's end updates its row, which the start creates).
+    unrecorded_starts: VecDeque<SessionRecord>,
     /// Session ends the store refused, oldest first, retried until they land (a store outage must not
     /// leave the session open forever).
     unrecorded_ends: VecDeque<(SessionId, i64)>,
@@ -94,6 +97,7 @@ impl Sessions {
             store,
             liveness,
             open: HashSet::new(),
+            unrecorded_starts: VecDeque::new(),
             unrecorded_ends: VecDeque::new(),
             retry_delay: liveness.retry_first,
             retry_at: None,
@@ -103,8 +107,39 @@ impl Sessions {
         }
     }
 
+    async fn start(&mut self, session: SessionRecord) {
+        self.open.insert(session.id);
+        if !self.unrecorded_starts.is_empty() {
+            // In order behind the starts already waiting.
+            self.push_unrecorded_start(session);
+            return;
+        }
+        if let Err(e) = self.store.session_started(&session).await {
+            tracing::warn!(session_id = %session.id, error = %e, "could not record session start; keeping it in memory and retrying until the store is back");
+            self.push_unrecorded_start(session);
+        }
+    }
+
+    fn push_unrecorded_start(&mut self, session: SessionRecord) {
+        if self.unrecorded_starts.len() >= MAX_UNRECORDED_ENDS {
+            if let Some(lost) = self.unrecorded_starts.pop_front() {
+                tracing::error!(session_id = %lost.id, "too many session starts waiting for the store; this one will not be listed");
+            }
+        }
+        self.unrecorded_starts.push_back(session);
+        self.retry_at
+            .get_or_insert_with(|| Instant::now() + self.retry_delay);
+    }
+
     async fn end(&mut self, id: SessionId, at: i64) {
         self.open.remove(&id);
+        if !self.unrecorded_starts.is_empty() {
+            // Its start may be among those waiting: the end lands after them.
+            self.unrecorded_ends.push_back((id, at));
+            self.retry_at
+                .get_or_insert_with(|| Instant::now() + self.retry_delay);
+            return;
+        }
         if let Err(e) = self.store.session_ended(id, at).await {
             tracing::warn!(session_id = %id, error = %e, "could not record session end; keeping it in memory and retrying until the store is back");
             if self.unrecorded_ends.len() >= MAX_UNRECORDED_ENDS {
@@ -119,7 +154,22 @@ impl Sessions {
     }
 
     async fn retry_ends(&mut self) {
-        while let Some(&(id, at)) = self.unrecorded_ends.front() {
+        while let Some(session) = self.unrecorded_starts.front() {
+            match self.store.session_started(session).await {
+                Ok(()) => {
+                    self.unrecorded_starts.pop_front();
+                }
+                Err(e) => {
+                    tracing::warn!(waiting = self.unrecorded_starts.len(), error = %e, "still cannot record session starts; retrying");
+                    break;
+                }
+            }
+        }
+        while let Some(&(id, at)) = self
+            .unrecorded_ends
+            .front()
+            .filter(|_| self.unrecorded_starts.is_empty())
+        {
             match self.store.session_ended(id, at).await {
                 Ok(()) => {
                     self.unrecorded_ends.pop_front();
@@ -130,7 +180,7 @@ impl Sessions {
                 }
             }
         }
-        if self.unrecorded_ends.is_empty() {
+        if self.unrecorded_ends.is_empty() && self.unrecorded_starts.is_empty() {
             self.retry_delay = self.liveness.retry_first;
             self.retry_at = None;
         } else {
@@ -206,10 +256,7 @@ impl StatementWriter {
                     match op {
                         RecordOp::Started(s) => {
                             flush(&store, &mut statements).await;
-                            sessions.open.insert(s.id);
-                            if let Err(e) = store.session_started(&s).await {
-                                tracing::warn!(session_id = %s.id, error = %e, "could not record session start");
-                            }
+                            sessions.start(s).await;
                         }
                         RecordOp::Statement(st) => statements.records.push(st),
                         RecordOp::Statements(mut batch) => statements.records.append(&mut batch),
@@ -460,6 +507,41 @@ mod tests {
         eventually("the end is retried once the store is back", || async {
             ended(&store, id).await == (Some(at), None)
         })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_session_start_the_store_refused_is_recorded_when_the_store_is_back_then_its_end() {
+        let (pool, store, writer, _) = pg_writer_with_a_session().await;
+        sqlx::raw_sql(
+            "CREATE FUNCTION refuse_start() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'store unavailable (test)'; END $$;
+             CREATE TRIGGER refuse_start BEFORE INSERT ON sessions FOR EACH ROW EXECUTE FUNCTION refuse_start();",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let id = SessionId::new();
+        writer
+            .send(RecordOp::Started(session(id, now_whole_ms())))
+            .await;
+        let at = now_ms();
+        end(&writer, id, at).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            store.get_session(id).await.unwrap().is_none(),
+            "the outage refused it"
+        );
+        sqlx::raw_sql("DROP TRIGGER refuse_start ON sessions")
+            .execute(&pool)
+            .await
+            .unwrap();
+        eventually(
+            "the start, then the end, land once the store is back",
+            || async {
+                store.get_session(id).await.unwrap().is_some()
+                    && ended(&store, id).await == (Some(at), None)
+            },
+        )
         .await;
     }
 

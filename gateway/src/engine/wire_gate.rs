@@ -251,14 +251,7 @@ impl WireGate for Engine {
             .map(|record| {
                 self.metrics
                     .statement(FrontDoor::Wire, record.decision.into());
-                let outcome = match (record.decision, &record.error) {
-                    (Action::Block, _) => "blocked",
-                    (_, Some(_)) if record.command_tag.is_none() && record.request_id.is_some() => {
-                        "not_run"
-                    }
-                    (_, Some(_)) => "error",
-                    _ => "ok",
-                };
+                let outcome = outcome_of(&record);
                 if outcome == "error" && record.command_tag.is_none() {
                     self.metrics
                         .upstream_error(FrontDoor::Wire, UpstreamFailure::Statement);
@@ -377,4 +370,67 @@ fn ran_elsewhere(request: &countersign_bot::ApprovalRequest) -> HoldOutcome {
     HoldOutcome::RanElsewhere(result.or_else(|| {
         (request.status == RequestStatus::Executing).then(|| "still running".to_string())
     }))
+}
+
+/// The outcome a finished wire statement is recorded with (`ok`, `error`, `blocked`, `not_run`).
+fn outcome_of(record: &crate::pg::StatementRecord) -> &'static str {
+    match (record.decision, &record.error) {
+        (Action::Block, _) => "blocked",
+        // A statement needing review ran only with a request (approved); without one (its creation
+        // failed, or the batch was skipped upstream) it never ran, and summaries must not count it
+        // as approved.
+        (_, Some(_))
+            if record.command_tag.is_none()
+                && (record.request_id.is_some() || record.decision == Action::Review) =>
+        {
+            "not_run"
+        }
+        (_, Some(_)) => "error",
+        _ => "ok",
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    #[test]
+    fn a_reviewed_statement_without_a_request_did_not_run() {
+        let record = |decision, request: bool, tag: Option<&str>, error: Option<&str>| {
+            crate::pg::StatementRecord {
+                session_id: countersign_bot::SessionId::new(),
+                sql: std::sync::Arc::from("DELETE FROM t"),
+                hash: countersign_bot::StatementHash::of_text("DELETE FROM t"),
+                decision,
+                request_id: request.then(countersign_bot::RequestId::new),
+                duration: std::time::Duration::ZERO,
+                received_at: time::OffsetDateTime::UNIX_EPOCH,
+                command_tag: tag.map(str::to_string),
+                rows: None,
+                error: error.map(str::to_string),
+                masked_fields: 0,
+            }
+        };
+        let failed = Some("could not create the approval request");
+        assert_eq!(
+            outcome_of(&record(Action::Review, false, None, failed)),
+            "not_run"
+        );
+        assert_eq!(
+            outcome_of(&record(Action::Review, true, None, failed)),
+            "not_run"
+        );
+        assert_eq!(
+            outcome_of(&record(Action::Review, true, Some("DELETE 1"), None)),
+            "ok"
+        );
+        assert_eq!(
+            outcome_of(&record(Action::Allow, false, None, Some("syntax"))),
+            "error"
+        );
+        assert_eq!(
+            outcome_of(&record(Action::Block, false, None, None)),
+            "blocked"
+        );
+    }
 }

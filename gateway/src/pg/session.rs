@@ -245,6 +245,16 @@ async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Packet, Pac
             pid: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
             secret: i32::from_be_bytes([body[8], body[9], body[10], body[11]]),
         })),
+        // As PostgreSQL: the parameter list ends with an empty name, so the packet's last byte is a
+        // NUL; without it names and values can't be told apart for certain.
+        v if v >> 16 == 3 && body.last() != Some(&0) => Err(PacketError::Bad(
+            sqlstate::PROTOCOL_VIOLATION,
+            "invalid startup packet layout: expected terminator as last byte".into(),
+        )),
+        CANCEL_REQUEST => Err(PacketError::Bad(
+            sqlstate::PROTOCOL_VIOLATION,
+            "invalid length of cancel request packet".into(),
+        )),
         v if v >> 16 == 3 => {
             let mut params = Vec::new();
             let mut parts = body[4..].split(|&b| b == 0);
@@ -305,7 +315,10 @@ async fn serve<S: Halves>(
     shared: &Shared,
     deadline: Instant,
 ) -> Result<(), WireError> {
-    let Some(user) = param(&params, "user").map(str::to_string) else {
+    let Some(user) = param(&params, "user")
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+    else {
         return Err(fatal(
             &mut stream,
             sqlstate::INVALID_AUTHORIZATION,
