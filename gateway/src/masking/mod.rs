@@ -543,9 +543,13 @@ impl Masker {
             if f.range.start > at {
                 out.push_str(&text[at..f.range.start]);
             }
-            self.rules
-                .detector_style(f.detector)
-                .apply_cached(&text[f.range.clone()], out, hashes);
+            let style = self.rules.detector_style(f.detector);
+            let value = &text[f.range.clone()];
+            if f.detector == Detector::Email {
+                style.apply_to_email(value, out, hashes);
+            } else {
+                style.apply_cached(value, out, hashes);
+            }
             at = f.range.end;
         }
         if at < text.len() {

@@ -89,6 +89,22 @@ impl Style {
         }
     }
 
+    /// [`Style::apply_cached`] for a value the e-mail detector found: the partial style keeps its
+    /// domain without checking again that it is an address.
+    pub fn apply_to_email(&self, value: &str, out: &mut String, cache: &mut HashCache) {
+        match (self, value.split_once('@')) {
+            (Style::Partial, Some((local, domain))) if value.is_ascii() => {
+                if let Some(first) = local.chars().next() {
+                    out.push(first);
+                    push_stars(out, local.len() - 1);
+                }
+                out.push('@');
+                out.push_str(domain);
+            }
+            _ => self.apply_cached(value, out, cache),
+        }
+    }
+
     /// Like [`Style::apply`], taking keyed-hash outputs from `cache` when it has them (and filling it).
     /// The cache must belong to one [`super::Masker`]: its hash styles share one key.
     pub fn apply_cached(&self, value: &str, out: &mut String, cache: &mut HashCache) {
@@ -228,6 +244,23 @@ mod tests {
         let mut out = String::new();
         style.apply(value, &mut out);
         out
+    }
+
+    #[test]
+    fn an_email_finding_is_styled_as_any_value_is() {
+        let mut cache = HashCache::default();
+        for style in [
+            Style::Partial,
+            Style::Redact,
+            Style::KeepLast(3),
+            Style::hash(b"k"),
+        ] {
+            for email in ["jane.doe@example.com", "a@b.io", "ünï@example.com"] {
+                let mut fast = String::new();
+                style.apply_to_email(email, &mut fast, &mut cache);
+                assert_eq!(fast, styled(&style, email), "{style:?} {email}");
+            }
+        }
     }
 
     #[test]
