@@ -695,14 +695,15 @@ impl Workflow {
         Ok(v)
     }
 
-    /// Expire every pending request whose TTL has passed. Returns how many expired.
+    /// Expire every pending request whose TTL has passed, and every approved one not run by then (its
+    /// approval lapses: a re-run after the TTL makes a new request). Returns how many expired.
     pub async fn expire_due(&self) -> Result<usize, WorkflowError> {
         let now_ms = (crate::clock::now().unix_timestamp_nanos() / 1_000_000) as i64;
         let due = self.store.due_for_expiry(now_ms, 500).await?;
         let mut n = 0;
         for id in due {
             let t = Transition {
-                from: &[RequestStatus::Pending],
+                from: &[RequestStatus::Pending, RequestStatus::Approved],
                 to: RequestStatus::Expired,
                 audit: AuditEntry::new("system", "request.expired", "system")
                     .request(id)

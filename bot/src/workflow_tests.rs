@@ -390,6 +390,32 @@ async fn pending_requests_expire_and_refuse_votes() {
 }
 
 #[tokio::test]
+async fn an_approval_not_run_before_the_ttl_lapses() {
+    for (store, _g) in stores().await {
+        let wf = workflow(store.clone());
+        let id = match wf.submit(new_request("DELETE FROM b", 1, 1)).await.unwrap() {
+            Submitted::Created(v) => v.request.id,
+            other => panic!("{other:?}"),
+        };
+        approve(&wf, id, "reviewer1@example.com").await;
+        assert_eq!(
+            wf.get(id).await.unwrap().request.status,
+            RequestStatus::Approved
+        );
+        assert_eq!(wf.expire_due().await.unwrap(), 0, "not yet due");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(wf.expire_due().await.unwrap(), 1, "{}", store.backend());
+        assert_eq!(
+            wf.get(id).await.unwrap().request.status,
+            RequestStatus::Expired
+        );
+        let records = store.audit_records(0, 1000).await.unwrap();
+        assert!(records.iter().any(|r| r.entry.action == "request.expired"
+            && r.entry.request_id.as_deref() == Some(&id.to_string())));
+    }
+}
+
+#[tokio::test]
 async fn an_oversized_ttl_or_wait_is_clamped_instead_of_panicking() {
     let (store, _g) = fresh_sqlite().await;
     let wf = workflow(store);

@@ -826,7 +826,7 @@ macro_rules! sql_store {
 
             async fn due_for_expiry(&self, now_ms: i64, limit: u32) -> Result<Vec<RequestId>, StoreError> {
                 self.check_clock().await;
-                let rows = sqlx::query("SELECT id FROM requests WHERE status = 'pending' AND expires_ms <= $1 ORDER BY expires_ms LIMIT $2")
+                let rows = sqlx::query("SELECT id FROM requests WHERE status IN ('pending', 'approved') AND expires_ms <= $1 ORDER BY expires_ms LIMIT $2")
                     .bind(now_ms)
                     .bind(limit as i64)
                     .fetch_all(&self.pool)

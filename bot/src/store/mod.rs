@@ -112,7 +112,7 @@ pub trait Store: Send + Sync + 'static {
         t: Transition,
         sinks: &[String],
     ) -> Result<Option<RequestView>, StoreError>;
-    /// Pending requests whose expiry has passed.
+    /// Pending or approved (not yet run) requests whose expiry has passed.
     async fn due_for_expiry(&self, now_ms: i64, limit: u32) -> Result<Vec<RequestId>, StoreError>;
     /// Marks executions this process is running as alive (their `updated_ms` becomes `now_ms`).
     async fn touch_executing(&self, ids: &[RequestId], now_ms: i64) -> Result<(), StoreError>;
