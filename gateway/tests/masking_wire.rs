@@ -738,3 +738,36 @@ async fn a_statement_name_sql_deallocate_and_prepare_gave_another_text_is_not_bo
     );
     db.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_flushed_statement_is_masked_by_its_own_text_when_a_query_follows_before_sync() {
+    let db = direct().await;
+    let t = undetectable_emails(&db).await;
+    let (_gate, addr) = start_with(Some(RULES), true).await;
+    let mut s = login(addr, "app", TOKEN).await;
+    s.write_all(
+        &[
+            parse_named("", &format!("SELECT email || '' AS x FROM {t}")),
+            bind("", ""),
+            execute(""),
+            message(b'H', b""),
+            query("SELECT 1 AS one"),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let mut frames = read_frames_until(&mut s, b'Z').await;
+    s.write_all(&SYNC).await.unwrap();
+    frames.extend(read_frames_until(&mut s, b'Z').await);
+    let values = data_values(&frames);
+    assert!(
+        values.contains(&"1".to_string()),
+        "the Query's row: {values:?}"
+    );
+    assert!(
+        values.iter().all(|v| !v.contains("plain-secret-value")),
+        "{values:?}"
+    );
+    db.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+}

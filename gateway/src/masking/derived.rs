@@ -703,14 +703,28 @@ impl Visitor for Seen {
                 ControlFlow::<()>::Continue(())
             });
         }
-        if let TableFactor::Table { name, alias, .. } = factor {
+        if let TableFactor::Table { name, .. } = factor {
             if let Some(last) = name.0.last() {
                 self.relations
                     .push(last.to_string().trim_matches('"').to_lowercase());
             }
-            if let Some(a) = alias {
-                self.relations.push(a.name.value.to_lowercase());
-            }
+        }
+        // Every alias names a row: `j` in `FROM (users u CROSS JOIN t) j` or `FROM (SELECT …) s` is
+        // a whole row of whatever the join or subquery holds, masked columns included.
+        let alias = match factor {
+            TableFactor::Table { alias, .. }
+            | TableFactor::Derived { alias, .. }
+            | TableFactor::NestedJoin { alias, .. }
+            | TableFactor::TableFunction { alias, .. }
+            | TableFactor::Function { alias, .. }
+            | TableFactor::UNNEST { alias, .. }
+            | TableFactor::JsonTable { alias, .. }
+            | TableFactor::Pivot { alias, .. }
+            | TableFactor::Unpivot { alias, .. } => alias.as_ref(),
+            _ => None,
+        };
+        if let Some(a) = alias {
+            self.relations.push(a.name.value.to_lowercase());
         }
         ControlFlow::Continue(())
     }
@@ -798,6 +812,10 @@ mod tests {
             ("SELECT (SELECT ssn FROM people LIMIT 1) AS x", true),
             ("SELECT name FROM a UNION SELECT email FROM users", true),
             ("SELECT row_to_json(u) FROM users u", true),
+            // A whole row of an aliased join or subquery holds the masked columns too.
+            ("SELECT j::text FROM (users u CROSS JOIN (SELECT 1) z) j", true),
+            ("SELECT json_agg(j)::text FROM (users u CROSS JOIN LATERAL (SELECT 1) z) AS j", true),
+            ("SELECT s FROM (SELECT * FROM users) s", true),
             ("SELECT to_jsonb(users.*) FROM users", true),
             ("SELECT json_agg(u.*) FROM users AS u", true),
             (

@@ -742,7 +742,11 @@ where
                 continue;
             }
             self.skip_until_sync = false;
-            if matches!(tag, b'Q' | b'F') && !self.batch.bytes.is_empty() {
+            // A batch whose part went ahead on Flush counts as pending too: its statements have no
+            // in-flight entry until a Sync ends them, and the Query's would otherwise come first
+            // (its text then judging the flushed statement's rows).
+            if matches!(tag, b'Q' | b'F') && (!self.batch.bytes.is_empty() || self.ready_part_sent)
+            {
                 // A simple Query (or function call) before the client's Sync: PostgreSQL runs the
                 // pending extended-query messages first, then it. The gateway decides per Sync, so it
                 // ends the pending messages with a Sync of its own, whose ReadyForQuery the client
