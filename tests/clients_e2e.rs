@@ -1287,6 +1287,36 @@ async fn after_an_approved_statement_no_sql_prepared_name_is_trusted() {
     assert!(db_error(&err).1.contains("denied by"), "{err:?}");
 }
 
+#[tokio::test]
+async fn an_approved_execute_of_a_name_holds_only_in_the_session_that_asked() {
+    let gw = gateway(30.0).await;
+    let t = table_with_rows("cs_prep_bound", 3).await;
+    let a = connect(wire(&gw)).await;
+    let b = connect(wire(&gw)).await;
+    let prepare = format!("PREPARE pw(int) AS UPDATE {t} SET v = 'approved' WHERE id = $1");
+    for client in [&a, &b] {
+        let approver = decide_from_another_task(&gw, prepare.clone(), "approve");
+        client.simple_query(&prepare).await.unwrap();
+        approver.await.unwrap();
+    }
+    // After the approved PREPARE, `pw` is a name the gateway can't read: EXECUTE is held blind, and
+    // approvers are told it runs what session A holds under it.
+    let approver = decide_from_another_task(&gw, "EXECUTE pw(1)".into(), "approve");
+    a.simple_query("EXECUTE pw(1)").await.unwrap();
+    let id = approver.await.unwrap();
+    let shown = gw.request(BOB, &id).await.body.to_string();
+    assert!(
+        shown.contains("EXECUTE runs the statement prepared under its name in session"),
+        "{shown}"
+    );
+    // Session B's identical text is another request, not that approval.
+    let denier = decide_from_another_task(&gw, "EXECUTE pw(1)".into(), "deny");
+    let err = b.simple_query("EXECUTE pw(1)").await.unwrap_err();
+    let other = denier.await.unwrap();
+    assert_ne!(other, id);
+    assert!(db_error(&err).1.contains("denied by"), "{err:?}");
+}
+
 /// A gateway with connection `dump` to `db` and no allow rule (pg_dump must pass on the built-in policy,
 /// and anything held fails it after the short hold_wait), and libpq connection options for it.
 async fn dump_gateway(db: &str) -> (Gateway, String) {

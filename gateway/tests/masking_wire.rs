@@ -771,3 +771,49 @@ async fn a_flushed_statement_is_masked_by_its_own_text_when_a_query_follows_befo
     );
     db.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_portal_closed_and_declared_again_within_one_batch_is_masked_as_a_cursor() {
+    let db = direct().await;
+    let t = undetectable_emails(&db).await;
+    let (_gate, addr) = start_with(Some(RULES), true).await;
+    let mut s = login(addr, "app", TOKEN).await;
+    // A view whose reading opens a cursor named `c` (a DBA's function): nothing in the batch's text
+    // says what `c` runs.
+    db.batch_execute(&format!(
+        "CREATE FUNCTION {t}_open(n text) RETURNS refcursor LANGUAGE plpgsql AS $$
+           DECLARE r refcursor := n; BEGIN OPEN r FOR SELECT email || '' AS x FROM {t}; RETURN r; END $$;
+         CREATE VIEW {t}_v AS SELECT {t}_open('c') AS x;"
+    ))
+    .await
+    .unwrap();
+    let run = |sql: &str| [parse_named("", sql), bind("", ""), execute("")].concat();
+    s.write_all(
+        &[
+            query("BEGIN"),
+            parse_named("s1", "SELECT 'harmless'::text AS x"),
+            bind("c", "s1"),
+            run("CLOSE c"),
+            run(&format!("SELECT count(*) FROM {t}_v")),
+            execute("c"),
+            SYNC.to_vec(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    read_frames_until(&mut s, b'Z').await; // BEGIN's
+    let values = data_values(&read_frames_until(&mut s, b'Z').await);
+    assert!(!values.is_empty(), "the cursor's row arrives");
+    assert!(
+        values.iter().all(|v| !v.contains("plain-secret-value")),
+        "{values:?}"
+    );
+    s.write_all(&query("ROLLBACK")).await.unwrap();
+    read_frames_until(&mut s, b'Z').await;
+    db.batch_execute(&format!(
+        "DROP VIEW {t}_v; DROP FUNCTION {t}_open; DROP TABLE {t}"
+    ))
+    .await
+    .unwrap();
+}

@@ -43,6 +43,10 @@ pub struct Portal {
     pub approved: bool,
     /// The batch whose Bind made it.
     pub bound_in: u64,
+    /// Executes of any portal the session had sent when it was bound.
+    pub executes_at_bind: u64,
+    /// Executes of this portal since its Bind.
+    pub own_executes: u64,
 }
 
 /// Prepared statements and portals of one session, keyed by name (the empty name is the unnamed one).
@@ -67,6 +71,8 @@ pub struct Catalog {
     /// Per batch, the names its Parses left unsettled or its Closes put in `closing`, so settling a
     /// batch visits only those (not every statement, once per Sync).
     touched: HashMap<u64, Vec<Box<[u8]>>>,
+    /// Executes the session has sent, of any portal.
+    executes: u64,
 }
 
 struct Named {
@@ -159,6 +165,8 @@ impl Catalog {
             bind: Bytes::copy_from_slice(body),
             approved: false,
             bound_in: self.batch,
+            executes_at_bind: self.executes,
+            own_executes: 0,
         };
         match self.portals.get_mut(portal) {
             Some(slot) => *slot = entry,
@@ -212,6 +220,21 @@ impl Catalog {
     /// Notes that a PREPARE statement may have reached the upstream.
     pub fn saw_sql_prepare(&mut self) {
         self.sql_prepare = true;
+    }
+
+    /// Notes an Execute of portal `name`; true when another portal was executed since its Bind, which
+    /// may have closed it (SQL `CLOSE`) and opened a cursor of that name (`DECLARE`, a function's `OPEN`).
+    pub fn note_execute(&mut self, name: &[u8]) -> bool {
+        let before = self.executes;
+        self.executes += 1;
+        match self.portals.get_mut(name) {
+            Some(p) => {
+                let others = before - p.executes_at_bind - p.own_executes;
+                p.own_executes += 1;
+                others > 0
+            }
+            None => false,
+        }
     }
 
     /// The number of the batch being received.
@@ -326,6 +349,8 @@ pub fn unknown_portal(name: &[u8]) -> Portal {
         bind: Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0]),
         approved: false,
         bound_in: u64::MAX,
+        executes_at_bind: 0,
+        own_executes: 0,
     }
 }
 
@@ -379,9 +404,10 @@ pub struct Batch {
     pub bound_gated: Vec<Box<[u8]>>,
     /// The batch holds an Execute.
     pub executes: bool,
-    /// An Execute names a portal bound before this batch: PostgreSQL dropped it at that transaction's
-    /// end, or a SQL `CLOSE` did, and a SQL cursor of that name (`DECLARE`, a function's `OPEN`) may
-    /// run another query now, so the rows are not known to be the bound statement's.
+    /// An Execute names a portal bound before this batch, or one bound before another portal's
+    /// Execute: PostgreSQL dropped it at that transaction's end, or a SQL `CLOSE` did, and a SQL cursor
+    /// of that name (`DECLARE`, a function's `OPEN`) may run another query now, so the rows are not
+    /// known to be the bound statement's.
     pub carries_portal: bool,
 }
 

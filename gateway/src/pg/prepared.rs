@@ -124,11 +124,19 @@ pub fn changes_names(verdict: &Verdict) -> bool {
     })
 }
 
-/// True when the statements may drop prepared statements, protocol-level ones included: `DEALLOCATE`
-/// (a name or all), `DISCARD ALL`, or text the policy could not read.
+/// True when the statements may drop prepared statements, protocol-level ones included (and a later
+/// `PREPARE` give a name another text): `DEALLOCATE` (a name or all), `DISCARD ALL`, text the policy
+/// could not read, or code: a `DO` block, a `CALL`, or a function that is not vetted read-only
+/// (PL/pgSQL's `EXECUTE 'DEALLOCATE …'` does it).
 pub fn deallocates(verdict: &Verdict) -> bool {
     verdict.statements.iter().any(|s| {
-        s.unparsed || matches!(s.prepared.as_deref(), Some(PreparedUse::Deallocate { .. }))
+        s.unparsed
+            || matches!(s.prepared.as_deref(), Some(PreparedUse::Deallocate { .. }))
+            || matches!(s.kind.as_str(), "DO" | "CALL")
+            || s.functions.iter().any(|f| {
+                let base = f.rsplit('.').next().unwrap_or(f);
+                !crate::policy::functions::is_vetted_read_only(base)
+            })
     })
 }
 

@@ -167,6 +167,10 @@ pub struct Relay<CR, CW, SR, SW> {
     batch: Batch,
     /// SQL-level prepared statements the session created ([`SqlPrepared`]).
     sql_prepared: SqlPrepared,
+    /// Bumped whenever what a prepared statement's name runs may have changed (a PREPARE, DEALLOCATE,
+    /// named Parse, code, an approved execution): an approved `EXECUTE name` holds only in this
+    /// session and only while this stays as it was.
+    name_generation: u64,
     verdicts: VerdictMemo,
     /// A statement of this session changed the database's catalog and the lists were not read since.
     catalog_dirty: bool,
@@ -226,6 +230,7 @@ where
             catalog: Catalog::default(),
             batch: Batch::default(),
             sql_prepared: SqlPrepared::default(),
+            name_generation: 0,
             verdicts: VerdictMemo::default(),
             catalog_dirty: false,
             catalog_refresh_due: false,
@@ -908,7 +913,17 @@ where
             // A statement sent again (a pool's reset on every release) is kept once, at its latest place.
             self.ctx.name_context.retain(|c| c != sql);
             if self.ctx.name_context.len() >= MAX_NAME_CONTEXT {
-                self.ctx.name_context.remove(0);
+                // What falls out is not forgotten: the mark that takes its place binds this session's
+                // approvals to this session (the hash covers it), whose earlier changes they can't show.
+                let mark = format!(
+                    "… and earlier ones, not shown: an approval holds in session {} only",
+                    self.ctx.session.id
+                );
+                if self.ctx.name_context.first() == Some(&mark) {
+                    self.ctx.name_context.remove(1);
+                } else {
+                    self.ctx.name_context[0] = mark;
+                }
             }
             self.ctx.name_context.push(sql.to_string());
         }
@@ -949,6 +964,9 @@ where
         }
         if super::prepared::deallocates(&verdict) {
             self.catalog.forget_named();
+        }
+        if may_prepare(&verdict) || super::prepared::deallocates(&verdict) {
+            self.name_generation += 1;
         }
         match verdict.action {
             Action::Allow => {
@@ -1056,6 +1074,7 @@ where
         // followed to its command tag. Either way, what a name runs is no longer known here.
         if renames || !name.is_empty() {
             self.sql_prepared.forget_all();
+            self.name_generation += 1;
         }
         self.batch.parsed.push(name.into());
         if self.backend.masker.is_some() {
@@ -1080,9 +1099,10 @@ where
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Execute"))?;
         self.batch.executes = true;
         let receiving = self.catalog.receiving();
+        let others_ran = self.catalog.note_execute(portal);
         let mut deallocates = false;
         if let Some(p) = self.catalog.portal(portal) {
-            self.batch.carries_portal |= p.bound_in != receiving;
+            self.batch.carries_portal |= p.bound_in != receiving || others_ran;
             deallocates = super::prepared::deallocates(&p.statement.verdict);
         }
         match self.catalog.portal(portal) {
@@ -1097,6 +1117,7 @@ where
         // PostgreSQL drops the statements when this Execute runs: those parsed after it survive.
         if deallocates {
             self.catalog.forget_named();
+            self.name_generation += 1;
         }
         self.batch.copy_ends_at_execute = Some(self.copy_ends);
         self.add_to_batch(frame)
@@ -1312,13 +1333,26 @@ where
         // Approvers read the parameters with the text, and what this session did that changes which
         // objects its names resolve to; the hash binds both, so the approval is for what runs, here.
         // A held `SET search_path` is in the context already (it was classified): it has not run.
-        let earlier: Vec<String> = self
+        let mut earlier: Vec<String> = self
             .ctx
             .name_context
             .iter()
             .filter(|c| **c != *held.sql)
             .cloned()
             .collect();
+        // `EXECUTE name` runs whatever this session holds under that name, which its text does not
+        // show: its approval is bound to this session and to its names as they are now.
+        if held
+            .verdict
+            .statements
+            .iter()
+            .any(|s| matches!(s.prepared.as_deref(), Some(PreparedUse::Execute { .. })))
+        {
+            earlier.push(format!(
+                "EXECUTE runs the statement prepared under its name in session {} (prepared names as of change {}); an approval holds there only",
+                self.ctx.session.id, self.name_generation
+            ));
+        }
         let (shown, hash) = with_name_context(
             shown_statement(&held.sql, &held.binds),
             statement_hash(&held.sql, &held.binds),
@@ -1527,6 +1561,10 @@ where
     fn forward_approved(&mut self, held: Held, id: RequestId) {
         // An approved statement may do anything, PREPARE or DEALLOCATE included (in a function too).
         self.sql_prepared.forget_all();
+        self.name_generation += 1;
+        if super::prepared::deallocates(&held.verdict) {
+            self.catalog.forget_named();
+        }
         self.catalog.approve_portals(&held.portals);
         self.forward_held(held, Action::Review, Some(id));
     }

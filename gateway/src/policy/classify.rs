@@ -64,7 +64,8 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
     let mut facts = with_user_operators(classify_parsed_or_not(tokens), &user_operators(tokens));
     facts = with_non_ascii_capitals(facts, tokens);
     facts.words = statement_words(tokens);
-    facts.sets_name_resolution = sets_name_resolution(&facts.words);
+    // `SHOW search_path` changes nothing: counted, it would fill the context and push out what did.
+    facts.sets_name_resolution = facts.kind != "SHOW" && sets_name_resolution(&facts.words);
     facts
 }
 
@@ -74,7 +75,11 @@ fn classify_piece(tokens: &StatementTokens) -> StatementFacts {
 /// ([`super::settings::MEANING_SETTINGS`]: `SET DateStyle`, `SET TIME ZONE`, …). Over-inclusion only
 /// makes an approval more specific.
 fn sets_name_resolution(words: &[String]) -> bool {
-    let has = |w: &str| super::verdict::has_word(words, w);
+    // Setting names match in any case, quoted or not (`SET "Search_Path" = …`); quoted words are kept
+    // as written.
+    let mut lowered: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+    lowered.sort();
+    let has = |w: &str| super::verdict::has_word(&lowered, w);
     has("search_path")
         || has("set_config")
         || has("reset")

@@ -1822,6 +1822,11 @@ fn statements_that_change_name_resolution_are_marked() {
         ("SET lc_numeric = 'de_DE'", true),
         ("SET transform_null_equals = on", true),
         ("SET NAMES 'UTF8'", true),
+        // Quoted, in any case: PostgreSQL matches setting names case-insensitively.
+        ("SET \"Search_Path\" = s2, public", true),
+        ("SET \"DateStyle\" = 'ISO, DMY'", true),
+        ("SET \"Role\" = reporting", true),
+        ("SHOW search_path", false),
         ("SELECT * FROM schema_docs", false),
         ("SELECT now() AT TIME ZONE 'UTC'", false),
         ("SET statement_timeout = 5", false),
