@@ -157,6 +157,52 @@ async fn held_statement_approved_by_two_distinct_humans_runs_exactly_once() {
     }
 }
 
+/// Approvers never see result data: an approved statement's error quoting a row's value reaches them
+/// withheld; one quoting only the statement keeps its text.
+#[tokio::test]
+async fn an_execution_error_quoting_row_data_is_withheld_from_approvers() {
+    let gw = spawn_gateway(&base_config(""), Backend::Sqlite).await;
+    let t = make_table("cs_err_quote").await;
+    direct()
+        .await
+        .batch_execute(&format!("INSERT INTO {t} VALUES (1, '123-45-6789')"))
+        .await
+        .unwrap();
+    for (sql, withheld) in [
+        (format!("UPDATE {t} SET id = v::int WHERE id = 1"), true),
+        (format!("UPDATE {t} SET id = id / 0 WHERE id = 1"), false),
+    ] {
+        let held = gw.query(AGENT, &sql).await;
+        assert_eq!(held.status, 202, "{:?}", held.body);
+        let id = id_of(&held);
+        gw.vote(BOB, &id, "approve").await;
+        gw.vote(CAROL, &id, "approve").await;
+        // The requester's own answer keeps PostgreSQL's text.
+        let ran = gw.query(AGENT, &sql).await;
+        assert!(
+            ran.body.to_string().contains(if withheld {
+                "123-45-6789"
+            } else {
+                "division by zero"
+            }),
+            "{:?}",
+            ran.body
+        );
+        let shown = gw.request(BOB, &id).await.body;
+        assert_eq!(shown["status"], "failed", "{shown:?}");
+        let error = shown["execution"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!error.contains("123-45-6789"), "{error}");
+        assert_eq!(
+            error.contains("withheld from approvers"),
+            withheld,
+            "{error}"
+        );
+    }
+}
+
 /// An approved statement whose database can't be reached ran nowhere: the approval stands for a
 /// re-send (and says so), instead of being spent as a failed execution.
 #[tokio::test]

@@ -420,7 +420,17 @@ impl Engine {
     }
 
     /// Report the single execution of an approved request.
-    pub async fn finish(&self, id: RequestId, summary: ExecutionSummary) {
+    pub async fn finish(&self, id: RequestId, mut summary: ExecutionSummary) {
+        // The result goes to every channel: an error quoting row data would show approvers results.
+        if let Some(error) = &summary.error {
+            let statement = match self.workflow.get(id).await {
+                Ok(view) => view.request.statement,
+                Err(_) => String::new(),
+            };
+            if !crate::masking::messages::quotes_only_the_statement(error, &statement) {
+                summary.error = Some(crate::masking::messages::WITHHELD_FROM_APPROVERS.to_string());
+            }
+        }
         if let Err(e) = self.workflow.finish(id, summary).await {
             tracing::error!(request_id = %id, error = %e, "could not record the execution result");
         }

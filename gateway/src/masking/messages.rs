@@ -57,6 +57,16 @@ pub fn keeps_text(sqlstate: &str, message: &str, statement: &str, positioned: bo
         && unquoted_parts_are_plain(message, statement)
 }
 
+/// True when all a message quotes (and any value a template puts after a colon) is in `statement`:
+/// shown to approvers, such a message repeats only what they saw. `invalid input syntax for type
+/// integer: "123-45-6789"` quotes a row's value, and approvers never see result data.
+pub fn quotes_only_the_statement(message: &str, statement: &str) -> bool {
+    quotes_the_statement(message, statement) && unquoted_parts_are_plain(message, statement)
+}
+
+/// What approvers read instead of an execution error that quotes something the statement does not.
+pub const WITHHELD_FROM_APPROVERS: &str = "PostgreSQL's error text is withheld from approvers: it quotes something the statement does not hold (a row's value, say), and approvers never see result data; the requester's client received it";
+
 /// True when the message quotes something or ends with an unquoted name after a colon.
 fn names_anything(message: &str) -> bool {
     message.contains('"') || colon_tail(message).is_some()
