@@ -16,6 +16,8 @@
 //!   as the `CREATE FUNCTION … RETURNS void` with the same arguments and body.
 //! - `WITH [NO] DATA` at the end of `CREATE MATERIALIZED VIEW` (judged as filled at once).
 //! - Array element assignment in `UPDATE … SET a[i] = v` (judged as `SET a = (i) + v`).
+//! - `CREATE INDEX … TABLESPACE t`; `ALTER COLUMN … DROP IDENTITY` (as `DROP DEFAULT`) and a type
+//!   change's `COLLATE`; `EXPLAIN (SELECT …) UNION …`; a lock clause's `OF a, b` list (Django's).
 //! - Spellings of the same expressions sqlparser lacks (`BETWEEN SYMMETRIC`, `IS DOCUMENT`, `COLLATION
 //!   FOR`, `substring(… SIMILAR …)`, window `EXCLUDE`, `ROWS FROM`, …: see
 //!   [`with_plain_spellings`]).
@@ -36,6 +38,9 @@ pub fn classify_without_inert_clause(tokens: &StatementTokens) -> Option<Stateme
         .or_else(|| catalog_operators_plain(&tokens.0))
         .or_else(|| routine_without_planner_hints(&tokens.0))
         .or_else(|| index_on_only(&tokens.0))
+        .or_else(|| index_without_tablespace(&tokens.0))
+        .or_else(|| alter_column_plainly(&tokens.0))
+        .or_else(|| explain_parenthesised_query(&tokens.0))
         .or_else(|| domain_without_null_constraints(&tokens.0))
         .or_else(|| materialized_view_without_data_clause(&tokens.0))
         .or_else(|| element_assignment_as_whole(&tokens.0))
@@ -149,6 +154,84 @@ fn index_on_only(tokens: &[Token]) -> Option<Statement> {
     kept.remove(only);
     let statement = parse_one(kept).ok()?;
     matches!(statement, Statement::CreateIndex(_)).then_some(statement)
+}
+
+/// `CREATE INDEX … TABLESPACE name`: where the index is stored, not what it reads.
+fn index_without_tablespace(tokens: &[Token]) -> Option<Statement> {
+    if !is_keyword(tokens.first()?, "CREATE") {
+        return None;
+    }
+    let at = tokens.iter().position(|t| is_keyword(t, "TABLESPACE"))?;
+    let mut kept = tokens.to_vec();
+    kept.drain(at..(at + 2).min(tokens.len()));
+    let statement = parse_one(kept).ok()?;
+    matches!(statement, Statement::CreateIndex(_)).then_some(statement)
+}
+
+/// `ALTER TABLE … ALTER [COLUMN] c DROP IDENTITY [IF EXISTS]`, judged as `… ALTER COLUMN c DROP
+/// DEFAULT` (the same table altered, the same way: the column stops generating values); and a column
+/// type change's `COLLATE name` dropped (the same column of the same table changes type).
+fn alter_column_plainly(tokens: &[Token]) -> Option<Statement> {
+    if !is_keyword(tokens.first()?, "ALTER") || !is_keyword(tokens.get(1)?, "TABLE") {
+        return None;
+    }
+    let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let word = |k: usize, w: &str| tokens.get(i + k).is_some_and(|t| is_keyword(t, w));
+        if word(0, "DROP") && word(1, "IDENTITY") {
+            out.extend([Token::make_keyword("DROP"), Token::make_keyword("DEFAULT")]);
+            i += if word(2, "IF") && word(3, "EXISTS") {
+                4
+            } else {
+                2
+            };
+            changed = true;
+        } else if word(0, "COLLATE") && out.iter().any(|t| is_keyword(t, "TYPE")) {
+            i += 2;
+            changed = true;
+        } else {
+            out.push(tokens[i].clone());
+            i += 1;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let statement = parse_one(out).ok()?;
+    matches!(statement, Statement::AlterTable(_)).then_some(statement)
+}
+
+/// `EXPLAIN (SELECT …) UNION (SELECT …)` (a query starting with a parenthesis, which sqlparser takes
+/// for EXPLAIN's option list), judged as `EXPLAIN SELECT * FROM (that query) AS q`: the same query
+/// planned.
+fn explain_parenthesised_query(tokens: &[Token]) -> Option<Statement> {
+    let [explain, Token::LParen, first, ..] = tokens else {
+        return None;
+    };
+    if !is_keyword(explain, "EXPLAIN")
+        || !["SELECT", "WITH", "VALUES"]
+            .iter()
+            .any(|w| is_keyword(first, w))
+    {
+        return None;
+    }
+    let mut out = vec![
+        explain.clone(),
+        Token::make_keyword("SELECT"),
+        Token::Mul,
+        Token::make_keyword("FROM"),
+        Token::LParen,
+    ];
+    out.extend_from_slice(&tokens[1..]);
+    out.extend([
+        Token::RParen,
+        Token::make_keyword("AS"),
+        Token::make_word("q", None),
+    ]);
+    let statement = parse_one(out).ok()?;
+    matches!(statement, Statement::Explain { .. }).then_some(statement)
 }
 
 /// The statement with PostgreSQL spellings sqlparser does not read replaced by ones it does that
@@ -649,9 +732,45 @@ fn with_strong_row_locks(tokens: &[Token]) -> Option<Statement> {
     let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
     let mut changed = false;
     let mut i = 0;
+    let mut depth = 0usize;
+    // The lock strength of an `OF a, b` list being read, and the depth it is at: `FOR UPDATE OF a, b`
+    // is read as `FOR UPDATE OF a FOR UPDATE OF b` (sqlparser takes one name per lock clause).
+    let mut list: Option<(Token, usize)> = None;
     while i < tokens.len() {
         let after_for = out.last().is_some_and(|t| is_keyword(t, "FOR"));
         let next = |k: usize, w: &str| tokens.get(i + k).is_some_and(|t| is_keyword(t, w));
+        match &tokens[i] {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth = depth.saturating_sub(1);
+                list = list.filter(|(_, d)| *d <= depth);
+            }
+            Token::Comma if list.as_ref().is_some_and(|(_, d)| *d == depth) => {
+                let strength = list.as_ref().map(|(s, _)| s.clone())?;
+                out.extend([
+                    Token::make_keyword("FOR"),
+                    strength,
+                    Token::make_keyword("OF"),
+                ]);
+                i += 1;
+                changed = true;
+                continue;
+            }
+            t if ["NOWAIT", "SKIP", "FOR", "LIMIT", "OFFSET", "FETCH"]
+                .iter()
+                .any(|w| is_keyword(t, w)) =>
+            {
+                list = None;
+            }
+            t if is_keyword(t, "OF")
+                && out
+                    .last()
+                    .is_some_and(|p| is_keyword(p, "UPDATE") || is_keyword(p, "SHARE")) =>
+            {
+                list = out.last().map(|p| (p.clone(), depth));
+            }
+            _ => {}
+        }
         if after_for && next(0, "NO") && next(1, "KEY") && next(2, "UPDATE") {
             out.push(tokens[i + 2].clone());
             i += 3;

@@ -121,6 +121,17 @@ const CASES: &[(&str, Action, &str)] = &[
     ("SELECT * FROM t FOR KEY SHARE OF t SKIP LOCKED", Review, "locking read"),
     ("SELECT pg_read_file('/etc/passwd') FROM t FOR KEY SHARE", Block, "pg_read_file"),
     ("SELECT * FROM t FOR NO KEY SHARE", Review, "could not be parsed"),
+    ("SELECT * FROM a, b FOR UPDATE OF a, b", Review, "locking read"),
+    ("SELECT * FROM a, b FOR NO KEY UPDATE OF a, s.b NOWAIT", Review, "locking read"),
+    ("SELECT pg_read_file('x') FROM a, b FOR SHARE OF a, b", Block, "pg_read_file"),
+    // Django's DDL sqlparser lacks: judged as the same statement without the inert part
+    ("CREATE INDEX i ON t (a) TABLESPACE pg_default", Review, "CREATE INDEX"),
+    ("ALTER TABLE t ALTER COLUMN id DROP IDENTITY IF EXISTS", Review, "ALTER TABLE"),
+    ("ALTER TABLE t ALTER COLUMN a TYPE varchar(20) COLLATE \"C\"", Review, "ALTER TABLE"),
+    ("EXPLAIN (SELECT 1) UNION (SELECT 2)", Allow, "EXPLAIN"),
+    ("EXPLAIN (SELECT pg_read_file('x')) UNION (SELECT 2)", Block, "pg_read_file"),
+    ("DROP SERVER IF EXISTS s CASCADE", Review, "DROP SERVER"),
+    ("DROP SERVER s; DROP DATABASE d", Block, "DROP DATABASE"),
     // Maintenance sqlparser lacks, checked token by token (pgbench -i sends `vacuum analyze t`)
     ("vacuum analyze pgbench_branches", Review, "VACUUM is maintenance"),
     ("VACUUM (VERBOSE, ANALYZE, PARALLEL 2, INDEX_CLEANUP 'auto') s.t (a, b), \"U\"", Review, "VACUUM"),

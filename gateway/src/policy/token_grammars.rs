@@ -99,6 +99,13 @@ pub fn classify_by_grammar(tokens: &StatementTokens) -> Option<StatementFacts> {
             Action::Review,
             "COMMENT changes an object's description".to_string(),
         )),
+        "DROP" if is_drop_server(rest) => Some(facts(
+            "DROP SERVER",
+            vec![],
+            Action::Review,
+            "DROP SERVER removes a foreign server (and with CASCADE its user mappings and foreign tables)"
+                .to_string(),
+        )),
         "CREATE" if rest.first().is_some_and(|t| is_keyword(t, "STATISTICS")) => Some(facts(
             "CREATE STATISTICS",
             vec![statistics_table(&rest[1..])?],
@@ -276,6 +283,35 @@ fn constraint_comment(tokens: &[Token]) -> Option<String> {
         [is, null] if is_keyword(is, "IS") && is_keyword(null, "NULL") => Some(table),
         _ => None,
     }
+}
+
+/// `SERVER [IF EXISTS] name [, …] [CASCADE | RESTRICT]` after `DROP`.
+fn is_drop_server(rest: &[Token]) -> bool {
+    let Some((server, mut rest)) = rest.split_first() else {
+        return false;
+    };
+    if !is_keyword(server, "SERVER") {
+        return false;
+    }
+    if let [i, e, after @ ..] = rest {
+        if is_keyword(i, "IF") && is_keyword(e, "EXISTS") {
+            rest = after;
+        }
+    }
+    if let [body @ .., last] = rest {
+        if is_keyword(last, "CASCADE") || is_keyword(last, "RESTRICT") {
+            rest = body;
+        }
+    }
+    !rest.is_empty()
+        && rest.iter().enumerate().all(|(i, t)| {
+            if i % 2 == 1 {
+                *t == Token::Comma
+            } else {
+                name_part(t).is_some()
+            }
+        })
+        && rest.len() % 2 == 1
 }
 
 /// Objects whose `ALTER … name OWNER TO role` is read here (sqlparser reads it for few of them).
