@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Longest pause a sink's `Retry-After` gets (the HTTP channels cap it the same way).
+const MAX_PAUSE: Duration = Duration::from_secs(3600);
+
 /// Retry settings.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -182,6 +185,7 @@ impl OutboxWorker {
     }
 
     fn pause(&self, sink: &str, for_: Duration) {
+        let for_ = for_.min(MAX_PAUSE);
         let until = Instant::now() + for_;
         let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
         let entry = paused.entry(sink.to_string()).or_insert(until);
@@ -239,6 +243,9 @@ impl OutboxWorker {
                 message,
                 retry_after: Some(wait),
             }) => {
+                // Whatever a sink asks (Slack's client passes its Retry-After through), one answer
+                // pauses a whole channel for an hour at most.
+                let wait = wait.min(MAX_PAUSE);
                 // Rate limited: the sink asked us to wait, it did not fail, so the attempt is refunded and
                 // only the item's age bounds how long it may keep waiting.
                 self.pause(&item.sink, wait);

@@ -203,3 +203,61 @@ async fn jira_down_then_500_then_429_then_up_creates_each_issue_once_and_comment
         assert!(comments[2].starts_with("Request approved"), "{comments:?}");
     }
 }
+
+/// A request whose `created` item was dead-lettered: its next event makes the issue (as the request is
+/// then), later ones comment on it, and retrying the dead item makes no second issue.
+#[tokio::test]
+async fn a_dead_lettered_created_item_leaves_the_issue_to_the_next_event() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (store, _dir) = fresh_sqlite().await;
+    let wf = common::workflow(&store, &["jira"]);
+    let a = common::approved_request(&wf, "DELETE FROM a").await;
+    let created = store
+        .outbox_list(Some(OutboxStatus::Pending), 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|i| i.event_kind == "created")
+        .expect("the created item");
+    store
+        .outbox_failed(created.id, "Jira was down", None)
+        .await
+        .expect("dead-letter it");
+    let fake: Fake = Arc::new(Mutex::new(FlakyJira::default()));
+    let app = Router::new()
+        .route("/rest/api/3/issue", post(create_issue))
+        .route("/rest/api/3/issue/{key}/comment", post(add_comment))
+        .with_state(Arc::clone(&fake));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let notifier =
+        JiraNotifier::new(config(&base), &creds(), Arc::clone(&store)).expect("notifier");
+    let policy = RetryPolicy {
+        base: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+        ..RetryPolicy::default()
+    };
+    let worker = OutboxWorker::new(Arc::clone(&store), vec![Arc::new(notifier)], policy);
+    assert!(common::drain(&store, &worker, Duration::from_secs(10)).await);
+    let key = store
+        .get_ref(a, "jira", "issue")
+        .await
+        .expect("ref")
+        .expect("the next event made the issue");
+    {
+        let f = fake.lock().unwrap();
+        assert_eq!(f.issues.len(), 1);
+        let (_, comments) = f.issues.get(&key).expect("issue");
+        assert_eq!(
+            comments.len(),
+            3,
+            "both votes and the resolution: {comments:?}"
+        );
+    }
+    assert!(store.outbox_retry(created.id, 0).await.expect("retry"));
+    assert!(common::drain(&store, &worker, Duration::from_secs(10)).await);
+    assert_eq!(fake.lock().unwrap().issues.len(), 1, "no second issue");
+}

@@ -100,6 +100,16 @@ async fn fake_api(
                 r#"{"ok":false,"error":"ratelimited"}"#,
             )
                 .into_response(),
+            // A 429 asking for days.
+            4290 => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [
+                    ("retry-after", "999999"),
+                    ("content-type", "application/json"),
+                ],
+                r#"{"ok":false,"error":"ratelimited"}"#,
+            )
+                .into_response(),
             other => (StatusCode::from_u16(other).unwrap(), "upstream trouble").into_response(),
         };
     }
@@ -1362,4 +1372,99 @@ async fn a_statement_the_message_shows_only_in_part_cannot_be_approved_from_slac
         .audit_actions()
         .await
         .contains(&"vote.refused".to_string()));
+}
+
+/// A `created` notification dead-lettered during an outage: the next event posts the request's
+/// message as it is then (replies thread on it), and retrying the dead item adds no stale copy.
+#[tokio::test]
+async fn a_request_whose_created_message_was_dead_lettered_is_posted_by_its_next_event() {
+    let h = sqlite_harness(false).await;
+    let id = h.submit("DELETE FROM orders", 2).await;
+    let created = h
+        .store
+        .outbox_list(Some(OutboxStatus::Pending), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.event_kind == "created")
+        .expect("the created item");
+    h.store
+        .outbox_failed(created.id, "Slack was down", None)
+        .await
+        .unwrap();
+    h.workflow
+        .vote(
+            id,
+            &human("bob@example.com"),
+            countersign_bot::Decision::Approve,
+            None,
+            "api",
+        )
+        .await
+        .unwrap();
+    // Delivered around the dead item (`drain` refuses dead letters).
+    for _ in 0..200 {
+        h.worker.run_once().await.unwrap();
+        let pending = h
+            .store
+            .outbox_list(Some(OutboxStatus::Pending), 100)
+            .await
+            .unwrap();
+        if pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let posts = h.fake.calls("chat.postMessage");
+    let roots: Vec<&Value> = posts
+        .iter()
+        .filter(|p| p.get("thread_ts").is_none())
+        .collect();
+    assert_eq!(roots.len(), 1, "{posts:#?}");
+    assert!(
+        roots[0].to_string().contains("1 of 2"),
+        "the message shows the vote: {}",
+        roots[0]
+    );
+    assert!(
+        posts.iter().any(|p| p.get("thread_ts").is_some()),
+        "the vote's reply is threaded"
+    );
+    assert!(h.store.outbox_retry(created.id, 0).await.unwrap());
+    h.drain().await;
+    let roots_after = h
+        .fake
+        .calls("chat.postMessage")
+        .into_iter()
+        .filter(|p| p.get("thread_ts").is_none())
+        .count();
+    assert_eq!(
+        roots_after, 1,
+        "no stale copy from the retried created item"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_of_days_pauses_slack_for_an_hour_at_most() {
+    let h = sqlite_harness(false).await;
+    h.fake.fail_next(&[4290]);
+    h.submit("DELETE FROM orders", 1).await;
+    h.worker.run_once().await.unwrap();
+    let item = h
+        .store
+        .outbox_list(Some(OutboxStatus::Pending), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.event_kind == "created")
+        .expect("still pending");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let wait = item.next_attempt_ms - now;
+    assert!(
+        (0..=3_600_000).contains(&wait),
+        "retried in {wait} ms, not 999999 s"
+    );
 }

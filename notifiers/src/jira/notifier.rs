@@ -44,10 +44,17 @@ impl JiraNotifier {
             .map_err(store_err)
     }
 
-    async fn require_issue(&self, id: RequestId) -> Result<String, DeliveryError> {
+    /// The request's issue; made now, from the request as this event shows it, when its `created`
+    /// notification never landed (dead-lettered during an outage), so later events are not lost.
+    async fn require_issue(&self, view: &RequestView) -> Result<String, DeliveryError> {
+        let id = view.request.id;
+        if let Some(key) = self.issue_key(id).await? {
+            return Ok(key);
+        }
+        self.create_issue(view).await?;
         self.issue_key(id).await?.ok_or_else(|| {
             DeliveryError::Permanent(format!(
-                "no Jira issue for request {id}: its `created` notification was not delivered; retry that outbox item first (`countersign outbox list`, `countersign outbox retry ID`)"
+                "no Jira issue for request {id} after creating one; check the Jira project settings"
             ))
         })
     }
@@ -140,7 +147,7 @@ impl JiraNotifier {
         lines: Vec<Value>,
     ) -> Result<(), DeliveryError> {
         let id = view.request.id;
-        let key = self.require_issue(id).await?;
+        let key = self.require_issue(view).await?;
         self.comment_once(id, &key, delivery_key, doc(lines))
             .await?;
         if let Some(t) = self.cfg.transitions.for_status(view.request.status) {
@@ -165,7 +172,7 @@ impl Notifier for JiraNotifier {
             WorkflowEvent::Created { request } => self.create_issue(request).await,
             WorkflowEvent::VoteRecorded { request, vote } => {
                 let id = request.request.id;
-                let key = self.require_issue(id).await?;
+                let key = self.require_issue(request).await?;
                 let verb = match vote.decision {
                     countersign_bot::Decision::Approve => "approved",
                     countersign_bot::Decision::Deny => "denied",
@@ -192,7 +199,7 @@ impl Notifier for JiraNotifier {
                 reason,
             } => {
                 let id = request.request.id;
-                let key = self.require_issue(id).await?;
+                let key = self.require_issue(request).await?;
                 let mut blocks = vec![
                     paragraph([
                         text("A vote by "),
@@ -260,7 +267,7 @@ impl Notifier for JiraNotifier {
                 escalated_to,
             } => {
                 let id = request.request.id;
-                let key = self.require_issue(id).await?;
+                let key = self.require_issue(request).await?;
                 let missing = (request.request.quorum as usize).saturating_sub(request.approvals());
                 let head = if escalated_to.is_empty() {
                     format!("Reminder: still waiting for {missing} more approval(s).")

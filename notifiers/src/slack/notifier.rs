@@ -187,14 +187,20 @@ impl SlackNotifier {
     }
 
     async fn update_messages(&self, view: &RequestView) -> Result<(), DeliveryError> {
+        let messages = message_refs::messages(self.store.as_ref(), view.request.id)
+            .await
+            .map_err(store_err)?;
+        if messages.is_empty() {
+            // Its `created` notification never landed (dead-lettered during an outage): the message
+            // is posted now, showing the request as it is, and the replies that follow thread on it.
+            // (A later retry of that `created` item finds it posted and adds nothing stale.)
+            return self.post_request(view).await;
+        }
         let content = self
             .render
             .request_message(view, true)
             .map_err(render_err)?;
-        for m in message_refs::messages(self.store.as_ref(), view.request.id)
-            .await
-            .map_err(store_err)?
-        {
+        for m in messages {
             match self
                 .api
                 .update_message(&m.channel, &m.ts, content.clone())
