@@ -625,6 +625,32 @@ fn query(sql: &str) -> Vec<u8> {
 
 const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
 
+/// Binds a harmless statement to `portal` (Sync), sends `takeover` as a simple query, then Executes
+/// `portal`; the values of the rows that come back.
+async fn portal_taken_over(
+    s: &mut tokio::net::TcpStream,
+    portal: &str,
+    takeover: &str,
+) -> Vec<String> {
+    s.write_all(
+        &[
+            parse_named("", "SELECT 'harmless'::text AS x"),
+            bind(portal, ""),
+            SYNC.to_vec(),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    read_frames_until(s, b'Z').await;
+    s.write_all(&query(takeover)).await.unwrap();
+    read_frames_until(s, b'Z').await;
+    s.write_all(&[execute(portal), SYNC.to_vec()].concat())
+        .await
+        .unwrap();
+    data_values(&read_frames_until(s, b'Z').await)
+}
+
 #[tokio::test]
 async fn a_portal_name_a_sql_cursor_took_over_is_masked_as_a_cursor() {
     let db = direct().await;
@@ -633,27 +659,12 @@ async fn a_portal_name_a_sql_cursor_took_over_is_masked_as_a_cursor() {
     let mut s = login(addr, "app", TOKEN).await;
     // A harmless portal `c`, gone at the end of its implicit transaction (the gateway kept its text),
     // then a SQL cursor of that name computing from a masked column.
-    s.write_all(
-        &[
-            parse_named("", "SELECT 'harmless'::text AS x"),
-            bind("c", ""),
-            SYNC.to_vec(),
-        ]
-        .concat(),
+    let values = portal_taken_over(
+        &mut s,
+        "c",
+        &format!("DECLARE c CURSOR WITH HOLD FOR SELECT email || '' AS x FROM {t} WHERE id = 1"),
     )
-    .await
-    .unwrap();
-    read_frames_until(&mut s, b'Z').await;
-    s.write_all(&query(&format!(
-        "DECLARE c CURSOR WITH HOLD FOR SELECT email || '' AS x FROM {t} WHERE id = 1"
-    )))
-    .await
-    .unwrap();
-    read_frames_until(&mut s, b'Z').await;
-    s.write_all(&[execute("c"), SYNC.to_vec()].concat())
-        .await
-        .unwrap();
-    let values = data_values(&read_frames_until(&mut s, b'Z').await);
+    .await;
     assert!(!values.is_empty(), "the cursor's row arrives");
     assert!(
         values.iter().all(|v| !v.contains("plain-secret-value")),
@@ -662,27 +673,12 @@ async fn a_portal_name_a_sql_cursor_took_over_is_masked_as_a_cursor() {
     // Inside a transaction: the portal is closed by SQL and its name declared again.
     s.write_all(&query("BEGIN")).await.unwrap();
     read_frames_until(&mut s, b'Z').await;
-    s.write_all(
-        &[
-            parse_named("", "SELECT 'harmless'::text AS x"),
-            bind("d", ""),
-            SYNC.to_vec(),
-        ]
-        .concat(),
+    let values = portal_taken_over(
+        &mut s,
+        "d",
+        &format!("CLOSE d; DECLARE d CURSOR FOR SELECT email || '' AS x FROM {t} WHERE id = 1"),
     )
-    .await
-    .unwrap();
-    read_frames_until(&mut s, b'Z').await;
-    s.write_all(&query(&format!(
-        "CLOSE d; DECLARE d CURSOR FOR SELECT email || '' AS x FROM {t} WHERE id = 1"
-    )))
-    .await
-    .unwrap();
-    read_frames_until(&mut s, b'Z').await;
-    s.write_all(&[execute("d"), SYNC.to_vec()].concat())
-        .await
-        .unwrap();
-    let values = data_values(&read_frames_until(&mut s, b'Z').await);
+    .await;
     assert!(!values.is_empty(), "the cursor's row arrives");
     assert!(
         values.iter().all(|v| !v.contains("plain-secret-value")),

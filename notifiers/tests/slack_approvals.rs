@@ -1380,14 +1380,7 @@ async fn a_statement_the_message_shows_only_in_part_cannot_be_approved_from_slac
 async fn a_request_whose_created_message_was_dead_lettered_is_posted_by_its_next_event() {
     let h = sqlite_harness(false).await;
     let id = h.submit("DELETE FROM orders", 2).await;
-    let created = h
-        .store
-        .outbox_list(Some(OutboxStatus::Pending), 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.event_kind == "created")
-        .expect("the created item");
+    let created = pending_created(&h).await;
     h.store
         .outbox_failed(created.id, "Slack was down", None)
         .await
@@ -1450,14 +1443,7 @@ async fn a_retry_after_of_days_pauses_slack_for_an_hour_at_most() {
     h.fake.fail_next(&[4290]);
     h.submit("DELETE FROM orders", 1).await;
     h.worker.run_once().await.unwrap();
-    let item = h
-        .store
-        .outbox_list(Some(OutboxStatus::Pending), 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.event_kind == "created")
-        .expect("still pending");
+    let item = pending_created(&h).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1467,4 +1453,15 @@ async fn a_retry_after_of_days_pauses_slack_for_an_hour_at_most() {
         (0..=3_600_000).contains(&wait),
         "retried in {wait} ms, not 999999 s"
     );
+}
+
+/// The pending `created` outbox item of the harness's request.
+async fn pending_created(h: &Harness) -> countersign_bot::store::OutboxItem {
+    h.store
+        .outbox_list(Some(OutboxStatus::Pending), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.event_kind == "created")
+        .expect("a pending created item")
 }

@@ -57,11 +57,12 @@ pub fn keeps_text(sqlstate: &str, message: &str, statement: &str, positioned: bo
         && unquoted_parts_are_plain(message, statement)
 }
 
-/// True when all a message quotes (and any value a template puts after a colon) is in `statement`:
-/// shown to approvers, such a message repeats only what they saw. `invalid input syntax for type
-/// integer: "123-45-6789"` quotes a row's value, and approvers never see result data.
+/// True when all a message quotes is in `statement`: shown to approvers, such a message repeats only
+/// what they saw. `invalid input syntax for type integer: "123-45-6789"` quotes a row's value, and
+/// approvers never see result data. (Unquoted text after a colon is kept: there PostgreSQL puts its
+/// own words, `COPY from stdin failed: <the client's reason>`, far more often than a value.)
 pub fn quotes_only_the_statement(message: &str, statement: &str) -> bool {
-    quotes_the_statement(message, statement) && unquoted_parts_are_plain(message, statement)
+    quotes_the_statement(message, statement)
 }
 
 /// What approvers read instead of an execution error that quotes something the statement does not.

@@ -29,6 +29,20 @@ use super::classify::{classify_statement, parse_one};
 use super::fallback::{is_keyword, keyword, top_level_position, StatementTokens};
 use super::verdict::StatementFacts;
 
+/// `tokens` rewritten by a case above, parsed: `None` when the case did not apply (`changed` is false),
+/// or what it made does not parse as a statement `is_kind` accepts.
+fn reparsed(
+    tokens: Vec<Token>,
+    changed: bool,
+    is_kind: fn(&Statement) -> bool,
+) -> Option<Statement> {
+    if !changed {
+        return None;
+    }
+    let statement = parse_one(tokens).ok()?;
+    is_kind(&statement).then_some(statement)
+}
+
 /// Facts of `tokens` judged without an inert clause, or `None` when none of the cases above applies.
 pub fn classify_without_inert_clause(tokens: &StatementTokens) -> Option<StatementFacts> {
     let statement = without_deferrable(&tokens.0)
@@ -196,11 +210,7 @@ fn alter_column_plainly(tokens: &[Token]) -> Option<Statement> {
             i += 1;
         }
     }
-    if !changed {
-        return None;
-    }
-    let statement = parse_one(out).ok()?;
-    matches!(statement, Statement::AlterTable(_)).then_some(statement)
+    reparsed(out, changed, |s| matches!(s, Statement::AlterTable(_)))
 }
 
 /// `EXPLAIN (SELECT …) UNION (SELECT …)` (a query starting with a parenthesis, which sqlparser takes
@@ -456,11 +466,7 @@ fn element_assignment_as_whole(tokens: &[Token]) -> Option<Statement> {
         out.push(t.clone());
         i += 1;
     }
-    if !changed {
-        return None;
-    }
-    let statement = parse_one(out).ok()?;
-    matches!(statement, Statement::Update(_)).then_some(statement)
+    reparsed(out, changed, |s| matches!(s, Statement::Update(_)))
 }
 
 /// `CREATE MATERIALIZED VIEW … WITH [NO] DATA` without the clause, judged as the view filled at once
@@ -510,10 +516,7 @@ fn without_referential_action_columns(tokens: &[Token]) -> Option<Statement> {
             changed = true;
         }
     }
-    if !changed {
-        return None;
-    }
-    parse_one(kept).ok()
+    reparsed(kept, changed, |_| true)
 }
 
 /// `CREATE DOMAIN … [CONSTRAINT name] NOT NULL` / `NULL` without those constraints, which sqlparser does
@@ -570,11 +573,7 @@ fn domain_without_null_constraints(tokens: &[Token]) -> Option<Statement> {
         kept.push(t.clone());
         i += 1;
     }
-    if !changed {
-        return None;
-    }
-    let statement = parse_one(kept).ok()?;
-    matches!(statement, Statement::CreateDomain(_)).then_some(statement)
+    reparsed(kept, changed, |s| matches!(s, Statement::CreateDomain(_)))
 }
 
 /// The statement with every `OPERATOR(pg_catalog.op)` spelled as the plain `op`, which sqlparser does
@@ -604,10 +603,7 @@ fn catalog_operators_plain(tokens: &[Token]) -> Option<Statement> {
         kept.push(tokens[i].clone());
         i += 1;
     }
-    if !changed {
-        return None;
-    }
-    parse_one(kept).ok()
+    reparsed(kept, changed, |_| true)
 }
 
 /// `BEGIN` / `START TRANSACTION` / `SET [SESSION CHARACTERISTICS AS] TRANSACTION` without its
@@ -784,11 +780,7 @@ fn with_strong_row_locks(tokens: &[Token]) -> Option<Statement> {
             i += 1;
         }
     }
-    if !changed {
-        return None;
-    }
-    let statement = parse_one(out).ok()?;
-    matches!(statement, Statement::Query(_)).then_some(statement)
+    reparsed(out, changed, |s| matches!(s, Statement::Query(_)))
 }
 
 /// `CREATE USER name [WITH] options` as the `CREATE ROLE` it abbreviates (PostgreSQL adds `LOGIN`).
