@@ -71,6 +71,8 @@ pub enum TypeClass {
     /// `float4`, `float8`: binary decoded for scanning, masked to NULL (a float8 holds every integer
     /// up to 2^53 exactly, so a card number stored as one is a card number).
     Float,
+    /// `money`: binary (cents) decoded for scanning, masked to NULL.
+    Money,
     /// `inet`, `cidr`: NULL whenever IP detectors are on.
     Inet,
     /// Types whose values cannot hold the detected formats in binary (bool, dates, uuid).
@@ -96,7 +98,8 @@ impl TypeClass {
             869 | 650 => TypeClass::Inet,
             // `"char"` (18) is one byte: no style's text fits it, and no detector matches one character.
             700 | 701 => TypeClass::Float,
-            16 | 18 | 790 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 => TypeClass::Plain,
+            790 => TypeClass::Money,
+            16 | 18 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 => TypeClass::Plain,
             17 => TypeClass::Bytes,
             // Arrays of the types above (text, json, integer, numeric, inet and plain elements).
             1009 | 1015 | 1014 | 1003 | 199 | 3807 | 143 | 1005 | 1007 | 1016 | 1028 | 1231
@@ -419,6 +422,32 @@ impl Masker {
                     let bytes = decode_bytea_text(raw).ok_or(UnreadableValue)?;
                     decoded.push_str(&String::from_utf8_lossy(&bytes));
                 }
+                decoded
+            }
+            // A float in exponent form (`4.111111111111111e+15`) is an integer a client reads back
+            // exactly: scanned in positional notation, as binary floats are.
+            (false, TypeClass::Float) if raw.iter().any(|b| matches!(b, b'e' | b'E')) => {
+                let value: f64 = std::str::from_utf8(raw)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .ok_or(UnreadableValue)?;
+                decoded.clear();
+                use std::fmt::Write;
+                let _ = write!(decoded, "{value}");
+                decoded
+            }
+            // `money` is a 64-bit count of cents: scanned as the number it holds.
+            (true, TypeClass::Money) => {
+                let cents = i64::from_be_bytes(raw.try_into().map_err(|_| UnreadableValue)?);
+                decoded.clear();
+                use std::fmt::Write;
+                let _ = write!(
+                    decoded,
+                    "{}{}.{:02}",
+                    if cents < 0 { "-" } else { "" },
+                    cents.unsigned_abs() / 100,
+                    cents.unsigned_abs() % 100
+                );
                 decoded
             }
             (false, _) | (true, TypeClass::Text) | (true, TypeClass::Json) => {
@@ -1037,6 +1066,21 @@ mod tests {
         assert!(m
             .mask_value(&m.column("f", 701, true), b"\0\0", &mut Vec::new())
             .is_err());
+        // In text, PostgreSQL prints large floats in exponent form.
+        assert_eq!(
+            mask(&m, "f", 701, false, b"4.111111111111111e+15"),
+            Masked::Null
+        );
+        assert_eq!(mask(&m, "f", 701, false, b"1.5e+3"), Masked::Unchanged);
+        // money in binary: cents.
+        assert_eq!(
+            mask(&m, "m", 790, true, &411111111111111100i64.to_be_bytes()),
+            Masked::Null
+        );
+        assert_eq!(
+            mask(&m, "m", 790, true, &1250i64.to_be_bytes()),
+            Masked::Unchanged
+        );
     }
 
     #[test]
