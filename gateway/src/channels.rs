@@ -58,6 +58,33 @@ pub struct Channels {
 }
 
 /// Build every configured channel against the engine's store and workflow.
+/// What `serve` would refuse in the channels' secrets, read from the environment as it reads them
+/// (set but unusable: too short a link key, a webhook secret without `whsec_`, a blank token).
+pub fn secret_problems(cfg: &crate::config::Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(sc) = &cfg.slack {
+        if let Err(e) = sc.secrets_from_env() {
+            problems.push(e.to_string());
+        }
+    }
+    if let Some(ec) = &cfg.email {
+        if let Err(e) = email::EmailSecrets::from_env(ec) {
+            problems.push(e.to_string());
+        }
+    }
+    if let Some(jc) = &cfg.jira {
+        if let Err(e) = jira::JiraCredentials::from_env(jc) {
+            problems.push(e.to_string());
+        }
+    }
+    for ep in cfg.webhooks.iter().flat_map(|w| &w.endpoints) {
+        if let Err(e) = webhooks::WebhookNotifier::from_env(ep) {
+            problems.push(e.to_string());
+        }
+    }
+    problems
+}
+
 pub fn build(engine: &Engine) -> Result<Channels, ChannelError> {
     let cfg = &engine.config;
     let store = engine.store().clone();

@@ -728,6 +728,41 @@ fn check_config_names_a_secret_reference_that_cannot_be_resolved() {
     );
 }
 
+/// `check-config` also refuses what `serve` would refuse in a secret that is set: here a webhook
+/// secret without its `whsec_` prefix.
+#[test]
+fn check_config_refuses_a_set_secret_serve_would_refuse() {
+    let dir = countersign_bot::testing::TempDir::new();
+    let path = dir.path().join("countersign.toml");
+    let toml = format!(
+        "{}\n[[webhooks.endpoints]]\nname = \"siem\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret_env = \"COUNTERSIGN_TEST_HOOK_SECRET\"\n",
+        config("sqlite::memory:", free_port(), "")
+    );
+    std::fs::write(&path, toml).expect("write config");
+    let run = |secret: &str| {
+        Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .arg("--config")
+            .arg(&path)
+            .arg("check-config")
+            .env("COUNTERSIGN_TEST_HOOK_SECRET", secret)
+            .output()
+            .expect("run countersign check-config")
+    };
+    let out = run("abc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("whsec_") && stderr.contains("countersign.toml"),
+        "{stderr}"
+    );
+    let out = run("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// SIGTERM while an approved wire statement runs: it finishes within the grace, its client gets the
 /// result, and its outcome reaches the store before the process exits (not "interrupted" later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

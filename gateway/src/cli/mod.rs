@@ -220,7 +220,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { skip_secrets } => {
             let path = cli.config.as_ref();
             match load_config(path) {
-                Ok((_, file)) => {
+                Ok((cfg, file)) => {
                     let source = match path {
                         Some(p) if !skip_secrets => std::fs::read_to_string(p).unwrap_or_default(),
                         _ => String::new(),
@@ -235,6 +235,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         eprintln!(
                             "{file}: {} secret reference(s) cannot be resolved here (pass --skip-secrets to check the file alone)",
                             missing.len()
+                        );
+                        return Ok(ExitCode::from(2));
+                    }
+                    let unusable = if skip_secrets {
+                        Vec::new()
+                    } else {
+                        crate::channels::secret_problems(&cfg)
+                    };
+                    if !unusable.is_empty() {
+                        for problem in &unusable {
+                            eprintln!("{file}: {problem}");
+                        }
+                        eprintln!(
+                            "{file}: {} secret(s) are set but `serve` would refuse them",
+                            unusable.len()
                         );
                         return Ok(ExitCode::from(2));
                     }
