@@ -677,35 +677,13 @@ where
             // COPY data the client sends before the Sync of the batch that starts the COPY belongs
             // after that batch's messages: an allowed batch goes ahead first; one waiting for a
             // decision keeps the data (held, then forwarded with it in order).
-            if matches!(tag, b'd' | b'c' | b'f')
+            let into_batch = matches!(tag, b'd' | b'c' | b'f')
                 && !self.batch.bytes.is_empty()
                 && !self.skip_until_sync
-            {
-                if self.batch.action() == Action::Allow {
-                    self.forward_ready_part();
-                } else {
-                    if total == usize::MAX || total > self.ctx.max_message_size {
-                        return Err(WireError::Protocol(format!(
-                            "COPY data sent before the Sync of a batch waiting for a decision exceeds {} bytes; send Sync before the data",
-                            self.ctx.max_message_size
-                        )));
-                    }
-                    if self.cbuf.len() < total {
-                        self.client_need = total;
-                        return Ok(Step::NeedMore);
-                    }
-                    self.client_need = 0;
-                    let frame = self.cbuf.split_to(total);
-                    if tag != b'd' {
-                        self.copy_ends += 1;
-                    }
-                    self.add_to_batch(&frame)?;
-                    continue;
-                }
-            }
+                && (self.batch.action() != Action::Allow || !self.forward_ready_part());
             // CopyData is opaque and goes upstream as it comes, so it need not fit in memory at once:
             // PostgreSQL takes one of up to 1 GiB (sqlx sends such), far beyond `max_message_size`.
-            if tag == b'd' && total != usize::MAX && total > READ_CHUNK {
+            if tag == b'd' && !into_batch && total != usize::MAX && total > READ_CHUNK {
                 self.client_need = 0;
                 self.copy_data_left = total;
                 continue;
@@ -815,10 +793,15 @@ where
                     }
                 }
                 // COPY FROM STDIN data: the COPY statement itself was classified.
+                b'd' if into_batch => self.add_to_batch(&frame)?,
                 b'd' => self.out.extend_from_slice(&frame),
                 b'c' | b'f' => {
                     self.copy_ends += 1;
-                    self.out.extend_from_slice(&frame);
+                    if into_batch {
+                        self.add_to_batch(&frame)?;
+                    } else {
+                        self.out.extend_from_slice(&frame);
+                    }
                 }
                 b'X' => {
                     self.out.extend_from_slice(&frame);
