@@ -737,6 +737,13 @@ async fn buttons_of_a_copied_or_forwarded_message_do_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(h.workflow.get(id).await.unwrap().votes.is_empty());
+    // Each clicker is told the vote was not recorded.
+    let eph = h.wait_for_calls("chat.postEphemeral", 2).await;
+    assert!(
+        eph.iter()
+            .all(|e| e.to_string().contains("your vote was not recorded")),
+        "{eph:?}"
+    );
 }
 
 #[tokio::test]

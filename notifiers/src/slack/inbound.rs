@@ -254,10 +254,24 @@ impl Inner {
                     .detail(serde_json::json!({ "channel": channel, "ts": ts })),
                 )
                 .await;
+                // The clicker learns why nothing happened (a copy of the request message posted twice
+                // after a timeout, or a message edited to name another request).
+                self.ephemeral(
+                    channel,
+                    user,
+                    "This message is not the request message Countersign tracks, so your vote was not recorded; vote on the current request message, or in another channel.",
+                )
+                .await;
                 false
             }
             Err(e) => {
                 tracing::warn!(error = %e, "store unavailable while checking a Slack click; ignored");
+                self.ephemeral(
+                    channel,
+                    user,
+                    "Countersign's store is unavailable, so your vote was not recorded; try again shortly.",
+                )
+                .await;
                 false
             }
         }
