@@ -317,6 +317,23 @@ pub fn unreadable_statement(text: &[u8], message: String) -> (String, Arc<Verdic
     (key, refusal(UNREADABLE_RULE, message))
 }
 
+/// The rule named by the verdict of a statement name whose Parse message could not be read: refused
+/// with SQLSTATE 08P01, as PostgreSQL answers such a message.
+pub const MALFORMED_RULE: &str = "malformed_message";
+
+/// The catalog key and verdict of a name whose Parse message was malformed (PostgreSQL refused it, and
+/// holds no new text under the name): never run. The key starts with a NUL, as
+/// [`unreadable_statement`]'s does.
+pub fn malformed_statement() -> (String, Arc<Verdict>) {
+    (
+        "\0malformed Parse message".to_string(),
+        refusal(
+            MALFORMED_RULE,
+            "its Parse message was malformed (PostgreSQL refused it); send a well-formed Parse of it and Sync".into(),
+        ),
+    )
+}
+
 /// A block under one of the gateway's own protocol rules, refused with PostgreSQL's SQLSTATE for it.
 fn refusal(rule: &str, reason: String) -> Arc<Verdict> {
     Arc::new(Verdict {

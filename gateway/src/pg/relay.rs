@@ -1019,9 +1019,20 @@ where
 
     fn on_parse(&mut self, frame: &[u8]) -> Result<(), WireError> {
         let mut pos = 5;
-        let name = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Parse"))?;
-        let text = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Parse"))?;
-        let param_types = parse_param_types(frame, pos).ok_or_else(|| malformed("Parse"))?;
+        let name = read_cstr(frame, &mut pos);
+        let text = name.and_then(|_| read_cstr(frame, &mut pos));
+        let param_types = text.and_then(|_| parse_param_types(frame, pos));
+        let (Some(name), Some(text), Some(param_types)) = (name, text, param_types) else {
+            // PostgreSQL answers a Parse it can't read with ERROR 08P01 and skips to Sync, keeping the
+            // session: it goes as sent, for that answer. Nothing it names may run here.
+            if let Some(name) = name {
+                let (key, verdict) = super::extended::malformed_statement();
+                self.catalog.parse(name, &key, &[], |_| verdict.clone());
+                self.batch.parsed.push(name.into());
+            }
+            self.sql_prepared.forget_all();
+            return self.add_to_batch(frame);
+        };
         let sql = match statement_text(&self.backend.client_encoding, text) {
             Ok(sql) => sql,
             Err(message) => {
@@ -1735,6 +1746,7 @@ fn refusal_text(verdict: Option<&Verdict>) -> (&'static str, String) {
         super::extended::UNREADABLE_RULE => Some(("22021", v.reasons.join("; "))),
         super::extended::UNKNOWN_STATEMENT_RULE => Some(("26000", v.reasons.join("; "))),
         super::extended::UNKNOWN_PORTAL_RULE => Some(("34000", v.reasons.join("; "))),
+        super::extended::MALFORMED_RULE => Some(("08P01", v.reasons.join("; "))),
         _ => None,
     });
     own.unwrap_or_else(|| {
