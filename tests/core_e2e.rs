@@ -1767,6 +1767,14 @@ async fn an_approved_copy_from_stdin_whose_client_leaves_is_failed_upstream_not_
     );
     let request = gw.request(BOB, &id).await.body.to_string();
     assert!(request.contains("disconnected"), "{request}");
+    // The upstream session answered the CopyFail (that is how the request became failed) and is
+    // closing; pg_stat_activity lists it, with its last query, until it is gone.
+    for _ in 0..50 {
+        if running().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         running().await,
         0,
