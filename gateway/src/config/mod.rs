@@ -159,11 +159,17 @@ pub enum KeyFile {
 }
 
 impl StoreConfig {
-    /// True when the store is a SQLite file whose audit key file the gateway manages (no key configured).
-    pub fn manages_key_file(&self, url: &str) -> bool {
-        self.audit_key_env.is_none()
-            && self.audit_key_file.is_none()
-            && (url.starts_with("sqlite:") && !url.contains(":memory:"))
+    /// The audit key file the gateway manages beside a SQLite store file at `url`
+    /// (`countersign.db.audit-key`), when no key is configured; `None` otherwise.
+    pub fn managed_key_file(&self, url: &str) -> Option<PathBuf> {
+        if self.audit_key_env.is_some() || self.audit_key_file.is_some() {
+            return None;
+        }
+        url.strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && *p != ":memory:")
+            .map(|p| PathBuf::from(format!("{p}.audit-key")))
     }
 }
 
@@ -204,13 +210,7 @@ impl StoreConfig {
                 self.audit_key_file.as_deref(),
             )?;
             (key, secret)
-        } else if let Some(path) = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .map(|p| p.split('?').next().unwrap_or(p))
-            .filter(|p| !p.is_empty() && *p != ":memory:")
-        {
-            let path = PathBuf::from(format!("{path}.audit-key"));
+        } else if let Some(path) = self.managed_key_file(url) {
             match std::fs::read_to_string(&path) {
                 Ok(s) => ("store.audit_key_file", s.trim().to_string()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && mode == KeyFile::Create => {

@@ -59,18 +59,12 @@ async fn check_audit_key(
     let Some((head, seal)) = head.and_then(|h| h.seal.as_ref().map(|s| (h, s))) else {
         return Ok(());
     };
-    let setting = if config.store.manages_key_file(store_url) {
-        format!(
-            "the key file beside the SQLite database ({}.audit-key)",
-            store_url
-                .trim_start_matches("sqlite://")
-                .trim_start_matches("sqlite:")
-                .split('?')
-                .next()
-                .unwrap_or_default()
-        )
-    } else {
-        "[store] audit_key_env / audit_key_file".to_string()
+    let setting = match config.store.managed_key_file(store_url) {
+        Some(path) => format!(
+            "the key file beside the SQLite database ({})",
+            path.display()
+        ),
+        None => "[store] audit_key_env / audit_key_file".to_string(),
     };
     match key {
         None => Err(EngineError::Config(format!(
@@ -105,7 +99,7 @@ impl Engine {
         let mut store = countersign_bot::store::open_with(&store_url, key.clone()).await?;
         let head = store.audit_head().await?;
         check_audit_key(&config, &store_url, &*store, head.as_ref(), key.as_ref()).await?;
-        if key.is_none() && config.store.manages_key_file(&store_url) {
+        if key.is_none() && config.store.managed_key_file(&store_url).is_some() {
             // A SQLite store's first run (or one sealed never): its key file is made now.
             key = config
                 .store

@@ -713,8 +713,6 @@ fn is_run_char(c: u8) -> bool {
 fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     let b = text.as_bytes();
     let mut i = 0;
-    // The run's first 19 digits (no card has more) and how many there are.
-    let mut digits = [0u8; 19];
     while i < b.len() {
         if !(b[i].is_ascii_digit() || b[i] == b'+' || b[i] == b'(')
             || (i > 0 && b[i - 1].is_ascii_alphanumeric())
@@ -751,15 +749,7 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
         }
         // Separators after the last digit are not part of the run; all its digits are before it.
         let card_layout = non_card_sep >= stop;
-        if on.contains(Detector::Card) && card_layout && (13..=digits.len()).contains(&count) && {
-            for (d, c) in digits
-                .iter_mut()
-                .zip(run.bytes().filter(u8::is_ascii_digit))
-            {
-                *d = c;
-            }
-            is_card_digits(&digits[..count])
-        } {
+        if on.contains(Detector::Card) && card_layout && is_card_run(run, count) {
             out.push(Finding {
                 range,
                 detector: Detector::Card,
@@ -838,10 +828,8 @@ fn find_in_run_windows(text: &str, run: Range<usize>, on: DetectorSet, out: &mut
                 && window
                     .bytes()
                     .all(|c| c.is_ascii_digit() || c == b' ' || c == b'-')
-                && {
-                    let digits: Vec<u8> = window.bytes().filter(u8::is_ascii_digit).collect();
-                    is_card_digits(&digits)
-                } {
+                && is_card_run(window, count)
+            {
                 Detector::Card
             } else if on.contains(Detector::Ssn) && is_ssn(window) {
                 Detector::Ssn
@@ -868,6 +856,22 @@ fn find_in_run_windows(text: &str, run: Range<usize>, on: DetectorSet, out: &mut
             }
         }
     }
+}
+
+/// True when the `count` digits of `run` (13–19 of them, as a card has) are a card number.
+fn is_card_run(run: &str, count: usize) -> bool {
+    // No card has more than 19 digits: they fit on the stack.
+    let mut digits = [0u8; 19];
+    if !(13..=digits.len()).contains(&count) {
+        return false;
+    }
+    for (d, c) in digits
+        .iter_mut()
+        .zip(run.bytes().filter(u8::is_ascii_digit))
+    {
+        *d = c;
+    }
+    is_card_digits(&digits[..count])
 }
 
 /// Digit group lengths a card is printed in.

@@ -427,27 +427,14 @@ impl Masker {
             // A float in exponent form (`4.111111111111111e+15`) is an integer a client reads back
             // exactly: scanned in positional notation, as binary floats are.
             (false, TypeClass::Float) if raw.iter().any(|b| matches!(b, b'e' | b'E')) => {
-                let value: f64 = std::str::from_utf8(raw)
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-                    .ok_or(UnreadableValue)?;
                 decoded.clear();
-                use std::fmt::Write;
-                let _ = write!(decoded, "{value}");
+                write_float_text(raw, decoded).ok_or(UnreadableValue)?;
                 decoded
             }
             // `money` is a 64-bit count of cents: scanned as the number it holds.
             (true, TypeClass::Money) => {
-                let cents = i64::from_be_bytes(raw.try_into().map_err(|_| UnreadableValue)?);
                 decoded.clear();
-                use std::fmt::Write;
-                let _ = write!(
-                    decoded,
-                    "{}{}.{:02}",
-                    if cents < 0 { "-" } else { "" },
-                    cents.unsigned_abs() / 100,
-                    cents.unsigned_abs() % 100
-                );
+                write_money(raw, decoded).ok_or(UnreadableValue)?;
                 decoded
             }
             (false, _) | (true, TypeClass::Text) | (true, TypeClass::Json) => {
@@ -683,6 +670,23 @@ fn write_float(raw: &[u8], out: &mut String) -> Option<()> {
         8 => write!(out, "{}", f64::from_be_bytes(raw.try_into().ok()?)),
         _ => return None,
     };
+    Some(())
+}
+
+/// A float's text (`4.111111111111111e+15`) in positional notation, as [`write_float`] writes binary ones.
+fn write_float_text(raw: &[u8], out: &mut String) -> Option<()> {
+    use std::fmt::Write;
+    let value: f64 = std::str::from_utf8(raw).ok()?.trim().parse().ok()?;
+    let _ = write!(out, "{value}");
+    Some(())
+}
+
+/// A binary `money` (a count of cents) as its amount (`-12.50`).
+fn write_money(raw: &[u8], out: &mut String) -> Option<()> {
+    use std::fmt::Write;
+    let cents = i64::from_be_bytes(raw.try_into().ok()?);
+    let (sign, abs) = (if cents < 0 { "-" } else { "" }, cents.unsigned_abs());
+    let _ = write!(out, "{sign}{}.{:02}", abs / 100, abs % 100);
     Some(())
 }
 

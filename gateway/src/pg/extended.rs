@@ -128,10 +128,7 @@ impl Catalog {
         };
         self.closing.remove(name);
         if replaces {
-            self.touched
-                .entry(self.batch)
-                .or_default()
-                .push(name.into());
+            self.touch(name);
         }
         self.statements.insert(
             name.into(),
@@ -196,10 +193,7 @@ impl Catalog {
             b'S' => {
                 self.statements.remove(name);
                 self.closing.insert(name.into(), self.batch);
-                self.touched
-                    .entry(self.batch)
-                    .or_default()
-                    .push(name.into());
+                self.touch(name);
             }
             _ => {
                 self.portals.remove(name);
@@ -220,6 +214,14 @@ impl Catalog {
     /// Notes that a PREPARE statement may have reached the upstream.
     pub fn saw_sql_prepare(&mut self) {
         self.sql_prepare = true;
+    }
+
+    /// Lists `name` for [`Catalog::settle`] of the batch being received.
+    fn touch(&mut self, name: &[u8]) {
+        self.touched
+            .entry(self.batch)
+            .or_default()
+            .push(name.into());
     }
 
     /// Notes an Execute of portal `name`; true when another portal was executed since its Bind, which

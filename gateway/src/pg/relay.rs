@@ -942,13 +942,17 @@ where
                 verdict = misread_guard(&self.backend, self.ready_part_sent, sql, judged);
             }
         }
-        if may_prepare(&verdict) {
+        let (prepares, deallocates) = (
+            may_prepare(&verdict),
+            super::prepared::deallocates(&verdict),
+        );
+        if prepares {
             self.catalog.saw_sql_prepare();
         }
-        if super::prepared::deallocates(&verdict) {
+        if deallocates {
             self.catalog.forget_named();
         }
-        if may_prepare(&verdict) || super::prepared::deallocates(&verdict) {
+        if prepares || deallocates {
             self.name_generation += 1;
         }
         match verdict.action {
@@ -1094,20 +1098,22 @@ where
         self.batch.executes = true;
         let receiving = self.catalog.receiving();
         let others_ran = self.catalog.note_execute(portal);
-        let mut deallocates = false;
-        if let Some(p) = self.catalog.portal(portal) {
-            self.batch.carries_portal |= p.bound_in != receiving || others_ran;
-            deallocates = super::prepared::deallocates(&p.statement.verdict);
-        }
-        match self.catalog.portal(portal) {
-            // Fetching on from an approved execution runs nothing new.
-            Some(p) if p.approved => {}
-            Some(p) => self.batch.execute(portal, p),
+        let deallocates = match self.catalog.portal(portal) {
+            Some(p) => {
+                self.batch.carries_portal |= p.bound_in != receiving || others_ran;
+                // Fetching on from an approved execution runs nothing new.
+                if !p.approved {
+                    self.batch.execute(portal, p);
+                }
+                super::prepared::deallocates(&p.statement.verdict)
+            }
             // Executing an unbound portal fails upstream; fail closed here too.
-            None => self
-                .batch
-                .execute(portal, &super::extended::unknown_portal(portal)),
-        }
+            None => {
+                self.batch
+                    .execute(portal, &super::extended::unknown_portal(portal));
+                false
+            }
+        };
         // PostgreSQL drops the statements when this Execute runs: those parsed after it survive.
         if deallocates {
             self.catalog.forget_named();
@@ -1204,16 +1210,16 @@ where
             });
             return None;
         }
-        let too_long = batch.sql_len() > super::extended::REVIEWED_TEXT_LIMIT;
+        let text_len = batch.sql_len();
+        let too_long = text_len > super::extended::REVIEWED_TEXT_LIMIT;
         if action == Action::Block || too_long {
             self.catalog.forget_statements(&batch.parsed);
             let (code, message) = if too_long {
                 (
                     sqlstate::PROGRAM_LIMIT_EXCEEDED,
                     format!(
-                        "this batch needs a decision, and its {} executions come to {} bytes of statement text, more than the {} bytes a review may show; send fewer executions per Sync",
+                        "this batch needs a decision, and its {} executions come to {text_len} bytes of statement text, more than the {} bytes a review may show; send fewer executions per Sync",
                         batch.executed.len(),
-                        batch.sql_len(),
                         super::extended::REVIEWED_TEXT_LIMIT
                     ),
                 )
