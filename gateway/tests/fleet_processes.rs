@@ -19,6 +19,17 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// Two distinct free loopback ports: both listeners are held while the second is chosen, so the
+/// kernel cannot hand out the same port twice (which left a replica unable to bind its second listener).
+fn two_free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    (
+        a.local_addr().expect("local addr").port(),
+        b.local_addr().expect("local addr").port(),
+    )
+}
+
 fn sha(t: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(t.as_bytes()))
@@ -87,6 +98,9 @@ impl Replica {
         let dir = countersign_bot::testing::TempDir::new();
         let path = dir.path().join("countersign.toml");
         std::fs::write(&path, toml).expect("write config");
+        // The replica's log is kept so that a start-up failure says why.
+        let log_path = dir.path().join("serve.log");
+        let log = std::fs::File::create(&log_path).expect("create the replica's log file");
         let child = Command::new(env!("CARGO_BIN_EXE_countersign"))
             .arg("--config")
             .arg(&path)
@@ -94,26 +108,29 @@ impl Replica {
             .env(SECRET_ENV, SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start countersign serve");
-        let r = Replica {
+        let mut r = Replica {
             child,
             base: format!("http://127.0.0.1:{http}"),
             _dir: dir,
         };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(resp) = http.get(format!("{}/readyz", r.base)).send().await {
+            if let Ok(resp) = client.get(format!("{}/readyz", r.base)).send().await {
                 if resp.status().is_success() {
                     return r;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "replica on {http:?} never became ready"
-            );
+            let exited = r.child.try_wait().expect("poll the replica");
+            if exited.is_some() || Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!(
+                    "replica on port {http} never became ready (exit: {exited:?}); its log:\n{log}"
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -208,7 +225,7 @@ async fn replica_killed_mid_delivery_hands_items_over_and_each_is_delivered_exac
     let webhooks = format!(
         "[[webhooks.endpoints]]\nname = \"audit\"\nurl = \"http://{hook}/hook\"\nsecret_env = \"{SECRET_ENV}\"\ntimeout_secs = 60\nevents = [\"created\"]\n"
     );
-    let (port_a, port_b) = (free_port(), free_port());
+    let (port_a, port_b) = two_free_ports();
     let mut a = Replica::start(&config(&store_url, port_a, &webhooks), port_a).await;
     let http = reqwest::Client::new();
     for i in 0..10 {
@@ -284,7 +301,7 @@ async fn sigterm_tells_a_held_wire_client_its_request_stays_pending_and_exits() 
     let store_url = countersign_bot::testing::fresh_pg_database()
         .await
         .expect("PostgreSQL on 127.0.0.1:5432");
-    let (http_port, wire_port) = (free_port(), free_port());
+    let (http_port, wire_port) = two_free_ports();
     let wire = format!(
         "[wire]\nlisten = \"127.0.0.1:{wire_port}\"\nallow_cleartext_without_tls = true\nhold_wait = 120\n"
     );
@@ -402,7 +419,7 @@ async fn sigterm_lets_short_statements_finish_and_cancels_long_ones() {
     let store_url = countersign_bot::testing::fresh_pg_database()
         .await
         .expect("PostgreSQL on 127.0.0.1:5432");
-    let (http_port, wire_port) = (free_port(), free_port());
+    let (http_port, wire_port) = two_free_ports();
     // pg_sleep is held by default; this test is about running statements.
     let wire = format!(
         "[[policy.rules]]\nname = \"sleepers\"\nconnections = [\"local\"]\naction = \"allow\"\n\n[wire]\nlisten = \"127.0.0.1:{wire_port}\"\nallow_cleartext_without_tls = true\n"
@@ -772,7 +789,7 @@ async fn an_approved_wire_statement_finishing_during_shutdown_is_recorded_execut
         .await
         .expect("PostgreSQL on 127.0.0.1:5432");
     let (mut admin, table) = table_of_ids("sigterm_exec", "(1)").await;
-    let (http_port, wire_port) = (free_port(), free_port());
+    let (http_port, wire_port) = two_free_ports();
     let extra = format!(
         "{}[wire]\nlisten = \"127.0.0.1:{wire_port}\"\nallow_cleartext_without_tls = true\nhold_wait = 120\n",
         reviewer_tokens()
