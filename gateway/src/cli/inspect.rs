@@ -86,7 +86,12 @@ pub fn policy_explain(
     let policy = match config {
         Some(p) => {
             let (cfg, _) = load_config(Some(p)).map_err(|e| anyhow!("{e}"))?;
-            Policy::new(cfg.policy.rules, cfg.policy.defaults).map_err(|e| anyhow!("{e}"))?
+            Policy::new(
+                cfg.policy.rules,
+                cfg.policy.defaults,
+                &cfg.identity.issuers(),
+            )
+            .map_err(|e| anyhow!("{e}"))?
         }
         None => Policy::builtin(),
     };

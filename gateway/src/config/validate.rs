@@ -227,7 +227,11 @@ impl Config {
                 }
             }
         }
-        match Policy::new(self.policy.rules.clone(), self.policy.defaults.clone()) {
+        match Policy::new(
+            self.policy.rules.clone(),
+            self.policy.defaults.clone(),
+            &self.identity.issuers(),
+        ) {
             Ok(_) => {}
             Err(e) => r.push("policy", e.to_string()),
         }

@@ -122,8 +122,12 @@ impl Engine {
         store: Arc<dyn countersign_bot::Store>,
         sinks: Vec<String>,
     ) -> Result<Engine, EngineError> {
-        let policy = Policy::new(config.policy.rules.clone(), config.policy.defaults.clone())
-            .map_err(|e| EngineError::Config(e.to_string()))?;
+        let policy = Policy::new(
+            config.policy.rules.clone(),
+            config.policy.defaults.clone(),
+            &config.identity.issuers(),
+        )
+        .map_err(|e| EngineError::Config(e.to_string()))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))

@@ -1,5 +1,6 @@
 //! The `[identity]` section of the configuration file, and its validation.
 
+use super::static_tokens::STATIC_ISSUER;
 use countersign_bot::IdentityKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
@@ -27,6 +28,18 @@ pub struct IdentityConfig {
     /// Configured bearer tokens, stored as SHA-256 hashes (`[[identity.static_tokens]]`).
     #[serde(default)]
     pub static_tokens: Vec<StaticTokenConfig>,
+}
+
+impl IdentityConfig {
+    /// The issuers identities can come from: `static` when static tokens are configured, then each
+    /// OIDC issuer. Allow rules match requesters from these only.
+    pub fn issuers(&self) -> Vec<String> {
+        let statics = (!self.static_tokens.is_empty()).then(|| STATIC_ISSUER.to_string());
+        statics
+            .into_iter()
+            .chain(self.oidc.iter().map(|o| o.issuer.clone()))
+            .collect()
+    }
 }
 
 impl Default for IdentityConfig {

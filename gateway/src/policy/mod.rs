@@ -89,13 +89,15 @@ struct Decision<'p> {
 }
 
 impl Policy {
-    /// Validate `rules` and `defaults` into a policy.
+    /// Validate `rules` and `defaults` into a policy; `issuers` are the configured identity issuers
+    /// ([`crate::identity::IdentityConfig::issuers`]), the only ones an allow rule's requesters match.
     pub fn new(
         rules: Vec<PolicyRule>,
         defaults: PolicyDefaults,
+        issuers: &[String],
     ) -> Result<Policy, PolicyConfigError> {
         let defaults = resolve_defaults(&defaults)?;
-        let rules = compile_rules(&rules, &defaults)?;
+        let rules = compile_rules(&rules, &defaults, issuers)?;
         Ok(Policy {
             rules,
             defaults,

@@ -26,7 +26,11 @@ pub struct PolicyRule {
     /// Match only UPDATE/DELETE without WHERE (`true`) or only with one (`false`); absent means any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_where: Option<bool>,
-    /// Globs on the e-mail or subject of anyone in the requester chain; absent means any.
+    /// Who in the requester chain the rule is for; absent means anyone. `*@ci.example.com` (with an
+    /// `@`) matches e-mail addresses; `deploy-*` matches subjects; `static|deploy-*` or
+    /// `https://idp.example.com|svc-*` matches subjects of that issuer only. An allow rule considers
+    /// only identities from configured issuers, and may name subjects unqualified only when a single
+    /// issuer is configured (the same subject from another issuer is another identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requesters: Option<Vec<String>>,
     /// IdP groups of anyone in the requester chain; absent means any.
@@ -179,8 +183,61 @@ pub struct CompiledRule {
     /// `tables` matched with case, for allow rules.
     tables_exact: Option<GlobSet>,
     missing_where: Option<bool>,
-    requesters: Option<GlobSet>,
+    requesters: Option<RequesterPatterns>,
     requester_groups: Option<Vec<String>>,
+    /// Issuers whose identities an allow rule may match (see [`PolicyRule::requesters`]).
+    trusted_issuers: Vec<String>,
+}
+
+/// A rule's `requesters`, split by what each pattern is matched against.
+#[derive(Debug, Clone)]
+struct RequesterPatterns {
+    /// Patterns with an `@`, matched against e-mail addresses.
+    emails: GlobSet,
+    /// Unqualified patterns without an `@`, matched against subjects.
+    subjects: GlobSet,
+    /// `issuer|subject-glob` patterns: the issuer exactly, the subject by glob.
+    qualified: Vec<(String, globset::GlobMatcher)>,
+}
+
+impl RequesterPatterns {
+    fn compile(patterns: &[String]) -> Result<RequesterPatterns, String> {
+        let (mut emails, mut subjects, mut qualified) = (Vec::new(), Vec::new(), Vec::new());
+        for p in patterns {
+            match p.split_once('|') {
+                Some((issuer, subject)) => {
+                    if issuer.trim().is_empty() || subject.trim().is_empty() {
+                        return Err(format!(
+                            "{p:?} names no issuer or no subject around the `|`"
+                        ));
+                    }
+                    let glob = GlobBuilder::new(subject)
+                        .build()
+                        .map_err(|e| format!("bad glob {subject:?}: {e}"))?;
+                    qualified.push((issuer.to_string(), glob.compile_matcher()));
+                }
+                None if p.contains('@') => emails.push(p.clone()),
+                None => subjects.push(p.clone()),
+            }
+        }
+        Ok(RequesterPatterns {
+            emails: build_globs(&emails)?,
+            subjects: build_globs(&subjects)?,
+            qualified,
+        })
+    }
+
+    /// True when a pattern names `who`.
+    fn is_match(&self, who: &countersign_bot::Identity) -> bool {
+        who.email
+            .as_deref()
+            .is_some_and(|e| self.emails.is_match(e))
+            || self.subjects.is_match(&who.subject)
+            || self
+                .qualified
+                .iter()
+                .any(|(issuer, glob)| *issuer == who.issuer && glob.is_match(&who.subject))
+    }
 }
 
 impl CompiledRule {
@@ -192,9 +249,13 @@ impl CompiledRule {
 }
 
 /// Validate and compile rules; names must be unique.
+///
+/// `issuers` are the configured identity issuers (`static` when static tokens are configured, and
+/// each OIDC issuer): an allow rule matches requesters from these only.
 pub fn compile_rules(
     rules: &[PolicyRule],
     defaults: &ReviewRequirement,
+    issuers: &[String],
 ) -> Result<Vec<CompiledRule>, PolicyConfigError> {
     let mut compiled: Vec<CompiledRule> = Vec::with_capacity(rules.len());
     for (index, rule) in rules.iter().enumerate() {
@@ -338,7 +399,42 @@ pub fn compile_rules(
             }
             _ => None,
         };
-        let requesters = globs("requesters", &rule.requesters)?;
+        let requesters = match &rule.requesters {
+            Some(p) if p.is_empty() => {
+                return Err(err(
+                    "requesters",
+                    "the list is empty, so the rule could never match".into(),
+                    "remove the key to match anything, or list at least one pattern",
+                ))
+            }
+            Some(p) => Some(RequesterPatterns::compile(p).map_err(|problem| {
+                err(
+                    "requesters",
+                    problem,
+                    "fix the glob syntax (`*`, `?`, `[abc]`, `{a,b}`); qualify a subject with its issuer as `issuer|subject`",
+                )
+            })?),
+            None => None,
+        };
+        if action == Action::Allow && issuers.len() > 1 {
+            if let Some(patterns) = &rule.requesters {
+                if requesters.as_ref().is_some_and(|r| !r.subjects.is_empty()) {
+                    let unqualified: Vec<&str> = patterns
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|p| !p.contains('|') && !p.contains('@'))
+                        .collect();
+                    return Err(err(
+                        "requesters",
+                        format!(
+                            "subject pattern(s) {unqualified:?} in an allow rule would match that subject from any of the configured issuers ({})",
+                            issuers.join(", ")
+                        ),
+                        "qualify each subject with its issuer, e.g. \"static|deploy-agent\" or \"https://idp.example.com|svc-*\"",
+                    ));
+                }
+            }
+        }
         let lower_list = |key: &'static str,
                           list: &Option<Vec<String>>|
          -> Result<Option<Vec<String>>, PolicyConfigError> {
@@ -370,6 +466,7 @@ pub fn compile_rules(
             missing_where: rule.missing_where,
             requesters,
             requester_groups: lower_list("requester_groups", &rule.requester_groups)?,
+            trusted_issuers: issuers.to_vec(),
         });
     }
     Ok(compiled)
@@ -434,17 +531,24 @@ impl CompiledRule {
                 return false;
             }
         }
-        if let Some(globs) = &self.requesters {
-            let hit = requester.0.iter().any(|who| {
-                globs.is_match(&who.subject)
-                    || who.email.as_deref().is_some_and(|e| globs.is_match(e))
-            });
+        // A stricter rule catches anyone it names; an allow rule vouches only for identities from
+        // configured issuers (a delegation claim may name an actor from any issuer at all).
+        let widens = self.action == Action::Allow;
+        let considered = |who: &&countersign_bot::Identity| {
+            !widens || self.trusted_issuers.iter().any(|i| *i == who.issuer)
+        };
+        if let Some(patterns) = &self.requesters {
+            let hit = requester
+                .0
+                .iter()
+                .filter(considered)
+                .any(|who| patterns.is_match(who));
             if !hit {
                 return false;
             }
         }
         if let Some(groups) = &self.requester_groups {
-            let hit = requester.0.iter().any(|who| {
+            let hit = requester.0.iter().filter(considered).any(|who| {
                 who.groups
                     .iter()
                     .any(|g| groups.iter().any(|w| w.eq_ignore_ascii_case(g)))
@@ -532,7 +636,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let compiled = compile_rules(&[r], &defaults()).unwrap();
+        let compiled = compile_rules(&[r], &defaults(), &["https://idp".to_string()]).unwrap();
         assert_eq!(compiled[0].review.ttl_secs, 1800);
         assert_eq!(
             compiled[0].review.reminders,
@@ -617,7 +721,12 @@ mod tests {
         ];
         for (r, key) in cases {
             let name = r.name.clone();
-            let err = compile_rules(&[rule("ok", "allow"), r], &defaults()).unwrap_err();
+            let err = compile_rules(
+                &[rule("ok", "allow"), r],
+                &defaults(),
+                &["https://idp".to_string()],
+            )
+            .unwrap_err();
             assert_eq!(err.key(), key, "{err}");
             let text = err.to_string();
             assert!(
@@ -629,8 +738,12 @@ mod tests {
 
     #[test]
     fn duplicate_rule_names_are_rejected() {
-        let err =
-            compile_rules(&[rule("x", "allow"), rule("x", "block")], &defaults()).unwrap_err();
+        let err = compile_rules(
+            &[rule("x", "allow"), rule("x", "block")],
+            &defaults(),
+            &["https://idp".to_string()],
+        )
+        .unwrap_err();
         assert_eq!(err.key(), "name");
     }
 
@@ -648,6 +761,7 @@ mod tests {
                 ..rule("r", "review")
             }],
             &defaults,
+            &[],
         )
         .unwrap();
         assert_eq!(

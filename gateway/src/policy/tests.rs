@@ -872,7 +872,12 @@ fn rule(name: &str, action: &str) -> PolicyRule {
 }
 
 fn eval(rules: Vec<PolicyRule>, connection: &str, chain: &RequesterChain, sql: &str) -> Verdict {
-    let policy = Policy::new(rules, PolicyDefaults::default()).unwrap();
+    let policy = Policy::new(
+        rules,
+        PolicyDefaults::default(),
+        &["https://idp".to_string()],
+    )
+    .unwrap();
     policy.evaluate(
         &PolicyContext {
             connection,
@@ -1013,6 +1018,105 @@ fn requester_globs_and_groups_match_anyone_in_the_chain() {
     assert_eq!(eval(by_group, "c", &chain, sql).rule, "contractors");
     let v = eval(nobody, "c", &chain, sql);
     assert_eq!((v.action, v.rule.as_str()), (Review, "default"));
+}
+
+fn who(issuer: &str, subject: &str) -> Identity {
+    Identity {
+        issuer: issuer.into(),
+        subject: subject.into(),
+        email: None,
+        kind: IdentityKind::Workload,
+        groups: vec!["deployers".into()],
+    }
+}
+
+fn eval_with_issuers(
+    rules: Vec<PolicyRule>,
+    issuers: &[&str],
+    chain: &RequesterChain,
+    sql: &str,
+) -> Action {
+    let issuers: Vec<String> = issuers.iter().map(|i| i.to_string()).collect();
+    let policy = Policy::new(rules, PolicyDefaults::default(), &issuers).unwrap();
+    let ctx = PolicyContext {
+        connection: "c",
+        requester: chain,
+        db_functions: None,
+    };
+    policy.evaluate(&ctx, sql).action
+}
+
+#[test]
+fn an_allow_rule_names_subjects_of_one_issuer_and_ignores_actors_from_unconfigured_issuers() {
+    let sql = "DELETE FROM t WHERE id = 1";
+    let allow = |requesters: &[&str]| {
+        vec![PolicyRule {
+            requesters: Some(requesters.iter().map(|r| r.to_string()).collect()),
+            ..rule("deployer-may-delete", "allow")
+        }]
+    };
+    let both = ["static", "https://idp"];
+    // Unqualified, a subject could be the static identity or the IdP's subject of the same name.
+    let err = Policy::new(
+        allow(&["deploy-agent"]),
+        PolicyDefaults::default(),
+        &both.map(String::from),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("requesters") && err.contains("static|deploy-agent"),
+        "{err}"
+    );
+    // Qualified: the static identity only.
+    let rules = allow(&["static|deploy-agent"]);
+    let static_agent = RequesterChain::single(who("static", "deploy-agent"));
+    assert_eq!(
+        eval_with_issuers(rules.clone(), &both, &static_agent, sql),
+        Allow
+    );
+    let idp_namesake = RequesterChain::single(who("https://idp", "deploy-agent"));
+    assert_eq!(eval_with_issuers(rules, &both, &idp_namesake, sql), Review);
+    // One issuer: unqualified names its subjects, but not an actor a token claims is from elsewhere.
+    let rules = allow(&["deploy-agent"]);
+    let one = ["https://idp"];
+    let direct = RequesterChain::single(who("https://idp", "deploy-agent"));
+    assert_eq!(eval_with_issuers(rules.clone(), &one, &direct, sql), Allow);
+    let claimed = RequesterChain(vec![
+        who("https://some-other-issuer", "deploy-agent"),
+        who("https://idp", "svc-random"),
+    ]);
+    assert_eq!(eval_with_issuers(rules, &one, &claimed, sql), Review);
+    // Groups of such an actor do not count for an allow rule either.
+    let by_group = vec![PolicyRule {
+        requester_groups: Some(vec!["deployers".into()]),
+        ..rule("deployers-may-delete", "allow")
+    }];
+    let foreign_only = RequesterChain(vec![
+        who("https://some-other-issuer", "x"),
+        Identity {
+            groups: vec![],
+            ..who("https://idp", "svc-random")
+        },
+    ]);
+    assert_eq!(
+        eval_with_issuers(by_group.clone(), &one, &foreign_only, sql),
+        Review
+    );
+    assert_eq!(eval_with_issuers(by_group, &one, &direct, sql), Allow);
+    // A stricter rule catches the subject from any issuer.
+    let block = vec![PolicyRule {
+        requesters: Some(vec!["deploy-agent".into()]),
+        ..rule("no-deployer", "block")
+    }];
+    assert_eq!(eval_with_issuers(block, &both, &claimed, sql), Block);
+    // An e-mail pattern matches addresses, not subjects spelled like one.
+    let by_mail = allow(&["*@ci.example.com"]);
+    let subject_like_mail = RequesterChain::single(who("https://idp", "bot@ci.example.com"));
+    assert_eq!(
+        eval_with_issuers(by_mail, &both, &subject_like_mail, sql),
+        Review
+    );
 }
 
 #[test]
@@ -1233,6 +1337,7 @@ fn a_read_allow_rule_does_not_allow_a_row_function_called_by_attribute_notation(
             ..rule("reads", "allow")
         }],
         PolicyDefaults::default(),
+        &["https://idp".to_string()],
     )
     .unwrap();
     let chain = agent();
@@ -1336,7 +1441,7 @@ fn review_requirements_merge_across_statements() {
 
 #[test]
 fn invalid_rules_are_reported_by_policy_new() {
-    let err = Policy::new(vec![rule("x", "deny")], PolicyDefaults::default()).unwrap_err();
+    let err = Policy::new(vec![rule("x", "deny")], PolicyDefaults::default(), &[]).unwrap_err();
     assert_eq!(err.key(), "action");
     assert!(err.to_string().contains("policy.rules[0]"));
 }
@@ -1637,6 +1742,7 @@ fn a_write_rule_does_not_allow_user_code_the_catalog_shows() {
             ..rule("reports", "allow")
         }],
         PolicyDefaults::default(),
+        &["https://idp".to_string()],
     )
     .unwrap();
     let chain = agent();
@@ -1700,7 +1806,12 @@ fn a_table_rule_allows_neither_quoted_other_tables_nor_other_schemas_nextval_or_
         assert_ne!(v.action, Allow, "{sql}: {:?}", v.reasons);
     }
     // A database's own set_config or nextval captures the unqualified call.
-    let policy = Policy::new(rules, PolicyDefaults::default()).unwrap();
+    let policy = Policy::new(
+        rules,
+        PolicyDefaults::default(),
+        &["https://idp".to_string()],
+    )
+    .unwrap();
     for (shadow, sql) in [
         ("set_config", "SELECT set_config('application_name', 'x')"),
         (
@@ -2039,6 +2150,7 @@ fn a_shadow_makes_an_allow_rule_for_reads_hold_the_call() {
             ..rule("reads", "allow")
         }],
         PolicyDefaults::default(),
+        &["https://idp".to_string()],
     )
     .unwrap();
     let chain = agent();
