@@ -321,6 +321,49 @@ async fn view_columns_renaming_or_computed_from_masked_columns_are_masked_in_the
     drop_schema(&db, &schema).await;
 }
 
+/// A computed column named after a rule with a weaker style than the column it is computed from
+/// (keep-last, partial; a keyed hash likewise) is redacted: the name says nothing of what it shows.
+#[tokio::test]
+async fn computed_columns_named_after_a_weaker_rule_are_redacted() {
+    let (db, schema) = direct_and_schema_name("mask_named").await;
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.people (id int, ssn text, card text, email text);
+         INSERT INTO {schema}.people VALUES (1, '123-45-6789', '4111111111111111', 'alice@example.com');"
+    ))
+    .await
+    .unwrap();
+    let (gw, client) = masked_gateway(
+        "columns = [\"people.ssn\", \"people.card\"]\nstyle = \"redact\"\n\n[[connections.masking.rules]]\ncolumns = [\"*email*\"]\nstyle = \"keep_last\"\nkeep = 4\n\n[[connections.masking.rules]]\ncolumns = [\"tag\"]\nstyle = \"partial\"",
+    )
+    .await;
+    let sql = format!(
+        "SELECT 'x' || substr(ssn, 1, 4) AS email, 'x' || substr(card, 5, 4) AS email,
+                substr(email, 1, 3) AS email, (ssn)::varchar(5) AS email,
+                substr(ssn, 1, 1) AS tag, 'literal' AS email, email
+         FROM {schema}.people"
+    );
+    let want = json!([
+        "[redacted]",
+        "[redacted]",
+        "[redacted]",
+        "[redacted]",
+        "[redacted]",
+        "***eral",
+        "*************.com"
+    ]);
+    let r = gw.query(AGENT, &sql).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["rows"][0], want, "API");
+    let rows = client.simple_query(&sql).await.unwrap();
+    let tokio_postgres::SimpleQueryMessage::Row(row) = &rows[1] else {
+        panic!("expected a row first: {rows:?}")
+    };
+    let wire: Vec<_> = (0..row.len()).map(|i| row.get(i)).collect();
+    assert_eq!(json!(wire), want, "wire");
+    drop_schema(&db, &schema).await;
+}
+
 #[tokio::test]
 async fn whole_rows_cursors_and_error_text_do_not_carry_masked_values() {
     let (db, schema) = direct_and_schema_name("mask_row").await;

@@ -289,7 +289,7 @@ impl Masker {
     }
 
     /// The plan for column `attnum` of table `oid` (0: none) shown as `label`, its table and real name
-    /// resolved through `tables`. Fail closed where no rule matches its label: a column without a table
+    /// resolved through `tables`. Fail closed, whatever rule its label matches: a column without a table
     /// is redacted when `derived` (its statement computes it from a masked column, see
     /// [`Masker::computed_exposure`]), a whole row (attnum 0) of a table with a masked column (or whose
     /// columns are unknown) is redacted, and a table column whose real name a failed lookup left unknown
@@ -323,7 +323,10 @@ impl Masker {
                     || tables.view_exposes(oid, attnum)
                     || shows_statement_text(oid, real.unwrap_or(label)))
         };
-        if plan.style.is_none() && hidden {
+        // A style picked by the label alone is not the hidden column's: `substr(ssn, 1, 4) AS email`
+        // under a keep-last `*email*` rule showed four characters of a redacted column per alias, and
+        // a keyed hash of chosen pieces is an oracle. Only redaction is safe for what is hidden.
+        if hidden {
             plan.style = Some(Style::Redact);
         }
         plan
@@ -810,8 +813,9 @@ mod tests {
         assert_eq!(style("contact", 2).as_deref(), Some("Redact"));
         assert_eq!(style("e2", 3).as_deref(), Some("Redact"));
         assert_eq!(style("note", 4), None);
-        // A view column whose own name a rule matches keeps that rule's style.
-        assert_eq!(style("email", 2).as_deref(), Some("Hash(<key>)"));
+        // A view column whose own name a rule matches is still redacted: its name says nothing of
+        // what it shows (`substr(ssn, 1, 4) AS email` under a hash rule for emails is an oracle).
+        assert_eq!(style("email", 2).as_deref(), Some("Redact"));
         // The same view learned without its definition read under the rules: every column redacted.
         let mut unread = TableNames::default();
         unread.learn(
@@ -924,13 +928,21 @@ mod tests {
         // `SELECT email AS contact FROM t` while the catalog can't be read: the alias must not unmask it.
         let plan = m.column_in("contact", (7, 2), &names, (25, false), false);
         assert!(matches!(plan.style, Some(Style::Redact)));
-        // Expressions (no table) and label matches keep their usual plans.
+        // Expressions not computed from a masked column keep their usual plans.
         assert!(m
             .column_in("total", (0, 0), &names, (25, false), false)
             .style
             .is_none());
+        // A label matching a rule does not say what the column is (`ssn AS email`): redacted, not
+        // given the label's weaker hash.
         let own = m.column_in("email", (7, 3), &names, (25, false), false);
-        assert!(matches!(own.style, Some(Style::Hash(_))));
+        assert!(matches!(own.style, Some(Style::Redact)));
+        // A computed column derived from a masked one, named after a rule with a weaker style.
+        let computed = m.column_in("email", (0, 0), &names, (25, false), true);
+        assert!(matches!(computed.style, Some(Style::Redact)));
+        // A literal given that name is the statement's own text: the label's rule applies.
+        let literal = m.column_in("email", (0, 0), &names, (25, false), false);
+        assert!(matches!(literal.style, Some(Style::Hash(_))));
         // A detector-only connection has no column rule an alias could hide from.
         let detect_only = masker("[[rules]]\ndetect = [\"card\"]\nstyle = \"redact\"");
         assert!(detect_only
