@@ -31,11 +31,27 @@ async fn direct_and_schema_name(prefix: &str) -> (tokio_postgres::Client, String
 /// A gateway (SQLite store) whose connection masks by the one rule `rule` (TOML keys of a
 /// `[[connections.masking.rules]]` entry), and a wire client of it.
 async fn masked_gateway(rule: &str) -> (Gateway, tokio_postgres::Client) {
-    let cfg = base_config("[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n")
-        .replace(
-            "[[approver_groups]]",
-            &format!("[[connections.masking.rules]]\n{rule}\n\n[[approver_groups]]"),
-        );
+    masked_gateway_with(rule, "").await
+}
+
+/// [`masked_gateway`] whose policy allows every statement it can parse: masking must hold for what
+/// an operator chose to allow (planner statistics, reviewed by default, say).
+async fn masked_gateway_allowing_everything(rule: &str) -> (Gateway, tokio_postgres::Client) {
+    masked_gateway_with(
+        rule,
+        "[[policy.rules]]\nname = \"everything\"\naction = \"allow\"\n",
+    )
+    .await
+}
+
+async fn masked_gateway_with(rule: &str, policy: &str) -> (Gateway, tokio_postgres::Client) {
+    let cfg = base_config(&format!(
+        "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\n\n{policy}"
+    ))
+    .replace(
+        "[[approver_groups]]",
+        &format!("[[connections.masking.rules]]\n{rule}\n\n[[approver_groups]]"),
+    );
     let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
     let port = gw.wire.unwrap().port();
     let (client, conn) = tokio_postgres::connect(
@@ -633,7 +649,10 @@ async fn a_view_redefined_by_another_session_and_statistics_copied_out_stay_mask
     ))
     .await
     .unwrap();
-    let (_gw, client) = masked_gateway("columns = [\"ssn\"]\nstyle = \"redact\"").await;
+    // Statistics catalogs are reviewed by default; this connection allows them, and masking
+    // refuses the copy.
+    let (_gw, client) =
+        masked_gateway_allowing_everything("columns = [\"ssn\"]\nstyle = \"redact\"").await;
     let names = |rows: Vec<tokio_postgres::SimpleQueryMessage>| row_texts(&rows);
     let read = format!("SELECT name FROM {schema}.v ORDER BY id LIMIT 2");
     assert_eq!(
@@ -688,8 +707,11 @@ async fn values_reached_through_views_parents_statistics_and_held_cursors_stay_m
     ))
     .await
     .unwrap();
-    let (gw, client) =
-        masked_gateway("columns = [\"ssn\", \"customers.card\"]\nstyle = \"redact\"").await;
+    // Statistics catalogs are reviewed by default; this connection's policy allows them.
+    let (gw, client) = masked_gateway_allowing_everything(
+        "columns = [\"ssn\", \"customers.card\"]\nstyle = \"redact\"",
+    )
+    .await;
     let texts = |rows: Vec<tokio_postgres::SimpleQueryMessage>| row_texts(&rows).join("\n");
     let leaks = [
         format!("SELECT upper(tax_id) FROM {schema}.v_ren ORDER BY id LIMIT 3"),

@@ -445,6 +445,16 @@ const REVIEWED_RELATIONS: &[(&[&str], &str)] = &[
         ],
         "credentials (password hashes or user mappings)",
     ),
+    (
+        &[
+            "pg_statistic",
+            "pg_stats",
+            "pg_statistic_ext_data",
+            "pg_stats_ext",
+            "pg_stats_ext_exprs",
+        ],
+        "planner statistics, samples of the values of every table's columns (pg_authid's password hashes included)",
+    ),
 ];
 
 /// The built-in verdict on reading relation `name` (lower-case, possibly `schema.name`), when it has

@@ -84,6 +84,12 @@ const CASES: &[(&str, Action, &str)] = &[
     ("EXPLAIN (ANALYZE, BUFFERS) DELETE FROM orders WHERE id = 1", Review, "DELETE"),
     ("EXPLAIN (ANALYZE false) DELETE FROM orders", Allow, "EXPLAIN"),
     ("EXPLAIN ANALYZE SELECT 1", Allow, "SELECT"),
+    ("EXPLAIN EXECUTE p2", Review, "EXPLAIN EXECUTE plans a prepared statement"),
+    ("SELECT histogram_bounds FROM pg_stats WHERE tablename = 'pg_authid'", Review, "planner statistics"),
+    ("SELECT stavalues1 FROM pg_catalog.pg_statistic", Review, "planner statistics"),
+    ("SELECT * FROM pg_stats_ext_exprs", Review, "planner statistics"),
+    ("EXPLAIN (COSTS off) EXECUTE p2(1)", Review, "EXPLAIN EXECUTE plans"),
+    ("EXPLAIN ANALYZE EXECUTE p2", Review, "EXECUTE"),
     // PostgreSQL reads the option `ANALYSE` as ANALYZE (and runs the DELETE); an option it does not
     // know is an error there, so one the policy does not know fails closed.
     ("EXPLAIN (ANALYSE) DELETE FROM orders", Review, "EXPLAIN ANALYZE executes the DELETE"),
