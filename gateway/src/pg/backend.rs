@@ -50,6 +50,9 @@ pub struct InFlight {
     /// The ReadyForQuery ending this answers a Sync the gateway added (a simple Query arrived before
     /// the client's Sync), so the client, which sent no Sync for it, never sees it.
     pub swallow_ready: bool,
+    /// The gateway's own round trip (parsing a stale statement again): the client never sees its
+    /// answers (notifications and notices excepted), and it is not recorded.
+    pub internal: bool,
 }
 
 /// How many COPY FROM STDIN ends (CopyDone or CopyFail) the client had sent when a statement arrived.
@@ -280,9 +283,11 @@ impl BackendTracker {
             }
             let avail = buf.len() - pos;
             let rejecting = self.in_flight.front().is_some_and(|f| f.rejection);
+            let internal = self.in_flight.front().is_some_and(|f| f.internal);
             let hidden = (rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S'))
+                || (internal && !matches!(tag, b'N' | b'A' | b'S'))
                 || (tag == b'Z' && self.in_flight.front().is_some_and(|f| f.swallow_ready));
-            let masking = self.masker.is_some() && stream::wants(tag);
+            let masking = !internal && self.masker.is_some() && stream::wants(tag);
             let oversized =
                 masking && !hidden && total > MAX_MASKED_ROW && matches!(tag, b'D' | b'd');
             // Frames nobody needs to read stream through without being held whole; so does an
@@ -388,6 +393,9 @@ impl BackendTracker {
                         }
                     });
                 }
+                // The gateway's own round trip failed (its Parse): the Bind that follows meets
+                // PostgreSQL's answer for a name it does not hold.
+                b'E' if internal => {}
                 b'E' => {
                     self.errors = self.errors.wrapping_add(1);
                     self.fatal_relayed |= error_fields(body)
@@ -410,7 +418,7 @@ impl BackendTracker {
             }
             if hidden || (rejecting && tag == b'E') {
                 rewritten.extend_from_slice(&buf[copied..pos]);
-                if tag == b'E' {
+                if tag == b'E' && !internal {
                     put_without_context(rewritten, body);
                 }
                 copied = pos + total;
@@ -487,6 +495,9 @@ impl BackendTracker {
         let Some(mut f) = self.in_flight.pop_front() else {
             return;
         };
+        if f.internal {
+            return;
+        }
         if let Some(ops) = f.prepared.take() {
             self.prepared_settled.push(*ops);
         }
@@ -566,6 +577,7 @@ mod tests {
             copy: CopyMarks::default(),
             prepared: None,
             swallow_ready: false,
+            internal: false,
         }
     }
 
@@ -605,6 +617,55 @@ mod tests {
         b.put_slice(value.as_bytes());
         b.put_u8(0);
         b
+    }
+
+    #[test]
+    fn the_gateways_own_round_trip_never_reaches_the_client_nor_the_record() {
+        let frame = |tag: u8, body: &[u8]| {
+            let mut b = BytesMut::new();
+            b.put_u8(tag);
+            b.put_i32(4 + body.len() as i32);
+            b.put_slice(body);
+            b
+        };
+        let mut t = BackendTracker::new(b'I');
+        t.in_flight.push_back(InFlight {
+            internal: true,
+            ..in_flight(false)
+        });
+        t.in_flight.push_back(in_flight(false));
+        let error = frame(b'E', b"SERROR\0C42P01\0Mrelation \"t\" does not exist\0\0");
+        let notify = frame(b'A', b"\0\0\0\x07chan\0payload\0");
+        // The gateway's Close, Parse (failed) and Sync; a notification on the way; then the client's.
+        let data: Vec<u8> = [
+            frame(b'3', b""),
+            error,
+            notify.clone(),
+            frame(b'Z', b"I"),
+            frame(b'2', b""),
+            frame(b'C', b"SELECT 1\0"),
+            frame(b'Z', b"I"),
+        ]
+        .iter()
+        .flat_map(|f| f.to_vec())
+        .collect();
+        let (mut out, mut finished) = (BytesMut::new(), Vec::new());
+        let (n, rewrote) = t.scan(&data, &mut out, &mut finished).unwrap();
+        assert_eq!((n, rewrote), (data.len(), true));
+        let want: Vec<u8> = [
+            notify,
+            frame(b'2', b""),
+            frame(b'C', b"SELECT 1\0"),
+            frame(b'Z', b"I"),
+        ]
+        .iter()
+        .flat_map(|f| f.to_vec())
+        .collect();
+        assert_eq!(&out[..], &want[..]);
+        assert_eq!(finished.len(), 1, "only the client's statement is recorded");
+        assert_eq!(finished[0].error, None);
+        assert_eq!(t.errors, 0);
+        assert!(t.in_flight.is_empty());
     }
 
     #[test]

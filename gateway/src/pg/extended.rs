@@ -82,6 +82,9 @@ struct Named {
     unsettled: Option<u64>,
     /// The batch of the replacing Parse failed: which text PostgreSQL holds is unknown.
     ambiguous: bool,
+    /// Code ran upstream since its Parse (a DO block, a function, an approved statement) that may have
+    /// deallocated it and prepared its name again: the relay parses it again before a Bind uses it.
+    stale: bool,
 }
 
 impl Catalog {
@@ -136,8 +139,45 @@ impl Catalog {
                 prepared,
                 unsettled: replaces.then_some(self.batch),
                 ambiguous: false,
+                stale: false,
             },
         );
+    }
+
+    /// Marks every named statement stale: code that ran upstream may have deallocated it and given its
+    /// name another text (PL/pgSQL's `EXECUTE 'DEALLOCATE …'; EXECUTE 'PREPARE …'`).
+    pub fn mark_stale(&mut self) {
+        for (name, n) in self.statements.iter_mut() {
+            if !name.is_empty() {
+                n.stale = true;
+            }
+        }
+    }
+
+    /// The statement to parse again before a Bind of `name`, when it is stale and its text is
+    /// otherwise certain.
+    pub fn stale(&self, name: &[u8]) -> Option<Arc<Prepared>> {
+        match self.statements.get(name) {
+            Some(n) if n.stale && !n.ambiguous && n.unsettled.is_none() => Some(n.prepared.clone()),
+            _ => None,
+        }
+    }
+
+    /// `name` was closed and parsed again upstream with the text the gateway holds for it.
+    pub fn refreshed(&mut self, name: &[u8]) {
+        if let Some(n) = self.statements.get_mut(name) {
+            n.stale = false;
+        }
+    }
+
+    /// True when a portal other than `except` (which a Bind is replacing) was bound from `name`'s
+    /// statement and may be open (closing the statement closes it).
+    pub fn has_portals_of(&self, name: &[u8], except: &[u8]) -> bool {
+        self.statements.get(name).is_some_and(|n| {
+            self.portals
+                .iter()
+                .any(|(p, portal)| **p != *except && Arc::ptr_eq(&portal.statement, &n.prepared))
+        })
     }
 
     /// True when a Bind of `statement` now would find its text uncertain only because the batch that
@@ -881,6 +921,32 @@ mod tests {
         }
         b.put_i16(0);
         b.freeze()
+    }
+
+    #[test]
+    fn code_makes_named_statements_stale_until_parsed_again_and_never_the_unnamed_one() {
+        let mut c = Catalog::default();
+        c.parse(b"pm", "SELECT 1", &[23], |_| verdict_of(Action::Allow));
+        c.parse(b"", "SELECT 2", &[], |_| verdict_of(Action::Allow));
+        c.end_batch();
+        c.settle(c.receiving() - 1, true);
+        assert!(c.stale(b"pm").is_none());
+        c.mark_stale();
+        let stale = c.stale(b"pm").expect("stale after code ran");
+        assert_eq!(
+            (&*stale.sql, &*stale.param_types),
+            ("SELECT 1", &[23u32][..])
+        );
+        assert!(
+            c.stale(b"").is_none(),
+            "code cannot prepare the unnamed statement"
+        );
+        c.refreshed(b"pm");
+        assert!(c.stale(b"pm").is_none());
+        // A portal bound from it, other than the one a Bind replaces, may be closed by a Close.
+        c.bind(b"cur", b"pm", &bind_body(&[]));
+        assert!(c.has_portals_of(b"pm", b""));
+        assert!(!c.has_portals_of(b"pm", b"cur"));
     }
 
     #[test]

@@ -124,20 +124,43 @@ pub fn changes_names(verdict: &Verdict) -> bool {
     })
 }
 
-/// True when the statements may drop prepared statements, protocol-level ones included (and a later
-/// `PREPARE` give a name another text): `DEALLOCATE` (a name or all), `DISCARD ALL`, text the policy
-/// could not read, or code: a `DO` block, a `CALL`, or a function that is not vetted read-only
-/// (PL/pgSQL's `EXECUTE 'DEALLOCATE …'` does it).
-pub fn deallocates(verdict: &Verdict) -> bool {
-    verdict.statements.iter().any(|s| {
-        s.unparsed
-            || matches!(s.prepared.as_deref(), Some(PreparedUse::Deallocate { .. }))
+/// What statements may do to the session's protocol-level prepared statements.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NameEffects {
+    /// `DEALLOCATE ALL` or `DISCARD ALL`: every name is dropped.
+    pub drops_all: bool,
+    /// Names a `DEALLOCATE name` drops.
+    pub drops: Vec<String>,
+    /// Code runs (a `DO` block, a `CALL`, a function that is not vetted read-only, text the policy
+    /// could not read), which may deallocate any name and prepare it again (PL/pgSQL's
+    /// `EXECUTE 'DEALLOCATE …'`): every name becomes stale.
+    pub runs_code: bool,
+}
+
+impl NameEffects {
+    /// True when names change at all.
+    pub fn any(&self) -> bool {
+        self.drops_all || self.runs_code || !self.drops.is_empty()
+    }
+}
+
+/// What `verdict`'s statements may do to protocol-level prepared statements.
+pub fn name_effects(verdict: &Verdict) -> NameEffects {
+    let mut effects = NameEffects::default();
+    for s in verdict.statements.iter() {
+        match s.prepared.as_deref() {
+            Some(PreparedUse::Deallocate { name: Some(name) }) => effects.drops.push(name.clone()),
+            Some(PreparedUse::Deallocate { name: None }) => effects.drops_all = true,
+            _ => {}
+        }
+        effects.runs_code |= s.unparsed
             || matches!(s.kind.as_str(), "DO" | "CALL")
             || s.functions.iter().any(|f| {
                 let base = f.rsplit('.').next().unwrap_or(f);
                 !crate::policy::functions::is_vetted_read_only(base)
-            })
-    })
+            });
+    }
+    effects
 }
 
 #[cfg(test)]
@@ -230,6 +253,33 @@ mod tests {
         s.settle(*late);
         assert!(s.execute_stand_in(&verdict("EXECUTE p")).is_none());
         assert!(s.execute_stand_in(&verdict("EXECUTE q")).is_some());
+    }
+
+    #[test]
+    fn deallocates_drop_names_and_code_makes_every_name_stale() {
+        let effects = |sql: &str| name_effects(&verdict(sql));
+        assert_eq!(
+            effects("DEALLOCATE p"),
+            NameEffects {
+                drops: vec!["p".into()],
+                ..NameEffects::default()
+            }
+        );
+        assert!(effects("DEALLOCATE ALL").drops_all);
+        assert!(effects("DISCARD ALL").drops_all);
+        for code in [
+            "DO $$ BEGIN EXECUTE 'DEALLOCATE pm'; END $$",
+            "CALL p()",
+            "SELECT my_function()",
+            "SELECT pg_advisory_lock(1)",
+            "SELEC 1",
+        ] {
+            let e = effects(code);
+            assert!(e.runs_code && !e.drops_all && e.drops.is_empty(), "{code}");
+        }
+        for plain in ["SELECT 1", "SELECT lower('A')", "EXECUTE p"] {
+            assert!(!effects(plain).any(), "{plain}");
+        }
     }
 
     #[test]

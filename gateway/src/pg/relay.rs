@@ -942,17 +942,13 @@ where
                 verdict = misread_guard(&self.backend, self.ready_part_sent, sql, judged);
             }
         }
-        let (prepares, deallocates) = (
-            may_prepare(&verdict),
-            super::prepared::deallocates(&verdict),
-        );
+        let prepares = may_prepare(&verdict);
+        let effects = super::prepared::name_effects(&verdict);
         if prepares {
             self.catalog.saw_sql_prepare();
         }
-        if deallocates {
-            self.catalog.forget_named();
-        }
-        if prepares || deallocates {
+        self.change_names(&effects);
+        if prepares || effects.any() {
             self.name_generation += 1;
         }
         match verdict.action {
@@ -1018,6 +1014,7 @@ where
             copy: self.query_marks(),
             prepared,
             swallow_ready: false,
+            internal: false,
         });
     }
 
@@ -1081,10 +1078,91 @@ where
         self.add_to_batch(frame)
     }
 
+    /// Applies what statements going upstream may do to protocol-level statement names.
+    fn change_names(&mut self, effects: &super::prepared::NameEffects) {
+        if effects.drops_all {
+            self.catalog.forget_named();
+        } else if !effects.drops.is_empty() {
+            let names: Vec<Box<[u8]>> = effects.drops.iter().map(|n| n.as_bytes().into()).collect();
+            self.catalog.forget_statements(&names);
+        }
+        if effects.runs_code {
+            self.catalog.mark_stale();
+        }
+    }
+
+    /// Before a Bind of a stale statement ([`super::extended::Catalog::mark_stale`]): closes and
+    /// parses it again upstream, in a round trip of the gateway's own ahead of the batch, so the name
+    /// holds exactly the text the gateway judged whatever code did to it. Drivers cache prepared names
+    /// and never parse them again (psycopg, node-postgres), so refusing the name would break them.
+    /// Where that round trip can't go first (part of the batch went ahead, or ran code already, or the
+    /// statement has open portals that closing it would close), the name is forgotten: its Bind is
+    /// refused as unknown (26000).
+    fn refresh_stale(&mut self, name: &[u8], portal: &[u8]) {
+        let Some(prepared) = self.catalog.stale(name) else {
+            return;
+        };
+        // Portals end with their transaction: with nothing in flight and no transaction open, none
+        // survives, whatever the catalog still lists.
+        let portals_may_live = !(self.backend.in_flight.is_empty() && self.backend.status == b'I');
+        let same_text_upstream =
+            prepared.sql.is_ascii() || matches!(self.backend.client_encoding.as_str(), "UTF8" | "");
+        if self.ready_part_sent
+            || self.batch.executes
+            || self.backend.in_copy_in()
+            || !same_text_upstream
+            || (portals_may_live && self.catalog.has_portals_of(name, portal))
+        {
+            self.catalog.forget_statements(&[name.into()]);
+            return;
+        }
+        let mut frames = BytesMut::new();
+        let mut put = |tag: u8, parts: &[&[u8]]| {
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            frames.put_u8(tag);
+            frames.put_i32((len + 4) as i32);
+            for p in parts {
+                frames.put_slice(p);
+            }
+        };
+        put(b'C', &[b"S", name, b"\0"]);
+        let mut types = Vec::with_capacity(2 + 4 * prepared.param_types.len());
+        types.extend_from_slice(&(prepared.param_types.len() as i16).to_be_bytes());
+        for t in prepared.param_types.iter() {
+            types.extend_from_slice(&t.to_be_bytes());
+        }
+        put(b'P', &[name, b"\0", prepared.sql.as_bytes(), b"\0", &types]);
+        put(b'S', &[]);
+        // Not through the masker: its answers never reach it either (see `InFlight::internal`).
+        self.out.extend_from_slice(&frames);
+        let now = Instant::now();
+        self.backend.in_flight.push_back(InFlight {
+            sql: prepared.sql.clone(),
+            parsed: None,
+            binds: vec![],
+            decision: Action::Allow,
+            request_id: None,
+            executed: None,
+            rejection: false,
+            received: now,
+            forwarded: now,
+            batch: None,
+            copy: CopyMarks {
+                at_start: self.copy_ends,
+                at_sync: Some(self.copy_ends),
+            },
+            prepared: None,
+            swallow_ready: false,
+            internal: true,
+        });
+        self.catalog.refreshed(name);
+    }
+
     fn on_bind(&mut self, frame: &[u8]) -> Result<(), WireError> {
         let mut pos = 5;
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
         let statement = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
+        self.refresh_stale(statement, portal);
         self.catalog.bind(portal, statement, &frame[5..]);
         if let Some(p) = self.catalog.portal(portal) {
             self.batch.bind(portal, p);
@@ -1098,25 +1176,25 @@ where
         self.batch.executes = true;
         let receiving = self.catalog.receiving();
         let others_ran = self.catalog.note_execute(portal);
-        let deallocates = match self.catalog.portal(portal) {
+        let effects = match self.catalog.portal(portal) {
             Some(p) => {
                 self.batch.carries_portal |= p.bound_in != receiving || others_ran;
                 // Fetching on from an approved execution runs nothing new.
                 if !p.approved {
                     self.batch.execute(portal, p);
                 }
-                super::prepared::deallocates(&p.statement.verdict)
+                super::prepared::name_effects(&p.statement.verdict)
             }
             // Executing an unbound portal fails upstream; fail closed here too.
             None => {
                 self.batch
                     .execute(portal, &super::extended::unknown_portal(portal));
-                false
+                Default::default()
             }
         };
-        // PostgreSQL drops the statements when this Execute runs: those parsed after it survive.
-        if deallocates {
-            self.catalog.forget_named();
+        // PostgreSQL changes the names when this Execute runs: those parsed after it are unaffected.
+        if effects.any() {
+            self.change_names(&effects);
             self.name_generation += 1;
         }
         self.batch.copy_ends_at_execute = Some(self.copy_ends);
@@ -1207,6 +1285,7 @@ where
                 copy,
                 prepared: None,
                 swallow_ready: self.swallow_next,
+                internal: false,
             });
             return None;
         }
@@ -1281,6 +1360,7 @@ where
             },
             prepared: None,
             swallow_ready: self.swallow_next,
+            internal: false,
         });
     }
 
@@ -1562,9 +1642,9 @@ where
         // An approved statement may do anything, PREPARE or DEALLOCATE included (in a function too).
         self.sql_prepared.forget_all();
         self.name_generation += 1;
-        if super::prepared::deallocates(&held.verdict) {
-            self.catalog.forget_named();
-        }
+        self.change_names(&super::prepared::name_effects(&held.verdict));
+        // Approved, it may run code its text does not show (a view's function, a trigger).
+        self.catalog.mark_stale();
         self.catalog.approve_portals(&held.portals);
         self.forward_held(held, Action::Review, Some(id));
     }
@@ -1587,6 +1667,7 @@ where
             copy: held.copy,
             prepared: None,
             swallow_ready: self.swallow_next,
+            internal: false,
         });
     }
 }

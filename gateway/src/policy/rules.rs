@@ -535,7 +535,7 @@ impl CompiledRule {
         // configured issuers (a delegation claim may name an actor from any issuer at all).
         let widens = self.action == Action::Allow;
         let considered = |who: &&countersign_bot::Identity| {
-            !widens || self.trusted_issuers.iter().any(|i| *i == who.issuer)
+            !widens || self.trusted_issuers.contains(&who.issuer)
         };
         if let Some(patterns) = &self.requesters {
             let hit = requester
