@@ -431,3 +431,15 @@ fn a_trusted_team_given_by_name_is_refused_with_file_key_and_fix() {
         "{report}"
     );
 }
+
+/// `[server] max_body_bytes` covers the channels' webhooks too: an oversized unsigned body is
+/// refused with 413 before it is read whole and HMAC'd (it got axum's 2 MiB default).
+#[tokio::test]
+async fn an_interaction_body_over_the_configured_limit_is_refused_before_it_is_verified() {
+    let (gw, _fake) = gateway_with(Backend::Sqlite, "\n[server]\nmax_body_bytes = 1048576\n").await;
+    let body = "x".repeat(1_100_000);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert_eq!(post_click(&gw, &body, now, "v0=00").await, 413);
+    // Under the limit, a bad signature is what refuses it.
+    assert_eq!(post_click(&gw, "payload=x", now, "v0=00").await, 401);
+}

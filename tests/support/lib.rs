@@ -9,7 +9,7 @@ pub mod transcript;
 use countersign_bot::Store;
 use countersign_gateway::config::Config;
 use countersign_gateway::engine::Engine;
-use countersign_gateway::http::{router, AppState};
+use countersign_gateway::http::AppState;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -219,12 +219,12 @@ pub async fn spawn_gateway(toml: &str, backend: Backend) -> Gateway {
         policy,
     ));
     tasks.push(worker.spawn(std::time::Duration::from_millis(50)));
-    let mut app = router(AppState {
-        engine: engine.clone(),
-    });
-    for r in channels.routers {
-        app = app.merge(r);
-    }
+    let app = countersign_gateway::http::app(
+        AppState {
+            engine: engine.clone(),
+        },
+        channels.routers,
+    );
     // The listener `countersign serve` uses (connection cap, header deadline).
     tasks.push(tokio::spawn(countersign_gateway::http::listener::serve(
         http_listener,

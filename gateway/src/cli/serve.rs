@@ -3,7 +3,7 @@
 
 use crate::config::{parse_duration, Config};
 use crate::engine::Engine;
-use crate::http::{router, AppState};
+use crate::http::AppState;
 use anyhow::Context;
 use countersign_notifiers::{OutboxWorker, RetryPolicy};
 use std::sync::Arc;
@@ -210,12 +210,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Votes cast on other replicas release statements held here within milliseconds instead of a poll.
     let change_task = engine.workflow.spawn_change_listener();
 
-    let mut app = router(AppState {
-        engine: engine.clone(),
-    });
-    for r in inbound {
-        app = app.merge(r);
-    }
+    let app = crate::http::app(
+        AppState {
+            engine: engine.clone(),
+        },
+        inbound,
+    );
     let listener = bind_with_backlog(http_listen).with_context(|| {
         format!(
             "binding the HTTP listener on {http_listen} (set [server] listen to a free address)"

@@ -40,6 +40,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The whole HTTP app: the API and the channels' routes (Slack, e-mail, Jira), all under the
+/// configured body limit (the channels' webhooks are read and HMAC'd before they are authenticated).
+pub fn app(state: AppState, channels: Vec<Router>) -> Router {
+    let limit = state.engine.config.server.max_body_bytes;
+    let mut app = router(state);
+    for r in channels {
+        app = app.merge(r);
+    }
+    app.layer(DefaultBodyLimit::max(limit))
+}
+
 /// Parse `?wait=` values: `30s`, `500ms`, `2m`, or plain seconds.
 pub(crate) fn parse_wait(text: &str) -> Option<std::time::Duration> {
     let t = text.trim();

@@ -33,12 +33,13 @@ fn may_read(caller: &RequesterChain, requester: &RequesterChain) -> bool {
     if workloads.peek().is_none() {
         return !caller.0.is_empty();
     }
+    // A workload is its issuer and subject: CI tokens often carry a person's e-mail, which two
+    // workloads may share without being one another.
     workloads.any(|w| {
-        let key = w.canonical();
         requester
             .0
             .iter()
-            .any(|r| !r.is_human() && r.canonical() == key)
+            .any(|r| !r.is_human() && r.issuer == w.issuer && r.subject == w.subject)
     })
 }
 
@@ -178,5 +179,40 @@ pub async fn cancel(
             "resolved",
             format!("request is already {}", view.request.status),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use countersign_bot::IdentityKind;
+
+    fn workload(subject: &str, email: Option<&str>) -> Identity {
+        Identity {
+            issuer: "https://idp".into(),
+            subject: subject.into(),
+            email: email.map(str::to_string),
+            kind: IdentityKind::Workload,
+            groups: vec![],
+        }
+    }
+
+    #[test]
+    fn a_workload_reads_its_own_requests_not_those_of_another_sharing_its_email() {
+        let a = RequesterChain::single(workload("svc-job-a", Some("alice@example.com")));
+        let b = RequesterChain::single(workload("svc-job-b", Some("Alice@Example.com")));
+        assert!(may_read(&a, &a));
+        assert!(!may_read(&b, &a));
+        // A subagent acting through its parent reads the parent's requests.
+        let sub = RequesterChain(vec![
+            workload("subagent", None),
+            workload("svc-job-a", None),
+        ]);
+        assert!(may_read(&sub, &a));
+        let human = RequesterChain::single(Identity {
+            kind: IdentityKind::Human,
+            ..workload("bob", Some("bob@example.com"))
+        });
+        assert!(may_read(&human, &a));
     }
 }
