@@ -552,7 +552,7 @@ impl RowFunctions {
             let _reading = this.reading.lock().await;
             // From here a new request queues another read: this one may start before its DDL ends.
             this.queued.store(false, Ordering::Release);
-            this.read(&pool, &upstreams).await;
+            this.read(&pool, upstreams.iter()).await;
         });
     }
 
@@ -569,7 +569,8 @@ impl RowFunctions {
         fresh.unwrap_or_else(|| UNKNOWN.clone())
     }
 
-    /// True when `connection`'s lists were read successfully at or after `asked`.
+    /// True when `connection`'s lists were read successfully by a read that started at or after
+    /// `asked` (reads are stamped with their start: one under way when a DDL committed may have missed it).
     pub fn read_since(&self, connection: &str, asked: std::time::Instant) -> bool {
         self.by_connection
             .read()
@@ -582,18 +583,45 @@ impl RowFunctions {
     /// what it had.
     pub async fn refresh(&self, pool: &UpstreamPool, upstreams: &HashMap<String, UpstreamTarget>) {
         let _reading = self.reading.lock().await;
-        self.read(pool, upstreams).await;
+        self.read(pool, upstreams.iter()).await;
     }
 
-    async fn read(&self, pool: &UpstreamPool, upstreams: &HashMap<String, UpstreamTarget>) {
+    /// Makes sure `connection`'s lists were read by a read started at or after `asked` (a session's
+    /// committed DDL): reads only that database, and none when another session's read, queued for the
+    /// lock ahead of this one, already started after `asked`. Sessions finishing DDL together share
+    /// one read instead of each waiting for its own in turn. False when it could not be read.
+    pub async fn refresh_since(
+        &self,
+        pool: &UpstreamPool,
+        upstreams: &HashMap<String, UpstreamTarget>,
+        connection: &str,
+        asked: std::time::Instant,
+    ) -> bool {
+        let _reading = self.reading.lock().await;
+        if !self.read_since(connection, asked) {
+            self.read(
+                pool,
+                upstreams.iter().filter(|(name, _)| *name == connection),
+            )
+            .await;
+        }
+        self.read_since(connection, asked)
+    }
+
+    async fn read<'a>(
+        &self,
+        pool: &UpstreamPool,
+        upstreams: impl Iterator<Item = (&'a String, &'a UpstreamTarget)>,
+    ) {
         // All at once, each bounded: one unreachable database delays no other's read.
-        let reads = upstreams.iter().map(|(name, target)| async move {
+        let reads = upstreams.map(|(name, target)| async move {
+            let started = std::time::Instant::now();
             let read =
                 tokio::time::timeout(READ_TIMEOUT, pool.simple_query(name, target, &QUERY, true))
                     .await;
-            (name, read)
+            (name, read, started)
         });
-        for (name, read) in futures::future::join_all(reads).await {
+        for (name, read, started) in futures::future::join_all(reads).await {
             match read {
                 Ok(Ok(out)) if out.error.is_none() => {
                     let names = lists(out.results.into_iter().flat_map(|r| r.rows));
@@ -601,12 +629,11 @@ impl RowFunctions {
                         .by_connection
                         .write()
                         .unwrap_or_else(|e| e.into_inner());
-                    let now = std::time::Instant::now();
                     match by_connection.get_mut(name) {
                         // An unchanged list keeps its `Arc`, so sessions' verdict memos stay valid.
-                        Some((old, at)) if **old == names => *at = now,
+                        Some((old, at)) if **old == names => *at = started,
                         _ => {
-                            by_connection.insert(name.clone(), (Arc::new(names), now));
+                            by_connection.insert(name.clone(), (Arc::new(names), started));
                         }
                     }
                 }

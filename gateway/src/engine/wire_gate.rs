@@ -240,8 +240,9 @@ impl WireGate for Engine {
 
     async fn catalog_changed(&self, connection: &str) -> bool {
         let asked = std::time::Instant::now();
-        self.refresh_row_functions().await;
-        self.row_functions.read_since(connection, asked)
+        self.row_functions
+            .refresh_since(&self.pool, &self.upstreams, connection, asked)
+            .await
     }
 
     async fn statements_finished(&self, batch: Vec<StatementRecord>) {
