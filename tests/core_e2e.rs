@@ -1027,6 +1027,7 @@ async fn statements_are_reviewed_until_the_database_catalog_has_been_read() {
         issuer: "static".into(),
         subject: "agent".into(),
         email: None,
+        unverified_email: None,
         kind: countersign_bot::IdentityKind::Workload,
         groups: vec![],
     });

@@ -140,6 +140,7 @@ mod tests {
             issuer: "jira".into(),
             subject: email.into(),
             email: Some(email.into()),
+            unverified_email: None,
             kind: crate::identity::IdentityKind::Human,
             groups: vec![],
         };

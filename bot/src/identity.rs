@@ -23,6 +23,10 @@ pub struct Identity {
     /// Verified e-mail address, when the issuer provides one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// An address the issuer sent but says it has not verified: never an identifier for voting or
+    /// rules, but the person it names is still kept from approving this identity's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified_email: Option<String>,
     /// Human or workload.
     pub kind: IdentityKind,
     /// IdP groups the identity belongs to.
@@ -147,6 +151,7 @@ impl RequesterChain {
             m.canonical() == key
                 || (m.issuer == who.issuer && m.subject == who.subject)
                 || matches!((&m.email, &who.email), (Some(a), Some(b)) if canonical_email(a) == canonical_email(b))
+                || matches!((&m.unverified_email, &who.email), (Some(a), Some(b)) if canonical_email(a) == canonical_email(b))
         })
     }
 
@@ -189,12 +194,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_unverified_address_on_a_requester_still_keeps_that_person_from_approving() {
+        let ci = RequesterChain::single(Identity {
+            issuer: "https://idp".into(),
+            subject: "svc-agent".into(),
+            email: None,
+            unverified_email: Some("Alice+x@Example.com".into()),
+            kind: IdentityKind::Workload,
+            groups: vec![],
+        });
+        assert!(ci.contains(&human("alice@example.com")));
+        assert!(!ci.contains(&human("bob@example.com")));
+    }
+
+    #[test]
     fn a_workload_carrying_a_persons_email_is_not_that_person_as_requester() {
         let alice = RequesterChain::single(human("alice@example.com"));
         let ci = RequesterChain::single(Identity {
             issuer: "https://idp".into(),
             subject: "svc-ci-job-123".into(),
             email: Some("alice@example.com".into()),
+            unverified_email: None,
             kind: IdentityKind::Workload,
             groups: vec![],
         });
@@ -212,6 +232,7 @@ mod tests {
             issuer: "https://idp".into(),
             subject: format!("sub-{email}"),
             email: Some(email.into()),
+            unverified_email: None,
             kind: IdentityKind::Human,
             groups: vec![],
         }
@@ -277,6 +298,7 @@ mod tests {
             issuer: issuer.into(),
             subject: subject.into(),
             email: None,
+            unverified_email: None,
             kind: IdentityKind::Workload,
             groups: vec![],
         };
@@ -317,6 +339,7 @@ mod tests {
             issuer: "https://idp".into(),
             subject: "agent".into(),
             email: None,
+            unverified_email: None,
             kind: IdentityKind::Workload,
             groups: vec![],
         };

@@ -80,6 +80,7 @@ pub fn human(email: &str) -> Identity {
         issuer: "static".into(),
         subject: email.split('@').next().unwrap_or(email).into(),
         email: Some(email.into()),
+        unverified_email: None,
         kind: IdentityKind::Human,
         groups: vec![],
     }
@@ -91,6 +92,7 @@ pub fn workload(name: &str) -> Identity {
         issuer: "static".into(),
         subject: name.into(),
         email: None,
+        unverified_email: None,
         kind: IdentityKind::Workload,
         groups: vec![],
     }

@@ -29,6 +29,7 @@ fn main() {
         issuer: "static".into(),
         subject: "bench".into(),
         email: None,
+        unverified_email: None,
         kind: IdentityKind::Workload,
         groups: vec![],
     });

@@ -192,6 +192,7 @@ mod tests {
             issuer: "https://idp".into(),
             subject: subject.into(),
             email: email.map(str::to_string),
+            unverified_email: None,
             kind: IdentityKind::Workload,
             groups: vec![],
         }

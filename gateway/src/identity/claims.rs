@@ -80,6 +80,14 @@ impl ClaimMapping {
             }
             _ => None,
         };
+        // Not an identifier, but the person it names still may not approve this identity's requests
+        // (a workload token carrying an unverified copy of a reviewer's address excluded nobody).
+        let unverified_email = match claims.get(&self.email_claim) {
+            Some(Value::String(s)) if !email_verified && !s.trim().is_empty() => {
+                Some(s.trim().to_owned())
+            }
+            _ => None,
+        };
         let groups = match claims.get(&self.groups_claim) {
             Some(Value::Array(items)) => items
                 .iter()
@@ -97,6 +105,7 @@ impl ClaimMapping {
             issuer: issuer.to_owned(),
             subject,
             email,
+            unverified_email,
             kind,
             groups,
         })
@@ -200,6 +209,7 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!(id.email, None);
+        assert_eq!(id.unverified_email.as_deref(), Some("ceo@x"));
         let id = m
             .identity(
                 &obj(json!({"sub": "u", "email": "ceo@x", "email_verified": "false"})),

@@ -140,7 +140,9 @@ impl Authenticator {
                 issuer: clip(&unverified.iss),
             })?;
         let claims = trusted.verifier.verify(token, &unverified).await?;
-        delegation::requester_chain(&claims, trusted.verifier.issuer(), &trusted.mapping)
+        delegation::requester_chain(&claims, trusted.verifier.issuer(), &trusted.mapping, |i| {
+            self.issuers.contains_key(i) || (i == static_tokens::STATIC_ISSUER)
+        })
     }
 }
 

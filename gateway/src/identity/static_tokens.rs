@@ -41,6 +41,7 @@ impl StaticTokens {
                 issuer: STATIC_ISSUER.to_owned(),
                 subject: cfg.name.clone(),
                 email: cfg.email.clone(),
+                unverified_email: None,
                 kind: cfg.kind,
                 groups: cfg.groups.clone(),
             };
@@ -112,6 +113,7 @@ fn principal_for(email: &str, configs: &[StaticTokenConfig]) -> Identity {
             issuer: STATIC_ISSUER.to_owned(),
             subject: c.name.clone(),
             email: c.email.clone(),
+            unverified_email: None,
             kind: IdentityKind::Human,
             groups: c.groups.clone(),
         },
@@ -119,6 +121,7 @@ fn principal_for(email: &str, configs: &[StaticTokenConfig]) -> Identity {
             issuer: STATIC_ISSUER.to_owned(),
             subject: email.trim().to_owned(),
             email: Some(email.trim().to_owned()),
+            unverified_email: None,
             kind: IdentityKind::Human,
             groups: Vec::new(),
         },

@@ -88,6 +88,7 @@ impl StaticGate {
             issuer: "static".into(),
             subject: "agent".into(),
             email: None,
+            unverified_email: None,
             kind: IdentityKind::Workload,
             groups: vec![],
         };
@@ -137,6 +138,7 @@ impl StaticGate {
             issuer: "static".into(),
             subject: user.into(),
             email: None,
+            unverified_email: None,
             kind: IdentityKind::Workload,
             groups: vec![],
         };

@@ -11,6 +11,7 @@ fn agent() -> RequesterChain {
             issuer: "https://idp".into(),
             subject: "deploy-bot".into(),
             email: None,
+            unverified_email: None,
             kind: IdentityKind::Workload,
             groups: vec!["bots".into()],
         },
@@ -18,6 +19,7 @@ fn agent() -> RequesterChain {
             issuer: "https://idp".into(),
             subject: "alice".into(),
             email: Some("alice@example.com".into()),
+            unverified_email: None,
             kind: IdentityKind::Human,
             groups: vec!["contractors".into()],
         },
@@ -1040,6 +1042,7 @@ fn who(issuer: &str, subject: &str) -> Identity {
         issuer: issuer.into(),
         subject: subject.into(),
         email: None,
+        unverified_email: None,
         kind: IdentityKind::Workload,
         groups: vec!["deployers".into()],
     }

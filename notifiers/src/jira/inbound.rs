@@ -217,6 +217,7 @@ async fn handle(state: &JiraInbound, key: &str) -> Result<Response, String> {
         issuer: SINK.into(),
         subject: change.author_account_id.clone(),
         email,
+        unverified_email: None,
         kind: IdentityKind::Human,
         groups: vec![],
     };

@@ -92,6 +92,7 @@ pub fn slack_identity(user_id: &str, email: &str) -> Identity {
         issuer: "slack".into(),
         subject: user_id.to_string(),
         email: Some(email.trim().to_string()),
+        unverified_email: None,
         kind: IdentityKind::Human,
         groups: vec![],
     }

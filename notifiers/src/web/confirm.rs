@@ -106,6 +106,7 @@ fn voter(claims: &LinkClaims) -> Identity {
         issuer: "email".into(),
         subject: claims.sub.clone(),
         email: Some(claims.sub.clone()),
+        unverified_email: None,
         kind: IdentityKind::Human,
         groups: vec![],
     }
