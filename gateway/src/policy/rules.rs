@@ -201,14 +201,24 @@ struct RequesterPatterns {
 }
 
 impl RequesterPatterns {
-    fn compile(patterns: &[String]) -> Result<RequesterPatterns, String> {
+    fn compile(patterns: &[String], issuers: &[String]) -> Result<RequesterPatterns, String> {
         let (mut emails, mut subjects, mut qualified) = (Vec::new(), Vec::new(), Vec::new());
         for p in patterns {
             match p.split_once('|') {
                 Some((issuer, subject)) => {
-                    if issuer.trim().is_empty() || subject.trim().is_empty() {
+                    if issuer.trim().is_empty()
+                        || subject.trim().is_empty()
+                        || subject.contains('|')
+                    {
                         return Err(format!(
-                            "{p:?} names no issuer or no subject around the `|`"
+                            "{p:?} is not one issuer and one subject pattern around a single `|`"
+                        ));
+                    }
+                    // A misspelt issuer would never match: a block rule would silently block nobody.
+                    if !issuers.iter().any(|i| i == issuer) {
+                        return Err(format!(
+                            "{p:?} names issuer {issuer:?}, which is not configured (configured: {})",
+                            if issuers.is_empty() { "none".to_string() } else { issuers.join(", ") }
                         ));
                     }
                     let glob = GlobBuilder::new(subject)
@@ -407,7 +417,7 @@ pub fn compile_rules(
                     "remove the key to match anything, or list at least one pattern",
                 ))
             }
-            Some(p) => Some(RequesterPatterns::compile(p).map_err(|problem| {
+            Some(p) => Some(RequesterPatterns::compile(p, issuers).map_err(|problem| {
                 err(
                     "requesters",
                     problem,

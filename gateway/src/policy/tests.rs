@@ -1086,6 +1086,22 @@ fn an_allow_rule_names_subjects_of_one_issuer_and_ignores_actors_from_unconfigur
         err.contains("requesters") && err.contains("static|deploy-agent"),
         "{err}"
     );
+    // A qualified pattern names a configured issuer, exactly.
+    for bad in [
+        "STATIC|deploy-agent",
+        "https://idp/|svc",
+        "static |x",
+        "static|a|b",
+    ] {
+        let err = Policy::new(
+            allow(&[bad]),
+            PolicyDefaults::default(),
+            &both.map(String::from),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("requesters"), "{bad}: {err}");
+    }
     // Qualified: the static identity only.
     let rules = allow(&["static|deploy-agent"]);
     let static_agent = RequesterChain::single(who("static", "deploy-agent"));
