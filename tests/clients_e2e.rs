@@ -1331,3 +1331,102 @@ async fn dump_gateway(db: &str) -> (Gateway, String) {
     );
     (gw, gateway)
 }
+
+/// Code the statement text does not show (the trigger of an allowed INSERT) can DEALLOCATE a
+/// protocol-level name and PREPARE it as another statement: the next Bind of the name runs the text
+/// the gateway judged, never the other. A Parse of a name such code created first (refused 42P05
+/// upstream) is not taken for the text PostgreSQL holds: a Bind of it is refused.
+#[tokio::test]
+async fn names_that_code_prepares_again_never_run_another_text() {
+    use countersign_tests::transcript::{Action, Login, RawConn};
+    let db = direct().await;
+    let s = table_name("reprep");
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {s};
+         CREATE TABLE {s}.t (id int); INSERT INTO {s}.t VALUES (1);
+         CREATE TABLE {s}.victim (id int); INSERT INTO {s}.victim SELECT generate_series(1, 10);
+         CREATE TABLE {s}.log (msg text);
+         CREATE FUNCTION {s}.reprep(n text, q text) RETURNS int LANGUAGE plpgsql AS $f$
+           BEGIN
+             BEGIN EXECUTE format('DEALLOCATE %I', n); EXCEPTION WHEN others THEN NULL; END;
+             EXECUTE format('PREPARE %I AS %s', n, q);
+             RETURN 1;
+           END $f$;
+         CREATE FUNCTION {s}.trg() RETURNS trigger LANGUAGE plpgsql AS $f$
+           BEGIN PERFORM {s}.reprep(split_part(NEW.msg, '#', 1), split_part(NEW.msg, '#', 2)); RETURN NEW; END $f$;
+         CREATE TRIGGER log_reprep BEFORE INSERT ON {s}.log FOR EACH ROW EXECUTE FUNCTION {s}.trg();"
+    ))
+    .await
+    .unwrap();
+    let cfg = base_config(&format!(
+        "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 1\n\n[[policy.rules]]\nname = \"log-inserts\"\nkinds = [\"INSERT\"]\ntables = [\"{s}.log\"]\naction = \"allow\"\n"
+    ));
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let login = Login {
+        addr: gw.wire.unwrap().to_string(),
+        user: "agent".into(),
+        database: "local".into(),
+        password: Some(AGENT.into()),
+        options: None,
+    };
+    let mut c = RawConn::connect(&login, None).await.unwrap();
+    let query = |sql: String| Action::Query {
+        sql,
+        copy_in: vec![],
+    };
+    let bind = |name: &str| Action::Extended {
+        name: name.into(),
+        sql: None,
+        params: vec![],
+        binary: false,
+        max_rows: 0,
+    };
+    let victims =
+        || async { direct_scalar::<i64>(&format!("SELECT count(*) FROM {s}.victim")).await };
+    let judged = format!("SELECT id FROM {s}.t WHERE id = 1");
+    c.run(&Action::Prepare {
+        name: "p1".into(),
+        sql: judged.clone(),
+    })
+    .await
+    .unwrap();
+    let out = c
+        .run(&query(format!(
+            "INSERT INTO {s}.log VALUES ('p1#DELETE FROM {s}.victim RETURNING id')"
+        )))
+        .await
+        .unwrap();
+    assert!(out.iter().any(|l| l.contains("INSERT 0 1")), "{out:?}");
+    let out = c.run(&bind("p1")).await.unwrap();
+    assert!(
+        out.iter().any(|l| l == "CommandComplete SELECT 1"),
+        "the judged SELECT ran: {out:?}"
+    );
+    assert_eq!(victims().await, 10, "the DELETE did not run");
+    // A name the trigger made before the client parsed it.
+    c.run(&query(format!(
+        "INSERT INTO {s}.log VALUES ('zz#DELETE FROM {s}.victim RETURNING id')"
+    )))
+    .await
+    .unwrap();
+    let out = c
+        .run(&Action::Prepare {
+            name: "zz".into(),
+            sql: judged.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(out.iter().any(|l| l.contains("42P05")), "{out:?}");
+    for _ in 0..2 {
+        let out = c.run(&bind("zz")).await.unwrap();
+        assert!(
+            !out.iter().any(|l| l.contains("DELETE")),
+            "a Bind of zz ran the trigger's DELETE: {out:?}"
+        );
+    }
+    assert_eq!(victims().await, 10, "the DELETE did not run");
+    c.close().await;
+    db.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
+        .await
+        .unwrap();
+}

@@ -50,9 +50,9 @@ pub struct InFlight {
     /// The ReadyForQuery ending this answers a Sync the gateway added (a simple Query arrived before
     /// the client's Sync), so the client, which sent no Sync for it, never sees it.
     pub swallow_ready: bool,
-    /// The gateway's own round trip (parsing a stale statement again): the client never sees its
+    /// The gateway's own round trip parsing this stale statement name again: the client never sees its
     /// answers (notifications and notices excepted), and it is not recorded.
-    pub internal: bool,
+    pub internal: Option<Box<[u8]>>,
 }
 
 /// How many COPY FROM STDIN ends (CopyDone or CopyFail) the client had sent when a statement arrived.
@@ -157,6 +157,8 @@ pub struct BackendTracker {
     /// Extended-protocol batches finished since the relay last looked, and whether each ended
     /// without an ErrorResponse.
     pub settled: Vec<(u64, bool)>,
+    /// Statement names whose parsing again ([`InFlight::internal`]) failed since the relay last looked.
+    pub refresh_failed: Vec<Box<[u8]>>,
     /// Simple queries with PREPAREs or DEALLOCATEs finished since the relay last looked, with their
     /// command tags ([`super::prepared::SqlPrepared::settle`]).
     pub prepared_settled: Vec<PendingOps>,
@@ -203,6 +205,7 @@ impl BackendTracker {
             fatal_relayed: false,
             in_flight: VecDeque::new(),
             settled: Vec::new(),
+            refresh_failed: Vec::new(),
             prepared_settled: Vec::new(),
             misread: Vec::new(),
             client_encoding: String::new(),
@@ -283,7 +286,7 @@ impl BackendTracker {
             }
             let avail = buf.len() - pos;
             let rejecting = self.in_flight.front().is_some_and(|f| f.rejection);
-            let internal = self.in_flight.front().is_some_and(|f| f.internal);
+            let internal = self.in_flight.front().is_some_and(|f| f.internal.is_some());
             let hidden = (rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S'))
                 || (internal && !matches!(tag, b'N' | b'A' | b'S'))
                 || (tag == b'Z' && self.in_flight.front().is_some_and(|f| f.swallow_ready));
@@ -394,8 +397,9 @@ impl BackendTracker {
                     });
                 }
                 // The gateway's own round trip failed (its Parse): the Bind that follows meets
-                // PostgreSQL's answer for a name it does not hold.
-                b'E' if internal => {}
+                // PostgreSQL's answer for a name it does not hold, and the name is parsed again
+                // before the next Bind.
+                b'E' if internal => self.error = Some(String::new()),
                 b'E' => {
                     self.errors = self.errors.wrapping_add(1);
                     self.fatal_relayed |= error_fields(body)
@@ -495,7 +499,11 @@ impl BackendTracker {
         let Some(mut f) = self.in_flight.pop_front() else {
             return;
         };
-        if f.internal {
+        if let Some(name) = f.internal.take() {
+            // Its Close ran and its Parse did not: PostgreSQL holds no statement of that name.
+            if error.is_some() {
+                self.refresh_failed.push(name);
+            }
             return;
         }
         if let Some(ops) = f.prepared.take() {
@@ -577,7 +585,7 @@ mod tests {
             copy: CopyMarks::default(),
             prepared: None,
             swallow_ready: false,
-            internal: false,
+            internal: None,
         }
     }
 
@@ -630,7 +638,7 @@ mod tests {
         };
         let mut t = BackendTracker::new(b'I');
         t.in_flight.push_back(InFlight {
-            internal: true,
+            internal: Some(b"pm".to_vec().into()),
             ..in_flight(false)
         });
         t.in_flight.push_back(in_flight(false));
@@ -666,6 +674,8 @@ mod tests {
         assert_eq!(finished[0].error, None);
         assert_eq!(t.errors, 0);
         assert!(t.in_flight.is_empty());
+        // Its Parse failed: the name is to be parsed again before the next Bind.
+        assert_eq!(t.refresh_failed, [Box::<[u8]>::from(&b"pm"[..])]);
     }
 
     #[test]

@@ -152,6 +152,32 @@ impl Catalog {
                 n.stale = true;
             }
         }
+        // Code may also have prepared names the client never parsed: a Parse of one fails (42P05)
+        // and must not be taken for the text upstream.
+        self.sql_prepare = true;
+    }
+
+    /// Marks one name stale (a SQL `PREPARE` of it, or a failed parse again left it absent upstream).
+    pub fn mark_stale_name(&mut self, name: &[u8]) {
+        if let Some(n) = self.statements.get_mut(name) {
+            if !name.is_empty() {
+                n.stale = true;
+            }
+        }
+    }
+
+    /// Records a Bind of `statement` that is refused for now (its name is stale and cannot be parsed
+    /// again ahead of this batch): it stays stale, to be parsed again before a later batch's Bind.
+    pub fn bind_refused(&mut self, portal: &[u8], statement: &[u8], body: &[u8]) {
+        let entry = Portal {
+            statement: Arc::new(unknown_statement(statement)),
+            bind: Bytes::copy_from_slice(body),
+            approved: false,
+            bound_in: self.batch,
+            executes_at_bind: self.executes,
+            own_executes: 0,
+        };
+        self.portals.insert(portal.into(), entry);
     }
 
     /// The statement to parse again before a Bind of `name`, when it is stale and its text is
@@ -339,6 +365,7 @@ fn uncertain_statement(name: &[u8], sql: &str) -> Prepared {
             statements: Arc::from([]),
             rule: "gateway".into(),
             review: None,
+            code_free: false,
         }),
     }
 }
@@ -384,6 +411,7 @@ fn refusal(rule: &str, reason: String) -> Arc<Verdict> {
         statements: Arc::from([]),
         rule: rule.into(),
         review: None,
+        code_free: false,
     })
 }
 
@@ -463,6 +491,10 @@ pub struct Batch {
     pub bound_gated: Vec<Box<[u8]>>,
     /// The batch holds an Execute.
     pub executes: bool,
+    /// A Bind or Execute of the batch may run user code (its statement is not
+    /// [`Verdict::code_free`]), which may prepare names again: a stale name bound after it can't be
+    /// parsed again ahead of the batch.
+    pub ran_code: bool,
     /// An Execute names a portal bound before this batch, or one bound before another portal's
     /// Execute: PostgreSQL dropped it at that transaction's end, or a SQL `CLOSE` did, and a SQL cursor
     /// of that name (`DECLARE`, a function's `OPEN`) may run another query now, so the rows are not
@@ -618,6 +650,7 @@ impl Batch {
             copy_ends_at_execute: self.copy_ends_at_execute.take(),
             bound_gated: std::mem::take(&mut self.bound_gated),
             executes: std::mem::take(&mut self.executes),
+            ran_code: std::mem::take(&mut self.ran_code),
             portal_names: std::mem::take(&mut self.portal_names),
             carries_portal: std::mem::take(&mut self.carries_portal),
         }
@@ -1208,6 +1241,7 @@ mod tests {
             statements: Arc::from([]),
             rule: "t".into(),
             review: None,
+            code_free: true,
         });
         for _ in 0..3 {
             cat.parse(b"s1", "SELECT 1", &[], |_| {
@@ -1225,6 +1259,7 @@ mod tests {
             statements: Arc::from([]),
             rule: "t".into(),
             review: None,
+            code_free: action == Action::Allow,
         })
     }
 

@@ -131,34 +131,35 @@ pub struct NameEffects {
     pub drops_all: bool,
     /// Names a `DEALLOCATE name` drops.
     pub drops: Vec<String>,
-    /// Code runs (a `DO` block, a `CALL`, a function that is not vetted read-only, text the policy
-    /// could not read), which may deallocate any name and prepare it again (PL/pgSQL's
-    /// `EXECUTE 'DEALLOCATE …'`): every name becomes stale.
+    /// Names a SQL `PREPARE` may give another text (where the client's Parse made them first,
+    /// PostgreSQL refuses it; where code dropped them, it succeeds).
+    pub prepares: Vec<String>,
+    /// User code may run ([`Verdict::code_free`] is false: a function, a `DO` block, a trigger of a
+    /// write, a view, a cursor's query, a deferred trigger at `COMMIT`), which may deallocate any
+    /// name and prepare it again (PL/pgSQL's `EXECUTE 'DEALLOCATE …'`): every name becomes stale.
     pub runs_code: bool,
 }
 
 impl NameEffects {
     /// True when names change at all.
     pub fn any(&self) -> bool {
-        self.drops_all || self.runs_code || !self.drops.is_empty()
+        self.drops_all || self.runs_code || !self.drops.is_empty() || !self.prepares.is_empty()
     }
 }
 
 /// What `verdict`'s statements may do to protocol-level prepared statements.
 pub fn name_effects(verdict: &Verdict) -> NameEffects {
-    let mut effects = NameEffects::default();
+    let mut effects = NameEffects {
+        runs_code: !verdict.code_free,
+        ..NameEffects::default()
+    };
     for s in verdict.statements.iter() {
         match s.prepared.as_deref() {
             Some(PreparedUse::Deallocate { name: Some(name) }) => effects.drops.push(name.clone()),
             Some(PreparedUse::Deallocate { name: None }) => effects.drops_all = true,
+            Some(PreparedUse::Prepare { name, .. }) => effects.prepares.push(name.clone()),
             _ => {}
         }
-        effects.runs_code |= s.unparsed
-            || matches!(s.kind.as_str(), "DO" | "CALL")
-            || s.functions.iter().any(|f| {
-                let base = f.rsplit('.').next().unwrap_or(f);
-                !crate::policy::functions::is_vetted_read_only(base)
-            });
     }
     effects
 }
@@ -171,6 +172,9 @@ mod tests {
 
     fn verdict(sql: &str) -> Verdict {
         let statements = classify(sql);
+        let code_free = statements
+            .iter()
+            .all(|s| s.action == Action::Allow && !crate::policy::runs_code_anyway(&s.kind));
         Verdict {
             action: statements
                 .iter()
@@ -179,6 +183,7 @@ mod tests {
             statements: Arc::from(statements),
             rule: "default".into(),
             review: None,
+            code_free,
         }
     }
 
@@ -273,11 +278,17 @@ mod tests {
             "SELECT my_function()",
             "SELECT pg_advisory_lock(1)",
             "SELEC 1",
+            // A write's triggers, a cursor's query, deferred triggers at commit.
+            "INSERT INTO log VALUES ('x')",
+            "FETCH 1 FROM cur",
+            "COMMIT",
+            "EXECUTE q",
         ] {
             let e = effects(code);
             assert!(e.runs_code && !e.drops_all && e.drops.is_empty(), "{code}");
         }
-        for plain in ["SELECT 1", "SELECT lower('A')", "EXECUTE p"] {
+        assert_eq!(effects("PREPARE p1 AS SELECT 1").prepares, ["p1"]);
+        for plain in ["SELECT 1", "SELECT lower('A')", "BEGIN", "ROLLBACK"] {
             assert!(!effects(plain).any(), "{plain}");
         }
     }

@@ -550,6 +550,9 @@ where
         for (batch, succeeded) in self.backend.settled.drain(..) {
             self.catalog.settle(batch, succeeded);
         }
+        for name in self.backend.refresh_failed.drain(..) {
+            self.catalog.mark_stale_name(&name);
+        }
         for ops in self.backend.prepared_settled.drain(..) {
             self.sql_prepared.settle(ops);
         }
@@ -1014,7 +1017,7 @@ where
             copy: self.query_marks(),
             prepared,
             swallow_ready: false,
-            internal: false,
+            internal: None,
         });
     }
 
@@ -1086,6 +1089,9 @@ where
             let names: Vec<Box<[u8]>> = effects.drops.iter().map(|n| n.as_bytes().into()).collect();
             self.catalog.forget_statements(&names);
         }
+        for name in &effects.prepares {
+            self.catalog.mark_stale_name(name.as_bytes());
+        }
         if effects.runs_code {
             self.catalog.mark_stale();
         }
@@ -1095,12 +1101,13 @@ where
     /// parses it again upstream, in a round trip of the gateway's own ahead of the batch, so the name
     /// holds exactly the text the gateway judged whatever code did to it. Drivers cache prepared names
     /// and never parse them again (psycopg, node-postgres), so refusing the name would break them.
-    /// Where that round trip can't go first (part of the batch went ahead, or ran code already, or the
-    /// statement has open portals that closing it would close), the name is forgotten: its Bind is
-    /// refused as unknown (26000).
-    fn refresh_stale(&mut self, name: &[u8], portal: &[u8]) {
+    /// Where that round trip can't go first (part of the batch went ahead, or may have run code
+    /// already, or the statement has open portals that closing it would close), this Bind is refused
+    /// as unknown (26000) and the name stays stale, to be parsed again before a later batch's Bind.
+    /// False when the Bind is refused.
+    fn refresh_stale(&mut self, name: &[u8], portal: &[u8]) -> bool {
         let Some(prepared) = self.catalog.stale(name) else {
-            return;
+            return true;
         };
         // Portals end with their transaction: with nothing in flight and no transaction open, none
         // survives, whatever the catalog still lists.
@@ -1108,13 +1115,12 @@ where
         let same_text_upstream =
             prepared.sql.is_ascii() || matches!(self.backend.client_encoding.as_str(), "UTF8" | "");
         if self.ready_part_sent
-            || self.batch.executes
+            || self.batch.ran_code
             || self.backend.in_copy_in()
             || !same_text_upstream
             || (portals_may_live && self.catalog.has_portals_of(name, portal))
         {
-            self.catalog.forget_statements(&[name.into()]);
-            return;
+            return false;
         }
         let mut frames = BytesMut::new();
         let mut put = |tag: u8, parts: &[&[u8]]| {
@@ -1153,19 +1159,29 @@ where
             },
             prepared: None,
             swallow_ready: false,
-            internal: true,
+            internal: Some(name.into()),
         });
         self.catalog.refreshed(name);
+        true
     }
 
     fn on_bind(&mut self, frame: &[u8]) -> Result<(), WireError> {
         let mut pos = 5;
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
         let statement = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
-        self.refresh_stale(statement, portal);
-        self.catalog.bind(portal, statement, &frame[5..]);
+        if self.refresh_stale(statement, portal) {
+            self.catalog.bind(portal, statement, &frame[5..]);
+        } else {
+            self.catalog.bind_refused(portal, statement, &frame[5..]);
+        }
         if let Some(p) = self.catalog.portal(portal) {
             self.batch.bind(portal, p);
+            // Planning may fold the statement's functions: code may run at this Bind.
+            if !p.statement.verdict.code_free {
+                self.batch.ran_code = true;
+                self.catalog.mark_stale();
+                self.name_generation += 1;
+            }
         }
         self.add_to_batch(frame)
     }
@@ -1193,6 +1209,7 @@ where
             }
         };
         // PostgreSQL changes the names when this Execute runs: those parsed after it are unaffected.
+        self.batch.ran_code |= effects.runs_code;
         if effects.any() {
             self.change_names(&effects);
             self.name_generation += 1;
@@ -1285,7 +1302,7 @@ where
                 copy,
                 prepared: None,
                 swallow_ready: self.swallow_next,
-                internal: false,
+                internal: None,
             });
             return None;
         }
@@ -1360,7 +1377,7 @@ where
             },
             prepared: None,
             swallow_ready: self.swallow_next,
-            internal: false,
+            internal: None,
         });
     }
 
@@ -1667,7 +1684,7 @@ where
             copy: held.copy,
             prepared: None,
             swallow_ready: self.swallow_next,
-            internal: false,
+            internal: None,
         });
     }
 }
@@ -1714,6 +1731,7 @@ fn misread_guard(
         statements: verdict.statements.clone(),
         rule: "gateway".into(),
         review: None,
+        code_free: false,
     })
 }
 

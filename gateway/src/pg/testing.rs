@@ -104,6 +104,7 @@ impl StaticGate {
                     ttl_secs: 3600,
                     reminders: Default::default(),
                 }),
+                code_free: false,
             })
         };
         Self {
@@ -275,12 +276,20 @@ impl WireGate for StaticGate {
             // With the statements' facts, as the engine's verdicts carry them.
             let mut v = (*self.review).clone();
             v.statements = crate::policy::classify::classify(sql).into();
+            v.code_free = v
+                .statements
+                .iter()
+                .all(|f| f.action == Action::Allow && !crate::policy::runs_code_anyway(&f.kind));
             Arc::new(v)
         } else if starts_with_keyword(sql, "DROP DATABASE") {
             self.block.clone()
         } else {
             let mut v = (*self.allow).clone();
             v.statements = crate::policy::classify::classify(sql).into();
+            v.code_free = v
+                .statements
+                .iter()
+                .all(|f| f.action == Action::Allow && !crate::policy::runs_code_anyway(&f.kind));
             Arc::new(v)
         }
     }

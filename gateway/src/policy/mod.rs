@@ -23,7 +23,9 @@ use countersign_bot::RequesterChain;
 pub use cache::ClassificationCache;
 pub use classify::classify;
 pub use rules::{PolicyConfigError, PolicyDefaults, PolicyRule};
-pub use verdict::{Action, PreparedUse, ReviewRequirement, StatementFacts, Verdict};
+pub use verdict::{
+    runs_code_anyway, Action, PreparedUse, ReviewRequirement, StatementFacts, Verdict,
+};
 
 use rules::{compile_rules, resolve_defaults, CompiledRule};
 
@@ -83,6 +85,8 @@ pub struct Policy {
 /// How one statement was decided after rules.
 struct Decision<'p> {
     action: Action,
+    /// The built-in policy's action (with the database's lists), before any rule.
+    builtin: Action,
     rule: &'p str,
     review: &'p ReviewRequirement,
     reasons: Vec<String>,
@@ -185,12 +189,17 @@ impl Policy {
                     .map(|d| d.review),
             )
         });
+        let code_free = decisions.iter().all(|d| d.builtin == Action::Allow)
+            && statements
+                .iter()
+                .all(|s| !verdict::runs_code_anyway(&s.kind));
         Verdict {
             action,
             reasons,
             statements,
             rule,
             review,
+            code_free,
         }
     }
 
@@ -218,6 +227,7 @@ impl Policy {
         else {
             return Decision {
                 action: builtin,
+                builtin,
                 rule: "default",
                 review: &self.defaults,
                 reasons: facts.reasons.clone(),
@@ -234,6 +244,7 @@ impl Policy {
             ));
             Decision {
                 action: builtin,
+                builtin,
                 rule: "default",
                 review: &self.defaults,
                 reasons,
@@ -261,6 +272,7 @@ impl Policy {
         }
         Decision {
             action: wanted,
+            builtin,
             rule: &rule.name,
             review: &rule.review,
             reasons,

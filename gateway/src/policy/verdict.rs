@@ -178,6 +178,21 @@ pub struct Verdict {
     /// Present when `action` is `review`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewRequirement>,
+    /// The built-in policy allows every statement (database lists applied) and none is of a kind that
+    /// runs code the text does not show ([`runs_code_anyway`]): running it runs no user code, so it
+    /// cannot change what prepared names hold. False for whatever only a rule allowed.
+    #[serde(default)]
+    pub code_free: bool,
+}
+
+/// Kinds the built-in policy allows that still run code their text does not show: `COMMIT` / `END`
+/// and `SET CONSTRAINTS` fire deferred triggers, `FETCH` / `MOVE` run a cursor's query (declared by
+/// an approved statement, it may call anything), `EXECUTE` runs a prepared statement.
+pub fn runs_code_anyway(kind: &str) -> bool {
+    matches!(
+        kind,
+        "COMMIT" | "END" | "SET CONSTRAINTS" | "FETCH" | "MOVE" | "EXECUTE" | "COMMIT PREPARED"
+    )
 }
 
 /// Serde for the shared statement list, as a plain JSON array.
