@@ -791,15 +791,94 @@ async fn cli_audit_verify(store_url: &str) -> std::process::ExitCode {
 
 /// `countersign --config CFG_PATH audit verify`.
 async fn cli_audit_verify_with(cfg_path: &std::path::Path) -> std::process::ExitCode {
+    cli_audit_verify_args(cfg_path, &[]).await
+}
+
+/// `countersign --config CFG_PATH audit verify ARGS…`.
+async fn cli_audit_verify_args(
+    cfg_path: &std::path::Path,
+    args: &[&str],
+) -> std::process::ExitCode {
     use clap::Parser;
-    let cli = countersign_gateway::cli::Cli::parse_from([
+    let mut argv = vec![
         "countersign",
         "--config",
         cfg_path.to_str().unwrap(),
         "audit",
         "verify",
-    ]);
+    ];
+    argv.extend_from_slice(args);
+    let cli = countersign_gateway::cli::Cli::parse_from(argv);
     countersign_gateway::cli::run(cli).await.unwrap()
+}
+
+/// Records cut from the end with an older head row put back (from a backup) leave a chain whose
+/// links, head and seals all hold: the requests created meanwhile, each written with its record,
+/// expose the cut, and so does a head printed by an earlier verify.
+#[tokio::test]
+async fn records_cut_from_the_end_with_an_older_head_put_back_are_found() {
+    for backend in BACKENDS {
+        let gw = spawn_gateway(&base_config(""), backend).await;
+        let cfg_path =
+            std::env::temp_dir().join(format!("cs-audit-{}.toml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(
+            &cfg_path,
+            format!("{}\n[store]\nurl = \"{}\"\n", base_config(""), gw.store_url),
+        )
+        .unwrap();
+        held_insert(&gw, "cs_audit_rollback").await;
+        let old = gw.store.audit_head().await.unwrap().expect("a head");
+        tamper(
+            backend,
+            &gw.store_url,
+            "CREATE TABLE old_head AS SELECT * FROM audit_head",
+        )
+        .await;
+        held_insert(&gw, "cs_audit_rollback").await;
+        let later = gw.store.audit_head().await.unwrap().expect("a head");
+        assert_eq!(
+            cli_audit_verify_with(&cfg_path).await,
+            std::process::ExitCode::SUCCESS
+        );
+        let unlock = match backend {
+            Backend::Sqlite => "DROP TRIGGER audit_head_forward",
+            Backend::Postgres => "ALTER TABLE audit_head DISABLE TRIGGER audit_head_forward",
+        };
+        tamper(
+            backend,
+            &gw.store_url,
+            &format!(
+                "{unlock}; DELETE FROM audit WHERE seq > {}; UPDATE audit_head SET seq = (SELECT seq FROM old_head), hash = (SELECT hash FROM old_head), seal = (SELECT seal FROM old_head)",
+                old.seq
+            ),
+        )
+        .await;
+        let records = gw.store.audit_records(0, 10_000).await.unwrap();
+        let head = gw.store.audit_head().await.unwrap();
+        assert!(
+            matches!(
+                countersign_bot::audit::verify_chain_to_head(&records, head.as_ref(), None),
+                ChainCheck::Intact { .. }
+            ),
+            "{backend:?}: links and head agree after the rollback"
+        );
+        assert_eq!(
+            cli_audit_verify_with(&cfg_path).await,
+            std::process::ExitCode::from(1),
+            "{backend:?}: the second request has no record"
+        );
+        let expect = format!("{}:{}", later.seq, later.hash);
+        assert_eq!(
+            cli_audit_verify_args(&cfg_path, &["--expect-head", &expect]).await,
+            std::process::ExitCode::from(1),
+            "{backend:?}: the head an earlier verify printed is gone"
+        );
+        assert_eq!(
+            cli_audit_verify_args(&cfg_path, &["--expect-head", "nonsense"]).await,
+            std::process::ExitCode::from(2)
+        );
+        let _ = std::fs::remove_file(cfg_path);
+    }
 }
 
 /// A held INSERT into a new table (named from `prefix`); its request id.

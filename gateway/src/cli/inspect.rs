@@ -117,6 +117,21 @@ pub fn policy_explain(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `SEQ:HASH` as `audit verify` prints the head.
+fn parse_head(text: &str) -> Result<(i64, String), String> {
+    let (seq, hash) = text
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} has no `:` between the sequence number and the hash"))?;
+    let seq = seq
+        .parse::<i64>()
+        .map_err(|_| format!("{seq:?} is not a record number"))?;
+    if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{hash:?} is not a hex hash"));
+    }
+    Ok((seq, hash.to_ascii_lowercase()))
+}
+
 async fn all_audit(
     store: &Arc<dyn Store>,
     mut each: impl FnMut(&[AuditRecord]) -> anyhow::Result<()>,
@@ -138,7 +153,14 @@ async fn all_audit(
 pub async fn audit(cfg: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
     let store = open_store(cfg).await?;
     match command {
-        AuditCommand::Verify => {
+        AuditCommand::Verify { expect_head } => {
+            let expected = match expect_head.as_deref().map(parse_head).transpose() {
+                Ok(e) => e,
+                Err(why) => {
+                    out!("--expect-head: {why}; pass SEQ:HASH as an earlier `audit verify` printed it");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             // Read before the records: appends meanwhile add records past the head, which are left
             // for the next run, and never make a head the records seem to fall short of.
             let key = audit_key(cfg)?;
@@ -174,13 +196,44 @@ pub async fn audit(cfg: &Config, command: AuditCommand) -> anyhow::Result<ExitCo
                 }
             }
             match verify_chain_to_head(records, head.as_ref(), key.as_ref()) {
-                ChainCheck::Intact { records } => {
+                ChainCheck::Intact { records: verified } => {
+                    if let Some((seq, hash)) = &expected {
+                        match records.iter().find(|r| r.seq == *seq) {
+                            Some(r) if r.hash == *hash => {}
+                            Some(_) => {
+                                out!("audit chain BROKEN at record #{seq}: its hash is not the one an earlier verify printed, so the trail was rewritten from there");
+                                return Ok(ExitCode::from(1));
+                            }
+                            None => {
+                                out!("audit chain BROKEN: it ends at #{} but an earlier verify saw record #{seq}: records were cut from the end (and an older head put back)", records.last().map_or(0, |r| r.seq));
+                                return Ok(ExitCode::from(1));
+                            }
+                        }
+                    }
+                    // Each request is created with its audit record in one transaction: a request
+                    // the trail does not know means records were cut from its end.
+                    let created: std::collections::HashSet<&str> = records
+                        .iter()
+                        .filter(|r| r.entry.action == "request.created")
+                        .filter_map(|r| r.entry.request_id.as_deref())
+                        .collect();
+                    let requests = store.list_requests(None, u32::MAX).await?;
+                    if let Some(orphan) = requests
+                        .iter()
+                        .find(|r| !created.contains(r.id.to_string().as_str()))
+                    {
+                        out!("audit chain BROKEN: request {} has no request.created record, though each is written with its request: records were cut from the end of the trail (and an older head put back)", orphan.id);
+                        return Ok(ExitCode::from(1));
+                    }
                     let seals = if key.is_some() {
                         "links, head and seals checked"
                     } else {
                         "links and head checked; seals NOT checked: no audit key is configured ([store] audit_key_env)"
                     };
-                    out!("audit chain intact: {records} record(s) verified ({seals})");
+                    out!("audit chain intact: {verified} record(s) verified ({seals}); every request has its record");
+                    if let Some(last) = records.last() {
+                        out!("head: {}:{} (keep it outside the store; `audit verify --expect-head {}:{}` then finds records cut from the end)", last.seq, last.hash, last.seq, last.hash);
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 ChainCheck::Broken { seq, problem } => {

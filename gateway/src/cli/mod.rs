@@ -111,8 +111,13 @@ pub enum PolicyCommand {
 /// `audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Walk the hash chain; names the first broken record.
-    Verify,
+    /// Walk the hash chain; names the first broken record. Prints the head to keep outside the store.
+    Verify {
+        /// A head printed by an earlier run (`SEQ:HASH`): the trail must still hold that record, so
+        /// records cut from the end (and an older head put back) are found.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
+    },
     /// Write every record as JSON Lines.
     Export {
         /// Output file (default stdout).
