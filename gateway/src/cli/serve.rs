@@ -160,6 +160,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let sweep = parse_duration(&cfg.server.expiry_sweep).unwrap_or(Duration::from_secs(5));
     let max_attempts = cfg.outbox.max_attempts;
     let lease = parse_duration(&cfg.outbox.lease).unwrap_or(Duration::from_secs(30));
+    warn_of_timeouts_past_the_delivery_limit(&cfg, lease);
     let http_listen = cfg.server.listen;
     let wire_cfg = cfg.wire.clone();
     let store_url = cfg.store.resolved_url()?;
@@ -299,4 +300,36 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A delivery is cut off at the shorter of the outbox lease and the worker's delivery limit (past the
+/// lease another replica may take the item): a channel timeout above it makes a slow but working
+/// receiver fail every attempt, and the channel's own setting looks ignored. Said once, at start.
+fn warn_of_timeouts_past_the_delivery_limit(cfg: &crate::config::Config, lease: Duration) {
+    let limit = lease.min(RetryPolicy::default().delivery_timeout);
+    let mut timeouts: Vec<(String, u64)> = Vec::new();
+    if let Some(w) = &cfg.webhooks {
+        for (i, e) in w.endpoints.iter().enumerate() {
+            timeouts.push((
+                format!("webhooks.endpoints[{i}].timeout_secs"),
+                e.timeout_secs,
+            ));
+        }
+    }
+    if let Some(sc) = &cfg.slack {
+        timeouts.push(("slack.timeout_secs".into(), sc.timeout_secs));
+    }
+    if let Some(j) = &cfg.jira {
+        timeouts.push(("jira.timeout_secs".into(), j.timeout_secs));
+    }
+    for (key, secs) in timeouts {
+        if Duration::from_secs(secs) > limit {
+            tracing::warn!(
+                key = %key,
+                timeout_s = secs,
+                limit_s = limit.as_secs_f64(),
+                "a channel timeout is longer than a delivery may take (the shorter of [outbox] lease and 25 s); deliveries are cut off at the limit, so lower the timeout or raise outbox.lease"
+            );
+        }
+    }
 }
