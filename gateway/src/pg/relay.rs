@@ -171,6 +171,9 @@ pub struct Relay<CR, CW, SR, SW> {
     /// named Parse, code, an approved execution): an approved `EXECUTE name` holds only in this
     /// session and only while this stays as it was.
     name_generation: u64,
+    /// A statement of this session changed (or asked to change) its identity: `DISCARD ALL` would
+    /// undo it unreviewed ([`identity_guard`]).
+    identity_changed: bool,
     verdicts: VerdictMemo,
     /// A statement of this session changed the database's catalog and the lists were not read since.
     catalog_dirty: bool,
@@ -231,6 +234,7 @@ where
             batch: Batch::default(),
             sql_prepared: SqlPrepared::default(),
             name_generation: 0,
+            identity_changed: false,
             verdicts: VerdictMemo::default(),
             catalog_dirty: false,
             catalog_refresh_due: false,
@@ -913,6 +917,17 @@ where
             }
             self.ctx.name_context.push(sql.to_string());
         }
+        let identity_before = self.identity_changed;
+        self.identity_changed |= verdict.statements.iter().any(|f| {
+            f.reasons
+                .iter()
+                .any(|r| r.ends_with(crate::policy::CHANGES_IDENTITY))
+        });
+        let verdict = if identity_before {
+            identity_guard(verdict)
+        } else {
+            verdict
+        };
         misread_guard(&self.backend, self.ready_part_sent, sql, verdict)
     }
 
@@ -1696,6 +1711,30 @@ where
 /// sees. ASCII text without a backslash reads the same either way. The same holds while a statement that
 /// may change or undo those settings has not answered yet, or part of a batch went ahead unanswered (a
 /// pipelined statement would be read after it).
+/// `DISCARD ALL` includes `SET SESSION AUTHORIZATION DEFAULT`: after a statement that changed the
+/// session's identity (an approved `SET ROLE` that took privileges away, say) it would undo that
+/// change without the review `RESET ROLE` gets, so it is refused.
+fn identity_guard(verdict: Arc<Verdict>) -> Arc<Verdict> {
+    let discards = verdict.statements.iter().any(|f| {
+        f.kind == "DISCARD"
+            && matches!(
+                f.prepared.as_deref(),
+                Some(crate::policy::PreparedUse::Deallocate { name: None })
+            )
+    });
+    if !discards || verdict.action == Action::Block {
+        return verdict;
+    }
+    Arc::new(Verdict {
+        action: Action::Block,
+        reasons: vec!["DISCARD ALL resets the session identity, which a statement of this session changed (SET ROLE or SESSION AUTHORIZATION); RESET ROLE needs review, and so does undoing it this way: reconnect for a fresh session".to_string()],
+        statements: verdict.statements.clone(),
+        rule: "gateway".into(),
+        review: None,
+        code_free: false,
+    })
+}
+
 fn misread_guard(
     backend: &BackendTracker,
     sent_ahead: bool,
@@ -1908,6 +1947,37 @@ fn put_refusal(out: &mut BytesMut, code: &str, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discard_all_is_refused_once_the_session_changed_its_identity() {
+        let verdict = |sql: &str| {
+            let statements: Arc<[crate::policy::StatementFacts]> =
+                crate::policy::classify(sql).into();
+            Arc::new(Verdict {
+                action: Action::Allow,
+                reasons: vec![],
+                statements,
+                rule: "default".into(),
+                review: None,
+                code_free: true,
+            })
+        };
+        let set_role = verdict("SET ROLE reporting");
+        assert!(set_role.statements[0]
+            .reasons
+            .iter()
+            .any(|r| r.ends_with(crate::policy::CHANGES_IDENTITY)));
+        assert_eq!(identity_guard(verdict("DISCARD ALL")).action, Action::Block);
+        assert_eq!(
+            identity_guard(verdict("SELECT 1; DISCARD ALL")).action,
+            Action::Block
+        );
+        assert_eq!(
+            identity_guard(verdict("DISCARD PLANS")).action,
+            Action::Allow
+        );
+        assert_eq!(identity_guard(verdict("SELECT 1")).action, Action::Allow);
+    }
 
     #[test]
     fn refusal_escapes_quotes_and_backslashes_and_dollar_tag() {

@@ -24,7 +24,7 @@ use super::functions::check_function;
 use super::reparse::classify_without_inert_clause;
 use super::settings::{search_path_from_items, setting_verdict, value_decides};
 use super::token_grammars::{classify_by_grammar, qualified_name};
-use super::verdict::{identifier_prefix, Action, PreparedUse, StatementFacts};
+use super::verdict::{identifier_prefix, Action, PreparedUse, StatementFacts, CHANGES_IDENTITY};
 
 /// Classify every statement in `sql` with the built-in policy. Never panics; never returns an
 /// empty vector (an empty string yields one `EMPTY` statement).
@@ -780,7 +780,7 @@ fn statement_action(statement: &Statement, facts: &StatementFacts) -> (Action, S
         Statement::Reset(reset) => match &reset.reset {
             Reset::ALL => allow("RESET ALL restores session defaults"),
             Reset::SessionAuthorization => {
-                review("RESET SESSION AUTHORIZATION changes the session identity".into())
+                review(format!("RESET SESSION AUTHORIZATION {CHANGES_IDENTITY}"))
             }
             Reset::ConfigurationParameter(name) => {
                 // Back to the default: judged as setting it to the empty (default) value.
@@ -924,13 +924,10 @@ fn classify_set(set: &Set) -> (Action, String) {
             Action::Allow,
             "SET TRANSACTION only sets transaction modes".into(),
         ),
-        Set::SetRole { .. } => (
-            Action::Review,
-            "SET ROLE changes the session identity".into(),
-        ),
+        Set::SetRole { .. } => (Action::Review, format!("SET ROLE {CHANGES_IDENTITY}")),
         Set::SetSessionAuthorization(_) => (
             Action::Review,
-            "SET SESSION AUTHORIZATION changes the session identity".into(),
+            format!("SET SESSION AUTHORIZATION {CHANGES_IDENTITY}"),
         ),
         other => (
             Action::Review,

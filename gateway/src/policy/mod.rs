@@ -25,6 +25,7 @@ pub use classify::classify;
 pub use rules::{PolicyConfigError, PolicyDefaults, PolicyRule};
 pub use verdict::{
     runs_code_anyway, Action, PreparedUse, ReviewRequirement, StatementFacts, Verdict,
+    CHANGES_IDENTITY,
 };
 
 use rules::{compile_rules, resolve_defaults, CompiledRule};

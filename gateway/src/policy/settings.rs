@@ -10,7 +10,7 @@ pub fn setting_verdict(name: &str, value: &str) -> (Action, String) {
     if is_identity_setting(&name) {
         return (
             Action::Review,
-            format!("{name} changes the session identity"),
+            format!("{name} {}", super::verdict::CHANGES_IDENTITY),
         );
     }
     if name == "search_path" {

@@ -185,6 +185,10 @@ pub struct Verdict {
     pub code_free: bool,
 }
 
+/// The words ending every reason given for a statement that changes the session's role or session
+/// authorization (`SET ROLE`, `SET SESSION AUTHORIZATION`, `set_config('role', …)`, their `RESET`s).
+pub const CHANGES_IDENTITY: &str = "changes the session identity";
+
 /// Kinds the built-in policy allows that still run code their text does not show: `COMMIT` / `END`
 /// and `SET CONSTRAINTS` fire deferred triggers, `FETCH` / `MOVE` run a cursor's query (declared by
 /// an approved statement, it may call anything), `EXECUTE` runs a prepared statement.
