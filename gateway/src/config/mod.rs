@@ -212,6 +212,13 @@ impl StoreConfig {
             (key, secret)
         } else if let Some(path) = self.managed_key_file(url) {
             match std::fs::read_to_string(&path) {
+                Ok(s) if s.trim().is_empty() => {
+                    return Err(SecretError::File {
+                        key: "the SQLite store's audit key file (made beside the database; `[store] audit_key_file` not set)".into(),
+                        path: path.display().to_string(),
+                        reason: "it is empty; restore the key from your copy, or, if the store has no sealed audit records yet (`countersign audit verify` says so), delete the file and start again to make a new one".into(),
+                    })
+                }
                 Ok(s) => ("store.audit_key_file", s.trim().to_string()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && mode == KeyFile::Create => {
                     ("store.audit_key_file", create_key_file(&path)?)
@@ -255,15 +262,38 @@ fn create_key_file(path: &std::path::Path) -> Result<String, SecretError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(failed)?;
     }
+    // Written whole under a temporary name, then linked into place: a crash never leaves an empty
+    // or partial key file (which would keep the gateway from starting), and a key made by another
+    // process at the same time wins (the link fails) instead of being overwritten.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map_or("audit-key".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = match options.open(path) {
-        Ok(f) => f,
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(key.as_bytes())?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(failed(e));
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
         // Another process created it first: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return std::fs::read_to_string(path)
@@ -271,10 +301,12 @@ fn create_key_file(path: &std::path::Path) -> Result<String, SecretError> {
                 .map_err(failed);
         }
         Err(e) => return Err(failed(e)),
-    };
-    file.write_all(key.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(failed)?;
+    }
+    // The new directory entry is durable before the first record is sealed with the key.
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(key)
 }
 
@@ -452,4 +484,49 @@ fn describe_toml_error(e: &toml::de::Error) -> String {
         "fix: correct the TOML syntax or value type at the position shown"
     };
     format!("{}\n{fix}", e.to_string().trim_end())
+}
+
+#[cfg(test)]
+mod key_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_new_key_file_is_whole_and_private_and_an_existing_one_wins() {
+        let dir = countersign_bot::testing::TempDir::new();
+        let path = dir.path().join("sub").join("countersign.db.audit-key");
+        let key = create_key_file(&path).unwrap();
+        assert_eq!(key.len(), 64);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), key);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Nothing is left under a temporary name.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        // A second creator reads the first one's key.
+        assert_eq!(create_key_file(&path).unwrap(), key);
+    }
+
+    #[test]
+    fn an_empty_managed_key_file_is_refused_naming_its_path_and_the_way_out() {
+        let dir = countersign_bot::testing::TempDir::new();
+        let db = dir.path().join("countersign.db");
+        std::fs::write(dir.path().join("countersign.db.audit-key"), "").unwrap();
+        let store: StoreConfig =
+            toml::from_str(&format!("url = \"sqlite://{}\"", db.display())).unwrap();
+        let err = store
+            .audit_key(&format!("sqlite://{}", db.display()), KeyFile::Create)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("countersign.db.audit-key") && err.contains("delete the file"),
+            "{err}"
+        );
+    }
 }
