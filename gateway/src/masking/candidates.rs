@@ -396,9 +396,9 @@ fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
     check(
         Detector::PrivateKey,
         on_(Detector::PrivateKey)
-            && seen & CAPITAL_B != 0
             && seen & DASH != 0
-            && contains(b, b"-----B", false),
+            && contains(b, b"-----", false)
+            && contains(b, b"begin", true),
     );
     // `AA00` starts every IBAN, a token of 15 or more capitals and digits.
     check(

@@ -256,23 +256,22 @@ fn overlaps(found: &[Finding], r: &Range<usize>) -> bool {
 
 fn find_private_keys(text: &str, out: &mut Vec<Finding>) {
     let mut from = 0;
-    while let Some(i) = text[from..].find("-----BEGIN ") {
-        let start = from + i;
+    while let Some(start) = find_marker(text, from, "BEGIN ") {
         let header_end = text[start + 11..].find("-----").map(|j| start + 11 + j + 5);
         let Some(header_end) = header_end else { break };
-        if !text[start..header_end].contains("PRIVATE KEY") {
+        if !text[start..header_end]
+            .to_ascii_uppercase()
+            .contains("PRIVATE KEY")
+        {
             from = header_end;
             continue;
         }
         // Without an END line the rest of the value is the key: mask to the end rather than leak it.
-        let end = match text[header_end..].find("-----END ") {
-            Some(j) => {
-                let e = header_end + j + 9;
-                text[e..]
-                    .find("-----")
-                    .map(|k| e + k + 5)
-                    .unwrap_or(text.len())
-            }
+        let end = match find_marker(text, header_end, "END ") {
+            Some(e) => text[e + 9..]
+                .find("-----")
+                .map(|k| e + 9 + k + 5)
+                .unwrap_or(text.len()),
             None => text.len(),
         };
         out.push(Finding {
@@ -281,6 +280,24 @@ fn find_private_keys(text: &str, out: &mut Vec<Finding>) {
         });
         from = end;
     }
+}
+
+/// The next `-----WORD` from byte `from`, the word in any case (PEM armour is upper case, but a key
+/// pasted through a lower-casing tool is still a key).
+fn find_marker(text: &str, mut from: usize, word: &str) -> Option<usize> {
+    while let Some(i) = text.get(from..)?.find("-----") {
+        let at = from + i;
+        let after = at + 5;
+        if text
+            .as_bytes()
+            .get(after..after + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+        {
+            return Some(at);
+        }
+        from = after;
+    }
+    None
 }
 
 /// ASCII bytes that end a token (the rest are the non-ASCII whitespace [`separator_len`] decodes).
@@ -1164,6 +1181,11 @@ mod tests {
         let cut = "-----BEGIN PRIVATE KEY-----\nMIIE";
         assert_eq!(found(cut), vec![(Detector::PrivateKey, cut)]);
         assert!(found("-----BEGIN CERTIFICATE-----\nMIIE\n-----END CERTIFICATE-----").is_empty());
+        // Lower-cased armour is still a key, found whole.
+        let lower = "k: -----begin rsa private key-----\nmiie\n-----end rsa private key----- done";
+        let f = found(lower);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].1.starts_with("-----begin") && f[0].1.ends_with("key-----"));
     }
 
     #[test]
