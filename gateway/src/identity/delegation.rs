@@ -72,29 +72,27 @@ mod tests {
         ClaimMapping::new(0, &issuer_config("human_subjects = [\"user:*\"]")).unwrap()
     }
 
+    /// The chain of a token from `https://idp`, where `https://other-idp` is trusted too.
+    fn chain_of(claims: &Value) -> Result<RequesterChain, AuthError> {
+        requester_chain(
+            claims.as_object().unwrap(),
+            "https://idp",
+            &mapping(),
+            |i| i == "https://other-idp",
+        )
+    }
+
     #[test]
     fn an_actor_of_another_trusted_issuer_or_a_gateway_issuer_is_refused() {
         for iss in ["https://other-idp", "slack", "email", "static"] {
             let claims = json!({"sub": "svc-random", "act": {"sub": "svc-deploy", "iss": iss}});
-            let err = requester_chain(
-                claims.as_object().unwrap(),
-                "https://idp",
-                &mapping(),
-                |i| i == "https://other-idp",
-            )
-            .unwrap_err();
+            let err = chain_of(&claims).unwrap_err();
             assert!(matches!(err, AuthError::Malformed { .. }), "{iss}: {err:?}");
         }
         // Its own issuer, or one the gateway does not trust (an allow rule never counts it).
         for iss in ["https://idp", "https://agents"] {
             let claims = json!({"sub": "svc-random", "act": {"sub": "svc-deploy", "iss": iss}});
-            assert!(requester_chain(
-                claims.as_object().unwrap(),
-                "https://idp",
-                &mapping(),
-                |i| i == "https://other-idp",
-            )
-            .is_ok());
+            assert!(chain_of(&claims).is_ok());
         }
     }
 
@@ -104,13 +102,7 @@ mod tests {
             "sub": "user:alice", "email": "alice@example.com",
             "act": {"sub": "subagent-7", "act": {"sub": "deploy-agent", "iss": "https://agents"}}
         });
-        let chain = requester_chain(
-            claims.as_object().unwrap(),
-            "https://idp",
-            &mapping(),
-            |i| i == "https://other-idp",
-        )
-        .unwrap();
+        let chain = chain_of(&claims).unwrap();
         let subjects: Vec<_> = chain.0.iter().map(|i| i.subject.as_str()).collect();
         assert_eq!(subjects, ["subagent-7", "deploy-agent", "user:alice"]);
         let kinds: Vec<_> = chain.0.iter().map(|i| i.kind).collect();
@@ -129,13 +121,7 @@ mod tests {
     #[test]
     fn actor_matching_the_human_rule_is_a_person() {
         let claims = json!({"sub": "svc-report", "act": {"sub": "user:bob"}});
-        let chain = requester_chain(
-            claims.as_object().unwrap(),
-            "https://idp",
-            &mapping(),
-            |i| i == "https://other-idp",
-        )
-        .unwrap();
+        let chain = chain_of(&claims).unwrap();
         assert_eq!(chain.0[0].kind, IdentityKind::Human);
         assert_eq!(chain.0[1].kind, IdentityKind::Workload);
     }
@@ -147,13 +133,7 @@ mod tests {
             act = json!({"sub": format!("actor-{i}"), "act": act});
         }
         let claims = json!({"sub": "user:alice", "act": act});
-        let err = requester_chain(
-            claims.as_object().unwrap(),
-            "https://idp",
-            &mapping(),
-            |i| i == "https://other-idp",
-        )
-        .unwrap_err();
+        let err = chain_of(&claims).unwrap_err();
         assert_eq!(err, AuthError::DelegationTooDeep { max: MAX_ACTORS });
     }
 
@@ -164,13 +144,7 @@ mod tests {
             act = json!({"sub": format!("actor-{i}"), "act": act});
         }
         let claims = json!({"sub": "user:alice", "act": act});
-        let chain = requester_chain(
-            claims.as_object().unwrap(),
-            "https://idp",
-            &mapping(),
-            |i| i == "https://other-idp",
-        )
-        .unwrap();
+        let chain = chain_of(&claims).unwrap();
         assert_eq!(chain.0.len(), MAX_ACTORS + 1);
     }
 
@@ -182,26 +156,14 @@ mod tests {
             "sub": "user:alice", "email": "alice@example.com",
             "act": {"sub": "agent", "iss": "static"}
         });
-        let err = requester_chain(
-            claims.as_object().unwrap(),
-            "https://idp",
-            &mapping(),
-            |i| i == "https://other-idp",
-        )
-        .unwrap_err();
+        let err = chain_of(&claims).unwrap_err();
         assert_eq!(err.code(), "malformed");
     }
 
     #[test]
     fn act_that_is_not_an_object_is_malformed() {
         let claims = json!({"sub": "user:alice", "act": "agent"});
-        let err = requester_chain(
-            claims.as_object().unwrap(),
-            "https://idp",
-            &mapping(),
-            |i| i == "https://other-idp",
-        )
-        .unwrap_err();
+        let err = chain_of(&claims).unwrap_err();
         assert_eq!(err.code(), "malformed");
     }
 }

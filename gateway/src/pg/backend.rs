@@ -645,7 +645,9 @@ mod tests {
         let error = frame(b'E', b"SERROR\0C42P01\0Mrelation \"t\" does not exist\0\0");
         let notify = frame(b'A', b"\0\0\0\x07chan\0payload\0");
         // The gateway's Close, Parse (failed) and Sync; a notification on the way; then the client's.
-        let data: Vec<u8> = [
+        let joined =
+            |frames: &[BytesMut]| -> Vec<u8> { frames.iter().flat_map(|f| f.to_vec()).collect() };
+        let data = joined(&[
             frame(b'3', b""),
             error,
             notify.clone(),
@@ -653,22 +655,16 @@ mod tests {
             frame(b'2', b""),
             frame(b'C', b"SELECT 1\0"),
             frame(b'Z', b"I"),
-        ]
-        .iter()
-        .flat_map(|f| f.to_vec())
-        .collect();
+        ]);
         let (mut out, mut finished) = (BytesMut::new(), Vec::new());
         let (n, rewrote) = t.scan(&data, &mut out, &mut finished).unwrap();
         assert_eq!((n, rewrote), (data.len(), true));
-        let want: Vec<u8> = [
+        let want = joined(&[
             notify,
             frame(b'2', b""),
             frame(b'C', b"SELECT 1\0"),
             frame(b'Z', b"I"),
-        ]
-        .iter()
-        .flat_map(|f| f.to_vec())
-        .collect();
+        ]);
         assert_eq!(&out[..], &want[..]);
         assert_eq!(finished.len(), 1, "only the client's statement is recorded");
         assert_eq!(finished[0].error, None);
