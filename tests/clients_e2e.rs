@@ -1430,3 +1430,79 @@ async fn names_that_code_prepares_again_never_run_another_text() {
         .await
         .unwrap();
 }
+
+/// A statement parsed before a view of its table's name was made (approved) is judged again at its
+/// next Bind, on what its text means now: the view calls a writing function, so the Bind is held,
+/// not run on the verdict its Parse got.
+#[tokio::test]
+async fn a_prepared_statement_is_judged_again_after_the_catalog_changes() {
+    use countersign_tests::transcript::{Action, Login, RawConn};
+    let db = direct().await;
+    let s = table_name("rejudge");
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {s};
+         CREATE TABLE {s}.t9 (id int); INSERT INTO {s}.t9 VALUES (9);
+         CREATE TABLE {s}.victim (id int); INSERT INTO {s}.victim SELECT generate_series(1, 10);
+         CREATE FUNCTION {s}.boom() RETURNS int LANGUAGE plpgsql AS $f$
+           BEGIN DELETE FROM {s}.victim WHERE id = 1; RETURN 1; END $f$;"
+    ))
+    .await
+    .unwrap();
+    let cfg = base_config(
+        "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 1\n",
+    );
+    let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
+    let login = Login {
+        addr: gw.wire.unwrap().to_string(),
+        user: "agent".into(),
+        database: "local".into(),
+        password: Some(AGENT.into()),
+        options: None,
+    };
+    let mut c = RawConn::connect(&login, None).await.unwrap();
+    let bind = Action::Extended {
+        name: "n0".into(),
+        sql: None,
+        params: vec![],
+        binary: false,
+        max_rows: 0,
+    };
+    c.run(&Action::Prepare {
+        name: "n0".into(),
+        sql: format!("SELECT id FROM {s}.t9"),
+    })
+    .await
+    .unwrap();
+    let out = c.run(&bind).await.unwrap();
+    assert!(out.iter().any(|l| l.contains("DataRow")), "{out:?}");
+    // The table becomes a view calling boom(), with approval.
+    let ddl = format!(
+        "ALTER TABLE {s}.t9 RENAME TO t9_old; CREATE VIEW {s}.t9 AS SELECT {s}.boom() AS id"
+    );
+    let ddl_query = Action::Query {
+        sql: ddl.clone(),
+        copy_in: vec![],
+    };
+    let out = c.run(&ddl_query).await.unwrap();
+    assert!(out.iter().any(|l| l.contains("42501")), "held: {out:?}");
+    let id = pending_request(&gw.base, "t9_old").await;
+    gw.vote(BOB, &id, "approve").await;
+    gw.vote(CAROL, &id, "approve").await;
+    let out = c.run(&ddl_query).await.unwrap();
+    assert!(out.iter().any(|l| l.contains("CREATE VIEW")), "{out:?}");
+    // The Bind of the statement parsed on the table is held now, and boom() does not run.
+    let out = c.run(&bind).await.unwrap();
+    assert!(
+        !out.iter().any(|l| l.contains("DataRow")),
+        "the view's function ran on the Parse-time verdict: {out:?}"
+    );
+    assert!(out.iter().any(|l| l.contains("42501")), "{out:?}");
+    assert_eq!(
+        direct_scalar::<i64>(&format!("SELECT count(*) FROM {s}.victim")).await,
+        10
+    );
+    c.close().await;
+    db.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
+        .await
+        .unwrap();
+}

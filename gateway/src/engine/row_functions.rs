@@ -531,6 +531,11 @@ pub struct RowFunctions {
     queued: std::sync::atomic::AtomicBool,
     /// One read at a time.
     reading: tokio::sync::Mutex<()>,
+    /// When a session last saw DDL commit on a connection's database (every connection name on it):
+    /// until a read started after that, sessions wait for one before judging their next statement.
+    changed: RwLock<HashMap<String, std::time::Instant>>,
+    /// Some connection has such a change not read yet (the sessions' fast path skips the lock).
+    any_changed: std::sync::atomic::AtomicBool,
 }
 
 impl RowFunctions {
@@ -569,6 +574,58 @@ impl RowFunctions {
         fresh.unwrap_or_else(|| UNKNOWN.clone())
     }
 
+    /// Notes that DDL committed on `connection`'s database, for every connection name on it: their
+    /// sessions wait for a read started after now before judging their next statement
+    /// ([`RowFunctions::change_pending`]), so no session judges with lists the DDL made stale.
+    pub fn note_change(&self, upstreams: &HashMap<String, UpstreamTarget>, connection: &str) {
+        let now = std::time::Instant::now();
+        let database = upstreams
+            .get(connection)
+            .map(|t| (t.host.as_str(), t.port, t.database.as_str()));
+        let mut changed = self.changed.write().unwrap_or_else(|e| e.into_inner());
+        for (name, t) in upstreams {
+            if name == connection
+                || database == Some((t.host.as_str(), t.port, t.database.as_str()))
+            {
+                changed.insert(name.clone(), now);
+            }
+        }
+        changed.entry(connection.to_string()).or_insert(now);
+        self.any_changed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True while DDL noted on `connection`'s database has not been read since.
+    pub fn change_pending(&self, connection: &str) -> bool {
+        if !self.any_changed.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        let at = self
+            .changed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(connection)
+            .copied();
+        match at {
+            Some(at) if !self.read_since(connection, at) => true,
+            Some(_) => {
+                let mut changed = self.changed.write().unwrap_or_else(|e| e.into_inner());
+                if changed
+                    .get(connection)
+                    .is_some_and(|at| self.read_since(connection, *at))
+                {
+                    changed.remove(connection);
+                }
+                if changed.is_empty() {
+                    self.any_changed
+                        .store(false, std::sync::atomic::Ordering::Release);
+                }
+                false
+            }
+            None => false,
+        }
+    }
+
     /// True when `connection`'s lists were read successfully by a read that started at or after
     /// `asked` (reads are stamped with their start: one under way when a DDL committed may have missed it).
     pub fn read_since(&self, connection: &str, asked: std::time::Instant) -> bool {
@@ -587,7 +644,7 @@ impl RowFunctions {
     }
 
     /// Makes sure `connection`'s lists were read by a read started at or after `asked` (a session's
-    /// committed DDL): reads only that database, and none when another session's read, queued for the
+    /// committed DDL): reads only that database (for every connection name on it), and none when another session's read, queued for the
     /// lock ahead of this one, already started after `asked`. Sessions finishing DDL together share
     /// one read instead of each waiting for its own in turn. False when it could not be read.
     pub async fn refresh_since(
@@ -599,9 +656,16 @@ impl RowFunctions {
     ) -> bool {
         let _reading = self.reading.lock().await;
         if !self.read_since(connection, asked) {
+            // Every connection name on the same database: the DDL changed their catalog too.
+            let database = upstreams
+                .get(connection)
+                .map(|t| (t.host.as_str(), t.port, t.database.as_str()));
             self.read(
                 pool,
-                upstreams.iter().filter(|(name, _)| *name == connection),
+                upstreams.iter().filter(|(name, t)| {
+                    *name == connection
+                        || database == Some((t.host.as_str(), t.port, t.database.as_str()))
+                }),
             )
             .await;
         }

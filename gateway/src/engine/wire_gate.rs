@@ -238,6 +238,14 @@ impl WireGate for Engine {
         self.syntax_rejected_by_postgres(connection, sql).await
     }
 
+    fn note_catalog_change(&self, connection: &str) {
+        self.row_functions.note_change(&self.upstreams, connection);
+    }
+
+    fn catalog_change_pending(&self, connection: &str) -> bool {
+        self.row_functions.change_pending(connection)
+    }
+
     async fn catalog_changed(&self, connection: &str) -> bool {
         let asked = std::time::Instant::now();
         self.row_functions

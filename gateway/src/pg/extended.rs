@@ -189,6 +189,33 @@ impl Catalog {
         }
     }
 
+    /// The settled statement named `name` (not the unnamed one), to judge its text again at a Bind.
+    pub fn settled(&self, name: &[u8]) -> Option<Arc<Prepared>> {
+        match self.statements.get(name) {
+            Some(n) if !n.ambiguous && n.unsettled.is_none() => Some(n.prepared.clone()),
+            _ => None,
+        }
+    }
+
+    /// Gives `name`'s statement the verdict `fresh` reached on its text now (the database's lists,
+    /// the session's search_path or its rules' inputs changed since its Parse), unless it is that
+    /// verdict already. True when it changed.
+    pub fn rejudge(&mut self, name: &[u8], fresh: Arc<Verdict>) -> bool {
+        let Some(n) = self.statements.get_mut(name) else {
+            return false;
+        };
+        let verdict = with_declared_types(fresh, &n.prepared.param_types);
+        if Arc::ptr_eq(&verdict, &n.prepared.verdict) {
+            return false;
+        }
+        n.prepared = Arc::new(Prepared {
+            sql: n.prepared.sql.clone(),
+            verdict,
+            param_types: n.prepared.param_types.clone(),
+        });
+        true
+    }
+
     /// `name` was closed and parsed again upstream with the text the gateway holds for it.
     pub fn refreshed(&mut self, name: &[u8]) {
         if let Some(n) = self.statements.get_mut(name) {

@@ -106,6 +106,13 @@ pub trait WireGate: Send + Sync + 'static {
     async fn catalog_changed(&self, _connection: &str) -> bool {
         true
     }
+    /// A session saw DDL commit on `connection`'s database: other sessions on it wait for the lists
+    /// to be read again before judging their next statement.
+    fn note_catalog_change(&self, _connection: &str) {}
+    /// True while DDL another session committed on `connection`'s database has not been read.
+    fn catalog_change_pending(&self, _connection: &str) -> bool {
+        false
+    }
 }
 
 /// How to reach and log in to the real database behind a connection name.

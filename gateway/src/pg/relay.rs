@@ -411,6 +411,19 @@ where
 
     /// Handles all complete client frames; true when the client terminated.
     async fn on_client_data(&mut self) -> Result<bool, WireError> {
+        // DDL another session committed on this database: its lists are read before this session
+        // judges anything more (shared with every session waiting).
+        if self
+            .ctx
+            .gate
+            .catalog_change_pending(&self.ctx.session.connection)
+        {
+            let _ = self
+                .ctx
+                .gate
+                .catalog_changed(&self.ctx.session.connection)
+                .await;
+        }
         loop {
             match self.next_client_step()? {
                 Step::NeedMore => break,
@@ -490,6 +503,9 @@ where
                 .is_some_and(|tags| tags.split("; ").any(|t| gate.changes_catalog(t)))
             {
                 self.catalog_dirty = true;
+                // Other sessions wait for the read too (one that judged a statement on the view
+                // just made with the old lists ran the view's function unreviewed).
+                gate.note_catalog_change(&self.ctx.session.connection);
             }
             // An approved execution may have done anything (a function it called may run DDL): the
             // lists are read again once it is committed, before the session's next statement.
@@ -498,6 +514,12 @@ where
         }
         if self.catalog_dirty || self.catalog_refresh_due {
             if self.backend.status == b'I' && self.backend.in_flight.is_empty() {
+                if self.catalog_dirty {
+                    // Committed now: other sessions wait for this read too.
+                    self.ctx
+                        .gate
+                        .note_catalog_change(&self.ctx.session.connection);
+                }
                 if self
                     .ctx
                     .gate
@@ -1184,6 +1206,12 @@ where
         let mut pos = 5;
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
         let statement = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
+        // Judged again on what its text means now: a view created since its Parse, the database's
+        // lists read again, a search_path set (PostgreSQL analyses the text again then too).
+        if let Some(p) = self.catalog.settled(statement) {
+            let fresh = self.classify(&p.sql);
+            self.catalog.rejudge(statement, fresh);
+        }
         if self.refresh_stale(statement, portal) {
             self.catalog.bind(portal, statement, &frame[5..]);
         } else {
