@@ -1439,9 +1439,12 @@ async fn a_prepared_statement_is_judged_again_after_the_catalog_changes() {
     use countersign_tests::transcript::{Action, Login, RawConn};
     let db = direct().await;
     let s = table_name("rejudge");
+    // Views are listed by name in any schema: a name of this run's own, so no other run's leftovers
+    // (or this one's) change what it judges.
+    let v = format!("v_{s}");
     db.batch_execute(&format!(
         "CREATE SCHEMA {s};
-         CREATE TABLE {s}.t9 (id int); INSERT INTO {s}.t9 VALUES (9);
+         CREATE TABLE {s}.{v} (id int); INSERT INTO {s}.{v} VALUES (9);
          CREATE TABLE {s}.victim (id int); INSERT INTO {s}.victim SELECT generate_series(1, 10);
          CREATE FUNCTION {s}.boom() RETURNS int LANGUAGE plpgsql AS $f$
            BEGIN DELETE FROM {s}.victim WHERE id = 1; RETURN 1; END $f$;"
@@ -1469,7 +1472,7 @@ async fn a_prepared_statement_is_judged_again_after_the_catalog_changes() {
     };
     c.run(&Action::Prepare {
         name: "n0".into(),
-        sql: format!("SELECT id FROM {s}.t9"),
+        sql: format!("SELECT id FROM {s}.{v}"),
     })
     .await
     .unwrap();
@@ -1477,7 +1480,7 @@ async fn a_prepared_statement_is_judged_again_after_the_catalog_changes() {
     assert!(out.iter().any(|l| l.contains("DataRow")), "{out:?}");
     // The table becomes a view calling boom(), with approval.
     let ddl = format!(
-        "ALTER TABLE {s}.t9 RENAME TO t9_old; CREATE VIEW {s}.t9 AS SELECT {s}.boom() AS id"
+        "ALTER TABLE {s}.{v} RENAME TO {v}_old; CREATE VIEW {s}.{v} AS SELECT {s}.boom() AS id"
     );
     let ddl_query = Action::Query {
         sql: ddl.clone(),
@@ -1485,7 +1488,7 @@ async fn a_prepared_statement_is_judged_again_after_the_catalog_changes() {
     };
     let out = c.run(&ddl_query).await.unwrap();
     assert!(out.iter().any(|l| l.contains("42501")), "held: {out:?}");
-    let id = pending_request(&gw.base, "t9_old").await;
+    let id = pending_request(&gw.base, &format!("{v}_old")).await;
     gw.vote(BOB, &id, "approve").await;
     gw.vote(CAROL, &id, "approve").await;
     let out = c.run(&ddl_query).await.unwrap();
