@@ -192,6 +192,9 @@ pub struct Relay<CR, CW, SR, SW> {
     unit_skipped: bool,
     /// Part of the current batch went ahead on Flush, and its answer may still be on its way.
     ready_part_sent: bool,
+    /// The part sent ahead holds more than Flush messages (a lone Flush between batches asks for
+    /// nothing upstream, and a stale name bound after it can still be parsed again ahead).
+    ready_part_runs: bool,
     /// Bytes of a client CopyData message still to stream upstream unbuffered ([`Self::stream_copy_data`]).
     copy_data_left: usize,
 }
@@ -245,6 +248,7 @@ where
             skip_until_sync: false,
             unit_skipped: false,
             ready_part_sent: false,
+            ready_part_runs: false,
             copy_data_left: 0,
         }
     }
@@ -885,6 +889,7 @@ where
         forward(&mut self.backend.masker, &mut self.out, &ready);
         // Upstream with no InFlight entry until the batch's Sync: `ready_part_sent` stands for it.
         self.ready_part_sent = true;
+        self.ready_part_runs |= !only_flushes(&ready);
         true
     }
 
@@ -1151,7 +1156,7 @@ where
         let portals_may_live = !(self.backend.in_flight.is_empty() && self.backend.status == b'I');
         let same_text_upstream =
             prepared.sql.is_ascii() || matches!(self.backend.client_encoding.as_str(), "UTF8" | "");
-        if self.ready_part_sent
+        if self.ready_part_runs
             || self.batch.ran_code
             || self.backend.in_copy_in()
             || !same_text_upstream
@@ -1319,6 +1324,7 @@ where
         // than wait for humans, as PostgreSQL would answer at once.
         let mut skipped = std::mem::take(&mut self.backend.failed_before_sync);
         let after_ready_part = std::mem::take(&mut self.ready_part_sent);
+        self.ready_part_runs = false;
         let action = batch.action();
         // In a failed transaction PostgreSQL refuses the batch at its first message unless that one
         // ends the transaction: a batch running none that could is refused there at once too.
@@ -1761,6 +1767,17 @@ fn identity_guard(verdict: Arc<Verdict>) -> Arc<Verdict> {
         review: None,
         code_free: false,
     })
+}
+
+/// True when `frames` are Flush messages only.
+fn only_flushes(mut frames: &[u8]) -> bool {
+    while let Some((tag, total)) = super::codec::frame_header(frames) {
+        if tag != b'H' || total > frames.len() {
+            return false;
+        }
+        frames = &frames[total..];
+    }
+    frames.is_empty()
 }
 
 fn misread_guard(
