@@ -1833,7 +1833,8 @@ async fn an_approved_copy_from_stdin_whose_client_leaves_is_failed_upstream_not_
     let _ = conn.await;
     copying.abort();
     let mut status = json!(null);
-    for _ in 0..100 {
+    // Up to 30 s: on a loaded machine the session may first finish a catalog read.
+    for _ in 0..300 {
         status = gw.request(BOB, &id).await.body["status"].clone();
         if status != json!("executing") && status != json!("approved") {
             break;

@@ -518,10 +518,13 @@ pub struct Batch {
     pub bound_gated: Vec<Box<[u8]>>,
     /// The batch holds an Execute.
     pub executes: bool,
-    /// A Bind or Execute of the batch may run user code (its statement is not
-    /// [`Verdict::code_free`]), which may prepare names again: a stale name bound after it can't be
-    /// parsed again ahead of the batch.
+    /// A Bind or Execute of the batch runs code its text names (a `DO` block, a `CALL`, a function not
+    /// vetted read-only, text the policy could not read), which may prepare names again: a stale name
+    /// bound after it can't be parsed again ahead of the batch.
     pub ran_code: bool,
+    /// Statement names the batch parsed or bound so far: parsing one of them again ahead of the
+    /// batch would go before the batch's own Parse, or before the first execution it vouches for.
+    pub used: Vec<Box<[u8]>>,
     /// An Execute names a portal bound before this batch, or one bound before another portal's
     /// Execute: PostgreSQL dropped it at that transaction's end, or a SQL `CLOSE` did, and a SQL cursor
     /// of that name (`DECLARE`, a function's `OPEN`) may run another query now, so the rows are not
@@ -678,6 +681,7 @@ impl Batch {
             bound_gated: std::mem::take(&mut self.bound_gated),
             executes: std::mem::take(&mut self.executes),
             ran_code: std::mem::take(&mut self.ran_code),
+            used: std::mem::take(&mut self.used),
             portal_names: std::mem::take(&mut self.portal_names),
             carries_portal: std::mem::take(&mut self.carries_portal),
         }

@@ -138,6 +138,9 @@ pub struct NameEffects {
     /// write, a view, a cursor's query, a deferred trigger at `COMMIT`), which may deallocate any
     /// name and prepare it again (PL/pgSQL's `EXECUTE 'DEALLOCATE …'`): every name becomes stale.
     pub runs_code: bool,
+    /// Of that code, what the text names itself (`DO`, `CALL`, a function not vetted read-only,
+    /// text the policy could not read), as opposed to what a write's triggers or a view may run.
+    pub names_code: bool,
 }
 
 impl NameEffects {
@@ -154,6 +157,12 @@ pub fn name_effects(verdict: &Verdict) -> NameEffects {
         ..NameEffects::default()
     };
     for s in verdict.statements.iter() {
+        effects.names_code |= s.unparsed
+            || matches!(s.kind.as_str(), "DO" | "CALL")
+            || s.functions.iter().any(|f| {
+                let base = f.rsplit('.').next().unwrap_or(f);
+                !crate::policy::functions::is_vetted_read_only(base)
+            });
         match s.prepared.as_deref() {
             Some(PreparedUse::Deallocate { name: Some(name) }) => effects.drops.push(name.clone()),
             Some(PreparedUse::Deallocate { name: None }) => effects.drops_all = true,

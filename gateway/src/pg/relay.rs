@@ -1100,6 +1100,9 @@ where
         let sent_ahead = self.ready_part_sent;
         let mut prepares = false;
         let mut renames = false;
+        if !name.is_empty() && !self.batch.used.iter().any(|u| **u == *name) {
+            self.batch.used.push(name.into());
+        }
         self.catalog.parse(name, sql, &param_types, |sql| {
             let verdict = gate.classify(&session.connection, &session.requester, sql, memo);
             let verdict = misread_guard(backend, sent_ahead, sql, verdict);
@@ -1151,6 +1154,13 @@ where
         let Some(prepared) = self.catalog.stale(name) else {
             return true;
         };
+        // Parsed or bound earlier in this batch (executemany: one Parse, many Bind/Execute): the
+        // batch itself put the judged text there, unless code its text names ran since. (A write's
+        // trigger preparing the name again between two executions of one batch is not seen: the
+        // name is parsed again before the next batch.)
+        if self.batch.used.iter().any(|u| **u == *name) {
+            return !self.batch.ran_code;
+        }
         // Portals end with their transaction: with nothing in flight and no transaction open, none
         // survives, whatever the catalog still lists.
         let portals_may_live = !(self.backend.in_flight.is_empty() && self.backend.status == b'I');
@@ -1222,11 +1232,15 @@ where
         } else {
             self.catalog.bind_refused(portal, statement, &frame[5..]);
         }
+        if !statement.is_empty() && !self.batch.used.iter().any(|u| **u == *statement) {
+            self.batch.used.push(statement.into());
+        }
         if let Some(p) = self.catalog.portal(portal) {
             self.batch.bind(portal, p);
             // Planning may fold the statement's functions: code may run at this Bind.
             if !p.statement.verdict.code_free {
-                self.batch.ran_code = true;
+                self.batch.ran_code |=
+                    super::prepared::name_effects(&p.statement.verdict).names_code;
                 self.catalog.mark_stale();
                 self.name_generation += 1;
             }
@@ -1257,7 +1271,7 @@ where
             }
         };
         // PostgreSQL changes the names when this Execute runs: those parsed after it are unaffected.
-        self.batch.ran_code |= effects.runs_code;
+        self.batch.ran_code |= effects.names_code;
         if effects.any() {
             self.change_names(&effects);
             self.name_generation += 1;
