@@ -804,7 +804,8 @@ where
                     // a cursor read's portal survives that Sync; outside one the Sync ends the
                     // implicit transaction and the portal with it, so an approved cursor read gets its
                     // first rows and a later Execute on it PostgreSQL's 34000 (README).
-                    if self.batch.executes && self.batch.action() == Action::Review {
+                    // A refusal too: the client waits for the Execute's answer just the same.
+                    if self.batch.executes && self.batch.action() != Action::Allow {
                         // What may go ahead goes first: if it fails (a Parse of a missing table),
                         // PostgreSQL skips the rest, and the hold settles without a request.
                         if self.forward_ready_part() {
@@ -955,7 +956,7 @@ where
         } else {
             verdict
         };
-        misread_guard(&self.backend, self.ready_part_sent, sql, verdict)
+        misread_guard(&self.backend, self.ready_part_runs, sql, verdict)
     }
 
     fn on_query(&mut self, frame: BytesMut) -> Option<Held> {
@@ -984,7 +985,7 @@ where
             // the statement it runs together with its arguments (rules included), not held blind.
             if let Some(stand_in) = self.sql_prepared.execute_stand_in(&verdict) {
                 let judged = self.classify(&stand_in);
-                verdict = misread_guard(&self.backend, self.ready_part_sent, sql, judged);
+                verdict = misread_guard(&self.backend, self.ready_part_runs, sql, judged);
             }
         }
         let prepares = may_prepare(&verdict);
@@ -1097,7 +1098,7 @@ where
         let session = &self.ctx.session;
         let memo = &mut self.verdicts;
         let backend = &self.backend;
-        let sent_ahead = self.ready_part_sent;
+        let sent_ahead = self.ready_part_runs;
         let mut prepares = false;
         let mut renames = false;
         if !name.is_empty() && !self.batch.used.iter().any(|u| **u == *name) {
