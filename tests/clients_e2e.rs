@@ -1338,7 +1338,7 @@ async fn dump_gateway(db: &str) -> (Gateway, String) {
 /// upstream) is not taken for the text PostgreSQL holds: a Bind of it is refused.
 #[tokio::test]
 async fn names_that_code_prepares_again_never_run_another_text() {
-    use countersign_tests::transcript::{Action, Login, RawConn};
+    use countersign_tests::transcript::Action;
     let db = direct().await;
     let s = table_name("reprep");
     db.batch_execute(&format!(
@@ -1362,14 +1362,7 @@ async fn names_that_code_prepares_again_never_run_another_text() {
         "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 1\n\n[[policy.rules]]\nname = \"log-inserts\"\nkinds = [\"INSERT\"]\ntables = [\"{s}.log\"]\naction = \"allow\"\n"
     ));
     let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
-    let login = Login {
-        addr: gw.wire.unwrap().to_string(),
-        user: "agent".into(),
-        database: "local".into(),
-        password: Some(AGENT.into()),
-        options: None,
-    };
-    let mut c = RawConn::connect(&login, None).await.unwrap();
+    let mut c = agent_raw_conn(&gw).await;
     let query = |sql: String| Action::Query {
         sql,
         copy_in: vec![],
@@ -1436,7 +1429,7 @@ async fn names_that_code_prepares_again_never_run_another_text() {
 /// not run on the verdict its Parse got.
 #[tokio::test]
 async fn a_prepared_statement_is_judged_again_after_the_catalog_changes() {
-    use countersign_tests::transcript::{Action, Login, RawConn};
+    use countersign_tests::transcript::Action;
     let db = direct().await;
     let s = table_name("rejudge");
     // Views are listed by name in any schema: a name of this run's own, so no other run's leftovers
@@ -1455,14 +1448,7 @@ async fn a_prepared_statement_is_judged_again_after_the_catalog_changes() {
         "[wire]\nlisten = \"127.0.0.1:0\"\nallow_cleartext_without_tls = true\nhold_wait = 1\n",
     );
     let gw = spawn_gateway(&cfg, Backend::Sqlite).await;
-    let login = Login {
-        addr: gw.wire.unwrap().to_string(),
-        user: "agent".into(),
-        database: "local".into(),
-        password: Some(AGENT.into()),
-        options: None,
-    };
-    let mut c = RawConn::connect(&login, None).await.unwrap();
+    let mut c = agent_raw_conn(&gw).await;
     let bind = Action::Extended {
         name: "n0".into(),
         sql: None,
@@ -1508,4 +1494,18 @@ async fn a_prepared_statement_is_judged_again_after_the_catalog_changes() {
     db.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
         .await
         .unwrap();
+}
+
+/// A raw protocol session of the agent on `gw`'s wire listener.
+async fn agent_raw_conn(gw: &Gateway) -> countersign_tests::transcript::RawConn {
+    let login = countersign_tests::transcript::Login {
+        addr: gw.wire.unwrap().to_string(),
+        user: "agent".into(),
+        database: "local".into(),
+        password: Some(AGENT.into()),
+        options: None,
+    };
+    countersign_tests::transcript::RawConn::connect(&login, None)
+        .await
+        .unwrap()
 }
