@@ -523,6 +523,19 @@ pub fn is_unknown(lists: &Arc<DatabaseFunctions>) -> bool {
     Arc::ptr_eq(lists, &UNKNOWN)
 }
 
+/// `connection` and every other connection name on the same database (host, port and database).
+fn on_same_database<'a>(
+    upstreams: &'a HashMap<String, UpstreamTarget>,
+    connection: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a UpstreamTarget)> {
+    let database = upstreams
+        .get(connection)
+        .map(|t| (t.host.as_str(), t.port, t.database.as_str()));
+    upstreams.iter().filter(move |(name, t)| {
+        *name == connection || database == Some((t.host.as_str(), t.port, t.database.as_str()))
+    })
+}
+
 /// The function lists per connection, as last read, with when they were read.
 #[derive(Default)]
 pub struct RowFunctions {
@@ -579,16 +592,9 @@ impl RowFunctions {
     /// ([`RowFunctions::change_pending`]), so no session judges with lists the DDL made stale.
     pub fn note_change(&self, upstreams: &HashMap<String, UpstreamTarget>, connection: &str) {
         let now = std::time::Instant::now();
-        let database = upstreams
-            .get(connection)
-            .map(|t| (t.host.as_str(), t.port, t.database.as_str()));
         let mut changed = self.changed.write().unwrap_or_else(|e| e.into_inner());
-        for (name, t) in upstreams {
-            if name == connection
-                || database == Some((t.host.as_str(), t.port, t.database.as_str()))
-            {
-                changed.insert(name.clone(), now);
-            }
+        for (name, _) in on_same_database(upstreams, connection) {
+            changed.insert(name.clone(), now);
         }
         changed.entry(connection.to_string()).or_insert(now);
         self.any_changed
@@ -644,8 +650,8 @@ impl RowFunctions {
     }
 
     /// Makes sure `connection`'s lists were read by a read started at or after `asked` (a session's
-    /// committed DDL): reads only that database (for every connection name on it), and none when another session's read, queued for the
-    /// lock ahead of this one, already started after `asked`. Sessions finishing DDL together share
+    /// committed DDL): reads only that database (for every connection name on it), and none when
+    /// another session's read, queued for the lock ahead of this one, already started after `asked`. Sessions finishing DDL together share
     /// one read instead of each waiting for its own in turn. False when it could not be read.
     pub async fn refresh_since(
         &self,
@@ -657,17 +663,8 @@ impl RowFunctions {
         let _reading = self.reading.lock().await;
         if !self.read_since(connection, asked) {
             // Every connection name on the same database: the DDL changed their catalog too.
-            let database = upstreams
-                .get(connection)
-                .map(|t| (t.host.as_str(), t.port, t.database.as_str()));
-            self.read(
-                pool,
-                upstreams.iter().filter(|(name, t)| {
-                    *name == connection
-                        || database == Some((t.host.as_str(), t.port, t.database.as_str()))
-                }),
-            )
-            .await;
+            self.read(pool, on_same_database(upstreams, connection))
+                .await;
         }
         self.read_since(connection, asked)
     }

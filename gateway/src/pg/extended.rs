@@ -183,18 +183,20 @@ impl Catalog {
     /// The statement to parse again before a Bind of `name`, when it is stale and its text is
     /// otherwise certain.
     pub fn stale(&self, name: &[u8]) -> Option<Arc<Prepared>> {
-        match self.statements.get(name) {
-            Some(n) if n.stale && !n.ambiguous && n.unsettled.is_none() => Some(n.prepared.clone()),
-            _ => None,
-        }
+        self.settled_named(name)
+            .filter(|n| n.stale)
+            .map(|n| n.prepared.clone())
     }
 
-    /// The settled statement named `name` (not the unnamed one), to judge its text again at a Bind.
+    /// The statement named `name` whose text upstream is certain, to judge it again at a Bind.
     pub fn settled(&self, name: &[u8]) -> Option<Arc<Prepared>> {
-        match self.statements.get(name) {
-            Some(n) if !n.ambiguous && n.unsettled.is_none() => Some(n.prepared.clone()),
-            _ => None,
-        }
+        self.settled_named(name).map(|n| n.prepared.clone())
+    }
+
+    fn settled_named(&self, name: &[u8]) -> Option<&Named> {
+        self.statements
+            .get(name)
+            .filter(|n| !n.ambiguous && n.unsettled.is_none())
     }
 
     /// Gives `name`'s statement the verdict `fresh` reached on its text now (the database's lists,
@@ -524,7 +526,7 @@ pub struct Batch {
     pub ran_code: bool,
     /// Statement names the batch parsed or bound so far: parsing one of them again ahead of the
     /// batch would go before the batch's own Parse, or before the first execution it vouches for.
-    pub used: Vec<Box<[u8]>>,
+    used: Vec<Box<[u8]>>,
     /// An Execute names a portal bound before this batch, or one bound before another portal's
     /// Execute: PostgreSQL dropped it at that transaction's end, or a SQL `CLOSE` did, and a SQL cursor
     /// of that name (`DECLARE`, a function's `OPEN`) may run another query now, so the rows are not
@@ -533,6 +535,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Notes that the batch parsed or binds the named statement `name` (the unnamed one aside).
+    pub fn note_used(&mut self, name: &[u8]) {
+        if !name.is_empty() && !self.used(name) {
+            self.used.push(name.into());
+        }
+    }
+
+    /// True when the batch parsed or bound the statement `name` already.
+    pub fn used(&self, name: &[u8]) -> bool {
+        self.used.iter().any(|u| **u == *name)
+    }
+
     /// Notes an Execute of `portal`, named `name`.
     pub fn execute(&mut self, name: &[u8], portal: &Portal) {
         self.note_portal_name(name);

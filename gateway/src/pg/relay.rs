@@ -1101,9 +1101,7 @@ where
         let sent_ahead = self.ready_part_runs;
         let mut prepares = false;
         let mut renames = false;
-        if !name.is_empty() && !self.batch.used.iter().any(|u| **u == *name) {
-            self.batch.used.push(name.into());
-        }
+        self.batch.note_used(name);
         self.catalog.parse(name, sql, &param_types, |sql| {
             let verdict = gate.classify(&session.connection, &session.requester, sql, memo);
             let verdict = misread_guard(backend, sent_ahead, sql, verdict);
@@ -1159,7 +1157,7 @@ where
         // batch itself put the judged text there, unless code its text names ran since. (A write's
         // trigger preparing the name again between two executions of one batch is not seen: the
         // name is parsed again before the next batch.)
-        if self.batch.used.iter().any(|u| **u == *name) {
+        if self.batch.used(name) {
             return !self.batch.ran_code;
         }
         // Portals end with their transaction: with nothing in flight and no transaction open, none
@@ -1233,9 +1231,7 @@ where
         } else {
             self.catalog.bind_refused(portal, statement, &frame[5..]);
         }
-        if !statement.is_empty() && !self.batch.used.iter().any(|u| **u == *statement) {
-            self.batch.used.push(statement.into());
-        }
+        self.batch.note_used(statement);
         if let Some(p) = self.catalog.portal(portal) {
             self.batch.bind(portal, p);
             // Planning may fold the statement's functions: code may run at this Bind.
@@ -1753,13 +1749,6 @@ where
     }
 }
 
-/// While PostgreSQL may read statement text differently from the policy (see
-/// [`BackendTracker::misread`]), a statement whose reading could differ is refused: with a backslash
-/// (`standard_conforming_strings` off makes it escape a quote) or a non-ASCII character (whose last byte
-/// may be a backslash in the client encoding), the verdict could be about a statement PostgreSQL never
-/// sees. ASCII text without a backslash reads the same either way. The same holds while a statement that
-/// may change or undo those settings has not answered yet, or part of a batch went ahead unanswered (a
-/// pipelined statement would be read after it).
 /// `DISCARD ALL` includes `SET SESSION AUTHORIZATION DEFAULT`: after a statement that changed the
 /// session's identity (an approved `SET ROLE` that took privileges away, say) it would undo that
 /// change without the review `RESET ROLE` gets, so it is refused.
@@ -1795,6 +1784,13 @@ fn only_flushes(mut frames: &[u8]) -> bool {
     frames.is_empty()
 }
 
+/// While PostgreSQL may read statement text differently from the policy (see
+/// [`BackendTracker::misread`]), a statement whose reading could differ is refused: with a backslash
+/// (`standard_conforming_strings` off makes it escape a quote) or a non-ASCII character (whose last byte
+/// may be a backslash in the client encoding), the verdict could be about a statement PostgreSQL never
+/// sees. ASCII text without a backslash reads the same either way. The same holds while a statement that
+/// may change or undo those settings has not answered yet, or part of a batch went ahead unanswered (a
+/// pipelined statement would be read after it).
 fn misread_guard(
     backend: &BackendTracker,
     sent_ahead: bool,
