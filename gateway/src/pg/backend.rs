@@ -3,7 +3,7 @@
 //! Everything else passes through untouched, including partial frames.
 
 use super::codec::{error_fields, frame_header, read_cstr};
-use super::extended::Binding;
+use super::extended::{BatchAnswer, Binding};
 use super::prepared::PendingOps;
 use super::recorder::FinishedStatement;
 use crate::masking::messages;
@@ -154,9 +154,8 @@ pub struct BackendTracker {
     pub fatal_relayed: bool,
     /// Statements in flight, oldest first.
     pub in_flight: VecDeque<InFlight>,
-    /// Extended-protocol batches finished since the relay last looked, and whether each ended
-    /// without an ErrorResponse.
-    pub settled: Vec<(u64, bool)>,
+    /// Extended-protocol batches finished since the relay last looked, and how each was answered.
+    pub settled: Vec<(u64, BatchAnswer)>,
     /// Statement names whose parsing again ([`InFlight::internal`]) failed since the relay last looked.
     pub refresh_failed: Vec<Box<[u8]>>,
     /// Simple queries with PREPAREs or DEALLOCATEs finished since the relay last looked, with their
@@ -170,6 +169,9 @@ pub struct BackendTracker {
     pub client_encoding: String,
     tag: Option<String>,
     error: Option<String>,
+    /// ParseComplete and CloseComplete messages answering the statement at the head of `in_flight`.
+    parses: u32,
+    closes: u32,
     /// Bytes needed to complete the frame at the head of the buffer (for the reader's reservation).
     pub need: usize,
     /// Result masking, only on connections with masking rules.
@@ -211,6 +213,8 @@ impl BackendTracker {
             client_encoding: String::new(),
             tag: None,
             error: None,
+            parses: 0,
+            closes: 0,
             need: 0,
             masker: None,
             copy_window: None,
@@ -303,6 +307,7 @@ impl BackendTracker {
                         .as_ref()
                         .is_some_and(|m| m.passes_rows_unchanged()));
             if streams {
+                self.count_completion(tag);
                 if avail >= total {
                     pos += total;
                     continue;
@@ -359,6 +364,7 @@ impl BackendTracker {
                 }
             }
             match tag {
+                b'1' | b'3' => self.count_completion(tag),
                 b'S' => self.note_setting(body),
                 b'G' => {
                     if let Some(f) = self.in_flight.front() {
@@ -446,6 +452,15 @@ impl BackendTracker {
         Ok((pos, rewrote))
     }
 
+    /// Counts a ParseComplete or CloseComplete for the statement at the head of `in_flight`.
+    fn count_completion(&mut self, tag: u8) {
+        match tag {
+            b'1' => self.parses = self.parses.saturating_add(1),
+            b'3' => self.closes = self.closes.saturating_add(1),
+            _ => {}
+        }
+    }
+
     /// Notes a ParameterStatus that changes how PostgreSQL reads statement text (see `misread`).
     fn note_setting(&mut self, body: &[u8]) {
         let mut p = 0;
@@ -496,6 +511,7 @@ impl BackendTracker {
         let error = self.error.take();
         let window = self.copy_window.take();
         self.copies = 0;
+        let (parses, closes) = (std::mem::take(&mut self.parses), std::mem::take(&mut self.closes));
         let Some(mut f) = self.in_flight.pop_front() else {
             return;
         };
@@ -510,16 +526,26 @@ impl BackendTracker {
             self.prepared_settled.push(*ops);
         }
         let succeeded = error.is_none();
-        if let Some(batch) = f.batch {
-            self.settled.push((batch, succeeded));
-        }
         let answered = self.ignored_syncs(&f, window);
+        if let Some(batch) = f.batch {
+            // One ReadyForQuery answering several batches (Syncs read in copy-in mode): whose
+            // completions are whose is not known.
+            let answer = match answered.is_empty() {
+                true => BatchAnswer {
+                    succeeded,
+                    parses,
+                    closes,
+                },
+                false => BatchAnswer::uncounted(succeeded),
+            };
+            self.settled.push((batch, answer));
+        }
         let masked = self.masker.as_mut().map_or(0, |m| m.take_masked());
         finished.push(f.finished(tag, error, masked));
         // Their messages ran (or were skipped after an error) before this ReadyForQuery.
         for other in answered {
             if let Some(batch) = other.batch {
-                self.settled.push((batch, succeeded));
+                self.settled.push((batch, BatchAnswer::uncounted(succeeded)));
             }
             finished.push(other.finished(None, None, 0));
         }
@@ -758,6 +784,42 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_answer_counts_its_parse_and_close_completions() {
+        let mut t = BackendTracker::new(b'I');
+        t.in_flight.push_back(batch_at("INSERT", 7, 0, 0));
+        let mut frames = Vec::new();
+        for tag in [b'1', b'3', b'1'] {
+            let mut b = BytesMut::new();
+            b.put_u8(tag);
+            b.put_i32(4);
+            frames.push(b);
+        }
+        let mut error = BytesMut::new();
+        error.put_u8(b'E');
+        error.put_i32(0);
+        error.put_slice(b"SERROR\0C23505\0Mduplicate key\0\0");
+        crate::pg::codec::patch_len(&mut error, 0);
+        frames.push(error);
+        frames.push(ready());
+        answers(&mut t, &frames);
+        assert_eq!(
+            t.settled,
+            [(
+                7,
+                BatchAnswer {
+                    succeeded: false,
+                    parses: 2,
+                    closes: 1
+                }
+            )]
+        );
+        // The next batch counts from zero.
+        t.in_flight.push_back(batch_at("SELECT", 8, 0, 0));
+        answers(&mut t, &[ready()]);
+        assert_eq!(t.settled[1], (8, BatchAnswer::uncounted(true)));
+    }
+
+    #[test]
     fn a_sync_sent_during_copy_in_shares_the_next_ready_for_query() {
         // Bind, Execute, Sync (read in copy-in mode: ignored), data, CopyDone, Sync; then a SELECT.
         let mut t = BackendTracker::new(b'I');
@@ -773,7 +835,13 @@ mod tests {
                 (String::new(), None)
             ]
         );
-        assert_eq!(t.settled, [(1, true), (2, true)]);
+        assert_eq!(
+            t.settled,
+            [
+                (1, BatchAnswer::uncounted(true)),
+                (2, BatchAnswer::uncounted(true))
+            ]
+        );
         assert_eq!(
             answers(&mut t, &[complete("SELECT 1"), ready()]),
             [("SELECT 1".to_string(), Some("SELECT 1".to_string()))]

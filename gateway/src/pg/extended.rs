@@ -55,15 +55,17 @@ pub struct Portal {
 /// (`42P05`), so a Parse or Close the gateway sees may not have happened upstream. Within a batch that
 /// does not matter (an Execute that runs had everything before it succeed), but a later batch could
 /// Bind a name the gateway believes holds a new text while PostgreSQL still holds the old one. So a
-/// Parse that may replace another text is unsettled until its batch ends without error; a later batch
-/// that binds it before then, or after that batch failed, is refused.
+/// Parse that may replace another text is unsettled until its batch is answered: it happened when
+/// PostgreSQL sent its ParseComplete (whatever failed later in the batch), and which text the name holds
+/// is unknown when it did not. A later batch that binds it before then, or after it failed, is refused.
 #[derive(Default)]
 pub struct Catalog {
     statements: HashMap<Box<[u8]>, Named>,
     portals: HashMap<Box<[u8]>, Portal>,
     /// Names closed (or forgotten) in a batch not known to have succeeded: PostgreSQL may still hold
     /// them, with a text the gateway no longer knows.
-    closing: HashMap<Box<[u8]>, u64>,
+    /// Each with the batch and the Close's place among that batch's Closes ([`BatchAnswer::closes`]).
+    closing: HashMap<Box<[u8]>, (u64, u32)>,
     /// Set once a PREPARE statement went upstream: PostgreSQL may then hold names the gateway never saw.
     sql_prepare: bool,
     /// Number of the batch being received (batches end at Sync).
@@ -73,6 +75,36 @@ pub struct Catalog {
     touched: HashMap<u64, Vec<Box<[u8]>>>,
     /// Executes the session has sent, of any portal.
     executes: u64,
+    /// Parses and Closes of the batch being received, so far: each one's place, which its answer
+    /// (ParseComplete, CloseComplete) confirms.
+    parses_sent: u32,
+    closes_sent: u32,
+}
+
+/// How the upstream answered a forwarded batch: whether without error, and how many ParseComplete and
+/// CloseComplete messages it sent (PostgreSQL answers each Parse and Close it carries out, in order,
+/// and skips the rest of a batch after an error, so the batch's first that many Parses and Closes
+/// happened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchAnswer {
+    /// Answered without an ErrorResponse.
+    pub succeeded: bool,
+    /// ParseComplete messages received.
+    pub parses: u32,
+    /// CloseComplete messages received.
+    pub closes: u32,
+}
+
+impl BatchAnswer {
+    /// An answer whose ParseComplete and CloseComplete messages can't be told apart from another
+    /// batch's: only its success counts.
+    pub fn uncounted(succeeded: bool) -> Self {
+        Self {
+            succeeded,
+            parses: 0,
+            closes: 0,
+        }
+    }
 }
 
 struct Named {
@@ -80,7 +112,10 @@ struct Named {
     /// The batch whose Parse gave this name a text that may replace another one upstream, until that
     /// batch ends without error.
     unsettled: Option<u64>,
-    /// The batch of the replacing Parse failed: which text PostgreSQL holds is unknown.
+    /// The replacing Parse's place among its batch's Parses.
+    parse_at: u32,
+    /// The replacing Parse did not happen (its batch failed before its ParseComplete): which text
+    /// PostgreSQL holds is unknown.
     ambiguous: bool,
     /// Code ran upstream since its Parse (a DO block, a function, an approved statement) that may have
     /// deallocated it and prepared its name again: the relay parses it again before a Bind uses it.
@@ -97,6 +132,8 @@ impl Catalog {
         param_types: &[u32],
         classify: impl FnOnce(&str) -> Arc<Verdict>,
     ) {
+        let parse_at = self.parses_sent;
+        self.parses_sent += 1;
         let same = |p: &Prepared| &*p.sql == sql && &*p.param_types == param_types;
         let replaces = match self.statements.get(name) {
             Some(existing) if same(&existing.prepared) && existing.unsettled.is_none() => {
@@ -138,6 +175,7 @@ impl Catalog {
             Named {
                 prepared,
                 unsettled: replaces.then_some(self.batch),
+                parse_at,
                 ambiguous: false,
                 stale: false,
             },
@@ -287,13 +325,15 @@ impl Catalog {
         match kind {
             b'S' => {
                 self.statements.remove(name);
-                self.closing.insert(name.into(), self.batch);
+                self.closing
+                    .insert(name.into(), (self.batch, self.closes_sent));
                 self.touch(name);
             }
             _ => {
                 self.portals.remove(name);
             }
         }
+        self.closes_sent += 1;
     }
 
     /// Drops statements the upstream may never have seen (their Parse was in a batch that was
@@ -302,7 +342,7 @@ impl Catalog {
         for n in names {
             self.statements.remove(n);
             // Never settled: no batch of that number reaches the upstream.
-            self.closing.insert(n.clone(), u64::MAX);
+            self.closing.insert(n.clone(), (u64::MAX, 0));
         }
     }
 
@@ -356,21 +396,26 @@ impl Catalog {
     pub fn end_batch(&mut self) -> u64 {
         let ended = self.batch;
         self.batch += 1;
+        self.parses_sent = 0;
+        self.closes_sent = 0;
         ended
     }
 
-    /// Records how a forwarded batch ended upstream: without error, its Parses and Closes all
-    /// happened; with one, which of them happened is unknown.
-    pub fn settle(&mut self, batch: u64, succeeded: bool) {
+    /// Records how a forwarded batch was answered upstream: its Parses and Closes that PostgreSQL
+    /// confirmed happened (all of them when it succeeded); which text a name holds after one that did
+    /// not is unknown.
+    pub fn settle(&mut self, batch: u64, answer: BatchAnswer) {
         for name in self.touched.remove(&batch).unwrap_or_default() {
             if let Some(named) = self.statements.get_mut(&name) {
                 if named.unsettled == Some(batch) {
                     named.unsettled = None;
-                    named.ambiguous = !succeeded;
+                    named.ambiguous = !answer.succeeded && named.parse_at >= answer.parses;
                 }
             }
-            if succeeded && self.closing.get(&name) == Some(&batch) {
-                self.closing.remove(&name);
+            if let Some(&(b, at)) = self.closing.get(&name) {
+                if b == batch && (answer.succeeded || at < answer.closes) {
+                    self.closing.remove(&name);
+                }
             }
         }
         // Batches are answered in order: an earlier one still listed never reached the upstream (it
@@ -1007,7 +1052,7 @@ mod tests {
         c.parse(b"pm", "SELECT 1", &[23], |_| verdict_of(Action::Allow));
         c.parse(b"", "SELECT 2", &[], |_| verdict_of(Action::Allow));
         c.end_batch();
-        c.settle(c.receiving() - 1, true);
+        c.settle(c.receiving() - 1, BatchAnswer::uncounted(true));
         assert!(c.stale(b"pm").is_none());
         c.mark_stale();
         let stale = c.stale(b"pm").expect("stale after code ran");
@@ -1144,16 +1189,16 @@ mod tests {
         let mut cat = Catalog::default();
         cat.parse(b"a", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         let first = cat.end_batch();
-        cat.settle(first, true);
+        cat.settle(first, BatchAnswer::uncounted(true));
         // Re-parsed in batch 2 (unsettled), closed in batch 3; batch 3 fails.
         cat.parse(b"a", "SELECT 2", &[], |_| verdict_of(Action::Allow));
         let second = cat.end_batch();
         cat.close(b'S', b"b");
         let third = cat.end_batch();
         assert!(cat.awaits_settling(b"a"));
-        cat.settle(second, true);
+        cat.settle(second, BatchAnswer::uncounted(true));
         assert!(!cat.awaits_settling(b"a"));
-        cat.settle(third, false);
+        cat.settle(third, BatchAnswer::uncounted(false));
         assert!(
             cat.closing.contains_key(&b"b"[..]),
             "a failed Close leaves the name uncertain"
@@ -1319,7 +1364,7 @@ mod tests {
         let mut cat = Catalog::default();
         cat.parse(b"s1", "DELETE FROM t", &[], |_| verdict_of(Action::Review));
         let first = cat.end_batch();
-        cat.settle(first, true);
+        cat.settle(first, BatchAnswer::uncounted(true));
         // PostgreSQL refuses this Parse (42P05: s1 exists) and keeps the DELETE.
         cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         assert_eq!(
@@ -1333,14 +1378,14 @@ mod tests {
             Action::Block,
             "a pipelined batch may reach the DELETE"
         );
-        cat.settle(second, false);
+        cat.settle(second, BatchAnswer::uncounted(false));
         assert_eq!(bound(&mut cat, b"s1"), Action::Block);
         // Close, Parse and a batch that succeeds make the name certain again.
         cat.close(b'S', b"s1");
         cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         assert_eq!(bound(&mut cat, b"s1"), Action::Allow);
         let third = cat.end_batch();
-        cat.settle(third, true);
+        cat.settle(third, BatchAnswer::uncounted(true));
         assert_eq!(bound(&mut cat, b"s1"), Action::Allow);
     }
 
@@ -1349,15 +1394,63 @@ mod tests {
         let mut cat = Catalog::default();
         cat.parse(b"s1", "DELETE FROM t", &[], |_| verdict_of(Action::Review));
         let first = cat.end_batch();
-        cat.settle(first, true);
+        cat.settle(first, BatchAnswer::uncounted(true));
         // An error earlier in this batch would make PostgreSQL skip the Close.
         cat.close(b'S', b"s1");
         let closing = cat.end_batch();
-        cat.settle(closing, false);
+        cat.settle(closing, BatchAnswer::uncounted(false));
         cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         let reparsed = cat.end_batch();
-        cat.settle(reparsed, false);
+        cat.settle(reparsed, BatchAnswer::uncounted(false));
         assert_eq!(bound(&mut cat, b"s1"), Action::Block);
+    }
+
+    #[test]
+    fn a_parse_or_close_postgresql_confirmed_counts_though_its_batch_failed_later() {
+        let mut cat = Catalog::default();
+        cat.parse(b"s1", "DELETE FROM t", &[], |_| verdict_of(Action::Review));
+        let first = cat.end_batch();
+        cat.settle(first, BatchAnswer::uncounted(true));
+        cat.saw_sql_prepare();
+        // asyncpg: Parse, Describe, Bind, Execute, Sync; the Parses were confirmed, the Execute
+        // failed (23505).
+        cat.parse(b"a", "INSERT INTO t VALUES ($1)", &[], |_| {
+            verdict_of(Action::Allow)
+        });
+        cat.parse(b"b", "SELECT 2", &[], |_| verdict_of(Action::Allow));
+        cat.close(b'P', b"p");
+        cat.close(b'S', b"s1");
+        let batch = cat.end_batch();
+        cat.settle(
+            batch,
+            BatchAnswer {
+                succeeded: false,
+                parses: 1,
+                closes: 1,
+            },
+        );
+        assert_eq!(bound(&mut cat, b"a"), Action::Allow, "its ParseComplete came");
+        assert_eq!(
+            bound(&mut cat, b"b"),
+            Action::Block,
+            "its Parse was skipped after the error: the name may hold an older text"
+        );
+        assert!(
+            cat.closing.contains_key(&b"s1"[..]),
+            "the second Close got no CloseComplete"
+        );
+        // Counts start again with each batch.
+        cat.close(b'S', b"s1");
+        let next = cat.end_batch();
+        cat.settle(
+            next,
+            BatchAnswer {
+                succeeded: false,
+                parses: 0,
+                closes: 1,
+            },
+        );
+        assert!(!cat.closing.contains_key(&b"s1"[..]));
     }
 
     #[test]
@@ -1366,7 +1459,7 @@ mod tests {
         cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         let first = cat.end_batch();
         assert_eq!(bound(&mut cat, b"s1"), Action::Allow, "nothing to replace");
-        cat.settle(first, false);
+        cat.settle(first, BatchAnswer::uncounted(false));
         cat.parse(b"s1", "SELECT 1", &[], |_| unreachable!("classified once"));
         assert_eq!(bound(&mut cat, b"s1"), Action::Allow);
         // After a PREPARE went upstream a new name may already exist there.

@@ -577,8 +577,8 @@ where
             }
         }
         self.hand_over_finished().await;
-        for (batch, succeeded) in self.backend.settled.drain(..) {
-            self.catalog.settle(batch, succeeded);
+        for (batch, answer) in self.backend.settled.drain(..) {
+            self.catalog.settle(batch, answer);
         }
         for name in self.backend.refresh_failed.drain(..) {
             self.catalog.mark_stale_name(&name);
