@@ -1496,6 +1496,93 @@ async fn a_prepared_statement_is_judged_again_after_the_catalog_changes() {
         .unwrap();
 }
 
+/// A cached prepared statement whose result type a column's ALTER changed meets PostgreSQL's own
+/// `0A000` at its next execution, as it does directly (the gateway parses stale names again, which
+/// alone would hand the client rows of another shape to decode with its cached description: an
+/// `int` read as the bits of a `real`); the driver prepares it again and reads the new type.
+#[tokio::test]
+async fn a_cached_statement_whose_result_type_changed_gets_0a000_not_rows_of_another_shape() {
+    let t = table_name(&format!("{FREE}_rtype"));
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (a int, b int); INSERT INTO {t} VALUES (1, 2)"
+        ))
+        .await
+        .unwrap();
+    let gw = gateway(1.0).await;
+    let client = connect(wire(&gw)).await;
+    let stmt = client.prepare(&format!("SELECT a, b FROM {t}")).await.unwrap();
+    let row = client.query_one(&stmt, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    client
+        .batch_execute(&format!("ALTER TABLE {t} ALTER COLUMN a TYPE real"))
+        .await
+        .unwrap();
+    let err = client
+        .query_one(&stmt, &[])
+        .await
+        .expect_err("rows of the old shape were decoded with the new type");
+    assert_eq!(db_error(&err).0, "0A000", "{err:?}");
+    // Prepared again, it reads the new type; the session is fine.
+    let stmt = client.prepare(&format!("SELECT a, b FROM {t}")).await.unwrap();
+    let row = client.query_one(&stmt, &[]).await.unwrap();
+    assert_eq!(row.get::<_, f32>(0), 1.0);
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+}
+
+/// asyncpg sends a new statement's Parse with its first Bind and Execute in one batch and never parses
+/// it again: when that first execution fails (a duplicate key, a cancel) after PostgreSQL confirmed the
+/// Parse, the name holds that text and later executions run (they were refused for the rest of the
+/// connection as possibly holding an older text).
+#[tokio::test]
+async fn a_statement_whose_first_execution_failed_after_its_parse_completed_runs_later() {
+    use countersign_tests::transcript::Action;
+    let t = table_with_rows(&format!("{FREE}_firstfail"), 3).await;
+    let gw = gateway(1.0).await;
+    let mut c = agent_raw_conn(&gw).await;
+    // A write first: code may have prepared names since, so a new named Parse counts as replacing
+    // an unknown text until PostgreSQL confirms it.
+    let out = c
+        .run(&Action::Query {
+            sql: format!("INSERT INTO {t} VALUES (10, 'w')"),
+            copy_in: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(out.iter().any(|l| l.contains("INSERT 0 1")), "{out:?}");
+    let insert = |sql: Option<String>, id: &str| Action::Extended {
+        name: "ins".into(),
+        sql,
+        params: vec![Some(id.into())],
+        binary: false,
+        max_rows: 0,
+    };
+    let out = c
+        .run(&insert(Some(format!("INSERT INTO {t} (id, v) VALUES ($1, 'x')")), "1"))
+        .await
+        .unwrap();
+    assert!(out.iter().any(|l| l.contains("23505")), "{out:?}");
+    for id in ["20", "21"] {
+        let out = c.run(&insert(None, id)).await.unwrap();
+        assert!(
+            out.iter().any(|l| l == "CommandComplete INSERT 0 1"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(count(&t).await, 6);
+    c.close().await;
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+}
+
 /// A raw protocol session of the agent on `gw`'s wire listener.
 async fn agent_raw_conn(gw: &Gateway) -> countersign_tests::transcript::RawConn {
     let login = countersign_tests::transcript::Login {

@@ -402,8 +402,8 @@ impl BackendTracker {
                         }
                     });
                 }
-                // The gateway's own round trip failed (its Parse): the Bind that follows meets
-                // PostgreSQL's answer for a name it does not hold, and the name is parsed again
+                // The gateway's own round trip failed (its Describe or its Parse): the Bind that
+                // follows meets PostgreSQL's own answer for that name, and the name is parsed again
                 // before the next Bind.
                 b'E' if internal => self.error = Some(String::new()),
                 b'E' => {
@@ -516,7 +516,9 @@ impl BackendTracker {
             return;
         };
         if let Some(name) = f.internal.take() {
-            // Its Close ran and its Parse did not: PostgreSQL holds no statement of that name.
+            // Its Describe failed (the statement no longer checks out against the catalog, and the
+            // client's Bind meets the same error) and nothing after it ran, or its Parse failed after
+            // the Close: either way the name is parsed again before its next Bind.
             if error.is_some() {
                 self.refresh_failed.push(name);
             }

@@ -1145,6 +1145,12 @@ where
     /// parses it again upstream, in a round trip of the gateway's own ahead of the batch, so the name
     /// holds exactly the text the gateway judged whatever code did to it. Drivers cache prepared names
     /// and never parse them again (psycopg, node-postgres), so refusing the name would break them.
+    /// The round trip first describes the statement the name holds, which makes PostgreSQL check it
+    /// against the catalog as a Bind would: when that fails (its result type changed under a column's
+    /// ALTER: `0A000 cached plan must not change result type`; a table it reads was dropped), the
+    /// Close and Parse are skipped and the Bind meets that same error, as it would without the gateway.
+    /// A driver that caches a statement's row description (asyncpg, pgJDBC) then prepares it again
+    /// instead of decoding rows of another shape with it.
     /// Where that round trip can't go first (part of the batch went ahead, or may have run code
     /// already, or the statement has open portals that closing it would close), this Bind is refused
     /// as unknown (26000) and the name stays stale, to be parsed again before a later batch's Bind.
@@ -1182,6 +1188,7 @@ where
                 frames.put_slice(p);
             }
         };
+        put(b'D', &[b"S", name, b"\0"]);
         put(b'C', &[b"S", name, b"\0"]);
         let mut types = Vec::with_capacity(2 + 4 * prepared.param_types.len());
         types.extend_from_slice(&(prepared.param_types.len() as i16).to_be_bytes());
