@@ -1512,7 +1512,10 @@ async fn a_cached_statement_whose_result_type_changed_gets_0a000_not_rows_of_ano
         .unwrap();
     let gw = gateway(1.0).await;
     let client = connect(wire(&gw)).await;
-    let stmt = client.prepare(&format!("SELECT a, b FROM {t}")).await.unwrap();
+    let stmt = client
+        .prepare(&format!("SELECT a, b FROM {t}"))
+        .await
+        .unwrap();
     let row = client.query_one(&stmt, &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 1);
     client
@@ -1525,7 +1528,10 @@ async fn a_cached_statement_whose_result_type_changed_gets_0a000_not_rows_of_ano
         .expect_err("rows of the old shape were decoded with the new type");
     assert_eq!(db_error(&err).0, "0A000", "{err:?}");
     // Prepared again, it reads the new type; the session is fine.
-    let stmt = client.prepare(&format!("SELECT a, b FROM {t}")).await.unwrap();
+    let stmt = client
+        .prepare(&format!("SELECT a, b FROM {t}"))
+        .await
+        .unwrap();
     let row = client.query_one(&stmt, &[]).await.unwrap();
     assert_eq!(row.get::<_, f32>(0), 1.0);
     direct()
@@ -1563,7 +1569,10 @@ async fn a_statement_whose_first_execution_failed_after_its_parse_completed_runs
         max_rows: 0,
     };
     let out = c
-        .run(&insert(Some(format!("INSERT INTO {t} (id, v) VALUES ($1, 'x')")), "1"))
+        .run(&insert(
+            Some(format!("INSERT INTO {t} (id, v) VALUES ($1, 'x')")),
+            "1",
+        ))
         .await
         .unwrap();
     assert!(out.iter().any(|l| l.contains("23505")), "{out:?}");
@@ -1575,6 +1584,57 @@ async fn a_statement_whose_first_execution_failed_after_its_parse_completed_runs
         );
     }
     assert_eq!(count(&t).await, 6);
+    c.close().await;
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+}
+
+/// asyncpg prepares its next statement (Parse, Describe, Flush), waits for the answer, then binds a
+/// cached statement in the same batch: a stale cached name is parsed again then too, after the part
+/// that went ahead was answered (it was refused as unknown, 26000, on every try).
+#[tokio::test]
+async fn a_stale_name_bound_after_a_prepare_sent_ahead_on_flush_is_parsed_again_and_runs() {
+    use countersign_tests::transcript::Action;
+    let t = table_with_rows(&format!("{FREE}_ahead"), 1).await;
+    let gw = gateway(1.0).await;
+    let mut c = agent_raw_conn(&gw).await;
+    c.run(&Action::Prepare {
+        name: "cached".into(),
+        sql: format!("SELECT count(*) FROM {t}"),
+    })
+    .await
+    .unwrap();
+    // A write: its triggers could have prepared names again, so "cached" is stale.
+    let out = c
+        .query(&format!("INSERT INTO {t} VALUES (2, 'w')"))
+        .await
+        .unwrap();
+    assert!(out.iter().any(|l| l.contains("INSERT 0 1")), "{out:?}");
+    c.prepare_ahead("next", "SELECT 2 AS two").await.unwrap();
+    let out = c.read_until(b"Tn").await.unwrap();
+    assert!(
+        out.iter().any(|l| l.starts_with("ParseComplete")),
+        "{out:?}"
+    );
+    c.bind_execute_sync("cached").await.unwrap();
+    let out = c.read_until(b"Z").await.unwrap();
+    assert!(
+        out.iter().any(|l| l == "CommandComplete SELECT 1"),
+        "the cached statement ran: {out:?}"
+    );
+    assert!(
+        out.iter().any(|l| l.contains("DataRow") && l.contains('2')),
+        "{out:?}"
+    );
+    c.bind_execute_sync("next").await.unwrap();
+    let out = c.read_until(b"Z").await.unwrap();
+    assert!(
+        out.iter().any(|l| l == "CommandComplete SELECT 1"),
+        "{out:?}"
+    );
     c.close().await;
     direct()
         .await

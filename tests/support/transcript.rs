@@ -290,6 +290,40 @@ impl RawConn {
         self.cursor_fetch(max_rows).await
     }
 
+    /// Sends what asyncpg sends to prepare its next statement: Parse of `sql` as `name`, Describe of
+    /// the statement, then Flush — no Sync.
+    pub async fn prepare_ahead(&mut self, name: &str, sql: &str) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        let mut p = Vec::new();
+        cstr(&mut p, name);
+        cstr(&mut p, sql);
+        p.extend_from_slice(&0i16.to_be_bytes());
+        put_msg(&mut out, b'P', &p);
+        let mut d = vec![b'S'];
+        cstr(&mut d, name);
+        put_msg(&mut out, b'D', &d);
+        put_msg(&mut out, b'H', &[]);
+        Ok(self.stream.write_all(&out).await?)
+    }
+
+    /// Bind of the statement `name` (no parameters, text results) to the unnamed portal, Execute, Sync.
+    pub async fn bind_execute_sync(&mut self, name: &str) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        let mut b = Vec::new();
+        cstr(&mut b, "");
+        cstr(&mut b, name);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        put_msg(&mut out, b'B', &b);
+        let mut e = Vec::new();
+        cstr(&mut e, "");
+        e.extend_from_slice(&0i32.to_be_bytes());
+        put_msg(&mut out, b'E', &e);
+        put_msg(&mut out, b'S', &[]);
+        Ok(self.stream.write_all(&out).await?)
+    }
+
     /// Execute of the unnamed portal with `max_rows`, then Flush.
     pub async fn cursor_fetch(&mut self, max_rows: i32) -> anyhow::Result<()> {
         let mut out = Vec::new();

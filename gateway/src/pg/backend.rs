@@ -169,9 +169,14 @@ pub struct BackendTracker {
     pub client_encoding: String,
     tag: Option<String>,
     error: Option<String>,
-    /// ParseComplete and CloseComplete messages answering the statement at the head of `in_flight`.
+    /// ParseComplete and CloseComplete messages answering the statement at the head of `in_flight`
+    /// (or, with nothing in flight, the part of the next batch sent ahead on Flush).
     parses: u32,
     closes: u32,
+    /// ParseComplete, CloseComplete, RowDescription and NoData messages received with nothing in
+    /// flight: answers to the part of a batch sent ahead on Flush (the relay resets it when a batch
+    /// first sends one).
+    pub ahead_answers: u32,
     /// Bytes needed to complete the frame at the head of the buffer (for the reader's reservation).
     pub need: usize,
     /// Result masking, only on connections with masking rules.
@@ -215,6 +220,7 @@ impl BackendTracker {
             error: None,
             parses: 0,
             closes: 0,
+            ahead_answers: 0,
             need: 0,
             masker: None,
             copy_window: None,
@@ -363,8 +369,8 @@ impl BackendTracker {
                     action = FrameAction::Replace;
                 }
             }
+            self.count_completion(tag);
             match tag {
-                b'1' | b'3' => self.count_completion(tag),
                 b'S' => self.note_setting(body),
                 b'G' => {
                     if let Some(f) = self.in_flight.front() {
@@ -452,8 +458,16 @@ impl BackendTracker {
         Ok((pos, rewrote))
     }
 
-    /// Counts a ParseComplete or CloseComplete for the statement at the head of `in_flight`.
+    /// Counts a ParseComplete or CloseComplete for the statement at the head of `in_flight`, and the
+    /// answers to a part sent ahead; the gateway's own round trips count for neither.
     fn count_completion(&mut self, tag: u8) {
+        let head = self.in_flight.front();
+        if head.is_some_and(|f| f.internal.is_some()) {
+            return;
+        }
+        if head.is_none() && matches!(tag, b'1' | b'3' | b'T' | b'n') {
+            self.ahead_answers = self.ahead_answers.saturating_add(1);
+        }
         match tag {
             b'1' => self.parses = self.parses.saturating_add(1),
             b'3' => self.closes = self.closes.saturating_add(1),
@@ -511,7 +525,6 @@ impl BackendTracker {
         let error = self.error.take();
         let window = self.copy_window.take();
         self.copies = 0;
-        let (parses, closes) = (std::mem::take(&mut self.parses), std::mem::take(&mut self.closes));
         let Some(mut f) = self.in_flight.pop_front() else {
             return;
         };
@@ -524,6 +537,11 @@ impl BackendTracker {
             }
             return;
         }
+        // (A round trip of the gateway's own leaves them to the batch whose part went ahead of it.)
+        let (parses, closes) = (
+            std::mem::take(&mut self.parses),
+            std::mem::take(&mut self.closes),
+        );
         if let Some(ops) = f.prepared.take() {
             self.prepared_settled.push(*ops);
         }
@@ -547,7 +565,8 @@ impl BackendTracker {
         // Their messages ran (or were skipped after an error) before this ReadyForQuery.
         for other in answered {
             if let Some(batch) = other.batch {
-                self.settled.push((batch, BatchAnswer::uncounted(succeeded)));
+                self.settled
+                    .push((batch, BatchAnswer::uncounted(succeeded)));
             }
             finished.push(other.finished(None, None, 0));
         }

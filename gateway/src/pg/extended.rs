@@ -1429,7 +1429,11 @@ mod tests {
                 closes: 1,
             },
         );
-        assert_eq!(bound(&mut cat, b"a"), Action::Allow, "its ParseComplete came");
+        assert_eq!(
+            bound(&mut cat, b"a"),
+            Action::Allow,
+            "its ParseComplete came"
+        );
         assert_eq!(
             bound(&mut cat, b"b"),
             Action::Block,

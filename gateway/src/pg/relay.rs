@@ -195,6 +195,10 @@ pub struct Relay<CR, CW, SR, SW> {
     /// The part sent ahead holds more than Flush messages (a lone Flush between batches asks for
     /// nothing upstream, and a stale name bound after it can still be parsed again ahead).
     ready_part_runs: bool,
+    /// The answers the part sent ahead brings (a ParseComplete, a description, a CloseComplete
+    /// each) while it holds only Parse, Describe, Close and Flush messages (a driver preparing its
+    /// next statement); None once it holds anything else.
+    ready_part_answers: Option<u32>,
     /// Bytes of a client CopyData message still to stream upstream unbuffered ([`Self::stream_copy_data`]).
     copy_data_left: usize,
 }
@@ -249,6 +253,7 @@ where
             unit_skipped: false,
             ready_part_sent: false,
             ready_part_runs: false,
+            ready_part_answers: Some(0),
             copy_data_left: 0,
         }
     }
@@ -888,6 +893,13 @@ where
         let ready = self.batch.bytes.split_to(self.batch.forwardable);
         self.batch.forwardable = 0;
         forward(&mut self.backend.masker, &mut self.out, &ready);
+        if !self.ready_part_sent {
+            self.backend.ahead_answers = 0;
+        }
+        self.ready_part_answers = self
+            .ready_part_answers
+            .zip(answers_expected(&ready))
+            .map(|(a, b)| a + b);
         // Upstream with no InFlight entry until the batch's Sync: `ready_part_sent` stands for it.
         self.ready_part_sent = true;
         self.ready_part_runs |= !only_flushes(&ready);
@@ -1171,7 +1183,7 @@ where
         let portals_may_live = !(self.backend.in_flight.is_empty() && self.backend.status == b'I');
         let same_text_upstream =
             prepared.sql.is_ascii() || matches!(self.backend.client_encoding.as_str(), "UTF8" | "");
-        if self.ready_part_runs
+        if (self.ready_part_runs && !self.ready_part_answered())
             || self.batch.ran_code
             || self.backend.in_copy_in()
             || !same_text_upstream
@@ -1221,6 +1233,18 @@ where
         });
         self.catalog.refreshed(name);
         true
+    }
+
+    /// True when the part of the batch sent ahead only prepared and described statements, and
+    /// PostgreSQL has answered all of it without error: a round trip of the gateway's own, Sync
+    /// included, can follow it without ending anything it started (asyncpg prepares its next
+    /// statement, then binds a cached one in the same batch).
+    fn ready_part_answered(&self) -> bool {
+        self.ready_part_answers.is_some_and(|expected| {
+            self.backend.in_flight.is_empty()
+                && !self.backend.failed_before_sync
+                && self.backend.ahead_answers >= expected
+        })
     }
 
     fn on_bind(&mut self, frame: &[u8]) -> Result<(), WireError> {
@@ -1343,6 +1367,7 @@ where
         let mut skipped = std::mem::take(&mut self.backend.failed_before_sync);
         let after_ready_part = std::mem::take(&mut self.ready_part_sent);
         self.ready_part_runs = false;
+        self.ready_part_answers = Some(0);
         let action = batch.action();
         // In a failed transaction PostgreSQL refuses the batch at its first message unless that one
         // ends the transaction: a batch running none that could is refused there at once too.
@@ -1781,6 +1806,22 @@ fn identity_guard(verdict: Arc<Verdict>) -> Arc<Verdict> {
 }
 
 /// True when `frames` are Flush messages only.
+/// The answers PostgreSQL sends `frames` when they hold only Parse, Describe, Close and Flush
+/// messages: one ParseComplete, RowDescription or NoData, CloseComplete each (a statement's
+/// ParameterDescription is not counted); None when they hold anything else.
+fn answers_expected(mut frames: &[u8]) -> Option<u32> {
+    let mut n = 0;
+    while let Some((tag, total)) = frame_header(frames) {
+        match tag {
+            b'P' | b'D' | b'C' => n += 1,
+            b'H' => {}
+            _ => return None,
+        }
+        frames = frames.get(total..)?;
+    }
+    frames.is_empty().then_some(n)
+}
+
 fn only_flushes(mut frames: &[u8]) -> bool {
     while let Some((tag, total)) = super::codec::frame_header(frames) {
         if tag != b'H' || total > frames.len() {
@@ -2058,6 +2099,27 @@ mod tests {
         f.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
         f.extend_from_slice(body);
         f
+    }
+
+    #[test]
+    fn a_part_sent_ahead_expects_one_answer_per_parse_describe_and_close() {
+        let mut frames = frame(b'P', b"s\0SELECT 1\0\0\0");
+        frames.extend(frame(b'D', b"Ss\0"));
+        frames.extend(frame(b'H', b""));
+        frames.extend(frame(b'C', b"Sold\0"));
+        assert_eq!(answers_expected(&frames), Some(3));
+        assert_eq!(answers_expected(&frame(b'H', b"")), Some(0));
+        frames.extend(frame(b'B', b"\0s\0\0\0\0\0\0\0"));
+        assert_eq!(
+            answers_expected(&frames),
+            None,
+            "a Bind's answers are not counted"
+        );
+        assert_eq!(
+            answers_expected(&frame(b'P', b"s\0")[..4]),
+            None,
+            "a cut frame"
+        );
     }
 
     #[test]
