@@ -451,14 +451,90 @@ const ROW_CALLABLE: &[&str] = &[
 /// variadic functions too: `p.array_agg`, `p.concat`): `q` names a relation of the statement, no rule
 /// masks `name`, and `name` is one of [`ROW_CALLABLE`]. A column of that name is then over-masked;
 /// any other qualified name (`o.amount` in `sum(o.amount)`) reads as the column it almost always is.
-fn attribute_call(parts: &[Ident], relations: &[String], rules: &CompiledRules) -> bool {
+/// A subquery or CTE whose output has a column `name` (`FROM (SELECT t.typname AS name …) ti`, asyncpg's
+/// type lookup) reads `ti.name` as that column, as PostgreSQL does, when every relation the statement
+/// names `ti` has it (see [`RowNames::has_column`]).
+fn attribute_call(parts: &[Ident], relations: &RowNames, rules: &CompiledRules) -> bool {
     let [.., qualifier, name] = parts else {
         return false;
     };
     let lower = name.value.to_lowercase();
+    let qualifier = qualifier.value.to_lowercase();
     rules.column_style(&name.value).is_none()
-        && relations.contains(&qualifier.value.to_lowercase())
+        && relations.contains(&qualifier)
+        && !relations.has_column(&qualifier, &lower)
         && ROW_CALLABLE.binary_search(&lower.as_str()).is_ok()
+}
+
+/// The relation names and aliases of a statement, with the output columns of the subqueries and CTEs
+/// whose select lists name them.
+#[derive(Default)]
+struct RowNames {
+    /// Every relation name and alias in FROM clauses (lower case), once per mention.
+    names: Vec<String>,
+    /// (alias, lower-case column names it certainly has), once per subquery or CTE read in FROM.
+    columns: Vec<(String, Vec<String>)>,
+    /// The outermost query's CTEs with their columns: in scope everywhere in the statement.
+    ctes: Vec<(String, Vec<String>)>,
+    /// Every CTE name defined anywhere, once per definition.
+    cte_names: Vec<String>,
+    /// A query was visited (the first is the outermost).
+    queried: bool,
+}
+
+impl RowNames {
+    fn contains(&self, lower: &str) -> bool {
+        self.names.iter().any(|n| n == lower)
+    }
+
+    /// True when every mention of `relation` in the statement is a subquery or CTE with a `column`:
+    /// a name an alias of a table shares anywhere (`FROM secrets t … (SELECT 1 AS text) t`) may be
+    /// that table where the qualified name stands, and `t.text` its whole row as text.
+    fn has_column(&self, relation: &str, column: &str) -> bool {
+        let mentions = self.names.iter().filter(|n| *n == relation).count();
+        let with_column = self
+            .columns
+            .iter()
+            .filter(|(r, cols)| r == relation && cols.iter().any(|c| c == column))
+            .count();
+        mentions > 0 && mentions == with_column
+    }
+
+    /// The columns of the outermost query's CTE `name`, when no other CTE has that name (an inner one
+    /// would shadow it in its scope, and one in a sibling subquery is out of scope where a table of
+    /// that name is read).
+    fn cte_columns(&self, name: &str) -> Option<Vec<String>> {
+        if self.cte_names.iter().filter(|n| *n == name).count() != 1 {
+            return None;
+        }
+        self.ctes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, cols)| cols.clone())
+    }
+}
+
+/// The output column names a query certainly has: its alias list, else the select list's aliases and
+/// plain column references (`*` and unnamed expressions add none).
+fn output_columns(listed: &[sqlparser::ast::TableAliasColumnDef], query: &Query) -> Vec<String> {
+    if !listed.is_empty() {
+        return listed.iter().map(|c| c.name.value.to_lowercase()).collect();
+    }
+    let SetExpr::Select(select) = &*query.body else {
+        return Vec::new();
+    };
+    select
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_lowercase()),
+            SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some(i.value.to_lowercase()),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                parts.last().map(|i| i.value.to_lowercase())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Catalogs holding sample values of every analysed column (most common values, histogram bounds),
@@ -545,7 +621,7 @@ fn names_statement_text(sql: &str) -> bool {
 /// True when one select-list item mentions a masked column or a whole row of a relation.
 fn item_exposes(
     item: &SelectItem,
-    relations: &[String],
+    relations: &RowNames,
     rules: &CompiledRules,
     text: Text<'_>,
 ) -> bool {
@@ -588,7 +664,7 @@ fn item_exposes(
 #[derive(Default)]
 struct Seen {
     items: Vec<SelectItem>,
-    relations: Vec<String>,
+    relations: RowNames,
     /// How many of `items` belong to the outermost query.
     top: Option<usize>,
     /// The outermost query is a single SELECT (not a set operation or VALUES).
@@ -614,6 +690,7 @@ impl Seen {
     /// statements, [`STATEMENT_TEXT`], are found by name in the text: see [`names_statement_text`].)
     fn reads_statistics(&self) -> bool {
         self.relations
+            .names
             .iter()
             .any(|r| STATISTICS.contains(&r.as_str()))
     }
@@ -663,6 +740,7 @@ impl Visitor for Seen {
             } => {
                 if let Some(last) = table_name.0.last() {
                     self.relations
+                        .names
                         .push(last.to_string().trim_matches('"').to_lowercase());
                 }
                 None
@@ -683,6 +761,15 @@ impl Visitor for Seen {
     }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        let outermost = !std::mem::replace(&mut self.relations.queried, true);
+        for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
+            let name = cte.alias.name.value.to_lowercase();
+            if outermost {
+                let columns = output_columns(&cte.alias.columns, &cte.query);
+                self.relations.ctes.push((name.clone(), columns));
+            }
+            self.relations.cte_names.push(name);
+        }
         if self.top.is_none() {
             self.plain_top = matches!(*query.body, SetExpr::Select(_));
         }
@@ -703,11 +790,29 @@ impl Visitor for Seen {
                 ControlFlow::<()>::Continue(())
             });
         }
-        if let TableFactor::Table { name, .. } = factor {
+        if let TableFactor::Table { name, alias, .. } = factor {
             if let Some(last) = name.0.last() {
-                self.relations
-                    .push(last.to_string().trim_matches('"').to_lowercase());
+                let relation = last.to_string().trim_matches('"').to_lowercase();
+                // A CTE's columns, under the alias it is read as.
+                if let (Some(columns), [_]) = (self.relations.cte_columns(&relation), &name.0[..]) {
+                    let key = alias
+                        .as_ref()
+                        .map_or(relation.clone(), |a| a.name.value.to_lowercase());
+                    self.relations.columns.push((key, columns));
+                }
+                self.relations.names.push(relation);
             }
+        }
+        if let TableFactor::Derived {
+            subquery,
+            alias: Some(alias),
+            ..
+        } = factor
+        {
+            let columns = output_columns(&alias.columns, subquery);
+            self.relations
+                .columns
+                .push((alias.name.value.to_lowercase(), columns));
         }
         // Every alias names a row: `j` in `FROM (users u CROSS JOIN t) j` or `FROM (SELECT …) s` is
         // a whole row of whatever the join or subquery holds, masked columns included.
@@ -724,7 +829,7 @@ impl Visitor for Seen {
             _ => None,
         };
         if let Some(a) = alias {
-            self.relations.push(a.name.value.to_lowercase());
+            self.relations.names.push(a.name.value.to_lowercase());
         }
         ControlFlow::Continue(())
     }
@@ -985,6 +1090,51 @@ mod tests {
             ),
         ] {
             assert_eq!(view_exposure(definition, &reads, &r), want, "{definition}");
+        }
+    }
+
+    #[test]
+    fn a_subquery_or_cte_column_named_like_a_row_function_is_that_column() {
+        let r = rules();
+        for (sql, exposing) in [
+            // asyncpg's type lookup reads `ti.name` of a subquery that has a column `name`.
+            ("SELECT ti.name FROM (SELECT 'a' AS name) ti", false),
+            (
+                "SELECT ti.text FROM (SELECT t.typname AS text FROM pg_type t) ti",
+                false,
+            ),
+            (
+                "SELECT ti.name FROM (SELECT typname AS name FROM pg_type) AS ti UNION ALL SELECT ti.name FROM (SELECT typname AS name FROM pg_type) ti",
+                false,
+            ),
+            (
+                "WITH RECURSIVE tree(oid, name) AS (SELECT oid, typname FROM pg_type) SELECT tt.name FROM tree tt",
+                false,
+            ),
+            ("WITH c AS (SELECT 1 AS name) SELECT c.name FROM c", false),
+            // Without a column of that name, the whole row: `text(t)`.
+            ("SELECT t.text FROM users t", true),
+            ("SELECT ti.name FROM (SELECT * FROM users) ti", true),
+            // The same alias names a table elsewhere in the statement.
+            (
+                "SELECT t.text FROM users t WHERE EXISTS (SELECT 1 FROM (SELECT 1 AS text) t)",
+                true,
+            ),
+            // A CTE out of scope where the table of its name is read, or not the CTE at all.
+            (
+                "SELECT t.text FROM (WITH users AS (SELECT 1 AS text) SELECT 1) x, users t",
+                true,
+            ),
+            (
+                "WITH users AS (SELECT 1 AS text) SELECT t.text FROM public.users t",
+                true,
+            ),
+            (
+                "WITH users AS (SELECT 1 AS text) SELECT (WITH users AS (SELECT 2 AS x) SELECT u.text FROM users u)",
+                true,
+            ),
+        ] {
+            assert_eq!(exposes(sql, &r), exposing, "{sql}");
         }
     }
 
