@@ -854,3 +854,53 @@ async fn views_the_gateway_cannot_see_yet_are_masked_not_trusted() {
     assert_eq!(series, "3");
     drop_schema(&db, &schema).await;
 }
+
+/// What user code computes reaches the client masked: a procedure's OUT and INOUT parameters
+/// (`CALL`), a user function's rows in FROM; a card number in a float8's exponent form (as text, in an
+/// array, in COPY) is found, and a decimal whose fraction passes Luhn is left alone.
+#[tokio::test]
+async fn procedure_outputs_functions_in_from_and_float_cards_are_masked() {
+    let (db, schema) = direct_and_schema_name("mask_code").await;
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.people (id int, ssn text, cardf float8);
+         INSERT INTO {schema}.people VALUES (1, '123-45-6789', 4111111111111111);
+         CREATE PROCEDURE {schema}.leak_proc(INOUT x text) LANGUAGE plpgsql AS $$
+           BEGIN SELECT ssn INTO x FROM {schema}.people WHERE id = 1; END $$;
+         CREATE FUNCTION {schema}.lf() RETURNS TABLE(v text) LANGUAGE sql AS
+           'SELECT ssn FROM {schema}.people';"
+    ))
+    .await
+    .unwrap();
+    let (_gw, client) = masked_gateway_allowing_everything(
+        "columns = [\"ssn\"]\nstyle = \"redact\"\n\n[[connections.masking.rules]]\ndetect = [\"card\"]\nstyle = \"redact\"",
+    )
+    .await;
+    for sql in [
+        format!("CALL {schema}.leak_proc(NULL)"),
+        format!("SELECT * FROM {schema}.lf()"),
+        format!("SELECT x.v FROM {schema}.lf() x"),
+    ] {
+        let rows = row_texts(&client.simple_query(&sql).await.unwrap());
+        assert_eq!(rows, ["[redacted]"], "{sql}");
+    }
+    for sql in [
+        format!("SELECT cardf::text FROM {schema}.people"),
+        format!("SELECT array_agg(cardf)::text FROM {schema}.people"),
+        format!("SELECT to_json(cardf)::text FROM {schema}.people"),
+    ] {
+        let rows = row_texts(&client.simple_query(&sql).await.unwrap());
+        assert!(
+            !rows.iter().any(|r| r.contains("4.111111111111111e+15")),
+            "{sql}: {rows:?}"
+        );
+    }
+    let rows = row_texts(
+        &client
+            .simple_query("SELECT 4.666666666666667::float8::text, 512.6666666666666::float8")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows, ["4.666666666666667|512.6666666666666"]);
+    drop_schema(&db, &schema).await;
+}

@@ -371,6 +371,7 @@ fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
         && digits < 10
         && (digits < 7 || seen & PLUS == 0)
         && !(digits > 0 && b.len() >= 22 && seen & (LETTER_K | LETTER_R) != 0)
+        && !(digits >= 2 && seen & PLUS != 0 && seen & LETTER_E != 0)
     {
         return DetectorSet::default();
     }
@@ -430,8 +431,13 @@ fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
         Detector::ApiKey,
         on_(Detector::ApiKey) && api_key_possible(b, seen, digits),
     );
-    // A card has 13 digits in one run; so the run count decides it.
-    check(Detector::Card, on_(Detector::Card) && max_run >= 13);
+    // A card has 13 digits in one run, or is a float in exponent form (`4.111111111111111e+15`).
+    check(
+        Detector::Card,
+        on_(Detector::Card)
+            && (max_run >= 13
+                || (seen & PLUS != 0 && seen & LETTER_E != 0 && has_float_exponent(b))),
+    );
     // A phone has 7 digits after a `+`, or 10 laid out 3-3-4; an SSN 9 digits and two dashes.
     let phone = on.contains(Detector::Phone)
         && (max_run >= 10 || (max_run >= SHORTEST_RUN && seen & PLUS != 0));
@@ -449,6 +455,13 @@ fn candidates_from(b: &[u8], on: DetectorSet, summary: Summary) -> DetectorSet {
         found.insert(Detector::Ssn);
     }
     found
+}
+
+/// True when `0e+0` occurs in `b` (either case of `e`): a float's exponent as PostgreSQL prints it.
+fn has_float_exponent(b: &[u8]) -> bool {
+    b.windows(4).any(|w| {
+        w[0].is_ascii_digit() && (w[1] | 0x20) == b'e' && w[2] == b'+' && w[3].is_ascii_digit()
+    })
 }
 
 /// True when `0-00-0000` occurs in `b`: the end of every SSN (as [`numeric_runs`] finds it).

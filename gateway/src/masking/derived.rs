@@ -558,6 +558,22 @@ pub fn fetches_from_a_cursor(sql: &str) -> bool {
     }
 }
 
+/// PostgreSQL's own functions in `information_schema` (PostgreSQL 15): each computes from its arguments
+/// and the catalog alone.
+const INFORMATION_SCHEMA: &[&str] = &[
+    "_pg_char_max_length",
+    "_pg_char_octet_length",
+    "_pg_datetime_precision",
+    "_pg_expandarray",
+    "_pg_index_position",
+    "_pg_interval_type",
+    "_pg_numeric_precision",
+    "_pg_numeric_precision_radix",
+    "_pg_numeric_scale",
+    "_pg_truetypid",
+    "_pg_truetypmod",
+];
+
 /// True when a call of `name` is one of PostgreSQL's vetted built-in functions: unqualified or in
 /// `pg_catalog`, and on the policy's read-only list.
 fn is_builtin_call(name: &sqlparser::ast::ObjectName) -> bool {
@@ -574,6 +590,9 @@ fn is_builtin_call(name: &sqlparser::ast::ObjectName) -> bool {
         [base] | [_, base] if parts.len() == 1 || parts[0] == "pg_catalog" => {
             crate::policy::functions::is_vetted_read_only(base)
         }
+        // The SQL functions PostgreSQL defines in `information_schema` for its views (pgJDBC's
+        // metadata queries call `_pg_expandarray`); only a superuser can add to that schema.
+        [schema, base] if schema == "information_schema" => INFORMATION_SCHEMA.contains(&&**base),
         _ => false,
     }
 }
@@ -729,7 +748,12 @@ impl Visitor for Seen {
             Statement::Insert(i) => i.returning.as_ref(),
             Statement::Update(u) => u.returning.as_ref(),
             Statement::Delete(d) => d.returning.as_ref(),
-            Statement::Fetch { .. } | Statement::Execute { .. } | Statement::Merge(_) => {
+            // `CALL p(NULL)` returns a procedure's OUT and INOUT parameters: values its code
+            // computed, which may be read from masked columns.
+            Statement::Fetch { .. }
+            | Statement::Execute { .. }
+            | Statement::Merge(_)
+            | Statement::Call(_) => {
                 self.opaque = true;
                 None
             }
@@ -784,6 +808,21 @@ impl Visitor for Seen {
             TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } => false,
             _ => true,
         };
+        // A function in FROM that is not PostgreSQL's own returns rows its code computed (`FROM
+        // lf()` reading `SELECT ssn FROM people`), named as it likes: like a cursor's.
+        match factor {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. }
+                if !is_builtin_call(name) =>
+            {
+                self.opaque = true;
+            }
+            _ => {}
+        }
         if computes {
             let _ = visit_expressions(factor, |e| {
                 self.from.push(SelectItem::UnnamedExpr(e.clone()));
@@ -1090,6 +1129,32 @@ mod tests {
             ),
         ] {
             assert_eq!(view_exposure(definition, &reads, &r), want, "{definition}");
+        }
+    }
+
+    #[test]
+    fn procedure_outputs_and_user_functions_in_from_count_as_computed_by_code() {
+        let r = rules();
+        for (sql, exposing) in [
+            ("CALL leak_proc(NULL)", true),
+            ("CALL public.leak_proc(NULL, NULL)", true),
+            ("SELECT * FROM lf()", true),
+            ("SELECT v FROM lf() x", true),
+            ("SELECT x.* FROM public.lf() x", true),
+            ("SELECT * FROM users u, LATERAL lf2(u.id)", true),
+            ("SELECT * FROM generate_series(1, 3)", false),
+            ("SELECT * FROM pg_catalog.generate_series(1, 3) g", false),
+            (
+                "SELECT (i.keys).x FROM (SELECT information_schema._pg_expandarray(ARRAY[1, 2]) AS keys) i",
+                false,
+            ),
+            (
+                "SELECT * FROM information_schema._pg_expandarray(ARRAY[1, 2])",
+                false,
+            ),
+            ("SELECT * FROM myschema._pg_expandarray(ARRAY[1])", true),
+        ] {
+            assert_eq!(exposes(sql, &r), exposing, "{sql}");
         }
     }
 

@@ -753,9 +753,23 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
         while stop > start && !b[stop - 1].is_ascii_digit() {
             stop -= 1;
         }
-        // A run glued to letters (`abc123`, `123abc`) is an identifier, not a number.
+        // A run glued to letters (`abc123`, `123abc`) is an identifier, not a number, unless the
+        // letter is a float's exponent: `4.111111111111111e+15` (a float8 as text, in an array,
+        // JSON or COPY) is an integer a client reads back whole.
         let glued = stop < b.len() && b[stop].is_ascii_alphanumeric();
         i = end.max(start + 1);
+        if glued && on.contains(Detector::Card) {
+            if let Some(found) = exponent_card(b, start, stop) {
+                i = found.end;
+                if !overlaps(out, &found) {
+                    out.push(Finding {
+                        range: found,
+                        detector: Detector::Card,
+                    });
+                }
+                continue;
+            }
+        }
         if glued || stop == start {
             continue;
         }
@@ -787,6 +801,55 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
     }
 }
 
+/// The range of a float in exponent form whose mantissa ends `run` (`start..stop`) and whose value is
+/// a card number (`4.111111111111111e+15`, as PostgreSQL prints a float8 of 16 digits or more), when
+/// there is one.
+fn exponent_card(b: &[u8], start: usize, stop: usize) -> Option<Range<usize>> {
+    let mut m = stop;
+    while m > start && (b[m - 1].is_ascii_digit() || b[m - 1] == b'.') {
+        m -= 1;
+    }
+    let mantissa = b.get(m..stop)?;
+    if !mantissa.first()?.is_ascii_digit() {
+        return None;
+    }
+    if !matches!(b.get(stop), Some(b'e' | b'E')) || b.get(stop + 1) != Some(&b'+') {
+        return None;
+    }
+    let exp_start = stop + 2;
+    let mut p = exp_start;
+    while p < b.len() && b[p].is_ascii_digit() && p - exp_start < 3 {
+        p += 1;
+    }
+    if p == exp_start
+        || b.get(p)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'.')
+    {
+        return None;
+    }
+    let exp: usize = std::str::from_utf8(&b[exp_start..p]).ok()?.parse().ok()?;
+    let (int, frac) = match mantissa.iter().position(|&c| c == b'.') {
+        Some(dot) => (&mantissa[..dot], &mantissa[dot + 1..]),
+        None => (mantissa, &mantissa[..0]),
+    };
+    if frac.contains(&b'.') || exp < frac.len() {
+        return None;
+    }
+    let mut digits = [0u8; 19];
+    let mut n = 0;
+    let zeros = exp - frac.len();
+    for &c in int
+        .iter()
+        .chain(frac)
+        .skip_while(|c| **c == b'0')
+        .chain(std::iter::repeat_n(&b'0', zeros.min(19)))
+    {
+        *digits.get_mut(n)? = c;
+        n += 1;
+    }
+    ((13..=19).contains(&n) && is_card_digits(&digits[..n])).then_some(m..p)
+}
+
 /// Most digit groups a number is printed in (`+1 (415) 555 0100 x`, a card in five).
 const MAX_GROUPS: usize = 6;
 
@@ -815,6 +878,9 @@ fn find_in_run_windows(text: &str, run: Range<usize>, on: DetectorSet, out: &mut
         {
             start -= 1;
         }
+        // Digits right after `digit.` are a decimal fraction, not a number of their own
+        // (`4.666666666666667` holds no card).
+        let fraction = g >= 2 && b[g - 1] == b'.' && b[g - 2].is_ascii_digit();
         // Ends and lengths of the groups from `g` on.
         let (mut ends, mut lens, mut n, mut digits, mut p) =
             ([0; MAX_GROUPS], [0; MAX_GROUPS], 0, 0, g);
@@ -841,6 +907,7 @@ fn find_in_run_windows(text: &str, run: Range<usize>, on: DetectorSet, out: &mut
             let window = &text[range.clone()];
             let count: usize = lens[..=k].iter().sum();
             let detector = if on.contains(Detector::Card)
+                && !fraction
                 && card_shaped(&lens[..=k])
                 && window
                     .bytes()
@@ -963,6 +1030,17 @@ mod tests {
                 "DE89370400440532013000",
             ),
             ("ssn 123-45-6789", Detector::Ssn, "123-45-6789"),
+            // A float8 of a card's digits, as text, in an array or JSON.
+            (
+                "{4.111111111111111e+15,2}",
+                Detector::Card,
+                "4.111111111111111e+15",
+            ),
+            (
+                "{\"k\": 5.1051051051051e+15}",
+                Detector::Card,
+                "5.1051051051051e+15",
+            ),
             (
                 "t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
                 Detector::Jwt,
@@ -1264,7 +1342,13 @@ mod tests {
     #[test]
     fn numbers_failing_their_checksums_stay_clear() {
         for text in [
-            "4111 1111 1111 1112",         // Luhn fails
+            "4111 1111 1111 1112", // Luhn fails
+            "4.666666666666667",   // a fraction that passes Luhn is no card
+            "512.6666666666666",
+            "{4.666666666666667,1.5e+20}",
+            "4.111111111111112e+15", // Luhn fails
+            "4.111111111111111e+05", // a float of six digits
+            "4.111111111111111e-15",
             "1234567890123452",            // Luhn-valid, but 1 is no issuer prefix
             "order 9780306406157 shipped", // ISBN-13, prefix 9
             "DE89370400440532013001",      // IBAN check digits wrong
@@ -1438,6 +1522,20 @@ mod tests {
             }
             let glued = stop < b.len() && b[stop].is_ascii_alphanumeric();
             i = end.max(start + 1);
+            if let (true, true, Some(found)) = (
+                glued,
+                on.contains(Detector::Card),
+                exponent_card(b, start, stop),
+            ) {
+                i = found.end;
+                if !overlaps(out, &found) {
+                    out.push(Finding {
+                        range: found,
+                        detector: Detector::Card,
+                    });
+                }
+                continue;
+            }
             if glued || stop == start {
                 continue;
             }
