@@ -1418,6 +1418,42 @@ async fn names_that_code_prepares_again_never_run_another_text() {
         );
     }
     assert_eq!(victims().await, 10, "the DELETE did not run");
+    // The trigger's INSERT and the Bind of the name it prepares again in one batch: the name is
+    // parsed again after the INSERT ran, not ahead of the batch (where the trigger would replace it
+    // before the Bind, for this batch and every later one).
+    c.run(&Action::Prepare {
+        name: "p2".into(),
+        sql: judged.clone(),
+    })
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        c.run_then_bind(
+            &format!("INSERT INTO {s}.log VALUES ('p2#DELETE FROM {s}.victim RETURNING id')"),
+            "p2",
+        )
+        .await
+        .unwrap();
+        let out = c.read_until(b"Z").await.unwrap();
+        assert!(out.iter().any(|l| l.contains("INSERT 0 1")), "{out:?}");
+        assert!(
+            out.iter().any(|l| l == "CommandComplete SELECT 1"),
+            "the judged SELECT ran: {out:?}"
+        );
+        assert_eq!(
+            out.iter()
+                .filter(|l| l.starts_with("ReadyForQuery"))
+                .count(),
+            1,
+            "one ReadyForQuery for the client's one Sync: {out:?}"
+        );
+        let out = c.run(&bind("p2")).await.unwrap();
+        assert!(
+            out.iter().any(|l| l == "CommandComplete SELECT 1"),
+            "a later batch runs the judged SELECT too: {out:?}"
+        );
+    }
+    assert_eq!(victims().await, 10, "the DELETE did not run");
     c.close().await;
     db.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
         .await
@@ -1635,6 +1671,56 @@ async fn a_stale_name_bound_after_a_prepare_sent_ahead_on_flush_is_parsed_again_
         out.iter().any(|l| l == "CommandComplete SELECT 1"),
         "{out:?}"
     );
+    c.close().await;
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+}
+
+/// PostgreSQL keys statement names by their first 63 bytes: two longer names sharing those are one
+/// name upstream, and one here too, so closing and parsing one replaces the other's text (a DELETE
+/// parsed under the second name ran on a Bind of the first, judged as its SELECT).
+#[tokio::test]
+async fn statement_names_sharing_63_bytes_are_one_name() {
+    use countersign_tests::transcript::Action;
+    let t = table_with_rows("names63", 3).await;
+    let gw = gateway(1.0).await;
+    let mut c = agent_raw_conn(&gw).await;
+    let (a, b) = (
+        format!("{}_a", "n".repeat(63)),
+        format!("{}_b", "n".repeat(63)),
+    );
+    c.run(&Action::Prepare {
+        name: a.clone(),
+        sql: "SELECT 1 WHERE $1::text IS NOT NULL".into(),
+    })
+    .await
+    .unwrap();
+    c.run(&Action::Close { name: b.clone() }).await.unwrap();
+    c.run(&Action::Prepare {
+        name: b,
+        sql: format!("DELETE FROM {t} WHERE $1::text IS NOT NULL"),
+    })
+    .await
+    .unwrap();
+    let out = c
+        .run(&Action::Extended {
+            name: a,
+            sql: None,
+            params: vec![Some("x".into())],
+            binary: false,
+            max_rows: 0,
+        })
+        .await
+        .unwrap();
+    assert!(
+        !out.iter().any(|l| l.contains("DELETE")),
+        "the DELETE ran on a Bind judged as the SELECT: {out:?}"
+    );
+    assert!(out.iter().any(|l| l.contains("42501")), "held: {out:?}");
+    assert_eq!(count(&t).await, 3);
     c.close().await;
     direct()
         .await

@@ -306,6 +306,30 @@ impl RawConn {
         Ok(self.stream.write_all(&out).await?)
     }
 
+    /// One batch: Parse, Bind and Execute of `sql` (unnamed), then Bind and Execute of the statement
+    /// `name`, then Sync.
+    pub async fn run_then_bind(&mut self, sql: &str, name: &str) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        let mut p = Vec::new();
+        cstr(&mut p, "");
+        cstr(&mut p, sql);
+        p.extend_from_slice(&0i16.to_be_bytes());
+        put_msg(&mut out, b'P', &p);
+        for statement in ["", name] {
+            let mut b = Vec::new();
+            cstr(&mut b, "");
+            cstr(&mut b, statement);
+            b.extend_from_slice(&[0; 6]);
+            put_msg(&mut out, b'B', &b);
+            let mut e = Vec::new();
+            cstr(&mut e, "");
+            e.extend_from_slice(&0i32.to_be_bytes());
+            put_msg(&mut out, b'E', &e);
+        }
+        put_msg(&mut out, b'S', &[]);
+        Ok(self.stream.write_all(&out).await?)
+    }
+
     /// Bind of the statement `name` (no parameters, text results) to the unnamed portal, Execute, Sync.
     pub async fn bind_execute_sync(&mut self, name: &str) -> anyhow::Result<()> {
         let mut out = Vec::new();

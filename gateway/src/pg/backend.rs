@@ -167,6 +167,8 @@ pub struct BackendTracker {
     pub misread: Vec<(String, String)>,
     /// The `client_encoding` PostgreSQL last reported (empty before any report), for [`statement_text`].
     pub client_encoding: String,
+    /// The `server_encoding` PostgreSQL reported at login (empty if it did not).
+    pub server_encoding: String,
     tag: Option<String>,
     error: Option<String>,
     /// ParseComplete and CloseComplete messages answering the statement at the head of `in_flight`
@@ -216,6 +218,7 @@ impl BackendTracker {
             prepared_settled: Vec::new(),
             misread: Vec::new(),
             client_encoding: String::new(),
+            server_encoding: String::new(),
             tag: None,
             error: None,
             parses: 0,
@@ -247,6 +250,18 @@ impl BackendTracker {
             frames = &frames[total..];
         }
         self
+    }
+
+    /// True when PostgreSQL keeps the bytes of a statement or portal name the client sends as they
+    /// are: it converts names from the client encoding to the server's, and conversions such as
+    /// EUC_JP's map several byte sequences to one character (two names the gateway tells apart would
+    /// be one upstream). ASCII converts to itself everywhere.
+    pub fn keeps_name_bytes(&self, name: &[u8]) -> bool {
+        name.is_ascii()
+            || (!self.client_encoding.is_empty()
+                && self
+                    .client_encoding
+                    .eq_ignore_ascii_case(&self.server_encoding))
     }
 
     /// True once the statement at the head of `in_flight` has started a COPY FROM STDIN, until it ends:
@@ -482,6 +497,10 @@ impl BackendTracker {
             return;
         };
         let name = String::from_utf8_lossy(name);
+        if name == "server_encoding" {
+            self.server_encoding = String::from_utf8_lossy(value).into_owned();
+            return;
+        }
         if !matches!(&*name, "standard_conforming_strings" | "client_encoding") {
             return;
         }
@@ -802,6 +821,25 @@ mod tests {
         let mut b = BytesMut::new();
         put_ready(&mut b, b'I');
         b
+    }
+
+    #[test]
+    fn only_ascii_names_are_kept_byte_for_byte_across_encodings() {
+        let mut t = BackendTracker::new(b'I');
+        t.client_encoding = "EUC_JP".into();
+        t.server_encoding = "UTF8".into();
+        assert!(t.keeps_name_bytes(b"s1"));
+        assert!(
+            !t.keeps_name_bytes(b"n\xad\xb9"),
+            "EUC_JP maps two byte sequences to one character"
+        );
+        t.client_encoding = "UTF8".into();
+        assert!(t.keeps_name_bytes("nämlich".as_bytes()));
+        t.server_encoding = String::new();
+        assert!(
+            !t.keeps_name_bytes("nämlich".as_bytes()),
+            "server encoding unknown"
+        );
     }
 
     #[test]

@@ -9,6 +9,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// PostgreSQL's `NAMEDATALEN`: statement and portal names are keyed by their first
+/// `NAMEDATALEN - 1` bytes upstream.
+const NAMEDATALEN: usize = 64;
+
+/// A statement or portal name as PostgreSQL keys it: its first 63 bytes (two names sharing those are
+/// one name upstream, so they are one here too).
+pub fn upstream_name(name: &[u8]) -> &[u8] {
+    &name[..name.len().min(NAMEDATALEN - 1)]
+}
+
 /// A statement prepared through the gateway, with its verdict.
 #[derive(Debug)]
 pub struct Prepared {
@@ -569,6 +579,10 @@ pub struct Batch {
     /// vetted read-only, text the policy could not read), which may prepare names again: a stale name
     /// bound after it can't be parsed again ahead of the batch.
     pub ran_code: bool,
+    /// A Bind or Execute in the batch may run code (anything not code-free: a write and its triggers,
+    /// a function) that may prepare names again: a stale name bound after it is parsed again only
+    /// once what precedes it has run (see `Relay::bind_follows_code`).
+    pub code_pending: bool,
     /// Statement names the batch parsed or bound so far: parsing one of them again ahead of the
     /// batch would go before the batch's own Parse, or before the first execution it vouches for.
     used: Vec<Box<[u8]>>,
@@ -740,6 +754,7 @@ impl Batch {
             bound_gated: std::mem::take(&mut self.bound_gated),
             executes: std::mem::take(&mut self.executes),
             ran_code: std::mem::take(&mut self.ran_code),
+            code_pending: std::mem::take(&mut self.code_pending),
             used: std::mem::take(&mut self.used),
             portal_names: std::mem::take(&mut self.portal_names),
             carries_portal: std::mem::take(&mut self.carries_portal),
@@ -1455,6 +1470,16 @@ mod tests {
             },
         );
         assert!(!cat.closing.contains_key(&b"s1"[..]));
+    }
+
+    #[test]
+    fn names_are_keyed_by_their_first_63_bytes_as_upstream() {
+        let long = [b'n'; 70];
+        assert_eq!(upstream_name(&long).len(), 63);
+        assert_eq!(upstream_name(b"s1"), b"s1");
+        let mut other = long;
+        other[69] = b'x';
+        assert_eq!(upstream_name(&long), upstream_name(&other));
     }
 
     #[test]

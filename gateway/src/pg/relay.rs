@@ -776,6 +776,14 @@ where
                 // too, up to the client's Sync (the gateway's Sync ended that skipping upstream).
                 return Ok(Step::DecidedAtFlush(self.decide_pending()?));
             }
+            if tag == b'B' && self.bind_follows_code(total) {
+                // A stale name bound after code earlier in its batch (an allowed INSERT whose trigger
+                // prepares the name again): parsed again ahead of the batch, it would be replaced by
+                // that code before the Bind. What precedes the Bind is ended with a Sync of the
+                // gateway's own and sent first (as before a simple Query), so the name is parsed
+                // again after it; the Bind stays in the buffer for the next turn.
+                return Ok(Step::DecidedAtFlush(self.decide_pending()?));
+            }
             if tag == b'B' && self.bind_awaits_answers(total) {
                 return Ok(Step::AwaitAnswers);
             }
@@ -792,6 +800,7 @@ where
                 b'C' | b'D' => {
                     if tag == b'C' {
                         let (kind, name) = kind_and_name(&frame)?;
+                        let name = self.name_upstream(name)?;
                         // Protocol-level statements share the names SQL EXECUTE runs.
                         if kind == b'S' && !name.is_empty() {
                             self.sql_prepared.forget_all();
@@ -873,7 +882,28 @@ where
         let mut pos = 5;
         let frame = &self.cbuf[..total];
         read_cstr(frame, &mut pos).is_some()
-            && read_cstr(frame, &mut pos).is_some_and(|s| self.catalog.awaits_settling(s))
+            && read_cstr(frame, &mut pos).is_some_and(|s| {
+                self.catalog
+                    .awaits_settling(super::extended::upstream_name(s))
+            })
+    }
+
+    /// True when the Bind at the head of the client buffer (`total` bytes) names a stale statement
+    /// ([`Self::refresh_stale`]) that its batch has not used yet, after a Bind or Execute of code in
+    /// the batch, or after a part sent ahead on Flush that may run code or is not answered yet.
+    fn bind_follows_code(&self, total: usize) -> bool {
+        if !(self.batch.code_pending || (self.ready_part_runs && !self.ready_part_answered()))
+            || self.backend.in_copy_in()
+        {
+            return false;
+        }
+        let mut pos = 5;
+        let frame = &self.cbuf[..total];
+        let Some(name) = read_cstr(frame, &mut pos).and_then(|_| read_cstr(frame, &mut pos)) else {
+            return false;
+        };
+        let name = super::extended::upstream_name(name);
+        self.catalog.stale(name).is_some() && !self.batch.used(name)
     }
 
     /// Forwards what has arrived of a CopyData message being streamed; true once all of it has gone.
@@ -1076,9 +1106,24 @@ where
         });
     }
 
+    /// A statement or portal name as PostgreSQL keys it ([`super::extended::upstream_name`]). A name
+    /// PostgreSQL may not keep byte for byte (non-ASCII, converted to another server encoding) ends
+    /// the session: two names the gateway tells apart could be one upstream.
+    fn name_upstream<'a>(&self, name: &'a [u8]) -> Result<&'a [u8], WireError> {
+        if !self.backend.keeps_name_bytes(name) {
+            return Err(WireError::Protocol(format!(
+                "statement and portal names must be ASCII when client_encoding ({}) is not the server's encoding ({}); name them in ASCII",
+                self.backend.client_encoding, self.backend.server_encoding
+            )));
+        }
+        Ok(super::extended::upstream_name(name))
+    }
+
     fn on_parse(&mut self, frame: &[u8]) -> Result<(), WireError> {
         let mut pos = 5;
-        let name = read_cstr(frame, &mut pos);
+        let name = read_cstr(frame, &mut pos)
+            .map(|n| self.name_upstream(n))
+            .transpose()?;
         let text = name.and_then(|_| read_cstr(frame, &mut pos));
         let param_types = text.and_then(|_| parse_param_types(frame, pos));
         let (Some(name), Some(text), Some(param_types)) = (name, text, param_types) else {
@@ -1251,6 +1296,7 @@ where
         let mut pos = 5;
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
         let statement = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Bind"))?;
+        let (portal, statement) = (self.name_upstream(portal)?, self.name_upstream(statement)?);
         // Judged again on what its text means now: a view created since its Parse, the database's
         // lists read again, a search_path set (PostgreSQL analyses the text again then too).
         if let Some(p) = self.catalog.settled(statement) {
@@ -1269,6 +1315,7 @@ where
             if !p.statement.verdict.code_free {
                 self.batch.ran_code |=
                     super::prepared::name_effects(&p.statement.verdict).names_code;
+                self.batch.code_pending = true;
                 self.catalog.mark_stale();
                 self.name_generation += 1;
             }
@@ -1279,6 +1326,7 @@ where
     fn on_execute(&mut self, frame: &[u8]) -> Result<(), WireError> {
         let mut pos = 5;
         let portal = read_cstr(frame, &mut pos).ok_or_else(|| malformed("Execute"))?;
+        let portal = self.name_upstream(portal)?;
         self.batch.executes = true;
         let receiving = self.catalog.receiving();
         let others_ran = self.catalog.note_execute(portal);
@@ -1301,6 +1349,7 @@ where
         // PostgreSQL changes the names when this Execute runs: those parsed after it are unaffected.
         self.batch.ran_code |= effects.names_code;
         if effects.any() {
+            self.batch.code_pending = true;
             self.change_names(&effects);
             self.name_generation += 1;
         }
