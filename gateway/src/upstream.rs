@@ -228,6 +228,10 @@ pub struct UpstreamSqlError {
     /// value read from a row): masking keeps quoted message text only then.
     #[serde(skip)]
     pub positioned: bool,
+    /// Raised in code (PostgreSQL gave a CONTEXT or an internal query): a `RAISE` chooses its text
+    /// and SQLSTATE, so masking never keeps that text.
+    #[serde(skip)]
+    pub from_code: bool,
 }
 
 /// What running a query string produced.
@@ -755,6 +759,7 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                     message: String::new(),
                     detail: None,
                     positioned: false,
+                    from_code: false,
                 };
                 for (f, v) in error_fields(&body) {
                     let v = String::from_utf8_lossy(v).into_owned();
@@ -763,6 +768,7 @@ async fn run_simple(up: &mut Upstream, sql: &str) -> Result<(QueryOutcome, bool)
                         b'M' => e.message = v,
                         b'D' => e.detail = Some(v),
                         b'P' => e.positioned = true,
+                        b'W' | b'q' => e.from_code = true,
                         _ => {}
                     }
                 }

@@ -375,9 +375,7 @@ pub fn exposes_beyond_named_columns(
     // A plain reference is a column masked by its name, unless it names a whole row (`SELECT t FROM
     // people t`), which holds every column.
     let named = |item: &&SelectItem| match item {
-        SelectItem::UnnamedExpr(Expr::Identifier(i)) => {
-            !seen.relations.contains(&i.value.to_lowercase())
-        }
+        SelectItem::UnnamedExpr(Expr::Identifier(i)) => !seen.relations.contains(&i.value),
         // `u.email` is masked by its output name, column or not; `p.row_to_json` may be a function.
         SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
             !attribute_call(parts, &seen.relations, rules)
@@ -451,66 +449,73 @@ const ROW_CALLABLE: &[&str] = &[
 /// variadic functions too: `p.array_agg`, `p.concat`): `q` names a relation of the statement, no rule
 /// masks `name`, and `name` is one of [`ROW_CALLABLE`]. A column of that name is then over-masked;
 /// any other qualified name (`o.amount` in `sum(o.amount)`) reads as the column it almost always is.
-/// A subquery or CTE whose output has a column `name` (`FROM (SELECT t.typname AS name …) ti`, asyncpg's
-/// type lookup) reads `ti.name` as that column, as PostgreSQL does, when every relation the statement
-/// names `ti` has it (see [`RowNames::has_column`]).
+/// A subquery whose output has a column `name` (`FROM (SELECT t.typname AS name …) ti`, asyncpg's type
+/// lookup) reads `ti.name` as that column, as PostgreSQL does, when every relation the statement names
+/// `ti` has it (see [`RowNames::has_column`]).
 fn attribute_call(parts: &[Ident], relations: &RowNames, rules: &CompiledRules) -> bool {
     let [.., qualifier, name] = parts else {
         return false;
     };
     let lower = name.value.to_lowercase();
-    let qualifier = qualifier.value.to_lowercase();
     rules.column_style(&name.value).is_none()
-        && relations.contains(&qualifier)
-        && !relations.has_column(&qualifier, &lower)
+        && relations.contains(&qualifier.value)
+        && !relations.has_column(&qualifier.value, &name.value)
         && ROW_CALLABLE.binary_search(&lower.as_str()).is_ok()
 }
 
-/// The relation names and aliases of a statement, with the output columns of the subqueries and CTEs
-/// whose select lists name them.
+/// The relation names and aliases of a statement, with the output columns of the subqueries whose
+/// select lists name them. Names are kept as PostgreSQL compares them, lower-cased and cut to 63 bytes
+/// (`<63 a's>x` and `<63 a's>y` are one name upstream), so two spellings of one name are one here.
 #[derive(Default)]
 struct RowNames {
-    /// Every relation name and alias in FROM clauses (lower case), once per mention.
+    /// Every relation name and alias in FROM clauses (and a write's target), once per mention.
     names: Vec<String>,
-    /// (alias, lower-case column names it certainly has), once per subquery or CTE read in FROM.
+    /// (alias, column names it certainly has), once per subquery read in FROM.
     columns: Vec<(String, Vec<String>)>,
-    /// The outermost query's CTEs with their columns: in scope everywhere in the statement.
-    ctes: Vec<(String, Vec<String>)>,
-    /// Every CTE name defined anywhere, once per definition.
-    cte_names: Vec<String>,
-    /// A query was visited (the first is the outermost).
-    queried: bool,
+}
+
+/// An identifier as PostgreSQL compares it: lower-cased (quoted spellings too, which can only make
+/// more names meet) and cut to NAMEDATALEN - 1 bytes at a character boundary.
+fn name_key(name: &str) -> String {
+    let mut key = name.to_lowercase();
+    let mut cut = key.len().min(63);
+    while !key.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    key.truncate(cut);
+    key
 }
 
 impl RowNames {
-    fn contains(&self, lower: &str) -> bool {
-        self.names.iter().any(|n| n == lower)
+    fn add_name(&mut self, name: &str) {
+        self.names.push(name_key(name));
     }
 
-    /// True when every mention of `relation` in the statement is a subquery or CTE with a `column`:
-    /// a name an alias of a table shares anywhere (`FROM secrets t … (SELECT 1 AS text) t`) may be
-    /// that table where the qualified name stands, and `t.text` its whole row as text.
+    fn add_columns(&mut self, relation: &str, columns: &[String]) {
+        self.columns.push((
+            name_key(relation),
+            columns.iter().map(|c| name_key(c)).collect(),
+        ));
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        let key = name_key(name);
+        self.names.iter().any(|n| *n == key)
+    }
+
+    /// True when every mention of `relation` in the statement is a subquery with a `column`: a name
+    /// an alias of a table shares anywhere (`FROM secrets t … (SELECT 1 AS text) t`) may be that
+    /// table where the qualified name stands, and `t.text` its whole row as text. (A CTE is not
+    /// trusted this way: which relation its name means depends on scopes this does not follow.)
     fn has_column(&self, relation: &str, column: &str) -> bool {
-        let mentions = self.names.iter().filter(|n| *n == relation).count();
+        let (relation, column) = (name_key(relation), name_key(column));
+        let mentions = self.names.iter().filter(|n| **n == relation).count();
         let with_column = self
             .columns
             .iter()
-            .filter(|(r, cols)| r == relation && cols.iter().any(|c| c == column))
+            .filter(|(r, cols)| *r == relation && cols.contains(&column))
             .count();
         mentions > 0 && mentions == with_column
-    }
-
-    /// The columns of the outermost query's CTE `name`, when no other CTE has that name (an inner one
-    /// would shadow it in its scope, and one in a sibling subquery is out of scope where a table of
-    /// that name is read).
-    fn cte_columns(&self, name: &str) -> Option<Vec<String>> {
-        if self.cte_names.iter().filter(|n| *n == name).count() != 1 {
-            return None;
-        }
-        self.ctes
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, cols)| cols.clone())
     }
 }
 
@@ -662,7 +667,7 @@ fn item_exposes(
             // A function that is not PostgreSQL's own may read a masked column itself (`SELECT
             // card_of(1)`), whatever its arguments.
             Expr::Function(f) => !is_builtin_call(&f.name),
-            Expr::Identifier(i) => masked(&i.value) || relations.contains(&i.value.to_lowercase()),
+            Expr::Identifier(i) => masked(&i.value) || relations.contains(&i.value),
             Expr::CompoundIdentifier(parts) => {
                 parts.last().is_some_and(|i| masked(&i.value))
                     || (matches!(text, Text::Statement(_))
@@ -744,6 +749,18 @@ impl Visitor for Seen {
     type Break = ();
 
     fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        // A write's target names a row its RETURNING list can read whole (`ON CONFLICT DO UPDATE …
+        // RETURNING people::text` returns the stored row).
+        if let Statement::Insert(i) = statement {
+            if let sqlparser::ast::TableObject::TableName(name) = &i.table {
+                if let Some(last) = name.0.last() {
+                    self.relations.add_name(last.to_string().trim_matches('"'));
+                }
+            }
+            if let Some(a) = &i.table_alias {
+                self.relations.add_name(&a.alias.value);
+            }
+        }
         let returning = match statement {
             Statement::Insert(i) => i.returning.as_ref(),
             Statement::Update(u) => u.returning.as_ref(),
@@ -763,9 +780,7 @@ impl Visitor for Seen {
                 ..
             } => {
                 if let Some(last) = table_name.0.last() {
-                    self.relations
-                        .names
-                        .push(last.to_string().trim_matches('"').to_lowercase());
+                    self.relations.add_name(last.to_string().trim_matches('"'));
                 }
                 None
             }
@@ -785,15 +800,6 @@ impl Visitor for Seen {
     }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
-        let outermost = !std::mem::replace(&mut self.relations.queried, true);
-        for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
-            let name = cte.alias.name.value.to_lowercase();
-            if outermost {
-                let columns = output_columns(&cte.alias.columns, &cte.query);
-                self.relations.ctes.push((name.clone(), columns));
-            }
-            self.relations.cte_names.push(name);
-        }
         if self.top.is_none() {
             self.plain_top = matches!(*query.body, SetExpr::Select(_));
         }
@@ -829,17 +835,9 @@ impl Visitor for Seen {
                 ControlFlow::<()>::Continue(())
             });
         }
-        if let TableFactor::Table { name, alias, .. } = factor {
+        if let TableFactor::Table { name, .. } = factor {
             if let Some(last) = name.0.last() {
-                let relation = last.to_string().trim_matches('"').to_lowercase();
-                // A CTE's columns, under the alias it is read as.
-                if let (Some(columns), [_]) = (self.relations.cte_columns(&relation), &name.0[..]) {
-                    let key = alias
-                        .as_ref()
-                        .map_or(relation.clone(), |a| a.name.value.to_lowercase());
-                    self.relations.columns.push((key, columns));
-                }
-                self.relations.names.push(relation);
+                self.relations.add_name(last.to_string().trim_matches('"'));
             }
         }
         if let TableFactor::Derived {
@@ -849,9 +847,7 @@ impl Visitor for Seen {
         } = factor
         {
             let columns = output_columns(&alias.columns, subquery);
-            self.relations
-                .columns
-                .push((alias.name.value.to_lowercase(), columns));
+            self.relations.add_columns(&alias.name.value, &columns);
         }
         // Every alias names a row: `j` in `FROM (users u CROSS JOIN t) j` or `FROM (SELECT …) s` is
         // a whole row of whatever the join or subquery holds, masked columns included.
@@ -868,7 +864,7 @@ impl Visitor for Seen {
             _ => None,
         };
         if let Some(a) = alias {
-            self.relations.names.push(a.name.value.to_lowercase());
+            self.relations.add_name(&a.name.value);
         }
         ControlFlow::Continue(())
     }
@@ -1172,11 +1168,44 @@ mod tests {
                 "SELECT ti.name FROM (SELECT typname AS name FROM pg_type) AS ti UNION ALL SELECT ti.name FROM (SELECT typname AS name FROM pg_type) ti",
                 false,
             ),
+            // A CTE is not trusted: which relation its name means depends on scopes (a quoted
+            // "People" is not people; a CTE's own body, an earlier sibling and another statement
+            // see the table).
             (
                 "WITH RECURSIVE tree(oid, name) AS (SELECT oid, typname FROM pg_type) SELECT tt.name FROM tree tt",
-                false,
+                true,
             ),
-            ("WITH c AS (SELECT 1 AS name) SELECT c.name FROM c", false),
+            ("WITH c AS (SELECT 1 AS name) SELECT c.name FROM c", true),
+            (
+                "WITH \"Users\" AS (SELECT 1 AS to_json) SELECT users.to_json->>'email' FROM users",
+                true,
+            ),
+            (
+                "WITH users AS (SELECT users.to_json FROM users) SELECT to_json FROM users",
+                true,
+            ),
+            (
+                "WITH users AS (SELECT 1 AS to_json) SELECT 1; SELECT users.to_json FROM users",
+                true,
+            ),
+            // Identifiers PostgreSQL cuts to 63 bytes: `<A>x` is the table's row.
+            (
+                "SELECT aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaax::text FROM users AS aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaay",
+                true,
+            ),
+            (
+                "SELECT aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaax.to_json FROM users AS aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaay",
+                true,
+            ),
+            // The INSERT target's stored row, returned by ON CONFLICT DO UPDATE.
+            (
+                "INSERT INTO users(id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = users.id RETURNING users::text",
+                true,
+            ),
+            (
+                "INSERT INTO users AS p (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = p.id RETURNING p.to_json",
+                true,
+            ),
             // Without a column of that name, the whole row: `text(t)`.
             ("SELECT t.text FROM users t", true),
             ("SELECT ti.name FROM (SELECT * FROM users) ti", true),

@@ -142,7 +142,10 @@ pub fn redact_frame(frame: &[u8], statement: &str, out: &mut BytesMut) -> bool {
         .map(|(_, v)| String::from_utf8_lossy(v))
         .unwrap_or_default();
     let positioned = fields.iter().any(|(f, _)| *f == b'P');
-    let keep = keeps_text(&sqlstate, &message, statement, positioned);
+    // Raised in code (a CONTEXT or an internal query): `RAISE … USING MESSAGE = (SELECT ssn …),
+    // ERRCODE = '42601'` chooses both its text and a SQLSTATE whose text is otherwise kept.
+    let from_code = fields.iter().any(|(f, _)| matches!(f, b'W' | b'q'));
+    let keep = !from_code && keeps_text(&sqlstate, &message, statement, positioned);
     if keep && !fields.iter().any(|(f, _)| always_dropped(*f)) {
         return false;
     }
@@ -169,7 +172,7 @@ pub fn redact_frame(frame: &[u8], statement: &str, out: &mut BytesMut) -> bool {
 /// The same for an error the HTTP API reports (and an approved execution records) for `statement`.
 pub fn redact_upstream_error(e: &mut crate::upstream::UpstreamSqlError, statement: &str) {
     e.detail = None;
-    if !keeps_text(&e.sqlstate, &e.message, statement, e.positioned) {
+    if e.from_code || !keeps_text(&e.sqlstate, &e.message, statement, e.positioned) {
         e.message = withheld(&e.sqlstate);
     }
 }
@@ -356,6 +359,7 @@ mod tests {
             message: "invalid input syntax for type json".into(),
             detail: Some(r#"Token "SSNVAL3" is invalid."#.into()),
             positioned: false,
+            from_code: false,
         };
         redact_upstream_error(&mut e, "SELECT ssn::json FROM people");
         assert_eq!(e.detail, None);
@@ -365,6 +369,7 @@ mod tests {
             message: r#"column "nope" does not exist"#.into(),
             detail: None,
             positioned: true,
+            from_code: false,
         };
         redact_upstream_error(&mut e, "SELECT nope FROM people");
         assert_eq!(e.message, r#"column "nope" does not exist"#);
@@ -374,8 +379,44 @@ mod tests {
             message: r#"column "nope" does not exist"#.into(),
             detail: None,
             positioned: false,
+            from_code: false,
         };
         redact_upstream_error(&mut e, "SELECT nope FROM people");
         assert_eq!(e.message, withheld("42703"));
+        // A RAISE picks a SQLSTATE whose text is otherwise kept.
+        let mut e = UpstreamSqlError {
+            sqlstate: "42601".into(),
+            message: "ZQX-SSN-000222".into(),
+            detail: None,
+            positioned: false,
+            from_code: true,
+        };
+        redact_upstream_error(
+            &mut e,
+            "DO $$BEGIN RAISE EXCEPTION USING MESSAGE = 'x'; END$$",
+        );
+        assert_eq!(e.message, withheld("42601"));
+    }
+
+    #[test]
+    fn text_raised_in_code_is_withheld_whatever_its_sqlstate() {
+        let sql = "DO $$BEGIN RAISE EXCEPTION USING MESSAGE = (SELECT ssn FROM people), ERRCODE = '42601'; END$$";
+        let f = frame(
+            b'E',
+            &[
+                (b'S', "ERROR"),
+                (b'C', "42601"),
+                (b'M', "ZQX-SSN-000222"),
+                (b'H', "CARDSECRET5555"),
+                (b'W', "PL/pgSQL function inline_code_block line 1 at RAISE"),
+            ],
+        );
+        let mut out = BytesMut::new();
+        assert!(redact_frame(&f, sql, &mut out));
+        let shown = text(&out);
+        assert!(
+            !shown.contains("ZQX") && !shown.contains("CARDSECRET"),
+            "{shown}"
+        );
     }
 }
