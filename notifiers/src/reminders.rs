@@ -87,7 +87,7 @@ impl RemindersConfig {
         match (&escalate_after, self.escalate_to.is_empty()) {
             (Some(_), true) => errors.push(RemindersConfigError {
                 key: "escalate_to",
-                problem: "escalate_after is set but escalate_to is empty: list the groups or channels to escalate to".into(),
+                problem: "escalate_after is set but escalate_to is empty: list the approver groups to escalate to".into(),
             }),
             (None, false) => errors.push(RemindersConfigError {
                 key: "escalate_after",

@@ -252,10 +252,29 @@ impl Config {
                     .approver_groups
                     .iter()
                     .map(|g| ("policy.defaults.approver_groups".to_string(), g.clone())),
+            )
+            // Escalation mails and mentions go to the members of these groups.
+            .chain(
+                self.reminders
+                    .iter()
+                    .flat_map(|rem| rem.escalate_to.iter())
+                    .map(|g| ("reminders.escalate_to".to_string(), g.clone())),
+            )
+            .chain(
+                self.policy
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, rule)| {
+                        rule.escalate_to
+                            .iter()
+                            .flatten()
+                            .map(move |g| (format!("policy.rules[{i}].escalate_to"), g.clone()))
+                    }),
             );
         for (key, g) in referenced {
             if !groups.contains(g.as_str()) {
-                r.push(key, format!("approver group {g:?} is not defined; add an [[approver_groups]] entry named {g:?}"));
+                r.push(key, format!("approver group {g:?} is not defined; add an [[approver_groups]] entry named {g:?}, or name a defined group"));
             }
         }
         // A quorum more people than can ever vote makes every held statement wait until it expires.

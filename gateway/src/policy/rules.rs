@@ -55,7 +55,8 @@ pub struct PolicyRule {
     /// `escalate_to`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalate_after: Option<String>,
-    /// Approver groups or channels to escalate to; needs `escalate_after`.
+    /// Approver groups to escalate to (their members are notified; they vote only if they are approvers
+    /// of the request); needs `escalate_after`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalate_to: Option<Vec<String>>,
 }
@@ -353,14 +354,14 @@ pub fn compile_rules(
             return Err(err(
                 "escalate_to",
                 "the list contains an empty name".into(),
-                "list the approver groups or channels to escalate to, e.g. [\"dba-leads\"]",
+                "list the approver groups to escalate to, e.g. [\"dba-leads\"]",
             ));
         }
         match (escalate_after_secs.is_some(), escalate_to.is_empty()) {
             (true, true) => return Err(err(
                 "escalate_to",
                 "escalate_after is set but escalate_to is missing or empty".into(),
-                "add escalate_to = [\"dba-leads\"] naming the groups or channels to escalate to",
+                "add escalate_to = [\"dba-leads\"] naming the approver groups to escalate to",
             )),
             (false, false) => {
                 return Err(err(
