@@ -461,6 +461,24 @@ pub fn compile_rules(
                 None => Ok(None),
             }
         };
+        if let Some(kinds) = &rule.kinds {
+            let unknown: Vec<&String> = kinds
+                .iter()
+                .filter(|k| !super::kinds::is_known_kind(k))
+                .collect();
+            if !unknown.is_empty() {
+                return Err(err(
+                    "kinds",
+                    format!(
+                        "policy.rules[{index}].kinds names unknown statement kind(s) {unknown:?}, which no statement has, so the rule would never match"
+                    ),
+                    &format!(
+                        "fix the spelling (case does not matter); valid kinds are {}",
+                        super::kinds::describe_known_kinds()
+                    ),
+                ));
+            }
+        }
         compiled.push(CompiledRule {
             name: rule.name.clone(),
             action,
@@ -658,6 +676,25 @@ mod tests {
             }
         );
         assert_eq!(compiled[0].action, Action::Review);
+    }
+
+    #[test]
+    fn a_misspelt_kind_is_refused_naming_the_key_and_the_valid_kinds() {
+        let typo = PolicyRule {
+            kinds: Some(vec!["delete".into(), "DELTE".into()]),
+            ..rule("no-deletes", "block")
+        };
+        let fine = PolicyRule {
+            kinds: Some(vec!["Delete".into(), "drop  table".into()]),
+            ..rule("ok", "block")
+        };
+        let e = compile_rules(&[fine.clone(), typo], &defaults(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("policy.rules[1].kinds"), "{e}");
+        assert!(e.contains("\"DELTE\""), "{e}");
+        assert!(e.contains("valid kinds are") && e.contains("DELETE"), "{e}");
+        assert!(compile_rules(&[fine], &defaults(), &[]).is_ok());
     }
 
     #[test]
