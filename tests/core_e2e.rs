@@ -103,6 +103,13 @@ async fn held_statement_approved_by_two_distinct_humans_runs_exactly_once() {
         assert_eq!(held.status, 202, "{backend:?}: {:?}", held.body);
         assert_eq!(held.body["status"], "pending");
         let id = id_of(&held);
+        // The request link is the API resource, readable with the caller's own token.
+        let link = held.body["request_url"].as_str().unwrap_or_default().to_string();
+        assert!(link.ends_with(&format!("/v1/requests/{id}")), "{:?}", held.body);
+        let followed = gw.http.get(&link).bearer_auth(AGENT).send().await.unwrap();
+        assert_eq!(followed.status().as_u16(), 200, "{link}");
+        let shown = gw.request(AGENT, &id).await;
+        assert_eq!(shown.body["request_url"], link.as_str());
 
         // The human the agent acts for can't approve; nor can the agent; nor a non-member.
         let r = gw.vote(ALICE, &id, "approve").await;
