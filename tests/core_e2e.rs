@@ -93,6 +93,29 @@ fn id_of(r: &Reply) -> String {
 }
 
 #[tokio::test]
+async fn a_method_a_path_does_not_take_is_refused_with_the_json_error_shape() {
+    let gw = spawn_gateway(&base_config(""), BACKENDS[0]).await;
+    for (method, path) in [
+        (reqwest::Method::DELETE, "/healthz"),
+        (reqwest::Method::GET, "/v1/connections/x/query"),
+    ] {
+        let r = gw
+            .http
+            .request(method.clone(), format!("{}{path}", gw.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+        let body: serde_json::Value = r.json().await.expect("a JSON body");
+        assert_eq!(body["error"], "method_not_allowed", "{body}");
+        assert!(
+            body["message"].as_str().unwrap_or_default().contains(path),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn held_statement_approved_by_two_distinct_humans_runs_exactly_once() {
     for backend in BACKENDS {
         let gw = spawn_gateway(&base_config(""), backend).await;
