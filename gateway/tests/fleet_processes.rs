@@ -494,6 +494,46 @@ async fn sigterm_lets_short_statements_finish_and_cancels_long_ones() {
     assert!(exit.success(), "clean exit, got {exit:?}");
 }
 
+/// A second SIGTERM during the drain ends the process at once instead of after the statements' grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_drain_exits_at_once() {
+    let data = countersign_bot::testing::TempDir::new();
+    let store_url = format!("sqlite://{}/state.db", data.path().display());
+    let http_port = free_port();
+    let allow = "[[policy.rules]]\nname = \"sleepers\"\nconnections = [\"local\"]\naction = \"allow\"\n";
+    let mut r = Replica::start(&config(&store_url, http_port, allow), http_port).await;
+    let _api_run = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{http_port}/v1/connections/local/query"
+            ))
+            .bearer_auth(AGENT_TOKEN)
+            .json(&serde_json::json!({ "sql": "SELECT pg_sleep(60)" }))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = r.child.id().to_string();
+    let term = || {
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("send SIGTERM");
+        assert!(status.success());
+    };
+    term();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        r.child.try_wait().unwrap().is_none(),
+        "the first SIGTERM drains: the running statement has 10 s"
+    );
+    let second = Instant::now();
+    term();
+    let exit = r.exit_within(Duration::from_secs(3)).await;
+    assert!(second.elapsed() < Duration::from_secs(3));
+    assert!(!exit.success(), "an interrupted drain is not a clean exit: {exit:?}");
+}
+
 /// Static tokens for the two reviewers of [`config`] (`bob-token`, `carol-token`).
 fn reviewer_tokens() -> String {
     ["bob", "carol"]

@@ -28,8 +28,12 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-    tracing::info!("shutdown requested: finishing in-flight work");
 }
+
+/// The longest the drain after a shutdown signal takes: held statements are released (up to 10 s),
+/// running ones get 10 s before they are cancelled, and the in-flight requests, results and last
+/// notifications get a few seconds more; the other waits overlap these.
+const DRAIN_LIMIT: Duration = Duration::from_secs(45);
 
 /// Wait until no statement is held on a client connection (each has been told it stays pending), then give
 /// statements already forwarded upstream a moment to complete before the runtime drops their sessions.
@@ -248,6 +252,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     ));
 
     shutdown_signal().await;
+    tracing::info!(
+        limit_s = DRAIN_LIMIT.as_secs(),
+        "shutdown requested: draining (held statements are released, running ones get 10 s to finish) for at most {} s; send the signal again to exit at once",
+        DRAIN_LIMIT.as_secs()
+    );
+    // A second signal means "now": the process exits without waiting for the drain.
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second shutdown signal: exiting at once without finishing the drain; held and running statements' requests stay as the store has them");
+        std::process::exit(1);
+    });
     // API statements get the grace wire statements get, then are cancelled as PostgreSQL's fast
     // shutdown would (their callers, and an approved execution's record, get the real outcome).
     let api_grace = {
