@@ -280,6 +280,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.trim_end_matches(['\n', '\r']).to_string()
                 }
             };
+            if token.is_empty() {
+                eprintln!("error: the token is empty (an unset variable?); pass the token, or pipe it in, e.g. `printf %s \"$TOKEN\" | countersign hash-token`");
+                return Ok(ExitCode::from(2));
+            }
             use sha2::Digest;
             out!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
             Ok(ExitCode::SUCCESS)
@@ -328,6 +332,13 @@ fn scram_verifier(password: &str, iterations: u32) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn hash_token_refuses_an_empty_token() {
+        let run_with = |token: &'static str| run(Cli::parse_from(["countersign", "hash-token", token]));
+        assert_eq!(run_with("").await.unwrap(), ExitCode::from(2));
+        assert_eq!(run_with("t0ken").await.unwrap(), ExitCode::SUCCESS);
+    }
 
     #[test]
     fn scram_verifier_command_output_parses_and_matches_the_password() {
