@@ -820,6 +820,94 @@ fn check_config_refuses_a_set_secret_serve_would_refuse() {
     );
 }
 
+/// A wire TLS file that is not there, a 3-byte audit key and a placeholder secret pass no longer: check-config
+/// names the key, and `serve` refuses before it creates the store or binds anything.
+#[test]
+fn check_config_and_serve_refuse_missing_tls_files_a_short_audit_key_and_placeholders() {
+    let dir = countersign_bot::testing::TempDir::new();
+    let path = dir.path().join("countersign.toml");
+    let db = dir.path().join("state.db");
+    let store_url = format!("sqlite://{}", db.display());
+    let run = |toml: &str, command: &str, audit_key: &str| {
+        std::fs::write(&path, toml).expect("write config");
+        Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .arg("--config")
+            .arg(&path)
+            .arg(command)
+            .env("COUNTERSIGN_TEST_AUDIT_KEY", audit_key)
+            .output()
+            .expect("run countersign")
+    };
+    let good_key = "k".repeat(32);
+    let tls = config(
+        &store_url,
+        free_port(),
+        &format!(
+            "[wire]\nlisten = \"127.0.0.1:{}\"\ntls = {{ cert = \"/nonexistent/tls.crt\", key = \"/nonexistent/tls.key\" }}\n",
+            free_port()
+        ),
+    );
+    for command in ["check-config", "serve"] {
+        let out = run(&tls, command, &good_key);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains("wire.tls.cert") && stderr.contains("/nonexistent/tls.crt"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("free address"), "{command}: {stderr}");
+        assert!(!db.exists(), "{command} created the store");
+    }
+    let keyed = config(&store_url, free_port(), "")
+        .replacen("[store]\n", "[store]\naudit_key_env = \"COUNTERSIGN_TEST_AUDIT_KEY\"\n", 1);
+    for (key, says) in [
+        ("abc", "3 bytes"),
+        ("CHANGE-ME-to-64-hex-digits-from-openssl-rand-hex-32-000000000000", "CHANGE-ME"),
+    ] {
+        for command in ["check-config", "serve"] {
+            let out = run(&keyed, command, key);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{command}: {stderr}");
+            assert!(
+                stderr.contains("store.audit_key_env") && stderr.contains(says),
+                "{command}: {stderr}"
+            );
+            assert!(!db.exists(), "{command} created the store");
+        }
+    }
+    let out = run(&keyed, "check-config", &good_key);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Read-only commands never create a SQLite store: where there is none they say so and exit 2.
+#[test]
+fn read_only_commands_where_there_is_no_store_say_so_and_create_nothing() {
+    let dir = countersign_bot::testing::TempDir::new();
+    for args in [
+        &["audit", "verify"][..],
+        &["requests", "list"],
+        &["sessions", "list"],
+        &["outbox", "list"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .current_dir(dir.path())
+            .env_remove("COUNTERSIGN_CONFIG")
+            .args(args)
+            .output()
+            .expect("run countersign");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no store at") && stderr.contains("countersign serve"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !dir.path().join("data").exists(),
+            "{args:?} created the data directory"
+        );
+    }
+}
+
 /// SIGTERM while an approved wire statement runs: it finishes within the grace, its client gets the
 /// result, and its outcome reaches the store before the process exits (not "interrupted" later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

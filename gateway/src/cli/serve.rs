@@ -98,9 +98,15 @@ async fn spawn_wire(
                         .with_shutdown(stop.clone())
                         .with_busy_cancel(cancel_busy_rx),
                     Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow::Error::new(e).context(format!(
-                            "binding the Postgres wire listener on {addr} (set [wire] listen to a free address)"
-                        ))));
+                        // The error names the file or the address and what to do about it.
+                        let what = match &e {
+                            crate::pg::error::WireError::Tls { .. } => {
+                                "loading the wire listener's TLS files (wire.tls.cert, wire.tls.key)".to_string()
+                            }
+                            // The error names the address and the fix already.
+                            _ => "`wire.listen`".to_string(),
+                        };
+                        let _ = ready_tx.send(Err(anyhow::Error::new(e).context(what)));
                         return;
                     }
                 };
@@ -157,8 +163,22 @@ pub(crate) fn bind_with_backlog(
     socket.listen(8192)
 }
 
-/// `countersign serve`.
-pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+/// `countersign serve`. `source` is the config file's text (for the secrets it names).
+pub async fn serve(cfg: Config, source: &str) -> anyhow::Result<()> {
+    // Before the store is opened or anything bound: a start that fails half-way leaves tasks and a
+    // listener behind and blames the wrong key.
+    let problems =
+        crate::config::preflight::start_problems(&cfg, source, &|name| std::env::var(name).ok());
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        anyhow::bail!(
+            "refusing to start: {} (`countersign check-config` lists the same)",
+            list.join("; ")
+        );
+    }
+    for w in cfg.warnings() {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
     let sinks = crate::channels::sinks(&cfg);
     let poll = parse_duration(&cfg.outbox.poll).unwrap_or(Duration::from_millis(500));
     let sweep = parse_duration(&cfg.server.expiry_sweep).unwrap_or(Duration::from_secs(5));

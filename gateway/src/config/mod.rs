@@ -1,6 +1,7 @@
 //! The one place configuration is read: a TOML file (`--config` or `COUNTERSIGN_CONFIG`) with unknown keys
 //! rejected, secrets referenced through env vars or files, and every problem reported with file, key and fix.
 
+pub mod preflight;
 pub mod references;
 mod secrets;
 mod validate;
@@ -165,11 +166,16 @@ impl StoreConfig {
         if self.audit_key_env.is_some() || self.audit_key_file.is_some() {
             return None;
         }
+        Self::sqlite_file(url).map(|p| PathBuf::from(format!("{}.audit-key", p.display())))
+    }
+
+    /// The database file of a SQLite store URL; `None` for an in-memory or a PostgreSQL store.
+    pub fn sqlite_file(url: &str) -> Option<PathBuf> {
         url.strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .map(|p| p.split('?').next().unwrap_or(p))
             .filter(|p| !p.is_empty() && *p != ":memory:")
-            .map(|p| PathBuf::from(format!("{p}.audit-key")))
+            .map(PathBuf::from)
     }
 }
 
