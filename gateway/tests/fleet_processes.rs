@@ -497,6 +497,7 @@ async fn sigterm_lets_short_statements_finish_and_cancels_long_ones() {
 /// A second SIGTERM during the drain ends the process at once instead of after the statements' grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_during_the_drain_exits_at_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let data = countersign_bot::testing::TempDir::new();
     let store_url = format!("sqlite://{}/state.db", data.path().display());
     let http_port = free_port();
