@@ -127,8 +127,15 @@ async fn held_statement_approved_by_two_distinct_humans_runs_exactly_once() {
         assert_eq!(held.body["status"], "pending");
         let id = id_of(&held);
         // The request link is the API resource, readable with the caller's own token.
-        let link = held.body["request_url"].as_str().unwrap_or_default().to_string();
-        assert!(link.ends_with(&format!("/v1/requests/{id}")), "{:?}", held.body);
+        let link = held.body["request_url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            link.ends_with(&format!("/v1/requests/{id}")),
+            "{:?}",
+            held.body
+        );
         let followed = gw.http.get(&link).bearer_auth(AGENT).send().await.unwrap();
         assert_eq!(followed.status().as_u16(), 200, "{link}");
         let shown = gw.request(AGENT, &id).await;

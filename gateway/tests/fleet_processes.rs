@@ -501,7 +501,8 @@ async fn a_second_sigterm_during_the_drain_exits_at_once() {
     let data = countersign_bot::testing::TempDir::new();
     let store_url = format!("sqlite://{}/state.db", data.path().display());
     let http_port = free_port();
-    let allow = "[[policy.rules]]\nname = \"sleepers\"\nconnections = [\"local\"]\naction = \"allow\"\n";
+    let allow =
+        "[[policy.rules]]\nname = \"sleepers\"\nconnections = [\"local\"]\naction = \"allow\"\n";
     let mut r = Replica::start(&config(&store_url, http_port, allow), http_port).await;
     let _api_run = tokio::spawn(async move {
         reqwest::Client::new()
@@ -532,7 +533,10 @@ async fn a_second_sigterm_during_the_drain_exits_at_once() {
     term();
     let exit = r.exit_within(Duration::from_secs(3)).await;
     assert!(second.elapsed() < Duration::from_secs(3));
-    assert!(!exit.success(), "an interrupted drain is not a clean exit: {exit:?}");
+    assert!(
+        !exit.success(),
+        "an interrupted drain is not a clean exit: {exit:?}"
+    );
 }
 
 /// Static tokens for the two reviewers of [`config`] (`bob-token`, `carol-token`).
@@ -859,11 +863,17 @@ fn check_config_and_serve_refuse_missing_tls_files_a_short_audit_key_and_placeho
         assert!(!stderr.contains("free address"), "{command}: {stderr}");
         assert!(!db.exists(), "{command} created the store");
     }
-    let keyed = config(&store_url, free_port(), "")
-        .replacen("[store]\n", "[store]\naudit_key_env = \"COUNTERSIGN_TEST_AUDIT_KEY\"\n", 1);
+    let keyed = config(&store_url, free_port(), "").replacen(
+        "[store]\n",
+        "[store]\naudit_key_env = \"COUNTERSIGN_TEST_AUDIT_KEY\"\n",
+        1,
+    );
     for (key, says) in [
         ("abc", "3 bytes"),
-        ("CHANGE-ME-to-64-hex-digits-from-openssl-rand-hex-32-000000000000", "CHANGE-ME"),
+        (
+            "CHANGE-ME-to-64-hex-digits-from-openssl-rand-hex-32-000000000000",
+            "CHANGE-ME",
+        ),
     ] {
         for command in ["check-config", "serve"] {
             let out = run(&keyed, command, key);
@@ -877,7 +887,11 @@ fn check_config_and_serve_refuse_missing_tls_files_a_short_audit_key_and_placeho
         }
     }
     let out = run(&keyed, "check-config", &good_key);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Read-only commands never create a SQLite store: where there is none they say so and exit 2.

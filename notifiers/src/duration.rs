@@ -72,8 +72,14 @@ mod tests {
         assert_eq!(s.then.as_deref(), Some("1h"));
         let s: Section = serde_json::from_str(r#"{"after": "15m"}"#).unwrap();
         assert_eq!((s.after.as_str(), s.then), ("15m", None));
-        for bad in [r#"{"after": -5}"#, r#"{"after": 1.5}"#, r#"{"after": true}"#] {
-            let e = serde_json::from_str::<Section>(bad).unwrap_err().to_string();
+        for bad in [
+            r#"{"after": -5}"#,
+            r#"{"after": 1.5}"#,
+            r#"{"after": true}"#,
+        ] {
+            let e = serde_json::from_str::<Section>(bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("\"900s\""), "{bad}: {e}");
         }
     }

@@ -3,8 +3,8 @@
 
 mod email_support;
 
-use countersign_bot::testing::{fresh_pg, human};
 use countersign_bot::events::{Notifier, WorkflowEvent};
+use countersign_bot::testing::{fresh_pg, human};
 use countersign_bot::{Decision, ExecutionSummary, VoteResult};
 use countersign_notifiers::email::{LinkAction, LinkSigner};
 use email_support::smtp::FakeSmtp;

@@ -1061,7 +1061,11 @@ async fn an_escalation_mentions_the_escalate_to_members_and_posts_to_their_group
         members: vec!["dave@example.com".into()],
         idp_groups: vec![],
     }];
-    groups.extend(["dba"].iter().map(|g| directory().group(g).unwrap().clone()));
+    groups.extend(
+        ["dba"]
+            .iter()
+            .map(|g| directory().group(g).unwrap().clone()),
+    );
     let notifier = SlackNotifier::new(config, api, h.store.clone(), ApproverDirectory::new(groups));
     let escalation = WorkflowEvent::Reminder {
         request: view,
@@ -1078,14 +1082,23 @@ async fn an_escalation_mentions_the_escalate_to_members_and_posts_to_their_group
         .filter(|c| c["channel"] == CHANNEL && !c["thread_ts"].is_null())
         .collect();
     assert_eq!(in_thread.len(), 1, "{posted:?}");
-    assert!(text(in_thread[0]).contains("Escalated to leads"), "{posted:?}");
+    assert!(
+        text(in_thread[0]).contains("Escalated to leads"),
+        "{posted:?}"
+    );
     assert!(text(in_thread[0]).contains("<@UDAVE>"), "{posted:?}");
     // In the leads' channel: the request without buttons, and the escalation under it.
-    let leads: Vec<&Value> = posted.iter().filter(|c| c["channel"] == "C0LEADS").collect();
+    let leads: Vec<&Value> = posted
+        .iter()
+        .filter(|c| c["channel"] == "C0LEADS")
+        .collect();
     assert_eq!(leads.len(), 2, "{posted:?}");
     assert!(leads[0]["thread_ts"].is_null(), "{posted:?}");
     assert!(text(leads[0]).contains("DELETE FROM orders"), "{posted:?}");
-    assert!(!text(leads[0]).contains("countersign_approve"), "{posted:?}");
+    assert!(
+        !text(leads[0]).contains("countersign_approve"),
+        "{posted:?}"
+    );
     assert!(text(leads[1]).contains("<@UDAVE>"), "{posted:?}");
 }
 

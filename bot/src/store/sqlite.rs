@@ -66,9 +66,12 @@ fn restrict_store_files(file: &std::path::Path) {
     {
         use std::os::unix::fs::PermissionsExt;
         let name = file.as_os_str().to_string_lossy();
-        for path in [name.to_string(), format!("{name}-wal"), format!("{name}-shm")] {
-            if let Err(e) =
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        for path in [
+            name.to_string(),
+            format!("{name}-wal"),
+            format!("{name}-shm"),
+        ] {
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path, error = %e, "could not make the store file readable by its owner only");

@@ -598,10 +598,21 @@ mod tests {
         assert_eq!(explain_connection(&one, None).unwrap(), "prod");
         let two = ["prod".to_string(), "staging".to_string()];
         let e = explain_connection(&two, None).unwrap_err().to_string();
-        assert!(e.contains("--connection") && e.contains("prod, staging"), "{e}");
-        assert_eq!(explain_connection(&two, Some("staging")).unwrap(), "staging");
-        let e = explain_connection(&two, Some("default")).unwrap_err().to_string();
-        assert!(e.contains("\"default\"") && e.contains("prod, staging"), "{e}");
+        assert!(
+            e.contains("--connection") && e.contains("prod, staging"),
+            "{e}"
+        );
+        assert_eq!(
+            explain_connection(&two, Some("staging")).unwrap(),
+            "staging"
+        );
+        let e = explain_connection(&two, Some("default"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"default\"") && e.contains("prod, staging"),
+            "{e}"
+        );
         assert_eq!(explain_connection(&[], None).unwrap(), "default");
     }
 

@@ -378,7 +378,8 @@ mod tests {
 
     #[tokio::test]
     async fn hash_token_refuses_an_empty_token() {
-        let run_with = |token: &'static str| run(Cli::parse_from(["countersign", "hash-token", token]));
+        let run_with =
+            |token: &'static str| run(Cli::parse_from(["countersign", "hash-token", token]));
         assert_eq!(run_with("").await.unwrap(), ExitCode::from(2));
         assert_eq!(run_with("t0ken").await.unwrap(), ExitCode::SUCCESS);
     }

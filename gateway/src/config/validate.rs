@@ -149,7 +149,10 @@ impl Config {
                     message: "not set, and allow_cleartext_without_tls is off: every token login on the wire (a JWT or static token as the password) will be refused, only SCRAM logins work; add tls = { cert = \"…\", key = \"…\" } (or, on a loopback listener, allow_cleartext_without_tls = true)".into(),
                 });
             }
-            if wire.allow_cleartext_without_tls && wire.tls.is_none() && !wire.listen.ip().is_loopback() {
+            if wire.allow_cleartext_without_tls
+                && wire.tls.is_none()
+                && !wire.listen.ip().is_loopback()
+            {
                 out.push(ConfigProblem {
                     key: "wire.allow_cleartext_without_tls".into(),
                     message: format!("ignored: {} is not a loopback address, so tokens would cross the network in the clear; token logins without TLS are refused there: add [wire] tls, or listen on 127.0.0.1", wire.listen),
@@ -350,18 +353,12 @@ impl Config {
                     .flat_map(|rem| rem.escalate_to.iter())
                     .map(|g| ("reminders.escalate_to".to_string(), g.clone())),
             )
-            .chain(
-                self.policy
-                    .rules
+            .chain(self.policy.rules.iter().enumerate().flat_map(|(i, rule)| {
+                rule.escalate_to
                     .iter()
-                    .enumerate()
-                    .flat_map(|(i, rule)| {
-                        rule.escalate_to
-                            .iter()
-                            .flatten()
-                            .map(move |g| (format!("policy.rules[{i}].escalate_to"), g.clone()))
-                    }),
-            );
+                    .flatten()
+                    .map(move |g| (format!("policy.rules[{i}].escalate_to"), g.clone()))
+            }));
         for (key, g) in referenced {
             if !groups.contains(g.as_str()) {
                 r.push(key, format!("approver group {g:?} is not defined; add an [[approver_groups]] entry named {g:?}, or name a defined group"));
@@ -586,7 +583,10 @@ mod tests {
             "{report}"
         );
         let text = report.to_string();
-        assert!(text.contains("\"prod\"") && text.contains("use one of: prod-eu"), "{text}");
+        assert!(
+            text.contains("\"prod\"") && text.contains("use one of: prod-eu"),
+            "{text}"
+        );
         assert!(text.contains("\"nope\""), "{text}");
     }
 
@@ -605,7 +605,9 @@ mod tests {
             warned("listen = \"0.0.0.0:6432\"\nallow_cleartext_without_tls = true\n"),
             ["wire.allow_cleartext_without_tls"]
         );
-        assert!(warned("listen = \"127.0.0.1:6432\"\nallow_cleartext_without_tls = true\n").is_empty());
+        assert!(
+            warned("listen = \"127.0.0.1:6432\"\nallow_cleartext_without_tls = true\n").is_empty()
+        );
     }
 
     #[test]

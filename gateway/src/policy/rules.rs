@@ -358,11 +358,13 @@ pub fn compile_rules(
             ));
         }
         match (escalate_after_secs.is_some(), escalate_to.is_empty()) {
-            (true, true) => return Err(err(
-                "escalate_to",
-                "escalate_after is set but escalate_to is missing or empty".into(),
-                "add escalate_to = [\"dba-leads\"] naming the approver groups to escalate to",
-            )),
+            (true, true) => {
+                return Err(err(
+                    "escalate_to",
+                    "escalate_after is set but escalate_to is missing or empty".into(),
+                    "add escalate_to = [\"dba-leads\"] naming the approver groups to escalate to",
+                ))
+            }
             (false, false) => {
                 return Err(err(
                     "escalate_after",
