@@ -106,7 +106,9 @@ async fn spawn_wire(
                             // The error names the address and the fix already.
                             _ => "`wire.listen`".to_string(),
                         };
-                        let _ = ready_tx.send(Err(anyhow::Error::new(e).context(what)));
+                        // Flattened: the error's text already includes its OS error, which the
+                        // chain would print a second time.
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("{what}: {e}")));
                         return;
                     }
                 };
