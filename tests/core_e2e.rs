@@ -93,6 +93,29 @@ fn id_of(r: &Reply) -> String {
 }
 
 #[tokio::test]
+async fn a_method_a_path_does_not_take_is_refused_with_the_json_error_shape() {
+    let gw = spawn_gateway(&base_config(""), BACKENDS[0]).await;
+    for (method, path) in [
+        (reqwest::Method::DELETE, "/healthz"),
+        (reqwest::Method::GET, "/v1/connections/x/query"),
+    ] {
+        let r = gw
+            .http
+            .request(method.clone(), format!("{}{path}", gw.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+        let body: serde_json::Value = r.json().await.expect("a JSON body");
+        assert_eq!(body["error"], "method_not_allowed", "{body}");
+        assert!(
+            body["message"].as_str().unwrap_or_default().contains(path),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn held_statement_approved_by_two_distinct_humans_runs_exactly_once() {
     for backend in BACKENDS {
         let gw = spawn_gateway(&base_config(""), backend).await;
@@ -103,6 +126,20 @@ async fn held_statement_approved_by_two_distinct_humans_runs_exactly_once() {
         assert_eq!(held.status, 202, "{backend:?}: {:?}", held.body);
         assert_eq!(held.body["status"], "pending");
         let id = id_of(&held);
+        // The request link is the API resource, readable with the caller's own token.
+        let link = held.body["request_url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            link.ends_with(&format!("/v1/requests/{id}")),
+            "{:?}",
+            held.body
+        );
+        let followed = gw.http.get(&link).bearer_auth(AGENT).send().await.unwrap();
+        assert_eq!(followed.status().as_u16(), 200, "{link}");
+        let shown = gw.request(AGENT, &id).await;
+        assert_eq!(shown.body["request_url"], link.as_str());
 
         // The human the agent acts for can't approve; nor can the agent; nor a non-member.
         let r = gw.vote(ALICE, &id, "approve").await;

@@ -50,7 +50,7 @@ pub enum WorkflowEvent {
     Reminder {
         /// The request.
         request: RequestView,
-        /// Groups or channels to escalate to; empty for a plain reminder.
+        /// Approver groups to escalate to (their members are told too); empty for a plain reminder.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         escalated_to: Vec<String>,
     },

@@ -150,7 +150,7 @@ pub struct ReminderSettings {
     /// Seconds after the first reminder before escalating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalate_after_secs: Option<u64>,
-    /// Groups or channels to escalate to.
+    /// Approver groups to escalate to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub escalate_to: Vec<String>,
 }

@@ -494,6 +494,51 @@ async fn sigterm_lets_short_statements_finish_and_cancels_long_ones() {
     assert!(exit.success(), "clean exit, got {exit:?}");
 }
 
+/// A second SIGTERM during the drain ends the process at once instead of after the statements' grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_drain_exits_at_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data = countersign_bot::testing::TempDir::new();
+    let store_url = format!("sqlite://{}/state.db", data.path().display());
+    let http_port = free_port();
+    let allow =
+        "[[policy.rules]]\nname = \"sleepers\"\nconnections = [\"local\"]\naction = \"allow\"\n";
+    let mut r = Replica::start(&config(&store_url, http_port, allow), http_port).await;
+    let _api_run = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{http_port}/v1/connections/local/query"
+            ))
+            .bearer_auth(AGENT_TOKEN)
+            .json(&serde_json::json!({ "sql": "SELECT pg_sleep(60)" }))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = r.child.id().to_string();
+    let term = || {
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("send SIGTERM");
+        assert!(status.success());
+    };
+    term();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        r.child.try_wait().unwrap().is_none(),
+        "the first SIGTERM drains: the running statement has 10 s"
+    );
+    let second = Instant::now();
+    term();
+    let exit = r.exit_within(Duration::from_secs(3)).await;
+    assert!(second.elapsed() < Duration::from_secs(3));
+    assert!(
+        !exit.success(),
+        "an interrupted drain is not a clean exit: {exit:?}"
+    );
+}
+
 /// Static tokens for the two reviewers of [`config`] (`bob-token`, `carol-token`).
 fn reviewer_tokens() -> String {
     ["bob", "carol"]
@@ -778,6 +823,104 @@ fn check_config_refuses_a_set_secret_serve_would_refuse() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A wire TLS file that is not there, a 3-byte audit key and a placeholder secret pass no longer: check-config
+/// names the key, and `serve` refuses before it creates the store or binds anything.
+#[test]
+fn check_config_and_serve_refuse_missing_tls_files_a_short_audit_key_and_placeholders() {
+    let dir = countersign_bot::testing::TempDir::new();
+    let path = dir.path().join("countersign.toml");
+    let db = dir.path().join("state.db");
+    let store_url = format!("sqlite://{}", db.display());
+    let run = |toml: &str, command: &str, audit_key: &str| {
+        std::fs::write(&path, toml).expect("write config");
+        Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .arg("--config")
+            .arg(&path)
+            .arg(command)
+            .env("COUNTERSIGN_TEST_AUDIT_KEY", audit_key)
+            .output()
+            .expect("run countersign")
+    };
+    let good_key = "k".repeat(32);
+    let tls = config(
+        &store_url,
+        free_port(),
+        &format!(
+            "[wire]\nlisten = \"127.0.0.1:{}\"\ntls = {{ cert = \"/nonexistent/tls.crt\", key = \"/nonexistent/tls.key\" }}\n",
+            free_port()
+        ),
+    );
+    for command in ["check-config", "serve"] {
+        let out = run(&tls, command, &good_key);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains("wire.tls.cert") && stderr.contains("/nonexistent/tls.crt"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("free address"), "{command}: {stderr}");
+        assert!(!db.exists(), "{command} created the store");
+    }
+    let keyed = config(&store_url, free_port(), "").replacen(
+        "[store]\n",
+        "[store]\naudit_key_env = \"COUNTERSIGN_TEST_AUDIT_KEY\"\n",
+        1,
+    );
+    for (key, says) in [
+        ("abc", "3 bytes"),
+        (
+            "CHANGE-ME-to-64-hex-digits-from-openssl-rand-hex-32-000000000000",
+            "CHANGE-ME",
+        ),
+    ] {
+        for command in ["check-config", "serve"] {
+            let out = run(&keyed, command, key);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{command}: {stderr}");
+            assert!(
+                stderr.contains("store.audit_key_env") && stderr.contains(says),
+                "{command}: {stderr}"
+            );
+            assert!(!db.exists(), "{command} created the store");
+        }
+    }
+    let out = run(&keyed, "check-config", &good_key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Read-only commands never create a SQLite store: where there is none they say so and exit 2.
+#[test]
+fn read_only_commands_where_there_is_no_store_say_so_and_create_nothing() {
+    let dir = countersign_bot::testing::TempDir::new();
+    for args in [
+        &["audit", "verify"][..],
+        &["requests", "list"],
+        &["sessions", "list"],
+        &["outbox", "list"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .current_dir(dir.path())
+            .env_remove("COUNTERSIGN_CONFIG")
+            .args(args)
+            .output()
+            .expect("run countersign");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no store at") && stderr.contains("countersign serve"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !dir.path().join("data").exists(),
+            "{args:?} created the data directory"
+        );
+    }
 }
 
 /// SIGTERM while an approved wire statement runs: it finishes within the grace, its client gets the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Validate every manifest in this folder against the Kubernetes schemas bundled with kubernetes-validate
+# Validate every manifest in this folder (and the Secret example in ../examples) against the Kubernetes schemas bundled with kubernetes-validate
 # (installed from PyPI when absent; no network is needed for the schemas themselves).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -8,7 +8,7 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
     python3 -m pip install --quiet kubernetes-validate
 fi
 # --strict rejects unknown fields, which catches typos such as `readOnlyRootFileSystem`.
-kubernetes-validate --strict -k "$version" "$here"/*.yaml
+kubernetes-validate --strict -k "$version" "$here"/*.yaml "$here/../examples/secret.example.yaml"
 
 # The ConfigMap's countersign.toml must also pass the gateway's own check, when a binary is at hand.
 bin="${COUNTERSIGN_BIN:-$here/../../target/debug/countersign}"

@@ -10,23 +10,28 @@ use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// The `[reminders]` section. Durations are written like `90s`, `15m`, `2h`, `1d`.
+/// The `[reminders]` section. Durations are written like `90s`, `15m`, `2h`, `1d`, or as a bare number of
+/// seconds (`900`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemindersConfig {
     /// Delay after creation before the first reminder; also the spacing between reminders.
+    #[serde(deserialize_with = "crate::duration::text_or_seconds")]
     pub remind_after: String,
     /// Reminders per request before only escalation remains.
     #[serde(default = "default_max_reminders")]
     pub max_reminders: u32,
     /// Further delay after the first reminder before escalating; none when unset.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::duration::option_text_or_seconds")]
     pub escalate_after: Option<String>,
-    /// Approver groups or channels to escalate to.
+    /// Approver groups to escalate to: their members are notified (vote links only for approvers).
     #[serde(default)]
     pub escalate_to: Vec<String>,
     /// How often pending requests are scanned.
-    #[serde(default = "default_scan_every")]
+    #[serde(
+        default = "default_scan_every",
+        deserialize_with = "crate::duration::text_or_seconds"
+    )]
     pub scan_every: String,
 }
 
@@ -87,7 +92,7 @@ impl RemindersConfig {
         match (&escalate_after, self.escalate_to.is_empty()) {
             (Some(_), true) => errors.push(RemindersConfigError {
                 key: "escalate_to",
-                problem: "escalate_after is set but escalate_to is empty: list the groups or channels to escalate to".into(),
+                problem: "escalate_after is set but escalate_to is empty: list the approver groups to escalate to".into(),
             }),
             (None, false) => errors.push(RemindersConfigError {
                 key: "escalate_after",

@@ -3,6 +3,7 @@
 
 mod email_support;
 
+use countersign_bot::events::{Notifier, WorkflowEvent};
 use countersign_bot::testing::{fresh_pg, human};
 use countersign_bot::{Decision, ExecutionSummary, VoteResult};
 use countersign_notifiers::email::{LinkAction, LinkSigner};
@@ -366,6 +367,53 @@ async fn the_requester_in_the_approver_group_gets_no_vote_links_and_a_minted_one
     assert!(page.contains("separation of duties"));
     assert_eq!(h.status(id).await, "pending");
     assert!(h.workflow.get(id).await.unwrap().votes.is_empty());
+}
+
+#[tokio::test]
+async fn an_escalation_mails_the_escalate_to_groups_members_without_making_them_approvers() {
+    let smtp = FakeSmtp::start().await;
+    let h = Harness::sqlite(smtp.addr, "1h").await;
+    let id = h.submit("DELETE FROM users", 1).await;
+    h.deliver_until(&smtp, 3).await;
+    let view = h.workflow.get(id).await.unwrap();
+    let escalation = WorkflowEvent::Reminder {
+        request: view,
+        escalated_to: vec!["leads".into()],
+    };
+    h.notifier
+        .deliver(&format!("{id}:escalation"), &escalation)
+        .await
+        .unwrap();
+    let mails: Vec<_> = smtp.received()[3..]
+        .iter()
+        .map(|m| email_support::mime::parse(&m.data))
+        .collect();
+    // Dave (leads) is told, with the request page and no vote links.
+    let dave = mail_to(&mails, DAVE);
+    assert!(dave.text.contains("escalated to leads"), "{}", dave.text);
+    assert!(dave.text.contains("DELETE FROM users"), "{}", dave.text);
+    assert!(
+        email_support::mime::urls_with_prefix(&dave.text, &format!("{}/email/act?t=", h.base))
+            .is_empty(),
+        "{}",
+        dave.text
+    );
+    let page = email_support::mime::urls_with_prefix(&dave.text, &format!("{}/requests/", h.base));
+    assert_eq!(page.len(), 1, "{}", dave.text);
+    let (s, body) = h.get(&page[0]).await;
+    assert_eq!(s, 200, "{body}");
+    // The approvers are reminded with their links as before.
+    assert!(!vote_links(&h.base, mail_to(&mails, BOB)).0.is_empty());
+    // Escalation does not make Dave an approver: a link made out to him is refused.
+    let token = h
+        .notifier
+        .signer()
+        .mint(id, DAVE, LinkAction::Approve, u64::MAX / 4)
+        .unwrap();
+    let (s, page) = h.click(&format!("{}/email/act?t={token}", h.base)).await;
+    assert_eq!(s, 403, "{page}");
+    assert!(page.contains("not_an_approver"), "{page}");
+    assert_eq!(h.status(id).await, "pending");
 }
 
 #[tokio::test]

@@ -1038,6 +1038,70 @@ async fn redelivering_an_event_with_the_same_key_posts_nothing_twice() {
     );
 }
 
+#[tokio::test]
+async fn an_escalation_mentions_the_escalate_to_members_and_posts_to_their_groups_channel() {
+    use countersign_bot::events::{Notifier, WorkflowEvent};
+    let h = sqlite_harness(false).await;
+    h.fake
+        .0
+        .lock()
+        .unwrap()
+        .users
+        .insert("UDAVE".into(), Some("dave@example.com".into()));
+    let id = h.submit("DELETE FROM orders", 1).await;
+    h.drain().await;
+    let view = h.workflow.get(id).await.unwrap();
+    let config: SlackConfig = serde_json::from_value(json!({
+        "bot_token_env": "X", "signing_secret_env": "Y", "api_base_url": h.fake_base(),
+        "routes": { "groups": { "dba": [CHANNEL], "leads": ["C0LEADS"] } } }))
+    .unwrap();
+    let api = SlackApi::new(config.api_base(), TOKEN).unwrap();
+    let mut groups = vec![ApproverGroup {
+        name: "leads".into(),
+        members: vec!["dave@example.com".into()],
+        idp_groups: vec![],
+    }];
+    groups.extend(
+        ["dba"]
+            .iter()
+            .map(|g| directory().group(g).unwrap().clone()),
+    );
+    let notifier = SlackNotifier::new(config, api, h.store.clone(), ApproverDirectory::new(groups));
+    let escalation = WorkflowEvent::Reminder {
+        request: view,
+        escalated_to: vec!["leads".into()],
+    };
+    notifier.deliver("esc", &escalation).await.unwrap();
+    // Delivered again (a crash before the outbox row was marked): nothing is posted twice.
+    notifier.deliver("esc", &escalation).await.unwrap();
+    let posted = h.fake.calls("chat.postMessage");
+    let text = |c: &Value| c.to_string();
+    // In the approvers' thread: the escalation, mentioning Dave.
+    let in_thread: Vec<&Value> = posted
+        .iter()
+        .filter(|c| c["channel"] == CHANNEL && !c["thread_ts"].is_null())
+        .collect();
+    assert_eq!(in_thread.len(), 1, "{posted:?}");
+    assert!(
+        text(in_thread[0]).contains("Escalated to leads"),
+        "{posted:?}"
+    );
+    assert!(text(in_thread[0]).contains("<@UDAVE>"), "{posted:?}");
+    // In the leads' channel: the request without buttons, and the escalation under it.
+    let leads: Vec<&Value> = posted
+        .iter()
+        .filter(|c| c["channel"] == "C0LEADS")
+        .collect();
+    assert_eq!(leads.len(), 2, "{posted:?}");
+    assert!(leads[0]["thread_ts"].is_null(), "{posted:?}");
+    assert!(text(leads[0]).contains("DELETE FROM orders"), "{posted:?}");
+    assert!(
+        !text(leads[0]).contains("countersign_approve"),
+        "{posted:?}"
+    );
+    assert!(text(leads[1]).contains("<@UDAVE>"), "{posted:?}");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // A Slack that accepts connections and never answers.
 

@@ -22,6 +22,67 @@ async fn out_of_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::E
     Ok(Manager::get_transaction_depth(conn) == 0)
 }
 
+/// Create the data directory (and missing parents) readable by its owner only. Modes are set after
+/// creation, whatever the umask; a directory that already exists is left as it is.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Create the database file, owner read/write only, when it is not there yet.
+fn create_private_file(file: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(file) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// The database, its -wal and its -shm readable by the owner only: they hold statements, results
+/// and approvals. A store made by an older version (0644) is tightened on its next open.
+fn restrict_store_files(file: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let name = file.as_os_str().to_string_lossy();
+        for path in [
+            name.to_string(),
+            format!("{name}-wal"),
+            format!("{name}-shm"),
+        ] {
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path, error = %e, "could not make the store file readable by its owner only");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+}
+
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -51,9 +112,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        if let Some(parent) = opts.get_filename().parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| {
+        let file = opts.get_filename().to_path_buf();
+        let in_memory = file.as_os_str().is_empty() || file.as_os_str() == ":memory:";
+        if let Some(parent) = file.parent() {
+            if !parent.as_os_str().is_empty() && !in_memory {
+                create_private_dir(parent).map_err(|e| {
                     super::StoreError::Config(format!(
                         "cannot create the data directory {}: {e} (set [store] url to a writable path)",
                         parent.display()
@@ -61,12 +124,25 @@ impl SqliteStore {
                 })?;
             }
         }
+        if !in_memory {
+            // Created owner-only before SQLite opens it: SQLite gives its -wal and -shm files the
+            // database file's mode, so they are private too.
+            create_private_file(&file).map_err(|e| {
+                super::StoreError::Config(format!(
+                    "cannot create the store file {}: {e} (set [store] url to a writable path)",
+                    file.display()
+                ))
+            })?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .after_release(|conn, _| Box::pin(out_of_transaction(conn)))
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        if !in_memory {
+            restrict_store_files(&file);
+        }
         let records = SqlitePoolOptions::new()
             .max_connections(1)
             .after_release(|conn, _| Box::pin(out_of_transaction(conn)))
@@ -129,6 +205,33 @@ super::backend::sql_store!(SqliteStore, Sqlite, SqliteConnection);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_data_directory_and_store_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::testing::TempDir::new();
+        let data = dir.path().join("data");
+        let url = format!("sqlite://{}/countersign.db", data.display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&data), 0o700);
+        for name in ["countersign.db", "countersign.db-wal", "countersign.db-shm"] {
+            assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+        }
+        drop(store);
+        // A store made world-readable (by an older version) is tightened when opened.
+        let db = data.join("countersign.db");
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _store = SqliteStore::open(&url).await.unwrap();
+        assert_eq!(mode(&db), 0o600);
+    }
 
     #[tokio::test]
     async fn a_connection_returned_inside_a_transaction_is_cleared_before_reuse() {

@@ -12,8 +12,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// A command's input names nothing usable (no store, a malformed argument): exit code 2, not 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// The store `serve` made. Only `serve` creates one: a read-only command on a SQLite store that is not
+/// there says so instead of making an empty one (whose empty audit trail would "verify").
 async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = cfg.store.resolved_url()?;
+    if let Some(file) = crate::config::StoreConfig::sqlite_file(&url) {
+        if !file.exists() {
+            return Err(InputError(format!(
+                "no store at {} (start `countersign serve` once, or set [store] data_dir/url to the store)",
+                file.display()
+            ))
+            .into());
+        }
+    }
     countersign_bot::store::open(&url)
         .await
         .with_context(|| "opening the state store from [store]".to_string())
@@ -80,21 +96,28 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 /// `policy explain`: built-in policy without a config; the config's rules with one.
 pub fn policy_explain(
     config: Option<&PathBuf>,
-    connection: &str,
+    connection: Option<&str>,
     sql: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let policy = match config {
+    let (policy, connection) = match config {
         Some(p) => {
             let (cfg, _) = load_config(Some(p)).map_err(|e| anyhow!("{e}"))?;
-            Policy::new(
+            let names: Vec<String> = cfg.connections.iter().map(|c| c.name.clone()).collect();
+            let connection = explain_connection(&names, connection)?;
+            let policy = Policy::new(
                 cfg.policy.rules,
                 cfg.policy.defaults,
                 &cfg.identity.issuers(),
             )
-            .map_err(|e| anyhow!("{e}"))?
+            .map_err(|e| anyhow!("{e}"))?;
+            (policy, connection)
         }
-        None => Policy::builtin(),
+        None => (
+            Policy::builtin(),
+            connection.unwrap_or("default").to_string(),
+        ),
     };
+    let connection = connection.as_str();
     let sql = match sql {
         Some(s) => s,
         None => {
@@ -117,6 +140,26 @@ pub fn policy_explain(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The connection `policy explain` evaluates on: the one named (which the config must define), else
+/// the config's only connection. Rules scoped to connections match only a configured name.
+fn explain_connection(configured: &[String], given: Option<&str>) -> Result<String, InputError> {
+    let list = || configured.join(", ");
+    match (given, configured) {
+        (Some(name), []) => Ok(name.to_string()),
+        (Some(name), _) if configured.iter().any(|c| c == name) => Ok(name.to_string()),
+        (Some(name), _) => Err(InputError(format!(
+            "--connection {name:?} is not a connection of this config; use one of: {}",
+            list()
+        ))),
+        (None, [only]) => Ok(only.clone()),
+        (None, []) => Ok("default".to_string()),
+        (None, _) => Err(InputError(format!(
+            "this config defines several connections, and rules may differ between them: pass --connection with one of: {}",
+            list()
+        ))),
+    }
+}
+
 /// `SEQ:HASH` as `audit verify` prints the head.
 fn parse_head(text: &str) -> Result<(i64, String), String> {
     let (seq, hash) = text
@@ -126,8 +169,10 @@ fn parse_head(text: &str) -> Result<(i64, String), String> {
     let seq = seq
         .parse::<i64>()
         .map_err(|_| format!("{seq:?} is not a record number"))?;
-    if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{hash:?} is not a hex hash"));
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{hash:?} is not a record hash (64 hex digits, as `audit verify` prints it)"
+        ));
     }
     Ok((seq, hash.to_ascii_lowercase()))
 }
@@ -151,16 +196,20 @@ async fn all_audit(
 
 /// `audit verify | export`.
 pub async fn audit(cfg: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    // A malformed argument is the caller's mistake, found before the store is read.
+    let expected = match &command {
+        AuditCommand::Verify {
+            expect_head: Some(head),
+        } => Some(parse_head(head).map_err(|why| {
+            InputError(format!(
+                "--expect-head: {why}; pass SEQ:HASH (a record number, a colon and 64 hex digits) as an earlier `audit verify` printed it"
+            ))
+        })?),
+        _ => None,
+    };
     let store = open_store(cfg).await?;
     match command {
-        AuditCommand::Verify { expect_head } => {
-            let expected = match expect_head.as_deref().map(parse_head).transpose() {
-                Ok(e) => e,
-                Err(why) => {
-                    out!("--expect-head: {why}; pass SEQ:HASH as an earlier `audit verify` printed it");
-                    return Ok(ExitCode::from(2));
-                }
-            };
+        AuditCommand::Verify { .. } => {
             // Read before the records: appends meanwhile add records past the head, which are left
             // for the next run, and never make a head the records seem to fall short of.
             let key = audit_key(cfg)?;
@@ -535,6 +584,56 @@ pub async fn outbox(cfg: &Config, command: OutboxCommand) -> anyhow::Result<Exit
             } else {
                 Err(anyhow!("no dead-lettered outbox item {id}; see `countersign outbox list --status dead`"))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explain_uses_the_only_connection_and_needs_a_configured_name_otherwise() {
+        let one = ["prod".to_string()];
+        assert_eq!(explain_connection(&one, None).unwrap(), "prod");
+        let two = ["prod".to_string(), "staging".to_string()];
+        let e = explain_connection(&two, None).unwrap_err().to_string();
+        assert!(
+            e.contains("--connection") && e.contains("prod, staging"),
+            "{e}"
+        );
+        assert_eq!(
+            explain_connection(&two, Some("staging")).unwrap(),
+            "staging"
+        );
+        let e = explain_connection(&two, Some("default"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"default\"") && e.contains("prod, staging"),
+            "{e}"
+        );
+        assert_eq!(explain_connection(&[], None).unwrap(), "default");
+    }
+
+    #[test]
+    fn an_expected_head_needs_a_record_number_and_a_whole_hash() {
+        let hash = "ab".repeat(32);
+        assert_eq!(parse_head(&format!("5:{hash}")), Ok((5, hash.clone())));
+        assert_eq!(
+            parse_head(&format!(" 5:{} ", hash.to_uppercase())),
+            Ok((5, hash.clone()))
+        );
+        let long = format!("5:{hash}0");
+        for (bad, says) in [
+            ("5:abc", "64 hex digits"),
+            ("5:", "64 hex digits"),
+            (long.as_str(), "64 hex digits"),
+            ("nonsense", "no `:`"),
+            ("x:abc", "not a record number"),
+        ] {
+            let e = parse_head(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
         }
     }
 }

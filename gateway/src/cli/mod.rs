@@ -99,9 +99,10 @@ pub enum Command {
 pub enum PolicyCommand {
     /// Classify SQL and print the verdict as JSON (SQL from --sql or stdin).
     Explain {
-        /// Connection name the rules match on.
-        #[arg(long, default_value = "default")]
-        connection: String,
+        /// Connection name the rules match on; defaults to the config's only connection (required
+        /// when it defines several).
+        #[arg(long)]
+        connection: Option<String>,
         /// The SQL; read from stdin when omitted.
         #[arg(long)]
         sql: Option<String>,
@@ -246,17 +247,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let unusable = if skip_secrets {
                         Vec::new()
                     } else {
-                        crate::channels::secret_problems(&cfg)
+                        let mut all = crate::channels::secret_problems(&cfg);
+                        let source = if path.is_some() {
+                            source.as_str()
+                        } else {
+                            QUICKSTART_TOML
+                        };
+                        all.extend(
+                            crate::config::preflight::start_problems(&cfg, source, &|name| {
+                                std::env::var(name).ok()
+                            })
+                            .iter()
+                            .map(|p| p.to_string()),
+                        );
+                        all
                     };
                     if !unusable.is_empty() {
                         for problem in &unusable {
                             eprintln!("{file}: {problem}");
                         }
                         eprintln!(
-                            "{file}: {} secret(s) are set but `serve` would refuse them",
+                            "{file}: {} problem(s) with the secrets or files the config names: `serve` would refuse to start",
                             unusable.len()
                         );
                         return Ok(ExitCode::from(2));
+                    }
+                    for w in cfg.warnings() {
+                        eprintln!("{file}: warning: {}: {}", w.key, w.message);
                     }
                     out!("{file}: OK");
                     Ok(ExitCode::SUCCESS)
@@ -269,7 +286,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy {
             command: PolicyCommand::Explain { connection, sql },
-        } => inspect::policy_explain(cli.config.as_ref(), &connection, sql),
+        } => input_errors(inspect::policy_explain(
+            cli.config.as_ref(),
+            connection.as_deref(),
+            sql,
+        )),
         Command::HashToken { token } => {
             let token = match token {
                 Some(t) => t,
@@ -280,6 +301,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.trim_end_matches(['\n', '\r']).to_string()
                 }
             };
+            if token.is_empty() {
+                eprintln!("error: the token is empty (an unset variable?); pass the token, or pipe it in, e.g. `printf %s \"$TOKEN\" | countersign hash-token`");
+                return Ok(ExitCode::from(2));
+            }
             use sha2::Digest;
             out!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
             Ok(ExitCode::SUCCESS)
@@ -297,17 +322,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 load_config(cli.config.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
             init_logging(&cfg);
             match command {
-                Command::Serve => serve::serve(cfg).await.map(|_| ExitCode::SUCCESS),
-                Command::Audit { command } => inspect::audit(&cfg, command).await,
-                Command::Requests { command } => inspect::requests(&cfg, command).await,
-                Command::Sessions { command } => inspect::sessions(&cfg, command).await,
-                Command::Outbox { command } => inspect::outbox(&cfg, command).await,
+                Command::Serve => {
+                    let source = match cli.config.as_ref() {
+                        Some(p) => std::fs::read_to_string(p)
+                            .with_context(|| format!("reading {}", p.display()))?,
+                        None => QUICKSTART_TOML.to_string(),
+                    };
+                    serve::serve(cfg, &source).await.map(|_| ExitCode::SUCCESS)
+                }
+                Command::Audit { command } => input_errors(inspect::audit(&cfg, command).await),
+                Command::Requests { command } => {
+                    input_errors(inspect::requests(&cfg, command).await)
+                }
+                Command::Sessions { command } => {
+                    input_errors(inspect::sessions(&cfg, command).await)
+                }
+                Command::Outbox { command } => input_errors(inspect::outbox(&cfg, command).await),
                 Command::CheckConfig { .. }
                 | Command::Policy { .. }
                 | Command::HashToken { .. }
                 | Command::ScramVerifier { .. } => unreachable!("handled above"),
             }
         }
+    }
+}
+
+/// An [`inspect::InputError`] is the caller's to fix: told on stderr, exit code 2.
+fn input_errors(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    match result {
+        Err(e) if e.is::<inspect::InputError>() => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+        other => other,
     }
 }
 
@@ -328,6 +375,14 @@ fn scram_verifier(password: &str, iterations: u32) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn hash_token_refuses_an_empty_token() {
+        let run_with =
+            |token: &'static str| run(Cli::parse_from(["countersign", "hash-token", token]));
+        assert_eq!(run_with("").await.unwrap(), ExitCode::from(2));
+        assert_eq!(run_with("t0ken").await.unwrap(), ExitCode::SUCCESS);
+    }
 
     #[test]
     fn scram_verifier_command_output_parses_and_matches_the_password() {

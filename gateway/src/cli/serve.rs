@@ -28,8 +28,12 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-    tracing::info!("shutdown requested: finishing in-flight work");
 }
+
+/// The longest the drain after a shutdown signal takes: held statements are released (up to 10 s),
+/// running ones get 10 s before they are cancelled, and the in-flight requests, results and last
+/// notifications get a few seconds more; the other waits overlap these.
+const DRAIN_LIMIT: Duration = Duration::from_secs(45);
 
 /// Wait until no statement is held on a client connection (each has been told it stays pending), then give
 /// statements already forwarded upstream a moment to complete before the runtime drops their sessions.
@@ -94,9 +98,17 @@ async fn spawn_wire(
                         .with_shutdown(stop.clone())
                         .with_busy_cancel(cancel_busy_rx),
                     Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow::Error::new(e).context(format!(
-                            "binding the Postgres wire listener on {addr} (set [wire] listen to a free address)"
-                        ))));
+                        // The error names the file or the address and what to do about it.
+                        let what = match &e {
+                            crate::pg::error::WireError::Tls { .. } => {
+                                "loading the wire listener's TLS files (wire.tls.cert, wire.tls.key)".to_string()
+                            }
+                            // The error names the address and the fix already.
+                            _ => "`wire.listen`".to_string(),
+                        };
+                        // Flattened: the error's text already includes its OS error, which the
+                        // chain would print a second time.
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("{what}: {e}")));
                         return;
                     }
                 };
@@ -153,8 +165,22 @@ pub(crate) fn bind_with_backlog(
     socket.listen(8192)
 }
 
-/// `countersign serve`.
-pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+/// `countersign serve`. `source` is the config file's text (for the secrets it names).
+pub async fn serve(cfg: Config, source: &str) -> anyhow::Result<()> {
+    // Before the store is opened or anything bound: a start that fails half-way leaves tasks and a
+    // listener behind and blames the wrong key.
+    let problems =
+        crate::config::preflight::start_problems(&cfg, source, &|name| std::env::var(name).ok());
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        anyhow::bail!(
+            "refusing to start: {} (`countersign check-config` lists the same)",
+            list.join("; ")
+        );
+    }
+    for w in cfg.warnings() {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
     let sinks = crate::channels::sinks(&cfg);
     let poll = parse_duration(&cfg.outbox.poll).unwrap_or(Duration::from_millis(500));
     let sweep = parse_duration(&cfg.server.expiry_sweep).unwrap_or(Duration::from_secs(5));
@@ -248,6 +274,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     ));
 
     shutdown_signal().await;
+    tracing::info!(
+        limit_s = DRAIN_LIMIT.as_secs(),
+        "shutdown requested: draining (held statements are released, running ones get 10 s to finish) for at most {} s; send the signal again to exit at once",
+        DRAIN_LIMIT.as_secs()
+    );
+    // A second signal means "now": the process exits without waiting for the drain.
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second shutdown signal: exiting at once without finishing the drain; held and running statements' requests stay as the store has them");
+        std::process::exit(1);
+    });
     // API statements get the grace wire statements get, then are cancelled as PostgreSQL's fast
     // shutdown would (their callers, and an approved execution's record, get the real outcome).
     let api_grace = {

@@ -1,6 +1,7 @@
 //! The one place configuration is read: a TOML file (`--config` or `COUNTERSIGN_CONFIG`) with unknown keys
 //! rejected, secrets referenced through env vars or files, and every problem reported with file, key and fix.
 
+pub mod preflight;
 pub mod references;
 mod secrets;
 mod validate;
@@ -165,11 +166,16 @@ impl StoreConfig {
         if self.audit_key_env.is_some() || self.audit_key_file.is_some() {
             return None;
         }
+        Self::sqlite_file(url).map(|p| PathBuf::from(format!("{}.audit-key", p.display())))
+    }
+
+    /// The database file of a SQLite store URL; `None` for an in-memory or a PostgreSQL store.
+    pub fn sqlite_file(url: &str) -> Option<PathBuf> {
         url.strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .map(|p| p.split('?').next().unwrap_or(p))
             .filter(|p| !p.is_empty() && *p != ":memory:")
-            .map(|p| PathBuf::from(format!("{p}.audit-key")))
+            .map(PathBuf::from)
     }
 }
 
@@ -480,6 +486,8 @@ fn describe_toml_error(e: &toml::de::Error) -> String {
         "fix: remove or rename the key; manifests/examples/countersign.toml lists every valid key"
     } else if msg.contains("missing field") {
         "fix: add the key; see manifests/examples/countersign.toml"
+    } else if msg.contains("invalid type: integer") && msg.contains("expected a string") {
+        "fix: if this is a duration, write it as text with its unit, e.g. \"900s\" or \"15m\" (a bare number of seconds is taken in [wire], [reminders] and [email] only)"
     } else {
         "fix: correct the TOML syntax or value type at the position shown"
     };
@@ -489,6 +497,22 @@ fn describe_toml_error(e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod key_file_tests {
     use super::*;
+
+    #[test]
+    fn bare_seconds_are_durations_in_notifier_sections_and_elsewhere_the_error_shows_the_form() {
+        let cfg = Config::from_toml(
+            "[reminders]\nremind_after = 900\nescalate_after = 3600\nescalate_to = [\"dba\"]\n",
+            "c.toml",
+        )
+        .unwrap();
+        let reminders = cfg.reminders.expect("reminders");
+        assert_eq!(reminders.remind_after, "900s");
+        assert_eq!(reminders.escalate_after.as_deref(), Some("3600s"));
+        let e = Config::from_toml("[server]\nmax_wait = 900\n", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_wait") && e.contains("\"900s\""), "{e}");
+    }
 
     #[test]
     fn a_new_key_file_is_whole_and_private_and_an_existing_one_wins() {

@@ -62,6 +62,9 @@ fn logging_level_problem(filter: &str) -> Option<String> {
     None
 }
 
+/// The built-in rule's name, which verdicts report when no configured rule matched.
+const BUILTIN_RULE: &str = "default";
+
 /// Parse a duration such as `500ms`, `30s`, `5m`, `1h`, `2d` or `1h30m`
 /// ([`countersign_bot::duration`]).
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
@@ -69,6 +72,96 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
 }
 
 impl Config {
+    /// Names that must refer to something the file defines: connections named by rules and webhooks,
+    /// requester groups (when every identity's groups are in this file), and rule names apart from the
+    /// built-in rule's.
+    fn check_references(&self, r: &mut ConfigReport, connections: &HashSet<&str>) {
+        let matches_a_connection = |pattern: &str| {
+            globset::GlobBuilder::new(pattern)
+                .case_insensitive(true)
+                .build()
+                .map(|g| {
+                    let m = g.compile_matcher();
+                    connections.iter().any(|c| m.is_match(c))
+                })
+                .unwrap_or(true) // a bad glob is reported by the policy check
+        };
+        let defined = || {
+            let mut list: Vec<&str> = connections.iter().copied().collect();
+            list.sort();
+            list.join(", ")
+        };
+        // Without connections nothing is served; the names can't be checked against anything.
+        let have_connections = !connections.is_empty();
+        // Static tokens carry the only groups when no OIDC issuer is configured.
+        let known_groups: Option<HashSet<&str>> = self.identity.oidc.is_empty().then(|| {
+            self.identity
+                .static_tokens
+                .iter()
+                .flat_map(|t| t.groups.iter().map(String::as_str))
+                .collect()
+        });
+        for (i, rule) in self.policy.rules.iter().enumerate() {
+            if rule.name.trim().eq_ignore_ascii_case(BUILTIN_RULE) {
+                r.push(
+                    format!("policy.rules[{i}].name"),
+                    format!("{BUILTIN_RULE:?} is the built-in rule's name, so verdicts could not tell them apart; rename the rule"),
+                );
+            }
+            for c in rule.connections.iter().flatten() {
+                if have_connections && !matches_a_connection(c) {
+                    r.push(
+                        format!("policy.rules[{i}].connections"),
+                        format!("{c:?} matches no [[connections]] entry, so the rule never applies there; use one of: {}", defined()),
+                    );
+                }
+            }
+            if let Some(known) = &known_groups {
+                for g in rule.requester_groups.iter().flatten() {
+                    if !known.iter().any(|k| k.eq_ignore_ascii_case(g.trim())) {
+                        r.push(
+                            format!("policy.rules[{i}].requester_groups"),
+                            format!("no identity is in group {g:?} (only static tokens are configured, and none lists it in `groups`), so the rule never applies; fix the name or add the group to the tokens"),
+                        );
+                    }
+                }
+            }
+        }
+        for (i, ep) in self.webhooks.iter().flat_map(|w| &w.endpoints).enumerate() {
+            for c in &ep.connections {
+                if have_connections && !connections.contains(c.as_str()) {
+                    r.push(
+                        format!("webhooks.endpoints[{i}].connections"),
+                        format!("{c:?} is not a [[connections]] name, so no event would be sent for it; use one of: {}", defined()),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Settings that are valid but probably not what was meant; `check-config` and `serve` print them.
+    pub fn warnings(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        if let Some(wire) = &self.wire {
+            if wire.tls.is_none() && !wire.allow_cleartext_without_tls {
+                out.push(ConfigProblem {
+                    key: "wire.tls".into(),
+                    message: "not set, and allow_cleartext_without_tls is off: every token login on the wire (a JWT or static token as the password) will be refused, only SCRAM logins work; add tls = { cert = \"…\", key = \"…\" } (or, on a loopback listener, allow_cleartext_without_tls = true)".into(),
+                });
+            }
+            if wire.allow_cleartext_without_tls
+                && wire.tls.is_none()
+                && !wire.listen.ip().is_loopback()
+            {
+                out.push(ConfigProblem {
+                    key: "wire.allow_cleartext_without_tls".into(),
+                    message: format!("ignored: {} is not a loopback address, so tokens would cross the network in the clear; token logins without TLS are refused there: add [wire] tls, or listen on 127.0.0.1", wire.listen),
+                });
+            }
+        }
+        out
+    }
+
     /// Check everything that can be checked without the network.
     pub fn validate(&self, file: &str) -> ConfigReport {
         let mut r = ConfigReport {
@@ -252,10 +345,23 @@ impl Config {
                     .approver_groups
                     .iter()
                     .map(|g| ("policy.defaults.approver_groups".to_string(), g.clone())),
-            );
+            )
+            // Escalation mails and mentions go to the members of these groups.
+            .chain(
+                self.reminders
+                    .iter()
+                    .flat_map(|rem| rem.escalate_to.iter())
+                    .map(|g| ("reminders.escalate_to".to_string(), g.clone())),
+            )
+            .chain(self.policy.rules.iter().enumerate().flat_map(|(i, rule)| {
+                rule.escalate_to
+                    .iter()
+                    .flatten()
+                    .map(move |g| (format!("policy.rules[{i}].escalate_to"), g.clone()))
+            }));
         for (key, g) in referenced {
             if !groups.contains(g.as_str()) {
-                r.push(key, format!("approver group {g:?} is not defined; add an [[approver_groups]] entry named {g:?}"));
+                r.push(key, format!("approver group {g:?} is not defined; add an [[approver_groups]] entry named {g:?}, or name a defined group"));
             }
         }
         // A quorum more people than can ever vote makes every held statement wait until it expires.
@@ -322,6 +428,18 @@ impl Config {
             );
         }
         if let Some(wire) = &self.wire {
+            let (http, pg) = (self.server.listen, wire.listen);
+            // Port 0 picks a free port for each; an unspecified address (0.0.0.0) takes the port on
+            // every address, so it clashes with any address on that port.
+            let clash = http.port() == pg.port()
+                && http.port() != 0
+                && (http.ip() == pg.ip() || http.ip().is_unspecified() || pg.ip().is_unspecified());
+            if clash {
+                r.push(
+                    "wire.listen",
+                    format!("{pg} is also the HTTP listener's address (server.listen = {http}); give the wire listener its own port, e.g. {}:6432", pg.ip()),
+                );
+            }
             if wire.max_message_size < 8192 {
                 r.push(
                     "wire.max_message_size",
@@ -345,7 +463,16 @@ impl Config {
             if let Err(e) = slack.validate() {
                 r.push("slack", e.to_string());
             }
+            for g in slack.routes.groups.keys() {
+                if !groups.contains(g.as_str()) {
+                    r.push(
+                        format!("slack.routes.groups.{g}"),
+                        format!("approver group {g:?} is not defined, so this route is never used; name an [[approver_groups]] entry (or add one named {g:?})"),
+                    );
+                }
+            }
         }
+        self.check_references(&mut r, &names);
         if let Some(email) = &self.email {
             if let Err(e) = email.validate() {
                 r.push("email", e.to_string());
@@ -426,6 +553,104 @@ mod tests {
             ["wire.threads"],
             "{report}"
         );
+    }
+
+    #[test]
+    fn names_that_refer_to_nothing_defined_are_refused() {
+        let cfg = Config::from_toml(
+            "[[identity.static_tokens]]\nname = \"agent\"\nsha256 = \"ab00000000000000000000000000000000000000000000000000000000000000\"\nkind = \"workload\"\ngroups = [\"ci\"]\n\
+             [[connections]]\nname = \"prod-eu\"\nupstream_url = \"postgres://u@h/db\"\n\
+             [[approver_groups]]\nname = \"dba\"\nmembers = [\"a@example.com\", \"b@example.com\"]\n\
+             [policy.defaults]\napprover_groups = [\"dba\"]\n\
+             [[policy.rules]]\nname = \"Default\"\naction = \"allow\"\n\
+             [[policy.rules]]\nname = \"r\"\naction = \"block\"\nconnections = [\"prod\", \"prod-*\"]\nrequester_groups = [\"nope\", \"CI\"]\n\
+             [slack]\nbot_token_env = \"A\"\nsigning_secret_env = \"B\"\nroutes.groups = { dba = [\"C0DBA\"], nope = [\"C0X\"] }\n\
+             [[webhooks.endpoints]]\nname = \"siem\"\nurl = \"https://siem.example.com/h\"\nsecret_env = \"W\"\nconnections = [\"nope\", \"prod-eu\"]\n",
+            "c.toml",
+        )
+        .unwrap();
+        let report = cfg.validate("c.toml");
+        let keys: Vec<&str> = report.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "slack.routes.groups.nope",
+                "policy.rules[0].name",
+                "policy.rules[1].connections",
+                "policy.rules[1].requester_groups",
+                "webhooks.endpoints[0].connections",
+            ],
+            "{report}"
+        );
+        let text = report.to_string();
+        assert!(
+            text.contains("\"prod\"") && text.contains("use one of: prod-eu"),
+            "{text}"
+        );
+        assert!(text.contains("\"nope\""), "{text}");
+    }
+
+    #[test]
+    fn a_wire_listener_that_refuses_every_token_login_is_warned_about() {
+        let warned = |wire: &str| -> Vec<String> {
+            Config::from_toml(&format!("[wire]\n{wire}"), "c.toml")
+                .unwrap()
+                .warnings()
+                .into_iter()
+                .map(|w| w.key)
+                .collect()
+        };
+        assert_eq!(warned("listen = \"127.0.0.1:6432\"\n"), ["wire.tls"]);
+        assert_eq!(
+            warned("listen = \"0.0.0.0:6432\"\nallow_cleartext_without_tls = true\n"),
+            ["wire.allow_cleartext_without_tls"]
+        );
+        assert!(
+            warned("listen = \"127.0.0.1:6432\"\nallow_cleartext_without_tls = true\n").is_empty()
+        );
+    }
+
+    #[test]
+    fn the_wire_listener_cannot_share_the_http_address() {
+        for (http, wire, clash) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080", true),
+            ("0.0.0.0:8080", "127.0.0.1:8080", true),
+            ("127.0.0.1:8080", "127.0.0.1:6432", false),
+            ("127.0.0.1:0", "127.0.0.1:0", false),
+        ] {
+            let cfg = Config::from_toml(
+                &format!("[server]\nlisten = \"{http}\"\n[wire]\nlisten = \"{wire}\"\n"),
+                "c.toml",
+            )
+            .unwrap();
+            let report = cfg.validate("c.toml");
+            assert_eq!(
+                keys_saying(&report, "HTTP listener's address"),
+                if clash { vec!["wire.listen"] } else { vec![] },
+                "{http} {wire}: {report}"
+            );
+        }
+    }
+
+    #[test]
+    fn escalation_targets_must_be_defined_approver_groups() {
+        let cfg = Config::from_toml(
+            "[[approver_groups]]\nname = \"dba\"\nmembers = [\"a@example.com\", \"b@example.com\"]\n\
+             [[approver_groups]]\nname = \"leads\"\nmembers = [\"dave@example.com\"]\n\
+             [policy.defaults]\napprover_groups = [\"dba\"]\n\
+             [[policy.rules]]\nname = \"r\"\naction = \"review\"\nescalate_after = \"1h\"\nescalate_to = [\"leads\", \"cto\"]\n\
+             [reminders]\nremind_after = \"2s\"\nescalate_after = \"2s\"\nescalate_to = [\"leads\", \"#oncall\"]\n",
+            "c.toml",
+        )
+        .unwrap();
+        let report = cfg.validate("c.toml");
+        assert_eq!(
+            keys_saying(&report, "is not defined"),
+            ["reminders.escalate_to", "policy.rules[0].escalate_to"],
+            "{report}"
+        );
+        assert!(report.to_string().contains("\"#oncall\""), "{report}");
+        assert!(report.to_string().contains("\"cto\""), "{report}");
     }
 
     #[test]

@@ -48,7 +48,21 @@ pub fn app(state: AppState, channels: Vec<Router>) -> Router {
     for r in channels {
         app = app.merge(r);
     }
-    app.layer(DefaultBodyLimit::max(limit))
+    // Set after the merge: it applies to the routes the router holds, the channels' among them.
+    app.method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+}
+
+/// A known path with a method it does not take: the JSON error every other refusal has.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not take {method}; see the README's API table for the methods each path takes",
+            uri.path()
+        ),
+    )
 }
 
 /// Parse `?wait=` values: `30s`, `500ms`, `2m`, or plain seconds.

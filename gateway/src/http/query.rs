@@ -363,7 +363,9 @@ fn pending_response(st: &AppState, view: &RequestView) -> Response {
         "request_id": r.id,
         "status": "pending",
         "status_url": format!("{base}/v1/requests/{}", r.id),
-        "request_url": format!("{base}/requests/{}", r.id),
+        // The API resource, which the caller can read with its token (the e-mail request page needs a
+        // link token the caller never has).
+        "request_url": format!("{base}/v1/requests/{}", r.id),
         "reasons": r.reasons,
         "rule": r.rule,
         "approvers": st.engine.approvers(&r.approver_groups),

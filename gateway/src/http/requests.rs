@@ -84,7 +84,7 @@ pub async fn show(
     let mut body = serde_json::to_value(&view).map_err(|e| ApiError::unavailable(e.to_string()))?;
     body["approvals"] = json!(view.approvals());
     body["approvers"] = json!(st.engine.approvers(&view.request.approver_groups));
-    body["request_url"] = json!(format!("{}/requests/{}", st.engine.base_url, id));
+    body["request_url"] = json!(format!("{}/v1/requests/{}", st.engine.base_url, id));
     Ok(Json(body))
 }
 

@@ -209,7 +209,16 @@ pub enum ConfigError {
     /// Two static tokens with the same hash.
     #[error("identity: static tokens {first:?} and {second:?} have the same sha256; issue a distinct token for each")]
     DuplicateHash { first: String, second: String },
+    /// `sha256` is the hash of the empty string (a hash of nothing, e.g. of an unset variable).
+    #[error("identity: `{key}` is the SHA-256 of an empty token (e.g. the hash of an unset variable); hash the real token with `countersign hash-token`")]
+    EmptyTokenHash { key: String },
 }
+
+/// SHA-256 of the empty string.
+const EMPTY_SHA256: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
 
 impl IdentityConfig {
     /// Clock skew as a duration, validated.
@@ -257,6 +266,11 @@ impl IdentityConfig {
             }
             if !token.sha256.is_empty() {
                 let hash = parse_sha256(&format!("{key}.sha256"), &token.sha256)?;
+                if hash == EMPTY_SHA256 {
+                    return Err(ConfigError::EmptyTokenHash {
+                        key: format!("{key}.sha256"),
+                    });
+                }
                 if let Some((_, first)) = hashes.iter().find(|(h, _)| *h == hash) {
                     return Err(ConfigError::DuplicateHash {
                         first: (*first).to_owned(),
@@ -658,6 +672,23 @@ acts_for = "alice@example.com"
             none.validate(),
             Err(ConfigError::NoCredential { .. })
         ));
+    }
+
+    #[test]
+    fn the_hash_of_an_empty_token_is_refused() {
+        use sha2::Digest;
+        assert_eq!(sha2::Sha256::digest(b"")[..], EMPTY_SHA256);
+        let empty = hex::encode(EMPTY_SHA256);
+        let err = parse(&format!(
+            "[identity]\n[[identity.static_tokens]]\nname = \"a\"\nsha256 = \"{empty}\"\nkind = \"human\"\n"
+        ))
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("identity.static_tokens[0].sha256") && err.contains("empty token"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod classify;
 pub mod fallback;
 pub mod functions;
+pub mod kinds;
 pub mod reparse;
 pub mod rules;
 pub mod settings;

@@ -55,7 +55,8 @@ pub struct PolicyRule {
     /// `escalate_to`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalate_after: Option<String>,
-    /// Approver groups or channels to escalate to; needs `escalate_after`.
+    /// Approver groups to escalate to (their members are notified; they vote only if they are approvers
+    /// of the request); needs `escalate_after`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalate_to: Option<Vec<String>>,
 }
@@ -353,15 +354,17 @@ pub fn compile_rules(
             return Err(err(
                 "escalate_to",
                 "the list contains an empty name".into(),
-                "list the approver groups or channels to escalate to, e.g. [\"dba-leads\"]",
+                "list the approver groups to escalate to, e.g. [\"dba-leads\"]",
             ));
         }
         match (escalate_after_secs.is_some(), escalate_to.is_empty()) {
-            (true, true) => return Err(err(
-                "escalate_to",
-                "escalate_after is set but escalate_to is missing or empty".into(),
-                "add escalate_to = [\"dba-leads\"] naming the groups or channels to escalate to",
-            )),
+            (true, true) => {
+                return Err(err(
+                    "escalate_to",
+                    "escalate_after is set but escalate_to is missing or empty".into(),
+                    "add escalate_to = [\"dba-leads\"] naming the approver groups to escalate to",
+                ))
+            }
             (false, false) => {
                 return Err(err(
                     "escalate_after",
@@ -460,6 +463,24 @@ pub fn compile_rules(
                 None => Ok(None),
             }
         };
+        if let Some(kinds) = &rule.kinds {
+            let unknown: Vec<&String> = kinds
+                .iter()
+                .filter(|k| !super::kinds::is_known_kind(k))
+                .collect();
+            if !unknown.is_empty() {
+                return Err(err(
+                    "kinds",
+                    format!(
+                        "policy.rules[{index}].kinds names unknown statement kind(s) {unknown:?}, which no statement has, so the rule would never match"
+                    ),
+                    &format!(
+                        "fix the spelling (case does not matter); valid kinds are {}",
+                        super::kinds::describe_known_kinds()
+                    ),
+                ));
+            }
+        }
         compiled.push(CompiledRule {
             name: rule.name.clone(),
             action,
@@ -657,6 +678,25 @@ mod tests {
             }
         );
         assert_eq!(compiled[0].action, Action::Review);
+    }
+
+    #[test]
+    fn a_misspelt_kind_is_refused_naming_the_key_and_the_valid_kinds() {
+        let typo = PolicyRule {
+            kinds: Some(vec!["delete".into(), "DELTE".into()]),
+            ..rule("no-deletes", "block")
+        };
+        let fine = PolicyRule {
+            kinds: Some(vec!["Delete".into(), "drop  table".into()]),
+            ..rule("ok", "block")
+        };
+        let e = compile_rules(&[fine.clone(), typo], &defaults(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("policy.rules[1].kinds"), "{e}");
+        assert!(e.contains("\"DELTE\""), "{e}");
+        assert!(e.contains("valid kinds are") && e.contains("DELETE"), "{e}");
+        assert!(compile_rules(&[fine], &defaults(), &[]).is_ok());
     }
 
     #[test]

@@ -162,6 +162,45 @@ pub fn requester_notice_mail(view: &RequestView, recipient: &str, page: &str) ->
     }
 }
 
+/// The escalation mail for a member of an `escalate_to` group who is not one of the request's approvers:
+/// the request is still waiting, with the request page but no vote links. Escalation tells people; it
+/// does not make them approvers (the workflow would refuse their vote), so links that can only be
+/// refused are left out.
+pub fn escalation_notice_mail(
+    view: &RequestView,
+    recipient: &str,
+    page: &str,
+    escalated_to: &[String],
+) -> MailContent {
+    let groups = escalated_to.join(", ");
+    let lead = format!(
+        "Escalation: this statement is still waiting for review, and the request is escalated to {groups}."
+    );
+    let who = view.request.approver_groups.join(", ");
+    let why = format!(
+        "Only members of the request's approver groups ({who}) can vote on it; please make sure one of them reviews it."
+    );
+    let (stmt_text, stmt_html) = statement_parts(view, page);
+    let text = format!(
+        "{lead}\n\n{facts}\n{stmt_text}\n{why}\nRequest page: {page}\n\nThis mail was sent to {recipient}.\n",
+        facts = facts_text(view),
+    );
+    let html = wrap_html(&format!(
+        "<p>{lead}</p>{facts}{stmt_html}<p>{why}</p><p><a href=\"{page}\">Open the request page</a></p>\
+<p style=\"color:#666\">This mail was sent to <strong>{rcpt}</strong>.</p>",
+        lead = escape(&lead),
+        why = escape(&why),
+        facts = facts_html(view),
+        page = escape(page),
+        rcpt = escape(recipient),
+    ));
+    MailContent {
+        subject: thread_subject(view),
+        text,
+        html,
+    }
+}
+
 /// The approval mail for one recipient (also used for reminders).
 pub fn approval_mail(
     view: &RequestView,

@@ -54,7 +54,10 @@ pub struct EmailConfig {
     /// Env var holding the HMAC key (at least 32 bytes) that signs approval links.
     pub link_signing_key_env: String,
     /// How long an approval link stays valid, e.g. `30m`, `24h` (capped by the request's own expiry).
-    #[serde(default = "default_link_ttl")]
+    #[serde(
+        default = "default_link_ttl",
+        deserialize_with = "crate::duration::text_or_seconds"
+    )]
     pub link_ttl: String,
     /// Public base URL of the gateway's HTTP server, used in links (e.g. `https://countersign.example.com`).
     pub public_base_url: String,

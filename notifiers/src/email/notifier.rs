@@ -2,7 +2,8 @@
 //! outbox delivery key and recipient (a retry after a partial failure re-sends only what did not go out).
 
 use super::compose::{
-    approval_mail, follow_up_mail, requester_notice_mail, MailContent, VoteLinks,
+    approval_mail, escalation_notice_mail, follow_up_mail, requester_notice_mail, MailContent,
+    VoteLinks,
 };
 use super::config::{EmailConfig, EmailConfigError, EmailSecrets, SmtpTls};
 use super::token::{LinkAction, LinkSigner};
@@ -175,6 +176,16 @@ impl EmailNotifier {
         .map_err(|e| DeliveryError::Permanent(format!("cannot build the mail: {e}")))
     }
 
+    /// True when `recipient` is an explicit member of one of the request's approver groups (the only
+    /// recipients whose mails carry vote links).
+    fn is_approver(&self, view: &RequestView, recipient: &str) -> bool {
+        let mailbox = canonical_email(recipient);
+        self.directory
+            .member_emails(&view.request.approver_groups)
+            .iter()
+            .any(|m| canonical_email(m) == mailbox)
+    }
+
     /// Compose and send this event's mail to one recipient.
     async fn send_one(
         &self,
@@ -205,6 +216,19 @@ impl EmailNotifier {
                 self.message(recipient, content, root, None)?
             }
             WorkflowEvent::Reminder { .. } if requested => return Ok(()),
+            // Escalated to someone who is not an approver: told, with the page, and no vote links.
+            WorkflowEvent::Reminder { escalated_to, .. } if !self.is_approver(view, recipient) => {
+                if view.request.status.is_resolved() {
+                    return Ok(());
+                }
+                let page = self.view_link(id, recipient)?;
+                let content = escalation_notice_mail(view, recipient, &page, escalated_to);
+                if fresh_root {
+                    self.message(recipient, content, root, None)?
+                } else {
+                    self.message(recipient, content, follow_up_id, Some(root))?
+                }
+            }
             WorkflowEvent::Created { .. } => {
                 let links = self.vote_links(view, recipient)?;
                 let content = approval_mail(view, recipient, &links, false);
@@ -300,6 +324,15 @@ impl Notifier for EmailNotifier {
             .into_iter()
             .map(|e| e.trim().to_lowercase())
             .collect();
+        // An escalation also goes to the members of the groups it escalates to.
+        if let WorkflowEvent::Reminder { escalated_to, .. } = event {
+            let escalated = self.directory.member_emails(escalated_to);
+            if escalated.is_empty() && !escalated_to.is_empty() {
+                tracing::warn!(request_id = %view.request.id, groups = ?escalated_to,
+                    "no e-mail addresses in the groups this request escalates to: add members to those approver groups to mail them");
+            }
+            recipients.extend(escalated.into_iter().map(|e| e.trim().to_lowercase()));
+        }
         recipients.sort();
         recipients.dedup();
         if recipients.is_empty() {

@@ -234,6 +234,80 @@ impl SlackNotifier {
         Ok(())
     }
 
+    /// An escalation: a thread reply mentioning the escalation groups' members (those with a Slack
+    /// account in the organisation), and the request (without buttons: escalation makes no one an
+    /// approver) with that note in each escalation group's own routed channel that does not already
+    /// hold it; with `dm_approvers`, the members are also sent it directly.
+    async fn escalate(
+        &self,
+        key: &str,
+        view: &RequestView,
+        groups: &[String],
+    ) -> Result<(), DeliveryError> {
+        let id = view.request.id;
+        let mut mentions: Vec<String> = Vec::new();
+        for email in self.directory.member_emails(groups) {
+            match self.dm_user(&email).await.map_err(api_err)? {
+                Some(user) if !mentions.contains(&user) => mentions.push(user),
+                Some(_) => {}
+                None => {
+                    tracing::info!(request_id = %id, %email, "escalation target has no Slack account with this e-mail in the organisation; not mentioned")
+                }
+            }
+        }
+        let note = self
+            .render
+            .escalation_reply(view, groups, &mentions)
+            .map_err(render_err)?;
+        self.thread_reply(id, key, note.clone()).await?;
+        let posted: Vec<String> = message_refs::messages(self.store.as_ref(), id)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(|m| m.channel)
+            .collect();
+        let mut targets: Vec<String> = Vec::new();
+        let routed = groups
+            .iter()
+            .filter_map(|g| self.config.routes.groups.get(g))
+            .flatten();
+        let direct = mentions.iter().filter(|_| self.config.dm_approvers);
+        for t in routed.chain(direct) {
+            if !posted.contains(t) && !targets.contains(t) {
+                targets.push(t.clone());
+            }
+        }
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let request = self
+            .render
+            .request_message(view, false)
+            .map_err(render_err)?;
+        for target in targets {
+            if message_refs::already_sent(self.store.as_ref(), id, key, &target)
+                .await
+                .map_err(store_err)?
+                .is_some()
+            {
+                continue;
+            }
+            let (posted_in, ts) = self
+                .api
+                .post_message(&target, request.clone(), None)
+                .await
+                .map_err(api_err)?;
+            self.api
+                .post_message(&posted_in, note.clone(), Some(&ts))
+                .await
+                .map_err(api_err)?;
+            message_refs::mark_sent(self.store.as_ref(), id, key, &target, &ts)
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
     async fn dm_requester(&self, key: &str, view: &RequestView) -> Result<(), DeliveryError> {
         let content = self.render.requester_dm(view).map_err(render_err)?;
         for who in view.request.requester.0.iter().filter(|i| i.is_human()) {
@@ -299,6 +373,10 @@ impl Notifier for SlackNotifier {
                 let reply = r.execution_reply(request).map_err(render_err)?;
                 self.thread_reply(request.request.id, key, reply).await
             }
+            WorkflowEvent::Reminder {
+                request,
+                escalated_to,
+            } if !escalated_to.is_empty() => self.escalate(key, request, escalated_to).await,
             WorkflowEvent::Reminder { request, .. } => {
                 let reply = r.reminder_reply(request).map_err(render_err)?;
                 self.thread_reply(request.request.id, key, reply).await

@@ -310,6 +310,40 @@ impl MessageRenderer {
         ))
     }
 
+    /// Thread reply (and, in an escalation group's own channel, the message) for an escalation: the
+    /// groups it escalates to, their members mentioned by Slack user id (`mentions`, ids Slack gave us).
+    /// Group names are configuration, escaped anyway; nothing from the request goes into the mrkdwn.
+    pub fn escalation_reply(
+        &self,
+        view: &RequestView,
+        groups: &[String],
+        mentions: &[String],
+    ) -> Result<SlackMessageContent, RenderError> {
+        let groups = escape_text(&groups.join(", "));
+        let who: Vec<String> = mentions
+            .iter()
+            .filter(|u| u.chars().all(|c| c.is_ascii_alphanumeric()))
+            .map(|u| format!("<@{u}>"))
+            .collect();
+        let text = format!(
+            "⏫ Escalated to {groups}{}: still waiting, {} of {} approvals; expires {}. Request `{}` on {}.",
+            if who.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", who.join(" "))
+            },
+            view.approvals(),
+            view.request.quorum,
+            when(view.request.expires_at),
+            view.request.id,
+            escape_text(&view.request.connection),
+        );
+        content(
+            text.clone(),
+            vec![json!({ "type": "section", "text": { "type": "mrkdwn", "text": text } })],
+        )
+    }
+
     /// Thread reply summarising the session that held the request.
     pub fn session_summary_reply(
         &self,

@@ -22,13 +22,22 @@ pub const KEY: &str = "test-link-key-0123456789abcdef0123456789";
 pub const ALICE: &str = "alice@example.com";
 pub const BOB: &str = "bob@example.com";
 pub const CAROL: &str = "carol@example.com";
+/// In `leads` only: a group requests escalate to, never their approver group.
+pub const DAVE: &str = "dave@example.com";
 
 pub fn directory() -> ApproverDirectory {
-    ApproverDirectory::new([ApproverGroup {
-        name: "dba".into(),
-        members: vec![ALICE.into(), BOB.into(), CAROL.into()],
-        idp_groups: vec![],
-    }])
+    ApproverDirectory::new([
+        ApproverGroup {
+            name: "dba".into(),
+            members: vec![ALICE.into(), BOB.into(), CAROL.into()],
+            idp_groups: vec![],
+        },
+        ApproverGroup {
+            name: "leads".into(),
+            members: vec![DAVE.into()],
+            idp_groups: vec![],
+        },
+    ])
 }
 
 /// An agent acting for Alice, who is herself in the approver group.
