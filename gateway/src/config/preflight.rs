@@ -82,6 +82,35 @@ fn audit_key_problem(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> Opti
 /// The wire listener's certificate chain and private key: readable PEM, at least one certificate, a
 /// key, and a key that goes with the certificate (as the listener will load them).
 pub fn check_tls_pair(cert: &Path, key: &Path) -> Result<(), StartProblem> {
+    let (certs, private_key) = load_tls_pair(cert, key)?;
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, private_key))
+    .map_err(|e| StartProblem {
+        key: "wire.tls.key".into(),
+        problem: format!(
+            "{} cannot serve {} ({e}); give the private key that belongs to the certificate",
+            key.display(),
+            cert.display()
+        ),
+    })?;
+    Ok(())
+}
+
+/// The wire listener's certificate chain and private key read from their PEM files (the listener
+/// loads them with this too), or the problem naming the key to fix.
+pub fn load_tls_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<
+    (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    StartProblem,
+> {
     let problem = |k: &str, what: String| StartProblem {
         key: k.to_string(),
         problem: what,
@@ -125,22 +154,7 @@ pub fn check_tls_pair(cert: &Path, key: &Path) -> Result<(), StartProblem> {
                 format!("{} holds no private key; give the certificate's private key (PKCS#8, PKCS#1 or SEC1 PEM)", key.display()),
             )
         })?;
-    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, private_key))
-    .map_err(|e| {
-        problem(
-            "wire.tls.key",
-            format!(
-                "{} cannot serve {} ({e}); give the private key that belongs to the certificate",
-                key.display(),
-                cert.display()
-            ),
-        )
-    })?;
-    Ok(())
+    Ok((certs, private_key))
 }
 
 /// Every `*_env` variable and `*_file` file named in `source` whose value still contains

@@ -8,7 +8,6 @@ use super::gate::WireGate;
 use super::recorder::Recorder;
 use super::session::{handle_connection, Shared};
 use std::future::Future;
-use std::io::BufReader;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -307,20 +306,10 @@ fn load_tls(
         path: path.to_path_buf(),
         reason,
     };
-    let open = |path: &std::path::Path| {
-        std::fs::File::open(path)
-            .map(BufReader::new)
-            .map_err(|e| err(path, e.to_string()))
-    };
-    let certs = rustls_pemfile::certs(&mut open(cert)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err(cert, "no certificate found".into()));
-    }
-    let key_der = rustls_pemfile::private_key(&mut open(key)?)
-        .map_err(|e| err(key, e.to_string()))?
-        .ok_or_else(|| err(key, "no private key found".into()))?;
+    let (certs, key_der) = crate::config::preflight::load_tls_pair(cert, key).map_err(|p| {
+        let path = if p.key.ends_with("key") { key } else { cert };
+        err(path, p.to_string())
+    })?;
     let end_point = match tls_server_end_point(&certs[0]) {
         Ok(data) => Some(data),
         Err(e) => {
