@@ -500,7 +500,7 @@ impl RowNames {
 
     fn contains(&self, name: &str) -> bool {
         let key = name_key(name);
-        self.names.iter().any(|n| *n == key)
+        self.names.contains(&key)
     }
 
     /// True when every mention of `relation` in the statement is a subquery with a `column`: a name
