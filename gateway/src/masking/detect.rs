@@ -878,8 +878,9 @@ fn find_in_run_windows(text: &str, run: Range<usize>, on: DetectorSet, out: &mut
         {
             start -= 1;
         }
-        // Digits right after `digit.` are a decimal fraction, not a number of their own
-        // (`4.666666666666667` holds no card).
+        // One group of digits right after `digit.` is a decimal fraction, not a number of its own
+        // (`4.666666666666667` holds no card); groups laid out as a card's (`1.4111 1111 1111 1111`)
+        // are no fraction.
         let fraction = g >= 2 && b[g - 1] == b'.' && b[g - 2].is_ascii_digit();
         // Ends and lengths of the groups from `g` on.
         let (mut ends, mut lens, mut n, mut digits, mut p) =
@@ -907,7 +908,7 @@ fn find_in_run_windows(text: &str, run: Range<usize>, on: DetectorSet, out: &mut
             let window = &text[range.clone()];
             let count: usize = lens[..=k].iter().sum();
             let detector = if on.contains(Detector::Card)
-                && !fraction
+                && !(fraction && k == 0)
                 && card_shaped(&lens[..=k])
                 && window
                     .bytes()
@@ -1030,6 +1031,12 @@ mod tests {
                 "DE89370400440532013000",
             ),
             ("ssn 123-45-6789", Detector::Ssn, "123-45-6789"),
+            // Grouped as a card after a numbered item's `1.`.
+            (
+                "1.4111 1111 1111 1111",
+                Detector::Card,
+                "4111 1111 1111 1111",
+            ),
             // A float8 of a card's digits, as text, in an array or JSON.
             (
                 "{4.111111111111111e+15,2}",
