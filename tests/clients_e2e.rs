@@ -43,6 +43,15 @@ async fn table_with_rows(prefix: &str, rows: i32) -> String {
     t
 }
 
+/// Drops a table a test made directly.
+async fn drop_table(table: &str) {
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
 async fn count(table: &str) -> i64 {
     direct()
         .await
@@ -1454,6 +1463,25 @@ async fn names_that_code_prepares_again_never_run_another_text() {
         );
     }
     assert_eq!(victims().await, 10, "the DELETE did not run");
+    // A SQL-level name the trigger prepares again: its EXECUTE is no longer judged as the PREPARE
+    // that made it (it is held).
+    let out = c
+        .run(&query(format!("PREPARE s AS SELECT id FROM {s}.t")))
+        .await
+        .unwrap();
+    assert!(out.iter().any(|l| l.contains("PREPARE")), "{out:?}");
+    c.run(&query(format!(
+        "INSERT INTO {s}.log VALUES ('s#DELETE FROM {s}.victim RETURNING id')"
+    )))
+    .await
+    .unwrap();
+    let out = c.run(&query("EXECUTE s".into())).await.unwrap();
+    assert!(
+        !out.iter().any(|l| l.contains("DELETE")),
+        "EXECUTE ran the trigger's DELETE: {out:?}"
+    );
+    assert!(out.iter().any(|l| l.contains("42501")), "held: {out:?}");
+    assert_eq!(victims().await, 10, "the DELETE did not run");
     c.close().await;
     db.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
         .await
@@ -1570,11 +1598,7 @@ async fn a_cached_statement_whose_result_type_changed_gets_0a000_not_rows_of_ano
         .unwrap();
     let row = client.query_one(&stmt, &[]).await.unwrap();
     assert_eq!(row.get::<_, f32>(0), 1.0);
-    direct()
-        .await
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&t).await;
 }
 
 /// asyncpg sends a new statement's Parse with its first Bind and Execute in one batch and never parses
@@ -1621,11 +1645,7 @@ async fn a_statement_whose_first_execution_failed_after_its_parse_completed_runs
     }
     assert_eq!(count(&t).await, 6);
     c.close().await;
-    direct()
-        .await
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&t).await;
 }
 
 /// asyncpg prepares its next statement (Parse, Describe, Flush), waits for the answer, then binds a
@@ -1672,11 +1692,7 @@ async fn a_stale_name_bound_after_a_prepare_sent_ahead_on_flush_is_parsed_again_
         "{out:?}"
     );
     c.close().await;
-    direct()
-        .await
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&t).await;
 }
 
 /// PostgreSQL keys statement names by their first 63 bytes: two longer names sharing those are one
@@ -1722,11 +1738,7 @@ async fn statement_names_sharing_63_bytes_are_one_name() {
     assert!(out.iter().any(|l| l.contains("42501")), "held: {out:?}");
     assert_eq!(count(&t).await, 3);
     c.close().await;
-    direct()
-        .await
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&t).await;
 }
 
 /// A raw protocol session of the agent on `gw`'s wire listener.

@@ -83,6 +83,39 @@ fn cstr(out: &mut Vec<u8>, s: &str) {
     out.push(0);
 }
 
+/// Parse of `sql` as statement `name`, no declared parameter types.
+fn put_parse(out: &mut Vec<u8>, name: &str, sql: &str) {
+    let mut p = Vec::new();
+    cstr(&mut p, name);
+    cstr(&mut p, sql);
+    p.extend_from_slice(&0i16.to_be_bytes());
+    put_msg(out, b'P', &p);
+}
+
+/// Bind of statement `name` to the unnamed portal, without parameters, text results.
+fn put_bind_plain(out: &mut Vec<u8>, name: &str) {
+    let mut b = Vec::new();
+    cstr(&mut b, "");
+    cstr(&mut b, name);
+    b.extend_from_slice(&[0; 6]);
+    put_msg(out, b'B', &b);
+}
+
+/// Describe of statement (`S`) or portal (`P`) `name`.
+fn put_describe(out: &mut Vec<u8>, kind: u8, name: &str) {
+    let mut d = vec![kind];
+    cstr(&mut d, name);
+    put_msg(out, b'D', &d);
+}
+
+/// Execute of the unnamed portal, returning at most `max_rows` (0: all).
+fn put_execute(out: &mut Vec<u8>, max_rows: i32) {
+    let mut e = Vec::new();
+    cstr(&mut e, "");
+    e.extend_from_slice(&max_rows.to_be_bytes());
+    put_msg(out, b'E', &e);
+}
+
 impl RawConn {
     /// Connect and log in; fails with the server's error text.
     pub async fn connect(login: &Login, schema: Option<String>) -> anyhow::Result<Self> {
@@ -177,11 +210,7 @@ impl RawConn {
                 max_rows,
             } => {
                 if let Some(sql) = sql {
-                    let mut p = Vec::new();
-                    cstr(&mut p, name);
-                    cstr(&mut p, sql);
-                    p.extend_from_slice(&0i16.to_be_bytes());
-                    put_msg(&mut out, b'P', &p);
+                    put_parse(&mut out, name, sql);
                 }
                 let mut b = Vec::new();
                 cstr(&mut b, "");
@@ -200,22 +229,13 @@ impl RawConn {
                 b.extend_from_slice(&1i16.to_be_bytes());
                 b.extend_from_slice(&i16::from(*binary).to_be_bytes());
                 put_msg(&mut out, b'B', &b);
-                put_msg(&mut out, b'D', b"P\0");
-                let mut e = Vec::new();
-                cstr(&mut e, "");
-                e.extend_from_slice(&max_rows.to_be_bytes());
-                put_msg(&mut out, b'E', &e);
+                put_describe(&mut out, b'P', "");
+                put_execute(&mut out, *max_rows);
                 put_msg(&mut out, b'S', &[]);
             }
             Action::Prepare { name, sql } => {
-                let mut p = Vec::new();
-                cstr(&mut p, name);
-                cstr(&mut p, sql);
-                p.extend_from_slice(&0i16.to_be_bytes());
-                put_msg(&mut out, b'P', &p);
-                let mut d = vec![b'S'];
-                cstr(&mut d, name);
-                put_msg(&mut out, b'D', &d);
+                put_parse(&mut out, name, sql);
+                put_describe(&mut out, b'S', name);
                 put_msg(&mut out, b'S', &[]);
             }
             Action::Close { name } => {
@@ -273,19 +293,9 @@ impl RawConn {
     /// portal, Execute with `max_rows`, then Flush — no Sync.
     pub async fn cursor_read(&mut self, sql: &str, max_rows: i32) -> anyhow::Result<()> {
         let mut out = Vec::new();
-        let mut p = Vec::new();
-        cstr(&mut p, "");
-        cstr(&mut p, sql);
-        p.extend_from_slice(&0i16.to_be_bytes());
-        put_msg(&mut out, b'P', &p);
-        let mut b = Vec::new();
-        cstr(&mut b, "");
-        cstr(&mut b, "");
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        put_msg(&mut out, b'B', &b);
-        put_msg(&mut out, b'D', b"P\0");
+        put_parse(&mut out, "", sql);
+        put_bind_plain(&mut out, "");
+        put_describe(&mut out, b'P', "");
         self.stream.write_all(&out).await?;
         self.cursor_fetch(max_rows).await
     }
@@ -294,14 +304,8 @@ impl RawConn {
     /// the statement, then Flush — no Sync.
     pub async fn prepare_ahead(&mut self, name: &str, sql: &str) -> anyhow::Result<()> {
         let mut out = Vec::new();
-        let mut p = Vec::new();
-        cstr(&mut p, name);
-        cstr(&mut p, sql);
-        p.extend_from_slice(&0i16.to_be_bytes());
-        put_msg(&mut out, b'P', &p);
-        let mut d = vec![b'S'];
-        cstr(&mut d, name);
-        put_msg(&mut out, b'D', &d);
+        put_parse(&mut out, name, sql);
+        put_describe(&mut out, b'S', name);
         put_msg(&mut out, b'H', &[]);
         Ok(self.stream.write_all(&out).await?)
     }
@@ -310,21 +314,10 @@ impl RawConn {
     /// `name`, then Sync.
     pub async fn run_then_bind(&mut self, sql: &str, name: &str) -> anyhow::Result<()> {
         let mut out = Vec::new();
-        let mut p = Vec::new();
-        cstr(&mut p, "");
-        cstr(&mut p, sql);
-        p.extend_from_slice(&0i16.to_be_bytes());
-        put_msg(&mut out, b'P', &p);
+        put_parse(&mut out, "", sql);
         for statement in ["", name] {
-            let mut b = Vec::new();
-            cstr(&mut b, "");
-            cstr(&mut b, statement);
-            b.extend_from_slice(&[0; 6]);
-            put_msg(&mut out, b'B', &b);
-            let mut e = Vec::new();
-            cstr(&mut e, "");
-            e.extend_from_slice(&0i32.to_be_bytes());
-            put_msg(&mut out, b'E', &e);
+            put_bind_plain(&mut out, statement);
+            put_execute(&mut out, 0);
         }
         put_msg(&mut out, b'S', &[]);
         Ok(self.stream.write_all(&out).await?)
@@ -333,17 +326,8 @@ impl RawConn {
     /// Bind of the statement `name` (no parameters, text results) to the unnamed portal, Execute, Sync.
     pub async fn bind_execute_sync(&mut self, name: &str) -> anyhow::Result<()> {
         let mut out = Vec::new();
-        let mut b = Vec::new();
-        cstr(&mut b, "");
-        cstr(&mut b, name);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        put_msg(&mut out, b'B', &b);
-        let mut e = Vec::new();
-        cstr(&mut e, "");
-        e.extend_from_slice(&0i32.to_be_bytes());
-        put_msg(&mut out, b'E', &e);
+        put_bind_plain(&mut out, name);
+        put_execute(&mut out, 0);
         put_msg(&mut out, b'S', &[]);
         Ok(self.stream.write_all(&out).await?)
     }
@@ -351,10 +335,7 @@ impl RawConn {
     /// Execute of the unnamed portal with `max_rows`, then Flush.
     pub async fn cursor_fetch(&mut self, max_rows: i32) -> anyhow::Result<()> {
         let mut out = Vec::new();
-        let mut e = Vec::new();
-        cstr(&mut e, "");
-        e.extend_from_slice(&max_rows.to_be_bytes());
-        put_msg(&mut out, b'E', &e);
+        put_execute(&mut out, max_rows);
         put_msg(&mut out, b'H', &[]);
         Ok(self.stream.write_all(&out).await?)
     }

@@ -163,56 +163,24 @@ pub fn placeholder_secrets(
     source: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<StartProblem> {
-    let mut out = Vec::new();
-    if let Ok(table) = source.parse::<toml::Table>() {
-        walk(&toml::Value::Table(table), "", env, &mut out);
-    }
-    out
-}
-
-fn walk(
-    value: &toml::Value,
-    path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    out: &mut Vec<StartProblem>,
-) {
-    match value {
-        toml::Value::Table(table) => {
-            for (k, v) in table {
-                let key = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                let (holder, secret) = match v {
-                    toml::Value::String(name) if k.ends_with("_env") => {
-                        (format!("environment variable {name}"), env(name))
-                    }
-                    toml::Value::String(file) if k.ends_with("_file") => {
-                        (format!("file {file}"), std::fs::read_to_string(file).ok())
-                    }
-                    _ => {
-                        walk(v, &key, env, out);
-                        continue;
-                    }
-                };
-                if secret.is_some_and(|s| s.contains(PLACEHOLDER)) {
-                    out.push(StartProblem {
-                        key,
-                        problem: format!(
-                            "the {holder} holds an example value containing {PLACEHOLDER:?}; put the real secret there (e.g. `openssl rand -hex 32` for a key)"
-                        ),
-                    });
+    use super::references::SecretSource;
+    super::references::secret_references(source)
+        .into_iter()
+        .filter_map(|r| {
+            let (holder, secret) = match &r.names {
+                SecretSource::Env(name) => (format!("environment variable {name}"), env(name)),
+                SecretSource::File(file) => {
+                    (format!("file {file}"), std::fs::read_to_string(file).ok())
                 }
-            }
-        }
-        toml::Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                walk(v, &format!("{path}[{i}]"), env, out);
-            }
-        }
-        _ => {}
-    }
+            };
+            secret.is_some_and(|s| s.contains(PLACEHOLDER)).then(|| StartProblem {
+                key: r.key,
+                problem: format!(
+                    "the {holder} holds an example value containing {PLACEHOLDER:?}; put the real secret there (e.g. `openssl rand -hex 32` for a key)"
+                ),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,6 +10,35 @@ pub struct MissingReference {
     pub problem: String,
 }
 
+/// A `*_env` or `*_file` key of the config and what it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretReference {
+    /// Dotted key, e.g. `slack.bot_token_env`.
+    pub key: String,
+    /// The variable or file it names.
+    pub names: SecretSource,
+}
+
+/// Where a secret reference points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable's name.
+    Env(String),
+    /// A file's path.
+    File(String),
+}
+
+/// Every `*_env` and `*_file` key in the TOML text `source`, in file order (none when it does not
+/// parse: that error is reported on its own).
+pub fn secret_references(source: &str) -> Vec<SecretReference> {
+    let Ok(value) = source.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    walk(&toml::Value::Table(value), "", &mut out);
+    out
+}
+
 /// Every `*_env` key naming an unset (or empty) variable and every `*_file` key naming an unreadable
 /// file in the TOML text `source`, in file order. `env` looks a variable up (the process environment
 /// in `check-config`).
@@ -17,20 +46,27 @@ pub fn missing_references(
     source: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<MissingReference> {
-    let Ok(value) = source.parse::<toml::Table>() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    walk(&toml::Value::Table(value), "", env, &mut out);
-    out
+    secret_references(source)
+        .into_iter()
+        .filter_map(|r| {
+            let problem = match &r.names {
+                SecretSource::Env(name) => env(name).is_none_or(|v| v.is_empty()).then(|| {
+                    format!(
+                        "environment variable {name} is not set (or is empty); `serve` will refuse to start: export it first"
+                    )
+                }),
+                SecretSource::File(file) => std::fs::File::open(file).err().map(|e| {
+                    format!(
+                        "cannot read {file}: {e}; `serve` will refuse to start: create the file or fix the path"
+                    )
+                }),
+            }?;
+            Some(MissingReference { key: r.key, problem })
+        })
+        .collect()
 }
 
-fn walk(
-    value: &toml::Value,
-    path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    out: &mut Vec<MissingReference>,
-) {
+fn walk(value: &toml::Value, path: &str, out: &mut Vec<SecretReference>) {
     match value {
         toml::Value::Table(table) => {
             for (k, v) in table {
@@ -39,34 +75,24 @@ fn walk(
                 } else {
                     format!("{path}.{k}")
                 };
-                match v {
+                let names = match v {
                     toml::Value::String(name) if k.ends_with("_env") => {
-                        if env(name).is_none_or(|v| v.is_empty()) {
-                            out.push(MissingReference {
-                                key,
-                                problem: format!(
-                                    "environment variable {name} is not set (or is empty); `serve` will refuse to start: export it first"
-                                ),
-                            });
-                        }
+                        SecretSource::Env(name.clone())
                     }
                     toml::Value::String(file) if k.ends_with("_file") => {
-                        if let Err(e) = std::fs::File::open(file) {
-                            out.push(MissingReference {
-                                key,
-                                problem: format!(
-                                    "cannot read {file}: {e}; `serve` will refuse to start: create the file or fix the path"
-                                ),
-                            });
-                        }
+                        SecretSource::File(file.clone())
                     }
-                    _ => walk(v, &key, env, out),
-                }
+                    _ => {
+                        walk(v, &key, out);
+                        continue;
+                    }
+                };
+                out.push(SecretReference { key, names });
             }
         }
         toml::Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
-                walk(v, &format!("{path}[{i}]"), env, out);
+                walk(v, &format!("{path}[{i}]"), out);
             }
         }
         _ => {}

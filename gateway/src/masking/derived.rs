@@ -563,22 +563,6 @@ pub fn fetches_from_a_cursor(sql: &str) -> bool {
     }
 }
 
-/// PostgreSQL's own functions in `information_schema` (PostgreSQL 15): each computes from its arguments
-/// and the catalog alone.
-const INFORMATION_SCHEMA: &[&str] = &[
-    "_pg_char_max_length",
-    "_pg_char_octet_length",
-    "_pg_datetime_precision",
-    "_pg_expandarray",
-    "_pg_index_position",
-    "_pg_interval_type",
-    "_pg_numeric_precision",
-    "_pg_numeric_precision_radix",
-    "_pg_numeric_scale",
-    "_pg_truetypid",
-    "_pg_truetypmod",
-];
-
 /// True when a call of `name` is one of PostgreSQL's vetted built-in functions: unqualified or in
 /// `pg_catalog`, and on the policy's read-only list.
 fn is_builtin_call(name: &sqlparser::ast::ObjectName) -> bool {
@@ -597,7 +581,9 @@ fn is_builtin_call(name: &sqlparser::ast::ObjectName) -> bool {
         }
         // The SQL functions PostgreSQL defines in `information_schema` for its views (pgJDBC's
         // metadata queries call `_pg_expandarray`); only a superuser can add to that schema.
-        [schema, base] if schema == "information_schema" => INFORMATION_SCHEMA.contains(&&**base),
+        [schema, base] if schema == "information_schema" => {
+            crate::policy::functions::is_information_schema_helper(base)
+        }
         _ => false,
     }
 }

@@ -903,7 +903,12 @@ where
             return false;
         };
         let name = super::extended::upstream_name(name);
-        self.catalog.stale(name).is_some() && !self.batch.used(name)
+        // Outside a transaction block the Sync would end the implicit transaction and the portals
+        // the batch bound before the Bind, which the client may still execute: the Bind is refused
+        // then (26000, see `refresh_stale`) rather than break them.
+        let ends_portals =
+            self.backend.status == b'I' && self.batch.portal_names.iter().any(|p| !p.is_empty());
+        self.catalog.stale(name).is_some() && !self.batch.used(name) && !ends_portals
     }
 
     /// Forwards what has arrived of a CopyData message being streamed; true once all of it has gone.
@@ -1182,7 +1187,9 @@ where
         self.add_to_batch(frame)
     }
 
-    /// Applies what statements going upstream may do to protocol-level statement names.
+    /// Applies what statements going upstream may do to prepared statement names: protocol-level ones,
+    /// and the SQL-level names whose `EXECUTE` is judged as the `PREPARE` that made them (code, a
+    /// write's trigger too, may `DEALLOCATE` and `PREPARE` them as anything).
     fn change_names(&mut self, effects: &super::prepared::NameEffects) {
         if effects.drops_all {
             self.catalog.forget_named();
@@ -1195,6 +1202,7 @@ where
         }
         if effects.runs_code {
             self.catalog.mark_stale();
+            self.sql_prepared.forget_all();
         }
     }
 
@@ -1230,6 +1238,7 @@ where
             prepared.sql.is_ascii() || matches!(self.backend.client_encoding.as_str(), "UTF8" | "");
         if (self.ready_part_runs && !self.ready_part_answered())
             || self.batch.ran_code
+            || self.batch.code_pending
             || self.backend.in_copy_in()
             || !same_text_upstream
             || (portals_may_live && self.catalog.has_portals_of(name, portal))
@@ -1317,6 +1326,7 @@ where
                     super::prepared::name_effects(&p.statement.verdict).names_code;
                 self.batch.code_pending = true;
                 self.catalog.mark_stale();
+                self.sql_prepared.forget_all();
                 self.name_generation += 1;
             }
         }

@@ -499,8 +499,7 @@ pub fn check_function(name: &str) -> FunctionCheck {
         };
     }
     if (builtin_schema && READ_ONLY.binary_search(&base).is_ok())
-        || (schema == Some("information_schema")
-            && INFORMATION_SCHEMA_READ_ONLY.binary_search(&base).is_ok())
+        || (schema == Some("information_schema") && is_information_schema_helper(&base))
     {
         return FunctionCheck {
             action: Action::Allow,
@@ -529,6 +528,11 @@ const INFORMATION_SCHEMA_READ_ONLY: &[&str] = &[
     "_pg_truetypid",
     "_pg_truetypmod",
 ];
+
+/// True when `base` (lower-case) is one of PostgreSQL's own read-only helpers in `information_schema`.
+pub fn is_information_schema_helper(base: &str) -> bool {
+    INFORMATION_SCHEMA_READ_ONLY.binary_search(&base).is_ok()
+}
 
 /// True when `base` (an unqualified, lower-case name) is on the vetted read-only function list.
 pub fn is_vetted_read_only(base: &str) -> bool {

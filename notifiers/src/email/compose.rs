@@ -140,26 +140,13 @@ fn wrap_html(inner: &str) -> String {
 /// what was asked and that others decide, with the request page but no vote links — separation of
 /// duties refuses their vote anyway, and a link that can only be refused invites confusion.
 pub fn requester_notice_mail(view: &RequestView, recipient: &str, page: &str) -> MailContent {
-    let lead =
-        "A statement you asked for (or that an agent acting for you sent) is held for review.";
-    let why = "You are in this request's requester chain, so separation of duties leaves the decision to the other approvers; you will get the outcome in this thread.";
-    let (stmt_text, stmt_html) = statement_parts(view, page);
-    let text = format!(
-        "{lead}\n\n{facts}\n{stmt_text}\n{why}\nRequest page: {page}\n\nThis mail was sent to {recipient}.\n",
-        facts = facts_text(view),
-    );
-    let html = wrap_html(&format!(
-        "<p>{lead}</p>{facts}{stmt_html}<p>{why}</p><p><a href=\"{page}\">Open the request page</a></p>\
-<p style=\"color:#666\">This mail was sent to <strong>{who}</strong>.</p>",
-        facts = facts_html(view),
-        page = escape(page),
-        who = escape(recipient),
-    ));
-    MailContent {
-        subject: thread_subject(view),
-        text,
-        html,
-    }
+    notice_mail(
+        view,
+        recipient,
+        page,
+        "A statement you asked for (or that an agent acting for you sent) is held for review.",
+        "You are in this request's requester chain, so separation of duties leaves the decision to the other approvers; you will get the outcome in this thread.",
+    )
 }
 
 /// The escalation mail for a member of an `escalate_to` group who is not one of the request's approvers:
@@ -173,13 +160,29 @@ pub fn escalation_notice_mail(
     escalated_to: &[String],
 ) -> MailContent {
     let groups = escalated_to.join(", ");
-    let lead = format!(
-        "Escalation: this statement is still waiting for review, and the request is escalated to {groups}."
-    );
     let who = view.request.approver_groups.join(", ");
-    let why = format!(
-        "Only members of the request's approver groups ({who}) can vote on it; please make sure one of them reviews it."
-    );
+    notice_mail(
+        view,
+        recipient,
+        page,
+        &format!(
+            "Escalation: this statement is still waiting for review, and the request is escalated to {groups}."
+        ),
+        &format!(
+            "Only members of the request's approver groups ({who}) can vote on it; please make sure one of them reviews it."
+        ),
+    )
+}
+
+/// A mail about a request for someone who does not vote on it: `lead`, the request's facts and
+/// statement, `why`, and the request page, without vote links.
+fn notice_mail(
+    view: &RequestView,
+    recipient: &str,
+    page: &str,
+    lead: &str,
+    why: &str,
+) -> MailContent {
     let (stmt_text, stmt_html) = statement_parts(view, page);
     let text = format!(
         "{lead}\n\n{facts}\n{stmt_text}\n{why}\nRequest page: {page}\n\nThis mail was sent to {recipient}.\n",
@@ -188,8 +191,8 @@ pub fn escalation_notice_mail(
     let html = wrap_html(&format!(
         "<p>{lead}</p>{facts}{stmt_html}<p>{why}</p><p><a href=\"{page}\">Open the request page</a></p>\
 <p style=\"color:#666\">This mail was sent to <strong>{rcpt}</strong>.</p>",
-        lead = escape(&lead),
-        why = escape(&why),
+        lead = escape(lead),
+        why = escape(why),
         facts = facts_html(view),
         page = escape(page),
         rcpt = escape(recipient),
