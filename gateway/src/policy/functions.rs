@@ -499,7 +499,7 @@ pub fn check_function(name: &str) -> FunctionCheck {
         };
     }
     if (builtin_schema && READ_ONLY.binary_search(&base).is_ok())
-        || (schema == Some("information_schema") && is_information_schema_helper(&base))
+        || (schema == Some("information_schema") && is_information_schema_helper(base))
     {
         return FunctionCheck {
             action: Action::Allow,
