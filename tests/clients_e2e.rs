@@ -1741,6 +1741,62 @@ async fn statement_names_sharing_63_bytes_are_one_name() {
     drop_table(&t).await;
 }
 
+/// An executemany of a statement that calls a user function (one Parse, a Bind and Execute per row,
+/// one Sync) runs every row: the name the batch parsed is not parsed again between its executions
+/// (each Bind after the first was refused as unknown, 26000, with every driver).
+#[tokio::test]
+async fn executemany_of_a_statement_calling_a_user_function_runs_every_row() {
+    let t = table_name("fmany");
+    let f = format!("{t}_f");
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (k int, v text);
+             CREATE FUNCTION {f}(text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT $1 || '!' $$"
+        ))
+        .await
+        .unwrap();
+    let gw = spawn_gateway(
+        &config(
+            1.0,
+            "[[policy.rules]]\nname = \"all\"\naction = \"allow\"\n",
+        ),
+        Backend::Sqlite,
+    )
+    .await;
+    let mut c = agent_raw_conn(&gw).await;
+    for round in 0..2 {
+        c.execute_many(
+            "many",
+            &format!("INSERT INTO {t} VALUES ({round}, {f}($1))"),
+            &["a", "b", "c"],
+        )
+        .await
+        .unwrap();
+        let out = c.read_until(b"Z").await.unwrap();
+        assert_eq!(
+            out.iter()
+                .filter(|l| *l == "CommandComplete INSERT 0 1")
+                .count(),
+            3,
+            "round {round}: {out:?}"
+        );
+        // The name is the statement's from now on: later batches Bind it without a Parse.
+        c.run(&countersign_tests::transcript::Action::Close {
+            name: "many".into(),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(count(&t).await, 6);
+    c.close().await;
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}; DROP FUNCTION {f}(text)"))
+        .await
+        .unwrap();
+}
+
 /// A raw protocol session of the agent on `gw`'s wire listener.
 async fn agent_raw_conn(gw: &Gateway) -> countersign_tests::transcript::RawConn {
     let login = countersign_tests::transcript::Login {

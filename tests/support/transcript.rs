@@ -323,6 +323,32 @@ impl RawConn {
         Ok(self.stream.write_all(&out).await?)
     }
 
+    /// One batch as an executemany sends it: Parse of `sql` as `name`, then Bind (one text parameter
+    /// each) and Execute per value, then Sync.
+    pub async fn execute_many(
+        &mut self,
+        name: &str,
+        sql: &str,
+        values: &[&str],
+    ) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        put_parse(&mut out, name, sql);
+        for v in values {
+            let mut b = Vec::new();
+            cstr(&mut b, "");
+            cstr(&mut b, name);
+            b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&1i16.to_be_bytes());
+            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            b.extend_from_slice(v.as_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+            put_msg(&mut out, b'B', &b);
+            put_execute(&mut out, 0);
+        }
+        put_msg(&mut out, b'S', &[]);
+        Ok(self.stream.write_all(&out).await?)
+    }
+
     /// Bind of the statement `name` (no parameters, text results) to the unnamed portal, Execute, Sync.
     pub async fn bind_execute_sync(&mut self, name: &str) -> anyhow::Result<()> {
         let mut out = Vec::new();

@@ -110,6 +110,28 @@ pub fn reads_the_same_anyhow(sql: &str) -> bool {
 /// are read as UTF-8, LATIN1 byte for byte (U+0000–U+00FF, as PostgreSQL converts it); in any other
 /// encoding only ASCII text is read, so the policy never judges a non-ASCII name or literal that
 /// PostgreSQL would read as different characters.
+/// The bytes a client in `client_encoding` sends for `text` that [`statement_text`] read: LATIN1 byte
+/// for byte (its characters are U+0000–U+00FF), everything else as UTF-8 (other encodings are read
+/// only when ASCII). None when a character has no LATIN1 byte.
+pub fn statement_bytes<'a>(client_encoding: &str, text: &'a str) -> Option<Cow<'a, [u8]>> {
+    if text.is_ascii() || !is_latin1(client_encoding) {
+        return Some(Cow::Borrowed(text.as_bytes()));
+    }
+    text.chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect::<Option<Vec<u8>>>()
+        .map(Cow::Owned)
+}
+
+fn is_latin1(client_encoding: &str) -> bool {
+    let normalised: String = client_encoding
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    matches!(normalised.as_str(), "latin1" | "iso88591")
+}
+
 pub fn statement_text<'a>(client_encoding: &str, bytes: &'a [u8]) -> Result<Cow<'a, str>, String> {
     // Every client encoding PostgreSQL accepts reads ASCII as ASCII: most statements end here,
     // without looking at the encoding.
@@ -926,6 +948,18 @@ mod tests {
         error.put_slice(fields);
         assert_eq!(answers(&mut t, &[error, ready()]).len(), 1);
         assert_eq!(answers(&mut t, &[ready()]).len(), 1);
+    }
+
+    #[test]
+    fn statement_bytes_give_back_what_the_client_sent() {
+        for (enc, raw) in [
+            ("LATIN1", &b"SELECT 'caf\xe9'"[..]),
+            ("UTF8", "SELECT 'café'".as_bytes()),
+            ("EUC_JP", &b"SELECT 1"[..]),
+        ] {
+            let text = statement_text(enc, raw).unwrap();
+            assert_eq!(&*statement_bytes(enc, &text).unwrap(), raw, "{enc}");
+        }
     }
 
     #[test]

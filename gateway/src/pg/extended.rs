@@ -145,6 +145,16 @@ impl Catalog {
         let parse_at = self.parses_sent;
         self.parses_sent += 1;
         let same = |p: &Prepared| &*p.sql == sql && &*p.param_types == param_types;
+        // PostgreSQL never replaces a named statement by Parse (`42P05`): while the name certainly
+        // holds the text parsed before (settled, and no code ran since), it keeps holding it.
+        if !name.is_empty()
+            && self
+                .statements
+                .get(name)
+                .is_some_and(|n| !n.stale && !n.ambiguous && n.unsettled.is_none())
+        {
+            return;
+        }
         let replaces = match self.statements.get(name) {
             Some(existing) if same(&existing.prepared) && existing.unsettled.is_none() => {
                 if !existing.ambiguous {
@@ -583,6 +593,8 @@ pub struct Batch {
     /// a function) that may prepare names again: a stale name bound after it is parsed again only
     /// once what precedes it has run (see `Relay::bind_follows_code`).
     pub code_pending: bool,
+    /// The batch binds a named portal (a Sync of the gateway's own ends it outside a transaction).
+    pub named_portals: bool,
     /// Statement names the batch parsed or bound so far: parsing one of them again ahead of the
     /// batch would go before the batch's own Parse, or before the first execution it vouches for.
     used: Vec<Box<[u8]>>,
@@ -755,6 +767,7 @@ impl Batch {
             executes: std::mem::take(&mut self.executes),
             ran_code: std::mem::take(&mut self.ran_code),
             code_pending: std::mem::take(&mut self.code_pending),
+            named_portals: std::mem::take(&mut self.named_portals),
             used: std::mem::take(&mut self.used),
             portal_names: std::mem::take(&mut self.portal_names),
             carries_portal: std::mem::take(&mut self.carries_portal),
@@ -1205,7 +1218,8 @@ mod tests {
         cat.parse(b"a", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         let first = cat.end_batch();
         cat.settle(first, BatchAnswer::uncounted(true));
-        // Re-parsed in batch 2 (unsettled), closed in batch 3; batch 3 fails.
+        // Re-parsed in batch 2 after code ran (unsettled), closed in batch 3; batch 3 fails.
+        cat.mark_stale();
         cat.parse(b"a", "SELECT 2", &[], |_| verdict_of(Action::Allow));
         let second = cat.end_batch();
         cat.close(b'S', b"b");
@@ -1380,7 +1394,18 @@ mod tests {
         cat.parse(b"s1", "DELETE FROM t", &[], |_| verdict_of(Action::Review));
         let first = cat.end_batch();
         cat.settle(first, BatchAnswer::uncounted(true));
-        // PostgreSQL refuses this Parse (42P05: s1 exists) and keeps the DELETE.
+        // PostgreSQL refuses this Parse (42P05: s1 exists) and keeps the DELETE, and so does the gateway.
+        cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
+        assert_eq!(bound(&mut cat, b"s1"), Action::Review);
+        let refused = cat.end_batch();
+        cat.settle(refused, BatchAnswer::uncounted(false));
+        assert_eq!(
+            bound(&mut cat, b"s1"),
+            Action::Review,
+            "the DELETE it still holds"
+        );
+        // After code ran (which may have deallocated it), a Parse may replace it.
+        cat.mark_stale();
         cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
         assert_eq!(
             bound(&mut cat, b"s1"),

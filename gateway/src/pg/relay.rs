@@ -906,8 +906,7 @@ where
         // Outside a transaction block the Sync would end the implicit transaction and the portals
         // the batch bound before the Bind, which the client may still execute: the Bind is refused
         // then (26000, see `refresh_stale`) rather than break them.
-        let ends_portals =
-            self.backend.status == b'I' && self.batch.portal_names.iter().any(|p| !p.is_empty());
+        let ends_portals = self.backend.status == b'I' && self.batch.named_portals;
         self.catalog.stale(name).is_some() && !self.batch.used(name) && !ends_portals
     }
 
@@ -1229,18 +1228,21 @@ where
         // trigger preparing the name again between two executions of one batch is not seen: the
         // name is parsed again before the next batch.)
         if self.batch.used(name) {
-            return !self.batch.ran_code;
+            return true;
         }
         // Portals end with their transaction: with nothing in flight and no transaction open, none
         // survives, whatever the catalog still lists.
         let portals_may_live = !(self.backend.in_flight.is_empty() && self.backend.status == b'I');
-        let same_text_upstream =
-            prepared.sql.is_ascii() || matches!(self.backend.client_encoding.as_str(), "UTF8" | "");
+        // The text as the client sent it (LATIN1 byte for byte).
+        let Some(wire_text) =
+            super::backend::statement_bytes(&self.backend.client_encoding, &prepared.sql)
+        else {
+            return false;
+        };
         if (self.ready_part_runs && !self.ready_part_answered())
             || self.batch.ran_code
             || self.batch.code_pending
             || self.backend.in_copy_in()
-            || !same_text_upstream
             || (portals_may_live && self.catalog.has_portals_of(name, portal))
         {
             return false;
@@ -1261,7 +1263,7 @@ where
         for t in prepared.param_types.iter() {
             types.extend_from_slice(&t.to_be_bytes());
         }
-        put(b'P', &[name, b"\0", prepared.sql.as_bytes(), b"\0", &types]);
+        put(b'P', &[name, b"\0", &wire_text, b"\0", &types]);
         put(b'S', &[]);
         // Not through the masker: its answers never reach it either (see `InFlight::internal`).
         self.out.extend_from_slice(&frames);
@@ -1318,6 +1320,7 @@ where
             self.catalog.bind_refused(portal, statement, &frame[5..]);
         }
         self.batch.note_used(statement);
+        self.batch.named_portals |= !portal.is_empty();
         if let Some(p) = self.catalog.portal(portal) {
             self.batch.bind(portal, p);
             // Planning may fold the statement's functions: code may run at this Bind.
