@@ -1449,6 +1449,18 @@ async fn names_that_code_prepares_again_never_run_another_text() {
             out.iter().any(|l| l == "CommandComplete SELECT 1"),
             "the judged SELECT ran: {out:?}"
         );
+        // The gateway's own Close and Parse inside the batch are answered to it alone.
+        assert_eq!(
+            out.iter()
+                .filter(|l| l.starts_with("ParseComplete"))
+                .count(),
+            1,
+            "only the client's own Parse is answered: {out:?}"
+        );
+        assert!(
+            !out.iter().any(|l| l.starts_with("CloseComplete")),
+            "{out:?}"
+        );
         assert_eq!(
             out.iter()
                 .filter(|l| l.starts_with("ReadyForQuery"))
@@ -1795,6 +1807,48 @@ async fn executemany_of_a_statement_calling_a_user_function_runs_every_row() {
         .batch_execute(&format!("DROP TABLE {t}; DROP FUNCTION {f}(text)"))
         .await
         .unwrap();
+}
+
+/// A cached statement bound after a write in the same batch is parsed again inside the batch, so the
+/// batch stays one implicit transaction: when a later statement of it fails, the write is rolled back
+/// as PostgreSQL does (splitting the batch had committed it).
+#[tokio::test]
+async fn a_batch_with_a_stale_statement_after_a_write_stays_one_transaction() {
+    use countersign_tests::transcript::Action;
+    let t = table_with_rows(&format!("{FREE}_atomic"), 1).await;
+    let gw = gateway(1.0).await;
+    let mut c = agent_raw_conn(&gw).await;
+    c.run(&Action::Prepare {
+        name: "boom".into(),
+        sql: "SELECT 1 / 0".into(),
+    })
+    .await
+    .unwrap();
+    c.run_then_bind(&format!("INSERT INTO {t} VALUES (100, 'kept?')"), "boom")
+        .await
+        .unwrap();
+    let out = c.read_until(b"Z").await.unwrap();
+    assert!(out.iter().any(|l| l.contains("22012")), "{out:?}");
+    assert_eq!(
+        out.iter()
+            .filter(|l| l.starts_with("ReadyForQuery"))
+            .count(),
+        1,
+        "{out:?}"
+    );
+    assert_eq!(
+        count(&t).await,
+        1,
+        "the INSERT was rolled back with its batch"
+    );
+    // The session goes on, and the name still runs its own text.
+    let out = c.query("SELECT 2").await.unwrap();
+    assert!(
+        out.iter().any(|l| l == "CommandComplete SELECT 1"),
+        "{out:?}"
+    );
+    c.close().await;
+    drop_table(&t).await;
 }
 
 /// A raw protocol session of the agent on `gw`'s wire listener.

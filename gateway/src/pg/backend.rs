@@ -53,6 +53,9 @@ pub struct InFlight {
     /// The gateway's own round trip parsing this stale statement name again: the client never sees its
     /// answers (notifications and notices excepted), and it is not recorded.
     pub internal: Option<Box<[u8]>>,
+    /// Answers to messages the gateway added to the batch (a Close and Parse of a stale name before its
+    /// Bind), as (tag, place among the batch's answers of that tag): hidden from the client.
+    pub hidden: Vec<(u8, u32)>,
 }
 
 /// How many COPY FROM STDIN ends (CopyDone or CopyFail) the client had sent when a statement arrived.
@@ -334,7 +337,18 @@ impl BackendTracker {
             let avail = buf.len() - pos;
             let rejecting = self.in_flight.front().is_some_and(|f| f.rejection);
             let internal = self.in_flight.front().is_some_and(|f| f.internal.is_some());
-            let hidden = (rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S'))
+            let place = match tag {
+                b'1' => Some((b'1', self.parses)),
+                b'3' => Some((b'3', self.closes)),
+                _ => None,
+            };
+            let injected = place.is_some_and(|p| {
+                self.in_flight
+                    .front()
+                    .is_some_and(|f| f.hidden.contains(&p))
+            });
+            let hidden = injected
+                || (rejecting && !matches!(tag, b'E' | b'Z' | b'N' | b'A' | b'S'))
                 || (internal && !matches!(tag, b'N' | b'A' | b'S'))
                 || (tag == b'Z' && self.in_flight.front().is_some_and(|f| f.swallow_ready));
             let masking = !internal && self.masker.is_some() && stream::wants(tag);
@@ -674,6 +688,7 @@ mod tests {
             prepared: None,
             swallow_ready: false,
             internal: None,
+            hidden: Vec::new(),
         }
     }
 
@@ -727,6 +742,7 @@ mod tests {
         let mut t = BackendTracker::new(b'I');
         t.in_flight.push_back(InFlight {
             internal: Some(b"pm".to_vec().into()),
+            hidden: Vec::new(),
             ..in_flight(false)
         });
         t.in_flight.push_back(in_flight(false));

@@ -89,6 +89,20 @@ pub struct Catalog {
     /// (ParseComplete, CloseComplete) confirms.
     parses_sent: u32,
     closes_sent: u32,
+    /// Bumped whenever names are marked stale.
+    stale_epoch: u64,
+    /// Per batch, the names parsed again inside it ([`Catalog::refresh_in_batch`]): the name, the
+    /// place of that Parse, and the stale epoch then.
+    refreshing: HashMap<u64, Vec<InBatchRefresh>>,
+}
+
+/// A name the gateway parses again inside a batch ([`Catalog::refresh_in_batch`]).
+struct InBatchRefresh {
+    name: Box<[u8]>,
+    /// The place of that Parse among the batch's Parses.
+    parse_at: u32,
+    /// [`Catalog`]'s stale epoch when it was added.
+    epoch: u64,
 }
 
 /// How the upstream answered a forwarded batch: whether without error, and how many ParseComplete and
@@ -205,6 +219,7 @@ impl Catalog {
     /// Marks every named statement stale: code that ran upstream may have deallocated it and given its
     /// name another text (PL/pgSQL's `EXECUTE 'DEALLOCATE …'; EXECUTE 'PREPARE …'`).
     pub fn mark_stale(&mut self) {
+        self.stale_epoch += 1;
         for (name, n) in self.statements.iter_mut() {
             if !name.is_empty() {
                 n.stale = true;
@@ -217,6 +232,7 @@ impl Catalog {
 
     /// Marks one name stale (a SQL `PREPARE` of it, or a failed parse again left it absent upstream).
     pub fn mark_stale_name(&mut self, name: &[u8]) {
+        self.stale_epoch += 1;
         if let Some(n) = self.statements.get_mut(name) {
             if !name.is_empty() {
                 n.stale = true;
@@ -274,6 +290,25 @@ impl Catalog {
             param_types: n.prepared.param_types.clone(),
         });
         true
+    }
+
+    /// Counts a Close and a Parse of `name` the gateway adds to the batch being received (parsing it
+    /// again before a Bind) and returns their places among the batch's Closes and Parses. The name stays
+    /// stale until the batch's answer shows the Parse happened with no code marked since
+    /// ([`Catalog::settle`]): a batch refused or failing before it leaves it to be parsed again later.
+    pub fn refresh_in_batch(&mut self, name: &[u8]) -> (u32, u32) {
+        let places = (self.closes_sent, self.parses_sent);
+        self.closes_sent += 1;
+        self.parses_sent += 1;
+        self.refreshing
+            .entry(self.batch)
+            .or_default()
+            .push(InBatchRefresh {
+                name: name.into(),
+                parse_at: places.1,
+                epoch: self.stale_epoch,
+            });
+        places
     }
 
     /// `name` was closed and parsed again upstream with the text the gateway holds for it.
@@ -425,6 +460,14 @@ impl Catalog {
     /// confirmed happened (all of them when it succeeded); which text a name holds after one that did
     /// not is unknown.
     pub fn settle(&mut self, batch: u64, answer: BatchAnswer) {
+        for r in self.refreshing.remove(&batch).unwrap_or_default() {
+            if (answer.succeeded || r.parse_at < answer.parses) && r.epoch == self.stale_epoch {
+                self.refreshed(&r.name);
+            }
+        }
+        if self.refreshing.keys().any(|b| *b < batch) {
+            self.refreshing.retain(|b, _| *b > batch);
+        }
         for name in self.touched.remove(&batch).unwrap_or_default() {
             if let Some(named) = self.statements.get_mut(&name) {
                 if named.unsettled == Some(batch) {
@@ -595,6 +638,9 @@ pub struct Batch {
     pub code_pending: bool,
     /// The batch binds a named portal (a Sync of the gateway's own ends it outside a transaction).
     pub named_portals: bool,
+    /// Answers to the gateway's own messages in the batch, by tag and place (see
+    /// `backend::InFlight::hidden`).
+    pub hidden: Vec<(u8, u32)>,
     /// Statement names the batch parsed or bound so far: parsing one of them again ahead of the
     /// batch would go before the batch's own Parse, or before the first execution it vouches for.
     used: Vec<Box<[u8]>>,
@@ -768,6 +814,7 @@ impl Batch {
             ran_code: std::mem::take(&mut self.ran_code),
             code_pending: std::mem::take(&mut self.code_pending),
             named_portals: std::mem::take(&mut self.named_portals),
+            hidden: std::mem::take(&mut self.hidden),
             used: std::mem::take(&mut self.used),
             portal_names: std::mem::take(&mut self.portal_names),
             carries_portal: std::mem::take(&mut self.carries_portal),
@@ -1495,6 +1542,50 @@ mod tests {
             },
         );
         assert!(!cat.closing.contains_key(&b"s1"[..]));
+    }
+
+    #[test]
+    fn a_name_parsed_again_inside_a_batch_is_fresh_once_that_parse_is_confirmed_with_no_code_since()
+    {
+        let mut cat = Catalog::default();
+        cat.parse(b"s1", "SELECT 1", &[], |_| verdict_of(Action::Allow));
+        let first = cat.end_batch();
+        cat.settle(first, BatchAnswer::uncounted(true));
+        for (answer, code_after, fresh) in [
+            (BatchAnswer::uncounted(true), false, true),
+            // The batch failed before the added Parse (its place is 1: the client parsed first).
+            (
+                BatchAnswer {
+                    succeeded: false,
+                    parses: 1,
+                    closes: 0,
+                },
+                false,
+                false,
+            ),
+            // Confirmed, but code ran after it.
+            (
+                BatchAnswer {
+                    succeeded: false,
+                    parses: 2,
+                    closes: 1,
+                },
+                true,
+                false,
+            ),
+        ] {
+            cat.mark_stale();
+            cat.parse(b"", "INSERT INTO t VALUES (1)", &[], |_| {
+                verdict_of(Action::Allow)
+            });
+            assert_eq!(cat.refresh_in_batch(b"s1"), (0, 1));
+            if code_after {
+                cat.mark_stale();
+            }
+            let batch = cat.end_batch();
+            cat.settle(batch, answer);
+            assert_eq!(cat.stale(b"s1").is_none(), fresh, "{answer:?}");
+        }
     }
 
     #[test]

@@ -123,6 +123,8 @@ struct Held {
     after_ready_part: bool,
     /// Portals the batch binds or executes, marked approved when it is.
     portals: Vec<Box<[u8]>>,
+    /// Answers to the gateway's own messages in it ([`InFlight::hidden`]).
+    hidden: Vec<(u8, u32)>,
 }
 
 enum Step {
@@ -776,7 +778,9 @@ where
                 // too, up to the client's Sync (the gateway's Sync ended that skipping upstream).
                 return Ok(Step::DecidedAtFlush(self.decide_pending()?));
             }
-            if tag == b'B' && self.bind_follows_code(total) {
+            if tag == b'B' && self.bind_follows_code(total) && self.refresh_in_batch(total) {
+                // Parsed again inside the batch, just before the Bind: nothing is split.
+            } else if tag == b'B' && self.bind_follows_code(total) {
                 // A stale name bound after code earlier in its batch (an allowed INSERT whose trigger
                 // prepares the name again): parsed again ahead of the batch, it would be replaced by
                 // that code before the Bind. What precedes the Bind is ended with a Sync of the
@@ -811,6 +815,12 @@ where
                 }
                 b'H' => {
                     self.add_to_batch(&frame)?;
+                    // The batch holds the gateway's own messages: what the client sent so far is
+                    // answered now, ended with a Sync of the gateway's own (nothing of it can go
+                    // ahead alone, see `forward_ready_part`).
+                    if !self.batch.hidden.is_empty() {
+                        return Ok(Step::DecidedAtFlush(self.decide_pending()?));
+                    }
                     // A client that waits for the results of a statement needing a decision after a
                     // Flush (psycopg's pipelines and executemany with RETURNING, pg-cursor's reads)
                     // would wait forever for a Sync it only sends once answered: the statement is
@@ -910,6 +920,69 @@ where
         self.catalog.stale(name).is_some() && !self.batch.used(name) && !ends_portals
     }
 
+    /// Parses the stale statement the Bind at the head of the client buffer names again inside the batch,
+    /// just before that Bind: a Close and a Parse of the gateway's own, whose answers the client never
+    /// sees ([`InFlight::hidden`]). So the code earlier in the batch has run when the name is parsed
+    /// again, and the batch stays one (one implicit transaction outside a transaction block). Possible
+    /// while nothing of the batch went ahead and no portal of the statement may be open (closing the
+    /// statement would close it); false otherwise.
+    fn refresh_in_batch(&mut self, total: usize) -> bool {
+        if self.ready_part_sent {
+            return false;
+        }
+        let mut pos = 5;
+        let frame = &self.cbuf[..total];
+        let (Some(portal), Some(name)) = (read_cstr(frame, &mut pos), read_cstr(frame, &mut pos))
+        else {
+            return false;
+        };
+        let (portal, name) = (
+            super::extended::upstream_name(portal).to_vec(),
+            super::extended::upstream_name(name).to_vec(),
+        );
+        let Some(prepared) = self.catalog.stale(&name) else {
+            return false;
+        };
+        let portals_may_live = !(self.backend.in_flight.is_empty() && self.backend.status == b'I');
+        if portals_may_live && self.catalog.has_portals_of(&name, &portal) {
+            return false;
+        }
+        let Some(wire_text) =
+            super::backend::statement_bytes(&self.backend.client_encoding, &prepared.sql)
+        else {
+            return false;
+        };
+        let (close_at, parse_at) = self.catalog.refresh_in_batch(&name);
+        self.batch.hidden.push((b'3', close_at));
+        self.batch.hidden.push((b'1', parse_at));
+        self.batch.note_used(&name);
+        let mut close = BytesMut::new();
+        close.put_u8(b'C');
+        close.put_i32((4 + 1 + name.len() + 1) as i32);
+        close.put_u8(b'S');
+        close.put_slice(&name);
+        close.put_u8(0);
+        let mut parse = BytesMut::new();
+        let types_len = 2 + 4 * prepared.param_types.len();
+        parse.put_u8(b'P');
+        parse.put_i32((4 + name.len() + 1 + wire_text.len() + 1 + types_len) as i32);
+        parse.put_slice(&name);
+        parse.put_u8(0);
+        parse.put_slice(&wire_text);
+        parse.put_u8(0);
+        parse.put_i16(prepared.param_types.len() as i16);
+        for t in prepared.param_types.iter() {
+            parse.put_u32(*t);
+        }
+        // Straight into the batch: `add_to_batch` could send it ahead.
+        if self.batch.started.is_none() {
+            self.batch.started = Some(Instant::now());
+        }
+        self.batch.bytes.extend_from_slice(&close);
+        self.batch.bytes.extend_from_slice(&parse);
+        true
+    }
+
     /// Forwards what has arrived of a CopyData message being streamed; true once all of it has gone.
     fn stream_copy_data(&mut self) -> bool {
         let n = self.copy_data_left.min(self.cbuf.len());
@@ -921,7 +994,9 @@ where
     /// Sends the part of the batch that may go ahead of its verdict ([`Batch::forwardable`]); true when
     /// there was one.
     fn forward_ready_part(&mut self) -> bool {
-        if self.batch.forwardable == 0 {
+        // The answers to the gateway's own messages are told apart by their place in the batch's
+        // answers, which an InFlight entry (made at Sync) holds.
+        if self.batch.forwardable == 0 || !self.batch.hidden.is_empty() {
             return false;
         }
         let ready = self.batch.bytes.split_to(self.batch.forwardable);
@@ -1078,6 +1153,7 @@ where
                 copy: self.query_marks(),
                 after_ready_part: false,
                 portals: vec![],
+                hidden: Vec::new(),
             }),
         }
     }
@@ -1107,6 +1183,7 @@ where
             prepared,
             swallow_ready: false,
             internal: None,
+            hidden: Vec::new(),
         });
     }
 
@@ -1286,6 +1363,7 @@ where
             prepared: None,
             swallow_ready: false,
             internal: Some(name.into()),
+            hidden: Vec::new(),
         });
         self.catalog.refreshed(name);
         true
@@ -1457,6 +1535,7 @@ where
                 prepared: None,
                 swallow_ready: self.swallow_next,
                 internal: None,
+                hidden: batch.hidden.clone(),
             });
             return None;
         }
@@ -1499,6 +1578,7 @@ where
             copy,
             after_ready_part,
             portals: batch.portal_names,
+            hidden: batch.hidden,
         })
     }
 
@@ -1532,6 +1612,7 @@ where
             prepared: None,
             swallow_ready: self.swallow_next,
             internal: None,
+            hidden: Vec::new(),
         });
     }
 
@@ -1839,6 +1920,7 @@ where
             prepared: None,
             swallow_ready: self.swallow_next,
             internal: None,
+            hidden: held.hidden,
         });
     }
 }
