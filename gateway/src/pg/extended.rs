@@ -500,12 +500,17 @@ fn uncertain_statement(name: &[u8], sql: &str) -> Prepared {
                 "prepared statement \"{name}\" was prepared again in a batch that has not completed without error, so the upstream may still hold an earlier text under that name; Close it, Parse it again and Sync before binding it"
             )],
             statements: Arc::from([]),
-            rule: "gateway".into(),
+            rule: UNCERTAIN_STATEMENT_RULE.into(),
             review: None,
             code_free: false,
         }),
     }
 }
+
+/// The rule named by the verdict of a Bind of a name whose text upstream is uncertain: refused with
+/// SQLSTATE 26000, as PostgreSQL answers a name it may not hold, so drivers that heal a lost prepared
+/// statement (pgJDBC) prepare it again.
+pub const UNCERTAIN_STATEMENT_RULE: &str = "uncertain_statement";
 
 /// The rule named by the verdict of a statement whose text the gateway could not read in the session's
 /// client encoding: it is refused with SQLSTATE 22021, as PostgreSQL refuses bytes it can't read.

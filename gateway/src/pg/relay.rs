@@ -2136,7 +2136,9 @@ fn kind_and_name(frame: &[u8]) -> Result<(u8, &[u8]), WireError> {
 fn refusal_text(verdict: Option<&Verdict>) -> (&'static str, String) {
     let own = verdict.and_then(|v| match v.rule.as_str() {
         super::extended::UNREADABLE_RULE => Some(("22021", v.reasons.join("; "))),
-        super::extended::UNKNOWN_STATEMENT_RULE => Some(("26000", v.reasons.join("; "))),
+        super::extended::UNKNOWN_STATEMENT_RULE | super::extended::UNCERTAIN_STATEMENT_RULE => {
+            Some(("26000", v.reasons.join("; ")))
+        }
         super::extended::UNKNOWN_PORTAL_RULE => Some(("34000", v.reasons.join("; "))),
         super::extended::MALFORMED_RULE => Some(("08P01", v.reasons.join("; "))),
         _ => None,
@@ -2243,6 +2245,26 @@ mod tests {
         f.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
         f.extend_from_slice(body);
         f
+    }
+
+    #[test]
+    fn a_bind_of_a_name_with_uncertain_text_is_refused_as_unknown() {
+        let mut cat = crate::pg::extended::Catalog::default();
+        cat.mark_stale();
+        cat.parse(b"s1", "SELECT 1", &[], |_| {
+            Arc::new(Verdict {
+                action: Action::Allow,
+                reasons: vec![],
+                statements: Arc::from([]),
+                rule: "t".into(),
+                review: None,
+                code_free: true,
+            })
+        });
+        cat.end_batch();
+        cat.bind(b"", b"s1", b"\0s1\0\0\0\0\0\0\0");
+        let verdict = cat.portal(b"").unwrap().statement.verdict.clone();
+        assert_eq!(refusal_text(Some(&verdict)).0, "26000");
     }
 
     #[test]
