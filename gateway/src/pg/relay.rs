@@ -778,14 +778,13 @@ where
                 // too, up to the client's Sync (the gateway's Sync ended that skipping upstream).
                 return Ok(Step::DecidedAtFlush(self.decide_pending()?));
             }
-            if tag == b'B' && self.bind_follows_code(total) && self.refresh_in_batch(total) {
-                // Parsed again inside the batch, just before the Bind: nothing is split.
-            } else if tag == b'B' && self.bind_follows_code(total) {
+            if tag == b'B' && self.bind_follows_code(total) && !self.refresh_in_batch(total) {
                 // A stale name bound after code earlier in its batch (an allowed INSERT whose trigger
-                // prepares the name again): parsed again ahead of the batch, it would be replaced by
-                // that code before the Bind. What precedes the Bind is ended with a Sync of the
-                // gateway's own and sent first (as before a simple Query), so the name is parsed
-                // again after it; the Bind stays in the buffer for the next turn.
+                // prepares the name again) that can't be parsed again inside the batch: parsed again
+                // ahead of the batch, it would be replaced by that code before the Bind. What precedes
+                // the Bind is ended with a Sync of the gateway's own and sent first (as before a simple
+                // Query), so the name is parsed again after it; the Bind stays in the buffer for the
+                // next turn.
                 return Ok(Step::DecidedAtFlush(self.decide_pending()?));
             }
             if tag == b'B' && self.bind_awaits_answers(total) {
@@ -889,13 +888,29 @@ where
         if self.backend.in_flight.is_empty() || self.backend.in_copy_in() {
             return false;
         }
+        self.head_bind_names(total)
+            .is_some_and(|(_, statement)| self.catalog.awaits_settling(statement))
+    }
+
+    /// The portal and statement names (as upstream keys them) of the Bind at the head of the client
+    /// buffer (`total` bytes).
+    fn head_bind_names(&self, total: usize) -> Option<(&[u8], &[u8])> {
         let mut pos = 5;
-        let frame = &self.cbuf[..total];
-        read_cstr(frame, &mut pos).is_some()
-            && read_cstr(frame, &mut pos).is_some_and(|s| {
-                self.catalog
-                    .awaits_settling(super::extended::upstream_name(s))
-            })
+        let frame = self.cbuf.get(..total)?;
+        let portal = read_cstr(frame, &mut pos)?;
+        let statement = read_cstr(frame, &mut pos)?;
+        Some((
+            super::extended::upstream_name(portal),
+            super::extended::upstream_name(statement),
+        ))
+    }
+
+    /// True when a portal other than `except` bound from statement `name` may still be open (closing
+    /// the statement would close it). Portals end with their transaction: with nothing in flight and
+    /// no transaction open, none survives, whatever the catalog still lists.
+    fn open_portals_of(&self, name: &[u8], except: &[u8]) -> bool {
+        let portals_may_live = !(self.backend.in_flight.is_empty() && self.backend.status == b'I');
+        portals_may_live && self.catalog.has_portals_of(name, except)
     }
 
     /// True when the Bind at the head of the client buffer (`total` bytes) names a stale statement
@@ -907,12 +922,9 @@ where
         {
             return false;
         }
-        let mut pos = 5;
-        let frame = &self.cbuf[..total];
-        let Some(name) = read_cstr(frame, &mut pos).and_then(|_| read_cstr(frame, &mut pos)) else {
+        let Some((_, name)) = self.head_bind_names(total) else {
             return false;
         };
-        let name = super::extended::upstream_name(name);
         // Outside a transaction block the Sync would end the implicit transaction and the portals
         // the batch bound before the Bind, which the client may still execute: the Bind is refused
         // then (26000, see `refresh_stale`) rather than break them.
@@ -930,21 +942,14 @@ where
         if self.ready_part_sent {
             return false;
         }
-        let mut pos = 5;
-        let frame = &self.cbuf[..total];
-        let (Some(portal), Some(name)) = (read_cstr(frame, &mut pos), read_cstr(frame, &mut pos))
-        else {
+        let Some((portal, name)) = self.head_bind_names(total) else {
             return false;
         };
-        let (portal, name) = (
-            super::extended::upstream_name(portal).to_vec(),
-            super::extended::upstream_name(name).to_vec(),
-        );
+        let (portal, name) = (portal.to_vec(), name.to_vec());
         let Some(prepared) = self.catalog.stale(&name) else {
             return false;
         };
-        let portals_may_live = !(self.backend.in_flight.is_empty() && self.backend.status == b'I');
-        if portals_may_live && self.catalog.has_portals_of(&name, &portal) {
+        if self.open_portals_of(&name, &portal) {
             return false;
         }
         let Some(wire_text) =
@@ -956,30 +961,16 @@ where
         self.batch.hidden.push((b'3', close_at));
         self.batch.hidden.push((b'1', parse_at));
         self.batch.note_used(&name);
-        let mut close = BytesMut::new();
-        close.put_u8(b'C');
-        close.put_i32((4 + 1 + name.len() + 1) as i32);
-        close.put_u8(b'S');
-        close.put_slice(&name);
-        close.put_u8(0);
-        let mut parse = BytesMut::new();
-        let types_len = 2 + 4 * prepared.param_types.len();
-        parse.put_u8(b'P');
-        parse.put_i32((4 + name.len() + 1 + wire_text.len() + 1 + types_len) as i32);
-        parse.put_slice(&name);
-        parse.put_u8(0);
-        parse.put_slice(&wire_text);
-        parse.put_u8(0);
-        parse.put_i16(prepared.param_types.len() as i16);
-        for t in prepared.param_types.iter() {
-            parse.put_u32(*t);
-        }
         // Straight into the batch: `add_to_batch` could send it ahead.
         if self.batch.started.is_none() {
             self.batch.started = Some(Instant::now());
         }
-        self.batch.bytes.extend_from_slice(&close);
-        self.batch.bytes.extend_from_slice(&parse);
+        put_reparse(
+            &mut self.batch.bytes,
+            &name,
+            &wire_text,
+            &prepared.param_types,
+        );
         true
     }
 
@@ -1301,15 +1292,12 @@ where
             return true;
         };
         // Parsed or bound earlier in this batch (executemany: one Parse, many Bind/Execute): the
-        // batch itself put the judged text there, unless code its text names ran since. (A write's
-        // trigger preparing the name again between two executions of one batch is not seen: the
-        // name is parsed again before the next batch.)
+        // batch itself put the judged text there. (Code between two of its uses in one batch — a
+        // write's trigger, a function — preparing the name again is not seen: the name is parsed
+        // again before the next batch.)
         if self.batch.used(name) {
             return true;
         }
-        // Portals end with their transaction: with nothing in flight and no transaction open, none
-        // survives, whatever the catalog still lists.
-        let portals_may_live = !(self.backend.in_flight.is_empty() && self.backend.status == b'I');
         // The text as the client sent it (LATIN1 byte for byte).
         let Some(wire_text) =
             super::backend::statement_bytes(&self.backend.client_encoding, &prepared.sql)
@@ -1320,28 +1308,14 @@ where
             || self.batch.ran_code
             || self.batch.code_pending
             || self.backend.in_copy_in()
-            || (portals_may_live && self.catalog.has_portals_of(name, portal))
+            || self.open_portals_of(name, portal)
         {
             return false;
         }
         let mut frames = BytesMut::new();
-        let mut put = |tag: u8, parts: &[&[u8]]| {
-            let len: usize = parts.iter().map(|p| p.len()).sum();
-            frames.put_u8(tag);
-            frames.put_i32((len + 4) as i32);
-            for p in parts {
-                frames.put_slice(p);
-            }
-        };
-        put(b'D', &[b"S", name, b"\0"]);
-        put(b'C', &[b"S", name, b"\0"]);
-        let mut types = Vec::with_capacity(2 + 4 * prepared.param_types.len());
-        types.extend_from_slice(&(prepared.param_types.len() as i16).to_be_bytes());
-        for t in prepared.param_types.iter() {
-            types.extend_from_slice(&t.to_be_bytes());
-        }
-        put(b'P', &[name, b"\0", &wire_text, b"\0", &types]);
-        put(b'S', &[]);
+        put_frame(&mut frames, b'D', &[b"S", name, b"\0"]);
+        put_reparse(&mut frames, name, &wire_text, &prepared.param_types);
+        put_frame(&mut frames, b'S', &[]);
         // Not through the masker: its answers never reach it either (see `InFlight::internal`).
         self.out.extend_from_slice(&frames);
         let now = Instant::now();
@@ -1950,6 +1924,28 @@ fn identity_guard(verdict: Arc<Verdict>) -> Arc<Verdict> {
 }
 
 /// True when `frames` are Flush messages only.
+/// Appends a frontend message `tag` whose body is `parts` in order.
+fn put_frame(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.put_u8(tag);
+    out.put_i32((len + 4) as i32);
+    for p in parts {
+        out.put_slice(p);
+    }
+}
+
+/// Appends a Close of statement `name` and a Parse of `text` (as the client sent it) under that name
+/// with `param_types`: the name parsed again with the text the gateway judged.
+fn put_reparse(out: &mut BytesMut, name: &[u8], text: &[u8], param_types: &[u32]) {
+    put_frame(out, b'C', &[b"S", name, b"\0"]);
+    let mut types = Vec::with_capacity(2 + 4 * param_types.len());
+    types.extend_from_slice(&(param_types.len() as i16).to_be_bytes());
+    for t in param_types {
+        types.extend_from_slice(&t.to_be_bytes());
+    }
+    put_frame(out, b'P', &[name, b"\0", text, b"\0", &types]);
+}
+
 /// The answers PostgreSQL sends `frames` when they hold only Parse, Describe, Close and Flush
 /// messages: one ParseComplete, RowDescription or NoData, CloseComplete each (a statement's
 /// ParameterDescription is not counted); None when they hold anything else.
