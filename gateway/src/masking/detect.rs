@@ -759,14 +759,8 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
         let glued = stop < b.len() && b[stop].is_ascii_alphanumeric();
         i = end.max(start + 1);
         if glued && on.contains(Detector::Card) {
-            if let Some(found) = exponent_card(b, start, stop) {
-                i = found.end;
-                if !overlaps(out, &found) {
-                    out.push(Finding {
-                        range: found,
-                        detector: Detector::Card,
-                    });
-                }
+            if let Some(end) = push_exponent_card(b, start..stop, out) {
+                i = end;
                 continue;
             }
         }
@@ -799,6 +793,20 @@ fn find_in_numeric_runs(text: &str, on: DetectorSet, out: &mut Vec<Finding>) {
             find_in_run_windows(text, range, on, out);
         }
     }
+}
+
+/// Pushes the card a float in exponent form ending `run` is ([`exponent_card`]), unless a finding
+/// already covers it; returns where the float ends, to scan on from there.
+fn push_exponent_card(b: &[u8], run: Range<usize>, out: &mut Vec<Finding>) -> Option<usize> {
+    let found = exponent_card(b, run.start, run.end)?;
+    let end = found.end;
+    if !overlaps(out, &found) {
+        out.push(Finding {
+            range: found,
+            detector: Detector::Card,
+        });
+    }
+    Some(end)
 }
 
 /// The range of a float in exponent form whose mantissa ends `run` (`start..stop`) and whose value is
@@ -1529,19 +1537,11 @@ mod tests {
             }
             let glued = stop < b.len() && b[stop].is_ascii_alphanumeric();
             i = end.max(start + 1);
-            if let (true, true, Some(found)) = (
-                glued,
-                on.contains(Detector::Card),
-                exponent_card(b, start, stop),
-            ) {
-                i = found.end;
-                if !overlaps(out, &found) {
-                    out.push(Finding {
-                        range: found,
-                        detector: Detector::Card,
-                    });
+            if glued && on.contains(Detector::Card) {
+                if let Some(end) = push_exponent_card(b, start..stop, out) {
+                    i = end;
+                    continue;
                 }
-                continue;
             }
             if glued || stop == start {
                 continue;

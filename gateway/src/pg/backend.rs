@@ -127,12 +127,19 @@ pub fn statement_bytes<'a>(client_encoding: &str, text: &'a str) -> Option<Cow<'
 }
 
 fn is_latin1(client_encoding: &str) -> bool {
-    let normalised: String = client_encoding
+    matches!(
+        encoding_key(client_encoding).as_str(),
+        "latin1" | "iso88591"
+    )
+}
+
+/// An encoding name as PostgreSQL matches it: letters and digits only, lower-case (`UTF-8` is `utf8`).
+fn encoding_key(client_encoding: &str) -> String {
+    client_encoding
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_lowercase())
-        .collect();
-    matches!(normalised.as_str(), "latin1" | "iso88591")
+        .collect()
 }
 
 pub fn statement_text<'a>(client_encoding: &str, bytes: &'a [u8]) -> Result<Cow<'a, str>, String> {
@@ -143,12 +150,7 @@ pub fn statement_text<'a>(client_encoding: &str, bytes: &'a [u8]) -> Result<Cow<
             .map(Cow::Borrowed)
             .map_err(|_| "the query is not valid UTF-8; send UTF-8 text".to_string());
     }
-    let normalised: String = client_encoding
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    match normalised.as_str() {
+    match encoding_key(client_encoding).as_str() {
         "" | "utf8" | "unicode" | "sqlascii" => std::str::from_utf8(bytes)
             .map(Cow::Borrowed)
             .map_err(|_| "the query is not valid UTF-8; send UTF-8 text".to_string()),

@@ -1087,7 +1087,7 @@ pub fn parse_param_types(body: &[u8], mut pos: usize) -> Option<Vec<u32>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::BufMut;
 
@@ -1423,7 +1423,8 @@ mod tests {
         assert_eq!(calls, 1);
     }
 
-    fn verdict_of(action: Action) -> Arc<Verdict> {
+    /// A verdict of `action` by a test rule (code-free when it allows).
+    pub(crate) fn verdict_of(action: Action) -> Arc<Verdict> {
         Arc::new(Verdict {
             action,
             reasons: vec![],

@@ -2248,14 +2248,7 @@ mod tests {
         let mut cat = crate::pg::extended::Catalog::default();
         cat.mark_stale();
         cat.parse(b"s1", "SELECT 1", &[], |_| {
-            Arc::new(Verdict {
-                action: Action::Allow,
-                reasons: vec![],
-                statements: Arc::from([]),
-                rule: "t".into(),
-                review: None,
-                code_free: true,
-            })
+            crate::pg::extended::tests::verdict_of(Action::Allow)
         });
         cat.end_batch();
         cat.bind(b"", b"s1", b"\0s1\0\0\0\0\0\0\0");
